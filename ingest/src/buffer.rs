@@ -1,0 +1,164 @@
+//! The trace buffer: accepted spans wait here, grouped by trace, until their trace has been quiet
+//! for a while (or has waited long enough, or the buffer is full), so that a trace's spans usually
+//! land in one file and per-trace analyses read one file.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, BooleanArray, FixedSizeBinaryArray, RecordBatch};
+use arrow::compute::filter_record_batch;
+use hopscope_schemas::columns as c;
+
+use crate::IngestError;
+
+/// When buffered traces are handed to the writer.
+#[derive(Debug, Clone, Copy)]
+pub struct CutOff {
+    /// A trace with no new span for this long is complete enough to write.
+    pub idle: Duration,
+    /// A trace buffered this long is written even if spans still arrive.
+    pub max_age: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct TraceTimes {
+    first_seen: Instant,
+    last_seen: Instant,
+}
+
+/// Spans accepted but not yet written.
+#[derive(Debug, Default)]
+pub struct TraceBuffer {
+    batches: Vec<RecordBatch>,
+    traces: HashMap<[u8; 16], TraceTimes>,
+    rows: usize,
+}
+
+impl TraceBuffer {
+    /// Spans held.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Adds a batch of spans in the stored schema.
+    pub fn push(&mut self, batch: RecordBatch, now: Instant) {
+        for id in trace_id_column(&batch).iter().flatten() {
+            let id: [u8; 16] = id.try_into().expect("trace ids are 16 bytes");
+            self.traces
+                .entry(id)
+                .and_modify(|t| t.last_seen = now)
+                .or_insert(TraceTimes { first_seen: now, last_seen: now });
+        }
+        self.rows += batch.num_rows();
+        self.batches.push(batch);
+    }
+
+    /// Puts back batches that could not be written, so that they are tried again.
+    pub fn restore(&mut self, batches: Vec<RecordBatch>, now: Instant) {
+        for batch in batches {
+            self.push(batch, now);
+        }
+    }
+
+    /// Removes and returns the spans of every trace that is ready at `now` (all of them when
+    /// `everything` is set).
+    pub fn take_ready(&mut self, now: Instant, cut_off: CutOff, everything: bool) -> Result<Vec<RecordBatch>, IngestError> {
+        let ready: HashSet<[u8; 16]> = self
+            .traces
+            .iter()
+            .filter(|(_, t)| {
+                everything
+                    || now.duration_since(t.last_seen) >= cut_off.idle
+                    || now.duration_since(t.first_seen) >= cut_off.max_age
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        if ready.is_empty() {
+            return Ok(Vec::new());
+        }
+        if ready.len() == self.traces.len() {
+            self.traces.clear();
+            self.rows = 0;
+            return Ok(std::mem::take(&mut self.batches));
+        }
+        let mut taken = Vec::new();
+        let mut kept = Vec::new();
+        for batch in std::mem::take(&mut self.batches) {
+            let mask: BooleanArray = trace_id_column(&batch)
+                .iter()
+                .map(|id| Some(id.is_some_and(|id| ready.contains(<&[u8; 16]>::try_from(id).expect("16 bytes")))))
+                .collect();
+            let take = filter_record_batch(&batch, &mask)?;
+            let keep = filter_record_batch(&batch, &arrow::compute::not(&mask)?)?;
+            if take.num_rows() > 0 {
+                taken.push(take);
+            }
+            if keep.num_rows() > 0 {
+                kept.push(keep);
+            }
+        }
+        self.traces.retain(|id, _| !ready.contains(id));
+        self.rows = kept.iter().map(RecordBatch::num_rows).sum();
+        self.batches = kept;
+        Ok(taken)
+    }
+}
+
+fn trace_id_column(batch: &RecordBatch) -> &FixedSizeBinaryArray {
+    batch
+        .column_by_name(c::TRACE_ID)
+        .and_then(|a| a.as_any().downcast_ref::<FixedSizeBinaryArray>())
+        .expect("stored schema: trace_id")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::FixedSizeBinaryBuilder;
+    use arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+
+    fn batch(traces: &[u8]) -> RecordBatch {
+        let mut b = FixedSizeBinaryBuilder::new(16);
+        for t in traces {
+            b.append_value([*t; 16]).unwrap();
+        }
+        let schema = Schema::new(vec![Field::new(c::TRACE_ID, DataType::FixedSizeBinary(16), false)]);
+        RecordBatch::try_new(Arc::new(schema), vec![Arc::new(b.finish())]).unwrap()
+    }
+
+    fn ids(batches: &[RecordBatch]) -> Vec<u8> {
+        let mut out: Vec<u8> =
+            batches.iter().flat_map(|b| trace_id_column(b).iter().map(|id| id.unwrap()[0]).collect::<Vec<_>>()).collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn idle_traces_are_taken_and_active_ones_stay() {
+        let cut = CutOff { idle: Duration::from_secs(1), max_age: Duration::from_secs(10) };
+        let t0 = Instant::now();
+        let mut buf = TraceBuffer::default();
+        buf.push(batch(&[1, 2, 1]), t0);
+        buf.push(batch(&[2, 3]), t0 + Duration::from_millis(900));
+        assert!(buf.take_ready(t0 + Duration::from_millis(500), cut, false).unwrap().is_empty());
+        // Trace 1 has been idle for 1s; traces 2 and 3 saw spans 100ms ago.
+        let taken = buf.take_ready(t0 + Duration::from_secs(1), cut, false).unwrap();
+        assert_eq!(ids(&taken), vec![1, 1]);
+        assert_eq!(buf.rows(), 3);
+        let rest = buf.take_ready(t0 + Duration::from_secs(1), cut, true).unwrap();
+        assert_eq!(ids(&rest), vec![2, 2, 3]);
+        assert_eq!(buf.rows(), 0);
+    }
+
+    #[test]
+    fn busy_traces_are_taken_at_max_age() {
+        let cut = CutOff { idle: Duration::from_secs(1), max_age: Duration::from_secs(2) };
+        let t0 = Instant::now();
+        let mut buf = TraceBuffer::default();
+        for i in 0..5 {
+            buf.push(batch(&[7]), t0 + Duration::from_millis(500 * i));
+        }
+        assert_eq!(ids(&buf.take_ready(t0 + Duration::from_secs(2), cut, false).unwrap()), vec![7; 5]);
+    }
+}

@@ -1,0 +1,500 @@
+//! OTLP spans to Arrow rows: a pure function from a decoded export request to a `RecordBatch` in the
+//! stored schema, with invalid spans rejected one by one.
+//!
+//! Validation happens before anything is appended, so a rejected span leaves no trace in the batch.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use arrow::array::{
+    ArrayRef, BinaryBuilder, BooleanBuilder, FixedSizeBinaryBuilder, Float64Builder, Int8Builder, Int64Builder,
+    ListArray, MapArray, RecordBatch, StringBuilder, StringDictionaryBuilder, StructArray,
+    TimestampNanosecondBuilder, UInt32Builder,
+};
+use arrow::buffer::OffsetBuffer;
+use arrow::datatypes::{Int32Type, SchemaRef};
+use hopscope_schemas::attr::{array_to_json_text, kvlist_to_json_text};
+use hopscope_schemas::columns::{self as c, SEMCONV, SemconvType};
+use hopscope_schemas::spans::{self, event_fields, link_fields, span_schema};
+use hopscope_schemas::{AttrValue, SpanId, TraceId};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::Span;
+
+use crate::IngestError;
+
+/// How many rejection reasons are spelled out in the partial-success message.
+const MAX_REASONS: usize = 5;
+
+/// The outcome of converting one export request.
+#[derive(Debug)]
+pub struct Converted {
+    /// The accepted spans, in the stored schema; `None` when no span was accepted.
+    pub batch: Option<RecordBatch>,
+    pub accepted: u64,
+    pub rejected: u64,
+    /// Why spans were rejected (the first few reasons), for `partial_success.error_message`.
+    pub error_message: Option<String>,
+}
+
+/// Converts an export request into the stored schema.
+pub fn convert_request(request: &ExportTraceServiceRequest) -> Result<Converted, IngestError> {
+    let total: usize =
+        request.resource_spans.iter().flat_map(|rs| &rs.scope_spans).map(|ss| ss.spans.len()).sum();
+    let mut cols = SpanColumns::with_capacity(total);
+    let mut rejected = 0u64;
+    let mut reasons = Vec::new();
+    for (ri, rs) in request.resource_spans.iter().enumerate() {
+        let resource = rs.resource.as_ref();
+        let resource_attrs: &[KeyValue] = resource.map(|r| r.attributes.as_slice()).unwrap_or(&[]);
+        let service_name = resource_attrs
+            .iter()
+            .find(|kv| kv.key == c::SERVICE_NAME_KEY)
+            .and_then(|kv| match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(any_value::Value::StringValue(s)) => Some(s.as_str()),
+                _ => None,
+            })
+            .unwrap_or(c::UNKNOWN_SERVICE);
+        for (si, ss) in rs.scope_spans.iter().enumerate() {
+            let scope = ss.scope.as_ref();
+            for (pi, span) in ss.spans.iter().enumerate() {
+                if let Err(reason) = validate(span) {
+                    rejected += 1;
+                    if reasons.len() < MAX_REASONS {
+                        reasons.push(format!("resourceSpans[{ri}].scopeSpans[{si}].spans[{pi}]: {reason}"));
+                    }
+                    continue;
+                }
+                cols.append_span(span, service_name);
+                cols.resource_attributes.append(resource_attrs);
+                cols.resource_dropped.append_value(resource.map_or(0, |r| r.dropped_attributes_count));
+                cols.resource_schema_url.append_value(&rs.schema_url);
+                cols.scope_name.append_value(scope.map_or("", |s| s.name.as_str()));
+                cols.scope_version.append_value(scope.map_or("", |s| s.version.as_str()));
+                cols.scope_attributes.append(scope.map_or(&[][..], |s| s.attributes.as_slice()));
+                cols.scope_dropped.append_value(scope.map_or(0, |s| s.dropped_attributes_count));
+                cols.scope_schema_url.append_value(&ss.schema_url);
+            }
+        }
+    }
+    let accepted = cols.rows as u64;
+    let error_message = (rejected > 0).then(|| {
+        let more = rejected as usize - reasons.len();
+        let tail = if more > 0 { format!("; and {more} more") } else { String::new() };
+        format!("rejected {rejected} span(s): {}{tail}", reasons.join("; "))
+    });
+    let batch = if accepted > 0 { Some(cols.finish()?) } else { None };
+    Ok(Converted { batch, accepted, rejected, error_message })
+}
+
+/// Why a span cannot be stored, or `Ok`.
+fn validate(span: &Span) -> Result<(), String> {
+    TraceId::from_bytes(&span.trace_id).map_err(|e| e.to_string())?;
+    SpanId::from_bytes(&span.span_id).map_err(|e| e.to_string())?;
+    if !span.parent_span_id.is_empty() {
+        SpanId::from_bytes(&span.parent_span_id).map_err(|e| format!("parent {e}"))?;
+    }
+    if !(0..=5).contains(&span.kind) {
+        return Err(format!("invalid kind {}", span.kind));
+    }
+    let status = span.status.as_ref().map_or(0, |s| s.code);
+    if !(0..=2).contains(&status) {
+        return Err(format!("invalid status code {status}"));
+    }
+    for (name, t) in [("start_time_unix_nano", span.start_time_unix_nano), ("end_time_unix_nano", span.end_time_unix_nano)]
+    {
+        if t > i64::MAX as u64 {
+            return Err(format!("{name} {t} is beyond the year 2262"));
+        }
+    }
+    for (i, event) in span.events.iter().enumerate() {
+        if event.time_unix_nano > i64::MAX as u64 {
+            return Err(format!("events[{i}].time_unix_nano {} is beyond the year 2262", event.time_unix_nano));
+        }
+    }
+    for (i, link) in span.links.iter().enumerate() {
+        TraceId::from_bytes(&link.trace_id).map_err(|e| format!("links[{i}]: {e}"))?;
+        SpanId::from_bytes(&link.span_id).map_err(|e| format!("links[{i}]: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Index of each dedicated semantic-convention attribute key in [`SEMCONV`].
+fn semconv_index() -> &'static HashMap<&'static str, usize> {
+    static INDEX: OnceLock<HashMap<&'static str, usize>> = OnceLock::new();
+    INDEX.get_or_init(|| SEMCONV.iter().enumerate().map(|(i, col)| (col.key, i)).collect())
+}
+
+enum SemconvBuilder {
+    Str(StringBuilder),
+    Int(Int64Builder),
+}
+
+/// The builders of every stored column.
+struct SpanColumns {
+    rows: usize,
+    trace_id: FixedSizeBinaryBuilder,
+    span_id: FixedSizeBinaryBuilder,
+    parent_span_id: FixedSizeBinaryBuilder,
+    trace_state: StringBuilder,
+    flags: UInt32Builder,
+    service_name: StringDictionaryBuilder<Int32Type>,
+    name: StringDictionaryBuilder<Int32Type>,
+    kind: Int8Builder,
+    start_time: TimestampNanosecondBuilder,
+    end_time: TimestampNanosecondBuilder,
+    duration_ns: Int64Builder,
+    status_code: Int8Builder,
+    status_message: StringBuilder,
+    semconv: Vec<SemconvBuilder>,
+    attributes: AttributeColumn,
+    dropped_attributes: UInt32Builder,
+    events: EventColumn,
+    dropped_events: UInt32Builder,
+    links: LinkColumn,
+    dropped_links: UInt32Builder,
+    resource_attributes: AttributeColumn,
+    resource_dropped: UInt32Builder,
+    resource_schema_url: StringBuilder,
+    scope_name: StringBuilder,
+    scope_version: StringBuilder,
+    scope_attributes: AttributeColumn,
+    scope_dropped: UInt32Builder,
+    scope_schema_url: StringBuilder,
+}
+
+impl SpanColumns {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            rows: 0,
+            trace_id: FixedSizeBinaryBuilder::with_capacity(n, 16),
+            span_id: FixedSizeBinaryBuilder::with_capacity(n, 8),
+            parent_span_id: FixedSizeBinaryBuilder::with_capacity(n, 8),
+            trace_state: StringBuilder::with_capacity(n, 0),
+            flags: UInt32Builder::with_capacity(n),
+            service_name: StringDictionaryBuilder::new(),
+            name: StringDictionaryBuilder::new(),
+            kind: Int8Builder::with_capacity(n),
+            start_time: TimestampNanosecondBuilder::with_capacity(n).with_timezone("UTC"),
+            end_time: TimestampNanosecondBuilder::with_capacity(n).with_timezone("UTC"),
+            duration_ns: Int64Builder::with_capacity(n),
+            status_code: Int8Builder::with_capacity(n),
+            status_message: StringBuilder::with_capacity(n, 0),
+            semconv: SEMCONV
+                .iter()
+                .map(|col| match col.ty {
+                    SemconvType::Str => SemconvBuilder::Str(StringBuilder::with_capacity(n, 0)),
+                    SemconvType::Int => SemconvBuilder::Int(Int64Builder::with_capacity(n)),
+                })
+                .collect(),
+            attributes: AttributeColumn::default(),
+            dropped_attributes: UInt32Builder::with_capacity(n),
+            events: EventColumn::default(),
+            dropped_events: UInt32Builder::with_capacity(n),
+            links: LinkColumn::default(),
+            dropped_links: UInt32Builder::with_capacity(n),
+            resource_attributes: AttributeColumn::default(),
+            resource_dropped: UInt32Builder::with_capacity(n),
+            resource_schema_url: StringBuilder::with_capacity(n, 0),
+            scope_name: StringBuilder::with_capacity(n, 0),
+            scope_version: StringBuilder::with_capacity(n, 0),
+            scope_attributes: AttributeColumn::default(),
+            scope_dropped: UInt32Builder::with_capacity(n),
+            scope_schema_url: StringBuilder::with_capacity(n, 0),
+        }
+    }
+
+    /// Appends the span's own fields; the span must have passed [`validate`].
+    fn append_span(&mut self, span: &Span, service_name: &str) {
+        self.rows += 1;
+        self.trace_id.append_value(&span.trace_id).expect("validated length");
+        self.span_id.append_value(&span.span_id).expect("validated length");
+        if span.parent_span_id.is_empty() {
+            self.parent_span_id.append_null();
+        } else {
+            self.parent_span_id.append_value(&span.parent_span_id).expect("validated length");
+        }
+        self.trace_state.append_value(&span.trace_state);
+        self.flags.append_value(span.flags);
+        self.service_name.append_value(service_name);
+        self.name.append_value(&span.name);
+        self.kind.append_value(span.kind as i8);
+        let start = span.start_time_unix_nano as i64;
+        let end = span.end_time_unix_nano as i64;
+        self.start_time.append_value(start);
+        self.end_time.append_value(end);
+        self.duration_ns.append_value(end.wrapping_sub(start));
+        let status = span.status.as_ref();
+        self.status_code.append_value(status.map_or(spans::status::UNSET, |s| s.code as i8));
+        self.status_message.append_value(status.map_or("", |s| s.message.as_str()));
+
+        // Dedicated columns take the first value of the expected type; everything else stays in
+        // the attribute map, so nothing sent is lost.
+        let index = semconv_index();
+        let mut dedicated: [Option<&any_value::Value>; SEMCONV.len()] = [None; SEMCONV.len()];
+        let mut rest: Vec<&KeyValue> = Vec::with_capacity(span.attributes.len());
+        for kv in &span.attributes {
+            let value = kv.value.as_ref().and_then(|v| v.value.as_ref());
+            let slot = index.get(kv.key.as_str()).copied().filter(|&i| {
+                dedicated[i].is_none()
+                    && matches!(
+                        (SEMCONV[i].ty, value),
+                        (SemconvType::Str, Some(any_value::Value::StringValue(_)))
+                            | (SemconvType::Int, Some(any_value::Value::IntValue(_)))
+                    )
+            });
+            match slot {
+                Some(i) => dedicated[i] = value,
+                None => rest.push(kv),
+            }
+        }
+        for (builder, value) in self.semconv.iter_mut().zip(dedicated) {
+            match (builder, value) {
+                (SemconvBuilder::Str(b), Some(any_value::Value::StringValue(s))) => b.append_value(s),
+                (SemconvBuilder::Int(b), Some(any_value::Value::IntValue(i))) => b.append_value(*i),
+                (SemconvBuilder::Str(b), _) => b.append_null(),
+                (SemconvBuilder::Int(b), _) => b.append_null(),
+            }
+        }
+        self.attributes.append(rest);
+        self.dropped_attributes.append_value(span.dropped_attributes_count);
+
+        for event in &span.events {
+            self.events.time.append_value(event.time_unix_nano as i64);
+            self.events.name.append_value(&event.name);
+            self.events.attributes.append(&event.attributes);
+            self.events.dropped.append_value(event.dropped_attributes_count);
+        }
+        self.events.offsets.push(self.events.offsets.last().copied().unwrap_or(0) + span.events.len() as i32);
+        self.dropped_events.append_value(span.dropped_events_count);
+
+        for link in &span.links {
+            self.links.trace_id.append_value(&link.trace_id).expect("validated length");
+            self.links.span_id.append_value(&link.span_id).expect("validated length");
+            self.links.trace_state.append_value(&link.trace_state);
+            self.links.flags.append_value(link.flags);
+            self.links.attributes.append(&link.attributes);
+            self.links.dropped.append_value(link.dropped_attributes_count);
+        }
+        self.links.offsets.push(self.links.offsets.last().copied().unwrap_or(0) + span.links.len() as i32);
+        self.dropped_links.append_value(span.dropped_links_count);
+    }
+
+    fn finish(mut self) -> Result<RecordBatch, IngestError> {
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(self.trace_id.finish()),
+            Arc::new(self.span_id.finish()),
+            Arc::new(self.parent_span_id.finish()),
+            Arc::new(self.trace_state.finish()),
+            Arc::new(self.flags.finish()),
+            Arc::new(self.service_name.finish()),
+            Arc::new(self.name.finish()),
+            Arc::new(self.kind.finish()),
+            Arc::new(self.start_time.finish()),
+            Arc::new(self.end_time.finish()),
+            Arc::new(self.duration_ns.finish()),
+            Arc::new(self.status_code.finish()),
+            Arc::new(self.status_message.finish()),
+        ];
+        for builder in &mut self.semconv {
+            columns.push(match builder {
+                SemconvBuilder::Str(b) => Arc::new(b.finish()),
+                SemconvBuilder::Int(b) => Arc::new(b.finish()),
+            });
+        }
+        columns.extend([
+            self.attributes.finish(),
+            Arc::new(self.dropped_attributes.finish()) as ArrayRef,
+            self.events.finish(),
+            Arc::new(self.dropped_events.finish()),
+            self.links.finish(),
+            Arc::new(self.dropped_links.finish()),
+            self.resource_attributes.finish(),
+            Arc::new(self.resource_dropped.finish()),
+            Arc::new(self.resource_schema_url.finish()),
+            Arc::new(self.scope_name.finish()),
+            Arc::new(self.scope_version.finish()),
+            self.scope_attributes.finish(),
+            Arc::new(self.scope_dropped.finish()),
+            Arc::new(self.scope_schema_url.finish()),
+        ]);
+        let schema: SchemaRef = span_schema();
+        Ok(RecordBatch::try_new(schema, columns)?)
+    }
+}
+
+/// An attribute map column being built: one map per row.
+#[derive(Default)]
+struct AttributeColumn {
+    offsets: Vec<i32>,
+    keys: StringBuilder,
+    str: StringBuilder,
+    int: Int64Builder,
+    double: Float64Builder,
+    bool: BooleanBuilder,
+    bytes: BinaryBuilder,
+    array: StringBuilder,
+    kvlist: StringBuilder,
+}
+
+impl AttributeColumn {
+    /// Appends one row: a map holding `attrs`.
+    fn append<'a>(&mut self, attrs: impl IntoIterator<Item = &'a KeyValue>) {
+        if self.offsets.is_empty() {
+            self.offsets.push(0);
+        }
+        let mut len = 0;
+        for kv in attrs {
+            len += 1;
+            self.keys.append_value(&kv.key);
+            self.append_value(kv.value.as_ref().and_then(|v| v.value.as_ref()));
+        }
+        self.offsets.push(self.offsets.last().copied().unwrap_or(0) + len);
+    }
+
+    fn append_value(&mut self, value: Option<&any_value::Value>) {
+        use any_value::Value as V;
+        let (mut s, mut i, mut d, mut b, mut y, mut a, mut k) = (None, None, None, None, None, None, None);
+        match value {
+            Some(V::StringValue(v)) => s = Some(v.as_str()),
+            Some(V::IntValue(v)) => i = Some(*v),
+            Some(V::DoubleValue(v)) => d = Some(*v),
+            Some(V::BoolValue(v)) => b = Some(*v),
+            Some(V::BytesValue(v)) => y = Some(v.as_slice()),
+            Some(V::ArrayValue(v)) => a = Some(array_to_json_text(&v.values.iter().map(attr_value).collect::<Vec<_>>())),
+            Some(V::KvlistValue(v)) => k = Some(kvlist_to_json_text(&kvlist(&v.values))),
+            // A profiles-only string-table reference means nothing outside profiles: stored empty,
+            // as the OTLP specification asks receivers of other signals to do.
+            Some(V::StringValueStrindex(_)) | None => {}
+        }
+        self.str.append_option(s);
+        self.int.append_option(i);
+        self.double.append_option(d);
+        self.bool.append_option(b);
+        self.bytes.append_option(y);
+        self.array.append_option(a);
+        self.kvlist.append_option(k);
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        if self.offsets.is_empty() {
+            self.offsets.push(0);
+        }
+        let values = StructArray::new(
+            spans::value_fields(),
+            vec![
+                Arc::new(self.str.finish()),
+                Arc::new(self.int.finish()),
+                Arc::new(self.double.finish()),
+                Arc::new(self.bool.finish()),
+                Arc::new(self.bytes.finish()),
+                Arc::new(self.array.finish()),
+                Arc::new(self.kvlist.finish()),
+            ],
+            None,
+        );
+        let entries_field = spans::map_entries_field();
+        let arrow::datatypes::DataType::Struct(entry_fields) = entries_field.data_type() else {
+            unreachable!("map entries are a struct")
+        };
+        let entries = StructArray::new(entry_fields.clone(), vec![Arc::new(self.keys.finish()), Arc::new(values)], None);
+        let offsets = OffsetBuffer::new(std::mem::take(&mut self.offsets).into());
+        Arc::new(MapArray::new(entries_field, offsets, entries, None, false))
+    }
+}
+
+#[derive(Default)]
+struct EventColumn {
+    offsets: Vec<i32>,
+    time: TimestampNanosecondBuilder,
+    name: StringBuilder,
+    attributes: AttributeColumn,
+    dropped: UInt32Builder,
+}
+
+impl EventColumn {
+    fn finish(&mut self) -> ArrayRef {
+        let items = StructArray::new(
+            event_fields(),
+            vec![
+                Arc::new(self.time.finish().with_timezone("UTC")),
+                Arc::new(self.name.finish()),
+                self.attributes.finish(),
+                Arc::new(self.dropped.finish()),
+            ],
+            None,
+        );
+        list(spans::event_item_field(), &mut self.offsets, items)
+    }
+}
+
+struct LinkColumn {
+    offsets: Vec<i32>,
+    trace_id: FixedSizeBinaryBuilder,
+    span_id: FixedSizeBinaryBuilder,
+    trace_state: StringBuilder,
+    flags: UInt32Builder,
+    attributes: AttributeColumn,
+    dropped: UInt32Builder,
+}
+
+impl Default for LinkColumn {
+    fn default() -> Self {
+        Self {
+            offsets: Vec::new(),
+            trace_id: FixedSizeBinaryBuilder::new(16),
+            span_id: FixedSizeBinaryBuilder::new(8),
+            trace_state: StringBuilder::new(),
+            flags: UInt32Builder::new(),
+            attributes: AttributeColumn::default(),
+            dropped: UInt32Builder::new(),
+        }
+    }
+}
+
+impl LinkColumn {
+    fn finish(&mut self) -> ArrayRef {
+        let items = StructArray::new(
+            link_fields(),
+            vec![
+                Arc::new(self.trace_id.finish()),
+                Arc::new(self.span_id.finish()),
+                Arc::new(self.trace_state.finish()),
+                Arc::new(self.flags.finish()),
+                self.attributes.finish(),
+                Arc::new(self.dropped.finish()),
+            ],
+            None,
+        );
+        list(spans::link_item_field(), &mut self.offsets, items)
+    }
+}
+
+/// A list column from per-row end offsets (without the leading zero) and the flattened items.
+fn list(field: Arc<arrow::datatypes::Field>, ends: &mut Vec<i32>, items: StructArray) -> ArrayRef {
+    let mut offsets = Vec::with_capacity(ends.len() + 1);
+    offsets.push(0);
+    offsets.append(ends);
+    Arc::new(ListArray::new(field, OffsetBuffer::new(offsets.into()), Arc::new(items), None))
+}
+
+/// An OTLP value as an [`AttrValue`] (used for the nested array and kvlist forms).
+pub fn attr_value(value: &AnyValue) -> AttrValue {
+    use any_value::Value as V;
+    match &value.value {
+        None | Some(V::StringValueStrindex(_)) => AttrValue::Empty,
+        Some(V::StringValue(s)) => AttrValue::Str(s.clone()),
+        Some(V::IntValue(i)) => AttrValue::Int(*i),
+        Some(V::DoubleValue(d)) => AttrValue::Double(*d),
+        Some(V::BoolValue(b)) => AttrValue::Bool(*b),
+        Some(V::BytesValue(b)) => AttrValue::Bytes(b.clone()),
+        Some(V::ArrayValue(a)) => AttrValue::Array(a.values.iter().map(attr_value).collect()),
+        Some(V::KvlistValue(kv)) => AttrValue::KvList(kvlist(&kv.values)),
+    }
+}
+
+fn kvlist(kvs: &[KeyValue]) -> Vec<(String, AttrValue)> {
+    kvs.iter()
+        .map(|kv| (kv.key.clone(), kv.value.as_ref().map_or(AttrValue::Empty, attr_value)))
+        .collect()
+}

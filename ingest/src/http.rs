@@ -1,0 +1,141 @@
+//! The OTLP/HTTP receiver: `POST /v1/traces` with protobuf or JSON bodies, gzip or not.
+//!
+//! Answers follow the OTLP/HTTP specification: the response uses the request's content type; a
+//! partial success names the rejected spans; errors carry a `google.rpc.Status` body; retryable
+//! failures are 503 with `Retry-After`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use http::{HeaderMap, StatusCode, header};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
+use prost::Message;
+use serde_json::json;
+
+use crate::decode::BodyFormat;
+use crate::ingester::{ExportBody, ExportOutcome, Ingester};
+use crate::IngestError;
+
+/// The path OTLP/HTTP exporters post traces to.
+pub const TRACES_PATH: &str = "/v1/traces";
+
+/// Seconds a client is asked to wait before retrying a retryable failure.
+const RETRY_AFTER_SECS: &str = "1";
+
+#[derive(Clone)]
+struct HttpState {
+    ingester: Arc<Ingester>,
+    max_body_bytes: usize,
+}
+
+/// The OTLP/HTTP routes. `max_body_bytes` bounds a body both as received and after decompression.
+pub fn router(ingester: Arc<Ingester>, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route(TRACES_PATH, post(export))
+        // The limit is enforced while reading the body, below; axum's 2 MB default must not apply.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(HttpState { ingester, max_body_bytes })
+}
+
+/// `google.rpc.Status`, the body of OTLP/HTTP error responses.
+#[derive(Clone, PartialEq, Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+}
+
+async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let format = match BodyFormat::from_content_type(content_type) {
+        Ok(format) => format,
+        Err(e) => return error_response(&e, BodyFormat::Json),
+    };
+    match receive(&state, &headers, body, format).await {
+        Ok(outcome) => success_response(&outcome, format),
+        Err(e) => {
+            if e.http_status().is_server_error() {
+                tracing::warn!(error = %e, "otlp/http export failed");
+            }
+            error_response(&e, format)
+        }
+    }
+}
+
+async fn receive(state: &HttpState, headers: &HeaderMap, body: Body, format: BodyFormat) -> Result<ExportOutcome, IngestError> {
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    let gzip = match encoding.as_str() {
+        "" | "identity" => false,
+        "gzip" => true,
+        other => {
+            return Err(IngestError::UnsupportedMediaType(format!(
+                "unsupported Content-Encoding {other:?}: use gzip or none"
+            )));
+        }
+    };
+    let limit = state.max_body_bytes;
+    let body = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if is_length_limit(&e) {
+            IngestError::TooLarge { limit, decompressed: false }
+        } else {
+            IngestError::Malformed { format: "HTTP", message: format!("reading the body failed: {e}") }
+        }
+    })?;
+    state.ingester.export(ExportBody::Http { body, format, gzip, limit }).await
+}
+
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+fn success_response(outcome: &ExportOutcome, format: BodyFormat) -> Response {
+    let partial = (outcome.rejected > 0 || outcome.error_message.is_some()).then(|| ExportTracePartialSuccess {
+        rejected_spans: outcome.rejected as i64,
+        error_message: outcome.error_message.clone().unwrap_or_default(),
+    });
+    let body = match format {
+        BodyFormat::Protobuf => ExportTraceServiceResponse { partial_success: partial }.encode_to_vec(),
+        BodyFormat::Json => {
+            let value = match partial {
+                None => json!({}),
+                // int64 is a string in the protobuf JSON mapping.
+                Some(p) => json!({"partialSuccess": {
+                    "rejectedSpans": p.rejected_spans.to_string(),
+                    "errorMessage": p.error_message,
+                }}),
+            };
+            value.to_string().into_bytes()
+        }
+    };
+    (StatusCode::OK, [(header::CONTENT_TYPE, format.content_type())], body).into_response()
+}
+
+fn error_response(e: &IngestError, format: BodyFormat) -> Response {
+    let status = e.http_status();
+    let message = e.to_string();
+    let code = e.grpc_code() as i32;
+    let body = match format {
+        BodyFormat::Protobuf => RpcStatus { code, message }.encode_to_vec(),
+        BodyFormat::Json => json!({ "code": code, "message": message }).to_string().into_bytes(),
+    };
+    let mut response = (status, [(header::CONTENT_TYPE, format.content_type())], body).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
+        response.headers_mut().insert(header::RETRY_AFTER, http::HeaderValue::from_static(RETRY_AFTER_SECS));
+    }
+    response
+}

@@ -1,0 +1,249 @@
+//! The ingest pipeline behind both receivers: decode and convert off the async threads, buffer by
+//! trace, and a flusher task that writes Parquet files and commits them to the manifest.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use bytes::Bytes;
+use hopscope_schemas::layout;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::buffer::{CutOff, TraceBuffer};
+use crate::convert::convert_request;
+use crate::decode::{BodyFormat, decode_request, gunzip_limited};
+use crate::manifest::ManifestStore;
+use crate::writer::write_span_files;
+use crate::IngestError;
+
+/// How the ingester stores spans.
+#[derive(Debug, Clone)]
+pub struct IngesterConfig {
+    /// The data directory (`<data-dir>/<tenant>/...`).
+    pub data_dir: PathBuf,
+    /// The tenant spans are stored under.
+    pub tenant: String,
+    /// How often the flusher looks for traces ready to write.
+    pub flush_interval: Duration,
+    /// When buffered traces are written.
+    pub cut_off: CutOff,
+    /// Buffered spans above which the flusher is woken at once.
+    pub flush_rows: usize,
+}
+
+impl IngesterConfig {
+    /// Defaults for a data directory: spans are queryable about a second after their trace goes
+    /// quiet, and at most ten seconds after they arrive.
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            tenant: layout::DEFAULT_TENANT.to_owned(),
+            flush_interval: Duration::from_millis(250),
+            cut_off: CutOff { idle: Duration::from_secs(1), max_age: Duration::from_secs(10) },
+            flush_rows: 256 * 1024,
+        }
+    }
+}
+
+/// Counters of what the ingester received and stored.
+#[derive(Debug, Default)]
+pub struct IngestMetrics {
+    pub requests: AtomicU64,
+    pub spans_accepted: AtomicU64,
+    pub spans_rejected: AtomicU64,
+    pub files_committed: AtomicU64,
+    pub spans_committed: AtomicU64,
+}
+
+/// What an export request came to: how many spans were kept and why others were not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportOutcome {
+    pub accepted: u64,
+    pub rejected: u64,
+    pub error_message: Option<String>,
+}
+
+/// A request body as it arrived, before decoding.
+#[derive(Debug)]
+pub enum ExportBody {
+    /// OTLP/HTTP: possibly gzip-compressed, protobuf or JSON.
+    Http { body: Bytes, format: BodyFormat, gzip: bool, limit: usize },
+    /// OTLP/gRPC: protobuf, already decompressed and size-checked by the gRPC layer.
+    Grpc { body: Bytes },
+}
+
+/// Receives export requests and stores their spans.
+#[derive(Debug)]
+pub struct Ingester {
+    config: IngesterConfig,
+    manifest: Arc<ManifestStore>,
+    buffer: Mutex<TraceBuffer>,
+    wake: Notify,
+    closed: AtomicBool,
+    metrics: IngestMetrics,
+}
+
+impl Ingester {
+    /// Opens the data directory. Blocking I/O: call it before serving or from `spawn_blocking`.
+    pub fn open(config: IngesterConfig) -> Result<Arc<Self>, IngestError> {
+        let manifest = Arc::new(ManifestStore::open(&config.data_dir, &config.tenant)?);
+        Ok(Arc::new(Self {
+            config,
+            manifest,
+            buffer: Mutex::new(TraceBuffer::default()),
+            wake: Notify::new(),
+            closed: AtomicBool::new(false),
+            metrics: IngestMetrics::default(),
+        }))
+    }
+
+    /// What has been received and stored so far.
+    pub fn metrics(&self) -> &IngestMetrics {
+        &self.metrics
+    }
+
+    /// Spans accepted but not yet committed to a file.
+    pub fn buffered_rows(&self) -> usize {
+        self.buffer.lock().expect("buffer lock").rows()
+    }
+
+    /// Decodes, validates and buffers one export request. Returns once its accepted spans are held
+    /// by the ingester; they are committed to a file within the buffer's cut-off.
+    pub async fn export(&self, body: ExportBody) -> Result<ExportOutcome, IngestError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(IngestError::ShuttingDown);
+        }
+        self.metrics.requests.fetch_add(1, Ordering::Relaxed);
+        let converted = tokio::task::spawn_blocking(move || {
+            let request = match body {
+                ExportBody::Http { body, format, gzip, limit } => {
+                    if gzip {
+                        decode_request(&gunzip_limited(&body, limit)?, format)?
+                    } else {
+                        decode_request(&body, format)?
+                    }
+                }
+                ExportBody::Grpc { body } => decode_request(&body, BodyFormat::Protobuf)?,
+            };
+            convert_request(&request)
+        })
+        .await
+        .map_err(|e| IngestError::Task(e.to_string()))??;
+
+        self.metrics.spans_rejected.fetch_add(converted.rejected, Ordering::Relaxed);
+        if let Some(batch) = converted.batch {
+            self.append(batch)?;
+        }
+        self.metrics.spans_accepted.fetch_add(converted.accepted, Ordering::Relaxed);
+        Ok(ExportOutcome {
+            accepted: converted.accepted,
+            rejected: converted.rejected,
+            error_message: converted.error_message,
+        })
+    }
+
+    fn append(&self, batch: RecordBatch) -> Result<(), IngestError> {
+        let mut buffer = self.buffer.lock().expect("buffer lock");
+        // Checked under the lock: the final flush takes the lock after setting `closed`, so a batch
+        // appended here is always seen by it.
+        if self.closed.load(Ordering::Acquire) {
+            return Err(IngestError::ShuttingDown);
+        }
+        buffer.push(batch, Instant::now());
+        if buffer.rows() >= self.config.flush_rows {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Starts the flusher. It stops when `shutdown` is cancelled, after writing every buffered span;
+    /// the returned handle resolves then.
+    pub fn spawn_flusher(self: &Arc<Self>, shutdown: CancellationToken) -> JoinHandle<Result<(), IngestError>> {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(this.config.flush_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let everything = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tick.tick() => false,
+                    _ = this.wake.notified() => true,
+                };
+                if let Err(e) = this.flush(everything).await {
+                    tracing::error!(error = %e, "flush failed; spans stay buffered and are retried");
+                }
+            }
+            this.close().await
+        })
+    }
+
+    /// Refuses new exports and writes everything buffered, retrying a few times on failure.
+    async fn close(&self) -> Result<(), IngestError> {
+        {
+            let _buffer = self.buffer.lock().expect("buffer lock");
+            self.closed.store(true, Ordering::Release);
+        }
+        let mut attempt = 0;
+        loop {
+            match self.flush(true).await {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt < 3 => {
+                    attempt += 1;
+                    tracing::error!(error = %e, attempt, "final flush failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Writes the traces that are ready (all of them when `everything`) and commits the files.
+    pub async fn flush(&self, everything: bool) -> Result<(), IngestError> {
+        let batches = {
+            let mut buffer = self.buffer.lock().expect("buffer lock");
+            buffer.take_ready(Instant::now(), self.config.cut_off, everything)?
+        };
+        if batches.is_empty() {
+            return Ok(());
+        }
+        let tenant_dir = layout::tenant_dir(&self.config.data_dir, &self.config.tenant);
+        let started = Instant::now();
+        let manifest = Arc::clone(&self.manifest);
+        let to_write = batches.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let files = write_span_files(&tenant_dir, &to_write)?;
+            let rows: u64 = files.iter().map(|f| f.rows).sum();
+            let count = files.len() as u64;
+            let paths: Vec<PathBuf> = files.iter().map(|f| tenant_dir.join(&f.path)).collect();
+            match manifest.commit_added(files) {
+                Ok(generation) => Ok((rows, count, generation)),
+                Err(e) => {
+                    // Not committed, so never visible: remove them; the spans are written again.
+                    for path in paths {
+                        let _ = std::fs::remove_file(path);
+                    }
+                    Err(e)
+                }
+            }
+        })
+        .await
+        .map_err(|e| IngestError::Task(e.to_string()))
+        .and_then(|r| r);
+        match result {
+            Ok((rows, count, generation)) => {
+                self.metrics.files_committed.fetch_add(count, Ordering::Relaxed);
+                self.metrics.spans_committed.fetch_add(rows, Ordering::Relaxed);
+                tracing::debug!(rows, files = count, generation, elapsed_ms = started.elapsed().as_millis() as u64, "committed span files");
+                Ok(())
+            }
+            Err(e) => {
+                self.buffer.lock().expect("buffer lock").restore(batches, Instant::now());
+                Err(e)
+            }
+        }
+    }
+}

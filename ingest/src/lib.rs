@@ -1,0 +1,25 @@
+//! hopscope's ingest side: OTLP receivers (gRPC and HTTP), decoding and validation, the trace
+//! buffer, the Parquet writer and the manifest commit.
+//!
+//! Data flow: a receiver hands the raw body to [`Ingester::export`], which decodes and converts it
+//! on the blocking pool ([`decode`], [`otlp_json`], [`convert`]), and appends the accepted spans to
+//! the [`buffer::TraceBuffer`]. The flusher task ([`Ingester::spawn_flusher`]) writes traces that
+//! have gone quiet to sorted Parquet files ([`writer`]) and commits them to the manifest
+//! ([`manifest`]); only then can queries see them.
+//!
+//! Invariants: nothing here imports the query crate; a Parquet file is visible only once a
+//! committed manifest lists it; CPU-heavy work never runs on an async worker thread.
+
+pub mod buffer;
+pub mod convert;
+pub mod decode;
+mod error;
+pub mod grpc;
+pub mod http;
+pub mod ingester;
+pub mod manifest;
+pub mod otlp_json;
+pub mod writer;
+
+pub use error::IngestError;
+pub use ingester::{ExportBody, ExportOutcome, Ingester, IngesterConfig};

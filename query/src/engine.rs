@@ -1,0 +1,92 @@
+//! The DataFusion session over the span store, and the queries the API runs on it.
+
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use datafusion::common::ScalarValue;
+use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext, col, lit};
+use hopscope_schemas::api::TraceView;
+use hopscope_schemas::columns as c;
+use hopscope_schemas::TraceId;
+
+use crate::rows::spans_from_batches;
+use crate::store::{ManifestReader, SpansTable};
+use crate::QueryError;
+
+/// The name of the table of stored spans.
+pub const SPANS_TABLE: &str = "spans";
+
+/// How the query engine runs.
+#[derive(Debug, Clone)]
+pub struct QueryConfig {
+    /// The data directory the ingest side writes.
+    pub data_dir: PathBuf,
+    /// The tenant whose spans are queried.
+    pub tenant: String,
+    /// Memory a query may hold before it spills or fails.
+    pub memory_limit_bytes: usize,
+    /// Parallelism of a query.
+    pub target_partitions: usize,
+}
+
+impl QueryConfig {
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            tenant: hopscope_schemas::layout::DEFAULT_TENANT.to_owned(),
+            memory_limit_bytes: 2 << 30,
+            target_partitions: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        }
+    }
+}
+
+/// Answers queries over the committed span files.
+pub struct QueryEngine {
+    ctx: SessionContext,
+}
+
+impl std::fmt::Debug for QueryEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueryEngine").field("session_id", &self.ctx.session_id()).finish()
+    }
+}
+
+impl QueryEngine {
+    pub fn new(config: &QueryConfig) -> Result<Self, QueryError> {
+        let pool = TrackConsumersPool::new(
+            FairSpillPool::new(config.memory_limit_bytes),
+            NonZeroUsize::new(5).expect("non-zero"),
+        );
+        let runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::new(pool)).build_arc()?;
+        let session = SessionConfig::new()
+            .with_target_partitions(config.target_partitions.max(1))
+            .with_information_schema(true);
+        let ctx = SessionContext::new_with_config_rt(session, runtime);
+        let manifest = Arc::new(ManifestReader::new(&config.data_dir, &config.tenant));
+        ctx.register_table(SPANS_TABLE, Arc::new(SpansTable::new(manifest)))?;
+        Ok(Self { ctx })
+    }
+
+    /// The DataFusion session, with hopscope's tables registered.
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// Every stored span of a trace, ordered by start time; `None` when there is none.
+    pub async fn trace(&self, trace_id: TraceId) -> Result<Option<TraceView>, QueryError> {
+        let id = lit(ScalarValue::FixedSizeBinary(16, Some(trace_id.0.to_vec())));
+        let batches = self
+            .ctx
+            .table(SPANS_TABLE)
+            .await?
+            .filter(col(c::TRACE_ID).eq(id))?
+            .sort(vec![col(c::START_TIME).sort(true, false), col(c::SPAN_ID).sort(true, false)])?
+            .collect()
+            .await?;
+        let spans = spans_from_batches(&batches)?;
+        Ok((!spans.is_empty()).then(|| TraceView { trace_id: trace_id.to_hex(), spans }))
+    }
+}

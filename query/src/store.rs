@@ -1,0 +1,220 @@
+//! The span store as DataFusion sees it: the committed manifest, re-read when it changes, and the
+//! `spans` table provider that scans the listed Parquet files, skipping files that cannot match.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::{DFSchema, ScalarValue, project_schema};
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::object_store::ObjectStoreUrl;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::error::Result as DfResult;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown, TableType};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::empty::EmptyExec;
+use hopscope_schemas::columns as c;
+use hopscope_schemas::layout;
+use hopscope_schemas::manifest::{FileEntry, Manifest};
+use hopscope_schemas::spans::span_schema;
+
+use crate::QueryError;
+
+/// Reads a tenant's manifest, re-reading it only when the file changed.
+#[derive(Debug)]
+pub struct ManifestReader {
+    path: PathBuf,
+    tenant_dir: PathBuf,
+    cached: Mutex<Option<(SystemTime, u64, Arc<Manifest>)>>,
+}
+
+impl ManifestReader {
+    pub fn new(data_dir: &Path, tenant: &str) -> Self {
+        Self {
+            path: layout::manifest_path(data_dir, tenant),
+            tenant_dir: layout::tenant_dir(data_dir, tenant),
+            cached: Mutex::new(None),
+        }
+    }
+
+    /// The committed manifest (empty before the first commit). Blocking I/O, small.
+    pub fn current(&self) -> Result<Arc<Manifest>, QueryError> {
+        let meta = match fs::metadata(&self.path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Arc::new(Manifest::default())),
+            Err(e) => return Err(QueryError::Manifest(format!("{}: {e}", self.path.display()))),
+        };
+        let stamp = (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len());
+        let mut cached = self.cached.lock().expect("manifest cache lock");
+        if let Some((modified, len, manifest)) = cached.as_ref()
+            && (*modified, *len) == stamp
+        {
+            return Ok(Arc::clone(manifest));
+        }
+        let bytes = fs::read(&self.path).map_err(|e| QueryError::Manifest(format!("{}: {e}", self.path.display())))?;
+        let manifest = Arc::new(Manifest::from_json(&bytes).map_err(|e| QueryError::Manifest(e.to_string()))?);
+        *cached = Some((stamp.0, stamp.1, Arc::clone(&manifest)));
+        Ok(manifest)
+    }
+
+    /// The absolute path of a committed file.
+    pub fn file_path(&self, entry: &FileEntry) -> PathBuf {
+        self.tenant_dir.join(&entry.path)
+    }
+}
+
+/// The `spans` table: every committed span.
+#[derive(Debug)]
+pub struct SpansTable {
+    manifest: Arc<ManifestReader>,
+}
+
+impl SpansTable {
+    pub fn new(manifest: Arc<ManifestReader>) -> Self {
+        Self { manifest }
+    }
+}
+
+/// What the filters of a scan say about which files can hold matching rows.
+#[derive(Debug, Default, PartialEq)]
+struct FilePruning {
+    trace_id: Option<[u8; 16]>,
+}
+
+impl FilePruning {
+    fn from_filters(filters: &[Expr]) -> Self {
+        let mut pruning = FilePruning::default();
+        for filter in filters {
+            for conjunct in datafusion::logical_expr::utils::split_conjunction(filter) {
+                if let Expr::BinaryExpr(BinaryExpr { left, op: Operator::Eq, right }) = conjunct {
+                    let (col, value) = match (left.as_ref(), right.as_ref()) {
+                        (Expr::Column(col), Expr::Literal(v, _)) | (Expr::Literal(v, _), Expr::Column(col)) => (col, v),
+                        _ => continue,
+                    };
+                    if col.name == c::TRACE_ID
+                        && let ScalarValue::FixedSizeBinary(16, Some(bytes)) | ScalarValue::Binary(Some(bytes)) = value
+                        && let Ok(id) = <[u8; 16]>::try_from(bytes.as_slice())
+                    {
+                        pruning.trace_id = Some(id);
+                    }
+                }
+            }
+        }
+        pruning
+    }
+
+    fn may_match(&self, entry: &FileEntry) -> bool {
+        match self.trace_id {
+            Some(id) => {
+                let id = hex::encode(id);
+                entry.min_trace_id <= id && id <= entry.max_trace_id
+            }
+            None => true,
+        }
+    }
+}
+
+#[async_trait]
+impl TableProvider for SpansTable {
+    fn schema(&self) -> SchemaRef {
+        span_schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let schema = span_schema();
+        let manifest = self
+            .manifest
+            .current()
+            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+        let pruning = FilePruning::from_filters(filters);
+        let files: Vec<(String, u64)> = manifest
+            .files
+            .iter()
+            .filter(|f| pruning.may_match(f))
+            .map(|f| (self.manifest.file_path(f).to_string_lossy().into_owned(), f.bytes))
+            .collect();
+        if files.is_empty() {
+            return Ok(Arc::new(EmptyExec::new(project_schema(&schema, projection)?)));
+        }
+
+        let mut options = state.default_table_options().parquet;
+        options.global.pruning = true;
+        options.global.bloom_filter_on_read = true;
+        options.global.enable_page_index = true;
+        options.global.pushdown_filters = true;
+        options.global.reorder_filters = true;
+        // Read strings as stored (Utf8), matching the table schema.
+        options.global.schema_force_view_types = false;
+        let mut source = ParquetSource::new(Arc::clone(&schema)).with_table_parquet_options(options);
+        if let Some(expr) = conjunction(filters.iter().cloned()) {
+            let df_schema = DFSchema::try_from(Arc::clone(&schema))?;
+            source = source.with_predicate(state.create_physical_expr(expr, &df_schema)?);
+        }
+
+        // Spread files over the target partitions, balanced by size.
+        let partitions = state.config().target_partitions().clamp(1, files.len());
+        let mut groups: Vec<(u64, Vec<PartitionedFile>)> = (0..partitions).map(|_| (0, Vec::new())).collect();
+        let mut by_size = files;
+        by_size.sort_by(|a, b| b.1.cmp(&a.1));
+        for (path, size) in by_size {
+            let group = groups.iter_mut().min_by_key(|g| g.0).expect("at least one group");
+            group.0 += size;
+            group.1.push(PartitionedFile::new(path, size));
+        }
+        let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
+            .with_file_groups(groups.into_iter().map(|(_, files)| FileGroup::new(files)).collect())
+            .with_projection_indices(projection.cloned())?
+            .with_limit(limit)
+            .build();
+        Ok(DataSourceExec::from_data_source(config))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::prelude::{col, lit};
+
+    #[test]
+    fn trace_id_equality_prunes_files() {
+        let id = [0x42u8; 16];
+        let filter = col(c::TRACE_ID).eq(lit(ScalarValue::FixedSizeBinary(16, Some(id.to_vec()))));
+        let pruning = FilePruning::from_filters(&[filter.and(col(c::NAME).eq(lit("x")))]);
+        assert_eq!(pruning.trace_id, Some(id));
+        let entry = |min: &str, max: &str| FileEntry {
+            path: String::new(),
+            rows: 1,
+            bytes: 1,
+            min_start_ns: 0,
+            max_start_ns: 0,
+            max_end_ns: 0,
+            min_trace_id: min.repeat(16),
+            max_trace_id: max.repeat(16),
+            committed_unix_ms: 0,
+        };
+        assert!(pruning.may_match(&entry("00", "ff")));
+        assert!(pruning.may_match(&entry("42", "42")));
+        assert!(!pruning.may_match(&entry("43", "ff")));
+        assert!(!pruning.may_match(&entry("00", "41")));
+    }
+}

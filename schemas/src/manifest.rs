@@ -1,0 +1,95 @@
+//! The manifest: the list of committed span files of one tenant. A file is visible to queries only
+//! once a manifest that lists it has been committed (written to a temporary file, synced and renamed
+//! over the previous one).
+
+use serde::{Deserialize, Serialize};
+
+use crate::SchemaError;
+
+/// The manifest as stored, tagged with its format version so that later formats can be read.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "version")]
+pub enum StoredManifest {
+    #[serde(rename = "1")]
+    V1(Manifest),
+}
+
+/// The current manifest format.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Incremented by every commit.
+    pub generation: u64,
+    /// The committed span files.
+    pub files: Vec<FileEntry>,
+}
+
+/// One committed span file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntry {
+    /// Path relative to the tenant directory (see [`crate::layout`]).
+    pub path: String,
+    /// Number of spans.
+    pub rows: u64,
+    /// File size in bytes.
+    pub bytes: u64,
+    /// Smallest and largest `start_time` (unix ns) of its spans.
+    pub min_start_ns: i64,
+    pub max_start_ns: i64,
+    /// Largest `end_time` (unix ns) of its spans.
+    pub max_end_ns: i64,
+    /// Smallest and largest trace id, lower-case hex.
+    pub min_trace_id: String,
+    pub max_trace_id: String,
+    /// When the file was committed (unix ms).
+    pub committed_unix_ms: i64,
+}
+
+impl Manifest {
+    /// Parses a stored manifest.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, SchemaError> {
+        let stored: StoredManifest =
+            serde_json::from_slice(bytes).map_err(|e| SchemaError::InvalidManifest(e.to_string()))?;
+        match stored {
+            StoredManifest::V1(m) => Ok(m),
+        }
+    }
+
+    /// The stored form of this manifest.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(&StoredManifest::V1(self.clone())).expect("manifest serialises")
+    }
+
+    /// Total spans in committed files.
+    pub fn total_rows(&self) -> u64 {
+        self.files.iter().map(|f| f.rows).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_carries_its_version() {
+        let m = Manifest {
+            generation: 3,
+            files: vec![FileEntry {
+                path: "spans/2026-11-28/01/a.parquet".into(),
+                rows: 10,
+                bytes: 2000,
+                min_start_ns: 1,
+                max_start_ns: 2,
+                max_end_ns: 3,
+                min_trace_id: "00".repeat(15) + "01",
+                max_trace_id: "ff".repeat(16),
+                committed_unix_ms: 5,
+            }],
+        };
+        let json = m.to_json();
+        assert!(String::from_utf8_lossy(&json).contains("\"version\": \"1\""));
+        assert_eq!(Manifest::from_json(&json).unwrap(), m);
+        assert!(Manifest::from_json(br#"{"version":"9"}"#).is_err());
+    }
+}

@@ -1,0 +1,211 @@
+//! The `hopscope` binary: command line, configuration, wiring of ingest, query and UI, and an
+//! orderly shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use clap::{Args, Parser, Subcommand};
+use hopscope_ingest::{Ingester, IngesterConfig};
+use hopscope_query::{QueryConfig, QueryEngine};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(name = "hopscope", version, about = "A tracing backend for latency questions")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Receive OTLP traces, store them, and serve the API and UI.
+    Serve(ServeArgs),
+}
+
+/// Every option can also be set by its environment variable.
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Where spans, the manifest and state are stored.
+    #[arg(long, env = "HOPSCOPE_DATA_DIR", default_value = "./hopscope-data")]
+    data_dir: PathBuf,
+    /// OTLP/gRPC listen address.
+    #[arg(long, env = "HOPSCOPE_OTLP_GRPC_ADDR", default_value = "0.0.0.0:4317")]
+    otlp_grpc_addr: SocketAddr,
+    /// OTLP/HTTP listen address.
+    #[arg(long, env = "HOPSCOPE_OTLP_HTTP_ADDR", default_value = "0.0.0.0:4318")]
+    otlp_http_addr: SocketAddr,
+    /// HTTP API and UI listen address.
+    #[arg(long, env = "HOPSCOPE_API_ADDR", default_value = "127.0.0.1:8080")]
+    api_addr: SocketAddr,
+    /// Largest OTLP/HTTP body accepted, in bytes, both as sent and after gzip decompression.
+    #[arg(long, env = "HOPSCOPE_OTLP_HTTP_MAX_BODY_BYTES", default_value_t = 20 * 1024 * 1024, value_parser = positive_usize)]
+    otlp_http_max_body_bytes: usize,
+    /// Largest OTLP/gRPC message accepted, in bytes, after decompression.
+    #[arg(long, env = "HOPSCOPE_OTLP_GRPC_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024, value_parser = positive_usize)]
+    otlp_grpc_max_message_bytes: usize,
+    /// Memory one query may use, in bytes, before it fails with an error.
+    #[arg(long, env = "HOPSCOPE_QUERY_MEMORY_LIMIT_BYTES", default_value_t = 2 << 30, value_parser = positive_usize)]
+    query_memory_limit_bytes: usize,
+}
+
+fn positive_usize(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be greater than 0".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("not a positive integer: {e}")),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Command::Serve(args) => runtime.block_on(serve(args)),
+    }
+}
+
+async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
+    // Absolute, so that logs and file paths handed to the query engine do not depend on the cwd.
+    args.data_dir = std::path::absolute(&args.data_dir)
+        .with_context(|| format!("resolving the data directory {}", args.data_dir.display()))?;
+    let data_dir = args.data_dir.clone();
+    let ingester = tokio::task::spawn_blocking(move || Ingester::open(IngesterConfig::new(data_dir)))
+        .await?
+        .with_context(|| format!("opening the data directory {}", args.data_dir.display()))?;
+    let mut query_config = QueryConfig::new(args.data_dir.clone());
+    query_config.memory_limit_bytes = args.query_memory_limit_bytes;
+    let engine = Arc::new(QueryEngine::new(&query_config)?);
+
+    let grpc_listener = bind(args.otlp_grpc_addr, "OTLP/gRPC").await?;
+    let http_listener = bind(args.otlp_http_addr, "OTLP/HTTP").await?;
+    let api_listener = bind(args.api_addr, "API").await?;
+    tracing::info!(
+        otlp_grpc = %grpc_listener.local_addr()?,
+        otlp_http = %http_listener.local_addr()?,
+        api = %api_listener.local_addr()?,
+        data_dir = %args.data_dir.display(),
+        "hopscope listening"
+    );
+
+    // Receivers and the API stop on `stop` (a receiver that fails cancels it too); the flusher stops on `flush_stop`, only after both
+    // receivers have drained, so that every acknowledged span is written before exit.
+    let stop = CancellationToken::new();
+    let flush_stop = CancellationToken::new();
+    let ready = Arc::new(AtomicBool::new(true));
+    let flusher = ingester.spawn_flusher(flush_stop.clone());
+
+    let grpc = {
+        let service = hopscope_ingest::grpc::TraceService::new(Arc::clone(&ingester), args.otlp_grpc_max_message_bytes);
+        let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let _stop_all = stop.clone().drop_guard();
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                .await
+                .context("OTLP/gRPC server")
+        })
+    };
+    let otlp_http = {
+        let app = hopscope_ingest::http::router(Arc::clone(&ingester), args.otlp_http_max_body_bytes);
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let _stop_all = stop.clone().drop_guard();
+            axum::serve(http_listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+                .context("OTLP/HTTP server")
+        })
+    };
+    let api = {
+        let app = Router::new()
+            .merge(hopscope_query::api::router(Arc::clone(&engine)))
+            .merge(hopscope_ui::router())
+            .merge(health_router(Arc::clone(&ready)));
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            axum::serve(api_listener, app).with_graceful_shutdown(stop.cancelled_owned()).await.context("API server")
+        })
+    };
+
+    let signal_stop = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: draining receivers, then writing buffered spans");
+        signal_stop.cancel();
+    });
+
+    let (grpc, otlp_http) = tokio::join!(grpc, otlp_http);
+    ready.store(false, Ordering::Release);
+    flush_stop.cancel();
+    let flushed = flusher.await?;
+    let api = api.await?;
+    grpc??;
+    otlp_http??;
+    api?;
+    flushed.context("writing buffered spans at shutdown")?;
+    tracing::info!("stopped; every acknowledged span is written");
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("binding the {what} address {addr}"))
+}
+
+fn health_router(ready: Arc<AtomicBool>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(|State(ready): State<Arc<AtomicBool>>| async move {
+                if ready.load(Ordering::Acquire) {
+                    (StatusCode::OK, "ready\n")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+                }
+            }),
+        )
+        .with_state(ready)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}
