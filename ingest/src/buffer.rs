@@ -62,7 +62,12 @@ impl TraceBuffer {
 
     /// Removes and returns the spans of every trace that is ready at `now` (all of them when
     /// `everything` is set).
-    pub fn take_ready(&mut self, now: Instant, cut_off: CutOff, everything: bool) -> Result<Vec<RecordBatch>, IngestError> {
+    pub fn take_ready(
+        &mut self,
+        now: Instant,
+        cut_off: CutOff,
+        everything: bool,
+    ) -> Result<Vec<RecordBatch>, IngestError> {
         let ready: HashSet<[u8; 16]> = self
             .traces
             .iter()
@@ -128,8 +133,10 @@ mod tests {
     }
 
     fn ids(batches: &[RecordBatch]) -> Vec<u8> {
-        let mut out: Vec<u8> =
-            batches.iter().flat_map(|b| trace_id_column(b).iter().map(|id| id.unwrap()[0]).collect::<Vec<_>>()).collect();
+        let mut out: Vec<u8> = batches
+            .iter()
+            .flat_map(|b| trace_id_column(b).iter().map(|id| id.unwrap()[0]).collect::<Vec<_>>())
+            .collect();
         out.sort();
         out
     }

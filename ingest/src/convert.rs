@@ -8,8 +8,8 @@ use std::sync::{Arc, OnceLock};
 
 use arrow::array::{
     ArrayRef, BinaryBuilder, BooleanBuilder, FixedSizeBinaryBuilder, Float64Builder, Int8Builder, Int64Builder,
-    ListArray, MapArray, RecordBatch, StringBuilder, StringDictionaryBuilder, StructArray,
-    TimestampNanosecondBuilder, UInt32Builder,
+    ListArray, MapArray, RecordBatch, StringBuilder, StringDictionaryBuilder, StructArray, TimestampNanosecondBuilder,
+    UInt32Builder,
 };
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{Int32Type, SchemaRef};
@@ -39,8 +39,7 @@ pub struct Converted {
 
 /// Converts an export request into the stored schema.
 pub fn convert_request(request: &ExportTraceServiceRequest) -> Result<Converted, IngestError> {
-    let total: usize =
-        request.resource_spans.iter().flat_map(|rs| &rs.scope_spans).map(|ss| ss.spans.len()).sum();
+    let total: usize = request.resource_spans.iter().flat_map(|rs| &rs.scope_spans).map(|ss| ss.spans.len()).sum();
     let mut cols = SpanColumns::with_capacity(total);
     let mut rejected = 0u64;
     let mut reasons = Vec::new();
@@ -101,7 +100,8 @@ fn validate(span: &Span) -> Result<(), String> {
     if !(0..=2).contains(&status) {
         return Err(format!("invalid status code {status}"));
     }
-    for (name, t) in [("start_time_unix_nano", span.start_time_unix_nano), ("end_time_unix_nano", span.end_time_unix_nano)]
+    for (name, t) in
+        [("start_time_unix_nano", span.start_time_unix_nano), ("end_time_unix_nano", span.end_time_unix_nano)]
     {
         if t > i64::MAX as u64 {
             return Err(format!("{name} {t} is beyond the year 2262"));
@@ -361,7 +361,9 @@ impl AttributeColumn {
             Some(V::DoubleValue(v)) => d = Some(*v),
             Some(V::BoolValue(v)) => b = Some(*v),
             Some(V::BytesValue(v)) => y = Some(v.as_slice()),
-            Some(V::ArrayValue(v)) => a = Some(array_to_json_text(&v.values.iter().map(attr_value).collect::<Vec<_>>())),
+            Some(V::ArrayValue(v)) => {
+                a = Some(array_to_json_text(&v.values.iter().map(attr_value).collect::<Vec<_>>()))
+            }
             Some(V::KvlistValue(v)) => k = Some(kvlist_to_json_text(&kvlist(&v.values))),
             // A profiles-only string-table reference means nothing outside profiles: stored empty,
             // as the OTLP specification asks receivers of other signals to do.
@@ -397,7 +399,8 @@ impl AttributeColumn {
         let arrow::datatypes::DataType::Struct(entry_fields) = entries_field.data_type() else {
             unreachable!("map entries are a struct")
         };
-        let entries = StructArray::new(entry_fields.clone(), vec![Arc::new(self.keys.finish()), Arc::new(values)], None);
+        let entries =
+            StructArray::new(entry_fields.clone(), vec![Arc::new(self.keys.finish()), Arc::new(values)], None);
         let offsets = OffsetBuffer::new(std::mem::take(&mut self.offsets).into());
         Arc::new(MapArray::new(entries_field, offsets, entries, None, false))
     }
@@ -494,7 +497,5 @@ pub fn attr_value(value: &AnyValue) -> AttrValue {
 }
 
 fn kvlist(kvs: &[KeyValue]) -> Vec<(String, AttrValue)> {
-    kvs.iter()
-        .map(|kv| (kv.key.clone(), kv.value.as_ref().map_or(AttrValue::Empty, attr_value)))
-        .collect()
+    kvs.iter().map(|kv| (kv.key.clone(), kv.value.as_ref().map_or(AttrValue::Empty, attr_value))).collect()
 }

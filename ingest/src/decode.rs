@@ -53,9 +53,7 @@ impl BodyFormat {
 pub fn gunzip_limited(body: &[u8], limit: usize) -> Result<Vec<u8>, IngestError> {
     let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
     let mut decoder = flate2::read::MultiGzDecoder::new(body).take(limit as u64 + 1);
-    decoder
-        .read_to_end(&mut out)
-        .map_err(|e| IngestError::Malformed { format: "gzip", message: e.to_string() })?;
+    decoder.read_to_end(&mut out).map_err(|e| IngestError::Malformed { format: "gzip", message: e.to_string() })?;
     if out.len() > limit {
         return Err(IngestError::TooLarge { limit, decompressed: true });
     }

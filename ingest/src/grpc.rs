@@ -80,12 +80,11 @@ impl UnaryService<Bytes> for Export {
             let body = request.into_inner();
             match ingester.export(ExportBody::Grpc { body }).await {
                 Ok(outcome) => {
-                    let partial_success = (outcome.rejected > 0 || outcome.error_message.is_some()).then(|| {
-                        ExportTracePartialSuccess {
+                    let partial_success =
+                        (outcome.rejected > 0 || outcome.error_message.is_some()).then(|| ExportTracePartialSuccess {
                             rejected_spans: outcome.rejected as i64,
                             error_message: outcome.error_message.unwrap_or_default(),
-                        }
-                    });
+                        });
                     Ok(Response::new(ExportTraceServiceResponse { partial_success }))
                 }
                 Err(e) => {

@@ -16,9 +16,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess
 use prost::Message;
 use serde_json::json;
 
+use crate::IngestError;
 use crate::decode::BodyFormat;
 use crate::ingester::{ExportBody, ExportOutcome, Ingester};
-use crate::IngestError;
 
 /// The path OTLP/HTTP exporters post traces to.
 pub const TRACES_PATH: &str = "/v1/traces";
@@ -67,7 +67,12 @@ async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
     }
 }
 
-async fn receive(state: &HttpState, headers: &HeaderMap, body: Body, format: BodyFormat) -> Result<ExportOutcome, IngestError> {
+async fn receive(
+    state: &HttpState,
+    headers: &HeaderMap,
+    body: Body,
+    format: BodyFormat,
+) -> Result<ExportOutcome, IngestError> {
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())

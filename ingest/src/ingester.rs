@@ -13,12 +13,12 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::IngestError;
 use crate::buffer::{CutOff, TraceBuffer};
 use crate::convert::convert_request;
 use crate::decode::{BodyFormat, decode_request, gunzip_limited};
 use crate::manifest::ManifestStore;
 use crate::writer::write_span_files;
-use crate::IngestError;
 
 /// How the ingester stores spans.
 #[derive(Debug, Clone)]
@@ -237,7 +237,13 @@ impl Ingester {
             Ok((rows, count, generation)) => {
                 self.metrics.files_committed.fetch_add(count, Ordering::Relaxed);
                 self.metrics.spans_committed.fetch_add(rows, Ordering::Relaxed);
-                tracing::debug!(rows, files = count, generation, elapsed_ms = started.elapsed().as_millis() as u64, "committed span files");
+                tracing::debug!(
+                    rows,
+                    files = count,
+                    generation,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "committed span files"
+                );
                 Ok(())
             }
             Err(e) => {

@@ -7,7 +7,9 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList, any_value};
+use opentelemetry_proto::tonic::common::v1::{
+    AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList, any_value,
+};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span};
 use serde_json::{Map, Value};
@@ -22,9 +24,7 @@ type Result<T> = std::result::Result<T, JsonError>;
 pub fn decode_request(body: &[u8]) -> Result<ExportTraceServiceRequest> {
     let value: Value = serde_json::from_slice(body).map_err(|e| JsonError(format!("not valid JSON: {e}")))?;
     let obj = object(&value, "request")?;
-    Ok(ExportTraceServiceRequest {
-        resource_spans: list(obj, "resourceSpans", "resource_spans", "", resource_spans)?,
-    })
+    Ok(ExportTraceServiceRequest { resource_spans: list(obj, "resourceSpans", "resource_spans", "", resource_spans)? })
 }
 
 fn err(path: &str, what: impl std::fmt::Display) -> JsonError {
@@ -83,7 +83,9 @@ fn u64_field(obj: &Map<String, Value>, camel: &str, snake: &str, prefix: &str) -
     let path = join(prefix, camel);
     match field(obj, camel, snake) {
         None => Ok(0),
-        Some(Value::Number(n)) => n.as_u64().ok_or_else(|| err(&path, format!("expected an unsigned integer, got {n}"))),
+        Some(Value::Number(n)) => {
+            n.as_u64().ok_or_else(|| err(&path, format!("expected an unsigned integer, got {n}")))
+        }
         Some(Value::String(s)) => s.parse().map_err(|_| err(&path, format!("expected an unsigned integer, got {s:?}"))),
         Some(other) => Err(err(&path, format!("expected an integer, got {}", kind_of(other)))),
     }
@@ -131,7 +133,12 @@ fn resource_spans(value: &Value, path: &str) -> Result<ResourceSpans> {
             let robj = object(r, &rpath)?;
             Some(Resource {
                 attributes: list(robj, "attributes", "attributes", &rpath, key_value)?,
-                dropped_attributes_count: u32_field(robj, "droppedAttributesCount", "dropped_attributes_count", &rpath)?,
+                dropped_attributes_count: u32_field(
+                    robj,
+                    "droppedAttributesCount",
+                    "dropped_attributes_count",
+                    &rpath,
+                )?,
                 entity_refs: Vec::new(),
             })
         }
@@ -154,7 +161,12 @@ fn scope_spans(value: &Value, path: &str) -> Result<ScopeSpans> {
                 name: string(sobj, "name", "name", &spath)?,
                 version: string(sobj, "version", "version", &spath)?,
                 attributes: list(sobj, "attributes", "attributes", &spath, key_value)?,
-                dropped_attributes_count: u32_field(sobj, "droppedAttributesCount", "dropped_attributes_count", &spath)?,
+                dropped_attributes_count: u32_field(
+                    sobj,
+                    "droppedAttributesCount",
+                    "dropped_attributes_count",
+                    &spath,
+                )?,
             })
         }
     };
@@ -314,8 +326,10 @@ mod tests {
 
     #[test]
     fn snake_case_keys_are_accepted() {
-        let span = one_span(r#"{"trace_id":"01010101010101010101010101010101","span_id":"0202020202020202","parent_span_id":""}"#)
-            .unwrap();
+        let span = one_span(
+            r#"{"trace_id":"01010101010101010101010101010101","span_id":"0202020202020202","parent_span_id":""}"#,
+        )
+        .unwrap();
         assert_eq!(span.trace_id, vec![1; 16]);
         assert!(span.parent_span_id.is_empty());
     }

@@ -7,9 +7,7 @@ use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, BooleanArray, FixedSizeBinaryArray, RecordBatch, TimestampNanosecondArray,
-};
+use arrow::array::{Array, BooleanArray, FixedSizeBinaryArray, RecordBatch, TimestampNanosecondArray};
 use arrow::compute::{SortColumn, concat_batches, filter_record_batch, lexsort_to_indices, take_record_batch};
 use hopscope_schemas::columns as c;
 use hopscope_schemas::layout;
@@ -17,8 +15,8 @@ use hopscope_schemas::manifest::FileEntry;
 use hopscope_schemas::spans::span_schema;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::metadata::SortingColumn;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
 use crate::IngestError;
@@ -101,7 +99,10 @@ pub fn writer_properties(distinct_traces: u64) -> WriterProperties {
         ]))
         .set_column_bloom_filter_enabled(ColumnPath::from(c::TRACE_ID), true)
         .set_column_bloom_filter_fpp(ColumnPath::from(c::TRACE_ID), 0.01)
-        .set_column_bloom_filter_max_ndv(ColumnPath::from(c::TRACE_ID), distinct_traces.clamp(1, ROW_GROUP_ROWS as u64));
+        .set_column_bloom_filter_max_ndv(
+            ColumnPath::from(c::TRACE_ID),
+            distinct_traces.clamp(1, ROW_GROUP_ROWS as u64),
+        );
     // Ids are random: a dictionary only costs space and time.
     for id in [c::TRACE_ID, c::SPAN_ID, c::PARENT_SPAN_ID] {
         builder = builder.set_column_dictionary_enabled(ColumnPath::from(id), false);
@@ -152,4 +153,3 @@ fn write_file(tenant_dir: &Path, hour: i64, batch: &RecordBatch) -> Result<FileE
 fn min_max(values: impl Iterator<Item = i64>) -> (i64, i64) {
     values.fold((i64::MAX, i64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)))
 }
-

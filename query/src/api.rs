@@ -27,10 +27,11 @@ impl IntoResponse for QueryError {
     }
 }
 
-async fn trace(State(engine): State<Arc<QueryEngine>>, Path(trace_id): Path<String>) -> Result<Json<TraceView>, QueryError> {
-    let id: TraceId = trace_id
-        .parse()
-        .map_err(|e| QueryError::BadParameter(format!("trace_id: {e}")))?;
+async fn trace(
+    State(engine): State<Arc<QueryEngine>>,
+    Path(trace_id): Path<String>,
+) -> Result<Json<TraceView>, QueryError> {
+    let id: TraceId = trace_id.parse().map_err(|e| QueryError::BadParameter(format!("trace_id: {e}")))?;
     match engine.trace(id).await? {
         Some(trace) => Ok(Json(trace)),
         None => Err(QueryError::NotFound(format!("trace {id} not found"))),

@@ -8,13 +8,13 @@ use datafusion::common::ScalarValue;
 use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext, col, lit};
+use hopscope_schemas::TraceId;
 use hopscope_schemas::api::TraceView;
 use hopscope_schemas::columns as c;
-use hopscope_schemas::TraceId;
 
+use crate::QueryError;
 use crate::rows::spans_from_batches;
 use crate::store::{ManifestReader, SpansTable};
-use crate::QueryError;
 
 /// The name of the table of stored spans.
 pub const SPANS_TABLE: &str = "spans";
@@ -61,9 +61,8 @@ impl QueryEngine {
             NonZeroUsize::new(5).expect("non-zero"),
         );
         let runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::new(pool)).build_arc()?;
-        let session = SessionConfig::new()
-            .with_target_partitions(config.target_partitions.max(1))
-            .with_information_schema(true);
+        let session =
+            SessionConfig::new().with_target_partitions(config.target_partitions.max(1)).with_information_schema(true);
         let ctx = SessionContext::new_with_config_rt(session, runtime);
         let manifest = Arc::new(ManifestReader::new(&config.data_dir, &config.tenant));
         ctx.register_table(SPANS_TABLE, Arc::new(SpansTable::new(manifest)))?;

@@ -7,11 +7,11 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
+use hopscope_schemas::AttrValue;
 use hopscope_schemas::api::{EventView, LinkView, ResourceView, ScopeView, SpanView, StatusView};
 use hopscope_schemas::attr::{api_attributes_json, array_from_json_text, kvlist_from_json_text};
 use hopscope_schemas::columns::{self as c, SEMCONV, SemconvType};
 use hopscope_schemas::spans::{kind, status};
-use hopscope_schemas::AttrValue;
 
 use crate::QueryError;
 

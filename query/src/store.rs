@@ -142,10 +142,8 @@ impl TableProvider for SpansTable {
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let schema = span_schema();
-        let manifest = self
-            .manifest
-            .current()
-            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+        let manifest =
+            self.manifest.current().map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
         let pruning = FilePruning::from_filters(filters);
         let files: Vec<(String, u64)> = manifest
             .files
@@ -175,7 +173,7 @@ impl TableProvider for SpansTable {
         let partitions = state.config().target_partitions().clamp(1, files.len());
         let mut groups: Vec<(u64, Vec<PartitionedFile>)> = (0..partitions).map(|_| (0, Vec::new())).collect();
         let mut by_size = files;
-        by_size.sort_by(|a, b| b.1.cmp(&a.1));
+        by_size.sort_by_key(|f| std::cmp::Reverse(f.1));
         for (path, size) in by_size {
             let group = groups.iter_mut().min_by_key(|g| g.0).expect("at least one group");
             group.0 += size;

@@ -193,7 +193,6 @@ fn double_from_json(v: &Value) -> Option<f64> {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

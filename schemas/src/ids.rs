@@ -48,10 +48,8 @@ macro_rules! id_type {
                         reason: format!("expected {} hex digits, got {}", 2 * $len, s.len()),
                     });
                 }
-                let bytes = hex::decode(s).map_err(|e| SchemaError::InvalidId {
-                    what: $what,
-                    reason: format!("not hex: {e}"),
-                })?;
+                let bytes = hex::decode(s)
+                    .map_err(|e| SchemaError::InvalidId { what: $what, reason: format!("not hex: {e}") })?;
                 Self::from_bytes(&bytes)
             }
         }

@@ -39,9 +39,6 @@ mod tests {
         // 2026-11-28T01:30:00Z
         let ns = 1_795_829_400_i64 * 1_000_000_000;
         assert_eq!(span_file_relative_path(ns, "abc"), "spans/2026-11-28/01/abc.parquet");
-        assert_eq!(
-            manifest_path(Path::new("/d"), DEFAULT_TENANT),
-            PathBuf::from("/d/default/manifest.json")
-        );
+        assert_eq!(manifest_path(Path::new("/d"), DEFAULT_TENANT), PathBuf::from("/d/default/manifest.json"));
     }
 }

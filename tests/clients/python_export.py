@@ -1,0 +1,47 @@
+"""Sends one small trace through each official OpenTelemetry Python OTLP exporter (gRPC and
+HTTP/protobuf) and prints {"grpc": trace_id, "http": trace_id} as JSON."""
+
+import argparse
+import json
+
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+
+def send(protocol: str, exporter) -> str:
+    provider = TracerProvider(resource=Resource.create({"service.name": f"python-{protocol}"}))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("hopscope-e2e-python")
+    with tracer.start_as_current_span(f"GET /python/{protocol}", kind=SpanKind.SERVER) as root:
+        trace_id = format(root.get_span_context().trace_id, "032x")
+        with tracer.start_as_current_span("call inventory", kind=SpanKind.CLIENT) as child:
+            child.set_attribute("peer.service", "inventory")
+            child.set_attribute("retries", 3)
+            child.set_attribute("cache.hit", False)
+            child.set_attribute("tags", ["a", "b"])
+            child.add_event("retrying", {"attempt": 2})
+            child.set_status(Status(StatusCode.ERROR, "upstream timed out"))
+    if not provider.force_flush(30_000):
+        raise SystemExit(f"{protocol} exporter did not flush")
+    provider.shutdown()
+    return trace_id
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--grpc", required=True, help="OTLP/gRPC endpoint, e.g. http://127.0.0.1:4317")
+    parser.add_argument("--http", required=True, help="OTLP/HTTP traces URL, e.g. http://127.0.0.1:4318/v1/traces")
+    args = parser.parse_args()
+    sent = {
+        "grpc": send("grpc", GrpcExporter(endpoint=args.grpc, insecure=True, timeout=30)),
+        "http": send("http", HttpExporter(endpoint=args.http, timeout=30)),
+    }
+    print(json.dumps(sent))
+
+
+if __name__ == "__main__":
+    main()

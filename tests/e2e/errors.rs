@@ -1,0 +1,200 @@
+//! Each error answer of the OTLP receivers, as a client sees it, plus an empty request, gzip, and a
+//! clean stop that keeps every acknowledged span.
+
+use std::io::Write;
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use prost::Message;
+use serde_json::Value;
+
+use crate::support::{Server, random_trace_id};
+
+fn span(trace_id: Vec<u8>, span_id: Vec<u8>, name: &str) -> Span {
+    Span {
+        trace_id,
+        span_id,
+        name: name.into(),
+        kind: 2,
+        start_time_unix_nano: 1_700_000_000_000_000_000,
+        end_time_unix_nano: 1_700_000_000_250_000_000,
+        ..Default::default()
+    }
+}
+
+fn request(spans: Vec<Span>) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![KeyValue {
+                    key: "service.name".into(),
+                    value: Some(AnyValue { value: Some(any_value::Value::StringValue("checkout".into())) }),
+                    key_strindex: 0,
+                }],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+            schema_url: String::new(),
+        }],
+    }
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(data).unwrap();
+    enc.finish().unwrap()
+}
+
+async fn post(server: &Server, content_type: &str, encoding: Option<&str>, body: Vec<u8>) -> (u16, String, Vec<u8>) {
+    let mut req = reqwest::Client::new().post(server.traces_url()).header("content-type", content_type).body(body);
+    if let Some(encoding) = encoding {
+        req = req.header("content-encoding", encoding);
+    }
+    let response = req.send().await.unwrap();
+    let status = response.status().as_u16();
+    let ct = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    (status, ct, response.bytes().await.unwrap().to_vec())
+}
+
+/// `google.rpc.Status` as OTLP/HTTP error bodies carry it (code 1, message 2).
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn otlp_http_answers_per_the_specification() {
+    let server = Server::start("http-errors", &["--otlp-http-max-body-bytes", "4096"]);
+    let good = random_trace_id();
+    let good_id = hex::decode(&good).unwrap();
+
+    // Invalid ids are rejected one by one; the valid span of the batch is stored.
+    let batch = request(vec![
+        span(good_id.clone(), vec![1; 8], "kept"),
+        span(vec![0; 16], vec![2; 8], "zero trace id"),
+        span(good_id.clone(), vec![3; 7], "short span id"),
+        span(vec![4; 15], vec![4; 8], "short trace id"),
+    ]);
+    let (status, ct, body) = post(&server, "application/x-protobuf", None, batch.encode_to_vec()).await;
+    assert_eq!((status, ct.as_str()), (200, "application/x-protobuf"));
+    let partial = ExportTraceServiceResponse::decode(body.as_slice()).unwrap().partial_success.unwrap();
+    assert_eq!(partial.rejected_spans, 3);
+    for reason in ["all zero", "expected 8 bytes, got 7", "expected 16 bytes, got 15"] {
+        assert!(partial.error_message.contains(reason), "{reason} in {:?}", partial.error_message);
+    }
+    let trace = server.wait_for_trace(&good, 1).await;
+    assert_eq!(trace["spans"][0]["name"], "kept");
+
+    // The same over JSON: the answer is JSON, with int64 counts as the JSON mapping writes them.
+    let json = format!(
+        r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[
+            {{"traceId":"{t}","spanId":"0a0a0a0a0a0a0a0a","name":"json kept"}},
+            {{"traceId":"{t}","spanId":"0000000000000000","name":"zero span id"}}]}}]}}]}}"#,
+        t = random_trace_id().to_uppercase()
+    );
+    let (status, ct, body) = post(&server, "application/json", None, json.into_bytes()).await;
+    assert_eq!((status, ct.as_str()), (200, "application/json"));
+    let answer: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(answer["partialSuccess"]["rejectedSpans"], "1", "{answer}");
+
+    // An empty request succeeds, in both formats, with no partial success.
+    let (status, _, body) = post(&server, "application/x-protobuf", None, Vec::new()).await;
+    assert_eq!(status, 200);
+    assert_eq!(ExportTraceServiceResponse::decode(body.as_slice()).unwrap().partial_success, None);
+    let (status, _, body) = post(&server, "application/json", None, b"{}".to_vec()).await;
+    assert_eq!((status, body.as_slice()), (200, b"{}".as_slice()));
+
+    // Malformed bodies: 400 with a Status saying what was wrong, in the request's format.
+    let (status, ct, body) = post(&server, "application/x-protobuf", None, vec![0x0a, 0xff, 0xff, 0x01]).await;
+    assert_eq!((status, ct.as_str()), (400, "application/x-protobuf"));
+    let rpc = RpcStatus::decode(body.as_slice()).unwrap();
+    assert!(rpc.message.contains("malformed protobuf body"), "{rpc:?}");
+    let (status, _, body) = post(&server, "application/json", None, br#"{"resourceSpans": 7}"#.to_vec()).await;
+    assert_eq!(status, 400);
+    let rpc: Value = serde_json::from_slice(&body).unwrap();
+    assert!(rpc["message"].as_str().unwrap().contains("resourceSpans: expected an array"), "{rpc}");
+
+    // Unsupported content type and encoding: 415.
+    let (status, _, body) = post(&server, "text/plain", None, b"hello".to_vec()).await;
+    assert_eq!(status, 415);
+    assert!(String::from_utf8_lossy(&body).contains("application/x-protobuf or application/json"));
+    let (status, _, _) = post(&server, "application/x-protobuf", Some("br"), Vec::new()).await;
+    assert_eq!(status, 415);
+
+    // gzip is accepted...
+    let zipped_id = random_trace_id();
+    let zipped = request(vec![span(hex::decode(&zipped_id).unwrap(), vec![9; 8], "zipped")]);
+    let (status, _, _) = post(&server, "application/x-protobuf", Some("gzip"), gzip(&zipped.encode_to_vec())).await;
+    assert_eq!(status, 200);
+    server.wait_for_trace(&zipped_id, 1).await;
+    // ...and bodies over the limit are refused with 413, as sent and after inflating.
+    let (status, _, body) = post(&server, "application/x-protobuf", None, vec![0; 5000]).await;
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
+    let (status, _, body) = post(&server, "application/x-protobuf", Some("gzip"), gzip(&vec![0; 100_000])).await;
+    assert_eq!(status, 413);
+    assert!(RpcStatus::decode(body.as_slice()).unwrap().message.contains("after decompression"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn otlp_grpc_answers_per_the_specification() {
+    let server = Server::start("grpc-errors", &["--otlp-grpc-max-message-bytes", "4096"]);
+    let mut client = TraceServiceClient::connect(format!("http://{}", server.grpc))
+        .await
+        .unwrap()
+        .send_compressed(tonic::codec::CompressionEncoding::Gzip)
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+
+    let good = random_trace_id();
+    let good_id = hex::decode(&good).unwrap();
+    let response = client
+        .export(request(vec![
+            span(good_id.clone(), vec![1; 8], "kept"),
+            span(good_id.clone(), vec![0; 8], "zero span id"),
+        ]))
+        .await
+        .unwrap()
+        .into_inner();
+    let partial = response.partial_success.unwrap();
+    assert_eq!(partial.rejected_spans, 1);
+    assert!(partial.error_message.contains("all zero"));
+    server.wait_for_trace(&good, 1).await;
+
+    let empty = client.export(ExportTraceServiceRequest::default()).await.unwrap().into_inner();
+    assert_eq!(empty.partial_success, None);
+
+    // Over the limit after decompression: a highly compressible message passes the wire-size check
+    // and must be refused while inflating.
+    let big = request(vec![span(good_id, vec![2; 8], &"x".repeat(50_000))]);
+    let status = client.export(big).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clean_stop_keeps_every_acknowledged_span() {
+    let server = Server::start("clean-stop", &[]);
+    let data_dir = server.data_dir.clone();
+    let mut ids = Vec::new();
+    for i in 0..20u8 {
+        let id = random_trace_id();
+        let req = request(vec![span(hex::decode(&id).unwrap(), vec![i + 1; 8], "acknowledged")]);
+        let (status, _, _) = post(&server, "application/x-protobuf", None, req.encode_to_vec()).await;
+        assert_eq!(status, 200);
+        ids.push(id);
+    }
+    // Stop at once: the spans are still in the trace buffer and must be written on the way out.
+    assert!(server.terminate().success());
+    let restarted = Server::start_in(data_dir, &[]);
+    for id in &ids {
+        restarted.wait_for_trace(id, 1).await;
+    }
+    let health = reqwest::get(restarted.api_url("/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = reqwest::get(restarted.api_url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+}

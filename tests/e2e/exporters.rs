@@ -1,0 +1,144 @@
+//! Real, independent OTLP clients: the Rust `opentelemetry-otlp` exporter (gRPC with gzip, and
+//! HTTP/protobuf) and the OpenTelemetry Python SDK exporters (gRPC and HTTP) send spans to a running
+//! server; the spans are read back through `/api/v1/traces/{id}`.
+
+use std::process::Command;
+
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{Span as _, SpanKind, TraceContextExt as _, Tracer as _, TracerProvider as _};
+use opentelemetry_otlp::{Compression, Protocol, WithExportConfig, WithTonicConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use serde_json::Value;
+
+use crate::support::{Server, workspace_root};
+
+fn attribute<'a>(span: &'a Value, key: &str) -> &'a Value {
+    span["attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["key"] == key)
+        .unwrap_or_else(|| panic!("attribute {key} in {span}"))
+}
+
+/// Exports one parent and one child span through `provider`, returning the trace id.
+fn emit(provider: &SdkTracerProvider, name: &str) -> String {
+    let tracer = provider.tracer("hopscope-e2e");
+    let mut parent = tracer.span_builder(format!("{name} parent")).with_kind(SpanKind::Server).start(&tracer);
+    parent.set_attribute(KeyValue::new("http.route", "/orders/{id}"));
+    parent.set_attribute(KeyValue::new("http.response.status_code", 200_i64));
+    let trace_id = parent.span_context().trace_id().to_string();
+    let cx = opentelemetry::Context::current().with_remote_span_context(parent.span_context().clone());
+    let mut child =
+        tracer.span_builder(format!("{name} child")).with_kind(SpanKind::Client).start_with_context(&tracer, &cx);
+    child.set_attribute(KeyValue::new("db.system.name", "postgresql"));
+    child.set_attribute(KeyValue::new("retry.ratio", 0.25));
+    child.end();
+    parent.end();
+    trace_id
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rust_opentelemetry_otlp_exporter_over_grpc_and_http() {
+    let server = Server::start("rust-exporter", &[]);
+    let grpc_endpoint = format!("http://{}", server.grpc);
+    let http_endpoint = server.traces_url();
+    let handle = tokio::runtime::Handle::current();
+    // The SDK's simple processor blocks while exporting; run it on a blocking thread that can still
+    // reach the runtime driving the exporters' connections.
+    let (grpc_trace, http_trace) = tokio::task::spawn_blocking(move || {
+        let _runtime = handle.enter();
+        let resource = |service: &str| Resource::builder().with_service_name(service.to_owned()).build();
+        let grpc = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(grpc_endpoint)
+            .with_compression(Compression::Gzip)
+            .build()
+            .unwrap();
+        let provider =
+            SdkTracerProvider::builder().with_simple_exporter(grpc).with_resource(resource("rust-grpc")).build();
+        let grpc_trace = emit(&provider, "grpc");
+        provider.shutdown().unwrap();
+
+        let http = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpBinary)
+            .with_endpoint(http_endpoint)
+            .build()
+            .unwrap();
+        let provider =
+            SdkTracerProvider::builder().with_simple_exporter(http).with_resource(resource("rust-http")).build();
+        let http_trace = emit(&provider, "http");
+        provider.shutdown().unwrap();
+        (grpc_trace, http_trace)
+    })
+    .await
+    .unwrap();
+
+    for (trace_id, protocol) in [(grpc_trace, "grpc"), (http_trace, "http")] {
+        let trace = server.wait_for_trace(&trace_id, 2).await;
+        let spans = trace["spans"].as_array().unwrap();
+        let parent = spans.iter().find(|s| s["name"] == format!("{protocol} parent")).expect("parent span");
+        let child = spans.iter().find(|s| s["name"] == format!("{protocol} child")).expect("child span");
+        assert_eq!(parent["service_name"], format!("rust-{protocol}"));
+        assert_eq!(parent["kind"], "server");
+        assert_eq!(child["kind"], "client");
+        assert_eq!(child["parent_span_id"], parent["span_id"]);
+        assert_eq!(attribute(parent, "http.route")["value"], "/orders/{id}");
+        assert_eq!(attribute(parent, "http.response.status_code")["type"], "int");
+        assert_eq!(attribute(child, "retry.ratio")["type"], "double");
+        assert_eq!(attribute(child, "db.system.name")["value"], "postgresql");
+        let scope = &child["scope"]["name"];
+        assert_eq!(scope, "hopscope-e2e");
+    }
+}
+
+/// The Python interpreter holding `tests/requirements.txt`.
+fn python() -> String {
+    std::env::var("HOPSCOPE_TEST_PYTHON")
+        .unwrap_or_else(|_| workspace_root().join(".venv/bin/python").to_string_lossy().into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_sdk_exporters_over_grpc_and_http() {
+    let server = Server::start("python-exporter", &[]);
+    let script = workspace_root().join("tests/clients/python_export.py");
+    let python = python();
+    let grpc = format!("http://{}", server.grpc);
+    let http = server.traces_url();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(&python).arg(script).args(["--grpc", &grpc, "--http", &http]).output()
+    })
+    .await
+    .unwrap()
+    .unwrap_or_else(|e| panic!("cannot run the Python client ({e}); run scripts/test, which creates .venv"));
+    assert!(
+        output.status.success(),
+        "python client failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let sent: Value = serde_json::from_slice(&output.stdout).expect("the client prints what it sent as JSON");
+    for protocol in ["grpc", "http"] {
+        let trace_id = sent[protocol].as_str().unwrap();
+        let trace = server.wait_for_trace(trace_id, 2).await;
+        let spans = trace["spans"].as_array().unwrap();
+        let root = spans.iter().find(|s| s["parent_span_id"].is_null()).expect("root span");
+        let child = spans.iter().find(|s| !s["parent_span_id"].is_null()).expect("child span");
+        assert_eq!(root["name"], format!("GET /python/{protocol}"));
+        assert_eq!(root["service_name"], format!("python-{protocol}"));
+        assert_eq!(child["parent_span_id"], root["span_id"]);
+        assert_eq!(child["kind"], "client");
+        assert_eq!(child["status"]["code"], "error");
+        assert_eq!(child["status"]["message"], "upstream timed out");
+        assert_eq!(attribute(child, "peer.service")["value"], "inventory");
+        assert_eq!(attribute(child, "retries")["value"], 3);
+        assert_eq!(attribute(child, "cache.hit")["value"], false);
+        assert_eq!(attribute(child, "tags")["type"], "array");
+        assert_eq!(attribute(child, "tags")["value"][1]["value"], "b");
+        assert_eq!(child["events"][0]["name"], "retrying");
+        let sdk = root["resource"]["attributes"].as_array().unwrap();
+        assert!(sdk.iter().any(|a| a["key"] == "telemetry.sdk.language" && a["value"] == "python"));
+    }
+}
