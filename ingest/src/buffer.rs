@@ -29,7 +29,8 @@ struct TraceTimes {
 /// Spans accepted but not yet written.
 #[derive(Debug, Default)]
 pub struct TraceBuffer {
-    batches: Vec<RecordBatch>,
+    /// Each batch with the WAL segment its record is in.
+    batches: Vec<(u64, RecordBatch)>,
     traces: HashMap<[u8; 16], TraceTimes>,
     rows: usize,
 }
@@ -40,8 +41,13 @@ impl TraceBuffer {
         self.rows
     }
 
-    /// Adds a batch of spans in the stored schema.
-    pub fn push(&mut self, batch: RecordBatch, now: Instant) {
+    /// The lowest WAL segment holding buffered spans.
+    pub fn min_segment(&self) -> Option<u64> {
+        self.batches.iter().map(|(segment, _)| *segment).min()
+    }
+
+    /// Adds a batch of spans in the stored schema, logged in WAL `segment`.
+    pub fn push(&mut self, batch: RecordBatch, segment: u64, now: Instant) {
         for id in trace_id_column(&batch).iter().flatten() {
             let id: [u8; 16] = id.try_into().expect("trace ids are 16 bytes");
             self.traces
@@ -50,13 +56,13 @@ impl TraceBuffer {
                 .or_insert(TraceTimes { first_seen: now, last_seen: now });
         }
         self.rows += batch.num_rows();
-        self.batches.push(batch);
+        self.batches.push((segment, batch));
     }
 
     /// Puts back batches that could not be written, so that they are tried again.
-    pub fn restore(&mut self, batches: Vec<RecordBatch>, now: Instant) {
-        for batch in batches {
-            self.push(batch, now);
+    pub fn restore(&mut self, batches: Vec<(u64, RecordBatch)>, now: Instant) {
+        for (segment, batch) in batches {
+            self.push(batch, segment, now);
         }
     }
 
@@ -67,7 +73,7 @@ impl TraceBuffer {
         now: Instant,
         cut_off: CutOff,
         everything: bool,
-    ) -> Result<Vec<RecordBatch>, IngestError> {
+    ) -> Result<Vec<(u64, RecordBatch)>, IngestError> {
         let ready: HashSet<[u8; 16]> = self
             .traces
             .iter()
@@ -88,7 +94,7 @@ impl TraceBuffer {
         }
         let mut taken = Vec::new();
         let mut kept = Vec::new();
-        for batch in std::mem::take(&mut self.batches) {
+        for (segment, batch) in std::mem::take(&mut self.batches) {
             let mask: BooleanArray = trace_id_column(&batch)
                 .iter()
                 .map(|id| Some(id.is_some_and(|id| ready.contains(<&[u8; 16]>::try_from(id).expect("16 bytes")))))
@@ -96,14 +102,14 @@ impl TraceBuffer {
             let take = filter_record_batch(&batch, &mask)?;
             let keep = filter_record_batch(&batch, &arrow::compute::not(&mask)?)?;
             if take.num_rows() > 0 {
-                taken.push(take);
+                taken.push((segment, take));
             }
             if keep.num_rows() > 0 {
-                kept.push(keep);
+                kept.push((segment, keep));
             }
         }
         self.traces.retain(|id, _| !ready.contains(id));
-        self.rows = kept.iter().map(RecordBatch::num_rows).sum();
+        self.rows = kept.iter().map(|(_, b)| b.num_rows()).sum();
         self.batches = kept;
         Ok(taken)
     }
@@ -132,10 +138,10 @@ mod tests {
         RecordBatch::try_new(Arc::new(schema), vec![Arc::new(b.finish())]).unwrap()
     }
 
-    fn ids(batches: &[RecordBatch]) -> Vec<u8> {
+    fn ids(batches: &[(u64, RecordBatch)]) -> Vec<u8> {
         let mut out: Vec<u8> = batches
             .iter()
-            .flat_map(|b| trace_id_column(b).iter().map(|id| id.unwrap()[0]).collect::<Vec<_>>())
+            .flat_map(|(_, b)| trace_id_column(b).iter().map(|id| id.unwrap()[0]).collect::<Vec<_>>())
             .collect();
         out.sort();
         out
@@ -146,16 +152,20 @@ mod tests {
         let cut = CutOff { idle: Duration::from_secs(1), max_age: Duration::from_secs(10) };
         let t0 = Instant::now();
         let mut buf = TraceBuffer::default();
-        buf.push(batch(&[1, 2, 1]), t0);
-        buf.push(batch(&[2, 3]), t0 + Duration::from_millis(900));
+        buf.push(batch(&[1, 2, 1]), 1, t0);
+        buf.push(batch(&[2, 3]), 2, t0 + Duration::from_millis(900));
+        assert_eq!(buf.min_segment(), Some(1));
         assert!(buf.take_ready(t0 + Duration::from_millis(500), cut, false).unwrap().is_empty());
         // Trace 1 has been idle for 1s; traces 2 and 3 saw spans 100ms ago.
         let taken = buf.take_ready(t0 + Duration::from_secs(1), cut, false).unwrap();
         assert_eq!(ids(&taken), vec![1, 1]);
         assert_eq!(buf.rows(), 3);
+        // Trace 2's first span is still buffered: segment 1 is still needed.
+        assert_eq!(buf.min_segment(), Some(1));
         let rest = buf.take_ready(t0 + Duration::from_secs(1), cut, true).unwrap();
         assert_eq!(ids(&rest), vec![2, 2, 3]);
         assert_eq!(buf.rows(), 0);
+        assert_eq!(buf.min_segment(), None);
     }
 
     #[test]
@@ -164,7 +174,7 @@ mod tests {
         let t0 = Instant::now();
         let mut buf = TraceBuffer::default();
         for i in 0..5 {
-            buf.push(batch(&[7]), t0 + Duration::from_millis(500 * i));
+            buf.push(batch(&[7]), 1, t0 + Duration::from_millis(500 * i));
         }
         assert_eq!(ids(&buf.take_ready(t0 + Duration::from_secs(2), cut, false).unwrap()), vec![7; 5]);
     }

@@ -18,6 +18,7 @@ use crate::buffer::{CutOff, TraceBuffer};
 use crate::convert::convert_request;
 use crate::decode::{BodyFormat, decode_request, gunzip_limited};
 use crate::manifest::ManifestStore;
+use crate::wal::{self, BufferHandle, Rotation, Wal};
 use crate::writer::write_span_files;
 
 /// How the ingester stores spans.
@@ -33,6 +34,8 @@ pub struct IngesterConfig {
     pub cut_off: CutOff,
     /// Buffered spans above which the flusher is woken at once.
     pub flush_rows: usize,
+    /// When the write-ahead log starts a new segment.
+    pub wal_rotation: Rotation,
 }
 
 impl IngesterConfig {
@@ -45,6 +48,7 @@ impl IngesterConfig {
             flush_interval: Duration::from_millis(250),
             cut_off: CutOff { idle: Duration::from_secs(1), max_age: Duration::from_secs(10) },
             flush_rows: 256 * 1024,
+            wal_rotation: Rotation { max_bytes: 64 << 20, max_age: Duration::from_secs(5) },
         }
     }
 }
@@ -57,6 +61,8 @@ pub struct IngestMetrics {
     pub spans_rejected: AtomicU64,
     pub files_committed: AtomicU64,
     pub spans_committed: AtomicU64,
+    /// Spans replayed from the write-ahead log at start.
+    pub spans_replayed: AtomicU64,
 }
 
 /// What an export request came to: how many spans were kept and why others were not.
@@ -81,24 +87,45 @@ pub enum ExportBody {
 pub struct Ingester {
     config: IngesterConfig,
     manifest: Arc<ManifestStore>,
-    buffer: Mutex<TraceBuffer>,
-    wake: Notify,
+    wal: Arc<Wal>,
+    buffer: Arc<Mutex<TraceBuffer>>,
+    wake: Arc<Notify>,
     closed: AtomicBool,
     metrics: IngestMetrics,
 }
 
 impl Ingester {
-    /// Opens the data directory. Blocking I/O: call it before serving or from `spawn_blocking`.
+    /// Opens the data directory and replays the write-ahead log into the trace buffer, skipping
+    /// spans that are already in committed files. Blocking I/O: call it before serving or from
+    /// `spawn_blocking`.
     pub fn open(config: IngesterConfig) -> Result<Arc<Self>, IngestError> {
         let manifest = Arc::new(ManifestStore::open(&config.data_dir, &config.tenant)?);
-        Ok(Arc::new(Self {
-            config,
-            manifest,
-            buffer: Mutex::new(TraceBuffer::default()),
-            wake: Notify::new(),
-            closed: AtomicBool::new(false),
-            metrics: IngestMetrics::default(),
-        }))
+        let committed = manifest.snapshot();
+        let wal_dir = config.data_dir.join("wal");
+        let replayed = wal::replay(&wal_dir, committed.wal_floor, &config.data_dir.join("dead-letters"))?;
+        let buffer = Arc::new(Mutex::new(TraceBuffer::default()));
+        let metrics = IngestMetrics::default();
+        if !replayed.batches.is_empty() {
+            let tenant_dir = layout::tenant_dir(&config.data_dir, &config.tenant);
+            let already = crate::writer::committed_span_keys(
+                &tenant_dir,
+                committed.files.iter().filter(|f| f.wal_max_segment.is_some_and(|s| s >= committed.wal_floor)),
+            )?;
+            let mut buffer = buffer.lock().expect("buffer lock");
+            let now = Instant::now();
+            for (segment, batch) in replayed.batches {
+                let batch = crate::writer::without_keys(&batch, &already)?;
+                metrics.spans_replayed.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+                if batch.num_rows() > 0 {
+                    buffer.push(batch, segment, now);
+                }
+            }
+            tracing::info!(spans = buffer.rows(), "replayed the write-ahead log");
+        }
+        let wake = Arc::new(Notify::new());
+        let sink = BufferHandle { buffer: Arc::clone(&buffer), wake: Arc::clone(&wake), flush_rows: config.flush_rows };
+        let wal = Arc::new(Wal::start(&wal_dir, config.wal_rotation, sink)?);
+        Ok(Arc::new(Self { config, manifest, wal, buffer, wake, closed: AtomicBool::new(false), metrics }))
     }
 
     /// What has been received and stored so far.
@@ -129,14 +156,18 @@ impl Ingester {
                 }
                 ExportBody::Grpc { body } => decode_request(&body, BodyFormat::Protobuf)?,
             };
-            convert_request(&request)
+            let converted = convert_request(&request)?;
+            let record = converted.batch.as_ref().map(wal::encode_batch).transpose()?;
+            Ok::<_, IngestError>((converted, record))
         })
         .await
         .map_err(|e| IngestError::Task(e.to_string()))??;
+        let (converted, record) = converted;
 
         self.metrics.spans_rejected.fetch_add(converted.rejected, Ordering::Relaxed);
-        if let Some(batch) = converted.batch {
-            self.append(batch)?;
+        if let (Some(batch), Some(record)) = (converted.batch, record) {
+            // Acknowledged only once the record is synced; the WAL writer then buffers the spans.
+            self.wal.append(record, batch).await?;
         }
         self.metrics.spans_accepted.fetch_add(converted.accepted, Ordering::Relaxed);
         Ok(ExportOutcome {
@@ -144,20 +175,6 @@ impl Ingester {
             rejected: converted.rejected,
             error_message: converted.error_message,
         })
-    }
-
-    fn append(&self, batch: RecordBatch) -> Result<(), IngestError> {
-        let mut buffer = self.buffer.lock().expect("buffer lock");
-        // Checked under the lock: the final flush takes the lock after setting `closed`, so a batch
-        // appended here is always seen by it.
-        if self.closed.load(Ordering::Acquire) {
-            return Err(IngestError::ShuttingDown);
-        }
-        buffer.push(batch, Instant::now());
-        if buffer.rows() >= self.config.flush_rows {
-            self.wake.notify_one();
-        }
-        Ok(())
     }
 
     /// Starts the flusher. It stops when `shutdown` is cancelled, after writing every buffered span;
@@ -190,7 +207,12 @@ impl Ingester {
         let mut attempt = 0;
         loop {
             match self.flush(true).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    let wal = Arc::clone(&self.wal);
+                    return tokio::task::spawn_blocking(move || wal.stop())
+                        .await
+                        .map_err(|e| IngestError::Task(e.to_string()));
+                }
                 Err(e) if attempt < 3 => {
                     attempt += 1;
                     tracing::error!(error = %e, attempt, "final flush failed; retrying");
@@ -203,24 +225,35 @@ impl Ingester {
 
     /// Writes the traces that are ready (all of them when `everything`) and commits the files.
     pub async fn flush(&self, everything: bool) -> Result<(), IngestError> {
-        let batches = {
+        let (batches, wal_floor) = {
             let mut buffer = self.buffer.lock().expect("buffer lock");
-            buffer.take_ready(Instant::now(), self.config.cut_off, everything)?
+            let batches = buffer.take_ready(Instant::now(), self.config.cut_off, everything)?;
+            // Every WAL record below this segment is in the batches taken now or in earlier files:
+            // the WAL writer buffers a record before it can start a later segment.
+            let floor = buffer.min_segment().unwrap_or(u64::MAX).min(self.wal.current_segment());
+            (batches, floor)
         };
-        if batches.is_empty() {
+        if batches.is_empty() && wal_floor <= self.manifest.wal_floor() {
             return Ok(());
         }
         let tenant_dir = layout::tenant_dir(&self.config.data_dir, &self.config.tenant);
         let started = Instant::now();
         let manifest = Arc::clone(&self.manifest);
-        let to_write = batches.clone();
+        let wal = Arc::clone(&self.wal);
+        let to_write: Vec<RecordBatch> = batches.iter().map(|(_, b)| b.clone()).collect();
+        let max_segment = batches.iter().map(|(segment, _)| *segment).max();
         let result = tokio::task::spawn_blocking(move || {
-            let files = write_span_files(&tenant_dir, &to_write)?;
+            let files = write_span_files(&tenant_dir, &to_write, max_segment)?;
             let rows: u64 = files.iter().map(|f| f.rows).sum();
             let count = files.len() as u64;
             let paths: Vec<PathBuf> = files.iter().map(|f| tenant_dir.join(&f.path)).collect();
-            match manifest.commit_added(files) {
-                Ok(generation) => Ok((rows, count, generation)),
+            match manifest.commit_added(files, wal_floor) {
+                Ok(generation) => {
+                    if let Err(e) = wal.remove_below(wal_floor) {
+                        tracing::warn!(error = %e, "cannot remove committed WAL segments; retried at the next flush");
+                    }
+                    Ok((rows, count, generation))
+                }
                 Err(e) => {
                     // Not committed, so never visible: remove them; the spans are written again.
                     for path in paths {

@@ -2,12 +2,15 @@
 //! buffer, the Parquet writer and the manifest commit.
 //!
 //! Data flow: a receiver hands the raw body to [`Ingester::export`], which decodes and converts it
-//! on the blocking pool ([`decode`], [`otlp_json`], [`convert`]), and appends the accepted spans to
-//! the [`buffer::TraceBuffer`]. The flusher task ([`Ingester::spawn_flusher`]) writes traces that
+//! on the blocking pool ([`decode`], [`otlp_json`], [`convert`]), appends the accepted spans to the
+//! write-ahead log ([`wal`]; acknowledged only once synced), whose writer hands them to the
+//! [`buffer::TraceBuffer`]. The flusher task ([`Ingester::spawn_flusher`]) writes traces that
 //! have gone quiet to sorted Parquet files ([`writer`]) and commits them to the manifest
 //! ([`manifest`]); only then can queries see them.
 //!
-//! Invariants: nothing here imports the query crate; a Parquet file is visible only once a
+//! Invariants: an export is acknowledged only after its spans are in a synced WAL record, and a WAL
+//! segment is deleted only once a committed manifest's WAL floor is above it; replay never makes a
+//! committed span visible twice; nothing here imports the query crate; a Parquet file is visible only once a
 //! committed manifest lists it; CPU-heavy work never runs on an async worker thread.
 
 pub mod buffer;
@@ -19,6 +22,7 @@ pub mod http;
 pub mod ingester;
 pub mod manifest;
 pub mod otlp_json;
+pub mod wal;
 pub mod writer;
 
 pub use error::IngestError;

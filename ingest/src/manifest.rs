@@ -36,17 +36,24 @@ impl ManifestStore {
         Ok(Self { path, current: Mutex::new(current) })
     }
 
+    /// The committed WAL floor.
+    pub fn wal_floor(&self) -> u64 {
+        self.current.lock().expect("manifest lock").wal_floor
+    }
+
     /// A copy of the committed manifest.
     pub fn snapshot(&self) -> Manifest {
         self.current.lock().expect("manifest lock").clone()
     }
 
-    /// Adds `files` (already written and synced) to the manifest and commits it. Blocking I/O.
-    pub fn commit_added(&self, files: Vec<FileEntry>) -> Result<u64, IngestError> {
+    /// Adds `files` (already written and synced) to the manifest, sets the WAL floor, and commits
+    /// it. Blocking I/O.
+    pub fn commit_added(&self, files: Vec<FileEntry>, wal_floor: u64) -> Result<u64, IngestError> {
         let mut current = self.current.lock().expect("manifest lock");
         let mut next = current.clone();
         next.generation += 1;
         next.files.extend(files);
+        next.wal_floor = next.wal_floor.max(wal_floor);
         write_atomically(&self.path, &next.to_json())?;
         *current = next;
         Ok(current.generation)
@@ -117,8 +124,9 @@ mod tests {
             min_trace_id: "01".repeat(16),
             max_trace_id: "01".repeat(16),
             committed_unix_ms: 0,
+            wal_max_segment: None,
         };
-        assert_eq!(store.commit_added(vec![entry.clone()]).unwrap(), 1);
+        assert_eq!(store.commit_added(vec![entry.clone()], 0).unwrap(), 1);
         let orphan = dir.join("default/spans/2026-11-28/01/b.parquet.tmp");
         fs::create_dir_all(orphan.parent().unwrap()).unwrap();
         fs::write(&orphan, b"half a file").unwrap();

@@ -2,7 +2,7 @@
 //! page statistics for the page index, no dictionary on ids. Each file is written under a temporary
 //! name, synced and renamed into place; it becomes visible only when the manifest lists it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::path::Path;
 use std::sync::Arc;
@@ -13,7 +13,8 @@ use hopscope_schemas::columns as c;
 use hopscope_schemas::layout;
 use hopscope_schemas::manifest::FileEntry;
 use hopscope_schemas::spans::span_schema;
-use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::SortingColumn;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -29,7 +30,11 @@ const NS_PER_HOUR: i64 = 3_600_000_000_000;
 
 /// Writes `batches` as one sorted Parquet file per hour (the hour each trace's first span starts
 /// in, so a trace stays in one file), and returns their manifest entries. Blocking I/O.
-pub fn write_span_files(tenant_dir: &Path, batches: &[RecordBatch]) -> Result<Vec<FileEntry>, IngestError> {
+pub fn write_span_files(
+    tenant_dir: &Path,
+    batches: &[RecordBatch],
+    wal_max_segment: Option<u64>,
+) -> Result<Vec<FileEntry>, IngestError> {
     let batch = concat_batches(&span_schema(), batches)?;
     if batch.num_rows() == 0 {
         return Ok(Vec::new());
@@ -37,7 +42,9 @@ pub fn write_span_files(tenant_dir: &Path, batches: &[RecordBatch]) -> Result<Ve
     let batch = sort_by_trace(&batch)?;
     let mut entries = Vec::new();
     for (hour, part) in split_by_trace_hour(&batch)? {
-        entries.push(write_file(tenant_dir, hour, &part)?);
+        let mut entry = write_file(tenant_dir, hour, &part)?;
+        entry.wal_max_segment = wal_max_segment;
+        entries.push(entry);
     }
     Ok(entries)
 }
@@ -147,7 +154,56 @@ fn write_file(tenant_dir: &Path, hour: i64, batch: &RecordBatch) -> Result<FileE
         committed_unix_ms: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64),
+        wal_max_segment: None,
     })
+}
+
+/// The (trace_id, span_id) of every span in `files`, read back from the Parquet files. Used on WAL
+/// replay to skip spans that were committed before a crash. Blocking I/O.
+pub fn committed_span_keys<'a>(
+    tenant_dir: &Path,
+    files: impl Iterator<Item = &'a FileEntry>,
+) -> Result<HashSet<[u8; 24]>, IngestError> {
+    let mut keys = HashSet::new();
+    for entry in files {
+        let path = tenant_dir.join(&entry.path);
+        let file = fs::File::open(&path).map_err(IngestError::io(format!("opening {}", path.display())))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+        let mask = ProjectionMask::columns(builder.parquet_schema(), [c::TRACE_ID, c::SPAN_ID]);
+        for batch in builder.with_projection(mask).build()? {
+            let batch = batch?;
+            let (traces, spans) = key_columns(&batch);
+            for row in 0..batch.num_rows() {
+                keys.insert(span_key(traces.value(row), spans.value(row)));
+            }
+        }
+    }
+    Ok(keys)
+}
+
+/// `batch` without the spans whose (trace_id, span_id) is in `keys`.
+pub fn without_keys(batch: &RecordBatch, keys: &HashSet<[u8; 24]>) -> Result<RecordBatch, IngestError> {
+    if keys.is_empty() {
+        return Ok(batch.clone());
+    }
+    let (traces, spans) = key_columns(batch);
+    let keep: BooleanArray =
+        (0..batch.num_rows()).map(|row| Some(!keys.contains(&span_key(traces.value(row), spans.value(row))))).collect();
+    Ok(filter_record_batch(batch, &keep)?)
+}
+
+fn key_columns(batch: &RecordBatch) -> (&FixedSizeBinaryArray, &FixedSizeBinaryArray) {
+    let get = |name| -> &FixedSizeBinaryArray {
+        batch.column_by_name(name).and_then(|a| a.as_any().downcast_ref()).expect("stored schema: ids")
+    };
+    (get(c::TRACE_ID), get(c::SPAN_ID))
+}
+
+fn span_key(trace_id: &[u8], span_id: &[u8]) -> [u8; 24] {
+    let mut key = [0; 24];
+    key[..16].copy_from_slice(trace_id);
+    key[16..].copy_from_slice(span_id);
+    key
 }
 
 fn min_max(values: impl Iterator<Item = i64>) -> (i64, i64) {

@@ -209,6 +209,7 @@ mod tests {
             min_trace_id: min.repeat(16),
             max_trace_id: max.repeat(16),
             committed_unix_ms: 0,
+            wal_max_segment: None,
         };
         assert!(pruning.may_match(&entry("00", "ff")));
         assert!(pruning.may_match(&entry("42", "42")));

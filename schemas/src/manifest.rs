@@ -20,6 +20,10 @@ pub enum StoredManifest {
 pub struct Manifest {
     /// Incremented by every commit.
     pub generation: u64,
+    /// The lowest write-ahead-log segment that may hold spans not yet in a committed file; replay
+    /// starts there and lower segments can be deleted.
+    #[serde(default)]
+    pub wal_floor: u64,
     /// The committed span files.
     pub files: Vec<FileEntry>,
 }
@@ -44,6 +48,10 @@ pub struct FileEntry {
     pub max_trace_id: String,
     /// When the file was committed (unix ms).
     pub committed_unix_ms: i64,
+    /// The highest write-ahead-log segment its spans came from: replay skips spans already in files
+    /// whose segment is at or above the WAL floor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_max_segment: Option<u64>,
 }
 
 impl Manifest {
@@ -75,6 +83,7 @@ mod tests {
     fn round_trips_and_carries_its_version() {
         let m = Manifest {
             generation: 3,
+            wal_floor: 2,
             files: vec![FileEntry {
                 path: "spans/2026-11-28/01/a.parquet".into(),
                 rows: 10,
@@ -85,6 +94,7 @@ mod tests {
                 min_trace_id: "00".repeat(15) + "01",
                 max_trace_id: "ff".repeat(16),
                 committed_unix_ms: 5,
+                wal_max_segment: Some(4),
             }],
         };
         let json = m.to_json();

@@ -6,6 +6,7 @@
 //! `HOPSCOPE_TEST_PYTHON` (default: `.venv/bin/python` at the workspace root); `scripts/test`
 //! installs them.
 
+mod crash;
 mod errors;
 mod exporters;
 mod roundtrip;

@@ -112,6 +112,14 @@ impl Server {
         }
     }
 
+    /// Kills the process with SIGKILL, as a crash would, and waits for it to be gone.
+    pub(crate) fn crash(mut self) -> PathBuf {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        std::mem::take(&mut self.data_dir)
+    }
+
     /// Sends SIGTERM and waits for the process to exit.
     pub(crate) fn terminate(mut self) -> ExitStatus {
         let mut child = self.child.take().unwrap();
