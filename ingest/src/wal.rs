@@ -205,7 +205,13 @@ impl Wal {
                                 Err(e) => tracing::error!(error = %e, "cannot rotate the WAL segment"),
                             }
                         }
-                        let result = writer.append_group(&group);
+                        // Never write after a failed write in the same segment: replay stops at
+                        // the damaged record, so later records there would be unreachable.
+                        let result = if writer.failed {
+                            Err(std::io::Error::other("the WAL segment could not be rotated after a write error"))
+                        } else {
+                            writer.append_group(&group)
+                        };
                         bytes.store(writer.written, Ordering::Relaxed);
                         if result.is_ok() {
                             let mut buffer = sink.buffer.lock().expect("buffer lock");
