@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use tonic::body::Body;
 use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::{BoxFuture, Service};
@@ -80,12 +80,7 @@ impl UnaryService<Bytes> for Export {
             let body = request.into_inner();
             match ingester.export(ExportBody::Grpc { body }).await {
                 Ok(outcome) => {
-                    let partial_success =
-                        (outcome.rejected > 0 || outcome.error_message.is_some()).then(|| ExportTracePartialSuccess {
-                            rejected_spans: outcome.rejected as i64,
-                            error_message: outcome.error_message.unwrap_or_default(),
-                        });
-                    Ok(Response::new(ExportTraceServiceResponse { partial_success }))
+                    Ok(Response::new(ExportTraceServiceResponse { partial_success: outcome.partial_success() }))
                 }
                 Err(e) => {
                     if e.grpc_code() == tonic::Code::Unavailable {

@@ -12,7 +12,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use http::{HeaderMap, StatusCode, header};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
 use serde_json::json;
 
@@ -109,10 +109,7 @@ fn is_length_limit(e: &axum::Error) -> bool {
 }
 
 fn success_response(outcome: &ExportOutcome, format: BodyFormat) -> Response {
-    let partial = (outcome.rejected > 0 || outcome.error_message.is_some()).then(|| ExportTracePartialSuccess {
-        rejected_spans: outcome.rejected as i64,
-        error_message: outcome.error_message.clone().unwrap_or_default(),
-    });
+    let partial = outcome.partial_success();
     let body = match format {
         BodyFormat::Protobuf => ExportTraceServiceResponse { partial_success: partial }.encode_to_vec(),
         BodyFormat::Json => {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use arrow::array::RecordBatch;
 use bytes::Bytes;
 use hopscope_schemas::layout;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTracePartialSuccess;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -71,6 +72,16 @@ pub struct ExportOutcome {
     pub accepted: u64,
     pub rejected: u64,
     pub error_message: Option<String>,
+}
+
+impl ExportOutcome {
+    /// The OTLP `partial_success` of the response: set when any span was rejected.
+    pub fn partial_success(&self) -> Option<ExportTracePartialSuccess> {
+        (self.rejected > 0 || self.error_message.is_some()).then(|| ExportTracePartialSuccess {
+            rejected_spans: self.rejected as i64,
+            error_message: self.error_message.clone().unwrap_or_default(),
+        })
+    }
 }
 
 /// A request body as it arrived, before decoding.
