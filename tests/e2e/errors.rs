@@ -141,6 +141,13 @@ async fn otlp_http_answers_per_the_specification() {
     assert!(RpcStatus::decode(body.as_slice()).unwrap().message.contains("after decompression"));
 }
 
+/// Puts a varint where `ExportTraceServiceRequest` has its repeated `resource_spans` message.
+#[derive(Clone, PartialEq, prost::Message)]
+struct NotARequest {
+    #[prost(uint64, tag = "1")]
+    resource_spans: u64,
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn otlp_grpc_answers_per_the_specification() {
     let server = Server::start("grpc-errors", &["--otlp-grpc-max-message-bytes", "4096"]);
@@ -167,6 +174,17 @@ async fn otlp_grpc_answers_per_the_specification() {
 
     let empty = client.export(ExportTraceServiceRequest::default()).await.unwrap().into_inner();
     assert_eq!(empty.partial_success, None);
+
+    // A body that is not an ExportTraceServiceRequest: field 1 sent as a varint instead of a message.
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", server.grpc)).unwrap().connect().await.unwrap();
+    let mut raw = tonic::client::Grpc::new(channel);
+    raw.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static("/opentelemetry.proto.collector.trace.v1.TraceService/Export");
+    let codec = tonic_prost::ProstCodec::<NotARequest, ExportTraceServiceResponse>::default();
+    let status = raw.unary(tonic::Request::new(NotARequest { resource_spans: 7 }), path, codec).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("malformed protobuf body"), "{status:?}");
 
     // Over the limit after decompression: a highly compressible message passes the wire-size check
     // and must be refused while inflating.
