@@ -136,7 +136,8 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
         let app = Router::new()
             .merge(hopscope_query::api::router(Arc::clone(&engine)))
             .merge(hopscope_ui::router())
-            .merge(health_router(Arc::clone(&ready)));
+            .merge(health_router(Arc::clone(&ready)))
+            .merge(metrics_router(Arc::clone(&ingester)));
         let stop = stop.clone();
         tokio::spawn(async move {
             axum::serve(api_listener, app).with_graceful_shutdown(stop.cancelled_owned()).await.context("API server")
@@ -181,6 +182,17 @@ fn health_router(ready: Arc<AtomicBool>) -> Router {
             }),
         )
         .with_state(ready)
+}
+
+fn metrics_router(ingester: Arc<Ingester>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|State(ingester): State<Arc<Ingester>>| async move {
+                ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], ingester.prometheus_text())
+            }),
+        )
+        .with_state(ingester)
 }
 
 async fn shutdown_signal() {

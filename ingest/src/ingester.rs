@@ -144,6 +144,56 @@ impl Ingester {
         &self.metrics
     }
 
+    /// The ingest metrics in the Prometheus text format.
+    pub fn prometheus_text(&self) -> String {
+        use std::fmt::Write as _;
+        let m = &self.metrics;
+        let manifest = self.manifest.snapshot();
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let rows: [(&str, &str, &str, u64); 10] = [
+            ("hopscope_ingest_requests_total", "counter", "Export requests received.", load(&m.requests)),
+            (
+                "hopscope_ingest_spans_accepted_total",
+                "counter",
+                "Spans acknowledged (in the WAL).",
+                load(&m.spans_accepted),
+            ),
+            ("hopscope_ingest_spans_rejected_total", "counter", "Spans rejected as invalid.", load(&m.spans_rejected)),
+            (
+                "hopscope_ingest_spans_committed_total",
+                "counter",
+                "Spans written to committed files.",
+                load(&m.spans_committed),
+            ),
+            ("hopscope_ingest_files_committed_total", "counter", "Span files committed.", load(&m.files_committed)),
+            (
+                "hopscope_ingest_spans_replayed_total",
+                "counter",
+                "Spans replayed from the WAL at start.",
+                load(&m.spans_replayed),
+            ),
+            (
+                "hopscope_ingest_buffered_spans",
+                "gauge",
+                "Spans acknowledged but not yet in a file.",
+                self.buffered_rows() as u64,
+            ),
+            ("hopscope_wal_segment_bytes", "gauge", "Bytes in the current WAL segment.", self.wal.segment_bytes()),
+            ("hopscope_storage_files", "gauge", "Committed span files.", manifest.files.len() as u64),
+            (
+                "hopscope_storage_bytes",
+                "gauge",
+                "Bytes in committed span files.",
+                manifest.files.iter().map(|f| f.bytes).sum(),
+            ),
+        ];
+        let mut out = String::new();
+        for (name, kind, help, value) in rows {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        }
+        out
+    }
+
     /// Spans accepted but not yet committed to a file.
     pub fn buffered_rows(&self) -> usize {
         self.buffer.lock().expect("buffer lock").rows()

@@ -90,6 +90,9 @@ async fn otlp_http_answers_per_the_specification() {
     }
     let trace = server.wait_for_trace(&good, 1).await;
     assert_eq!(trace["spans"][0]["name"], "kept");
+    let metrics = reqwest::get(server.api_url("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("\nhopscope_ingest_spans_accepted_total 1\n"), "{metrics}");
+    assert!(metrics.contains("\nhopscope_ingest_spans_rejected_total 3\n"), "{metrics}");
 
     // The same over JSON: the answer is JSON, with int64 counts as the JSON mapping writes them.
     let json = format!(
@@ -215,4 +218,13 @@ async fn a_clean_stop_keeps_every_acknowledged_span() {
     assert_eq!(health.status(), 200);
     let ready = reqwest::get(restarted.api_url("/readyz")).await.unwrap();
     assert_eq!(ready.status(), 200);
+    let metrics = reqwest::get(restarted.api_url("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("# TYPE hopscope_storage_files gauge"), "{metrics}");
+    let files: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("hopscope_storage_files "))
+        .expect("hopscope_storage_files")
+        .parse()
+        .unwrap();
+    assert!(files >= 1, "{metrics}");
 }
