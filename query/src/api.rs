@@ -8,13 +8,17 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use hopscope_schemas::TraceId;
-use hopscope_schemas::api::{ErrorBody, TraceView};
+use hopscope_schemas::api::{ErrorBody, OperationsView, ServicesView, TraceView};
 
 use crate::{QueryEngine, QueryError};
 
 /// Routes of the HTTP API.
 pub fn router(engine: Arc<QueryEngine>) -> Router {
-    Router::new().route("/api/v1/traces/{trace_id}", get(trace)).with_state(engine)
+    Router::new()
+        .route("/api/v1/services", get(services))
+        .route("/api/v1/services/{service}/operations", get(operations))
+        .route("/api/v1/traces/{trace_id}", get(trace))
+        .with_state(engine)
 }
 
 impl IntoResponse for QueryError {
@@ -36,4 +40,19 @@ async fn trace(
         Some(trace) => Ok(Json(trace)),
         None => Err(QueryError::NotFound(format!("trace {id} not found"))),
     }
+}
+
+async fn services(State(engine): State<Arc<QueryEngine>>) -> Result<Json<ServicesView>, QueryError> {
+    Ok(Json(ServicesView { services: engine.services().await? }))
+}
+
+async fn operations(
+    State(engine): State<Arc<QueryEngine>>,
+    Path(service): Path<String>,
+) -> Result<Json<OperationsView>, QueryError> {
+    let operations = engine.operations(&service).await?;
+    if operations.is_empty() {
+        return Err(QueryError::NotFound(format!("no spans stored for service {service:?}")));
+    }
+    Ok(Json(OperationsView { service, operations }))
 }

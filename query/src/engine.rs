@@ -4,13 +4,18 @@ use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use datafusion::arrow::array::AsArray;
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Int8Type, UInt64Type};
 use datafusion::common::ScalarValue;
 use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::functions_aggregate::expr_fn::count;
 use datafusion::prelude::{SessionConfig, SessionContext, col, lit};
 use hopscope_schemas::TraceId;
-use hopscope_schemas::api::TraceView;
+use hopscope_schemas::api::{OperationView, TraceView};
 use hopscope_schemas::columns as c;
+use hopscope_schemas::spans::kind;
 
 use crate::QueryError;
 use crate::rows::spans_from_batches;
@@ -72,6 +77,55 @@ impl QueryEngine {
     /// The DataFusion session, with hopscope's tables registered.
     pub fn context(&self) -> &SessionContext {
         &self.ctx
+    }
+
+    /// The names of every service with stored spans, sorted.
+    pub async fn services(&self) -> Result<Vec<String>, QueryError> {
+        let batches = self
+            .ctx
+            .table(SPANS_TABLE)
+            .await?
+            .select(vec![col(c::SERVICE_NAME)])?
+            .distinct()?
+            .sort(vec![col(c::SERVICE_NAME).sort(true, false)])?
+            .collect()
+            .await?;
+        let mut out = Vec::new();
+        for batch in &batches {
+            let names = cast(batch.column(0), &DataType::Utf8)?;
+            out.extend(names.as_string::<i32>().iter().flatten().map(str::to_owned));
+        }
+        Ok(out)
+    }
+
+    /// The operations (span names) of a service, with their span kind and how many spans each has.
+    pub async fn operations(&self, service: &str) -> Result<Vec<OperationView>, QueryError> {
+        let batches = self
+            .ctx
+            .table(SPANS_TABLE)
+            .await?
+            .filter(col(c::SERVICE_NAME).eq(lit(service)))?
+            .aggregate(vec![col(c::NAME), col(c::KIND)], vec![count(lit(1)).alias("spans")])?
+            .sort(vec![col(c::NAME).sort(true, false), col(c::KIND).sort(true, false)])?
+            .collect()
+            .await?;
+        let mut out = Vec::new();
+        for batch in &batches {
+            let names = cast(batch.column(0), &DataType::Utf8)?;
+            let names = names.as_string::<i32>();
+            let kinds = cast(batch.column(1), &DataType::Int8)?;
+            let kinds = kinds.as_primitive::<Int8Type>();
+            let spans = cast(batch.column(2), &DataType::UInt64)?;
+            let spans = spans.as_primitive::<UInt64Type>();
+            for row in 0..batch.num_rows() {
+                out.push(OperationView {
+                    name: names.value(row).to_owned(),
+                    span_kind: kind::name(kinds.value(row)),
+                    spans: spans.value(row),
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Every stored span of a trace, ordered by start time; `None` when there is none.

@@ -84,6 +84,28 @@ pub struct TraceView {
     pub spans: Vec<SpanView>,
 }
 
+/// `GET /api/v1/services`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ServicesView {
+    pub services: Vec<String>,
+}
+
+/// One operation of a service: a span name with its kind.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct OperationView {
+    pub name: String,
+    pub span_kind: &'static str,
+    /// Stored spans of this operation.
+    pub spans: u64,
+}
+
+/// `GET /api/v1/services/{service}/operations`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct OperationsView {
+    pub service: String,
+    pub operations: Vec<OperationView>,
+}
+
 /// Every API error: `{"error": "..."}`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ErrorBody {

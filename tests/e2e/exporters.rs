@@ -92,6 +92,20 @@ async fn rust_opentelemetry_otlp_exporter_over_grpc_and_http() {
         let scope = &child["scope"]["name"];
         assert_eq!(scope, "hopscope-e2e");
     }
+
+    let services: Value = reqwest::get(server.api_url("/api/v1/services")).await.unwrap().json().await.unwrap();
+    assert_eq!(services["services"], serde_json::json!(["rust-grpc", "rust-http"]));
+    let ops: Value =
+        reqwest::get(server.api_url("/api/v1/services/rust-grpc/operations")).await.unwrap().json().await.unwrap();
+    assert_eq!(
+        ops["operations"],
+        serde_json::json!([
+            {"name": "grpc child", "span_kind": "client", "spans": 1},
+            {"name": "grpc parent", "span_kind": "server", "spans": 1},
+        ])
+    );
+    let missing = reqwest::get(server.api_url("/api/v1/services/nope/operations")).await.unwrap();
+    assert_eq!(missing.status(), 404);
 }
 
 /// The Python interpreter holding `tests/requirements.txt`.
