@@ -101,8 +101,9 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
         "hopscope listening"
     );
 
-    // Receivers and the API stop on `stop` (a receiver that fails cancels it too); the flusher stops on `flush_stop`, only after both
-    // receivers have drained, so that every acknowledged span is written before exit.
+    // Receivers and the API stop on `stop` (a receiver that fails cancels it too); the flusher stops
+    // on `flush_stop`, only after both receivers have drained, so that every acknowledged span is
+    // written before exit.
     let stop = CancellationToken::new();
     let flush_stop = CancellationToken::new();
     let ready = Arc::new(AtomicBool::new(true));

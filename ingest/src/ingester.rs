@@ -74,6 +74,26 @@ pub struct ExportOutcome {
     pub error_message: Option<String>,
 }
 
+/// Takes the data directory's lock file, so that two processes never write the same WAL and manifest.
+fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, IngestError> {
+    std::fs::create_dir_all(data_dir).map_err(IngestError::io(format!("creating {}", data_dir.display())))?;
+    let path = data_dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(IngestError::io(format!("opening {}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(IngestError::Io {
+            context: format!("the data directory {} is in use by another hopscope process", data_dir.display()),
+            source: std::io::Error::from(std::io::ErrorKind::WouldBlock),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(IngestError::io(format!("locking {}", path.display()))(e)),
+    }
+}
+
 impl ExportOutcome {
     /// The OTLP `partial_success` of the response: set when any span was rejected.
     pub fn partial_success(&self) -> Option<ExportTracePartialSuccess> {
@@ -97,6 +117,8 @@ pub enum ExportBody {
 #[derive(Debug)]
 pub struct Ingester {
     config: IngesterConfig,
+    /// Held for the life of the ingester: one process per data directory.
+    _lock: std::fs::File,
     manifest: Arc<ManifestStore>,
     wal: Arc<Wal>,
     buffer: Arc<Mutex<TraceBuffer>>,
@@ -110,6 +132,7 @@ impl Ingester {
     /// spans that are already in committed files. Blocking I/O: call it before serving or from
     /// `spawn_blocking`.
     pub fn open(config: IngesterConfig) -> Result<Arc<Self>, IngestError> {
+        let lock = lock_data_dir(&config.data_dir)?;
         let manifest = Arc::new(ManifestStore::open(&config.data_dir, &config.tenant)?);
         let committed = manifest.snapshot();
         let wal_dir = config.data_dir.join("wal");
@@ -136,7 +159,7 @@ impl Ingester {
         let wake = Arc::new(Notify::new());
         let sink = BufferHandle { buffer: Arc::clone(&buffer), wake: Arc::clone(&wake), flush_rows: config.flush_rows };
         let wal = Arc::new(Wal::start(&wal_dir, config.wal_rotation, sink)?);
-        Ok(Arc::new(Self { config, manifest, wal, buffer, wake, closed: AtomicBool::new(false), metrics }))
+        Ok(Arc::new(Self { config, _lock: lock, manifest, wal, buffer, wake, closed: AtomicBool::new(false), metrics }))
     }
 
     /// What has been received and stored so far.
