@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, BooleanArray, FixedSizeBinaryArray, RecordBatch};
+use arrow::array::{BooleanArray, FixedSizeBinaryArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use hopscope_schemas::columns as c;
 
@@ -116,10 +116,7 @@ impl TraceBuffer {
 }
 
 fn trace_id_column(batch: &RecordBatch) -> &FixedSizeBinaryArray {
-    batch
-        .column_by_name(c::TRACE_ID)
-        .and_then(|a| a.as_any().downcast_ref::<FixedSizeBinaryArray>())
-        .expect("stored schema: trace_id")
+    crate::writer::stored_column(batch, c::TRACE_ID)
 }
 
 #[cfg(test)]

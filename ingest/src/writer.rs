@@ -84,12 +84,21 @@ fn split_by_trace_hour(batch: &RecordBatch) -> Result<Vec<(i64, RecordBatch)>, I
         .collect()
 }
 
+/// A column of a batch in the stored schema, as its Arrow type. Panics on another schema: batches
+/// here are built by [`crate::convert`] or read back from span files.
+pub(crate) fn stored_column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> &'a T {
+    batch
+        .column_by_name(name)
+        .and_then(|a| a.as_any().downcast_ref::<T>())
+        .unwrap_or_else(|| panic!("stored schema: column {name}"))
+}
+
 fn trace_ids(batch: &RecordBatch) -> &FixedSizeBinaryArray {
-    batch.column_by_name(c::TRACE_ID).and_then(|a| a.as_any().downcast_ref()).expect("stored schema: trace_id")
+    stored_column(batch, c::TRACE_ID)
 }
 
 fn start_times(batch: &RecordBatch) -> &TimestampNanosecondArray {
-    batch.column_by_name(c::START_TIME).and_then(|a| a.as_any().downcast_ref()).expect("stored schema: start_time")
+    stored_column(batch, c::START_TIME)
 }
 
 /// The writer settings of span files; the bloom filter is sized for `distinct_traces` per row group.
@@ -138,8 +147,7 @@ fn write_file(tenant_dir: &Path, hour: i64, batch: &RecordBatch) -> Result<FileE
     sync_parent(&path)?;
 
     let starts = start_times(batch);
-    let ends: &TimestampNanosecondArray =
-        batch.column_by_name(c::END_TIME).and_then(|a| a.as_any().downcast_ref()).expect("stored schema: end_time");
+    let ends: &TimestampNanosecondArray = stored_column(batch, c::END_TIME);
     let (min_start, max_start) = min_max(starts.values().iter().copied());
     let (_, max_end) = min_max(ends.values().iter().copied());
     Ok(FileEntry {
@@ -193,10 +201,7 @@ pub fn without_keys(batch: &RecordBatch, keys: &HashSet<[u8; 24]>) -> Result<Rec
 }
 
 fn key_columns(batch: &RecordBatch) -> (&FixedSizeBinaryArray, &FixedSizeBinaryArray) {
-    let get = |name| -> &FixedSizeBinaryArray {
-        batch.column_by_name(name).and_then(|a| a.as_any().downcast_ref()).expect("stored schema: ids")
-    };
-    (get(c::TRACE_ID), get(c::SPAN_ID))
+    (trace_ids(batch), stored_column(batch, c::SPAN_ID))
 }
 
 fn span_key(trace_id: &[u8], span_id: &[u8]) -> [u8; 24] {
