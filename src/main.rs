@@ -55,6 +55,19 @@ struct ServeArgs {
     /// Memory one query may use, in bytes, before it fails with an error.
     #[arg(long, env = "HOPSCOPE_QUERY_MEMORY_LIMIT_BYTES", default_value_t = 2 << 30, value_parser = positive_usize)]
     query_memory_limit_bytes: usize,
+    /// How long one query may run before it is cancelled (e.g. 30s, 2m).
+    #[arg(long, env = "HOPSCOPE_QUERY_TIMEOUT", default_value = "30s", value_parser = positive_duration)]
+    query_timeout: std::time::Duration,
+    /// The most rows `POST /api/v1/sql` returns; larger results are refused with a message.
+    #[arg(long, env = "HOPSCOPE_QUERY_MAX_ROWS", default_value_t = 10_000, value_parser = positive_usize)]
+    query_max_rows: usize,
+}
+
+fn positive_duration(s: &str) -> Result<std::time::Duration, String> {
+    match hopscope_query::params::parse_duration(s)? {
+        ns if ns > 0 => Ok(std::time::Duration::from_nanos(ns as u64)),
+        _ => Err(format!("{s:?} must be longer than zero")),
+    }
 }
 
 fn positive_usize(s: &str) -> Result<usize, String> {
@@ -88,6 +101,8 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("opening the data directory {}", args.data_dir.display()))?;
     let mut query_config = QueryConfig::new(args.data_dir.clone());
     query_config.memory_limit_bytes = args.query_memory_limit_bytes;
+    query_config.timeout = args.query_timeout;
+    query_config.max_rows = args.query_max_rows;
     let engine = Arc::new(QueryEngine::new(&query_config)?);
 
     let grpc_listener = bind(args.otlp_grpc_addr, "OTLP/gRPC").await?;

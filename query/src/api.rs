@@ -1,15 +1,23 @@
 //! The HTTP API under `/api/v1`: every route in one router, every error as `{"error": "..."}`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
+use datafusion::arrow::array::RecordBatch;
 use hopscope_schemas::TraceId;
-use hopscope_schemas::api::{ErrorBody, OperationsView, ServicesView, TraceView};
+use hopscope_schemas::api::{EdgesView, ErrorBody, LatencyView, OperationsView, ServicesView, TraceView, TracesView};
+use serde::Deserialize;
 
+use crate::latency::{EdgesQuery, LatencyQuery, LatencyTarget, TraceSearch};
+use crate::params::{Params, format_time};
+use crate::sql::SqlResult;
 use crate::{QueryEngine, QueryError};
 
 /// Routes of the HTTP API.
@@ -17,7 +25,11 @@ pub fn router(engine: Arc<QueryEngine>) -> Router {
     Router::new()
         .route("/api/v1/services", get(services))
         .route("/api/v1/services/{service}/operations", get(operations))
+        .route("/api/v1/traces", get(search_traces))
         .route("/api/v1/traces/{trace_id}", get(trace))
+        .route("/api/v1/edges", get(edges))
+        .route("/api/v1/latency", get(latency))
+        .route("/api/v1/sql", post(sql))
         .with_state(engine)
 }
 
@@ -31,28 +43,196 @@ impl IntoResponse for QueryError {
     }
 }
 
-async fn trace(
-    State(engine): State<Arc<QueryEngine>>,
-    Path(trace_id): Path<String>,
-) -> Result<Json<TraceView>, QueryError> {
+type Engine = State<Arc<QueryEngine>>;
+type RawParams = Result<Query<HashMap<String, String>>, QueryRejection>;
+
+fn params(raw: RawParams, allowed: &[&str]) -> Result<Params, QueryError> {
+    let Query(values) = raw.map_err(|e| QueryError::BadParameter(format!("query string: {}", e.body_text())))?;
+    Params::new(values, allowed)
+}
+
+async fn trace(State(engine): Engine, Path(trace_id): Path<String>) -> Result<Json<TraceView>, QueryError> {
     let id: TraceId = trace_id.parse().map_err(|e| QueryError::BadParameter(format!("trace_id: {e}")))?;
-    match engine.trace(id).await? {
+    match engine.bounded(engine.trace(id)).await? {
         Some(trace) => Ok(Json(trace)),
         None => Err(QueryError::NotFound(format!("trace {id} not found"))),
     }
 }
 
-async fn services(State(engine): State<Arc<QueryEngine>>) -> Result<Json<ServicesView>, QueryError> {
-    Ok(Json(ServicesView { services: engine.services().await? }))
+async fn services(State(engine): Engine) -> Result<Json<ServicesView>, QueryError> {
+    Ok(Json(ServicesView { services: engine.bounded(engine.services()).await? }))
 }
 
-async fn operations(
-    State(engine): State<Arc<QueryEngine>>,
-    Path(service): Path<String>,
-) -> Result<Json<OperationsView>, QueryError> {
-    let operations = engine.operations(&service).await?;
+async fn operations(State(engine): Engine, Path(service): Path<String>) -> Result<Json<OperationsView>, QueryError> {
+    let operations = engine.bounded(engine.operations(&service)).await?;
     if operations.is_empty() {
         return Err(QueryError::NotFound(format!("no spans stored for service {service:?}")));
     }
     Ok(Json(OperationsView { service, operations }))
+}
+
+/// The most traces one search returns.
+const MAX_TRACES: usize = 1_000;
+
+async fn search_traces(State(engine): Engine, raw: RawParams) -> Result<Json<TracesView>, QueryError> {
+    let p = params(
+        raw,
+        &["service", "operation", "min_duration", "max_duration", "status", "attr.", "start", "end", "limit", "sort"],
+    )?;
+    let search = TraceSearch {
+        range: Some(p.range()?),
+        service: p.text("service")?.map(str::to_owned),
+        operation: p.text("operation")?.map(str::to_owned),
+        min_duration_ns: p.duration("min_duration")?,
+        max_duration_ns: p.duration("max_duration")?,
+        errors_only: p.choice("status", &["error"])?.is_some(),
+        attributes: p.prefixed("attr.").into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
+        slowest_first: p.choice("sort", &["newest", "slowest"])? == Some("slowest"),
+        limit: p.count("limit", MAX_TRACES)?.unwrap_or(20),
+    };
+    if let (Some(min), Some(max)) = (search.min_duration_ns, search.max_duration_ns)
+        && min > max
+    {
+        return Err(QueryError::BadParameter("min_duration: must not exceed max_duration".into()));
+    }
+    Ok(Json(TracesView { traces: engine.bounded(engine.search_traces(&search)).await? }))
+}
+
+async fn edges(State(engine): Engine, raw: RawParams) -> Result<Json<EdgesView>, QueryError> {
+    let p = params(raw, &["start", "end", "service", "by_operation"])?;
+    let query = EdgesQuery {
+        range: p.range()?,
+        service: p.text("service")?.map(str::to_owned),
+        by_operation: p.boolean("by_operation")?.unwrap_or(false),
+    };
+    let edges = engine.bounded(engine.edges(&query)).await?;
+    Ok(Json(EdgesView { start: format_time(query.range.start_ns), end: format_time(query.range.end_ns), edges }))
+}
+
+/// The most steps one latency view has.
+const MAX_STEPS: i64 = 10_000;
+/// Step sizes chosen when none is asked: the smallest that gives at most 120 steps.
+const NICE_STEPS_S: &[i64] = &[1, 5, 10, 15, 30, 60, 300, 600, 900, 1_800, 3_600, 10_800, 21_600, 43_200, 86_400];
+
+async fn latency(State(engine): Engine, raw: RawParams) -> Result<Json<LatencyView>, QueryError> {
+    let p = params(raw, &["service", "operation", "caller", "callee", "start", "end", "step"])?;
+    let range = p.range()?;
+    let operation = p.text("operation")?.map(str::to_owned);
+    let target = match (p.text("service")?, p.text("caller")?, p.text("callee")?) {
+        (Some(service), None, None) => LatencyTarget::Service { service: service.to_owned(), operation },
+        (None, Some(caller), Some(callee)) => {
+            LatencyTarget::Hop { caller: caller.to_owned(), callee: callee.to_owned(), operation }
+        }
+        (Some(_), _, _) => {
+            return Err(QueryError::BadParameter("service: give either service or caller and callee, not both".into()));
+        }
+        (None, None, _) | (None, _, None) => {
+            return Err(QueryError::BadParameter(
+                "service: give service (and optionally operation), or caller and callee".into(),
+            ));
+        }
+    };
+    let span = range.end_ns - range.start_ns;
+    let step_ns = match p.duration("step")? {
+        Some(step) if step <= 0 => return Err(QueryError::BadParameter("step: must be positive".into())),
+        Some(step) if span / step > MAX_STEPS => {
+            return Err(QueryError::BadParameter(format!(
+                "step: {step}ns splits the range into more than {MAX_STEPS} steps; use a larger step"
+            )));
+        }
+        Some(step) => step,
+        None => {
+            let seconds = NICE_STEPS_S.iter().find(|s| span / (**s * 1_000_000_000) <= 120).unwrap_or(&86_400);
+            seconds * 1_000_000_000
+        }
+    };
+    Ok(Json(engine.bounded(engine.latency(&LatencyQuery { target, range, step_ns })).await?))
+}
+
+/// The body of `POST /api/v1/sql`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SqlRequest {
+    sql: String,
+}
+
+/// Media types `/sql` answers in, chosen by `Accept`.
+const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
+const CSV: &str = "text/csv";
+
+async fn sql(
+    State(engine): Engine,
+    headers: HeaderMap,
+    body: Result<Json<SqlRequest>, JsonRejection>,
+) -> Result<Response, QueryError> {
+    let Json(request) = body.map_err(|e| QueryError::BadParameter(format!("body: {}", e.body_text())))?;
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    let result = engine.sql(&request.sql).await?;
+    if accept.contains(ARROW_STREAM) {
+        return Ok(
+            ([(header::CONTENT_TYPE, HeaderValue::from_static(ARROW_STREAM))], arrow_ipc(&result)?).into_response()
+        );
+    }
+    if accept.contains(CSV) {
+        return Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("text/csv; charset=utf-8"))], csv(&result)?)
+            .into_response());
+    }
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], json(&result)?).into_response())
+}
+
+fn arrow_ipc(result: &SqlResult) -> Result<Vec<u8>, QueryError> {
+    let mut out = Vec::new();
+    let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut out, &result.schema)?;
+    for batch in &result.batches {
+        writer.write(batch)?;
+    }
+    writer.finish()?;
+    drop(writer);
+    Ok(out)
+}
+
+fn csv(result: &SqlResult) -> Result<Vec<u8>, QueryError> {
+    if let Some(field) = result.schema.fields().iter().find(|f| f.data_type().is_nested()) {
+        return Err(QueryError::BadParameter(format!(
+            "Accept: CSV cannot hold column {:?} of type {}; select scalar columns or ask for JSON or Arrow",
+            field.name(),
+            field.data_type()
+        )));
+    }
+    let mut out = Vec::new();
+    let mut writer = arrow::csv::WriterBuilder::new().with_header(true).build(&mut out);
+    for batch in &result.batches {
+        writer.write(batch)?;
+    }
+    drop(writer);
+    Ok(out)
+}
+
+/// `{"columns": [{"name", "type"}], "rows": [{column: value}]}`; ids and binary values as hex.
+fn json(result: &SqlResult) -> Result<Vec<u8>, QueryError> {
+    let columns: Vec<serde_json::Value> = result
+        .schema
+        .fields()
+        .iter()
+        .map(|f| serde_json::json!({"name": f.name(), "type": f.data_type().to_string()}))
+        .collect();
+    let mut rows = Vec::new();
+    {
+        let mut writer = arrow::json::WriterBuilder::new()
+            .with_explicit_nulls(true)
+            .build::<_, arrow::json::writer::JsonArray>(&mut rows);
+        let batches: Vec<&RecordBatch> = result.batches.iter().collect();
+        writer.write_batches(&batches)?;
+        writer.finish()?;
+    }
+    if rows.is_empty() {
+        rows.extend_from_slice(b"[]");
+    }
+    let mut out = Vec::with_capacity(rows.len() + 128);
+    out.extend_from_slice(b"{\"columns\":");
+    out.extend_from_slice(serde_json::to_string(&columns).map_err(|e| QueryError::Corrupt(e.to_string()))?.as_bytes());
+    out.extend_from_slice(b",\"rows\":");
+    out.extend_from_slice(&rows);
+    out.push(b'}');
+    Ok(out)
 }

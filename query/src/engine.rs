@@ -18,11 +18,15 @@ use hopscope_schemas::columns as c;
 use hopscope_schemas::spans::kind;
 
 use crate::QueryError;
+use crate::edges::EdgesTable;
 use crate::rows::spans_from_batches;
 use crate::store::{ManifestReader, SpansTable};
 
 /// The name of the table of stored spans.
 pub const SPANS_TABLE: &str = "spans";
+
+/// The name of the derived table of hops (see [`crate::edges`]).
+pub const EDGES_TABLE: &str = "edges";
 
 /// How the query engine runs.
 #[derive(Debug, Clone)]
@@ -35,6 +39,17 @@ pub struct QueryConfig {
     pub memory_limit_bytes: usize,
     /// Parallelism of a query.
     pub target_partitions: usize,
+    /// How long a query may run before it is cancelled.
+    pub timeout: std::time::Duration,
+    /// The most rows `/sql` returns.
+    pub max_rows: usize,
+}
+
+/// The bounds every query runs under.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryLimits {
+    pub timeout: std::time::Duration,
+    pub max_rows: usize,
 }
 
 impl QueryConfig {
@@ -44,6 +59,8 @@ impl QueryConfig {
             tenant: hopscope_schemas::layout::DEFAULT_TENANT.to_owned(),
             memory_limit_bytes: 2 << 30,
             target_partitions: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            timeout: std::time::Duration::from_secs(30),
+            max_rows: 10_000,
         }
     }
 }
@@ -51,6 +68,7 @@ impl QueryConfig {
 /// Answers queries over the committed span files.
 pub struct QueryEngine {
     ctx: SessionContext,
+    limits: QueryLimits,
 }
 
 impl std::fmt::Debug for QueryEngine {
@@ -70,8 +88,16 @@ impl QueryEngine {
             SessionConfig::new().with_target_partitions(config.target_partitions.max(1)).with_information_schema(true);
         let ctx = SessionContext::new_with_config_rt(session, runtime);
         let manifest = Arc::new(ManifestReader::new(&config.data_dir, &config.tenant));
-        ctx.register_table(SPANS_TABLE, Arc::new(SpansTable::new(manifest)))?;
-        Ok(Self { ctx })
+        let spans = Arc::new(SpansTable::new(manifest));
+        ctx.register_table(SPANS_TABLE, Arc::clone(&spans) as _)?;
+        ctx.register_table(EDGES_TABLE, Arc::new(EdgesTable::new(spans)))?;
+        crate::functions::register(&ctx);
+        Ok(Self { ctx, limits: QueryLimits { timeout: config.timeout, max_rows: config.max_rows } })
+    }
+
+    /// The bounds queries run under.
+    pub fn limits(&self) -> QueryLimits {
+        self.limits
     }
 
     /// The DataFusion session, with hopscope's tables registered.

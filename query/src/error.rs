@@ -2,6 +2,7 @@
 //! status codes.
 
 use axum::http::StatusCode;
+use datafusion::error::DataFusionError;
 
 /// What went wrong while answering a query.
 #[derive(Debug, thiserror::Error)]
@@ -15,9 +16,24 @@ pub enum QueryError {
     /// The manifest could not be read.
     #[error("reading the manifest: {0}")]
     Manifest(String),
+    /// SQL sent to `/sql` does not parse or plan; the message is DataFusion's.
+    #[error("SQL error: {0}")]
+    BadSql(String),
+    /// SQL sent to `/sql` is valid but not allowed (it would write or change settings).
+    #[error("SQL refused: {0}")]
+    SqlRefused(String),
+    /// A `/sql` result has more rows than the cap.
+    #[error("the result has more than {0} rows (the --query-max-rows cap); add a LIMIT or aggregate")]
+    TooManyRows(usize),
+    /// A query ran longer than the timeout and was cancelled.
+    #[error("the query ran longer than {0:?} (the --query-timeout limit) and was cancelled; narrow the time range")]
+    Timeout(std::time::Duration),
+    /// A query needed more memory than the session may hold.
+    #[error("the query needs more memory than the --query-memory-limit-bytes limit allows: {0}")]
+    ResourcesExhausted(String),
     /// DataFusion failed to plan or run a query.
     #[error("query failed: {0}")]
-    DataFusion(#[from] datafusion::error::DataFusionError),
+    DataFusion(datafusion::error::DataFusionError),
     /// Arrow failed while converting results.
     #[error("reading query results: {0}")]
     Arrow(#[from] datafusion::arrow::error::ArrowError),
@@ -30,11 +46,40 @@ impl QueryError {
     /// The HTTP status of this error: 4xx when the request is at fault, 5xx when we are.
     pub fn status(&self) -> StatusCode {
         match self {
-            QueryError::BadParameter(_) => StatusCode::BAD_REQUEST,
+            QueryError::BadParameter(_)
+            | QueryError::BadSql(_)
+            | QueryError::SqlRefused(_)
+            | QueryError::TooManyRows(_) => StatusCode::BAD_REQUEST,
+            QueryError::Timeout(_) | QueryError::ResourcesExhausted(_) => StatusCode::SERVICE_UNAVAILABLE,
             QueryError::NotFound(_) => StatusCode::NOT_FOUND,
             QueryError::Manifest(_) | QueryError::DataFusion(_) | QueryError::Arrow(_) | QueryError::Corrupt(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
+        }
+    }
+}
+
+impl From<DataFusionError> for QueryError {
+    fn from(e: DataFusionError) -> Self {
+        match e.find_root() {
+            DataFusionError::ResourcesExhausted(message) => QueryError::ResourcesExhausted(message.clone()),
+            _ => QueryError::DataFusion(e),
+        }
+    }
+}
+
+impl QueryError {
+    /// An error from planning or running SQL a user wrote: their mistakes are 400s, ours stay 500s.
+    pub fn from_user_sql(e: DataFusionError) -> Self {
+        match e.find_root() {
+            DataFusionError::SQL(..)
+            | DataFusionError::Plan(_)
+            | DataFusionError::SchemaError(..)
+            | DataFusionError::NotImplemented(_)
+            | DataFusionError::Configuration(_)
+            | DataFusionError::ArrowError(..)
+            | DataFusionError::Execution(_) => QueryError::BadSql(e.strip_backtrace()),
+            _ => QueryError::from(e),
         }
     }
 }

@@ -9,10 +9,16 @@
 //! manifest); it only reads the data directory.
 
 pub mod api;
+pub mod edges;
 pub mod engine;
 mod error;
+pub mod functions;
+pub mod latency;
+pub mod params;
 pub mod rows;
+pub mod sql;
 pub mod store;
+pub mod walk;
 
 pub use engine::{QueryConfig, QueryEngine};
 pub use error::QueryError;

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
+use datafusion::arrow::compute::SortOptions;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::{DFSchema, ScalarValue, project_schema};
@@ -17,8 +18,11 @@ use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown, TableType};
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
 use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use hopscope_schemas::columns as c;
 use hopscope_schemas::layout;
 use hopscope_schemas::manifest::{FileEntry, Manifest};
@@ -82,34 +86,92 @@ impl SpansTable {
 }
 
 /// What the filters of a scan say about which files can hold matching rows.
-#[derive(Debug, Default, PartialEq)]
-struct FilePruning {
-    trace_id: Option<[u8; 16]>,
+#[derive(Debug, PartialEq)]
+pub(crate) struct FilePruning {
+    pub(crate) trace_id: Option<[u8; 16]>,
+    /// Inclusive bounds on `start_time`, in unix nanoseconds.
+    pub(crate) start_ns: (i64, i64),
+}
+
+impl Default for FilePruning {
+    fn default() -> Self {
+        Self { trace_id: None, start_ns: (i64::MIN, i64::MAX) }
+    }
+}
+
+/// Unix nanoseconds of a timestamp literal, whatever its unit.
+fn timestamp_ns(value: &ScalarValue) -> Option<i64> {
+    match value {
+        ScalarValue::TimestampNanosecond(Some(v), _) => Some(*v),
+        ScalarValue::TimestampMicrosecond(Some(v), _) => v.checked_mul(1_000),
+        ScalarValue::TimestampMillisecond(Some(v), _) => v.checked_mul(1_000_000),
+        ScalarValue::TimestampSecond(Some(v), _) => v.checked_mul(1_000_000_000),
+        _ => None,
+    }
 }
 
 impl FilePruning {
-    fn from_filters(filters: &[Expr]) -> Self {
+    pub(crate) fn from_filters(filters: &[Expr]) -> Self {
         let mut pruning = FilePruning::default();
         for filter in filters {
             for conjunct in datafusion::logical_expr::utils::split_conjunction(filter) {
-                if let Expr::BinaryExpr(BinaryExpr { left, op: Operator::Eq, right }) = conjunct {
-                    let (col, value) = match (left.as_ref(), right.as_ref()) {
-                        (Expr::Column(col), Expr::Literal(v, _)) | (Expr::Literal(v, _), Expr::Column(col)) => (col, v),
-                        _ => continue,
-                    };
-                    if col.name == c::TRACE_ID
-                        && let ScalarValue::FixedSizeBinary(16, Some(bytes)) | ScalarValue::Binary(Some(bytes)) = value
-                        && let Ok(id) = <[u8; 16]>::try_from(bytes.as_slice())
-                    {
-                        pruning.trace_id = Some(id);
+                match conjunct {
+                    Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+                        let (col, op, value) = match (left.as_ref(), right.as_ref()) {
+                            (Expr::Column(col), Expr::Literal(v, _)) => (col, *op, v),
+                            (Expr::Literal(v, _), Expr::Column(col)) => match op.swap() {
+                                Some(op) => (col, op, v),
+                                None => continue,
+                            },
+                            _ => continue,
+                        };
+                        pruning.add(&col.name, op, value);
                     }
+                    Expr::Between(between) if !between.negated => {
+                        if let (Expr::Column(col), Expr::Literal(low, _), Expr::Literal(high, _)) =
+                            (between.expr.as_ref(), between.low.as_ref(), between.high.as_ref())
+                        {
+                            pruning.add(&col.name, Operator::GtEq, low);
+                            pruning.add(&col.name, Operator::LtEq, high);
+                        }
+                    }
+                    _ => {}
                 }
             }
         }
         pruning
     }
 
+    fn add(&mut self, column: &str, op: Operator, value: &ScalarValue) {
+        if column == c::TRACE_ID && op == Operator::Eq {
+            if let ScalarValue::FixedSizeBinary(16, Some(bytes)) | ScalarValue::Binary(Some(bytes)) = value
+                && let Ok(id) = <[u8; 16]>::try_from(bytes.as_slice())
+            {
+                self.trace_id = Some(id);
+            }
+        } else if column == c::START_TIME
+            && let Some(ns) = timestamp_ns(value)
+        {
+            let (lo, hi) = &mut self.start_ns;
+            match op {
+                Operator::Eq => {
+                    *lo = (*lo).max(ns);
+                    *hi = (*hi).min(ns);
+                }
+                Operator::Gt => *lo = (*lo).max(ns.saturating_add(1)),
+                Operator::GtEq => *lo = (*lo).max(ns),
+                Operator::Lt => *hi = (*hi).min(ns.saturating_sub(1)),
+                Operator::LtEq => *hi = (*hi).min(ns),
+                _ => {}
+            }
+        }
+    }
+
     fn may_match(&self, entry: &FileEntry) -> bool {
+        let (lo, hi) = self.start_ns;
+        if entry.max_start_ns < lo || entry.min_start_ns > hi {
+            return false;
+        }
         match self.trace_id {
             Some(id) => {
                 let id = hex::encode(id);
@@ -117,6 +179,84 @@ impl FilePruning {
             }
             None => true,
         }
+    }
+}
+
+/// The order every span file is written in: by trace id, then start time.
+pub fn file_ordering(schema: &SchemaRef) -> DfResult<LexOrdering> {
+    let asc = SortOptions { descending: false, nulls_first: false };
+    let sort = |name: &str| -> DfResult<PhysicalSortExpr> {
+        Ok(PhysicalSortExpr::new(Arc::new(Column::new_with_schema(name, schema)?), asc))
+    };
+    Ok(LexOrdering::new([sort(c::TRACE_ID)?, sort(c::START_TIME)?]).expect("non-empty ordering"))
+}
+
+impl SpansTable {
+    fn matching_files(&self, filters: &[Expr]) -> DfResult<Vec<(String, u64)>> {
+        let manifest =
+            self.manifest.current().map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+        let pruning = FilePruning::from_filters(filters);
+        Ok(manifest
+            .files
+            .iter()
+            .filter(|f| pruning.may_match(f))
+            .map(|f| (self.manifest.file_path(f).to_string_lossy().into_owned(), f.bytes))
+            .collect())
+    }
+
+    fn parquet_source(state: &dyn Session, filters: &[Expr]) -> DfResult<ParquetSource> {
+        let schema = span_schema();
+        let mut options = state.default_table_options().parquet;
+        options.global.pruning = true;
+        options.global.bloom_filter_on_read = true;
+        options.global.enable_page_index = true;
+        options.global.pushdown_filters = true;
+        options.global.reorder_filters = true;
+        // Read strings as stored (Utf8), matching the table schema.
+        options.global.schema_force_view_types = false;
+        let mut source = ParquetSource::new(Arc::clone(&schema)).with_table_parquet_options(options);
+        if let Some(expr) = conjunction(filters.iter().cloned()) {
+            let df_schema = DFSchema::try_from(Arc::clone(&schema))?;
+            source = source.with_predicate(state.create_physical_expr(expr, &df_schema)?);
+        }
+        Ok(source)
+    }
+
+    /// A scan whose single output partition is ordered by (trace id, start time): every file is read
+    /// in the order it was written and the files are merged, so each trace's spans arrive together
+    /// without sorting the table. The analyses that walk one trace at a time read through this.
+    pub fn ordered_scan(
+        &self,
+        state: &dyn Session,
+        projection: &[usize],
+        filters: &[Expr],
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let schema = span_schema();
+        let mut projection = projection.to_vec();
+        for needed in [c::TRACE_ID, c::START_TIME] {
+            let index = schema.index_of(needed)?;
+            if !projection.contains(&index) {
+                projection.push(index);
+            }
+        }
+        let projected = project_schema(&schema, Some(&projection))?;
+        let files = self.matching_files(filters)?;
+        if files.is_empty() {
+            return Ok(Arc::new(EmptyExec::new(projected)));
+        }
+        let source = Self::parquet_source(state, filters)?;
+        let groups =
+            files.into_iter().map(|(path, size)| FileGroup::new(vec![PartitionedFile::new(path, size)])).collect();
+        let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
+            .with_file_groups(groups)
+            .with_output_ordering(vec![file_ordering(&schema)?])
+            .with_projection_indices(Some(projection))?
+            .build();
+        let scan: Arc<dyn ExecutionPlan> = DataSourceExec::from_data_source(config);
+        if scan.output_partitioning().partition_count() == 1 {
+            return Ok(scan);
+        }
+        Ok(Arc::new(SortPreservingMergeExec::new(file_ordering(&projected)?, scan)))
     }
 }
 
@@ -142,32 +282,11 @@ impl TableProvider for SpansTable {
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let schema = span_schema();
-        let manifest =
-            self.manifest.current().map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
-        let pruning = FilePruning::from_filters(filters);
-        let files: Vec<(String, u64)> = manifest
-            .files
-            .iter()
-            .filter(|f| pruning.may_match(f))
-            .map(|f| (self.manifest.file_path(f).to_string_lossy().into_owned(), f.bytes))
-            .collect();
+        let files = self.matching_files(filters)?;
         if files.is_empty() {
             return Ok(Arc::new(EmptyExec::new(project_schema(&schema, projection)?)));
         }
-
-        let mut options = state.default_table_options().parquet;
-        options.global.pruning = true;
-        options.global.bloom_filter_on_read = true;
-        options.global.enable_page_index = true;
-        options.global.pushdown_filters = true;
-        options.global.reorder_filters = true;
-        // Read strings as stored (Utf8), matching the table schema.
-        options.global.schema_force_view_types = false;
-        let mut source = ParquetSource::new(Arc::clone(&schema)).with_table_parquet_options(options);
-        if let Some(expr) = conjunction(filters.iter().cloned()) {
-            let df_schema = DFSchema::try_from(Arc::clone(&schema))?;
-            source = source.with_predicate(state.create_physical_expr(expr, &df_schema)?);
-        }
+        let source = Self::parquet_source(state, filters)?;
 
         // Spread files over the target partitions, balanced by size.
         let partitions = state.config().target_partitions().clamp(1, files.len());

@@ -111,3 +111,119 @@ pub struct OperationsView {
 pub struct ErrorBody {
     pub error: String,
 }
+
+/// Percentiles of a latency distribution, in nanoseconds. Exact: computed from every value
+/// (linear interpolation between the two nearest values, as `percentile_cont` does).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Percentiles {
+    pub p50_ns: f64,
+    pub p90_ns: f64,
+    pub p99_ns: f64,
+    pub p999_ns: f64,
+}
+
+/// The latency of one hop, aggregated over a time range (`GET /api/v1/edges`).
+#[derive(Debug, Clone, Serialize)]
+pub struct EdgeView {
+    pub caller: String,
+    /// `service`, `user`, `external` or `messaging` (a broker feeding a consumer).
+    pub caller_kind: String,
+    pub callee: String,
+    /// `service` or, for a node that is not instrumented, `database`, `cache`, `messaging`, `rpc` or
+    /// `external`.
+    pub callee_kind: String,
+    /// Present when the request asked for `by_operation=true`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub callee_operation: Option<String>,
+    /// `rpc`, `messaging`, `uninstrumented`, `entry` or `inferred`.
+    pub connection: String,
+    pub calls: u64,
+    /// Calls where either side has status ERROR.
+    pub errors: u64,
+    /// Calls per second over the asked range.
+    pub rate_per_s: f64,
+    /// Client-side duration; absent when no call had a client span.
+    pub client: Option<Percentiles>,
+    /// Server-side duration; absent when no call had a server span.
+    pub server: Option<Percentiles>,
+    /// Client minus server duration (network and queueing); for messaging, consumer start minus
+    /// producer end. Negative values (clock skew) are kept.
+    pub gap: Option<Percentiles>,
+}
+
+/// Answer of `GET /api/v1/edges`.
+#[derive(Debug, Clone, Serialize)]
+pub struct EdgesView {
+    pub start: String,
+    pub end: String,
+    pub edges: Vec<EdgeView>,
+}
+
+/// One trace found by `GET /api/v1/traces`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TraceSummaryView {
+    pub trace_id: String,
+    pub root_service: String,
+    pub root_operation: String,
+    pub start_time: String,
+    pub start_time_unix_nano: String,
+    pub duration_ns: i64,
+    pub span_count: u64,
+    pub error_count: u64,
+}
+
+/// Answer of `GET /api/v1/traces`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TracesView {
+    pub traces: Vec<TraceSummaryView>,
+}
+
+/// Latency over one step of `GET /api/v1/latency`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencyPoint {
+    pub time: String,
+    pub count: u64,
+    pub percentiles: Percentiles,
+}
+
+/// One log-scale bucket: durations in `[lower_ns, upper_ns)`.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistogramBucket {
+    pub bucket: i32,
+    pub lower_ns: i64,
+    pub upper_ns: i64,
+    pub count: u64,
+}
+
+/// One cell of the heatmap: how many durations of a bucket fell in a step.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeatmapCell {
+    pub time: String,
+    pub bucket: i32,
+    pub count: u64,
+}
+
+/// How predictable the latency is over the whole range.
+#[derive(Debug, Clone, Serialize)]
+pub struct Predictability {
+    pub count: u64,
+    pub mean_ns: f64,
+    pub stddev_ns: f64,
+    pub percentiles: Percentiles,
+    /// p99 / p50: 1 is perfectly steady; large values mean a long tail.
+    pub p99_over_p50: Option<f64>,
+    /// Standard deviation / mean.
+    pub coefficient_of_variation: Option<f64>,
+}
+
+/// Answer of `GET /api/v1/latency`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencyView {
+    pub start: String,
+    pub end: String,
+    pub step_ns: i64,
+    pub series: Vec<LatencyPoint>,
+    pub histogram: Vec<HistogramBucket>,
+    pub heatmap: Vec<HeatmapCell>,
+    pub summary: Predictability,
+}

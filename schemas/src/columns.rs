@@ -68,6 +68,36 @@ pub mod link {
     pub const DROPPED_ATTRIBUTES_COUNT: &str = "dropped_attributes_count";
 }
 
+/// Dedicated semantic-convention columns (see [`SEMCONV`] for the attribute each holds).
+pub mod semconv {
+    pub const PEER_SERVICE: &str = "peer_service";
+    pub const SERVER_ADDRESS: &str = "server_address";
+    pub const SERVER_PORT: &str = "server_port";
+    pub const NETWORK_PEER_ADDRESS: &str = "network_peer_address";
+    pub const DB_SYSTEM: &str = "db_system";
+    pub const DB_SYSTEM_NAME: &str = "db_system_name";
+    pub const DB_NAMESPACE: &str = "db_namespace";
+    pub const DB_NAME: &str = "db_name";
+    pub const DB_OPERATION: &str = "db_operation";
+    pub const DB_OPERATION_NAME: &str = "db_operation_name";
+    pub const DB_QUERY_SUMMARY: &str = "db_query_summary";
+    pub const DB_QUERY_TEXT: &str = "db_query_text";
+    pub const DB_STATEMENT: &str = "db_statement";
+    pub const MESSAGING_SYSTEM: &str = "messaging_system";
+    pub const MESSAGING_DESTINATION_NAME: &str = "messaging_destination_name";
+    pub const MESSAGING_MESSAGE_ID: &str = "messaging_message_id";
+    pub const RPC_SYSTEM: &str = "rpc_system";
+    pub const RPC_SERVICE: &str = "rpc_service";
+    pub const RPC_METHOD: &str = "rpc_method";
+    pub const HTTP_REQUEST_METHOD: &str = "http_request_method";
+    pub const HTTP_METHOD: &str = "http_method";
+    pub const HTTP_ROUTE: &str = "http_route";
+    pub const HTTP_RESPONSE_STATUS_CODE: &str = "http_response_status_code";
+    pub const HTTP_STATUS_CODE: &str = "http_status_code";
+    pub const URL_FULL: &str = "url_full";
+    pub const HTTP_URL: &str = "http_url";
+}
+
 /// The type a dedicated semantic-convention column holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SemconvType {
@@ -96,32 +126,32 @@ const fn sc(key: &'static str, column: &'static str, ty: SemconvType) -> Semconv
 pub const SEMCONV: &[SemconvColumn] = {
     use SemconvType::{Int, Str};
     &[
-        sc("peer.service", "peer_service", Str),
-        sc("server.address", "server_address", Str),
-        sc("server.port", "server_port", Int),
-        sc("network.peer.address", "network_peer_address", Str),
-        sc("db.system", "db_system", Str),
-        sc("db.system.name", "db_system_name", Str),
-        sc("db.namespace", "db_namespace", Str),
-        sc("db.name", "db_name", Str),
-        sc("db.operation", "db_operation", Str),
-        sc("db.operation.name", "db_operation_name", Str),
-        sc("db.query.summary", "db_query_summary", Str),
-        sc("db.query.text", "db_query_text", Str),
-        sc("db.statement", "db_statement", Str),
-        sc("messaging.system", "messaging_system", Str),
-        sc("messaging.destination.name", "messaging_destination_name", Str),
-        sc("messaging.message.id", "messaging_message_id", Str),
-        sc("rpc.system", "rpc_system", Str),
-        sc("rpc.service", "rpc_service", Str),
-        sc("rpc.method", "rpc_method", Str),
-        sc("http.request.method", "http_request_method", Str),
-        sc("http.method", "http_method", Str),
-        sc("http.route", "http_route", Str),
-        sc("http.response.status_code", "http_response_status_code", Int),
-        sc("http.status_code", "http_status_code", Int),
-        sc("url.full", "url_full", Str),
-        sc("http.url", "http_url", Str),
+        sc("peer.service", semconv::PEER_SERVICE, Str),
+        sc("server.address", semconv::SERVER_ADDRESS, Str),
+        sc("server.port", semconv::SERVER_PORT, Int),
+        sc("network.peer.address", semconv::NETWORK_PEER_ADDRESS, Str),
+        sc("db.system", semconv::DB_SYSTEM, Str),
+        sc("db.system.name", semconv::DB_SYSTEM_NAME, Str),
+        sc("db.namespace", semconv::DB_NAMESPACE, Str),
+        sc("db.name", semconv::DB_NAME, Str),
+        sc("db.operation", semconv::DB_OPERATION, Str),
+        sc("db.operation.name", semconv::DB_OPERATION_NAME, Str),
+        sc("db.query.summary", semconv::DB_QUERY_SUMMARY, Str),
+        sc("db.query.text", semconv::DB_QUERY_TEXT, Str),
+        sc("db.statement", semconv::DB_STATEMENT, Str),
+        sc("messaging.system", semconv::MESSAGING_SYSTEM, Str),
+        sc("messaging.destination.name", semconv::MESSAGING_DESTINATION_NAME, Str),
+        sc("messaging.message.id", semconv::MESSAGING_MESSAGE_ID, Str),
+        sc("rpc.system", semconv::RPC_SYSTEM, Str),
+        sc("rpc.service", semconv::RPC_SERVICE, Str),
+        sc("rpc.method", semconv::RPC_METHOD, Str),
+        sc("http.request.method", semconv::HTTP_REQUEST_METHOD, Str),
+        sc("http.method", semconv::HTTP_METHOD, Str),
+        sc("http.route", semconv::HTTP_ROUTE, Str),
+        sc("http.response.status_code", semconv::HTTP_RESPONSE_STATUS_CODE, Int),
+        sc("http.status_code", semconv::HTTP_STATUS_CODE, Int),
+        sc("url.full", semconv::URL_FULL, Str),
+        sc("http.url", semconv::HTTP_URL, Str),
     ]
 };
 
@@ -130,3 +160,53 @@ pub const SERVICE_NAME_KEY: &str = "service.name";
 
 /// The service name used when a resource has none, as the OpenTelemetry SDKs do.
 pub const UNKNOWN_SERVICE: &str = "unknown_service";
+
+/// Columns of the derived `edges` table: one row per hop (design.md §4).
+pub mod edge {
+    pub const TRACE_ID: &str = "trace_id";
+    /// When the call started: the client span's start, or the server span's when there is no client.
+    pub const START_TIME: &str = "start_time";
+    pub const CALLER: &str = "caller";
+    pub const CALLER_KIND: &str = "caller_kind";
+    pub const CALLER_OPERATION: &str = "caller_operation";
+    pub const CALLEE: &str = "callee";
+    pub const CALLEE_KIND: &str = "callee_kind";
+    pub const CALLEE_OPERATION: &str = "callee_operation";
+    pub const CONNECTION: &str = "connection";
+    /// For messaging hops: the broker and destination, as `system/destination`.
+    pub const VIA: &str = "via";
+    pub const CLIENT_SPAN_ID: &str = "client_span_id";
+    pub const SERVER_SPAN_ID: &str = "server_span_id";
+    pub const CLIENT_DURATION_NS: &str = "client_duration_ns";
+    pub const SERVER_DURATION_NS: &str = "server_duration_ns";
+    pub const GAP_NS: &str = "gap_ns";
+    pub const ERROR: &str = "error";
+}
+
+/// Values of the `edges` table's `connection` column.
+pub mod connection {
+    /// A CLIENT span and its SERVER child.
+    pub const RPC: &str = "rpc";
+    /// A PRODUCER span and a CONSUMER span that is its child or links to it.
+    pub const MESSAGING: &str = "messaging";
+    /// A CLIENT (or PRODUCER) span with nothing instrumented behind it: the callee is a virtual node.
+    pub const UNINSTRUMENTED: &str = "uninstrumented";
+    /// A root SERVER (or CONSUMER) span: the caller is outside the system.
+    pub const ENTRY: &str = "entry";
+    /// A span whose parent belongs to another service, without the span kinds of a pair.
+    pub const INFERRED: &str = "inferred";
+}
+
+/// Values of the `edges` table's `caller_kind` and `callee_kind` columns.
+pub mod node_kind {
+    pub const SERVICE: &str = "service";
+    pub const USER: &str = "user";
+    pub const DATABASE: &str = "database";
+    pub const CACHE: &str = "cache";
+    pub const MESSAGING: &str = "messaging";
+    pub const RPC: &str = "rpc";
+    pub const EXTERNAL: &str = "external";
+}
+
+/// The caller name of requests that enter the system from outside.
+pub const USER_NODE: &str = "user";

@@ -9,5 +9,6 @@
 mod crash;
 mod errors;
 mod exporters;
+mod query;
 mod roundtrip;
 mod support;

@@ -1,0 +1,506 @@
+//! The `edges` table: every hop of every trace, paired per design.md §4.
+//!
+//! It is derived, not stored: a scan of `edges` reads the spans of the asked time range in trace order
+//! ([`SpansTable::ordered_scan`]) and pairs each trace's spans in memory ([`EdgePairing`]). Pairing
+//! needs both sides of a call, so the span scan is widened by [`PAIRING_SLACK_NS`] on both sides of the
+//! asked range; the exact range is then applied to the edges' own `start_time`.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::{Arc, OnceLock};
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{
+    BooleanBuilder, FixedSizeBinaryBuilder, Int64Builder, RecordBatch, StringBuilder, TimestampNanosecondBuilder,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::ScalarValue;
+use datafusion::error::Result as DfResult;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType, col, lit};
+use datafusion::physical_plan::ExecutionPlan;
+use hopscope_schemas::columns::{self as c, connection, edge, node_kind, semconv};
+use hopscope_schemas::spans::{kind, span_schema, status, timestamp_type};
+
+use crate::store::{FilePruning, SpansTable};
+use crate::walk::{CORE_COLUMNS, PerTrace, SpanColumns, TraceExec};
+
+/// How far a call's two spans may lie apart in time and still be paired when a time range is asked:
+/// the span scan behind `edges` reaches this far beyond the range on both sides.
+pub const PAIRING_SLACK_NS: i64 = 5 * 60 * 1_000_000_000;
+
+/// `db.system` values that are caches rather than databases.
+const CACHE_SYSTEMS: &[&str] = &["redis", "memcached", "valkey", "hazelcast", "ignite", "geode", "coherence"];
+
+/// The schema of the `edges` table.
+pub fn edges_schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            let text = |name: &str, nullable: bool| Field::new(name, DataType::Utf8, nullable);
+            Arc::new(Schema::new(vec![
+                Field::new(edge::TRACE_ID, DataType::FixedSizeBinary(16), false),
+                Field::new(edge::START_TIME, timestamp_type(), false),
+                text(edge::CALLER, false),
+                text(edge::CALLER_KIND, false),
+                text(edge::CALLER_OPERATION, true),
+                text(edge::CALLEE, false),
+                text(edge::CALLEE_KIND, false),
+                text(edge::CALLEE_OPERATION, true),
+                text(edge::CONNECTION, false),
+                text(edge::VIA, true),
+                Field::new(edge::CLIENT_SPAN_ID, DataType::FixedSizeBinary(8), true),
+                Field::new(edge::SERVER_SPAN_ID, DataType::FixedSizeBinary(8), true),
+                Field::new(edge::CLIENT_DURATION_NS, DataType::Int64, true),
+                Field::new(edge::SERVER_DURATION_NS, DataType::Int64, true),
+                Field::new(edge::GAP_NS, DataType::Int64, true),
+                Field::new(edge::ERROR, DataType::Boolean, false),
+            ]))
+        })
+        .clone()
+}
+
+/// The span columns pairing reads.
+fn input_columns() -> Vec<&'static str> {
+    let mut columns = CORE_COLUMNS.to_vec();
+    columns.extend([
+        semconv::PEER_SERVICE,
+        semconv::DB_SYSTEM,
+        semconv::DB_SYSTEM_NAME,
+        semconv::DB_NAMESPACE,
+        semconv::DB_NAME,
+        semconv::MESSAGING_SYSTEM,
+        semconv::MESSAGING_DESTINATION_NAME,
+        semconv::DB_OPERATION_NAME,
+        semconv::DB_OPERATION,
+        semconv::RPC_SYSTEM,
+        semconv::SERVER_ADDRESS,
+        semconv::SERVER_PORT,
+        semconv::NETWORK_PEER_ADDRESS,
+        semconv::URL_FULL,
+        semconv::HTTP_URL,
+        c::LINKS,
+    ]);
+    columns
+}
+
+/// A node that is not an instrumented service: its name and kind.
+fn virtual_node(spans: &SpanColumns, row: usize) -> (String, &'static str) {
+    let attr = |column| spans.semconv(row, column);
+    let db_system = attr(semconv::DB_SYSTEM).or(attr(semconv::DB_SYSTEM_NAME));
+    let messaging_system = attr(semconv::MESSAGING_SYSTEM);
+    let kind = if let Some(system) = db_system {
+        if CACHE_SYSTEMS.contains(&system.to_ascii_lowercase().as_str()) {
+            node_kind::CACHE
+        } else {
+            node_kind::DATABASE
+        }
+    } else if messaging_system.is_some() {
+        node_kind::MESSAGING
+    } else if attr(semconv::RPC_SYSTEM).is_some() || attr(semconv::PEER_SERVICE).is_some() {
+        node_kind::RPC
+    } else {
+        node_kind::EXTERNAL
+    };
+    let name = if let Some(peer) = attr(semconv::PEER_SERVICE) {
+        peer.to_owned()
+    } else if let Some(system) = db_system {
+        match attr(semconv::DB_NAMESPACE).or(attr(semconv::DB_NAME)) {
+            Some(namespace) => format!("{system}/{namespace}"),
+            None => system.to_owned(),
+        }
+    } else if let Some(via) = broker(spans, row) {
+        via
+    } else if let Some(address) = attr(semconv::SERVER_ADDRESS) {
+        match spans.server_port(row) {
+            Some(port) => format!("{address}:{port}"),
+            None => address.to_owned(),
+        }
+    } else if let Some(address) = attr(semconv::NETWORK_PEER_ADDRESS) {
+        address.to_owned()
+    } else if let Some(host) = attr(semconv::URL_FULL).or(attr(semconv::HTTP_URL)).and_then(url_host) {
+        host.to_owned()
+    } else {
+        "unknown".to_owned()
+    };
+    (name, kind)
+}
+
+/// The broker a messaging span talks to, as `system/destination`.
+fn broker(spans: &SpanColumns, row: usize) -> Option<String> {
+    let system = spans.semconv(row, semconv::MESSAGING_SYSTEM)?;
+    Some(match spans.semconv(row, semconv::MESSAGING_DESTINATION_NAME) {
+        Some(destination) => format!("{system}/{destination}"),
+        None => system.to_owned(),
+    })
+}
+
+/// The host of a URL (`scheme://[user@]host[:port]/...`), without the port.
+fn url_host(url: &str) -> Option<&str> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(bracketed) = host_port.strip_prefix('[') {
+        bracketed.split(']').next()?
+    } else {
+        host_port.split(':').next()?
+    };
+    (!host.is_empty()).then_some(host)
+}
+
+/// One hop, before it is appended to the output columns.
+struct Hop<'a> {
+    caller: &'a str,
+    caller_kind: &'static str,
+    caller_operation: Option<&'a str>,
+    callee: &'a str,
+    callee_kind: &'static str,
+    callee_operation: Option<&'a str>,
+    connection: &'static str,
+    via: Option<&'a str>,
+    client: Option<usize>,
+    server: Option<usize>,
+}
+
+/// Pairs the spans of each trace into hops and builds the `edges` rows.
+pub struct EdgePairing {
+    by_id: HashMap<[u8; 8], usize>,
+    trace_id: FixedSizeBinaryBuilder,
+    start_time: TimestampNanosecondBuilder,
+    caller: StringBuilder,
+    caller_kind: StringBuilder,
+    caller_operation: StringBuilder,
+    callee: StringBuilder,
+    callee_kind: StringBuilder,
+    callee_operation: StringBuilder,
+    connection: StringBuilder,
+    via: StringBuilder,
+    client_span_id: FixedSizeBinaryBuilder,
+    server_span_id: FixedSizeBinaryBuilder,
+    client_duration: Int64Builder,
+    server_duration: Int64Builder,
+    gap: Int64Builder,
+    error: BooleanBuilder,
+    rows: usize,
+}
+
+impl Default for EdgePairing {
+    fn default() -> Self {
+        Self {
+            by_id: HashMap::new(),
+            trace_id: FixedSizeBinaryBuilder::new(16),
+            start_time: TimestampNanosecondBuilder::new(),
+            caller: StringBuilder::new(),
+            caller_kind: StringBuilder::new(),
+            caller_operation: StringBuilder::new(),
+            callee: StringBuilder::new(),
+            callee_kind: StringBuilder::new(),
+            callee_operation: StringBuilder::new(),
+            connection: StringBuilder::new(),
+            via: StringBuilder::new(),
+            client_span_id: FixedSizeBinaryBuilder::new(8),
+            server_span_id: FixedSizeBinaryBuilder::new(8),
+            client_duration: Int64Builder::new(),
+            server_duration: Int64Builder::new(),
+            gap: Int64Builder::new(),
+            error: BooleanBuilder::new(),
+            rows: 0,
+        }
+    }
+}
+
+impl EdgePairing {
+    fn push(&mut self, spans: &SpanColumns, hop: Hop<'_>) -> DfResult<()> {
+        let row = hop.client.or(hop.server).expect("a hop has at least one span");
+        self.trace_id.append_value(spans.trace_id.value(row))?;
+        self.start_time.append_value(spans.start_ns.value(row));
+        self.caller.append_value(hop.caller);
+        self.caller_kind.append_value(hop.caller_kind);
+        self.caller_operation.append_option(hop.caller_operation);
+        self.callee.append_value(hop.callee);
+        self.callee_kind.append_value(hop.callee_kind);
+        self.callee_operation.append_option(hop.callee_operation);
+        self.connection.append_value(hop.connection);
+        self.via.append_option(hop.via);
+        let mut error = false;
+        let mut side = |ids: &mut FixedSizeBinaryBuilder, row: Option<usize>| -> DfResult<Option<i64>> {
+            let Some(r) = row else {
+                ids.append_null();
+                return Ok(None);
+            };
+            ids.append_value(spans.span_id.value(r))?;
+            error |= spans.status_code.value(r) == status::ERROR;
+            Ok(Some(spans.duration_ns(r)))
+        };
+        let client = side(&mut self.client_span_id, hop.client)?;
+        let server = side(&mut self.server_span_id, hop.server)?;
+        self.client_duration.append_option(client);
+        self.server_duration.append_option(server);
+        let gap = match (hop.connection, client, server) {
+            // For messaging, the gap is the time the message waited: consumer start minus producer end.
+            (connection::MESSAGING, Some(_), Some(_)) => {
+                let (p, c) = (hop.client.expect("client"), hop.server.expect("server"));
+                Some(spans.start_ns.value(c).saturating_sub(spans.end_ns.value(p)))
+            }
+            (_, Some(client), Some(server)) => Some(client.saturating_sub(server)),
+            _ => None,
+        };
+        self.gap.append_option(gap);
+        self.error.append_value(error);
+        self.rows += 1;
+        Ok(())
+    }
+}
+
+impl PerTrace for EdgePairing {
+    fn trace(&mut self, spans: &SpanColumns, rows: Range<usize>) -> DfResult<()> {
+        self.by_id.clear();
+        for r in rows.clone() {
+            if let Ok(id) = <[u8; 8]>::try_from(spans.span_id.value(r)) {
+                self.by_id.entry(id).or_insert(r);
+            }
+        }
+        let parent_of = |r: usize| -> Option<usize> {
+            let id: [u8; 8] = spans.parent(r)?.try_into().ok()?;
+            self.by_id.get(&id).copied().filter(|&p| p != r)
+        };
+        // What each span's children say about it: index = row - rows.start.
+        let len = rows.len();
+        let mut has_server_child = vec![false; len];
+        let mut has_foreign_child = vec![false; len];
+        let mut consumed = vec![false; len];
+        let parents: Vec<Option<usize>> = rows.clone().map(parent_of).collect();
+        // A consumer's producer in this trace: its parent when that is a producer, else a linked producer.
+        let mut producer_of = vec![None; len];
+        for r in rows.clone() {
+            let i = r - rows.start;
+            if let Some(p) = parents[i] {
+                let pi = p - rows.start;
+                has_server_child[pi] |= spans.kind.value(r) == kind::SERVER;
+                has_foreign_child[pi] |= spans.service(p) != spans.service(r);
+            }
+            if spans.kind.value(r) == kind::CONSUMER {
+                let trace_id = spans.trace_id.value(r);
+                let producer = parents[i].filter(|&p| spans.kind.value(p) == kind::PRODUCER).or_else(|| {
+                    spans.links(r).into_iter().find_map(|(t, s)| {
+                        let p = *self.by_id.get(&s)?;
+                        (t.as_slice() == trace_id && spans.kind.value(p) == kind::PRODUCER).then_some(p)
+                    })
+                });
+                if let Some(p) = producer {
+                    consumed[p - rows.start] = true;
+                    producer_of[i] = Some(p);
+                }
+            }
+        }
+
+        for r in rows.clone() {
+            let i = r - rows.start;
+            let span_kind = spans.kind.value(r);
+            let service = spans.service(r);
+            let name = Some(spans.name(r));
+            // The call that reached this span.
+            if let Some(p) = producer_of[i] {
+                let via = broker(spans, p).or_else(|| broker(spans, r));
+                self.push(
+                    spans,
+                    Hop {
+                        caller: spans.service(p),
+                        caller_kind: node_kind::SERVICE,
+                        caller_operation: Some(spans.name(p)),
+                        callee: service,
+                        callee_kind: node_kind::SERVICE,
+                        callee_operation: name,
+                        connection: connection::MESSAGING,
+                        via: via.as_deref(),
+                        client: Some(p),
+                        server: Some(r),
+                    },
+                )?;
+            } else if let Some(p) = parents[i] {
+                let parent_kind = spans.kind.value(p);
+                let pair = parent_kind == kind::CLIENT && span_kind == kind::SERVER;
+                if pair || spans.service(p) != service {
+                    let client = (parent_kind == kind::CLIENT).then_some(p);
+                    self.push(
+                        spans,
+                        Hop {
+                            caller: spans.service(p),
+                            caller_kind: node_kind::SERVICE,
+                            caller_operation: Some(spans.name(p)),
+                            callee: service,
+                            callee_kind: node_kind::SERVICE,
+                            callee_operation: name,
+                            connection: if pair { connection::RPC } else { connection::INFERRED },
+                            via: None,
+                            client,
+                            server: Some(r),
+                        },
+                    )?;
+                }
+            } else if span_kind == kind::SERVER || span_kind == kind::CONSUMER {
+                let from_broker = (span_kind == kind::CONSUMER).then(|| broker(spans, r)).flatten();
+                let (caller, caller_kind) = match (&from_broker, spans.semconv(r, semconv::PEER_SERVICE)) {
+                    (Some(broker), _) => (broker.as_str(), node_kind::MESSAGING),
+                    (None, Some(peer)) => (peer, node_kind::EXTERNAL),
+                    (None, None) => (c::USER_NODE, node_kind::USER),
+                };
+                self.push(
+                    spans,
+                    Hop {
+                        caller,
+                        caller_kind,
+                        caller_operation: None,
+                        callee: service,
+                        callee_kind: node_kind::SERVICE,
+                        callee_operation: name,
+                        connection: connection::ENTRY,
+                        via: from_broker.as_deref(),
+                        client: None,
+                        server: Some(r),
+                    },
+                )?;
+            }
+            // A call out of this span to something not instrumented.
+            let uninstrumented = match span_kind {
+                kind::CLIENT => !has_server_child[i] && !has_foreign_child[i],
+                kind::PRODUCER => !consumed[i] && !has_foreign_child[i],
+                _ => false,
+            };
+            if uninstrumented {
+                let (callee, callee_kind) = virtual_node(spans, r);
+                let via = (span_kind == kind::PRODUCER).then(|| broker(spans, r)).flatten();
+                let operation =
+                    spans.semconv(r, semconv::DB_OPERATION_NAME).or(spans.semconv(r, semconv::DB_OPERATION)).or(name);
+                self.push(
+                    spans,
+                    Hop {
+                        caller: service,
+                        caller_kind: node_kind::SERVICE,
+                        caller_operation: name,
+                        callee: &callee,
+                        callee_kind,
+                        callee_operation: operation,
+                        connection: connection::UNINSTRUMENTED,
+                        via: via.as_deref(),
+                        client: Some(r),
+                        server: None,
+                    },
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn take_batch(&mut self) -> DfResult<Option<RecordBatch>> {
+        if self.rows == 0 {
+            return Ok(None);
+        }
+        self.rows = 0;
+        let batch = RecordBatch::try_new(
+            edges_schema(),
+            vec![
+                Arc::new(self.trace_id.finish()),
+                Arc::new(self.start_time.finish().with_timezone("UTC")),
+                Arc::new(self.caller.finish()),
+                Arc::new(self.caller_kind.finish()),
+                Arc::new(self.caller_operation.finish()),
+                Arc::new(self.callee.finish()),
+                Arc::new(self.callee_kind.finish()),
+                Arc::new(self.callee_operation.finish()),
+                Arc::new(self.connection.finish()),
+                Arc::new(self.via.finish()),
+                Arc::new(self.client_span_id.finish()),
+                Arc::new(self.server_span_id.finish()),
+                Arc::new(self.client_duration.finish()),
+                Arc::new(self.server_duration.finish()),
+                Arc::new(self.gap.finish()),
+                Arc::new(self.error.finish()),
+            ],
+        )?;
+        Ok(Some(batch))
+    }
+}
+
+/// Spans filters that select what a per-trace analysis needs for the given filters on its own
+/// `start_time` and `trace_id` columns: the same trace, and the time range widened by the slack.
+pub(crate) fn widened_span_filters(filters: &[Expr], slack_ns: i64) -> Vec<Expr> {
+    let pruning = FilePruning::from_filters(filters);
+    let timestamp = |ns: i64| lit(ScalarValue::TimestampNanosecond(Some(ns), Some("UTC".into())));
+    let mut out = Vec::new();
+    if let Some(id) = pruning.trace_id {
+        out.push(col(c::TRACE_ID).eq(lit(ScalarValue::FixedSizeBinary(16, Some(id.to_vec())))));
+    }
+    let (lo, hi) = pruning.start_ns;
+    if lo != i64::MIN {
+        out.push(col(c::START_TIME).gt_eq(timestamp(lo.saturating_sub(slack_ns))));
+    }
+    if hi != i64::MAX {
+        out.push(col(c::START_TIME).lt_eq(timestamp(hi.saturating_add(slack_ns))));
+    }
+    out
+}
+
+/// Indices of named columns in the span schema.
+pub(crate) fn span_projection(columns: &[&str]) -> DfResult<Vec<usize>> {
+    let schema = span_schema();
+    columns.iter().map(|name| Ok(schema.index_of(name)?)).collect()
+}
+
+/// The `edges` table provider.
+#[derive(Debug)]
+pub struct EdgesTable {
+    spans: Arc<SpansTable>,
+}
+
+impl EdgesTable {
+    pub fn new(spans: Arc<SpansTable>) -> Self {
+        Self { spans }
+    }
+}
+
+#[async_trait]
+impl TableProvider for EdgesTable {
+    fn schema(&self) -> SchemaRef {
+        edges_schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let span_filters = widened_span_filters(filters, PAIRING_SLACK_NS);
+        let input = self.spans.ordered_scan(state, &span_projection(&input_columns())?, &span_filters)?;
+        Ok(Arc::new(TraceExec::new(
+            "edges",
+            input,
+            Arc::new(|| Box::new(EdgePairing::default())),
+            edges_schema(),
+            projection.cloned(),
+        )?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_host;
+
+    #[test]
+    fn url_hosts() {
+        assert_eq!(url_host("https://api.stripe.com/v1/charges"), Some("api.stripe.com"));
+        assert_eq!(url_host("http://user:pw@example.org:8080/x?y"), Some("example.org"));
+        assert_eq!(url_host("http://[::1]:9000/"), Some("::1"));
+        assert_eq!(url_host("https://"), None);
+    }
+}

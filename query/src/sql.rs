@@ -1,0 +1,152 @@
+//! Read-only SQL over hopscope's tables (`POST /api/v1/sql`).
+//!
+//! Two locks keep it read-only: the statement must parse as one `SELECT`, `WITH … SELECT`, `VALUES`
+//! or `EXPLAIN` of one of those (checked on the parsed statement, so comments and casing do not
+//! matter); and the session plans it with DDL, DML and statements (`SET`, transactions) disallowed.
+//! The session has no table function or URL table that reads files, so a query sees only `spans`,
+//! `edges` and `information_schema`. Results are capped in rows and the query in time.
+
+use std::time::Duration;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::error::DataFusionError;
+use datafusion::execution::context::SQLOptions;
+use datafusion::sql::parser::{DFParser, Statement as DfStatement};
+use datafusion::sql::sqlparser::ast::{SetExpr, Statement};
+use futures::StreamExt;
+
+use crate::{QueryEngine, QueryError};
+
+/// The rows of a `/sql` query.
+#[derive(Debug)]
+pub struct SqlResult {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+}
+
+/// Why a statement is not run, or `None` when it is a read-only query.
+fn refusal(statement: &DfStatement) -> Option<String> {
+    match statement {
+        DfStatement::Statement(statement) => match statement.as_ref() {
+            Statement::Query(query) => match query.body.as_ref() {
+                SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_) => {
+                    Some("only queries are allowed: this statement writes data".into())
+                }
+                _ => None,
+            },
+            Statement::Explain { statement, .. } => {
+                refusal(&DfStatement::Statement(Box::new(statement.as_ref().clone())))
+            }
+            other => Some(format!("only SELECT, WITH and EXPLAIN are allowed, not {}", statement_kind(other))),
+        },
+        DfStatement::Explain(explain) => refusal(&explain.statement),
+        DfStatement::CreateExternalTable(_) => {
+            Some("only SELECT, WITH and EXPLAIN are allowed, not CREATE EXTERNAL TABLE".into())
+        }
+        DfStatement::CopyTo(_) => Some("only SELECT, WITH and EXPLAIN are allowed, not COPY".into()),
+        DfStatement::Reset(_) => Some("only SELECT, WITH and EXPLAIN are allowed, not RESET".into()),
+    }
+}
+
+/// The leading keywords of a statement, for error messages.
+fn statement_kind(statement: &Statement) -> String {
+    let text = statement.to_string();
+    let words: Vec<&str> = text.split_whitespace().take(2).collect();
+    let first = words.first().copied().unwrap_or("");
+    match first.to_ascii_uppercase().as_str() {
+        "CREATE" | "DROP" | "ALTER" | "SHOW" | "DESCRIBE" => words.join(" ").to_ascii_uppercase(),
+        other => other.to_owned(),
+    }
+}
+
+/// Checks that `sql` is one read-only query.
+pub fn check_read_only(sql: &str) -> Result<(), QueryError> {
+    let statements = DFParser::parse_sql(sql).map_err(|e| QueryError::BadSql(strip_prefix(e)))?;
+    match statements.len() {
+        0 => Err(QueryError::BadSql("the request holds no SQL statement".into())),
+        1 => match refusal(&statements[0]) {
+            Some(reason) => Err(QueryError::SqlRefused(reason)),
+            None => Ok(()),
+        },
+        n => Err(QueryError::SqlRefused(format!("one statement per request, got {n}"))),
+    }
+}
+
+fn strip_prefix(e: DataFusionError) -> String {
+    e.strip_backtrace()
+}
+
+impl QueryEngine {
+    /// Runs one read-only query, refusing anything that would write, and bounding rows and time.
+    pub async fn sql(&self, sql: &str) -> Result<SqlResult, QueryError> {
+        check_read_only(sql)?;
+        let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+        let max_rows = self.limits().max_rows;
+        let run = async {
+            let df = self.context().sql_with_options(sql, options).await.map_err(QueryError::from_user_sql)?;
+            let schema = df.schema().inner().clone();
+            let mut stream = df.execute_stream().await.map_err(QueryError::from_user_sql)?;
+            let mut batches = Vec::new();
+            let mut rows = 0usize;
+            while let Some(batch) = stream.next().await {
+                let batch = batch.map_err(QueryError::from_user_sql)?;
+                rows += batch.num_rows();
+                if rows > max_rows {
+                    return Err(QueryError::TooManyRows(max_rows));
+                }
+                batches.push(batch);
+            }
+            Ok(SqlResult { schema, batches })
+        };
+        self.bounded(run).await
+    }
+
+    /// Runs a query future under the engine's timeout.
+    pub async fn bounded<T>(
+        &self,
+        query: impl std::future::Future<Output = Result<T, QueryError>>,
+    ) -> Result<T, QueryError> {
+        let timeout: Duration = self.limits().timeout;
+        tokio::time::timeout(timeout, query).await.map_err(|_| QueryError::Timeout(timeout))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_pass() {
+        for sql in [
+            "SELECT 1",
+            "select count(*) from spans",
+            "WITH x AS (SELECT * FROM edges) SELECT caller FROM x",
+            "EXPLAIN SELECT * FROM spans",
+            "explain analyze select 1",
+            "VALUES (1), (2)",
+            "SELECT 1 -- DROP TABLE spans",
+        ] {
+            check_read_only(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+    }
+
+    #[test]
+    fn writes_and_side_effects_are_refused() {
+        for (sql, expect) in [
+            ("CREATE TABLE t AS SELECT 1", "CREATE TABLE"),
+            ("CREATE EXTERNAL TABLE p STORED AS CSV LOCATION '/etc/passwd'", "CREATE EXTERNAL TABLE"),
+            ("COPY (SELECT 1) TO '/tmp/x.csv'", "COPY"),
+            ("INSERT INTO spans SELECT * FROM spans", "INSERT"),
+            ("DELETE FROM spans", "DELETE"),
+            ("DROP TABLE spans", "DROP TABLE"),
+            ("SET datafusion.catalog.information_schema = false", "SET"),
+            ("EXPLAIN COPY (SELECT 1) TO '/tmp/x.csv'", "COPY"),
+            ("SELECT 1; SELECT 2", "one statement"),
+            ("CREATE VIEW v AS SELECT 1", "CREATE VIEW"),
+        ] {
+            let err = check_read_only(sql).expect_err(sql).to_string();
+            assert!(err.contains(expect), "{sql}: {err}");
+        }
+    }
+}

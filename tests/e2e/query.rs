@@ -1,0 +1,597 @@
+//! The query layer through a real server: recorded traces sent over OTLP/HTTP, then `/edges`,
+//! `/traces`, `/latency` and `/sql`, with every expected answer worked out by hand from the recorded
+//! spans (or, for the large set, by sorting in the test).
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::{DEADLINE, Server};
+
+/// Where the recorded traces sit in time (2023-11-14T22:13:20Z), far from "now" so the default
+/// range never sees them.
+const T0: i64 = 1_700_000_000_000_000_000;
+const MS: f64 = 1e6;
+
+/// One recorded span: times in milliseconds after [`T0`].
+struct Span {
+    trace: &'static str,
+    id: &'static str,
+    parent: Option<&'static str>,
+    service: &'static str,
+    name: &'static str,
+    kind: i64,
+    start_ms: f64,
+    end_ms: f64,
+    error: bool,
+    attributes: Vec<(&'static str, Value)>,
+}
+
+const SERVER: i64 = 2;
+const CLIENT: i64 = 3;
+const PRODUCER: i64 = 4;
+const CONSUMER: i64 = 5;
+const INTERNAL: i64 = 1;
+
+#[allow(clippy::too_many_arguments)]
+fn span(
+    trace: &'static str,
+    id: &'static str,
+    parent: Option<&'static str>,
+    service: &'static str,
+    name: &'static str,
+    kind: i64,
+    start_ms: f64,
+    end_ms: f64,
+) -> Span {
+    Span { trace, id, parent, service, name, kind, start_ms, end_ms, error: false, attributes: Vec::new() }
+}
+
+impl Span {
+    fn error(mut self) -> Self {
+        self.error = true;
+        self
+    }
+
+    fn attr(mut self, key: &'static str, value: Value) -> Self {
+        self.attributes.push((key, value));
+        self
+    }
+}
+
+/// OTLP/JSON for spans, one resource per service.
+fn otlp_json(spans: &[Span]) -> Value {
+    let mut services: Vec<&str> = spans.iter().map(|s| s.service).collect();
+    services.sort_unstable();
+    services.dedup();
+    let resource_spans: Vec<Value> = services
+        .iter()
+        .map(|service| {
+            let spans: Vec<Value> = spans
+                .iter()
+                .filter(|s| s.service == *service)
+                .map(|s| {
+                    let attributes: Vec<Value> = s
+                        .attributes
+                        .iter()
+                        .map(|(k, v)| {
+                            let value = match v {
+                                Value::String(text) => json!({"stringValue": text}),
+                                Value::Number(n) => json!({"intValue": n.to_string()}),
+                                other => panic!("unsupported attribute value {other}"),
+                            };
+                            json!({"key": k, "value": value})
+                        })
+                        .collect();
+                    json!({
+                        "traceId": s.trace,
+                        "spanId": s.id,
+                        "parentSpanId": s.parent.unwrap_or(""),
+                        "name": s.name,
+                        "kind": s.kind,
+                        "startTimeUnixNano": (T0 + (s.start_ms * MS) as i64).to_string(),
+                        "endTimeUnixNano": (T0 + (s.end_ms * MS) as i64).to_string(),
+                        "status": {"code": if s.error { 2 } else { 0 }},
+                        "attributes": attributes,
+                    })
+                })
+                .collect();
+            json!({
+                "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": service}}]},
+                "scopeSpans": [{"scope": {"name": "recorded"}, "spans": spans}],
+            })
+        })
+        .collect();
+    json!({"resourceSpans": resource_spans})
+}
+
+const TRACE_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+const TRACE_B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+/// Two checkout traces covering every pairing rule of design.md §4.
+fn recorded() -> Vec<Span> {
+    vec![
+        // Trace A: a root server span, an RPC, a database nobody instrumented, and a message.
+        span(TRACE_A, "a000000000000001", None, "frontend", "GET /checkout", SERVER, 0.0, 100.0),
+        span(TRACE_A, "a000000000000002", Some("a000000000000001"), "frontend", "POST /pay", CLIENT, 10.0, 60.0),
+        span(TRACE_A, "a000000000000003", Some("a000000000000002"), "payments", "POST /pay", SERVER, 15.0, 55.0),
+        span(TRACE_A, "a000000000000004", Some("a000000000000003"), "payments", "SELECT accounts", CLIENT, 20.0, 30.0)
+            .attr("db.system", json!("postgresql"))
+            .attr("db.namespace", json!("bank")),
+        span(TRACE_A, "a000000000000005", Some("a000000000000001"), "frontend", "orders publish", PRODUCER, 61.0, 63.0)
+            .attr("messaging.system", json!("kafka"))
+            .attr("messaging.destination.name", json!("orders")),
+        span(TRACE_A, "a000000000000006", Some("a000000000000005"), "worker", "orders process", CONSUMER, 70.0, 90.0)
+            .error(),
+        // Trace B: the payments clock runs 8 ms behind, so the gap is negative; the client failed.
+        span(TRACE_B, "b000000000000011", None, "frontend", "GET /checkout", SERVER, 0.0, 50.0),
+        span(TRACE_B, "b000000000000012", Some("b000000000000011"), "frontend", "POST /pay", CLIENT, 5.0, 25.0).error(),
+        span(TRACE_B, "b000000000000013", Some("b000000000000012"), "payments", "POST /pay", SERVER, 2.0, 32.0),
+        // A ledger span without span kinds: the call is inferred from the service change.
+        span(TRACE_B, "b000000000000014", Some("b000000000000013"), "ledger", "record", INTERNAL, 10.0, 20.0),
+        span(TRACE_B, "b000000000000015", Some("b000000000000011"), "frontend", "GET", CLIENT, 30.0, 45.0)
+            .attr("url.full", json!("https://api.stripe.com/v1/charges")),
+        span(TRACE_B, "b000000000000016", Some("b000000000000013"), "payments", "GET", CLIENT, 3.0, 4.0)
+            .attr("db.system", json!("redis"))
+            .attr("server.address", json!("cache-1")),
+    ]
+}
+
+fn range_query() -> String {
+    format!("start={}&end={}", T0 - 1_000_000_000, T0 + 10_000_000_000)
+}
+
+async fn post_spans(server: &Server, spans: &[Span]) {
+    let response =
+        reqwest::Client::new().post(server.traces_url()).json(&otlp_json(spans)).send().await.expect("export");
+    let status = response.status();
+    assert_eq!(status, 200, "{}", response.text().await.unwrap());
+}
+
+async fn get(server: &Server, path: &str) -> (StatusCode, Value) {
+    let response = reqwest::get(server.api_url(path)).await.unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("{path}: not JSON: {text}")))
+}
+
+async fn get_ok(server: &Server, path: &str) -> Value {
+    let (status, body) = get(server, path).await;
+    assert_eq!(status, 200, "{path}: {body}");
+    body
+}
+
+async fn sql(server: &Server, query: &str) -> (StatusCode, Value) {
+    let response =
+        reqwest::Client::new().post(server.api_url("/api/v1/sql")).json(&json!({"sql": query})).send().await.unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("{query}: not JSON: {text}")))
+}
+
+/// Milliseconds as the nanoseconds the API reports.
+fn ns(ms: f64) -> f64 {
+    ms * MS
+}
+
+fn assert_close(actual: &Value, expected_ms: f64, what: &str) {
+    let actual = actual.as_f64().unwrap_or_else(|| panic!("{what}: not a number: {actual}"));
+    let expected = ns(expected_ms);
+    assert!((actual - expected).abs() <= 1e-6 * expected.abs().max(1.0), "{what}: {actual} != {expected}");
+}
+
+/// Checks p50/p90/p99/p99.9 against values worked out by hand (linear interpolation between the
+/// closest ranks).
+fn assert_percentiles(actual: &Value, expected_ms: [f64; 4], what: &str) {
+    for (key, expected) in ["p50_ns", "p90_ns", "p99_ns", "p999_ns"].into_iter().zip(expected_ms) {
+        assert_close(&actual[key], expected, &format!("{what}.{key}"));
+    }
+}
+
+fn find_edge<'a>(edges: &'a Value, caller: &str, callee: &str) -> &'a Value {
+    edges["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["caller"] == caller && e["callee"] == callee)
+        .unwrap_or_else(|| panic!("no edge {caller} -> {callee} in {edges:#}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edges_traces_latency_and_sql_answer_recorded_traces() {
+    let server = Server::start("query-recorded", &[]);
+    post_spans(&server, &recorded()).await;
+    server.wait_for_trace(TRACE_A, 6).await;
+    server.wait_for_trace(TRACE_B, 6).await;
+    let range = range_query();
+
+    // --- /edges: one row per (caller, callee, connection), worked out from the spans above.
+    let edges = get_ok(&server, &format!("/api/v1/edges?{range}")).await;
+    assert_eq!(edges["edges"].as_array().unwrap().len(), 7, "{edges:#}");
+
+    let entry = find_edge(&edges, "user", "frontend");
+    assert_eq!((entry["connection"].as_str(), entry["caller_kind"].as_str()), (Some("entry"), Some("user")));
+    assert_eq!((entry["calls"].as_u64(), entry["errors"].as_u64()), (Some(2), Some(0)));
+    // Server durations 100 and 50 ms: p50 = 50 + 0.5·50, p90 = 50 + 0.9·50, ...
+    assert_percentiles(&entry["server"], [75.0, 95.0, 99.5, 99.95], "user->frontend server");
+    assert!(entry["client"].is_null() && entry["gap"].is_null());
+    assert!((entry["rate_per_s"].as_f64().unwrap() - 2.0 / 11.0).abs() < 1e-9);
+
+    let rpc = find_edge(&edges, "frontend", "payments");
+    assert_eq!((rpc["connection"].as_str(), rpc["callee_kind"].as_str()), (Some("rpc"), Some("service")));
+    assert_eq!((rpc["calls"].as_u64(), rpc["errors"].as_u64()), (Some(2), Some(1)));
+    // Client 50 and 20 ms; server 40 and 30 ms; gap 10 and -10 ms (the skewed clock).
+    assert_percentiles(&rpc["client"], [35.0, 47.0, 49.7, 49.97], "client");
+    assert_percentiles(&rpc["server"], [35.0, 39.0, 39.9, 39.99], "server");
+    assert_percentiles(&rpc["gap"], [0.0, 8.0, 9.8, 9.98], "gap");
+
+    let db = find_edge(&edges, "payments", "postgresql/bank");
+    assert_eq!((db["connection"].as_str(), db["callee_kind"].as_str()), (Some("uninstrumented"), Some("database")));
+    assert_percentiles(&db["client"], [10.0; 4], "db client");
+    assert!(db["server"].is_null());
+
+    let cache = find_edge(&edges, "payments", "redis");
+    assert_eq!(cache["callee_kind"], "cache");
+    assert_percentiles(&cache["client"], [1.0; 4], "cache client");
+
+    let external = find_edge(&edges, "frontend", "api.stripe.com");
+    assert_eq!(
+        (external["connection"].as_str(), external["callee_kind"].as_str()),
+        (Some("uninstrumented"), Some("external"))
+    );
+    assert_percentiles(&external["client"], [15.0; 4], "external client");
+
+    let messaging = find_edge(&edges, "frontend", "worker");
+    assert_eq!(messaging["connection"], "messaging");
+    assert_eq!(messaging["errors"], 1);
+    assert_percentiles(&messaging["client"], [2.0; 4], "producer");
+    assert_percentiles(&messaging["server"], [20.0; 4], "consumer");
+    // Queueing: the consumer starts at 70 ms, the producer ended at 63 ms.
+    assert_percentiles(&messaging["gap"], [7.0; 4], "queueing");
+
+    let inferred = find_edge(&edges, "payments", "ledger");
+    assert_eq!(inferred["connection"], "inferred");
+    assert!(inferred["client"].is_null());
+    assert_percentiles(&inferred["server"], [10.0; 4], "ledger");
+
+    // Filtering by service keeps hops on either side of it; by_operation splits by callee operation.
+    let payments = get_ok(&server, &format!("/api/v1/edges?{range}&service=payments&by_operation=true")).await;
+    let mut pairs: Vec<(String, String, String)> = payments["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["caller"].as_str().unwrap().into(),
+                e["callee"].as_str().unwrap().into(),
+                e["callee_operation"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    pairs.sort();
+    let expected: Vec<(String, String, String)> = [
+        ("frontend", "payments", "POST /pay"),
+        ("payments", "ledger", "record"),
+        ("payments", "postgresql/bank", "SELECT accounts"),
+        ("payments", "redis", "GET"),
+    ]
+    .iter()
+    .map(|(a, b, c)| ((*a).into(), (*b).into(), (*c).into()))
+    .collect();
+    assert_eq!(pairs, expected);
+
+    // A range that holds none of the spans has no edges.
+    let empty =
+        get_ok(&server, &format!("/api/v1/edges?start={}&end={}", T0 - 7_200_000_000_000, T0 - 3_600_000_000_000))
+            .await;
+    assert_eq!(empty["edges"], json!([]));
+
+    // --- /traces
+    let found = get_ok(&server, &format!("/api/v1/traces?{range}&service=payments&sort=slowest")).await;
+    let traces = found["traces"].as_array().unwrap();
+    assert_eq!(traces.len(), 2, "{found:#}");
+    assert_eq!(traces[0]["trace_id"], TRACE_A);
+    assert_eq!(traces[0]["root_service"], "frontend");
+    assert_eq!(traces[0]["root_operation"], "GET /checkout");
+    assert_eq!(traces[0]["duration_ns"], 100_000_000);
+    assert_eq!(traces[0]["span_count"], 6);
+    assert_eq!(traces[0]["error_count"], 1);
+    assert_eq!(traces[0]["start_time_unix_nano"], T0.to_string());
+    assert_eq!(traces[1]["trace_id"], TRACE_B);
+    assert_eq!(traces[1]["duration_ns"], 50_000_000);
+
+    let ids = |body: &Value| -> Vec<String> {
+        body["traces"].as_array().unwrap().iter().map(|t| t["trace_id"].as_str().unwrap().to_owned()).collect()
+    };
+    let by_attr = get_ok(&server, &format!("/api/v1/traces?{range}&attr.db.system=postgresql")).await;
+    assert_eq!(ids(&by_attr), [TRACE_A]);
+    let by_resource = get_ok(&server, &format!("/api/v1/traces?{range}&attr.service.name=ledger")).await;
+    assert_eq!(ids(&by_resource), [TRACE_B]);
+    // min_duration applies to the matching span: payments' server span is 40 ms in A, 30 ms in B.
+    let slow =
+        get_ok(&server, &format!("/api/v1/traces?{range}&service=payments&operation=POST%20/pay&min_duration=35ms"))
+            .await;
+    assert_eq!(ids(&slow), [TRACE_A]);
+    let errors = get_ok(&server, &format!("/api/v1/traces?{range}&status=error&service=frontend")).await;
+    assert_eq!(ids(&errors), [TRACE_B]);
+    let limited = get_ok(&server, &format!("/api/v1/traces?{range}&limit=1")).await;
+    assert_eq!(limited["traces"].as_array().unwrap().len(), 1);
+
+    // --- /latency of frontend's entry spans (100 and 50 ms) and of the frontend -> payments hop.
+    let latency = get_ok(&server, &format!("/api/v1/latency?{range}&service=frontend&step=1s")).await;
+    let summary = &latency["summary"];
+    assert_eq!(summary["count"], 2);
+    assert_close(&summary["mean_ns"], 75.0, "mean");
+    assert_close(&summary["stddev_ns"], 25.0, "stddev");
+    assert!((summary["coefficient_of_variation"].as_f64().unwrap() - 25.0 / 75.0).abs() < 1e-9);
+    assert!((summary["p99_over_p50"].as_f64().unwrap() - 99.5 / 75.0).abs() < 1e-9);
+    assert_eq!(latency["step_ns"], 1_000_000_000);
+    // Both spans start in the second step of the range (the range starts 1 s before T0).
+    let series = latency["series"].as_array().unwrap();
+    assert_eq!(series.len(), 1, "{latency:#}");
+    assert_eq!(series[0]["time"], "2023-11-14T22:13:20.000000000Z");
+    assert_eq!(series[0]["count"], 2);
+    // Buckets are floor(4·log2(ns)) (the documented definition): 100 ms and 50 ms.
+    let bucket = |ms: f64| ((ms * MS).log2() * 4.0).floor() as i64;
+    let histogram: Vec<(i64, u64)> = latency["histogram"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            let (lower, upper) = (b["lower_ns"].as_i64().unwrap(), b["upper_ns"].as_i64().unwrap());
+            assert!(lower < upper);
+            (b["bucket"].as_i64().unwrap(), b["count"].as_u64().unwrap())
+        })
+        .collect();
+    assert_eq!(histogram, [(bucket(50.0), 1), (bucket(100.0), 1)]);
+    assert_eq!(latency["heatmap"].as_array().unwrap().len(), 2);
+
+    let hop = get_ok(&server, &format!("/api/v1/latency?{range}&caller=frontend&callee=payments")).await;
+    assert_eq!(hop["summary"]["count"], 2);
+    assert_percentiles(&hop["summary"]["percentiles"], [35.0, 47.0, 49.7, 49.97], "hop latency");
+
+    // --- /sql over both tables.
+    let (status, body) = sql(&server, "SELECT count(*) AS n FROM spans").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rows"], json!([{"n": 12}]));
+    assert_eq!(body["columns"][0]["name"], "n");
+    let (status, body) =
+        sql(&server, "SELECT caller, callee, gap_ns FROM edges WHERE connection = 'rpc' ORDER BY gap_ns").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["rows"],
+        json!([
+            {"caller": "frontend", "callee": "payments", "gap_ns": -10_000_000},
+            {"caller": "frontend", "callee": "payments", "gap_ns": 10_000_000},
+        ])
+    );
+    let (status, body) =
+        sql(&server, "SELECT hex_id(trace_id) AS id, attr(attributes, 'db.namespace') AS ns FROM spans WHERE name = 'SELECT accounts'").await;
+    assert_eq!(status, 200, "{body}");
+    // db.namespace has a dedicated column, so the attributes map does not repeat it.
+    assert_eq!(body["rows"], json!([{"id": TRACE_A, "ns": null}]));
+
+    // CSV and Arrow IPC by Accept.
+    let client = reqwest::Client::new();
+    let csv = client
+        .post(server.api_url("/api/v1/sql"))
+        .header("accept", "text/csv")
+        .json(&json!({"sql": "SELECT service_name, count(*) AS spans FROM spans GROUP BY service_name ORDER BY service_name"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(csv.status(), 200);
+    assert_eq!(csv.text().await.unwrap(), "service_name,spans\nfrontend,6\nledger,1\npayments,4\nworker,1\n");
+    let ipc = client
+        .post(server.api_url("/api/v1/sql"))
+        .header("accept", "application/vnd.apache.arrow.stream")
+        .json(&json!({"sql": "SELECT duration_ns FROM spans ORDER BY duration_ns"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ipc.status(), 200);
+    let bytes = ipc.bytes().await.unwrap();
+    let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes.to_vec()), None).unwrap();
+    let mut durations = Vec::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        let column = batch.column(0).as_any().downcast_ref::<arrow::array::Int64Array>().unwrap();
+        durations.extend(column.values().iter().copied());
+    }
+    let mut expected: Vec<i64> = recorded().iter().map(|s| ((s.end_ms - s.start_ms) * MS) as i64).collect();
+    expected.sort_unstable();
+    assert_eq!(durations, expected);
+    server.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_is_read_only_and_bounded() {
+    let server = Server::start("query-sql-safety", &["--query-max-rows", "5"]);
+    post_spans(&server, &recorded()).await;
+    server.wait_for_trace(TRACE_A, 6).await;
+
+    let refused = [
+        ("CREATE TABLE copy AS SELECT * FROM spans", "CREATE TABLE"),
+        ("CREATE VIEW v AS SELECT 1", "CREATE VIEW"),
+        ("CREATE EXTERNAL TABLE passwd (line VARCHAR) STORED AS CSV LOCATION '/etc/passwd'", "CREATE EXTERNAL TABLE"),
+        ("COPY (SELECT * FROM spans) TO '/tmp/hopscope-leak.csv'", "COPY"),
+        ("INSERT INTO spans SELECT * FROM spans", "INSERT"),
+        ("UPDATE spans SET name = 'x'", "UPDATE"),
+        ("DELETE FROM spans", "DELETE"),
+        ("DROP TABLE spans", "DROP TABLE"),
+        ("SET datafusion.execution.batch_size = 1", "SET"),
+        ("SELECT 1; DROP TABLE spans", "one statement"),
+    ];
+    for (statement, kind) in refused {
+        let (status, body) = sql(&server, statement).await;
+        assert_eq!(status, 400, "{statement}: {body}");
+        let message = body["error"].as_str().unwrap();
+        assert!(message.contains("refused") && message.contains(kind), "{statement}: {message}");
+    }
+    // Reading a file outside the data directory: as a table path and through table functions.
+    for statement in [
+        "SELECT * FROM '/etc/passwd'",
+        "SELECT * FROM read_csv('/etc/passwd')",
+        "SELECT * FROM read_parquet('/etc/passwd')",
+    ] {
+        let (status, body) = sql(&server, statement).await;
+        assert_eq!(status, 400, "{statement}: {body}");
+        assert!(!body.to_string().contains("root:"), "{statement} leaked the file: {body}");
+    }
+    assert!(!std::path::Path::new("/tmp/hopscope-leak.csv").exists());
+
+    // Mistakes in a query are the client's: 400 with DataFusion's message.
+    let (status, body) = sql(&server, "SELECT no_such_column FROM spans").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("no_such_column"), "{body}");
+    let (status, body) = sql(&server, "SELEKT 1").await;
+    assert_eq!(status, 400, "{body}");
+
+    // The row cap: 6 rows are more than 5; a LIMIT brings the answer under it.
+    let (status, body) =
+        sql(&server, "SELECT span_id FROM spans WHERE trace_id = X'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("more than 5 rows"), "{body}");
+    let (status, body) = sql(&server, "SELECT hex_span_id(span_id) AS id FROM spans ORDER BY id LIMIT 5").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rows"].as_array().unwrap().len(), 5);
+
+    // A malformed body names what is wrong.
+    let response = reqwest::Client::new()
+        .post(server.api_url("/api/v1/sql"))
+        .json(&json!({"query": "SELECT 1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("sql"), "{body}");
+    server.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_parameters_are_named() {
+    let server = Server::start("query-params", &[]);
+    for (path, names) in [
+        ("/api/v1/edges?start=yesterday", "start"),
+        ("/api/v1/edges?start=2000&end=1000", "start"),
+        ("/api/v1/edges?servce=x", "servce"),
+        ("/api/v1/edges?by_operation=maybe", "by_operation"),
+        ("/api/v1/traces?min_duration=250", "min_duration"),
+        ("/api/v1/traces?limit=0", "limit"),
+        ("/api/v1/traces?sort=fastest", "sort"),
+        ("/api/v1/traces?status=ok", "status"),
+        ("/api/v1/traces?min_duration=2s&max_duration=1s", "min_duration"),
+        ("/api/v1/latency?operation=x", "service"),
+        ("/api/v1/latency?service=a&caller=b&callee=c", "service"),
+        ("/api/v1/latency?service=a&start=0&end=100000000000&step=1ns", "step"),
+        ("/api/v1/traces/not-hex", "trace_id"),
+    ] {
+        let (status, body) = get(&server, path).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body["error"].as_str().unwrap().contains(names), "{path}: {body}");
+    }
+    // An empty store answers with empty results, not errors.
+    assert_eq!(get_ok(&server, "/api/v1/edges").await["edges"], json!([]));
+    assert_eq!(get_ok(&server, "/api/v1/traces").await["traces"], json!([]));
+    assert_eq!(get_ok(&server, "/api/v1/latency?service=frontend").await["summary"]["count"], 0);
+    server.terminate();
+}
+
+/// One generated call: trace id, client start and end, server start and end (unix ns).
+type Call = (String, i64, i64, i64, i64);
+
+/// A small deterministic generator, so the test's data are the same on every run.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+}
+
+/// percentile_cont: rank q·(n−1) in the sorted values, interpolating between neighbours. Returns
+/// the percentile and the distance between the two neighbours.
+fn percentile(sorted: &[f64], q: f64) -> (f64, f64) {
+    let rank = q * (sorted.len() - 1) as f64;
+    let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
+    (sorted[lo] + (sorted[hi] - sorted[lo]) * (rank - lo as f64), sorted[hi] - sorted[lo])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_percentiles_match_sorting_on_generated_calls() {
+    let server = Server::start("query-percentiles", &[]);
+    const CALLS: usize = 3_000;
+    let mut rng = Lcg(42);
+    let mut client_ms = Vec::new();
+    let mut server_ms = Vec::new();
+    let mut trace_ids = Vec::new();
+    let client = reqwest::Client::new();
+    let mut batch = Vec::new();
+    for i in 0..CALLS {
+        // A long-tailed latency: mostly 1-20 ms, sometimes up to a second; the server is a bit shorter.
+        let base = 1.0 + (rng.next() % 19_000) as f64 / 1000.0;
+        let total = if rng.next().is_multiple_of(50) { base * (5 + rng.next() % 50) as f64 } else { base };
+        let server_time = total * (0.5 + (rng.next() % 500) as f64 / 1000.0);
+        let offset = (i as i64) * 1_000_000; // one call per millisecond
+        let trace_id = format!("{:032x}", 0x1000_0000_0000_0000_0000_0000_0000_0000u128 + i as u128);
+        let client_start = T0 + offset;
+        let client_end = client_start + (total * MS) as i64;
+        let server_start = client_start + ((total - server_time) / 2.0 * MS) as i64;
+        let server_end = server_start + (server_time * MS) as i64;
+        client_ms.push((client_end - client_start) as f64);
+        server_ms.push((server_end - server_start) as f64);
+        batch.push((trace_id.clone(), client_start, client_end, server_start, server_end));
+        trace_ids.push(trace_id);
+        if batch.len() == 500 || i + 1 == CALLS {
+            let spans = |service: &str, pick: &dyn Fn(&Call) -> Value| {
+                json!({
+                    "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": service}}]},
+                    "scopeSpans": [{"spans": batch.iter().map(pick).collect::<Vec<_>>()}],
+                })
+            };
+            let body = json!({"resourceSpans": [
+                spans("checkout", &|(t, cs, ce, _, _)| json!({
+                    "traceId": t, "spanId": "c000000000000001", "name": "GET /stock", "kind": CLIENT,
+                    "startTimeUnixNano": cs.to_string(), "endTimeUnixNano": ce.to_string()})),
+                spans("inventory", &|(t, _, _, ss, se)| json!({
+                    "traceId": t, "spanId": "5000000000000001", "parentSpanId": "c000000000000001", "name": "GET /stock",
+                    "kind": SERVER, "startTimeUnixNano": ss.to_string(), "endTimeUnixNano": se.to_string()})),
+            ]});
+            let response = client.post(server.traces_url()).json(&body).send().await.unwrap();
+            assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+            batch.clear();
+        }
+    }
+    // Wait until every span is stored.
+    let started = std::time::Instant::now();
+    loop {
+        let (status, body) = sql(&server, "SELECT count(*) AS n FROM spans").await;
+        assert_eq!(status, 200, "{body}");
+        if body["rows"][0]["n"] == json!(2 * CALLS) {
+            break;
+        }
+        assert!(started.elapsed() < DEADLINE, "spans not stored in time: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    let range = format!("start={}&end={}", T0, T0 + CALLS as i64 * 1_000_000);
+    let edges = get_ok(&server, &format!("/api/v1/edges?{range}&service=inventory")).await;
+    let hop = find_edge(&edges, "checkout", "inventory");
+    assert_eq!(hop["calls"], CALLS);
+    let gap_ms: Vec<f64> = client_ms.iter().zip(&server_ms).map(|(c, s)| c - s).collect();
+    for (side, values) in [("client", client_ms), ("server", server_ms), ("gap", gap_ms)] {
+        let mut sorted = values;
+        sorted.sort_by(f64::total_cmp);
+        for (key, q) in [("p50_ns", 0.5), ("p90_ns", 0.9), ("p99_ns", 0.99), ("p999_ns", 0.999)] {
+            let (expected, spacing) = percentile(&sorted, q);
+            let actual = hop[side][key].as_f64().unwrap();
+            // The API promises exact percentiles: the values at the two ranks are exact and the
+            // interpolation weight between them is rounded to 1e-6 (DataFusion's percentile_cont).
+            let tolerance = 1e-6 * spacing + 1e-9 * expected.abs();
+            assert!((actual - expected).abs() <= tolerance, "{side} {key}: {actual} vs {expected}");
+            assert!((actual - expected).abs() <= 0.01 * expected.abs(), "{side} {key}: beyond 1%");
+        }
+    }
+    server.terminate();
+}
