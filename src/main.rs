@@ -1,6 +1,8 @@
 //! The `hopscope` binary: command line, configuration, wiring of ingest, query and UI, and an
 //! orderly shutdown.
 
+mod simulate;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,6 +31,8 @@ struct Cli {
 enum Command {
     /// Receive OTLP traces, store them, and serve the API and UI.
     Serve(ServeArgs),
+    /// Generate traces of a simulated microservice system and export them over OTLP/HTTP.
+    Simulate(simulate::SimulateArgs),
 }
 
 /// Every option can also be set by its environment variable.
@@ -88,6 +92,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Simulate(args) => runtime.block_on(simulate::run(args)),
     }
 }
 
