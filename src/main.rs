@@ -56,7 +56,7 @@ struct ServeArgs {
     /// Largest OTLP/gRPC message accepted, in bytes, after decompression.
     #[arg(long, env = "HOPSCOPE_OTLP_GRPC_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024, value_parser = positive_usize)]
     otlp_grpc_max_message_bytes: usize,
-    /// Memory one query may use, in bytes, before it fails with an error.
+    /// Memory all running queries share, in bytes; a query that needs more fails with an error.
     #[arg(long, env = "HOPSCOPE_QUERY_MEMORY_LIMIT_BYTES", default_value_t = 2 << 30, value_parser = positive_usize)]
     query_memory_limit_bytes: usize,
     /// How long one query may run before it is cancelled (e.g. 30s, 2m).

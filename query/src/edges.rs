@@ -5,7 +5,6 @@
 //! needs both sides of a call, so the span scan is widened by [`PAIRING_SLACK_NS`] on both sides of the
 //! asked range; the exact range is then applied to the edges' own `start_time`.
 
-use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
@@ -23,7 +22,7 @@ use hopscope_schemas::columns::{self as c, connection, edge, node_kind, semconv}
 use hopscope_schemas::spans::{kind, span_schema, status, timestamp_type};
 
 use crate::store::{FilePruning, SpansTable};
-use crate::walk::{CORE_COLUMNS, PerTrace, SpanColumns, TraceExec};
+use crate::walk::{CORE_COLUMNS, PerTrace, SpanColumns, SpanIndex, TraceExec, span_key};
 
 /// How far a call's two spans may lie apart in time and still be paired when a time range is asked:
 /// the span scan behind `edges` reaches this far beyond the range on both sides.
@@ -164,7 +163,7 @@ struct Hop<'a> {
 
 /// Pairs the spans of each trace into hops and builds the `edges` rows.
 pub struct EdgePairing {
-    by_id: HashMap<[u8; 8], usize>,
+    by_id: SpanIndex,
     trace_id: FixedSizeBinaryBuilder,
     start_time: TimestampNanosecondBuilder,
     caller: StringBuilder,
@@ -187,7 +186,7 @@ pub struct EdgePairing {
 impl Default for EdgePairing {
     fn default() -> Self {
         Self {
-            by_id: HashMap::new(),
+            by_id: SpanIndex::default(),
             trace_id: FixedSizeBinaryBuilder::new(16),
             start_time: TimestampNanosecondBuilder::new(),
             caller: StringBuilder::new(),
@@ -256,12 +255,12 @@ impl PerTrace for EdgePairing {
     fn trace(&mut self, spans: &SpanColumns, rows: Range<usize>) -> DfResult<()> {
         self.by_id.clear();
         for r in rows.clone() {
-            if let Ok(id) = <[u8; 8]>::try_from(spans.span_id.value(r)) {
+            if let Some(id) = span_key(spans.span_id.value(r)) {
                 self.by_id.entry(id).or_insert(r);
             }
         }
         let parent_of = |r: usize| -> Option<usize> {
-            let id: [u8; 8] = spans.parent(r)?.try_into().ok()?;
+            let id = span_key(spans.parent(r)?)?;
             self.by_id.get(&id).copied().filter(|&p| p != r)
         };
         // What each span's children say about it: index = row - rows.start.
@@ -283,7 +282,7 @@ impl PerTrace for EdgePairing {
                 let trace_id = spans.trace_id.value(r);
                 let producer = parents[i].filter(|&p| spans.kind.value(p) == kind::PRODUCER).or_else(|| {
                     spans.links(r).into_iter().find_map(|(t, s)| {
-                        let p = *self.by_id.get(&s)?;
+                        let p = *self.by_id.get(&span_key(&s)?)?;
                         (t.as_slice() == trace_id && spans.kind.value(p) == kind::PRODUCER).then_some(p)
                     })
                 });
@@ -481,7 +480,9 @@ impl TableProvider for EdgesTable {
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let span_filters = widened_span_filters(filters, PAIRING_SLACK_NS);
-        let input = self.spans.ordered_scan(state, &span_projection(&input_columns())?, &span_filters)?;
+        let partitions = state.config().target_partitions();
+        let input =
+            self.spans.trace_partitioned_scan(state, &span_projection(&input_columns())?, &span_filters, partitions)?;
         Ok(Arc::new(TraceExec::new(
             "edges",
             input,

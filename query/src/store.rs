@@ -22,6 +22,7 @@ use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
+use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use hopscope_schemas::columns as c;
 use hopscope_schemas::layout;
@@ -257,6 +258,42 @@ impl SpansTable {
             return Ok(scan);
         }
         Ok(Arc::new(SortPreservingMergeExec::new(file_ordering(&projected)?, scan)))
+    }
+
+    /// Like [`Self::ordered_scan`], split by trace id into `partitions` ranges read in parallel: each
+    /// output partition holds whole traces, ordered by (trace id, start time). Files are sorted by
+    /// trace id, so each range reads mostly its own row groups and pages.
+    pub fn trace_partitioned_scan(
+        &self,
+        state: &dyn Session,
+        projection: &[usize],
+        filters: &[Expr],
+        partitions: usize,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let partitions = partitions.clamp(1, 256) as u128;
+        if partitions == 1 {
+            return self.ordered_scan(state, projection, filters);
+        }
+        let bound = |i: u128| {
+            let prefix = ((i << 64) / partitions) as u64;
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&prefix.to_be_bytes());
+            datafusion::logical_expr::lit(ScalarValue::FixedSizeBinary(16, Some(id.to_vec())))
+        };
+        let scans = (0..partitions)
+            .map(|i| {
+                let mut range = filters.to_vec();
+                let column = datafusion::logical_expr::col(c::TRACE_ID);
+                if i > 0 {
+                    range.push(column.clone().gt_eq(bound(i)));
+                }
+                if i + 1 < partitions {
+                    range.push(column.lt(bound(i + 1)));
+                }
+                self.ordered_scan(state, projection, &range)
+            })
+            .collect::<DfResult<Vec<_>>>()?;
+        UnionExec::try_new(scans)
     }
 }
 

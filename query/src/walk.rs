@@ -11,19 +11,20 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, AsArray, FixedSizeBinaryArray, Int8Array, Int64Array, ListArray, RecordBatch, StringArray,
+    Array, AsArray, FixedSizeBinaryArray, Int8Array, Int32Array, Int64Array, ListArray, RecordBatch, StringArray,
     TimestampNanosecondArray,
 };
 use datafusion::arrow::compute::{cast, concat_batches};
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Int32Type, SchemaRef};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::physical_expr::{Distribution, EquivalenceProperties, OrderingRequirements, PhysicalExpr};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties, ReplaceChildrenOptions,
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning, PlanProperties,
+    ReplaceChildrenOptions,
 };
 use futures::StreamExt;
 use hopscope_schemas::columns as c;
@@ -35,8 +36,8 @@ pub struct SpanColumns {
     pub trace_id: FixedSizeBinaryArray,
     pub span_id: FixedSizeBinaryArray,
     pub parent_span_id: FixedSizeBinaryArray,
-    service_name: StringArray,
-    name: StringArray,
+    service_name: Strings,
+    name: Strings,
     pub kind: Int8Array,
     pub start_ns: TimestampNanosecondArray,
     pub end_ns: TimestampNanosecondArray,
@@ -44,6 +45,35 @@ pub struct SpanColumns {
     semconv: Vec<(&'static str, StringArray)>,
     server_port: Option<Int64Array>,
     links: Option<ListArray>,
+}
+
+/// A string column read as stored: dictionary-encoded (keys into a small set of values) or plain.
+#[derive(Debug)]
+enum Strings {
+    Dictionary { keys: Int32Array, values: StringArray },
+    Plain(StringArray),
+}
+
+impl Strings {
+    fn new(array: &Arc<dyn Array>) -> DfResult<Self> {
+        match array.data_type() {
+            DataType::Dictionary(key, value) if **key == DataType::Int32 && **value == DataType::Utf8 => {
+                let dictionary = array.as_dictionary::<Int32Type>();
+                Ok(Strings::Dictionary {
+                    keys: dictionary.keys().clone(),
+                    values: dictionary.values().as_string::<i32>().clone(),
+                })
+            }
+            _ => Ok(Strings::Plain(as_utf8(array)?)),
+        }
+    }
+
+    fn value(&self, row: usize) -> &str {
+        match self {
+            Strings::Dictionary { keys, values } => values.value(keys.value(row) as usize),
+            Strings::Plain(values) => values.value(row),
+        }
+    }
 }
 
 /// The columns every per-trace analysis reads.
@@ -80,8 +110,8 @@ impl SpanColumns {
             trace_id: column(batch, c::TRACE_ID)?.as_fixed_size_binary().clone(),
             span_id: column(batch, c::SPAN_ID)?.as_fixed_size_binary().clone(),
             parent_span_id: column(batch, c::PARENT_SPAN_ID)?.as_fixed_size_binary().clone(),
-            service_name: as_utf8(column(batch, c::SERVICE_NAME)?)?,
-            name: as_utf8(column(batch, c::NAME)?)?,
+            service_name: Strings::new(column(batch, c::SERVICE_NAME)?)?,
+            name: Strings::new(column(batch, c::NAME)?)?,
             kind: column(batch, c::KIND)?.as_primitive().clone(),
             start_ns: column(batch, c::START_TIME)?.as_primitive().clone(),
             end_ns: column(batch, c::END_TIME)?.as_primitive().clone(),
@@ -152,12 +182,12 @@ pub trait PerTrace: Send {
 /// Makes a fresh analysis for each execution.
 pub type PerTraceFactory = Arc<dyn Fn() -> Box<dyn PerTrace> + Send + Sync>;
 
-/// Runs a [`PerTrace`] analysis over an input ordered by trace id (one partition).
+/// Runs a [`PerTrace`] analysis over an input whose partitions each hold whole traces, ordered by
+/// trace id.
 pub struct TraceExec {
     name: &'static str,
     input: Arc<dyn ExecutionPlan>,
     factory: PerTraceFactory,
-    schema: SchemaRef,
     projection: Option<Vec<usize>>,
     properties: Arc<PlanProperties>,
 }
@@ -183,17 +213,18 @@ impl TraceExec {
         };
         let properties = PlanProperties::new(
             EquivalenceProperties::new(output),
-            Partitioning::UnknownPartitioning(1),
+            Partitioning::UnknownPartitioning(input.output_partitioning().partition_count()),
             EmissionType::Incremental,
             Boundedness::Bounded,
         );
-        Ok(Self { name, input, factory, schema, projection, properties: Arc::new(properties) })
+        Ok(Self { name, input, factory, projection, properties: Arc::new(properties) })
     }
 }
 
 impl DisplayAs for TraceExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "TraceExec: {}", self.name)
+        let partitions = self.input.output_partitioning().partition_count();
+        write!(f, "TraceExec: {}, trace-ordered input in {partitions} partitions", self.name)
     }
 }
 
@@ -206,23 +237,12 @@ impl ExecutionPlan for TraceExec {
         &self.properties
     }
 
+    // The input is private: its partitions are built to hold whole traces in trace order (see
+    // `SpansTable::trace_partitioned_scan`), which the optimizer cannot express as a requirement and
+    // would undo (it drops the merges that keep a trace's files together). So the optimizer sees this
+    // plan as a leaf.
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    // The walk needs every span of a trace together: one input partition, ordered by trace id. Saying
-    // so keeps the optimizer from splitting or reordering the input.
-    fn required_input_distribution(&self) -> Vec<Distribution> {
-        vec![Distribution::SinglePartition]
-    }
-
-    fn required_input_ordering(&self) -> Vec<Option<OrderingRequirements>> {
-        let ordering = crate::store::file_ordering(&self.input.schema()).ok();
-        vec![ordering.map(OrderingRequirements::from)]
-    }
-
-    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
-        vec![false]
+        vec![]
     }
 
     fn apply_expressions(
@@ -234,19 +254,13 @@ impl ExecutionPlan for TraceExec {
 
     fn replace_children(
         self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
         _options: ReplaceChildrenOptions,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        if children.len() != 1 {
-            return Err(DataFusionError::Internal("TraceExec takes one input".into()));
+        if !children.is_empty() {
+            return Err(DataFusionError::Internal("TraceExec has no children to replace".into()));
         }
-        Ok(Arc::new(TraceExec::new(
-            self.name,
-            children.swap_remove(0),
-            Arc::clone(&self.factory),
-            Arc::clone(&self.schema),
-            self.projection.clone(),
-        )?))
+        Ok(self)
     }
 
     #[allow(deprecated)]
@@ -258,10 +272,7 @@ impl ExecutionPlan for TraceExec {
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
-        if partition != 0 {
-            return Err(DataFusionError::Internal(format!("TraceExec has one partition, asked for {partition}")));
-        }
-        let input = self.input.execute(0, context)?;
+        let input = self.input.execute(partition, context)?;
         let walker = Walker { input, carry: None, analysis: (self.factory)(), done: false };
         let projection = self.projection.clone();
         let stream = futures::stream::unfold(walker, |mut walker| async move {
@@ -294,13 +305,25 @@ impl Walker {
                     if batch.num_rows() == 0 {
                         continue;
                     }
-                    let batch = match self.carry.take() {
-                        Some(carry) => concat_batches(&batch.schema(), [&carry, &batch])?,
-                        None => batch,
-                    };
                     let spans = SpanColumns::new(&batch)?;
-                    let last = last_trace_start(&spans.trace_id);
-                    for_each_trace(&spans, 0..last, self.analysis.as_mut())?;
+                    let mut from = 0;
+                    if let Some(carry) = self.carry.take() {
+                        // The trace that straddles the two batches: the carried rows plus this
+                        // batch's leading rows of the same trace, joined (only those rows are copied).
+                        let carried_id =
+                            carry.column_by_name(c::TRACE_ID).map(|a| a.as_fixed_size_binary().value(0).to_vec());
+                        let same = carried_id.map_or(0, |id| leading_rows_of(&spans.trace_id, &id));
+                        if same == batch.num_rows() {
+                            self.carry = Some(concat_batches(&batch.schema(), [&carry, &batch])?);
+                            continue;
+                        }
+                        let joined = concat_batches(&batch.schema(), [&carry, &batch.slice(0, same)])?;
+                        let joined_spans = SpanColumns::new(&joined)?;
+                        for_each_trace(&joined_spans, 0..joined.num_rows(), self.analysis.as_mut())?;
+                        from = same;
+                    }
+                    let last = last_trace_start(&spans.trace_id).max(from);
+                    for_each_trace(&spans, from..last, self.analysis.as_mut())?;
                     self.carry = Some(batch.slice(last, batch.num_rows() - last));
                 }
                 None => {
@@ -317,6 +340,11 @@ impl Walker {
         }
         self.analysis.take_batch()
     }
+}
+
+/// How many leading rows of a batch belong to the trace `id`.
+fn leading_rows_of(ids: &FixedSizeBinaryArray, id: &[u8]) -> usize {
+    (0..ids.len()).take_while(|&i| ids.value(i) == id).count()
 }
 
 /// The first row of the last trace in a batch ordered by trace id.
@@ -344,3 +372,32 @@ pub fn for_each_trace(spans: &SpanColumns, rows: Range<usize>, analysis: &mut dy
     }
     Ok(())
 }
+
+/// A span id as a map key.
+pub fn span_key(id: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(id.try_into().ok()?))
+}
+
+/// Hashes span-id keys with one multiplication: span ids are random bits already, and the
+/// multiplication spreads ids that are not (sequential test ids) over the high bits too.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SpanIdHasher(u64);
+
+impl std::hash::Hasher for SpanIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// Rows of one trace by span id.
+pub type SpanIndex = std::collections::HashMap<u64, usize, std::hash::BuildHasherDefault<SpanIdHasher>>;

@@ -1,0 +1,219 @@
+#!/usr/bin/env python3
+"""Query benchmark: hopscope against DuckDB on the same Parquet files, in one run.
+
+Loads N spans from `hopscope simulate` into a fresh `hopscope serve` (real OTLP/HTTP ingest), then
+times, for each question, hopscope's answer (over its HTTP API, JSON included) and DuckDB's answer to
+the equivalent SQL over the very files hopscope wrote. Results are checked equal before any time is
+reported. Run through `bench/run` (which builds the release binary and the virtualenv):
+
+    bench/run query --spans 10000000
+
+Prints a Markdown table for BENCHMARKS.md.
+"""
+
+import argparse
+import glob
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+
+import duckdb
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def die(message):
+    print(f"query_bench: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+class Server:
+    """A `hopscope serve` on ephemeral loopback ports."""
+
+    def __init__(self, binary, data_dir):
+        self.log = []
+        self.proc = subprocess.Popen(
+            [binary, "serve", "--data-dir", data_dir, "--otlp-grpc-addr", "127.0.0.1:0",
+             "--otlp-http-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0", "--query-timeout", "10m",
+             "--query-max-rows", "1000000"],
+            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        listening = threading.Event()
+
+        def pump():
+            for line in self.proc.stderr:
+                self.log.append(line)
+                if "hopscope listening" in line:
+                    self.http = re.search(r"otlp_http=(\S+)", line).group(1)
+                    self.api = re.search(r"api=(\S+)", line).group(1)
+                    listening.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        if not listening.wait(60):
+            self.proc.kill()
+            die("hopscope did not start:\n" + "".join(self.log))
+
+    def get(self, path):
+        with urllib.request.urlopen(f"http://{self.api}{path}", timeout=600) as response:
+            return json.load(response)
+
+    def sql(self, query):
+        request = urllib.request.Request(
+            f"http://{self.api}/api/v1/sql", data=json.dumps({"sql": query}).encode(),
+            headers={"content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=600) as response:
+                return json.load(response)["rows"]
+        except urllib.error.HTTPError as e:
+            die(f"/sql failed: {e.read().decode()}\n{query}")
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(120)
+
+
+def timed(fn, repeat):
+    """Runs fn `repeat` times; returns (last result, median seconds)."""
+    times, result = [], None
+    for _ in range(repeat):
+        started = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - started)
+    return result, statistics.median(times)
+
+
+def close(a, b, rel):
+    return abs(a - b) <= rel * max(abs(a), abs(b), 1.0)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--spans", type=int, default=10_000_000)
+    parser.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "hopscope"))
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--work-dir", help="where to keep the data (default: a temporary directory)")
+    args = parser.parse_args()
+
+    work = args.work_dir or tempfile.mkdtemp(prefix="hopscope-bench-")
+    data_dir = os.path.join(work, "data")
+    shutil.rmtree(data_dir, ignore_errors=True)
+    server = Server(args.binary, data_dir)
+    try:
+        started = time.perf_counter()
+        sim = subprocess.run(
+            [args.binary, "simulate", "--endpoint", f"http://{server.http}", "--rate", "0", "--spans",
+             str(args.spans), "--backfill", "1h", "--seed", "1"], capture_output=True, text=True)
+        if sim.returncode != 0:
+            die(f"simulate failed: {sim.stderr}")
+        sent = int(re.search(r"sent (\d+) spans", sim.stdout).group(1))
+        deadline = time.time() + 1800
+        while server.sql("SELECT count(*) AS n FROM spans")[0]["n"] != sent:
+            if time.time() > deadline:
+                die("spans were not all stored within 30 minutes")
+            time.sleep(0.5)
+        load_seconds = time.perf_counter() - started
+    finally:
+        server.stop()
+
+    # Query on a freshly started server over the committed files.
+    server = Server(args.binary, data_dir)
+    files = glob.glob(os.path.join(data_dir, "**", "*.parquet"), recursive=True)
+    db = duckdb.connect()
+    db.execute(f"SET threads = {args.threads}")
+    db.execute(f"CREATE VIEW spans AS SELECT * FROM read_parquet({files!r})")
+    rows = []
+    try:
+        span_range = db.execute("SELECT epoch_ns(min(start_time)), epoch_ns(max(start_time)) FROM spans").fetchone()
+        start, end = span_range[0], span_range[1] + 1_000
+
+        # 1. Per-hop p50/p99 of client and server durations over every client/server pair.
+        hop_sql = (
+            "SELECT caller, callee, count(*) AS calls, "
+            "percentile_cont(client_duration_ns, 0.5) AS c50, percentile_cont(client_duration_ns, 0.99) AS c99, "
+            "percentile_cont(server_duration_ns, 0.5) AS s50, percentile_cont(server_duration_ns, 0.99) AS s99 "
+            "FROM edges WHERE connection = 'rpc' GROUP BY caller, callee")
+        duck_hop_sql = (
+            "SELECT c.service_name AS caller, s.service_name AS callee, count(*) AS calls, "
+            "quantile_cont(c.duration_ns, 0.5), quantile_cont(c.duration_ns, 0.99), "
+            "quantile_cont(s.duration_ns, 0.5), quantile_cont(s.duration_ns, 0.99) "
+            "FROM spans c JOIN spans s ON s.trace_id = c.trace_id AND s.parent_span_id = c.span_id "
+            "WHERE c.kind = 3 AND s.kind = 2 GROUP BY 1, 2")
+        ours, our_time = timed(lambda: server.sql(hop_sql), args.repeat)
+        theirs, their_time = timed(lambda: db.execute(duck_hop_sql).fetchall(), args.repeat)
+        ours = {(r["caller"], r["callee"]): (r["calls"], r["c50"], r["c99"], r["s50"], r["s99"]) for r in ours}
+        theirs = {(r[0], r[1]): tuple(r[2:]) for r in theirs}
+        if ours.keys() != theirs.keys():
+            die(f"hops differ: {sorted(ours.keys() ^ theirs.keys())}")
+        for key, mine in ours.items():
+            other = theirs[key]
+            if mine[0] != other[0] or not all(close(a, b, 1e-5) for a, b in zip(mine[1:], other[1:])):
+                die(f"hop {key} differs: hopscope {mine}, duckdb {other}")
+        rows.append(("per-hop p50/p99 (client, server) over all RPC pairs, `/sql` on `edges`", our_time, their_time,
+                     f"{len(ours)} hops equal"))
+        _, edges_time = timed(lambda: server.get(f"/api/v1/edges?start={start}&end={end}"), args.repeat)
+        rows.append(("`GET /api/v1/edges` (every hop kind, 12 percentiles each)", edges_time, None, "no DuckDB equivalent"))
+
+        # 2. Trace by id.
+        ids = [r[0].hex() for r in db.execute(
+            "SELECT DISTINCT trace_id FROM spans USING SAMPLE 20 ROWS").fetchall()]
+
+        def ours_by_id():
+            return [len(server.get(f"/api/v1/traces/{i}")["spans"]) for i in ids]
+
+        def theirs_by_id():
+            return [len(db.execute("SELECT * FROM spans WHERE trace_id = unhex(?)", [i]).fetchall()) for i in ids]
+
+        mine, our_time = timed(ours_by_id, args.repeat)
+        other, their_time = timed(theirs_by_id, args.repeat)
+        if mine != other:
+            die(f"trace sizes differ: {mine} vs {other}")
+        rows.append((f"trace by id, all columns ({len(ids)} traces, per trace)", our_time / len(ids),
+                     their_time / len(ids), "span counts equal"))
+
+        # 3. Search: the slowest traces with a slow payments span.
+        query = urllib.parse.urlencode({"service": "payments", "min_duration": "20ms", "sort": "slowest",
+                                        "limit": 20, "start": start, "end": end})
+        duck_search = (
+            f"WITH m AS (SELECT DISTINCT trace_id FROM spans WHERE service_name = 'payments' "
+            f"AND duration_ns >= 20000000 AND epoch_ns(start_time) >= {start} AND epoch_ns(start_time) < {end}) "
+            "SELECT trace_id, epoch_ns(max(end_time)) - epoch_ns(min(start_time)) AS d, count(*) FROM spans "
+            "WHERE trace_id IN (SELECT trace_id FROM m) GROUP BY trace_id ORDER BY d DESC LIMIT 20")
+        mine, our_time = timed(lambda: server.get(f"/api/v1/traces?{query}")["traces"], args.repeat)
+        other, their_time = timed(lambda: db.execute(duck_search).fetchall(), args.repeat)
+        mine_d = [(t["trace_id"], t["span_count"]) for t in mine]
+        other_d = [(r[0].hex(), r[2]) for r in other]
+        if sorted(mine_d) != sorted(other_d):
+            die(f"search results differ:\n{mine_d}\n{other_d}")
+        rows.append(("search: 20 slowest traces with a payments span ≥ 20ms", our_time, their_time,
+                     f"{len(mine)} traces equal"))
+    finally:
+        server.stop()
+
+    size = sum(os.path.getsize(f) for f in files)
+    print(f"\n{sent:,} spans in {len(files)} Parquet files, {size / sent:.1f} B/span; "
+          f"loaded over OTLP/HTTP in {load_seconds:.1f}s ({sent / load_seconds:,.0f} spans/s, ack to queryable)")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+          f"DuckDB {duckdb.__version__} with {args.threads} threads; median of {args.repeat} runs\n")
+    print("| question | hopscope | DuckDB | hopscope / DuckDB | results |")
+    print("|---|---:|---:|---:|---|")
+    for name, ours_s, theirs_s, check in rows:
+        ratio = f"{ours_s / theirs_s:.2f}×" if theirs_s else "–"
+        theirs_text = f"{theirs_s * 1000:.1f} ms" if theirs_s else "–"
+        print(f"| {name} | {ours_s * 1000:.1f} ms | {theirs_text} | {ratio} | {check} |")
+    if not args.work_dir:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
