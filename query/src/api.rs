@@ -12,9 +12,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use datafusion::arrow::array::RecordBatch;
 use hopscope_schemas::TraceId;
-use hopscope_schemas::api::{EdgesView, ErrorBody, LatencyView, OperationsView, ServicesView, TraceView, TracesView};
+use hopscope_schemas::api::{
+    AggregateCriticalPathView, EdgesView, ErrorBody, LatencyView, OperationsView, ServicesView, TraceCriticalPathView,
+    TraceView, TracesView,
+};
 use serde::Deserialize;
 
+use crate::critical_path::AggregatePathQuery;
 use crate::latency::{EdgesQuery, LatencyQuery, LatencyTarget, TraceSearch};
 use crate::params::{Params, format_time};
 use crate::sql::SqlResult;
@@ -27,9 +31,12 @@ pub fn router(engine: Arc<QueryEngine>) -> Router {
         .route("/api/v1/services/{service}/operations", get(operations))
         .route("/api/v1/traces", get(search_traces))
         .route("/api/v1/traces/{trace_id}", get(trace))
+        .route("/api/v1/traces/{trace_id}/critical-path", get(trace_critical_path))
+        .route("/api/v1/critical-path", get(aggregate_critical_path))
         .route("/api/v1/edges", get(edges))
         .route("/api/v1/latency", get(latency))
         .route("/api/v1/sql", post(sql))
+        .route("/api/{*rest}", axum::routing::any(unknown_route))
         .with_state(engine)
 }
 
@@ -51,7 +58,12 @@ fn params(raw: RawParams, allowed: &[&str]) -> Result<Params, QueryError> {
     Params::new(values, allowed)
 }
 
-async fn trace(State(engine): Engine, Path(trace_id): Path<String>) -> Result<Json<TraceView>, QueryError> {
+async fn trace(
+    State(engine): Engine,
+    Path(trace_id): Path<String>,
+    raw: RawParams,
+) -> Result<Json<TraceView>, QueryError> {
+    params(raw, &[])?;
     let id: TraceId = trace_id.parse().map_err(|e| QueryError::BadParameter(format!("trace_id: {e}")))?;
     match engine.bounded(engine.trace(id)).await? {
         Some(trace) => Ok(Json(trace)),
@@ -59,11 +71,46 @@ async fn trace(State(engine): Engine, Path(trace_id): Path<String>) -> Result<Js
     }
 }
 
-async fn services(State(engine): Engine) -> Result<Json<ServicesView>, QueryError> {
+async fn trace_critical_path(
+    State(engine): Engine,
+    Path(trace_id): Path<String>,
+    raw: RawParams,
+) -> Result<Json<TraceCriticalPathView>, QueryError> {
+    params(raw, &[])?;
+    let id: TraceId = trace_id.parse().map_err(|e| QueryError::BadParameter(format!("trace_id: {e}")))?;
+    match engine.bounded(engine.trace_critical_path(id)).await? {
+        Some(path) => Ok(Json(path)),
+        None => Err(QueryError::NotFound(format!("trace {id} not found"))),
+    }
+}
+
+async fn aggregate_critical_path(
+    State(engine): Engine,
+    raw: RawParams,
+) -> Result<Json<AggregateCriticalPathView>, QueryError> {
+    let p = params(raw, &["service", "operation", "start", "end"])?;
+    let query = AggregatePathQuery {
+        range: p.range()?,
+        service: p.text("service")?.map(str::to_owned),
+        operation: p.text("operation")?.map(str::to_owned),
+    };
+    if query.operation.is_some() && query.service.is_none() {
+        return Err(QueryError::BadParameter("operation: needs service (the root span's service)".into()));
+    }
+    Ok(Json(engine.bounded(engine.aggregate_critical_path(&query)).await?))
+}
+
+async fn services(State(engine): Engine, raw: RawParams) -> Result<Json<ServicesView>, QueryError> {
+    params(raw, &[])?;
     Ok(Json(ServicesView { services: engine.bounded(engine.services()).await? }))
 }
 
-async fn operations(State(engine): Engine, Path(service): Path<String>) -> Result<Json<OperationsView>, QueryError> {
+async fn operations(
+    State(engine): Engine,
+    Path(service): Path<String>,
+    raw: RawParams,
+) -> Result<Json<OperationsView>, QueryError> {
+    params(raw, &[])?;
     let operations = engine.bounded(engine.operations(&service)).await?;
     if operations.is_empty() {
         return Err(QueryError::NotFound(format!("no spans stored for service {service:?}")));
@@ -235,4 +282,8 @@ fn json(result: &SqlResult) -> Result<Vec<u8>, QueryError> {
     out.extend_from_slice(&rows);
     out.push(b'}');
     Ok(out)
+}
+
+async fn unknown_route(uri: axum::http::Uri) -> QueryError {
+    QueryError::NotFound(format!("no API route {}; see schemas/openapi.json", uri.path()))
 }

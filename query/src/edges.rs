@@ -1,28 +1,22 @@
 //! The `edges` table: every hop of every trace, paired per design.md §4.
 //!
-//! It is derived, not stored: a scan of `edges` reads the spans of the asked time range in trace order
-//! ([`SpansTable::ordered_scan`]) and pairs each trace's spans in memory ([`EdgePairing`]). Pairing
+//! It is derived, not stored: a scan of `edges` ([`crate::walk::DerivedTable`]) reads the spans of the
+//! asked time range in trace order and pairs each trace's spans in memory ([`EdgePairing`]). Pairing
 //! needs both sides of a call, so the span scan is widened by [`PAIRING_SLACK_NS`] on both sides of the
 //! asked range; the exact range is then applied to the edges' own `start_time`.
 
 use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
-use async_trait::async_trait;
 use datafusion::arrow::array::{
     BooleanBuilder, FixedSizeBinaryBuilder, Int64Builder, RecordBatch, StringBuilder, TimestampNanosecondBuilder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::ScalarValue;
 use datafusion::error::Result as DfResult;
-use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType, col, lit};
-use datafusion::physical_plan::ExecutionPlan;
 use hopscope_schemas::columns::{self as c, connection, edge, node_kind, semconv};
-use hopscope_schemas::spans::{kind, span_schema, status, timestamp_type};
+use hopscope_schemas::spans::{kind, status, timestamp_type};
 
-use crate::store::{FilePruning, SpansTable};
-use crate::walk::{CORE_COLUMNS, PerTrace, SpanColumns, SpanIndex, TraceExec, span_key};
+use crate::walk::{CORE_COLUMNS, PerTrace, SpanColumns, SpanIndex, span_key};
 
 /// How far a call's two spans may lie apart in time and still be paired when a time range is asked:
 /// the span scan behind `edges` reaches this far beyond the range on both sides.
@@ -60,7 +54,7 @@ pub fn edges_schema() -> SchemaRef {
 }
 
 /// The span columns pairing reads.
-fn input_columns() -> Vec<&'static str> {
+pub fn input_columns() -> Vec<&'static str> {
     let mut columns = CORE_COLUMNS.to_vec();
     columns.extend([
         semconv::PEER_SERVICE,
@@ -418,78 +412,6 @@ impl PerTrace for EdgePairing {
             ],
         )?;
         Ok(Some(batch))
-    }
-}
-
-/// Spans filters that select what a per-trace analysis needs for the given filters on its own
-/// `start_time` and `trace_id` columns: the same trace, and the time range widened by the slack.
-pub(crate) fn widened_span_filters(filters: &[Expr], slack_ns: i64) -> Vec<Expr> {
-    let pruning = FilePruning::from_filters(filters);
-    let timestamp = |ns: i64| lit(ScalarValue::TimestampNanosecond(Some(ns), Some("UTC".into())));
-    let mut out = Vec::new();
-    if let Some(id) = pruning.trace_id {
-        out.push(col(c::TRACE_ID).eq(lit(ScalarValue::FixedSizeBinary(16, Some(id.to_vec())))));
-    }
-    let (lo, hi) = pruning.start_ns;
-    if lo != i64::MIN {
-        out.push(col(c::START_TIME).gt_eq(timestamp(lo.saturating_sub(slack_ns))));
-    }
-    if hi != i64::MAX {
-        out.push(col(c::START_TIME).lt_eq(timestamp(hi.saturating_add(slack_ns))));
-    }
-    out
-}
-
-/// Indices of named columns in the span schema.
-pub(crate) fn span_projection(columns: &[&str]) -> DfResult<Vec<usize>> {
-    let schema = span_schema();
-    columns.iter().map(|name| Ok(schema.index_of(name)?)).collect()
-}
-
-/// The `edges` table provider.
-#[derive(Debug)]
-pub struct EdgesTable {
-    spans: Arc<SpansTable>,
-}
-
-impl EdgesTable {
-    pub fn new(spans: Arc<SpansTable>) -> Self {
-        Self { spans }
-    }
-}
-
-#[async_trait]
-impl TableProvider for EdgesTable {
-    fn schema(&self) -> SchemaRef {
-        edges_schema()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::View
-    }
-
-    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let span_filters = widened_span_filters(filters, PAIRING_SLACK_NS);
-        let partitions = state.config().target_partitions();
-        let input =
-            self.spans.trace_partitioned_scan(state, &span_projection(&input_columns())?, &span_filters, partitions)?;
-        Ok(Arc::new(TraceExec::new(
-            "edges",
-            input,
-            Arc::new(|| Box::new(EdgePairing::default())),
-            edges_schema(),
-            projection.cloned(),
-        )?))
     }
 }
 

@@ -18,15 +18,20 @@ use hopscope_schemas::columns as c;
 use hopscope_schemas::spans::kind;
 
 use crate::QueryError;
-use crate::edges::EdgesTable;
+use crate::critical_path::{PathSections, critical_path_schema};
+use crate::edges::{EdgePairing, edges_schema};
 use crate::rows::spans_from_batches;
 use crate::store::{ManifestReader, SpansTable};
+use crate::walk::{CORE_COLUMNS, DerivedTable};
 
 /// The name of the table of stored spans.
 pub const SPANS_TABLE: &str = "spans";
 
 /// The name of the derived table of hops (see [`crate::edges`]).
 pub const EDGES_TABLE: &str = "edges";
+
+/// The name of the derived table of critical-path sections (see [`crate::critical_path`]).
+pub const CRITICAL_PATH_TABLE: &str = "critical_path";
 
 /// How the query engine runs.
 #[derive(Debug, Clone)]
@@ -90,7 +95,22 @@ impl QueryEngine {
         let manifest = Arc::new(ManifestReader::new(&config.data_dir, &config.tenant));
         let spans = Arc::new(SpansTable::new(manifest));
         ctx.register_table(SPANS_TABLE, Arc::clone(&spans) as _)?;
-        ctx.register_table(EDGES_TABLE, Arc::new(EdgesTable::new(spans)))?;
+        let edges = DerivedTable::new(
+            EDGES_TABLE,
+            Arc::clone(&spans),
+            edges_schema(),
+            &crate::edges::input_columns(),
+            Arc::new(|| Box::new(EdgePairing::default())),
+        )?;
+        ctx.register_table(EDGES_TABLE, Arc::new(edges))?;
+        let critical_path = DerivedTable::new(
+            CRITICAL_PATH_TABLE,
+            spans,
+            critical_path_schema(),
+            CORE_COLUMNS,
+            Arc::new(|| Box::new(PathSections::default())),
+        )?;
+        ctx.register_table(CRITICAL_PATH_TABLE, Arc::new(critical_path))?;
         crate::functions::register(&ctx);
         Ok(Self { ctx, limits: QueryLimits { timeout: config.timeout, max_rows: config.max_rows } })
     }

@@ -9,6 +9,7 @@
 //! manifest); it only reads the data directory.
 
 pub mod api;
+pub mod critical_path;
 pub mod edges;
 pub mod engine;
 mod error;

@@ -32,14 +32,18 @@ impl Params {
             .collect();
         if !unknown.is_empty() {
             unknown.sort_unstable();
-            return Err(QueryError::BadParameter(format!(
-                "unknown parameter {}; this endpoint takes {}",
-                unknown.join(", "),
+            let takes = if allowed.is_empty() {
+                "no parameters".to_owned()
+            } else {
                 allowed
                     .iter()
                     .map(|a| if a.ends_with('.') { format!("{a}KEY") } else { (*a).to_owned() })
                     .collect::<Vec<_>>()
                     .join(", ")
+            };
+            return Err(QueryError::BadParameter(format!(
+                "unknown parameter {}; this endpoint takes {takes}",
+                unknown.join(", ")
             )));
         }
         Ok(Self { values })

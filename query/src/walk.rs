@@ -10,15 +10,19 @@ use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use datafusion::arrow::array::{
     Array, AsArray, FixedSizeBinaryArray, Int8Array, Int32Array, Int64Array, ListArray, RecordBatch, StringArray,
     TimestampNanosecondArray,
 };
 use datafusion::arrow::compute::{cast, concat_batches};
 use datafusion::arrow::datatypes::{DataType, Int32Type, SchemaRef};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::ScalarValue;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType, col, lit};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -28,6 +32,9 @@ use datafusion::physical_plan::{
 };
 use futures::StreamExt;
 use hopscope_schemas::columns as c;
+use hopscope_schemas::spans::span_schema;
+
+use crate::store::{FilePruning, SpansTable};
 
 /// The stored columns of one batch that the per-trace analyses read, typed. Columns an analysis did
 /// not ask for are `None`.
@@ -401,3 +408,89 @@ impl std::hash::Hasher for SpanIdHasher {
 
 /// Rows of one trace by span id.
 pub type SpanIndex = std::collections::HashMap<u64, usize, std::hash::BuildHasherDefault<SpanIdHasher>>;
+
+/// Spans filters that select what a per-trace analysis needs for the given filters on its own
+/// `start_time` and `trace_id` columns: the same trace, and the time range widened by the slack.
+pub(crate) fn widened_span_filters(filters: &[Expr], slack_ns: i64) -> Vec<Expr> {
+    let pruning = FilePruning::from_filters(filters);
+    let timestamp = |ns: i64| lit(ScalarValue::TimestampNanosecond(Some(ns), Some("UTC".into())));
+    let mut out = Vec::new();
+    if let Some(id) = pruning.trace_id {
+        out.push(col(c::TRACE_ID).eq(lit(ScalarValue::FixedSizeBinary(16, Some(id.to_vec())))));
+    }
+    let (lo, hi) = pruning.start_ns;
+    if lo != i64::MIN {
+        out.push(col(c::START_TIME).gt_eq(timestamp(lo.saturating_sub(slack_ns))));
+    }
+    if hi != i64::MAX {
+        out.push(col(c::START_TIME).lt_eq(timestamp(hi.saturating_add(slack_ns))));
+    }
+    out
+}
+
+/// A table computed per trace from the stored spans (`edges`, `critical_path`). Its `start_time`
+/// and `trace_id` filters select the spans read, widened by [`crate::edges::PAIRING_SLACK_NS`] so that
+/// each trace is seen whole; DataFusion applies the exact filters to the rows produced.
+pub struct DerivedTable {
+    name: &'static str,
+    spans: Arc<SpansTable>,
+    schema: SchemaRef,
+    input_columns: Vec<usize>,
+    factory: PerTraceFactory,
+}
+
+impl fmt::Debug for DerivedTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DerivedTable").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl DerivedTable {
+    /// `input_columns` names the span columns the analysis reads.
+    pub fn new(
+        name: &'static str,
+        spans: Arc<SpansTable>,
+        schema: SchemaRef,
+        input_columns: &[&str],
+        factory: PerTraceFactory,
+    ) -> DfResult<Self> {
+        let spans_schema = span_schema();
+        let input_columns =
+            input_columns.iter().map(|name| Ok(spans_schema.index_of(name)?)).collect::<DfResult<_>>()?;
+        Ok(Self { name, spans, schema, input_columns, factory })
+    }
+}
+
+#[async_trait]
+impl TableProvider for DerivedTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let span_filters = widened_span_filters(filters, crate::edges::PAIRING_SLACK_NS);
+        let partitions = state.config().target_partitions();
+        let input = self.spans.trace_partitioned_scan(state, &self.input_columns, &span_filters, partitions)?;
+        Ok(Arc::new(TraceExec::new(
+            self.name,
+            input,
+            Arc::clone(&self.factory),
+            Arc::clone(&self.schema),
+            projection.cloned(),
+        )?))
+    }
+}

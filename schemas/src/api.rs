@@ -227,3 +227,87 @@ pub struct LatencyView {
     pub heatmap: Vec<HeatmapCell>,
     pub summary: Predictability,
 }
+
+/// One stretch of a critical path: the span that owns `[start, end)`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PathSectionView {
+    pub span_id: String,
+    pub service: String,
+    pub operation: String,
+    pub start_time: String,
+    pub end_time: String,
+    pub start_time_unix_nano: String,
+    pub duration_ns: i64,
+}
+
+/// A span's self time on a critical path: the sum of its sections.
+#[derive(Debug, Clone, Serialize)]
+pub struct PathSelfTimeView {
+    pub span_id: String,
+    pub service: String,
+    pub operation: String,
+    pub self_ns: i64,
+}
+
+/// The critical path under one root span.
+#[derive(Debug, Clone, Serialize)]
+pub struct CriticalPathView {
+    pub root_span_id: String,
+    pub root_service: String,
+    pub root_operation: String,
+    pub start_time: String,
+    pub duration_ns: i64,
+    /// In time order; together they tile the root span exactly.
+    pub sections: Vec<PathSectionView>,
+    /// Largest first.
+    pub self_times: Vec<PathSelfTimeView>,
+}
+
+/// Answer of `GET /api/v1/traces/{trace_id}/critical-path`: one path per root, in root order.
+#[derive(Debug, Clone, Serialize)]
+pub struct TraceCriticalPathView {
+    pub trace_id: String,
+    pub paths: Vec<CriticalPathView>,
+}
+
+/// A group of traces the aggregate critical path compares.
+#[derive(Debug, Clone, Serialize)]
+pub struct PathGroupView {
+    pub traces: u64,
+    /// Durations in this group lie in `[min_duration_ns, max_duration_ns]`.
+    pub min_duration_ns: i64,
+    pub max_duration_ns: i64,
+    pub mean_duration_ns: f64,
+}
+
+/// One operation's part in the aggregate critical path.
+#[derive(Debug, Clone, Serialize)]
+pub struct PathOperationView {
+    pub service: String,
+    pub operation: String,
+    /// Mean self time on the critical path per typical trace.
+    pub typical_self_ns: f64,
+    /// Its share of the typical traces' end-to-end latency (0..1).
+    pub typical_share: f64,
+    pub tail_self_ns: f64,
+    pub tail_share: f64,
+    /// `tail_share - typical_share`.
+    pub share_difference: f64,
+    /// `tail_self_ns - typical_self_ns`: the time this operation adds in the tail.
+    pub tail_extra_ns: f64,
+}
+
+/// Answer of `GET /api/v1/critical-path`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AggregateCriticalPathView {
+    pub start: String,
+    pub end: String,
+    /// Paths (root spans) matched.
+    pub traces: u64,
+    /// Traces between the 40th and 60th percentile of duration.
+    pub typical: PathGroupView,
+    /// Traces at or above the 99th percentile of duration.
+    pub tail: PathGroupView,
+    /// Ranked by `tail_extra_ns`, largest first: what makes the tail slow.
+    pub operations: Vec<PathOperationView>,
+}

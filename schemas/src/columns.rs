@@ -210,3 +210,20 @@ pub mod node_kind {
 
 /// The caller name of requests that enter the system from outside.
 pub const USER_NODE: &str = "user";
+
+/// Columns of the derived `critical_path` table: one row per span on a critical path (design.md §4).
+pub mod critical_path {
+    pub const TRACE_ID: &str = "trace_id";
+    /// When the path's root span started.
+    pub const START_TIME: &str = "start_time";
+    pub const ROOT_SPAN_ID: &str = "root_span_id";
+    pub const ROOT_SERVICE: &str = "root_service";
+    pub const ROOT_OPERATION: &str = "root_operation";
+    /// The root span's duration: the end-to-end latency the path explains.
+    pub const PATH_DURATION_NS: &str = "path_duration_ns";
+    pub const SPAN_ID: &str = "span_id";
+    pub const SERVICE: &str = "service";
+    pub const OPERATION: &str = "operation";
+    /// The span's self time on the path: the sum of its sections.
+    pub const SELF_NS: &str = "self_ns";
+}

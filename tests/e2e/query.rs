@@ -362,6 +362,57 @@ async fn edges_traces_latency_and_sql_answer_recorded_traces() {
     assert_eq!(hop["summary"]["count"], 2);
     assert_percentiles(&hop["summary"]["percentiles"], [35.0, 47.0, 49.7, 49.97], "hop latency");
 
+    // --- Critical paths, worked out by hand from design.md §4. Trace A: the consumer under the
+    // producer does not block; the database call sits under the payments server span.
+    let path = get_ok(&server, &format!("/api/v1/traces/{TRACE_A}/critical-path")).await;
+    let sections = |body: &Value| -> Vec<(String, f64, f64)> {
+        body["paths"][0]["sections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let start = s["start_time_unix_nano"].as_str().unwrap().parse::<i64>().unwrap();
+                let id = s["span_id"].as_str().unwrap();
+                (id[id.len() - 1..].to_owned(), (start - T0) as f64 / MS, s["duration_ns"].as_f64().unwrap() / MS)
+            })
+            .collect()
+    };
+    let expected: Vec<(String, f64, f64)> = [
+        ("1", 0.0, 10.0),
+        ("2", 10.0, 5.0),
+        ("3", 15.0, 5.0),
+        ("4", 20.0, 10.0),
+        ("3", 30.0, 25.0),
+        ("2", 55.0, 5.0),
+        ("1", 60.0, 1.0),
+        ("5", 61.0, 2.0),
+        ("1", 63.0, 37.0),
+    ]
+    .iter()
+    .map(|(id, start, length)| ((*id).to_owned(), *start, *length))
+    .collect();
+    assert_eq!(sections(&path), expected, "{path:#}");
+    assert_eq!(path["paths"][0]["self_times"][0]["self_ns"], 48_000_000);
+    assert_eq!(path["paths"][0]["self_times"][0]["service"], "frontend");
+    // Trace B: the skewed payments span is clipped to its parent, and the redis call it made before
+    // its parent started falls outside and is dropped.
+    let path = get_ok(&server, &format!("/api/v1/traces/{TRACE_B}/critical-path")).await;
+    let expected: Vec<(String, f64, f64)> = [
+        ("1", 0.0, 5.0),
+        ("3", 5.0, 5.0),
+        ("4", 10.0, 10.0),
+        ("3", 20.0, 5.0),
+        ("1", 25.0, 5.0),
+        ("5", 30.0, 15.0),
+        ("1", 45.0, 5.0),
+    ]
+    .iter()
+    .map(|(id, start, length)| ((*id).to_owned(), *start, *length))
+    .collect();
+    assert_eq!(sections(&path), expected, "{path:#}");
+    let (status, _) = get(&server, "/api/v1/traces/0123456789abcdef0123456789abcdef/critical-path").await;
+    assert_eq!(status, 404);
+
     // --- /sql over both tables.
     let (status, body) = sql(&server, "SELECT count(*) AS n FROM spans").await;
     assert_eq!(status, 200, "{body}");
@@ -538,7 +589,7 @@ async fn edge_percentiles_match_sorting_on_generated_calls() {
     let mut rng = Lcg(42);
     let mut client_ms = Vec::new();
     let mut server_ms = Vec::new();
-    let mut trace_ids = Vec::new();
+    let mut calls: Vec<Call> = Vec::new();
     let client = reqwest::Client::new();
     let mut batch = Vec::new();
     for i in 0..CALLS {
@@ -555,7 +606,7 @@ async fn edge_percentiles_match_sorting_on_generated_calls() {
         client_ms.push((client_end - client_start) as f64);
         server_ms.push((server_end - server_start) as f64);
         batch.push((trace_id.clone(), client_start, client_end, server_start, server_end));
-        trace_ids.push(trace_id);
+        calls.push((trace_id.clone(), client_start, client_end, server_start, server_end));
         if batch.len() == 500 || i + 1 == CALLS {
             let spans = |service: &str, pick: &dyn Fn(&Call) -> Value| {
                 json!({
@@ -606,5 +657,43 @@ async fn edge_percentiles_match_sorting_on_generated_calls() {
             assert!((actual - expected).abs() <= 0.01 * expected.abs(), "{side} {key}: beyond 1%");
         }
     }
+
+    // The aggregate critical path of the same calls: each trace is a checkout client span wrapping an
+    // inventory server span, so inventory owns the server time and checkout the rest. Typical traces
+    // are those between the 40th and 60th percentile of duration, the tail those at the 99th or above.
+    let aggregate = get_ok(&server, &format!("/api/v1/critical-path?{range}&service=checkout")).await;
+    assert_eq!(aggregate["traces"], CALLS);
+    let mut durations: Vec<f64> = calls.iter().map(|c| (c.2 - c.1) as f64).collect();
+    durations.sort_by(f64::total_cmp);
+    let (p40, p60, p99) =
+        (percentile(&durations, 0.4).0, percentile(&durations, 0.6).0, percentile(&durations, 0.99).0);
+    let group = |member: &dyn Fn(f64) -> bool| {
+        let chosen: Vec<&Call> = calls.iter().filter(|c| member((c.2 - c.1) as f64)).collect();
+        let n = chosen.len() as f64;
+        let server: f64 = chosen.iter().map(|c| (c.4 - c.3) as f64).sum();
+        let total: f64 = chosen.iter().map(|c| (c.2 - c.1) as f64).sum();
+        (chosen.len(), server / n, server / total, (total - server) / n)
+    };
+    let typical = group(&|d| d >= p40 && d <= p60);
+    let tail = group(&|d| d >= p99);
+    assert_eq!(aggregate["typical"]["traces"], typical.0);
+    assert_eq!(aggregate["tail"]["traces"], tail.0);
+    let inventory = aggregate["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["service"] == "inventory")
+        .unwrap_or_else(|| panic!("{aggregate:#}"));
+    let near = |actual: &Value, expected: f64| (actual.as_f64().unwrap() - expected).abs() <= 1e-6 * expected.abs();
+    assert!(near(&inventory["typical_self_ns"], typical.1), "{inventory} vs {typical:?}");
+    assert!(near(&inventory["typical_share"], typical.2), "{inventory} vs {typical:?}");
+    assert!(near(&inventory["tail_self_ns"], tail.1), "{inventory} vs {tail:?}");
+    assert!(near(&inventory["tail_share"], tail.2), "{inventory} vs {tail:?}");
+    let checkout = aggregate["operations"].as_array().unwrap().iter().find(|o| o["service"] == "checkout").unwrap();
+    assert!(near(&checkout["tail_extra_ns"], tail.3 - typical.3), "{checkout}");
+    // Ranked by what they add in the tail.
+    let extras: Vec<f64> =
+        aggregate["operations"].as_array().unwrap().iter().map(|o| o["tail_extra_ns"].as_f64().unwrap()).collect();
+    assert!(extras.windows(2).all(|w| w[0] >= w[1]), "{extras:?}");
     server.terminate();
 }

@@ -1,0 +1,640 @@
+//! Critical paths (design.md §4): the chain of work that sets a trace's end-to-end latency.
+//!
+//! [`critical_paths`] is the algorithm on one trace, a pure function over span intervals.
+//! [`PathSections`] runs it per trace inside [`crate::walk::TraceExec`] and produces the
+//! `critical_path` table: one row per span on a path, with its self time on the path, which the
+//! aggregate endpoint (and `/sql`) groups.
+
+use std::ops::Range;
+use std::sync::{Arc, OnceLock};
+
+use datafusion::arrow::array::{
+    FixedSizeBinaryBuilder, Int64Builder, RecordBatch, StringBuilder, TimestampNanosecondBuilder,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::error::Result as DfResult;
+use hopscope_schemas::columns::critical_path as cp;
+use hopscope_schemas::spans::{kind, timestamp_type};
+
+use crate::walk::{PerTrace, SpanColumns, SpanIndex, span_key};
+
+/// One span as the algorithm sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathSpan {
+    pub start: i64,
+    pub end: i64,
+    /// Index of the parent span, when the parent is in the trace.
+    pub parent: Option<usize>,
+    pub kind: i8,
+}
+
+/// A stretch of time `[start, end)` that `span` owns on the critical path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Section {
+    pub span: usize,
+    pub start: i64,
+    pub end: i64,
+}
+
+/// The critical path under one root: sections in time order, tiling `[root.start, root.end]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CriticalPath {
+    pub root: usize,
+    pub sections: Vec<Section>,
+}
+
+impl CriticalPath {
+    /// Each span's self time on the path (the sum of its sections), in order of first appearance.
+    pub fn self_times(&self) -> Vec<(usize, i64)> {
+        let mut out: Vec<(usize, i64)> = Vec::new();
+        for section in &self.sections {
+            let length = section.end - section.start;
+            match out.iter_mut().find(|(span, _)| *span == section.span) {
+                Some((_, total)) => *total += length,
+                None => out.push((section.span, length)),
+            }
+        }
+        out
+    }
+}
+
+/// The critical path of every root of a trace, in root order (by start time, then input order).
+pub fn critical_paths(spans: &[PathSpan]) -> Vec<CriticalPath> {
+    let n = spans.len();
+    // 1. The tree, children by start time (stable). 2. A consumer under a producer does not block it.
+    let mut children: Vec<Vec<usize>> = vec![Vec::new(); n];
+    let mut roots = Vec::new();
+    for (i, span) in spans.iter().enumerate() {
+        match span.parent {
+            Some(p) if p < n && p != i => {
+                if !(span.kind == kind::CONSUMER && spans[p].kind == kind::PRODUCER) {
+                    children[p].push(i);
+                }
+            }
+            _ => roots.push(i),
+        }
+    }
+    let by_start = |a: &usize, b: &usize| spans[*a].start.cmp(&spans[*b].start);
+    roots.sort_by(by_start);
+    for list in &mut children {
+        list.sort_by(by_start);
+    }
+
+    let mut paths = Vec::with_capacity(roots.len());
+    let mut clipped: Vec<Option<(i64, i64)>> = vec![None; n];
+    let mut kept: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for &root in &roots {
+        // 3. Clip in pre-order: a child wholly outside its clipped parent is dropped with its subtree.
+        let root_interval = (spans[root].start, spans[root].end.max(spans[root].start));
+        clipped[root] = Some(root_interval);
+        let mut stack = vec![root];
+        while let Some(p) = stack.pop() {
+            let (ps, pe) = clipped[p].expect("clipped before its children");
+            kept[p].clear();
+            for &c in &children[p] {
+                let (cs, ce) = (spans[c].start, spans[c].end.max(spans[c].start));
+                if ce <= ps || cs >= pe {
+                    continue;
+                }
+                clipped[c] = Some((cs.max(ps), ce.min(pe)));
+                kept[p].push(c);
+                stack.push(c);
+            }
+        }
+        // 4. Walk backwards from the root's end through the last-finishing child.
+        let interval = |i: usize| clipped[i].expect("kept spans are clipped");
+        let mut sections = Vec::new();
+        let (mut cur, mut t, mut bounded) = (root, root_interval.1, false);
+        loop {
+            let mut pick: Option<usize> = None;
+            for &c in &kept[cur] {
+                let end = interval(c).1;
+                if bounded && end >= t {
+                    continue;
+                }
+                // Latest end wins; on a tie the earlier-starting child (seen first) stays.
+                if pick.is_none_or(|p| end > interval(p).1) {
+                    pick = Some(c);
+                }
+            }
+            match pick {
+                Some(child) => {
+                    let end = interval(child).1;
+                    if t > end {
+                        sections.push(Section { span: cur, start: end, end: t });
+                    }
+                    cur = child;
+                    t = end;
+                    bounded = false;
+                }
+                None => {
+                    let start = interval(cur).0;
+                    if t > start {
+                        sections.push(Section { span: cur, start, end: t });
+                    }
+                    if cur == root {
+                        break;
+                    }
+                    t = start;
+                    cur = spans[cur].parent.expect("a kept non-root span has a parent");
+                    bounded = true;
+                }
+            }
+        }
+        sections.reverse();
+        paths.push(CriticalPath { root, sections });
+    }
+    paths
+}
+
+/// The schema of the `critical_path` table.
+pub fn critical_path_schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            Arc::new(Schema::new(vec![
+                Field::new(cp::TRACE_ID, DataType::FixedSizeBinary(16), false),
+                Field::new(cp::START_TIME, timestamp_type(), false),
+                Field::new(cp::ROOT_SPAN_ID, DataType::FixedSizeBinary(8), false),
+                Field::new(cp::ROOT_SERVICE, DataType::Utf8, false),
+                Field::new(cp::ROOT_OPERATION, DataType::Utf8, false),
+                Field::new(cp::PATH_DURATION_NS, DataType::Int64, false),
+                Field::new(cp::SPAN_ID, DataType::FixedSizeBinary(8), false),
+                Field::new(cp::SERVICE, DataType::Utf8, false),
+                Field::new(cp::OPERATION, DataType::Utf8, false),
+                Field::new(cp::SELF_NS, DataType::Int64, false),
+            ]))
+        })
+        .clone()
+}
+
+/// Builds the `critical_path` rows of each trace.
+pub struct PathSections {
+    by_id: SpanIndex,
+    path_spans: Vec<PathSpan>,
+    trace_id: FixedSizeBinaryBuilder,
+    start_time: TimestampNanosecondBuilder,
+    root_span_id: FixedSizeBinaryBuilder,
+    root_service: StringBuilder,
+    root_operation: StringBuilder,
+    path_duration: Int64Builder,
+    span_id: FixedSizeBinaryBuilder,
+    service: StringBuilder,
+    operation: StringBuilder,
+    self_ns: Int64Builder,
+    rows: usize,
+}
+
+impl Default for PathSections {
+    fn default() -> Self {
+        Self {
+            by_id: SpanIndex::default(),
+            path_spans: Vec::new(),
+            trace_id: FixedSizeBinaryBuilder::new(16),
+            start_time: TimestampNanosecondBuilder::new(),
+            root_span_id: FixedSizeBinaryBuilder::new(8),
+            root_service: StringBuilder::new(),
+            root_operation: StringBuilder::new(),
+            path_duration: Int64Builder::new(),
+            span_id: FixedSizeBinaryBuilder::new(8),
+            service: StringBuilder::new(),
+            operation: StringBuilder::new(),
+            self_ns: Int64Builder::new(),
+            rows: 0,
+        }
+    }
+}
+
+/// The algorithm's view of one trace's rows: spans indexed from 0 in row order.
+pub fn path_spans(spans: &SpanColumns, rows: Range<usize>, by_id: &mut SpanIndex, out: &mut Vec<PathSpan>) {
+    by_id.clear();
+    for r in rows.clone() {
+        if let Some(id) = span_key(spans.span_id.value(r)) {
+            by_id.entry(id).or_insert(r - rows.start);
+        }
+    }
+    out.clear();
+    out.extend(rows.clone().map(|r| PathSpan {
+        start: spans.start_ns.value(r),
+        end: spans.end_ns.value(r),
+        parent: spans.parent(r).and_then(span_key).and_then(|id| by_id.get(&id).copied()),
+        kind: spans.kind.value(r),
+    }));
+}
+
+impl PerTrace for PathSections {
+    fn trace(&mut self, spans: &SpanColumns, rows: Range<usize>) -> DfResult<()> {
+        path_spans(spans, rows.clone(), &mut self.by_id, &mut self.path_spans);
+        let row = |i: usize| rows.start + i;
+        for path in critical_paths(&self.path_spans) {
+            let root = row(path.root);
+            let duration = spans.duration_ns(root).max(0);
+            for (span, self_ns) in path.self_times() {
+                let r = row(span);
+                self.trace_id.append_value(spans.trace_id.value(root))?;
+                self.start_time.append_value(spans.start_ns.value(root));
+                self.root_span_id.append_value(spans.span_id.value(root))?;
+                self.root_service.append_value(spans.service(root));
+                self.root_operation.append_value(spans.name(root));
+                self.path_duration.append_value(duration);
+                self.span_id.append_value(spans.span_id.value(r))?;
+                self.service.append_value(spans.service(r));
+                self.operation.append_value(spans.name(r));
+                self.self_ns.append_value(self_ns);
+                self.rows += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn take_batch(&mut self) -> DfResult<Option<RecordBatch>> {
+        if self.rows == 0 {
+            return Ok(None);
+        }
+        self.rows = 0;
+        Ok(Some(RecordBatch::try_new(
+            critical_path_schema(),
+            vec![
+                Arc::new(self.trace_id.finish()),
+                Arc::new(self.start_time.finish().with_timezone("UTC")),
+                Arc::new(self.root_span_id.finish()),
+                Arc::new(self.root_service.finish()),
+                Arc::new(self.root_operation.finish()),
+                Arc::new(self.path_duration.finish()),
+                Arc::new(self.span_id.finish()),
+                Arc::new(self.service.finish()),
+                Arc::new(self.operation.finish()),
+                Arc::new(self.self_ns.finish()),
+            ],
+        )?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A span: (start, end, parent index, kind).
+    fn s(start: i64, end: i64, parent: Option<usize>, kind: i8) -> PathSpan {
+        PathSpan { start, end, parent, kind }
+    }
+
+    fn sections(spans: &[PathSpan]) -> Vec<Vec<(usize, i64, i64)>> {
+        critical_paths(spans)
+            .into_iter()
+            .map(|p| p.sections.into_iter().map(|x| (x.span, x.start, x.end)).collect())
+            .collect()
+    }
+
+    const I: i8 = kind::INTERNAL;
+
+    #[test]
+    fn table_of_cases_from_the_design() {
+        type Case = (&'static str, Vec<PathSpan>, Vec<Vec<(usize, i64, i64)>>);
+        let cases: Vec<Case> = vec![
+            ("a lone root owns all of it", vec![s(0, 10, None, I)], vec![vec![(0, 0, 10)]]),
+            (
+                "sequential children with gaps",
+                vec![s(0, 100, None, I), s(10, 40, Some(0), I), s(50, 90, Some(0), I)],
+                vec![vec![(0, 0, 10), (1, 10, 40), (0, 40, 50), (2, 50, 90), (0, 90, 100)]],
+            ),
+            (
+                "overlapping children: the last to finish, then whoever ended before it started",
+                vec![s(0, 100, None, I), s(10, 60, Some(0), I), s(20, 80, Some(0), I), s(5, 15, Some(0), I)],
+                // Walk: child 2 (ends 80) owns [20, 80]; before 20, child 3 (ends 15) then root.
+                vec![vec![(0, 0, 5), (3, 5, 15), (0, 15, 20), (2, 20, 80), (0, 80, 100)]],
+            ),
+            (
+                "a child ending after its parent is clipped to the parent's end",
+                vec![s(0, 50, None, I), s(30, 80, Some(0), I)],
+                vec![vec![(0, 0, 30), (1, 30, 50)]],
+            ),
+            (
+                "a child starting after its parent ends is dropped with its subtree",
+                vec![s(0, 50, None, I), s(60, 80, Some(0), I), s(65, 70, Some(1), I)],
+                vec![vec![(0, 0, 50)]],
+            ),
+            (
+                "a child starting before its parent is clipped to the parent's start",
+                vec![s(10, 50, None, I), s(0, 20, Some(0), I)],
+                vec![vec![(1, 10, 20), (0, 20, 50)]],
+            ),
+            (
+                "a consumer under a producer does not block it",
+                vec![s(0, 100, None, I), s(10, 20, Some(0), kind::PRODUCER), s(30, 95, Some(1), kind::CONSUMER)],
+                vec![vec![(0, 0, 10), (1, 10, 20), (0, 20, 100)]],
+            ),
+            (
+                "several roots: one path each, in start order",
+                vec![s(50, 60, None, I), s(0, 10, None, I), s(2, 8, Some(1), I)],
+                vec![vec![(1, 0, 2), (2, 2, 8), (1, 8, 10)], vec![(0, 50, 60)]],
+            ),
+            (
+                // Design.md takes children "ending strictly before" the bound: a child that ends
+                // exactly where the next one starts is not on the path; its parent owns that time.
+                "back-to-back children",
+                vec![s(0, 20, None, I), s(0, 10, Some(0), I), s(10, 20, Some(0), I)],
+                vec![vec![(0, 0, 10), (2, 10, 20)]],
+            ),
+            (
+                "a grandchild on the path, and ties go to the earlier-starting child",
+                vec![s(0, 100, None, I), s(10, 90, Some(0), I), s(20, 90, Some(0), I), s(30, 70, Some(1), I)],
+                vec![vec![(0, 0, 10), (1, 10, 30), (3, 30, 70), (1, 70, 90), (0, 90, 100)]],
+            ),
+        ];
+        for (name, spans, expected) in cases {
+            assert_eq!(sections(&spans), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn self_times_sum_sections() {
+        let spans = [s(0, 100, None, I), s(10, 40, Some(0), I), s(50, 90, Some(0), I)];
+        let path = &critical_paths(&spans)[0];
+        assert_eq!(path.self_times(), vec![(0, 30), (1, 30), (2, 40)]);
+    }
+
+    /// A deterministic generator for the property test.
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (self.0 >> 33) % n
+        }
+    }
+
+    #[test]
+    fn sections_tile_each_root_without_gap_or_overlap() {
+        let mut rng = Lcg(3);
+        for _ in 0..2_000 {
+            let n = 1 + rng.below(30) as usize;
+            let mut spans = Vec::with_capacity(n);
+            for i in 0..n {
+                // Parents come first; times are anywhere, inside or outside the parent.
+                let parent = if i == 0 || rng.below(8) == 0 { None } else { Some(rng.below(i as u64) as usize) };
+                let start = rng.below(1_000) as i64;
+                let end = start + rng.below(400) as i64;
+                let kinds = [kind::INTERNAL, kind::SERVER, kind::CLIENT, kind::PRODUCER, kind::CONSUMER];
+                spans.push(s(start, end, parent, kinds[rng.below(5) as usize]));
+            }
+            for path in critical_paths(&spans) {
+                let root = spans[path.root];
+                let mut t = root.start;
+                for section in &path.sections {
+                    assert_eq!(section.start, t, "gap or overlap in {spans:?}: {path:?}");
+                    assert!(section.end > section.start, "empty section in {path:?}");
+                    let owner = spans[section.span];
+                    assert!(owner.start <= section.start && section.end <= owner.end.max(owner.start));
+                    t = section.end;
+                }
+                assert_eq!(t, root.end.max(root.start), "path does not reach the root's end: {path:?}");
+            }
+        }
+    }
+}
+
+/// What `GET /api/v1/critical-path` asks: paths whose root matches, started in the range.
+#[derive(Debug, Clone)]
+pub struct AggregatePathQuery {
+    pub range: crate::params::TimeRange,
+    pub service: Option<String>,
+    pub operation: Option<String>,
+}
+
+/// percentile_cont over sorted values: rank q·(n−1), interpolating between neighbours.
+fn percentile(sorted: &[i64], q: f64) -> f64 {
+    let rank = q * (sorted.len().saturating_sub(1)) as f64;
+    let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
+    sorted[lo] as f64 + (sorted[hi] - sorted[lo]) as f64 * (rank - lo as f64)
+}
+
+impl crate::QueryEngine {
+    /// The critical path of each root of one trace; `None` when the trace is not stored.
+    pub async fn trace_critical_path(
+        &self,
+        trace_id: hopscope_schemas::TraceId,
+    ) -> Result<Option<hopscope_schemas::api::TraceCriticalPathView>, crate::QueryError> {
+        use datafusion::common::ScalarValue;
+        use datafusion::prelude::{col, lit};
+        use hopscope_schemas::api::{CriticalPathView, PathSectionView, PathSelfTimeView, TraceCriticalPathView};
+        use hopscope_schemas::columns as c;
+
+        let id = lit(ScalarValue::FixedSizeBinary(16, Some(trace_id.0.to_vec())));
+        let batches = self
+            .context()
+            .table(crate::engine::SPANS_TABLE)
+            .await?
+            .filter(col(c::TRACE_ID).eq(id))?
+            .select_columns(crate::walk::CORE_COLUMNS)?
+            .sort(vec![col(c::START_TIME).sort(true, false), col(c::SPAN_ID).sort(true, false)])?
+            .collect()
+            .await?;
+        let Some(first) = batches.first() else { return Ok(None) };
+        let batch = datafusion::arrow::compute::concat_batches(&first.schema(), &batches)?;
+        if batch.num_rows() == 0 {
+            return Ok(None);
+        }
+        let spans = SpanColumns::new(&batch)?;
+        let (mut by_id, mut path_input) = (SpanIndex::default(), Vec::new());
+        path_spans(&spans, 0..batch.num_rows(), &mut by_id, &mut path_input);
+        let time = crate::params::format_time;
+        let paths = critical_paths(&path_input)
+            .into_iter()
+            .map(|path| {
+                let root = path.root;
+                let mut self_times: Vec<PathSelfTimeView> = path
+                    .self_times()
+                    .into_iter()
+                    .map(|(span, self_ns)| PathSelfTimeView {
+                        span_id: hex::encode(spans.span_id.value(span)),
+                        service: spans.service(span).to_owned(),
+                        operation: spans.name(span).to_owned(),
+                        self_ns,
+                    })
+                    .collect();
+                self_times.sort_by_key(|t| std::cmp::Reverse(t.self_ns));
+                CriticalPathView {
+                    root_span_id: hex::encode(spans.span_id.value(root)),
+                    root_service: spans.service(root).to_owned(),
+                    root_operation: spans.name(root).to_owned(),
+                    start_time: time(spans.start_ns.value(root)),
+                    duration_ns: spans.duration_ns(root).max(0),
+                    sections: path
+                        .sections
+                        .iter()
+                        .map(|s| PathSectionView {
+                            span_id: hex::encode(spans.span_id.value(s.span)),
+                            service: spans.service(s.span).to_owned(),
+                            operation: spans.name(s.span).to_owned(),
+                            start_time: time(s.start),
+                            end_time: time(s.end),
+                            start_time_unix_nano: s.start.to_string(),
+                            duration_ns: s.end - s.start,
+                        })
+                        .collect(),
+                    self_times,
+                }
+            })
+            .collect();
+        Ok(Some(TraceCriticalPathView { trace_id: trace_id.to_hex(), paths }))
+    }
+
+    /// The aggregate critical path: per (service, operation), its share of end-to-end latency on the
+    /// critical path in typical traces (p40–p60 of duration) and in the tail (p99 and slower).
+    pub async fn aggregate_critical_path(
+        &self,
+        query: &AggregatePathQuery,
+    ) -> Result<hopscope_schemas::api::AggregateCriticalPathView, crate::QueryError> {
+        use std::collections::HashMap;
+
+        use datafusion::arrow::array::{Array, AsArray};
+        use datafusion::arrow::datatypes::{DataType, Int64Type};
+        use datafusion::common::ScalarValue;
+        use datafusion::functions_aggregate::expr_fn::sum;
+        use datafusion::prelude::{col, lit};
+        use hopscope_schemas::api::{AggregateCriticalPathView, PathGroupView, PathOperationView};
+
+        let timestamp = |ns: i64| lit(ScalarValue::TimestampNanosecond(Some(ns), Some("UTC".into())));
+        let mut condition = col(cp::START_TIME)
+            .gt_eq(timestamp(query.range.start_ns))
+            .and(col(cp::START_TIME).lt(timestamp(query.range.end_ns)));
+        if let Some(service) = &query.service {
+            condition = condition.and(col(cp::ROOT_SERVICE).eq(lit(service.as_str())));
+        }
+        if let Some(operation) = &query.operation {
+            condition = condition.and(col(cp::ROOT_OPERATION).eq(lit(operation.as_str())));
+        }
+        let batches = self
+            .context()
+            .table(crate::engine::CRITICAL_PATH_TABLE)
+            .await?
+            .filter(condition)?
+            .aggregate(
+                vec![
+                    col(cp::TRACE_ID),
+                    col(cp::ROOT_SPAN_ID),
+                    col(cp::PATH_DURATION_NS),
+                    col(cp::SERVICE),
+                    col(cp::OPERATION),
+                ],
+                vec![sum(col(cp::SELF_NS)).alias(cp::SELF_NS)],
+            )?
+            .collect()
+            .await?;
+
+        // Per path: its duration and (operation index, self time) pairs.
+        let mut operations: Vec<(String, String)> = Vec::new();
+        let mut operation_index: HashMap<(String, String), usize> = HashMap::new();
+        // (trace id, root span id) → (duration, [(operation index, self time)]).
+        type Paths = HashMap<(Vec<u8>, Vec<u8>), (i64, Vec<(usize, i64)>)>;
+        let mut paths = Paths::new();
+        for batch in &batches {
+            let text = |name: &str| -> Result<_, crate::QueryError> {
+                Ok(datafusion::arrow::compute::cast(
+                    batch.column_by_name(name).ok_or_else(|| crate::QueryError::Corrupt(name.into()))?,
+                    &DataType::Utf8,
+                )?)
+            };
+            let column =
+                |name: &str| batch.column_by_name(name).cloned().ok_or_else(|| crate::QueryError::Corrupt(name.into()));
+            let (trace, root) = (column(cp::TRACE_ID)?, column(cp::ROOT_SPAN_ID)?);
+            let (trace, root) = (trace.as_fixed_size_binary(), root.as_fixed_size_binary());
+            let duration = datafusion::arrow::compute::cast(&column(cp::PATH_DURATION_NS)?, &DataType::Int64)?;
+            let duration = duration.as_primitive::<Int64Type>();
+            let self_ns = datafusion::arrow::compute::cast(&column(cp::SELF_NS)?, &DataType::Int64)?;
+            let self_ns = self_ns.as_primitive::<Int64Type>();
+            let (service, operation) = (text(cp::SERVICE)?, text(cp::OPERATION)?);
+            let (service, operation) = (service.as_string::<i32>(), operation.as_string::<i32>());
+            for row in 0..batch.num_rows() {
+                let key = (service.value(row).to_owned(), operation.value(row).to_owned());
+                let index = *operation_index.entry(key.clone()).or_insert_with(|| {
+                    operations.push(key);
+                    operations.len() - 1
+                });
+                let path = paths
+                    .entry((trace.value(row).to_vec(), root.value(row).to_vec()))
+                    .or_insert((duration.value(row), Vec::new()));
+                path.1.push((index, if self_ns.is_null(row) { 0 } else { self_ns.value(row) }));
+            }
+        }
+
+        let mut durations: Vec<i64> = paths.values().map(|(d, _)| *d).collect();
+        durations.sort_unstable();
+        let empty_group = PathGroupView { traces: 0, min_duration_ns: 0, max_duration_ns: 0, mean_duration_ns: 0.0 };
+        let time = crate::params::format_time;
+        if durations.is_empty() {
+            return Ok(AggregateCriticalPathView {
+                start: time(query.range.start_ns),
+                end: time(query.range.end_ns),
+                traces: 0,
+                typical: empty_group.clone(),
+                tail: empty_group,
+                operations: Vec::new(),
+            });
+        }
+        let (p40, p60, p99) = (percentile(&durations, 0.4), percentile(&durations, 0.6), percentile(&durations, 0.99));
+        let typical = |d: i64| (d as f64) >= p40 && (d as f64) <= p60;
+        let tail = |d: i64| (d as f64) >= p99;
+        // Per group: traces, total duration, min, max, and per operation the total self time.
+        struct Group {
+            traces: u64,
+            total: f64,
+            min: i64,
+            max: i64,
+            self_ns: Vec<f64>,
+        }
+        let new_group =
+            || Group { traces: 0, total: 0.0, min: i64::MAX, max: i64::MIN, self_ns: vec![0.0; operations.len()] };
+        let (mut typical_group, mut tail_group) = (new_group(), new_group());
+        for (duration, parts) in paths.values() {
+            for (group, member) in [(&mut typical_group, typical(*duration)), (&mut tail_group, tail(*duration))] {
+                if !member {
+                    continue;
+                }
+                group.traces += 1;
+                group.total += *duration as f64;
+                group.min = group.min.min(*duration);
+                group.max = group.max.max(*duration);
+                for (index, self_ns) in parts {
+                    group.self_ns[*index] += *self_ns as f64;
+                }
+            }
+        }
+        let view = |g: &Group| PathGroupView {
+            traces: g.traces,
+            min_duration_ns: if g.traces == 0 { 0 } else { g.min },
+            max_duration_ns: if g.traces == 0 { 0 } else { g.max },
+            mean_duration_ns: if g.traces == 0 { 0.0 } else { g.total / g.traces as f64 },
+        };
+        let mean = |g: &Group, i: usize| if g.traces == 0 { 0.0 } else { g.self_ns[i] / g.traces as f64 };
+        let share = |g: &Group, i: usize| if g.total > 0.0 { g.self_ns[i] / g.total } else { 0.0 };
+        let mut ranked: Vec<PathOperationView> = operations
+            .iter()
+            .enumerate()
+            .map(|(i, (service, operation))| PathOperationView {
+                service: service.clone(),
+                operation: operation.clone(),
+                typical_self_ns: mean(&typical_group, i),
+                typical_share: share(&typical_group, i),
+                tail_self_ns: mean(&tail_group, i),
+                tail_share: share(&tail_group, i),
+                share_difference: share(&tail_group, i) - share(&typical_group, i),
+                tail_extra_ns: mean(&tail_group, i) - mean(&typical_group, i),
+            })
+            .collect();
+        ranked.sort_by(|a, b| {
+            b.tail_extra_ns
+                .total_cmp(&a.tail_extra_ns)
+                .then_with(|| (&a.service, &a.operation).cmp(&(&b.service, &b.operation)))
+        });
+        Ok(AggregateCriticalPathView {
+            start: time(query.range.start_ns),
+            end: time(query.range.end_ns),
+            traces: durations.len() as u64,
+            typical: view(&typical_group),
+            tail: view(&tail_group),
+            operations: ranked,
+        })
+    }
+}
