@@ -13,8 +13,8 @@ use axum::routing::{get, post};
 use datafusion::arrow::array::RecordBatch;
 use hopscope_schemas::TraceId;
 use hopscope_schemas::api::{
-    AggregateCriticalPathView, EdgesView, ErrorBody, LatencyView, OperationsView, ServicesView, TraceCriticalPathView,
-    TraceView, TracesView,
+    AggregateCriticalPathView, DependenciesView, EdgesView, ErrorBody, LatencyView, OperationsView, ServicesView,
+    TraceCriticalPathView, TraceView, TracesView,
 };
 use serde::Deserialize;
 
@@ -33,6 +33,7 @@ pub fn router(engine: Arc<QueryEngine>) -> Router {
         .route("/api/v1/traces/{trace_id}", get(trace))
         .route("/api/v1/traces/{trace_id}/critical-path", get(trace_critical_path))
         .route("/api/v1/critical-path", get(aggregate_critical_path))
+        .route("/api/v1/dependencies", get(dependencies))
         .route("/api/v1/edges", get(edges))
         .route("/api/v1/latency", get(latency))
         .route("/api/v1/sql", post(sql))
@@ -98,6 +99,12 @@ async fn aggregate_critical_path(
         return Err(QueryError::BadParameter("operation: needs service (the root span's service)".into()));
     }
     Ok(Json(engine.bounded(engine.aggregate_critical_path(&query)).await?))
+}
+
+async fn dependencies(State(engine): Engine, raw: RawParams) -> Result<Json<DependenciesView>, QueryError> {
+    let p = params(raw, &["start", "end"])?;
+    let range = p.range()?;
+    Ok(Json(engine.bounded(engine.dependencies(range)).await?))
 }
 
 async fn services(State(engine): Engine, raw: RawParams) -> Result<Json<ServicesView>, QueryError> {

@@ -9,7 +9,8 @@ use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
 use datafusion::arrow::array::{
-    BooleanBuilder, FixedSizeBinaryBuilder, Int64Builder, RecordBatch, StringBuilder, TimestampNanosecondBuilder,
+    BooleanBuilder, FixedSizeBinaryBuilder, Int32Builder, Int64Builder, RecordBatch, StringBuilder,
+    TimestampNanosecondBuilder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::error::Result as DfResult;
@@ -48,6 +49,9 @@ pub fn edges_schema() -> SchemaRef {
                 Field::new(edge::SERVER_DURATION_NS, DataType::Int64, true),
                 Field::new(edge::GAP_NS, DataType::Int64, true),
                 Field::new(edge::ERROR, DataType::Boolean, false),
+                Field::new(edge::DEPTH, DataType::Int32, false),
+                text(edge::ROOT_SERVICE, false),
+                text(edge::ROOT_OPERATION, false),
             ]))
         })
         .clone()
@@ -153,6 +157,10 @@ struct Hop<'a> {
     via: Option<&'a str>,
     client: Option<usize>,
     server: Option<usize>,
+    /// Hops from outside the system to this call (an entry hop is 1).
+    depth: u32,
+    /// The root span of the tree the call is in.
+    root: usize,
 }
 
 /// Pairs the spans of each trace into hops and builds the `edges` rows.
@@ -174,6 +182,9 @@ pub struct EdgePairing {
     server_duration: Int64Builder,
     gap: Int64Builder,
     error: BooleanBuilder,
+    depth: Int32Builder,
+    root_service: StringBuilder,
+    root_operation: StringBuilder,
     rows: usize,
 }
 
@@ -197,6 +208,9 @@ impl Default for EdgePairing {
             server_duration: Int64Builder::new(),
             gap: Int64Builder::new(),
             error: BooleanBuilder::new(),
+            depth: Int32Builder::new(),
+            root_service: StringBuilder::new(),
+            root_operation: StringBuilder::new(),
             rows: 0,
         }
     }
@@ -240,6 +254,9 @@ impl EdgePairing {
         };
         self.gap.append_option(gap);
         self.error.append_value(error);
+        self.depth.append_value(i32::try_from(hop.depth).unwrap_or(i32::MAX));
+        self.root_service.append_value(spans.service(hop.root));
+        self.root_operation.append_value(spans.name(hop.root));
         self.rows += 1;
         Ok(())
     }
@@ -287,6 +304,53 @@ impl PerTrace for EdgePairing {
             }
         }
 
+        // Hops from outside to each span, and the root of its tree: a span is one hop deeper than
+        // the span upstream of it (its producer, else its parent) when a call arrives at it.
+        let upstream: Vec<Option<usize>> =
+            (0..len).map(|i| producer_of[i].or(parents[i]).map(|p| p - rows.start)).collect();
+        let arrives = |i: usize| -> u32 {
+            let r = rows.start + i;
+            let arrived = match (producer_of[i], parents[i]) {
+                (Some(_), _) => true,
+                (None, Some(p)) => {
+                    (spans.kind.value(p) == kind::CLIENT && spans.kind.value(r) == kind::SERVER)
+                        || spans.service(p) != spans.service(r)
+                }
+                (None, None) => matches!(spans.kind.value(r), kind::SERVER | kind::CONSUMER),
+            };
+            u32::from(arrived)
+        };
+        let mut hops: Vec<Option<(u32, usize)>> = vec![None; len];
+        for i in 0..len {
+            let mut chain = Vec::new();
+            let mut cur = i;
+            let resolved = loop {
+                if let Some(known) = hops[cur] {
+                    break Some(known);
+                }
+                chain.push(cur);
+                match upstream[cur] {
+                    // A parent loop (malformed input) is cut where it closes.
+                    Some(up) if chain.len() <= len && !chain.contains(&up) => cur = up,
+                    _ => break None,
+                }
+            };
+            let (mut depth, root) = match resolved {
+                Some(known) => known,
+                None => {
+                    let top = chain.pop().expect("the chain holds at least the span itself");
+                    let known = (arrives(top), top + rows.start);
+                    hops[top] = Some(known);
+                    known
+                }
+            };
+            for &j in chain.iter().rev() {
+                depth += arrives(j);
+                hops[j] = Some((depth, root));
+            }
+        }
+        let hops_of = |i: usize| hops[i].expect("every span resolved");
+
         for r in rows.clone() {
             let i = r - rows.start;
             let span_kind = spans.kind.value(r);
@@ -308,6 +372,8 @@ impl PerTrace for EdgePairing {
                         via: via.as_deref(),
                         client: Some(p),
                         server: Some(r),
+                        depth: hops_of(i).0,
+                        root: hops_of(i).1,
                     },
                 )?;
             } else if let Some(p) = parents[i] {
@@ -328,6 +394,8 @@ impl PerTrace for EdgePairing {
                             via: None,
                             client,
                             server: Some(r),
+                            depth: hops_of(i).0,
+                            root: hops_of(i).1,
                         },
                     )?;
                 }
@@ -351,6 +419,8 @@ impl PerTrace for EdgePairing {
                         via: from_broker.as_deref(),
                         client: None,
                         server: Some(r),
+                        depth: hops_of(i).0,
+                        root: hops_of(i).1,
                     },
                 )?;
             }
@@ -378,6 +448,8 @@ impl PerTrace for EdgePairing {
                         via: via.as_deref(),
                         client: Some(r),
                         server: None,
+                        depth: hops_of(i).0 + 1,
+                        root: hops_of(i).1,
                     },
                 )?;
             }
@@ -409,6 +481,9 @@ impl PerTrace for EdgePairing {
                 Arc::new(self.server_duration.finish()),
                 Arc::new(self.gap.finish()),
                 Arc::new(self.error.finish()),
+                Arc::new(self.depth.finish()),
+                Arc::new(self.root_service.finish()),
+                Arc::new(self.root_operation.finish()),
             ],
         )?;
         Ok(Some(batch))

@@ -33,24 +33,24 @@ fn timestamp(ns: i64) -> Expr {
     lit(ScalarValue::TimestampNanosecond(Some(ns), Some("UTC".into())))
 }
 
-fn in_range(column: &str, range: TimeRange) -> Expr {
+pub(crate) fn in_range(column: &str, range: TimeRange) -> Expr {
     col(column).gt_eq(timestamp(range.start_ns)).and(col(column).lt(timestamp(range.end_ns)))
 }
 
 /// The four percentile aggregates of `value`, named `{prefix}_p50` and so on.
-fn percentile_aggregates(value: &str, prefix: &str) -> Vec<Expr> {
+pub(crate) fn percentile_aggregates(value: &str, prefix: &str) -> Vec<Expr> {
     QUANTILES
         .iter()
         .map(|(q, name)| percentile_cont(col(value).sort(true, false), lit(*q)).alias(format!("{prefix}_{name}")))
         .collect()
 }
 
-fn count_where(condition: Expr) -> Expr {
+pub(crate) fn count_where(condition: Expr) -> Expr {
     sum(case(condition).when(lit(true), lit(1i64)).otherwise(lit(0i64)).expect("valid case"))
 }
 
 /// Typed access to result columns by name.
-struct Results<'a>(&'a RecordBatch);
+pub(crate) struct Results<'a>(pub(crate) &'a RecordBatch);
 
 impl Results<'_> {
     fn cast(&self, name: &str, to: &DataType) -> Result<std::sync::Arc<dyn Array>, QueryError> {
@@ -59,19 +59,19 @@ impl Results<'_> {
         Ok(cast(column, to)?)
     }
 
-    fn strings(&self, name: &str) -> Result<StringArray, QueryError> {
+    pub(crate) fn strings(&self, name: &str) -> Result<StringArray, QueryError> {
         Ok(self.cast(name, &DataType::Utf8)?.as_string::<i32>().clone())
     }
 
-    fn floats(&self, name: &str) -> Result<Float64Array, QueryError> {
+    pub(crate) fn floats(&self, name: &str) -> Result<Float64Array, QueryError> {
         Ok(self.cast(name, &DataType::Float64)?.as_primitive().clone())
     }
 
-    fn ints(&self, name: &str) -> Result<Int64Array, QueryError> {
+    pub(crate) fn ints(&self, name: &str) -> Result<Int64Array, QueryError> {
         Ok(self.cast(name, &DataType::Int64)?.as_primitive().clone())
     }
 
-    fn percentiles(&self, prefix: &str, row: usize) -> Result<Option<Percentiles>, QueryError> {
+    pub(crate) fn percentiles(&self, prefix: &str, row: usize) -> Result<Option<Percentiles>, QueryError> {
         let mut values = [0.0; 4];
         for (value, (_, name)) in values.iter_mut().zip(QUANTILES) {
             let column = self.floats(&format!("{prefix}_{name}"))?;

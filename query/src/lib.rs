@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod critical_path;
+pub mod dependencies;
 pub mod edges;
 pub mod engine;
 mod error;

@@ -311,3 +311,88 @@ pub struct AggregateCriticalPathView {
     /// Ranked by `tail_extra_ns`, largest first: what makes the tail slow.
     pub operations: Vec<PathOperationView>,
 }
+
+/// A node of the service graph: a service, or something services call that is not instrumented.
+#[derive(Debug, Clone, Serialize)]
+pub struct GraphNodeView {
+    pub name: String,
+    /// `service`, `user`, `database`, `cache`, `messaging`, `rpc` or `external`.
+    pub kind: String,
+    /// Calls that reached it.
+    pub calls_in: u64,
+}
+
+/// An edge of the service graph.
+#[derive(Debug, Clone, Serialize)]
+pub struct GraphEdgeView {
+    pub caller: String,
+    pub callee: String,
+    pub connection: String,
+    pub calls: u64,
+    pub errors: u64,
+    /// p99 of the call's duration as the caller saw it (the server's when there is no client span).
+    pub p99_ns: f64,
+}
+
+/// A database, cache or queue used by two or more services.
+#[derive(Debug, Clone, Serialize)]
+pub struct SharedResourceView {
+    pub name: String,
+    pub kind: String,
+    /// The services that use it, sorted.
+    pub services: Vec<String>,
+    pub calls: u64,
+}
+
+/// Something an entry endpoint's requests reach.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReachedNodeView {
+    pub name: String,
+    pub kind: String,
+    pub calls: u64,
+    /// The deepest hop at which it was reached (the entry service is at 1).
+    pub max_depth: i32,
+}
+
+/// The slowest hop under an entry endpoint, by p99.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlowestHopView {
+    pub caller: String,
+    pub callee: String,
+    pub p99_ns: f64,
+}
+
+/// Everything one entry endpoint (root service + operation) depends on, transitively.
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointDependenciesView {
+    pub service: String,
+    pub operation: String,
+    /// The longest chain of hops its requests made.
+    pub depth: i32,
+    pub reaches: Vec<ReachedNodeView>,
+    pub slowest_hop: Option<SlowestHopView>,
+}
+
+/// Producer → broker → consumer, with how long messages waited.
+#[derive(Debug, Clone, Serialize)]
+pub struct AsyncLinkView {
+    pub producer: String,
+    /// `system/destination`, when the spans say.
+    pub broker: Option<String>,
+    pub consumer: String,
+    pub messages: u64,
+    /// Consumer start minus producer end.
+    pub queue_delay: Option<Percentiles>,
+}
+
+/// Answer of `GET /api/v1/dependencies`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DependenciesView {
+    pub start: String,
+    pub end: String,
+    pub nodes: Vec<GraphNodeView>,
+    pub edges: Vec<GraphEdgeView>,
+    pub shared_resources: Vec<SharedResourceView>,
+    pub endpoints: Vec<EndpointDependenciesView>,
+    pub async_links: Vec<AsyncLinkView>,
+}

@@ -181,6 +181,11 @@ pub mod edge {
     pub const SERVER_DURATION_NS: &str = "server_duration_ns";
     pub const GAP_NS: &str = "gap_ns";
     pub const ERROR: &str = "error";
+    /// Hops from outside the system to this call: an entry hop is 1, a call it makes 2, and so on.
+    pub const DEPTH: &str = "depth";
+    /// The service and operation of the root span of the call's trace (its entry endpoint).
+    pub const ROOT_SERVICE: &str = "root_service";
+    pub const ROOT_OPERATION: &str = "root_operation";
 }
 
 /// Values of the `edges` table's `connection` column.

@@ -697,3 +697,123 @@ async fn edge_percentiles_match_sorting_on_generated_calls() {
     assert!(extras.windows(2).all(|w| w[0] >= w[1]), "{extras:?}");
     server.terminate();
 }
+
+const TRACE_C: &str = "cccccccccccccccccccccccccccccccc";
+
+/// One trace whose calls cover every virtual-node naming rule, a database two services share, a
+/// Kafka link, and a three-level chain (api → inventory → pricing → the database).
+fn dependency_trace() -> Vec<Span> {
+    let c = TRACE_C;
+    vec![
+        span(c, "c000000000000001", None, "api", "GET /orders", SERVER, 0.0, 100.0),
+        span(c, "c000000000000002", Some("c000000000000001"), "api", "GET /inventory", CLIENT, 5.0, 60.0),
+        span(c, "c000000000000003", Some("c000000000000002"), "inventory", "GET /inventory", SERVER, 10.0, 55.0),
+        span(c, "c000000000000004", Some("c000000000000003"), "inventory", "GET /price", CLIENT, 15.0, 50.0),
+        span(c, "c000000000000005", Some("c000000000000004"), "pricing", "GET /price", SERVER, 20.0, 45.0),
+        span(c, "c000000000000006", Some("c000000000000005"), "pricing", "SELECT prices", CLIENT, 25.0, 35.0)
+            .attr("db.system", json!("postgresql"))
+            .attr("db.namespace", json!("shop")),
+        span(c, "c000000000000007", Some("c000000000000001"), "api", "SELECT orders", CLIENT, 62.0, 70.0)
+            .attr("db.system", json!("postgresql"))
+            .attr("db.namespace", json!("shop")),
+        span(c, "c000000000000008", Some("c000000000000001"), "api", "charge", CLIENT, 71.0, 80.0)
+            .attr("peer.service", json!("billing")),
+        span(c, "c000000000000009", Some("c000000000000003"), "inventory", "lookup", CLIENT, 52.0, 54.0)
+            .attr("server.address", json!("stock.internal"))
+            .attr("server.port", json!(9000)),
+        span(c, "c00000000000000a", Some("c000000000000005"), "pricing", "ping", CLIENT, 40.0, 41.0)
+            .attr("network.peer.address", json!("10.0.0.7")),
+        span(c, "c00000000000000b", Some("c000000000000001"), "api", "orders publish", PRODUCER, 81.0, 82.0)
+            .attr("messaging.system", json!("kafka"))
+            .attr("messaging.destination.name", json!("orders")),
+        span(c, "c00000000000000c", Some("c00000000000000b"), "mailer", "orders process", CONSUMER, 90.0, 99.0),
+        span(c, "c00000000000000d", Some("c000000000000005"), "pricing", "GET", CLIENT, 42.0, 43.0)
+            .attr("db.system", json!("redis")),
+        span(c, "c00000000000000e", Some("c000000000000001"), "api", "GET", CLIENT, 83.0, 88.0)
+            .attr("url.full", json!("https://maps.example.com/v1/route?from=a")),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dependencies_name_virtual_nodes_and_find_shared_and_transitive_ones() {
+    let server = Server::start("query-dependencies", &[]);
+    post_spans(&server, &dependency_trace()).await;
+    server.wait_for_trace(TRACE_C, 14).await;
+    let deps = get_ok(&server, &format!("/api/v1/dependencies?{}", range_query())).await;
+
+    let nodes: Vec<(String, String)> = deps["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["name"].as_str().unwrap().to_owned(), n["kind"].as_str().unwrap().to_owned()))
+        .collect();
+    let expected: Vec<(String, String)> = [
+        ("10.0.0.7", "external"),
+        ("api", "service"),
+        ("billing", "rpc"),
+        ("inventory", "service"),
+        ("mailer", "service"),
+        ("maps.example.com", "external"),
+        ("postgresql/shop", "database"),
+        ("pricing", "service"),
+        ("redis", "cache"),
+        ("stock.internal:9000", "external"),
+        ("user", "user"),
+    ]
+    .iter()
+    .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+    .collect();
+    assert_eq!(nodes, expected, "{deps:#}");
+
+    assert_eq!(
+        deps["shared_resources"],
+        json!([
+            {"name": "kafka/orders", "kind": "messaging", "services": ["api", "mailer"], "calls": 1},
+            {"name": "postgresql/shop", "kind": "database", "services": ["api", "pricing"], "calls": 2},
+        ])
+    );
+
+    let endpoints = deps["endpoints"].as_array().unwrap();
+    assert_eq!(endpoints.len(), 1, "{deps:#}");
+    let endpoint = &endpoints[0];
+    assert_eq!((endpoint["service"].as_str(), endpoint["operation"].as_str()), (Some("api"), Some("GET /orders")));
+    // user → api is hop 1, api → inventory 2, inventory → pricing 3, pricing → the database 4.
+    assert_eq!(endpoint["depth"], 4);
+    let reached: Vec<(String, i64)> = endpoint["reaches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["name"].as_str().unwrap().to_owned(), n["max_depth"].as_i64().unwrap()))
+        .collect();
+    let expected: Vec<(String, i64)> = [
+        ("10.0.0.7", 4),
+        ("billing", 2),
+        ("inventory", 2),
+        ("mailer", 2),
+        ("maps.example.com", 2),
+        ("postgresql/shop", 4),
+        ("pricing", 3),
+        ("redis", 4),
+        ("stock.internal:9000", 3),
+    ]
+    .iter()
+    .map(|(a, b)| ((*a).to_owned(), *b))
+    .collect();
+    assert_eq!(reached, expected);
+    // The slowest hop: api's 55 ms call to inventory.
+    assert_eq!(endpoint["slowest_hop"]["caller"], "api");
+    assert_eq!(endpoint["slowest_hop"]["callee"], "inventory");
+    assert_close(&endpoint["slowest_hop"]["p99_ns"], 55.0, "slowest hop");
+
+    let links = deps["async_links"].as_array().unwrap();
+    assert_eq!(links.len(), 1);
+    assert_eq!((links[0]["producer"].as_str(), links[0]["consumer"].as_str()), (Some("api"), Some("mailer")));
+    assert_eq!(links[0]["broker"], "kafka/orders");
+    // The consumer starts at 90 ms; the producer ended at 82 ms.
+    assert_percentiles(&links[0]["queue_delay"], [8.0; 4], "queue delay");
+
+    let edge =
+        deps["edges"].as_array().unwrap().iter().find(|e| e["caller"] == "inventory" && e["callee"] == "pricing");
+    assert_eq!(edge.unwrap()["calls"], 1);
+    server.terminate();
+}
