@@ -13,12 +13,13 @@ use axum::routing::{get, post};
 use datafusion::arrow::array::RecordBatch;
 use hopscope_schemas::TraceId;
 use hopscope_schemas::api::{
-    AggregateCriticalPathView, DependenciesView, EdgesView, ErrorBody, LatencyView, OperationsView, ServicesView,
-    TraceCriticalPathView, TraceView, TracesView,
+    AggregateCriticalPathView, DependenciesView, EdgesView, ErrorBody, FindingsView, LatencyView, OperationsView,
+    ServicesView, TraceCriticalPathView, TraceView, TracesView,
 };
 use serde::Deserialize;
 
 use crate::critical_path::AggregatePathQuery;
+use crate::findings::{FindingsQuery, Thresholds};
 use crate::latency::{EdgesQuery, LatencyQuery, LatencyTarget, TraceSearch};
 use crate::params::{Params, format_time};
 use crate::sql::SqlResult;
@@ -34,6 +35,7 @@ pub fn router(engine: Arc<QueryEngine>) -> Router {
         .route("/api/v1/traces/{trace_id}/critical-path", get(trace_critical_path))
         .route("/api/v1/critical-path", get(aggregate_critical_path))
         .route("/api/v1/dependencies", get(dependencies))
+        .route("/api/v1/findings", get(findings))
         .route("/api/v1/edges", get(edges))
         .route("/api/v1/latency", get(latency))
         .route("/api/v1/sql", post(sql))
@@ -105,6 +107,41 @@ async fn dependencies(State(engine): Engine, raw: RawParams) -> Result<Json<Depe
     let p = params(raw, &["start", "end"])?;
     let range = p.range()?;
     Ok(Json(engine.bounded(engine.dependencies(range)).await?))
+}
+
+async fn findings(State(engine): Engine, raw: RawParams) -> Result<Json<FindingsView>, QueryError> {
+    let p = params(
+        raw,
+        &[
+            "start",
+            "end",
+            "service",
+            "n_plus_one_min_calls",
+            "sequential_min_run",
+            "sequential_max_gap",
+            "timeout_overrun",
+            "retry_min_attempts",
+            "deep_chain_min_hops",
+            "repeated_min_calls",
+            "poison_min_deliveries",
+        ],
+    )?;
+    let d = Thresholds::default();
+    let thresholds = Thresholds {
+        n_plus_one_min_calls: p.count("n_plus_one_min_calls", 10_000)?.unwrap_or(d.n_plus_one_min_calls),
+        sequential_min_run: p.count("sequential_min_run", 10_000)?.unwrap_or(d.sequential_min_run),
+        sequential_max_gap_ns: p.duration("sequential_max_gap")?.unwrap_or(d.sequential_max_gap_ns),
+        timeout_overrun_ns: p.duration("timeout_overrun")?.unwrap_or(d.timeout_overrun_ns),
+        retry_min_attempts: p.count("retry_min_attempts", 10_000)?.unwrap_or(d.retry_min_attempts),
+        deep_chain_min_hops: p.count("deep_chain_min_hops", 10_000)?.unwrap_or(d.deep_chain_min_hops),
+        repeated_min_calls: p.count("repeated_min_calls", 10_000)?.unwrap_or(d.repeated_min_calls),
+        poison_min_deliveries: p.count("poison_min_deliveries", 10_000)?.unwrap_or(d.poison_min_deliveries),
+    };
+    if thresholds.retry_min_attempts < 2 {
+        return Err(QueryError::BadParameter("retry_min_attempts: must be at least 2".into()));
+    }
+    let query = FindingsQuery { range: p.range()?, service: p.text("service")?.map(str::to_owned), thresholds };
+    Ok(Json(engine.bounded(engine.findings(&query)).await?))
 }
 
 async fn services(State(engine): Engine, raw: RawParams) -> Result<Json<ServicesView>, QueryError> {

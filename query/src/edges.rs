@@ -82,7 +82,7 @@ pub fn input_columns() -> Vec<&'static str> {
 }
 
 /// A node that is not an instrumented service: its name and kind.
-fn virtual_node(spans: &SpanColumns, row: usize) -> (String, &'static str) {
+pub(crate) fn virtual_node(spans: &SpanColumns, row: usize) -> (String, &'static str) {
     let attr = |column| spans.semconv(row, column);
     let db_system = attr(semconv::DB_SYSTEM).or(attr(semconv::DB_SYSTEM_NAME));
     let messaging_system = attr(semconv::MESSAGING_SYSTEM);

@@ -74,6 +74,7 @@ impl QueryConfig {
 pub struct QueryEngine {
     ctx: SessionContext,
     limits: QueryLimits,
+    spans: Arc<SpansTable>,
 }
 
 impl std::fmt::Debug for QueryEngine {
@@ -105,19 +106,24 @@ impl QueryEngine {
         ctx.register_table(EDGES_TABLE, Arc::new(edges))?;
         let critical_path = DerivedTable::new(
             CRITICAL_PATH_TABLE,
-            spans,
+            Arc::clone(&spans),
             critical_path_schema(),
             CORE_COLUMNS,
             Arc::new(|| Box::new(PathSections::default())),
         )?;
         ctx.register_table(CRITICAL_PATH_TABLE, Arc::new(critical_path))?;
         crate::functions::register(&ctx);
-        Ok(Self { ctx, limits: QueryLimits { timeout: config.timeout, max_rows: config.max_rows } })
+        Ok(Self { ctx, limits: QueryLimits { timeout: config.timeout, max_rows: config.max_rows }, spans })
     }
 
     /// The bounds queries run under.
     pub fn limits(&self) -> QueryLimits {
         self.limits
+    }
+
+    /// The stored spans, for analyses that build their own per-trace tables.
+    pub(crate) fn spans_table(&self) -> Arc<SpansTable> {
+        Arc::clone(&self.spans)
     }
 
     /// The DataFusion session, with hopscope's tables registered.

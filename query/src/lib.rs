@@ -14,6 +14,7 @@ pub mod dependencies;
 pub mod edges;
 pub mod engine;
 mod error;
+pub mod findings;
 pub mod functions;
 pub mod latency;
 pub mod params;

@@ -396,3 +396,39 @@ pub struct DependenciesView {
     pub endpoints: Vec<EndpointDependenciesView>,
     pub async_links: Vec<AsyncLinkView>,
 }
+
+/// One pattern, aggregated over the traces it was found in (`GET /api/v1/findings`).
+#[derive(Debug, Clone, Serialize)]
+pub struct FindingView {
+    /// `n_plus_one`, `sequential_calls`, `missing_timeout`, `retry_storm`, `deep_chain`,
+    /// `repeated_call` or `poison_message`.
+    pub kind: String,
+    /// Where: the service and operation of the span making the calls (the root for deep chains, the
+    /// consumer for poison messages).
+    pub service: String,
+    pub operation: String,
+    /// What is called (`callee operation`, several joined by `, `), or the message for poison messages.
+    pub callee: Option<String>,
+    /// How many times it was found.
+    pub occurrences: u64,
+    /// How many traces it was found in.
+    pub traces: u64,
+    /// Calls (or hops, or deliveries) involved, over all occurrences.
+    pub calls: u64,
+    /// Estimated time one occurrence costs, and all of them together.
+    pub cost_ns_mean: f64,
+    pub cost_ns_total: i64,
+    /// Up to five traces that show it.
+    pub evidence_trace_ids: Vec<String>,
+    /// The threshold that fired, as `name=value`.
+    pub threshold: String,
+}
+
+/// Answer of `GET /api/v1/findings`.
+#[derive(Debug, Clone, Serialize)]
+pub struct FindingsView {
+    pub start: String,
+    pub end: String,
+    /// Most costly first.
+    pub findings: Vec<FindingView>,
+}

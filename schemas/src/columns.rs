@@ -232,3 +232,33 @@ pub mod critical_path {
     /// The span's self time on the path: the sum of its sections.
     pub const SELF_NS: &str = "self_ns";
 }
+
+/// Columns of the per-request `findings` table: one row per pattern found in a trace.
+pub mod finding {
+    pub const TRACE_ID: &str = "trace_id";
+    /// The start of the trace's first span.
+    pub const START_TIME: &str = "start_time";
+    pub const KIND: &str = "kind";
+    /// Where: the service and operation of the span that makes the calls (the root for deep chains).
+    pub const SERVICE: &str = "service";
+    pub const OPERATION: &str = "operation";
+    /// What is called, as `callee` or `callee operation`; several joined by `, `.
+    pub const CALLEE: &str = "callee";
+    /// How many calls (or hops) the occurrence involves.
+    pub const COUNT: &str = "count";
+    /// The estimated time it costs, in nanoseconds.
+    pub const COST_NS: &str = "cost_ns";
+    /// The threshold that fired, as `name=value`.
+    pub const THRESHOLD: &str = "threshold";
+}
+
+/// Values of the findings' `kind` column.
+pub mod finding_kind {
+    pub const N_PLUS_ONE: &str = "n_plus_one";
+    pub const SEQUENTIAL_CALLS: &str = "sequential_calls";
+    pub const MISSING_TIMEOUT: &str = "missing_timeout";
+    pub const RETRY_STORM: &str = "retry_storm";
+    pub const DEEP_CHAIN: &str = "deep_chain";
+    pub const REPEATED_CALL: &str = "repeated_call";
+    pub const POISON_MESSAGE: &str = "poison_message";
+}

@@ -817,3 +817,212 @@ async fn dependencies_name_virtual_nodes_and_find_shared_and_transitive_ones() {
     assert_eq!(edge.unwrap()["calls"], 1);
     server.terminate();
 }
+
+/// Builds one generated trace: spans get ids in order; `at` shifts every time.
+struct TraceBuilder {
+    trace: &'static str,
+    at_ms: f64,
+    spans: Vec<Span>,
+}
+
+fn leak(text: String) -> &'static str {
+    Box::leak(text.into_boxed_str())
+}
+
+impl TraceBuilder {
+    fn new(trace: u128, at_ms: f64) -> Self {
+        TraceBuilder { trace: leak(format!("{trace:032x}")), at_ms, spans: Vec::new() }
+    }
+
+    /// Adds a span and returns its id.
+    fn add(
+        &mut self,
+        parent: Option<&'static str>,
+        service: &'static str,
+        name: &'static str,
+        kind: i64,
+        start: f64,
+        end: f64,
+    ) -> &'static str {
+        self.add_with(parent, service, name, kind, start, end, |s| s)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn add_with(
+        &mut self,
+        parent: Option<&'static str>,
+        service: &'static str,
+        name: &'static str,
+        kind: i64,
+        start: f64,
+        end: f64,
+        edit: impl FnOnce(Span) -> Span,
+    ) -> &'static str {
+        let id = leak(format!("{:016x}", self.spans.len() + 1));
+        self.spans.push(edit(span(self.trace, id, parent, service, name, kind, self.at_ms + start, self.at_ms + end)));
+        id
+    }
+}
+
+/// A trace set for every finding kind: `dirty` has the pattern (just over its default threshold),
+/// the clean one the same shape just under it. Times start `at_ms` after T0.
+fn finding_traces(dirty: bool, at_ms: f64, first_id: u128) -> Vec<Span> {
+    let mut traces = Vec::new();
+    let mut next = first_id;
+    let mut trace = |at: f64| {
+        next += 1;
+        TraceBuilder::new(next, at_ms + at)
+    };
+
+    // N+1: orders reads items one by one (6 calls; clean: 4).
+    let mut t = trace(0.0);
+    let root = t.add(None, "orders", "GET /orders", SERVER, 0.0, 100.0);
+    for i in 0..if dirty { 6 } else { 4 } {
+        let start = 5.0 + 10.0 * i as f64;
+        t.add_with(Some(root), "orders", "SELECT item", CLIENT, start, start + 10.0, |s| {
+            s.attr("db.system", json!("postgresql"))
+                .attr("db.query.text", json!(format!("SELECT * FROM items WHERE id = {i}")))
+        });
+    }
+    traces.push(t);
+
+    // Sequential calls: checkout calls auth, pricing and stock one after the other (clean: 5 ms apart).
+    let mut t = trace(1_000.0);
+    let root = t.add(None, "checkout", "POST /checkout", SERVER, 0.0, 100.0);
+    let gap = if dirty { 0.5 } else { 5.0 };
+    for (i, peer) in ["auth", "pricing", "stock"].into_iter().enumerate() {
+        let start = 10.0 + i as f64 * (19.0 + gap);
+        t.add_with(Some(root), "checkout", "call", CLIENT, start, start + 19.0, |s| {
+            s.attr("peer.service", json!(peer))
+        });
+    }
+    traces.push(t);
+
+    // Missing timeout: the backend works on 30 ms after the gateway gave up (clean: it finished first).
+    let mut t = trace(2_000.0);
+    let root = t.add(None, "gateway", "GET /report", SERVER, 0.0, 100.0);
+    let client = t.add_with(Some(root), "gateway", "GET /slow", CLIENT, 10.0, 50.0, Span::error);
+    t.add(Some(client), "backend", "GET /slow", SERVER, 12.0, if dirty { 80.0 } else { 48.0 });
+    traces.push(t);
+
+    // Retry storm: cart retries a failing reservation twice (clean: only the first attempt fails).
+    let mut t = trace(3_000.0);
+    let root = t.add(None, "cart", "POST /cart", SERVER, 0.0, 100.0);
+    for i in 0..3 {
+        let start = 10.0 + 15.0 * i as f64;
+        let failed = if dirty { i < 2 } else { i == 0 };
+        t.add_with(Some(root), "cart", "reserve", CLIENT, start, start + 10.0, |s| {
+            let s = s.attr("peer.service", json!("inventory"));
+            if failed { s.error() } else { s }
+        });
+    }
+    traces.push(t);
+
+    // Deep chain: s0 → s1 → ... (6 hops; clean: 5), each call nested in the previous.
+    let mut t = trace(4_000.0);
+    let services = ["s0", "s1", "s2", "s3", "s4", "s5", "s6"];
+    let hops = if dirty { 6 } else { 5 };
+    let mut parent = t.add(None, services[0], "GET /deep", SERVER, 0.0, 100.0);
+    for hop in 0..hops {
+        let k = 2.0 * hop as f64;
+        let client = t.add(Some(parent), services[hop], "call next", CLIENT, k + 1.0, 99.0 - k);
+        parent = t.add(Some(client), services[hop + 1], "next", SERVER, k + 2.0, 98.0 - k);
+    }
+    traces.push(t);
+
+    // Repeated identical calls: catalog fetches the same rates three times (clean: twice).
+    let mut t = trace(5_000.0);
+    let root = t.add(None, "catalog", "GET /catalog", SERVER, 0.0, 100.0);
+    for i in 0..if dirty { 3 } else { 2 } {
+        let start = 10.0 + 20.0 * i as f64;
+        t.add_with(Some(root), "catalog", "GET", CLIENT, start, start + 10.0, |s| {
+            s.attr("url.full", json!("https://api.example.com/rates"))
+        });
+    }
+    traces.push(t);
+
+    // Poison message: invoice m-42 consumed three times, failing each time (clean: fails once).
+    for delivery in 0..3 {
+        let mut t = trace(6_000.0 + 100.0 * delivery as f64);
+        let failed = if dirty { true } else { delivery == 0 };
+        t.add_with(None, "billing-worker", "invoices process", CONSUMER, 0.0, 10.0, |s| {
+            let s = s.attr("messaging.system", json!("kafka")).attr("messaging.message.id", json!("m-42"));
+            if failed { s.error() } else { s }
+        });
+        traces.push(t);
+    }
+
+    traces.into_iter().flat_map(|t| t.spans).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn findings_flag_each_pattern_and_nothing_on_clean_traces() {
+    let server = Server::start("query-findings", &[]);
+    const CLEAN_AT_MS: f64 = 3_600_000.0;
+    let dirty = finding_traces(true, 0.0, 0xd000);
+    let clean = finding_traces(false, CLEAN_AT_MS, 0xc000);
+    let total = dirty.len() + clean.len();
+    post_spans(&server, &dirty).await;
+    post_spans(&server, &clean).await;
+    let started = std::time::Instant::now();
+    loop {
+        let (_, body) = sql(&server, "SELECT count(*) AS n FROM spans").await;
+        if body["rows"][0]["n"] == json!(total) {
+            break;
+        }
+        assert!(started.elapsed() < DEADLINE, "spans not stored in time: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let window = |at_ms: f64| {
+        let start = T0 + (at_ms * MS) as i64 - 1_000_000_000;
+        format!("start={start}&end={}", start + 60_000_000_000)
+    };
+
+    let clean_findings = get_ok(&server, &format!("/api/v1/findings?{}", window(CLEAN_AT_MS))).await;
+    assert_eq!(clean_findings["findings"], json!([]), "false positives on the clean set");
+
+    let found = get_ok(&server, &format!("/api/v1/findings?{}", window(0.0))).await;
+    let findings = found["findings"].as_array().unwrap();
+    let only = |kind: &str| -> &Value {
+        let matching: Vec<&Value> = findings.iter().filter(|f| f["kind"] == kind).collect();
+        assert_eq!(matching.len(), 1, "{kind}: {found:#}");
+        matching[0]
+    };
+    let expect = |kind: &str, service: &str, callee: Option<&str>, calls: u64, cost_ms: f64, threshold: &str| {
+        let finding = only(kind);
+        assert_eq!(finding["service"], service, "{finding}");
+        if let Some(callee) = callee {
+            assert_eq!(finding["callee"], callee, "{finding}");
+        }
+        assert_eq!(finding["calls"], calls, "{finding}");
+        assert_close(&finding["cost_ns_total"], cost_ms, kind);
+        assert_eq!(finding["threshold"], threshold, "{finding}");
+        assert!(!finding["evidence_trace_ids"].as_array().unwrap().is_empty());
+    };
+    assert_eq!(findings.len(), 7, "{found:#}");
+    // Batching six 10 ms reads into one would save five of them.
+    expect("n_plus_one", "orders", Some("postgresql SELECT item"), 6, 50.0, "n_plus_one_min_calls=5");
+    // Run at once, the three calls take as long as the longest.
+    expect(
+        "sequential_calls",
+        "checkout",
+        Some("auth call, pricing call, stock call"),
+        3,
+        38.0,
+        "sequential_min_run=3, sequential_max_gap=1000000ns",
+    );
+    expect("missing_timeout", "gateway", Some("backend GET /slow"), 1, 30.0, "timeout_overrun=1000000ns");
+    expect("retry_storm", "cart", Some("inventory reserve"), 3, 20.0, "retry_min_attempts=3");
+    // Six hops; the client spans own 1 ms at each end of each call.
+    expect("deep_chain", "s0", None, 6, 12.0, "deep_chain_min_hops=6");
+    expect("repeated_call", "catalog", Some("api.example.com GET"), 3, 20.0, "repeated_min_calls=3");
+    expect("poison_message", "billing-worker", Some("message m-42"), 3, 30.0, "poison_min_deliveries=3");
+    assert_eq!(only("poison_message")["traces"], 3);
+
+    // Thresholds are per request: with N+1 at 7 calls, six reads are no longer a finding.
+    let strict = get_ok(&server, &format!("/api/v1/findings?{}&n_plus_one_min_calls=7", window(0.0))).await;
+    assert!(strict["findings"].as_array().unwrap().iter().all(|f| f["kind"] != "n_plus_one"), "{strict:#}");
+    let (status, body) = get(&server, &format!("/api/v1/findings?{}&retry_min_attempts=1", window(0.0))).await;
+    assert_eq!(status, 400, "{body}");
+    server.terminate();
+}

@@ -1,0 +1,517 @@
+//! Findings (design.md §4): call patterns that make latency slow or unpredictable, each with its
+//! evidence and an estimate of the time it costs.
+//!
+//! Per-trace patterns are found by [`FindingScan`] in the streaming per-trace walk; poison messages
+//! span traces (each redelivery is usually a trace of its own) and come from one query over `spans`.
+//! Every threshold has a documented default in [`Thresholds`] and can be set per request.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::{Arc, OnceLock};
+
+use datafusion::arrow::array::{
+    FixedSizeBinaryBuilder, Int64Builder, RecordBatch, StringBuilder, TimestampNanosecondBuilder,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::error::Result as DfResult;
+use hopscope_schemas::columns::{finding as f, finding_kind as fk, semconv};
+use hopscope_schemas::spans::{kind, status, timestamp_type};
+
+use crate::critical_path::{PathSpan, critical_paths};
+use crate::walk::{PerTrace, SpanColumns, SpanIndex, span_key};
+
+/// When a pattern counts as a finding. Defaults in [`Thresholds::default`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Thresholds {
+    /// N+1: one span calls the same callee operation at least this many times (default 5).
+    pub n_plus_one_min_calls: usize,
+    /// Sequential calls: at least this many back-to-back calls to different callees (default 3) ...
+    pub sequential_min_run: usize,
+    /// ... each starting within this long after the previous one ended (default 1 ms).
+    pub sequential_max_gap_ns: i64,
+    /// Missing timeout: the callee kept working this long after its caller stopped waiting (default 1 ms).
+    pub timeout_overrun_ns: i64,
+    /// Retry storm: at least this many calls to one callee operation from one span, all but the last
+    /// failing (default 3).
+    pub retry_min_attempts: usize,
+    /// Deep chain: the critical path crosses at least this many service hops (default 6).
+    pub deep_chain_min_hops: usize,
+    /// Repeated call: the same statement or URL to the same callee at least this many times in one
+    /// trace (default 3).
+    pub repeated_min_calls: usize,
+    /// Poison message: one message id consumed at least this many times with errors (default 3).
+    pub poison_min_deliveries: usize,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self {
+            n_plus_one_min_calls: 5,
+            sequential_min_run: 3,
+            sequential_max_gap_ns: 1_000_000,
+            timeout_overrun_ns: 1_000_000,
+            retry_min_attempts: 3,
+            deep_chain_min_hops: 6,
+            repeated_min_calls: 3,
+            poison_min_deliveries: 3,
+        }
+    }
+}
+
+/// The schema of the findings table.
+pub fn findings_schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            Arc::new(Schema::new(vec![
+                Field::new(f::TRACE_ID, DataType::FixedSizeBinary(16), false),
+                Field::new(f::START_TIME, timestamp_type(), false),
+                Field::new(f::KIND, DataType::Utf8, false),
+                Field::new(f::SERVICE, DataType::Utf8, false),
+                Field::new(f::OPERATION, DataType::Utf8, false),
+                Field::new(f::CALLEE, DataType::Utf8, true),
+                Field::new(f::COUNT, DataType::Int64, false),
+                Field::new(f::COST_NS, DataType::Int64, false),
+                Field::new(f::THRESHOLD, DataType::Utf8, false),
+            ]))
+        })
+        .clone()
+}
+
+/// The span columns the scan reads.
+pub fn input_columns() -> Vec<&'static str> {
+    let mut columns = crate::edges::input_columns();
+    columns.extend([semconv::DB_QUERY_TEXT, semconv::DB_STATEMENT, semconv::DB_QUERY_SUMMARY]);
+    columns
+}
+
+/// One call a span makes: a CLIENT child, with what it reached.
+#[derive(Debug)]
+struct Call {
+    row: usize,
+    /// `callee operation`, naming the server span when one answered, else the virtual node.
+    callee: String,
+    /// The callee's server span, when instrumented.
+    server: Option<usize>,
+    failed: bool,
+}
+
+/// Finds the per-trace patterns.
+pub struct FindingScan {
+    thresholds: Thresholds,
+    by_id: SpanIndex,
+    trace_id: FixedSizeBinaryBuilder,
+    start_time: TimestampNanosecondBuilder,
+    kind: StringBuilder,
+    service: StringBuilder,
+    operation: StringBuilder,
+    callee: StringBuilder,
+    count: Int64Builder,
+    cost: Int64Builder,
+    threshold: StringBuilder,
+    rows: usize,
+}
+
+impl FindingScan {
+    pub fn new(thresholds: Thresholds) -> Self {
+        Self {
+            thresholds,
+            by_id: SpanIndex::default(),
+            trace_id: FixedSizeBinaryBuilder::new(16),
+            start_time: TimestampNanosecondBuilder::new(),
+            kind: StringBuilder::new(),
+            service: StringBuilder::new(),
+            operation: StringBuilder::new(),
+            callee: StringBuilder::new(),
+            count: Int64Builder::new(),
+            cost: Int64Builder::new(),
+            threshold: StringBuilder::new(),
+            rows: 0,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        spans: &SpanColumns,
+        rows: &Range<usize>,
+        kind: &str,
+        at: usize,
+        callee: Option<&str>,
+        count: usize,
+        cost_ns: i64,
+        threshold: String,
+    ) -> DfResult<()> {
+        self.trace_id.append_value(spans.trace_id.value(at))?;
+        self.start_time.append_value(spans.start_ns.value(rows.start));
+        self.kind.append_value(kind);
+        self.service.append_value(spans.service(at));
+        self.operation.append_value(spans.name(at));
+        self.callee.append_option(callee);
+        self.count.append_value(count as i64);
+        self.cost.append_value(cost_ns.max(0));
+        self.threshold.append_value(threshold);
+        self.rows += 1;
+        Ok(())
+    }
+}
+
+/// What a span's statement or URL is, for spotting identical calls.
+fn statement(spans: &SpanColumns, row: usize) -> Option<&str> {
+    spans
+        .semconv(row, semconv::DB_QUERY_TEXT)
+        .or(spans.semconv(row, semconv::DB_STATEMENT))
+        .or(spans.semconv(row, semconv::URL_FULL))
+        .or(spans.semconv(row, semconv::HTTP_URL))
+}
+
+/// The sum of durations minus the longest: what running the calls at once (or as one) would save.
+fn all_but_longest(spans: &SpanColumns, rows: impl Iterator<Item = usize>) -> i64 {
+    let durations: Vec<i64> = rows.map(|r| spans.duration_ns(r).max(0)).collect();
+    durations.iter().sum::<i64>() - durations.iter().max().copied().unwrap_or(0)
+}
+
+impl PerTrace for FindingScan {
+    fn trace(&mut self, spans: &SpanColumns, rows: Range<usize>) -> DfResult<()> {
+        let t = self.thresholds;
+        self.by_id.clear();
+        for r in rows.clone() {
+            if let Some(id) = span_key(spans.span_id.value(r)) {
+                self.by_id.entry(id).or_insert(r);
+            }
+        }
+        let parent = |r: usize| spans.parent(r).and_then(span_key).and_then(|id| self.by_id.get(&id).copied());
+        let parents: Vec<Option<usize>> = rows.clone().map(|r| parent(r).filter(|&p| p != r)).collect();
+        let mut children: HashMap<usize, Vec<usize>> = HashMap::new();
+        for r in rows.clone() {
+            if let Some(p) = parents[r - rows.start] {
+                children.entry(p).or_default().push(r);
+            }
+        }
+        // Every CLIENT span's call, keyed by its parent (rows are in start order already).
+        let mut calls_by_parent: Vec<(usize, Vec<Call>)> = Vec::new();
+        for r in rows.clone() {
+            let Some(kids) = children.get(&r) else { continue };
+            let calls: Vec<Call> = kids
+                .iter()
+                .filter(|&&c| spans.kind.value(c) == kind::CLIENT)
+                .map(|&c| {
+                    let server =
+                        children.get(&c).and_then(|k| k.iter().copied().find(|&s| spans.kind.value(s) == kind::SERVER));
+                    let callee = match server {
+                        Some(s) => format!("{} {}", spans.service(s), spans.name(s)),
+                        None => format!("{} {}", crate::edges::virtual_node(spans, c).0, spans.name(c)),
+                    };
+                    let failed = spans.status_code.value(c) == status::ERROR
+                        || server.is_some_and(|s| spans.status_code.value(s) == status::ERROR);
+                    Call { row: c, callee, server, failed }
+                })
+                .collect();
+            if !calls.is_empty() {
+                calls_by_parent.push((r, calls));
+            }
+        }
+
+        for (at, calls) in &calls_by_parent {
+            // N+1 and retry storms: calls to one callee operation from one span.
+            let mut by_callee: Vec<(&str, Vec<&Call>)> = Vec::new();
+            for call in calls {
+                match by_callee.iter_mut().find(|(callee, _)| *callee == call.callee) {
+                    Some((_, group)) => group.push(call),
+                    None => by_callee.push((&call.callee, vec![call])),
+                }
+            }
+            for (callee, group) in &by_callee {
+                if group.len() >= t.retry_min_attempts && group[..group.len() - 1].iter().all(|c| c.failed) {
+                    let cost = group[..group.len() - 1].iter().map(|c| spans.duration_ns(c.row)).sum();
+                    let threshold = format!("retry_min_attempts={}", t.retry_min_attempts);
+                    self.push(spans, &rows, fk::RETRY_STORM, *at, Some(callee), group.len(), cost, threshold)?;
+                } else if group.len() >= t.n_plus_one_min_calls {
+                    let cost = all_but_longest(spans, group.iter().map(|c| c.row));
+                    let threshold = format!("n_plus_one_min_calls={}", t.n_plus_one_min_calls);
+                    self.push(spans, &rows, fk::N_PLUS_ONE, *at, Some(callee), group.len(), cost, threshold)?;
+                }
+            }
+            // Sequential calls: runs of back-to-back calls to different callees.
+            let mut run: Vec<&Call> = Vec::new();
+            let flush = |run: &mut Vec<&Call>, this: &mut Self| -> DfResult<()> {
+                if run.len() >= t.sequential_min_run {
+                    let callees: Vec<&str> = run.iter().map(|c| c.callee.as_str()).collect();
+                    let cost = all_but_longest(spans, run.iter().map(|c| c.row));
+                    let threshold = format!(
+                        "sequential_min_run={}, sequential_max_gap={}ns",
+                        t.sequential_min_run, t.sequential_max_gap_ns
+                    );
+                    this.push(
+                        spans,
+                        &rows,
+                        fk::SEQUENTIAL_CALLS,
+                        *at,
+                        Some(&callees.join(", ")),
+                        run.len(),
+                        cost,
+                        threshold,
+                    )?;
+                }
+                run.clear();
+                Ok(())
+            };
+            for call in calls {
+                if let Some(previous) = run.last() {
+                    let (prev_end, start) = (spans.end_ns.value(previous.row), spans.start_ns.value(call.row));
+                    let follows = start >= prev_end && start - prev_end <= t.sequential_max_gap_ns;
+                    if !(follows && previous.callee != call.callee) {
+                        flush(&mut run, self)?;
+                    }
+                }
+                run.push(call);
+            }
+            flush(&mut run, self)?;
+            // Missing timeouts: the callee kept working after the caller stopped waiting.
+            for call in calls {
+                if let Some(server) = call.server {
+                    let overrun = spans.end_ns.value(server) - spans.end_ns.value(call.row);
+                    if overrun >= t.timeout_overrun_ns {
+                        let threshold = format!("timeout_overrun={}ns", t.timeout_overrun_ns);
+                        self.push(spans, &rows, fk::MISSING_TIMEOUT, *at, Some(&call.callee), 1, overrun, threshold)?;
+                    }
+                }
+            }
+        }
+
+        // Repeated identical calls anywhere in the trace: cache candidates.
+        let mut identical: Vec<((&str, &str), Vec<usize>)> = Vec::new();
+        for (_, calls) in &calls_by_parent {
+            for call in calls {
+                if let Some(text) = statement(spans, call.row) {
+                    match identical.iter_mut().find(|((callee, s), _)| *callee == call.callee && *s == text) {
+                        Some((_, rows)) => rows.push(call.row),
+                        None => identical.push(((&call.callee, text), vec![call.row])),
+                    }
+                }
+            }
+        }
+        for ((callee, _), calls) in &identical {
+            if calls.len() >= t.repeated_min_calls {
+                let cost = spans_total(spans, calls) - spans.duration_ns(calls[0]).max(0);
+                let threshold = format!("repeated_min_calls={}", t.repeated_min_calls);
+                self.push(spans, &rows, fk::REPEATED_CALL, calls[0], Some(callee), calls.len(), cost, threshold)?;
+            }
+        }
+
+        // Deep chains: service hops along each root's critical path.
+        let path_input: Vec<PathSpan> = rows
+            .clone()
+            .map(|r| PathSpan {
+                start: spans.start_ns.value(r),
+                end: spans.end_ns.value(r),
+                parent: parents[r - rows.start].map(|p| p - rows.start),
+                kind: spans.kind.value(r),
+            })
+            .collect();
+        for path in critical_paths(&path_input) {
+            let mut changes: usize = 0;
+            let mut waiting = 0;
+            let mut previous: Option<&str> = None;
+            for section in &path.sections {
+                let r = rows.start + section.span;
+                let service = spans.service(r);
+                if previous.is_some_and(|p| p != service) {
+                    changes += 1;
+                }
+                previous = Some(service);
+                if matches!(spans.kind.value(r), kind::CLIENT | kind::PRODUCER) {
+                    waiting += section.end - section.start;
+                }
+            }
+            // Service changes along the path in time order count each call twice (in and out).
+            let crossed = changes.div_ceil(2);
+            if crossed >= t.deep_chain_min_hops {
+                let threshold = format!("deep_chain_min_hops={}", t.deep_chain_min_hops);
+                self.push(spans, &rows, fk::DEEP_CHAIN, rows.start + path.root, None, crossed, waiting, threshold)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn take_batch(&mut self) -> DfResult<Option<RecordBatch>> {
+        if self.rows == 0 {
+            return Ok(None);
+        }
+        self.rows = 0;
+        Ok(Some(RecordBatch::try_new(
+            findings_schema(),
+            vec![
+                Arc::new(self.trace_id.finish()),
+                Arc::new(self.start_time.finish().with_timezone("UTC")),
+                Arc::new(self.kind.finish()),
+                Arc::new(self.service.finish()),
+                Arc::new(self.operation.finish()),
+                Arc::new(self.callee.finish()),
+                Arc::new(self.count.finish()),
+                Arc::new(self.cost.finish()),
+                Arc::new(self.threshold.finish()),
+            ],
+        )?))
+    }
+}
+
+fn spans_total(spans: &SpanColumns, rows: &[usize]) -> i64 {
+    rows.iter().map(|&r| spans.duration_ns(r).max(0)).sum()
+}
+
+/// What `GET /api/v1/findings` asks.
+#[derive(Debug, Clone)]
+pub struct FindingsQuery {
+    pub range: crate::params::TimeRange,
+    /// Only findings located in this service.
+    pub service: Option<String>,
+    pub thresholds: Thresholds,
+}
+
+/// Evidence kept per finding.
+const EVIDENCE: usize = 5;
+
+impl crate::QueryEngine {
+    /// Every finding in the traces of a range, most costly first.
+    pub async fn findings(
+        &self,
+        query: &FindingsQuery,
+    ) -> Result<hopscope_schemas::api::FindingsView, crate::QueryError> {
+        use datafusion::arrow::array::{Array, AsArray};
+        use datafusion::execution::FunctionRegistry;
+        use datafusion::functions_aggregate::expr_fn::{array_agg, count, sum};
+        use datafusion::prelude::{col, lit};
+        use hopscope_schemas::api::{FindingView, FindingsView};
+        use hopscope_schemas::columns as c;
+
+        use crate::latency::{Results, count_where, in_range};
+
+        let hex = self.context().udf("hex_id")?;
+        let thresholds = query.thresholds;
+        let table = crate::walk::DerivedTable::new(
+            "findings",
+            self.spans_table(),
+            findings_schema(),
+            &input_columns(),
+            Arc::new(move || Box::new(FindingScan::new(thresholds))),
+        )?;
+        let mut found = self.context().read_table(Arc::new(table))?.filter(in_range(f::START_TIME, query.range))?;
+        if let Some(service) = &query.service {
+            found = found.filter(col(f::SERVICE).eq(lit(service.as_str())))?;
+        }
+        let per_trace = found
+            .aggregate(
+                vec![col(f::KIND), col(f::SERVICE), col(f::OPERATION), col(f::CALLEE), col(f::THRESHOLD)],
+                vec![
+                    count(lit(1)).alias("occurrences"),
+                    datafusion::functions_aggregate::expr_fn::count_distinct(col(f::TRACE_ID)).alias("traces"),
+                    sum(col(f::COUNT)).alias("calls"),
+                    sum(col(f::COST_NS)).alias("cost"),
+                    array_agg(hex.call(vec![col(f::TRACE_ID)])).alias("evidence"),
+                ],
+            )?
+            .collect()
+            .await?;
+
+        // Poison messages: one message consumed again and again, failing.
+        let n = thresholds.poison_min_deliveries as i64;
+        let mut consumed = self.context().table(crate::engine::SPANS_TABLE).await?.filter(
+            in_range(c::START_TIME, query.range)
+                .and(col(c::KIND).eq(lit(kind::CONSUMER)))
+                .and(col(semconv::MESSAGING_MESSAGE_ID).is_not_null()),
+        )?;
+        if let Some(service) = &query.service {
+            consumed = consumed.filter(col(c::SERVICE_NAME).eq(lit(service.as_str())))?;
+        }
+        let poison = consumed
+            .aggregate(
+                vec![col(c::SERVICE_NAME), col(c::NAME), col(semconv::MESSAGING_MESSAGE_ID)],
+                vec![
+                    count(lit(1)).alias("calls"),
+                    count_where(col(c::STATUS_CODE).eq(lit(status::ERROR))).alias("failures"),
+                    sum(col(c::DURATION_NS)).alias("cost"),
+                    datafusion::functions_aggregate::expr_fn::count_distinct(col(c::TRACE_ID)).alias("traces"),
+                    array_agg(hex.call(vec![col(c::TRACE_ID)])).alias("evidence"),
+                ],
+            )?
+            .filter(col("calls").gt_eq(lit(n)).and(col("failures").gt_eq(lit(n - 1))))?
+            .collect()
+            .await?;
+
+        let evidence = |batch: &RecordBatch, row: usize| -> Vec<String> {
+            let Some(list) = batch.column_by_name("evidence") else { return Vec::new() };
+            let list = list.as_list::<i32>();
+            if list.is_null(row) {
+                return Vec::new();
+            }
+            let ids = list.value(row);
+            let ids = ids.as_string::<i32>();
+            let mut out: Vec<String> = ids.iter().flatten().map(str::to_owned).collect();
+            out.sort_unstable();
+            out.dedup();
+            out.truncate(EVIDENCE);
+            out
+        };
+        let mut findings = Vec::new();
+        for batch in &per_trace {
+            let r = Results(batch);
+            let (kinds, services, operations, callees, thresholds) = (
+                r.strings(f::KIND)?,
+                r.strings(f::SERVICE)?,
+                r.strings(f::OPERATION)?,
+                r.strings(f::CALLEE)?,
+                r.strings(f::THRESHOLD)?,
+            );
+            let (occurrences, traces, calls, cost) =
+                (r.ints("occurrences")?, r.ints("traces")?, r.ints("calls")?, r.ints("cost")?);
+            for row in 0..batch.num_rows() {
+                let occurrences = occurrences.value(row) as u64;
+                findings.push(FindingView {
+                    kind: kinds.value(row).to_owned(),
+                    service: services.value(row).to_owned(),
+                    operation: operations.value(row).to_owned(),
+                    callee: callees.is_valid(row).then(|| callees.value(row).to_owned()),
+                    occurrences,
+                    traces: traces.value(row) as u64,
+                    calls: calls.value(row) as u64,
+                    cost_ns_mean: cost.value(row) as f64 / occurrences.max(1) as f64,
+                    cost_ns_total: cost.value(row),
+                    evidence_trace_ids: evidence(batch, row),
+                    threshold: thresholds.value(row).to_owned(),
+                });
+            }
+        }
+        for batch in &poison {
+            let r = Results(batch);
+            let (services, operations, ids) =
+                (r.strings(c::SERVICE_NAME)?, r.strings(c::NAME)?, r.strings(semconv::MESSAGING_MESSAGE_ID)?);
+            let (calls, cost, traces) = (r.ints("calls")?, r.ints("cost")?, r.ints("traces")?);
+            for row in 0..batch.num_rows() {
+                findings.push(FindingView {
+                    kind: fk::POISON_MESSAGE.to_owned(),
+                    service: services.value(row).to_owned(),
+                    operation: operations.value(row).to_owned(),
+                    callee: Some(format!("message {}", ids.value(row))),
+                    occurrences: 1,
+                    traces: traces.value(row) as u64,
+                    calls: calls.value(row) as u64,
+                    cost_ns_mean: cost.value(row) as f64,
+                    cost_ns_total: cost.value(row),
+                    evidence_trace_ids: evidence(batch, row),
+                    threshold: format!("poison_min_deliveries={n}"),
+                });
+            }
+        }
+        findings.sort_by(|a, b| {
+            b.cost_ns_total
+                .cmp(&a.cost_ns_total)
+                .then_with(|| (&a.kind, &a.service, &a.callee).cmp(&(&b.kind, &b.service, &b.callee)))
+        });
+        Ok(FindingsView {
+            start: crate::params::format_time(query.range.start_ns),
+            end: crate::params::format_time(query.range.end_ns),
+            findings,
+        })
+    }
+}
