@@ -59,6 +59,10 @@ struct ServeArgs {
     /// Memory all running queries share, in bytes; a query that needs more fails with an error.
     #[arg(long, env = "HOPSCOPE_QUERY_MEMORY_LIMIT_BYTES", default_value_t = 2 << 30, value_parser = positive_usize)]
     query_memory_limit_bytes: usize,
+    /// Memory spans waiting to be written may hold, in bytes; beyond it exports are refused as
+    /// retryable (HTTP 503 + Retry-After, gRPC UNAVAILABLE + RetryInfo) until the writer catches up.
+    #[arg(long, env = "HOPSCOPE_MAX_BUFFERED_BYTES", default_value_t = 512 << 20, value_parser = positive_usize)]
+    max_buffered_bytes: usize,
     /// How long one query may run before it is cancelled (e.g. 30s, 2m).
     #[arg(long, env = "HOPSCOPE_QUERY_TIMEOUT", default_value = "30s", value_parser = positive_duration)]
     query_timeout: std::time::Duration,
@@ -101,7 +105,9 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
     args.data_dir = std::path::absolute(&args.data_dir)
         .with_context(|| format!("resolving the data directory {}", args.data_dir.display()))?;
     let data_dir = args.data_dir.clone();
-    let ingester = tokio::task::spawn_blocking(move || Ingester::open(IngesterConfig::new(data_dir)))
+    let mut ingest_config = IngesterConfig::new(data_dir);
+    ingest_config.max_buffered_bytes = args.max_buffered_bytes;
+    let ingester = tokio::task::spawn_blocking(move || Ingester::open(ingest_config))
         .await?
         .with_context(|| format!("opening the data directory {}", args.data_dir.display()))?;
     let mut query_config = QueryConfig::new(args.data_dir.clone());

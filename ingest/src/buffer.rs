@@ -33,12 +33,19 @@ pub struct TraceBuffer {
     batches: Vec<(u64, RecordBatch)>,
     traces: HashMap<[u8; 16], TraceTimes>,
     rows: usize,
+    /// Memory held by the buffered batches.
+    bytes: usize,
 }
 
 impl TraceBuffer {
     /// Spans held.
     pub fn rows(&self) -> usize {
         self.rows
+    }
+
+    /// Memory the buffered spans hold, in bytes.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// The lowest WAL segment holding buffered spans.
@@ -56,6 +63,7 @@ impl TraceBuffer {
                 .or_insert(TraceTimes { first_seen: now, last_seen: now });
         }
         self.rows += batch.num_rows();
+        self.bytes += batch.get_array_memory_size();
         self.batches.push((segment, batch));
     }
 
@@ -90,6 +98,7 @@ impl TraceBuffer {
         if ready.len() == self.traces.len() {
             self.traces.clear();
             self.rows = 0;
+            self.bytes = 0;
             return Ok(std::mem::take(&mut self.batches));
         }
         let mut taken = Vec::new();
@@ -110,6 +119,7 @@ impl TraceBuffer {
         }
         self.traces.retain(|id, _| !ready.contains(id));
         self.rows = kept.iter().map(|(_, b)| b.num_rows()).sum();
+        self.bytes = kept.iter().map(|(_, b)| b.get_array_memory_size()).sum();
         self.batches = kept;
         Ok(taken)
     }

@@ -13,6 +13,11 @@ pub enum IngestError {
     /// The body is larger than the configured limit (after decompression).
     #[error("request body exceeds the limit of {limit} bytes{}", if *.decompressed { " after decompression" } else { "" })]
     TooLarge { limit: usize, decompressed: bool },
+    /// Buffered spans hold more memory than allowed: the client should retry after a while.
+    #[error(
+        "hopscope is catching up: {buffered} bytes of spans are waiting to be written (limit {limit}); retry later"
+    )]
+    Overloaded { buffered: usize, limit: usize },
     /// The server is stopping and takes no new data.
     #[error("hopscope is shutting down")]
     ShuttingDown,
@@ -44,7 +49,8 @@ impl IngestError {
             IngestError::Malformed { .. } => S::BAD_REQUEST,
             IngestError::UnsupportedMediaType(_) => S::UNSUPPORTED_MEDIA_TYPE,
             IngestError::TooLarge { .. } => S::PAYLOAD_TOO_LARGE,
-            IngestError::ShuttingDown
+            IngestError::Overloaded { .. }
+            | IngestError::ShuttingDown
             | IngestError::Io { .. }
             | IngestError::Arrow(_)
             | IngestError::Parquet(_)
@@ -59,7 +65,8 @@ impl IngestError {
         match self {
             IngestError::Malformed { .. } | IngestError::UnsupportedMediaType(_) => C::InvalidArgument,
             IngestError::TooLarge { .. } => C::ResourceExhausted,
-            IngestError::ShuttingDown
+            IngestError::Overloaded { .. }
+            | IngestError::ShuttingDown
             | IngestError::Io { .. }
             | IngestError::Arrow(_)
             | IngestError::Parquet(_)
@@ -68,3 +75,6 @@ impl IngestError {
         }
     }
 }
+
+/// How long a client should wait before retrying a retryable refusal.
+pub(crate) const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);

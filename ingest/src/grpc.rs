@@ -17,7 +17,9 @@ use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, En
 use tonic::codegen::{BoxFuture, Service};
 use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::error::RETRY_AFTER;
 use crate::ingester::{ExportBody, Ingester};
 
 /// The gRPC service name of OTLP trace export.
@@ -85,6 +87,9 @@ impl UnaryService<Bytes> for Export {
                 Err(e) => {
                     if e.grpc_code() == tonic::Code::Unavailable {
                         tracing::warn!(error = %e, "otlp/grpc export failed");
+                        // Retryable: say when, as OTLP asks (google.rpc.RetryInfo).
+                        let details = ErrorDetails::with_retry_info(Some(RETRY_AFTER));
+                        return Err(Status::with_error_details(e.grpc_code(), e.to_string(), details));
                     }
                     Err(Status::new(e.grpc_code(), e.to_string()))
                 }

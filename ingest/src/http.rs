@@ -18,13 +18,13 @@ use serde_json::json;
 
 use crate::IngestError;
 use crate::decode::BodyFormat;
+use crate::error::RETRY_AFTER;
 use crate::ingester::{ExportBody, ExportOutcome, Ingester};
 
 /// The path OTLP/HTTP exporters post traces to.
 pub const TRACES_PATH: &str = "/v1/traces";
 
 /// Seconds a client is asked to wait before retrying a retryable failure.
-const RETRY_AFTER_SECS: &str = "1";
 
 #[derive(Clone)]
 struct HttpState {
@@ -137,7 +137,7 @@ fn error_response(e: &IngestError, format: BodyFormat) -> Response {
     };
     let mut response = (status, [(header::CONTENT_TYPE, format.content_type())], body).into_response();
     if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
-        response.headers_mut().insert(header::RETRY_AFTER, http::HeaderValue::from_static(RETRY_AFTER_SECS));
+        response.headers_mut().insert(header::RETRY_AFTER, http::HeaderValue::from(RETRY_AFTER.as_secs()));
     }
     response
 }

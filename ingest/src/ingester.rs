@@ -37,6 +37,9 @@ pub struct IngesterConfig {
     pub flush_rows: usize,
     /// When the write-ahead log starts a new segment.
     pub wal_rotation: Rotation,
+    /// Memory buffered spans may hold; beyond it, exports are refused as retryable until the
+    /// flusher catches up.
+    pub max_buffered_bytes: usize,
 }
 
 impl IngesterConfig {
@@ -50,6 +53,7 @@ impl IngesterConfig {
             cut_off: CutOff { idle: Duration::from_secs(1), max_age: Duration::from_secs(10) },
             flush_rows: 256 * 1024,
             wal_rotation: Rotation { max_bytes: 64 << 20, max_age: Duration::from_secs(5) },
+            max_buffered_bytes: 512 << 20,
         }
     }
 }
@@ -64,6 +68,8 @@ pub struct IngestMetrics {
     pub spans_committed: AtomicU64,
     /// Spans replayed from the write-ahead log at start.
     pub spans_replayed: AtomicU64,
+    /// Exports refused because buffered spans held too much memory.
+    pub refused_overloaded: AtomicU64,
 }
 
 /// What an export request came to: how many spans were kept and why others were not.
@@ -173,7 +179,8 @@ impl Ingester {
         let m = &self.metrics;
         let manifest = self.manifest.snapshot();
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let rows: [(&str, &str, &str, u64); 10] = [
+        let buffered_bytes = self.buffer.lock().expect("buffer lock").bytes() as u64;
+        let rows: [(&str, &str, &str, u64); 12] = [
             ("hopscope_ingest_requests_total", "counter", "Export requests received.", load(&m.requests)),
             (
                 "hopscope_ingest_spans_accepted_total",
@@ -200,6 +207,13 @@ impl Ingester {
                 "gauge",
                 "Spans acknowledged but not yet in a file.",
                 self.buffered_rows() as u64,
+            ),
+            ("hopscope_ingest_buffered_bytes", "gauge", "Memory held by spans not yet in a file.", buffered_bytes),
+            (
+                "hopscope_ingest_refused_overloaded_total",
+                "counter",
+                "Exports refused (retryable) because buffered spans held too much memory.",
+                load(&m.refused_overloaded),
             ),
             ("hopscope_wal_segment_bytes", "gauge", "Bytes in the current WAL segment.", self.wal.segment_bytes()),
             ("hopscope_storage_files", "gauge", "Committed span files.", manifest.files.len() as u64),
@@ -229,6 +243,11 @@ impl Ingester {
             return Err(IngestError::ShuttingDown);
         }
         self.metrics.requests.fetch_add(1, Ordering::Relaxed);
+        let buffered = self.buffer.lock().expect("buffer lock").bytes();
+        if buffered >= self.config.max_buffered_bytes {
+            self.metrics.refused_overloaded.fetch_add(1, Ordering::Relaxed);
+            return Err(IngestError::Overloaded { buffered, limit: self.config.max_buffered_bytes });
+        }
         let converted = tokio::task::spawn_blocking(move || {
             let request = match body {
                 ExportBody::Http { body, format, gzip, limit } => {

@@ -11,7 +11,7 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
 use serde_json::Value;
 
-use crate::support::{Server, random_trace_id};
+use crate::support::{DEADLINE, Server, random_trace_id};
 
 fn span(trace_id: Vec<u8>, span_id: Vec<u8>, name: &str) -> Span {
     Span {
@@ -247,4 +247,70 @@ async fn a_clean_stop_keeps_every_acknowledged_span() {
         .parse()
         .unwrap();
     assert!(files >= 1, "{metrics}");
+}
+
+/// With the buffer bound at one byte, any span waiting to be written makes the next export a
+/// retryable refusal: HTTP 503 with Retry-After, gRPC UNAVAILABLE with RetryInfo. Every export that
+/// was acknowledged is stored, and exports are accepted again once the writer has caught up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_buffer_refuses_exports_as_retryable_and_loses_nothing() {
+    use tonic_types::StatusExt;
+
+    let server = Server::start("backpressure", &["--max-buffered-bytes", "1"]);
+    let mut acknowledged = Vec::new();
+    let started = std::time::Instant::now();
+    // Export trace after trace until one is refused (the first one always fits in the empty buffer).
+    let http = reqwest::Client::new();
+    let (refusal, retry_after) = loop {
+        let id = random_trace_id();
+        let body = request(vec![span(hex::decode(&id).unwrap(), vec![1; 8], "work")]).encode_to_vec();
+        let response = http
+            .post(server.traces_url())
+            .header("content-type", "application/x-protobuf")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        match response.status().as_u16() {
+            200 => acknowledged.push(id),
+            503 => {
+                let retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+                break (RpcStatus::decode(response.bytes().await.unwrap()).unwrap(), retry_after);
+            }
+            other => panic!("unexpected {other}"),
+        }
+        assert!(started.elapsed() < DEADLINE, "never refused with a one-byte buffer");
+    };
+    assert!(refusal.message.contains("retry later"), "{}", refusal.message);
+    assert_eq!(retry_after.as_deref(), Some("1"));
+
+    let mut client = TraceServiceClient::connect(format!("http://{}", server.grpc)).await.unwrap();
+    let status = loop {
+        let id = random_trace_id();
+        match client.export(request(vec![span(hex::decode(&id).unwrap(), vec![2; 8], "work")])).await {
+            Ok(_) => acknowledged.push(id),
+            Err(status) => break status,
+        }
+        assert!(started.elapsed() < DEADLINE, "gRPC never refused with a one-byte buffer");
+    };
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    let retry = status.get_details_retry_info().expect("RetryInfo in the status details");
+    assert_eq!(retry.retry_delay, Some(std::time::Duration::from_secs(1)));
+
+    for id in &acknowledged {
+        server.wait_for_trace(id, 1).await;
+    }
+    // Caught up: the next export is accepted (within the deadline).
+    loop {
+        let id = random_trace_id();
+        let body = request(vec![span(hex::decode(&id).unwrap(), vec![3; 8], "work")]).encode_to_vec();
+        if post(&server, "application/x-protobuf", None, body).await.0 == 200 {
+            break;
+        }
+        assert!(started.elapsed() < DEADLINE, "exports stayed refused after the buffer drained");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let metrics = reqwest::get(server.api_url("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(!metrics.contains("hopscope_ingest_refused_overloaded_total 0\n"), "{metrics}");
+    server.terminate();
 }
