@@ -63,7 +63,7 @@ impl TraceBuffer {
                 .or_insert(TraceTimes { first_seen: now, last_seen: now });
         }
         self.rows += batch.num_rows();
-        self.bytes += batch.get_array_memory_size();
+        self.bytes += batch_bytes(&batch);
         self.batches.push((segment, batch));
     }
 
@@ -119,10 +119,20 @@ impl TraceBuffer {
         }
         self.traces.retain(|id, _| !ready.contains(id));
         self.rows = kept.iter().map(|(_, b)| b.num_rows()).sum();
-        self.bytes = kept.iter().map(|(_, b)| b.get_array_memory_size()).sum();
+        self.bytes = kept.iter().map(|(_, b)| batch_bytes(b)).sum();
         self.batches = kept;
         Ok(taken)
     }
+}
+
+/// The memory a batch's rows take. Batches decoded from the WAL share one buffer per record (and
+/// filtered ones share their parent's), so this counts the rows' slices, not whole buffers.
+fn batch_bytes(batch: &RecordBatch) -> usize {
+    batch
+        .columns()
+        .iter()
+        .map(|c| c.to_data().get_slice_memory_size().unwrap_or_else(|_| c.get_array_memory_size()))
+        .sum()
 }
 
 fn trace_id_column(batch: &RecordBatch) -> &FixedSizeBinaryArray {
@@ -184,5 +194,16 @@ mod tests {
             buf.push(batch(&[7]), 1, t0 + Duration::from_millis(500 * i));
         }
         assert_eq!(ids(&buf.take_ready(t0 + Duration::from_secs(2), cut, false).unwrap()), vec![7; 5]);
+    }
+
+    #[test]
+    fn bytes_count_the_rows_held_not_shared_buffers() {
+        let whole = batch(&[7; 100]);
+        let mut buffer = TraceBuffer::default();
+        buffer.push(whole.slice(0, 10), 1, Instant::now());
+        // Ten 16-byte trace ids, although the slice shares the 100-row buffer.
+        assert_eq!(buffer.bytes(), 10 * 16);
+        buffer.take_ready(Instant::now(), CutOff { idle: Duration::ZERO, max_age: Duration::ZERO }, true).unwrap();
+        assert_eq!(buffer.bytes(), 0);
     }
 }

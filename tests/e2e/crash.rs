@@ -72,7 +72,8 @@ async fn sigkill_never_loses_an_acknowledged_span() {
                 .send()
                 .await
                 .unwrap();
-            assert_eq!(response.status(), 200, "seed {seed}");
+            let status = response.status();
+            assert_eq!(status, 200, "seed {seed}: {}", response.text().await.unwrap_or_default());
             acknowledged.push(trace_id);
         }
         // Some exports may be in flight right now; only the acknowledged ones are promised.

@@ -469,7 +469,7 @@ async fn edges_traces_latency_and_sql_answer_recorded_traces() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_is_read_only_and_bounded() {
-    let server = Server::start("query-sql-safety", &["--query-max-rows", "5"]);
+    let server = Server::start("query-sql-safety", &["--query-max-rows", "5", "--query-timeout", "2s"]);
     post_spans(&server, &recorded()).await;
     server.wait_for_trace(TRACE_A, 6).await;
 
@@ -518,6 +518,11 @@ async fn sql_is_read_only_and_bounded() {
     let (status, body) = sql(&server, "SELECT hex_span_id(span_id) AS id FROM spans ORDER BY id LIMIT 5").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["rows"].as_array().unwrap().len(), 5);
+
+    // The timeout: a query that would run for minutes is cancelled, with a message saying why.
+    let (status, body) = sql(&server, "SELECT count(*) FROM generate_series(1, 100000000000)").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("--query-timeout"), "{body}");
 
     // A malformed body names what is wrong.
     let response = reqwest::Client::new()
