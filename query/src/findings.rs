@@ -81,7 +81,7 @@ pub fn findings_schema() -> SchemaRef {
 /// The span columns the scan reads.
 pub fn input_columns() -> Vec<&'static str> {
     let mut columns = crate::edges::input_columns();
-    columns.extend([semconv::DB_QUERY_TEXT, semconv::DB_STATEMENT, semconv::DB_QUERY_SUMMARY]);
+    columns.extend([semconv::DB_QUERY_TEXT, semconv::DB_STATEMENT, semconv::HTTP_REQUEST_METHOD, semconv::HTTP_METHOD]);
     columns
 }
 
@@ -156,13 +156,16 @@ impl FindingScan {
     }
 }
 
-/// What a span's statement or URL is, for spotting identical calls.
+/// What a call asks for, for spotting identical calls: its database statement, or the URL of a
+/// GET or HEAD request (other methods may change state, so repeating them is not a cache candidate).
 fn statement(spans: &SpanColumns, row: usize) -> Option<&str> {
-    spans
-        .semconv(row, semconv::DB_QUERY_TEXT)
-        .or(spans.semconv(row, semconv::DB_STATEMENT))
-        .or(spans.semconv(row, semconv::URL_FULL))
-        .or(spans.semconv(row, semconv::HTTP_URL))
+    let database = spans.semconv(row, semconv::DB_QUERY_TEXT).or(spans.semconv(row, semconv::DB_STATEMENT));
+    database.or_else(|| {
+        let method = spans.semconv(row, semconv::HTTP_REQUEST_METHOD).or(spans.semconv(row, semconv::HTTP_METHOD))?;
+        matches!(method, "GET" | "HEAD")
+            .then(|| spans.semconv(row, semconv::URL_FULL).or(spans.semconv(row, semconv::HTTP_URL)))
+            .flatten()
+    })
 }
 
 /// The sum of durations minus the longest: what running the calls at once (or as one) would save.
@@ -280,22 +283,23 @@ impl PerTrace for FindingScan {
         }
 
         // Repeated identical calls anywhere in the trace: cache candidates.
-        let mut identical: Vec<((&str, &str), Vec<usize>)> = Vec::new();
-        for (_, calls) in &calls_by_parent {
+        // Keyed by (callee, statement); located at the span making the first of the calls.
+        let mut identical: Vec<((&str, &str), usize, Vec<usize>)> = Vec::new();
+        for (at, calls) in &calls_by_parent {
             for call in calls {
                 if let Some(text) = statement(spans, call.row) {
-                    match identical.iter_mut().find(|((callee, s), _)| *callee == call.callee && *s == text) {
-                        Some((_, rows)) => rows.push(call.row),
-                        None => identical.push(((&call.callee, text), vec![call.row])),
+                    match identical.iter_mut().find(|((callee, s), _, _)| *callee == call.callee && *s == text) {
+                        Some((_, _, rows)) => rows.push(call.row),
+                        None => identical.push(((&call.callee, text), *at, vec![call.row])),
                     }
                 }
             }
         }
-        for ((callee, _), calls) in &identical {
+        for ((callee, _), at, calls) in &identical {
             if calls.len() >= t.repeated_min_calls {
                 let cost = spans_total(spans, calls) - spans.duration_ns(calls[0]).max(0);
                 let threshold = format!("repeated_min_calls={}", t.repeated_min_calls);
-                self.push(spans, &rows, fk::REPEATED_CALL, calls[0], Some(callee), calls.len(), cost, threshold)?;
+                self.push(spans, &rows, fk::REPEATED_CALL, *at, Some(callee), calls.len(), cost, threshold)?;
             }
         }
 

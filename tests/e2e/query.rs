@@ -941,7 +941,7 @@ fn finding_traces(dirty: bool, at_ms: f64, first_id: u128) -> Vec<Span> {
     for i in 0..if dirty { 3 } else { 2 } {
         let start = 10.0 + 20.0 * i as f64;
         t.add_with(Some(root), "catalog", "GET", CLIENT, start, start + 10.0, |s| {
-            s.attr("url.full", json!("https://api.example.com/rates"))
+            s.attr("url.full", json!("https://api.example.com/rates")).attr("http.request.method", json!("GET"))
         });
     }
     traces.push(t);
