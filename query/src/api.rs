@@ -40,6 +40,7 @@ pub fn router(engine: Arc<QueryEngine>) -> Router {
         .route("/api/v1/latency", get(latency))
         .route("/api/v1/sql", post(sql))
         .route("/api/{*rest}", axum::routing::any(unknown_route))
+        .method_not_allowed_fallback(wrong_method)
         .with_state(engine)
 }
 
@@ -330,4 +331,9 @@ fn json(result: &SqlResult) -> Result<Vec<u8>, QueryError> {
 
 async fn unknown_route(uri: axum::http::Uri) -> QueryError {
     QueryError::NotFound(format!("no API route {}; see schemas/openapi.json", uri.path()))
+}
+
+async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    let body = ErrorBody { error: format!("{} does not take {method}; see schemas/openapi.json", uri.path()) };
+    (axum::http::StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
 }

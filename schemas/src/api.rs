@@ -350,7 +350,8 @@ pub struct ReachedNodeView {
     pub name: String,
     pub kind: String,
     pub calls: u64,
-    /// The deepest hop at which it was reached (the entry service is at 1).
+    /// The deepest hop at which it was reached: the entry hop (user → entry service) is 1 and is not
+    /// listed, so what the entry service calls is at 2.
     pub max_depth: i32,
 }
 

@@ -559,6 +559,18 @@ async fn bad_parameters_are_named() {
         assert_eq!(status, 400, "{path}: {body}");
         assert!(body["error"].as_str().unwrap().contains(names), "{path}: {body}");
     }
+    // Unknown routes and wrong methods answer in JSON too.
+    let (status, body) = get(&server, "/api/v1/nope").await;
+    assert_eq!(status, 404);
+    assert!(body["error"].as_str().unwrap().contains("/api/v1/nope"), "{body}");
+    let response = reqwest::Client::new().post(server.api_url("/api/v1/edges")).send().await.unwrap();
+    assert_eq!(response.status(), 405);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("POST"), "{body}");
+    let (status, body) = get(&server, "/api/v1/services?verbose=1").await;
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("takes no parameters"), "{body}");
+
     // An empty store answers with empty results, not errors.
     assert_eq!(get_ok(&server, "/api/v1/edges").await["edges"], json!([]));
     assert_eq!(get_ok(&server, "/api/v1/traces").await["traces"], json!([]));
