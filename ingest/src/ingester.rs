@@ -18,6 +18,7 @@ use crate::IngestError;
 use crate::buffer::{CutOff, TraceBuffer};
 use crate::convert::convert_request;
 use crate::decode::{BodyFormat, decode_request, gunzip_limited};
+use crate::dedup::RecentSpans;
 use crate::manifest::ManifestStore;
 use crate::wal::{self, BufferHandle, Rotation, Wal};
 use crate::writer::write_span_files;
@@ -40,6 +41,8 @@ pub struct IngesterConfig {
     /// Memory buffered spans may hold; beyond it, exports are refused as retryable until the
     /// flusher catches up.
     pub max_buffered_bytes: usize,
+    /// How many recently written spans are remembered to drop client resends of them.
+    pub resend_window_spans: usize,
 }
 
 impl IngesterConfig {
@@ -54,6 +57,7 @@ impl IngesterConfig {
             flush_rows: 256 * 1024,
             wal_rotation: Rotation { max_bytes: 64 << 20, max_age: Duration::from_secs(5) },
             max_buffered_bytes: 512 << 20,
+            resend_window_spans: 1_000_000,
         }
     }
 }
@@ -70,6 +74,8 @@ pub struct IngestMetrics {
     pub spans_replayed: AtomicU64,
     /// Exports refused because buffered spans held too much memory.
     pub refused_overloaded: AtomicU64,
+    /// Spans dropped as resends of spans already written.
+    pub spans_deduplicated: AtomicU64,
 }
 
 /// What an export request came to: how many spans were kept and why others were not.
@@ -131,6 +137,8 @@ pub struct Ingester {
     wake: Arc<Notify>,
     closed: AtomicBool,
     metrics: IngestMetrics,
+    /// Spans written recently, to drop client resends.
+    recent: Arc<Mutex<RecentSpans>>,
 }
 
 impl Ingester {
@@ -165,7 +173,18 @@ impl Ingester {
         let wake = Arc::new(Notify::new());
         let sink = BufferHandle { buffer: Arc::clone(&buffer), wake: Arc::clone(&wake), flush_rows: config.flush_rows };
         let wal = Arc::new(Wal::start(&wal_dir, config.wal_rotation, sink)?);
-        Ok(Arc::new(Self { config, _lock: lock, manifest, wal, buffer, wake, closed: AtomicBool::new(false), metrics }))
+        let recent = Arc::new(Mutex::new(RecentSpans::new(config.resend_window_spans)));
+        Ok(Arc::new(Self {
+            config,
+            _lock: lock,
+            manifest,
+            wal,
+            buffer,
+            wake,
+            closed: AtomicBool::new(false),
+            metrics,
+            recent,
+        }))
     }
 
     /// What has been received and stored so far.
@@ -180,7 +199,7 @@ impl Ingester {
         let manifest = self.manifest.snapshot();
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let buffered_bytes = self.buffer.lock().expect("buffer lock").bytes() as u64;
-        let rows: [(&str, &str, &str, u64); 12] = [
+        let rows: [(&str, &str, &str, u64); 13] = [
             ("hopscope_ingest_requests_total", "counter", "Export requests received.", load(&m.requests)),
             (
                 "hopscope_ingest_spans_accepted_total",
@@ -196,6 +215,12 @@ impl Ingester {
                 load(&m.spans_committed),
             ),
             ("hopscope_ingest_files_committed_total", "counter", "Span files committed.", load(&m.files_committed)),
+            (
+                "hopscope_ingest_spans_deduplicated_total",
+                "counter",
+                "Spans dropped as client resends of spans already written.",
+                load(&m.spans_deduplicated),
+            ),
             (
                 "hopscope_ingest_spans_replayed_total",
                 "counter",
@@ -344,17 +369,20 @@ impl Ingester {
         let wal = Arc::clone(&self.wal);
         let to_write: Vec<RecordBatch> = batches.iter().map(|(_, b)| b.clone()).collect();
         let max_segment = batches.iter().map(|(segment, _)| *segment).max();
+        let recent = Arc::clone(&self.recent);
         let result = tokio::task::spawn_blocking(move || {
+            let (to_write, resent) = recent.lock().expect("recent spans lock").keep_new(&to_write)?;
             let files = write_span_files(&tenant_dir, &to_write, max_segment)?;
             let rows: u64 = files.iter().map(|f| f.rows).sum();
             let count = files.len() as u64;
             let paths: Vec<PathBuf> = files.iter().map(|f| tenant_dir.join(&f.path)).collect();
             match manifest.commit_added(files, wal_floor) {
                 Ok(generation) => {
+                    recent.lock().expect("recent spans lock").remember(&to_write);
                     if let Err(e) = wal.remove_below(wal_floor) {
                         tracing::warn!(error = %e, "cannot remove committed WAL segments; retried at the next flush");
                     }
-                    Ok((rows, count, generation))
+                    Ok((rows, count, generation, resent))
                 }
                 Err(e) => {
                     // Not committed, so never visible: remove them; the spans are written again.
@@ -369,7 +397,8 @@ impl Ingester {
         .map_err(|e| IngestError::Task(e.to_string()))
         .and_then(|r| r);
         match result {
-            Ok((rows, count, generation)) => {
+            Ok((rows, count, generation, resent)) => {
+                self.metrics.spans_deduplicated.fetch_add(resent, Ordering::Relaxed);
                 self.metrics.files_committed.fetch_add(count, Ordering::Relaxed);
                 self.metrics.spans_committed.fetch_add(rows, Ordering::Relaxed);
                 tracing::debug!(

@@ -16,6 +16,7 @@
 pub mod buffer;
 pub mod convert;
 pub mod decode;
+mod dedup;
 mod error;
 pub mod grpc;
 pub mod http;

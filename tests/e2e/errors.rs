@@ -314,3 +314,37 @@ async fn a_full_buffer_refuses_exports_as_retryable_and_loses_nothing() {
     assert!(!metrics.contains("hopscope_ingest_refused_overloaded_total 0\n"), "{metrics}");
     server.terminate();
 }
+
+/// A client that resends after a lost acknowledgement must not create visible duplicates: the same
+/// trace id, span id, start and end are one span, whether the copies arrive together or after the
+/// first is already written. A span with the same ids but other times is a different span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_export_is_stored_once() {
+    let server = Server::start("resend", &[]);
+    let id = random_trace_id();
+    let spans = || (1..=3u8).map(|i| span(hex::decode(&id).unwrap(), vec![i; 8], "work")).collect::<Vec<_>>();
+    let body = request(spans()).encode_to_vec();
+    // Twice at once: both copies wait in the buffer together.
+    assert_eq!(post(&server, "application/x-protobuf", None, body.clone()).await.0, 200);
+    assert_eq!(post(&server, "application/x-protobuf", None, body.clone()).await.0, 200);
+    server.wait_for_trace(&id, 3).await;
+    // Once more after the trace is written.
+    assert_eq!(post(&server, "application/x-protobuf", None, body).await.0, 200);
+    let started = std::time::Instant::now();
+    loop {
+        let metrics = reqwest::get(server.api_url("/metrics")).await.unwrap().text().await.unwrap();
+        if metrics.contains("hopscope_ingest_spans_deduplicated_total 6\n") {
+            break;
+        }
+        assert!(started.elapsed() < DEADLINE, "the resends were not written in time:\n{metrics}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let trace = server.wait_for_trace(&id, 3).await;
+    assert_eq!(trace["spans"].as_array().unwrap().len(), 3);
+
+    let mut changed = span(hex::decode(&id).unwrap(), vec![1; 8], "work");
+    changed.end_time_unix_nano += 1;
+    assert_eq!(post(&server, "application/x-protobuf", None, request(vec![changed]).encode_to_vec()).await.0, 200);
+    server.wait_for_trace(&id, 4).await;
+    server.terminate();
+}
