@@ -125,6 +125,8 @@ async fn findings(State(engine): Engine, raw: RawParams) -> Result<Json<Findings
             "deep_chain_min_hops",
             "repeated_min_calls",
             "poison_min_deliveries",
+            "unbounded_tail_ratio",
+            "unbounded_tail_min_calls",
         ],
     )?;
     let d = Thresholds::default();
@@ -137,6 +139,8 @@ async fn findings(State(engine): Engine, raw: RawParams) -> Result<Json<Findings
         deep_chain_min_hops: p.count("deep_chain_min_hops", 10_000)?.unwrap_or(d.deep_chain_min_hops),
         repeated_min_calls: p.count("repeated_min_calls", 10_000)?.unwrap_or(d.repeated_min_calls),
         poison_min_deliveries: p.count("poison_min_deliveries", 10_000)?.unwrap_or(d.poison_min_deliveries),
+        unbounded_tail_ratio: p.number("unbounded_tail_ratio", 1.0)?.unwrap_or(d.unbounded_tail_ratio),
+        unbounded_tail_min_calls: p.count("unbounded_tail_min_calls", 1_000_000)?.unwrap_or(d.unbounded_tail_min_calls),
     };
     if thresholds.retry_min_attempts < 2 {
         return Err(QueryError::BadParameter("retry_min_attempts: must be at least 2".into()));

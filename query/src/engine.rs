@@ -33,6 +33,10 @@ pub const EDGES_TABLE: &str = "edges";
 /// The name of the derived table of critical-path sections (see [`crate::critical_path`]).
 pub const CRITICAL_PATH_TABLE: &str = "critical_path";
 
+/// The name of the derived table of per-trace findings, with the default thresholds (see
+/// [`crate::findings`]; `/findings` builds its own with the request's thresholds).
+pub const FINDINGS_TABLE: &str = "findings";
+
 /// How the query engine runs.
 #[derive(Debug, Clone)]
 pub struct QueryConfig {
@@ -112,6 +116,14 @@ impl QueryEngine {
             Arc::new(|| Box::new(PathSections::default())),
         )?;
         ctx.register_table(CRITICAL_PATH_TABLE, Arc::new(critical_path))?;
+        let findings = DerivedTable::new(
+            FINDINGS_TABLE,
+            Arc::clone(&spans),
+            crate::findings::findings_schema(),
+            &crate::findings::input_columns(),
+            Arc::new(|| Box::new(crate::findings::FindingScan::new(crate::findings::Thresholds::default()))),
+        )?;
+        ctx.register_table(FINDINGS_TABLE, Arc::new(findings))?;
         crate::functions::register(&ctx);
         Ok(Self { ctx, limits: QueryLimits { timeout: config.timeout, max_rows: config.max_rows }, spans })
     }

@@ -41,6 +41,11 @@ pub struct Thresholds {
     pub repeated_min_calls: usize,
     /// Poison message: one message id consumed at least this many times with errors (default 3).
     pub poison_min_deliveries: usize,
+    /// Unbounded tail (a missing timeout): a hop's slowest call takes at least this many times its
+    /// median (default 20) ...
+    pub unbounded_tail_ratio: f64,
+    /// ... over at least this many calls (default 20).
+    pub unbounded_tail_min_calls: usize,
 }
 
 impl Default for Thresholds {
@@ -54,6 +59,8 @@ impl Default for Thresholds {
             deep_chain_min_hops: 6,
             repeated_min_calls: 3,
             poison_min_deliveries: 3,
+            unbounded_tail_ratio: 20.0,
+            unbounded_tail_min_calls: 20,
         }
     }
 }
@@ -394,7 +401,7 @@ impl crate::QueryEngine {
         let hex = self.context().udf("hex_id")?;
         let thresholds = query.thresholds;
         let table = crate::walk::DerivedTable::new(
-            "findings",
+            crate::engine::FINDINGS_TABLE,
             self.spans_table(),
             findings_schema(),
             &input_columns(),
@@ -414,6 +421,61 @@ impl crate::QueryEngine {
                     sum(col(f::COST_NS)).alias("cost"),
                     array_agg(hex.call(vec![col(f::TRACE_ID)])).alias("evidence"),
                 ],
+            )?
+            .collect()
+            .await?;
+
+        // Unbounded tails: hops whose slowest call dwarfs the median, as no timeout would allow.
+        let call_ns = datafusion::functions::expr_fn::coalesce(vec![
+            col(c::edge::CLIENT_DURATION_NS),
+            col(c::edge::SERVER_DURATION_NS),
+        ]);
+        let mut hops = self
+            .context()
+            .table(crate::engine::EDGES_TABLE)
+            .await?
+            .filter(in_range(c::edge::START_TIME, query.range))?;
+        if let Some(service) = &query.service {
+            hops = hops.filter(col(c::edge::CALLER).eq(lit(service.as_str())))?;
+        }
+        let tails = hops
+            .with_column("call_ns", call_ns)?
+            .aggregate(
+                vec![
+                    col(c::edge::CALLER),
+                    col(c::edge::CALLER_OPERATION),
+                    col(c::edge::CALLEE),
+                    col(c::edge::CALLEE_OPERATION),
+                ],
+                vec![
+                    count(lit(1)).alias("calls"),
+                    datafusion::functions_aggregate::expr_fn::percentile_cont(
+                        col("call_ns").sort(true, false),
+                        lit(0.5),
+                    )
+                    .alias("p50"),
+                    datafusion::functions_aggregate::expr_fn::max(col("call_ns")).alias("slowest"),
+                    datafusion::functions_aggregate::expr_fn::percentile_cont(
+                        col("call_ns").sort(true, false),
+                        lit(0.99),
+                    )
+                    .alias("p99"),
+                    datafusion::functions_aggregate::expr_fn::count_distinct(col(c::edge::TRACE_ID)).alias("traces"),
+                    datafusion::functions_aggregate::expr_fn::first_value(
+                        hex.call(vec![col(c::edge::TRACE_ID)]),
+                        vec![col("call_ns").sort(false, false)],
+                    )
+                    .alias("slowest_trace"),
+                ],
+            )?
+            .filter(
+                col("calls")
+                    .gt_eq(lit(thresholds.unbounded_tail_min_calls as i64))
+                    .and(
+                        datafusion::logical_expr::cast(col("slowest"), datafusion::arrow::datatypes::DataType::Float64)
+                            .gt_eq(col("p50") * lit(thresholds.unbounded_tail_ratio)),
+                    )
+                    .and(col("p50").gt(lit(0.0))),
             )?
             .collect()
             .await?;
@@ -504,6 +566,41 @@ impl crate::QueryEngine {
                     cost_ns_total: cost.value(row),
                     evidence_trace_ids: evidence(batch, row),
                     threshold: format!("poison_min_deliveries={n}"),
+                });
+            }
+        }
+        for batch in &tails {
+            let r = Results(batch);
+            let (caller, operation, callee, callee_operation) = (
+                r.strings(c::edge::CALLER)?,
+                r.strings(c::edge::CALLER_OPERATION)?,
+                r.strings(c::edge::CALLEE)?,
+                r.strings(c::edge::CALLEE_OPERATION)?,
+            );
+            let (calls, p99, slowest) = (r.ints("calls")?, r.floats("p99")?, r.ints("slowest")?);
+            let (traces, slowest_trace) = (r.ints("traces")?, r.strings("slowest_trace")?);
+            for row in 0..batch.num_rows() {
+                let callee = match callee_operation.is_valid(row) {
+                    true => format!("{} {}", callee.value(row), callee_operation.value(row)),
+                    false => callee.value(row).to_owned(),
+                };
+                // What the slowest calls cost beyond a timeout set at the p99.
+                let cost = (slowest.value(row) as f64 - p99.value(row)).max(0.0) as i64;
+                findings.push(FindingView {
+                    kind: fk::MISSING_TIMEOUT.to_owned(),
+                    service: caller.value(row).to_owned(),
+                    operation: if operation.is_valid(row) { operation.value(row).to_owned() } else { String::new() },
+                    callee: Some(callee),
+                    occurrences: 1,
+                    traces: traces.value(row) as u64,
+                    calls: calls.value(row) as u64,
+                    cost_ns_mean: cost as f64,
+                    cost_ns_total: cost,
+                    evidence_trace_ids: vec![slowest_trace.value(row).to_owned()],
+                    threshold: format!(
+                        "unbounded_tail_ratio={}, unbounded_tail_min_calls={}",
+                        thresholds.unbounded_tail_ratio, thresholds.unbounded_tail_min_calls
+                    ),
                 });
             }
         }

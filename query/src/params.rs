@@ -94,6 +94,16 @@ impl Params {
             .transpose()
     }
 
+    /// A finite number of at least `min`.
+    pub fn number(&self, name: &str, min: f64) -> Result<Option<f64>, QueryError> {
+        self.text(name)?
+            .map(|v| match v.parse::<f64>() {
+                Ok(n) if n.is_finite() && n >= min => Ok(n),
+                _ => Err(bad(name, format!("expected a number of at least {min}, got {v:?}"))),
+            })
+            .transpose()
+    }
+
     /// One of a fixed set of words.
     pub fn choice<'a>(&self, name: &str, choices: &[&'a str]) -> Result<Option<&'a str>, QueryError> {
         self.text(name)?

@@ -4,7 +4,7 @@
 //! or `EXPLAIN` of one of those (checked on the parsed statement, so comments and casing do not
 //! matter); and the session plans it with DDL, DML and statements (`SET`, transactions) disallowed.
 //! The session has no table function or URL table that reads files, so a query sees only `spans`,
-//! `edges`, `critical_path` and `information_schema`. Results are capped in rows and the query in time.
+//! `edges`, `critical_path`, `findings` and `information_schema`. Results are capped in rows and the query in time.
 
 use std::time::Duration;
 

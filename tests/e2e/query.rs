@@ -969,6 +969,17 @@ fn finding_traces(dirty: bool, at_ms: f64, first_id: u128) -> Vec<Span> {
         traces.push(t);
     }
 
+    // Unbounded tail: 30 exports to the warehouse, one taking 40× the median (clean: 10×).
+    for i in 0..30 {
+        let mut t = trace(7_000.0 + 200.0 * i as f64);
+        let root = t.add(None, "reports", "GET /report", SERVER, 0.0, 500.0);
+        let length = if i == 29 { if dirty { 400.0 } else { 100.0 } } else { 10.0 };
+        t.add_with(Some(root), "reports", "export", CLIENT, 10.0, 10.0 + length, |s| {
+            s.attr("peer.service", json!("warehouse"))
+        });
+        traces.push(t);
+    }
+
     traces.into_iter().flat_map(|t| t.spans).collect()
 }
 
@@ -1000,14 +1011,13 @@ async fn findings_flag_each_pattern_and_nothing_on_clean_traces() {
 
     let found = get_ok(&server, &format!("/api/v1/findings?{}", window(0.0))).await;
     let findings = found["findings"].as_array().unwrap();
-    let only = |kind: &str| -> &Value {
-        let matching: Vec<&Value> = findings.iter().filter(|f| f["kind"] == kind).collect();
-        assert_eq!(matching.len(), 1, "{kind}: {found:#}");
+    let only = |kind: &str, service: &str| -> &Value {
+        let matching: Vec<&Value> = findings.iter().filter(|f| f["kind"] == kind && f["service"] == service).collect();
+        assert_eq!(matching.len(), 1, "{kind} in {service}: {found:#}");
         matching[0]
     };
     let expect = |kind: &str, service: &str, callee: Option<&str>, calls: u64, cost_ms: f64, threshold: &str| {
-        let finding = only(kind);
-        assert_eq!(finding["service"], service, "{finding}");
+        let finding = only(kind, service);
         if let Some(callee) = callee {
             assert_eq!(finding["callee"], callee, "{finding}");
         }
@@ -1016,7 +1026,7 @@ async fn findings_flag_each_pattern_and_nothing_on_clean_traces() {
         assert_eq!(finding["threshold"], threshold, "{finding}");
         assert!(!finding["evidence_trace_ids"].as_array().unwrap().is_empty());
     };
-    assert_eq!(findings.len(), 7, "{found:#}");
+    assert_eq!(findings.len(), 8, "{found:#}");
     // Batching six 10 ms reads into one would save five of them.
     expect("n_plus_one", "orders", Some("postgresql SELECT item"), 6, 50.0, "n_plus_one_min_calls=5");
     // Run at once, the three calls take as long as the longest.
@@ -1034,11 +1044,40 @@ async fn findings_flag_each_pattern_and_nothing_on_clean_traces() {
     expect("deep_chain", "s0", None, 6, 12.0, "deep_chain_min_hops=6");
     expect("repeated_call", "catalog", Some("api.example.com GET"), 3, 20.0, "repeated_min_calls=3");
     expect("poison_message", "billing-worker", Some("message m-42"), 3, 30.0, "poison_min_deliveries=3");
-    assert_eq!(only("poison_message")["traces"], 3);
+    assert_eq!(only("poison_message", "billing-worker")["traces"], 3);
+    // The unbounded tail: its cost is what the slowest call took beyond the hop's p99.
+    let tail = only("missing_timeout", "reports");
+    assert_eq!(tail["callee"], "warehouse export");
+    assert_eq!(tail["calls"], 30);
+    assert_eq!(tail["threshold"], "unbounded_tail_ratio=20, unbounded_tail_min_calls=20");
+    let mut lengths: Vec<f64> = (0..30).map(|i| if i == 29 { 400.0 * MS } else { 10.0 * MS }).collect();
+    lengths.sort_by(f64::total_cmp);
+    let expected = 400.0 * MS - percentile(&lengths, 0.99).0;
+    let cost = tail["cost_ns_total"].as_f64().unwrap();
+    assert!((cost - expected).abs() <= 1e-3 * expected, "{cost} vs {expected}");
+    assert_eq!(tail["evidence_trace_ids"].as_array().unwrap().len(), 1);
+
+    // The per-trace findings are a table in /sql too (with the default thresholds).
+    let (status, body) = sql(&server, "SELECT kind, count(*) AS n FROM findings GROUP BY kind ORDER BY kind").await;
+    assert_eq!(status, 200, "{body}");
+    let per_kind: Vec<(String, i64)> = body["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["kind"].as_str().unwrap().to_owned(), r["n"].as_i64().unwrap()))
+        .collect();
+    let expected: Vec<(String, i64)> =
+        ["deep_chain", "missing_timeout", "n_plus_one", "repeated_call", "retry_storm", "sequential_calls"]
+            .iter()
+            .map(|k| ((*k).to_owned(), 1))
+            .collect();
+    assert_eq!(per_kind, expected);
 
     // Thresholds are per request: with N+1 at 7 calls, six reads are no longer a finding.
     let strict = get_ok(&server, &format!("/api/v1/findings?{}&n_plus_one_min_calls=7", window(0.0))).await;
     assert!(strict["findings"].as_array().unwrap().iter().all(|f| f["kind"] != "n_plus_one"), "{strict:#}");
+    let (status, body) = get(&server, &format!("/api/v1/findings?{}&unbounded_tail_ratio=0.5", window(0.0))).await;
+    assert_eq!(status, 400, "{body}");
     let (status, body) = get(&server, &format!("/api/v1/findings?{}&retry_min_attempts=1", window(0.0))).await;
     assert_eq!(status, 400, "{body}");
     server.terminate();
