@@ -348,3 +348,59 @@ async fn a_resent_export_is_stored_once() {
     server.wait_for_trace(&id, 4).await;
     server.terminate();
 }
+
+/// The peak resident memory of a process (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM in /proc/<pid>/status");
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+/// Gzip of `n` MiB of zeros, compressed as it is produced (the test never holds the inflated bytes).
+fn zero_bomb(mib: usize) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let chunk = vec![0u8; 1 << 20];
+    for _ in 0..mib {
+        encoder.write_all(&chunk).unwrap();
+    }
+    encoder.finish().unwrap()
+}
+
+/// Decompression bombs are refused while inflating: 413 / RESOURCE_EXHAUSTED, and the server's peak
+/// memory grows by about the limit, not by the bomb's inflated size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decompression_bombs_are_refused_without_inflating_them() {
+    const BOMB_MIB: usize = 512;
+    let server = Server::start("bombs", &[]);
+    // Warm up the normal paths first, so the baseline includes them.
+    let id = random_trace_id();
+    let body = request(vec![span(hex::decode(&id).unwrap(), vec![1; 8], "warm")]).encode_to_vec();
+    assert_eq!(post(&server, "application/x-protobuf", Some("gzip"), gzip(&body)).await.0, 200);
+    server.wait_for_trace(&id, 1).await;
+    let before = peak_rss(server.pid());
+
+    let bomb = zero_bomb(BOMB_MIB);
+    for _ in 0..3 {
+        let (status, _, _) = post(&server, "application/x-protobuf", Some("gzip"), bomb.clone()).await;
+        assert_eq!(status, 413);
+    }
+    // Over gRPC: a real message whose one attribute inflates to 256 MiB.
+    let mut huge = span(vec![9; 16], vec![9; 8], "huge");
+    huge.attributes.push(KeyValue {
+        key: "payload".into(),
+        value: Some(AnyValue { value: Some(any_value::Value::StringValue("\0".repeat(256 << 20))) }),
+        key_strindex: 0,
+    });
+    let mut client = TraceServiceClient::connect(format!("http://{}", server.grpc))
+        .await
+        .unwrap()
+        .send_compressed(tonic::codec::CompressionEncoding::Gzip)
+        .max_encoding_message_size(usize::MAX);
+    let status = client.export(request(vec![huge])).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+
+    let growth = peak_rss(server.pid()).saturating_sub(before);
+    // The limits are 20 MiB (HTTP) and 4 MiB (gRPC); inflating a bomb would add hundreds of MiB.
+    assert!(growth < 128 << 20, "peak memory grew by {} MiB", growth >> 20);
+    server.terminate();
+}
