@@ -2,8 +2,12 @@
 //! it, and the HTTP API that serves them.
 //!
 //! Start at [`QueryEngine`]: it registers the `spans` table ([`store::SpansTable`]), which reads the
-//! manifest the ingest side commits and scans only the Parquet files that can match. [`api`] maps
-//! HTTP requests to engine calls and is the only place that turns results into JSON responses.
+//! manifest the ingest side commits and scans only the Parquet files that can match, and the tables
+//! computed per trace ([`walk::DerivedTable`]): `edges` ([`edges`]), `critical_path`
+//! ([`critical_path`]) and `findings` ([`findings`]). The analyses behind the API are DataFrame
+//! queries over them ([`latency`], [`critical_path`], [`dependencies`], [`findings`]); [`functions`]
+//! registers every UDF. [`api`] maps HTTP requests to engine calls and is the only place that turns
+//! results into JSON responses.
 //!
 //! Invariants: this crate never imports the ingest crate (the two meet in the stored files and the
 //! manifest); it only reads the data directory.

@@ -1,10 +1,11 @@
 //! Walking the store one trace at a time.
 //!
 //! Analyses that need a whole trace (hop pairing, critical paths, findings) read the spans through
-//! [`crate::store::SpansTable::ordered_scan`], whose output is ordered by (trace id, start time), and
-//! hand each trace's rows to a [`PerTrace`] analysis. [`TraceExec`] is the execution plan that does
-//! this inside DataFusion, so the analyses are tables and queries like any other: it streams, holding
-//! one input batch plus the rows of the trace that straddles two batches.
+//! [`crate::store::SpansTable::trace_partitioned_scan`]: trace-id ranges read in parallel, each a
+//! merge of the (trace-sorted) files ordered by (trace id, start time). [`TraceExec`] hands each
+//! trace's rows to a [`PerTrace`] analysis inside DataFusion, so the analyses are tables
+//! ([`DerivedTable`]) and queries like any other. It streams, holding one input batch plus the rows
+//! of the trace that straddles two batches.
 
 use std::fmt;
 use std::ops::Range;
