@@ -16,7 +16,8 @@ use datafusion::functions::expr_fn::date_bin;
 use datafusion::functions_aggregate::expr_fn::{avg, count, first_value, max, min, percentile_cont, stddev_pop, sum};
 use datafusion::logical_expr::{Expr, SortExpr, case, col, lit};
 use hopscope_schemas::api::{
-    EdgeView, HeatmapCell, HistogramBucket, LatencyPoint, LatencyView, Percentiles, Predictability, TraceSummaryView,
+    EdgeView, HeatmapCell, HistogramBucket, LatencyPoint, LatencyView, Percentiles, Predictability, SlowCallView,
+    TraceSummaryView,
 };
 use hopscope_schemas::columns::{self as c, SEMCONV, edge};
 use hopscope_schemas::spans::{kind, status};
@@ -300,7 +301,8 @@ impl QueryEngine {
         Ok(out)
     }
 
-    /// The durations `/latency` looks at: a frame with `start_time` and `value` (nanoseconds).
+    /// The durations `/latency` looks at: a frame with `trace_id`, `start_time` and `value`
+    /// (nanoseconds).
     async fn latency_values(&self, query: &LatencyQuery) -> Result<DataFrame, QueryError> {
         let df = match &query.target {
             LatencyTarget::Service { service, operation } => {
@@ -315,11 +317,11 @@ impl QueryEngine {
                             .or(col(c::PARENT_SPAN_ID).is_null()),
                     ),
                 };
-                self.context()
-                    .table(SPANS_TABLE)
-                    .await?
-                    .filter(condition)?
-                    .select(vec![col(c::START_TIME), col(c::DURATION_NS).alias("value")])?
+                self.context().table(SPANS_TABLE).await?.filter(condition)?.select(vec![
+                    col(c::TRACE_ID),
+                    col(c::START_TIME),
+                    col(c::DURATION_NS).alias("value"),
+                ])?
             }
             LatencyTarget::Hop { caller, callee, operation } => {
                 let mut condition = in_range(edge::START_TIME, query.range)
@@ -329,6 +331,7 @@ impl QueryEngine {
                     condition = condition.and(col(edge::CALLEE_OPERATION).eq(lit(operation.as_str())));
                 }
                 self.context().table(EDGES_TABLE).await?.filter(condition)?.select(vec![
+                    col(edge::TRACE_ID),
                     col(edge::START_TIME),
                     datafusion::functions::expr_fn::coalesce(vec![
                         col(edge::CLIENT_DURATION_NS),
@@ -339,6 +342,39 @@ impl QueryEngine {
             }
         };
         Ok(df)
+    }
+
+    /// The slowest calls (or spans) of what `/latency` looks at, slowest first: the traces that make
+    /// its tail.
+    pub async fn slowest(&self, query: &LatencyQuery, limit: usize) -> Result<Vec<SlowCallView>, QueryError> {
+        let batches = self
+            .latency_values(query)
+            .await?
+            .sort(vec![col("value").sort(false, false), col(c::TRACE_ID).sort(true, false)])?
+            .limit(0, Some(limit))?
+            .collect()
+            .await?;
+        let mut out = Vec::new();
+        for batch in &batches {
+            let r = Results(batch);
+            let ids = batch
+                .column_by_name(c::TRACE_ID)
+                .ok_or_else(|| QueryError::Corrupt("result lacks trace_id".into()))?
+                .as_fixed_size_binary()
+                .clone();
+            let (start, value) = (r.ints(c::START_TIME)?, r.ints("value")?);
+            for row in 0..batch.num_rows() {
+                if value.is_null(row) {
+                    continue;
+                }
+                out.push(SlowCallView {
+                    trace_id: hex::encode(ids.value(row)),
+                    start_time: format_time(start.value(row)),
+                    duration_ns: value.value(row),
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Percentiles over time, a log-bucket histogram, a heatmap and predictability figures.

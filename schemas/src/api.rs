@@ -216,6 +216,14 @@ pub struct Predictability {
     pub coefficient_of_variation: Option<f64>,
 }
 
+/// One of the slowest calls (or spans) of a hop, service or operation: a trace to look at.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlowCallView {
+    pub trace_id: String,
+    pub start_time: String,
+    pub duration_ns: i64,
+}
+
 /// Answer of `GET /api/v1/latency`.
 #[derive(Debug, Clone, Serialize)]
 pub struct LatencyView {
