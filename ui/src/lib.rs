@@ -1,17 +1,87 @@
 //! hopscope's web pages, served by the same binary on the API address.
 //!
-//! For now this is the landing page: it says what is running and where to send spans. The service
-//! graph, tail-latency, trace and findings pages come with the analyses they draw.
+//! Every page is rendered on the server from the query engine's answers (the same calls the HTTP
+//! API makes, in-process), as HTML with inline SVG: no Node.js to build, no CDN, nothing to fetch
+//! but the page itself. [`maud`] escapes every string that comes from span data, so a span name like
+//! `<script>` shows as text. The graph layout is `rust-sugiyama`'s layered layout; charts are plain
+//! SVG shapes (lines, rectangles) drawn in [`charts`].
+//!
+//! Pages (routes in [`router`], the one place they are listed):
+//! - `/ui/graph`: the service graph ([`graph`]);
+//! - `/ui/service?name=` (and `&operation=`), `/ui/hop?caller=&callee=`: the tail-latency views
+//!   ([`latency`]);
+//! - `/ui/trace/{id}`: the waterfall with the critical path ([`trace`]);
+//! - `/ui/critical-path`, `/ui/findings`: the analyses ([`analysis`]);
+//! - `/ui/search`: trace search ([`search`]).
+//!
+//! Every page takes the time range as `range=15m|1h|6h|24h` or `range=custom&start=&end=`
+//! ([`window`]), so a page can be shared by its URL. The one script, `assets/app.js`, only shows a
+//! loading banner, toggles the custom range inputs and fills the span details panel of the trace
+//! page from `/api/v1/traces/{id}` (with `textContent`, never as HTML).
+
+use std::sync::Arc;
 
 use axum::Router;
-use axum::response::Html;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
+use hopscope_query::QueryEngine;
 
-/// The UI's routes.
-pub fn router() -> Router {
-    Router::new().route("/", get(index))
+pub mod analysis;
+pub mod charts;
+mod error;
+pub mod graph;
+pub mod latency;
+mod page;
+pub mod search;
+pub mod trace;
+pub mod window;
+
+pub use error::UiError;
+
+/// Where the pages tell people to send spans (shown on empty pages).
+#[derive(Debug, Clone)]
+pub struct UiConfig {
+    /// The OTLP/HTTP listen address, as bound.
+    pub otlp_http_addr: std::net::SocketAddr,
+    /// The OTLP/gRPC listen address, as bound.
+    pub otlp_grpc_addr: std::net::SocketAddr,
 }
 
-async fn index() -> Html<&'static str> {
-    Html(include_str!("index.html"))
+/// What every page handler gets.
+pub(crate) struct Ui {
+    pub(crate) engine: Arc<QueryEngine>,
+    pub(crate) config: UiConfig,
+}
+
+pub(crate) type UiState = axum::extract::State<Arc<Ui>>;
+
+/// The UI's routes: `/` redirects to the service graph.
+pub fn router(engine: Arc<QueryEngine>, config: UiConfig) -> Router {
+    let ui = Arc::new(Ui { engine, config });
+    Router::new()
+        .route("/", get(|| async { Redirect::to(graph::PATH) }))
+        .route(graph::PATH, get(graph::page))
+        .route(latency::SERVICE_PATH, get(latency::service_page))
+        .route(latency::HOP_PATH, get(latency::hop_page))
+        .route(&format!("{}/{{trace_id}}", trace::PATH), get(trace::page))
+        .route(analysis::CRITICAL_PATH_PATH, get(analysis::critical_path_page))
+        .route(analysis::FINDINGS_PATH, get(analysis::findings_page))
+        .route(search::PATH, get(search::page))
+        .route("/ui/assets/style.css", get(|| asset("text/css; charset=utf-8", include_str!("../assets/style.css"))))
+        .route("/ui/assets/app.js", get(|| asset("text/javascript; charset=utf-8", include_str!("../assets/app.js"))))
+        .route("/ui/{*rest}", get(page::not_found))
+        .with_state(ui)
+}
+
+async fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (header::CACHE_CONTROL, HeaderValue::from_static("max-age=300")),
+        ],
+        body,
+    )
+        .into_response()
 }

@@ -1,0 +1,127 @@
+// hopscope's one script. It never writes span data as HTML: everything from the API goes through
+// textContent, so a span name like <script> stays text.
+"use strict";
+
+(function () {
+  const loading = document.getElementById("loading");
+  function showLoading() { if (loading) loading.hidden = false; }
+  window.addEventListener("pageshow", function () { if (loading) loading.hidden = true; });
+
+  // A loading banner while the next page is computed.
+  document.addEventListener("click", function (event) {
+    const link = event.target.closest ? event.target.closest("a[href]") : null;
+    if (!link || event.defaultPrevented || event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey) return;
+    if (link.origin === window.location.origin && !link.hash) showLoading();
+  });
+  document.addEventListener("submit", showLoading);
+
+  // The time-range picker: a preset applies at once; "custom" shows the start and end inputs.
+  const range = document.querySelector("form.range select[name=range]");
+  if (range) {
+    range.addEventListener("change", function () {
+      const custom = range.value === "custom";
+      const inputs = document.querySelector("form.range .custom-range");
+      if (inputs) {
+        inputs.hidden = !custom;
+        inputs.querySelectorAll("input").forEach(function (i) { i.disabled = !custom; });
+      }
+      if (!custom) { showLoading(); range.form.submit(); }
+    });
+  }
+
+  // The trace page: span details on click.
+  const panel = document.getElementById("span-details");
+  if (!panel) return;
+  const traceId = panel.dataset.traceId;
+  let trace = null;
+  function load() {
+    if (!trace) {
+      trace = fetch("/api/v1/traces/" + encodeURIComponent(traceId)).then(function (r) {
+        if (!r.ok) throw new Error("the API answered " + r.status);
+        return r.json();
+      });
+    }
+    return trace;
+  }
+
+  function el(tag, text, cls) {
+    const e = document.createElement(tag);
+    if (text !== undefined && text !== null) e.textContent = String(text);
+    if (cls) e.className = cls;
+    return e;
+  }
+  function show(value) {
+    if (value === null || value === undefined) return "";
+    return typeof value === "string" ? value : JSON.stringify(value);
+  }
+  function keyValues(title, attributes) {
+    const section = document.createDocumentFragment();
+    section.appendChild(el("h4", title));
+    const list = Array.isArray(attributes) ? attributes : [];
+    if (list.length === 0) { section.appendChild(el("p", "none", "muted")); return section; }
+    const table = el("table");
+    list.forEach(function (a) {
+      const row = el("tr");
+      row.appendChild(el("th", a.key));
+      row.appendChild(el("td", show(a.value)));
+      table.appendChild(row);
+    });
+    section.appendChild(table);
+    return section;
+  }
+  function fields(pairs) {
+    const table = el("table");
+    pairs.forEach(function (p) {
+      const row = el("tr");
+      row.appendChild(el("th", p[0]));
+      row.appendChild(el("td", p[1]));
+      table.appendChild(row);
+    });
+    return table;
+  }
+
+  function render(span) {
+    panel.replaceChildren();
+    panel.appendChild(el("h3", span.service_name + " · " + span.name));
+    panel.appendChild(fields([
+      ["span id", span.span_id], ["parent", span.parent_span_id || "(root)"], ["kind", span.kind],
+      ["start", span.start_time], ["duration", (span.duration_ns / 1e6).toFixed(3) + " ms"],
+      ["status", span.status.code + (span.status.message ? ": " + span.status.message : "")],
+      ["scope", span.scope.name + (span.scope.version ? " " + span.scope.version : "")],
+    ]));
+    panel.appendChild(keyValues("Attributes", span.attributes));
+    panel.appendChild(el("h4", "Events (" + span.events.length + ")"));
+    span.events.forEach(function (e) {
+      panel.appendChild(el("p", e.time + "  " + e.name));
+      panel.appendChild(keyValues("", e.attributes));
+    });
+    panel.appendChild(el("h4", "Links (" + span.links.length + ")"));
+    span.links.forEach(function (l) {
+      const p = el("p");
+      const a = el("a", l.trace_id + " / " + l.span_id);
+      a.href = "/ui/trace/" + encodeURIComponent(l.trace_id);
+      p.appendChild(a);
+      panel.appendChild(p);
+    });
+    panel.appendChild(keyValues("Resource", span.resource.attributes));
+  }
+
+  function select(row) {
+    document.querySelectorAll(".span-row.selected").forEach(function (r) { r.classList.remove("selected"); });
+    row.classList.add("selected");
+    panel.hidden = false;
+    panel.replaceChildren(el("p", "Loading span details…"));
+    load().then(function (t) {
+      const span = t.spans.find(function (s) { return s.span_id === row.dataset.spanId; });
+      if (span) render(span); else panel.replaceChildren(el("p", "This span is no longer stored."));
+    }).catch(function (err) {
+      trace = null;
+      panel.replaceChildren(el("p", "Could not load the span: " + err.message));
+    });
+  }
+
+  // One listener for every row: a trace can have thousands.
+  function rowOf(event) { return event.target.closest ? event.target.closest(".span-row[data-span-id]") : null; }
+  document.addEventListener("click", function (e) { const row = rowOf(e); if (row) select(row); });
+  document.addEventListener("keydown", function (e) { const row = rowOf(e); if (row && e.key === "Enter") select(row); });
+})();

@@ -1,0 +1,179 @@
+//! The analysis pages: the aggregate critical path of an endpoint (typical against tail traces),
+//! and the findings ranked by what they cost, each linked to its evidence traces.
+
+use std::collections::HashMap;
+
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::Html;
+use hopscope_query::critical_path::AggregatePathQuery;
+use hopscope_query::findings::{FindingsQuery, Thresholds};
+use hopscope_schemas::api::{AggregateCriticalPathView, EndpointDependenciesView, PathGroupView};
+use maud::{Markup, html};
+
+use crate::latency::SERVICE_PATH;
+use crate::page::{Frame, PageParams, duration, percent};
+use crate::{UiError, UiState, trace};
+
+pub const CRITICAL_PATH_PATH: &str = "/ui/critical-path";
+pub const FINDINGS_PATH: &str = "/ui/findings";
+
+fn group(label: &str, g: &PathGroupView) -> Markup {
+    html! {
+        div.group {
+            dt { (label) }
+            dd { (g.traces) " traces, " (duration(g.min_duration_ns as f64)) "–" (duration(g.max_duration_ns as f64)) ", mean " (duration(g.mean_duration_ns)) }
+        }
+    }
+}
+
+fn endpoint_picker(params: &PageParams, endpoints: &[EndpointDependenciesView]) -> Markup {
+    html! {
+        table.endpoints {
+            thead { tr { th { "entry endpoint" } th.num { "depth" } th { } } }
+            tbody {
+                @for e in endpoints {
+                    tr {
+                        td { a href=(params.link(CRITICAL_PATH_PATH, &[("service", &e.service), ("operation", &e.operation)])) { (e.service) " · " (e.operation) } }
+                        td.num { (e.depth) }
+                        td { a href=(params.link(SERVICE_PATH, &[("name", &e.service), ("operation", &e.operation)])) { "latency" } }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn aggregate(params: &PageParams, view: &AggregateCriticalPathView) -> Markup {
+    html! {
+        dl.groups { (group("typical (p40–p60)", &view.typical)) (group("tail (p99 and slower)", &view.tail)) }
+        p.explain { "Each operation's self time on the critical path as a share of end-to-end latency, in typical traces and in the tail; ranked by the time it adds in the tail. An operation whose share grows in the tail is what makes the tail slow." }
+        table.aggregate-path {
+            thead { tr { th { "service · operation" } th { "typical share" } th { "tail share" } th.num { "typical self time" } th.num { "tail self time" } th.num { "added in the tail" } } }
+            tbody {
+                @for op in &view.operations {
+                    tr data-service=(op.service) data-operation=(op.operation) {
+                        td { a href=(params.link(SERVICE_PATH, &[("name", &op.service), ("operation", &op.operation)])) { (op.service) " · " (op.operation) } }
+                        td { span.share-bar.typical style=(format!("width:{:.1}%", 100.0 * op.typical_share.clamp(0.0, 1.0))) {} " " (percent(op.typical_share)) }
+                        td { span.share-bar.tail style=(format!("width:{:.1}%", 100.0 * op.tail_share.clamp(0.0, 1.0))) {} " " (percent(op.tail_share)) }
+                        td.num { (duration(op.typical_self_ns)) }
+                        td.num { (duration(op.tail_self_ns)) }
+                        td.num { (duration(op.tail_extra_ns)) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `GET /ui/critical-path?service=&operation=`
+pub(crate) async fn critical_path_page(
+    State(ui): UiState,
+    headers: HeaderMap,
+    Query(raw): Query<HashMap<String, String>>,
+) -> Result<Html<String>, UiError> {
+    let params = PageParams::new(raw, &["service", "operation"])?;
+    let service = params.text("service").map(str::to_owned);
+    let operation = params.text("operation").map(str::to_owned);
+    if operation.is_some() && service.is_none() {
+        return Err(UiError::BadParameter("operation: needs service (the root span's service)".into()));
+    }
+    let engine = &ui.engine;
+    let query =
+        AggregatePathQuery { range: params.window.range, service: service.clone(), operation: operation.clone() };
+    let (view, dependencies) = tokio::try_join!(
+        engine.bounded(engine.aggregate_critical_path(&query)),
+        engine.bounded(engine.dependencies(params.window.range)),
+    )?;
+    let empty = if view.traces == 0 {
+        Some(crate::page::empty_state(&ui, &params.window, &headers, "traces for this endpoint").await?)
+    } else {
+        None
+    };
+    let title = match (&service, &operation) {
+        (Some(s), Some(o)) => format!("Critical path of {s} · {o}"),
+        (Some(s), None) => format!("Critical path of {s}'s traces"),
+        _ => "Critical path of every trace".to_owned(),
+    };
+    let body = html! {
+        h1 { (title) }
+        p.summary { (view.traces) " traces in " (params.window.describe()) "." }
+        @if let Some(empty) = empty { (empty) } @else { (aggregate(&params, &view)) }
+        h2 { "Entry endpoints" }
+        @if dependencies.endpoints.is_empty() { p { "None in " (params.window.describe()) "." } }
+        @else { (endpoint_picker(&params, &dependencies.endpoints)) }
+    };
+    let mut keep = Vec::new();
+    if let Some(s) = &service {
+        keep.push(("service", s.as_str()));
+    }
+    if let Some(o) = &operation {
+        keep.push(("operation", o.as_str()));
+    }
+    Ok(Frame { title: &title, path: CRITICAL_PATH_PATH, window: &params.window, keep }.render(body))
+}
+
+/// What a finding kind means, in a few words.
+pub fn kind_label(kind: &str) -> &str {
+    match kind {
+        "n_plus_one" => "N+1 / chatty calls",
+        "sequential_calls" => "sequential calls that could run in parallel",
+        "missing_timeout" => "missing or loose timeout",
+        "retry_storm" => "retry storm",
+        "deep_chain" => "deep chain",
+        "repeated_call" => "repeated identical calls (cache candidate)",
+        "poison_message" => "poison message",
+        other => other,
+    }
+}
+
+/// `GET /ui/findings?service=`
+pub(crate) async fn findings_page(
+    State(ui): UiState,
+    headers: HeaderMap,
+    Query(raw): Query<HashMap<String, String>>,
+) -> Result<Html<String>, UiError> {
+    let params = PageParams::new(raw, &["service"])?;
+    let service = params.text("service").map(str::to_owned);
+    let query =
+        FindingsQuery { range: params.window.range, service: service.clone(), thresholds: Thresholds::default() };
+    let view = ui.engine.bounded(ui.engine.findings(&query)).await?;
+    let empty = if view.findings.is_empty() {
+        Some(crate::page::empty_state(&ui, &params.window, &headers, "findings").await?)
+    } else {
+        None
+    };
+    let title = match &service {
+        Some(s) => format!("Findings in {s}"),
+        None => "Findings".to_owned(),
+    };
+    let body = html! {
+        h1 { (title) }
+        p.summary { "Call patterns that make latency slow or unpredictable, most costly first, in " (params.window.describe()) ". Thresholds are the defaults of " code { "GET /api/v1/findings" } " (README)." }
+        form.filter method="get" action=(FINDINGS_PATH) {
+            @for (k, v) in params.window.query_pairs() { input type="hidden" name=(k) value=(v); }
+            label { "Service " input type="text" name="service" value=[service.as_deref()] placeholder="all"; }
+            button type="submit" { "Filter" }
+        }
+        @if let Some(empty) = empty { (empty) } @else {
+            table.findings {
+                thead { tr { th { "finding" } th { "where" } th { "calls" } th.num { "occurrences" } th.num { "traces" } th.num { "cost (total)" } th.num { "cost (each)" } th { "threshold" } th { "evidence" } } }
+                tbody {
+                    @for f in &view.findings {
+                        tr data-kind=(f.kind) {
+                            td { strong { (kind_label(&f.kind)) } }
+                            td { a href=(params.link(SERVICE_PATH, &[("name", &f.service), ("operation", &f.operation)])) { (f.service) " · " (f.operation) } }
+                            td { (f.callee.as_deref().unwrap_or("–")) " " span.calls { "(" (f.calls) ")" } }
+                            td.num { (f.occurrences) } td.num { (f.traces) }
+                            td.num { (duration(f.cost_ns_total as f64)) } td.num { (duration(f.cost_ns_mean)) }
+                            td { code { (f.threshold) } }
+                            td.evidence { @for id in &f.evidence_trace_ids { a.trace-link href=(format!("{}/{}", trace::PATH, id)) title=(id) { code { (id.get(..8).unwrap_or(id)) } } " " } }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let keep = service.as_deref().map(|s| vec![("service", s)]).unwrap_or_default();
+    Ok(Frame { title: &title, path: FINDINGS_PATH, window: &params.window, keep }.render(body))
+}

@@ -1,0 +1,385 @@
+//! The service graph page: services and the databases, caches, queues and external APIs they call,
+//! laid out left to right from the entry points by `rust-sugiyama`'s layered (Sugiyama) layout.
+//! Edges carry calls/s and the hop's p99 and are coloured by latency or error rate; resources used
+//! by several services stand out. A node links to its page, an edge to its hop page.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::Html;
+use hopscope_schemas::api::{DependenciesView, GraphEdgeView, GraphNodeView};
+use maud::{Markup, html};
+
+use crate::latency::{HOP_PATH, SERVICE_PATH};
+use crate::page::{Frame, PageParams, duration, rate};
+use crate::{UiError, UiState, analysis};
+
+pub const PATH: &str = "/ui/graph";
+
+const NODE_W: f64 = 170.0;
+const NODE_H: f64 = 34.0;
+/// Distance between the left edges of two columns (layers).
+const COLUMN_STEP: f64 = 290.0;
+/// Space kept free around the drawing.
+const PAD: f64 = 24.0;
+/// Vertical room between two nodes of a column.
+const ROW_GAP: f64 = 26.0;
+/// Space between two disconnected parts of the graph, stacked top to bottom.
+const PART_GAP: f64 = 40.0;
+
+/// How edges are coloured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Colouring {
+    /// By the hop's p99.
+    Latency,
+    /// By the share of calls that failed.
+    Errors,
+}
+
+/// Where each node sits (its top-left corner), and the drawing's size.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layout {
+    pub positions: HashMap<String, (f64, f64)>,
+    pub width: f64,
+    pub height: f64,
+}
+
+/// Lays the graph out left to right: layers from `rust-sugiyama` become columns (entry points on
+/// the left), its order within a layer becomes the order top to bottom. Disconnected parts are
+/// stacked; self-calls and repeated edges do not change the layout.
+pub fn layout(nodes: &[String], edges: &[(String, String)]) -> Result<Layout, UiError> {
+    let index: HashMap<&str, u32> = nodes.iter().enumerate().map(|(i, n)| (n.as_str(), i as u32)).collect();
+    let mut pairs = BTreeSet::new();
+    for (caller, callee) in edges {
+        let (Some(&a), Some(&b)) = (index.get(caller.as_str()), index.get(callee.as_str())) else {
+            return Err(UiError::Layout(format!("edge {caller} → {callee} names a node that is not in the graph")));
+        };
+        if a != b {
+            pairs.insert((a, b));
+        }
+    }
+    let pairs: Vec<(u32, u32)> = pairs.into_iter().collect();
+    // Sugiyama's layer axis is vertical; ours is horizontal, so a node's extent within a layer is
+    // its height.
+    let vertices: Vec<(u32, (f64, f64))> = (0..nodes.len() as u32).map(|i| (i, (NODE_H, NODE_W))).collect();
+    let config = rust_sugiyama::configure::Config {
+        vertex_spacing: ROW_GAP,
+        dummy_vertices: true,
+        // Transposing improves crossings but costs much more time on large graphs.
+        transpose: nodes.len() <= 120,
+        ..Default::default()
+    };
+    let parts = std::panic::catch_unwind(|| rust_sugiyama::from_vertices_and_edges(&vertices, &pairs, &config))
+        .map_err(|_| UiError::Layout("the layout library failed on this graph".into()))?;
+
+    let mut positions = HashMap::new();
+    let (mut top, mut width) = (PAD, 0.0f64);
+    for (coordinates, _, _) in parts {
+        let real: Vec<(usize, f64, f64)> =
+            coordinates.into_iter().filter(|(id, _)| *id < nodes.len()).map(|(id, (x, y))| (id, x, y)).collect();
+        // Layers: the distinct vertical coordinates, in order.
+        let mut layers: Vec<f64> = real.iter().map(|r| r.2).collect();
+        layers.sort_by(f64::total_cmp);
+        layers.dedup_by(|a, b| (*a - *b).abs() < 0.5);
+        let low = real.iter().map(|r| r.1).fold(f64::INFINITY, f64::min);
+        let mut bottom = top;
+        for (id, x, y) in &real {
+            let column = layers.iter().position(|l| (l - y).abs() < 0.5).unwrap_or(0);
+            let (left, upper) = (PAD + COLUMN_STEP * column as f64, top + (x - low));
+            positions.insert(nodes[*id].clone(), (left, upper));
+            width = width.max(left + NODE_W + PAD);
+            bottom = bottom.max(upper + NODE_H);
+        }
+        top = bottom + PART_GAP;
+    }
+    Ok(Layout {
+        positions,
+        width: width.max(NODE_W + 2.0 * PAD),
+        height: (top - PART_GAP + PAD).max(NODE_H + 2.0 * PAD),
+    })
+}
+
+/// The class an edge's colour comes from, and what it means.
+fn edge_class(edge: &GraphEdgeView, colouring: Colouring) -> &'static str {
+    match colouring {
+        Colouring::Latency => match edge.p99_ns {
+            p if p < 10e6 => "good",
+            p if p < 100e6 => "fair",
+            p if p < 1e9 => "poor",
+            _ => "bad",
+        },
+        Colouring::Errors => match edge.errors as f64 / edge.calls.max(1) as f64 {
+            0.0 => "good",
+            r if r < 0.01 => "fair",
+            r if r < 0.05 => "poor",
+            _ => "bad",
+        },
+    }
+}
+
+/// How busy an edge is: calls per second, or the count when that would round to nothing.
+fn volume(calls: u64, seconds: f64) -> String {
+    let per_s = calls as f64 / seconds.max(1e-9);
+    if per_s >= 0.1 { rate(per_s) } else { format!("{calls} call{}", if calls == 1 { "" } else { "s" }) }
+}
+
+/// A short label that fits a node; the full name is in its tooltip.
+fn fit(name: &str) -> String {
+    const MAX: usize = 22;
+    if name.chars().count() <= MAX {
+        name.to_owned()
+    } else {
+        format!("{}…", name.chars().take(MAX - 1).collect::<String>())
+    }
+}
+
+fn node_shape(node: &GraphNodeView) -> Markup {
+    let (w, h) = (NODE_W, NODE_H);
+    html! {
+        @match node.kind.as_str() {
+            "database" => {
+                path.shape d=(format!("M0,6 a{r},6 0 0,0 {w},0 a{r},6 0 0,0 -{w},0 v{b} a{r},6 0 0,0 {w},0 v-{b}", r = w / 2.0, b = h - 12.0)) {}
+            }
+            "messaging" => {
+                path.shape d=(format!("M10,0 H{} L{},{} H0 Z", w, w - 10.0, h)) {}
+            }
+            "user" => { rect.shape width=(w) height=(h) rx=(h / 2.0) {} }
+            _ => { rect.shape width=(w) height=(h) rx="6" {} }
+        }
+    }
+}
+
+fn edge_path(from: (f64, f64), to: (f64, f64)) -> (String, (f64, f64)) {
+    let (sx, sy) = (from.0 + NODE_W, from.1 + NODE_H / 2.0);
+    let (tx, ty) = (to.0, to.1 + NODE_H / 2.0);
+    let (c1, c2) = if tx > sx {
+        let bend = (tx - sx) / 2.0;
+        ((sx + bend, sy), (tx - bend, ty))
+    } else {
+        // A call back to an earlier column: loop around below.
+        let drop = 60.0 + (sx - tx).abs() / 6.0;
+        ((sx + 60.0, sy.max(ty) + drop), (tx - 60.0, sy.max(ty) + drop))
+    };
+    let mid = ((sx + 3.0 * c1.0 + 3.0 * c2.0 + tx) / 8.0, (sy + 3.0 * c1.1 + 3.0 * c2.1 + ty) / 8.0);
+    (format!("M{sx:.1},{sy:.1} C{:.1},{:.1} {:.1},{:.1} {tx:.1},{ty:.1}", c1.0, c1.1, c2.0, c2.1), mid)
+}
+
+/// The graph as SVG: one `g.node` per node and one `g.edge` per edge, each a link.
+pub(crate) fn render_graph(
+    params: &PageParams,
+    view: &DependenciesView,
+    layout: &Layout,
+    colouring: Colouring,
+) -> Markup {
+    let seconds = params.window.range.seconds();
+    let shared: HashMap<&str, usize> =
+        view.shared_resources.iter().map(|s| (s.name.as_str(), s.services.len())).collect();
+    html! {
+        div.graph-scroll {
+            svg #service-graph role="img" aria-label="service graph" viewBox=(format!("0 0 {:.0} {:.0}", layout.width, layout.height)) width=(format!("{:.0}", layout.width)) height=(format!("{:.0}", layout.height)) {
+                defs {
+                    marker #arrow viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse" {
+                        path d="M0,0 L10,5 L0,10 z" fill="#868e96" {}
+                    }
+                }
+                @for edge in &view.edges {
+                    @if let (Some(&from), Some(&to)) = (layout.positions.get(&edge.caller), layout.positions.get(&edge.callee)) {
+                        @let (d, mid) = edge_path(from, to);
+                        @let width = (1.0 + (edge.calls as f64).log10().max(0.0)).min(6.0);
+                        @let label = format!("{} · p99 {}", volume(edge.calls, seconds), duration(edge.p99_ns));
+                        a href=(params.link(HOP_PATH, &[("caller", &edge.caller), ("callee", &edge.callee)])) {
+                            g class=(format!("edge {}", edge_class(edge, colouring))) data-caller=(edge.caller) data-callee=(edge.callee) data-connection=(edge.connection) {
+                                title { (edge.caller) " → " (edge.callee) " (" (edge.connection) "): " (edge.calls) " calls, " (edge.errors) " errors, " (label) }
+                                path.edge-line d=(d) stroke-width=(format!("{width:.1}")) marker-end="url(#arrow)" stroke-dasharray=[(edge.connection == "messaging").then_some("6 4")] {}
+                                text.edge-label x=(format!("{:.1}", mid.0)) y=(format!("{:.1}", mid.1 - 4.0)) text-anchor="middle" { (label) }
+                            }
+                        }
+                    }
+                }
+                @for node in &view.nodes {
+                    @if let Some(&(x, y)) = layout.positions.get(&node.name) {
+                        a href=(params.link(SERVICE_PATH, &[("name", &node.name)])) {
+                            g class=(format!("node kind-{}{}", node.kind, if shared.contains_key(node.name.as_str()) { " shared" } else { "" })) data-name=(node.name) data-kind=(node.kind) transform=(format!("translate({x:.1},{y:.1})")) {
+                                title { (node.name) " (" (node.kind) "), " (node.calls_in) " calls in" @if let Some(n) = shared.get(node.name.as_str()) { ", shared by " (n) " services" } }
+                                (node_shape(node))
+                                text.node-label x=(NODE_W / 2.0) y=(NODE_H / 2.0 + 4.0) text-anchor="middle" { (fit(&node.name)) }
+                                @if let Some(n) = shared.get(node.name.as_str()) {
+                                    text.badge x=(NODE_W - 4.0) y="-4" text-anchor="end" { "shared by " (n) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn legend(colouring: Colouring) -> Markup {
+    let classes = match colouring {
+        Colouring::Latency => [("good", "p99 < 10ms"), ("fair", "< 100ms"), ("poor", "< 1s"), ("bad", "≥ 1s")],
+        Colouring::Errors => [("good", "no errors"), ("fair", "< 1% errors"), ("poor", "< 5%"), ("bad", "≥ 5%")],
+    };
+    html! {
+        p.legend {
+            @for (class, label) in classes { span class=(format!("swatch edge-swatch {class}")) {} (label) " " }
+            " · nodes: "
+            @for kind in ["service", "database", "cache", "messaging", "external", "rpc", "user"] {
+                span class=(format!("swatch node-swatch kind-{kind}")) {} (kind) " "
+            }
+            " · dashed: messaging"
+        }
+    }
+}
+
+/// `GET /ui/graph?color=latency|errors`
+pub(crate) async fn page(
+    State(ui): UiState,
+    headers: HeaderMap,
+    Query(raw): Query<HashMap<String, String>>,
+) -> Result<Html<String>, UiError> {
+    let params = PageParams::new(raw, &["color"])?;
+    let colouring = match params.text("color") {
+        None | Some("latency") => Colouring::Latency,
+        Some("errors") => Colouring::Errors,
+        Some(other) => return Err(UiError::BadParameter(format!("color: expected latency or errors, got {other:?}"))),
+    };
+    let view = ui.engine.bounded(ui.engine.dependencies(params.window.range)).await?;
+    let body = if view.nodes.is_empty() {
+        crate::page::empty_state(&ui, &params.window, &headers, "calls").await?
+    } else {
+        let names: Vec<String> = view.nodes.iter().map(|n| n.name.clone()).collect();
+        let pairs: Vec<(String, String)> = view.edges.iter().map(|e| (e.caller.clone(), e.callee.clone())).collect();
+        let layout = tokio::task::spawn_blocking(move || layout(&names, &pairs))
+            .await
+            .map_err(|e| UiError::Layout(e.to_string()))??;
+        render_page(&params, &view, &layout, colouring)
+    };
+    let keep = params.text("color").map(|c| vec![("color", c)]).unwrap_or_default();
+    Ok(Frame { title: "Service graph", path: PATH, window: &params.window, keep }.render(body))
+}
+
+fn render_page(params: &PageParams, view: &DependenciesView, layout: &Layout, colouring: Colouring) -> Markup {
+    let other = match colouring {
+        Colouring::Latency => ("errors", "colour by error rate"),
+        Colouring::Errors => ("latency", "colour by p99 latency"),
+    };
+    let mut callers: BTreeMap<&str, usize> = BTreeMap::new();
+    for e in &view.edges {
+        *callers.entry(e.caller.as_str()).or_default() += 1;
+    }
+    html! {
+        h1 { "Service graph" }
+        p.summary {
+            (view.nodes.len()) " nodes, " (view.edges.len()) " hops in " (params.window.describe()) ". "
+            "Click a node for its latency, an edge for the hop. "
+            a href=(params.link(PATH, &[("color", other.0)])) { (other.1) }
+        }
+        (legend(colouring))
+        (render_graph(params, view, layout, colouring))
+        @if !view.shared_resources.is_empty() {
+            h2 { "Shared resources" }
+            p { "Databases, caches and queues used by several services: they couple services that look independent." }
+            table.shared-resources {
+                thead { tr { th { "resource" } th { "kind" } th { "used by" } th.num { "calls" } } }
+                tbody {
+                    @for s in &view.shared_resources {
+                        tr {
+                            td { a href=(params.link(SERVICE_PATH, &[("name", &s.name)])) { (s.name) } }
+                            td { (s.kind) }
+                            td { @for (i, service) in s.services.iter().enumerate() { @if i > 0 { ", " } a href=(params.link(SERVICE_PATH, &[("name", service)])) { (service) } } }
+                            td.num { (s.calls) }
+                        }
+                    }
+                }
+            }
+        }
+        @if !view.endpoints.is_empty() {
+            h2 { "Entry endpoints" }
+            table.endpoints {
+                thead { tr { th { "endpoint" } th.num { "depth" } th { "reaches" } th { "slowest hop (p99)" } th { } } }
+                tbody {
+                    @for e in &view.endpoints {
+                        tr {
+                            td { a href=(params.link(SERVICE_PATH, &[("name", &e.service), ("operation", &e.operation)])) { (e.service) " · " (e.operation) } }
+                            td.num { (e.depth) }
+                            td { (e.reaches.len()) " nodes" }
+                            td { @if let Some(h) = &e.slowest_hop { a href=(params.link(HOP_PATH, &[("caller", &h.caller), ("callee", &h.callee)])) { (h.caller) " → " (h.callee) } " " (duration(h.p99_ns)) } }
+                            td { a href=(params.link(analysis::CRITICAL_PATH_PATH, &[("service", &e.service), ("operation", &e.operation)])) { "critical path" } }
+                        }
+                    }
+                }
+            }
+        }
+        @if !view.async_links.is_empty() {
+            h2 { "Asynchronous links" }
+            table.async-links {
+                thead { tr { th { "producer" } th { "broker" } th { "consumer" } th.num { "messages" } th.num { "queue delay p50" } th.num { "p99" } } }
+                tbody {
+                    @for l in &view.async_links {
+                        tr {
+                            td { (l.producer) } td { (l.broker.as_deref().unwrap_or("–")) } td { (l.consumer) } td.num { (l.messages) }
+                            td.num { @if let Some(q) = &l.queue_delay { (duration(q.p50_ns)) } } td.num { @if let Some(q) = &l.queue_delay { (duration(q.p99_ns)) } }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(n: &[&str]) -> Vec<String> {
+        n.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn edges(e: &[(&str, &str)]) -> Vec<(String, String)> {
+        e.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect()
+    }
+
+    fn overlap(a: (f64, f64), b: (f64, f64)) -> bool {
+        (a.0 - b.0).abs() < NODE_W && (a.1 - b.1).abs() < NODE_H
+    }
+
+    #[test]
+    fn callers_sit_left_of_callees_and_nodes_do_not_overlap() {
+        let nodes = names(&["user", "gateway", "orders", "payments", "postgresql/shop", "redis", "lonely", "other"]);
+        let calls = edges(&[
+            ("user", "gateway"),
+            ("gateway", "orders"),
+            ("gateway", "payments"),
+            ("orders", "postgresql/shop"),
+            ("payments", "postgresql/shop"),
+            ("orders", "redis"),
+            ("orders", "orders"),
+            ("gateway", "orders"),
+            ("lonely", "other"),
+        ]);
+        let laid = layout(&nodes, &calls).unwrap();
+        assert_eq!(laid.positions.len(), nodes.len());
+        for (caller, callee) in &calls {
+            if caller != callee {
+                assert!(laid.positions[caller].0 < laid.positions[callee].0, "{caller} → {callee}: {laid:?}");
+            }
+        }
+        let all: Vec<(f64, f64)> = laid.positions.values().copied().collect();
+        for (i, a) in all.iter().enumerate() {
+            assert!(a.0 + NODE_W <= laid.width && a.1 + NODE_H <= laid.height, "{a:?} outside {laid:?}");
+            for b in &all[i + 1..] {
+                assert!(!overlap(*a, *b), "{a:?} and {b:?} overlap");
+            }
+        }
+    }
+
+    #[test]
+    fn cycles_and_lone_nodes_are_laid_out() {
+        let nodes = names(&["a", "b", "c", "alone"]);
+        let laid = layout(&nodes, &edges(&[("a", "b"), ("b", "c"), ("c", "a")])).unwrap();
+        assert_eq!(laid.positions.len(), 4);
+        assert!(layout(&nodes, &edges(&[("a", "nowhere")])).is_err());
+    }
+}

@@ -1,0 +1,248 @@
+//! The tail-latency pages: a service (or one of its operations), and a hop. Each shows the
+//! percentiles over time, the heatmap, the histogram, the predictability figures and the slowest
+//! traces; a hop also shows its client time, server time and network/queueing gap side by side.
+
+use std::collections::HashMap;
+
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::Html;
+use hopscope_query::latency::{EdgesQuery, LatencyQuery, LatencyTarget};
+use hopscope_query::params::TimeRange;
+use hopscope_schemas::api::{EdgeView, LatencyView, SlowCallView};
+use maud::{Markup, html};
+
+use crate::page::{Frame, PageParams, duration, rate};
+use crate::{UiError, UiState, analysis, charts, graph, trace};
+
+pub const SERVICE_PATH: &str = "/ui/service";
+pub const HOP_PATH: &str = "/ui/hop";
+
+/// How many of the slowest traces a page lists.
+const SLOWEST: usize = 10;
+
+/// About 60 steps over the range, at a round size (at least 10 s).
+pub fn step_for(range: TimeRange) -> i64 {
+    const STEPS_S: [i64; 9] = [10, 30, 60, 120, 300, 600, 1_800, 3_600, 6 * 3_600];
+    let span_s = (range.end_ns - range.start_ns) / 1_000_000_000;
+    STEPS_S.iter().copied().find(|s| span_s / s <= 60).unwrap_or(24 * 3_600) * 1_000_000_000
+}
+
+/// The tail-latency view: summary figures, then the three charts.
+fn tail_view(view: &LatencyView, range: TimeRange) -> Markup {
+    let s = &view.summary;
+    html! {
+        section.tail-latency {
+            dl.figures {
+                div { dt { "calls" } dd { (s.count) } }
+                div { dt { "p50" } dd { (duration(s.percentiles.p50_ns)) } }
+                div { dt { "p90" } dd { (duration(s.percentiles.p90_ns)) } }
+                div { dt { "p99" } dd { (duration(s.percentiles.p99_ns)) } }
+                div { dt { "p99.9" } dd { (duration(s.percentiles.p999_ns)) } }
+                div title="How much slower the tail is than the typical call; 1 is perfectly predictable" {
+                    dt { "p99 / p50" } dd.predictability { @if let Some(r) = s.p99_over_p50 { (format!("{r:.1}×")) } @else { "–" } }
+                }
+                div title="Standard deviation over the mean" {
+                    dt { "coefficient of variation" } dd { @if let Some(cv) = s.coefficient_of_variation { (format!("{cv:.2}")) } @else { "–" } }
+                }
+                div { dt { "mean ± stddev" } dd { (duration(s.mean_ns)) " ± " (duration(s.stddev_ns)) } }
+            }
+            (charts::percentiles_over_time(view, range))
+            (charts::heatmap(view, range))
+            (charts::histogram(view))
+        }
+    }
+}
+
+fn slowest_table(params: &PageParams, calls: &[SlowCallView]) -> Markup {
+    html! {
+        h2 { "Slowest traces" }
+        @if calls.is_empty() { p { "None in " (params.window.describe()) "." } }
+        @else {
+            table.slowest {
+                thead { tr { th { "trace" } th { "started" } th.num { "duration" } } }
+                tbody {
+                    @for c in calls {
+                        tr {
+                            td { a.trace-link href=(format!("{}/{}", trace::PATH, c.trace_id)) { code { (c.trace_id) } } }
+                            td { (c.start_time.get(..19).unwrap_or(&c.start_time)) }
+                            td.num { (duration(c.duration_ns as f64)) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn hops_table(params: &PageParams, edges: &[EdgeView]) -> Markup {
+    html! {
+        table.hops {
+            thead { tr { th { "caller" } th { "callee" } th { "connection" } th.num { "calls" } th.num { "errors" } th.num { "rate" } th.num { "client p99" } th.num { "server p99" } th.num { "gap p99" } } }
+            tbody {
+                @for e in edges {
+                    tr {
+                        td { a href=(params.link(SERVICE_PATH, &[("name", &e.caller)])) { (e.caller) } }
+                        td { a href=(params.link(SERVICE_PATH, &[("name", &e.callee)])) { (e.callee) } " " span.kind { (e.callee_kind) } }
+                        td { a href=(params.link(HOP_PATH, &[("caller", &e.caller), ("callee", &e.callee)])) { (e.connection) " hop" } }
+                        td.num { (e.calls) } td.num { (e.errors) } td.num { (rate(e.rate_per_s)) }
+                        td.num { @if let Some(p) = &e.client { (duration(p.p99_ns)) } @else { "–" } }
+                        td.num { @if let Some(p) = &e.server { (duration(p.p99_ns)) } @else { "–" } }
+                        td.num { @if let Some(p) = &e.gap { (duration(p.p99_ns)) } @else { "–" } }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `GET /ui/service?name=X[&operation=Y]`: a service, one of its operations, or an uninstrumented
+/// node (its callers' hops).
+pub(crate) async fn service_page(
+    State(ui): UiState,
+    headers: HeaderMap,
+    Query(raw): Query<HashMap<String, String>>,
+) -> Result<Html<String>, UiError> {
+    let params = PageParams::new(raw, &["name", "operation"])?;
+    let name = params.required("name")?.to_owned();
+    let operation = params.text("operation").map(str::to_owned);
+    let range = params.window.range;
+    let engine = &ui.engine;
+    let query = LatencyQuery {
+        target: LatencyTarget::Service { service: name.clone(), operation: operation.clone() },
+        range,
+        step_ns: step_for(range),
+    };
+    let edges_query = EdgesQuery { range, service: Some(name.clone()), by_operation: false };
+    let (operations, edges, view, slowest) = tokio::try_join!(
+        engine.bounded(engine.operations(&name)),
+        engine.bounded(engine.edges(&edges_query)),
+        engine.bounded(engine.latency(&query)),
+        engine.bounded(engine.slowest(&query, SLOWEST)),
+    )?;
+    let title = match &operation {
+        Some(op) => format!("{name} · {op}"),
+        None => name.clone(),
+    };
+    let (incoming, outgoing): (Vec<EdgeView>, Vec<EdgeView>) = edges.into_iter().partition(|e| e.callee == name);
+    let instrumented = !operations.is_empty();
+    let empty = if !instrumented && incoming.is_empty() && outgoing.is_empty() {
+        Some(crate::page::empty_state(&ui, &params.window, &headers, &format!("spans or calls of {name:?}")).await?)
+    } else {
+        None
+    };
+    let body = html! {
+        p.crumbs { a href=(params.link(graph::PATH, &[])) { "Service graph" } " › " a href=(params.link(SERVICE_PATH, &[("name", &name)])) { (name) } @if let Some(op) = &operation { " › " (op) } }
+        h1 { (title) }
+        @if let Some(empty) = empty {
+            (empty)
+        } @else {
+            @if instrumented {
+                p.summary {
+                    @match &operation {
+                        Some(_) => { "Every span of this operation in " (params.window.describe()) "." }
+                        None => { "The service's entry spans (server, consumer and root spans) in " (params.window.describe()) ". " }
+                    }
+                    " " a href=(params.link(crate::search::PATH, &[("service", &name)])) { "search its traces" }
+                    @if let Some(op) = &operation { " · " a href=(params.link(analysis::CRITICAL_PATH_PATH, &[("service", &name), ("operation", op)])) { "critical path of this endpoint" } }
+                }
+                @if view.summary.count == 0 { p.empty { "No spans in " (params.window.describe()) ": pick a longer time range." } }
+                @else { (tail_view(&view, range)) }
+                (slowest_table(&params, &slowest))
+            } @else {
+                p.summary {
+                    @if let Some(e) = incoming.first() { "Not instrumented (a " (e.callee_kind) "): hopscope knows it from the calls made to it. " }
+                    @else { "Requests from outside the system. " }
+                    "Open a hop for its latency."
+                }
+            }
+            @if !incoming.is_empty() { h2 { "Called by" } (hops_table(&params, &incoming)) }
+            @if !outgoing.is_empty() { h2 { "Calls" } (hops_table(&params, &outgoing)) }
+            @if instrumented && operation.is_none() {
+                h2 { "Operations" }
+                table.operations {
+                    thead { tr { th { "operation" } th { "kind" } th.num { "spans (all time)" } } }
+                    tbody {
+                        @for op in &operations {
+                            tr {
+                                td { a href=(params.link(SERVICE_PATH, &[("name", &name), ("operation", &op.name)])) { (op.name) } }
+                                td { (op.span_kind) } td.num { (op.spans) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let mut keep = vec![("name", name.as_str())];
+    if let Some(op) = &operation {
+        keep.push(("operation", op.as_str()));
+    }
+    Ok(Frame { title: &title, path: SERVICE_PATH, window: &params.window, keep }.render(body))
+}
+
+/// `GET /ui/hop?caller=A&callee=B`: one hop's latency, its three durations side by side.
+pub(crate) async fn hop_page(
+    State(ui): UiState,
+    headers: HeaderMap,
+    Query(raw): Query<HashMap<String, String>>,
+) -> Result<Html<String>, UiError> {
+    let params = PageParams::new(raw, &["caller", "callee"])?;
+    let (caller, callee) = (params.required("caller")?.to_owned(), params.required("callee")?.to_owned());
+    let range = params.window.range;
+    let engine = &ui.engine;
+    let query = LatencyQuery {
+        target: LatencyTarget::Hop { caller: caller.clone(), callee: callee.clone(), operation: None },
+        range,
+        step_ns: step_for(range),
+    };
+    let edges_query = EdgesQuery { range, service: Some(caller.clone()), by_operation: false };
+    let (edges, view, slowest) = tokio::try_join!(
+        engine.bounded(engine.edges(&edges_query)),
+        engine.bounded(engine.latency(&query)),
+        engine.bounded(engine.slowest(&query, SLOWEST)),
+    )?;
+    let hop: Vec<EdgeView> = edges.into_iter().filter(|e| e.caller == caller && e.callee == callee).collect();
+    let title = format!("{caller} → {callee}");
+    let empty = if hop.is_empty() {
+        Some(
+            crate::page::empty_state(&ui, &params.window, &headers, &format!("calls from {caller:?} to {callee:?}"))
+                .await?,
+        )
+    } else {
+        None
+    };
+    let body = html! {
+        p.crumbs { a href=(params.link(graph::PATH, &[])) { "Service graph" } " › " a href=(params.link(SERVICE_PATH, &[("name", &caller)])) { (caller) } " → " a href=(params.link(SERVICE_PATH, &[("name", &callee)])) { (callee) } }
+        h1 { (title) }
+        @if let Some(empty) = empty {
+            (empty)
+        } @else {
+            @for e in &hop {
+                h2 { (e.connection) " calls: " (e.calls) " (" (rate(e.rate_per_s)) "), " (e.errors) " with errors" }
+                p.explain { "Client time is what " (caller) " waited; server time is what " (callee) " spent; the gap between them is the network and queueing (negative under clock skew)." }
+                (charts::side_by_side(&[("client", e.client.as_ref()), ("server", e.server.as_ref()), ("network / queueing gap", e.gap.as_ref())]))
+            }
+            h2 { "Latency of the calls (client side where known)" }
+            (tail_view(&view, range))
+            (slowest_table(&params, &slowest))
+        }
+    };
+    let keep = vec![("caller", caller.as_str()), ("callee", callee.as_str())];
+    Ok(Frame { title: &title, path: HOP_PATH, window: &params.window, keep }.render(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_give_about_sixty_points() {
+        let hour = TimeRange { start_ns: 0, end_ns: 3_600_000_000_000 };
+        assert_eq!(step_for(hour), 60_000_000_000);
+        let quarter = TimeRange { start_ns: 0, end_ns: 900_000_000_000 };
+        assert_eq!(step_for(quarter), 30_000_000_000);
+        let day = TimeRange { start_ns: 0, end_ns: 86_400_000_000_000 };
+        assert_eq!(step_for(day), 1_800_000_000_000);
+    }
+}

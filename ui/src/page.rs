@@ -1,0 +1,254 @@
+//! What every page shares: the frame (navigation and the time-range picker), parameter checking,
+//! number formatting, and the error and empty states.
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{Html, IntoResponse, Response};
+use maud::{DOCTYPE, Markup, html};
+
+use crate::window::{self, PRESETS, Window, href, minute};
+use crate::{Ui, UiError, analysis, graph, search};
+
+/// The pages in the navigation bar, in order.
+const NAV: [(&str, &str); 4] = [
+    ("Service graph", graph::PATH),
+    ("Search", search::PATH),
+    ("Critical path", analysis::CRITICAL_PATH_PATH),
+    ("Findings", analysis::FINDINGS_PATH),
+];
+
+/// A page's checked parameters: its own, plus the time range.
+pub(crate) struct PageParams {
+    values: HashMap<String, String>,
+    pub(crate) window: Window,
+}
+
+impl PageParams {
+    /// Refuses parameters the page does not take (naming them), then reads the time range.
+    pub(crate) fn new(values: HashMap<String, String>, allowed: &[&str]) -> Result<Self, UiError> {
+        let mut unknown: Vec<&str> =
+            values.keys().map(String::as_str).filter(|k| !allowed.contains(k) && !window::PARAMS.contains(k)).collect();
+        if !unknown.is_empty() {
+            unknown.sort_unstable();
+            let mut takes: Vec<&str> = allowed.to_vec();
+            takes.extend(window::PARAMS);
+            return Err(UiError::BadParameter(format!(
+                "unknown parameter {}; this page takes {}",
+                unknown.join(", "),
+                takes.join(", ")
+            )));
+        }
+        let window = Window::from_params(&values, now_ns())?;
+        Ok(Self { values, window })
+    }
+
+    /// A parameter's value; an empty one (an empty form field) counts as absent.
+    pub(crate) fn text(&self, name: &str) -> Option<&str> {
+        self.values.get(name).map(String::as_str).filter(|v| !v.is_empty())
+    }
+
+    /// A parameter that must be there.
+    pub(crate) fn required(&self, name: &str) -> Result<&str, UiError> {
+        self.text(name).ok_or_else(|| UiError::BadParameter(format!("{name}: missing")))
+    }
+
+    /// A duration parameter (`250ms`, `1.5s`).
+    pub(crate) fn duration(&self, name: &str) -> Result<Option<i64>, UiError> {
+        self.text(name)
+            .map(|v| {
+                hopscope_query::params::parse_duration(v).map_err(|e| UiError::BadParameter(format!("{name}: {e}")))
+            })
+            .transpose()
+    }
+
+    /// `path?pairs&range...`: a link that keeps this page's time range.
+    pub(crate) fn link(&self, path: &str, pairs: &[(&str, &str)]) -> String {
+        link(&self.window, path, pairs)
+    }
+}
+
+/// `path?pairs&range...`: a link that keeps the time range.
+pub(crate) fn link(window: &Window, path: &str, pairs: &[(&str, &str)]) -> String {
+    let range = window.query_pairs();
+    href(path, pairs.iter().copied().chain(range.iter().map(|(k, v)| (*k, v.as_str()))))
+}
+
+pub(crate) fn now_ns() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// What a page is: its title, where it lives, and the parameters the time picker must keep.
+pub(crate) struct Frame<'a> {
+    pub(crate) title: &'a str,
+    pub(crate) path: &'a str,
+    pub(crate) window: &'a Window,
+    /// The page's own parameters, kept when the range changes.
+    pub(crate) keep: Vec<(&'a str, &'a str)>,
+}
+
+impl Frame<'_> {
+    /// The whole page around `body`.
+    pub(crate) fn render(&self, body: Markup) -> Html<String> {
+        let custom = self.window.preset.is_none();
+        let markup = html! {
+            (DOCTYPE)
+            html lang="en" {
+                head {
+                    meta charset="utf-8";
+                    meta name="viewport" content="width=device-width, initial-scale=1";
+                    title { (self.title) " · hopscope" }
+                    link rel="icon" href="data:,";
+                    link rel="stylesheet" href="/ui/assets/style.css";
+                    script src="/ui/assets/app.js" defer {}
+                }
+                body {
+                    header.top {
+                        a.brand href=(link(self.window, graph::PATH, &[])) { "hopscope" }
+                        nav {
+                            @for (label, path) in NAV {
+                                a.current[path == self.path] href=(link(self.window, path, &[])) { (label) }
+                            }
+                        }
+                        form.range method="get" action=(self.path) {
+                            @for (key, value) in &self.keep {
+                                input type="hidden" name=(key) value=(value);
+                            }
+                            label { "Time range "
+                                select name="range" {
+                                    @for (preset, _) in PRESETS {
+                                        option value=(preset) selected[self.window.preset == Some(preset)] { "last " (preset) }
+                                    }
+                                    option value="custom" selected[custom] { "custom" }
+                                }
+                            }
+                            span.custom-range hidden[!custom] {
+                                label { "from " input type="datetime-local" name="start" value=(minute(self.window.range.start_ns)) disabled[!custom]; }
+                                label { " to " input type="datetime-local" name="end" value=(minute(self.window.range.end_ns)) disabled[!custom]; }
+                                " UTC"
+                            }
+                            button type="submit" { "Show" }
+                        }
+                    }
+                    div #loading role="status" hidden { "Loading…" }
+                    main { (body) }
+                }
+            }
+        };
+        Html(markup.into_string())
+    }
+}
+
+/// The page shown for an error: what went wrong, and the way back.
+pub(crate) fn error_page(status: StatusCode, message: &str) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                title { (status.as_u16()) " · hopscope" }
+                link rel="icon" href="data:,";
+                link rel="stylesheet" href="/ui/assets/style.css";
+            }
+            body {
+                header.top { a.brand href=(graph::PATH) { "hopscope" } }
+                main {
+                    h1 { (status.canonical_reason().unwrap_or("Error")) }
+                    p.error-message { (message) }
+                    p { a href=(graph::PATH) { "Back to the service graph" } }
+                }
+            }
+        }
+    }
+}
+
+/// `/ui/...` paths that are no page.
+pub(crate) async fn not_found(uri: Uri) -> Response {
+    let message = format!("there is no page {}", uri.path());
+    (StatusCode::NOT_FOUND, Html(error_page(StatusCode::NOT_FOUND, &message).into_string())).into_response()
+}
+
+/// What a page shows when it has nothing to show: no spans stored at all (how to send some), or
+/// none in the range (widen it).
+pub(crate) async fn empty_state(ui: &Ui, window: &Window, headers: &HeaderMap, what: &str) -> Result<Markup, UiError> {
+    let any_spans = !ui.engine.bounded(ui.engine.services()).await?.is_empty();
+    if any_spans {
+        return Ok(html! {
+            div.empty {
+                p { "No " (what) " in " (window.describe()) "." }
+                p { "Pick a longer time range above, or check that your services are still sending spans." }
+            }
+        });
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.rsplit_once(':').map_or(Some(h), |(host, _)| Some(host)))
+        .filter(|h| !h.is_empty())
+        .unwrap_or("localhost");
+    let http = format!("http://{host}:{}", ui.config.otlp_http_addr.port());
+    let grpc = format!("http://{host}:{}", ui.config.otlp_grpc_addr.port());
+    Ok(html! {
+        div.empty {
+            p { strong { "No spans yet." } " Point your OpenTelemetry exporters at hopscope:" }
+            pre { "export OTEL_EXPORTER_OTLP_ENDPOINT=" (http) "   # OTLP/HTTP\n"
+                  "# or: OTEL_EXPORTER_OTLP_ENDPOINT=" (grpc) " OTEL_EXPORTER_OTLP_PROTOCOL=grpc" }
+            p { "or try it with made-up traffic: " code { "hopscope simulate --endpoint " (http) } }
+        }
+    })
+}
+
+/// A duration in nanoseconds, in the unit that reads best: `850ns`, `12.3µs`, `4.56ms`, `1.20s`.
+pub(crate) fn duration(ns: f64) -> String {
+    let (value, unit) = match ns.abs() {
+        a if a < 1e3 => return format!("{ns:.0}ns"),
+        a if a < 1e6 => (ns / 1e3, "µs"),
+        a if a < 1e9 => (ns / 1e6, "ms"),
+        _ => (ns / 1e9, "s"),
+    };
+    let digits = match value.abs() {
+        a if a < 10.0 => 2,
+        a if a < 100.0 => 1,
+        _ => 0,
+    };
+    format!("{value:.digits$}{unit}")
+}
+
+/// A share as a percentage: `42.0%`.
+pub(crate) fn percent(share: f64) -> String {
+    format!("{:.1}%", share * 100.0)
+}
+
+/// A rate: `12.3/s`, `0.05/s`.
+pub(crate) fn rate(per_s: f64) -> String {
+    if per_s >= 100.0 {
+        format!("{per_s:.0}/s")
+    } else if per_s >= 1.0 {
+        format!("{per_s:.1}/s")
+    } else {
+        format!("{per_s:.2}/s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(duration(850.0), "850ns");
+        assert_eq!(duration(12_345.0), "12.3µs");
+        assert_eq!(duration(4_560_000.0), "4.56ms");
+        assert_eq!(duration(250_000_000.0), "250ms");
+        assert_eq!(duration(1_200_000_000.0), "1.20s");
+        assert_eq!(duration(-2_000_000.0), "-2.00ms");
+    }
+
+    #[test]
+    fn unknown_parameters_are_named() {
+        let values = HashMap::from([("nmae".to_owned(), "x".to_owned())]);
+        let err = PageParams::new(values, &["name"]).err().unwrap().to_string();
+        assert!(err.starts_with("unknown parameter nmae; this page takes name, range, start, end"), "{err}");
+    }
+}
