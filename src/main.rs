@@ -33,13 +33,29 @@ enum Command {
     Serve(ServeArgs),
     /// Generate traces of a simulated microservice system and export them over OTLP/HTTP.
     Simulate(simulate::SimulateArgs),
+    /// Serve, and feed the server simulated traffic so the UI and API have data within seconds
+    /// (data in ./hopscope-demo-data unless --data-dir or HOPSCOPE_DATA_DIR says otherwise).
+    Demo(DemoArgs),
+}
+
+/// `hopscope demo`: the server's options, plus how much traffic to simulate.
+#[derive(Debug, Args)]
+struct DemoArgs {
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// Spans per second the simulator sends once the history is loaded.
+    #[arg(long, default_value_t = 200.0)]
+    rate: f64,
+    /// History loaded at start: traffic at --rate over this long a window ending now (e.g. 15m).
+    #[arg(long, default_value = "15m", value_parser = positive_duration)]
+    history: std::time::Duration,
 }
 
 /// Every option can also be set by its environment variable.
 #[derive(Debug, Args)]
 struct ServeArgs {
     /// Where spans, the manifest and state are stored.
-    #[arg(long, env = "HOPSCOPE_DATA_DIR", default_value = "./hopscope-data")]
+    #[arg(long, env = "HOPSCOPE_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
     /// OTLP/gRPC listen address.
     #[arg(long, env = "HOPSCOPE_OTLP_GRPC_ADDR", default_value = "0.0.0.0:4317")]
@@ -95,12 +111,51 @@ fn main() -> anyhow::Result<()> {
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
-        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Serve(args) => runtime.block_on(serve(args, None)),
         Command::Simulate(args) => runtime.block_on(simulate::run(args)),
+        Command::Demo(args) => runtime.block_on(demo(args)),
     }
 }
 
-async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
+/// Runs the server and, once it listens, the simulator: first the history, then live traffic. The
+/// simulator stops with the server.
+async fn demo(mut args: DemoArgs) -> anyhow::Result<()> {
+    if !(args.rate > 0.0 && args.rate.is_finite()) {
+        anyhow::bail!("--rate must be a positive number of spans per second");
+    }
+    if args.serve.data_dir.as_path() == std::path::Path::new(DEFAULT_DATA_DIR)
+        && std::env::var_os("HOPSCOPE_DATA_DIR").is_none()
+    {
+        args.serve.data_dir = PathBuf::from("./hopscope-demo-data");
+    }
+    let (listening, addr) = tokio::sync::oneshot::channel();
+    let server = tokio::spawn(serve(args.serve, Some(listening)));
+    let traffic = async move {
+        let Ok(addr) = addr.await else { return Ok(()) };
+        let host = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
+        let endpoint = format!("http://{}", SocketAddr::new(host.parse()?, addr.port()));
+        let history_spans = (args.rate * args.history.as_secs_f64()).ceil() as u64;
+        tracing::info!(spans = history_spans, window = ?args.history, "demo: loading history");
+        simulate::run(simulate::SimulateArgs::demo(endpoint.clone(), 0.0, Some(history_spans), Some(args.history)))
+            .await?;
+        tracing::info!(rate = args.rate, "demo: sending live traffic; open the UI on the API address");
+        simulate::run(simulate::SimulateArgs::demo(endpoint, args.rate, None, None)).await
+    };
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => return result?,
+        result = traffic => if let Err(e) = result {
+            tracing::warn!(error = %e, "demo traffic stopped");
+        },
+    }
+    server.await?
+}
+
+/// `--data-dir`'s default.
+const DEFAULT_DATA_DIR: &str = "./hopscope-data";
+
+/// Runs the server until SIGINT/SIGTERM; `listening` gets the OTLP/HTTP address once it is bound.
+async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Sender<SocketAddr>>) -> anyhow::Result<()> {
     // Absolute, so that logs and file paths handed to the query engine do not depend on the cwd.
     args.data_dir = std::path::absolute(&args.data_dir)
         .with_context(|| format!("resolving the data directory {}", args.data_dir.display()))?;
@@ -119,6 +174,10 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
     let grpc_listener = bind(args.otlp_grpc_addr, "OTLP/gRPC").await?;
     let http_listener = bind(args.otlp_http_addr, "OTLP/HTTP").await?;
     let api_listener = bind(args.api_addr, "API").await?;
+    let ui_config = hopscope_ui::UiConfig {
+        otlp_http_addr: http_listener.local_addr()?,
+        otlp_grpc_addr: grpc_listener.local_addr()?,
+    };
     tracing::info!(
         otlp_grpc = %grpc_listener.local_addr()?,
         otlp_http = %http_listener.local_addr()?,
@@ -126,6 +185,9 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
         data_dir = %args.data_dir.display(),
         "hopscope listening"
     );
+    if let Some(listening) = listening {
+        let _ = listening.send(http_listener.local_addr()?);
+    }
 
     // Receivers and the API stop on `stop` (a receiver that fails cancels it too); the flusher stops
     // on `flush_stop`, only after both receivers have drained, so that every acknowledged span is
@@ -162,7 +224,7 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
     let api = {
         let app = Router::new()
             .merge(hopscope_query::api::router(Arc::clone(&engine)))
-            .merge(hopscope_ui::router())
+            .merge(hopscope_ui::router(Arc::clone(&engine), ui_config))
             .merge(health_router(Arc::clone(&ready)))
             .merge(metrics_router(Arc::clone(&ingester)));
         let stop = stop.clone();

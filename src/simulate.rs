@@ -46,6 +46,14 @@ pub(crate) struct SimulateArgs {
     concurrency: usize,
 }
 
+impl SimulateArgs {
+    /// Traffic for `hopscope demo`: `spans` spans spread over the `backfill` window ending now, or
+    /// (without `backfill`) `rate` spans per second until interrupted.
+    pub(crate) fn demo(endpoint: String, rate: f64, spans: Option<u64>, backfill: Option<Duration>) -> Self {
+        SimulateArgs { endpoint, rate, duration: None, spans, seed: 1, backfill, concurrency: 4 }
+    }
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let ns = hopscope_query::params::parse_duration(s)?;
     u64::try_from(ns).map(Duration::from_nanos).map_err(|_| format!("{s:?} must not be negative"))
