@@ -1,0 +1,224 @@
+#!/usr/bin/env python3
+"""Opens every hopscope page in Debian's headless Chromium (driven by Playwright, no downloaded
+browser) and reports what a person would see, as JSON on stdout. The Rust test
+(tests/e2e/ui.rs) compares it with the API's answers; this script only looks and clicks.
+
+Usage: ui_check.py --base http://127.0.0.1:PORT --empty-base http://127.0.0.1:PORT2
+                   --plan plan.json --screenshots DIR
+plan.json names the pages to open: {"big_trace": id, "small_trace": id, "xss_trace": id,
+"service": name, "endpoint": [service, operation]}.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+from playwright.sync_api import sync_playwright
+
+CHROMIUM = os.environ.get("HOPSCOPE_TEST_CHROMIUM", "/usr/bin/chromium")
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    # Every host name but loopback fails inside Chromium: nothing leaves the machine.
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--base", required=True)
+    parser.add_argument("--empty-base", required=True)
+    parser.add_argument("--plan", required=True)
+    parser.add_argument("--screenshots", required=True)
+    args = parser.parse_args()
+    with open(args.plan) as f:
+        plan = json.load(f)
+    os.makedirs(args.screenshots, exist_ok=True)
+    base = args.base
+    out = {"console_errors": [], "page_errors": [], "dialogs": [], "offhost_requests": [], "timings_ms": {}}
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS, timeout=60000)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.set_default_timeout(60000)
+        page.on("console", lambda m: m.type == "error" and out["console_errors"].append(f"{page.url}: {m.text}"))
+        page.on("pageerror", lambda e: out["page_errors"].append(f"{page.url}: {e}"))
+        page.on("dialog", lambda d: (out["dialogs"].append(d.message), d.dismiss()))
+        page.on(
+            "request",
+            lambda r: None
+            if r.url.startswith(base) or r.url.startswith(args.empty_base) or r.url.startswith("data:")
+            else out["offhost_requests"].append(r.url),
+        )
+
+        def visit(name, url):
+            started = time.monotonic()
+            page.goto(url, wait_until="load")
+            out["timings_ms"][name] = round((time.monotonic() - started) * 1000)
+            page.screenshot(path=os.path.join(args.screenshots, f"{name}.png"), full_page=False)
+
+        def api_ms(path):
+            # The same data as JSON from the API, fetched by the page: the ceiling a page can reach.
+            return round(page.evaluate(
+                "async (p) => { const t = performance.now(); await (await fetch(p)).json(); return performance.now() - t; }",
+                path,
+            ))
+
+        def xss_fired():
+            return page.evaluate("() => typeof window.__xss !== 'undefined'")
+
+        # The service graph, reached through the redirect from /.
+        visit("graph", base + "/")
+        out["graph_url"] = page.url
+        out["timings_ms"]["graph_api"] = api_ms("/api/v1/dependencies")
+        out["graph_nodes"] = page.eval_on_selector_all(
+            "#service-graph g.node", "els => els.map(e => ({name: e.dataset.name, kind: e.dataset.kind, shared: e.classList.contains('shared')}))"
+        )
+        out["graph_edges"] = page.eval_on_selector_all(
+            "#service-graph g.edge", "els => els.map(e => ({caller: e.dataset.caller, callee: e.dataset.callee, label: e.querySelector('text').textContent}))"
+        )
+        out["shared_table"] = page.eval_on_selector_all("table.shared-resources tbody tr td:first-child", "els => els.map(e => e.textContent)")
+        out["graph_xss_fired"] = xss_fired()
+
+        # Click a node, then come back and click an edge.
+        node = page.locator(f"#service-graph g.node[data-name='{plan['service']}']")
+        node.click()
+        page.wait_for_url("**/ui/service**")
+        page.wait_for_load_state("load")
+        out["node_click"] = {"url": page.url, "h1": page.locator("h1").inner_text()}
+        page.screenshot(path=os.path.join(args.screenshots, "service.png"), full_page=True)
+        out["service_page"] = {
+            "heatmap_cells": page.locator("svg.heatmap rect.cell").count(),
+            "percentile_lines": page.locator("svg.percentiles polyline.series").count(),
+            "histogram_bars": page.locator("svg.histogram rect.bar").count(),
+            "slowest_links": page.eval_on_selector_all("table.slowest a.trace-link", "els => els.map(e => e.getAttribute('href'))"),
+        }
+        page.go_back()
+        page.wait_for_load_state("load")
+        # An edge: click the middle of its label, choosing one whose label nothing covers.
+        target = page.evaluate(
+            """(caller) => {
+                for (const g of document.querySelectorAll('#service-graph g.edge')) {
+                    if (g.dataset.caller !== caller) continue;
+                    const label = g.querySelector('text');
+                    label.scrollIntoView({block: 'center', inline: 'center'});
+                    const r = label.getBoundingClientRect();
+                    const x = r.left + r.width / 2, y = r.top + r.height / 2;
+                    const hit = document.elementFromPoint(x, y);
+                    if (hit && g.contains(hit)) return {x, y, caller: g.dataset.caller, callee: g.dataset.callee};
+                }
+                return null;
+            }""",
+            plan["service"],
+        )
+        if target is None:
+            raise SystemExit(f"no edge from {plan['service']} has an uncovered label")
+        edge_caller, edge_callee = target["caller"], target["callee"]
+        page.mouse.click(target["x"], target["y"])
+        page.wait_for_url("**/ui/hop**")
+        page.wait_for_load_state("load")
+        out["edge_click"] = {
+            "caller": edge_caller,
+            "callee": edge_callee,
+            "url": page.url,
+            "h1": page.locator("h1").inner_text(),
+            "distributions": page.eval_on_selector_all("table.side-by-side tr[data-distribution]", "els => els.map(e => e.dataset.distribution)"),
+            "heatmap_cells": page.locator("svg.heatmap rect.cell").count(),
+        }
+        page.screenshot(path=os.path.join(args.screenshots, "hop.png"), full_page=True)
+
+        # The time-range picker keeps the range in the URL.
+        page.select_option("form.range select[name=range]", "15m")
+        page.wait_for_url("**range=15m**")
+        page.wait_for_load_state("load")
+        out["range_pick"] = {"url": page.url, "h1": page.locator("h1").inner_text()}
+
+        # Trace pages: the critical path highlighted, details on click.
+        for key in ["big_trace", "small_trace"]:
+            visit(key, f"{base}/ui/trace/{plan[key]}")
+            out["timings_ms"][key + "_api"] = api_ms(f"/api/v1/traces/{plan[key]}")
+            out[key] = {
+                "rows": page.locator(".span-row[data-span-id]").count(),
+                "critical": page.eval_on_selector_all(".span-row.critical", "els => els.map(e => e.dataset.spanId)"),
+                "self_time_cells": page.eval_on_selector_all(".span-row.critical .span-self", "els => els.filter(e => e.textContent.trim() !== '').length"),
+            }
+        # Span details for the small trace's first critical span.
+        visit("small_trace", f"{base}/ui/trace/{plan['small_trace']}")
+        row = page.locator(".span-row.critical").first
+        row.click()
+        page.wait_for_selector("#span-details h3")
+        out["span_details"] = {"span_id": row.get_attribute("data-span-id"), "heading": page.locator("#span-details h3").inner_text(), "text": page.locator("#span-details").inner_text()}
+
+        # The XSS trace: payloads show as text and never run.
+        visit("xss_trace", f"{base}/ui/trace/{plan['xss_trace']}")
+        page.locator(".span-row[data-span-id]").first.click()
+        page.wait_for_selector("#span-details h3")
+        out["xss"] = {
+            "body_text": page.locator("body").inner_text(),
+            "details_text": page.locator("#span-details").inner_text(),
+            "fired": xss_fired(),
+            "javascript_hrefs": page.eval_on_selector_all("a[href]", "els => els.map(e => e.getAttribute('href')).filter(h => h.trim().toLowerCase().startsWith('javascript:'))"),
+            "injected_elements": page.locator("main img, main script, #span-details b, .span-name svg").count(),
+        }
+        visit("graph_again", base + "/ui/graph")
+        out["xss"]["graph_fired"] = xss_fired()
+        out["xss"]["graph_has_payload_node"] = page.locator("#service-graph g.node", has_text="<script>").count()
+
+        # The aggregate critical path of an endpoint.
+        service, operation = plan["endpoint"]
+        visit("critical_path", f"{base}/ui/critical-path?service={service}&operation={operation}")
+        out["critical_path"] = {
+            "h1": page.locator("h1").inner_text(),
+            "rows": page.eval_on_selector_all("table.aggregate-path tbody tr", "els => els.map(e => [e.dataset.service, e.dataset.operation])"),
+        }
+
+        # Findings, each with evidence traces; follow the first.
+        visit("findings", base + "/ui/findings")
+        out["findings"] = {
+            "kinds": page.eval_on_selector_all("table.findings tbody tr", "els => els.map(e => e.dataset.kind)"),
+            "evidence": page.eval_on_selector_all("table.findings td.evidence a", "els => els.map(e => e.getAttribute('href'))"),
+        }
+        if out["findings"]["evidence"]:
+            page.locator("table.findings td.evidence a").first.click()
+            page.wait_for_load_state("load")
+            out["findings"]["followed"] = {"url": page.url, "rows": page.locator(".span-row[data-span-id]").count()}
+
+        # Search: fill the form like a person, then open the first result.
+        visit("search", base + "/ui/search")
+        page.select_option("form.search select[name=service]", plan["service"])
+        page.select_option("form.search select[name=sort]", "slowest")
+        page.click("form.search button[type=submit]")
+        page.wait_for_load_state("load")
+        out["search"] = {
+            "url": page.url,
+            "results": page.eval_on_selector_all("table.traces a.trace-link", "els => els.map(e => e.getAttribute('href'))"),
+        }
+        page.screenshot(path=os.path.join(args.screenshots, "search_results.png"), full_page=False)
+        if out["search"]["results"]:
+            page.locator("table.traces a.trace-link").first.click()
+            page.wait_for_load_state("load")
+            out["search"]["followed"] = page.url
+        # A bad parameter: the 400 the browser logs for it is expected, and only that one.
+        errors_before = len(out["console_errors"])
+        page.goto(base + "/ui/search?min_duration=fast")
+        out["search"]["bad_input"] = page.locator(".error-message").inner_text()
+        out["search"]["bad_input_console"] = out["console_errors"][errors_before:]
+        del out["console_errors"][errors_before:]
+
+        # An empty server says how to send spans.
+        visit("empty", args.empty_base + "/")
+        out["empty"] = page.locator("main").inner_text()
+
+        browser.close()
+    json.dump(out, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,439 @@
+//! The web UI in a real browser: a server loaded with the simulator's traffic plus traces made
+//! here (a 5,000-span trace, a graph of 200 services, an N+1 pattern, and span data full of HTML and
+//! `javascript:` payloads), then every page opened in Debian's headless Chromium by
+//! `tests/clients/ui_check.py` (Playwright). What the browser saw is compared with the API's answers
+//! and with what the test itself generated. Screenshots land in `target/tmp/ui-screenshots/`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+use crate::support::{DEADLINE, Server, random_trace_id, workspace_root};
+
+const MS: i64 = 1_000_000;
+const SERVER: i64 = 2;
+const CLIENT: i64 = 3;
+const INTERNAL: i64 = 1;
+
+/// The spans of one trace, grouped by service, as OTLP/JSON is sent.
+struct TraceBuilder {
+    trace_id: String,
+    origin: i64,
+    next_id: u64,
+    by_service: BTreeMap<String, Vec<Value>>,
+    count: usize,
+}
+
+impl TraceBuilder {
+    fn new(origin: i64) -> Self {
+        TraceBuilder { trace_id: random_trace_id(), origin, next_id: 1, by_service: BTreeMap::new(), count: 0 }
+    }
+
+    /// Adds a span (times in ms after the origin) and returns its id.
+    #[allow(clippy::too_many_arguments)]
+    fn span(
+        &mut self,
+        service: &str,
+        name: &str,
+        kind: i64,
+        parent: Option<&str>,
+        start_ms: f64,
+        end_ms: f64,
+        attributes: &[(&str, &str)],
+    ) -> String {
+        let id = format!("{:016x}", self.next_id);
+        self.next_id += 1;
+        self.count += 1;
+        let attributes: Vec<Value> =
+            attributes.iter().map(|(k, v)| json!({"key": k, "value": {"stringValue": v}})).collect();
+        let at = |ms: f64| (self.origin + (ms * MS as f64) as i64).to_string();
+        self.by_service.entry(service.to_owned()).or_default().push(json!({
+            "traceId": self.trace_id,
+            "spanId": id,
+            "parentSpanId": parent.unwrap_or(""),
+            "name": name,
+            "kind": kind,
+            "startTimeUnixNano": at(start_ms),
+            "endTimeUnixNano": at(end_ms),
+            "attributes": attributes,
+        }));
+        id
+    }
+
+    fn request(&self) -> Value {
+        let resource_spans: Vec<Value> = self
+            .by_service
+            .iter()
+            .map(|(service, spans)| {
+                json!({
+                    "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": service}}]},
+                    "scopeSpans": [{"scope": {"name": "ui-test"}, "spans": spans}],
+                })
+            })
+            .collect();
+        json!({"resourceSpans": resource_spans})
+    }
+}
+
+/// 5,000 spans: a root calling 49 workers in turn, each doing 100 steps, and one database call.
+fn big_trace(origin: i64) -> TraceBuilder {
+    let mut t = TraceBuilder::new(origin);
+    let root = t.span("batch-api", "POST /batch", SERVER, None, 0.0, 5_000.0, &[]);
+    t.span("batch-api", "SELECT jobs", CLIENT, Some(&root), 1.0, 4.0, &[("db.system.name", "postgresql")]);
+    for call in 0..49 {
+        let start = 5.0 + 100.0 * call as f64;
+        let worker = format!("batch-worker-{}", call % 5);
+        let client = t.span("batch-api", "POST /work", CLIENT, Some(&root), start, start + 98.0, &[]);
+        let server = t.span(&worker, "POST /work", SERVER, Some(&client), start + 1.0, start + 97.0, &[]);
+        for step in 0..100 {
+            let s = start + 1.0 + 0.95 * step as f64;
+            t.span(&worker, "step", INTERNAL, Some(&server), s, s + 0.9, &[]);
+        }
+    }
+    assert_eq!(t.count, 5_000);
+    t
+}
+
+/// 200 services calling each other as a binary tree: `svc-000` → `svc-001`, `svc-002`, ...
+fn wide_graph(origin: i64) -> TraceBuilder {
+    let mut t = TraceBuilder::new(origin);
+    let mut servers = vec![t.span("svc-000", "GET /fan-out", SERVER, None, 0.0, 200.0, &[])];
+    let depth = |i: usize| (usize::BITS - (i + 1).leading_zeros() - 1) as f64;
+    for i in 1..200 {
+        let parent = (i - 1) / 2;
+        let d = depth(i);
+        let client = t.span(
+            &format!("svc-{parent:03}"),
+            "GET /fan-out",
+            CLIENT,
+            Some(&servers[parent].clone()),
+            d * 2.0 - 0.5,
+            200.0 - d * 2.0 + 0.5,
+            &[],
+        );
+        servers.push(t.span(
+            &format!("svc-{i:03}"),
+            "GET /fan-out",
+            SERVER,
+            Some(&client),
+            d * 2.0,
+            200.0 - d * 2.0,
+            &[],
+        ));
+    }
+    t
+}
+
+/// One request that asks the inventory for each of six items in turn: an N+1.
+fn n_plus_one(origin: i64) -> TraceBuilder {
+    let mut t = TraceBuilder::new(origin);
+    let root = t.span("orders", "GET /orders", SERVER, None, 0.0, 70.0, &[]);
+    for i in 0..6 {
+        let s = 2.0 + 11.0 * i as f64;
+        let client = t.span("orders", "GET /item", CLIENT, Some(&root), s, s + 10.0, &[]);
+        t.span("inventory", "GET /item", SERVER, Some(&client), s + 1.0, s + 9.0, &[]);
+    }
+    t
+}
+
+const XSS_SERVICE: &str = "<script>window.__xss=1</script>";
+const XSS_NAME: &str = "<img src=x onerror=\"window.__xss=2\">";
+const XSS_URL: &str = "javascript:window.__xss=3";
+const XSS_PEER: &str = "\"><svg onload=\"window.__xss=4\">";
+const XSS_NOTE: &str = "<b onmouseover=\"window.__xss=5\">bold</b>";
+
+/// Span data that would run if a page wrote it as HTML.
+fn hostile(origin: i64) -> TraceBuilder {
+    let mut t = TraceBuilder::new(origin);
+    let root = t.span(XSS_SERVICE, XSS_NAME, SERVER, None, 0.0, 20.0, &[("url.full", XSS_URL), ("note", XSS_NOTE)]);
+    t.span(XSS_SERVICE, "call", CLIENT, Some(&root), 2.0, 12.0, &[("peer.service", XSS_PEER)]);
+    t
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as i64
+}
+
+async fn get_json(client: &reqwest::Client, url: &str) -> Value {
+    let response = client.get(url).send().await.unwrap();
+    assert_eq!(response.status(), 200, "{url}");
+    response.json().await.unwrap()
+}
+
+/// Polls `SELECT count(*) FROM spans` until it reaches `spans`.
+async fn wait_for_spans(server: &Server, spans: u64) {
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    loop {
+        let answer: Value = client
+            .post(server.api_url("/api/v1/sql"))
+            .json(&json!({"sql": "SELECT count(*) AS n FROM spans"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let n = answer["rows"][0]["n"].as_u64().unwrap_or_else(|| panic!("count in {answer}"));
+        if n >= spans {
+            assert_eq!(n, spans, "more spans stored than sent");
+            return;
+        }
+        assert!(started.elapsed() < DEADLINE, "only {n} of {spans} spans stored in time; log:\n{}", server.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn python() -> String {
+    std::env::var("HOPSCOPE_TEST_PYTHON")
+        .unwrap_or_else(|_| workspace_root().join(".venv/bin/python").to_string_lossy().into_owned())
+}
+
+fn ids(value: &Value) -> BTreeSet<String> {
+    value.as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect()
+}
+
+/// The span ids on the critical path of a trace, as the API gives them.
+async fn critical_ids(client: &reqwest::Client, server: &Server, trace_id: &str) -> BTreeSet<String> {
+    let path = get_json(client, &server.api_url(&format!("/api/v1/traces/{trace_id}/critical-path"))).await;
+    path["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["sections"].as_array().unwrap())
+        .map(|s| s["span_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_page_in_a_real_browser() {
+    let server = Server::start("ui", &[]);
+    let empty = Server::start("ui-empty", &[]);
+    let client = reqwest::Client::new();
+
+    // The simulator's shop, spread over the last 10 minutes.
+    let simulate = {
+        let endpoint = format!("http://{}", server.http);
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_hopscope"))
+                .args(["simulate", "--endpoint", &endpoint, "--spans", "4000", "--backfill", "10m", "--rate", "0"])
+                .args(["--seed", "11"])
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    let stdout = String::from_utf8_lossy(&simulate.stdout);
+    assert!(simulate.status.success(), "simulate failed: {stdout}{}", String::from_utf8_lossy(&simulate.stderr));
+    let simulated: u64 = stdout
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("span count in {stdout:?}"));
+
+    let origin = now_ns() - 5 * 60 * 1_000_000_000;
+    let (big, wide, n1, xss) = (big_trace(origin), wide_graph(origin), n_plus_one(origin), hostile(origin));
+    for t in [&big, &wide, &n1, &xss] {
+        let response = client.post(server.traces_url()).json(&t.request()).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    }
+    let ours = (big.count + wide.count + n1.count + xss.count) as u64;
+    wait_for_spans(&server, simulated + ours).await;
+
+    // What the pages must show, from the API.
+    let deps = get_json(&client, &server.api_url("/api/v1/dependencies")).await;
+    let api_nodes: BTreeSet<String> =
+        deps["nodes"].as_array().unwrap().iter().map(|n| n["name"].as_str().unwrap().to_owned()).collect();
+    let api_edges: BTreeSet<(String, String)> = deps["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["caller"].as_str().unwrap().to_owned(), e["callee"].as_str().unwrap().to_owned()))
+        .collect();
+    let api_shared: BTreeSet<String> =
+        deps["shared_resources"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_owned()).collect();
+    for i in 0..200 {
+        assert!(api_nodes.contains(&format!("svc-{i:03}")), "svc-{i:03} missing from the API's graph");
+    }
+    let entry = deps["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["service"] == "gateway")
+        .unwrap_or_else(|| panic!("no gateway endpoint in {}", deps["endpoints"]));
+    let endpoint = (entry["service"].as_str().unwrap(), entry["operation"].as_str().unwrap());
+    let big_critical = critical_ids(&client, &server, &big.trace_id).await;
+    let small_critical = critical_ids(&client, &server, &n1.trace_id).await;
+    let small_trace = get_json(&client, &server.api_url(&format!("/api/v1/traces/{}", n1.trace_id))).await;
+
+    let screenshots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("ui-screenshots");
+    let plan_path =
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("ui-plan-{}.json", std::process::id()));
+    let plan = json!({
+        "big_trace": big.trace_id,
+        "small_trace": n1.trace_id,
+        "xss_trace": xss.trace_id,
+        "service": "gateway",
+        "endpoint": [endpoint.0, endpoint.1],
+    });
+    std::fs::write(&plan_path, plan.to_string()).unwrap();
+    let script = workspace_root().join("tests/clients/ui_check.py");
+    let (base, empty_base) = (format!("http://{}", server.api), format!("http://{}", empty.api));
+    let output = {
+        let (python, plan_path, screenshots) = (python(), plan_path.clone(), screenshots.clone());
+        tokio::task::spawn_blocking(move || {
+            Command::new(&python)
+                .arg(script)
+                .args(["--base", &base, "--empty-base", &empty_base])
+                .arg("--plan")
+                .arg(&plan_path)
+                .arg("--screenshots")
+                .arg(&screenshots)
+                .output()
+        })
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("cannot run the browser check ({e}); run scripts/test, which creates .venv"))
+    };
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "browser check failed (it needs Debian's chromium at /usr/bin/chromium; scripts/test installs it):\n{stderr}\nserver log:\n{}",
+        server.log()
+    );
+    let seen: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    eprintln!("page load times (ms): {}", seen["timings_ms"]);
+
+    // Nothing went wrong in the browser, and it asked nothing of any other host.
+    assert_eq!(seen["console_errors"], json!([]), "console errors");
+    assert_eq!(seen["page_errors"], json!([]), "uncaught page errors");
+    assert_eq!(seen["dialogs"], json!([]), "a dialog opened: injected script ran");
+    assert_eq!(seen["offhost_requests"], json!([]), "requests to other hosts (a CDN?)");
+
+    // The graph: `/` leads to it; exactly the API's nodes and edges; shared resources marked.
+    assert!(seen["graph_url"].as_str().unwrap().ends_with("/ui/graph"), "{}", seen["graph_url"]);
+    let nodes: BTreeSet<String> =
+        seen["graph_nodes"].as_array().unwrap().iter().map(|n| n["name"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(nodes, api_nodes, "graph nodes");
+    assert_eq!(seen["graph_nodes"].as_array().unwrap().len(), api_nodes.len(), "each node drawn once");
+    let edges: BTreeSet<(String, String)> = seen["graph_edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["caller"].as_str().unwrap().to_owned(), e["callee"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(edges, api_edges, "graph edges");
+    for e in seen["graph_edges"].as_array().unwrap() {
+        let label = e["label"].as_str().unwrap();
+        assert!(
+            (label.contains("/s · p99 ") || label.contains(" call")) && label.contains(" · p99 "),
+            "edge label {label:?} lacks the calls (or calls/s) and p99"
+        );
+    }
+    let shared: BTreeSet<String> = seen["graph_nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["shared"] == true)
+        .map(|n| n["name"].as_str().unwrap().to_owned())
+        .collect();
+    // Shared resources drawn as nodes are marked; every one is listed (a broker is not a node).
+    assert_eq!(shared, api_shared.intersection(&api_nodes).cloned().collect(), "shared resources stand out");
+    assert_eq!(ids(&seen["shared_table"]), api_shared, "shared resources listed");
+    assert_eq!(seen["graph_xss_fired"], false);
+
+    // A node leads to its page, with the tail-latency view.
+    let node_click = &seen["node_click"];
+    assert!(node_click["url"].as_str().unwrap().contains("/ui/service?name=gateway"), "{node_click}");
+    assert_eq!(node_click["h1"], "gateway");
+    let service = &seen["service_page"];
+    assert_eq!(service["percentile_lines"], 4, "{service}");
+    assert!(service["heatmap_cells"].as_u64().unwrap() > 0, "{service}");
+    assert!(service["histogram_bars"].as_u64().unwrap() > 0, "{service}");
+    let slowest = service["slowest_links"].as_array().unwrap();
+    assert!(!slowest.is_empty() && slowest.iter().all(|h| h.as_str().unwrap().starts_with("/ui/trace/")), "{service}");
+
+    // An edge leads to its hop: client, server and gap side by side.
+    let edge = &seen["edge_click"];
+    let (caller, callee) = (edge["caller"].as_str().unwrap(), edge["callee"].as_str().unwrap());
+    assert!(api_edges.contains(&(caller.to_owned(), callee.to_owned())), "{edge}");
+    assert!(edge["url"].as_str().unwrap().contains("/ui/hop?"), "{edge}");
+    assert_eq!(edge["h1"], format!("{caller} → {callee}"));
+    assert_eq!(edge["distributions"], json!(["client", "server", "network / queueing gap"]));
+    assert!(edge["heatmap_cells"].as_u64().unwrap() > 0, "{edge}");
+
+    // The time range is kept in the URL and the page stays the same.
+    let range = &seen["range_pick"];
+    assert!(range["url"].as_str().unwrap().contains("range=15m"), "{range}");
+    assert_eq!(range["h1"], edge["h1"]);
+
+    // Trace pages highlight exactly the API's critical path, with self times.
+    let big_page = &seen["big_trace"];
+    assert_eq!(big_page["rows"], 5_000, "every span of the big trace is a row");
+    assert_eq!(ids(&big_page["critical"]), big_critical, "big trace critical path");
+    assert_eq!(big_page["self_time_cells"].as_u64().unwrap() as usize, big_critical.len());
+    let small_page = &seen["small_trace"];
+    assert_eq!(small_page["rows"], n1.count);
+    assert_eq!(ids(&small_page["critical"]), small_critical, "small trace critical path");
+    let details = &seen["span_details"];
+    let shown = small_trace["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["span_id"] == details["span_id"])
+        .unwrap_or_else(|| panic!("{details}"));
+    assert_eq!(
+        details["heading"],
+        format!("{} · {}", shown["service_name"].as_str().unwrap(), shown["name"].as_str().unwrap())
+    );
+
+    // Hostile span data shows as text and never runs.
+    let xss_seen = &seen["xss"];
+    assert_eq!(xss_seen["fired"], false, "{xss_seen}");
+    assert_eq!(xss_seen["graph_fired"], false);
+    assert_eq!(xss_seen["javascript_hrefs"], json!([]));
+    assert_eq!(xss_seen["injected_elements"], 0);
+    let body = xss_seen["body_text"].as_str().unwrap();
+    assert!(body.contains(XSS_SERVICE) && body.contains(XSS_NAME), "payloads not shown as text:\n{body}");
+    let panel = xss_seen["details_text"].as_str().unwrap();
+    assert!(panel.contains(XSS_URL) && panel.contains(XSS_NOTE), "attributes not shown as text:\n{panel}");
+    assert!(xss_seen["graph_has_payload_node"].as_u64().unwrap() >= 1);
+
+    // The aggregate critical path of the gateway endpoint.
+    let path = &seen["critical_path"];
+    assert!(path["h1"].as_str().unwrap().contains(endpoint.1), "{path}");
+    assert!(path["rows"].as_array().unwrap().iter().any(|r| r[0] == "gateway"), "{path}");
+
+    // Findings link to their evidence; the N+1 made here is among them.
+    let findings = &seen["findings"];
+    assert!(findings["kinds"].as_array().unwrap().contains(&json!("n_plus_one")), "{findings}");
+    let evidence = findings["evidence"].as_array().unwrap();
+    assert!(evidence.iter().all(|h| h.as_str().unwrap().starts_with("/ui/trace/")), "{findings}");
+    assert!(findings["followed"]["url"].as_str().unwrap().contains("/ui/trace/"), "{findings}");
+    assert!(findings["followed"]["rows"].as_u64().unwrap() > 0, "{findings}");
+
+    // Search by form, then open a result; bad input is named.
+    let search = &seen["search"];
+    assert!(search["url"].as_str().unwrap().contains("service=gateway"), "{search}");
+    assert!(!search["results"].as_array().unwrap().is_empty(), "{search}");
+    assert!(search["followed"].as_str().unwrap().contains("/ui/trace/"), "{search}");
+    assert!(search["bad_input"].as_str().unwrap().starts_with("min_duration:"), "{search}");
+    let bad_console = search["bad_input_console"].as_array().unwrap();
+    assert!(bad_console.len() == 1 && bad_console[0].as_str().unwrap().contains("400"), "{search}");
+
+    // An empty server says how to send spans, with its own OTLP port.
+    let empty_text = seen["empty"].as_str().unwrap();
+    assert!(empty_text.contains("No spans yet"), "{empty_text}");
+    assert!(
+        empty_text.contains(&format!("OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:{}", empty.http.port())),
+        "{empty_text}"
+    );
+
+    for page in ["graph", "service", "hop", "big_trace", "small_trace", "critical_path", "findings", "search_results"] {
+        assert!(screenshots.join(format!("{page}.png")).is_file(), "no screenshot of {page}");
+    }
+    let _ = std::fs::remove_file(plan_path);
+}
