@@ -136,10 +136,10 @@ async fn demo(mut args: DemoArgs) -> anyhow::Result<()> {
         let endpoint = format!("http://{}", SocketAddr::new(host.parse()?, addr.port()));
         let history_spans = (args.rate * args.history.as_secs_f64()).ceil() as u64;
         tracing::info!(spans = history_spans, window = ?args.history, "demo: loading history");
-        simulate::run(simulate::SimulateArgs::demo(endpoint.clone(), 0.0, Some(history_spans), Some(args.history)))
+        simulate::run(simulate::SimulateArgs::demo(endpoint.clone(), 0.0, Some(history_spans), Some(args.history), 1))
             .await?;
         tracing::info!(rate = args.rate, "demo: sending live traffic; open the UI on the API address");
-        simulate::run(simulate::SimulateArgs::demo(endpoint, args.rate, None, None)).await
+        simulate::run(simulate::SimulateArgs::demo(endpoint, args.rate, None, None, 2)).await
     };
     tokio::pin!(server);
     tokio::select! {

@@ -48,9 +48,10 @@ pub(crate) struct SimulateArgs {
 
 impl SimulateArgs {
     /// Traffic for `hopscope demo`: `spans` spans spread over the `backfill` window ending now, or
-    /// (without `backfill`) `rate` spans per second until interrupted.
-    pub(crate) fn demo(endpoint: String, rate: f64, spans: Option<u64>, backfill: Option<Duration>) -> Self {
-        SimulateArgs { endpoint, rate, duration: None, spans, seed: 1, backfill, concurrency: 4 }
+    /// (without `backfill`) `rate` spans per second until interrupted. Each phase needs its own
+    /// seed: the same seed draws the same trace ids.
+    pub(crate) fn demo(endpoint: String, rate: f64, spans: Option<u64>, backfill: Option<Duration>, seed: u64) -> Self {
+        SimulateArgs { endpoint, rate, duration: None, spans, seed, backfill, concurrency: 4 }
     }
 }
 
@@ -504,9 +505,9 @@ pub(crate) async fn run(args: SimulateArgs) -> anyhow::Result<()> {
             }
         }
         let start_ns = match (backfill_start, args.backfill, args.spans) {
-            // Spread the asked number of spans (about 12 per trace) over the window.
+            // Spread the asked number of spans evenly over the window, by the share already sent.
             (Some(from), Some(window), Some(total)) => {
-                from + (window.as_nanos() as u64 / (total / 12).max(1)).saturating_mul(traces)
+                from + (window.as_nanos() as f64 * (sent_spans as f64 / total.max(1) as f64)) as u64
             }
             (Some(from), Some(window), None) => from + rng.next_u64() % (window.as_nanos() as u64).max(1),
             _ => now_ns(),

@@ -118,12 +118,6 @@ fn edge_class(edge: &GraphEdgeView, colouring: Colouring) -> &'static str {
     }
 }
 
-/// How busy an edge is: calls per second, or the count when that would round to nothing.
-fn volume(calls: u64, seconds: f64) -> String {
-    let per_s = calls as f64 / seconds.max(1e-9);
-    if per_s >= 0.1 { rate(per_s) } else { format!("{calls} call{}", if calls == 1 { "" } else { "s" }) }
-}
-
 /// A short label that fits a node; the full name is in its tooltip.
 fn fit(name: &str) -> String {
     const MAX: usize = 22;
@@ -187,7 +181,7 @@ pub(crate) fn render_graph(
                     @if let (Some(&from), Some(&to)) = (layout.positions.get(&edge.caller), layout.positions.get(&edge.callee)) {
                         @let (d, mid) = edge_path(from, to);
                         @let width = (1.0 + (edge.calls as f64).log10().max(0.0)).min(6.0);
-                        @let label = format!("{} · p99 {}", volume(edge.calls, seconds), duration(edge.p99_ns));
+                        @let label = format!("{} · p99 {}", rate(edge.calls as f64 / seconds), duration(edge.p99_ns));
                         a href=(params.link(HOP_PATH, &[("caller", &edge.caller), ("callee", &edge.callee)])) {
                             g class=(format!("edge {}", edge_class(edge, colouring))) data-caller=(edge.caller) data-callee=(edge.callee) data-connection=(edge.connection) {
                                 title { (edge.caller) " → " (edge.callee) " (" (edge.connection) "): " (edge.calls) " calls, " (edge.errors) " errors, " (label) }

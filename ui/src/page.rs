@@ -220,14 +220,14 @@ pub(crate) fn percent(share: f64) -> String {
     format!("{:.1}%", share * 100.0)
 }
 
-/// A rate: `12.3/s`, `0.05/s`.
+/// A rate: `12.3/s`, `0.05/s`, `<0.01/s` (never a rounded-down zero for something that happened).
 pub(crate) fn rate(per_s: f64) -> String {
-    if per_s >= 100.0 {
-        format!("{per_s:.0}/s")
-    } else if per_s >= 1.0 {
-        format!("{per_s:.1}/s")
-    } else {
-        format!("{per_s:.2}/s")
+    match per_s {
+        r if r >= 100.0 => format!("{r:.0}/s"),
+        r if r >= 1.0 => format!("{r:.1}/s"),
+        r if r >= 0.01 => format!("{r:.2}/s"),
+        r if r > 0.0 => "<0.01/s".to_owned(),
+        _ => "0/s".to_owned(),
     }
 }
 
@@ -243,6 +243,14 @@ mod tests {
         assert_eq!(duration(250_000_000.0), "250ms");
         assert_eq!(duration(1_200_000_000.0), "1.20s");
         assert_eq!(duration(-2_000_000.0), "-2.00ms");
+    }
+
+    #[test]
+    fn rates_never_round_to_zero() {
+        assert_eq!(rate(123.4), "123/s");
+        assert_eq!(rate(0.0617), "0.06/s");
+        assert_eq!(rate(0.001), "<0.01/s");
+        assert_eq!(rate(0.0), "0/s");
     }
 
     #[test]

@@ -169,7 +169,7 @@ pub(crate) async fn page(
                 table.critical-path {
                     thead { tr { th { "service · operation" } th.num { "spans" } th.num { "self time on the path" } th.num { "share" } } }
                     tbody {
-                        @for ((service, operation), (self_ns, spans)) in on_path.iter().take(15) {
+                        @for ((service, operation), (self_ns, spans)) in on_path.iter().take(6) {
                             tr {
                                 td { (service) " · " (operation) }
                                 td.num { (spans) }
@@ -179,6 +179,7 @@ pub(crate) async fn page(
                         }
                     }
                 }
+                @if on_path.len() > 6 { p.note { (on_path.len() - 6) " more operations own the rest; the waterfall's last column has every span's self time." } }
             }
         }
         div.trace-layout {
