@@ -154,6 +154,11 @@ def main():
         row.click()
         page.wait_for_selector("#span-details h3")
         out["span_details"] = {"span_id": row.get_attribute("data-span-id"), "heading": page.locator("#span-details h3").inner_text(), "text": page.locator("#span-details").inner_text()}
+        # The range picker of a trace page stays on the trace.
+        page.select_option("form.range select[name=range]", "6h")
+        page.wait_for_url("**range=6h**")
+        page.wait_for_load_state("load")
+        out["trace_range_pick"] = {"url": page.url, "rows": page.locator(".span-row[data-span-id]").count()}
 
         # The XSS trace: payloads show as text and never run.
         visit("xss_trace", f"{base}/ui/trace/{plan['xss_trace']}")

@@ -375,6 +375,9 @@ async fn every_page_in_a_real_browser() {
     let small_page = &seen["small_trace"];
     assert_eq!(small_page["rows"], n1.count);
     assert_eq!(ids(&small_page["critical"]), small_critical, "small trace critical path");
+    let picked = &seen["trace_range_pick"];
+    assert!(picked["url"].as_str().unwrap().contains(&format!("/ui/trace/{}?range=6h", n1.trace_id)), "{picked}");
+    assert_eq!(picked["rows"], n1.count, "{picked}");
     let details = &seen["span_details"];
     let shown = small_trace["spans"]
         .as_array()

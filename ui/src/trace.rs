@@ -189,7 +189,9 @@ pub(crate) async fn page(
             }
         }
     };
-    Ok(Frame { title: &title, path: PATH, window: &params.window, keep: Vec::new() }.render(body))
+    // The range picker submits to this trace's own page.
+    let own = format!("{PATH}/{}", trace.trace_id);
+    Ok(Frame { title: &title, path: &own, window: &params.window, keep: Vec::new() }.render(body))
 }
 
 #[cfg(test)]
