@@ -6,7 +6,9 @@
 
 use std::collections::BTreeMap;
 
-use datafusion::arrow::array::{Array, AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::array::{
+    Array, AsArray, FixedSizeBinaryArray, Float64Array, Int64Array, RecordBatch, StringArray,
+};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Int32Type, IntervalMonthDayNano};
 use datafusion::common::{JoinType, ScalarValue};
@@ -66,6 +68,13 @@ impl Results<'_> {
 
     pub(crate) fn floats(&self, name: &str) -> Result<Float64Array, QueryError> {
         Ok(self.cast(name, &DataType::Float64)?.as_primitive().clone())
+    }
+
+    /// The `trace_id` column.
+    pub(crate) fn trace_ids(&self) -> Result<FixedSizeBinaryArray, QueryError> {
+        let column =
+            self.0.column_by_name(c::TRACE_ID).ok_or_else(|| QueryError::Corrupt("result lacks trace_id".into()))?;
+        Ok(column.as_fixed_size_binary().clone())
     }
 
     pub(crate) fn ints(&self, name: &str) -> Result<Int64Array, QueryError> {
@@ -277,11 +286,7 @@ impl QueryEngine {
         let mut out = Vec::new();
         for batch in &batches {
             let r = Results(batch);
-            let ids = batch
-                .column_by_name(c::TRACE_ID)
-                .ok_or_else(|| QueryError::Corrupt("result lacks trace_id".into()))?
-                .as_fixed_size_binary()
-                .clone();
+            let ids = r.trace_ids()?;
             let (start, duration, spans, errors) =
                 (r.ints("start")?, r.ints("duration_ns")?, r.ints("spans")?, r.ints("errors")?);
             let (service, operation) = (r.strings("root_service")?, r.strings("root_operation")?);
@@ -357,11 +362,7 @@ impl QueryEngine {
         let mut out = Vec::new();
         for batch in &batches {
             let r = Results(batch);
-            let ids = batch
-                .column_by_name(c::TRACE_ID)
-                .ok_or_else(|| QueryError::Corrupt("result lacks trace_id".into()))?
-                .as_fixed_size_binary()
-                .clone();
+            let ids = r.trace_ids()?;
             let (start, value) = (r.ints(c::START_TIME)?, r.ints("value")?);
             for row in 0..batch.num_rows() {
                 if value.is_null(row) {

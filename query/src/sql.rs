@@ -33,6 +33,9 @@ fn refusal(statement: &DfStatement) -> Option<String> {
                 SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_) => {
                     Some("only queries are allowed: this statement writes data".into())
                 }
+                SetExpr::Select(select) if select.into.is_some() => {
+                    Some("only queries are allowed: SELECT … INTO writes a table".into())
+                }
                 _ => None,
             },
             Statement::Explain { statement, .. } => {
@@ -144,6 +147,9 @@ mod tests {
             ("EXPLAIN COPY (SELECT 1) TO '/tmp/x.csv'", "COPY"),
             ("SELECT 1; SELECT 2", "one statement"),
             ("CREATE VIEW v AS SELECT 1", "CREATE VIEW"),
+            ("SELECT * INTO copied FROM spans", "SELECT … INTO"),
+            ("ALTER TABLE spans RENAME TO gone", "ALTER TABLE"),
+            ("TRUNCATE TABLE spans", "TRUNCATE"),
         ] {
             let err = check_read_only(sql).expect_err(sql).to_string();
             assert!(err.contains(expect), "{sql}: {err}");
