@@ -31,12 +31,16 @@ use hopscope_schemas::spans::span_schema;
 
 use crate::QueryError;
 
+/// What identifies one version of the manifest file: every commit renames a new file into place,
+/// so its inode changes even when its mtime and length do not.
+type ManifestStamp = (SystemTime, u64, u64);
+
 /// Reads a tenant's manifest, re-reading it only when the file changed.
 #[derive(Debug)]
 pub struct ManifestReader {
     path: PathBuf,
     tenant_dir: PathBuf,
-    cached: Mutex<Option<(SystemTime, u64, Arc<Manifest>)>>,
+    cached: Mutex<Option<(ManifestStamp, Arc<Manifest>)>>,
 }
 
 impl ManifestReader {
@@ -55,16 +59,20 @@ impl ManifestReader {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Arc::new(Manifest::default())),
             Err(e) => return Err(QueryError::Manifest(format!("{}: {e}", self.path.display()))),
         };
-        let stamp = (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len());
+        #[cfg(unix)]
+        let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+        #[cfg(not(unix))]
+        let inode = 0;
+        let stamp: ManifestStamp = (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len(), inode);
         let mut cached = self.cached.lock().expect("manifest cache lock");
-        if let Some((modified, len, manifest)) = cached.as_ref()
-            && (*modified, *len) == stamp
+        if let Some((seen, manifest)) = cached.as_ref()
+            && *seen == stamp
         {
             return Ok(Arc::clone(manifest));
         }
         let bytes = fs::read(&self.path).map_err(|e| QueryError::Manifest(format!("{}: {e}", self.path.display())))?;
         let manifest = Arc::new(Manifest::from_json(&bytes).map_err(|e| QueryError::Manifest(e.to_string()))?);
-        *cached = Some((stamp.0, stamp.1, Arc::clone(&manifest)));
+        *cached = Some((stamp, Arc::clone(&manifest)));
         Ok(manifest)
     }
 
@@ -348,6 +356,74 @@ impl TableProvider for SpansTable {
 mod tests {
     use super::*;
     use datafusion::prelude::{col, lit};
+
+    fn file(min_start_ns: i64, max_start_ns: i64) -> FileEntry {
+        FileEntry {
+            path: String::new(),
+            rows: 1,
+            bytes: 1,
+            min_start_ns,
+            max_start_ns,
+            max_end_ns: max_start_ns,
+            min_trace_id: "00".repeat(16),
+            max_trace_id: "ff".repeat(16),
+            committed_unix_ms: 0,
+            wal_max_segment: None,
+        }
+    }
+
+    #[test]
+    fn start_time_ranges_prune_files() {
+        let at = |ns: i64| lit(ScalarValue::TimestampNanosecond(Some(ns), Some("UTC".into())));
+        let ms = |v: i64| lit(ScalarValue::TimestampMillisecond(Some(v), None));
+        // A file holding spans that start in [100, 200] ns.
+        let f = file(100, 200);
+        for (filter, keeps) in [
+            (col(c::START_TIME).gt_eq(at(150)).and(col(c::START_TIME).lt(at(300))), true),
+            (col(c::START_TIME).gt_eq(at(200)), true),
+            (col(c::START_TIME).gt(at(200)), false),
+            (col(c::START_TIME).lt(at(100)), false),
+            (col(c::START_TIME).lt_eq(at(100)), true),
+            (col(c::START_TIME).gt_eq(at(0)).and(col(c::START_TIME).lt(at(50))), false),
+            (at(201).lt_eq(col(c::START_TIME)), false),
+            (col(c::START_TIME).between(at(10), at(99)), false),
+            (col(c::START_TIME).between(at(10), at(100)), true),
+            (col(c::START_TIME).eq(at(150)), true),
+            // Other units are converted: 1 ms is past the file.
+            (col(c::START_TIME).gt_eq(ms(1)), false),
+            // Conditions on other columns never prune.
+            (col(c::NAME).eq(lit("x")), true),
+        ] {
+            let pruning = FilePruning::from_filters(std::slice::from_ref(&filter));
+            assert_eq!(pruning.may_match(&f), keeps, "{filter}");
+        }
+    }
+
+    #[test]
+    fn a_new_manifest_is_seen_even_with_the_same_length_and_mtime() {
+        let dir = std::env::temp_dir().join(format!("hopscope-manifest-reader-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let reader = ManifestReader::new(&dir, "default");
+        assert_eq!(reader.current().unwrap().generation, 0, "no manifest yet reads as empty");
+        fs::create_dir_all(layout::tenant_dir(&dir, "default")).unwrap();
+        let path = layout::manifest_path(&dir, "default");
+        // Commit as the ingest side does: write a temporary file, then rename it into place.
+        let commit = |generation: u64, mtime: Option<SystemTime>| {
+            let tmp = path.with_extension("tmp");
+            fs::write(&tmp, Manifest { generation, ..Manifest::default() }.to_json()).unwrap();
+            if let Some(mtime) = mtime {
+                fs::File::options().write(true).open(&tmp).unwrap().set_modified(mtime).unwrap();
+            }
+            fs::rename(&tmp, &path).unwrap();
+        };
+        commit(1, None);
+        assert_eq!(reader.current().unwrap().generation, 1);
+        let mtime = fs::metadata(&path).unwrap().modified().unwrap();
+        commit(2, Some(mtime));
+        assert_eq!(fs::metadata(&path).unwrap().modified().unwrap(), mtime);
+        assert_eq!(reader.current().unwrap().generation, 2);
+        let _ = fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn trace_id_equality_prunes_files() {
