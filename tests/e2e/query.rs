@@ -468,6 +468,21 @@ async fn edges_traces_latency_and_sql_answer_recorded_traces() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_over_the_memory_limit_fails_and_the_server_stays_up() {
+    let server = Server::start("query-memory-limit", &["--query-memory-limit-bytes", "1000000"]);
+    // Three million values gathered into one array need ~24 MB, far over the 1 MB pool.
+    let (status, body) =
+        sql(&server, "SELECT array_length(array_agg(v)) AS n FROM generate_series(1, 3000000) AS t(v)").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("--query-memory-limit-bytes"), "{body}");
+    // The same question under the limit is answered, so the server is still there.
+    let (status, body) =
+        sql(&server, "SELECT array_length(array_agg(v)) AS n FROM generate_series(1, 1000) AS t(v)").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rows"][0]["n"], 1000, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_is_read_only_and_bounded() {
     let server = Server::start("query-sql-safety", &["--query-max-rows", "5", "--query-timeout", "2s"]);
     post_spans(&server, &recorded()).await;
@@ -484,6 +499,9 @@ async fn sql_is_read_only_and_bounded() {
         ("DROP TABLE spans", "DROP TABLE"),
         ("SET datafusion.execution.batch_size = 1", "SET"),
         ("SELECT 1; DROP TABLE spans", "one statement"),
+        ("SELECT * INTO copied FROM spans", "SELECT … INTO"),
+        ("ALTER TABLE spans RENAME TO gone", "ALTER TABLE"),
+        ("TRUNCATE TABLE spans", "TRUNCATE"),
     ];
     for (statement, kind) in refused {
         let (status, body) = sql(&server, statement).await;
