@@ -572,6 +572,17 @@ async fn bad_parameters_are_named() {
         ("/api/v1/latency?service=a&caller=b&callee=c", "service"),
         ("/api/v1/latency?service=a&start=0&end=100000000000&step=1ns", "step"),
         ("/api/v1/traces/not-hex", "trace_id"),
+        ("/api/v1/traces/not-hex/critical-path", "trace_id"),
+        ("/api/v1/critical-path?operation=GET%20/checkout", "operation: needs service"),
+        ("/api/v1/critical-path?start=later", "start"),
+        ("/api/v1/critical-path?servic=gateway", "servic"),
+        ("/api/v1/dependencies?end=soon", "end"),
+        ("/api/v1/dependencies?service=x", "service"),
+        ("/api/v1/findings?n_plus_one_min_calls=many", "n_plus_one_min_calls"),
+        ("/api/v1/findings?retry_min_attempts=1", "retry_min_attempts: must be at least 2"),
+        ("/api/v1/findings?sequential_max_gap=5", "sequential_max_gap"),
+        ("/api/v1/findings?unbounded_tail_ratio=0.5", "unbounded_tail_ratio"),
+        ("/api/v1/findings?treshold=1", "treshold"),
     ] {
         let (status, body) = get(&server, path).await;
         assert_eq!(status, 400, "{path}: {body}");
