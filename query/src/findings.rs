@@ -17,7 +17,7 @@ use datafusion::error::Result as DfResult;
 use hopscope_schemas::columns::{finding as f, finding_kind as fk, semconv};
 use hopscope_schemas::spans::{kind, status, timestamp_type};
 
-use crate::critical_path::{PathSpan, critical_paths};
+use crate::critical_path::{CriticalPath, PathSpan, critical_paths};
 use crate::walk::{PerTrace, SpanColumns, SpanIndex, span_key};
 
 /// When a pattern counts as a finding. Defaults in [`Thresholds::default`].
@@ -198,6 +198,38 @@ impl PerTrace for FindingScan {
                 children.entry(p).or_default().push(r);
             }
         }
+        // The critical paths, and how long each span's subtree spends on them: a finding's cost is
+        // capped by the time its calls spend on the path (calls off the path delay nothing).
+        let path_input: Vec<PathSpan> = rows
+            .clone()
+            .map(|r| PathSpan {
+                start: spans.start_ns.value(r),
+                end: spans.end_ns.value(r),
+                parent: parents[r - rows.start].map(|p| p - rows.start),
+                kind: spans.kind.value(r),
+            })
+            .collect();
+        let paths = critical_paths(&path_input);
+        let on_path = subtree_time_on_path(&path_input, &paths);
+        let mut sections_of: HashMap<usize, Vec<(i64, i64)>> = HashMap::new();
+        for section in paths.iter().flat_map(|p| &p.sections) {
+            sections_of.entry(section.span).or_default().push((section.start, section.end));
+        }
+        // A call's time on the path: what its subtree owns, plus what its caller owns while the call
+        // runs (the walk gives a caller the time of a child that ends exactly where the next starts).
+        let path_time = |calls: &mut dyn Iterator<Item = usize>| -> i64 {
+            calls
+                .map(|r| {
+                    let i = r - rows.start;
+                    let (start, end) = (path_input[i].start, path_input[i].end);
+                    let caller = path_input[i].parent.and_then(|p| sections_of.get(&p)).map_or(0, |sections| {
+                        sections.iter().map(|&(s, e)| (e.min(end) - s.max(start)).max(0)).sum::<i64>()
+                    });
+                    on_path[i] + caller
+                })
+                .sum()
+        };
+
         // Every CLIENT span's call, keyed by its parent (rows are in start order already).
         let mut calls_by_parent: Vec<(usize, Vec<Call>)> = Vec::new();
         for r in rows.clone() {
@@ -233,11 +265,17 @@ impl PerTrace for FindingScan {
             }
             for (callee, group) in &by_callee {
                 if group.len() >= t.retry_min_attempts && group[..group.len() - 1].iter().all(|c| c.failed) {
-                    let cost = group[..group.len() - 1].iter().map(|c| spans.duration_ns(c.row)).sum();
+                    let failed = &group[..group.len() - 1];
+                    let cost = failed
+                        .iter()
+                        .map(|c| spans.duration_ns(c.row))
+                        .sum::<i64>()
+                        .min(path_time(&mut failed.iter().map(|c| c.row)));
                     let threshold = format!("retry_min_attempts={}", t.retry_min_attempts);
                     self.push(spans, &rows, fk::RETRY_STORM, *at, Some(callee), group.len(), cost, threshold)?;
                 } else if group.len() >= t.n_plus_one_min_calls {
-                    let cost = all_but_longest(spans, group.iter().map(|c| c.row));
+                    let cost = all_but_longest(spans, group.iter().map(|c| c.row))
+                        .min(path_time(&mut group.iter().map(|c| c.row)));
                     let threshold = format!("n_plus_one_min_calls={}", t.n_plus_one_min_calls);
                     self.push(spans, &rows, fk::N_PLUS_ONE, *at, Some(callee), group.len(), cost, threshold)?;
                 }
@@ -247,7 +285,8 @@ impl PerTrace for FindingScan {
             let flush = |run: &mut Vec<&Call>, this: &mut Self| -> DfResult<()> {
                 if run.len() >= t.sequential_min_run {
                     let callees: Vec<&str> = run.iter().map(|c| c.callee.as_str()).collect();
-                    let cost = all_but_longest(spans, run.iter().map(|c| c.row));
+                    let cost = all_but_longest(spans, run.iter().map(|c| c.row))
+                        .min(path_time(&mut run.iter().map(|c| c.row)));
                     let threshold = format!(
                         "sequential_min_run={}, sequential_max_gap={}ns",
                         t.sequential_min_run, t.sequential_max_gap_ns
@@ -304,23 +343,15 @@ impl PerTrace for FindingScan {
         }
         for ((callee, _), at, calls) in &identical {
             if calls.len() >= t.repeated_min_calls {
-                let cost = spans_total(spans, calls) - spans.duration_ns(calls[0]).max(0);
+                let cost = (spans_total(spans, calls) - spans.duration_ns(calls[0]).max(0))
+                    .min(path_time(&mut calls[1..].iter().copied()));
                 let threshold = format!("repeated_min_calls={}", t.repeated_min_calls);
                 self.push(spans, &rows, fk::REPEATED_CALL, *at, Some(callee), calls.len(), cost, threshold)?;
             }
         }
 
         // Deep chains: service hops along each root's critical path.
-        let path_input: Vec<PathSpan> = rows
-            .clone()
-            .map(|r| PathSpan {
-                start: spans.start_ns.value(r),
-                end: spans.end_ns.value(r),
-                parent: parents[r - rows.start].map(|p| p - rows.start),
-                kind: spans.kind.value(r),
-            })
-            .collect();
-        for path in critical_paths(&path_input) {
+        for path in &paths {
             let mut changes: usize = 0;
             let mut waiting = 0;
             let mut previous: Option<&str> = None;
@@ -365,6 +396,22 @@ impl PerTrace for FindingScan {
             ],
         )?))
     }
+}
+
+/// For each span, the time its subtree (itself and its descendants) owns on the critical paths.
+fn subtree_time_on_path(spans: &[PathSpan], paths: &[CriticalPath]) -> Vec<i64> {
+    let mut total = vec![0i64; spans.len()];
+    for section in paths.iter().flat_map(|p| &p.sections) {
+        let length = section.end - section.start;
+        let mut at = Some(section.span);
+        // Bounded: a parent cycle in malformed data cannot loop forever.
+        for _ in 0..=spans.len() {
+            let Some(span) = at else { break };
+            total[span] += length;
+            at = spans[span].parent;
+        }
+    }
+    total
 }
 
 fn spans_total(spans: &SpanColumns, rows: &[usize]) -> i64 {
