@@ -197,6 +197,30 @@ def main():
             die(f"search results differ:\n{mine_d}\n{other_d}")
         rows.append(("search: 20 slowest traces with a payments span ≥ 20ms", our_time, their_time,
                      f"{len(mine)} traces equal"))
+
+        # 4. The aggregate critical path of every trace, and the findings, against a plain scan of the
+        # columns the critical path reads (issue 7's target: at least half the plain scan's span rate).
+        window = f"start_time >= to_timestamp_nanos({start}) AND start_time < to_timestamp_nanos({end})"
+        scan_sql = (
+            "SELECT count(*) AS n, max(trace_id) AS t, max(span_id) AS s, max(parent_span_id) AS p, "
+            "max(service_name) AS sv, max(name) AS nm, max(kind) AS k, max(start_time) AS st, "
+            f"max(end_time) AS en, max(status_code) AS sc FROM spans WHERE {window}")
+        scanned, scan_time = timed(lambda: server.sql(scan_sql), args.repeat)
+        in_range = db.execute(
+            f"SELECT count(*), count(DISTINCT trace_id) FROM spans "
+            f"WHERE epoch_ns(start_time) >= {start} AND epoch_ns(start_time) < {end}").fetchone()
+        if scanned[0]["n"] != in_range[0]:
+            die(f"plain scan counted {scanned[0]['n']} spans, DuckDB {in_range[0]}")
+        rows.append((f"plain scan of the 9 columns the critical path reads ({in_range[0]:,} spans)", scan_time, None,
+                     "span count equal to DuckDB's"))
+        path, path_time = timed(lambda: server.get(f"/api/v1/critical-path?start={start}&end={end}"), args.repeat)
+        rows.append((f"`GET /api/v1/critical-path`, every trace ({path['traces']:,} of {in_range[1]:,} traces; "
+                     f"{path_time / scan_time:.2f}× the plain scan's time, "
+                     f"{scan_time / path_time:.2f}× its span rate)", path_time, None, "no peer has the question"))
+        found, findings_time = timed(lambda: server.get(f"/api/v1/findings?start={start}&end={end}"), args.repeat)
+        rows.append((f"`GET /api/v1/findings`, every trace ({len(found['findings'])} findings; "
+                     f"{findings_time / scan_time:.2f}× the plain scan's time)", findings_time, None,
+                     "no peer has the question"))
     finally:
         server.stop()
 
