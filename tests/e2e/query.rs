@@ -777,6 +777,18 @@ fn dependency_trace() -> Vec<Span> {
             .attr("db.system", json!("redis")),
         span(c, "c00000000000000e", Some("c000000000000001"), "api", "GET", CLIENT, 83.0, 88.0)
             .attr("url.full", json!("https://maps.example.com/v1/route?from=a")),
+        // A message nobody consumes: the queue is the node, named by system and destination.
+        span(c, "c00000000000000f", Some("c000000000000001"), "api", "audit publish", PRODUCER, 89.0, 89.5)
+            .attr("messaging.system", json!("rabbitmq"))
+            .attr("messaging.destination.name", json!("audit")),
+        // Precedence: peer.service names the node before db.system (which still makes it a database),
+        // and db.system before server.address.
+        span(c, "c000000000000010", Some("c000000000000001"), "api", "SELECT ledger", CLIENT, 89.6, 89.9)
+            .attr("peer.service", json!("ledger-db"))
+            .attr("db.system", json!("postgresql")),
+        span(c, "c000000000000011", Some("c000000000000001"), "api", "SELECT audit", CLIENT, 90.0, 91.0)
+            .attr("db.system", json!("mysql"))
+            .attr("server.address", json!("db.internal")),
     ]
 }
 
@@ -784,7 +796,7 @@ fn dependency_trace() -> Vec<Span> {
 async fn dependencies_name_virtual_nodes_and_find_shared_and_transitive_ones() {
     let server = Server::start("query-dependencies", &[]);
     post_spans(&server, &dependency_trace()).await;
-    server.wait_for_trace(TRACE_C, 14).await;
+    server.wait_for_trace(TRACE_C, 17).await;
     let deps = get_ok(&server, &format!("/api/v1/dependencies?{}", range_query())).await;
 
     let nodes: Vec<(String, String)> = deps["nodes"]
@@ -798,10 +810,13 @@ async fn dependencies_name_virtual_nodes_and_find_shared_and_transitive_ones() {
         ("api", "service"),
         ("billing", "rpc"),
         ("inventory", "service"),
+        ("ledger-db", "database"),
         ("mailer", "service"),
         ("maps.example.com", "external"),
+        ("mysql", "database"),
         ("postgresql/shop", "database"),
         ("pricing", "service"),
+        ("rabbitmq/audit", "messaging"),
         ("redis", "cache"),
         ("stock.internal:9000", "external"),
         ("user", "user"),
@@ -835,10 +850,13 @@ async fn dependencies_name_virtual_nodes_and_find_shared_and_transitive_ones() {
         ("10.0.0.7", 4),
         ("billing", 2),
         ("inventory", 2),
+        ("ledger-db", 2),
         ("mailer", 2),
         ("maps.example.com", 2),
+        ("mysql", 2),
         ("postgresql/shop", 4),
         ("pricing", 3),
+        ("rabbitmq/audit", 2),
         ("redis", 4),
         ("stock.internal:9000", 3),
     ]
