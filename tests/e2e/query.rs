@@ -140,6 +140,20 @@ fn range_query() -> String {
     format!("start={}&end={}", T0 - 1_000_000_000, T0 + 10_000_000_000)
 }
 
+/// A critical path's sections as (last digit of the span id, start in ms after T0, length in ms).
+fn path_sections(path: &Value) -> Vec<(String, f64, f64)> {
+    path["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let start = s["start_time_unix_nano"].as_str().unwrap().parse::<i64>().unwrap();
+            let id = s["span_id"].as_str().unwrap();
+            (id[id.len() - 1..].to_owned(), (start - T0) as f64 / MS, s["duration_ns"].as_f64().unwrap() / MS)
+        })
+        .collect()
+}
+
 async fn post_spans(server: &Server, spans: &[Span]) {
     let response =
         reqwest::Client::new().post(server.traces_url()).json(&otlp_json(spans)).send().await.expect("export");
@@ -365,18 +379,7 @@ async fn edges_traces_latency_and_sql_answer_recorded_traces() {
     // --- Critical paths, worked out by hand from design.md §4. Trace A: the consumer under the
     // producer does not block; the database call sits under the payments server span.
     let path = get_ok(&server, &format!("/api/v1/traces/{TRACE_A}/critical-path")).await;
-    let sections = |body: &Value| -> Vec<(String, f64, f64)> {
-        body["paths"][0]["sections"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| {
-                let start = s["start_time_unix_nano"].as_str().unwrap().parse::<i64>().unwrap();
-                let id = s["span_id"].as_str().unwrap();
-                (id[id.len() - 1..].to_owned(), (start - T0) as f64 / MS, s["duration_ns"].as_f64().unwrap() / MS)
-            })
-            .collect()
-    };
+    let sections = |body: &Value| path_sections(&body["paths"][0]);
     let expected: Vec<(String, f64, f64)> = [
         ("1", 0.0, 10.0),
         ("2", 10.0, 5.0),
@@ -465,6 +468,32 @@ async fn edges_traces_latency_and_sql_answer_recorded_traces() {
     expected.sort_unstable();
     assert_eq!(durations, expected);
     server.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_with_two_roots_has_one_critical_path_per_root_in_start_order() {
+    const TRACE_D: &str = "dddddddddddddddddddddddddddddddd";
+    let server = Server::start("query-two-roots", &[]);
+    // `checkout` is a root; `audit`'s parent was never received, so it is a root too, and it started
+    // first.
+    let spans = vec![
+        span(TRACE_D, "d000000000000001", None, "checkout", "POST /checkout", SERVER, 10.0, 50.0),
+        span(TRACE_D, "d000000000000002", Some("d000000000000001"), "checkout", "charge", CLIENT, 20.0, 30.0),
+        span(TRACE_D, "d000000000000003", Some("d0000000000000ff"), "audit", "record", SERVER, 0.0, 40.0),
+        span(TRACE_D, "d000000000000004", Some("d000000000000003"), "audit", "write", INTERNAL, 5.0, 15.0),
+    ];
+    post_spans(&server, &spans).await;
+    server.wait_for_trace(TRACE_D, 4).await;
+    let body = get_ok(&server, &format!("/api/v1/traces/{TRACE_D}/critical-path")).await;
+    let paths = body["paths"].as_array().unwrap();
+    let roots: Vec<&str> = paths.iter().map(|p| p["root_span_id"].as_str().unwrap()).collect();
+    assert_eq!(roots, ["d000000000000003", "d000000000000001"], "{body:#}");
+    let owned = |list: &[(&str, f64, f64)]| -> Vec<(String, f64, f64)> {
+        list.iter().map(|(id, start, length)| ((*id).to_owned(), *start, *length)).collect()
+    };
+    // Each root's sections tile exactly its own interval.
+    assert_eq!(path_sections(&paths[0]), owned(&[("3", 0.0, 5.0), ("4", 5.0, 10.0), ("3", 15.0, 25.0)]));
+    assert_eq!(path_sections(&paths[1]), owned(&[("1", 10.0, 10.0), ("2", 20.0, 10.0), ("1", 30.0, 20.0)]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
