@@ -48,14 +48,16 @@ fn aggregate(params: &PageParams, view: &AggregateCriticalPathView) -> Markup {
     html! {
         dl.groups { (group("typical (p40–p60)", &view.typical)) (group("tail (p99 and slower)", &view.tail)) }
         p.explain { "Each operation's self time on the critical path as a share of end-to-end latency, in typical traces and in the tail; ranked by the time it adds in the tail. An operation whose share grows in the tail is what makes the tail slow." }
+        @let idle = view.operations.iter().filter(|op| op.typical_self_ns <= 0.0 && op.tail_self_ns <= 0.0).count();
+        @if idle > 0 { p.note { (idle) " operations that own no time on the path in either group are not listed." } }
         table.aggregate-path {
             thead { tr { th { "service · operation" } th { "typical share" } th { "tail share" } th.num { "typical self time" } th.num { "tail self time" } th.num { "added in the tail" } } }
             tbody {
-                @for op in &view.operations {
+                @for op in view.operations.iter().filter(|op| op.typical_self_ns > 0.0 || op.tail_self_ns > 0.0) {
                     tr data-service=(op.service) data-operation=(op.operation) {
                         td { a href=(params.link(SERVICE_PATH, &[("name", &op.service), ("operation", &op.operation)])) { (op.service) " · " (op.operation) } }
-                        td { span.share-bar.typical style=(format!("width:{:.1}%", 100.0 * op.typical_share.clamp(0.0, 1.0))) {} " " (percent(op.typical_share)) }
-                        td { span.share-bar.tail style=(format!("width:{:.1}%", 100.0 * op.tail_share.clamp(0.0, 1.0))) {} " " (percent(op.tail_share)) }
+                        td { span.share-bar.typical style=(format!("width:{:.0}px", 120.0 * op.typical_share.clamp(0.0, 1.0))) {} " " (percent(op.typical_share)) }
+                        td { span.share-bar.tail style=(format!("width:{:.0}px", 120.0 * op.tail_share.clamp(0.0, 1.0))) {} " " (percent(op.tail_share)) }
                         td.num { (duration(op.typical_self_ns)) }
                         td.num { (duration(op.tail_self_ns)) }
                         td.num { (duration(op.tail_extra_ns)) }
