@@ -132,8 +132,13 @@ async fn demo(mut args: DemoArgs) -> anyhow::Result<()> {
     let server = tokio::spawn(serve(args.serve, Some(listening)));
     let traffic = async move {
         let Ok(addr) = addr.await else { return Ok(()) };
-        let host = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
-        let endpoint = format!("http://{}", SocketAddr::new(host.parse()?, addr.port()));
+        // A wildcard listen address is reached on loopback of the same family.
+        let ip = match addr.ip() {
+            ip if !ip.is_unspecified() => ip,
+            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        };
+        let endpoint = format!("http://{}", SocketAddr::new(ip, addr.port()));
         let history_spans = (args.rate * args.history.as_secs_f64()).ceil() as u64;
         tracing::info!(spans = history_spans, window = ?args.history, "demo: loading history");
         simulate::run(simulate::SimulateArgs::demo(endpoint.clone(), 0.0, Some(history_spans), Some(args.history), 1))
