@@ -191,6 +191,20 @@ fn python() -> String {
         .unwrap_or_else(|_| workspace_root().join(".venv/bin/python").to_string_lossy().into_owned())
 }
 
+/// The `name` of each object in a list.
+fn names(list: &Value) -> BTreeSet<String> {
+    list.as_array().unwrap().iter().map(|n| n["name"].as_str().unwrap().to_owned()).collect()
+}
+
+/// The (`caller`, `callee`) of each object in a list.
+fn calls(list: &Value) -> BTreeSet<(String, String)> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["caller"].as_str().unwrap().to_owned(), e["callee"].as_str().unwrap().to_owned()))
+        .collect()
+}
+
 fn ids(value: &Value) -> BTreeSet<String> {
     value.as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect()
 }
@@ -245,16 +259,8 @@ async fn every_page_in_a_real_browser() {
 
     // What the pages must show, from the API.
     let deps = get_json(&client, &server.api_url("/api/v1/dependencies")).await;
-    let api_nodes: BTreeSet<String> =
-        deps["nodes"].as_array().unwrap().iter().map(|n| n["name"].as_str().unwrap().to_owned()).collect();
-    let api_edges: BTreeSet<(String, String)> = deps["edges"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| (e["caller"].as_str().unwrap().to_owned(), e["callee"].as_str().unwrap().to_owned()))
-        .collect();
-    let api_shared: BTreeSet<String> =
-        deps["shared_resources"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_owned()).collect();
+    let (api_nodes, api_edges) = (names(&deps["nodes"]), calls(&deps["edges"]));
+    let api_shared = names(&deps["shared_resources"]);
     for i in 0..200 {
         assert!(api_nodes.contains(&format!("svc-{i:03}")), "svc-{i:03} missing from the API's graph");
     }
@@ -315,17 +321,9 @@ async fn every_page_in_a_real_browser() {
 
     // The graph: `/` leads to it; exactly the API's nodes and edges; shared resources marked.
     assert!(seen["graph_url"].as_str().unwrap().ends_with("/ui/graph"), "{}", seen["graph_url"]);
-    let nodes: BTreeSet<String> =
-        seen["graph_nodes"].as_array().unwrap().iter().map(|n| n["name"].as_str().unwrap().to_owned()).collect();
-    assert_eq!(nodes, api_nodes, "graph nodes");
+    assert_eq!(names(&seen["graph_nodes"]), api_nodes, "graph nodes");
     assert_eq!(seen["graph_nodes"].as_array().unwrap().len(), api_nodes.len(), "each node drawn once");
-    let edges: BTreeSet<(String, String)> = seen["graph_edges"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| (e["caller"].as_str().unwrap().to_owned(), e["callee"].as_str().unwrap().to_owned()))
-        .collect();
-    assert_eq!(edges, api_edges, "graph edges");
+    assert_eq!(calls(&seen["graph_edges"]), api_edges, "graph edges");
     for e in seen["graph_edges"].as_array().unwrap() {
         let label = e["label"].as_str().unwrap();
         assert!(label.contains("/s · p99 "), "edge label {label:?} lacks calls/s and p99");
