@@ -26,11 +26,20 @@ struct TraceTimes {
     last_seen: Instant,
 }
 
+/// Spans of one WAL record (one export payload), or the part of them not yet written.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    /// The WAL segment the record is in.
+    pub segment: u64,
+    pub batch: RecordBatch,
+    /// Writes of these spans that failed so far.
+    pub failures: u32,
+}
+
 /// Spans accepted but not yet written.
 #[derive(Debug, Default)]
 pub struct TraceBuffer {
-    /// Each batch with the WAL segment its record is in.
-    batches: Vec<(u64, RecordBatch)>,
+    batches: Vec<Pending>,
     traces: HashMap<[u8; 16], TraceTimes>,
     rows: usize,
     /// Memory held by the buffered batches.
@@ -50,12 +59,17 @@ impl TraceBuffer {
 
     /// The lowest WAL segment holding buffered spans.
     pub fn min_segment(&self) -> Option<u64> {
-        self.batches.iter().map(|(segment, _)| *segment).min()
+        self.batches.iter().map(|p| p.segment).min()
     }
 
     /// Adds a batch of spans in the stored schema, logged in WAL `segment`.
     pub fn push(&mut self, batch: RecordBatch, segment: u64, now: Instant) {
-        for id in trace_id_column(&batch).iter().flatten() {
+        self.push_pending(Pending { segment, batch, failures: 0 }, now);
+    }
+
+    fn push_pending(&mut self, pending: Pending, now: Instant) {
+        let batch = &pending.batch;
+        for id in trace_id_column(batch).iter().flatten() {
             let id: [u8; 16] = id.try_into().expect("trace ids are 16 bytes");
             self.traces
                 .entry(id)
@@ -63,25 +77,21 @@ impl TraceBuffer {
                 .or_insert(TraceTimes { first_seen: now, last_seen: now });
         }
         self.rows += batch.num_rows();
-        self.bytes += batch_bytes(&batch);
-        self.batches.push((segment, batch));
+        self.bytes += batch_bytes(batch);
+        self.batches.push(pending);
     }
 
-    /// Puts back batches that could not be written, so that they are tried again.
-    pub fn restore(&mut self, batches: Vec<(u64, RecordBatch)>, now: Instant) {
-        for (segment, batch) in batches {
-            self.push(batch, segment, now);
+    /// Puts back spans that could not be written, so that they are tried again once their traces
+    /// are ready again (at least the idle cut-off from now).
+    pub fn restore(&mut self, pending: Vec<Pending>, now: Instant) {
+        for p in pending {
+            self.push_pending(p, now);
         }
     }
 
     /// Removes and returns the spans of every trace that is ready at `now` (all of them when
     /// `everything` is set).
-    pub fn take_ready(
-        &mut self,
-        now: Instant,
-        cut_off: CutOff,
-        everything: bool,
-    ) -> Result<Vec<(u64, RecordBatch)>, IngestError> {
+    pub fn take_ready(&mut self, now: Instant, cut_off: CutOff, everything: bool) -> Result<Vec<Pending>, IngestError> {
         let ready: HashSet<[u8; 16]> = self
             .traces
             .iter()
@@ -103,7 +113,7 @@ impl TraceBuffer {
         }
         let mut taken = Vec::new();
         let mut kept = Vec::new();
-        for (segment, batch) in std::mem::take(&mut self.batches) {
+        for Pending { segment, batch, failures } in std::mem::take(&mut self.batches) {
             let mask: BooleanArray = trace_id_column(&batch)
                 .iter()
                 .map(|id| Some(id.is_some_and(|id| ready.contains(<&[u8; 16]>::try_from(id).expect("16 bytes")))))
@@ -111,15 +121,15 @@ impl TraceBuffer {
             let take = filter_record_batch(&batch, &mask)?;
             let keep = filter_record_batch(&batch, &arrow::compute::not(&mask)?)?;
             if take.num_rows() > 0 {
-                taken.push((segment, take));
+                taken.push(Pending { segment, batch: take, failures });
             }
             if keep.num_rows() > 0 {
-                kept.push((segment, keep));
+                kept.push(Pending { segment, batch: keep, failures });
             }
         }
         self.traces.retain(|id, _| !ready.contains(id));
-        self.rows = kept.iter().map(|(_, b)| b.num_rows()).sum();
-        self.bytes = kept.iter().map(|(_, b)| batch_bytes(b)).sum();
+        self.rows = kept.iter().map(|p| p.batch.num_rows()).sum();
+        self.bytes = kept.iter().map(|p| batch_bytes(&p.batch)).sum();
         self.batches = kept;
         Ok(taken)
     }
@@ -155,10 +165,10 @@ mod tests {
         RecordBatch::try_new(Arc::new(schema), vec![Arc::new(b.finish())]).unwrap()
     }
 
-    fn ids(batches: &[(u64, RecordBatch)]) -> Vec<u8> {
+    fn ids(batches: &[Pending]) -> Vec<u8> {
         let mut out: Vec<u8> = batches
             .iter()
-            .flat_map(|(_, b)| trace_id_column(b).iter().map(|id| id.unwrap()[0]).collect::<Vec<_>>())
+            .flat_map(|p| trace_id_column(&p.batch).iter().map(|id| id.unwrap()[0]).collect::<Vec<_>>())
             .collect();
         out.sort();
         out

@@ -3,6 +3,7 @@
 //!
 //! Validation happens before anything is appended, so a rejected span leaves no trace in the batch.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
@@ -26,6 +27,29 @@ use crate::IngestError;
 /// How many rejection reasons are spelled out in the partial-success message.
 const MAX_REASONS: usize = 5;
 
+/// Size caps applied while converting, so that one span cannot store megabytes: oversized values
+/// are truncated and oversized spans trimmed, and the export's `partial_success.error_message`
+/// says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpanLimits {
+    /// Longest value kept, in bytes. A longer string is cut at a character boundary, a byte string
+    /// at this length, and an array or key-value list keeps the leading elements that fit. Applies
+    /// to attribute values (of spans, events, links, resources and scopes), span names, status
+    /// messages and event names.
+    pub max_value_bytes: usize,
+    /// Most bytes one span's attributes, events and links may hold (keys, names and values, after
+    /// the value cap). Past it the span keeps its semantic-convention attributes first, then the
+    /// other attributes, events and links in order while they fit; the rest are dropped and
+    /// counted in the span's dropped counts, as an SDK's span limits would.
+    pub max_span_bytes: usize,
+}
+
+impl Default for SpanLimits {
+    fn default() -> Self {
+        Self { max_value_bytes: 32 * 1024, max_span_bytes: 1024 * 1024 }
+    }
+}
+
 /// The outcome of converting one export request.
 #[derive(Debug)]
 pub struct Converted {
@@ -33,19 +57,28 @@ pub struct Converted {
     pub batch: Option<RecordBatch>,
     pub accepted: u64,
     pub rejected: u64,
-    /// Why spans were rejected (the first few reasons), for `partial_success.error_message`.
+    /// Values cut to [`SpanLimits::max_value_bytes`].
+    pub truncated_values: u64,
+    /// Spans that lost attributes, events or links to [`SpanLimits::max_span_bytes`].
+    pub trimmed_spans: u64,
+    /// Why spans were rejected (the first few reasons) and what was truncated, for
+    /// `partial_success.error_message`.
     pub error_message: Option<String>,
 }
 
-/// Converts an export request into the stored schema.
-pub fn convert_request(request: &ExportTraceServiceRequest) -> Result<Converted, IngestError> {
+/// Converts an export request into the stored schema, applying `limits`.
+pub fn convert_request(request: &ExportTraceServiceRequest, limits: &SpanLimits) -> Result<Converted, IngestError> {
     let total: usize = request.resource_spans.iter().flat_map(|rs| &rs.scope_spans).map(|ss| ss.spans.len()).sum();
     let mut cols = SpanColumns::with_capacity(total);
     let mut rejected = 0u64;
     let mut reasons = Vec::new();
+    let mut caps = Caps::new(limits);
     for (ri, rs) in request.resource_spans.iter().enumerate() {
         let resource = rs.resource.as_ref();
-        let resource_attrs: &[KeyValue] = resource.map(|r| r.attributes.as_slice()).unwrap_or(&[]);
+        let resource_attrs = caps.attributes(resource.map(|r| r.attributes.as_slice()).unwrap_or(&[]), || {
+            format!("resourceSpans[{ri}].resource")
+        });
+        let resource_attrs: &[KeyValue] = &resource_attrs;
         let service_name = resource_attrs
             .iter()
             .find(|kv| kv.key == c::SERVICE_NAME_KEY)
@@ -56,6 +89,9 @@ pub fn convert_request(request: &ExportTraceServiceRequest) -> Result<Converted,
             .unwrap_or(c::UNKNOWN_SERVICE);
         for (si, ss) in rs.scope_spans.iter().enumerate() {
             let scope = ss.scope.as_ref();
+            let scope_attrs = caps.attributes(scope.map_or(&[][..], |s| s.attributes.as_slice()), || {
+                format!("resourceSpans[{ri}].scopeSpans[{si}].scope")
+            });
             for (pi, span) in ss.spans.iter().enumerate() {
                 if let Err(reason) = validate(span) {
                     rejected += 1;
@@ -64,26 +100,279 @@ pub fn convert_request(request: &ExportTraceServiceRequest) -> Result<Converted,
                     }
                     continue;
                 }
-                cols.append_span(span, service_name);
+                let span = caps.span(span, || format!("resourceSpans[{ri}].scopeSpans[{si}].spans[{pi}]"));
+                cols.append_span(&span, service_name);
                 cols.resource_attributes.append(resource_attrs);
                 cols.resource_dropped.append_value(resource.map_or(0, |r| r.dropped_attributes_count));
                 cols.resource_schema_url.append_value(&rs.schema_url);
                 cols.scope_name.append_value(scope.map_or("", |s| s.name.as_str()));
                 cols.scope_version.append_value(scope.map_or("", |s| s.version.as_str()));
-                cols.scope_attributes.append(scope.map_or(&[][..], |s| s.attributes.as_slice()));
+                cols.scope_attributes.append(scope_attrs.iter());
                 cols.scope_dropped.append_value(scope.map_or(0, |s| s.dropped_attributes_count));
                 cols.scope_schema_url.append_value(&ss.schema_url);
             }
         }
     }
     let accepted = cols.rows as u64;
-    let error_message = (rejected > 0).then(|| {
+    let rejection = (rejected > 0).then(|| {
         let more = rejected as usize - reasons.len();
         let tail = if more > 0 { format!("; and {more} more") } else { String::new() };
         format!("rejected {rejected} span(s): {}{tail}", reasons.join("; "))
     });
+    let notes: Vec<String> = rejection.into_iter().chain(caps.report()).collect();
+    let error_message = (!notes.is_empty()).then(|| notes.join("; "));
     let batch = if accepted > 0 { Some(cols.finish()?) } else { None };
-    Ok(Converted { batch, accepted, rejected, error_message })
+    Ok(Converted {
+        batch,
+        accepted,
+        rejected,
+        truncated_values: caps.truncated_values,
+        trimmed_spans: caps.trimmed_spans,
+        error_message,
+    })
+}
+
+/// Applies [`SpanLimits`] and remembers what it cut, for the partial-success message. Values and
+/// spans within the limits are borrowed as they are: the caps cost a size check on the hot path.
+struct Caps<'l> {
+    limits: &'l SpanLimits,
+    truncated_values: u64,
+    trimmed_spans: u64,
+    /// Where the first truncated value was, and its size.
+    first_truncated: Option<String>,
+    first_trimmed: Option<String>,
+}
+
+impl<'l> Caps<'l> {
+    fn new(limits: &'l SpanLimits) -> Self {
+        Self { limits, truncated_values: 0, trimmed_spans: 0, first_truncated: None, first_trimmed: None }
+    }
+
+    /// What was cut, for `partial_success.error_message`.
+    fn report(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if self.truncated_values > 0 {
+            notes.push(format!(
+                "truncated {} value(s) longer than {} bytes (first: {})",
+                self.truncated_values,
+                self.limits.max_value_bytes,
+                self.first_truncated.as_deref().unwrap_or("?")
+            ));
+        }
+        if self.trimmed_spans > 0 {
+            notes.push(format!(
+                "{} span(s) held more than {} bytes of attributes, events and links; what did not fit was \
+                 dropped and counted in their dropped counts (first: {})",
+                self.trimmed_spans,
+                self.limits.max_span_bytes,
+                self.first_trimmed.as_deref().unwrap_or("?")
+            ));
+        }
+        notes
+    }
+
+    fn note_truncated(&mut self, what: impl FnOnce() -> String) {
+        self.truncated_values += 1;
+        if self.first_truncated.is_none() {
+            self.first_truncated = Some(what());
+        }
+    }
+
+    /// `attrs` with every value within the value cap.
+    fn attributes<'a>(&mut self, attrs: &'a [KeyValue], at: impl Fn() -> String) -> Cow<'a, [KeyValue]> {
+        let cap = self.limits.max_value_bytes;
+        if attrs.iter().all(|kv| kv_value_bytes(kv) <= cap) {
+            return Cow::Borrowed(attrs);
+        }
+        let mut owned = attrs.to_vec();
+        for kv in &mut owned {
+            let size = kv_value_bytes(kv);
+            if size > cap
+                && let Some(value) = kv.value.as_mut().and_then(|v| v.value.as_mut())
+            {
+                cap_value(value, cap);
+                self.note_truncated(|| format!("{} attribute {:?} of {size} bytes", at(), kv.key));
+            }
+        }
+        Cow::Owned(owned)
+    }
+
+    /// `span` within the value cap and the span cap.
+    fn span<'a>(&mut self, span: &'a Span, at: impl Fn() -> String) -> Cow<'a, Span> {
+        let cap = self.limits.max_value_bytes;
+        let long = |s: &str| s.len() > cap;
+        let oversized_value = long(&span.name)
+            || span.status.as_ref().is_some_and(|s| long(&s.message))
+            || span.attributes.iter().any(|kv| kv_value_bytes(kv) > cap)
+            || span.events.iter().any(|e| long(&e.name) || e.attributes.iter().any(|kv| kv_value_bytes(kv) > cap))
+            || span.links.iter().any(|l| l.attributes.iter().any(|kv| kv_value_bytes(kv) > cap));
+        if !oversized_value && span_bytes(span) <= self.limits.max_span_bytes {
+            return Cow::Borrowed(span);
+        }
+        let mut span = span.clone();
+        if long(&span.name) {
+            self.note_truncated(|| format!("{} name of {} bytes", at(), span.name.len()));
+            truncate_str(&mut span.name, cap);
+        }
+        if let Some(status) = span.status.as_mut().filter(|s| long(&s.message)) {
+            self.note_truncated(|| format!("{} status message of {} bytes", at(), status.message.len()));
+            truncate_str(&mut status.message, cap);
+        }
+        span.attributes = self.attributes(&span.attributes, || format!("{} attributes", at())).into_owned();
+        for (i, event) in span.events.iter_mut().enumerate() {
+            if long(&event.name) {
+                self.note_truncated(|| format!("{} events[{i}] name of {} bytes", at(), event.name.len()));
+                truncate_str(&mut event.name, cap);
+            }
+            event.attributes = self.attributes(&event.attributes, || format!("{} events[{i}]", at())).into_owned();
+        }
+        for (i, link) in span.links.iter_mut().enumerate() {
+            link.attributes = self.attributes(&link.attributes, || format!("{} links[{i}]", at())).into_owned();
+        }
+        if span_bytes(&span) > self.limits.max_span_bytes {
+            let size = span_bytes(&span);
+            trim_span(&mut span, self.limits.max_span_bytes);
+            self.trimmed_spans += 1;
+            if self.first_trimmed.is_none() {
+                self.first_trimmed = Some(format!("{} with {size} bytes", at()));
+            }
+        }
+        Cow::Owned(span)
+    }
+}
+
+/// Bytes a value holds: the length of strings and byte strings, 8 for numbers and booleans, the
+/// sum of the elements (and keys) for arrays and key-value lists.
+fn value_bytes(value: &any_value::Value) -> usize {
+    use any_value::Value as V;
+    match value {
+        V::StringValue(s) => s.len(),
+        V::BytesValue(b) => b.len(),
+        V::BoolValue(_) | V::IntValue(_) | V::DoubleValue(_) | V::StringValueStrindex(_) => 8,
+        V::ArrayValue(a) => a.values.iter().map(any_value_bytes).sum(),
+        V::KvlistValue(kv) => kv.values.iter().map(|kv| kv.key.len() + kv_value_bytes(kv)).sum(),
+    }
+}
+
+fn any_value_bytes(value: &AnyValue) -> usize {
+    value.value.as_ref().map_or(0, value_bytes)
+}
+
+fn kv_value_bytes(kv: &KeyValue) -> usize {
+    kv.value.as_ref().map_or(0, any_value_bytes)
+}
+
+fn kv_bytes(kv: &KeyValue) -> usize {
+    kv.key.len() + kv_value_bytes(kv)
+}
+
+fn event_bytes(event: &opentelemetry_proto::tonic::trace::v1::span::Event) -> usize {
+    event.name.len() + event.attributes.iter().map(kv_bytes).sum::<usize>()
+}
+
+fn link_bytes(link: &opentelemetry_proto::tonic::trace::v1::span::Link) -> usize {
+    link.trace_id.len() + link.span_id.len() + link.attributes.iter().map(kv_bytes).sum::<usize>()
+}
+
+/// What [`SpanLimits::max_span_bytes`] counts of a span.
+fn span_bytes(span: &Span) -> usize {
+    span.attributes.iter().map(kv_bytes).sum::<usize>()
+        + span.events.iter().map(event_bytes).sum::<usize>()
+        + span.links.iter().map(link_bytes).sum::<usize>()
+}
+
+/// Cuts `s` to at most `max` bytes, at a character boundary.
+fn truncate_str(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut at = max;
+        while !s.is_char_boundary(at) {
+            at -= 1;
+        }
+        s.truncate(at);
+    }
+}
+
+/// Cuts a value to at most `max` bytes (as [`value_bytes`] counts them); numbers and booleans are
+/// kept whole.
+fn cap_value(value: &mut any_value::Value, max: usize) {
+    use any_value::Value as V;
+    match value {
+        V::StringValue(s) => truncate_str(s, max),
+        V::BytesValue(b) => b.truncate(max),
+        V::BoolValue(_) | V::IntValue(_) | V::DoubleValue(_) | V::StringValueStrindex(_) => {}
+        V::ArrayValue(a) => {
+            let mut budget = max;
+            let mut keep = a.values.len();
+            for (i, element) in a.values.iter_mut().enumerate() {
+                let size = any_value_bytes(element);
+                if size <= budget {
+                    budget -= size;
+                    continue;
+                }
+                if let Some(inner) = element.value.as_mut().filter(|_| budget > 0) {
+                    cap_value(inner, budget);
+                    keep = i + 1;
+                } else {
+                    keep = i;
+                }
+                break;
+            }
+            a.values.truncate(keep);
+        }
+        V::KvlistValue(kvs) => {
+            let mut budget = max;
+            let mut keep = kvs.values.len();
+            for (i, kv) in kvs.values.iter_mut().enumerate() {
+                let size = kv_bytes(kv);
+                if size <= budget {
+                    budget -= size;
+                    continue;
+                }
+                keep = i;
+                if kv.key.len() < budget
+                    && let Some(inner) = kv.value.as_mut().and_then(|v| v.value.as_mut())
+                {
+                    cap_value(inner, budget - kv.key.len());
+                    keep = i + 1;
+                }
+                break;
+            }
+            kvs.values.truncate(keep);
+        }
+    }
+}
+
+/// Drops what does not fit in `max` bytes: semantic-convention attributes are kept first (the
+/// analyses read them), then other attributes, events and links in order.
+fn trim_span(span: &mut Span, max: usize) {
+    let mut budget = max;
+    let mut take = |size: usize| {
+        let fits = size <= budget;
+        if fits {
+            budget -= size;
+        }
+        fits
+    };
+    let index = semconv_index();
+    let dedicated: Vec<bool> = span.attributes.iter().map(|kv| index.contains_key(kv.key.as_str())).collect();
+    let mut keep = vec![false; span.attributes.len()];
+    for pass_dedicated in [true, false] {
+        for (i, kv) in span.attributes.iter().enumerate() {
+            if dedicated[i] == pass_dedicated {
+                keep[i] = take(kv_bytes(kv));
+            }
+        }
+    }
+    let before = span.attributes.len();
+    let mut flags = keep.into_iter();
+    span.attributes.retain(|_| flags.next().unwrap_or(false));
+    span.dropped_attributes_count += (before - span.attributes.len()) as u32;
+    let events = span.events.iter().map(event_bytes).take_while(|&size| take(size)).count();
+    span.dropped_events_count += (span.events.len() - events) as u32;
+    span.events.truncate(events);
+    let links = span.links.iter().map(link_bytes).take_while(|&size| take(size)).count();
+    span.dropped_links_count += (span.links.len() - links) as u32;
+    span.links.truncate(links);
 }
 
 /// Why a span cannot be stored, or `Ok`.
@@ -498,4 +787,135 @@ pub fn attr_value(value: &AnyValue) -> AttrValue {
 
 fn kvlist(kvs: &[KeyValue]) -> Vec<(String, AttrValue)> {
     kvs.iter().map(|kv| (kv.key.clone(), kv.value.as_ref().map_or(AttrValue::Empty, attr_value))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, AsArray, UInt32Array};
+    use opentelemetry_proto::tonic::common::v1::{ArrayValue, KeyValueList};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::span::Event;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
+
+    fn string(s: &str) -> any_value::Value {
+        any_value::Value::StringValue(s.to_owned())
+    }
+
+    fn kv(key: &str, value: any_value::Value) -> KeyValue {
+        KeyValue { key: key.to_owned(), value: Some(AnyValue { value: Some(value) }), key_strindex: 0 }
+    }
+
+    fn span(attributes: Vec<KeyValue>, events: Vec<Event>) -> Span {
+        Span {
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            name: "op".into(),
+            start_time_unix_nano: 1,
+            end_time_unix_nano: 2,
+            attributes,
+            events,
+            ..Default::default()
+        }
+    }
+
+    fn request(spans: Vec<Span>) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource { attributes: vec![kv("service.name", string("svc"))], ..Default::default() }),
+                scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    /// The string values of the span attribute map of row 0, in order.
+    fn stored_attributes(batch: &RecordBatch) -> Vec<(String, Option<String>)> {
+        let map = batch.column_by_name(c::ATTRIBUTES).unwrap().as_map();
+        let entries = map.value(0);
+        let keys = entries.column(0).as_string::<i32>();
+        let values = entries.column(1).as_struct();
+        let strings = values.column(0).as_string::<i32>();
+        (0..keys.len())
+            .map(|i| (keys.value(i).to_owned(), strings.is_valid(i).then(|| strings.value(i).to_owned())))
+            .collect()
+    }
+
+    #[test]
+    fn strings_are_cut_at_a_character_boundary() {
+        for (input, max, expected) in [("abcdef", 4, "abcd"), ("éééé", 5, "éé"), ("ab", 4, "ab"), ("é", 1, "")] {
+            let mut s = input.to_owned();
+            truncate_str(&mut s, max);
+            assert_eq!(s, expected, "{input:?} to {max}");
+        }
+    }
+
+    #[test]
+    fn arrays_and_lists_keep_the_leading_elements_that_fit() {
+        let array = |items: &[&str]| {
+            any_value::Value::ArrayValue(ArrayValue {
+                values: items.iter().map(|s| AnyValue { value: Some(string(s)) }).collect(),
+            })
+        };
+        let mut value = array(&["aaaa", "bbbb", "cccc"]);
+        cap_value(&mut value, 10);
+        assert_eq!(value, array(&["aaaa", "bbbb", "cc"]));
+        assert_eq!(value_bytes(&value), 10);
+
+        let mut list = any_value::Value::KvlistValue(KeyValueList {
+            values: vec![kv("k1", string("vvvv")), kv("k2", string("wwww"))],
+        });
+        cap_value(&mut list, 9);
+        let any_value::Value::KvlistValue(kept) = &list else { unreachable!() };
+        assert_eq!(kept.values, vec![kv("k1", string("vvvv")), kv("k2", string("w"))]);
+        assert_eq!(value_bytes(&list), 9);
+    }
+
+    #[test]
+    fn spans_within_the_limits_are_stored_as_sent_and_oversized_values_are_truncated() {
+        let limits = SpanLimits { max_value_bytes: 8, max_span_bytes: 1 << 20 };
+        let sent = span(vec![kv("short", string("12345678")), kv("long", string("123456789abc"))], vec![]);
+        let converted = convert_request(&request(vec![sent]), &limits).unwrap();
+        assert_eq!((converted.accepted, converted.rejected, converted.truncated_values), (1, 0, 1));
+        let batch = converted.batch.unwrap();
+        assert_eq!(
+            stored_attributes(&batch),
+            [("short".to_owned(), Some("12345678".to_owned())), ("long".to_owned(), Some("12345678".to_owned()))]
+        );
+        let message = converted.error_message.unwrap();
+        assert!(
+            message.contains("truncated 1 value(s) longer than 8 bytes")
+                && message
+                    .contains("resourceSpans[0].scopeSpans[0].spans[0] attributes attribute \"long\" of 12 bytes"),
+            "{message}"
+        );
+
+        let within = convert_request(&request(vec![span(vec![kv("a", string("b"))], vec![])]), &limits).unwrap();
+        assert_eq!((within.truncated_values, within.trimmed_spans, within.error_message), (0, 0, None));
+    }
+
+    #[test]
+    fn an_oversized_span_keeps_semantic_convention_attributes_first_and_counts_what_it_drops() {
+        // Each of these attributes counts 1 + 10 bytes; the event 5 + 0.
+        let attributes = vec![
+            kv("a", string("0123456789")),
+            kv("b", string("0123456789")),
+            kv(c::SEMCONV[0].key, string("0123456789")),
+        ];
+        let key_len = c::SEMCONV[0].key.len();
+        let events = vec![Event { name: "event".into(), ..Default::default() }];
+        // Room for the semantic-convention attribute and one other, not the event.
+        let limits = SpanLimits { max_value_bytes: 64, max_span_bytes: key_len + 10 + 11 + 4 };
+        let converted = convert_request(&request(vec![span(attributes, events)]), &limits).unwrap();
+        assert_eq!(converted.trimmed_spans, 1);
+        let batch = converted.batch.unwrap();
+        // The dedicated attribute moved to its column; "a" fits, "b" does not.
+        assert_eq!(stored_attributes(&batch), [("a".to_owned(), Some("0123456789".to_owned()))]);
+        let dedicated = batch.column_by_name(c::SEMCONV[0].column).unwrap();
+        assert!(dedicated.is_valid(0));
+        let dropped =
+            |name: &str| batch.column_by_name(name).unwrap().as_any().downcast_ref::<UInt32Array>().unwrap().value(0);
+        assert_eq!((dropped(c::DROPPED_ATTRIBUTES_COUNT), dropped(c::DROPPED_EVENTS_COUNT)), (1, 1));
+        assert!(converted.error_message.unwrap().contains("1 span(s) held more than"));
+    }
 }

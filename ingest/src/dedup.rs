@@ -46,13 +46,21 @@ fn keys(batch: &RecordBatch) -> impl Iterator<Item = SpanKey> + '_ {
     })
 }
 
+/// `batch` without the rows that repeat an earlier row of it (a span stored twice), and how many
+/// were dropped.
+pub(crate) fn without_repeats(batch: &RecordBatch) -> Result<(RecordBatch, u64), IngestError> {
+    let (mut out, dropped) = RecentSpans::new(0).keep_new(std::slice::from_ref(batch))?;
+    Ok((out.pop().expect("one batch in, one batch out"), dropped))
+}
+
 impl RecentSpans {
     pub(crate) fn new(capacity: usize) -> Self {
         Self { capacity, keys: HashSet::new(), order: VecDeque::new() }
     }
 
-    /// The batches without rows already written recently or repeated within them, and how many
-    /// rows were dropped. Does not remember the rows: call [`Self::remember`] once they are committed.
+    /// The batches without rows already written recently or repeated within them (one output batch
+    /// per input batch, possibly empty), and how many rows were dropped. Does not remember the
+    /// rows: call [`Self::remember`] once they are committed.
     pub(crate) fn keep_new(&self, batches: &[RecordBatch]) -> Result<(Vec<RecordBatch>, u64), IngestError> {
         let mut seen = HashSet::new();
         let mut dropped = 0;
@@ -64,7 +72,7 @@ impl RecentSpans {
             dropped += (batch.num_rows() - kept) as u64;
             if kept == batch.num_rows() {
                 out.push(batch.clone());
-            } else if kept > 0 {
+            } else {
                 out.push(filter_record_batch(batch, &keep)?);
             }
         }

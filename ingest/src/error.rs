@@ -21,6 +21,9 @@ pub enum IngestError {
     /// The server is stopping and takes no new data.
     #[error("hopscope is shutting down")]
     ShuttingDown,
+    /// Another process holds the data directory's lock.
+    #[error("the data directory {} is in use by another hopscope process", .0.display())]
+    DataDirInUse(std::path::PathBuf),
     /// A file could not be read or written.
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
@@ -30,6 +33,15 @@ pub enum IngestError {
     Parquet(#[from] parquet::errors::ParquetError),
     #[error("manifest: {0}")]
     Manifest(#[from] hopscope_schemas::SchemaError),
+    /// The manifest changed under a commit that relied on it (e.g. a compaction's input was removed).
+    #[error("manifest changed during the commit: {0}")]
+    ManifestConflict(String),
+    /// No dead letter has this id.
+    #[error("no dead letter with id {0:?}; `hopscope dead-letters list` shows them")]
+    DeadLetterNotFound(String),
+    /// The dead letter cannot be replayed (it holds damaged bytes, not spans).
+    #[error("{0}")]
+    NotReplayable(String),
     /// A background task panicked or was cancelled.
     #[error("internal task failed: {0}")]
     Task(String),
@@ -49,13 +61,29 @@ impl IngestError {
             IngestError::Malformed { .. } => S::BAD_REQUEST,
             IngestError::UnsupportedMediaType(_) => S::UNSUPPORTED_MEDIA_TYPE,
             IngestError::TooLarge { .. } => S::PAYLOAD_TOO_LARGE,
+            IngestError::DeadLetterNotFound(_) => S::NOT_FOUND,
+            IngestError::NotReplayable(_) => S::CONFLICT,
             IngestError::Overloaded { .. }
             | IngestError::ShuttingDown
+            | IngestError::DataDirInUse(_)
             | IngestError::Io { .. }
             | IngestError::Arrow(_)
             | IngestError::Parquet(_)
             | IngestError::Manifest(_)
+            | IngestError::ManifestConflict(_)
             | IngestError::Task(_) => S::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The `reason` label of a refused export request in `/metrics` (see [`crate::metrics`]).
+    pub fn refusal_reason(&self) -> &'static str {
+        match self {
+            IngestError::Malformed { .. } => "malformed",
+            IngestError::UnsupportedMediaType(_) => "unsupported_media_type",
+            IngestError::TooLarge { .. } => "too_large",
+            IngestError::Overloaded { .. } => "overloaded",
+            IngestError::ShuttingDown => "shutting_down",
+            _ => "storage_error",
         }
     }
 
@@ -65,12 +93,16 @@ impl IngestError {
         match self {
             IngestError::Malformed { .. } | IngestError::UnsupportedMediaType(_) => C::InvalidArgument,
             IngestError::TooLarge { .. } => C::ResourceExhausted,
+            IngestError::DeadLetterNotFound(_) => C::NotFound,
+            IngestError::NotReplayable(_) => C::FailedPrecondition,
             IngestError::Overloaded { .. }
             | IngestError::ShuttingDown
+            | IngestError::DataDirInUse(_)
             | IngestError::Io { .. }
             | IngestError::Arrow(_)
             | IngestError::Parquet(_)
             | IngestError::Manifest(_)
+            | IngestError::ManifestConflict(_)
             | IngestError::Task(_) => C::Unavailable,
         }
     }

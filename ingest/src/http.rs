@@ -54,7 +54,10 @@ async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let format = match BodyFormat::from_content_type(content_type) {
         Ok(format) => format,
-        Err(e) => return error_response(&e, BodyFormat::Json),
+        Err(e) => {
+            state.ingester.note_refused(&e);
+            return error_response(&e, BodyFormat::Json);
+        }
     };
     match receive(&state, &headers, body, format).await {
         Ok(outcome) => success_response(&outcome, format),
@@ -81,18 +84,21 @@ async fn receive(
         "" | "identity" => false,
         "gzip" => true,
         other => {
-            return Err(IngestError::UnsupportedMediaType(format!(
-                "unsupported Content-Encoding {other:?}: use gzip or none"
-            )));
+            let e =
+                IngestError::UnsupportedMediaType(format!("unsupported Content-Encoding {other:?}: use gzip or none"));
+            state.ingester.note_refused(&e);
+            return Err(e);
         }
     };
     let limit = state.max_body_bytes;
     let body = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        if is_length_limit(&e) {
+        let e = if is_length_limit(&e) {
             IngestError::TooLarge { limit, decompressed: false }
         } else {
             IngestError::Malformed { format: "HTTP", message: format!("reading the body failed: {e}") }
-        }
+        };
+        state.ingester.note_refused(&e);
+        e
     })?;
     state.ingester.export(ExportBody::Http { body, format, gzip, limit }).await
 }

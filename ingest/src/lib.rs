@@ -13,18 +13,25 @@
 //! committed span visible twice; nothing here imports the query crate; a Parquet file is visible only once a
 //! committed manifest lists it; CPU-heavy work never runs on an async worker thread.
 
+pub mod admin;
 pub mod buffer;
+pub mod compaction;
 pub mod convert;
+pub mod dead_letter;
 pub mod decode;
 mod dedup;
 mod error;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod grpc;
 pub mod http;
 pub mod ingester;
 pub mod manifest;
+pub mod metrics;
 pub mod otlp_json;
+pub mod retention;
 pub mod wal;
 pub mod writer;
 
 pub use error::IngestError;
-pub use ingester::{ExportBody, ExportOutcome, Ingester, IngesterConfig};
+pub use ingester::{ExportBody, ExportOutcome, Ingester, IngesterConfig, MaintenancePass, MaintenanceReport};

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use hopscope_schemas::layout::{self, TMP_SUFFIX};
-use hopscope_schemas::manifest::{FileEntry, Manifest};
+use hopscope_schemas::manifest::{FileEntry, Manifest, RetiredFile};
 
 use crate::IngestError;
 
@@ -33,6 +33,7 @@ impl ManifestStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Manifest::default(),
             Err(e) => return Err(IngestError::io(format!("reading {}", path.display()))(e)),
         };
+        remove_uncommitted_span_files(&tenant_dir, &current)?;
         Ok(Self { path, current: Mutex::new(current) })
     }
 
@@ -58,6 +59,49 @@ impl ManifestStore {
         *current = next;
         Ok(current.generation)
     }
+
+    /// Replaces the listed files `removed` by `added` in one commit (a compaction; retention when
+    /// nothing is added). The removed files are retired: they stay on disk, for queries that read
+    /// the previous manifest, until [`Self::forget_retired`]. Fails, committing nothing, when a
+    /// removed file is no longer listed. Blocking I/O.
+    pub fn commit_replaced(&self, removed: &[FileEntry], added: Vec<FileEntry>) -> Result<u64, IngestError> {
+        let mut current = self.current.lock().expect("manifest lock");
+        let mut next = current.clone();
+        for gone in removed {
+            let Some(at) = next.files.iter().position(|f| f.path == gone.path) else {
+                return Err(IngestError::ManifestConflict(format!("{} is no longer listed", gone.path)));
+            };
+            let entry = next.files.remove(at);
+            next.retired.push(RetiredFile { path: entry.path, bytes: entry.bytes, retired_unix_ms: now_unix_ms() });
+        }
+        next.files.extend(added);
+        next.generation += 1;
+        write_atomically(&self.path, &next.to_json())?;
+        *current = next;
+        Ok(current.generation)
+    }
+
+    /// Retired files that left the manifest at least `grace` ago.
+    pub fn retired_before(&self, grace: std::time::Duration) -> Vec<RetiredFile> {
+        let cutoff = now_unix_ms().saturating_sub(grace.as_millis().min(i64::MAX as u128) as i64);
+        let current = self.current.lock().expect("manifest lock");
+        current.retired.iter().filter(|r| r.retired_unix_ms <= cutoff).cloned().collect()
+    }
+
+    /// Drops deleted retired files from the manifest. Blocking I/O.
+    pub fn forget_retired(&self, deleted: &[RetiredFile]) -> Result<u64, IngestError> {
+        let mut current = self.current.lock().expect("manifest lock");
+        let mut next = current.clone();
+        next.retired.retain(|r| !deleted.iter().any(|d| d.path == r.path));
+        next.generation += 1;
+        write_atomically(&self.path, &next.to_json())?;
+        *current = next;
+        Ok(current.generation)
+    }
+}
+
+pub(crate) fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Writes `bytes` to `path` through a synced temporary file and a rename, then syncs the directory.
@@ -105,17 +149,46 @@ fn remove_orphan_temp_files(dir: &Path) -> Result<(), IngestError> {
     Ok(())
 }
 
+/// Removes span files that no manifest lists: written before a crash or a failed commit, and never
+/// visible. Their spans are still in the write-ahead log, so nothing is lost. Only at open, when no
+/// write is in flight.
+fn remove_uncommitted_span_files(tenant_dir: &Path, manifest: &Manifest) -> Result<(), IngestError> {
+    let known: std::collections::HashSet<PathBuf> = manifest
+        .files
+        .iter()
+        .map(|f| &f.path)
+        .chain(manifest.retired.iter().map(|r| &r.path))
+        .map(|p| tenant_dir.join(p))
+        .collect();
+    let mut stack = vec![tenant_dir.join(layout::SPANS_DIR)];
+    while let Some(dir) = stack.pop() {
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(IngestError::io(format!("listing {}", dir.display()))(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(IngestError::io(format!("listing {}", dir.display())))?;
+            let path = entry.path();
+            let file_type = entry.file_type().map_err(IngestError::io(format!("inspecting {}", path.display())))?;
+            if file_type.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "parquet") && !known.contains(&path) {
+                tracing::warn!(path = %path.display(), "removing a span file no commit listed (its spans are in the write-ahead log)");
+                fs::remove_file(&path).map_err(IngestError::io(format!("removing {}", path.display())))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn commits_survive_reopening_and_orphans_are_removed() {
-        let dir = tempdir();
-        let store = ManifestStore::open(&dir, "default").unwrap();
-        assert_eq!(store.snapshot().generation, 0);
-        let entry = FileEntry {
-            path: "spans/2026-11-28/01/a.parquet".into(),
+    fn entry(name: &str) -> FileEntry {
+        FileEntry {
+            path: format!("spans/2026-11-28/01/{name}.parquet"),
             rows: 1,
             bytes: 1,
             min_start_ns: 0,
@@ -125,14 +198,62 @@ mod tests {
             max_trace_id: "01".repeat(16),
             committed_unix_ms: 0,
             wal_max_segment: None,
-        };
+        }
+    }
+
+    #[test]
+    fn commits_survive_reopening_and_orphans_are_removed() {
+        let dir = tempdir();
+        let store = ManifestStore::open(&dir, "default").unwrap();
+        assert_eq!(store.snapshot().generation, 0);
+        let entry = entry("a");
         assert_eq!(store.commit_added(vec![entry.clone()], 0).unwrap(), 1);
-        let orphan = dir.join("default/spans/2026-11-28/01/b.parquet.tmp");
-        fs::create_dir_all(orphan.parent().unwrap()).unwrap();
+        let partition = dir.join("default/spans/2026-11-28/01");
+        fs::create_dir_all(&partition).unwrap();
+        let orphan = partition.join("b.parquet.tmp");
         fs::write(&orphan, b"half a file").unwrap();
+        let uncommitted = partition.join("c.parquet");
+        fs::write(&uncommitted, b"written, never committed").unwrap();
+        let committed = partition.join("a.parquet");
+        fs::write(&committed, b"committed").unwrap();
         let reopened = ManifestStore::open(&dir, "default").unwrap();
         assert_eq!(reopened.snapshot().files, vec![entry]);
         assert!(!orphan.exists());
+        assert!(!uncommitted.exists());
+        assert!(committed.exists());
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_replacement_retires_its_inputs_until_they_are_forgotten() {
+        let dir = tempdir();
+        let store = ManifestStore::open(&dir, "default").unwrap();
+        store.commit_added(vec![entry("a"), entry("b"), entry("c")], 0).unwrap();
+        store.commit_replaced(&[entry("a"), entry("b")], vec![entry("ab")]).unwrap();
+        let paths = |m: &Manifest| m.files.iter().map(|f| f.path.clone()).collect::<Vec<_>>();
+        let after = store.snapshot();
+        assert_eq!(paths(&after), [entry("c").path, entry("ab").path]);
+        let retired: Vec<&str> = after.retired.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(retired, [entry("a").path, entry("b").path]);
+        // A retired file stays listed as retired until its grace is over, and its path survives
+        // the sweep of uncommitted files at open.
+        let partition = dir.join("default/spans/2026-11-28/01");
+        fs::create_dir_all(&partition).unwrap();
+        fs::write(partition.join("a.parquet"), b"still read by old queries").unwrap();
+        let reopened = ManifestStore::open(&dir, "default").unwrap();
+        assert!(partition.join("a.parquet").exists());
+        assert!(reopened.retired_before(std::time::Duration::from_secs(3600)).is_empty());
+        let due = reopened.retired_before(std::time::Duration::ZERO);
+        assert_eq!(due.len(), 2);
+        reopened.forget_retired(&due).unwrap();
+        assert!(reopened.snapshot().retired.is_empty());
+        // Replacing a file that is no longer listed commits nothing.
+        let generation = reopened.snapshot().generation;
+        assert!(matches!(
+            reopened.commit_replaced(&[entry("a")], vec![entry("x")]),
+            Err(IngestError::ManifestConflict(_))
+        ));
+        assert_eq!(reopened.snapshot().generation, generation);
         fs::remove_dir_all(dir).unwrap();
     }
 

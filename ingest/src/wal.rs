@@ -3,12 +3,12 @@
 //! One writer thread appends records for all receivers and syncs once per group of concurrent
 //! requests (group commit), then hands the spans to the trace buffer before answering, so that every
 //! acknowledged span is either buffered or already in a committed file. Records carry a checksum; a
-//! torn or corrupted tail is detected on replay, kept intact records are replayed, and the damaged
-//! bytes are moved to the dead-letter directory with the reason.
+//! torn or corrupted record is detected on replay, every intact record (before and after it) is
+//! replayed, and the damaged bytes are copied to the dead-letter store with the reason.
 //!
 //! ```text
 //! <data-dir>/wal/<segment:020>.wal          record*: "HSW1" | len u32 LE | crc32 u32 LE | Arrow IPC stream
-//! <data-dir>/dead-letters/wal-<segment>-<offset>.bin (+ .reason)
+//! <data-dir>/dead-letters/wal-<segment>-<offset>.{bin,json}   damaged bytes (see crate::dead_letter)
 //! ```
 //!
 //! A segment may be deleted once every span in it is in a committed file: the flusher commits the
@@ -31,7 +31,9 @@ use tokio::sync::{Notify, oneshot};
 
 use crate::IngestError;
 use crate::buffer::TraceBuffer;
+use crate::dead_letter::{DeadLetter, DeadLetterStore};
 use crate::manifest::sync_parent;
+use crate::metrics::IngestMetrics;
 
 const MAGIC: &[u8; 4] = b"HSW1";
 const HEADER_LEN: usize = 12;
@@ -50,7 +52,7 @@ pub fn encode_batch(batch: &RecordBatch) -> Result<Vec<u8>, IngestError> {
     Ok(writer.into_inner()?)
 }
 
-fn decode_batch(payload: &[u8]) -> Result<Vec<RecordBatch>, IngestError> {
+pub(crate) fn decode_batch(payload: &[u8]) -> Result<Vec<RecordBatch>, IngestError> {
     let reader = StreamReader::try_new(payload, None)?;
     let mut out = Vec::new();
     for batch in reader {
@@ -86,13 +88,41 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>, IngestError> {
 pub struct Replayed {
     /// Intact records from the floor on: (segment, spans).
     pub batches: Vec<(u64, RecordBatch)>,
-    /// Damaged tails moved to the dead-letter directory.
-    pub damaged: Vec<PathBuf>,
+    /// Damaged byte ranges moved to the dead-letter store.
+    pub damaged: Vec<DeadLetter>,
 }
 
-/// Reads every intact record of the segments at or above `floor`. A damaged record ends its
-/// segment: the bytes from it on are moved to `dead_letter_dir` and the segment is truncated.
-pub fn replay(dir: &Path, floor: u64, dead_letter_dir: &Path) -> Result<Replayed, IngestError> {
+/// Checks the record at the start of `rest`: its total length, or why it is damaged.
+fn check_record(rest: &[u8]) -> Result<usize, String> {
+    if rest.len() < HEADER_LEN {
+        return Err(format!("torn record header ({} bytes at the end)", rest.len()));
+    }
+    if &rest[..4] != MAGIC {
+        return Err("bad record marker".to_owned());
+    }
+    let len = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(rest[8..12].try_into().expect("4 bytes"));
+    if rest.len() < HEADER_LEN + len {
+        return Err(format!("torn record: {len} bytes announced, {} present", rest.len() - HEADER_LEN));
+    }
+    if crc32fast::hash(&rest[HEADER_LEN..HEADER_LEN + len]) != crc {
+        return Err("checksum mismatch".to_owned());
+    }
+    Ok(HEADER_LEN + len)
+}
+
+/// The offset of the next intact record after a damaged one at `from`, if any.
+fn resync(bytes: &[u8], from: usize) -> Option<usize> {
+    (from + 1..bytes.len().saturating_sub(HEADER_LEN - 1))
+        .filter(|&at| &bytes[at..at + 4] == MAGIC)
+        .find(|&at| check_record(&bytes[at..]).is_ok())
+}
+
+/// Reads every intact record of the segments at or above `floor`. A damaged range (from a record
+/// that fails its checks up to the next intact record, or to the end) is copied to the dead-letter
+/// store with the reason, and the intact records after it are still replayed. Segments are never
+/// appended to again, so a damaged one stays as it is until the floor passes it.
+pub fn replay(dir: &Path, floor: u64, dead_letters: &DeadLetterStore) -> Result<Replayed, IngestError> {
     fs::create_dir_all(dir).map_err(IngestError::io(format!("creating {}", dir.display())))?;
     let mut replayed = Replayed::default();
     for segment in list_segments(dir)? {
@@ -107,49 +137,27 @@ pub fn replay(dir: &Path, floor: u64, dead_letter_dir: &Path) -> Result<Replayed
             .and_then(|mut f| f.read_to_end(&mut bytes))
             .map_err(IngestError::io(format!("reading {}", path.display())))?;
         let mut offset = 0;
-        let damage = loop {
-            if offset == bytes.len() {
-                break None;
-            }
-            let rest = &bytes[offset..];
-            if rest.len() < HEADER_LEN {
-                break Some(format!("torn record header ({} bytes at the end)", rest.len()));
-            }
-            if &rest[..4] != MAGIC {
-                break Some("bad record marker".to_owned());
-            }
-            let len = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes")) as usize;
-            let crc = u32::from_le_bytes(rest[8..12].try_into().expect("4 bytes"));
-            if rest.len() < HEADER_LEN + len {
-                break Some(format!("torn record: {len} bytes announced, {} present", rest.len() - HEADER_LEN));
-            }
-            let payload = &rest[HEADER_LEN..HEADER_LEN + len];
-            if crc32fast::hash(payload) != crc {
-                break Some("checksum mismatch".to_owned());
-            }
-            match decode_batch(payload) {
-                Ok(batches) => replayed.batches.extend(batches.into_iter().map(|b| (segment, b))),
-                Err(e) => break Some(format!("undecodable record: {e}")),
-            }
-            offset += HEADER_LEN + len;
-        };
-        if let Some(reason) = damage {
-            fs::create_dir_all(dead_letter_dir)
-                .map_err(IngestError::io(format!("creating {}", dead_letter_dir.display())))?;
-            let dead = dead_letter_dir.join(format!("wal-{segment:020}-{offset}.bin"));
-            fs::write(&dead, &bytes[offset..]).map_err(IngestError::io(format!("writing {}", dead.display())))?;
-            let why = format!("damaged WAL tail of segment {segment} at byte {offset}: {reason}\n");
-            fs::write(dead.with_extension("reason"), why)
-                .map_err(IngestError::io(format!("writing the reason for {}", dead.display())))?;
-            tracing::warn!(segment, offset, %reason, moved_to = %dead.display(), "damaged WAL tail moved to dead letters");
-            let file = OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(IngestError::io(format!("opening {}", path.display())))?;
-            file.set_len(offset as u64)
-                .and_then(|()| file.sync_all())
-                .map_err(IngestError::io(format!("truncating {}", path.display())))?;
-            replayed.damaged.push(dead);
+        while offset < bytes.len() {
+            let damage = match check_record(&bytes[offset..]) {
+                Ok(len) => match decode_batch(&bytes[offset + HEADER_LEN..offset + len]) {
+                    Ok(batches) => {
+                        replayed.batches.extend(batches.into_iter().map(|b| (segment, b)));
+                        offset += len;
+                        continue;
+                    }
+                    Err(e) => format!("undecodable record: {e}"),
+                },
+                Err(reason) => reason,
+            };
+            let next = resync(&bytes, offset).unwrap_or(bytes.len());
+            let reason = format!(
+                "damaged write-ahead-log bytes {offset}..{next} of segment {segment} ({}): {damage}",
+                path.display()
+            );
+            let entry = dead_letters.put_wal_damage(segment, offset, &bytes[offset..next], &reason)?;
+            tracing::warn!(segment, offset, end = next, %damage, dead_letter = %entry.id, "damaged WAL bytes moved to dead letters");
+            replayed.damaged.push(entry);
+            offset = next;
         }
     }
     Ok(replayed)
@@ -179,7 +187,12 @@ pub struct BufferHandle {
 
 impl Wal {
     /// Starts a writer on a new segment after every existing one.
-    pub fn start(dir: &Path, rotation: Rotation, sink: BufferHandle) -> Result<Self, IngestError> {
+    pub fn start(
+        dir: &Path,
+        rotation: Rotation,
+        sink: BufferHandle,
+        metrics: Arc<IngestMetrics>,
+    ) -> Result<Self, IngestError> {
         fs::create_dir_all(dir).map_err(IngestError::io(format!("creating {}", dir.display())))?;
         let first = list_segments(dir)?.last().map_or(1, |s| s + 1);
         let current = Arc::new(AtomicU64::new(first));
@@ -205,12 +218,15 @@ impl Wal {
                                 Err(e) => tracing::error!(error = %e, "cannot rotate the WAL segment"),
                             }
                         }
-                        // Never write after a failed write in the same segment: replay stops at
-                        // the damaged record, so later records there would be unreachable.
+                        // Never write to a segment whose fsync failed, or that could not be cut
+                        // back after a failed write: what it holds is uncertain.
                         let result = if writer.failed {
                             Err(std::io::Error::other("the WAL segment could not be rotated after a write error"))
                         } else {
-                            writer.append_group(&group)
+                            let started = Instant::now();
+                            let result = writer.append_group(&group);
+                            metrics.wal_sync_seconds.observe(started.elapsed());
+                            result
                         };
                         bytes.store(writer.written, Ordering::Relaxed);
                         if result.is_ok() {
@@ -257,6 +273,15 @@ impl Wal {
     /// Bytes in the current segment.
     pub fn segment_bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Bytes in every segment on disk (those not yet cut). Lists the directory.
+    pub fn total_bytes(&self) -> u64 {
+        list_segments(&self.dir)
+            .map(|segments| {
+                segments.iter().filter_map(|&s| fs::metadata(segment_path(&self.dir, s)).ok()).map(|m| m.len()).sum()
+            })
+            .unwrap_or(0)
     }
 
     /// Deletes the segments below `floor` (all their spans are committed). Blocking I/O.
@@ -310,7 +335,8 @@ impl SegmentWriter {
     }
 
     fn append_group(&mut self, group: &[Command]) -> std::io::Result<()> {
-        let result = (|| {
+        let intact = self.written;
+        let written = (|| {
             for Command::Append { payload, .. } in group {
                 self.file.write_all(MAGIC)?;
                 self.file.write_all(&(payload.len() as u32).to_le_bytes())?;
@@ -318,15 +344,37 @@ impl SegmentWriter {
                 self.file.write_all(payload)?;
                 self.written += (HEADER_LEN + payload.len()) as u64;
             }
-            self.file.flush()?;
-            self.file.get_ref().sync_data()
+            self.file.flush()
         })();
-        if result.is_err() {
-            // Part of the group may be on disk: later records go to a fresh segment, and replay
-            // treats this segment's damaged tail as a dead letter.
+        if let Err(e) = written {
+            // Out of space, say: nothing of this group was acknowledged. Cut the segment back to
+            // its intact records so that it can take the next group once space returns.
+            self.written = intact;
+            if let Err(cut) = self.cut_back(intact) {
+                tracing::error!(error = %cut, segment = self.segment, "cannot cut the WAL segment back after a failed write");
+                self.failed = true;
+            }
+            return Err(e);
+        }
+        let synced = self.file.get_ref().sync_data();
+        if synced.is_err() {
+            // After a failed fsync the state of the written pages is unknown: never write to this
+            // segment again. Replay reads what reached the disk (unacknowledged records are at
+            // worst stored once more, and dropped as resends) and dead-letters a damaged tail.
             self.failed = true;
         }
-        result
+        synced
+    }
+
+    /// Drops whatever the failed write left buffered or on disk past `len`.
+    fn cut_back(&mut self, len: u64) -> std::io::Result<()> {
+        let file = self.file.get_ref().try_clone()?;
+        let failed = std::mem::replace(&mut self.file, BufWriter::with_capacity(1 << 20, file));
+        // The unwritten bytes in the old buffer are discarded, not flushed.
+        drop(failed.into_parts());
+        let file = self.file.get_ref();
+        file.set_len(len)?;
+        file.sync_data()
     }
 }
 
@@ -334,22 +382,30 @@ impl SegmentWriter {
 mod tests {
     use super::*;
 
-    #[test]
-    fn records_survive_and_a_torn_tail_is_dead_lettered() {
-        let root = std::env::temp_dir().join(format!("hopscope-wal-{}", uuid::Uuid::now_v7()));
-        let (wal_dir, dead) = (root.join("wal"), root.join("dead-letters"));
-        fs::create_dir_all(&wal_dir).unwrap();
-        let batch = RecordBatch::new_empty(span_schema());
-        let payload = encode_batch(&batch).unwrap();
-        // Two intact records, then half of a third, as a crash mid-write leaves it.
+    fn record(payload: &[u8]) -> Vec<u8> {
         let mut bytes = Vec::new();
-        for _ in 0..2 {
-            bytes.extend_from_slice(MAGIC);
-            bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-            bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-            bytes.extend_from_slice(&payload);
-        }
-        let intact = bytes.len();
+        bytes.extend_from_slice(MAGIC);
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+        bytes.extend_from_slice(payload);
+        bytes
+    }
+
+    #[test]
+    fn intact_records_survive_around_damage_and_the_damage_is_dead_lettered() {
+        let root = std::env::temp_dir().join(format!("hopscope-wal-{}", uuid::Uuid::now_v7()));
+        let wal_dir = root.join("wal");
+        let dead = DeadLetterStore::new(&root);
+        fs::create_dir_all(&wal_dir).unwrap();
+        let payload = encode_batch(&RecordBatch::new_empty(span_schema())).unwrap();
+        // A record with a flipped bit, two intact ones, then half of a fourth, as a crash
+        // mid-write leaves it.
+        let mut bytes = record(&payload);
+        let first = bytes.len();
+        bytes[first - 1] ^= 1;
+        bytes.extend(record(&payload));
+        bytes.extend(record(&payload));
+        let intact_end = bytes.len();
         bytes.extend_from_slice(MAGIC);
         bytes.extend_from_slice(&1000u32.to_le_bytes());
         bytes.extend_from_slice(&[0; 20]);
@@ -357,22 +413,20 @@ mod tests {
         fs::write(segment_path(&wal_dir, 1), b"below the floor").unwrap();
 
         let replayed = replay(&wal_dir, 2, &dead).unwrap();
-        assert_eq!(replayed.batches.len(), 2);
+        assert_eq!(replayed.batches.len(), 2, "the records after the flipped bit are kept");
         assert!(replayed.batches.iter().all(|(segment, _)| *segment == 3));
-        assert_eq!(replayed.damaged.len(), 1);
-        assert_eq!(fs::read(&replayed.damaged[0]).unwrap(), bytes[intact..]);
-        assert!(fs::read_to_string(replayed.damaged[0].with_extension("reason")).unwrap().contains("torn record"));
-        assert_eq!(fs::metadata(segment_path(&wal_dir, 3)).unwrap().len(), intact as u64);
+        let ids: Vec<&str> = replayed.damaged.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, [format!("wal-{:020}-0", 3), format!("wal-{:020}-{intact_end}", 3)]);
+        assert_eq!(dead.raw(ids[0]).unwrap(), bytes[..first]);
+        assert!(replayed.damaged[0].reason.contains("checksum mismatch"), "{}", replayed.damaged[0].reason);
+        assert_eq!(dead.raw(ids[1]).unwrap(), bytes[intact_end..]);
+        assert!(replayed.damaged[1].reason.contains("torn record"), "{}", replayed.damaged[1].reason);
         assert!(!segment_path(&wal_dir, 1).exists());
 
-        // A flipped bit is caught by the checksum.
-        let mut flipped = fs::read(segment_path(&wal_dir, 3)).unwrap();
-        let last = flipped.len() - 1;
-        flipped[last] ^= 1;
-        fs::write(segment_path(&wal_dir, 3), &flipped).unwrap();
-        let replayed = replay(&wal_dir, 2, &dead).unwrap();
-        assert_eq!(replayed.batches.len(), 1);
-        assert!(fs::read_to_string(replayed.damaged[0].with_extension("reason")).unwrap().contains("checksum"));
+        // Replaying the same segment again (a crash before it was cut) adds no entry.
+        let again = replay(&wal_dir, 2, &dead).unwrap();
+        assert_eq!(again.batches.len(), 2);
+        assert_eq!(dead.list().unwrap().len(), 2);
         fs::remove_dir_all(root).unwrap();
     }
 }

@@ -26,7 +26,7 @@ use crate::manifest::{sync_parent, tmp_path};
 /// Rows per Parquet row group.
 pub const ROW_GROUP_ROWS: usize = 128 * 1024;
 
-const NS_PER_HOUR: i64 = 3_600_000_000_000;
+pub(crate) const NS_PER_HOUR: i64 = 3_600_000_000_000;
 
 /// Writes `batches` as one sorted Parquet file per hour (the hour each trace's first span starts
 /// in, so a trace stays in one file), and returns their manifest entries. Blocking I/O.
@@ -39,17 +39,32 @@ pub fn write_span_files(
     if batch.num_rows() == 0 {
         return Ok(Vec::new());
     }
+    #[cfg(feature = "fault-injection")]
+    {
+        crate::fault::check_write(&batch)?;
+    }
     let batch = sort_by_trace(&batch)?;
-    let mut entries = Vec::new();
+    let mut entries: Vec<FileEntry> = Vec::new();
     for (hour, part) in split_by_trace_hour(&batch)? {
-        let mut entry = write_file(tenant_dir, hour, &part)?;
-        entry.wal_max_segment = wal_max_segment;
-        entries.push(entry);
+        match write_file(tenant_dir, hour, &part) {
+            Ok(mut entry) => {
+                entry.wal_max_segment = wal_max_segment;
+                entries.push(entry);
+            }
+            Err(e) => {
+                // Never committed, so never visible: do not leave them behind.
+                for entry in entries {
+                    let _ = fs::remove_file(tenant_dir.join(entry.path));
+                }
+                return Err(e);
+            }
+        }
     }
     Ok(entries)
 }
 
-fn sort_by_trace(batch: &RecordBatch) -> Result<RecordBatch, IngestError> {
+/// `batch` sorted by (trace_id, start_time), the order of rows in span files.
+pub(crate) fn sort_by_trace(batch: &RecordBatch) -> Result<RecordBatch, IngestError> {
     let columns = [c::TRACE_ID, c::START_TIME].map(|name| SortColumn {
         values: Arc::clone(batch.column_by_name(name).expect("stored schema")),
         options: None,
@@ -126,7 +141,9 @@ pub fn writer_properties(distinct_traces: u64) -> WriterProperties {
     builder.build()
 }
 
-fn write_file(tenant_dir: &Path, hour: i64, batch: &RecordBatch) -> Result<FileEntry, IngestError> {
+/// Writes one sorted batch as a span file of `hour` (hours since the epoch) and returns its
+/// manifest entry; the file is synced and in place, but not committed. Blocking I/O.
+pub(crate) fn write_file(tenant_dir: &Path, hour: i64, batch: &RecordBatch) -> Result<FileEntry, IngestError> {
     let file_id = uuid::Uuid::now_v7().to_string();
     let relative = layout::span_file_relative_path(hour * NS_PER_HOUR, &file_id);
     let path = tenant_dir.join(&relative);
@@ -159,9 +176,7 @@ fn write_file(tenant_dir: &Path, hour: i64, batch: &RecordBatch) -> Result<FileE
         max_end_ns: max_end,
         min_trace_id: hex::encode(trace_ids.value(0)),
         max_trace_id: hex::encode(trace_ids.value(batch.num_rows() - 1)),
-        committed_unix_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64),
+        committed_unix_ms: crate::manifest::now_unix_ms(),
         wal_max_segment: None,
     })
 }

@@ -13,6 +13,9 @@ pub const DEFAULT_TENANT: &str = "default";
 /// Suffix of files being written; they are renamed into place once complete and synced.
 pub const TMP_SUFFIX: &str = ".tmp";
 
+/// The directory under a tenant's directory that holds its span files.
+pub const SPANS_DIR: &str = "spans";
+
 /// The directory holding one tenant's data.
 pub fn tenant_dir(data_dir: &Path, tenant: &str) -> PathBuf {
     data_dir.join(tenant)
@@ -27,7 +30,7 @@ pub fn manifest_path(data_dir: &Path, tenant: &str) -> PathBuf {
 pub fn span_file_relative_path(hour_start_ns: i64, file_id: &str) -> String {
     let secs = hour_start_ns.div_euclid(1_000_000_000);
     let time = chrono::DateTime::from_timestamp(secs, 0).unwrap_or_default();
-    format!("spans/{}/{}.parquet", time.format("%Y-%m-%d/%H"), file_id)
+    format!("{SPANS_DIR}/{}/{}.parquet", time.format("%Y-%m-%d/%H"), file_id)
 }
 
 #[cfg(test)]

@@ -26,6 +26,22 @@ pub struct Manifest {
     pub wal_floor: u64,
     /// The committed span files.
     pub files: Vec<FileEntry>,
+    /// Files no longer listed (replaced by a compaction or deleted by retention) that stay on disk
+    /// until no query that read an earlier manifest can still be reading them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<RetiredFile>,
+}
+
+/// A span file taken out of the manifest, waiting to be deleted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RetiredFile {
+    /// Path relative to the tenant directory.
+    pub path: String,
+    /// File size in bytes.
+    pub bytes: u64,
+    /// When it left the manifest (unix ms).
+    pub retired_unix_ms: i64,
 }
 
 /// One committed span file.
@@ -96,10 +112,14 @@ mod tests {
                 committed_unix_ms: 5,
                 wal_max_segment: Some(4),
             }],
+            retired: vec![RetiredFile { path: "spans/2026-11-28/01/b.parquet".into(), bytes: 10, retired_unix_ms: 6 }],
         };
         let json = m.to_json();
         assert!(String::from_utf8_lossy(&json).contains("\"version\": \"1\""));
         assert_eq!(Manifest::from_json(&json).unwrap(), m);
         assert!(Manifest::from_json(br#"{"version":"9"}"#).is_err());
+        // Manifests written before files could be retired still read.
+        let older = br#"{"version":"1","generation":1,"wal_floor":0,"files":[]}"#;
+        assert_eq!(Manifest::from_json(older).unwrap().retired, vec![]);
     }
 }

@@ -1,0 +1,297 @@
+//! Compaction: merges the small span files of one hour into one sorted file, drops spans stored
+//! twice (a client's resend older than the ingest's resend window), and swaps the files in one
+//! manifest commit, so readers see either the old files or the new one, never both or neither.
+//! The replaced files are retired ([`crate::manifest::ManifestStore::commit_replaced`]) and
+//! deleted once no query can still be reading them.
+//!
+//! Which files are merged ([`plan`]):
+//! - only files of the same hour partition (the hour their traces start in), so a merged file
+//!   keeps the layout's time pruning, and only *small* ones (under half of
+//!   [`CompactionPolicy::target_rows`]);
+//! - an hour still receiving spans is merged in size tiers: [`CompactionPolicy::fan_in`] files of
+//!   the same order of size at a time, so each span is rewritten a few times, not once per flush;
+//! - once the hour is closed, its remaining small files are merged in groups of at most
+//!   `target_rows`.
+//!
+//! The merge itself reads its inputs whole: `target_rows` bounds its memory.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+
+use arrow::array::RecordBatch;
+use arrow::compute::concat_batches;
+use hopscope_schemas::manifest::{FileEntry, Manifest};
+use hopscope_schemas::spans::span_schema;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use crate::IngestError;
+use crate::dedup::without_repeats;
+use crate::writer::{NS_PER_HOUR, sort_by_trace, write_file};
+
+/// How long after an hour ends its partition may still receive spans (late exports, retries,
+/// long traces), and is merged in tiers rather than all at once.
+const LATE_SPANS_NS: i64 = 10 * 60 * 1_000_000_000;
+
+/// What compaction aims for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactionPolicy {
+    /// Rows a merged file holds at most; files under half of it are merged.
+    pub target_rows: u64,
+    /// Files of one size tier merged at once while their hour still receives spans.
+    pub fan_in: usize,
+}
+
+impl Default for CompactionPolicy {
+    fn default() -> Self {
+        Self { target_rows: 512 * 1024, fan_in: 8 }
+    }
+}
+
+/// One merge: files of one hour partition, oldest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompactionJob {
+    /// Start of the hour (unix ns).
+    pub hour_start_ns: i64,
+    pub inputs: Vec<FileEntry>,
+}
+
+/// The merges worth doing in `manifest` at `now_ns`. With `close_all`, every hour is treated as
+/// closed (an offline `hopscope compact`).
+pub fn plan(manifest: &Manifest, policy: &CompactionPolicy, now_ns: i64, close_all: bool) -> Vec<CompactionJob> {
+    let small = policy.target_rows / 2;
+    let mut hours: BTreeMap<i64, Vec<&FileEntry>> = BTreeMap::new();
+    for file in manifest.files.iter().filter(|f| f.rows < small) {
+        // A file's earliest span starts in the hour of its partition (files are split by the hour
+        // their traces start in).
+        hours.entry(file.min_start_ns.div_euclid(NS_PER_HOUR)).or_default().push(file);
+    }
+    let mut jobs = Vec::new();
+    for (hour, mut files) in hours {
+        files.sort_by(|a, b| (a.committed_unix_ms, &a.path).cmp(&(b.committed_unix_ms, &b.path)));
+        let hour_start_ns = hour * NS_PER_HOUR;
+        let open = !close_all && now_ns < hour_start_ns.saturating_add(NS_PER_HOUR + LATE_SPANS_NS);
+        let groups = if open { tiered(&files, policy) } else { packed(&files, policy.target_rows) };
+        jobs.extend(groups.into_iter().map(|inputs| CompactionJob { hour_start_ns, inputs }));
+    }
+    jobs
+}
+
+/// Groups of `fan_in` files of the same size tier (rows within a factor of `fan_in`), or fewer
+/// when `fan_in` of them would hold more than `target_rows`.
+fn tiered(files: &[&FileEntry], policy: &CompactionPolicy) -> Vec<Vec<FileEntry>> {
+    let fan_in = policy.fan_in.max(2);
+    let tier = |rows: u64| rows.max(1).ilog(fan_in as u64);
+    let mut tiers: BTreeMap<u32, Vec<&FileEntry>> = BTreeMap::new();
+    for file in files {
+        tiers.entry(tier(file.rows)).or_default().push(file);
+    }
+    let mut groups = Vec::new();
+    for files in tiers.into_values() {
+        let mut group: Vec<FileEntry> = Vec::new();
+        let mut rows = 0;
+        for file in files {
+            if !group.is_empty() && rows + file.rows > policy.target_rows {
+                let full = std::mem::take(&mut group);
+                if full.len() >= 2 {
+                    groups.push(full);
+                }
+                rows = 0;
+            }
+            rows += file.rows;
+            group.push(file.clone());
+            if group.len() == fan_in {
+                groups.push(std::mem::take(&mut group));
+                rows = 0;
+            }
+        }
+    }
+    groups
+}
+
+/// Consecutive groups of at most `target_rows` rows, each of at least two files.
+fn packed(files: &[&FileEntry], target_rows: u64) -> Vec<Vec<FileEntry>> {
+    let mut groups = Vec::new();
+    let mut group: Vec<FileEntry> = Vec::new();
+    let mut rows = 0;
+    for file in files {
+        if !group.is_empty() && rows + file.rows > target_rows {
+            groups.push(std::mem::take(&mut group));
+            rows = 0;
+        }
+        rows += file.rows;
+        group.push((*file).clone());
+    }
+    groups.push(group);
+    groups.retain(|g| g.len() >= 2);
+    groups
+}
+
+/// What a merge wrote.
+#[derive(Debug)]
+pub struct Merged {
+    pub entry: FileEntry,
+    /// Rows dropped as repeats of another row.
+    pub duplicates: u64,
+}
+
+/// Reads the job's files, drops repeated spans, sorts by (trace_id, start_time) and writes one
+/// file into the hour's partition. The file is not yet committed. Blocking I/O.
+pub fn merge(tenant_dir: &Path, job: &CompactionJob) -> Result<Merged, IngestError> {
+    let mut batches = Vec::new();
+    for input in &job.inputs {
+        let path = tenant_dir.join(&input.path);
+        let file = fs::File::open(&path).map_err(IngestError::io(format!("opening {}", path.display())))?;
+        for batch in ParquetRecordBatchReaderBuilder::try_new(file)?.build()? {
+            batches.push(batch?);
+        }
+    }
+    let batch: RecordBatch = concat_batches(&span_schema(), &batches)?;
+    drop(batches);
+    let (batch, duplicates) = without_repeats(&batch)?;
+    let batch = sort_by_trace(&batch)?;
+    let mut entry = write_file(tenant_dir, job.hour_start_ns.div_euclid(NS_PER_HOUR), &batch)?;
+    // Replay after a crash skips spans found in files at or above the WAL floor: the merged file
+    // stands for all of its inputs.
+    entry.wal_max_segment = job.inputs.iter().filter_map(|f| f.wal_max_segment).max();
+    Ok(Merged { entry, duplicates })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: i64 = NS_PER_HOUR;
+
+    fn file(name: &str, hour: i64, rows: u64, committed: i64) -> FileEntry {
+        FileEntry {
+            path: format!("spans/h{hour}/{name}.parquet"),
+            rows,
+            bytes: rows * 40,
+            min_start_ns: hour * HOUR + 1,
+            max_start_ns: hour * HOUR + 2,
+            max_end_ns: hour * HOUR + 3,
+            min_trace_id: "00".repeat(16),
+            max_trace_id: "ff".repeat(16),
+            committed_unix_ms: committed,
+            wal_max_segment: Some(committed as u64),
+        }
+    }
+
+    fn names(jobs: &[CompactionJob]) -> Vec<Vec<String>> {
+        jobs.iter()
+            .map(|j| {
+                j.inputs
+                    .iter()
+                    .map(|f| f.path.rsplit('/').next().unwrap().trim_end_matches(".parquet").to_owned())
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_closed_hour_packs_its_small_files_and_leaves_big_ones() {
+        let policy = CompactionPolicy { target_rows: 100, fan_in: 4 };
+        let manifest = Manifest {
+            files: vec![
+                file("a", 10, 30, 1),
+                file("big", 10, 60, 2),
+                file("b", 10, 30, 3),
+                file("c", 10, 45, 4),
+                file("d", 10, 20, 5),
+                file("lonely", 11, 10, 6),
+            ],
+            ..Manifest::default()
+        };
+        let now = 20 * HOUR;
+        // "big" holds over half the target; a, b fit with 40 rows to spare, c does not; c and d
+        // make the second group; hour 11 has a single small file.
+        let jobs = plan(&manifest, &policy, now, false);
+        assert_eq!(names(&jobs), [vec!["a", "b"], vec!["c", "d"]]);
+        assert!(jobs.iter().all(|j| j.hour_start_ns == 10 * HOUR));
+    }
+
+    #[test]
+    fn an_open_hour_merges_fan_in_files_of_one_tier_only() {
+        let policy = CompactionPolicy { target_rows: 10_000, fan_in: 4 };
+        // Tiers of 4: rows 1..3 are tier 0, 4..15 tier 1, 16..63 tier 2.
+        let mut files: Vec<FileEntry> = (0..5).map(|i| file(&format!("s{i}"), 10, 2, i)).collect();
+        files.extend((0..3).map(|i| file(&format!("m{i}"), 10, 8, 10 + i)));
+        files.push(file("l0", 10, 40, 20));
+        let manifest = Manifest { files, ..Manifest::default() };
+        let open = 10 * HOUR + HOUR / 2;
+        assert_eq!(names(&plan(&manifest, &policy, open, false)), [vec!["s0", "s1", "s2", "s3"]]);
+        // Ten minutes after the hour it is still open; later it is closed and packed whole.
+        assert_eq!(plan(&manifest, &policy, 11 * HOUR + LATE_SPANS_NS - 1, false).len(), 1);
+        let closed = plan(&manifest, &policy, 11 * HOUR + LATE_SPANS_NS, false);
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].inputs.len(), 9);
+        // `close_all` treats the open hour as closed.
+        assert_eq!(plan(&manifest, &policy, open, true), closed);
+
+        // A tier whose files would make a group over the target merges fewer of them.
+        let policy = CompactionPolicy { target_rows: 100, fan_in: 4 };
+        let manifest =
+            Manifest { files: (0..3).map(|i| file(&format!("t{i}"), 10, 40, i)).collect(), ..Manifest::default() };
+        assert_eq!(names(&plan(&manifest, &policy, open, false)), [vec!["t0", "t1"]]);
+    }
+
+    /// A batch in the stored schema: one span per (trace byte, span byte, start ns).
+    fn spans(rows: &[(u8, u8, u64)]) -> RecordBatch {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+        let spans = rows
+            .iter()
+            .map(|&(trace, span, start)| Span {
+                trace_id: vec![trace; 16],
+                span_id: vec![span; 8],
+                name: "op".into(),
+                start_time_unix_nano: start,
+                end_time_unix_nano: start + 10,
+                ..Default::default()
+            })
+            .collect();
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+                ..Default::default()
+            }],
+        };
+        crate::convert::convert_request(&request, &crate::convert::SpanLimits::default()).unwrap().batch.unwrap()
+    }
+
+    #[test]
+    fn a_merge_keeps_every_span_once_in_trace_order() {
+        use arrow::array::{FixedSizeBinaryArray, TimestampNanosecondArray};
+        use hopscope_schemas::columns as c;
+
+        let dir = std::env::temp_dir().join(format!("hopscope-compaction-{}", uuid::Uuid::now_v7()));
+        let base = 10 * HOUR as u64;
+        // Trace 2 is in both files, its span 1 twice (a resend stored twice).
+        let a =
+            crate::writer::write_span_files(&dir, &[spans(&[(2, 1, base + 5), (3, 1, base + 1)])], Some(4)).unwrap();
+        let b = crate::writer::write_span_files(
+            &dir,
+            &[spans(&[(1, 1, base + 9), (2, 1, base + 5), (2, 2, base + 2)])],
+            Some(7),
+        )
+        .unwrap();
+        let job = CompactionJob { hour_start_ns: 10 * HOUR, inputs: [a, b].concat() };
+        let merged = merge(&dir, &job).unwrap();
+        assert_eq!(merged.duplicates, 1);
+        assert_eq!(merged.entry.rows, 4);
+        assert_eq!(merged.entry.wal_max_segment, Some(7));
+        assert!(merged.entry.path.starts_with("spans/1970-01-01/10/"), "{}", merged.entry.path);
+
+        let file = fs::File::open(dir.join(&merged.entry.path)).unwrap();
+        let batches: Vec<RecordBatch> =
+            ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap().map(Result::unwrap).collect();
+        let batch = concat_batches(&span_schema(), &batches).unwrap();
+        let traces: &FixedSizeBinaryArray = crate::writer::stored_column(&batch, c::TRACE_ID);
+        let starts: &TimestampNanosecondArray = crate::writer::stored_column(&batch, c::START_TIME);
+        let rows: Vec<(u8, i64)> = (0..batch.num_rows()).map(|i| (traces.value(i)[0], starts.value(i))).collect();
+        let base = base as i64;
+        assert_eq!(rows, [(1, base + 9), (2, base + 2), (2, base + 5), (3, base + 1)]);
+        fs::remove_dir_all(dir).unwrap();
+    }
+}
