@@ -1,6 +1,7 @@
 //! The `hopscope` binary: command line, configuration, wiring of ingest, query and UI, and an
 //! orderly shutdown.
 
+mod admin;
 mod simulate;
 
 use std::net::SocketAddr;
@@ -36,6 +37,11 @@ enum Command {
     /// Serve, and feed the server simulated traffic so the UI and API have data within seconds
     /// (data in ./hopscope-demo-data unless --data-dir or HOPSCOPE_DATA_DIR says otherwise).
     Demo(DemoArgs),
+    /// Inspect, replay or purge acknowledged spans that could not be stored.
+    DeadLetters(admin::DeadLettersArgs),
+    /// Merge small span files and drop duplicate spans now, with no server running (a running
+    /// server does this on its own).
+    Compact(admin::CompactArgs),
 }
 
 /// `hopscope demo`: the server's options, plus how much traffic to simulate.
@@ -85,6 +91,61 @@ struct ServeArgs {
     /// The most rows `POST /api/v1/sql` returns; larger results are refused with a message.
     #[arg(long, env = "HOPSCOPE_QUERY_MAX_ROWS", default_value_t = 10_000, value_parser = positive_usize)]
     query_max_rows: usize,
+    /// Longest attribute value, span name, status message or event name stored, in bytes; longer
+    /// ones are truncated and the export's partial success says so.
+    #[arg(long, env = "HOPSCOPE_MAX_VALUE_BYTES", default_value_t = 32 * 1024, value_parser = positive_usize)]
+    max_value_bytes: usize,
+    /// Most bytes of attributes, events and links one span stores; what does not fit is dropped
+    /// (semantic-convention attributes are kept first) and counted in the span's dropped counts.
+    #[arg(long, env = "HOPSCOPE_MAX_SPAN_BYTES", default_value_t = 1024 * 1024, value_parser = positive_usize)]
+    max_span_bytes: usize,
+    /// A trace is written to storage once it has received no span for this long.
+    #[arg(long, env = "HOPSCOPE_TRACE_IDLE_PERIOD", default_value = "1s", value_parser = positive_duration)]
+    trace_idle_period: std::time::Duration,
+    /// Spans are written at the latest this long after their trace's first span arrived.
+    #[arg(long, env = "HOPSCOPE_TRACE_MAX_DELAY", default_value = "10s", value_parser = positive_duration)]
+    trace_max_delay: std::time::Duration,
+    /// How often compaction (merging small span files) and retention run.
+    #[arg(long, env = "HOPSCOPE_MAINTENANCE_INTERVAL", default_value = "1m", value_parser = positive_duration)]
+    maintenance_interval: std::time::Duration,
+    // The fully qualified `Option`s tell clap that `off` is a value, not a missing flag.
+    /// Delete spans that started longer ago than this (e.g. 14d), or `off` to keep them.
+    #[arg(long, env = "HOPSCOPE_RETENTION_AGE", default_value = "off", value_parser = optional_duration)]
+    retention_age: ::std::option::Option<std::time::Duration>,
+    /// Delete the oldest span files while stored spans take more than this (e.g. 50GiB), or `off`.
+    #[arg(long, env = "HOPSCOPE_RETENTION_MAX_BYTES", default_value = "off", value_parser = optional_bytes)]
+    retention_max_bytes: ::std::option::Option<u64>,
+}
+
+fn optional_duration(s: &str) -> Result<Option<std::time::Duration>, String> {
+    if s == "off" { Ok(None) } else { positive_duration(s).map(Some) }
+}
+
+/// A size in bytes: a number, optionally with a unit (KB, MB, GB, TB; KiB, MiB, GiB, TiB), or `off`.
+fn optional_bytes(s: &str) -> Result<Option<u64>, String> {
+    if s == "off" {
+        return Ok(None);
+    }
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        other => return Err(format!("unknown unit {other:?} in {s:?}: use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB")),
+    };
+    let number: u64 = number.parse().map_err(|_| format!("expected a size such as 50GiB or `off`, got {s:?}"))?;
+    match number.checked_mul(scale) {
+        Some(0) => Err(format!("{s:?} must be more than zero (or `off`)")),
+        Some(bytes) => Ok(Some(bytes)),
+        None => Err(format!("{s:?} is too large")),
+    }
 }
 
 fn positive_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -114,6 +175,8 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => runtime.block_on(serve(args, None)),
         Command::Simulate(args) => runtime.block_on(simulate::run(args)),
         Command::Demo(args) => runtime.block_on(demo(args)),
+        Command::DeadLetters(args) => runtime.block_on(admin::dead_letters(args)),
+        Command::Compact(args) => runtime.block_on(admin::compact(args)),
     }
 }
 
@@ -132,13 +195,7 @@ async fn demo(mut args: DemoArgs) -> anyhow::Result<()> {
     let server = tokio::spawn(serve(args.serve, Some(listening)));
     let traffic = async move {
         let Ok(addr) = addr.await else { return Ok(()) };
-        // A wildcard listen address is reached on loopback of the same family.
-        let ip = match addr.ip() {
-            ip if !ip.is_unspecified() => ip,
-            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-        };
-        let endpoint = format!("http://{}", SocketAddr::new(ip, addr.port()));
+        let endpoint = format!("http://{}", reachable(addr));
         let history_spans = (args.rate * args.history.as_secs_f64()).ceil() as u64;
         tracing::info!(spans = history_spans, window = ?args.history, "demo: loading history");
         simulate::run(simulate::SimulateArgs::demo(endpoint.clone(), 0.0, Some(history_spans), Some(args.history), 1))
@@ -159,14 +216,47 @@ async fn demo(mut args: DemoArgs) -> anyhow::Result<()> {
 /// `--data-dir`'s default.
 const DEFAULT_DATA_DIR: &str = "./hopscope-data";
 
+/// Where a client on this machine reaches a listen address: a wildcard address is reached on
+/// loopback of the same family.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    let ip = match addr.ip() {
+        ip if !ip.is_unspecified() => ip,
+        std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+    };
+    SocketAddr::new(ip, addr.port())
+}
+
 /// Runs the server until SIGINT/SIGTERM; `listening` gets the OTLP/HTTP address once it is bound.
 async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Sender<SocketAddr>>) -> anyhow::Result<()> {
     // Absolute, so that logs and file paths handed to the query engine do not depend on the cwd.
     args.data_dir = std::path::absolute(&args.data_dir)
         .with_context(|| format!("resolving the data directory {}", args.data_dir.display()))?;
+    if args.trace_idle_period > args.trace_max_delay {
+        anyhow::bail!(
+            "--trace-idle-period ({:?}) must not be longer than --trace-max-delay ({:?})",
+            args.trace_idle_period,
+            args.trace_max_delay
+        );
+    }
+    ignore_file_size_signal();
     let data_dir = args.data_dir.clone();
     let mut ingest_config = IngesterConfig::new(data_dir);
     ingest_config.max_buffered_bytes = args.max_buffered_bytes;
+    ingest_config.limits = hopscope_ingest::convert::SpanLimits {
+        max_value_bytes: args.max_value_bytes,
+        max_span_bytes: args.max_span_bytes,
+    };
+    ingest_config.cut_off =
+        hopscope_ingest::buffer::CutOff { idle: args.trace_idle_period, max_age: args.trace_max_delay };
+    ingest_config.maintenance_interval = args.maintenance_interval;
+    ingest_config.retention = hopscope_ingest::retention::RetentionPolicy {
+        max_age: args.retention_age,
+        max_bytes: args.retention_max_bytes,
+    };
+    // A query reads the files of the manifest it started with: replaced files stay until no
+    // query can still run (the timeout cancels any that would).
+    ingest_config.retired_grace = args.query_timeout * 2;
     let ingester = tokio::task::spawn_blocking(move || Ingester::open(ingest_config))
         .await?
         .with_context(|| format!("opening the data directory {}", args.data_dir.display()))?;
@@ -201,6 +291,7 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
     let flush_stop = CancellationToken::new();
     let ready = Arc::new(AtomicBool::new(true));
     let flusher = ingester.spawn_flusher(flush_stop.clone());
+    let maintenance = ingester.spawn_maintenance(stop.clone());
 
     let grpc = {
         let service = hopscope_ingest::grpc::TraceService::new(Arc::clone(&ingester), args.otlp_grpc_max_message_bytes);
@@ -230,6 +321,7 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
         let app = Router::new()
             .merge(hopscope_query::api::router(Arc::clone(&engine)))
             .merge(hopscope_ui::router(Arc::clone(&engine), ui_config))
+            .merge(hopscope_ingest::admin::router(Arc::clone(&ingester)))
             .merge(health_router(Arc::clone(&ready)))
             .merge(metrics_router(Arc::clone(&ingester)));
         let stop = stop.clone();
@@ -247,6 +339,8 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
 
     let (grpc, otlp_http) = tokio::join!(grpc, otlp_http);
     ready.store(false, Ordering::Release);
+    // The merge in progress finishes (or is left uncommitted, removed at the next start).
+    maintenance.await?;
     flush_stop.cancel();
     let flushed = flusher.await?;
     let api = api.await?;
@@ -287,6 +381,16 @@ fn metrics_router(ingester: Arc<Ingester>) -> Router {
             }),
         )
         .with_state(ingester)
+}
+
+/// A write past a file size limit (`ulimit -f`) raises SIGXFSZ, which kills the process by default.
+/// Handled, the write fails with EFBIG instead, and hopscope treats it like a full disk: it
+/// refuses exports as retryable and keeps what it acknowledged until writes succeed again.
+fn ignore_file_size_signal() {
+    #[cfg(unix)]
+    if let Err(e) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(libc::SIGXFSZ)) {
+        tracing::warn!(error = %e, "cannot handle SIGXFSZ; a file size limit would stop the process");
+    }
 }
 
 async fn shutdown_signal() {
