@@ -6,41 +6,10 @@ use std::io::Write;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
 use serde_json::Value;
 
-use crate::support::{DEADLINE, Server, random_trace_id};
-
-fn span(trace_id: Vec<u8>, span_id: Vec<u8>, name: &str) -> Span {
-    Span {
-        trace_id,
-        span_id,
-        name: name.into(),
-        kind: 2,
-        start_time_unix_nano: 1_700_000_000_000_000_000,
-        end_time_unix_nano: 1_700_000_000_250_000_000,
-        ..Default::default()
-    }
-}
-
-fn request(spans: Vec<Span>) -> ExportTraceServiceRequest {
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![KeyValue {
-                    key: "service.name".into(),
-                    value: Some(AnyValue { value: Some(any_value::Value::StringValue("checkout".into())) }),
-                    key_strindex: 0,
-                }],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
-            schema_url: String::new(),
-        }],
-    }
-}
+use crate::support::{DEADLINE, Server, random_trace_id, request, span};
 
 fn gzip(data: &[u8]) -> Vec<u8> {
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
@@ -310,8 +279,9 @@ async fn a_full_buffer_refuses_exports_as_retryable_and_loses_nothing() {
         assert!(started.elapsed() < DEADLINE, "exports stayed refused after the buffer drained");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    let metrics = reqwest::get(server.api_url("/metrics")).await.unwrap().text().await.unwrap();
-    assert!(!metrics.contains("hopscope_ingest_refused_overloaded_total 0\n"), "{metrics}");
+    // Both refusals are counted by their reason.
+    let refused = server.metric("hopscope_ingest_requests_refused_total{reason=\"overloaded\"}").await;
+    assert!(refused >= 2.0, "{refused} overloaded refusals counted");
     server.terminate();
 }
 

@@ -7,6 +7,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use serde_json::Value;
 
 /// How long a test waits for something that should happen within seconds.
@@ -38,12 +42,18 @@ impl Server {
 
     /// Starts a server on `data_dir` and waits until it listens.
     pub(crate) fn start_in(data_dir: PathBuf, extra_args: &[&str]) -> Server {
+        Server::start_with_env(data_dir, extra_args, &[])
+    }
+
+    /// Starts a server on `data_dir` with extra environment variables and waits until it listens.
+    pub(crate) fn start_with_env(data_dir: PathBuf, extra_args: &[&str], env: &[(&str, &Path)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_hopscope"))
             .arg("serve")
             .arg("--data-dir")
             .arg(&data_dir)
             .args(["--otlp-grpc-addr", "127.0.0.1:0", "--otlp-http-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0"])
             .args(extra_args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -92,6 +102,40 @@ impl Server {
 
     pub(crate) fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// The value of one sample of `/metrics` (`name` with its labels, as printed).
+    pub(crate) async fn metric(&self, name: &str) -> f64 {
+        let text = reqwest::get(self.api_url("/metrics")).await.unwrap().text().await.unwrap();
+        let prefix = format!("{name} ");
+        let line = text.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("no {name} in:\n{text}"));
+        line[prefix.len()..].parse().unwrap()
+    }
+
+    /// Polls `/metrics` until the sample `name` satisfies `done`; returns its value.
+    pub(crate) async fn wait_for_metric(&self, name: &str, done: impl Fn(f64) -> bool) -> f64 {
+        let started = Instant::now();
+        loop {
+            let value = self.metric(name).await;
+            if done(value) {
+                return value;
+            }
+            assert!(started.elapsed() < DEADLINE, "{name} stayed at {value}; log:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `GET /api/v1/traces/{id}`: the status and the spans' ids (empty when not found).
+    pub(crate) async fn trace_span_ids(&self, trace_id: &str) -> (u16, Vec<String>) {
+        let response = reqwest::get(self.api_url(&format!("/api/v1/traces/{trace_id}"))).await.unwrap();
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap();
+        let mut ids: Vec<String> = body["spans"]
+            .as_array()
+            .map(|spans| spans.iter().map(|s| s["span_id"].as_str().unwrap().to_owned()).collect())
+            .unwrap_or_default();
+        ids.sort();
+        (status, ids)
     }
 
     /// Polls `GET /api/v1/traces/{id}` until the trace has `spans` spans.
@@ -150,6 +194,16 @@ impl Drop for Server {
     }
 }
 
+/// Runs `hopscope ARGS` to completion: (success, stdout, stderr).
+pub(crate) fn hopscope(args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_hopscope")).args(args).output().expect("run hopscope");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// The workspace root.
 pub(crate) fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -163,4 +217,40 @@ pub(crate) fn random_trace_id() -> String {
     let mix =
         (nanos << 16) ^ (n << 100) ^ ((std::process::id() as u128) << 64) ^ 0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c834;
     format!("{:032x}", mix | 1)
+}
+
+/// A server span of `trace_id` at 2023-11-14T22:13:20Z, 250 ms long.
+pub(crate) fn span(trace_id: Vec<u8>, span_id: Vec<u8>, name: &str) -> Span {
+    Span {
+        trace_id,
+        span_id,
+        name: name.into(),
+        kind: 2,
+        start_time_unix_nano: 1_700_000_000_000_000_000,
+        end_time_unix_nano: 1_700_000_000_250_000_000,
+        ..Default::default()
+    }
+}
+
+/// An export request of `spans`, all from the service `checkout`.
+pub(crate) fn request(spans: Vec<Span>) -> ExportTraceServiceRequest {
+    request_for("checkout", spans)
+}
+
+/// An export request of `spans`, all from `service`.
+pub(crate) fn request_for(service: &str, spans: Vec<Span>) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![KeyValue {
+                    key: "service.name".into(),
+                    value: Some(AnyValue { value: Some(any_value::Value::StringValue(service.into())) }),
+                    key_strindex: 0,
+                }],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+            schema_url: String::new(),
+        }],
+    }
 }
