@@ -68,8 +68,7 @@ pub struct Converted {
 
 /// Converts an export request into the stored schema, applying `limits`.
 pub fn convert_request(request: &ExportTraceServiceRequest, limits: &SpanLimits) -> Result<Converted, IngestError> {
-    let total: usize = request.resource_spans.iter().flat_map(|rs| &rs.scope_spans).map(|ss| ss.spans.len()).sum();
-    let mut cols = SpanColumns::with_capacity(total);
+    let mut cols = SpanColumns::with_capacity(&Sizes::of(request));
     let mut rejected = 0u64;
     let mut reasons = Vec::new();
     let mut caps = Caps::new(limits);
@@ -375,6 +374,46 @@ fn trim_span(span: &mut Span, max: usize) {
     span.links.truncate(links);
 }
 
+/// How many rows and entries each column of a request's batch will hold, so that every builder is
+/// allocated once at its size: a batch waits in the trace buffer with whatever capacity its
+/// builders had, and builders left at their default size (1024 entries each, over a hundred of
+/// them) would make a one-span export hold a megabyte.
+#[derive(Debug, Default)]
+struct Sizes {
+    spans: usize,
+    attributes: usize,
+    events: usize,
+    event_attributes: usize,
+    links: usize,
+    link_attributes: usize,
+    resource_attributes: usize,
+    scope_attributes: usize,
+}
+
+impl Sizes {
+    /// Upper bounds for `request` (rejected spans and dedicated attributes are counted too).
+    fn of(request: &ExportTraceServiceRequest) -> Self {
+        let mut sizes = Sizes::default();
+        for rs in &request.resource_spans {
+            let resource = rs.resource.as_ref().map_or(0, |r| r.attributes.len());
+            for ss in &rs.scope_spans {
+                let scope = ss.scope.as_ref().map_or(0, |s| s.attributes.len());
+                sizes.spans += ss.spans.len();
+                sizes.resource_attributes += resource * ss.spans.len();
+                sizes.scope_attributes += scope * ss.spans.len();
+                for span in &ss.spans {
+                    sizes.attributes += span.attributes.len();
+                    sizes.events += span.events.len();
+                    sizes.event_attributes += span.events.iter().map(|e| e.attributes.len()).sum::<usize>();
+                    sizes.links += span.links.len();
+                    sizes.link_attributes += span.links.iter().map(|l| l.attributes.len()).sum::<usize>();
+                }
+            }
+        }
+        sizes
+    }
+}
+
 /// Why a span cannot be stored, or `Ok`.
 fn validate(span: &Span) -> Result<(), String> {
     TraceId::from_bytes(&span.trace_id).map_err(|e| e.to_string())?;
@@ -453,7 +492,8 @@ struct SpanColumns {
 }
 
 impl SpanColumns {
-    fn with_capacity(n: usize) -> Self {
+    fn with_capacity(sizes: &Sizes) -> Self {
+        let n = sizes.spans;
         Self {
             rows: 0,
             trace_id: FixedSizeBinaryBuilder::with_capacity(n, 16),
@@ -461,8 +501,8 @@ impl SpanColumns {
             parent_span_id: FixedSizeBinaryBuilder::with_capacity(n, 8),
             trace_state: StringBuilder::with_capacity(n, 0),
             flags: UInt32Builder::with_capacity(n),
-            service_name: StringDictionaryBuilder::new(),
-            name: StringDictionaryBuilder::new(),
+            service_name: StringDictionaryBuilder::with_capacity(n, 4, 64),
+            name: StringDictionaryBuilder::with_capacity(n, 16, 256),
             kind: Int8Builder::with_capacity(n),
             start_time: TimestampNanosecondBuilder::with_capacity(n).with_timezone("UTC"),
             end_time: TimestampNanosecondBuilder::with_capacity(n).with_timezone("UTC"),
@@ -476,18 +516,18 @@ impl SpanColumns {
                     SemconvType::Int => SemconvBuilder::Int(Int64Builder::with_capacity(n)),
                 })
                 .collect(),
-            attributes: AttributeColumn::default(),
+            attributes: AttributeColumn::with_capacity(n, sizes.attributes),
             dropped_attributes: UInt32Builder::with_capacity(n),
-            events: EventColumn::default(),
+            events: EventColumn::with_capacity(n, sizes.events, sizes.event_attributes),
             dropped_events: UInt32Builder::with_capacity(n),
-            links: LinkColumn::default(),
+            links: LinkColumn::with_capacity(n, sizes.links, sizes.link_attributes),
             dropped_links: UInt32Builder::with_capacity(n),
-            resource_attributes: AttributeColumn::default(),
+            resource_attributes: AttributeColumn::with_capacity(n, sizes.resource_attributes),
             resource_dropped: UInt32Builder::with_capacity(n),
             resource_schema_url: StringBuilder::with_capacity(n, 0),
             scope_name: StringBuilder::with_capacity(n, 0),
             scope_version: StringBuilder::with_capacity(n, 0),
-            scope_attributes: AttributeColumn::default(),
+            scope_attributes: AttributeColumn::with_capacity(n, sizes.scope_attributes),
             scope_dropped: UInt32Builder::with_capacity(n),
             scope_schema_url: StringBuilder::with_capacity(n, 0),
         }
@@ -613,7 +653,6 @@ impl SpanColumns {
 }
 
 /// An attribute map column being built: one map per row.
-#[derive(Default)]
 struct AttributeColumn {
     offsets: Vec<i32>,
     keys: StringBuilder,
@@ -627,11 +666,25 @@ struct AttributeColumn {
 }
 
 impl AttributeColumn {
+    /// Room for `rows` maps holding `entries` entries in all.
+    fn with_capacity(rows: usize, entries: usize) -> Self {
+        let mut offsets = Vec::with_capacity(rows + 1);
+        offsets.push(0);
+        Self {
+            offsets,
+            keys: StringBuilder::with_capacity(entries, entries * 16),
+            str: StringBuilder::with_capacity(entries, entries * 16),
+            int: Int64Builder::with_capacity(entries),
+            double: Float64Builder::with_capacity(entries),
+            bool: BooleanBuilder::with_capacity(entries),
+            bytes: BinaryBuilder::with_capacity(entries, 0),
+            array: StringBuilder::with_capacity(entries, 0),
+            kvlist: StringBuilder::with_capacity(entries, 0),
+        }
+    }
+
     /// Appends one row: a map holding `attrs`.
     fn append<'a>(&mut self, attrs: impl IntoIterator<Item = &'a KeyValue>) {
-        if self.offsets.is_empty() {
-            self.offsets.push(0);
-        }
         let mut len = 0;
         for kv in attrs {
             len += 1;
@@ -668,9 +721,6 @@ impl AttributeColumn {
     }
 
     fn finish(&mut self) -> ArrayRef {
-        if self.offsets.is_empty() {
-            self.offsets.push(0);
-        }
         let values = StructArray::new(
             spans::value_fields(),
             vec![
@@ -695,7 +745,6 @@ impl AttributeColumn {
     }
 }
 
-#[derive(Default)]
 struct EventColumn {
     offsets: Vec<i32>,
     time: TimestampNanosecondBuilder,
@@ -705,6 +754,17 @@ struct EventColumn {
 }
 
 impl EventColumn {
+    /// Room for `rows` spans holding `events` events with `attributes` attributes in all.
+    fn with_capacity(rows: usize, events: usize, attributes: usize) -> Self {
+        Self {
+            offsets: Vec::with_capacity(rows),
+            time: TimestampNanosecondBuilder::with_capacity(events),
+            name: StringBuilder::with_capacity(events, events * 16),
+            attributes: AttributeColumn::with_capacity(events, attributes),
+            dropped: UInt32Builder::with_capacity(events),
+        }
+    }
+
     fn finish(&mut self) -> ArrayRef {
         let items = StructArray::new(
             event_fields(),
@@ -730,21 +790,20 @@ struct LinkColumn {
     dropped: UInt32Builder,
 }
 
-impl Default for LinkColumn {
-    fn default() -> Self {
+impl LinkColumn {
+    /// Room for `rows` spans holding `links` links with `attributes` attributes in all.
+    fn with_capacity(rows: usize, links: usize, attributes: usize) -> Self {
         Self {
-            offsets: Vec::new(),
-            trace_id: FixedSizeBinaryBuilder::new(16),
-            span_id: FixedSizeBinaryBuilder::new(8),
-            trace_state: StringBuilder::new(),
-            flags: UInt32Builder::new(),
-            attributes: AttributeColumn::default(),
-            dropped: UInt32Builder::new(),
+            offsets: Vec::with_capacity(rows),
+            trace_id: FixedSizeBinaryBuilder::with_capacity(links, 16),
+            span_id: FixedSizeBinaryBuilder::with_capacity(links, 8),
+            trace_state: StringBuilder::with_capacity(links, 0),
+            flags: UInt32Builder::with_capacity(links),
+            attributes: AttributeColumn::with_capacity(links, attributes),
+            dropped: UInt32Builder::with_capacity(links),
         }
     }
-}
 
-impl LinkColumn {
     fn finish(&mut self) -> ArrayRef {
         let items = StructArray::new(
             link_fields(),
