@@ -12,84 +12,16 @@ Prints a Markdown table for BENCHMARKS.md.
 """
 
 import argparse
-import glob
-import json
 import os
-import platform
 import re
 import shutil
-import signal
-import statistics
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 import urllib.parse
-import urllib.request
 
 import duckdb
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def die(message):
-    print(f"query_bench: {message}", file=sys.stderr)
-    sys.exit(1)
-
-
-class Server:
-    """A `hopscope serve` on ephemeral loopback ports."""
-
-    def __init__(self, binary, data_dir):
-        self.log = []
-        self.proc = subprocess.Popen(
-            [binary, "serve", "--data-dir", data_dir, "--otlp-grpc-addr", "127.0.0.1:0",
-             "--otlp-http-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0", "--query-timeout", "10m",
-             "--query-max-rows", "1000000"],
-            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-        listening = threading.Event()
-
-        def pump():
-            for line in self.proc.stderr:
-                self.log.append(line)
-                if "hopscope listening" in line:
-                    self.http = re.search(r"otlp_http=(\S+)", line).group(1)
-                    self.api = re.search(r"api=(\S+)", line).group(1)
-                    listening.set()
-
-        threading.Thread(target=pump, daemon=True).start()
-        if not listening.wait(60):
-            self.proc.kill()
-            die("hopscope did not start:\n" + "".join(self.log))
-
-    def get(self, path):
-        with urllib.request.urlopen(f"http://{self.api}{path}", timeout=600) as response:
-            return json.load(response)
-
-    def sql(self, query):
-        request = urllib.request.Request(
-            f"http://{self.api}/api/v1/sql", data=json.dumps({"sql": query}).encode(),
-            headers={"content-type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=600) as response:
-                return json.load(response)["rows"]
-        except urllib.error.HTTPError as e:
-            die(f"/sql failed: {e.read().decode()}\n{query}")
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(120)
-
-
-def timed(fn, repeat):
-    """Runs fn `repeat` times; returns (last result, median seconds)."""
-    times, result = [], None
-    for _ in range(repeat):
-        started = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - started)
-    return result, statistics.median(times)
+from harness import ROOT, Server, committed_files, die, machine, run, timed
 
 
 def close(a, b, rel):
@@ -111,12 +43,9 @@ def main():
     server = Server(args.binary, data_dir)
     try:
         started = time.perf_counter()
-        sim = subprocess.run(
-            [args.binary, "simulate", "--endpoint", f"http://{server.http}", "--rate", "0", "--spans",
-             str(args.spans), "--backfill", "1h", "--seed", "1"], capture_output=True, text=True)
-        if sim.returncode != 0:
-            die(f"simulate failed: {sim.stderr}")
-        sent = int(re.search(r"sent (\d+) spans", sim.stdout).group(1))
+        sim = run(args.binary, "simulate", "--endpoint", f"http://{server.http}", "--rate", "0", "--spans",
+                  str(args.spans), "--backfill", "1h", "--seed", "1", "--scenario", "all")
+        sent = int(re.search(r"sent (\d+) spans", sim).group(1))
         deadline = time.time() + 1800
         while server.sql("SELECT count(*) AS n FROM spans")[0]["n"] != sent:
             if time.time() > deadline:
@@ -126,9 +55,12 @@ def main():
     finally:
         server.stop()
 
-    # Query on a freshly started server over the committed files.
+    # Compacted as a running server would have done by now, then queried on a freshly started server.
+    # DuckDB reads the files the manifest lists: a compaction the server starts meanwhile keeps
+    # them on disk until no query can still read them.
+    run(args.binary, "compact", "--data-dir", data_dir)
     server = Server(args.binary, data_dir)
-    files = glob.glob(os.path.join(data_dir, "**", "*.parquet"), recursive=True)
+    files = committed_files(data_dir)
     db = duckdb.connect()
     db.execute(f"SET threads = {args.threads}")
     db.execute(f"CREATE VIEW spans AS SELECT * FROM read_parquet({files!r})")
@@ -227,7 +159,7 @@ def main():
     size = sum(os.path.getsize(f) for f in files)
     print(f"\n{sent:,} spans in {len(files)} Parquet files, {size / sent:.1f} B/span; "
           f"loaded over OTLP/HTTP in {load_seconds:.1f}s ({sent / load_seconds:,.0f} spans/s, ack to queryable)")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+    print(f"machine: {machine()}; "
           f"DuckDB {duckdb.__version__} with {args.threads} threads; median of {args.repeat} runs\n")
     print("| question | hopscope | DuckDB | hopscope / DuckDB | results |")
     print("|---|---:|---:|---:|---|")

@@ -2,6 +2,9 @@
 //! orderly shutdown.
 
 mod admin;
+mod corpus;
+mod export;
+mod load;
 mod simulate;
 
 use std::net::SocketAddr;
@@ -32,8 +35,12 @@ struct Cli {
 enum Command {
     /// Receive OTLP traces, store them, and serve the API and UI.
     Serve(ServeArgs),
-    /// Generate traces of a simulated microservice system and export them over OTLP/HTTP.
+    /// Generate traces of a simulated microservice system, with latency patterns injected on
+    /// request, and export them over OTLP (or write them to a corpus for `load`).
     Simulate(simulate::SimulateArgs),
+    /// Replay a corpus of export requests (written by `simulate --output`) as fast as the server
+    /// takes them, and report the throughput.
+    Load(load::LoadArgs),
     /// Serve, and feed the server simulated traffic so the UI and API have data within seconds
     /// (data in ./hopscope-demo-data unless --data-dir or HOPSCOPE_DATA_DIR says otherwise).
     Demo(DemoArgs),
@@ -115,6 +122,10 @@ struct ServeArgs {
     /// Delete the oldest span files while stored spans take more than this (e.g. 50GiB), or `off`.
     #[arg(long, env = "HOPSCOPE_RETENTION_MAX_BYTES", default_value = "off", value_parser = optional_bytes)]
     retention_max_bytes: ::std::option::Option<u64>,
+    /// Benchmarks only: decode and validate every export, then drop it (storage switched off; the
+    /// ceiling the ingest benchmark divides by). Nothing is stored.
+    #[arg(long, hide = true)]
+    discard: bool,
 }
 
 fn optional_duration(s: &str) -> Result<Option<std::time::Duration>, String> {
@@ -174,6 +185,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args, None)),
         Command::Simulate(args) => runtime.block_on(simulate::run(args)),
+        Command::Load(args) => runtime.block_on(load::run(args)),
         Command::Demo(args) => runtime.block_on(demo(args)),
         Command::DeadLetters(args) => runtime.block_on(admin::dead_letters(args)),
         Command::Compact(args) => runtime.block_on(admin::compact(args)),
@@ -257,6 +269,10 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
     // A query reads the files of the manifest it started with: replaced files stay until no
     // query can still run (the timeout cancels any that would).
     ingest_config.retired_grace = args.query_timeout * 2;
+    ingest_config.discard = args.discard;
+    if args.discard {
+        tracing::warn!("--discard: exports are decoded and validated, then dropped; nothing is stored");
+    }
     let ingester = tokio::task::spawn_blocking(move || Ingester::open(ingest_config))
         .await?
         .with_context(|| format!("opening the data directory {}", args.data_dir.display()))?;

@@ -60,6 +60,9 @@ pub struct IngesterConfig {
     /// How long a file replaced by a compaction or deleted by retention stays on disk for queries
     /// that started before (longer than any query may run).
     pub retired_grace: Duration,
+    /// Benchmarks only: decode, validate and convert exports, then drop them (no WAL, no files).
+    /// The ingest benchmark's ceiling: the same receivers with storage switched off.
+    pub discard: bool,
 }
 
 impl IngesterConfig {
@@ -80,6 +83,7 @@ impl IngesterConfig {
             compaction: CompactionPolicy::default(),
             retention: RetentionPolicy::default(),
             retired_grace: Duration::from_secs(60),
+            discard: false,
         }
     }
 }
@@ -381,6 +385,7 @@ impl Ingester {
             return Err(IngestError::Overloaded { buffered, limit: self.config.max_buffered_bytes });
         }
         let limits = self.config.limits;
+        let discard = self.config.discard;
         let converted = tokio::task::spawn_blocking(move || {
             let request = match body {
                 ExportBody::Http { body, format, gzip, limit } => {
@@ -393,6 +398,9 @@ impl Ingester {
                 ExportBody::Grpc { body } => decode_request(&body, BodyFormat::Protobuf)?,
             };
             let converted = convert_request(&request, &limits)?;
+            if discard {
+                return Ok::<_, IngestError>((converted, None));
+            }
             let record = converted.batch.as_ref().map(wal::encode_batch).transpose()?;
             Ok::<_, IngestError>((converted, record))
         })

@@ -127,6 +127,7 @@ async fn findings(State(engine): Engine, raw: RawParams) -> Result<Json<Findings
             "poison_min_deliveries",
             "unbounded_tail_ratio",
             "unbounded_tail_min_calls",
+            "clock_skew_min",
         ],
     )?;
     let d = Thresholds::default();
@@ -141,6 +142,7 @@ async fn findings(State(engine): Engine, raw: RawParams) -> Result<Json<Findings
         poison_min_deliveries: p.count("poison_min_deliveries", 10_000)?.unwrap_or(d.poison_min_deliveries),
         unbounded_tail_ratio: p.number("unbounded_tail_ratio", 1.0)?.unwrap_or(d.unbounded_tail_ratio),
         unbounded_tail_min_calls: p.count("unbounded_tail_min_calls", 1_000_000)?.unwrap_or(d.unbounded_tail_min_calls),
+        clock_skew_min_ns: p.duration("clock_skew_min")?.unwrap_or(d.clock_skew_min_ns),
     };
     if thresholds.retry_min_attempts < 2 {
         return Err(QueryError::BadParameter("retry_min_attempts: must be at least 2".into()));

@@ -46,6 +46,9 @@ pub struct Thresholds {
     pub unbounded_tail_ratio: f64,
     /// ... over at least this many calls (default 20).
     pub unbounded_tail_min_calls: usize,
+    /// Clock skew: a callee's server span starts at least this long before the client span of
+    /// the call (default 1 ms).
+    pub clock_skew_min_ns: i64,
 }
 
 impl Default for Thresholds {
@@ -61,6 +64,7 @@ impl Default for Thresholds {
             poison_min_deliveries: 3,
             unbounded_tail_ratio: 20.0,
             unbounded_tail_min_calls: 20,
+            clock_skew_min_ns: 1_000_000,
         }
     }
 }
@@ -316,6 +320,17 @@ impl PerTrace for FindingScan {
                 run.push(call);
             }
             flush(&mut run, self)?;
+            // Clock skew: the callee's span starts before the call does, which only disagreeing
+            // clocks explain. It costs no time, but the callee's work drops off the critical path.
+            for call in calls {
+                if let Some(server) = call.server {
+                    let early = spans.start_ns.value(call.row) - spans.start_ns.value(server);
+                    if early >= t.clock_skew_min_ns {
+                        let threshold = format!("clock_skew_min={}ns", t.clock_skew_min_ns);
+                        self.push(spans, &rows, fk::CLOCK_SKEW, *at, Some(&call.callee), 1, 0, threshold)?;
+                    }
+                }
+            }
             // Missing timeouts: the callee kept working after the caller stopped waiting.
             for call in calls {
                 if let Some(server) = call.server {

@@ -410,7 +410,7 @@ pub struct DependenciesView {
 #[derive(Debug, Clone, Serialize)]
 pub struct FindingView {
     /// `n_plus_one`, `sequential_calls`, `missing_timeout`, `retry_storm`, `deep_chain`,
-    /// `repeated_call` or `poison_message`.
+    /// `repeated_call`, `poison_message` or `clock_skew`.
     pub kind: String,
     /// Where: the service and operation of the span making the calls (the root for deep chains, the
     /// consumer for poison messages).

@@ -261,4 +261,5 @@ pub mod finding_kind {
     pub const DEEP_CHAIN: &str = "deep_chain";
     pub const REPEATED_CALL: &str = "repeated_call";
     pub const POISON_MESSAGE: &str = "poison_message";
+    pub const CLOCK_SKEW: &str = "clock_skew";
 }

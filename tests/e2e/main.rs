@@ -14,5 +14,6 @@ mod errors;
 mod exporters;
 mod query;
 mod roundtrip;
+mod simulator;
 mod support;
 mod ui;

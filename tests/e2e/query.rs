@@ -1058,6 +1058,15 @@ fn finding_traces(dirty: bool, at_ms: f64, first_id: u128) -> Vec<Span> {
         traces.push(t);
     }
 
+    // Clock skew: the ERP bridge's clock runs 25 ms behind, so its span starts 24 ms before the call
+    // that reaches it (clean: 1 ms after).
+    let mut t = trace(6_500.0);
+    let root = t.add(None, "gateway", "GET /status", SERVER, 0.0, 100.0);
+    let client = t.add(Some(root), "gateway", "GET /erp", CLIENT, 30.0, 50.0);
+    let skew = if dirty { -25.0 } else { 0.0 };
+    t.add(Some(client), "erp-bridge", "GET /erp", SERVER, 31.0 + skew, 49.0 + skew);
+    traces.push(t);
+
     // Unbounded tail: 30 exports to the warehouse, one taking 40× the median (clean: 10×).
     for i in 0..30 {
         let mut t = trace(7_000.0 + 200.0 * i as f64);
@@ -1115,7 +1124,7 @@ async fn findings_flag_each_pattern_and_nothing_on_clean_traces() {
         assert_eq!(finding["threshold"], threshold, "{finding}");
         assert!(!finding["evidence_trace_ids"].as_array().unwrap().is_empty());
     };
-    assert_eq!(findings.len(), 9, "{found:#}");
+    assert_eq!(findings.len(), 10, "{found:#}");
     // Batching six 10 ms reads into one would save five of them.
     expect("n_plus_one", "orders", Some("postgresql SELECT item"), 6, 50.0, "n_plus_one_min_calls=5");
     // Reads that overlap a longer call are off the critical path: batching them saves nothing.
@@ -1136,6 +1145,8 @@ async fn findings_flag_each_pattern_and_nothing_on_clean_traces() {
     expect("repeated_call", "catalog", Some("api.example.com GET"), 3, 20.0, "repeated_min_calls=3");
     expect("poison_message", "billing-worker", Some("message m-42"), 3, 30.0, "poison_min_deliveries=3");
     assert_eq!(only("poison_message", "billing-worker")["traces"], 3);
+    // Skew costs no time; it is reported so that a callee missing from the critical path is explained.
+    expect("clock_skew", "gateway", Some("erp-bridge GET /erp"), 1, 0.0, "clock_skew_min=1000000ns");
     // The unbounded tail: its cost is what the slowest call took beyond the hop's p99.
     let tail = only("missing_timeout", "reports");
     assert_eq!(tail["callee"], "warehouse export");
@@ -1157,11 +1168,18 @@ async fn findings_flag_each_pattern_and_nothing_on_clean_traces() {
         .iter()
         .map(|r| (r["kind"].as_str().unwrap().to_owned(), r["n"].as_i64().unwrap()))
         .collect();
-    let expected: Vec<(String, i64)> =
-        ["deep_chain", "missing_timeout", "n_plus_one", "repeated_call", "retry_storm", "sequential_calls"]
-            .iter()
-            .map(|k| ((*k).to_owned(), if *k == "n_plus_one" { 2 } else { 1 }))
-            .collect();
+    let expected: Vec<(String, i64)> = [
+        "clock_skew",
+        "deep_chain",
+        "missing_timeout",
+        "n_plus_one",
+        "repeated_call",
+        "retry_storm",
+        "sequential_calls",
+    ]
+    .iter()
+    .map(|k| ((*k).to_owned(), if *k == "n_plus_one" { 2 } else { 1 }))
+    .collect();
     assert_eq!(per_kind, expected);
 
     // Thresholds are per request: with N+1 at 7 calls, six (and five) reads are no longer a finding.

@@ -125,6 +125,7 @@ pub fn kind_label(kind: &str) -> &str {
         "deep_chain" => "deep chain",
         "repeated_call" => "repeated identical calls (cache candidate)",
         "poison_message" => "poison message",
+        "clock_skew" => "clock skew between hosts",
         other => other,
     }
 }

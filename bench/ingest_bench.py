@@ -1,0 +1,177 @@
+#!/usr/bin/env python3
+"""Ingest and storage benchmark, every figure a ratio measured in one run.
+
+1. `hopscope simulate --output` writes a corpus of N spans as pre-encoded OTLP export requests.
+2. For OTLP/gRPC and OTLP/HTTP protobuf, `hopscope load` (a process of its own) replays the corpus
+   into a fresh server twice: once with storage switched off (`serve --discard`: the same
+   receivers decode, validate and convert, then drop; the ceiling) and once storing (WAL with fsync,
+   trace buffer, sorted zstd Parquet, manifest commits). Reported: spans/s and MB/s, the ratio to
+   the ceiling, the server's CPU-seconds per million spans, its peak resident memory, and how long
+   after the last acknowledgement every span was committed.
+3. Acknowledgement to queryable: single traces exported to an idle server, timed until
+   `GET /api/v1/traces/{id}` returns them.
+4. Storage: bytes per span in the Parquet files (as written, and after `hopscope compact`), against
+   the raw OTLP protobuf of the same spans and that protobuf compressed with zstd (level 3, the
+   whole corpus as one stream).
+
+Run through `bench/run ingest --spans N` (which builds the release binary and the virtualenv).
+"""
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import statistics
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+import zstandard
+
+from harness import Server, committed_files, die, machine, run, ROOT
+
+
+def load(binary, corpus, protocol, server, concurrency):
+    endpoint = f"http://{server.grpc if protocol == 'grpc' else server.http}"
+    out = run(binary, "load", "--corpus", corpus, "--protocol", protocol, "--endpoint", endpoint,
+              "--concurrency", str(concurrency), "--json")
+    return json.loads(out)
+
+
+def wait(condition, what, timeout=1800):
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            die(f"{what} did not happen within {timeout} s")
+        time.sleep(0.05)
+
+
+def ingest_run(binary, corpus, spans, protocol, discard, work, concurrency):
+    data_dir = os.path.join(work, f"data-{protocol}-{'discard' if discard else 'store'}")
+    shutil.rmtree(data_dir, ignore_errors=True)
+    server = Server(binary, data_dir, *(["--discard"] if discard else []))
+    try:
+        cpu_before = server.cpu_seconds()
+        result = load(binary, corpus, protocol, server, concurrency)
+        acked = time.perf_counter()
+        drain = 0.0
+        if not discard:
+            wait(lambda: server.metric("hopscope_ingest_spans_committed_total") >= spans, "committing every span")
+            drain = time.perf_counter() - acked
+        result["cpu_per_million"] = (server.cpu_seconds() - cpu_before) / spans * 1e6
+        result["peak_rss"] = server.peak_rss()
+        result["drain"] = drain
+    finally:
+        server.stop()
+    return result, data_dir
+
+
+def ack_to_queryable(binary, work, probes):
+    """Seconds from an export's acknowledgement until the API returns its trace, per probe."""
+    server = Server(binary, os.path.join(work, "data-latency"))
+    times = []
+    try:
+        for _ in range(probes):
+            trace_id = secrets.token_hex(16)
+            now = time.time_ns()
+            body = {"resourceSpans": [{"resource": {"attributes": [
+                {"key": "service.name", "value": {"stringValue": "probe"}}]}, "scopeSpans": [{"spans": [{
+                    "traceId": trace_id, "spanId": secrets.token_hex(8), "name": "probe", "kind": 2,
+                    "startTimeUnixNano": str(now), "endTimeUnixNano": str(now + 1_000_000)}]}]}]}
+            request = urllib.request.Request(f"http://{server.http}/v1/traces", data=json.dumps(body).encode(),
+                                             headers={"content-type": "application/json"})
+            with urllib.request.urlopen(request, timeout=60) as response:
+                response.read()
+            acked = time.perf_counter()
+
+            def visible():
+                try:
+                    with urllib.request.urlopen(f"http://{server.api}/api/v1/traces/{trace_id}", timeout=60):
+                        return True
+                except urllib.error.HTTPError as e:
+                    if e.code != 404:
+                        die(f"trace lookup failed: {e.code}")
+                    return False
+
+            wait(visible, "the probe trace becoming queryable", timeout=120)
+            times.append(time.perf_counter() - acked)
+    finally:
+        server.stop()
+    return times
+
+
+def parquet_bytes(data_dir):
+    return sum(os.path.getsize(f) for f in committed_files(data_dir))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--spans", type=int, default=1_000_000)
+    parser.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "hopscope"))
+    parser.add_argument("--concurrency", type=int, default=8, help="requests `hopscope load` keeps in flight")
+    parser.add_argument("--probes", type=int, default=5, help="acknowledgement-to-queryable probes")
+    parser.add_argument("--work-dir", help="where to keep the data (default: a temporary directory)")
+    args = parser.parse_args()
+
+    work = args.work_dir or tempfile.mkdtemp(prefix="hopscope-ingest-bench-")
+    os.makedirs(work, exist_ok=True)
+    corpus = os.path.join(work, "corpus.bin")
+    out = run(args.binary, "simulate", "--output", corpus, "--spans", str(args.spans), "--seed", "1",
+              "--backfill", "1h", "--scenario", "all")
+    spans = int(out.split("sent ")[1].split()[0])
+    raw = os.path.getsize(corpus)
+
+    rows = []
+    stored = None
+    for protocol in ("grpc", "http"):
+        ceiling, _ = ingest_run(args.binary, corpus, spans, protocol, True, work, args.concurrency)
+        storing, data_dir = ingest_run(args.binary, corpus, spans, protocol, False, work, args.concurrency)
+        if storing["spans"] != spans or ceiling["spans"] != spans:
+            die(f"load sent {storing['spans']} / {ceiling['spans']} spans of {spans}")
+        rows.append((protocol, ceiling, storing))
+        stored = data_dir
+
+    latencies = ack_to_queryable(args.binary, work, args.probes)
+
+    # Storage, from the last storing run; then compacted offline.
+    written = parquet_bytes(stored)
+    files_written = len(committed_files(stored))
+    run(args.binary, "compact", "--data-dir", stored)
+    compacted = parquet_bytes(stored)
+    files_compacted = len(committed_files(stored))
+    # The corpus is the raw protobuf plus 8 bytes of framing per request and a 12-byte header.
+    requests = rows[0][2]["requests"]
+    otlp = raw - 12 - 8 * requests
+    with open(corpus, "rb") as f:
+        zstd_otlp = len(zstandard.ZstdCompressor(level=3).compress(f.read()))
+
+    print(f"\n{spans:,} spans in {requests:,} requests ({otlp / spans:.0f} B/span of OTLP protobuf), "
+          f"`hopscope load` with {args.concurrency} requests in flight; machine: {machine()}\n")
+    print("| protocol | storing: spans/s (MB/s) | ceiling (`--discard`): spans/s (MB/s) | storing / ceiling "
+          "| CPU-s per 1M spans (storing, ceiling) | peak RSS (storing, ceiling) | last ack → all committed |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for protocol, ceiling, storing in rows:
+        print(f"| OTLP/{'gRPC' if protocol == 'grpc' else 'HTTP protobuf'} "
+              f"| {storing['spans_per_second']:,.0f} ({storing['megabytes_per_second']:.1f}) "
+              f"| {ceiling['spans_per_second']:,.0f} ({ceiling['megabytes_per_second']:.1f}) "
+              f"| {storing['spans_per_second'] / ceiling['spans_per_second']:.2f}× "
+              f"| {storing['cpu_per_million']:.1f}, {ceiling['cpu_per_million']:.1f} "
+              f"| {storing['peak_rss'] / 2**20:.0f} MiB, {ceiling['peak_rss'] / 2**20:.0f} MiB "
+              f"| {storing['drain']:.1f} s |")
+    print(f"\nacknowledgement → queryable, single traces on an idle server: median "
+          f"{statistics.median(latencies):.2f} s (min {min(latencies):.2f}, max {max(latencies):.2f}, "
+          f"{len(latencies)} probes)\n")
+    print("| storage | bytes | B/span | / zstd OTLP |")
+    print("|---|---:|---:|---:|")
+    for name, size in [("OTLP protobuf, raw", otlp), ("OTLP protobuf, zstd -3 (one stream)", zstd_otlp),
+                       (f"hopscope Parquet as written ({files_written} files)", written),
+                       (f"hopscope Parquet after `hopscope compact` ({files_compacted} files)", compacted)]:
+        print(f"| {name} | {size:,} | {size / spans:.1f} | {size / zstd_otlp:.2f}× |")
+    if not args.work_dir:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
