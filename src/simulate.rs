@@ -59,9 +59,10 @@ pub(crate) struct SimulateArgs {
     /// Concurrent export requests.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
-    /// Patterns to inject (comma-separated, or `all`).
-    #[arg(long, value_enum, value_delimiter = ',', num_args = 1..)]
-    scenario: Vec<ScenarioChoice>,
+    /// Patterns to inject, comma-separated: slow-dependency, n-plus-one, sequential-calls,
+    /// retry-storm, deep-chain, repeated-calls, poison-message, shared-database, clock-skew, or all.
+    #[arg(long, value_delimiter = ',', num_args = 1.., value_parser = scenarios)]
+    scenario: Vec<Scenarios>,
     /// The share of traces that carry an injected pattern, spread evenly over the scenarios.
     #[arg(long, default_value_t = 0.05, value_parser = share)]
     scenario_share: f64,
@@ -74,36 +75,21 @@ pub(crate) struct SimulateArgs {
     output: Option<PathBuf>,
 }
 
-/// A scenario, or all of them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum ScenarioChoice {
-    All,
-    SlowDependency,
-    NPlusOne,
-    SequentialCalls,
-    RetryStorm,
-    DeepChain,
-    RepeatedCalls,
-    PoisonMessage,
-    SharedDatabase,
-    ClockSkew,
-}
+/// The scenarios one `--scenario` value names: `all`, or one scenario.
+#[derive(Debug, Clone)]
+struct Scenarios(Vec<Scenario>);
 
-impl ScenarioChoice {
-    fn scenarios(self) -> Vec<Scenario> {
-        match self {
-            ScenarioChoice::All => Scenario::all(),
-            ScenarioChoice::SlowDependency => vec![Scenario::SlowDependency],
-            ScenarioChoice::NPlusOne => vec![Scenario::NPlusOne],
-            ScenarioChoice::SequentialCalls => vec![Scenario::SequentialCalls],
-            ScenarioChoice::RetryStorm => vec![Scenario::RetryStorm],
-            ScenarioChoice::DeepChain => vec![Scenario::DeepChain],
-            ScenarioChoice::RepeatedCalls => vec![Scenario::RepeatedCalls],
-            ScenarioChoice::PoisonMessage => vec![Scenario::PoisonMessage],
-            ScenarioChoice::SharedDatabase => vec![Scenario::SharedDatabase],
-            ScenarioChoice::ClockSkew => vec![Scenario::ClockSkew],
-        }
+fn scenarios(s: &str) -> Result<Scenarios, String> {
+    if s == "all" {
+        return Ok(Scenarios(Scenario::all()));
     }
+    <Scenario as clap::ValueEnum>::from_str(s, false).map(|one| Scenarios(vec![one])).map_err(|_| {
+        let names: Vec<String> = Scenario::all()
+            .iter()
+            .filter_map(|s| clap::ValueEnum::to_possible_value(s).map(|v| v.get_name().to_owned()))
+            .collect();
+        format!("unknown scenario {s:?}: use all or {}", names.join(", "))
+    })
 }
 
 impl SimulateArgs {
@@ -121,7 +107,7 @@ impl SimulateArgs {
             seed,
             backfill,
             concurrency: 4,
-            scenario: vec![ScenarioChoice::All],
+            scenario: vec![Scenarios(Scenario::all())],
             scenario_share: 0.05,
             manifest: None,
             output: None,
@@ -219,7 +205,7 @@ pub(crate) async fn run(args: SimulateArgs) -> anyhow::Result<()> {
     if args.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
-    let mut scenarios: Vec<Scenario> = args.scenario.iter().flat_map(|c| c.scenarios()).collect();
+    let mut scenarios: Vec<Scenario> = args.scenario.iter().flat_map(|c| c.0.iter().copied()).collect();
     scenarios.sort_unstable();
     scenarios.dedup();
     if args.output.is_some() && args.spans.is_none() && args.duration.is_none() {

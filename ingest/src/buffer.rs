@@ -36,14 +36,24 @@ pub struct Pending {
     pub failures: u32,
 }
 
+/// Trace ids as big-endian integers, hashed with a fast hasher: the buffer touches the map once
+/// per span.
+type TraceMap<V> = HashMap<u128, V, foldhash::fast::RandomState>;
+
+fn trace_key(id: &[u8]) -> u128 {
+    u128::from_be_bytes(id.try_into().expect("trace ids are 16 bytes"))
+}
+
 /// Spans accepted but not yet written.
 #[derive(Debug, Default)]
 pub struct TraceBuffer {
     batches: Vec<Pending>,
-    traces: HashMap<[u8; 16], TraceTimes>,
+    traces: TraceMap<TraceTimes>,
     rows: usize,
     /// Memory held by the buffered batches.
     bytes: usize,
+    /// Memory held by spans taken by a flush that has not finished: they are still in memory.
+    flushing: usize,
 }
 
 impl TraceBuffer {
@@ -52,9 +62,15 @@ impl TraceBuffer {
         self.rows
     }
 
-    /// Memory the buffered spans hold, in bytes.
+    /// Memory the spans not yet written hold, in bytes: those waiting here and those a flush is
+    /// writing.
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.bytes + self.flushing
+    }
+
+    /// A flush took spans holding `bytes` (see [`Self::take_ready`]) and is done with them.
+    pub fn flushed(&mut self, bytes: usize) {
+        self.flushing = self.flushing.saturating_sub(bytes);
     }
 
     /// The lowest WAL segment holding buffered spans.
@@ -70,9 +86,8 @@ impl TraceBuffer {
     fn push_pending(&mut self, pending: Pending, now: Instant) {
         let batch = &pending.batch;
         for id in trace_id_column(batch).iter().flatten() {
-            let id: [u8; 16] = id.try_into().expect("trace ids are 16 bytes");
             self.traces
-                .entry(id)
+                .entry(trace_key(id))
                 .and_modify(|t| t.last_seen = now)
                 .or_insert(TraceTimes { first_seen: now, last_seen: now });
         }
@@ -90,9 +105,28 @@ impl TraceBuffer {
     }
 
     /// Removes and returns the spans of every trace that is ready at `now` (all of them when
-    /// `everything` is set).
-    pub fn take_ready(&mut self, now: Instant, cut_off: CutOff, everything: bool) -> Result<Vec<Pending>, IngestError> {
-        let ready: HashSet<[u8; 16]> = self
+    /// `everything` is set), and the memory they hold, which [`Self::bytes`] counts until the flush
+    /// says it is done with them ([`Self::flushed`]).
+    pub fn take_ready(
+        &mut self,
+        now: Instant,
+        cut_off: CutOff,
+        everything: bool,
+    ) -> Result<(Vec<Pending>, usize), IngestError> {
+        let before = self.bytes;
+        let taken = self.take_ready_batches(now, cut_off, everything)?;
+        let moved = before - self.bytes;
+        self.flushing += moved;
+        Ok((taken, moved))
+    }
+
+    fn take_ready_batches(
+        &mut self,
+        now: Instant,
+        cut_off: CutOff,
+        everything: bool,
+    ) -> Result<Vec<Pending>, IngestError> {
+        let ready: HashSet<u128, foldhash::fast::RandomState> = self
             .traces
             .iter()
             .filter(|(_, t)| {
@@ -116,15 +150,18 @@ impl TraceBuffer {
         for Pending { segment, batch, failures } in std::mem::take(&mut self.batches) {
             let mask: BooleanArray = trace_id_column(&batch)
                 .iter()
-                .map(|id| Some(id.is_some_and(|id| ready.contains(<&[u8; 16]>::try_from(id).expect("16 bytes")))))
+                .map(|id| Some(id.is_some_and(|id| ready.contains(&trace_key(id)))))
                 .collect();
-            let take = filter_record_batch(&batch, &mask)?;
-            let keep = filter_record_batch(&batch, &arrow::compute::not(&mask)?)?;
-            if take.num_rows() > 0 {
-                taken.push(Pending { segment, batch: take, failures });
-            }
-            if keep.num_rows() > 0 {
-                kept.push(Pending { segment, batch: keep, failures });
+            // Whole batches move without a copy; mixed ones are split.
+            match mask.true_count() {
+                0 => kept.push(Pending { segment, batch, failures }),
+                n if n == batch.num_rows() => taken.push(Pending { segment, batch, failures }),
+                _ => {
+                    let take = filter_record_batch(&batch, &mask)?;
+                    let keep = filter_record_batch(&batch, &arrow::compute::not(&mask)?)?;
+                    taken.push(Pending { segment, batch: take, failures });
+                    kept.push(Pending { segment, batch: keep, failures });
+                }
             }
         }
         self.traces.retain(|id, _| !ready.contains(id));
@@ -182,14 +219,14 @@ mod tests {
         buf.push(batch(&[1, 2, 1]), 1, t0);
         buf.push(batch(&[2, 3]), 2, t0 + Duration::from_millis(900));
         assert_eq!(buf.min_segment(), Some(1));
-        assert!(buf.take_ready(t0 + Duration::from_millis(500), cut, false).unwrap().is_empty());
+        assert!(buf.take_ready(t0 + Duration::from_millis(500), cut, false).unwrap().0.is_empty());
         // Trace 1 has been idle for 1s; traces 2 and 3 saw spans 100ms ago.
-        let taken = buf.take_ready(t0 + Duration::from_secs(1), cut, false).unwrap();
+        let (taken, _) = buf.take_ready(t0 + Duration::from_secs(1), cut, false).unwrap();
         assert_eq!(ids(&taken), vec![1, 1]);
         assert_eq!(buf.rows(), 3);
         // Trace 2's first span is still buffered: segment 1 is still needed.
         assert_eq!(buf.min_segment(), Some(1));
-        let rest = buf.take_ready(t0 + Duration::from_secs(1), cut, true).unwrap();
+        let (rest, _) = buf.take_ready(t0 + Duration::from_secs(1), cut, true).unwrap();
         assert_eq!(ids(&rest), vec![2, 2, 3]);
         assert_eq!(buf.rows(), 0);
         assert_eq!(buf.min_segment(), None);
@@ -203,17 +240,22 @@ mod tests {
         for i in 0..5 {
             buf.push(batch(&[7]), 1, t0 + Duration::from_millis(500 * i));
         }
-        assert_eq!(ids(&buf.take_ready(t0 + Duration::from_secs(2), cut, false).unwrap()), vec![7; 5]);
+        assert_eq!(ids(&buf.take_ready(t0 + Duration::from_secs(2), cut, false).unwrap().0), vec![7; 5]);
     }
 
     #[test]
-    fn bytes_count_the_rows_held_not_shared_buffers() {
+    fn bytes_count_the_rows_held_until_their_flush_is_done() {
         let whole = batch(&[7; 100]);
         let mut buffer = TraceBuffer::default();
         buffer.push(whole.slice(0, 10), 1, Instant::now());
         // Ten 16-byte trace ids, although the slice shares the 100-row buffer.
         assert_eq!(buffer.bytes(), 10 * 16);
-        buffer.take_ready(Instant::now(), CutOff { idle: Duration::ZERO, max_age: Duration::ZERO }, true).unwrap();
+        let (_, taken) =
+            buffer.take_ready(Instant::now(), CutOff { idle: Duration::ZERO, max_age: Duration::ZERO }, true).unwrap();
+        assert_eq!((taken, buffer.rows()), (10 * 16, 0));
+        // Being written, they still hold memory.
+        assert_eq!(buffer.bytes(), 10 * 16);
+        buffer.flushed(taken);
         assert_eq!(buffer.bytes(), 0);
     }
 }

@@ -19,15 +19,11 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
-use arrow::array::RecordBatch;
-use arrow::compute::concat_batches;
 use hopscope_schemas::manifest::{FileEntry, Manifest};
-use hopscope_schemas::spans::span_schema;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::IngestError;
-use crate::dedup::without_repeats;
-use crate::writer::{NS_PER_HOUR, sort_by_trace, write_file};
+use crate::writer::{NS_PER_HOUR, rows_of, sort_and_dedup, write_rows};
 
 /// How long after an hour ends its partition may still receive spans (late exports, retries,
 /// long traces), and is merged in tiers rather than all at once.
@@ -130,13 +126,14 @@ fn packed(files: &[&FileEntry], target_rows: u64) -> Vec<Vec<FileEntry>> {
 /// What a merge wrote.
 #[derive(Debug)]
 pub struct Merged {
-    pub entry: FileEntry,
+    /// The new file (one per hour the merged traces start in: the job's hour).
+    pub entries: Vec<FileEntry>,
     /// Rows dropped as repeats of another row.
     pub duplicates: u64,
 }
 
-/// Reads the job's files, drops repeated spans, sorts by (trace_id, start_time) and writes one
-/// file into the hour's partition. The file is not yet committed. Blocking I/O.
+/// Reads the job's files, drops repeated spans and writes them sorted by (trace_id, start_time)
+/// into the hour's partition. The file is not yet committed. Blocking I/O.
 pub fn merge(tenant_dir: &Path, job: &CompactionJob) -> Result<Merged, IngestError> {
     let mut batches = Vec::new();
     for input in &job.inputs {
@@ -146,15 +143,13 @@ pub fn merge(tenant_dir: &Path, job: &CompactionJob) -> Result<Merged, IngestErr
             batches.push(batch?);
         }
     }
-    let batch: RecordBatch = concat_batches(&span_schema(), &batches)?;
-    drop(batches);
-    let (batch, duplicates) = without_repeats(&batch)?;
-    let batch = sort_by_trace(&batch)?;
-    let mut entry = write_file(tenant_dir, job.hour_start_ns.div_euclid(NS_PER_HOUR), &batch)?;
+    let mut rows = rows_of(&batches);
+    let duplicates = sort_and_dedup(&mut rows, |_| false);
     // Replay after a crash skips spans found in files at or above the WAL floor: the merged file
     // stands for all of its inputs.
-    entry.wal_max_segment = job.inputs.iter().filter_map(|f| f.wal_max_segment).max();
-    Ok(Merged { entry, duplicates })
+    let wal_max_segment = job.inputs.iter().filter_map(|f| f.wal_max_segment).max();
+    let entries = write_rows(tenant_dir, &batches, &rows, wal_max_segment)?;
+    Ok(Merged { entries, duplicates })
 }
 
 #[cfg(test)]
@@ -237,7 +232,7 @@ mod tests {
     }
 
     /// A batch in the stored schema: one span per (trace byte, span byte, start ns).
-    fn spans(rows: &[(u8, u8, u64)]) -> RecordBatch {
+    fn spans(rows: &[(u8, u8, u64)]) -> arrow::array::RecordBatch {
         use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
         use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
         let spans = rows
@@ -262,8 +257,10 @@ mod tests {
 
     #[test]
     fn a_merge_keeps_every_span_once_in_trace_order() {
-        use arrow::array::{FixedSizeBinaryArray, TimestampNanosecondArray};
+        use arrow::array::{FixedSizeBinaryArray, RecordBatch, TimestampNanosecondArray};
+        use arrow::compute::concat_batches;
         use hopscope_schemas::columns as c;
+        use hopscope_schemas::spans::span_schema;
 
         let dir = std::env::temp_dir().join(format!("hopscope-compaction-{}", uuid::Uuid::now_v7()));
         let base = 10 * HOUR as u64;
@@ -279,11 +276,12 @@ mod tests {
         let job = CompactionJob { hour_start_ns: 10 * HOUR, inputs: [a, b].concat() };
         let merged = merge(&dir, &job).unwrap();
         assert_eq!(merged.duplicates, 1);
-        assert_eq!(merged.entry.rows, 4);
-        assert_eq!(merged.entry.wal_max_segment, Some(7));
-        assert!(merged.entry.path.starts_with("spans/1970-01-01/10/"), "{}", merged.entry.path);
+        let [entry] = &merged.entries[..] else { panic!("one file: {:?}", merged.entries) };
+        assert_eq!(entry.rows, 4);
+        assert_eq!(entry.wal_max_segment, Some(7));
+        assert!(entry.path.starts_with("spans/1970-01-01/10/"), "{}", entry.path);
 
-        let file = fs::File::open(dir.join(&merged.entry.path)).unwrap();
+        let file = fs::File::open(dir.join(&entry.path)).unwrap();
         let batches: Vec<RecordBatch> =
             ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap().map(Result::unwrap).collect();
         let batch = concat_batches(&span_schema(), &batches).unwrap();

@@ -448,8 +448,9 @@ fn validate(span: &Span) -> Result<(), String> {
 }
 
 /// Index of each dedicated semantic-convention attribute key in [`SEMCONV`].
-fn semconv_index() -> &'static HashMap<&'static str, usize> {
-    static INDEX: OnceLock<HashMap<&'static str, usize>> = OnceLock::new();
+/// Looked up once per attribute of every span: hashed with a fast hasher.
+fn semconv_index() -> &'static HashMap<&'static str, usize, foldhash::fast::FixedState> {
+    static INDEX: OnceLock<HashMap<&'static str, usize, foldhash::fast::FixedState>> = OnceLock::new();
     INDEX.get_or_init(|| SEMCONV.iter().enumerate().map(|(i, col)| (col.key, i)).collect())
 }
 

@@ -27,7 +27,7 @@ use crate::manifest::ManifestStore;
 use crate::metrics::{IngestMetrics, REFUSAL_REASONS};
 use crate::retention::{self, RetentionPolicy};
 use crate::wal::{self, BufferHandle, Rotation, Wal};
-use crate::writer::write_span_files;
+use crate::writer::{Row, rows_of, sort_and_dedup, write_rows};
 
 /// How the ingester stores spans.
 #[derive(Debug, Clone)]
@@ -486,22 +486,23 @@ impl Ingester {
     /// storage's, not the payload's (disk full, quota, file size limit, read-only file system),
     /// dead-letters nothing: everything stays buffered until space returns.
     pub async fn flush(self: &Arc<Self>, everything: bool) -> Result<(), IngestError> {
-        let (pending, wal_floor) = {
+        let (pending, taken_bytes, wal_floor) = {
             let mut buffer = self.buffer.lock().expect("buffer lock");
-            let pending = buffer.take_ready(Instant::now(), self.config.cut_off, everything)?;
+            let (pending, taken_bytes) = buffer.take_ready(Instant::now(), self.config.cut_off, everything)?;
             // Every WAL record below this segment is in the spans taken now or in earlier files:
             // the WAL writer buffers a record before it can start a later segment.
             let floor = buffer.min_segment().unwrap_or(u64::MAX).min(self.wal.current_segment());
-            (pending, floor)
+            (pending, taken_bytes, floor)
         };
         if pending.is_empty() && wal_floor <= self.manifest.wal_floor() {
             return Ok(());
         }
         let started = Instant::now();
         let this = Arc::clone(self);
-        let stored = tokio::task::spawn_blocking(move || this.store(pending, wal_floor))
-            .await
-            .map_err(|e| IngestError::Task(e.to_string()))?;
+        let stored = tokio::task::spawn_blocking(move || this.store(pending, wal_floor)).await;
+        // The spans taken are written or back in the buffer: their memory is counted once again.
+        self.buffer.lock().expect("buffer lock").flushed(taken_bytes);
+        let stored = stored.map_err(|e| IngestError::Task(e.to_string()))?;
         self.metrics.flush_seconds.observe(started.elapsed());
         if !stored.failed.is_empty() {
             self.metrics.flush_failures.fetch_add(1, Ordering::Relaxed);
@@ -517,14 +518,15 @@ impl Ingester {
     fn store(&self, pending: Vec<Pending>, wal_floor: u64) -> Stored {
         let tenant_dir = layout::tenant_dir(&self.config.data_dir, &self.config.tenant);
         let batches: Vec<RecordBatch> = pending.iter().map(|p| p.batch.clone()).collect();
-        // One row per payload, resends (of earlier files or within this flush) removed.
-        let (kept, resent) = match self.recent.lock().expect("recent spans lock").keep_new(&batches) {
-            Ok(kept) => kept,
-            Err(e) => return Stored { failed: failed_again(pending), error: Some(e) },
+        // Sorted for the files, without resends (of spans written earlier or within this flush).
+        let mut rows = rows_of(&batches);
+        let resent = {
+            let recent = self.recent.lock().expect("recent spans lock");
+            sort_and_dedup(&mut rows, |key| recent.contains(key))
         };
         let max_segment = pending.iter().map(|p| p.segment).max();
-        let joint = write_span_files(&tenant_dir, &kept, max_segment)
-            .and_then(|files| self.commit(files, wal_floor, &kept, resent));
+        let joint = write_rows(&tenant_dir, &batches, &rows, max_segment)
+            .and_then(|files| self.commit(files, wal_floor, &rows, resent));
         match joint {
             Ok(()) => return Stored::default(),
             // Not the payloads' fault: nothing counts against them.
@@ -534,16 +536,20 @@ impl Ingester {
             }
         }
         // Isolate the payload(s) at fault: write each on its own, commit the ones that worked.
+        let mut of_payload: Vec<Vec<Row>> = vec![Vec::new(); pending.len()];
+        for row in &rows {
+            of_payload[row.batch as usize].push(*row);
+        }
         let (mut files, mut written, mut written_pending) = (Vec::new(), Vec::new(), Vec::new());
         let (mut failed, mut dead, mut last_error) = (Vec::new(), Vec::new(), None);
-        for (p, batch) in pending.into_iter().zip(kept) {
-            if batch.num_rows() == 0 {
+        for (p, rows) in pending.into_iter().zip(of_payload) {
+            if rows.is_empty() {
                 continue;
             }
-            match write_span_files(&tenant_dir, std::slice::from_ref(&batch), Some(p.segment)) {
+            match write_rows(&tenant_dir, &batches, &rows, Some(p.segment)) {
                 Ok(f) => {
                     files.extend(f);
-                    written.push(batch);
+                    written.extend(rows);
                     written_pending.push(p);
                 }
                 Err(e) => {
@@ -551,10 +557,10 @@ impl Ingester {
                     if storage_is_failing(&e) {
                         failed.push(p);
                     } else if failures < MAX_WRITE_ATTEMPTS {
-                        tracing::warn!(error = %e, failures, spans = batch.num_rows(), "a payload could not be written; it is retried");
+                        tracing::warn!(error = %e, failures, spans = rows.len(), "a payload could not be written; it is retried");
                         failed.push(Pending { failures, ..p });
                     } else {
-                        dead.push((Pending { batch, ..p }, e.to_string()));
+                        dead.push((p, e.to_string()));
                     }
                     last_error = Some(e);
                 }
@@ -582,22 +588,17 @@ impl Ingester {
         Stored { failed, error }
     }
 
-    /// Commits written files and the WAL floor, then forgets WAL segments below the floor. On a
-    /// failed commit the files are removed. Blocking I/O.
-    fn commit(
-        &self,
-        files: Vec<FileEntry>,
-        wal_floor: u64,
-        written: &[RecordBatch],
-        resent: u64,
-    ) -> Result<(), IngestError> {
+    /// Commits written files and the WAL floor, then forgets WAL segments below the floor and
+    /// remembers the rows written, to drop resends of them. On a failed commit the files are
+    /// removed. Blocking I/O.
+    fn commit(&self, files: Vec<FileEntry>, wal_floor: u64, written: &[Row], resent: u64) -> Result<(), IngestError> {
         let tenant_dir = layout::tenant_dir(&self.config.data_dir, &self.config.tenant);
         let rows: u64 = files.iter().map(|f| f.rows).sum();
         let count = files.len() as u64;
         let paths: Vec<PathBuf> = files.iter().map(|f| tenant_dir.join(&f.path)).collect();
         match self.manifest.commit_added(files, wal_floor) {
             Ok(generation) => {
-                self.recent.lock().expect("recent spans lock").remember(written);
+                self.recent.lock().expect("recent spans lock").remember(written.iter().map(|r| r.key));
                 if let Err(e) = self.wal.remove_below(wal_floor) {
                     tracing::warn!(error = %e, "cannot remove committed WAL segments; retried at the next flush");
                 }
@@ -716,10 +717,12 @@ impl Ingester {
                 break;
             }
             let merged = compaction::merge(&tenant_dir, &job)?;
-            let output = tenant_dir.join(&merged.entry.path);
-            if let Err(e) = self.manifest.commit_replaced(&job.inputs, vec![merged.entry]) {
+            let outputs: Vec<PathBuf> = merged.entries.iter().map(|e| tenant_dir.join(&e.path)).collect();
+            if let Err(e) = self.manifest.commit_replaced(&job.inputs, merged.entries) {
                 // Not committed, so never visible.
-                let _ = std::fs::remove_file(&output);
+                for output in outputs {
+                    let _ = std::fs::remove_file(&output);
+                }
                 if matches!(e, IngestError::ManifestConflict(_)) {
                     tracing::warn!(error = %e, "compaction input changed; merged again at the next pass");
                     continue;
@@ -783,10 +786,6 @@ pub struct MaintenanceReport {
 struct Stored {
     failed: Vec<Pending>,
     error: Option<IngestError>,
-}
-
-fn failed_again(pending: Vec<Pending>) -> Vec<Pending> {
-    pending.into_iter().map(|p| Pending { failures: p.failures + 1, ..p }).collect()
 }
 
 /// Whether an error is the storage's rather than one payload's: out of space, over a quota or a

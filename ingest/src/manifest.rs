@@ -50,14 +50,11 @@ impl ManifestStore {
     /// Adds `files` (already written and synced) to the manifest, sets the WAL floor, and commits
     /// it. Blocking I/O.
     pub fn commit_added(&self, files: Vec<FileEntry>, wal_floor: u64) -> Result<u64, IngestError> {
-        let mut current = self.current.lock().expect("manifest lock");
-        let mut next = current.clone();
-        next.generation += 1;
-        next.files.extend(files);
-        next.wal_floor = next.wal_floor.max(wal_floor);
-        write_atomically(&self.path, &next.to_json())?;
-        *current = next;
-        Ok(current.generation)
+        self.commit(|next| {
+            next.files.extend(files);
+            next.wal_floor = next.wal_floor.max(wal_floor);
+            Ok(())
+        })
     }
 
     /// Replaces the listed files `removed` by `added` in one commit (a compaction; retention when
@@ -65,20 +62,17 @@ impl ManifestStore {
     /// the previous manifest, until [`Self::forget_retired`]. Fails, committing nothing, when a
     /// removed file is no longer listed. Blocking I/O.
     pub fn commit_replaced(&self, removed: &[FileEntry], added: Vec<FileEntry>) -> Result<u64, IngestError> {
-        let mut current = self.current.lock().expect("manifest lock");
-        let mut next = current.clone();
-        for gone in removed {
-            let Some(at) = next.files.iter().position(|f| f.path == gone.path) else {
-                return Err(IngestError::ManifestConflict(format!("{} is no longer listed", gone.path)));
-            };
-            let entry = next.files.remove(at);
-            next.retired.push(RetiredFile { path: entry.path, bytes: entry.bytes, retired_unix_ms: now_unix_ms() });
-        }
-        next.files.extend(added);
-        next.generation += 1;
-        write_atomically(&self.path, &next.to_json())?;
-        *current = next;
-        Ok(current.generation)
+        self.commit(|next| {
+            for gone in removed {
+                let Some(at) = next.files.iter().position(|f| f.path == gone.path) else {
+                    return Err(IngestError::ManifestConflict(format!("{} is no longer listed", gone.path)));
+                };
+                let entry = next.files.remove(at);
+                next.retired.push(RetiredFile { path: entry.path, bytes: entry.bytes, retired_unix_ms: now_unix_ms() });
+            }
+            next.files.extend(added);
+            Ok(())
+        })
     }
 
     /// Retired files that left the manifest at least `grace` ago.
@@ -90,9 +84,18 @@ impl ManifestStore {
 
     /// Drops deleted retired files from the manifest. Blocking I/O.
     pub fn forget_retired(&self, deleted: &[RetiredFile]) -> Result<u64, IngestError> {
+        self.commit(|next| {
+            next.retired.retain(|r| !deleted.iter().any(|d| d.path == r.path));
+            Ok(())
+        })
+    }
+
+    /// Applies `change` to a copy of the committed manifest and commits the result as the next
+    /// generation; nothing is committed when `change` fails. Commits are serialised by the lock.
+    fn commit(&self, change: impl FnOnce(&mut Manifest) -> Result<(), IngestError>) -> Result<u64, IngestError> {
         let mut current = self.current.lock().expect("manifest lock");
         let mut next = current.clone();
-        next.retired.retain(|r| !deleted.iter().any(|d| d.path == r.path));
+        change(&mut next)?;
         next.generation += 1;
         write_atomically(&self.path, &next.to_json())?;
         *current = next;

@@ -5,10 +5,10 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::OnceLock;
 
-use arrow::array::{Array, BooleanArray, FixedSizeBinaryArray, RecordBatch, TimestampNanosecondArray};
-use arrow::compute::{SortColumn, concat_batches, filter_record_batch, lexsort_to_indices, take_record_batch};
+use arrow::array::{BooleanArray, FixedSizeBinaryArray, RecordBatch, TimestampNanosecondArray};
+use arrow::compute::{filter_record_batch, interleave_record_batch};
 use hopscope_schemas::columns as c;
 use hopscope_schemas::layout;
 use hopscope_schemas::manifest::FileEntry;
@@ -28,75 +28,162 @@ pub const ROW_GROUP_ROWS: usize = 128 * 1024;
 
 pub(crate) const NS_PER_HOUR: i64 = 3_600_000_000_000;
 
+/// What orders and identifies a span row: sorting by it sorts by (trace_id, start_time), the order
+/// of rows in span files, and puts copies of one span (same trace, span, start and end: a client's
+/// resend) next to each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct SpanKey {
+    /// The trace id, big-endian, so that integers order as the ids' bytes do.
+    pub(crate) trace: u128,
+    pub(crate) start: i64,
+    pub(crate) span: u64,
+    pub(crate) end: i64,
+}
+
+/// One row of one of the batches being written.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Row {
+    pub(crate) key: SpanKey,
+    pub(crate) batch: u32,
+    pub(crate) row: u32,
+}
+
+/// Every row of `batches` (in the stored schema), in batch order.
+pub(crate) fn rows_of(batches: &[RecordBatch]) -> Vec<Row> {
+    let mut rows = Vec::with_capacity(batches.iter().map(RecordBatch::num_rows).sum());
+    for (b, batch) in batches.iter().enumerate() {
+        let (traces, spans) = key_columns(batch);
+        let (starts, ends) = (start_times(batch), stored_column::<TimestampNanosecondArray>(batch, c::END_TIME));
+        for r in 0..batch.num_rows() {
+            let key = SpanKey {
+                trace: u128::from_be_bytes(traces.value(r).try_into().expect("16-byte trace id")),
+                start: starts.value(r),
+                span: u64::from_be_bytes(spans.value(r).try_into().expect("8-byte span id")),
+                end: ends.value(r),
+            };
+            rows.push(Row { key, batch: b as u32, row: r as u32 });
+        }
+    }
+    rows
+}
+
+/// Sorts `rows` by key, then drops the copies of a span after its first and the rows `skip`
+/// names (spans written earlier); returns how many were dropped.
+pub(crate) fn sort_and_dedup(rows: &mut Vec<Row>, skip: impl Fn(&SpanKey) -> bool) -> u64 {
+    // Stable: the first copy received is the one kept.
+    rows.sort_by_key(|r| r.key);
+    let before = rows.len();
+    let mut previous: Option<SpanKey> = None;
+    rows.retain(|r| {
+        let repeat = previous == Some(r.key);
+        previous = Some(r.key);
+        !repeat && !skip(&r.key)
+    });
+    (before - rows.len()) as u64
+}
+
 /// Writes `batches` as one sorted Parquet file per hour (the hour each trace's first span starts
-/// in, so a trace stays in one file), and returns their manifest entries. Blocking I/O.
+/// in, so a trace stays in one file), without repeating a span, and returns their manifest
+/// entries. Blocking I/O.
 pub fn write_span_files(
     tenant_dir: &Path,
     batches: &[RecordBatch],
     wal_max_segment: Option<u64>,
 ) -> Result<Vec<FileEntry>, IngestError> {
-    let batch = concat_batches(&span_schema(), batches)?;
-    if batch.num_rows() == 0 {
-        return Ok(Vec::new());
-    }
+    let mut rows = rows_of(batches);
+    sort_and_dedup(&mut rows, |_| false);
+    write_rows(tenant_dir, batches, &rows, wal_max_segment)
+}
+
+/// Writes the sorted `rows` of `batches` as one file per hour their traces start in, copying them
+/// row group by row group (never the whole flush at once), and returns the files' manifest entries.
+/// The files are synced and in place, not committed; on failure none is left behind. Blocking I/O.
+pub(crate) fn write_rows(
+    tenant_dir: &Path,
+    batches: &[RecordBatch],
+    rows: &[Row],
+    wal_max_segment: Option<u64>,
+) -> Result<Vec<FileEntry>, IngestError> {
     #[cfg(feature = "fault-injection")]
     {
-        crate::fault::check_write(&batch)?;
+        let mut used: Vec<u32> = rows.iter().map(|r| r.batch).collect();
+        used.sort_unstable();
+        used.dedup();
+        for b in used {
+            crate::fault::check_write(&batches[b as usize])?;
+        }
     }
-    let batch = sort_by_trace(&batch)?;
+    // Rows by the hour their trace's first (earliest) span starts in: rows are sorted by start
+    // time within a trace.
+    let mut hours: BTreeMap<i64, Vec<Row>> = BTreeMap::new();
+    let mut trace_hour = 0;
+    for (i, row) in rows.iter().enumerate() {
+        if i == 0 || rows[i - 1].key.trace != row.key.trace {
+            trace_hour = row.key.start.div_euclid(NS_PER_HOUR);
+        }
+        hours.entry(trace_hour).or_default().push(*row);
+    }
+    let refs: Vec<&RecordBatch> = batches.iter().collect();
+    // Large flushes are written as several files at once, one per core (split between traces, so
+    // each file holds a disjoint range of trace ids): encoding is the flush's bottleneck.
+    let parts: Vec<(i64, &[Row])> =
+        hours.iter().flat_map(|(hour, rows)| shards(rows).map(|part| (*hour, part))).collect();
+    let results: Vec<Result<FileEntry, IngestError>> = std::thread::scope(|scope| {
+        let writing: Vec<_> =
+            parts.iter().map(|(hour, rows)| scope.spawn(|| write_file(tenant_dir, *hour, &refs, rows))).collect();
+        writing
+            .into_iter()
+            .map(|w| w.join().unwrap_or_else(|_| Err(IngestError::Task("a file writer panicked".into()))))
+            .collect()
+    });
     let mut entries: Vec<FileEntry> = Vec::new();
-    for (hour, part) in split_by_trace_hour(&batch)? {
-        match write_file(tenant_dir, hour, &part) {
+    let mut failure = None;
+    for result in results {
+        match result {
             Ok(mut entry) => {
                 entry.wal_max_segment = wal_max_segment;
                 entries.push(entry);
             }
-            Err(e) => {
-                // Never committed, so never visible: do not leave them behind.
-                for entry in entries {
-                    let _ = fs::remove_file(tenant_dir.join(entry.path));
-                }
-                return Err(e);
-            }
+            Err(e) => failure = failure.or(Some(e)),
         }
+    }
+    if let Some(e) = failure {
+        // Never committed, so never visible: do not leave them behind.
+        for entry in entries {
+            let _ = fs::remove_file(tenant_dir.join(entry.path));
+        }
+        return Err(e);
     }
     Ok(entries)
 }
 
-/// `batch` sorted by (trace_id, start_time), the order of rows in span files.
-pub(crate) fn sort_by_trace(batch: &RecordBatch) -> Result<RecordBatch, IngestError> {
-    let columns = [c::TRACE_ID, c::START_TIME].map(|name| SortColumn {
-        values: Arc::clone(batch.column_by_name(name).expect("stored schema")),
-        options: None,
-    });
-    let indices = lexsort_to_indices(&columns, None)?;
-    Ok(take_record_batch(batch, &indices)?)
+/// Rows below which a file is not split across cores.
+const MIN_SHARD_ROWS: usize = 64 * 1024;
+
+/// `rows` (sorted) cut into one part per available core, each of at least [`MIN_SHARD_ROWS`],
+/// at trace boundaries.
+fn shards(rows: &[Row]) -> impl Iterator<Item = &[Row]> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    split_between_traces(rows, (rows.len() / MIN_SHARD_ROWS).clamp(1, cores))
 }
 
-/// Splits a trace-sorted batch by the hour of each trace's earliest span.
-fn split_by_trace_hour(batch: &RecordBatch) -> Result<Vec<(i64, RecordBatch)>, IngestError> {
-    let trace_ids = trace_ids(batch);
-    let starts = start_times(batch);
-    let mut hours = Vec::with_capacity(batch.num_rows());
-    let mut trace_hour = 0;
-    for row in 0..batch.num_rows() {
-        if row == 0 || trace_ids.value(row) != trace_ids.value(row - 1) {
-            // Rows are sorted by start time within a trace: its first row is its earliest span.
-            trace_hour = starts.value(row).div_euclid(NS_PER_HOUR);
+/// `rows` (sorted) in about `count` parts of similar size, each cut where a trace ends.
+fn split_between_traces(rows: &[Row], count: usize) -> impl Iterator<Item = &[Row]> {
+    let target = rows.len().div_ceil(count.max(1)).max(1);
+    let mut rest = rows;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
         }
-        hours.push(trace_hour);
-    }
-    if hours.iter().all(|&h| h == hours[0]) {
-        return Ok(vec![(hours[0], batch.clone())]);
-    }
-    let distinct: BTreeMap<i64, ()> = hours.iter().map(|&h| (h, ())).collect();
-    distinct
-        .keys()
-        .map(|&hour| {
-            let mask: BooleanArray = hours.iter().map(|&h| Some(h == hour)).collect();
-            Ok((hour, filter_record_batch(batch, &mask)?))
-        })
-        .collect()
+        let mut cut = target.min(rest.len());
+        // Move the cut forward to the next trace boundary: a trace stays in one file.
+        while cut < rest.len() && rest[cut].key.trace == rest[cut - 1].key.trace {
+            cut += 1;
+        }
+        let (part, tail) = rest.split_at(cut);
+        rest = tail;
+        Some(part)
+    })
 }
 
 /// A column of a batch in the stored schema, as its Arrow type. Panics on another schema: batches
@@ -138,44 +225,90 @@ pub fn writer_properties(distinct_traces: u64) -> WriterProperties {
     for id in [c::TRACE_ID, c::SPAN_ID, c::PARENT_SPAN_ID] {
         builder = builder.set_column_dictionary_enabled(ColumnPath::from(id), false);
     }
+    for path in columns_without_statistics() {
+        builder = builder.set_column_statistics_enabled(path.clone(), EnabledStatistics::None);
+    }
     builder.build()
 }
 
-/// Writes one sorted batch as a span file of `hour` (hours since the epoch) and returns its
-/// manifest entry; the file is synced and in place, but not committed. Blocking I/O.
-pub(crate) fn write_file(tenant_dir: &Path, hour: i64, batch: &RecordBatch) -> Result<FileEntry, IngestError> {
+/// Columns no filter is pruned by, so min/max statistics would only cost time (a comparison per
+/// value, strings included) and space: random ids, free text, and everything nested (attribute
+/// maps, events, links), which queries read whole. Every flat column a search filters on keeps them.
+fn columns_without_statistics() -> &'static [ColumnPath] {
+    static PATHS: OnceLock<Vec<ColumnPath>> = OnceLock::new();
+    PATHS.get_or_init(|| {
+        let without = [
+            c::SPAN_ID,
+            c::PARENT_SPAN_ID,
+            c::TRACE_STATE,
+            c::STATUS_MESSAGE,
+            c::ATTRIBUTES,
+            c::EVENTS,
+            c::LINKS,
+            c::RESOURCE_ATTRIBUTES,
+            c::RESOURCE_SCHEMA_URL,
+            c::SCOPE_ATTRIBUTES,
+            c::SCOPE_SCHEMA_URL,
+        ];
+        let descriptor = parquet::arrow::ArrowSchemaConverter::new()
+            .convert(&span_schema())
+            .expect("the stored schema converts to Parquet");
+        descriptor
+            .columns()
+            .iter()
+            .map(|column| column.path().clone())
+            .filter(|path| path.parts().first().is_some_and(|top| without.contains(&top.as_str())))
+            .collect()
+    })
+}
+
+/// Writes the sorted `rows` of `batches` as a span file of `hour` (hours since the epoch), one row
+/// group at a time, and returns its manifest entry; the file is synced and in place, but not
+/// committed. Blocking I/O.
+fn write_file(tenant_dir: &Path, hour: i64, batches: &[&RecordBatch], rows: &[Row]) -> Result<FileEntry, IngestError> {
     let file_id = uuid::Uuid::now_v7().to_string();
     let relative = layout::span_file_relative_path(hour * NS_PER_HOUR, &file_id);
     let path = tenant_dir.join(&relative);
     let dir = path.parent().expect("span files live in a directory");
     fs::create_dir_all(dir).map_err(IngestError::io(format!("creating {}", dir.display())))?;
 
-    let trace_ids = trace_ids(batch);
-    let distinct_traces = 1 + (1..batch.num_rows()).filter(|&i| trace_ids.value(i) != trace_ids.value(i - 1)).count();
+    let distinct_traces = 1 + rows.windows(2).filter(|w| w[0].key.trace != w[1].key.trace).count();
     let tmp = tmp_path(&path);
-    let file = fs::File::create(&tmp).map_err(IngestError::io(format!("creating {}", tmp.display())))?;
-    let mut writer = ArrowWriter::try_new(file, span_schema(), Some(writer_properties(distinct_traces as u64)))?;
-    writer.write(batch)?;
-    let file = writer.into_inner()?;
-    file.sync_all().map_err(IngestError::io(format!("syncing {}", tmp.display())))?;
-    let bytes = file.metadata().map_err(IngestError::io(format!("inspecting {}", tmp.display())))?.len();
-    drop(file);
+    let written = (|| {
+        let file = fs::File::create(&tmp).map_err(IngestError::io(format!("creating {}", tmp.display())))?;
+        let mut writer = ArrowWriter::try_new(file, span_schema(), Some(writer_properties(distinct_traces as u64)))?;
+        let mut indices = Vec::with_capacity(ROW_GROUP_ROWS.min(rows.len()));
+        for chunk in rows.chunks(ROW_GROUP_ROWS) {
+            indices.clear();
+            indices.extend(chunk.iter().map(|r| (r.batch as usize, r.row as usize)));
+            writer.write(&interleave_record_batch(batches, &indices)?)?;
+        }
+        let file = writer.into_inner()?;
+        file.sync_all().map_err(IngestError::io(format!("syncing {}", tmp.display())))?;
+        file.metadata().map_err(IngestError::io(format!("inspecting {}", tmp.display()))).map(|m| m.len())
+    })();
+    let bytes = match written {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
     fs::rename(&tmp, &path).map_err(IngestError::io(format!("renaming {} into place", tmp.display())))?;
     sync_parent(&path)?;
 
-    let starts = start_times(batch);
-    let ends: &TimestampNanosecondArray = stored_column(batch, c::END_TIME);
-    let (min_start, max_start) = min_max(starts.values().iter().copied());
-    let (_, max_end) = min_max(ends.values().iter().copied());
+    let (min_start, max_start) = min_max(rows.iter().map(|r| r.key.start));
+    let (_, max_end) = min_max(rows.iter().map(|r| r.key.end));
+    let (first, last) = (rows.first().expect("a file has rows"), rows.last().expect("a file has rows"));
     Ok(FileEntry {
         path: relative,
-        rows: batch.num_rows() as u64,
+        rows: rows.len() as u64,
         bytes,
         min_start_ns: min_start,
         max_start_ns: max_start,
         max_end_ns: max_end,
-        min_trace_id: hex::encode(trace_ids.value(0)),
-        max_trace_id: hex::encode(trace_ids.value(batch.num_rows() - 1)),
+        min_trace_id: hex::encode(first.key.trace.to_be_bytes()),
+        max_trace_id: hex::encode(last.key.trace.to_be_bytes()),
         committed_unix_ms: crate::manifest::now_unix_ms(),
         wal_max_segment: None,
     })
@@ -228,4 +361,47 @@ fn span_key(trace_id: &[u8], span_id: &[u8]) -> [u8; 24] {
 
 fn min_max(values: impl Iterator<Item = i64>) -> (i64, i64) {
     values.fold((i64::MAX, i64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(traces: &[u128]) -> Vec<Row> {
+        traces
+            .iter()
+            .enumerate()
+            .map(|(i, &trace)| Row {
+                key: SpanKey { trace, start: i as i64, span: i as u64, end: 0 },
+                batch: 0,
+                row: i as u32,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn parts_are_cut_between_traces_and_cover_every_row() {
+        let sorted = rows(&[1, 1, 1, 2, 3, 3, 3, 3, 4, 5]);
+        let parts: Vec<Vec<u128>> =
+            split_between_traces(&sorted, 3).map(|p| p.iter().map(|r| r.key.trace).collect()).collect();
+        // About four rows each, moved forward to the next trace's first row.
+        assert_eq!(parts, [vec![1, 1, 1, 2], vec![3, 3, 3, 3], vec![4, 5]]);
+        assert_eq!(split_between_traces(&sorted, 1).count(), 1);
+        assert_eq!(split_between_traces(&[], 2).count(), 0);
+    }
+
+    #[test]
+    fn copies_of_a_span_and_skipped_spans_are_dropped_and_the_rest_sorted() {
+        let key = |trace: u128, start: i64, span: u64| SpanKey { trace, start, span, end: start + 1 };
+        let mut rows: Vec<Row> = [key(2, 5, 1), key(1, 9, 1), key(2, 5, 1), key(2, 1, 2), key(3, 0, 1)]
+            .into_iter()
+            .enumerate()
+            .map(|(i, key)| Row { key, batch: 0, row: i as u32 })
+            .collect();
+        let dropped = sort_and_dedup(&mut rows, |k| k.trace == 3);
+        assert_eq!(dropped, 2);
+        let kept: Vec<(u128, i64, u32)> = rows.iter().map(|r| (r.key.trace, r.key.start, r.row)).collect();
+        // The first copy received (row 0) is the one kept.
+        assert_eq!(kept, [(1, 9, 1), (2, 1, 3), (2, 5, 0)]);
+    }
 }
