@@ -5,9 +5,10 @@
 2. For OTLP/gRPC and OTLP/HTTP protobuf, `hopscope load` (a process of its own) replays the corpus
    into a fresh server twice: once with storage switched off (`serve --discard`: the same
    receivers decode, validate and convert, then drop; the ceiling) and once storing (WAL with fsync,
-   trace buffer, sorted zstd Parquet, manifest commits). Reported: spans/s and MB/s, the ratio to
-   the ceiling, the server's CPU-seconds per million spans, its peak resident memory, and how long
-   after the last acknowledgement every span was committed.
+   trace buffer, sorted zstd Parquet, manifest commits). Reported: sustained spans/s and MB/s
+   (until the last span is committed, not only acknowledged), the ratio to the ceiling, the rate
+   of acknowledgements, the server's CPU-seconds per million spans, its peak resident memory, and
+   how long after the last acknowledgement every span was committed.
 3. Acknowledgement to queryable: single traces exported to an idle server, timed until
    `GET /api/v1/traces/{id}` returns them.
 4. Storage: bytes per span in the Parquet files (as written, and after `hopscope compact`), against
@@ -60,6 +61,8 @@ def ingest_run(binary, corpus, spans, protocol, discard, work, concurrency):
         if not discard:
             wait(lambda: server.metric("hopscope_ingest_spans_committed_total") >= spans, "committing every span")
             drain = time.perf_counter() - acked
+        # Sustained: until the last span is committed, not only acknowledged.
+        result["sustained"] = spans / (result["seconds"] + drain)
         result["cpu_per_million"] = (server.cpu_seconds() - cpu_before) / spans * 1e6
         result["peak_rss"] = server.peak_rss()
         result["drain"] = drain
@@ -146,17 +149,28 @@ def main():
     otlp = raw - 12 - 8 * requests
     with open(corpus, "rb") as f:
         zstd_otlp = len(zstandard.ZstdCompressor(level=3).compress(f.read()))
+    # Each request compressed on its own, as an exporter's zstd or a log of requests would.
+    compressor = zstandard.ZstdCompressor(level=3)
+    zstd_requests = 0
+    with open(corpus, "rb") as f:
+        f.read(12)
+        while header := f.read(8):
+            length = int.from_bytes(header[4:], "little")
+            zstd_requests += len(compressor.compress(f.read(length)))
 
     print(f"\n{spans:,} spans in {requests:,} requests ({otlp / spans:.0f} B/span of OTLP protobuf), "
           f"`hopscope load` with {args.concurrency} requests in flight; machine: {machine()}\n")
-    print("| protocol | storing: spans/s (MB/s) | ceiling (`--discard`): spans/s (MB/s) | storing / ceiling "
-          "| CPU-s per 1M spans (storing, ceiling) | peak RSS (storing, ceiling) | last ack → all committed |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| protocol | storing, sustained: spans/s (MB/s) | ceiling (`--discard`): spans/s (MB/s) "
+          "| storing / ceiling | acknowledged at (spans/s) | CPU-s per 1M spans (storing, ceiling) "
+          "| peak RSS (storing, ceiling) | last ack → all committed |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for protocol, ceiling, storing in rows:
+        mb = storing["sustained"] * otlp / spans / 1e6
         print(f"| OTLP/{'gRPC' if protocol == 'grpc' else 'HTTP protobuf'} "
-              f"| {storing['spans_per_second']:,.0f} ({storing['megabytes_per_second']:.1f}) "
+              f"| {storing['sustained']:,.0f} ({mb:.1f}) "
               f"| {ceiling['spans_per_second']:,.0f} ({ceiling['megabytes_per_second']:.1f}) "
-              f"| {storing['spans_per_second'] / ceiling['spans_per_second']:.2f}× "
+              f"| {storing['sustained'] / ceiling['spans_per_second']:.2f}× "
+              f"| {storing['spans_per_second']:,.0f} "
               f"| {storing['cpu_per_million']:.1f}, {ceiling['cpu_per_million']:.1f} "
               f"| {storing['peak_rss'] / 2**20:.0f} MiB, {ceiling['peak_rss'] / 2**20:.0f} MiB "
               f"| {storing['drain']:.1f} s |")
@@ -165,7 +179,8 @@ def main():
           f"{len(latencies)} probes)\n")
     print("| storage | bytes | B/span | / zstd OTLP |")
     print("|---|---:|---:|---:|")
-    for name, size in [("OTLP protobuf, raw", otlp), ("OTLP protobuf, zstd -3 (one stream)", zstd_otlp),
+    for name, size in [("OTLP protobuf, raw", otlp), ("OTLP protobuf, zstd -3 per request", zstd_requests),
+                       ("OTLP protobuf, zstd -3 (one stream)", zstd_otlp),
                        (f"hopscope Parquet as written ({files_written} files)", written),
                        (f"hopscope Parquet after `hopscope compact` ({files_compacted} files)", compacted)]:
         print(f"| {name} | {size:,} | {size / spans:.1f} | {size / zstd_otlp:.2f}× |")

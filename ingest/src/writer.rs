@@ -15,7 +15,7 @@ use hopscope_schemas::manifest::FileEntry;
 use hopscope_schemas::spans::span_schema;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::{ArrowWriter, ProjectionMask};
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::SortingColumn;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
@@ -224,6 +224,15 @@ pub fn writer_properties(distinct_traces: u64) -> WriterProperties {
     // Ids are random: a dictionary only costs space and time.
     for id in [c::TRACE_ID, c::SPAN_ID, c::PARENT_SPAN_ID] {
         builder = builder.set_column_dictionary_enabled(ColumnPath::from(id), false);
+    }
+    // Times delta-encoded: starts and ends are close together within a trace, and durations are
+    // bit-packed to their size (a third less than plain + zstd). BYTE_STREAM_SPLIT packs durations
+    // slightly better, but DuckDB (1.4) reads it only for floating point: the files are meant to be
+    // read by other tools too.
+    for time in [c::START_TIME, c::END_TIME, c::DURATION_NS] {
+        builder = builder
+            .set_column_dictionary_enabled(ColumnPath::from(time), false)
+            .set_column_encoding(ColumnPath::from(time), Encoding::DELTA_BINARY_PACKED);
     }
     for path in columns_without_statistics() {
         builder = builder.set_column_statistics_enabled(path.clone(), EnabledStatistics::None);
