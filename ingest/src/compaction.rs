@@ -13,17 +13,22 @@
 //! - once the hour is closed, its remaining small files are merged in groups of at most
 //!   `target_rows`.
 //!
-//! The merge itself reads its inputs whole: `target_rows` bounds its memory.
+//! The merge streams: it reads each input a batch at a time and merges them by (trace_id,
+//! start_time) into row groups, so its memory is a batch per input and a row group, whatever the
+//! files' sizes.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::fs;
 use std::path::Path;
 
+use arrow::array::RecordBatch;
+use arrow::compute::interleave_record_batch;
 use hopscope_schemas::manifest::{FileEntry, Manifest};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 
 use crate::IngestError;
-use crate::writer::{NS_PER_HOUR, rows_of, sort_and_dedup, write_rows};
+use crate::writer::{NS_PER_HOUR, ROW_GROUP_ROWS, SpanFileWriter, SpanKey, rows_of};
 
 /// How long after an hour ends its partition may still receive spans (late exports, retries,
 /// long traces), and is merged in tiers rather than all at once.
@@ -39,8 +44,10 @@ pub struct CompactionPolicy {
 }
 
 impl Default for CompactionPolicy {
+    /// Files of up to 4M spans (~130 MB): few files per hour for queries to merge, and the merge
+    /// streams, so their size costs no memory.
     fn default() -> Self {
-        Self { target_rows: 512 * 1024, fan_in: 8 }
+        Self { target_rows: 4 << 20, fan_in: 8 }
     }
 }
 
@@ -126,30 +133,109 @@ fn packed(files: &[&FileEntry], target_rows: u64) -> Vec<Vec<FileEntry>> {
 /// What a merge wrote.
 #[derive(Debug)]
 pub struct Merged {
-    /// The new file (one per hour the merged traces start in: the job's hour).
+    /// The new file.
     pub entries: Vec<FileEntry>,
     /// Rows dropped as repeats of another row.
     pub duplicates: u64,
 }
 
-/// Reads the job's files, drops repeated spans and writes them sorted by (trace_id, start_time)
-/// into the hour's partition. The file is not yet committed. Blocking I/O.
+/// Rows read from an input at a time.
+const READ_BATCH_ROWS: usize = 8 * 1024;
+
+/// One input file, read a batch at a time.
+struct Input {
+    reader: ParquetRecordBatchReader,
+    /// The batch being merged, its keys, the next row, and where the batch is in the live batches.
+    keys: Vec<SpanKey>,
+    next: usize,
+    slot: usize,
+}
+
+impl Input {
+    /// Loads the next batch into `live`; false at the end of the file.
+    fn load(&mut self, live: &mut Vec<RecordBatch>) -> Result<bool, IngestError> {
+        let Some(batch) = self.reader.next().transpose()? else { return Ok(false) };
+        self.keys = rows_of(std::slice::from_ref(&batch)).into_iter().map(|r| r.key).collect();
+        self.next = 0;
+        self.slot = live.len();
+        live.push(batch);
+        Ok(true)
+    }
+}
+
+/// Merges the job's files by (trace_id, start_time) into one file of the hour's partition,
+/// dropping repeated spans (they meet as neighbours in the merged order). The file is not yet
+/// committed. Streams: memory is a batch per input and a row group. Blocking I/O.
 pub fn merge(tenant_dir: &Path, job: &CompactionJob) -> Result<Merged, IngestError> {
-    let mut batches = Vec::new();
-    for input in &job.inputs {
-        let path = tenant_dir.join(&input.path);
+    merge_in_chunks(tenant_dir, job, ROW_GROUP_ROWS)
+}
+
+/// [`merge`], writing `chunk_rows` rows at a time.
+fn merge_in_chunks(tenant_dir: &Path, job: &CompactionJob, chunk_rows: usize) -> Result<Merged, IngestError> {
+    let mut live: Vec<RecordBatch> = Vec::new();
+    let mut inputs = Vec::with_capacity(job.inputs.len());
+    let mut heap = BinaryHeap::new();
+    for entry in &job.inputs {
+        let path = tenant_dir.join(&entry.path);
         let file = fs::File::open(&path).map_err(IngestError::io(format!("opening {}", path.display())))?;
-        for batch in ParquetRecordBatchReaderBuilder::try_new(file)?.build()? {
-            batches.push(batch?);
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)?.with_batch_size(READ_BATCH_ROWS).build()?;
+        let mut input = Input { reader, keys: Vec::new(), next: 0, slot: 0 };
+        if input.load(&mut live)? {
+            heap.push(Reverse((input.keys[0], inputs.len())));
+        }
+        inputs.push(input);
+    }
+    let rows: u64 = job.inputs.iter().map(|f| f.rows).sum();
+    let mut file = SpanFileWriter::create(tenant_dir, job.hour_start_ns.div_euclid(NS_PER_HOUR), rows)?;
+    let (mut indices, mut keys) = (Vec::with_capacity(chunk_rows), Vec::with_capacity(chunk_rows));
+    let mut previous: Option<SpanKey> = None;
+    let mut duplicates = 0;
+    while let Some(Reverse((key, i))) = heap.pop() {
+        let input = &mut inputs[i];
+        if previous == Some(key) {
+            duplicates += 1;
+        } else {
+            indices.push((input.slot, input.next));
+            keys.push(key);
+            previous = Some(key);
+        }
+        input.next += 1;
+        if input.next < input.keys.len() || input.load(&mut live)? {
+            heap.push(Reverse((input.keys[input.next], i)));
+        }
+        if indices.len() == chunk_rows {
+            write_chunk(&mut file, &mut live, &mut inputs, &mut indices, &mut keys)?;
         }
     }
-    let mut rows = rows_of(&batches);
-    let duplicates = sort_and_dedup(&mut rows, |_| false);
+    if !indices.is_empty() {
+        write_chunk(&mut file, &mut live, &mut inputs, &mut indices, &mut keys)?;
+    }
     // Replay after a crash skips spans found in files at or above the WAL floor: the merged file
     // stands for all of its inputs.
-    let wal_max_segment = job.inputs.iter().filter_map(|f| f.wal_max_segment).max();
-    let entries = write_rows(tenant_dir, &batches, &rows, wal_max_segment)?;
-    Ok(Merged { entries, duplicates })
+    let mut entry = file.finish()?;
+    entry.wal_max_segment = job.inputs.iter().filter_map(|f| f.wal_max_segment).max();
+    Ok(Merged { entries: vec![entry], duplicates })
+}
+
+/// Writes the rows gathered so far, then keeps only the batches the inputs are still reading.
+fn write_chunk(
+    file: &mut SpanFileWriter,
+    live: &mut Vec<RecordBatch>,
+    inputs: &mut [Input],
+    indices: &mut Vec<(usize, usize)>,
+    keys: &mut Vec<SpanKey>,
+) -> Result<(), IngestError> {
+    let refs: Vec<&RecordBatch> = live.iter().collect();
+    let batch = interleave_record_batch(&refs, indices)?;
+    file.write(&batch, keys.iter())?;
+    indices.clear();
+    keys.clear();
+    let current: Vec<RecordBatch> = inputs.iter().map(|input| live[input.slot].clone()).collect();
+    for (slot, input) in inputs.iter_mut().enumerate() {
+        input.slot = slot;
+    }
+    *live = current;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -290,6 +376,55 @@ mod tests {
         let rows: Vec<(u8, i64)> = (0..batch.num_rows()).map(|i| (traces.value(i)[0], starts.value(i))).collect();
         let base = base as i64;
         assert_eq!(rows, [(1, base + 9), (2, base + 2), (2, base + 5), (3, base + 1)]);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_streaming_merge_across_many_batches_and_chunks_keeps_each_span_once_in_order() {
+        use arrow::array::{FixedSizeBinaryArray, TimestampNanosecondArray};
+        use hopscope_schemas::columns as c;
+
+        let dir = std::env::temp_dir().join(format!("hopscope-merge-{}", uuid::Uuid::now_v7()));
+        let base = 10 * HOUR as u64;
+        // Three files of 20k spans over 250 traces;
+        // the third repeats the first file's first 5,000 spans (resends stored again).
+        let make = |offset: u64, n: u64| -> Vec<(u8, u8, u64)> {
+            // Ids start at 1: an all-zero id is invalid and would be rejected.
+            (0..n)
+                .map(|i| (1 + ((i * 37 + offset) % 250) as u8, 1 + ((i / 250) % 250) as u8, base + i * 1_000 + offset))
+                .collect()
+        };
+        let first = make(0, 20_000);
+        let second = make(7, 20_000);
+        let mut third = make(13, 15_000);
+        third.extend_from_slice(&first[..5_000]);
+        let inputs: Vec<FileEntry> = [&first, &second, &third]
+            .iter()
+            .flat_map(|rows| crate::writer::write_span_files(&dir, &[spans(rows)], Some(1)).unwrap())
+            .collect();
+        let job = CompactionJob { hour_start_ns: 10 * HOUR, inputs };
+        // 1,000 rows a chunk: sixty chunks, each releasing the batches it no longer needs.
+        let merged = merge_in_chunks(&dir, &job, 1_000).unwrap();
+        assert_eq!(merged.duplicates, 5_000);
+        let [entry] = &merged.entries[..] else { panic!("one file") };
+        assert_eq!(entry.rows, 55_000);
+
+        let file = fs::File::open(dir.join(&entry.path)).unwrap();
+        let mut previous: Option<(Vec<u8>, i64)> = None;
+        let mut seen = std::collections::HashSet::new();
+        for batch in ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap() {
+            let batch = batch.unwrap();
+            let traces: &FixedSizeBinaryArray = crate::writer::stored_column(&batch, c::TRACE_ID);
+            let spans_ids: &FixedSizeBinaryArray = crate::writer::stored_column(&batch, c::SPAN_ID);
+            let starts: &TimestampNanosecondArray = crate::writer::stored_column(&batch, c::START_TIME);
+            for i in 0..batch.num_rows() {
+                let here = (traces.value(i).to_vec(), starts.value(i));
+                assert!(previous.as_ref().is_none_or(|p| *p <= here), "sorted by trace, then start");
+                assert!(seen.insert((here.0.clone(), spans_ids.value(i).to_vec(), here.1)), "each span once");
+                previous = Some(here);
+            }
+        }
+        assert_eq!(seen.len(), 55_000);
         fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -275,52 +275,137 @@ fn columns_without_statistics() -> &'static [ColumnPath] {
 /// group at a time, and returns its manifest entry; the file is synced and in place, but not
 /// committed. Blocking I/O.
 fn write_file(tenant_dir: &Path, hour: i64, batches: &[&RecordBatch], rows: &[Row]) -> Result<FileEntry, IngestError> {
-    let file_id = uuid::Uuid::now_v7().to_string();
-    let relative = layout::span_file_relative_path(hour * NS_PER_HOUR, &file_id);
-    let path = tenant_dir.join(&relative);
-    let dir = path.parent().expect("span files live in a directory");
-    fs::create_dir_all(dir).map_err(IngestError::io(format!("creating {}", dir.display())))?;
-
     let distinct_traces = 1 + rows.windows(2).filter(|w| w[0].key.trace != w[1].key.trace).count();
-    let tmp = tmp_path(&path);
-    let written = (|| {
-        let file = fs::File::create(&tmp).map_err(IngestError::io(format!("creating {}", tmp.display())))?;
-        let mut writer = ArrowWriter::try_new(file, span_schema(), Some(writer_properties(distinct_traces as u64)))?;
-        let mut indices = Vec::with_capacity(ROW_GROUP_ROWS.min(rows.len()));
-        for chunk in rows.chunks(ROW_GROUP_ROWS) {
-            indices.clear();
-            indices.extend(chunk.iter().map(|r| (r.batch as usize, r.row as usize)));
-            writer.write(&interleave_record_batch(batches, &indices)?)?;
-        }
-        let file = writer.into_inner()?;
-        file.sync_all().map_err(IngestError::io(format!("syncing {}", tmp.display())))?;
-        file.metadata().map_err(IngestError::io(format!("inspecting {}", tmp.display()))).map(|m| m.len())
-    })();
-    let bytes = match written {
-        Ok(bytes) => bytes,
-        Err(e) => {
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
-    };
-    fs::rename(&tmp, &path).map_err(IngestError::io(format!("renaming {} into place", tmp.display())))?;
-    sync_parent(&path)?;
+    let mut file = SpanFileWriter::create(tenant_dir, hour, distinct_traces as u64)?;
+    let mut indices = Vec::with_capacity(ROW_GROUP_ROWS.min(rows.len()));
+    for chunk in rows.chunks(ROW_GROUP_ROWS) {
+        indices.clear();
+        indices.extend(chunk.iter().map(|r| (r.batch as usize, r.row as usize)));
+        // On an error the writer is dropped, which removes its temporary file.
+        let batch = interleave_record_batch(batches, &indices)?;
+        file.write(&batch, chunk.iter().map(|r| &r.key))?;
+    }
+    file.finish()
+}
 
-    let (min_start, max_start) = min_max(rows.iter().map(|r| r.key.start));
-    let (_, max_end) = min_max(rows.iter().map(|r| r.key.end));
-    let (first, last) = (rows.first().expect("a file has rows"), rows.last().expect("a file has rows"));
-    Ok(FileEntry {
-        path: relative,
-        rows: rows.len() as u64,
-        bytes,
-        min_start_ns: min_start,
-        max_start_ns: max_start,
-        max_end_ns: max_end,
-        min_trace_id: hex::encode(first.key.trace.to_be_bytes()),
-        max_trace_id: hex::encode(last.key.trace.to_be_bytes()),
-        committed_unix_ms: crate::manifest::now_unix_ms(),
-        wal_max_segment: None,
-    })
+/// A span file being written: rows go in sorted by (trace_id, start_time), in as many pieces as
+/// wanted; on [`Self::finish`] it is synced and renamed into place (not committed). A writer that
+/// fails, or is abandoned, leaves nothing behind. Blocking I/O.
+pub(crate) struct SpanFileWriter {
+    relative: String,
+    path: std::path::PathBuf,
+    tmp: std::path::PathBuf,
+    writer: Option<ArrowWriter<fs::File>>,
+    rows: u64,
+    first_trace: Option<u128>,
+    last_trace: u128,
+    min_start: i64,
+    max_start: i64,
+    max_end: i64,
+}
+
+impl SpanFileWriter {
+    /// A new file in the partition of `hour` (hours since the epoch); the bloom filter on
+    /// `trace_id` is sized for `distinct_traces` per row group.
+    pub(crate) fn create(tenant_dir: &Path, hour: i64, distinct_traces: u64) -> Result<Self, IngestError> {
+        let file_id = uuid::Uuid::now_v7().to_string();
+        let relative = layout::span_file_relative_path(hour * NS_PER_HOUR, &file_id);
+        let path = tenant_dir.join(&relative);
+        let dir = path.parent().expect("span files live in a directory");
+        fs::create_dir_all(dir).map_err(IngestError::io(format!("creating {}", dir.display())))?;
+        let tmp = tmp_path(&path);
+        let file = fs::File::create(&tmp).map_err(IngestError::io(format!("creating {}", tmp.display())))?;
+        let writer = match ArrowWriter::try_new(file, span_schema(), Some(writer_properties(distinct_traces))) {
+            Ok(writer) => writer,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(e.into());
+            }
+        };
+        Ok(Self {
+            relative,
+            path,
+            tmp,
+            writer: Some(writer),
+            rows: 0,
+            first_trace: None,
+            last_trace: 0,
+            min_start: i64::MAX,
+            max_start: i64::MIN,
+            max_end: i64::MIN,
+        })
+    }
+
+    /// Appends `batch`, whose rows have the keys `keys` (in order, following the rows before).
+    pub(crate) fn write<'k>(
+        &mut self,
+        batch: &RecordBatch,
+        keys: impl Iterator<Item = &'k SpanKey>,
+    ) -> Result<(), IngestError> {
+        for key in keys {
+            self.first_trace.get_or_insert(key.trace);
+            self.last_trace = key.trace;
+            self.min_start = self.min_start.min(key.start);
+            self.max_start = self.max_start.max(key.start);
+            self.max_end = self.max_end.max(key.end);
+        }
+        self.rows += batch.num_rows() as u64;
+        let writer = self.writer.as_mut().expect("an open writer");
+        if let Err(e) = writer.write(batch) {
+            self.abandon();
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Closes, syncs and renames the file into place; returns its manifest entry.
+    pub(crate) fn finish(mut self) -> Result<FileEntry, IngestError> {
+        let writer = self.writer.take().expect("an open writer");
+        let tmp = self.tmp.clone();
+        let closed = (|| {
+            let file = writer.into_inner()?;
+            file.sync_all().map_err(IngestError::io(format!("syncing {}", tmp.display())))?;
+            let bytes = file.metadata().map_err(IngestError::io(format!("inspecting {}", tmp.display())))?.len();
+            drop(file);
+            fs::rename(&tmp, &self.path).map_err(IngestError::io(format!("renaming {} into place", tmp.display())))?;
+            sync_parent(&self.path)?;
+            Ok::<_, IngestError>(bytes)
+        })();
+        let bytes = match closed {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                let _ = fs::remove_file(&self.tmp);
+                return Err(e);
+            }
+        };
+        Ok(FileEntry {
+            path: std::mem::take(&mut self.relative),
+            rows: self.rows,
+            bytes,
+            min_start_ns: self.min_start,
+            max_start_ns: self.max_start,
+            max_end_ns: self.max_end,
+            min_trace_id: hex::encode(self.first_trace.unwrap_or(0).to_be_bytes()),
+            max_trace_id: hex::encode(self.last_trace.to_be_bytes()),
+            committed_unix_ms: crate::manifest::now_unix_ms(),
+            wal_max_segment: None,
+        })
+    }
+
+    /// Gives the file up: nothing is left on disk.
+    pub(crate) fn abandon(&mut self) {
+        self.writer.take();
+        let _ = fs::remove_file(&self.tmp);
+    }
+}
+
+impl Drop for SpanFileWriter {
+    fn drop(&mut self) {
+        // Neither finished nor abandoned (an early return): do not leave a temporary file.
+        if self.writer.is_some() {
+            self.abandon();
+        }
+    }
 }
 
 /// The (trace_id, span_id) of every span in `files`, read back from the Parquet files. Used on WAL
@@ -366,10 +451,6 @@ fn span_key(trace_id: &[u8], span_id: &[u8]) -> [u8; 24] {
     key[..16].copy_from_slice(trace_id);
     key[16..].copy_from_slice(span_id);
     key
-}
-
-fn min_max(values: impl Iterator<Item = i64>) -> (i64, i64) {
-    values.fold((i64::MAX, i64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)))
 }
 
 #[cfg(test)]
