@@ -13,11 +13,11 @@ use datafusion::arrow::array::{
     TimestampNanosecondBuilder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::error::Result as DfResult;
+use datafusion::error::{DataFusionError, Result as DfResult};
 use hopscope_schemas::columns::{self as c, connection, edge, node_kind, semconv};
 use hopscope_schemas::spans::{kind, status, timestamp_type};
 
-use crate::walk::{CORE_COLUMNS, PerTrace, SpanColumns, SpanIndex, span_key};
+use crate::walk::{CORE_COLUMNS, PerTrace, Rendezvous, SpanColumns, SpanIndex, span_key};
 
 /// How far a call's two spans may lie apart in time and still be paired when a time range is asked:
 /// the span scan behind `edges` reaches this far beyond the range on both sides.
@@ -145,6 +145,36 @@ fn url_host(url: &str) -> Option<&str> {
     (!host.is_empty()).then_some(host)
 }
 
+/// One span of a hop, copied out of its batch (a hop may be finished after the batch is gone).
+#[derive(Debug, Clone, Copy)]
+struct Side {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    start_ns: i64,
+    end_ns: i64,
+    error: bool,
+}
+
+impl Side {
+    fn of(spans: &SpanColumns, row: usize) -> Self {
+        let mut trace_id = [0; 16];
+        trace_id.copy_from_slice(spans.trace_id.value(row));
+        let mut span_id = [0; 8];
+        span_id.copy_from_slice(spans.span_id.value(row));
+        Side {
+            trace_id,
+            span_id,
+            start_ns: spans.start_ns.value(row),
+            end_ns: spans.end_ns.value(row),
+            error: spans.status_code.value(row) == status::ERROR,
+        }
+    }
+
+    fn duration_ns(&self) -> i64 {
+        self.end_ns.saturating_sub(self.start_ns)
+    }
+}
+
 /// One hop, before it is appended to the output columns.
 struct Hop<'a> {
     caller: &'a str,
@@ -155,17 +185,117 @@ struct Hop<'a> {
     callee_operation: Option<&'a str>,
     connection: &'static str,
     via: Option<&'a str>,
-    client: Option<usize>,
-    server: Option<usize>,
+    client: Option<Side>,
+    server: Option<Side>,
     /// Hops from outside the system to this call (an entry hop is 1).
     depth: u32,
-    /// The root span of the tree the call is in.
-    root: usize,
+    /// The service and operation of the root span of the tree the call is in.
+    root: (&'a str, &'a str),
+}
+
+/// The entry hop of a root span `server` of `callee` (service, operation), from its broker (consumers)
+/// or else its `peer.service`, given as `from`, or else from `user`.
+fn entry_hop<'a>(
+    server: Side,
+    callee: (&'a str, &'a str),
+    from: (Option<&'a str>, Option<&'a str>),
+    depth: u32,
+    root: (&'a str, &'a str),
+) -> Hop<'a> {
+    let (broker, peer) = from;
+    let (caller, caller_kind) = match (broker, peer) {
+        (Some(broker), _) => (broker, node_kind::MESSAGING),
+        (None, Some(peer)) => (peer, node_kind::EXTERNAL),
+        (None, None) => (c::USER_NODE, node_kind::USER),
+    };
+    Hop {
+        caller,
+        caller_kind,
+        caller_operation: None,
+        callee: callee.0,
+        callee_kind: node_kind::SERVICE,
+        callee_operation: Some(callee.1),
+        connection: connection::ENTRY,
+        via: broker,
+        client: None,
+        server: Some(server),
+        depth,
+        root,
+    }
+}
+
+/// A producer span nobody in its own trace consumed: a consumer in another trace may link to it.
+/// Until every trace has been seen it is a call to the broker (a virtual node).
+#[derive(Debug)]
+struct PendingProducer {
+    side: Side,
+    service: String,
+    operation: String,
+    broker: Option<String>,
+    /// The virtual node it calls when no consumer links to it, and that call's operation.
+    callee: (String, &'static str),
+    callee_operation: String,
+    /// The depth of the producer's call (to the broker, or to a linked consumer).
+    depth: u32,
+    root: (String, String),
+}
+
+/// A root consumer span that links to spans of other traces: its producer may be one of them.
+#[derive(Debug)]
+struct PendingConsumer {
+    side: Side,
+    service: String,
+    operation: String,
+    broker: Option<String>,
+    /// `peer.service`, naming the caller when no producer is found.
+    peer: Option<String>,
+    links: Vec<([u8; 16], [u8; 8])>,
+    depth: u32,
+    root: (String, String),
+}
+
+impl PendingProducer {
+    fn bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.service.len()
+            + self.operation.len()
+            + self.broker.as_ref().map_or(0, String::len)
+            + self.callee.0.len()
+            + self.callee_operation.len()
+            + self.root.0.len()
+            + self.root.1.len()
+    }
+}
+
+impl PendingConsumer {
+    fn bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.service.len()
+            + self.operation.len()
+            + self.broker.as_ref().map_or(0, String::len)
+            + self.peer.as_ref().map_or(0, String::len)
+            + self.links.len() * 24
+            + self.root.0.len()
+            + self.root.1.len()
+    }
+}
+
+/// What one partition could not pair alone, handed to the [`Rendezvous`].
+#[derive(Debug, Default)]
+struct Pending {
+    producers: Vec<PendingProducer>,
+    consumers: Vec<PendingConsumer>,
+    bytes: usize,
 }
 
 /// Pairs the spans of each trace into hops and builds the `edges` rows.
+///
+/// A consumer that links to a producer in another trace is paired when every partition has been
+/// read: such consumers, and the producers nobody consumed in their own trace, wait in [`Pending`]
+/// (charged to the query's memory pool) until the partitions meet.
 pub struct EdgePairing {
     by_id: SpanIndex,
+    pending: Pending,
     trace_id: FixedSizeBinaryBuilder,
     start_time: TimestampNanosecondBuilder,
     caller: StringBuilder,
@@ -192,6 +322,7 @@ impl Default for EdgePairing {
     fn default() -> Self {
         Self {
             by_id: SpanIndex::default(),
+            pending: Pending::default(),
             trace_id: FixedSizeBinaryBuilder::new(16),
             start_time: TimestampNanosecondBuilder::new(),
             caller: StringBuilder::new(),
@@ -217,10 +348,10 @@ impl Default for EdgePairing {
 }
 
 impl EdgePairing {
-    fn push(&mut self, spans: &SpanColumns, hop: Hop<'_>) -> DfResult<()> {
-        let row = hop.client.or(hop.server).expect("a hop has at least one span");
-        self.trace_id.append_value(spans.trace_id.value(row))?;
-        self.start_time.append_value(spans.start_ns.value(row));
+    fn push(&mut self, hop: Hop<'_>) -> DfResult<()> {
+        let first = hop.client.or(hop.server).expect("a hop has at least one span");
+        self.trace_id.append_value(first.trace_id)?;
+        self.start_time.append_value(first.start_ns);
         self.caller.append_value(hop.caller);
         self.caller_kind.append_value(hop.caller_kind);
         self.caller_operation.append_option(hop.caller_operation);
@@ -229,35 +360,101 @@ impl EdgePairing {
         self.callee_operation.append_option(hop.callee_operation);
         self.connection.append_value(hop.connection);
         self.via.append_option(hop.via);
-        let mut error = false;
-        let mut side = |ids: &mut FixedSizeBinaryBuilder, row: Option<usize>| -> DfResult<Option<i64>> {
-            let Some(r) = row else {
-                ids.append_null();
-                return Ok(None);
-            };
-            ids.append_value(spans.span_id.value(r))?;
-            error |= spans.status_code.value(r) == status::ERROR;
-            Ok(Some(spans.duration_ns(r)))
-        };
-        let client = side(&mut self.client_span_id, hop.client)?;
-        let server = side(&mut self.server_span_id, hop.server)?;
-        self.client_duration.append_option(client);
-        self.server_duration.append_option(server);
-        let gap = match (hop.connection, client, server) {
-            // For messaging, the gap is the time the message waited: consumer start minus producer end.
-            (connection::MESSAGING, Some(_), Some(_)) => {
-                let (p, c) = (hop.client.expect("client"), hop.server.expect("server"));
-                Some(spans.start_ns.value(c).saturating_sub(spans.end_ns.value(p)))
+        for (ids, side) in [(&mut self.client_span_id, hop.client), (&mut self.server_span_id, hop.server)] {
+            match side {
+                Some(side) => ids.append_value(side.span_id)?,
+                None => ids.append_null(),
             }
-            (_, Some(client), Some(server)) => Some(client.saturating_sub(server)),
+        }
+        self.client_duration.append_option(hop.client.map(|s| s.duration_ns()));
+        self.server_duration.append_option(hop.server.map(|s| s.duration_ns()));
+        let gap = match (hop.client, hop.server) {
+            // For messaging, the gap is the time the message waited: consumer start minus producer end.
+            (Some(producer), Some(consumer)) if hop.connection == connection::MESSAGING => {
+                Some(consumer.start_ns.saturating_sub(producer.end_ns))
+            }
+            (Some(client), Some(server)) => Some(client.duration_ns().saturating_sub(server.duration_ns())),
             _ => None,
         };
         self.gap.append_option(gap);
-        self.error.append_value(error);
+        self.error.append_value(hop.client.is_some_and(|s| s.error) || hop.server.is_some_and(|s| s.error));
         self.depth.append_value(i32::try_from(hop.depth).unwrap_or(i32::MAX));
-        self.root_service.append_value(spans.service(hop.root));
-        self.root_operation.append_value(spans.name(hop.root));
+        self.root_service.append_value(hop.root.0);
+        self.root_operation.append_value(hop.root.1);
         self.rows += 1;
+        Ok(())
+    }
+
+    /// The messaging hop from a producer to a consumer that linked to it from another trace.
+    fn push_linked(&mut self, producer: &PendingProducer, consumer: &PendingConsumer) -> DfResult<()> {
+        let via = producer.broker.as_deref().or(consumer.broker.as_deref());
+        self.push(Hop {
+            caller: &producer.service,
+            caller_kind: node_kind::SERVICE,
+            caller_operation: Some(&producer.operation),
+            callee: &consumer.service,
+            callee_kind: node_kind::SERVICE,
+            callee_operation: Some(&consumer.operation),
+            connection: connection::MESSAGING,
+            via,
+            client: Some(producer.side),
+            server: Some(consumer.side),
+            // The message continues the producer's request: the hop counts from the producer's root.
+            depth: producer.depth,
+            root: (&producer.root.0, &producer.root.1),
+        })
+    }
+
+    /// The call to the broker from a producer no consumer linked to.
+    fn push_unconsumed(&mut self, producer: &PendingProducer) -> DfResult<()> {
+        self.push(Hop {
+            caller: &producer.service,
+            caller_kind: node_kind::SERVICE,
+            caller_operation: Some(&producer.operation),
+            callee: &producer.callee.0,
+            callee_kind: producer.callee.1,
+            callee_operation: Some(&producer.callee_operation),
+            connection: connection::UNINSTRUMENTED,
+            via: producer.broker.as_deref(),
+            client: Some(producer.side),
+            server: None,
+            depth: producer.depth,
+            root: (&producer.root.0, &producer.root.1),
+        })
+    }
+
+    /// Pairs every partition's pending consumers with the pending producers they link to; what stays
+    /// unpaired becomes the hop it would have been within its own trace.
+    fn pair_across_traces(&mut self, deposits: Vec<Pending>) -> DfResult<()> {
+        let (mut producers, mut consumers) = (Vec::new(), Vec::new());
+        for deposit in deposits {
+            producers.extend(deposit.producers);
+            consumers.extend(deposit.consumers);
+        }
+        let index: std::collections::HashMap<([u8; 16], [u8; 8]), usize> =
+            producers.iter().enumerate().map(|(i, p)| ((p.side.trace_id, p.side.span_id), i)).collect();
+        let mut consumed = vec![false; producers.len()];
+        for consumer in &consumers {
+            let mut paired = false;
+            for link in &consumer.links {
+                if let Some(&i) = index.get(link) {
+                    self.push_linked(&producers[i], consumer)?;
+                    consumed[i] = true;
+                    paired = true;
+                }
+            }
+            if !paired {
+                let root = (consumer.root.0.as_str(), consumer.root.1.as_str());
+                let callee = (consumer.service.as_str(), consumer.operation.as_str());
+                let from = (consumer.broker.as_deref(), consumer.peer.as_deref());
+                self.push(entry_hop(consumer.side, callee, from, consumer.depth, root))?;
+            }
+        }
+        for (producer, consumed) in producers.iter().zip(consumed) {
+            if !consumed {
+                self.push_unconsumed(producer)?;
+            }
+        }
         Ok(())
     }
 }
@@ -303,7 +500,6 @@ impl PerTrace for EdgePairing {
                 }
             }
         }
-
         // Hops from outside to each span, and the root of its tree: a span is one hop deeper than
         // the span upstream of it (its producer, else its parent) when a call arrives at it.
         let upstream: Vec<Option<usize>> =
@@ -350,6 +546,10 @@ impl PerTrace for EdgePairing {
             }
         }
         let hops_of = |i: usize| hops[i].expect("every span resolved");
+        let root_of = |i: usize| {
+            let root = hops_of(i).1;
+            (spans.service(root), spans.name(root))
+        };
 
         for r in rows.clone() {
             let i = r - rows.start;
@@ -359,70 +559,68 @@ impl PerTrace for EdgePairing {
             // The call that reached this span.
             if let Some(p) = producer_of[i] {
                 let via = broker(spans, p).or_else(|| broker(spans, r));
-                self.push(
-                    spans,
-                    Hop {
+                self.push(Hop {
+                    caller: spans.service(p),
+                    caller_kind: node_kind::SERVICE,
+                    caller_operation: Some(spans.name(p)),
+                    callee: service,
+                    callee_kind: node_kind::SERVICE,
+                    callee_operation: name,
+                    connection: connection::MESSAGING,
+                    via: via.as_deref(),
+                    client: Some(Side::of(spans, p)),
+                    server: Some(Side::of(spans, r)),
+                    depth: hops_of(i).0,
+                    root: root_of(i),
+                })?;
+            } else if let Some(p) = parents[i] {
+                let parent_kind = spans.kind.value(p);
+                let pair = parent_kind == kind::CLIENT && span_kind == kind::SERVER;
+                if pair || spans.service(p) != service {
+                    let client = (parent_kind == kind::CLIENT).then(|| Side::of(spans, p));
+                    self.push(Hop {
                         caller: spans.service(p),
                         caller_kind: node_kind::SERVICE,
                         caller_operation: Some(spans.name(p)),
                         callee: service,
                         callee_kind: node_kind::SERVICE,
                         callee_operation: name,
-                        connection: connection::MESSAGING,
-                        via: via.as_deref(),
-                        client: Some(p),
-                        server: Some(r),
+                        connection: if pair { connection::RPC } else { connection::INFERRED },
+                        via: None,
+                        client,
+                        server: Some(Side::of(spans, r)),
                         depth: hops_of(i).0,
-                        root: hops_of(i).1,
-                    },
-                )?;
-            } else if let Some(p) = parents[i] {
-                let parent_kind = spans.kind.value(p);
-                let pair = parent_kind == kind::CLIENT && span_kind == kind::SERVER;
-                if pair || spans.service(p) != service {
-                    let client = (parent_kind == kind::CLIENT).then_some(p);
-                    self.push(
-                        spans,
-                        Hop {
-                            caller: spans.service(p),
-                            caller_kind: node_kind::SERVICE,
-                            caller_operation: Some(spans.name(p)),
-                            callee: service,
-                            callee_kind: node_kind::SERVICE,
-                            callee_operation: name,
-                            connection: if pair { connection::RPC } else { connection::INFERRED },
-                            via: None,
-                            client,
-                            server: Some(r),
-                            depth: hops_of(i).0,
-                            root: hops_of(i).1,
-                        },
-                    )?;
+                        root: root_of(i),
+                    })?;
                 }
             } else if span_kind == kind::SERVER || span_kind == kind::CONSUMER {
                 let from_broker = (span_kind == kind::CONSUMER).then(|| broker(spans, r)).flatten();
-                let (caller, caller_kind) = match (&from_broker, spans.semconv(r, semconv::PEER_SERVICE)) {
-                    (Some(broker), _) => (broker.as_str(), node_kind::MESSAGING),
-                    (None, Some(peer)) => (peer, node_kind::EXTERNAL),
-                    (None, None) => (c::USER_NODE, node_kind::USER),
+                let peer = spans.semconv(r, semconv::PEER_SERVICE);
+                let trace_id = spans.trace_id.value(r);
+                let foreign_links: Vec<_> = if span_kind == kind::CONSUMER {
+                    spans.links(r).into_iter().filter(|(t, _)| t.as_slice() != trace_id).collect()
+                } else {
+                    Vec::new()
                 };
-                self.push(
-                    spans,
-                    Hop {
-                        caller,
-                        caller_kind,
-                        caller_operation: None,
-                        callee: service,
-                        callee_kind: node_kind::SERVICE,
-                        callee_operation: name,
-                        connection: connection::ENTRY,
-                        via: from_broker.as_deref(),
-                        client: None,
-                        server: Some(r),
-                        depth: hops_of(i).0,
-                        root: hops_of(i).1,
-                    },
-                )?;
+                let (depth, root) = (hops_of(i).0, root_of(i));
+                if foreign_links.is_empty() {
+                    let callee = (service, spans.name(r));
+                    self.push(entry_hop(Side::of(spans, r), callee, (from_broker.as_deref(), peer), depth, root))?;
+                } else {
+                    // Its producer may be in another trace: pair it when every trace has been seen.
+                    let consumer = PendingConsumer {
+                        side: Side::of(spans, r),
+                        service: service.to_owned(),
+                        operation: spans.name(r).to_owned(),
+                        broker: from_broker,
+                        peer: peer.map(str::to_owned),
+                        links: foreign_links,
+                        depth,
+                        root: (root.0.to_owned(), root.1.to_owned()),
+                    };
+                    self.pending.bytes += consumer.bytes();
+                    self.pending.consumers.push(consumer);
+                }
             }
             // A call out of this span to something not instrumented.
             let uninstrumented = match span_kind {
@@ -432,29 +630,60 @@ impl PerTrace for EdgePairing {
             };
             if uninstrumented {
                 let (callee, callee_kind) = virtual_node(spans, r);
-                let via = (span_kind == kind::PRODUCER).then(|| broker(spans, r)).flatten();
                 let operation =
                     spans.semconv(r, semconv::DB_OPERATION_NAME).or(spans.semconv(r, semconv::DB_OPERATION)).or(name);
-                self.push(
-                    spans,
-                    Hop {
-                        caller: service,
-                        caller_kind: node_kind::SERVICE,
-                        caller_operation: name,
-                        callee: &callee,
-                        callee_kind,
-                        callee_operation: operation,
-                        connection: connection::UNINSTRUMENTED,
-                        via: via.as_deref(),
-                        client: Some(r),
-                        server: None,
+                if span_kind == kind::PRODUCER {
+                    // A consumer in another trace may still link to it.
+                    let root = root_of(i);
+                    let producer = PendingProducer {
+                        side: Side::of(spans, r),
+                        service: service.to_owned(),
+                        operation: spans.name(r).to_owned(),
+                        broker: broker(spans, r),
+                        callee: (callee, callee_kind),
+                        callee_operation: operation.unwrap_or_default().to_owned(),
                         depth: hops_of(i).0 + 1,
-                        root: hops_of(i).1,
-                    },
-                )?;
+                        root: (root.0.to_owned(), root.1.to_owned()),
+                    };
+                    self.pending.bytes += producer.bytes();
+                    self.pending.producers.push(producer);
+                    continue;
+                }
+                self.push(Hop {
+                    caller: service,
+                    caller_kind: node_kind::SERVICE,
+                    caller_operation: name,
+                    callee: &callee,
+                    callee_kind,
+                    callee_operation: operation,
+                    connection: connection::UNINSTRUMENTED,
+                    via: None,
+                    client: Some(Side::of(spans, r)),
+                    server: None,
+                    depth: hops_of(i).0 + 1,
+                    root: root_of(i),
+                })?;
             }
         }
         Ok(())
+    }
+
+    fn finish(&mut self, rendezvous: &Rendezvous) -> DfResult<()> {
+        let pending = std::mem::take(&mut self.pending);
+        let Some(deposits) = rendezvous.arrive(Box::new(pending)) else { return Ok(()) };
+        let deposits = deposits
+            .into_iter()
+            .map(|d| {
+                d.downcast::<Pending>()
+                    .map(|p| *p)
+                    .map_err(|_| DataFusionError::Internal("edges rendezvous holds a foreign deposit".into()))
+            })
+            .collect::<DfResult<Vec<_>>>()?;
+        self.pair_across_traces(deposits)
+    }
+
+    fn held_bytes(&self) -> usize {
+        self.pending.bytes
     }
 
     fn take_batch(&mut self) -> DfResult<Option<RecordBatch>> {

@@ -7,9 +7,10 @@
 //! ([`DerivedTable`]) and queries like any other. It streams, holding one input batch plus the rows
 //! of the trace that straddles two batches.
 
+use std::any::Any;
 use std::fmt;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
@@ -22,6 +23,7 @@ use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::ScalarValue;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType, col, lit};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
@@ -185,10 +187,49 @@ pub trait PerTrace: Send {
     fn trace(&mut self, spans: &SpanColumns, rows: Range<usize>) -> DfResult<()>;
     /// The rows produced since the last call, if any.
     fn take_batch(&mut self) -> DfResult<Option<RecordBatch>>;
+    /// Called once when the partition's input ends, before the last [`PerTrace::take_batch`]. An
+    /// analysis that relates spans of different traces (which may sit in other partitions) meets the
+    /// other partitions here.
+    fn finish(&mut self, _rendezvous: &Rendezvous) -> DfResult<()> {
+        Ok(())
+    }
+    /// Bytes the analysis holds from one trace to the next (not counting the rows of the batch it is
+    /// building), charged to the query's memory pool.
+    fn held_bytes(&self) -> usize {
+        0
+    }
 }
 
 /// Makes a fresh analysis for each execution.
 pub type PerTraceFactory = Arc<dyn Fn() -> Box<dyn PerTrace> + Send + Sync>;
+
+/// Where the partitions of one [`TraceExec`] meet when their inputs end. Each partition deposits what
+/// it could not finish alone (a consumer whose producer is in another trace, say); the last partition
+/// to arrive gets every deposit back and finishes the work.
+pub struct Rendezvous {
+    partitions: usize,
+    /// Partitions arrived so far in this execution, and their deposits.
+    state: Mutex<(usize, Vec<Box<dyn Any + Send>>)>,
+}
+
+impl Rendezvous {
+    pub fn new(partitions: usize) -> Self {
+        Self { partitions: partitions.max(1), state: Mutex::new((0, Vec::new())) }
+    }
+
+    /// Deposits `deposit`. The last partition to arrive gets all deposits (its own included), and the
+    /// rendezvous is ready for a new execution of the plan.
+    pub fn arrive(&self, deposit: Box<dyn Any + Send>) -> Option<Vec<Box<dyn Any + Send>>> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.1.push(deposit);
+        state.0 += 1;
+        if state.0 < self.partitions {
+            return None;
+        }
+        state.0 = 0;
+        Some(std::mem::take(&mut state.1))
+    }
+}
 
 /// Runs a [`PerTrace`] analysis over an input whose partitions each hold whole traces, ordered by
 /// trace id.
@@ -198,6 +239,7 @@ pub struct TraceExec {
     factory: PerTraceFactory,
     projection: Option<Vec<usize>>,
     properties: Arc<PlanProperties>,
+    rendezvous: Arc<Rendezvous>,
 }
 
 impl fmt::Debug for TraceExec {
@@ -225,7 +267,8 @@ impl TraceExec {
             EmissionType::Incremental,
             Boundedness::Bounded,
         );
-        Ok(Self { name, input, factory, projection, properties: Arc::new(properties) })
+        let rendezvous = Arc::new(Rendezvous::new(input.output_partitioning().partition_count()));
+        Ok(Self { name, input, factory, projection, properties: Arc::new(properties), rendezvous })
     }
 }
 
@@ -280,8 +323,17 @@ impl ExecutionPlan for TraceExec {
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
+        let reservation = MemoryConsumer::new(format!("TraceExec[{}] partition {partition}", self.name))
+            .register(context.memory_pool());
         let input = self.input.execute(partition, context)?;
-        let walker = Walker { input, carry: None, analysis: (self.factory)(), done: false };
+        let walker = Walker {
+            input,
+            carry: None,
+            analysis: (self.factory)(),
+            done: false,
+            reservation,
+            rendezvous: Arc::clone(&self.rendezvous),
+        };
         let projection = self.projection.clone();
         let stream = futures::stream::unfold(walker, |mut walker| async move {
             let next = walker.next_batch().await.transpose()?;
@@ -301,6 +353,10 @@ struct Walker {
     carry: Option<RecordBatch>,
     analysis: Box<dyn PerTrace>,
     done: bool,
+    /// What the carried rows and the analysis' own state hold, in the query's memory pool: a trace
+    /// too large for the pool fails the query instead of the process.
+    reservation: MemoryReservation,
+    rendezvous: Arc<Rendezvous>,
 }
 
 impl Walker {
@@ -322,7 +378,9 @@ impl Walker {
                             carry.column_by_name(c::TRACE_ID).map(|a| a.as_fixed_size_binary().value(0).to_vec());
                         let same = carried_id.map_or(0, |id| leading_rows_of(&spans.trace_id, &id));
                         if same == batch.num_rows() {
-                            self.carry = Some(concat_batches(&batch.schema(), [&carry, &batch])?);
+                            let carry = concat_batches(&batch.schema(), [&carry, &batch])?;
+                            self.reservation.try_resize(carry.get_array_memory_size() + self.analysis.held_bytes())?;
+                            self.carry = Some(carry);
                             continue;
                         }
                         let joined = concat_batches(&batch.schema(), [&carry, &batch.slice(0, same)])?;
@@ -340,8 +398,11 @@ impl Walker {
                         let spans = SpanColumns::new(&carry)?;
                         for_each_trace(&spans, 0..carry.num_rows(), self.analysis.as_mut())?;
                     }
+                    self.analysis.finish(&self.rendezvous)?;
                 }
             }
+            let carried = self.carry.as_ref().map_or(0, RecordBatch::get_array_memory_size);
+            self.reservation.try_resize(carried + self.analysis.held_bytes())?;
             if let Some(out) = self.analysis.take_batch()? {
                 return Ok(Some(out));
             }
@@ -493,5 +554,34 @@ impl TableProvider for DerivedTable {
             Arc::clone(&self.schema),
             projection.cloned(),
         )?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Rendezvous;
+
+    fn numbers(deposits: Vec<Box<dyn std::any::Any + Send>>) -> Vec<u32> {
+        let mut out: Vec<u32> = deposits.into_iter().map(|d| *d.downcast::<u32>().expect("a number")).collect();
+        out.sort_unstable();
+        out
+    }
+
+    #[test]
+    fn the_last_partition_to_arrive_gets_every_deposit_and_the_next_execution_starts_afresh() {
+        let rendezvous = Rendezvous::new(3);
+        assert!(rendezvous.arrive(Box::new(2u32)).is_none());
+        assert!(rendezvous.arrive(Box::new(0u32)).is_none());
+        assert_eq!(numbers(rendezvous.arrive(Box::new(1u32)).expect("the third of three")), vec![0, 1, 2]);
+        // A second execution of the same plan.
+        assert!(rendezvous.arrive(Box::new(5u32)).is_none());
+        assert!(rendezvous.arrive(Box::new(4u32)).is_none());
+        assert_eq!(numbers(rendezvous.arrive(Box::new(3u32)).expect("the third of three")), vec![3, 4, 5]);
+    }
+
+    #[test]
+    fn a_single_partition_finishes_alone() {
+        let rendezvous = Rendezvous::new(1);
+        assert_eq!(numbers(rendezvous.arrive(Box::new(7u32)).expect("the only one")), vec![7]);
     }
 }

@@ -24,6 +24,8 @@ struct Span {
     end_ms: f64,
     error: bool,
     attributes: Vec<(&'static str, Value)>,
+    /// (trace id, span id) of the spans this one links to.
+    links: Vec<(&'static str, &'static str)>,
 }
 
 const SERVER: i64 = 2;
@@ -43,7 +45,19 @@ fn span(
     start_ms: f64,
     end_ms: f64,
 ) -> Span {
-    Span { trace, id, parent, service, name, kind, start_ms, end_ms, error: false, attributes: Vec::new() }
+    Span {
+        trace,
+        id,
+        parent,
+        service,
+        name,
+        kind,
+        start_ms,
+        end_ms,
+        error: false,
+        attributes: Vec::new(),
+        links: Vec::new(),
+    }
 }
 
 impl Span {
@@ -54,6 +68,11 @@ impl Span {
 
     fn attr(mut self, key: &'static str, value: Value) -> Self {
         self.attributes.push((key, value));
+        self
+    }
+
+    fn link(mut self, trace: &'static str, span: &'static str) -> Self {
+        self.links.push((trace, span));
         self
     }
 }
@@ -92,6 +111,7 @@ fn otlp_json(spans: &[Span]) -> Value {
                         "endTimeUnixNano": (T0 + (s.end_ms * MS) as i64).to_string(),
                         "status": {"code": if s.error { 2 } else { 0 }},
                         "attributes": attributes,
+                        "links": s.links.iter().map(|(t, id)| json!({"traceId": t, "spanId": id})).collect::<Vec<_>>(),
                     })
                 })
                 .collect();
@@ -512,6 +532,39 @@ async fn a_query_over_the_memory_limit_fails_and_the_server_stays_up() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_larger_than_the_memory_limit_fails_its_per_trace_query_cleanly() {
+    let server = Server::start("query-trace-memory", &["--query-memory-limit-bytes", "1000000"]);
+    // One trace of 30,000 spans: the per-trace walk behind `edges` must hold all of it at once
+    // (several MB of columns), over the 1 MB pool.
+    let mut trace = TraceBuilder::new(0x4242_4242_4242_4242_4242_4242_4242_4242, 0.0);
+    let root = trace.add(None, "api", "GET /everything", SERVER, 0.0, 100.0);
+    for i in 1..30_000 {
+        let at = f64::from(i) / 1000.0;
+        trace.add(Some(root), "api", "step", INTERNAL, at, at + 0.5);
+    }
+    post_spans(&server, &trace.spans).await;
+    let started = std::time::Instant::now();
+    let counted = format!("SELECT count(*) AS n FROM spans WHERE trace_id = X'{}'", trace.trace);
+    loop {
+        let (status, body) = sql(&server, &counted).await;
+        assert_eq!(status, 200, "{body}");
+        if body["rows"][0]["n"] == 30_000 {
+            break;
+        }
+        assert!(started.elapsed() < DEADLINE, "the trace was not stored in time: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (status, body) = sql(&server, "SELECT count(*) AS n FROM edges").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("--query-memory-limit-bytes"), "{body}");
+    // A plain scan needs no more than a batch, and still works.
+    let (status, body) = sql(&server, "SELECT count(*) AS n FROM spans WHERE name = 'step'").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rows"][0]["n"], 29_999, "{body}");
+    server.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_is_read_only_and_bounded() {
     let server = Server::start("query-sql-safety", &["--query-max-rows", "5", "--query-timeout", "2s"]);
     post_spans(&server, &recorded()).await;
@@ -908,6 +961,133 @@ async fn dependencies_name_virtual_nodes_and_find_shared_and_transitive_ones() {
     let edge =
         deps["edges"].as_array().unwrap().iter().find(|e| e["caller"] == "inventory" && e["callee"] == "pricing");
     assert_eq!(edge.unwrap()["calls"], 1);
+    server.terminate();
+}
+
+const PRODUCER_TRACE: &str = "11111111111111111111111111111111";
+const CONSUMER_TRACE: &str = "ffffffffffffffffffffffffffffffff";
+const BATCH_TRACE: &str = "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee";
+const ORPHAN_TRACE: &str = "dddddddddddddddddddddddddddddddd";
+
+/// Consumers in traces of their own that link to their producers (the usual setup for queues).
+/// The trace ids sit at both ends of the id space, so the producer and its consumers are read by
+/// different partitions of the query.
+fn linked_traces() -> Vec<Span> {
+    let (p, q, r, o) = (PRODUCER_TRACE, CONSUMER_TRACE, BATCH_TRACE, ORPHAN_TRACE);
+    let kafka =
+        |s: Span| s.attr("messaging.system", json!("kafka")).attr("messaging.destination.name", json!("orders"));
+    vec![
+        span(p, "1000000000000001", None, "api", "POST /orders", SERVER, 0.0, 50.0),
+        kafka(span(p, "1000000000000002", Some("1000000000000001"), "api", "orders publish", PRODUCER, 10.0, 12.0)),
+        // Nobody consumes the audit queue: it stays a call to the broker.
+        span(p, "1000000000000003", Some("1000000000000001"), "api", "audit publish", PRODUCER, 20.0, 21.0)
+            .attr("messaging.system", json!("kafka"))
+            .attr("messaging.destination.name", json!("audit")),
+        kafka(span(p, "1000000000000004", Some("1000000000000001"), "api", "orders publish", PRODUCER, 30.0, 33.0)),
+        // A consumer trace that links to the first order message.
+        kafka(span(q, "f000000000000001", None, "mailer", "orders process", CONSUMER, 40.0, 55.0))
+            .link(p, "1000000000000002"),
+        span(q, "f000000000000002", Some("f000000000000001"), "mailer", "INSERT mails", CLIENT, 42.0, 50.0)
+            .attr("db.system", json!("postgresql"))
+            .attr("db.namespace", json!("mail")),
+        // A batch consumer: one link to the second order message, one to a span that was never stored.
+        kafka(span(r, "e000000000000001", None, "billing", "orders batch", CONSUMER, 100.0, 110.0))
+            .link(p, "1000000000000004")
+            .link("99999999999999999999999999999999", "9999999999999999"),
+        // A consumer whose producer was never stored: it enters from the broker.
+        kafka(span(o, "d000000000000001", None, "billing", "orders process", CONSUMER, 200.0, 205.0))
+            .link("88888888888888888888888888888888", "8888888888888888"),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_in_other_traces_are_paired_with_the_producers_they_link_to() {
+    let server = Server::start("query-linked", &[]);
+    post_spans(&server, &linked_traces()).await;
+    for (trace, spans) in [(PRODUCER_TRACE, 4), (CONSUMER_TRACE, 2), (BATCH_TRACE, 1), (ORPHAN_TRACE, 1)] {
+        server.wait_for_trace(trace, spans).await;
+    }
+    let range = range_query();
+
+    let edges = get_ok(&server, &format!("/api/v1/edges?{range}")).await;
+    let mut found: Vec<(String, String, String, i64)> = edges["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let text = |key: &str| e[key].as_str().unwrap().to_owned();
+            (text("caller"), text("callee"), text("connection"), e["calls"].as_i64().unwrap())
+        })
+        .collect();
+    found.sort();
+    let expected: Vec<(String, String, String, i64)> = [
+        ("api", "billing", "messaging"),
+        ("api", "kafka/audit", "uninstrumented"),
+        ("api", "mailer", "messaging"),
+        ("kafka/orders", "billing", "entry"),
+        ("mailer", "postgresql/mail", "uninstrumented"),
+        ("user", "api", "entry"),
+    ]
+    .iter()
+    .map(|(a, b, c)| ((*a).to_owned(), (*b).to_owned(), (*c).to_owned(), 1))
+    .collect();
+    // Both order messages were consumed, so there is no call from api to the orders queue itself.
+    assert_eq!(found, expected, "{edges:#}");
+
+    let mailer = find_edge(&edges, "api", "mailer");
+    assert_percentiles(&mailer["client"], [2.0; 4], "producer");
+    assert_percentiles(&mailer["server"], [15.0; 4], "consumer");
+    // The consumer started at 40 ms; the message was published by 12 ms.
+    assert_percentiles(&mailer["gap"], [28.0; 4], "queueing");
+    let billing = find_edge(&edges, "api", "billing");
+    // The batch started at 100 ms; the second message was published by 33 ms.
+    assert_percentiles(&billing["gap"], [67.0; 4], "batch queueing");
+
+    let deps = get_ok(&server, &format!("/api/v1/dependencies?{range}")).await;
+    let mut links: Vec<(String, String, String, f64)> = deps["async_links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let text = |key: &str| l[key].as_str().unwrap().to_owned();
+            (text("producer"), text("broker"), text("consumer"), l["queue_delay"]["p50_ns"].as_f64().unwrap())
+        })
+        .collect();
+    links.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    assert_eq!(
+        links,
+        vec![
+            ("api".into(), "kafka/orders".into(), "billing".into(), ns(67.0)),
+            ("api".into(), "kafka/orders".into(), "mailer".into(), ns(28.0)),
+        ]
+    );
+    // The messages are part of the requests that sent them: the endpoint reaches both consumers.
+    let endpoint = deps["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["service"] == "api")
+        .unwrap_or_else(|| panic!("no api endpoint in {deps:#}"));
+    let reached: Vec<(&str, i64)> = endpoint["reaches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["name"].as_str().unwrap(), n["max_depth"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(reached, vec![("billing", 2), ("kafka/audit", 2), ("mailer", 2)]);
+
+    // The same pairing through SQL.
+    let (status, rows) =
+        sql(&server, "SELECT caller, callee, via, gap_ns FROM edges WHERE connection = 'messaging' ORDER BY gap_ns")
+            .await;
+    assert_eq!(status, 200, "{rows}");
+    assert_eq!(
+        rows["rows"],
+        json!([
+            {"caller": "api", "callee": "mailer", "via": "kafka/orders", "gap_ns": 28_000_000},
+            {"caller": "api", "callee": "billing", "via": "kafka/orders", "gap_ns": 67_000_000},
+        ])
+    );
     server.terminate();
 }
 
