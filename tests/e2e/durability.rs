@@ -15,7 +15,7 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use serde_json::Value;
 
-use crate::support::{DEADLINE, Server, fresh_data_dir, hopscope, random_trace_id, request_for, span};
+use crate::support::{DEADLINE, Server, fresh_data_dir, hopscope, random_trace_id, request_for, span, span_files};
 
 const HOUR_NS: u64 = 3_600_000_000_000;
 
@@ -96,24 +96,6 @@ async fn wait_for_dead_letters(server: &Server, n: usize) -> Vec<Value> {
         assert!(started.elapsed() < DEADLINE, "{n} dead letters did not appear; log:\n{}", server.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// The span files on disk under a data directory's default tenant.
-fn span_files(data_dir: &Path) -> Vec<PathBuf> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                walk(&path, out);
-            } else if path.extension().is_some_and(|e| e == "parquet") {
-                out.push(path);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(&data_dir.join("default/spans"), &mut out);
-    out.sort();
-    out
 }
 
 /// The committed manifest of the default tenant.

@@ -564,6 +564,87 @@ async fn a_trace_larger_than_the_memory_limit_fails_its_per_trace_query_cleanly(
     server.terminate();
 }
 
+/// The numbers of a metric printed by EXPLAIN ANALYZE as `name=T total → M matched`, summed over the
+/// plan's scans: (total, matched).
+fn pruning_metric(plan: &str, name: &str) -> (u64, u64) {
+    let marker = format!("{name}=");
+    let mut sums = (0, 0);
+    for (at, _) in plan.match_indices(&marker) {
+        let rest = &plan[at + marker.len()..];
+        let mut words = rest.split_whitespace();
+        let total = words.next().and_then(|w| w.parse::<u64>().ok());
+        let matched = words.nth(2).and_then(|w| w.trim_end_matches(',').parse::<u64>().ok());
+        let (Some(total), Some(matched)) = (total, matched) else { panic!("cannot read {name} in {rest}") };
+        sums = (sums.0 + total, sums.1 + matched);
+    }
+    sums
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_lookup_reads_only_the_row_groups_that_may_hold_it() {
+    // No compaction during the test: each round of traces stays in files of its own.
+    let server = Server::start("query-trace-lookup", &["--maintenance-interval", "1h"]);
+    // Five rounds of 40 traces, each round written before the next is sent.
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut wanted = None;
+    for round in 0..5 {
+        let mut spans = Vec::new();
+        let mut last = String::new();
+        for _ in 0..40 {
+            let id = (u128::from(next()) << 64) | u128::from(next());
+            let mut trace = TraceBuilder::new(id, f64::from(round) * 1000.0);
+            let root = trace.add(None, "api", "GET /a", SERVER, 0.0, 10.0);
+            trace.add_with(Some(root), "api", "SELECT a", CLIENT, 1.0, 5.0, |s| s.attr("db.system", json!("sqlite")));
+            trace.add(Some(root), "api", "GET b", CLIENT, 5.0, 9.0);
+            last = trace.trace.to_owned();
+            spans.extend(trace.spans);
+        }
+        post_spans(&server, &spans).await;
+        server.wait_for_trace(&last, 3).await;
+        if round == 2 {
+            wanted = Some(last);
+        }
+    }
+    let wanted = wanted.unwrap();
+
+    // What is stored, read from the files themselves: row groups in all, and those holding the trace.
+    let wanted_bytes = hex::decode(&wanted).unwrap();
+    let (mut row_groups, mut holding) = (0, 0);
+    for path in crate::support::span_files(&server.data_dir) {
+        let file = std::fs::File::open(&path).unwrap();
+        let reader = parquet::file::reader::SerializedFileReader::new(file).unwrap();
+        use parquet::file::reader::FileReader;
+        use parquet::record::RowAccessor;
+        for g in 0..reader.metadata().num_row_groups() {
+            row_groups += 1;
+            let row_group = reader.get_row_group(g).unwrap();
+            let rows = row_group.get_row_iter(None).unwrap();
+            let ids = rows.map(|row| row.unwrap().get_bytes(0).unwrap().data().to_vec());
+            holding += u64::from(ids.into_iter().any(|id| id == wanted_bytes));
+        }
+    }
+    assert!(row_groups >= 5, "expected a row group per round at least, found {row_groups}");
+    assert_eq!(holding, 1);
+
+    let (status, body) =
+        sql(&server, &format!("EXPLAIN ANALYZE SELECT * FROM spans WHERE trace_id = X'{wanted}'")).await;
+    assert_eq!(status, 200, "{body}");
+    let plan: String = body["rows"].as_array().unwrap().iter().map(|r| r["plan"].as_str().unwrap()).collect();
+    // Files whose trace-id range cannot hold the trace are never opened; of the row groups of the
+    // files that are, the bloom filter on trace_id passes the one holding it (and at worst a rare
+    // false positive), never all of them.
+    let (considered, read) = pruning_metric(&plan, "row_groups_pruned_bloom_filter");
+    assert!(considered <= row_groups, "{plan}");
+    assert!(read >= holding && read <= row_groups / 2, "read {read} of {row_groups} row groups:\n{plan}");
+    server.terminate();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_is_read_only_and_bounded() {
     let server = Server::start("query-sql-safety", &["--query-max-rows", "5", "--query-timeout", "2s"]);

@@ -254,3 +254,21 @@ pub(crate) fn request_for(service: &str, spans: Vec<Span>) -> ExportTraceService
         }],
     }
 }
+
+/// The span files on disk under a data directory's default tenant.
+pub(crate) fn span_files(data_dir: &Path) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                out.push(path);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&data_dir.join("default/spans"), &mut out);
+    out.sort();
+    out
+}
