@@ -69,6 +69,16 @@ impl From<DataFusionError> for QueryError {
 }
 
 impl QueryError {
+    /// Back into a DataFusion error, for work done inside a plan (a table function); a memory-limit
+    /// error stays one.
+    pub fn into_datafusion(self) -> DataFusionError {
+        match self {
+            QueryError::DataFusion(e) => e,
+            QueryError::ResourcesExhausted(message) => DataFusionError::ResourcesExhausted(message),
+            other => DataFusionError::External(Box::new(other)),
+        }
+    }
+
     /// An error from planning or running SQL a user wrote: their mistakes are 400s, ours stay 500s.
     pub fn from_user_sql(e: DataFusionError) -> Self {
         match e.find_root() {

@@ -8,6 +8,9 @@
 //!   `scope_attributes` as text (strings as they are, numbers and booleans formatted, arrays and
 //!   key-value lists as OTLP/JSON), or NULL when absent.
 //! - `hex_id(id BINARY) -> VARCHAR`: a trace or span id as lower-case hex.
+//! - `critical_path_summary(start, end [, service [, operation]])`, a table function: the aggregate
+//!   critical path of `GET /api/v1/critical-path`, one row per operation
+//!   ([`crate::critical_path::CriticalPathSummary`]).
 
 use std::sync::Arc;
 
@@ -42,6 +45,7 @@ pub fn bucket_upper_ns(bucket: i32) -> i64 {
 
 /// Registers every hopscope function in a session.
 pub fn register(ctx: &SessionContext) {
+    ctx.register_udtf("critical_path_summary", Arc::new(crate::critical_path::CriticalPathSummary));
     ctx.register_udf(create_udf(
         "latency_bucket",
         vec![DataType::Int64],

@@ -233,6 +233,24 @@ pub mod critical_path {
     pub const SELF_NS: &str = "self_ns";
 }
 
+/// Columns of `critical_path_summary(start, end [, service [, operation]])`: the aggregate critical
+/// path of `GET /api/v1/critical-path`, one row per operation, ranked.
+pub mod path_summary {
+    /// 1 for the operation that adds the most time in the tail.
+    pub const RANK: &str = "rank";
+    pub const SERVICE: &str = "service";
+    pub const OPERATION: &str = "operation";
+    pub const TYPICAL_SELF_NS: &str = "typical_self_ns";
+    pub const TYPICAL_SHARE: &str = "typical_share";
+    pub const TAIL_SELF_NS: &str = "tail_self_ns";
+    pub const TAIL_SHARE: &str = "tail_share";
+    pub const SHARE_DIFFERENCE: &str = "share_difference";
+    pub const TAIL_EXTRA_NS: &str = "tail_extra_ns";
+    /// Paths in the typical group (40th to 60th percentile of duration) and in the tail (p99 and up).
+    pub const TYPICAL_TRACES: &str = "typical_traces";
+    pub const TAIL_TRACES: &str = "tail_traces";
+}
+
 /// Columns of the per-request `findings` table: one row per pattern found in a trace.
 pub mod finding {
     pub const TRACE_ID: &str = "trace_id";

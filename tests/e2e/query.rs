@@ -904,6 +904,43 @@ async fn edge_percentiles_match_sorting_on_generated_calls() {
     let extras: Vec<f64> =
         aggregate["operations"].as_array().unwrap().iter().map(|o| o["tail_extra_ns"].as_f64().unwrap()).collect();
     assert!(extras.windows(2).all(|w| w[0] >= w[1]), "{extras:?}");
+
+    // The same aggregate from SQL, through the table function.
+    let end = T0 + CALLS as i64 * 1_000_000;
+    let (status, body) = sql(
+        &server,
+        &format!(
+            "SELECT rank, service, typical_self_ns, typical_share, tail_self_ns, tail_share, typical_traces, tail_traces \
+             FROM critical_path_summary({T0}, {end}, 'checkout') ORDER BY rank"
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let rows = body["rows"].as_array().unwrap();
+    let services: Vec<&str> = rows.iter().map(|r| r["service"].as_str().unwrap()).collect();
+    let ranked: Vec<&str> =
+        aggregate["operations"].as_array().unwrap().iter().map(|o| o["service"].as_str().unwrap()).collect();
+    assert_eq!(services, ranked);
+    let inventory = rows.iter().find(|r| r["service"] == "inventory").unwrap();
+    assert!(near(&inventory["typical_self_ns"], typical.1), "{inventory} vs {typical:?}");
+    assert!(near(&inventory["typical_share"], typical.2), "{inventory} vs {typical:?}");
+    assert!(near(&inventory["tail_self_ns"], tail.1), "{inventory} vs {tail:?}");
+    assert!(near(&inventory["tail_share"], tail.2), "{inventory} vs {tail:?}");
+    assert_eq!(
+        (inventory["typical_traces"].as_u64(), inventory["tail_traces"].as_u64()),
+        (Some(typical.0 as u64), Some(tail.0 as u64))
+    );
+    // Bad arguments are named.
+    for (call, named) in [
+        ("critical_path_summary('yesterday', now())", "start"),
+        (&format!("critical_path_summary({end}, {T0})") as &str, "start must be before end"),
+        ("critical_path_summary(now())", "takes 2 to 4 arguments"),
+        (&format!("critical_path_summary({T0}, {end}, 42)") as &str, "service must be text"),
+    ] {
+        let (status, body) = sql(&server, &format!("SELECT * FROM {call}")).await;
+        assert_eq!(status, 400, "{call}: {body}");
+        assert!(body["error"].as_str().unwrap().contains(named), "{call}: {body}");
+    }
     server.terminate();
 }
 
