@@ -12,7 +12,6 @@ use datafusion::arrow::array::{
     FixedSizeBinaryBuilder, Int64Builder, RecordBatch, StringBuilder, TimestampNanosecondBuilder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::common::ScalarValue;
 use datafusion::error::Result as DfResult;
 use datafusion::prelude::SessionContext;
 use hopscope_schemas::columns::critical_path as cp;
@@ -683,126 +682,25 @@ pub fn summary_schema() -> SchemaRef {
         .clone()
 }
 
-/// The value of a constant argument (a literal or an expression of literals and `now()`).
-fn constant(
-    session: &dyn datafusion::catalog::Session,
-    expr: &datafusion::logical_expr::Expr,
-) -> DfResult<ScalarValue> {
-    use datafusion::arrow::array::RecordBatchOptions;
-    use datafusion::common::DFSchema;
-    let physical = session.create_physical_expr(expr.clone(), &DFSchema::empty())?;
-    let one_row = RecordBatch::try_new_with_options(
-        Arc::new(Schema::empty()),
-        vec![],
-        &RecordBatchOptions::new().with_row_count(Some(1)),
-    )?;
-    let array = physical.evaluate(&one_row)?.into_array(1)?;
-    ScalarValue::try_from_array(&array, 0)
-}
-
-/// A time argument as unix nanoseconds.
-fn time_argument(value: &ScalarValue, name: &str) -> DfResult<i64> {
-    use datafusion::common::plan_err;
-    let ns = match value {
-        ScalarValue::TimestampNanosecond(Some(v), _) | ScalarValue::Int64(Some(v)) => Some(*v),
-        ScalarValue::TimestampMicrosecond(Some(v), _) => v.checked_mul(1_000),
-        ScalarValue::TimestampMillisecond(Some(v), _) => v.checked_mul(1_000_000),
-        ScalarValue::TimestampSecond(Some(v), _) => v.checked_mul(1_000_000_000),
-        ScalarValue::Utf8(Some(text)) | ScalarValue::LargeUtf8(Some(text)) | ScalarValue::Utf8View(Some(text)) => {
-            match crate::params::parse_time(text) {
-                Ok(ns) => Some(ns),
-                Err(message) => return plan_err!("{SUMMARY_USAGE}: {name}: {message}"),
-            }
-        }
-        other => {
-            return plan_err!(
-                "{SUMMARY_USAGE}: {name} must be a timestamp, RFC 3339 text or unix nanoseconds, not {other:?}"
-            );
-        }
-    };
-    match ns {
-        Some(ns) => Ok(ns),
-        None => plan_err!("{SUMMARY_USAGE}: {name} is outside the range of nanosecond timestamps"),
-    }
-}
-
-/// An optional text argument (absent or NULL: any).
-fn text_argument(value: Option<&ScalarValue>, name: &str) -> DfResult<Option<String>> {
-    match value {
-        None => Ok(None),
-        Some(v) if v.is_null() => Ok(None),
-        Some(ScalarValue::Utf8(Some(t)) | ScalarValue::LargeUtf8(Some(t)) | ScalarValue::Utf8View(Some(t))) => {
-            Ok(Some(t.clone()))
-        }
-        Some(other) => datafusion::common::plan_err!("{SUMMARY_USAGE}: {name} must be text, not {other:?}"),
-    }
-}
-
 impl datafusion::catalog::TableFunctionImpl for CriticalPathSummary {
     fn call_with_args(
         &self,
         args: datafusion::catalog::TableFunctionArgs,
     ) -> DfResult<Arc<dyn datafusion::catalog::TableProvider>> {
-        use datafusion::common::{exec_datafusion_err, plan_err};
-        use datafusion::execution::SessionState;
-        let exprs = args.exprs();
-        if !(2..=4).contains(&exprs.len()) {
-            return plan_err!("{SUMMARY_USAGE}: takes 2 to 4 arguments, not {}", exprs.len());
-        }
-        let values = exprs.iter().map(|e| constant(args.session(), e)).collect::<DfResult<Vec<_>>>()?;
-        let (start_ns, end_ns) = (time_argument(&values[0], "start")?, time_argument(&values[1], "end")?);
-        if start_ns >= end_ns {
-            return plan_err!(
-                "{SUMMARY_USAGE}: start must be before end (start {}, end {})",
-                crate::params::format_time(start_ns),
-                crate::params::format_time(end_ns)
-            );
-        }
+        let call = crate::functions::RangeCall::parse(SUMMARY_USAGE, &args, &["service", "operation"])?;
+        let mut texts = call.texts.into_iter();
         let query = AggregatePathQuery {
-            range: crate::params::TimeRange { start_ns, end_ns },
-            service: text_argument(values.get(2), "service")?,
-            operation: text_argument(values.get(3), "operation")?,
+            range: call.range,
+            service: texts.next().flatten(),
+            operation: texts.next().flatten(),
         };
-        let state = args
-            .session()
-            .as_any()
-            .downcast_ref::<SessionState>()
-            .ok_or_else(|| exec_datafusion_err!("{SUMMARY_USAGE} needs a hopscope session"))?;
-        let stream =
-            SummaryStream { ctx: SessionContext::new_with_state(state.clone()), query, schema: summary_schema() };
-        Ok(Arc::new(datafusion::catalog::streaming::StreamingTable::try_new(summary_schema(), vec![Arc::new(stream)])?))
-    }
-}
-
-/// Computes the summary when `critical_path_summary` is read, in the calling session (so under its
-/// memory pool and timeout).
-struct SummaryStream {
-    ctx: SessionContext,
-    query: AggregatePathQuery,
-    schema: SchemaRef,
-}
-
-impl std::fmt::Debug for SummaryStream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SummaryStream").field("query", &self.query).finish_non_exhaustive()
-    }
-}
-
-impl datafusion::physical_plan::streaming::PartitionStream for SummaryStream {
-    fn schema(&self) -> &SchemaRef {
-        &self.schema
-    }
-
-    fn execute(
-        &self,
-        _context: Arc<datafusion::execution::TaskContext>,
-    ) -> datafusion::execution::SendableRecordBatchStream {
-        let (ctx, query) = (self.ctx.clone(), self.query.clone());
-        let stream = futures::stream::once(async move {
-            let view = aggregate_critical_path(&ctx, &query).await.map_err(crate::QueryError::into_datafusion)?;
-            summary_batch(&view)
-        });
-        Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(Arc::clone(&self.schema), stream))
+        crate::functions::computed_table(summary_schema(), call.ctx, move |ctx| {
+            let query = query.clone();
+            Box::pin(async move {
+                let view = aggregate_critical_path(&ctx, &query).await.map_err(crate::QueryError::into_datafusion)?;
+                summary_batch(&view)
+            })
+        })
     }
 }
 

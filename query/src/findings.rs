@@ -14,6 +14,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::error::Result as DfResult;
+use datafusion::prelude::SessionContext;
 use hopscope_schemas::columns::{finding as f, finding_kind as fk, semconv};
 use hopscope_schemas::spans::{kind, status, timestamp_type};
 
@@ -451,6 +452,17 @@ impl crate::QueryEngine {
         &self,
         query: &FindingsQuery,
     ) -> Result<hopscope_schemas::api::FindingsView, crate::QueryError> {
+        findings_in(self.context(), self.spans_table(), query).await
+    }
+}
+
+/// Every finding in the traces of a range, most costly first, computed in `ctx` over `spans`.
+async fn findings_in(
+    ctx: &SessionContext,
+    spans: Arc<crate::store::SpansTable>,
+    query: &FindingsQuery,
+) -> Result<hopscope_schemas::api::FindingsView, crate::QueryError> {
+    {
         use datafusion::arrow::array::{Array, AsArray};
         use datafusion::execution::FunctionRegistry;
         use datafusion::functions_aggregate::expr_fn::{array_agg, count, sum};
@@ -460,16 +472,16 @@ impl crate::QueryEngine {
 
         use crate::latency::{Results, count_where, in_range};
 
-        let hex = self.context().udf("hex_id")?;
+        let hex = ctx.udf("hex_id")?;
         let thresholds = query.thresholds;
         let table = crate::walk::DerivedTable::new(
             crate::engine::FINDINGS_TABLE,
-            self.spans_table(),
+            spans,
             findings_schema(),
             &input_columns(),
             Arc::new(move || Box::new(FindingScan::new(thresholds))),
         )?;
-        let mut found = self.context().read_table(Arc::new(table))?.filter(in_range(f::START_TIME, query.range))?;
+        let mut found = ctx.read_table(Arc::new(table))?.filter(in_range(f::START_TIME, query.range))?;
         if let Some(service) = &query.service {
             found = found.filter(col(f::SERVICE).eq(lit(service.as_str())))?;
         }
@@ -492,11 +504,12 @@ impl crate::QueryEngine {
             col(c::edge::CLIENT_DURATION_NS),
             col(c::edge::SERVER_DURATION_NS),
         ]);
-        let mut hops = self
-            .context()
+        // Calls a service makes: an entry hop's caller (a user, a broker) sets no timeout hopscope can name.
+        let mut hops = ctx
             .table(crate::engine::EDGES_TABLE)
             .await?
-            .filter(in_range(c::edge::START_TIME, query.range))?;
+            .filter(in_range(c::edge::START_TIME, query.range))?
+            .filter(col(c::edge::CONNECTION).not_eq(lit(c::connection::ENTRY)))?;
         if let Some(service) = &query.service {
             hops = hops.filter(col(c::edge::CALLER).eq(lit(service.as_str())))?;
         }
@@ -544,7 +557,7 @@ impl crate::QueryEngine {
 
         // Poison messages: one message consumed again and again, failing.
         let n = thresholds.poison_min_deliveries as i64;
-        let mut consumed = self.context().table(crate::engine::SPANS_TABLE).await?.filter(
+        let mut consumed = ctx.table(crate::engine::SPANS_TABLE).await?.filter(
             in_range(c::START_TIME, query.range)
                 .and(col(c::KIND).eq(lit(kind::CONSUMER)))
                 .and(col(semconv::MESSAGING_MESSAGE_ID).is_not_null()),
@@ -677,4 +690,88 @@ impl crate::QueryEngine {
             findings,
         })
     }
+}
+
+/// `findings_report(start, end [, service])`: the findings `GET /api/v1/findings` answers with its
+/// default thresholds (every kind, the cross-trace ones included), as a table for `/sql`.
+#[derive(Debug)]
+pub struct FindingsReport;
+
+const REPORT_USAGE: &str = "findings_report(start, end [, service])";
+
+/// The schema of `findings_report`.
+pub fn report_schema() -> SchemaRef {
+    use hopscope_schemas::columns::findings_report as fr;
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            let text = |name: &str, nullable: bool| Field::new(name, DataType::Utf8, nullable);
+            let int = |name: &str| Field::new(name, DataType::Int64, false);
+            Arc::new(Schema::new(vec![
+                text(fr::KIND, false),
+                text(fr::SERVICE, false),
+                text(fr::OPERATION, false),
+                text(fr::CALLEE, true),
+                int(fr::OCCURRENCES),
+                int(fr::TRACES),
+                int(fr::CALLS),
+                Field::new(fr::COST_NS_MEAN, DataType::Float64, false),
+                int(fr::COST_NS_TOTAL),
+                text(fr::EVIDENCE_TRACE_IDS, false),
+                text(fr::THRESHOLD, false),
+            ]))
+        })
+        .clone()
+}
+
+impl datafusion::catalog::TableFunctionImpl for FindingsReport {
+    fn call_with_args(
+        &self,
+        args: datafusion::catalog::TableFunctionArgs,
+    ) -> DfResult<Arc<dyn datafusion::catalog::TableProvider>> {
+        let call = crate::functions::RangeCall::parse(REPORT_USAGE, &args, &["service"])?;
+        let query = FindingsQuery {
+            range: call.range,
+            service: call.texts.into_iter().next().flatten(),
+            thresholds: Thresholds::default(),
+        };
+        crate::functions::computed_table(report_schema(), call.ctx, move |ctx| {
+            let query = query.clone();
+            Box::pin(async move {
+                let provider = ctx.table_provider(crate::engine::SPANS_TABLE).await?;
+                let spans = provider.downcast_ref::<crate::store::SpansTable>().cloned().ok_or_else(|| {
+                    datafusion::error::DataFusionError::Internal("the spans table is not hopscope's".into())
+                })?;
+                let view =
+                    findings_in(&ctx, Arc::new(spans), &query).await.map_err(crate::QueryError::into_datafusion)?;
+                report_batch(&view)
+            })
+        })
+    }
+}
+
+/// The rows of `findings_report`.
+fn report_batch(view: &hopscope_schemas::api::FindingsView) -> DfResult<RecordBatch> {
+    use datafusion::arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
+    use hopscope_schemas::api::FindingView;
+    let rows = &view.findings;
+    let text =
+        |f: fn(&FindingView) -> &str| -> ArrayRef { Arc::new(StringArray::from_iter_values(rows.iter().map(f))) };
+    let int = |f: fn(&FindingView) -> i64| -> ArrayRef { Arc::new(Int64Array::from_iter_values(rows.iter().map(f))) };
+    Ok(RecordBatch::try_new(
+        report_schema(),
+        vec![
+            text(|r| &r.kind),
+            text(|r| &r.service),
+            text(|r| &r.operation),
+            Arc::new(StringArray::from_iter(rows.iter().map(|r| r.callee.as_deref()))),
+            int(|r| r.occurrences as i64),
+            int(|r| r.traces as i64),
+            int(|r| r.calls as i64),
+            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.cost_ns_mean))),
+            int(|r| r.cost_ns_total),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.evidence_trace_ids.join(",")))),
+            text(|r| &r.threshold),
+        ],
+    )?)
 }

@@ -83,7 +83,7 @@ impl ManifestReader {
 }
 
 /// The `spans` table: every committed span.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SpansTable {
     manifest: Arc<ManifestReader>,
 }

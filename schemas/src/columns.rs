@@ -251,6 +251,23 @@ pub mod path_summary {
     pub const TAIL_TRACES: &str = "tail_traces";
 }
 
+/// Columns of `findings_report(start, end [, service])`: the findings of `GET /api/v1/findings`
+/// (every kind, default thresholds), one row per finding, most costly first.
+pub mod findings_report {
+    pub const KIND: &str = "kind";
+    pub const SERVICE: &str = "service";
+    pub const OPERATION: &str = "operation";
+    pub const CALLEE: &str = "callee";
+    pub const OCCURRENCES: &str = "occurrences";
+    pub const TRACES: &str = "traces";
+    pub const CALLS: &str = "calls";
+    pub const COST_NS_MEAN: &str = "cost_ns_mean";
+    pub const COST_NS_TOTAL: &str = "cost_ns_total";
+    /// Up to five hex trace ids, joined by `,`.
+    pub const EVIDENCE_TRACE_IDS: &str = "evidence_trace_ids";
+    pub const THRESHOLD: &str = "threshold";
+}
+
 /// Columns of the per-request `findings` table: one row per pattern found in a trace.
 pub mod finding {
     pub const TRACE_ID: &str = "trace_id";

@@ -1480,6 +1480,46 @@ async fn findings_flag_each_pattern_and_nothing_on_clean_traces() {
     .collect();
     assert_eq!(per_kind, expected);
 
+    // Every finding the endpoint reports (the cross-trace kinds too) comes from `findings_report`,
+    // in the same order.
+    let start = T0 - 1_000_000_000;
+    let end = start + 60_000_000_000;
+    let report = |args: String| {
+        let server = &server;
+        async move {
+            let (status, body) = sql(
+                server,
+                &format!(
+                    "SELECT kind, service, callee, calls, cost_ns_total, evidence_trace_ids, threshold \
+                     FROM findings_report({args})"
+                ),
+            )
+            .await;
+            assert_eq!(status, 200, "{body}");
+            body["rows"].as_array().unwrap().clone()
+        }
+    };
+    let rows = report(format!("{start}, {end}")).await;
+    let summarize = |f: &Value| {
+        let evidence = match &f["evidence_trace_ids"] {
+            Value::Array(ids) => ids.iter().map(|i| i.as_str().unwrap()).collect::<Vec<_>>().join(","),
+            text => text.as_str().unwrap().to_owned(),
+        };
+        (
+            f["kind"].as_str().unwrap().to_owned(),
+            f["service"].as_str().unwrap().to_owned(),
+            f["callee"].as_str().map(str::to_owned),
+            f["calls"].as_u64().unwrap(),
+            f["cost_ns_total"].as_i64().unwrap(),
+            evidence,
+            f["threshold"].as_str().unwrap().to_owned(),
+        )
+    };
+    assert_eq!(rows.iter().map(summarize).collect::<Vec<_>>(), findings.iter().map(summarize).collect::<Vec<_>>());
+    let checkout = report(format!("'{}', {end}, 'checkout'", (start as u64))).await;
+    assert_eq!(checkout.len(), 1, "{checkout:?}");
+    assert_eq!(checkout[0]["kind"], "sequential_calls");
+
     // Thresholds are per request: with N+1 at 7 calls, six (and five) reads are no longer a finding.
     let strict = get_ok(&server, &format!("/api/v1/findings?{}&n_plus_one_min_calls=7", window(0.0))).await;
     assert!(strict["findings"].as_array().unwrap().iter().all(|f| f["kind"] != "n_plus_one"), "{strict:#}");
