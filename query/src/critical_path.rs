@@ -496,157 +496,155 @@ async fn aggregate_critical_path(
     ctx: &SessionContext,
     query: &AggregatePathQuery,
 ) -> Result<hopscope_schemas::api::AggregateCriticalPathView, crate::QueryError> {
-    {
-        use std::collections::HashMap;
+    use std::collections::HashMap;
 
-        use datafusion::arrow::array::{Array, AsArray};
-        use datafusion::arrow::datatypes::{DataType, Int64Type};
-        use datafusion::common::ScalarValue;
-        use datafusion::functions_aggregate::expr_fn::sum;
-        use datafusion::prelude::{col, lit};
-        use hopscope_schemas::api::{AggregateCriticalPathView, PathGroupView, PathOperationView};
+    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::arrow::datatypes::{DataType, Int64Type};
+    use datafusion::common::ScalarValue;
+    use datafusion::functions_aggregate::expr_fn::sum;
+    use datafusion::prelude::{col, lit};
+    use hopscope_schemas::api::{AggregateCriticalPathView, PathGroupView, PathOperationView};
 
-        let timestamp = |ns: i64| lit(ScalarValue::TimestampNanosecond(Some(ns), Some("UTC".into())));
-        let mut condition = col(cp::START_TIME)
-            .gt_eq(timestamp(query.range.start_ns))
-            .and(col(cp::START_TIME).lt(timestamp(query.range.end_ns)));
-        if let Some(service) = &query.service {
-            condition = condition.and(col(cp::ROOT_SERVICE).eq(lit(service.as_str())));
-        }
-        if let Some(operation) = &query.operation {
-            condition = condition.and(col(cp::ROOT_OPERATION).eq(lit(operation.as_str())));
-        }
-        let batches = ctx
-            .table(crate::engine::CRITICAL_PATH_TABLE)
-            .await?
-            .filter(condition)?
-            .aggregate(
-                vec![
-                    col(cp::TRACE_ID),
-                    col(cp::ROOT_SPAN_ID),
-                    col(cp::PATH_DURATION_NS),
-                    col(cp::SERVICE),
-                    col(cp::OPERATION),
-                ],
-                vec![sum(col(cp::SELF_NS)).alias(cp::SELF_NS)],
-            )?
-            .collect()
-            .await?;
+    let timestamp = |ns: i64| lit(ScalarValue::TimestampNanosecond(Some(ns), Some("UTC".into())));
+    let mut condition = col(cp::START_TIME)
+        .gt_eq(timestamp(query.range.start_ns))
+        .and(col(cp::START_TIME).lt(timestamp(query.range.end_ns)));
+    if let Some(service) = &query.service {
+        condition = condition.and(col(cp::ROOT_SERVICE).eq(lit(service.as_str())));
+    }
+    if let Some(operation) = &query.operation {
+        condition = condition.and(col(cp::ROOT_OPERATION).eq(lit(operation.as_str())));
+    }
+    let batches = ctx
+        .table(crate::engine::CRITICAL_PATH_TABLE)
+        .await?
+        .filter(condition)?
+        .aggregate(
+            vec![
+                col(cp::TRACE_ID),
+                col(cp::ROOT_SPAN_ID),
+                col(cp::PATH_DURATION_NS),
+                col(cp::SERVICE),
+                col(cp::OPERATION),
+            ],
+            vec![sum(col(cp::SELF_NS)).alias(cp::SELF_NS)],
+        )?
+        .collect()
+        .await?;
 
-        // Per path: its duration and (operation index, self time) pairs.
-        let mut operations: Vec<(String, String)> = Vec::new();
-        let mut operation_index: HashMap<(String, String), usize> = HashMap::new();
-        // (trace id, root span id) → (duration, [(operation index, self time)]).
-        type Paths = HashMap<(Vec<u8>, Vec<u8>), (i64, Vec<(usize, i64)>)>;
-        let mut paths = Paths::new();
-        for batch in &batches {
-            let text = |name: &str| -> Result<_, crate::QueryError> {
-                Ok(datafusion::arrow::compute::cast(
-                    batch.column_by_name(name).ok_or_else(|| crate::QueryError::Corrupt(name.into()))?,
-                    &DataType::Utf8,
-                )?)
-            };
-            let column =
-                |name: &str| batch.column_by_name(name).cloned().ok_or_else(|| crate::QueryError::Corrupt(name.into()));
-            let (trace, root) = (column(cp::TRACE_ID)?, column(cp::ROOT_SPAN_ID)?);
-            let (trace, root) = (trace.as_fixed_size_binary(), root.as_fixed_size_binary());
-            let duration = datafusion::arrow::compute::cast(&column(cp::PATH_DURATION_NS)?, &DataType::Int64)?;
-            let duration = duration.as_primitive::<Int64Type>();
-            let self_ns = datafusion::arrow::compute::cast(&column(cp::SELF_NS)?, &DataType::Int64)?;
-            let self_ns = self_ns.as_primitive::<Int64Type>();
-            let (service, operation) = (text(cp::SERVICE)?, text(cp::OPERATION)?);
-            let (service, operation) = (service.as_string::<i32>(), operation.as_string::<i32>());
-            for row in 0..batch.num_rows() {
-                let key = (service.value(row).to_owned(), operation.value(row).to_owned());
-                let index = *operation_index.entry(key.clone()).or_insert_with(|| {
-                    operations.push(key);
-                    operations.len() - 1
-                });
-                let path = paths
-                    .entry((trace.value(row).to_vec(), root.value(row).to_vec()))
-                    .or_insert((duration.value(row), Vec::new()));
-                path.1.push((index, if self_ns.is_null(row) { 0 } else { self_ns.value(row) }));
-            }
-        }
-
-        let mut durations: Vec<i64> = paths.values().map(|(d, _)| *d).collect();
-        durations.sort_unstable();
-        let empty_group = PathGroupView { traces: 0, min_duration_ns: 0, max_duration_ns: 0, mean_duration_ns: 0.0 };
-        let time = crate::params::format_time;
-        if durations.is_empty() {
-            return Ok(AggregateCriticalPathView {
-                start: time(query.range.start_ns),
-                end: time(query.range.end_ns),
-                traces: 0,
-                typical: empty_group.clone(),
-                tail: empty_group,
-                operations: Vec::new(),
-            });
-        }
-        let (p40, p60, p99) = (percentile(&durations, 0.4), percentile(&durations, 0.6), percentile(&durations, 0.99));
-        let typical = |d: i64| (d as f64) >= p40 && (d as f64) <= p60;
-        let tail = |d: i64| (d as f64) >= p99;
-        // Per group: traces, total duration, min, max, and per operation the total self time.
-        struct Group {
-            traces: u64,
-            total: f64,
-            min: i64,
-            max: i64,
-            self_ns: Vec<f64>,
-        }
-        let new_group =
-            || Group { traces: 0, total: 0.0, min: i64::MAX, max: i64::MIN, self_ns: vec![0.0; operations.len()] };
-        let (mut typical_group, mut tail_group) = (new_group(), new_group());
-        for (duration, parts) in paths.values() {
-            for (group, member) in [(&mut typical_group, typical(*duration)), (&mut tail_group, tail(*duration))] {
-                if !member {
-                    continue;
-                }
-                group.traces += 1;
-                group.total += *duration as f64;
-                group.min = group.min.min(*duration);
-                group.max = group.max.max(*duration);
-                for (index, self_ns) in parts {
-                    group.self_ns[*index] += *self_ns as f64;
-                }
-            }
-        }
-        let view = |g: &Group| PathGroupView {
-            traces: g.traces,
-            min_duration_ns: if g.traces == 0 { 0 } else { g.min },
-            max_duration_ns: if g.traces == 0 { 0 } else { g.max },
-            mean_duration_ns: if g.traces == 0 { 0.0 } else { g.total / g.traces as f64 },
+    // Per path: its duration and (operation index, self time) pairs.
+    let mut operations: Vec<(String, String)> = Vec::new();
+    let mut operation_index: HashMap<(String, String), usize> = HashMap::new();
+    // (trace id, root span id) → (duration, [(operation index, self time)]).
+    type Paths = HashMap<(Vec<u8>, Vec<u8>), (i64, Vec<(usize, i64)>)>;
+    let mut paths = Paths::new();
+    for batch in &batches {
+        let text = |name: &str| -> Result<_, crate::QueryError> {
+            Ok(datafusion::arrow::compute::cast(
+                batch.column_by_name(name).ok_or_else(|| crate::QueryError::Corrupt(name.into()))?,
+                &DataType::Utf8,
+            )?)
         };
-        let mean = |g: &Group, i: usize| if g.traces == 0 { 0.0 } else { g.self_ns[i] / g.traces as f64 };
-        let share = |g: &Group, i: usize| if g.total > 0.0 { g.self_ns[i] / g.total } else { 0.0 };
-        let mut ranked: Vec<PathOperationView> = operations
-            .iter()
-            .enumerate()
-            .map(|(i, (service, operation))| PathOperationView {
-                service: service.clone(),
-                operation: operation.clone(),
-                typical_self_ns: mean(&typical_group, i),
-                typical_share: share(&typical_group, i),
-                tail_self_ns: mean(&tail_group, i),
-                tail_share: share(&tail_group, i),
-                share_difference: share(&tail_group, i) - share(&typical_group, i),
-                tail_extra_ns: mean(&tail_group, i) - mean(&typical_group, i),
-            })
-            .collect();
-        ranked.sort_by(|a, b| {
-            b.tail_extra_ns
-                .total_cmp(&a.tail_extra_ns)
-                .then_with(|| (&a.service, &a.operation).cmp(&(&b.service, &b.operation)))
-        });
-        Ok(AggregateCriticalPathView {
+        let column =
+            |name: &str| batch.column_by_name(name).cloned().ok_or_else(|| crate::QueryError::Corrupt(name.into()));
+        let (trace, root) = (column(cp::TRACE_ID)?, column(cp::ROOT_SPAN_ID)?);
+        let (trace, root) = (trace.as_fixed_size_binary(), root.as_fixed_size_binary());
+        let duration = datafusion::arrow::compute::cast(&column(cp::PATH_DURATION_NS)?, &DataType::Int64)?;
+        let duration = duration.as_primitive::<Int64Type>();
+        let self_ns = datafusion::arrow::compute::cast(&column(cp::SELF_NS)?, &DataType::Int64)?;
+        let self_ns = self_ns.as_primitive::<Int64Type>();
+        let (service, operation) = (text(cp::SERVICE)?, text(cp::OPERATION)?);
+        let (service, operation) = (service.as_string::<i32>(), operation.as_string::<i32>());
+        for row in 0..batch.num_rows() {
+            let key = (service.value(row).to_owned(), operation.value(row).to_owned());
+            let index = *operation_index.entry(key.clone()).or_insert_with(|| {
+                operations.push(key);
+                operations.len() - 1
+            });
+            let path = paths
+                .entry((trace.value(row).to_vec(), root.value(row).to_vec()))
+                .or_insert((duration.value(row), Vec::new()));
+            path.1.push((index, if self_ns.is_null(row) { 0 } else { self_ns.value(row) }));
+        }
+    }
+
+    let mut durations: Vec<i64> = paths.values().map(|(d, _)| *d).collect();
+    durations.sort_unstable();
+    let empty_group = PathGroupView { traces: 0, min_duration_ns: 0, max_duration_ns: 0, mean_duration_ns: 0.0 };
+    let time = crate::params::format_time;
+    if durations.is_empty() {
+        return Ok(AggregateCriticalPathView {
             start: time(query.range.start_ns),
             end: time(query.range.end_ns),
-            traces: durations.len() as u64,
-            typical: view(&typical_group),
-            tail: view(&tail_group),
-            operations: ranked,
-        })
+            traces: 0,
+            typical: empty_group.clone(),
+            tail: empty_group,
+            operations: Vec::new(),
+        });
     }
+    let (p40, p60, p99) = (percentile(&durations, 0.4), percentile(&durations, 0.6), percentile(&durations, 0.99));
+    let typical = |d: i64| (d as f64) >= p40 && (d as f64) <= p60;
+    let tail = |d: i64| (d as f64) >= p99;
+    // Per group: traces, total duration, min, max, and per operation the total self time.
+    struct Group {
+        traces: u64,
+        total: f64,
+        min: i64,
+        max: i64,
+        self_ns: Vec<f64>,
+    }
+    let new_group =
+        || Group { traces: 0, total: 0.0, min: i64::MAX, max: i64::MIN, self_ns: vec![0.0; operations.len()] };
+    let (mut typical_group, mut tail_group) = (new_group(), new_group());
+    for (duration, parts) in paths.values() {
+        for (group, member) in [(&mut typical_group, typical(*duration)), (&mut tail_group, tail(*duration))] {
+            if !member {
+                continue;
+            }
+            group.traces += 1;
+            group.total += *duration as f64;
+            group.min = group.min.min(*duration);
+            group.max = group.max.max(*duration);
+            for (index, self_ns) in parts {
+                group.self_ns[*index] += *self_ns as f64;
+            }
+        }
+    }
+    let view = |g: &Group| PathGroupView {
+        traces: g.traces,
+        min_duration_ns: if g.traces == 0 { 0 } else { g.min },
+        max_duration_ns: if g.traces == 0 { 0 } else { g.max },
+        mean_duration_ns: if g.traces == 0 { 0.0 } else { g.total / g.traces as f64 },
+    };
+    let mean = |g: &Group, i: usize| if g.traces == 0 { 0.0 } else { g.self_ns[i] / g.traces as f64 };
+    let share = |g: &Group, i: usize| if g.total > 0.0 { g.self_ns[i] / g.total } else { 0.0 };
+    let mut ranked: Vec<PathOperationView> = operations
+        .iter()
+        .enumerate()
+        .map(|(i, (service, operation))| PathOperationView {
+            service: service.clone(),
+            operation: operation.clone(),
+            typical_self_ns: mean(&typical_group, i),
+            typical_share: share(&typical_group, i),
+            tail_self_ns: mean(&tail_group, i),
+            tail_share: share(&tail_group, i),
+            share_difference: share(&tail_group, i) - share(&typical_group, i),
+            tail_extra_ns: mean(&tail_group, i) - mean(&typical_group, i),
+        })
+        .collect();
+    ranked.sort_by(|a, b| {
+        b.tail_extra_ns
+            .total_cmp(&a.tail_extra_ns)
+            .then_with(|| (&a.service, &a.operation).cmp(&(&b.service, &b.operation)))
+    });
+    Ok(AggregateCriticalPathView {
+        start: time(query.range.start_ns),
+        end: time(query.range.end_ns),
+        traces: durations.len() as u64,
+        typical: view(&typical_group),
+        tail: view(&tail_group),
+        operations: ranked,
+    })
 }
 
 /// `critical_path_summary(start, end [, service [, operation]])`: the aggregate critical path of

@@ -462,234 +462,226 @@ async fn findings_in(
     spans: Arc<crate::store::SpansTable>,
     query: &FindingsQuery,
 ) -> Result<hopscope_schemas::api::FindingsView, crate::QueryError> {
-    {
-        use datafusion::arrow::array::{Array, AsArray};
-        use datafusion::execution::FunctionRegistry;
-        use datafusion::functions_aggregate::expr_fn::{array_agg, count, sum};
-        use datafusion::prelude::{col, lit};
-        use hopscope_schemas::api::{FindingView, FindingsView};
-        use hopscope_schemas::columns as c;
+    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::execution::FunctionRegistry;
+    use datafusion::functions_aggregate::expr_fn::{array_agg, count, sum};
+    use datafusion::prelude::{col, lit};
+    use hopscope_schemas::api::{FindingView, FindingsView};
+    use hopscope_schemas::columns as c;
 
-        use crate::latency::{Results, count_where, in_range};
+    use crate::latency::{Results, count_where, in_range};
 
-        let hex = ctx.udf("hex_id")?;
-        let thresholds = query.thresholds;
-        let table = crate::walk::DerivedTable::new(
-            crate::engine::FINDINGS_TABLE,
-            spans,
-            findings_schema(),
-            &input_columns(),
-            Arc::new(move || Box::new(FindingScan::new(thresholds))),
-        )?;
-        let mut found = ctx.read_table(Arc::new(table))?.filter(in_range(f::START_TIME, query.range))?;
-        if let Some(service) = &query.service {
-            found = found.filter(col(f::SERVICE).eq(lit(service.as_str())))?;
-        }
-        let per_trace = found
-            .aggregate(
-                vec![col(f::KIND), col(f::SERVICE), col(f::OPERATION), col(f::CALLEE), col(f::THRESHOLD)],
-                vec![
-                    count(lit(1)).alias("occurrences"),
-                    datafusion::functions_aggregate::expr_fn::count_distinct(col(f::TRACE_ID)).alias("traces"),
-                    sum(col(f::COUNT)).alias("calls"),
-                    sum(col(f::COST_NS)).alias("cost"),
-                    array_agg(hex.call(vec![col(f::TRACE_ID)])).alias("evidence"),
-                ],
-            )?
-            .collect()
-            .await?;
-
-        // Unbounded tails: hops whose slowest call dwarfs the median, as no timeout would allow.
-        let call_ns = datafusion::functions::expr_fn::coalesce(vec![
-            col(c::edge::CLIENT_DURATION_NS),
-            col(c::edge::SERVER_DURATION_NS),
-        ]);
-        // Calls a service makes: an entry hop's caller (a user, a broker) sets no timeout hopscope can name.
-        let mut hops = ctx
-            .table(crate::engine::EDGES_TABLE)
-            .await?
-            .filter(in_range(c::edge::START_TIME, query.range))?
-            .filter(col(c::edge::CONNECTION).not_eq(lit(c::connection::ENTRY)))?;
-        if let Some(service) = &query.service {
-            hops = hops.filter(col(c::edge::CALLER).eq(lit(service.as_str())))?;
-        }
-        let tails = hops
-            .with_column("call_ns", call_ns)?
-            .aggregate(
-                vec![
-                    col(c::edge::CALLER),
-                    col(c::edge::CALLER_OPERATION),
-                    col(c::edge::CALLEE),
-                    col(c::edge::CALLEE_OPERATION),
-                ],
-                vec![
-                    count(lit(1)).alias("calls"),
-                    datafusion::functions_aggregate::expr_fn::percentile_cont(
-                        col("call_ns").sort(true, false),
-                        lit(0.5),
-                    )
-                    .alias("p50"),
-                    datafusion::functions_aggregate::expr_fn::max(col("call_ns")).alias("slowest"),
-                    datafusion::functions_aggregate::expr_fn::percentile_cont(
-                        col("call_ns").sort(true, false),
-                        lit(0.99),
-                    )
-                    .alias("p99"),
-                    datafusion::functions_aggregate::expr_fn::count_distinct(col(c::edge::TRACE_ID)).alias("traces"),
-                    datafusion::functions_aggregate::expr_fn::first_value(
-                        hex.call(vec![col(c::edge::TRACE_ID)]),
-                        vec![col("call_ns").sort(false, false)],
-                    )
-                    .alias("slowest_trace"),
-                ],
-            )?
-            .filter(
-                col("calls")
-                    .gt_eq(lit(thresholds.unbounded_tail_min_calls as i64))
-                    .and(
-                        datafusion::logical_expr::cast(col("slowest"), datafusion::arrow::datatypes::DataType::Float64)
-                            .gt_eq(col("p50") * lit(thresholds.unbounded_tail_ratio)),
-                    )
-                    .and(col("p50").gt(lit(0.0))),
-            )?
-            .collect()
-            .await?;
-
-        // Poison messages: one message consumed again and again, failing.
-        let n = thresholds.poison_min_deliveries as i64;
-        let mut consumed = ctx.table(crate::engine::SPANS_TABLE).await?.filter(
-            in_range(c::START_TIME, query.range)
-                .and(col(c::KIND).eq(lit(kind::CONSUMER)))
-                .and(col(semconv::MESSAGING_MESSAGE_ID).is_not_null()),
-        )?;
-        if let Some(service) = &query.service {
-            consumed = consumed.filter(col(c::SERVICE_NAME).eq(lit(service.as_str())))?;
-        }
-        let poison = consumed
-            .aggregate(
-                vec![col(c::SERVICE_NAME), col(c::NAME), col(semconv::MESSAGING_MESSAGE_ID)],
-                vec![
-                    count(lit(1)).alias("calls"),
-                    count_where(col(c::STATUS_CODE).eq(lit(status::ERROR))).alias("failures"),
-                    sum(col(c::DURATION_NS)).alias("cost"),
-                    datafusion::functions_aggregate::expr_fn::count_distinct(col(c::TRACE_ID)).alias("traces"),
-                    array_agg(hex.call(vec![col(c::TRACE_ID)])).alias("evidence"),
-                ],
-            )?
-            .filter(col("calls").gt_eq(lit(n)).and(col("failures").gt_eq(lit(n - 1))))?
-            .collect()
-            .await?;
-
-        let evidence = |batch: &RecordBatch, row: usize| -> Vec<String> {
-            let Some(list) = batch.column_by_name("evidence") else { return Vec::new() };
-            let list = list.as_list::<i32>();
-            if list.is_null(row) {
-                return Vec::new();
-            }
-            let ids = list.value(row);
-            let ids = ids.as_string::<i32>();
-            let mut out: Vec<String> = ids.iter().flatten().map(str::to_owned).collect();
-            out.sort_unstable();
-            out.dedup();
-            out.truncate(EVIDENCE);
-            out
-        };
-        let mut findings = Vec::new();
-        for batch in &per_trace {
-            let r = Results(batch);
-            let (kinds, services, operations, callees, thresholds) = (
-                r.strings(f::KIND)?,
-                r.strings(f::SERVICE)?,
-                r.strings(f::OPERATION)?,
-                r.strings(f::CALLEE)?,
-                r.strings(f::THRESHOLD)?,
-            );
-            let (occurrences, traces, calls, cost) =
-                (r.ints("occurrences")?, r.ints("traces")?, r.ints("calls")?, r.ints("cost")?);
-            for row in 0..batch.num_rows() {
-                let occurrences = occurrences.value(row) as u64;
-                findings.push(FindingView {
-                    kind: kinds.value(row).to_owned(),
-                    service: services.value(row).to_owned(),
-                    operation: operations.value(row).to_owned(),
-                    callee: callees.is_valid(row).then(|| callees.value(row).to_owned()),
-                    occurrences,
-                    traces: traces.value(row) as u64,
-                    calls: calls.value(row) as u64,
-                    cost_ns_mean: cost.value(row) as f64 / occurrences.max(1) as f64,
-                    cost_ns_total: cost.value(row),
-                    evidence_trace_ids: evidence(batch, row),
-                    threshold: thresholds.value(row).to_owned(),
-                });
-            }
-        }
-        for batch in &poison {
-            let r = Results(batch);
-            let (services, operations, ids) =
-                (r.strings(c::SERVICE_NAME)?, r.strings(c::NAME)?, r.strings(semconv::MESSAGING_MESSAGE_ID)?);
-            let (calls, cost, traces) = (r.ints("calls")?, r.ints("cost")?, r.ints("traces")?);
-            for row in 0..batch.num_rows() {
-                findings.push(FindingView {
-                    kind: fk::POISON_MESSAGE.to_owned(),
-                    service: services.value(row).to_owned(),
-                    operation: operations.value(row).to_owned(),
-                    callee: Some(format!("message {}", ids.value(row))),
-                    occurrences: 1,
-                    traces: traces.value(row) as u64,
-                    calls: calls.value(row) as u64,
-                    cost_ns_mean: cost.value(row) as f64,
-                    cost_ns_total: cost.value(row),
-                    evidence_trace_ids: evidence(batch, row),
-                    threshold: format!("poison_min_deliveries={n}"),
-                });
-            }
-        }
-        for batch in &tails {
-            let r = Results(batch);
-            let (caller, operation, callee, callee_operation) = (
-                r.strings(c::edge::CALLER)?,
-                r.strings(c::edge::CALLER_OPERATION)?,
-                r.strings(c::edge::CALLEE)?,
-                r.strings(c::edge::CALLEE_OPERATION)?,
-            );
-            let (calls, p99, slowest) = (r.ints("calls")?, r.floats("p99")?, r.ints("slowest")?);
-            let (traces, slowest_trace) = (r.ints("traces")?, r.strings("slowest_trace")?);
-            for row in 0..batch.num_rows() {
-                let callee = match callee_operation.is_valid(row) {
-                    true => format!("{} {}", callee.value(row), callee_operation.value(row)),
-                    false => callee.value(row).to_owned(),
-                };
-                // What the slowest calls cost beyond a timeout set at the p99.
-                let cost = (slowest.value(row) as f64 - p99.value(row)).max(0.0) as i64;
-                findings.push(FindingView {
-                    kind: fk::MISSING_TIMEOUT.to_owned(),
-                    service: caller.value(row).to_owned(),
-                    operation: if operation.is_valid(row) { operation.value(row).to_owned() } else { String::new() },
-                    callee: Some(callee),
-                    occurrences: 1,
-                    traces: traces.value(row) as u64,
-                    calls: calls.value(row) as u64,
-                    cost_ns_mean: cost as f64,
-                    cost_ns_total: cost,
-                    evidence_trace_ids: vec![slowest_trace.value(row).to_owned()],
-                    threshold: format!(
-                        "unbounded_tail_ratio={}, unbounded_tail_min_calls={}",
-                        thresholds.unbounded_tail_ratio, thresholds.unbounded_tail_min_calls
-                    ),
-                });
-            }
-        }
-        findings.sort_by(|a, b| {
-            b.cost_ns_total
-                .cmp(&a.cost_ns_total)
-                .then_with(|| (&a.kind, &a.service, &a.callee).cmp(&(&b.kind, &b.service, &b.callee)))
-        });
-        Ok(FindingsView {
-            start: crate::params::format_time(query.range.start_ns),
-            end: crate::params::format_time(query.range.end_ns),
-            findings,
-        })
+    let hex = ctx.udf("hex_id")?;
+    let thresholds = query.thresholds;
+    let table = crate::walk::DerivedTable::new(
+        crate::engine::FINDINGS_TABLE,
+        spans,
+        findings_schema(),
+        &input_columns(),
+        Arc::new(move || Box::new(FindingScan::new(thresholds))),
+    )?;
+    let mut found = ctx.read_table(Arc::new(table))?.filter(in_range(f::START_TIME, query.range))?;
+    if let Some(service) = &query.service {
+        found = found.filter(col(f::SERVICE).eq(lit(service.as_str())))?;
     }
+    let per_trace = found
+        .aggregate(
+            vec![col(f::KIND), col(f::SERVICE), col(f::OPERATION), col(f::CALLEE), col(f::THRESHOLD)],
+            vec![
+                count(lit(1)).alias("occurrences"),
+                datafusion::functions_aggregate::expr_fn::count_distinct(col(f::TRACE_ID)).alias("traces"),
+                sum(col(f::COUNT)).alias("calls"),
+                sum(col(f::COST_NS)).alias("cost"),
+                array_agg(hex.call(vec![col(f::TRACE_ID)])).alias("evidence"),
+            ],
+        )?
+        .collect()
+        .await?;
+
+    // Unbounded tails: hops whose slowest call dwarfs the median, as no timeout would allow.
+    let call_ns = datafusion::functions::expr_fn::coalesce(vec![
+        col(c::edge::CLIENT_DURATION_NS),
+        col(c::edge::SERVER_DURATION_NS),
+    ]);
+    // Calls a service makes: an entry hop's caller (a user, a broker) sets no timeout hopscope can name.
+    let mut hops = ctx
+        .table(crate::engine::EDGES_TABLE)
+        .await?
+        .filter(in_range(c::edge::START_TIME, query.range))?
+        .filter(col(c::edge::CONNECTION).not_eq(lit(c::connection::ENTRY)))?;
+    if let Some(service) = &query.service {
+        hops = hops.filter(col(c::edge::CALLER).eq(lit(service.as_str())))?;
+    }
+    let tails = hops
+        .with_column("call_ns", call_ns)?
+        .aggregate(
+            vec![
+                col(c::edge::CALLER),
+                col(c::edge::CALLER_OPERATION),
+                col(c::edge::CALLEE),
+                col(c::edge::CALLEE_OPERATION),
+            ],
+            vec![
+                count(lit(1)).alias("calls"),
+                datafusion::functions_aggregate::expr_fn::percentile_cont(col("call_ns").sort(true, false), lit(0.5))
+                    .alias("p50"),
+                datafusion::functions_aggregate::expr_fn::max(col("call_ns")).alias("slowest"),
+                datafusion::functions_aggregate::expr_fn::percentile_cont(col("call_ns").sort(true, false), lit(0.99))
+                    .alias("p99"),
+                datafusion::functions_aggregate::expr_fn::count_distinct(col(c::edge::TRACE_ID)).alias("traces"),
+                datafusion::functions_aggregate::expr_fn::first_value(
+                    hex.call(vec![col(c::edge::TRACE_ID)]),
+                    vec![col("call_ns").sort(false, false)],
+                )
+                .alias("slowest_trace"),
+            ],
+        )?
+        .filter(
+            col("calls")
+                .gt_eq(lit(thresholds.unbounded_tail_min_calls as i64))
+                .and(
+                    datafusion::logical_expr::cast(col("slowest"), datafusion::arrow::datatypes::DataType::Float64)
+                        .gt_eq(col("p50") * lit(thresholds.unbounded_tail_ratio)),
+                )
+                .and(col("p50").gt(lit(0.0))),
+        )?
+        .collect()
+        .await?;
+
+    // Poison messages: one message consumed again and again, failing.
+    let n = thresholds.poison_min_deliveries as i64;
+    let mut consumed = ctx.table(crate::engine::SPANS_TABLE).await?.filter(
+        in_range(c::START_TIME, query.range)
+            .and(col(c::KIND).eq(lit(kind::CONSUMER)))
+            .and(col(semconv::MESSAGING_MESSAGE_ID).is_not_null()),
+    )?;
+    if let Some(service) = &query.service {
+        consumed = consumed.filter(col(c::SERVICE_NAME).eq(lit(service.as_str())))?;
+    }
+    let poison = consumed
+        .aggregate(
+            vec![col(c::SERVICE_NAME), col(c::NAME), col(semconv::MESSAGING_MESSAGE_ID)],
+            vec![
+                count(lit(1)).alias("calls"),
+                count_where(col(c::STATUS_CODE).eq(lit(status::ERROR))).alias("failures"),
+                sum(col(c::DURATION_NS)).alias("cost"),
+                datafusion::functions_aggregate::expr_fn::count_distinct(col(c::TRACE_ID)).alias("traces"),
+                array_agg(hex.call(vec![col(c::TRACE_ID)])).alias("evidence"),
+            ],
+        )?
+        .filter(col("calls").gt_eq(lit(n)).and(col("failures").gt_eq(lit(n - 1))))?
+        .collect()
+        .await?;
+
+    let evidence = |batch: &RecordBatch, row: usize| -> Vec<String> {
+        let Some(list) = batch.column_by_name("evidence") else { return Vec::new() };
+        let list = list.as_list::<i32>();
+        if list.is_null(row) {
+            return Vec::new();
+        }
+        let ids = list.value(row);
+        let ids = ids.as_string::<i32>();
+        let mut out: Vec<String> = ids.iter().flatten().map(str::to_owned).collect();
+        out.sort_unstable();
+        out.dedup();
+        out.truncate(EVIDENCE);
+        out
+    };
+    let mut findings = Vec::new();
+    for batch in &per_trace {
+        let r = Results(batch);
+        let (kinds, services, operations, callees, thresholds) = (
+            r.strings(f::KIND)?,
+            r.strings(f::SERVICE)?,
+            r.strings(f::OPERATION)?,
+            r.strings(f::CALLEE)?,
+            r.strings(f::THRESHOLD)?,
+        );
+        let (occurrences, traces, calls, cost) =
+            (r.ints("occurrences")?, r.ints("traces")?, r.ints("calls")?, r.ints("cost")?);
+        for row in 0..batch.num_rows() {
+            let occurrences = occurrences.value(row) as u64;
+            findings.push(FindingView {
+                kind: kinds.value(row).to_owned(),
+                service: services.value(row).to_owned(),
+                operation: operations.value(row).to_owned(),
+                callee: callees.is_valid(row).then(|| callees.value(row).to_owned()),
+                occurrences,
+                traces: traces.value(row) as u64,
+                calls: calls.value(row) as u64,
+                cost_ns_mean: cost.value(row) as f64 / occurrences.max(1) as f64,
+                cost_ns_total: cost.value(row),
+                evidence_trace_ids: evidence(batch, row),
+                threshold: thresholds.value(row).to_owned(),
+            });
+        }
+    }
+    for batch in &poison {
+        let r = Results(batch);
+        let (services, operations, ids) =
+            (r.strings(c::SERVICE_NAME)?, r.strings(c::NAME)?, r.strings(semconv::MESSAGING_MESSAGE_ID)?);
+        let (calls, cost, traces) = (r.ints("calls")?, r.ints("cost")?, r.ints("traces")?);
+        for row in 0..batch.num_rows() {
+            findings.push(FindingView {
+                kind: fk::POISON_MESSAGE.to_owned(),
+                service: services.value(row).to_owned(),
+                operation: operations.value(row).to_owned(),
+                callee: Some(format!("message {}", ids.value(row))),
+                occurrences: 1,
+                traces: traces.value(row) as u64,
+                calls: calls.value(row) as u64,
+                cost_ns_mean: cost.value(row) as f64,
+                cost_ns_total: cost.value(row),
+                evidence_trace_ids: evidence(batch, row),
+                threshold: format!("poison_min_deliveries={n}"),
+            });
+        }
+    }
+    for batch in &tails {
+        let r = Results(batch);
+        let (caller, operation, callee, callee_operation) = (
+            r.strings(c::edge::CALLER)?,
+            r.strings(c::edge::CALLER_OPERATION)?,
+            r.strings(c::edge::CALLEE)?,
+            r.strings(c::edge::CALLEE_OPERATION)?,
+        );
+        let (calls, p99, slowest) = (r.ints("calls")?, r.floats("p99")?, r.ints("slowest")?);
+        let (traces, slowest_trace) = (r.ints("traces")?, r.strings("slowest_trace")?);
+        for row in 0..batch.num_rows() {
+            let callee = match callee_operation.is_valid(row) {
+                true => format!("{} {}", callee.value(row), callee_operation.value(row)),
+                false => callee.value(row).to_owned(),
+            };
+            // What the slowest calls cost beyond a timeout set at the p99.
+            let cost = (slowest.value(row) as f64 - p99.value(row)).max(0.0) as i64;
+            findings.push(FindingView {
+                kind: fk::MISSING_TIMEOUT.to_owned(),
+                service: caller.value(row).to_owned(),
+                operation: if operation.is_valid(row) { operation.value(row).to_owned() } else { String::new() },
+                callee: Some(callee),
+                occurrences: 1,
+                traces: traces.value(row) as u64,
+                calls: calls.value(row) as u64,
+                cost_ns_mean: cost as f64,
+                cost_ns_total: cost,
+                evidence_trace_ids: vec![slowest_trace.value(row).to_owned()],
+                threshold: format!(
+                    "unbounded_tail_ratio={}, unbounded_tail_min_calls={}",
+                    thresholds.unbounded_tail_ratio, thresholds.unbounded_tail_min_calls
+                ),
+            });
+        }
+    }
+    findings.sort_by(|a, b| {
+        b.cost_ns_total
+            .cmp(&a.cost_ns_total)
+            .then_with(|| (&a.kind, &a.service, &a.callee).cmp(&(&b.kind, &b.service, &b.callee)))
+    });
+    Ok(FindingsView {
+        start: crate::params::format_time(query.range.start_ns),
+        end: crate::params::format_time(query.range.end_ns),
+        findings,
+    })
 }
 
 /// `findings_report(start, end [, service])`: the findings `GET /api/v1/findings` answers with its
