@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use datafusion::arrow::array::Array;
 use datafusion::functions::expr_fn::coalesce;
 use datafusion::functions_aggregate::expr_fn::{count, max, percentile_cont};
-use datafusion::prelude::{col, lit};
+use datafusion::prelude::{col, lit, when};
 use hopscope_schemas::api::{
     AsyncLinkView, DependenciesView, EndpointDependenciesView, GraphEdgeView, GraphNodeView, ReachedNodeView,
     SharedResourceView, SlowestHopView,
@@ -21,6 +21,9 @@ use crate::{QueryEngine, QueryError};
 
 /// The duration of a call as its caller saw it: the client span's, else the server span's.
 const CALL_NS: &str = "call_ns";
+
+/// The grouping column of the reach query that names a messaging hop's consumer operation.
+const LINKED_OPERATION: &str = "linked_operation";
 
 /// Node kinds that are shared resources when several services use them.
 const RESOURCE_KINDS: &[&str] = &[node_kind::DATABASE, node_kind::CACHE, node_kind::MESSAGING];
@@ -133,6 +136,11 @@ impl QueryEngine {
                     col(edge::CALLER),
                     col(edge::CALLEE),
                     col(edge::CALLEE_KIND),
+                    // The consumer operation of a messaging hop, to follow messages into the
+                    // consumers' own traces (NULL, so not splitting the group, for other hops).
+                    when(col(edge::CONNECTION).eq(lit(connection::MESSAGING)), col(edge::CALLEE_OPERATION))
+                        .end()?
+                        .alias(LINKED_OPERATION),
                 ],
                 vec![count(lit(1)).alias("calls"), max(col(edge::DEPTH)).alias("depth"), p99("p99")],
             )?
@@ -140,6 +148,7 @@ impl QueryEngine {
             .await?;
         type Endpoint = (BTreeMap<String, ReachedNodeView>, Option<SlowestHopView>);
         let mut endpoints: BTreeMap<(String, String), Endpoint> = BTreeMap::new();
+        let mut linked = Links::new();
         for batch in &reach {
             let r = Results(batch);
             let (service, operation, caller, callee, kind) = (
@@ -150,9 +159,14 @@ impl QueryEngine {
                 r.strings(edge::CALLEE_KIND)?,
             );
             let (calls, depth, p99) = (r.ints("calls")?, r.ints("depth")?, r.floats("p99")?);
+            let linked_operation = r.strings(LINKED_OPERATION)?;
             for row in 0..batch.num_rows() {
-                let (reached, slowest) =
-                    endpoints.entry((service.value(row).to_owned(), operation.value(row).to_owned())).or_default();
+                let endpoint = (service.value(row).to_owned(), operation.value(row).to_owned());
+                if linked_operation.is_valid(row) {
+                    let consumer = (callee.value(row).to_owned(), linked_operation.value(row).to_owned());
+                    linked.entry(endpoint.clone()).or_default().push((consumer, depth.value(row) as i32));
+                }
+                let (reached, slowest) = endpoints.entry(endpoint).or_default();
                 let node = reached.entry(callee.value(row).to_owned()).or_insert_with(|| ReachedNodeView {
                     name: callee.value(row).to_owned(),
                     kind: kind.value(row).to_owned(),
@@ -171,6 +185,8 @@ impl QueryEngine {
                 }
             }
         }
+
+        follow_messages(&mut endpoints, &linked);
 
         graph_edges
             .sort_by(|a, b| b.calls.cmp(&a.calls).then_with(|| (&a.caller, &a.callee).cmp(&(&b.caller, &b.callee))));
@@ -201,5 +217,48 @@ impl QueryEngine {
                 .collect(),
             async_links,
         })
+    }
+}
+
+/// An endpoint or a consumer: (service, operation).
+type Operation = (String, String);
+
+/// Per endpoint, the consumers its messages reach and the messaging hop's depth.
+type Links = BTreeMap<Operation, Vec<(Operation, i32)>>;
+
+/// What each endpoint reaches and its slowest hop, by (service, operation) of the endpoint.
+type Reach = BTreeMap<Operation, (BTreeMap<String, ReachedNodeView>, Option<SlowestHopView>)>;
+
+/// Messages carry a request on: an endpoint also reaches what the consumers of its messages reach
+/// when those run in traces of their own (their hops are rooted at the consumer, which is then an
+/// endpoint too), at the depth of the messaging hop plus theirs, and so on through further messages.
+/// A node already reached keeps its calls (a consumer in the producer's own trace is counted there).
+fn follow_messages(endpoints: &mut Reach, linked: &Links) {
+    let direct = endpoints.clone();
+    for (endpoint, (reached, slowest)) in endpoints.iter_mut() {
+        let mut pending: Vec<(Operation, i32)> = linked.get(endpoint).cloned().unwrap_or_default();
+        let mut seen = BTreeSet::from([endpoint.clone()]);
+        while let Some((consumer, depth)) = pending.pop() {
+            if !seen.insert(consumer.clone()) {
+                continue;
+            }
+            let Some((their_reach, their_slowest)) = direct.get(&consumer) else { continue };
+            // The consumer's own hops count its arrival as depth 1; here it arrived at `depth`.
+            for node in their_reach.values() {
+                let at = depth + node.max_depth - 1;
+                reached
+                    .entry(node.name.clone())
+                    .and_modify(|n| n.max_depth = n.max_depth.max(at))
+                    .or_insert_with(|| ReachedNodeView { max_depth: at, ..node.clone() });
+            }
+            if let Some(theirs) = their_slowest
+                && slowest.as_ref().is_none_or(|s| theirs.p99_ns > s.p99_ns)
+            {
+                *slowest = Some(theirs.clone());
+            }
+            for (next, next_depth) in linked.get(&consumer).into_iter().flatten() {
+                pending.push((next.clone(), depth + next_depth - 1));
+            }
+        }
     }
 }

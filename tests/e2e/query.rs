@@ -1179,7 +1179,8 @@ async fn consumers_in_other_traces_are_paired_with_the_producers_they_link_to() 
             ("api".into(), "kafka/orders".into(), "mailer".into(), ns(28.0)),
         ]
     );
-    // The messages are part of the requests that sent them: the endpoint reaches both consumers.
+    // The messages are part of the requests that sent them: the endpoint reaches both consumers, and
+    // what the mailer's own trace calls, one hop further (user → api, api → mailer, mailer → db).
     let endpoint = deps["endpoints"]
         .as_array()
         .unwrap()
@@ -1192,7 +1193,11 @@ async fn consumers_in_other_traces_are_paired_with_the_producers_they_link_to() 
         .iter()
         .map(|n| (n["name"].as_str().unwrap(), n["max_depth"].as_i64().unwrap()))
         .collect();
-    assert_eq!(reached, vec![("billing", 2), ("kafka/audit", 2), ("mailer", 2)]);
+    assert_eq!(reached, vec![("billing", 2), ("kafka/audit", 2), ("mailer", 2), ("postgresql/mail", 3)]);
+    assert_eq!(endpoint["depth"], 3);
+    // The consumer's trace is an endpoint of its own as well.
+    let mailer = deps["endpoints"].as_array().unwrap().iter().find(|e| e["service"] == "mailer").unwrap();
+    assert_eq!(mailer["reaches"], json!([{"name": "postgresql/mail", "kind": "database", "calls": 1, "max_depth": 2}]));
 
     // The same pairing through SQL.
     let (status, rows) =
