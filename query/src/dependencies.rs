@@ -146,8 +146,7 @@ impl QueryEngine {
             )?
             .collect()
             .await?;
-        type Endpoint = (BTreeMap<String, ReachedNodeView>, Option<SlowestHopView>);
-        let mut endpoints: BTreeMap<(String, String), Endpoint> = BTreeMap::new();
+        let mut endpoints = Reach::new();
         let mut linked = Links::new();
         for batch in &reach {
             let r = Results(batch);

@@ -179,7 +179,8 @@ pub(crate) struct RangeCall {
     pub(crate) range: crate::params::TimeRange,
     /// The optional text arguments, in order (absent or NULL: `None`).
     pub(crate) texts: Vec<Option<String>>,
-    /// The calling session, to run the work in (its tables, memory pool and timeout).
+    /// The calling session, to run the work in (its tables and memory pool; the work is part of the
+    /// calling query, so its timeout covers it too).
     pub(crate) ctx: SessionContext,
 }
 
