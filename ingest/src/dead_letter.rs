@@ -120,7 +120,7 @@ impl DeadLetterStore {
         self.ensure_dir()?;
         let id = format!("spans-{}", uuid::Uuid::now_v7());
         let payload = encode_batch(batch)?;
-        write_atomically(&self.data_path(&id, DeadLetterKind::Spans), &payload)?;
+        write_atomically(&self.data_path(&id, DeadLetterKind::Spans), &payload)?.sync_directory()?;
         let (traces, services) = describe(batch);
         let entry = DeadLetter {
             id,
@@ -148,7 +148,7 @@ impl DeadLetterStore {
     ) -> Result<DeadLetter, IngestError> {
         self.ensure_dir()?;
         let id = format!("wal-{segment:020}-{offset}");
-        write_atomically(&self.data_path(&id, DeadLetterKind::WalDamage), bytes)?;
+        write_atomically(&self.data_path(&id, DeadLetterKind::WalDamage), bytes)?.sync_directory()?;
         let entry = DeadLetter {
             id,
             kind: DeadLetterKind::WalDamage,
@@ -166,7 +166,7 @@ impl DeadLetterStore {
 
     fn write_meta(&self, entry: &DeadLetter) -> Result<(), IngestError> {
         let json = serde_json::to_vec_pretty(entry).expect("dead letters serialise");
-        write_atomically(&self.meta_path(&entry.id), &json)
+        write_atomically(&self.meta_path(&entry.id), &json)?.sync_directory()
     }
 
     /// Every complete entry, oldest first.

@@ -1,24 +1,26 @@
 //! The OTLP/gRPC receiver: `opentelemetry.proto.collector.trace.v1.TraceService/Export`.
 //!
-//! The service is written by hand around a codec that hands over the raw message bytes, so that
-//! protobuf decoding runs on the blocking pool (inside [`Ingester::export`]) rather than on an async
-//! thread. tonic inflates gzip requests and enforces the message size limit on the inflated size,
-//! answering `RESOURCE_EXHAUSTED` past it.
+//! The unary call is handled here rather than by tonic's generated server, so that a gRPC export
+//! takes the same path as an OTLP/HTTP one: the message is read with a bound on its size (answering
+//! `RESOURCE_EXHAUSTED` past it), and gzip inflation (bounded, and strict about trailing bytes) and
+//! protobuf decoding run on the blocking pool inside [`Ingester::export`].
 
 use std::convert::Infallible;
-use std::marker::PhantomData;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
+use http::{HeaderMap, HeaderValue};
+use http_body_util::{BodyExt, Limited};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use prost::Message;
 use tonic::body::Body;
-use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::{BoxFuture, Service};
-use tonic::server::{Grpc, NamedService, UnaryService};
-use tonic::{Request, Response, Status};
+use tonic::server::NamedService;
+use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::IngestError;
 use crate::error::RETRY_AFTER;
 use crate::ingester::{ExportBody, Ingester};
 
@@ -34,8 +36,8 @@ pub struct TraceService {
 }
 
 impl TraceService {
-    /// A service storing into `ingester`, refusing messages larger than `max_message_bytes` after
-    /// decompression.
+    /// A service storing into `ingester`, refusing messages larger than `max_message_bytes` as sent
+    /// and after decompression.
     pub fn new(ingester: Arc<Ingester>, max_message_bytes: usize) -> Self {
         Self { ingester, max_message_bytes }
     }
@@ -55,86 +57,111 @@ impl Service<http::Request<Body>> for TraceService {
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        if req.uri().path() != EXPORT_PATH {
-            return Box::pin(async { Ok(Status::unimplemented("unknown method of TraceService").into_http()) });
-        }
-        let export = Export(Arc::clone(&self.ingester));
-        let max = self.max_message_bytes;
+        let ingester = Arc::clone(&self.ingester);
+        let limit = self.max_message_bytes;
         Box::pin(async move {
-            let mut grpc = Grpc::new(RawRequestCodec)
-                .accept_compressed(CompressionEncoding::Gzip)
-                .send_compressed(CompressionEncoding::Gzip)
-                .max_decoding_message_size(max);
-            Ok(grpc.unary(export, req).await)
-        })
-    }
-}
-
-struct Export(Arc<Ingester>);
-
-impl UnaryService<Bytes> for Export {
-    type Response = ExportTraceServiceResponse;
-    type Future = BoxFuture<Response<ExportTraceServiceResponse>, Status>;
-
-    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
-        let ingester = Arc::clone(&self.0);
-        Box::pin(async move {
-            let body = request.into_inner();
-            match ingester.export(ExportBody::Grpc { body }).await {
-                Ok(outcome) => {
-                    Ok(Response::new(ExportTraceServiceResponse { partial_success: outcome.partial_success() }))
-                }
-                Err(e) => {
-                    if e.grpc_code() == tonic::Code::Unavailable {
-                        tracing::warn!(error = %e, "otlp/grpc export failed");
-                        // Retryable: say when, as OTLP asks (google.rpc.RetryInfo).
-                        let details = ErrorDetails::with_retry_info(Some(RETRY_AFTER));
-                        return Err(Status::with_error_details(e.grpc_code(), e.to_string(), details));
-                    }
-                    Err(Status::new(e.grpc_code(), e.to_string()))
-                }
+            if req.uri().path() != EXPORT_PATH {
+                return Ok(Status::unimplemented("unknown method of TraceService").into_http());
             }
+            Ok(match export(&ingester, req, limit).await {
+                Ok(response) => reply(&response),
+                Err(status) => status.into_http(),
+            })
         })
     }
 }
 
-/// Decodes requests to their raw bytes and encodes prost responses.
-#[derive(Debug, Clone, Copy, Default)]
-struct RawRequestCodec;
-
-struct BytesDecoder;
-
-impl Decoder for BytesDecoder {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
+/// How the message of a request is compressed, from its `grpc-encoding` header.
+fn message_encoding(headers: &HeaderMap) -> Result<bool, Status> {
+    match headers.get("grpc-encoding").map(|v| v.to_str().unwrap_or("?")) {
+        None | Some("identity") => Ok(false),
+        Some("gzip") => Ok(true),
+        Some(other) => {
+            let mut status =
+                Status::unimplemented(format!("grpc-encoding {other:?} is not supported: use gzip or none"));
+            status.metadata_mut().insert("grpc-accept-encoding", "gzip,identity".parse().expect("ascii"));
+            Err(status)
+        }
     }
 }
 
-struct ProstEncoder<T>(PhantomData<fn(T)>);
-
-impl<T: prost::Message> Encoder for ProstEncoder<T> {
-    type Item = T;
-    type Error = Status;
-
-    fn encode(&mut self, item: T, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        item.encode(dst).map_err(|e| Status::internal(e.to_string()))
+async fn export(
+    ingester: &Ingester,
+    req: http::Request<Body>,
+    limit: usize,
+) -> Result<ExportTraceServiceResponse, Status> {
+    let encoding_gzip = message_encoding(req.headers()).inspect_err(|_| {
+        ingester.note_refused(&IngestError::UnsupportedMediaType("grpc-encoding".into()));
+    })?;
+    // One length-prefixed message: 1 byte compressed flag, 4 bytes length, the message.
+    let refuse = |e: IngestError| {
+        ingester.note_refused(&e);
+        status_of(&e)
+    };
+    let body = match Limited::new(req.into_body(), limit.saturating_add(5)).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(refuse(IngestError::TooLarge { limit, decompressed: false }));
+        }
+        Err(e) => return Err(Status::cancelled(format!("reading the request failed: {e}"))),
+    };
+    let mut frame = body;
+    if frame.len() < 5 {
+        return Err(refuse(malformed(format!("a gRPC message needs a 5-byte prefix, got {} bytes", frame.len()))));
+    }
+    let compressed = frame.get_u8();
+    let length = frame.get_u32() as usize;
+    if length != frame.len() {
+        return Err(refuse(malformed(format!(
+            "the message prefix says {length} bytes but {} follow (one message per call)",
+            frame.len()
+        ))));
+    }
+    let gzip = match compressed {
+        0 => false,
+        1 if encoding_gzip => true,
+        1 => return Err(refuse(malformed("the message is marked compressed but no grpc-encoding is set".into()))),
+        other => return Err(refuse(malformed(format!("unknown compressed flag {other}")))),
+    };
+    match ingester.export(ExportBody::Grpc { body: frame, gzip, limit }).await {
+        Ok(outcome) => Ok(ExportTraceServiceResponse { partial_success: outcome.partial_success() }),
+        Err(e) => {
+            if e.grpc_code() == Code::Unavailable {
+                tracing::warn!(error = %e, "otlp/grpc export failed");
+            }
+            Err(status_of(&e))
+        }
     }
 }
 
-impl Codec for RawRequestCodec {
-    type Encode = ExportTraceServiceResponse;
-    type Decode = Bytes;
-    type Encoder = ProstEncoder<ExportTraceServiceResponse>;
-    type Decoder = BytesDecoder;
+fn malformed(message: String) -> IngestError {
+    IngestError::Malformed { format: "gRPC", message }
+}
 
-    fn encoder(&mut self) -> Self::Encoder {
-        ProstEncoder(PhantomData)
+/// The status a failed export answers with; retryable ones say when to retry, as OTLP asks
+/// (`google.rpc.RetryInfo`).
+fn status_of(e: &IngestError) -> Status {
+    if e.grpc_code() == Code::Unavailable {
+        let details = ErrorDetails::with_retry_info(Some(RETRY_AFTER));
+        return Status::with_error_details(e.grpc_code(), e.to_string(), details);
     }
+    Status::new(e.grpc_code(), e.to_string())
+}
 
-    fn decoder(&mut self) -> Self::Decoder {
-        BytesDecoder
-    }
+/// A successful unary answer: the response message, then `grpc-status: 0` in the trailers.
+fn reply(response: &ExportTraceServiceResponse) -> http::Response<Body> {
+    let message = response.encode_to_vec();
+    let mut framed = Vec::with_capacity(message.len() + 5);
+    framed.push(0);
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&message);
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    let frames = futures::stream::iter([
+        Ok::<_, Infallible>(http_body::Frame::data(Bytes::from(framed))),
+        Ok(http_body::Frame::trailers(trailers)),
+    ]);
+    let mut out = http::Response::new(Body::new(http_body_util::StreamBody::new(frames)));
+    out.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    out
 }

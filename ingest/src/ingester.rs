@@ -128,15 +128,15 @@ impl ExportOutcome {
 pub enum ExportBody {
     /// OTLP/HTTP: possibly gzip-compressed, protobuf or JSON.
     Http { body: Bytes, format: BodyFormat, gzip: bool, limit: usize },
-    /// OTLP/gRPC: protobuf, already decompressed and size-checked by the gRPC layer.
-    Grpc { body: Bytes },
+    /// OTLP/gRPC: one protobuf message, gzip-compressed or not, at most `limit` bytes inflated.
+    Grpc { body: Bytes, gzip: bool, limit: usize },
 }
 
 impl ExportBody {
     /// Bytes as received.
     pub fn len(&self) -> usize {
         match self {
-            ExportBody::Http { body, .. } | ExportBody::Grpc { body } => body.len(),
+            ExportBody::Http { body, .. } | ExportBody::Grpc { body, .. } => body.len(),
         }
     }
 
@@ -395,7 +395,10 @@ impl Ingester {
                         decode_request(&body, format)?
                     }
                 }
-                ExportBody::Grpc { body } => decode_request(&body, BodyFormat::Protobuf)?,
+                ExportBody::Grpc { body, gzip: true, limit } => {
+                    decode_request(&gunzip_limited(&body, limit)?, BodyFormat::Protobuf)?
+                }
+                ExportBody::Grpc { body, gzip: false, .. } => decode_request(&body, BodyFormat::Protobuf)?,
             };
             let converted = convert_request(&request, &limits)?;
             if discard {
@@ -599,7 +602,11 @@ impl Ingester {
         match self.manifest.commit_added(files, wal_floor) {
             Ok(generation) => {
                 self.recent.lock().expect("recent spans lock").remember(written.iter().map(|r| r.key));
-                if let Err(e) = self.wal.remove_below(wal_floor) {
+                // Until the commit is known to survive a crash, the log below its floor may still be
+                // needed to rebuild it.
+                if !self.manifest.is_durable() {
+                    tracing::warn!("keeping the write-ahead log until a commit is synced");
+                } else if let Err(e) = self.wal.remove_below(wal_floor) {
                     tracing::warn!(error = %e, "cannot remove committed WAL segments; retried at the next flush");
                 }
                 self.metrics.spans_deduplicated.fetch_add(resent, Ordering::Relaxed);

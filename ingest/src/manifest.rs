@@ -3,10 +3,13 @@
 //! A commit writes the new manifest to a temporary file, syncs it, renames it over the old one and
 //! syncs the directory, so readers see either the old list or the new one, never a mix.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use hopscope_schemas::layout::{self, TMP_SUFFIX};
 use hopscope_schemas::manifest::{FileEntry, Manifest, RetiredFile};
@@ -18,6 +21,14 @@ use crate::IngestError;
 pub struct ManifestStore {
     path: PathBuf,
     current: Mutex<Manifest>,
+    /// When files retired by this process left the manifest, on the monotonic clock: a query
+    /// of this process is bounded by a monotonic timer, so its grace is measured the same way, and
+    /// no step of the wall clock can shorten it.
+    retired_here: Mutex<HashMap<String, Instant>>,
+    /// Whether the directory holding the last committed manifest was synced. A commit whose
+    /// rename succeeded is visible (and stays committed) even when the sync fails, but until a
+    /// later sync succeeds a crash could bring back the manifest before it.
+    durable: AtomicBool,
 }
 
 impl ManifestStore {
@@ -34,7 +45,12 @@ impl ManifestStore {
             Err(e) => return Err(IngestError::io(format!("reading {}", path.display()))(e)),
         };
         remove_uncommitted_span_files(&tenant_dir, &current)?;
-        Ok(Self { path, current: Mutex::new(current) })
+        Ok(Self {
+            path,
+            current: Mutex::new(current),
+            retired_here: Mutex::new(HashMap::new()),
+            durable: AtomicBool::new(true),
+        })
     }
 
     /// The committed WAL floor.
@@ -62,7 +78,7 @@ impl ManifestStore {
     /// the previous manifest, until [`Self::forget_retired`]. Fails, committing nothing, when a
     /// removed file is no longer listed. Blocking I/O.
     pub fn commit_replaced(&self, removed: &[FileEntry], added: Vec<FileEntry>) -> Result<u64, IngestError> {
-        self.commit(|next| {
+        let generation = self.commit(|next| {
             for gone in removed {
                 let Some(at) = next.files.iter().position(|f| f.path == gone.path) else {
                     return Err(IngestError::ManifestConflict(format!("{} is no longer listed", gone.path)));
@@ -72,22 +88,46 @@ impl ManifestStore {
             }
             next.files.extend(added);
             Ok(())
-        })
+        })?;
+        let now = Instant::now();
+        let mut retired_here = self.retired_here.lock().expect("retired files lock");
+        retired_here.extend(removed.iter().map(|gone| (gone.path.clone(), now)));
+        Ok(generation)
     }
 
-    /// Retired files that left the manifest at least `grace` ago.
+    /// Retired files that left the manifest at least `grace` ago: by the monotonic clock for those
+    /// this process retired, by the wall clock for those retired before it started.
     pub fn retired_before(&self, grace: std::time::Duration) -> Vec<RetiredFile> {
         let cutoff = now_unix_ms().saturating_sub(grace.as_millis().min(i64::MAX as u128) as i64);
         let current = self.current.lock().expect("manifest lock");
-        current.retired.iter().filter(|r| r.retired_unix_ms <= cutoff).cloned().collect()
+        let retired_here = self.retired_here.lock().expect("retired files lock");
+        current
+            .retired
+            .iter()
+            .filter(|r| match retired_here.get(&r.path) {
+                Some(at) => at.elapsed() >= grace,
+                None => r.retired_unix_ms <= cutoff,
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Whether the last commit is known to survive a crash (its directory was synced).
+    pub fn is_durable(&self) -> bool {
+        self.durable.load(Ordering::Acquire)
     }
 
     /// Drops deleted retired files from the manifest. Blocking I/O.
     pub fn forget_retired(&self, deleted: &[RetiredFile]) -> Result<u64, IngestError> {
-        self.commit(|next| {
+        let generation = self.commit(|next| {
             next.retired.retain(|r| !deleted.iter().any(|d| d.path == r.path));
             Ok(())
-        })
+        })?;
+        let mut retired_here = self.retired_here.lock().expect("retired files lock");
+        for gone in deleted {
+            retired_here.remove(&gone.path);
+        }
+        Ok(generation)
     }
 
     /// Applies `change` to a copy of the committed manifest and commits the result as the next
@@ -97,8 +137,17 @@ impl ManifestStore {
         let mut next = current.clone();
         change(&mut next)?;
         next.generation += 1;
-        write_atomically(&self.path, &next.to_json())?;
+        let renamed = write_atomically(&self.path, &next.to_json())?;
+        // Renamed into place, the new manifest is what readers see: it is committed, and the
+        // files it lists must stay, whether or not the directory sync below went through.
         *current = next;
+        match renamed.sync_directory() {
+            Ok(()) => self.durable.store(true, Ordering::Release),
+            Err(e) => {
+                self.durable.store(false, Ordering::Release);
+                tracing::error!(error = %e, "committed the manifest but could not sync its directory; the write-ahead log is kept until a later commit is synced");
+            }
+        }
         Ok(current.generation)
     }
 }
@@ -107,15 +156,30 @@ pub(crate) fn now_unix_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Writes `bytes` to `path` through a synced temporary file and a rename, then syncs the directory.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), IngestError> {
+/// Writes `bytes` to `path` through a synced temporary file and a rename. Once it returns, readers
+/// see the new content; the rename survives a crash only after [`Renamed::sync_directory`].
+pub(crate) fn write_atomically<'a>(path: &'a Path, bytes: &[u8]) -> Result<Renamed<'a>, IngestError> {
     let tmp = tmp_path(path);
     let mut file = fs::File::create(&tmp).map_err(IngestError::io(format!("creating {}", tmp.display())))?;
     file.write_all(bytes).map_err(IngestError::io(format!("writing {}", tmp.display())))?;
     file.sync_all().map_err(IngestError::io(format!("syncing {}", tmp.display())))?;
     drop(file);
     fs::rename(&tmp, path).map_err(IngestError::io(format!("renaming {} into place", tmp.display())))?;
-    sync_parent(path)
+    Ok(Renamed(path))
+}
+
+/// A file renamed into place whose directory is not yet synced.
+#[must_use = "the rename survives a crash only once its directory is synced"]
+pub(crate) struct Renamed<'a>(&'a Path);
+
+impl Renamed<'_> {
+    pub(crate) fn sync_directory(self) -> Result<(), IngestError> {
+        #[cfg(test)]
+        if tests::FAIL_DIRECTORY_SYNC.with(std::cell::Cell::get) {
+            return Err(IngestError::io("syncing a directory (failed by the test)")(std::io::Error::other("injected")));
+        }
+        sync_parent(self.0)
+    }
 }
 
 /// `path` with the temporary-file suffix appended.
@@ -257,6 +321,52 @@ mod tests {
             Err(IngestError::ManifestConflict(_))
         ));
         assert_eq!(reopened.snapshot().generation, generation);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    thread_local! {
+        /// Makes every directory sync of this thread fail.
+        pub(super) static FAIL_DIRECTORY_SYNC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    #[test]
+    fn a_commit_whose_directory_sync_fails_is_still_the_committed_manifest() {
+        let dir = tempdir();
+        let store = ManifestStore::open(&dir, "default").unwrap();
+        store.commit_added(vec![entry("a")], 1).unwrap();
+        assert!(store.is_durable());
+        FAIL_DIRECTORY_SYNC.with(|f| f.set(true));
+        let generation = store.commit_added(vec![entry("b")], 2).expect("renamed into place: committed");
+        FAIL_DIRECTORY_SYNC.with(|f| f.set(false));
+        // What readers see on disk and what the store holds agree, and the files stay listed.
+        let on_disk = Manifest::from_json(&fs::read(layout::manifest_path(&dir, "default")).unwrap()).unwrap();
+        assert_eq!(on_disk, store.snapshot());
+        assert_eq!(on_disk.generation, generation);
+        assert_eq!(on_disk.files, vec![entry("a"), entry("b")]);
+        assert!(!store.is_durable(), "not yet known to survive a crash");
+        store.commit_added(vec![], 2).unwrap();
+        assert!(store.is_durable());
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn files_retired_here_wait_their_grace_on_the_monotonic_clock() {
+        let dir = tempdir();
+        let store = ManifestStore::open(&dir, "default").unwrap();
+        store.commit_added(vec![entry("a"), entry("b")], 0).unwrap();
+        store.commit_replaced(&[entry("a")], vec![entry("c")]).unwrap();
+        // Even if the wall clock jumped an hour ahead, the grace is measured since the retirement.
+        assert!(store.retired_before(std::time::Duration::from_secs(3600)).is_empty());
+        assert_eq!(store.retired_before(std::time::Duration::ZERO).len(), 1);
+        // Retired by an earlier process: no query of this one can read it; the stored time decides.
+        let mut manifest = store.snapshot();
+        manifest.retired[0].retired_unix_ms = now_unix_ms() - 7_200_000;
+        write_atomically(&layout::manifest_path(&dir, "default"), &manifest.to_json())
+            .unwrap()
+            .sync_directory()
+            .unwrap();
+        let reopened = ManifestStore::open(&dir, "default").unwrap();
+        assert_eq!(reopened.retired_before(std::time::Duration::from_secs(3600)).len(), 1);
         fs::remove_dir_all(dir).unwrap();
     }
 

@@ -22,7 +22,7 @@ type Result<T> = std::result::Result<T, JsonError>;
 
 /// Decodes an OTLP/JSON `ExportTraceServiceRequest`.
 pub fn decode_request(body: &[u8]) -> Result<ExportTraceServiceRequest> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| JsonError(format!("not valid JSON: {e}")))?;
+    let Strict(value) = serde_json::from_slice(body).map_err(|e| JsonError(format!("not valid JSON: {e}")))?;
     let obj = object(&value, "request")?;
     Ok(ExportTraceServiceRequest { resource_spans: list(obj, "resourceSpans", "resource_spans", "", resource_spans)? })
 }
@@ -32,7 +32,104 @@ fn err(path: &str, what: impl std::fmt::Display) -> JsonError {
 }
 
 fn object<'a>(value: &'a Value, path: &str) -> Result<&'a Map<String, Value>> {
-    value.as_object().ok_or_else(|| err(path, format!("expected an object, got {}", kind_of(value))))
+    let obj = value.as_object().ok_or_else(|| err(path, format!("expected an object, got {}", kind_of(value))))?;
+    // A field under both its JSON name and its proto name is given twice.
+    for key in obj.keys().filter(|k| k.contains('_')) {
+        let camel = lower_camel(key);
+        if obj.get(&camel).is_some_and(|v| !v.is_null()) && !obj[key].is_null() {
+            return Err(err(path, format!("{camel:?} is given twice (also as {key:?})")));
+        }
+    }
+    Ok(obj)
+}
+
+/// `snake_case` → `snakeCase`.
+fn lower_camel(snake: &str) -> String {
+    let mut out = String::with_capacity(snake.len());
+    let mut upper = false;
+    for ch in snake.chars() {
+        match ch {
+            '_' => upper = true,
+            ch if upper => {
+                out.extend(ch.to_uppercase());
+                upper = false;
+            }
+            ch => out.push(ch),
+        }
+    }
+    out
+}
+
+/// A JSON value in which no object has a key twice: a lenient parser keeps the last and silently
+/// drops the others (a body with `resourceSpans` twice would lose the first list).
+struct Strict(Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> std::result::Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> std::result::Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> std::result::Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> std::result::Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> std::result::Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> std::result::Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> std::result::Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> std::result::Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(Strict(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<Value, A::Error> {
+        let mut obj = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if obj.contains_key(&key) {
+                return Err(serde::de::Error::custom(format_args!("the key {key:?} appears twice in one object")));
+            }
+            let Strict(value) = map.next_value()?;
+            obj.insert(key, value);
+        }
+        Ok(Value::Object(obj))
+    }
 }
 
 fn kind_of(value: &Value) -> &'static str {
@@ -350,5 +447,21 @@ mod tests {
         }
         assert!(decode_request(b"{not json").unwrap_err().0.contains("not valid JSON"));
         assert!(decode_request(b"[]").unwrap_err().0.contains("expected an object"));
+    }
+
+    #[test]
+    fn a_field_given_twice_is_refused_not_dropped() {
+        let twice = br#"{"resourceSpans":[{"scopeSpans":[]}],"resourceSpans":[]}"#;
+        let err = decode_request(twice).unwrap_err().0;
+        assert!(err.contains("\"resourceSpans\" appears twice"), "{err}");
+        let both_names = br#"{"resourceSpans":[],"resource_spans":[{"scopeSpans":[]}]}"#;
+        let err = decode_request(both_names).unwrap_err().0;
+        assert!(err.contains("\"resourceSpans\" is given twice"), "{err}");
+        let err = one_span(r#"{"spanId":"0202020202020202","span_id":"0303030303030303"}"#).unwrap_err().0;
+        assert!(err.contains("spans[0]: \"spanId\" is given twice"), "{err}");
+        // The same key in different objects is fine.
+        let spans = r#"{"spanId":"0202020202020202"},{"spanId":"0303030303030303"}"#;
+        let body = format!(r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{spans}]}}]}}]}}"#);
+        assert_eq!(decode_request(body.as_bytes()).unwrap().resource_spans[0].scope_spans[0].spans.len(), 2);
     }
 }

@@ -160,9 +160,36 @@ async fn otlp_grpc_answers_per_the_specification() {
 
     // Over the limit after decompression: a highly compressible message passes the wire-size check
     // and must be refused while inflating.
-    let big = request(vec![span(good_id, vec![2; 8], &"x".repeat(50_000))]);
+    let big = request(vec![span(good_id.clone(), vec![2; 8], &"x".repeat(50_000))]);
     let status = client.export(big).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+
+    // Over the limit as sent, uncompressed: RESOURCE_EXHAUSTED too, as the README promises.
+    let mut plain = TraceServiceClient::connect(format!("http://{}", server.grpc)).await.unwrap();
+    let big = request(vec![span(good_id.clone(), vec![3; 8], &"y".repeat(50_000))]);
+    let status = plain.export(big).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("4096"), "{status:?}");
+
+    // gzip followed by bytes that are not gzip is refused, as it is over OTLP/HTTP.
+    let mut compressed = gzip(&request(vec![span(good_id, vec![4; 8], "trailing")]).encode_to_vec());
+    compressed.extend_from_slice(b"trailing garbage");
+    let mut frame = vec![1u8];
+    frame.extend_from_slice(&(compressed.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&compressed);
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let response = h2
+        .post(format!("http://{}/opentelemetry.proto.collector.trace.v1.TraceService/Export", server.grpc))
+        .header("content-type", "application/grpc")
+        .header("grpc-encoding", "gzip")
+        .header("te", "trailers")
+        .body(frame)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["grpc-status"], (tonic::Code::InvalidArgument as i32).to_string());
+    let message = response.headers()["grpc-message"].to_str().unwrap().to_owned();
+    assert!(message.contains("gzip"), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
