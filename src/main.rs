@@ -4,6 +4,7 @@
 mod admin;
 mod corpus;
 mod export;
+mod listener;
 mod load;
 mod simulate;
 
@@ -98,6 +99,25 @@ struct ServeArgs {
     /// The most rows `POST /api/v1/sql` returns; larger results are refused with a message.
     #[arg(long, env = "HOPSCOPE_QUERY_MAX_ROWS", default_value_t = 10_000, value_parser = positive_usize)]
     query_max_rows: usize,
+    /// The most queries (API, UI and SQL) that run at once; more wait up to 2 s for a turn, then
+    /// are refused with 503 and Retry-After.
+    #[arg(long, env = "HOPSCOPE_QUERY_MAX_CONCURRENT", default_value_t = 8, value_parser = positive_usize)]
+    query_max_concurrent: usize,
+    /// The largest cartesian product (rows of one input times rows of the other) a cross or
+    /// nested-loop join in `POST /api/v1/sql` may form; larger ones are refused before they run.
+    #[arg(long, env = "HOPSCOPE_QUERY_MAX_CARTESIAN_ROWS", default_value_t = 1_000_000_000, value_parser = positive_u64)]
+    query_max_cartesian_rows: u64,
+    /// Connections each listener keeps open at once (at the cap, the one idle the longest is
+    /// closed for a new one). Default: a share of the open-file limit, at most 4096.
+    #[arg(long, env = "HOPSCOPE_MAX_CONNECTIONS", value_parser = positive_usize)]
+    max_connections: Option<usize>,
+    /// Time a client has to send a request's headers; also how long an HTTP/1 connection may wait
+    /// between requests.
+    #[arg(long, env = "HOPSCOPE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    header_read_timeout: std::time::Duration,
+    /// A connection with no request in flight and no bytes moving for this long is closed.
+    #[arg(long, env = "HOPSCOPE_IDLE_TIMEOUT", default_value = "60s", value_parser = positive_duration)]
+    idle_timeout: std::time::Duration,
     /// Longest attribute value, span name, status message or event name stored, in bytes; longer
     /// ones are truncated and the export's partial success says so.
     #[arg(long, env = "HOPSCOPE_MAX_VALUE_BYTES", default_value_t = 32 * 1024, value_parser = positive_usize)]
@@ -166,6 +186,14 @@ fn positive_duration(s: &str) -> Result<std::time::Duration, String> {
     }
 }
 
+fn positive_u64(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(0) => Err("must be greater than 0".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("not a positive integer: {e}")),
+    }
+}
+
 fn positive_usize(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(0) => Err("must be greater than 0".into()),
@@ -178,7 +206,8 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
+        .with_writer(|| LossyStderr)
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -189,6 +218,22 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(args) => runtime.block_on(demo(args)),
         Command::DeadLetters(args) => runtime.block_on(admin::dead_letters(args)),
         Command::Compact(args) => runtime.block_on(admin::compact(args)),
+    }
+}
+
+/// Standard error for log lines, which never fails: when it cannot be written (a log shipper that
+/// died and left a closed pipe), the line is dropped, and whoever logged carries on.
+struct LossyStderr;
+
+impl std::io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
     }
 }
 
@@ -280,7 +325,16 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
     query_config.memory_limit_bytes = args.query_memory_limit_bytes;
     query_config.timeout = args.query_timeout;
     query_config.max_rows = args.query_max_rows;
+    query_config.max_concurrent = args.query_max_concurrent;
+    query_config.max_cartesian_rows = args.query_max_cartesian_rows;
     let engine = Arc::new(QueryEngine::new(&query_config)?);
+
+    let descriptors = listener::raise_descriptor_limit();
+    let listener_limits = listener::ListenerLimits {
+        max_connections: args.max_connections.unwrap_or_else(|| listener::default_max_connections(descriptors, 3)),
+        header_read_timeout: args.header_read_timeout,
+        idle_timeout: args.idle_timeout,
+    };
 
     let grpc_listener = bind(args.otlp_grpc_addr, "OTLP/gRPC").await?;
     let http_listener = bind(args.otlp_http_addr, "OTLP/HTTP").await?;
@@ -294,6 +348,8 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
         otlp_http = %http_listener.local_addr()?,
         api = %api_listener.local_addr()?,
         data_dir = %args.data_dir.display(),
+        max_connections = listener_limits.max_connections,
+        open_file_limit = descriptors,
         "hopscope listening"
     );
     if let Some(listening) = listening {
@@ -306,18 +362,16 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
     let stop = CancellationToken::new();
     let flush_stop = CancellationToken::new();
     let ready = Arc::new(AtomicBool::new(true));
-    let flusher = ingester.spawn_flusher(flush_stop.clone());
-    let maintenance = ingester.spawn_maintenance(stop.clone());
+    let flusher = supervise_flusher(&ingester, flush_stop.clone());
+    let maintenance = supervise_maintenance(&ingester, stop.clone());
 
     let grpc = {
         let service = hopscope_ingest::grpc::TraceService::new(Arc::clone(&ingester), args.otlp_grpc_max_message_bytes);
-        let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+        let app = tonic::service::Routes::new(service).prepare().into_axum_router();
         let stop = stop.clone();
         tokio::spawn(async move {
             let _stop_all = stop.clone().drop_guard();
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+            listener::serve(grpc_listener, "otlp-grpc", listener::Protocol::Grpc, app, listener_limits, stop)
                 .await
                 .context("OTLP/gRPC server")
         })
@@ -327,8 +381,7 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
         let stop = stop.clone();
         tokio::spawn(async move {
             let _stop_all = stop.clone().drop_guard();
-            axum::serve(http_listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
+            listener::serve(http_listener, "otlp-http", listener::Protocol::Http, app, listener_limits, stop)
                 .await
                 .context("OTLP/HTTP server")
         })
@@ -339,10 +392,12 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
             .merge(hopscope_ui::router(Arc::clone(&engine), ui_config))
             .merge(hopscope_ingest::admin::router(Arc::clone(&ingester)))
             .merge(health_router(Arc::clone(&ready)))
-            .merge(metrics_router(Arc::clone(&ingester)));
+            .merge(metrics_router(Arc::clone(&ingester), Arc::clone(&engine)));
         let stop = stop.clone();
         tokio::spawn(async move {
-            axum::serve(api_listener, app).with_graceful_shutdown(stop.cancelled_owned()).await.context("API server")
+            listener::serve(api_listener, "api", listener::Protocol::Http, app, listener_limits, stop)
+                .await
+                .context("API server")
         })
     };
 
@@ -388,15 +443,66 @@ fn health_router(ready: Arc<AtomicBool>) -> Router {
         .with_state(ready)
 }
 
-fn metrics_router(ingester: Arc<Ingester>) -> Router {
+fn metrics_router(ingester: Arc<Ingester>, engine: Arc<QueryEngine>) -> Router {
     Router::new()
         .route(
             "/metrics",
-            get(|State(ingester): State<Arc<Ingester>>| async move {
-                ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], ingester.prometheus_text())
+            get(|State((ingester, engine)): State<(Arc<Ingester>, Arc<QueryEngine>)>| async move {
+                let mut text = ingester.prometheus_text();
+                text.push_str(&engine.prometheus_text());
+                ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
             }),
         )
-        .with_state(ingester)
+        .with_state((ingester, engine))
+}
+
+/// How long a failed maintenance task waits before it is started again.
+const MAINTENANCE_RESTART_DELAY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs the maintenance task (compaction, retention), starting it again if it fails unexpectedly,
+/// until `stop` is cancelled.
+fn supervise_maintenance(ingester: &Arc<Ingester>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    let ingester = Arc::clone(ingester);
+    tokio::spawn(async move {
+        loop {
+            match ingester.spawn_maintenance(stop.clone()).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::error!(error = %e, "the maintenance task failed; starting it again");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(MAINTENANCE_RESTART_DELAY) => {}
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Runs the flusher. If it fails unexpectedly, what it was writing may be half done, so the
+/// process stops at once, loudly: every acknowledged span is in the write-ahead log, and the next
+/// start writes it.
+fn supervise_flusher(
+    ingester: &Arc<Ingester>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<Result<(), hopscope_ingest::IngestError>> {
+    let flusher = ingester.spawn_flusher(stop);
+    tokio::spawn(async move {
+        match flusher.await {
+            Ok(result) => result,
+            Err(e) => {
+                tracing::error!(error = %e, "the flusher failed; stopping so that the next start replays the write-ahead log");
+                eprintln_lossy(&format!("hopscope: the flusher failed ({e}); exiting"));
+                std::process::exit(70);
+            }
+        }
+    })
+}
+
+/// Writes a line to standard error, if it can.
+fn eprintln_lossy(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// A write past a file size limit (`ulimit -f`) raises SIGXFSZ, which kills the process by default.

@@ -47,10 +47,14 @@ pub fn router(engine: Arc<QueryEngine>) -> Router {
 impl IntoResponse for QueryError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
+        if status.is_server_error() && !matches!(self, QueryError::Busy(_)) {
             tracing::error!(error = %self, "api request failed");
         }
-        (status, Json(ErrorBody { error: self.to_string() })).into_response()
+        let mut response = (status, Json(ErrorBody { error: self.to_string() })).into_response();
+        if matches!(self, QueryError::Busy(_)) {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 
@@ -69,7 +73,7 @@ async fn trace(
 ) -> Result<Json<TraceView>, QueryError> {
     params(raw, &[])?;
     let id: TraceId = trace_id.parse().map_err(|e| QueryError::BadParameter(format!("trace_id: {e}")))?;
-    match engine.bounded(engine.trace(id)).await? {
+    match engine.run(move |e| async move { e.trace(id).await }).await? {
         Some(trace) => Ok(Json(trace)),
         None => Err(QueryError::NotFound(format!("trace {id} not found"))),
     }
@@ -82,7 +86,7 @@ async fn trace_critical_path(
 ) -> Result<Json<TraceCriticalPathView>, QueryError> {
     params(raw, &[])?;
     let id: TraceId = trace_id.parse().map_err(|e| QueryError::BadParameter(format!("trace_id: {e}")))?;
-    match engine.bounded(engine.trace_critical_path(id)).await? {
+    match engine.run(move |e| async move { e.trace_critical_path(id).await }).await? {
         Some(path) => Ok(Json(path)),
         None => Err(QueryError::NotFound(format!("trace {id} not found"))),
     }
@@ -101,13 +105,13 @@ async fn aggregate_critical_path(
     if query.operation.is_some() && query.service.is_none() {
         return Err(QueryError::BadParameter("operation: needs service (the root span's service)".into()));
     }
-    Ok(Json(engine.bounded(engine.aggregate_critical_path(&query)).await?))
+    Ok(Json(engine.run(move |e| async move { e.aggregate_critical_path(&query).await }).await?))
 }
 
 async fn dependencies(State(engine): Engine, raw: RawParams) -> Result<Json<DependenciesView>, QueryError> {
     let p = params(raw, &["start", "end"])?;
     let range = p.range()?;
-    Ok(Json(engine.bounded(engine.dependencies(range)).await?))
+    Ok(Json(engine.run(move |e| async move { e.dependencies(range).await }).await?))
 }
 
 async fn findings(State(engine): Engine, raw: RawParams) -> Result<Json<FindingsView>, QueryError> {
@@ -148,12 +152,12 @@ async fn findings(State(engine): Engine, raw: RawParams) -> Result<Json<Findings
         return Err(QueryError::BadParameter("retry_min_attempts: must be at least 2".into()));
     }
     let query = FindingsQuery { range: p.range()?, service: p.text("service")?.map(str::to_owned), thresholds };
-    Ok(Json(engine.bounded(engine.findings(&query)).await?))
+    Ok(Json(engine.run(move |e| async move { e.findings(&query).await }).await?))
 }
 
 async fn services(State(engine): Engine, raw: RawParams) -> Result<Json<ServicesView>, QueryError> {
     params(raw, &[])?;
-    Ok(Json(ServicesView { services: engine.bounded(engine.services()).await? }))
+    Ok(Json(ServicesView { services: engine.run(move |e| async move { e.services().await }).await? }))
 }
 
 async fn operations(
@@ -162,7 +166,10 @@ async fn operations(
     raw: RawParams,
 ) -> Result<Json<OperationsView>, QueryError> {
     params(raw, &[])?;
-    let operations = engine.bounded(engine.operations(&service)).await?;
+    let operations = {
+        let service = service.clone();
+        engine.run(move |e| async move { e.operations(&service).await }).await?
+    };
     if operations.is_empty() {
         return Err(QueryError::NotFound(format!("no spans stored for service {service:?}")));
     }
@@ -193,7 +200,7 @@ async fn search_traces(State(engine): Engine, raw: RawParams) -> Result<Json<Tra
     {
         return Err(QueryError::BadParameter("min_duration: must not exceed max_duration".into()));
     }
-    Ok(Json(TracesView { traces: engine.bounded(engine.search_traces(&search)).await? }))
+    Ok(Json(TracesView { traces: engine.run(move |e| async move { e.search_traces(&search).await }).await? }))
 }
 
 async fn edges(State(engine): Engine, raw: RawParams) -> Result<Json<EdgesView>, QueryError> {
@@ -203,8 +210,9 @@ async fn edges(State(engine): Engine, raw: RawParams) -> Result<Json<EdgesView>,
         service: p.text("service")?.map(str::to_owned),
         by_operation: p.boolean("by_operation")?.unwrap_or(false),
     };
-    let edges = engine.bounded(engine.edges(&query)).await?;
-    Ok(Json(EdgesView { start: format_time(query.range.start_ns), end: format_time(query.range.end_ns), edges }))
+    let range = query.range;
+    let edges = engine.run(move |e| async move { e.edges(&query).await }).await?;
+    Ok(Json(EdgesView { start: format_time(range.start_ns), end: format_time(range.end_ns), edges }))
 }
 
 /// The most steps one latency view has.
@@ -244,7 +252,7 @@ async fn latency(State(engine): Engine, raw: RawParams) -> Result<Json<LatencyVi
             seconds * 1_000_000_000
         }
     };
-    Ok(Json(engine.bounded(engine.latency(&LatencyQuery { target, range, step_ns })).await?))
+    Ok(Json(engine.run(move |e| async move { e.latency(&LatencyQuery { target, range, step_ns }).await }).await?))
 }
 
 /// The body of `POST /api/v1/sql`.
@@ -253,6 +261,9 @@ async fn latency(State(engine): Engine, raw: RawParams) -> Result<Json<LatencyVi
 struct SqlRequest {
     sql: String,
 }
+
+/// Turns a `/sql` result into a response body.
+type Encode = fn(&SqlResult) -> Result<Vec<u8>, QueryError>;
 
 /// Media types `/sql` answers in, chosen by `Accept`.
 const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
@@ -265,17 +276,21 @@ async fn sql(
 ) -> Result<Response, QueryError> {
     let Json(request) = body.map_err(|e| QueryError::BadParameter(format!("body: {}", e.body_text())))?;
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
-    let result = engine.sql(&request.sql).await?;
-    if accept.contains(ARROW_STREAM) {
-        return Ok(
-            ([(header::CONTENT_TYPE, HeaderValue::from_static(ARROW_STREAM))], arrow_ipc(&result)?).into_response()
-        );
-    }
-    if accept.contains(CSV) {
-        return Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("text/csv; charset=utf-8"))], csv(&result)?)
-            .into_response());
-    }
-    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], json(&result)?).into_response())
+    let (content_type, encode): (&'static str, Encode) = if accept.contains(ARROW_STREAM) {
+        (ARROW_STREAM, arrow_ipc)
+    } else if accept.contains(CSV) {
+        ("text/csv; charset=utf-8", csv)
+    } else {
+        ("application/json", json)
+    };
+    // Encoding a large result is work too: it runs on the query threads, under the same bounds.
+    let body = engine
+        .run(move |e| async move {
+            let result = e.sql(&request.sql).await?;
+            encode(&result)
+        })
+        .await?;
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], body).into_response())
 }
 
 fn arrow_ipc(result: &SqlResult) -> Result<Vec<u8>, QueryError> {

@@ -1,14 +1,17 @@
 //! The DataFusion session over the span store, and the queries the API runs on it.
 
+use std::future::Future;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use datafusion::arrow::array::AsArray;
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Int8Type, UInt64Type};
 use datafusion::common::ScalarValue;
-use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::memory_pool::{FairSpillPool, MemoryPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::functions_aggregate::expr_fn::count;
 use datafusion::prelude::{SessionConfig, SessionContext, col, lit};
@@ -20,7 +23,10 @@ use hopscope_schemas::spans::kind;
 use crate::QueryError;
 use crate::critical_path::{PathSections, critical_path_schema};
 use crate::edges::{EdgePairing, edges_schema};
+use crate::guards::BoundedOperators;
+use crate::metrics::{Outcome, QueryMetrics};
 use crate::rows::spans_from_batches;
+use crate::runtime::{Admission, QueryRuntime};
 use crate::store::{ManifestReader, SpansTable};
 use crate::walk::{CORE_COLUMNS, DerivedTable};
 
@@ -52,6 +58,14 @@ pub struct QueryConfig {
     pub timeout: std::time::Duration,
     /// The most rows `/sql` returns.
     pub max_rows: usize,
+    /// The most queries that run at once; more wait up to `admission_wait` for a turn, then are
+    /// refused with a retryable error.
+    pub max_concurrent: usize,
+    /// How long a query waits for a turn when `max_concurrent` are running.
+    pub admission_wait: std::time::Duration,
+    /// The largest cartesian product (rows of one input times rows of the other) a cross or
+    /// nested-loop join of `/sql` may form.
+    pub max_cartesian_rows: u64,
 }
 
 /// The bounds every query runs under.
@@ -59,6 +73,8 @@ pub struct QueryConfig {
 pub struct QueryLimits {
     pub timeout: std::time::Duration,
     pub max_rows: usize,
+    pub max_cartesian_rows: u64,
+    pub memory_limit_bytes: usize,
 }
 
 impl QueryConfig {
@@ -70,15 +86,25 @@ impl QueryConfig {
             target_partitions: std::thread::available_parallelism().map_or(2, |n| n.get()),
             timeout: std::time::Duration::from_secs(30),
             max_rows: 10_000,
+            max_concurrent: 8,
+            admission_wait: std::time::Duration::from_secs(2),
+            max_cartesian_rows: 1_000_000_000,
         }
     }
 }
 
 /// Answers queries over the committed span files.
+///
+/// Every query runs through [`QueryEngine::run`]: on the engine's own threads, a bounded number at a
+/// time, under the timeout, cancelled when its caller goes away.
 pub struct QueryEngine {
     ctx: SessionContext,
     limits: QueryLimits,
     spans: Arc<SpansTable>,
+    pool: Arc<dyn MemoryPool>,
+    runtime: QueryRuntime,
+    admission: Admission,
+    metrics: Arc<QueryMetrics>,
 }
 
 impl std::fmt::Debug for QueryEngine {
@@ -89,14 +115,20 @@ impl std::fmt::Debug for QueryEngine {
 
 impl QueryEngine {
     pub fn new(config: &QueryConfig) -> Result<Self, QueryError> {
-        let pool = TrackConsumersPool::new(
+        let pool: Arc<dyn MemoryPool> = Arc::new(TrackConsumersPool::new(
             FairSpillPool::new(config.memory_limit_bytes),
             NonZeroUsize::new(5).expect("non-zero"),
-        );
-        let runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::new(pool)).build_arc()?;
+        ));
+        let runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::clone(&pool)).build_arc()?;
         let session =
             SessionConfig::new().with_target_partitions(config.target_partitions.max(1)).with_information_schema(true);
-        let ctx = SessionContext::new_with_config_rt(session, runtime);
+        let state = SessionStateBuilder::new()
+            .with_config(session)
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .with_physical_optimizer_rule(Arc::new(BoundedOperators))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
         let manifest = Arc::new(ManifestReader::new(&config.data_dir, &config.tenant));
         let spans = Arc::new(SpansTable::new(manifest));
         ctx.register_table(SPANS_TABLE, Arc::clone(&spans) as _)?;
@@ -125,7 +157,70 @@ impl QueryEngine {
         )?;
         ctx.register_table(FINDINGS_TABLE, Arc::new(findings))?;
         crate::functions::register(&ctx);
-        Ok(Self { ctx, limits: QueryLimits { timeout: config.timeout, max_rows: config.max_rows }, spans })
+        crate::guards::charge_string_builders(&ctx, &pool);
+        let limits = QueryLimits {
+            timeout: config.timeout,
+            max_rows: config.max_rows,
+            max_cartesian_rows: config.max_cartesian_rows,
+            memory_limit_bytes: config.memory_limit_bytes,
+        };
+        Ok(Self {
+            ctx,
+            limits,
+            spans,
+            pool,
+            runtime: QueryRuntime::new(config.target_partitions)?,
+            admission: Admission::new(config.max_concurrent, config.admission_wait),
+            metrics: Arc::default(),
+        })
+    }
+
+    /// Runs a query: waits for a turn (at most the admission wait), runs `query` on the query
+    /// threads under the timeout, and cancels it if the caller stops waiting. Every query of the
+    /// API and the UI goes through here.
+    pub async fn run<T, F, Fut>(self: &Arc<Self>, query: F) -> Result<T, QueryError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<QueryEngine>) -> Fut,
+        Fut: Future<Output = Result<T, QueryError>> + Send + 'static,
+    {
+        let started = Instant::now();
+        let result = self.run_admitted(query).await;
+        self.metrics.ended(Outcome::of(&result), started.elapsed());
+        result
+    }
+
+    async fn run_admitted<T, F, Fut>(self: &Arc<Self>, query: F) -> Result<T, QueryError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<QueryEngine>) -> Fut,
+        Fut: Future<Output = Result<T, QueryError>> + Send + 'static,
+    {
+        let turn = self.admission.enter().await?;
+        let running = self.metrics.running();
+        let query = query(Arc::clone(self));
+        let mut task = self.runtime.spawn(async move {
+            // Both are released when the query has stopped, not when its caller gave up on it.
+            let _turn = turn;
+            let _running = running;
+            query.await
+        });
+        let timeout = self.limits.timeout;
+        match tokio::time::timeout(timeout, &mut task.0).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) if e.is_panic() => Err(QueryError::Internal(format!("the query failed unexpectedly: {e}"))),
+            Ok(Err(e)) => Err(QueryError::Internal(format!("the query was stopped: {e}"))),
+            // Dropping the task aborts it: it stops at its next yield, which every operator of a
+            // plan reaches within a few batches.
+            Err(_) => Err(QueryError::Timeout(timeout)),
+        }
+    }
+
+    /// The query side's metrics in the Prometheus text format.
+    pub fn prometheus_text(&self) -> String {
+        let mut out = String::new();
+        self.metrics.render(&mut out, self.pool.reserved(), self.limits.memory_limit_bytes);
+        out
     }
 
     /// The bounds queries run under.
@@ -136,6 +231,11 @@ impl QueryEngine {
     /// The stored spans, for analyses that build their own per-trace tables.
     pub(crate) fn spans_table(&self) -> Arc<SpansTable> {
         Arc::clone(&self.spans)
+    }
+
+    /// The pool every query's memory is counted in.
+    pub(crate) fn memory_pool(&self) -> &Arc<dyn MemoryPool> {
+        &self.pool
     }
 
     /// The DataFusion session, with hopscope's tables registered.

@@ -25,6 +25,15 @@ pub enum QueryError {
     /// A `/sql` result has more rows than the cap.
     #[error("the result has more than {0} rows (the --query-max-rows cap); add a LIMIT or aggregate")]
     TooManyRows(usize),
+    /// A query would do more work than the server allows (a cartesian product above the bound).
+    #[error("the query is too expensive: {0}")]
+    TooExpensive(String),
+    /// The tenant already runs as many queries as it may; retry shortly.
+    #[error("{0} queries are running already (the --query-max-concurrent limit); retry in a moment")]
+    Busy(usize),
+    /// Something failed inside the server that is no fault of the request.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// A query ran longer than the timeout and was cancelled.
     #[error("the query ran longer than {0:?} (the --query-timeout limit) and was cancelled; narrow the time range")]
     Timeout(std::time::Duration),
@@ -49,12 +58,17 @@ impl QueryError {
             QueryError::BadParameter(_)
             | QueryError::BadSql(_)
             | QueryError::SqlRefused(_)
-            | QueryError::TooManyRows(_) => StatusCode::BAD_REQUEST,
-            QueryError::Timeout(_) | QueryError::ResourcesExhausted(_) => StatusCode::SERVICE_UNAVAILABLE,
-            QueryError::NotFound(_) => StatusCode::NOT_FOUND,
-            QueryError::Manifest(_) | QueryError::DataFusion(_) | QueryError::Arrow(_) | QueryError::Corrupt(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
+            | QueryError::TooManyRows(_)
+            | QueryError::TooExpensive(_) => StatusCode::BAD_REQUEST,
+            QueryError::Timeout(_) | QueryError::ResourcesExhausted(_) | QueryError::Busy(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
             }
+            QueryError::NotFound(_) => StatusCode::NOT_FOUND,
+            QueryError::Manifest(_)
+            | QueryError::DataFusion(_)
+            | QueryError::Arrow(_)
+            | QueryError::Corrupt(_)
+            | QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }

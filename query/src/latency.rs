@@ -105,6 +105,9 @@ pub struct EdgesQuery {
     pub by_operation: bool,
 }
 
+/// The most attribute conditions one trace search takes.
+pub const MAX_ATTRIBUTE_FILTERS: usize = 32;
+
 /// What `GET /api/v1/traces` asks. A trace matches when one of its spans meets every condition.
 #[derive(Debug, Clone, Default)]
 pub struct TraceSearch {
@@ -223,6 +226,12 @@ impl QueryEngine {
     /// Traces with a span that meets every condition, newest (or slowest) first.
     pub async fn search_traces(&self, search: &TraceSearch) -> Result<Vec<TraceSummaryView>, QueryError> {
         let range = search.range.ok_or_else(|| QueryError::BadParameter("start: a time range is needed".into()))?;
+        if search.attributes.len() > MAX_ATTRIBUTE_FILTERS {
+            return Err(QueryError::BadParameter(format!(
+                "attr.: {} attribute conditions; a search takes at most {MAX_ATTRIBUTE_FILTERS}",
+                search.attributes.len()
+            )));
+        }
         let mut condition = in_range(c::START_TIME, range);
         if let Some(service) = &search.service {
             condition = condition.and(col(c::SERVICE_NAME).eq(lit(service.as_str())));

@@ -6,23 +6,25 @@
 //! The session has no table function or URL table that reads files, so a query sees only `spans`,
 //! `edges`, `critical_path`, `findings` and `information_schema`. Results are capped in rows and the query in time.
 
-use std::time::Duration;
-
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::physical_plan::execute_stream;
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::{SetExpr, Statement};
 use futures::StreamExt;
 
+use crate::guards::{check_cartesian, check_nesting, check_sql_text};
 use crate::{QueryEngine, QueryError};
 
-/// The rows of a `/sql` query.
+/// The rows of a `/sql` query, held in the query memory pool until dropped.
 #[derive(Debug)]
 pub struct SqlResult {
     pub schema: SchemaRef,
     pub batches: Vec<RecordBatch>,
+    _held: MemoryReservation,
 }
 
 /// Why a statement is not run, or `None` when it is a read-only query.
@@ -63,9 +65,15 @@ fn statement_kind(statement: &Statement) -> String {
     }
 }
 
-/// Checks that `sql` is one read-only query.
+/// Checks that `sql` is one read-only query, short and shallow enough to plan (see
+/// [`crate::guards`]).
 pub fn check_read_only(sql: &str) -> Result<(), QueryError> {
+    check_sql_text(sql)?;
     let statements = DFParser::parse_sql(sql).map_err(|e| QueryError::BadSql(strip_prefix(e)))?;
+    // Before anything else looks at the statements: refusing one clones and prints it.
+    for statement in &statements {
+        check_nesting(statement)?;
+    }
     match statements.len() {
         0 => Err(QueryError::BadSql("the request holds no SQL statement".into())),
         1 => match refusal(&statements[0]) {
@@ -81,37 +89,31 @@ fn strip_prefix(e: DataFusionError) -> String {
 }
 
 impl QueryEngine {
-    /// Runs one read-only query, refusing anything that would write, and bounding rows and time.
+    /// Runs one read-only query, refusing anything that would write, and bounding its rows, its
+    /// joins and the memory its result holds. Call it inside [`QueryEngine::run`], which bounds
+    /// its time: the statement is parsed here, on the query threads' large stacks.
     pub async fn sql(&self, sql: &str) -> Result<SqlResult, QueryError> {
         check_read_only(sql)?;
         let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
-        let max_rows = self.limits().max_rows;
-        let run = async {
-            let df = self.context().sql_with_options(sql, options).await.map_err(QueryError::from_user_sql)?;
-            let schema = df.schema().inner().clone();
-            let mut stream = df.execute_stream().await.map_err(QueryError::from_user_sql)?;
-            let mut batches = Vec::new();
-            let mut rows = 0usize;
-            while let Some(batch) = stream.next().await {
-                let batch = batch.map_err(QueryError::from_user_sql)?;
-                rows += batch.num_rows();
-                if rows > max_rows {
-                    return Err(QueryError::TooManyRows(max_rows));
-                }
-                batches.push(batch);
+        let limits = self.limits();
+        let df = self.context().sql_with_options(sql, options).await.map_err(QueryError::from_user_sql)?;
+        let schema = df.schema().inner().clone();
+        let plan = df.create_physical_plan().await.map_err(QueryError::from_user_sql)?;
+        check_cartesian(&plan, limits.max_cartesian_rows)?;
+        let mut stream = execute_stream(plan, self.context().task_ctx()).map_err(QueryError::from_user_sql)?;
+        let held = MemoryConsumer::new("/sql result").register(self.memory_pool());
+        let mut batches = Vec::new();
+        let mut rows = 0usize;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(QueryError::from_user_sql)?;
+            rows += batch.num_rows();
+            if rows > limits.max_rows {
+                return Err(QueryError::TooManyRows(limits.max_rows));
             }
-            Ok(SqlResult { schema, batches })
-        };
-        self.bounded(run).await
-    }
-
-    /// Runs a query future under the engine's timeout.
-    pub async fn bounded<T>(
-        &self,
-        query: impl std::future::Future<Output = Result<T, QueryError>>,
-    ) -> Result<T, QueryError> {
-        let timeout: Duration = self.limits().timeout;
-        tokio::time::timeout(timeout, query).await.map_err(|_| QueryError::Timeout(timeout))?
+            held.try_grow(batch.get_array_memory_size())?;
+            batches.push(batch);
+        }
+        Ok(SqlResult { schema, batches, _held: held })
     }
 }
 

@@ -4,13 +4,13 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use async_trait::async_trait;
 use datafusion::arrow::compute::SortOptions;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::{DFSchema, ScalarValue, project_schema};
+use datafusion::common::stats::Precision;
+use datafusion::common::{DFSchema, ScalarValue, Statistics, project_schema};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::object_store::ObjectStoreUrl;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
@@ -31,16 +31,16 @@ use hopscope_schemas::spans::span_schema;
 
 use crate::QueryError;
 
-/// What identifies one version of the manifest file: every commit renames a new file into place,
-/// so its inode changes even when its mtime and length do not.
-type ManifestStamp = (SystemTime, u64, u64);
-
-/// Reads a tenant's manifest, re-reading it only when the file changed.
+/// Reads a tenant's manifest, parsing it again only when its bytes changed.
+///
+/// The file is read on every call (it is small, and in the page cache): no cheaper stamp is safe,
+/// since a commit renames a new file into place that can reuse a freed inode and land within the
+/// same coarse mtime tick at the same length as one two commits earlier.
 #[derive(Debug)]
 pub struct ManifestReader {
     path: PathBuf,
     tenant_dir: PathBuf,
-    cached: Mutex<Option<(ManifestStamp, Arc<Manifest>)>>,
+    cached: Mutex<Option<(Vec<u8>, Arc<Manifest>)>>,
 }
 
 impl ManifestReader {
@@ -54,25 +54,19 @@ impl ManifestReader {
 
     /// The committed manifest (empty before the first commit). Blocking I/O, small.
     pub fn current(&self) -> Result<Arc<Manifest>, QueryError> {
-        let meta = match fs::metadata(&self.path) {
-            Ok(meta) => meta,
+        let bytes = match fs::read(&self.path) {
+            Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Arc::new(Manifest::default())),
             Err(e) => return Err(QueryError::Manifest(format!("{}: {e}", self.path.display()))),
         };
-        #[cfg(unix)]
-        let inode = std::os::unix::fs::MetadataExt::ino(&meta);
-        #[cfg(not(unix))]
-        let inode = 0;
-        let stamp: ManifestStamp = (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len(), inode);
         let mut cached = self.cached.lock().expect("manifest cache lock");
         if let Some((seen, manifest)) = cached.as_ref()
-            && *seen == stamp
+            && *seen == bytes
         {
             return Ok(Arc::clone(manifest));
         }
-        let bytes = fs::read(&self.path).map_err(|e| QueryError::Manifest(format!("{}: {e}", self.path.display())))?;
         let manifest = Arc::new(Manifest::from_json(&bytes).map_err(|e| QueryError::Manifest(e.to_string()))?);
-        *cached = Some((stamp, Arc::clone(&manifest)));
+        *cached = Some((bytes, Arc::clone(&manifest)));
         Ok(manifest)
     }
 
@@ -201,16 +195,20 @@ pub fn file_ordering(schema: &SchemaRef) -> DfResult<LexOrdering> {
 }
 
 impl SpansTable {
-    fn matching_files(&self, filters: &[Expr]) -> DfResult<Vec<(String, u64)>> {
-        let manifest =
-            self.manifest.current().map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+    /// The committed manifest. A scan reads it once, so all its partitions see the same files.
+    fn manifest(&self) -> DfResult<Arc<Manifest>> {
+        self.manifest.current().map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))
+    }
+
+    /// The files of `manifest` that can hold rows matching `filters`: path, bytes and rows.
+    fn matching_files(&self, manifest: &Arc<Manifest>, filters: &[Expr]) -> Vec<(String, u64, u64)> {
         let pruning = FilePruning::from_filters(filters);
-        Ok(manifest
+        manifest
             .files
             .iter()
             .filter(|f| pruning.may_match(f))
-            .map(|f| (self.manifest.file_path(f).to_string_lossy().into_owned(), f.bytes))
-            .collect())
+            .map(|f| (self.manifest.file_path(f).to_string_lossy().into_owned(), f.bytes, f.rows))
+            .collect()
     }
 
     fn parquet_source(state: &dyn Session, filters: &[Expr]) -> DfResult<ParquetSource> {
@@ -240,6 +238,16 @@ impl SpansTable {
         projection: &[usize],
         filters: &[Expr],
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        self.ordered_scan_of(&self.manifest()?, state, projection, filters)
+    }
+
+    fn ordered_scan_of(
+        &self,
+        manifest: &Arc<Manifest>,
+        state: &dyn Session,
+        projection: &[usize],
+        filters: &[Expr],
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let schema = span_schema();
         let mut projection = projection.to_vec();
         for needed in [c::TRACE_ID, c::START_TIME] {
@@ -249,13 +257,13 @@ impl SpansTable {
             }
         }
         let projected = project_schema(&schema, Some(&projection))?;
-        let files = self.matching_files(filters)?;
+        let files = self.matching_files(manifest, filters);
         if files.is_empty() {
             return Ok(Arc::new(EmptyExec::new(projected)));
         }
         let source = Self::parquet_source(state, filters)?;
         let groups =
-            files.into_iter().map(|(path, size)| FileGroup::new(vec![PartitionedFile::new(path, size)])).collect();
+            files.into_iter().map(|(path, size, _)| FileGroup::new(vec![PartitionedFile::new(path, size)])).collect();
         let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
             .with_file_groups(groups)
             .with_output_ordering(vec![file_ordering(&schema)?])
@@ -279,8 +287,9 @@ impl SpansTable {
         partitions: usize,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let partitions = partitions.clamp(1, 256) as u128;
+        let manifest = self.manifest()?;
         if partitions == 1 {
-            return self.ordered_scan(state, projection, filters);
+            return self.ordered_scan_of(&manifest, state, projection, filters);
         }
         let bound = |i: u128| {
             let prefix = ((i << 64) / partitions) as u64;
@@ -298,7 +307,7 @@ impl SpansTable {
                 if i + 1 < partitions {
                     range.push(column.lt(bound(i + 1)));
                 }
-                self.ordered_scan(state, projection, &range)
+                self.ordered_scan_of(&manifest, state, projection, &range)
             })
             .collect::<DfResult<Vec<_>>>()?;
         UnionExec::try_new(scans)
@@ -327,18 +336,22 @@ impl TableProvider for SpansTable {
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let schema = span_schema();
-        let files = self.matching_files(filters)?;
+        let files = self.matching_files(&self.manifest()?, filters);
         if files.is_empty() {
             return Ok(Arc::new(EmptyExec::new(project_schema(&schema, projection)?)));
         }
         let source = Self::parquet_source(state, filters)?;
 
+        // The manifest knows every file's rows: the planner's estimates (and the refusal of huge
+        // cartesian products) start from them.
+        let mut statistics = Statistics::new_unknown(&schema);
+        statistics.num_rows = Precision::Exact(files.iter().map(|f| f.2 as usize).sum());
         // Spread files over the target partitions, balanced by size.
         let partitions = state.config().target_partitions().clamp(1, files.len());
         let mut groups: Vec<(u64, Vec<PartitionedFile>)> = (0..partitions).map(|_| (0, Vec::new())).collect();
         let mut by_size = files;
         by_size.sort_by_key(|f| std::cmp::Reverse(f.1));
-        for (path, size) in by_size {
+        for (path, size, _) in by_size {
             let group = groups.iter_mut().min_by_key(|g| g.0).expect("at least one group");
             group.0 += size;
             group.1.push(PartitionedFile::new(path, size));
@@ -347,6 +360,7 @@ impl TableProvider for SpansTable {
             .with_file_groups(groups.into_iter().map(|(_, files)| FileGroup::new(files)).collect())
             .with_projection_indices(projection.cloned())?
             .with_limit(limit)
+            .with_statistics(statistics)
             .build();
         Ok(DataSourceExec::from_data_source(config))
     }
@@ -354,6 +368,8 @@ impl TableProvider for SpansTable {
 
 #[cfg(test)]
 mod tests {
+    use std::time::SystemTime;
+
     use super::*;
     use datafusion::prelude::{col, lit};
 
@@ -422,6 +438,14 @@ mod tests {
         commit(2, Some(mtime));
         assert_eq!(fs::metadata(&path).unwrap().modified().unwrap(), mtime);
         assert_eq!(reader.current().unwrap().generation, 2);
+        // Two commits later ext4 can hand the rename the same inode again: overwrite in place, at
+        // the same length and mtime, as that looks to a stat.
+        let len = fs::metadata(&path).unwrap().len();
+        let third = Manifest { generation: 3, ..Manifest::default() }.to_json();
+        assert_eq!(third.len() as u64, len, "same length");
+        fs::write(&path, third).unwrap();
+        fs::File::options().write(true).open(&path).unwrap().set_modified(mtime).unwrap();
+        assert_eq!(reader.current().unwrap().generation, 3);
         let _ = fs::remove_dir_all(&dir);
     }
 

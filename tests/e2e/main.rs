@@ -12,6 +12,7 @@ mod crash;
 mod durability;
 mod errors;
 mod exporters;
+mod hostile;
 mod query;
 mod roundtrip;
 mod simulator;

@@ -26,6 +26,19 @@ pub(crate) struct Server {
     log: Arc<Mutex<String>>,
 }
 
+/// How to start a server beyond its data directory.
+#[derive(Default)]
+pub(crate) struct Launch<'a> {
+    pub(crate) data_dir: PathBuf,
+    pub(crate) extra_args: &'a [&'a str],
+    pub(crate) env: &'a [(&'a str, &'a Path)],
+    /// The server's limit on open files (`ulimit -n`).
+    pub(crate) open_files: Option<u32>,
+    /// Stop reading the server's standard error once it listens, closing the pipe, as a log
+    /// shipper that died would.
+    pub(crate) close_stderr_once_listening: bool,
+}
+
 /// A fresh, empty data directory for one test.
 pub(crate) fn fresh_data_dir(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("e2e-{name}-{}", std::process::id()));
@@ -47,13 +60,28 @@ impl Server {
 
     /// Starts a server on `data_dir` with extra environment variables and waits until it listens.
     pub(crate) fn start_with_env(data_dir: PathBuf, extra_args: &[&str], env: &[(&str, &Path)]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hopscope"))
+        Server::launch(Launch { data_dir, extra_args, env, ..Launch::default() })
+    }
+
+    /// Starts a server as `launch` says and waits until it listens.
+    pub(crate) fn launch(launch: Launch<'_>) -> Server {
+        let binary = env!("CARGO_BIN_EXE_hopscope");
+        let mut command = match launch.open_files {
+            // `ulimit -n` in a shell that then becomes the server: a limit on the server alone.
+            Some(limit) => {
+                let mut command = Command::new("sh");
+                command.args(["-c", &format!("ulimit -n {limit} && exec \"$0\" \"$@\""), binary]);
+                command
+            }
+            None => Command::new(binary),
+        };
+        let mut child = command
             .arg("serve")
             .arg("--data-dir")
-            .arg(&data_dir)
+            .arg(&launch.data_dir)
             .args(["--otlp-grpc-addr", "127.0.0.1:0", "--otlp-http-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0"])
-            .args(extra_args)
-            .envs(env.iter().copied())
+            .args(launch.extra_args)
+            .envs(launch.env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -64,12 +92,18 @@ impl Server {
         let (tx, rx) = mpsc::channel();
         {
             let log = Arc::clone(&log);
+            let close_stderr = launch.close_stderr_once_listening;
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if line.contains("hopscope listening") {
+                    let listening = line.contains("hopscope listening");
+                    if listening {
                         let _ = tx.send(line.clone());
                     }
                     log.lock().unwrap().push_str(&(line + "\n"));
+                    if listening && close_stderr {
+                        // Dropping the reader closes the pipe: the server's next log line fails.
+                        return;
+                    }
                 }
             });
         }
@@ -84,7 +118,14 @@ impl Server {
             let start = line.find(&format!("{key}=")).unwrap_or_else(|| panic!("{key} in {line}")) + key.len() + 1;
             line[start..].split_whitespace().next().unwrap().parse().unwrap()
         };
-        Server { grpc: addr("otlp_grpc"), http: addr("otlp_http"), api: addr("api"), data_dir, child: Some(child), log }
+        Server {
+            grpc: addr("otlp_grpc"),
+            http: addr("otlp_http"),
+            api: addr("api"),
+            data_dir: launch.data_dir,
+            child: Some(child),
+            log,
+        }
     }
 
     pub(crate) fn traces_url(&self) -> String {

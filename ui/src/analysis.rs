@@ -81,11 +81,11 @@ pub(crate) async fn critical_path_page(
         return Err(UiError::BadParameter("operation: needs service (the root span's service)".into()));
     }
     let engine = &ui.engine;
-    let query =
-        AggregatePathQuery { range: params.window.range, service: service.clone(), operation: operation.clone() };
+    let range = params.window.range;
+    let query = AggregatePathQuery { range, service: service.clone(), operation: operation.clone() };
     let (view, dependencies) = tokio::try_join!(
-        engine.bounded(engine.aggregate_critical_path(&query)),
-        engine.bounded(engine.dependencies(params.window.range)),
+        engine.run(move |e| async move { e.aggregate_critical_path(&query).await }),
+        engine.run(move |e| async move { e.dependencies(range).await }),
     )?;
     let empty = if view.traces == 0 {
         Some(crate::page::empty_state(&ui, &params.window, &headers, "traces for this endpoint").await?)
@@ -140,7 +140,7 @@ pub(crate) async fn findings_page(
     let service = params.text("service").map(str::to_owned);
     let query =
         FindingsQuery { range: params.window.range, service: service.clone(), thresholds: Thresholds::default() };
-    let view = ui.engine.bounded(ui.engine.findings(&query)).await?;
+    let view = ui.engine.run(move |e| async move { e.findings(&query).await }).await?;
     let empty = if view.findings.is_empty() {
         Some(crate::page::empty_state(&ui, &params.window, &headers, "findings").await?)
     } else {

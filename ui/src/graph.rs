@@ -239,7 +239,8 @@ pub(crate) async fn page(
         Some("errors") => Colouring::Errors,
         Some(other) => return Err(UiError::BadParameter(format!("color: expected latency or errors, got {other:?}"))),
     };
-    let view = ui.engine.bounded(ui.engine.dependencies(params.window.range)).await?;
+    let range = params.window.range;
+    let view = ui.engine.run(move |e| async move { e.dependencies(range).await }).await?;
     let body = if view.nodes.is_empty() {
         crate::page::empty_state(&ui, &params.window, &headers, "calls").await?
     } else {

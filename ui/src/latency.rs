@@ -114,11 +114,12 @@ pub(crate) async fn service_page(
         step_ns: step_for(range),
     };
     let edges_query = EdgesQuery { range, service: Some(name.clone()), by_operation: false };
+    let (service, slowest_query) = (name.clone(), query.clone());
     let (operations, edges, view, slowest) = tokio::try_join!(
-        engine.bounded(engine.operations(&name)),
-        engine.bounded(engine.edges(&edges_query)),
-        engine.bounded(engine.latency(&query)),
-        engine.bounded(engine.slowest(&query, SLOWEST)),
+        engine.run(move |e| async move { e.operations(&service).await }),
+        engine.run(move |e| async move { e.edges(&edges_query).await }),
+        engine.run(move |e| async move { e.latency(&query).await }),
+        engine.run(move |e| async move { e.slowest(&slowest_query, SLOWEST).await }),
     )?;
     let title = match &operation {
         Some(op) => format!("{name} · {op}"),
@@ -197,10 +198,11 @@ pub(crate) async fn hop_page(
         step_ns: step_for(range),
     };
     let edges_query = EdgesQuery { range, service: Some(caller.clone()), by_operation: false };
+    let slowest_query = query.clone();
     let (edges, view, slowest) = tokio::try_join!(
-        engine.bounded(engine.edges(&edges_query)),
-        engine.bounded(engine.latency(&query)),
-        engine.bounded(engine.slowest(&query, SLOWEST)),
+        engine.run(move |e| async move { e.edges(&edges_query).await }),
+        engine.run(move |e| async move { e.latency(&query).await }),
+        engine.run(move |e| async move { e.slowest(&slowest_query, SLOWEST).await }),
     )?;
     let hop: Vec<EdgeView> = edges.into_iter().filter(|e| e.caller == caller && e.callee == callee).collect();
     let title = format!("{caller} → {callee}");

@@ -172,7 +172,7 @@ pub(crate) async fn not_found(uri: Uri) -> Response {
 /// What a page shows when it has nothing to show: no spans stored at all (how to send some), or
 /// none in the range (widen it).
 pub(crate) async fn empty_state(ui: &Ui, window: &Window, headers: &HeaderMap, what: &str) -> Result<Markup, UiError> {
-    let any_spans = !ui.engine.bounded(ui.engine.services()).await?.is_empty();
+    let any_spans = !ui.engine.run(move |e| async move { e.services().await }).await?.is_empty();
     if any_spans {
         return Ok(html! {
             div.empty {

@@ -76,8 +76,11 @@ pub(crate) async fn page(
         return Err(UiError::BadParameter("min_duration: must not exceed max_duration".into()));
     }
     let engine = &ui.engine;
-    let (services, traces) =
-        tokio::try_join!(engine.bounded(engine.services()), engine.bounded(engine.search_traces(&search)))?;
+    let asked = search.clone();
+    let (services, traces) = tokio::try_join!(
+        engine.run(|e| async move { e.services().await }),
+        engine.run(move |e| async move { e.search_traces(&asked).await }),
+    )?;
     let empty = if traces.is_empty() {
         Some(crate::page::empty_state(&ui, &params.window, &headers, "traces that match").await?)
     } else {

@@ -123,8 +123,10 @@ pub(crate) async fn page(
     let params = PageParams::new(raw, &[])?;
     let id: TraceId = trace_id.parse().map_err(|e| UiError::BadParameter(format!("trace id: {e}")))?;
     let engine = &ui.engine;
-    let (trace, paths) =
-        tokio::try_join!(engine.bounded(engine.trace(id)), engine.bounded(engine.trace_critical_path(id)))?;
+    let (trace, paths) = tokio::try_join!(
+        engine.run(move |e| async move { e.trace(id).await }),
+        engine.run(move |e| async move { e.trace_critical_path(id).await })
+    )?;
     let Some(trace) = trace else {
         return Err(UiError::Query(hopscope_query::QueryError::NotFound(format!(
             "trace {id} not found: it may not be written yet (spans become queryable about a second after their trace goes quiet) or it is outside what is stored"
