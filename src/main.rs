@@ -180,7 +180,7 @@ fn optional_bytes(s: &str) -> Result<Option<u64>, String> {
 }
 
 fn positive_duration(s: &str) -> Result<std::time::Duration, String> {
-    match hopscope_query::params::parse_duration(s)? {
+    match hopscope_schemas::time::parse_duration(s)? {
         ns if ns > 0 => Ok(std::time::Duration::from_nanos(ns as u64)),
         _ => Err(format!("{s:?} must be longer than zero")),
     }

@@ -116,7 +116,7 @@ impl SimulateArgs {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let ns = hopscope_query::params::parse_duration(s)?;
+    let ns = hopscope_schemas::time::parse_duration(s)?;
     u64::try_from(ns).map(Duration::from_nanos).map_err(|_| format!("{s:?} must not be negative"))
 }
 

@@ -10,7 +10,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use datafusion::arrow::array::RecordBatch;
 use hopscope_schemas::TraceId;
 use hopscope_schemas::api::{
     AggregateCriticalPathView, DependenciesView, EdgesView, ErrorBody, FindingsView, LatencyView, OperationsView,
@@ -18,12 +17,22 @@ use hopscope_schemas::api::{
 };
 use serde::Deserialize;
 
-use crate::critical_path::AggregatePathQuery;
-use crate::findings::{FindingsQuery, Thresholds};
-use crate::latency::{EdgesQuery, LatencyQuery, LatencyTarget, TraceSearch};
-use crate::params::{Params, format_time};
+use hopscope_schemas::time::format_time;
+
+use crate::analysis::critical_path::AggregatePathQuery;
+use crate::analysis::findings::{FindingsQuery, Thresholds};
+use crate::analysis::latency::{EdgesQuery, LatencyQuery, LatencyTarget};
+use crate::analysis::search::TraceSearch;
 use crate::sql::SqlResult;
 use crate::{QueryEngine, QueryError};
+
+mod encode;
+pub(crate) mod params;
+mod status;
+
+pub use status::status as status_of;
+
+use params::Params;
 
 /// Routes of the HTTP API.
 pub fn router(engine: Arc<QueryEngine>) -> Router {
@@ -44,20 +53,6 @@ pub fn router(engine: Arc<QueryEngine>) -> Router {
         .with_state(engine)
 }
 
-impl IntoResponse for QueryError {
-    fn into_response(self) -> Response {
-        let status = self.status();
-        if status.is_server_error() && !matches!(self, QueryError::Busy(_)) {
-            tracing::error!(error = %self, "api request failed");
-        }
-        let mut response = (status, Json(ErrorBody { error: self.to_string() })).into_response();
-        if matches!(self, QueryError::Busy(_)) {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        response
-    }
-}
-
 type Engine = State<Arc<QueryEngine>>;
 type RawParams = Result<Query<HashMap<String, String>>, QueryRejection>;
 
@@ -73,7 +68,7 @@ async fn trace(
 ) -> Result<Json<TraceView>, QueryError> {
     params(raw, &[])?;
     let id: TraceId = trace_id.parse().map_err(|e| QueryError::BadParameter(format!("trace_id: {e}")))?;
-    match engine.run(move |e| async move { e.trace(id).await }).await? {
+    match engine.trace(id).await? {
         Some(trace) => Ok(Json(trace)),
         None => Err(QueryError::NotFound(format!("trace {id} not found"))),
     }
@@ -86,7 +81,7 @@ async fn trace_critical_path(
 ) -> Result<Json<TraceCriticalPathView>, QueryError> {
     params(raw, &[])?;
     let id: TraceId = trace_id.parse().map_err(|e| QueryError::BadParameter(format!("trace_id: {e}")))?;
-    match engine.run(move |e| async move { e.trace_critical_path(id).await }).await? {
+    match engine.trace_critical_path(id).await? {
         Some(path) => Ok(Json(path)),
         None => Err(QueryError::NotFound(format!("trace {id} not found"))),
     }
@@ -105,13 +100,13 @@ async fn aggregate_critical_path(
     if query.operation.is_some() && query.service.is_none() {
         return Err(QueryError::BadParameter("operation: needs service (the root span's service)".into()));
     }
-    Ok(Json(engine.run(move |e| async move { e.aggregate_critical_path(&query).await }).await?))
+    Ok(Json(engine.aggregate_critical_path(query).await?))
 }
 
 async fn dependencies(State(engine): Engine, raw: RawParams) -> Result<Json<DependenciesView>, QueryError> {
     let p = params(raw, &["start", "end"])?;
     let range = p.range()?;
-    Ok(Json(engine.run(move |e| async move { e.dependencies(range).await }).await?))
+    Ok(Json(engine.dependencies(range).await?))
 }
 
 async fn findings(State(engine): Engine, raw: RawParams) -> Result<Json<FindingsView>, QueryError> {
@@ -152,12 +147,12 @@ async fn findings(State(engine): Engine, raw: RawParams) -> Result<Json<Findings
         return Err(QueryError::BadParameter("retry_min_attempts: must be at least 2".into()));
     }
     let query = FindingsQuery { range: p.range()?, service: p.text("service")?.map(str::to_owned), thresholds };
-    Ok(Json(engine.run(move |e| async move { e.findings(&query).await }).await?))
+    Ok(Json(engine.findings(query).await?))
 }
 
 async fn services(State(engine): Engine, raw: RawParams) -> Result<Json<ServicesView>, QueryError> {
     params(raw, &[])?;
-    Ok(Json(ServicesView { services: engine.run(move |e| async move { e.services().await }).await? }))
+    Ok(Json(ServicesView { services: engine.services().await? }))
 }
 
 async fn operations(
@@ -166,10 +161,7 @@ async fn operations(
     raw: RawParams,
 ) -> Result<Json<OperationsView>, QueryError> {
     params(raw, &[])?;
-    let operations = {
-        let service = service.clone();
-        engine.run(move |e| async move { e.operations(&service).await }).await?
-    };
+    let operations = engine.operations(&service).await?;
     if operations.is_empty() {
         return Err(QueryError::NotFound(format!("no spans stored for service {service:?}")));
     }
@@ -200,7 +192,7 @@ async fn search_traces(State(engine): Engine, raw: RawParams) -> Result<Json<Tra
     {
         return Err(QueryError::BadParameter("min_duration: must not exceed max_duration".into()));
     }
-    Ok(Json(TracesView { traces: engine.run(move |e| async move { e.search_traces(&search).await }).await? }))
+    Ok(Json(TracesView { traces: engine.search_traces(search).await? }))
 }
 
 async fn edges(State(engine): Engine, raw: RawParams) -> Result<Json<EdgesView>, QueryError> {
@@ -211,7 +203,7 @@ async fn edges(State(engine): Engine, raw: RawParams) -> Result<Json<EdgesView>,
         by_operation: p.boolean("by_operation")?.unwrap_or(false),
     };
     let range = query.range;
-    let edges = engine.run(move |e| async move { e.edges(&query).await }).await?;
+    let edges = engine.edges(query).await?;
     Ok(Json(EdgesView { start: format_time(range.start_ns), end: format_time(range.end_ns), edges }))
 }
 
@@ -252,7 +244,7 @@ async fn latency(State(engine): Engine, raw: RawParams) -> Result<Json<LatencyVi
             seconds * 1_000_000_000
         }
     };
-    Ok(Json(engine.run(move |e| async move { e.latency(&LatencyQuery { target, range, step_ns }).await }).await?))
+    Ok(Json(engine.latency(LatencyQuery { target, range, step_ns }).await?))
 }
 
 /// The body of `POST /api/v1/sql`.
@@ -277,77 +269,14 @@ async fn sql(
     let Json(request) = body.map_err(|e| QueryError::BadParameter(format!("body: {}", e.body_text())))?;
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
     let (content_type, encode): (&'static str, Encode) = if accept.contains(ARROW_STREAM) {
-        (ARROW_STREAM, arrow_ipc)
+        (ARROW_STREAM, encode::arrow_ipc)
     } else if accept.contains(CSV) {
-        ("text/csv; charset=utf-8", csv)
+        ("text/csv; charset=utf-8", encode::csv)
     } else {
-        ("application/json", json)
+        ("application/json", encode::json)
     };
-    // Encoding a large result is work too: it runs on the query threads, under the same bounds.
-    let body = engine
-        .run(move |e| async move {
-            let result = e.sql(&request.sql).await?;
-            encode(&result)
-        })
-        .await?;
+    let body = engine.sql(request.sql, encode).await?;
     Ok(([(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], body).into_response())
-}
-
-fn arrow_ipc(result: &SqlResult) -> Result<Vec<u8>, QueryError> {
-    let mut out = Vec::new();
-    let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut out, &result.schema)?;
-    for batch in &result.batches {
-        writer.write(batch)?;
-    }
-    writer.finish()?;
-    drop(writer);
-    Ok(out)
-}
-
-fn csv(result: &SqlResult) -> Result<Vec<u8>, QueryError> {
-    if let Some(field) = result.schema.fields().iter().find(|f| f.data_type().is_nested()) {
-        return Err(QueryError::BadParameter(format!(
-            "Accept: CSV cannot hold column {:?} of type {}; select scalar columns or ask for JSON or Arrow",
-            field.name(),
-            field.data_type()
-        )));
-    }
-    let mut out = Vec::new();
-    let mut writer = arrow::csv::WriterBuilder::new().with_header(true).build(&mut out);
-    for batch in &result.batches {
-        writer.write(batch)?;
-    }
-    drop(writer);
-    Ok(out)
-}
-
-/// `{"columns": [{"name", "type"}], "rows": [{column: value}]}`; ids and binary values as hex.
-fn json(result: &SqlResult) -> Result<Vec<u8>, QueryError> {
-    let columns: Vec<serde_json::Value> = result
-        .schema
-        .fields()
-        .iter()
-        .map(|f| serde_json::json!({"name": f.name(), "type": f.data_type().to_string()}))
-        .collect();
-    let mut rows = Vec::new();
-    {
-        let mut writer = arrow::json::WriterBuilder::new()
-            .with_explicit_nulls(true)
-            .build::<_, arrow::json::writer::JsonArray>(&mut rows);
-        let batches: Vec<&RecordBatch> = result.batches.iter().collect();
-        writer.write_batches(&batches)?;
-        writer.finish()?;
-    }
-    if rows.is_empty() {
-        rows.extend_from_slice(b"[]");
-    }
-    let mut out = Vec::with_capacity(rows.len() + 128);
-    out.extend_from_slice(b"{\"columns\":");
-    out.extend_from_slice(serde_json::to_string(&columns).map_err(|e| QueryError::Corrupt(e.to_string()))?.as_bytes());
-    out.extend_from_slice(b",\"rows\":");
-    out.extend_from_slice(&rows);
-    out.push(b'}');
-    Ok(out)
 }
 
 async fn unknown_route(uri: axum::http::Uri) -> QueryError {

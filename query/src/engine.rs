@@ -1,4 +1,7 @@
-//! The DataFusion session over the span store, and the queries the API runs on it.
+//! The engine: it assembles the DataFusion session (the stored and derived tables, hopscope's
+//! functions, the memory pool and the guards), and is the one thing the API and the UI call. Each
+//! public method runs one analysis through [`QueryEngine::run`]: on the engine's own threads, a
+//! bounded number at a time, under the timeout.
 
 use std::future::Future;
 use std::num::NonZeroUsize;
@@ -6,42 +9,30 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use datafusion::arrow::array::AsArray;
-use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Int8Type, UInt64Type};
-use datafusion::common::ScalarValue;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::memory_pool::{FairSpillPool, MemoryPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::functions_aggregate::expr_fn::count;
-use datafusion::prelude::{SessionConfig, SessionContext, col, lit};
+use datafusion::prelude::{SessionConfig, SessionContext};
 use hopscope_schemas::TraceId;
-use hopscope_schemas::api::{OperationView, TraceView};
-use hopscope_schemas::columns as c;
-use hopscope_schemas::spans::kind;
+use hopscope_schemas::api::{
+    AggregateCriticalPathView, DependenciesView, EdgeView, FindingsView, LatencyView, OperationView, SlowCallView,
+    TraceCriticalPathView, TraceSummaryView, TraceView,
+};
+use hopscope_schemas::time::TimeRange;
 
 use crate::QueryError;
-use crate::critical_path::{PathSections, critical_path_schema};
-use crate::edges::{EdgePairing, edges_schema};
+use crate::analysis::critical_path::AggregatePathQuery;
+use crate::analysis::findings::FindingsQuery;
+use crate::analysis::latency::{EdgesQuery, LatencyQuery};
+use crate::analysis::search::TraceSearch;
+use crate::analysis::{critical_path, dependencies, findings, latency, pairing, paths, search, spans};
 use crate::guards::BoundedOperators;
 use crate::metrics::{Outcome, QueryMetrics};
-use crate::rows::spans_from_batches;
 use crate::runtime::{Admission, QueryRuntime};
+use crate::sql::{SqlLimits, SqlResult};
 use crate::store::{ManifestReader, SpansTable};
-use crate::walk::{CORE_COLUMNS, DerivedTable};
-
-/// The name of the table of stored spans.
-pub const SPANS_TABLE: &str = "spans";
-
-/// The name of the derived table of hops (see [`crate::edges`]).
-pub const EDGES_TABLE: &str = "edges";
-
-/// The name of the derived table of critical-path sections (see [`crate::critical_path`]).
-pub const CRITICAL_PATH_TABLE: &str = "critical_path";
-
-/// The name of the derived table of per-trace findings, with the default thresholds (see
-/// [`crate::findings`]; `/findings` builds its own with the request's thresholds).
-pub const FINDINGS_TABLE: &str = "findings";
+use crate::walk::DerivedTable;
+use crate::{tables, views};
 
 /// How the query engine runs.
 #[derive(Debug, Clone)]
@@ -70,11 +61,11 @@ pub struct QueryConfig {
 
 /// The bounds every query runs under.
 #[derive(Debug, Clone, Copy)]
-pub struct QueryLimits {
-    pub timeout: std::time::Duration,
-    pub max_rows: usize,
-    pub max_cartesian_rows: u64,
-    pub memory_limit_bytes: usize,
+struct QueryLimits {
+    timeout: std::time::Duration,
+    max_rows: usize,
+    max_cartesian_rows: u64,
+    memory_limit_bytes: usize,
 }
 
 impl QueryConfig {
@@ -100,7 +91,6 @@ impl QueryConfig {
 pub struct QueryEngine {
     ctx: SessionContext,
     limits: QueryLimits,
-    spans: Arc<SpansTable>,
     pool: Arc<dyn MemoryPool>,
     runtime: QueryRuntime,
     admission: Admission,
@@ -131,31 +121,11 @@ impl QueryEngine {
         let ctx = SessionContext::new_with_state(state);
         let manifest = Arc::new(ManifestReader::new(&config.data_dir, &config.tenant));
         let spans = Arc::new(SpansTable::new(manifest));
-        ctx.register_table(SPANS_TABLE, Arc::clone(&spans) as _)?;
-        let edges = DerivedTable::new(
-            EDGES_TABLE,
-            Arc::clone(&spans),
-            edges_schema(),
-            &crate::edges::input_columns(),
-            Arc::new(|| Box::new(EdgePairing::default())),
-        )?;
-        ctx.register_table(EDGES_TABLE, Arc::new(edges))?;
-        let critical_path = DerivedTable::new(
-            CRITICAL_PATH_TABLE,
-            Arc::clone(&spans),
-            critical_path_schema(),
-            CORE_COLUMNS,
-            Arc::new(|| Box::new(PathSections::default())),
-        )?;
-        ctx.register_table(CRITICAL_PATH_TABLE, Arc::new(critical_path))?;
-        let findings = DerivedTable::new(
-            FINDINGS_TABLE,
-            Arc::clone(&spans),
-            crate::findings::findings_schema(),
-            &crate::findings::input_columns(),
-            Arc::new(|| Box::new(crate::findings::FindingScan::new(crate::findings::Thresholds::default()))),
-        )?;
-        ctx.register_table(FINDINGS_TABLE, Arc::new(findings))?;
+        ctx.register_table(tables::SPANS, Arc::clone(&spans) as _)?;
+        for derivation in [pairing::derivation(), paths::derivation(), findings::derivation(Default::default())] {
+            let name = derivation.name;
+            ctx.register_table(name, Arc::new(DerivedTable::new(Arc::clone(&spans), derivation)?))?;
+        }
         crate::functions::register(&ctx);
         crate::guards::charge_string_builders(&ctx, &pool);
         let limits = QueryLimits {
@@ -167,7 +137,6 @@ impl QueryEngine {
         Ok(Self {
             ctx,
             limits,
-            spans,
             pool,
             runtime: QueryRuntime::new(config.target_partitions)?,
             admission: Admission::new(config.max_concurrent, config.admission_wait),
@@ -175,13 +144,99 @@ impl QueryEngine {
         })
     }
 
+    /// The names of every service with stored spans, sorted.
+    pub async fn services(self: &Arc<Self>) -> Result<Vec<String>, QueryError> {
+        self.run(|ctx| async move { spans::services(&ctx).await }).await
+    }
+
+    /// The operations (span names) of a service, with their span kind and how many spans each has.
+    pub async fn operations(self: &Arc<Self>, service: &str) -> Result<Vec<OperationView>, QueryError> {
+        let service = service.to_owned();
+        self.run(|ctx| async move { spans::operations(&ctx, &service).await }).await
+    }
+
+    /// Every stored span of a trace, ordered by start time; `None` when there is none.
+    pub async fn trace(self: &Arc<Self>, trace_id: TraceId) -> Result<Option<TraceView>, QueryError> {
+        self.run(move |ctx| async move { spans::trace(&ctx, trace_id).await }).await
+    }
+
+    /// The critical path of each root of one trace; `None` when the trace is not stored.
+    pub async fn trace_critical_path(
+        self: &Arc<Self>,
+        trace_id: TraceId,
+    ) -> Result<Option<TraceCriticalPathView>, QueryError> {
+        self.run(move |ctx| async move { critical_path::trace_critical_path(&ctx, trace_id).await }).await
+    }
+
+    /// The aggregate critical path of the traces `query` selects.
+    pub async fn aggregate_critical_path(
+        self: &Arc<Self>,
+        query: AggregatePathQuery,
+    ) -> Result<AggregateCriticalPathView, QueryError> {
+        self.run(move |ctx| async move {
+            let path = critical_path::aggregate_critical_path(&ctx, &query).await?;
+            views::aggregate_path_view(&path, query.range)
+        })
+        .await
+    }
+
+    /// The service graph, shared resources, what entry endpoints reach, and async links.
+    pub async fn dependencies(self: &Arc<Self>, range: TimeRange) -> Result<DependenciesView, QueryError> {
+        self.run(move |ctx| async move { dependencies::dependencies(&ctx, range).await }).await
+    }
+
+    /// Every finding in the traces of a range, most costly first.
+    pub async fn findings(self: &Arc<Self>, query: FindingsQuery) -> Result<FindingsView, QueryError> {
+        self.run(move |ctx| async move {
+            let report = findings::findings(&ctx, &query).await?;
+            views::findings_view(&report, query.range)
+        })
+        .await
+    }
+
+    /// Per-hop latency over a range, busiest hops first.
+    pub async fn edges(self: &Arc<Self>, query: EdgesQuery) -> Result<Vec<EdgeView>, QueryError> {
+        self.run(move |ctx| async move { latency::edges(&ctx, &query).await }).await
+    }
+
+    /// Traces with a span that meets every condition, newest (or slowest) first.
+    pub async fn search_traces(self: &Arc<Self>, search: TraceSearch) -> Result<Vec<TraceSummaryView>, QueryError> {
+        self.run(move |ctx| async move { search::search_traces(&ctx, &search).await }).await
+    }
+
+    /// The slowest calls of a latency target.
+    pub async fn slowest(self: &Arc<Self>, query: LatencyQuery, limit: usize) -> Result<Vec<SlowCallView>, QueryError> {
+        self.run(move |ctx| async move { latency::slowest(&ctx, &query, limit).await }).await
+    }
+
+    /// Percentiles over time, a histogram, a heatmap and predictability figures.
+    pub async fn latency(self: &Arc<Self>, query: LatencyQuery) -> Result<LatencyView, QueryError> {
+        self.run(move |ctx| async move { latency::latency(&ctx, &query).await }).await
+    }
+
+    /// Runs one read-only SQL statement (see [`crate::sql`]) and hands its rows to `then`, both on
+    /// the query threads and under the query's bounds (encoding a large result is work too).
+    pub async fn sql<T: Send + 'static>(
+        self: &Arc<Self>,
+        sql: String,
+        then: fn(&SqlResult) -> Result<T, QueryError>,
+    ) -> Result<T, QueryError> {
+        let limits = SqlLimits { max_rows: self.limits.max_rows, max_cartesian_rows: self.limits.max_cartesian_rows };
+        let pool = Arc::clone(&self.pool);
+        self.run(move |ctx| async move {
+            let result = crate::sql::run(&ctx, limits, &pool, &sql).await?;
+            then(&result)
+        })
+        .await
+    }
+
     /// Runs a query: waits for a turn (at most the admission wait), runs `query` on the query
-    /// threads under the timeout, and cancels it if the caller stops waiting. Every query of the
-    /// API and the UI goes through here.
-    pub async fn run<T, F, Fut>(self: &Arc<Self>, query: F) -> Result<T, QueryError>
+    /// threads under the timeout, and cancels it if the caller stops waiting. Every public query
+    /// method goes through here.
+    async fn run<T, F, Fut>(self: &Arc<Self>, query: F) -> Result<T, QueryError>
     where
         T: Send + 'static,
-        F: FnOnce(Arc<QueryEngine>) -> Fut,
+        F: FnOnce(SessionContext) -> Fut,
         Fut: Future<Output = Result<T, QueryError>> + Send + 'static,
     {
         let started = Instant::now();
@@ -193,12 +248,12 @@ impl QueryEngine {
     async fn run_admitted<T, F, Fut>(self: &Arc<Self>, query: F) -> Result<T, QueryError>
     where
         T: Send + 'static,
-        F: FnOnce(Arc<QueryEngine>) -> Fut,
+        F: FnOnce(SessionContext) -> Fut,
         Fut: Future<Output = Result<T, QueryError>> + Send + 'static,
     {
         let turn = self.admission.enter().await?;
         let running = self.metrics.running();
-        let query = query(Arc::clone(self));
+        let query = query(self.ctx.clone());
         let mut task = self.runtime.spawn(async move {
             // Both are released when the query has stopped, not when its caller gave up on it.
             let _turn = turn;
@@ -221,89 +276,5 @@ impl QueryEngine {
         let mut out = String::new();
         self.metrics.render(&mut out, self.pool.reserved(), self.limits.memory_limit_bytes);
         out
-    }
-
-    /// The bounds queries run under.
-    pub fn limits(&self) -> QueryLimits {
-        self.limits
-    }
-
-    /// The stored spans, for analyses that build their own per-trace tables.
-    pub(crate) fn spans_table(&self) -> Arc<SpansTable> {
-        Arc::clone(&self.spans)
-    }
-
-    /// The pool every query's memory is counted in.
-    pub(crate) fn memory_pool(&self) -> &Arc<dyn MemoryPool> {
-        &self.pool
-    }
-
-    /// The DataFusion session, with hopscope's tables registered.
-    pub fn context(&self) -> &SessionContext {
-        &self.ctx
-    }
-
-    /// The names of every service with stored spans, sorted.
-    pub async fn services(&self) -> Result<Vec<String>, QueryError> {
-        let batches = self
-            .ctx
-            .table(SPANS_TABLE)
-            .await?
-            .select(vec![col(c::SERVICE_NAME)])?
-            .distinct()?
-            .sort(vec![col(c::SERVICE_NAME).sort(true, false)])?
-            .collect()
-            .await?;
-        let mut out = Vec::new();
-        for batch in &batches {
-            let names = cast(batch.column(0), &DataType::Utf8)?;
-            out.extend(names.as_string::<i32>().iter().flatten().map(str::to_owned));
-        }
-        Ok(out)
-    }
-
-    /// The operations (span names) of a service, with their span kind and how many spans each has.
-    pub async fn operations(&self, service: &str) -> Result<Vec<OperationView>, QueryError> {
-        let batches = self
-            .ctx
-            .table(SPANS_TABLE)
-            .await?
-            .filter(col(c::SERVICE_NAME).eq(lit(service)))?
-            .aggregate(vec![col(c::NAME), col(c::KIND)], vec![count(lit(1)).alias("spans")])?
-            .sort(vec![col(c::NAME).sort(true, false), col(c::KIND).sort(true, false)])?
-            .collect()
-            .await?;
-        let mut out = Vec::new();
-        for batch in &batches {
-            let names = cast(batch.column(0), &DataType::Utf8)?;
-            let names = names.as_string::<i32>();
-            let kinds = cast(batch.column(1), &DataType::Int8)?;
-            let kinds = kinds.as_primitive::<Int8Type>();
-            let spans = cast(batch.column(2), &DataType::UInt64)?;
-            let spans = spans.as_primitive::<UInt64Type>();
-            for row in 0..batch.num_rows() {
-                out.push(OperationView {
-                    name: names.value(row).to_owned(),
-                    span_kind: kind::name(kinds.value(row)),
-                    spans: spans.value(row),
-                });
-            }
-        }
-        Ok(out)
-    }
-
-    /// Every stored span of a trace, ordered by start time; `None` when there is none.
-    pub async fn trace(&self, trace_id: TraceId) -> Result<Option<TraceView>, QueryError> {
-        let id = lit(ScalarValue::FixedSizeBinary(16, Some(trace_id.0.to_vec())));
-        let batches = self
-            .ctx
-            .table(SPANS_TABLE)
-            .await?
-            .filter(col(c::TRACE_ID).eq(id))?
-            .sort(vec![col(c::START_TIME).sort(true, false), col(c::SPAN_ID).sort(true, false)])?
-            .collect()
-            .await?;
-        let spans = spans_from_batches(&batches)?;
-        Ok((!spans.is_empty()).then(|| TraceView { trace_id: trace_id.to_hex(), spans }))
     }
 }

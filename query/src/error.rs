@@ -1,7 +1,6 @@
-//! The query crate's one error type; [`QueryError::status`] is the one place errors become HTTP
-//! status codes.
+//! The query crate's one error type. How each variant becomes an HTTP status is the API's business
+//! (`api::status`), in one place.
 
-use axum::http::StatusCode;
 use datafusion::error::DataFusionError;
 
 /// What went wrong while answering a query.
@@ -52,24 +51,18 @@ pub enum QueryError {
 }
 
 impl QueryError {
-    /// The HTTP status of this error: 4xx when the request is at fault, 5xx when we are.
-    pub fn status(&self) -> StatusCode {
-        match self {
+    /// Whether the request is at fault (a bad parameter or statement, something that does not exist,
+    /// more than a bound allows), rather than the server or its load.
+    pub fn is_requests_fault(&self) -> bool {
+        matches!(
+            self,
             QueryError::BadParameter(_)
-            | QueryError::BadSql(_)
-            | QueryError::SqlRefused(_)
-            | QueryError::TooManyRows(_)
-            | QueryError::TooExpensive(_) => StatusCode::BAD_REQUEST,
-            QueryError::Timeout(_) | QueryError::ResourcesExhausted(_) | QueryError::Busy(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            QueryError::NotFound(_) => StatusCode::NOT_FOUND,
-            QueryError::Manifest(_)
-            | QueryError::DataFusion(_)
-            | QueryError::Arrow(_)
-            | QueryError::Corrupt(_)
-            | QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+                | QueryError::NotFound(_)
+                | QueryError::BadSql(_)
+                | QueryError::SqlRefused(_)
+                | QueryError::TooManyRows(_)
+                | QueryError::TooExpensive(_)
+        )
     }
 }
 

@@ -75,10 +75,10 @@ pub const MAX_SET_OPERATIONS: usize = 256;
 /// The stack of every query thread. Only the pages a query touches are ever committed; the size is
 /// far beyond what planning the deepest statement allowed above needs, including dropping the
 /// parsed text of [`MAX_SQL_BYTES`] of `1+1+…`, which is nested as deep as it is long.
-pub const QUERY_THREAD_STACK_BYTES: usize = 64 << 20;
+pub(crate) const QUERY_THREAD_STACK_BYTES: usize = 64 << 20;
 
 /// Refuses SQL text over [`MAX_SQL_BYTES`].
-pub fn check_sql_text(sql: &str) -> Result<(), QueryError> {
+pub(crate) fn check_sql_text(sql: &str) -> Result<(), QueryError> {
     if sql.len() > MAX_SQL_BYTES {
         return Err(QueryError::SqlRefused(format!(
             "the statement is {} bytes long; at most {MAX_SQL_BYTES} bytes are accepted",
@@ -91,7 +91,7 @@ pub fn check_sql_text(sql: &str) -> Result<(), QueryError> {
 /// Refuses a statement nested deeper than [`MAX_EXPRESSION_DEPTH`] or chaining more than
 /// [`MAX_SET_OPERATIONS`]; stops looking as soon as either bound is passed, so the check itself
 /// never recurses deeper than the bound.
-pub fn check_nesting(statement: &DfStatement) -> Result<(), QueryError> {
+pub(crate) fn check_nesting(statement: &DfStatement) -> Result<(), QueryError> {
     let statement = match statement {
         DfStatement::Statement(statement) => statement.as_ref(),
         DfStatement::Explain(explain) => return check_nesting(&explain.statement),
@@ -150,7 +150,7 @@ impl Visitor for Nesting {
 
 /// Refuses a planned query holding a cross join or a nested-loop join whose inputs have more than
 /// `max_rows` rows combined (the product of their row counts, where the plan knows them).
-pub fn check_cartesian(plan: &Arc<dyn ExecutionPlan>, max_rows: u64) -> Result<(), QueryError> {
+pub(crate) fn check_cartesian(plan: &Arc<dyn ExecutionPlan>, max_rows: u64) -> Result<(), QueryError> {
     let mut refusal = None;
     let statistics = StatisticsContext::new();
     plan.apply(|node| {
@@ -181,7 +181,7 @@ pub fn check_cartesian(plan: &Arc<dyn ExecutionPlan>, max_rows: u64) -> Result<(
 /// The physical optimizer rule that wraps operators which can produce more rows than they read
 /// in a [`BoundedExec`]. Runs after DataFusion's own rules.
 #[derive(Debug, Default)]
-pub struct BoundedOperators;
+pub(crate) struct BoundedOperators;
 
 impl PhysicalOptimizerRule for BoundedOperators {
     fn optimize(&self, plan: Arc<dyn ExecutionPlan>, _config: &ConfigOptions) -> DfResult<Arc<dyn ExecutionPlan>> {
@@ -209,13 +209,13 @@ impl PhysicalOptimizerRule for BoundedOperators {
 /// Passes its input's batches on unchanged, yielding the thread when the task's cooperative budget
 /// runs out and holding each batch in the memory pool until the next one is asked for.
 #[derive(Debug, Clone)]
-pub struct BoundedExec {
+pub(crate) struct BoundedExec {
     input: Arc<dyn ExecutionPlan>,
     properties: Arc<PlanProperties>,
 }
 
 impl BoundedExec {
-    pub fn new(input: Arc<dyn ExecutionPlan>) -> Self {
+    pub(crate) fn new(input: Arc<dyn ExecutionPlan>) -> Self {
         let properties = Arc::clone(input.properties());
         Self { input, properties }
     }
@@ -326,7 +326,7 @@ impl RecordBatchStream for BoundedStream {
 
 /// Replaces the string- and array-building functions of `ctx` with ones that reserve the bytes of
 /// their result in `pool` before computing it (see the module docs).
-pub fn charge_string_builders(ctx: &SessionContext, pool: &Arc<dyn MemoryPool>) {
+pub(crate) fn charge_string_builders(ctx: &SessionContext, pool: &Arc<dyn MemoryPool>) {
     let builders: [(&str, Estimate); 12] = [
         ("repeat", repeat_bytes),
         ("lpad", pad_bytes),

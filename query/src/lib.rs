@@ -1,34 +1,41 @@
 //! hopscope's query side: a DataFusion session over the committed span files, the analyses built on
 //! it, and the HTTP API that serves them.
 //!
-//! Start at [`QueryEngine`]: it registers the `spans` table ([`store::SpansTable`]), which reads the
-//! manifest the ingest side commits and scans only the Parquet files that can match, and the tables
-//! computed per trace ([`walk::DerivedTable`]): `edges` ([`edges`]), `critical_path`
-//! ([`critical_path`]) and `findings` ([`findings`]). The analyses behind the API are DataFrame
-//! queries over them ([`latency`], [`critical_path`], [`dependencies`], [`findings`]); [`functions`]
-//! registers every UDF. [`api`] maps HTTP requests to engine calls and is the only place that turns
-//! results into JSON responses.
+//! Layers, each importing only from those below it:
+//! - [`tables`] (the table names) and [`store`]: the stored spans as a DataFusion table, read through
+//!   the manifest the ingest side commits;
+//! - [`walk`]: the per-trace walk that turns spans into derived tables (`edges`, `critical_path`,
+//!   `findings`), one whole trace at a time;
+//! - [`analysis`]: the questions of design.md §4, each a function over a session;
+//! - [`functions`] (hopscope's SQL functions and table functions) and [`views`] (analysis answers
+//!   in the API's response types);
+//! - the engine ([`QueryEngine`], with [`guards`], [`runtime`] and [`metrics`], and read-only
+//!   [`sql`]): assembles the session and is the only thing callers use; every query runs through
+//!   it, on its own threads, a bounded number at a time, under the timeout;
+//! - [`api`]: the routes of `/api/v1`, their parameters, and errors as HTTP status codes.
 //!
 //! Invariants: this crate never imports the ingest crate (the two meet in the stored files and the
 //! manifest); it only reads the data directory.
 
+mod analysis;
 pub mod api;
-pub mod critical_path;
-pub mod dependencies;
-pub mod edges;
-pub mod engine;
+mod engine;
 mod error;
-pub mod findings;
-pub mod functions;
-pub mod guards;
-pub mod latency;
+mod functions;
+mod guards;
 mod metrics;
-pub mod params;
-pub mod rows;
 mod runtime;
-pub mod sql;
-pub mod store;
-pub mod walk;
+mod sql;
+mod store;
+mod tables;
+mod views;
+mod walk;
 
+pub use analysis::critical_path::AggregatePathQuery;
+pub use analysis::findings::{FindingsQuery, Thresholds};
+pub use analysis::latency::{EdgesQuery, LatencyQuery, LatencyTarget};
+pub use analysis::search::{MAX_ATTRIBUTE_FILTERS, TraceSearch};
 pub use engine::{QueryConfig, QueryEngine};
 pub use error::QueryError;
+pub use guards::{MAX_EXPRESSION_DEPTH, MAX_SET_OPERATIONS, MAX_SQL_BYTES};
+pub use sql::SqlResult;

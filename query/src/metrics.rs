@@ -36,7 +36,7 @@ impl Outcome {
             Err(QueryError::Timeout(_)) => Outcome::Timeout,
             Err(QueryError::ResourcesExhausted(_)) => Outcome::OutOfMemory,
             Err(QueryError::Busy(_)) => Outcome::Busy,
-            Err(e) if e.status().is_client_error() => Outcome::Refused,
+            Err(e) if e.is_requests_fault() => Outcome::Refused,
             Err(_) => Outcome::Failed,
         }
     }

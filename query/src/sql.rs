@@ -6,18 +6,30 @@
 //! The session has no table function or URL table that reads files, so a query sees only `spans`,
 //! `edges`, `critical_path`, `findings` and `information_schema`. Results are capped in rows and the query in time.
 
+use std::sync::Arc;
+
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
-use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation};
 use datafusion::physical_plan::execute_stream;
+use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::{SetExpr, Statement};
 use futures::StreamExt;
 
+use crate::QueryError;
 use crate::guards::{check_cartesian, check_nesting, check_sql_text};
-use crate::{QueryEngine, QueryError};
+
+/// What bounds a `/sql` query beyond its time and memory.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SqlLimits {
+    /// The most rows a result may have.
+    pub(crate) max_rows: usize,
+    /// The largest cartesian product a cross or nested-loop join may form.
+    pub(crate) max_cartesian_rows: u64,
+}
 
 /// The rows of a `/sql` query, held in the query memory pool until dropped.
 #[derive(Debug)]
@@ -67,7 +79,7 @@ fn statement_kind(statement: &Statement) -> String {
 
 /// Checks that `sql` is one read-only query, short and shallow enough to plan (see
 /// [`crate::guards`]).
-pub fn check_read_only(sql: &str) -> Result<(), QueryError> {
+pub(crate) fn check_read_only(sql: &str) -> Result<(), QueryError> {
     check_sql_text(sql)?;
     let statements = DFParser::parse_sql(sql).map_err(|e| QueryError::BadSql(strip_prefix(e)))?;
     // Before anything else looks at the statements: refusing one clones and prints it.
@@ -88,33 +100,35 @@ fn strip_prefix(e: DataFusionError) -> String {
     e.strip_backtrace()
 }
 
-impl QueryEngine {
-    /// Runs one read-only query, refusing anything that would write, and bounding its rows, its
-    /// joins and the memory its result holds. Call it inside [`QueryEngine::run`], which bounds
-    /// its time: the statement is parsed here, on the query threads' large stacks.
-    pub async fn sql(&self, sql: &str) -> Result<SqlResult, QueryError> {
-        check_read_only(sql)?;
-        let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
-        let limits = self.limits();
-        let df = self.context().sql_with_options(sql, options).await.map_err(QueryError::from_user_sql)?;
-        let schema = df.schema().inner().clone();
-        let plan = df.create_physical_plan().await.map_err(QueryError::from_user_sql)?;
-        check_cartesian(&plan, limits.max_cartesian_rows)?;
-        let mut stream = execute_stream(plan, self.context().task_ctx()).map_err(QueryError::from_user_sql)?;
-        let held = MemoryConsumer::new("/sql result").register(self.memory_pool());
-        let mut batches = Vec::new();
-        let mut rows = 0usize;
-        while let Some(batch) = stream.next().await {
-            let batch = batch.map_err(QueryError::from_user_sql)?;
-            rows += batch.num_rows();
-            if rows > limits.max_rows {
-                return Err(QueryError::TooManyRows(limits.max_rows));
-            }
-            held.try_grow(batch.get_array_memory_size())?;
-            batches.push(batch);
+/// Runs one read-only query in `ctx`, refusing anything that would write, and bounding its rows,
+/// its joins and the memory its result holds. The engine runs it on its query threads (whose large
+/// stacks the parsed statement may need) and bounds its time.
+pub(crate) async fn run(
+    ctx: &SessionContext,
+    limits: SqlLimits,
+    pool: &Arc<dyn MemoryPool>,
+    sql: &str,
+) -> Result<SqlResult, QueryError> {
+    check_read_only(sql)?;
+    let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+    let df = ctx.sql_with_options(sql, options).await.map_err(QueryError::from_user_sql)?;
+    let schema = df.schema().inner().clone();
+    let plan = df.create_physical_plan().await.map_err(QueryError::from_user_sql)?;
+    check_cartesian(&plan, limits.max_cartesian_rows)?;
+    let mut stream = execute_stream(plan, ctx.task_ctx()).map_err(QueryError::from_user_sql)?;
+    let held = MemoryConsumer::new("/sql result").register(pool);
+    let mut batches = Vec::new();
+    let mut rows = 0usize;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(QueryError::from_user_sql)?;
+        rows += batch.num_rows();
+        if rows > limits.max_rows {
+            return Err(QueryError::TooManyRows(limits.max_rows));
         }
-        Ok(SqlResult { schema, batches, _held: held })
+        held.try_grow(batch.get_array_memory_size())?;
+        batches.push(batch);
     }
+    Ok(SqlResult { schema, batches, _held: held })
 }
 
 #[cfg(test)]

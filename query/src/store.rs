@@ -37,14 +37,14 @@ use crate::QueryError;
 /// since a commit renames a new file into place that can reuse a freed inode and land within the
 /// same coarse mtime tick at the same length as one two commits earlier.
 #[derive(Debug)]
-pub struct ManifestReader {
+pub(crate) struct ManifestReader {
     path: PathBuf,
     tenant_dir: PathBuf,
     cached: Mutex<Option<(Vec<u8>, Arc<Manifest>)>>,
 }
 
 impl ManifestReader {
-    pub fn new(data_dir: &Path, tenant: &str) -> Self {
+    pub(crate) fn new(data_dir: &Path, tenant: &str) -> Self {
         Self {
             path: layout::manifest_path(data_dir, tenant),
             tenant_dir: layout::tenant_dir(data_dir, tenant),
@@ -53,7 +53,7 @@ impl ManifestReader {
     }
 
     /// The committed manifest (empty before the first commit). Blocking I/O, small.
-    pub fn current(&self) -> Result<Arc<Manifest>, QueryError> {
+    pub(crate) fn current(&self) -> Result<Arc<Manifest>, QueryError> {
         let bytes = match fs::read(&self.path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Arc::new(Manifest::default())),
@@ -71,21 +71,31 @@ impl ManifestReader {
     }
 
     /// The absolute path of a committed file.
-    pub fn file_path(&self, entry: &FileEntry) -> PathBuf {
+    pub(crate) fn file_path(&self, entry: &FileEntry) -> PathBuf {
         self.tenant_dir.join(&entry.path)
     }
 }
 
 /// The `spans` table: every committed span.
 #[derive(Debug, Clone)]
-pub struct SpansTable {
+pub(crate) struct SpansTable {
     manifest: Arc<ManifestReader>,
 }
 
 impl SpansTable {
-    pub fn new(manifest: Arc<ManifestReader>) -> Self {
+    pub(crate) fn new(manifest: Arc<ManifestReader>) -> Self {
         Self { manifest }
     }
+}
+
+/// The `spans` table of a session, for analyses that build their own per-trace tables.
+pub(crate) async fn spans_table(ctx: &datafusion::prelude::SessionContext) -> DfResult<Arc<SpansTable>> {
+    let provider = ctx.table_provider(crate::tables::SPANS).await?;
+    let spans = provider
+        .downcast_ref::<SpansTable>()
+        .cloned()
+        .ok_or_else(|| datafusion::error::DataFusionError::Internal("the spans table is not hopscope's".into()))?;
+    Ok(Arc::new(spans))
 }
 
 /// What the filters of a scan say about which files can hold matching rows.
@@ -186,7 +196,7 @@ impl FilePruning {
 }
 
 /// The order every span file is written in: by trace id, then start time.
-pub fn file_ordering(schema: &SchemaRef) -> DfResult<LexOrdering> {
+pub(crate) fn file_ordering(schema: &SchemaRef) -> DfResult<LexOrdering> {
     let asc = SortOptions { descending: false, nulls_first: false };
     let sort = |name: &str| -> DfResult<PhysicalSortExpr> {
         Ok(PhysicalSortExpr::new(Arc::new(Column::new_with_schema(name, schema)?), asc))
@@ -232,16 +242,7 @@ impl SpansTable {
     /// A scan whose single output partition is ordered by (trace id, start time): every file is read
     /// in the order it was written and the files are merged, so each trace's spans arrive together
     /// without sorting the table. The analyses that walk one trace at a time read through this.
-    pub fn ordered_scan(
-        &self,
-        state: &dyn Session,
-        projection: &[usize],
-        filters: &[Expr],
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        self.ordered_scan_of(&self.manifest()?, state, projection, filters)
-    }
-
-    fn ordered_scan_of(
+    fn ordered_scan(
         &self,
         manifest: &Arc<Manifest>,
         state: &dyn Session,
@@ -279,7 +280,7 @@ impl SpansTable {
     /// Like [`Self::ordered_scan`], split by trace id into `partitions` ranges read in parallel: each
     /// output partition holds whole traces, ordered by (trace id, start time). Files are sorted by
     /// trace id, so each range reads mostly its own row groups and pages.
-    pub fn trace_partitioned_scan(
+    pub(crate) fn trace_partitioned_scan(
         &self,
         state: &dyn Session,
         projection: &[usize],
@@ -289,7 +290,7 @@ impl SpansTable {
         let partitions = partitions.clamp(1, 256) as u128;
         let manifest = self.manifest()?;
         if partitions == 1 {
-            return self.ordered_scan_of(&manifest, state, projection, filters);
+            return self.ordered_scan(&manifest, state, projection, filters);
         }
         let bound = |i: u128| {
             let prefix = ((i << 64) / partitions) as u64;
@@ -307,7 +308,7 @@ impl SpansTable {
                 if i + 1 < partitions {
                     range.push(column.lt(bound(i + 1)));
                 }
-                self.ordered_scan_of(&manifest, state, projection, &range)
+                self.ordered_scan(&manifest, state, projection, &range)
             })
             .collect::<DfResult<Vec<_>>>()?;
         UnionExec::try_new(scans)

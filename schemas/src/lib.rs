@@ -1,6 +1,6 @@
 //! The shapes hopscope agrees on: the Arrow schema of stored spans and the single list of their
 //! column names, trace and span ids, the on-disk layout and manifest format, attribute values, and the
-//! types the HTTP API returns.
+//! types the HTTP API returns, and how times, durations and latency buckets are written.
 //!
 //! This crate does no I/O and knows nothing of tokio or DataFusion: the ingest side writes what it
 //! describes and the query side reads it, and the two meet only here and in the stored files.
@@ -8,10 +8,12 @@
 pub mod api;
 pub mod attr;
 pub mod columns;
+pub mod histogram;
 pub mod ids;
 pub mod layout;
 pub mod manifest;
 pub mod spans;
+pub mod time;
 
 pub use attr::AttrValue;
 pub use ids::{SpanId, TraceId};

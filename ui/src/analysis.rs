@@ -6,17 +6,13 @@ use std::collections::HashMap;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Html;
-use hopscope_query::critical_path::AggregatePathQuery;
-use hopscope_query::findings::{FindingsQuery, Thresholds};
+use hopscope_query::AggregatePathQuery;
+use hopscope_query::{FindingsQuery, Thresholds};
 use hopscope_schemas::api::{AggregateCriticalPathView, EndpointDependenciesView, PathGroupView};
 use maud::{Markup, html};
 
-use crate::latency::SERVICE_PATH;
 use crate::page::{Frame, PageParams, duration, percent};
-use crate::{UiError, UiState, trace};
-
-pub const CRITICAL_PATH_PATH: &str = "/ui/critical-path";
-pub const FINDINGS_PATH: &str = "/ui/findings";
+use crate::{UiError, UiState, paths};
 
 fn group(label: &str, g: &PathGroupView) -> Markup {
     html! {
@@ -34,9 +30,9 @@ fn endpoint_picker(params: &PageParams, endpoints: &[EndpointDependenciesView]) 
             tbody {
                 @for e in endpoints {
                     tr {
-                        td { a href=(params.link(CRITICAL_PATH_PATH, &[("service", &e.service), ("operation", &e.operation)])) { (e.service) " · " (e.operation) } }
+                        td { a href=(params.link(paths::CRITICAL_PATH, &[("service", &e.service), ("operation", &e.operation)])) { (e.service) " · " (e.operation) } }
                         td.num { (e.depth) }
-                        td { a href=(params.link(SERVICE_PATH, &[("name", &e.service), ("operation", &e.operation)])) { "latency" } }
+                        td { a href=(params.link(paths::SERVICE, &[("name", &e.service), ("operation", &e.operation)])) { "latency" } }
                     }
                 }
             }
@@ -55,7 +51,7 @@ fn aggregate(params: &PageParams, view: &AggregateCriticalPathView) -> Markup {
             tbody {
                 @for op in view.operations.iter().filter(|op| op.typical_self_ns > 0.0 || op.tail_self_ns > 0.0) {
                     tr data-service=(op.service) data-operation=(op.operation) {
-                        td { a href=(params.link(SERVICE_PATH, &[("name", &op.service), ("operation", &op.operation)])) { (op.service) " · " (op.operation) } }
+                        td { a href=(params.link(paths::SERVICE, &[("name", &op.service), ("operation", &op.operation)])) { (op.service) " · " (op.operation) } }
                         td { span.share-bar.typical style=(format!("width:{:.0}px", 120.0 * op.typical_share.clamp(0.0, 1.0))) {} " " (percent(op.typical_share)) }
                         td { span.share-bar.tail style=(format!("width:{:.0}px", 120.0 * op.tail_share.clamp(0.0, 1.0))) {} " " (percent(op.tail_share)) }
                         td.num { (duration(op.typical_self_ns)) }
@@ -83,10 +79,7 @@ pub(crate) async fn critical_path_page(
     let engine = &ui.engine;
     let range = params.window.range;
     let query = AggregatePathQuery { range, service: service.clone(), operation: operation.clone() };
-    let (view, dependencies) = tokio::try_join!(
-        engine.run(move |e| async move { e.aggregate_critical_path(&query).await }),
-        engine.run(move |e| async move { e.dependencies(range).await }),
-    )?;
+    let (view, dependencies) = tokio::try_join!(engine.aggregate_critical_path(query), engine.dependencies(range),)?;
     let empty = if view.traces == 0 {
         Some(crate::page::empty_state(&ui, &params.window, &headers, "traces for this endpoint").await?)
     } else {
@@ -112,11 +105,11 @@ pub(crate) async fn critical_path_page(
     if let Some(o) = &operation {
         keep.push(("operation", o.as_str()));
     }
-    Ok(Frame { title: &title, path: CRITICAL_PATH_PATH, window: &params.window, keep }.render(body))
+    Ok(Frame { title: &title, path: paths::CRITICAL_PATH, window: &params.window, keep }.render(body))
 }
 
 /// What a finding kind means, in a few words.
-pub fn kind_label(kind: &str) -> &str {
+pub(crate) fn kind_label(kind: &str) -> &str {
     match kind {
         "n_plus_one" => "N+1 / chatty calls",
         "sequential_calls" => "sequential calls that could run in parallel",
@@ -140,7 +133,7 @@ pub(crate) async fn findings_page(
     let service = params.text("service").map(str::to_owned);
     let query =
         FindingsQuery { range: params.window.range, service: service.clone(), thresholds: Thresholds::default() };
-    let view = ui.engine.run(move |e| async move { e.findings(&query).await }).await?;
+    let view = ui.engine.findings(query).await?;
     let empty = if view.findings.is_empty() {
         Some(crate::page::empty_state(&ui, &params.window, &headers, "findings").await?)
     } else {
@@ -153,7 +146,7 @@ pub(crate) async fn findings_page(
     let body = html! {
         h1 { (title) }
         p.summary { "Call patterns that make latency slow or unpredictable, most costly first, in " (params.window.describe()) ". Thresholds are the defaults of " code { "GET /api/v1/findings" } " (README)." }
-        form.filter method="get" action=(FINDINGS_PATH) {
+        form.filter method="get" action=(paths::FINDINGS) {
             @for (k, v) in params.window.query_pairs() { input type="hidden" name=(k) value=(v); }
             label { "Service " input type="text" name="service" value=[service.as_deref()] placeholder="all"; }
             button type="submit" { "Filter" }
@@ -165,12 +158,12 @@ pub(crate) async fn findings_page(
                     @for f in &view.findings {
                         tr data-kind=(f.kind) {
                             td { strong { (kind_label(&f.kind)) } }
-                            td { a href=(params.link(SERVICE_PATH, &[("name", &f.service), ("operation", &f.operation)])) { (f.service) " · " (f.operation) } }
+                            td { a href=(params.link(paths::SERVICE, &[("name", &f.service), ("operation", &f.operation)])) { (f.service) " · " (f.operation) } }
                             td { (f.callee.as_deref().unwrap_or("–")) " " span.calls { "(" (f.calls) ")" } }
                             td.num { (f.occurrences) } td.num { (f.traces) }
                             td.num { (duration(f.cost_ns_total as f64)) } td.num { (duration(f.cost_ns_mean)) }
                             td { code { (f.threshold) } }
-                            td.evidence { @for id in &f.evidence_trace_ids { a.trace-link href=(format!("{}/{}", trace::PATH, id)) title=(id) { code { (id.get(..8).unwrap_or(id)) } } " " } }
+                            td.evidence { @for id in &f.evidence_trace_ids { a.trace-link href=(paths::trace(id)) title=(id) { code { (id.get(..8).unwrap_or(id)) } } " " } }
                         }
                     }
                 }
@@ -178,5 +171,5 @@ pub(crate) async fn findings_page(
         }
     };
     let keep = service.as_deref().map(|s| vec![("service", s)]).unwrap_or_default();
-    Ok(Frame { title: &title, path: FINDINGS_PATH, window: &params.window, keep }.render(body))
+    Ok(Frame { title: &title, path: paths::FINDINGS, window: &params.window, keep }.render(body))
 }

@@ -5,9 +5,9 @@
 //! SVG elements are always written with a closing tag (`rect {}`): inside `<svg>`, HTML parsers do
 //! not close `<rect>` by themselves.
 
-use hopscope_query::functions::{bucket_lower_ns, bucket_upper_ns};
-use hopscope_query::params::{TimeRange, parse_time};
 use hopscope_schemas::api::{LatencyView, Percentiles};
+use hopscope_schemas::histogram::{bucket_lower_ns, bucket_upper_ns};
+use hopscope_schemas::time::{TimeRange, parse_time};
 use maud::{Markup, html};
 
 use crate::page::duration;
@@ -18,7 +18,7 @@ const HEIGHT: f64 = 220.0;
 const MARGIN: (f64, f64, f64, f64) = (64.0, 16.0, 12.0, 28.0);
 
 /// The four percentiles and the colour each is drawn in.
-pub const SERIES: [(&str, &str); 4] =
+pub(crate) const SERIES: [(&str, &str); 4] =
     [("p50", "#2b8a3e"), ("p90", "#1971c2"), ("p99", "#e8590c"), ("p99.9", "#c92a2a")];
 
 fn pick(p: &Percentiles, i: usize) -> f64 {
@@ -41,7 +41,7 @@ fn time_ticks(range: TimeRange) -> Vec<(i64, String)> {
     let mut ticks = Vec::new();
     while t <= range.end_ns {
         if t >= range.start_ns {
-            let text = hopscope_query::params::format_time(t);
+            let text = hopscope_schemas::time::format_time(t);
             let label = if step_s < 60 { text.get(11..19) } else { text.get(11..16) };
             ticks.push((t, label.unwrap_or(&text).to_owned()));
         }
@@ -92,7 +92,7 @@ impl LogAxis {
 }
 
 /// p50/p90/p99/p99.9 per step, on a log scale: a widening gap between the lines is the tail.
-pub fn percentiles_over_time(view: &LatencyView, range: TimeRange) -> Markup {
+pub(crate) fn percentiles_over_time(view: &LatencyView, range: TimeRange) -> Markup {
     let points: Vec<(i64, &Percentiles)> =
         view.series.iter().filter_map(|p| Some((parse_time(&p.time).ok()?, &p.percentiles))).collect();
     let lo = points.iter().map(|(_, p)| p.p50_ns).fold(f64::INFINITY, f64::min);
@@ -136,7 +136,7 @@ fn heat_colour(count: u64, max: u64) -> String {
 }
 
 /// Calls per (time step × latency bucket): where the mass sits, and how often the tail fires.
-pub fn heatmap(view: &LatencyView, range: TimeRange) -> Markup {
+pub(crate) fn heatmap(view: &LatencyView, range: TimeRange) -> Markup {
     let cells: Vec<(i64, i32, u64)> =
         view.heatmap.iter().filter_map(|c| Some((parse_time(&c.time).ok()?, c.bucket, c.count))).collect();
     let (lo, hi) = cells.iter().fold((i32::MAX, i32::MIN), |(lo, hi), c| (lo.min(c.1), hi.max(c.1)));
@@ -170,7 +170,7 @@ pub fn heatmap(view: &LatencyView, range: TimeRange) -> Markup {
 }
 
 /// How many calls fell in each log-scale latency bucket (4 buckets per doubling).
-pub fn histogram(view: &LatencyView) -> Markup {
+pub(crate) fn histogram(view: &LatencyView) -> Markup {
     let buckets = &view.histogram;
     let max = buckets.iter().map(|b| b.count).max().unwrap_or(1).max(1);
     let plot_w = WIDTH - MARGIN.0 - MARGIN.1;
@@ -201,7 +201,7 @@ pub fn histogram(view: &LatencyView) -> Markup {
 
 /// The percentiles of several distributions side by side (a hop's client, server and gap), as
 /// horizontal bars on one log scale.
-pub fn side_by_side(rows: &[(&str, Option<&Percentiles>)]) -> Markup {
+pub(crate) fn side_by_side(rows: &[(&str, Option<&Percentiles>)]) -> Markup {
     let hi = rows.iter().filter_map(|(_, p)| *p).map(|p| p.p999_ns).fold(1.0, f64::max);
     let scale = |ns: f64| if ns <= 0.0 { 0.0 } else { 100.0 * ns.max(1.0).log10() / hi.log10().max(1.0) };
     html! {

@@ -24,7 +24,7 @@ impl UiError {
     pub fn status(&self) -> StatusCode {
         match self {
             UiError::BadParameter(_) => StatusCode::BAD_REQUEST,
-            UiError::Query(e) => e.status(),
+            UiError::Query(e) => hopscope_query::api::status_of(e),
             UiError::Layout(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -11,11 +11,8 @@ use axum::response::Html;
 use hopscope_schemas::api::{DependenciesView, GraphEdgeView, GraphNodeView};
 use maud::{Markup, html};
 
-use crate::latency::{HOP_PATH, SERVICE_PATH};
 use crate::page::{Frame, PageParams, duration, rate};
-use crate::{UiError, UiState, analysis};
-
-pub const PATH: &str = "/ui/graph";
+use crate::{UiError, UiState, paths};
 
 const NODE_W: f64 = 170.0;
 const NODE_H: f64 = 34.0;
@@ -30,7 +27,7 @@ const PART_GAP: f64 = 40.0;
 
 /// How edges are coloured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Colouring {
+pub(crate) enum Colouring {
     /// By the hop's p99.
     Latency,
     /// By the share of calls that failed.
@@ -39,7 +36,7 @@ pub enum Colouring {
 
 /// Where each node sits (its top-left corner), and the drawing's size.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Layout {
+pub(crate) struct Layout {
     pub positions: HashMap<String, (f64, f64)>,
     pub width: f64,
     pub height: f64,
@@ -48,7 +45,7 @@ pub struct Layout {
 /// Lays the graph out left to right: layers from `rust-sugiyama` become columns (entry points on
 /// the left), its order within a layer becomes the order top to bottom. Disconnected parts are
 /// stacked; self-calls and repeated edges do not change the layout.
-pub fn layout(nodes: &[String], edges: &[(String, String)]) -> Result<Layout, UiError> {
+pub(crate) fn layout(nodes: &[String], edges: &[(String, String)]) -> Result<Layout, UiError> {
     let index: HashMap<&str, u32> = nodes.iter().enumerate().map(|(i, n)| (n.as_str(), i as u32)).collect();
     let mut pairs = BTreeSet::new();
     for (caller, callee) in edges {
@@ -182,7 +179,7 @@ pub(crate) fn render_graph(
                         @let (d, mid) = edge_path(from, to);
                         @let width = (1.0 + (edge.calls as f64).log10().max(0.0)).min(6.0);
                         @let label = format!("{} · p99 {}", rate(edge.calls as f64 / seconds), duration(edge.p99_ns));
-                        a href=(params.link(HOP_PATH, &[("caller", &edge.caller), ("callee", &edge.callee)])) {
+                        a href=(params.link(paths::HOP, &[("caller", &edge.caller), ("callee", &edge.callee)])) {
                             g class=(format!("edge {}", edge_class(edge, colouring))) data-caller=(edge.caller) data-callee=(edge.callee) data-connection=(edge.connection) {
                                 title { (edge.caller) " → " (edge.callee) " (" (edge.connection) "): " (edge.calls) " calls, " (edge.errors) " errors, " (label) }
                                 path.edge-line d=(d) stroke-width=(format!("{width:.1}")) marker-end="url(#arrow)" stroke-dasharray=[(edge.connection == "messaging").then_some("6 4")] {}
@@ -193,7 +190,7 @@ pub(crate) fn render_graph(
                 }
                 @for node in &view.nodes {
                     @if let Some(&(x, y)) = layout.positions.get(&node.name) {
-                        a href=(params.link(SERVICE_PATH, &[("name", &node.name)])) {
+                        a href=(params.link(paths::SERVICE, &[("name", &node.name)])) {
                             g class=(format!("node kind-{}{}", node.kind, if shared.contains_key(node.name.as_str()) { " shared" } else { "" })) data-name=(node.name) data-kind=(node.kind) transform=(format!("translate({x:.1},{y:.1})")) {
                                 title { (node.name) " (" (node.kind) "), " (node.calls_in) " calls in" @if let Some(n) = shared.get(node.name.as_str()) { ", shared by " (n) " services" } }
                                 (node_shape(node))
@@ -240,7 +237,7 @@ pub(crate) async fn page(
         Some(other) => return Err(UiError::BadParameter(format!("color: expected latency or errors, got {other:?}"))),
     };
     let range = params.window.range;
-    let view = ui.engine.run(move |e| async move { e.dependencies(range).await }).await?;
+    let view = ui.engine.dependencies(range).await?;
     let body = if view.nodes.is_empty() {
         crate::page::empty_state(&ui, &params.window, &headers, "calls").await?
     } else {
@@ -252,7 +249,7 @@ pub(crate) async fn page(
         render_page(&params, &view, &layout, colouring)
     };
     let keep = params.text("color").map(|c| vec![("color", c)]).unwrap_or_default();
-    Ok(Frame { title: "Service graph", path: PATH, window: &params.window, keep }.render(body))
+    Ok(Frame { title: "Service graph", path: paths::GRAPH, window: &params.window, keep }.render(body))
 }
 
 fn render_page(params: &PageParams, view: &DependenciesView, layout: &Layout, colouring: Colouring) -> Markup {
@@ -269,7 +266,7 @@ fn render_page(params: &PageParams, view: &DependenciesView, layout: &Layout, co
         p.summary {
             (view.nodes.len()) " nodes, " (view.edges.len()) " hops in " (params.window.describe()) ". "
             "Click a node for its latency, an edge for the hop. "
-            a href=(params.link(PATH, &[("color", other.0)])) { (other.1) }
+            a href=(params.link(paths::GRAPH, &[("color", other.0)])) { (other.1) }
         }
         (legend(colouring))
         (render_graph(params, view, layout, colouring))
@@ -281,9 +278,9 @@ fn render_page(params: &PageParams, view: &DependenciesView, layout: &Layout, co
                 tbody {
                     @for s in &view.shared_resources {
                         tr {
-                            td { a href=(params.link(SERVICE_PATH, &[("name", &s.name)])) { (s.name) } }
+                            td { a href=(params.link(paths::SERVICE, &[("name", &s.name)])) { (s.name) } }
                             td { (s.kind) }
-                            td { @for (i, service) in s.services.iter().enumerate() { @if i > 0 { ", " } a href=(params.link(SERVICE_PATH, &[("name", service)])) { (service) } } }
+                            td { @for (i, service) in s.services.iter().enumerate() { @if i > 0 { ", " } a href=(params.link(paths::SERVICE, &[("name", service)])) { (service) } } }
                             td.num { (s.calls) }
                         }
                     }
@@ -297,11 +294,11 @@ fn render_page(params: &PageParams, view: &DependenciesView, layout: &Layout, co
                 tbody {
                     @for e in &view.endpoints {
                         tr {
-                            td { a href=(params.link(SERVICE_PATH, &[("name", &e.service), ("operation", &e.operation)])) { (e.service) " · " (e.operation) } }
+                            td { a href=(params.link(paths::SERVICE, &[("name", &e.service), ("operation", &e.operation)])) { (e.service) " · " (e.operation) } }
                             td.num { (e.depth) }
                             td { (e.reaches.len()) " nodes" }
-                            td { @if let Some(h) = &e.slowest_hop { a href=(params.link(HOP_PATH, &[("caller", &h.caller), ("callee", &h.callee)])) { (h.caller) " → " (h.callee) } " " (duration(h.p99_ns)) } }
-                            td { a href=(params.link(analysis::CRITICAL_PATH_PATH, &[("service", &e.service), ("operation", &e.operation)])) { "critical path" } }
+                            td { @if let Some(h) = &e.slowest_hop { a href=(params.link(paths::HOP, &[("caller", &h.caller), ("callee", &h.callee)])) { (h.caller) " → " (h.callee) } " " (duration(h.p99_ns)) } }
+                            td { a href=(params.link(paths::CRITICAL_PATH, &[("service", &e.service), ("operation", &e.operation)])) { "critical path" } }
                         }
                     }
                 }

@@ -7,22 +7,19 @@ use std::collections::HashMap;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Html;
-use hopscope_query::latency::{EdgesQuery, LatencyQuery, LatencyTarget};
-use hopscope_query::params::TimeRange;
+use hopscope_query::{EdgesQuery, LatencyQuery, LatencyTarget};
 use hopscope_schemas::api::{EdgeView, LatencyView, SlowCallView};
+use hopscope_schemas::time::TimeRange;
 use maud::{Markup, html};
 
 use crate::page::{Frame, PageParams, duration, rate};
-use crate::{UiError, UiState, analysis, charts, graph, trace};
-
-pub const SERVICE_PATH: &str = "/ui/service";
-pub const HOP_PATH: &str = "/ui/hop";
+use crate::{UiError, UiState, charts, paths};
 
 /// How many of the slowest traces a page lists.
 const SLOWEST: usize = 10;
 
 /// About 60 steps over the range, at a round size (at least 10 s).
-pub fn step_for(range: TimeRange) -> i64 {
+pub(crate) fn step_for(range: TimeRange) -> i64 {
     const STEPS_S: [i64; 9] = [10, 30, 60, 120, 300, 600, 1_800, 3_600, 6 * 3_600];
     let span_s = (range.end_ns - range.start_ns) / 1_000_000_000;
     STEPS_S.iter().copied().find(|s| span_s / s <= 60).unwrap_or(24 * 3_600) * 1_000_000_000
@@ -64,7 +61,7 @@ fn slowest_table(params: &PageParams, calls: &[SlowCallView]) -> Markup {
                 tbody {
                     @for c in calls {
                         tr {
-                            td { a.trace-link href=(format!("{}/{}", trace::PATH, c.trace_id)) { code { (c.trace_id) } } }
+                            td { a.trace-link href=(paths::trace(&c.trace_id)) { code { (c.trace_id) } } }
                             td { (c.start_time.get(..19).unwrap_or(&c.start_time)) }
                             td.num { (duration(c.duration_ns as f64)) }
                         }
@@ -82,9 +79,9 @@ fn hops_table(params: &PageParams, edges: &[EdgeView]) -> Markup {
             tbody {
                 @for e in edges {
                     tr {
-                        td { a href=(params.link(SERVICE_PATH, &[("name", &e.caller)])) { (e.caller) } }
-                        td { a href=(params.link(SERVICE_PATH, &[("name", &e.callee)])) { (e.callee) } " " span.kind { (e.callee_kind) } }
-                        td { a href=(params.link(HOP_PATH, &[("caller", &e.caller), ("callee", &e.callee)])) { (e.connection) " hop" } }
+                        td { a href=(params.link(paths::SERVICE, &[("name", &e.caller)])) { (e.caller) } }
+                        td { a href=(params.link(paths::SERVICE, &[("name", &e.callee)])) { (e.callee) } " " span.kind { (e.callee_kind) } }
+                        td { a href=(params.link(paths::HOP, &[("caller", &e.caller), ("callee", &e.callee)])) { (e.connection) " hop" } }
                         td.num { (e.calls) } td.num { (e.errors) } td.num { (rate(e.rate_per_s)) }
                         td.num { @if let Some(p) = &e.client { (duration(p.p99_ns)) } @else { "–" } }
                         td.num { @if let Some(p) = &e.server { (duration(p.p99_ns)) } @else { "–" } }
@@ -116,10 +113,10 @@ pub(crate) async fn service_page(
     let edges_query = EdgesQuery { range, service: Some(name.clone()), by_operation: false };
     let (service, slowest_query) = (name.clone(), query.clone());
     let (operations, edges, view, slowest) = tokio::try_join!(
-        engine.run(move |e| async move { e.operations(&service).await }),
-        engine.run(move |e| async move { e.edges(&edges_query).await }),
-        engine.run(move |e| async move { e.latency(&query).await }),
-        engine.run(move |e| async move { e.slowest(&slowest_query, SLOWEST).await }),
+        engine.operations(&service),
+        engine.edges(edges_query),
+        engine.latency(query),
+        engine.slowest(slowest_query, SLOWEST),
     )?;
     let title = match &operation {
         Some(op) => format!("{name} · {op}"),
@@ -133,7 +130,7 @@ pub(crate) async fn service_page(
         None
     };
     let body = html! {
-        p.crumbs { a href=(params.link(graph::PATH, &[])) { "Service graph" } " › " a href=(params.link(SERVICE_PATH, &[("name", &name)])) { (name) } @if let Some(op) = &operation { " › " (op) } }
+        p.crumbs { a href=(params.link(paths::GRAPH, &[])) { "Service graph" } " › " a href=(params.link(paths::SERVICE, &[("name", &name)])) { (name) } @if let Some(op) = &operation { " › " (op) } }
         h1 { (title) }
         @if let Some(empty) = empty {
             (empty)
@@ -144,8 +141,8 @@ pub(crate) async fn service_page(
                         Some(_) => { "Every span of this operation in " (params.window.describe()) "." }
                         None => { "The service's entry spans (server, consumer and root spans) in " (params.window.describe()) ". " }
                     }
-                    " " a href=(params.link(crate::search::PATH, &[("service", &name)])) { "search its traces" }
-                    @if let Some(op) = &operation { " · " a href=(params.link(analysis::CRITICAL_PATH_PATH, &[("service", &name), ("operation", op)])) { "critical path of this endpoint" } }
+                    " " a href=(params.link(paths::SEARCH, &[("service", &name)])) { "search its traces" }
+                    @if let Some(op) = &operation { " · " a href=(params.link(paths::CRITICAL_PATH, &[("service", &name), ("operation", op)])) { "critical path of this endpoint" } }
                 }
                 @if view.summary.count == 0 { p.empty { "No spans in " (params.window.describe()) ": pick a longer time range." } }
                 @else { (tail_view(&view, range)) }
@@ -166,7 +163,7 @@ pub(crate) async fn service_page(
                     tbody {
                         @for op in &operations {
                             tr {
-                                td { a href=(params.link(SERVICE_PATH, &[("name", &name), ("operation", &op.name)])) { (op.name) } }
+                                td { a href=(params.link(paths::SERVICE, &[("name", &name), ("operation", &op.name)])) { (op.name) } }
                                 td { (op.span_kind) } td.num { (op.spans) }
                             }
                         }
@@ -179,7 +176,7 @@ pub(crate) async fn service_page(
     if let Some(op) = &operation {
         keep.push(("operation", op.as_str()));
     }
-    Ok(Frame { title: &title, path: SERVICE_PATH, window: &params.window, keep }.render(body))
+    Ok(Frame { title: &title, path: paths::SERVICE, window: &params.window, keep }.render(body))
 }
 
 /// `GET /ui/hop?caller=A&callee=B`: one hop's latency, its three durations side by side.
@@ -199,11 +196,8 @@ pub(crate) async fn hop_page(
     };
     let edges_query = EdgesQuery { range, service: Some(caller.clone()), by_operation: false };
     let slowest_query = query.clone();
-    let (edges, view, slowest) = tokio::try_join!(
-        engine.run(move |e| async move { e.edges(&edges_query).await }),
-        engine.run(move |e| async move { e.latency(&query).await }),
-        engine.run(move |e| async move { e.slowest(&slowest_query, SLOWEST).await }),
-    )?;
+    let (edges, view, slowest) =
+        tokio::try_join!(engine.edges(edges_query), engine.latency(query), engine.slowest(slowest_query, SLOWEST),)?;
     let hop: Vec<EdgeView> = edges.into_iter().filter(|e| e.caller == caller && e.callee == callee).collect();
     let title = format!("{caller} → {callee}");
     let empty = if hop.is_empty() {
@@ -215,7 +209,7 @@ pub(crate) async fn hop_page(
         None
     };
     let body = html! {
-        p.crumbs { a href=(params.link(graph::PATH, &[])) { "Service graph" } " › " a href=(params.link(SERVICE_PATH, &[("name", &caller)])) { (caller) } " → " a href=(params.link(SERVICE_PATH, &[("name", &callee)])) { (callee) } }
+        p.crumbs { a href=(params.link(paths::GRAPH, &[])) { "Service graph" } " › " a href=(params.link(paths::SERVICE, &[("name", &caller)])) { (caller) } " → " a href=(params.link(paths::SERVICE, &[("name", &callee)])) { (callee) } }
         h1 { (title) }
         @if let Some(empty) = empty {
             (empty)
@@ -231,7 +225,7 @@ pub(crate) async fn hop_page(
         }
     };
     let keep = vec![("caller", caller.as_str()), ("callee", callee.as_str())];
-    Ok(Frame { title: &title, path: HOP_PATH, window: &params.window, keep }.render(body))
+    Ok(Frame { title: &title, path: paths::HOP, window: &params.window, keep }.render(body))
 }
 
 #[cfg(test)]

@@ -27,15 +27,16 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use hopscope_query::QueryEngine;
 
-pub mod analysis;
-pub mod charts;
+mod analysis;
+mod charts;
 mod error;
-pub mod graph;
-pub mod latency;
+mod graph;
+mod latency;
 mod page;
-pub mod search;
-pub mod trace;
-pub mod window;
+mod paths;
+mod search;
+mod trace;
+mod window;
 
 pub use error::UiError;
 
@@ -60,14 +61,14 @@ pub(crate) type UiState = axum::extract::State<Arc<Ui>>;
 pub fn router(engine: Arc<QueryEngine>, config: UiConfig) -> Router {
     let ui = Arc::new(Ui { engine, config });
     Router::new()
-        .route("/", get(|| async { Redirect::to(graph::PATH) }))
-        .route(graph::PATH, get(graph::page))
-        .route(latency::SERVICE_PATH, get(latency::service_page))
-        .route(latency::HOP_PATH, get(latency::hop_page))
-        .route(&format!("{}/{{trace_id}}", trace::PATH), get(trace::page))
-        .route(analysis::CRITICAL_PATH_PATH, get(analysis::critical_path_page))
-        .route(analysis::FINDINGS_PATH, get(analysis::findings_page))
-        .route(search::PATH, get(search::page))
+        .route("/", get(|| async { Redirect::to(paths::GRAPH) }))
+        .route(paths::GRAPH, get(graph::page))
+        .route(paths::SERVICE, get(latency::service_page))
+        .route(paths::HOP, get(latency::hop_page))
+        .route(&format!("{}/{{trace_id}}", paths::TRACE), get(trace::page))
+        .route(paths::CRITICAL_PATH, get(analysis::critical_path_page))
+        .route(paths::FINDINGS, get(analysis::findings_page))
+        .route(paths::SEARCH, get(search::page))
         .route("/ui/assets/style.css", get(|| asset("text/css; charset=utf-8", include_str!("../assets/style.css"))))
         .route("/ui/assets/app.js", get(|| asset("text/javascript; charset=utf-8", include_str!("../assets/app.js"))))
         .route("/ui/{*rest}", get(page::not_found))

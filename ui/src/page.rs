@@ -9,14 +9,14 @@ use axum::response::{Html, IntoResponse, Response};
 use maud::{DOCTYPE, Markup, html};
 
 use crate::window::{self, PRESETS, Window, href, minute};
-use crate::{Ui, UiError, analysis, graph, search};
+use crate::{Ui, UiError, paths};
 
 /// The pages in the navigation bar, in order.
 const NAV: [(&str, &str); 4] = [
-    ("Service graph", graph::PATH),
-    ("Search", search::PATH),
-    ("Critical path", analysis::CRITICAL_PATH_PATH),
-    ("Findings", analysis::FINDINGS_PATH),
+    ("Service graph", paths::GRAPH),
+    ("Search", paths::SEARCH),
+    ("Critical path", paths::CRITICAL_PATH),
+    ("Findings", paths::FINDINGS),
 ];
 
 /// A page's checked parameters: its own, plus the time range.
@@ -58,7 +58,7 @@ impl PageParams {
     pub(crate) fn duration(&self, name: &str) -> Result<Option<i64>, UiError> {
         self.text(name)
             .map(|v| {
-                hopscope_query::params::parse_duration(v).map_err(|e| UiError::BadParameter(format!("{name}: {e}")))
+                hopscope_schemas::time::parse_duration(v).map_err(|e| UiError::BadParameter(format!("{name}: {e}")))
             })
             .transpose()
     }
@@ -105,7 +105,7 @@ impl Frame<'_> {
                 }
                 body {
                     header.top {
-                        a.brand href=(link(self.window, graph::PATH, &[])) { "hopscope" }
+                        a.brand href=(link(self.window, paths::GRAPH, &[])) { "hopscope" }
                         nav {
                             @for (label, path) in NAV {
                                 a.current[path == self.path] href=(link(self.window, path, &[])) { (label) }
@@ -152,11 +152,11 @@ pub(crate) fn error_page(status: StatusCode, message: &str) -> Markup {
                 link rel="stylesheet" href="/ui/assets/style.css";
             }
             body {
-                header.top { a.brand href=(graph::PATH) { "hopscope" } }
+                header.top { a.brand href=(paths::GRAPH) { "hopscope" } }
                 main {
                     h1 { (status.canonical_reason().unwrap_or("Error")) }
                     p.error-message { (message) }
-                    p { a href=(graph::PATH) { "Back to the service graph" } }
+                    p { a href=(paths::GRAPH) { "Back to the service graph" } }
                 }
             }
         }
@@ -172,7 +172,7 @@ pub(crate) async fn not_found(uri: Uri) -> Response {
 /// What a page shows when it has nothing to show: no spans stored at all (how to send some), or
 /// none in the range (widen it).
 pub(crate) async fn empty_state(ui: &Ui, window: &Window, headers: &HeaderMap, what: &str) -> Result<Markup, UiError> {
-    let any_spans = !ui.engine.run(move |e| async move { e.services().await }).await?.is_empty();
+    let any_spans = !ui.engine.services().await?.is_empty();
     if any_spans {
         return Ok(html! {
             div.empty {

@@ -6,13 +6,11 @@ use std::collections::HashMap;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Html;
-use hopscope_query::latency::TraceSearch;
+use hopscope_query::TraceSearch;
 use maud::html;
 
 use crate::page::{Frame, PageParams, duration};
-use crate::{UiError, UiState, trace};
-
-pub const PATH: &str = "/ui/search";
+use crate::{UiError, UiState, paths};
 
 /// The most traces one search shows.
 const MAX_LIMIT: usize = 500;
@@ -77,10 +75,7 @@ pub(crate) async fn page(
     }
     let engine = &ui.engine;
     let asked = search.clone();
-    let (services, traces) = tokio::try_join!(
-        engine.run(|e| async move { e.services().await }),
-        engine.run(move |e| async move { e.search_traces(&asked).await }),
-    )?;
+    let (services, traces) = tokio::try_join!(engine.services(), engine.search_traces(asked),)?;
     let empty = if traces.is_empty() {
         Some(crate::page::empty_state(&ui, &params.window, &headers, "traces that match").await?)
     } else {
@@ -89,7 +84,7 @@ pub(crate) async fn page(
     let value = |name: &str| params.text(name).unwrap_or("").to_owned();
     let body = html! {
         h1 { "Search traces" }
-        form.search method="get" action=(PATH) {
+        form.search method="get" action=(paths::SEARCH) {
             @for (k, v) in params.window.query_pairs() { input type="hidden" name=(k) value=(v); }
             label { "Service "
                 select name="service" {
@@ -123,7 +118,7 @@ pub(crate) async fn page(
                 tbody {
                     @for t in &traces {
                         tr class=(if t.error_count > 0 { "has-errors" } else { "" }) {
-                            td { a.trace-link href=(format!("{}/{}", trace::PATH, t.trace_id)) { code { (t.trace_id) } } }
+                            td { a.trace-link href=(paths::trace(&t.trace_id)) { code { (t.trace_id) } } }
                             td { (t.root_service) " · " (t.root_operation) }
                             td { (t.start_time.get(..19).unwrap_or(&t.start_time)) }
                             td.num { (duration(t.duration_ns as f64)) }
@@ -135,7 +130,7 @@ pub(crate) async fn page(
         }
     };
     let keep: Vec<(&str, &str)> = FIELDS.iter().filter_map(|f| params.text(f).map(|v| (*f, v))).collect();
-    Ok(Frame { title: "Search", path: PATH, window: &params.window, keep }.render(body))
+    Ok(Frame { title: "Search", path: paths::SEARCH, window: &params.window, keep }.render(body))
 }
 
 #[cfg(test)]

@@ -11,14 +11,11 @@ use hopscope_schemas::TraceId;
 use hopscope_schemas::api::{SpanView, TraceCriticalPathView};
 use maud::{Markup, html};
 
-use crate::latency::SERVICE_PATH;
 use crate::page::{Frame, PageParams, duration};
-use crate::{UiError, UiState, graph};
-
-pub const PATH: &str = "/ui/trace";
+use crate::{UiError, UiState, paths};
 
 /// A stable colour per service name.
-pub fn service_colour(service: &str) -> String {
+pub(crate) fn service_colour(service: &str) -> String {
     // FNV-1a: the same name gets the same hue on every page.
     let hash = service.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
     format!("hsl({},62%,52%)", hash % 360)
@@ -26,7 +23,7 @@ pub fn service_colour(service: &str) -> String {
 
 /// The spans in waterfall order: depth-first from each root, children by start time; each with its
 /// depth. A span whose parent is not in the trace is a root.
-pub fn tree_order(spans: &[SpanView]) -> Vec<(usize, usize)> {
+pub(crate) fn tree_order(spans: &[SpanView]) -> Vec<(usize, usize)> {
     let index: HashMap<&str, usize> = spans.iter().enumerate().map(|(i, s)| (s.span_id.as_str(), i)).collect();
     let start = |i: usize| spans[i].start_time_unix_nano.parse::<i64>().unwrap_or(0);
     let mut children: Vec<Vec<usize>> = vec![Vec::new(); spans.len()];
@@ -123,10 +120,7 @@ pub(crate) async fn page(
     let params = PageParams::new(raw, &[])?;
     let id: TraceId = trace_id.parse().map_err(|e| UiError::BadParameter(format!("trace id: {e}")))?;
     let engine = &ui.engine;
-    let (trace, paths) = tokio::try_join!(
-        engine.run(move |e| async move { e.trace(id).await }),
-        engine.run(move |e| async move { e.trace_critical_path(id).await })
-    )?;
+    let (trace, paths) = tokio::try_join!(engine.trace(id), engine.trace_critical_path(id))?;
     let Some(trace) = trace else {
         return Err(UiError::Query(hopscope_query::QueryError::NotFound(format!(
             "trace {id} not found: it may not be written yet (spans become queryable about a second after their trace goes quiet) or it is outside what is stored"
@@ -154,7 +148,7 @@ pub(crate) async fn page(
         None => format!("trace {}", trace.trace_id),
     };
     let body = html! {
-        p.crumbs { a href=(params.link(graph::PATH, &[])) { "Service graph" } " › trace " code { (trace.trace_id) } }
+        p.crumbs { a href=(params.link(paths::GRAPH, &[])) { "Service graph" } " › trace " code { (trace.trace_id) } }
         h1 { (title) }
         p.summary {
             @if let Some(r) = root { (duration(r.duration_ns as f64)) " end to end, started " (r.start_time.get(..19).unwrap_or(&r.start_time)) " UTC · " }
@@ -162,7 +156,7 @@ pub(crate) async fn page(
             (paths.paths.len()) " critical path" @if paths.paths.len() != 1 { "s" }
         }
         p.legend {
-            @for s in &services { a.service-key href=(params.link(SERVICE_PATH, &[("name", s)])) { span.swatch style=(format!("background:{}", service_colour(s))) {} (s) } " " }
+            @for s in &services { a.service-key href=(params.link(paths::SERVICE, &[("name", s)])) { span.swatch style=(format!("background:{}", service_colour(s))) {} (s) } " " }
             " · " span.swatch.cp-swatch {} "critical path"
         }
         @if !on_path.is_empty() {
@@ -192,7 +186,7 @@ pub(crate) async fn page(
         }
     };
     // The range picker submits to this trace's own page.
-    let own = format!("{PATH}/{}", trace.trace_id);
+    let own = paths::trace(&trace.trace_id);
     Ok(Frame { title: &title, path: &own, window: &params.window, keep: Vec::new() }.render(body))
 }
 

@@ -4,22 +4,22 @@
 
 use std::collections::HashMap;
 
-use hopscope_query::params::{TimeRange, format_time, parse_time};
+use hopscope_schemas::time::{TimeRange, format_time, parse_time};
 
 use crate::UiError;
 
 /// The ranges the picker offers, ending now.
-pub const PRESETS: [(&str, i64); 4] = [("15m", 15 * 60), ("1h", 3_600), ("6h", 6 * 3_600), ("24h", 24 * 3_600)];
+pub(crate) const PRESETS: [(&str, i64); 4] = [("15m", 15 * 60), ("1h", 3_600), ("6h", 6 * 3_600), ("24h", 24 * 3_600)];
 
 /// The preset a page shows when its URL names none.
-pub const DEFAULT_PRESET: &str = "1h";
+pub(crate) const DEFAULT_PRESET: &str = "1h";
 
 /// The parameters a time range takes; every page accepts them.
-pub const PARAMS: [&str; 3] = ["range", "start", "end"];
+pub(crate) const PARAMS: [&str; 3] = ["range", "start", "end"];
 
 /// A page's time range and how its URL names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Window {
+pub(crate) struct Window {
     pub range: TimeRange,
     /// The preset (`1h`, ...), or `None` for a custom range.
     pub preset: Option<&'static str>,
@@ -27,7 +27,7 @@ pub struct Window {
 
 impl Window {
     /// Reads `range`, `start` and `end` from a page's parameters; `now_ns` ends a preset range.
-    pub fn from_params(params: &HashMap<String, String>, now_ns: i64) -> Result<Self, UiError> {
+    pub(crate) fn from_params(params: &HashMap<String, String>, now_ns: i64) -> Result<Self, UiError> {
         let text = |name: &str| params.get(name).map(String::as_str).filter(|v| !v.is_empty());
         let custom = text("start").is_some() || text("end").is_some();
         match text("range") {
@@ -72,7 +72,7 @@ impl Window {
     }
 
     /// The URL parameters that name this range, for links that keep it.
-    pub fn query_pairs(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn query_pairs(&self) -> Vec<(&'static str, String)> {
         match self.preset {
             Some(preset) => vec![("range", preset.to_owned())],
             None => vec![
@@ -84,7 +84,7 @@ impl Window {
     }
 
     /// A short description: `the last 1h` or `2026-12-01 10:00 – 11:00 UTC`.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self.preset {
             Some(preset) => format!("the last {preset}"),
             None => format!("{} – {} UTC", minute(self.range.start_ns), minute(self.range.end_ns)),
@@ -93,7 +93,7 @@ impl Window {
 }
 
 /// `YYYY-MM-DDTHH:MM` of a time, as a browser's `datetime-local` input shows it (UTC).
-pub fn minute(ns: i64) -> String {
+pub(crate) fn minute(ns: i64) -> String {
     let text = format_time(ns);
     text.get(..16).unwrap_or(&text).to_owned()
 }
@@ -109,7 +109,7 @@ fn time(name: &str, value: &str) -> Result<i64, UiError> {
 }
 
 /// Builds `path?k=v&...` with every value URL-encoded.
-pub fn href<'a>(path: &str, pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+pub(crate) fn href<'a>(path: &str, pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
     let mut query = form_urlencoded::Serializer::new(String::new());
     let mut any = false;
     for (key, value) in pairs {

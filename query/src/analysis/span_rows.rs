@@ -15,13 +15,8 @@ use hopscope_schemas::spans::{kind, status};
 
 use crate::QueryError;
 
-/// RFC 3339 with nanoseconds, UTC.
-pub fn rfc3339_nanos(ns: i64) -> String {
-    chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
-}
-
 /// Converts batches of full `spans` rows into span views, in row order.
-pub fn spans_from_batches(batches: &[RecordBatch]) -> Result<Vec<SpanView>, QueryError> {
+pub(crate) fn spans_from_batches(batches: &[RecordBatch]) -> Result<Vec<SpanView>, QueryError> {
     let mut out = Vec::new();
     for batch in batches {
         let cols = Columns::new(batch)?;
@@ -107,8 +102,8 @@ impl<'a> Columns<'a> {
             service_name: self.service_name.as_string::<i32>().value(row).to_owned(),
             name: self.name.as_string::<i32>().value(row).to_owned(),
             kind: kind::name(column::<Int8Array>(b, c::KIND)?.value(row)),
-            start_time: rfc3339_nanos(start),
-            end_time: rfc3339_nanos(end),
+            start_time: hopscope_schemas::time::format_time(start),
+            end_time: hopscope_schemas::time::format_time(end),
             start_time_unix_nano: start.to_string(),
             end_time_unix_nano: end.to_string(),
             duration_ns: column::<Int64Array>(b, c::DURATION_NS)?.value(row),
@@ -162,7 +157,7 @@ fn field<'a, T: 'static>(s: &'a StructArray, name: &str) -> Result<&'a T, QueryE
 fn event_view(s: &StructArray, i: usize) -> Result<EventView, QueryError> {
     let time = field::<TimestampNanosecondArray>(s, c::event::TIME)?.value(i);
     Ok(EventView {
-        time: rfc3339_nanos(time),
+        time: hopscope_schemas::time::format_time(time),
         time_unix_nano: time.to_string(),
         name: field::<StringArray>(s, c::event::NAME)?.value(i).to_owned(),
         attributes: api_attributes(&map_entries(field::<MapArray>(s, c::event::ATTRIBUTES)?, i)?),
@@ -182,7 +177,7 @@ fn link_view(s: &StructArray, i: usize) -> Result<LinkView, QueryError> {
 }
 
 /// The attributes of one row of an attribute map column, in stored order.
-pub fn map_entries(map: &MapArray, row: usize) -> Result<Vec<(String, AttrValue)>, QueryError> {
+fn map_entries(map: &MapArray, row: usize) -> Result<Vec<(String, AttrValue)>, QueryError> {
     let offsets = map.value_offsets();
     let (from, to) = (offsets[row] as usize, offsets[row + 1] as usize);
     let keys = map.keys().as_string::<i32>();

@@ -17,17 +17,17 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use hopscope_schemas::columns::{self as c, connection, edge, node_kind, semconv};
 use hopscope_schemas::spans::{kind, status, timestamp_type};
 
-use crate::walk::{CORE_COLUMNS, PerTrace, Rendezvous, SpanColumns, SpanIndex, span_key};
+use crate::walk::{CORE_COLUMNS, Derivation, PerTrace, Rendezvous, SpanColumns, SpanIndex, span_key};
 
 /// How far a call's two spans may lie apart in time and still be paired when a time range is asked:
 /// the span scan behind `edges` reaches this far beyond the range on both sides.
-pub const PAIRING_SLACK_NS: i64 = 5 * 60 * 1_000_000_000;
+pub(crate) const PAIRING_SLACK_NS: i64 = 5 * 60 * 1_000_000_000;
 
 /// `db.system` values that are caches rather than databases.
 const CACHE_SYSTEMS: &[&str] = &["redis", "memcached", "valkey", "hazelcast", "ignite", "geode", "coherence"];
 
 /// The schema of the `edges` table.
-pub fn edges_schema() -> SchemaRef {
+fn edges_schema() -> SchemaRef {
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
     SCHEMA
         .get_or_init(|| {
@@ -58,7 +58,7 @@ pub fn edges_schema() -> SchemaRef {
 }
 
 /// The span columns pairing reads.
-pub fn input_columns() -> Vec<&'static str> {
+pub(crate) fn input_columns() -> Vec<&'static str> {
     let mut columns = CORE_COLUMNS.to_vec();
     columns.extend([
         semconv::PEER_SERVICE,
@@ -79,6 +79,17 @@ pub fn input_columns() -> Vec<&'static str> {
         c::LINKS,
     ]);
     columns
+}
+
+/// The `edges` table.
+pub(crate) fn derivation() -> Derivation {
+    Derivation {
+        name: crate::tables::EDGES,
+        schema: edges_schema(),
+        input_columns: input_columns(),
+        slack_ns: PAIRING_SLACK_NS,
+        factory: Arc::new(|| Box::new(EdgePairing::default())),
+    }
 }
 
 /// A node that is not an instrumented service: its name and kind.
@@ -293,7 +304,7 @@ struct Pending {
 /// A consumer that links to a producer in another trace is paired when every partition has been
 /// read: such consumers, and the producers nobody consumed in their own trace, wait in [`Pending`]
 /// (charged to the query's memory pool) until the partitions meet.
-pub struct EdgePairing {
+pub(crate) struct EdgePairing {
     by_id: SpanIndex,
     pending: Pending,
     trace_id: FixedSizeBinaryBuilder,

@@ -18,8 +18,8 @@ use datafusion::prelude::SessionContext;
 use hopscope_schemas::columns::{finding as f, finding_kind as fk, semconv};
 use hopscope_schemas::spans::{kind, status, timestamp_type};
 
-use crate::critical_path::{CriticalPath, PathSpan, critical_paths};
-use crate::walk::{PerTrace, SpanColumns, SpanIndex, span_key};
+use super::paths::{CriticalPath, PathSpan, critical_paths};
+use crate::walk::{Derivation, PerTrace, SpanColumns, SpanIndex, span_key};
 
 /// When a pattern counts as a finding. Defaults in [`Thresholds::default`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -71,7 +71,7 @@ impl Default for Thresholds {
 }
 
 /// The schema of the findings table.
-pub fn findings_schema() -> SchemaRef {
+fn findings_schema() -> SchemaRef {
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
     SCHEMA
         .get_or_init(|| {
@@ -91,10 +91,21 @@ pub fn findings_schema() -> SchemaRef {
 }
 
 /// The span columns the scan reads.
-pub fn input_columns() -> Vec<&'static str> {
-    let mut columns = crate::edges::input_columns();
+fn input_columns() -> Vec<&'static str> {
+    let mut columns = super::pairing::input_columns();
     columns.extend([semconv::DB_QUERY_TEXT, semconv::DB_STATEMENT, semconv::HTTP_REQUEST_METHOD, semconv::HTTP_METHOD]);
     columns
+}
+
+/// The `findings` table, found per trace with `thresholds`.
+pub(crate) fn derivation(thresholds: Thresholds) -> Derivation {
+    Derivation {
+        name: crate::tables::FINDINGS,
+        schema: findings_schema(),
+        input_columns: input_columns(),
+        slack_ns: super::pairing::PAIRING_SLACK_NS,
+        factory: Arc::new(move || Box::new(FindingScan::new(thresholds))),
+    }
 }
 
 /// One call a span makes: a CLIENT child, with what it reached.
@@ -109,7 +120,7 @@ struct Call {
 }
 
 /// Finds the per-trace patterns.
-pub struct FindingScan {
+pub(crate) struct FindingScan {
     thresholds: Thresholds,
     by_id: SpanIndex,
     trace_id: FixedSizeBinaryBuilder,
@@ -125,7 +136,7 @@ pub struct FindingScan {
 }
 
 impl FindingScan {
-    pub fn new(thresholds: Thresholds) -> Self {
+    pub(crate) fn new(thresholds: Thresholds) -> Self {
         Self {
             thresholds,
             by_id: SpanIndex::default(),
@@ -247,7 +258,7 @@ impl PerTrace for FindingScan {
                         children.get(&c).and_then(|k| k.iter().copied().find(|&s| spans.kind.value(s) == kind::SERVER));
                     let callee = match server {
                         Some(s) => format!("{} {}", spans.service(s), spans.name(s)),
-                        None => format!("{} {}", crate::edges::virtual_node(spans, c).0, spans.name(c)),
+                        None => format!("{} {}", super::pairing::virtual_node(spans, c).0, spans.name(c)),
                     };
                     let failed = spans.status_code.value(c) == status::ERROR
                         || server.is_some_and(|s| spans.status_code.value(s) == status::ERROR);
@@ -437,7 +448,7 @@ fn spans_total(spans: &SpanColumns, rows: &[usize]) -> i64 {
 /// What `GET /api/v1/findings` asks.
 #[derive(Debug, Clone)]
 pub struct FindingsQuery {
-    pub range: crate::params::TimeRange,
+    pub range: hopscope_schemas::time::TimeRange,
     /// Only findings located in this service.
     pub service: Option<String>,
     pub thresholds: Thresholds,
@@ -446,40 +457,19 @@ pub struct FindingsQuery {
 /// Evidence kept per finding.
 const EVIDENCE: usize = 5;
 
-impl crate::QueryEngine {
-    /// Every finding in the traces of a range, most costly first.
-    pub async fn findings(
-        &self,
-        query: &FindingsQuery,
-    ) -> Result<hopscope_schemas::api::FindingsView, crate::QueryError> {
-        findings_in(self.context(), self.spans_table(), query).await
-    }
-}
-
-/// Every finding in the traces of a range, most costly first, computed in `ctx` over `spans`.
-async fn findings_in(
-    ctx: &SessionContext,
-    spans: Arc<crate::store::SpansTable>,
-    query: &FindingsQuery,
-) -> Result<hopscope_schemas::api::FindingsView, crate::QueryError> {
+/// Every finding in the traces of a range, most costly first, as rows of [`report_schema`].
+pub(crate) async fn findings(ctx: &SessionContext, query: &FindingsQuery) -> Result<RecordBatch, crate::QueryError> {
     use datafusion::arrow::array::{Array, AsArray};
     use datafusion::execution::FunctionRegistry;
     use datafusion::functions_aggregate::expr_fn::{array_agg, count, sum};
     use datafusion::prelude::{col, lit};
-    use hopscope_schemas::api::{FindingView, FindingsView};
     use hopscope_schemas::columns as c;
 
-    use crate::latency::{Results, count_where, in_range};
+    use super::frame::{Results, count_where, in_range};
 
     let hex = ctx.udf("hex_id")?;
     let thresholds = query.thresholds;
-    let table = crate::walk::DerivedTable::new(
-        crate::engine::FINDINGS_TABLE,
-        spans,
-        findings_schema(),
-        &input_columns(),
-        Arc::new(move || Box::new(FindingScan::new(thresholds))),
-    )?;
+    let table = crate::walk::DerivedTable::new(crate::store::spans_table(ctx).await?, derivation(thresholds))?;
     let mut found = ctx.read_table(Arc::new(table))?.filter(in_range(f::START_TIME, query.range))?;
     if let Some(service) = &query.service {
         found = found.filter(col(f::SERVICE).eq(lit(service.as_str())))?;
@@ -505,7 +495,7 @@ async fn findings_in(
     ]);
     // Calls a service makes: an entry hop's caller (a user, a broker) sets no timeout hopscope can name.
     let mut hops = ctx
-        .table(crate::engine::EDGES_TABLE)
+        .table(crate::tables::EDGES)
         .await?
         .filter(in_range(c::edge::START_TIME, query.range))?
         .filter(col(c::edge::CONNECTION).not_eq(lit(c::connection::ENTRY)))?;
@@ -550,7 +540,7 @@ async fn findings_in(
 
     // Poison messages: one message consumed again and again, failing.
     let n = thresholds.poison_min_deliveries as i64;
-    let mut consumed = ctx.table(crate::engine::SPANS_TABLE).await?.filter(
+    let mut consumed = ctx.table(crate::tables::SPANS).await?.filter(
         in_range(c::START_TIME, query.range)
             .and(col(c::KIND).eq(lit(kind::CONSUMER)))
             .and(col(semconv::MESSAGING_MESSAGE_ID).is_not_null()),
@@ -601,7 +591,7 @@ async fn findings_in(
             (r.ints("occurrences")?, r.ints("traces")?, r.ints("calls")?, r.ints("cost")?);
         for row in 0..batch.num_rows() {
             let occurrences = occurrences.value(row) as u64;
-            findings.push(FindingView {
+            findings.push(Finding {
                 kind: kinds.value(row).to_owned(),
                 service: services.value(row).to_owned(),
                 operation: operations.value(row).to_owned(),
@@ -622,7 +612,7 @@ async fn findings_in(
             (r.strings(c::SERVICE_NAME)?, r.strings(c::NAME)?, r.strings(semconv::MESSAGING_MESSAGE_ID)?);
         let (calls, cost, traces) = (r.ints("calls")?, r.ints("cost")?, r.ints("traces")?);
         for row in 0..batch.num_rows() {
-            findings.push(FindingView {
+            findings.push(Finding {
                 kind: fk::POISON_MESSAGE.to_owned(),
                 service: services.value(row).to_owned(),
                 operation: operations.value(row).to_owned(),
@@ -654,7 +644,7 @@ async fn findings_in(
             };
             // What the slowest calls cost beyond a timeout set at the p99.
             let cost = (slowest.value(row) as f64 - p99.value(row)).max(0.0) as i64;
-            findings.push(FindingView {
+            findings.push(Finding {
                 kind: fk::MISSING_TIMEOUT.to_owned(),
                 service: caller.value(row).to_owned(),
                 operation: if operation.is_valid(row) { operation.value(row).to_owned() } else { String::new() },
@@ -677,22 +667,27 @@ async fn findings_in(
             .cmp(&a.cost_ns_total)
             .then_with(|| (&a.kind, &a.service, &a.callee).cmp(&(&b.kind, &b.service, &b.callee)))
     });
-    Ok(FindingsView {
-        start: crate::params::format_time(query.range.start_ns),
-        end: crate::params::format_time(query.range.end_ns),
-        findings,
-    })
+    Ok(report_batch(&findings)?)
 }
 
-/// `findings_report(start, end [, service])`: the findings `GET /api/v1/findings` answers with its
-/// default thresholds (every kind, the cross-trace ones included), as a table for `/sql`.
-#[derive(Debug)]
-pub struct FindingsReport;
+/// One finding: a pattern, where it is, how often, what it costs, and its evidence.
+struct Finding {
+    kind: String,
+    service: String,
+    operation: String,
+    callee: Option<String>,
+    occurrences: u64,
+    traces: u64,
+    calls: u64,
+    cost_ns_mean: f64,
+    cost_ns_total: i64,
+    evidence_trace_ids: Vec<String>,
+    threshold: String,
+}
 
-const REPORT_USAGE: &str = "findings_report(start, end [, service])";
-
-/// The schema of `findings_report`.
-pub fn report_schema() -> SchemaRef {
+/// The rows of a findings report: one per finding, most costly first (the table function
+/// `findings_report` and `GET /api/v1/findings`).
+pub(crate) fn report_schema() -> SchemaRef {
     use hopscope_schemas::columns::findings_report as fr;
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
     SCHEMA
@@ -716,40 +711,11 @@ pub fn report_schema() -> SchemaRef {
         .clone()
 }
 
-impl datafusion::catalog::TableFunctionImpl for FindingsReport {
-    fn call_with_args(
-        &self,
-        args: datafusion::catalog::TableFunctionArgs,
-    ) -> DfResult<Arc<dyn datafusion::catalog::TableProvider>> {
-        let call = crate::functions::RangeCall::parse(REPORT_USAGE, &args, &["service"])?;
-        let query = FindingsQuery {
-            range: call.range,
-            service: call.texts.into_iter().next().flatten(),
-            thresholds: Thresholds::default(),
-        };
-        crate::functions::computed_table(report_schema(), call.ctx, move |ctx| {
-            let query = query.clone();
-            Box::pin(async move {
-                let provider = ctx.table_provider(crate::engine::SPANS_TABLE).await?;
-                let spans = provider.downcast_ref::<crate::store::SpansTable>().cloned().ok_or_else(|| {
-                    datafusion::error::DataFusionError::Internal("the spans table is not hopscope's".into())
-                })?;
-                let view =
-                    findings_in(&ctx, Arc::new(spans), &query).await.map_err(crate::QueryError::into_datafusion)?;
-                report_batch(&view)
-            })
-        })
-    }
-}
-
-/// The rows of `findings_report`.
-fn report_batch(view: &hopscope_schemas::api::FindingsView) -> DfResult<RecordBatch> {
+/// The report rows of `findings`.
+fn report_batch(rows: &[Finding]) -> DfResult<RecordBatch> {
     use datafusion::arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
-    use hopscope_schemas::api::FindingView;
-    let rows = &view.findings;
-    let text =
-        |f: fn(&FindingView) -> &str| -> ArrayRef { Arc::new(StringArray::from_iter_values(rows.iter().map(f))) };
-    let int = |f: fn(&FindingView) -> i64| -> ArrayRef { Arc::new(Int64Array::from_iter_values(rows.iter().map(f))) };
+    let text = |f: fn(&Finding) -> &str| -> ArrayRef { Arc::new(StringArray::from_iter_values(rows.iter().map(f))) };
+    let int = |f: fn(&Finding) -> i64| -> ArrayRef { Arc::new(Int64Array::from_iter_values(rows.iter().map(f))) };
     Ok(RecordBatch::try_new(
         report_schema(),
         vec![

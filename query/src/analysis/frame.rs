@@ -1,0 +1,83 @@
+//! DataFrame pieces the analyses share: time-range conditions, counting, exact percentiles, and
+//! typed access to result columns.
+
+use datafusion::arrow::array::{
+    Array, AsArray, FixedSizeBinaryArray, Float64Array, Int64Array, RecordBatch, StringArray,
+};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::ScalarValue;
+use datafusion::functions_aggregate::expr_fn::{percentile_cont, sum};
+use datafusion::logical_expr::{Expr, case, col, lit};
+use hopscope_schemas::api::Percentiles;
+use hopscope_schemas::columns as c;
+use hopscope_schemas::time::TimeRange;
+
+use crate::QueryError;
+
+const QUANTILES: [(f64, &str); 4] = [(0.5, "p50"), (0.9, "p90"), (0.99, "p99"), (0.999, "p999")];
+
+pub(crate) fn timestamp(ns: i64) -> Expr {
+    lit(ScalarValue::TimestampNanosecond(Some(ns), Some("UTC".into())))
+}
+
+/// `column` within `range`: at or after its start, before its end.
+pub(crate) fn in_range(column: &str, range: TimeRange) -> Expr {
+    col(column).gt_eq(timestamp(range.start_ns)).and(col(column).lt(timestamp(range.end_ns)))
+}
+
+/// The four percentile aggregates of `value`, named `{prefix}_p50` and so on.
+pub(crate) fn percentile_aggregates(value: &str, prefix: &str) -> Vec<Expr> {
+    QUANTILES
+        .iter()
+        .map(|(q, name)| percentile_cont(col(value).sort(true, false), lit(*q)).alias(format!("{prefix}_{name}")))
+        .collect()
+}
+
+/// How many rows meet `condition`.
+pub(crate) fn count_where(condition: Expr) -> Expr {
+    sum(case(condition).when(lit(true), lit(1i64)).otherwise(lit(0i64)).expect("valid case"))
+}
+
+/// Typed access to result columns by name.
+pub(crate) struct Results<'a>(pub(crate) &'a RecordBatch);
+
+impl Results<'_> {
+    pub(crate) fn cast(&self, name: &str, to: &DataType) -> Result<std::sync::Arc<dyn Array>, QueryError> {
+        let column =
+            self.0.column_by_name(name).ok_or_else(|| QueryError::Corrupt(format!("result lacks column {name}")))?;
+        Ok(cast(column, to)?)
+    }
+
+    pub(crate) fn strings(&self, name: &str) -> Result<StringArray, QueryError> {
+        Ok(self.cast(name, &DataType::Utf8)?.as_string::<i32>().clone())
+    }
+
+    pub(crate) fn floats(&self, name: &str) -> Result<Float64Array, QueryError> {
+        Ok(self.cast(name, &DataType::Float64)?.as_primitive().clone())
+    }
+
+    /// The `trace_id` column.
+    pub(crate) fn trace_ids(&self) -> Result<FixedSizeBinaryArray, QueryError> {
+        let column =
+            self.0.column_by_name(c::TRACE_ID).ok_or_else(|| QueryError::Corrupt("result lacks trace_id".into()))?;
+        Ok(column.as_fixed_size_binary().clone())
+    }
+
+    pub(crate) fn ints(&self, name: &str) -> Result<Int64Array, QueryError> {
+        Ok(self.cast(name, &DataType::Int64)?.as_primitive().clone())
+    }
+
+    pub(crate) fn percentiles(&self, prefix: &str, row: usize) -> Result<Option<Percentiles>, QueryError> {
+        let mut values = [0.0; 4];
+        for (value, (_, name)) in values.iter_mut().zip(QUANTILES) {
+            let column = self.floats(&format!("{prefix}_{name}"))?;
+            if column.is_null(row) {
+                return Ok(None);
+            }
+            *value = column.value(row);
+        }
+        let [p50_ns, p90_ns, p99_ns, p999_ns] = values;
+        Ok(Some(Percentiles { p50_ns, p90_ns, p99_ns, p999_ns }))
+    }
+}

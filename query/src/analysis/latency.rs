@@ -1,0 +1,282 @@
+//! Per-hop latency (`GET /api/v1/edges`), the tail-latency view (`GET /api/v1/latency`) and the
+//! slowest calls behind it, each one DataFusion query (or three) over `spans` and `edges`.
+//!
+//! Percentiles are exact: `percentile_cont` over every value of the group, interpolating linearly
+//! between the two nearest values.
+
+use std::collections::BTreeMap;
+
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::datatypes::{DataType, Int32Type, IntervalMonthDayNano};
+use datafusion::common::ScalarValue;
+use datafusion::dataframe::DataFrame;
+use datafusion::execution::FunctionRegistry;
+use datafusion::functions::expr_fn::date_bin;
+use datafusion::functions_aggregate::expr_fn::{avg, count, stddev_pop};
+use datafusion::logical_expr::{col, lit};
+use hopscope_schemas::api::{
+    EdgeView, HeatmapCell, HistogramBucket, LatencyPoint, LatencyView, Percentiles, Predictability, SlowCallView,
+};
+use hopscope_schemas::columns::{self as c, edge};
+use hopscope_schemas::spans::kind;
+
+use datafusion::prelude::SessionContext;
+use hopscope_schemas::histogram::{bucket_lower_ns, bucket_upper_ns};
+use hopscope_schemas::time::{TimeRange, format_time};
+
+use super::frame::{Results, count_where, in_range, percentile_aggregates, timestamp};
+use crate::QueryError;
+use crate::tables::{EDGES as EDGES_TABLE, SPANS as SPANS_TABLE};
+
+/// What `GET /api/v1/edges` asks.
+#[derive(Debug, Clone)]
+pub struct EdgesQuery {
+    pub range: TimeRange,
+    /// Only hops where this service is the caller or the callee.
+    pub service: Option<String>,
+    /// Group by the callee's operation too.
+    pub by_operation: bool,
+}
+
+/// Whose latency `GET /api/v1/latency` shows.
+#[derive(Debug, Clone)]
+pub enum LatencyTarget {
+    /// The spans of a service: its entry spans (SERVER, CONSUMER or root), or one operation's spans.
+    Service { service: String, operation: Option<String> },
+    /// The calls of a hop: client-side duration where there is a client span, else server-side.
+    Hop { caller: String, callee: String, operation: Option<String> },
+}
+
+/// What `GET /api/v1/latency` asks.
+#[derive(Debug, Clone)]
+pub struct LatencyQuery {
+    pub target: LatencyTarget,
+    pub range: TimeRange,
+    pub step_ns: i64,
+}
+
+/// Per-hop latency over a range, busiest hops first.
+pub(crate) async fn edges(ctx: &SessionContext, query: &EdgesQuery) -> Result<Vec<EdgeView>, QueryError> {
+    let mut df = ctx.table(EDGES_TABLE).await?.filter(in_range(edge::START_TIME, query.range))?;
+    if let Some(service) = &query.service {
+        df = df.filter(col(edge::CALLER).eq(lit(service.as_str())).or(col(edge::CALLEE).eq(lit(service.as_str()))))?;
+    }
+    let mut group = vec![
+        col(edge::CALLER),
+        col(edge::CALLER_KIND),
+        col(edge::CALLEE),
+        col(edge::CALLEE_KIND),
+        col(edge::CONNECTION),
+    ];
+    if query.by_operation {
+        group.push(col(edge::CALLEE_OPERATION));
+    }
+    let mut aggregates = vec![count(lit(1)).alias("calls"), count_where(col(edge::ERROR)).alias("errors")];
+    aggregates.extend(percentile_aggregates(edge::CLIENT_DURATION_NS, "client"));
+    aggregates.extend(percentile_aggregates(edge::SERVER_DURATION_NS, "server"));
+    aggregates.extend(percentile_aggregates(edge::GAP_NS, "gap"));
+    let batches = df
+        .aggregate(group, aggregates)?
+        .sort(vec![
+            col("calls").sort(false, false),
+            col(edge::CALLER).sort(true, false),
+            col(edge::CALLEE).sort(true, false),
+        ])?
+        .collect()
+        .await?;
+    let seconds = query.range.seconds();
+    let mut out = Vec::new();
+    for batch in &batches {
+        let r = Results(batch);
+        let (caller, caller_kind, callee, callee_kind, connection) = (
+            r.strings(edge::CALLER)?,
+            r.strings(edge::CALLER_KIND)?,
+            r.strings(edge::CALLEE)?,
+            r.strings(edge::CALLEE_KIND)?,
+            r.strings(edge::CONNECTION)?,
+        );
+        let operation = query.by_operation.then(|| r.strings(edge::CALLEE_OPERATION)).transpose()?;
+        let (calls, errors) = (r.ints("calls")?, r.ints("errors")?);
+        for row in 0..batch.num_rows() {
+            let calls = calls.value(row) as u64;
+            out.push(EdgeView {
+                caller: caller.value(row).to_owned(),
+                caller_kind: caller_kind.value(row).to_owned(),
+                callee: callee.value(row).to_owned(),
+                callee_kind: callee_kind.value(row).to_owned(),
+                callee_operation: operation.as_ref().and_then(|o| o.is_valid(row).then(|| o.value(row).to_owned())),
+                connection: connection.value(row).to_owned(),
+                calls,
+                errors: errors.value(row) as u64,
+                rate_per_s: calls as f64 / seconds,
+                client: r.percentiles("client", row)?,
+                server: r.percentiles("server", row)?,
+                gap: r.percentiles("gap", row)?,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The durations `/latency` looks at: a frame with `trace_id`, `start_time` and `value`
+/// (nanoseconds).
+async fn latency_values(ctx: &SessionContext, query: &LatencyQuery) -> Result<DataFrame, QueryError> {
+    let df = match &query.target {
+        LatencyTarget::Service { service, operation } => {
+            let mut condition =
+                in_range(c::START_TIME, query.range).and(col(c::SERVICE_NAME).eq(lit(service.as_str())));
+            condition = match operation {
+                Some(operation) => condition.and(col(c::NAME).eq(lit(operation.as_str()))),
+                None => condition.and(
+                    col(c::KIND)
+                        .eq(lit(kind::SERVER))
+                        .or(col(c::KIND).eq(lit(kind::CONSUMER)))
+                        .or(col(c::PARENT_SPAN_ID).is_null()),
+                ),
+            };
+            ctx.table(SPANS_TABLE).await?.filter(condition)?.select(vec![
+                col(c::TRACE_ID),
+                col(c::START_TIME),
+                col(c::DURATION_NS).alias("value"),
+            ])?
+        }
+        LatencyTarget::Hop { caller, callee, operation } => {
+            let mut condition = in_range(edge::START_TIME, query.range)
+                .and(col(edge::CALLER).eq(lit(caller.as_str())))
+                .and(col(edge::CALLEE).eq(lit(callee.as_str())));
+            if let Some(operation) = operation {
+                condition = condition.and(col(edge::CALLEE_OPERATION).eq(lit(operation.as_str())));
+            }
+            ctx.table(EDGES_TABLE).await?.filter(condition)?.select(vec![
+                col(edge::TRACE_ID),
+                col(edge::START_TIME),
+                datafusion::functions::expr_fn::coalesce(vec![
+                    col(edge::CLIENT_DURATION_NS),
+                    col(edge::SERVER_DURATION_NS),
+                ])
+                .alias("value"),
+            ])?
+        }
+    };
+    Ok(df)
+}
+
+/// The slowest calls (or spans) of what `/latency` looks at, slowest first: the traces that make
+/// its tail.
+pub(crate) async fn slowest(
+    ctx: &SessionContext,
+    query: &LatencyQuery,
+    limit: usize,
+) -> Result<Vec<SlowCallView>, QueryError> {
+    let batches = latency_values(ctx, query)
+        .await?
+        .sort(vec![col("value").sort(false, false), col(c::TRACE_ID).sort(true, false)])?
+        .limit(0, Some(limit))?
+        .collect()
+        .await?;
+    let mut out = Vec::new();
+    for batch in &batches {
+        let r = Results(batch);
+        let ids = r.trace_ids()?;
+        let (start, value) = (r.ints(c::START_TIME)?, r.ints("value")?);
+        for row in 0..batch.num_rows() {
+            if value.is_null(row) {
+                continue;
+            }
+            out.push(SlowCallView {
+                trace_id: hex::encode(ids.value(row)),
+                start_time: format_time(start.value(row)),
+                duration_ns: value.value(row),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Percentiles over time, a log-bucket histogram, a heatmap and predictability figures.
+pub(crate) async fn latency(ctx: &SessionContext, query: &LatencyQuery) -> Result<LatencyView, QueryError> {
+    let step = lit(ScalarValue::IntervalMonthDayNano(Some(IntervalMonthDayNano::new(0, 0, query.step_ns))));
+    let bin = date_bin(step, col(c::START_TIME), timestamp(query.range.start_ns));
+    let bucket = ctx.udf("latency_bucket")?.call(vec![col("value")]);
+    let values = latency_values(ctx, query).await?.with_column("t", bin)?.with_column("bucket", bucket)?;
+
+    let mut aggregates = vec![count(lit(1)).alias("count")];
+    aggregates.extend(percentile_aggregates("value", "v"));
+    let series_batches = values
+        .clone()
+        .aggregate(vec![col("t")], aggregates.clone())?
+        .sort(vec![col("t").sort(true, false)])?
+        .collect()
+        .await?;
+    let heat_batches = values
+        .clone()
+        .aggregate(vec![col("t"), col("bucket")], vec![count(lit(1)).alias("count")])?
+        .sort(vec![col("t").sort(true, false), col("bucket").sort(true, false)])?
+        .collect()
+        .await?;
+    aggregates.push(avg(col("value")).alias("mean"));
+    aggregates.push(stddev_pop(col("value")).alias("stddev"));
+    let summary_batches = values.aggregate(vec![], aggregates)?.collect().await?;
+
+    let mut series = Vec::new();
+    for batch in &series_batches {
+        let r = Results(batch);
+        let (t, n) = (r.ints("t")?, r.ints("count")?);
+        for row in 0..batch.num_rows() {
+            if let Some(percentiles) = r.percentiles("v", row)? {
+                series.push(LatencyPoint { time: format_time(t.value(row)), count: n.value(row) as u64, percentiles });
+            }
+        }
+    }
+    let mut heatmap = Vec::new();
+    let mut histogram: BTreeMap<i32, u64> = BTreeMap::new();
+    for batch in &heat_batches {
+        let r = Results(batch);
+        let (t, n) = (r.ints("t")?, r.ints("count")?);
+        let buckets = r.cast("bucket", &DataType::Int32)?;
+        let buckets = buckets.as_primitive::<Int32Type>();
+        for row in 0..batch.num_rows() {
+            let (bucket, count) = (buckets.value(row), n.value(row) as u64);
+            *histogram.entry(bucket).or_default() += count;
+            heatmap.push(HeatmapCell { time: format_time(t.value(row)), bucket, count });
+        }
+    }
+    let histogram = histogram
+        .into_iter()
+        .map(|(bucket, count)| HistogramBucket {
+            bucket,
+            lower_ns: bucket_lower_ns(bucket),
+            upper_ns: bucket_upper_ns(bucket),
+            count,
+        })
+        .collect();
+    let mut summary = Predictability {
+        count: 0,
+        mean_ns: 0.0,
+        stddev_ns: 0.0,
+        percentiles: Percentiles { p50_ns: 0.0, p90_ns: 0.0, p99_ns: 0.0, p999_ns: 0.0 },
+        p99_over_p50: None,
+        coefficient_of_variation: None,
+    };
+    if let Some(batch) = summary_batches.iter().find(|b| b.num_rows() > 0) {
+        let r = Results(batch);
+        summary.count = r.ints("count")?.value(0) as u64;
+        if let Some(percentiles) = r.percentiles("v", 0)? {
+            let (mean, stddev) = (r.floats("mean")?.value(0), r.floats("stddev")?.value(0));
+            summary.mean_ns = mean;
+            summary.stddev_ns = stddev;
+            summary.p99_over_p50 = (percentiles.p50_ns > 0.0).then(|| percentiles.p99_ns / percentiles.p50_ns);
+            summary.coefficient_of_variation = (mean > 0.0).then(|| stddev / mean);
+            summary.percentiles = percentiles;
+        }
+    }
+    Ok(LatencyView {
+        start: format_time(query.range.start_ns),
+        end: format_time(query.range.end_ns),
+        step_ns: query.step_ns,
+        series,
+        histogram,
+        heatmap,
+        summary,
+    })
+}

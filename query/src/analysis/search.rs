@@ -1,0 +1,145 @@
+//! Trace search (`GET /api/v1/traces`): traces with a span that meets every condition, newest or
+//! slowest first, summarised from their spans.
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::JoinType;
+use datafusion::execution::FunctionRegistry;
+use datafusion::functions_aggregate::expr_fn::{count, first_value, max, min};
+use datafusion::logical_expr::{Expr, SortExpr, col, lit};
+use datafusion::prelude::SessionContext;
+use hopscope_schemas::api::TraceSummaryView;
+use hopscope_schemas::columns::{self as c, SEMCONV};
+use hopscope_schemas::spans::status;
+use hopscope_schemas::time::{TimeRange, format_time};
+
+use super::frame::{Results, count_where, in_range};
+use super::pairing::PAIRING_SLACK_NS;
+use crate::QueryError;
+
+/// The most attribute conditions one trace search takes.
+pub const MAX_ATTRIBUTE_FILTERS: usize = 32;
+
+/// What `GET /api/v1/traces` asks. A trace matches when one of its spans meets every condition.
+#[derive(Debug, Clone, Default)]
+pub struct TraceSearch {
+    pub range: Option<TimeRange>,
+    pub service: Option<String>,
+    pub operation: Option<String>,
+    pub min_duration_ns: Option<i64>,
+    pub max_duration_ns: Option<i64>,
+    pub errors_only: bool,
+    /// Attribute equality conditions (span, resource, or a dedicated column), as text.
+    pub attributes: Vec<(String, String)>,
+    pub slowest_first: bool,
+    pub limit: usize,
+}
+
+/// A condition on a span attribute given as text: a dedicated column, the span's attributes or
+/// its resource's.
+fn attribute_condition(ctx: &SessionContext, key: &str, value: &str) -> Result<Expr, QueryError> {
+    let attr = ctx.udf("attr")?;
+    if key == c::SERVICE_NAME_KEY {
+        return Ok(col(c::SERVICE_NAME).eq(lit(value)));
+    }
+    let mut condition = attr
+        .call(vec![col(c::ATTRIBUTES), lit(key)])
+        .eq(lit(value))
+        .or(attr.call(vec![col(c::RESOURCE_ATTRIBUTES), lit(key)]).eq(lit(value)));
+    if let Some(semconv) = SEMCONV.iter().find(|s| s.key == key) {
+        condition = condition.or(datafusion::logical_expr::cast(col(semconv.column), DataType::Utf8).eq(lit(value)));
+    }
+    Ok(condition)
+}
+
+/// Traces with a span that meets every condition, newest (or slowest) first.
+pub(crate) async fn search_traces(
+    ctx: &SessionContext,
+    search: &TraceSearch,
+) -> Result<Vec<TraceSummaryView>, QueryError> {
+    let range = search.range.ok_or_else(|| QueryError::BadParameter("start: a time range is needed".into()))?;
+    if search.attributes.len() > MAX_ATTRIBUTE_FILTERS {
+        return Err(QueryError::BadParameter(format!(
+            "attr.: {} attribute conditions; a search takes at most {MAX_ATTRIBUTE_FILTERS}",
+            search.attributes.len()
+        )));
+    }
+    let mut condition = in_range(c::START_TIME, range);
+    if let Some(service) = &search.service {
+        condition = condition.and(col(c::SERVICE_NAME).eq(lit(service.as_str())));
+    }
+    if let Some(operation) = &search.operation {
+        condition = condition.and(col(c::NAME).eq(lit(operation.as_str())));
+    }
+    if let Some(min) = search.min_duration_ns {
+        condition = condition.and(col(c::DURATION_NS).gt_eq(lit(min)));
+    }
+    if let Some(max) = search.max_duration_ns {
+        condition = condition.and(col(c::DURATION_NS).lt_eq(lit(max)));
+    }
+    if search.errors_only {
+        condition = condition.and(col(c::STATUS_CODE).eq(lit(status::ERROR)));
+    }
+    for (key, value) in &search.attributes {
+        condition = condition.and(attribute_condition(ctx, key, value)?);
+    }
+    let matching = ctx
+        .table(crate::tables::SPANS)
+        .await?
+        .filter(condition)?
+        .select(vec![col(c::TRACE_ID).alias("match_id")])?
+        .distinct()?;
+    let widened = TimeRange {
+        start_ns: range.start_ns.saturating_sub(PAIRING_SLACK_NS),
+        end_ns: range.end_ns.saturating_add(PAIRING_SLACK_NS),
+    };
+    let root_first: Vec<SortExpr> =
+        vec![col(c::PARENT_SPAN_ID).is_null().sort(false, false), col(c::START_TIME).sort(true, false)];
+    let summaries = ctx
+        .table(crate::tables::SPANS)
+        .await?
+        .filter(in_range(c::START_TIME, widened))?
+        .join(matching, JoinType::LeftSemi, &[c::TRACE_ID], &["match_id"], None)?
+        .aggregate(
+            vec![col(c::TRACE_ID)],
+            vec![
+                min(col(c::START_TIME)).alias("start"),
+                max(col(c::END_TIME)).alias("end"),
+                count(lit(1)).alias("spans"),
+                count_where(col(c::STATUS_CODE).eq(lit(status::ERROR))).alias("errors"),
+                first_value(col(c::SERVICE_NAME), root_first.clone()).alias("root_service"),
+                first_value(col(c::NAME), root_first).alias("root_operation"),
+            ],
+        )?
+        .with_column(
+            "duration_ns",
+            datafusion::logical_expr::cast(col("end"), DataType::Int64)
+                - datafusion::logical_expr::cast(col("start"), DataType::Int64),
+        )?;
+    let order = if search.slowest_first { "duration_ns" } else { "start" };
+    let batches = summaries
+        .sort(vec![col(order).sort(false, false), col(c::TRACE_ID).sort(true, false)])?
+        .limit(0, Some(search.limit))?
+        .collect()
+        .await?;
+    let mut out = Vec::new();
+    for batch in &batches {
+        let r = Results(batch);
+        let ids = r.trace_ids()?;
+        let (start, duration, spans, errors) =
+            (r.ints("start")?, r.ints("duration_ns")?, r.ints("spans")?, r.ints("errors")?);
+        let (service, operation) = (r.strings("root_service")?, r.strings("root_operation")?);
+        for row in 0..batch.num_rows() {
+            out.push(TraceSummaryView {
+                trace_id: hex::encode(ids.value(row)),
+                root_service: service.value(row).to_owned(),
+                root_operation: operation.value(row).to_owned(),
+                start_time: format_time(start.value(row)),
+                start_time_unix_nano: start.value(row).to_string(),
+                duration_ns: duration.value(row),
+                span_count: spans.value(row) as u64,
+                error_count: errors.value(row) as u64,
+            });
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,43 @@
+//! Errors as HTTP answers: the one place a [`QueryError`] becomes a status code, and the JSON body
+//! `{"error": "..."}` every error response of the API and the UI's fetches carries.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hopscope_schemas::api::ErrorBody;
+
+use crate::QueryError;
+
+/// The HTTP status of an error: 4xx when the request is at fault, 5xx when we are.
+pub fn status(error: &QueryError) -> StatusCode {
+    match error {
+        QueryError::BadParameter(_)
+        | QueryError::BadSql(_)
+        | QueryError::SqlRefused(_)
+        | QueryError::TooManyRows(_)
+        | QueryError::TooExpensive(_) => StatusCode::BAD_REQUEST,
+        QueryError::Timeout(_) | QueryError::ResourcesExhausted(_) | QueryError::Busy(_) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        QueryError::NotFound(_) => StatusCode::NOT_FOUND,
+        QueryError::Manifest(_)
+        | QueryError::DataFusion(_)
+        | QueryError::Arrow(_)
+        | QueryError::Corrupt(_)
+        | QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl IntoResponse for QueryError {
+    fn into_response(self) -> Response {
+        let status = status(&self);
+        if status.is_server_error() && !matches!(self, QueryError::Busy(_)) {
+            tracing::error!(error = %self, "api request failed");
+        }
+        let mut response = (status, Json(ErrorBody { error: self.to_string() })).into_response();
+        if matches!(self, QueryError::Busy(_)) {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

@@ -1,0 +1,15 @@
+//! The names of the tables a session holds: the stored spans and the tables derived from them per
+//! trace. Every module names them through these constants.
+
+/// The stored spans.
+pub(crate) const SPANS: &str = "spans";
+
+/// Every hop of every trace (see [`crate::analysis::pairing`]).
+pub(crate) const EDGES: &str = "edges";
+
+/// The sections of every critical path (see [`crate::analysis::paths`]).
+pub(crate) const CRITICAL_PATH: &str = "critical_path";
+
+/// Per-trace findings with the default thresholds (see [`crate::analysis::findings`];
+/// `GET /api/v1/findings` builds its own with the request's thresholds).
+pub(crate) const FINDINGS: &str = "findings";

@@ -1,0 +1,22 @@
+//! Where each page lives: the one list of the UI's paths, which the router serves and every page
+//! links to (pages link to each other through these, never through each other's modules).
+
+/// The service graph (`/` redirects here).
+pub(crate) const GRAPH: &str = "/ui/graph";
+/// A service or one of its operations: `?name=&operation=`.
+pub(crate) const SERVICE: &str = "/ui/service";
+/// One hop: `?caller=&callee=`.
+pub(crate) const HOP: &str = "/ui/hop";
+/// A trace: `/ui/trace/{trace_id}`.
+pub(crate) const TRACE: &str = "/ui/trace";
+/// The aggregate critical path: `?service=&operation=`.
+pub(crate) const CRITICAL_PATH: &str = "/ui/critical-path";
+/// Findings.
+pub(crate) const FINDINGS: &str = "/ui/findings";
+/// Trace search.
+pub(crate) const SEARCH: &str = "/ui/search";
+
+/// The path of one trace's page.
+pub(crate) fn trace(trace_id: &str) -> String {
+    format!("{TRACE}/{trace_id}")
+}
