@@ -92,7 +92,7 @@ pub(crate) async fn dead_letters(args: DeadLettersArgs) -> anyhow::Result<()> {
             }
         }
         DeadLettersCommand::Purge { id } => {
-            let entry = blocking(move || store.purge(&id)).await?;
+            let entry = purge(&args.data_dir, args.api_addr, store, id).await?;
             println!("purged {} ({})", entry.id, kind(&entry));
         }
         DeadLettersCommand::Replay { id } => {
@@ -106,6 +106,49 @@ pub(crate) async fn dead_letters(args: DeadLettersArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Purges through the running server (so its view of the store stays true), or on the data
+/// directory when none runs.
+async fn purge(
+    data_dir: &std::path::Path,
+    api_addr: SocketAddr,
+    store: DeadLetterStore,
+    id: String,
+) -> anyhow::Result<DeadLetter> {
+    let dir = data_dir.to_owned();
+    let on_disk = blocking(move || match hopscope_ingest::lock_data_dir(&dir) {
+        Ok(_lock) => store.purge(&id).map(Ok),
+        Err(IngestError::DataDirInUse(_)) => Ok(Err(id)),
+        Err(e) => Err(e),
+    })
+    .await?;
+    let id = match on_disk {
+        Ok(entry) => return Ok(entry),
+        Err(id) => id,
+    };
+    let url = format!("http://{}/api/v1/dead-letters/{id}", crate::reachable(api_addr));
+    let response = reqwest::Client::new().delete(&url).send().await.with_context(|| {
+        format!(
+            "a hopscope server holds {}, but its API at {api_addr} did not answer; pass that server's --api-addr \
+             (or HOPSCOPE_API_ADDR)",
+            data_dir.display()
+        )
+    })?;
+    let status = response.status();
+    let body = response.text().await?;
+    if !status.is_success() {
+        bail!("the server at {api_addr} refused the purge ({status}): {}", error_message(&body));
+    }
+    serde_json::from_str(&body).with_context(|| format!("reading the answer of {url}"))
+}
+
+/// The `error` of an API error body, or the body itself.
+fn error_message(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| body.to_owned())
 }
 
 /// Replays through the running server, or on the data directory when none runs.
@@ -156,11 +199,7 @@ async fn replay_on_server(
     let status = response.status();
     let body = response.text().await?;
     if !status.is_success() {
-        let message = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_owned))
-            .unwrap_or(body);
-        bail!("the server at {api_addr} refused the replay ({status}): {message}");
+        bail!("the server at {api_addr} refused the replay ({status}): {}", error_message(&body));
     }
     Ok(serde_json::from_str::<Replayed>(&body).with_context(|| format!("reading the answer of {url}"))?.replayed)
 }

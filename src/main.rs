@@ -21,6 +21,7 @@ use axum::routing::get;
 use clap::{Args, Parser, Subcommand};
 use hopscope_ingest::{Ingester, IngesterConfig};
 use hopscope_query::{QueryConfig, QueryEngine};
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -328,6 +329,9 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
     query_config.max_concurrent = args.query_max_concurrent;
     query_config.max_cartesian_rows = args.query_max_cartesian_rows;
     let engine = Arc::new(QueryEngine::new(&query_config)?);
+    let mut registry = Registry::default();
+    ingester.metrics().register(&mut registry);
+    engine.register_metrics(&mut registry);
 
     let descriptors = listener::raise_descriptor_limit();
     let listener_limits = listener::ListenerLimits {
@@ -392,7 +396,7 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
             .merge(hopscope_ui::router(Arc::clone(&engine), ui_config))
             .merge(hopscope_ingest::admin::router(Arc::clone(&ingester)))
             .merge(health_router(Arc::clone(&ready)))
-            .merge(metrics_router(Arc::clone(&ingester), Arc::clone(&engine)));
+            .merge(metrics_router(registry));
         let stop = stop.clone();
         tokio::spawn(async move {
             listener::serve(api_listener, "api", listener::Protocol::Http, app, listener_limits, stop)
@@ -443,17 +447,31 @@ fn health_router(ready: Arc<AtomicBool>) -> Router {
         .with_state(ready)
 }
 
-fn metrics_router(ingester: Arc<Ingester>, engine: Arc<QueryEngine>) -> Router {
+/// The metrics of the whole server, in the OpenMetrics text format.
+fn metrics_router(registry: Registry) -> Router {
     Router::new()
         .route(
             "/metrics",
-            get(|State((ingester, engine)): State<(Arc<Ingester>, Arc<QueryEngine>)>| async move {
-                let mut text = ingester.prometheus_text();
-                text.push_str(&engine.prometheus_text());
-                ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+            get(|State(registry): State<Arc<Registry>>| async move {
+                let mut text = String::new();
+                match prometheus_client::encoding::text::encode(&mut text, &registry) {
+                    Ok(()) => (
+                        StatusCode::OK,
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        text,
+                    ),
+                    Err(e) => (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        [(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                        format!("encoding the metrics failed: {e}\n"),
+                    ),
+                }
             }),
         )
-        .with_state((ingester, engine))
+        .with_state(Arc::new(registry))
 }
 
 /// How long a failed maintenance task waits before it is started again.

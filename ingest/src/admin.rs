@@ -4,6 +4,7 @@
 //! ```text
 //! GET  /api/v1/dead-letters               every entry, oldest first
 //! GET  /api/v1/dead-letters/{id}          one entry
+//! DELETE /api/v1/dead-letters/{id}        remove it for good (purge)
 //! POST /api/v1/dead-letters/{id}/replay   store its spans again, then remove it
 //! POST /api/v1/dead-letters/replay        the same for every replayable entry
 //! ```
@@ -13,6 +14,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -27,7 +29,7 @@ pub fn router(ingester: Arc<Ingester>) -> Router {
     Router::new()
         .route("/api/v1/dead-letters", get(list))
         .route("/api/v1/dead-letters/replay", post(replay_all))
-        .route("/api/v1/dead-letters/{id}", get(show))
+        .route("/api/v1/dead-letters/{id}", get(show).delete(purge))
         .route("/api/v1/dead-letters/{id}/replay", post(replay))
         .method_not_allowed_fallback(wrong_method)
         .with_state(ingester)
@@ -79,6 +81,10 @@ async fn show(State(ingester): State<Arc<Ingester>>, Path(id): Path<String>) -> 
     Ok(Json(blocking(&ingester, move |store| store.get(&id)).await?))
 }
 
+async fn purge(State(ingester): State<Arc<Ingester>>, Path(id): Path<String>) -> Result<Json<DeadLetter>, ApiError> {
+    Ok(Json(ingester.purge_dead_letter(&id).await?))
+}
+
 async fn replay(State(ingester): State<Arc<Ingester>>, Path(id): Path<String>) -> Result<Json<Replayed>, ApiError> {
     Ok(Json(Replayed { replayed: vec![ingester.replay_dead_letter(&id).await?] }))
 }
@@ -89,5 +95,5 @@ async fn replay_all(State(ingester): State<Arc<Ingester>>) -> Result<Json<Replay
 
 async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> Response {
     let body = ErrorBody { error: format!("{} does not take {method}", uri.path()) };
-    (axum::http::StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
+    (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
 }

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::IngestError;
 use crate::manifest::{now_unix_ms, write_atomically};
-use crate::wal::{decode_batch, encode_batch};
+use crate::record::{decode_batch, encode_batch};
 
 /// Failed writes of one payload, while others succeed, after which it is dead-lettered.
 pub const MAX_WRITE_ATTEMPTS: u32 = 3;

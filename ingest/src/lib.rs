@@ -29,9 +29,12 @@ pub mod ingester;
 pub mod manifest;
 pub mod metrics;
 pub mod otlp_json;
+mod record;
 pub mod retention;
 pub mod wal;
 pub mod writer;
 
 pub use error::IngestError;
-pub use ingester::{ExportBody, ExportOutcome, Ingester, IngesterConfig, MaintenancePass, MaintenanceReport};
+pub use ingester::{
+    ExportBody, ExportOutcome, Ingester, IngesterConfig, MaintenancePass, MaintenanceReport, lock_data_dir,
+};

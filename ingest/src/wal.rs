@@ -2,9 +2,10 @@
 //!
 //! One writer thread appends records for all receivers and syncs once per group of concurrent
 //! requests (group commit), then hands the spans to the trace buffer before answering, so that every
-//! acknowledged span is either buffered or already in a committed file. Records carry a checksum; a
-//! torn or corrupted record is detected on replay, every intact record (before and after it) is
-//! replayed, and the damaged bytes are copied to the dead-letter store with the reason.
+//! acknowledged span is either buffered or already in a committed file. The writer knows nothing of
+//! the buffer: it hands each synced group to a [`WalSink`]. Records carry a checksum; a torn or
+//! corrupted record is detected on replay, every intact record (before and after it) is replayed,
+//! and the damaged byte ranges are returned for the caller to keep (the dead-letter store).
 //!
 //! ```text
 //! <data-dir>/wal/<segment:020>.wal          record*: "HSW1" | len u32 LE | crc32 u32 LE | Arrow IPC stream
@@ -24,16 +25,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
-use arrow::ipc::reader::StreamReader;
-use arrow::ipc::writer::StreamWriter;
-use hopscope_schemas::spans::span_schema;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
 
 use crate::IngestError;
-use crate::buffer::TraceBuffer;
-use crate::dead_letter::{DeadLetter, DeadLetterStore};
 use crate::manifest::sync_parent;
-use crate::metrics::IngestMetrics;
+use crate::metrics::{IngestMetrics, level};
+use crate::record::decode_batch;
 
 const MAGIC: &[u8; 4] = b"HSW1";
 const HEADER_LEN: usize = 12;
@@ -43,26 +40,6 @@ const HEADER_LEN: usize = 12;
 pub struct Rotation {
     pub max_bytes: u64,
     pub max_age: Duration,
-}
-
-/// Encodes a batch as a WAL record payload (CPU work: call it off the async threads).
-pub fn encode_batch(batch: &RecordBatch) -> Result<Vec<u8>, IngestError> {
-    let mut writer = StreamWriter::try_new(Vec::new(), &batch.schema())?;
-    writer.write(batch)?;
-    Ok(writer.into_inner()?)
-}
-
-pub(crate) fn decode_batch(payload: &[u8]) -> Result<Vec<RecordBatch>, IngestError> {
-    let reader = StreamReader::try_new(payload, None)?;
-    let mut out = Vec::new();
-    for batch in reader {
-        let batch = batch?;
-        if batch.schema() != span_schema() {
-            return Err(IngestError::Task("WAL record has a schema other than the stored one".into()));
-        }
-        out.push(batch);
-    }
-    Ok(out)
 }
 
 fn segment_path(dir: &Path, segment: u64) -> PathBuf {
@@ -88,8 +65,19 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>, IngestError> {
 pub struct Replayed {
     /// Intact records from the floor on: (segment, spans).
     pub batches: Vec<(u64, RecordBatch)>,
-    /// Damaged byte ranges moved to the dead-letter store.
-    pub damaged: Vec<DeadLetter>,
+    /// Damaged byte ranges, in the order found.
+    pub damaged: Vec<DamagedRange>,
+}
+
+/// Bytes of a segment that are not an intact record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamagedRange {
+    pub segment: u64,
+    /// Where the damage starts in the segment.
+    pub offset: usize,
+    pub bytes: Vec<u8>,
+    /// Why, in words, with the segment's path and the byte range.
+    pub reason: String,
 }
 
 /// Checks the record at the start of `rest`: its total length, or why it is damaged.
@@ -119,10 +107,10 @@ fn resync(bytes: &[u8], from: usize) -> Option<usize> {
 }
 
 /// Reads every intact record of the segments at or above `floor`. A damaged range (from a record
-/// that fails its checks up to the next intact record, or to the end) is copied to the dead-letter
-/// store with the reason, and the intact records after it are still replayed. Segments are never
-/// appended to again, so a damaged one stays as it is until the floor passes it.
-pub fn replay(dir: &Path, floor: u64, dead_letters: &DeadLetterStore) -> Result<Replayed, IngestError> {
+/// that fails its checks up to the next intact record, or to the end) is returned with the reason,
+/// and the intact records after it are still replayed. Segments are never appended to again, so a
+/// damaged one stays as it is until the floor passes it (a second replay finds the same damage).
+pub fn replay(dir: &Path, floor: u64) -> Result<Replayed, IngestError> {
     fs::create_dir_all(dir).map_err(IngestError::io(format!("creating {}", dir.display())))?;
     let mut replayed = Replayed::default();
     for segment in list_segments(dir)? {
@@ -154,9 +142,7 @@ pub fn replay(dir: &Path, floor: u64, dead_letters: &DeadLetterStore) -> Result<
                 "damaged write-ahead-log bytes {offset}..{next} of segment {segment} ({}): {damage}",
                 path.display()
             );
-            let entry = dead_letters.put_wal_damage(segment, offset, &bytes[offset..next], &reason)?;
-            tracing::warn!(segment, offset, end = next, %damage, dead_letter = %entry.id, "damaged WAL bytes moved to dead letters");
-            replayed.damaged.push(entry);
+            replayed.damaged.push(DamagedRange { segment, offset, bytes: bytes[offset..next].to_vec(), reason });
             offset = next;
         }
     }
@@ -174,15 +160,16 @@ pub struct Wal {
     tx: Mutex<Option<mpsc::Sender<Command>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     current: Arc<AtomicU64>,
-    bytes: Arc<AtomicU64>,
+    /// Bytes in the segments on disk, kept as they are written and removed (never listed).
+    total: Arc<AtomicU64>,
+    metrics: Arc<IngestMetrics>,
 }
 
-/// Where the writer hands acknowledged spans.
-#[derive(Debug, Clone)]
-pub struct BufferHandle {
-    pub buffer: Arc<Mutex<TraceBuffer>>,
-    pub wake: Arc<Notify>,
-    pub flush_rows: usize,
+/// Where the writer hands the spans of each synced group of records, before their exports are
+/// acknowledged and before it can move to a later segment.
+pub trait WalSink: Send + 'static {
+    /// The batches of records now synced in `segment`.
+    fn synced(&self, segment: u64, batches: &mut dyn Iterator<Item = &RecordBatch>);
 }
 
 impl Wal {
@@ -190,18 +177,23 @@ impl Wal {
     pub fn start(
         dir: &Path,
         rotation: Rotation,
-        sink: BufferHandle,
+        sink: impl WalSink,
         metrics: Arc<IngestMetrics>,
     ) -> Result<Self, IngestError> {
         fs::create_dir_all(dir).map_err(IngestError::io(format!("creating {}", dir.display())))?;
-        let first = list_segments(dir)?.last().map_or(1, |s| s + 1);
+        let existing = list_segments(dir)?;
+        let first = existing.last().map_or(1, |s| s + 1);
+        let on_disk: u64 =
+            existing.iter().filter_map(|&s| fs::metadata(segment_path(dir, s)).ok()).map(|m| m.len()).sum();
         let current = Arc::new(AtomicU64::new(first));
-        let bytes = Arc::new(AtomicU64::new(0));
+        let total = Arc::new(AtomicU64::new(on_disk));
+        metrics.wal_bytes.set(level(on_disk));
         let mut writer = SegmentWriter::open(dir, first)?;
         let (tx, rx) = mpsc::channel::<Command>();
         let thread = {
             let current = Arc::clone(&current);
-            let bytes = Arc::clone(&bytes);
+            let total = Arc::clone(&total);
+            let metrics = Arc::clone(&metrics);
             let dir = dir.to_owned();
             std::thread::Builder::new()
                 .name("hopscope-wal".into())
@@ -223,20 +215,18 @@ impl Wal {
                         let result = if writer.failed {
                             Err(std::io::Error::other("the WAL segment could not be rotated after a write error"))
                         } else {
-                            let started = Instant::now();
+                            let (started, before) = (Instant::now(), writer.written);
                             let result = writer.append_group(&group);
-                            metrics.wal_sync_seconds.observe(started.elapsed());
+                            metrics.wal_sync_seconds.observe(started.elapsed().as_secs_f64());
+                            let grown = writer.written.saturating_sub(before);
+                            let total = total.fetch_add(grown, Ordering::Relaxed) + grown;
+                            metrics.wal_bytes.set(level(total));
                             result
                         };
-                        bytes.store(writer.written, Ordering::Relaxed);
+                        metrics.wal_segment_bytes.set(level(writer.written));
                         if result.is_ok() {
-                            let mut buffer = sink.buffer.lock().expect("buffer lock");
-                            for Command::Append { batch, .. } in &group {
-                                buffer.push(batch.clone(), writer.segment, Instant::now());
-                            }
-                            if buffer.rows() >= sink.flush_rows {
-                                sink.wake.notify_one();
-                            }
+                            let mut batches = group.iter().map(|Command::Append { batch, .. }| batch);
+                            sink.synced(writer.segment, &mut batches);
                         }
                         for Command::Append { done, .. } in group {
                             let _ = done.send(match &result {
@@ -251,7 +241,14 @@ impl Wal {
                 })
                 .map_err(IngestError::io("starting the WAL writer thread"))?
         };
-        Ok(Self { dir: dir.to_owned(), tx: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)), current, bytes })
+        Ok(Self {
+            dir: dir.to_owned(),
+            tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+            current,
+            total,
+            metrics,
+        })
     }
 
     /// Appends a record and waits until it is synced and its spans are buffered.
@@ -270,26 +267,15 @@ impl Wal {
         self.current.load(Ordering::Acquire)
     }
 
-    /// Bytes in the current segment.
-    pub fn segment_bytes(&self) -> u64 {
-        self.bytes.load(Ordering::Relaxed)
-    }
-
-    /// Bytes in every segment on disk (those not yet cut). Lists the directory.
-    pub fn total_bytes(&self) -> u64 {
-        list_segments(&self.dir)
-            .map(|segments| {
-                segments.iter().filter_map(|&s| fs::metadata(segment_path(&self.dir, s)).ok()).map(|m| m.len()).sum()
-            })
-            .unwrap_or(0)
-    }
-
     /// Deletes the segments below `floor` (all their spans are committed). Blocking I/O.
     pub fn remove_below(&self, floor: u64) -> Result<(), IngestError> {
         for segment in list_segments(&self.dir)? {
             if segment < floor {
                 let path = segment_path(&self.dir, segment);
+                let len = fs::metadata(&path).map_or(0, |m| m.len());
                 fs::remove_file(&path).map_err(IngestError::io(format!("removing {}", path.display())))?;
+                let left = self.total.fetch_sub(len.min(self.total.load(Ordering::Relaxed)), Ordering::Relaxed);
+                self.metrics.wal_bytes.set(level(left.saturating_sub(len)));
             }
         }
         Ok(())
@@ -392,12 +378,12 @@ mod tests {
     }
 
     #[test]
-    fn intact_records_survive_around_damage_and_the_damage_is_dead_lettered() {
+    fn intact_records_survive_around_damage_and_the_damage_is_returned() {
         let root = std::env::temp_dir().join(format!("hopscope-wal-{}", uuid::Uuid::now_v7()));
         let wal_dir = root.join("wal");
-        let dead = DeadLetterStore::new(&root);
         fs::create_dir_all(&wal_dir).unwrap();
-        let payload = encode_batch(&RecordBatch::new_empty(span_schema())).unwrap();
+        let payload =
+            crate::record::encode_batch(&RecordBatch::new_empty(hopscope_schemas::spans::span_schema())).unwrap();
         // A record with a flipped bit, two intact ones, then half of a fourth, as a crash
         // mid-write leaves it.
         let mut bytes = record(&payload);
@@ -412,21 +398,21 @@ mod tests {
         fs::write(segment_path(&wal_dir, 3), &bytes).unwrap();
         fs::write(segment_path(&wal_dir, 1), b"below the floor").unwrap();
 
-        let replayed = replay(&wal_dir, 2, &dead).unwrap();
+        let replayed = replay(&wal_dir, 2).unwrap();
         assert_eq!(replayed.batches.len(), 2, "the records after the flipped bit are kept");
         assert!(replayed.batches.iter().all(|(segment, _)| *segment == 3));
-        let ids: Vec<&str> = replayed.damaged.iter().map(|d| d.id.as_str()).collect();
-        assert_eq!(ids, [format!("wal-{:020}-0", 3), format!("wal-{:020}-{intact_end}", 3)]);
-        assert_eq!(dead.raw(ids[0]).unwrap(), bytes[..first]);
+        let ranges: Vec<(u64, usize)> = replayed.damaged.iter().map(|d| (d.segment, d.offset)).collect();
+        assert_eq!(ranges, [(3, 0), (3, intact_end)]);
+        assert_eq!(replayed.damaged[0].bytes, bytes[..first]);
         assert!(replayed.damaged[0].reason.contains("checksum mismatch"), "{}", replayed.damaged[0].reason);
-        assert_eq!(dead.raw(ids[1]).unwrap(), bytes[intact_end..]);
+        assert_eq!(replayed.damaged[1].bytes, bytes[intact_end..]);
         assert!(replayed.damaged[1].reason.contains("torn record"), "{}", replayed.damaged[1].reason);
         assert!(!segment_path(&wal_dir, 1).exists());
 
-        // Replaying the same segment again (a crash before it was cut) adds no entry.
-        let again = replay(&wal_dir, 2, &dead).unwrap();
+        // A second replay (a crash before the segment was cut) finds the same, nothing more.
+        let again = replay(&wal_dir, 2).unwrap();
         assert_eq!(again.batches.len(), 2);
-        assert_eq!(dead.list().unwrap().len(), 2);
+        assert_eq!(again.damaged, replayed.damaged);
         fs::remove_dir_all(root).unwrap();
     }
 }

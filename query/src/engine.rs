@@ -19,6 +19,7 @@ use hopscope_schemas::api::{
     TraceCriticalPathView, TraceSummaryView, TraceView,
 };
 use hopscope_schemas::time::TimeRange;
+use prometheus_client::registry::Registry;
 
 use crate::QueryError;
 use crate::analysis::critical_path::AggregatePathQuery;
@@ -26,8 +27,8 @@ use crate::analysis::findings::FindingsQuery;
 use crate::analysis::latency::{EdgesQuery, LatencyQuery};
 use crate::analysis::search::TraceSearch;
 use crate::analysis::{critical_path, dependencies, findings, latency, pairing, paths, search, spans};
-use crate::guards::BoundedOperators;
-use crate::metrics::{Outcome, QueryMetrics};
+use crate::guards::{BoundedOperators, MeteredScans};
+use crate::metrics::{Endpoint, Outcome, QueryMetrics};
 use crate::runtime::{Admission, QueryRuntime};
 use crate::sql::{SqlLimits, SqlResult};
 use crate::store::{ManifestReader, SpansTable};
@@ -105,6 +106,7 @@ impl std::fmt::Debug for QueryEngine {
 
 impl QueryEngine {
     pub fn new(config: &QueryConfig) -> Result<Self, QueryError> {
+        let metrics = Arc::<QueryMetrics>::default();
         let pool: Arc<dyn MemoryPool> = Arc::new(TrackConsumersPool::new(
             FairSpillPool::new(config.memory_limit_bytes),
             NonZeroUsize::new(5).expect("non-zero"),
@@ -117,15 +119,19 @@ impl QueryEngine {
             .with_runtime_env(runtime)
             .with_default_features()
             .with_physical_optimizer_rule(Arc::new(BoundedOperators))
+            .with_physical_optimizer_rule(Arc::new(MeteredScans(Arc::clone(&metrics))))
             .build();
         let ctx = SessionContext::new_with_state(state);
         let manifest = Arc::new(ManifestReader::new(&config.data_dir, &config.tenant));
         let spans = Arc::new(SpansTable::new(manifest));
         ctx.register_table(tables::SPANS, Arc::clone(&spans) as _)?;
-        for derivation in [pairing::derivation(), paths::derivation(), findings::derivation(Default::default())] {
-            let name = derivation.name;
-            ctx.register_table(name, Arc::new(DerivedTable::new(Arc::clone(&spans), derivation)?))?;
-        }
+        ctx.register_table(tables::EDGES, Arc::new(DerivedTable::new(Arc::clone(&spans), pairing::derivation())?))?;
+        ctx.register_table(
+            tables::CRITICAL_PATH,
+            Arc::new(DerivedTable::new(Arc::clone(&spans), paths::derivation())?),
+        )?;
+        let default_findings = findings::derivation(Default::default());
+        ctx.register_table(tables::FINDINGS, Arc::new(DerivedTable::new(Arc::clone(&spans), default_findings)?))?;
         crate::functions::register(&ctx);
         crate::guards::charge_string_builders(&ctx, &pool);
         let limits = QueryLimits {
@@ -140,24 +146,24 @@ impl QueryEngine {
             pool,
             runtime: QueryRuntime::new(config.target_partitions)?,
             admission: Admission::new(config.max_concurrent, config.admission_wait),
-            metrics: Arc::default(),
+            metrics,
         })
     }
 
     /// The names of every service with stored spans, sorted.
     pub async fn services(self: &Arc<Self>) -> Result<Vec<String>, QueryError> {
-        self.run(|ctx| async move { spans::services(&ctx).await }).await
+        self.run("services", |ctx| async move { spans::services(&ctx).await }).await
     }
 
     /// The operations (span names) of a service, with their span kind and how many spans each has.
     pub async fn operations(self: &Arc<Self>, service: &str) -> Result<Vec<OperationView>, QueryError> {
         let service = service.to_owned();
-        self.run(|ctx| async move { spans::operations(&ctx, &service).await }).await
+        self.run("operations", |ctx| async move { spans::operations(&ctx, &service).await }).await
     }
 
     /// Every stored span of a trace, ordered by start time; `None` when there is none.
     pub async fn trace(self: &Arc<Self>, trace_id: TraceId) -> Result<Option<TraceView>, QueryError> {
-        self.run(move |ctx| async move { spans::trace(&ctx, trace_id).await }).await
+        self.run("trace", move |ctx| async move { spans::trace(&ctx, trace_id).await }).await
     }
 
     /// The critical path of each root of one trace; `None` when the trace is not stored.
@@ -165,7 +171,11 @@ impl QueryEngine {
         self: &Arc<Self>,
         trace_id: TraceId,
     ) -> Result<Option<TraceCriticalPathView>, QueryError> {
-        self.run(move |ctx| async move { critical_path::trace_critical_path(&ctx, trace_id).await }).await
+        self.run(
+            "trace_critical_path",
+            move |ctx| async move { critical_path::trace_critical_path(&ctx, trace_id).await },
+        )
+        .await
     }
 
     /// The aggregate critical path of the traces `query` selects.
@@ -173,7 +183,7 @@ impl QueryEngine {
         self: &Arc<Self>,
         query: AggregatePathQuery,
     ) -> Result<AggregateCriticalPathView, QueryError> {
-        self.run(move |ctx| async move {
+        self.run("aggregate_critical_path", move |ctx| async move {
             let path = critical_path::aggregate_critical_path(&ctx, &query).await?;
             views::aggregate_path_view(&path, query.range)
         })
@@ -182,12 +192,12 @@ impl QueryEngine {
 
     /// The service graph, shared resources, what entry endpoints reach, and async links.
     pub async fn dependencies(self: &Arc<Self>, range: TimeRange) -> Result<DependenciesView, QueryError> {
-        self.run(move |ctx| async move { dependencies::dependencies(&ctx, range).await }).await
+        self.run("dependencies", move |ctx| async move { dependencies::dependencies(&ctx, range).await }).await
     }
 
     /// Every finding in the traces of a range, most costly first.
     pub async fn findings(self: &Arc<Self>, query: FindingsQuery) -> Result<FindingsView, QueryError> {
-        self.run(move |ctx| async move {
+        self.run("findings", move |ctx| async move {
             let report = findings::findings(&ctx, &query).await?;
             views::findings_view(&report, query.range)
         })
@@ -196,22 +206,22 @@ impl QueryEngine {
 
     /// Per-hop latency over a range, busiest hops first.
     pub async fn edges(self: &Arc<Self>, query: EdgesQuery) -> Result<Vec<EdgeView>, QueryError> {
-        self.run(move |ctx| async move { latency::edges(&ctx, &query).await }).await
+        self.run("edges", move |ctx| async move { latency::edges(&ctx, &query).await }).await
     }
 
     /// Traces with a span that meets every condition, newest (or slowest) first.
     pub async fn search_traces(self: &Arc<Self>, search: TraceSearch) -> Result<Vec<TraceSummaryView>, QueryError> {
-        self.run(move |ctx| async move { search::search_traces(&ctx, &search).await }).await
+        self.run("search_traces", move |ctx| async move { search::search_traces(&ctx, &search).await }).await
     }
 
     /// The slowest calls of a latency target.
     pub async fn slowest(self: &Arc<Self>, query: LatencyQuery, limit: usize) -> Result<Vec<SlowCallView>, QueryError> {
-        self.run(move |ctx| async move { latency::slowest(&ctx, &query, limit).await }).await
+        self.run("slowest", move |ctx| async move { latency::slowest(&ctx, &query, limit).await }).await
     }
 
     /// Percentiles over time, a histogram, a heatmap and predictability figures.
     pub async fn latency(self: &Arc<Self>, query: LatencyQuery) -> Result<LatencyView, QueryError> {
-        self.run(move |ctx| async move { latency::latency(&ctx, &query).await }).await
+        self.run("latency", move |ctx| async move { latency::latency(&ctx, &query).await }).await
     }
 
     /// Runs one read-only SQL statement (see [`crate::sql`]) and hands its rows to `then`, both on
@@ -223,7 +233,7 @@ impl QueryEngine {
     ) -> Result<T, QueryError> {
         let limits = SqlLimits { max_rows: self.limits.max_rows, max_cartesian_rows: self.limits.max_cartesian_rows };
         let pool = Arc::clone(&self.pool);
-        self.run(move |ctx| async move {
+        self.run("sql", move |ctx| async move {
             let result = crate::sql::run(&ctx, limits, &pool, &sql).await?;
             then(&result)
         })
@@ -233,7 +243,7 @@ impl QueryEngine {
     /// Runs a query: waits for a turn (at most the admission wait), runs `query` on the query
     /// threads under the timeout, and cancels it if the caller stops waiting. Every public query
     /// method goes through here.
-    async fn run<T, F, Fut>(self: &Arc<Self>, query: F) -> Result<T, QueryError>
+    async fn run<T, F, Fut>(self: &Arc<Self>, endpoint: Endpoint, query: F) -> Result<T, QueryError>
     where
         T: Send + 'static,
         F: FnOnce(SessionContext) -> Fut,
@@ -241,7 +251,7 @@ impl QueryEngine {
     {
         let started = Instant::now();
         let result = self.run_admitted(query).await;
-        self.metrics.ended(Outcome::of(&result), started.elapsed());
+        self.metrics.ended(endpoint, Outcome::of(&result), started.elapsed());
         result
     }
 
@@ -271,10 +281,8 @@ impl QueryEngine {
         }
     }
 
-    /// The query side's metrics in the Prometheus text format.
-    pub fn prometheus_text(&self) -> String {
-        let mut out = String::new();
-        self.metrics.render(&mut out, self.pool.reserved(), self.limits.memory_limit_bytes);
-        out
+    /// Registers the query metrics in `registry`.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        self.metrics.register(registry, Arc::clone(&self.pool), self.limits.memory_limit_bytes);
     }
 }

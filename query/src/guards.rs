@@ -36,6 +36,7 @@ use datafusion::arrow::datatypes::{
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
 use datafusion::common::{DataFusionError, ExprSchema, Result as DfResult, ScalarValue, Statistics};
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::FunctionRegistry;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation};
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
@@ -52,7 +53,8 @@ use datafusion::physical_plan::execution_plan::CardinalityEffect;
 use datafusion::physical_plan::joins::{CrossJoinExec, NestedLoopJoinExec};
 use datafusion::physical_plan::statistics::{ChildStats, StatisticsArgs, StatisticsContext};
 use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, PhysicalExpr, PlanProperties, ReplaceChildrenOptions,
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PhysicalExpr, PlanProperties,
+    ReplaceChildrenOptions,
 };
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DfStatement;
@@ -60,6 +62,7 @@ use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Query, SetExpr, Visit, Vi
 use futures::Stream;
 
 use crate::QueryError;
+use crate::metrics::QueryMetrics;
 
 /// The longest SQL text `/sql` takes.
 pub const MAX_SQL_BYTES: usize = 256 * 1024;
@@ -321,6 +324,161 @@ impl Stream for BoundedStream {
 impl RecordBatchStream for BoundedStream {
     fn schema(&self) -> SchemaRef {
         self.input.schema()
+    }
+}
+
+/// The physical optimizer rule that wraps every scan of stored files (a `DataSourceExec`) in a
+/// [`MeteredExec`], which counts the rows it produces and the bytes it read in the query metrics.
+#[derive(Debug)]
+pub(crate) struct MeteredScans(pub(crate) Arc<QueryMetrics>);
+
+impl PhysicalOptimizerRule for MeteredScans {
+    fn optimize(&self, plan: Arc<dyn ExecutionPlan>, _config: &ConfigOptions) -> DfResult<Arc<dyn ExecutionPlan>> {
+        plan.transform_up(|node| {
+            if node.is::<DataSourceExec>() {
+                let metered = MeteredExec::new(node, Arc::clone(&self.0));
+                Ok(Transformed::yes(Arc::new(metered) as Arc<dyn ExecutionPlan>))
+            } else {
+                Ok(Transformed::no(node))
+            }
+        })
+        .data()
+    }
+
+    fn name(&self) -> &str {
+        "metered_scans"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+/// Passes a scan's batches on unchanged, counting its rows, and its bytes read once every
+/// partition has ended (the scan's own `bytes_scanned` metric covers all of them).
+#[derive(Debug)]
+pub(crate) struct MeteredExec {
+    input: Arc<dyn ExecutionPlan>,
+    metrics: Arc<QueryMetrics>,
+    /// Partitions of this execution still running.
+    running: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl MeteredExec {
+    fn new(input: Arc<dyn ExecutionPlan>, metrics: Arc<QueryMetrics>) -> Self {
+        let partitions = input.output_partitioning().partition_count();
+        Self { input, metrics, running: Arc::new(std::sync::atomic::AtomicUsize::new(partitions)) }
+    }
+}
+
+impl DisplayAs for MeteredExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MeteredExec")
+    }
+}
+
+impl ExecutionPlan for MeteredExec {
+    fn name(&self) -> &str {
+        "MeteredExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.input.properties()
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if children.len() != 1 {
+            return Err(DataFusionError::Internal(format!("MeteredExec takes one child, got {}", children.len())));
+        }
+        Ok(Arc::new(MeteredExec::new(children.swap_remove(0), Arc::clone(&self.metrics))))
+    }
+
+    #[allow(deprecated)]
+    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> DfResult<Arc<dyn ExecutionPlan>> {
+        self.replace_children(
+            children,
+            ReplaceChildrenOptions::new(datafusion::physical_plan::ChildrenPropertiesMode::Recompute),
+        )
+    }
+
+    fn cardinality_effect(&self) -> CardinalityEffect {
+        CardinalityEffect::Equal
+    }
+
+    fn child_stats_requests(&self, partition: Option<usize>) -> Vec<ChildStats> {
+        vec![ChildStats::At(partition)]
+    }
+
+    fn statistics_from_inputs(
+        &self,
+        input_stats: &[Arc<Statistics>],
+        _args: &StatisticsArgs,
+    ) -> DfResult<Arc<Statistics>> {
+        Ok(Arc::clone(&input_stats[0]))
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context)?;
+        Ok(Box::pin(MeteredStream {
+            input,
+            scan: Arc::clone(&self.input),
+            metrics: Arc::clone(&self.metrics),
+            running: Arc::clone(&self.running),
+        }))
+    }
+}
+
+struct MeteredStream {
+    input: SendableRecordBatchStream,
+    scan: Arc<dyn ExecutionPlan>,
+    metrics: Arc<QueryMetrics>,
+    running: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Stream for MeteredStream {
+    type Item = DfResult<RecordBatch>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let next = std::task::ready!(self.input.as_mut().poll_next(cx));
+        if let Some(Ok(batch)) = &next {
+            self.metrics.rows_scanned.inc_by(batch.num_rows() as u64);
+        }
+        Poll::Ready(next)
+    }
+}
+
+impl RecordBatchStream for MeteredStream {
+    fn schema(&self) -> SchemaRef {
+        self.input.schema()
+    }
+}
+
+impl Drop for MeteredStream {
+    fn drop(&mut self) {
+        // The last partition of the scan to end (or be dropped) reads the bytes of all of them.
+        if self.running.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            let bytes = self.scan.metrics().and_then(|m| m.sum_by_name("bytes_scanned")).map_or(0, |v| v.as_usize());
+            self.metrics.bytes_scanned.inc_by(bytes as u64);
+        }
     }
 }
 

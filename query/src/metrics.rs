@@ -1,16 +1,28 @@
-//! The query side's metrics, rendered in the Prometheus text format by
-//! [`crate::QueryEngine::prometheus_text`].
+//! The query side's metrics, through the `prometheus-client` registry: queries by endpoint and
+//! outcome with their latency, queries running, the memory they hold, and what their scans read.
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use datafusion::execution::memory_pool::MemoryPool;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 use crate::QueryError;
 
+/// Upper bounds (seconds) of the query latency histogram: a trace lookup takes milliseconds, a
+/// day of findings minutes.
+const BUCKETS_S: [f64; 14] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
+
 /// How a query ended, as the `outcome` label says it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Outcome {
     Ok,
-    /// The request was at fault (a bad parameter or SQL, a refused statement).
+    /// The request was at fault (a bad parameter or statement, a bound passed).
     Refused,
     Timeout,
     /// The memory limit.
@@ -19,15 +31,6 @@ pub(crate) enum Outcome {
     Busy,
     Failed,
 }
-
-const OUTCOMES: [(Outcome, &str); 6] = [
-    (Outcome::Ok, "ok"),
-    (Outcome::Refused, "refused"),
-    (Outcome::Timeout, "timeout"),
-    (Outcome::OutOfMemory, "out_of_memory"),
-    (Outcome::Busy, "busy"),
-    (Outcome::Failed, "failed"),
-];
 
 impl Outcome {
     pub(crate) fn of<T>(result: &Result<T, QueryError>) -> Self {
@@ -40,62 +43,114 @@ impl Outcome {
             Err(_) => Outcome::Failed,
         }
     }
+
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Refused => "refused",
+            Outcome::Timeout => "timeout",
+            Outcome::OutOfMemory => "out_of_memory",
+            Outcome::Busy => "busy",
+            Outcome::Failed => "failed",
+        }
+    }
 }
 
-/// Counters of the queries the engine ran.
-#[derive(Debug, Default)]
+/// The engine method a query came through (`services`, `edges`, `sql`, ...).
+pub(crate) type Endpoint = &'static str;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Ended {
+    endpoint: Endpoint,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByEndpoint {
+    endpoint: Endpoint,
+}
+
+/// The query metrics of one engine.
+#[derive(Debug)]
 pub(crate) struct QueryMetrics {
-    /// Queries that ended, by [`OUTCOMES`] index.
-    ended: [AtomicU64; OUTCOMES.len()],
+    ended: Family<Ended, Counter>,
+    seconds: Family<ByEndpoint, Histogram, fn() -> Histogram>,
     /// Queries running on the query threads now (a cancelled one counts until it has stopped).
-    running: AtomicU64,
-    /// Seconds spent in queries that ended.
-    seconds_micros: AtomicU64,
+    running: Gauge,
+    /// Rows and bytes the scans of stored spans produced and read.
+    pub(crate) rows_scanned: Counter,
+    pub(crate) bytes_scanned: Counter,
+}
+
+impl Default for QueryMetrics {
+    fn default() -> Self {
+        Self {
+            ended: Family::default(),
+            seconds: Family::new_with_constructor(|| Histogram::new(BUCKETS_S)),
+            running: Gauge::default(),
+            rows_scanned: Counter::default(),
+            bytes_scanned: Counter::default(),
+        }
+    }
 }
 
 impl QueryMetrics {
-    pub(crate) fn ended(&self, outcome: Outcome, elapsed: std::time::Duration) {
-        let index = OUTCOMES.iter().position(|(o, _)| *o == outcome).expect("every outcome is listed");
-        self.ended[index].fetch_add(1, Ordering::Relaxed);
-        self.seconds_micros.fetch_add(elapsed.as_micros().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+    pub(crate) fn ended(&self, endpoint: Endpoint, outcome: Outcome, elapsed: std::time::Duration) {
+        self.ended.get_or_create(&Ended { endpoint, outcome: outcome.label() }).inc();
+        self.seconds.get_or_create(&ByEndpoint { endpoint }).observe(elapsed.as_secs_f64());
     }
 
     /// Counts a query as running until the returned guard is dropped.
-    pub(crate) fn running(self: &std::sync::Arc<Self>) -> Running {
-        self.running.fetch_add(1, Ordering::Relaxed);
-        Running(std::sync::Arc::clone(self))
+    pub(crate) fn running(self: &Arc<Self>) -> Running {
+        self.running.inc();
+        Running(Arc::clone(self))
     }
 
-    pub(crate) fn render(&self, out: &mut String, memory_reserved: usize, memory_limit: usize) {
-        let _ = writeln!(out, "# HELP hopscope_queries_total Queries that ended, by outcome.");
-        let _ = writeln!(out, "# TYPE hopscope_queries_total counter");
-        for ((_, label), count) in OUTCOMES.iter().zip(&self.ended) {
-            let _ = writeln!(out, "hopscope_queries_total{{outcome=\"{label}\"}} {}", count.load(Ordering::Relaxed));
-        }
-        let seconds = self.seconds_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "# HELP hopscope_query_seconds_total Time spent in queries that ended.");
-        let _ = writeln!(out, "# TYPE hopscope_query_seconds_total counter\nhopscope_query_seconds_total {seconds}");
-        let running = self.running.load(Ordering::Relaxed);
-        let _ = writeln!(out, "# HELP hopscope_queries_running Queries on the query threads now.");
-        let _ = writeln!(out, "# TYPE hopscope_queries_running gauge\nhopscope_queries_running {running}");
-        let _ = writeln!(out, "# HELP hopscope_query_memory_reserved_bytes Query memory in use now.");
-        let _ = writeln!(
-            out,
-            "# TYPE hopscope_query_memory_reserved_bytes gauge\nhopscope_query_memory_reserved_bytes {memory_reserved}"
+    /// Registers the metrics in `registry`; the memory in use is read from `pool` when scraped.
+    pub(crate) fn register(&self, registry: &mut Registry, pool: Arc<dyn MemoryPool>, memory_limit: usize) {
+        registry.register("hopscope_queries", "Queries that ended, by endpoint and outcome.", self.ended.clone());
+        registry.register("hopscope_query_seconds", "Time queries took, by endpoint.", self.seconds.clone());
+        registry.register("hopscope_queries_running", "Queries on the query threads now.", self.running.clone());
+        registry.register(
+            "hopscope_query_rows_scanned",
+            "Rows the scans of stored spans produced (after pruning and filters they could apply).",
+            self.rows_scanned.clone(),
         );
-        let _ = writeln!(out, "# HELP hopscope_query_memory_limit_bytes The --query-memory-limit-bytes limit.");
-        let _ = writeln!(
-            out,
-            "# TYPE hopscope_query_memory_limit_bytes gauge\nhopscope_query_memory_limit_bytes {memory_limit}"
+        registry.register(
+            "hopscope_query_bytes_scanned",
+            "Bytes the scans of stored spans read from span files.",
+            self.bytes_scanned.clone(),
         );
+        registry.register_collector(Box::new(PoolGauges { pool, limit: memory_limit }));
     }
 }
 
 /// A query on the query threads; see [`QueryMetrics::running`].
-pub(crate) struct Running(std::sync::Arc<QueryMetrics>);
+pub(crate) struct Running(Arc<QueryMetrics>);
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.0.running.fetch_sub(1, Ordering::Relaxed);
+        self.0.running.dec();
+    }
+}
+
+/// The query memory pool, read when scraped.
+#[derive(Debug)]
+struct PoolGauges {
+    pool: Arc<dyn MemoryPool>,
+    limit: usize,
+}
+
+impl Collector for PoolGauges {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for (name, help, value) in [
+            ("hopscope_query_memory_reserved_bytes", "Query memory in use now.", self.pool.reserved()),
+            ("hopscope_query_memory_limit_bytes", "The --query-memory-limit-bytes limit.", self.limit),
+        ] {
+            let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            gauge.encode(metric)?;
+        }
+        Ok(())
     }
 }

@@ -10,20 +10,27 @@ use datafusion::arrow::compute::SortOptions;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::stats::Precision;
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DFSchema, ScalarValue, Statistics, project_schema};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::object_store::ObjectStoreUrl;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
+use datafusion::error::DataFusionError;
 use datafusion::error::Result as DfResult;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown, TableType};
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
+use datafusion::physical_expr::{OrderingRequirements, PhysicalExpr};
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::union::UnionExec;
-use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
+    ReplaceChildrenOptions,
+};
 use hopscope_schemas::columns as c;
 use hopscope_schemas::layout;
 use hopscope_schemas::manifest::{FileEntry, Manifest};
@@ -240,8 +247,8 @@ impl SpansTable {
     }
 
     /// A scan whose single output partition is ordered by (trace id, start time): every file is read
-    /// in the order it was written and the files are merged, so each trace's spans arrive together
-    /// without sorting the table. The analyses that walk one trace at a time read through this.
+    /// in the order it was written and the files are merged ([`TraceMergeExec`]), so each trace's
+    /// spans arrive together without sorting the table. The per-trace walks read through this.
     fn ordered_scan(
         &self,
         manifest: &Arc<Manifest>,
@@ -274,7 +281,7 @@ impl SpansTable {
         if scan.output_partitioning().partition_count() == 1 {
             return Ok(scan);
         }
-        Ok(Arc::new(SortPreservingMergeExec::new(file_ordering(&projected)?, scan)))
+        Ok(Arc::new(TraceMergeExec::new(scan, file_ordering(&projected)?)))
     }
 
     /// Like [`Self::ordered_scan`], split by trace id into `partitions` ranges read in parallel: each
@@ -364,6 +371,95 @@ impl TableProvider for SpansTable {
             .with_statistics(statistics)
             .build();
         Ok(DataSourceExec::from_data_source(config))
+    }
+}
+
+/// A sort-preserving merge of the partitions of a trace-ordered scan into one, which the optimizer
+/// cannot take apart. DataFusion's own `SortPreservingMergeExec` is a distribution-changing
+/// operator: the optimizer removes it when the plan above asks for no single partition, and a
+/// per-trace walk asks for none (its partitions are trace-id ranges, which no `Distribution` can
+/// state) but needs each range merged, or a trace whose spans sit in several files is split. This
+/// node shows its input to the optimizer (so `EXPLAIN ANALYZE` reports the scans), asks it to keep
+/// the input's order, and merges at execution.
+#[derive(Debug)]
+pub(crate) struct TraceMergeExec {
+    input: Arc<dyn ExecutionPlan>,
+    ordering: LexOrdering,
+    properties: Arc<PlanProperties>,
+}
+
+impl TraceMergeExec {
+    pub(crate) fn new(input: Arc<dyn ExecutionPlan>, ordering: LexOrdering) -> Self {
+        let merged = SortPreservingMergeExec::new(ordering.clone(), Arc::clone(&input));
+        let properties = Arc::clone(merged.properties());
+        Self { input, ordering, properties }
+    }
+}
+
+impl DisplayAs for TraceMergeExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let partitions = self.input.output_partitioning().partition_count();
+        write!(f, "TraceMergeExec: {partitions} trace-ordered partitions into one")
+    }
+}
+
+impl ExecutionPlan for TraceMergeExec {
+    fn name(&self) -> &str {
+        "TraceMergeExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn required_input_ordering(&self) -> Vec<Option<OrderingRequirements>> {
+        vec![Some(OrderingRequirements::from(self.ordering.clone()))]
+    }
+
+    fn required_input_distribution(&self) -> Vec<Distribution> {
+        vec![Distribution::UnspecifiedDistribution]
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false]
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if children.len() != 1 {
+            return Err(DataFusionError::Internal(format!("TraceMergeExec takes one input, got {}", children.len())));
+        }
+        Ok(Arc::new(TraceMergeExec::new(children.swap_remove(0), self.ordering.clone())))
+    }
+
+    #[allow(deprecated)]
+    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> DfResult<Arc<dyn ExecutionPlan>> {
+        self.replace_children(
+            children,
+            ReplaceChildrenOptions::new(datafusion::physical_plan::ChildrenPropertiesMode::Recompute),
+        )
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
+        SortPreservingMergeExec::new(self.ordering.clone(), Arc::clone(&self.input)).execute(partition, context)
     }
 }
 

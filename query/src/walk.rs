@@ -24,6 +24,9 @@ pub(crate) use table::{Derivation, DerivedTable};
 
 /// An analysis that sees one whole trace at a time and produces rows.
 pub(crate) trait PerTrace: Send {
+    /// What a partition leaves for the others when its input ends (see [`Rendezvous`]): `()` for an
+    /// analysis that sees each trace on its own.
+    type Deposit: Send + 'static;
     /// Looks at one trace: rows `rows` of `spans`, ordered by start time.
     fn trace(&mut self, spans: &SpanColumns, rows: Range<usize>) -> DfResult<()>;
     /// The rows produced since the last call, if any.
@@ -31,7 +34,7 @@ pub(crate) trait PerTrace: Send {
     /// Called once when the partition's input ends, before the last [`PerTrace::take_batch`]. An
     /// analysis that relates spans of different traces (which may sit in other partitions) meets the
     /// other partitions here.
-    fn finish(&mut self, _rendezvous: &Rendezvous) -> DfResult<()> {
+    fn finish(&mut self, _rendezvous: &Rendezvous<Self::Deposit>) -> DfResult<()> {
         Ok(())
     }
     /// Bytes the analysis holds from one trace to the next (not counting the rows of the batch it is
@@ -42,4 +45,4 @@ pub(crate) trait PerTrace: Send {
 }
 
 /// Makes a fresh analysis for each execution.
-pub(crate) type PerTraceFactory = Arc<dyn Fn() -> Box<dyn PerTrace> + Send + Sync>;
+pub(crate) type PerTraceFactory<D> = Arc<dyn Fn() -> Box<dyn PerTrace<Deposit = D>> + Send + Sync>;

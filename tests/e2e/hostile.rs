@@ -176,7 +176,11 @@ async fn a_heavy_query_is_cancelled_at_the_timeout_while_health_and_ingest_keep_
     // Cancelled for real: it stops running and gives its memory back.
     server.wait_for_metric("hopscope_queries_running", |running| running == 0.0).await;
     server.wait_for_metric("hopscope_query_memory_reserved_bytes", |bytes| bytes == 0.0).await;
-    assert_eq!(server.metric("hopscope_queries_total{outcome=\"timeout\"}").await, 1.0);
+    assert_eq!(server.metric("hopscope_queries_total{endpoint=\"sql\",outcome=\"timeout\"}").await, 1.0);
+    assert_eq!(server.metric("hopscope_queries_total{endpoint=\"services\",outcome=\"busy\"}").await, 1.0);
+    // Its scans read the spans (three times over) before the joins ran out of time.
+    assert!(server.metric("hopscope_query_rows_scanned_total").await >= 9_000.0);
+    assert!(server.metric("hopscope_query_bytes_scanned_total").await > 0.0);
     let (status, body, _) = sql(&server, "SELECT count(*) AS n FROM spans").await;
     assert_eq!(status, 200, "{body}");
 }

@@ -642,6 +642,28 @@ async fn a_trace_lookup_reads_only_the_row_groups_that_may_hold_it() {
     let (considered, read) = pruning_metric(&plan, "row_groups_pruned_bloom_filter");
     assert!(considered <= row_groups, "{plan}");
     assert!(read >= holding && read <= row_groups / 2, "read {read} of {row_groups} row groups:\n{plan}");
+
+    // The per-trace walk shows its input: EXPLAIN ANALYZE reports what its scans read, and the
+    // optimizer kept the merges that bring each trace's spans together from several files (no
+    // sort, no repartitioning between the walk and the scans).
+    let (status, body) = sql(&server, "EXPLAIN ANALYZE SELECT count(*) FROM edges").await;
+    assert_eq!(status, 200, "{body}");
+    let plan: String = body["rows"].as_array().unwrap().iter().map(|r| r["plan"].as_str().unwrap()).collect();
+    let lines: Vec<&str> = plan.lines().collect();
+    let walk = lines.iter().position(|l| l.contains("TraceExec")).unwrap_or_else(|| panic!("no TraceExec:\n{plan}"));
+    let depth = |line: &str| line.len() - line.trim_start().len();
+    let below: Vec<&str> = lines[walk + 1..].iter().take_while(|l| depth(l) > depth(lines[walk])).copied().collect();
+    assert!(below.iter().any(|l| l.contains("TraceMergeExec")), "{plan}");
+    assert!(!below.iter().any(|l| l.contains("SortExec:") || l.contains("RepartitionExec")), "{plan}");
+    let scanned: u64 = below
+        .iter()
+        .filter(|l| l.contains("DataSourceExec"))
+        .map(|l| {
+            let at = l.find("output_rows=").unwrap_or_else(|| panic!("no output_rows in {l}")) + "output_rows=".len();
+            l[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse::<u64>().unwrap()
+        })
+        .sum();
+    assert_eq!(scanned, 5 * 40 * 3, "every span is read once:\n{plan}");
     server.terminate();
 }
 

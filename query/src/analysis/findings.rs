@@ -98,7 +98,7 @@ fn input_columns() -> Vec<&'static str> {
 }
 
 /// The `findings` table, found per trace with `thresholds`.
-pub(crate) fn derivation(thresholds: Thresholds) -> Derivation {
+pub(crate) fn derivation(thresholds: Thresholds) -> Derivation<()> {
     Derivation {
         name: crate::tables::FINDINGS,
         schema: findings_schema(),
@@ -198,6 +198,8 @@ fn all_but_longest(spans: &SpanColumns, rows: impl Iterator<Item = usize>) -> i6
 }
 
 impl PerTrace for FindingScan {
+    type Deposit = ();
+
     fn trace(&mut self, spans: &SpanColumns, rows: Range<usize>) -> DfResult<()> {
         let t = self.thresholds;
         self.by_id.clear();

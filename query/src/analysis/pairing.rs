@@ -13,7 +13,7 @@ use datafusion::arrow::array::{
     TimestampNanosecondBuilder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::error::Result as DfResult;
 use hopscope_schemas::columns::{self as c, connection, edge, node_kind, semconv};
 use hopscope_schemas::spans::{kind, status, timestamp_type};
 
@@ -82,7 +82,7 @@ pub(crate) fn input_columns() -> Vec<&'static str> {
 }
 
 /// The `edges` table.
-pub(crate) fn derivation() -> Derivation {
+pub(crate) fn derivation() -> Derivation<Pending> {
     Derivation {
         name: crate::tables::EDGES,
         schema: edges_schema(),
@@ -293,7 +293,7 @@ impl PendingConsumer {
 
 /// What one partition could not pair alone, handed to the [`Rendezvous`].
 #[derive(Debug, Default)]
-struct Pending {
+pub(crate) struct Pending {
     producers: Vec<PendingProducer>,
     consumers: Vec<PendingConsumer>,
     bytes: usize,
@@ -471,6 +471,9 @@ impl EdgePairing {
 }
 
 impl PerTrace for EdgePairing {
+    /// Consumers and producers waiting for their other side in another trace.
+    type Deposit = Pending;
+
     fn trace(&mut self, spans: &SpanColumns, rows: Range<usize>) -> DfResult<()> {
         self.by_id.clear();
         for r in rows.clone() {
@@ -679,17 +682,9 @@ impl PerTrace for EdgePairing {
         Ok(())
     }
 
-    fn finish(&mut self, rendezvous: &Rendezvous) -> DfResult<()> {
+    fn finish(&mut self, rendezvous: &Rendezvous<Pending>) -> DfResult<()> {
         let pending = std::mem::take(&mut self.pending);
-        let Some(deposits) = rendezvous.arrive(Box::new(pending)) else { return Ok(()) };
-        let deposits = deposits
-            .into_iter()
-            .map(|d| {
-                d.downcast::<Pending>()
-                    .map(|p| *p)
-                    .map_err(|_| DataFusionError::Internal("edges rendezvous holds a foreign deposit".into()))
-            })
-            .collect::<DfResult<Vec<_>>>()?;
+        let Some(deposits) = rendezvous.arrive(pending) else { return Ok(()) };
         self.pair_across_traces(deposits)
     }
 

@@ -169,7 +169,7 @@ pub(crate) fn critical_path_schema() -> SchemaRef {
 }
 
 /// The `critical_path` table.
-pub(crate) fn derivation() -> Derivation {
+pub(crate) fn derivation() -> Derivation<()> {
     Derivation {
         name: crate::tables::CRITICAL_PATH,
         schema: critical_path_schema(),
@@ -234,6 +234,8 @@ pub(crate) fn path_spans(spans: &SpanColumns, rows: Range<usize>, by_id: &mut Sp
 }
 
 impl PerTrace for PathSections {
+    type Deposit = ();
+
     fn trace(&mut self, spans: &SpanColumns, rows: Range<usize>) -> DfResult<()> {
         path_spans(spans, rows.clone(), &mut self.by_id, &mut self.path_spans);
         let row = |i: usize| rows.start + i;

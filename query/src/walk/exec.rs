@@ -11,7 +11,8 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_expr::{EquivalenceProperties, LexOrdering, OrderingRequirements, PhysicalExpr};
+use datafusion::physical_plan::Distribution;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
@@ -24,30 +25,34 @@ use hopscope_schemas::columns as c;
 use super::columns::SpanColumns;
 use super::rendezvous::Rendezvous;
 use super::{PerTrace, PerTraceFactory};
+use crate::store::file_ordering;
 
 /// Runs a [`PerTrace`] analysis over an input whose partitions each hold whole traces, ordered by
 /// trace id.
-pub(crate) struct TraceExec {
+pub(crate) struct TraceExec<D> {
     name: &'static str,
     input: Arc<dyn ExecutionPlan>,
-    factory: PerTraceFactory,
+    factory: PerTraceFactory<D>,
+    schema: SchemaRef,
     projection: Option<Vec<usize>>,
     properties: Arc<PlanProperties>,
-    rendezvous: Arc<Rendezvous>,
+    /// The order each input partition must keep: (trace id, start time).
+    trace_order: LexOrdering,
+    rendezvous: Arc<Rendezvous<D>>,
 }
 
-impl fmt::Debug for TraceExec {
+impl<D> fmt::Debug for TraceExec<D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TraceExec").field("name", &self.name).finish_non_exhaustive()
     }
 }
 
-impl TraceExec {
+impl<D: Send + 'static> TraceExec<D> {
     /// `schema` is what the analysis produces; `projection` picks the columns the plan outputs.
     pub(crate) fn new(
         name: &'static str,
         input: Arc<dyn ExecutionPlan>,
-        factory: PerTraceFactory,
+        factory: PerTraceFactory<D>,
         schema: SchemaRef,
         projection: Option<Vec<usize>>,
     ) -> DfResult<Self> {
@@ -61,19 +66,20 @@ impl TraceExec {
             EmissionType::Incremental,
             Boundedness::Bounded,
         );
+        let trace_order = file_ordering(&input.schema())?;
         let rendezvous = Arc::new(Rendezvous::new(input.output_partitioning().partition_count()));
-        Ok(Self { name, input, factory, projection, properties: Arc::new(properties), rendezvous })
+        Ok(Self { name, input, factory, schema, projection, properties: Arc::new(properties), trace_order, rendezvous })
     }
 }
 
-impl DisplayAs for TraceExec {
+impl<D> DisplayAs for TraceExec<D> {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         let partitions = self.input.output_partitioning().partition_count();
         write!(f, "TraceExec: {}, trace-ordered input in {partitions} partitions", self.name)
     }
 }
 
-impl ExecutionPlan for TraceExec {
+impl<D: Send + 'static> ExecutionPlan for TraceExec<D> {
     fn name(&self) -> &str {
         "TraceExec"
     }
@@ -82,12 +88,29 @@ impl ExecutionPlan for TraceExec {
         &self.properties
     }
 
-    // The input is private: its partitions are built to hold whole traces in trace order (see
-    // `SpansTable::trace_partitioned_scan`), which the optimizer cannot express as a requirement and
-    // would undo (it drops the merges that keep a trace's files together). So the optimizer sees this
-    // plan as a leaf.
+    // The input's partitions are built to hold whole traces in trace order (see
+    // `SpansTable::trace_partitioned_scan`: trace-id ranges, each a merge of trace-sorted files). What
+    // keeps the optimizer from undoing that: each partition must arrive in (trace id, start time)
+    // order, so the merges stay; no distribution is asked for and more partitions would not help,
+    // so nothing repartitions the input (which would split traces).
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![]
+        vec![&self.input]
+    }
+
+    fn required_input_ordering(&self) -> Vec<Option<OrderingRequirements>> {
+        vec![Some(OrderingRequirements::from(self.trace_order.clone()))]
+    }
+
+    fn required_input_distribution(&self) -> Vec<Distribution> {
+        vec![Distribution::UnspecifiedDistribution]
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false]
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![false]
     }
 
     fn apply_expressions(
@@ -99,13 +122,15 @@ impl ExecutionPlan for TraceExec {
 
     fn replace_children(
         self: Arc<Self>,
-        children: Vec<Arc<dyn ExecutionPlan>>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
         _options: ReplaceChildrenOptions,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        if !children.is_empty() {
-            return Err(DataFusionError::Internal("TraceExec has no children to replace".into()));
+        if children.len() != 1 {
+            return Err(DataFusionError::Internal(format!("TraceExec takes one input, got {}", children.len())));
         }
-        Ok(self)
+        let input = children.swap_remove(0);
+        let (factory, schema) = (Arc::clone(&self.factory), Arc::clone(&self.schema));
+        Ok(Arc::new(TraceExec::new(self.name, input, factory, schema, self.projection.clone())?))
     }
 
     #[allow(deprecated)]
@@ -141,19 +166,19 @@ impl ExecutionPlan for TraceExec {
     }
 }
 
-struct Walker {
+struct Walker<D> {
     input: SendableRecordBatchStream,
     /// Rows of the last trace of the previous batch, which may continue in the next one.
     carry: Option<RecordBatch>,
-    analysis: Box<dyn PerTrace>,
+    analysis: Box<dyn PerTrace<Deposit = D>>,
     done: bool,
     /// What the carried rows and the analysis' own state hold, in the query's memory pool: a trace
     /// too large for the pool fails the query instead of the process.
     reservation: MemoryReservation,
-    rendezvous: Arc<Rendezvous>,
+    rendezvous: Arc<Rendezvous<D>>,
 }
 
-impl Walker {
+impl<D: Send + 'static> Walker<D> {
     /// The next batch of output, or `None` at the end.
     async fn next_batch(&mut self) -> DfResult<Option<RecordBatch>> {
         while !self.done {
@@ -222,7 +247,11 @@ fn last_trace_start(ids: &FixedSizeBinaryArray) -> usize {
 }
 
 /// Calls the analysis once per trace in `rows`.
-pub(crate) fn for_each_trace(spans: &SpanColumns, rows: Range<usize>, analysis: &mut dyn PerTrace) -> DfResult<()> {
+pub(crate) fn for_each_trace<D: Send + 'static>(
+    spans: &SpanColumns,
+    rows: Range<usize>,
+    analysis: &mut dyn PerTrace<Deposit = D>,
+) -> DfResult<()> {
     let mut start = rows.start;
     while start < rows.end {
         let id = spans.trace_id.value(start);

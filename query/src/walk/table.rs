@@ -38,31 +38,31 @@ pub(crate) fn widened_span_filters(filters: &[Expr], slack_ns: i64) -> Vec<Expr>
 
 /// What a per-trace table is: its name and rows, the span columns its analysis reads, how far
 /// beyond an asked time range it reads spans so that each trace is seen whole, and the analysis.
-pub(crate) struct Derivation {
+pub(crate) struct Derivation<D> {
     pub(crate) name: &'static str,
     pub(crate) schema: SchemaRef,
     pub(crate) input_columns: Vec<&'static str>,
     pub(crate) slack_ns: i64,
-    pub(crate) factory: PerTraceFactory,
+    pub(crate) factory: PerTraceFactory<D>,
 }
 
 /// A table computed per trace from the stored spans (`edges`, `critical_path`, `findings`). Its
 /// `start_time` and `trace_id` filters select the spans read, widened by the derivation's slack so
 /// that each trace is seen whole; DataFusion applies the exact filters to the rows produced.
-pub(crate) struct DerivedTable {
+pub(crate) struct DerivedTable<D> {
     spans: Arc<SpansTable>,
-    derivation: Derivation,
+    derivation: Derivation<D>,
     input_columns: Vec<usize>,
 }
 
-impl fmt::Debug for DerivedTable {
+impl<D> fmt::Debug for DerivedTable<D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DerivedTable").field("name", &self.derivation.name).finish_non_exhaustive()
     }
 }
 
-impl DerivedTable {
-    pub(crate) fn new(spans: Arc<SpansTable>, derivation: Derivation) -> DfResult<Self> {
+impl<D> DerivedTable<D> {
+    pub(crate) fn new(spans: Arc<SpansTable>, derivation: Derivation<D>) -> DfResult<Self> {
         let spans_schema = span_schema();
         let input_columns =
             derivation.input_columns.iter().map(|name| Ok(spans_schema.index_of(name)?)).collect::<DfResult<_>>()?;
@@ -71,7 +71,7 @@ impl DerivedTable {
 }
 
 #[async_trait]
-impl TableProvider for DerivedTable {
+impl<D: Send + Sync + 'static> TableProvider for DerivedTable<D> {
     fn schema(&self) -> SchemaRef {
         Arc::clone(&self.derivation.schema)
     }

@@ -1,0 +1,259 @@
+//! Persisting: the flusher task writes the traces that are ready to Parquet files and commits them,
+//! isolating a payload that cannot be written so it never holds back the others.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use hopscope_schemas::layout;
+use hopscope_schemas::manifest::FileEntry;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::{Ingester, set_storage_gauges};
+use crate::IngestError;
+use crate::buffer::Pending;
+use crate::dead_letter::MAX_WRITE_ATTEMPTS;
+use crate::writer::{Row, rows_of, sort_and_dedup, write_rows};
+
+impl Ingester {
+    /// Starts the flusher. It stops when `shutdown` is cancelled, after writing every buffered span;
+    /// the returned handle resolves then.
+    pub fn spawn_flusher(self: &Arc<Self>, shutdown: CancellationToken) -> JoinHandle<Result<(), IngestError>> {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(this.config.flush_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let everything = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tick.tick() => false,
+                    _ = this.wake.notified() => true,
+                };
+                if let Err(e) = this.flush(everything).await {
+                    tracing::error!(error = %e, "flush failed; spans stay buffered and are retried");
+                }
+            }
+            this.close().await
+        })
+    }
+
+    /// Refuses new exports and writes everything buffered, retrying a few times on failure.
+    async fn close(self: &Arc<Self>) -> Result<(), IngestError> {
+        // An export that passed the check in `export` just before this still reaches the WAL, so
+        // it is replayed at the next start if the final flush misses it.
+        self.closed.store(true, Ordering::Release);
+        let mut attempt = 0;
+        loop {
+            match self.flush(true).await {
+                Ok(()) if self.buffered_rows() == 0 => {
+                    let wal = Arc::clone(&self.wal);
+                    return tokio::task::spawn_blocking(move || wal.stop())
+                        .await
+                        .map_err(|e| IngestError::Task(e.to_string()));
+                }
+                // Some payloads failed and are not yet dead letters: try again.
+                Ok(()) if attempt < MAX_WRITE_ATTEMPTS + 1 => attempt += 1,
+                Err(e) if attempt < MAX_WRITE_ATTEMPTS + 1 => {
+                    attempt += 1;
+                    tracing::error!(error = %e, attempt, "final flush failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                }
+                // What is still buffered is in the WAL and is replayed at the next start.
+                Ok(()) => {
+                    return Err(IngestError::Task(format!(
+                        "{} spans could not be written before shutdown; they stay in the write-ahead log",
+                        self.buffered_rows()
+                    )));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Writes the traces that are ready (all of them when `everything`) and commits the files.
+    ///
+    /// When the joint write fails, each payload is written on its own, so that one that cannot be
+    /// written (a poison payload) never holds back the others: the ones that succeed are
+    /// committed, the failing ones are buffered again and retried, and one that has failed
+    /// [`MAX_WRITE_ATTEMPTS`] times is moved to the dead-letter store. A failure that is the
+    /// storage's, not the payload's (disk full, quota, file size limit, read-only file system),
+    /// dead-letters nothing: everything stays buffered until space returns.
+    pub async fn flush(self: &Arc<Self>, everything: bool) -> Result<(), IngestError> {
+        let (pending, taken_bytes, wal_floor) = {
+            let mut buffer = self.buffer.lock().expect("buffer lock");
+            let (pending, taken_bytes) = buffer.take_ready(Instant::now(), self.config.cut_off, everything)?;
+            // Every WAL record below this segment is in the spans taken now or in earlier files:
+            // the WAL writer buffers a record before it can start a later segment.
+            let floor = buffer.min_segment().unwrap_or(u64::MAX).min(self.wal.current_segment());
+            (pending, taken_bytes, floor)
+        };
+        if pending.is_empty() && wal_floor <= self.manifest.wal_floor() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let this = Arc::clone(self);
+        let stored = tokio::task::spawn_blocking(move || this.store(pending, wal_floor)).await;
+        // The spans taken are written or back in the buffer: their memory is counted once again.
+        self.buffer.lock().expect("buffer lock").flushed(taken_bytes);
+        let stored = stored.map_err(|e| IngestError::Task(e.to_string()))?;
+        self.metrics.flush_seconds.observe(started.elapsed().as_secs_f64());
+        if !stored.failed.is_empty() {
+            self.metrics.flush_failures.inc();
+            self.buffer.lock().expect("buffer lock").restore(stored.failed, Instant::now());
+        }
+        self.note_buffer();
+        if let Some(error) = stored.error {
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// Writes and commits `pending` (blocking I/O); see [`Self::flush`].
+    fn store(&self, pending: Vec<Pending>, wal_floor: u64) -> Stored {
+        let tenant_dir = layout::tenant_dir(&self.config.data_dir, &self.config.tenant);
+        let batches: Vec<RecordBatch> = pending.iter().map(|p| p.batch.clone()).collect();
+        // Sorted for the files, without resends (of spans written earlier or within this flush).
+        let mut rows = rows_of(&batches);
+        let resent = {
+            let recent = self.recent.lock().expect("recent spans lock");
+            sort_and_dedup(&mut rows, |key| recent.contains(key))
+        };
+        let max_segment = pending.iter().map(|p| p.segment).max();
+        let joint = write_rows(&tenant_dir, &batches, &rows, max_segment)
+            .and_then(|files| self.commit(files, wal_floor, &rows, resent));
+        match joint {
+            Ok(()) => Stored::default(),
+            // Not the payloads' fault: nothing counts against them.
+            Err(e) if storage_is_failing(&e) => Stored { failed: pending, error: Some(e) },
+            Err(e) => {
+                tracing::warn!(error = %e, payloads = pending.len(), "writing buffered spans failed; writing each payload on its own");
+                self.store_each(pending, &batches, &rows, wal_floor)
+            }
+        }
+    }
+
+    /// Writes each payload on its own after a joint write failed, commits the ones that worked,
+    /// and dead-letters one that failed [`MAX_WRITE_ATTEMPTS`] times. Blocking I/O.
+    fn store_each(&self, pending: Vec<Pending>, batches: &[RecordBatch], rows: &[Row], wal_floor: u64) -> Stored {
+        let tenant_dir = layout::tenant_dir(&self.config.data_dir, &self.config.tenant);
+        let mut of_payload: Vec<Vec<Row>> = vec![Vec::new(); pending.len()];
+        for row in rows {
+            of_payload[row.batch as usize].push(*row);
+        }
+        let (mut files, mut written, mut written_pending) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut failed, mut dead, mut last_error) = (Vec::new(), Vec::new(), None);
+        for (p, rows) in pending.into_iter().zip(of_payload) {
+            if rows.is_empty() {
+                continue;
+            }
+            match write_rows(&tenant_dir, batches, &rows, Some(p.segment)) {
+                Ok(f) => {
+                    files.extend(f);
+                    written.extend(rows);
+                    written_pending.push(p);
+                }
+                Err(e) => {
+                    let failures = p.failures + 1;
+                    if storage_is_failing(&e) {
+                        failed.push(p);
+                    } else if failures < MAX_WRITE_ATTEMPTS {
+                        tracing::warn!(error = %e, failures, spans = rows.len(), "a payload could not be written; it is retried");
+                        failed.push(Pending { failures, ..p });
+                    } else {
+                        dead.push((p, e.to_string()));
+                    }
+                    last_error = Some(e);
+                }
+            }
+        }
+        failed.extend(self.dead_letter(dead));
+        // Spans still buffered keep their WAL segments; dead-lettered ones are durable elsewhere.
+        let floor = failed.iter().map(|p| p.segment).min().map_or(wal_floor, |s| s.min(wal_floor));
+        if let Err(e) = self.commit(files, floor, &written, 0) {
+            // Not committed, so not visible: these are written again later. A failed commit is
+            // the storage's failure, not the payloads'.
+            failed.extend(written_pending);
+            last_error = Some(e);
+        }
+        let error = if failed.is_empty() { None } else { last_error };
+        Stored { failed, error }
+    }
+
+    /// Moves payloads that failed every attempt to the dead-letter store; returns those it could not.
+    fn dead_letter(&self, dead: Vec<(Pending, String)>) -> Vec<Pending> {
+        let mut kept = Vec::new();
+        for (p, reason) in dead {
+            let reason = format!("writing these spans failed {MAX_WRITE_ATTEMPTS} times; last error: {reason}");
+            match self.dead_letters.put_spans(&p.batch, &reason, MAX_WRITE_ATTEMPTS) {
+                Ok(entry) => self.note_dead_letter(&entry),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot store a dead letter; the spans stay buffered");
+                    kept.push(Pending { failures: p.failures + 1, ..p });
+                }
+            }
+        }
+        kept
+    }
+
+    /// Commits written files and the WAL floor, then forgets WAL segments below the floor and
+    /// remembers the rows written, to drop resends of them. On a failed commit the files are
+    /// removed. Blocking I/O.
+    fn commit(&self, files: Vec<FileEntry>, wal_floor: u64, written: &[Row], resent: u64) -> Result<(), IngestError> {
+        let tenant_dir = layout::tenant_dir(&self.config.data_dir, &self.config.tenant);
+        let rows: u64 = files.iter().map(|f| f.rows).sum();
+        let count = files.len() as u64;
+        let paths: Vec<PathBuf> = files.iter().map(|f| tenant_dir.join(&f.path)).collect();
+        match self.manifest.commit_added(files, wal_floor) {
+            Ok(generation) => {
+                self.recent.lock().expect("recent spans lock").remember(written.iter().map(|r| r.key));
+                // Until the commit is known to survive a crash, the log below its floor may still be
+                // needed to rebuild it.
+                if !self.manifest.is_durable() {
+                    tracing::warn!("keeping the write-ahead log until a commit is synced");
+                } else if let Err(e) = self.wal.remove_below(wal_floor) {
+                    tracing::warn!(error = %e, "cannot remove committed WAL segments; retried at the next flush");
+                }
+                self.metrics.spans_deduplicated.inc_by(resent);
+                self.metrics.files_committed.inc_by(count);
+                self.metrics.spans_committed.inc_by(rows);
+                set_storage_gauges(&self.metrics, &self.manifest.snapshot());
+                tracing::debug!(rows, files = count, generation, "committed span files");
+                Ok(())
+            }
+            Err(e) => {
+                for path in paths {
+                    let _ = std::fs::remove_file(path);
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// What one flush left: payloads to buffer again, and the error that held them back.
+#[derive(Debug, Default)]
+struct Stored {
+    failed: Vec<Pending>,
+    error: Option<IngestError>,
+}
+
+/// Whether an error is the storage's rather than one payload's: out of space, over a quota or a
+/// file size limit, read-only, or failing I/O. Retrying later is the cure, not dead-lettering.
+/// Whether an error is the storage's rather than one payload's: out of space, over a quota or a
+/// file size limit, read-only, or failing I/O. Retrying later is the cure, not dead-lettering.
+pub(crate) fn storage_is_failing(error: &IngestError) -> bool {
+    use std::io::ErrorKind as K;
+    let io: Option<&std::io::Error> = match error {
+        IngestError::Io { source, .. } => Some(source),
+        IngestError::Parquet(parquet::errors::ParquetError::External(e)) => e.downcast_ref(),
+        IngestError::Arrow(arrow::error::ArrowError::IoError(_, e)) => Some(e),
+        _ => None,
+    };
+    io.is_some_and(|e| {
+        matches!(e.kind(), K::StorageFull | K::QuotaExceeded | K::FileTooLarge | K::ReadOnlyFilesystem)
+            || e.raw_os_error() == Some(5) // EIO
+    })
+}

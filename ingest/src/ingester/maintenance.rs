@@ -1,0 +1,121 @@
+//! Maintenance: retention, compaction and the deletion of retired files, on a timer.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hopscope_schemas::layout;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::{Ingester, set_storage_gauges};
+use crate::IngestError;
+use crate::{compaction, retention};
+
+impl Ingester {
+    /// Starts the maintenance task: retention, compaction and the deletion of retired files, every
+    /// [`IngesterConfig::maintenance_interval`] (the first pass at once). It stops when `shutdown`
+    /// is cancelled, after the merge in progress.
+    pub fn spawn_maintenance(self: &Arc<Self>, shutdown: CancellationToken) -> JoinHandle<()> {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(this.config.maintenance_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                let pass = MaintenancePass { close_all_hours: false, retired_grace: this.config.retired_grace };
+                let (this2, stop) = (Arc::clone(&this), shutdown.clone());
+                match tokio::task::spawn_blocking(move || this2.maintain(pass, &stop)).await {
+                    Ok(Ok(done)) if done != MaintenanceReport::default() => tracing::info!(?done, "maintenance pass"),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "maintenance failed; retried at the next pass"),
+                    Err(e) => tracing::error!(error = %e, "maintenance task failed"),
+                }
+            }
+        })
+    }
+
+    /// One pass of retention, compaction and deletion of retired files. Stops between merges
+    /// when `stop` is cancelled. Blocking I/O.
+    pub fn maintain(&self, pass: MaintenancePass, stop: &CancellationToken) -> Result<MaintenanceReport, IngestError> {
+        let tenant_dir = layout::tenant_dir(&self.config.data_dir, &self.config.tenant);
+        let mut report = MaintenanceReport::default();
+        let now_ns = crate::manifest::now_unix_ms().saturating_mul(1_000_000);
+
+        let expired = retention::expired(&self.manifest.snapshot(), &self.config.retention, now_ns);
+        if !expired.is_empty() {
+            self.manifest.commit_replaced(&expired, Vec::new())?;
+            report.files_expired = expired.len() as u64;
+            report.spans_expired = expired.iter().map(|f| f.rows).sum();
+            self.metrics.files_expired.inc_by(report.files_expired);
+            self.metrics.spans_expired.inc_by(report.spans_expired);
+        }
+
+        let jobs = compaction::plan(&self.manifest.snapshot(), &self.config.compaction, now_ns, pass.close_all_hours);
+        for job in jobs {
+            if stop.is_cancelled() {
+                break;
+            }
+            let merged = compaction::merge(&tenant_dir, &job)?;
+            let outputs: Vec<PathBuf> = merged.entries.iter().map(|e| tenant_dir.join(&e.path)).collect();
+            if let Err(e) = self.manifest.commit_replaced(&job.inputs, merged.entries) {
+                // Not committed, so never visible.
+                for output in outputs {
+                    let _ = std::fs::remove_file(&output);
+                }
+                if matches!(e, IngestError::ManifestConflict(_)) {
+                    tracing::warn!(error = %e, "compaction input changed; merged again at the next pass");
+                    continue;
+                }
+                return Err(e);
+            }
+            report.compactions += 1;
+            report.files_merged += job.inputs.len() as u64;
+            report.duplicates_dropped += merged.duplicates;
+            self.metrics.compactions.inc();
+            self.metrics.files_compacted.inc_by(job.inputs.len() as u64);
+            self.metrics.spans_deduplicated_by_compaction.inc_by(merged.duplicates);
+        }
+
+        let due = self.manifest.retired_before(pass.retired_grace);
+        if !due.is_empty() {
+            for retired in &due {
+                let path = tenant_dir.join(&retired.path);
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(IngestError::io(format!("removing {}", path.display()))(e)),
+                }
+            }
+            self.manifest.forget_retired(&due)?;
+            report.retired_files_deleted = due.len() as u64;
+        }
+        if report != MaintenanceReport::default() {
+            set_storage_gauges(&self.metrics, &self.manifest.snapshot());
+        }
+        Ok(report)
+    }
+}
+
+/// How one maintenance pass runs.
+#[derive(Debug, Clone, Copy)]
+pub struct MaintenancePass {
+    /// Merge every hour's small files as if no more spans could arrive (offline compaction).
+    pub close_all_hours: bool,
+    /// Retired files older than this are deleted.
+    pub retired_grace: Duration,
+}
+
+/// What one maintenance pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MaintenanceReport {
+    pub files_expired: u64,
+    pub spans_expired: u64,
+    pub compactions: u64,
+    pub files_merged: u64,
+    pub duplicates_dropped: u64,
+    pub retired_files_deleted: u64,
+}
