@@ -2,11 +2,7 @@
 //! orderly shutdown.
 
 mod admin;
-mod corpus;
-mod export;
 mod listener;
-mod load;
-mod simulate;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,6 +17,8 @@ use axum::routing::get;
 use clap::{Args, Parser, Subcommand};
 use hopscope_ingest::{Ingester, IngesterConfig};
 use hopscope_query::{QueryConfig, QueryEngine};
+use hopscope_sim::load::LoadArgs;
+use hopscope_sim::simulate::SimulateArgs;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -39,10 +37,10 @@ enum Command {
     Serve(ServeArgs),
     /// Generate traces of a simulated microservice system, with latency patterns injected on
     /// request, and export them over OTLP (or write them to a corpus for `load`).
-    Simulate(simulate::SimulateArgs),
+    Simulate(hopscope_sim::simulate::SimulateArgs),
     /// Replay a corpus of export requests (written by `simulate --output`) as fast as the server
     /// takes them, and report the throughput.
-    Load(load::LoadArgs),
+    Load(hopscope_sim::load::LoadArgs),
     /// Serve, and feed the server simulated traffic so the UI and API have data within seconds
     /// (data in ./hopscope-demo-data unless --data-dir or HOPSCOPE_DATA_DIR says otherwise).
     Demo(DemoArgs),
@@ -214,8 +212,8 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args, None)),
-        Command::Simulate(args) => runtime.block_on(simulate::run(args)),
-        Command::Load(args) => runtime.block_on(load::run(args)),
+        Command::Simulate(args) => runtime.block_on(simulate(args)),
+        Command::Load(args) => runtime.block_on(load(args)),
         Command::Demo(args) => runtime.block_on(demo(args)),
         Command::DeadLetters(args) => runtime.block_on(admin::dead_letters(args)),
         Command::Compact(args) => runtime.block_on(admin::compact(args)),
@@ -238,6 +236,27 @@ impl std::io::Write for LossyStderr {
     }
 }
 
+/// `hopscope simulate`: runs the simulator and says what it sent.
+async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
+    let simulated = hopscope_sim::simulate::run(args).await?;
+    println_lossy(&simulated.to_string());
+    Ok(())
+}
+
+/// `hopscope load`: replays a corpus and says how fast it went.
+async fn load(args: LoadArgs) -> anyhow::Result<()> {
+    let json = args.json;
+    let throughput = hopscope_sim::load::run(args).await?;
+    println_lossy(&if json { serde_json::to_string(&throughput)? } else { throughput.to_string() });
+    Ok(())
+}
+
+/// Prints a line on standard output, if it can.
+fn println_lossy(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout(), "{line}");
+}
+
 /// Runs the server and, once it listens, the simulator: first the history, then live traffic. The
 /// simulator stops with the server.
 async fn demo(mut args: DemoArgs) -> anyhow::Result<()> {
@@ -256,10 +275,16 @@ async fn demo(mut args: DemoArgs) -> anyhow::Result<()> {
         let endpoint = format!("http://{}", reachable(addr));
         let history_spans = (args.rate * args.history.as_secs_f64()).ceil() as u64;
         tracing::info!(spans = history_spans, window = ?args.history, "demo: loading history");
-        simulate::run(simulate::SimulateArgs::demo(endpoint.clone(), 0.0, Some(history_spans), Some(args.history), 1))
-            .await?;
+        hopscope_sim::simulate::run(SimulateArgs::demo(
+            endpoint.clone(),
+            0.0,
+            Some(history_spans),
+            Some(args.history),
+            1,
+        ))
+        .await?;
         tracing::info!(rate = args.rate, "demo: sending live traffic; open the UI on the API address");
-        simulate::run(simulate::SimulateArgs::demo(endpoint, args.rate, None, None, 2)).await
+        hopscope_sim::simulate::run(SimulateArgs::demo(endpoint, args.rate, None, None, 2)).await.map(drop)
     };
     tokio::pin!(server);
     tokio::select! {

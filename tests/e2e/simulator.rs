@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use hopscope_sim::load::LoadArgs;
+use hopscope_sim::simulate::SimulateArgs;
+
 use crate::support::{DEADLINE, Server, hopscope};
 
 async fn sql_count(server: &Server, query: &str) -> u64 {
@@ -154,19 +157,15 @@ async fn a_corpus_replays_over_grpc_and_http_and_the_simulator_exports_over_grpc
     {
         let corpus = server.data_dir.with_extension(format!("corpus-{protocol}"));
         let corpus = corpus.to_str().unwrap();
-        let (ok, stdout, stderr) =
-            hopscope(&["simulate", "--output", corpus, "--spans", "3000", "--seed", seed, "--backfill", "10m"]);
-        assert!(ok, "{stderr}");
-        let written = sent_spans(&stdout);
-        let (ok, stdout, stderr) =
-            hopscope(&["load", "--corpus", corpus, "--protocol", protocol, "--endpoint", &endpoint, "--json"]);
-        assert!(ok, "{stderr}");
-        let result: Value = serde_json::from_str(stdout.trim()).unwrap();
-        assert_eq!(result["spans"], written, "{result}");
-        assert_eq!(
-            result["bytes"],
-            std::fs::metadata(corpus).unwrap().len() - 12 - 8 * result["requests"].as_u64().unwrap()
-        );
+        // In-process, through the library the commands are made of.
+        let flags = ["--output", corpus, "--spans", "3000", "--seed", seed, "--backfill", "10m"];
+        let simulated = hopscope_sim::simulate::run(SimulateArgs::from_flags(&flags).unwrap()).await.unwrap();
+        let written = simulated.spans;
+        assert!(written >= 3000, "{simulated}");
+        let flags = ["--corpus", corpus, "--protocol", protocol, "--endpoint", &endpoint];
+        let result = hopscope_sim::load::run(LoadArgs::from_flags(&flags).unwrap()).await.unwrap();
+        assert_eq!(result.spans, written, "{result}");
+        assert_eq!(result.bytes, std::fs::metadata(corpus).unwrap().len() - 12 - 8 * result.requests as u64);
         expected += written;
         wait_for_spans(&server, expected).await;
     }

@@ -15,7 +15,6 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, bail};
 use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
@@ -24,6 +23,7 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
 use serde::Serialize;
 
+use crate::SimError;
 use crate::corpus::CorpusWriter;
 use crate::export::{Exporter, Protocol};
 use scenarios::Expectation;
@@ -32,7 +32,7 @@ use system::{Rng, System, TraceBuilder, text};
 
 /// What `hopscope simulate` was asked to do.
 #[derive(Debug, clap::Args)]
-pub(crate) struct SimulateArgs {
+pub struct SimulateArgs {
     /// OTLP endpoint to export to [default: http://127.0.0.1:4318 for http, http://127.0.0.1:4317
     /// for grpc]. For http the `/v1/traces` path is added when missing.
     #[arg(long)]
@@ -93,11 +93,23 @@ fn scenarios(s: &str) -> Result<Scenarios, String> {
 }
 
 impl SimulateArgs {
+    /// The arguments `hopscope simulate` takes, from the same flags (e.g. `["--spans", "3000"]`),
+    /// for running the simulator in-process.
+    pub fn from_flags(flags: &[&str]) -> Result<Self, clap::Error> {
+        #[derive(clap::Parser)]
+        struct Command {
+            #[command(flatten)]
+            args: SimulateArgs,
+        }
+        <Command as clap::Parser>::try_parse_from(std::iter::once("simulate").chain(flags.iter().copied()))
+            .map(|command| command.args)
+    }
+
     /// Traffic for `hopscope demo`: `spans` spans spread over the `backfill` window ending now, or
     /// (without `backfill`) `rate` spans per second until interrupted, with every scenario injected
     /// so the findings have something to show. Each phase needs its own seed: the same seed draws
     /// the same trace ids.
-    pub(crate) fn demo(endpoint: String, rate: f64, spans: Option<u64>, backfill: Option<Duration>, seed: u64) -> Self {
+    pub fn demo(endpoint: String, rate: f64, spans: Option<u64>, backfill: Option<Duration>, seed: u64) -> Self {
         SimulateArgs {
             endpoint: Some(endpoint),
             protocol: Protocol::Http,
@@ -198,18 +210,18 @@ enum Sink {
 }
 
 /// Runs the simulator until its budget is spent or the process is interrupted.
-pub(crate) async fn run(args: SimulateArgs) -> anyhow::Result<()> {
+pub async fn run(args: SimulateArgs) -> Result<Simulated, SimError> {
     if !(args.rate >= 0.0 && args.rate.is_finite()) {
-        bail!("--rate must be a number of spans per second, 0 for as fast as possible");
+        return Err(SimError::Invalid("--rate must be a number of spans per second, 0 for as fast as possible".into()));
     }
     if args.concurrency == 0 {
-        bail!("--concurrency must be at least 1");
+        return Err(SimError::Invalid("--concurrency must be at least 1".into()));
     }
     let mut scenarios: Vec<Scenario> = args.scenario.iter().flat_map(|c| c.0.iter().copied()).collect();
     scenarios.sort_unstable();
     scenarios.dedup();
     if args.output.is_some() && args.spans.is_none() && args.duration.is_none() {
-        bail!("--output needs --spans or --duration: a corpus has an end");
+        return Err(SimError::Invalid("--output needs --spans or --duration: a corpus has an end".into()));
     }
     let mut sink = match &args.output {
         Some(path) => Sink::Corpus(CorpusWriter::create(path)?),
@@ -287,7 +299,7 @@ pub(crate) async fn run(args: SimulateArgs) -> anyhow::Result<()> {
         deliver(&mut sink, &mut in_flight, args.concurrency, &system, service, spans).await?;
     }
     while let Some(result) = in_flight.join_next().await {
-        result.context("export task")??;
+        result??;
     }
     let target = match sink {
         Sink::Send(exporter) => exporter.target().to_owned(),
@@ -312,26 +324,45 @@ pub(crate) async fn run(args: SimulateArgs) -> anyhow::Result<()> {
                 })
                 .collect(),
         };
-        std::fs::write(path, serde_json::to_vec_pretty(&manifest)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        let json = serde_json::to_vec_pretty(&manifest).map_err(|e| SimError::Task(e.to_string()))?;
+        std::fs::write(path, json).map_err(SimError::io(format!("writing {}", path.display())))?;
     }
-    let seconds = started.elapsed().as_secs_f64();
-    println!(
-        "sent {sent_spans} spans in {traces} traces in {seconds:.1}s ({:.0} spans/s) to {target}",
-        sent_spans as f64 / seconds.max(1e-9)
-    );
-    Ok(())
+    Ok(Simulated { spans: sent_spans, traces, seconds: started.elapsed().as_secs_f64(), target })
+}
+
+/// What a simulation sent (or wrote).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Simulated {
+    pub spans: u64,
+    pub traces: u64,
+    pub seconds: f64,
+    /// The endpoint sent to, or the corpus written.
+    pub target: String,
+}
+
+impl std::fmt::Display for Simulated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "sent {} spans in {} traces in {:.1}s ({:.0} spans/s) to {}",
+            self.spans,
+            self.traces,
+            self.seconds,
+            self.spans as f64 / self.seconds.max(1e-9),
+            self.target
+        )
+    }
 }
 
 /// Sends (or writes) one request of `spans` from `service`, keeping at most `concurrency` in flight.
 async fn deliver(
     sink: &mut Sink,
-    in_flight: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+    in_flight: &mut tokio::task::JoinSet<Result<(), SimError>>,
     concurrency: usize,
     system: &System,
     service: usize,
     spans: Vec<Span>,
-) -> anyhow::Result<()> {
+) -> Result<(), SimError> {
     let count = spans.len();
     let body =
         ExportTraceServiceRequest { resource_spans: vec![resource_spans(system, service, spans)] }.encode_to_vec();
@@ -339,7 +370,7 @@ async fn deliver(
         Sink::Corpus(writer) => writer.append(count, &body),
         Sink::Send(exporter) => {
             while in_flight.len() >= concurrency {
-                in_flight.join_next().await.expect("non-empty").context("export task")??;
+                in_flight.join_next().await.expect("non-empty")??;
             }
             let exporter = exporter.clone();
             in_flight.spawn(async move { exporter.send(Bytes::from(body)).await });

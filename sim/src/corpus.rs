@@ -11,8 +11,9 @@ use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, bail};
 use bytes::Bytes;
+
+use crate::SimError;
 
 const MAGIC: &[u8; 8] = b"HSCORPUS";
 const VERSION: u32 = 1;
@@ -24,32 +25,34 @@ pub(crate) struct CorpusWriter {
 }
 
 impl CorpusWriter {
-    pub(crate) fn create(path: &Path) -> anyhow::Result<Self> {
-        let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    pub(crate) fn create(path: &Path) -> Result<Self, SimError> {
+        let file = File::create(path).map_err(SimError::io(format!("creating {}", path.display())))?;
         let mut file = BufWriter::with_capacity(1 << 20, file);
-        file.write_all(MAGIC).and_then(|()| file.write_all(&VERSION.to_le_bytes()))?;
+        file.write_all(MAGIC)
+            .and_then(|()| file.write_all(&VERSION.to_le_bytes()))
+            .map_err(SimError::io(format!("writing {}", path.display())))?;
         Ok(Self { path: path.to_owned(), file })
     }
 
     /// Appends one encoded request holding `spans` spans.
-    pub(crate) fn append(&mut self, spans: usize, body: &[u8]) -> anyhow::Result<()> {
-        let (spans, len) = (u32::try_from(spans)?, u32::try_from(body.len())?);
+    pub(crate) fn append(&mut self, spans: usize, body: &[u8]) -> Result<(), SimError> {
+        let too_large = |_| {
+            SimError::Invalid(format!("a request of {spans} spans, {} bytes, is too large for a corpus", body.len()))
+        };
+        let (spans, len) = (u32::try_from(spans).map_err(too_large)?, u32::try_from(body.len()).map_err(too_large)?);
         self.file
             .write_all(&spans.to_le_bytes())
             .and_then(|()| self.file.write_all(&len.to_le_bytes()))
             .and_then(|()| self.file.write_all(body))
-            .with_context(|| format!("writing {}", self.path.display()))
+            .map_err(SimError::io(format!("writing {}", self.path.display())))
     }
 
     /// Flushes and syncs the file.
-    pub(crate) fn finish(self) -> anyhow::Result<()> {
+    pub(crate) fn finish(self) -> Result<(), SimError> {
         let path = self.path;
-        let file = self
-            .file
-            .into_inner()
-            .map_err(|e| e.into_error())
-            .with_context(|| format!("writing {}", path.display()))?;
-        file.sync_all().with_context(|| format!("syncing {}", path.display()))
+        let file =
+            self.file.into_inner().map_err(|e| SimError::io(format!("writing {}", path.display()))(e.into_error()))?;
+        file.sync_all().map_err(SimError::io(format!("syncing {}", path.display())))
     }
 }
 
@@ -60,30 +63,39 @@ pub(crate) struct Request {
 }
 
 /// Reads a whole corpus into memory.
-pub(crate) fn read(path: &Path) -> anyhow::Result<Vec<Request>> {
+pub(crate) fn read(path: &Path) -> Result<Vec<Request>, SimError> {
     let mut bytes = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
-        .with_context(|| format!("reading {}", path.display()))?;
+        .map_err(SimError::io(format!("reading {}", path.display())))?;
     let bytes = Bytes::from(bytes);
     if bytes.len() < 12 || &bytes[..8] != MAGIC {
-        bail!("{} is not a hopscope corpus (write one with `hopscope simulate --output FILE`)", path.display());
+        return Err(SimError::Invalid(format!(
+            "{} is not a hopscope corpus (write one with `hopscope simulate --output FILE`)",
+            path.display()
+        )));
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
     if version != VERSION {
-        bail!("{} is a version {version} corpus; this hopscope reads version {VERSION}", path.display());
+        return Err(SimError::Invalid(format!(
+            "{} is a version {version} corpus; this hopscope reads version {VERSION}",
+            path.display()
+        )));
     }
     let mut requests = Vec::new();
     let mut at = 12;
     while at < bytes.len() {
         if bytes.len() - at < 8 {
-            bail!("{} ends inside a record header at byte {at}", path.display());
+            return Err(SimError::Invalid(format!("{} ends inside a record header at byte {at}", path.display())));
         }
         let spans = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
         let len = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes")) as usize;
         at += 8;
         if bytes.len() - at < len {
-            bail!("{} ends inside a request at byte {at} ({len} bytes announced)", path.display());
+            return Err(SimError::Invalid(format!(
+                "{} ends inside a request at byte {at} ({len} bytes announced)",
+                path.display()
+            )));
         }
         requests.push(Request { spans, body: bytes.slice(at..at + len) });
         at += len;

@@ -4,17 +4,18 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
 use bytes::{Buf, Bytes};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+use crate::SimError;
 
 /// How long one request is retried while the server answers that it is busy.
 const RETRY_FOR: Duration = Duration::from_secs(120);
 
 /// The wire protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum Protocol {
+pub enum Protocol {
     /// OTLP/HTTP with protobuf bodies (`POST /v1/traces`).
     Http,
     /// OTLP/gRPC (`TraceService/Export`).
@@ -23,7 +24,7 @@ pub(crate) enum Protocol {
 
 impl Protocol {
     /// The endpoint a local server listens on by default.
-    pub(crate) fn default_endpoint(self) -> &'static str {
+    pub fn default_endpoint(self) -> &'static str {
         match self {
             Protocol::Http => "http://127.0.0.1:4318",
             Protocol::Grpc => "http://127.0.0.1:4317",
@@ -40,7 +41,7 @@ pub(crate) enum Exporter {
 
 impl Exporter {
     /// Connects to `endpoint` (for HTTP the `/v1/traces` path is added when missing).
-    pub(crate) async fn connect(protocol: Protocol, endpoint: &str) -> anyhow::Result<Self> {
+    pub(crate) async fn connect(protocol: Protocol, endpoint: &str) -> Result<Self, SimError> {
         match protocol {
             Protocol::Http => {
                 let url = if endpoint.ends_with("/v1/traces") {
@@ -52,11 +53,15 @@ impl Exporter {
             }
             Protocol::Grpc => {
                 let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
-                    .with_context(|| format!("{endpoint:?} is not a gRPC endpoint (e.g. http://127.0.0.1:4317)"))?
+                    .map_err(|e| {
+                        SimError::Invalid(format!(
+                            "{endpoint:?} is not a gRPC endpoint (e.g. http://127.0.0.1:4317): {e}"
+                        ))
+                    })?
                     .tcp_nodelay(true)
                     .connect()
                     .await
-                    .with_context(|| format!("connecting to {endpoint}"))?;
+                    .map_err(|e| SimError::Export(format!("connecting to {endpoint}: {e}")))?;
                 Ok(Exporter::Grpc { channel, endpoint: endpoint.to_owned() })
             }
         }
@@ -71,7 +76,7 @@ impl Exporter {
     }
 
     /// Sends one encoded request; retries for a while when the answer is retryable.
-    pub(crate) async fn send(&self, body: Bytes) -> anyhow::Result<()> {
+    pub(crate) async fn send(&self, body: Bytes) -> Result<(), SimError> {
         let deadline = Instant::now() + RETRY_FOR;
         loop {
             let busy = match self {
@@ -82,19 +87,20 @@ impl Exporter {
                         .body(body.clone())
                         .send()
                         .await
-                        .with_context(|| format!("exporting to {url}"))?;
+                        .map_err(|e| SimError::Export(format!("exporting to {url}: {e}")))?;
                     let status = response.status();
                     if status.is_success() {
                         return Ok(());
                     }
                     if !matches!(status.as_u16(), 429 | 502 | 503 | 504) {
-                        bail!("{url} answered {status}: {}", response.text().await.unwrap_or_default());
+                        let body = response.text().await.unwrap_or_default();
+                        return Err(SimError::Export(format!("{url} answered {status}: {body}")));
                     }
                     format!("{url} answered {status}")
                 }
                 Exporter::Grpc { channel, endpoint } => {
                     let mut grpc = tonic::client::Grpc::new(channel.clone());
-                    grpc.ready().await.with_context(|| format!("connecting to {endpoint}"))?;
+                    grpc.ready().await.map_err(|e| SimError::Export(format!("connecting to {endpoint}: {e}")))?;
                     let path = http::uri::PathAndQuery::from_static(
                         "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
                     );
@@ -109,12 +115,18 @@ impl Exporter {
                         {
                             format!("{endpoint} answered {:?}: {}", status.code(), status.message())
                         }
-                        Err(status) => bail!("{endpoint} answered {:?}: {}", status.code(), status.message()),
+                        Err(status) => {
+                            return Err(SimError::Export(format!(
+                                "{endpoint} answered {:?}: {}",
+                                status.code(),
+                                status.message()
+                            )));
+                        }
                     }
                 }
             };
             if Instant::now() >= deadline {
-                bail!("{busy}, still after {RETRY_FOR:?}");
+                return Err(SimError::Export(format!("{busy}, still after {RETRY_FOR:?}")));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use anyhow::{Context as _, bail};
 use serde::Serialize;
 
+use crate::SimError;
 use crate::export::{Exporter, Protocol};
 
 /// What `hopscope load` was asked to do.
 #[derive(Debug, clap::Args)]
-pub(crate) struct LoadArgs {
+pub struct LoadArgs {
     /// The corpus to send (written by `hopscope simulate --output FILE`).
     #[arg(long)]
     corpus: PathBuf,
@@ -29,28 +29,60 @@ pub(crate) struct LoadArgs {
     concurrency: usize,
     /// Print the result as JSON.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 /// What a run achieved.
-#[derive(Debug, Serialize)]
-struct Throughput {
-    requests: usize,
-    spans: u64,
-    bytes: u64,
-    seconds: f64,
-    spans_per_second: f64,
-    megabytes_per_second: f64,
+#[derive(Debug, Clone, Serialize)]
+pub struct Throughput {
+    pub requests: usize,
+    pub spans: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub spans_per_second: f64,
+    pub megabytes_per_second: f64,
+    /// Where the requests went.
+    pub target: String,
 }
 
-pub(crate) async fn run(args: LoadArgs) -> anyhow::Result<()> {
+impl std::fmt::Display for Throughput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "sent {} requests ({} spans, {:.1} MB) in {:.2}s to {}: {:.0} spans/s, {:.1} MB/s",
+            self.requests,
+            self.spans,
+            self.bytes as f64 / 1e6,
+            self.seconds,
+            self.target,
+            self.spans_per_second,
+            self.megabytes_per_second
+        )
+    }
+}
+
+impl LoadArgs {
+    /// The arguments `hopscope load` takes, from the same flags, for running it in-process.
+    pub fn from_flags(flags: &[&str]) -> Result<Self, clap::Error> {
+        #[derive(clap::Parser)]
+        struct Command {
+            #[command(flatten)]
+            args: LoadArgs,
+        }
+        <Command as clap::Parser>::try_parse_from(std::iter::once("load").chain(flags.iter().copied()))
+            .map(|command| command.args)
+    }
+}
+
+/// Replays the corpus as fast as the server takes it.
+pub async fn run(args: LoadArgs) -> Result<Throughput, SimError> {
     if args.concurrency == 0 {
-        bail!("--concurrency must be at least 1");
+        return Err(SimError::Invalid("--concurrency must be at least 1".into()));
     }
     let path = args.corpus.clone();
     let requests = tokio::task::spawn_blocking(move || crate::corpus::read(&path)).await??;
     if requests.is_empty() {
-        bail!("{} holds no requests", args.corpus.display());
+        return Err(SimError::Invalid(format!("{} holds no requests", args.corpus.display())));
     }
     let endpoint = args.endpoint.clone().unwrap_or_else(|| args.protocol.default_endpoint().to_owned());
     let exporter = Exporter::connect(args.protocol, &endpoint).await?;
@@ -65,13 +97,13 @@ pub(crate) async fn run(args: LoadArgs) -> anyhow::Result<()> {
         workers.spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(request) = requests.get(i) else { return Ok::<_, anyhow::Error>(()) };
+                let Some(request) = requests.get(i) else { return Ok::<_, SimError>(()) };
                 exporter.send(request.body.clone()).await?;
             }
         });
     }
     while let Some(done) = workers.join_next().await {
-        done.context("load worker")??;
+        done??;
     }
     let seconds = started.elapsed().as_secs_f64().max(1e-9);
     let result = Throughput {
@@ -81,20 +113,7 @@ pub(crate) async fn run(args: LoadArgs) -> anyhow::Result<()> {
         seconds,
         spans_per_second: spans as f64 / seconds,
         megabytes_per_second: bytes as f64 / 1e6 / seconds,
+        target: exporter.target().to_owned(),
     };
-    if args.json {
-        println!("{}", serde_json::to_string(&result)?);
-    } else {
-        println!(
-            "sent {} requests ({} spans, {:.1} MB) in {:.2}s to {}: {:.0} spans/s, {:.1} MB/s",
-            result.requests,
-            result.spans,
-            bytes as f64 / 1e6,
-            result.seconds,
-            exporter.target(),
-            result.spans_per_second,
-            result.megabytes_per_second
-        );
-    }
-    Ok(())
+    Ok(result)
 }
