@@ -46,6 +46,8 @@ pub struct QueryConfig {
     pub memory_limit_bytes: usize,
     /// Parallelism of a query.
     pub target_partitions: usize,
+    /// Rows per batch a query's operators pass on.
+    pub batch_size: usize,
     /// How long a query may run before it is cancelled.
     pub timeout: std::time::Duration,
     /// The most rows `/sql` returns.
@@ -76,6 +78,7 @@ impl QueryConfig {
             tenant: hopscope_schemas::layout::DEFAULT_TENANT.to_owned(),
             memory_limit_bytes: 2 << 30,
             target_partitions: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            batch_size: 8192,
             timeout: std::time::Duration::from_secs(30),
             max_rows: 10_000,
             max_concurrent: 8,
@@ -112,8 +115,10 @@ impl QueryEngine {
             NonZeroUsize::new(5).expect("non-zero"),
         ));
         let runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::clone(&pool)).build_arc()?;
-        let session =
-            SessionConfig::new().with_target_partitions(config.target_partitions.max(1)).with_information_schema(true);
+        let session = SessionConfig::new()
+            .with_target_partitions(config.target_partitions.max(1))
+            .with_batch_size(config.batch_size.max(1))
+            .with_information_schema(true);
         let state = SessionStateBuilder::new()
             .with_config(session)
             .with_runtime_env(runtime)

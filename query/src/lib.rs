@@ -22,12 +22,16 @@ pub mod api;
 mod engine;
 mod error;
 mod functions;
+#[cfg(test)]
+mod golden;
 mod guards;
 mod metrics;
 mod runtime;
 mod sql;
 mod store;
 mod tables;
+#[cfg(test)]
+mod testing;
 mod views;
 mod walk;
 

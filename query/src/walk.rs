@@ -17,10 +17,12 @@ mod columns;
 mod exec;
 mod rendezvous;
 mod table;
+mod tree;
 
-pub(crate) use columns::{CORE_COLUMNS, SpanColumns, SpanIndex, span_key};
+pub(crate) use columns::{CORE_COLUMNS, SpanColumns};
 pub(crate) use rendezvous::Rendezvous;
 pub(crate) use table::{Derivation, DerivedTable};
+pub(crate) use tree::TraceTree;
 
 /// An analysis that sees one whole trace at a time and produces rows.
 pub(crate) trait PerTrace: Send {

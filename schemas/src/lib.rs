@@ -8,6 +8,7 @@
 pub mod api;
 pub mod attr;
 pub mod columns;
+pub mod fixture;
 pub mod histogram;
 pub mod ids;
 pub mod layout;

@@ -10,7 +10,7 @@ use datafusion::prelude::SessionContext;
 use hopscope_schemas::columns::critical_path as cp;
 
 use super::paths::{critical_paths, path_spans};
-use crate::walk::{SpanColumns, SpanIndex};
+use crate::walk::{SpanColumns, TraceTree};
 
 /// What `GET /api/v1/critical-path` asks: paths whose root matches, started in the range.
 #[derive(Debug, Clone)]
@@ -52,8 +52,9 @@ pub(crate) async fn trace_critical_path(
         return Ok(None);
     }
     let spans = SpanColumns::new(&batch)?;
-    let (mut by_id, mut path_input) = (SpanIndex::default(), Vec::new());
-    path_spans(&spans, 0..batch.num_rows(), &mut by_id, &mut path_input);
+    let (mut tree, mut path_input) = (TraceTree::default(), Vec::new());
+    tree.build(&spans, 0..batch.num_rows());
+    path_spans(&spans, &tree, &mut path_input);
     let time = hopscope_schemas::time::format_time;
     let paths = critical_paths(&path_input)
         .into_iter()

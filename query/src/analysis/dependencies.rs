@@ -14,6 +14,7 @@ use hopscope_schemas::api::{
 };
 use hopscope_schemas::columns::{connection, edge, node_kind};
 
+use datafusion::dataframe::DataFrame;
 use datafusion::prelude::SessionContext;
 use hopscope_schemas::time::{TimeRange, format_time};
 
@@ -37,11 +38,48 @@ pub(crate) async fn dependencies(ctx: &SessionContext, range: TimeRange) -> Resu
         .await?
         .filter(in_range(edge::START_TIME, range))?
         .with_column(CALL_NS, coalesce(vec![col(edge::CLIENT_DURATION_NS), col(edge::SERVER_DURATION_NS)]))?;
-    let p99 = |name: &str| percentile_cont(col(CALL_NS).sort(true, false), lit(0.99)).alias(name);
+    let mut graph = graph(edges.clone()).await?;
+    let async_links = async_links(edges.clone(), &mut graph.users).await?;
+    let endpoints = endpoints(edges).await?;
+    graph.edges.sort_by(|a, b| b.calls.cmp(&a.calls).then_with(|| (&a.caller, &a.callee).cmp(&(&b.caller, &b.callee))));
+    Ok(DependenciesView {
+        start: format_time(range.start_ns),
+        end: format_time(range.end_ns),
+        nodes: graph.nodes.into_iter().map(|(name, (kind, calls_in))| GraphNodeView { name, kind, calls_in }).collect(),
+        edges: graph.edges,
+        shared_resources: graph
+            .users
+            .into_iter()
+            .filter(|(_, (_, services, _))| services.len() >= 2)
+            .map(|(name, (kind, services, calls))| SharedResourceView {
+                name,
+                kind,
+                services: services.into_iter().collect(),
+                calls,
+            })
+            .collect(),
+        endpoints,
+        async_links,
+    })
+}
 
-    // The graph.
-    let graph = edges
-        .clone()
+/// The p99 of the calls' durations, named `name`.
+fn p99(name: &str) -> datafusion::prelude::Expr {
+    percentile_cont(col(CALL_NS).sort(true, false), lit(0.99)).alias(name)
+}
+
+/// Who uses each resource: its kind, the services, and their calls.
+type Users = BTreeMap<String, (String, BTreeSet<String>, u64)>;
+
+/// The service graph: nodes with the calls they receive, edges, and who uses each resource.
+struct Graph {
+    nodes: BTreeMap<String, (String, u64)>,
+    edges: Vec<GraphEdgeView>,
+    users: Users,
+}
+
+async fn graph(edges: DataFrame) -> Result<Graph, QueryError> {
+    let batches = edges
         .aggregate(
             vec![
                 col(edge::CALLER),
@@ -54,10 +92,8 @@ pub(crate) async fn dependencies(ctx: &SessionContext, range: TimeRange) -> Resu
         )?
         .collect()
         .await?;
-    let mut nodes: BTreeMap<String, (String, u64)> = BTreeMap::new();
-    let mut graph_edges = Vec::new();
-    let mut users: BTreeMap<String, (String, BTreeSet<String>, u64)> = BTreeMap::new();
-    for batch in &graph {
+    let mut graph = Graph { nodes: BTreeMap::new(), edges: Vec::new(), users: Users::new() };
+    for batch in &batches {
         let r = Results(batch);
         let (caller, caller_kind, callee, callee_kind, connection) = (
             r.strings(edge::CALLER)?,
@@ -69,17 +105,21 @@ pub(crate) async fn dependencies(ctx: &SessionContext, range: TimeRange) -> Resu
         let (calls, errors, p99) = (r.ints("calls")?, r.ints("errors")?, r.floats("p99")?);
         for row in 0..batch.num_rows() {
             let calls = calls.value(row) as u64;
-            nodes.entry(caller.value(row).to_owned()).or_insert_with(|| (caller_kind.value(row).to_owned(), 0));
-            nodes.entry(callee.value(row).to_owned()).or_insert_with(|| (callee_kind.value(row).to_owned(), 0)).1 +=
-                calls;
+            graph.nodes.entry(caller.value(row).to_owned()).or_insert_with(|| (caller_kind.value(row).to_owned(), 0));
+            graph
+                .nodes
+                .entry(callee.value(row).to_owned())
+                .or_insert_with(|| (callee_kind.value(row).to_owned(), 0))
+                .1 += calls;
             if RESOURCE_KINDS.contains(&callee_kind.value(row)) && caller_kind.value(row) == node_kind::SERVICE {
-                let entry = users
+                let entry = graph
+                    .users
                     .entry(callee.value(row).to_owned())
                     .or_insert_with(|| (callee_kind.value(row).to_owned(), BTreeSet::new(), 0));
                 entry.1.insert(caller.value(row).to_owned());
                 entry.2 += calls;
             }
-            graph_edges.push(GraphEdgeView {
+            graph.edges.push(GraphEdgeView {
                 caller: caller.value(row).to_owned(),
                 callee: callee.value(row).to_owned(),
                 connection: connection.value(row).to_owned(),
@@ -89,18 +129,21 @@ pub(crate) async fn dependencies(ctx: &SessionContext, range: TimeRange) -> Resu
             });
         }
     }
+    Ok(graph)
+}
 
-    // Asynchronous links; their brokers are resources of both sides.
+/// Asynchronous links, producer to consumer through a broker, with the queueing delay; a broker is
+/// a resource of both sides.
+async fn async_links(edges: DataFrame, users: &mut Users) -> Result<Vec<AsyncLinkView>, QueryError> {
     let mut aggregates = vec![count(lit(1)).alias("messages")];
     aggregates.extend(percentile_aggregates(edge::GAP_NS, "delay"));
-    let links = edges
-        .clone()
+    let batches = edges
         .filter(col(edge::CONNECTION).eq(lit(connection::MESSAGING)))?
         .aggregate(vec![col(edge::CALLER), col(edge::VIA), col(edge::CALLEE)], aggregates)?
         .collect()
         .await?;
-    let mut async_links = Vec::new();
-    for batch in &links {
+    let mut links = Vec::new();
+    for batch in &batches {
         let r = Results(batch);
         let (producer, via, consumer, messages) =
             (r.strings(edge::CALLER)?, r.strings(edge::VIA)?, r.strings(edge::CALLEE)?, r.ints("messages")?);
@@ -114,7 +157,7 @@ pub(crate) async fn dependencies(ctx: &SessionContext, range: TimeRange) -> Resu
                 entry.1.insert(consumer.value(row).to_owned());
                 entry.2 += messages.value(row) as u64;
             }
-            async_links.push(AsyncLinkView {
+            links.push(AsyncLinkView {
                 producer: producer.value(row).to_owned(),
                 broker,
                 consumer: consumer.value(row).to_owned(),
@@ -123,9 +166,13 @@ pub(crate) async fn dependencies(ctx: &SessionContext, range: TimeRange) -> Resu
             });
         }
     }
+    Ok(links)
+}
 
-    // What each entry endpoint reaches.
-    let reach = edges
+/// What each entry endpoint reaches, with depth and its slowest hop, messages followed into the
+/// consumers' own traces.
+async fn endpoints(edges: DataFrame) -> Result<Vec<EndpointDependenciesView>, QueryError> {
+    let batches = edges
         .filter(col(edge::CONNECTION).not_eq(lit(connection::ENTRY)))?
         .aggregate(
             vec![
@@ -146,7 +193,7 @@ pub(crate) async fn dependencies(ctx: &SessionContext, range: TimeRange) -> Resu
         .await?;
     let mut endpoints = Reach::new();
     let mut linked = Links::new();
-    for batch in &reach {
+    for batch in &batches {
         let r = Results(batch);
         let (service, operation, caller, callee, kind) = (
             r.strings(edge::ROOT_SERVICE)?,
@@ -182,37 +229,17 @@ pub(crate) async fn dependencies(ctx: &SessionContext, range: TimeRange) -> Resu
             }
         }
     }
-
     follow_messages(&mut endpoints, &linked);
-
-    graph_edges.sort_by(|a, b| b.calls.cmp(&a.calls).then_with(|| (&a.caller, &a.callee).cmp(&(&b.caller, &b.callee))));
-    Ok(DependenciesView {
-        start: format_time(range.start_ns),
-        end: format_time(range.end_ns),
-        nodes: nodes.into_iter().map(|(name, (kind, calls_in))| GraphNodeView { name, kind, calls_in }).collect(),
-        edges: graph_edges,
-        shared_resources: users
-            .into_iter()
-            .filter(|(_, (_, services, _))| services.len() >= 2)
-            .map(|(name, (kind, services, calls))| SharedResourceView {
-                name,
-                kind,
-                services: services.into_iter().collect(),
-                calls,
-            })
-            .collect(),
-        endpoints: endpoints
-            .into_iter()
-            .map(|((service, operation), (reached, slowest_hop))| EndpointDependenciesView {
-                depth: reached.values().map(|n| n.max_depth).max().unwrap_or(1),
-                service,
-                operation,
-                reaches: reached.into_values().collect(),
-                slowest_hop,
-            })
-            .collect(),
-        async_links,
-    })
+    Ok(endpoints
+        .into_iter()
+        .map(|((service, operation), (reached, slowest_hop))| EndpointDependenciesView {
+            depth: reached.values().map(|n| n.max_depth).max().unwrap_or(1),
+            service,
+            operation,
+            reaches: reached.into_values().collect(),
+            slowest_hop,
+        })
+        .collect())
 }
 
 /// An endpoint or a consumer: (service, operation).

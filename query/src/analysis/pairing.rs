@@ -17,7 +17,7 @@ use datafusion::error::Result as DfResult;
 use hopscope_schemas::columns::{self as c, connection, edge, node_kind, semconv};
 use hopscope_schemas::spans::{kind, status, timestamp_type};
 
-use crate::walk::{CORE_COLUMNS, Derivation, PerTrace, Rendezvous, SpanColumns, SpanIndex, span_key};
+use crate::walk::{CORE_COLUMNS, Derivation, PerTrace, Rendezvous, SpanColumns, TraceTree};
 
 /// How far a call's two spans may lie apart in time and still be paired when a time range is asked:
 /// the span scan behind `edges` reaches this far beyond the range on both sides.
@@ -305,7 +305,7 @@ pub(crate) struct Pending {
 /// read: such consumers, and the producers nobody consumed in their own trace, wait in [`Pending`]
 /// (charged to the query's memory pool) until the partitions meet.
 pub(crate) struct EdgePairing {
-    by_id: SpanIndex,
+    tree: TraceTree,
     pending: Pending,
     trace_id: FixedSizeBinaryBuilder,
     start_time: TimestampNanosecondBuilder,
@@ -332,7 +332,7 @@ pub(crate) struct EdgePairing {
 impl Default for EdgePairing {
     fn default() -> Self {
         Self {
-            by_id: SpanIndex::default(),
+            tree: TraceTree::default(),
             pending: Pending::default(),
             trace_id: FixedSizeBinaryBuilder::new(16),
             start_time: TimestampNanosecondBuilder::new(),
@@ -470,216 +470,268 @@ impl EdgePairing {
     }
 }
 
+/// What the spans of a trace say about the calls between them, by position in the trace.
+struct CallsInTrace {
+    /// A consumer's producer in this trace: its parent when that is a producer, else a producer it
+    /// links to.
+    producer_of: Vec<Option<usize>>,
+    /// Producers some consumer of the trace consumed.
+    consumed: Vec<bool>,
+    has_server_child: Vec<bool>,
+    has_foreign_child: Vec<bool>,
+}
+
+impl CallsInTrace {
+    fn of(spans: &SpanColumns, tree: &TraceTree) -> Self {
+        let len = tree.rows().len();
+        let mut calls = CallsInTrace {
+            producer_of: vec![None; len],
+            consumed: vec![false; len],
+            has_server_child: vec![false; len],
+            has_foreign_child: vec![false; len],
+        };
+        for r in tree.rows() {
+            let i = tree.index(r);
+            if let Some(p) = tree.parent(r) {
+                calls.has_server_child[tree.index(p)] |= spans.kind.value(r) == kind::SERVER;
+                calls.has_foreign_child[tree.index(p)] |= spans.service(p) != spans.service(r);
+            }
+            if spans.kind.value(r) == kind::CONSUMER {
+                let trace_id = spans.trace_id.value(r);
+                let producer = tree.parent(r).filter(|&p| spans.kind.value(p) == kind::PRODUCER).or_else(|| {
+                    spans.links(r).into_iter().find_map(|(t, s)| {
+                        let p = tree.find(&s)?;
+                        (t.as_slice() == trace_id && spans.kind.value(p) == kind::PRODUCER).then_some(p)
+                    })
+                });
+                if let Some(p) = producer {
+                    calls.consumed[tree.index(p)] = true;
+                    calls.producer_of[i] = Some(p);
+                }
+            }
+        }
+        calls
+    }
+}
+
+/// Per span of a trace (by position): the hops from outside the system to it, and the row of the
+/// root of its tree. A span is one hop deeper than the span upstream of it (its producer, else its
+/// parent) when a call arrives at it.
+fn depths(spans: &SpanColumns, tree: &TraceTree, calls: &CallsInTrace) -> Vec<(u32, usize)> {
+    let rows = tree.rows();
+    let len = rows.len();
+    let upstream: Vec<Option<usize>> =
+        rows.clone().map(|r| calls.producer_of[tree.index(r)].or(tree.parent(r)).map(|p| tree.index(p))).collect();
+    let arrives = |i: usize| -> u32 {
+        let r = rows.start + i;
+        let arrived = match (calls.producer_of[i], tree.parent(r)) {
+            (Some(_), _) => true,
+            (None, Some(p)) => {
+                (spans.kind.value(p) == kind::CLIENT && spans.kind.value(r) == kind::SERVER)
+                    || spans.service(p) != spans.service(r)
+            }
+            (None, None) => matches!(spans.kind.value(r), kind::SERVER | kind::CONSUMER),
+        };
+        u32::from(arrived)
+    };
+    let mut hops: Vec<Option<(u32, usize)>> = vec![None; len];
+    for i in 0..len {
+        let mut chain = Vec::new();
+        let mut cur = i;
+        let resolved = loop {
+            if let Some(known) = hops[cur] {
+                break Some(known);
+            }
+            chain.push(cur);
+            match upstream[cur] {
+                // A parent loop (malformed input) is cut where it closes.
+                Some(up) if chain.len() <= len && !chain.contains(&up) => cur = up,
+                _ => break None,
+            }
+        };
+        let (mut depth, root) = match resolved {
+            Some(known) => known,
+            None => {
+                let top = chain.pop().expect("the chain holds at least the span itself");
+                let known = (arrives(top), top + rows.start);
+                hops[top] = Some(known);
+                known
+            }
+        };
+        for &j in chain.iter().rev() {
+            depth += arrives(j);
+            hops[j] = Some((depth, root));
+        }
+    }
+    hops.into_iter().map(|h| h.expect("every span resolved")).collect()
+}
+
+/// A span with its depth and the row of its tree's root.
+#[derive(Debug, Clone, Copy)]
+struct Position {
+    row: usize,
+    depth: u32,
+    root: usize,
+}
+
+impl EdgePairing {
+    /// The hop of the call that reached span `at`: from its producer, from its parent in another
+    /// service, or from outside (an entry; a consumer whose producer may be in another trace waits
+    /// for the rendezvous).
+    fn push_arrival(
+        &mut self,
+        spans: &SpanColumns,
+        tree: &TraceTree,
+        calls: &CallsInTrace,
+        at: Position,
+    ) -> DfResult<()> {
+        let r = at.row;
+        let span_kind = spans.kind.value(r);
+        let service = spans.service(r);
+        let name = Some(spans.name(r));
+        let root = (spans.service(at.root), spans.name(at.root));
+        if let Some(p) = calls.producer_of[tree.index(r)] {
+            let via = broker(spans, p).or_else(|| broker(spans, r));
+            return self.push(Hop {
+                caller: spans.service(p),
+                caller_kind: node_kind::SERVICE,
+                caller_operation: Some(spans.name(p)),
+                callee: service,
+                callee_kind: node_kind::SERVICE,
+                callee_operation: name,
+                connection: connection::MESSAGING,
+                via: via.as_deref(),
+                client: Some(Side::of(spans, p)),
+                server: Some(Side::of(spans, r)),
+                depth: at.depth,
+                root,
+            });
+        }
+        if let Some(p) = tree.parent(r) {
+            let parent_kind = spans.kind.value(p);
+            let pair = parent_kind == kind::CLIENT && span_kind == kind::SERVER;
+            if !pair && spans.service(p) == service {
+                return Ok(());
+            }
+            return self.push(Hop {
+                caller: spans.service(p),
+                caller_kind: node_kind::SERVICE,
+                caller_operation: Some(spans.name(p)),
+                callee: service,
+                callee_kind: node_kind::SERVICE,
+                callee_operation: name,
+                connection: if pair { connection::RPC } else { connection::INFERRED },
+                via: None,
+                client: (parent_kind == kind::CLIENT).then(|| Side::of(spans, p)),
+                server: Some(Side::of(spans, r)),
+                depth: at.depth,
+                root,
+            });
+        }
+        if span_kind != kind::SERVER && span_kind != kind::CONSUMER {
+            return Ok(());
+        }
+        let from_broker = (span_kind == kind::CONSUMER).then(|| broker(spans, r)).flatten();
+        let peer = spans.semconv(r, semconv::PEER_SERVICE);
+        let trace_id = spans.trace_id.value(r);
+        let foreign_links: Vec<_> = if span_kind == kind::CONSUMER {
+            spans.links(r).into_iter().filter(|(t, _)| t.as_slice() != trace_id).collect()
+        } else {
+            Vec::new()
+        };
+        if foreign_links.is_empty() {
+            let callee = (service, spans.name(r));
+            return self.push(entry_hop(Side::of(spans, r), callee, (from_broker.as_deref(), peer), at.depth, root));
+        }
+        // Its producer may be in another trace: pair it when every trace has been seen.
+        let consumer = PendingConsumer {
+            side: Side::of(spans, r),
+            service: service.to_owned(),
+            operation: spans.name(r).to_owned(),
+            broker: from_broker,
+            peer: peer.map(str::to_owned),
+            links: foreign_links,
+            depth: at.depth,
+            root: (root.0.to_owned(), root.1.to_owned()),
+        };
+        self.pending.bytes += consumer.bytes();
+        self.pending.consumers.push(consumer);
+        Ok(())
+    }
+
+    /// The hop of a call out of span `at` to something not instrumented (a producer nobody in the
+    /// trace consumed waits for the rendezvous: a consumer in another trace may link to it).
+    fn push_call_out(
+        &mut self,
+        spans: &SpanColumns,
+        tree: &TraceTree,
+        calls: &CallsInTrace,
+        at: Position,
+    ) -> DfResult<()> {
+        let (r, i) = (at.row, tree.index(at.row));
+        let span_kind = spans.kind.value(r);
+        let uninstrumented = match span_kind {
+            kind::CLIENT => !calls.has_server_child[i] && !calls.has_foreign_child[i],
+            kind::PRODUCER => !calls.consumed[i] && !calls.has_foreign_child[i],
+            _ => false,
+        };
+        if !uninstrumented {
+            return Ok(());
+        }
+        let service = spans.service(r);
+        let name = Some(spans.name(r));
+        let root = (spans.service(at.root), spans.name(at.root));
+        let (callee, callee_kind) = virtual_node(spans, r);
+        let operation =
+            spans.semconv(r, semconv::DB_OPERATION_NAME).or(spans.semconv(r, semconv::DB_OPERATION)).or(name);
+        if span_kind == kind::PRODUCER {
+            let producer = PendingProducer {
+                side: Side::of(spans, r),
+                service: service.to_owned(),
+                operation: spans.name(r).to_owned(),
+                broker: broker(spans, r),
+                callee: (callee, callee_kind),
+                callee_operation: operation.unwrap_or_default().to_owned(),
+                depth: at.depth + 1,
+                root: (root.0.to_owned(), root.1.to_owned()),
+            };
+            self.pending.bytes += producer.bytes();
+            self.pending.producers.push(producer);
+            return Ok(());
+        }
+        self.push(Hop {
+            caller: service,
+            caller_kind: node_kind::SERVICE,
+            caller_operation: name,
+            callee: &callee,
+            callee_kind,
+            callee_operation: operation,
+            connection: connection::UNINSTRUMENTED,
+            via: None,
+            client: Some(Side::of(spans, r)),
+            server: None,
+            depth: at.depth + 1,
+            root,
+        })
+    }
+}
+
 impl PerTrace for EdgePairing {
     /// Consumers and producers waiting for their other side in another trace.
     type Deposit = Pending;
 
     fn trace(&mut self, spans: &SpanColumns, rows: Range<usize>) -> DfResult<()> {
-        self.by_id.clear();
-        for r in rows.clone() {
-            if let Some(id) = span_key(spans.span_id.value(r)) {
-                self.by_id.entry(id).or_insert(r);
-            }
-        }
-        let parent_of = |r: usize| -> Option<usize> {
-            let id = span_key(spans.parent(r)?)?;
-            self.by_id.get(&id).copied().filter(|&p| p != r)
-        };
-        // What each span's children say about it: index = row - rows.start.
-        let len = rows.len();
-        let mut has_server_child = vec![false; len];
-        let mut has_foreign_child = vec![false; len];
-        let mut consumed = vec![false; len];
-        let parents: Vec<Option<usize>> = rows.clone().map(parent_of).collect();
-        // A consumer's producer in this trace: its parent when that is a producer, else a linked producer.
-        let mut producer_of = vec![None; len];
-        for r in rows.clone() {
-            let i = r - rows.start;
-            if let Some(p) = parents[i] {
-                let pi = p - rows.start;
-                has_server_child[pi] |= spans.kind.value(r) == kind::SERVER;
-                has_foreign_child[pi] |= spans.service(p) != spans.service(r);
-            }
-            if spans.kind.value(r) == kind::CONSUMER {
-                let trace_id = spans.trace_id.value(r);
-                let producer = parents[i].filter(|&p| spans.kind.value(p) == kind::PRODUCER).or_else(|| {
-                    spans.links(r).into_iter().find_map(|(t, s)| {
-                        let p = *self.by_id.get(&span_key(&s)?)?;
-                        (t.as_slice() == trace_id && spans.kind.value(p) == kind::PRODUCER).then_some(p)
-                    })
-                });
-                if let Some(p) = producer {
-                    consumed[p - rows.start] = true;
-                    producer_of[i] = Some(p);
-                }
-            }
-        }
-        // Hops from outside to each span, and the root of its tree: a span is one hop deeper than
-        // the span upstream of it (its producer, else its parent) when a call arrives at it.
-        let upstream: Vec<Option<usize>> =
-            (0..len).map(|i| producer_of[i].or(parents[i]).map(|p| p - rows.start)).collect();
-        let arrives = |i: usize| -> u32 {
-            let r = rows.start + i;
-            let arrived = match (producer_of[i], parents[i]) {
-                (Some(_), _) => true,
-                (None, Some(p)) => {
-                    (spans.kind.value(p) == kind::CLIENT && spans.kind.value(r) == kind::SERVER)
-                        || spans.service(p) != spans.service(r)
-                }
-                (None, None) => matches!(spans.kind.value(r), kind::SERVER | kind::CONSUMER),
-            };
-            u32::from(arrived)
-        };
-        let mut hops: Vec<Option<(u32, usize)>> = vec![None; len];
-        for i in 0..len {
-            let mut chain = Vec::new();
-            let mut cur = i;
-            let resolved = loop {
-                if let Some(known) = hops[cur] {
-                    break Some(known);
-                }
-                chain.push(cur);
-                match upstream[cur] {
-                    // A parent loop (malformed input) is cut where it closes.
-                    Some(up) if chain.len() <= len && !chain.contains(&up) => cur = up,
-                    _ => break None,
-                }
-            };
-            let (mut depth, root) = match resolved {
-                Some(known) => known,
-                None => {
-                    let top = chain.pop().expect("the chain holds at least the span itself");
-                    let known = (arrives(top), top + rows.start);
-                    hops[top] = Some(known);
-                    known
-                }
-            };
-            for &j in chain.iter().rev() {
-                depth += arrives(j);
-                hops[j] = Some((depth, root));
-            }
-        }
-        let hops_of = |i: usize| hops[i].expect("every span resolved");
-        let root_of = |i: usize| {
-            let root = hops_of(i).1;
-            (spans.service(root), spans.name(root))
-        };
-
-        for r in rows.clone() {
-            let i = r - rows.start;
-            let span_kind = spans.kind.value(r);
-            let service = spans.service(r);
-            let name = Some(spans.name(r));
-            // The call that reached this span.
-            if let Some(p) = producer_of[i] {
-                let via = broker(spans, p).or_else(|| broker(spans, r));
-                self.push(Hop {
-                    caller: spans.service(p),
-                    caller_kind: node_kind::SERVICE,
-                    caller_operation: Some(spans.name(p)),
-                    callee: service,
-                    callee_kind: node_kind::SERVICE,
-                    callee_operation: name,
-                    connection: connection::MESSAGING,
-                    via: via.as_deref(),
-                    client: Some(Side::of(spans, p)),
-                    server: Some(Side::of(spans, r)),
-                    depth: hops_of(i).0,
-                    root: root_of(i),
-                })?;
-            } else if let Some(p) = parents[i] {
-                let parent_kind = spans.kind.value(p);
-                let pair = parent_kind == kind::CLIENT && span_kind == kind::SERVER;
-                if pair || spans.service(p) != service {
-                    let client = (parent_kind == kind::CLIENT).then(|| Side::of(spans, p));
-                    self.push(Hop {
-                        caller: spans.service(p),
-                        caller_kind: node_kind::SERVICE,
-                        caller_operation: Some(spans.name(p)),
-                        callee: service,
-                        callee_kind: node_kind::SERVICE,
-                        callee_operation: name,
-                        connection: if pair { connection::RPC } else { connection::INFERRED },
-                        via: None,
-                        client,
-                        server: Some(Side::of(spans, r)),
-                        depth: hops_of(i).0,
-                        root: root_of(i),
-                    })?;
-                }
-            } else if span_kind == kind::SERVER || span_kind == kind::CONSUMER {
-                let from_broker = (span_kind == kind::CONSUMER).then(|| broker(spans, r)).flatten();
-                let peer = spans.semconv(r, semconv::PEER_SERVICE);
-                let trace_id = spans.trace_id.value(r);
-                let foreign_links: Vec<_> = if span_kind == kind::CONSUMER {
-                    spans.links(r).into_iter().filter(|(t, _)| t.as_slice() != trace_id).collect()
-                } else {
-                    Vec::new()
-                };
-                let (depth, root) = (hops_of(i).0, root_of(i));
-                if foreign_links.is_empty() {
-                    let callee = (service, spans.name(r));
-                    self.push(entry_hop(Side::of(spans, r), callee, (from_broker.as_deref(), peer), depth, root))?;
-                } else {
-                    // Its producer may be in another trace: pair it when every trace has been seen.
-                    let consumer = PendingConsumer {
-                        side: Side::of(spans, r),
-                        service: service.to_owned(),
-                        operation: spans.name(r).to_owned(),
-                        broker: from_broker,
-                        peer: peer.map(str::to_owned),
-                        links: foreign_links,
-                        depth,
-                        root: (root.0.to_owned(), root.1.to_owned()),
-                    };
-                    self.pending.bytes += consumer.bytes();
-                    self.pending.consumers.push(consumer);
-                }
-            }
-            // A call out of this span to something not instrumented.
-            let uninstrumented = match span_kind {
-                kind::CLIENT => !has_server_child[i] && !has_foreign_child[i],
-                kind::PRODUCER => !consumed[i] && !has_foreign_child[i],
-                _ => false,
-            };
-            if uninstrumented {
-                let (callee, callee_kind) = virtual_node(spans, r);
-                let operation =
-                    spans.semconv(r, semconv::DB_OPERATION_NAME).or(spans.semconv(r, semconv::DB_OPERATION)).or(name);
-                if span_kind == kind::PRODUCER {
-                    // A consumer in another trace may still link to it.
-                    let root = root_of(i);
-                    let producer = PendingProducer {
-                        side: Side::of(spans, r),
-                        service: service.to_owned(),
-                        operation: spans.name(r).to_owned(),
-                        broker: broker(spans, r),
-                        callee: (callee, callee_kind),
-                        callee_operation: operation.unwrap_or_default().to_owned(),
-                        depth: hops_of(i).0 + 1,
-                        root: (root.0.to_owned(), root.1.to_owned()),
-                    };
-                    self.pending.bytes += producer.bytes();
-                    self.pending.producers.push(producer);
-                    continue;
-                }
-                self.push(Hop {
-                    caller: service,
-                    caller_kind: node_kind::SERVICE,
-                    caller_operation: name,
-                    callee: &callee,
-                    callee_kind,
-                    callee_operation: operation,
-                    connection: connection::UNINSTRUMENTED,
-                    via: None,
-                    client: Some(Side::of(spans, r)),
-                    server: None,
-                    depth: hops_of(i).0 + 1,
-                    root: root_of(i),
-                })?;
-            }
-        }
-        Ok(())
+        let mut tree = std::mem::take(&mut self.tree);
+        tree.build(spans, rows);
+        let calls = CallsInTrace::of(spans, &tree);
+        let depths = depths(spans, &tree, &calls);
+        let result = tree.rows().try_for_each(|r| {
+            let at = Position { row: r, depth: depths[tree.index(r)].0, root: depths[tree.index(r)].1 };
+            self.push_arrival(spans, &tree, &calls, at)?;
+            self.push_call_out(spans, &tree, &calls, at)
+        });
+        self.tree = tree;
+        result
     }
 
     fn finish(&mut self, rendezvous: &Rendezvous<Pending>) -> DfResult<()> {
@@ -727,7 +779,172 @@ impl PerTrace for EdgePairing {
 
 #[cfg(test)]
 mod tests {
+    use hopscope_schemas::columns::semconv as sc;
+    use hopscope_schemas::fixture::SpanRow;
+    use hopscope_schemas::spans::kind::{CLIENT, CONSUMER, INTERNAL, PRODUCER, SERVER};
+    use hopscope_schemas::spans::status::ERROR;
+
     use super::url_host;
+    use crate::testing::{Store, ms, query, span, trace};
+
+    /// One expected hop: caller, callee, connection, callee kind, client / server duration and gap
+    /// in ms (`None`: not known), error, depth.
+    type Hop =
+        (&'static str, &'static str, &'static str, &'static str, Option<f64>, Option<f64>, Option<f64>, bool, i64);
+
+    fn text(ms: Option<f64>) -> String {
+        ms.map_or_else(|| "NULL".to_owned(), |ms| ((ms * 1e6) as i64).to_string())
+    }
+
+    /// The hops the `edges` table pairs from `rows` (one file), against `expected`, whatever the
+    /// partitioning.
+    async fn assert_hops(case: &str, rows: Vec<SpanRow>, expected: &[Hop]) {
+        let store = Store::with_files(&[rows]);
+        let want: Vec<Vec<String>> = expected
+            .iter()
+            .map(|(caller, callee, connection, callee_kind, client, server, gap, error, depth)| {
+                vec![
+                    caller.to_string(),
+                    callee.to_string(),
+                    connection.to_string(),
+                    callee_kind.to_string(),
+                    text(*client),
+                    text(*server),
+                    text(*gap),
+                    error.to_string(),
+                    depth.to_string(),
+                ]
+            })
+            .collect();
+        for partitions in [1, 3] {
+            let engine = store.engine(partitions, 8192);
+            let got = query(
+                &engine,
+                "SELECT caller, callee, connection, callee_kind, client_duration_ns, server_duration_ns, gap_ns, \
+                 error, depth FROM edges ORDER BY start_time, caller, callee",
+            )
+            .await;
+            assert_eq!(got, want, "{case}, {partitions} partitions");
+        }
+    }
+
+    #[tokio::test]
+    async fn each_pairing_rule_of_the_design() {
+        let t = trace(1);
+        let root =
+            |name: &str, service: &str| SpanRow::new(t, span(1), service, name, SERVER).during(ms(0.0), ms(100.0));
+
+        // A CLIENT span and its SERVER child: client and server time, the gap, an error on either side.
+        assert_hops(
+            "client and server",
+            vec![
+                root("GET /checkout", "gateway"),
+                SpanRow::new(t, span(2), "gateway", "POST /pay", CLIENT).child_of(span(1)).during(ms(10.0), ms(60.0)),
+                SpanRow::new(t, span(3), "payments", "POST /pay", SERVER)
+                    .child_of(span(2))
+                    .during(ms(15.0), ms(55.0))
+                    .status(ERROR),
+            ],
+            &[
+                ("user", "gateway", "entry", "service", None, Some(100.0), None, false, 1),
+                ("gateway", "payments", "rpc", "service", Some(50.0), Some(40.0), Some(10.0), true, 2),
+            ],
+        )
+        .await;
+
+        // A CLIENT span with no SERVER child: a virtual node, named by the first attribute that is set
+        // (peer.service, db.system + namespace, messaging system/destination, server.address:port,
+        // network.peer.address, the host of url.full) and typed by what it is.
+        let call = |id: u8, at: f64| {
+            SpanRow::new(t, span(id), "api", "call", CLIENT).child_of(span(1)).during(ms(at), ms(at + 5.0))
+        };
+        assert_hops(
+            "uninstrumented peers",
+            vec![
+                root("GET /", "api"),
+                call(2, 1.0).with(sc::PEER_SERVICE, "billing").with(sc::DB_SYSTEM, "mysql"),
+                call(3, 2.0).with(sc::DB_SYSTEM, "postgresql").with(sc::DB_NAMESPACE, "shop"),
+                call(4, 3.0).with(sc::DB_SYSTEM, "redis").with(sc::SERVER_ADDRESS, "cache-1"),
+                call(5, 4.0).with(sc::MESSAGING_SYSTEM, "kafka").with(sc::MESSAGING_DESTINATION_NAME, "orders"),
+                call(6, 5.0).with(sc::SERVER_ADDRESS, "api.stripe.com").with(sc::SERVER_PORT, "443"),
+                call(7, 6.0).with(sc::NETWORK_PEER_ADDRESS, "10.0.0.7").with(sc::URL_FULL, "http://ignored/"),
+                call(8, 7.0).with(sc::URL_FULL, "https://user@example.com:8443/pay?x=1"),
+                call(9, 8.0).with(sc::RPC_SYSTEM, "grpc").with(sc::SERVER_ADDRESS, "inventory"),
+            ],
+            &[
+                ("user", "api", "entry", "service", None, Some(100.0), None, false, 1),
+                ("api", "billing", "uninstrumented", "database", Some(5.0), None, None, false, 2),
+                ("api", "postgresql/shop", "uninstrumented", "database", Some(5.0), None, None, false, 2),
+                ("api", "redis", "uninstrumented", "cache", Some(5.0), None, None, false, 2),
+                ("api", "kafka/orders", "uninstrumented", "messaging", Some(5.0), None, None, false, 2),
+                ("api", "api.stripe.com:443", "uninstrumented", "external", Some(5.0), None, None, false, 2),
+                ("api", "10.0.0.7", "uninstrumented", "external", Some(5.0), None, None, false, 2),
+                ("api", "example.com", "uninstrumented", "external", Some(5.0), None, None, false, 2),
+                ("api", "inventory", "uninstrumented", "rpc", Some(5.0), None, None, false, 2),
+            ],
+        )
+        .await;
+
+        // A PRODUCER and its CONSUMER child: a messaging hop; the gap is the time in the queue, from
+        // the end of the send to the start of the processing.
+        assert_hops(
+            "producer and consumer child",
+            vec![
+                root("POST /order", "orders"),
+                SpanRow::new(t, span(2), "orders", "publish", PRODUCER)
+                    .child_of(span(1))
+                    .during(ms(10.0), ms(12.0))
+                    .with(sc::MESSAGING_SYSTEM, "kafka"),
+                SpanRow::new(t, span(3), "billing", "process", CONSUMER).child_of(span(2)).during(ms(30.0), ms(45.0)),
+            ],
+            &[
+                ("user", "orders", "entry", "service", None, Some(100.0), None, false, 1),
+                ("orders", "billing", "messaging", "service", Some(2.0), Some(15.0), Some(18.0), false, 2),
+            ],
+        )
+        .await;
+
+        // A parent in another service, without span kinds that pair: the call is inferred, only the
+        // child's duration is known.
+        assert_hops(
+            "inferred",
+            vec![
+                root("GET /report", "frontend"),
+                SpanRow::new(t, span(2), "reports", "render", INTERNAL).child_of(span(1)).during(ms(20.0), ms(70.0)),
+            ],
+            &[
+                ("user", "frontend", "entry", "service", None, Some(100.0), None, false, 1),
+                ("frontend", "reports", "inferred", "service", None, Some(50.0), None, false, 2),
+            ],
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_consumer_in_another_trace_is_paired_with_the_producer_it_links_to() {
+        // The two traces at both ends of the trace-id space: partitions of a split walk each see one.
+        let (first, last) = (trace(0x01), trace(0xfe));
+        let rows = vec![
+            SpanRow::new(first, span(1), "api", "POST /order", SERVER).during(ms(0.0), ms(20.0)),
+            SpanRow::new(first, span(2), "api", "publish", PRODUCER)
+                .child_of(span(1))
+                .during(ms(5.0), ms(6.0))
+                .with(sc::MESSAGING_SYSTEM, "kafka")
+                .with(sc::MESSAGING_DESTINATION_NAME, "orders"),
+            SpanRow::new(last, span(3), "worker", "process", CONSUMER)
+                .during(ms(40.0), ms(90.0))
+                .linked_to(first, span(2)),
+        ];
+        assert_hops(
+            "linked consumer",
+            rows,
+            &[
+                ("user", "api", "entry", "service", None, Some(20.0), None, false, 1),
+                ("api", "worker", "messaging", "service", Some(1.0), Some(50.0), Some(34.0), false, 2),
+            ],
+        )
+        .await;
+    }
 
     #[test]
     fn url_hosts() {

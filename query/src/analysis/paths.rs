@@ -16,7 +16,7 @@ use datafusion::error::Result as DfResult;
 use hopscope_schemas::columns::critical_path as cp;
 use hopscope_schemas::spans::{kind, timestamp_type};
 
-use crate::walk::{CORE_COLUMNS, Derivation, PerTrace, SpanColumns, SpanIndex, span_key};
+use crate::walk::{CORE_COLUMNS, Derivation, PerTrace, SpanColumns, TraceTree};
 
 /// One span as the algorithm sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +83,7 @@ pub(crate) fn critical_paths(spans: &[PathSpan]) -> Vec<CriticalPath> {
     let mut paths = Vec::with_capacity(roots.len());
     let mut clipped: Vec<Option<(i64, i64)>> = vec![None; n];
     let mut kept: Vec<Vec<usize>> = vec![Vec::new(); n];
+    let mut visited = vec![false; n];
     for &root in &roots {
         // 3. Clip in pre-order: a child wholly outside its clipped parent is dropped with its subtree.
         let root_interval = (spans[root].start, spans[root].end.max(spans[root].start));
@@ -101,7 +102,10 @@ pub(crate) fn critical_paths(spans: &[PathSpan]) -> Vec<CriticalPath> {
                 stack.push(c);
             }
         }
-        // 4. Walk backwards from the root's end through the last-finishing child.
+        // 4. Walk backwards from the root's end through the last-finishing child: among the children
+        // not yet visited, the one ending latest at or before the bound. (A child that ends exactly
+        // where its next sibling starts is on the path; jaeger-ui's strict "before" hands its time
+        // to the parent.)
         let interval = |i: usize| clipped[i].expect("kept spans are clipped");
         let mut sections = Vec::new();
         let (mut cur, mut t, mut bounded) = (root, root_interval.1, false);
@@ -109,7 +113,7 @@ pub(crate) fn critical_paths(spans: &[PathSpan]) -> Vec<CriticalPath> {
             let mut pick: Option<usize> = None;
             for &c in &kept[cur] {
                 let end = interval(c).1;
-                if bounded && end >= t {
+                if visited[c] || (bounded && end > t) {
                     continue;
                 }
                 // Latest end wins; on a tie the earlier-starting child (seen first) stays.
@@ -119,6 +123,7 @@ pub(crate) fn critical_paths(spans: &[PathSpan]) -> Vec<CriticalPath> {
             }
             match pick {
                 Some(child) => {
+                    visited[child] = true;
                     let end = interval(child).1;
                     if t > end {
                         sections.push(Section { span: cur, start: end, end: t });
@@ -181,7 +186,7 @@ pub(crate) fn derivation() -> Derivation<()> {
 
 /// Builds the `critical_path` rows of each trace.
 pub(crate) struct PathSections {
-    by_id: SpanIndex,
+    tree: TraceTree,
     path_spans: Vec<PathSpan>,
     trace_id: FixedSizeBinaryBuilder,
     start_time: TimestampNanosecondBuilder,
@@ -199,7 +204,7 @@ pub(crate) struct PathSections {
 impl Default for PathSections {
     fn default() -> Self {
         Self {
-            by_id: SpanIndex::default(),
+            tree: TraceTree::default(),
             path_spans: Vec::new(),
             trace_id: FixedSizeBinaryBuilder::new(16),
             start_time: TimestampNanosecondBuilder::new(),
@@ -216,19 +221,13 @@ impl Default for PathSections {
     }
 }
 
-/// The algorithm's view of one trace's rows: spans indexed from 0 in row order.
-pub(crate) fn path_spans(spans: &SpanColumns, rows: Range<usize>, by_id: &mut SpanIndex, out: &mut Vec<PathSpan>) {
-    by_id.clear();
-    for r in rows.clone() {
-        if let Some(id) = span_key(spans.span_id.value(r)) {
-            by_id.entry(id).or_insert(r - rows.start);
-        }
-    }
+/// The algorithm's view of one trace (its tree built): spans indexed from 0 in row order.
+pub(crate) fn path_spans(spans: &SpanColumns, tree: &TraceTree, out: &mut Vec<PathSpan>) {
     out.clear();
-    out.extend(rows.clone().map(|r| PathSpan {
+    out.extend(tree.rows().map(|r| PathSpan {
         start: spans.start_ns.value(r),
         end: spans.end_ns.value(r),
-        parent: spans.parent(r).and_then(span_key).and_then(|id| by_id.get(&id).copied()),
+        parent: tree.parent(r).map(|p| tree.index(p)),
         kind: spans.kind.value(r),
     }));
 }
@@ -237,7 +236,8 @@ impl PerTrace for PathSections {
     type Deposit = ();
 
     fn trace(&mut self, spans: &SpanColumns, rows: Range<usize>) -> DfResult<()> {
-        path_spans(spans, rows.clone(), &mut self.by_id, &mut self.path_spans);
+        self.tree.build(spans, rows.clone());
+        path_spans(spans, &self.tree, &mut self.path_spans);
         let row = |i: usize| rows.start + i;
         for path in critical_paths(&self.path_spans) {
             let root = row(path.root);
@@ -343,11 +343,26 @@ mod tests {
                 vec![vec![(1, 0, 2), (2, 2, 8), (1, 8, 10)], vec![(0, 50, 60)]],
             ),
             (
-                // Design.md takes children "ending strictly before" the bound: a child that ends
-                // exactly where the next one starts is not on the path; its parent owns that time.
+                // Design.md takes the child ending at or before the bound: a child that ends exactly
+                // where the next one starts is on the path (jaeger-ui gives its time to the parent).
                 "back-to-back children",
                 vec![s(0, 20, None, I), s(0, 10, Some(0), I), s(10, 20, Some(0), I)],
-                vec![vec![(0, 0, 10), (2, 10, 20)]],
+                vec![vec![(1, 0, 10), (2, 10, 20)]],
+            ),
+            (
+                "touching children inside a child: each on the path, the parent owns only the gaps",
+                vec![s(0, 100, None, I), s(10, 90, Some(0), I), s(15, 30, Some(1), I), s(30, 70, Some(1), I)],
+                vec![vec![(0, 0, 10), (1, 10, 15), (2, 15, 30), (3, 30, 70), (1, 70, 90), (0, 90, 100)]],
+            ),
+            (
+                "a zero-length child is visited and owns nothing; its sibling before it still counts",
+                vec![s(0, 20, None, I), s(5, 5, Some(0), I), s(5, 15, Some(0), I)],
+                vec![vec![(0, 0, 5), (2, 5, 15), (0, 15, 20)]],
+            ),
+            (
+                "of children with the same interval only the first is on the path",
+                vec![s(0, 30, None, I), s(10, 20, Some(0), I), s(10, 20, Some(0), I)],
+                vec![vec![(0, 0, 10), (1, 10, 20), (0, 20, 30)]],
             ),
             (
                 "a grandchild on the path, and ties go to the earlier-starting child",
