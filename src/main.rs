@@ -323,37 +323,14 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
         );
     }
     ignore_file_size_signal();
-    let data_dir = args.data_dir.clone();
-    let mut ingest_config = IngesterConfig::new(data_dir);
-    ingest_config.max_buffered_bytes = args.max_buffered_bytes;
-    ingest_config.limits = hopscope_ingest::convert::SpanLimits {
-        max_value_bytes: args.max_value_bytes,
-        max_span_bytes: args.max_span_bytes,
-    };
-    ingest_config.cut_off =
-        hopscope_ingest::buffer::CutOff { idle: args.trace_idle_period, max_age: args.trace_max_delay };
-    ingest_config.maintenance_interval = args.maintenance_interval;
-    ingest_config.retention = hopscope_ingest::retention::RetentionPolicy {
-        max_age: args.retention_age,
-        max_bytes: args.retention_max_bytes,
-    };
-    // A query reads the files of the manifest it started with: replaced files stay until no
-    // query can still run (the timeout cancels any that would).
-    ingest_config.retired_grace = args.query_timeout * 2;
-    ingest_config.discard = args.discard;
+    let ingest_config = ingest_config(&args);
     if args.discard {
         tracing::warn!("--discard: exports are decoded and validated, then dropped; nothing is stored");
     }
     let ingester = tokio::task::spawn_blocking(move || Ingester::open(ingest_config))
         .await?
         .with_context(|| format!("opening the data directory {}", args.data_dir.display()))?;
-    let mut query_config = QueryConfig::new(args.data_dir.clone());
-    query_config.memory_limit_bytes = args.query_memory_limit_bytes;
-    query_config.timeout = args.query_timeout;
-    query_config.max_rows = args.query_max_rows;
-    query_config.max_concurrent = args.query_max_concurrent;
-    query_config.max_cartesian_rows = args.query_max_cartesian_rows;
-    let engine = Arc::new(QueryEngine::new(&query_config)?);
+    let engine = Arc::new(QueryEngine::new(&query_config(&args))?);
     let mut registry = Registry::default();
     ingester.metrics().register(&mut registry);
     engine.register_metrics(&mut registry);
@@ -394,41 +371,15 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
     let flusher = supervise_flusher(&ingester, flush_stop.clone());
     let maintenance = supervise_maintenance(&ingester, stop.clone());
 
-    let grpc = {
-        let service = hopscope_ingest::grpc::TraceService::new(Arc::clone(&ingester), args.otlp_grpc_max_message_bytes);
-        let app = tonic::service::Routes::new(service).prepare().into_axum_router();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let _stop_all = stop.clone().drop_guard();
-            listener::serve(grpc_listener, "otlp-grpc", listener::Protocol::Grpc, app, listener_limits, stop)
-                .await
-                .context("OTLP/gRPC server")
-        })
-    };
-    let otlp_http = {
-        let app = hopscope_ingest::http::router(Arc::clone(&ingester), args.otlp_http_max_body_bytes);
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let _stop_all = stop.clone().drop_guard();
-            listener::serve(http_listener, "otlp-http", listener::Protocol::Http, app, listener_limits, stop)
-                .await
-                .context("OTLP/HTTP server")
-        })
-    };
-    let api = {
-        let app = Router::new()
-            .merge(hopscope_query::api::router(Arc::clone(&engine)))
-            .merge(hopscope_ui::router(Arc::clone(&engine), ui_config))
-            .merge(hopscope_ingest::admin::router(Arc::clone(&ingester)))
-            .merge(health_router(Arc::clone(&ready)))
-            .merge(metrics_router(registry));
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            listener::serve(api_listener, "api", listener::Protocol::Http, app, listener_limits, stop)
-                .await
-                .context("API server")
-        })
-    };
+    let listeners =
+        Listeners { grpc: grpc_listener, otlp_http: http_listener, api: api_listener, limits: listener_limits };
+    let api_app = Router::new()
+        .merge(hopscope_query::api::router(Arc::clone(&engine)))
+        .merge(hopscope_ui::router(Arc::clone(&engine), ui_config))
+        .merge(hopscope_ingest::admin::router(Arc::clone(&ingester)))
+        .merge(health_router(Arc::clone(&ready)))
+        .merge(metrics_router(registry));
+    let Servers { grpc, otlp_http, api } = serve_listeners(listeners, &ingester, &args, api_app, &stop);
 
     let signal_stop = stop.clone();
     tokio::spawn(async move {
@@ -450,6 +401,95 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
     flushed.context("writing buffered spans at shutdown")?;
     tracing::info!("stopped; every acknowledged span is written");
     Ok(())
+}
+
+/// How the ingester stores spans, from the flags.
+fn ingest_config(args: &ServeArgs) -> IngesterConfig {
+    let mut config = IngesterConfig::new(args.data_dir.clone());
+    config.max_buffered_bytes = args.max_buffered_bytes;
+    config.limits = hopscope_ingest::convert::SpanLimits {
+        max_value_bytes: args.max_value_bytes,
+        max_span_bytes: args.max_span_bytes,
+    };
+    config.cut_off = hopscope_ingest::buffer::CutOff { idle: args.trace_idle_period, max_age: args.trace_max_delay };
+    config.maintenance_interval = args.maintenance_interval;
+    config.retention = hopscope_ingest::retention::RetentionPolicy {
+        max_age: args.retention_age,
+        max_bytes: args.retention_max_bytes,
+    };
+    // A query reads the files of the manifest it started with: replaced files stay until no
+    // query can still run (the timeout cancels any that would).
+    config.retired_grace = args.query_timeout * 2;
+    config.discard = args.discard;
+    config
+}
+
+/// How queries run, from the flags.
+fn query_config(args: &ServeArgs) -> QueryConfig {
+    let mut config = QueryConfig::new(args.data_dir.clone());
+    config.memory_limit_bytes = args.query_memory_limit_bytes;
+    config.timeout = args.query_timeout;
+    config.max_rows = args.query_max_rows;
+    config.max_concurrent = args.query_max_concurrent;
+    config.max_cartesian_rows = args.query_max_cartesian_rows;
+    config
+}
+
+/// The bound sockets of the three listeners, and how they treat connections.
+struct Listeners {
+    grpc: TcpListener,
+    otlp_http: TcpListener,
+    api: TcpListener,
+    limits: listener::ListenerLimits,
+}
+
+/// The running servers of the three listeners; each ends after `stop`, once its connections have.
+struct Servers {
+    grpc: tokio::task::JoinHandle<anyhow::Result<()>>,
+    otlp_http: tokio::task::JoinHandle<anyhow::Result<()>>,
+    api: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Serves OTLP/gRPC and OTLP/HTTP into the ingester and `api` on the API address until `stop`; a
+/// receiver that fails stops everything.
+fn serve_listeners(
+    listeners: Listeners,
+    ingester: &Arc<Ingester>,
+    args: &ServeArgs,
+    api: Router,
+    stop: &CancellationToken,
+) -> Servers {
+    let limits = listeners.limits;
+    let grpc = {
+        let service = hopscope_ingest::grpc::TraceService::new(Arc::clone(ingester), args.otlp_grpc_max_message_bytes);
+        let app = tonic::service::Routes::new(service).prepare().into_axum_router();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let _stop_all = stop.clone().drop_guard();
+            listener::serve(listeners.grpc, "otlp-grpc", listener::Protocol::Grpc, app, limits, stop)
+                .await
+                .context("OTLP/gRPC server")
+        })
+    };
+    let otlp_http = {
+        let app = hopscope_ingest::http::router(Arc::clone(ingester), args.otlp_http_max_body_bytes);
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let _stop_all = stop.clone().drop_guard();
+            listener::serve(listeners.otlp_http, "otlp-http", listener::Protocol::Http, app, limits, stop)
+                .await
+                .context("OTLP/HTTP server")
+        })
+    };
+    let api = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            listener::serve(listeners.api, "api", listener::Protocol::Http, api, limits, stop)
+                .await
+                .context("API server")
+        })
+    };
+    Servers { grpc, otlp_http, api }
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {

@@ -1,6 +1,7 @@
 //! Critical paths of one trace and over many: the per-trace paths come from the algorithm in
 //! [`super::paths`] run on the trace's spans; the aggregate groups the `critical_path` table.
 
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use datafusion::arrow::array::RecordBatch;
@@ -116,15 +117,22 @@ pub(crate) struct AggregatePath {
     pub(crate) operations: RecordBatch,
 }
 
-/// The aggregate critical path: per (service, operation), its share of end-to-end latency on the
-/// critical path in typical traces (p40–p60 of duration) and in the tail (p99 and slower), over
-/// the paths `query` matches.
-pub(crate) async fn aggregate_critical_path(
-    ctx: &SessionContext,
-    query: &AggregatePathQuery,
-) -> Result<AggregatePath, crate::QueryError> {
-    use std::collections::HashMap;
+/// The operations on the paths `query` matches, and per path its duration and each operation's
+/// self time on it.
+struct PathParts {
+    operations: Vec<(String, String)>,
+    /// One per (trace id, root span id).
+    paths: HashMap<(Vec<u8>, Vec<u8>), Path>,
+}
 
+/// One critical path: its duration, and the self time each operation (by index into
+/// [`PathParts::operations`]) has on it.
+struct Path {
+    duration_ns: i64,
+    self_ns: Vec<(usize, i64)>,
+}
+
+async fn path_parts(ctx: &SessionContext, query: &AggregatePathQuery) -> Result<PathParts, crate::QueryError> {
     use datafusion::arrow::array::{Array, AsArray};
     use datafusion::arrow::datatypes::{DataType, Int64Type};
     use datafusion::common::ScalarValue;
@@ -158,12 +166,9 @@ pub(crate) async fn aggregate_critical_path(
         .collect()
         .await?;
 
-    // Per path: its duration and (operation index, self time) pairs.
     let mut operations: Vec<(String, String)> = Vec::new();
     let mut operation_index: HashMap<(String, String), usize> = HashMap::new();
-    // (trace id, root span id) → (duration, [(operation index, self time)]).
-    type Paths = HashMap<(Vec<u8>, Vec<u8>), (i64, Vec<(usize, i64)>)>;
-    let mut paths = Paths::new();
+    let mut paths = HashMap::new();
     for batch in &batches {
         let text = |name: &str| -> Result<_, crate::QueryError> {
             Ok(datafusion::arrow::compute::cast(
@@ -189,12 +194,22 @@ pub(crate) async fn aggregate_critical_path(
             });
             let path = paths
                 .entry((trace.value(row).to_vec(), root.value(row).to_vec()))
-                .or_insert((duration.value(row), Vec::new()));
-            path.1.push((index, if self_ns.is_null(row) { 0 } else { self_ns.value(row) }));
+                .or_insert_with(|| Path { duration_ns: duration.value(row), self_ns: Vec::new() });
+            path.self_ns.push((index, if self_ns.is_null(row) { 0 } else { self_ns.value(row) }));
         }
     }
+    Ok(PathParts { operations, paths })
+}
 
-    let mut durations: Vec<i64> = paths.values().map(|(d, _)| *d).collect();
+/// The aggregate critical path: per (service, operation), its share of end-to-end latency on the
+/// critical path in typical traces (p40–p60 of duration) and in the tail (p99 and slower), over
+/// the paths `query` matches.
+pub(crate) async fn aggregate_critical_path(
+    ctx: &SessionContext,
+    query: &AggregatePathQuery,
+) -> Result<AggregatePath, crate::QueryError> {
+    let PathParts { operations, paths } = path_parts(ctx, query).await?;
+    let mut durations: Vec<i64> = paths.values().map(|path| path.duration_ns).collect();
     durations.sort_unstable();
     if durations.is_empty() {
         let empty = PathGroup { traces: 0, min_duration_ns: 0, max_duration_ns: 0, mean_duration_ns: 0.0 };
@@ -214,7 +229,7 @@ pub(crate) async fn aggregate_critical_path(
     let new_group =
         || Group { traces: 0, total: 0.0, min: i64::MAX, max: i64::MIN, self_ns: vec![0.0; operations.len()] };
     let (mut typical_group, mut tail_group) = (new_group(), new_group());
-    for (duration, parts) in paths.values() {
+    for Path { duration_ns: duration, self_ns: parts } in paths.values() {
         for (group, member) in [(&mut typical_group, typical(*duration)), (&mut tail_group, tail(*duration))] {
             if !member {
                 continue;
