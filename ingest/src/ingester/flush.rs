@@ -242,8 +242,6 @@ struct Stored {
 
 /// Whether an error is the storage's rather than one payload's: out of space, over a quota or a
 /// file size limit, read-only, or failing I/O. Retrying later is the cure, not dead-lettering.
-/// Whether an error is the storage's rather than one payload's: out of space, over a quota or a
-/// file size limit, read-only, or failing I/O. Retrying later is the cure, not dead-lettering.
 pub(crate) fn storage_is_failing(error: &IngestError) -> bool {
     use std::io::ErrorKind as K;
     let io: Option<&std::io::Error> = match error {
