@@ -335,31 +335,9 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
     ingester.metrics().register(&mut registry);
     engine.register_metrics(&mut registry);
 
-    let descriptors = listener::raise_descriptor_limit();
-    let listener_limits = listener::ListenerLimits {
-        max_connections: args.max_connections.unwrap_or_else(|| listener::default_max_connections(descriptors, 3)),
-        header_read_timeout: args.header_read_timeout,
-        idle_timeout: args.idle_timeout,
-    };
-
-    let grpc_listener = bind(args.otlp_grpc_addr, "OTLP/gRPC").await?;
-    let http_listener = bind(args.otlp_http_addr, "OTLP/HTTP").await?;
-    let api_listener = bind(args.api_addr, "API").await?;
-    let ui_config = hopscope_ui::UiConfig {
-        otlp_http_addr: http_listener.local_addr()?,
-        otlp_grpc_addr: grpc_listener.local_addr()?,
-    };
-    tracing::info!(
-        otlp_grpc = %grpc_listener.local_addr()?,
-        otlp_http = %http_listener.local_addr()?,
-        api = %api_listener.local_addr()?,
-        data_dir = %args.data_dir.display(),
-        max_connections = listener_limits.max_connections,
-        open_file_limit = descriptors,
-        "hopscope listening"
-    );
+    let (listeners, ui_config) = bind_listeners(&args).await?;
     if let Some(listening) = listening {
-        let _ = listening.send(http_listener.local_addr()?);
+        let _ = listening.send(ui_config.otlp_http_addr);
     }
 
     // Receivers and the API stop on `stop` (a receiver that fails cancels it too); the flusher stops
@@ -371,8 +349,6 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
     let flusher = supervise_flusher(&ingester, flush_stop.clone());
     let maintenance = supervise_maintenance(&ingester, stop.clone());
 
-    let listeners =
-        Listeners { grpc: grpc_listener, otlp_http: http_listener, api: api_listener, limits: listener_limits };
     let api_app = Router::new()
         .merge(hopscope_query::api::router(Arc::clone(&engine)))
         .merge(hopscope_ui::router(Arc::clone(&engine), ui_config))
@@ -401,6 +377,36 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
     flushed.context("writing buffered spans at shutdown")?;
     tracing::info!("stopped; every acknowledged span is written");
     Ok(())
+}
+
+/// Raises the open-file limit, binds the three listeners and logs where they listen.
+async fn bind_listeners(args: &ServeArgs) -> anyhow::Result<(Listeners, hopscope_ui::UiConfig)> {
+    let descriptors = listener::raise_descriptor_limit();
+    let listener_limits = listener::ListenerLimits {
+        max_connections: args.max_connections.unwrap_or_else(|| listener::default_max_connections(descriptors, 3)),
+        header_read_timeout: args.header_read_timeout,
+        idle_timeout: args.idle_timeout,
+    };
+
+    let grpc_listener = bind(args.otlp_grpc_addr, "OTLP/gRPC").await?;
+    let http_listener = bind(args.otlp_http_addr, "OTLP/HTTP").await?;
+    let api_listener = bind(args.api_addr, "API").await?;
+    let ui_config = hopscope_ui::UiConfig {
+        otlp_http_addr: http_listener.local_addr()?,
+        otlp_grpc_addr: grpc_listener.local_addr()?,
+    };
+    tracing::info!(
+        otlp_grpc = %grpc_listener.local_addr()?,
+        otlp_http = %http_listener.local_addr()?,
+        api = %api_listener.local_addr()?,
+        data_dir = %args.data_dir.display(),
+        max_connections = listener_limits.max_connections,
+        open_file_limit = descriptors,
+        "hopscope listening"
+    );
+    let listeners =
+        Listeners { grpc: grpc_listener, otlp_http: http_listener, api: api_listener, limits: listener_limits };
+    Ok((listeners, ui_config))
 }
 
 /// How the ingester stores spans, from the flags.

@@ -157,7 +157,9 @@ mod invariance {
                 let mut id = [0u8; 8];
                 id[..4].copy_from_slice(&(i as u32 + 1).to_be_bytes());
                 id[4..].copy_from_slice(&trace_id[..4]);
-                let mut row = SpanRow::new(*trace_id, id, SERVICES[*service], &format!("op{}", i % 3), KINDS[*kind])
+                // The first span is a SERVER root, so every trace has at least its entry hop.
+                let kind = if i == 0 { SERVER } else { KINDS[*kind] };
+                let mut row = SpanRow::new(*trace_id, id, SERVICES[*service], &format!("op{}", i % 3), kind)
                     .during(start, end)
                     .status(if *failed { 2 } else { 0 });
                 if let Some(p) = parent {

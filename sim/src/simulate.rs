@@ -209,27 +209,34 @@ enum Sink {
     Corpus(CorpusWriter),
 }
 
+impl Sink {
+    /// A corpus file when `--output` is given, else an exporter to the endpoint.
+    async fn open(args: &SimulateArgs) -> Result<Self, SimError> {
+        Ok(match &args.output {
+            Some(path) => Sink::Corpus(CorpusWriter::create(path)?),
+            None => {
+                let endpoint = args.endpoint.clone().unwrap_or_else(|| args.protocol.default_endpoint().to_owned());
+                Sink::Send(Exporter::connect(args.protocol, &endpoint).await?)
+            }
+        })
+    }
+
+    /// Finishes the corpus, if any; returns where the spans went.
+    fn finish(self, args: &SimulateArgs) -> Result<String, SimError> {
+        Ok(match self {
+            Sink::Send(exporter) => exporter.target().to_owned(),
+            Sink::Corpus(writer) => {
+                writer.finish()?;
+                args.output.as_ref().expect("a corpus sink has a path").display().to_string()
+            }
+        })
+    }
+}
+
 /// Runs the simulator until its budget is spent or the process is interrupted.
 pub async fn run(args: SimulateArgs) -> Result<Simulated, SimError> {
-    if !(args.rate >= 0.0 && args.rate.is_finite()) {
-        return Err(SimError::Invalid("--rate must be a number of spans per second, 0 for as fast as possible".into()));
-    }
-    if args.concurrency == 0 {
-        return Err(SimError::Invalid("--concurrency must be at least 1".into()));
-    }
-    let mut scenarios: Vec<Scenario> = args.scenario.iter().flat_map(|c| c.0.iter().copied()).collect();
-    scenarios.sort_unstable();
-    scenarios.dedup();
-    if args.output.is_some() && args.spans.is_none() && args.duration.is_none() {
-        return Err(SimError::Invalid("--output needs --spans or --duration: a corpus has an end".into()));
-    }
-    let mut sink = match &args.output {
-        Some(path) => Sink::Corpus(CorpusWriter::create(path)?),
-        None => {
-            let endpoint = args.endpoint.clone().unwrap_or_else(|| args.protocol.default_endpoint().to_owned());
-            Sink::Send(Exporter::connect(args.protocol, &endpoint).await?)
-        }
-    };
+    let scenarios = checked_scenarios(&args)?;
+    let sink = Sink::open(&args).await?;
     let scenario_services: Vec<&str> = scenarios.iter().flat_map(|s| s.services().iter().copied()).collect();
     let mut rng = Rng(args.seed);
     let system = System::new(&mut rng, &scenario_services);
@@ -237,10 +244,7 @@ pub async fn run(args: SimulateArgs) -> Result<Simulated, SimError> {
 
     let started = Instant::now();
     let backfill_start = args.backfill.map(|window| now_ns().saturating_sub(window.as_nanos() as u64));
-    // Traces are grouped into requests of about this many spans per service batch.
-    const SPANS_PER_REQUEST: usize = 2_000;
-    let mut pending: Vec<Vec<Span>> = (0..system.services.len()).map(|_| Vec::new()).collect();
-    let mut in_flight = tokio::task::JoinSet::new();
+    let mut outbox = Outbox::new(sink, &system, args.concurrency);
     let (mut sent_spans, mut traces) = (0u64, 0u64);
     let expected_spans = args.spans.unwrap_or(u64::MAX);
     let stop = async {
@@ -261,14 +265,7 @@ pub async fn run(args: SimulateArgs) -> Result<Simulated, SimError> {
                 }
             }
         }
-        let start_ns = match (backfill_start, args.backfill, args.spans) {
-            // Spread the asked number of spans evenly over the window, by the share already sent.
-            (Some(from), Some(window), Some(total)) => {
-                from + (window.as_nanos() as f64 * (sent_spans as f64 / total.max(1) as f64)) as u64
-            }
-            (Some(from), Some(window), None) => from + rng.next_u64() % (window.as_nanos() as u64).max(1),
-            _ => now_ns(),
-        };
+        let start_ns = trace_start(&args, backfill_start, sent_spans, &mut rng);
         let scenario =
             (!scenarios.is_empty() && rng.chance(args.scenario_share)).then(|| scenarios[rng.below(scenarios.len())]);
         let mut builder = TraceBuilder::new(&system, &mut rng);
@@ -282,32 +279,13 @@ pub async fn run(args: SimulateArgs) -> Result<Simulated, SimError> {
                 builder.request(start_ns);
             }
         }
-        for (service, spans) in by_service(builder.spans) {
-            sent_spans += spans.len() as u64;
-            pending[service].extend(spans);
-        }
+        sent_spans += outbox.add(builder.spans);
         traces += 1;
-        let flush_all = sent_spans >= expected_spans || (args.rate > 0.0 && args.output.is_none());
-        for (service, batch) in pending.iter_mut().enumerate() {
-            if batch.len() >= SPANS_PER_REQUEST || (flush_all && !batch.is_empty()) {
-                let spans = std::mem::take(batch);
-                deliver(&mut sink, &mut in_flight, args.concurrency, &system, service, spans).await?;
-            }
-        }
+        // Paced runs send every trace at once; others fill requests.
+        let send_all = sent_spans >= expected_spans || (args.rate > 0.0 && args.output.is_none());
+        outbox.send(send_all).await?;
     }
-    for (service, spans) in pending.into_iter().enumerate().filter(|(_, s)| !s.is_empty()) {
-        deliver(&mut sink, &mut in_flight, args.concurrency, &system, service, spans).await?;
-    }
-    while let Some(result) = in_flight.join_next().await {
-        result??;
-    }
-    let target = match sink {
-        Sink::Send(exporter) => exporter.target().to_owned(),
-        Sink::Corpus(writer) => {
-            writer.finish()?;
-            args.output.as_ref().expect("a corpus sink has a path").display().to_string()
-        }
-    };
+    let target = outbox.close().await?.finish(&args)?;
     if let Some(path) = &args.manifest {
         let manifest = Manifest {
             seed: args.seed,
@@ -328,6 +306,35 @@ pub async fn run(args: SimulateArgs) -> Result<Simulated, SimError> {
         std::fs::write(path, json).map_err(SimError::io(format!("writing {}", path.display())))?;
     }
     Ok(Simulated { spans: sent_spans, traces, seconds: started.elapsed().as_secs_f64(), target })
+}
+
+/// The scenarios `args` enables (each once, in order), after checking the flags that go together.
+fn checked_scenarios(args: &SimulateArgs) -> Result<Vec<Scenario>, SimError> {
+    if !(args.rate >= 0.0 && args.rate.is_finite()) {
+        return Err(SimError::Invalid("--rate must be a number of spans per second, 0 for as fast as possible".into()));
+    }
+    if args.concurrency == 0 {
+        return Err(SimError::Invalid("--concurrency must be at least 1".into()));
+    }
+    if args.output.is_some() && args.spans.is_none() && args.duration.is_none() {
+        return Err(SimError::Invalid("--output needs --spans or --duration: a corpus has an end".into()));
+    }
+    let mut scenarios: Vec<Scenario> = args.scenario.iter().flat_map(|c| c.0.iter().copied()).collect();
+    scenarios.sort_unstable();
+    scenarios.dedup();
+    Ok(scenarios)
+}
+
+/// When the next trace starts: now, or within the backfill window (spread evenly over it by the
+/// share of `--spans` already sent, or at random when the run has no span count).
+fn trace_start(args: &SimulateArgs, backfill_start: Option<u64>, sent_spans: u64, rng: &mut Rng) -> u64 {
+    match (backfill_start, args.backfill, args.spans) {
+        (Some(from), Some(window), Some(total)) => {
+            from + (window.as_nanos() as f64 * (sent_spans as f64 / total.max(1) as f64)) as u64
+        }
+        (Some(from), Some(window), None) => from + rng.next_u64() % (window.as_nanos() as u64).max(1),
+        _ => now_ns(),
+    }
 }
 
 /// What a simulation sent (or wrote).
@@ -354,27 +361,72 @@ impl std::fmt::Display for Simulated {
     }
 }
 
-/// Sends (or writes) one request of `spans` from `service`, keeping at most `concurrency` in flight.
-async fn deliver(
-    sink: &mut Sink,
-    in_flight: &mut tokio::task::JoinSet<Result<(), SimError>>,
+/// Spans waiting to be sent, one request per service, and the requests in flight.
+struct Outbox<'a> {
+    sink: Sink,
+    system: &'a System,
     concurrency: usize,
-    system: &System,
-    service: usize,
-    spans: Vec<Span>,
-) -> Result<(), SimError> {
-    let count = spans.len();
-    let body =
-        ExportTraceServiceRequest { resource_spans: vec![resource_spans(system, service, spans)] }.encode_to_vec();
-    match sink {
-        Sink::Corpus(writer) => writer.append(count, &body),
-        Sink::Send(exporter) => {
-            while in_flight.len() >= concurrency {
-                in_flight.join_next().await.expect("non-empty")??;
+    /// Per service, the spans of its next request.
+    pending: Vec<Vec<Span>>,
+    in_flight: tokio::task::JoinSet<Result<(), SimError>>,
+}
+
+impl<'a> Outbox<'a> {
+    /// Requests carry about this many spans (those of one service).
+    const SPANS_PER_REQUEST: usize = 2_000;
+
+    fn new(sink: Sink, system: &'a System, concurrency: usize) -> Self {
+        let pending = (0..system.services.len()).map(|_| Vec::new()).collect();
+        Self { sink, system, concurrency, pending, in_flight: tokio::task::JoinSet::new() }
+    }
+
+    /// Queues the spans of a trace; returns how many.
+    fn add(&mut self, spans: Vec<system::Generated>) -> u64 {
+        let mut count = 0;
+        for (service, spans) in by_service(spans) {
+            count += spans.len() as u64;
+            self.pending[service].extend(spans);
+        }
+        count
+    }
+
+    /// Sends each full request, or every non-empty one when `all`.
+    async fn send(&mut self, all: bool) -> Result<(), SimError> {
+        for service in 0..self.pending.len() {
+            let len = self.pending[service].len();
+            if len >= Self::SPANS_PER_REQUEST || (all && len > 0) {
+                let spans = std::mem::take(&mut self.pending[service]);
+                self.deliver(service, spans).await?;
             }
-            let exporter = exporter.clone();
-            in_flight.spawn(async move { exporter.send(Bytes::from(body)).await });
-            Ok(())
+        }
+        Ok(())
+    }
+
+    /// Sends what is left and waits for every request; returns the sink.
+    async fn close(mut self) -> Result<Sink, SimError> {
+        self.send(true).await?;
+        while let Some(result) = self.in_flight.join_next().await {
+            result??;
+        }
+        Ok(self.sink)
+    }
+
+    /// Sends (or writes) one request of `spans` from `service`, keeping at most `concurrency` in
+    /// flight.
+    async fn deliver(&mut self, service: usize, spans: Vec<Span>) -> Result<(), SimError> {
+        let count = spans.len();
+        let request = ExportTraceServiceRequest { resource_spans: vec![resource_spans(self.system, service, spans)] };
+        let body = request.encode_to_vec();
+        match &mut self.sink {
+            Sink::Corpus(writer) => writer.append(count, &body),
+            Sink::Send(exporter) => {
+                while self.in_flight.len() >= self.concurrency {
+                    self.in_flight.join_next().await.expect("non-empty")??;
+                }
+                let exporter = exporter.clone();
+                self.in_flight.spawn(async move { exporter.send(Bytes::from(body)).await });
+                Ok(())
+            }
         }
     }
 }

@@ -8,7 +8,7 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Html;
 use hopscope_query::{EdgesQuery, LatencyQuery, LatencyTarget};
-use hopscope_schemas::api::{EdgeView, LatencyView, SlowCallView};
+use hopscope_schemas::api::{EdgeView, LatencyView, OperationView, SlowCallView};
 use hopscope_schemas::time::TimeRange;
 use maud::{Markup, html};
 
@@ -158,17 +158,7 @@ pub(crate) async fn service_page(
             @if !outgoing.is_empty() { h2 { "Calls" } (hops_table(&params, &outgoing)) }
             @if instrumented && operation.is_none() {
                 h2 { "Operations" }
-                table.operations {
-                    thead { tr { th { "operation" } th { "kind" } th.num { "spans (all time)" } } }
-                    tbody {
-                        @for op in &operations {
-                            tr {
-                                td { a href=(params.link(paths::SERVICE, &[("name", &name), ("operation", &op.name)])) { (op.name) } }
-                                td { (op.span_kind) } td.num { (op.spans) }
-                            }
-                        }
-                    }
-                }
+                (operations_table(&params, &name, &operations))
             }
         }
     };
@@ -177,6 +167,23 @@ pub(crate) async fn service_page(
         keep.push(("operation", op.as_str()));
     }
     Ok(Frame { title: &title, path: paths::SERVICE, window: &params.window, keep }.render(body))
+}
+
+/// The service's operations, each linked to its own page.
+fn operations_table(params: &PageParams, name: &str, operations: &[OperationView]) -> Markup {
+    html! {
+        table.operations {
+            thead { tr { th { "operation" } th { "kind" } th.num { "spans (all time)" } } }
+            tbody {
+                @for op in operations {
+                    tr {
+                        td { a href=(params.link(paths::SERVICE, &[("name", name), ("operation", &op.name)])) { (op.name) } }
+                        td { (op.span_kind) } td.num { (op.spans) }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// `GET /ui/hop?caller=A&callee=B`: one hop's latency, its three durations side by side.

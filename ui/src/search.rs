@@ -7,7 +7,8 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Html;
 use hopscope_query::TraceSearch;
-use maud::html;
+use hopscope_schemas::api::TraceSummaryView;
+use maud::{Markup, html};
 
 use crate::page::{Frame, PageParams, duration};
 use crate::{UiError, UiState, paths};
@@ -41,6 +42,29 @@ pub(crate) async fn page(
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Html<String>, UiError> {
     let params = PageParams::new(raw, &FIELDS)?;
+    let search = trace_search(&params)?;
+    let engine = &ui.engine;
+    let asked = search.clone();
+    let (services, traces) = tokio::try_join!(engine.services(), engine.search_traces(asked),)?;
+    let empty = if traces.is_empty() {
+        Some(crate::page::empty_state(&ui, &params.window, &headers, "traces that match").await?)
+    } else {
+        None
+    };
+    let body = html! {
+        h1 { "Search traces" }
+        (search_form(&params, &services, &search))
+        p.explain { "Traces with a span that meets every condition, started in " (params.window.describe()) "." }
+        @if let Some(empty) = empty { (empty) } @else {
+            (trace_table(&traces))
+        }
+    };
+    let keep: Vec<(&str, &str)> = FIELDS.iter().filter_map(|f| params.text(f).map(|v| (*f, v))).collect();
+    Ok(Frame { title: "Search", path: paths::SEARCH, window: &params.window, keep }.render(body))
+}
+
+/// The search the page's parameters ask for.
+fn trace_search(params: &PageParams) -> Result<TraceSearch, UiError> {
     let limit = match params.text("limit") {
         None => 20,
         Some(v) => v.parse::<usize>().ok().filter(|n| (1..=MAX_LIMIT).contains(n)).ok_or_else(|| {
@@ -73,23 +97,19 @@ pub(crate) async fn page(
     {
         return Err(UiError::BadParameter("min_duration: must not exceed max_duration".into()));
     }
-    let engine = &ui.engine;
-    let asked = search.clone();
-    let (services, traces) = tokio::try_join!(engine.services(), engine.search_traces(asked),)?;
-    let empty = if traces.is_empty() {
-        Some(crate::page::empty_state(&ui, &params.window, &headers, "traces that match").await?)
-    } else {
-        None
-    };
+    Ok(search)
+}
+
+/// The search form, filled in with what was asked.
+fn search_form(params: &PageParams, services: &[String], search: &TraceSearch) -> Markup {
     let value = |name: &str| params.text(name).unwrap_or("").to_owned();
-    let body = html! {
-        h1 { "Search traces" }
+    html! {
         form.search method="get" action=(paths::SEARCH) {
             @for (k, v) in params.window.query_pairs() { input type="hidden" name=(k) value=(v); }
             label { "Service "
                 select name="service" {
                     option value="" { "any" }
-                    @for s in &services { option value=(s) selected[search.service.as_deref() == Some(s.as_str())] { (s) } }
+                    @for s in services { option value=(s) selected[search.service.as_deref() == Some(s.as_str())] { (s) } }
                 }
             }
             label { "Operation " input type="text" name="operation" value=(value("operation")) placeholder="any"; }
@@ -108,29 +128,30 @@ pub(crate) async fn page(
                     option value="slowest" selected[search.slowest_first] { "slowest first" }
                 }
             }
-            label { "Limit " input type="number" name="limit" min="1" max=(MAX_LIMIT) value=(limit); }
+            label { "Limit " input type="number" name="limit" min="1" max=(MAX_LIMIT) value=(search.limit); }
             button type="submit" { "Search" }
         }
-        p.explain { "Traces with a span that meets every condition, started in " (params.window.describe()) "." }
-        @if let Some(empty) = empty { (empty) } @else {
-            table.traces {
-                thead { tr { th { "trace" } th { "root" } th { "started (UTC)" } th.num { "duration" } th.num { "spans" } th.num { "errors" } } }
-                tbody {
-                    @for t in &traces {
-                        tr class=(if t.error_count > 0 { "has-errors" } else { "" }) {
-                            td { a.trace-link href=(paths::trace(&t.trace_id)) { code { (t.trace_id) } } }
-                            td { (t.root_service) " · " (t.root_operation) }
-                            td { (t.start_time.get(..19).unwrap_or(&t.start_time)) }
-                            td.num { (duration(t.duration_ns as f64)) }
-                            td.num { (t.span_count) } td.num { (t.error_count) }
-                        }
+    }
+}
+
+/// One row per trace found, linking to its page.
+fn trace_table(traces: &[TraceSummaryView]) -> Markup {
+    html! {
+        table.traces {
+            thead { tr { th { "trace" } th { "root" } th { "started (UTC)" } th.num { "duration" } th.num { "spans" } th.num { "errors" } } }
+            tbody {
+                @for t in traces {
+                    tr class=(if t.error_count > 0 { "has-errors" } else { "" }) {
+                        td { a.trace-link href=(paths::trace(&t.trace_id)) { code { (t.trace_id) } } }
+                        td { (t.root_service) " · " (t.root_operation) }
+                        td { (t.start_time.get(..19).unwrap_or(&t.start_time)) }
+                        td.num { (duration(t.duration_ns as f64)) }
+                        td.num { (t.span_count) } td.num { (t.error_count) }
                     }
                 }
             }
         }
-    };
-    let keep: Vec<(&str, &str)> = FIELDS.iter().filter_map(|f| params.text(f).map(|v| (*f, v))).collect();
-    Ok(Frame { title: "Search", path: paths::SEARCH, window: &params.window, keep }.render(body))
+    }
 }
 
 #[cfg(test)]

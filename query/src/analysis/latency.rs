@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Int32Type, IntervalMonthDayNano};
 use datafusion::common::ScalarValue;
 use datafusion::dataframe::DataFrame;
@@ -218,8 +218,24 @@ pub(crate) async fn latency(ctx: &SessionContext, query: &LatencyQuery) -> Resul
     aggregates.push(stddev_pop(col("value")).alias("stddev"));
     let summary_batches = values.aggregate(vec![], aggregates)?.collect().await?;
 
+    let series = series_points(&series_batches)?;
+    let (heatmap, histogram) = heatmap_cells(&heat_batches)?;
+    let summary = predictability(&summary_batches)?;
+    Ok(LatencyView {
+        start: format_time(query.range.start_ns),
+        end: format_time(query.range.end_ns),
+        step_ns: query.step_ns,
+        series,
+        histogram,
+        heatmap,
+        summary,
+    })
+}
+
+/// One point per time bucket that holds values.
+fn series_points(batches: &[RecordBatch]) -> Result<Vec<LatencyPoint>, QueryError> {
     let mut series = Vec::new();
-    for batch in &series_batches {
+    for batch in batches {
         let r = Results(batch);
         let (t, n) = (r.ints("t")?, r.ints("count")?);
         for row in 0..batch.num_rows() {
@@ -228,9 +244,14 @@ pub(crate) async fn latency(ctx: &SessionContext, query: &LatencyQuery) -> Resul
             }
         }
     }
+    Ok(series)
+}
+
+/// The heatmap's cells, and the histogram they add up to over the whole range.
+fn heatmap_cells(batches: &[RecordBatch]) -> Result<(Vec<HeatmapCell>, Vec<HistogramBucket>), QueryError> {
     let mut heatmap = Vec::new();
     let mut histogram: BTreeMap<i32, u64> = BTreeMap::new();
-    for batch in &heat_batches {
+    for batch in batches {
         let r = Results(batch);
         let (t, n) = (r.ints("t")?, r.ints("count")?);
         let buckets = r.cast("bucket", &DataType::Int32)?;
@@ -250,6 +271,11 @@ pub(crate) async fn latency(ctx: &SessionContext, query: &LatencyQuery) -> Resul
             count,
         })
         .collect();
+    Ok((heatmap, histogram))
+}
+
+/// The whole range's percentiles, mean, spread and the ratios that measure predictability.
+fn predictability(batches: &[RecordBatch]) -> Result<Predictability, QueryError> {
     let mut summary = Predictability {
         count: 0,
         mean_ns: 0.0,
@@ -258,7 +284,7 @@ pub(crate) async fn latency(ctx: &SessionContext, query: &LatencyQuery) -> Resul
         p99_over_p50: None,
         coefficient_of_variation: None,
     };
-    if let Some(batch) = summary_batches.iter().find(|b| b.num_rows() > 0) {
+    if let Some(batch) = batches.iter().find(|b| b.num_rows() > 0) {
         let r = Results(batch);
         summary.count = r.ints("count")?.value(0) as u64;
         if let Some(percentiles) = r.percentiles("v", 0)? {
@@ -270,13 +296,5 @@ pub(crate) async fn latency(ctx: &SessionContext, query: &LatencyQuery) -> Resul
             summary.percentiles = percentiles;
         }
     }
-    Ok(LatencyView {
-        start: format_time(query.range.start_ns),
-        end: format_time(query.range.end_ns),
-        step_ns: query.step_ns,
-        series,
-        histogram,
-        heatmap,
-        summary,
-    })
+    Ok(summary)
 }

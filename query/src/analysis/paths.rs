@@ -60,71 +60,108 @@ impl CriticalPath {
 
 /// The critical path of every root of a trace, in root order (by start time, then input order).
 pub(crate) fn critical_paths(spans: &[PathSpan]) -> Vec<CriticalPath> {
-    let n = spans.len();
-    // 1. The tree, children by start time (stable). 2. A consumer under a producer does not block it.
-    let mut children: Vec<Vec<usize>> = vec![Vec::new(); n];
-    let mut roots = Vec::new();
-    for (i, span) in spans.iter().enumerate() {
-        match span.parent {
-            Some(p) if p < n && p != i => {
-                if !(span.kind == kind::CONSUMER && spans[p].kind == kind::PRODUCER) {
-                    children[p].push(i);
+    let mut walk = PathWalk::new(spans);
+    let roots = std::mem::take(&mut walk.roots);
+    roots
+        .into_iter()
+        .map(|root| {
+            walk.clip(root);
+            CriticalPath { root, sections: walk.walk_back(root) }
+        })
+        .collect()
+}
+
+/// The state of the critical-path walk over one trace: the tree, and per span its interval clipped
+/// to its parent's, the children that overlap it, and whether the walk has visited it.
+struct PathWalk<'a> {
+    spans: &'a [PathSpan],
+    /// Children by start time (stable).
+    children: Vec<Vec<usize>>,
+    /// Roots by start time (stable).
+    roots: Vec<usize>,
+    clipped: Vec<Option<(i64, i64)>>,
+    kept: Vec<Vec<usize>>,
+    visited: Vec<bool>,
+}
+
+impl<'a> PathWalk<'a> {
+    /// Steps 1 and 2: the tree, children by start time; a consumer under a producer does not
+    /// block it, so it is no child of it here.
+    fn new(spans: &'a [PathSpan]) -> Self {
+        let n = spans.len();
+        let mut children: Vec<Vec<usize>> = vec![Vec::new(); n];
+        let mut roots = Vec::new();
+        for (i, span) in spans.iter().enumerate() {
+            match span.parent {
+                Some(p) if p < n && p != i => {
+                    if !(span.kind == kind::CONSUMER && spans[p].kind == kind::PRODUCER) {
+                        children[p].push(i);
+                    }
                 }
+                _ => roots.push(i),
             }
-            _ => roots.push(i),
         }
-    }
-    let by_start = |a: &usize, b: &usize| spans[*a].start.cmp(&spans[*b].start);
-    roots.sort_by(by_start);
-    for list in &mut children {
-        list.sort_by(by_start);
+        let by_start = |a: &usize, b: &usize| spans[*a].start.cmp(&spans[*b].start);
+        roots.sort_by(by_start);
+        for list in &mut children {
+            list.sort_by(by_start);
+        }
+        Self { spans, children, roots, clipped: vec![None; n], kept: vec![Vec::new(); n], visited: vec![false; n] }
     }
 
-    let mut paths = Vec::with_capacity(roots.len());
-    let mut clipped: Vec<Option<(i64, i64)>> = vec![None; n];
-    let mut kept: Vec<Vec<usize>> = vec![Vec::new(); n];
-    let mut visited = vec![false; n];
-    for &root in &roots {
-        // 3. Clip in pre-order: a child wholly outside its clipped parent is dropped with its subtree.
-        let root_interval = (spans[root].start, spans[root].end.max(spans[root].start));
-        clipped[root] = Some(root_interval);
+    /// Step 3: clips the subtree of `root` in pre-order; a child wholly outside its clipped parent
+    /// is dropped with its subtree.
+    fn clip(&mut self, root: usize) {
+        let spans = self.spans;
+        self.clipped[root] = Some((spans[root].start, spans[root].end.max(spans[root].start)));
         let mut stack = vec![root];
         while let Some(p) = stack.pop() {
-            let (ps, pe) = clipped[p].expect("clipped before its children");
-            kept[p].clear();
-            for &c in &children[p] {
+            let (ps, pe) = self.clipped[p].expect("clipped before its children");
+            self.kept[p].clear();
+            for &c in &self.children[p] {
                 let (cs, ce) = (spans[c].start, spans[c].end.max(spans[c].start));
                 if ce <= ps || cs >= pe {
                     continue;
                 }
-                clipped[c] = Some((cs.max(ps), ce.min(pe)));
-                kept[p].push(c);
+                self.clipped[c] = Some((cs.max(ps), ce.min(pe)));
+                self.kept[p].push(c);
                 stack.push(c);
             }
         }
-        // 4. Walk backwards from the root's end through the last-finishing child: among the children
-        // not yet visited, the one ending latest at or before the bound. (A child that ends exactly
-        // where its next sibling starts is on the path; jaeger-ui's strict "before" hands its time
-        // to the parent.)
-        let interval = |i: usize| clipped[i].expect("kept spans are clipped");
-        let mut sections = Vec::new();
-        let (mut cur, mut t, mut bounded) = (root, root_interval.1, false);
-        loop {
-            let mut pick: Option<usize> = None;
-            for &c in &kept[cur] {
-                let end = interval(c).1;
-                if visited[c] || (bounded && end > t) {
-                    continue;
-                }
-                // Latest end wins; on a tie the earlier-starting child (seen first) stays.
-                if pick.is_none_or(|p| end > interval(p).1) {
-                    pick = Some(c);
-                }
+    }
+
+    fn interval(&self, i: usize) -> (i64, i64) {
+        self.clipped[i].expect("kept spans are clipped")
+    }
+
+    /// Among the kept children of `parent` not yet visited, the one ending latest (at or before
+    /// `bound`, when given); on a tie the earlier-starting one.
+    fn last_child(&self, parent: usize, bound: Option<i64>) -> Option<usize> {
+        let mut pick: Option<usize> = None;
+        for &c in &self.kept[parent] {
+            let end = self.interval(c).1;
+            if self.visited[c] || bound.is_some_and(|t| end > t) {
+                continue;
             }
-            match pick {
+            if pick.is_none_or(|p| end > self.interval(p).1) {
+                pick = Some(c);
+            }
+        }
+        pick
+    }
+
+    /// Step 4: walks backwards from the root's end through the last-finishing child: among the
+    /// children not yet visited, the one ending latest at or before the bound. (A child that ends
+    /// exactly where its next sibling starts is on the path; jaeger-ui's strict "before" hands its
+    /// time to the parent.) Returns the sections in time order.
+    fn walk_back(&mut self, root: usize) -> Vec<Section> {
+        let mut sections = Vec::new();
+        let (mut cur, mut t, mut bounded) = (root, self.interval(root).1, false);
+        loop {
+            match self.last_child(cur, bounded.then_some(t)) {
                 Some(child) => {
-                    visited[child] = true;
-                    let end = interval(child).1;
+                    self.visited[child] = true;
+                    let end = self.interval(child).1;
                     if t > end {
                         sections.push(Section { span: cur, start: end, end: t });
                     }
@@ -133,7 +170,7 @@ pub(crate) fn critical_paths(spans: &[PathSpan]) -> Vec<CriticalPath> {
                     bounded = false;
                 }
                 None => {
-                    let start = interval(cur).0;
+                    let start = self.interval(cur).0;
                     if t > start {
                         sections.push(Section { span: cur, start, end: t });
                     }
@@ -141,15 +178,14 @@ pub(crate) fn critical_paths(spans: &[PathSpan]) -> Vec<CriticalPath> {
                         break;
                     }
                     t = start;
-                    cur = spans[cur].parent.expect("a kept non-root span has a parent");
+                    cur = self.spans[cur].parent.expect("a kept non-root span has a parent");
                     bounded = true;
                 }
             }
         }
         sections.reverse();
-        paths.push(CriticalPath { root, sections });
+        sections
     }
-    paths
 }
 
 /// The schema of the `critical_path` table.

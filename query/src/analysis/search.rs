@@ -1,6 +1,7 @@
 //! Trace search (`GET /api/v1/traces`): traces with a span that meets every condition, newest or
 //! slowest first, summarised from their spans.
 
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::JoinType;
 use datafusion::execution::FunctionRegistry;
@@ -63,25 +64,7 @@ pub(crate) async fn search_traces(
             search.attributes.len()
         )));
     }
-    let mut condition = in_range(c::START_TIME, range);
-    if let Some(service) = &search.service {
-        condition = condition.and(col(c::SERVICE_NAME).eq(lit(service.as_str())));
-    }
-    if let Some(operation) = &search.operation {
-        condition = condition.and(col(c::NAME).eq(lit(operation.as_str())));
-    }
-    if let Some(min) = search.min_duration_ns {
-        condition = condition.and(col(c::DURATION_NS).gt_eq(lit(min)));
-    }
-    if let Some(max) = search.max_duration_ns {
-        condition = condition.and(col(c::DURATION_NS).lt_eq(lit(max)));
-    }
-    if search.errors_only {
-        condition = condition.and(col(c::STATUS_CODE).eq(lit(status::ERROR)));
-    }
-    for (key, value) in &search.attributes {
-        condition = condition.and(attribute_condition(ctx, key, value)?);
-    }
+    let condition = match_condition(ctx, search, range)?;
     let matching = ctx
         .table(crate::tables::SPANS)
         .await?
@@ -121,8 +104,37 @@ pub(crate) async fn search_traces(
         .limit(0, Some(search.limit))?
         .collect()
         .await?;
+    summary_views(&batches)
+}
+
+/// The condition a span must meet for its trace to match: every field of the search, ANDed.
+fn match_condition(ctx: &SessionContext, search: &TraceSearch, range: TimeRange) -> Result<Expr, QueryError> {
+    let mut condition = in_range(c::START_TIME, range);
+    if let Some(service) = &search.service {
+        condition = condition.and(col(c::SERVICE_NAME).eq(lit(service.as_str())));
+    }
+    if let Some(operation) = &search.operation {
+        condition = condition.and(col(c::NAME).eq(lit(operation.as_str())));
+    }
+    if let Some(min) = search.min_duration_ns {
+        condition = condition.and(col(c::DURATION_NS).gt_eq(lit(min)));
+    }
+    if let Some(max) = search.max_duration_ns {
+        condition = condition.and(col(c::DURATION_NS).lt_eq(lit(max)));
+    }
+    if search.errors_only {
+        condition = condition.and(col(c::STATUS_CODE).eq(lit(status::ERROR)));
+    }
+    for (key, value) in &search.attributes {
+        condition = condition.and(attribute_condition(ctx, key, value)?);
+    }
+    Ok(condition)
+}
+
+/// The summaries' rows as API views.
+fn summary_views(batches: &[RecordBatch]) -> Result<Vec<TraceSummaryView>, QueryError> {
     let mut out = Vec::new();
-    for batch in &batches {
+    for batch in batches {
         let r = Results(batch);
         let ids = r.trace_ids()?;
         let (start, duration, spans, errors) =

@@ -106,171 +106,192 @@ impl Scenario {
     /// One trace of the scenario, starting at `start`; `n` counts the scenario's traces so far.
     pub(crate) fn trace(self, b: &mut TraceBuilder<'_>, start: u64, n: u64) {
         match self {
-            Scenario::SlowDependency => entry(b, "GET /api/reports/{id}", start, |b, root, t| {
-                let reports = b.system.service("reports");
-                rpc(b, root, reports, ("GET", "/reports/{id}"), t, Outcome::Ok, 0, |b, span, t| {
-                    let t = t + b.rng.ms(0.5, 0.3);
-                    let stall = n % 10 == 9;
-                    let duration = if stall { b.rng.ms(750.0, 0.1) } else { b.rng.ms(15.0, 0.25) };
-                    let end = b.http_out(reports, span.1, "POST", "http://analytics.internal/v1/query", t, duration);
-                    end + b.rng.ms(0.3, 0.3)
-                })
-            }),
-            Scenario::NPlusOne => entry(b, "GET /api/orders/history", start, |b, root, t| {
-                let history = b.system.service("order-history");
-                rpc(b, root, history, ("GET", "/orders/history"), t, Outcome::Ok, 0, |b, span, mut t| {
-                    let duration = b.rng.ms(2.0, 0.3);
-                    let query = "SELECT * FROM orders WHERE customer_id = $1";
-                    t = b.database(history, span.1, ("postgresql", "shop"), "SELECT orders", query, t, duration);
-                    let orders = 12 + b.rng.below(18);
-                    for i in 0..orders {
-                        // One query per order, with the id in the text: what an ORM's lazy loading sends.
-                        let query = format!("SELECT * FROM order_items WHERE order_id = {}", 1000 + n * 100 + i as u64);
-                        let duration = b.rng.ms(0.8, 0.3);
-                        t = b.database(
-                            history,
-                            span.1,
-                            ("postgresql", "shop"),
-                            "SELECT order_items",
-                            &query,
-                            t,
-                            duration,
-                        );
-                    }
-                    t + b.rng.ms(0.5, 0.3)
-                })
-            }),
-            Scenario::SequentialCalls => entry(b, "GET /api/dashboard", start, |b, root, t| {
-                let dashboard = b.system.service("dashboard");
-                rpc(b, root, dashboard, ("GET", "/dashboard"), t, Outcome::Ok, 0, |b, span, mut t| {
-                    t += b.rng.ms(0.3, 0.3);
-                    for (service, route) in
-                        [("profile", "/profile"), ("billing", "/billing/summary"), ("alerts", "/alerts")]
-                    {
-                        let callee = b.system.service(service);
-                        t = rpc(b, span, callee, ("GET", route), t, Outcome::Ok, 0, |b, _, t| t + b.rng.ms(8.0, 0.3));
-                        // The next call starts right after the previous answer.
-                        t += 100_000;
-                    }
-                    t + b.rng.ms(0.3, 0.3)
-                })
-            }),
-            Scenario::RetryStorm => entry(b, "POST /api/orders", start, |b, root, t| {
-                let orders = b.system.service("orders-api");
-                rpc(b, root, orders, ("POST", "/orders"), t, Outcome::Ok, 0, |b, span, mut t| {
-                    let stock = b.system.service("stock-reservations");
-                    for attempt in 0..4 {
-                        let outcome = if attempt < 3 { Outcome::Failed } else { Outcome::Ok };
-                        t = rpc(b, span, stock, ("POST", "/reserve"), t, outcome, 0, |b, _, t| t + b.rng.ms(4.0, 0.3));
-                        // Back off 5, 10, 20 ms before trying again.
-                        t += 5_000_000 << attempt.min(2);
-                    }
-                    t
-                })
-            }),
-            Scenario::DeepChain => entry(b, "GET /api/bundles/{id}", start, |b, root, t| {
-                fn hop(b: &mut TraceBuilder<'_>, parent: Span, chain: &[&str], t: u64) -> u64 {
-                    let Some((first, rest)) = chain.split_first() else { return t };
-                    let service = b.system.service(first);
-                    let route = format!("/{first}/{{id}}");
-                    rpc(b, parent, service, ("GET", &route), t, Outcome::Ok, 0, |b, span, t| {
-                        let before = b.rng.ms(0.5, 0.3);
-                        let t = hop(b, span, rest, t + before);
-                        t + b.rng.ms(0.5, 0.3)
-                    })
-                }
-                hop(b, root, Scenario::DeepChain.services(), t)
-            }),
-            Scenario::RepeatedCalls => entry(b, "GET /api/storefront", start, |b, root, t| {
-                let storefront = b.system.service("storefront");
-                rpc(b, root, storefront, ("GET", "/storefront/page"), t, Outcome::Ok, 0, |b, span, mut t| {
-                    // Three parts of the page each fetch the same flags.
-                    for _ in 0..3 {
-                        t += b.rng.ms(2.0, 0.3);
-                        let duration = b.rng.ms(3.0, 0.3);
-                        t = b.http_out(
-                            storefront,
-                            span.1,
-                            "GET",
-                            "http://config.internal/v1/flags/storefront",
-                            t,
-                            duration,
-                        );
-                    }
-                    t + b.rng.ms(1.0, 0.3)
-                })
-            }),
-            Scenario::PoisonMessage => entry(b, "POST /api/refunds", start, |b, root, t| {
-                let refunds = b.system.service("refunds");
-                rpc(b, root, refunds, ("POST", "/refunds"), t, Outcome::Ok, 0, |b, span, t| {
-                    let message_id = format!("refund-{n}");
-                    let attributes = |operation: &str| {
-                        vec![
-                            text("messaging.system", "kafka"),
-                            text("messaging.destination.name", "refunds"),
-                            text("messaging.operation.type", operation),
-                            text("messaging.message.id", &message_id),
-                        ]
-                    };
-                    let producer = b.span_id();
-                    let sent = t + b.rng.ms(0.8, 0.3);
-                    b.push(
-                        refunds,
-                        producer,
-                        Some(span.1),
-                        "refunds publish",
-                        SpanKind::Producer,
-                        (t, sent),
-                        attributes("send"),
-                        Outcome::Ok,
-                    );
-                    // Every delivery fails in the consumer; the broker redelivers after a pause.
-                    let worker = b.system.service("refund-worker");
-                    let mut at = sent + b.rng.ms(3.0, 0.5);
-                    for _ in 0..4 {
-                        let end = at + b.rng.ms(6.0, 0.3);
-                        let id = b.span_id();
-                        b.push(
-                            worker,
-                            id,
-                            Some(producer),
-                            "refunds process",
-                            SpanKind::Consumer,
-                            (at, end),
-                            attributes("process"),
-                            Outcome::Failed,
-                        );
-                        at = end + 100_000_000;
-                    }
-                    sent + b.rng.ms(0.3, 0.3)
-                })
-            }),
-            Scenario::SharedDatabase => {
-                // Alternately one and the other: each reaches the same database.
-                let (route, service, table) = if n.is_multiple_of(2) {
-                    ("/invoices", "invoices", "invoices")
-                } else {
-                    ("/payouts", "payouts", "payouts")
-                };
-                entry(b, &format!("GET /api{route}"), start, |b, root, t| {
-                    let index = b.system.service(service);
-                    rpc(b, root, index, ("GET", route), t, Outcome::Ok, 0, |b, span, t| {
-                        let query = format!("SELECT * FROM {table} WHERE period = $1");
-                        let duration = b.rng.ms(4.0, 0.4);
-                        let name = format!("SELECT {table}");
-                        let end = b.database(index, span.1, ("postgresql", "erp"), &name, &query, t, duration);
-                        end + b.rng.ms(0.5, 0.3)
-                    })
-                })
-            }
-            Scenario::ClockSkew => entry(b, "GET /api/erp/status", start, |b, root, t| {
-                let bridge = b.system.service("erp-bridge");
-                rpc(b, root, bridge, ("GET", "/status"), t, Outcome::Ok, CLOCK_SKEW_NS, |b, _, t| {
-                    t + b.rng.ms(5.0, 0.3)
-                })
-            }),
+            Scenario::SlowDependency => slow_dependency(b, start, n),
+            Scenario::NPlusOne => n_plus_one(b, start, n),
+            Scenario::SequentialCalls => sequential_calls(b, start),
+            Scenario::RetryStorm => retry_storm(b, start),
+            Scenario::DeepChain => deep_chain(b, start),
+            Scenario::RepeatedCalls => repeated_calls(b, start),
+            Scenario::PoisonMessage => poison_message(b, start, n),
+            Scenario::SharedDatabase => shared_database(b, start, n),
+            Scenario::ClockSkew => clock_skew(b, start),
         }
     }
+}
+
+/// One trace of [`Scenario::SlowDependency`].
+fn slow_dependency(b: &mut TraceBuilder<'_>, start: u64, n: u64) {
+    entry(b, "GET /api/reports/{id}", start, |b, root, t| {
+        let reports = b.system.service("reports");
+        rpc(b, root, reports, ("GET", "/reports/{id}"), t, Outcome::Ok, 0, |b, span, t| {
+            let t = t + b.rng.ms(0.5, 0.3);
+            let stall = n % 10 == 9;
+            let duration = if stall { b.rng.ms(750.0, 0.1) } else { b.rng.ms(15.0, 0.25) };
+            let end = b.http_out(reports, span.1, "POST", "http://analytics.internal/v1/query", t, duration);
+            end + b.rng.ms(0.3, 0.3)
+        })
+    });
+}
+
+/// One trace of [`Scenario::NPlusOne`].
+fn n_plus_one(b: &mut TraceBuilder<'_>, start: u64, n: u64) {
+    entry(b, "GET /api/orders/history", start, |b, root, t| {
+        let history = b.system.service("order-history");
+        rpc(b, root, history, ("GET", "/orders/history"), t, Outcome::Ok, 0, |b, span, mut t| {
+            let duration = b.rng.ms(2.0, 0.3);
+            let query = "SELECT * FROM orders WHERE customer_id = $1";
+            t = b.database(history, span.1, ("postgresql", "shop"), "SELECT orders", query, t, duration);
+            let orders = 12 + b.rng.below(18);
+            for i in 0..orders {
+                // One query per order, with the id in the text: what an ORM's lazy loading sends.
+                let query = format!("SELECT * FROM order_items WHERE order_id = {}", 1000 + n * 100 + i as u64);
+                let duration = b.rng.ms(0.8, 0.3);
+                t = b.database(history, span.1, ("postgresql", "shop"), "SELECT order_items", &query, t, duration);
+            }
+            t + b.rng.ms(0.5, 0.3)
+        })
+    });
+}
+
+/// One trace of [`Scenario::SequentialCalls`].
+fn sequential_calls(b: &mut TraceBuilder<'_>, start: u64) {
+    entry(b, "GET /api/dashboard", start, |b, root, t| {
+        let dashboard = b.system.service("dashboard");
+        rpc(b, root, dashboard, ("GET", "/dashboard"), t, Outcome::Ok, 0, |b, span, mut t| {
+            t += b.rng.ms(0.3, 0.3);
+            for (service, route) in [("profile", "/profile"), ("billing", "/billing/summary"), ("alerts", "/alerts")] {
+                let callee = b.system.service(service);
+                t = rpc(b, span, callee, ("GET", route), t, Outcome::Ok, 0, |b, _, t| t + b.rng.ms(8.0, 0.3));
+                // The next call starts right after the previous answer.
+                t += 100_000;
+            }
+            t + b.rng.ms(0.3, 0.3)
+        })
+    });
+}
+
+/// One trace of [`Scenario::RetryStorm`].
+fn retry_storm(b: &mut TraceBuilder<'_>, start: u64) {
+    entry(b, "POST /api/orders", start, |b, root, t| {
+        let orders = b.system.service("orders-api");
+        rpc(b, root, orders, ("POST", "/orders"), t, Outcome::Ok, 0, |b, span, mut t| {
+            let stock = b.system.service("stock-reservations");
+            for attempt in 0..4 {
+                let outcome = if attempt < 3 { Outcome::Failed } else { Outcome::Ok };
+                t = rpc(b, span, stock, ("POST", "/reserve"), t, outcome, 0, |b, _, t| t + b.rng.ms(4.0, 0.3));
+                // Back off 5, 10, 20 ms before trying again.
+                t += 5_000_000 << attempt.min(2);
+            }
+            t
+        })
+    });
+}
+
+/// One trace of [`Scenario::DeepChain`].
+fn deep_chain(b: &mut TraceBuilder<'_>, start: u64) {
+    entry(b, "GET /api/bundles/{id}", start, |b, root, t| {
+        fn hop(b: &mut TraceBuilder<'_>, parent: Span, chain: &[&str], t: u64) -> u64 {
+            let Some((first, rest)) = chain.split_first() else { return t };
+            let service = b.system.service(first);
+            let route = format!("/{first}/{{id}}");
+            rpc(b, parent, service, ("GET", &route), t, Outcome::Ok, 0, |b, span, t| {
+                let before = b.rng.ms(0.5, 0.3);
+                let t = hop(b, span, rest, t + before);
+                t + b.rng.ms(0.5, 0.3)
+            })
+        }
+        hop(b, root, Scenario::DeepChain.services(), t)
+    });
+}
+
+/// One trace of [`Scenario::RepeatedCalls`].
+fn repeated_calls(b: &mut TraceBuilder<'_>, start: u64) {
+    entry(b, "GET /api/storefront", start, |b, root, t| {
+        let storefront = b.system.service("storefront");
+        rpc(b, root, storefront, ("GET", "/storefront/page"), t, Outcome::Ok, 0, |b, span, mut t| {
+            // Three parts of the page each fetch the same flags.
+            for _ in 0..3 {
+                t += b.rng.ms(2.0, 0.3);
+                let duration = b.rng.ms(3.0, 0.3);
+                t = b.http_out(storefront, span.1, "GET", "http://config.internal/v1/flags/storefront", t, duration);
+            }
+            t + b.rng.ms(1.0, 0.3)
+        })
+    });
+}
+
+/// One trace of [`Scenario::PoisonMessage`].
+fn poison_message(b: &mut TraceBuilder<'_>, start: u64, n: u64) {
+    entry(b, "POST /api/refunds", start, |b, root, t| {
+        let refunds = b.system.service("refunds");
+        rpc(b, root, refunds, ("POST", "/refunds"), t, Outcome::Ok, 0, |b, span, t| {
+            let message_id = format!("refund-{n}");
+            let attributes = |operation: &str| {
+                vec![
+                    text("messaging.system", "kafka"),
+                    text("messaging.destination.name", "refunds"),
+                    text("messaging.operation.type", operation),
+                    text("messaging.message.id", &message_id),
+                ]
+            };
+            let producer = b.span_id();
+            let sent = t + b.rng.ms(0.8, 0.3);
+            b.push(
+                refunds,
+                producer,
+                Some(span.1),
+                "refunds publish",
+                SpanKind::Producer,
+                (t, sent),
+                attributes("send"),
+                Outcome::Ok,
+            );
+            // Every delivery fails in the consumer; the broker redelivers after a pause.
+            let worker = b.system.service("refund-worker");
+            let mut at = sent + b.rng.ms(3.0, 0.5);
+            for _ in 0..4 {
+                let end = at + b.rng.ms(6.0, 0.3);
+                let id = b.span_id();
+                b.push(
+                    worker,
+                    id,
+                    Some(producer),
+                    "refunds process",
+                    SpanKind::Consumer,
+                    (at, end),
+                    attributes("process"),
+                    Outcome::Failed,
+                );
+                at = end + 100_000_000;
+            }
+            sent + b.rng.ms(0.3, 0.3)
+        })
+    });
+}
+
+/// One trace of [`Scenario::SharedDatabase`].
+fn shared_database(b: &mut TraceBuilder<'_>, start: u64, n: u64) {
+    // Alternately one and the other: each reaches the same database.
+    let (route, service, table) =
+        if n.is_multiple_of(2) { ("/invoices", "invoices", "invoices") } else { ("/payouts", "payouts", "payouts") };
+    entry(b, &format!("GET /api{route}"), start, |b, root, t| {
+        let index = b.system.service(service);
+        rpc(b, root, index, ("GET", route), t, Outcome::Ok, 0, |b, span, t| {
+            let query = format!("SELECT * FROM {table} WHERE period = $1");
+            let duration = b.rng.ms(4.0, 0.4);
+            let name = format!("SELECT {table}");
+            let end = b.database(index, span.1, ("postgresql", "erp"), &name, &query, t, duration);
+            end + b.rng.ms(0.5, 0.3)
+        })
+    })
+}
+
+/// One trace of [`Scenario::ClockSkew`].
+fn clock_skew(b: &mut TraceBuilder<'_>, start: u64) {
+    entry(b, "GET /api/erp/status", start, |b, root, t| {
+        let bridge = b.system.service("erp-bridge");
+        rpc(b, root, bridge, ("GET", "/status"), t, Outcome::Ok, CLOCK_SKEW_NS, |b, _, t| t + b.rng.ms(5.0, 0.3))
+    });
 }
 
 /// A request entering at the gateway's `operation`; `work(builder, root span, start)` returns when

@@ -147,86 +147,9 @@ impl System {
         // Layers: gateway → services 1..=n; a service only calls services with a higher index, so the
         // low indices have deep subtrees and the high ones are leaves or nearly.
         for index in (1..=n).rev() {
-            let operations = (0..1 + rng.below(3))
-                .map(|k| {
-                    let verb = ["GET", "POST"][rng.below(2)];
-                    let route = format!("/{}/{}", SERVICE_NAMES[index - 1], ["items", "{id}", "batch"][k % 3]);
-                    let mut calls = Vec::new();
-                    // Lower layers fan out to several services, upper ones to few.
-                    let fan_out = if index <= n / 2 { 2 + rng.below(3) } else { rng.below(3) };
-                    for _ in 0..fan_out {
-                        let callee = index + 1 + rng.below(n.saturating_sub(index).max(1));
-                        if callee <= n && !services[callee].operations.is_empty() {
-                            let operation = rng.below(services[callee].operations.len());
-                            calls.push(Call::Service { service: callee, operation });
-                        }
-                    }
-                    match rng.below(6) {
-                        0 | 1 => calls.push(Call::Postgres { table: TABLES[rng.below(TABLES.len())] }),
-                        2 => calls.push(Call::Redis),
-                        3 if index % 4 == 0 => calls.push(Call::Kafka),
-                        4 if index % 5 == 0 => calls.push(Call::Payments),
-                        _ => {}
-                    }
-                    Operation {
-                        name: format!("{verb} {route}"),
-                        // Batches live in the lower layers, which only the fan-out routes reach.
-                        batch: route.ends_with("/batch") && index <= n / 2,
-                        route,
-                        calls,
-                        parallel: rng.chance(0.4),
-                        self_ms: 0.3 + rng.unit() * 4.0,
-                        weight: 0.0,
-                    }
-                })
-                .collect();
-            services[index].operations = operations;
+            services[index].operations = layer_operations(rng, &services, index);
         }
-        let mut entry = Vec::new();
-        for (route, weight, kind) in ENTRY_ROUTES {
-            let calls = match kind {
-                Route::Light(targets) => targets
-                    .iter()
-                    .map(|(name, leaves)| {
-                        let service = 1 + SERVICE_NAMES.iter().position(|s| s == name).expect("a base service");
-                        let calls = leaves
-                            .iter()
-                            .map(|leaf| match leaf {
-                                Leaf::Cache => Call::Redis,
-                                Leaf::Query(table) => Call::Postgres { table },
-                            })
-                            .collect();
-                        let route = format!("/{name}/{}", route.trim_start_matches("/api/"));
-                        services[service].operations.push(Operation {
-                            name: format!("GET {route}"),
-                            route,
-                            calls,
-                            parallel: false,
-                            self_ms: 0.5 + rng.unit() * 2.0,
-                            weight: 0.0,
-                            batch: false,
-                        });
-                        Call::Service { service, operation: services[service].operations.len() - 1 }
-                    })
-                    .collect(),
-                Route::FanOut => (0..1 + rng.below(3))
-                    .map(|_| {
-                        let service = 1 + rng.below(n / 3);
-                        Call::Service { service, operation: rng.below(services[service].operations.len()) }
-                    })
-                    .collect(),
-            };
-            entry.push(Operation {
-                name: format!("GET {route}"),
-                route: (*route).into(),
-                calls,
-                parallel: rng.chance(0.5),
-                self_ms: 0.5,
-                weight: *weight,
-                batch: false,
-            });
-        }
-        services[0].operations = entry;
+        services[0].operations = entry_operations(rng, &mut services);
         let worker = services.len();
         services.push(Service {
             name: "worker".into(),
@@ -262,6 +185,96 @@ impl System {
         }
         operations.len() - 1
     }
+}
+
+/// The operations of base service `index` (1-based): each calls services of higher index (whose
+/// operations exist already), and perhaps a database, cache, topic or the payments API.
+fn layer_operations(rng: &mut Rng, services: &[Service], index: usize) -> Vec<Operation> {
+    let n = SERVICE_NAMES.len();
+    (0..1 + rng.below(3))
+        .map(|k| {
+            let verb = ["GET", "POST"][rng.below(2)];
+            let route = format!("/{}/{}", SERVICE_NAMES[index - 1], ["items", "{id}", "batch"][k % 3]);
+            let mut calls = Vec::new();
+            // Lower layers fan out to several services, upper ones to few.
+            let fan_out = if index <= n / 2 { 2 + rng.below(3) } else { rng.below(3) };
+            for _ in 0..fan_out {
+                let callee = index + 1 + rng.below(n.saturating_sub(index).max(1));
+                if callee <= n && !services[callee].operations.is_empty() {
+                    let operation = rng.below(services[callee].operations.len());
+                    calls.push(Call::Service { service: callee, operation });
+                }
+            }
+            match rng.below(6) {
+                0 | 1 => calls.push(Call::Postgres { table: TABLES[rng.below(TABLES.len())] }),
+                2 => calls.push(Call::Redis),
+                3 if index.is_multiple_of(4) => calls.push(Call::Kafka),
+                4 if index.is_multiple_of(5) => calls.push(Call::Payments),
+                _ => {}
+            }
+            Operation {
+                name: format!("{verb} {route}"),
+                // Batches live in the lower layers, which only the fan-out routes reach.
+                batch: route.ends_with("/batch") && index <= n / 2,
+                route,
+                calls,
+                parallel: rng.chance(0.4),
+                self_ms: 0.3 + rng.unit() * 4.0,
+                weight: 0.0,
+            }
+        })
+        .collect()
+}
+
+/// The gateway's operations, one per entry route; light routes add the operations they call to the
+/// base services.
+fn entry_operations(rng: &mut Rng, services: &mut [Service]) -> Vec<Operation> {
+    let n = SERVICE_NAMES.len();
+    let mut entry = Vec::new();
+    for (route, weight, kind) in ENTRY_ROUTES {
+        let calls = match kind {
+            Route::Light(targets) => targets
+                .iter()
+                .map(|(name, leaves)| {
+                    let service = 1 + SERVICE_NAMES.iter().position(|s| s == name).expect("a base service");
+                    let calls = leaves
+                        .iter()
+                        .map(|leaf| match leaf {
+                            Leaf::Cache => Call::Redis,
+                            Leaf::Query(table) => Call::Postgres { table },
+                        })
+                        .collect();
+                    let route = format!("/{name}/{}", route.trim_start_matches("/api/"));
+                    services[service].operations.push(Operation {
+                        name: format!("GET {route}"),
+                        route,
+                        calls,
+                        parallel: false,
+                        self_ms: 0.5 + rng.unit() * 2.0,
+                        weight: 0.0,
+                        batch: false,
+                    });
+                    Call::Service { service, operation: services[service].operations.len() - 1 }
+                })
+                .collect(),
+            Route::FanOut => (0..1 + rng.below(3))
+                .map(|_| {
+                    let service = 1 + rng.below(n / 3);
+                    Call::Service { service, operation: rng.below(services[service].operations.len()) }
+                })
+                .collect(),
+        };
+        entry.push(Operation {
+            name: format!("GET {route}"),
+            route: (*route).into(),
+            calls,
+            parallel: rng.chance(0.5),
+            self_ms: 0.5,
+            weight: *weight,
+            batch: false,
+        });
+    }
+    entry
 }
 
 /// One span being generated, before it is grouped by service.
@@ -412,32 +425,7 @@ impl<'a> TraceBuilder<'a> {
     fn call(&mut self, service: usize, parent: [u8; 8], call: &Call, start: u64, depth: usize, batched: bool) -> u64 {
         match call {
             Call::Service { service: callee, operation } if depth < 8 => {
-                let client_id = self.span_id();
-                let network = self.rng.ms(0.4, 0.5);
-                let server_end =
-                    self.serve(*callee, *operation, Some(client_id), start + network / 2, depth + 1, batched);
-                let end = server_end + network / 2;
-                let callee_name = &self.system.services[*callee].name;
-                let op = &self.system.services[*callee].operations[*operation];
-                let method = op.name.split(' ').next().unwrap_or("GET");
-                let attributes = vec![
-                    text("http.request.method", method),
-                    text("server.address", callee_name),
-                    int("server.port", 8080),
-                    text("url.full", &format!("http://{callee_name}:8080{}", op.route)),
-                ];
-                let client = Some(parent);
-                self.push(
-                    service,
-                    client_id,
-                    client,
-                    method,
-                    SpanKind::Client,
-                    (start, end),
-                    attributes,
-                    Outcome::Random,
-                );
-                end
+                self.call_service(service, parent, (*callee, *operation), start, depth, batched)
             }
             Call::Service { .. } => start,
             Call::Postgres { table } => {
@@ -453,55 +441,91 @@ impl<'a> TraceBuilder<'a> {
                     duration,
                 )
             }
-            Call::Redis => {
-                let duration = self.rng.ms(0.3, 0.4);
-                let attributes = vec![
-                    text("db.system.name", "redis"),
-                    text("db.operation.name", "GET"),
-                    text("server.address", "redis"),
-                    int("server.port", 6379),
-                ];
-                let id = self.span_id();
-                self.push(
-                    service,
-                    id,
-                    Some(parent),
-                    "GET",
-                    SpanKind::Client,
-                    (start, start + duration),
-                    attributes,
-                    Outcome::Random,
-                );
-                start + duration
-            }
-            Call::Kafka => {
-                let duration = self.rng.ms(0.8, 0.3);
-                let attributes = vec![
-                    text("messaging.system", "kafka"),
-                    text("messaging.destination.name", "orders"),
-                    text("messaging.operation.type", "send"),
-                ];
-                let end = start + duration;
-                let producer = self.span_id();
-                self.push(
-                    service,
-                    producer,
-                    Some(parent),
-                    "orders publish",
-                    SpanKind::Producer,
-                    (start, end),
-                    attributes,
-                    Outcome::Random,
-                );
-                let queued = self.rng.ms(5.0, 1.0);
-                self.serve(self.system.worker, 0, Some(producer), end + queued, depth + 1, batched);
-                end
-            }
+            Call::Redis => self.cache_get(service, parent, start),
+            Call::Kafka => self.publish(service, parent, start, depth, batched),
             Call::Payments => {
                 let duration = self.rng.ms(120.0, 0.5);
                 self.http_out(service, parent, "POST", "https://api.stripe.com/v1/charges", start, duration)
             }
         }
+    }
+
+    /// An HTTP call from `service` to operation `operation` of `callee`, served there; returns the
+    /// client's end.
+    fn call_service(
+        &mut self,
+        service: usize,
+        parent: [u8; 8],
+        (callee, operation): (usize, usize),
+        start: u64,
+        depth: usize,
+        batched: bool,
+    ) -> u64 {
+        let client_id = self.span_id();
+        let network = self.rng.ms(0.4, 0.5);
+        let server_end = self.serve(callee, operation, Some(client_id), start + network / 2, depth + 1, batched);
+        let end = server_end + network / 2;
+        let callee_name = &self.system.services[callee].name;
+        let op = &self.system.services[callee].operations[operation];
+        let method = op.name.split(' ').next().unwrap_or("GET");
+        let attributes = vec![
+            text("http.request.method", method),
+            text("server.address", callee_name),
+            int("server.port", 8080),
+            text("url.full", &format!("http://{callee_name}:8080{}", op.route)),
+        ];
+        let client = Some(parent);
+        self.push(service, client_id, client, method, SpanKind::Client, (start, end), attributes, Outcome::Random);
+        end
+    }
+
+    /// A cache read from `service` under `parent`; returns its end.
+    fn cache_get(&mut self, service: usize, parent: [u8; 8], start: u64) -> u64 {
+        let duration = self.rng.ms(0.3, 0.4);
+        let attributes = vec![
+            text("db.system.name", "redis"),
+            text("db.operation.name", "GET"),
+            text("server.address", "redis"),
+            int("server.port", 6379),
+        ];
+        let id = self.span_id();
+        self.push(
+            service,
+            id,
+            Some(parent),
+            "GET",
+            SpanKind::Client,
+            (start, start + duration),
+            attributes,
+            Outcome::Random,
+        );
+        start + duration
+    }
+
+    /// A message published by `service` under `parent` and processed later by the worker; returns
+    /// the producer's end.
+    fn publish(&mut self, service: usize, parent: [u8; 8], start: u64, depth: usize, batched: bool) -> u64 {
+        let duration = self.rng.ms(0.8, 0.3);
+        let attributes = vec![
+            text("messaging.system", "kafka"),
+            text("messaging.destination.name", "orders"),
+            text("messaging.operation.type", "send"),
+        ];
+        let end = start + duration;
+        let producer = self.span_id();
+        self.push(
+            service,
+            producer,
+            Some(parent),
+            "orders publish",
+            SpanKind::Producer,
+            (start, end),
+            attributes,
+            Outcome::Random,
+        );
+        let queued = self.rng.ms(5.0, 1.0);
+        self.serve(self.system.worker, 0, Some(producer), end + queued, depth + 1, batched);
+        end
     }
 
     /// A database query from `service` under `parent`; returns its end.
