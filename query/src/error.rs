@@ -50,6 +50,15 @@ pub enum QueryError {
     Corrupt(String),
 }
 
+impl From<hopscope_derive::DeriveError> for QueryError {
+    fn from(error: hopscope_derive::DeriveError) -> Self {
+        match error {
+            hopscope_derive::DeriveError::Arrow(e) => QueryError::Arrow(e),
+            other => QueryError::Corrupt(other.to_string()),
+        }
+    }
+}
+
 impl QueryError {
     /// Whether the request is at fault (a bad parameter or statement, something that does not exist,
     /// more than a bound allows), rather than the server or its load.

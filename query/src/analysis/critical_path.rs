@@ -10,8 +10,8 @@ use datafusion::error::Result as DfResult;
 use datafusion::prelude::SessionContext;
 use hopscope_schemas::columns::critical_path as cp;
 
-use super::paths::{critical_paths, path_spans};
 use crate::walk::{SpanColumns, TraceTree};
+use hopscope_derive::paths::{critical_paths, path_spans};
 
 /// What `GET /api/v1/critical-path` asks: paths whose root matches, started in the range.
 #[derive(Debug, Clone)]

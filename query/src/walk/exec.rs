@@ -1,11 +1,9 @@
 //! [`TraceExec`]: the plan node that runs a [`PerTrace`] analysis over partitions of whole traces.
 
 use std::fmt;
-use std::ops::Range;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, AsArray, FixedSizeBinaryArray, RecordBatch};
-use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DfResult};
@@ -20,12 +18,12 @@ use datafusion::physical_plan::{
     ReplaceChildrenOptions,
 };
 use futures::StreamExt;
-use hopscope_schemas::columns as c;
 
-use super::columns::SpanColumns;
-use super::rendezvous::Rendezvous;
+use super::Rendezvous;
+use super::derive_error;
 use super::{PerTrace, PerTraceFactory};
 use crate::store::file_ordering;
+use hopscope_derive::WholeTraces;
 
 /// Runs a [`PerTrace`] analysis over an input whose partitions each hold whole traces, ordered by
 /// trace id.
@@ -147,7 +145,7 @@ impl<D: Send + 'static> ExecutionPlan for TraceExec<D> {
         let input = self.input.execute(partition, context)?;
         let walker = Walker {
             input,
-            carry: None,
+            traces: WholeTraces::default(),
             analysis: (self.factory)(),
             done: false,
             reservation,
@@ -168,8 +166,8 @@ impl<D: Send + 'static> ExecutionPlan for TraceExec<D> {
 
 struct Walker<D> {
     input: SendableRecordBatchStream,
-    /// Rows of the last trace of the previous batch, which may continue in the next one.
-    carry: Option<RecordBatch>,
+    /// The input cut into whole traces.
+    traces: WholeTraces,
     analysis: Box<dyn PerTrace<Deposit = D>>,
     done: bool,
     /// What the carried rows and the analysis' own state hold, in the query's memory pool: a trace
@@ -183,84 +181,18 @@ impl<D: Send + 'static> Walker<D> {
     async fn next_batch(&mut self) -> DfResult<Option<RecordBatch>> {
         while !self.done {
             match self.input.next().await {
-                Some(batch) => {
-                    let batch = batch?;
-                    if batch.num_rows() == 0 {
-                        continue;
-                    }
-                    let spans = SpanColumns::new(&batch)?;
-                    let mut from = 0;
-                    if let Some(carry) = self.carry.take() {
-                        // The trace that straddles the two batches: the carried rows plus this
-                        // batch's leading rows of the same trace, joined (only those rows are copied).
-                        let carried_id =
-                            carry.column_by_name(c::TRACE_ID).map(|a| a.as_fixed_size_binary().value(0).to_vec());
-                        let same = carried_id.map_or(0, |id| leading_rows_of(&spans.trace_id, &id));
-                        if same == batch.num_rows() {
-                            let carry = concat_batches(&batch.schema(), [&carry, &batch])?;
-                            self.reservation.try_resize(carry.get_array_memory_size() + self.analysis.held_bytes())?;
-                            self.carry = Some(carry);
-                            continue;
-                        }
-                        let joined = concat_batches(&batch.schema(), [&carry, &batch.slice(0, same)])?;
-                        let joined_spans = SpanColumns::new(&joined)?;
-                        for_each_trace(&joined_spans, 0..joined.num_rows(), self.analysis.as_mut())?;
-                        from = same;
-                    }
-                    let last = last_trace_start(&spans.trace_id).max(from);
-                    for_each_trace(&spans, from..last, self.analysis.as_mut())?;
-                    self.carry = Some(batch.slice(last, batch.num_rows() - last));
-                }
+                Some(batch) => self.traces.push(&batch?, self.analysis.as_mut()).map_err(derive_error)?,
                 None => {
                     self.done = true;
-                    if let Some(carry) = self.carry.take() {
-                        let spans = SpanColumns::new(&carry)?;
-                        for_each_trace(&spans, 0..carry.num_rows(), self.analysis.as_mut())?;
-                    }
-                    self.analysis.finish(&self.rendezvous)?;
+                    self.traces.end(self.analysis.as_mut()).map_err(derive_error)?;
+                    self.analysis.finish(&self.rendezvous).map_err(derive_error)?;
                 }
             }
-            let carried = self.carry.as_ref().map_or(0, RecordBatch::get_array_memory_size);
-            self.reservation.try_resize(carried + self.analysis.held_bytes())?;
-            if let Some(out) = self.analysis.take_batch()? {
+            self.reservation.try_resize(self.traces.carried_bytes() + self.analysis.held_bytes())?;
+            if let Some(out) = self.analysis.take_batch().map_err(derive_error)? {
                 return Ok(Some(out));
             }
         }
-        self.analysis.take_batch()
+        self.analysis.take_batch().map_err(derive_error)
     }
-}
-
-/// How many leading rows of a batch belong to the trace `id`.
-fn leading_rows_of(ids: &FixedSizeBinaryArray, id: &[u8]) -> usize {
-    (0..ids.len()).take_while(|&i| ids.value(i) == id).count()
-}
-
-/// The first row of the last trace in a batch ordered by trace id.
-fn last_trace_start(ids: &FixedSizeBinaryArray) -> usize {
-    let n = ids.len();
-    let last = ids.value(n - 1);
-    let mut i = n - 1;
-    while i > 0 && ids.value(i - 1) == last {
-        i -= 1;
-    }
-    i
-}
-
-/// Calls the analysis once per trace in `rows`.
-pub(crate) fn for_each_trace<D: Send + 'static>(
-    spans: &SpanColumns,
-    rows: Range<usize>,
-    analysis: &mut dyn PerTrace<Deposit = D>,
-) -> DfResult<()> {
-    let mut start = rows.start;
-    while start < rows.end {
-        let id = spans.trace_id.value(start);
-        let mut end = start + 1;
-        while end < rows.end && spans.trace_id.value(end) == id {
-            end += 1;
-        }
-        analysis.trace(spans, start..end)?;
-        start = end;
-    }
-    Ok(())
 }

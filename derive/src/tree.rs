@@ -3,12 +3,12 @@
 
 use std::ops::Range;
 
-use super::columns::{SpanColumns, SpanIndex, span_key};
+use crate::columns::{SpanColumns, SpanIndex, span_key};
 
 /// The tree of the trace in rows `rows` of a batch. Built once per trace and reused between traces
 /// (its buffers keep their capacity). Rows are absolute indices into the batch.
 #[derive(Debug, Default)]
-pub(crate) struct TraceTree {
+pub struct TraceTree {
     rows: Range<usize>,
     by_id: SpanIndex,
     parents: Vec<Option<usize>>,
@@ -19,7 +19,7 @@ impl TraceTree {
     /// Builds the tree of `rows`: a span's parent is the span of the trace whose id is its
     /// `parent_span_id` (the first with that id; never itself); children are in row order, which is
     /// start order.
-    pub(crate) fn build(&mut self, spans: &SpanColumns, rows: Range<usize>) {
+    pub fn build(&mut self, spans: &SpanColumns, rows: Range<usize>) {
         self.rows = rows.clone();
         self.by_id.clear();
         for r in rows.clone() {
@@ -45,25 +45,25 @@ impl TraceTree {
     }
 
     /// The rows of the trace.
-    pub(crate) fn rows(&self) -> Range<usize> {
+    pub fn rows(&self) -> Range<usize> {
         self.rows.clone()
     }
 
     /// The position of row `r` within the trace (0 for its first row).
-    pub(crate) fn index(&self, r: usize) -> usize {
+    pub fn index(&self, r: usize) -> usize {
         r - self.rows.start
     }
 
-    pub(crate) fn parent(&self, r: usize) -> Option<usize> {
+    pub fn parent(&self, r: usize) -> Option<usize> {
         self.parents[r - self.rows.start]
     }
 
-    pub(crate) fn children(&self, r: usize) -> &[usize] {
+    pub fn children(&self, r: usize) -> &[usize] {
         &self.children[r - self.rows.start]
     }
 
     /// The row of the span with id `span_id`, if it is in the trace.
-    pub(crate) fn find(&self, span_id: &[u8]) -> Option<usize> {
+    pub fn find(&self, span_id: &[u8]) -> Option<usize> {
         self.by_id.get(&span_key(span_id)?).copied()
     }
 }

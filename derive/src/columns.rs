@@ -3,19 +3,19 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{
+use crate::{DeriveError, Result};
+use arrow::array::{
     Array, AsArray, FixedSizeBinaryArray, Int8Array, Int32Array, Int64Array, ListArray, RecordBatch, StringArray,
     TimestampNanosecondArray,
 };
-use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Int32Type};
-use datafusion::error::{DataFusionError, Result as DfResult};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Int32Type};
 use hopscope_schemas::columns as c;
 
 /// The stored columns of one batch that the per-trace analyses read, typed. Columns an analysis did
 /// not ask for are `None`.
 #[derive(Debug)]
-pub(crate) struct SpanColumns {
+pub struct SpanColumns {
     pub trace_id: FixedSizeBinaryArray,
     pub span_id: FixedSizeBinaryArray,
     pub parent_span_id: FixedSizeBinaryArray,
@@ -38,7 +38,7 @@ enum Strings {
 }
 
 impl Strings {
-    fn new(array: &Arc<dyn Array>) -> DfResult<Self> {
+    fn new(array: &Arc<dyn Array>) -> Result<Self> {
         match array.data_type() {
             DataType::Dictionary(key, value) if **key == DataType::Int32 && **value == DataType::Utf8 => {
                 let dictionary = array.as_dictionary::<Int32Type>();
@@ -60,7 +60,7 @@ impl Strings {
 }
 
 /// The columns every per-trace analysis reads.
-pub(crate) const CORE_COLUMNS: &[&str] = &[
+pub const CORE_COLUMNS: &[&str] = &[
     c::TRACE_ID,
     c::SPAN_ID,
     c::PARENT_SPAN_ID,
@@ -72,23 +72,23 @@ pub(crate) const CORE_COLUMNS: &[&str] = &[
     c::STATUS_CODE,
 ];
 
-fn column<'a>(batch: &'a RecordBatch, name: &str) -> DfResult<&'a Arc<dyn Array>> {
-    batch.column_by_name(name).ok_or_else(|| DataFusionError::Internal(format!("per-trace input lacks column {name}")))
+fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a Arc<dyn Array>> {
+    batch.column_by_name(name).ok_or_else(|| DeriveError::MissingColumn(name.to_owned()))
 }
 
-fn as_utf8(array: &Arc<dyn Array>) -> DfResult<StringArray> {
+fn as_utf8(array: &Arc<dyn Array>) -> Result<StringArray> {
     Ok(cast(array, &DataType::Utf8)?.as_string::<i32>().clone())
 }
 
 impl SpanColumns {
     /// Types the columns of `batch`. The core columns must be present; the semantic-convention
     /// columns and `links` are read when present.
-    pub(crate) fn new(batch: &RecordBatch) -> DfResult<Self> {
+    pub fn new(batch: &RecordBatch) -> Result<Self> {
         let semconv = c::SEMCONV
             .iter()
             .filter(|sc| sc.ty == c::SemconvType::Str)
             .filter_map(|sc| batch.column_by_name(sc.column).map(|a| as_utf8(a).map(|a| (sc.column, a))))
-            .collect::<DfResult<Vec<_>>>()?;
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             trace_id: column(batch, c::TRACE_ID)?.as_fixed_size_binary().clone(),
             span_id: column(batch, c::SPAN_ID)?.as_fixed_size_binary().clone(),
@@ -108,34 +108,34 @@ impl SpanColumns {
         })
     }
 
-    pub(crate) fn service(&self, row: usize) -> &str {
+    pub fn service(&self, row: usize) -> &str {
         self.service_name.value(row)
     }
 
-    pub(crate) fn name(&self, row: usize) -> &str {
+    pub fn name(&self, row: usize) -> &str {
         self.name.value(row)
     }
 
-    pub(crate) fn parent(&self, row: usize) -> Option<&[u8]> {
+    pub fn parent(&self, row: usize) -> Option<&[u8]> {
         self.parent_span_id.is_valid(row).then(|| self.parent_span_id.value(row))
     }
 
-    pub(crate) fn duration_ns(&self, row: usize) -> i64 {
+    pub fn duration_ns(&self, row: usize) -> i64 {
         self.end_ns.value(row).saturating_sub(self.start_ns.value(row))
     }
 
     /// A string semantic-convention attribute of a span (by its column name), when set and non-empty.
-    pub(crate) fn semconv(&self, row: usize, column: &str) -> Option<&str> {
+    pub fn semconv(&self, row: usize, column: &str) -> Option<&str> {
         let (_, array) = self.semconv.iter().find(|(name, _)| *name == column)?;
         (array.is_valid(row) && !array.value(row).is_empty()).then(|| array.value(row))
     }
 
-    pub(crate) fn server_port(&self, row: usize) -> Option<i64> {
+    pub fn server_port(&self, row: usize) -> Option<i64> {
         self.server_port.as_ref().filter(|a| a.is_valid(row)).map(|a| a.value(row))
     }
 
     /// The (trace id, span id) pairs a span links to.
-    pub(crate) fn links(&self, row: usize) -> Vec<([u8; 16], [u8; 8])> {
+    pub fn links(&self, row: usize) -> Vec<([u8; 16], [u8; 8])> {
         let Some(links) = &self.links else { return Vec::new() };
         if links.is_null(row) {
             return Vec::new();

@@ -5,20 +5,20 @@ use std::sync::{Mutex, PoisonError};
 /// Where the partitions of one [`super::exec::TraceExec`] meet when their inputs end. Each
 /// partition deposits what it could not finish alone (a consumer whose producer is in another
 /// trace, say); the last partition to arrive gets every deposit back and finishes the work.
-pub(crate) struct Rendezvous<D> {
+pub struct Rendezvous<D> {
     partitions: usize,
     /// Partitions arrived so far in this execution, and their deposits.
     state: Mutex<(usize, Vec<D>)>,
 }
 
 impl<D> Rendezvous<D> {
-    pub(crate) fn new(partitions: usize) -> Self {
+    pub fn new(partitions: usize) -> Self {
         Self { partitions: partitions.max(1), state: Mutex::new((0, Vec::new())) }
     }
 
     /// Deposits `deposit`. The last partition to arrive gets all deposits (its own included), and the
     /// rendezvous is ready for a new execution of the plan.
-    pub(crate) fn arrive(&self, deposit: D) -> Option<Vec<D>> {
+    pub fn arrive(&self, deposit: D) -> Option<Vec<D>> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.1.push(deposit);
         state.0 += 1;

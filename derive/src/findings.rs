@@ -1,0 +1,456 @@
+//! Per-trace findings (design.md §4): call patterns of one trace that make latency slow or
+//! unpredictable, each with an estimate of the time it costs ([`FindingScan`]). Patterns that span
+//! traces (poison messages, unbounded tails) are the query layer's. Every threshold has a
+//! documented default in [`Thresholds`] and can be set per request.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::{Arc, OnceLock};
+
+use arrow::array::{FixedSizeBinaryBuilder, Int64Builder, RecordBatch, StringBuilder, TimestampNanosecondBuilder};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use hopscope_schemas::columns::{finding as f, finding_kind as fk, semconv};
+use hopscope_schemas::spans::{kind, status, timestamp_type};
+
+use crate::paths::{CriticalPath, PathSpan, critical_paths, path_spans};
+use crate::{PerTrace, Result, SpanColumns, TraceTree};
+
+/// When a pattern counts as a finding. Defaults in [`Thresholds::default`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Thresholds {
+    /// N+1: one span calls the same callee operation at least this many times (default 5).
+    pub n_plus_one_min_calls: usize,
+    /// Sequential calls: at least this many back-to-back calls to different callees (default 3) ...
+    pub sequential_min_run: usize,
+    /// ... each starting within this long after the previous one ended (default 1 ms).
+    pub sequential_max_gap_ns: i64,
+    /// Missing timeout: the callee kept working this long after its caller stopped waiting (default 1 ms).
+    pub timeout_overrun_ns: i64,
+    /// Retry storm: at least this many calls to one callee operation from one span, all but the last
+    /// failing (default 3).
+    pub retry_min_attempts: usize,
+    /// Deep chain: the critical path crosses at least this many service hops (default 6).
+    pub deep_chain_min_hops: usize,
+    /// Repeated call: the same statement or URL to the same callee at least this many times in one
+    /// trace (default 3).
+    pub repeated_min_calls: usize,
+    /// Poison message: one message id consumed at least this many times with errors (default 3).
+    pub poison_min_deliveries: usize,
+    /// Unbounded tail (a missing timeout): a hop's slowest call takes at least this many times its
+    /// median (default 20) ...
+    pub unbounded_tail_ratio: f64,
+    /// ... over at least this many calls (default 20).
+    pub unbounded_tail_min_calls: usize,
+    /// Clock skew: a callee's server span starts at least this long before the client span of
+    /// the call (default 1 ms).
+    pub clock_skew_min_ns: i64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self {
+            n_plus_one_min_calls: 5,
+            sequential_min_run: 3,
+            sequential_max_gap_ns: 1_000_000,
+            timeout_overrun_ns: 1_000_000,
+            retry_min_attempts: 3,
+            deep_chain_min_hops: 6,
+            repeated_min_calls: 3,
+            poison_min_deliveries: 3,
+            unbounded_tail_ratio: 20.0,
+            unbounded_tail_min_calls: 20,
+            clock_skew_min_ns: 1_000_000,
+        }
+    }
+}
+
+/// The schema of the findings table.
+pub fn findings_schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            Arc::new(Schema::new(vec![
+                Field::new(f::TRACE_ID, DataType::FixedSizeBinary(16), false),
+                Field::new(f::START_TIME, timestamp_type(), false),
+                Field::new(f::KIND, DataType::Utf8, false),
+                Field::new(f::SERVICE, DataType::Utf8, false),
+                Field::new(f::OPERATION, DataType::Utf8, false),
+                Field::new(f::CALLEE, DataType::Utf8, true),
+                Field::new(f::COUNT, DataType::Int64, false),
+                Field::new(f::COST_NS, DataType::Int64, false),
+                Field::new(f::THRESHOLD, DataType::Utf8, false),
+            ]))
+        })
+        .clone()
+}
+
+/// The span columns the scan reads.
+pub fn input_columns() -> Vec<&'static str> {
+    let mut columns = crate::edges::input_columns();
+    columns.extend([semconv::DB_QUERY_TEXT, semconv::DB_STATEMENT, semconv::HTTP_REQUEST_METHOD, semconv::HTTP_METHOD]);
+    columns
+}
+
+/// One call a span makes: a CLIENT child, with what it reached.
+#[derive(Debug)]
+struct Call {
+    row: usize,
+    /// `callee operation`, naming the server span when one answered, else the virtual node.
+    callee: String,
+    /// The callee's server span, when instrumented.
+    server: Option<usize>,
+    failed: bool,
+}
+
+/// Finds the per-trace patterns.
+pub struct FindingScan {
+    thresholds: Thresholds,
+    tree: TraceTree,
+    trace_id: FixedSizeBinaryBuilder,
+    start_time: TimestampNanosecondBuilder,
+    kind: StringBuilder,
+    service: StringBuilder,
+    operation: StringBuilder,
+    callee: StringBuilder,
+    count: Int64Builder,
+    cost: Int64Builder,
+    threshold: StringBuilder,
+    rows: usize,
+}
+
+impl FindingScan {
+    pub fn new(thresholds: Thresholds) -> Self {
+        Self {
+            thresholds,
+            tree: TraceTree::default(),
+            trace_id: FixedSizeBinaryBuilder::new(16),
+            start_time: TimestampNanosecondBuilder::new(),
+            kind: StringBuilder::new(),
+            service: StringBuilder::new(),
+            operation: StringBuilder::new(),
+            callee: StringBuilder::new(),
+            count: Int64Builder::new(),
+            cost: Int64Builder::new(),
+            threshold: StringBuilder::new(),
+            rows: 0,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        spans: &SpanColumns,
+        rows: &Range<usize>,
+        kind: &str,
+        at: usize,
+        callee: Option<&str>,
+        count: usize,
+        cost_ns: i64,
+        threshold: String,
+    ) -> Result<()> {
+        self.trace_id.append_value(spans.trace_id.value(at))?;
+        self.start_time.append_value(spans.start_ns.value(rows.start));
+        self.kind.append_value(kind);
+        self.service.append_value(spans.service(at));
+        self.operation.append_value(spans.name(at));
+        self.callee.append_option(callee);
+        self.count.append_value(count as i64);
+        self.cost.append_value(cost_ns.max(0));
+        self.threshold.append_value(threshold);
+        self.rows += 1;
+        Ok(())
+    }
+}
+
+/// What a call asks for, for spotting identical calls: its database statement, or the URL of a
+/// GET or HEAD request (other methods may change state, so repeating them is not a cache candidate).
+fn statement(spans: &SpanColumns, row: usize) -> Option<&str> {
+    let database = spans.semconv(row, semconv::DB_QUERY_TEXT).or(spans.semconv(row, semconv::DB_STATEMENT));
+    database.or_else(|| {
+        let method = spans.semconv(row, semconv::HTTP_REQUEST_METHOD).or(spans.semconv(row, semconv::HTTP_METHOD))?;
+        matches!(method, "GET" | "HEAD")
+            .then(|| spans.semconv(row, semconv::URL_FULL).or(spans.semconv(row, semconv::HTTP_URL)))
+            .flatten()
+    })
+}
+
+/// The sum of durations minus the longest: what running the calls at once (or as one) would save.
+fn all_but_longest(spans: &SpanColumns, rows: impl Iterator<Item = usize>) -> i64 {
+    let durations: Vec<i64> = rows.map(|r| spans.duration_ns(r).max(0)).collect();
+    durations.iter().sum::<i64>() - durations.iter().max().copied().unwrap_or(0)
+}
+
+/// Where a trace's critical paths run, and how much of each span's subtree is on them: a finding's
+/// cost is capped by the time its calls spend on the path (calls off the path delay nothing).
+struct PathTime {
+    first_row: usize,
+    spans: Vec<PathSpan>,
+    paths: Vec<CriticalPath>,
+    /// Per span (by position): the time its subtree owns on a path.
+    on_path: Vec<i64>,
+    /// Per span (by position): the sections it owns.
+    sections_of: HashMap<usize, Vec<(i64, i64)>>,
+}
+
+impl PathTime {
+    fn of(spans: &SpanColumns, tree: &TraceTree) -> Self {
+        let mut path_input = Vec::new();
+        path_spans(spans, tree, &mut path_input);
+        let paths = critical_paths(&path_input);
+        let on_path = subtree_time_on_path(&path_input, &paths);
+        let mut sections_of: HashMap<usize, Vec<(i64, i64)>> = HashMap::new();
+        for section in paths.iter().flat_map(|p| &p.sections) {
+            sections_of.entry(section.span).or_default().push((section.start, section.end));
+        }
+        PathTime { first_row: tree.rows().start, spans: path_input, paths, on_path, sections_of }
+    }
+
+    /// The time the calls (rows) spend on the path: what their subtrees own, plus what their caller
+    /// owns while they run (the walk gives a caller the time of a child that is not on the path).
+    fn of_calls(&self, calls: impl Iterator<Item = usize>) -> i64 {
+        calls
+            .map(|r| {
+                let i = r - self.first_row;
+                let (start, end) = (self.spans[i].start, self.spans[i].end);
+                let caller = self.spans[i].parent.and_then(|p| self.sections_of.get(&p)).map_or(0, |sections| {
+                    sections.iter().map(|&(s, e)| (e.min(end) - s.max(start)).max(0)).sum::<i64>()
+                });
+                self.on_path[i] + caller
+            })
+            .sum()
+    }
+}
+
+/// Every CLIENT call of a trace, grouped by the span making them, in start order.
+fn calls_by_parent(spans: &SpanColumns, tree: &TraceTree) -> Vec<(usize, Vec<Call>)> {
+    let mut out = Vec::new();
+    for r in tree.rows() {
+        let calls: Vec<Call> = tree
+            .children(r)
+            .iter()
+            .filter(|&&c| spans.kind.value(c) == kind::CLIENT)
+            .map(|&c| {
+                let server = tree.children(c).iter().copied().find(|&s| spans.kind.value(s) == kind::SERVER);
+                let callee = match server {
+                    Some(s) => format!("{} {}", spans.service(s), spans.name(s)),
+                    None => format!("{} {}", crate::edges::virtual_node(spans, c).0, spans.name(c)),
+                };
+                let failed = spans.status_code.value(c) == status::ERROR
+                    || server.is_some_and(|s| spans.status_code.value(s) == status::ERROR);
+                Call { row: c, callee, server, failed }
+            })
+            .collect();
+        if !calls.is_empty() {
+            out.push((r, calls));
+        }
+    }
+    out
+}
+
+/// One trace as the finders see it.
+struct TraceView<'a> {
+    spans: &'a SpanColumns,
+    rows: Range<usize>,
+    path: PathTime,
+}
+
+impl FindingScan {
+    /// N+1 and retry storms: calls to one callee operation from one span.
+    fn find_repeats_of_one_call(&mut self, t: &TraceView<'_>, at: usize, calls: &[Call]) -> Result<()> {
+        let th = self.thresholds;
+        let spans = t.spans;
+        let mut by_callee: Vec<(&str, Vec<&Call>)> = Vec::new();
+        for call in calls {
+            match by_callee.iter_mut().find(|(callee, _)| *callee == call.callee) {
+                Some((_, group)) => group.push(call),
+                None => by_callee.push((&call.callee, vec![call])),
+            }
+        }
+        for (callee, group) in &by_callee {
+            if group.len() >= th.retry_min_attempts && group[..group.len() - 1].iter().all(|c| c.failed) {
+                let failed = &group[..group.len() - 1];
+                let cost = failed
+                    .iter()
+                    .map(|c| spans.duration_ns(c.row))
+                    .sum::<i64>()
+                    .min(t.path.of_calls(failed.iter().map(|c| c.row)));
+                let threshold = format!("retry_min_attempts={}", th.retry_min_attempts);
+                self.push(spans, &t.rows, fk::RETRY_STORM, at, Some(callee), group.len(), cost, threshold)?;
+            } else if group.len() >= th.n_plus_one_min_calls {
+                let cost = all_but_longest(spans, group.iter().map(|c| c.row))
+                    .min(t.path.of_calls(group.iter().map(|c| c.row)));
+                let threshold = format!("n_plus_one_min_calls={}", th.n_plus_one_min_calls);
+                self.push(spans, &t.rows, fk::N_PLUS_ONE, at, Some(callee), group.len(), cost, threshold)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sequential calls: runs of back-to-back calls to different callees.
+    fn find_sequential_calls(&mut self, t: &TraceView<'_>, at: usize, calls: &[Call]) -> Result<()> {
+        let th = self.thresholds;
+        let mut runs: Vec<Vec<&Call>> = vec![Vec::new()];
+        for call in calls {
+            let run = runs.last_mut().expect("a run");
+            if let Some(previous) = run.last() {
+                let (prev_end, start) = (t.spans.end_ns.value(previous.row), t.spans.start_ns.value(call.row));
+                let follows = start >= prev_end && start - prev_end <= th.sequential_max_gap_ns;
+                if !(follows && previous.callee != call.callee) {
+                    runs.push(Vec::new());
+                }
+            }
+            runs.last_mut().expect("a run").push(call);
+        }
+        for run in runs.into_iter().filter(|run| run.len() >= th.sequential_min_run) {
+            let callees: Vec<&str> = run.iter().map(|c| c.callee.as_str()).collect();
+            let cost =
+                all_but_longest(t.spans, run.iter().map(|c| c.row)).min(t.path.of_calls(run.iter().map(|c| c.row)));
+            let threshold = format!(
+                "sequential_min_run={}, sequential_max_gap={}ns",
+                th.sequential_min_run, th.sequential_max_gap_ns
+            );
+            let callees = callees.join(", ");
+            self.push(t.spans, &t.rows, fk::SEQUENTIAL_CALLS, at, Some(&callees), run.len(), cost, threshold)?;
+        }
+        Ok(())
+    }
+
+    /// Clock skew (the callee's span starts before the call does, which only disagreeing clocks
+    /// explain: no cost, but the callee's work drops off the critical path) and missing timeouts
+    /// (the callee kept working after the caller stopped waiting).
+    fn find_call_timing(&mut self, t: &TraceView<'_>, at: usize, calls: &[Call]) -> Result<()> {
+        let th = self.thresholds;
+        let spans = t.spans;
+        for call in calls {
+            let Some(server) = call.server else { continue };
+            let early = spans.start_ns.value(call.row) - spans.start_ns.value(server);
+            if early >= th.clock_skew_min_ns {
+                let threshold = format!("clock_skew_min={}ns", th.clock_skew_min_ns);
+                self.push(spans, &t.rows, fk::CLOCK_SKEW, at, Some(&call.callee), 1, 0, threshold)?;
+            }
+        }
+        for call in calls {
+            let Some(server) = call.server else { continue };
+            let overrun = spans.end_ns.value(server) - spans.end_ns.value(call.row);
+            if overrun >= th.timeout_overrun_ns {
+                let threshold = format!("timeout_overrun={}ns", th.timeout_overrun_ns);
+                self.push(spans, &t.rows, fk::MISSING_TIMEOUT, at, Some(&call.callee), 1, overrun, threshold)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Repeated identical calls anywhere in the trace (cache candidates), keyed by (callee,
+    /// statement) and located at the span making the first of them.
+    fn find_repeated_calls(&mut self, t: &TraceView<'_>, calls_by_parent: &[(usize, Vec<Call>)]) -> Result<()> {
+        let spans = t.spans;
+        let mut identical: Vec<((&str, &str), usize, Vec<usize>)> = Vec::new();
+        for (at, calls) in calls_by_parent {
+            for call in calls {
+                if let Some(text) = statement(spans, call.row) {
+                    match identical.iter_mut().find(|((callee, s), _, _)| *callee == call.callee && *s == text) {
+                        Some((_, _, rows)) => rows.push(call.row),
+                        None => identical.push(((&call.callee, text), *at, vec![call.row])),
+                    }
+                }
+            }
+        }
+        for ((callee, _), at, calls) in &identical {
+            if calls.len() >= self.thresholds.repeated_min_calls {
+                let cost = (spans_total(spans, calls) - spans.duration_ns(calls[0]).max(0))
+                    .min(t.path.of_calls(calls[1..].iter().copied()));
+                let threshold = format!("repeated_min_calls={}", self.thresholds.repeated_min_calls);
+                self.push(spans, &t.rows, fk::REPEATED_CALL, *at, Some(callee), calls.len(), cost, threshold)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deep chains: service hops along each root's critical path.
+    fn find_deep_chains(&mut self, t: &TraceView<'_>) -> Result<()> {
+        for path in &t.path.paths {
+            let mut changes: usize = 0;
+            let mut waiting = 0;
+            let mut previous: Option<&str> = None;
+            for section in &path.sections {
+                let r = t.rows.start + section.span;
+                let service = t.spans.service(r);
+                if previous.is_some_and(|p| p != service) {
+                    changes += 1;
+                }
+                previous = Some(service);
+                if matches!(t.spans.kind.value(r), kind::CLIENT | kind::PRODUCER) {
+                    waiting += section.end - section.start;
+                }
+            }
+            // Service changes along the path in time order count each call twice (in and out).
+            let crossed = changes.div_ceil(2);
+            if crossed >= self.thresholds.deep_chain_min_hops {
+                let threshold = format!("deep_chain_min_hops={}", self.thresholds.deep_chain_min_hops);
+                let root = t.rows.start + path.root;
+                self.push(t.spans, &t.rows, fk::DEEP_CHAIN, root, None, crossed, waiting, threshold)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl PerTrace for FindingScan {
+    type Deposit = ();
+
+    fn trace(&mut self, spans: &SpanColumns, rows: Range<usize>) -> Result<()> {
+        let mut tree = std::mem::take(&mut self.tree);
+        tree.build(spans, rows.clone());
+        let view = TraceView { spans, rows, path: PathTime::of(spans, &tree) };
+        let calls = calls_by_parent(spans, &tree);
+        self.tree = tree;
+        for (at, calls) in &calls {
+            self.find_repeats_of_one_call(&view, *at, calls)?;
+            self.find_sequential_calls(&view, *at, calls)?;
+            self.find_call_timing(&view, *at, calls)?;
+        }
+        self.find_repeated_calls(&view, &calls)?;
+        self.find_deep_chains(&view)
+    }
+
+    fn take_batch(&mut self) -> Result<Option<RecordBatch>> {
+        if self.rows == 0 {
+            return Ok(None);
+        }
+        self.rows = 0;
+        Ok(Some(RecordBatch::try_new(
+            findings_schema(),
+            vec![
+                Arc::new(self.trace_id.finish()),
+                Arc::new(self.start_time.finish().with_timezone("UTC")),
+                Arc::new(self.kind.finish()),
+                Arc::new(self.service.finish()),
+                Arc::new(self.operation.finish()),
+                Arc::new(self.callee.finish()),
+                Arc::new(self.count.finish()),
+                Arc::new(self.cost.finish()),
+                Arc::new(self.threshold.finish()),
+            ],
+        )?))
+    }
+}
+
+/// For each span, the time its subtree (itself and its descendants) owns on the critical paths.
+fn subtree_time_on_path(spans: &[PathSpan], paths: &[CriticalPath]) -> Vec<i64> {
+    let mut total = vec![0i64; spans.len()];
+    for section in paths.iter().flat_map(|p| &p.sections) {
+        let length = section.end - section.start;
+        let mut at = Some(section.span);
+        // Bounded: a parent cycle in malformed data cannot loop forever.
+        for _ in 0..=spans.len() {
+            let Some(span) = at else { break };
+            total[span] += length;
+            at = spans[span].parent;
+        }
+    }
+    total
+}
+
+fn spans_total(spans: &SpanColumns, rows: &[usize]) -> i64 {
+    rows.iter().map(|&r| spans.duration_ns(r).max(0)).sum()
+}
