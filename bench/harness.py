@@ -112,6 +112,14 @@ def committed_files(data_dir):
     return [os.path.join(data_dir, "default", entry["path"]) for entry in manifest["files"]]
 
 
+def committed_derived_files(data_dir):
+    """The files derived from the committed span files (traces, edges, critical_path, findings)."""
+    with open(os.path.join(data_dir, "default", "manifest.json")) as f:
+        manifest = json.load(f)
+    return [os.path.join(data_dir, "default", derived["path"])
+            for entry in manifest["files"] for derived in entry.get("derived", [])]
+
+
 def machine():
     import platform
     return f"{platform.machine()}, {os.cpu_count()} cores"

@@ -8,12 +8,13 @@
    trace buffer, sorted zstd Parquet, manifest commits). Reported: sustained spans/s and MB/s
    (until the last span is committed, not only acknowledged), the ratio to the ceiling, the rate
    of acknowledgements, the server's CPU-seconds per million spans, its peak resident memory, and
-   how long after the last acknowledgement every span was committed.
+   how long after the last acknowledgement every span was committed. Over gRPC, a third run stores
+   without the derived tables (`serve --no-derive`): what deriving at flush costs.
 3. Acknowledgement to queryable: single traces exported to an idle server, timed until
    `GET /api/v1/traces/{id}` returns them.
 4. Storage: bytes per span in the Parquet files (as written, and after `hopscope compact`), against
    the raw OTLP protobuf of the same spans and that protobuf compressed with zstd (level 3, the
-   whole corpus as one stream).
+   whole corpus as one stream); the derived files beside them, against the span files.
 
 Run through `bench/run ingest --spans N` (which builds the release binary and the virtualenv).
 """
@@ -31,7 +32,7 @@ import urllib.request
 
 import zstandard
 
-from harness import Server, committed_files, die, machine, run, ROOT
+from harness import Server, committed_derived_files, committed_files, die, machine, run, ROOT
 
 
 def load(binary, corpus, protocol, server, concurrency):
@@ -49,10 +50,11 @@ def wait(condition, what, timeout=1800):
         time.sleep(0.05)
 
 
-def ingest_run(binary, corpus, spans, protocol, discard, work, concurrency):
-    data_dir = os.path.join(work, f"data-{protocol}-{'discard' if discard else 'store'}")
+def ingest_run(binary, corpus, spans, protocol, discard, work, concurrency, derive=True):
+    mode = "discard" if discard else "store" if derive else "store-underived"
+    data_dir = os.path.join(work, f"data-{protocol}-{mode}")
     shutil.rmtree(data_dir, ignore_errors=True)
-    server = Server(binary, data_dir, *(["--discard"] if discard else []))
+    server = Server(binary, data_dir, *(["--discard"] if discard else []), *([] if derive else ["--no-derive"]))
     try:
         cpu_before = server.cpu_seconds()
         result = load(binary, corpus, protocol, server, concurrency)
@@ -135,11 +137,16 @@ def main():
             die(f"load sent {storing['spans']} / {ceiling['spans']} spans of {spans}")
         rows.append((protocol, ceiling, storing))
         stored = data_dir
+        if protocol == "grpc":
+            underived, underived_dir = ingest_run(args.binary, corpus, spans, protocol, False, work,
+                                                  args.concurrency, derive=False)
+            shutil.rmtree(underived_dir, ignore_errors=True)
 
     latencies = ack_to_queryable(args.binary, work, args.probes)
 
     # Storage, from the last storing run; then compacted offline.
     written = parquet_bytes(stored)
+    derived_written = sum(os.path.getsize(f) for f in committed_derived_files(stored))
     files_written = len(committed_files(stored))
     run(args.binary, "compact", "--data-dir", stored)
     compacted = parquet_bytes(stored)
@@ -174,6 +181,11 @@ def main():
               f"| {storing['cpu_per_million']:.1f}, {ceiling['cpu_per_million']:.1f} "
               f"| {storing['peak_rss'] / 2**20:.0f} MiB, {ceiling['peak_rss'] / 2**20:.0f} MiB "
               f"| {storing['drain']:.1f} s |")
+    grpc_storing = rows[0][2]
+    print(f"\nderiving at flush (OTLP/gRPC): {grpc_storing['cpu_per_million']:.1f} CPU-s per 1M spans storing "
+          f"with the derived tables, {underived['cpu_per_million']:.1f} without (`serve --no-derive`): "
+          f"deriving is {1 - underived['cpu_per_million'] / grpc_storing['cpu_per_million']:.0%} of the "
+          f"storing path's CPU; sustained {grpc_storing['sustained']:,.0f} vs {underived['sustained']:,.0f} spans/s")
     print(f"\nacknowledgement → queryable, single traces on an idle server: median "
           f"{statistics.median(latencies):.2f} s (min {min(latencies):.2f}, max {max(latencies):.2f}, "
           f"{len(latencies)} probes)\n")
@@ -184,6 +196,8 @@ def main():
                        (f"hopscope Parquet as written ({files_written} files)", written),
                        (f"hopscope Parquet after `hopscope compact` ({files_compacted} files)", compacted)]:
         print(f"| {name} | {size:,} | {size / spans:.1f} | {size / zstd_otlp:.2f}× |")
+    print(f"\nderived files as written (traces, edges, critical_path, findings): {derived_written:,} bytes, "
+          f"{derived_written / spans:.1f} B/span, {derived_written / written:.2f}× the span files")
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)
 

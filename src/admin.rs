@@ -226,8 +226,12 @@ pub(crate) async fn compact(args: CompactArgs) -> anyhow::Result<()> {
     flusher.await?.context("writing buffered spans")?;
     let report = report?;
     println!(
-        "merged {} files into {}, dropped {} duplicate spans, deleted {} replaced files",
-        report.files_merged, report.compactions, report.duplicates_dropped, report.retired_files_deleted
+        "merged {} files into {}, dropped {} duplicate spans, deleted {} replaced files, derived the tables of {} files written without them",
+        report.files_merged,
+        report.compactions,
+        report.duplicates_dropped,
+        report.retired_files_deleted,
+        report.files_derived
     );
     Ok(())
 }

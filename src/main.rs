@@ -138,13 +138,18 @@ struct ServeArgs {
     /// Delete spans that started longer ago than this (e.g. 14d), or `off` to keep them.
     #[arg(long, env = "HOPSCOPE_RETENTION_AGE", default_value = "off", value_parser = optional_duration)]
     retention_age: ::std::option::Option<std::time::Duration>,
-    /// Delete the oldest span files while stored spans take more than this (e.g. 50GiB), or `off`.
+    /// Delete the oldest span files while stored spans, with what is derived from them, take more
+    /// than this (e.g. 50GiB), or `off`.
     #[arg(long, env = "HOPSCOPE_RETENTION_MAX_BYTES", default_value = "off", value_parser = optional_bytes)]
     retention_max_bytes: ::std::option::Option<u64>,
     /// Benchmarks only: decode and validate every export, then drop it (storage switched off; the
     /// ceiling the ingest benchmark divides by). Nothing is stored.
     #[arg(long, hide = true)]
     discard: bool,
+    /// Benchmarks only: write span files without the tables derived from them (traces, edges,
+    /// critical paths, findings), to measure what deriving costs.
+    #[arg(long, hide = true)]
+    no_derive: bool,
 }
 
 fn optional_duration(s: &str) -> Result<Option<std::time::Duration>, String> {
@@ -427,6 +432,7 @@ fn ingest_config(args: &ServeArgs) -> IngesterConfig {
     // query can still run (the timeout cancels any that would).
     config.retired_grace = args.query_timeout * 2;
     config.discard = args.discard;
+    config.derive = !args.no_derive;
     config
 }
 

@@ -159,26 +159,7 @@ pub(crate) fn span_key(id: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(id.try_into().ok()?))
 }
 
-/// Hashes span-id keys with one multiplication: span ids are random bits already, and the
-/// multiplication spreads ids that are not (sequential test ids) over the high bits too.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct SpanIdHasher(u64);
-
-impl std::hash::Hasher for SpanIdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-/// Rows of one trace by span id.
-pub(crate) type SpanIndex = std::collections::HashMap<u64, usize, std::hash::BuildHasherDefault<SpanIdHasher>>;
+/// Rows of one trace by span id. Span ids come from clients: a fixed hash would let ids that differ
+/// only where the hash looks away (ids counting up in their high bytes do, for a multiplicative
+/// hash) land in one bucket and make every lookup scan the trace. The hash is seeded per process.
+pub(crate) type SpanIndex = std::collections::HashMap<u64, usize, foldhash::fast::RandomState>;

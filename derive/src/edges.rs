@@ -7,14 +7,14 @@ use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
 use arrow::array::{
-    BooleanBuilder, FixedSizeBinaryBuilder, Int32Builder, Int64Builder, RecordBatch, StringBuilder,
-    TimestampNanosecondBuilder,
+    Array, AsArray, BooleanBuilder, FixedSizeBinaryBuilder, Int32Builder, Int64Builder, ListBuilder, RecordBatch,
+    StringBuilder, TimestampNanosecondBuilder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use hopscope_schemas::columns::{self as c, connection, edge, node_kind, semconv};
+use hopscope_schemas::columns::{self as c, connection, edge, node_kind, pending, semconv};
 use hopscope_schemas::spans::{kind, status, timestamp_type};
 
-use crate::{CORE_COLUMNS, PerTrace, Rendezvous, Result, SpanColumns, TraceTree};
+use crate::{CORE_COLUMNS, DeriveError, PerTrace, Rendezvous, Result, SpanColumns, TraceTree};
 
 /// How far a call's two spans may lie apart in time and still be paired when a time range is asked:
 /// the span scan behind `edges` reaches this far beyond the range on both sides.
@@ -50,6 +50,24 @@ pub fn edges_schema() -> SchemaRef {
                 text(edge::ROOT_SERVICE, false),
                 text(edge::ROOT_OPERATION, false),
             ]))
+        })
+        .clone()
+}
+
+/// The schema of the `edges` table as stored beside the spans: [`edges_schema`] and the columns
+/// that keep hops pending on other traces (see [`EdgePairing::storing`]).
+pub fn stored_edges_schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            let mut fields: Vec<Field> = edges_schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+            fields.push(Field::new(edge::PENDING, DataType::Utf8, true));
+            fields.push(Field::new(
+                edge::LINKED_SPANS,
+                DataType::List(Arc::new(Field::new_list_field(DataType::FixedSizeBinary(24), true))),
+                true,
+            ));
+            Arc::new(Schema::new(fields))
         })
         .clone()
 }
@@ -252,6 +270,24 @@ struct PendingConsumer {
 }
 
 impl PendingProducer {
+    /// Its call to the broker, as it stands when no consumer links to it.
+    fn unconsumed_hop(&self) -> Hop<'_> {
+        Hop {
+            caller: &self.service,
+            caller_kind: node_kind::SERVICE,
+            caller_operation: Some(&self.operation),
+            callee: &self.callee.0,
+            callee_kind: self.callee.1,
+            callee_operation: Some(&self.callee_operation),
+            connection: connection::UNINSTRUMENTED,
+            via: self.broker.as_deref(),
+            client: Some(self.side),
+            server: None,
+            depth: self.depth,
+            root: (&self.root.0, &self.root.1),
+        }
+    }
+
     fn bytes(&self) -> usize {
         std::mem::size_of::<Self>()
             + self.service.len()
@@ -265,6 +301,13 @@ impl PendingProducer {
 }
 
 impl PendingConsumer {
+    /// Its entry hop, as it stands when none of the spans it links to is a producer.
+    fn entry_hop(&self) -> Hop<'_> {
+        let callee = (self.service.as_str(), self.operation.as_str());
+        let from = (self.broker.as_deref(), self.peer.as_deref());
+        entry_hop(self.side, callee, from, self.depth, (&self.root.0, &self.root.1))
+    }
+
     fn bytes(&self) -> usize {
         std::mem::size_of::<Self>()
             + self.service.len()
@@ -283,6 +326,102 @@ pub struct Pending {
     producers: Vec<PendingProducer>,
     consumers: Vec<PendingConsumer>,
     bytes: usize,
+}
+
+impl Pending {
+    /// Adds the pending rows of a batch of stored edges.
+    fn read_stored(&mut self, batch: &RecordBatch) -> Result<()> {
+        let column = |name: &str| {
+            batch.column_by_name(name).ok_or_else(|| DeriveError::MissingColumn(format!("stored edges: {name}")))
+        };
+        let marks = column(edge::PENDING)?.as_string::<i32>();
+        if marks.null_count() == marks.len() {
+            return Ok(());
+        }
+        let text = |name: &str| -> Result<_> { Ok(column(name)?.as_string::<i32>().clone()) };
+        let (caller, caller_kind, caller_operation) =
+            (text(edge::CALLER)?, text(edge::CALLER_KIND)?, text(edge::CALLER_OPERATION)?);
+        let (callee, callee_kind, callee_operation) =
+            (text(edge::CALLEE)?, text(edge::CALLEE_KIND)?, text(edge::CALLEE_OPERATION)?);
+        let (via, root_service, root_operation) =
+            (text(edge::VIA)?, text(edge::ROOT_SERVICE)?, text(edge::ROOT_OPERATION)?);
+        let trace_ids = column(edge::TRACE_ID)?.as_fixed_size_binary();
+        let (client_ids, server_ids) = (
+            column(edge::CLIENT_SPAN_ID)?.as_fixed_size_binary(),
+            column(edge::SERVER_SPAN_ID)?.as_fixed_size_binary(),
+        );
+        let starts = column(edge::START_TIME)?.as_primitive::<arrow::datatypes::TimestampNanosecondType>();
+        let client_durations = column(edge::CLIENT_DURATION_NS)?.as_primitive::<arrow::datatypes::Int64Type>();
+        let server_durations = column(edge::SERVER_DURATION_NS)?.as_primitive::<arrow::datatypes::Int64Type>();
+        let errors = column(edge::ERROR)?.as_boolean();
+        let depths = column(edge::DEPTH)?.as_primitive::<arrow::datatypes::Int32Type>();
+        let links = column(edge::LINKED_SPANS)?.as_list::<i32>();
+        let optional = |a: &arrow::array::StringArray, r: usize| a.is_valid(r).then(|| a.value(r).to_owned());
+        for r in (0..batch.num_rows()).filter(|&r| marks.is_valid(r)) {
+            let side = |ids: &arrow::array::FixedSizeBinaryArray, duration: i64| -> Result<Side> {
+                let stored = |what: &str| DeriveError::MissingColumn(format!("stored edges: a pending row's {what}"));
+                Ok(Side {
+                    trace_id: trace_ids.value(r).try_into().map_err(|_| stored("trace id"))?,
+                    span_id: ids.value(r).try_into().map_err(|_| stored("span id"))?,
+                    start_ns: starts.value(r),
+                    end_ns: starts.value(r).saturating_add(duration),
+                    error: errors.value(r),
+                })
+            };
+            let depth = u32::try_from(depths.value(r)).unwrap_or(0);
+            let root = (root_service.value(r).to_owned(), root_operation.value(r).to_owned());
+            match marks.value(r) {
+                pending::PRODUCER => {
+                    let producer = PendingProducer {
+                        side: side(client_ids, client_durations.value(r))?,
+                        service: caller.value(r).to_owned(),
+                        operation: optional(&caller_operation, r).unwrap_or_default(),
+                        broker: optional(&via, r),
+                        callee: (callee.value(r).to_owned(), stored_node_kind(callee_kind.value(r))),
+                        callee_operation: optional(&callee_operation, r).unwrap_or_default(),
+                        depth,
+                        root,
+                    };
+                    self.bytes += producer.bytes();
+                    self.producers.push(producer);
+                }
+                _ => {
+                    let linked = if links.is_valid(r) {
+                        links.value(r)
+                    } else {
+                        arrow::array::new_empty_array(&DataType::FixedSizeBinary(24))
+                    };
+                    let linked = linked.as_fixed_size_binary();
+                    let consumer = PendingConsumer {
+                        side: side(server_ids, server_durations.value(r))?,
+                        service: callee.value(r).to_owned(),
+                        operation: optional(&callee_operation, r).unwrap_or_default(),
+                        broker: optional(&via, r),
+                        peer: (caller_kind.value(r) == node_kind::EXTERNAL).then(|| caller.value(r).to_owned()),
+                        links: (0..linked.len())
+                            .filter_map(|i| {
+                                let id = linked.value(i);
+                                Some((id[..16].try_into().ok()?, id[16..].try_into().ok()?))
+                            })
+                            .collect(),
+                        depth,
+                        root,
+                    };
+                    self.bytes += consumer.bytes();
+                    self.consumers.push(consumer);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A node kind as stored, as the constant it was written from.
+fn stored_node_kind(kind: &str) -> &'static str {
+    [node_kind::SERVICE, node_kind::USER, node_kind::DATABASE, node_kind::CACHE, node_kind::MESSAGING, node_kind::RPC]
+        .into_iter()
+        .find(|k| *k == kind)
+        .unwrap_or(node_kind::EXTERNAL)
 }
 
 /// Pairs the spans of each trace into hops and builds the `edges` rows.
@@ -313,6 +452,20 @@ pub struct EdgePairing {
     root_service: StringBuilder,
     root_operation: StringBuilder,
     rows: usize,
+    /// When storing: which hops are pending on other traces, and what they link to.
+    stubs: Option<StubColumns>,
+}
+
+/// The stored edges' columns of pending hops.
+struct StubColumns {
+    pending: StringBuilder,
+    linked_spans: ListBuilder<FixedSizeBinaryBuilder>,
+}
+
+impl StubColumns {
+    fn new() -> Self {
+        Self { pending: StringBuilder::new(), linked_spans: ListBuilder::new(FixedSizeBinaryBuilder::new(24)) }
+    }
 }
 
 impl Default for EdgePairing {
@@ -340,12 +493,42 @@ impl Default for EdgePairing {
             root_service: StringBuilder::new(),
             root_operation: StringBuilder::new(),
             rows: 0,
+            stubs: None,
         }
     }
 }
 
 impl EdgePairing {
+    /// Pairing for storing the hops beside the spans: its batches are in [`stored_edges_schema`],
+    /// and [`EdgePairing::stub_pending`] keeps what waits for other traces as pending rows, which
+    /// [`EdgePairing::pair_stored`] pairs once every part of the input has been read.
+    pub fn storing() -> Self {
+        Self { stubs: Some(StubColumns::new()), ..Self::default() }
+    }
+
     fn push(&mut self, hop: Hop<'_>) -> Result<()> {
+        if let Some(stubs) = &mut self.stubs {
+            stubs.pending.append_null();
+            stubs.linked_spans.append_null();
+        }
+        self.push_row(hop)
+    }
+
+    /// A hop that may change once other traces are read, as a pending row.
+    fn push_pending(&mut self, hop: Hop<'_>, side: &str, links: &[([u8; 16], [u8; 8])]) -> Result<()> {
+        let stubs = self.stubs.as_mut().expect("pending rows are only written when storing");
+        stubs.pending.append_value(side);
+        for (trace, span) in links {
+            let mut id = [0u8; 24];
+            id[..16].copy_from_slice(trace);
+            id[16..].copy_from_slice(span);
+            stubs.linked_spans.values().append_value(id)?;
+        }
+        stubs.linked_spans.append(true);
+        self.push_row(hop)
+    }
+
+    fn push_row(&mut self, hop: Hop<'_>) -> Result<()> {
         let first = hop.client.or(hop.server).expect("a hop has at least one span");
         self.trace_id.append_value(first.trace_id)?;
         self.start_time.append_value(first.start_ns);
@@ -404,20 +587,33 @@ impl EdgePairing {
 
     /// The call to the broker from a producer no consumer linked to.
     fn push_unconsumed(&mut self, producer: &PendingProducer) -> Result<()> {
-        self.push(Hop {
-            caller: &producer.service,
-            caller_kind: node_kind::SERVICE,
-            caller_operation: Some(&producer.operation),
-            callee: &producer.callee.0,
-            callee_kind: producer.callee.1,
-            callee_operation: Some(&producer.callee_operation),
-            connection: connection::UNINSTRUMENTED,
-            via: producer.broker.as_deref(),
-            client: Some(producer.side),
-            server: None,
-            depth: producer.depth,
-            root: (&producer.root.0, &producer.root.1),
-        })
+        self.push(producer.unconsumed_hop())
+    }
+
+    /// Keeps what waits for other traces (producers nobody in their own trace consumed, consumers
+    /// that link to other traces) as pending rows: the hop each would be if nothing else were read.
+    /// Only for a pairing made by [`EdgePairing::storing`].
+    pub fn stub_pending(&mut self) -> Result<()> {
+        let Pending { producers, consumers, .. } = std::mem::take(&mut self.pending);
+        for producer in &producers {
+            self.push_pending(producer.unconsumed_hop(), pending::PRODUCER, &[])?;
+        }
+        for consumer in &consumers {
+            self.push_pending(consumer.entry_hop(), pending::CONSUMER, &consumer.links)?;
+        }
+        Ok(())
+    }
+
+    /// Pairs the pending rows of stored edges (in [`stored_edges_schema`]; other rows are skipped)
+    /// as if their traces had been read together: a consumer with the producers it links to, and
+    /// what stays unpaired as the hop it would have been within its own trace. The hops are taken
+    /// with [`PerTrace::take_batch`].
+    pub fn pair_stored(&mut self, stored: &[RecordBatch]) -> Result<()> {
+        let mut pending = Pending::default();
+        for batch in stored {
+            pending.read_stored(batch)?;
+        }
+        self.pair_across_traces(vec![pending])
     }
 
     /// Pairs every partition's pending consumers with the pending producers they link to; what stays
@@ -441,10 +637,7 @@ impl EdgePairing {
                 }
             }
             if !paired {
-                let root = (consumer.root.0.as_str(), consumer.root.1.as_str());
-                let callee = (consumer.service.as_str(), consumer.operation.as_str());
-                let from = (consumer.broker.as_deref(), consumer.peer.as_deref());
-                self.push(entry_hop(consumer.side, callee, from, consumer.depth, root))?;
+                self.push(consumer.entry_hop())?;
             }
         }
         for (producer, consumed) in producers.iter().zip(consumed) {
@@ -521,20 +714,27 @@ fn depths(spans: &SpanColumns, tree: &TraceTree, calls: &CallsInTrace) -> Vec<(u
         u32::from(arrived)
     };
     let mut hops: Vec<Option<(u32, usize)>> = vec![None; len];
+    // Spans of the chain being followed; each span is resolved once, so the whole is linear.
+    let mut on_chain = vec![false; len];
+    let mut chain = Vec::new();
     for i in 0..len {
-        let mut chain = Vec::new();
+        chain.clear();
         let mut cur = i;
         let resolved = loop {
             if let Some(known) = hops[cur] {
                 break Some(known);
             }
             chain.push(cur);
+            on_chain[cur] = true;
             match upstream[cur] {
                 // A parent loop (malformed input) is cut where it closes.
-                Some(up) if chain.len() <= len && !chain.contains(&up) => cur = up,
+                Some(up) if !on_chain[up] => cur = up,
                 _ => break None,
             }
         };
+        for &j in &chain {
+            on_chain[j] = false;
+        }
         let (mut depth, root) = match resolved {
             Some(known) => known,
             None => {
@@ -735,31 +935,36 @@ impl PerTrace for EdgePairing {
             return Ok(None);
         }
         self.rows = 0;
-        let batch = RecordBatch::try_new(
-            edges_schema(),
-            vec![
-                Arc::new(self.trace_id.finish()),
-                Arc::new(self.start_time.finish().with_timezone("UTC")),
-                Arc::new(self.caller.finish()),
-                Arc::new(self.caller_kind.finish()),
-                Arc::new(self.caller_operation.finish()),
-                Arc::new(self.callee.finish()),
-                Arc::new(self.callee_kind.finish()),
-                Arc::new(self.callee_operation.finish()),
-                Arc::new(self.connection.finish()),
-                Arc::new(self.via.finish()),
-                Arc::new(self.client_span_id.finish()),
-                Arc::new(self.server_span_id.finish()),
-                Arc::new(self.client_duration.finish()),
-                Arc::new(self.server_duration.finish()),
-                Arc::new(self.gap.finish()),
-                Arc::new(self.error.finish()),
-                Arc::new(self.depth.finish()),
-                Arc::new(self.root_service.finish()),
-                Arc::new(self.root_operation.finish()),
-            ],
-        )?;
-        Ok(Some(batch))
+        let mut columns: Vec<arrow::array::ArrayRef> = vec![
+            Arc::new(self.trace_id.finish()),
+            Arc::new(self.start_time.finish().with_timezone("UTC")),
+            Arc::new(self.caller.finish()),
+            Arc::new(self.caller_kind.finish()),
+            Arc::new(self.caller_operation.finish()),
+            Arc::new(self.callee.finish()),
+            Arc::new(self.callee_kind.finish()),
+            Arc::new(self.callee_operation.finish()),
+            Arc::new(self.connection.finish()),
+            Arc::new(self.via.finish()),
+            Arc::new(self.client_span_id.finish()),
+            Arc::new(self.server_span_id.finish()),
+            Arc::new(self.client_duration.finish()),
+            Arc::new(self.server_duration.finish()),
+            Arc::new(self.gap.finish()),
+            Arc::new(self.error.finish()),
+            Arc::new(self.depth.finish()),
+            Arc::new(self.root_service.finish()),
+            Arc::new(self.root_operation.finish()),
+        ];
+        let schema = match &mut self.stubs {
+            Some(stubs) => {
+                columns.push(Arc::new(stubs.pending.finish()));
+                columns.push(Arc::new(stubs.linked_spans.finish()));
+                stored_edges_schema()
+            }
+            None => edges_schema(),
+        };
+        Ok(Some(RecordBatch::try_new(schema, columns)?))
     }
 }
 

@@ -213,7 +213,14 @@ impl PathTime {
                 let i = r - self.first_row;
                 let (start, end) = (self.spans[i].start, self.spans[i].end);
                 let caller = self.spans[i].parent.and_then(|p| self.sections_of.get(&p)).map_or(0, |sections| {
-                    sections.iter().map(|&(s, e)| (e.min(end) - s.max(start)).max(0)).sum::<i64>()
+                    // A span's sections are disjoint and in time order: skip those ending before
+                    // the call starts.
+                    let from = sections.partition_point(|&(_, e)| e <= start);
+                    sections[from..]
+                        .iter()
+                        .take_while(|&&(s, _)| s < end)
+                        .map(|&(s, e)| (e.min(end) - s.max(start)).max(0))
+                        .sum::<i64>()
                 });
                 self.on_path[i] + caller
             })
@@ -260,10 +267,14 @@ impl FindingScan {
         let th = self.thresholds;
         let spans = t.spans;
         let mut by_callee: Vec<(&str, Vec<&Call>)> = Vec::new();
+        let mut group_of: HashMap<&str, usize> = HashMap::new();
         for call in calls {
-            match by_callee.iter_mut().find(|(callee, _)| *callee == call.callee) {
-                Some((_, group)) => group.push(call),
-                None => by_callee.push((&call.callee, vec![call])),
+            match group_of.get(call.callee.as_str()) {
+                Some(&g) => by_callee[g].1.push(call),
+                None => {
+                    group_of.insert(&call.callee, by_callee.len());
+                    by_callee.push((&call.callee, vec![call]));
+                }
             }
         }
         for (callee, group) in &by_callee {
@@ -345,12 +356,17 @@ impl FindingScan {
     fn find_repeated_calls(&mut self, t: &TraceView<'_>, calls_by_parent: &[(usize, Vec<Call>)]) -> Result<()> {
         let spans = t.spans;
         let mut identical: Vec<((&str, &str), usize, Vec<usize>)> = Vec::new();
+        let mut group_of: HashMap<(&str, &str), usize> = HashMap::new();
         for (at, calls) in calls_by_parent {
             for call in calls {
                 if let Some(text) = statement(spans, call.row) {
-                    match identical.iter_mut().find(|((callee, s), _, _)| *callee == call.callee && *s == text) {
-                        Some((_, _, rows)) => rows.push(call.row),
-                        None => identical.push(((&call.callee, text), *at, vec![call.row])),
+                    let key = (call.callee.as_str(), text);
+                    match group_of.get(&key) {
+                        Some(&g) => identical[g].2.push(call.row),
+                        None => {
+                            group_of.insert(key, identical.len());
+                            identical.push((key, *at, vec![call.row]));
+                        }
                     }
                 }
             }
@@ -437,15 +453,30 @@ impl PerTrace for FindingScan {
 
 /// For each span, the time its subtree (itself and its descendants) owns on the critical paths.
 fn subtree_time_on_path(spans: &[PathSpan], paths: &[CriticalPath]) -> Vec<i64> {
-    let mut total = vec![0i64; spans.len()];
+    let n = spans.len();
+    let mut total = vec![0i64; n];
     for section in paths.iter().flat_map(|p| &p.sections) {
-        let length = section.end - section.start;
-        let mut at = Some(section.span);
-        // Bounded: a parent cycle in malformed data cannot loop forever.
-        for _ in 0..=spans.len() {
-            let Some(span) = at else { break };
-            total[span] += length;
-            at = spans[span].parent;
+        total[section.span] += section.end - section.start;
+    }
+    // Children before their parents: the trees in pre-order, reversed. Spans in a parent cycle
+    // (malformed data) hang from no root; no path runs through them.
+    let parent = |i: usize| spans[i].parent.filter(|&p| p < n && p != i);
+    let mut children: Vec<Vec<usize>> = vec![Vec::new(); n];
+    let mut stack = Vec::new();
+    for i in 0..n {
+        match parent(i) {
+            Some(p) => children[p].push(i),
+            None => stack.push(i),
+        }
+    }
+    let mut order = Vec::with_capacity(n);
+    while let Some(i) = stack.pop() {
+        order.push(i);
+        stack.extend(&children[i]);
+    }
+    for &i in order.iter().rev() {
+        if let Some(p) = parent(i) {
+            total[p] += total[i];
         }
     }
     total

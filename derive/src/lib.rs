@@ -8,7 +8,7 @@
 //! [`Rendezvous`] where every part of the input meets.
 //!
 //! The query layer runs these analyses over stored spans at query time (`hopscope-query`'s trace
-//! walk); the ingester will run the same code over the spans it flushes. Nothing here does I/O or
+//! walk); the ingester runs the same code over each span file it writes ([`stored`]). Nothing here does I/O or
 //! knows DataFusion: the crate depends on the stored schema and Arrow only.
 
 use std::ops::Range;
@@ -21,6 +21,7 @@ pub mod edges;
 pub mod findings;
 pub mod paths;
 mod rendezvous;
+pub mod stored;
 mod tree;
 mod whole;
 

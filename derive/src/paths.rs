@@ -43,11 +43,15 @@ impl CriticalPath {
     /// Each span's self time on the path (the sum of its sections), in order of first appearance.
     pub fn self_times(&self) -> Vec<(usize, i64)> {
         let mut out: Vec<(usize, i64)> = Vec::new();
+        let mut at: std::collections::HashMap<usize, usize> = std::collections::HashMap::new();
         for section in &self.sections {
             let length = section.end - section.start;
-            match out.iter_mut().find(|(span, _)| *span == section.span) {
-                Some((_, total)) => *total += length,
-                None => out.push((section.span, length)),
+            match at.get(&section.span) {
+                Some(&i) => out[i].1 += length,
+                None => {
+                    at.insert(section.span, out.len());
+                    out.push((section.span, length));
+                }
             }
         }
         out
@@ -76,7 +80,10 @@ struct PathWalk<'a> {
     /// Roots by start time (stable).
     roots: Vec<usize>,
     clipped: Vec<Option<(i64, i64)>>,
-    kept: Vec<Vec<usize>>,
+    /// Per span: its children that overlap it, latest-ending first (on a tie, the earlier-starting),
+    /// and how many of them the walk has passed (visited, or ending after every later bound).
+    by_end: Vec<Vec<usize>>,
+    passed: Vec<usize>,
     visited: Vec<bool>,
 }
 
@@ -102,7 +109,15 @@ impl<'a> PathWalk<'a> {
         for list in &mut children {
             list.sort_by(by_start);
         }
-        Self { spans, children, roots, clipped: vec![None; n], kept: vec![Vec::new(); n], visited: vec![false; n] }
+        Self {
+            spans,
+            children,
+            roots,
+            clipped: vec![None; n],
+            by_end: vec![Vec::new(); n],
+            passed: vec![0; n],
+            visited: vec![false; n],
+        }
     }
 
     /// Step 3: clips the subtree of `root` in pre-order; a child wholly outside its clipped parent
@@ -113,16 +128,21 @@ impl<'a> PathWalk<'a> {
         let mut stack = vec![root];
         while let Some(p) = stack.pop() {
             let (ps, pe) = self.clipped[p].expect("clipped before its children");
-            self.kept[p].clear();
+            let mut kept = std::mem::take(&mut self.by_end[p]);
+            kept.clear();
             for &c in &self.children[p] {
                 let (cs, ce) = (spans[c].start, spans[c].end.max(spans[c].start));
                 if ce <= ps || cs >= pe {
                     continue;
                 }
                 self.clipped[c] = Some((cs.max(ps), ce.min(pe)));
-                self.kept[p].push(c);
+                kept.push(c);
                 stack.push(c);
             }
+            // Stable: children that end together stay in start order.
+            kept.sort_by_key(|&c| std::cmp::Reverse(self.interval(c).1));
+            self.by_end[p] = kept;
+            self.passed[p] = 0;
         }
     }
 
@@ -130,20 +150,18 @@ impl<'a> PathWalk<'a> {
         self.clipped[i].expect("kept spans are clipped")
     }
 
-    /// Among the kept children of `parent` not yet visited, the one ending latest (at or before
-    /// `bound`, when given); on a tie the earlier-starting one.
-    fn last_child(&self, parent: usize, bound: Option<i64>) -> Option<usize> {
-        let mut pick: Option<usize> = None;
-        for &c in &self.kept[parent] {
-            let end = self.interval(c).1;
-            if self.visited[c] || bound.is_some_and(|t| end > t) {
-                continue;
+    /// Among the kept children of `parent` not yet visited, the one ending latest at or before
+    /// `bound`; on a tie the earlier-starting one. The bounds asked of one parent never grow (each
+    /// is the start of the child picked before), so a child passed once is never picked later, and
+    /// each parent's children are looked at once in all.
+    fn last_child(&mut self, parent: usize, bound: i64) -> Option<usize> {
+        while let Some(&c) = self.by_end[parent].get(self.passed[parent]) {
+            if !self.visited[c] && self.interval(c).1 <= bound {
+                return Some(c);
             }
-            if pick.is_none_or(|p| end > self.interval(p).1) {
-                pick = Some(c);
-            }
+            self.passed[parent] += 1;
         }
-        pick
+        None
     }
 
     /// Step 4: walks backwards from the root's end through the last-finishing child: among the
@@ -152,9 +170,11 @@ impl<'a> PathWalk<'a> {
     /// time to the parent.) Returns the sections in time order.
     fn walk_back(&mut self, root: usize) -> Vec<Section> {
         let mut sections = Vec::new();
-        let (mut cur, mut t, mut bounded) = (root, self.interval(root).1, false);
+        // A child ends within its clipped parent, so the first bound of a span, its own end, holds
+        // every child.
+        let (mut cur, mut t) = (root, self.interval(root).1);
         loop {
-            match self.last_child(cur, bounded.then_some(t)) {
+            match self.last_child(cur, t) {
                 Some(child) => {
                     self.visited[child] = true;
                     let end = self.interval(child).1;
@@ -163,7 +183,6 @@ impl<'a> PathWalk<'a> {
                     }
                     cur = child;
                     t = end;
-                    bounded = false;
                 }
                 None => {
                     let start = self.interval(cur).0;
@@ -175,7 +194,6 @@ impl<'a> PathWalk<'a> {
                     }
                     t = start;
                     cur = self.spans[cur].parent.expect("a kept non-root span has a parent");
-                    bounded = true;
                 }
             }
         }

@@ -2,7 +2,7 @@
 
 use std::sync::{Mutex, PoisonError};
 
-/// Where the partitions of one [`super::exec::TraceExec`] meet when their inputs end. Each
+/// Where the parts of one walk over stored spans (the partitions of a query) meet when their inputs end. Each
 /// partition deposits what it could not finish alone (a consumer whose producer is in another
 /// trace, say); the last partition to arrive gets every deposit back and finishes the work.
 pub struct Rendezvous<D> {

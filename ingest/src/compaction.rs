@@ -166,12 +166,17 @@ impl Input {
 /// Merges the job's files by (trace_id, start_time) into one file of the hour's partition,
 /// dropping repeated spans (they meet as neighbours in the merged order). The file is not yet
 /// committed. Streams: memory is a batch per input and a row group. Blocking I/O.
-pub fn merge(tenant_dir: &Path, job: &CompactionJob) -> Result<Merged, IngestError> {
-    merge_in_chunks(tenant_dir, job, ROW_GROUP_ROWS)
+pub fn merge(tenant_dir: &Path, job: &CompactionJob, derive: bool) -> Result<Merged, IngestError> {
+    merge_in_chunks(tenant_dir, job, ROW_GROUP_ROWS, derive)
 }
 
 /// [`merge`], writing `chunk_rows` rows at a time.
-fn merge_in_chunks(tenant_dir: &Path, job: &CompactionJob, chunk_rows: usize) -> Result<Merged, IngestError> {
+fn merge_in_chunks(
+    tenant_dir: &Path,
+    job: &CompactionJob,
+    chunk_rows: usize,
+    derive: bool,
+) -> Result<Merged, IngestError> {
     let mut live: Vec<RecordBatch> = Vec::new();
     let mut inputs = Vec::with_capacity(job.inputs.len());
     let mut heap = BinaryHeap::new();
@@ -186,7 +191,7 @@ fn merge_in_chunks(tenant_dir: &Path, job: &CompactionJob, chunk_rows: usize) ->
         inputs.push(input);
     }
     let rows: u64 = job.inputs.iter().map(|f| f.rows).sum();
-    let mut file = SpanFileWriter::create(tenant_dir, job.hour_start_ns.div_euclid(NS_PER_HOUR), rows)?;
+    let mut file = SpanFileWriter::create(tenant_dir, job.hour_start_ns.div_euclid(NS_PER_HOUR), rows, derive)?;
     let (mut indices, mut keys) = (Vec::with_capacity(chunk_rows), Vec::with_capacity(chunk_rows));
     let mut previous: Option<SpanKey> = None;
     let mut duplicates = 0;
@@ -256,6 +261,7 @@ mod tests {
             max_trace_id: "ff".repeat(16),
             committed_unix_ms: committed,
             wal_max_segment: Some(committed as u64),
+            derived: Vec::new(),
         }
     }
 
@@ -360,7 +366,7 @@ mod tests {
         )
         .unwrap();
         let job = CompactionJob { hour_start_ns: 10 * HOUR, inputs: [a, b].concat() };
-        let merged = merge(&dir, &job).unwrap();
+        let merged = merge(&dir, &job, true).unwrap();
         assert_eq!(merged.duplicates, 1);
         let [entry] = &merged.entries[..] else { panic!("one file: {:?}", merged.entries) };
         assert_eq!(entry.rows, 4);
@@ -376,6 +382,28 @@ mod tests {
         let rows: Vec<(u8, i64)> = (0..batch.num_rows()).map(|i| (traces.value(i)[0], starts.value(i))).collect();
         let base = base as i64;
         assert_eq!(rows, [(1, base + 9), (2, base + 2), (2, base + 5), (3, base + 1)]);
+
+        // What is derived is derived again from the merged spans: trace 2, split across the inputs
+        // (one span in each, and its span 1 in both), is one trace of two spans.
+        let span_counts = |entry: &FileEntry| -> Vec<(u8, i64)> {
+            use arrow::array::{AsArray, Int64Array};
+            let derived = entry.derived(hopscope_schemas::layout::TRACES_TABLE).expect("a derived traces file");
+            let file = fs::File::open(dir.join(&derived.path)).unwrap();
+            let mut out = Vec::new();
+            for batch in ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap() {
+                let batch = batch.unwrap();
+                let ids = batch.column_by_name("trace_id").unwrap().as_fixed_size_binary().clone();
+                let counts: &Int64Array = batch.column_by_name("span_count").unwrap().as_primitive();
+                out.extend((0..batch.num_rows()).map(|r| (ids.value(r)[0], counts.value(r))));
+            }
+            out
+        };
+        assert_eq!(span_counts(&job.inputs[0]), [(2, 1), (3, 1)]);
+        assert_eq!(span_counts(&job.inputs[1]), [(1, 1), (2, 2)]);
+        assert_eq!(span_counts(entry), [(1, 1), (2, 2), (3, 1)]);
+        // Lone INTERNAL spans: critical paths, but no hops and no findings, so no files of theirs.
+        let tables: Vec<&str> = entry.derived.iter().map(|d| d.table.as_str()).collect();
+        assert_eq!(tables, ["traces", "critical_path"]);
         fs::remove_dir_all(dir).unwrap();
     }
 
@@ -404,7 +432,7 @@ mod tests {
             .collect();
         let job = CompactionJob { hour_start_ns: 10 * HOUR, inputs };
         // 1,000 rows a chunk: sixty chunks, each releasing the batches it no longer needs.
-        let merged = merge_in_chunks(&dir, &job, 1_000).unwrap();
+        let merged = merge_in_chunks(&dir, &job, 1_000, true).unwrap();
         assert_eq!(merged.duplicates, 5_000);
         let [entry] = &merged.entries[..] else { panic!("one file") };
         assert_eq!(entry.rows, 55_000);

@@ -68,6 +68,9 @@ pub struct IngesterConfig {
     /// Benchmarks only: decode, validate and convert exports, then drop them (no WAL, no files).
     /// The ingest benchmark's ceiling: the same receivers with storage switched off.
     pub discard: bool,
+    /// Whether each span file is written with its derived tables (`hopscope-derive`'s stored
+    /// tables) beside it. On by default; off only to measure what deriving costs.
+    pub derive: bool,
 }
 
 impl IngesterConfig {
@@ -89,6 +92,7 @@ impl IngesterConfig {
             retention: RetentionPolicy::default(),
             retired_grace: Duration::from_secs(60),
             discard: false,
+            derive: true,
         }
     }
 }
@@ -170,6 +174,8 @@ pub struct Ingester {
     dead_letters: DeadLetterStore,
     /// Serialises dead-letter replays, so that one entry is never replayed twice at once.
     replaying: tokio::sync::Mutex<()>,
+    /// Span files whose derivation failed in this process: maintenance does not try them again.
+    underivable: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Ingester {
@@ -231,6 +237,7 @@ impl Ingester {
             recent,
             dead_letters,
             replaying: tokio::sync::Mutex::new(()),
+            underivable: Mutex::new(std::collections::HashSet::new()),
         }))
     }
 
@@ -347,5 +354,7 @@ impl WalSink for BufferSink {
 fn set_storage_gauges(metrics: &IngestMetrics, manifest: &hopscope_schemas::manifest::Manifest) {
     metrics.storage_files.set(level(manifest.files.len()));
     metrics.storage_bytes.set(level(manifest.files.iter().map(|f| f.bytes).sum::<u64>()));
+    let derived = manifest.files.iter().map(|f| f.total_bytes() - f.bytes).sum::<u64>();
+    metrics.storage_derived_bytes.set(level(derived));
     metrics.storage_spans.set(level(manifest.total_rows()));
 }

@@ -20,6 +20,7 @@ pub mod convert;
 pub mod dead_letter;
 pub mod decode;
 mod dedup;
+mod derived;
 mod error;
 #[cfg(feature = "fault-injection")]
 pub mod fault;

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use hopscope_schemas::layout::{self, TMP_SUFFIX};
-use hopscope_schemas::manifest::{FileEntry, Manifest, RetiredFile};
+use hopscope_schemas::manifest::{DerivedFile, FileEntry, Manifest, RetiredFile};
 
 use crate::IngestError;
 
@@ -74,7 +74,7 @@ impl ManifestStore {
     }
 
     /// Replaces the listed files `removed` by `added` in one commit (a compaction; retention when
-    /// nothing is added). The removed files are retired: they stay on disk, for queries that read
+    /// nothing is added). The removed files, and the files derived from them, are retired: they stay on disk, for queries that read
     /// the previous manifest, until [`Self::forget_retired`]. Fails, committing nothing, when a
     /// removed file is no longer listed. Blocking I/O.
     pub fn commit_replaced(&self, removed: &[FileEntry], added: Vec<FileEntry>) -> Result<u64, IngestError> {
@@ -84,15 +84,35 @@ impl ManifestStore {
                     return Err(IngestError::ManifestConflict(format!("{} is no longer listed", gone.path)));
                 };
                 let entry = next.files.remove(at);
-                next.retired.push(RetiredFile { path: entry.path, bytes: entry.bytes, retired_unix_ms: now_unix_ms() });
+                let at = now_unix_ms();
+                next.retired.push(RetiredFile { path: entry.path, bytes: entry.bytes, retired_unix_ms: at });
+                next.retired.extend(entry.derived.into_iter().map(|d| RetiredFile {
+                    path: d.path,
+                    bytes: d.bytes,
+                    retired_unix_ms: at,
+                }));
             }
             next.files.extend(added);
             Ok(())
         })?;
         let now = Instant::now();
         let mut retired_here = self.retired_here.lock().expect("retired files lock");
-        retired_here.extend(removed.iter().map(|gone| (gone.path.clone(), now)));
+        retired_here.extend(removed.iter().flat_map(|gone| gone.paths().map(|p| (p.to_owned(), now))));
         Ok(generation)
+    }
+
+    /// Lists `derived` (written, synced) as the derived files of the committed span file `path`,
+    /// which has none yet. Fails, committing nothing, when the span file is no longer listed or
+    /// already has derived files. Blocking I/O.
+    pub fn commit_derived(&self, path: &str, derived: Vec<DerivedFile>) -> Result<u64, IngestError> {
+        self.commit(|next| {
+            match next.files.iter_mut().find(|f| f.path == path) {
+                Some(entry) if entry.derived.is_empty() => entry.derived = derived,
+                Some(_) => return Err(IngestError::ManifestConflict(format!("{path} has derived files already"))),
+                None => return Err(IngestError::ManifestConflict(format!("{path} is no longer listed"))),
+            }
+            Ok(())
+        })
     }
 
     /// Retired files that left the manifest at least `grace` ago: by the monotonic clock for those
@@ -216,18 +236,19 @@ fn remove_orphan_temp_files(dir: &Path) -> Result<(), IngestError> {
     Ok(())
 }
 
-/// Removes span files that no manifest lists: written before a crash or a failed commit, and never
-/// visible. Their spans are still in the write-ahead log, so nothing is lost. Only at open, when no
-/// write is in flight.
+/// Removes span files, and files derived from them, that no manifest lists: written before a crash
+/// or a failed commit, and never visible. Their spans are still in the write-ahead log, so nothing
+/// is lost. Only at open, when no write is in flight.
 fn remove_uncommitted_span_files(tenant_dir: &Path, manifest: &Manifest) -> Result<(), IngestError> {
     let known: std::collections::HashSet<PathBuf> = manifest
         .files
         .iter()
-        .map(|f| &f.path)
-        .chain(manifest.retired.iter().map(|r| &r.path))
+        .flat_map(FileEntry::paths)
+        .chain(manifest.retired.iter().map(|r| r.path.as_str()))
         .map(|p| tenant_dir.join(p))
         .collect();
-    let mut stack = vec![tenant_dir.join(layout::SPANS_DIR)];
+    let mut stack: Vec<PathBuf> =
+        std::iter::once(layout::SPANS_DIR).chain(layout::DERIVED_TABLES).map(|d| tenant_dir.join(d)).collect();
     while let Some(dir) = stack.pop() {
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
@@ -241,7 +262,7 @@ fn remove_uncommitted_span_files(tenant_dir: &Path, manifest: &Manifest) -> Resu
             if file_type.is_dir() {
                 stack.push(path);
             } else if path.extension().is_some_and(|e| e == "parquet") && !known.contains(&path) {
-                tracing::warn!(path = %path.display(), "removing a span file no commit listed (its spans are in the write-ahead log)");
+                tracing::warn!(path = %path.display(), "removing a file no commit listed (its spans are in the write-ahead log)");
                 fs::remove_file(&path).map_err(IngestError::io(format!("removing {}", path.display())))?;
             }
         }
@@ -265,6 +286,7 @@ mod tests {
             max_trace_id: "01".repeat(16),
             committed_unix_ms: 0,
             wal_max_segment: None,
+            derived: Vec::new(),
         }
     }
 
@@ -273,8 +295,19 @@ mod tests {
         let dir = tempdir();
         let store = ManifestStore::open(&dir, "default").unwrap();
         assert_eq!(store.snapshot().generation, 0);
-        let entry = entry("a");
+        let mut entry = entry("a");
+        entry.derived = vec![hopscope_schemas::manifest::DerivedFile {
+            table: layout::EDGES_TABLE.into(),
+            path: layout::derived_file_relative_path(layout::EDGES_TABLE, &entry.path),
+            rows: 1,
+            bytes: 1,
+        }];
         assert_eq!(store.commit_added(vec![entry.clone()], 0).unwrap(), 1);
+        // A derived file committed with its span file stays; one of an uncommitted span file goes.
+        let edges = dir.join("default/edges/2026-11-28/01");
+        fs::create_dir_all(&edges).unwrap();
+        fs::write(edges.join("a.parquet"), b"committed").unwrap();
+        fs::write(edges.join("c.parquet"), b"derived from a file never committed").unwrap();
         let partition = dir.join("default/spans/2026-11-28/01");
         fs::create_dir_all(&partition).unwrap();
         let orphan = partition.join("b.parquet.tmp");
@@ -288,6 +321,8 @@ mod tests {
         assert!(!orphan.exists());
         assert!(!uncommitted.exists());
         assert!(committed.exists());
+        assert!(edges.join("a.parquet").exists());
+        assert!(!edges.join("c.parquet").exists());
         fs::remove_dir_all(dir).unwrap();
     }
 
@@ -295,13 +330,22 @@ mod tests {
     fn a_replacement_retires_its_inputs_until_they_are_forgotten() {
         let dir = tempdir();
         let store = ManifestStore::open(&dir, "default").unwrap();
-        store.commit_added(vec![entry("a"), entry("b"), entry("c")], 0).unwrap();
-        store.commit_replaced(&[entry("a"), entry("b")], vec![entry("ab")]).unwrap();
+        let mut a = entry("a");
+        let derived_a = layout::derived_file_relative_path(layout::TRACES_TABLE, &a.path);
+        a.derived = vec![hopscope_schemas::manifest::DerivedFile {
+            table: layout::TRACES_TABLE.into(),
+            path: derived_a.clone(),
+            rows: 1,
+            bytes: 1,
+        }];
+        store.commit_added(vec![a.clone(), entry("b"), entry("c")], 0).unwrap();
+        store.commit_replaced(&[a.clone(), entry("b")], vec![entry("ab")]).unwrap();
         let paths = |m: &Manifest| m.files.iter().map(|f| f.path.clone()).collect::<Vec<_>>();
         let after = store.snapshot();
         assert_eq!(paths(&after), [entry("c").path, entry("ab").path]);
+        // A span file is retired with its derived files.
         let retired: Vec<&str> = after.retired.iter().map(|r| r.path.as_str()).collect();
-        assert_eq!(retired, [entry("a").path, entry("b").path]);
+        assert_eq!(retired, [a.path.as_str(), derived_a.as_str(), entry("b").path.as_str()]);
         // A retired file stays listed as retired until its grace is over, and its path survives
         // the sweep of uncommitted files at open.
         let partition = dir.join("default/spans/2026-11-28/01");
@@ -311,7 +355,7 @@ mod tests {
         assert!(partition.join("a.parquet").exists());
         assert!(reopened.retired_before(std::time::Duration::from_secs(3600)).is_empty());
         let due = reopened.retired_before(std::time::Duration::ZERO);
-        assert_eq!(due.len(), 2);
+        assert_eq!(due.len(), 3);
         reopened.forget_retired(&due).unwrap();
         assert!(reopened.snapshot().retired.is_empty());
         // Replacing a file that is no longer listed commits nothing.

@@ -59,6 +59,7 @@ pub struct IngestMetrics {
     pub(crate) wal_bytes: Gauge,
     pub(crate) storage_files: Gauge,
     pub(crate) storage_bytes: Gauge,
+    pub(crate) storage_derived_bytes: Gauge,
     pub(crate) storage_spans: Gauge,
 }
 
@@ -99,6 +100,7 @@ impl Default for IngestMetrics {
             wal_bytes: Gauge::default(),
             storage_files: Gauge::default(),
             storage_bytes: Gauge::default(),
+            storage_derived_bytes: Gauge::default(),
             storage_spans: Gauge::default(),
         }
     }
@@ -180,7 +182,7 @@ impl IngestMetrics {
             "Export requests refused as a whole, by reason.",
             self.refused.clone(),
         );
-        let gauges: [(&str, &str, &Gauge); 8] = [
+        let gauges: [(&str, &str, &Gauge); 9] = [
             ("hopscope_ingest_buffered_spans", "Spans acknowledged but not yet in a file.", &self.buffered_spans),
             ("hopscope_ingest_buffered_bytes", "Memory held by spans not yet in a file.", &self.buffered_bytes),
             (
@@ -192,6 +194,11 @@ impl IngestMetrics {
             ("hopscope_wal_bytes", "Bytes in all WAL segments not yet cut.", &self.wal_bytes),
             ("hopscope_storage_files", "Committed span files.", &self.storage_files),
             ("hopscope_storage_bytes", "Bytes in committed span files.", &self.storage_bytes),
+            (
+                "hopscope_storage_derived_bytes",
+                "Bytes in the files derived from committed span files (traces, edges, critical paths, findings).",
+                &self.storage_derived_bytes,
+            ),
             ("hopscope_storage_spans", "Spans in committed span files.", &self.storage_spans),
         ];
         for (name, help, gauge) in gauges {

@@ -16,7 +16,8 @@ use hopscope_schemas::manifest::{FileEntry, Manifest};
 pub struct RetentionPolicy {
     /// Spans that started longer ago than this are deleted.
     pub max_age: Option<Duration>,
-    /// When committed span files hold more bytes than this, the oldest are deleted until they fit.
+    /// When committed span files (with what was derived from them) hold more bytes than this, the
+    /// oldest are deleted until they fit.
     pub max_bytes: Option<u64>,
 }
 
@@ -35,11 +36,11 @@ pub fn expired(manifest: &Manifest, policy: &RetentionPolicy, now_ns: i64) -> Ve
         let cutoff = now_ns.saturating_sub(age.as_nanos().min(i64::MAX as u128) as i64);
         files.iter().take_while(|f| f.max_start_ns < cutoff).count()
     });
-    let mut bytes: u64 = files[too_old..].iter().map(|f| f.bytes).sum();
+    let mut bytes: u64 = files[too_old..].iter().map(|f| f.total_bytes()).sum();
     let mut cut = too_old;
     if let Some(max) = policy.max_bytes {
         while bytes > max && cut < files.len() {
-            bytes -= files[cut].bytes;
+            bytes -= files[cut].total_bytes();
             cut += 1;
         }
     }
@@ -64,6 +65,7 @@ mod tests {
             max_trace_id: String::new(),
             committed_unix_ms: 0,
             wal_max_segment: None,
+            derived: Vec::new(),
         }
     }
 

@@ -21,6 +21,7 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
 use crate::IngestError;
+use crate::derived::DerivedWriter;
 use crate::manifest::{sync_parent, tmp_path};
 
 /// Rows per Parquet row group.
@@ -92,17 +93,19 @@ pub fn write_span_files(
 ) -> Result<Vec<FileEntry>, IngestError> {
     let mut rows = rows_of(batches);
     sort_and_dedup(&mut rows, |_| false);
-    write_rows(tenant_dir, batches, &rows, wal_max_segment)
+    write_rows(tenant_dir, batches, &rows, wal_max_segment, true)
 }
 
 /// Writes the sorted `rows` of `batches` as one file per hour their traces start in, copying them
 /// row group by row group (never the whole flush at once), and returns the files' manifest entries.
-/// The files are synced and in place, not committed; on failure none is left behind. Blocking I/O.
+/// With `derive`, each file's derived tables are written beside it. The files are synced and in
+/// place, not committed; on failure none is left behind. Blocking I/O.
 pub(crate) fn write_rows(
     tenant_dir: &Path,
     batches: &[RecordBatch],
     rows: &[Row],
     wal_max_segment: Option<u64>,
+    derive: bool,
 ) -> Result<Vec<FileEntry>, IngestError> {
     #[cfg(feature = "fault-injection")]
     {
@@ -129,8 +132,10 @@ pub(crate) fn write_rows(
     let parts: Vec<(i64, &[Row])> =
         hours.iter().flat_map(|(hour, rows)| shards(rows).map(|part| (*hour, part))).collect();
     let results: Vec<Result<FileEntry, IngestError>> = std::thread::scope(|scope| {
-        let writing: Vec<_> =
-            parts.iter().map(|(hour, rows)| scope.spawn(|| write_file(tenant_dir, *hour, &refs, rows))).collect();
+        let writing: Vec<_> = parts
+            .iter()
+            .map(|(hour, rows)| scope.spawn(|| write_file(tenant_dir, *hour, &refs, rows, derive)))
+            .collect();
         writing
             .into_iter()
             .map(|w| w.join().unwrap_or_else(|_| Err(IngestError::Task("a file writer panicked".into()))))
@@ -150,7 +155,9 @@ pub(crate) fn write_rows(
     if let Some(e) = failure {
         // Never committed, so never visible: do not leave them behind.
         for entry in entries {
-            let _ = fs::remove_file(tenant_dir.join(entry.path));
+            for path in entry.paths() {
+                let _ = fs::remove_file(tenant_dir.join(path));
+            }
         }
         return Err(e);
     }
@@ -274,9 +281,15 @@ fn columns_without_statistics() -> &'static [ColumnPath] {
 /// Writes the sorted `rows` of `batches` as a span file of `hour` (hours since the epoch), one row
 /// group at a time, and returns its manifest entry; the file is synced and in place, but not
 /// committed. Blocking I/O.
-fn write_file(tenant_dir: &Path, hour: i64, batches: &[&RecordBatch], rows: &[Row]) -> Result<FileEntry, IngestError> {
+fn write_file(
+    tenant_dir: &Path,
+    hour: i64,
+    batches: &[&RecordBatch],
+    rows: &[Row],
+    derive: bool,
+) -> Result<FileEntry, IngestError> {
     let distinct_traces = 1 + rows.windows(2).filter(|w| w[0].key.trace != w[1].key.trace).count();
-    let mut file = SpanFileWriter::create(tenant_dir, hour, distinct_traces as u64)?;
+    let mut file = SpanFileWriter::create(tenant_dir, hour, distinct_traces as u64, derive)?;
     let mut indices = Vec::with_capacity(ROW_GROUP_ROWS.min(rows.len()));
     for chunk in rows.chunks(ROW_GROUP_ROWS) {
         indices.clear();
@@ -292,6 +305,9 @@ fn write_file(tenant_dir: &Path, hour: i64, batches: &[&RecordBatch], rows: &[Ro
 /// wanted; on [`Self::finish`] it is synced and renamed into place (not committed). A writer that
 /// fails, or is abandoned, leaves nothing behind. Blocking I/O.
 pub(crate) struct SpanFileWriter {
+    /// What is derived from the file's traces, when asked for.
+    derived: Option<DerivedWriter>,
+    tenant_dir: std::path::PathBuf,
     relative: String,
     path: std::path::PathBuf,
     tmp: std::path::PathBuf,
@@ -306,8 +322,14 @@ pub(crate) struct SpanFileWriter {
 
 impl SpanFileWriter {
     /// A new file in the partition of `hour` (hours since the epoch); the bloom filter on
-    /// `trace_id` is sized for `distinct_traces` per row group.
-    pub(crate) fn create(tenant_dir: &Path, hour: i64, distinct_traces: u64) -> Result<Self, IngestError> {
+    /// `trace_id` is sized for `distinct_traces` per row group. With `derive`, the derived tables of
+    /// its traces are written beside it ([`crate::derived`]).
+    pub(crate) fn create(
+        tenant_dir: &Path,
+        hour: i64,
+        distinct_traces: u64,
+        derive: bool,
+    ) -> Result<Self, IngestError> {
         let file_id = uuid::Uuid::now_v7().to_string();
         let relative = layout::span_file_relative_path(hour * NS_PER_HOUR, &file_id);
         let path = tenant_dir.join(&relative);
@@ -323,6 +345,8 @@ impl SpanFileWriter {
             }
         };
         Ok(Self {
+            derived: derive.then(|| DerivedWriter::new(tenant_dir, &relative)),
+            tenant_dir: tenant_dir.to_owned(),
             relative,
             path,
             tmp,
@@ -355,11 +379,27 @@ impl SpanFileWriter {
             self.abandon();
             return Err(e.into());
         }
+        if let Some(derived) = &mut self.derived
+            && let Err(e) = derived.write(batch)
+        {
+            self.abandon();
+            return Err(e);
+        }
         Ok(())
     }
 
     /// Closes, syncs and renames the file into place; returns its manifest entry.
     pub(crate) fn finish(mut self) -> Result<FileEntry, IngestError> {
+        // On an error the derived writer removes what it wrote, and dropping `self` the span file.
+        let derived = match self.derived.take() {
+            Some(derived) => derived.finish()?,
+            None => Vec::new(),
+        };
+        let remove_derived = |tenant_dir: &Path| {
+            for d in &derived {
+                let _ = fs::remove_file(tenant_dir.join(&d.path));
+            }
+        };
         let writer = self.writer.take().expect("an open writer");
         let tmp = self.tmp.clone();
         let closed = (|| {
@@ -375,6 +415,7 @@ impl SpanFileWriter {
             Ok(bytes) => bytes,
             Err(e) => {
                 let _ = fs::remove_file(&self.tmp);
+                remove_derived(&self.tenant_dir);
                 return Err(e);
             }
         };
@@ -389,11 +430,15 @@ impl SpanFileWriter {
             max_trace_id: hex::encode(self.last_trace.to_be_bytes()),
             committed_unix_ms: crate::manifest::now_unix_ms(),
             wal_max_segment: None,
+            derived,
         })
     }
 
     /// Gives the file up: nothing is left on disk.
     pub(crate) fn abandon(&mut self) {
+        if let Some(derived) = &mut self.derived {
+            derived.abandon();
+        }
         self.writer.take();
         let _ = fs::remove_file(&self.tmp);
     }

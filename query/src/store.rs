@@ -482,6 +482,7 @@ mod tests {
             max_trace_id: "ff".repeat(16),
             committed_unix_ms: 0,
             wal_max_segment: None,
+            derived: Vec::new(),
         }
     }
 
@@ -563,6 +564,7 @@ mod tests {
             max_trace_id: max.repeat(16),
             committed_unix_ms: 0,
             wal_max_segment: None,
+            derived: Vec::new(),
         };
         assert!(pruning.may_match(&entry("00", "ff")));
         assert!(pruning.may_match(&entry("42", "42")));

@@ -57,6 +57,7 @@ impl Store {
                 max_trace_id: hex::encode(rows.last().unwrap().trace_id),
                 committed_unix_ms: 0,
                 wal_max_segment: None,
+                derived: Vec::new(),
             });
         }
         std::fs::write(layout::manifest_path(&dir, layout::DEFAULT_TENANT), manifest.to_json()).unwrap();

@@ -186,6 +186,18 @@ pub mod edge {
     /// The service and operation of the root span of the call's trace (its entry endpoint).
     pub const ROOT_SERVICE: &str = "root_service";
     pub const ROOT_OPERATION: &str = "root_operation";
+    /// Stored edges only: a hop that may still change when another trace is read — `producer` (a
+    /// producer's call to its broker that a consumer in another trace may link to) or `consumer`
+    /// (the entry hop of a consumer that links to spans of other traces); null for final hops.
+    pub const PENDING: &str = "pending";
+    /// Stored edges only: the (trace id, span id) pairs, 24 bytes each, a pending consumer links to.
+    pub const LINKED_SPANS: &str = "linked_spans";
+}
+
+/// Values of the stored `edges` table's `pending` column.
+pub mod pending {
+    pub const PRODUCER: &str = "producer";
+    pub const CONSUMER: &str = "consumer";
 }
 
 /// Values of the `edges` table's `connection` column.
@@ -215,6 +227,21 @@ pub mod node_kind {
 
 /// The caller name of requests that enter the system from outside.
 pub const USER_NODE: &str = "user";
+
+/// Columns of the derived `traces` table: one row per trace of a span file.
+pub mod trace_summary {
+    pub const TRACE_ID: &str = "trace_id";
+    /// The earliest start of its spans.
+    pub const START_TIME: &str = "start_time";
+    /// The latest end of its spans.
+    pub const END_TIME: &str = "end_time";
+    pub const SPAN_COUNT: &str = "span_count";
+    /// Spans with status ERROR.
+    pub const ERROR_COUNT: &str = "error_count";
+    /// The service and name of its root: the earliest span without a parent id, else its earliest span.
+    pub const ROOT_SERVICE: &str = "root_service";
+    pub const ROOT_OPERATION: &str = "root_operation";
+}
 
 /// Columns of the derived `critical_path` table: one row per span on a critical path (design.md §4).
 pub mod critical_path {

@@ -3,6 +3,8 @@
 //! ```text
 //! <data-dir>/<tenant>/manifest.json                              the committed file list
 //! <data-dir>/<tenant>/spans/<yyyy-mm-dd>/<hh>/<file-id>.parquet  span files
+//! <data-dir>/<tenant>/<table>/<yyyy-mm-dd>/<hh>/<file-id>.parquet  what was derived from that
+//!                                                                span file, one per derived table
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -15,6 +17,24 @@ pub const TMP_SUFFIX: &str = ".tmp";
 
 /// The directory under a tenant's directory that holds its span files.
 pub const SPANS_DIR: &str = "spans";
+
+/// The tables derived from each span file at ingest, each in a directory of its name.
+pub const DERIVED_TABLES: [&str; 4] = [TRACES_TABLE, EDGES_TABLE, CRITICAL_PATH_TABLE, FINDINGS_TABLE];
+/// One row per trace of a span file: its extent, size, errors and root.
+pub const TRACES_TABLE: &str = "traces";
+/// The hops of the span file's traces.
+pub const EDGES_TABLE: &str = "edges";
+/// The sections of the critical paths of the span file's traces.
+pub const CRITICAL_PATH_TABLE: &str = "critical_path";
+/// The per-trace findings (default thresholds) of the span file's traces.
+pub const FINDINGS_TABLE: &str = "findings";
+
+/// The path of what `table` derived from the span file at `span_relative` (both relative to the
+/// tenant directory): the same hour and file id, under the table's directory.
+pub fn derived_file_relative_path(table: &str, span_relative: &str) -> String {
+    let rest = span_relative.strip_prefix(SPANS_DIR).unwrap_or(span_relative);
+    format!("{table}{rest}")
+}
 
 /// The directory holding one tenant's data.
 pub fn tenant_dir(data_dir: &Path, tenant: &str) -> PathBuf {
@@ -36,6 +56,13 @@ pub fn span_file_relative_path(hour_start_ns: i64, file_id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn derived_files_sit_beside_their_span_file_under_their_table() {
+        let spans = span_file_relative_path(0, "f");
+        assert_eq!(spans, "spans/1970-01-01/00/f.parquet");
+        assert_eq!(derived_file_relative_path(EDGES_TABLE, &spans), "edges/1970-01-01/00/f.parquet");
+    }
 
     #[test]
     fn span_files_are_partitioned_by_hour() {

@@ -1,6 +1,7 @@
-//! The manifest: the list of committed span files of one tenant. A file is visible to queries only
-//! once a manifest that lists it has been committed (written to a temporary file, synced and renamed
-//! over the previous one).
+//! The manifest: the list of committed span files of one tenant, each with the files derived from
+//! it. A file is visible to queries only once a manifest that lists it has been committed (written
+//! to a temporary file, synced and renamed over the previous one); a span file and its derived files
+//! enter and leave the manifest together.
 
 use serde::{Deserialize, Serialize};
 
@@ -10,8 +11,12 @@ use crate::SchemaError;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "version")]
 pub enum StoredManifest {
+    /// Span files only.
     #[serde(rename = "1")]
     V1(Manifest),
+    /// Span files and what was derived from each ([`FileEntry::derived`]).
+    #[serde(rename = "2")]
+    V2(Manifest),
 }
 
 /// The current manifest format.
@@ -68,6 +73,39 @@ pub struct FileEntry {
     /// whose segment is at or above the WAL floor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wal_max_segment: Option<u64>,
+    /// The files derived from this one at ingest (see [`crate::layout::DERIVED_TABLES`]), one per
+    /// table that has rows; empty for files written before derivation existed (or when it failed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub derived: Vec<DerivedFile>,
+}
+
+/// A file derived from a span file: its table's rows for the span file's traces.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DerivedFile {
+    /// The derived table, one of [`crate::layout::DERIVED_TABLES`].
+    pub table: String,
+    /// Path relative to the tenant directory.
+    pub path: String,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+impl FileEntry {
+    /// The span file and its derived files, as paths relative to the tenant directory.
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.path.as_str()).chain(self.derived.iter().map(|d| d.path.as_str()))
+    }
+
+    /// Bytes of the span file and its derived files.
+    pub fn total_bytes(&self) -> u64 {
+        self.bytes + self.derived.iter().map(|d| d.bytes).sum::<u64>()
+    }
+
+    /// The derived file of `table`, if one was written.
+    pub fn derived(&self, table: &str) -> Option<&DerivedFile> {
+        self.derived.iter().find(|d| d.table == table)
+    }
 }
 
 impl Manifest {
@@ -76,13 +114,13 @@ impl Manifest {
         let stored: StoredManifest =
             serde_json::from_slice(bytes).map_err(|e| SchemaError::InvalidManifest(e.to_string()))?;
         match stored {
-            StoredManifest::V1(m) => Ok(m),
+            StoredManifest::V1(m) | StoredManifest::V2(m) => Ok(m),
         }
     }
 
     /// The stored form of this manifest.
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec_pretty(&StoredManifest::V1(self.clone())).expect("manifest serialises")
+        serde_json::to_vec_pretty(&StoredManifest::V2(self.clone())).expect("manifest serialises")
     }
 
     /// Total spans in committed files.
@@ -111,15 +149,26 @@ mod tests {
                 max_trace_id: "ff".repeat(16),
                 committed_unix_ms: 5,
                 wal_max_segment: Some(4),
+                derived: vec![DerivedFile {
+                    table: "edges".into(),
+                    path: "edges/2026-11-28/01/a.parquet".into(),
+                    rows: 3,
+                    bytes: 100,
+                }],
             }],
             retired: vec![RetiredFile { path: "spans/2026-11-28/01/b.parquet".into(), bytes: 10, retired_unix_ms: 6 }],
         };
         let json = m.to_json();
-        assert!(String::from_utf8_lossy(&json).contains("\"version\": \"1\""));
+        assert!(String::from_utf8_lossy(&json).contains("\"version\": \"2\""));
         assert_eq!(Manifest::from_json(&json).unwrap(), m);
         assert!(Manifest::from_json(br#"{"version":"9"}"#).is_err());
         // Manifests written before files could be retired still read.
         let older = br#"{"version":"1","generation":1,"wal_floor":0,"files":[]}"#;
         assert_eq!(Manifest::from_json(older).unwrap().retired, vec![]);
+        // A version 1 manifest (no derived files) reads with none.
+        let mut plain = m.clone();
+        plain.files[0].derived.clear();
+        let v1 = String::from_utf8_lossy(&plain.to_json()).replace("\"version\": \"2\"", "\"version\": \"1\"");
+        assert_eq!(Manifest::from_json(v1.as_bytes()).unwrap(), plain);
     }
 }

@@ -15,7 +15,9 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use serde_json::Value;
 
-use crate::support::{DEADLINE, Server, fresh_data_dir, hopscope, random_trace_id, request_for, span, span_files};
+use crate::support::{
+    DEADLINE, Server, derived_files, fresh_data_dir, hopscope, random_trace_id, request_for, span, span_files,
+};
 
 const HOUR_NS: u64 = 3_600_000_000_000;
 
@@ -343,6 +345,16 @@ async fn compaction_merges_small_files_and_drops_duplicates_without_changing_ans
         assert!(started.elapsed() < DEADLINE, "replaced files stayed: {:?}", span_files(&data_dir));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The files derived from the replaced ones went with them; the merged file has its own.
+    let mut listed: Vec<PathBuf> = manifest(&data_dir)["files"][0]["derived"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| data_dir.join("default").join(d["path"].as_str().unwrap()))
+        .collect();
+    assert!(!listed.is_empty());
+    listed.sort();
+    assert_eq!(derived_files(&data_dir), listed);
     assert!(server.terminate().success());
 }
 
@@ -370,10 +382,12 @@ async fn retention_deletes_spans_past_the_age_and_the_oldest_past_the_size() {
     assert_eq!(server.metric("hopscope_retention_spans_deleted_total").await, 2.0);
     assert!(server.terminate().success());
 
-    // By size: room for the newest file only, so the older one goes.
+    // By size: room for the newest file (with the files derived from it) only, so the older one goes.
     let files = manifest(&data_dir)["files"].as_array().unwrap().clone();
     let newest = files.iter().max_by_key(|f| f["max_start_ns"].as_i64().unwrap()).unwrap();
-    let room = newest["bytes"].as_u64().unwrap().to_string();
+    let derived: u64 = newest["derived"].as_array().unwrap().iter().map(|d| d["bytes"].as_u64().unwrap()).sum();
+    assert!(derived > 0, "{newest}");
+    let room = (newest["bytes"].as_u64().unwrap() + derived).to_string();
     let server =
         Server::start_in(data_dir.clone(), &[&fast[..], &["--retention-max-bytes", room.as_str()][..]].concat());
     server.wait_for_metric("hopscope_retention_files_deleted_total", |n| n >= 1.0).await;

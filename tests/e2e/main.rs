@@ -9,6 +9,7 @@
 //! `HOPSCOPE_TEST_CHROMIUM`), which `scripts/test` installs when it runs as root.
 
 mod crash;
+mod derived;
 mod durability;
 mod errors;
 mod exporters;

@@ -13,7 +13,7 @@ const T0: i64 = 1_700_000_000_000_000_000;
 const MS: f64 = 1e6;
 
 /// One recorded span: times in milliseconds after [`T0`].
-struct Span {
+pub(crate) struct Span {
     trace: &'static str,
     id: &'static str,
     parent: Option<&'static str>,
@@ -174,7 +174,7 @@ fn path_sections(path: &Value) -> Vec<(String, f64, f64)> {
         .collect()
 }
 
-async fn post_spans(server: &Server, spans: &[Span]) {
+pub(crate) async fn post_spans(server: &Server, spans: &[Span]) {
     let response =
         reqwest::Client::new().post(server.traces_url()).json(&otlp_json(spans)).send().await.expect("export");
     let status = response.status();
@@ -1112,7 +1112,7 @@ const ORPHAN_TRACE: &str = "dddddddddddddddddddddddddddddddd";
 /// Consumers in traces of their own that link to their producers (the usual setup for queues).
 /// The trace ids sit at both ends of the id space, so the producer and its consumers are read by
 /// different partitions of the query.
-fn linked_traces() -> Vec<Span> {
+pub(crate) fn linked_traces() -> Vec<Span> {
     let (p, q, r, o) = (PRODUCER_TRACE, CONSUMER_TRACE, BATCH_TRACE, ORPHAN_TRACE);
     let kafka =
         |s: Span| s.attr("messaging.system", json!("kafka")).attr("messaging.destination.name", json!("orders"));

@@ -298,6 +298,21 @@ pub(crate) fn request_for(service: &str, spans: Vec<Span>) -> ExportTraceService
 
 /// The span files on disk under a data directory's default tenant.
 pub(crate) fn span_files(data_dir: &Path) -> Vec<PathBuf> {
+    parquet_files(&data_dir.join("default/spans"))
+}
+
+/// The derived files (every derived table's) on disk under a data directory's default tenant.
+pub(crate) fn derived_files(data_dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = hopscope_schemas::layout::DERIVED_TABLES
+        .iter()
+        .flat_map(|table| parquet_files(&data_dir.join("default").join(table)))
+        .collect();
+    out.sort();
+    out
+}
+
+/// The Parquet files under `dir`, sorted.
+fn parquet_files(dir: &Path) -> Vec<PathBuf> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
             let path = entry.path();
@@ -309,7 +324,7 @@ pub(crate) fn span_files(data_dir: &Path) -> Vec<PathBuf> {
         }
     }
     let mut out = Vec::new();
-    walk(&data_dir.join("default/spans"), &mut out);
+    walk(dir, &mut out);
     out.sort();
     out
 }

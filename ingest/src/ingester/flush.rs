@@ -122,7 +122,7 @@ impl Ingester {
             sort_and_dedup(&mut rows, |key| recent.contains(key))
         };
         let max_segment = pending.iter().map(|p| p.segment).max();
-        let joint = write_rows(&tenant_dir, &batches, &rows, max_segment)
+        let joint = write_rows(&tenant_dir, &batches, &rows, max_segment, self.config.derive)
             .and_then(|files| self.commit(files, wal_floor, &rows, resent));
         match joint {
             Ok(()) => Stored::default(),
@@ -149,7 +149,7 @@ impl Ingester {
             if rows.is_empty() {
                 continue;
             }
-            match write_rows(&tenant_dir, batches, &rows, Some(p.segment)) {
+            match write_rows(&tenant_dir, batches, &rows, Some(p.segment), self.config.derive) {
                 Ok(f) => {
                     files.extend(f);
                     written.extend(rows);
@@ -205,7 +205,7 @@ impl Ingester {
         let tenant_dir = layout::tenant_dir(&self.config.data_dir, &self.config.tenant);
         let rows: u64 = files.iter().map(|f| f.rows).sum();
         let count = files.len() as u64;
-        let paths: Vec<PathBuf> = files.iter().map(|f| tenant_dir.join(&f.path)).collect();
+        let paths: Vec<PathBuf> = files.iter().flat_map(|f| f.paths()).map(|p| tenant_dir.join(p)).collect();
         match self.manifest.commit_added(files, wal_floor) {
             Ok(generation) => {
                 self.recent.lock().expect("recent spans lock").remember(written.iter().map(|r| r.key));

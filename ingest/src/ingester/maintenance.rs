@@ -8,6 +8,8 @@ use hopscope_schemas::layout;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use hopscope_schemas::manifest::FileEntry;
+
 use super::{Ingester, set_storage_gauges};
 use crate::IngestError;
 use crate::{compaction, retention};
@@ -59,8 +61,9 @@ impl Ingester {
             if stop.is_cancelled() {
                 break;
             }
-            let merged = compaction::merge(&tenant_dir, &job)?;
-            let outputs: Vec<PathBuf> = merged.entries.iter().map(|e| tenant_dir.join(&e.path)).collect();
+            let merged = compaction::merge(&tenant_dir, &job, self.config.derive)?;
+            let outputs: Vec<PathBuf> =
+                merged.entries.iter().flat_map(|e| e.paths()).map(|p| tenant_dir.join(p)).collect();
             if let Err(e) = self.manifest.commit_replaced(&job.inputs, merged.entries) {
                 // Not committed, so never visible.
                 for output in outputs {
@@ -78,6 +81,12 @@ impl Ingester {
             self.metrics.compactions.inc();
             self.metrics.files_compacted.inc_by(job.inputs.len() as u64);
             self.metrics.spans_deduplicated_by_compaction.inc_by(merged.duplicates);
+        }
+
+        if self.config.derive {
+            // Offline, everything; online, a few files per pass.
+            let limit = if pass.close_all_hours { usize::MAX } else { DERIVED_PER_PASS };
+            report.files_derived = self.derive_missing(&tenant_dir, limit, stop)?;
         }
 
         let due = self.manifest.retired_before(pass.retired_grace);
@@ -100,6 +109,60 @@ impl Ingester {
     }
 }
 
+/// Span files an online maintenance pass derives at most (those written without derived files).
+const DERIVED_PER_PASS: usize = 16;
+
+impl Ingester {
+    /// Writes and commits the derived files of committed span files that have none (written before
+    /// derivation existed, or with it off), a few per pass; returns how many it derived. Blocking
+    /// I/O.
+    fn derive_missing(
+        &self,
+        tenant_dir: &std::path::Path,
+        limit: usize,
+        stop: &CancellationToken,
+    ) -> Result<u64, IngestError> {
+        let missing: Vec<FileEntry> = {
+            let underivable = self.underivable.lock().expect("underivable lock");
+            let snapshot = self.manifest.snapshot();
+            snapshot
+                .files
+                .into_iter()
+                .filter(|f| f.derived.is_empty() && !underivable.contains(&f.path))
+                .take(limit)
+                .collect()
+        };
+        let mut derived_files = 0;
+        for entry in missing {
+            if stop.is_cancelled() {
+                break;
+            }
+            let derived = crate::derived::derive_file(tenant_dir, &entry)?;
+            if derived.is_empty() {
+                self.underivable.lock().expect("underivable lock").insert(entry.path.clone());
+                continue;
+            }
+            let written: Vec<PathBuf> = derived.iter().map(|d| tenant_dir.join(&d.path)).collect();
+            match self.manifest.commit_derived(&entry.path, derived) {
+                Ok(_) => derived_files += 1,
+                Err(e) => {
+                    // Not committed, so never visible (unless the manifest still lists the span
+                    // file: then its derived files, by these same paths, are listed with it).
+                    if !self.manifest.snapshot().files.iter().any(|f| f.path == entry.path) {
+                        for path in written {
+                            let _ = std::fs::remove_file(path);
+                        }
+                    }
+                    if !matches!(e, IngestError::ManifestConflict(_)) {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(derived_files)
+    }
+}
+
 /// How one maintenance pass runs.
 #[derive(Debug, Clone, Copy)]
 pub struct MaintenancePass {
@@ -118,4 +181,6 @@ pub struct MaintenanceReport {
     pub files_merged: u64,
     pub duplicates_dropped: u64,
     pub retired_files_deleted: u64,
+    /// Span files written without derived files that got them.
+    pub files_derived: u64,
 }

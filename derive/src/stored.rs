@@ -1,0 +1,397 @@
+//! What the ingester stores beside each span file: every table derived from its traces, in one pass.
+//!
+//! [`StoredDerivations`] runs the trace summaries, hop pairing, critical paths and findings (with
+//! default thresholds) over each whole trace it is handed, and gives their rows back per table.
+//! Relations between traces are not settled here: a hop that another trace may change (a producer
+//! nobody in its own trace consumed, a consumer linking to other traces) is stored as a pending row
+//! (see [`EdgePairing::storing`]), and whoever reads the stored edges pairs the pending rows of
+//! everything it reads ([`EdgePairing::pair_stored`]).
+
+use std::ops::Range;
+use std::sync::{Arc, OnceLock};
+
+use arrow::array::{FixedSizeBinaryBuilder, Int64Builder, RecordBatch, StringBuilder, TimestampNanosecondBuilder};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use hopscope_schemas::columns::trace_summary as ts;
+use hopscope_schemas::layout;
+use hopscope_schemas::spans::{status, timestamp_type};
+
+use crate::edges::{EdgePairing, stored_edges_schema};
+use crate::findings::{FindingScan, Thresholds, findings_schema};
+use crate::paths::{PathSections, critical_path_schema};
+use crate::{OneTrace, PerTrace, Result, SpanColumns};
+
+/// The schema of the derived `traces` table.
+pub fn traces_schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            Arc::new(Schema::new(vec![
+                Field::new(ts::TRACE_ID, DataType::FixedSizeBinary(16), false),
+                Field::new(ts::START_TIME, timestamp_type(), false),
+                Field::new(ts::END_TIME, timestamp_type(), false),
+                Field::new(ts::SPAN_COUNT, DataType::Int64, false),
+                Field::new(ts::ERROR_COUNT, DataType::Int64, false),
+                Field::new(ts::ROOT_SERVICE, DataType::Utf8, false),
+                Field::new(ts::ROOT_OPERATION, DataType::Utf8, false),
+            ]))
+        })
+        .clone()
+}
+
+/// The stored schema of a derived table named in [`layout::DERIVED_TABLES`].
+pub fn stored_schema(table: &str) -> Option<SchemaRef> {
+    match table {
+        layout::TRACES_TABLE => Some(traces_schema()),
+        layout::EDGES_TABLE => Some(stored_edges_schema()),
+        layout::CRITICAL_PATH_TABLE => Some(critical_path_schema()),
+        layout::FINDINGS_TABLE => Some(findings_schema()),
+        _ => None,
+    }
+}
+
+/// One row per trace: its extent, size, errors and root.
+struct TraceSummaries {
+    trace_id: FixedSizeBinaryBuilder,
+    start_time: TimestampNanosecondBuilder,
+    end_time: TimestampNanosecondBuilder,
+    span_count: Int64Builder,
+    error_count: Int64Builder,
+    root_service: StringBuilder,
+    root_operation: StringBuilder,
+    rows: usize,
+}
+
+impl Default for TraceSummaries {
+    fn default() -> Self {
+        Self {
+            trace_id: FixedSizeBinaryBuilder::new(16),
+            start_time: TimestampNanosecondBuilder::new(),
+            end_time: TimestampNanosecondBuilder::new(),
+            span_count: Int64Builder::new(),
+            error_count: Int64Builder::new(),
+            root_service: StringBuilder::new(),
+            root_operation: StringBuilder::new(),
+            rows: 0,
+        }
+    }
+}
+
+impl PerTrace for TraceSummaries {
+    type Deposit = ();
+
+    fn trace(&mut self, spans: &SpanColumns, rows: Range<usize>) -> Result<()> {
+        // Rows are in start order: the first without a parent id is the earliest such span.
+        let root = rows.clone().find(|&r| spans.parent(r).is_none()).unwrap_or(rows.start);
+        let start = rows.clone().map(|r| spans.start_ns.value(r)).min().unwrap_or_default();
+        let end = rows.clone().map(|r| spans.end_ns.value(r)).max().unwrap_or_default();
+        let errors = rows.clone().filter(|&r| spans.status_code.value(r) == status::ERROR).count();
+        self.trace_id.append_value(spans.trace_id.value(rows.start))?;
+        self.start_time.append_value(start);
+        self.end_time.append_value(end);
+        self.span_count.append_value(rows.len() as i64);
+        self.error_count.append_value(errors as i64);
+        self.root_service.append_value(spans.service(root));
+        self.root_operation.append_value(spans.name(root));
+        self.rows += 1;
+        Ok(())
+    }
+
+    fn take_batch(&mut self) -> Result<Option<RecordBatch>> {
+        if self.rows == 0 {
+            return Ok(None);
+        }
+        self.rows = 0;
+        Ok(Some(RecordBatch::try_new(
+            traces_schema(),
+            vec![
+                Arc::new(self.trace_id.finish()),
+                Arc::new(self.start_time.finish().with_timezone("UTC")),
+                Arc::new(self.end_time.finish().with_timezone("UTC")),
+                Arc::new(self.span_count.finish()),
+                Arc::new(self.error_count.finish()),
+                Arc::new(self.root_service.finish()),
+                Arc::new(self.root_operation.finish()),
+            ],
+        )?))
+    }
+}
+
+/// Every derived table of the traces handed to it (see the module's documentation).
+pub struct StoredDerivations {
+    traces: TraceSummaries,
+    edges: EdgePairing,
+    paths: PathSections,
+    findings: FindingScan,
+}
+
+impl Default for StoredDerivations {
+    fn default() -> Self {
+        Self {
+            traces: TraceSummaries::default(),
+            edges: EdgePairing::storing(),
+            paths: PathSections::default(),
+            findings: FindingScan::new(Thresholds::default()),
+        }
+    }
+}
+
+impl OneTrace for StoredDerivations {
+    fn one_trace(&mut self, spans: &SpanColumns, rows: Range<usize>) -> Result<()> {
+        self.traces.trace(spans, rows.clone())?;
+        self.edges.trace(spans, rows.clone())?;
+        self.paths.trace(spans, rows.clone())?;
+        self.findings.trace(spans, rows)
+    }
+}
+
+impl StoredDerivations {
+    /// The input has ended: what waits for other traces becomes pending rows.
+    pub fn end(&mut self) -> Result<()> {
+        self.edges.stub_pending()
+    }
+
+    /// The rows derived since the last call, as (table name, rows in its stored schema) for each
+    /// table that has some.
+    pub fn take_batches(&mut self) -> Result<Vec<(&'static str, RecordBatch)>> {
+        let mut out = Vec::new();
+        for (table, batch) in [
+            (layout::TRACES_TABLE, self.traces.take_batch()?),
+            (layout::EDGES_TABLE, self.edges.take_batch()?),
+            (layout::CRITICAL_PATH_TABLE, self.paths.take_batch()?),
+            (layout::FINDINGS_TABLE, self.findings.take_batch()?),
+        ] {
+            if let Some(batch) = batch {
+                out.push((table, batch));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Rows derived and not yet taken.
+    pub fn rows(&self) -> usize {
+        self.traces.rows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::AsArray;
+    use arrow::util::display::{ArrayFormatter, FormatOptions};
+    use hopscope_schemas::columns::{edge, semconv};
+    use hopscope_schemas::fixture::{SpanRow, batch_of};
+    use hopscope_schemas::spans::kind::{CLIENT, CONSUMER, PRODUCER, SERVER};
+
+    use super::*;
+    use crate::{Rendezvous, WholeTraces};
+
+    fn trace(n: u8) -> [u8; 16] {
+        let mut id = [0; 16];
+        id[15] = n;
+        id
+    }
+
+    /// Each row of `batches` as text (times as nanoseconds), sorted: rows compared whatever their
+    /// order.
+    fn rows_of(batches: &[RecordBatch]) -> Vec<String> {
+        let options = FormatOptions::default();
+        let mut out = Vec::new();
+        for batch in batches {
+            let columns: Vec<_> = batch
+                .columns()
+                .iter()
+                .map(|c| match c.data_type() {
+                    DataType::Timestamp(..) => arrow::compute::cast(c, &DataType::Int64).unwrap(),
+                    _ => c.clone(),
+                })
+                .collect();
+            let formatters: Vec<_> =
+                columns.iter().map(|c| ArrayFormatter::try_new(c.as_ref(), &options).unwrap()).collect();
+            for r in 0..batch.num_rows() {
+                out.push(formatters.iter().map(|f| f.value(r).to_string()).collect::<Vec<_>>().join(" | "));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Messaging across traces: trace 1 produces two messages (one consumed by trace 2, one by
+    /// nobody); trace 2's consumer links to it; trace 3's consumer links to a producer that does not
+    /// exist; trace 4 is a plain RPC call.
+    fn spans() -> Vec<SpanRow> {
+        let ms = |n: i64| 1_700_000_000_000_000_000 + n * 1_000_000;
+        vec![
+            SpanRow::new(trace(1), [1; 8], "shop", "POST /order", SERVER).during(ms(0), ms(50)),
+            SpanRow::new(trace(1), [2; 8], "shop", "publish order", PRODUCER)
+                .child_of([1; 8])
+                .during(ms(5), ms(8))
+                .with(semconv::MESSAGING_SYSTEM, "kafka")
+                .with(semconv::MESSAGING_DESTINATION_NAME, "orders"),
+            SpanRow::new(trace(1), [3; 8], "shop", "publish audit", PRODUCER)
+                .child_of([1; 8])
+                .during(ms(9), ms(10))
+                .with(semconv::MESSAGING_SYSTEM, "kafka")
+                .with(semconv::MESSAGING_DESTINATION_NAME, "audit"),
+            SpanRow::new(trace(2), [4; 8], "billing", "process order", CONSUMER)
+                .during(ms(20), ms(40))
+                .with(semconv::MESSAGING_SYSTEM, "kafka")
+                .with(semconv::MESSAGING_DESTINATION_NAME, "orders")
+                .linked_to(trace(1), [2; 8]),
+            SpanRow::new(trace(3), [5; 8], "billing", "process refund", CONSUMER)
+                .during(ms(30), ms(35))
+                .with(semconv::PEER_SERVICE, "bank")
+                .linked_to(trace(9), [9; 8]),
+            SpanRow::new(trace(4), [6; 8], "shop", "GET /stock", CLIENT).during(ms(60), ms(70)),
+            SpanRow::new(trace(4), [7; 8], "stock", "GET /stock", SERVER).child_of([6; 8]).during(ms(61), ms(69)),
+        ]
+    }
+
+    /// The reference: every trace read by one query-time pairing, which settles links at its
+    /// rendezvous.
+    fn edges_read_together(rows: &[SpanRow]) -> Vec<String> {
+        let batch = batch_of(rows).unwrap();
+        let mut pairing = EdgePairing::default();
+        let mut whole = WholeTraces::default();
+        whole.push(&batch, &mut pairing as &mut dyn PerTrace<Deposit = _>).unwrap();
+        whole.end(&mut pairing as &mut dyn PerTrace<Deposit = _>).unwrap();
+        pairing.finish(&Rendezvous::new(1)).unwrap();
+        rows_of(&[pairing.take_batch().unwrap().unwrap()])
+    }
+
+    #[test]
+    fn edges_stored_per_file_and_paired_when_read_equal_edges_derived_from_all_traces_at_once() {
+        let all = spans();
+        // Each trace in a file of its own: no file holds both sides of the cross-trace message.
+        let mut stored = Vec::new();
+        for t in 1..=4 {
+            let rows: Vec<SpanRow> = all.iter().filter(|r| r.trace_id == trace(t)).cloned().collect();
+            let mut derivations = StoredDerivations::default();
+            let mut whole = WholeTraces::default();
+            whole.push(&batch_of(&rows).unwrap(), &mut derivations).unwrap();
+            whole.end(&mut derivations).unwrap();
+            derivations.end().unwrap();
+            stored.extend(derivations.take_batches().unwrap().into_iter().filter(|(t, _)| *t == layout::EDGES_TABLE));
+        }
+        let stored: Vec<RecordBatch> = stored.into_iter().map(|(_, b)| b).collect();
+        // Final rows as stored, without the pending columns, plus the pending rows paired.
+        let mut read: Vec<RecordBatch> = Vec::new();
+        for batch in &stored {
+            let pending = batch.column_by_name(edge::PENDING).unwrap();
+            let keep = arrow::compute::is_null(pending).unwrap();
+            let finals = arrow::compute::filter_record_batch(batch, &keep).unwrap();
+            read.push(finals.project(&(0..crate::edges::edges_schema().fields().len()).collect::<Vec<_>>()).unwrap());
+        }
+        let mut pairing = EdgePairing::default();
+        pairing.pair_stored(&stored).unwrap();
+        read.extend(pairing.take_batch().unwrap());
+        let expected = edges_read_together(&all);
+        assert_eq!(rows_of(&read), expected);
+        // The reference holds what the case is about: the linked message, the unconsumed one, and
+        // the consumer whose producer is nowhere.
+        let joined = expected.join("\n");
+        assert!(joined.contains("| shop | service | publish order | billing | service | process order | messaging |"));
+        assert!(
+            joined.contains("| publish audit | kafka/audit | messaging | publish audit | uninstrumented |"),
+            "{joined}"
+        );
+        assert!(joined.contains("| bank | external |  | billing | service | process refund | entry |"), "{joined}");
+    }
+
+    #[test]
+    fn trace_summaries_count_spans_and_errors_and_name_the_root() {
+        let mut rows = spans();
+        rows[2] = rows[2].clone().status(status::ERROR);
+        let mut derivations = StoredDerivations::default();
+        let mut whole = WholeTraces::default();
+        whole.push(&batch_of(&rows).unwrap(), &mut derivations).unwrap();
+        whole.end(&mut derivations).unwrap();
+        let tables = derivations.take_batches().unwrap();
+        let (_, traces) = tables.iter().find(|(t, _)| *t == layout::TRACES_TABLE).unwrap();
+        let text = rows_of(std::slice::from_ref(traces));
+        assert_eq!(text.len(), 4);
+        // trace 1: 3 spans, 1 error, from 0 to 50 ms, rooted at shop POST /order.
+        let expected = "1700000000000000000 | 1700000000050000000 | 3 | 1 | shop | POST /order";
+        assert!(text[0].ends_with(expected), "{}", text[0]);
+        // trace 4: the client span has no parent and is the root.
+        assert!(text[3].ends_with("| 2 | 0 | shop | GET /stock"), "{}", text[3]);
+    }
+
+    /// Derives every table of `rows` (one batch), returning the stored batches per table.
+    fn derive_all(rows: &[SpanRow]) -> Vec<(&'static str, RecordBatch)> {
+        let mut derivations = StoredDerivations::default();
+        let mut whole = WholeTraces::default();
+        whole.push(&batch_of(rows).unwrap(), &mut derivations).unwrap();
+        whole.end(&mut derivations).unwrap();
+        derivations.end().unwrap();
+        derivations.take_batches().unwrap()
+    }
+
+    fn table<'a>(tables: &'a [(&'static str, RecordBatch)], name: &str) -> &'a RecordBatch {
+        &tables.iter().find(|(t, _)| *t == name).unwrap_or_else(|| panic!("no {name} rows")).1
+    }
+
+    fn int_sum(batch: &RecordBatch, column: &str) -> i64 {
+        batch.column_by_name(column).unwrap().as_primitive::<arrow::datatypes::Int64Type>().values().iter().sum()
+    }
+
+    /// Shapes a hostile or broken client can send, each large: derivation takes time in proportion
+    /// to the spans (each analysis looks at a span's children once), so these end, with answers
+    /// that hold for any trace: the paths tile their roots, every span is counted.
+    #[test]
+    fn huge_and_malformed_traces_are_derived_whole() {
+        use hopscope_schemas::columns::critical_path as cp;
+        const N: usize = 100_000;
+        let span_id = |i: usize| -> [u8; 8] { (i as u64 + 1).to_be_bytes() };
+        let ns = |i: usize| 1_700_000_000_000_000_000 + i as i64 * 1_000;
+
+        // A chain N deep, alternating services: each span the child of the one before.
+        let chain: Vec<SpanRow> = (0..N)
+            .map(|i| {
+                let row = SpanRow::new(trace(1), span_id(i), if i % 2 == 0 { "a" } else { "b" }, "hop", SERVER)
+                    .during(ns(i), ns(2 * N - i));
+                if i == 0 { row } else { row.child_of(span_id(i - 1)) }
+            })
+            .collect();
+        let tables = derive_all(&chain);
+        assert_eq!(int_sum(table(&tables, layout::TRACES_TABLE), ts::SPAN_COUNT), N as i64);
+        let paths = table(&tables, layout::CRITICAL_PATH_TABLE);
+        assert_eq!(paths.num_rows(), N, "every span of the chain is on the path");
+        assert_eq!(int_sum(paths, cp::SELF_NS), ns(2 * N) - ns(0), "the path tiles the root");
+        // One entry, and a hop at every change of service.
+        assert_eq!(table(&tables, layout::EDGES_TABLE).num_rows(), N);
+
+        // N sibling calls to one database from one span: one N+1 finding of N calls.
+        let mut fan = vec![SpanRow::new(trace(2), span_id(0), "api", "GET /", SERVER).during(ns(0), ns(N + 1))];
+        fan.extend((1..=N).map(|i| {
+            SpanRow::new(trace(2), span_id(i), "api", "SELECT", CLIENT)
+                .child_of(span_id(0))
+                .during(ns(i), ns(i) + 500)
+                .with(semconv::DB_SYSTEM, "postgresql")
+        }));
+        let tables = derive_all(&fan);
+        assert_eq!(table(&tables, layout::EDGES_TABLE).num_rows(), N + 1);
+        let findings = table(&tables, layout::FINDINGS_TABLE);
+        let counts: Vec<i64> =
+            findings.column_by_name("count").unwrap().as_primitive::<arrow::datatypes::Int64Type>().values().to_vec();
+        assert!(counts.contains(&(N as i64)), "{counts:?}");
+        assert_eq!(int_sum(table(&tables, layout::CRITICAL_PATH_TABLE), cp::SELF_NS), ns(N + 1) - ns(0));
+
+        // Parents in a cycle, a span its own parent, an id used twice, children outside their
+        // parent (skewed clocks): every span counted, each root's path tiles it.
+        let broken = vec![
+            SpanRow::new(trace(3), [1; 8], "a", "root", SERVER).during(ns(0), ns(100)),
+            SpanRow::new(trace(3), [2; 8], "a", "before its parent", CLIENT)
+                .child_of([1; 8])
+                .during(ns(0) - 50, ns(10)),
+            SpanRow::new(trace(3), [3; 8], "b", "after its parent", SERVER).child_of([1; 8]).during(ns(90), ns(150)),
+            SpanRow::new(trace(3), [4; 8], "c", "cycle", SERVER).child_of([5; 8]).during(ns(20), ns(30)),
+            SpanRow::new(trace(3), [5; 8], "c", "cycle", SERVER).child_of([4; 8]).during(ns(21), ns(29)),
+            SpanRow::new(trace(3), [6; 8], "d", "itself", SERVER).child_of([6; 8]).during(ns(40), ns(45)),
+            SpanRow::new(trace(3), [1; 8], "a", "the same id", CLIENT).child_of([1; 8]).during(ns(50), ns(60)),
+        ];
+        let tables = derive_all(&broken);
+        assert_eq!(int_sum(table(&tables, layout::TRACES_TABLE), ts::SPAN_COUNT), broken.len() as i64);
+        // Roots: the first [1; 8] (0..100) and the one parenting itself (40..45).
+        assert_eq!(int_sum(table(&tables, layout::CRITICAL_PATH_TABLE), cp::SELF_NS), ns(100) - ns(0) + 5_000);
+    }
+}

@@ -1,0 +1,201 @@
+//! The files derived from a span file as it is written: `hopscope-derive`'s stored tables (trace
+//! summaries, edges with their pending rows, critical paths, findings) of the file's traces, one
+//! Parquet file per table under the table's directory with the span file's hour and id
+//! ([`layout::derived_file_relative_path`]). They are written, synced and renamed into place with
+//! the span file and listed in its manifest entry, so they become visible, and later leave, with it.
+//!
+//! Deriving is CPU work on rows already in memory; a derivation that fails (it should not: its input
+//! is a batch this crate built) costs the file its derived files, never its spans: a reader then
+//! derives that file's traces from its spans.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use arrow::array::RecordBatch;
+use hopscope_derive::stored::{StoredDerivations, stored_schema};
+use hopscope_derive::{DeriveError, WholeTraces};
+use hopscope_schemas::layout;
+use hopscope_schemas::manifest::{DerivedFile, FileEntry};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+
+use crate::IngestError;
+use crate::manifest::{sync_parent, tmp_path};
+
+/// Derives the stored tables of the committed span file `entry` from its spans and writes them
+/// (synced, in place, not committed): for span files written before derivation existed, or without
+/// it. Returns no files when the derivation failed. Blocking I/O.
+pub(crate) fn derive_file(tenant_dir: &Path, entry: &FileEntry) -> Result<Vec<DerivedFile>, IngestError> {
+    let path = tenant_dir.join(&entry.path);
+    let file = fs::File::open(&path).map_err(IngestError::io(format!("opening {}", path.display())))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)?.with_batch_size(READ_BATCH_ROWS).build()?;
+    let mut writer = DerivedWriter::new(tenant_dir, &entry.path);
+    for batch in reader {
+        writer.write(&batch?)?;
+    }
+    writer.finish()
+}
+
+/// Rows read from a span file at a time when deriving from it.
+const READ_BATCH_ROWS: usize = 64 * 1024;
+
+/// Derives the stored tables of the traces of one span file, from the same batches the span file is
+/// written from (sorted by trace id and start time), and writes them. Blocking I/O.
+pub(crate) struct DerivedWriter {
+    tenant_dir: PathBuf,
+    span_relative: String,
+    /// `None` once a derivation failed: the file then has no derived files.
+    derivations: Option<(StoredDerivations, WholeTraces)>,
+    files: Vec<TableFile>,
+}
+
+/// One derived table's file being written.
+struct TableFile {
+    table: &'static str,
+    relative: String,
+    path: PathBuf,
+    tmp: PathBuf,
+    writer: Option<ArrowWriter<fs::File>>,
+    rows: u64,
+}
+
+impl DerivedWriter {
+    /// Derives for the span file at `span_relative` (relative to `tenant_dir`).
+    pub(crate) fn new(tenant_dir: &Path, span_relative: &str) -> Self {
+        Self {
+            tenant_dir: tenant_dir.to_owned(),
+            span_relative: span_relative.to_owned(),
+            derivations: Some((StoredDerivations::default(), WholeTraces::default())),
+            files: Vec::new(),
+        }
+    }
+
+    /// Derives from the next rows of the span file, and writes what they complete.
+    pub(crate) fn write(&mut self, batch: &RecordBatch) -> Result<(), IngestError> {
+        let Some((derivations, whole)) = &mut self.derivations else { return Ok(()) };
+        let derived = whole.push(batch, derivations).and_then(|()| derivations.take_batches());
+        self.write_derived(derived)
+    }
+
+    /// Derives from what is left, writes it, and syncs and renames every derived file into place;
+    /// returns their manifest entries (none when a derivation failed).
+    pub(crate) fn finish(mut self) -> Result<Vec<DerivedFile>, IngestError> {
+        if self.derivations.is_none() {
+            return Ok(Vec::new());
+        }
+        if let Some((derivations, whole)) = &mut self.derivations {
+            let derived =
+                whole.end(derivations).and_then(|()| derivations.end()).and_then(|()| derivations.take_batches());
+            self.write_derived(derived)?;
+        }
+        // On an error, dropping `self` removes every file, those already in place included.
+        let mut entries = Vec::with_capacity(self.files.len());
+        for file in &mut self.files {
+            entries.push(file.finish()?);
+        }
+        // In place: they are the caller's now.
+        self.files.clear();
+        Ok(entries)
+    }
+
+    /// Removes every derived file begun: nothing is left on disk.
+    pub(crate) fn abandon(&mut self) {
+        for file in &mut self.files {
+            file.abandon();
+        }
+    }
+
+    fn write_derived(
+        &mut self,
+        derived: Result<Vec<(&'static str, RecordBatch)>, DeriveError>,
+    ) -> Result<(), IngestError> {
+        let batches = match derived {
+            Ok(batches) => batches,
+            Err(e) => {
+                tracing::warn!(error = %e, file = %self.span_relative, "deriving from a span file failed; it is stored without derived tables");
+                self.derivations = None;
+                self.abandon();
+                self.files.clear();
+                return Ok(());
+            }
+        };
+        for (table, batch) in batches {
+            let at = match self.files.iter().position(|f| f.table == table) {
+                Some(at) => at,
+                None => {
+                    self.files.push(TableFile::create(&self.tenant_dir, &self.span_relative, table)?);
+                    self.files.len() - 1
+                }
+            };
+            self.files[at].write(&batch)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for DerivedWriter {
+    fn drop(&mut self) {
+        // Not finished (a failed span file, an early return): leave no temporary file behind.
+        self.abandon();
+    }
+}
+
+/// Rows per row group of a derived file (derived rows are narrower than spans).
+const ROW_GROUP_ROWS: usize = 256 * 1024;
+
+/// The writer settings of derived files: zstd, page statistics (queries filter them by time,
+/// service and trace id).
+fn derived_writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid zstd level")))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .build()
+}
+
+impl TableFile {
+    fn create(tenant_dir: &Path, span_relative: &str, table: &'static str) -> Result<Self, IngestError> {
+        let relative = layout::derived_file_relative_path(table, span_relative);
+        let path = tenant_dir.join(&relative);
+        let dir = path.parent().expect("derived files live in a directory");
+        fs::create_dir_all(dir).map_err(IngestError::io(format!("creating {}", dir.display())))?;
+        let tmp = tmp_path(&path);
+        let file = fs::File::create(&tmp).map_err(IngestError::io(format!("creating {}", tmp.display())))?;
+        let schema = stored_schema(table).expect("a derived table has a stored schema");
+        let writer = match ArrowWriter::try_new(file, schema, Some(derived_writer_properties())) {
+            Ok(writer) => writer,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(e.into());
+            }
+        };
+        Ok(Self { table, relative, path, tmp, writer: Some(writer), rows: 0 })
+    }
+
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), IngestError> {
+        self.rows += batch.num_rows() as u64;
+        self.writer.as_mut().expect("an open writer").write(batch)?;
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<DerivedFile, IngestError> {
+        let writer = self.writer.take().expect("an open writer");
+        let file = writer.into_inner()?;
+        file.sync_all().map_err(IngestError::io(format!("syncing {}", self.tmp.display())))?;
+        let bytes = file.metadata().map_err(IngestError::io(format!("inspecting {}", self.tmp.display())))?.len();
+        drop(file);
+        fs::rename(&self.tmp, &self.path)
+            .map_err(IngestError::io(format!("renaming {} into place", self.tmp.display())))?;
+        sync_parent(&self.path)?;
+        Ok(DerivedFile { table: self.table.to_owned(), path: self.relative.clone(), rows: self.rows, bytes })
+    }
+
+    /// Removes the file, finished or not.
+    fn abandon(&mut self) {
+        self.writer.take();
+        let _ = fs::remove_file(&self.tmp);
+        let _ = fs::remove_file(&self.path);
+    }
+}
