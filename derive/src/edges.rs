@@ -920,7 +920,12 @@ impl PerTrace for EdgePairing {
         result
     }
 
+    /// A storing pairing keeps what waits for other traces as pending rows (its reader pairs
+    /// them); a query-time one meets the other partitions and pairs it.
     fn finish(&mut self, rendezvous: &Rendezvous<Pending>) -> Result<()> {
+        if self.stubs.is_some() {
+            return self.stub_pending();
+        }
         let pending = std::mem::take(&mut self.pending);
         let Some(deposits) = rendezvous.arrive(pending) else { return Ok(()) };
         self.pair_across_traces(deposits)

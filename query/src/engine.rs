@@ -32,7 +32,7 @@ use crate::metrics::{Endpoint, Outcome, QueryMetrics};
 use crate::runtime::{Admission, QueryRuntime};
 use crate::sql::{SqlLimits, SqlResult};
 use crate::store::{ManifestReader, SpansTable};
-use crate::walk::DerivedTable;
+use crate::walk::{DerivedTable, StoredTable};
 use crate::{tables, views};
 
 /// How the query engine runs.
@@ -60,6 +60,10 @@ pub struct QueryConfig {
     /// The largest cartesian product (rows of one input times rows of the other) a cross or
     /// nested-loop join of `/sql` may form.
     pub max_cartesian_rows: u64,
+    /// Whether `edges`, `critical_path` and `findings` are read from the files derived at ingest
+    /// (the default), or always derived from the spans at query time (the reference, for tests
+    /// and comparisons).
+    pub read_derived: bool,
 }
 
 /// The bounds every query runs under.
@@ -84,6 +88,7 @@ impl QueryConfig {
             max_concurrent: 8,
             admission_wait: std::time::Duration::from_secs(2),
             max_cartesian_rows: 1_000_000_000,
+            read_derived: true,
         }
     }
 }
@@ -99,6 +104,47 @@ pub struct QueryEngine {
     runtime: QueryRuntime,
     admission: Admission,
     metrics: Arc<QueryMetrics>,
+}
+
+/// Registers `edges`, `critical_path` and `findings` (default thresholds): read from the files
+/// derived at ingest when `read_derived`, else derived from the spans at query time.
+fn register_derived_tables(
+    ctx: &SessionContext,
+    spans: &Arc<SpansTable>,
+    read_derived: bool,
+) -> datafusion::error::Result<()> {
+    use hopscope_schemas::layout;
+    let default_findings = || findings::derivation(Default::default());
+    if !read_derived {
+        ctx.register_table(tables::EDGES, Arc::new(DerivedTable::new(Arc::clone(spans), pairing::derivation())?))?;
+        ctx.register_table(
+            tables::CRITICAL_PATH,
+            Arc::new(DerivedTable::new(Arc::clone(spans), paths::derivation())?),
+        )?;
+        ctx.register_table(tables::FINDINGS, Arc::new(DerivedTable::new(Arc::clone(spans), default_findings())?))?;
+        return Ok(());
+    }
+    let edges = StoredTable::new(
+        Arc::clone(spans),
+        pairing::derivation(),
+        layout::EDGES_TABLE,
+        pairing::storing_derivation(),
+        true,
+    )?;
+    ctx.register_table(tables::EDGES, Arc::new(edges))?;
+    // Their stored rows are the query-time rows.
+    let paths = StoredTable::new(
+        Arc::clone(spans),
+        paths::derivation(),
+        layout::CRITICAL_PATH_TABLE,
+        paths::derivation(),
+        false,
+    )?;
+    ctx.register_table(tables::CRITICAL_PATH, Arc::new(paths))?;
+    let findings =
+        StoredTable::new(Arc::clone(spans), default_findings(), layout::FINDINGS_TABLE, default_findings(), false)?;
+    ctx.register_table(tables::FINDINGS, Arc::new(findings))?;
+    Ok(())
 }
 
 impl std::fmt::Debug for QueryEngine {
@@ -130,13 +176,7 @@ impl QueryEngine {
         let manifest = Arc::new(ManifestReader::new(&config.data_dir, &config.tenant));
         let spans = Arc::new(SpansTable::new(manifest));
         ctx.register_table(tables::SPANS, Arc::clone(&spans) as _)?;
-        ctx.register_table(tables::EDGES, Arc::new(DerivedTable::new(Arc::clone(&spans), pairing::derivation())?))?;
-        ctx.register_table(
-            tables::CRITICAL_PATH,
-            Arc::new(DerivedTable::new(Arc::clone(&spans), paths::derivation())?),
-        )?;
-        let default_findings = findings::derivation(Default::default());
-        ctx.register_table(tables::FINDINGS, Arc::new(DerivedTable::new(Arc::clone(&spans), default_findings)?))?;
+        register_derived_tables(&ctx, &spans, config.read_derived)?;
         crate::functions::register(&ctx);
         crate::guards::charge_string_builders(&ctx, &pool);
         let limits = QueryLimits {

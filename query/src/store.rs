@@ -81,6 +81,11 @@ impl ManifestReader {
     pub(crate) fn file_path(&self, entry: &FileEntry) -> PathBuf {
         self.tenant_dir.join(&entry.path)
     }
+
+    /// The absolute path of a file given relative to the tenant directory.
+    pub(crate) fn tenant_path(&self, relative: &str) -> PathBuf {
+        self.tenant_dir.join(relative)
+    }
 }
 
 /// The `spans` table: every committed span.
@@ -187,7 +192,7 @@ impl FilePruning {
         }
     }
 
-    fn may_match(&self, entry: &FileEntry) -> bool {
+    pub(crate) fn may_match(&self, entry: &FileEntry) -> bool {
         let (lo, hi) = self.start_ns;
         if entry.max_start_ns < lo || entry.min_start_ns > hi {
             return false;
@@ -202,6 +207,39 @@ impl FilePruning {
     }
 }
 
+/// Reading Parquet files of `schema` with `filters` pushed down: row groups and pages pruned by
+/// statistics, bloom filters and the page index; strings read as stored.
+fn parquet_source_of(schema: SchemaRef, state: &dyn Session, filters: &[Expr]) -> DfResult<ParquetSource> {
+    let mut options = state.default_table_options().parquet;
+    options.global.pruning = true;
+    options.global.bloom_filter_on_read = true;
+    options.global.enable_page_index = true;
+    options.global.pushdown_filters = true;
+    options.global.reorder_filters = true;
+    // Read strings as stored (Utf8), matching the table schema.
+    options.global.schema_force_view_types = false;
+    let mut source = ParquetSource::new(Arc::clone(&schema)).with_table_parquet_options(options);
+    if let Some(expr) = conjunction(filters.iter().cloned()) {
+        let df_schema = DFSchema::try_from(Arc::clone(&schema))?;
+        source = source.with_predicate(state.create_physical_expr(expr, &df_schema)?);
+    }
+    Ok(source)
+}
+
+/// `files` (path, bytes, rows) spread over at most `partitions` groups, balanced by size.
+fn balanced_groups(files: Vec<(String, u64, u64)>, partitions: usize) -> Vec<FileGroup> {
+    let partitions = partitions.clamp(1, files.len().max(1));
+    let mut groups: Vec<(u64, Vec<PartitionedFile>)> = (0..partitions).map(|_| (0, Vec::new())).collect();
+    let mut by_size = files;
+    by_size.sort_by_key(|f| std::cmp::Reverse(f.1));
+    for (path, size, _) in by_size {
+        let group = groups.iter_mut().min_by_key(|g| g.0).expect("at least one group");
+        group.0 += size;
+        group.1.push(PartitionedFile::new(path, size));
+    }
+    groups.into_iter().map(|(_, files)| FileGroup::new(files)).collect()
+}
+
 /// The order every span file is written in: by trace id, then start time.
 pub(crate) fn file_ordering(schema: &SchemaRef) -> DfResult<LexOrdering> {
     let asc = SortOptions { descending: false, nulls_first: false };
@@ -213,7 +251,7 @@ pub(crate) fn file_ordering(schema: &SchemaRef) -> DfResult<LexOrdering> {
 
 impl SpansTable {
     /// The committed manifest. A scan reads it once, so all its partitions see the same files.
-    fn manifest(&self) -> DfResult<Arc<Manifest>> {
+    pub(crate) fn manifest(&self) -> DfResult<Arc<Manifest>> {
         self.manifest.current().map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))
     }
 
@@ -228,22 +266,42 @@ impl SpansTable {
             .collect()
     }
 
+    /// Where committed files are.
+    pub(crate) fn files(&self) -> &ManifestReader {
+        &self.manifest
+    }
+
     fn parquet_source(state: &dyn Session, filters: &[Expr]) -> DfResult<ParquetSource> {
-        let schema = span_schema();
-        let mut options = state.default_table_options().parquet;
-        options.global.pruning = true;
-        options.global.bloom_filter_on_read = true;
-        options.global.enable_page_index = true;
-        options.global.pushdown_filters = true;
-        options.global.reorder_filters = true;
-        // Read strings as stored (Utf8), matching the table schema.
-        options.global.schema_force_view_types = false;
-        let mut source = ParquetSource::new(Arc::clone(&schema)).with_table_parquet_options(options);
-        if let Some(expr) = conjunction(filters.iter().cloned()) {
-            let df_schema = DFSchema::try_from(Arc::clone(&schema))?;
-            source = source.with_predicate(state.create_physical_expr(expr, &df_schema)?);
+        parquet_source_of(span_schema(), state, filters)
+    }
+
+    /// A scan of the files derived as `table` from the span files `entries` (each must have one;
+    /// rows in `schema`), spread over the target partitions by size, with `filters` (on the derived
+    /// table's columns) pushed into the Parquet reader.
+    pub(crate) fn derived_scan(
+        &self,
+        entries: &[&FileEntry],
+        table: &str,
+        schema: SchemaRef,
+        state: &dyn Session,
+        filters: &[Expr],
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let files: Vec<(String, u64, u64)> = entries
+            .iter()
+            .filter_map(|entry| entry.derived(table))
+            .map(|d| (self.manifest.tenant_path(&d.path).to_string_lossy().into_owned(), d.bytes, d.rows))
+            .collect();
+        if files.is_empty() {
+            return Ok(Arc::new(EmptyExec::new(schema)));
         }
-        Ok(source)
+        let source = parquet_source_of(Arc::clone(&schema), state, filters)?;
+        let mut statistics = Statistics::new_unknown(&schema);
+        statistics.num_rows = Precision::Exact(files.iter().map(|f| f.2 as usize).sum());
+        let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
+            .with_file_groups(balanced_groups(files, state.config().target_partitions()))
+            .with_statistics(statistics)
+            .build();
+        Ok(DataSourceExec::from_data_source(config))
     }
 
     /// A scan whose single output partition is ordered by (trace id, start time): every file is read
@@ -287,15 +345,17 @@ impl SpansTable {
     /// Like [`Self::ordered_scan`], split by trace id into `partitions` ranges read in parallel: each
     /// output partition holds whole traces, ordered by (trace id, start time). Files are sorted by
     /// trace id, so each range reads mostly its own row groups and pages.
+    /// The files are those of `manifest`, read once by the caller (see [`Self::manifest`]).
     pub(crate) fn trace_partitioned_scan(
         &self,
+        manifest: &Arc<Manifest>,
         state: &dyn Session,
         projection: &[usize],
         filters: &[Expr],
         partitions: usize,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let partitions = partitions.clamp(1, 256) as u128;
-        let manifest = self.manifest()?;
+        let manifest = Arc::clone(manifest);
         if partitions == 1 {
             return self.ordered_scan(&manifest, state, projection, filters);
         }
@@ -354,18 +414,8 @@ impl TableProvider for SpansTable {
         // cartesian products) start from them.
         let mut statistics = Statistics::new_unknown(&schema);
         statistics.num_rows = Precision::Exact(files.iter().map(|f| f.2 as usize).sum());
-        // Spread files over the target partitions, balanced by size.
-        let partitions = state.config().target_partitions().clamp(1, files.len());
-        let mut groups: Vec<(u64, Vec<PartitionedFile>)> = (0..partitions).map(|_| (0, Vec::new())).collect();
-        let mut by_size = files;
-        by_size.sort_by_key(|f| std::cmp::Reverse(f.1));
-        for (path, size, _) in by_size {
-            let group = groups.iter_mut().min_by_key(|g| g.0).expect("at least one group");
-            group.0 += size;
-            group.1.push(PartitionedFile::new(path, size));
-        }
         let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
-            .with_file_groups(groups.into_iter().map(|(_, files)| FileGroup::new(files)).collect())
+            .with_file_groups(balanced_groups(files, state.config().target_partitions()))
             .with_projection_indices(projection.cloned())?
             .with_limit(limit)
             .with_statistics(statistics)

@@ -13,8 +13,10 @@ use datafusion::error::DataFusionError;
 pub(crate) use hopscope_derive::{CORE_COLUMNS, PerTrace, Rendezvous, SpanColumns, TraceTree};
 
 mod exec;
+mod stored;
 mod table;
 
+pub(crate) use stored::StoredTable;
 pub(crate) use table::{Derivation, DerivedTable};
 
 /// Makes a fresh analysis for each execution.

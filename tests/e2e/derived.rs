@@ -97,7 +97,13 @@ async fn tables_derived_at_flush_equal_the_query_time_walk() {
     // own that link to producers in another trace (and to producers never stored).
     let linked = crate::query::linked_traces();
     crate::query::post_spans(&server, &linked).await;
-    let sent = simulated + linked.len() as u64;
+    // And a trace whose spans arrive in two flushes (the second part once the first is stored), so
+    // they land in two span files.
+    let (first, late) = split_trace();
+    crate::query::post_spans(&server, &first).await;
+    server.wait_for_trace(SPLIT_TRACE, first.len()).await;
+    crate::query::post_spans(&server, &late).await;
+    let sent = simulated + (linked.len() + first.len() + late.len()) as u64;
 
     let mut config = QueryConfig::new(server.data_dir.clone());
     config.max_rows = 10_000_000;
@@ -127,6 +133,7 @@ async fn tables_derived_at_flush_equal_the_query_time_walk() {
     let split: std::collections::HashSet<Vec<u8>> =
         files_per_trace.iter().filter(|(_, n)| **n > 1).map(|(id, _)| id.clone()).collect();
     assert!(files_per_trace.len() > 500, "{} traces", files_per_trace.len());
+    assert!(split.contains(&hex::decode(SPLIT_TRACE).unwrap()), "the trace sent in two parts is split");
     assert!(split.len() * 20 < files_per_trace.len(), "{} of {} traces split", split.len(), files_per_trace.len());
 
     // Trace summaries against an aggregate over the spans.
@@ -170,6 +177,70 @@ async fn tables_derived_at_flush_equal_the_query_time_walk() {
         assert!(!reference.is_empty(), "{table}");
         assert_eq!(derived, reference, "{table}");
     }
+
+    // The tables as queries read them (the stored rows, split traces walked again, pending hops
+    // paired) equal the walk, split traces included; so do the answers built on them.
+    let reads_derived = engine;
+    let mut config = QueryConfig::new(server.data_dir.clone());
+    config.max_rows = 10_000_000;
+    config.read_derived = false;
+    let walks = Arc::new(QueryEngine::new(&config).unwrap());
+    let none = std::collections::HashSet::new();
+    for table in [layout::EDGES_TABLE, layout::CRITICAL_PATH_TABLE, layout::FINDINGS_TABLE] {
+        let sql = format!("SELECT * FROM {table}");
+        let (read, walked) = (walk(&reads_derived, &sql).await, walk(&walks, &sql).await);
+        let schema = walked[0].schema();
+        let columns: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(rows(&read, &columns, &none), rows(&walked, &columns, &none), "{table}");
+    }
+    // The first reads the stored files, walks the split trace again and pairs pending hops; the
+    // second only walks.
+    let plan = |batches: Vec<RecordBatch>| -> String {
+        let mut text = String::new();
+        for batch in &batches {
+            let plans = batch.column_by_name("plan").unwrap().as_string::<i32>();
+            text.extend(plans.iter().flatten().map(|p| format!("{p}\n")));
+        }
+        text
+    };
+    let explained = plan(walk(&reads_derived, "EXPLAIN SELECT * FROM edges").await);
+    assert!(explained.contains("PendingPairExec") && explained.contains("TraceExec"), "{explained}");
+    assert!(explained.contains("edges/"), "the stored edges files are read: {explained}");
+    let explained = plan(walk(&walks, "EXPLAIN SELECT * FROM edges").await);
+    assert!(!explained.contains("PendingPairExec") && explained.contains("TraceExec"), "{explained}");
+    let split_hops = walk(&reads_derived, &format!("SELECT * FROM edges WHERE trace_id = X'{SPLIT_TRACE}'")).await;
+    assert_eq!(split_hops.iter().map(RecordBatch::num_rows).sum::<usize>(), 3, "entry, rpc and the late database call");
+    let range = hopscope_schemas::time::TimeRange { start_ns: 0, end_ns: i64::MAX / 2 };
+    let query = hopscope_query::EdgesQuery { range, service: None, by_operation: true };
+    let (read, walked) = (reads_derived.edges(query.clone()).await.unwrap(), walks.edges(query).await.unwrap());
+    assert_eq!(serde_json::to_value(read).unwrap(), serde_json::to_value(walked).unwrap());
+    let findings = |engine: &Arc<QueryEngine>| {
+        let engine = Arc::clone(engine);
+        async move {
+            let query = hopscope_query::FindingsQuery { range, service: None, thresholds: Default::default() };
+            serde_json::to_value(engine.findings(query).await.unwrap()).unwrap()
+        }
+    };
+    assert_eq!(findings(&reads_derived).await, findings(&walks).await);
+}
+
+const SPLIT_TRACE: &str = "5b5b5b5b5b5b5b5b5b5b5b5b5b5b5b5b";
+
+/// A request to `gateway` calling `orders` (the first part), and the database call `orders` made,
+/// sent later (the late part).
+fn split_trace() -> (Vec<crate::query::Span>, Vec<crate::query::Span>) {
+    use crate::query::{CLIENT, SERVER, span};
+    let t = SPLIT_TRACE;
+    let first = vec![
+        span(t, "5b00000000000001", None, "gateway", "GET /order", SERVER, 0.0, 100.0),
+        span(t, "5b00000000000002", Some("5b00000000000001"), "gateway", "GET orders", CLIENT, 10.0, 90.0),
+        span(t, "5b00000000000003", Some("5b00000000000002"), "orders", "GET /order", SERVER, 12.0, 88.0),
+    ];
+    let late = vec![
+        span(t, "5b00000000000004", Some("5b00000000000003"), "orders", "SELECT orders", CLIENT, 20.0, 80.0)
+            .attr("db.system", serde_json::json!("postgresql")),
+    ];
+    (first, late)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

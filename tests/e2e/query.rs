@@ -28,14 +28,14 @@ pub(crate) struct Span {
     links: Vec<(&'static str, &'static str)>,
 }
 
-const SERVER: i64 = 2;
-const CLIENT: i64 = 3;
+pub(crate) const SERVER: i64 = 2;
+pub(crate) const CLIENT: i64 = 3;
 const PRODUCER: i64 = 4;
 const CONSUMER: i64 = 5;
 const INTERNAL: i64 = 1;
 
 #[allow(clippy::too_many_arguments)]
-fn span(
+pub(crate) fn span(
     trace: &'static str,
     id: &'static str,
     parent: Option<&'static str>,
@@ -66,7 +66,7 @@ impl Span {
         self
     }
 
-    fn attr(mut self, key: &'static str, value: Value) -> Self {
+    pub(crate) fn attr(mut self, key: &'static str, value: Value) -> Self {
         self.attributes.push((key, value));
         self
     }
@@ -533,7 +533,10 @@ async fn a_query_over_the_memory_limit_fails_and_the_server_stays_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trace_larger_than_the_memory_limit_fails_its_per_trace_query_cleanly() {
-    let server = Server::start("query-trace-memory", &["--query-memory-limit-bytes", "1000000"]);
+    // Spans stored without derived rows, so `edges` is derived at query time (as for files written
+    // before derivation existed).
+    let limit = ["--query-memory-limit-bytes", "1000000"];
+    let server = Server::start("query-trace-memory", &[&limit[..], &["--no-derive"]].concat());
     // One trace of 30,000 spans: the per-trace walk behind `edges` must hold all of it at once
     // (several MB of columns), over the 1 MB pool.
     let mut trace = TraceBuilder::new(0x4242_4242_4242_4242_4242_4242_4242_4242, 0.0);
@@ -561,6 +564,23 @@ async fn a_trace_larger_than_the_memory_limit_fails_its_per_trace_query_cleanly(
     let (status, body) = sql(&server, "SELECT count(*) AS n FROM spans WHERE name = 'step'").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["rows"][0]["n"], 29_999, "{body}");
+    let data_dir = server.data_dir.clone();
+    assert!(server.terminate().success());
+
+    // Once maintenance has derived the file's rows, the same question is read from them, under
+    // the same limit: the one hop (the entry; the steps are internal).
+    let server = Server::start_in(data_dir, &[&limit[..], &["--maintenance-interval", "1s"]].concat());
+    let started = std::time::Instant::now();
+    loop {
+        let (status, body) = sql(&server, "SELECT count(*) AS n FROM edges").await;
+        if status == 200 {
+            assert_eq!(body["rows"][0]["n"], 1, "{body}");
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(started.elapsed() < DEADLINE, "not derived in time: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     server.terminate();
 }
 
@@ -582,8 +602,9 @@ fn pruning_metric(plan: &str, name: &str) -> (u64, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trace_lookup_reads_only_the_row_groups_that_may_hold_it() {
-    // No compaction during the test: each round of traces stays in files of its own.
-    let server = Server::start("query-trace-lookup", &["--maintenance-interval", "1h"]);
+    // No compaction during the test: each round of traces stays in files of its own. No derived
+    // rows, so that `edges` below is the walk over the spans.
+    let server = Server::start("query-trace-lookup", &["--maintenance-interval", "1h", "--no-derive"]);
     // Five rounds of 40 traces, each round written before the next is sent.
     let mut state = 0x2545_f491_4f6c_dd1d_u64;
     let mut next = || {

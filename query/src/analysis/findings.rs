@@ -78,8 +78,16 @@ fn evidence(batch: &RecordBatch, row: usize) -> Vec<String> {
 /// The patterns found per trace (with the query's thresholds), grouped across traces.
 async fn per_trace_findings(ctx: &SessionContext, query: &FindingsQuery) -> Result<Vec<Finding>, crate::QueryError> {
     let hex = ctx.udf("hex_id")?;
-    let table = crate::walk::DerivedTable::new(crate::store::spans_table(ctx).await?, derivation(query.thresholds))?;
-    let mut found = ctx.read_table(Arc::new(table))?.filter(in_range(f::START_TIME, query.range))?;
+    // With the default thresholds, the session's `findings` table (read from what ingest derived);
+    // with others, the walk with them.
+    let found = if query.thresholds == Thresholds::default() {
+        ctx.table(crate::tables::FINDINGS).await?
+    } else {
+        let table =
+            crate::walk::DerivedTable::new(crate::store::spans_table(ctx).await?, derivation(query.thresholds))?;
+        ctx.read_table(Arc::new(table))?
+    };
+    let mut found = found.filter(in_range(f::START_TIME, query.range))?;
     if let Some(service) = &query.service {
         found = found.filter(col(f::SERVICE).eq(lit(service.as_str())))?;
     }

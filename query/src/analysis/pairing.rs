@@ -1,14 +1,15 @@
 //! The `edges` table: every hop of every trace, paired per design.md §4 by
 //! [`hopscope_derive::edges::EdgePairing`].
 //!
-//! A scan of `edges` ([`crate::walk::DerivedTable`]) reads the spans of the asked time range in
-//! trace order and pairs each trace's spans in memory. Pairing needs both sides of a call, so the
-//! span scan is widened by [`PAIRING_SLACK_NS`] on both sides of the asked range; the exact range is
-//! then applied to the edges' own `start_time`.
+//! It is read from the edges the ingester derived ([`crate::walk::StoredTable`]), or derived at
+//! query time ([`crate::walk::DerivedTable`]: the reference): the spans of the asked time range are
+//! read in trace order and each trace's spans paired in memory. Pairing needs both sides of a call,
+//! so the span scan is widened by [`PAIRING_SLACK_NS`] on both sides of the asked range; the exact
+//! range is then applied to the edges' own `start_time`.
 
 use std::sync::Arc;
 
-use hopscope_derive::edges::{EdgePairing, Pending, edges_schema};
+use hopscope_derive::edges::{EdgePairing, Pending, edges_schema, stored_edges_schema};
 pub(crate) use hopscope_derive::edges::{PAIRING_SLACK_NS, input_columns};
 
 use crate::walk::Derivation;
@@ -21,6 +22,18 @@ pub(crate) fn derivation() -> Derivation<Pending> {
         input_columns: input_columns(),
         slack_ns: PAIRING_SLACK_NS,
         factory: Arc::new(|| Box::new(EdgePairing::default())),
+    }
+}
+
+/// The `edges` rows as the ingester stores them (with the rows pending on other traces), derived
+/// from spans: for traces the stored files do not hold whole.
+pub(crate) fn storing_derivation() -> Derivation<Pending> {
+    Derivation {
+        name: crate::tables::EDGES,
+        schema: stored_edges_schema(),
+        input_columns: input_columns(),
+        slack_ns: PAIRING_SLACK_NS,
+        factory: Arc::new(|| Box::new(EdgePairing::storing())),
     }
 }
 

@@ -16,6 +16,7 @@ use hopscope_schemas::spans::span_schema;
 use super::PerTraceFactory;
 use super::exec::TraceExec;
 use crate::store::{FilePruning, SpansTable};
+use hopscope_schemas::manifest::Manifest;
 
 /// Spans filters that select what a per-trace analysis needs for the given filters on its own
 /// `start_time` and `trace_id` columns: the same trace, and the time range widened by the slack.
@@ -91,9 +92,23 @@ impl<D: Send + Sync + 'static> TableProvider for DerivedTable<D> {
         filters: &[Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        self.scan_in(&self.spans.manifest()?, state, projection, filters)
+    }
+}
+
+impl<D: Send + Sync + 'static> DerivedTable<D> {
+    /// The walk over the spans of `manifest`'s files that `filters` select (widened by the slack).
+    pub(crate) fn scan_in(
+        &self,
+        manifest: &Arc<Manifest>,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let span_filters = widened_span_filters(filters, self.derivation.slack_ns);
         let partitions = state.config().target_partitions();
-        let input = self.spans.trace_partitioned_scan(state, &self.input_columns, &span_filters, partitions)?;
+        let input =
+            self.spans.trace_partitioned_scan(manifest, state, &self.input_columns, &span_filters, partitions)?;
         Ok(Arc::new(TraceExec::new(
             self.derivation.name,
             input,
@@ -101,5 +116,9 @@ impl<D: Send + Sync + 'static> TableProvider for DerivedTable<D> {
             Arc::clone(&self.derivation.schema),
             projection.cloned(),
         )?))
+    }
+
+    pub(crate) fn derivation(&self) -> &Derivation<D> {
+        &self.derivation
     }
 }

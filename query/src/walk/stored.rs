@@ -1,0 +1,406 @@
+//! [`StoredTable`]: a derived table (`edges`, `critical_path`, `findings`) read from the files the
+//! ingester derived beside each span file, with the walk for what those files do not hold whole.
+//!
+//! For the span files a scan's time range selects (widened by the derivation's slack, as the walk
+//! reads them):
+//! - when one of them has no derived files (written before derivation existed, or by
+//!   `serve --no-derive`; maintenance derives them soon), the whole scan is the walk;
+//! - otherwise the rows are the derived files' rows, except those of traces whose spans reached
+//!   more than one span file (their trace ids have more than one row in the files' `traces`): those
+//!   traces are walked again from their spans, with a storing derivation so their rows have the
+//!   stored shape;
+//! - for `edges`, the rows still pending on other traces (producers nobody in their trace consumed,
+//!   consumers linking to other traces) are paired once every row has been read
+//!   ([`PendingPairExec`]), as the walk's rendezvous pairs them.
+//!
+//! The walk ([`DerivedTable`]) is the reference: the tests compare both on the same stored spans.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::compute::{filter_record_batch, is_not_null, is_null};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType, col, lit};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::union::UnionExec;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, Partitioning, PlanProperties, ReplaceChildrenOptions,
+};
+use futures::StreamExt;
+use hopscope_derive::PerTrace;
+use hopscope_derive::edges::EdgePairing;
+use hopscope_schemas::columns as c;
+use hopscope_schemas::layout;
+use hopscope_schemas::manifest::{FileEntry, Manifest};
+use hopscope_schemas::spans::span_schema;
+
+use super::exec::TraceExec;
+use super::table::widened_span_filters;
+use super::{Derivation, DerivedTable, derive_error};
+use crate::store::{FilePruning, ManifestReader, SpansTable};
+
+/// Traces split across more span files than this in one scan make the whole scan the walk: a
+/// longer list of trace ids costs more to plan than the walk saves.
+const MAX_SPLIT_TRACES: usize = 20_000;
+
+/// A derived table read from the stored derived files (see the module's documentation).
+pub(crate) struct StoredTable<D> {
+    spans: Arc<SpansTable>,
+    /// The query-time walk: the reference, and the fallback.
+    walk: DerivedTable<D>,
+    /// The derived table's name among [`layout::DERIVED_TABLES`].
+    table: &'static str,
+    /// Derives rows in the stored schema from spans, for traces split across span files.
+    storing: Derivation<D>,
+    /// Whether rows pending on other traces are paired at the end (`edges`).
+    pairs_pending: bool,
+}
+
+impl<D> fmt::Debug for StoredTable<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredTable").field("table", &self.table).finish_non_exhaustive()
+    }
+}
+
+impl<D: Send + Sync + 'static> StoredTable<D> {
+    /// `walk` derives the table at query time; `storing` derives the same rows in the stored schema
+    /// (for `edges`, with the pending columns: then `pairs_pending`).
+    pub(crate) fn new(
+        spans: Arc<SpansTable>,
+        walk: Derivation<D>,
+        table: &'static str,
+        storing: Derivation<D>,
+        pairs_pending: bool,
+    ) -> DfResult<Self> {
+        let walk = DerivedTable::new(Arc::clone(&spans), walk)?;
+        Ok(Self { spans, walk, table, storing, pairs_pending })
+    }
+
+    /// The stored rows of the window's files, without those of `split` traces, in the stored schema.
+    fn derived_rows(
+        &self,
+        window: &[&FileEntry],
+        split: &Split,
+        state: &dyn Session,
+        filters: &[Expr],
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let schema = Arc::clone(&self.storing.schema);
+        let rows = self.spans.derived_scan(window, self.table, Arc::clone(&schema), state, filters)?;
+        if split.ids.is_empty() {
+            return Ok(rows);
+        }
+        let predicate = col(c::TRACE_ID).in_list(split.id_literals(), true);
+        let predicate = state.create_physical_expr(predicate, &DFSchema::try_from(schema)?)?;
+        Ok(Arc::new(FilterExec::try_new(predicate, rows)?))
+    }
+
+    /// The `split` traces walked again from their spans, in the stored schema.
+    fn split_rows(
+        &self,
+        split: &Split,
+        state: &dyn Session,
+        span_filters: &[Expr],
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let holding = Arc::new(Manifest { files: split.files.clone(), ..Manifest::default() });
+        let mut filters = span_filters.to_vec();
+        filters.push(col(c::TRACE_ID).in_list(split.id_literals(), false));
+        let spans_schema = span_schema();
+        let columns = self
+            .storing
+            .input_columns
+            .iter()
+            .map(|name| Ok(spans_schema.index_of(name)?))
+            .collect::<DfResult<Vec<_>>>()?;
+        let partitions = state.config().target_partitions();
+        let input = self.spans.trace_partitioned_scan(&holding, state, &columns, &filters, partitions)?;
+        Ok(Arc::new(TraceExec::new(
+            self.storing.name,
+            input,
+            Arc::clone(&self.storing.factory),
+            Arc::clone(&self.storing.schema),
+            None,
+        )?))
+    }
+}
+
+#[async_trait]
+impl<D: Send + Sync + 'static> TableProvider for StoredTable<D> {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.walk.derivation().schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let manifest = self.spans.manifest()?;
+        let span_filters = widened_span_filters(filters, self.storing.slack_ns);
+        let pruning = FilePruning::from_filters(&span_filters);
+        let window: Vec<&FileEntry> = manifest.files.iter().filter(|f| pruning.may_match(f)).collect();
+        if window.iter().any(|f| f.derived(layout::TRACES_TABLE).is_none()) {
+            return self.walk.scan_in(&manifest, state, projection, filters);
+        }
+        let split = Split::of(self.spans.files(), &window).await?;
+        if split.ids.len() > MAX_SPLIT_TRACES {
+            return self.walk.scan_in(&manifest, state, projection, filters);
+        }
+        let mut plan = self.derived_rows(&window, &split, state, &span_filters)?;
+        if !split.ids.is_empty() {
+            plan = UnionExec::try_new(vec![plan, self.split_rows(&split, state, &span_filters)?])?;
+        }
+        let output = self.schema();
+        if self.pairs_pending {
+            return Ok(Arc::new(PendingPairExec::new(plan, output, projection.cloned())?));
+        }
+        // The stored schema is the table's: pick the asked columns.
+        let indices: Vec<usize> = projection.cloned().unwrap_or_else(|| (0..output.fields().len()).collect());
+        let stored = plan.schema();
+        let exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = indices
+            .iter()
+            .map(|&i| {
+                let name = output.field(i).name();
+                let column = datafusion::physical_expr::expressions::col(name, &stored)?;
+                Ok((column, name.clone()))
+            })
+            .collect::<DfResult<_>>()?;
+        Ok(Arc::new(ProjectionExec::try_new(exprs, plan)?))
+    }
+}
+
+/// Traces whose spans reached more than one of a scan's span files, and the files that hold them.
+#[derive(Debug, Default)]
+struct Split {
+    ids: Vec<[u8; 16]>,
+    files: Vec<FileEntry>,
+}
+
+impl Split {
+    /// Reads the trace ids of the `traces` files derived from `window` (small: one row per trace).
+    async fn of(files: &ManifestReader, window: &[&FileEntry]) -> DfResult<Self> {
+        let paths: Vec<std::path::PathBuf> = window
+            .iter()
+            .map(|f| files.tenant_path(&f.derived(layout::TRACES_TABLE).expect("checked by the caller").path))
+            .collect();
+        let owned: Vec<FileEntry> = window.iter().map(|f| (*f).clone()).collect();
+        tokio::task::spawn_blocking(move || Split::read(&paths, owned))
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?
+    }
+
+    fn read(paths: &[std::path::PathBuf], window: Vec<FileEntry>) -> DfResult<Self> {
+        use datafusion::parquet::arrow::ProjectionMask;
+        use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        // Per trace id: the first file it was seen in, and whether it was seen in another.
+        let mut seen: HashMap<[u8; 16], (usize, bool)> = HashMap::new();
+        let mut split_files = vec![false; window.len()];
+        for (i, path) in paths.iter().enumerate() {
+            let file = std::fs::File::open(path)
+                .map_err(|e| DataFusionError::Execution(format!("opening {}: {e}", path.display())))?;
+            let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+            let mask = ProjectionMask::columns(builder.parquet_schema(), [c::trace_summary::TRACE_ID]);
+            for batch in builder.with_projection(mask).build()? {
+                let batch = batch?;
+                let ids = batch.column(0).as_fixed_size_binary();
+                for r in 0..ids.len() {
+                    let id: [u8; 16] = ids.value(r).try_into().map_err(|_| {
+                        DataFusionError::Execution(format!(
+                            "{}: a trace id of {} bytes",
+                            path.display(),
+                            ids.value_length()
+                        ))
+                    })?;
+                    match seen.get_mut(&id) {
+                        Some((first, split)) if *first != i => {
+                            *split = true;
+                            split_files[*first] = true;
+                            split_files[i] = true;
+                        }
+                        Some(_) => {}
+                        None => {
+                            seen.insert(id, (i, false));
+                        }
+                    }
+                }
+            }
+        }
+        let mut ids: Vec<[u8; 16]> = seen.into_iter().filter(|(_, (_, split))| *split).map(|(id, _)| id).collect();
+        ids.sort_unstable();
+        let files = window.into_iter().zip(split_files).filter(|(_, split)| *split).map(|(f, _)| f).collect();
+        Ok(Split { ids, files })
+    }
+
+    fn id_literals(&self) -> Vec<Expr> {
+        self.ids.iter().map(|id| lit(ScalarValue::FixedSizeBinary(16, Some(id.to_vec())))).collect()
+    }
+}
+
+/// Passes the final rows of stored `edges` through (without the pending columns) and pairs the
+/// rows pending on other traces once its input has ended, as the walk's rendezvous does. One
+/// output partition.
+#[derive(Debug)]
+pub(crate) struct PendingPairExec {
+    input: Arc<dyn ExecutionPlan>,
+    /// The `edges` schema, and the columns of it the plan outputs.
+    schema: SchemaRef,
+    projection: Option<Vec<usize>>,
+    properties: Arc<PlanProperties>,
+}
+
+impl PendingPairExec {
+    pub(crate) fn new(
+        input: Arc<dyn ExecutionPlan>,
+        schema: SchemaRef,
+        projection: Option<Vec<usize>>,
+    ) -> DfResult<Self> {
+        let output = match &projection {
+            Some(indices) => Arc::new(schema.project(indices)?),
+            None => Arc::clone(&schema),
+        };
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(output),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Ok(Self { input, schema, projection, properties: Arc::new(properties) })
+    }
+}
+
+impl DisplayAs for PendingPairExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "PendingPairExec: stored edges, pending hops paired at the end")
+    }
+}
+
+impl ExecutionPlan for PendingPairExec {
+    fn name(&self) -> &str {
+        "PendingPairExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    // Every pending row must meet the others: one partition sees them all.
+    fn required_input_distribution(&self) -> Vec<Distribution> {
+        vec![Distribution::SinglePartition]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if children.len() != 1 {
+            return Err(DataFusionError::Internal(format!("PendingPairExec takes one input, got {}", children.len())));
+        }
+        Ok(Arc::new(PendingPairExec::new(children.swap_remove(0), Arc::clone(&self.schema), self.projection.clone())?))
+    }
+
+    #[allow(deprecated)]
+    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> DfResult<Arc<dyn ExecutionPlan>> {
+        self.replace_children(
+            children,
+            ReplaceChildrenOptions::new(datafusion::physical_plan::ChildrenPropertiesMode::Recompute),
+        )
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
+        if partition != 0 {
+            return Err(DataFusionError::Internal(format!("PendingPairExec has one partition, not {}", partition + 1)));
+        }
+        let input = self.input.execute(0, context)?;
+        let columns: Vec<usize> = (0..self.schema.fields().len()).collect();
+        let projection = self.projection.clone();
+        let output = move |batch: RecordBatch| -> DfResult<RecordBatch> {
+            let batch = batch.project(&columns)?;
+            Ok(match &projection {
+                Some(indices) => batch.project(indices)?,
+                None => batch,
+            })
+        };
+        let state = (input, Vec::<RecordBatch>::new(), false, output);
+        let stream = futures::stream::unfold(state, |(mut input, mut pending, done, output)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                match input.next().await {
+                    Some(Ok(batch)) => {
+                        let Some(marks) = batch.column_by_name(c::edge::PENDING) else {
+                            let error = DataFusionError::Internal("stored edges without their pending column".into());
+                            return Some((Err(error), (input, pending, true, output)));
+                        };
+                        if marks.null_count() < marks.len() {
+                            match is_not_null(marks).and_then(|keep| filter_record_batch(&batch, &keep)) {
+                                Ok(rows) => pending.push(rows),
+                                Err(e) => return Some((Err(e.into()), (input, pending, true, output))),
+                            }
+                        }
+                        let finals = is_null(marks).and_then(|keep| filter_record_batch(&batch, &keep));
+                        match finals {
+                            Ok(rows) if rows.num_rows() == 0 => continue,
+                            Ok(rows) => {
+                                let next = output(rows);
+                                return Some((next, (input, pending, false, output)));
+                            }
+                            Err(e) => return Some((Err(e.into()), (input, pending, true, output))),
+                        }
+                    }
+                    Some(Err(e)) => return Some((Err(e), (input, pending, true, output))),
+                    None => {
+                        let mut pairing = EdgePairing::default();
+                        let paired = pairing
+                            .pair_stored(&pending)
+                            .and_then(|()| pairing.take_batch())
+                            .map_err(derive_error)
+                            .and_then(|batch| match batch {
+                                Some(batch) => Ok(Some(output(batch)?)),
+                                None => Ok(None),
+                            });
+                        return match paired {
+                            Ok(Some(batch)) => Some((Ok(batch), (input, Vec::new(), true, output))),
+                            Ok(None) => None,
+                            Err(e) => Some((Err(e), (input, Vec::new(), true, output))),
+                        };
+                    }
+                }
+            }
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(self.properties.eq_properties.schema().clone(), stream)))
+    }
+}
