@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use arrow::array::RecordBatch;
 use hopscope_derive::stored::{StoredDerivations, stored_schema};
 use hopscope_derive::{DeriveError, WholeTraces};
+use hopscope_schemas::columns as c;
 use hopscope_schemas::layout;
 use hopscope_schemas::manifest::{DerivedFile, FileEntry};
 use parquet::arrow::ArrowWriter;
@@ -145,14 +146,34 @@ impl Drop for DerivedWriter {
 /// Rows per row group of a derived file (derived rows are narrower than spans).
 const ROW_GROUP_ROWS: usize = 256 * 1024;
 
-/// The writer settings of derived files: zstd, page statistics (queries filter them by time,
-/// service and trace id).
-fn derived_writer_properties() -> WriterProperties {
-    WriterProperties::builder()
+/// The writer settings of a derived table's files: zstd; names dictionary-encoded; times and
+/// durations delta-encoded (they are close together within a trace; as in span files); random ids
+/// neither dictionary-encoded nor with statistics, except the trace id, which readers filter on.
+fn derived_writer_properties(schema: &arrow::datatypes::Schema) -> WriterProperties {
+    use arrow::datatypes::DataType;
+    use parquet::basic::Encoding;
+    use parquet::schema::types::ColumnPath;
+    let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid zstd level")))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-        .set_statistics_enabled(EnabledStatistics::Page)
-        .build()
+        .set_statistics_enabled(EnabledStatistics::Page);
+    for field in schema.fields() {
+        let path = ColumnPath::from(field.name().as_str());
+        match field.data_type() {
+            DataType::Int64 | DataType::Timestamp(..) => {
+                builder = builder
+                    .set_column_dictionary_enabled(path.clone(), false)
+                    .set_column_encoding(path, Encoding::DELTA_BINARY_PACKED);
+            }
+            DataType::FixedSizeBinary(_) if field.name() != c::TRACE_ID => {
+                builder = builder
+                    .set_column_dictionary_enabled(path.clone(), false)
+                    .set_column_statistics_enabled(path, EnabledStatistics::None);
+            }
+            _ => {}
+        }
+    }
+    builder.build()
 }
 
 impl TableFile {
@@ -164,7 +185,8 @@ impl TableFile {
         let tmp = tmp_path(&path);
         let file = fs::File::create(&tmp).map_err(IngestError::io(format!("creating {}", tmp.display())))?;
         let schema = stored_schema(table).expect("a derived table has a stored schema");
-        let writer = match ArrowWriter::try_new(file, schema, Some(derived_writer_properties())) {
+        let properties = derived_writer_properties(&schema);
+        let writer = match ArrowWriter::try_new(file, schema, Some(properties)) {
             Ok(writer) => writer,
             Err(e) => {
                 let _ = fs::remove_file(&tmp);

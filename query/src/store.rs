@@ -275,14 +275,15 @@ impl SpansTable {
         parquet_source_of(span_schema(), state, filters)
     }
 
-    /// A scan of the files derived as `table` from the span files `entries` (each must have one;
-    /// rows in `schema`), spread over the target partitions by size, with `filters` (on the derived
-    /// table's columns) pushed into the Parquet reader.
+    /// A scan of the files derived as `table` from the span files `entries` (rows in `schema`; the
+    /// columns `projection` picks), spread over the target partitions by size, with `filters` (on
+    /// the derived table's columns) pushed into the Parquet reader.
     pub(crate) fn derived_scan(
         &self,
         entries: &[&FileEntry],
         table: &str,
         schema: SchemaRef,
+        projection: Option<Vec<usize>>,
         state: &dyn Session,
         filters: &[Expr],
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
@@ -292,13 +293,14 @@ impl SpansTable {
             .map(|d| (self.manifest.tenant_path(&d.path).to_string_lossy().into_owned(), d.bytes, d.rows))
             .collect();
         if files.is_empty() {
-            return Ok(Arc::new(EmptyExec::new(schema)));
+            return Ok(Arc::new(EmptyExec::new(project_schema(&schema, projection.as_ref())?)));
         }
         let source = parquet_source_of(Arc::clone(&schema), state, filters)?;
         let mut statistics = Statistics::new_unknown(&schema);
         statistics.num_rows = Precision::Exact(files.iter().map(|f| f.2 as usize).sum());
         let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
             .with_file_groups(balanced_groups(files, state.config().target_partitions()))
+            .with_projection_indices(projection)?
             .with_statistics(statistics)
             .build();
         Ok(DataSourceExec::from_data_source(config))

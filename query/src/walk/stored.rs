@@ -88,22 +88,58 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
         Ok(Self { spans, walk, table, storing, pairs_pending })
     }
 
-    /// The stored rows of the window's files, without those of `split` traces, in the stored schema.
+    /// The stored rows of the window's files that `condition` selects, without those of `split`
+    /// traces: the stored schema's columns `projection` picks (every column when `None`).
     fn derived_rows(
         &self,
         window: &[&FileEntry],
         split: &Split,
         state: &dyn Session,
         filters: &[Expr],
+        condition: Option<Expr>,
+        projection: Option<Vec<usize>>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let schema = Arc::clone(&self.storing.schema);
-        let rows = self.spans.derived_scan(window, self.table, Arc::clone(&schema), state, filters)?;
-        if split.ids.is_empty() {
-            return Ok(rows);
+        let mut pushed = filters.to_vec();
+        pushed.extend(condition.clone());
+        let rows = self.spans.derived_scan(window, self.table, Arc::clone(&schema), projection, state, &pushed)?;
+        let mut kept = condition;
+        if !split.ids.is_empty() {
+            let other = col(c::TRACE_ID).in_list(split.id_literals(), true);
+            kept = Some(match kept {
+                Some(condition) => condition.and(other),
+                None => other,
+            });
         }
-        let predicate = col(c::TRACE_ID).in_list(split.id_literals(), true);
-        let predicate = state.create_physical_expr(predicate, &DFSchema::try_from(schema)?)?;
+        let Some(kept) = kept else { return Ok(rows) };
+        let predicate = state.create_physical_expr(kept, &DFSchema::try_from(rows.schema())?)?;
         Ok(Arc::new(FilterExec::try_new(predicate, rows)?))
+    }
+
+    /// The final rows of stored `edges` (not pending on other traces), with the columns of the
+    /// `edges` schema that `projection` picks.
+    fn final_edges(
+        &self,
+        window: &[&FileEntry],
+        split: &Split,
+        state: &dyn Session,
+        filters: &[Expr],
+        projection: Option<&Vec<usize>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let output = self.schema();
+        let asked: Vec<usize> = projection.cloned().unwrap_or_else(|| (0..output.fields().len()).collect());
+        let stored = &self.storing.schema;
+        // The trace id (for the split traces) and the pending mark are read too, then dropped.
+        let mut read = asked.clone();
+        for needed in [c::TRACE_ID, c::edge::PENDING] {
+            let index = stored.index_of(needed)?;
+            if !read.contains(&index) {
+                read.push(index);
+            }
+        }
+        let finals = Some(col(c::edge::PENDING).is_null());
+        let rows = self.derived_rows(window, split, state, filters, finals, Some(read))?;
+        project(rows, &output, &asked)
     }
 
     /// The `split` traces walked again from their spans, in the stored schema.
@@ -167,27 +203,48 @@ impl<D: Send + Sync + 'static> TableProvider for StoredTable<D> {
         if split.ids.len() > MAX_SPLIT_TRACES {
             return self.walk.scan_in(&manifest, state, projection, filters);
         }
-        let mut plan = self.derived_rows(&window, &split, state, &span_filters)?;
-        if !split.ids.is_empty() {
-            plan = UnionExec::try_new(vec![plan, self.split_rows(&split, state, &span_filters)?])?;
-        }
         let output = self.schema();
-        if self.pairs_pending {
-            return Ok(Arc::new(PendingPairExec::new(plan, output, projection.cloned())?));
+        if !self.pairs_pending {
+            // The stored schema is the table's: read the asked columns (and the trace id, for
+            // the split traces).
+            let asked: Vec<usize> = projection.cloned().unwrap_or_else(|| (0..output.fields().len()).collect());
+            let mut read = asked.clone();
+            let trace_id = output.index_of(c::TRACE_ID)?;
+            if !read.contains(&trace_id) {
+                read.push(trace_id);
+            }
+            let stored = self.derived_rows(&window, &split, state, &span_filters, None, Some(read))?;
+            let stored = project(stored, &output, &asked)?;
+            if split.ids.is_empty() {
+                return Ok(stored);
+            }
+            let walked = project(self.split_rows(&split, state, &span_filters)?, &output, &asked)?;
+            return UnionExec::try_new(vec![stored, walked]);
         }
-        // The stored schema is the table's: pick the asked columns.
-        let indices: Vec<usize> = projection.cloned().unwrap_or_else(|| (0..output.fields().len()).collect());
-        let stored = plan.schema();
-        let exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = indices
-            .iter()
-            .map(|&i| {
-                let name = output.field(i).name();
-                let column = datafusion::physical_expr::expressions::col(name, &stored)?;
-                Ok((column, name.clone()))
-            })
-            .collect::<DfResult<_>>()?;
-        Ok(Arc::new(ProjectionExec::try_new(exprs, plan)?))
+        // Edges: the final rows with only the asked columns; the pending rows whole (they are
+        // rebuilt to be paired), with the split traces walked again, through PendingPairExec.
+        let finals = self.final_edges(&window, &split, state, &span_filters, projection)?;
+        let waiting = Some(col(c::edge::PENDING).is_not_null());
+        let mut pending = self.derived_rows(&window, &split, state, &span_filters, waiting, None)?;
+        if !split.ids.is_empty() {
+            pending = UnionExec::try_new(vec![pending, self.split_rows(&split, state, &span_filters)?])?;
+        }
+        let paired = Arc::new(PendingPairExec::new(pending, output, projection.cloned())?);
+        UnionExec::try_new(vec![finals, paired])
     }
+}
+
+/// The columns `asked` (indices into `output`) of `plan`, found by name.
+fn project(plan: Arc<dyn ExecutionPlan>, output: &SchemaRef, asked: &[usize]) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let input = plan.schema();
+    let exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = asked
+        .iter()
+        .map(|&i| {
+            let name = output.field(i).name();
+            Ok((datafusion::physical_expr::expressions::col(name, &input)?, name.clone()))
+        })
+        .collect::<DfResult<_>>()?;
+    Ok(Arc::new(ProjectionExec::try_new(exprs, plan)?))
 }
 
 /// Traces whose spans reached more than one of a scan's span files, and the files that hold them.
