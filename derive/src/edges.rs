@@ -499,6 +499,17 @@ impl Default for EdgePairing {
 }
 
 impl EdgePairing {
+    /// Pairs the trace whose tree (built for its rows) is `tree`.
+    pub fn trace_with(&mut self, spans: &SpanColumns, tree: &TraceTree) -> Result<()> {
+        let calls = CallsInTrace::of(spans, tree);
+        let depths = depths(spans, tree, &calls);
+        tree.rows().try_for_each(|r| {
+            let at = Position { row: r, depth: depths[tree.index(r)].0, root: depths[tree.index(r)].1 };
+            self.push_arrival(spans, tree, &calls, at)?;
+            self.push_call_out(spans, tree, &calls, at)
+        })
+    }
+
     /// Pairing for storing the hops beside the spans: its batches are in [`stored_edges_schema`],
     /// and [`EdgePairing::stub_pending`] keeps what waits for other traces as pending rows, which
     /// [`EdgePairing::pair_stored`] pairs once every part of the input has been read.
@@ -909,13 +920,7 @@ impl PerTrace for EdgePairing {
     fn trace(&mut self, spans: &SpanColumns, rows: Range<usize>) -> Result<()> {
         let mut tree = std::mem::take(&mut self.tree);
         tree.build(spans, rows);
-        let calls = CallsInTrace::of(spans, &tree);
-        let depths = depths(spans, &tree, &calls);
-        let result = tree.rows().try_for_each(|r| {
-            let at = Position { row: r, depth: depths[tree.index(r)].0, root: depths[tree.index(r)].1 };
-            self.push_arrival(spans, &tree, &calls, at)?;
-            self.push_call_out(spans, &tree, &calls, at)
-        });
+        let result = self.trace_with(spans, &tree);
         self.tree = tree;
         result
     }

@@ -12,7 +12,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use hopscope_schemas::columns::{finding as f, finding_kind as fk, semconv};
 use hopscope_schemas::spans::{kind, status, timestamp_type};
 
-use crate::paths::{CriticalPath, PathSpan, critical_paths, path_spans};
+use crate::paths::{CriticalPath, PathSpan, TracePaths};
 use crate::{PerTrace, Result, SpanColumns, TraceTree};
 
 /// When a pattern counts as a finding. Defaults in [`Thresholds::default`].
@@ -182,27 +182,24 @@ fn all_but_longest(spans: &SpanColumns, rows: impl Iterator<Item = usize>) -> i6
 
 /// Where a trace's critical paths run, and how much of each span's subtree is on them: a finding's
 /// cost is capped by the time its calls spend on the path (calls off the path delay nothing).
-struct PathTime {
+struct PathTime<'a> {
     first_row: usize,
-    spans: Vec<PathSpan>,
-    paths: Vec<CriticalPath>,
+    spans: &'a [PathSpan],
+    paths: &'a [CriticalPath],
     /// Per span (by position): the time its subtree owns on a path.
     on_path: Vec<i64>,
     /// Per span (by position): the sections it owns.
     sections_of: HashMap<usize, Vec<(i64, i64)>>,
 }
 
-impl PathTime {
-    fn of(spans: &SpanColumns, tree: &TraceTree) -> Self {
-        let mut path_input = Vec::new();
-        path_spans(spans, tree, &mut path_input);
-        let paths = critical_paths(&path_input);
-        let on_path = subtree_time_on_path(&path_input, &paths);
+impl<'a> PathTime<'a> {
+    fn of(tree: &TraceTree, paths: &'a TracePaths) -> Self {
+        let on_path = subtree_time_on_path(&paths.spans, &paths.paths);
         let mut sections_of: HashMap<usize, Vec<(i64, i64)>> = HashMap::new();
-        for section in paths.iter().flat_map(|p| &p.sections) {
+        for section in paths.paths.iter().flat_map(|p| &p.sections) {
             sections_of.entry(section.span).or_default().push((section.start, section.end));
         }
-        PathTime { first_row: tree.rows().start, spans: path_input, paths, on_path, sections_of }
+        PathTime { first_row: tree.rows().start, spans: &paths.spans, paths: &paths.paths, on_path, sections_of }
     }
 
     /// The time the calls (rows) spend on the path: what their subtrees own, plus what their caller
@@ -258,7 +255,7 @@ fn calls_by_parent(spans: &SpanColumns, tree: &TraceTree) -> Vec<(usize, Vec<Cal
 struct TraceView<'a> {
     spans: &'a SpanColumns,
     rows: Range<usize>,
-    path: PathTime,
+    path: PathTime<'a>,
 }
 
 impl FindingScan {
@@ -384,7 +381,7 @@ impl FindingScan {
 
     /// Deep chains: service hops along each root's critical path.
     fn find_deep_chains(&mut self, t: &TraceView<'_>) -> Result<()> {
-        for path in &t.path.paths {
+        for path in t.path.paths {
             let mut changes: usize = 0;
             let mut waiting = 0;
             let mut previous: Option<&str> = None;
@@ -411,15 +408,11 @@ impl FindingScan {
     }
 }
 
-impl PerTrace for FindingScan {
-    type Deposit = ();
-
-    fn trace(&mut self, spans: &SpanColumns, rows: Range<usize>) -> Result<()> {
-        let mut tree = std::mem::take(&mut self.tree);
-        tree.build(spans, rows.clone());
-        let view = TraceView { spans, rows, path: PathTime::of(spans, &tree) };
-        let calls = calls_by_parent(spans, &tree);
-        self.tree = tree;
+impl FindingScan {
+    /// Finds the patterns of the trace whose tree is `tree` and critical paths `paths`.
+    pub fn trace_with(&mut self, spans: &SpanColumns, tree: &TraceTree, paths: &TracePaths) -> Result<()> {
+        let view = TraceView { spans, rows: tree.rows(), path: PathTime::of(tree, paths) };
+        let calls = calls_by_parent(spans, tree);
         for (at, calls) in &calls {
             self.find_repeats_of_one_call(&view, *at, calls)?;
             self.find_sequential_calls(&view, *at, calls)?;
@@ -427,6 +420,19 @@ impl PerTrace for FindingScan {
         }
         self.find_repeated_calls(&view, &calls)?;
         self.find_deep_chains(&view)
+    }
+}
+
+impl PerTrace for FindingScan {
+    type Deposit = ();
+
+    fn trace(&mut self, spans: &SpanColumns, rows: Range<usize>) -> Result<()> {
+        let mut tree = std::mem::take(&mut self.tree);
+        tree.build(spans, rows);
+        let paths = TracePaths::of(spans, &tree);
+        let result = self.trace_with(spans, &tree, &paths);
+        self.tree = tree;
+        result
     }
 
     fn take_batch(&mut self) -> Result<Option<RecordBatch>> {

@@ -271,14 +271,29 @@ pub fn path_spans(spans: &SpanColumns, tree: &TraceTree, out: &mut Vec<PathSpan>
     }));
 }
 
-impl PerTrace for PathSections {
-    type Deposit = ();
+/// The critical paths of one trace, with the spans the algorithm saw (indexed from 0 in row order):
+/// computed once per trace for every analysis that reads them.
+#[derive(Debug, Default)]
+pub struct TracePaths {
+    pub spans: Vec<PathSpan>,
+    pub paths: Vec<CriticalPath>,
+}
 
-    fn trace(&mut self, spans: &SpanColumns, rows: Range<usize>) -> Result<()> {
-        self.tree.build(spans, rows.clone());
-        path_spans(spans, &self.tree, &mut self.path_spans);
+impl TracePaths {
+    /// The paths of the trace whose tree is `tree`.
+    pub fn of(spans: &SpanColumns, tree: &TraceTree) -> Self {
+        let mut input = Vec::new();
+        path_spans(spans, tree, &mut input);
+        let paths = critical_paths(&input);
+        TracePaths { spans: input, paths }
+    }
+}
+
+impl PathSections {
+    /// The rows of the trace in rows `rows` of `spans`, whose paths are `paths`.
+    pub fn trace_with(&mut self, spans: &SpanColumns, rows: Range<usize>, paths: &[CriticalPath]) -> Result<()> {
         let row = |i: usize| rows.start + i;
-        for path in critical_paths(&self.path_spans) {
+        for path in paths {
             let root = row(path.root);
             let duration = spans.duration_ns(root).max(0);
             for (span, self_ns) in path.self_times() {
@@ -297,6 +312,17 @@ impl PerTrace for PathSections {
             }
         }
         Ok(())
+    }
+}
+
+impl PerTrace for PathSections {
+    type Deposit = ();
+
+    fn trace(&mut self, spans: &SpanColumns, rows: Range<usize>) -> Result<()> {
+        self.tree.build(spans, rows.clone());
+        path_spans(spans, &self.tree, &mut self.path_spans);
+        let paths = critical_paths(&self.path_spans);
+        self.trace_with(spans, rows, &paths)
     }
 
     fn take_batch(&mut self) -> Result<Option<RecordBatch>> {

@@ -18,8 +18,8 @@ use hopscope_schemas::spans::{status, timestamp_type};
 
 use crate::edges::{EdgePairing, stored_edges_schema};
 use crate::findings::{FindingScan, Thresholds, findings_schema};
-use crate::paths::{PathSections, critical_path_schema};
-use crate::{OneTrace, PerTrace, Result, SpanColumns};
+use crate::paths::{PathSections, TracePaths, critical_path_schema};
+use crate::{OneTrace, PerTrace, Result, SpanColumns, TraceTree};
 
 /// The schema of the derived `traces` table.
 pub fn traces_schema() -> SchemaRef {
@@ -119,6 +119,7 @@ impl PerTrace for TraceSummaries {
 
 /// Every derived table of the traces handed to it (see the module's documentation).
 pub struct StoredDerivations {
+    tree: TraceTree,
     traces: TraceSummaries,
     edges: EdgePairing,
     paths: PathSections,
@@ -128,6 +129,7 @@ pub struct StoredDerivations {
 impl Default for StoredDerivations {
     fn default() -> Self {
         Self {
+            tree: TraceTree::default(),
             traces: TraceSummaries::default(),
             edges: EdgePairing::storing(),
             paths: PathSections::default(),
@@ -137,11 +139,14 @@ impl Default for StoredDerivations {
 }
 
 impl OneTrace for StoredDerivations {
+    /// One tree and one set of critical paths per trace, shared by the analyses.
     fn one_trace(&mut self, spans: &SpanColumns, rows: Range<usize>) -> Result<()> {
         self.traces.trace(spans, rows.clone())?;
-        self.edges.trace(spans, rows.clone())?;
-        self.paths.trace(spans, rows.clone())?;
-        self.findings.trace(spans, rows)
+        self.tree.build(spans, rows.clone());
+        self.edges.trace_with(spans, &self.tree)?;
+        let paths = TracePaths::of(spans, &self.tree);
+        self.paths.trace_with(spans, rows, &paths.paths)?;
+        self.findings.trace_with(spans, &self.tree, &paths)
     }
 }
 
