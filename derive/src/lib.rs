@@ -28,7 +28,7 @@ mod whole;
 pub use columns::{CORE_COLUMNS, SpanColumns};
 pub use rendezvous::Rendezvous;
 pub use tree::TraceTree;
-pub use whole::{OneTrace, WholeTraces, for_each_trace};
+pub use whole::{OneTrace, WholeTraces};
 
 /// What can go wrong while deriving.
 #[derive(Debug, thiserror::Error)]

@@ -172,11 +172,6 @@ impl StoredDerivations {
         }
         Ok(out)
     }
-
-    /// Rows derived and not yet taken.
-    pub fn rows(&self) -> usize {
-        self.traces.rows
-    }
 }
 
 #[cfg(test)]

@@ -94,7 +94,7 @@ fn last_trace_start(ids: &FixedSizeBinaryArray) -> usize {
 }
 
 /// Calls the analysis once per trace in `rows` (ordered by trace id).
-pub fn for_each_trace(spans: &SpanColumns, rows: Range<usize>, analysis: &mut (impl OneTrace + ?Sized)) -> Result<()> {
+fn for_each_trace(spans: &SpanColumns, rows: Range<usize>, analysis: &mut (impl OneTrace + ?Sized)) -> Result<()> {
     let mut start = rows.start;
     while start < rows.end {
         let id = spans.trace_id.value(start);

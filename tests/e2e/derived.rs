@@ -91,8 +91,7 @@ async fn tables_derived_at_flush_equal_the_query_time_walk() {
         "0.5",
     ]);
     assert!(ok, "{stderr}");
-    let simulated: u64 =
-        stdout.split("sent ").nth(1).and_then(|s| s.split_whitespace().next()).unwrap().parse().unwrap();
+    let simulated = crate::simulator::sent_spans(&stdout);
     // The simulator's consumers are children of their producers; add consumers in traces of their
     // own that link to producers in another trace (and to producers never stored).
     let linked = crate::query::linked_traces();
@@ -108,16 +107,7 @@ async fn tables_derived_at_flush_equal_the_query_time_walk() {
     let mut config = QueryConfig::new(server.data_dir.clone());
     config.max_rows = 10_000_000;
     let engine = Arc::new(QueryEngine::new(&config).unwrap());
-    let started = Instant::now();
-    loop {
-        let counted = walk(&engine, "SELECT count(*) AS n FROM spans").await;
-        let stored = counted[0].column(0).as_primitive::<arrow::datatypes::Int64Type>().value(0) as u64;
-        if stored == sent {
-            break;
-        }
-        assert!(started.elapsed() < DEADLINE * 3, "{stored} of {sent} spans stored in time; log:\n{}", server.log());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    crate::simulator::wait_for_spans(&server, sent).await;
 
     // A trace whose spans reached two span files (its spans arrived in two flushes) is derived from
     // each part; the readers of derived tables derive such traces again from their spans (#16), so

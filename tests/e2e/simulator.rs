@@ -25,7 +25,7 @@ async fn sql_count(server: &Server, query: &str) -> u64 {
 }
 
 /// Polls until the server has committed `spans` spans.
-async fn wait_for_spans(server: &Server, spans: u64) {
+pub(crate) async fn wait_for_spans(server: &Server, spans: u64) {
     let started = Instant::now();
     loop {
         let stored = sql_count(server, "SELECT count(*) AS n FROM spans").await;
@@ -39,7 +39,7 @@ async fn wait_for_spans(server: &Server, spans: u64) {
 }
 
 /// The span count a `sent N spans` line reports.
-fn sent_spans(stdout: &str) -> u64 {
+pub(crate) fn sent_spans(stdout: &str) -> u64 {
     let rest = stdout.split("sent ").nth(1).unwrap_or_else(|| panic!("no summary in {stdout:?}"));
     rest.split_whitespace().next().unwrap().parse().unwrap()
 }
