@@ -22,6 +22,9 @@ pub struct PathSpan {
     /// Index of the parent span, when the parent is in the trace.
     pub parent: Option<usize>,
     pub kind: i8,
+    /// Orders spans that start at the same time (the span id's first bytes), so that the path does
+    /// not depend on the order the spans were read in.
+    pub tie: u64,
 }
 
 /// A stretch of time `[start, end)` that `span` owns on the critical path.
@@ -58,7 +61,7 @@ impl CriticalPath {
     }
 }
 
-/// The critical path of every root of a trace, in root order (by start time, then input order).
+/// The critical path of every root of a trace, in root order (by start time, then span id).
 pub fn critical_paths(spans: &[PathSpan]) -> Vec<CriticalPath> {
     let mut walk = PathWalk::new(spans);
     let roots = std::mem::take(&mut walk.roots);
@@ -75,9 +78,9 @@ pub fn critical_paths(spans: &[PathSpan]) -> Vec<CriticalPath> {
 /// to its parent's, the children that overlap it, and whether the walk has visited it.
 struct PathWalk<'a> {
     spans: &'a [PathSpan],
-    /// Children by start time (stable).
+    /// Children by start time (then span id).
     children: Vec<Vec<usize>>,
-    /// Roots by start time (stable).
+    /// Roots by start time (then span id).
     roots: Vec<usize>,
     clipped: Vec<Option<(i64, i64)>>,
     /// Per span: its children that overlap it, latest-ending first (on a tie, the earlier-starting),
@@ -104,7 +107,7 @@ impl<'a> PathWalk<'a> {
                 _ => roots.push(i),
             }
         }
-        let by_start = |a: &usize, b: &usize| spans[*a].start.cmp(&spans[*b].start);
+        let by_start = |a: &usize, b: &usize| (spans[*a].start, spans[*a].tie).cmp(&(spans[*b].start, spans[*b].tie));
         roots.sort_by(by_start);
         for list in &mut children {
             list.sort_by(by_start);
@@ -268,6 +271,7 @@ pub fn path_spans(spans: &SpanColumns, tree: &TraceTree, out: &mut Vec<PathSpan>
         end: spans.end_ns.value(r),
         parent: tree.parent(r).map(|p| tree.index(p)),
         kind: spans.kind.value(r),
+        tie: spans.span_id.value(r).get(..8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_be_bytes),
     }));
 }
 
@@ -354,7 +358,7 @@ mod tests {
 
     /// A span: (start, end, parent index, kind).
     fn s(start: i64, end: i64, parent: Option<usize>, kind: i8) -> PathSpan {
-        PathSpan { start, end, parent, kind }
+        PathSpan { start, end, parent, kind, tie: 0 }
     }
 
     fn sections(spans: &[PathSpan]) -> Vec<Vec<(usize, i64, i64)>> {
