@@ -93,8 +93,35 @@ def main():
                 die(f"hop {key} differs: hopscope {mine}, duckdb {other}")
         rows.append(("per-hop p50/p99 (client, server) over all RPC pairs, `/sql` on `edges`", our_time, their_time,
                      f"{len(ours)} hops equal"))
-        _, edges_time = timed(lambda: server.get(f"/api/v1/edges?start={start}&end={end}"), args.repeat)
-        rows.append(("`GET /api/v1/edges` (every hop kind, 12 percentiles each)", edges_time, None, "no DuckDB equivalent"))
+        # The same from the per-minute rollups: calls exact, percentiles within the sketches' 1% (for
+        # values of one sign, 1% of the exact percentile).
+        rollup_sql = (
+            "SELECT caller, callee, sum(calls) AS calls, "
+            "sketch_quantile(merge_sketches(client_sketch), 0.5) AS c50, "
+            "sketch_quantile(merge_sketches(client_sketch), 0.99) AS c99, "
+            "sketch_quantile(merge_sketches(server_sketch), 0.5) AS s50, "
+            "sketch_quantile(merge_sketches(server_sketch), 0.99) AS s99 "
+            "FROM hop_rollup WHERE connection = 'rpc' GROUP BY caller, callee")
+        rolled, rolled_time = timed(lambda: server.sql(rollup_sql), args.repeat)
+        rolled = {(r["caller"], r["callee"]): (r["calls"], r["c50"], r["c99"], r["s50"], r["s99"]) for r in rolled}
+        if rolled.keys() != theirs.keys():
+            die(f"rolled-up hops differ: {sorted(rolled.keys() ^ theirs.keys())}")
+        for key, mine in rolled.items():
+            other = theirs[key]
+            if mine[0] != other[0] or not all(abs(a - b) <= 0.01 * abs(b) + 1 for a, b in zip(mine[1:], other[1:])):
+                die(f"rolled-up hop {key} differs beyond 1%: hopscope {mine}, duckdb {other}")
+        rows.append(("per-hop p50/p99 (client, server) over all RPC pairs, `/sql` on `hop_rollup`", rolled_time,
+                     their_time, f"{len(rolled)} hops: calls equal, percentiles within 1%"))
+        edges_url = f"/api/v1/edges?start={start}&end={end}"
+        exact, exact_time = timed(lambda: server.get(edges_url + "&exact=true"), args.repeat)
+        sketched, edges_time = timed(lambda: server.get(edges_url), args.repeat)
+        calls = lambda view: sorted((e["caller"], e["callee"], e["connection"], e["calls"]) for e in view["edges"])
+        if calls(exact) != calls(sketched):
+            die("GET /api/v1/edges counts differ between the rollups and exact=true")
+        rows.append(("`GET /api/v1/edges` from the rollups (every hop kind, 12 percentiles each)", edges_time,
+                     their_time, f"{len(exact['edges'])} hops, calls equal to exact=true"))
+        rows.append(("`GET /api/v1/edges?exact=true` (every call read)", exact_time, their_time,
+                     "the reference"))
 
         # 2. Trace by id.
         ids = [r[0].hex() for r in db.execute(

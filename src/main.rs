@@ -146,6 +146,11 @@ struct ServeArgs {
     /// ceiling the ingest benchmark divides by). Nothing is stored.
     #[arg(long, hide = true)]
     discard: bool,
+    /// Label sets per metric family of the service-graph and span-metrics series on /metrics
+    /// (traces_service_graph_*, traces_spanmetrics_*); what a new label set beyond it would count
+    /// goes to hopscope_trace_metrics_dropped_total.
+    #[arg(long, env = "HOPSCOPE_METRICS_MAX_SERIES", default_value_t = hopscope_ingest::trace_metrics::DEFAULT_MAX_SERIES)]
+    metrics_max_series: usize,
     /// Benchmarks only: write span files without the tables derived from them (traces, edges,
     /// critical paths, findings), to measure what deriving costs.
     #[arg(long, hide = true)]
@@ -433,6 +438,7 @@ fn ingest_config(args: &ServeArgs) -> IngesterConfig {
     config.retired_grace = args.query_timeout * 2;
     config.discard = args.discard;
     config.derive = !args.no_derive;
+    config.metrics_max_series = args.metrics_max_series;
     config
 }
 

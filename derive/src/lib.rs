@@ -1,5 +1,5 @@
 //! What hopscope derives from one whole trace, in memory: its hops (`edges`, design.md §4's pairing
-//! rules), its critical paths and its findings.
+//! rules), its critical paths and its findings; and from the hops of many traces, per-minute rollups.
 //!
 //! Each derivation is a [`PerTrace`] analysis: it is handed the rows of one trace at a time
 //! ([`SpanColumns`] of a batch in the stored span schema, rows ordered by start time), reads them
@@ -21,6 +21,7 @@ pub mod edges;
 pub mod findings;
 pub mod paths;
 mod rendezvous;
+pub mod rollup;
 pub mod stored;
 mod tree;
 mod whole;

@@ -1,7 +1,9 @@
 //! What the ingester stores beside each span file: every table derived from its traces, in one pass.
 //!
 //! [`StoredDerivations`] runs the trace summaries, hop pairing, critical paths and findings (with
-//! default thresholds) over each whole trace it is handed, and gives their rows back per table.
+//! default thresholds) over each whole trace it is handed, and gives their rows back per table; once
+//! the input has ended, also the per-minute rollups of the final hops and of the spans
+//! ([`crate::rollup`]).
 //! Relations between traces are not settled here: a hop that another trace may change (a producer
 //! nobody in its own trace consumed, a consumer linking to other traces) is stored as a pending row
 //! (see [`EdgePairing::storing`]), and whoever reads the stored edges pairs the pending rows of
@@ -19,6 +21,7 @@ use hopscope_schemas::spans::{status, timestamp_type};
 use crate::edges::{EdgePairing, stored_edges_schema};
 use crate::findings::{FindingScan, Thresholds, findings_schema};
 use crate::paths::{PathSections, TracePaths, critical_path_schema};
+use crate::rollup::{HopRollup, OperationRollup, hop_rollup_schema, operation_rollup_schema};
 use crate::{OneTrace, PerTrace, Result, SpanColumns, TraceTree};
 
 /// The schema of the derived `traces` table.
@@ -46,6 +49,8 @@ pub fn stored_schema(table: &str) -> Option<SchemaRef> {
         layout::EDGES_TABLE => Some(stored_edges_schema()),
         layout::CRITICAL_PATH_TABLE => Some(critical_path_schema()),
         layout::FINDINGS_TABLE => Some(findings_schema()),
+        layout::HOP_ROLLUP_TABLE => Some(hop_rollup_schema()),
+        layout::OPERATION_ROLLUP_TABLE => Some(operation_rollup_schema()),
         _ => None,
     }
 }
@@ -124,6 +129,11 @@ pub struct StoredDerivations {
     edges: EdgePairing,
     paths: PathSections,
     findings: FindingScan,
+    /// Count the final hops and the spans of every trace; their rows are taken once the input has
+    /// ended.
+    hop_rollup: HopRollup,
+    operation_rollup: OperationRollup,
+    ended: bool,
 }
 
 impl Default for StoredDerivations {
@@ -134,6 +144,9 @@ impl Default for StoredDerivations {
             edges: EdgePairing::storing(),
             paths: PathSections::default(),
             findings: FindingScan::new(Thresholds::default()),
+            hop_rollup: HopRollup::default(),
+            operation_rollup: OperationRollup::default(),
+            ended: false,
         }
     }
 }
@@ -142,6 +155,7 @@ impl OneTrace for StoredDerivations {
     /// One tree and one set of critical paths per trace, shared by the analyses.
     fn one_trace(&mut self, spans: &SpanColumns, rows: Range<usize>) -> Result<()> {
         self.traces.trace(spans, rows.clone())?;
+        self.operation_rollup.add_spans(spans, rows.clone());
         self.tree.build(spans, rows.clone());
         self.edges.trace_with(spans, &self.tree)?;
         let paths = TracePaths::of(spans, &self.tree);
@@ -153,6 +167,7 @@ impl OneTrace for StoredDerivations {
 impl StoredDerivations {
     /// The input has ended: what waits for other traces becomes pending rows.
     pub fn end(&mut self) -> Result<()> {
+        self.ended = true;
         self.edges.stub_pending()
     }
 
@@ -160,11 +175,22 @@ impl StoredDerivations {
     /// table that has some.
     pub fn take_batches(&mut self) -> Result<Vec<(&'static str, RecordBatch)>> {
         let mut out = Vec::new();
+        let edges = self.edges.take_batch()?;
+        if let Some(edges) = &edges {
+            self.hop_rollup.add_edges(edges, 1)?;
+        }
+        let (hops, operations) = if self.ended {
+            (self.hop_rollup.take_batch()?, self.operation_rollup.take_batch()?)
+        } else {
+            (None, None)
+        };
         for (table, batch) in [
             (layout::TRACES_TABLE, self.traces.take_batch()?),
-            (layout::EDGES_TABLE, self.edges.take_batch()?),
+            (layout::EDGES_TABLE, edges),
             (layout::CRITICAL_PATH_TABLE, self.paths.take_batch()?),
             (layout::FINDINGS_TABLE, self.findings.take_batch()?),
+            (layout::HOP_ROLLUP_TABLE, hops),
+            (layout::OPERATION_ROLLUP_TABLE, operations),
         ] {
             if let Some(batch) = batch {
                 out.push((table, batch));
@@ -176,10 +202,11 @@ impl StoredDerivations {
 
 #[cfg(test)]
 mod tests {
-    use arrow::array::AsArray;
+    use arrow::array::{Array, AsArray};
     use arrow::util::display::{ArrayFormatter, FormatOptions};
-    use hopscope_schemas::columns::{edge, semconv};
+    use hopscope_schemas::columns::{edge, hop_rollup as hr, operation_rollup as orr, semconv};
     use hopscope_schemas::fixture::{SpanRow, batch_of};
+    use hopscope_schemas::sketch::LatencySketch;
     use hopscope_schemas::spans::kind::{CLIENT, CONSUMER, PRODUCER, SERVER};
 
     use super::*;
@@ -314,6 +341,98 @@ mod tests {
         assert!(text[0].ends_with(expected), "{}", text[0]);
         // trace 4: the client span has no parent and is the root.
         assert!(text[3].ends_with("| 2 | 0 | shop | GET /stock"), "{}", text[3]);
+    }
+
+    #[test]
+    fn the_hop_rollup_counts_the_final_hops_per_minute() {
+        // The traces of `spans()`, and a call of the same hop a minute and a half later that fails.
+        let mut rows = spans();
+        let later = |ms: i64| 1_700_000_090_000_000_000 + ms * 1_000_000;
+        rows.push(SpanRow::new(trace(5), [8; 8], "shop", "GET /stock", CLIENT).during(later(0), later(30)));
+        rows.push(
+            SpanRow::new(trace(5), [9; 8], "stock", "GET /stock", SERVER)
+                .child_of([8; 8])
+                .during(later(2), later(20))
+                .status(status::ERROR),
+        );
+        let tables = derive_all(&rows);
+        // Expected: the stored edges' final rows, grouped here by minute and hop.
+        let edges = table(&tables, layout::EDGES_TABLE);
+        let mut expected: std::collections::BTreeMap<String, (i64, i64, Vec<i64>)> = Default::default();
+        let text = |name: &str, r: usize| {
+            let a = edges.column_by_name(name).unwrap().as_string::<i32>();
+            if a.is_null(r) { String::new() } else { a.value(r).to_owned() }
+        };
+        for r in 0..edges.num_rows() {
+            if edges.column_by_name(edge::PENDING).unwrap().is_valid(r) {
+                continue;
+            }
+            let start = edges
+                .column_by_name(edge::START_TIME)
+                .unwrap()
+                .as_primitive::<arrow::datatypes::TimestampNanosecondType>()
+                .value(r);
+            let key = format!(
+                "{} {} {} {} {}",
+                start.div_euclid(60_000_000_000),
+                text(edge::CALLER, r),
+                text(edge::CALLEE, r),
+                text(edge::CALLEE_OPERATION, r),
+                text(edge::CONNECTION, r)
+            );
+            let entry = expected.entry(key).or_default();
+            entry.0 += 1;
+            entry.1 += i64::from(edges.column_by_name(edge::ERROR).unwrap().as_boolean().value(r));
+            let client =
+                edges.column_by_name(edge::CLIENT_DURATION_NS).unwrap().as_primitive::<arrow::datatypes::Int64Type>();
+            if client.is_valid(r) {
+                entry.2.push(client.value(r));
+            }
+        }
+        assert_eq!(expected.len(), 3, "{expected:?}");
+        let rollup = table(&tables, layout::HOP_ROLLUP_TABLE);
+        assert_eq!(rollup.num_rows(), expected.len());
+        let minutes = rollup.column(0).as_primitive::<arrow::datatypes::TimestampNanosecondType>();
+        let col = |name: &str| rollup.column_by_name(name).unwrap();
+        let text = |name: &str, r: usize| {
+            let a = col(name).as_string::<i32>();
+            if a.is_null(r) { String::new() } else { a.value(r).to_owned() }
+        };
+        for r in 0..rollup.num_rows() {
+            assert_eq!(minutes.value(r) % 60_000_000_000, 0);
+            let key = format!(
+                "{} {} {} {} {}",
+                minutes.value(r) / 60_000_000_000,
+                text(edge::CALLER, r),
+                text(edge::CALLEE, r),
+                text(edge::CALLEE_OPERATION, r),
+                text(edge::CONNECTION, r)
+            );
+            let (calls, errors, client) = expected.get(&key).unwrap_or_else(|| panic!("unexpected row {key}"));
+            let ints = |name: &str| col(name).as_primitive::<arrow::datatypes::Int64Type>().value(r);
+            assert_eq!((ints(hr::CALLS), ints(hr::ERRORS)), (*calls, *errors), "{key}");
+            let sketch = col(hr::CLIENT_SKETCH).as_binary::<i32>();
+            if client.is_empty() {
+                assert!(sketch.is_null(r), "{key}");
+                continue;
+            }
+            let sketch = LatencySketch::decode(sketch.value(r)).unwrap();
+            assert_eq!(sketch.count(), client.len() as i64, "{key}");
+            let max = *client.iter().max().unwrap() as f64;
+            assert!((sketch.quantile(1.0).unwrap() - max).abs() <= 0.01 * max, "{key}");
+        }
+        // Every span counted once, per minute and operation: the stock server spans in two rows
+        // (two minutes), the later one failed.
+        let operations = table(&tables, layout::OPERATION_ROLLUP_TABLE);
+        let spans = operations.column_by_name(orr::SPANS).unwrap().as_primitive::<arrow::datatypes::Int64Type>();
+        assert_eq!(spans.iter().flatten().sum::<i64>(), rows.len() as i64);
+        let listed = rows_of(std::slice::from_ref(operations));
+        let stock: Vec<&String> = listed.iter().filter(|r| r.contains("| stock | GET /stock |")).collect();
+        assert_eq!(stock.len(), 2, "{listed:?}");
+        assert!(stock.iter().any(|r| r.contains("| 2 | 2 | 1 |")), "kind SERVER, status ERROR, one span: {stock:?}");
+        // The failed call a minute and a half later is a row of its own.
+        assert!(expected.keys().any(|k| k.starts_with("28333334 shop stock")), "{expected:?}");
+        assert_eq!(expected.values().map(|v| v.1).sum::<i64>(), 1);
     }
 
     /// Derives every table of `rows` (one batch), returning the stored batches per table.

@@ -401,9 +401,10 @@ mod tests {
         assert_eq!(span_counts(&job.inputs[0]), [(2, 1), (3, 1)]);
         assert_eq!(span_counts(&job.inputs[1]), [(1, 1), (2, 2)]);
         assert_eq!(span_counts(entry), [(1, 1), (2, 2), (3, 1)]);
-        // Lone INTERNAL spans: critical paths, but no hops and no findings, so no files of theirs.
+        // Lone INTERNAL spans: critical paths and operations, but no hops and no findings, so no
+        // files of theirs.
         let tables: Vec<&str> = entry.derived.iter().map(|d| d.table.as_str()).collect();
-        assert_eq!(tables, ["traces", "critical_path"]);
+        assert_eq!(tables, ["traces", "critical_path", "operation_rollup"]);
         fs::remove_dir_all(dir).unwrap();
     }
 

@@ -42,6 +42,9 @@ pub enum IngestError {
     /// The dead letter cannot be replayed (it holds damaged bytes, not spans).
     #[error("{0}")]
     NotReplayable(String),
+    /// A derived file that does not hold what its table should.
+    #[error("derived file: {0}")]
+    Derived(String),
     /// A background task panicked or was cancelled.
     #[error("internal task failed: {0}")]
     Task(String),
@@ -71,6 +74,7 @@ impl IngestError {
             | IngestError::Parquet(_)
             | IngestError::Manifest(_)
             | IngestError::ManifestConflict(_)
+            | IngestError::Derived(_)
             | IngestError::Task(_) => S::SERVICE_UNAVAILABLE,
         }
     }
@@ -103,6 +107,7 @@ impl IngestError {
             | IngestError::Parquet(_)
             | IngestError::Manifest(_)
             | IngestError::ManifestConflict(_)
+            | IngestError::Derived(_)
             | IngestError::Task(_) => C::Unavailable,
         }
     }

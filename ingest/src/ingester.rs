@@ -71,6 +71,9 @@ pub struct IngesterConfig {
     /// Whether each span file is written with its derived tables (`hopscope-derive`'s stored
     /// tables) beside it. On by default; off only to measure what deriving costs.
     pub derive: bool,
+    /// Label sets per family of the service-graph and span-metrics series
+    /// ([`crate::trace_metrics`]).
+    pub metrics_max_series: usize,
 }
 
 impl IngesterConfig {
@@ -93,6 +96,7 @@ impl IngesterConfig {
             retired_grace: Duration::from_secs(60),
             discard: false,
             derive: true,
+            metrics_max_series: crate::trace_metrics::DEFAULT_MAX_SERIES,
         }
     }
 }
@@ -194,7 +198,7 @@ impl Ingester {
             tracing::warn!(segment = damage.segment, offset = damage.offset, bytes = damage.bytes.len(), reason = %damage.reason, dead_letter = %entry.id, "damaged WAL bytes moved to dead letters");
         }
         let buffer = Arc::new(Mutex::new(TraceBuffer::default()));
-        let metrics = Arc::new(IngestMetrics::default());
+        let metrics = Arc::new(IngestMetrics::new(config.metrics_max_series));
         metrics.dead_letters.set(level(dead_letters.count()?));
         set_storage_gauges(&metrics, &committed);
         if !replayed.batches.is_empty() {

@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod otlp_json;
 mod record;
 pub mod retention;
+pub mod trace_metrics;
 pub mod wal;
 pub mod writer;
 

@@ -3,12 +3,16 @@
 //! what is on disk (WAL, span files, dead letters) are set by whoever changes it, never measured
 //! when scraped.
 
+use std::sync::Arc;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use crate::trace_metrics::TraceMetrics;
 
 /// Upper bounds (seconds) of the latency histogram buckets: fsyncs take tens of microseconds to
 /// tens of milliseconds, flushes milliseconds to seconds.
@@ -61,10 +65,19 @@ pub struct IngestMetrics {
     pub(crate) storage_bytes: Gauge,
     pub(crate) storage_derived_bytes: Gauge,
     pub(crate) storage_spans: Gauge,
+    /// Grafana's service-graph and span-metrics series.
+    pub(crate) trace_metrics: Arc<TraceMetrics>,
 }
 
 impl Default for IngestMetrics {
     fn default() -> Self {
+        Self::new(crate::trace_metrics::DEFAULT_MAX_SERIES)
+    }
+}
+
+impl IngestMetrics {
+    /// At most `max_series` label sets per family of the service-graph and span-metrics series.
+    pub fn new(max_series: usize) -> Self {
         let refused = Family::default();
         for reason in REFUSAL_REASONS {
             // Present at zero from the start, so a dashboard sees every reason.
@@ -102,6 +115,7 @@ impl Default for IngestMetrics {
             storage_bytes: Gauge::default(),
             storage_derived_bytes: Gauge::default(),
             storage_spans: Gauge::default(),
+            trace_metrics: Arc::new(TraceMetrics::new(max_series)),
         }
     }
 }
@@ -214,6 +228,7 @@ impl IngestMetrics {
             "Time to write and commit the span files of one flush.",
             self.flush_seconds.clone(),
         );
+        registry.register_collector(Box::new(Arc::clone(&self.trace_metrics)));
     }
 }
 

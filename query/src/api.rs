@@ -17,8 +17,6 @@ use hopscope_schemas::api::{
 };
 use serde::Deserialize;
 
-use hopscope_schemas::time::format_time;
-
 use crate::analysis::critical_path::AggregatePathQuery;
 use crate::analysis::findings::{FindingsQuery, Thresholds};
 use crate::analysis::latency::{EdgesQuery, LatencyQuery, LatencyTarget};
@@ -196,15 +194,14 @@ async fn search_traces(State(engine): Engine, raw: RawParams) -> Result<Json<Tra
 }
 
 async fn edges(State(engine): Engine, raw: RawParams) -> Result<Json<EdgesView>, QueryError> {
-    let p = params(raw, &["start", "end", "service", "by_operation"])?;
+    let p = params(raw, &["start", "end", "service", "by_operation", "exact"])?;
     let query = EdgesQuery {
         range: p.range()?,
         service: p.text("service")?.map(str::to_owned),
         by_operation: p.boolean("by_operation")?.unwrap_or(false),
+        exact: p.boolean("exact")?.unwrap_or(false),
     };
-    let range = query.range;
-    let edges = engine.edges(query).await?;
-    Ok(Json(EdgesView { start: format_time(range.start_ns), end: format_time(range.end_ns), edges }))
+    Ok(Json(engine.edges(query).await?))
 }
 
 /// The most steps one latency view has.

@@ -9,13 +9,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use datafusion::catalog::TableProvider;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::memory_pool::{FairSpillPool, MemoryPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use hopscope_schemas::TraceId;
 use hopscope_schemas::api::{
-    AggregateCriticalPathView, DependenciesView, EdgeView, FindingsView, LatencyView, OperationView, SlowCallView,
+    AggregateCriticalPathView, DependenciesView, EdgesView, FindingsView, LatencyView, OperationView, SlowCallView,
     TraceCriticalPathView, TraceSummaryView, TraceView,
 };
 use hopscope_schemas::time::TimeRange;
@@ -32,7 +33,7 @@ use crate::metrics::{Endpoint, Outcome, QueryMetrics};
 use crate::runtime::{Admission, QueryRuntime};
 use crate::sql::{SqlLimits, SqlResult};
 use crate::store::{ManifestReader, SpansTable};
-use crate::walk::{DerivedTable, StoredTable};
+use crate::walk::{DerivedTable, HopRollupTable, OperationRollupTable, StoredTable};
 use crate::{tables, views};
 
 /// How the query engine runs.
@@ -106,7 +107,8 @@ pub struct QueryEngine {
     metrics: Arc<QueryMetrics>,
 }
 
-/// Registers `edges`, `critical_path` and `findings` (default thresholds): read from the files
+/// Registers `edges` (and its `hop_rollup`), `critical_path`, `findings` (default thresholds) and
+/// `operation_rollup`: read from the files
 /// derived at ingest when `read_derived`, else derived from the spans at query time.
 fn register_derived_tables(
     ctx: &SessionContext,
@@ -115,8 +117,12 @@ fn register_derived_tables(
 ) -> datafusion::error::Result<()> {
     use hopscope_schemas::layout;
     let default_findings = || findings::derivation(Default::default());
+    let operations = OperationRollupTable::new(Arc::clone(spans), read_derived);
+    ctx.register_table(tables::OPERATION_ROLLUP, Arc::new(operations))?;
     if !read_derived {
-        ctx.register_table(tables::EDGES, Arc::new(DerivedTable::new(Arc::clone(spans), pairing::derivation())?))?;
+        let edges: Arc<dyn TableProvider> = Arc::new(DerivedTable::new(Arc::clone(spans), pairing::derivation())?);
+        ctx.register_table(tables::HOP_ROLLUP, Arc::new(HopRollupTable::new(Arc::clone(&edges), None)))?;
+        ctx.register_table(tables::EDGES, edges)?;
         ctx.register_table(
             tables::CRITICAL_PATH,
             Arc::new(DerivedTable::new(Arc::clone(spans), paths::derivation())?),
@@ -124,14 +130,16 @@ fn register_derived_tables(
         ctx.register_table(tables::FINDINGS, Arc::new(DerivedTable::new(Arc::clone(spans), default_findings())?))?;
         return Ok(());
     }
-    let edges = StoredTable::new(
+    let edges = Arc::new(StoredTable::new(
         Arc::clone(spans),
         pairing::derivation(),
         layout::EDGES_TABLE,
         pairing::storing_derivation(),
         true,
-    )?;
-    ctx.register_table(tables::EDGES, Arc::new(edges))?;
+    )?);
+    let rollup = HopRollupTable::new(Arc::clone(&edges) as _, Some(Arc::clone(&edges)));
+    ctx.register_table(tables::HOP_ROLLUP, Arc::new(rollup))?;
+    ctx.register_table(tables::EDGES, edges)?;
     // Their stored rows are the query-time rows.
     let paths = StoredTable::new(
         Arc::clone(spans),
@@ -250,7 +258,7 @@ impl QueryEngine {
     }
 
     /// Per-hop latency over a range, busiest hops first.
-    pub async fn edges(self: &Arc<Self>, query: EdgesQuery) -> Result<Vec<EdgeView>, QueryError> {
+    pub async fn edges(self: &Arc<Self>, query: EdgesQuery) -> Result<EdgesView, QueryError> {
         self.run("edges", move |ctx| async move { latency::edges(&ctx, &query).await }).await
     }
 

@@ -13,6 +13,10 @@
 //!   ([`table::CriticalPathSummary`]).
 //! - `findings_report(start, end [, service])`, a table function: the findings of
 //!   `GET /api/v1/findings` with default thresholds ([`table::FindingsReport`]).
+//! - Latency sketches (the `hop_rollup` table's `*_sketch` columns, see [`sketch`]):
+//!   `merge_sketches(sketch) -> BINARY` and `latency_sketch(ns BIGINT) -> BINARY` aggregate into one
+//!   sketch; `sketch_quantile(sketch, q DOUBLE) -> DOUBLE` estimates a percentile (within 1% of the
+//!   values it interpolates between) and `sketch_count(sketch) -> BIGINT` counts its values.
 
 use std::sync::Arc;
 
@@ -27,12 +31,14 @@ use hopscope_schemas::columns::value;
 use hopscope_schemas::histogram::{bucket_lower_ns, bucket_upper_ns, latency_bucket};
 use hopscope_schemas::spans::attributes_type;
 
+mod sketch;
 mod table;
 
 /// Registers every hopscope function in a session.
 pub(crate) fn register(ctx: &SessionContext) {
     ctx.register_udtf("critical_path_summary", Arc::new(table::CriticalPathSummary));
     ctx.register_udtf("findings_report", Arc::new(table::FindingsReport));
+    sketch::register(ctx);
     ctx.register_udf(create_udf(
         "latency_bucket",
         vec![DataType::Int64],

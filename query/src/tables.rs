@@ -13,3 +13,11 @@ pub(crate) const CRITICAL_PATH: &str = "critical_path";
 /// Per-trace findings with the default thresholds (see [`crate::analysis::findings`];
 /// `GET /api/v1/findings` builds its own with the request's thresholds).
 pub(crate) const FINDINGS: &str = "findings";
+
+/// Per minute and hop: calls, errors and latency sketches of `edges` (see
+/// [`crate::walk::HopRollupTable`]).
+pub(crate) const HOP_ROLLUP: &str = "hop_rollup";
+
+/// Per minute and service operation: spans and a latency sketch of their durations (see
+/// [`crate::walk::OperationRollupTable`]).
+pub(crate) const OPERATION_ROLLUP: &str = "operation_rollup";

@@ -13,9 +13,11 @@ use datafusion::error::DataFusionError;
 pub(crate) use hopscope_derive::{CORE_COLUMNS, PerTrace, Rendezvous, SpanColumns, TraceTree};
 
 mod exec;
+mod rollup;
 mod stored;
 mod table;
 
+pub(crate) use rollup::{HopRollupTable, OperationRollupTable};
 pub(crate) use stored::StoredTable;
 pub(crate) use table::{Derivation, DerivedTable};
 

@@ -112,8 +112,9 @@ pub struct ErrorBody {
     pub error: String,
 }
 
-/// Percentiles of a latency distribution, in nanoseconds. Exact: computed from every value
-/// (linear interpolation between the two nearest values, as `percentile_cont` does).
+/// Percentiles of a latency distribution, in nanoseconds: computed from every value (linear
+/// interpolation between the two nearest values, as `percentile_cont` does), or estimated from a
+/// latency sketch where the answer says so.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Percentiles {
     pub p50_ns: f64,
@@ -151,11 +152,25 @@ pub struct EdgeView {
     pub gap: Option<Percentiles>,
 }
 
-/// Answer of `GET /api/v1/edges`.
+/// How the percentiles of an answer were computed.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PercentileAccuracy {
+    /// `exact` (from every value) or `sketch` (from merged per-minute latency sketches).
+    pub method: &'static str,
+    /// The most an estimate differs from the exact percentile, relative to the larger of the two
+    /// values the exact one interpolates between; 0 when exact.
+    pub relative_error: f64,
+}
+
+/// Answer of `GET /api/v1/edges`. Calls, errors and rates are exact; percentiles as `percentiles`
+/// says.
 #[derive(Debug, Clone, Serialize)]
 pub struct EdgesView {
+    /// The range the figures cover: the asked one, widened to whole minutes unless exact
+    /// percentiles were asked.
     pub start: String,
     pub end: String,
+    pub percentiles: PercentileAccuracy,
     pub edges: Vec<EdgeView>,
 }
 

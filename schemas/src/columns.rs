@@ -194,6 +194,29 @@ pub mod edge {
     pub const LINKED_SPANS: &str = "linked_spans";
 }
 
+/// The `hop_rollup` table's own columns; the hop's are [`edge`]'s.
+pub mod hop_rollup {
+    /// The start of the minute the calls started in.
+    pub const MINUTE: &str = "minute";
+    pub const CALLS: &str = "calls";
+    /// Calls where either side has status ERROR.
+    pub const ERRORS: &str = "errors";
+    /// Latency sketches (see `hopscope_schemas::sketch`); null when no call had that side.
+    pub const CLIENT_SKETCH: &str = "client_sketch";
+    pub const SERVER_SKETCH: &str = "server_sketch";
+    pub const GAP_SKETCH: &str = "gap_sketch";
+}
+
+/// The `operation_rollup` table's own columns; the operation's are the spans' (`service_name`,
+/// `name`, `kind`, `status_code`).
+pub mod operation_rollup {
+    /// The start of the minute the spans started in.
+    pub const MINUTE: &str = "minute";
+    pub const SPANS: &str = "spans";
+    /// A latency sketch of the spans' durations (see `hopscope_schemas::sketch`).
+    pub const DURATION_SKETCH: &str = "duration_sketch";
+}
+
 /// Values of the stored `edges` table's `pending` column.
 pub mod pending {
     pub const PRODUCER: &str = "producer";

@@ -19,7 +19,8 @@ pub const TMP_SUFFIX: &str = ".tmp";
 pub const SPANS_DIR: &str = "spans";
 
 /// The tables derived from each span file at ingest, each in a directory of its name.
-pub const DERIVED_TABLES: [&str; 4] = [TRACES_TABLE, EDGES_TABLE, CRITICAL_PATH_TABLE, FINDINGS_TABLE];
+pub const DERIVED_TABLES: [&str; 6] =
+    [TRACES_TABLE, EDGES_TABLE, CRITICAL_PATH_TABLE, FINDINGS_TABLE, HOP_ROLLUP_TABLE, OPERATION_ROLLUP_TABLE];
 /// One row per trace of a span file: its extent, size, errors and root.
 pub const TRACES_TABLE: &str = "traces";
 /// The hops of the span file's traces.
@@ -28,6 +29,10 @@ pub const EDGES_TABLE: &str = "edges";
 pub const CRITICAL_PATH_TABLE: &str = "critical_path";
 /// The per-trace findings (default thresholds) of the span file's traces.
 pub const FINDINGS_TABLE: &str = "findings";
+/// Per minute and hop: calls, errors and latency sketches of the span file's final hops.
+pub const HOP_ROLLUP_TABLE: &str = "hop_rollup";
+/// Per minute and service operation (service, span name, kind, status): spans and a latency sketch.
+pub const OPERATION_ROLLUP_TABLE: &str = "operation_rollup";
 
 /// The path of what `table` derived from the span file at `span_relative` (both relative to the
 /// tenant directory): the same hour and file id, under the table's directory.

@@ -1,6 +1,6 @@
 //! The shapes hopscope agrees on: the Arrow schema of stored spans and the single list of their
 //! column names, trace and span ids, the on-disk layout and manifest format, attribute values, and the
-//! types the HTTP API returns, and how times, durations and latency buckets are written.
+//! types the HTTP API returns, and how times, durations, latency buckets and latency sketches are written.
 //!
 //! This crate does no I/O and knows nothing of tokio or DataFusion: the ingest side writes what it
 //! describes and the query side reads it, and the two meet only here and in the stored files.
@@ -13,6 +13,7 @@ pub mod histogram;
 pub mod ids;
 pub mod layout;
 pub mod manifest;
+pub mod sketch;
 pub mod spans;
 pub mod time;
 
@@ -31,4 +32,7 @@ pub enum SchemaError {
     /// A manifest that cannot be read.
     #[error("invalid manifest: {0}")]
     InvalidManifest(String),
+    /// Bytes that are not an encoded latency sketch.
+    #[error("invalid latency sketch: {0}")]
+    InvalidSketch(String),
 }

@@ -201,9 +201,58 @@ async fn tables_derived_at_flush_equal_the_query_time_walk() {
     let split_hops = walk(&reads_derived, &format!("SELECT * FROM edges WHERE trace_id = X'{SPLIT_TRACE}'")).await;
     assert_eq!(split_hops.iter().map(RecordBatch::num_rows).sum::<usize>(), 3, "entry, rpc and the late database call");
     let range = hopscope_schemas::time::TimeRange { start_ns: 0, end_ns: i64::MAX / 2 };
-    let query = hopscope_query::EdgesQuery { range, service: None, by_operation: true };
+    let query = hopscope_query::EdgesQuery { range, service: None, by_operation: true, exact: false };
     let (read, walked) = (reads_derived.edges(query.clone()).await.unwrap(), walks.edges(query).await.unwrap());
+    // Rollups merge exactly: the stored ones, corrected for the split trace and the pending hops,
+    // give the very sketches the rollup of the walked edges gives.
+    assert_eq!(read.percentiles.method, "sketch");
     assert_eq!(serde_json::to_value(read).unwrap(), serde_json::to_value(walked).unwrap());
+    let calls = "SELECT sum(calls) AS n, sum(errors) AS e FROM hop_rollup";
+    let counted = "SELECT count(*) AS n, sum(CASE WHEN error THEN 1 ELSE 0 END) AS e FROM edges";
+    let totals = |batches: Vec<RecordBatch>| -> (i64, i64) {
+        let value = |name: &str| {
+            let column = cast(batches[0].column_by_name(name).unwrap(), &DataType::Int64).unwrap();
+            column.as_primitive::<arrow::datatypes::Int64Type>().value(0)
+        };
+        (value("n"), value("e"))
+    };
+    let reference = totals(walk(&walks, counted).await);
+    assert!(reference.0 > 0 && reference.1 > 0, "{reference:?}");
+    assert_eq!(totals(walk(&reads_derived, calls).await), reference);
+    assert_eq!(totals(walk(&walks, calls).await), reference);
+    let explained = plan(walk(&reads_derived, &format!("EXPLAIN {calls}")).await);
+    assert!(explained.contains("hop_rollup/") && explained.contains("RollupExec"), "{explained}");
+    // Operations: the stored rollups (every span counted in its file), and the rollup of the
+    // spans, give the same sketches; both count what `spans` holds.
+    let operations = "SELECT service_name, name, kind, status_code, sum(spans) AS n, \
+                      sketch_count(merge_sketches(duration_sketch)) AS counted, \
+                      sketch_quantile(merge_sketches(duration_sketch), 0.99) AS p99 \
+                      FROM operation_rollup GROUP BY service_name, name, kind, status_code";
+    let columns = ["service_name", "name", "kind", "status_code", "n", "counted", "p99"];
+    let (read, walked) = (walk(&reads_derived, operations).await, walk(&walks, operations).await);
+    let text = |batches: &[RecordBatch], columns: &[&str]| -> Vec<String> {
+        let options = FormatOptions::default();
+        let mut out = Vec::new();
+        for batch in batches {
+            let formatters: Vec<_> = columns
+                .iter()
+                .map(|c| ArrayFormatter::try_new(batch.column_by_name(c).unwrap().as_ref(), &options).unwrap())
+                .collect();
+            out.extend(
+                (0..batch.num_rows())
+                    .map(|r| formatters.iter().map(|f| f.value(r).to_string()).collect::<Vec<_>>().join(" | ")),
+            );
+        }
+        out.sort();
+        out
+    };
+    assert_eq!(text(&read, &columns), text(&walked, &columns));
+    let counted = "SELECT service_name, name, kind, status_code, count(*) AS n, count(*) AS counted FROM spans \
+                   GROUP BY service_name, name, kind, status_code";
+    let counts = ["service_name", "name", "kind", "status_code", "n", "counted"];
+    assert_eq!(text(&read, &counts), text(&walk(&walks, counted).await, &counts));
+    let explained = plan(walk(&reads_derived, &format!("EXPLAIN {operations}")).await);
+    assert!(explained.contains("operation_rollup/") && !explained.contains("RollupExec"), "{explained}");
     let findings = |engine: &Arc<QueryEngine>| {
         let engine = Arc::clone(engine);
         async move {

@@ -13,6 +13,7 @@ mod derived;
 mod durability;
 mod errors;
 mod exporters;
+mod grafana;
 mod hostile;
 mod query;
 mod roundtrip;

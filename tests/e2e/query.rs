@@ -251,9 +251,29 @@ async fn edges_traces_latency_and_sql_answer_recorded_traces() {
     assert!(files.matches(".parquet").count() >= 2, "expected two span files: {files}");
     let range = range_query();
 
-    // --- /edges: one row per (caller, callee, connection), worked out from the spans above.
-    let edges = get_ok(&server, &format!("/api/v1/edges?{range}")).await;
+    // --- /edges: one row per (caller, callee, connection), worked out from the spans above; exact
+    // percentiles (the default's sketches are checked in edge_percentiles_match_sorting_on_generated_calls).
+    let edges = get_ok(&server, &format!("/api/v1/edges?{range}&exact=true")).await;
     assert_eq!(edges["edges"].as_array().unwrap().len(), 7, "{edges:#}");
+    // The rollups count the same hops, calls and errors.
+    let rolled_up = get_ok(&server, &format!("/api/v1/edges?{range}")).await;
+    let counts = |edges: &Value| -> Vec<String> {
+        let mut out: Vec<String> = edges["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| format!("{} {} {} {} {}", e["caller"], e["callee"], e["connection"], e["calls"], e["errors"]))
+            .collect();
+        out.sort();
+        out
+    };
+    assert_eq!(counts(&rolled_up), counts(&edges));
+    // The rollups answer for the asked range widened to whole minutes, and rates are over that.
+    let minute = 60_000_000_000i64;
+    let widened_s = ((T0 + 10_000_000_000 + minute - 1).div_euclid(minute) - (T0 - 1_000_000_000).div_euclid(minute))
+        * 60;
+    let rolled_entry = find_edge(&rolled_up, "user", "frontend");
+    assert!((rolled_entry["rate_per_s"].as_f64().unwrap() - 2.0 / widened_s as f64).abs() < 1e-9, "{rolled_up:#}");
 
     let entry = find_edge(&edges, "user", "frontend");
     assert_eq!((entry["connection"].as_str(), entry["caller_kind"].as_str()), (Some("entry"), Some("user")));
@@ -301,7 +321,8 @@ async fn edges_traces_latency_and_sql_answer_recorded_traces() {
     assert_percentiles(&inferred["server"], [10.0; 4], "ledger");
 
     // Filtering by service keeps hops on either side of it; by_operation splits by callee operation.
-    let payments = get_ok(&server, &format!("/api/v1/edges?{range}&service=payments&by_operation=true")).await;
+    let payments =
+        get_ok(&server, &format!("/api/v1/edges?{range}&service=payments&by_operation=true&exact=true")).await;
     let mut pairs: Vec<(String, String, String)> = payments["edges"]
         .as_array()
         .unwrap()
@@ -892,21 +913,32 @@ async fn edge_percentiles_match_sorting_on_generated_calls() {
     }
 
     let range = format!("start={}&end={}", T0, T0 + CALLS as i64 * 1_000_000);
-    let edges = get_ok(&server, &format!("/api/v1/edges?{range}&service=inventory")).await;
-    let hop = find_edge(&edges, "checkout", "inventory");
-    assert_eq!(hop["calls"], CALLS);
     let gap_ms: Vec<f64> = client_ms.iter().zip(&server_ms).map(|(c, s)| c - s).collect();
-    for (side, values) in [("client", client_ms), ("server", server_ms), ("gap", gap_ms)] {
-        let mut sorted = values;
-        sorted.sort_by(f64::total_cmp);
-        for (key, q) in [("p50_ns", 0.5), ("p90_ns", 0.9), ("p99_ns", 0.99), ("p999_ns", 0.999)] {
-            let (expected, spacing) = percentile(&sorted, q);
-            let actual = hop[side][key].as_f64().unwrap();
-            // The API promises exact percentiles: the values at the two ranks are exact and the
-            // interpolation weight between them is rounded down to a multiple of 1e-6 (DataFusion's percentile_cont).
-            let tolerance = 1e-6 * spacing + 1e-9 * expected.abs();
-            assert!((actual - expected).abs() <= tolerance, "{side} {key}: {actual} vs {expected}");
-            assert!((actual - expected).abs() <= 0.01 * expected.abs(), "{side} {key}: beyond 1%");
+    for exact in [true, false] {
+        let edges = get_ok(&server, &format!("/api/v1/edges?{range}&service=inventory&exact={exact}")).await;
+        let hop = find_edge(&edges, "checkout", "inventory");
+        assert_eq!(hop["calls"], CALLS);
+        let method = if exact { "exact" } else { "sketch" };
+        assert_eq!(edges["percentiles"]["method"], method, "{edges}");
+        for (side, values) in [("client", &client_ms), ("server", &server_ms), ("gap", &gap_ms)] {
+            let mut sorted = values.clone();
+            sorted.sort_by(f64::total_cmp);
+            for (key, q) in [("p50_ns", 0.5), ("p90_ns", 0.9), ("p99_ns", 0.99), ("p999_ns", 0.999)] {
+                let (expected, spacing) = percentile(&sorted, q);
+                let actual = hop[side][key].as_f64().unwrap();
+                // Exact percentiles: the values at the two ranks are exact and the interpolation
+                // weight between them is rounded down to a multiple of 1e-6 (DataFusion's
+                // percentile_cont). Sketched ones: within the stated relative error of the larger
+                // of the two values interpolated between.
+                let tolerance = if exact {
+                    1e-6 * spacing + 1e-9 * expected.abs()
+                } else {
+                    let scale = expected.abs() + spacing;
+                    edges["percentiles"]["relative_error"].as_f64().unwrap() * scale + 1e-9 * scale
+                };
+                assert!((actual - expected).abs() <= tolerance, "{method} {side} {key}: {actual} vs {expected}");
+                assert!((actual - expected).abs() <= 0.01 * (expected.abs() + spacing), "{side} {key}: beyond 1%");
+            }
         }
     }
 
@@ -1170,7 +1202,7 @@ async fn consumers_in_other_traces_are_paired_with_the_producers_they_link_to() 
     }
     let range = range_query();
 
-    let edges = get_ok(&server, &format!("/api/v1/edges?{range}")).await;
+    let edges = get_ok(&server, &format!("/api/v1/edges?{range}&exact=true")).await;
     let mut found: Vec<(String, String, String, i64)> = edges["edges"]
         .as_array()
         .unwrap()

@@ -72,10 +72,13 @@ fn slowest_table(params: &PageParams, calls: &[SlowCallView]) -> Markup {
     }
 }
 
+/// What the hop tables' percentiles are.
+const SKETCHED: &str = "estimated from per-minute latency sketches: within 1% of the exact percentile";
+
 fn hops_table(params: &PageParams, edges: &[EdgeView]) -> Markup {
     html! {
         table.hops {
-            thead { tr { th { "caller" } th { "callee" } th { "connection" } th.num { "calls" } th.num { "errors" } th.num { "rate" } th.num { "client p99" } th.num { "server p99" } th.num { "gap p99" } } }
+            thead { tr { th { "caller" } th { "callee" } th { "connection" } th.num { "calls" } th.num { "errors" } th.num { "rate" } th.num title=(SKETCHED) { "client p99" } th.num title=(SKETCHED) { "server p99" } th.num title=(SKETCHED) { "gap p99" } } }
             tbody {
                 @for e in edges {
                     tr {
@@ -110,7 +113,7 @@ pub(crate) async fn service_page(
         range,
         step_ns: step_for(range),
     };
-    let edges_query = EdgesQuery { range, service: Some(name.clone()), by_operation: false };
+    let edges_query = EdgesQuery { range, service: Some(name.clone()), by_operation: false, exact: false };
     let (service, slowest_query) = (name.clone(), query.clone());
     let (operations, edges, view, slowest) = tokio::try_join!(
         engine.operations(&service),
@@ -122,7 +125,7 @@ pub(crate) async fn service_page(
         Some(op) => format!("{name} · {op}"),
         None => name.clone(),
     };
-    let (incoming, outgoing): (Vec<EdgeView>, Vec<EdgeView>) = edges.into_iter().partition(|e| e.callee == name);
+    let (incoming, outgoing): (Vec<EdgeView>, Vec<EdgeView>) = edges.edges.into_iter().partition(|e| e.callee == name);
     let instrumented = !operations.is_empty();
     let empty = if !instrumented && incoming.is_empty() && outgoing.is_empty() {
         Some(crate::page::empty_state(&ui, &params.window, &headers, &format!("spans or calls of {name:?}")).await?)
@@ -201,11 +204,11 @@ pub(crate) async fn hop_page(
         range,
         step_ns: step_for(range),
     };
-    let edges_query = EdgesQuery { range, service: Some(caller.clone()), by_operation: false };
+    let edges_query = EdgesQuery { range, service: Some(caller.clone()), by_operation: false, exact: false };
     let slowest_query = query.clone();
     let (edges, view, slowest) =
         tokio::try_join!(engine.edges(edges_query), engine.latency(query), engine.slowest(slowest_query, SLOWEST),)?;
-    let hop: Vec<EdgeView> = edges.into_iter().filter(|e| e.caller == caller && e.callee == callee).collect();
+    let hop: Vec<EdgeView> = edges.edges.into_iter().filter(|e| e.caller == caller && e.callee == callee).collect();
     let title = format!("{caller} → {callee}");
     let empty = if hop.is_empty() {
         Some(

@@ -206,8 +206,12 @@ impl Ingester {
         let rows: u64 = files.iter().map(|f| f.rows).sum();
         let count = files.len() as u64;
         let paths: Vec<PathBuf> = files.iter().flat_map(|f| f.paths()).map(|p| tenant_dir.join(p)).collect();
+        let counted = files.clone();
         match self.manifest.commit_added(files, wal_floor) {
             Ok(generation) => {
+                if let Err(e) = self.metrics.trace_metrics.count_committed(&tenant_dir, &counted) {
+                    tracing::warn!(error = %e, "the service-graph and span metrics miss a committed file");
+                }
                 self.recent.lock().expect("recent spans lock").remember(written.iter().map(|r| r.key));
                 // Until the commit is known to survive a crash, the log below its floor may still be
                 // needed to rebuild it.

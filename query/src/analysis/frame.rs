@@ -64,6 +64,10 @@ impl Results<'_> {
         Ok(column.as_fixed_size_binary().clone())
     }
 
+    pub(crate) fn binaries(&self, name: &str) -> Result<datafusion::arrow::array::BinaryArray, QueryError> {
+        Ok(self.cast(name, &DataType::Binary)?.as_binary::<i32>().clone())
+    }
+
     pub(crate) fn ints(&self, name: &str) -> Result<Int64Array, QueryError> {
         Ok(self.cast(name, &DataType::Int64)?.as_primitive().clone())
     }

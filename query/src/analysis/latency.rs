@@ -1,8 +1,10 @@
 //! Per-hop latency (`GET /api/v1/edges`), the tail-latency view (`GET /api/v1/latency`) and the
 //! slowest calls behind it, each one DataFusion query (or three) over `spans` and `edges`.
 //!
-//! Percentiles are exact: `percentile_cont` over every value of the group, interpolating linearly
-//! between the two nearest values.
+//! Per-hop percentiles come from the per-minute latency sketches of `hop_rollup` (within
+//! [`sketch::RELATIVE_ERROR`] of the values they interpolate between), or, when asked, from every
+//! call; the latency view's are exact: `percentile_cont` over every value of the group,
+//! interpolating linearly between the two nearest values.
 
 use std::collections::BTreeMap;
 
@@ -14,19 +16,24 @@ use datafusion::execution::FunctionRegistry;
 use datafusion::functions::expr_fn::date_bin;
 use datafusion::functions_aggregate::expr_fn::{avg, count, stddev_pop};
 use datafusion::logical_expr::{col, lit};
+use hopscope_derive::rollup::MINUTE_NS;
 use hopscope_schemas::api::{
-    EdgeView, HeatmapCell, HistogramBucket, LatencyPoint, LatencyView, Percentiles, Predictability, SlowCallView,
+    EdgeView, EdgesView, HeatmapCell, HistogramBucket, LatencyPoint, LatencyView, PercentileAccuracy, Percentiles,
+    Predictability, SlowCallView,
 };
-use hopscope_schemas::columns::{self as c, edge};
+use hopscope_schemas::columns::{self as c, edge, hop_rollup as hr};
+use hopscope_schemas::sketch::{self, LatencySketch};
 use hopscope_schemas::spans::kind;
 
+use datafusion::functions_aggregate::expr_fn::sum;
+use datafusion::logical_expr::Expr;
 use datafusion::prelude::SessionContext;
 use hopscope_schemas::histogram::{bucket_lower_ns, bucket_upper_ns};
 use hopscope_schemas::time::{TimeRange, format_time};
 
 use super::frame::{Results, count_where, in_range, percentile_aggregates, timestamp};
 use crate::QueryError;
-use crate::tables::{EDGES as EDGES_TABLE, SPANS as SPANS_TABLE};
+use crate::tables::{EDGES as EDGES_TABLE, HOP_ROLLUP as HOP_ROLLUP_TABLE, SPANS as SPANS_TABLE};
 
 /// What `GET /api/v1/edges` asks.
 #[derive(Debug, Clone)]
@@ -36,6 +43,8 @@ pub struct EdgesQuery {
     pub service: Option<String>,
     /// Group by the callee's operation too.
     pub by_operation: bool,
+    /// Percentiles from every call of the asked range, instead of the per-minute sketches.
+    pub exact: bool,
 }
 
 /// Whose latency `GET /api/v1/latency` shows.
@@ -55,12 +64,30 @@ pub struct LatencyQuery {
     pub step_ns: i64,
 }
 
-/// Per-hop latency over a range, busiest hops first.
-pub(crate) async fn edges(ctx: &SessionContext, query: &EdgesQuery) -> Result<Vec<EdgeView>, QueryError> {
-    let mut df = ctx.table(EDGES_TABLE).await?.filter(in_range(edge::START_TIME, query.range))?;
-    if let Some(service) = &query.service {
-        df = df.filter(col(edge::CALLER).eq(lit(service.as_str())).or(col(edge::CALLEE).eq(lit(service.as_str()))))?;
-    }
+/// Per-hop latency over a range, busiest hops first: from the per-minute rollups over the asked
+/// range widened to whole minutes (percentiles estimated from merged sketches), or, when `exact` is
+/// asked, from every call of the asked range.
+pub(crate) async fn edges(ctx: &SessionContext, query: &EdgesQuery) -> Result<EdgesView, QueryError> {
+    let (range, rows, percentiles) = if query.exact {
+        let rows = exact_edges(ctx, query).await?;
+        (query.range, rows, PercentileAccuracy { method: "exact", relative_error: 0.0 })
+    } else {
+        let range = whole_minutes(query.range);
+        let rows = rolled_up_edges(ctx, query, range).await?;
+        (range, rows, PercentileAccuracy { method: "sketch", relative_error: sketch::RELATIVE_ERROR })
+    };
+    Ok(EdgesView { start: format_time(range.start_ns), end: format_time(range.end_ns), percentiles, edges: rows })
+}
+
+/// `range` widened to whole minutes, the rollups' buckets.
+fn whole_minutes(range: TimeRange) -> TimeRange {
+    let start_ns = range.start_ns.div_euclid(MINUTE_NS) * MINUTE_NS;
+    let end_ns = range.end_ns.saturating_add(MINUTE_NS - 1).div_euclid(MINUTE_NS) * MINUTE_NS;
+    TimeRange { start_ns, end_ns: end_ns.max(start_ns + MINUTE_NS) }
+}
+
+/// The columns hops are grouped by, and the condition on the asked service.
+fn hop_grouping(query: &EdgesQuery) -> (Vec<Expr>, Option<Expr>) {
     let mut group = vec![
         col(edge::CALLER),
         col(edge::CALLER_KIND),
@@ -71,22 +98,83 @@ pub(crate) async fn edges(ctx: &SessionContext, query: &EdgesQuery) -> Result<Ve
     if query.by_operation {
         group.push(col(edge::CALLEE_OPERATION));
     }
+    let service = query
+        .service
+        .as_deref()
+        .map(|service| col(edge::CALLER).eq(lit(service)).or(col(edge::CALLEE).eq(lit(service))));
+    (group, service)
+}
+
+/// The busiest hops first, then by caller and callee.
+fn busiest_first() -> Vec<datafusion::logical_expr::SortExpr> {
+    vec![col("calls").sort(false, false), col(edge::CALLER).sort(true, false), col(edge::CALLEE).sort(true, false)]
+}
+
+/// Per-hop figures from `hop_rollup`: calls and errors summed, sketches merged.
+async fn rolled_up_edges(
+    ctx: &SessionContext,
+    query: &EdgesQuery,
+    range: TimeRange,
+) -> Result<Vec<EdgeView>, QueryError> {
+    let (group, service) = hop_grouping(query);
+    let mut df = ctx.table(HOP_ROLLUP_TABLE).await?.filter(in_range(hr::MINUTE, range))?;
+    if let Some(service) = service {
+        df = df.filter(service)?;
+    }
+    let merge = ctx.udaf("merge_sketches")?;
+    let aggregates = vec![
+        sum(col(hr::CALLS)).alias("calls"),
+        sum(col(hr::ERRORS)).alias("errors"),
+        merge.call(vec![col(hr::CLIENT_SKETCH)]).alias("client"),
+        merge.call(vec![col(hr::SERVER_SKETCH)]).alias("server"),
+        merge.call(vec![col(hr::GAP_SKETCH)]).alias("gap"),
+    ];
+    // Corrections can leave a hop with no calls (a split trace's part seen as another hop).
+    let batches =
+        df.aggregate(group, aggregates)?.filter(col("calls").gt(lit(0i64)))?.sort(busiest_first())?.collect().await?;
+    let percentiles = |r: &Results, name: &str, row: usize| -> Result<Option<Percentiles>, QueryError> {
+        let sketches = r.binaries(name)?;
+        if sketches.is_null(row) {
+            return Ok(None);
+        }
+        let sketch = LatencySketch::decode(sketches.value(row)).map_err(|e| QueryError::Corrupt(e.to_string()))?;
+        let quantile = |q: f64| sketch.quantile(q);
+        Ok(match (quantile(0.5), quantile(0.9), quantile(0.99), quantile(0.999)) {
+            (Some(p50_ns), Some(p90_ns), Some(p99_ns), Some(p999_ns)) => {
+                Some(Percentiles { p50_ns, p90_ns, p99_ns, p999_ns })
+            }
+            _ => None,
+        })
+    };
+    edge_views(&batches, query, range, |r, side, row| percentiles(r, side, row))
+}
+
+/// Per-hop figures from every call: exact percentiles.
+async fn exact_edges(ctx: &SessionContext, query: &EdgesQuery) -> Result<Vec<EdgeView>, QueryError> {
+    let (group, service) = hop_grouping(query);
+    let mut df = ctx.table(EDGES_TABLE).await?.filter(in_range(edge::START_TIME, query.range))?;
+    if let Some(service) = service {
+        df = df.filter(service)?;
+    }
     let mut aggregates = vec![count(lit(1)).alias("calls"), count_where(col(edge::ERROR)).alias("errors")];
     aggregates.extend(percentile_aggregates(edge::CLIENT_DURATION_NS, "client"));
     aggregates.extend(percentile_aggregates(edge::SERVER_DURATION_NS, "server"));
     aggregates.extend(percentile_aggregates(edge::GAP_NS, "gap"));
-    let batches = df
-        .aggregate(group, aggregates)?
-        .sort(vec![
-            col("calls").sort(false, false),
-            col(edge::CALLER).sort(true, false),
-            col(edge::CALLEE).sort(true, false),
-        ])?
-        .collect()
-        .await?;
-    let seconds = query.range.seconds();
+    let batches = df.aggregate(group, aggregates)?.sort(busiest_first())?.collect().await?;
+    edge_views(&batches, query, query.range, |r, side, row| r.percentiles(side, row))
+}
+
+/// The hops of aggregated `batches` counted over `range`; `percentiles` reads a side's (`client`,
+/// `server`, `gap`).
+fn edge_views(
+    batches: &[RecordBatch],
+    query: &EdgesQuery,
+    range: TimeRange,
+    percentiles: impl Fn(&Results, &str, usize) -> Result<Option<Percentiles>, QueryError>,
+) -> Result<Vec<EdgeView>, QueryError> {
+    let seconds = range.seconds();
     let mut out = Vec::new();
-    for batch in &batches {
+    for batch in batches {
         let r = Results(batch);
         let (caller, caller_kind, callee, callee_kind, connection) = (
             r.strings(edge::CALLER)?,
@@ -109,9 +197,9 @@ pub(crate) async fn edges(ctx: &SessionContext, query: &EdgesQuery) -> Result<Ve
                 calls,
                 errors: errors.value(row) as u64,
                 rate_per_s: calls as f64 / seconds,
-                client: r.percentiles("client", row)?,
-                server: r.percentiles("server", row)?,
-                gap: r.percentiles("gap", row)?,
+                client: percentiles(&r, "client", row)?,
+                server: percentiles(&r, "server", row)?,
+                gap: percentiles(&r, "gap", row)?,
             });
         }
     }

@@ -41,6 +41,7 @@ use datafusion::physical_plan::{
 use futures::StreamExt;
 use hopscope_derive::PerTrace;
 use hopscope_derive::edges::EdgePairing;
+use hopscope_derive::rollup::hop_rollup_schema;
 use hopscope_schemas::columns as c;
 use hopscope_schemas::layout;
 use hopscope_schemas::manifest::{FileEntry, Manifest};
@@ -89,11 +90,14 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
     }
 
     /// The stored rows of the window's files that `condition` selects, without those of `split`
-    /// traces: the stored schema's columns `projection` picks (every column when `None`).
+    /// traces (only those, when `only_split`): the stored schema's columns `projection` picks
+    /// (every column when `None`).
+    #[allow(clippy::too_many_arguments)]
     fn derived_rows(
         &self,
         window: &[&FileEntry],
         split: &Split,
+        only_split: bool,
         state: &dyn Session,
         filters: &[Expr],
         condition: Option<Expr>,
@@ -104,8 +108,8 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
         pushed.extend(condition.clone());
         let rows = self.spans.derived_scan(window, self.table, Arc::clone(&schema), projection, state, &pushed)?;
         let mut kept = condition;
-        if !split.ids.is_empty() {
-            let other = col(c::TRACE_ID).in_list(split.id_literals(), true);
+        if !split.ids.is_empty() || only_split {
+            let other = col(c::TRACE_ID).in_list(split.id_literals(), !only_split);
             kept = Some(match kept {
                 Some(condition) => condition.and(other),
                 None => other,
@@ -138,7 +142,7 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
             }
         }
         let finals = Some(col(c::edge::PENDING).is_null());
-        let rows = self.derived_rows(window, split, state, filters, finals, Some(read))?;
+        let rows = self.derived_rows(window, split, false, state, filters, finals, Some(read))?;
         project(rows, &output, &asked)
     }
 
@@ -213,7 +217,7 @@ impl<D: Send + Sync + 'static> TableProvider for StoredTable<D> {
             if !read.contains(&trace_id) {
                 read.push(trace_id);
             }
-            let stored = self.derived_rows(&window, &split, state, &span_filters, None, Some(read))?;
+            let stored = self.derived_rows(&window, &split, false, state, &span_filters, None, Some(read))?;
             let stored = project(stored, &output, &asked)?;
             if split.ids.is_empty() {
                 return Ok(stored);
@@ -224,18 +228,93 @@ impl<D: Send + Sync + 'static> TableProvider for StoredTable<D> {
         // Edges: the final rows with only the asked columns; the pending rows whole (they are
         // rebuilt to be paired), with the split traces walked again, through PendingPairExec.
         let finals = self.final_edges(&window, &split, state, &span_filters, projection)?;
-        let waiting = Some(col(c::edge::PENDING).is_not_null());
-        let mut pending = self.derived_rows(&window, &split, state, &span_filters, waiting, None)?;
-        if !split.ids.is_empty() {
-            pending = UnionExec::try_new(vec![pending, self.split_rows(&split, state, &span_filters)?])?;
-        }
-        let paired = Arc::new(PendingPairExec::new(pending, output, projection.cloned())?);
+        let paired = self.paired_edges(&window, &split, state, &span_filters, projection)?;
         UnionExec::try_new(vec![finals, paired])
     }
 }
 
+impl<D: Send + Sync + 'static> StoredTable<D> {
+    /// The `edges` rows stored files do not hold final: the pending rows of the window's files
+    /// and the split traces walked again, paired ([`PendingPairExec`]).
+    fn paired_edges(
+        &self,
+        window: &[&FileEntry],
+        split: &Split,
+        state: &dyn Session,
+        span_filters: &[Expr],
+        projection: Option<&Vec<usize>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let waiting = Some(col(c::edge::PENDING).is_not_null());
+        let mut pending = self.derived_rows(window, split, false, state, span_filters, waiting, None)?;
+        if !split.ids.is_empty() {
+            pending = UnionExec::try_new(vec![pending, self.split_rows(split, state, span_filters)?])?;
+        }
+        Ok(Arc::new(PendingPairExec::new(pending, self.schema(), projection.cloned())?))
+    }
+
+    /// For `edges`: how the stored `hop_rollup` rows (with `rollup_filters` on its columns pushed
+    /// down) of the span files that `filters` (on the edges' `start_time`) select become the rollup
+    /// of the `edges` rows. `None` when the scan of `edges` would be the walk (then so is the
+    /// rollup's), or a selected file has no stored rollup.
+    pub(crate) async fn rollup_parts(
+        &self,
+        state: &dyn Session,
+        filters: &[Expr],
+        rollup_filters: &[Expr],
+    ) -> DfResult<Option<RollupParts>> {
+        let manifest = self.spans.manifest()?;
+        let span_filters = widened_span_filters(filters, self.storing.slack_ns);
+        let pruning = FilePruning::from_filters(&span_filters);
+        let window: Vec<&FileEntry> = manifest.files.iter().filter(|f| pruning.may_match(f)).collect();
+        let complete =
+            |f: &&FileEntry| f.derived(layout::TRACES_TABLE).is_some() && f.derived(layout::HOP_ROLLUP_TABLE).is_some();
+        if !self.pairs_pending || !window.iter().all(complete) {
+            return Ok(None);
+        }
+        let split = Split::of(self.spans.files(), &window).await?;
+        if split.ids.len() > MAX_SPLIT_TRACES {
+            return Ok(None);
+        }
+        let recounted = if split.ids.is_empty() {
+            None
+        } else {
+            let finals = Some(col(c::edge::PENDING).is_null());
+            Some(self.derived_rows(&window, &split, true, state, &span_filters, finals, None)?)
+        };
+        Ok(Some(RollupParts {
+            stored: self.spans.derived_scan(
+                &window,
+                layout::HOP_ROLLUP_TABLE,
+                hop_rollup_schema(),
+                None,
+                state,
+                rollup_filters,
+            )?,
+            recounted,
+            added: self.paired_edges(&window, &split, state, &span_filters, None)?,
+        }))
+    }
+}
+
+/// The rollup of `edges` over a range, from what the ingester stored (see
+/// [`StoredTable::rollup_parts`]): the stored rollup rows, minus the final hops they counted of
+/// traces split across span files (`recounted`), plus the hops the stored rows do not hold final
+/// (`added`: the pending hops paired and the split traces walked again).
+pub(crate) struct RollupParts {
+    /// The stored `hop_rollup` rows.
+    pub(crate) stored: Arc<dyn ExecutionPlan>,
+    /// Stored `edges` rows to take away again.
+    pub(crate) recounted: Option<Arc<dyn ExecutionPlan>>,
+    /// `edges` rows to count.
+    pub(crate) added: Arc<dyn ExecutionPlan>,
+}
+
 /// The columns `asked` (indices into `output`) of `plan`, found by name.
-fn project(plan: Arc<dyn ExecutionPlan>, output: &SchemaRef, asked: &[usize]) -> DfResult<Arc<dyn ExecutionPlan>> {
+pub(super) fn project(
+    plan: Arc<dyn ExecutionPlan>,
+    output: &SchemaRef,
+    asked: &[usize],
+) -> DfResult<Arc<dyn ExecutionPlan>> {
     let input = plan.schema();
     let exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = asked
         .iter()

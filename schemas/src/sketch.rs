@@ -1,0 +1,305 @@
+//! Mergeable latency sketches: the per-minute rollups keep one per hop and side (client time, server
+//! time, gap), and percentiles over any range merge them instead of reading every call.
+//!
+//! A sketch counts values in logarithmic buckets, as DDSketch does: bucket `i` holds the values `v`
+//! with `γ^(i-1) < |v| ≤ γ^i`, where `γ = (1 + α) / (1 - α)` and `α` is [`RELATIVE_ERROR`]; each
+//! bucket stands for `2γ^i / (γ + 1)`, which lies within `α` of every value in it. Values below
+//! 1 ns in magnitude are counted as exactly 0; negative values (a gap under clock skew) have buckets
+//! of their own. Counts are signed, so a sketch can also take values away (a reader corrects a
+//! rollup by the calls it recounts), and merging is adding counts: exact, in any order.
+//!
+//! [`LatencySketch::quantile`] answers as `percentile_cont` does over the values themselves (linear
+//! interpolation between the two values nearest the rank), with each of those two values replaced
+//! by its bucket's value: the estimate differs from the exact percentile by at most `α` times the
+//! larger magnitude of the two nearest values.
+
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
+
+use crate::SchemaError;
+
+/// The relative error bound of every bucket's value: 1%.
+pub const RELATIVE_ERROR: f64 = 0.01;
+
+/// `γ`, the ratio between consecutive bucket bounds.
+fn gamma() -> f64 {
+    (1.0 + RELATIVE_ERROR) / (1.0 - RELATIVE_ERROR)
+}
+
+static INV_LN_GAMMA: LazyLock<f64> = LazyLock::new(|| 1.0 / gamma().ln());
+
+/// The first byte of an encoded sketch: the encoding's version.
+const ENCODING_VERSION: u8 = 1;
+
+/// Counts of latency values (nanoseconds) in logarithmic buckets (see the module's documentation).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LatencySketch {
+    /// Bucket index → count, for values ≥ 1 ns.
+    positive: BTreeMap<i32, i64>,
+    /// Bucket index of `-v` → count, for values ≤ -1 ns.
+    negative: BTreeMap<i32, i64>,
+    /// Values between -1 and 1 ns, exclusive: 0 ns for integer nanoseconds.
+    zero: i64,
+}
+
+/// The bucket of a magnitude of at least 1.
+fn bucket_of(magnitude: f64) -> i32 {
+    (magnitude.ln() * *INV_LN_GAMMA).ceil() as i32
+}
+
+/// The value bucket `index` stands for.
+fn bucket_value(index: i32) -> f64 {
+    let gamma = gamma();
+    2.0 * gamma.powi(index) / (gamma + 1.0)
+}
+
+impl LatencySketch {
+    /// An empty sketch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Counts `value_ns` `weight` times (a negative weight takes it away).
+    pub fn add(&mut self, value_ns: i64, weight: i64) {
+        if weight == 0 {
+            return;
+        }
+        let (store, magnitude) = match value_ns {
+            0 => {
+                self.zero += weight;
+                return;
+            }
+            v if v > 0 => (&mut self.positive, v as f64),
+            v => (&mut self.negative, (v as f64).abs()),
+        };
+        let count = store.entry(bucket_of(magnitude)).or_insert(0);
+        *count += weight;
+        if *count == 0 {
+            store.remove(&bucket_of(magnitude));
+        }
+    }
+
+    /// Adds every count of `other`.
+    pub fn merge(&mut self, other: &LatencySketch) {
+        self.zero += other.zero;
+        for (store, from) in [(&mut self.positive, &other.positive), (&mut self.negative, &other.negative)] {
+            for (&index, &count) in from {
+                let sum = *store.entry(index).or_insert(0) + count;
+                if sum == 0 {
+                    store.remove(&index);
+                } else {
+                    store.insert(index, sum);
+                }
+            }
+        }
+    }
+
+    /// The number of values counted (what was taken away subtracted).
+    pub fn count(&self) -> i64 {
+        self.zero + self.positive.values().sum::<i64>() + self.negative.values().sum::<i64>()
+    }
+
+    /// Whether no value is counted.
+    pub fn is_empty(&self) -> bool {
+        self.zero == 0 && self.positive.is_empty() && self.negative.is_empty()
+    }
+
+    /// The buckets in value order, as (bucket value, count): most negative first. Counts below zero
+    /// (more taken away than was added: not a sketch of any values) count as none.
+    pub fn buckets(&self) -> impl Iterator<Item = (f64, i64)> + '_ {
+        let negative = self.negative.iter().rev().map(|(&i, &n)| (-bucket_value(i), n));
+        let zero = std::iter::once((0.0, self.zero));
+        let positive = self.positive.iter().map(|(&i, &n)| (bucket_value(i), n));
+        negative.chain(zero).chain(positive).filter(|&(_, n)| n > 0)
+    }
+
+    /// The `q`-quantile (0 ≤ q ≤ 1) as `percentile_cont` computes it, each of the two values it
+    /// interpolates between replaced by its bucket's value (see the module's documentation); `None`
+    /// for an empty sketch.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let total: i64 = self.buckets().map(|(_, n)| n).sum();
+        if total <= 0 {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * (total - 1) as f64;
+        let (low, high) = (rank.floor() as i64, rank.ceil() as i64);
+        let fraction = rank - low as f64;
+        let (mut low_value, mut high_value) = (None, None);
+        let mut seen = 0i64;
+        for (value, n) in self.buckets() {
+            seen += n;
+            if low_value.is_none() && low < seen {
+                low_value = Some(value);
+            }
+            if high < seen {
+                high_value = Some(value);
+                break;
+            }
+        }
+        let (low_value, high_value) = (low_value?, high_value?);
+        Some(low_value + fraction * (high_value - low_value))
+    }
+
+    /// The sketch as bytes (what the rollup tables store): a version byte, the zero count, then
+    /// each store as its length and (index delta, count) pairs, every number a zigzag varint.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + 3 * (self.positive.len() + self.negative.len()));
+        out.push(ENCODING_VERSION);
+        put_varint(&mut out, self.zero);
+        for store in [&self.positive, &self.negative] {
+            put_varint(&mut out, store.len() as i64);
+            let mut previous = 0i64;
+            for (&index, &count) in store {
+                put_varint(&mut out, i64::from(index) - previous);
+                put_varint(&mut out, count);
+                previous = i64::from(index);
+            }
+        }
+        out
+    }
+
+    /// Reads what [`LatencySketch::encode`] wrote.
+    pub fn decode(bytes: &[u8]) -> Result<Self, SchemaError> {
+        let invalid = |why: &str| SchemaError::InvalidSketch(why.to_owned());
+        let (&version, mut rest) = bytes.split_first().ok_or_else(|| invalid("no bytes"))?;
+        if version != ENCODING_VERSION {
+            return Err(invalid(&format!("encoding version {version}, expected {ENCODING_VERSION}")));
+        }
+        let mut sketch = LatencySketch { zero: take_varint(&mut rest)?, ..Self::default() };
+        for negative in [false, true] {
+            let len = take_varint(&mut rest)?;
+            if len < 0 || len as usize > rest.len() {
+                return Err(invalid("a store longer than its bytes"));
+            }
+            let mut index = 0i64;
+            let store = if negative { &mut sketch.negative } else { &mut sketch.positive };
+            for _ in 0..len {
+                index += take_varint(&mut rest)?;
+                let index = i32::try_from(index).map_err(|_| invalid("a bucket index out of range"))?;
+                let count = take_varint(&mut rest)?;
+                if count != 0 {
+                    *store.entry(index).or_insert(0) += count;
+                }
+            }
+        }
+        if !rest.is_empty() {
+            return Err(invalid("trailing bytes"));
+        }
+        Ok(sketch)
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, value: i64) {
+    let mut zigzag = ((value << 1) ^ (value >> 63)) as u64;
+    while zigzag >= 0x80 {
+        out.push((zigzag as u8) | 0x80);
+        zigzag >>= 7;
+    }
+    out.push(zigzag as u8);
+}
+
+fn take_varint(bytes: &mut &[u8]) -> Result<i64, SchemaError> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) =
+            bytes.split_first().ok_or_else(|| SchemaError::InvalidSketch("a number cut short".to_owned()))?;
+        *bytes = rest;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Ok(((value >> 1) as i64) ^ -((value & 1) as i64));
+        }
+    }
+    Err(SchemaError::InvalidSketch("a number longer than 64 bits".to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// `percentile_cont` over `values`, and the larger magnitude of the two values it interpolates
+    /// between: the scale of the sketch's error bound.
+    fn exact(values: &[i64], q: f64) -> (f64, f64) {
+        let mut sorted = values.to_vec();
+        sorted.sort_unstable();
+        let rank = q * (sorted.len() - 1) as f64;
+        let (low, high) = (sorted[rank.floor() as usize] as f64, sorted[rank.ceil() as usize] as f64);
+        (low + (rank - rank.floor()) * (high - low), low.abs().max(high.abs()))
+    }
+
+    fn within_bound(sketch: &LatencySketch, values: &[i64]) {
+        for q in [0.0, 0.01, 0.25, 0.5, 0.9, 0.99, 0.999, 1.0] {
+            let (want, scale) = exact(values, q);
+            let got = sketch.quantile(q).expect("values were counted");
+            assert!(
+                (got - want).abs() <= RELATIVE_ERROR * scale + 1e-9 * scale.max(1.0),
+                "q {q}: sketch {got}, exact {want} (bound {})",
+                RELATIVE_ERROR * scale
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn quantiles_are_within_the_stated_bound(
+            values in prop::collection::vec(
+                prop_oneof![-1_000_000i64..1_000_000, 0i64..=3, 1i64..60_000_000_000, Just(i64::MAX / 4)],
+                1..400,
+            ),
+        ) {
+            let mut sketch = LatencySketch::new();
+            for &v in &values {
+                sketch.add(v, 1);
+            }
+            prop_assert_eq!(sketch.count(), values.len() as i64);
+            within_bound(&sketch, &values);
+            // Encoding loses nothing.
+            prop_assert_eq!(LatencySketch::decode(&sketch.encode()).expect("decodes"), sketch);
+        }
+
+        #[test]
+        fn merging_parts_and_taking_values_away_is_exact(
+            values in prop::collection::vec(-5_000i64..5_000_000_000, 2..300),
+            cut in 0usize..300,
+            extra in prop::collection::vec(1i64..5_000_000, 0..50),
+        ) {
+            let cut = cut % values.len();
+            let mut whole = LatencySketch::new();
+            values.iter().for_each(|&v| whole.add(v, 1));
+            // Two parts merged, plus values added then taken away again: the same counts.
+            let (mut first, mut second) = (LatencySketch::new(), LatencySketch::new());
+            values[..cut].iter().for_each(|&v| first.add(v, 1));
+            values[cut..].iter().for_each(|&v| second.add(v, 1));
+            extra.iter().for_each(|&v| second.add(v, 1));
+            let mut correction = LatencySketch::new();
+            extra.iter().for_each(|&v| correction.add(v, -1));
+            let correction = LatencySketch::decode(&correction.encode()).expect("decodes");
+            first.merge(&second);
+            first.merge(&correction);
+            prop_assert_eq!(first, whole);
+        }
+    }
+
+    #[test]
+    fn an_empty_sketch_has_no_quantile_and_bad_bytes_are_refused() {
+        let mut sketch = LatencySketch::new();
+        assert_eq!(sketch.quantile(0.5), None);
+        sketch.add(7, 1);
+        sketch.add(7, -1);
+        assert!(sketch.is_empty());
+        assert_eq!(sketch.quantile(0.5), None);
+        for bad in [&[][..], &[2, 0, 0, 0][..], &[1, 0, 4, 1][..], &[1, 0, 0, 0, 9][..], &[1, 0xff][..]] {
+            assert!(LatencySketch::decode(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn one_value_is_its_bucket_value() {
+        let mut sketch = LatencySketch::new();
+        sketch.add(1_000_000, 3);
+        let got = sketch.quantile(0.99).expect("counted");
+        assert!((got - 1_000_000.0).abs() <= 10_000.0, "{got}");
+        assert_eq!(sketch.count(), 3);
+    }
+}
