@@ -113,10 +113,11 @@ def committed_files(data_dir):
 
 
 def committed_derived_files(data_dir):
-    """The files derived from the committed span files (traces, edges, critical_path, findings)."""
+    """The files derived from the committed span files, as (table, path): traces, edges,
+    critical_path, findings and the rollups."""
     with open(os.path.join(data_dir, "default", "manifest.json")) as f:
         manifest = json.load(f)
-    return [os.path.join(data_dir, "default", derived["path"])
+    return [(derived["table"], os.path.join(data_dir, "default", derived["path"]))
             for entry in manifest["files"] for derived in entry.get("derived", [])]
 
 

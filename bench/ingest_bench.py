@@ -146,7 +146,10 @@ def main():
 
     # Storage, from the last storing run; then compacted offline.
     written = parquet_bytes(stored)
-    derived_written = sum(os.path.getsize(f) for f in committed_derived_files(stored))
+    derived_by_table = {}
+    for table, path in committed_derived_files(stored):
+        derived_by_table[table] = derived_by_table.get(table, 0) + os.path.getsize(path)
+    derived_written = sum(derived_by_table.values())
     files_written = len(committed_files(stored))
     run(args.binary, "compact", "--data-dir", stored)
     compacted = parquet_bytes(stored)
@@ -196,8 +199,9 @@ def main():
                        (f"hopscope Parquet as written ({files_written} files)", written),
                        (f"hopscope Parquet after `hopscope compact` ({files_compacted} files)", compacted)]:
         print(f"| {name} | {size:,} | {size / spans:.1f} | {size / zstd_otlp:.2f}× |")
-    print(f"\nderived files as written (traces, edges, critical_path, findings): {derived_written:,} bytes, "
-          f"{derived_written / spans:.1f} B/span, {derived_written / written:.2f}× the span files")
+    print(f"\nderived files as written: {derived_written:,} bytes, {derived_written / spans:.1f} B/span, "
+          f"{derived_written / written:.2f}× the span files; per table (B/span): "
+          + ", ".join(f"{table} {size / spans:.1f}" for table, size in sorted(derived_by_table.items())))
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)
 
