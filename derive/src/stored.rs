@@ -55,8 +55,8 @@ pub fn stored_schema(table: &str) -> Option<SchemaRef> {
     }
 }
 
-/// One row per trace: its extent, size, errors and root.
-struct TraceSummaries {
+/// The `traces` table: one row per trace, its extent, size, errors and root.
+pub struct TraceSummaries {
     trace_id: FixedSizeBinaryBuilder,
     start_time: TimestampNanosecondBuilder,
     end_time: TimestampNanosecondBuilder,

@@ -107,9 +107,9 @@ pub struct QueryEngine {
     metrics: Arc<QueryMetrics>,
 }
 
-/// Registers `edges` (and its `hop_rollup`), `critical_path`, `findings` (default thresholds) and
-/// `operation_rollup`: read from the files
-/// derived at ingest when `read_derived`, else derived from the spans at query time.
+/// Registers `traces`, `edges` (and its `hop_rollup`), `critical_path`, `findings` (default
+/// thresholds) and `operation_rollup`: read from the files derived at ingest when `read_derived`,
+/// else derived from the spans at query time.
 fn register_derived_tables(
     ctx: &SessionContext,
     spans: &Arc<SpansTable>,
@@ -120,6 +120,7 @@ fn register_derived_tables(
     let operations = OperationRollupTable::new(Arc::clone(spans), read_derived);
     ctx.register_table(tables::OPERATION_ROLLUP, Arc::new(operations))?;
     if !read_derived {
+        ctx.register_table(tables::TRACES, Arc::new(DerivedTable::new(Arc::clone(spans), search::derivation())?))?;
         let edges: Arc<dyn TableProvider> = Arc::new(DerivedTable::new(Arc::clone(spans), pairing::derivation())?);
         ctx.register_table(tables::HOP_ROLLUP, Arc::new(HopRollupTable::new(Arc::clone(&edges), None)))?;
         ctx.register_table(tables::EDGES, edges)?;
@@ -130,6 +131,10 @@ fn register_derived_tables(
         ctx.register_table(tables::FINDINGS, Arc::new(DerivedTable::new(Arc::clone(spans), default_findings())?))?;
         return Ok(());
     }
+    // Their stored rows are the query-time rows.
+    let traces =
+        StoredTable::new(Arc::clone(spans), search::derivation(), layout::TRACES_TABLE, search::derivation(), false)?;
+    ctx.register_table(tables::TRACES, Arc::new(traces))?;
     let edges = Arc::new(StoredTable::new(
         Arc::clone(spans),
         pairing::derivation(),

@@ -94,6 +94,7 @@ fn fixture() -> Vec<SpanRow> {
 /// The queries: the derived tables whole, then every example of docs/sql.md.
 fn cases() -> Vec<(String, String)> {
     let mut cases = vec![
+        ("the traces table".to_owned(), "SELECT * FROM traces ORDER BY trace_id".to_owned()),
         ("the edges table".to_owned(), "SELECT * FROM edges ORDER BY trace_id, start_time, caller, callee".to_owned()),
         (
             "the critical_path table".to_owned(),

@@ -4,6 +4,9 @@
 /// The stored spans.
 pub(crate) const SPANS: &str = "spans";
 
+/// One row per trace: its extent, size, errors and root (see [`crate::analysis::search`]).
+pub(crate) const TRACES: &str = "traces";
+
 /// Every hop of every trace (see [`crate::analysis::pairing`]).
 pub(crate) const EDGES: &str = "edges";
 

@@ -176,7 +176,7 @@ async fn tables_derived_at_flush_equal_the_query_time_walk() {
     config.read_derived = false;
     let walks = Arc::new(QueryEngine::new(&config).unwrap());
     let none = std::collections::HashSet::new();
-    for table in [layout::EDGES_TABLE, layout::CRITICAL_PATH_TABLE, layout::FINDINGS_TABLE] {
+    for table in [layout::TRACES_TABLE, layout::EDGES_TABLE, layout::CRITICAL_PATH_TABLE, layout::FINDINGS_TABLE] {
         let sql = format!("SELECT * FROM {table}");
         let (read, walked) = (walk(&reads_derived, &sql).await, walk(&walks, &sql).await);
         let schema = walked[0].schema();
@@ -261,6 +261,48 @@ async fn tables_derived_at_flush_equal_the_query_time_walk() {
         }
     };
     assert_eq!(findings(&reads_derived).await, findings(&walks).await);
+
+    // Search summarises the traces it finds from `traces`: the split trace whole, every trace as its
+    // spans add up, and the same answers with and without the stored rows.
+    let search = |engine: &Arc<QueryEngine>, service: &str| {
+        let (engine, service) = (Arc::clone(engine), service.to_owned());
+        async move {
+            let search = hopscope_query::TraceSearch {
+                range: Some(range),
+                service: Some(service),
+                slowest_first: true,
+                limit: 100_000,
+                ..Default::default()
+            };
+            engine.search_traces(search).await.unwrap()
+        }
+    };
+    let found = search(&reads_derived, "orders").await;
+    assert_eq!(serde_json::to_value(&found).unwrap(), serde_json::to_value(search(&walks, "orders").await).unwrap());
+    let split = found.iter().find(|t| t.trace_id == SPLIT_TRACE).expect("the split trace is found");
+    assert_eq!(split.span_count as usize, first.len() + late.len());
+    let per_trace = walk(
+        &walks,
+        "SELECT hex_id(trace_id) AS id, count(*) AS n, sum(CASE WHEN status_code = 2 THEN 1 ELSE 0 END) AS e, \
+         CAST(max(end_time) AS BIGINT) - CAST(min(start_time) AS BIGINT) AS d FROM spans GROUP BY trace_id",
+    )
+    .await;
+    let mut spans_of: HashMap<String, (i64, i64, i64)> = HashMap::new();
+    for batch in &per_trace {
+        let column = |name: &str| cast(batch.column_by_name(name).unwrap(), &DataType::Int64).unwrap();
+        let (n, e, d) = (column("n"), column("e"), column("d"));
+        let ids = batch.column_by_name("id").unwrap().as_string::<i32>();
+        for r in 0..batch.num_rows() {
+            let value = |a: &arrow::array::ArrayRef| a.as_primitive::<arrow::datatypes::Int64Type>().value(r);
+            spans_of.insert(ids.value(r).to_owned(), (value(&n), value(&e), value(&d)));
+        }
+    }
+    for trace in search(&reads_derived, "payments").await.iter().chain(&found) {
+        let expected = spans_of[&trace.trace_id];
+        assert_eq!((trace.span_count as i64, trace.error_count as i64, trace.duration_ns), expected, "{trace:?}");
+    }
+    let explained = plan(walk(&reads_derived, "EXPLAIN SELECT * FROM traces").await);
+    assert!(explained.contains("traces/") && explained.contains("TraceExec"), "{explained}");
 }
 
 const SPLIT_TRACE: &str = "5b5b5b5b5b5b5b5b5b5b5b5b5b5b5b5b";

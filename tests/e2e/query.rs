@@ -270,8 +270,8 @@ async fn edges_traces_latency_and_sql_answer_recorded_traces() {
     assert_eq!(counts(&rolled_up), counts(&edges));
     // The rollups answer for the asked range widened to whole minutes, and rates are over that.
     let minute = 60_000_000_000i64;
-    let widened_s = ((T0 + 10_000_000_000 + minute - 1).div_euclid(minute) - (T0 - 1_000_000_000).div_euclid(minute))
-        * 60;
+    let widened_s =
+        ((T0 + 10_000_000_000 + minute - 1).div_euclid(minute) - (T0 - 1_000_000_000).div_euclid(minute)) * 60;
     let rolled_entry = find_edge(&rolled_up, "user", "frontend");
     assert!((rolled_entry["rate_per_s"].as_f64().unwrap() - 2.0 / widened_s as f64).abs() < 1e-9, "{rolled_up:#}");
 

@@ -1,21 +1,37 @@
 //! Trace search (`GET /api/v1/traces`): traces with a span that meets every condition, newest or
-//! slowest first, summarised from their spans.
+//! slowest first, summarised by the `traces` table (one row per trace, derived at ingest; see
+//! [`derivation`]).
+
+use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::JoinType;
 use datafusion::execution::FunctionRegistry;
-use datafusion::functions_aggregate::expr_fn::{count, first_value, max, min};
-use datafusion::logical_expr::{Expr, SortExpr, col, lit};
+use datafusion::logical_expr::{Expr, col, lit};
 use datafusion::prelude::SessionContext;
+use hopscope_derive::CORE_COLUMNS;
+use hopscope_derive::stored::{TraceSummaries, traces_schema};
 use hopscope_schemas::api::TraceSummaryView;
-use hopscope_schemas::columns::{self as c, SEMCONV};
+use hopscope_schemas::columns::{self as c, SEMCONV, trace_summary as ts};
 use hopscope_schemas::spans::status;
 use hopscope_schemas::time::{TimeRange, format_time};
 
-use super::frame::{Results, count_where, in_range};
+use super::frame::{Results, in_range};
 use super::pairing::PAIRING_SLACK_NS;
 use crate::QueryError;
+use crate::walk::Derivation;
+
+/// The `traces` table: one row per trace, its extent, size, errors and root.
+pub(crate) fn derivation() -> Derivation<()> {
+    Derivation {
+        name: crate::tables::TRACES,
+        schema: traces_schema(),
+        input_columns: CORE_COLUMNS.to_vec(),
+        slack_ns: PAIRING_SLACK_NS,
+        factory: Arc::new(|| Box::new(TraceSummaries::default())),
+    }
+}
 
 /// The most attribute conditions one trace search takes.
 pub const MAX_ATTRIBUTE_FILTERS: usize = 32;
@@ -71,36 +87,22 @@ pub(crate) async fn search_traces(
         .filter(condition)?
         .select(vec![col(c::TRACE_ID).alias("match_id")])?
         .distinct()?;
-    let widened = TimeRange {
-        start_ns: range.start_ns.saturating_sub(PAIRING_SLACK_NS),
-        end_ns: range.end_ns.saturating_add(PAIRING_SLACK_NS),
-    };
-    let root_first: Vec<SortExpr> =
-        vec![col(c::PARENT_SPAN_ID).is_null().sort(false, false), col(c::START_TIME).sort(true, false)];
+    // A matching trace starts before the range ends, and (as the derived tables see traces whole
+    // within their slack) at most the slack before it starts.
+    let starts = TimeRange { start_ns: range.start_ns.saturating_sub(PAIRING_SLACK_NS), end_ns: range.end_ns };
     let summaries = ctx
-        .table(crate::tables::SPANS)
+        .table(crate::tables::TRACES)
         .await?
-        .filter(in_range(c::START_TIME, widened))?
-        .join(matching, JoinType::LeftSemi, &[c::TRACE_ID], &["match_id"], None)?
-        .aggregate(
-            vec![col(c::TRACE_ID)],
-            vec![
-                min(col(c::START_TIME)).alias("start"),
-                max(col(c::END_TIME)).alias("end"),
-                count(lit(1)).alias("spans"),
-                count_where(col(c::STATUS_CODE).eq(lit(status::ERROR))).alias("errors"),
-                first_value(col(c::SERVICE_NAME), root_first.clone()).alias("root_service"),
-                first_value(col(c::NAME), root_first).alias("root_operation"),
-            ],
-        )?
+        .filter(in_range(ts::START_TIME, starts))?
+        .join(matching, JoinType::LeftSemi, &[ts::TRACE_ID], &["match_id"], None)?
         .with_column(
             "duration_ns",
-            datafusion::logical_expr::cast(col("end"), DataType::Int64)
-                - datafusion::logical_expr::cast(col("start"), DataType::Int64),
+            datafusion::logical_expr::cast(col(ts::END_TIME), DataType::Int64)
+                - datafusion::logical_expr::cast(col(ts::START_TIME), DataType::Int64),
         )?;
-    let order = if search.slowest_first { "duration_ns" } else { "start" };
+    let order = if search.slowest_first { "duration_ns" } else { ts::START_TIME };
     let batches = summaries
-        .sort(vec![col(order).sort(false, false), col(c::TRACE_ID).sort(true, false)])?
+        .sort(vec![col(order).sort(false, false), col(ts::TRACE_ID).sort(true, false)])?
         .limit(0, Some(search.limit))?
         .collect()
         .await?;
@@ -138,8 +140,8 @@ fn summary_views(batches: &[RecordBatch]) -> Result<Vec<TraceSummaryView>, Query
         let r = Results(batch);
         let ids = r.trace_ids()?;
         let (start, duration, spans, errors) =
-            (r.ints("start")?, r.ints("duration_ns")?, r.ints("spans")?, r.ints("errors")?);
-        let (service, operation) = (r.strings("root_service")?, r.strings("root_operation")?);
+            (r.ints(ts::START_TIME)?, r.ints("duration_ns")?, r.ints(ts::SPAN_COUNT)?, r.ints(ts::ERROR_COUNT)?);
+        let (service, operation) = (r.strings(ts::ROOT_SERVICE)?, r.strings(ts::ROOT_OPERATION)?);
         for row in 0..batch.num_rows() {
             out.push(TraceSummaryView {
                 trace_id: hex::encode(ids.value(row)),
