@@ -54,6 +54,10 @@ pub fn edges_schema() -> SchemaRef {
         .clone()
 }
 
+/// The `edges` columns that stored final rows leave null ([`EdgePairing::storing`]): a reader
+/// asked for them derives the table from the spans.
+pub const NOT_STORED: &[&str] = &[edge::CLIENT_SPAN_ID, edge::SERVER_SPAN_ID];
+
 /// The schema of the `edges` table as stored beside the spans: [`edges_schema`] and the columns
 /// that keep hops pending on other traces (see [`EdgePairing::storing`]).
 pub fn stored_edges_schema() -> SchemaRef {
@@ -512,17 +516,21 @@ impl EdgePairing {
 
     /// Pairing for storing the hops beside the spans: its batches are in [`stored_edges_schema`],
     /// and [`EdgePairing::stub_pending`] keeps what waits for other traces as pending rows, which
-    /// [`EdgePairing::pair_stored`] pairs once every part of the input has been read.
+    /// [`EdgePairing::pair_stored`] pairs once every part of the input has been read. Final rows
+    /// leave the span ids null ([`NOT_STORED`]: two random 8-byte ids per hop, which no encoding
+    /// shrinks, are more than half of the stored table's bytes); pending rows keep them for pairing.
     pub fn storing() -> Self {
         Self { stubs: Some(StubColumns::new()), ..Self::default() }
     }
 
     fn push(&mut self, hop: Hop<'_>) -> Result<()> {
+        // Stored final rows leave the span ids null (see [`NOT_STORED`]).
+        let span_ids = self.stubs.is_none();
         if let Some(stubs) = &mut self.stubs {
             stubs.pending.append_null();
             stubs.linked_spans.append_null();
         }
-        self.push_row(hop)
+        self.push_row(hop, span_ids)
     }
 
     /// A hop that may change once other traces are read, as a pending row.
@@ -536,10 +544,12 @@ impl EdgePairing {
             stubs.linked_spans.values().append_value(id)?;
         }
         stubs.linked_spans.append(true);
-        self.push_row(hop)
+        // Pairing a pending row needs its span ids.
+        self.push_row(hop, true)
     }
 
-    fn push_row(&mut self, hop: Hop<'_>) -> Result<()> {
+    /// Appends the hop; its span ids only when `span_ids` (else null).
+    fn push_row(&mut self, hop: Hop<'_>, span_ids: bool) -> Result<()> {
         let first = hop.client.or(hop.server).expect("a hop has at least one span");
         self.trace_id.append_value(first.trace_id)?;
         self.start_time.append_value(first.start_ns);
@@ -553,8 +563,8 @@ impl EdgePairing {
         self.via.append_option(hop.via);
         for (ids, side) in [(&mut self.client_span_id, hop.client), (&mut self.server_span_id, hop.server)] {
             match side {
-                Some(side) => ids.append_value(side.span_id)?,
-                None => ids.append_null(),
+                Some(side) if span_ids => ids.append_value(side.span_id)?,
+                _ => ids.append_null(),
             }
         }
         self.client_duration.append_option(hop.client.map(|s| s.duration_ns()));

@@ -217,7 +217,7 @@ pub fn critical_path_schema() -> SchemaRef {
                 Field::new(cp::ROOT_SERVICE, DataType::Utf8, false),
                 Field::new(cp::ROOT_OPERATION, DataType::Utf8, false),
                 Field::new(cp::PATH_DURATION_NS, DataType::Int64, false),
-                Field::new(cp::SPAN_ID, DataType::FixedSizeBinary(8), false),
+                Field::new(cp::SPAN_ID, DataType::FixedSizeBinary(8), true),
                 Field::new(cp::SERVICE, DataType::Utf8, false),
                 Field::new(cp::OPERATION, DataType::Utf8, false),
                 Field::new(cp::SELF_NS, DataType::Int64, false),
@@ -241,7 +241,13 @@ pub struct PathSections {
     operation: StringBuilder,
     self_ns: Int64Builder,
     rows: usize,
+    /// Whether `span_id` is written (else left null: see [`PathSections::storing`]).
+    span_ids: bool,
 }
+
+/// The `critical_path` columns that stored rows leave null ([`PathSections::storing`]): a reader
+/// asked for them derives the table from the spans.
+pub const NOT_STORED: &[&str] = &[cp::SPAN_ID];
 
 impl Default for PathSections {
     fn default() -> Self {
@@ -259,6 +265,7 @@ impl Default for PathSections {
             operation: StringBuilder::new(),
             self_ns: Int64Builder::new(),
             rows: 0,
+            span_ids: true,
         }
     }
 }
@@ -294,6 +301,13 @@ impl TracePaths {
 }
 
 impl PathSections {
+    /// The rows for storing beside the span files: `span_id` (a random 8-byte id per row, which no
+    /// encoding shrinks: a third of the table's bytes) is left null, and the aggregates, which group
+    /// paths by `root_span_id`, do not need it.
+    pub fn storing() -> Self {
+        Self { span_ids: false, ..Self::default() }
+    }
+
     /// The rows of the trace in rows `rows` of `spans`, whose paths are `paths`.
     pub fn trace_with(&mut self, spans: &SpanColumns, rows: Range<usize>, paths: &[CriticalPath]) -> Result<()> {
         let row = |i: usize| rows.start + i;
@@ -308,7 +322,11 @@ impl PathSections {
                 self.root_service.append_value(spans.service(root));
                 self.root_operation.append_value(spans.name(root));
                 self.path_duration.append_value(duration);
-                self.span_id.append_value(spans.span_id.value(r))?;
+                if self.span_ids {
+                    self.span_id.append_value(spans.span_id.value(r))?;
+                } else {
+                    self.span_id.append_null();
+                }
                 self.service.append_value(spans.service(r));
                 self.operation.append_value(spans.name(r));
                 self.self_ns.append_value(self_ns);

@@ -142,7 +142,7 @@ impl Default for StoredDerivations {
             tree: TraceTree::default(),
             traces: TraceSummaries::default(),
             edges: EdgePairing::storing(),
-            paths: PathSections::default(),
+            paths: PathSections::storing(),
             findings: FindingScan::new(Thresholds::default()),
             hop_rollup: HopRollup::default(),
             operation_rollup: OperationRollup::default(),
@@ -282,7 +282,16 @@ mod tests {
         whole.push(&batch, &mut pairing as &mut dyn PerTrace<Deposit = _>).unwrap();
         whole.end(&mut pairing as &mut dyn PerTrace<Deposit = _>).unwrap();
         pairing.finish(&Rendezvous::new(1)).unwrap();
-        rows_of(&[pairing.take_batch().unwrap().unwrap()])
+        rows_of(&[without_unstored(&pairing.take_batch().unwrap().unwrap())])
+    }
+
+    /// `batch` without the columns stored final rows leave null.
+    fn without_unstored(batch: &RecordBatch) -> RecordBatch {
+        let schema = batch.schema();
+        let kept: Vec<usize> = (0..schema.fields().len())
+            .filter(|&i| !crate::edges::NOT_STORED.contains(&schema.field(i).name().as_str()))
+            .collect();
+        batch.project(&kept).unwrap()
     }
 
     #[test]
@@ -306,11 +315,16 @@ mod tests {
             let pending = batch.column_by_name(edge::PENDING).unwrap();
             let keep = arrow::compute::is_null(pending).unwrap();
             let finals = arrow::compute::filter_record_batch(batch, &keep).unwrap();
-            read.push(finals.project(&(0..crate::edges::edges_schema().fields().len()).collect::<Vec<_>>()).unwrap());
+            let finals = finals.project(&(0..crate::edges::edges_schema().fields().len()).collect::<Vec<_>>()).unwrap();
+            for name in crate::edges::NOT_STORED {
+                let ids = finals.column_by_name(name).unwrap();
+                assert_eq!(ids.null_count(), ids.len(), "{name} is not stored for final rows");
+            }
+            read.push(without_unstored(&finals));
         }
         let mut pairing = EdgePairing::default();
         pairing.pair_stored(&stored).unwrap();
-        read.extend(pairing.take_batch().unwrap());
+        read.extend(pairing.take_batch().unwrap().map(|b| without_unstored(&b)));
         let expected = edges_read_together(&all);
         assert_eq!(rows_of(&read), expected);
         // The reference holds what the case is about: the linked message, the unconsumed one, and

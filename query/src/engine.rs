@@ -132,8 +132,14 @@ fn register_derived_tables(
         return Ok(());
     }
     // Their stored rows are the query-time rows.
-    let traces =
-        StoredTable::new(Arc::clone(spans), search::derivation(), layout::TRACES_TABLE, search::derivation(), false)?;
+    let traces = StoredTable::new(
+        Arc::clone(spans),
+        search::derivation(),
+        layout::TRACES_TABLE,
+        search::derivation(),
+        false,
+        &[],
+    )?;
     ctx.register_table(tables::TRACES, Arc::new(traces))?;
     let edges = Arc::new(StoredTable::new(
         Arc::clone(spans),
@@ -141,21 +147,28 @@ fn register_derived_tables(
         layout::EDGES_TABLE,
         pairing::storing_derivation(),
         true,
+        hopscope_derive::edges::NOT_STORED,
     )?);
     let rollup = HopRollupTable::new(Arc::clone(&edges) as _, Some(Arc::clone(&edges)));
     ctx.register_table(tables::HOP_ROLLUP, Arc::new(rollup))?;
     ctx.register_table(tables::EDGES, edges)?;
-    // Their stored rows are the query-time rows.
     let paths = StoredTable::new(
         Arc::clone(spans),
         paths::derivation(),
         layout::CRITICAL_PATH_TABLE,
-        paths::derivation(),
+        paths::storing_derivation(),
         false,
+        hopscope_derive::paths::NOT_STORED,
     )?;
     ctx.register_table(tables::CRITICAL_PATH, Arc::new(paths))?;
-    let findings =
-        StoredTable::new(Arc::clone(spans), default_findings(), layout::FINDINGS_TABLE, default_findings(), false)?;
+    let findings = StoredTable::new(
+        Arc::clone(spans),
+        default_findings(),
+        layout::FINDINGS_TABLE,
+        default_findings(),
+        false,
+        &[],
+    )?;
     ctx.register_table(tables::FINDINGS, Arc::new(findings))?;
     Ok(())
 }

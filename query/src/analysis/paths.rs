@@ -19,3 +19,9 @@ pub(crate) fn derivation() -> Derivation<()> {
         factory: Arc::new(|| Box::new(PathSections::default())),
     }
 }
+
+/// The `critical_path` rows as the ingester stores them (without span ids; see
+/// [`PathSections::storing`]): for traces split across span files, walked again.
+pub(crate) fn storing_derivation() -> Derivation<()> {
+    Derivation { factory: Arc::new(|| Box::new(PathSections::storing())), ..derivation() }
+}

@@ -4,7 +4,8 @@
 //! For the span files a scan's time range selects (widened by the derivation's slack, as the walk
 //! reads them):
 //! - when one of them has no derived files (written before derivation existed, or by
-//!   `serve --no-derive`; maintenance derives them soon), the whole scan is the walk;
+//!   `serve --no-derive`; maintenance derives them soon), or the scan reads a column the stored
+//!   rows leave null (the span ids of `edges` and `critical_path`), the whole scan is the walk;
 //! - otherwise the rows are the derived files' rows, except those of traces whose spans reached
 //!   more than one span file (their trace ids have more than one row in the files' `traces`): those
 //!   traces are walked again from their spans, with a storing derivation so their rows have the
@@ -67,6 +68,8 @@ pub(crate) struct StoredTable<D> {
     storing: Derivation<D>,
     /// Whether rows pending on other traces are paired at the end (`edges`).
     pairs_pending: bool,
+    /// Columns the stored final rows leave null: a scan that reads one is the walk.
+    not_stored: &'static [&'static str],
 }
 
 impl<D> fmt::Debug for StoredTable<D> {
@@ -77,16 +80,18 @@ impl<D> fmt::Debug for StoredTable<D> {
 
 impl<D: Send + Sync + 'static> StoredTable<D> {
     /// `walk` derives the table at query time; `storing` derives the same rows in the stored schema
-    /// (for `edges`, with the pending columns: then `pairs_pending`).
+    /// (for `edges`, with the pending columns: then `pairs_pending`), leaving the `not_stored`
+    /// columns null.
     pub(crate) fn new(
         spans: Arc<SpansTable>,
         walk: Derivation<D>,
         table: &'static str,
         storing: Derivation<D>,
         pairs_pending: bool,
+        not_stored: &'static [&'static str],
     ) -> DfResult<Self> {
         let walk = DerivedTable::new(Arc::clone(&spans), walk)?;
-        Ok(Self { spans, walk, table, storing, pairs_pending })
+        Ok(Self { spans, walk, table, storing, pairs_pending, not_stored })
     }
 
     /// The stored rows of the window's files that `condition` selects, without those of `split`
@@ -197,17 +202,21 @@ impl<D: Send + Sync + 'static> TableProvider for StoredTable<D> {
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let manifest = self.spans.manifest()?;
+        let output = self.schema();
+        let reads_unstored = match projection {
+            Some(asked) => asked.iter().any(|&i| self.not_stored.contains(&output.field(i).name().as_str())),
+            None => !self.not_stored.is_empty(),
+        };
         let span_filters = widened_span_filters(filters, self.storing.slack_ns);
         let pruning = FilePruning::from_filters(&span_filters);
         let window: Vec<&FileEntry> = manifest.files.iter().filter(|f| pruning.may_match(f)).collect();
-        if window.iter().any(|f| f.derived(layout::TRACES_TABLE).is_none()) {
+        if reads_unstored || window.iter().any(|f| f.derived(layout::TRACES_TABLE).is_none()) {
             return self.walk.scan_in(&manifest, state, projection, filters);
         }
         let split = Split::of(self.spans.files(), &window).await?;
         if split.ids.len() > MAX_SPLIT_TRACES {
             return self.walk.scan_in(&manifest, state, projection, filters);
         }
-        let output = self.schema();
         if !self.pairs_pending {
             // The stored schema is the table's: read the asked columns (and the trace id, for
             // the split traces).
