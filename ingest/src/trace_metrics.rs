@@ -15,7 +15,9 @@
 //! duration within 1% of a bucket bound may be counted in the neighbouring bucket. Counters start at
 //! zero when the process starts and count the spans this process committed (spans replayed from the
 //! WAL at start included); a hop whose two sides reached separate span files counts as the hops each
-//! file saw, as Tempo's generator counts a pair it could not wait for. Label sets are capped per
+//! file saw, as Tempo's generator counts a pair it could not wait for; hops pending on another
+//! trace (messages across traces) are not in the rollups written at flush, so they are not
+//! counted. Label sets are capped per
 //! family (`--metrics-max-series`): what a new label set beyond the cap would have counted goes to
 //! `hopscope_trace_metrics_dropped_total` instead.
 
@@ -367,17 +369,22 @@ mod tests {
         text
     }
 
-    /// `calls` calls from shop to stock, `ms` apart in time; the server side takes 5 ms (the
+    /// `calls` calls from shop to stock, 20 ms apart in time; the server side takes 5 ms (the
     /// client 7 ms) and fails every other call.
     fn calls(calls: u8) -> Vec<SpanRow> {
+        calls_between("shop", "stock", calls)
+    }
+
+    /// [`calls`] from `client` to `server`.
+    fn calls_between(client: &str, server: &str, calls: u8) -> Vec<SpanRow> {
         let at = |n: u8, ms: i64| 1_700_000_000_000_000_000 + i64::from(n) * 20_000_000 + ms * 1_000_000;
         let mut rows = Vec::new();
         for n in 0..calls {
             let mut trace = [0; 16];
             trace[15] = n + 1;
-            rows.push(SpanRow::new(trace, [1; 8], "shop", "GET /stock", CLIENT).during(at(n, 0), at(n, 7)));
+            rows.push(SpanRow::new(trace, [1; 8], client, "GET /stock", CLIENT).during(at(n, 0), at(n, 7)));
             let server =
-                SpanRow::new(trace, [2; 8], "stock", "GET /stock", SERVER).child_of([1; 8]).during(at(n, 1), at(n, 6));
+                SpanRow::new(trace, [2; 8], server, "GET /stock", SERVER).child_of([1; 8]).during(at(n, 1), at(n, 6));
             rows.push(if n % 2 == 1 { server.status(status::ERROR) } else { server });
         }
         rows
@@ -420,14 +427,19 @@ mod tests {
         // rows), the stock server spans are dropped.
         let metrics = TraceMetrics::new(1);
         count(&metrics, &rollups(&calls(4)));
+        // A second hop, seen after the first took the only service-graph series: its 2 calls drop.
+        count(&metrics, &rollups(&calls_between("web", "shop", 2)));
         let text = scrape(metrics);
         assert!(
-            text.lines().any(|l| l == r#"hopscope_trace_metrics_dropped_total{family="service_graph"} 0"#),
+            text.lines().any(|l| l == r#"hopscope_trace_metrics_dropped_total{family="service_graph"} 2"#),
             "{text}"
         );
+        let hops: Vec<&str> = text.lines().filter(|l| l.starts_with("traces_service_graph_request_total{")).collect();
+        assert_eq!(hops, [r#"traces_service_graph_request_total{client="shop",server="stock",connection_type=""} 4"#]);
         let spans = text.lines().filter(|l| l.starts_with("traces_spanmetrics_calls_total{")).count();
         assert_eq!(spans, 1, "{text}");
-        // Two stock server series (error and unset) of 2 spans each are beyond the cap.
-        assert!(text.lines().any(|l| l == r#"hopscope_trace_metrics_dropped_total{family="spanmetrics"} 4"#), "{text}");
+        // Two stock server series (error and unset) of 2 spans each are beyond the cap, and the
+        // second hop's 2 web client and 2 shop server spans.
+        assert!(text.lines().any(|l| l == r#"hopscope_trace_metrics_dropped_total{family="spanmetrics"} 8"#), "{text}");
     }
 }

@@ -47,6 +47,10 @@ fn bucket_of(magnitude: f64) -> i32 {
     (magnitude.ln() * *INV_LN_GAMMA).ceil() as i32
 }
 
+/// The largest bucket index a nanosecond value can have (`i64::MAX` ns): a decoded index above it
+/// is corrupt.
+static MAX_INDEX: LazyLock<i32> = LazyLock::new(|| bucket_of(i64::MAX as f64));
+
 /// The value bucket `index` stands for.
 fn bucket_value(index: i32) -> f64 {
     let gamma = gamma();
@@ -66,14 +70,14 @@ impl LatencySketch {
         }
         let (store, magnitude) = match value_ns {
             0 => {
-                self.zero += weight;
+                self.zero = self.zero.saturating_add(weight);
                 return;
             }
             v if v > 0 => (&mut self.positive, v as f64),
             v => (&mut self.negative, (v as f64).abs()),
         };
         let count = store.entry(bucket_of(magnitude)).or_insert(0);
-        *count += weight;
+        *count = count.saturating_add(weight);
         if *count == 0 {
             store.remove(&bucket_of(magnitude));
         }
@@ -81,10 +85,10 @@ impl LatencySketch {
 
     /// Adds every count of `other`.
     pub fn merge(&mut self, other: &LatencySketch) {
-        self.zero += other.zero;
+        self.zero = self.zero.saturating_add(other.zero);
         for (store, from) in [(&mut self.positive, &other.positive), (&mut self.negative, &other.negative)] {
             for (&index, &count) in from {
-                let sum = *store.entry(index).or_insert(0) + count;
+                let sum = store.get(&index).copied().unwrap_or(0).saturating_add(count);
                 if sum == 0 {
                     store.remove(&index);
                 } else {
@@ -96,7 +100,7 @@ impl LatencySketch {
 
     /// The number of values counted (what was taken away subtracted).
     pub fn count(&self) -> i64 {
-        self.zero + self.positive.values().sum::<i64>() + self.negative.values().sum::<i64>()
+        self.positive.values().chain(self.negative.values()).fold(self.zero, |sum, &n| sum.saturating_add(n))
     }
 
     /// Whether no value is counted.
@@ -117,7 +121,7 @@ impl LatencySketch {
     /// interpolates between replaced by its bucket's value (see the module's documentation); `None`
     /// for an empty sketch.
     pub fn quantile(&self, q: f64) -> Option<f64> {
-        let total: i64 = self.buckets().map(|(_, n)| n).sum();
+        let total = self.buckets().fold(0i64, |sum, (_, n)| sum.saturating_add(n));
         if total <= 0 {
             return None;
         }
@@ -127,7 +131,7 @@ impl LatencySketch {
         let (mut low_value, mut high_value) = (None, None);
         let mut seen = 0i64;
         for (value, n) in self.buckets() {
-            seen += n;
+            seen = seen.saturating_add(n);
             if low_value.is_none() && low < seen {
                 low_value = Some(value);
             }
@@ -173,12 +177,19 @@ impl LatencySketch {
             }
             let mut index = 0i64;
             let store = if negative { &mut sketch.negative } else { &mut sketch.positive };
-            for _ in 0..len {
-                index += take_varint(&mut rest)?;
-                let index = i32::try_from(index).map_err(|_| invalid("a bucket index out of range"))?;
+            for i in 0..len {
+                let step = take_varint(&mut rest)?;
+                // Indices are written in increasing order, each once.
+                if step < 0 || (i > 0 && step == 0) {
+                    return Err(invalid("bucket indices out of order"));
+                }
+                index = index.saturating_add(step);
+                if index > i64::from(*MAX_INDEX) {
+                    return Err(invalid("a bucket index out of range"));
+                }
                 let count = take_varint(&mut rest)?;
                 if count != 0 {
-                    *store.entry(index).or_insert(0) += count;
+                    store.insert(index as i32, count);
                 }
             }
         }
@@ -292,6 +303,26 @@ mod tests {
         for bad in [&[][..], &[2, 0, 0, 0][..], &[1, 0, 4, 1][..], &[1, 0, 0, 0, 9][..], &[1, 0xff][..]] {
             assert!(LatencySketch::decode(bad).is_err(), "{bad:?}");
         }
+        // Varints are zigzag: 2 is 1, 1 is -1. A bucket given twice, indices going back, an index
+        // no nanosecond value reaches.
+        for bad in
+            [&[1, 0, 4, 2, 2, 0, 2, 0][..], &[1, 0, 4, 4, 2, 1, 2, 0][..], &[1, 0, 2, 0xc0, 0x9a, 0x0c, 2, 0][..]]
+        {
+            assert!(LatencySketch::decode(bad).is_err(), "{bad:?}");
+        }
+        assert!(LatencySketch::decode(&[1, 0, 4, 2, 2, 2, 2, 0]).is_ok(), "two buckets in order");
+    }
+
+    #[test]
+    fn counts_saturate_instead_of_overflowing() {
+        let mut sketch = LatencySketch::new();
+        sketch.add(5, i64::MAX);
+        sketch.add(0, i64::MAX);
+        let copy = sketch.clone();
+        sketch.merge(&copy);
+        sketch.add(5, 1);
+        assert_eq!(sketch.count(), i64::MAX);
+        assert!(sketch.quantile(0.5).is_some());
     }
 
     #[test]

@@ -79,11 +79,11 @@ pub(crate) async fn edges(ctx: &SessionContext, query: &EdgesQuery) -> Result<Ed
     Ok(EdgesView { start: format_time(range.start_ns), end: format_time(range.end_ns), percentiles, edges: rows })
 }
 
-/// `range` widened to whole minutes, the rollups' buckets.
+/// `range` widened to whole minutes, the rollups' buckets (saturating at the ends of time).
 fn whole_minutes(range: TimeRange) -> TimeRange {
-    let start_ns = range.start_ns.div_euclid(MINUTE_NS) * MINUTE_NS;
-    let end_ns = range.end_ns.saturating_add(MINUTE_NS - 1).div_euclid(MINUTE_NS) * MINUTE_NS;
-    TimeRange { start_ns, end_ns: end_ns.max(start_ns + MINUTE_NS) }
+    let start_ns = range.start_ns.div_euclid(MINUTE_NS).saturating_mul(MINUTE_NS);
+    let end_ns = range.end_ns.saturating_add(MINUTE_NS - 1).div_euclid(MINUTE_NS).saturating_mul(MINUTE_NS);
+    TimeRange { start_ns, end_ns: end_ns.max(start_ns.saturating_add(MINUTE_NS)) }
 }
 
 /// The columns hops are grouped by, and the condition on the asked service.
@@ -385,4 +385,19 @@ fn predictability(batches: &[RecordBatch]) -> Result<Predictability, QueryError>
         }
     }
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_widen_to_whole_minutes_and_saturate_at_the_ends_of_time() {
+        let range = whole_minutes(TimeRange { start_ns: 61_000_000_000, end_ns: 125_000_000_000 });
+        assert_eq!((range.start_ns, range.end_ns), (60_000_000_000, 180_000_000_000));
+        let empty = whole_minutes(TimeRange { start_ns: 120_000_000_000, end_ns: 120_000_000_000 });
+        assert_eq!((empty.start_ns, empty.end_ns), (120_000_000_000, 180_000_000_000));
+        let all = whole_minutes(TimeRange { start_ns: i64::MIN, end_ns: i64::MAX });
+        assert!(all.start_ns <= i64::MIN + MINUTE_NS && all.end_ns >= i64::MAX - MINUTE_NS, "{all:?}");
+    }
 }

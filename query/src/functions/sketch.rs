@@ -114,6 +114,7 @@ fn quantile(args: &[ColumnarValue]) -> DfResult<ColumnarValue> {
 }
 
 fn count(args: &[ColumnarValue]) -> DfResult<ColumnarValue> {
+    // A constant argument gives one row, which DataFusion spreads over the batch.
     let sketches = args[0].to_array(1)?;
     let out: Int64Array = sketches
         .as_binary::<i32>()

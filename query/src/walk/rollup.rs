@@ -125,7 +125,13 @@ impl TableProvider for HopRollupTable {
                 UnionExec::try_new(vec![parts.stored, Arc::new(RollupExec::new(Rollup::Hops, inputs))])?
             }
             None => {
-                let edges = self.edges.scan(state, None, &edge_filters, None).await?;
+                // Every column but the span ids, which the rollup does not read (and which would
+                // make a scan of stored edges the walk).
+                let schema = self.edges.schema();
+                let read: Vec<usize> = (0..schema.fields().len())
+                    .filter(|&i| !hopscope_derive::edges::NOT_STORED.contains(&schema.field(i).name().as_str()))
+                    .collect();
+                let edges = self.edges.scan(state, Some(&read), &edge_filters, None).await?;
                 Arc::new(RollupExec::new(Rollup::Hops, vec![(edges, 1)]))
             }
         };

@@ -275,8 +275,11 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
         let span_filters = widened_span_filters(filters, self.storing.slack_ns);
         let pruning = FilePruning::from_filters(&span_filters);
         let window: Vec<&FileEntry> = manifest.files.iter().filter(|f| pruning.may_match(f)).collect();
-        let complete =
-            |f: &&FileEntry| f.derived(layout::TRACES_TABLE).is_some() && f.derived(layout::HOP_ROLLUP_TABLE).is_some();
+        // Every span file derived with rollups has `operation_rollup` rows (every span counts);
+        // one without final hops has no `hop_rollup` file, and needs none.
+        let complete = |f: &&FileEntry| {
+            f.derived(layout::TRACES_TABLE).is_some() && f.derived(layout::OPERATION_ROLLUP_TABLE).is_some()
+        };
         if !self.pairs_pending || !window.iter().all(complete) {
             return Ok(None);
         }
