@@ -22,7 +22,7 @@ use crate::edges::{EdgePairing, stored_edges_schema};
 use crate::findings::{FindingScan, Thresholds, findings_schema};
 use crate::paths::{PathSections, TracePaths, critical_path_schema};
 use crate::rollup::{HopRollup, OperationRollup, hop_rollup_schema, operation_rollup_schema};
-use crate::{OneTrace, PerTrace, Result, SpanColumns, TraceTree};
+use crate::{OneTrace, PerTrace, Result, SpanColumns, TraceTree, WholeTraces};
 
 /// The schema of the derived `traces` table.
 pub fn traces_schema() -> SchemaRef {
@@ -165,6 +165,17 @@ impl OneTrace for StoredDerivations {
 }
 
 impl StoredDerivations {
+    /// Every table derived from `spans`, one batch ordered by trace id and start time (as a span
+    /// file holds them), as [`StoredDerivations::take_batches`] gives them.
+    pub fn of_spans(spans: &RecordBatch) -> Result<Vec<(&'static str, RecordBatch)>> {
+        let mut derivations = StoredDerivations::default();
+        let mut whole = WholeTraces::default();
+        whole.push(spans, &mut derivations)?;
+        whole.end(&mut derivations)?;
+        derivations.end()?;
+        derivations.take_batches()
+    }
+
     /// The input has ended: what waits for other traces becomes pending rows.
     pub fn end(&mut self) -> Result<()> {
         self.ended = true;
@@ -301,12 +312,8 @@ mod tests {
         let mut stored = Vec::new();
         for t in 1..=4 {
             let rows: Vec<SpanRow> = all.iter().filter(|r| r.trace_id == trace(t)).cloned().collect();
-            let mut derivations = StoredDerivations::default();
-            let mut whole = WholeTraces::default();
-            whole.push(&batch_of(&rows).unwrap(), &mut derivations).unwrap();
-            whole.end(&mut derivations).unwrap();
-            derivations.end().unwrap();
-            stored.extend(derivations.take_batches().unwrap().into_iter().filter(|(t, _)| *t == layout::EDGES_TABLE));
+            let tables = StoredDerivations::of_spans(&batch_of(&rows).unwrap()).unwrap();
+            stored.extend(tables.into_iter().filter(|(t, _)| *t == layout::EDGES_TABLE));
         }
         let stored: Vec<RecordBatch> = stored.into_iter().map(|(_, b)| b).collect();
         // Final rows as stored, without the pending columns, plus the pending rows paired.
@@ -451,12 +458,7 @@ mod tests {
 
     /// Derives every table of `rows` (one batch), returning the stored batches per table.
     fn derive_all(rows: &[SpanRow]) -> Vec<(&'static str, RecordBatch)> {
-        let mut derivations = StoredDerivations::default();
-        let mut whole = WholeTraces::default();
-        whole.push(&batch_of(rows).unwrap(), &mut derivations).unwrap();
-        whole.end(&mut derivations).unwrap();
-        derivations.end().unwrap();
-        derivations.take_batches().unwrap()
+        StoredDerivations::of_spans(&batch_of(rows).unwrap()).unwrap()
     }
 
     fn table<'a>(tables: &'a [(&'static str, RecordBatch)], name: &str) -> &'a RecordBatch {

@@ -333,7 +333,6 @@ impl Collector for TraceMetrics {
 
 #[cfg(test)]
 mod tests {
-    use hopscope_derive::WholeTraces;
     use hopscope_derive::stored::StoredDerivations;
     use hopscope_schemas::fixture::{SpanRow, batch_of};
     use hopscope_schemas::spans::kind::{CLIENT, SERVER};
@@ -343,12 +342,7 @@ mod tests {
 
     /// The rollups of `rows`, as the ingester writes them: (table, rows).
     fn rollups(rows: &[SpanRow]) -> Vec<(&'static str, RecordBatch)> {
-        let mut derivations = StoredDerivations::default();
-        let mut whole = WholeTraces::default();
-        whole.push(&batch_of(rows).unwrap(), &mut derivations).unwrap();
-        whole.end(&mut derivations).unwrap();
-        derivations.end().unwrap();
-        derivations.take_batches().unwrap()
+        StoredDerivations::of_spans(&batch_of(rows).unwrap()).unwrap()
     }
 
     fn count(metrics: &TraceMetrics, tables: &[(&'static str, RecordBatch)]) {
