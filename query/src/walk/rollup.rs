@@ -18,11 +18,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::ScalarValue;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType, col, lit};
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType, col};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -41,6 +40,7 @@ use hopscope_schemas::spans::span_schema;
 
 use super::derive_error;
 use super::stored::{StoredTable, project};
+use super::table::span_filters_reaching;
 use crate::store::{FilePruning, SpansTable};
 
 /// The `hop_rollup` table (see the module's documentation).
@@ -79,17 +79,8 @@ fn start_filters(filters: &[Expr]) -> DfResult<Vec<Expr>> {
                 .map(|t| t.data)
         })
         .collect::<DfResult<Vec<_>>>()?;
-    let (lo, hi) = FilePruning::from_filters(&as_start).start_ns;
-    let timestamp = |ns: i64| lit(ScalarValue::TimestampNanosecond(Some(ns), Some("UTC".into())));
-    let mut out = Vec::new();
-    if lo != i64::MIN {
-        out.push(col(edge::START_TIME).gt_eq(timestamp(lo)));
-    }
-    if hi != i64::MAX {
-        // The last selected minute's calls start up to a minute after it.
-        out.push(col(edge::START_TIME).lt_eq(timestamp(hi.saturating_add(MINUTE_NS - 1))));
-    }
-    Ok(out)
+    // The last selected minute's calls start up to a minute after it.
+    Ok(span_filters_reaching(&as_start, 0, MINUTE_NS - 1))
 }
 
 #[async_trait]

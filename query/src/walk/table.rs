@@ -21,6 +21,12 @@ use hopscope_schemas::manifest::Manifest;
 /// Spans filters that select what a per-trace analysis needs for the given filters on its own
 /// `start_time` and `trace_id` columns: the same trace, and the time range widened by the slack.
 pub(crate) fn widened_span_filters(filters: &[Expr], slack_ns: i64) -> Vec<Expr> {
+    span_filters_reaching(filters, slack_ns, slack_ns)
+}
+
+/// Span filters for the trace and time range that `filters` (on `start_time` and `trace_id`)
+/// select, the range reaching `before_ns` earlier and `after_ns` later.
+pub(crate) fn span_filters_reaching(filters: &[Expr], before_ns: i64, after_ns: i64) -> Vec<Expr> {
     let pruning = FilePruning::from_filters(filters);
     let timestamp = |ns: i64| lit(ScalarValue::TimestampNanosecond(Some(ns), Some("UTC".into())));
     let mut out = Vec::new();
@@ -29,10 +35,10 @@ pub(crate) fn widened_span_filters(filters: &[Expr], slack_ns: i64) -> Vec<Expr>
     }
     let (lo, hi) = pruning.start_ns;
     if lo != i64::MIN {
-        out.push(col(c::START_TIME).gt_eq(timestamp(lo.saturating_sub(slack_ns))));
+        out.push(col(c::START_TIME).gt_eq(timestamp(lo.saturating_sub(before_ns))));
     }
     if hi != i64::MAX {
-        out.push(col(c::START_TIME).lt_eq(timestamp(hi.saturating_add(slack_ns))));
+        out.push(col(c::START_TIME).lt_eq(timestamp(hi.saturating_add(after_ns))));
     }
     out
 }
