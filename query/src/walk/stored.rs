@@ -264,7 +264,7 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
     /// For `edges`: how the stored `hop_rollup` rows (with `rollup_filters` on its columns pushed
     /// down) of the span files that `filters` (on the edges' `start_time`) select become the rollup
     /// of the `edges` rows. `None` when the scan of `edges` would be the walk (then so is the
-    /// rollup's), or a selected file has no stored rollup.
+    /// rollup's), or a selected file was derived without rollups.
     pub(crate) async fn rollup_parts(
         &self,
         state: &dyn Session,
