@@ -9,18 +9,15 @@ use std::sync::{Arc, OnceLock};
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::error::Result as DfResult;
-use datafusion::execution::FunctionRegistry;
 use datafusion::functions::expr_fn::coalesce;
-use datafusion::functions_aggregate::expr_fn::{
-    array_agg, count, count_distinct, first_value, max, percentile_cont, sum,
-};
+use datafusion::functions_aggregate::expr_fn::{array_agg, count, first_value, max, percentile_cont, sum};
 use datafusion::prelude::{SessionContext, col, lit};
 pub use hopscope_derive::findings::Thresholds;
 use hopscope_derive::findings::{FindingScan, findings_schema, input_columns};
 use hopscope_schemas::columns::{self as c, finding as f, finding_kind as fk, semconv};
 use hopscope_schemas::spans::{kind, status};
 
-use super::frame::{Results, count_where, in_range};
+use super::frame::{Results, count_where, distinct_traces, in_range};
 use crate::walk::Derivation;
 
 /// The `findings` table, found per trace with `thresholds`.
@@ -59,25 +56,8 @@ pub(crate) async fn findings(ctx: &SessionContext, query: &FindingsQuery) -> Res
     Ok(report_batch(&findings)?)
 }
 
-/// The trace ids of a group's `evidence` list: at most [`EVIDENCE`], sorted, without repeats.
-fn evidence(batch: &RecordBatch, row: usize) -> Vec<String> {
-    let Some(list) = batch.column_by_name("evidence") else { return Vec::new() };
-    let list = list.as_list::<i32>();
-    if list.is_null(row) {
-        return Vec::new();
-    }
-    let ids = list.value(row);
-    let ids = ids.as_string::<i32>();
-    let mut out: Vec<String> = ids.iter().flatten().map(str::to_owned).collect();
-    out.sort_unstable();
-    out.dedup();
-    out.truncate(EVIDENCE);
-    out
-}
-
 /// The patterns found per trace (with the query's thresholds), grouped across traces.
 async fn per_trace_findings(ctx: &SessionContext, query: &FindingsQuery) -> Result<Vec<Finding>, crate::QueryError> {
-    let hex = ctx.udf("hex_id")?;
     // With the default thresholds, the session's `findings` table (read from what ingest derived);
     // with others, the walk with them.
     let found = if query.thresholds == Thresholds::default() {
@@ -96,10 +76,10 @@ async fn per_trace_findings(ctx: &SessionContext, query: &FindingsQuery) -> Resu
             vec![col(f::KIND), col(f::SERVICE), col(f::OPERATION), col(f::CALLEE), col(f::THRESHOLD)],
             vec![
                 count(lit(1)).alias("occurrences"),
-                count_distinct(col(f::TRACE_ID)).alias("traces"),
+                distinct_traces(f::TRACE_ID).alias("traces"),
                 sum(col(f::COUNT)).alias("calls"),
                 sum(col(f::COST_NS)).alias("cost"),
-                array_agg(hex.call(vec![col(f::TRACE_ID)])).alias("evidence"),
+                array_agg(col(f::TRACE_ID)).alias("evidence"),
             ],
         )?
         .collect()
@@ -128,7 +108,7 @@ async fn per_trace_findings(ctx: &SessionContext, query: &FindingsQuery) -> Resu
                 calls: calls.value(row) as u64,
                 cost_ns_mean: cost.value(row) as f64 / occurrences.max(1) as f64,
                 cost_ns_total: cost.value(row),
-                evidence_trace_ids: evidence(batch, row),
+                evidence_trace_ids: r.trace_id_lists("evidence", row, EVIDENCE)?,
                 threshold: thresholds.value(row).to_owned(),
             });
         }
@@ -139,7 +119,6 @@ async fn per_trace_findings(ctx: &SessionContext, query: &FindingsQuery) -> Resu
 /// Poison messages: one message consumed again and again, failing (each delivery is usually a
 /// trace of its own, so this is one query over `spans`).
 async fn poison_messages(ctx: &SessionContext, query: &FindingsQuery) -> Result<Vec<Finding>, crate::QueryError> {
-    let hex = ctx.udf("hex_id")?;
     let n = query.thresholds.poison_min_deliveries as i64;
     let mut consumed = ctx.table(crate::tables::SPANS).await?.filter(
         in_range(c::START_TIME, query.range)
@@ -156,8 +135,8 @@ async fn poison_messages(ctx: &SessionContext, query: &FindingsQuery) -> Result<
                 count(lit(1)).alias("calls"),
                 count_where(col(c::STATUS_CODE).eq(lit(status::ERROR))).alias("failures"),
                 sum(col(c::DURATION_NS)).alias("cost"),
-                count_distinct(col(c::TRACE_ID)).alias("traces"),
-                array_agg(hex.call(vec![col(c::TRACE_ID)])).alias("evidence"),
+                distinct_traces(c::TRACE_ID).alias("traces"),
+                array_agg(col(c::TRACE_ID)).alias("evidence"),
             ],
         )?
         .filter(col("calls").gt_eq(lit(n)).and(col("failures").gt_eq(lit(n - 1))))?
@@ -180,7 +159,7 @@ async fn poison_messages(ctx: &SessionContext, query: &FindingsQuery) -> Result<
                 calls: calls.value(row) as u64,
                 cost_ns_mean: cost.value(row) as f64,
                 cost_ns_total: cost.value(row),
-                evidence_trace_ids: evidence(batch, row),
+                evidence_trace_ids: r.trace_id_lists("evidence", row, EVIDENCE)?,
                 threshold: format!("poison_min_deliveries={n}"),
             });
         }
@@ -192,7 +171,6 @@ async fn poison_messages(ctx: &SessionContext, query: &FindingsQuery) -> Result<
 /// no timeout would allow. Only calls a service makes: an entry hop's caller (a user, a broker)
 /// sets no timeout hopscope can name.
 async fn unbounded_tails(ctx: &SessionContext, query: &FindingsQuery) -> Result<Vec<Finding>, crate::QueryError> {
-    let hex = ctx.udf("hex_id")?;
     let thresholds = query.thresholds;
     let call_ns = coalesce(vec![col(c::edge::CLIENT_DURATION_NS), col(c::edge::SERVER_DURATION_NS)]);
     let mut hops = ctx
@@ -217,9 +195,8 @@ async fn unbounded_tails(ctx: &SessionContext, query: &FindingsQuery) -> Result<
                 percentile_cont(col("call_ns").sort(true, false), lit(0.5)).alias("p50"),
                 max(col("call_ns")).alias("slowest"),
                 percentile_cont(col("call_ns").sort(true, false), lit(0.99)).alias("p99"),
-                count_distinct(col(c::edge::TRACE_ID)).alias("traces"),
-                first_value(hex.call(vec![col(c::edge::TRACE_ID)]), vec![col("call_ns").sort(false, false)])
-                    .alias("slowest_trace"),
+                distinct_traces(c::edge::TRACE_ID).alias("traces"),
+                first_value(col(c::edge::TRACE_ID), vec![col("call_ns").sort(false, false)]).alias("slowest_trace"),
             ],
         )?
         .filter(
@@ -243,7 +220,9 @@ async fn unbounded_tails(ctx: &SessionContext, query: &FindingsQuery) -> Result<
             r.strings(c::edge::CALLEE_OPERATION)?,
         );
         let (calls, p99, slowest) = (r.ints("calls")?, r.floats("p99")?, r.ints("slowest")?);
-        let (traces, slowest_trace) = (r.ints("traces")?, r.strings("slowest_trace")?);
+        let traces = r.ints("traces")?;
+        let slowest_trace = r.cast("slowest_trace", &DataType::FixedSizeBinary(16))?;
+        let slowest_trace = slowest_trace.as_fixed_size_binary();
         for row in 0..batch.num_rows() {
             let callee = match callee_operation.is_valid(row) {
                 true => format!("{} {}", callee.value(row), callee_operation.value(row)),
@@ -261,7 +240,7 @@ async fn unbounded_tails(ctx: &SessionContext, query: &FindingsQuery) -> Result<
                 calls: calls.value(row) as u64,
                 cost_ns_mean: cost as f64,
                 cost_ns_total: cost,
-                evidence_trace_ids: vec![slowest_trace.value(row).to_owned()],
+                evidence_trace_ids: vec![hex::encode(slowest_trace.value(row))],
                 threshold: format!(
                     "unbounded_tail_ratio={}, unbounded_tail_min_calls={}",
                     thresholds.unbounded_tail_ratio, thresholds.unbounded_tail_min_calls
