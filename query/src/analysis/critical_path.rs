@@ -1,7 +1,6 @@
 //! Critical paths of one trace and over many: the per-trace paths come from the algorithm in
 //! [`super::paths`] run on the trace's spans; the aggregate groups the `critical_path` table.
 
-use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use datafusion::arrow::array::RecordBatch;
@@ -117,150 +116,128 @@ pub(crate) struct AggregatePath {
     pub(crate) operations: RecordBatch,
 }
 
-/// The operations on the paths `query` matches, and per path its duration and each operation's
-/// self time on it.
-struct PathParts {
-    operations: Vec<(String, String)>,
-    /// One per (trace id, root span id).
-    paths: HashMap<(Vec<u8>, Vec<u8>), Path>,
-}
-
-/// One critical path: its duration, and the self time each operation (by index into
-/// [`PathParts::operations`]) has on it.
-struct Path {
-    duration_ns: i64,
-    self_ns: Vec<(usize, i64)>,
-}
-
-async fn path_parts(ctx: &SessionContext, query: &AggregatePathQuery) -> Result<PathParts, crate::QueryError> {
-    use datafusion::arrow::array::{Array, AsArray};
-    use datafusion::arrow::datatypes::{DataType, Int64Type};
-    use datafusion::common::ScalarValue;
-    use datafusion::functions_aggregate::expr_fn::sum;
+/// The rows of the `critical_path` table on the paths `query` matches (root and start).
+async fn matching_rows(
+    ctx: &SessionContext,
+    query: &AggregatePathQuery,
+) -> Result<datafusion::dataframe::DataFrame, crate::QueryError> {
     use datafusion::prelude::{col, lit};
 
-    let timestamp = |ns: i64| lit(ScalarValue::TimestampNanosecond(Some(ns), Some("UTC".into())));
-    let mut condition = col(cp::START_TIME)
-        .gt_eq(timestamp(query.range.start_ns))
-        .and(col(cp::START_TIME).lt(timestamp(query.range.end_ns)));
+    let mut condition = super::frame::in_range(cp::START_TIME, query.range);
     if let Some(service) = &query.service {
         condition = condition.and(col(cp::ROOT_SERVICE).eq(lit(service.as_str())));
     }
     if let Some(operation) = &query.operation {
         condition = condition.and(col(cp::ROOT_OPERATION).eq(lit(operation.as_str())));
     }
-    let batches = ctx
-        .table(crate::tables::CRITICAL_PATH)
-        .await?
-        .filter(condition)?
+    Ok(ctx.table(crate::tables::CRITICAL_PATH).await?.filter(condition)?)
+}
+
+/// The duration of each path of `rows` (one per trace and root), sorted.
+async fn path_durations(rows: datafusion::dataframe::DataFrame) -> Result<Vec<i64>, crate::QueryError> {
+    use datafusion::functions_aggregate::expr_fn::max;
+    use datafusion::prelude::col;
+
+    let batches = rows
+        .aggregate(vec![col(cp::TRACE_ID), col(cp::ROOT_SPAN_ID)], vec![max(col(cp::PATH_DURATION_NS)).alias("d")])?
+        .select_columns(&["d"])?
+        .collect()
+        .await?;
+    let mut durations = Vec::new();
+    for batch in &batches {
+        let d = super::frame::Results(batch).ints("d")?;
+        durations.extend(d.iter().flatten());
+    }
+    durations.sort_unstable();
+    Ok(durations)
+}
+
+/// Per (service, operation) on the paths of `rows`, its total self time on the paths whose
+/// duration `typical` and `tail` select, as (service, operation, typical, tail).
+async fn self_times(
+    rows: datafusion::dataframe::DataFrame,
+    typical: (f64, f64),
+    tail: f64,
+) -> Result<Vec<(String, String, i64, i64)>, crate::QueryError> {
+    use datafusion::arrow::array::Array;
+    use datafusion::arrow::datatypes::DataType;
+    use datafusion::functions_aggregate::expr_fn::sum;
+    use datafusion::logical_expr::{cast, when};
+    use datafusion::prelude::{col, lit};
+
+    let duration = || cast(col(cp::PATH_DURATION_NS), DataType::Float64);
+    let self_ns_where = |condition| when(condition, col(cp::SELF_NS)).otherwise(lit(0i64));
+    let batches = rows
         .aggregate(
+            vec![col(cp::SERVICE), col(cp::OPERATION)],
             vec![
-                col(cp::TRACE_ID),
-                col(cp::ROOT_SPAN_ID),
-                col(cp::PATH_DURATION_NS),
-                col(cp::SERVICE),
-                col(cp::OPERATION),
+                sum(self_ns_where(duration().gt_eq(lit(typical.0)).and(duration().lt_eq(lit(typical.1))))?)
+                    .alias("typical"),
+                sum(self_ns_where(duration().gt_eq(lit(tail)))?).alias("tail"),
             ],
-            vec![sum(col(cp::SELF_NS)).alias(cp::SELF_NS)],
         )?
         .collect()
         .await?;
-
-    let mut operations: Vec<(String, String)> = Vec::new();
-    let mut operation_index: HashMap<(String, String), usize> = HashMap::new();
-    let mut paths = HashMap::new();
+    let mut out = Vec::new();
     for batch in &batches {
-        let text = |name: &str| -> Result<_, crate::QueryError> {
-            Ok(datafusion::arrow::compute::cast(
-                batch.column_by_name(name).ok_or_else(|| crate::QueryError::Corrupt(name.into()))?,
-                &DataType::Utf8,
-            )?)
-        };
-        let column =
-            |name: &str| batch.column_by_name(name).cloned().ok_or_else(|| crate::QueryError::Corrupt(name.into()));
-        let (trace, root) = (column(cp::TRACE_ID)?, column(cp::ROOT_SPAN_ID)?);
-        let (trace, root) = (trace.as_fixed_size_binary(), root.as_fixed_size_binary());
-        let duration = datafusion::arrow::compute::cast(&column(cp::PATH_DURATION_NS)?, &DataType::Int64)?;
-        let duration = duration.as_primitive::<Int64Type>();
-        let self_ns = datafusion::arrow::compute::cast(&column(cp::SELF_NS)?, &DataType::Int64)?;
-        let self_ns = self_ns.as_primitive::<Int64Type>();
-        let (service, operation) = (text(cp::SERVICE)?, text(cp::OPERATION)?);
-        let (service, operation) = (service.as_string::<i32>(), operation.as_string::<i32>());
+        let r = super::frame::Results(batch);
+        let (service, operation) = (r.strings(cp::SERVICE)?, r.strings(cp::OPERATION)?);
+        let (typical, tail) = (r.ints("typical")?, r.ints("tail")?);
         for row in 0..batch.num_rows() {
-            let key = (service.value(row).to_owned(), operation.value(row).to_owned());
-            let index = *operation_index.entry(key.clone()).or_insert_with(|| {
-                operations.push(key);
-                operations.len() - 1
-            });
-            let path = paths
-                .entry((trace.value(row).to_vec(), root.value(row).to_vec()))
-                .or_insert_with(|| Path { duration_ns: duration.value(row), self_ns: Vec::new() });
-            path.self_ns.push((index, if self_ns.is_null(row) { 0 } else { self_ns.value(row) }));
+            let total = |a: &datafusion::arrow::array::Int64Array| if a.is_valid(row) { a.value(row) } else { 0 };
+            out.push((service.value(row).to_owned(), operation.value(row).to_owned(), total(&typical), total(&tail)));
         }
     }
-    Ok(PathParts { operations, paths })
+    Ok(out)
 }
 
 /// The aggregate critical path: per (service, operation), its share of end-to-end latency on the
 /// critical path in typical traces (p40–p60 of duration) and in the tail (p99 and slower), over
 /// the paths `query` matches.
+///
+/// Two queries over the `critical_path` rows: the paths' durations (one per trace and root), which
+/// give the groups' bounds, then per operation the self time on the paths within them (a path's
+/// duration is on each of its rows). Grouping the rows by path instead costs a hash entry per
+/// (path, operation), over twice the time.
 pub(crate) async fn aggregate_critical_path(
     ctx: &SessionContext,
     query: &AggregatePathQuery,
 ) -> Result<AggregatePath, crate::QueryError> {
-    let PathParts { operations, paths } = path_parts(ctx, query).await?;
-    let mut durations: Vec<i64> = paths.values().map(|path| path.duration_ns).collect();
-    durations.sort_unstable();
+    let rows = matching_rows(ctx, query).await?;
+    let durations = path_durations(rows.clone()).await?;
     if durations.is_empty() {
         let empty = PathGroup { traces: 0, min_duration_ns: 0, max_duration_ns: 0, mean_duration_ns: 0.0 };
         return Ok(AggregatePath { traces: 0, typical: empty, tail: empty, operations: summary_batch(&[], 0, 0)? });
     }
     let (p40, p60, p99) = (percentile(&durations, 0.4), percentile(&durations, 0.6), percentile(&durations, 0.99));
-    let typical = |d: i64| (d as f64) >= p40 && (d as f64) <= p60;
-    let tail = |d: i64| (d as f64) >= p99;
-    // Per group: traces, total duration, min, max, and per operation the total self time.
-    struct Group {
-        traces: u64,
-        total: f64,
-        min: i64,
-        max: i64,
-        self_ns: Vec<f64>,
-    }
-    let new_group =
-        || Group { traces: 0, total: 0.0, min: i64::MAX, max: i64::MIN, self_ns: vec![0.0; operations.len()] };
-    let (mut typical_group, mut tail_group) = (new_group(), new_group());
-    for Path { duration_ns: duration, self_ns: parts } in paths.values() {
-        for (group, member) in [(&mut typical_group, typical(*duration)), (&mut tail_group, tail(*duration))] {
-            if !member {
-                continue;
-            }
-            group.traces += 1;
-            group.total += *duration as f64;
-            group.min = group.min.min(*duration);
-            group.max = group.max.max(*duration);
-            for (index, self_ns) in parts {
-                group.self_ns[*index] += *self_ns as f64;
-            }
-        }
-    }
-    let group = |g: &Group| PathGroup {
-        traces: g.traces,
-        min_duration_ns: if g.traces == 0 { 0 } else { g.min },
-        max_duration_ns: if g.traces == 0 { 0 } else { g.max },
-        mean_duration_ns: if g.traces == 0 { 0.0 } else { g.total / g.traces as f64 },
+    // Each group, and the sum of its paths' durations.
+    let group = |member: &dyn Fn(f64) -> bool| {
+        let members: Vec<i64> = durations.iter().copied().filter(|&d| member(d as f64)).collect();
+        let total: f64 = members.iter().map(|&d| d as f64).sum();
+        let group = match (members.first(), members.last()) {
+            (Some(&min), Some(&max)) => PathGroup {
+                traces: members.len() as u64,
+                min_duration_ns: min,
+                max_duration_ns: max,
+                mean_duration_ns: total / members.len() as f64,
+            },
+            _ => PathGroup { traces: 0, min_duration_ns: 0, max_duration_ns: 0, mean_duration_ns: 0.0 },
+        };
+        (group, total)
     };
-    let mean = |g: &Group, i: usize| if g.traces == 0 { 0.0 } else { g.self_ns[i] / g.traces as f64 };
-    let share = |g: &Group, i: usize| if g.total > 0.0 { g.self_ns[i] / g.total } else { 0.0 };
-    let mut ranked: Vec<OperationShare> = operations
-        .iter()
-        .enumerate()
-        .map(|(i, (service, operation))| OperationShare {
-            service: service.clone(),
-            operation: operation.clone(),
-            typical_self_ns: mean(&typical_group, i),
-            typical_share: share(&typical_group, i),
-            tail_self_ns: mean(&tail_group, i),
-            tail_share: share(&tail_group, i),
+    let ((typical, typical_total), (tail, tail_total)) = (group(&|d| d >= p40 && d <= p60), group(&|d| d >= p99));
+    let mean = |self_ns: i64, g: &PathGroup| if g.traces == 0 { 0.0 } else { self_ns as f64 / g.traces as f64 };
+    let share = |self_ns: i64, total: f64| if total > 0.0 { self_ns as f64 / total } else { 0.0 };
+    let mut ranked: Vec<OperationShare> = self_times(rows, (p40, p60), p99)
+        .await?
+        .into_iter()
+        .map(|(service, operation, typical_self, tail_self)| OperationShare {
+            service,
+            operation,
+            typical_self_ns: mean(typical_self, &typical),
+            typical_share: share(typical_self, typical_total),
+            tail_self_ns: mean(tail_self, &tail),
+            tail_share: share(tail_self, tail_total),
         })
         .collect();
     ranked.sort_by(|a, b| {
@@ -268,7 +245,6 @@ pub(crate) async fn aggregate_critical_path(
             .total_cmp(&a.tail_extra_ns())
             .then_with(|| (&a.service, &a.operation).cmp(&(&b.service, &b.operation)))
     });
-    let (typical, tail) = (group(&typical_group), group(&tail_group));
     Ok(AggregatePath {
         traces: durations.len() as u64,
         typical,
