@@ -38,9 +38,15 @@ pub(crate) async fn dependencies(ctx: &SessionContext, range: TimeRange) -> Resu
         .await?
         .filter(in_range(edge::START_TIME, range))?
         .with_column(CALL_NS, coalesce(vec![col(edge::CLIENT_DURATION_NS), col(edge::SERVER_DURATION_NS)]))?;
-    let mut graph = graph(edges.clone()).await?;
-    let async_links = async_links(edges.clone(), &mut graph.users).await?;
-    let endpoints = endpoints(edges).await?;
+    // Three aggregations of the same calls, independent of each other: run side by side, each
+    // one's final (single-threaded) phase overlaps the others' scans.
+    let (mut graph, (async_links, brokers), endpoints) =
+        futures::try_join!(graph(edges.clone()), async_links(edges.clone()), endpoints(edges))?;
+    for (broker, (services, messages)) in brokers {
+        let entry = graph.users.entry(broker).or_insert_with(|| (node_kind::MESSAGING.to_owned(), BTreeSet::new(), 0));
+        entry.1.extend(services);
+        entry.2 += messages;
+    }
     graph.edges.sort_by(|a, b| b.calls.cmp(&a.calls).then_with(|| (&a.caller, &a.callee).cmp(&(&b.caller, &b.callee))));
     Ok(DependenciesView {
         start: format_time(range.start_ns),
@@ -132,9 +138,12 @@ async fn graph(edges: DataFrame) -> Result<Graph, QueryError> {
     Ok(graph)
 }
 
-/// Asynchronous links, producer to consumer through a broker, with the queueing delay; a broker is
-/// a resource of both sides.
-async fn async_links(edges: DataFrame, users: &mut Users) -> Result<Vec<AsyncLinkView>, QueryError> {
+/// Per broker, the services on either side of it and the messages through it.
+type Brokers = BTreeMap<String, (BTreeSet<String>, u64)>;
+
+/// Asynchronous links, producer to consumer through a broker, with the queueing delay; and the
+/// brokers, each a resource of both sides.
+async fn async_links(edges: DataFrame) -> Result<(Vec<AsyncLinkView>, Brokers), QueryError> {
     let mut aggregates = vec![count(lit(1)).alias("messages")];
     aggregates.extend(percentile_aggregates(edge::GAP_NS, "delay"));
     let batches = edges
@@ -142,7 +151,7 @@ async fn async_links(edges: DataFrame, users: &mut Users) -> Result<Vec<AsyncLin
         .aggregate(vec![col(edge::CALLER), col(edge::VIA), col(edge::CALLEE)], aggregates)?
         .collect()
         .await?;
-    let mut links = Vec::new();
+    let (mut links, mut brokers) = (Vec::new(), Brokers::new());
     for batch in &batches {
         let r = Results(batch);
         let (producer, via, consumer, messages) =
@@ -150,12 +159,10 @@ async fn async_links(edges: DataFrame, users: &mut Users) -> Result<Vec<AsyncLin
         for row in 0..batch.num_rows() {
             let broker = via.is_valid(row).then(|| via.value(row).to_owned());
             if let Some(broker) = &broker {
-                let entry = users
-                    .entry(broker.clone())
-                    .or_insert_with(|| (node_kind::MESSAGING.to_owned(), BTreeSet::new(), 0));
-                entry.1.insert(producer.value(row).to_owned());
-                entry.1.insert(consumer.value(row).to_owned());
-                entry.2 += messages.value(row) as u64;
+                let entry = brokers.entry(broker.clone()).or_default();
+                entry.0.insert(producer.value(row).to_owned());
+                entry.0.insert(consumer.value(row).to_owned());
+                entry.1 += messages.value(row) as u64;
             }
             links.push(AsyncLinkView {
                 producer: producer.value(row).to_owned(),
@@ -166,7 +173,7 @@ async fn async_links(edges: DataFrame, users: &mut Users) -> Result<Vec<AsyncLin
             });
         }
     }
-    Ok(links)
+    Ok((links, brokers))
 }
 
 /// What each entry endpoint reaches, with depth and its slowest hop, messages followed into the
