@@ -3,7 +3,11 @@
 //!   calls, the calls with an error, and latency sketches of the client time, the server time and the
 //!   gap ([`LatencySketch`], within [`hopscope_schemas::sketch::RELATIVE_ERROR`]);
 //! - `operation_rollup`, per service operation (service, span name, span kind, status): the number
-//!   of spans and a latency sketch of their durations.
+//!   of spans and a latency sketch of their durations;
+//! - `dependency_rollup`, per entry endpoint (the root's service and operation) and hop (caller,
+//!   callee, connection, broker, depth, and for messaging hops the consumer's operation): the calls,
+//!   the calls with an error, and latency sketches of the calls as their callers saw them and of
+//!   the gaps — what the service graph, the endpoints' reach and the asynchronous links group.
 //!
 //! Rows are additive: the calls of any set of hops and minutes are the sums of their rows, and
 //! their percentiles come from the merged sketches. A row's counts may be negative (a reader
@@ -20,7 +24,9 @@ use arrow::array::{
 };
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use hopscope_schemas::columns::{self as c, edge, hop_rollup as hr, operation_rollup as or};
+use hopscope_schemas::columns::{
+    self as c, connection, dependency_rollup as dr, edge, hop_rollup as hr, operation_rollup as or,
+};
 use hopscope_schemas::sketch::LatencySketch;
 use hopscope_schemas::spans::timestamp_type;
 
@@ -75,13 +81,56 @@ struct HopCounts {
     gap: LatencySketch,
 }
 
+/// Rollup rows found by a hash of their key, so that a row's key is built (its strings copied)
+/// only when the row is new.
+#[derive(Debug)]
+struct KeyedRows<K, V> {
+    /// Key hash → indices into `rows`.
+    index: HashMap<u64, Vec<usize>>,
+    rows: Vec<(K, V)>,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl<K, V> Default for KeyedRows<K, V> {
+    fn default() -> Self {
+        Self { index: HashMap::new(), rows: Vec::new(), hasher: foldhash::fast::RandomState::default() }
+    }
+}
+
+impl<K: Ord, V: Default> KeyedRows<K, V> {
+    /// A hasher for the key parts a row is found by.
+    fn hasher(&self) -> foldhash::fast::FoldHasher<'static> {
+        self.hasher.build_hasher()
+    }
+
+    /// The values of the row whose key hashes to `hash` and `matches`; a new row keyed `key()`
+    /// when there is none.
+    fn row(&mut self, hash: u64, matches: impl Fn(&K) -> bool, key: impl FnOnce() -> K) -> &mut V {
+        let candidates = self.index.entry(hash).or_default();
+        let at = match candidates.iter().copied().find(|&i| matches(&self.rows[i].0)) {
+            Some(at) => at,
+            None => {
+                self.rows.push((key(), V::default()));
+                candidates.push(self.rows.len() - 1);
+                self.rows.len() - 1
+            }
+        };
+        &mut self.rows[at].1
+    }
+
+    /// Every row, ordered by key; none are left.
+    fn take_sorted(&mut self) -> Vec<(K, V)> {
+        self.index.clear();
+        let mut rows = std::mem::take(&mut self.rows);
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        rows
+    }
+}
+
 /// The rollup of the hops it is handed (see the module's documentation).
 #[derive(Debug, Default)]
 pub struct HopRollup {
-    /// Key hash → indices into `rows` (keys are hashed without building them).
-    index: HashMap<u64, Vec<usize>>,
-    rows: Vec<(HopKey, HopCounts)>,
-    hasher: foldhash::fast::RandomState,
+    rows: KeyedRows<HopKey, HopCounts>,
 }
 
 /// The text columns of an `edges` batch the rollup keys on.
@@ -152,23 +201,14 @@ impl KeyColumns {
 impl HopRollup {
     /// The counts of the row `row` of `keys` with its start in `minute_ns`.
     fn counts(&mut self, keys: &KeyColumns, row: usize, minute_ns: i64) -> &mut HopCounts {
-        let mut hasher = self.hasher.build_hasher();
+        let mut hasher = self.rows.hasher();
         minute_ns.hash(&mut hasher);
         keys.caller.value(row).hash(&mut hasher);
         keys.callee.value(row).hash(&mut hasher);
         keys.operation(row).hash(&mut hasher);
         keys.connection.value(row).hash(&mut hasher);
         let hash = hasher.finish();
-        let candidates = self.index.entry(hash).or_default();
-        let at = match candidates.iter().copied().find(|&i| keys.matches(row, minute_ns, &self.rows[i].0)) {
-            Some(at) => at,
-            None => {
-                self.rows.push((keys.key(row, minute_ns), HopCounts::default()));
-                candidates.push(self.rows.len() - 1);
-                self.rows.len() - 1
-            }
-        };
-        &mut self.rows[at].1
+        self.rows.row(hash, |key| keys.matches(row, minute_ns, key), || keys.key(row, minute_ns))
     }
 
     /// Counts each hop of `edges` (a batch of the `edges` table, or of stored edges: then only the
@@ -205,15 +245,13 @@ impl HopRollup {
     /// The rows counted since the last call, ordered by minute and hop; rows that sum to nothing
     /// are left out.
     pub fn take_batch(&mut self) -> Result<Option<RecordBatch>> {
-        self.index.clear();
-        let mut rows = std::mem::take(&mut self.rows);
+        let mut rows = self.rows.take_sorted();
         rows.retain(|(_, n)| {
             n.calls != 0 || n.errors != 0 || !(n.client.is_empty() && n.server.is_empty() && n.gap.is_empty())
         });
         if rows.is_empty() {
             return Ok(None);
         }
-        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut minute = TimestampNanosecondBuilder::with_capacity(rows.len());
         let mut text: [StringBuilder; 6] = Default::default();
         let (mut calls, mut errors) = (Int64Builder::new(), Int64Builder::new());
@@ -238,6 +276,203 @@ impl HopRollup {
         columns.push(Arc::new(errors.finish()));
         columns.extend(sketches.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
         Ok(Some(RecordBatch::try_new(hop_rollup_schema(), columns)?))
+    }
+}
+
+/// The schema of the `dependency_rollup` table.
+pub fn dependency_rollup_schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            let text = |name: &str, nullable: bool| Field::new(name, DataType::Utf8, nullable);
+            Arc::new(Schema::new(vec![
+                Field::new(dr::MINUTE, timestamp_type(), false),
+                text(edge::ROOT_SERVICE, false),
+                text(edge::ROOT_OPERATION, false),
+                text(edge::CALLER, false),
+                text(edge::CALLER_KIND, false),
+                text(edge::CALLEE, false),
+                text(edge::CALLEE_KIND, false),
+                text(edge::CONNECTION, false),
+                text(edge::VIA, true),
+                text(dr::CONSUMER_OPERATION, true),
+                Field::new(edge::DEPTH, DataType::Int32, false),
+                Field::new(dr::CALLS, DataType::Int64, false),
+                Field::new(dr::ERRORS, DataType::Int64, false),
+                Field::new(dr::CALL_SKETCH, DataType::Binary, true),
+                Field::new(dr::GAP_SKETCH, DataType::Binary, true),
+            ]))
+        })
+        .clone()
+}
+
+/// What identifies a `dependency_rollup` row.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct DependencyKey {
+    minute_ns: i64,
+    root_service: String,
+    root_operation: String,
+    caller: String,
+    caller_kind: String,
+    callee: String,
+    callee_kind: String,
+    connection: String,
+    via: Option<String>,
+    consumer_operation: Option<String>,
+    depth: i32,
+}
+
+/// What a `dependency_rollup` row counts.
+#[derive(Debug, Default)]
+struct DependencyCounts {
+    calls: i64,
+    errors: i64,
+    call: LatencySketch,
+    gap: LatencySketch,
+}
+
+/// The `dependency_rollup` of the hops it is handed (see the module's documentation).
+#[derive(Debug, Default)]
+pub struct DependencyRollup {
+    rows: KeyedRows<DependencyKey, DependencyCounts>,
+}
+
+/// The columns of an `edges` batch a `dependency_rollup` row is keyed on, beyond [`KeyColumns`].
+struct EndpointColumns {
+    root_service: StringArray,
+    root_operation: StringArray,
+    via: StringArray,
+    depth: arrow::array::Int32Array,
+}
+
+impl EndpointColumns {
+    fn of(batch: &RecordBatch) -> Result<Self> {
+        let depth = column(batch, edge::DEPTH, &DataType::Int32)?;
+        Ok(Self {
+            root_service: strings(batch, edge::ROOT_SERVICE)?,
+            root_operation: strings(batch, edge::ROOT_OPERATION)?,
+            via: strings(batch, edge::VIA)?,
+            depth: depth.as_primitive::<arrow::datatypes::Int32Type>().clone(),
+        })
+    }
+
+    fn via(&self, row: usize) -> Option<&str> {
+        self.via.is_valid(row).then(|| self.via.value(row))
+    }
+}
+
+impl DependencyRollup {
+    /// Counts each hop of `edges` (a batch of the `edges` table, or of stored edges: then only the
+    /// final rows) `weight` times: -1 takes hops away.
+    pub fn add_edges(&mut self, edges: &RecordBatch, weight: i64) -> Result<()> {
+        let (hop, endpoint) = (KeyColumns::of(edges)?, EndpointColumns::of(edges)?);
+        let client = ints(edges, edge::CLIENT_DURATION_NS)?;
+        let server = ints(edges, edge::SERVER_DURATION_NS)?;
+        let gap = ints(edges, edge::GAP_NS)?;
+        let error = column(edges, edge::ERROR, &DataType::Boolean)?;
+        let error: &BooleanArray = error.as_boolean();
+        let pending = edges.column_by_name(edge::PENDING);
+        for row in 0..edges.num_rows() {
+            if pending.is_some_and(|p| p.is_valid(row)) {
+                continue;
+            }
+            let minute_ns = hop.start.value(row).div_euclid(MINUTE_NS) * MINUTE_NS;
+            let consumer_operation = match hop.connection.value(row) == connection::MESSAGING {
+                true => hop.operation(row),
+                false => None,
+            };
+            let (root_service, root_operation) = (endpoint.root_service.value(row), endpoint.root_operation.value(row));
+            let (via, depth) = (endpoint.via(row), endpoint.depth.value(row));
+            let mut hasher = self.rows.hasher();
+            (minute_ns, root_service, root_operation, hop.caller.value(row), hop.callee.value(row)).hash(&mut hasher);
+            (hop.connection.value(row), via, consumer_operation, depth).hash(&mut hasher);
+            let counts = self.rows.row(
+                hasher.finish(),
+                |key| {
+                    key.minute_ns == minute_ns
+                        && key.depth == depth
+                        && key.root_service == root_service
+                        && key.root_operation == root_operation
+                        && key.caller == hop.caller.value(row)
+                        && key.callee == hop.callee.value(row)
+                        && key.connection == hop.connection.value(row)
+                        && key.caller_kind == hop.caller_kind.value(row)
+                        && key.callee_kind == hop.callee_kind.value(row)
+                        && key.via.as_deref() == via
+                        && key.consumer_operation.as_deref() == consumer_operation
+                },
+                || DependencyKey {
+                    minute_ns,
+                    root_service: root_service.to_owned(),
+                    root_operation: root_operation.to_owned(),
+                    caller: hop.caller.value(row).to_owned(),
+                    caller_kind: hop.caller_kind.value(row).to_owned(),
+                    callee: hop.callee.value(row).to_owned(),
+                    callee_kind: hop.callee_kind.value(row).to_owned(),
+                    connection: hop.connection.value(row).to_owned(),
+                    via: via.map(str::to_owned),
+                    consumer_operation: consumer_operation.map(str::to_owned),
+                    depth,
+                },
+            );
+            counts.calls += weight;
+            if error.is_valid(row) && error.value(row) {
+                counts.errors += weight;
+            }
+            // The call as its caller saw it: the client side, else the server side.
+            let call = if client.is_valid(row) { &client } else { &server };
+            if call.is_valid(row) {
+                counts.call.add(call.value(row), weight);
+            }
+            if gap.is_valid(row) {
+                counts.gap.add(gap.value(row), weight);
+            }
+        }
+        Ok(())
+    }
+
+    /// The rows counted since the last call, ordered by minute, endpoint and hop; rows that sum
+    /// to nothing are left out.
+    pub fn take_batch(&mut self) -> Result<Option<RecordBatch>> {
+        let mut rows = self.rows.take_sorted();
+        rows.retain(|(_, n)| n.calls != 0 || n.errors != 0 || !(n.call.is_empty() && n.gap.is_empty()));
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let mut minute = TimestampNanosecondBuilder::with_capacity(rows.len());
+        let mut text: [StringBuilder; 9] = Default::default();
+        let (mut depth, mut calls, mut errors) =
+            (arrow::array::Int32Builder::new(), Int64Builder::new(), Int64Builder::new());
+        let mut sketches: [BinaryBuilder; 2] = Default::default();
+        for (key, counts) in &rows {
+            minute.append_value(key.minute_ns);
+            for (builder, value) in text.iter_mut().zip([
+                Some(&key.root_service),
+                Some(&key.root_operation),
+                Some(&key.caller),
+                Some(&key.caller_kind),
+                Some(&key.callee),
+                Some(&key.callee_kind),
+                Some(&key.connection),
+                key.via.as_ref(),
+                key.consumer_operation.as_ref(),
+            ]) {
+                builder.append_option(value);
+            }
+            depth.append_value(key.depth);
+            calls.append_value(counts.calls);
+            errors.append_value(counts.errors);
+            for (builder, sketch) in sketches.iter_mut().zip([&counts.call, &counts.gap]) {
+                builder.append_option((!sketch.is_empty()).then(|| sketch.encode()));
+            }
+        }
+        let mut columns: Vec<ArrayRef> = vec![Arc::new(minute.finish().with_timezone("UTC"))];
+        columns.extend(text.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+        columns.push(Arc::new(depth.finish()));
+        columns.push(Arc::new(calls.finish()));
+        columns.push(Arc::new(errors.finish()));
+        columns.extend(sketches.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+        Ok(Some(RecordBatch::try_new(dependency_rollup_schema(), columns)?))
     }
 }
 
@@ -273,9 +508,7 @@ struct OperationKey {
 /// operation, the spans and their durations.
 #[derive(Debug, Default)]
 pub struct OperationRollup {
-    index: HashMap<u64, Vec<usize>>,
-    rows: Vec<(OperationKey, i64, LatencySketch)>,
-    hasher: foldhash::fast::RandomState,
+    rows: KeyedRows<OperationKey, (i64, LatencySketch)>,
 }
 
 impl OperationRollup {
@@ -286,27 +519,19 @@ impl OperationRollup {
             let minute_ns = start.div_euclid(MINUTE_NS) * MINUTE_NS;
             let (service, name) = (spans.service(row), spans.name(row));
             let (kind, status) = (spans.kind.value(row), spans.status_code.value(row));
-            let hash = self.hasher.hash_one((minute_ns, service, name, kind, status));
-            let candidates = self.index.entry(hash).or_default();
-            let found = candidates.iter().copied().find(|&i| {
-                let key = &self.rows[i].0;
-                key.minute_ns == minute_ns
-                    && key.kind == kind
-                    && key.status == status
-                    && key.service == service
-                    && key.name == name
-            });
-            let at = match found {
-                Some(at) => at,
-                None => {
-                    let key =
-                        OperationKey { minute_ns, service: service.to_owned(), name: name.to_owned(), kind, status };
-                    self.rows.push((key, 0, LatencySketch::new()));
-                    candidates.push(self.rows.len() - 1);
-                    self.rows.len() - 1
-                }
-            };
-            let (_, count, sketch) = &mut self.rows[at];
+            let mut hasher = self.rows.hasher();
+            (minute_ns, service, name, kind, status).hash(&mut hasher);
+            let (count, sketch) = self.rows.row(
+                hasher.finish(),
+                |key| {
+                    key.minute_ns == minute_ns
+                        && key.kind == kind
+                        && key.status == status
+                        && key.service == service
+                        && key.name == name
+                },
+                || OperationKey { minute_ns, service: service.to_owned(), name: name.to_owned(), kind, status },
+            );
             *count += 1;
             sketch.add(spans.end_ns.value(row).saturating_sub(start), 1);
         }
@@ -314,17 +539,15 @@ impl OperationRollup {
 
     /// The rows counted since the last call, ordered by minute and operation.
     pub fn take_batch(&mut self) -> Result<Option<RecordBatch>> {
-        self.index.clear();
-        let mut rows = std::mem::take(&mut self.rows);
+        let rows = self.rows.take_sorted();
         if rows.is_empty() {
             return Ok(None);
         }
-        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut minute = TimestampNanosecondBuilder::with_capacity(rows.len());
         let (mut service, mut name) = (StringBuilder::new(), StringBuilder::new());
         let (mut kind, mut status) = (Int8Builder::new(), Int8Builder::new());
         let (mut spans, mut sketch) = (Int64Builder::new(), BinaryBuilder::new());
-        for (key, count, durations) in &rows {
+        for (key, (count, durations)) in &rows {
             minute.append_value(key.minute_ns);
             service.append_value(&key.service);
             name.append_value(&key.name);

@@ -21,7 +21,9 @@ use hopscope_schemas::spans::{status, timestamp_type};
 use crate::edges::{EdgePairing, stored_edges_schema};
 use crate::findings::{FindingScan, Thresholds, findings_schema};
 use crate::paths::{PathSections, TracePaths, critical_path_schema};
-use crate::rollup::{HopRollup, OperationRollup, hop_rollup_schema, operation_rollup_schema};
+use crate::rollup::{
+    DependencyRollup, HopRollup, OperationRollup, dependency_rollup_schema, hop_rollup_schema, operation_rollup_schema,
+};
 use crate::{OneTrace, PerTrace, Result, SpanColumns, TraceTree, WholeTraces};
 
 /// The schema of the derived `traces` table.
@@ -51,6 +53,7 @@ pub fn stored_schema(table: &str) -> Option<SchemaRef> {
         layout::FINDINGS_TABLE => Some(findings_schema()),
         layout::HOP_ROLLUP_TABLE => Some(hop_rollup_schema()),
         layout::OPERATION_ROLLUP_TABLE => Some(operation_rollup_schema()),
+        layout::DEPENDENCY_ROLLUP_TABLE => Some(dependency_rollup_schema()),
         _ => None,
     }
 }
@@ -133,6 +136,7 @@ pub struct StoredDerivations {
     /// ended.
     hop_rollup: HopRollup,
     operation_rollup: OperationRollup,
+    dependency_rollup: DependencyRollup,
     ended: bool,
 }
 
@@ -146,6 +150,7 @@ impl Default for StoredDerivations {
             findings: FindingScan::new(Thresholds::default()),
             hop_rollup: HopRollup::default(),
             operation_rollup: OperationRollup::default(),
+            dependency_rollup: DependencyRollup::default(),
             ended: false,
         }
     }
@@ -189,11 +194,12 @@ impl StoredDerivations {
         let edges = self.edges.take_batch()?;
         if let Some(edges) = &edges {
             self.hop_rollup.add_edges(edges, 1)?;
+            self.dependency_rollup.add_edges(edges, 1)?;
         }
-        let (hops, operations) = if self.ended {
-            (self.hop_rollup.take_batch()?, self.operation_rollup.take_batch()?)
+        let (hops, operations, dependencies) = if self.ended {
+            (self.hop_rollup.take_batch()?, self.operation_rollup.take_batch()?, self.dependency_rollup.take_batch()?)
         } else {
-            (None, None)
+            (None, None, None)
         };
         for (table, batch) in [
             (layout::TRACES_TABLE, self.traces.take_batch()?),
@@ -202,6 +208,7 @@ impl StoredDerivations {
             (layout::FINDINGS_TABLE, self.findings.take_batch()?),
             (layout::HOP_ROLLUP_TABLE, hops),
             (layout::OPERATION_ROLLUP_TABLE, operations),
+            (layout::DEPENDENCY_ROLLUP_TABLE, dependencies),
         ] {
             if let Some(batch) = batch {
                 out.push((table, batch));
@@ -454,6 +461,84 @@ mod tests {
         // The failed call a minute and a half later is a row of its own.
         assert!(expected.keys().any(|k| k.starts_with("28333334 shop stock")), "{expected:?}");
         assert_eq!(expected.values().map(|v| v.1).sum::<i64>(), 1);
+    }
+
+    #[test]
+    fn the_dependency_rollup_counts_the_final_hops_per_endpoint_depth_and_minute() {
+        use hopscope_schemas::columns::dependency_rollup as dr;
+        // The traces of `spans()` (a message consumed in another trace among them), and a failed
+        // call of a known hop from another endpoint, a minute and a half later.
+        let mut rows = spans();
+        let later = |ms: i64| 1_700_000_090_000_000_000 + ms * 1_000_000;
+        rows.push(SpanRow::new(trace(6), [10; 8], "shop", "GET /basket", SERVER).during(later(0), later(40)));
+        rows.push(
+            SpanRow::new(trace(6), [11; 8], "shop", "GET /stock", CLIENT).child_of([10; 8]).during(later(1), later(30)),
+        );
+        rows.push(
+            SpanRow::new(trace(6), [12; 8], "stock", "GET /stock", SERVER)
+                .child_of([11; 8])
+                .during(later(2), later(20))
+                .status(status::ERROR),
+        );
+        let tables = derive_all(&rows);
+        // Expected: the stored edges' final rows grouped here by minute, endpoint, hop and depth,
+        // with the durations their callers saw (client side, else server side).
+        let edges = table(&tables, layout::EDGES_TABLE);
+        let text = |batch: &RecordBatch, name: &str, r: usize| {
+            let a = batch.column_by_name(name).unwrap().as_string::<i32>();
+            if a.is_null(r) { String::new() } else { a.value(r).to_owned() }
+        };
+        let int = |batch: &RecordBatch, name: &str, r: usize| -> Option<i64> {
+            let a = arrow::compute::cast(batch.column_by_name(name).unwrap(), &DataType::Int64).unwrap();
+            let a = a.as_primitive::<arrow::datatypes::Int64Type>();
+            a.is_valid(r).then(|| a.value(r))
+        };
+        let key = |batch: &RecordBatch, minute_ns: i64, consumer_operation: String, r: usize| {
+            format!(
+                "{} {} {} {} {} {} {} {}",
+                minute_ns.div_euclid(60_000_000_000),
+                text(batch, edge::ROOT_SERVICE, r),
+                text(batch, edge::ROOT_OPERATION, r),
+                text(batch, edge::CALLER, r),
+                text(batch, edge::CALLEE, r),
+                text(batch, edge::VIA, r),
+                consumer_operation,
+                int(batch, edge::DEPTH, r).unwrap(),
+            )
+        };
+        let mut expected: std::collections::BTreeMap<String, (i64, i64, Vec<i64>)> = Default::default();
+        for r in 0..edges.num_rows() {
+            if edges.column_by_name(edge::PENDING).unwrap().is_valid(r) {
+                continue;
+            }
+            let start = int(edges, edge::START_TIME, r).unwrap();
+            let consumer = match text(edges, edge::CONNECTION, r).as_str() {
+                "messaging" => text(edges, edge::CALLEE_OPERATION, r),
+                _ => String::new(),
+            };
+            let entry = expected.entry(key(edges, start, consumer, r)).or_default();
+            entry.0 += 1;
+            entry.1 += i64::from(edges.column_by_name(edge::ERROR).unwrap().as_boolean().value(r));
+            if let Some(call) = int(edges, edge::CLIENT_DURATION_NS, r).or(int(edges, edge::SERVER_DURATION_NS, r)) {
+                entry.2.push(call);
+            }
+        }
+        assert!(expected.keys().any(|k| k.starts_with("28333334 shop GET /basket shop stock")), "{expected:?}");
+
+        let rollup = table(&tables, layout::DEPENDENCY_ROLLUP_TABLE);
+        assert_eq!(rollup.num_rows(), expected.len(), "{expected:?}");
+        for r in 0..rollup.num_rows() {
+            let minute_ns = int(rollup, dr::MINUTE, r).unwrap();
+            assert_eq!(minute_ns % 60_000_000_000, 0);
+            let key = key(rollup, minute_ns, text(rollup, dr::CONSUMER_OPERATION, r), r);
+            let (calls, errors, durations) = expected.get(&key).unwrap_or_else(|| panic!("unexpected row {key}"));
+            assert_eq!((int(rollup, dr::CALLS, r), int(rollup, dr::ERRORS, r)), (Some(*calls), Some(*errors)), "{key}");
+            let sketch = rollup.column_by_name(dr::CALL_SKETCH).unwrap().as_binary::<i32>();
+            let sketch = LatencySketch::decode(sketch.value(r)).unwrap();
+            assert_eq!(sketch.count(), durations.len() as i64, "{key}");
+            let max = *durations.iter().max().unwrap() as f64;
+            assert!((sketch.quantile(1.0).unwrap() - max).abs() <= 0.01 * max, "{key}");
+        }
     }
 
     /// Derives every table of `rows` (one batch), returning the stored batches per table.

@@ -18,6 +18,7 @@ use hopscope_schemas::api::{
 use serde::Deserialize;
 
 use crate::analysis::critical_path::AggregatePathQuery;
+use crate::analysis::dependencies::DependenciesQuery;
 use crate::analysis::findings::{FindingsQuery, Thresholds};
 use crate::analysis::latency::{EdgesQuery, LatencyQuery, LatencyTarget};
 use crate::analysis::search::TraceSearch;
@@ -102,9 +103,9 @@ async fn aggregate_critical_path(
 }
 
 async fn dependencies(State(engine): Engine, raw: RawParams) -> Result<Json<DependenciesView>, QueryError> {
-    let p = params(raw, &["start", "end"])?;
-    let range = p.range()?;
-    Ok(Json(engine.dependencies(range).await?))
+    let p = params(raw, &["start", "end", "exact"])?;
+    let query = DependenciesQuery { range: p.range()?, exact: p.boolean("exact")?.unwrap_or(false) };
+    Ok(Json(engine.dependencies(query).await?))
 }
 
 async fn findings(State(engine): Engine, raw: RawParams) -> Result<Json<FindingsView>, QueryError> {

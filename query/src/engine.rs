@@ -19,11 +19,11 @@ use hopscope_schemas::api::{
     AggregateCriticalPathView, DependenciesView, EdgesView, FindingsView, LatencyView, OperationView, SlowCallView,
     TraceCriticalPathView, TraceSummaryView, TraceView,
 };
-use hopscope_schemas::time::TimeRange;
 use prometheus_client::registry::Registry;
 
 use crate::QueryError;
 use crate::analysis::critical_path::AggregatePathQuery;
+use crate::analysis::dependencies::DependenciesQuery;
 use crate::analysis::findings::FindingsQuery;
 use crate::analysis::latency::{EdgesQuery, LatencyQuery};
 use crate::analysis::search::TraceSearch;
@@ -33,7 +33,7 @@ use crate::metrics::{Endpoint, Outcome, QueryMetrics};
 use crate::runtime::{Admission, QueryRuntime};
 use crate::sql::{SqlLimits, SqlResult};
 use crate::store::{ManifestReader, SpansTable};
-use crate::walk::{DerivedTable, HopRollupTable, OperationRollupTable, StoredTable};
+use crate::walk::{DerivedTable, EdgeRollupTable, OperationRollupTable, Rollup, StoredTable};
 use crate::{tables, views};
 
 /// How the query engine runs.
@@ -107,7 +107,7 @@ pub struct QueryEngine {
     metrics: Arc<QueryMetrics>,
 }
 
-/// Registers `traces`, `edges` (and its `hop_rollup`), `critical_path`, `findings` (default
+/// Registers `traces`, `edges` (and its `hop_rollup` and `dependency_rollup`), `critical_path`, `findings` (default
 /// thresholds) and `operation_rollup`: read from the files derived at ingest when `read_derived`,
 /// else derived from the spans at query time.
 fn register_derived_tables(
@@ -122,7 +122,9 @@ fn register_derived_tables(
     if !read_derived {
         ctx.register_table(tables::TRACES, Arc::new(DerivedTable::new(Arc::clone(spans), search::derivation())?))?;
         let edges: Arc<dyn TableProvider> = Arc::new(DerivedTable::new(Arc::clone(spans), pairing::derivation())?);
-        ctx.register_table(tables::HOP_ROLLUP, Arc::new(HopRollupTable::new(Arc::clone(&edges), None)))?;
+        for (name, rollup) in [(tables::HOP_ROLLUP, Rollup::Hops), (tables::DEPENDENCY_ROLLUP, Rollup::Dependencies)] {
+            ctx.register_table(name, Arc::new(EdgeRollupTable::new(rollup, Arc::clone(&edges), None)?))?;
+        }
         ctx.register_table(tables::EDGES, edges)?;
         ctx.register_table(
             tables::CRITICAL_PATH,
@@ -149,8 +151,10 @@ fn register_derived_tables(
         true,
         hopscope_derive::edges::NOT_STORED,
     )?);
-    let rollup = HopRollupTable::new(Arc::clone(&edges) as _, Some(Arc::clone(&edges)));
-    ctx.register_table(tables::HOP_ROLLUP, Arc::new(rollup))?;
+    for (name, rollup) in [(tables::HOP_ROLLUP, Rollup::Hops), (tables::DEPENDENCY_ROLLUP, Rollup::Dependencies)] {
+        let table = EdgeRollupTable::new(rollup, Arc::clone(&edges) as _, Some(Arc::clone(&edges)))?;
+        ctx.register_table(name, Arc::new(table))?;
+    }
     ctx.register_table(tables::EDGES, edges)?;
     let paths = StoredTable::new(
         Arc::clone(spans),
@@ -262,8 +266,8 @@ impl QueryEngine {
     }
 
     /// The service graph, shared resources, what entry endpoints reach, and async links.
-    pub async fn dependencies(self: &Arc<Self>, range: TimeRange) -> Result<DependenciesView, QueryError> {
-        self.run("dependencies", move |ctx| async move { dependencies::dependencies(&ctx, range).await }).await
+    pub async fn dependencies(self: &Arc<Self>, query: DependenciesQuery) -> Result<DependenciesView, QueryError> {
+        self.run("dependencies", move |ctx| async move { dependencies::dependencies(&ctx, query).await }).await
     }
 
     /// Every finding in the traces of a range, most costly first.

@@ -101,6 +101,17 @@ fn cases() -> Vec<(String, String)> {
             "SELECT * FROM critical_path ORDER BY trace_id, root_span_id, span_id".to_owned(),
         ),
         ("the findings table".to_owned(), "SELECT * FROM findings ORDER BY trace_id, kind, service".to_owned()),
+        (
+            // Aggregated: how the rows are cut (per span file, corrections) is not the table's meaning.
+            "the dependency_rollup table".to_owned(),
+            "SELECT minute, root_service, root_operation, caller, caller_kind, callee, callee_kind, connection, via, \
+             consumer_operation, depth, sum(calls) AS calls, sum(errors) AS errors, \
+             sketch_count(merge_sketches(call_sketch)) AS timed, \
+             sketch_quantile(merge_sketches(call_sketch), 0.99) AS call_p99, \
+             sketch_quantile(merge_sketches(gap_sketch), 0.5) AS gap_p50 \
+             FROM dependency_rollup GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11 ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11"
+                .to_owned(),
+        ),
     ];
     let docs = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/sql.md")).unwrap();
     for (i, block) in docs.split("```sql").skip(1).enumerate() {

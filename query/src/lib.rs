@@ -36,6 +36,7 @@ mod views;
 mod walk;
 
 pub use analysis::critical_path::AggregatePathQuery;
+pub use analysis::dependencies::DependenciesQuery;
 pub use analysis::findings::{FindingsQuery, Thresholds};
 pub use analysis::latency::{EdgesQuery, LatencyQuery, LatencyTarget};
 pub use analysis::search::{MAX_ATTRIBUTE_FILTERS, TraceSearch};

@@ -18,8 +18,12 @@ pub(crate) const CRITICAL_PATH: &str = "critical_path";
 pub(crate) const FINDINGS: &str = "findings";
 
 /// Per minute and hop: calls, errors and latency sketches of `edges` (see
-/// [`crate::walk::HopRollupTable`]).
+/// [`crate::walk::EdgeRollupTable`]).
 pub(crate) const HOP_ROLLUP: &str = "hop_rollup";
+
+/// Per minute, entry endpoint, hop and depth: calls, errors and latency sketches of `edges`, what
+/// `GET /api/v1/dependencies` groups (see [`crate::walk::EdgeRollupTable`]).
+pub(crate) const DEPENDENCY_ROLLUP: &str = "dependency_rollup";
 
 /// Per minute and service operation: spans and a latency sketch of their durations (see
 /// [`crate::walk::OperationRollupTable`]).

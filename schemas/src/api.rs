@@ -353,6 +353,8 @@ pub struct GraphEdgeView {
     pub connection: String,
     pub calls: u64,
     pub errors: u64,
+    /// Calls per second over the answer's range.
+    pub rate_per_s: f64,
     /// p99 of the call's duration as the caller saw it (the server's when there is no client span).
     pub p99_ns: f64,
 }
@@ -409,11 +411,15 @@ pub struct AsyncLinkView {
     pub queue_delay: Option<Percentiles>,
 }
 
-/// Answer of `GET /api/v1/dependencies`.
+/// Answer of `GET /api/v1/dependencies`. Calls, messages, depths and rates are exact; percentiles
+/// (the hops' and slowest hops' p99, the queue delays) as `percentiles` says.
 #[derive(Debug, Clone, Serialize)]
 pub struct DependenciesView {
+    /// The range the figures cover: the asked one, widened to whole minutes unless exact
+    /// percentiles were asked.
     pub start: String,
     pub end: String,
+    pub percentiles: PercentileAccuracy,
     pub nodes: Vec<GraphNodeView>,
     pub edges: Vec<GraphEdgeView>,
     pub shared_resources: Vec<SharedResourceView>,

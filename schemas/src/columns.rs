@@ -207,6 +207,26 @@ pub mod hop_rollup {
     pub const GAP_SKETCH: &str = "gap_sketch";
 }
 
+/// The `dependency_rollup` table's own columns; the hop's and its entry endpoint's are [`edge`]'s
+/// (`root_service`, `root_operation`, `caller`, `caller_kind`, `callee`, `callee_kind`,
+/// `connection`, `via`, `depth`).
+pub mod dependency_rollup {
+    /// The start of the minute the calls started in.
+    pub const MINUTE: &str = "minute";
+    /// For messaging hops, the consumer's operation (to follow messages into the consumers' own
+    /// traces); null for other hops.
+    pub const CONSUMER_OPERATION: &str = "consumer_operation";
+    pub const CALLS: &str = "calls";
+    /// Calls where either side has status ERROR.
+    pub const ERRORS: &str = "errors";
+    /// A latency sketch of the calls as their callers saw them: the client span's duration, else
+    /// the server span's.
+    pub const CALL_SKETCH: &str = "call_sketch";
+    /// A latency sketch of the gaps (for messaging hops, the time messages waited); null when no
+    /// call had one.
+    pub const GAP_SKETCH: &str = "gap_sketch";
+}
+
 /// The `operation_rollup` table's own columns; the operation's are the spans' (`service_name`,
 /// `name`, `kind`, `status_code`).
 pub mod operation_rollup {

@@ -19,8 +19,15 @@ pub const TMP_SUFFIX: &str = ".tmp";
 pub const SPANS_DIR: &str = "spans";
 
 /// The tables derived from each span file at ingest, each in a directory of its name.
-pub const DERIVED_TABLES: [&str; 6] =
-    [TRACES_TABLE, EDGES_TABLE, CRITICAL_PATH_TABLE, FINDINGS_TABLE, HOP_ROLLUP_TABLE, OPERATION_ROLLUP_TABLE];
+pub const DERIVED_TABLES: [&str; 7] = [
+    TRACES_TABLE,
+    EDGES_TABLE,
+    CRITICAL_PATH_TABLE,
+    FINDINGS_TABLE,
+    HOP_ROLLUP_TABLE,
+    OPERATION_ROLLUP_TABLE,
+    DEPENDENCY_ROLLUP_TABLE,
+];
 /// One row per trace of a span file: its extent, size, errors and root.
 pub const TRACES_TABLE: &str = "traces";
 /// The hops of the span file's traces.
@@ -33,6 +40,9 @@ pub const FINDINGS_TABLE: &str = "findings";
 pub const HOP_ROLLUP_TABLE: &str = "hop_rollup";
 /// Per minute and service operation (service, span name, kind, status): spans and a latency sketch.
 pub const OPERATION_ROLLUP_TABLE: &str = "operation_rollup";
+/// Per minute, entry endpoint and hop (with its depth): calls, errors and latency sketches of the
+/// span file's final hops, what `/api/v1/dependencies` reads.
+pub const DEPENDENCY_ROLLUP_TABLE: &str = "dependency_rollup";
 
 /// The path of what `table` derived from the span file at `span_relative` (both relative to the
 /// tenant directory): the same hour and file id, under the table's directory.

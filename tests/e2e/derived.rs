@@ -20,7 +20,7 @@ use hopscope_schemas::layout;
 use hopscope_schemas::manifest::Manifest;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use crate::support::{DEADLINE, Server, hopscope};
+use crate::support::{DEADLINE, Server, dependencies_without_estimates, hopscope};
 
 /// The rows of every committed file derived as `table`, file by file.
 fn stored(data_dir: &std::path::Path, table: &str) -> Vec<Vec<RecordBatch>> {
@@ -251,6 +251,64 @@ async fn tables_derived_at_flush_equal_the_query_time_walk() {
     assert_eq!(totals(walk(&walks, calls).await), reference);
     let explained = plan(walk(&reads_derived, &format!("EXPLAIN {calls}")).await);
     assert!(explained.contains("hop_rollup/") && explained.contains("RollupExec"), "{explained}");
+    // Dependencies: the stored `dependency_rollup` rows, corrected as above, give the very answer
+    // the rollup of the walked edges gives; and the calls, errors, depths and messages of the
+    // answer from every call (exact=true) over the same range.
+    let minute = 60_000_000_000;
+    let aligned = hopscope_schemas::time::TimeRange { start_ns: 0, end_ns: range.end_ns / minute * minute };
+    let dependencies = |engine: &Arc<QueryEngine>, exact: bool| {
+        let engine = Arc::clone(engine);
+        async move {
+            let query = hopscope_query::DependenciesQuery { range: aligned, exact };
+            serde_json::to_value(engine.dependencies(query).await.unwrap()).unwrap()
+        }
+    };
+    let (read, walked) = (dependencies(&reads_derived, false).await, dependencies(&walks, false).await);
+    assert_eq!(read["percentiles"]["method"], "sketch");
+    assert_eq!(read, walked);
+    let exact = dependencies(&walks, true).await;
+    assert_eq!(exact["percentiles"]["method"], "exact");
+    assert_eq!((&read["start"], &read["end"]), (&exact["start"], &exact["end"]), "whole minutes asked: no widening");
+    let rates = |view: &serde_json::Value| -> Vec<serde_json::Value> {
+        view["edges"].as_array().unwrap().iter().map(|e| e["rate_per_s"].clone()).collect()
+    };
+    assert_eq!(rates(&read), rates(&exact));
+    assert_eq!(dependencies_without_estimates(read.clone()), dependencies_without_estimates(exact.clone()));
+    for kind in ["edges", "endpoints", "async_links", "shared_resources"] {
+        assert!(!read[kind].as_array().unwrap().is_empty(), "{kind}: {read:#}");
+    }
+    // The sketches' p99 within their bound of the exact one: 1% of the larger of the two values the
+    // exact one interpolates between, which the hop's slowest call bounds.
+    let slowest_sql = "SELECT caller, callee, connection, \
+                       max(coalesce(client_duration_ns, server_duration_ns)) AS slowest FROM edges \
+                       GROUP BY caller, callee, connection";
+    let mut slowest: HashMap<String, i64> = HashMap::new();
+    for batch in walk(&walks, slowest_sql).await {
+        let text = |name: &str| cast(batch.column_by_name(name).unwrap(), &DataType::Utf8).unwrap();
+        let (caller, callee, connection) = (text("caller"), text("callee"), text("connection"));
+        let (caller, callee, connection) =
+            (caller.as_string::<i32>(), callee.as_string::<i32>(), connection.as_string::<i32>());
+        let max = cast(batch.column_by_name("slowest").unwrap(), &DataType::Int64).unwrap();
+        let max = max.as_primitive::<arrow::datatypes::Int64Type>();
+        for r in 0..batch.num_rows() {
+            let key = format!("{} {} {}", caller.value(r), callee.value(r), connection.value(r));
+            slowest.insert(key, if max.is_null(r) { 0 } else { max.value(r) });
+        }
+    }
+    for (sketched, exact) in read["edges"].as_array().unwrap().iter().zip(exact["edges"].as_array().unwrap()) {
+        let key = format!(
+            "{} {} {}",
+            exact["caller"].as_str().unwrap(),
+            exact["callee"].as_str().unwrap(),
+            exact["connection"].as_str().unwrap()
+        );
+        let bound = 0.01 * slowest[&key] as f64;
+        let (a, b) = (sketched["p99_ns"].as_f64().unwrap(), exact["p99_ns"].as_f64().unwrap());
+        assert!((a - b).abs() <= bound + 1.0, "{sketched} vs {exact}: bound {bound}");
+    }
+    let explained = plan(walk(&reads_derived, "EXPLAIN SELECT sum(calls) FROM dependency_rollup").await);
+    assert!(explained.contains("dependency_rollup/") && explained.contains("RollupExec"), "{explained}");
+
     // Operations: the stored rollups (every span counted in its file), and the rollup of the
     // spans, give the same sketches; both count what `spans` holds.
     let operations = "SELECT service_name, name, kind, status_code, sum(spans) AS n, \

@@ -328,3 +328,25 @@ fn parquet_files(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// A `GET /api/v1/dependencies` answer without what depends on how percentiles were computed (the
+/// method, the p99s, the queue delays and the slowest hops they rank) or on the range's widening to
+/// whole minutes (`start`, `end`, rates): the calls, errors, messages, nodes, reach and depths an
+/// exact and a sketched answer over the same calls share.
+pub(crate) fn dependencies_without_estimates(mut view: Value) -> Value {
+    let object = view.as_object_mut().expect("an object");
+    for key in ["percentiles", "start", "end"] {
+        object.remove(key);
+    }
+    let strip = |view: &mut Value, list: &str, keys: &[&str]| {
+        for item in view[list].as_array_mut().expect("a list") {
+            for key in keys {
+                item.as_object_mut().expect("an object").remove(*key);
+            }
+        }
+    };
+    strip(&mut view, "edges", &["p99_ns", "rate_per_s"]);
+    strip(&mut view, "async_links", &["queue_delay"]);
+    strip(&mut view, "endpoints", &["slowest_hop"]);
+    view
+}

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Html;
-use hopscope_query::AggregatePathQuery;
+use hopscope_query::{AggregatePathQuery, DependenciesQuery};
 use hopscope_query::{FindingsQuery, Thresholds};
 use hopscope_schemas::api::{AggregateCriticalPathView, EndpointDependenciesView, PathGroupView};
 use maud::{Markup, html};
@@ -79,7 +79,8 @@ pub(crate) async fn critical_path_page(
     let engine = &ui.engine;
     let range = params.window.range;
     let query = AggregatePathQuery { range, service: service.clone(), operation: operation.clone() };
-    let (view, dependencies) = tokio::try_join!(engine.aggregate_critical_path(query), engine.dependencies(range),)?;
+    let dependencies = engine.dependencies(DependenciesQuery { range, exact: false });
+    let (view, dependencies) = tokio::try_join!(engine.aggregate_critical_path(query), dependencies)?;
     let empty = if view.traces == 0 {
         Some(crate::page::empty_state(&ui, &params.window, &headers, "traces for this endpoint").await?)
     } else {

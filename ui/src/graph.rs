@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Html;
+use hopscope_query::DependenciesQuery;
 use hopscope_schemas::api::{DependenciesView, GraphEdgeView, GraphNodeView};
 use maud::{Markup, html};
 
@@ -163,7 +164,6 @@ pub(crate) fn render_graph(
     layout: &Layout,
     colouring: Colouring,
 ) -> Markup {
-    let seconds = params.window.range.seconds();
     let shared: HashMap<&str, usize> =
         view.shared_resources.iter().map(|s| (s.name.as_str(), s.services.len())).collect();
     html! {
@@ -178,7 +178,7 @@ pub(crate) fn render_graph(
                     @if let (Some(&from), Some(&to)) = (layout.positions.get(&edge.caller), layout.positions.get(&edge.callee)) {
                         @let (d, mid) = edge_path(from, to);
                         @let width = (1.0 + (edge.calls as f64).log10().max(0.0)).min(6.0);
-                        @let label = format!("{} · p99 {}", rate(edge.calls as f64 / seconds), duration(edge.p99_ns));
+                        @let label = format!("{} · p99 {}", rate(edge.rate_per_s), duration(edge.p99_ns));
                         a href=(params.link(paths::HOP, &[("caller", &edge.caller), ("callee", &edge.callee)])) {
                             g class=(format!("edge {}", edge_class(edge, colouring))) data-caller=(edge.caller) data-callee=(edge.callee) data-connection=(edge.connection) {
                                 title { (edge.caller) " → " (edge.callee) " (" (edge.connection) "): " (edge.calls) " calls, " (edge.errors) " errors, " (label) }
@@ -237,7 +237,7 @@ pub(crate) async fn page(
         Some(other) => return Err(UiError::BadParameter(format!("color: expected latency or errors, got {other:?}"))),
     };
     let range = params.window.range;
-    let view = ui.engine.dependencies(range).await?;
+    let view = ui.engine.dependencies(DependenciesQuery { range, exact: false }).await?;
     let body = if view.nodes.is_empty() {
         crate::page::empty_state(&ui, &params.window, &headers, "calls").await?
     } else {
@@ -266,6 +266,9 @@ fn render_page(params: &PageParams, view: &DependenciesView, layout: &Layout, co
         p.summary {
             (view.nodes.len()) " nodes, " (view.edges.len()) " hops in " (params.window.describe()) ". "
             "Click a node for its latency, an edge for the hop. "
+            span title=(format!("over {} to {}, the range widened to whole minutes", view.start, view.end)) {
+                "Percentiles are estimated from per-minute latency sketches (within 1%). "
+            }
             a href=(params.link(paths::GRAPH, &[("color", other.0)])) { (other.1) }
         }
         (legend(colouring))

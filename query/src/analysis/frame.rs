@@ -11,6 +11,7 @@ use datafusion::functions_aggregate::expr_fn::{count_distinct, percentile_cont, 
 use datafusion::logical_expr::{Expr, case, col, lit};
 use hopscope_schemas::api::Percentiles;
 use hopscope_schemas::columns as c;
+use hopscope_schemas::sketch::LatencySketch;
 use hopscope_schemas::time::TimeRange;
 
 use crate::QueryError;
@@ -24,6 +25,14 @@ pub(crate) fn timestamp(ns: i64) -> Expr {
 /// `column` within `range`: at or after its start, before its end.
 pub(crate) fn in_range(column: &str, range: TimeRange) -> Expr {
     col(column).gt_eq(timestamp(range.start_ns)).and(col(column).lt(timestamp(range.end_ns)))
+}
+
+/// `range` widened to whole minutes, the rollups' buckets (saturating at the ends of time).
+pub(crate) fn whole_minutes(range: TimeRange) -> TimeRange {
+    use hopscope_derive::rollup::MINUTE_NS;
+    let start_ns = range.start_ns.div_euclid(MINUTE_NS).saturating_mul(MINUTE_NS);
+    let end_ns = range.end_ns.saturating_add(MINUTE_NS - 1).div_euclid(MINUTE_NS).saturating_mul(MINUTE_NS);
+    TimeRange { start_ns, end_ns: end_ns.max(start_ns.saturating_add(MINUTE_NS)) }
 }
 
 /// The four percentile aggregates of `value`, named `{prefix}_p50` and so on.
@@ -94,6 +103,31 @@ impl Results<'_> {
 
     pub(crate) fn ints(&self, name: &str) -> Result<Int64Array, QueryError> {
         Ok(self.cast(name, &DataType::Int64)?.as_primitive().clone())
+    }
+
+    /// The latency sketch (see `hopscope_schemas::sketch`) in the binary column `name`; `None` when
+    /// null.
+    pub(crate) fn sketch(&self, name: &str, row: usize) -> Result<Option<LatencySketch>, QueryError> {
+        let sketches = self.binaries(name)?;
+        if sketches.is_null(row) {
+            return Ok(None);
+        }
+        Ok(Some(LatencySketch::decode(sketches.value(row)).map_err(|e| QueryError::Corrupt(e.to_string()))?))
+    }
+
+    /// The four percentiles of the latency sketch in the column `name`; `None` when it is null or
+    /// counts nothing.
+    pub(crate) fn sketch_percentiles(&self, name: &str, row: usize) -> Result<Option<Percentiles>, QueryError> {
+        let Some(sketch) = self.sketch(name, row)? else { return Ok(None) };
+        let mut values = [0.0; 4];
+        for (value, (q, _)) in values.iter_mut().zip(QUANTILES) {
+            match sketch.quantile(q) {
+                Some(v) => *value = v,
+                None => return Ok(None),
+            }
+        }
+        let [p50_ns, p90_ns, p99_ns, p999_ns] = values;
+        Ok(Some(Percentiles { p50_ns, p90_ns, p99_ns, p999_ns }))
     }
 
     pub(crate) fn percentiles(&self, prefix: &str, row: usize) -> Result<Option<Percentiles>, QueryError> {

@@ -16,13 +16,12 @@ use datafusion::execution::FunctionRegistry;
 use datafusion::functions::expr_fn::date_bin;
 use datafusion::functions_aggregate::expr_fn::{avg, count, stddev_pop};
 use datafusion::logical_expr::{col, lit};
-use hopscope_derive::rollup::MINUTE_NS;
 use hopscope_schemas::api::{
     EdgeView, EdgesView, HeatmapCell, HistogramBucket, LatencyPoint, LatencyView, PercentileAccuracy, Percentiles,
     Predictability, SlowCallView,
 };
 use hopscope_schemas::columns::{self as c, edge, hop_rollup as hr};
-use hopscope_schemas::sketch::{self, LatencySketch};
+use hopscope_schemas::sketch;
 use hopscope_schemas::spans::kind;
 
 use datafusion::functions_aggregate::expr_fn::sum;
@@ -31,7 +30,7 @@ use datafusion::prelude::SessionContext;
 use hopscope_schemas::histogram::{bucket_lower_ns, bucket_upper_ns};
 use hopscope_schemas::time::{TimeRange, format_time};
 
-use super::frame::{Results, count_where, in_range, percentile_aggregates, timestamp};
+use super::frame::{Results, count_where, in_range, percentile_aggregates, timestamp, whole_minutes};
 use crate::QueryError;
 use crate::tables::{EDGES as EDGES_TABLE, HOP_ROLLUP as HOP_ROLLUP_TABLE, SPANS as SPANS_TABLE};
 
@@ -77,13 +76,6 @@ pub(crate) async fn edges(ctx: &SessionContext, query: &EdgesQuery) -> Result<Ed
         (range, rows, PercentileAccuracy { method: "sketch", relative_error: sketch::RELATIVE_ERROR })
     };
     Ok(EdgesView { start: format_time(range.start_ns), end: format_time(range.end_ns), percentiles, edges: rows })
-}
-
-/// `range` widened to whole minutes, the rollups' buckets (saturating at the ends of time).
-fn whole_minutes(range: TimeRange) -> TimeRange {
-    let start_ns = range.start_ns.div_euclid(MINUTE_NS).saturating_mul(MINUTE_NS);
-    let end_ns = range.end_ns.saturating_add(MINUTE_NS - 1).div_euclid(MINUTE_NS).saturating_mul(MINUTE_NS);
-    TimeRange { start_ns, end_ns: end_ns.max(start_ns.saturating_add(MINUTE_NS)) }
 }
 
 /// The columns hops are grouped by, and the condition on the asked service.
@@ -132,21 +124,7 @@ async fn rolled_up_edges(
     // Corrections can leave a hop with no calls (a split trace's part seen as another hop).
     let batches =
         df.aggregate(group, aggregates)?.filter(col("calls").gt(lit(0i64)))?.sort(busiest_first())?.collect().await?;
-    let percentiles = |r: &Results, name: &str, row: usize| -> Result<Option<Percentiles>, QueryError> {
-        let sketches = r.binaries(name)?;
-        if sketches.is_null(row) {
-            return Ok(None);
-        }
-        let sketch = LatencySketch::decode(sketches.value(row)).map_err(|e| QueryError::Corrupt(e.to_string()))?;
-        let quantile = |q: f64| sketch.quantile(q);
-        Ok(match (quantile(0.5), quantile(0.9), quantile(0.99), quantile(0.999)) {
-            (Some(p50_ns), Some(p90_ns), Some(p99_ns), Some(p999_ns)) => {
-                Some(Percentiles { p50_ns, p90_ns, p99_ns, p999_ns })
-            }
-            _ => None,
-        })
-    };
-    edge_views(&batches, query, range, |r, side, row| percentiles(r, side, row))
+    edge_views(&batches, query, range, |r, side, row| r.sketch_percentiles(side, row))
 }
 
 /// Per-hop figures from every call: exact percentiles.
@@ -390,6 +368,7 @@ fn predictability(batches: &[RecordBatch]) -> Result<Predictability, QueryError>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hopscope_derive::rollup::MINUTE_NS;
 
     #[test]
     fn ranges_widen_to_whole_minutes_and_saturate_at_the_ends_of_time() {

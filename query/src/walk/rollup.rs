@@ -1,12 +1,12 @@
 //! The rollup tables ([`hopscope_derive::rollup`]):
 //!
-//! - [`HopRollupTable`], `hop_rollup`: per minute and hop, the calls, errors and latency sketches of
-//!   the `edges` table. Read from the rollups the ingester stored beside each span file, corrected
-//!   for what those do not hold final (see [`StoredTable::rollup_parts`]): the rows are additive, so
-//!   a correction is a row with negative counts, and any sum over the table is the sum over `edges`.
-//!   When the files of a range have no stored rollups (or `edges` is the walk), the table is the
-//!   rollup of the `edges` rows, computed as the query runs ([`RollupExec`]): the reference the
-//!   tests compare with.
+//! - [`EdgeRollupTable`]s, `hop_rollup` (per minute and hop) and `dependency_rollup` (per minute,
+//!   entry endpoint, hop and depth): the calls, errors and latency sketches of the `edges` table.
+//!   Read from the rollups the ingester stored beside each span file, corrected for what those do
+//!   not hold final (see [`StoredTable::rollup_parts`]): the rows are additive, so a correction is a
+//!   row with negative counts, and any sum over the table is the sum over `edges`. When the files of
+//!   a range have no stored rollups (or `edges` is the walk), the table is the rollup of the `edges`
+//!   rows, computed as the query runs ([`RollupExec`]): the reference the tests compare with.
 //! - [`OperationRollupTable`], `operation_rollup`: per minute and service operation, the spans and
 //!   a latency sketch of their durations. Every span lives in one span file, so the stored rows need
 //!   no correction; the span files without them (or every file, for the reference) are rolled up
@@ -31,7 +31,10 @@ use datafusion::physical_plan::{
 };
 use futures::StreamExt;
 use hopscope_derive::edges::Pending;
-use hopscope_derive::rollup::{HopRollup, MINUTE_NS, OperationRollup, hop_rollup_schema, operation_rollup_schema};
+use hopscope_derive::rollup::{
+    DependencyRollup, HopRollup, MINUTE_NS, OperationRollup, dependency_rollup_schema, hop_rollup_schema,
+    operation_rollup_schema,
+};
 use hopscope_derive::{CORE_COLUMNS, SpanColumns};
 use hopscope_schemas::columns::{edge, hop_rollup as hr};
 use hopscope_schemas::layout;
@@ -43,23 +46,37 @@ use super::stored::{StoredTable, project};
 use super::table::span_filters_reaching;
 use crate::store::{FilePruning, SpansTable};
 
-/// The `hop_rollup` table (see the module's documentation).
-pub(crate) struct HopRollupTable {
+/// A rollup of `edges`, `hop_rollup` or `dependency_rollup` (see the module's documentation).
+pub(crate) struct EdgeRollupTable {
+    /// Which rollup: [`Rollup::Hops`] or [`Rollup::Dependencies`].
+    rollup: Rollup,
     /// The registered `edges` table: the rollup's input when nothing stored serves.
     edges: Arc<dyn TableProvider>,
     /// The stored `edges`, when queries read what was derived at ingest.
     stored: Option<Arc<StoredTable<Pending>>>,
 }
 
-impl fmt::Debug for HopRollupTable {
+impl fmt::Debug for EdgeRollupTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HopRollupTable").field("stored", &self.stored.is_some()).finish_non_exhaustive()
+        f.debug_struct("EdgeRollupTable")
+            .field("rollup", &self.rollup)
+            .field("stored", &self.stored.is_some())
+            .finish_non_exhaustive()
     }
 }
 
-impl HopRollupTable {
-    pub(crate) fn new(edges: Arc<dyn TableProvider>, stored: Option<Arc<StoredTable<Pending>>>) -> Self {
-        Self { edges, stored }
+impl EdgeRollupTable {
+    pub(crate) fn new(
+        rollup: Rollup,
+        edges: Arc<dyn TableProvider>,
+        stored: Option<Arc<StoredTable<Pending>>>,
+    ) -> DfResult<Self> {
+        match rollup {
+            Rollup::Hops | Rollup::Dependencies => Ok(Self { rollup, edges, stored }),
+            Rollup::Operations => {
+                Err(DataFusionError::Internal("operation_rollup is not a rollup of edges".to_owned()))
+            }
+        }
     }
 }
 
@@ -72,6 +89,7 @@ fn start_filters(filters: &[Expr]) -> DfResult<Vec<Expr>> {
             f.clone()
                 .transform(|e| {
                     Ok(match e {
+                        // Every rollup names its minute `minute`.
                         Expr::Column(c) if c.name == hr::MINUTE => Transformed::yes(col(edge::START_TIME)),
                         other => Transformed::no(other),
                     })
@@ -84,9 +102,9 @@ fn start_filters(filters: &[Expr]) -> DfResult<Vec<Expr>> {
 }
 
 #[async_trait]
-impl TableProvider for HopRollupTable {
+impl TableProvider for EdgeRollupTable {
     fn schema(&self) -> SchemaRef {
-        hop_rollup_schema()
+        self.rollup.schema()
     }
 
     fn table_type(&self) -> TableType {
@@ -106,14 +124,14 @@ impl TableProvider for HopRollupTable {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let edge_filters = start_filters(filters)?;
         let parts = match &self.stored {
-            Some(stored) => stored.rollup_parts(state, &edge_filters, filters).await?,
+            Some(stored) => stored.rollup_parts(state, &edge_filters, filters, self.rollup.table()).await?,
             None => None,
         };
         let plan: Arc<dyn ExecutionPlan> = match parts {
             Some(parts) => {
                 let mut inputs = vec![(parts.added, 1)];
                 inputs.extend(parts.recounted.map(|rows| (rows, -1)));
-                UnionExec::try_new(vec![parts.stored, Arc::new(RollupExec::new(Rollup::Hops, inputs))])?
+                UnionExec::try_new(vec![parts.stored, Arc::new(RollupExec::new(self.rollup, inputs))])?
             }
             None => {
                 // Every column but the span ids, which the rollup does not read (and which would
@@ -123,7 +141,7 @@ impl TableProvider for HopRollupTable {
                     .filter(|&i| !hopscope_derive::edges::NOT_STORED.contains(&schema.field(i).name().as_str()))
                     .collect();
                 let edges = self.edges.scan(state, Some(&read), &edge_filters, None).await?;
-                Arc::new(RollupExec::new(Rollup::Hops, vec![(edges, 1)]))
+                Arc::new(RollupExec::new(self.rollup, vec![(edges, 1)]))
             }
         };
         let schema = self.schema();
@@ -211,6 +229,8 @@ pub(crate) enum Rollup {
     Hops,
     /// Spans (the core columns) into `operation_rollup` rows; weights are ignored.
     Operations,
+    /// `edges` rows into `dependency_rollup` rows.
+    Dependencies,
 }
 
 impl Rollup {
@@ -218,6 +238,16 @@ impl Rollup {
         match self {
             Rollup::Hops => hop_rollup_schema(),
             Rollup::Operations => operation_rollup_schema(),
+            Rollup::Dependencies => dependency_rollup_schema(),
+        }
+    }
+
+    /// The derived table the ingester stores the rollup as.
+    fn table(self) -> &'static str {
+        match self {
+            Rollup::Hops => layout::HOP_ROLLUP_TABLE,
+            Rollup::Operations => layout::OPERATION_ROLLUP_TABLE,
+            Rollup::Dependencies => layout::DEPENDENCY_ROLLUP_TABLE,
         }
     }
 }
@@ -309,12 +339,14 @@ impl ExecutionPlan for RollupExec {
             .collect::<DfResult<Vec<_>>>()?;
         let kind = self.rollup;
         let rolled = async move {
-            let (mut hops, mut operations) = (HopRollup::default(), OperationRollup::default());
+            let (mut hops, mut operations, mut dependencies) =
+                (HopRollup::default(), OperationRollup::default(), DependencyRollup::default());
             for (mut stream, weight) in inputs {
                 while let Some(batch) = stream.next().await {
                     let batch = batch?;
                     match kind {
                         Rollup::Hops => hops.add_edges(&batch, weight).map_err(derive_error)?,
+                        Rollup::Dependencies => dependencies.add_edges(&batch, weight).map_err(derive_error)?,
                         Rollup::Operations => {
                             let spans = SpanColumns::new(&batch).map_err(derive_error)?;
                             operations.add_spans(&spans, 0..batch.num_rows());
@@ -325,6 +357,7 @@ impl ExecutionPlan for RollupExec {
             match kind {
                 Rollup::Hops => hops.take_batch(),
                 Rollup::Operations => operations.take_batch(),
+                Rollup::Dependencies => dependencies.take_batch(),
             }
             .map_err(derive_error)
         };

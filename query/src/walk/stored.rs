@@ -42,7 +42,6 @@ use datafusion::physical_plan::{
 use futures::StreamExt;
 use hopscope_derive::PerTrace;
 use hopscope_derive::edges::EdgePairing;
-use hopscope_derive::rollup::hop_rollup_schema;
 use hopscope_schemas::columns as c;
 use hopscope_schemas::layout;
 use hopscope_schemas::manifest::{FileEntry, Manifest};
@@ -261,24 +260,32 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
         Ok(Arc::new(PendingPairExec::new(pending, self.schema(), projection.cloned())?))
     }
 
-    /// For `edges`: how the stored `hop_rollup` rows (with `rollup_filters` on its columns pushed
-    /// down) of the span files that `filters` (on the edges' `start_time`) select become the rollup
-    /// of the `edges` rows. `None` when the scan of `edges` would be the walk (then so is the
-    /// rollup's), or a selected file was derived without rollups.
+    /// For `edges`: how the stored rows of the rollup `table` (`hop_rollup` or
+    /// `dependency_rollup`, with `rollup_filters` on its columns pushed down) of the span files that
+    /// `filters` (on the edges' `start_time`) select become the rollup of the `edges` rows. `None`
+    /// when the scan of `edges` would be the walk (then so is the rollup's), or a selected file was
+    /// derived without that rollup.
     pub(crate) async fn rollup_parts(
         &self,
         state: &dyn Session,
         filters: &[Expr],
         rollup_filters: &[Expr],
+        table: &'static str,
     ) -> DfResult<Option<RollupParts>> {
+        let schema = hopscope_derive::stored::stored_schema(table)
+            .ok_or_else(|| DataFusionError::Internal(format!("{table} is not a derived table")))?;
         let manifest = self.spans.manifest()?;
         let span_filters = widened_span_filters(filters, self.storing.slack_ns);
         let pruning = FilePruning::from_filters(&span_filters);
         let window: Vec<&FileEntry> = manifest.files.iter().filter(|f| pruning.may_match(f)).collect();
-        // Every span file derived with rollups has `operation_rollup` rows (every span counts);
-        // one without final hops has no `hop_rollup` file, and needs none.
+        // A span file derived with `table` has its file, unless it has no final hops: then, derived
+        // with rollups (every such file has `operation_rollup` rows: every span counts), it has no
+        // `hop_rollup` file either, and needs none. (Files derived before `dependency_rollup`
+        // existed have `hop_rollup` files and no `dependency_rollup`: their rollup is computed.)
         let complete = |f: &&FileEntry| {
-            f.derived(layout::TRACES_TABLE).is_some() && f.derived(layout::OPERATION_ROLLUP_TABLE).is_some()
+            let without_hops =
+                f.derived(layout::OPERATION_ROLLUP_TABLE).is_some() && f.derived(layout::HOP_ROLLUP_TABLE).is_none();
+            f.derived(layout::TRACES_TABLE).is_some() && (f.derived(table).is_some() || without_hops)
         };
         if !self.pairs_pending || !window.iter().all(complete) {
             return Ok(None);
@@ -294,26 +301,19 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
             Some(self.derived_rows(&window, &split, true, state, &span_filters, finals, None)?)
         };
         Ok(Some(RollupParts {
-            stored: self.spans.derived_scan(
-                &window,
-                layout::HOP_ROLLUP_TABLE,
-                hop_rollup_schema(),
-                None,
-                state,
-                rollup_filters,
-            )?,
+            stored: self.spans.derived_scan(&window, table, schema, None, state, rollup_filters)?,
             recounted,
             added: self.paired_edges(&window, &split, state, &span_filters, None)?,
         }))
     }
 }
 
-/// The rollup of `edges` over a range, from what the ingester stored (see
+/// A rollup of `edges` over a range, from what the ingester stored (see
 /// [`StoredTable::rollup_parts`]): the stored rollup rows, minus the final hops they counted of
 /// traces split across span files (`recounted`), plus the hops the stored rows do not hold final
 /// (`added`: the pending hops paired and the split traces walked again).
 pub(crate) struct RollupParts {
-    /// The stored `hop_rollup` rows.
+    /// The stored rollup rows.
     pub(crate) stored: Arc<dyn ExecutionPlan>,
     /// Stored `edges` rows to take away again.
     pub(crate) recounted: Option<Arc<dyn ExecutionPlan>>,
