@@ -266,8 +266,10 @@ fn render_page(params: &PageParams, view: &DependenciesView, layout: &Layout, co
         p.summary {
             (view.nodes.len()) " nodes, " (view.edges.len()) " hops in " (params.window.describe()) ". "
             "Click a node for its latency, an edge for the hop. "
-            span title=(format!("over {} to {}, the range widened to whole minutes", view.start, view.end)) {
-                "Percentiles are estimated from per-minute latency sketches (within 1%). "
+            @if view.percentiles.method == "sketch" {
+                span title=(format!("over {} to {}, the range widened to whole minutes", view.start, view.end)) {
+                    "Percentiles are estimated from per-minute latency sketches (within 1%). "
+                }
             }
             a href=(params.link(paths::GRAPH, &[("color", other.0)])) { (other.1) }
         }

@@ -4,8 +4,8 @@
 //!
 //! Each is a grouping of the calls of a range: by default of the `dependency_rollup` rows over the
 //! range widened to whole minutes (percentiles from merged latency sketches, within
-//! [`sketch::RELATIVE_ERROR`]), or, when exact percentiles are asked, of every `edges` row of the
-//! range. Both give the same calls, messages and depths over the same range.
+//! [`sketch::RELATIVE_ERROR`]), or, when exact percentiles are asked or the range holds span files
+//! stored before that rollup existed, of every `edges` row of the range. Both give the same calls, messages and depths over the same range.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -24,7 +24,7 @@ use hopscope_schemas::columns::{connection, dependency_rollup as dr, edge, node_
 use hopscope_schemas::sketch;
 use hopscope_schemas::time::{TimeRange, format_time};
 
-use super::frame::{Results, count_where, in_range, percentile_aggregates, whole_minutes};
+use super::frame::{Results, count_where, in_range, percentile_aggregates, rollup_computed, whole_minutes};
 use crate::QueryError;
 use crate::tables::{DEPENDENCY_ROLLUP, EDGES};
 
@@ -148,7 +148,8 @@ pub(crate) async fn dependencies(
     ctx: &SessionContext,
     query: DependenciesQuery,
 ) -> Result<DependenciesView, QueryError> {
-    let (range, calls, percentiles) = if query.exact {
+    let exact = query.exact || rollup_computed(ctx, DEPENDENCY_ROLLUP, whole_minutes(query.range)).await?;
+    let (range, calls, percentiles) = if exact {
         let edges = ctx
             .table(EDGES)
             .await?

@@ -9,6 +9,7 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::common::ScalarValue;
 use datafusion::functions_aggregate::expr_fn::{count_distinct, percentile_cont, sum};
 use datafusion::logical_expr::{Expr, case, col, lit};
+use datafusion::prelude::SessionContext;
 use hopscope_schemas::api::Percentiles;
 use hopscope_schemas::columns as c;
 use hopscope_schemas::sketch::LatencySketch;
@@ -33,6 +34,17 @@ pub(crate) fn whole_minutes(range: TimeRange) -> TimeRange {
     let start_ns = range.start_ns.div_euclid(MINUTE_NS).saturating_mul(MINUTE_NS);
     let end_ns = range.end_ns.saturating_add(MINUTE_NS - 1).div_euclid(MINUTE_NS).saturating_mul(MINUTE_NS);
     TimeRange { start_ns, end_ns: end_ns.max(start_ns.saturating_add(MINUTE_NS)) }
+}
+
+/// Whether the edge rollup `table` (`hop_rollup`, `dependency_rollup`) over `range` (whole minutes)
+/// would be computed from `edges` as the query runs, because a span file of the range was stored
+/// before that rollup existed: an answer is then cheaper, and exact, from `edges` itself.
+pub(crate) async fn rollup_computed(ctx: &SessionContext, table: &str, range: TimeRange) -> Result<bool, QueryError> {
+    let provider = ctx.table_provider(table).await?;
+    match provider.as_ref().downcast_ref::<crate::walk::EdgeRollupTable>() {
+        Some(rollup) => Ok(rollup.computed_from_edges(&[in_range(c::hop_rollup::MINUTE, range)])?),
+        None => Ok(false),
+    }
 }
 
 /// The four percentile aggregates of `value`, named `{prefix}_p50` and so on.

@@ -30,7 +30,7 @@ use datafusion::prelude::SessionContext;
 use hopscope_schemas::histogram::{bucket_lower_ns, bucket_upper_ns};
 use hopscope_schemas::time::{TimeRange, format_time};
 
-use super::frame::{Results, count_where, in_range, percentile_aggregates, timestamp, whole_minutes};
+use super::frame::{Results, count_where, in_range, percentile_aggregates, rollup_computed, timestamp, whole_minutes};
 use crate::QueryError;
 use crate::tables::{EDGES as EDGES_TABLE, HOP_ROLLUP as HOP_ROLLUP_TABLE, SPANS as SPANS_TABLE};
 
@@ -65,9 +65,10 @@ pub struct LatencyQuery {
 
 /// Per-hop latency over a range, busiest hops first: from the per-minute rollups over the asked
 /// range widened to whole minutes (percentiles estimated from merged sketches), or, when `exact` is
-/// asked, from every call of the asked range.
+/// asked or the range holds span files stored without rollups, from every call of the asked range.
 pub(crate) async fn edges(ctx: &SessionContext, query: &EdgesQuery) -> Result<EdgesView, QueryError> {
-    let (range, rows, percentiles) = if query.exact {
+    let exact = query.exact || rollup_computed(ctx, HOP_ROLLUP_TABLE, whole_minutes(query.range)).await?;
+    let (range, rows, percentiles) = if exact {
         let rows = exact_edges(ctx, query).await?;
         (query.range, rows, PercentileAccuracy { method: "exact", relative_error: 0.0 })
     } else {

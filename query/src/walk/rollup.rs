@@ -80,6 +80,19 @@ impl EdgeRollupTable {
     }
 }
 
+impl EdgeRollupTable {
+    /// Whether a scan with `filters` (on `minute`) would roll `edges` up as the query runs because
+    /// a selected span file was stored without this rollup (derived by an older version): then
+    /// the question is cheaper asked of `edges` itself. Never for a table without stored rows (the
+    /// reference, always computed).
+    pub(crate) fn computed_from_edges(&self, filters: &[Expr]) -> DfResult<bool> {
+        match &self.stored {
+            Some(stored) => Ok(!stored.rollup_stored(&start_filters(filters)?, self.rollup.table())?),
+            None => Ok(false),
+        }
+    }
+}
+
 /// Filters on the edges' `start_time` that select at least the calls of the minutes `filters` (on
 /// `minute`) select.
 fn start_filters(filters: &[Expr]) -> DfResult<Vec<Expr>> {

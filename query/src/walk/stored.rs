@@ -276,20 +276,8 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
             .ok_or_else(|| DataFusionError::Internal(format!("{table} is not a derived table")))?;
         let manifest = self.spans.manifest()?;
         let span_filters = widened_span_filters(filters, self.storing.slack_ns);
-        let pruning = FilePruning::from_filters(&span_filters);
-        let window: Vec<&FileEntry> = manifest.files.iter().filter(|f| pruning.may_match(f)).collect();
-        // A span file derived with `table` has its file, unless it has no final hops: then, derived
-        // with rollups (every such file has `operation_rollup` rows: every span counts), it has no
-        // `hop_rollup` file either, and needs none. (Files derived before `dependency_rollup`
-        // existed have `hop_rollup` files and no `dependency_rollup`: their rollup is computed.)
-        let complete = |f: &&FileEntry| {
-            let without_hops =
-                f.derived(layout::OPERATION_ROLLUP_TABLE).is_some() && f.derived(layout::HOP_ROLLUP_TABLE).is_none();
-            f.derived(layout::TRACES_TABLE).is_some() && (f.derived(table).is_some() || without_hops)
-        };
-        if !self.pairs_pending || !window.iter().all(complete) {
-            return Ok(None);
-        }
+        let window = self.rollup_window(&manifest, &span_filters, table);
+        let Some(window) = window else { return Ok(None) };
         let split = Split::of(self.spans.files(), &window).await?;
         if split.ids.len() > MAX_SPLIT_TRACES {
             return Ok(None);
@@ -305,6 +293,38 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
             recounted,
             added: self.paired_edges(&window, &split, state, &span_filters, None)?,
         }))
+    }
+}
+
+impl<D: Send + Sync + 'static> StoredTable<D> {
+    /// The span files `span_filters` select, when every one of them was stored with the rollup
+    /// `table`; `None` when one was not (or this table does not pair pending rows).
+    fn rollup_window<'a>(
+        &self,
+        manifest: &'a Manifest,
+        span_filters: &[Expr],
+        table: &str,
+    ) -> Option<Vec<&'a FileEntry>> {
+        let pruning = FilePruning::from_filters(span_filters);
+        let window: Vec<&FileEntry> = manifest.files.iter().filter(|f| pruning.may_match(f)).collect();
+        // A span file derived with `table` has its file, unless it has no final hops: then, derived
+        // with rollups (every such file has `operation_rollup` rows: every span counts), it has no
+        // `hop_rollup` file either, and needs none. (Files derived before `dependency_rollup`
+        // existed have `hop_rollup` files and no `dependency_rollup`: their rollup is computed.)
+        let complete = |f: &&FileEntry| {
+            let without_hops =
+                f.derived(layout::OPERATION_ROLLUP_TABLE).is_some() && f.derived(layout::HOP_ROLLUP_TABLE).is_none();
+            f.derived(layout::TRACES_TABLE).is_some() && (f.derived(table).is_some() || without_hops)
+        };
+        (self.pairs_pending && window.iter().all(complete)).then_some(window)
+    }
+
+    /// Whether the span files that `filters` (on the edges' `start_time`) select were all stored
+    /// with the rollup `table`, so that reading it costs what its rows cost.
+    pub(crate) fn rollup_stored(&self, filters: &[Expr], table: &str) -> DfResult<bool> {
+        let manifest = self.spans.manifest()?;
+        let span_filters = widened_span_filters(filters, self.storing.slack_ns);
+        Ok(self.rollup_window(&manifest, &span_filters, table).is_some())
     }
 }
 
