@@ -78,9 +78,7 @@ impl EdgeRollupTable {
             }
         }
     }
-}
 
-impl EdgeRollupTable {
     /// Whether a scan with `filters` (on `minute`) would roll `edges` up as the query runs because
     /// a selected span file was stored without this rollup (derived by an older version): then
     /// the question is cheaper asked of `edges` itself. Never for a table without stored rows (the
