@@ -83,6 +83,9 @@ impl Store {
             self.counts.drain(..leading);
             self.offset += leading as i32;
         }
+        if self.counts.is_empty() {
+            self.offset = 0;
+        }
     }
 
     fn add(&mut self, index: i32, weight: i64) {
@@ -247,7 +250,8 @@ impl LatencySketch {
         let mut sketch = LatencySketch { zero: take_varint(&mut rest)?, ..Self::default() };
         for negative in [false, true] {
             let len = take_varint(&mut rest)?;
-            if len < 0 || len as usize > rest.len() {
+            // Indices increase from 0 to at most MAX_INDEX: no store holds more buckets than that.
+            if len < 0 || len as usize > rest.len() || len > i64::from(*MAX_INDEX) + 1 {
                 return Err(invalid("a store longer than its bytes"));
             }
             let mut index = 0i64;
@@ -391,6 +395,19 @@ mod tests {
         // as the rollups already stored hold them.
         let two = [1, 0, 4, 2, 2, 2, 2, 0];
         assert_eq!(LatencySketch::decode(&two).expect("two buckets in order").encode(), two);
+    }
+
+    #[test]
+    fn values_taken_away_again_leave_an_empty_sketch() {
+        let mut sketch = LatencySketch::new();
+        for v in [-40_000, -3, 0, 7, 1_000_000, 9_000_000_000] {
+            sketch.add(v, 2);
+        }
+        for v in [9_000_000_000, -3, 7, 0, -40_000, 1_000_000] {
+            sketch.add(v, -2);
+        }
+        assert_eq!(sketch, LatencySketch::new());
+        assert_eq!(LatencySketch::decode(&sketch.encode()).expect("empty"), sketch);
     }
 
     #[test]
