@@ -37,6 +37,9 @@ pub enum DeriveError {
     /// The input batch lacks a column the derivation reads.
     #[error("the spans handed to a derivation lack the column {0}")]
     MissingColumn(String),
+    /// A value the derivation cannot read (a derived row without a key it is counted by).
+    #[error("invalid derivation input: {0}")]
+    Invalid(String),
     #[error(transparent)]
     Arrow(#[from] ArrowError),
 }

@@ -7,14 +7,16 @@
 //! - `dependency_rollup`, per entry endpoint (the root's service and operation) and hop (caller,
 //!   callee, connection, broker, depth, and for messaging hops the consumer's operation): the calls,
 //!   the calls with an error, and latency sketches of the calls as their callers saw them and of
-//!   the gaps — what the service graph, the endpoints' reach and the asynchronous links group.
+//!   the gaps — what the service graph, the endpoints' reach and the asynchronous links group;
+//! - `path_rollup`, per entry endpoint and bucket of critical-path duration: the paths, their
+//!   durations and each operation's self time on them — what the aggregate critical path groups.
 //!
 //! Rows are additive: the calls of any set of hops and minutes are the sums of their rows, and
 //! their percentiles come from the merged sketches. A row's counts may be negative (a reader
 //! corrects what a file's rollup counted for a trace it later found in several files), so sums are
 //! exact however the rows were cut.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, OnceLock};
 
@@ -25,7 +27,8 @@ use arrow::array::{
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use hopscope_schemas::columns::{
-    self as c, connection, dependency_rollup as dr, edge, hop_rollup as hr, operation_rollup as or,
+    self as c, connection, critical_path as cp, dependency_rollup as dr, edge, hop_rollup as hr,
+    operation_rollup as or, path_rollup as pr,
 };
 use hopscope_schemas::sketch::LatencySketch;
 use hopscope_schemas::spans::timestamp_type;
@@ -566,5 +569,177 @@ impl OperationRollup {
             Arc::new(sketch.finish()),
         ];
         Ok(Some(RecordBatch::try_new(operation_rollup_schema(), columns)?))
+    }
+}
+
+/// The schema of the `path_rollup` table.
+pub fn path_rollup_schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            let text = |name: &str, nullable: bool| Field::new(name, DataType::Utf8, nullable);
+            let count = |name: &str| Field::new(name, DataType::Int64, false);
+            Arc::new(Schema::new(vec![
+                Field::new(pr::MINUTE, timestamp_type(), false),
+                text(cp::ROOT_SERVICE, false),
+                text(cp::ROOT_OPERATION, false),
+                Field::new(pr::DURATION_BUCKET, DataType::Int32, false),
+                text(cp::SERVICE, true),
+                text(cp::OPERATION, true),
+                count(pr::PATHS),
+                count(pr::DURATION_NS),
+                count(pr::SELF_NS),
+            ]))
+        })
+        .clone()
+}
+
+/// What identifies a `path_rollup` row: the paths' minute, root and duration bucket, and the
+/// operation (service, name) whose self time it sums, or `None` for the row counting the paths.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct PathKey {
+    minute_ns: i64,
+    root_service: String,
+    root_operation: String,
+    bucket: i32,
+    operation: Option<(String, String)>,
+}
+
+/// What a `path_rollup` row sums.
+#[derive(Debug, Default)]
+struct PathCounts {
+    paths: i64,
+    duration_ns: i64,
+    self_ns: i64,
+}
+
+/// The `path_rollup` of the critical paths it is handed: per minute (of the root's start), entry
+/// endpoint (the root's service and operation) and bucket of the path's duration
+/// ([`hopscope_schemas::sketch::bucket_index`]), one row counting the paths and summing their
+/// durations, and one row per operation on them summing its self time. Any sum over a set of
+/// minutes, endpoints and buckets is the same sum over the `critical_path` rows of those paths.
+#[derive(Debug, Default)]
+pub struct PathRollup {
+    rows: KeyedRows<PathKey, PathCounts>,
+    /// The paths counted since the last [`PathRollup::next_input`]: (trace id, root span id).
+    counted: HashSet<([u8; 16], [u8; 8]), foldhash::fast::RandomState>,
+}
+
+impl PathRollup {
+    /// Counts the paths of `rows` (a batch of the `critical_path` table, stored or derived at query
+    /// time) `weight` times: -1 takes them away. A path's rows may come in several batches: it is
+    /// counted once per input (see [`PathRollup::next_input`]), its self times row by row.
+    pub fn add_paths(&mut self, rows: &RecordBatch, weight: i64) -> Result<()> {
+        let trace = column(rows, cp::TRACE_ID, &DataType::FixedSizeBinary(16))?;
+        let trace = trace.as_fixed_size_binary();
+        let root = column(rows, cp::ROOT_SPAN_ID, &DataType::FixedSizeBinary(8))?;
+        let root = root.as_fixed_size_binary();
+        let start = column(rows, cp::START_TIME, &timestamp_type())?;
+        let start = start.as_primitive::<arrow::datatypes::TimestampNanosecondType>();
+        let (root_service, root_operation) = (strings(rows, cp::ROOT_SERVICE)?, strings(rows, cp::ROOT_OPERATION)?);
+        let (service, operation) = (strings(rows, cp::SERVICE)?, strings(rows, cp::OPERATION)?);
+        let (duration, self_ns) = (ints(rows, cp::PATH_DURATION_NS)?, ints(rows, cp::SELF_NS)?);
+        for row in 0..rows.num_rows() {
+            let minute_ns = start.value(row).div_euclid(MINUTE_NS) * MINUTE_NS;
+            let path_duration = duration.value(row).max(0);
+            let bucket = hopscope_schemas::sketch::bucket_index(path_duration);
+            let (root_service, root_operation) = (root_service.value(row), root_operation.value(row));
+            let (service, operation) = (service.value(row), operation.value(row));
+            let id = |array: &arrow::array::FixedSizeBinaryArray, what: &str| -> Result<Vec<u8>> {
+                if array.is_valid(row) {
+                    Ok(array.value(row).to_vec())
+                } else {
+                    Err(DeriveError::Invalid(format!("a critical_path row without its {what}")))
+                }
+            };
+            let path: ([u8; 16], [u8; 8]) = (
+                id(trace, "trace id")?.try_into().expect("16 bytes, by its type"),
+                id(root, "root span id")?.try_into().expect("8 bytes, by its type"),
+            );
+            if self.counted.insert(path) {
+                let counts = self.counts(minute_ns, root_service, root_operation, bucket, None);
+                counts.paths = counts.paths.saturating_add(weight);
+                counts.duration_ns = counts.duration_ns.saturating_add(weight.saturating_mul(path_duration));
+            }
+            let counts = self.counts(minute_ns, root_service, root_operation, bucket, Some((service, operation)));
+            counts.self_ns = counts.self_ns.saturating_add(weight.saturating_mul(self_ns.value(row)));
+        }
+        Ok(())
+    }
+
+    /// The counts of the row keyed by these parts (`operation`: service and name, or `None` for the
+    /// row counting the paths).
+    fn counts(
+        &mut self,
+        minute_ns: i64,
+        root_service: &str,
+        root_operation: &str,
+        bucket: i32,
+        operation: Option<(&str, &str)>,
+    ) -> &mut PathCounts {
+        let mut hasher = self.rows.hasher();
+        (minute_ns, root_service, root_operation, bucket, operation).hash(&mut hasher);
+        self.rows.row(
+            hasher.finish(),
+            |key| {
+                key.minute_ns == minute_ns
+                    && key.bucket == bucket
+                    && key.root_service == root_service
+                    && key.root_operation == root_operation
+                    && key.operation.as_ref().map(|(s, o)| (s.as_str(), o.as_str())) == operation
+            },
+            || PathKey {
+                minute_ns,
+                root_service: root_service.to_owned(),
+                root_operation: root_operation.to_owned(),
+                bucket,
+                operation: operation.map(|(s, o)| (s.to_owned(), o.to_owned())),
+            },
+        )
+    }
+
+    /// The next rows handed over are another input: their paths are counted again even where an
+    /// earlier input had them (a reader takes away what stored files counted of a trace, then adds
+    /// what the trace's walk counts).
+    pub fn next_input(&mut self) {
+        self.counted.clear();
+    }
+
+    /// The rows counted since the last call, ordered by minute, endpoint, bucket and operation (the
+    /// row counting the paths first); rows that sum to nothing are left out.
+    pub fn take_batch(&mut self) -> Result<Option<RecordBatch>> {
+        self.counted.clear();
+        let mut rows = self.rows.take_sorted();
+        rows.retain(|(_, n)| n.paths != 0 || n.duration_ns != 0 || n.self_ns != 0);
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let mut minute = TimestampNanosecondBuilder::with_capacity(rows.len());
+        let mut text: [StringBuilder; 4] = Default::default();
+        let mut bucket = arrow::array::Int32Builder::with_capacity(rows.len());
+        let mut counts: [Int64Builder; 3] = Default::default();
+        for (key, n) in &rows {
+            minute.append_value(key.minute_ns);
+            let operation = key.operation.as_ref();
+            for (builder, value) in text.iter_mut().zip([
+                Some(key.root_service.as_str()),
+                Some(key.root_operation.as_str()),
+                operation.map(|(s, _)| s.as_str()),
+                operation.map(|(_, o)| o.as_str()),
+            ]) {
+                builder.append_option(value);
+            }
+            bucket.append_value(key.bucket);
+            for (builder, value) in counts.iter_mut().zip([n.paths, n.duration_ns, n.self_ns]) {
+                builder.append_value(value);
+            }
+        }
+        let mut columns: Vec<ArrayRef> = vec![Arc::new(minute.finish().with_timezone("UTC"))];
+        let mut text = text.into_iter().map(|mut b| Arc::new(b.finish()) as ArrayRef);
+        columns.extend(text.by_ref().take(2));
+        columns.push(Arc::new(bucket.finish()));
+        columns.extend(text);
+        columns.extend(counts.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+        Ok(Some(RecordBatch::try_new(path_rollup_schema(), columns)?))
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! [`StoredDerivations`] runs the trace summaries, hop pairing, critical paths and findings (with
 //! default thresholds) over each whole trace it is handed, and gives their rows back per table; once
-//! the input has ended, also the per-minute rollups of the final hops and of the spans
-//! ([`crate::rollup`]).
+//! the input has ended, also the per-minute rollups of the final hops, of the spans and of the
+//! critical paths ([`crate::rollup`]).
 //! Relations between traces are not settled here: a hop that another trace may change (a producer
 //! nobody in its own trace consumed, a consumer linking to other traces) is stored as a pending row
 //! (see [`EdgePairing::storing`]), and whoever reads the stored edges pairs the pending rows of
@@ -22,7 +22,8 @@ use crate::edges::{EdgePairing, stored_edges_schema};
 use crate::findings::{FindingScan, Thresholds, findings_schema};
 use crate::paths::{PathSections, TracePaths, critical_path_schema};
 use crate::rollup::{
-    DependencyRollup, HopRollup, OperationRollup, dependency_rollup_schema, hop_rollup_schema, operation_rollup_schema,
+    DependencyRollup, HopRollup, OperationRollup, PathRollup, dependency_rollup_schema, hop_rollup_schema,
+    operation_rollup_schema, path_rollup_schema,
 };
 use crate::{OneTrace, PerTrace, Result, SpanColumns, TraceTree, WholeTraces};
 
@@ -54,6 +55,7 @@ pub fn stored_schema(table: &str) -> Option<SchemaRef> {
         layout::HOP_ROLLUP_TABLE => Some(hop_rollup_schema()),
         layout::OPERATION_ROLLUP_TABLE => Some(operation_rollup_schema()),
         layout::DEPENDENCY_ROLLUP_TABLE => Some(dependency_rollup_schema()),
+        layout::PATH_ROLLUP_TABLE => Some(path_rollup_schema()),
         _ => None,
     }
 }
@@ -137,6 +139,7 @@ pub struct StoredDerivations {
     hop_rollup: HopRollup,
     operation_rollup: OperationRollup,
     dependency_rollup: DependencyRollup,
+    path_rollup: PathRollup,
     ended: bool,
 }
 
@@ -151,6 +154,7 @@ impl Default for StoredDerivations {
             hop_rollup: HopRollup::default(),
             operation_rollup: OperationRollup::default(),
             dependency_rollup: DependencyRollup::default(),
+            path_rollup: PathRollup::default(),
             ended: false,
         }
     }
@@ -196,19 +200,29 @@ impl StoredDerivations {
             self.hop_rollup.add_edges(edges, 1)?;
             self.dependency_rollup.add_edges(edges, 1)?;
         }
-        let (hops, operations, dependencies) = if self.ended {
-            (self.hop_rollup.take_batch()?, self.operation_rollup.take_batch()?, self.dependency_rollup.take_batch()?)
+        let paths = self.paths.take_batch()?;
+        if let Some(paths) = &paths {
+            self.path_rollup.add_paths(paths, 1)?;
+        }
+        let (hops, operations, dependencies, path_rollup) = if self.ended {
+            (
+                self.hop_rollup.take_batch()?,
+                self.operation_rollup.take_batch()?,
+                self.dependency_rollup.take_batch()?,
+                self.path_rollup.take_batch()?,
+            )
         } else {
-            (None, None, None)
+            (None, None, None, None)
         };
         for (table, batch) in [
             (layout::TRACES_TABLE, self.traces.take_batch()?),
             (layout::EDGES_TABLE, edges),
-            (layout::CRITICAL_PATH_TABLE, self.paths.take_batch()?),
+            (layout::CRITICAL_PATH_TABLE, paths),
             (layout::FINDINGS_TABLE, self.findings.take_batch()?),
             (layout::HOP_ROLLUP_TABLE, hops),
             (layout::OPERATION_ROLLUP_TABLE, operations),
             (layout::DEPENDENCY_ROLLUP_TABLE, dependencies),
+            (layout::PATH_ROLLUP_TABLE, path_rollup),
         ] {
             if let Some(batch) = batch {
                 out.push((table, batch));
@@ -539,6 +553,89 @@ mod tests {
             let max = *durations.iter().max().unwrap() as f64;
             assert!((sketch.quantile(1.0).unwrap() - max).abs() <= 0.01 * max, "{key}");
         }
+    }
+
+    /// Paths are counted once each, per minute of their root's start, entry endpoint and duration
+    /// bucket, with each operation's self time on them; a rollup that takes the same rows away again
+    /// has nothing left.
+    #[test]
+    fn the_path_rollup_counts_paths_and_self_times_per_endpoint_and_duration_bucket() {
+        use crate::rollup::PathRollup;
+        use hopscope_schemas::columns::{critical_path as cp, path_rollup as pr};
+        use hopscope_schemas::sketch::bucket_index;
+        // A whole minute, so the first traces share it and the last starts in the next.
+        let minute = 28_333_334 * 60_000_000_000i64;
+        let ms = |n: i64| minute + n * 1_000_000;
+        let rows = vec![
+            // 100 ms, of which a sequential database call takes 50.
+            SpanRow::new(trace(10), [10; 8], "web", "GET /a", SERVER).during(ms(0), ms(100)),
+            SpanRow::new(trace(10), [11; 8], "web", "query", CLIENT).child_of([10; 8]).during(ms(10), ms(60)),
+            // 100 ms alone: the same bucket; then 300 ms, another.
+            SpanRow::new(trace(11), [12; 8], "web", "GET /a", SERVER).during(ms(1_000), ms(1_100)),
+            SpanRow::new(trace(12), [13; 8], "web", "GET /a", SERVER).during(ms(2_000), ms(2_300)),
+            // The next minute, another endpoint.
+            SpanRow::new(trace(13), [14; 8], "web", "GET /b", SERVER).during(ms(61_000), ms(61_030)),
+        ];
+        let tables = derive_all(&rows);
+        let rollup = table(&tables, layout::PATH_ROLLUP_TABLE);
+        let text = |name: &str, r: usize| {
+            let column = rollup.column_by_name(name).unwrap().as_string::<i32>();
+            column.is_valid(r).then(|| column.value(r).to_owned())
+        };
+        let int = |name: &str, r: usize| {
+            let column = arrow::compute::cast(rollup.column_by_name(name).unwrap(), &DataType::Int64).unwrap();
+            column.as_primitive::<arrow::datatypes::Int64Type>().value(r)
+        };
+        type Row = (i64, String, i32, Option<(String, String)>, i64, i64, i64);
+        let got: Vec<Row> = (0..rollup.num_rows())
+            .map(|r| {
+                let operation = text(cp::SERVICE, r).zip(text(cp::OPERATION, r));
+                let root = format!("{} {}", text(cp::ROOT_SERVICE, r).unwrap(), text(cp::ROOT_OPERATION, r).unwrap());
+                let bucket = int(pr::DURATION_BUCKET, r) as i32;
+                (
+                    int(pr::MINUTE, r),
+                    root,
+                    bucket,
+                    operation,
+                    int(pr::PATHS, r),
+                    int(pr::DURATION_NS, r),
+                    int(pr::SELF_NS, r),
+                )
+            })
+            .collect();
+        let ns = |ms: i64| ms * 1_000_000;
+        let op = |service: &str, name: &str| Some((service.to_owned(), name.to_owned()));
+        let (a, b) = ("web GET /a".to_owned(), "web GET /b".to_owned());
+        let (b100, b300, b30) = (bucket_index(ns(100)), bucket_index(ns(300)), bucket_index(ns(30)));
+        let next = minute + 60_000_000_000;
+        let mut expected: Vec<Row> = vec![
+            (minute, a.clone(), b100, None, 2, ns(200), 0),
+            (minute, a.clone(), b100, op("web", "GET /a"), 0, 0, ns(150)),
+            (minute, a.clone(), b100, op("web", "query"), 0, 0, ns(50)),
+            (minute, a.clone(), b300, None, 1, ns(300), 0),
+            (minute, a.clone(), b300, op("web", "GET /a"), 0, 0, ns(300)),
+            (next, b.clone(), b30, None, 1, ns(30), 0),
+            (next, b.clone(), b30, op("web", "GET /b"), 0, 0, ns(30)),
+        ];
+        expected.sort();
+        assert_eq!(got, expected);
+        // The self times are the critical path's, path by path.
+        let paths = table(&tables, layout::CRITICAL_PATH_TABLE);
+        assert_eq!(int_sum(rollup, pr::SELF_NS), int_sum(paths, cp::SELF_NS));
+
+        // Taken away as another input, the same rows leave nothing; within one input, rows of a
+        // path seen before count its self time again but not the path.
+        let mut taken = PathRollup::default();
+        taken.add_paths(paths, 1).unwrap();
+        taken.next_input();
+        taken.add_paths(paths, -1).unwrap();
+        assert!(taken.take_batch().unwrap().is_none());
+        let mut twice = PathRollup::default();
+        twice.add_paths(paths, 1).unwrap();
+        twice.add_paths(paths, 1).unwrap();
+        let twice = twice.take_batch().unwrap().unwrap();
+        assert_eq!(int_sum(&twice, pr::PATHS), 4);
+        assert_eq!(int_sum(&twice, pr::SELF_NS), 2 * int_sum(paths, cp::SELF_NS));
     }
 
     /// Derives every table of `rows` (one batch), returning the stored batches per table.

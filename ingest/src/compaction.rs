@@ -404,7 +404,7 @@ mod tests {
         // Lone INTERNAL spans: critical paths and operations, but no hops and no findings, so no
         // files of theirs.
         let tables: Vec<&str> = entry.derived.iter().map(|d| d.table.as_str()).collect();
-        assert_eq!(tables, ["traces", "critical_path", "operation_rollup"]);
+        assert_eq!(tables, ["traces", "critical_path", "operation_rollup", "path_rollup"]);
         fs::remove_dir_all(dir).unwrap();
     }
 

@@ -90,11 +90,12 @@ async fn aggregate_critical_path(
     State(engine): Engine,
     raw: RawParams,
 ) -> Result<Json<AggregateCriticalPathView>, QueryError> {
-    let p = params(raw, &["service", "operation", "start", "end"])?;
+    let p = params(raw, &["service", "operation", "start", "end", "exact"])?;
     let query = AggregatePathQuery {
         range: p.range()?,
         service: p.text("service")?.map(str::to_owned),
         operation: p.text("operation")?.map(str::to_owned),
+        exact: p.boolean("exact")?.unwrap_or(false),
     };
     if query.operation.is_some() && query.service.is_none() {
         return Err(QueryError::BadParameter("operation: needs service (the root span's service)".into()));

@@ -33,7 +33,7 @@ use crate::metrics::{Endpoint, Outcome, QueryMetrics};
 use crate::runtime::{Admission, QueryRuntime};
 use crate::sql::{SqlLimits, SqlResult};
 use crate::store::{ManifestReader, SpansTable};
-use crate::walk::{DerivedTable, EdgeRollupTable, OperationRollupTable, Rollup, StoredTable};
+use crate::walk::{DerivedRollupTable, DerivedTable, OperationRollupTable, Rollup, StoredTable};
 use crate::{tables, views};
 
 /// How the query engine runs.
@@ -107,8 +107,8 @@ pub struct QueryEngine {
     metrics: Arc<QueryMetrics>,
 }
 
-/// Registers `traces`, `edges` (and its `hop_rollup` and `dependency_rollup`), `critical_path`, `findings` (default
-/// thresholds) and `operation_rollup`: read from the files derived at ingest when `read_derived`,
+/// Registers `traces`, `edges` (and its `hop_rollup` and `dependency_rollup`), `critical_path` (and its
+/// `path_rollup`), `findings` (default thresholds) and `operation_rollup`: read from the files derived at ingest when `read_derived`,
 /// else derived from the spans at query time.
 fn register_derived_tables(
     ctx: &SessionContext,
@@ -123,13 +123,14 @@ fn register_derived_tables(
         ctx.register_table(tables::TRACES, Arc::new(DerivedTable::new(Arc::clone(spans), search::derivation())?))?;
         let edges: Arc<dyn TableProvider> = Arc::new(DerivedTable::new(Arc::clone(spans), pairing::derivation())?);
         for (name, rollup) in [(tables::HOP_ROLLUP, Rollup::Hops), (tables::DEPENDENCY_ROLLUP, Rollup::Dependencies)] {
-            ctx.register_table(name, Arc::new(EdgeRollupTable::new(rollup, Arc::clone(&edges), None)?))?;
+            let table = DerivedRollupTable::<hopscope_derive::edges::Pending>::new(rollup, Arc::clone(&edges), None)?;
+            ctx.register_table(name, Arc::new(table))?;
         }
         ctx.register_table(tables::EDGES, edges)?;
-        ctx.register_table(
-            tables::CRITICAL_PATH,
-            Arc::new(DerivedTable::new(Arc::clone(spans), paths::derivation())?),
-        )?;
+        let paths: Arc<dyn TableProvider> = Arc::new(DerivedTable::new(Arc::clone(spans), paths::derivation())?);
+        let path_rollup = DerivedRollupTable::<()>::new(Rollup::Paths, Arc::clone(&paths), None)?;
+        ctx.register_table(tables::PATH_ROLLUP, Arc::new(path_rollup))?;
+        ctx.register_table(tables::CRITICAL_PATH, paths)?;
         ctx.register_table(tables::FINDINGS, Arc::new(DerivedTable::new(Arc::clone(spans), default_findings())?))?;
         return Ok(());
     }
@@ -152,19 +153,21 @@ fn register_derived_tables(
         hopscope_derive::edges::NOT_STORED,
     )?);
     for (name, rollup) in [(tables::HOP_ROLLUP, Rollup::Hops), (tables::DEPENDENCY_ROLLUP, Rollup::Dependencies)] {
-        let table = EdgeRollupTable::new(rollup, Arc::clone(&edges) as _, Some(Arc::clone(&edges)))?;
+        let table = DerivedRollupTable::new(rollup, Arc::clone(&edges) as _, Some(Arc::clone(&edges)))?;
         ctx.register_table(name, Arc::new(table))?;
     }
     ctx.register_table(tables::EDGES, edges)?;
-    let paths = StoredTable::new(
+    let paths = Arc::new(StoredTable::new(
         Arc::clone(spans),
         paths::derivation(),
         layout::CRITICAL_PATH_TABLE,
         paths::storing_derivation(),
         false,
         hopscope_derive::paths::NOT_STORED,
-    )?;
-    ctx.register_table(tables::CRITICAL_PATH, Arc::new(paths))?;
+    )?);
+    let path_rollup = DerivedRollupTable::new(Rollup::Paths, Arc::clone(&paths) as _, Some(Arc::clone(&paths)))?;
+    ctx.register_table(tables::PATH_ROLLUP, Arc::new(path_rollup))?;
+    ctx.register_table(tables::CRITICAL_PATH, paths)?;
     let findings = StoredTable::new(
         Arc::clone(spans),
         default_findings(),
@@ -260,7 +263,7 @@ impl QueryEngine {
     ) -> Result<AggregateCriticalPathView, QueryError> {
         self.run("aggregate_critical_path", move |ctx| async move {
             let path = critical_path::aggregate_critical_path(&ctx, &query).await?;
-            views::aggregate_path_view(&path, query.range)
+            views::aggregate_path_view(&path)
         })
         .await
     }

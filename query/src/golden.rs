@@ -112,6 +112,13 @@ fn cases() -> Vec<(String, String)> {
              FROM dependency_rollup GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11 ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11"
                 .to_owned(),
         ),
+        (
+            "the path_rollup table".to_owned(),
+            "SELECT minute, root_service, root_operation, duration_bucket, service, operation, \
+             sum(paths) AS paths, sum(duration_ns) AS duration_ns, sum(self_ns) AS self_ns \
+             FROM path_rollup GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 3, 4, 5, 6"
+                .to_owned(),
+        ),
     ];
     let docs = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/sql.md")).unwrap();
     for (i, block) in docs.split("```sql").skip(1).enumerate() {

@@ -18,12 +18,17 @@ pub(crate) const CRITICAL_PATH: &str = "critical_path";
 pub(crate) const FINDINGS: &str = "findings";
 
 /// Per minute and hop: calls, errors and latency sketches of `edges` (see
-/// [`crate::walk::EdgeRollupTable`]).
+/// [`crate::walk::DerivedRollupTable`]).
 pub(crate) const HOP_ROLLUP: &str = "hop_rollup";
 
 /// Per minute, entry endpoint, hop and depth: calls, errors and latency sketches of `edges`, what
-/// `GET /api/v1/dependencies` groups (see [`crate::walk::EdgeRollupTable`]).
+/// `GET /api/v1/dependencies` groups (see [`crate::walk::DerivedRollupTable`]).
 pub(crate) const DEPENDENCY_ROLLUP: &str = "dependency_rollup";
+
+/// Per minute, entry endpoint and bucket of path duration: the critical paths and each operation's
+/// self time on them, what `GET /api/v1/critical-path` groups (see
+/// [`crate::walk::DerivedRollupTable`]).
+pub(crate) const PATH_ROLLUP: &str = "path_rollup";
 
 /// Per minute and service operation: spans and a latency sketch of their durations (see
 /// [`crate::walk::OperationRollupTable`]).

@@ -21,10 +21,7 @@ fn group_view(group: &PathGroup) -> PathGroupView {
 }
 
 /// `GET /api/v1/critical-path`'s answer.
-pub(crate) fn aggregate_path_view(
-    path: &AggregatePath,
-    range: TimeRange,
-) -> Result<AggregateCriticalPathView, QueryError> {
+pub(crate) fn aggregate_path_view(path: &AggregatePath) -> Result<AggregateCriticalPathView, QueryError> {
     let r = Results(&path.operations);
     let (services, operations) = (r.strings(ps::SERVICE)?, r.strings(ps::OPERATION)?);
     let (typical_self, typical_share) = (r.floats(ps::TYPICAL_SELF_NS)?, r.floats(ps::TYPICAL_SHARE)?);
@@ -43,8 +40,9 @@ pub(crate) fn aggregate_path_view(
         })
         .collect();
     Ok(AggregateCriticalPathView {
-        start: format_time(range.start_ns),
-        end: format_time(range.end_ns),
+        start: format_time(path.range.start_ns),
+        end: format_time(path.range.end_ns),
+        percentiles: path.percentiles.clone(),
         traces: path.traces,
         typical: group_view(&path.typical),
         tail: group_view(&path.tail),

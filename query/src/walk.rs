@@ -17,7 +17,7 @@ mod rollup;
 mod stored;
 mod table;
 
-pub(crate) use rollup::{EdgeRollupTable, OperationRollupTable, Rollup};
+pub(crate) use rollup::{DerivedRollupTable, OperationRollupTable, Rollup};
 pub(crate) use stored::StoredTable;
 pub(crate) use table::{Derivation, DerivedTable};
 

@@ -323,8 +323,13 @@ pub struct PathOperationView {
 /// Answer of `GET /api/v1/critical-path`.
 #[derive(Debug, Clone, Serialize)]
 pub struct AggregateCriticalPathView {
+    /// The range the paths' roots started in: the asked one, or whole minutes when the groups come
+    /// from the per-minute `path_rollup`.
     pub start: String,
     pub end: String,
+    /// How the groups' bounds (p40, p60, p99 of duration) and each path's group were found: from
+    /// exact durations, or (`sketch`) from durations bucketed within `relative_error`.
+    pub percentiles: PercentileAccuracy,
     /// Paths (root spans) matched.
     pub traces: u64,
     /// Traces between the 40th and 60th percentile of duration.

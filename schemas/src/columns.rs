@@ -237,6 +237,23 @@ pub mod operation_rollup {
     pub const DURATION_SKETCH: &str = "duration_sketch";
 }
 
+/// The `path_rollup` table's own columns; the paths' (`root_service`, `root_operation`) and the
+/// operations' (`service`, `operation`, null on the row that counts the paths) are
+/// [`critical_path`]'s.
+pub mod path_rollup {
+    /// The start of the minute the paths' roots started in.
+    pub const MINUTE: &str = "minute";
+    /// The latency-sketch bucket of the paths' durations (`hopscope_schemas::sketch::bucket_index`):
+    /// paths within 1% of each other's duration share one.
+    pub const DURATION_BUCKET: &str = "duration_bucket";
+    /// Paths counted, on the row whose `service` is null; 0 on the operations' rows.
+    pub const PATHS: &str = "paths";
+    /// The sum of the paths' durations, on the row whose `service` is null; 0 on the operations'.
+    pub const DURATION_NS: &str = "duration_ns";
+    /// The operation's self time on the paths, summed; 0 on the row that counts the paths.
+    pub const SELF_NS: &str = "self_ns";
+}
+
 /// Values of the stored `edges` table's `pending` column.
 pub mod pending {
     pub const PRODUCER: &str = "producer";

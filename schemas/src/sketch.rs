@@ -146,6 +146,18 @@ fn bucket_value(index: i32) -> f64 {
     2.0 * gamma.powi(index) / (gamma + 1.0)
 }
 
+/// The bucket a value of at least 0 ns falls in, for tables that key rows by it (the paths of
+/// `path_rollup`): a sketch's bucket for values of at least 1 ns, and -1 for values below (0 ns).
+pub fn bucket_index(value_ns: i64) -> i32 {
+    if value_ns < 1 { -1 } else { bucket_of(value_ns as f64) }
+}
+
+/// The value (ns) bucket `index` of [`bucket_index`] stands for: within [`RELATIVE_ERROR`] of every
+/// value in it; 0 for -1.
+pub fn bucket_index_value(index: i32) -> f64 {
+    if index < 0 { 0.0 } else { bucket_value(index) }
+}
+
 impl LatencySketch {
     /// An empty sketch.
     pub fn new() -> Self {
@@ -178,6 +190,11 @@ impl LatencySketch {
     /// The number of values counted (what was taken away subtracted).
     pub fn count(&self) -> i64 {
         self.positive.iter().chain(self.negative.iter()).fold(self.zero, |sum, (_, n)| sum.saturating_add(n))
+    }
+
+    /// The bytes the sketch holds on the heap (its dense stores' capacity), for memory accounting.
+    pub fn heap_size(&self) -> usize {
+        (self.positive.counts.capacity() + self.negative.counts.capacity()) * std::mem::size_of::<i64>()
     }
 
     /// Whether no value is counted.
@@ -408,6 +425,33 @@ mod tests {
         }
         assert_eq!(sketch, LatencySketch::new());
         assert_eq!(LatencySketch::decode(&sketch.encode()).expect("empty"), sketch);
+    }
+
+    /// A duration's bucket stands for a value within the relative error of it, buckets grow with
+    /// the values, and 0 ns has a bucket of its own that stands for 0.
+    #[test]
+    fn a_bucket_index_stands_for_its_values() {
+        assert_eq!((bucket_index(0), bucket_index(-5)), (-1, -1));
+        assert_eq!(bucket_index_value(-1), 0.0);
+        let mut previous = -1;
+        for v in [1i64, 2, 3, 10, 999, 1_000, 1_001, 123_456_789, 9_000_000_000, i64::MAX] {
+            let index = bucket_index(v);
+            assert!(index >= previous, "{v}");
+            previous = index;
+            let value = bucket_index_value(index);
+            assert!((value - v as f64).abs() <= RELATIVE_ERROR * v as f64 * (1.0 + 1e-12), "{v}: {value}");
+        }
+    }
+
+    /// What a sketch holds grows with the buckets it counts, and is measured without encoding it.
+    #[test]
+    fn heap_size_counts_the_buckets_held() {
+        let mut sketch = LatencySketch::new();
+        assert_eq!(sketch.heap_size(), 0);
+        sketch.add(1, 1);
+        sketch.add(1_000_000_000, 1);
+        // From 1 ns to 1 s: over a thousand buckets, held densely.
+        assert!(sketch.heap_size() >= 1_000 * 8, "{}", sketch.heap_size());
     }
 
     #[test]

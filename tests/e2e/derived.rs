@@ -349,6 +349,53 @@ async fn tables_derived_at_flush_equal_the_query_time_walk() {
     };
     assert_eq!(findings(&reads_derived).await, findings(&walks).await);
 
+    // Paths: the stored `path_rollup` rows, corrected for the split trace (whose late database call
+    // moves self time from `orders` to the database client), are the rollup of the walked critical
+    // paths, row for row. They count each path once with its duration, and every self time.
+    let path_rollup = "SELECT minute, root_service, root_operation, duration_bucket, service, operation, \
+                       sum(paths) AS paths, sum(duration_ns) AS durations, sum(self_ns) AS self_times \
+                       FROM path_rollup GROUP BY 1, 2, 3, 4, 5, 6 \
+                       HAVING sum(paths) <> 0 OR sum(duration_ns) <> 0 OR sum(self_ns) <> 0";
+    let columns = [
+        "minute",
+        "root_service",
+        "root_operation",
+        "duration_bucket",
+        "service",
+        "operation",
+        "paths",
+        "durations",
+        "self_times",
+    ];
+    let (read, walked) = (walk(&reads_derived, path_rollup).await, walk(&walks, path_rollup).await);
+    assert!(walked.iter().map(RecordBatch::num_rows).sum::<usize>() > 10);
+    assert_eq!(text(&read, &columns), text(&walked, &columns));
+    let explained = plan(walk(&reads_derived, &format!("EXPLAIN {path_rollup}")).await);
+    assert!(explained.contains("path_rollup/") && explained.contains("RollupExec"), "{explained}");
+    let totals = "SELECT sum(paths) AS paths, sum(duration_ns) AS durations, sum(self_ns) AS self_times \
+                  FROM path_rollup";
+    let expected = "SELECT count(*) AS paths, sum(d) AS durations, sum(s) AS self_times FROM \
+                    (SELECT trace_id, root_span_id, max(path_duration_ns) AS d, sum(self_ns) AS s \
+                    FROM critical_path GROUP BY trace_id, root_span_id)";
+    let sums = ["paths", "durations", "self_times"];
+    assert_eq!(text(&walk(&reads_derived, totals).await, &sums), text(&walk(&walks, expected).await, &sums));
+    // The aggregate critical path answers the same from either, and counts the paths the exact
+    // answer counts.
+    let aggregate = |engine: &Arc<QueryEngine>, exact: bool| {
+        let engine = Arc::clone(engine);
+        async move {
+            let query = hopscope_query::AggregatePathQuery { range, service: None, operation: None, exact };
+            serde_json::to_value(engine.aggregate_critical_path(query).await.unwrap()).unwrap()
+        }
+    };
+    let (read, walked) = (aggregate(&reads_derived, false).await, aggregate(&walks, false).await);
+    assert_eq!(read["percentiles"]["method"], "sketch");
+    assert_eq!(read, walked);
+    let exact = aggregate(&walks, true).await;
+    assert_eq!(exact["percentiles"]["method"], "exact");
+    assert_eq!(read["traces"], exact["traces"]);
+    assert!(read["tail"]["traces"].as_u64().unwrap() > 0, "{read:#}");
+
     // Search summarises the traces it finds from `traces`: the split trace whole, every trace as its
     // spans add up, and the same answers with and without the stored rows.
     let search = |engine: &Arc<QueryEngine>, service: &str| {
@@ -418,23 +465,26 @@ async fn span_files_written_without_derived_tables_get_them_from_maintenance() {
     let linked = crate::query::linked_traces();
     crate::query::post_spans(&server, &linked).await;
     server.wait_for_trace("11111111111111111111111111111111", 4).await;
-    // Asked of span files without stored rollups, the per-hop latency and the dependencies come
-    // from every call, exact, as the answers say (the rollups would be computed from the calls).
+    // Asked of span files without stored rollups, the per-hop latency, the dependencies and the
+    // aggregate critical path come from every call and path, exact, as the answers say (the rollups
+    // would be computed from them).
     let answers = |server: &Server| {
-        let paths = ["/api/v1/edges", "/api/v1/dependencies"].map(|p| format!("{p}?start=0&end=4000000000000000000"));
+        let paths =
+            [("/api/v1/edges", "edges"), ("/api/v1/dependencies", "edges"), ("/api/v1/critical-path", "operations")]
+                .map(|(p, list)| (format!("{p}?start=0&end=4000000000000000000"), list));
         let server = server.api_url("");
         async move {
             let mut methods = Vec::new();
-            for path in paths {
+            for (path, list) in paths {
                 let body: serde_json::Value =
                     reqwest::get(format!("{server}{path}")).await.unwrap().json().await.unwrap();
-                assert!(!body["edges"].as_array().unwrap().is_empty(), "{path}: {body}");
+                assert!(!body[list].as_array().unwrap().is_empty(), "{path}: {body}");
                 methods.push(body["percentiles"]["method"].as_str().unwrap().to_owned());
             }
             methods
         }
     };
-    assert_eq!(answers(&server).await, ["exact", "exact"]);
+    assert_eq!(answers(&server).await, ["exact", "exact", "exact"]);
     assert!(server.terminate().success());
     let manifest = |data_dir: &std::path::Path| {
         Manifest::from_json(&std::fs::read(layout::manifest_path(data_dir, layout::DEFAULT_TENANT)).unwrap()).unwrap()
@@ -450,7 +500,7 @@ async fn span_files_written_without_derived_tables_get_them_from_maintenance() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Once derived, from the rollups.
-    assert_eq!(answers(&server).await, ["sketch", "sketch"]);
+    assert_eq!(answers(&server).await, ["sketch", "sketch", "sketch"]);
     assert!(server.terminate().success());
     let summaries: Vec<RecordBatch> = stored(&data_dir, layout::TRACES_TABLE).into_iter().flatten().collect();
     let spans: i64 = summaries

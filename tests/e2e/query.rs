@@ -945,40 +945,58 @@ async fn edge_percentiles_match_sorting_on_generated_calls() {
     // The aggregate critical path of the same calls: each trace is a checkout client span wrapping an
     // inventory server span, so inventory owns the server time and checkout the rest. Typical traces
     // are those between the 40th and 60th percentile of duration, the tail those at the 99th or above.
-    let aggregate = get_ok(&server, &format!("/api/v1/critical-path?{range}&service=checkout")).await;
-    assert_eq!(aggregate["traces"], CALLS);
-    let mut durations: Vec<f64> = calls.iter().map(|c| (c.2 - c.1) as f64).collect();
-    durations.sort_by(f64::total_cmp);
-    let (p40, p60, p99) =
-        (percentile(&durations, 0.4).0, percentile(&durations, 0.6).0, percentile(&durations, 0.99).0);
-    let group = |member: &dyn Fn(f64) -> bool| {
-        let chosen: Vec<&Call> = calls.iter().filter(|c| member((c.2 - c.1) as f64)).collect();
-        let n = chosen.len() as f64;
-        let server: f64 = chosen.iter().map(|c| (c.4 - c.3) as f64).sum();
-        let total: f64 = chosen.iter().map(|c| (c.2 - c.1) as f64).sum();
-        (chosen.len(), server / n, server / total, (total - server) / n)
-    };
-    let typical = group(&|d| d >= p40 && d <= p60);
-    let tail = group(&|d| d >= p99);
-    assert_eq!(aggregate["typical"]["traces"], typical.0);
-    assert_eq!(aggregate["tail"]["traces"], tail.0);
-    let inventory = aggregate["operations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|o| o["service"] == "inventory")
-        .unwrap_or_else(|| panic!("{aggregate:#}"));
+    // Exact, a path's duration is its own; by default (from `path_rollup`), it is the value of its
+    // latency-sketch bucket, for the percentiles and for the group it falls in, while the means and
+    // shares still sum the paths' own durations and self times.
+    let mut exact_groups = None;
+    for exact in [true, false] {
+        use hopscope_schemas::sketch::{bucket_index, bucket_index_value};
+        let aggregate = get_ok(&server, &format!("/api/v1/critical-path?{range}&service=checkout&exact={exact}")).await;
+        assert_eq!(aggregate["percentiles"]["method"], if exact { "exact" } else { "sketch" }, "{aggregate}");
+        assert_eq!(aggregate["traces"], CALLS);
+        let seen = |c: &Call| {
+            let duration = c.2 - c.1;
+            if exact { duration as f64 } else { bucket_index_value(bucket_index(duration)) }
+        };
+        let mut durations: Vec<f64> = calls.iter().map(seen).collect();
+        durations.sort_by(f64::total_cmp);
+        let (p40, p60, p99) =
+            (percentile(&durations, 0.4).0, percentile(&durations, 0.6).0, percentile(&durations, 0.99).0);
+        let group = |member: &dyn Fn(f64) -> bool| {
+            let chosen: Vec<&Call> = calls.iter().filter(|c| member(seen(c))).collect();
+            let n = chosen.len() as f64;
+            let server: f64 = chosen.iter().map(|c| (c.4 - c.3) as f64).sum();
+            let total: f64 = chosen.iter().map(|c| (c.2 - c.1) as f64).sum();
+            (chosen.len(), server / n, server / total, (total - server) / n)
+        };
+        let typical = group(&|d| d >= p40 && d <= p60);
+        let tail = group(&|d| d >= p99);
+        assert!(typical.0 > 0 && tail.0 > 0, "{typical:?} {tail:?}");
+        assert_eq!(aggregate["typical"]["traces"], typical.0, "exact={exact}");
+        assert_eq!(aggregate["tail"]["traces"], tail.0, "exact={exact}");
+        let inventory = aggregate["operations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["service"] == "inventory")
+            .unwrap_or_else(|| panic!("{aggregate:#}"));
+        let near = |actual: &Value, expected: f64| (actual.as_f64().unwrap() - expected).abs() <= 1e-6 * expected.abs();
+        assert!(near(&inventory["typical_self_ns"], typical.1), "{inventory} vs {typical:?}");
+        assert!(near(&inventory["typical_share"], typical.2), "{inventory} vs {typical:?}");
+        assert!(near(&inventory["tail_self_ns"], tail.1), "{inventory} vs {tail:?}");
+        assert!(near(&inventory["tail_share"], tail.2), "{inventory} vs {tail:?}");
+        let checkout = aggregate["operations"].as_array().unwrap().iter().find(|o| o["service"] == "checkout").unwrap();
+        assert!(near(&checkout["tail_extra_ns"], tail.3 - typical.3), "{checkout}");
+        // Ranked by what they add in the tail.
+        let extras: Vec<f64> =
+            aggregate["operations"].as_array().unwrap().iter().map(|o| o["tail_extra_ns"].as_f64().unwrap()).collect();
+        assert!(extras.windows(2).all(|w| w[0] >= w[1]), "{extras:?}");
+        if exact {
+            exact_groups = Some((aggregate.clone(), typical, tail));
+        }
+    }
+    let (aggregate, typical, tail) = exact_groups.unwrap();
     let near = |actual: &Value, expected: f64| (actual.as_f64().unwrap() - expected).abs() <= 1e-6 * expected.abs();
-    assert!(near(&inventory["typical_self_ns"], typical.1), "{inventory} vs {typical:?}");
-    assert!(near(&inventory["typical_share"], typical.2), "{inventory} vs {typical:?}");
-    assert!(near(&inventory["tail_self_ns"], tail.1), "{inventory} vs {tail:?}");
-    assert!(near(&inventory["tail_share"], tail.2), "{inventory} vs {tail:?}");
-    let checkout = aggregate["operations"].as_array().unwrap().iter().find(|o| o["service"] == "checkout").unwrap();
-    assert!(near(&checkout["tail_extra_ns"], tail.3 - typical.3), "{checkout}");
-    // Ranked by what they add in the tail.
-    let extras: Vec<f64> =
-        aggregate["operations"].as_array().unwrap().iter().map(|o| o["tail_extra_ns"].as_f64().unwrap()).collect();
-    assert!(extras.windows(2).all(|w| w[0] >= w[1]), "{extras:?}");
 
     // The same aggregate from SQL, through the table function.
     let end = T0 + CALLS as i64 * 1_000_000;

@@ -78,7 +78,7 @@ pub(crate) async fn critical_path_page(
     }
     let engine = &ui.engine;
     let range = params.window.range;
-    let query = AggregatePathQuery { range, service: service.clone(), operation: operation.clone() };
+    let query = AggregatePathQuery { range, service: service.clone(), operation: operation.clone(), exact: false };
     let dependencies = engine.dependencies(DependenciesQuery { range, exact: false });
     let (view, dependencies) = tokio::try_join!(engine.aggregate_critical_path(query), dependencies)?;
     let empty = if view.traces == 0 {
@@ -93,7 +93,15 @@ pub(crate) async fn critical_path_page(
     };
     let body = html! {
         h1 { (title) }
-        p.summary { (view.traces) " traces in " (params.window.describe()) "." }
+        p.summary {
+            (view.traces) " traces in " (params.window.describe()) ". "
+            @if view.percentiles.method == "sketch" {
+                span title=(format!("over {} to {}, the range widened to whole minutes", view.start, view.end)) {
+                    "Groups are found from per-minute rollups, each trace's duration within "
+                    (percent(view.percentiles.relative_error)) "."
+                }
+            }
+        }
         @if let Some(empty) = empty { (empty) } @else { (aggregate(&params, &view)) }
         h2 { "Entry endpoints" }
         @if dependencies.endpoints.is_empty() { p { "None in " (params.window.describe()) "." } }

@@ -36,15 +36,22 @@ pub(crate) fn whole_minutes(range: TimeRange) -> TimeRange {
     TimeRange { start_ns, end_ns: end_ns.max(start_ns.saturating_add(MINUTE_NS)) }
 }
 
-/// Whether the edge rollup `table` (`hop_rollup`, `dependency_rollup`) over `range` (whole minutes)
-/// would be computed from `edges` as the query runs, because a span file of the range was stored
-/// before that rollup existed: an answer is then cheaper, and exact, from `edges` itself.
+/// Whether the rollup `table` (`hop_rollup`, `dependency_rollup`, `path_rollup`) over `range` (whole
+/// minutes) would be computed from the table it rolls up (`edges`, `critical_path`) as the query
+/// runs, because a span file of the range was stored before that rollup existed: an answer is then
+/// cheaper, and exact, from that table itself.
 pub(crate) async fn rollup_computed(ctx: &SessionContext, table: &str, range: TimeRange) -> Result<bool, QueryError> {
+    use crate::walk::DerivedRollupTable;
     let provider = ctx.table_provider(table).await?;
-    match provider.as_ref().downcast_ref::<crate::walk::EdgeRollupTable>() {
-        Some(rollup) => Ok(rollup.computed_from_edges(&[in_range(c::hop_rollup::MINUTE, range)])?),
-        None => Ok(false),
+    let filters = [in_range(c::hop_rollup::MINUTE, range)];
+    let provider = provider.as_ref();
+    if let Some(rollup) = provider.downcast_ref::<DerivedRollupTable<hopscope_derive::edges::Pending>>() {
+        return Ok(rollup.computed_from_base(&filters)?);
     }
+    if let Some(rollup) = provider.downcast_ref::<DerivedRollupTable<()>>() {
+        return Ok(rollup.computed_from_base(&filters)?);
+    }
+    Ok(false)
 }
 
 /// The four percentile aggregates of `value`, named `{prefix}_p50` and so on.

@@ -87,7 +87,7 @@ impl Accumulator for SketchAccumulator {
     }
 
     fn size(&self) -> usize {
-        std::mem::size_of_val(self) + self.sketch.encode().len() * 4
+        std::mem::size_of_val(self) + self.sketch.heap_size()
     }
 }
 

@@ -40,6 +40,8 @@ impl datafusion::catalog::TableFunctionImpl for CriticalPathSummary {
             range: call.range,
             service: texts.next().flatten(),
             operation: texts.next().flatten(),
+            // A table function answers over exactly the range it is given.
+            exact: true,
         };
         computed_table(summary_schema(), call.ctx, move |ctx| {
             let query = query.clone();

@@ -1,12 +1,14 @@
 //! The rollup tables ([`hopscope_derive::rollup`]):
 //!
-//! - [`EdgeRollupTable`]s, `hop_rollup` (per minute and hop) and `dependency_rollup` (per minute,
-//!   entry endpoint, hop and depth): the calls, errors and latency sketches of the `edges` table.
-//!   Read from the rollups the ingester stored beside each span file, corrected for what those do
-//!   not hold final (see [`StoredTable::rollup_parts`]): the rows are additive, so a correction is a
-//!   row with negative counts, and any sum over the table is the sum over `edges`. When the files of
-//!   a range have no stored rollups (or `edges` is the walk), the table is the rollup of the `edges`
-//!   rows, computed as the query runs ([`RollupExec`]): the reference the tests compare with.
+//! - [`DerivedRollupTable`]s, rollups of a table derived per trace: `hop_rollup` (per minute and
+//!   hop) and `dependency_rollup` (per minute, entry endpoint, hop and depth), the calls, errors and
+//!   latency sketches of the `edges` table; `path_rollup` (per minute, entry endpoint and bucket of
+//!   path duration), the paths and self times of the `critical_path` table. Read from the rollups
+//!   the ingester stored beside each span file, corrected for what those do not hold final (see
+//!   [`StoredTable::rollup_parts`]): the rows are additive, so a correction is a row with negative
+//!   counts, and any sum over the rollup is the sum over the table rolled up. When the files of a
+//!   range have no stored rollups (or the table rolled up is the walk), the rollup is computed from
+//!   that table's rows as the query runs ([`RollupExec`]): the reference the tests compare with.
 //! - [`OperationRollupTable`], `operation_rollup`: per minute and service operation, the spans and
 //!   a latency sketch of their durations. Every span lives in one span file, so the stored rows need
 //!   no correction; the span files without them (or every file, for the reference) are rolled up
@@ -30,10 +32,9 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, Partitioning, PlanProperties, ReplaceChildrenOptions,
 };
 use futures::StreamExt;
-use hopscope_derive::edges::Pending;
 use hopscope_derive::rollup::{
-    DependencyRollup, HopRollup, MINUTE_NS, OperationRollup, dependency_rollup_schema, hop_rollup_schema,
-    operation_rollup_schema,
+    DependencyRollup, HopRollup, MINUTE_NS, OperationRollup, PathRollup, dependency_rollup_schema, hop_rollup_schema,
+    operation_rollup_schema, path_rollup_schema,
 };
 use hopscope_derive::{CORE_COLUMNS, SpanColumns};
 use hopscope_schemas::columns::{edge, hop_rollup as hr};
@@ -46,44 +47,46 @@ use super::stored::{StoredTable, project};
 use super::table::span_filters_reaching;
 use crate::store::{FilePruning, SpansTable};
 
-/// A rollup of `edges`, `hop_rollup` or `dependency_rollup` (see the module's documentation).
-pub(crate) struct EdgeRollupTable {
-    /// Which rollup: [`Rollup::Hops`] or [`Rollup::Dependencies`].
+/// A rollup of a table derived per trace: `hop_rollup` or `dependency_rollup` of `edges`,
+/// `path_rollup` of `critical_path` (see the module's documentation).
+pub(crate) struct DerivedRollupTable<D> {
+    /// Which rollup: [`Rollup::Hops`], [`Rollup::Dependencies`] or [`Rollup::Paths`].
     rollup: Rollup,
-    /// The registered `edges` table: the rollup's input when nothing stored serves.
-    edges: Arc<dyn TableProvider>,
-    /// The stored `edges`, when queries read what was derived at ingest.
-    stored: Option<Arc<StoredTable<Pending>>>,
+    /// The registered table rolled up (`edges`, `critical_path`): the rollup's input when nothing
+    /// stored serves.
+    base: Arc<dyn TableProvider>,
+    /// The stored table rolled up, when queries read what was derived at ingest.
+    stored: Option<Arc<StoredTable<D>>>,
 }
 
-impl fmt::Debug for EdgeRollupTable {
+impl<D> fmt::Debug for DerivedRollupTable<D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EdgeRollupTable")
+        f.debug_struct("DerivedRollupTable")
             .field("rollup", &self.rollup)
             .field("stored", &self.stored.is_some())
             .finish_non_exhaustive()
     }
 }
 
-impl EdgeRollupTable {
+impl<D: Send + Sync + 'static> DerivedRollupTable<D> {
     pub(crate) fn new(
         rollup: Rollup,
-        edges: Arc<dyn TableProvider>,
-        stored: Option<Arc<StoredTable<Pending>>>,
+        base: Arc<dyn TableProvider>,
+        stored: Option<Arc<StoredTable<D>>>,
     ) -> DfResult<Self> {
         match rollup {
-            Rollup::Hops | Rollup::Dependencies => Ok(Self { rollup, edges, stored }),
+            Rollup::Hops | Rollup::Dependencies | Rollup::Paths => Ok(Self { rollup, base, stored }),
             Rollup::Operations => {
-                Err(DataFusionError::Internal("operation_rollup is not a rollup of edges".to_owned()))
+                Err(DataFusionError::Internal("operation_rollup is not a rollup of a derived table".to_owned()))
             }
         }
     }
 
-    /// Whether a scan with `filters` (on `minute`) would roll `edges` up as the query runs because
-    /// a selected span file was stored without this rollup (derived by an older version): then
-    /// the question is cheaper asked of `edges` itself. Never for a table without stored rows (the
-    /// reference, always computed).
-    pub(crate) fn computed_from_edges(&self, filters: &[Expr]) -> DfResult<bool> {
+    /// Whether a scan with `filters` (on `minute`) would roll the base table up as the query runs
+    /// because a selected span file was stored without this rollup (derived by an older version):
+    /// then the question is cheaper asked of the base table itself. Never for a table without
+    /// stored rows (the reference, always computed).
+    pub(crate) fn computed_from_base(&self, filters: &[Expr]) -> DfResult<bool> {
         match &self.stored {
             Some(stored) => Ok(!stored.rollup_stored(&start_filters(filters)?, self.rollup.table())?),
             None => Ok(false),
@@ -91,8 +94,8 @@ impl EdgeRollupTable {
     }
 }
 
-/// Filters on the edges' `start_time` that select at least the calls of the minutes `filters` (on
-/// `minute`) select.
+/// Filters on the base table's `start_time` (the calls' of `edges`, the roots' of `critical_path`)
+/// that select at least the rows of the minutes `filters` (on `minute`) select.
 fn start_filters(filters: &[Expr]) -> DfResult<Vec<Expr>> {
     let as_start = filters
         .iter()
@@ -100,7 +103,8 @@ fn start_filters(filters: &[Expr]) -> DfResult<Vec<Expr>> {
             f.clone()
                 .transform(|e| {
                     Ok(match e {
-                        // Every rollup names its minute `minute`.
+                        // Every rollup names its minute `minute`, and every base table its time
+                        // `start_time`.
                         Expr::Column(c) if c.name == hr::MINUTE => Transformed::yes(col(edge::START_TIME)),
                         other => Transformed::no(other),
                     })
@@ -113,7 +117,7 @@ fn start_filters(filters: &[Expr]) -> DfResult<Vec<Expr>> {
 }
 
 #[async_trait]
-impl TableProvider for EdgeRollupTable {
+impl<D: Send + Sync + 'static> TableProvider for DerivedRollupTable<D> {
     fn schema(&self) -> SchemaRef {
         self.rollup.schema()
     }
@@ -133,26 +137,32 @@ impl TableProvider for EdgeRollupTable {
         filters: &[Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let edge_filters = start_filters(filters)?;
+        let base_filters = start_filters(filters)?;
         let parts = match &self.stored {
-            Some(stored) => stored.rollup_parts(state, &edge_filters, filters, self.rollup.table()).await?,
+            Some(stored) => stored.rollup_parts(state, &base_filters, filters, self.rollup.table()).await?,
             None => None,
         };
         let plan: Arc<dyn ExecutionPlan> = match parts {
             Some(parts) => {
-                let mut inputs = vec![(parts.added, 1)];
+                let mut inputs: Vec<(Arc<dyn ExecutionPlan>, i64)> = Vec::new();
+                inputs.extend(parts.added.map(|rows| (rows, 1)));
                 inputs.extend(parts.recounted.map(|rows| (rows, -1)));
-                UnionExec::try_new(vec![parts.stored, Arc::new(RollupExec::new(self.rollup, inputs))])?
+                if inputs.is_empty() {
+                    parts.stored
+                } else {
+                    UnionExec::try_new(vec![parts.stored, Arc::new(RollupExec::new(self.rollup, inputs))])?
+                }
             }
             None => {
-                // Every column but the span ids, which the rollup does not read (and which would
-                // make a scan of stored edges the walk).
-                let schema = self.edges.schema();
+                // Every column but those stored rows leave null, which the rollup does not read
+                // (and which would make a scan of the stored table the walk).
+                let schema = self.base.schema();
+                let not_stored = self.rollup.base_not_stored();
                 let read: Vec<usize> = (0..schema.fields().len())
-                    .filter(|&i| !hopscope_derive::edges::NOT_STORED.contains(&schema.field(i).name().as_str()))
+                    .filter(|&i| !not_stored.contains(&schema.field(i).name().as_str()))
                     .collect();
-                let edges = self.edges.scan(state, Some(&read), &edge_filters, None).await?;
-                Arc::new(RollupExec::new(self.rollup, vec![(edges, 1)]))
+                let rows = self.base.scan(state, Some(&read), &base_filters, None).await?;
+                Arc::new(RollupExec::new(self.rollup, vec![(rows, 1)]))
             }
         };
         let schema = self.schema();
@@ -242,6 +252,8 @@ pub(crate) enum Rollup {
     Operations,
     /// `edges` rows into `dependency_rollup` rows.
     Dependencies,
+    /// `critical_path` rows into `path_rollup` rows.
+    Paths,
 }
 
 impl Rollup {
@@ -250,6 +262,16 @@ impl Rollup {
             Rollup::Hops => hop_rollup_schema(),
             Rollup::Operations => operation_rollup_schema(),
             Rollup::Dependencies => dependency_rollup_schema(),
+            Rollup::Paths => path_rollup_schema(),
+        }
+    }
+
+    /// The columns of the table rolled up that its stored rows leave null.
+    fn base_not_stored(self) -> &'static [&'static str] {
+        match self {
+            Rollup::Hops | Rollup::Dependencies => hopscope_derive::edges::NOT_STORED,
+            Rollup::Paths => hopscope_derive::paths::NOT_STORED,
+            Rollup::Operations => &[],
         }
     }
 
@@ -259,6 +281,7 @@ impl Rollup {
             Rollup::Hops => layout::HOP_ROLLUP_TABLE,
             Rollup::Operations => layout::OPERATION_ROLLUP_TABLE,
             Rollup::Dependencies => layout::DEPENDENCY_ROLLUP_TABLE,
+            Rollup::Paths => layout::PATH_ROLLUP_TABLE,
         }
     }
 }
@@ -350,14 +373,16 @@ impl ExecutionPlan for RollupExec {
             .collect::<DfResult<Vec<_>>>()?;
         let kind = self.rollup;
         let rolled = async move {
-            let (mut hops, mut operations, mut dependencies) =
-                (HopRollup::default(), OperationRollup::default(), DependencyRollup::default());
+            let (mut hops, mut operations, mut dependencies, mut paths) =
+                (HopRollup::default(), OperationRollup::default(), DependencyRollup::default(), PathRollup::default());
             for (mut stream, weight) in inputs {
+                paths.next_input();
                 while let Some(batch) = stream.next().await {
                     let batch = batch?;
                     match kind {
                         Rollup::Hops => hops.add_edges(&batch, weight).map_err(derive_error)?,
                         Rollup::Dependencies => dependencies.add_edges(&batch, weight).map_err(derive_error)?,
+                        Rollup::Paths => paths.add_paths(&batch, weight).map_err(derive_error)?,
                         Rollup::Operations => {
                             let spans = SpanColumns::new(&batch).map_err(derive_error)?;
                             operations.add_spans(&spans, 0..batch.num_rows());
@@ -369,6 +394,7 @@ impl ExecutionPlan for RollupExec {
                 Rollup::Hops => hops.take_batch(),
                 Rollup::Operations => operations.take_batch(),
                 Rollup::Dependencies => dependencies.take_batch(),
+                Rollup::Paths => paths.take_batch(),
             }
             .map_err(derive_error)
         };

@@ -260,11 +260,11 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
         Ok(Arc::new(PendingPairExec::new(pending, self.schema(), projection.cloned())?))
     }
 
-    /// For `edges`: how the stored rows of the rollup `table` (`hop_rollup` or
-    /// `dependency_rollup`, with `rollup_filters` on its columns pushed down) of the span files that
-    /// `filters` (on the edges' `start_time`) select become the rollup of the `edges` rows. `None`
-    /// when the scan of `edges` would be the walk (then so is the rollup's), or a selected file was
-    /// derived without that rollup.
+    /// How the stored rows of the rollup `table` of this table (`hop_rollup` or `dependency_rollup`
+    /// of `edges`, `path_rollup` of `critical_path`; with `rollup_filters` on its columns pushed
+    /// down) of the span files that `filters` (on this table's `start_time`) select become the
+    /// rollup of this table's rows. `None` when the scan of this table would be the walk (then so
+    /// is the rollup's), or a selected file was derived without that rollup.
     pub(crate) async fn rollup_parts(
         &self,
         state: &dyn Session,
@@ -282,23 +282,34 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
         if split.ids.len() > MAX_SPLIT_TRACES {
             return Ok(None);
         }
-        let recounted = if split.ids.is_empty() {
-            None
-        } else {
-            let finals = Some(col(c::edge::PENDING).is_null());
-            Some(self.derived_rows(&window, &split, true, state, &span_filters, finals, None)?)
-        };
+        let stored = self.spans.derived_scan(&window, table, schema, None, state, rollup_filters)?;
+        if self.pairs_pending {
+            // Edges: the final rows the stored rollups counted of split traces away; the pending
+            // rows paired and the split traces walked again added.
+            let recounted = if split.ids.is_empty() {
+                None
+            } else {
+                let finals = Some(col(c::edge::PENDING).is_null());
+                Some(self.derived_rows(&window, &split, true, state, &span_filters, finals, None)?)
+            };
+            let added = Some(self.paired_edges(&window, &split, state, &span_filters, None)?);
+            return Ok(Some(RollupParts { stored, recounted, added }));
+        }
+        // Other tables have no pending rows: only the split traces are counted again.
+        if split.ids.is_empty() {
+            return Ok(Some(RollupParts { stored, recounted: None, added: None }));
+        }
         Ok(Some(RollupParts {
-            stored: self.spans.derived_scan(&window, table, schema, None, state, rollup_filters)?,
-            recounted,
-            added: self.paired_edges(&window, &split, state, &span_filters, None)?,
+            stored,
+            recounted: Some(self.derived_rows(&window, &split, true, state, &span_filters, None, None)?),
+            added: Some(self.split_rows(&split, state, &span_filters)?),
         }))
     }
 }
 
 impl<D: Send + Sync + 'static> StoredTable<D> {
     /// The span files `span_filters` select, when every one of them was stored with the rollup
-    /// `table`; `None` when one was not (or this table does not pair pending rows).
+    /// `table` of this table; `None` when one was not.
     fn rollup_window<'a>(
         &self,
         manifest: &'a Manifest,
@@ -307,19 +318,22 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
     ) -> Option<Vec<&'a FileEntry>> {
         let pruning = FilePruning::from_filters(span_filters);
         let window: Vec<&FileEntry> = manifest.files.iter().filter(|f| pruning.may_match(f)).collect();
-        // A span file derived with `table` has its file, unless it has no final hops: then, derived
-        // with rollups (every such file has `operation_rollup` rows: every span counts), it has no
-        // `hop_rollup` file either, and needs none. (Files derived before `dependency_rollup`
-        // existed have `hop_rollup` files and no `dependency_rollup`: their rollup is computed.)
-        let complete = |f: &&FileEntry| {
-            let without_hops =
-                f.derived(layout::OPERATION_ROLLUP_TABLE).is_some() && f.derived(layout::HOP_ROLLUP_TABLE).is_none();
-            f.derived(layout::TRACES_TABLE).is_some() && (f.derived(table).is_some() || without_hops)
+        // A span file derived with `table` has its file, unless it has nothing to count: then it
+        // has none, and needs none. For the edge rollups, a file without final hops (derived with
+        // rollups, so with `operation_rollup` rows: every span counts) has no `hop_rollup` file
+        // either; for `path_rollup`, a file without paths has no `critical_path` file. (Files
+        // derived before a rollup existed have what it counts and not its file: their rollup is
+        // computed.)
+        let needs_none = |f: &FileEntry| match table {
+            layout::PATH_ROLLUP_TABLE => f.derived(layout::CRITICAL_PATH_TABLE).is_none(),
+            _ => f.derived(layout::OPERATION_ROLLUP_TABLE).is_some() && f.derived(layout::HOP_ROLLUP_TABLE).is_none(),
         };
-        (self.pairs_pending && window.iter().all(complete)).then_some(window)
+        let complete =
+            |f: &&FileEntry| f.derived(layout::TRACES_TABLE).is_some() && (f.derived(table).is_some() || needs_none(f));
+        window.iter().all(complete).then_some(window)
     }
 
-    /// Whether the span files that `filters` (on the edges' `start_time`) select were all stored
+    /// Whether the span files that `filters` (on this table's `start_time`) select were all stored
     /// with the rollup `table`, so that reading it costs what its rows cost.
     pub(crate) fn rollup_stored(&self, filters: &[Expr], table: &str) -> DfResult<bool> {
         let manifest = self.spans.manifest()?;
@@ -328,17 +342,17 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
     }
 }
 
-/// A rollup of `edges` over a range, from what the ingester stored (see
-/// [`StoredTable::rollup_parts`]): the stored rollup rows, minus the final hops they counted of
-/// traces split across span files (`recounted`), plus the hops the stored rows do not hold final
-/// (`added`: the pending hops paired and the split traces walked again).
+/// A rollup of a derived table over a range, from what the ingester stored (see
+/// [`StoredTable::rollup_parts`]): the stored rollup rows, minus the final rows they counted of
+/// traces split across span files (`recounted`), plus the rows the stored files do not hold final
+/// (`added`: the split traces walked again, and for `edges` the pending hops paired).
 pub(crate) struct RollupParts {
     /// The stored rollup rows.
     pub(crate) stored: Arc<dyn ExecutionPlan>,
-    /// Stored `edges` rows to take away again.
+    /// Stored rows of the table rolled up to take away again.
     pub(crate) recounted: Option<Arc<dyn ExecutionPlan>>,
-    /// `edges` rows to count.
-    pub(crate) added: Arc<dyn ExecutionPlan>,
+    /// Rows of the table rolled up to count.
+    pub(crate) added: Option<Arc<dyn ExecutionPlan>>,
 }
 
 /// The columns `asked` (indices into `output`) of `plan`, found by name.
