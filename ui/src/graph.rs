@@ -268,7 +268,8 @@ fn render_page(params: &PageParams, view: &DependenciesView, layout: &Layout, co
             "Click a node for its latency, an edge for the hop. "
             @if view.percentiles.method == "sketch" {
                 span title=(format!("over {} to {}, the range widened to whole minutes", view.start, view.end)) {
-                    "Percentiles are estimated from per-minute latency sketches (within 1%). "
+                    "Percentiles are estimated from per-minute latency sketches (within "
+                    (crate::page::percent(view.percentiles.relative_error)) "). "
                 }
             }
             a href=(params.link(paths::GRAPH, &[("color", other.0)])) { (other.1) }
