@@ -202,7 +202,9 @@ impl StoredDerivations {
         }
         let paths = self.paths.take_batch()?;
         if let Some(paths) = &paths {
+            // Traces come whole, so no path's rows reach a later batch: forget the paths counted.
             self.path_rollup.add_paths(paths, 1)?;
+            self.path_rollup.next_input();
         }
         let (hops, operations, dependencies, path_rollup) = if self.ended {
             (

@@ -297,7 +297,8 @@ pub struct TraceCriticalPathView {
 #[derive(Debug, Clone, Serialize)]
 pub struct PathGroupView {
     pub traces: u64,
-    /// Durations in this group lie in `[min_duration_ns, max_duration_ns]`.
+    /// Durations in this group lie in `[min_duration_ns, max_duration_ns]`: the extremes themselves
+    /// when exact; from `path_rollup`, the bounds of the extreme buckets (within 2% of them).
     pub min_duration_ns: i64,
     pub max_duration_ns: i64,
     pub mean_duration_ns: f64,

@@ -158,6 +158,17 @@ pub fn bucket_index_value(index: i32) -> f64 {
     if index < 0 { 0.0 } else { bucket_value(index) }
 }
 
+/// The smallest and the largest value (ns) bucket `index` of [`bucket_index`] can hold, rounded
+/// outwards: every value in it lies within them.
+pub fn bucket_index_bounds(index: i32) -> (i64, i64) {
+    if index < 0 {
+        return (0, 0);
+    }
+    let gamma = gamma();
+    // Float to integer casts saturate.
+    (gamma.powi(index - 1).floor() as i64, gamma.powi(index).ceil() as i64)
+}
+
 impl LatencySketch {
     /// An empty sketch.
     pub fn new() -> Self {
@@ -432,7 +443,7 @@ mod tests {
     #[test]
     fn a_bucket_index_stands_for_its_values() {
         assert_eq!((bucket_index(0), bucket_index(-5)), (-1, -1));
-        assert_eq!(bucket_index_value(-1), 0.0);
+        assert_eq!((bucket_index_value(-1), bucket_index_bounds(-1)), (0.0, (0, 0)));
         let mut previous = -1;
         for v in [1i64, 2, 3, 10, 999, 1_000, 1_001, 123_456_789, 9_000_000_000, i64::MAX] {
             let index = bucket_index(v);
@@ -440,6 +451,8 @@ mod tests {
             previous = index;
             let value = bucket_index_value(index);
             assert!((value - v as f64).abs() <= RELATIVE_ERROR * v as f64 * (1.0 + 1e-12), "{v}: {value}");
+            let (low, high) = bucket_index_bounds(index);
+            assert!(low <= v && v <= high && (high - low) as f64 <= 0.03 * v as f64 + 2.0, "{v}: [{low}, {high}]");
         }
     }
 

@@ -974,6 +974,23 @@ async fn edge_percentiles_match_sorting_on_generated_calls() {
         assert!(typical.0 > 0 && tail.0 > 0, "{typical:?} {tail:?}");
         assert_eq!(aggregate["typical"]["traces"], typical.0, "exact={exact}");
         assert_eq!(aggregate["tail"]["traces"], tail.0, "exact={exact}");
+        // Each group's bounds hold its paths' durations (and so its mean): the extremes themselves
+        // when exact, within 2% of them from the rollup.
+        for (name, member) in
+            [("typical", &(|d: f64| d >= p40 && d <= p60) as &dyn Fn(f64) -> bool), ("tail", &|d| d >= p99)]
+        {
+            let own: Vec<i64> = calls.iter().filter(|c| member(seen(c))).map(|c| c.2 - c.1).collect();
+            let (least, most) = (*own.iter().min().unwrap(), *own.iter().max().unwrap());
+            let group = &aggregate[name];
+            let (min, max) = (group["min_duration_ns"].as_i64().unwrap(), group["max_duration_ns"].as_i64().unwrap());
+            let mean = group["mean_duration_ns"].as_f64().unwrap();
+            assert!(min <= least && most <= max && min as f64 <= mean && mean <= max as f64, "{name}: {group}");
+            let slack = if exact { 0.0 } else { 0.02 };
+            assert!(
+                (least - min) as f64 <= slack * least as f64 && (max - most) as f64 <= slack * most as f64 + 1.0,
+                "{name}: {group}"
+            );
+        }
         let inventory = aggregate["operations"]
             .as_array()
             .unwrap()

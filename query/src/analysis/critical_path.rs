@@ -222,13 +222,14 @@ pub(crate) async fn aggregate_critical_path(
     }
 }
 
-/// Paths grouped by duration: (duration, paths, the sum of their exact durations) in increasing
-/// duration, where the duration is exact or a bucket's value.
-struct Durations(Vec<(f64, i64, f64)>);
+/// Paths grouped by duration: (duration, paths, the sum of their exact durations, the least and
+/// the most any of them can take) in increasing duration, where the duration is exact (the bounds
+/// are then that duration) or a bucket's value (the bounds are the bucket's).
+struct Durations(Vec<(f64, i64, f64, (i64, i64))>);
 
 impl Durations {
     fn paths(&self) -> i64 {
-        self.0.iter().map(|&(_, n, _)| n).sum()
+        self.0.iter().map(|&(_, n, _, _)| n).sum()
     }
 
     /// The `q`-quantile of the paths' durations as `percentile_cont` computes it.
@@ -236,7 +237,7 @@ impl Durations {
         let rank = q * (self.paths().saturating_sub(1)) as f64;
         let (low, high) = (rank.floor() as i64, rank.ceil() as i64);
         let (mut low_value, mut high_value, mut seen) = (None, None, 0i64);
-        for &(value, n, _) in &self.0 {
+        for &(value, n, _, _) in &self.0 {
             seen += n;
             if low_value.is_none() && low < seen {
                 low_value = Some(value);
@@ -252,13 +253,13 @@ impl Durations {
 
     /// The group of the paths whose duration `member` selects, and the sum of their durations.
     fn group(&self, member: impl Fn(f64) -> bool) -> (PathGroup, f64) {
-        let members: Vec<&(f64, i64, f64)> = self.0.iter().filter(|(d, _, _)| member(*d)).collect();
-        let (paths, total) = members.iter().fold((0i64, 0.0), |(n, t), &&(_, m, sum)| (n + m, t + sum));
+        let members: Vec<&(f64, i64, f64, (i64, i64))> = self.0.iter().filter(|(d, _, _, _)| member(*d)).collect();
+        let (paths, total) = members.iter().fold((0i64, 0.0), |(n, t), &&(_, m, sum, _)| (n + m, t + sum));
         let group = match (members.first(), members.last()) {
             (Some(min), Some(max)) if paths > 0 => PathGroup {
                 traces: paths as u64,
-                min_duration_ns: min.0.round() as i64,
-                max_duration_ns: max.0.round() as i64,
+                min_duration_ns: min.3.0,
+                max_duration_ns: max.3.1,
                 mean_duration_ns: total / paths as f64,
             },
             _ => PathGroup { traces: 0, min_duration_ns: 0, max_duration_ns: 0, mean_duration_ns: 0.0 },
@@ -338,11 +339,11 @@ async fn exact_aggregate(ctx: &SessionContext, query: &AggregatePathQuery) -> Re
     let mut durations = Durations(Vec::new());
     for d in sorted {
         match durations.0.last_mut() {
-            Some((value, n, sum)) if *value == d as f64 => {
+            Some((value, n, sum, _)) if *value == d as f64 => {
                 *n += 1;
                 *sum += d as f64;
             }
-            _ => durations.0.push((d as f64, 1, d as f64)),
+            _ => durations.0.push((d as f64, 1, d as f64, (d, d))),
         }
     }
     let bounds = Bounds::of(&durations);
@@ -358,7 +359,7 @@ async fn exact_aggregate(ctx: &SessionContext, query: &AggregatePathQuery) -> Re
 /// (null: the paths) and duration bucket, the paths, their durations and the self times. A path is
 /// in a group when its bucket's value is, so an estimated bound and a path's membership are off
 /// by at most [`sketch::RELATIVE_ERROR`] of its duration; counts, means and shares are sums over
-/// the groups' paths.
+/// the groups' paths, and a group's least and greatest durations are its extreme buckets' bounds.
 async fn rollup_aggregate(
     ctx: &SessionContext,
     query: &AggregatePathQuery,
@@ -411,7 +412,9 @@ async fn rollup_aggregate(
         buckets
             .iter()
             .filter(|(_, (paths, _))| *paths > 0)
-            .map(|(&index, &(paths, duration))| (sketch::bucket_index_value(index), paths, duration as f64))
+            .map(|(&index, &(paths, duration))| {
+                (sketch::bucket_index_value(index), paths, duration as f64, sketch::bucket_index_bounds(index))
+            })
             .collect(),
     );
     let bounds = Bounds::of(&durations);
