@@ -8,6 +8,10 @@
 //!   callee, connection, broker, depth, and for messaging hops the consumer's operation): the calls,
 //!   the calls with an error, and latency sketches of the calls as their callers saw them and of
 //!   the gaps — what the service graph, the endpoints' reach and the asynchronous links group;
+//! - `call_rollup`, per call (caller and its operation, callee and its operation, the connection):
+//!   the calls, the calls with an error, a latency sketch of the calls as their callers saw them,
+//!   and the slowest call's duration and trace as evidence — what unbounded tails (findings) and
+//!   an operation's callees group;
 //! - `path_rollup`, per entry endpoint and bucket of critical-path duration: the paths, their
 //!   durations and each operation's self time on them — what the aggregate critical path groups.
 //!
@@ -21,13 +25,13 @@ use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, OnceLock};
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BinaryBuilder, BooleanArray, Int8Builder, Int64Array, Int64Builder, RecordBatch,
-    StringArray, StringBuilder, TimestampNanosecondArray, TimestampNanosecondBuilder,
+    Array, ArrayRef, AsArray, BinaryBuilder, BooleanArray, FixedSizeBinaryBuilder, Int8Builder, Int64Array,
+    Int64Builder, RecordBatch, StringArray, StringBuilder, TimestampNanosecondArray, TimestampNanosecondBuilder,
 };
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use hopscope_schemas::columns::{
-    self as c, connection, critical_path as cp, dependency_rollup as dr, edge, hop_rollup as hr,
+    self as c, call_rollup as cr, connection, critical_path as cp, dependency_rollup as dr, edge, hop_rollup as hr,
     operation_rollup as or, path_rollup as pr,
 };
 use hopscope_schemas::sketch::LatencySketch;
@@ -279,6 +283,164 @@ impl HopRollup {
         columns.push(Arc::new(errors.finish()));
         columns.extend(sketches.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
         Ok(Some(RecordBatch::try_new(hop_rollup_schema(), columns)?))
+    }
+}
+
+/// The schema of the `call_rollup` table.
+pub fn call_rollup_schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            let text = |name: &str, nullable: bool| Field::new(name, DataType::Utf8, nullable);
+            Arc::new(Schema::new(vec![
+                Field::new(cr::MINUTE, timestamp_type(), false),
+                text(edge::CALLER, false),
+                text(edge::CALLER_OPERATION, true),
+                text(edge::CALLEE, false),
+                text(edge::CALLEE_OPERATION, true),
+                text(edge::CONNECTION, false),
+                Field::new(cr::CALLS, DataType::Int64, false),
+                Field::new(cr::ERRORS, DataType::Int64, false),
+                Field::new(cr::CALL_SKETCH, DataType::Binary, true),
+                Field::new(cr::SLOWEST_NS, DataType::Int64, true),
+                Field::new(cr::SLOWEST_TRACE_ID, DataType::FixedSizeBinary(16), true),
+            ]))
+        })
+        .clone()
+}
+
+/// What identifies a `call_rollup` row.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct CallKey {
+    minute_ns: i64,
+    caller: String,
+    caller_operation: Option<String>,
+    callee: String,
+    callee_operation: Option<String>,
+    connection: String,
+}
+
+/// What a `call_rollup` row counts.
+#[derive(Debug, Default)]
+struct CallCounts {
+    calls: i64,
+    errors: i64,
+    call: LatencySketch,
+    /// The slowest call counted with a positive weight, and its trace.
+    slowest: Option<(i64, [u8; 16])>,
+}
+
+/// The rollup of the calls it is handed, per minute and call: who calls (service and operation)
+/// whom (service and operation), over which connection (see the module's documentation).
+#[derive(Debug, Default)]
+pub struct CallRollup {
+    rows: KeyedRows<CallKey, CallCounts>,
+}
+
+impl CallRollup {
+    /// Counts each hop of `edges` (a batch of the `edges` table, or of stored edges: then only the
+    /// final rows) `weight` times: -1 takes hops away (and leaves the slowest call alone: it is
+    /// evidence, not a sum).
+    pub fn add_edges(&mut self, edges: &RecordBatch, weight: i64) -> Result<()> {
+        let hop = KeyColumns::of(edges)?;
+        let caller_operation = strings(edges, edge::CALLER_OPERATION)?;
+        let trace_ids = column(edges, edge::TRACE_ID, &DataType::FixedSizeBinary(16))?;
+        let trace_ids = trace_ids.as_fixed_size_binary();
+        let client = ints(edges, edge::CLIENT_DURATION_NS)?;
+        let server = ints(edges, edge::SERVER_DURATION_NS)?;
+        let error = column(edges, edge::ERROR, &DataType::Boolean)?;
+        let error: &BooleanArray = error.as_boolean();
+        let pending = edges.column_by_name(edge::PENDING);
+        for row in 0..edges.num_rows() {
+            if pending.is_some_and(|p| p.is_valid(row)) {
+                continue;
+            }
+            let minute_ns = hop.start.value(row).div_euclid(MINUTE_NS) * MINUTE_NS;
+            let operation = caller_operation.is_valid(row).then(|| caller_operation.value(row));
+            let mut hasher = self.rows.hasher();
+            (minute_ns, hop.caller.value(row), operation, hop.callee.value(row), hop.operation(row)).hash(&mut hasher);
+            hop.connection.value(row).hash(&mut hasher);
+            let counts = self.rows.row(
+                hasher.finish(),
+                |key| {
+                    key.minute_ns == minute_ns
+                        && key.caller == hop.caller.value(row)
+                        && key.caller_operation.as_deref() == operation
+                        && key.callee == hop.callee.value(row)
+                        && key.callee_operation.as_deref() == hop.operation(row)
+                        && key.connection == hop.connection.value(row)
+                },
+                || CallKey {
+                    minute_ns,
+                    caller: hop.caller.value(row).to_owned(),
+                    caller_operation: operation.map(str::to_owned),
+                    callee: hop.callee.value(row).to_owned(),
+                    callee_operation: hop.operation(row).map(str::to_owned),
+                    connection: hop.connection.value(row).to_owned(),
+                },
+            );
+            counts.calls += weight;
+            if error.is_valid(row) && error.value(row) {
+                counts.errors += weight;
+            }
+            // The call as its caller saw it: the client side, else the server side.
+            let call = if client.is_valid(row) { &client } else { &server };
+            if call.is_valid(row) {
+                let ns = call.value(row);
+                counts.call.add(ns, weight);
+                if weight > 0 && counts.slowest.is_none_or(|(slowest, _)| ns > slowest) {
+                    let trace: [u8; 16] = trace_ids.value(row).try_into().map_err(|_| {
+                        DeriveError::Invalid(format!("a trace id of {} bytes", trace_ids.value_length()))
+                    })?;
+                    counts.slowest = Some((ns, trace));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The rows counted since the last call, ordered by minute and call; rows that sum to nothing
+    /// (and hold no evidence) are left out.
+    pub fn take_batch(&mut self) -> Result<Option<RecordBatch>> {
+        let mut rows = self.rows.take_sorted();
+        rows.retain(|(_, n)| n.calls != 0 || n.errors != 0 || !n.call.is_empty() || n.slowest.is_some());
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let mut minute = TimestampNanosecondBuilder::with_capacity(rows.len());
+        let mut text: [StringBuilder; 5] = Default::default();
+        let (mut calls, mut errors, mut slowest_ns) = (Int64Builder::new(), Int64Builder::new(), Int64Builder::new());
+        let mut sketch = BinaryBuilder::new();
+        let mut slowest_trace = FixedSizeBinaryBuilder::with_capacity(rows.len(), 16);
+        for (key, counts) in &rows {
+            minute.append_value(key.minute_ns);
+            text[0].append_value(&key.caller);
+            text[1].append_option(key.caller_operation.as_deref());
+            text[2].append_value(&key.callee);
+            text[3].append_option(key.callee_operation.as_deref());
+            text[4].append_value(&key.connection);
+            calls.append_value(counts.calls);
+            errors.append_value(counts.errors);
+            sketch.append_option((!counts.call.is_empty()).then(|| counts.call.encode()));
+            match counts.slowest {
+                Some((ns, trace)) => {
+                    slowest_ns.append_value(ns);
+                    slowest_trace.append_value(trace)?;
+                }
+                None => {
+                    slowest_ns.append_null();
+                    slowest_trace.append_null();
+                }
+            }
+        }
+        let mut columns: Vec<ArrayRef> = vec![Arc::new(minute.finish().with_timezone("UTC"))];
+        columns.extend(text.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+        columns.push(Arc::new(calls.finish()));
+        columns.push(Arc::new(errors.finish()));
+        columns.push(Arc::new(sketch.finish()));
+        columns.push(Arc::new(slowest_ns.finish()));
+        columns.push(Arc::new(slowest_trace.finish()));
+        Ok(Some(RecordBatch::try_new(call_rollup_schema(), columns)?))
     }
 }
 

@@ -22,8 +22,8 @@ use crate::edges::{EdgePairing, stored_edges_schema};
 use crate::findings::{FindingScan, Thresholds, findings_schema};
 use crate::paths::{PathSections, TracePaths, critical_path_schema};
 use crate::rollup::{
-    DependencyRollup, HopRollup, OperationRollup, PathRollup, dependency_rollup_schema, hop_rollup_schema,
-    operation_rollup_schema, path_rollup_schema,
+    CallRollup, DependencyRollup, HopRollup, OperationRollup, PathRollup, call_rollup_schema, dependency_rollup_schema,
+    hop_rollup_schema, operation_rollup_schema, path_rollup_schema,
 };
 use crate::{OneTrace, PerTrace, Result, SpanColumns, TraceTree, WholeTraces};
 
@@ -56,6 +56,7 @@ pub fn stored_schema(table: &str) -> Option<SchemaRef> {
         layout::OPERATION_ROLLUP_TABLE => Some(operation_rollup_schema()),
         layout::DEPENDENCY_ROLLUP_TABLE => Some(dependency_rollup_schema()),
         layout::PATH_ROLLUP_TABLE => Some(path_rollup_schema()),
+        layout::CALL_ROLLUP_TABLE => Some(call_rollup_schema()),
         _ => None,
     }
 }
@@ -140,6 +141,7 @@ pub struct StoredDerivations {
     operation_rollup: OperationRollup,
     dependency_rollup: DependencyRollup,
     path_rollup: PathRollup,
+    call_rollup: CallRollup,
     ended: bool,
 }
 
@@ -155,6 +157,7 @@ impl Default for StoredDerivations {
             operation_rollup: OperationRollup::default(),
             dependency_rollup: DependencyRollup::default(),
             path_rollup: PathRollup::default(),
+            call_rollup: CallRollup::default(),
             ended: false,
         }
     }
@@ -199,6 +202,7 @@ impl StoredDerivations {
         if let Some(edges) = &edges {
             self.hop_rollup.add_edges(edges, 1)?;
             self.dependency_rollup.add_edges(edges, 1)?;
+            self.call_rollup.add_edges(edges, 1)?;
         }
         let paths = self.paths.take_batch()?;
         if let Some(paths) = &paths {
@@ -206,15 +210,16 @@ impl StoredDerivations {
             self.path_rollup.add_paths(paths, 1)?;
             self.path_rollup.next_input();
         }
-        let (hops, operations, dependencies, path_rollup) = if self.ended {
+        let (hops, operations, dependencies, path_rollup, calls) = if self.ended {
             (
                 self.hop_rollup.take_batch()?,
                 self.operation_rollup.take_batch()?,
                 self.dependency_rollup.take_batch()?,
                 self.path_rollup.take_batch()?,
+                self.call_rollup.take_batch()?,
             )
         } else {
-            (None, None, None, None)
+            (None, None, None, None, None)
         };
         for (table, batch) in [
             (layout::TRACES_TABLE, self.traces.take_batch()?),
@@ -225,6 +230,7 @@ impl StoredDerivations {
             (layout::OPERATION_ROLLUP_TABLE, operations),
             (layout::DEPENDENCY_ROLLUP_TABLE, dependencies),
             (layout::PATH_ROLLUP_TABLE, path_rollup),
+            (layout::CALL_ROLLUP_TABLE, calls),
         ] {
             if let Some(batch) = batch {
                 out.push((table, batch));
@@ -638,6 +644,86 @@ mod tests {
         let twice = twice.take_batch().unwrap().unwrap();
         assert_eq!(int_sum(&twice, pr::PATHS), 4);
         assert_eq!(int_sum(&twice, pr::SELF_NS), 2 * int_sum(paths, cp::SELF_NS));
+    }
+
+    #[test]
+    fn the_call_rollup_counts_calls_between_operations_and_names_the_slowest() {
+        use crate::rollup::CallRollup;
+        use hopscope_schemas::columns::call_rollup as cr;
+        // 1_700_000_000 s is 20 s into its minute: calls 50 s later fall in the next one.
+        let at = |ms: i64| 1_700_000_000_000_000_000 + ms * 1_000_000;
+        let minute = |ms: i64| at(ms).div_euclid(60_000_000_000) * 60_000_000_000;
+        let root = |t: u8, from: i64| {
+            SpanRow::new(trace(t), [1; 8], "api", "GET /cart", SERVER).during(at(from), at(from + 100))
+        };
+        let call = |t: u8, s: u8, from: i64, long: i64| {
+            SpanRow::new(trace(t), [s; 8], "api", "SELECT item", CLIENT)
+                .child_of([1; 8])
+                .during(at(from), at(from + long))
+                .with(semconv::PEER_SERVICE, "db")
+        };
+        let rows = vec![
+            root(1, 0),
+            call(1, 2, 10, 10),
+            call(1, 3, 30, 30).status(status::ERROR),
+            root(2, 0),
+            call(2, 2, 10, 20),
+            root(3, 50_000),
+            call(3, 2, 50_010, 5),
+        ];
+        let tables = derive_all(&rows);
+        let rollup = table(&tables, layout::CALL_ROLLUP_TABLE);
+        let text = |name: &str, r: usize| {
+            let a = rollup.column_by_name(name).unwrap().as_string::<i32>();
+            if a.is_null(r) { "NULL".to_owned() } else { a.value(r).to_owned() }
+        };
+        let int = |name: &str, r: usize| {
+            let a = rollup.column_by_name(name).unwrap().as_primitive::<arrow::datatypes::Int64Type>();
+            a.is_valid(r).then(|| a.value(r))
+        };
+        let minutes =
+            rollup.column_by_name(cr::MINUTE).unwrap().as_primitive::<arrow::datatypes::TimestampNanosecondType>();
+        let slowest_trace = rollup.column_by_name(cr::SLOWEST_TRACE_ID).unwrap().as_fixed_size_binary();
+        let sketches = rollup.column_by_name(cr::CALL_SKETCH).unwrap().as_binary::<i32>();
+        let mut got = Vec::new();
+        for r in (0..rollup.num_rows()).filter(|&r| text(edge::CALLER, r) == "api") {
+            let sketch = LatencySketch::decode(sketches.value(r)).unwrap();
+            got.push((
+                minutes.value(r),
+                text(edge::CALLER_OPERATION, r),
+                text(edge::CALLEE, r),
+                text(edge::CALLEE_OPERATION, r),
+                int(cr::CALLS, r),
+                int(cr::ERRORS, r),
+                sketch.count(),
+                int(cr::SLOWEST_NS, r),
+                slowest_trace.value(r).to_vec(),
+            ));
+        }
+        // The caller's operation is the client span's name.
+        let (db, item) = ("db".to_owned(), "SELECT item".to_owned());
+        let ms = |n: i64| Some(n * 1_000_000);
+        let expected = vec![
+            (minute(0), item.clone(), db.clone(), item.clone(), Some(3), Some(1), 3, ms(30), trace(1).to_vec()),
+            (minute(50_000), item.clone(), db, item, Some(1), Some(0), 1, ms(5), trace(3).to_vec()),
+        ];
+        assert_ne!(minute(0), minute(50_000));
+        assert_eq!(got, expected);
+
+        // Taken away again, the calls leave nothing but the evidence; taken away alone, not even that.
+        let edges = table(&tables, layout::EDGES_TABLE);
+        let mut taken = CallRollup::default();
+        taken.add_edges(edges, 1).unwrap();
+        taken.add_edges(edges, -1).unwrap();
+        let taken = taken.take_batch().unwrap().unwrap();
+        assert_eq!(int_sum(&taken, cr::CALLS), 0);
+        assert_eq!(taken.column_by_name(cr::CALL_SKETCH).unwrap().null_count(), taken.num_rows());
+        assert_eq!(taken.column_by_name(cr::SLOWEST_NS).unwrap().null_count(), 0);
+        let mut only_taken = CallRollup::default();
+        only_taken.add_edges(edges, -1).unwrap();
+        let only_taken = only_taken.take_batch().unwrap().unwrap();
+        assert_eq!(int_sum(&only_taken, cr::CALLS), -int_sum(rollup, cr::CALLS));
+        assert_eq!(only_taken.column_by_name(cr::SLOWEST_NS).unwrap().null_count(), only_taken.num_rows());
     }
 
     /// Derives every table of `rows` (one batch), returning the stored batches per table.

@@ -127,6 +127,7 @@ async fn findings(State(engine): Engine, raw: RawParams) -> Result<Json<Findings
             "unbounded_tail_ratio",
             "unbounded_tail_min_calls",
             "clock_skew_min",
+            "exact",
         ],
     )?;
     let d = Thresholds::default();
@@ -146,7 +147,12 @@ async fn findings(State(engine): Engine, raw: RawParams) -> Result<Json<Findings
     if thresholds.retry_min_attempts < 2 {
         return Err(QueryError::BadParameter("retry_min_attempts: must be at least 2".into()));
     }
-    let query = FindingsQuery { range: p.range()?, service: p.text("service")?.map(str::to_owned), thresholds };
+    let query = FindingsQuery {
+        range: p.range()?,
+        service: p.text("service")?.map(str::to_owned),
+        thresholds,
+        exact: p.boolean("exact")?.unwrap_or(false),
+    };
     Ok(Json(engine.findings(query).await?))
 }
 

@@ -107,8 +107,8 @@ pub struct QueryEngine {
     metrics: Arc<QueryMetrics>,
 }
 
-/// Registers `traces`, `edges` (and its `hop_rollup` and `dependency_rollup`), `critical_path` (and its
-/// `path_rollup`), `findings` (default thresholds) and `operation_rollup`: read from the files derived at ingest when `read_derived`,
+/// Registers `traces`, `edges` (and its `hop_rollup`, `dependency_rollup` and `call_rollup`),
+/// `critical_path` (and its `path_rollup`), `findings` (default thresholds) and `operation_rollup`: read from the files derived at ingest when `read_derived`,
 /// else derived from the spans at query time.
 fn register_derived_tables(
     ctx: &SessionContext,
@@ -122,7 +122,11 @@ fn register_derived_tables(
     if !read_derived {
         ctx.register_table(tables::TRACES, Arc::new(DerivedTable::new(Arc::clone(spans), search::derivation())?))?;
         let edges: Arc<dyn TableProvider> = Arc::new(DerivedTable::new(Arc::clone(spans), pairing::derivation())?);
-        for (name, rollup) in [(tables::HOP_ROLLUP, Rollup::Hops), (tables::DEPENDENCY_ROLLUP, Rollup::Dependencies)] {
+        for (name, rollup) in [
+            (tables::HOP_ROLLUP, Rollup::Hops),
+            (tables::DEPENDENCY_ROLLUP, Rollup::Dependencies),
+            (tables::CALL_ROLLUP, Rollup::Calls),
+        ] {
             let table = DerivedRollupTable::<hopscope_derive::edges::Pending>::new(rollup, Arc::clone(&edges), None)?;
             ctx.register_table(name, Arc::new(table))?;
         }
@@ -152,7 +156,11 @@ fn register_derived_tables(
         true,
         hopscope_derive::edges::NOT_STORED,
     )?);
-    for (name, rollup) in [(tables::HOP_ROLLUP, Rollup::Hops), (tables::DEPENDENCY_ROLLUP, Rollup::Dependencies)] {
+    for (name, rollup) in [
+        (tables::HOP_ROLLUP, Rollup::Hops),
+        (tables::DEPENDENCY_ROLLUP, Rollup::Dependencies),
+        (tables::CALL_ROLLUP, Rollup::Calls),
+    ] {
         let table = DerivedRollupTable::new(rollup, Arc::clone(&edges) as _, Some(Arc::clone(&edges)))?;
         ctx.register_table(name, Arc::new(table))?;
     }
@@ -275,11 +283,8 @@ impl QueryEngine {
 
     /// Every finding in the traces of a range, most costly first.
     pub async fn findings(self: &Arc<Self>, query: FindingsQuery) -> Result<FindingsView, QueryError> {
-        self.run("findings", move |ctx| async move {
-            let report = findings::findings(&ctx, &query).await?;
-            views::findings_view(&report, query.range)
-        })
-        .await
+        self.run("findings", move |ctx| async move { views::findings_view(findings::findings(&ctx, &query).await?) })
+            .await
     }
 
     /// Per-hop latency over a range, busiest hops first.

@@ -119,6 +119,15 @@ fn cases() -> Vec<(String, String)> {
              FROM path_rollup GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 3, 4, 5, 6"
                 .to_owned(),
         ),
+        (
+            "the call_rollup table".to_owned(),
+            "SELECT minute, caller, caller_operation, callee, callee_operation, connection, \
+             sum(calls) AS calls, sum(errors) AS errors, sketch_count(merge_sketches(call_sketch)) AS timed, \
+             sketch_quantile(merge_sketches(call_sketch), 0.5) AS call_p50, max(slowest_ns) AS slowest_ns, \
+             hex_id(first_value(slowest_trace_id ORDER BY slowest_ns DESC NULLS LAST)) AS slowest_trace \
+             FROM call_rollup GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 3, 4, 5, 6"
+                .to_owned(),
+        ),
     ];
     let docs = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/sql.md")).unwrap();
     for (i, block) in docs.split("```sql").skip(1).enumerate() {

@@ -25,6 +25,11 @@ pub(crate) const HOP_ROLLUP: &str = "hop_rollup";
 /// `GET /api/v1/dependencies` groups (see [`crate::walk::DerivedRollupTable`]).
 pub(crate) const DEPENDENCY_ROLLUP: &str = "dependency_rollup";
 
+/// Per minute and call (caller and its operation, callee and its operation, connection): calls,
+/// errors, a latency sketch and the slowest call's trace, what `GET /api/v1/findings` groups for
+/// unbounded tails (see [`crate::walk::DerivedRollupTable`]).
+pub(crate) const CALL_ROLLUP: &str = "call_rollup";
+
 /// Per minute, entry endpoint and bucket of path duration: the critical paths and each operation's
 /// self time on them, what `GET /api/v1/critical-path` groups (see
 /// [`crate::walk::DerivedRollupTable`]).

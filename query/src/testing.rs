@@ -72,6 +72,14 @@ impl Store {
         config.batch_size = batch_size;
         Arc::new(QueryEngine::new(&config).unwrap())
     }
+
+    /// An engine over the store that derives every table from the spans as queries run (the
+    /// reference walk), rollups included.
+    pub(crate) fn walking_engine(&self) -> Arc<QueryEngine> {
+        let mut config = QueryConfig::new(self.dir.clone());
+        config.read_derived = false;
+        Arc::new(QueryEngine::new(&config).unwrap())
+    }
 }
 
 /// Every value of a result as text, row by row (nulls as `NULL`).

@@ -2,10 +2,10 @@
 //! The analyses answer in Arrow rows where `/sql` shows the same answer as a table; these turn the
 //! rows into the response types. Serialising them is the API's job.
 
-use datafusion::arrow::array::{Array, RecordBatch};
+use datafusion::arrow::array::Array;
 use hopscope_schemas::api::{AggregateCriticalPathView, FindingView, FindingsView, PathGroupView, PathOperationView};
 use hopscope_schemas::columns::{findings_report as fr, path_summary as ps};
-use hopscope_schemas::time::{TimeRange, format_time};
+use hopscope_schemas::time::format_time;
 
 use crate::QueryError;
 use crate::analysis::critical_path::{AggregatePath, PathGroup};
@@ -51,21 +51,21 @@ pub(crate) fn aggregate_path_view(path: &AggregatePath) -> Result<AggregateCriti
 }
 
 /// `GET /api/v1/findings`'s answer, from the report rows.
-pub(crate) fn findings_view(report: &RecordBatch, range: TimeRange) -> Result<FindingsView, QueryError> {
-    let r = Results(report);
+pub(crate) fn findings_view(report: crate::analysis::findings::Report) -> Result<FindingsView, QueryError> {
+    let r = Results(&report.rows);
     let (kinds, services, operations, callees) =
         (r.strings(fr::KIND)?, r.strings(fr::SERVICE)?, r.strings(fr::OPERATION)?, r.strings(fr::CALLEE)?);
     let (occurrences, traces, calls) = (r.ints(fr::OCCURRENCES)?, r.ints(fr::TRACES)?, r.ints(fr::CALLS)?);
     let (mean, total) = (r.floats(fr::COST_NS_MEAN)?, r.ints(fr::COST_NS_TOTAL)?);
     let (evidence, thresholds) = (r.strings(fr::EVIDENCE_TRACE_IDS)?, r.strings(fr::THRESHOLD)?);
-    let findings = (0..report.num_rows())
+    let findings = (0..report.rows.num_rows())
         .map(|row| FindingView {
             kind: kinds.value(row).to_owned(),
             service: services.value(row).to_owned(),
             operation: operations.value(row).to_owned(),
             callee: callees.is_valid(row).then(|| callees.value(row).to_owned()),
             occurrences: occurrences.value(row) as u64,
-            traces: traces.value(row) as u64,
+            traces: traces.is_valid(row).then(|| traces.value(row) as u64),
             calls: calls.value(row) as u64,
             cost_ns_mean: mean.value(row),
             cost_ns_total: total.value(row),
@@ -73,5 +73,10 @@ pub(crate) fn findings_view(report: &RecordBatch, range: TimeRange) -> Result<Fi
             threshold: thresholds.value(row).to_owned(),
         })
         .collect();
-    Ok(FindingsView { start: format_time(range.start_ns), end: format_time(range.end_ns), findings })
+    Ok(FindingsView {
+        start: format_time(report.range.start_ns),
+        end: format_time(report.range.end_ns),
+        percentiles: report.percentiles,
+        findings,
+    })
 }

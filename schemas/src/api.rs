@@ -447,8 +447,9 @@ pub struct FindingView {
     pub callee: Option<String>,
     /// How many times it was found.
     pub occurrences: u64,
-    /// How many traces it was found in.
-    pub traces: u64,
+    /// How many traces it was found in; null for `missing_timeout` found in the per-minute
+    /// `call_rollup` (not counted there: ask with `exact=true`).
+    pub traces: Option<u64>,
     /// Calls (or hops, or deliveries) involved, over all occurrences.
     pub calls: u64,
     /// Estimated time one occurrence costs, and all of them together.
@@ -463,8 +464,12 @@ pub struct FindingView {
 /// Answer of `GET /api/v1/findings`.
 #[derive(Debug, Clone, Serialize)]
 pub struct FindingsView {
+    /// The range the findings cover: the asked one, widened to whole minutes unless exact
+    /// percentiles were asked.
     pub start: String,
     pub end: String,
+    /// How the percentiles `missing_timeout` compares (the calls' median and p99) were computed.
+    pub percentiles: PercentileAccuracy,
     /// Most costly first.
     pub findings: Vec<FindingView>,
 }

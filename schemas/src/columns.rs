@@ -207,6 +207,23 @@ pub mod hop_rollup {
     pub const GAP_SKETCH: &str = "gap_sketch";
 }
 
+/// The `call_rollup` table's own columns; the call's are [`edge`]'s (`caller`, `caller_operation`,
+/// `callee`, `callee_operation`, `connection`).
+pub mod call_rollup {
+    /// The start of the minute the calls started in.
+    pub const MINUTE: &str = "minute";
+    pub const CALLS: &str = "calls";
+    /// Calls where either side has status ERROR.
+    pub const ERRORS: &str = "errors";
+    /// A latency sketch of the calls as their callers saw them: the client span's duration, else
+    /// the server span's.
+    pub const CALL_SKETCH: &str = "call_sketch";
+    /// Evidence: the slowest call the row counted (as `call_sketch` does) and its trace; null on
+    /// rows that only take calls away.
+    pub const SLOWEST_NS: &str = "slowest_ns";
+    pub const SLOWEST_TRACE_ID: &str = "slowest_trace_id";
+}
+
 /// The `dependency_rollup` table's own columns; the hop's and its entry endpoint's are [`edge`]'s
 /// (`root_service`, `root_operation`, `caller`, `caller_kind`, `callee`, `callee_kind`,
 /// `connection`, `via`, `depth`).

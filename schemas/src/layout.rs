@@ -19,7 +19,7 @@ pub const TMP_SUFFIX: &str = ".tmp";
 pub const SPANS_DIR: &str = "spans";
 
 /// The tables derived from each span file at ingest, each in a directory of its name.
-pub const DERIVED_TABLES: [&str; 8] = [
+pub const DERIVED_TABLES: [&str; 9] = [
     TRACES_TABLE,
     EDGES_TABLE,
     CRITICAL_PATH_TABLE,
@@ -28,6 +28,7 @@ pub const DERIVED_TABLES: [&str; 8] = [
     OPERATION_ROLLUP_TABLE,
     DEPENDENCY_ROLLUP_TABLE,
     PATH_ROLLUP_TABLE,
+    CALL_ROLLUP_TABLE,
 ];
 /// One row per trace of a span file: its extent, size, errors and root.
 pub const TRACES_TABLE: &str = "traces";
@@ -47,6 +48,10 @@ pub const DEPENDENCY_ROLLUP_TABLE: &str = "dependency_rollup";
 /// Per minute, entry endpoint (the paths' root) and path-duration bucket: the critical paths and
 /// each operation's self time on them, what `/api/v1/critical-path` reads.
 pub const PATH_ROLLUP_TABLE: &str = "path_rollup";
+/// Per minute and call (caller and its operation, callee and its operation, connection): calls,
+/// errors, a latency sketch and the slowest call's trace of the span file's final hops, what
+/// `/api/v1/findings` reads for unbounded tails.
+pub const CALL_ROLLUP_TABLE: &str = "call_rollup";
 
 /// The path of what `table` derived from the span file at `span_relative` (both relative to the
 /// tenant directory): the same hour and file id, under the table's directory.

@@ -340,14 +340,61 @@ async fn tables_derived_at_flush_equal_the_query_time_walk() {
     assert_eq!(text(&read, &counts), text(&walk(&walks, counted).await, &counts));
     let explained = plan(walk(&reads_derived, &format!("EXPLAIN {operations}")).await);
     assert!(explained.contains("operation_rollup/") && !explained.contains("RollupExec"), "{explained}");
-    let findings = |engine: &Arc<QueryEngine>| {
-        let engine = Arc::clone(engine);
-        async move {
-            let query = hopscope_query::FindingsQuery { range, service: None, thresholds: Default::default() };
-            serde_json::to_value(engine.findings(query).await.unwrap()).unwrap()
-        }
-    };
-    assert_eq!(findings(&reads_derived).await, findings(&walks).await);
+
+    // Calls between operations: the stored `call_rollup` rows, corrected for the split trace and the
+    // pending hops, are the rollup of the walked edges; both count, per minute and call, what
+    // `edges` holds, and name its slowest call.
+    let call_rollup = "SELECT minute, caller, caller_operation, callee, callee_operation, connection, \
+                       sum(calls) AS n, sum(errors) AS e, sketch_count(merge_sketches(call_sketch)) AS counted, \
+                       sketch_quantile(merge_sketches(call_sketch), 0.99) AS p99, max(slowest_ns) AS slowest \
+                       FROM call_rollup GROUP BY 1, 2, 3, 4, 5, 6 HAVING sum(calls) <> 0";
+    let columns = [
+        "minute",
+        "caller",
+        "caller_operation",
+        "callee",
+        "callee_operation",
+        "connection",
+        "n",
+        "e",
+        "counted",
+        "p99",
+    ];
+    let (read, walked) = (walk(&reads_derived, call_rollup).await, walk(&walks, call_rollup).await);
+    assert!(walked.iter().map(RecordBatch::num_rows).sum::<usize>() > 5);
+    assert_eq!(text(&read, &columns), text(&walked, &columns));
+    let explained = plan(walk(&reads_derived, &format!("EXPLAIN {call_rollup}")).await);
+    assert!(explained.contains("call_rollup/") && explained.contains("RollupExec"), "{explained}");
+    let counted = "SELECT date_trunc('minute', start_time) AS minute, caller, caller_operation, callee, \
+                   callee_operation, connection, count(*) AS n, sum(CASE WHEN error THEN 1 ELSE 0 END) AS e, \
+                   count(coalesce(client_duration_ns, server_duration_ns)) AS counted, \
+                   max(coalesce(client_duration_ns, server_duration_ns)) AS slowest \
+                   FROM edges GROUP BY 1, 2, 3, 4, 5, 6";
+    let columns = ["minute", "caller", "caller_operation", "callee", "callee_operation", "connection", "n", "e"];
+    let with_slowest = [&columns[..], &["counted", "slowest"]].concat();
+    let expected = text(&walk(&walks, counted).await, &with_slowest);
+    assert_eq!(text(&read, &with_slowest), expected);
+    assert_eq!(text(&walked, &with_slowest), expected);
+
+    // Findings: the same answer from what was stored and from the walk, exact or (unbounded tails)
+    // from `call_rollup`.
+    for exact in [true, false] {
+        let findings = |engine: &Arc<QueryEngine>| {
+            let engine = Arc::clone(engine);
+            async move {
+                let query = hopscope_query::FindingsQuery {
+                    range: aligned,
+                    service: None,
+                    thresholds: Default::default(),
+                    exact,
+                };
+                serde_json::to_value(engine.findings(query).await.unwrap()).unwrap()
+            }
+        };
+        let read = findings(&reads_derived).await;
+        assert_eq!(read["percentiles"]["method"], if exact { "exact" } else { "sketch" });
+        assert_eq!(read, findings(&walks).await);
+    }
 
     // Paths: the stored `path_rollup` rows, corrected for the split trace (whose late database call
     // moves self time from `orders` to the database client), are the rollup of the walked critical

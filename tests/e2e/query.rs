@@ -1585,17 +1585,49 @@ async fn findings_flag_each_pattern_and_nothing_on_clean_traces() {
     assert_eq!(only("poison_message", "billing-worker")["traces"], 3);
     // Skew costs no time; it is reported so that a callee missing from the critical path is explained.
     expect("clock_skew", "gateway", Some("erp-bridge GET /erp"), 1, 0.0, "clock_skew_min=1000000ns");
-    // The unbounded tail: its cost is what the slowest call took beyond the hop's p99.
-    let tail = only("missing_timeout", "reports");
-    assert_eq!(tail["callee"], "warehouse export");
-    assert_eq!(tail["calls"], 30);
-    assert_eq!(tail["threshold"], "unbounded_tail_ratio=20, unbounded_tail_min_calls=20");
+    // The unbounded tail: its cost is what the slowest call took beyond the hop's p99. By default
+    // the p99 is the merged per-minute sketches' (within 1% of the larger of the two calls it
+    // interpolates between, here the 400 ms one) and the traces are not counted; exact, it is
+    // `percentile_cont`'s.
     let mut lengths: Vec<f64> = (0..30).map(|i| if i == 29 { 400.0 * MS } else { 10.0 * MS }).collect();
     lengths.sort_by(f64::total_cmp);
     let expected = 400.0 * MS - percentile(&lengths, 0.99).0;
-    let cost = tail["cost_ns_total"].as_f64().unwrap();
-    assert!((cost - expected).abs() <= 1e-3 * expected, "{cost} vs {expected}");
-    assert_eq!(tail["evidence_trace_ids"].as_array().unwrap().len(), 1);
+    assert_eq!(found["percentiles"], json!({"method": "sketch", "relative_error": 0.01}));
+    let exact = get_ok(&server, &format!("/api/v1/findings?{}&exact=true", window(0.0))).await;
+    assert_eq!(exact["percentiles"], json!({"method": "exact", "relative_error": 0.0}));
+    let exact_tail: Vec<&Value> = exact["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "missing_timeout" && f["service"] == "reports")
+        .collect();
+    assert_eq!(exact_tail.len(), 1, "{exact:#}");
+    for (tail, traces, bound) in [
+        (only("missing_timeout", "reports"), json!(null), 0.01 * 400.0 * MS),
+        (exact_tail[0], json!(30), 1e-3 * expected),
+    ] {
+        assert_eq!(tail["callee"], "warehouse export");
+        assert_eq!(tail["calls"], 30);
+        assert_eq!(tail["traces"], traces, "{tail}");
+        assert_eq!(tail["threshold"], "unbounded_tail_ratio=20, unbounded_tail_min_calls=20");
+        let cost = tail["cost_ns_total"].as_f64().unwrap();
+        assert!((cost - expected).abs() <= bound, "{cost} vs {expected}: {tail}");
+        assert_eq!(tail["evidence_trace_ids"].as_array().unwrap().len(), 1);
+    }
+    // Apart from the tail's traces and its estimated cost, the two answers are the same.
+    let without_tail_figures = |view: &Value| -> Vec<Value> {
+        let mut findings = view["findings"].as_array().unwrap().clone();
+        for f in &mut findings {
+            if f["threshold"].as_str().unwrap().starts_with("unbounded_tail_ratio=") {
+                f["traces"] = json!(null);
+                f["cost_ns_total"] = json!(null);
+                f["cost_ns_mean"] = json!(null);
+            }
+        }
+        findings.sort_by_key(|f| f.to_string());
+        findings
+    };
+    assert_eq!(without_tail_figures(&found), without_tail_figures(&exact));
 
     // The per-trace findings are a table in /sql too (with the default thresholds).
     let (status, body) = sql(&server, "SELECT kind, count(*) AS n FROM findings GROUP BY kind ORDER BY kind").await;
@@ -1655,7 +1687,12 @@ async fn findings_flag_each_pattern_and_nothing_on_clean_traces() {
             f["threshold"].as_str().unwrap().to_owned(),
         )
     };
-    assert_eq!(rows.iter().map(summarize).collect::<Vec<_>>(), findings.iter().map(summarize).collect::<Vec<_>>());
+    // `findings_report` answers as the API does with exact=true.
+    let exact_findings = exact["findings"].as_array().unwrap();
+    assert_eq!(
+        rows.iter().map(summarize).collect::<Vec<_>>(),
+        exact_findings.iter().map(summarize).collect::<Vec<_>>()
+    );
     let checkout = report(format!("'{}', {end}, 'checkout'", (start as u64))).await;
     assert_eq!(checkout.len(), 1, "{checkout:?}");
     assert_eq!(checkout[0]["kind"], "sequential_calls");

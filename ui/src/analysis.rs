@@ -140,8 +140,12 @@ pub(crate) async fn findings_page(
 ) -> Result<Html<String>, UiError> {
     let params = PageParams::new(raw, &["service"])?;
     let service = params.text("service").map(str::to_owned);
-    let query =
-        FindingsQuery { range: params.window.range, service: service.clone(), thresholds: Thresholds::default() };
+    let query = FindingsQuery {
+        range: params.window.range,
+        service: service.clone(),
+        thresholds: Thresholds::default(),
+        exact: false,
+    };
     let view = ui.engine.findings(query).await?;
     let empty = if view.findings.is_empty() {
         Some(crate::page::empty_state(&ui, &params.window, &headers, "findings").await?)
@@ -154,7 +158,8 @@ pub(crate) async fn findings_page(
     };
     let body = html! {
         h1 { (title) }
-        p.summary { "Call patterns that make latency slow or unpredictable, most costly first, in " (params.window.describe()) ". Thresholds are the defaults of " code { "GET /api/v1/findings" } " (README)." }
+        p.summary { "Call patterns that make latency slow or unpredictable, most costly first, in " (params.window.describe()) ". Thresholds are the defaults of " code { "GET /api/v1/findings" } " (README)."
+            @if view.percentiles.method == "sketch" { " Missing timeouts compare medians and p99s estimated within " (format!("{}%", view.percentiles.relative_error * 100.0)) " from per-minute sketches." } }
         form.filter method="get" action=(paths::FINDINGS) {
             @for (k, v) in params.window.query_pairs() { input type="hidden" name=(k) value=(v); }
             label { "Service " input type="text" name="service" value=[service.as_deref()] placeholder="all"; }
@@ -169,7 +174,8 @@ pub(crate) async fn findings_page(
                             td { strong { (kind_label(&f.kind)) } }
                             td { a href=(params.link(paths::SERVICE, &[("name", &f.service), ("operation", &f.operation)])) { (f.service) " · " (f.operation) } }
                             td { (f.callee.as_deref().unwrap_or("–")) " " span.calls { "(" (f.calls) ")" } }
-                            td.num { (f.occurrences) } td.num { (f.traces) }
+                            td.num { (f.occurrences) }
+                            td.num { @match f.traces { Some(t) => (t), None => span title="not counted in the per-minute rollups this finding comes from" { "–" } } }
                             td.num { (duration(f.cost_ns_total as f64)) } td.num { (duration(f.cost_ns_mean)) }
                             td { code { (f.threshold) } }
                             td.evidence { @for id in &f.evidence_trace_ids { a.trace-link href=(paths::trace(id)) title=(id) { code { (id.get(..8).unwrap_or(id)) } } " " } }

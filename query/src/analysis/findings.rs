@@ -1,23 +1,28 @@
 //! Findings (design.md §4) over a time range: the per-trace patterns of the `findings` table
 //! ([`hopscope_derive::findings::FindingScan`], found in the streaming per-trace walk) grouped by
 //! pattern and place, plus the patterns no single trace shows: poison messages (each redelivery is
-//! usually a trace of its own) and unbounded tails, each from one query over `spans` or `edges`.
-//! Every threshold has a documented default in [`Thresholds`] and can be set per request.
+//! usually a trace of its own), one query over `spans`, and unbounded tails, from the per-minute
+//! `call_rollup` (percentiles from its sketches) or, exact, from every row of `edges`. Every
+//! threshold has a documented default in [`Thresholds`] and can be set per request.
 
 use std::sync::{Arc, OnceLock};
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::error::Result as DfResult;
+use datafusion::execution::FunctionRegistry;
 use datafusion::functions::expr_fn::coalesce;
 use datafusion::functions_aggregate::expr_fn::{array_agg, count, first_value, max, percentile_cont, sum};
 use datafusion::prelude::{SessionContext, col, lit};
 pub use hopscope_derive::findings::Thresholds;
 use hopscope_derive::findings::{FindingScan, findings_schema, input_columns};
-use hopscope_schemas::columns::{self as c, finding as f, finding_kind as fk, semconv};
+use hopscope_schemas::api::PercentileAccuracy;
+use hopscope_schemas::columns::{self as c, call_rollup as cr, finding as f, finding_kind as fk, semconv};
+use hopscope_schemas::sketch;
 use hopscope_schemas::spans::{kind, status};
+use hopscope_schemas::time::TimeRange;
 
-use super::frame::{Results, count_where, distinct_traces, in_range};
+use super::frame::{Results, count_where, distinct_traces, in_range, rollup_computed, whole_minutes};
 use crate::walk::Derivation;
 
 /// The `findings` table, found per trace with `thresholds`.
@@ -34,26 +39,57 @@ pub(crate) fn derivation(thresholds: Thresholds) -> Derivation<()> {
 /// What `GET /api/v1/findings` asks.
 #[derive(Debug, Clone)]
 pub struct FindingsQuery {
-    pub range: hopscope_schemas::time::TimeRange,
+    pub range: TimeRange,
     /// Only findings located in this service.
     pub service: Option<String>,
     pub thresholds: Thresholds,
+    /// Unbounded tails from every call's duration over exactly `range`, instead of from the
+    /// per-minute `call_rollup` (whose percentiles are sketch estimates) over `range` widened to
+    /// whole minutes.
+    pub exact: bool,
+}
+
+/// A findings report: its rows ([`report_schema`]), the range they cover and how the percentiles
+/// unbounded tails compare were computed.
+pub(crate) struct Report {
+    pub(crate) rows: RecordBatch,
+    pub(crate) range: TimeRange,
+    pub(crate) percentiles: PercentileAccuracy,
 }
 
 /// Evidence kept per finding.
 const EVIDENCE: usize = 5;
 
-/// Every finding in the traces of a range, most costly first, as rows of [`report_schema`].
-pub(crate) async fn findings(ctx: &SessionContext, query: &FindingsQuery) -> Result<RecordBatch, crate::QueryError> {
-    let mut findings = per_trace_findings(ctx, query).await?;
-    findings.extend(poison_messages(ctx, query).await?);
-    findings.extend(unbounded_tails(ctx, query).await?);
+/// Every finding in the traces of a range, most costly first.
+pub(crate) async fn findings(ctx: &SessionContext, query: &FindingsQuery) -> Result<Report, crate::QueryError> {
+    let minutes = whole_minutes(query.range);
+    let exact = query.exact || rollup_computed(ctx, crate::tables::CALL_ROLLUP, minutes).await?;
+    let (query, percentiles) = match exact {
+        true => (query.clone(), PercentileAccuracy { method: "exact", relative_error: 0.0 }),
+        false => (
+            FindingsQuery { range: minutes, ..query.clone() },
+            PercentileAccuracy { method: "sketch", relative_error: sketch::RELATIVE_ERROR },
+        ),
+    };
+    let query = &query;
+    let tails = async {
+        match exact {
+            true => unbounded_tails(ctx, query).await,
+            false => rolled_up_tails(ctx, query).await,
+        }
+    };
+    // Three questions independent of each other: run side by side, each one's final
+    // (single-threaded) phase overlaps the others' scans.
+    let (mut findings, poison, tails) =
+        futures::try_join!(per_trace_findings(ctx, query), poison_messages(ctx, query), tails)?;
+    findings.extend(poison);
+    findings.extend(tails);
     findings.sort_by(|a, b| {
         b.cost_ns_total
             .cmp(&a.cost_ns_total)
             .then_with(|| (&a.kind, &a.service, &a.callee).cmp(&(&b.kind, &b.service, &b.callee)))
     });
-    Ok(report_batch(&findings)?)
+    Ok(Report { rows: report_batch(&findings)?, range: query.range, percentiles })
 }
 
 /// The patterns found per trace (with the query's thresholds), grouped across traces.
@@ -104,7 +140,7 @@ async fn per_trace_findings(ctx: &SessionContext, query: &FindingsQuery) -> Resu
                 operation: operations.value(row).to_owned(),
                 callee: callees.is_valid(row).then(|| callees.value(row).to_owned()),
                 occurrences,
-                traces: traces.value(row) as u64,
+                traces: Some(traces.value(row) as u64),
                 calls: calls.value(row) as u64,
                 cost_ns_mean: cost.value(row) as f64 / occurrences.max(1) as f64,
                 cost_ns_total: cost.value(row),
@@ -155,7 +191,7 @@ async fn poison_messages(ctx: &SessionContext, query: &FindingsQuery) -> Result<
                 operation: operations.value(row).to_owned(),
                 callee: Some(format!("message {}", ids.value(row))),
                 occurrences: 1,
-                traces: traces.value(row) as u64,
+                traces: Some(traces.value(row) as u64),
                 calls: calls.value(row) as u64,
                 cost_ns_mean: cost.value(row) as f64,
                 cost_ns_total: cost.value(row),
@@ -236,15 +272,98 @@ async fn unbounded_tails(ctx: &SessionContext, query: &FindingsQuery) -> Result<
                 operation: if operation.is_valid(row) { operation.value(row).to_owned() } else { String::new() },
                 callee: Some(callee),
                 occurrences: 1,
-                traces: traces.value(row) as u64,
+                traces: Some(traces.value(row) as u64),
                 calls: calls.value(row) as u64,
                 cost_ns_mean: cost as f64,
                 cost_ns_total: cost,
                 evidence_trace_ids: vec![hex::encode(slowest_trace.value(row))],
-                threshold: format!(
-                    "unbounded_tail_ratio={}, unbounded_tail_min_calls={}",
-                    thresholds.unbounded_tail_ratio, thresholds.unbounded_tail_min_calls
-                ),
+                threshold: tail_threshold(thresholds),
+            });
+        }
+    }
+    Ok(findings)
+}
+
+fn tail_threshold(thresholds: Thresholds) -> String {
+    format!(
+        "unbounded_tail_ratio={}, unbounded_tail_min_calls={}",
+        thresholds.unbounded_tail_ratio, thresholds.unbounded_tail_min_calls
+    )
+}
+
+/// Unbounded tails from the per-minute `call_rollup` of the query's range (whole minutes): the
+/// calls' median and p99 from the merged sketches (within [`sketch::RELATIVE_ERROR`]), the slowest
+/// call and its trace from the rows' evidence. How many traces made the calls is not counted.
+async fn rolled_up_tails(ctx: &SessionContext, query: &FindingsQuery) -> Result<Vec<Finding>, crate::QueryError> {
+    let thresholds = query.thresholds;
+    let mut calls = ctx
+        .table(crate::tables::CALL_ROLLUP)
+        .await?
+        .filter(in_range(cr::MINUTE, query.range))?
+        .filter(col(c::edge::CONNECTION).not_eq(lit(c::connection::ENTRY)))?;
+    if let Some(service) = &query.service {
+        calls = calls.filter(col(c::edge::CALLER).eq(lit(service.as_str())))?;
+    }
+    let merge = ctx.udaf("merge_sketches")?;
+    let batches = calls
+        .aggregate(
+            vec![
+                col(c::edge::CALLER),
+                col(c::edge::CALLER_OPERATION),
+                col(c::edge::CALLEE),
+                col(c::edge::CALLEE_OPERATION),
+            ],
+            vec![
+                sum(col(cr::CALLS)).alias("calls"),
+                merge.call(vec![col(cr::CALL_SKETCH)]).alias("sketch"),
+                max(col(cr::SLOWEST_NS)).alias("slowest"),
+                first_value(col(cr::SLOWEST_TRACE_ID), vec![col(cr::SLOWEST_NS).sort(false, false)])
+                    .alias("slowest_trace"),
+            ],
+        )?
+        .filter(col("calls").gt_eq(lit(thresholds.unbounded_tail_min_calls as i64)))?
+        .collect()
+        .await?;
+    let mut findings = Vec::new();
+    for batch in &batches {
+        let r = Results(batch);
+        let (caller, operation, callee, callee_operation) = (
+            r.strings(c::edge::CALLER)?,
+            r.strings(c::edge::CALLER_OPERATION)?,
+            r.strings(c::edge::CALLEE)?,
+            r.strings(c::edge::CALLEE_OPERATION)?,
+        );
+        let (calls, slowest) = (r.ints("calls")?, r.ints("slowest")?);
+        let slowest_trace = r.cast("slowest_trace", &DataType::FixedSizeBinary(16))?;
+        let slowest_trace = slowest_trace.as_fixed_size_binary();
+        for row in 0..batch.num_rows() {
+            let Some(sketch) = r.sketch("sketch", row)? else { continue };
+            let (Some(p50), Some(p99)) = (sketch.quantile(0.5), sketch.quantile(0.99)) else { continue };
+            if slowest.is_null(row) || slowest_trace.is_null(row) || p50 <= 0.0 {
+                continue;
+            }
+            let slowest_ns = slowest.value(row);
+            if (slowest_ns as f64) < p50 * thresholds.unbounded_tail_ratio {
+                continue;
+            }
+            let callee = match callee_operation.is_valid(row) {
+                true => format!("{} {}", callee.value(row), callee_operation.value(row)),
+                false => callee.value(row).to_owned(),
+            };
+            // What the slowest calls cost beyond a timeout set at the p99.
+            let cost = (slowest_ns as f64 - p99).max(0.0) as i64;
+            findings.push(Finding {
+                kind: fk::MISSING_TIMEOUT.to_owned(),
+                service: caller.value(row).to_owned(),
+                operation: if operation.is_valid(row) { operation.value(row).to_owned() } else { String::new() },
+                callee: Some(callee),
+                occurrences: 1,
+                traces: None,
+                calls: calls.value(row) as u64,
+                cost_ns_mean: cost as f64,
+                cost_ns_total: cost,
+                evidence_trace_ids: vec![hex::encode(slowest_trace.value(row))],
+                threshold: tail_threshold(thresholds),
             });
         }
     }
@@ -258,7 +377,8 @@ struct Finding {
     operation: String,
     callee: Option<String>,
     occurrences: u64,
-    traces: u64,
+    /// `None` when not counted (unbounded tails from `call_rollup`).
+    traces: Option<u64>,
     calls: u64,
     cost_ns_mean: f64,
     cost_ns_total: i64,
@@ -281,7 +401,7 @@ pub(crate) fn report_schema() -> SchemaRef {
                 text(fr::OPERATION, false),
                 text(fr::CALLEE, true),
                 int(fr::OCCURRENCES),
-                int(fr::TRACES),
+                Field::new(fr::TRACES, DataType::Int64, true),
                 int(fr::CALLS),
                 Field::new(fr::COST_NS_MEAN, DataType::Float64, false),
                 int(fr::COST_NS_TOTAL),
@@ -305,7 +425,7 @@ fn report_batch(rows: &[Finding]) -> DfResult<RecordBatch> {
             text(|r| &r.operation),
             Arc::new(StringArray::from_iter(rows.iter().map(|r| r.callee.as_deref()))),
             int(|r| r.occurrences as i64),
-            int(|r| r.traces as i64),
+            Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.traces.map(|t| t as i64)))),
             int(|r| r.calls as i64),
             Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.cost_ns_mean))),
             int(|r| r.cost_ns_total),
@@ -322,6 +442,7 @@ mod tests {
     use hopscope_schemas::spans::kind::{CLIENT, CONSUMER, SERVER};
     use hopscope_schemas::spans::status::ERROR;
 
+    use super::{FindingsQuery, Thresholds, TimeRange};
     use crate::testing::{Store, ms, query, span, trace};
 
     /// A root SERVER span of `service` at 0..200 ms, and its calls.
@@ -500,5 +621,34 @@ mod tests {
                 .map(str::to_owned)
         );
         assert_eq!(got.len(), 2);
+
+        // From the per-minute `call_rollup` (here rolled up from the walk's edges): the same finding,
+        // its p99 from the merged sketch within 1% of the values it interpolates between, and the
+        // traces not counted.
+        let engine = store.walking_engine();
+        let range = TimeRange { start_ns: 0, end_ns: 9_000_000_000_000_000_000 };
+        for exact in [false, true] {
+            let query = FindingsQuery { range, service: None, thresholds: Thresholds::default(), exact };
+            let view = engine.findings(query).await.unwrap();
+            assert_eq!(view.percentiles.method, if exact { "exact" } else { "sketch" });
+            let tail: Vec<_> = view.findings.iter().filter(|f| f.kind == "missing_timeout").collect();
+            assert_eq!(tail.len(), 1, "{view:?}");
+            let f = tail[0];
+            assert_eq!(
+                (f.service.as_str(), f.operation.as_str(), f.callee.as_deref()),
+                ("quotes", "lookup", Some("rates lookup"))
+            );
+            assert_eq!((f.calls, f.evidence_trace_ids.clone()), (20, vec![ids(&[107])]));
+            assert_eq!(f.traces, exact.then_some(20));
+            let bound = 0.01 * 400e6;
+            assert!((f.cost_ns_total as f64 - (400.0 - p99) * 1e6).abs() <= bound + 1_000.0, "{f:?}");
+        }
+        // A ratio the slowest call does not reach finds nothing either way.
+        for exact in [false, true] {
+            let thresholds = Thresholds { unbounded_tail_ratio: 41.0, ..Thresholds::default() };
+            let query = FindingsQuery { range, service: None, thresholds, exact };
+            let view = engine.findings(query).await.unwrap();
+            assert!(view.findings.iter().all(|f| f.kind != "missing_timeout"), "{view:?}");
+        }
     }
 }

@@ -70,10 +70,13 @@ impl datafusion::catalog::TableFunctionImpl for FindingsReport {
             range: call.range,
             service: call.texts.into_iter().next().flatten(),
             thresholds: Thresholds::default(),
+            exact: true,
         };
         computed_table(report_schema(), call.ctx, move |ctx| {
             let query = query.clone();
-            Box::pin(async move { findings(&ctx, &query).await.map_err(crate::QueryError::into_datafusion) })
+            Box::pin(async move {
+                findings(&ctx, &query).await.map(|report| report.rows).map_err(crate::QueryError::into_datafusion)
+            })
         })
     }
 }

@@ -1,8 +1,9 @@
 //! The rollup tables ([`hopscope_derive::rollup`]):
 //!
 //! - [`DerivedRollupTable`]s, rollups of a table derived per trace: `hop_rollup` (per minute and
-//!   hop) and `dependency_rollup` (per minute, entry endpoint, hop and depth), the calls, errors and
-//!   latency sketches of the `edges` table; `path_rollup` (per minute, entry endpoint and bucket of
+//!   hop), `dependency_rollup` (per minute, entry endpoint, hop and depth) and `call_rollup` (per
+//!   minute and call between operations), the calls, errors and latency sketches of the `edges`
+//!   table; `path_rollup` (per minute, entry endpoint and bucket of
 //!   path duration), the paths and self times of the `critical_path` table. Read from the rollups
 //!   the ingester stored beside each span file, corrected for what those do not hold final (see
 //!   [`StoredTable::rollup_parts`]): the rows are additive, so a correction is a row with negative
@@ -33,8 +34,8 @@ use datafusion::physical_plan::{
 };
 use futures::StreamExt;
 use hopscope_derive::rollup::{
-    DependencyRollup, HopRollup, MINUTE_NS, OperationRollup, PathRollup, dependency_rollup_schema, hop_rollup_schema,
-    operation_rollup_schema, path_rollup_schema,
+    CallRollup, DependencyRollup, HopRollup, MINUTE_NS, OperationRollup, PathRollup, call_rollup_schema,
+    dependency_rollup_schema, hop_rollup_schema, operation_rollup_schema, path_rollup_schema,
 };
 use hopscope_derive::{CORE_COLUMNS, SpanColumns};
 use hopscope_schemas::columns::{edge, hop_rollup as hr};
@@ -47,10 +48,10 @@ use super::stored::{StoredTable, project};
 use super::table::span_filters_reaching;
 use crate::store::{FilePruning, SpansTable};
 
-/// A rollup of a table derived per trace: `hop_rollup` or `dependency_rollup` of `edges`,
+/// A rollup of a table derived per trace: `hop_rollup`, `dependency_rollup` or `call_rollup` of `edges`,
 /// `path_rollup` of `critical_path` (see the module's documentation).
 pub(crate) struct DerivedRollupTable<D> {
-    /// Which rollup: [`Rollup::Hops`], [`Rollup::Dependencies`] or [`Rollup::Paths`].
+    /// Which rollup: [`Rollup::Hops`], [`Rollup::Dependencies`], [`Rollup::Calls`] or [`Rollup::Paths`].
     rollup: Rollup,
     /// The registered table rolled up (`edges`, `critical_path`): the rollup's input when nothing
     /// stored serves.
@@ -75,7 +76,7 @@ impl<D: Send + Sync + 'static> DerivedRollupTable<D> {
         stored: Option<Arc<StoredTable<D>>>,
     ) -> DfResult<Self> {
         match rollup {
-            Rollup::Hops | Rollup::Dependencies | Rollup::Paths => Ok(Self { rollup, base, stored }),
+            Rollup::Hops | Rollup::Dependencies | Rollup::Calls | Rollup::Paths => Ok(Self { rollup, base, stored }),
             Rollup::Operations => {
                 Err(DataFusionError::Internal("operation_rollup is not a rollup of a derived table".to_owned()))
             }
@@ -252,6 +253,8 @@ pub(crate) enum Rollup {
     Operations,
     /// `edges` rows into `dependency_rollup` rows.
     Dependencies,
+    /// `edges` rows into `call_rollup` rows.
+    Calls,
     /// `critical_path` rows into `path_rollup` rows.
     Paths,
 }
@@ -262,6 +265,7 @@ impl Rollup {
             Rollup::Hops => hop_rollup_schema(),
             Rollup::Operations => operation_rollup_schema(),
             Rollup::Dependencies => dependency_rollup_schema(),
+            Rollup::Calls => call_rollup_schema(),
             Rollup::Paths => path_rollup_schema(),
         }
     }
@@ -269,7 +273,7 @@ impl Rollup {
     /// The columns of the table rolled up that its stored rows leave null.
     fn base_not_stored(self) -> &'static [&'static str] {
         match self {
-            Rollup::Hops | Rollup::Dependencies => hopscope_derive::edges::NOT_STORED,
+            Rollup::Hops | Rollup::Dependencies | Rollup::Calls => hopscope_derive::edges::NOT_STORED,
             Rollup::Paths => hopscope_derive::paths::NOT_STORED,
             Rollup::Operations => &[],
         }
@@ -281,6 +285,7 @@ impl Rollup {
             Rollup::Hops => layout::HOP_ROLLUP_TABLE,
             Rollup::Operations => layout::OPERATION_ROLLUP_TABLE,
             Rollup::Dependencies => layout::DEPENDENCY_ROLLUP_TABLE,
+            Rollup::Calls => layout::CALL_ROLLUP_TABLE,
             Rollup::Paths => layout::PATH_ROLLUP_TABLE,
         }
     }
@@ -375,6 +380,7 @@ impl ExecutionPlan for RollupExec {
         let rolled = async move {
             let (mut hops, mut operations, mut dependencies, mut paths) =
                 (HopRollup::default(), OperationRollup::default(), DependencyRollup::default(), PathRollup::default());
+            let mut calls = CallRollup::default();
             for (mut stream, weight) in inputs {
                 paths.next_input();
                 while let Some(batch) = stream.next().await {
@@ -382,6 +388,7 @@ impl ExecutionPlan for RollupExec {
                     match kind {
                         Rollup::Hops => hops.add_edges(&batch, weight).map_err(derive_error)?,
                         Rollup::Dependencies => dependencies.add_edges(&batch, weight).map_err(derive_error)?,
+                        Rollup::Calls => calls.add_edges(&batch, weight).map_err(derive_error)?,
                         Rollup::Paths => paths.add_paths(&batch, weight).map_err(derive_error)?,
                         Rollup::Operations => {
                             let spans = SpanColumns::new(&batch).map_err(derive_error)?;
@@ -394,6 +401,7 @@ impl ExecutionPlan for RollupExec {
                 Rollup::Hops => hops.take_batch(),
                 Rollup::Operations => operations.take_batch(),
                 Rollup::Dependencies => dependencies.take_batch(),
+                Rollup::Calls => calls.take_batch(),
                 Rollup::Paths => paths.take_batch(),
             }
             .map_err(derive_error)
