@@ -13,7 +13,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::error::Result as DfResult;
 use datafusion::execution::FunctionRegistry;
 use datafusion::functions::expr_fn::coalesce;
-use datafusion::functions_aggregate::expr_fn::{array_agg, count, first_value, max, percentile_cont, sum};
+use datafusion::functions_aggregate::expr_fn::{count, first_value, max, percentile_cont, sum};
 use datafusion::prelude::{SessionContext, col, lit};
 use futures::StreamExt;
 pub use hopscope_derive::findings::Thresholds;
@@ -24,7 +24,7 @@ use hopscope_schemas::sketch;
 use hopscope_schemas::spans::{kind, status};
 use hopscope_schemas::time::TimeRange;
 
-use super::frame::{Results, count_where, distinct_traces, in_range, rollup_computed, whole_minutes};
+use super::frame::{Results, distinct_traces, in_range, rollup_computed, whole_minutes};
 use crate::walk::Derivation;
 
 /// The `findings` table, found per trace with `thresholds`.
@@ -61,9 +61,6 @@ pub(crate) struct Report {
 
 /// Evidence kept per finding.
 const EVIDENCE: usize = 5;
-
-/// Poison-message candidates looked up by id; past this many, every message is counted again.
-const MAX_LISTED_MESSAGES: usize = 500;
 
 /// Every finding in the traces of a range, most costly first.
 pub(crate) async fn findings(ctx: &SessionContext, query: &FindingsQuery) -> Result<Report, crate::QueryError> {
@@ -214,7 +211,7 @@ impl FindingGroups {
 }
 
 /// Poison messages: one message consumed again and again, failing (each delivery is usually a
-/// trace of its own, so this is one query over `spans`).
+/// trace of its own, so this is one pass over the consumer spans of `spans`).
 async fn poison_messages(ctx: &SessionContext, query: &FindingsQuery) -> Result<Vec<Finding>, crate::QueryError> {
     let n = query.thresholds.poison_min_deliveries as i64;
     let mut consumed = ctx.table(crate::tables::SPANS).await?.filter(
@@ -225,71 +222,76 @@ async fn poison_messages(ctx: &SessionContext, query: &FindingsQuery) -> Result<
     if let Some(service) = &query.service {
         consumed = consumed.filter(col(c::SERVICE_NAME).eq(lit(service.as_str())))?;
     }
-    let poisoned = col("calls").gt_eq(lit(n)).and(col("failures").gt_eq(lit(n - 1)));
-    // Most messages are delivered once: find the few delivered again and again first, then count
-    // the traces and keep the evidence of those only (counting distinct traces and collecting
-    // them for every message cost three times the counting).
-    let candidates = consumed
-        .clone()
-        .aggregate(
-            vec![col(semconv::MESSAGING_MESSAGE_ID)],
-            vec![
-                count(lit(1)).alias("calls"),
-                count_where(col(c::STATUS_CODE).eq(lit(status::ERROR))).alias("failures"),
-            ],
-        )?
-        .filter(poisoned.clone())?
-        .collect()
-        .await?;
-    let mut ids = Vec::new();
-    for batch in &candidates {
-        let column = Results(batch).strings(semconv::MESSAGING_MESSAGE_ID)?;
-        ids.extend(column.iter().flatten().map(|id| lit(id.to_owned())));
-    }
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    // Past a few hundred, a list of them costs more to plan than the messages cost to count.
-    if ids.len() <= MAX_LISTED_MESSAGES {
-        consumed = consumed.filter(col(semconv::MESSAGING_MESSAGE_ID).in_list(ids, false))?;
-    }
-    let batches = consumed
-        .aggregate(
-            vec![col(c::SERVICE_NAME), col(c::NAME), col(semconv::MESSAGING_MESSAGE_ID)],
-            vec![
-                count(lit(1)).alias("calls"),
-                count_where(col(c::STATUS_CODE).eq(lit(status::ERROR))).alias("failures"),
-                sum(col(c::DURATION_NS)).alias("cost"),
-                distinct_traces(c::TRACE_ID).alias("traces"),
-                array_agg(col(c::TRACE_ID)).alias("evidence"),
-            ],
-        )?
-        .filter(poisoned)?
-        .collect()
-        .await?;
-    let mut findings = Vec::new();
-    for batch in &batches {
-        let r = Results(batch);
-        let (services, operations, ids) =
+    // Grouped here: nearly every message is delivered once, and counting distinct traces and
+    // collecting them for each (`count(DISTINCT)`, `array_agg`) cost more than the scan.
+    let columns =
+        [c::SERVICE_NAME, c::NAME, semconv::MESSAGING_MESSAGE_ID, c::STATUS_CODE, c::DURATION_NS, c::TRACE_ID];
+    let mut stream = consumed.select_columns(&columns)?.execute_stream().await?;
+    let mut consumers: Vec<(String, String)> = Vec::new();
+    let mut messages: HashMap<(u32, String), Deliveries, Seeded> = HashMap::default();
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        let r = Results(&batch);
+        let (services, names, ids) =
             (r.strings(c::SERVICE_NAME)?, r.strings(c::NAME)?, r.strings(semconv::MESSAGING_MESSAGE_ID)?);
-        let (calls, cost, traces) = (r.ints("calls")?, r.ints("cost")?, r.ints("traces")?);
+        let (statuses, durations) = (r.ints(c::STATUS_CODE)?, r.ints(c::DURATION_NS)?);
+        let traces = r.cast(c::TRACE_ID, &DataType::FixedSizeBinary(16))?;
+        let traces = traces.as_fixed_size_binary();
         for row in 0..batch.num_rows() {
-            findings.push(Finding {
-                kind: fk::POISON_MESSAGE.to_owned(),
-                service: services.value(row).to_owned(),
-                operation: operations.value(row).to_owned(),
-                callee: Some(format!("message {}", ids.value(row))),
-                occurrences: 1,
-                traces: Some(traces.value(row) as u64),
-                calls: calls.value(row) as u64,
-                cost_ns_mean: cost.value(row) as f64,
-                cost_ns_total: cost.value(row),
-                evidence_trace_ids: r.trace_id_lists("evidence", row, EVIDENCE)?,
-                threshold: format!("poison_min_deliveries={n}"),
-            });
+            let (service, name) = (services.value(row), names.value(row));
+            let consumer = match consumers.iter().position(|(s, o)| s == service && o == name) {
+                Some(at) => at as u32,
+                None => {
+                    consumers.push((service.to_owned(), name.to_owned()));
+                    (consumers.len() - 1) as u32
+                }
+            };
+            let key = (consumer, ids.value(row).to_owned());
+            let deliveries = messages.entry(key).or_default();
+            deliveries.calls += 1;
+            deliveries.failures += i64::from(statuses.is_valid(row) && statuses.value(row) == i64::from(status::ERROR));
+            deliveries.cost_ns += if durations.is_valid(row) { durations.value(row) } else { 0 };
+            let trace: [u8; 16] = traces
+                .value(row)
+                .try_into()
+                .map_err(|_| crate::QueryError::Corrupt(format!("a trace id of {} bytes", traces.value_length())))?;
+            if !deliveries.traces.contains(&trace) {
+                deliveries.traces.push(trace);
+            }
         }
     }
+    let mut findings = Vec::new();
+    for ((consumer, id), mut deliveries) in messages {
+        if deliveries.calls < n || deliveries.failures < n - 1 {
+            continue;
+        }
+        let (service, operation) = &consumers[consumer as usize];
+        deliveries.traces.sort_unstable();
+        findings.push(Finding {
+            kind: fk::POISON_MESSAGE.to_owned(),
+            service: service.clone(),
+            operation: operation.clone(),
+            callee: Some(format!("message {id}")),
+            occurrences: 1,
+            traces: Some(deliveries.traces.len() as u64),
+            calls: deliveries.calls as u64,
+            cost_ns_mean: deliveries.cost_ns as f64,
+            cost_ns_total: deliveries.cost_ns,
+            evidence_trace_ids: deliveries.traces.iter().take(EVIDENCE).map(hex::encode).collect(),
+            threshold: format!("poison_min_deliveries={n}"),
+        });
+    }
     Ok(findings)
+}
+
+/// One message's deliveries to one consumer (service and operation).
+#[derive(Default)]
+struct Deliveries {
+    calls: i64,
+    failures: i64,
+    cost_ns: i64,
+    /// The distinct traces of the deliveries (few: one per delivery at most).
+    traces: Vec<[u8; 16]>,
 }
 
 /// Unbounded tails (missing timeouts across traces): hops whose slowest call dwarfs the median, as

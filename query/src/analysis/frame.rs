@@ -99,23 +99,6 @@ impl Results<'_> {
         Ok(column.as_fixed_size_binary().clone())
     }
 
-    /// The ids of a list column of trace ids (as `array_agg` of `trace_id` makes them), hex, sorted,
-    /// without repeats, at most `limit`: a group's evidence.
-    pub(crate) fn trace_id_lists(&self, name: &str, row: usize, limit: usize) -> Result<Vec<String>, QueryError> {
-        let column =
-            self.0.column_by_name(name).ok_or_else(|| QueryError::Corrupt(format!("result lacks column {name}")))?;
-        let list = column.as_list::<i32>();
-        if list.is_null(row) {
-            return Ok(Vec::new());
-        }
-        let ids = list.value(row);
-        let ids = ids.as_fixed_size_binary();
-        let mut out: Vec<&[u8]> = ids.iter().flatten().collect();
-        out.sort_unstable();
-        out.dedup();
-        Ok(out.into_iter().take(limit).map(hex::encode).collect())
-    }
-
     pub(crate) fn binaries(&self, name: &str) -> Result<datafusion::arrow::array::BinaryArray, QueryError> {
         Ok(self.cast(name, &DataType::Binary)?.as_binary::<i32>().clone())
     }
