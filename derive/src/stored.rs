@@ -27,6 +27,11 @@ use crate::rollup::{
 };
 use crate::{OneTrace, PerTrace, Result, SpanColumns, TraceTree, WholeTraces};
 
+/// The version of what [`StoredDerivations`] writes: raised whenever a table is added or a table's
+/// rows change, so that maintenance derives files stored with an older version again (see
+/// `FileEntry::derivation`). 1: `call_rollup` added.
+pub const DERIVATION: u32 = 1;
+
 /// The schema of the derived `traces` table.
 pub fn traces_schema() -> SchemaRef {
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();

@@ -262,6 +262,7 @@ mod tests {
             committed_unix_ms: committed,
             wal_max_segment: Some(committed as u64),
             derived: Vec::new(),
+            derivation: 0,
         }
     }
 

@@ -27,12 +27,17 @@ use crate::manifest::{sync_parent, tmp_path};
 
 /// Derives the stored tables of the committed span file `entry` from its spans and writes them
 /// (synced, in place, not committed): for span files written before derivation existed, or without
-/// it. Returns no files when the derivation failed. Blocking I/O.
+/// it, and files derived by an older version ([`hopscope_derive::stored::DERIVATION`]), whose new
+/// files are named for the version ([`layout::rederived_file_relative_path`]) beside those they
+/// replace. Returns no files when the derivation failed. Blocking I/O.
 pub(crate) fn derive_file(tenant_dir: &Path, entry: &FileEntry) -> Result<Vec<DerivedFile>, IngestError> {
     let path = tenant_dir.join(&entry.path);
     let file = fs::File::open(&path).map_err(IngestError::io(format!("opening {}", path.display())))?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)?.with_batch_size(READ_BATCH_ROWS).build()?;
     let mut writer = DerivedWriter::new(tenant_dir, &entry.path);
+    if !entry.derived.is_empty() {
+        writer.rederived = Some(hopscope_derive::stored::DERIVATION);
+    }
     for batch in reader {
         writer.write(&batch?)?;
     }
@@ -50,6 +55,8 @@ pub(crate) struct DerivedWriter {
     /// `None` once a derivation failed: the file then has no derived files.
     derivations: Option<(StoredDerivations, WholeTraces)>,
     files: Vec<TableFile>,
+    /// Set when the span file has derived files already: the version the new ones are named for.
+    rederived: Option<u32>,
 }
 
 /// One derived table's file being written.
@@ -70,6 +77,7 @@ impl DerivedWriter {
             span_relative: span_relative.to_owned(),
             derivations: Some((StoredDerivations::default(), WholeTraces::default())),
             files: Vec::new(),
+            rederived: None,
         }
     }
 
@@ -126,7 +134,11 @@ impl DerivedWriter {
             let at = match self.files.iter().position(|f| f.table == table) {
                 Some(at) => at,
                 None => {
-                    self.files.push(TableFile::create(&self.tenant_dir, &self.span_relative, table)?);
+                    let relative = match self.rederived {
+                        None => layout::derived_file_relative_path(table, &self.span_relative),
+                        Some(version) => layout::rederived_file_relative_path(table, &self.span_relative, version),
+                    };
+                    self.files.push(TableFile::create(&self.tenant_dir, relative, table)?);
                     self.files.len() - 1
                 }
             };
@@ -177,8 +189,8 @@ fn derived_writer_properties(schema: &arrow::datatypes::Schema) -> WriterPropert
 }
 
 impl TableFile {
-    fn create(tenant_dir: &Path, span_relative: &str, table: &'static str) -> Result<Self, IngestError> {
-        let relative = layout::derived_file_relative_path(table, span_relative);
+    /// Begins the file of `table` at `relative` (to `tenant_dir`).
+    fn create(tenant_dir: &Path, relative: String, table: &'static str) -> Result<Self, IngestError> {
         let path = tenant_dir.join(&relative);
         let dir = path.parent().expect("derived files live in a directory");
         fs::create_dir_all(dir).map_err(IngestError::io(format!("creating {}", dir.display())))?;

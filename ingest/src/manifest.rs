@@ -101,18 +101,39 @@ impl ManifestStore {
         Ok(generation)
     }
 
-    /// Lists `derived` (written, synced) as the derived files of the committed span file `path`,
-    /// which has none yet. Fails, committing nothing, when the span file is no longer listed or
-    /// already has derived files. Blocking I/O.
-    pub fn commit_derived(&self, path: &str, derived: Vec<DerivedFile>) -> Result<u64, IngestError> {
-        self.commit(|next| {
-            match next.files.iter_mut().find(|f| f.path == path) {
-                Some(entry) if entry.derived.is_empty() => entry.derived = derived,
-                Some(_) => return Err(IngestError::ManifestConflict(format!("{path} has derived files already"))),
-                None => return Err(IngestError::ManifestConflict(format!("{path} is no longer listed"))),
+    /// Lists `derived` (written, synced, derived with the derivation of version `derivation`) as
+    /// the derived files of the committed span file `path` in place of `replaced`, its derived
+    /// files so far (none, or those of an older derivation), which are retired. Fails, committing
+    /// nothing, when the span file is no longer listed or its derived files are no longer
+    /// `replaced`. Blocking I/O.
+    pub fn commit_derived(
+        &self,
+        path: &str,
+        replaced: &[DerivedFile],
+        derived: Vec<DerivedFile>,
+        derivation: u32,
+    ) -> Result<u64, IngestError> {
+        let generation = self.commit(|next| {
+            let Some(entry) = next.files.iter_mut().find(|f| f.path == path) else {
+                return Err(IngestError::ManifestConflict(format!("{path} is no longer listed")));
+            };
+            if entry.derived != replaced {
+                return Err(IngestError::ManifestConflict(format!("{path} has other derived files now")));
             }
+            entry.derived = derived;
+            entry.derivation = derivation;
+            let at = now_unix_ms();
+            next.retired.extend(replaced.iter().map(|d| RetiredFile {
+                path: d.path.clone(),
+                bytes: d.bytes,
+                retired_unix_ms: at,
+            }));
             Ok(())
-        })
+        })?;
+        let now = Instant::now();
+        let mut retired_here = self.retired_here.lock().expect("retired files lock");
+        retired_here.extend(replaced.iter().map(|d| (d.path.clone(), now)));
+        Ok(generation)
     }
 
     /// Retired files that left the manifest at least `grace` ago: by the monotonic clock for those
@@ -287,6 +308,7 @@ mod tests {
             committed_unix_ms: 0,
             wal_max_segment: None,
             derived: Vec::new(),
+            derivation: 0,
         }
     }
 
@@ -323,6 +345,43 @@ mod tests {
         assert!(committed.exists());
         assert!(edges.join("a.parquet").exists());
         assert!(!edges.join("c.parquet").exists());
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn derived_files_replaced_by_a_newer_derivation_are_retired() {
+        let dir = tempdir();
+        let store = ManifestStore::open(&dir, "default").unwrap();
+        let a = entry("a");
+        let file = |table: &str, path: String| hopscope_schemas::manifest::DerivedFile {
+            table: table.into(),
+            path,
+            rows: 1,
+            bytes: 1,
+        };
+        store.commit_added(vec![a.clone()], 0).unwrap();
+        // First derived: nothing replaced.
+        let first = vec![file(layout::TRACES_TABLE, layout::derived_file_relative_path(layout::TRACES_TABLE, &a.path))];
+        store.commit_derived(&a.path, &[], first.clone(), 1).unwrap();
+        // Asked to replace files it no longer has, it refuses and commits nothing.
+        let newer = vec![
+            file(layout::TRACES_TABLE, layout::rederived_file_relative_path(layout::TRACES_TABLE, &a.path, 2)),
+            file(
+                layout::CALL_ROLLUP_TABLE,
+                layout::rederived_file_relative_path(layout::CALL_ROLLUP_TABLE, &a.path, 2),
+            ),
+        ];
+        let generation = store.snapshot().generation;
+        assert!(matches!(store.commit_derived(&a.path, &[], newer.clone(), 2), Err(IngestError::ManifestConflict(_))));
+        assert_eq!(store.snapshot().generation, generation);
+        // Derived again: the new files listed, the version recorded, the old ones retired.
+        store.commit_derived(&a.path, &first, newer.clone(), 2).unwrap();
+        let after = store.snapshot();
+        assert_eq!((&after.files[0].derived, after.files[0].derivation), (&newer, 2));
+        assert_eq!(after.retired.iter().map(|r| r.path.as_str()).collect::<Vec<_>>(), [first[0].path.as_str()]);
+        assert_eq!(newer[0].path, "traces/2026-11-28/01/a.v2.parquet");
+        let reopened = ManifestStore::open(&dir, "default").unwrap();
+        assert_eq!(reopened.snapshot().files, after.files);
         fs::remove_dir_all(dir).unwrap();
     }
 

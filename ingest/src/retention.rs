@@ -66,6 +66,7 @@ mod tests {
             committed_unix_ms: 0,
             wal_max_segment: None,
             derived: Vec::new(),
+            derivation: 0,
         }
     }
 

@@ -430,6 +430,7 @@ impl SpanFileWriter {
             max_trace_id: hex::encode(self.last_trace.to_be_bytes()),
             committed_unix_ms: crate::manifest::now_unix_ms(),
             wal_max_segment: None,
+            derivation: if derived.is_empty() { 0 } else { hopscope_derive::stored::DERIVATION },
             derived,
         })
     }

@@ -535,6 +535,7 @@ mod tests {
             committed_unix_ms: 0,
             wal_max_segment: None,
             derived: Vec::new(),
+            derivation: 0,
         }
     }
 
@@ -617,6 +618,7 @@ mod tests {
             committed_unix_ms: 0,
             wal_max_segment: None,
             derived: Vec::new(),
+            derivation: 0,
         };
         assert!(pruning.may_match(&entry("00", "ff")));
         assert!(pruning.may_match(&entry("42", "42")));

@@ -58,6 +58,7 @@ impl Store {
                 committed_unix_ms: 0,
                 wal_max_segment: None,
                 derived: Vec::new(),
+                derivation: 0,
             });
         }
         std::fs::write(layout::manifest_path(&dir, layout::DEFAULT_TENANT), manifest.to_json()).unwrap();

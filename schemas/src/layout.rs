@@ -60,6 +60,15 @@ pub fn derived_file_relative_path(table: &str, span_relative: &str) -> String {
     format!("{table}{rest}")
 }
 
+/// The path of what `table` derived again, with the derivation of version `derivation`, from the
+/// span file at `span_relative`: beside [`derived_file_relative_path`], named for the version
+/// (`<file-id>.v<derivation>.parquet`), so that queries still reading the files it replaces keep them.
+pub fn rederived_file_relative_path(table: &str, span_relative: &str, derivation: u32) -> String {
+    let path = derived_file_relative_path(table, span_relative);
+    let stem = path.strip_suffix(".parquet").unwrap_or(&path);
+    format!("{stem}.v{derivation}.parquet")
+}
+
 /// The directory holding one tenant's data.
 pub fn tenant_dir(data_dir: &Path, tenant: &str) -> PathBuf {
     data_dir.join(tenant)

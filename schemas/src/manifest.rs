@@ -17,6 +17,10 @@ pub enum StoredManifest {
     /// Span files and what was derived from each ([`FileEntry::derived`]).
     #[serde(rename = "2")]
     V2(Manifest),
+    /// The same, with the version of the derivation each file's derived files come from
+    /// ([`FileEntry::derivation`]).
+    #[serde(rename = "3")]
+    V3(Manifest),
 }
 
 /// The current manifest format.
@@ -77,6 +81,15 @@ pub struct FileEntry {
     /// table that has rows; empty for files written before derivation existed (or when it failed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub derived: Vec<DerivedFile>,
+    /// The version of the derivation `derived` comes from (`hopscope_derive::stored::DERIVATION`):
+    /// 0 when it has none, or was written before versions were recorded (manifest versions 1 and
+    /// 2). Maintenance derives the files of older versions again.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub derivation: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A file derived from a span file: its table's rows for the span file's traces.
@@ -114,13 +127,13 @@ impl Manifest {
         let stored: StoredManifest =
             serde_json::from_slice(bytes).map_err(|e| SchemaError::InvalidManifest(e.to_string()))?;
         match stored {
-            StoredManifest::V1(m) | StoredManifest::V2(m) => Ok(m),
+            StoredManifest::V1(m) | StoredManifest::V2(m) | StoredManifest::V3(m) => Ok(m),
         }
     }
 
     /// The stored form of this manifest.
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec_pretty(&StoredManifest::V2(self.clone())).expect("manifest serialises")
+        serde_json::to_vec_pretty(&StoredManifest::V3(self.clone())).expect("manifest serialises")
     }
 
     /// Total spans in committed files.
@@ -155,11 +168,12 @@ mod tests {
                     rows: 3,
                     bytes: 100,
                 }],
+                derivation: 1,
             }],
             retired: vec![RetiredFile { path: "spans/2026-11-28/01/b.parquet".into(), bytes: 10, retired_unix_ms: 6 }],
         };
         let json = m.to_json();
-        assert!(String::from_utf8_lossy(&json).contains("\"version\": \"2\""));
+        assert!(String::from_utf8_lossy(&json).contains("\"version\": \"3\""));
         assert_eq!(Manifest::from_json(&json).unwrap(), m);
         assert!(Manifest::from_json(br#"{"version":"9"}"#).is_err());
         // Manifests written before files could be retired still read.
@@ -168,7 +182,14 @@ mod tests {
         // A version 1 manifest (no derived files) reads with none.
         let mut plain = m.clone();
         plain.files[0].derived.clear();
-        let v1 = String::from_utf8_lossy(&plain.to_json()).replace("\"version\": \"2\"", "\"version\": \"1\"");
+        plain.files[0].derivation = 0;
+        let v1 = String::from_utf8_lossy(&plain.to_json()).replace("\"version\": \"3\"", "\"version\": \"1\"");
         assert_eq!(Manifest::from_json(v1.as_bytes()).unwrap(), plain);
+        // A version 2 manifest (derived files, no derivation version) reads as derivation 0.
+        let mut unversioned = m.clone();
+        unversioned.files[0].derivation = 0;
+        let v2 = String::from_utf8_lossy(&unversioned.to_json()).replace("\"version\": \"3\"", "\"version\": \"2\"");
+        assert!(!v2.contains("derivation"), "{v2}");
+        assert_eq!(Manifest::from_json(v2.as_bytes()).unwrap(), unversioned);
     }
 }

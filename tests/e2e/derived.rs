@@ -564,4 +564,68 @@ async fn span_files_written_without_derived_tables_get_them_from_maintenance() {
     assert_eq!(spans, linked.len() as i64);
     let edges: usize = stored(&data_dir, layout::EDGES_TABLE).into_iter().flatten().map(|b| b.num_rows()).sum();
     assert!(edges > 0);
+    let derived = manifest(&data_dir);
+    assert!(derived.files.iter().all(|f| f.derivation == hopscope_derive::stored::DERIVATION), "{derived:?}");
+
+    // Files derived by a version before `call_rollup` existed (a version 2 manifest, without it
+    // and without a derivation version): /findings answers exactly, until maintenance derives
+    // them again, retires what it replaces, and the rollup serves.
+    let mut older = derived.clone();
+    for file in &mut older.files {
+        file.derivation = 0;
+        file.derived.retain(|d| d.table != layout::CALL_ROLLUP_TABLE);
+    }
+    let text = String::from_utf8(older.to_json()).unwrap().replace("\"version\": \"3\"", "\"version\": \"2\"");
+    std::fs::write(layout::manifest_path(&data_dir, layout::DEFAULT_TENANT), text).unwrap();
+    let findings_method = |server: &Server| {
+        let url = server.api_url("/api/v1/findings?start=0&end=4000000000000000000");
+        async move {
+            let body: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+            body["percentiles"]["method"].as_str().unwrap().to_owned()
+        }
+    };
+    let server = Server::start_in(data_dir.clone(), &[]);
+    assert_eq!(findings_method(&server).await, "exact");
+    assert!(server.terminate().success());
+    let server = Server::start_in(data_dir.clone(), &["--maintenance-interval", "1s"]);
+    let started = Instant::now();
+    while manifest(&data_dir).files.iter().any(|f| f.derivation < hopscope_derive::stored::DERIVATION) {
+        assert!(started.elapsed() < DEADLINE, "not derived again in time; log:\n{}", server.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(findings_method(&server).await, "sketch");
+    assert!(server.terminate().success());
+    let rederived = manifest(&data_dir);
+    let mut derived_again = 0;
+    for file in &rederived.files {
+        assert!(file.derived(layout::CALL_ROLLUP_TABLE).is_some(), "{file:?}");
+        // (A file compaction wrote meanwhile was derived as it was written.)
+        let Some(before) = older.files.iter().find(|f| f.path == file.path) else { continue };
+        derived_again += 1;
+        // New files beside the old ones, which are retired (or already deleted), not overwritten.
+        for d in &file.derived {
+            assert!(d.path.ends_with(&format!(".v{}.parquet", hopscope_derive::stored::DERIVATION)), "{d:?}");
+            assert!(data_dir.join(layout::DEFAULT_TENANT).join(&d.path).exists(), "{d:?}");
+        }
+        let retired: Vec<&str> = rederived.retired.iter().map(|r| r.path.as_str()).collect();
+        for d in &before.derived {
+            let on_disk = data_dir.join(layout::DEFAULT_TENANT).join(&d.path).exists();
+            assert!(retired.contains(&d.path.as_str()) || !on_disk, "{d:?} neither retired nor deleted");
+        }
+    }
+    assert!(derived_again > 0, "{rederived:?}");
+    // The same answers from the files derived again.
+    let spans_again: i64 = stored(&data_dir, layout::TRACES_TABLE)
+        .into_iter()
+        .flatten()
+        .map(|b| {
+            b.column_by_name("span_count")
+                .unwrap()
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .values()
+                .iter()
+                .sum::<i64>()
+        })
+        .sum();
+    assert_eq!(spans_again, linked.len() as i64);
 }

@@ -114,8 +114,10 @@ const DERIVED_PER_PASS: usize = 16;
 
 impl Ingester {
     /// Writes and commits the derived files of committed span files that have none (written before
-    /// derivation existed, or with it off), a few per pass; returns how many it derived. Blocking
-    /// I/O.
+    /// derivation existed, or with it off) or have those of an older derivation (written before a
+    /// derived table existed or changed: [`hopscope_derive::stored::DERIVATION`]), a few per pass;
+    /// returns how many it derived. The files replaced are retired, as compaction's inputs are.
+    /// Blocking I/O.
     fn derive_missing(
         &self,
         tenant_dir: &std::path::Path,
@@ -128,7 +130,10 @@ impl Ingester {
             snapshot
                 .files
                 .into_iter()
-                .filter(|f| f.derived.is_empty() && !underivable.contains(&f.path))
+                .filter(|f| {
+                    (f.derived.is_empty() || f.derivation < hopscope_derive::stored::DERIVATION)
+                        && !underivable.contains(&f.path)
+                })
                 .take(limit)
                 .collect()
         };
@@ -142,16 +147,22 @@ impl Ingester {
                 self.underivable.lock().expect("underivable lock").insert(entry.path.clone());
                 continue;
             }
-            let written: Vec<PathBuf> = derived.iter().map(|d| tenant_dir.join(&d.path)).collect();
-            match self.manifest.commit_derived(&entry.path, derived) {
+            let written: Vec<String> = derived.iter().map(|d| d.path.clone()).collect();
+            match self.manifest.commit_derived(
+                &entry.path,
+                &entry.derived,
+                derived,
+                hopscope_derive::stored::DERIVATION,
+            ) {
                 Ok(_) => derived_files += 1,
                 Err(e) => {
-                    // Not committed, so never visible (unless the manifest still lists the span
-                    // file: then its derived files, by these same paths, are listed with it).
-                    if !self.manifest.snapshot().files.iter().any(|f| f.path == entry.path) {
-                        for path in written {
-                            let _ = std::fs::remove_file(path);
-                        }
+                    // Not committed, so never visible, unless the manifest lists files by these
+                    // same paths (derived meanwhile by the same derivation): those stay.
+                    let snapshot = self.manifest.snapshot();
+                    let listed: std::collections::HashSet<&str> =
+                        snapshot.files.iter().flat_map(|f| f.paths()).collect();
+                    for path in written.iter().filter(|p| !listed.contains(p.as_str())) {
+                        let _ = std::fs::remove_file(tenant_dir.join(path));
                     }
                     if !matches!(e, IngestError::ManifestConflict(_)) {
                         return Err(e);
