@@ -226,7 +226,7 @@ pub(crate) async fn compact(args: CompactArgs) -> anyhow::Result<()> {
     flusher.await?.context("writing buffered spans")?;
     let report = report?;
     println!(
-        "merged {} files into {}, dropped {} duplicate spans, deleted {} replaced files, derived the tables of {} files written without them",
+        "merged {} files into {}, dropped {} duplicate spans, deleted {} replaced files, derived the tables of {} files written without them or by an older version",
         report.files_merged,
         report.compactions,
         report.duplicates_dropped,

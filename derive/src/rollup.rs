@@ -10,8 +10,8 @@
 //!   the gaps — what the service graph, the endpoints' reach and the asynchronous links group;
 //! - `call_rollup`, per call (caller and its operation, callee and its operation, the connection):
 //!   the calls, the calls with an error, a latency sketch of the calls as their callers saw them,
-//!   and the slowest call's duration and trace as evidence — what unbounded tails (findings) and
-//!   an operation's callees group;
+//!   and the slowest call's duration and trace as evidence — what unbounded tails (findings)
+//!   group;
 //! - `path_rollup`, per entry endpoint and bucket of critical-path duration: the paths, their
 //!   durations and each operation's self time on them — what the aggregate critical path groups.
 //!

@@ -468,7 +468,8 @@ pub struct FindingsView {
     /// percentiles were asked.
     pub start: String,
     pub end: String,
-    /// How the percentiles `missing_timeout` compares (the calls' median and p99) were computed.
+    /// How the figures unbounded tails (`missing_timeout`) compare, the calls' median, p99 and
+    /// slowest call, were computed.
     pub percentiles: PercentileAccuracy,
     /// Most costly first.
     pub findings: Vec<FindingView>,

@@ -1586,9 +1586,9 @@ async fn findings_flag_each_pattern_and_nothing_on_clean_traces() {
     // Skew costs no time; it is reported so that a callee missing from the critical path is explained.
     expect("clock_skew", "gateway", Some("erp-bridge GET /erp"), 1, 0.0, "clock_skew_min=1000000ns");
     // The unbounded tail: its cost is what the slowest call took beyond the hop's p99. By default
-    // the p99 is the merged per-minute sketches' (within 1% of the larger of the two calls it
-    // interpolates between, here the 400 ms one) and the traces are not counted; exact, it is
-    // `percentile_cont`'s.
+    // both come from the merged per-minute sketches (each within 1% of the 400 ms call: the
+    // slowest, and the larger of the two the p99 interpolates between) and the traces are not
+    // counted; exact, the p99 is `percentile_cont`'s.
     let mut lengths: Vec<f64> = (0..30).map(|i| if i == 29 { 400.0 * MS } else { 10.0 * MS }).collect();
     lengths.sort_by(f64::total_cmp);
     let expected = 400.0 * MS - percentile(&lengths, 0.99).0;
@@ -1603,7 +1603,7 @@ async fn findings_flag_each_pattern_and_nothing_on_clean_traces() {
         .collect();
     assert_eq!(exact_tail.len(), 1, "{exact:#}");
     for (tail, traces, bound) in [
-        (only("missing_timeout", "reports"), json!(null), 0.01 * 400.0 * MS),
+        (only("missing_timeout", "reports"), json!(null), 0.02 * 400.0 * MS),
         (exact_tail[0], json!(30), 1e-3 * expected),
     ] {
         assert_eq!(tail["callee"], "warehouse export");

@@ -109,7 +109,8 @@ impl Ingester {
     }
 }
 
-/// Span files an online maintenance pass derives at most (those written without derived files).
+/// Span files an online maintenance pass derives at most (those written without derived files, or
+/// with those of an older derivation).
 const DERIVED_PER_PASS: usize = 16;
 
 impl Ingester {
@@ -142,7 +143,15 @@ impl Ingester {
             if stop.is_cancelled() {
                 break;
             }
-            let derived = crate::derived::derive_file(tenant_dir, &entry)?;
+            // One file that cannot be read must not stop the pass (nor the deletion of retired
+            // files after it): it keeps what it has, and is tried again after a restart.
+            let derived = match crate::derived::derive_file(tenant_dir, &entry) {
+                Ok(derived) => derived,
+                Err(e) => {
+                    tracing::warn!(error = %e, file = %entry.path, "deriving the tables of a span file failed");
+                    Vec::new()
+                }
+            };
             if derived.is_empty() {
                 self.underivable.lock().expect("underivable lock").insert(entry.path.clone());
                 continue;
@@ -192,6 +201,7 @@ pub struct MaintenanceReport {
     pub files_merged: u64,
     pub duplicates_dropped: u64,
     pub retired_files_deleted: u64,
-    /// Span files written without derived files that got them.
+    /// Span files written without derived files, or with those of an older derivation, that got
+    /// them.
     pub files_derived: u64,
 }

@@ -260,8 +260,8 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
         Ok(Arc::new(PendingPairExec::new(pending, self.schema(), projection.cloned())?))
     }
 
-    /// How the stored rows of the rollup `table` of this table (`hop_rollup` or `dependency_rollup`
-    /// of `edges`, `path_rollup` of `critical_path`; with `rollup_filters` on its columns pushed
+    /// How the stored rows of the rollup `table` of this table (`hop_rollup`, `dependency_rollup`
+    /// or `call_rollup` of `edges`, `path_rollup` of `critical_path`; with `rollup_filters` on its columns pushed
     /// down) of the span files that `filters` (on this table's `start_time`) select become the
     /// rollup of this table's rows. `None` when the scan of this table would be the walk (then so
     /// is the rollup's), or a selected file was derived without that rollup.
@@ -321,7 +321,8 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
         // A span file derived with `table` has its file, unless it has nothing to count: then it
         // has none, and needs none. For the edge rollups, a file without final hops (derived with
         // rollups, so with `operation_rollup` rows: every span counts) has no `hop_rollup` file
-        // either; for `path_rollup`, a file without paths has no `critical_path` file. (Files
+        // either (the oldest edge rollup: a file with final hops derived before `call_rollup`
+        // existed has a `hop_rollup` file and no `call_rollup` file, and is computed); for `path_rollup`, a file without paths has no `critical_path` file. (Files
         // derived before a rollup existed have what it counts and not its file: their rollup is
         // computed.)
         let needs_none = |f: &FileEntry| match table {
