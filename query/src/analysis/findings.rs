@@ -198,7 +198,8 @@ impl FindingGroups {
     }
 
     fn findings(self) -> Vec<Finding> {
-        let name = |n: u32| self.names[n as usize].clone();
+        // (A null where the table has none reads as empty text.)
+        let name = |n: u32| self.names.get(n as usize).cloned().unwrap_or_default();
         self.groups
             .iter()
             .map(|(&[kind, service, operation, callee, threshold], group)| {
