@@ -12,6 +12,9 @@
 //!   the calls, the calls with an error, a latency sketch of the calls as their callers saw them,
 //!   and the slowest call's duration and trace as evidence — what unbounded tails (findings)
 //!   group;
+//! - `finding_rollup`, per finding of the `findings` table (kind, service, operation, callee,
+//!   threshold): the occurrences, the traces they were found in, the calls they involve, their
+//!   cost, and the lowest trace ids as evidence — what the per-trace findings group;
 //! - `path_rollup`, per entry endpoint and bucket of critical-path duration: the paths, their
 //!   durations and each operation's self time on them — what the aggregate critical path groups.
 //!
@@ -26,13 +29,14 @@ use std::sync::{Arc, OnceLock};
 
 use arrow::array::{
     Array, ArrayRef, AsArray, BinaryBuilder, BooleanArray, FixedSizeBinaryBuilder, Int8Builder, Int64Array,
-    Int64Builder, RecordBatch, StringArray, StringBuilder, TimestampNanosecondArray, TimestampNanosecondBuilder,
+    Int64Builder, ListBuilder, RecordBatch, StringArray, StringBuilder, TimestampNanosecondArray,
+    TimestampNanosecondBuilder,
 };
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use hopscope_schemas::columns::{
-    self as c, call_rollup as cr, connection, critical_path as cp, dependency_rollup as dr, edge, hop_rollup as hr,
-    operation_rollup as or, path_rollup as pr,
+    self as c, call_rollup as cr, connection, critical_path as cp, dependency_rollup as dr, edge, finding,
+    finding_rollup as fr, hop_rollup as hr, operation_rollup as or, path_rollup as pr,
 };
 use hopscope_schemas::sketch::LatencySketch;
 use hopscope_schemas::spans::timestamp_type;
@@ -113,6 +117,11 @@ impl<K: Ord, V: Default> KeyedRows<K, V> {
     /// The values of the row whose key hashes to `hash` and `matches`; a new row keyed `key()`
     /// when there is none.
     fn row(&mut self, hash: u64, matches: impl Fn(&K) -> bool, key: impl FnOnce() -> K) -> &mut V {
+        self.numbered_row(hash, matches, key).1
+    }
+
+    /// [`KeyedRows::row`] with the row's number, which stays the row's until the rows are taken.
+    fn numbered_row(&mut self, hash: u64, matches: impl Fn(&K) -> bool, key: impl FnOnce() -> K) -> (usize, &mut V) {
         let candidates = self.index.entry(hash).or_default();
         let at = match candidates.iter().copied().find(|&i| matches(&self.rows[i].0)) {
             Some(at) => at,
@@ -122,7 +131,7 @@ impl<K: Ord, V: Default> KeyedRows<K, V> {
                 self.rows.len() - 1
             }
         };
-        &mut self.rows[at].1
+        (at, &mut self.rows[at].1)
     }
 
     /// Every row, ordered by key; none are left.
@@ -441,6 +450,183 @@ impl CallRollup {
         columns.push(Arc::new(slowest_ns.finish()));
         columns.push(Arc::new(slowest_trace.finish()));
         Ok(Some(RecordBatch::try_new(call_rollup_schema(), columns)?))
+    }
+}
+
+/// The schema of the `finding_rollup` table.
+pub fn finding_rollup_schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            let text = |name: &str, nullable: bool| Field::new(name, DataType::Utf8, nullable);
+            let id = Field::new_list_field(DataType::FixedSizeBinary(16), false);
+            Arc::new(Schema::new(vec![
+                Field::new(fr::MINUTE, timestamp_type(), false),
+                text(finding::KIND, false),
+                text(finding::SERVICE, false),
+                text(finding::OPERATION, false),
+                text(finding::CALLEE, true),
+                text(finding::THRESHOLD, false),
+                Field::new(fr::OCCURRENCES, DataType::Int64, false),
+                Field::new(fr::TRACES, DataType::Int64, false),
+                Field::new(fr::CALLS, DataType::Int64, false),
+                Field::new(fr::COST_NS, DataType::Int64, false),
+                Field::new(fr::EVIDENCE_TRACE_IDS, DataType::List(Arc::new(id)), false),
+            ]))
+        })
+        .clone()
+}
+
+/// The evidence a `finding_rollup` row keeps: its lowest trace ids.
+pub const FINDING_EVIDENCE: usize = 5;
+
+/// Adds `id` to `lowest` (ascending, without repeats) if it is among the `limit` lowest.
+pub fn keep_lowest(lowest: &mut Vec<[u8; 16]>, id: [u8; 16], limit: usize) {
+    if let Err(at) = lowest.binary_search(&id)
+        && at < limit
+    {
+        lowest.insert(at, id);
+        lowest.truncate(limit);
+    }
+}
+
+/// What identifies a `finding_rollup` row.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct FindingKey {
+    minute_ns: i64,
+    kind: String,
+    service: String,
+    operation: String,
+    callee: Option<String>,
+    threshold: String,
+}
+
+/// What a `finding_rollup` row counts.
+#[derive(Debug, Default)]
+struct FindingCounts {
+    occurrences: i64,
+    traces: i64,
+    calls: i64,
+    cost_ns: i64,
+    /// The lowest trace ids counted with a positive weight, ascending, at most [`FINDING_EVIDENCE`].
+    evidence: Vec<[u8; 16]>,
+}
+
+/// The `finding_rollup` of the per-trace findings it is handed: per minute (of the occurrence's
+/// start) and finding (kind, service, operation, callee, threshold), the occurrences, the traces
+/// they were found in, the calls they involve, their cost and the lowest trace ids as evidence.
+#[derive(Debug, Default)]
+pub struct FindingRollup {
+    rows: KeyedRows<FindingKey, FindingCounts>,
+    /// The traces counted since the last [`FindingRollup::next_input`]: (row number, trace id).
+    counted: HashSet<(usize, [u8; 16]), foldhash::fast::RandomState>,
+}
+
+impl FindingRollup {
+    /// Counts each occurrence of `findings` (a batch of the `findings` table) `weight` times: -1
+    /// takes occurrences away (and leaves the evidence alone). A trace is counted once per row and
+    /// input (see [`FindingRollup::next_input`]) however many occurrences and batches it has.
+    pub fn add_findings(&mut self, findings: &RecordBatch, weight: i64) -> Result<()> {
+        let start = column(findings, finding::START_TIME, &timestamp_type())?;
+        let start = start.as_primitive::<arrow::datatypes::TimestampNanosecondType>();
+        let trace_ids = column(findings, finding::TRACE_ID, &DataType::FixedSizeBinary(16))?;
+        let trace_ids = trace_ids.as_fixed_size_binary();
+        let (kind, service, operation) = (
+            strings(findings, finding::KIND)?,
+            strings(findings, finding::SERVICE)?,
+            strings(findings, finding::OPERATION)?,
+        );
+        let (callee, threshold) = (strings(findings, finding::CALLEE)?, strings(findings, finding::THRESHOLD)?);
+        let (count, cost) = (ints(findings, finding::COUNT)?, ints(findings, finding::COST_NS)?);
+        for row in 0..findings.num_rows() {
+            let minute_ns = start.value(row).div_euclid(MINUTE_NS) * MINUTE_NS;
+            let (kind, service, operation) = (kind.value(row), service.value(row), operation.value(row));
+            let callee = callee.is_valid(row).then(|| callee.value(row));
+            let threshold = threshold.value(row);
+            let mut hasher = self.rows.hasher();
+            (minute_ns, kind, service, operation, callee, threshold).hash(&mut hasher);
+            let (number, counts) = self.rows.numbered_row(
+                hasher.finish(),
+                |key| {
+                    key.minute_ns == minute_ns
+                        && key.kind == kind
+                        && key.service == service
+                        && key.operation == operation
+                        && key.callee.as_deref() == callee
+                        && key.threshold == threshold
+                },
+                || FindingKey {
+                    minute_ns,
+                    kind: kind.to_owned(),
+                    service: service.to_owned(),
+                    operation: operation.to_owned(),
+                    callee: callee.map(str::to_owned),
+                    threshold: threshold.to_owned(),
+                },
+            );
+            counts.occurrences += weight;
+            counts.calls += weight * if count.is_valid(row) { count.value(row) } else { 0 };
+            counts.cost_ns += weight * if cost.is_valid(row) { cost.value(row) } else { 0 };
+            if trace_ids.is_null(row) {
+                continue;
+            }
+            let trace: [u8; 16] = trace_ids
+                .value(row)
+                .try_into()
+                .map_err(|_| DeriveError::Invalid(format!("a trace id of {} bytes", trace_ids.value_length())))?;
+            if self.counted.insert((number, trace)) {
+                counts.traces += weight;
+                if weight > 0 {
+                    keep_lowest(&mut counts.evidence, trace, FINDING_EVIDENCE);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The next rows handed over are another input: their traces are counted again even where an
+    /// earlier input had them (a reader takes away what each stored file counted of a trace, each
+    /// file an input, then adds what the trace's walk counts).
+    pub fn next_input(&mut self) {
+        self.counted.clear();
+    }
+
+    /// The rows counted since the last call, ordered by minute and finding; rows that sum to
+    /// nothing (and hold no evidence) are left out.
+    pub fn take_batch(&mut self) -> Result<Option<RecordBatch>> {
+        self.counted.clear();
+        let mut rows = self.rows.take_sorted();
+        rows.retain(|(_, n)| {
+            n.occurrences != 0 || n.traces != 0 || n.calls != 0 || n.cost_ns != 0 || !n.evidence.is_empty()
+        });
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let mut minute = TimestampNanosecondBuilder::with_capacity(rows.len());
+        let mut text: [StringBuilder; 5] = Default::default();
+        let mut counts: [Int64Builder; 4] = Default::default();
+        let id = Field::new_list_field(DataType::FixedSizeBinary(16), false);
+        let mut evidence = ListBuilder::new(FixedSizeBinaryBuilder::new(16)).with_field(Arc::new(id));
+        for (key, n) in &rows {
+            minute.append_value(key.minute_ns);
+            text[0].append_value(&key.kind);
+            text[1].append_value(&key.service);
+            text[2].append_value(&key.operation);
+            text[3].append_option(key.callee.as_deref());
+            text[4].append_value(&key.threshold);
+            for (builder, value) in counts.iter_mut().zip([n.occurrences, n.traces, n.calls, n.cost_ns]) {
+                builder.append_value(value);
+            }
+            for trace in &n.evidence {
+                evidence.values().append_value(trace)?;
+            }
+            evidence.append(true);
+        }
+        let mut columns: Vec<ArrayRef> = vec![Arc::new(minute.finish().with_timezone("UTC"))];
+        columns.extend(text.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+        columns.extend(counts.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+        columns.push(Arc::new(evidence.finish()));
+        Ok(Some(RecordBatch::try_new(finding_rollup_schema(), columns)?))
     }
 }
 

@@ -2,8 +2,8 @@
 //!
 //! [`StoredDerivations`] runs the trace summaries, hop pairing, critical paths and findings (with
 //! default thresholds) over each whole trace it is handed, and gives their rows back per table; once
-//! the input has ended, also the per-minute rollups of the final hops, of the spans and of the
-//! critical paths ([`crate::rollup`]).
+//! the input has ended, also the per-minute rollups of the final hops, of the spans, of the
+//! critical paths and of the findings ([`crate::rollup`]).
 //! Relations between traces are not settled here: a hop that another trace may change (a producer
 //! nobody in its own trace consumed, a consumer linking to other traces) is stored as a pending row
 //! (see [`EdgePairing::storing`]), and whoever reads the stored edges pairs the pending rows of
@@ -22,15 +22,15 @@ use crate::edges::{EdgePairing, stored_edges_schema};
 use crate::findings::{FindingScan, Thresholds, findings_schema};
 use crate::paths::{PathSections, TracePaths, critical_path_schema};
 use crate::rollup::{
-    CallRollup, DependencyRollup, HopRollup, OperationRollup, PathRollup, call_rollup_schema, dependency_rollup_schema,
-    hop_rollup_schema, operation_rollup_schema, path_rollup_schema,
+    CallRollup, DependencyRollup, FindingRollup, HopRollup, OperationRollup, PathRollup, call_rollup_schema,
+    dependency_rollup_schema, finding_rollup_schema, hop_rollup_schema, operation_rollup_schema, path_rollup_schema,
 };
 use crate::{OneTrace, PerTrace, Result, SpanColumns, TraceTree, WholeTraces};
 
 /// The version of what [`StoredDerivations`] writes: raised whenever a table is added or a table's
 /// rows change, so that maintenance derives files stored with an older version again (see
-/// `FileEntry::derivation`). 1: `call_rollup` added.
-pub const DERIVATION: u32 = 1;
+/// `FileEntry::derivation`). 1: `call_rollup` added; 2: `finding_rollup` added.
+pub const DERIVATION: u32 = 2;
 
 /// The schema of the derived `traces` table.
 pub fn traces_schema() -> SchemaRef {
@@ -62,6 +62,7 @@ pub fn stored_schema(table: &str) -> Option<SchemaRef> {
         layout::DEPENDENCY_ROLLUP_TABLE => Some(dependency_rollup_schema()),
         layout::PATH_ROLLUP_TABLE => Some(path_rollup_schema()),
         layout::CALL_ROLLUP_TABLE => Some(call_rollup_schema()),
+        layout::FINDING_ROLLUP_TABLE => Some(finding_rollup_schema()),
         _ => None,
     }
 }
@@ -147,6 +148,7 @@ pub struct StoredDerivations {
     dependency_rollup: DependencyRollup,
     path_rollup: PathRollup,
     call_rollup: CallRollup,
+    finding_rollup: FindingRollup,
     ended: bool,
 }
 
@@ -163,6 +165,7 @@ impl Default for StoredDerivations {
             dependency_rollup: DependencyRollup::default(),
             path_rollup: PathRollup::default(),
             call_rollup: CallRollup::default(),
+            finding_rollup: FindingRollup::default(),
             ended: false,
         }
     }
@@ -215,27 +218,35 @@ impl StoredDerivations {
             self.path_rollup.add_paths(paths, 1)?;
             self.path_rollup.next_input();
         }
-        let (hops, operations, dependencies, path_rollup, calls) = if self.ended {
+        let findings = self.findings.take_batch()?;
+        if let Some(findings) = &findings {
+            // The same for the traces the findings were counted in.
+            self.finding_rollup.add_findings(findings, 1)?;
+            self.finding_rollup.next_input();
+        }
+        let (hops, operations, dependencies, path_rollup, calls, finding_rollup) = if self.ended {
             (
                 self.hop_rollup.take_batch()?,
                 self.operation_rollup.take_batch()?,
                 self.dependency_rollup.take_batch()?,
                 self.path_rollup.take_batch()?,
                 self.call_rollup.take_batch()?,
+                self.finding_rollup.take_batch()?,
             )
         } else {
-            (None, None, None, None, None)
+            (None, None, None, None, None, None)
         };
         for (table, batch) in [
             (layout::TRACES_TABLE, self.traces.take_batch()?),
             (layout::EDGES_TABLE, edges),
             (layout::CRITICAL_PATH_TABLE, paths),
-            (layout::FINDINGS_TABLE, self.findings.take_batch()?),
+            (layout::FINDINGS_TABLE, findings),
             (layout::HOP_ROLLUP_TABLE, hops),
             (layout::OPERATION_ROLLUP_TABLE, operations),
             (layout::DEPENDENCY_ROLLUP_TABLE, dependencies),
             (layout::PATH_ROLLUP_TABLE, path_rollup),
             (layout::CALL_ROLLUP_TABLE, calls),
+            (layout::FINDING_ROLLUP_TABLE, finding_rollup),
         ] {
             if let Some(batch) = batch {
                 out.push((table, batch));
@@ -729,6 +740,117 @@ mod tests {
         let only_taken = only_taken.take_batch().unwrap().unwrap();
         assert_eq!(int_sum(&only_taken, cr::CALLS), -int_sum(rollup, cr::CALLS));
         assert_eq!(only_taken.column_by_name(cr::SLOWEST_NS).unwrap().null_count(), only_taken.num_rows());
+    }
+
+    #[test]
+    fn the_finding_rollup_counts_occurrences_traces_and_keeps_the_lowest_trace_ids() {
+        use std::collections::{BTreeMap, BTreeSet};
+
+        use crate::rollup::{FINDING_EVIDENCE, FindingRollup};
+        use hopscope_schemas::columns::{finding as f, finding_kind as fk, finding_rollup as fr};
+        use hopscope_schemas::spans::kind::INTERNAL;
+        // 1_700_000_000 s is 20 s into its minute: traces 50 s later fall in the next one.
+        let at = |ms: i64| 1_700_000_000_000_000_000 + ms * 1_000_000;
+        // Trace `t` from `from` ms: `api` runs `repeats` N+1s, each five queries from one span.
+        let n_plus_ones = |t: u8, from: i64, repeats: u8| {
+            let mut rows =
+                vec![SpanRow::new(trace(t), [1; 8], "api", "GET /cart", SERVER).during(at(from), at(from + 900))];
+            for r in 0..repeats {
+                let parent = [10 + r; 8];
+                let start = from + 10 + 200 * i64::from(r);
+                rows.push(
+                    SpanRow::new(trace(t), parent, "api", "load", INTERNAL)
+                        .child_of([1; 8])
+                        .during(at(start), at(start + 150)),
+                );
+                rows.extend((0..5u8).map(|q| {
+                    SpanRow::new(trace(t), [100 + 10 * r + q; 8], "api", "SELECT item", CLIENT)
+                        .child_of(parent)
+                        .during(at(start + 1 + 20 * i64::from(q)), at(start + 11 + 20 * i64::from(q)))
+                        .with(semconv::DB_SYSTEM, "postgresql")
+                }));
+            }
+            rows
+        };
+        // Seven traces in the first minute (trace 3 with two occurrences), one in the next.
+        let mut rows = Vec::new();
+        for t in [9, 3, 5, 1, 7, 2, 8] {
+            rows.extend(n_plus_ones(t, 0, if t == 3 { 2 } else { 1 }));
+        }
+        rows.extend(n_plus_ones(4, 50_000, 1));
+        let tables = derive_all(&rows);
+        let (findings, rollup) = (table(&tables, layout::FINDINGS_TABLE), table(&tables, layout::FINDING_ROLLUP_TABLE));
+
+        // Expected: the `findings` rows grouped by minute and finding.
+        let text = |batch: &RecordBatch, name: &str, r: usize| {
+            let a = batch.column_by_name(name).unwrap().as_string::<i32>();
+            if a.is_null(r) { "NULL".to_owned() } else { a.value(r).to_owned() }
+        };
+        let int = |batch: &RecordBatch, name: &str, r: usize| {
+            batch.column_by_name(name).unwrap().as_primitive::<arrow::datatypes::Int64Type>().value(r)
+        };
+        let minute = |batch: &RecordBatch, name: &str, r: usize| {
+            let a = batch.column_by_name(name).unwrap().as_primitive::<arrow::datatypes::TimestampNanosecondType>();
+            a.value(r).div_euclid(60_000_000_000)
+        };
+        let key = |batch: &RecordBatch, time: &str, r: usize| {
+            let names = [f::KIND, f::SERVICE, f::OPERATION, f::CALLEE, f::THRESHOLD];
+            (minute(batch, time, r), names.map(|n| text(batch, n, r)).join(" | "))
+        };
+        // (occurrences, traces, the lowest trace ids, calls, cost)
+        type Expected = (i64, usize, Vec<Vec<u8>>, i64, i64);
+        let mut traces: BTreeMap<(i64, String), BTreeSet<Vec<u8>>> = BTreeMap::new();
+        let mut expected: BTreeMap<(i64, String), Expected> = BTreeMap::new();
+        let ids = findings.column_by_name(f::TRACE_ID).unwrap().as_fixed_size_binary();
+        for r in 0..findings.num_rows() {
+            let k = key(findings, f::START_TIME, r);
+            traces.entry(k.clone()).or_default().insert(ids.value(r).to_vec());
+            let e = expected.entry(k).or_default();
+            e.0 += 1;
+            e.3 += int(findings, f::COUNT, r);
+            e.4 += int(findings, f::COST_NS, r);
+        }
+        for (k, ids) in traces {
+            let e = expected.get_mut(&k).unwrap();
+            (e.1, e.2) = (ids.len(), ids.into_iter().take(FINDING_EVIDENCE).collect());
+        }
+        let evidence = rollup.column_by_name(fr::EVIDENCE_TRACE_IDS).unwrap().as_list::<i32>();
+        let mut got: BTreeMap<(i64, String), Expected> = BTreeMap::new();
+        for r in 0..rollup.num_rows() {
+            let listed = evidence.value(r);
+            let listed = listed.as_fixed_size_binary();
+            let listed: Vec<Vec<u8>> = (0..listed.len()).map(|i| listed.value(i).to_vec()).collect();
+            let e = (
+                int(rollup, fr::OCCURRENCES, r),
+                int(rollup, fr::TRACES, r) as usize,
+                listed,
+                int(rollup, fr::CALLS, r),
+                int(rollup, fr::COST_NS, r),
+            );
+            assert!(got.insert(key(rollup, fr::MINUTE, r), e).is_none(), "one row per minute and finding");
+        }
+        assert_eq!(got, expected);
+        // The first minute's N+1: eight occurrences in seven traces, the five lowest as evidence.
+        let (_, first) = got.iter().find(|((_, k), e)| k.starts_with(fk::N_PLUS_ONE) && e.0 == 8).unwrap();
+        assert_eq!(first.1, 7);
+        assert_eq!(first.2, [1u8, 2, 3, 5, 7].map(|t| trace(t).to_vec()));
+
+        // Taken away as another input, the same rows leave no counts (the evidence stays); within
+        // one input, a trace seen before is not counted again.
+        let mut taken = FindingRollup::default();
+        taken.add_findings(findings, 1).unwrap();
+        taken.next_input();
+        taken.add_findings(findings, -1).unwrap();
+        let taken = taken.take_batch().unwrap().unwrap();
+        for column in [fr::OCCURRENCES, fr::TRACES, fr::CALLS, fr::COST_NS] {
+            assert_eq!(int_sum(&taken, column), 0, "{column}");
+        }
+        let mut twice = FindingRollup::default();
+        twice.add_findings(findings, 1).unwrap();
+        twice.add_findings(findings, 1).unwrap();
+        let twice = twice.take_batch().unwrap().unwrap();
+        assert_eq!(int_sum(&twice, fr::OCCURRENCES), 2 * int_sum(rollup, fr::OCCURRENCES));
+        assert_eq!(int_sum(&twice, fr::TRACES), int_sum(rollup, fr::TRACES));
     }
 
     /// Derives every table of `rows` (one batch), returning the stored batches per table.

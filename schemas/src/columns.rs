@@ -224,6 +224,24 @@ pub mod call_rollup {
     pub const SLOWEST_TRACE_ID: &str = "slowest_trace_id";
 }
 
+/// The `finding_rollup` table's own columns; the finding's are [`finding`]'s (`kind`, `service`,
+/// `operation`, `callee`, `threshold`).
+pub mod finding_rollup {
+    /// The start of the minute the occurrences started in.
+    pub const MINUTE: &str = "minute";
+    /// The findings' rows: one per occurrence.
+    pub const OCCURRENCES: &str = "occurrences";
+    /// The traces with an occurrence in the minute, each counted once per span file it was derived
+    /// from (corrected for traces split across span files when read).
+    pub const TRACES: &str = "traces";
+    /// The calls (or hops) the occurrences involve, and the time they cost, in nanoseconds.
+    pub const CALLS: &str = "calls";
+    pub const COST_NS: &str = "cost_ns";
+    /// Evidence: the lowest trace ids (at most five) the row counted; empty on rows that only take
+    /// occurrences away.
+    pub const EVIDENCE_TRACE_IDS: &str = "evidence_trace_ids";
+}
+
 /// The `dependency_rollup` table's own columns; the hop's and its entry endpoint's are [`edge`]'s
 /// (`root_service`, `root_operation`, `caller`, `caller_kind`, `callee`, `callee_kind`,
 /// `connection`, `via`, `depth`).

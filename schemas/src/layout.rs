@@ -19,7 +19,7 @@ pub const TMP_SUFFIX: &str = ".tmp";
 pub const SPANS_DIR: &str = "spans";
 
 /// The tables derived from each span file at ingest, each in a directory of its name.
-pub const DERIVED_TABLES: [&str; 9] = [
+pub const DERIVED_TABLES: [&str; 10] = [
     TRACES_TABLE,
     EDGES_TABLE,
     CRITICAL_PATH_TABLE,
@@ -29,6 +29,7 @@ pub const DERIVED_TABLES: [&str; 9] = [
     DEPENDENCY_ROLLUP_TABLE,
     PATH_ROLLUP_TABLE,
     CALL_ROLLUP_TABLE,
+    FINDING_ROLLUP_TABLE,
 ];
 /// One row per trace of a span file: its extent, size, errors and root.
 pub const TRACES_TABLE: &str = "traces";
@@ -52,6 +53,9 @@ pub const PATH_ROLLUP_TABLE: &str = "path_rollup";
 /// errors, a latency sketch and the slowest call's trace of the span file's final hops, what
 /// `/api/v1/findings` reads for unbounded tails.
 pub const CALL_ROLLUP_TABLE: &str = "call_rollup";
+/// Per minute and finding (kind and place, threshold): occurrences, traces, calls, cost and the
+/// lowest trace ids of the span file's per-trace findings, what `/api/v1/findings` reads for them.
+pub const FINDING_ROLLUP_TABLE: &str = "finding_rollup";
 
 /// The path of what `table` derived from the span file at `span_relative` (both relative to the
 /// tenant directory): the same hour and file id, under the table's directory.
