@@ -33,7 +33,7 @@ use crate::metrics::{Endpoint, Outcome, QueryMetrics};
 use crate::runtime::{Admission, QueryRuntime};
 use crate::sql::{SqlLimits, SqlResult};
 use crate::store::{ManifestReader, SpansTable};
-use crate::walk::{DerivedRollupTable, DerivedTable, OperationRollupTable, Rollup, StoredTable};
+use crate::walk::{DerivedRollupTable, DerivedTable, OperationRollupTable, Rollup, SplitIndex, StoredTable};
 use crate::{tables, views};
 
 /// How the query engine runs.
@@ -108,8 +108,9 @@ pub struct QueryEngine {
 }
 
 /// Registers `traces`, `edges` (and its `hop_rollup`, `dependency_rollup` and `call_rollup`),
-/// `critical_path` (and its `path_rollup`), `findings` (default thresholds) and `operation_rollup`: read from the files derived at ingest when `read_derived`,
-/// else derived from the spans at query time.
+/// `critical_path` (and its `path_rollup`), `findings` (default thresholds, and its
+/// `finding_rollup`) and `operation_rollup`: read from the files derived at ingest when
+/// `read_derived`, else derived from the spans at query time.
 fn register_derived_tables(
     ctx: &SessionContext,
     spans: &Arc<SpansTable>,
@@ -135,10 +136,14 @@ fn register_derived_tables(
         let path_rollup = DerivedRollupTable::<()>::new(Rollup::Paths, Arc::clone(&paths), None)?;
         ctx.register_table(tables::PATH_ROLLUP, Arc::new(path_rollup))?;
         ctx.register_table(tables::CRITICAL_PATH, paths)?;
-        ctx.register_table(tables::FINDINGS, Arc::new(DerivedTable::new(Arc::clone(spans), default_findings())?))?;
+        let findings: Arc<dyn TableProvider> = Arc::new(DerivedTable::new(Arc::clone(spans), default_findings())?);
+        let finding_rollup = DerivedRollupTable::<()>::new(Rollup::Findings, Arc::clone(&findings), None)?;
+        ctx.register_table(tables::FINDING_ROLLUP, Arc::new(finding_rollup))?;
+        ctx.register_table(tables::FINDINGS, findings)?;
         return Ok(());
     }
     // Their stored rows are the query-time rows.
+    let splits = Arc::new(SplitIndex::default());
     let traces = StoredTable::new(
         Arc::clone(spans),
         search::derivation(),
@@ -146,6 +151,7 @@ fn register_derived_tables(
         search::derivation(),
         false,
         &[],
+        Arc::clone(&splits),
     )?;
     ctx.register_table(tables::TRACES, Arc::new(traces))?;
     let edges = Arc::new(StoredTable::new(
@@ -155,6 +161,7 @@ fn register_derived_tables(
         pairing::storing_derivation(),
         true,
         hopscope_derive::edges::NOT_STORED,
+        Arc::clone(&splits),
     )?);
     for (name, rollup) in [
         (tables::HOP_ROLLUP, Rollup::Hops),
@@ -172,19 +179,24 @@ fn register_derived_tables(
         paths::storing_derivation(),
         false,
         hopscope_derive::paths::NOT_STORED,
+        Arc::clone(&splits),
     )?);
     let path_rollup = DerivedRollupTable::new(Rollup::Paths, Arc::clone(&paths) as _, Some(Arc::clone(&paths)))?;
     ctx.register_table(tables::PATH_ROLLUP, Arc::new(path_rollup))?;
     ctx.register_table(tables::CRITICAL_PATH, paths)?;
-    let findings = StoredTable::new(
+    let findings = Arc::new(StoredTable::new(
         Arc::clone(spans),
         default_findings(),
         layout::FINDINGS_TABLE,
         default_findings(),
         false,
         &[],
-    )?;
-    ctx.register_table(tables::FINDINGS, Arc::new(findings))?;
+        Arc::clone(&splits),
+    )?);
+    let finding_rollup =
+        DerivedRollupTable::new(Rollup::Findings, Arc::clone(&findings) as _, Some(Arc::clone(&findings)))?;
+    ctx.register_table(tables::FINDING_ROLLUP, Arc::new(finding_rollup))?;
+    ctx.register_table(tables::FINDINGS, findings)?;
     Ok(())
 }
 

@@ -128,6 +128,14 @@ fn cases() -> Vec<(String, String)> {
              FROM call_rollup GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 3, 4, 5, 6"
                 .to_owned(),
         ),
+        (
+            "the finding_rollup table".to_owned(),
+            "SELECT minute, kind, service, operation, callee, threshold, sum(occurrences) AS occurrences, \
+             sum(traces) AS traces, sum(calls) AS calls, sum(cost_ns) AS cost_ns, \
+             hex_id(min(evidence_trace_ids[1])) AS first_evidence \
+             FROM finding_rollup GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 3, 4, 5, 6"
+                .to_owned(),
+        ),
     ];
     let docs = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/sql.md")).unwrap();
     for (i, block) in docs.split("```sql").skip(1).enumerate() {

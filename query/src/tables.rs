@@ -30,6 +30,11 @@ pub(crate) const DEPENDENCY_ROLLUP: &str = "dependency_rollup";
 /// unbounded tails (see [`crate::walk::DerivedRollupTable`]).
 pub(crate) const CALL_ROLLUP: &str = "call_rollup";
 
+/// Per minute and finding (kind, service, operation, callee, threshold): occurrences, traces, calls,
+/// cost and the lowest trace ids of `findings`, what `GET /api/v1/findings` groups for the
+/// per-trace findings (see [`crate::walk::DerivedRollupTable`]).
+pub(crate) const FINDING_ROLLUP: &str = "finding_rollup";
+
 /// Per minute, entry endpoint and bucket of path duration: the critical paths and each operation's
 /// self time on them, what `GET /api/v1/critical-path` groups (see
 /// [`crate::walk::DerivedRollupTable`]).

@@ -18,7 +18,7 @@ mod stored;
 mod table;
 
 pub(crate) use rollup::{DerivedRollupTable, OperationRollupTable, Rollup};
-pub(crate) use stored::StoredTable;
+pub(crate) use stored::{SplitIndex, StoredTable};
 pub(crate) use table::{Derivation, DerivedTable};
 
 /// Makes a fresh analysis for each execution.

@@ -464,8 +464,8 @@ pub struct FindingView {
 /// Answer of `GET /api/v1/findings`.
 #[derive(Debug, Clone, Serialize)]
 pub struct FindingsView {
-    /// The range the findings cover: the asked one, widened to whole minutes unless exact
-    /// percentiles were asked.
+    /// The range the findings cover: the asked one, widened to whole minutes (the rollups' buckets)
+    /// unless `exact=true` was asked.
     pub start: String,
     pub end: String,
     /// How the figures unbounded tails (`missing_timeout`) compare, the calls' median, p99 and

@@ -65,6 +65,24 @@ fn rows(batches: &[RecordBatch], columns: &[&str], skip: &std::collections::Hash
     out
 }
 
+/// The rows of `batches`, their `columns` formatted and joined by " | ", sorted.
+fn text(batches: &[RecordBatch], columns: &[&str]) -> Vec<String> {
+    let options = FormatOptions::default();
+    let mut out = Vec::new();
+    for batch in batches {
+        let formatters: Vec<_> = columns
+            .iter()
+            .map(|c| ArrayFormatter::try_new(batch.column_by_name(c).unwrap().as_ref(), &options).unwrap())
+            .collect();
+        out.extend(
+            (0..batch.num_rows())
+                .map(|r| formatters.iter().map(|f| f.value(r).to_string()).collect::<Vec<_>>().join(" | ")),
+        );
+    }
+    out.sort();
+    out
+}
+
 async fn walk(engine: &Arc<QueryEngine>, sql: &str) -> Vec<RecordBatch> {
     engine.sql(sql.to_owned(), |result| Ok(result.batches.clone())).await.unwrap()
 }
@@ -102,11 +120,22 @@ async fn tables_derived_at_flush_equal_the_query_time_walk() {
     crate::query::post_spans(&server, &first).await;
     server.wait_for_trace(SPLIT_TRACE, first.len()).await;
     crate::query::post_spans(&server, &late).await;
-    let sent = simulated + (linked.len() + first.len() + late.len()) as u64;
-
+    // And one whose two parts each show an N+1 at the same place (the whole trace shows both),
+    // asked about by one engine before and after its late part: what the engine keeps of the
+    // span files it read (the traces each holds, the split traces of a range) must not hide the
+    // trace that a new file splits.
     let mut config = QueryConfig::new(server.data_dir.clone());
     config.max_rows = 10_000_000;
     let engine = Arc::new(QueryEngine::new(&config).unwrap());
+    let split_n_plus_one = "SELECT sum(occurrences) AS n, sum(traces) AS traces, sum(calls) AS calls \
+                            FROM finding_rollup WHERE kind = 'n_plus_one' AND service = 'shop'";
+    let (first_queries, late_queries) = split_queries();
+    crate::query::post_spans(&server, &first_queries).await;
+    server.wait_for_trace(SPLIT_QUERIES, first_queries.len()).await;
+    let counts = text(&walk(&engine, split_n_plus_one).await, &["n", "traces", "calls"]);
+    assert_eq!(counts, ["1 | 1 | 5"]);
+    crate::query::post_spans(&server, &late_queries).await;
+    let sent = simulated + (linked.len() + first.len() + late.len() + first_queries.len() + late_queries.len()) as u64;
     crate::simulator::wait_for_spans(&server, sent).await;
 
     // A trace whose spans reached two span files (its spans arrived in two flushes) is derived from
@@ -317,22 +346,6 @@ async fn tables_derived_at_flush_equal_the_query_time_walk() {
                       FROM operation_rollup GROUP BY service_name, name, kind, status_code";
     let columns = ["service_name", "name", "kind", "status_code", "n", "counted", "p99"];
     let (read, walked) = (walk(&reads_derived, operations).await, walk(&walks, operations).await);
-    let text = |batches: &[RecordBatch], columns: &[&str]| -> Vec<String> {
-        let options = FormatOptions::default();
-        let mut out = Vec::new();
-        for batch in batches {
-            let formatters: Vec<_> = columns
-                .iter()
-                .map(|c| ArrayFormatter::try_new(batch.column_by_name(c).unwrap().as_ref(), &options).unwrap())
-                .collect();
-            out.extend(
-                (0..batch.num_rows())
-                    .map(|r| formatters.iter().map(|f| f.value(r).to_string()).collect::<Vec<_>>().join(" | ")),
-            );
-        }
-        out.sort();
-        out
-    };
     assert_eq!(text(&read, &columns), text(&walked, &columns));
     let counted = "SELECT service_name, name, kind, status_code, count(*) AS n, count(*) AS counted FROM spans \
                    GROUP BY service_name, name, kind, status_code";
@@ -376,8 +389,34 @@ async fn tables_derived_at_flush_equal_the_query_time_walk() {
     assert_eq!(text(&read, &with_slowest), expected);
     assert_eq!(text(&walked, &with_slowest), expected);
 
-    // Findings: the same answer from what was stored and from the walk, exact or (unbounded tails)
-    // from `call_rollup`.
+    // Per-trace findings: the stored `finding_rollup` rows, corrected for the split traces (each
+    // part of the one sent in two flushes found its own N+1), are the rollup of the walked
+    // findings; both count, per minute and finding, what `findings` holds.
+    let finding_rollup = "SELECT minute, kind, service, operation, callee, threshold, sum(occurrences) AS n, \
+                          sum(traces) AS traces, sum(calls) AS calls, sum(cost_ns) AS cost \
+                          FROM finding_rollup GROUP BY 1, 2, 3, 4, 5, 6 HAVING sum(occurrences) <> 0";
+    let columns = ["minute", "kind", "service", "operation", "callee", "threshold", "n", "traces", "calls", "cost"];
+    let (read, walked) = (walk(&reads_derived, finding_rollup).await, walk(&walks, finding_rollup).await);
+    assert!(walked.iter().map(RecordBatch::num_rows).sum::<usize>() > 5);
+    assert_eq!(text(&read, &columns), text(&walked, &columns));
+    let explained = plan(walk(&reads_derived, &format!("EXPLAIN {finding_rollup}")).await);
+    assert!(explained.contains("finding_rollup/") && explained.contains("RollupExec"), "{explained}");
+    let counted = "SELECT date_trunc('minute', start_time) AS minute, kind, service, operation, callee, threshold, \
+                   count(*) AS n, count(DISTINCT trace_id) AS traces, sum(count) AS calls, sum(cost_ns) AS cost \
+                   FROM findings GROUP BY 1, 2, 3, 4, 5, 6";
+    let expected = text(&walk(&walks, counted).await, &columns);
+    assert_eq!(text(&read, &columns), expected);
+    assert_eq!(text(&walked, &columns), expected);
+    // The split N+1s: two occurrences of five calls in one trace, however many files counted it.
+    for engine in [&reads_derived, &walks] {
+        let counts = text(&walk(engine, split_n_plus_one).await, &["n", "traces", "calls"]);
+        assert_eq!(counts, ["2 | 1 | 10"]);
+    }
+
+    // Findings: the same answer from what was stored and from the walk, exact or from the rollups
+    // (`finding_rollup`, and `call_rollup` for unbounded tails); the per-trace findings the same
+    // either way.
+    let mut per_trace = Vec::new();
     for exact in [true, false] {
         let findings = |engine: &Arc<QueryEngine>| {
             let engine = Arc::clone(engine);
@@ -394,7 +433,19 @@ async fn tables_derived_at_flush_equal_the_query_time_walk() {
         let read = findings(&reads_derived).await;
         assert_eq!(read["percentiles"]["method"], if exact { "exact" } else { "sketch" });
         assert_eq!(read, findings(&walks).await);
+        let mut found: Vec<serde_json::Value> = read["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            // (Unbounded tails compare sketch estimates by default.)
+            .filter(|f| !f["threshold"].as_str().unwrap().starts_with("unbounded_tail"))
+            .cloned()
+            .collect();
+        found.sort_by_key(|f| f.to_string());
+        per_trace.push(found);
     }
+    assert!(per_trace[0].len() > 5, "{:?}", per_trace[0]);
+    assert_eq!(per_trace[0], per_trace[1]);
 
     // Paths: the stored `path_rollup` rows, corrected for the split trace (whose late database call
     // moves self time from `orders` to the database client), are the rollup of the walked critical
@@ -505,13 +556,63 @@ fn split_trace() -> (Vec<crate::query::Span>, Vec<crate::query::Span>) {
     (first, late)
 }
 
+const SPLIT_QUERIES: &str = "6c6c6c6c6c6c6c6c6c6c6c6c6c6c6c6c";
+
+/// A request to `gateway` that calls `shop` twice, each call querying shop's database five times
+/// in a row (an N+1): the first call in the first part, the second in the late part.
+fn split_queries() -> (Vec<crate::query::Span>, Vec<crate::query::Span>) {
+    use crate::query::{CLIENT, SERVER, span};
+    static IDS: [[&str; 7]; 2] = [
+        [
+            "6c00000000000010",
+            "6c00000000000011",
+            "6c00000000000012",
+            "6c00000000000013",
+            "6c00000000000014",
+            "6c00000000000015",
+            "6c00000000000016",
+        ],
+        [
+            "6c00000000000020",
+            "6c00000000000021",
+            "6c00000000000022",
+            "6c00000000000023",
+            "6c00000000000024",
+            "6c00000000000025",
+            "6c00000000000026",
+        ],
+    ];
+    let t = SPLIT_QUERIES;
+    let root = "6c00000000000001";
+    // The call to `shop` (client and server span) and its five queries, from `at` ms.
+    let call = |ids: &'static [&'static str; 7], at: f64| {
+        let mut spans = vec![
+            span(t, ids[0], Some(root), "gateway", "GET shop", CLIENT, at, at + 190.0),
+            span(t, ids[1], Some(ids[0]), "shop", "GET /cart", SERVER, at + 1.0, at + 189.0),
+        ];
+        spans.extend(ids[2..].iter().enumerate().map(|(i, id)| {
+            let start = at + 10.0 + 30.0 * i as f64;
+            span(t, id, Some(ids[1]), "shop", "SELECT item", CLIENT, start, start + 20.0)
+                .attr("db.system", serde_json::json!("postgresql"))
+        }));
+        spans
+    };
+    let mut first = vec![span(t, root, None, "gateway", "GET /cart", SERVER, 0.0, 400.0)];
+    first.extend(call(&IDS[0], 5.0));
+    (first, call(&IDS[1], 205.0))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn span_files_written_without_derived_tables_get_them_from_maintenance() {
     let server = Server::start("derived-later", &["--no-derive"]);
     let data_dir = server.data_dir.clone();
-    let linked = crate::query::linked_traces();
+    // Consumers linked to producers in other traces, and a trace with N+1 queries (a finding).
+    let mut linked = crate::query::linked_traces();
+    let (first_queries, late_queries) = split_queries();
+    linked.extend(first_queries.into_iter().chain(late_queries));
     crate::query::post_spans(&server, &linked).await;
     server.wait_for_trace("11111111111111111111111111111111", 4).await;
+    server.wait_for_trace(SPLIT_QUERIES, 15).await;
     // Asked of span files without stored rollups, the per-hop latency, the dependencies and the
     // aggregate critical path come from every call and path, exact, as the answers say (the rollups
     // would be computed from them).
@@ -567,26 +668,40 @@ async fn span_files_written_without_derived_tables_get_them_from_maintenance() {
     let derived = manifest(&data_dir);
     assert!(derived.files.iter().all(|f| f.derivation == hopscope_derive::stored::DERIVATION), "{derived:?}");
 
-    // Files derived by a version before `call_rollup` existed (a version 2 manifest, without it
-    // and without a derivation version): /findings answers exactly, until maintenance derives
-    // them again, retires what it replaces, and the rollup serves.
-    let mut older = derived.clone();
-    for file in &mut older.files {
-        file.derivation = 0;
-        file.derived.retain(|d| d.table != layout::CALL_ROLLUP_TABLE);
-    }
-    let text = String::from_utf8(older.to_json()).unwrap().replace("\"version\": \"3\"", "\"version\": \"2\"");
-    std::fs::write(layout::manifest_path(&data_dir, layout::DEFAULT_TENANT), text).unwrap();
-    let findings_method = |server: &Server| {
-        let url = server.api_url("/api/v1/findings?start=0&end=4000000000000000000");
+    // Files whose `finding_rollup` went missing (their `call_rollup` kept): the per-trace findings
+    // are then read from `findings` (so /findings with the default thresholds answers exactly),
+    // while other thresholds, which read `findings` anyway, still take the tails from the sketches.
+    let findings_method = |server: &Server, thresholds: &'static str| {
+        let url = server.api_url(&format!("/api/v1/findings?start=0&end=4000000000000000000{thresholds}"));
         async move {
             let body: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
             body["percentiles"]["method"].as_str().unwrap().to_owned()
         }
     };
+    assert!(derived.files.iter().any(|f| f.derived(layout::FINDING_ROLLUP_TABLE).is_some()), "{derived:?}");
+    let mut without_finding_rollup = derived.clone();
+    for file in &mut without_finding_rollup.files {
+        file.derived.retain(|d| d.table != layout::FINDING_ROLLUP_TABLE);
+    }
+    std::fs::write(layout::manifest_path(&data_dir, layout::DEFAULT_TENANT), without_finding_rollup.to_json()).unwrap();
+    let server = Server::start_in(data_dir.clone(), &["--no-derive"]);
+    assert_eq!(findings_method(&server, "").await, "exact");
+    assert_eq!(findings_method(&server, "&n_plus_one_min_calls=4").await, "sketch");
+    assert!(server.terminate().success());
+
+    // Files derived by a version before `call_rollup` and `finding_rollup` existed (a version 2
+    // manifest, without them and without a derivation version): /findings answers exactly, until
+    // maintenance derives them again, retires what it replaces, and the rollups serve.
+    let mut older = derived.clone();
+    for file in &mut older.files {
+        file.derivation = 0;
+        file.derived.retain(|d| d.table != layout::CALL_ROLLUP_TABLE && d.table != layout::FINDING_ROLLUP_TABLE);
+    }
+    let text = String::from_utf8(older.to_json()).unwrap().replace("\"version\": \"3\"", "\"version\": \"2\"");
+    std::fs::write(layout::manifest_path(&data_dir, layout::DEFAULT_TENANT), text).unwrap();
     // (Without deriving, so that no maintenance pass derives them before the question.)
     let server = Server::start_in(data_dir.clone(), &["--no-derive"]);
-    assert_eq!(findings_method(&server).await, "exact");
+    assert_eq!(findings_method(&server, "").await, "exact");
     assert!(server.terminate().success());
     let server = Server::start_in(data_dir.clone(), &["--maintenance-interval", "1s"]);
     let started = Instant::now();
@@ -594,12 +709,14 @@ async fn span_files_written_without_derived_tables_get_them_from_maintenance() {
         assert!(started.elapsed() < DEADLINE, "not derived again in time; log:\n{}", server.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(findings_method(&server).await, "sketch");
+    assert_eq!(findings_method(&server, "").await, "sketch");
     assert!(server.terminate().success());
     let rederived = manifest(&data_dir);
     let mut derived_again = 0;
     for file in &rederived.files {
         assert!(file.derived(layout::CALL_ROLLUP_TABLE).is_some(), "{file:?}");
+        let has_findings = file.derived(layout::FINDINGS_TABLE).is_some();
+        assert_eq!(file.derived(layout::FINDING_ROLLUP_TABLE).is_some(), has_findings, "{file:?}");
         // (A file compaction wrote meanwhile was derived as it was written.)
         let Some(before) = older.files.iter().find(|f| f.path == file.path) else { continue };
         derived_again += 1;

@@ -1,14 +1,15 @@
 //! Findings (design.md §4) over a time range: the per-trace patterns of the `findings` table
 //! ([`hopscope_derive::findings::FindingScan`], found in the streaming per-trace walk) grouped by
-//! pattern and place, plus the patterns no single trace shows: poison messages (each redelivery is
-//! usually a trace of its own), one query over `spans`, and unbounded tails, from the per-minute
+//! pattern and place (from the per-minute `finding_rollup`, or, exact, from every row), plus the
+//! patterns no single trace shows: poison messages (each redelivery is usually a trace of its
+//! own), one query over `spans`, and unbounded tails, from the per-minute
 //! `call_rollup` (percentiles from its sketches) or, exact, from every row of `edges`. Every
 //! threshold has a documented default in [`Thresholds`] and can be set per request.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 
-use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::array::{Array, AsArray, FixedSizeBinaryArray, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::error::Result as DfResult;
 use datafusion::execution::FunctionRegistry;
@@ -19,8 +20,11 @@ use datafusion::prelude::{SessionContext, col, lit};
 use futures::StreamExt;
 pub use hopscope_derive::findings::Thresholds;
 use hopscope_derive::findings::{FindingScan, findings_schema, input_columns};
+use hopscope_derive::rollup::keep_lowest;
 use hopscope_schemas::api::PercentileAccuracy;
-use hopscope_schemas::columns::{self as c, call_rollup as cr, finding as f, finding_kind as fk, semconv};
+use hopscope_schemas::columns::{
+    self as c, call_rollup as cr, finding as f, finding_kind as fk, finding_rollup as fr, semconv,
+};
 use hopscope_schemas::sketch;
 use hopscope_schemas::spans::{kind, status};
 use hopscope_schemas::time::TimeRange;
@@ -46,9 +50,9 @@ pub struct FindingsQuery {
     /// Only findings located in this service.
     pub service: Option<String>,
     pub thresholds: Thresholds,
-    /// Unbounded tails from every call's duration over exactly `range`, instead of from the
-    /// per-minute `call_rollup` (whose percentiles are sketch estimates) over `range` widened to
-    /// whole minutes.
+    /// Every finding from the rows of exactly `range` (unbounded tails from every call's duration),
+    /// instead of from the per-minute rollups over `range` widened to whole minutes (`finding_rollup`,
+    /// and `call_rollup`, whose percentiles are sketch estimates).
     pub exact: bool,
 }
 
@@ -60,13 +64,18 @@ pub(crate) struct Report {
     pub(crate) percentiles: PercentileAccuracy,
 }
 
-/// Evidence kept per finding.
-const EVIDENCE: usize = 5;
+/// Evidence kept per finding: as many as a `finding_rollup` row keeps.
+const EVIDENCE: usize = hopscope_derive::rollup::FINDING_EVIDENCE;
 
 /// Every finding in the traces of a range, most costly first.
 pub(crate) async fn findings(ctx: &SessionContext, query: &FindingsQuery) -> Result<Report, crate::QueryError> {
     let minutes = whole_minutes(query.range);
-    let exact = query.exact || rollup_computed(ctx, crate::tables::CALL_ROLLUP, minutes).await?;
+    // Exact when asked, or when a rollup would be computed from the rows it rolls up (span files
+    // derived before it existed): those rows then answer exactly, for less.
+    let exact = query.exact
+        || rollup_computed(ctx, crate::tables::CALL_ROLLUP, minutes).await?
+        || (query.thresholds == Thresholds::default()
+            && rollup_computed(ctx, crate::tables::FINDING_ROLLUP, minutes).await?);
     let (query, percentiles) = match exact {
         true => (query.clone(), PercentileAccuracy { method: "exact", relative_error: 0.0 }),
         false => (
@@ -84,7 +93,7 @@ pub(crate) async fn findings(ctx: &SessionContext, query: &FindingsQuery) -> Res
     // Three questions independent of each other: run side by side, each one's final
     // (single-threaded) phase overlaps the others' scans.
     let (mut findings, poison, tails) =
-        futures::try_join!(per_trace_findings(ctx, query), poison_messages(ctx, query), tails)?;
+        futures::try_join!(per_trace_findings(ctx, query, exact), poison_messages(ctx, query), tails)?;
     findings.extend(poison);
     findings.extend(tails);
     findings.sort_by(|a, b| {
@@ -101,16 +110,26 @@ pub(crate) async fn findings(ctx: &SessionContext, query: &FindingsQuery) -> Res
     Ok(Report { rows: report_batch(&findings)?, range: query.range, percentiles })
 }
 
-/// The patterns found per trace (with the query's thresholds), grouped across traces.
-async fn per_trace_findings(ctx: &SessionContext, query: &FindingsQuery) -> Result<Vec<Finding>, crate::QueryError> {
+/// The patterns found per trace (with the query's thresholds), grouped across traces: from the
+/// per-minute `finding_rollup` (default thresholds, not `exact`), else from every `findings` row.
+async fn per_trace_findings(
+    ctx: &SessionContext,
+    query: &FindingsQuery,
+    exact: bool,
+) -> Result<Vec<Finding>, crate::QueryError> {
+    let default = query.thresholds == Thresholds::default();
+    if default && !exact {
+        return rolled_up_findings(ctx, query).await;
+    }
     // With the default thresholds, the session's `findings` table (read from what ingest derived);
     // with others, the walk with them.
-    let found = if query.thresholds == Thresholds::default() {
-        ctx.table(crate::tables::FINDINGS).await?
-    } else {
-        let table =
-            crate::walk::DerivedTable::new(crate::store::spans_table(ctx).await?, derivation(query.thresholds))?;
-        ctx.read_table(Arc::new(table))?
+    let found = match default {
+        true => ctx.table(crate::tables::FINDINGS).await?,
+        false => {
+            let table =
+                crate::walk::DerivedTable::new(crate::store::spans_table(ctx).await?, derivation(query.thresholds))?;
+            ctx.read_table(Arc::new(table))?
+        }
     };
     let mut found = found.filter(in_range(f::START_TIME, query.range))?;
     if let Some(service) = &query.service {
@@ -132,6 +151,36 @@ async fn per_trace_findings(ctx: &SessionContext, query: &FindingsQuery) -> Resu
     Ok(groups.findings())
 }
 
+/// The per-trace findings (default thresholds) from the per-minute `finding_rollup` of the query's
+/// range (whole minutes): the same occurrences, traces, calls and costs as every `findings` row of
+/// those minutes (each trace's findings lie in the minute the trace started). The evidence is the
+/// lowest trace ids the rows kept, which for a trace split across span files may name one whose
+/// part showed the finding and whose whole does not (the rollup's evidence is not corrected).
+async fn rolled_up_findings(ctx: &SessionContext, query: &FindingsQuery) -> Result<Vec<Finding>, crate::QueryError> {
+    let mut rows = ctx.table(crate::tables::FINDING_ROLLUP).await?.filter(in_range(fr::MINUTE, query.range))?;
+    if let Some(service) = &query.service {
+        rows = rows.filter(col(f::SERVICE).eq(lit(service.as_str())))?;
+    }
+    let columns = [
+        f::KIND,
+        f::SERVICE,
+        f::OPERATION,
+        f::CALLEE,
+        f::THRESHOLD,
+        fr::OCCURRENCES,
+        fr::TRACES,
+        fr::CALLS,
+        fr::COST_NS,
+        fr::EVIDENCE_TRACE_IDS,
+    ];
+    let mut stream = rows.select_columns(&columns)?.execute_stream().await?;
+    let mut groups = FindingGroups::default();
+    while let Some(batch) = stream.next().await {
+        groups.add_rolled_up(&batch?)?;
+    }
+    Ok(groups.findings())
+}
+
 /// Per-trace findings grouped by pattern and place (kind, service, operation, callee, threshold).
 #[derive(Default)]
 struct FindingGroups {
@@ -145,16 +194,29 @@ struct FindingGroups {
 /// speed). Maps iterate in no set order: answers are sorted.
 type Seeded = foldhash::fast::RandomState;
 
+/// One finding's occurrences: from `findings` rows (each trace id kept) or from `finding_rollup`
+/// rows (traces counted, the lowest ids kept), or both.
 #[derive(Default)]
 struct FindingGroup {
-    occurrences: u64,
+    occurrences: i64,
     calls: i64,
     cost_ns: i64,
+    /// The traces of `findings` rows.
     traces: HashSet<[u8; 16], Seeded>,
+    /// The traces `finding_rollup` rows counted, and their evidence.
+    counted_traces: i64,
+    evidence: Vec<[u8; 16]>,
 }
 
 /// The number standing for a null callee.
 const NO_TEXT: u32 = u32::MAX;
+
+/// A trace id of a result.
+fn trace_id(ids: &FixedSizeBinaryArray, row: usize) -> Result<[u8; 16], crate::QueryError> {
+    ids.value(row)
+        .try_into()
+        .map_err(|_| crate::QueryError::Corrupt(format!("a trace id of {} bytes", ids.value_length())))
+}
 
 impl FindingGroups {
     fn text(&mut self, text: Option<&str>) -> u32 {
@@ -168,30 +230,65 @@ impl FindingGroups {
         n
     }
 
+    /// The group of the row `row` of the key columns `texts`.
+    fn group(&mut self, texts: &[StringArray], row: usize) -> &mut FindingGroup {
+        let mut key = [NO_TEXT; 5];
+        for (n, column) in key.iter_mut().zip(texts) {
+            *n = self.text(column.is_valid(row).then(|| column.value(row)));
+        }
+        self.groups.entry(key).or_default()
+    }
+
+    fn key_columns(batch: &RecordBatch) -> Result<Vec<StringArray>, crate::QueryError> {
+        let r = Results(batch);
+        [f::KIND, f::SERVICE, f::OPERATION, f::CALLEE, f::THRESHOLD].map(|name| r.strings(name)).into_iter().collect()
+    }
+
+    /// Counts `findings` rows.
     fn add(&mut self, batch: &RecordBatch) -> Result<(), crate::QueryError> {
         let r = Results(batch);
-        let texts = [f::KIND, f::SERVICE, f::OPERATION, f::CALLEE, f::THRESHOLD]
-            .map(|name| r.strings(name))
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>()?;
+        let texts = Self::key_columns(batch)?;
         let (calls, cost) = (r.ints(f::COUNT)?, r.ints(f::COST_NS)?);
         let ids = r.cast(f::TRACE_ID, &DataType::FixedSizeBinary(16))?;
         let ids = ids.as_fixed_size_binary();
         for row in 0..batch.num_rows() {
-            let mut key = [NO_TEXT; 5];
-            for (n, column) in key.iter_mut().zip(&texts) {
-                *n = self.text(column.is_valid(row).then(|| column.value(row)));
-            }
-            let group = self.groups.entry(key).or_default();
+            let group = self.group(&texts, row);
             group.occurrences += 1;
             group.calls += if calls.is_valid(row) { calls.value(row) } else { 0 };
             group.cost_ns += if cost.is_valid(row) { cost.value(row) } else { 0 };
             if ids.is_valid(row) {
-                let id: [u8; 16] = ids
-                    .value(row)
-                    .try_into()
-                    .map_err(|_| crate::QueryError::Corrupt(format!("a trace id of {} bytes", ids.value_length())))?;
-                group.traces.insert(id);
+                group.traces.insert(trace_id(ids, row)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts `finding_rollup` rows.
+    fn add_rolled_up(&mut self, batch: &RecordBatch) -> Result<(), crate::QueryError> {
+        let r = Results(batch);
+        let texts = Self::key_columns(batch)?;
+        let (occurrences, traces) = (r.ints(fr::OCCURRENCES)?, r.ints(fr::TRACES)?);
+        let (calls, cost) = (r.ints(fr::CALLS)?, r.ints(fr::COST_NS)?);
+        let evidence = batch
+            .column_by_name(fr::EVIDENCE_TRACE_IDS)
+            .ok_or_else(|| crate::QueryError::Corrupt(format!("result lacks column {}", fr::EVIDENCE_TRACE_IDS)))?
+            .as_list_opt::<i32>()
+            .ok_or_else(|| crate::QueryError::Corrupt(format!("{} is not a list", fr::EVIDENCE_TRACE_IDS)))?;
+        let value = |a: &Int64Array, row: usize| if a.is_valid(row) { a.value(row) } else { 0 };
+        for row in 0..batch.num_rows() {
+            let group = self.group(&texts, row);
+            group.occurrences += value(&occurrences, row);
+            group.counted_traces += value(&traces, row);
+            group.calls += value(&calls, row);
+            group.cost_ns += value(&cost, row);
+            if evidence.is_valid(row) {
+                let ids = evidence.value(row);
+                let ids = ids.as_fixed_size_binary_opt().ok_or_else(|| {
+                    crate::QueryError::Corrupt(format!("{} holds no trace ids", fr::EVIDENCE_TRACE_IDS))
+                })?;
+                for i in 0..ids.len() {
+                    keep_lowest(&mut group.evidence, trace_id(ids, i)?, EVIDENCE);
+                }
             }
         }
         Ok(())
@@ -202,17 +299,20 @@ impl FindingGroups {
         let name = |n: u32| self.names.get(n as usize).cloned().unwrap_or_default();
         self.groups
             .iter()
+            // Occurrences a correction took away entirely.
+            .filter(|(_, group)| group.occurrences > 0)
             .map(|(&[kind, service, operation, callee, threshold], group)| {
-                let mut evidence: Vec<&[u8; 16]> = group.traces.iter().collect();
+                let mut evidence: Vec<&[u8; 16]> = group.traces.iter().chain(&group.evidence).collect();
                 evidence.sort_unstable();
+                evidence.dedup();
                 Finding {
                     kind: name(kind),
                     service: name(service),
                     operation: name(operation),
                     callee: (callee != NO_TEXT).then(|| name(callee)),
-                    occurrences: group.occurrences,
-                    traces: Some(group.traces.len() as u64),
-                    calls: group.calls as u64,
+                    occurrences: group.occurrences as u64,
+                    traces: Some((group.traces.len() as i64 + group.counted_traces).max(0) as u64),
+                    calls: group.calls.max(0) as u64,
                     cost_ns_mean: group.cost_ns as f64 / group.occurrences.max(1) as f64,
                     cost_ns_total: group.cost_ns,
                     evidence_trace_ids: evidence.into_iter().take(EVIDENCE).map(hex::encode).collect(),
@@ -271,11 +371,7 @@ async fn poison_messages(ctx: &SessionContext, query: &FindingsQuery) -> Result<
             deliveries.calls += 1;
             deliveries.failures += i64::from(statuses.is_valid(row) && statuses.value(row) == i64::from(status::ERROR));
             deliveries.cost_ns += if durations.is_valid(row) { durations.value(row) } else { 0 };
-            let trace: [u8; 16] = traces
-                .value(row)
-                .try_into()
-                .map_err(|_| crate::QueryError::Corrupt(format!("a trace id of {} bytes", traces.value_length())))?;
-            deliveries.traces.push(trace);
+            deliveries.traces.push(trace_id(traces, row)?);
         }
     }
     let mut findings = Vec::new();

@@ -36,9 +36,9 @@ pub(crate) fn whole_minutes(range: TimeRange) -> TimeRange {
     TimeRange { start_ns, end_ns: end_ns.max(start_ns.saturating_add(MINUTE_NS)) }
 }
 
-/// Whether the rollup `table` (`hop_rollup`, `dependency_rollup`, `call_rollup`, `path_rollup`)
-/// over `range` (whole minutes) would be computed from the table it rolls up (`edges`,
-/// `critical_path`) as the query runs, because a span file of the range was stored before that
+/// Whether the rollup `table` (`hop_rollup`, `dependency_rollup`, `call_rollup`, `path_rollup`,
+/// `finding_rollup`) over `range` (whole minutes) would be computed from the table it rolls up
+/// (`edges`, `critical_path`, `findings`) as the query runs, because a span file of the range was stored before that
 /// rollup existed: an answer is then cheaper, and exact, from that table itself.
 pub(crate) async fn rollup_computed(ctx: &SessionContext, table: &str, range: TimeRange) -> Result<bool, QueryError> {
     use crate::walk::DerivedRollupTable;

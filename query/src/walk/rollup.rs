@@ -3,8 +3,9 @@
 //! - [`DerivedRollupTable`]s, rollups of a table derived per trace: `hop_rollup` (per minute and
 //!   hop), `dependency_rollup` (per minute, entry endpoint, hop and depth) and `call_rollup` (per
 //!   minute and call between operations), the calls, errors and latency sketches of the `edges`
-//!   table; `path_rollup` (per minute, entry endpoint and bucket of
-//!   path duration), the paths and self times of the `critical_path` table. Read from the rollups
+//!   table; `path_rollup` (per minute, entry endpoint and bucket of path duration), the paths and
+//!   self times of the `critical_path` table; `finding_rollup` (per minute and finding), the
+//!   occurrences, traces, calls and costs of the `findings` table. Read from the rollups
 //!   the ingester stored beside each span file, corrected for what those do not hold final (see
 //!   [`StoredTable::rollup_parts`]): the rows are additive, so a correction is a row with negative
 //!   counts, and any sum over the rollup is the sum over the table rolled up. When the files of a
@@ -23,6 +24,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType, col};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
@@ -34,8 +36,8 @@ use datafusion::physical_plan::{
 };
 use futures::StreamExt;
 use hopscope_derive::rollup::{
-    CallRollup, DependencyRollup, HopRollup, MINUTE_NS, OperationRollup, PathRollup, call_rollup_schema,
-    dependency_rollup_schema, hop_rollup_schema, operation_rollup_schema, path_rollup_schema,
+    CallRollup, DependencyRollup, FindingRollup, HopRollup, MINUTE_NS, OperationRollup, PathRollup, call_rollup_schema,
+    dependency_rollup_schema, finding_rollup_schema, hop_rollup_schema, operation_rollup_schema, path_rollup_schema,
 };
 use hopscope_derive::{CORE_COLUMNS, SpanColumns};
 use hopscope_schemas::columns::{edge, hop_rollup as hr};
@@ -49,12 +51,13 @@ use super::table::span_filters_reaching;
 use crate::store::{FilePruning, SpansTable};
 
 /// A rollup of a table derived per trace: `hop_rollup`, `dependency_rollup` or `call_rollup` of `edges`,
-/// `path_rollup` of `critical_path` (see the module's documentation).
+/// `path_rollup` of `critical_path`, `finding_rollup` of `findings` (see the module's documentation).
 pub(crate) struct DerivedRollupTable<D> {
-    /// Which rollup: [`Rollup::Hops`], [`Rollup::Dependencies`], [`Rollup::Calls`] or [`Rollup::Paths`].
+    /// Which rollup: [`Rollup::Hops`], [`Rollup::Dependencies`], [`Rollup::Calls`], [`Rollup::Paths`]
+    /// or [`Rollup::Findings`].
     rollup: Rollup,
-    /// The registered table rolled up (`edges`, `critical_path`): the rollup's input when nothing
-    /// stored serves.
+    /// The registered table rolled up (`edges`, `critical_path`, `findings`): the rollup's input
+    /// when nothing stored serves.
     base: Arc<dyn TableProvider>,
     /// The stored table rolled up, when queries read what was derived at ingest.
     stored: Option<Arc<StoredTable<D>>>,
@@ -76,7 +79,9 @@ impl<D: Send + Sync + 'static> DerivedRollupTable<D> {
         stored: Option<Arc<StoredTable<D>>>,
     ) -> DfResult<Self> {
         match rollup {
-            Rollup::Hops | Rollup::Dependencies | Rollup::Calls | Rollup::Paths => Ok(Self { rollup, base, stored }),
+            Rollup::Hops | Rollup::Dependencies | Rollup::Calls | Rollup::Paths | Rollup::Findings => {
+                Ok(Self { rollup, base, stored })
+            }
             Rollup::Operations => {
                 Err(DataFusionError::Internal("operation_rollup is not a rollup of a derived table".to_owned()))
             }
@@ -95,8 +100,8 @@ impl<D: Send + Sync + 'static> DerivedRollupTable<D> {
     }
 }
 
-/// Filters on the base table's `start_time` (the calls' of `edges`, the roots' of `critical_path`)
-/// that select at least the rows of the minutes `filters` (on `minute`) select.
+/// Filters on the base table's `start_time` (the calls' of `edges`, the roots' of `critical_path`,
+/// the traces' of `findings`) that select at least the rows of the minutes `filters` (on `minute`) select.
 fn start_filters(filters: &[Expr]) -> DfResult<Vec<Expr>> {
     let as_start = filters
         .iter()
@@ -147,7 +152,7 @@ impl<D: Send + Sync + 'static> TableProvider for DerivedRollupTable<D> {
             Some(parts) => {
                 let mut inputs: Vec<(Arc<dyn ExecutionPlan>, i64)> = Vec::new();
                 inputs.extend(parts.added.map(|rows| (rows, 1)));
-                inputs.extend(parts.recounted.map(|rows| (rows, -1)));
+                inputs.extend(parts.recounted.into_iter().map(|rows| (rows, -1)));
                 if inputs.is_empty() {
                     parts.stored
                 } else {
@@ -257,6 +262,8 @@ pub(crate) enum Rollup {
     Calls,
     /// `critical_path` rows into `path_rollup` rows.
     Paths,
+    /// `findings` rows into `finding_rollup` rows.
+    Findings,
 }
 
 impl Rollup {
@@ -267,6 +274,7 @@ impl Rollup {
             Rollup::Dependencies => dependency_rollup_schema(),
             Rollup::Calls => call_rollup_schema(),
             Rollup::Paths => path_rollup_schema(),
+            Rollup::Findings => finding_rollup_schema(),
         }
     }
 
@@ -275,7 +283,7 @@ impl Rollup {
         match self {
             Rollup::Hops | Rollup::Dependencies | Rollup::Calls => hopscope_derive::edges::NOT_STORED,
             Rollup::Paths => hopscope_derive::paths::NOT_STORED,
-            Rollup::Operations => &[],
+            Rollup::Operations | Rollup::Findings => &[],
         }
     }
 
@@ -287,6 +295,7 @@ impl Rollup {
             Rollup::Dependencies => layout::DEPENDENCY_ROLLUP_TABLE,
             Rollup::Calls => layout::CALL_ROLLUP_TABLE,
             Rollup::Paths => layout::PATH_ROLLUP_TABLE,
+            Rollup::Findings => layout::FINDING_ROLLUP_TABLE,
         }
     }
 }
@@ -377,19 +386,29 @@ impl ExecutionPlan for RollupExec {
             .map(|(plan, weight)| Ok((plan.execute(0, Arc::clone(&context))?, *weight)))
             .collect::<DfResult<Vec<_>>>()?;
         let kind = self.rollup;
+        // The paths and traces counted per input (what `next_input` forgets): at most one entry,
+        // of a trace id and a span id or a row number and their share of a set, per row.
+        let counted = MemoryConsumer::new("RollupExec counted").register(context.memory_pool());
+        const COUNTED_BYTES_PER_ROW: usize = 48;
         let rolled = async move {
             let (mut hops, mut operations, mut dependencies, mut paths) =
                 (HopRollup::default(), OperationRollup::default(), DependencyRollup::default(), PathRollup::default());
-            let mut calls = CallRollup::default();
+            let (mut calls, mut findings) = (CallRollup::default(), FindingRollup::default());
             for (mut stream, weight) in inputs {
                 paths.next_input();
+                findings.next_input();
+                counted.free();
                 while let Some(batch) = stream.next().await {
                     let batch = batch?;
+                    if matches!(kind, Rollup::Paths | Rollup::Findings) {
+                        counted.try_grow(batch.num_rows() * COUNTED_BYTES_PER_ROW)?;
+                    }
                     match kind {
                         Rollup::Hops => hops.add_edges(&batch, weight).map_err(derive_error)?,
                         Rollup::Dependencies => dependencies.add_edges(&batch, weight).map_err(derive_error)?,
                         Rollup::Calls => calls.add_edges(&batch, weight).map_err(derive_error)?,
                         Rollup::Paths => paths.add_paths(&batch, weight).map_err(derive_error)?,
+                        Rollup::Findings => findings.add_findings(&batch, weight).map_err(derive_error)?,
                         Rollup::Operations => {
                             let spans = SpanColumns::new(&batch).map_err(derive_error)?;
                             operations.add_spans(&spans, 0..batch.num_rows());
@@ -403,10 +422,88 @@ impl ExecutionPlan for RollupExec {
                 Rollup::Dependencies => dependencies.take_batch(),
                 Rollup::Calls => calls.take_batch(),
                 Rollup::Paths => paths.take_batch(),
+                Rollup::Findings => findings.take_batch(),
             }
             .map_err(derive_error)
         };
         let stream = futures::stream::once(rolled).filter_map(|rows| async move { rows.transpose() });
         Ok(Box::pin(RecordBatchStreamAdapter::new(kind.schema(), stream)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::{
+        Array, AsArray, FixedSizeBinaryArray, Int64Array, RecordBatch, StringArray, TimestampNanosecondArray,
+    };
+    use datafusion::datasource::memory::MemorySourceConfig;
+    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+    use hopscope_derive::findings::findings_schema;
+    use hopscope_schemas::columns::finding_rollup as fr;
+
+    use super::*;
+
+    /// One N+1 finding at one place in each of the traces `traces`, all in the first minute.
+    fn findings(traces: std::ops::Range<u8>) -> RecordBatch {
+        let n = traces.len();
+        let ids = FixedSizeBinaryArray::try_from_iter(traces.map(|t| [t; 16])).unwrap();
+        let text = |value: &str| Arc::new(StringArray::from(vec![value; n])) as Arc<dyn Array>;
+        RecordBatch::try_new(
+            findings_schema(),
+            vec![
+                Arc::new(ids),
+                Arc::new(TimestampNanosecondArray::from(vec![1_000; n]).with_timezone("UTC")),
+                text("n_plus_one"),
+                text("shop"),
+                text("GET /cart"),
+                text("postgresql SELECT item"),
+                Arc::new(Int64Array::from(vec![5; n])),
+                Arc::new(Int64Array::from(vec![100; n])),
+                text("n_plus_one_min_calls=5"),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// The findings rolled up from `inputs` (each one input of weight 1) under a memory pool of
+    /// `pool_bytes`: their occurrences and traces.
+    async fn roll_up(inputs: Vec<RecordBatch>, pool_bytes: usize) -> DfResult<(i64, i64)> {
+        let inputs = inputs
+            .into_iter()
+            .map(|batch| {
+                let plan: Arc<dyn ExecutionPlan> =
+                    MemorySourceConfig::try_new_exec(&[vec![batch]], findings_schema(), None)?;
+                Ok((plan, 1))
+            })
+            .collect::<DfResult<Vec<_>>>()?;
+        let runtime = RuntimeEnvBuilder::new().with_memory_limit(pool_bytes, 1.0).build_arc()?;
+        let context = Arc::new(TaskContext::default().with_runtime(runtime));
+        let batches =
+            datafusion::physical_plan::collect(Arc::new(RollupExec::new(Rollup::Findings, inputs)), context).await?;
+        let sum = |name: &str| -> i64 {
+            batches
+                .iter()
+                .map(|b| {
+                    b.column_by_name(name)
+                        .unwrap()
+                        .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+                        .values()
+                        .iter()
+                        .sum::<i64>()
+                })
+                .sum()
+        };
+        Ok((sum(fr::OCCURRENCES), sum(fr::TRACES)))
+    }
+
+    #[tokio::test]
+    async fn the_traces_a_rollup_counts_are_held_in_the_memory_pool_one_input_at_a_time() {
+        // Thirty traces in one input do not fit in room for twenty; in two inputs of fifteen they
+        // do, the first input's traces forgotten (and given back) before the second's are counted.
+        let room = 20 * 48;
+        let error = roll_up(vec![findings(0..30)], room).await.unwrap_err().to_string();
+        assert!(error.contains("RollupExec counted"), "{error}");
+        assert_eq!(roll_up(vec![findings(0..15), findings(15..30)], room).await.unwrap(), (30, 30));
+        assert_eq!(roll_up(vec![findings(0..30)], 1 << 20).await.unwrap(), (30, 30));
     }
 }

@@ -69,6 +69,8 @@ pub(crate) struct StoredTable<D> {
     pairs_pending: bool,
     /// Columns the stored final rows leave null: a scan that reads one is the walk.
     not_stored: &'static [&'static str],
+    /// Finds the traces split across span files, for every stored table of the engine.
+    splits: Arc<SplitIndex>,
 }
 
 impl<D> fmt::Debug for StoredTable<D> {
@@ -80,7 +82,7 @@ impl<D> fmt::Debug for StoredTable<D> {
 impl<D: Send + Sync + 'static> StoredTable<D> {
     /// `walk` derives the table at query time; `storing` derives the same rows in the stored schema
     /// (for `edges`, with the pending columns: then `pairs_pending`), leaving the `not_stored`
-    /// columns null.
+    /// columns null. `splits` is shared by the engine's stored tables.
     pub(crate) fn new(
         spans: Arc<SpansTable>,
         walk: Derivation<D>,
@@ -88,20 +90,19 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
         storing: Derivation<D>,
         pairs_pending: bool,
         not_stored: &'static [&'static str],
+        splits: Arc<SplitIndex>,
     ) -> DfResult<Self> {
         let walk = DerivedTable::new(Arc::clone(&spans), walk)?;
-        Ok(Self { spans, walk, table, storing, pairs_pending, not_stored })
+        Ok(Self { spans, walk, table, storing, pairs_pending, not_stored, splits })
     }
 
-    /// The stored rows of the window's files that `condition` selects, without those of `split`
-    /// traces (only those, when `only_split`): the stored schema's columns `projection` picks
-    /// (every column when `None`).
+    /// The stored rows of the window's files of the `traces` that `condition` selects: the stored
+    /// schema's columns `projection` picks (every column when `None`).
     #[allow(clippy::too_many_arguments)]
     fn derived_rows(
         &self,
         window: &[&FileEntry],
-        split: &Split,
-        only_split: bool,
+        traces: Traces<'_>,
         state: &dyn Session,
         filters: &[Expr],
         condition: Option<Expr>,
@@ -110,10 +111,18 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
         let schema = Arc::clone(&self.storing.schema);
         let mut pushed = filters.to_vec();
         pushed.extend(condition.clone());
-        let rows = self.spans.derived_scan(window, self.table, Arc::clone(&schema), projection, state, &pushed)?;
         let mut kept = condition;
-        if !split.ids.is_empty() || only_split {
-            let other = col(c::TRACE_ID).in_list(split.id_literals(), !only_split);
+        let (ids, only) = match traces {
+            Traces::AllBut(ids) => (ids, false),
+            Traces::Only(ids) => (ids, true),
+        };
+        if only {
+            // The ids' own filter is pushed too: it prunes row groups by the trace id's statistics.
+            pushed.push(col(c::TRACE_ID).in_list(id_literals(ids), false));
+        }
+        let rows = self.spans.derived_scan(window, self.table, Arc::clone(&schema), projection, state, &pushed)?;
+        if !ids.is_empty() || only {
+            let other = col(c::TRACE_ID).in_list(id_literals(ids), !only);
             kept = Some(match kept {
                 Some(condition) => condition.and(other),
                 None => other,
@@ -146,20 +155,22 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
             }
         }
         let finals = Some(col(c::edge::PENDING).is_null());
-        let rows = self.derived_rows(window, split, false, state, filters, finals, Some(read))?;
+        let rows = self.derived_rows(window, Traces::AllBut(&split.ids), state, filters, finals, Some(read))?;
         project(rows, &output, &asked)
     }
 
     /// The `split` traces walked again from their spans, in the stored schema.
     fn split_rows(
         &self,
+        window: &[&FileEntry],
         split: &Split,
         state: &dyn Session,
         span_filters: &[Expr],
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let holding = Arc::new(Manifest { files: split.files.clone(), ..Manifest::default() });
+        let files = split.files.iter().map(|f| window[f.index].clone()).collect();
+        let holding = Arc::new(Manifest { files, ..Manifest::default() });
         let mut filters = span_filters.to_vec();
-        filters.push(col(c::TRACE_ID).in_list(split.id_literals(), false));
+        filters.push(col(c::TRACE_ID).in_list(id_literals(&split.ids), false));
         let spans_schema = span_schema();
         let columns = self
             .storing
@@ -212,10 +223,9 @@ impl<D: Send + Sync + 'static> TableProvider for StoredTable<D> {
         if reads_unstored || window.iter().any(|f| f.derived(layout::TRACES_TABLE).is_none()) {
             return self.walk.scan_in(&manifest, state, projection, filters);
         }
-        let split = Split::of(self.spans.files(), &window).await?;
-        if split.ids.len() > MAX_SPLIT_TRACES {
+        let Some(split) = self.splits.of(self.spans.files(), &window).await? else {
             return self.walk.scan_in(&manifest, state, projection, filters);
-        }
+        };
         if !self.pairs_pending {
             // The stored schema is the table's: read the asked columns (and the trace id, for
             // the split traces).
@@ -225,12 +235,13 @@ impl<D: Send + Sync + 'static> TableProvider for StoredTable<D> {
             if !read.contains(&trace_id) {
                 read.push(trace_id);
             }
-            let stored = self.derived_rows(&window, &split, false, state, &span_filters, None, Some(read))?;
+            let stored =
+                self.derived_rows(&window, Traces::AllBut(&split.ids), state, &span_filters, None, Some(read))?;
             let stored = project(stored, &output, &asked)?;
             if split.ids.is_empty() {
                 return Ok(stored);
             }
-            let walked = project(self.split_rows(&split, state, &span_filters)?, &output, &asked)?;
+            let walked = project(self.split_rows(&window, &split, state, &span_filters)?, &output, &asked)?;
             return UnionExec::try_new(vec![stored, walked]);
         }
         // Edges: the final rows with only the asked columns; the pending rows whole (they are
@@ -253,16 +264,16 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
         projection: Option<&Vec<usize>>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let waiting = Some(col(c::edge::PENDING).is_not_null());
-        let mut pending = self.derived_rows(window, split, false, state, span_filters, waiting, None)?;
+        let mut pending = self.derived_rows(window, Traces::AllBut(&split.ids), state, span_filters, waiting, None)?;
         if !split.ids.is_empty() {
-            pending = UnionExec::try_new(vec![pending, self.split_rows(split, state, span_filters)?])?;
+            pending = UnionExec::try_new(vec![pending, self.split_rows(window, split, state, span_filters)?])?;
         }
         Ok(Arc::new(PendingPairExec::new(pending, self.schema(), projection.cloned())?))
     }
 
     /// How the stored rows of the rollup `table` of this table (`hop_rollup`, `dependency_rollup`
-    /// or `call_rollup` of `edges`, `path_rollup` of `critical_path`; with `rollup_filters` on its columns pushed
-    /// down) of the span files that `filters` (on this table's `start_time`) select become the
+    /// or `call_rollup` of `edges`, `path_rollup` of `critical_path`, `finding_rollup` of
+    /// `findings`; with `rollup_filters` on its columns pushed down) of the span files that `filters` (on this table's `start_time`) select become the
     /// rollup of this table's rows. `None` when the scan of this table would be the walk (then so
     /// is the rollup's), or a selected file was derived without that rollup.
     pub(crate) async fn rollup_parts(
@@ -278,31 +289,44 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
         let span_filters = widened_span_filters(filters, self.storing.slack_ns);
         let window = self.rollup_window(&manifest, &span_filters, table);
         let Some(window) = window else { return Ok(None) };
-        let split = Split::of(self.spans.files(), &window).await?;
-        if split.ids.len() > MAX_SPLIT_TRACES {
+        let Some(split) = self.splits.of(self.spans.files(), &window).await? else {
             return Ok(None);
-        }
+        };
         let stored = self.spans.derived_scan(&window, table, schema, None, state, rollup_filters)?;
         if self.pairs_pending {
             // Edges: the final rows the stored rollups counted of split traces away; the pending
             // rows paired and the split traces walked again added.
-            let recounted = if split.ids.is_empty() {
-                None
-            } else {
+            let mut recounted = Vec::new();
+            if !split.ids.is_empty() {
                 let finals = Some(col(c::edge::PENDING).is_null());
-                Some(self.derived_rows(&window, &split, true, state, &span_filters, finals, None)?)
-            };
+                recounted.push(self.derived_rows(
+                    &window,
+                    Traces::Only(&split.ids),
+                    state,
+                    &span_filters,
+                    finals,
+                    None,
+                )?);
+            }
             let added = Some(self.paired_edges(&window, &split, state, &span_filters, None)?);
             return Ok(Some(RollupParts { stored, recounted, added }));
         }
-        // Other tables have no pending rows: only the split traces are counted again.
+        // Other tables have no pending rows: only the split traces are counted again. Their rows
+        // are taken away file by file, as each file's rollup counted them: a rollup counting
+        // distinct paths or traces counts one seen in two files twice.
         if split.ids.is_empty() {
-            return Ok(Some(RollupParts { stored, recounted: None, added: None }));
+            return Ok(Some(RollupParts { stored, recounted: Vec::new(), added: None }));
         }
+        let recounted = split
+            .files
+            .iter()
+            .filter(|f| window[f.index].derived(self.table).is_some())
+            .map(|f| self.derived_rows(&[window[f.index]], Traces::Only(&f.ids), state, &span_filters, None, None))
+            .collect::<DfResult<Vec<_>>>()?;
         Ok(Some(RollupParts {
             stored,
-            recounted: Some(self.derived_rows(&window, &split, true, state, &span_filters, None, None)?),
-            added: Some(self.split_rows(&split, state, &span_filters)?),
+            recounted,
+            added: Some(self.split_rows(&window, &split, state, &span_filters)?),
         }))
     }
 }
@@ -322,11 +346,13 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
         // has none, and needs none. For the edge rollups, a file without final hops (derived with
         // rollups, so with `operation_rollup` rows: every span counts) has no `hop_rollup` file
         // either (the oldest edge rollup: a file with final hops derived before `call_rollup`
-        // existed has a `hop_rollup` file and no `call_rollup` file, and is computed); for `path_rollup`, a file without paths has no `critical_path` file. (Files
-        // derived before a rollup existed have what it counts and not its file: their rollup is
-        // computed.)
+        // existed has a `hop_rollup` file and no `call_rollup` file, and is computed); for
+        // `path_rollup`, a file without paths has no `critical_path` file; for `finding_rollup`, a
+        // file without findings no `findings` file. (Files derived before a rollup existed have
+        // what it counts and not its file: their rollup is computed.)
         let needs_none = |f: &FileEntry| match table {
             layout::PATH_ROLLUP_TABLE => f.derived(layout::CRITICAL_PATH_TABLE).is_none(),
+            layout::FINDING_ROLLUP_TABLE => f.derived(layout::FINDINGS_TABLE).is_none(),
             _ => f.derived(layout::OPERATION_ROLLUP_TABLE).is_some() && f.derived(layout::HOP_ROLLUP_TABLE).is_none(),
         };
         let complete =
@@ -350,8 +376,9 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
 pub(crate) struct RollupParts {
     /// The stored rollup rows.
     pub(crate) stored: Arc<dyn ExecutionPlan>,
-    /// Stored rows of the table rolled up to take away again.
-    pub(crate) recounted: Option<Arc<dyn ExecutionPlan>>,
+    /// Stored rows of the table rolled up to take away again: one input per span file when the
+    /// rollup counts distinct traces or paths.
+    pub(crate) recounted: Vec<Arc<dyn ExecutionPlan>>,
     /// Rows of the table rolled up to count.
     pub(crate) added: Option<Arc<dyn ExecutionPlan>>,
 }
@@ -373,72 +400,234 @@ pub(super) fn project(
     Ok(Arc::new(ProjectionExec::try_new(exprs, plan)?))
 }
 
+/// Which traces' stored rows a scan reads.
+#[derive(Debug, Clone, Copy)]
+enum Traces<'a> {
+    /// Every trace but these.
+    AllBut(&'a [[u8; 16]]),
+    /// Only these.
+    Only(&'a [[u8; 16]]),
+}
+
+/// The trace ids as literals, for an `IN` list.
+fn id_literals(ids: &[[u8; 16]]) -> Vec<Expr> {
+    ids.iter().map(|id| lit(ScalarValue::FixedSizeBinary(16, Some(id.to_vec())))).collect()
+}
+
 /// Traces whose spans reached more than one of a scan's span files, and the files that hold them.
-#[derive(Debug, Default)]
-struct Split {
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Split {
+    /// The split traces, sorted.
     ids: Vec<[u8; 16]>,
-    files: Vec<FileEntry>,
+    /// The span files holding spans of split traces, in the window's order.
+    files: Vec<SplitFile>,
+}
+
+/// A span file holding spans of split traces.
+#[derive(Debug, PartialEq)]
+struct SplitFile {
+    /// Its position in the window. (Not its entry: the same files may be listed again with more
+    /// derived tables, once maintenance derived what an older version did not.)
+    index: usize,
+    /// The split traces it holds spans of, sorted: what its stored rollups counted of them.
+    ids: Vec<[u8; 16]>,
 }
 
 impl Split {
-    /// Reads the trace ids of the `traces` files derived from `window` (small: one row per trace).
-    async fn of(files: &ManifestReader, window: &[&FileEntry]) -> DfResult<Self> {
-        let paths: Vec<std::path::PathBuf> = window
-            .iter()
-            .map(|f| files.tenant_path(&f.derived(layout::TRACES_TABLE).expect("checked by the caller").path))
-            .collect();
-        let owned: Vec<FileEntry> = window.iter().map(|f| (*f).clone()).collect();
-        tokio::task::spawn_blocking(move || Split::read(&paths, owned))
-            .await
-            .map_err(|e| DataFusionError::External(Box::new(e)))?
-    }
-
-    fn read(paths: &[std::path::PathBuf], window: Vec<FileEntry>) -> DfResult<Self> {
-        use datafusion::parquet::arrow::ProjectionMask;
-        use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    /// The split traces of a window of span files, given the sorted, distinct trace ids of each
+    /// one's `traces` file.
+    fn from_ids(per_file: &[TraceIds]) -> Self {
         // Per trace id: the first file it was seen in, and whether it was seen in another. (Trace
         // ids come from clients: hashed with a per-process seed, but not with SipHash, which took a
         // tenth of a rollup query.)
-        let mut seen: HashMap<[u8; 16], (usize, bool), foldhash::fast::RandomState> = HashMap::default();
-        let mut split_files = vec![false; window.len()];
-        for (i, path) in paths.iter().enumerate() {
-            let file = std::fs::File::open(path)
-                .map_err(|e| DataFusionError::Execution(format!("opening {}: {e}", path.display())))?;
-            let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
-            let mask = ProjectionMask::columns(builder.parquet_schema(), [c::trace_summary::TRACE_ID]);
-            for batch in builder.with_projection(mask).build()? {
-                let batch = batch?;
-                let ids = batch.column(0).as_fixed_size_binary();
-                for r in 0..ids.len() {
-                    let id: [u8; 16] = ids.value(r).try_into().map_err(|_| {
-                        DataFusionError::Execution(format!(
-                            "{}: a trace id of {} bytes",
-                            path.display(),
-                            ids.value_length()
-                        ))
-                    })?;
-                    match seen.get_mut(&id) {
-                        Some((first, split)) if *first != i => {
-                            *split = true;
-                            split_files[*first] = true;
-                            split_files[i] = true;
-                        }
-                        Some(_) => {}
-                        None => {
-                            seen.insert(id, (i, false));
-                        }
-                    }
-                }
+        let total = per_file.iter().map(|ids| ids.len()).sum();
+        let mut seen: HashMap<[u8; 16], (usize, bool), foldhash::fast::RandomState> =
+            HashMap::with_capacity_and_hasher(total, Default::default());
+        for (i, ids) in per_file.iter().enumerate() {
+            for id in ids.iter() {
+                let (first, split) = seen.entry(*id).or_insert((i, false));
+                *split |= *first != i;
             }
         }
         let mut ids: Vec<[u8; 16]> = seen.into_iter().filter(|(_, (_, split))| *split).map(|(id, _)| id).collect();
         ids.sort_unstable();
-        let files = window.into_iter().zip(split_files).filter(|(_, split)| *split).map(|(f, _)| f).collect();
-        Ok(Split { ids, files })
+        let files = per_file
+            .iter()
+            .enumerate()
+            .filter_map(|(index, held)| {
+                let ids = sorted_intersection(held, &ids);
+                (!ids.is_empty()).then_some(SplitFile { index, ids })
+            })
+            .collect();
+        Split { ids, files }
+    }
+}
+
+/// The ids in both sorted lists, sorted.
+fn sorted_intersection(a: &[[u8; 16]], b: &[[u8; 16]]) -> Vec<[u8; 16]> {
+    let (mut i, mut j, mut both) = (0, 0, Vec::new());
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                both.push(a[i]);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    both
+}
+
+/// Sorted, distinct trace ids.
+type TraceIds = Arc<[[u8; 16]]>;
+
+/// The sorted, distinct trace ids of a `traces` file (small: one row per trace).
+fn read_trace_ids(path: &std::path::Path) -> DfResult<TraceIds> {
+    use datafusion::parquet::arrow::ProjectionMask;
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let file = std::fs::File::open(path)
+        .map_err(|e| DataFusionError::Execution(format!("opening {}: {e}", path.display())))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+    let mask = ProjectionMask::columns(builder.parquet_schema(), [c::trace_summary::TRACE_ID]);
+    let mut ids = Vec::new();
+    for batch in builder.with_projection(mask).build()? {
+        let batch = batch?;
+        let column = batch.column(0).as_fixed_size_binary();
+        for r in 0..column.len() {
+            ids.push(column.value(r).try_into().map_err(|_| {
+                DataFusionError::Execution(format!("{}: a trace id of {} bytes", path.display(), column.value_length()))
+            })?);
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids.into())
+}
+
+/// The trace ids the [`SplitIndex`] keeps, in bytes: 2M traces, the traces of ~40M spans at 20
+/// spans a trace.
+const TRACE_ID_CACHE_BYTES: usize = 32 << 20;
+
+/// How many windows' splits the [`SplitIndex`] keeps whole.
+const RECENT_SPLITS: usize = 8;
+
+/// Finds the [`Split`] traces of a scan's span files from the trace ids of their `traces` files,
+/// for the stored tables of one engine. A committed file never changes (a file derived again gets
+/// a new path), so what was read of one stays true:
+/// - each file's trace ids are kept (the least recently used dropped beyond a bound), so that once
+///   the files of a range were read, a commit costs a query the reading of its own file;
+/// - the splits of the last few windows are kept whole, so that the scans of one request (a
+///   rollup, its recount, the poison-message scan) and the requests between two commits find
+///   them once.
+#[derive(Debug)]
+pub(crate) struct SplitIndex {
+    capacity_bytes: usize,
+    state: std::sync::Mutex<SplitIndexState>,
+}
+
+#[derive(Debug, Default)]
+struct SplitIndexState {
+    /// Per `traces` file (its path relative to the tenant directory): its sorted trace ids, and
+    /// the `clock` when they were last used.
+    ids: HashMap<String, (TraceIds, u64)>,
+    /// The bytes of the trace ids in `ids`.
+    bytes: usize,
+    clock: u64,
+    /// The latest windows' splits, newest last: per window, its `traces` files. `None` for a
+    /// window with more than [`MAX_SPLIT_TRACES`] split traces.
+    recent: std::collections::VecDeque<(Vec<String>, Option<Arc<Split>>)>,
+}
+
+impl Default for SplitIndex {
+    fn default() -> Self {
+        Self::new(TRACE_ID_CACHE_BYTES)
+    }
+}
+
+impl SplitIndex {
+    /// An index keeping at most `capacity_bytes` of trace ids.
+    pub(crate) fn new(capacity_bytes: usize) -> Self {
+        Self { capacity_bytes, state: Default::default() }
     }
 
-    fn id_literals(&self) -> Vec<Expr> {
-        self.ids.iter().map(|id| lit(ScalarValue::FixedSizeBinary(16, Some(id.to_vec())))).collect()
+    /// The split traces of the span files `window`, each stored with a `traces` file; `None`
+    /// when there are more than [`MAX_SPLIT_TRACES`].
+    async fn of(self: &Arc<Self>, files: &ManifestReader, window: &[&FileEntry]) -> DfResult<Option<Arc<Split>>> {
+        let key: Vec<String> = window
+            .iter()
+            .map(|f| f.derived(layout::TRACES_TABLE).expect("checked by the caller").path.clone())
+            .collect();
+        if let Some(split) = self.recent(&key) {
+            return Ok(split);
+        }
+        let paths: Vec<std::path::PathBuf> = key.iter().map(|p| files.tenant_path(p)).collect();
+        let index = Arc::clone(self);
+        tokio::task::spawn_blocking(move || index.compute(key, &paths))
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?
+    }
+
+    fn compute(&self, key: Vec<String>, paths: &[std::path::PathBuf]) -> DfResult<Option<Arc<Split>>> {
+        let mut per_file = Vec::with_capacity(key.len());
+        for (relative, path) in key.iter().zip(paths) {
+            let ids = match self.kept_ids(relative) {
+                Some(ids) => ids,
+                None => {
+                    let ids = read_trace_ids(path)?;
+                    self.keep_ids(relative, Arc::clone(&ids));
+                    ids
+                }
+            };
+            per_file.push(ids);
+        }
+        let split = Split::from_ids(&per_file);
+        let split = (split.ids.len() <= MAX_SPLIT_TRACES).then(|| Arc::new(split));
+        let mut state = self.state.lock().expect("split index lock");
+        state.recent.retain(|(window, _)| *window != key);
+        if state.recent.len() == RECENT_SPLITS {
+            state.recent.pop_front();
+        }
+        state.recent.push_back((key, split.clone()));
+        Ok(split)
+    }
+
+    fn recent(&self, key: &[String]) -> Option<Option<Arc<Split>>> {
+        let state = self.state.lock().expect("split index lock");
+        state.recent.iter().rev().find(|(window, _)| window == key).map(|(_, split)| split.clone())
+    }
+
+    fn kept_ids(&self, relative: &str) -> Option<TraceIds> {
+        let mut state = self.state.lock().expect("split index lock");
+        state.clock += 1;
+        let now = state.clock;
+        let (ids, used) = state.ids.get_mut(relative)?;
+        *used = now;
+        Some(Arc::clone(ids))
+    }
+
+    /// Keeps a file's trace ids, dropping the least recently used beyond the capacity (a file
+    /// whose ids alone pass it is not kept).
+    fn keep_ids(&self, relative: &str, ids: TraceIds) {
+        let bytes = std::mem::size_of_val(&*ids);
+        if bytes > self.capacity_bytes {
+            return;
+        }
+        let mut state = self.state.lock().expect("split index lock");
+        state.clock += 1;
+        let now = state.clock;
+        if let Some((old, _)) = state.ids.insert(relative.to_owned(), (ids, now)) {
+            state.bytes -= std::mem::size_of_val(&*old);
+        }
+        state.bytes += bytes;
+        while state.bytes > self.capacity_bytes {
+            let Some(oldest) = state.ids.iter().min_by_key(|(_, (_, used))| *used).map(|(path, _)| path.clone()) else {
+                break;
+            };
+            let (dropped, _) = state.ids.remove(&oldest).expect("just found");
+            state.bytes -= std::mem::size_of_val(&*dropped);
+        }
     }
 }
 
@@ -587,5 +776,54 @@ impl ExecutionPlan for PendingPairExec {
             }
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(self.properties.eq_properties.schema().clone(), stream)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(bytes: &[u8]) -> TraceIds {
+        let mut ids: Vec<[u8; 16]> = bytes.iter().map(|&b| [b; 16]).collect();
+        ids.sort_unstable();
+        ids.into()
+    }
+
+    #[test]
+    fn split_traces_are_those_of_two_files_and_each_file_names_its_own() {
+        let per_file = [ids(&[1, 2, 3, 9]), ids(&[3, 4, 5]), ids(&[6]), ids(&[5, 9, 7])];
+        let split = Split::from_ids(&per_file);
+        // Independently: an id is split when more than one file holds it.
+        let holders = |id: &[u8; 16]| per_file.iter().filter(|held| held.contains(id)).count();
+        let mut expected: Vec<[u8; 16]> = per_file.iter().flat_map(|held| held.iter().copied()).collect();
+        expected.sort_unstable();
+        expected.dedup();
+        expected.retain(|id| holders(id) > 1);
+        assert_eq!(split.ids, expected);
+        assert_eq!(split.ids, vec![[3; 16], [5; 16], [9; 16]]);
+        let files: Vec<(usize, Vec<[u8; 16]>)> = split.files.iter().map(|f| (f.index, f.ids.clone())).collect();
+        assert_eq!(
+            files,
+            vec![(0, vec![[3; 16], [9; 16]]), (1, vec![[3; 16], [5; 16]]), (3, vec![[5; 16], [9; 16]])],
+            "the third file holds no split trace"
+        );
+        assert_eq!(Split::from_ids(&per_file[2..3]), Split::default());
+    }
+
+    #[test]
+    fn the_split_index_keeps_the_most_recently_used_trace_ids_within_its_capacity() {
+        let ten = |b: u8| ids(&(b..b + 10).collect::<Vec<_>>());
+        let index = SplitIndex::new(2 * 10 * 16);
+        index.keep_ids("a", ten(0));
+        index.keep_ids("b", ten(10));
+        assert!(index.kept_ids("a").is_some(), "a is used after b");
+        index.keep_ids("c", ten(20));
+        assert!(index.kept_ids("b").is_none(), "b, the least recently used, made room for c");
+        assert_eq!(index.kept_ids("a").as_deref(), Some(&*ten(0)));
+        assert_eq!(index.kept_ids("c").as_deref(), Some(&*ten(20)));
+        assert_eq!(index.state.lock().unwrap().bytes, 2 * 10 * 16);
+        index.keep_ids("big", ids(&(0..21).collect::<Vec<_>>()));
+        assert!(index.kept_ids("big").is_none(), "ids beyond the whole capacity are not kept");
+        assert!(index.kept_ids("a").is_some() && index.kept_ids("c").is_some());
     }
 }
