@@ -226,8 +226,9 @@ pub(crate) async fn compact(args: CompactArgs) -> anyhow::Result<()> {
     flusher.await?.context("writing buffered spans")?;
     let report = report?;
     println!(
-        "merged {} files into {}, dropped {} duplicate spans, deleted {} replaced files, derived the tables of {} files written without them or by an older version",
+        "merged {} files into {} ({} compactions), dropped {} duplicate spans, deleted {} replaced files, derived the tables of {} files written without them or by an older version",
         report.files_merged,
+        report.files_written,
         report.compactions,
         report.duplicates_dropped,
         report.retired_files_deleted,

@@ -1,17 +1,28 @@
-//! Compaction: merges the small span files of one hour into one sorted file, drops spans stored
-//! twice (a client's resend older than the ingest's resend window), and swaps the files in one
-//! manifest commit, so readers see either the old files or the new one, never both or neither.
+//! Compaction: merges the span files of one hour into sorted files, drops spans stored twice (a
+//! client's resend older than the ingest's resend window), and swaps the files in one manifest
+//! commit, so readers see either the old files or the new ones, never both or neither.
 //! The replaced files are retired ([`crate::manifest::ManifestStore::commit_replaced`]) and
 //! deleted once no query can still be reading them.
 //!
 //! Which files are merged ([`plan`]):
 //! - only files of the same hour partition (the hour their traces start in), so a merged file
-//!   keeps the layout's time pruning, and only *small* ones (under half of
-//!   [`CompactionPolicy::target_rows`]);
+//!   keeps the layout's time pruning, and (but for a seal, below) only *small* ones (under half
+//!   of [`CompactionPolicy::target_rows`]);
 //! - an hour still receiving spans is merged in size tiers: [`CompactionPolicy::fan_in`] files of
 //!   the same order of size at a time, so each span is rewritten a few times, not once per flush;
 //! - once the hour is closed, its remaining small files are merged in groups of at most
-//!   `target_rows`.
+//!   `target_rows`;
+//! - but a closed hour whose big files (at least half of `target_rows`, those there and those
+//!   the groups would make) share traces is *sealed* instead: the tiers and groups are chosen by
+//!   commit order, so a trace in flight at a group's edge lands in two merged files. All the
+//!   hour's files are merged at once into files of disjoint trace-id ranges, cut at trace
+//!   boundaries into files of about equal size (each big), so that no trace of the hour is in two
+//!   files: readers of the derived tables walk again every trace split across files, and after
+//!   the seal those are only the traces still receiving spans. Late spans into a sealed hour are
+//!   merged among themselves (small files), and the hour is sealed again only once they make a
+//!   big file of their own. A running server seals one hour per maintenance pass (the first pass
+//!   after an upgrade finds every retained hour unsealed, and a seal holds the hour's old files on
+//!   disk until the pass ends); `hopscope compact` seals them all.
 //!
 //! The merge streams: it reads each input a batch at a time and merges them by (trace_id,
 //! start_time) into row groups, so its memory is a batch per input and a row group, whatever the
@@ -37,7 +48,8 @@ const LATE_SPANS_NS: i64 = 10 * 60 * 1_000_000_000;
 /// What compaction aims for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CompactionPolicy {
-    /// Rows a merged file holds at most; files under half of it are merged.
+    /// Rows a merged file holds at most (a sealed hour's files: about, cut at a trace boundary);
+    /// files under half of it are merged.
     pub target_rows: u64,
     /// Files of one size tier merged at once while their hour still receives spans.
     pub fan_in: usize,
@@ -57,6 +69,11 @@ pub struct CompactionJob {
     /// Start of the hour (unix ns).
     pub hour_start_ns: i64,
     pub inputs: Vec<FileEntry>,
+    /// Rows a merged file holds at most: a merge of more is cut into files of about equal size,
+    /// each closed at the first trace boundary once it holds its share.
+    pub file_rows: u64,
+    /// Whether the job seals its hour (merges all of its files, big ones too).
+    pub seals: bool,
 }
 
 /// The merges worth doing in `manifest` at `now_ns`. With `close_all`, every hour is treated as
@@ -64,7 +81,7 @@ pub struct CompactionJob {
 pub fn plan(manifest: &Manifest, policy: &CompactionPolicy, now_ns: i64, close_all: bool) -> Vec<CompactionJob> {
     let small = policy.target_rows / 2;
     let mut hours: BTreeMap<i64, Vec<&FileEntry>> = BTreeMap::new();
-    for file in manifest.files.iter().filter(|f| f.rows < small) {
+    for file in &manifest.files {
         // A file's earliest span starts in the hour of its partition (files are split by the hour
         // their traces start in).
         hours.entry(file.min_start_ns.div_euclid(NS_PER_HOUR)).or_default().push(file);
@@ -74,10 +91,37 @@ pub fn plan(manifest: &Manifest, policy: &CompactionPolicy, now_ns: i64, close_a
         files.sort_by(|a, b| (a.committed_unix_ms, &a.path).cmp(&(b.committed_unix_ms, &b.path)));
         let hour_start_ns = hour * NS_PER_HOUR;
         let open = !close_all && now_ns < hour_start_ns.saturating_add(NS_PER_HOUR + LATE_SPANS_NS);
+        let job = |inputs| CompactionJob { hour_start_ns, inputs, file_rows: policy.target_rows, seals: false };
+        let all: Vec<FileEntry> = files.iter().map(|f| (*f).clone()).collect();
+        let mut big: Vec<(&str, &str)> = files
+            .iter()
+            .filter(|f| f.rows >= small)
+            .map(|f| (f.min_trace_id.as_str(), f.max_trace_id.as_str()))
+            .collect();
+        files.retain(|f| f.rows < small);
         let groups = if open { tiered(&files, policy) } else { packed(&files, policy.target_rows) };
-        jobs.extend(groups.into_iter().map(|inputs| CompactionJob { hour_start_ns, inputs }));
+        if !open {
+            // The big files the groups would make, with the range of trace ids they would hold.
+            let ranges = groups.iter().filter(|g| g.iter().map(|f| f.rows).sum::<u64>() >= small).map(|g| {
+                let min = g.iter().map(|f| f.min_trace_id.as_str()).min().unwrap_or_default();
+                (min, g.iter().map(|f| f.max_trace_id.as_str()).max().unwrap_or_default())
+            });
+            big.extend(ranges);
+            if overlapping(big) {
+                jobs.push(CompactionJob { seals: true, ..job(all) });
+                continue;
+            }
+        }
+        jobs.extend(groups.into_iter().map(job));
     }
     jobs
+}
+
+/// Whether two of the trace-id ranges overlap (then a trace may be in two files).
+fn overlapping(mut ranges: Vec<(&str, &str)>) -> bool {
+    ranges.sort_unstable();
+    // (Lowercase hex of one length: ordered as the ids are.)
+    ranges.windows(2).any(|pair| pair[1].0 <= pair[0].1)
 }
 
 /// Groups of `fan_in` files of the same size tier (rows within a factor of `fan_in`), or fewer
@@ -133,7 +177,7 @@ fn packed(files: &[&FileEntry], target_rows: u64) -> Vec<Vec<FileEntry>> {
 /// What a merge wrote.
 #[derive(Debug)]
 pub struct Merged {
-    /// The new file.
+    /// The new files, in trace-id order.
     pub entries: Vec<FileEntry>,
     /// Rows dropped as repeats of another row.
     pub duplicates: u64,
@@ -163,20 +207,43 @@ impl Input {
     }
 }
 
-/// Merges the job's files by (trace_id, start_time) into one file of the hour's partition,
-/// dropping repeated spans (they meet as neighbours in the merged order). The file is not yet
-/// committed. Streams: memory is a batch per input and a row group. Blocking I/O.
+/// Merges the job's files by (trace_id, start_time) into files of the hour's partition (a new
+/// file at the first trace boundary after [`CompactionJob::file_rows`] rows, so no trace is in two
+/// of them), dropping repeated spans (they meet as neighbours in the merged order). The files are
+/// not yet committed. Streams: memory is a batch per input and a row group. Blocking I/O.
 pub fn merge(tenant_dir: &Path, job: &CompactionJob, derive: bool) -> Result<Merged, IngestError> {
     merge_in_chunks(tenant_dir, job, ROW_GROUP_ROWS, derive)
 }
 
-/// [`merge`], writing `chunk_rows` rows at a time.
+/// [`merge`], writing `chunk_rows` rows at a time. When it fails, the files it finished (in place,
+/// not committed) are removed.
 fn merge_in_chunks(
     tenant_dir: &Path,
     job: &CompactionJob,
     chunk_rows: usize,
     derive: bool,
 ) -> Result<Merged, IngestError> {
+    let mut finished = Vec::new();
+    match merge_into(tenant_dir, job, chunk_rows, derive, &mut finished) {
+        Ok(duplicates) => Ok(Merged { entries: finished, duplicates }),
+        Err(e) => {
+            for path in finished.iter().flat_map(FileEntry::paths) {
+                let _ = fs::remove_file(tenant_dir.join(path));
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The merge of [`merge_in_chunks`], pushing each file to `finished` as it is finished; the rows
+/// dropped as repeats.
+fn merge_into(
+    tenant_dir: &Path,
+    job: &CompactionJob,
+    chunk_rows: usize,
+    derive: bool,
+    finished: &mut Vec<FileEntry>,
+) -> Result<u64, IngestError> {
     let mut live: Vec<RecordBatch> = Vec::new();
     let mut inputs = Vec::with_capacity(job.inputs.len());
     let mut heap = BinaryHeap::new();
@@ -190,36 +257,66 @@ fn merge_in_chunks(
         }
         inputs.push(input);
     }
-    let rows: u64 = job.inputs.iter().map(|f| f.rows).sum();
-    let mut file = SpanFileWriter::create(tenant_dir, job.hour_start_ns.div_euclid(NS_PER_HOUR), rows, derive)?;
+    let mut remaining: u64 = job.inputs.iter().map(|f| f.rows).sum();
+    let hour = job.hour_start_ns.div_euclid(NS_PER_HOUR);
+    // Files of about equal size, none over `file_rows` but by a trace (so a seal's last file is
+    // not a small one that late files would be merged with, which would seal the hour again):
+    // each file's share is what is left over the files left.
+    let mut files_left = remaining.div_ceil(job.file_rows.max(1)).max(1);
+    let mut share = remaining.div_ceil(files_left).max(1);
+    // The bloom filter is sized for the rows a file will hold at most (each trace has a row).
+    let create = |share: u64| SpanFileWriter::create(tenant_dir, hour, share, derive);
+    let mut file = create(share)?;
+    // Rows written to `file` (more are gathered in `indices`).
+    let mut written: u64 = 0;
+    // The newest WAL segment of the inputs whose rows went into `file` (repeats included: the
+    // row kept stands for them). Replay after a crash skips spans found in files at or above the
+    // WAL floor, so each file stands for the inputs it took rows from.
+    let mut segment: Option<u64> = None;
     let (mut indices, mut keys) = (Vec::with_capacity(chunk_rows), Vec::with_capacity(chunk_rows));
     let mut previous: Option<SpanKey> = None;
     let mut duplicates = 0;
     while let Some(Reverse((key, i))) = heap.pop() {
-        let input = &mut inputs[i];
         if previous == Some(key) {
             duplicates += 1;
         } else {
+            let full = written + indices.len() as u64 >= share;
+            if full && previous.is_some_and(|p| p.trace != key.trace) {
+                if !indices.is_empty() {
+                    write_chunk(&mut file, &mut live, &mut inputs, &mut indices, &mut keys)?;
+                }
+                files_left = files_left.saturating_sub(1).max(1);
+                share = remaining.div_ceil(files_left).max(1);
+                let next = create(share)?;
+                let mut entry = std::mem::replace(&mut file, next).finish()?;
+                entry.wal_max_segment = segment.take();
+                finished.push(entry);
+                written = 0;
+            }
+            let input = &mut inputs[i];
             indices.push((input.slot, input.next));
             keys.push(key);
             previous = Some(key);
         }
+        remaining = remaining.saturating_sub(1);
+        segment = segment.max(job.inputs[i].wal_max_segment);
+        let input = &mut inputs[i];
         input.next += 1;
         if input.next < input.keys.len() || input.load(&mut live)? {
             heap.push(Reverse((input.keys[input.next], i)));
         }
         if indices.len() == chunk_rows {
+            written += indices.len() as u64;
             write_chunk(&mut file, &mut live, &mut inputs, &mut indices, &mut keys)?;
         }
     }
     if !indices.is_empty() {
         write_chunk(&mut file, &mut live, &mut inputs, &mut indices, &mut keys)?;
     }
-    // Replay after a crash skips spans found in files at or above the WAL floor: the merged file
-    // stands for all of its inputs.
     let mut entry = file.finish()?;
-    entry.wal_max_segment = job.inputs.iter().filter_map(|f| f.wal_max_segment).max();
-    Ok(Merged { entries: vec![entry], duplicates })
+    entry.wal_max_segment = segment;
+    finished.push(entry);
+    Ok(duplicates)
 }
 
 /// Writes the rows gathered so far, then keeps only the batches the inputs are still reading.
@@ -266,6 +363,11 @@ mod tests {
         }
     }
 
+    /// `file` holding trace ids from `ids.0…` to `ids.1…` (repeated to 16 bytes).
+    fn ranged(file: FileEntry, ids: (&str, &str)) -> FileEntry {
+        FileEntry { min_trace_id: ids.0.repeat(16), max_trace_id: ids.1.repeat(16), ..file }
+    }
+
     fn names(jobs: &[CompactionJob]) -> Vec<Vec<String>> {
         jobs.iter()
             .map(|j| {
@@ -280,13 +382,15 @@ mod tests {
     #[test]
     fn a_closed_hour_packs_its_small_files_and_leaves_big_ones() {
         let policy = CompactionPolicy { target_rows: 100, fan_in: 4 };
+        // (Trace ranges that the groups do not share: an hour whose big files would share traces
+        // is merged whole, below.)
         let manifest = Manifest {
             files: vec![
-                file("a", 10, 30, 1),
-                file("big", 10, 60, 2),
-                file("b", 10, 30, 3),
-                file("c", 10, 45, 4),
-                file("d", 10, 20, 5),
+                ranged(file("a", 10, 30, 1), ("10", "7f")),
+                ranged(file("big", 10, 60, 2), ("00", "0f")),
+                ranged(file("b", 10, 30, 3), ("10", "7f")),
+                ranged(file("c", 10, 45, 4), ("80", "ff")),
+                ranged(file("d", 10, 20, 5), ("80", "ff")),
                 file("lonely", 11, 10, 6),
             ],
             ..Manifest::default()
@@ -322,6 +426,50 @@ mod tests {
         let manifest =
             Manifest { files: (0..3).map(|i| file(&format!("t{i}"), 10, 40, i)).collect(), ..Manifest::default() };
         assert_eq!(names(&plan(&manifest, &policy, open, false)), [vec!["t0", "t1"]]);
+    }
+
+    #[test]
+    fn a_closed_hour_whose_big_files_share_traces_is_merged_whole() {
+        let policy = CompactionPolicy { target_rows: 100, fan_in: 4 };
+        let closed = 20 * HOUR;
+        // Two big files whose trace ranges overlap, and small ones: one merge of all of them.
+        let manifest = Manifest {
+            files: vec![
+                ranged(file("big1", 10, 60, 1), ("00", "9f")),
+                ranged(file("small", 10, 10, 2), ("30", "40")),
+                ranged(file("big2", 10, 70, 3), ("80", "ff")),
+                ranged(file("tiny", 10, 5, 4), ("00", "ff")),
+            ],
+            ..Manifest::default()
+        };
+        let jobs = plan(&manifest, &policy, closed, false);
+        assert_eq!(names(&jobs), [vec!["big1", "small", "big2", "tiny"]]);
+        assert_eq!(jobs[0].file_rows, 100);
+        assert!(jobs[0].seals);
+        // Not while the hour still receives spans (its tiers merge small files only).
+        assert_eq!(names(&plan(&manifest, &policy, 10 * HOUR + HOUR / 2, false)), Vec::<Vec<String>>::new());
+        // Big files of disjoint ranges (a sealed hour) are left alone; late small files are merged
+        // among themselves, however their ranges overlap the big ones'.
+        let sealed = Manifest {
+            files: vec![
+                ranged(file("big1", 10, 60, 1), ("00", "7f")),
+                ranged(file("big2", 10, 70, 3), ("80", "ff")),
+                ranged(file("late1", 10, 10, 5), ("00", "ff")),
+                ranged(file("late2", 10, 10, 6), ("10", "f0")),
+            ],
+            ..Manifest::default()
+        };
+        let late = plan(&sealed, &policy, closed, false);
+        assert_eq!(names(&late), [vec!["late1", "late2"]]);
+        assert!(!late[0].seals);
+        // Small files only, which the groups would merge into two big files sharing traces: all of
+        // them merged at once instead.
+        let small =
+            Manifest { files: (0..5).map(|i| file(&format!("s{i}"), 10, 30, i)).collect(), ..Manifest::default() };
+        assert_eq!(names(&plan(&small, &policy, closed, false)), [vec!["s0", "s1", "s2", "s3", "s4"]]);
+        // (Three would make one big file and leave one small: merged as before.)
+        let three = Manifest { files: small.files[..4].to_vec(), ..Manifest::default() };
+        assert_eq!(names(&plan(&three, &policy, closed, false)), [vec!["s0", "s1", "s2"]]);
     }
 
     /// A batch in the stored schema: one span per (trace byte, span byte, start ns).
@@ -366,7 +514,7 @@ mod tests {
             Some(7),
         )
         .unwrap();
-        let job = CompactionJob { hour_start_ns: 10 * HOUR, inputs: [a, b].concat() };
+        let job = CompactionJob { hour_start_ns: 10 * HOUR, inputs: [a, b].concat(), file_rows: 1_000, seals: false };
         let merged = merge(&dir, &job, true).unwrap();
         assert_eq!(merged.duplicates, 1);
         let [entry] = &merged.entries[..] else { panic!("one file: {:?}", merged.entries) };
@@ -432,7 +580,7 @@ mod tests {
             .iter()
             .flat_map(|rows| crate::writer::write_span_files(&dir, &[spans(rows)], Some(1)).unwrap())
             .collect();
-        let job = CompactionJob { hour_start_ns: 10 * HOUR, inputs };
+        let job = CompactionJob { hour_start_ns: 10 * HOUR, inputs, file_rows: u64::MAX, seals: false };
         // 1,000 rows a chunk: sixty chunks, each releasing the batches it no longer needs.
         let merged = merge_in_chunks(&dir, &job, 1_000, true).unwrap();
         assert_eq!(merged.duplicates, 5_000);
@@ -455,6 +603,57 @@ mod tests {
             }
         }
         assert_eq!(seen.len(), 55_000);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_merge_cut_at_trace_boundaries_leaves_no_trace_in_two_files() {
+        use arrow::array::{AsArray, FixedSizeBinaryArray, Int64Array};
+        use hopscope_schemas::columns as c;
+
+        let dir = std::env::temp_dir().join(format!("hopscope-seal-{}", uuid::Uuid::now_v7()));
+        let base = 10 * HOUR as u64;
+        // Two files sharing all of 200 traces, 60 spans each (30 in each file).
+        let make = |offset: u64| -> Vec<(u8, u8, u64)> {
+            (0..6_000).map(|i| (1 + (i % 200) as u8, 1 + (2 * (i / 200) + offset) as u8, base + i)).collect()
+        };
+        let inputs: Vec<FileEntry> = [make(0), make(1)]
+            .iter()
+            .enumerate()
+            .flat_map(|(n, rows)| crate::writer::write_span_files(&dir, &[spans(rows)], Some(n as u64 + 3)).unwrap())
+            .collect();
+        let job = CompactionJob { hour_start_ns: 10 * HOUR, inputs, file_rows: 1_000, seals: true };
+        let merged = merge_in_chunks(&dir, &job, 256, true).unwrap();
+        assert_eq!(merged.duplicates, 0);
+        assert_eq!(merged.entries.len(), 12);
+        let mut owner: std::collections::HashMap<u8, usize> = std::collections::HashMap::new();
+        let mut total = 0;
+        for (n, entry) in merged.entries.iter().enumerate() {
+            assert_eq!(entry.wal_max_segment, Some(4), "each file took rows of both inputs");
+            // About equal shares: at most one trace (60 spans) over or under the 1,000 a file.
+            assert!(entry.rows > 1_000 - 60 && entry.rows < 1_000 + 60, "{entry:?}");
+            assert!(n == 0 || merged.entries[n - 1].max_trace_id < entry.min_trace_id, "disjoint, ascending");
+            let file = fs::File::open(dir.join(&entry.path)).unwrap();
+            for batch in ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap() {
+                let batch = batch.unwrap();
+                let traces: &FixedSizeBinaryArray = crate::writer::stored_column(&batch, c::TRACE_ID);
+                for i in 0..batch.num_rows() {
+                    let trace = traces.value(i)[0];
+                    assert_eq!(*owner.entry(trace).or_insert(n), n, "trace {trace} in two files");
+                }
+                total += batch.num_rows();
+            }
+            // Each file's derived traces are whole: 60 spans each.
+            let derived = entry.derived(hopscope_schemas::layout::TRACES_TABLE).expect("a derived traces file");
+            let file = fs::File::open(dir.join(&derived.path)).unwrap();
+            for batch in ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap() {
+                let batch = batch.unwrap();
+                let counts: &Int64Array = batch.column_by_name("span_count").unwrap().as_primitive();
+                assert!(counts.values().iter().all(|&n| n == 60), "{counts:?}");
+            }
+        }
+        assert_eq!(total, 12_000);
+        assert_eq!(owner.len(), 200);
         fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -57,11 +57,21 @@ impl Ingester {
         }
 
         let jobs = compaction::plan(&self.manifest.snapshot(), &self.config.compaction, now_ns, pass.close_all_hours);
+        // Online, one seal (an hour merged whole) a pass: the first pass after an upgrade finds
+        // every retained hour unsealed, and a seal's replaced files stay until the pass ends.
+        let mut seals_left = if pass.close_all_hours { usize::MAX } else { 1 };
         for job in jobs {
             if stop.is_cancelled() {
                 break;
             }
+            if job.seals {
+                if seals_left == 0 {
+                    continue;
+                }
+                seals_left -= 1;
+            }
             let merged = compaction::merge(&tenant_dir, &job, self.config.derive)?;
+            let written = merged.entries.len() as u64;
             let outputs: Vec<PathBuf> =
                 merged.entries.iter().flat_map(|e| e.paths()).map(|p| tenant_dir.join(p)).collect();
             if let Err(e) = self.manifest.commit_replaced(&job.inputs, merged.entries) {
@@ -77,6 +87,7 @@ impl Ingester {
             }
             report.compactions += 1;
             report.files_merged += job.inputs.len() as u64;
+            report.files_written += written;
             report.duplicates_dropped += merged.duplicates;
             self.metrics.compactions.inc();
             self.metrics.files_compacted.inc_by(job.inputs.len() as u64);
@@ -199,6 +210,8 @@ pub struct MaintenanceReport {
     pub spans_expired: u64,
     pub compactions: u64,
     pub files_merged: u64,
+    /// The files the compactions wrote (one per compaction, several for an hour merged whole).
+    pub files_written: u64,
     pub duplicates_dropped: u64,
     pub retired_files_deleted: u64,
     /// Span files written without derived files, or with those of an older derivation, that got
