@@ -12,15 +12,16 @@
 //!   the same order of size at a time, so each span is rewritten a few times, not once per flush;
 //! - once the hour is closed, its remaining small files are merged in groups of at most
 //!   `target_rows`;
-//! - but a closed hour whose big files (at least half of `target_rows`, those there and those
-//!   the groups would make) share traces is *sealed* instead: the tiers and groups are chosen by
+//! - but a closed hour whose files share traces is *sealed* instead, when they are big enough
+//!   to matter (at least half of `target_rows` for a file left as it is, a quarter for those the
+//!   groups would make and the small files no group takes): the tiers and groups are chosen by
 //!   commit order, so a trace in flight at a group's edge lands in two merged files. All the
 //!   hour's files are merged at once into files of disjoint trace-id ranges, cut at trace
 //!   boundaries into files of about equal size (each big), so that no trace of the hour is in two
 //!   files: readers of the derived tables walk again every trace split across files, and after
 //!   the seal those are only the traces still receiving spans. Late spans into a sealed hour are
 //!   merged among themselves (small files), and the hour is sealed again only once they make a
-//!   big file of their own. A running server seals one hour per maintenance pass (the first pass
+//!   quarter of a big file of their own. A running server seals one hour per maintenance pass (the first pass
 //!   after an upgrade finds every retained hour unsealed, and a seal holds the hour's old files on
 //!   disk until the pass ends); `hopscope compact` seals them all.
 //!
@@ -101,12 +102,17 @@ pub fn plan(manifest: &Manifest, policy: &CompactionPolicy, now_ns: i64, close_a
         files.retain(|f| f.rows < small);
         let groups = if open { tiered(&files, policy) } else { packed(&files, policy.target_rows) };
         if !open {
-            // The big files the groups would make, with the range of trace ids they would hold.
-            let ranges = groups.iter().filter(|g| g.iter().map(|f| f.rows).sum::<u64>() >= small).map(|g| {
+            // The files the groups would make, and the small files no group takes, that are big
+            // enough to seal for (with the range of trace ids they would hold).
+            let seal_rows = policy.target_rows / 4;
+            let ranges = groups.iter().filter(|g| g.iter().map(|f| f.rows).sum::<u64>() >= seal_rows).map(|g| {
                 let min = g.iter().map(|f| f.min_trace_id.as_str()).min().unwrap_or_default();
                 (min, g.iter().map(|f| f.max_trace_id.as_str()).max().unwrap_or_default())
             });
             big.extend(ranges);
+            let grouped: Vec<&str> = groups.iter().flatten().map(|f| f.path.as_str()).collect();
+            let left = files.iter().filter(|f| f.rows >= seal_rows && !grouped.contains(&f.path.as_str()));
+            big.extend(left.map(|f| (f.min_trace_id.as_str(), f.max_trace_id.as_str())));
             if overlapping(big) {
                 jobs.push(CompactionJob { seals: true, ..job(all) });
                 continue;
@@ -467,9 +473,13 @@ mod tests {
         let small =
             Manifest { files: (0..5).map(|i| file(&format!("s{i}"), 10, 30, i)).collect(), ..Manifest::default() };
         assert_eq!(names(&plan(&small, &policy, closed, false)), [vec!["s0", "s1", "s2", "s3", "s4"]]);
-        // (Three would make one big file and leave one small: merged as before.)
-        let three = Manifest { files: small.files[..4].to_vec(), ..Manifest::default() };
-        assert_eq!(names(&plan(&three, &policy, closed, false)), [vec!["s0", "s1", "s2"]]);
+        // (Four would make one big file and leave one of 30 rows, over a quarter of the target:
+        // sealed too. Below a quarter, merged as before.)
+        let four = Manifest { files: small.files[..4].to_vec(), ..Manifest::default() };
+        assert_eq!(names(&plan(&four, &policy, closed, false)), [vec!["s0", "s1", "s2", "s3"]]);
+        let mut short = four.clone();
+        short.files[3].rows = 20;
+        assert_eq!(names(&plan(&short, &policy, closed, false)), [vec!["s0", "s1", "s2"]]);
     }
 
     /// A batch in the stored schema: one span per (trace byte, span byte, start ns).
