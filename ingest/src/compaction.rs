@@ -100,7 +100,23 @@ pub fn plan(manifest: &Manifest, policy: &CompactionPolicy, now_ns: i64, close_a
             .map(|f| (f.min_trace_id.as_str(), f.max_trace_id.as_str()))
             .collect();
         files.retain(|f| f.rows < small);
-        let groups = if open { tiered(&files, policy) } else { packed(&files, policy.target_rows) };
+        let groups = if open {
+            tiered(&files, policy)
+        } else {
+            // Small files whose traces no big file shares (a sealed hour's last file, when it came
+            // out a trace under half the target) are merged only among themselves: merged with a
+            // late file, one would make a file sharing the others' traces, and seal the hour again
+            // at each late file.
+            let shares = |f: &&FileEntry| {
+                let mut ranges = big.clone();
+                ranges.push((f.min_trace_id.as_str(), f.max_trace_id.as_str()));
+                big.is_empty() || overlapping(ranges)
+            };
+            let (shared, apart): (Vec<&FileEntry>, Vec<&FileEntry>) = files.iter().copied().partition(shares);
+            let mut groups = packed(&apart, policy.target_rows);
+            groups.extend(packed(&shared, policy.target_rows));
+            groups
+        };
         if !open {
             // The files the groups would make, and the small files no group takes, that are big
             // enough to seal for (with the range of trace ids they would hold).
@@ -468,6 +484,11 @@ mod tests {
         let late = plan(&sealed, &policy, closed, false);
         assert_eq!(names(&late), [vec!["late1", "late2"]]);
         assert!(!late[0].seals);
+        // A sealed hour's last file, a little under half the target, is not merged with late
+        // files (which would seal the hour again at each one).
+        let mut edge = sealed.clone();
+        edge.files[1].rows = 45;
+        assert_eq!(names(&plan(&edge, &policy, closed, false)), [vec!["late1", "late2"]]);
         // Small files only, which the groups would merge into two big files sharing traces: all of
         // them merged at once instead.
         let small =
