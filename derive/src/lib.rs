@@ -1,5 +1,6 @@
 //! What hopscope derives from one whole trace, in memory: its hops (`edges`, design.md §4's pairing
-//! rules), its critical paths and its findings; and from the hops of many traces, per-minute rollups.
+//! rules), its critical paths, its findings and its message deliveries; and from the hops of many
+//! traces, per-minute rollups.
 //!
 //! Each derivation is a [`PerTrace`] analysis: it is handed the rows of one trace at a time
 //! ([`SpanColumns`] of a batch in the stored span schema, rows ordered by start time), reads them
@@ -17,6 +18,7 @@ use arrow::array::RecordBatch;
 use arrow::error::ArrowError;
 
 mod columns;
+pub mod deliveries;
 pub mod edges;
 pub mod findings;
 pub mod paths;

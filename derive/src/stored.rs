@@ -1,7 +1,7 @@
 //! What the ingester stores beside each span file: every table derived from its traces, in one pass.
 //!
-//! [`StoredDerivations`] runs the trace summaries, hop pairing, critical paths and findings (with
-//! default thresholds) over each whole trace it is handed, and gives their rows back per table; once
+//! [`StoredDerivations`] runs the trace summaries, hop pairing, critical paths, findings (with
+//! default thresholds) and message deliveries over each whole trace it is handed, and gives their rows back per table; once
 //! the input has ended, also the per-minute rollups of the final hops, of the spans, of the
 //! critical paths and of the findings ([`crate::rollup`]).
 //! Relations between traces are not settled here: a hop that another trace may change (a producer
@@ -18,6 +18,7 @@ use hopscope_schemas::columns::trace_summary as ts;
 use hopscope_schemas::layout;
 use hopscope_schemas::spans::{status, timestamp_type};
 
+use crate::deliveries::{Deliveries, deliveries_schema};
 use crate::edges::{EdgePairing, stored_edges_schema};
 use crate::findings::{FindingScan, Thresholds, findings_schema};
 use crate::paths::{PathSections, TracePaths, critical_path_schema};
@@ -29,8 +30,14 @@ use crate::{OneTrace, PerTrace, Result, SpanColumns, TraceTree, WholeTraces};
 
 /// The version of what [`StoredDerivations`] writes: raised whenever a table is added or a table's
 /// rows change, so that maintenance derives files stored with an older version again (see
-/// `FileEntry::derivation`). 1: `call_rollup` added; 2: `finding_rollup` added.
-pub const DERIVATION: u32 = 2;
+/// `FileEntry::derivation`). 1: `call_rollup` added; 2: `finding_rollup` added; 3: `deliveries`
+/// added ([`DELIVERIES_SINCE`]).
+pub const DERIVATION: u32 = 3;
+
+/// The first derivation version that stores `deliveries`: a span file derived with an older one
+/// has no `deliveries` file even when it holds deliveries (one derived since has none only when it
+/// holds none).
+pub const DELIVERIES_SINCE: u32 = 3;
 
 /// The schema of the derived `traces` table.
 pub fn traces_schema() -> SchemaRef {
@@ -63,6 +70,7 @@ pub fn stored_schema(table: &str) -> Option<SchemaRef> {
         layout::PATH_ROLLUP_TABLE => Some(path_rollup_schema()),
         layout::CALL_ROLLUP_TABLE => Some(call_rollup_schema()),
         layout::FINDING_ROLLUP_TABLE => Some(finding_rollup_schema()),
+        layout::DELIVERIES_TABLE => Some(deliveries_schema()),
         _ => None,
     }
 }
@@ -141,6 +149,7 @@ pub struct StoredDerivations {
     edges: EdgePairing,
     paths: PathSections,
     findings: FindingScan,
+    deliveries: Deliveries,
     /// Count the final hops and the spans of every trace; their rows are taken once the input has
     /// ended.
     hop_rollup: HopRollup,
@@ -160,6 +169,7 @@ impl Default for StoredDerivations {
             edges: EdgePairing::storing(),
             paths: PathSections::storing(),
             findings: FindingScan::new(Thresholds::default()),
+            deliveries: Deliveries::default(),
             hop_rollup: HopRollup::default(),
             operation_rollup: OperationRollup::default(),
             dependency_rollup: DependencyRollup::default(),
@@ -175,6 +185,7 @@ impl OneTrace for StoredDerivations {
     /// One tree and one set of critical paths per trace, shared by the analyses.
     fn one_trace(&mut self, spans: &SpanColumns, rows: Range<usize>) -> Result<()> {
         self.traces.trace(spans, rows.clone())?;
+        self.deliveries.trace(spans, rows.clone())?;
         self.operation_rollup.add_spans(spans, rows.clone());
         self.tree.build(spans, rows.clone());
         self.edges.trace_with(spans, &self.tree)?;
@@ -247,6 +258,7 @@ impl StoredDerivations {
             (layout::PATH_ROLLUP_TABLE, path_rollup),
             (layout::CALL_ROLLUP_TABLE, calls),
             (layout::FINDING_ROLLUP_TABLE, finding_rollup),
+            (layout::DELIVERIES_TABLE, self.deliveries.take_batch()?),
         ] {
             if let Some(batch) = batch {
                 out.push((table, batch));

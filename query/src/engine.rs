@@ -33,7 +33,9 @@ use crate::metrics::{Endpoint, Outcome, QueryMetrics};
 use crate::runtime::{Admission, QueryRuntime};
 use crate::sql::{SqlLimits, SqlResult};
 use crate::store::{ManifestReader, SpansTable};
-use crate::walk::{DerivedRollupTable, DerivedTable, OperationRollupTable, Rollup, SplitIndex, StoredTable};
+use crate::walk::{
+    DeliveriesTable, DerivedRollupTable, DerivedTable, OperationRollupTable, Rollup, SplitIndex, StoredTable,
+};
 use crate::{tables, views};
 
 /// How the query engine runs.
@@ -120,6 +122,7 @@ fn register_derived_tables(
     let default_findings = || findings::derivation(Default::default());
     let operations = OperationRollupTable::new(Arc::clone(spans), read_derived);
     ctx.register_table(tables::OPERATION_ROLLUP, Arc::new(operations))?;
+    ctx.register_table(tables::DELIVERIES, Arc::new(DeliveriesTable::new(Arc::clone(spans), read_derived)))?;
     if !read_derived {
         ctx.register_table(tables::TRACES, Arc::new(DerivedTable::new(Arc::clone(spans), search::derivation())?))?;
         let edges: Arc<dyn TableProvider> = Arc::new(DerivedTable::new(Arc::clone(spans), pairing::derivation())?);

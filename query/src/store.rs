@@ -405,8 +405,29 @@ impl TableProvider for SpansTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let manifest = self.manifest()?;
+        let pruning = FilePruning::from_filters(filters);
+        let entries: Vec<&FileEntry> = manifest.files.iter().filter(|f| pruning.may_match(f)).collect();
+        self.scan_entries(&entries, state, projection, filters, limit)
+    }
+}
+
+impl SpansTable {
+    /// A scan of the span files `entries` (the columns `projection` picks), spread over the
+    /// target partitions by size, with `filters` pushed into the Parquet reader.
+    pub(crate) fn scan_entries(
+        &self,
+        entries: &[&FileEntry],
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let schema = span_schema();
-        let files = self.matching_files(&self.manifest()?, filters);
+        let files: Vec<(String, u64, u64)> = entries
+            .iter()
+            .map(|f| (self.manifest.file_path(f).to_string_lossy().into_owned(), f.bytes, f.rows))
+            .collect();
         if files.is_empty() {
             return Ok(Arc::new(EmptyExec::new(project_schema(&schema, projection)?)));
         }

@@ -43,3 +43,7 @@ pub(crate) const PATH_ROLLUP: &str = "path_rollup";
 /// Per minute and service operation: spans and a latency sketch of their durations (see
 /// [`crate::walk::OperationRollupTable`]).
 pub(crate) const OPERATION_ROLLUP: &str = "operation_rollup";
+
+/// The consumer spans that name the message they consumed, what `GET /api/v1/findings` counts for
+/// poison messages (see [`crate::walk::DeliveriesTable`]).
+pub(crate) const DELIVERIES: &str = "deliveries";

@@ -12,11 +12,13 @@ use std::sync::Arc;
 use datafusion::error::DataFusionError;
 pub(crate) use hopscope_derive::{CORE_COLUMNS, PerTrace, Rendezvous, SpanColumns, TraceTree};
 
+mod deliveries;
 mod exec;
 mod rollup;
 mod stored;
 mod table;
 
+pub(crate) use deliveries::DeliveriesTable;
 pub(crate) use rollup::{DerivedRollupTable, OperationRollupTable, Rollup};
 pub(crate) use stored::{SplitIndex, StoredTable};
 pub(crate) use table::{Derivation, DerivedTable};

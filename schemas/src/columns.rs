@@ -338,6 +338,24 @@ pub mod trace_summary {
     pub const ROOT_OPERATION: &str = "root_operation";
 }
 
+/// Columns of the derived `deliveries` table: one row per consumer span that names the message it
+/// consumed (a non-empty `messaging.message.id`), what the poison-message finding counts.
+pub mod delivery {
+    pub const TRACE_ID: &str = "trace_id";
+    pub const SPAN_ID: &str = "span_id";
+    pub const START_TIME: &str = "start_time";
+    /// The consumer: its service and span name.
+    pub const SERVICE: &str = "service";
+    pub const OPERATION: &str = "operation";
+    /// `messaging.destination.name` (the queue or topic), when set.
+    pub const DESTINATION: &str = "destination";
+    /// `messaging.message.id`.
+    pub const MESSAGE_ID: &str = "message_id";
+    /// Whether the consumer span has status ERROR.
+    pub const ERROR: &str = "error";
+    pub const DURATION_NS: &str = "duration_ns";
+}
+
 /// Columns of the derived `critical_path` table: one row per span on a critical path (design.md §4).
 pub mod critical_path {
     pub const TRACE_ID: &str = "trace_id";

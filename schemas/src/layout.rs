@@ -19,7 +19,7 @@ pub const TMP_SUFFIX: &str = ".tmp";
 pub const SPANS_DIR: &str = "spans";
 
 /// The tables derived from each span file at ingest, each in a directory of its name.
-pub const DERIVED_TABLES: [&str; 10] = [
+pub const DERIVED_TABLES: [&str; 11] = [
     TRACES_TABLE,
     EDGES_TABLE,
     CRITICAL_PATH_TABLE,
@@ -30,6 +30,7 @@ pub const DERIVED_TABLES: [&str; 10] = [
     PATH_ROLLUP_TABLE,
     CALL_ROLLUP_TABLE,
     FINDING_ROLLUP_TABLE,
+    DELIVERIES_TABLE,
 ];
 /// One row per trace of a span file: its extent, size, errors and root.
 pub const TRACES_TABLE: &str = "traces";
@@ -56,6 +57,10 @@ pub const CALL_ROLLUP_TABLE: &str = "call_rollup";
 /// Per minute and finding (kind and place, threshold): occurrences, traces, calls, cost and the
 /// lowest trace ids of the span file's per-trace findings, what `/api/v1/findings` reads for them.
 pub const FINDING_ROLLUP_TABLE: &str = "finding_rollup";
+/// The consumer spans of the span file that name the message they consumed, what
+/// `/api/v1/findings` counts for poison messages (added in derivation version 3: files derived
+/// before it lack the table, and have their consumer spans read instead).
+pub const DELIVERIES_TABLE: &str = "deliveries";
 
 /// The path of what `table` derived from the span file at `span_relative` (both relative to the
 /// tenant directory): the same hour and file id, under the table's directory.

@@ -354,6 +354,34 @@ async fn tables_derived_at_flush_equal_the_query_time_walk() {
     let explained = plan(walk(&reads_derived, &format!("EXPLAIN {operations}")).await);
     assert!(explained.contains("operation_rollup/") && !explained.contains("RollupExec"), "{explained}");
 
+    // Deliveries: the stored rows (the ingester's builder) equal the consumer spans the walking
+    // engine selects from the spans with DataFusion; both are the consumer spans with a message
+    // id, and the corpus redelivers its poison messages.
+    let deliveries = "SELECT * FROM deliveries";
+    let columns = [
+        "trace_id",
+        "span_id",
+        "start_time",
+        "service",
+        "operation",
+        "destination",
+        "message_id",
+        "error",
+        "duration_ns",
+    ];
+    let (read, walked) = (walk(&reads_derived, deliveries).await, walk(&walks, deliveries).await);
+    assert_eq!(rows(&read, &columns, &none), rows(&walked, &columns, &none));
+    let consumed = "SELECT count(*) AS n, count(DISTINCT messaging_message_id) AS messages FROM spans \
+                    WHERE kind = 5 AND messaging_message_id <> ''";
+    let counted = "SELECT count(*) AS n, count(DISTINCT message_id) AS messages FROM deliveries";
+    let expected = text(&walk(&walks, consumed).await, &["n", "messages"]);
+    assert_eq!(text(&walk(&reads_derived, counted).await, &["n", "messages"]), expected);
+    let [n, messages]: [u64; 2] =
+        expected[0].split(" | ").map(|v| v.parse().unwrap()).collect::<Vec<_>>().try_into().unwrap();
+    assert!(messages > 0 && n > messages, "some message is delivered more than once: {n} deliveries of {messages}");
+    let explained = plan(walk(&reads_derived, &format!("EXPLAIN {deliveries}")).await);
+    assert!(explained.contains("deliveries/") && !explained.contains("spans/"), "{explained}");
+
     // Calls between operations: the stored `call_rollup` rows, corrected for the split trace and the
     // pending hops, are the rollup of the walked edges; both count, per minute and call, what
     // `edges` holds, and name its slowest call.
@@ -558,6 +586,43 @@ fn split_trace() -> (Vec<crate::query::Span>, Vec<crate::query::Span>) {
 
 const SPLIT_QUERIES: &str = "6c6c6c6c6c6c6c6c6c6c6c6c6c6c6c6c";
 
+/// The traces of [`poison_deliveries`].
+const POISON_TRACES: [&str; 3] =
+    ["7d000000000000000000000000000001", "7d000000000000000000000000000002", "7d000000000000000000000000000003"];
+
+/// One message delivered three times to one consumer, failing each time: a delivery per trace.
+fn poison_deliveries() -> Vec<crate::query::Span> {
+    use crate::query::{CONSUMER, span};
+    POISON_TRACES
+        .iter()
+        .enumerate()
+        .map(|(i, trace)| {
+            let at = 1000.0 + 100.0 * i as f64;
+            span(trace, "7d00000000000001", None, "refund-worker", "refunds process", CONSUMER, at, at + 30.0)
+                .attr("messaging.system", serde_json::json!("kafka"))
+                .attr("messaging.destination.name", serde_json::json!("refunds"))
+                .attr("messaging.message.id", serde_json::json!("refund-7"))
+                .error()
+        })
+        .collect()
+}
+
+/// The poison messages `GET /api/v1/findings` names, as `service operation callee calls`.
+async fn poison_messages(server: &Server) -> Vec<String> {
+    let url = server.api_url("/api/v1/findings?start=0&end=4000000000000000000");
+    let body: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    body["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "poison_message")
+        .map(|f| format!("{} {} {} {}", f["service"], f["operation"], f["callee"], f["calls"]))
+        .collect()
+}
+
+/// What [`poison_messages`] says of [`poison_deliveries`].
+const POISON_FOUND: &str = r#""refund-worker" "refunds process" "message refund-7" 3"#;
+
 /// A request to `gateway` that calls `shop` twice, each call querying shop's database five times
 /// in a row (an N+1): the first call in the first part, the second in the late part.
 fn split_queries() -> (Vec<crate::query::Span>, Vec<crate::query::Span>) {
@@ -606,13 +671,20 @@ fn split_queries() -> (Vec<crate::query::Span>, Vec<crate::query::Span>) {
 async fn span_files_written_without_derived_tables_get_them_from_maintenance() {
     let server = Server::start("derived-later", &["--no-derive"]);
     let data_dir = server.data_dir.clone();
-    // Consumers linked to producers in other traces, and a trace with N+1 queries (a finding).
+    // Consumers linked to producers in other traces, a trace with N+1 queries (a finding), and a
+    // poison message (a finding across traces).
     let mut linked = crate::query::linked_traces();
     let (first_queries, late_queries) = split_queries();
     linked.extend(first_queries.into_iter().chain(late_queries));
+    linked.extend(poison_deliveries());
     crate::query::post_spans(&server, &linked).await;
     server.wait_for_trace("11111111111111111111111111111111", 4).await;
     server.wait_for_trace(SPLIT_QUERIES, 15).await;
+    for trace in POISON_TRACES {
+        server.wait_for_trace(trace, 1).await;
+    }
+    // Without derived files, the deliveries come from the consumer spans.
+    assert_eq!(poison_messages(&server).await, [POISON_FOUND]);
     // Asked of span files without stored rollups, the per-hop latency, the dependencies and the
     // aggregate critical path come from every call and path, exact, as the answers say (the rollups
     // would be computed from them).
@@ -647,9 +719,14 @@ async fn span_files_written_without_derived_tables_get_them_from_maintenance() {
         assert!(started.elapsed() < DEADLINE, "not derived in time; log:\n{}", server.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Once derived, from the rollups.
+    // Once derived, from the rollups; the poison message from the stored deliveries.
     assert_eq!(answers(&server).await, ["sketch", "sketch", "sketch"]);
+    assert_eq!(poison_messages(&server).await, [POISON_FOUND]);
     assert!(server.terminate().success());
+    let deliveries: usize =
+        stored(&data_dir, layout::DELIVERIES_TABLE).into_iter().flatten().map(|b| b.num_rows()).sum();
+    // (Only the poison message's consumers name a message.)
+    assert_eq!(deliveries, POISON_TRACES.len());
     let summaries: Vec<RecordBatch> = stored(&data_dir, layout::TRACES_TABLE).into_iter().flatten().collect();
     let spans: i64 = summaries
         .iter()
@@ -689,19 +766,22 @@ async fn span_files_written_without_derived_tables_get_them_from_maintenance() {
     assert_eq!(findings_method(&server, "&n_plus_one_min_calls=4").await, "sketch");
     assert!(server.terminate().success());
 
-    // Files derived by a version before `call_rollup` and `finding_rollup` existed (a version 2
-    // manifest, without them and without a derivation version): /findings answers exactly, until
-    // maintenance derives them again, retires what it replaces, and the rollups serve.
+    // Files derived by a version before `call_rollup`, `finding_rollup` and `deliveries` existed (a
+    // version 2 manifest, without them and without a derivation version): /findings answers
+    // exactly (the poison message from the consumer spans), until maintenance derives them again,
+    // retires what it replaces, and the rollups serve.
     let mut older = derived.clone();
+    let newer = [layout::CALL_ROLLUP_TABLE, layout::FINDING_ROLLUP_TABLE, layout::DELIVERIES_TABLE];
     for file in &mut older.files {
         file.derivation = 0;
-        file.derived.retain(|d| d.table != layout::CALL_ROLLUP_TABLE && d.table != layout::FINDING_ROLLUP_TABLE);
+        file.derived.retain(|d| !newer.contains(&d.table.as_str()));
     }
     let text = String::from_utf8(older.to_json()).unwrap().replace("\"version\": \"3\"", "\"version\": \"2\"");
     std::fs::write(layout::manifest_path(&data_dir, layout::DEFAULT_TENANT), text).unwrap();
     // (Without deriving, so that no maintenance pass derives them before the question.)
     let server = Server::start_in(data_dir.clone(), &["--no-derive"]);
     assert_eq!(findings_method(&server, "").await, "exact");
+    assert_eq!(poison_messages(&server).await, [POISON_FOUND]);
     assert!(server.terminate().success());
     let server = Server::start_in(data_dir.clone(), &["--maintenance-interval", "1s"]);
     let started = Instant::now();
@@ -710,8 +790,12 @@ async fn span_files_written_without_derived_tables_get_them_from_maintenance() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(findings_method(&server, "").await, "sketch");
+    assert_eq!(poison_messages(&server).await, [POISON_FOUND]);
     assert!(server.terminate().success());
     let rederived = manifest(&data_dir);
+    let deliveries_again: usize =
+        stored(&data_dir, layout::DELIVERIES_TABLE).into_iter().flatten().map(|b| b.num_rows()).sum();
+    assert_eq!(deliveries_again, deliveries);
     let mut derived_again = 0;
     for file in &rederived.files {
         assert!(file.derived(layout::CALL_ROLLUP_TABLE).is_some(), "{file:?}");

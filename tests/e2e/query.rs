@@ -31,7 +31,7 @@ pub(crate) struct Span {
 pub(crate) const SERVER: i64 = 2;
 pub(crate) const CLIENT: i64 = 3;
 const PRODUCER: i64 = 4;
-const CONSUMER: i64 = 5;
+pub(crate) const CONSUMER: i64 = 5;
 const INTERNAL: i64 = 1;
 
 #[allow(clippy::too_many_arguments)]
@@ -61,7 +61,7 @@ pub(crate) fn span(
 }
 
 impl Span {
-    fn error(mut self) -> Self {
+    pub(crate) fn error(mut self) -> Self {
         self.error = true;
         self
     }

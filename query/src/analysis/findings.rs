@@ -23,10 +23,9 @@ use hopscope_derive::findings::{FindingScan, findings_schema, input_columns};
 use hopscope_derive::rollup::keep_lowest;
 use hopscope_schemas::api::PercentileAccuracy;
 use hopscope_schemas::columns::{
-    self as c, call_rollup as cr, finding as f, finding_kind as fk, finding_rollup as fr, semconv,
+    self as c, call_rollup as cr, delivery as d, finding as f, finding_kind as fk, finding_rollup as fr,
 };
 use hopscope_schemas::sketch;
-use hopscope_schemas::spans::{kind, status};
 use hopscope_schemas::time::TimeRange;
 
 use super::frame::{Results, distinct_traces, in_range, rollup_computed, whole_minutes};
@@ -324,21 +323,17 @@ impl FindingGroups {
 }
 
 /// Poison messages: one message consumed again and again, failing (each delivery is usually a
-/// trace of its own, so this is one pass over the consumer spans of `spans`).
+/// trace of its own, so this is one pass over the `deliveries` table, the consumer spans that name
+/// their message).
 async fn poison_messages(ctx: &SessionContext, query: &FindingsQuery) -> Result<Vec<Finding>, crate::QueryError> {
     let n = query.thresholds.poison_min_deliveries as i64;
-    let mut consumed = ctx.table(crate::tables::SPANS).await?.filter(
-        in_range(c::START_TIME, query.range)
-            .and(col(c::KIND).eq(lit(kind::CONSUMER)))
-            .and(col(semconv::MESSAGING_MESSAGE_ID).is_not_null()),
-    )?;
+    let mut consumed = ctx.table(crate::tables::DELIVERIES).await?.filter(in_range(d::START_TIME, query.range))?;
     if let Some(service) = &query.service {
-        consumed = consumed.filter(col(c::SERVICE_NAME).eq(lit(service.as_str())))?;
+        consumed = consumed.filter(col(d::SERVICE).eq(lit(service.as_str())))?;
     }
     // Grouped here: nearly every message is delivered once, and counting distinct traces and
     // collecting them for each (`count(DISTINCT)`, `array_agg`) cost more than the scan.
-    let columns =
-        [c::SERVICE_NAME, c::NAME, semconv::MESSAGING_MESSAGE_ID, c::STATUS_CODE, c::DURATION_NS, c::TRACE_ID];
+    let columns = [d::SERVICE, d::OPERATION, d::MESSAGE_ID, d::ERROR, d::DURATION_NS, d::TRACE_ID];
     let mut stream = consumed.select_columns(&columns)?.execute_stream().await?;
     let held = MemoryConsumer::new("poison messages").register(&ctx.runtime_env().memory_pool);
     // Consumers by service, then operation; their names by number.
@@ -348,10 +343,9 @@ async fn poison_messages(ctx: &SessionContext, query: &FindingsQuery) -> Result<
     while let Some(batch) = stream.next().await {
         let batch = batch?;
         let r = Results(&batch);
-        let (services, names, ids) =
-            (r.strings(c::SERVICE_NAME)?, r.strings(c::NAME)?, r.strings(semconv::MESSAGING_MESSAGE_ID)?);
-        let (statuses, durations) = (r.ints(c::STATUS_CODE)?, r.ints(c::DURATION_NS)?);
-        let traces = r.cast(c::TRACE_ID, &DataType::FixedSizeBinary(16))?;
+        let (services, names, ids) = (r.strings(d::SERVICE)?, r.strings(d::OPERATION)?, r.strings(d::MESSAGE_ID)?);
+        let (errors, durations) = (r.booleans(d::ERROR)?, r.ints(d::DURATION_NS)?);
+        let traces = r.cast(d::TRACE_ID, &DataType::FixedSizeBinary(16))?;
         let traces = traces.as_fixed_size_binary();
         for row in 0..batch.num_rows() {
             let (service, name) = (services.value(row), names.value(row));
@@ -369,7 +363,7 @@ async fn poison_messages(ctx: &SessionContext, query: &FindingsQuery) -> Result<
             held.try_grow(16 + if messages.contains_key(&key) { 0 } else { 96 + key.1.len() })?;
             let deliveries = messages.entry(key).or_default();
             deliveries.calls += 1;
-            deliveries.failures += i64::from(statuses.is_valid(row) && statuses.value(row) == i64::from(status::ERROR));
+            deliveries.failures += i64::from(errors.is_valid(row) && errors.value(row));
             deliveries.cost_ns += if durations.is_valid(row) { durations.value(row) } else { 0 };
             deliveries.traces.push(trace_id(traces, row)?);
         }

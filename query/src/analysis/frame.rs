@@ -88,6 +88,10 @@ impl Results<'_> {
         Ok(self.cast(name, &DataType::Utf8)?.as_string::<i32>().clone())
     }
 
+    pub(crate) fn booleans(&self, name: &str) -> Result<datafusion::arrow::array::BooleanArray, QueryError> {
+        Ok(self.cast(name, &DataType::Boolean)?.as_boolean().clone())
+    }
+
     pub(crate) fn floats(&self, name: &str) -> Result<Float64Array, QueryError> {
         Ok(self.cast(name, &DataType::Float64)?.as_primitive().clone())
     }
