@@ -20,8 +20,12 @@
 //!   boundaries into files of about equal size (each big), so that no trace of the hour is in two
 //!   files: readers of the derived tables walk again every trace split across files, and after
 //!   the seal those are only the traces still receiving spans. Late spans into a sealed hour are
-//!   merged among themselves (small files), and the hour is sealed again only once they make a
-//!   quarter of a big file of their own. A running server seals one hour per maintenance pass (the first pass
+//!   merged among themselves (small files), so a trickle of them does not rewrite the hour each
+//!   time; the hour is sealed again once they make a quarter of a big file of their own, or once
+//!   the big files whose trace ranges they share have been there an hour ([`RESEAL_AFTER_MS`]:
+//!   the traces a late file splits make every question over the hour walk its spans, so they stay
+//!   split an hour at most, and the hour is rewritten at most once an hour); `hopscope compact`
+//!   reseals at once. A running server seals one hour per maintenance pass (the first pass
 //!   after an upgrade finds every retained hour unsealed, and a seal holds the hour's old files on
 //!   disk until the pass ends); `hopscope compact` seals them all.
 //!
@@ -30,7 +34,7 @@
 //! files' sizes.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap, HashSet};
 use std::fs;
 use std::path::Path;
 
@@ -45,6 +49,12 @@ use crate::writer::{NS_PER_HOUR, ROW_GROUP_ROWS, SpanFileWriter, SpanKey, rows_o
 /// How long after an hour ends its partition may still receive spans (late exports, retries,
 /// long traces), and is merged in tiers rather than all at once.
 const LATE_SPANS_NS: i64 = 10 * 60 * 1_000_000_000;
+
+/// How long a closed hour's big files stay as they are when late small files share their traces:
+/// until then the traces those hold stay split (each question over the hour walks them again from
+/// all its spans); then the hour is sealed again, at most once in this time however late spans
+/// trickle in. `hopscope compact` does not wait.
+const RESEAL_AFTER_MS: i64 = 60 * 60 * 1_000;
 
 /// What compaction aims for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,13 +103,17 @@ pub fn plan(manifest: &Manifest, policy: &CompactionPolicy, now_ns: i64, close_a
         let hour_start_ns = hour * NS_PER_HOUR;
         let open = !close_all && now_ns < hour_start_ns.saturating_add(NS_PER_HOUR + LATE_SPANS_NS);
         let job = |inputs| CompactionJob { hour_start_ns, inputs, file_rows: policy.target_rows, seals: false };
-        let all: Vec<FileEntry> = files.iter().map(|f| (*f).clone()).collect();
+        let all = files.clone();
+        let newest_big_ms = files.iter().filter(|f| f.rows >= small).map(|f| f.committed_unix_ms).max();
         let mut big: Vec<(&str, &str)> = files
             .iter()
             .filter(|f| f.rows >= small)
             .map(|f| (f.min_trace_id.as_str(), f.max_trace_id.as_str()))
             .collect();
         files.retain(|f| f.rows < small);
+        // Whether late small files hold traces the big files hold too, and the big files have
+        // waited long enough for the hour to be sealed again.
+        let mut reseal = false;
         let groups = if open {
             tiered(&files, policy)
         } else {
@@ -107,12 +121,14 @@ pub fn plan(manifest: &Manifest, policy: &CompactionPolicy, now_ns: i64, close_a
             // out a trace under half the target) are merged only among themselves: merged with a
             // late file, one would make a file sharing the others' traces, and seal the hour again
             // at each late file.
+            let big_overlap = overlapping(big.clone());
             let shares = |f: &&FileEntry| {
-                let mut ranges = big.clone();
-                ranges.push((f.min_trace_id.as_str(), f.max_trace_id.as_str()));
-                big.is_empty() || overlapping(ranges)
+                let (min, max) = (f.min_trace_id.as_str(), f.max_trace_id.as_str());
+                big.is_empty() || big_overlap || big.iter().any(|&(lo, hi)| min <= hi && lo <= max)
             };
             let (shared, apart): (Vec<&FileEntry>, Vec<&FileEntry>) = files.iter().copied().partition(shares);
+            let waited = newest_big_ms.is_some_and(|ms| now_ns / 1_000_000 - ms >= RESEAL_AFTER_MS);
+            reseal = !big.is_empty() && !shared.is_empty() && (close_all || waited);
             let mut groups = packed(&apart, policy.target_rows);
             groups.extend(packed(&shared, policy.target_rows));
             groups
@@ -126,11 +142,11 @@ pub fn plan(manifest: &Manifest, policy: &CompactionPolicy, now_ns: i64, close_a
                 (min, g.iter().map(|f| f.max_trace_id.as_str()).max().unwrap_or_default())
             });
             big.extend(ranges);
-            let grouped: Vec<&str> = groups.iter().flatten().map(|f| f.path.as_str()).collect();
+            let grouped: HashSet<&str> = groups.iter().flatten().map(|f| f.path.as_str()).collect();
             let left = files.iter().filter(|f| f.rows >= seal_rows && !grouped.contains(&f.path.as_str()));
             big.extend(left.map(|f| (f.min_trace_id.as_str(), f.max_trace_id.as_str())));
-            if overlapping(big) {
-                jobs.push(CompactionJob { seals: true, ..job(all) });
+            if reseal || overlapping(big) {
+                jobs.push(CompactionJob { seals: true, ..job(all.into_iter().cloned().collect()) });
                 continue;
             }
         }
@@ -470,20 +486,36 @@ mod tests {
         assert!(jobs[0].seals);
         // Not while the hour still receives spans (its tiers merge small files only).
         assert_eq!(names(&plan(&manifest, &policy, 10 * HOUR + HOUR / 2, false)), Vec::<Vec<String>>::new());
-        // Big files of disjoint ranges (a sealed hour) are left alone; late small files are merged
-        // among themselves, however their ranges overlap the big ones'.
+        // Big files of disjoint ranges (a sealed hour, sealed a minute ago) are left alone; late
+        // small files are merged among themselves, however their ranges overlap the big ones'.
+        let now_ms = closed / 1_000_000;
+        let sealed_at = now_ms - 60_000;
         let sealed = Manifest {
             files: vec![
-                ranged(file("big1", 10, 60, 1), ("00", "7f")),
-                ranged(file("big2", 10, 70, 3), ("80", "ff")),
-                ranged(file("late1", 10, 10, 5), ("00", "ff")),
-                ranged(file("late2", 10, 10, 6), ("10", "f0")),
+                ranged(file("big1", 10, 60, sealed_at), ("00", "7f")),
+                ranged(file("big2", 10, 70, sealed_at), ("80", "ff")),
+                ranged(file("late1", 10, 10, sealed_at + 5), ("00", "ff")),
+                ranged(file("late2", 10, 10, sealed_at + 6), ("10", "f0")),
             ],
             ..Manifest::default()
         };
         let late = plan(&sealed, &policy, closed, false);
         assert_eq!(names(&late), [vec!["late1", "late2"]]);
         assert!(!late[0].seals);
+        // Once the big files have been there an hour, the traces the late files split are made
+        // whole: the hour is sealed again. `hopscope compact` does not wait.
+        let an_hour_on = closed + HOUR - 60 * 1_000_000_000;
+        for (now, close_all) in [(an_hour_on, false), (closed, true)] {
+            let again = plan(&sealed, &policy, now, close_all);
+            assert_eq!(names(&again), [vec!["big1", "big2", "late1", "late2"]], "{close_all}");
+            assert!(again[0].seals);
+        }
+        // Not a moment before the hour.
+        assert!(!plan(&sealed, &policy, an_hour_on - 1_000_000, false)[0].seals);
+        // A lone late file too.
+        let lone = Manifest { files: sealed.files[..3].to_vec(), ..Manifest::default() };
+        assert!(plan(&lone, &policy, closed, false).is_empty());
+        assert_eq!(names(&plan(&lone, &policy, an_hour_on, false)), [vec!["big1", "big2", "late1"]]);
         // A sealed hour's last file, a little under half the target, is not merged with late
         // files (which would seal the hour again at each one).
         let mut edge = sealed.clone();
@@ -685,6 +717,79 @@ mod tests {
         }
         assert_eq!(total, 12_000);
         assert_eq!(owner.len(), 200);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Every file under `dir`, relative to it, sorted.
+    fn files_under(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut todo = vec![dir.to_path_buf()];
+        while let Some(at) = todo.pop() {
+            for entry in fs::read_dir(&at).unwrap() {
+                let path = entry.unwrap().path();
+                match path.is_dir() {
+                    true => todo.push(path),
+                    false => out.push(path.strip_prefix(dir).unwrap().to_string_lossy().into_owned()),
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_merge_that_fails_midway_leaves_none_of_its_files() {
+        use parquet::arrow::ArrowWriter;
+        use parquet::file::properties::WriterProperties;
+
+        let dir = std::env::temp_dir().join(format!("hopscope-failed-merge-{}", uuid::Uuid::now_v7()));
+        let base = 10 * HOUR as u64;
+        // Two files sharing 200 traces, 30,000 spans each (four of the merge's reads), merged into
+        // files of 5,000 spans.
+        let make = |offset: u64| -> Vec<(u8, u8, u64)> {
+            (0..30_000).map(|i| (1 + (i % 200) as u8, 1 + ((i / 200) % 250) as u8, base + 2 * i + offset)).collect()
+        };
+        let inputs: Vec<FileEntry> = [make(0), make(1)]
+            .iter()
+            .flat_map(|rows| crate::writer::write_span_files(&dir, &[spans(rows)], Some(3)).unwrap())
+            .collect();
+        // The second input written again in row groups of 500 spans, the last one damaged (its
+        // first page header overwritten): readable until the merge reaches its highest traces, by
+        // which time several merged files are finished.
+        let damaged = dir.join(&inputs[1].path);
+        let batches: Vec<arrow::array::RecordBatch> =
+            ParquetRecordBatchReaderBuilder::try_new(fs::File::open(&damaged).unwrap())
+                .unwrap()
+                .build()
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+        let properties = WriterProperties::builder().set_max_row_group_row_count(Some(500)).build();
+        let mut writer =
+            ArrowWriter::try_new(fs::File::create(&damaged).unwrap(), batches[0].schema(), Some(properties)).unwrap();
+        for batch in &batches {
+            writer.write(batch).unwrap();
+        }
+        let metadata = writer.close().unwrap();
+        let last = metadata.row_groups().last().unwrap().column(0);
+        let (at, _) = last.byte_range();
+        let mut bytes = fs::read(&damaged).unwrap();
+        bytes[at as usize..at as usize + 16].fill(0xff);
+        fs::write(&damaged, bytes).unwrap();
+
+        let before = files_under(&dir);
+        let job = CompactionJob { hour_start_ns: 10 * HOUR, inputs, file_rows: 5_000, seals: true };
+        let mut finished = Vec::new();
+        let failed = merge_into(&dir, &job, 256, true, &mut finished);
+        assert!(failed.is_err(), "the damaged input fails the merge");
+        assert!(finished.len() >= 6, "the failure comes late, {} merged files finished", finished.len());
+        // The same merge through `merge_in_chunks`, which cleans up.
+        let failed = merge_in_chunks(&dir, &job, 256, true);
+        assert!(failed.is_err());
+        for path in finished.iter().flat_map(FileEntry::paths) {
+            fs::remove_file(dir.join(path)).unwrap();
+        }
+        assert_eq!(files_under(&dir), before, "no merged file, derived file or temporary file left");
         fs::remove_dir_all(dir).unwrap();
     }
 }
