@@ -208,14 +208,21 @@ impl FilePruning {
 }
 
 /// Reading Parquet files of `schema` with `filters` pushed down: row groups and pages pruned by
-/// statistics, bloom filters and the page index; strings read as stored.
-fn parquet_source_of(schema: SchemaRef, state: &dyn Session, filters: &[Expr]) -> DfResult<ParquetSource> {
+/// statistics, bloom filters and the page index; with `row_filter`, also rows filtered as they are
+/// decoded (the filter's columns first, the others only for the rows it keeps); strings read as
+/// stored. The filters are never the only ones: every reader applies its own above the scan.
+fn parquet_source_of(
+    schema: SchemaRef,
+    state: &dyn Session,
+    filters: &[Expr],
+    row_filter: bool,
+) -> DfResult<ParquetSource> {
     let mut options = state.default_table_options().parquet;
     options.global.pruning = true;
     options.global.bloom_filter_on_read = true;
     options.global.enable_page_index = true;
-    options.global.pushdown_filters = true;
-    options.global.reorder_filters = true;
+    options.global.pushdown_filters = row_filter;
+    options.global.reorder_filters = row_filter;
     // Read strings as stored (Utf8), matching the table schema.
     options.global.schema_force_view_types = false;
     let mut source = ParquetSource::new(Arc::clone(&schema)).with_table_parquet_options(options);
@@ -272,7 +279,9 @@ impl SpansTable {
     }
 
     fn parquet_source(state: &dyn Session, filters: &[Expr]) -> DfResult<ParquetSource> {
-        parquet_source_of(span_schema(), state, filters)
+        // Span questions select few rows of many (a service, an attribute, a trace): decoding the
+        // other columns only for the rows kept pays.
+        parquet_source_of(span_schema(), state, filters, true)
     }
 
     /// A scan of the files derived as `table` from the span files `entries` (rows in `schema`; the
@@ -295,7 +304,11 @@ impl SpansTable {
         if files.is_empty() {
             return Ok(Arc::new(EmptyExec::new(project_schema(&schema, projection.as_ref())?)));
         }
-        let source = parquet_source_of(Arc::clone(&schema), state, filters)?;
+        // Derived tables are read whole or by broad conditions (a kind of hop, the rows of many
+        // split traces): skipping rows inside their delta-encoded pages costs more than decoding
+        // them (per-hop percentiles over `edges` at 10M spans: the scan took 0.35-0.44 s with
+        // row filtering, 0.29-0.31 s without). Row groups and pages are still pruned.
+        let source = parquet_source_of(Arc::clone(&schema), state, filters, false)?;
         let mut statistics = Statistics::new_unknown(&schema);
         statistics.num_rows = Precision::Exact(files.iter().map(|f| f.2 as usize).sum());
         let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
