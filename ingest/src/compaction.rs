@@ -43,6 +43,8 @@ use arrow::compute::interleave_record_batch;
 use hopscope_schemas::manifest::{FileEntry, Manifest};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::IngestError;
 use crate::writer::{NS_PER_HOUR, ROW_GROUP_ROWS, SpanFileWriter, SpanKey, rows_of};
 
@@ -248,9 +250,16 @@ impl Input {
 /// Merges the job's files by (trace_id, start_time) into files of the hour's partition (a new
 /// file at the first trace boundary after [`CompactionJob::file_rows`] rows, so no trace is in two
 /// of them), dropping repeated spans (they meet as neighbours in the merged order). The files are
-/// not yet committed. Streams: memory is a batch per input and a row group. Blocking I/O.
-pub fn merge(tenant_dir: &Path, job: &CompactionJob, derive: bool) -> Result<Merged, IngestError> {
-    merge_in_chunks(tenant_dir, job, ROW_GROUP_ROWS, derive)
+/// not yet committed. Streams: memory is a batch per input and a row group. Stops with
+/// [`IngestError::ShuttingDown`], leaving none of its files, once `stop` is cancelled (checked per
+/// row group). Blocking I/O.
+pub fn merge(
+    tenant_dir: &Path,
+    job: &CompactionJob,
+    derive: bool,
+    stop: &CancellationToken,
+) -> Result<Merged, IngestError> {
+    merge_in_chunks(tenant_dir, job, ROW_GROUP_ROWS, derive, stop)
 }
 
 /// [`merge`], writing `chunk_rows` rows at a time. When it fails, the files it finished (in place,
@@ -260,9 +269,10 @@ fn merge_in_chunks(
     job: &CompactionJob,
     chunk_rows: usize,
     derive: bool,
+    stop: &CancellationToken,
 ) -> Result<Merged, IngestError> {
     let mut finished = Vec::new();
-    match merge_into(tenant_dir, job, chunk_rows, derive, &mut finished) {
+    match merge_into(tenant_dir, job, chunk_rows, derive, stop, &mut finished) {
         Ok(duplicates) => Ok(Merged { entries: finished, duplicates }),
         Err(e) => {
             for path in finished.iter().flat_map(FileEntry::paths) {
@@ -280,6 +290,7 @@ fn merge_into(
     job: &CompactionJob,
     chunk_rows: usize,
     derive: bool,
+    stop: &CancellationToken,
     finished: &mut Vec<FileEntry>,
 ) -> Result<u64, IngestError> {
     let mut live: Vec<RecordBatch> = Vec::new();
@@ -344,6 +355,10 @@ fn merge_into(
             heap.push(Reverse((input.keys[input.next], i)));
         }
         if indices.len() == chunk_rows {
+            // A seal of a big hour takes minutes: a shutdown does not wait for it.
+            if stop.is_cancelled() {
+                return Err(IngestError::ShuttingDown);
+            }
             written += indices.len() as u64;
             write_chunk(&mut file, &mut live, &mut inputs, &mut indices, &mut keys)?;
         }
@@ -578,7 +593,7 @@ mod tests {
         )
         .unwrap();
         let job = CompactionJob { hour_start_ns: 10 * HOUR, inputs: [a, b].concat(), file_rows: 1_000, seals: false };
-        let merged = merge(&dir, &job, true).unwrap();
+        let merged = merge(&dir, &job, true, &CancellationToken::new()).unwrap();
         assert_eq!(merged.duplicates, 1);
         let [entry] = &merged.entries[..] else { panic!("one file: {:?}", merged.entries) };
         assert_eq!(entry.rows, 4);
@@ -645,7 +660,7 @@ mod tests {
             .collect();
         let job = CompactionJob { hour_start_ns: 10 * HOUR, inputs, file_rows: u64::MAX, seals: false };
         // 1,000 rows a chunk: sixty chunks, each releasing the batches it no longer needs.
-        let merged = merge_in_chunks(&dir, &job, 1_000, true).unwrap();
+        let merged = merge_in_chunks(&dir, &job, 1_000, true, &CancellationToken::new()).unwrap();
         assert_eq!(merged.duplicates, 5_000);
         let [entry] = &merged.entries[..] else { panic!("one file") };
         assert_eq!(entry.rows, 55_000);
@@ -686,7 +701,7 @@ mod tests {
             .flat_map(|(n, rows)| crate::writer::write_span_files(&dir, &[spans(rows)], Some(n as u64 + 3)).unwrap())
             .collect();
         let job = CompactionJob { hour_start_ns: 10 * HOUR, inputs, file_rows: 1_000, seals: true };
-        let merged = merge_in_chunks(&dir, &job, 256, true).unwrap();
+        let merged = merge_in_chunks(&dir, &job, 256, true, &CancellationToken::new()).unwrap();
         assert_eq!(merged.duplicates, 0);
         assert_eq!(merged.entries.len(), 12);
         let mut owner: std::collections::HashMap<u8, usize> = std::collections::HashMap::new();
@@ -780,16 +795,40 @@ mod tests {
         let before = files_under(&dir);
         let job = CompactionJob { hour_start_ns: 10 * HOUR, inputs, file_rows: 5_000, seals: true };
         let mut finished = Vec::new();
-        let failed = merge_into(&dir, &job, 256, true, &mut finished);
+        let failed = merge_into(&dir, &job, 256, true, &CancellationToken::new(), &mut finished);
         assert!(failed.is_err(), "the damaged input fails the merge");
         assert!(finished.len() >= 6, "the failure comes late, {} merged files finished", finished.len());
         // The same merge through `merge_in_chunks`, which cleans up.
-        let failed = merge_in_chunks(&dir, &job, 256, true);
+        let failed = merge_in_chunks(&dir, &job, 256, true, &CancellationToken::new());
         assert!(failed.is_err());
         for path in finished.iter().flat_map(FileEntry::paths) {
             fs::remove_file(dir.join(path)).unwrap();
         }
         assert_eq!(files_under(&dir), before, "no merged file, derived file or temporary file left");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_merge_stops_when_asked_and_leaves_none_of_its_files() {
+        let dir = std::env::temp_dir().join(format!("hopscope-stopped-merge-{}", uuid::Uuid::now_v7()));
+        let base = 10 * HOUR as u64;
+        let make = |offset: u64| -> Vec<(u8, u8, u64)> {
+            (0..6_000).map(|i| (1 + (i % 200) as u8, 1 + (2 * (i / 200) + offset) as u8, base + i)).collect()
+        };
+        let inputs: Vec<FileEntry> = [make(0), make(1)]
+            .iter()
+            .flat_map(|rows| crate::writer::write_span_files(&dir, &[spans(rows)], Some(3)).unwrap())
+            .collect();
+        let before = files_under(&dir);
+        let job = CompactionJob { hour_start_ns: 10 * HOUR, inputs, file_rows: 1_000, seals: true };
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let stopped = merge_in_chunks(&dir, &job, 256, true, &stop);
+        assert!(matches!(stopped, Err(IngestError::ShuttingDown)), "{stopped:?}");
+        assert_eq!(files_under(&dir), before, "no merged file, derived file or temporary file left");
+        // Not asked to stop, the same merge writes its files.
+        let merged = merge_in_chunks(&dir, &job, 256, true, &CancellationToken::new()).unwrap();
+        assert_eq!(merged.entries.iter().map(|e| e.rows).sum::<u64>(), 12_000);
         fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -17,7 +17,7 @@ use crate::{compaction, retention};
 impl Ingester {
     /// Starts the maintenance task: retention, compaction and the deletion of retired files, every
     /// [`IngesterConfig::maintenance_interval`] (the first pass at once). It stops when `shutdown`
-    /// is cancelled, after the merge in progress.
+    /// is cancelled: a merge in progress stops at its next row group and leaves none of its files.
     pub fn spawn_maintenance(self: &Arc<Self>, shutdown: CancellationToken) -> JoinHandle<()> {
         let this = Arc::clone(self);
         tokio::spawn(async move {
@@ -40,7 +40,7 @@ impl Ingester {
         })
     }
 
-    /// One pass of retention, compaction and deletion of retired files. Stops between merges
+    /// One pass of retention, compaction and deletion of retired files. Stops (within a merge)
     /// when `stop` is cancelled. Blocking I/O.
     pub fn maintain(&self, pass: MaintenancePass, stop: &CancellationToken) -> Result<MaintenanceReport, IngestError> {
         let tenant_dir = layout::tenant_dir(&self.config.data_dir, &self.config.tenant);
@@ -70,7 +70,12 @@ impl Ingester {
                 }
                 seals_left -= 1;
             }
-            let merged = compaction::merge(&tenant_dir, &job, self.config.derive)?;
+            let merged = match compaction::merge(&tenant_dir, &job, self.config.derive, stop) {
+                Ok(merged) => merged,
+                // Stopped midway (a shutdown): none of its files is left, its inputs stay.
+                Err(IngestError::ShuttingDown) => break,
+                Err(e) => return Err(e),
+            };
             let written = merged.entries.len() as u64;
             let outputs: Vec<PathBuf> =
                 merged.entries.iter().flat_map(|e| e.paths()).map(|p| tenant_dir.join(p)).collect();
