@@ -27,7 +27,9 @@ pub fn deliveries_schema() -> SchemaRef {
                 Field::new(d::SERVICE, DataType::Utf8, false),
                 Field::new(d::OPERATION, DataType::Utf8, false),
                 Field::new(d::DESTINATION, DataType::Utf8, true),
-                Field::new(d::MESSAGE_ID, DataType::Utf8, false),
+                // Never null; nullable as the span column it is read from where a file has no
+                // `deliveries` of its own.
+                Field::new(d::MESSAGE_ID, DataType::Utf8, true),
                 Field::new(d::ERROR, DataType::Boolean, false),
                 Field::new(d::DURATION_NS, DataType::Int64, false),
             ]))

@@ -85,6 +85,7 @@ fn fixture() -> Vec<SpanRow> {
         rows.push(
             SpanRow::new(trace(id + 1), span(9), "worker", "process order", CONSUMER)
                 .during(at(base + slow + 200.0), at(base + slow + 260.0))
+                .with(sc::MESSAGING_MESSAGE_ID, format!("order-{i}"))
                 .linked_to(t, span(8)),
         );
     }
@@ -101,6 +102,7 @@ fn cases() -> Vec<(String, String)> {
             "SELECT * FROM critical_path ORDER BY trace_id, root_span_id, span_id".to_owned(),
         ),
         ("the findings table".to_owned(), "SELECT * FROM findings ORDER BY trace_id, kind, service".to_owned()),
+        ("the deliveries table".to_owned(), "SELECT * FROM deliveries ORDER BY trace_id, span_id".to_owned()),
         (
             // Aggregated: how the rows are cut (per span file, corrections) is not the table's meaning.
             "the dependency_rollup table".to_owned(),
