@@ -210,7 +210,8 @@ impl FilePruning {
 /// Reading Parquet files of `schema` with `filters` pushed down: row groups and pages pruned by
 /// statistics, bloom filters and the page index; with `row_filter`, also rows filtered as they are
 /// decoded (the filter's columns first, the others only for the rows it keeps); strings read as
-/// stored. The filters are never the only ones: every reader applies its own above the scan.
+/// stored. Without `row_filter`, the rows are the selected pages' whole: the caller keeps those it
+/// needs (a table provider reporting its filters inexact has DataFusion apply them above).
 fn parquet_source_of(
     schema: SchemaRef,
     state: &dyn Session,

@@ -42,7 +42,8 @@ fn stored(data_dir: &std::path::Path, table: &str) -> Vec<Vec<RecordBatch>> {
 /// Each row as text (times as nanoseconds, so the comparison does not depend on a time zone),
 /// sorted, leaving out the rows of `skip`ped traces and any column not in `columns`.
 fn rows(batches: &[RecordBatch], columns: &[&str], skip: &std::collections::HashSet<Vec<u8>>) -> Vec<String> {
-    let options = FormatOptions::default();
+    // (NULL shown as such: not as an empty string.)
+    let options = FormatOptions::default().with_null("NULL");
     let mut out = Vec::new();
     for batch in batches {
         let ids = batch.column_by_name("trace_id").unwrap().as_fixed_size_binary().clone();
@@ -114,6 +115,10 @@ async fn tables_derived_at_flush_equal_the_query_time_walk() {
     // own that link to producers in another trace (and to producers never stored).
     let linked = crate::query::linked_traces();
     crate::query::post_spans(&server, &linked).await;
+    // And a message consumed ten minutes after it was sent (further than a scan's five minutes
+    // of slack), in one request, so both traces are in one span file.
+    crate::query::post_spans(&server, &late_consumed()).await;
+    server.wait_for_trace(LATE_CONSUMER, 1).await;
     // And a trace whose spans arrive in two flushes (the second part once the first is stored), so
     // they land in two span files.
     let (first, late) = split_trace();
@@ -135,7 +140,9 @@ async fn tables_derived_at_flush_equal_the_query_time_walk() {
     let counts = text(&walk(&engine, split_n_plus_one).await, &["n", "traces", "calls"]);
     assert_eq!(counts, ["1 | 1 | 5"]);
     crate::query::post_spans(&server, &late_queries).await;
-    let sent = simulated + (linked.len() + first.len() + late.len() + first_queries.len() + late_queries.len()) as u64;
+    let posted =
+        linked.len() + late_consumed().len() + first.len() + late.len() + first_queries.len() + late_queries.len();
+    let sent = simulated + posted as u64;
     crate::simulator::wait_for_spans(&server, sent).await;
 
     // A trace whose spans reached two span files (its spans arrived in two flushes) is derived from
@@ -258,6 +265,15 @@ async fn tables_derived_at_flush_equal_the_query_time_walk() {
     assert!(!explained.contains("PendingPairExec") && explained.contains("TraceExec"), "{explained}");
     let split_hops = walk(&reads_derived, &format!("SELECT * FROM edges WHERE trace_id = X'{SPLIT_TRACE}'")).await;
     assert_eq!(split_hops.iter().map(RecordBatch::num_rows).sum::<usize>(), 3, "entry, rpc and the late database call");
+    // Asked for the minute of the late consumer only, its producer is beyond the slack: the walk
+    // keeps the consumer's entry from the broker, and so must the stored rows (their pending hops
+    // are paired within the scan's window, not within the whole file read).
+    let minute = "SELECT hex_id(trace_id) AS trace, caller, callee, connection FROM edges \
+                  WHERE start_time >= TIMESTAMP '2023-11-14T22:23:00Z' AND start_time < TIMESTAMP '2023-11-14T22:24:00Z'";
+    let columns = ["trace", "caller", "callee", "connection"];
+    let walked = text(&walk(&walks, minute).await, &columns);
+    assert!(walked.iter().any(|r| r.starts_with(LATE_CONSUMER) && r.contains("| late-worker |")), "{walked:?}");
+    assert_eq!(text(&walk(&reads_derived, minute).await, &columns), walked);
     let range = hopscope_schemas::time::TimeRange { start_ns: 0, end_ns: i64::MAX / 2 };
     let query = hopscope_query::EdgesQuery { range, service: None, by_operation: true, exact: false };
     let (read, walked) = (reads_derived.edges(query.clone()).await.unwrap(), walks.edges(query).await.unwrap());
@@ -585,6 +601,44 @@ fn split_trace() -> (Vec<crate::query::Span>, Vec<crate::query::Span>) {
 }
 
 const SPLIT_QUERIES: &str = "6c6c6c6c6c6c6c6c6c6c6c6c6c6c6c6c";
+
+/// The consumer's trace of [`late_consumed`].
+const LATE_CONSUMER: &str = "1a7e00000000000000000000000000c0";
+
+/// A producer at T0 (2023-11-14T22:13:20Z) and, in a trace of its own, a consumer linking to it
+/// ten minutes later.
+fn late_consumed() -> Vec<crate::query::Span> {
+    use crate::query::{CONSUMER, PRODUCER, SERVER, span};
+    let producer = "1a7e00000000000000000000000000b0";
+    let kafka = |s: crate::query::Span| {
+        s.attr("messaging.system", serde_json::json!("kafka"))
+            .attr("messaging.destination.name", serde_json::json!("late"))
+    };
+    vec![
+        span(producer, "1a7e000000000001", None, "late-api", "POST /late", SERVER, 0.0, 20.0),
+        kafka(span(
+            producer,
+            "1a7e000000000002",
+            Some("1a7e000000000001"),
+            "late-api",
+            "late publish",
+            PRODUCER,
+            5.0,
+            6.0,
+        )),
+        kafka(span(
+            LATE_CONSUMER,
+            "1a7e000000000003",
+            None,
+            "late-worker",
+            "late process",
+            CONSUMER,
+            600_000.0,
+            600_030.0,
+        ))
+        .link(producer, "1a7e000000000002"),
+    ]
+}
 
 /// The traces of [`poison_deliveries`].
 const POISON_TRACES: [&str; 3] =

@@ -30,7 +30,7 @@ pub(crate) struct Span {
 
 pub(crate) const SERVER: i64 = 2;
 pub(crate) const CLIENT: i64 = 3;
-const PRODUCER: i64 = 4;
+pub(crate) const PRODUCER: i64 = 4;
 pub(crate) const CONSUMER: i64 = 5;
 const INTERNAL: i64 = 1;
 
@@ -71,7 +71,7 @@ impl Span {
         self
     }
 
-    fn link(mut self, trace: &'static str, span: &'static str) -> Self {
+    pub(crate) fn link(mut self, trace: &'static str, span: &'static str) -> Self {
         self.links.push((trace, span));
         self
     }

@@ -13,6 +13,7 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::DFSchema;
 use datafusion::error::Result as DfResult;
+use datafusion::functions::expr_fn::nullif;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType, col, lit};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::filter::FilterExec;
@@ -69,8 +70,23 @@ impl DeliveriesTable {
             .and(message.clone().not_eq(lit("")));
         let mut pushed = filters.to_vec();
         pushed.push(consumed.clone());
-        let spans = self.spans.scan_entries(entries, state, None, &pushed, None)?;
-        let df_schema = DFSchema::try_from(Arc::clone(&schema))?;
+        let read = [
+            c::TRACE_ID,
+            c::SPAN_ID,
+            c::START_TIME,
+            c::SERVICE_NAME,
+            c::NAME,
+            c::KIND,
+            semconv::MESSAGING_DESTINATION_NAME,
+            semconv::MESSAGING_MESSAGE_ID,
+            c::STATUS_CODE,
+            c::DURATION_NS,
+        ]
+        .iter()
+        .map(|name| schema.index_of(name))
+        .collect::<Result<Vec<_>, _>>()?;
+        let spans = self.spans.scan_entries(entries, state, Some(&read), &pushed, None)?;
+        let df_schema = DFSchema::try_from(Arc::new(schema.project(&read)?))?;
         let exact = datafusion::logical_expr::utils::conjunction(pushed).expect("at least one filter");
         let kept = Arc::new(FilterExec::try_new(state.create_physical_expr(exact, &df_schema)?, spans)?);
         let utf8 = |name: &str| Expr::Cast(datafusion::logical_expr::Cast::new(Box::new(col(name)), DataType::Utf8));
@@ -80,7 +96,8 @@ impl DeliveriesTable {
             (col(c::START_TIME), d::START_TIME),
             (utf8(c::SERVICE_NAME), d::SERVICE),
             (utf8(c::NAME), d::OPERATION),
-            (col(semconv::MESSAGING_DESTINATION_NAME), d::DESTINATION),
+            // As the ingester's builder reads it: an empty name is none.
+            (nullif(col(semconv::MESSAGING_DESTINATION_NAME), lit("")), d::DESTINATION),
             (message, d::MESSAGE_ID),
             (col(c::STATUS_CODE).eq(lit(status::ERROR)), d::ERROR),
             (col(c::DURATION_NS), d::DURATION_NS),

@@ -111,7 +111,19 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
         let schema = Arc::clone(&self.storing.schema);
         let mut pushed = filters.to_vec();
         pushed.extend(condition.clone());
-        let mut kept = condition;
+        // The filters select row groups and pages; rows are kept here (derived files are read
+        // without row-level filtering): the pending hops paired above must be those of the
+        // window only, as the walk's. Their columns are read too (the callers pick theirs by name).
+        let mut kept = datafusion::logical_expr::utils::conjunction(filters.iter().cloned().chain(condition));
+        let mut projection = projection;
+        if let (Some(read), false) = (&mut projection, filters.is_empty()) {
+            for name in [c::TRACE_ID, c::START_TIME] {
+                let index = schema.index_of(name)?;
+                if !read.contains(&index) {
+                    read.push(index);
+                }
+            }
+        }
         let (ids, only) = match traces {
             Traces::AllBut(ids) => (ids, false),
             Traces::Only(ids) => (ids, true),
