@@ -24,7 +24,7 @@
 //!   time; the hour is sealed again once they make a quarter of a big file of their own, or once
 //!   the big files whose trace ranges they share have been there an hour ([`RESEAL_AFTER_MS`]:
 //!   the traces a late file splits make every question over the hour walk its spans, so they stay
-//!   split an hour at most, and the hour is rewritten at most once an hour); `hopscope compact`
+//!   split an hour at most, and late files make the hour rewritten at most once an hour); `hopscope compact`
 //!   reseals at once. A running server seals one hour per maintenance pass (the first pass
 //!   after an upgrade finds every retained hour unsealed, and a seal holds the hour's old files on
 //!   disk until the pass ends); `hopscope compact` seals them all.
@@ -52,10 +52,11 @@ use crate::writer::{NS_PER_HOUR, ROW_GROUP_ROWS, SpanFileWriter, SpanKey, rows_o
 /// long traces), and is merged in tiers rather than all at once.
 const LATE_SPANS_NS: i64 = 10 * 60 * 1_000_000_000;
 
-/// How long a closed hour's big files stay as they are when late small files share their traces:
-/// until then the traces those hold stay split (each question over the hour walks them again from
-/// all its spans); then the hour is sealed again, at most once in this time however late spans
-/// trickle in. `hopscope compact` does not wait.
+/// How long a closed hour's big files stay as they are when late small files share their trace
+/// ranges: until then the traces those split stay split (each question over the hour walks them
+/// again from all its spans); then the hour is sealed again, so late files reseal an hour at most
+/// once in this time however late spans trickle in. (Ranges of random ids nearly always overlap:
+/// a late file of new traces only reseals the hour too.) `hopscope compact` does not wait.
 const RESEAL_AFTER_MS: i64 = 60 * 60 * 1_000;
 
 /// What compaction aims for.

@@ -25,6 +25,8 @@ impl Ingester {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
+                    // A tick due at shutdown starts no pass.
+                    biased;
                     _ = shutdown.cancelled() => break,
                     _ = tick.tick() => {}
                 }
