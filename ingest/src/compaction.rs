@@ -532,6 +532,20 @@ mod tests {
         let lone = Manifest { files: sealed.files[..3].to_vec(), ..Manifest::default() };
         assert!(plan(&lone, &policy, closed, false).is_empty());
         assert_eq!(names(&plan(&lone, &policy, an_hour_on, false)), [vec!["big1", "big2", "late1"]]);
+        // What that seal leaves (files of disjoint ranges, about equal) is left alone, then and
+        // later: no seal follows a seal by itself.
+        let resealed_at = an_hour_on / 1_000_000;
+        let resealed = Manifest {
+            files: vec![
+                ranged(file("new1", 10, 75, resealed_at), ("00", "7f")),
+                ranged(file("new2", 10, 75, resealed_at), ("80", "ff")),
+            ],
+            ..Manifest::default()
+        };
+        for later in [an_hour_on, an_hour_on + 2 * HOUR, an_hour_on + 48 * HOUR] {
+            assert!(plan(&resealed, &policy, later, false).is_empty(), "{later}");
+        }
+        assert!(plan(&resealed, &policy, an_hour_on, true).is_empty());
         // A sealed hour's last file, a little under half the target, is not merged with late
         // files (which would seal the hour again at each one).
         let mut edge = sealed.clone();
