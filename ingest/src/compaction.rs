@@ -24,10 +24,10 @@
 //!   time; the hour is sealed again once they make a quarter of a big file of their own, or once
 //!   the big files whose trace ranges they share have been there an hour ([`RESEAL_AFTER_MS`]:
 //!   the traces a late file splits make every question over the hour walk its spans, so they stay
-//!   split an hour at most, and late files make the hour rewritten at most once an hour); `hopscope compact`
-//!   reseals at once. A running server seals one hour per maintenance pass (the first pass
-//!   after an upgrade finds every retained hour unsealed, and a seal holds the hour's old files on
-//!   disk until the pass ends); `hopscope compact` seals them all.
+//!   split an hour at most, and late files make the hour rewritten at most once an hour);
+//!   `hopscope compact` reseals at once. A running server seals one hour per maintenance pass
+//!   (the first pass after an upgrade finds every retained hour unsealed, and a seal holds the
+//!   hour's old files on disk until the pass ends); `hopscope compact` seals them all.
 //!
 //! The merge streams: it reads each input a batch at a time and merges them by (trace_id,
 //! start_time) into row groups, so its memory is a batch per input and a row group, whatever the
@@ -42,7 +42,6 @@ use arrow::array::RecordBatch;
 use arrow::compute::interleave_record_batch;
 use hopscope_schemas::manifest::{FileEntry, Manifest};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
-
 use tokio_util::sync::CancellationToken;
 
 use crate::IngestError;
@@ -130,7 +129,7 @@ pub fn plan(manifest: &Manifest, policy: &CompactionPolicy, now_ns: i64, close_a
                 big.is_empty() || big_overlap || big.iter().any(|&(lo, hi)| min <= hi && lo <= max)
             };
             let (shared, apart): (Vec<&FileEntry>, Vec<&FileEntry>) = files.iter().copied().partition(shares);
-            let waited = newest_big_ms.is_some_and(|ms| now_ns / 1_000_000 - ms >= RESEAL_AFTER_MS);
+            let waited = newest_big_ms.is_some_and(|ms| (now_ns / 1_000_000).saturating_sub(ms) >= RESEAL_AFTER_MS);
             reseal = !big.is_empty() && !shared.is_empty() && (close_all || waited);
             let mut groups = packed(&apart, policy.target_rows);
             groups.extend(packed(&shared, policy.target_rows));
