@@ -266,12 +266,12 @@ impl SpansTable {
     /// The files of `manifest` that can hold rows matching `filters`: path, bytes and rows.
     fn matching_files(&self, manifest: &Arc<Manifest>, filters: &[Expr]) -> Vec<(String, u64, u64)> {
         let pruning = FilePruning::from_filters(filters);
-        manifest
-            .files
-            .iter()
-            .filter(|f| pruning.may_match(f))
-            .map(|f| (self.manifest.file_path(f).to_string_lossy().into_owned(), f.bytes, f.rows))
-            .collect()
+        self.listed(manifest.files.iter().filter(|f| pruning.may_match(f)))
+    }
+
+    /// The span files `entries` as a scan reads them: path, bytes and rows.
+    fn listed<'a>(&self, entries: impl Iterator<Item = &'a FileEntry>) -> Vec<(String, u64, u64)> {
+        entries.map(|f| (self.manifest.file_path(f).to_string_lossy().into_owned(), f.bytes, f.rows)).collect()
     }
 
     /// Where committed files are.
@@ -438,10 +438,7 @@ impl SpansTable {
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let schema = span_schema();
-        let files: Vec<(String, u64, u64)> = entries
-            .iter()
-            .map(|f| (self.manifest.file_path(f).to_string_lossy().into_owned(), f.bytes, f.rows))
-            .collect();
+        let files = self.listed(entries.iter().copied());
         if files.is_empty() {
             return Ok(Arc::new(EmptyExec::new(project_schema(&schema, projection)?)));
         }

@@ -18,7 +18,6 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType, col
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::projection::ProjectionExec;
-use datafusion::physical_plan::union::UnionExec;
 use hopscope_derive::deliveries::deliveries_schema;
 use hopscope_derive::stored::DELIVERIES_SINCE;
 use hopscope_schemas::columns::{self as c, delivery as d, semconv};
@@ -26,7 +25,7 @@ use hopscope_schemas::layout;
 use hopscope_schemas::manifest::FileEntry;
 use hopscope_schemas::spans::{kind, span_schema, status};
 
-use super::stored::project;
+use super::stored::union_projected;
 use crate::store::{FilePruning, SpansTable};
 
 /// The `deliveries` table (see the module's documentation).
@@ -156,8 +155,6 @@ impl TableProvider for DeliveriesTable {
         if !walked.is_empty() {
             plans.push(self.selected_from_spans(&walked, state, &shared)?);
         }
-        let plan = if plans.len() == 1 { plans.remove(0) } else { UnionExec::try_new(plans)? };
-        let asked: Vec<usize> = projection.cloned().unwrap_or_else(|| (0..schema.fields().len()).collect());
-        project(plan, &schema, &asked)
+        union_projected(plans, &schema, projection)
     }
 }

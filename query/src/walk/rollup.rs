@@ -46,7 +46,7 @@ use hopscope_schemas::manifest::{FileEntry, Manifest};
 use hopscope_schemas::spans::span_schema;
 
 use super::derive_error;
-use super::stored::{StoredTable, project};
+use super::stored::{StoredTable, union_projected};
 use super::table::span_filters_reaching;
 use crate::store::{FilePruning, SpansTable};
 
@@ -171,9 +171,7 @@ impl<D: Send + Sync + 'static> TableProvider for DerivedRollupTable<D> {
                 Arc::new(RollupExec::new(self.rollup, vec![(rows, 1)]))
             }
         };
-        let schema = self.schema();
-        let asked: Vec<usize> = projection.cloned().unwrap_or_else(|| (0..schema.fields().len()).collect());
-        project(plan, &schema, &asked)
+        union_projected(vec![plan], &self.schema(), projection)
     }
 }
 
@@ -242,10 +240,7 @@ impl TableProvider for OperationRollupTable {
             let spans = self.spans.trace_partitioned_scan(&holding, state, &columns, &span_filters, partitions)?;
             plans.push(Arc::new(RollupExec::new(Rollup::Operations, vec![(spans, 1)])));
         }
-        let plan = if plans.len() == 1 { plans.remove(0) } else { UnionExec::try_new(plans)? };
-        let schema = self.schema();
-        let asked: Vec<usize> = projection.cloned().unwrap_or_else(|| (0..schema.fields().len()).collect());
-        project(plan, &schema, &asked)
+        union_projected(plans, &self.schema(), projection)
     }
 }
 

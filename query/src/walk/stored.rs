@@ -395,6 +395,18 @@ pub(crate) struct RollupParts {
     pub(crate) added: Option<Arc<dyn ExecutionPlan>>,
 }
 
+/// The rows of `plans` together (each with the columns of `output`, by name), with the columns
+/// `projection` picks (every column when `None`).
+pub(super) fn union_projected(
+    mut plans: Vec<Arc<dyn ExecutionPlan>>,
+    output: &SchemaRef,
+    projection: Option<&Vec<usize>>,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let plan = if plans.len() == 1 { plans.remove(0) } else { UnionExec::try_new(plans)? };
+    let asked: Vec<usize> = projection.cloned().unwrap_or_else(|| (0..output.fields().len()).collect());
+    project(plan, output, &asked)
+}
+
 /// The columns `asked` (indices into `output`) of `plan`, found by name.
 pub(super) fn project(
     plan: Arc<dyn ExecutionPlan>,
