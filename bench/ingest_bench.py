@@ -154,6 +154,7 @@ def main():
     run(args.binary, "compact", "--data-dir", stored)
     compacted = parquet_bytes(stored)
     files_compacted = len(committed_files(stored))
+    derived_compacted = sum(os.path.getsize(path) for _, path in committed_derived_files(stored))
     # The corpus is the raw protobuf plus 8 bytes of framing per request and a 12-byte header.
     requests = rows[0][2]["requests"]
     otlp = raw - 12 - 8 * requests
@@ -202,6 +203,8 @@ def main():
     print(f"\nderived files as written: {derived_written:,} bytes, {derived_written / spans:.1f} B/span, "
           f"{derived_written / written:.2f}× the span files; per table (B/span): "
           + ", ".join(f"{table} {size / spans:.1f}" for table, size in sorted(derived_by_table.items())))
+    print(f"derived files after `hopscope compact`: {derived_compacted:,} bytes, {derived_compacted / spans:.1f} "
+          f"B/span, {derived_compacted / compacted:.2f}× the span files")
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)
 

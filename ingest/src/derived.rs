@@ -158,10 +158,17 @@ impl Drop for DerivedWriter {
 /// Rows per row group of a derived file (derived rows are narrower than spans).
 const ROW_GROUP_ROWS: usize = 256 * 1024;
 
-/// The writer settings of a derived table's files: zstd; names dictionary-encoded; times and
-/// durations delta-encoded (they are close together within a trace; as in span files); random ids
+/// The writer settings of a derived table's files: zstd; names dictionary-encoded; random ids
 /// neither dictionary-encoded nor with statistics, except the trace id, which readers filter on.
-fn derived_writer_properties(schema: &arrow::datatypes::Schema) -> WriterProperties {
+/// Integers are written for what zstd finds in them, measured on the simulator's corpus
+/// (BENCHMARKS.md, "Derived bytes"): rows are in trace order, so times and the values a trace's
+/// rows share (a path's duration, on each of its operations' rows) repeat their high bytes or
+/// whole values from row to row, which zstd finds in plain values (delta encoding hides them:
+/// each jump between traces widens a whole block); every other integer (a call's durations, self
+/// times, counts) is one unrelated value per row, whose bytes zstd compresses best split into
+/// byte planes (`BYTE_STREAM_SPLIT`: the high bytes of many values together). Together 13% fewer
+/// derived bytes than delta encoding everything.
+fn derived_writer_properties(table: &str, schema: &arrow::datatypes::Schema) -> WriterProperties {
     use arrow::datatypes::DataType;
     use parquet::basic::Encoding;
     use parquet::schema::types::ColumnPath;
@@ -171,22 +178,29 @@ fn derived_writer_properties(schema: &arrow::datatypes::Schema) -> WriterPropert
         .set_statistics_enabled(EnabledStatistics::Page);
     for field in schema.fields() {
         let path = ColumnPath::from(field.name().as_str());
-        match field.data_type() {
-            DataType::Int64 | DataType::Timestamp(..) => {
-                builder = builder
-                    .set_column_dictionary_enabled(path.clone(), false)
-                    .set_column_encoding(path, Encoding::DELTA_BINARY_PACKED);
-            }
+        let encoding = match field.data_type() {
+            DataType::Timestamp(..) => Some(Encoding::PLAIN),
+            DataType::Int64 if SHARED_BY_A_TRACE.contains(&(table, field.name().as_str())) => Some(Encoding::PLAIN),
+            DataType::Int64 => Some(Encoding::BYTE_STREAM_SPLIT),
             DataType::FixedSizeBinary(_) if field.name() != c::TRACE_ID => {
-                builder = builder
-                    .set_column_dictionary_enabled(path.clone(), false)
-                    .set_column_statistics_enabled(path, EnabledStatistics::None);
+                builder = builder.set_column_statistics_enabled(path.clone(), EnabledStatistics::None);
+                Some(Encoding::PLAIN)
             }
-            _ => {}
+            _ => None,
+        };
+        if let Some(encoding) = encoding {
+            builder = builder.set_column_dictionary_enabled(path.clone(), false).set_column_encoding(path, encoding);
         }
     }
     builder.build()
 }
+
+/// Integer columns whose value is shared by the consecutive rows of one trace or path: the path's
+/// duration on each `critical_path` row of its operations, and on each `path_rollup` row.
+const SHARED_BY_A_TRACE: &[(&str, &str)] = &[
+    (layout::CRITICAL_PATH_TABLE, c::critical_path::PATH_DURATION_NS),
+    (layout::PATH_ROLLUP_TABLE, c::path_rollup::DURATION_NS),
+];
 
 impl TableFile {
     /// Begins the file of `table` at `relative` (to `tenant_dir`).
@@ -197,7 +211,7 @@ impl TableFile {
         let tmp = tmp_path(&path);
         let file = fs::File::create(&tmp).map_err(IngestError::io(format!("creating {}", tmp.display())))?;
         let schema = stored_schema(table).expect("a derived table has a stored schema");
-        let properties = derived_writer_properties(&schema);
+        let properties = derived_writer_properties(table, &schema);
         let writer = match ArrowWriter::try_new(file, schema, Some(properties)) {
             Ok(writer) => writer,
             Err(e) => {
