@@ -1,9 +1,10 @@
 //! Critical paths (design.md §4): the chain of work that sets a trace's end-to-end latency.
 //!
 //! [`critical_paths`] is the algorithm on one trace, a pure function over span intervals.
-//! [`PathSections`] runs it per trace and produces the `critical_path` rows: one row per span on
-//! a path, with its self time on the path, which the query layer groups.
+//! [`PathSections`] runs it per trace and produces the `critical_path` rows: one row per operation
+//! on a path, with its spans' self time on the path, which the query layer groups.
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
@@ -217,9 +218,9 @@ pub fn critical_path_schema() -> SchemaRef {
                 Field::new(cp::ROOT_SERVICE, DataType::Utf8, false),
                 Field::new(cp::ROOT_OPERATION, DataType::Utf8, false),
                 Field::new(cp::PATH_DURATION_NS, DataType::Int64, false),
-                Field::new(cp::SPAN_ID, DataType::FixedSizeBinary(8), true),
                 Field::new(cp::SERVICE, DataType::Utf8, false),
                 Field::new(cp::OPERATION, DataType::Utf8, false),
+                Field::new(cp::SPANS, DataType::Int64, false),
                 Field::new(cp::SELF_NS, DataType::Int64, false),
             ]))
         })
@@ -236,18 +237,15 @@ pub struct PathSections {
     root_service: StringBuilder,
     root_operation: StringBuilder,
     path_duration: Int64Builder,
-    span_id: FixedSizeBinaryBuilder,
     service: StringBuilder,
     operation: StringBuilder,
+    spans: Int64Builder,
     self_ns: Int64Builder,
     rows: usize,
-    /// Whether `span_id` is written (else left null: see [`PathSections::storing`]).
-    span_ids: bool,
+    /// One path's operations as they are summed: (first span, spans, self time), in order of first
+    /// appearance on the path.
+    operations: Vec<(usize, i64, i64)>,
 }
-
-/// The `critical_path` columns that stored rows leave null ([`PathSections::storing`]): a reader
-/// asked for them derives the table from the spans.
-pub const NOT_STORED: &[&str] = &[cp::SPAN_ID];
 
 impl Default for PathSections {
     fn default() -> Self {
@@ -260,12 +258,12 @@ impl Default for PathSections {
             root_service: StringBuilder::new(),
             root_operation: StringBuilder::new(),
             path_duration: Int64Builder::new(),
-            span_id: FixedSizeBinaryBuilder::new(8),
             service: StringBuilder::new(),
             operation: StringBuilder::new(),
+            spans: Int64Builder::new(),
             self_ns: Int64Builder::new(),
             rows: 0,
-            span_ids: true,
+            operations: Vec::new(),
         }
     }
 }
@@ -300,35 +298,63 @@ impl TracePaths {
     }
 }
 
-impl PathSections {
-    /// The rows for storing beside the span files: `span_id` (a random 8-byte id per row, which no
-    /// encoding shrinks: a third of the table's bytes) is left null, and the aggregates, which group
-    /// paths by `root_span_id`, do not need it.
-    pub fn storing() -> Self {
-        Self { span_ids: false, ..Self::default() }
-    }
+/// Operations of one path found by a linear search up to this many, then through a hash map.
+const LINEAR_OPERATIONS: usize = 16;
 
-    /// The rows of the trace in rows `rows` of `spans`, whose paths are `paths`.
+impl PathSections {
+    /// The rows of the trace in rows `rows` of `spans`, whose paths are `paths`: per path, one row
+    /// per operation (service and span name) with a span on it, in order of first appearance.
     pub fn trace_with(&mut self, spans: &SpanColumns, rows: Range<usize>, paths: &[CriticalPath]) -> Result<()> {
         let row = |i: usize| rows.start + i;
         for path in paths {
             let root = row(path.root);
             let duration = spans.duration_ns(root).max(0);
+            // A path mostly holds few operations: a linear search beats hashing the names, until
+            // there are many (a long path of distinct names must not cost its square).
+            self.operations.clear();
+            let mut index: Option<HashMap<(&str, &str), usize>> = None;
             for (span, self_ns) in path.self_times() {
                 let r = row(span);
+                let key = (spans.service(r), spans.name(r));
+                let at = match &mut index {
+                    Some(index) => index.get(&key).copied(),
+                    None => self
+                        .operations
+                        .iter()
+                        .position(|&(first, _, _)| (spans.service(first), spans.name(first)) == key),
+                };
+                match at {
+                    Some(at) => {
+                        let operation = &mut self.operations[at];
+                        operation.1 += 1;
+                        operation.2 = operation.2.saturating_add(self_ns);
+                    }
+                    None => {
+                        if let Some(index) = &mut index {
+                            index.insert(key, self.operations.len());
+                        }
+                        self.operations.push((r, 1, self_ns));
+                        if index.is_none() && self.operations.len() > LINEAR_OPERATIONS {
+                            let operations = self.operations.iter().enumerate();
+                            index = Some(
+                                operations
+                                    .map(|(i, &(first, _, _))| ((spans.service(first), spans.name(first)), i))
+                                    .collect(),
+                            );
+                        }
+                    }
+                }
+            }
+            for &(first, count, self_ns) in &self.operations {
                 self.trace_id.append_value(spans.trace_id.value(root))?;
                 self.start_time.append_value(spans.start_ns.value(root));
                 self.root_span_id.append_value(spans.span_id.value(root))?;
                 self.root_service.append_value(spans.service(root));
                 self.root_operation.append_value(spans.name(root));
                 self.path_duration.append_value(duration);
-                if self.span_ids {
-                    self.span_id.append_value(spans.span_id.value(r))?;
-                } else {
-                    self.span_id.append_null();
-                }
-                self.service.append_value(spans.service(r));
-                self.operation.append_value(spans.name(r));
+                self.service.append_value(spans.service(first));
+                self.operation.append_value(spans.name(first));
+                self.spans.append_value(count);
                 self.self_ns.append_value(self_ns);
                 self.rows += 1;
             }
@@ -361,9 +387,9 @@ impl PerTrace for PathSections {
                 Arc::new(self.root_service.finish()),
                 Arc::new(self.root_operation.finish()),
                 Arc::new(self.path_duration.finish()),
-                Arc::new(self.span_id.finish()),
                 Arc::new(self.service.finish()),
                 Arc::new(self.operation.finish()),
+                Arc::new(self.spans.finish()),
                 Arc::new(self.self_ns.finish()),
             ],
         )?))

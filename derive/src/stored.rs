@@ -31,8 +31,13 @@ use crate::{OneTrace, PerTrace, Result, SpanColumns, TraceTree, WholeTraces};
 /// The version of what [`StoredDerivations`] writes: raised whenever a table is added or a table's
 /// rows change, so that maintenance derives files stored with an older version again (see
 /// `FileEntry::derivation`). 1: `call_rollup` added; 2: `finding_rollup` added; 3: `deliveries`
-/// added ([`DELIVERIES_SINCE`]).
-pub const DERIVATION: u32 = 3;
+/// added ([`DELIVERIES_SINCE`]); 4: `critical_path` has a row per operation on a path, not per
+/// span ([`PATH_OPERATIONS_SINCE`]).
+pub const DERIVATION: u32 = 4;
+
+/// The first derivation version whose `critical_path` rows are one per operation on a path (with
+/// its `spans` count); older files hold one row per span, with a `span_id`, and readers walk them.
+pub const PATH_OPERATIONS_SINCE: u32 = 4;
 
 /// The first derivation version that stores `deliveries`: a span file derived with an older one
 /// has no `deliveries` file even when it holds deliveries (one derived since has none only when it
@@ -167,7 +172,7 @@ impl Default for StoredDerivations {
             tree: TraceTree::default(),
             traces: TraceSummaries::default(),
             edges: EdgePairing::storing(),
-            paths: PathSections::storing(),
+            paths: PathSections::default(),
             findings: FindingScan::new(Thresholds::default()),
             deliveries: Deliveries::default(),
             hop_rollup: HopRollup::default(),
@@ -865,6 +870,44 @@ mod tests {
         assert_eq!(int_sum(&twice, fr::TRACES), int_sum(rollup, fr::TRACES));
     }
 
+    /// A path's spans of one operation make one `critical_path` row: how many, and their summed
+    /// self time; beyond the operations a linear search finds (20 distinct names here) too.
+    #[test]
+    fn critical_path_rows_are_one_per_operation_on_the_path() {
+        use hopscope_schemas::columns::critical_path as cp;
+        let ns = |i: i64| 1_700_000_000_000_000_000 + i;
+        // A root of 1,000 ns, and 50 back-to-back calls of 10 ns from 100 to 600, to 20 operations
+        // in turn: all on the path (each ends where the next starts); the root owns the other 500.
+        let mut rows = vec![SpanRow::new(trace(1), [0; 8], "api", "GET /", SERVER).during(ns(0), ns(1_000))];
+        rows.extend((0..50u8).map(|i| {
+            SpanRow::new(trace(1), [i + 1; 8], "db", &format!("query {}", i % 20), CLIENT)
+                .child_of([0; 8])
+                .during(ns(100 + 10 * i64::from(i)), ns(110 + 10 * i64::from(i)))
+        }));
+        let tables = derive_all(&rows);
+        let paths = table(&tables, layout::CRITICAL_PATH_TABLE);
+        let (service, operation) =
+            (paths.column_by_name(cp::SERVICE).unwrap(), paths.column_by_name(cp::OPERATION).unwrap());
+        let (service, operation) = (service.as_string::<i32>(), operation.as_string::<i32>());
+        let int =
+            |name: &str| paths.column_by_name(name).unwrap().as_primitive::<arrow::datatypes::Int64Type>().clone();
+        let (spans, self_ns) = (int(cp::SPANS), int(cp::SELF_NS));
+        let mut got: Vec<(String, i64, i64)> = (0..paths.num_rows())
+            .map(|r| (format!("{} {}", service.value(r), operation.value(r)), spans.value(r), self_ns.value(r)))
+            .collect();
+        got.sort();
+        // Operation k is called at i = k, k + 20, k + 40 (while below 50).
+        let mut expected: Vec<(String, i64, i64)> = (0..20)
+            .map(|k| {
+                let calls = (0..50).filter(|i| i % 20 == k).count() as i64;
+                (format!("db query {k}"), calls, 10 * calls)
+            })
+            .collect();
+        expected.push(("api GET /".to_owned(), 1, 500));
+        expected.sort();
+        assert_eq!(got, expected);
+    }
+
     /// Derives every table of `rows` (one batch), returning the stored batches per table.
     fn derive_all(rows: &[SpanRow]) -> Vec<(&'static str, RecordBatch)> {
         StoredDerivations::of_spans(&batch_of(rows).unwrap()).unwrap()
@@ -899,7 +942,8 @@ mod tests {
         let tables = derive_all(&chain);
         assert_eq!(int_sum(table(&tables, layout::TRACES_TABLE), ts::SPAN_COUNT), N as i64);
         let paths = table(&tables, layout::CRITICAL_PATH_TABLE);
-        assert_eq!(paths.num_rows(), N, "every span of the chain is on the path");
+        assert_eq!(paths.num_rows(), 2, "one row per operation on the path: a hop, b hop");
+        assert_eq!(int_sum(paths, cp::SPANS), N as i64, "every span of the chain is on the path");
         assert_eq!(int_sum(paths, cp::SELF_NS), ns(2 * N) - ns(0), "the path tiles the root");
         // One entry, and a hop at every change of service.
         assert_eq!(table(&tables, layout::EDGES_TABLE).num_rows(), N);

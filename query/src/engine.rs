@@ -175,15 +175,18 @@ fn register_derived_tables(
         ctx.register_table(name, Arc::new(table))?;
     }
     ctx.register_table(tables::EDGES, edges)?;
-    let paths = Arc::new(StoredTable::new(
-        Arc::clone(spans),
-        paths::derivation(),
-        layout::CRITICAL_PATH_TABLE,
-        paths::storing_derivation(),
-        false,
-        hopscope_derive::paths::NOT_STORED,
-        Arc::clone(&splits),
-    )?);
+    let paths = Arc::new(
+        StoredTable::new(
+            Arc::clone(spans),
+            paths::derivation(),
+            layout::CRITICAL_PATH_TABLE,
+            paths::derivation(),
+            false,
+            &[],
+            Arc::clone(&splits),
+        )?
+        .rows_since(hopscope_derive::stored::PATH_OPERATIONS_SINCE),
+    );
     let path_rollup = DerivedRollupTable::new(Rollup::Paths, Arc::clone(&paths) as _, Some(Arc::clone(&paths)))?;
     ctx.register_table(tables::PATH_ROLLUP, Arc::new(path_rollup))?;
     ctx.register_table(tables::CRITICAL_PATH, paths)?;

@@ -99,7 +99,7 @@ fn cases() -> Vec<(String, String)> {
         ("the edges table".to_owned(), "SELECT * FROM edges ORDER BY trace_id, start_time, caller, callee".to_owned()),
         (
             "the critical_path table".to_owned(),
-            "SELECT * FROM critical_path ORDER BY trace_id, root_span_id, span_id".to_owned(),
+            "SELECT * FROM critical_path ORDER BY trace_id, root_span_id, service, operation".to_owned(),
         ),
         ("the findings table".to_owned(), "SELECT * FROM findings ORDER BY trace_id, kind, service".to_owned()),
         ("the deliveries table".to_owned(), "SELECT * FROM deliveries ORDER BY trace_id, span_id".to_owned()),

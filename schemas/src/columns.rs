@@ -356,7 +356,8 @@ pub mod delivery {
     pub const DURATION_NS: &str = "duration_ns";
 }
 
-/// Columns of the derived `critical_path` table: one row per span on a critical path (design.md §4).
+/// Columns of the derived `critical_path` table: one row per operation on a critical path
+/// (design.md §4).
 pub mod critical_path {
     pub const TRACE_ID: &str = "trace_id";
     /// When the path's root span started.
@@ -366,10 +367,11 @@ pub mod critical_path {
     pub const ROOT_OPERATION: &str = "root_operation";
     /// The root span's duration: the end-to-end latency the path explains.
     pub const PATH_DURATION_NS: &str = "path_duration_ns";
-    pub const SPAN_ID: &str = "span_id";
     pub const SERVICE: &str = "service";
     pub const OPERATION: &str = "operation";
-    /// The span's self time on the path: the sum of its sections.
+    /// How many of the operation's spans are on the path.
+    pub const SPANS: &str = "spans";
+    /// The operation's self time on the path: the sum of its spans' sections.
     pub const SELF_NS: &str = "self_ns";
 }
 

@@ -22,6 +22,50 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::support::{DEADLINE, Server, dependencies_without_estimates, hopscope};
 
+/// Rewrites the `critical_path` files that `manifest` lists as derivation 3 wrote them: a `span_id`
+/// column (null, as stored) after `path_duration_ns`, and no `spans` column; with their new sizes.
+fn write_paths_before_version_4(data_dir: &std::path::Path, manifest: &mut Manifest) {
+    use arrow::datatypes::{Field, Schema};
+    let tenant = layout::tenant_dir(data_dir, layout::DEFAULT_TENANT);
+    for derived in manifest.files.iter_mut().flat_map(|f| &mut f.derived) {
+        if derived.table != layout::CRITICAL_PATH_TABLE {
+            continue;
+        }
+        let path = tenant.join(&derived.path);
+        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap()).unwrap();
+        let batches: Vec<RecordBatch> = reader.build().unwrap().map(Result::unwrap).collect();
+        let schema = batches[0].schema();
+        let mut fields: Vec<Field> = Vec::new();
+        for field in schema.fields() {
+            match field.name().as_str() {
+                "spans" => {}
+                "path_duration_ns" => {
+                    fields.push(field.as_ref().clone());
+                    fields.push(Field::new("span_id", DataType::FixedSizeBinary(8), true));
+                }
+                _ => fields.push(field.as_ref().clone()),
+            }
+        }
+        let old = Arc::new(Schema::new(fields));
+        let mut writer =
+            parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), Arc::clone(&old), None)
+                .unwrap();
+        for batch in &batches {
+            let columns = old
+                .fields()
+                .iter()
+                .map(|f| match f.name().as_str() {
+                    "span_id" => arrow::array::new_null_array(f.data_type(), batch.num_rows()),
+                    name => Arc::clone(batch.column_by_name(name).unwrap()),
+                })
+                .collect();
+            writer.write(&RecordBatch::try_new(Arc::clone(&old), columns).unwrap()).unwrap();
+        }
+        writer.close().unwrap();
+        derived.bytes = std::fs::metadata(&path).unwrap().len();
+    }
+}
+
 /// The rows of every committed file derived as `table`, file by file.
 fn stored(data_dir: &std::path::Path, table: &str) -> Vec<Vec<RecordBatch>> {
     let tenant = layout::tenant_dir(data_dir, layout::DEFAULT_TENANT);
@@ -209,7 +253,6 @@ async fn tables_derived_at_flush_equal_the_query_time_walk() {
     // Critical paths and findings (default thresholds) as they are.
     let not_stored = |table: &str| match table {
         layout::EDGES_TABLE => hopscope_derive::edges::NOT_STORED,
-        layout::CRITICAL_PATH_TABLE => hopscope_derive::paths::NOT_STORED,
         _ => &[],
     };
     for table in [layout::CRITICAL_PATH_TABLE, layout::FINDINGS_TABLE] {
@@ -838,12 +881,47 @@ async fn span_files_written_without_derived_tables_get_them_from_maintenance() {
         file.derivation = 0;
         file.derived.retain(|d| !newer.contains(&d.table.as_str()));
     }
+    // Their `critical_path` files in the shape of before version 4 (a `span_id` column, no
+    // `spans`): read through the walk, the table has the rows that are stored now.
+    let path_totals = |batches: &[RecordBatch]| {
+        let sum = |b: &RecordBatch, c: &str| -> i64 {
+            b.column_by_name(c).unwrap().as_primitive::<arrow::datatypes::Int64Type>().values().iter().sum()
+        };
+        let rows = batches.iter().map(|b| b.num_rows() as i64).sum::<i64>();
+        (
+            rows,
+            batches.iter().map(|b| sum(b, "spans")).sum::<i64>(),
+            batches.iter().map(|b| sum(b, "self_ns")).sum::<i64>(),
+        )
+    };
+    let stored_paths: Vec<RecordBatch> = stored(&data_dir, layout::CRITICAL_PATH_TABLE).into_iter().flatten().collect();
+    let expected_paths = path_totals(&stored_paths);
+    assert!(expected_paths.0 > 0);
+    write_paths_before_version_4(&data_dir, &mut older);
     let text = String::from_utf8(older.to_json()).unwrap().replace("\"version\": \"3\"", "\"version\": \"2\"");
     std::fs::write(layout::manifest_path(&data_dir, layout::DEFAULT_TENANT), text).unwrap();
+    let walked_paths = |server: &Server| {
+        let url = server.api_url("/api/v1/sql");
+        async move {
+            let query = "SELECT count(*) AS n, sum(spans) AS s, sum(self_ns) AS t FROM critical_path";
+            let body: serde_json::Value = reqwest::Client::new()
+                .post(url)
+                .json(&serde_json::json!({ "sql": query }))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let int = |name: &str| body["rows"][0][name].as_i64().unwrap_or_else(|| panic!("{body}"));
+            (int("n"), int("s"), int("t"))
+        }
+    };
     // (Without deriving, so that no maintenance pass derives them before the question.)
     let server = Server::start_in(data_dir.clone(), &["--no-derive"]);
     assert_eq!(findings_method(&server, "").await, "exact");
     assert_eq!(poison_messages(&server).await, [POISON_FOUND]);
+    assert_eq!(walked_paths(&server).await, expected_paths);
     assert!(server.terminate().success());
     let server = Server::start_in(data_dir.clone(), &["--maintenance-interval", "1s"]);
     let started = Instant::now();
@@ -853,6 +931,7 @@ async fn span_files_written_without_derived_tables_get_them_from_maintenance() {
     }
     assert_eq!(findings_method(&server, "").await, "sketch");
     assert_eq!(poison_messages(&server).await, [POISON_FOUND]);
+    assert_eq!(walked_paths(&server).await, expected_paths);
     assert!(server.terminate().success());
     let rederived = manifest(&data_dir);
     let deliveries_again: usize =

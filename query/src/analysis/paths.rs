@@ -1,5 +1,5 @@
-//! The `critical_path` table: one row per span on a trace's critical path, with its self time on
-//! the path ([`hopscope_derive::paths::PathSections`]), which the aggregate endpoint (and `/sql`)
+//! The `critical_path` table: one row per operation on a trace's critical path, with its spans'
+//! self time on the path ([`hopscope_derive::paths::PathSections`]), which the aggregate endpoint (and `/sql`)
 //! groups.
 
 use std::sync::Arc;
@@ -18,10 +18,4 @@ pub(crate) fn derivation() -> Derivation<()> {
         slack_ns: super::pairing::PAIRING_SLACK_NS,
         factory: Arc::new(|| Box::new(PathSections::default())),
     }
-}
-
-/// The `critical_path` rows as the ingester stores them (without span ids; see
-/// [`PathSections::storing`]): for traces split across span files, walked again.
-pub(crate) fn storing_derivation() -> Derivation<()> {
-    Derivation { factory: Arc::new(|| Box::new(PathSections::storing())), ..derivation() }
 }

@@ -277,8 +277,7 @@ impl Rollup {
     fn base_not_stored(self) -> &'static [&'static str] {
         match self {
             Rollup::Hops | Rollup::Dependencies | Rollup::Calls => hopscope_derive::edges::NOT_STORED,
-            Rollup::Paths => hopscope_derive::paths::NOT_STORED,
-            Rollup::Operations | Rollup::Findings => &[],
+            Rollup::Paths | Rollup::Operations | Rollup::Findings => &[],
         }
     }
 

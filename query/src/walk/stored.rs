@@ -71,6 +71,10 @@ pub(crate) struct StoredTable<D> {
     not_stored: &'static [&'static str],
     /// Finds the traces split across span files, for every stored table of the engine.
     splits: Arc<SplitIndex>,
+    /// The first derivation version (`FileEntry::derivation`) whose stored rows are this table's
+    /// rows: a scan over a file derived with an older one is the walk (see
+    /// [`StoredTable::rows_since`]).
+    since: u32,
 }
 
 impl<D> fmt::Debug for StoredTable<D> {
@@ -93,7 +97,19 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
         splits: Arc<SplitIndex>,
     ) -> DfResult<Self> {
         let walk = DerivedTable::new(Arc::clone(&spans), walk)?;
-        Ok(Self { spans, walk, table, storing, pairs_pending, not_stored, splits })
+        Ok(Self { spans, walk, table, storing, pairs_pending, not_stored, splits, since: 0 })
+    }
+
+    /// Reads stored rows only of span files derived with version `since` or later: older files
+    /// hold this table's rows in an older shape (until maintenance derives them again), so a scan
+    /// over one, and the rollups of this table over one, are the walk.
+    pub(crate) fn rows_since(self, since: u32) -> Self {
+        Self { since, ..self }
+    }
+
+    /// Whether the stored rows of `file` can be read for this table.
+    fn reads_stored(&self, file: &FileEntry) -> bool {
+        file.derived(layout::TRACES_TABLE).is_some() && file.derivation >= self.since
     }
 
     /// The stored rows of the window's files of the `traces` that `condition` selects: the stored
@@ -232,7 +248,7 @@ impl<D: Send + Sync + 'static> TableProvider for StoredTable<D> {
         let span_filters = widened_span_filters(filters, self.storing.slack_ns);
         let pruning = FilePruning::from_filters(&span_filters);
         let window: Vec<&FileEntry> = manifest.files.iter().filter(|f| pruning.may_match(f)).collect();
-        if reads_unstored || window.iter().any(|f| f.derived(layout::TRACES_TABLE).is_none()) {
+        if reads_unstored || !window.iter().all(|f| self.reads_stored(f)) {
             return self.walk.scan_in(&manifest, state, projection, filters);
         }
         let Some(split) = self.splits.of(self.spans.files(), &window).await? else {
@@ -367,8 +383,7 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
             layout::FINDING_ROLLUP_TABLE => f.derived(layout::FINDINGS_TABLE).is_none(),
             _ => f.derived(layout::OPERATION_ROLLUP_TABLE).is_some() && f.derived(layout::HOP_ROLLUP_TABLE).is_none(),
         };
-        let complete =
-            |f: &&FileEntry| f.derived(layout::TRACES_TABLE).is_some() && (f.derived(table).is_some() || needs_none(f));
+        let complete = |f: &&FileEntry| self.reads_stored(f) && (f.derived(table).is_some() || needs_none(f));
         window.iter().all(complete).then_some(window)
     }
 
