@@ -161,13 +161,13 @@ const ROW_GROUP_ROWS: usize = 256 * 1024;
 /// The writer settings of a derived table's files: zstd; names dictionary-encoded; random ids
 /// neither dictionary-encoded nor with statistics, except the trace id, which readers filter on.
 /// Integers are written for what zstd finds in them, measured on the simulator's corpus
-/// (BENCHMARKS.md, "Derived bytes"): rows are in trace order, so times and the values a trace's
-/// rows share (a path's duration, on each of its operations' rows) repeat their high bytes or
+/// (BENCHMARKS.md, "Smaller derived files"): rows are in trace order, so times and the values
+/// consecutive rows share (a path's duration, on each of its operations' rows) repeat their high bytes or
 /// whole values from row to row, which zstd finds in plain values (delta encoding hides them:
 /// each jump between traces widens a whole block); every other integer (a call's durations, self
 /// times, counts) is one unrelated value per row, whose bytes zstd compresses best split into
 /// byte planes (`BYTE_STREAM_SPLIT`: the high bytes of many values together). Together 13% fewer
-/// derived bytes than delta encoding everything.
+/// derived bytes than delta-encoding every integer.
 fn derived_writer_properties(table: &str, schema: &arrow::datatypes::Schema) -> WriterProperties {
     use arrow::datatypes::DataType;
     use parquet::basic::Encoding;
@@ -195,8 +195,9 @@ fn derived_writer_properties(table: &str, schema: &arrow::datatypes::Schema) -> 
     builder.build()
 }
 
-/// Integer columns whose value is shared by the consecutive rows of one trace or path: the path's
-/// duration on each `critical_path` row of its operations, and on each `path_rollup` row.
+/// Integer columns whose value consecutive rows mostly share: the path's duration on each
+/// `critical_path` row of its operations, and `path_rollup.duration_ns`, 0 on every row but the one
+/// counting a bucket's paths.
 const SHARED_BY_A_TRACE: &[(&str, &str)] = &[
     (layout::CRITICAL_PATH_TABLE, c::critical_path::PATH_DURATION_NS),
     (layout::PATH_ROLLUP_TABLE, c::path_rollup::DURATION_NS),

@@ -185,7 +185,7 @@ fn register_derived_tables(
             &[],
             Arc::clone(&splits),
         )?
-        .rows_since(hopscope_derive::stored::PATH_OPERATIONS_SINCE),
+        .rows_since(hopscope_derive::stored::PATH_OPERATIONS_SINCE, &[hopscope_schemas::columns::critical_path::SPANS]),
     );
     let path_rollup = DerivedRollupTable::new(Rollup::Paths, Arc::clone(&paths) as _, Some(Arc::clone(&paths)))?;
     ctx.register_table(tables::PATH_ROLLUP, Arc::new(path_rollup))?;

@@ -922,6 +922,17 @@ async fn span_files_written_without_derived_tables_get_them_from_maintenance() {
     assert_eq!(findings_method(&server, "").await, "exact");
     assert_eq!(poison_messages(&server).await, [POISON_FOUND]);
     assert_eq!(walked_paths(&server).await, expected_paths);
+    // Their `path_rollup` files still serve the aggregate critical path.
+    let aggregate_path = |server: &Server| {
+        let url = server.api_url("/api/v1/critical-path?start=0&end=4000000000000000000");
+        async move {
+            let body: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+            (body["percentiles"]["method"].as_str().unwrap().to_owned(), body["operations"].clone())
+        }
+    };
+    let old_shape_path = aggregate_path(&server).await;
+    assert_eq!(old_shape_path.0, "sketch");
+    assert!(!old_shape_path.1.as_array().unwrap().is_empty());
     assert!(server.terminate().success());
     let server = Server::start_in(data_dir.clone(), &["--maintenance-interval", "1s"]);
     let started = Instant::now();
@@ -932,6 +943,7 @@ async fn span_files_written_without_derived_tables_get_them_from_maintenance() {
     assert_eq!(findings_method(&server, "").await, "sketch");
     assert_eq!(poison_messages(&server).await, [POISON_FOUND]);
     assert_eq!(walked_paths(&server).await, expected_paths);
+    assert_eq!(aggregate_path(&server).await, old_shape_path);
     assert!(server.terminate().success());
     let rederived = manifest(&data_dir);
     let deliveries_again: usize =

@@ -5,7 +5,8 @@
 //! reads them):
 //! - when one of them has no derived files (written before derivation existed, or by
 //!   `serve --no-derive`; maintenance derives them soon), or the scan reads a column the stored
-//!   rows leave null (the span ids of `edges` and `critical_path`), the whole scan is the walk;
+//!   rows leave null (the span ids of `edges`), or one of them was derived before the table's
+//!   rows took their shape ([`StoredTable::rows_since`]), the whole scan is the walk;
 //! - otherwise the rows are the derived files' rows, except those of traces whose spans reached
 //!   more than one span file (their trace ids have more than one row in the files' `traces`): those
 //!   traces are walked again from their spans, with a storing derivation so their rows have the
@@ -75,6 +76,8 @@ pub(crate) struct StoredTable<D> {
     /// rows: a scan over a file derived with an older one is the walk (see
     /// [`StoredTable::rows_since`]).
     since: u32,
+    /// The stored columns that files derived before `since` lack.
+    added: &'static [&'static str],
 }
 
 impl<D> fmt::Debug for StoredTable<D> {
@@ -97,17 +100,20 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
         splits: Arc<SplitIndex>,
     ) -> DfResult<Self> {
         let walk = DerivedTable::new(Arc::clone(&spans), walk)?;
-        Ok(Self { spans, walk, table, storing, pairs_pending, not_stored, splits, since: 0 })
+        Ok(Self { spans, walk, table, storing, pairs_pending, not_stored, splits, since: 0, added: &[] })
     }
 
-    /// Reads stored rows only of span files derived with version `since` or later: older files
-    /// hold this table's rows in an older shape (until maintenance derives them again), so a scan
-    /// over one, and the rollups of this table over one, are the walk.
-    pub(crate) fn rows_since(self, since: u32) -> Self {
-        Self { since, ..self }
+    /// Reads stored rows as this table's rows only of span files derived with version `since` or
+    /// later: older files hold them in an older shape, without the columns `added` (until
+    /// maintenance derives them again), so a scan over one is the walk. The stored rollups of
+    /// older files still serve: their rows have not changed, and the stored rows their
+    /// corrections take away again are read without the `added` columns, which rollups do not
+    /// read.
+    pub(crate) fn rows_since(self, since: u32, added: &'static [&'static str]) -> Self {
+        Self { since, added, ..self }
     }
 
-    /// Whether the stored rows of `file` can be read for this table.
+    /// Whether the stored rows of `file` can be read as this table's rows.
     fn reads_stored(&self, file: &FileEntry) -> bool {
         file.derived(layout::TRACES_TABLE).is_some() && file.derivation >= self.since
     }
@@ -345,11 +351,19 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
         if split.ids.is_empty() {
             return Ok(Some(RollupParts { stored, recounted: Vec::new(), added: None }));
         }
+        // (Without the columns files of older derivations may lack; rollups do not read them.)
+        let stored_schema = &self.storing.schema;
+        let read: Vec<usize> = (0..stored_schema.fields().len())
+            .filter(|&i| !self.added.contains(&stored_schema.field(i).name().as_str()))
+            .collect();
         let recounted = split
             .files
             .iter()
             .filter(|f| window[f.index].derived(self.table).is_some())
-            .map(|f| self.derived_rows(&[window[f.index]], Traces::Only(&f.ids), state, &span_filters, None, None))
+            .map(|f| {
+                let file = [window[f.index]];
+                self.derived_rows(&file, Traces::Only(&f.ids), state, &span_filters, None, Some(read.clone()))
+            })
             .collect::<DfResult<Vec<_>>>()?;
         Ok(Some(RollupParts {
             stored,
@@ -383,7 +397,8 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
             layout::FINDING_ROLLUP_TABLE => f.derived(layout::FINDINGS_TABLE).is_none(),
             _ => f.derived(layout::OPERATION_ROLLUP_TABLE).is_some() && f.derived(layout::HOP_ROLLUP_TABLE).is_none(),
         };
-        let complete = |f: &&FileEntry| self.reads_stored(f) && (f.derived(table).is_some() || needs_none(f));
+        let complete =
+            |f: &&FileEntry| f.derived(layout::TRACES_TABLE).is_some() && (f.derived(table).is_some() || needs_none(f));
         window.iter().all(complete).then_some(window)
     }
 
