@@ -223,6 +223,37 @@ def main():
                      f"{against(graph_time)})", graph_time, None, "calls equal to `/edges`"))
         rows.append((f"`GET /api/v1/dependencies?exact=true` (every call read; {against(graph_exact_time)})",
                      graph_exact_time, None, "the reference"))
+
+        # 5. The latency view of the busiest service's entry spans in one-minute steps (the UI's
+        # service page): from `operation_rollup`, and from every span, against DuckDB's count and
+        # percentiles of the same spans (over whole minutes, which the rollup's answer covers).
+        minute = 60_000_000_000
+        lstart, lend = start // minute * minute, -(-end // minute) * minute
+        entry = "(kind IN (2, 5) OR parent_span_id IS NULL)"
+        service = db.execute(f"SELECT service_name FROM spans WHERE {entry} "
+                             "GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 1").fetchone()[0]
+        latency_sql = (f"SELECT count(*), quantile_cont(duration_ns, [0.5, 0.9, 0.99, 0.999]) FROM spans "
+                       f"WHERE service_name = ? AND {entry} AND epoch_ns(start_time) >= ? "
+                       f"AND epoch_ns(start_time) < ?")
+        duck_latency, duck_latency_time = timed(
+            lambda: db.execute(latency_sql, [service, lstart, lend]).fetchone(), args.repeat)
+        latency_url = (f"/api/v1/latency?service={urllib.parse.quote(service)}&start={lstart}&end={lend}"
+                       f"&step=1m")
+        view, view_time = timed(lambda: server.get(latency_url), args.repeat)
+        view_exact, view_exact_time = timed(lambda: server.get(latency_url + "&exact=true"), args.repeat)
+        keys = ["p50_ns", "p90_ns", "p99_ns", "p999_ns"]
+        for answer, method, tolerance in [(view, "sketch", 0.01), (view_exact, "exact", 1e-6)]:
+            summary = answer["summary"]
+            if answer["percentiles"]["method"] != method or summary["count"] != duck_latency[0]:
+                die(f"GET /api/v1/latency ({method}) counts {summary['count']} spans, DuckDB {duck_latency[0]}")
+            for key, theirs in zip(keys, duck_latency[1]):
+                if abs(summary["percentiles"][key] - theirs) > tolerance * abs(theirs) + 1:
+                    die(f"GET /api/v1/latency ({method}) {key} {summary['percentiles'][key]}, DuckDB {theirs}")
+        rows.append((f"`GET /api/v1/latency` of {service}'s entry spans, 1-minute steps, from `operation_rollup` "
+                     f"({view['summary']['count']:,} spans)", view_time, duck_latency_time,
+                     "count equal to DuckDB's, percentiles within 1%"))
+        rows.append(("`GET /api/v1/latency?exact=true` (every span read; three aggregations: steps, heatmap, "
+                     "summary)", view_exact_time, duck_latency_time, "count and percentiles equal to DuckDB's"))
     finally:
         server.stop()
 

@@ -28,9 +28,9 @@ use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, OnceLock};
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BinaryBuilder, BooleanArray, FixedSizeBinaryBuilder, Int8Builder, Int64Array,
-    Int64Builder, ListBuilder, RecordBatch, StringArray, StringBuilder, TimestampNanosecondArray,
-    TimestampNanosecondBuilder,
+    Array, ArrayRef, AsArray, BinaryBuilder, BooleanArray, BooleanBuilder, FixedSizeBinaryBuilder, Float64Builder,
+    Int8Builder, Int64Array, Int64Builder, ListBuilder, RecordBatch, StringArray, StringBuilder,
+    TimestampNanosecondArray, TimestampNanosecondBuilder,
 };
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -838,7 +838,10 @@ pub fn operation_rollup_schema() -> SchemaRef {
                 Field::new(c::NAME, DataType::Utf8, false),
                 Field::new(c::KIND, DataType::Int8, false),
                 Field::new(c::STATUS_CODE, DataType::Int8, false),
+                Field::new(or::ROOT, DataType::Boolean, false),
                 Field::new(or::SPANS, DataType::Int64, false),
+                Field::new(or::DURATION_SUM_NS, DataType::Int64, false),
+                Field::new(or::DURATION_SUM_SQUARES, DataType::Float64, false),
                 Field::new(or::DURATION_SKETCH, DataType::Binary, false),
             ]))
         })
@@ -853,13 +856,23 @@ struct OperationKey {
     name: String,
     kind: i8,
     status: i8,
+    root: bool,
 }
 
 /// The `operation_rollup` of the spans it is handed: per minute (of the span's start) and
 /// operation, the spans and their durations.
 #[derive(Debug, Default)]
 pub struct OperationRollup {
-    rows: KeyedRows<OperationKey, (i64, LatencySketch)>,
+    rows: KeyedRows<OperationKey, OperationCounts>,
+}
+
+/// What an `operation_rollup` row counts.
+#[derive(Debug, Default)]
+struct OperationCounts {
+    spans: i64,
+    sum_ns: i64,
+    sum_squares: f64,
+    sketch: LatencySketch,
 }
 
 impl OperationRollup {
@@ -870,21 +883,26 @@ impl OperationRollup {
             let minute_ns = start.div_euclid(MINUTE_NS) * MINUTE_NS;
             let (service, name) = (spans.service(row), spans.name(row));
             let (kind, status) = (spans.kind.value(row), spans.status_code.value(row));
+            let root = spans.parent(row).is_none();
             let mut hasher = self.rows.hasher();
-            (minute_ns, service, name, kind, status).hash(&mut hasher);
-            let (count, sketch) = self.rows.row(
+            (minute_ns, service, name, kind, status, root).hash(&mut hasher);
+            let counts = self.rows.row(
                 hasher.finish(),
                 |key| {
                     key.minute_ns == minute_ns
                         && key.kind == kind
                         && key.status == status
+                        && key.root == root
                         && key.service == service
                         && key.name == name
                 },
-                || OperationKey { minute_ns, service: service.to_owned(), name: name.to_owned(), kind, status },
+                || OperationKey { minute_ns, service: service.to_owned(), name: name.to_owned(), kind, status, root },
             );
-            *count += 1;
-            sketch.add(spans.end_ns.value(row).saturating_sub(start), 1);
+            let duration = spans.end_ns.value(row).saturating_sub(start);
+            counts.spans += 1;
+            counts.sum_ns = counts.sum_ns.saturating_add(duration);
+            counts.sum_squares += (duration as f64) * (duration as f64);
+            counts.sketch.add(duration, 1);
         }
     }
 
@@ -897,15 +915,20 @@ impl OperationRollup {
         let mut minute = TimestampNanosecondBuilder::with_capacity(rows.len());
         let (mut service, mut name) = (StringBuilder::new(), StringBuilder::new());
         let (mut kind, mut status) = (Int8Builder::new(), Int8Builder::new());
+        let mut root = BooleanBuilder::new();
         let (mut spans, mut sketch) = (Int64Builder::new(), BinaryBuilder::new());
-        for (key, (count, durations)) in &rows {
+        let (mut sum_ns, mut sum_squares) = (Int64Builder::new(), Float64Builder::new());
+        for (key, counts) in &rows {
             minute.append_value(key.minute_ns);
             service.append_value(&key.service);
             name.append_value(&key.name);
             kind.append_value(key.kind);
             status.append_value(key.status);
-            spans.append_value(*count);
-            sketch.append_value(durations.encode());
+            root.append_value(key.root);
+            spans.append_value(counts.spans);
+            sum_ns.append_value(counts.sum_ns);
+            sum_squares.append_value(counts.sum_squares);
+            sketch.append_value(counts.sketch.encode());
         }
         let columns: Vec<ArrayRef> = vec![
             Arc::new(minute.finish().with_timezone("UTC")),
@@ -913,7 +936,10 @@ impl OperationRollup {
             Arc::new(name.finish()),
             Arc::new(kind.finish()),
             Arc::new(status.finish()),
+            Arc::new(root.finish()),
             Arc::new(spans.finish()),
+            Arc::new(sum_ns.finish()),
+            Arc::new(sum_squares.finish()),
             Arc::new(sketch.finish()),
         ];
         Ok(Some(RecordBatch::try_new(operation_rollup_schema(), columns)?))

@@ -32,8 +32,12 @@ use crate::{OneTrace, PerTrace, Result, SpanColumns, TraceTree, WholeTraces};
 /// rows change, so that maintenance derives files stored with an older version again (see
 /// `FileEntry::derivation`). 1: `call_rollup` added; 2: `finding_rollup` added; 3: `deliveries`
 /// added ([`DELIVERIES_SINCE`]); 4: `critical_path` has a row per operation on a path, not per
-/// span ([`PATH_OPERATIONS_SINCE`]).
-pub const DERIVATION: u32 = 4;
+/// span ([`PATH_OPERATIONS_SINCE`]); 5: `operation_rollup` tells roots apart ([`OPERATION_ROOTS_SINCE`]).
+pub const DERIVATION: u32 = 5;
+
+/// The first derivation version whose `operation_rollup` rows have the `root` column (spans without
+/// a parent id counted apart); older files' rows are computed from their spans.
+pub const OPERATION_ROOTS_SINCE: u32 = 5;
 
 /// The first derivation version whose `critical_path` rows are one per operation on a path (with
 /// its `spans` count); older files hold one row per span, with a `span_id`, and readers walk them.
@@ -512,7 +516,13 @@ mod tests {
         let listed = rows_of(std::slice::from_ref(operations));
         let stock: Vec<&String> = listed.iter().filter(|r| r.contains("| stock | GET /stock |")).collect();
         assert_eq!(stock.len(), 2, "{listed:?}");
-        assert!(stock.iter().any(|r| r.contains("| 2 | 2 | 1 |")), "kind SERVER, status ERROR, one span: {stock:?}");
+        // Kind SERVER, status ERROR, not a root, one span of 18 ms: its sum and sum of squares.
+        let failed = format!("| 2 | 2 | false | 1 | {} | {:.1} |", 18_000_000, 18e6 * 18e6);
+        assert!(stock.iter().any(|r| r.contains(&failed)), "{failed} in {stock:?}");
+        // The roots (spans without a parent id) are counted apart.
+        let roots = operations.column_by_name(orr::ROOT).unwrap().as_boolean();
+        let root_spans: i64 = (0..operations.num_rows()).filter(|&r| roots.value(r)).map(|r| spans.value(r)).sum();
+        assert_eq!(root_spans, rows.iter().filter(|r| r.parent_span_id.is_none()).count() as i64);
         // The failed call a minute and a half later is a row of its own.
         assert!(expected.keys().any(|k| k.starts_with("28333334 shop stock")), "{expected:?}");
         assert_eq!(expected.values().map(|v| v.1).sum::<i64>(), 1);

@@ -181,7 +181,7 @@ fn derived_writer_properties(table: &str, schema: &arrow::datatypes::Schema) -> 
         let encoding = match field.data_type() {
             DataType::Timestamp(..) => Some(Encoding::PLAIN),
             DataType::Int64 if SHARED_BY_A_TRACE.contains(&(table, field.name().as_str())) => Some(Encoding::PLAIN),
-            DataType::Int64 => Some(Encoding::BYTE_STREAM_SPLIT),
+            DataType::Int64 | DataType::Float64 => Some(Encoding::BYTE_STREAM_SPLIT),
             DataType::FixedSizeBinary(_) if field.name() != c::TRACE_ID => {
                 builder = builder.set_column_statistics_enabled(path.clone(), EnabledStatistics::None);
                 Some(Encoding::PLAIN)

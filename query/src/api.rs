@@ -218,7 +218,7 @@ const MAX_STEPS: i64 = 10_000;
 const NICE_STEPS_S: &[i64] = &[1, 5, 10, 15, 30, 60, 300, 600, 900, 1_800, 3_600, 10_800, 21_600, 43_200, 86_400];
 
 async fn latency(State(engine): Engine, raw: RawParams) -> Result<Json<LatencyView>, QueryError> {
-    let p = params(raw, &["service", "operation", "caller", "callee", "start", "end", "step"])?;
+    let p = params(raw, &["service", "operation", "caller", "callee", "start", "end", "step", "exact"])?;
     let range = p.range()?;
     let operation = p.text("operation")?.map(str::to_owned);
     let target = match (p.text("service")?, p.text("caller")?, p.text("callee")?) {
@@ -249,7 +249,8 @@ async fn latency(State(engine): Engine, raw: RawParams) -> Result<Json<LatencyVi
             seconds * 1_000_000_000
         }
     };
-    Ok(Json(engine.latency(LatencyQuery { target, range, step_ns }).await?))
+    let exact = p.boolean("exact")?.unwrap_or(false);
+    Ok(Json(engine.latency(LatencyQuery { target, range, step_ns, exact }).await?))
 }
 
 /// The body of `POST /api/v1/sql`.

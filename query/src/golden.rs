@@ -115,6 +115,13 @@ fn cases() -> Vec<(String, String)> {
                 .to_owned(),
         ),
         (
+            "the operation_rollup table".to_owned(),
+            "SELECT minute, service_name, name, kind, status_code, root, sum(spans) AS spans, \
+             sum(duration_sum_ns) AS duration_sum_ns, sketch_quantile(merge_sketches(duration_sketch), 0.5) AS p50 \
+             FROM operation_rollup GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 3, 4, 5, 6"
+                .to_owned(),
+        ),
+        (
             "the path_rollup table".to_owned(),
             "SELECT minute, root_service, root_operation, duration_bucket, service, operation, \
              sum(paths) AS paths, sum(duration_ns) AS duration_ns, sum(self_ns) AS self_ns \

@@ -239,12 +239,15 @@ pub struct SlowCallView {
     pub duration_ns: i64,
 }
 
-/// Answer of `GET /api/v1/latency`.
+/// Answer of `GET /api/v1/latency`. Counts, means and spreads are exact; percentiles (of the series
+/// and the summary) as `percentiles` says, and so are the histogram's and heatmap's buckets (a
+/// value's bucket is its sketch bucket's when estimated).
 #[derive(Debug, Clone, Serialize)]
 pub struct LatencyView {
     pub start: String,
     pub end: String,
     pub step_ns: i64,
+    pub percentiles: PercentileAccuracy,
     pub series: Vec<LatencyPoint>,
     pub histogram: Vec<HistogramBucket>,
     pub heatmap: Vec<HeatmapCell>,

@@ -267,7 +267,13 @@ pub mod dependency_rollup {
 pub mod operation_rollup {
     /// The start of the minute the spans started in.
     pub const MINUTE: &str = "minute";
+    /// Whether the spans have no parent id (roots of their traces).
+    pub const ROOT: &str = "root";
     pub const SPANS: &str = "spans";
+    /// The sum of the spans' durations (saturating): with `spans`, their exact mean.
+    pub const DURATION_SUM_NS: &str = "duration_sum_ns";
+    /// The sum of the squares of the spans' durations (ns², a float): with the sum, their spread.
+    pub const DURATION_SUM_SQUARES: &str = "duration_sum_squares";
     /// A latency sketch of the spans' durations (see `hopscope_schemas::sketch`).
     pub const DURATION_SKETCH: &str = "duration_sketch";
 }

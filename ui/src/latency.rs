@@ -25,9 +25,19 @@ pub(crate) fn step_for(range: TimeRange) -> i64 {
     STEPS_S.iter().copied().find(|s| span_s / s <= 60).unwrap_or(24 * 3_600) * 1_000_000_000
 }
 
-/// The tail-latency view: summary figures, then the three charts.
+/// The tail-latency view: summary figures, then the three charts (over whole minutes when the view
+/// comes from the per-minute sketches).
 fn tail_view(view: &LatencyView, range: TimeRange) -> Markup {
+    const MINUTE_NS: i64 = 60_000_000_000;
     let s = &view.summary;
+    let sketched = view.percentiles.method == "sketch";
+    let range = match sketched {
+        true => TimeRange {
+            start_ns: range.start_ns.div_euclid(MINUTE_NS).saturating_mul(MINUTE_NS),
+            end_ns: range.end_ns.saturating_add(MINUTE_NS - 1).div_euclid(MINUTE_NS).saturating_mul(MINUTE_NS),
+        },
+        false => range,
+    };
     html! {
         section.tail-latency {
             dl.figures {
@@ -43,6 +53,9 @@ fn tail_view(view: &LatencyView, range: TimeRange) -> Markup {
                     dt { "coefficient of variation" } dd { @if let Some(cv) = s.coefficient_of_variation { (format!("{cv:.2}")) } @else { "–" } }
                 }
                 div { dt { "mean ± stddev" } dd { (duration(s.mean_ns)) " ± " (duration(s.stddev_ns)) } }
+            }
+            @if sketched {
+                p.note { "Percentiles and buckets " (SKETCHED) "; calls, mean and spread exact; whole minutes from " (view.start.get(..19).unwrap_or(&view.start)) " to " (view.end.get(..19).unwrap_or(&view.end)) "." }
             }
             (charts::percentiles_over_time(view, range))
             (charts::heatmap(view, range))
@@ -112,6 +125,7 @@ pub(crate) async fn service_page(
         target: LatencyTarget::Service { service: name.clone(), operation: operation.clone() },
         range,
         step_ns: step_for(range),
+        exact: false,
     };
     let edges_query = EdgesQuery { range, service: Some(name.clone()), by_operation: false, exact: false };
     let (service, slowest_query) = (name.clone(), query.clone());
@@ -203,6 +217,7 @@ pub(crate) async fn hop_page(
         target: LatencyTarget::Hop { caller: caller.clone(), callee: callee.clone(), operation: None },
         range,
         step_ns: step_for(range),
+        exact: false,
     };
     let edges_query = EdgesQuery { range, service: Some(caller.clone()), by_operation: false, exact: false };
     let slowest_query = query.clone();

@@ -20,19 +20,23 @@ use hopscope_schemas::api::{
     EdgeView, EdgesView, HeatmapCell, HistogramBucket, LatencyPoint, LatencyView, PercentileAccuracy, Percentiles,
     Predictability, SlowCallView,
 };
-use hopscope_schemas::columns::{self as c, edge, hop_rollup as hr};
+use hopscope_schemas::columns::{self as c, edge, hop_rollup as hr, operation_rollup as or};
 use hopscope_schemas::sketch;
 use hopscope_schemas::spans::kind;
 
 use datafusion::functions_aggregate::expr_fn::sum;
 use datafusion::logical_expr::Expr;
 use datafusion::prelude::SessionContext;
-use hopscope_schemas::histogram::{bucket_lower_ns, bucket_upper_ns};
+use hopscope_schemas::histogram::{bucket_lower_ns, bucket_upper_ns, latency_bucket};
+use hopscope_schemas::sketch::LatencySketch;
 use hopscope_schemas::time::{TimeRange, format_time};
 
 use super::frame::{Results, count_where, in_range, percentile_aggregates, rollup_computed, timestamp, whole_minutes};
 use crate::QueryError;
-use crate::tables::{EDGES as EDGES_TABLE, HOP_ROLLUP as HOP_ROLLUP_TABLE, SPANS as SPANS_TABLE};
+use crate::tables::{
+    EDGES as EDGES_TABLE, HOP_ROLLUP as HOP_ROLLUP_TABLE, OPERATION_ROLLUP as OPERATION_ROLLUP_TABLE,
+    SPANS as SPANS_TABLE,
+};
 
 /// What `GET /api/v1/edges` asks.
 #[derive(Debug, Clone)]
@@ -61,6 +65,8 @@ pub struct LatencyQuery {
     pub target: LatencyTarget,
     pub range: TimeRange,
     pub step_ns: i64,
+    /// Percentiles from every value of the asked range, instead of the per-minute sketches.
+    pub exact: bool,
 }
 
 /// Per-hop latency over a range, busiest hops first: from the per-minute rollups over the asked
@@ -260,8 +266,22 @@ pub(crate) async fn slowest(
     Ok(out)
 }
 
-/// Percentiles over time, a log-bucket histogram, a heatmap and predictability figures.
+/// Percentiles over time, a log-bucket histogram, a heatmap and predictability figures: for a
+/// service's spans in steps of whole minutes, from the per-minute `operation_rollup` rows over the
+/// asked range widened to whole minutes (percentiles estimated from merged sketches); else, or when
+/// `exact` is asked, from every value of the asked range.
 pub(crate) async fn latency(ctx: &SessionContext, query: &LatencyQuery) -> Result<LatencyView, QueryError> {
+    use hopscope_derive::rollup::MINUTE_NS;
+    match &query.target {
+        LatencyTarget::Service { service, operation } if !query.exact && query.step_ns % MINUTE_NS == 0 => {
+            rolled_up_latency(ctx, service, operation.as_deref(), whole_minutes(query.range), query.step_ns).await
+        }
+        _ => exact_latency(ctx, query).await,
+    }
+}
+
+/// [`latency`] from every value of the asked range.
+async fn exact_latency(ctx: &SessionContext, query: &LatencyQuery) -> Result<LatencyView, QueryError> {
     let step = lit(ScalarValue::IntervalMonthDayNano(Some(IntervalMonthDayNano::new(0, 0, query.step_ns))));
     let bin = date_bin(step, col(c::START_TIME), timestamp(query.range.start_ns));
     let bucket = ctx.udf("latency_bucket")?.call(vec![col("value")]);
@@ -292,6 +312,106 @@ pub(crate) async fn latency(ctx: &SessionContext, query: &LatencyQuery) -> Resul
         start: format_time(query.range.start_ns),
         end: format_time(query.range.end_ns),
         step_ns: query.step_ns,
+        percentiles: PercentileAccuracy { method: "exact", relative_error: 0.0 },
+        series,
+        histogram,
+        heatmap,
+        summary,
+    })
+}
+
+/// [`latency`] of a service's spans (its entry spans, or one operation's) from `operation_rollup`
+/// over `range` (whole minutes), in steps of `step_ns` (whole minutes): counts, means and spreads
+/// from the rows' sums, percentiles from their merged sketches, histogram and heatmap from the
+/// sketches' buckets.
+async fn rolled_up_latency(
+    ctx: &SessionContext,
+    service: &str,
+    operation: Option<&str>,
+    range: TimeRange,
+    step_ns: i64,
+) -> Result<LatencyView, QueryError> {
+    let mut condition = in_range(or::MINUTE, range).and(col(c::SERVICE_NAME).eq(lit(service)));
+    condition = match operation {
+        Some(operation) => condition.and(col(c::NAME).eq(lit(operation))),
+        None => {
+            condition.and(col(c::KIND).eq(lit(kind::SERVER)).or(col(c::KIND).eq(lit(kind::CONSUMER))).or(col(or::ROOT)))
+        }
+    };
+    let step = lit(ScalarValue::IntervalMonthDayNano(Some(IntervalMonthDayNano::new(0, 0, step_ns))));
+    let bin = date_bin(step, col(or::MINUTE), timestamp(range.start_ns));
+    let merge = ctx.udaf("merge_sketches")?;
+    let batches = ctx
+        .table(OPERATION_ROLLUP_TABLE)
+        .await?
+        .filter(condition)?
+        .aggregate(
+            vec![bin.alias("t")],
+            vec![
+                sum(col(or::SPANS)).alias("count"),
+                sum(col(or::DURATION_SUM_NS)).alias("sum_ns"),
+                sum(col(or::DURATION_SUM_SQUARES)).alias("sum_squares"),
+                merge.call(vec![col(or::DURATION_SKETCH)]).alias("sketch"),
+            ],
+        )?
+        .sort(vec![col("t").sort(true, false)])?
+        .collect()
+        .await?;
+    let (mut series, mut heatmap) = (Vec::new(), Vec::new());
+    let mut histogram: BTreeMap<i32, u64> = BTreeMap::new();
+    let (mut all, mut count, mut sum_ns, mut sum_squares) = (LatencySketch::new(), 0u64, 0f64, 0f64);
+    for batch in &batches {
+        let r = Results(batch);
+        let (t, n, sums, squares) = (r.ints("t")?, r.ints("count")?, r.floats("sum_ns")?, r.floats("sum_squares")?);
+        for row in 0..batch.num_rows() {
+            let Some(sketch) = r.sketch("sketch", row)? else { continue };
+            let time = format_time(t.value(row));
+            if let Some(percentiles) = r.sketch_percentiles("sketch", row)? {
+                series.push(LatencyPoint { time: time.clone(), count: n.value(row) as u64, percentiles });
+            }
+            let mut cells: BTreeMap<i32, u64> = BTreeMap::new();
+            for (value, spans) in sketch.buckets() {
+                *cells.entry(latency_bucket(value.round() as i64)).or_default() += spans as u64;
+            }
+            for (bucket, spans) in cells {
+                *histogram.entry(bucket).or_default() += spans;
+                heatmap.push(HeatmapCell { time: time.clone(), bucket, count: spans });
+            }
+            count += n.value(row) as u64;
+            sum_ns += sums.value(row);
+            sum_squares += squares.value(row);
+            all.merge(&sketch);
+        }
+    }
+    let mut summary = empty_summary();
+    summary.count = count;
+    let quantiles: Option<Vec<f64>> = [0.5, 0.9, 0.99, 0.999].iter().map(|&q| all.quantile(q)).collect();
+    if let (Some(quantiles), true) = (quantiles, count > 0) {
+        let mean = sum_ns / count as f64;
+        // The population deviation, as `stddev_pop` computes it (never below 0 from rounding).
+        let stddev = (sum_squares / count as f64 - mean * mean).max(0.0).sqrt();
+        let percentiles =
+            Percentiles { p50_ns: quantiles[0], p90_ns: quantiles[1], p99_ns: quantiles[2], p999_ns: quantiles[3] };
+        summary.mean_ns = mean;
+        summary.stddev_ns = stddev;
+        summary.p99_over_p50 = (percentiles.p50_ns > 0.0).then(|| percentiles.p99_ns / percentiles.p50_ns);
+        summary.coefficient_of_variation = (mean > 0.0).then(|| stddev / mean);
+        summary.percentiles = percentiles;
+    }
+    let histogram = histogram
+        .into_iter()
+        .map(|(bucket, count)| HistogramBucket {
+            bucket,
+            lower_ns: bucket_lower_ns(bucket),
+            upper_ns: bucket_upper_ns(bucket),
+            count,
+        })
+        .collect();
+    Ok(LatencyView {
+        start: format_time(range.start_ns),
+        end: format_time(range.end_ns),
+        step_ns,
+        percentiles: PercentileAccuracy { method: "sketch", relative_error: sketch::RELATIVE_ERROR },
         series,
         histogram,
         heatmap,
@@ -341,16 +461,21 @@ fn heatmap_cells(batches: &[RecordBatch]) -> Result<(Vec<HeatmapCell>, Vec<Histo
     Ok((heatmap, histogram))
 }
 
-/// The whole range's percentiles, mean, spread and the ratios that measure predictability.
-fn predictability(batches: &[RecordBatch]) -> Result<Predictability, QueryError> {
-    let mut summary = Predictability {
+/// The summary of no values.
+fn empty_summary() -> Predictability {
+    Predictability {
         count: 0,
         mean_ns: 0.0,
         stddev_ns: 0.0,
         percentiles: Percentiles { p50_ns: 0.0, p90_ns: 0.0, p99_ns: 0.0, p999_ns: 0.0 },
         p99_over_p50: None,
         coefficient_of_variation: None,
-    };
+    }
+}
+
+/// The whole range's percentiles, mean, spread and the ratios that measure predictability.
+fn predictability(batches: &[RecordBatch]) -> Result<Predictability, QueryError> {
+    let mut summary = empty_summary();
     if let Some(batch) = batches.iter().find(|b| b.num_rows() > 0) {
         let r = Results(batch);
         summary.count = r.ints("count")?.value(0) as u64;

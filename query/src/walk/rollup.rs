@@ -219,11 +219,13 @@ impl TableProvider for OperationRollupTable {
         let span_filters = start_filters(filters)?;
         let pruning = FilePruning::from_filters(&span_filters);
         let manifest = self.spans.manifest()?;
-        let (stored, rolled): (Vec<&FileEntry>, Vec<&FileEntry>) = manifest
-            .files
-            .iter()
-            .filter(|f| pruning.may_match(f))
-            .partition(|f| self.read_derived && f.derived(layout::OPERATION_ROLLUP_TABLE).is_some());
+        let (stored, rolled): (Vec<&FileEntry>, Vec<&FileEntry>) =
+            manifest.files.iter().filter(|f| pruning.may_match(f)).partition(|f| {
+                // (Rows of files derived before roots were counted apart lack `root`.)
+                self.read_derived
+                    && f.derived(layout::OPERATION_ROLLUP_TABLE).is_some()
+                    && f.derivation >= hopscope_derive::stored::OPERATION_ROOTS_SINCE
+            });
         let mut plans = vec![self.spans.derived_scan(
             &stored,
             layout::OPERATION_ROLLUP_TABLE,
