@@ -38,7 +38,7 @@ use hopscope_schemas::columns::{
     self as c, call_rollup as cr, connection, critical_path as cp, dependency_rollup as dr, edge, finding,
     finding_rollup as fr, hop_rollup as hr, operation_rollup as or, path_rollup as pr,
 };
-use hopscope_schemas::sketch::LatencySketch;
+use hopscope_schemas::sketch::{LatencySketch, Moments};
 use hopscope_schemas::spans::timestamp_type;
 
 use crate::{DeriveError, Result, SpanColumns};
@@ -841,7 +841,7 @@ pub fn operation_rollup_schema() -> SchemaRef {
                 Field::new(or::ROOT, DataType::Boolean, false),
                 Field::new(or::SPANS, DataType::Int64, false),
                 Field::new(or::DURATION_SUM_NS, DataType::Int64, false),
-                Field::new(or::DURATION_SUM_SQUARES, DataType::Float64, false),
+                Field::new(or::DURATION_M2, DataType::Float64, false),
                 Field::new(or::DURATION_SKETCH, DataType::Binary, false),
             ]))
         })
@@ -871,7 +871,7 @@ pub struct OperationRollup {
 struct OperationCounts {
     spans: i64,
     sum_ns: i64,
-    sum_squares: f64,
+    moments: Moments,
     sketch: LatencySketch,
 }
 
@@ -901,7 +901,7 @@ impl OperationRollup {
             let duration = spans.end_ns.value(row).saturating_sub(start);
             counts.spans += 1;
             counts.sum_ns = counts.sum_ns.saturating_add(duration);
-            counts.sum_squares += (duration as f64) * (duration as f64);
+            counts.moments.add(duration);
             counts.sketch.add(duration, 1);
         }
     }
@@ -917,7 +917,7 @@ impl OperationRollup {
         let (mut kind, mut status) = (Int8Builder::new(), Int8Builder::new());
         let mut root = BooleanBuilder::new();
         let (mut spans, mut sketch) = (Int64Builder::new(), BinaryBuilder::new());
-        let (mut sum_ns, mut sum_squares) = (Int64Builder::new(), Float64Builder::new());
+        let (mut sum_ns, mut m2) = (Int64Builder::new(), Float64Builder::new());
         for (key, counts) in &rows {
             minute.append_value(key.minute_ns);
             service.append_value(&key.service);
@@ -927,7 +927,7 @@ impl OperationRollup {
             root.append_value(key.root);
             spans.append_value(counts.spans);
             sum_ns.append_value(counts.sum_ns);
-            sum_squares.append_value(counts.sum_squares);
+            m2.append_value(counts.moments.m2);
             sketch.append_value(counts.sketch.encode());
         }
         let columns: Vec<ArrayRef> = vec![
@@ -939,7 +939,7 @@ impl OperationRollup {
             Arc::new(root.finish()),
             Arc::new(spans.finish()),
             Arc::new(sum_ns.finish()),
-            Arc::new(sum_squares.finish()),
+            Arc::new(m2.finish()),
             Arc::new(sketch.finish()),
         ];
         Ok(Some(RecordBatch::try_new(operation_rollup_schema(), columns)?))

@@ -239,7 +239,8 @@ pub struct SlowCallView {
     pub duration_ns: i64,
 }
 
-/// Answer of `GET /api/v1/latency`. Counts, means and spreads are exact; percentiles (of the series
+/// Answer of `GET /api/v1/latency`. Counts, means and spreads are exact (spreads up to float
+/// rounding); percentiles (of the series
 /// and the summary) as `percentiles` says, and so are the histogram's and heatmap's buckets (a
 /// value's bucket is its sketch bucket's when estimated).
 #[derive(Debug, Clone, Serialize)]

@@ -263,7 +263,7 @@ pub mod dependency_rollup {
 }
 
 /// The `operation_rollup` table's own columns; the operation's are the spans' (`service_name`,
-/// `name`, `kind`, `status_code`).
+/// `name`, `kind`, `status_code`) and whether they are roots.
 pub mod operation_rollup {
     /// The start of the minute the spans started in.
     pub const MINUTE: &str = "minute";
@@ -272,8 +272,9 @@ pub mod operation_rollup {
     pub const SPANS: &str = "spans";
     /// The sum of the spans' durations (saturating): with `spans`, their exact mean.
     pub const DURATION_SUM_NS: &str = "duration_sum_ns";
-    /// The sum of the squares of the spans' durations (ns², a float): with the sum, their spread.
-    pub const DURATION_SUM_SQUARES: &str = "duration_sum_squares";
+    /// The sum of the squared differences between the spans' durations and their mean (ns², a
+    /// float): with `spans` and the sum, their spread; rows merge by `hopscope_schemas::sketch::Moments`.
+    pub const DURATION_M2: &str = "duration_m2";
     /// A latency sketch of the spans' durations (see `hopscope_schemas::sketch`).
     pub const DURATION_SKETCH: &str = "duration_sketch";
 }

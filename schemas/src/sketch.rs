@@ -332,6 +332,53 @@ fn take_varint(bytes: &mut &[u8]) -> Result<i64, SchemaError> {
     Err(SchemaError::InvalidSketch("a number longer than 64 bits".to_owned()))
 }
 
+/// The count, mean and sum of squared deviations from the mean (`M2`) of latency values, updated
+/// one value at a time (Welford) and merged pairwise (Chan et al.): the mean and the population
+/// standard deviation without the cancellation of `E[x²] − mean²`, which loses every digit of a
+/// deviation small against the mean (nearly constant durations of a second or more).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Moments {
+    pub count: i64,
+    pub mean: f64,
+    pub m2: f64,
+}
+
+impl Moments {
+    /// The moments of a group of `count` values whose mean is `mean` and `M2` is `m2`.
+    pub fn of(count: i64, mean: f64, m2: f64) -> Self {
+        Self { count, mean, m2 }
+    }
+
+    pub fn add(&mut self, value_ns: i64) {
+        self.count += 1;
+        let value = value_ns as f64;
+        let delta = value - self.mean;
+        self.mean += delta / self.count as f64;
+        self.m2 += delta * (value - self.mean);
+    }
+
+    pub fn merge(&mut self, other: &Moments) {
+        if other.count <= 0 {
+            return;
+        }
+        if self.count <= 0 {
+            *self = *other;
+            return;
+        }
+        let count = self.count + other.count;
+        let delta = other.mean - self.mean;
+        let (a, b, n) = (self.count as f64, other.count as f64, count as f64);
+        self.mean += delta * b / n;
+        self.m2 += other.m2 + delta * delta * a * b / n;
+        self.count = count;
+    }
+
+    /// The population standard deviation (as `stddev_pop`); `None` without values.
+    pub fn stddev(&self) -> Option<f64> {
+        (self.count > 0).then(|| (self.m2.max(0.0) / self.count as f64).sqrt())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -454,6 +501,34 @@ mod tests {
             let (low, high) = bucket_index_bounds(index);
             assert!(low <= v && v <= high && (high - low) as f64 <= 0.03 * v as f64 + 2.0, "{v}: [{low}, {high}]");
         }
+    }
+
+    /// Moments added one by one, or merged from any split, give the mean and deviation computed
+    /// from the values directly; for nearly constant values of about a minute too, where the
+    /// difference of squares keeps no digit of the deviation.
+    #[test]
+    fn moments_merge_to_the_mean_and_deviation_of_all_values() {
+        let values: Vec<i64> = (0..1_000).map(|i| 60_000_000_000 + (i * 7_919) % 1_000).collect();
+        let n = values.len() as f64;
+        let mean = values.iter().map(|&v| v as f64).sum::<f64>() / n;
+        let stddev = (values.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
+        assert!(stddev > 200.0 && stddev < 400.0, "{stddev}");
+        for split in [1, 3, 250, 999] {
+            let (mut left, mut right) = (Moments::default(), Moments::default());
+            values[..split].iter().for_each(|&v| left.add(v));
+            values[split..].iter().for_each(|&v| right.add(v));
+            let mut merged = Moments::default();
+            merged.merge(&left);
+            merged.merge(&Moments::default());
+            merged.merge(&right);
+            assert_eq!(merged.count, 1_000);
+            assert!((merged.mean - mean).abs() <= 1e-9 * mean, "{split}: {} vs {mean}", merged.mean);
+            let got = merged.stddev().unwrap();
+            assert!((got - stddev).abs() <= 1e-6 * stddev, "{split}: {got} vs {stddev}");
+        }
+        let squares = values.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / n;
+        assert!(((squares - mean * mean).max(0.0).sqrt() - stddev).abs() > 0.01 * stddev, "cancellation");
+        assert_eq!(Moments::default().stddev(), None);
     }
 
     /// What a sketch holds grows with the buckets it counts, and is measured without encoding it.

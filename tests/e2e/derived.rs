@@ -790,13 +790,16 @@ async fn span_files_written_without_derived_tables_get_them_from_maintenance() {
     }
     // Without derived files, the deliveries come from the consumer spans.
     assert_eq!(poison_messages(&server).await, [POISON_FOUND]);
-    // Asked of span files without stored rollups, the per-hop latency, the dependencies and the
-    // aggregate critical path come from every call and path, exact, as the answers say (the rollups
-    // would be computed from them).
+    // Asked of span files without stored rollups, the per-hop latency, the dependencies, the
+    // aggregate critical path and a service's latency view come from every call, path and span,
+    // exact, as the answers say (the rollups would be computed from them).
     let answers = |server: &Server| {
-        let paths =
+        let mut paths =
             [("/api/v1/edges", "edges"), ("/api/v1/dependencies", "edges"), ("/api/v1/critical-path", "operations")]
-                .map(|(p, list)| (format!("{p}?start=0&end=4000000000000000000"), list));
+                .map(|(p, list)| (format!("{p}?start=0&end=4000000000000000000"), list))
+                .to_vec();
+        let around = "start=1699999000000000000&end=1700001000000000000";
+        paths.push((format!("/api/v1/latency?service=gateway&step=1m&{around}"), "series"));
         let server = server.api_url("");
         async move {
             let mut methods = Vec::new();
@@ -809,7 +812,7 @@ async fn span_files_written_without_derived_tables_get_them_from_maintenance() {
             methods
         }
     };
-    assert_eq!(answers(&server).await, ["exact", "exact", "exact"]);
+    assert_eq!(answers(&server).await, ["exact", "exact", "exact", "exact"]);
     assert!(server.terminate().success());
     let manifest = |data_dir: &std::path::Path| {
         Manifest::from_json(&std::fs::read(layout::manifest_path(data_dir, layout::DEFAULT_TENANT)).unwrap()).unwrap()
@@ -825,7 +828,7 @@ async fn span_files_written_without_derived_tables_get_them_from_maintenance() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Once derived, from the rollups; the poison message from the stored deliveries.
-    assert_eq!(answers(&server).await, ["sketch", "sketch", "sketch"]);
+    assert_eq!(answers(&server).await, ["sketch", "sketch", "sketch", "sketch"]);
     assert_eq!(poison_messages(&server).await, [POISON_FOUND]);
     assert!(server.terminate().success());
     let deliveries: usize =

@@ -942,21 +942,11 @@ async fn edge_percentiles_match_sorting_on_generated_calls() {
         }
     }
 
-    // The latency view of inventory's entry spans (its server spans), in one-minute steps: from the
-    // per-minute `operation_rollup` sketches by default, from every span with `exact=true`. Counts,
-    // mean and spread are exact either way; percentiles as above; each span's histogram bucket is
-    // its own, or when sketched may be the next one for a duration within 1% of a boundary.
-    let n = server_ms.len() as f64;
-    let mean = server_ms.iter().sum::<f64>() / n;
-    let stddev = (server_ms.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n).sqrt();
-    let mut sorted = server_ms.clone();
-    sorted.sort_by(f64::total_cmp);
-    let bucket = |ns: f64| (ns.log2() * 4.0).floor() as i64;
-    let mut histogram: std::collections::BTreeMap<i64, i64> = std::collections::BTreeMap::new();
-    for &v in &server_ms {
-        *histogram.entry(bucket(v)).or_default() += 1;
-    }
-    let near_a_boundary = server_ms.iter().filter(|&&v| bucket(v * 0.99) != bucket(v * 1.01)).count() as i64;
+    // The latency view of inventory's entry spans (its server spans), of checkout's (its client
+    // spans: roots of their traces) and of one operation, in one-minute steps: from the per-minute
+    // `operation_rollup` sketches by default, from every span with `exact=true`. Counts, mean and
+    // spread are exact either way; percentiles as above; each span's histogram bucket is its own,
+    // or when sketched may be the next one for a duration within 1% of a boundary.
     // (Over whole minutes holding every call, so that both ways read the same spans.)
     const MINUTE: i64 = 60_000_000_000;
     let minutes = format!(
@@ -964,38 +954,54 @@ async fn edge_percentiles_match_sorting_on_generated_calls() {
         T0.div_euclid(MINUTE) * MINUTE,
         (T0 + CALLS as i64 * 1_000_000 + 1_000_000_000).div_euclid(MINUTE) * MINUTE + MINUTE
     );
-    for exact in [true, false] {
-        let view = get_ok(&server, &format!("/api/v1/latency?{minutes}&service=inventory&step=1m&exact={exact}")).await;
-        let method = if exact { "exact" } else { "sketch" };
-        assert_eq!(view["percentiles"]["method"], method, "{view}");
-        let summary = &view["summary"];
-        assert_eq!(summary["count"], CALLS, "{method}");
-        assert!((summary["mean_ns"].as_f64().unwrap() - mean).abs() <= 1e-9 * mean, "{method} mean");
-        assert!((summary["stddev_ns"].as_f64().unwrap() - stddev).abs() <= 1e-6 * stddev, "{method} stddev");
-        for (key, q) in [("p50_ns", 0.5), ("p90_ns", 0.9), ("p99_ns", 0.99), ("p999_ns", 0.999)] {
-            let (expected, spacing) = percentile(&sorted, q);
-            let actual = summary["percentiles"][key].as_f64().unwrap();
-            let tolerance = if exact { 1e-6 * spacing + 1e-9 * expected } else { 0.01 * (expected + spacing) };
-            assert!((actual - expected).abs() <= tolerance, "{method} {key}: {actual} vs {expected}");
+    let targets = [
+        ("service=inventory", &server_ms),
+        ("service=checkout", &client_ms),
+        ("service=inventory&operation=GET%20/stock", &server_ms),
+    ];
+    for (target, values) in targets {
+        let n = values.len() as f64;
+        let mean = values.iter().sum::<f64>() / n;
+        let stddev = (values.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n).sqrt();
+        let mut sorted = values.clone();
+        sorted.sort_by(f64::total_cmp);
+        let bucket = |ns: f64| (ns.log2() * 4.0).floor() as i64;
+        let mut histogram: std::collections::BTreeMap<i64, i64> = std::collections::BTreeMap::new();
+        for &v in values {
+            *histogram.entry(bucket(v)).or_default() += 1;
         }
-        let series_count: u64 = view["series"].as_array().unwrap().iter().map(|p| p["count"].as_u64().unwrap()).sum();
-        assert_eq!(series_count, CALLS as u64, "{method}");
-        let got: std::collections::BTreeMap<i64, i64> = view["histogram"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|b| (b["bucket"].as_i64().unwrap(), b["count"].as_i64().unwrap()))
-            .collect();
-        assert_eq!(got.values().sum::<i64>(), CALLS as i64, "{method}");
-        let moved: i64 = histogram
-            .keys()
-            .chain(got.keys())
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .map(|b| (got.get(b).unwrap_or(&0) - histogram.get(b).unwrap_or(&0)).abs())
-            .sum();
-        let allowed = if exact { 0 } else { 2 * near_a_boundary };
-        assert!(moved <= allowed, "{method}: {moved} bucket counts off, {allowed} allowed: {got:?} vs {histogram:?}");
+        let near_a_boundary = values.iter().filter(|&&v| bucket(v * 0.99) != bucket(v * 1.01)).count() as i64;
+        for exact in [true, false] {
+            let view = get_ok(&server, &format!("/api/v1/latency?{minutes}&{target}&step=1m&exact={exact}")).await;
+            let method = if exact { "exact" } else { "sketch" };
+            assert_eq!(view["percentiles"]["method"], method, "{target}: {view}");
+            let summary = &view["summary"];
+            assert_eq!(summary["count"], CALLS, "{target} {method}");
+            assert!((summary["mean_ns"].as_f64().unwrap() - mean).abs() <= 1e-9 * mean, "{target} {method} mean");
+            let got = summary["stddev_ns"].as_f64().unwrap();
+            assert!((got - stddev).abs() <= 1e-6 * stddev, "{target} {method} stddev {got} vs {stddev}");
+            for (key, q) in [("p50_ns", 0.5), ("p90_ns", 0.9), ("p99_ns", 0.99), ("p999_ns", 0.999)] {
+                let (expected, spacing) = percentile(&sorted, q);
+                let actual = summary["percentiles"][key].as_f64().unwrap();
+                let tolerance = if exact { 1e-6 * spacing + 1e-9 * expected } else { 0.01 * (expected + spacing) };
+                assert!((actual - expected).abs() <= tolerance, "{target} {method} {key}: {actual} vs {expected}");
+            }
+            let series = view["series"].as_array().unwrap();
+            let series_count: u64 = series.iter().map(|p| p["count"].as_u64().unwrap()).sum();
+            assert_eq!(series_count, CALLS as u64, "{target} {method}");
+            let got: std::collections::BTreeMap<i64, i64> = view["histogram"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| (b["bucket"].as_i64().unwrap(), b["count"].as_i64().unwrap()))
+                .collect();
+            assert_eq!(got.values().sum::<i64>(), CALLS as i64, "{target} {method}");
+            let buckets: std::collections::BTreeSet<&i64> = histogram.keys().chain(got.keys()).collect();
+            let moved: i64 =
+                buckets.into_iter().map(|b| (got.get(b).unwrap_or(&0) - histogram.get(b).unwrap_or(&0)).abs()).sum();
+            let allowed = if exact { 0 } else { 2 * near_a_boundary };
+            assert!(moved <= allowed, "{target} {method}: {moved} bucket counts off, {allowed} allowed");
+        }
     }
 
     // The aggregate critical path of the same calls: each trace is a checkout client span wrapping an

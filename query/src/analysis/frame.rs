@@ -37,9 +37,10 @@ pub(crate) fn whole_minutes(range: TimeRange) -> TimeRange {
 }
 
 /// Whether the rollup `table` (`hop_rollup`, `dependency_rollup`, `call_rollup`, `path_rollup`,
-/// `finding_rollup`) over `range` (whole minutes) would be computed from the table it rolls up
-/// (`edges`, `critical_path`, `findings`) as the query runs, because a span file of the range was stored before that
-/// rollup existed: an answer is then cheaper, and exact, from that table itself.
+/// `finding_rollup`, `operation_rollup`) over `range` (whole minutes) would be computed from the
+/// table it rolls up (`edges`, `critical_path`, `findings`, `spans`) as the query runs, because a
+/// span file of the range was stored before that rollup existed: an answer is then cheaper, and
+/// exact, from that table itself.
 pub(crate) async fn rollup_computed(ctx: &SessionContext, table: &str, range: TimeRange) -> Result<bool, QueryError> {
     use crate::walk::DerivedRollupTable;
     let provider = ctx.table_provider(table).await?;
@@ -50,6 +51,9 @@ pub(crate) async fn rollup_computed(ctx: &SessionContext, table: &str, range: Ti
     }
     if let Some(rollup) = provider.downcast_ref::<DerivedRollupTable<()>>() {
         return Ok(rollup.computed_from_base(&filters)?);
+    }
+    if let Some(rollup) = provider.downcast_ref::<crate::walk::OperationRollupTable>() {
+        return Ok(rollup.computed_from_spans(&filters)?);
     }
     Ok(false)
 }

@@ -1,9 +1,12 @@
 //! Per-hop latency (`GET /api/v1/edges`), the tail-latency view (`GET /api/v1/latency`) and the
-//! slowest calls behind it, each one DataFusion query (or three) over `spans` and `edges`.
+//! slowest calls behind it, each one DataFusion query (or three) over `hop_rollup`,
+//! `operation_rollup`, `spans` and `edges`.
 //!
 //! Per-hop percentiles come from the per-minute latency sketches of `hop_rollup` (within
 //! [`sketch::RELATIVE_ERROR`] of the values they interpolate between), or, when asked, from every
-//! call; the latency view's are exact: `percentile_cont` over every value of the group,
+//! call. A service's latency view in steps of whole minutes comes from `operation_rollup` (counts
+//! and means exact, deviations merged from per-row moments, percentiles from sketches); a hop's, a
+//! finer one or one asked `exact=true` is exact: `percentile_cont` over every value of the group,
 //! interpolating linearly between the two nearest values.
 
 use std::collections::BTreeMap;
@@ -28,7 +31,7 @@ use datafusion::functions_aggregate::expr_fn::sum;
 use datafusion::logical_expr::Expr;
 use datafusion::prelude::SessionContext;
 use hopscope_schemas::histogram::{bucket_lower_ns, bucket_upper_ns, latency_bucket};
-use hopscope_schemas::sketch::LatencySketch;
+use hopscope_schemas::sketch::{LatencySketch, Moments};
 use hopscope_schemas::time::{TimeRange, format_time};
 
 use super::frame::{Results, count_where, in_range, percentile_aggregates, rollup_computed, timestamp, whole_minutes};
@@ -268,13 +271,20 @@ pub(crate) async fn slowest(
 
 /// Percentiles over time, a log-bucket histogram, a heatmap and predictability figures: for a
 /// service's spans in steps of whole minutes, from the per-minute `operation_rollup` rows over the
-/// asked range widened to whole minutes (percentiles estimated from merged sketches); else, or when
-/// `exact` is asked, from every value of the asked range.
+/// asked range widened to whole minutes (percentiles estimated from merged sketches); else, when
+/// `exact` is asked, or when the range holds span files stored without those rows (which would be
+/// rolled up from their spans: reading the spans is then cheaper, and exact), from every value of
+/// the asked range.
 pub(crate) async fn latency(ctx: &SessionContext, query: &LatencyQuery) -> Result<LatencyView, QueryError> {
     use hopscope_derive::rollup::MINUTE_NS;
+    let minutes = whole_minutes(query.range);
     match &query.target {
-        LatencyTarget::Service { service, operation } if !query.exact && query.step_ns % MINUTE_NS == 0 => {
-            rolled_up_latency(ctx, service, operation.as_deref(), whole_minutes(query.range), query.step_ns).await
+        LatencyTarget::Service { service, operation }
+            if !query.exact
+                && query.step_ns % MINUTE_NS == 0
+                && !rollup_computed(ctx, OPERATION_ROLLUP_TABLE, minutes).await? =>
+        {
+            rolled_up_latency(ctx, service, operation.as_deref(), minutes, query.step_ns).await
         }
         _ => exact_latency(ctx, query).await,
     }
@@ -321,9 +331,9 @@ async fn exact_latency(ctx: &SessionContext, query: &LatencyQuery) -> Result<Lat
 }
 
 /// [`latency`] of a service's spans (its entry spans, or one operation's) from `operation_rollup`
-/// over `range` (whole minutes), in steps of `step_ns` (whole minutes): counts, means and spreads
-/// from the rows' sums, percentiles from their merged sketches, histogram and heatmap from the
-/// sketches' buckets.
+/// over `range` (whole minutes), in steps of `step_ns` (whole minutes): counts and means from the
+/// rows' sums, deviations by merging the rows' moments, percentiles from their merged sketches,
+/// histogram and heatmap from the sketches' buckets.
 async fn rolled_up_latency(
     ctx: &SessionContext,
     service: &str,
@@ -338,60 +348,69 @@ async fn rolled_up_latency(
             condition.and(col(c::KIND).eq(lit(kind::SERVER)).or(col(c::KIND).eq(lit(kind::CONSUMER))).or(col(or::ROOT)))
         }
     };
-    let step = lit(ScalarValue::IntervalMonthDayNano(Some(IntervalMonthDayNano::new(0, 0, step_ns))));
-    let bin = date_bin(step, col(or::MINUTE), timestamp(range.start_ns));
-    let merge = ctx.udaf("merge_sketches")?;
+    // One row per minute and operation variant: few enough to merge here, where moments merge
+    // pairwise (a sum of squares would lose the deviation of nearly constant durations).
     let batches = ctx
         .table(OPERATION_ROLLUP_TABLE)
         .await?
         .filter(condition)?
-        .aggregate(
-            vec![bin.alias("t")],
-            vec![
-                sum(col(or::SPANS)).alias("count"),
-                sum(col(or::DURATION_SUM_NS)).alias("sum_ns"),
-                sum(col(or::DURATION_SUM_SQUARES)).alias("sum_squares"),
-                merge.call(vec![col(or::DURATION_SKETCH)]).alias("sketch"),
-            ],
-        )?
-        .sort(vec![col("t").sort(true, false)])?
+        .select_columns(&[or::MINUTE, or::SPANS, or::DURATION_SUM_NS, or::DURATION_M2, or::DURATION_SKETCH])?
         .collect()
         .await?;
-    let (mut series, mut heatmap) = (Vec::new(), Vec::new());
-    let mut histogram: BTreeMap<i32, u64> = BTreeMap::new();
-    let (mut all, mut count, mut sum_ns, mut sum_squares) = (LatencySketch::new(), 0u64, 0f64, 0f64);
+    /// One step's spans: their count, the sum of their durations, moments and sketch.
+    #[derive(Default)]
+    struct Step {
+        spans: i64,
+        sum_ns: i128,
+        moments: Moments,
+        sketch: LatencySketch,
+    }
+    let mut steps: BTreeMap<i64, Step> = BTreeMap::new();
     for batch in &batches {
         let r = Results(batch);
-        let (t, n, sums, squares) = (r.ints("t")?, r.ints("count")?, r.floats("sum_ns")?, r.floats("sum_squares")?);
+        let (minute, spans, sums, m2) =
+            (r.ints(or::MINUTE)?, r.ints(or::SPANS)?, r.ints(or::DURATION_SUM_NS)?, r.floats(or::DURATION_M2)?);
         for row in 0..batch.num_rows() {
-            let Some(sketch) = r.sketch("sketch", row)? else { continue };
-            let time = format_time(t.value(row));
-            if let Some(percentiles) = r.sketch_percentiles("sketch", row)? {
-                series.push(LatencyPoint { time: time.clone(), count: n.value(row) as u64, percentiles });
+            let (n, sum) = (spans.value(row), sums.value(row));
+            if n <= 0 {
+                continue;
             }
-            let mut cells: BTreeMap<i32, u64> = BTreeMap::new();
-            for (value, spans) in sketch.buckets() {
-                *cells.entry(latency_bucket(value.round() as i64)).or_default() += spans as u64;
+            let at = range.start_ns + (minute.value(row) - range.start_ns).div_euclid(step_ns) * step_ns;
+            let step = steps.entry(at).or_default();
+            step.spans += n;
+            step.sum_ns += i128::from(sum);
+            step.moments.merge(&Moments::of(n, sum as f64 / n as f64, m2.value(row)));
+            if let Some(sketch) = r.sketch(or::DURATION_SKETCH, row)? {
+                step.sketch.merge(&sketch);
             }
-            for (bucket, spans) in cells {
-                *histogram.entry(bucket).or_default() += spans;
-                heatmap.push(HeatmapCell { time: time.clone(), bucket, count: spans });
-            }
-            count += n.value(row) as u64;
-            sum_ns += sums.value(row);
-            sum_squares += squares.value(row);
-            all.merge(&sketch);
         }
     }
+    let (mut series, mut heatmap) = (Vec::new(), Vec::new());
+    let mut histogram: BTreeMap<i32, u64> = BTreeMap::new();
+    let mut all = Step::default();
+    for (at, step) in &steps {
+        let time = format_time(*at);
+        if let Some(percentiles) = sketch_percentiles(&step.sketch) {
+            series.push(LatencyPoint { time: time.clone(), count: step.spans as u64, percentiles });
+        }
+        let mut cells: BTreeMap<i32, u64> = BTreeMap::new();
+        for (value, spans) in step.sketch.buckets() {
+            *cells.entry(latency_bucket(value.round() as i64)).or_default() += spans as u64;
+        }
+        for (bucket, spans) in cells {
+            *histogram.entry(bucket).or_default() += spans;
+            heatmap.push(HeatmapCell { time: time.clone(), bucket, count: spans });
+        }
+        all.spans += step.spans;
+        all.sum_ns += step.sum_ns;
+        all.moments.merge(&step.moments);
+        all.sketch.merge(&step.sketch);
+    }
     let mut summary = empty_summary();
-    summary.count = count;
-    let quantiles: Option<Vec<f64>> = [0.5, 0.9, 0.99, 0.999].iter().map(|&q| all.quantile(q)).collect();
-    if let (Some(quantiles), true) = (quantiles, count > 0) {
-        let mean = sum_ns / count as f64;
-        // The population deviation, as `stddev_pop` computes it (never below 0 from rounding).
-        let stddev = (sum_squares / count as f64 - mean * mean).max(0.0).sqrt();
-        let percentiles =
-            Percentiles { p50_ns: quantiles[0], p90_ns: quantiles[1], p99_ns: quantiles[2], p999_ns: quantiles[3] };
+    summary.count = all.spans as u64;
+    if let (Some(percentiles), Some(stddev)) = (sketch_percentiles(&all.sketch), all.moments.stddev()) {
+        // The mean from the exact sum (the moments' running mean rounds).
+        let mean = all.sum_ns as f64 / all.spans as f64;
         summary.mean_ns = mean;
         summary.stddev_ns = stddev;
         summary.p99_over_p50 = (percentiles.p50_ns > 0.0).then(|| percentiles.p99_ns / percentiles.p50_ns);
@@ -417,6 +436,12 @@ async fn rolled_up_latency(
         heatmap,
         summary,
     })
+}
+
+/// The four percentiles of a sketch; `None` when it counts nothing.
+fn sketch_percentiles(sketch: &LatencySketch) -> Option<Percentiles> {
+    let [p50_ns, p90_ns, p99_ns, p999_ns] = [0.5, 0.9, 0.99, 0.999].map(|q| sketch.quantile(q));
+    Some(Percentiles { p50_ns: p50_ns?, p90_ns: p90_ns?, p99_ns: p99_ns?, p999_ns: p999_ns? })
 }
 
 /// One point per time bucket that holds values.

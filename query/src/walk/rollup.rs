@@ -11,8 +11,8 @@
 //!   counts, and any sum over the rollup is the sum over the table rolled up. When the files of a
 //!   range have no stored rollups (or the table rolled up is the walk), the rollup is computed from
 //!   that table's rows as the query runs ([`RollupExec`]): the reference the tests compare with.
-//! - [`OperationRollupTable`], `operation_rollup`: per minute and service operation, the spans and
-//!   a latency sketch of their durations. Every span lives in one span file, so the stored rows need
+//! - [`OperationRollupTable`], `operation_rollup`: per minute and service operation (and whether
+//!   root), the spans, the sum and moments of their durations and a latency sketch of them. Every span lives in one span file, so the stored rows need
 //!   no correction; the span files without them (or every file, for the reference) are rolled up
 //!   from their spans as the query runs.
 
@@ -192,6 +192,23 @@ impl OperationRollupTable {
     pub(crate) fn new(spans: Arc<SpansTable>, read_derived: bool) -> Self {
         Self { spans, read_derived }
     }
+
+    /// Whether the stored rows of `file` are read (else it is rolled up from its spans).
+    fn reads_stored(&self, file: &FileEntry) -> bool {
+        // (Rows of files derived before roots were counted apart lack `root`.)
+        self.read_derived
+            && file.derived(layout::OPERATION_ROLLUP_TABLE).is_some()
+            && file.derivation >= hopscope_derive::stored::OPERATION_ROOTS_SINCE
+    }
+
+    /// Whether a scan with `filters` (on `minute`) would roll a span file up from its spans as the
+    /// query runs (stored before these rows were, or the reference): then the question is cheaper,
+    /// and exact, asked of the spans themselves.
+    pub(crate) fn computed_from_spans(&self, filters: &[Expr]) -> DfResult<bool> {
+        let pruning = FilePruning::from_filters(&start_filters(filters)?);
+        let manifest = self.spans.manifest()?;
+        Ok(manifest.files.iter().filter(|f| pruning.may_match(f)).any(|f| !self.reads_stored(f)))
+    }
 }
 
 #[async_trait]
@@ -220,12 +237,7 @@ impl TableProvider for OperationRollupTable {
         let pruning = FilePruning::from_filters(&span_filters);
         let manifest = self.spans.manifest()?;
         let (stored, rolled): (Vec<&FileEntry>, Vec<&FileEntry>) =
-            manifest.files.iter().filter(|f| pruning.may_match(f)).partition(|f| {
-                // (Rows of files derived before roots were counted apart lack `root`.)
-                self.read_derived
-                    && f.derived(layout::OPERATION_ROLLUP_TABLE).is_some()
-                    && f.derivation >= hopscope_derive::stored::OPERATION_ROOTS_SINCE
-            });
+            manifest.files.iter().filter(|f| pruning.may_match(f)).partition(|f| self.reads_stored(f));
         let mut plans = vec![self.spans.derived_scan(
             &stored,
             layout::OPERATION_ROLLUP_TABLE,
