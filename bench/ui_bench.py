@@ -38,22 +38,30 @@ def main():
 
     server = Server(args.binary, data_dir)
     try:
-        spans, first, last = [server.sql(
-            "SELECT count(*) AS n, CAST(min(start_time) AS BIGINT) AS s, CAST(max(start_time) AS BIGINT) AS e "
-            "FROM traces")[0][k] for k in ("n", "s", "e")]
+        def one(query, what):
+            rows = server.sql(query)
+            if not rows or any(v is None for v in rows[0].values()):
+                die(f"the store has no {what}")
+            return rows[0]
+
+        extent = one("SELECT count(*) AS n, CAST(min(start_time) AS BIGINT) AS s, "
+                     "CAST(max(start_time) AS BIGINT) AS e FROM traces", "traces")
+        traces, first, last = extent["n"], extent["s"], extent["e"]
         minute = 60_000_000_000
         start, end = first // minute * minute, -(-(last + 1) // minute) * minute
         window = f"start={start}&end={end}"
-        service = server.sql(
-            "SELECT service_name FROM operation_rollup WHERE kind IN (2, 5) OR root "
-            "GROUP BY 1 ORDER BY sum(spans) DESC, 1 LIMIT 1")[0]["service_name"]
-        hop = server.sql("SELECT caller, callee FROM hop_rollup WHERE caller_kind = 'service' "
-                         "AND callee_kind = 'service' GROUP BY 1, 2 ORDER BY sum(calls) DESC, 1, 2 LIMIT 1")[0]
-        root = server.sql("SELECT root_service, root_operation FROM traces "
-                          "GROUP BY 1, 2 ORDER BY count(*) DESC, 1, 2 LIMIT 1")[0]
-        big = server.sql("SELECT hex_id(trace_id) AS id, span_count FROM traces WHERE span_count <= 2000 "
-                         "ORDER BY span_count DESC, trace_id LIMIT 1")[0]
-        q = urllib.parse.quote
+        service = one("SELECT service_name FROM operation_rollup WHERE kind IN (2, 5) OR root "
+                      "GROUP BY 1 ORDER BY sum(spans) DESC, 1 LIMIT 1", "entry spans")["service_name"]
+        hop = one("SELECT caller, callee FROM hop_rollup WHERE caller_kind = 'service' "
+                  "AND callee_kind = 'service' GROUP BY 1, 2 ORDER BY sum(calls) DESC, 1, 2 LIMIT 1",
+                  "hop between services")
+        root = one("SELECT root_service, root_operation FROM traces "
+                   "GROUP BY 1, 2 ORDER BY count(*) DESC, 1, 2 LIMIT 1", "root")
+        big = one("SELECT hex_id(trace_id) AS id, span_count FROM traces WHERE span_count <= 2000 "
+                  "ORDER BY span_count DESC, trace_id LIMIT 1", "trace of at most 2,000 spans")
+
+        def q(text):
+            return urllib.parse.quote(text, safe="")
         # Step of the service and hop pages (ui/src/latency.rs `step_for`).
         step_s = next((s for s in [10, 30, 60, 120, 300, 600, 1800, 3600, 21600]
                        if (end - start) // 1_000_000_000 // s <= 60), 86400)
@@ -89,17 +97,20 @@ def main():
                     page_ms.append((time.monotonic() - started) * 1000)
                     if response is None or response.status != 200:
                         die(f"{url}: {response.status if response else 'no response'}")
-                    api_ms.append(page.evaluate(
-                        "async (paths) => { const t = performance.now(); "
-                        "const answers = await Promise.all(paths.map(async (p) => { const r = await fetch(p); "
-                        "if (!r.ok) throw new Error(p + ': ' + r.status); return r.json(); })); "
-                        "return performance.now() - t; }", apis))
+                    try:
+                        api_ms.append(max(0.001, page.evaluate(
+                            "async (paths) => { const t = performance.now(); "
+                            "const answers = await Promise.all(paths.map(async (p) => { const r = await fetch(p); "
+                            "if (!r.ok) throw new Error(p + ': ' + r.status); return r.json(); })); "
+                            "return performance.now() - t; }", apis)))
+                    except Exception as error:  # Playwright reports the page's exception
+                        die(f"{name}: an API answer failed: {error}")
                 results.append((name, statistics.median(page_ms), statistics.median(api_ms), apis))
             browser.close()
     finally:
         server.stop()
 
-    print(f"\n{spans:,} traces stored in {data_dir}, whole range ({(end - start) / 60e9:.0f} minutes); "
+    print(f"\n{traces:,} traces stored in {data_dir}, whole range ({(end - start) / 60e9:.0f} minutes); "
           f"machine: {machine()}; median of {args.repeat} loads\n")
     print("| page | page load | its API answers | page / API | API answers fetched |")
     print("|---|---:|---:|---:|---|")
