@@ -188,6 +188,7 @@ def main():
         out["findings"] = {
             "kinds": page.eval_on_selector_all("table.findings tbody tr", "els => els.map(e => e.dataset.kind)"),
             "evidence": page.eval_on_selector_all("table.findings td.evidence a", "els => els.map(e => e.getAttribute('href'))"),
+            "more": page.eval_on_selector_all("p.more-findings", "els => els.map(e => e.textContent)"),
         }
         if out["findings"]["evidence"]:
             page.locator("table.findings td.evidence a").first.click()

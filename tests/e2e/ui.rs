@@ -405,8 +405,18 @@ async fn every_page_in_a_real_browser() {
     assert!(path["h1"].as_str().unwrap().contains(endpoint.1), "{path}");
     assert!(path["rows"].as_array().unwrap().iter().any(|r| r[0] == "gateway"), "{path}");
 
-    // Findings link to their evidence; the N+1 made here is among them.
+    // Findings link to their evidence; the N+1 made here is among them. The page lists the most
+    // costly ones, up to its cap, and says how many more the API has.
     let findings = &seen["findings"];
+    let api_findings =
+        get_json(&client, &server.api_url("/api/v1/findings")).await["findings"].as_array().unwrap().len();
+    let shown = findings["kinds"].as_array().unwrap().len();
+    assert_eq!(shown, api_findings.min(hopscope_ui::FINDINGS_SHOWN), "{findings}");
+    let more = findings["more"].as_array().unwrap();
+    assert_eq!(more.len(), usize::from(api_findings > hopscope_ui::FINDINGS_SHOWN), "{findings}");
+    if let Some(note) = more.first() {
+        assert!(note.as_str().unwrap().contains(&format!("of {api_findings} findings")), "{note}");
+    }
     assert!(findings["kinds"].as_array().unwrap().contains(&json!("n_plus_one")), "{findings}");
     let evidence = findings["evidence"].as_array().unwrap();
     assert!(evidence.iter().all(|h| h.as_str().unwrap().starts_with("/ui/trace/")), "{findings}");

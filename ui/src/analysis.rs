@@ -8,7 +8,7 @@ use axum::http::HeaderMap;
 use axum::response::Html;
 use hopscope_query::{AggregatePathQuery, DependenciesQuery};
 use hopscope_query::{FindingsQuery, Thresholds};
-use hopscope_schemas::api::{AggregateCriticalPathView, EndpointDependenciesView, PathGroupView};
+use hopscope_schemas::api::{AggregateCriticalPathView, EndpointDependenciesView, FindingView, PathGroupView};
 use maud::{Markup, html};
 
 use crate::page::{Frame, PageParams, duration, percent};
@@ -132,6 +132,10 @@ pub(crate) fn kind_label(kind: &str) -> &str {
     }
 }
 
+/// The most findings the findings page lists (the most costly): a busy hour over many services has
+/// thousands, mostly one-off variants whose rows a browser takes seconds to lay out.
+pub const FINDINGS_SHOWN: usize = 200;
+
 /// `GET /ui/findings?service=`
 pub(crate) async fn findings_page(
     State(ui): UiState,
@@ -165,26 +169,72 @@ pub(crate) async fn findings_page(
             label { "Service " input type="text" name="service" value=[service.as_deref()] placeholder="all"; }
             button type="submit" { "Filter" }
         }
-        @if let Some(empty) = empty { (empty) } @else {
-            table.findings {
-                thead { tr { th { "finding" } th { "where" } th { "calls" } th.num { "occurrences" } th.num { "traces" } th.num { "cost (total)" } th.num { "cost (each)" } th { "threshold" } th { "evidence" } } }
-                tbody {
-                    @for f in &view.findings {
-                        tr data-kind=(f.kind) {
-                            td { strong { (kind_label(&f.kind)) } }
-                            td { a href=(params.link(paths::SERVICE, &[("name", &f.service), ("operation", &f.operation)])) { (f.service) " · " (f.operation) } }
-                            td { (f.callee.as_deref().unwrap_or("–")) " " span.calls { "(" (f.calls) ")" } }
-                            td.num { (f.occurrences) }
-                            td.num { @match f.traces { Some(t) => (t), None => span title="not counted in the per-minute rollups this finding comes from" { "–" } } }
-                            td.num { (duration(f.cost_ns_total as f64)) } td.num { (duration(f.cost_ns_mean)) }
-                            td { code { (f.threshold) } }
-                            td.evidence { @for id in &f.evidence_trace_ids { a.trace-link href=(paths::trace(id)) title=(id) { code { (id.get(..8).unwrap_or(id)) } } " " } }
-                        }
+        @if let Some(empty) = empty { (empty) } @else { (findings_table(&params, &view.findings)) }
+    };
+    let keep = service.as_deref().map(|s| vec![("service", s)]).unwrap_or_default();
+    Ok(Frame { title: &title, path: paths::FINDINGS, window: &params.window, keep }.render(body))
+}
+
+/// The findings table: the most costly [`FINDINGS_SHOWN`], and how many more there are.
+fn findings_table(params: &PageParams, findings: &[FindingView]) -> Markup {
+    html! {
+        @if findings.len() > FINDINGS_SHOWN {
+            p.note.more-findings { "The " (FINDINGS_SHOWN) " most costly of " (findings.len()) " findings; filter by service, or ask " code { "GET /api/v1/findings" } " for every one." }
+        }
+        table.findings {
+            thead { tr { th { "finding" } th { "where" } th { "calls" } th.num { "occurrences" } th.num { "traces" } th.num { "cost (total)" } th.num { "cost (each)" } th { "threshold" } th { "evidence" } } }
+            tbody {
+                @for f in findings.iter().take(FINDINGS_SHOWN) {
+                    tr data-kind=(f.kind) {
+                        td { strong { (kind_label(&f.kind)) } }
+                        td { a href=(params.link(paths::SERVICE, &[("name", &f.service), ("operation", &f.operation)])) { (f.service) " · " (f.operation) } }
+                        td { (f.callee.as_deref().unwrap_or("–")) " " span.calls { "(" (f.calls) ")" } }
+                        td.num { (f.occurrences) }
+                        td.num { @match f.traces { Some(t) => (t), None => span title="not counted in the per-minute rollups this finding comes from" { "–" } } }
+                        td.num { (duration(f.cost_ns_total as f64)) } td.num { (duration(f.cost_ns_mean)) }
+                        td { code { (f.threshold) } }
+                        td.evidence { @for id in &f.evidence_trace_ids { a.trace-link href=(paths::trace(id)) title=(id) { code { (id.get(..8).unwrap_or(id)) } } " " } }
                     }
                 }
             }
         }
-    };
-    let keep = service.as_deref().map(|s| vec![("service", s)]).unwrap_or_default();
-    Ok(Frame { title: &title, path: paths::FINDINGS, window: &params.window, keep }.render(body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finding(i: usize) -> FindingView {
+        FindingView {
+            kind: "n_plus_one".to_owned(),
+            service: format!("service-{i}"),
+            operation: "GET /".to_owned(),
+            callee: Some("db SELECT".to_owned()),
+            occurrences: 1,
+            traces: Some(1),
+            calls: 10,
+            cost_ns_mean: 1e6,
+            cost_ns_total: 1_000_000,
+            evidence_trace_ids: vec![format!("{i:032x}")],
+            threshold: "n_plus_one_min_calls=5".to_owned(),
+        }
+    }
+
+    /// Up to the cap, every finding is a row; beyond it, the most costly (the first) are, and a
+    /// note says how many there are.
+    #[test]
+    fn the_findings_table_lists_at_most_its_cap_and_says_how_many_more() {
+        let params = PageParams::new(HashMap::new(), &[]).unwrap();
+        for total in [5, FINDINGS_SHOWN, FINDINGS_SHOWN + 50] {
+            let findings: Vec<FindingView> = (0..total).map(finding).collect();
+            let html = findings_table(&params, &findings).into_string();
+            let rows = html.matches("<tr data-kind=").count();
+            assert_eq!(rows, total.min(FINDINGS_SHOWN), "{total}");
+            assert!(html.contains(&format!("service-{}", total.min(FINDINGS_SHOWN) - 1)), "{total}");
+            assert!(!html.contains(&format!("service-{} ", total.min(FINDINGS_SHOWN))), "{total}");
+            let note = format!("most costly of {total} findings");
+            assert_eq!(html.contains(&note), total > FINDINGS_SHOWN, "{total}");
+        }
+    }
 }

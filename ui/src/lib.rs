@@ -38,6 +38,7 @@ mod search;
 mod trace;
 mod window;
 
+pub use analysis::FINDINGS_SHOWN;
 pub use error::UiError;
 
 /// Where the pages tell people to send spans (shown on empty pages).
