@@ -38,6 +38,7 @@ mod walk;
 pub use analysis::critical_path::AggregatePathQuery;
 pub use analysis::dependencies::DependenciesQuery;
 pub use analysis::findings::{FindingsQuery, Thresholds};
+pub use analysis::frame::whole_minutes;
 pub use analysis::latency::{EdgesQuery, LatencyQuery, LatencyTarget};
 pub use analysis::search::{MAX_ATTRIBUTE_FILTERS, TraceSearch};
 pub use engine::{QueryConfig, QueryEngine};

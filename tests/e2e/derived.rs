@@ -22,6 +22,15 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::support::{DEADLINE, Server, dependencies_without_estimates, hopscope};
 
+/// The rows, spans and self time of the server's `critical_path` table.
+async fn path_totals_of(server: &Server) -> (i64, i64, i64) {
+    let query = "SELECT count(*) AS n, sum(spans) AS s, sum(self_ns) AS t FROM critical_path";
+    let (status, body) = crate::query::sql(server, query).await;
+    assert_eq!(status, 200, "{body}");
+    let int = |name: &str| body["rows"][0][name].as_i64().unwrap_or_else(|| panic!("{body}"));
+    (int("n"), int("s"), int("t"))
+}
+
 /// Rewrites the `critical_path` files that `manifest` lists as derivation 3 wrote them: a `span_id`
 /// column (null, as stored) after `path_duration_ns`, and no `spans` column; with their new sizes.
 fn write_paths_before_version_4(data_dir: &std::path::Path, manifest: &mut Manifest) {
@@ -903,28 +912,11 @@ async fn span_files_written_without_derived_tables_get_them_from_maintenance() {
     write_paths_before_version_4(&data_dir, &mut older);
     let text = String::from_utf8(older.to_json()).unwrap().replace("\"version\": \"3\"", "\"version\": \"2\"");
     std::fs::write(layout::manifest_path(&data_dir, layout::DEFAULT_TENANT), text).unwrap();
-    let walked_paths = |server: &Server| {
-        let url = server.api_url("/api/v1/sql");
-        async move {
-            let query = "SELECT count(*) AS n, sum(spans) AS s, sum(self_ns) AS t FROM critical_path";
-            let body: serde_json::Value = reqwest::Client::new()
-                .post(url)
-                .json(&serde_json::json!({ "sql": query }))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let int = |name: &str| body["rows"][0][name].as_i64().unwrap_or_else(|| panic!("{body}"));
-            (int("n"), int("s"), int("t"))
-        }
-    };
     // (Without deriving, so that no maintenance pass derives them before the question.)
     let server = Server::start_in(data_dir.clone(), &["--no-derive"]);
     assert_eq!(findings_method(&server, "").await, "exact");
     assert_eq!(poison_messages(&server).await, [POISON_FOUND]);
-    assert_eq!(walked_paths(&server).await, expected_paths);
+    assert_eq!(path_totals_of(&server).await, expected_paths);
     // Their `path_rollup` files still serve the aggregate critical path.
     let aggregate_path = |server: &Server| {
         let url = server.api_url("/api/v1/critical-path?start=0&end=4000000000000000000");
@@ -945,7 +937,7 @@ async fn span_files_written_without_derived_tables_get_them_from_maintenance() {
     }
     assert_eq!(findings_method(&server, "").await, "sketch");
     assert_eq!(poison_messages(&server).await, [POISON_FOUND]);
-    assert_eq!(walked_paths(&server).await, expected_paths);
+    assert_eq!(path_totals_of(&server).await, expected_paths);
     assert_eq!(aggregate_path(&server).await, old_shape_path);
     assert!(server.terminate().success());
     let rederived = manifest(&data_dir);

@@ -194,7 +194,7 @@ async fn get_ok(server: &Server, path: &str) -> Value {
     body
 }
 
-async fn sql(server: &Server, query: &str) -> (StatusCode, Value) {
+pub(crate) async fn sql(server: &Server, query: &str) -> (StatusCode, Value) {
     let response =
         reqwest::Client::new().post(server.api_url("/api/v1/sql")).json(&json!({"sql": query})).send().await.unwrap();
     let status = response.status();

@@ -28,16 +28,10 @@ pub(crate) fn step_for(range: TimeRange) -> i64 {
 /// The tail-latency view: summary figures, then the three charts (over whole minutes when the view
 /// comes from the per-minute sketches).
 fn tail_view(view: &LatencyView, range: TimeRange) -> Markup {
-    const MINUTE_NS: i64 = 60_000_000_000;
     let s = &view.summary;
     let sketched = view.percentiles.method == "sketch";
-    let range = match sketched {
-        true => TimeRange {
-            start_ns: range.start_ns.div_euclid(MINUTE_NS).saturating_mul(MINUTE_NS),
-            end_ns: range.end_ns.saturating_add(MINUTE_NS - 1).div_euclid(MINUTE_NS).saturating_mul(MINUTE_NS),
-        },
-        false => range,
-    };
+    // The range the engine widened the view to (as `view.start` and `view.end` say).
+    let range = if sketched { hopscope_query::whole_minutes(range) } else { range };
     html! {
         section.tail-latency {
             dl.figures {

@@ -29,7 +29,7 @@ pub(crate) fn in_range(column: &str, range: TimeRange) -> Expr {
 }
 
 /// `range` widened to whole minutes, the rollups' buckets (saturating at the ends of time).
-pub(crate) fn whole_minutes(range: TimeRange) -> TimeRange {
+pub fn whole_minutes(range: TimeRange) -> TimeRange {
     use hopscope_derive::rollup::MINUTE_NS;
     let start_ns = range.start_ns.div_euclid(MINUTE_NS).saturating_mul(MINUTE_NS);
     let end_ns = range.end_ns.saturating_add(MINUTE_NS - 1).div_euclid(MINUTE_NS).saturating_mul(MINUTE_NS);
@@ -64,6 +64,12 @@ pub(crate) fn percentile_aggregates(value: &str, prefix: &str) -> Vec<Expr> {
         .iter()
         .map(|(q, name)| percentile_cont(col(value).sort(true, false), lit(*q)).alias(format!("{prefix}_{name}")))
         .collect()
+}
+
+/// The four percentiles of a latency sketch; `None` when it counts nothing.
+pub(crate) fn sketch_percentiles(sketch: &LatencySketch) -> Option<Percentiles> {
+    let [p50_ns, p90_ns, p99_ns, p999_ns] = QUANTILES.map(|(q, _)| sketch.quantile(q));
+    Some(Percentiles { p50_ns: p50_ns?, p90_ns: p90_ns?, p99_ns: p99_ns?, p999_ns: p999_ns? })
 }
 
 /// How many rows meet `condition`.
@@ -128,16 +134,7 @@ impl Results<'_> {
     /// The four percentiles of the latency sketch in the column `name`; `None` when it is null or
     /// counts nothing.
     pub(crate) fn sketch_percentiles(&self, name: &str, row: usize) -> Result<Option<Percentiles>, QueryError> {
-        let Some(sketch) = self.sketch(name, row)? else { return Ok(None) };
-        let mut values = [0.0; 4];
-        for (value, (q, _)) in values.iter_mut().zip(QUANTILES) {
-            match sketch.quantile(q) {
-                Some(v) => *value = v,
-                None => return Ok(None),
-            }
-        }
-        let [p50_ns, p90_ns, p99_ns, p999_ns] = values;
-        Ok(Some(Percentiles { p50_ns, p90_ns, p99_ns, p999_ns }))
+        Ok(self.sketch(name, row)?.and_then(|sketch| sketch_percentiles(&sketch)))
     }
 
     pub(crate) fn percentiles(&self, prefix: &str, row: usize) -> Result<Option<Percentiles>, QueryError> {

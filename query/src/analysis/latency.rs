@@ -34,7 +34,10 @@ use hopscope_schemas::histogram::{bucket_lower_ns, bucket_upper_ns, latency_buck
 use hopscope_schemas::sketch::{LatencySketch, Moments};
 use hopscope_schemas::time::{TimeRange, format_time};
 
-use super::frame::{Results, count_where, in_range, percentile_aggregates, rollup_computed, timestamp, whole_minutes};
+use super::frame::{
+    Results, count_where, in_range, percentile_aggregates, rollup_computed, sketch_percentiles, timestamp,
+    whole_minutes,
+};
 use crate::QueryError;
 use crate::tables::{
     EDGES as EDGES_TABLE, HOP_ROLLUP as HOP_ROLLUP_TABLE, OPERATION_ROLLUP as OPERATION_ROLLUP_TABLE,
@@ -406,26 +409,12 @@ async fn rolled_up_latency(
         all.moments.merge(&step.moments);
         all.sketch.merge(&step.sketch);
     }
-    let mut summary = empty_summary();
-    summary.count = all.spans as u64;
-    if let (Some(percentiles), Some(stddev)) = (sketch_percentiles(&all.sketch), all.moments.stddev()) {
-        // The mean from the exact sum (the moments' running mean rounds).
-        let mean = all.sum_ns as f64 / all.spans as f64;
-        summary.mean_ns = mean;
-        summary.stddev_ns = stddev;
-        summary.p99_over_p50 = (percentiles.p50_ns > 0.0).then(|| percentiles.p99_ns / percentiles.p50_ns);
-        summary.coefficient_of_variation = (mean > 0.0).then(|| stddev / mean);
-        summary.percentiles = percentiles;
-    }
-    let histogram = histogram
-        .into_iter()
-        .map(|(bucket, count)| HistogramBucket {
-            bucket,
-            lower_ns: bucket_lower_ns(bucket),
-            upper_ns: bucket_upper_ns(bucket),
-            count,
-        })
-        .collect();
+    // The mean from the exact sum (the moments' running mean rounds).
+    let figures = sketch_percentiles(&all.sketch)
+        .zip(all.moments.stddev())
+        .map(|(percentiles, stddev)| (percentiles, all.sum_ns as f64 / all.spans as f64, stddev));
+    let summary = summary(all.spans as u64, figures);
+    let histogram = histogram_buckets(histogram);
     Ok(LatencyView {
         start: format_time(range.start_ns),
         end: format_time(range.end_ns),
@@ -436,12 +425,6 @@ async fn rolled_up_latency(
         heatmap,
         summary,
     })
-}
-
-/// The four percentiles of a sketch; `None` when it counts nothing.
-fn sketch_percentiles(sketch: &LatencySketch) -> Option<Percentiles> {
-    let [p50_ns, p90_ns, p99_ns, p999_ns] = [0.5, 0.9, 0.99, 0.999].map(|q| sketch.quantile(q));
-    Some(Percentiles { p50_ns: p50_ns?, p90_ns: p90_ns?, p99_ns: p99_ns?, p999_ns: p999_ns? })
 }
 
 /// One point per time bucket that holds values.
@@ -474,7 +457,12 @@ fn heatmap_cells(batches: &[RecordBatch]) -> Result<(Vec<HeatmapCell>, Vec<Histo
             heatmap.push(HeatmapCell { time: format_time(t.value(row)), bucket, count });
         }
     }
-    let histogram = histogram
+    Ok((heatmap, histogram_buckets(histogram)))
+}
+
+/// The histogram of the counts per bucket, ascending.
+fn histogram_buckets(counts: BTreeMap<i32, u64>) -> Vec<HistogramBucket> {
+    counts
         .into_iter()
         .map(|(bucket, count)| HistogramBucket {
             bucket,
@@ -482,38 +470,41 @@ fn heatmap_cells(batches: &[RecordBatch]) -> Result<(Vec<HeatmapCell>, Vec<Histo
             upper_ns: bucket_upper_ns(bucket),
             count,
         })
-        .collect();
-    Ok((heatmap, histogram))
+        .collect()
 }
 
-/// The summary of no values.
-fn empty_summary() -> Predictability {
+/// The summary of `count` values with these percentiles, mean and standard deviation (`None`
+/// without values), and the ratios that measure predictability.
+fn summary(count: u64, figures: Option<(Percentiles, f64, f64)>) -> Predictability {
+    let Some((percentiles, mean, stddev)) = figures else {
+        return Predictability {
+            count,
+            mean_ns: 0.0,
+            stddev_ns: 0.0,
+            percentiles: Percentiles { p50_ns: 0.0, p90_ns: 0.0, p99_ns: 0.0, p999_ns: 0.0 },
+            p99_over_p50: None,
+            coefficient_of_variation: None,
+        };
+    };
     Predictability {
-        count: 0,
-        mean_ns: 0.0,
-        stddev_ns: 0.0,
-        percentiles: Percentiles { p50_ns: 0.0, p90_ns: 0.0, p99_ns: 0.0, p999_ns: 0.0 },
-        p99_over_p50: None,
-        coefficient_of_variation: None,
+        count,
+        mean_ns: mean,
+        stddev_ns: stddev,
+        p99_over_p50: (percentiles.p50_ns > 0.0).then(|| percentiles.p99_ns / percentiles.p50_ns),
+        coefficient_of_variation: (mean > 0.0).then(|| stddev / mean),
+        percentiles,
     }
 }
 
 /// The whole range's percentiles, mean, spread and the ratios that measure predictability.
 fn predictability(batches: &[RecordBatch]) -> Result<Predictability, QueryError> {
-    let mut summary = empty_summary();
-    if let Some(batch) = batches.iter().find(|b| b.num_rows() > 0) {
-        let r = Results(batch);
-        summary.count = r.ints("count")?.value(0) as u64;
-        if let Some(percentiles) = r.percentiles("v", 0)? {
-            let (mean, stddev) = (r.floats("mean")?.value(0), r.floats("stddev")?.value(0));
-            summary.mean_ns = mean;
-            summary.stddev_ns = stddev;
-            summary.p99_over_p50 = (percentiles.p50_ns > 0.0).then(|| percentiles.p99_ns / percentiles.p50_ns);
-            summary.coefficient_of_variation = (mean > 0.0).then(|| stddev / mean);
-            summary.percentiles = percentiles;
-        }
-    }
-    Ok(summary)
+    let Some(batch) = batches.iter().find(|b| b.num_rows() > 0) else { return Ok(summary(0, None)) };
+    let r = Results(batch);
+    let figures = match r.percentiles("v", 0)? {
+        Some(percentiles) => Some((percentiles, r.floats("mean")?.value(0), r.floats("stddev")?.value(0))),
+        None => None,
+    };
+    Ok(summary(r.ints("count")?.value(0) as u64, figures))
 }
 
 #[cfg(test)]
