@@ -89,17 +89,17 @@ fn waterfall(spans: &[SpanView], paths: &TraceCriticalPathView) -> Markup {
                 @let (start, end) = times[i];
                 @let on_path = sections.get(span.span_id.as_str());
                 @let error = span.status.code == "ERROR";
-                div class=(format!("span-row{}{}", if on_path.is_some() { " critical" } else { "" }, if error { " error" } else { "" })) role="row" tabindex="0" data-span-id=(span.span_id) data-critical=(if on_path.is_some() { "true" } else { "false" }) {
+                @let colour = service_colour(&span.service_name);
+                div class=(format!("span-row{}{}", if on_path.is_some() { " critical" } else { "" }, if error { " error" } else { "" })) style=(format!("--service:{colour}")) role="row" tabindex="0" data-span-id=(span.span_id) {
                     div.span-name style=(format!("padding-left:{}px", 6 + 14 * depth.min(40))) title=(format!("{} · {}", span.service_name, span.name)) {
-                        span.dot style=(format!("background:{}", service_colour(&span.service_name))) {}
                         span.svc { (span.service_name) } " " span.op { (span.name) }
                         @if error { " " span.err-badge { "error" } }
                     }
                     div.span-bar-area {
-                        div.span-bar style=(format!("left:{:.3}%;width:{:.3}%;background:{}", percent_of(start, origin, total), (percent_of(end, origin, total) - percent_of(start, origin, total)).max(0.15), service_colour(&span.service_name))) {}
+                        div.span-bar style=(format!("left:{:.2}%;width:{:.2}%", percent_of(start, origin, total), (percent_of(end, origin, total) - percent_of(start, origin, total)).max(0.15))) {}
                         @if let Some(list) = on_path {
                             @for (s, e) in list {
-                                div.cp-section style=(format!("left:{:.3}%;width:{:.3}%", percent_of(*s, origin, total), (percent_of(*e, origin, total) - percent_of(*s, origin, total)).max(0.15))) {}
+                                div.cp-section style=(format!("left:{:.2}%;width:{:.2}%", percent_of(*s, origin, total), (percent_of(*e, origin, total) - percent_of(*s, origin, total)).max(0.15))) {}
                             }
                         }
                     }
