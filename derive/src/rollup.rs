@@ -2,8 +2,9 @@
 //! - `hop_rollup`, per hop (caller, callee, the callee's operation, the connection): the number of
 //!   calls, the calls with an error, and latency sketches of the client time, the server time and the
 //!   gap ([`LatencySketch`], within [`hopscope_schemas::sketch::RELATIVE_ERROR`]);
-//! - `operation_rollup`, per service operation (service, span name, span kind, status): the number
-//!   of spans and a latency sketch of their durations;
+//! - `operation_rollup`, per service operation (service, span name, span kind, status, whether
+//!   root): the number of spans, the sum and moments of their durations, a latency sketch of them,
+//!   and the slowest span as evidence — what a service's latency view and its slowest traces read;
 //! - `dependency_rollup`, per entry endpoint (the root's service and operation) and hop (caller,
 //!   callee, connection, broker, depth, and for messaging hops the consumer's operation): the calls,
 //!   the calls with an error, and latency sketches of the calls as their callers saw them and of
@@ -843,6 +844,9 @@ pub fn operation_rollup_schema() -> SchemaRef {
                 Field::new(or::DURATION_SUM_NS, DataType::Int64, false),
                 Field::new(or::DURATION_M2, DataType::Float64, false),
                 Field::new(or::DURATION_SKETCH, DataType::Binary, false),
+                Field::new(or::SLOWEST_NS, DataType::Int64, false),
+                Field::new(or::SLOWEST_START_TIME, timestamp_type(), false),
+                Field::new(or::SLOWEST_TRACE_ID, DataType::FixedSizeBinary(16), false),
             ]))
         })
         .clone()
@@ -873,6 +877,18 @@ struct OperationCounts {
     sum_ns: i64,
     moments: Moments,
     sketch: LatencySketch,
+    /// The slowest span counted: (duration, trace id, start), the greatest duration, then the
+    /// lowest trace id and the earliest start, so that any cut of the spans into rows agrees.
+    slowest: Option<(i64, [u8; 16], i64)>,
+}
+
+impl OperationCounts {
+    /// Whether a span of `duration` in `trace` starting at `start` is the new slowest.
+    fn slower(&self, duration: i64, trace: &[u8; 16], start: i64) -> bool {
+        self.slowest.as_ref().is_none_or(|(ns, id, at)| {
+            duration.cmp(ns).then_with(|| id.cmp(trace)).then_with(|| at.cmp(&start)).is_gt()
+        })
+    }
 }
 
 impl OperationRollup {
@@ -903,6 +919,10 @@ impl OperationRollup {
             counts.sum_ns = counts.sum_ns.saturating_add(duration);
             counts.moments.add(duration);
             counts.sketch.add(duration, 1);
+            let trace: [u8; 16] = spans.trace_id.value(row).try_into().expect("16 bytes, by its type");
+            if counts.slower(duration, &trace, start) {
+                counts.slowest = Some((duration, trace, start));
+            }
         }
     }
 
@@ -918,6 +938,8 @@ impl OperationRollup {
         let mut root = BooleanBuilder::new();
         let (mut spans, mut sketch) = (Int64Builder::new(), BinaryBuilder::new());
         let (mut sum_ns, mut m2) = (Int64Builder::new(), Float64Builder::new());
+        let (mut slowest_ns, mut slowest_start) = (Int64Builder::new(), TimestampNanosecondBuilder::new());
+        let mut slowest_trace = FixedSizeBinaryBuilder::with_capacity(rows.len(), 16);
         for (key, counts) in &rows {
             minute.append_value(key.minute_ns);
             service.append_value(&key.service);
@@ -929,6 +951,11 @@ impl OperationRollup {
             sum_ns.append_value(counts.sum_ns);
             m2.append_value(counts.moments.m2);
             sketch.append_value(counts.sketch.encode());
+            // (A row counts at least one span.)
+            let (ns, trace, start) = counts.slowest.unwrap_or_default();
+            slowest_ns.append_value(ns);
+            slowest_start.append_value(start);
+            slowest_trace.append_value(trace)?;
         }
         let columns: Vec<ArrayRef> = vec![
             Arc::new(minute.finish().with_timezone("UTC")),
@@ -941,6 +968,9 @@ impl OperationRollup {
             Arc::new(sum_ns.finish()),
             Arc::new(m2.finish()),
             Arc::new(sketch.finish()),
+            Arc::new(slowest_ns.finish()),
+            Arc::new(slowest_start.finish().with_timezone("UTC")),
+            Arc::new(slowest_trace.finish()),
         ];
         Ok(Some(RecordBatch::try_new(operation_rollup_schema(), columns)?))
     }

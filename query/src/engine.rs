@@ -16,7 +16,7 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use hopscope_schemas::TraceId;
 use hopscope_schemas::api::{
-    AggregateCriticalPathView, DependenciesView, EdgesView, FindingsView, LatencyView, OperationView, SlowCallView,
+    AggregateCriticalPathView, DependenciesView, EdgesView, FindingsView, LatencyView, OperationView, SlowestCalls,
     TraceCriticalPathView, TraceSummaryView, TraceView,
 };
 use prometheus_client::registry::Registry;
@@ -315,8 +315,8 @@ impl QueryEngine {
         self.run("search_traces", move |ctx| async move { search::search_traces(&ctx, &search).await }).await
     }
 
-    /// The slowest calls of a latency target.
-    pub async fn slowest(self: &Arc<Self>, query: LatencyQuery, limit: usize) -> Result<Vec<SlowCallView>, QueryError> {
+    /// The slowest calls of a latency target (see [`SlowestCalls::per_minute`]).
+    pub async fn slowest(self: &Arc<Self>, query: LatencyQuery, limit: usize) -> Result<SlowestCalls, QueryError> {
         self.run("slowest", move |ctx| async move { latency::slowest(&ctx, &query, limit).await }).await
     }
 

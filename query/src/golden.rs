@@ -117,8 +117,8 @@ fn cases() -> Vec<(String, String)> {
         (
             "the operation_rollup table".to_owned(),
             "SELECT minute, service_name, name, kind, status_code, root, sum(spans) AS spans, \
-             sum(duration_sum_ns) AS duration_sum_ns, sketch_quantile(merge_sketches(duration_sketch), 0.5) AS p50 \
-             FROM operation_rollup GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 3, 4, 5, 6"
+             sum(duration_sum_ns) AS duration_sum_ns, sketch_quantile(merge_sketches(duration_sketch), 0.5) AS p50, \
+             max(slowest_ns) AS slowest_ns FROM operation_rollup GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 3, 4, 5, 6"
                 .to_owned(),
         ),
         (

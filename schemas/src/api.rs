@@ -239,6 +239,15 @@ pub struct SlowCallView {
     pub duration_ns: i64,
 }
 
+/// The slowest calls a tail-latency page lists, slowest first.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlowestCalls {
+    pub calls: Vec<SlowCallView>,
+    /// Whether the list holds at most one call per minute and operation (the slowest of each, from
+    /// `operation_rollup`), rather than the slowest of all.
+    pub per_minute: bool,
+}
+
 /// Answer of `GET /api/v1/latency`. Counts, means and spreads are exact (spreads up to float
 /// rounding); percentiles (of the series
 /// and the summary) as `percentiles` says, and so are the histogram's and heatmap's buckets (a

@@ -277,6 +277,11 @@ pub mod operation_rollup {
     pub const DURATION_M2: &str = "duration_m2";
     /// A latency sketch of the spans' durations (see `hopscope_schemas::sketch`).
     pub const DURATION_SKETCH: &str = "duration_sketch";
+    /// Evidence: the slowest span the row counted (the lowest trace id, then the earliest start,
+    /// among equally slow ones): its duration, start and trace.
+    pub const SLOWEST_NS: &str = "slowest_ns";
+    pub const SLOWEST_START_TIME: &str = "slowest_start_time";
+    pub const SLOWEST_TRACE_ID: &str = "slowest_trace_id";
 }
 
 /// The `path_rollup` table's own columns; the paths' (`root_service`, `root_operation`) and the

@@ -421,6 +421,51 @@ async fn tables_derived_at_flush_equal_the_query_time_walk() {
     assert_eq!(text(&read, &counts), text(&walk(&walks, counted).await, &counts));
     let explained = plan(walk(&reads_derived, &format!("EXPLAIN {operations}")).await);
     assert!(explained.contains("operation_rollup/") && !explained.contains("RollupExec"), "{explained}");
+    // Each row's evidence: the slowest span of its minute and operation is the greatest duration
+    // among those spans, and is a span of the operation with that start and trace.
+    let slowest = "SELECT minute, service_name, name, kind, status_code, root, max(slowest_ns) AS slowest \
+                   FROM operation_rollup GROUP BY 1, 2, 3, 4, 5, 6";
+    let maxima = "SELECT date_trunc('minute', start_time) AS minute, service_name, name, kind, status_code, \
+                  parent_span_id IS NULL AS root, max(duration_ns) AS slowest FROM spans GROUP BY 1, 2, 3, 4, 5, 6";
+    let columns = ["minute", "service_name", "name", "kind", "status_code", "root", "slowest"];
+    assert_eq!(text(&walk(&reads_derived, slowest).await, &columns), text(&walk(&walks, maxima).await, &columns));
+    let evidenced = "SELECT count(*) AS n FROM operation_rollup o WHERE EXISTS (SELECT 1 FROM spans s \
+                     WHERE s.trace_id = o.slowest_trace_id AND s.start_time = o.slowest_start_time \
+                     AND s.duration_ns = o.slowest_ns AND s.service_name = o.service_name AND s.name = o.name)";
+    let all = "SELECT count(*) AS n FROM operation_rollup";
+    assert_eq!(text(&walk(&reads_derived, evidenced).await, &["n"]), text(&walk(&reads_derived, all).await, &["n"]));
+    // The slowest traces a service page lists: the slowest entry span of each minute and operation,
+    // slowest first, as the spans rank them.
+    let entry = format!(
+        "(kind = {} OR kind = {} OR parent_span_id IS NULL)",
+        hopscope_schemas::spans::kind::SERVER,
+        hopscope_schemas::spans::kind::CONSUMER
+    );
+    let busiest = format!("SELECT service_name FROM spans WHERE {entry} GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 1");
+    let service = text(&walk(&walks, &busiest).await, &["service_name"]).remove(0);
+    let ranked = format!(
+        "SELECT hex_id(trace_id) AS trace, start_time, duration_ns FROM (SELECT *, row_number() OVER \
+         (PARTITION BY date_trunc('minute', start_time), name ORDER BY duration_ns DESC, trace_id, start_time) AS rank \
+         FROM spans WHERE service_name = '{service}' AND {entry}) WHERE rank = 1 \
+         ORDER BY duration_ns DESC, trace_id, start_time LIMIT 8"
+    );
+    let expected = walk(&walks, &ranked).await;
+    let formatted = text(&expected, &["trace", "start_time", "duration_ns"]);
+    assert_eq!(formatted.len(), 8, "{service}: {formatted:?}");
+    let range = hopscope_schemas::time::TimeRange { start_ns: 0, end_ns: i64::MAX / 2 };
+    let target = hopscope_query::LatencyTarget::Service { service: service.clone(), operation: None };
+    let query = hopscope_query::LatencyQuery { target, range, step_ns: 60_000_000_000, exact: false };
+    let listed = reads_derived.slowest(query, 8).await.unwrap();
+    assert!(listed.per_minute, "read from operation_rollup");
+    let mut want = Vec::new();
+    for batch in &expected {
+        let (trace, duration) = (batch.column_by_name("trace").unwrap(), batch.column_by_name("duration_ns").unwrap());
+        let (trace, duration) = (trace.as_string::<i32>(), cast(duration, &DataType::Int64).unwrap());
+        let duration = duration.as_primitive::<arrow::datatypes::Int64Type>();
+        want.extend((0..batch.num_rows()).map(|r| (trace.value(r).to_owned(), duration.value(r))));
+    }
+    let got: Vec<(String, i64)> = listed.calls.iter().map(|c| (c.trace_id.clone(), c.duration_ns)).collect();
+    assert_eq!(got, want, "{service}");
 
     // Deliveries: the stored rows (the ingester's builder) equal the consumer spans the walking
     // engine selects from the spans with DataFusion; both are the consumer spans with a message

@@ -8,7 +8,7 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Html;
 use hopscope_query::{EdgesQuery, LatencyQuery, LatencyTarget};
-use hopscope_schemas::api::{EdgeView, LatencyView, OperationView, SlowCallView};
+use hopscope_schemas::api::{EdgeView, LatencyView, OperationView, SlowestCalls};
 use hopscope_schemas::time::TimeRange;
 use maud::{Markup, html};
 
@@ -58,11 +58,13 @@ fn tail_view(view: &LatencyView, range: TimeRange) -> Markup {
     }
 }
 
-fn slowest_table(params: &PageParams, calls: &[SlowCallView]) -> Markup {
+fn slowest_table(params: &PageParams, slowest: &SlowestCalls) -> Markup {
+    let calls = &slowest.calls;
     html! {
         h2 { "Slowest traces" }
         @if calls.is_empty() { p { "None in " (params.window.describe()) "." } }
         @else {
+            @if slowest.per_minute { p.note { "The slowest span of each minute and operation, slowest first (over whole minutes)." } }
             table.slowest {
                 thead { tr { th { "trace" } th { "started" } th.num { "duration" } } }
                 tbody {

@@ -17,11 +17,11 @@ use datafusion::common::ScalarValue;
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::FunctionRegistry;
 use datafusion::functions::expr_fn::date_bin;
-use datafusion::functions_aggregate::expr_fn::{avg, count, stddev_pop};
+use datafusion::functions_aggregate::expr_fn::{avg, count, first_value, max, stddev_pop};
 use datafusion::logical_expr::{col, lit};
 use hopscope_schemas::api::{
     EdgeView, EdgesView, HeatmapCell, HistogramBucket, LatencyPoint, LatencyView, PercentileAccuracy, Percentiles,
-    Predictability, SlowCallView,
+    Predictability, SlowCallView, SlowestCalls,
 };
 use hopscope_schemas::columns::{self as c, edge, hop_rollup as hr, operation_rollup as or};
 use hopscope_schemas::sketch;
@@ -241,20 +241,53 @@ async fn latency_values(ctx: &SessionContext, query: &LatencyQuery) -> Result<Da
 }
 
 /// The slowest calls (or spans) of what `/latency` looks at, slowest first: the traces that make
-/// its tail.
+/// its tail. Where [`latency`] reads `operation_rollup`, so does this: the slowest span of each
+/// minute and operation (whole minutes), from the rows' evidence; else the slowest of all.
 pub(crate) async fn slowest(
     ctx: &SessionContext,
     query: &LatencyQuery,
     limit: usize,
-) -> Result<Vec<SlowCallView>, QueryError> {
-    let batches = latency_values(ctx, query)
-        .await?
-        .sort(vec![col("value").sort(false, false), col(c::TRACE_ID).sort(true, false)])?
-        .limit(0, Some(limit))?
-        .collect()
-        .await?;
+) -> Result<SlowestCalls, QueryError> {
+    let sorted =
+        [col("value").sort(false, false), col(c::TRACE_ID).sort(true, false), col(c::START_TIME).sort(true, false)];
+    if let Some((service, operation, minutes)) = rolled_up_service(ctx, query).await? {
+        // Each minute's and operation's slowest span, over the rows of every span file and status.
+        let evidence = |column: &str| {
+            first_value(
+                col(column),
+                vec![
+                    col(or::SLOWEST_NS).sort(false, false),
+                    col(or::SLOWEST_TRACE_ID).sort(true, false),
+                    col(or::SLOWEST_START_TIME).sort(true, false),
+                ],
+            )
+        };
+        let batches = ctx
+            .table(OPERATION_ROLLUP_TABLE)
+            .await?
+            .filter(operation_rows(service, operation, minutes))?
+            .aggregate(
+                vec![col(or::MINUTE), col(c::NAME)],
+                vec![
+                    max(col(or::SLOWEST_NS)).alias("value"),
+                    evidence(or::SLOWEST_TRACE_ID).alias(c::TRACE_ID),
+                    evidence(or::SLOWEST_START_TIME).alias(c::START_TIME),
+                ],
+            )?
+            .sort(sorted.to_vec())?
+            .limit(0, Some(limit))?
+            .collect()
+            .await?;
+        return Ok(SlowestCalls { calls: slow_calls(&batches)?, per_minute: true });
+    }
+    let batches = latency_values(ctx, query).await?.sort(sorted.to_vec())?.limit(0, Some(limit))?.collect().await?;
+    Ok(SlowestCalls { calls: slow_calls(&batches)?, per_minute: false })
+}
+
+/// The [`SlowCallView`]s of `trace_id`, `start_time` and `value` rows.
+fn slow_calls(batches: &[RecordBatch]) -> Result<Vec<SlowCallView>, QueryError> {
     let mut out = Vec::new();
-    for batch in &batches {
+    for batch in batches {
         let r = Results(batch);
         let ids = r.trace_ids()?;
         let (start, value) = (r.ints(c::START_TIME)?, r.ints("value")?);
@@ -279,17 +312,42 @@ pub(crate) async fn slowest(
 /// rolled up from their spans: reading the spans is then cheaper, and exact), from every value of
 /// the asked range.
 pub(crate) async fn latency(ctx: &SessionContext, query: &LatencyQuery) -> Result<LatencyView, QueryError> {
+    match rolled_up_service(ctx, query).await? {
+        Some((service, operation, minutes)) => rolled_up_latency(ctx, service, operation, minutes, query.step_ns).await,
+        None => exact_latency(ctx, query).await,
+    }
+}
+
+/// When `query` is answered from `operation_rollup`: a service's latency, not asked `exact`, in
+/// steps of whole minutes, over a range whose span files all have stored rows. Then the service,
+/// the operation and the range widened to whole minutes.
+async fn rolled_up_service<'q>(
+    ctx: &SessionContext,
+    query: &'q LatencyQuery,
+) -> Result<Option<(&'q str, Option<&'q str>, TimeRange)>, QueryError> {
     use hopscope_derive::rollup::MINUTE_NS;
     let minutes = whole_minutes(query.range);
-    match &query.target {
+    Ok(match &query.target {
         LatencyTarget::Service { service, operation }
             if !query.exact
                 && query.step_ns % MINUTE_NS == 0
                 && !rollup_computed(ctx, OPERATION_ROLLUP_TABLE, minutes).await? =>
         {
-            rolled_up_latency(ctx, service, operation.as_deref(), minutes, query.step_ns).await
+            Some((service.as_str(), operation.as_deref(), minutes))
         }
-        _ => exact_latency(ctx, query).await,
+        _ => None,
+    })
+}
+
+/// The `operation_rollup` rows of a service's entry spans (SERVER, CONSUMER or root), or of one
+/// of its operations, in `range`.
+fn operation_rows(service: &str, operation: Option<&str>, range: TimeRange) -> Expr {
+    let condition = in_range(or::MINUTE, range).and(col(c::SERVICE_NAME).eq(lit(service)));
+    match operation {
+        Some(operation) => condition.and(col(c::NAME).eq(lit(operation))),
+        None => {
+            condition.and(col(c::KIND).eq(lit(kind::SERVER)).or(col(c::KIND).eq(lit(kind::CONSUMER))).or(col(or::ROOT)))
+        }
     }
 }
 
@@ -344,13 +402,7 @@ async fn rolled_up_latency(
     range: TimeRange,
     step_ns: i64,
 ) -> Result<LatencyView, QueryError> {
-    let mut condition = in_range(or::MINUTE, range).and(col(c::SERVICE_NAME).eq(lit(service)));
-    condition = match operation {
-        Some(operation) => condition.and(col(c::NAME).eq(lit(operation))),
-        None => {
-            condition.and(col(c::KIND).eq(lit(kind::SERVER)).or(col(c::KIND).eq(lit(kind::CONSUMER))).or(col(or::ROOT)))
-        }
-    };
+    let condition = operation_rows(service, operation, range);
     // One row per minute and operation variant: few enough to merge here, where moments merge
     // pairwise (a sum of squares would lose the deviation of nearly constant durations).
     let batches = ctx

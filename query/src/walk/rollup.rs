@@ -12,9 +12,10 @@
 //!   range have no stored rollups (or the table rolled up is the walk), the rollup is computed from
 //!   that table's rows as the query runs ([`RollupExec`]): the reference the tests compare with.
 //! - [`OperationRollupTable`], `operation_rollup`: per minute and service operation (and whether
-//!   root), the spans, the sum and moments of their durations and a latency sketch of them. Every span lives in one span file, so the stored rows need
-//!   no correction; the span files without them (or every file, for the reference) are rolled up
-//!   from their spans as the query runs.
+//!   root), the spans, the sum and moments of their durations, a latency sketch of them and the
+//!   slowest span. Every span lives in one span file, so the stored rows need no correction; the
+//!   span files without them (or every file, for the reference) are rolled up from their spans as
+//!   the query runs.
 
 use std::fmt;
 use std::sync::Arc;
@@ -195,10 +196,11 @@ impl OperationRollupTable {
 
     /// Whether the stored rows of `file` are read (else it is rolled up from its spans).
     fn reads_stored(&self, file: &FileEntry) -> bool {
-        // (Rows of files derived before roots were counted apart lack `root`.)
+        // (Rows of files derived before roots were counted apart lack `root`, and before
+        // derivation 6 the slowest span.)
         self.read_derived
             && file.derived(layout::OPERATION_ROLLUP_TABLE).is_some()
-            && file.derivation >= hopscope_derive::stored::OPERATION_ROOTS_SINCE
+            && file.derivation >= hopscope_derive::stored::OPERATION_SLOWEST_SINCE
     }
 
     /// Whether a scan with `filters` (on `minute`) would roll a span file up from its spans as the
