@@ -844,9 +844,10 @@ pub fn operation_rollup_schema() -> SchemaRef {
                 Field::new(or::DURATION_SUM_NS, DataType::Int64, false),
                 Field::new(or::DURATION_M2, DataType::Float64, false),
                 Field::new(or::DURATION_SKETCH, DataType::Binary, false),
-                Field::new(or::SLOWEST_NS, DataType::Int64, false),
-                Field::new(or::SLOWEST_START_TIME, timestamp_type(), false),
-                Field::new(or::SLOWEST_TRACE_ID, DataType::FixedSizeBinary(16), false),
+                // (Null when read from a file derived before they existed.)
+                Field::new(or::SLOWEST_NS, DataType::Int64, true),
+                Field::new(or::SLOWEST_START_TIME, timestamp_type(), true),
+                Field::new(or::SLOWEST_TRACE_ID, DataType::FixedSizeBinary(16), true),
             ]))
         })
         .clone()
@@ -1145,5 +1146,50 @@ impl PathRollup {
         columns.extend(text);
         columns.extend(counts.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
         Ok(Some(RecordBatch::try_new(path_rollup_schema(), columns)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{Int64Type, TimestampNanosecondType};
+    use hopscope_schemas::fixture::{SpanRow, batch_of};
+    use hopscope_schemas::spans::kind::SERVER;
+
+    use super::*;
+
+    /// The slowest span of each `operation_rollup` row, as (duration, trace id's first byte, start).
+    /// `cuts`: the (start, end) row ranges handed over, in order.
+    fn slowest_of(spans: &[SpanRow], cuts: &[(usize, usize)]) -> Vec<(i64, u8, i64)> {
+        let batch = batch_of(spans).unwrap();
+        let columns = SpanColumns::new(&batch).unwrap();
+        let mut rollup = OperationRollup::default();
+        for &(start, end) in cuts {
+            rollup.add_spans(&columns, start..end);
+        }
+        let rows = rollup.take_batch().unwrap().unwrap();
+        let ns = rows.column_by_name(or::SLOWEST_NS).unwrap().as_primitive::<Int64Type>();
+        let start = rows.column_by_name(or::SLOWEST_START_TIME).unwrap().as_primitive::<TimestampNanosecondType>();
+        let trace = rows.column_by_name(or::SLOWEST_TRACE_ID).unwrap().as_fixed_size_binary();
+        (0..rows.num_rows()).map(|r| (ns.value(r), trace.value(r)[0], start.value(r))).collect()
+    }
+
+    #[test]
+    fn the_slowest_span_of_a_row_is_the_longest_then_the_lowest_trace_then_the_earliest() {
+        let ms = |n: i64| 1_700_000_000_000_000_000 + n * 1_000_000;
+        let span = |trace: u8, id: u8, start: i64, end: i64| {
+            SpanRow::new([trace; 16], [id; 8], "shop", "GET /", SERVER).during(ms(start), ms(end))
+        };
+        // Within one minute: two 5 ms spans of trace 3, one of trace 2 starting last, shorter ones.
+        let spans = [span(3, 1, 10, 15), span(9, 2, 0, 4), span(2, 3, 30, 35), span(3, 4, 5, 10), span(1, 5, 40, 43)];
+        let expected = vec![(5_000_000, 2, ms(30))];
+        // However the spans are handed over, in any order.
+        assert_eq!(slowest_of(&spans, &[(0, 5)]), expected);
+        assert_eq!(slowest_of(&spans, &[(3, 5), (0, 3)]), expected);
+        let reversed: Vec<SpanRow> = spans.iter().rev().cloned().collect();
+        assert_eq!(slowest_of(&reversed, &[(0, 5)]), expected);
+        // Without trace 2, trace 3's earlier span.
+        let without: Vec<SpanRow> = spans.iter().filter(|s| s.trace_id != [2; 16]).cloned().collect();
+        assert_eq!(slowest_of(&without, &[(0, without.len())]), vec![(5_000_000, 3, ms(5))]);
     }
 }

@@ -32,12 +32,17 @@ use crate::{OneTrace, PerTrace, Result, SpanColumns, TraceTree, WholeTraces};
 /// rows change, so that maintenance derives files stored with an older version again (see
 /// `FileEntry::derivation`). 1: `call_rollup` added; 2: `finding_rollup` added; 3: `deliveries`
 /// added ([`DELIVERIES_SINCE`]); 4: `critical_path` has a row per operation on a path, not per
-/// span ([`PATH_OPERATIONS_SINCE`]); 5: `operation_rollup` tells roots apart;
+/// span ([`PATH_OPERATIONS_SINCE`]); 5: `operation_rollup` tells roots apart ([`OPERATION_ROOTS_SINCE`]);
 /// 6: `operation_rollup` keeps each row's slowest span ([`OPERATION_SLOWEST_SINCE`]).
 pub const DERIVATION: u32 = 6;
 
-/// The first derivation version whose `operation_rollup` rows have both the `root` column (from 5)
-/// and the `slowest_*` columns; older files' rows are computed from their spans.
+/// The first derivation version whose `operation_rollup` rows have the `root` column (spans without
+/// a parent id counted apart); older files' rows are computed from their spans.
+pub const OPERATION_ROOTS_SINCE: u32 = 5;
+
+/// The first derivation version whose `operation_rollup` rows have the `slowest_*` columns; the
+/// rows of files derived since [`OPERATION_ROOTS_SINCE`] but before it are read with them null
+/// (what reads the evidence reads spans over such files instead).
 pub const OPERATION_SLOWEST_SINCE: u32 = 6;
 
 /// The first derivation version whose `critical_path` rows are one per operation on a path (with

@@ -278,7 +278,8 @@ pub mod operation_rollup {
     /// A latency sketch of the spans' durations (see `hopscope_schemas::sketch`).
     pub const DURATION_SKETCH: &str = "duration_sketch";
     /// Evidence: the slowest span the row counted (the lowest trace id, then the earliest start,
-    /// among equally slow ones): its duration, start and trace.
+    /// among equally slow ones): its duration, start and trace; null in the rows of span files
+    /// derived before derivation 6 (`hopscope_derive::stored::OPERATION_SLOWEST_SINCE`).
     pub const SLOWEST_NS: &str = "slowest_ns";
     pub const SLOWEST_START_TIME: &str = "slowest_start_time";
     pub const SLOWEST_TRACE_ID: &str = "slowest_trace_id";

@@ -75,6 +75,34 @@ fn write_paths_before_version_4(data_dir: &std::path::Path, manifest: &mut Manif
     }
 }
 
+/// Rewrites the `operation_rollup` files that `manifest` lists as derivation 5 wrote them: without
+/// the `slowest_*` columns; with their new sizes and that derivation version.
+fn write_operations_before_version_6(data_dir: &std::path::Path, manifest: &mut Manifest) {
+    use arrow::datatypes::Schema;
+    let tenant = layout::tenant_dir(data_dir, layout::DEFAULT_TENANT);
+    for file in &mut manifest.files {
+        file.derivation = 5;
+        for derived in file.derived.iter_mut().filter(|d| d.table == layout::OPERATION_ROLLUP_TABLE) {
+            let path = tenant.join(&derived.path);
+            let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap()).unwrap();
+            let batches: Vec<RecordBatch> = reader.build().unwrap().map(Result::unwrap).collect();
+            let schema = batches[0].schema();
+            let kept: Vec<usize> =
+                (0..schema.fields().len()).filter(|&i| !schema.field(i).name().starts_with("slowest_")).collect();
+            assert_eq!(kept.len() + 3, schema.fields().len(), "{schema:?}");
+            let old = Arc::new(Schema::new(kept.iter().map(|&i| schema.field(i).clone()).collect::<Vec<_>>()));
+            let mut writer =
+                parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), Arc::clone(&old), None)
+                    .unwrap();
+            for batch in &batches {
+                writer.write(&batch.project(&kept).unwrap()).unwrap();
+            }
+            writer.close().unwrap();
+            derived.bytes = std::fs::metadata(&path).unwrap().len();
+        }
+    }
+}
+
 /// The rows of every committed file derived as `table`, file by file.
 fn stored(data_dir: &std::path::Path, table: &str) -> Vec<Vec<RecordBatch>> {
     let tenant = layout::tenant_dir(data_dir, layout::DEFAULT_TENANT);
@@ -431,7 +459,8 @@ async fn tables_derived_at_flush_equal_the_query_time_walk() {
     assert_eq!(text(&walk(&reads_derived, slowest).await, &columns), text(&walk(&walks, maxima).await, &columns));
     let evidenced = "SELECT count(*) AS n FROM operation_rollup o WHERE EXISTS (SELECT 1 FROM spans s \
                      WHERE s.trace_id = o.slowest_trace_id AND s.start_time = o.slowest_start_time \
-                     AND s.duration_ns = o.slowest_ns AND s.service_name = o.service_name AND s.name = o.name)";
+                     AND s.duration_ns = o.slowest_ns AND s.service_name = o.service_name AND s.name = o.name \
+                     AND s.kind = o.kind AND s.status_code = o.status_code AND (s.parent_span_id IS NULL) = o.root)";
     let all = "SELECT count(*) AS n FROM operation_rollup";
     assert_eq!(text(&walk(&reads_derived, evidenced).await, &["n"]), text(&walk(&reads_derived, all).await, &["n"]));
     // The slowest traces a service page lists: the slowest entry span of each minute and operation,
@@ -459,12 +488,19 @@ async fn tables_derived_at_flush_equal_the_query_time_walk() {
     assert!(listed.per_minute, "read from operation_rollup");
     let mut want = Vec::new();
     for batch in &expected {
-        let (trace, duration) = (batch.column_by_name("trace").unwrap(), batch.column_by_name("duration_ns").unwrap());
-        let (trace, duration) = (trace.as_string::<i32>(), cast(duration, &DataType::Int64).unwrap());
-        let duration = duration.as_primitive::<arrow::datatypes::Int64Type>();
-        want.extend((0..batch.num_rows()).map(|r| (trace.value(r).to_owned(), duration.value(r))));
+        let int = |name: &str| cast(batch.column_by_name(name).unwrap(), &DataType::Int64).unwrap();
+        let (trace, start, duration) = (batch.column_by_name("trace").unwrap(), int("start_time"), int("duration_ns"));
+        let (start, duration) = (
+            start.as_primitive::<arrow::datatypes::Int64Type>(),
+            duration.as_primitive::<arrow::datatypes::Int64Type>(),
+        );
+        let trace = trace.as_string::<i32>();
+        want.extend((0..batch.num_rows()).map(|r| {
+            (trace.value(r).to_owned(), hopscope_schemas::time::format_time(start.value(r)), duration.value(r))
+        }));
     }
-    let got: Vec<(String, i64)> = listed.calls.iter().map(|c| (c.trace_id.clone(), c.duration_ns)).collect();
+    let got: Vec<(String, String, i64)> =
+        listed.calls.iter().map(|c| (c.trace_id.clone(), c.start_time.clone(), c.duration_ns)).collect();
     assert_eq!(got, want, "{service}");
 
     // Deliveries: the stored rows (the ingester's builder) equal the consumer spans the walking
@@ -926,6 +962,34 @@ async fn span_files_written_without_derived_tables_get_them_from_maintenance() {
     let server = Server::start_in(data_dir.clone(), &["--no-derive"]);
     assert_eq!(findings_method(&server, "").await, "exact");
     assert_eq!(findings_method(&server, "&n_plus_one_min_calls=4").await, "sketch");
+    assert!(server.terminate().success());
+
+    // Files derived before `operation_rollup` kept each row's slowest span (derivation 5): a
+    // service's latency view still comes from their rows, while its page's slowest traces come
+    // from the spans until maintenance derives the files again.
+    let fifty_minutes = "start=1699999000000000000&end=1700002000000000000";
+    let service_page = |server: &Server| {
+        let (latency, page) = (
+            server.api_url(&format!("/api/v1/latency?service=gateway&step=1m&{fifty_minutes}")),
+            server.api_url(&format!("/ui/service?name=gateway&{fifty_minutes}")),
+        );
+        async move {
+            let body: serde_json::Value = reqwest::get(latency).await.unwrap().json().await.unwrap();
+            let page = reqwest::get(page).await.unwrap().text().await.unwrap();
+            assert!(page.contains("table class=\"slowest\""), "{page}");
+            (body["percentiles"]["method"].as_str().unwrap().to_owned(), page.contains("slowest span of each minute"))
+        }
+    };
+    let server = Server::start_in(data_dir.clone(), &["--no-derive"]);
+    assert_eq!(service_page(&server).await, ("sketch".to_owned(), true));
+    assert!(server.terminate().success());
+    let mut version_5 = derived.clone();
+    write_operations_before_version_6(&data_dir, &mut version_5);
+    std::fs::write(layout::manifest_path(&data_dir, layout::DEFAULT_TENANT), version_5.to_json()).unwrap();
+    let server = Server::start_in(data_dir.clone(), &["--no-derive"]);
+    assert_eq!(service_page(&server).await, ("sketch".to_owned(), false));
+    let (status, body) = crate::query::sql(&server, "SELECT count(slowest_ns) AS n FROM operation_rollup").await;
+    assert_eq!((status.as_u16(), body["rows"][0]["n"].as_i64()), (200, Some(0)), "{body}");
     assert!(server.terminate().success());
 
     // Files derived by a version before `call_rollup`, `finding_rollup` and `deliveries` existed (a

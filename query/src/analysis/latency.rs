@@ -250,7 +250,11 @@ pub(crate) async fn slowest(
 ) -> Result<SlowestCalls, QueryError> {
     let sorted =
         [col("value").sort(false, false), col(c::TRACE_ID).sort(true, false), col(c::START_TIME).sort(true, false)];
-    if let Some((service, operation, minutes)) = rolled_up_service(ctx, query).await? {
+    let rolled_up = match rolled_up_service(ctx, query).await? {
+        Some((_, _, minutes)) if slowest_not_stored(ctx, minutes).await? => None,
+        rolled_up => rolled_up,
+    };
+    if let Some((service, operation, minutes)) = rolled_up {
         // Each minute's and operation's slowest span, over the rows of every span file and status.
         let evidence = |column: &str| {
             first_value(
@@ -336,6 +340,16 @@ async fn rolled_up_service<'q>(
             Some((service.as_str(), operation.as_deref(), minutes))
         }
         _ => None,
+    })
+}
+
+/// Whether `operation_rollup` over `range` (whole minutes) would read rows stored without their
+/// slowest span (span files derived before it was kept, until maintenance derives them again).
+async fn slowest_not_stored(ctx: &SessionContext, range: TimeRange) -> Result<bool, QueryError> {
+    let provider = ctx.table_provider(OPERATION_ROLLUP_TABLE).await?;
+    Ok(match provider.as_ref().downcast_ref::<crate::walk::OperationRollupTable>() {
+        Some(rollup) => rollup.lacks_slowest(&[in_range(or::MINUTE, range)])?,
+        None => false,
     })
 }
 

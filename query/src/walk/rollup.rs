@@ -13,9 +13,9 @@
 //!   that table's rows as the query runs ([`RollupExec`]): the reference the tests compare with.
 //! - [`OperationRollupTable`], `operation_rollup`: per minute and service operation (and whether
 //!   root), the spans, the sum and moments of their durations, a latency sketch of them and the
-//!   slowest span. Every span lives in one span file, so the stored rows need no correction; the
-//!   span files without them (or every file, for the reference) are rolled up from their spans as
-//!   the query runs.
+//!   slowest span (null in files derived before it was kept). Every span lives in one span file,
+//!   so the stored rows need no correction; the span files without them (or every file, for the
+//!   reference) are rolled up from their spans as the query runs.
 
 use std::fmt;
 use std::sync::Arc;
@@ -196,11 +196,22 @@ impl OperationRollupTable {
 
     /// Whether the stored rows of `file` are read (else it is rolled up from its spans).
     fn reads_stored(&self, file: &FileEntry) -> bool {
-        // (Rows of files derived before roots were counted apart lack `root`, and before
-        // derivation 6 the slowest span.)
+        // (Rows of files derived before roots were counted apart lack `root`.)
         self.read_derived
             && file.derived(layout::OPERATION_ROLLUP_TABLE).is_some()
-            && file.derivation >= hopscope_derive::stored::OPERATION_SLOWEST_SINCE
+            && file.derivation >= hopscope_derive::stored::OPERATION_ROOTS_SINCE
+    }
+
+    /// Whether a scan with `filters` (on `minute`) would read stored rows without the slowest
+    /// span (derived before [`hopscope_derive::stored::OPERATION_SLOWEST_SINCE`]: null there).
+    pub(crate) fn lacks_slowest(&self, filters: &[Expr]) -> DfResult<bool> {
+        let pruning = FilePruning::from_filters(&start_filters(filters)?);
+        let manifest = self.spans.manifest()?;
+        Ok(manifest
+            .files
+            .iter()
+            .filter(|f| pruning.may_match(f))
+            .any(|f| self.reads_stored(f) && f.derivation < hopscope_derive::stored::OPERATION_SLOWEST_SINCE))
     }
 
     /// Whether a scan with `filters` (on `minute`) would roll a span file up from its spans as the
