@@ -9,7 +9,9 @@
    (until the last span is committed, not only acknowledged), the ratio to the ceiling, the rate
    of acknowledgements, the server's CPU-seconds per million spans, its peak resident memory, and
    how long after the last acknowledgement every span was committed. Over gRPC, a third run stores
-   without the derived tables (`serve --no-derive`): what deriving at flush costs.
+   without the derived tables (`serve --no-derive`): what deriving at flush costs; then further
+   pairs of gRPC runs, with and without deriving, alternate (`--derive-pairs`): one pair's share
+   moves by tens of points from run to run, so the median and range of all pairs are reported.
 3. Acknowledgement to queryable: single traces exported to an idle server, timed until
    `GET /api/v1/traces/{id}` returns them.
 4. Storage: bytes per span in the Parquet files (as written, and after `hopscope compact`), against
@@ -118,7 +120,11 @@ def main():
     parser.add_argument("--concurrency", type=int, default=8, help="requests `hopscope load` keeps in flight")
     parser.add_argument("--probes", type=int, default=5, help="acknowledgement-to-queryable probes")
     parser.add_argument("--work-dir", help="where to keep the data (default: a temporary directory)")
+    parser.add_argument("--derive-pairs", type=int, default=3,
+                        help="gRPC runs with and without deriving, alternating, for deriving's CPU share (at least 1)")
     args = parser.parse_args()
+    if args.derive_pairs < 1:
+        parser.error(f"--derive-pairs: at least 1, got {args.derive_pairs}")
 
     work = args.work_dir or tempfile.mkdtemp(prefix="hopscope-ingest-bench-")
     os.makedirs(work, exist_ok=True)
@@ -141,6 +147,17 @@ def main():
             underived, underived_dir = ingest_run(args.binary, corpus, spans, protocol, False, work,
                                                   args.concurrency, derive=False)
             shutil.rmtree(underived_dir, ignore_errors=True)
+
+    # Deriving's share of the storing CPU, pair by pair: the first pair is the runs above.
+    pairs = [(rows[0][2], underived)]
+    for _ in range(args.derive_pairs - 1):
+        with_derived, with_dir = ingest_run(args.binary, corpus, spans, "grpc", False, work, args.concurrency)
+        without, without_dir = ingest_run(args.binary, corpus, spans, "grpc", False, work, args.concurrency,
+                                          derive=False)
+        shutil.rmtree(with_dir, ignore_errors=True)
+        shutil.rmtree(without_dir, ignore_errors=True)
+        pairs.append((with_derived, without))
+    shares = [1 - without["cpu_per_million"] / with_derived["cpu_per_million"] for with_derived, without in pairs]
 
     latencies = ack_to_queryable(args.binary, work, args.probes)
 
@@ -190,6 +207,9 @@ def main():
           f"with the derived tables, {underived['cpu_per_million']:.1f} without (`serve --no-derive`): "
           f"deriving is {1 - underived['cpu_per_million'] / grpc_storing['cpu_per_million']:.0%} of the "
           f"storing path's CPU; sustained {grpc_storing['sustained']:,.0f} vs {underived['sustained']:,.0f} spans/s")
+    print(f"deriving's share over {len(shares)} alternating pairs of gRPC runs: median "
+          f"{statistics.median(shares):.0%} (range {min(shares):.0%} to {max(shares):.0%}; CPU-s per 1M spans with, "
+          "without: " + ", ".join(f"{w['cpu_per_million']:.1f}/{o['cpu_per_million']:.1f}" for w, o in pairs) + ")")
     print(f"\nacknowledgement → queryable, single traces on an idle server: median "
           f"{statistics.median(latencies):.2f} s (min {min(latencies):.2f}, max {max(latencies):.2f}, "
           f"{len(latencies)} probes)\n")
