@@ -31,21 +31,37 @@ async fn path_totals_of(server: &Server) -> (i64, i64, i64) {
     (int("n"), int("s"), int("t"))
 }
 
+/// Rewrites every `table` file that `manifest` lists, each batch as `reshape` makes it (an older
+/// version's shape), and records the files' new sizes.
+fn rewrite_derived(
+    data_dir: &std::path::Path,
+    manifest: &mut Manifest,
+    table: &str,
+    reshape: impl Fn(&RecordBatch) -> RecordBatch,
+) {
+    let tenant = layout::tenant_dir(data_dir, layout::DEFAULT_TENANT);
+    for derived in manifest.files.iter_mut().flat_map(|f| &mut f.derived).filter(|d| d.table == table) {
+        let path = tenant.join(&derived.path);
+        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap()).unwrap();
+        let batches: Vec<RecordBatch> = reader.build().unwrap().map(|b| reshape(&b.unwrap())).collect();
+        let mut writer =
+            parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), batches[0].schema(), None)
+                .unwrap();
+        for batch in &batches {
+            writer.write(batch).unwrap();
+        }
+        writer.close().unwrap();
+        derived.bytes = std::fs::metadata(&path).unwrap().len();
+    }
+}
+
 /// Rewrites the `critical_path` files that `manifest` lists as derivation 3 wrote them: a `span_id`
 /// column (null, as stored) after `path_duration_ns`, and no `spans` column; with their new sizes.
 fn write_paths_before_version_4(data_dir: &std::path::Path, manifest: &mut Manifest) {
     use arrow::datatypes::{Field, Schema};
-    let tenant = layout::tenant_dir(data_dir, layout::DEFAULT_TENANT);
-    for derived in manifest.files.iter_mut().flat_map(|f| &mut f.derived) {
-        if derived.table != layout::CRITICAL_PATH_TABLE {
-            continue;
-        }
-        let path = tenant.join(&derived.path);
-        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap()).unwrap();
-        let batches: Vec<RecordBatch> = reader.build().unwrap().map(Result::unwrap).collect();
-        let schema = batches[0].schema();
+    rewrite_derived(data_dir, manifest, layout::CRITICAL_PATH_TABLE, |batch| {
         let mut fields: Vec<Field> = Vec::new();
-        for field in schema.fields() {
+        for field in batch.schema().fields() {
             match field.name().as_str() {
                 "spans" => {}
                 "path_duration_ns" => {
@@ -56,51 +72,31 @@ fn write_paths_before_version_4(data_dir: &std::path::Path, manifest: &mut Manif
             }
         }
         let old = Arc::new(Schema::new(fields));
-        let mut writer =
-            parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), Arc::clone(&old), None)
-                .unwrap();
-        for batch in &batches {
-            let columns = old
-                .fields()
-                .iter()
-                .map(|f| match f.name().as_str() {
-                    "span_id" => arrow::array::new_null_array(f.data_type(), batch.num_rows()),
-                    name => Arc::clone(batch.column_by_name(name).unwrap()),
-                })
-                .collect();
-            writer.write(&RecordBatch::try_new(Arc::clone(&old), columns).unwrap()).unwrap();
-        }
-        writer.close().unwrap();
-        derived.bytes = std::fs::metadata(&path).unwrap().len();
-    }
+        let columns = old
+            .fields()
+            .iter()
+            .map(|f| match f.name().as_str() {
+                "span_id" => arrow::array::new_null_array(f.data_type(), batch.num_rows()),
+                name => Arc::clone(batch.column_by_name(name).unwrap()),
+            })
+            .collect();
+        RecordBatch::try_new(old, columns).unwrap()
+    });
 }
 
 /// Rewrites the `operation_rollup` files that `manifest` lists as derivation 5 wrote them: without
 /// the `slowest_*` columns; with their new sizes and that derivation version.
 fn write_operations_before_version_6(data_dir: &std::path::Path, manifest: &mut Manifest) {
-    use arrow::datatypes::Schema;
-    let tenant = layout::tenant_dir(data_dir, layout::DEFAULT_TENANT);
     for file in &mut manifest.files {
         file.derivation = 5;
-        for derived in file.derived.iter_mut().filter(|d| d.table == layout::OPERATION_ROLLUP_TABLE) {
-            let path = tenant.join(&derived.path);
-            let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap()).unwrap();
-            let batches: Vec<RecordBatch> = reader.build().unwrap().map(Result::unwrap).collect();
-            let schema = batches[0].schema();
-            let kept: Vec<usize> =
-                (0..schema.fields().len()).filter(|&i| !schema.field(i).name().starts_with("slowest_")).collect();
-            assert_eq!(kept.len() + 3, schema.fields().len(), "{schema:?}");
-            let old = Arc::new(Schema::new(kept.iter().map(|&i| schema.field(i).clone()).collect::<Vec<_>>()));
-            let mut writer =
-                parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), Arc::clone(&old), None)
-                    .unwrap();
-            for batch in &batches {
-                writer.write(&batch.project(&kept).unwrap()).unwrap();
-            }
-            writer.close().unwrap();
-            derived.bytes = std::fs::metadata(&path).unwrap().len();
-        }
     }
+    rewrite_derived(data_dir, manifest, layout::OPERATION_ROLLUP_TABLE, |batch| {
+        let schema = batch.schema();
+        let kept: Vec<usize> =
+            (0..schema.fields().len()).filter(|&i| !schema.field(i).name().starts_with("slowest_")).collect();
+        assert_eq!(kept.len() + 3, schema.fields().len(), "{schema:?}");
+        batch.project(&kept).unwrap()
+    });
 }
 
 /// The rows of every committed file derived as `table`, file by file.

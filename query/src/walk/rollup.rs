@@ -205,22 +205,23 @@ impl OperationRollupTable {
     /// Whether a scan with `filters` (on `minute`) would read stored rows without the slowest
     /// span (derived before [`hopscope_derive::stored::OPERATION_SLOWEST_SINCE`]: null there).
     pub(crate) fn lacks_slowest(&self, filters: &[Expr]) -> DfResult<bool> {
-        let pruning = FilePruning::from_filters(&start_filters(filters)?);
-        let manifest = self.spans.manifest()?;
-        Ok(manifest
-            .files
-            .iter()
-            .filter(|f| pruning.may_match(f))
-            .any(|f| self.reads_stored(f) && f.derivation < hopscope_derive::stored::OPERATION_SLOWEST_SINCE))
+        self.any_file(filters, |f| {
+            self.reads_stored(f) && f.derivation < hopscope_derive::stored::OPERATION_SLOWEST_SINCE
+        })
     }
 
     /// Whether a scan with `filters` (on `minute`) would roll a span file up from its spans as the
     /// query runs (stored before these rows were, or the reference): then the question is cheaper,
     /// and exact, asked of the spans themselves.
     pub(crate) fn computed_from_spans(&self, filters: &[Expr]) -> DfResult<bool> {
+        self.any_file(filters, |f| !self.reads_stored(f))
+    }
+
+    /// Whether any span file a scan with `filters` (on `minute`) would select is `such`.
+    fn any_file(&self, filters: &[Expr], such: impl Fn(&FileEntry) -> bool) -> DfResult<bool> {
         let pruning = FilePruning::from_filters(&start_filters(filters)?);
         let manifest = self.spans.manifest()?;
-        Ok(manifest.files.iter().filter(|f| pruning.may_match(f)).any(|f| !self.reads_stored(f)))
+        Ok(manifest.files.iter().filter(|f| pruning.may_match(f)).any(such))
     }
 }
 
