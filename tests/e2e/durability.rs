@@ -135,6 +135,9 @@ async fn a_poison_payload_is_dead_lettered_without_holding_back_healthy_spans_an
     let reason = entry["reason"].as_str().unwrap();
     assert!(reason.contains("failed 3 times") && reason.contains("injected fault"), "{reason}");
     assert_eq!(server.trace_span_ids(&poison_1).await.0, 404);
+    // The entry is listed as soon as it is written, and counted just after (the spans' counter
+    // last): wait for the count, then check every figure.
+    server.wait_for_metric("hopscope_dead_lettered_spans_total", |v| v >= 4.0).await;
     assert_eq!(server.metric("hopscope_dead_letters").await, 1.0);
     assert_eq!(server.metric("hopscope_dead_lettered_spans_total").await, 4.0);
 
