@@ -3,7 +3,7 @@
 //! traces (poison messages, unbounded tails) are the query layer's. Every threshold has a
 //! documented default in [`Thresholds`] and can be set per request.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
@@ -13,6 +13,9 @@ use hopscope_schemas::columns::{finding as f, finding_kind as fk, semconv};
 use hopscope_schemas::spans::{kind, status, timestamp_type};
 
 use crate::paths::{CriticalPath, PathSpan, TracePaths};
+
+/// Maps built per trace: a fast hash (keys are the trace's own names and positions).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use crate::{PerTrace, Result, SpanColumns, TraceTree};
 
 /// When a pattern counts as a finding. Defaults in [`Thresholds::default`].
@@ -93,13 +96,28 @@ pub fn input_columns() -> Vec<&'static str> {
 
 /// One call a span makes: a CLIENT child, with what it reached.
 #[derive(Debug)]
-struct Call {
+struct Call<'a> {
     row: usize,
-    /// `callee operation`, naming the server span when one answered, else the virtual node.
-    callee: String,
+    callee: Callee<'a>,
     /// The callee's server span, when instrumented.
     server: Option<usize>,
     failed: bool,
+}
+
+/// What a call reached: the service and operation of the server span that answered, or else the
+/// virtual node (design.md §4) and the call's own name. Borrowed from the spans where it can be:
+/// calls are grouped by it for every trace, and named only in the findings written.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Callee<'a> {
+    node: Cow<'a, str>,
+    operation: &'a str,
+}
+
+impl Callee<'_> {
+    /// `callee operation`, as findings name it.
+    fn name(&self) -> String {
+        format!("{} {}", self.node, self.operation)
+    }
 }
 
 /// Finds the per-trace patterns.
@@ -188,18 +206,43 @@ struct PathTime<'a> {
     paths: &'a [CriticalPath],
     /// Per span (by position): the time its subtree owns on a path.
     on_path: Vec<i64>,
-    /// Per span (by position): the sections it owns.
-    sections_of: HashMap<usize, Vec<(i64, i64)>>,
+    /// Per span (by position) `i`: the sections it owns, `sections[section_starts[i]..section_starts[i + 1]]`,
+    /// in the order the paths list them (one flat list, not a list per span: this runs per trace).
+    section_starts: Vec<usize>,
+    sections: Vec<(i64, i64)>,
 }
 
 impl<'a> PathTime<'a> {
     fn of(tree: &TraceTree, paths: &'a TracePaths) -> Self {
-        let on_path = subtree_time_on_path(&paths.spans, &paths.paths);
-        let mut sections_of: HashMap<usize, Vec<(i64, i64)>> = HashMap::new();
-        for section in paths.paths.iter().flat_map(|p| &p.sections) {
-            sections_of.entry(section.span).or_default().push((section.start, section.end));
+        let on_path = subtree_time_on_path(tree, &paths.spans, &paths.paths);
+        // A counting sort of the sections by span, keeping their order within a span.
+        let all = || paths.paths.iter().flat_map(|p| &p.sections);
+        let mut section_starts = vec![0; paths.spans.len() + 1];
+        for section in all() {
+            section_starts[section.span + 1] += 1;
         }
-        PathTime { first_row: tree.rows().start, spans: &paths.spans, paths: &paths.paths, on_path, sections_of }
+        for i in 1..section_starts.len() {
+            section_starts[i] += section_starts[i - 1];
+        }
+        let mut next = section_starts.clone();
+        let mut sections = vec![(0, 0); section_starts[paths.spans.len()]];
+        for section in all() {
+            sections[next[section.span]] = (section.start, section.end);
+            next[section.span] += 1;
+        }
+        PathTime {
+            first_row: tree.rows().start,
+            spans: &paths.spans,
+            paths: &paths.paths,
+            on_path,
+            section_starts,
+            sections,
+        }
+    }
+
+    /// The sections span `i` (by position) owns, in time order.
+    fn sections_of(&self, i: usize) -> &[(i64, i64)] {
+        &self.sections[self.section_starts[i]..self.section_starts[i + 1]]
     }
 
     /// The time the calls (rows) spend on the path: what their subtrees own, plus what their caller
@@ -209,7 +252,7 @@ impl<'a> PathTime<'a> {
             .map(|r| {
                 let i = r - self.first_row;
                 let (start, end) = (self.spans[i].start, self.spans[i].end);
-                let caller = self.spans[i].parent.and_then(|p| self.sections_of.get(&p)).map_or(0, |sections| {
+                let caller = self.spans[i].parent.map(|p| self.sections_of(p)).map_or(0, |sections| {
                     // A span's sections are disjoint and in time order: skip those ending before
                     // the call starts.
                     let from = sections.partition_point(|&(_, e)| e <= start);
@@ -226,7 +269,7 @@ impl<'a> PathTime<'a> {
 }
 
 /// Every CLIENT call of a trace, grouped by the span making them, in start order.
-fn calls_by_parent(spans: &SpanColumns, tree: &TraceTree) -> Vec<(usize, Vec<Call>)> {
+fn calls_by_parent<'a>(spans: &'a SpanColumns, tree: &TraceTree) -> Vec<(usize, Vec<Call<'a>>)> {
     let mut out = Vec::new();
     for r in tree.rows() {
         let calls: Vec<Call> = tree
@@ -236,8 +279,10 @@ fn calls_by_parent(spans: &SpanColumns, tree: &TraceTree) -> Vec<(usize, Vec<Cal
             .map(|&c| {
                 let server = tree.children(c).iter().copied().find(|&s| spans.kind.value(s) == kind::SERVER);
                 let callee = match server {
-                    Some(s) => format!("{} {}", spans.service(s), spans.name(s)),
-                    None => format!("{} {}", crate::edges::virtual_node(spans, c).0, spans.name(c)),
+                    Some(s) => Callee { node: Cow::Borrowed(spans.service(s)), operation: spans.name(s) },
+                    None => {
+                        Callee { node: Cow::Owned(crate::edges::virtual_node(spans, c).0), operation: spans.name(c) }
+                    }
                 };
                 let failed = spans.status_code.value(c) == status::ERROR
                     || server.is_some_and(|s| spans.status_code.value(s) == status::ERROR);
@@ -260,13 +305,13 @@ struct TraceView<'a> {
 
 impl FindingScan {
     /// N+1 and retry storms: calls to one callee operation from one span.
-    fn find_repeats_of_one_call(&mut self, t: &TraceView<'_>, at: usize, calls: &[Call]) -> Result<()> {
+    fn find_repeats_of_one_call(&mut self, t: &TraceView<'_>, at: usize, calls: &[Call<'_>]) -> Result<()> {
         let th = self.thresholds;
         let spans = t.spans;
-        let mut by_callee: Vec<(&str, Vec<&Call>)> = Vec::new();
-        let mut group_of: HashMap<&str, usize> = HashMap::new();
+        let mut by_callee: Vec<(&Callee<'_>, Vec<&Call<'_>>)> = Vec::new();
+        let mut group_of: HashMap<&Callee<'_>, usize> = HashMap::default();
         for call in calls {
-            match group_of.get(call.callee.as_str()) {
+            match group_of.get(&call.callee) {
                 Some(&g) => by_callee[g].1.push(call),
                 None => {
                     group_of.insert(&call.callee, by_callee.len());
@@ -283,21 +328,21 @@ impl FindingScan {
                     .sum::<i64>()
                     .min(t.path.of_calls(failed.iter().map(|c| c.row)));
                 let threshold = format!("retry_min_attempts={}", th.retry_min_attempts);
-                self.push(spans, &t.rows, fk::RETRY_STORM, at, Some(callee), group.len(), cost, threshold)?;
+                self.push(spans, &t.rows, fk::RETRY_STORM, at, Some(&callee.name()), group.len(), cost, threshold)?;
             } else if group.len() >= th.n_plus_one_min_calls {
                 let cost = all_but_longest(spans, group.iter().map(|c| c.row))
                     .min(t.path.of_calls(group.iter().map(|c| c.row)));
                 let threshold = format!("n_plus_one_min_calls={}", th.n_plus_one_min_calls);
-                self.push(spans, &t.rows, fk::N_PLUS_ONE, at, Some(callee), group.len(), cost, threshold)?;
+                self.push(spans, &t.rows, fk::N_PLUS_ONE, at, Some(&callee.name()), group.len(), cost, threshold)?;
             }
         }
         Ok(())
     }
 
     /// Sequential calls: runs of back-to-back calls to different callees.
-    fn find_sequential_calls(&mut self, t: &TraceView<'_>, at: usize, calls: &[Call]) -> Result<()> {
+    fn find_sequential_calls(&mut self, t: &TraceView<'_>, at: usize, calls: &[Call<'_>]) -> Result<()> {
         let th = self.thresholds;
-        let mut runs: Vec<Vec<&Call>> = vec![Vec::new()];
+        let mut runs: Vec<Vec<&Call<'_>>> = vec![Vec::new()];
         for call in calls {
             let run = runs.last_mut().expect("a run");
             if let Some(previous) = run.last() {
@@ -310,7 +355,7 @@ impl FindingScan {
             runs.last_mut().expect("a run").push(call);
         }
         for run in runs.into_iter().filter(|run| run.len() >= th.sequential_min_run) {
-            let callees: Vec<&str> = run.iter().map(|c| c.callee.as_str()).collect();
+            let callees: Vec<String> = run.iter().map(|c| c.callee.name()).collect();
             let cost =
                 all_but_longest(t.spans, run.iter().map(|c| c.row)).min(t.path.of_calls(run.iter().map(|c| c.row)));
             let threshold = format!(
@@ -326,7 +371,7 @@ impl FindingScan {
     /// Clock skew (the callee's span starts before the call does, which only disagreeing clocks
     /// explain: no cost, but the callee's work drops off the critical path) and missing timeouts
     /// (the callee kept working after the caller stopped waiting).
-    fn find_call_timing(&mut self, t: &TraceView<'_>, at: usize, calls: &[Call]) -> Result<()> {
+    fn find_call_timing(&mut self, t: &TraceView<'_>, at: usize, calls: &[Call<'_>]) -> Result<()> {
         let th = self.thresholds;
         let spans = t.spans;
         for call in calls {
@@ -334,7 +379,7 @@ impl FindingScan {
             let early = spans.start_ns.value(call.row) - spans.start_ns.value(server);
             if early >= th.clock_skew_min_ns {
                 let threshold = format!("clock_skew_min={}ns", th.clock_skew_min_ns);
-                self.push(spans, &t.rows, fk::CLOCK_SKEW, at, Some(&call.callee), 1, 0, threshold)?;
+                self.push(spans, &t.rows, fk::CLOCK_SKEW, at, Some(&call.callee.name()), 1, 0, threshold)?;
             }
         }
         for call in calls {
@@ -342,7 +387,8 @@ impl FindingScan {
             let overrun = spans.end_ns.value(server) - spans.end_ns.value(call.row);
             if overrun >= th.timeout_overrun_ns {
                 let threshold = format!("timeout_overrun={}ns", th.timeout_overrun_ns);
-                self.push(spans, &t.rows, fk::MISSING_TIMEOUT, at, Some(&call.callee), 1, overrun, threshold)?;
+                let callee = call.callee.name();
+                self.push(spans, &t.rows, fk::MISSING_TIMEOUT, at, Some(&callee), 1, overrun, threshold)?;
             }
         }
         Ok(())
@@ -350,14 +396,14 @@ impl FindingScan {
 
     /// Repeated identical calls anywhere in the trace (cache candidates), keyed by (callee,
     /// statement) and located at the span making the first of them.
-    fn find_repeated_calls(&mut self, t: &TraceView<'_>, calls_by_parent: &[(usize, Vec<Call>)]) -> Result<()> {
+    fn find_repeated_calls(&mut self, t: &TraceView<'_>, calls_by_parent: &[(usize, Vec<Call<'_>>)]) -> Result<()> {
         let spans = t.spans;
-        let mut identical: Vec<((&str, &str), usize, Vec<usize>)> = Vec::new();
-        let mut group_of: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut identical: Vec<((&Callee<'_>, &str), usize, Vec<usize>)> = Vec::new();
+        let mut group_of: HashMap<(&Callee<'_>, &str), usize> = HashMap::default();
         for (at, calls) in calls_by_parent {
             for call in calls {
                 if let Some(text) = statement(spans, call.row) {
-                    let key = (call.callee.as_str(), text);
+                    let key = (&call.callee, text);
                     match group_of.get(&key) {
                         Some(&g) => identical[g].2.push(call.row),
                         None => {
@@ -373,7 +419,8 @@ impl FindingScan {
                 let cost = (spans_total(spans, calls) - spans.duration_ns(calls[0]).max(0))
                     .min(t.path.of_calls(calls[1..].iter().copied()));
                 let threshold = format!("repeated_min_calls={}", self.thresholds.repeated_min_calls);
-                self.push(spans, &t.rows, fk::REPEATED_CALL, *at, Some(callee), calls.len(), cost, threshold)?;
+                let callee = callee.name();
+                self.push(spans, &t.rows, fk::REPEATED_CALL, *at, Some(&callee), calls.len(), cost, threshold)?;
             }
         }
         Ok(())
@@ -458,27 +505,22 @@ impl PerTrace for FindingScan {
 }
 
 /// For each span, the time its subtree (itself and its descendants) owns on the critical paths.
-fn subtree_time_on_path(spans: &[PathSpan], paths: &[CriticalPath]) -> Vec<i64> {
+fn subtree_time_on_path(tree: &TraceTree, spans: &[PathSpan], paths: &[CriticalPath]) -> Vec<i64> {
     let n = spans.len();
     let mut total = vec![0i64; n];
     for section in paths.iter().flat_map(|p| &p.sections) {
         total[section.span] += section.end - section.start;
     }
-    // Children before their parents: the trees in pre-order, reversed. Spans in a parent cycle
-    // (malformed data) hang from no root; no path runs through them.
+    // Children before their parents: the trees in pre-order, reversed (the spans' parents are the
+    // tree's, so are their children). Spans in a parent cycle (malformed data) hang from no root;
+    // no path runs through them.
     let parent = |i: usize| spans[i].parent.filter(|&p| p < n && p != i);
-    let mut children: Vec<Vec<usize>> = vec![Vec::new(); n];
-    let mut stack = Vec::new();
-    for i in 0..n {
-        match parent(i) {
-            Some(p) => children[p].push(i),
-            None => stack.push(i),
-        }
-    }
+    let first = tree.rows().start;
+    let mut stack: Vec<usize> = (0..n).filter(|&i| parent(i).is_none()).collect();
     let mut order = Vec::with_capacity(n);
     while let Some(i) = stack.pop() {
         order.push(i);
-        stack.extend(&children[i]);
+        stack.extend(tree.children(first + i).iter().map(|&c| c - first));
     }
     for &i in order.iter().rev() {
         if let Some(p) = parent(i) {

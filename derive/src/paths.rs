@@ -47,7 +47,7 @@ impl CriticalPath {
     /// Each span's self time on the path (the sum of its sections), in order of first appearance.
     pub fn self_times(&self) -> Vec<(usize, i64)> {
         let mut out: Vec<(usize, i64)> = Vec::new();
-        let mut at: std::collections::HashMap<usize, usize> = std::collections::HashMap::new();
+        let mut at: std::collections::HashMap<usize, usize, foldhash::fast::RandomState> = Default::default();
         for section in &self.sections {
             let length = section.end - section.start;
             match at.get(&section.span) {

@@ -1050,16 +1050,12 @@ impl PathRollup {
             let bucket = hopscope_schemas::sketch::bucket_index(path_duration);
             let (root_service, root_operation) = (root_service.value(row), root_operation.value(row));
             let (service, operation) = (service.value(row), operation.value(row));
-            let id = |array: &arrow::array::FixedSizeBinaryArray, what: &str| -> Result<Vec<u8>> {
-                if array.is_valid(row) {
-                    Ok(array.value(row).to_vec())
-                } else {
-                    Err(DeriveError::Invalid(format!("a critical_path row without its {what}")))
-                }
-            };
+            if !trace.is_valid(row) || !root.is_valid(row) {
+                return Err(DeriveError::Invalid("a critical_path row without its trace id or root span id".into()));
+            }
             let path: ([u8; 16], [u8; 8]) = (
-                id(trace, "trace id")?.try_into().expect("16 bytes, by its type"),
-                id(root, "root span id")?.try_into().expect("8 bytes, by its type"),
+                trace.value(row).try_into().expect("16 bytes, by its type"),
+                root.value(row).try_into().expect("8 bytes, by its type"),
             );
             if self.counted.insert(path) {
                 let counts = self.counts(minute_ns, root_service, root_operation, bucket, None);

@@ -54,12 +54,19 @@ struct Store {
     counts: Vec<i64>,
 }
 
+/// The buckets a store makes room for when it counts its first value.
+const STARTING_CAPACITY: usize = 32;
+
 impl Store {
     /// Widens the store to hold the buckets `from..=to`.
     fn cover(&mut self, from: i32, to: i32) {
         if self.counts.is_empty() {
             self.offset = from;
-            self.counts.resize((to - from + 1) as usize, 0);
+            // Room for the buckets around it (32 span values within a factor of about 1.9), so
+            // that counting the values that usually follow rarely reallocates.
+            let len = (to - from + 1) as usize;
+            self.counts.reserve(len.max(STARTING_CAPACITY));
+            self.counts.resize(len, 0);
             return;
         }
         if from < self.offset {
