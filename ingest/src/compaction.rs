@@ -595,7 +595,7 @@ mod tests {
         use hopscope_schemas::columns as c;
         use hopscope_schemas::spans::span_schema;
 
-        let dir = std::env::temp_dir().join(format!("hopscope-compaction-{}", uuid::Uuid::now_v7()));
+        let dir = crate::scratch::ScratchDir::new("compaction");
         let base = 10 * HOUR as u64;
         // Trace 2 is in both files, its span 1 twice (a resend stored twice).
         let a =
@@ -646,7 +646,6 @@ mod tests {
         // files of theirs.
         let tables: Vec<&str> = entry.derived.iter().map(|d| d.table.as_str()).collect();
         assert_eq!(tables, ["traces", "critical_path", "operation_rollup", "path_rollup"]);
-        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
@@ -654,7 +653,7 @@ mod tests {
         use arrow::array::{FixedSizeBinaryArray, TimestampNanosecondArray};
         use hopscope_schemas::columns as c;
 
-        let dir = std::env::temp_dir().join(format!("hopscope-merge-{}", uuid::Uuid::now_v7()));
+        let dir = crate::scratch::ScratchDir::new("merge");
         let base = 10 * HOUR as u64;
         // Three files of 20k spans over 250 traces;
         // the third repeats the first file's first 5,000 spans (resends stored again).
@@ -695,7 +694,6 @@ mod tests {
             }
         }
         assert_eq!(seen.len(), 55_000);
-        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
@@ -703,7 +701,7 @@ mod tests {
         use arrow::array::{AsArray, FixedSizeBinaryArray, Int64Array};
         use hopscope_schemas::columns as c;
 
-        let dir = std::env::temp_dir().join(format!("hopscope-seal-{}", uuid::Uuid::now_v7()));
+        let dir = crate::scratch::ScratchDir::new("seal");
         let base = 10 * HOUR as u64;
         // Two files sharing all of 200 traces, 60 spans each (30 in each file).
         let make = |offset: u64| -> Vec<(u8, u8, u64)> {
@@ -746,7 +744,6 @@ mod tests {
         }
         assert_eq!(total, 12_000);
         assert_eq!(owner.len(), 200);
-        fs::remove_dir_all(dir).unwrap();
     }
 
     /// Every file under `dir`, relative to it, sorted.
@@ -771,7 +768,7 @@ mod tests {
         use parquet::arrow::ArrowWriter;
         use parquet::file::properties::WriterProperties;
 
-        let dir = std::env::temp_dir().join(format!("hopscope-failed-merge-{}", uuid::Uuid::now_v7()));
+        let dir = crate::scratch::ScratchDir::new("failed-merge");
         let base = 10 * HOUR as u64;
         // Two files sharing 200 traces, 30,000 spans each (four of the merge's reads), merged into
         // files of 5,000 spans.
@@ -819,12 +816,11 @@ mod tests {
             fs::remove_file(dir.join(path)).unwrap();
         }
         assert_eq!(files_under(&dir), before, "no merged file, derived file or temporary file left");
-        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn a_merge_stops_when_asked_and_leaves_none_of_its_files() {
-        let dir = std::env::temp_dir().join(format!("hopscope-stopped-merge-{}", uuid::Uuid::now_v7()));
+        let dir = crate::scratch::ScratchDir::new("stopped-merge");
         let base = 10 * HOUR as u64;
         let make = |offset: u64| -> Vec<(u8, u8, u64)> {
             (0..6_000).map(|i| (1 + (i % 200) as u8, 1 + (2 * (i / 200) + offset) as u8, base + i)).collect()
@@ -843,6 +839,5 @@ mod tests {
         // Not asked to stop, the same merge writes its files.
         let merged = merge_in_chunks(&dir, &job, 256, true, &CancellationToken::new()).unwrap();
         assert_eq!(merged.entries.iter().map(|e| e.rows).sum::<u64>(), 12_000);
-        fs::remove_dir_all(dir).unwrap();
     }
 }

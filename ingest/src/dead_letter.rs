@@ -276,10 +276,8 @@ fn describe(batch: &RecordBatch) -> (u64, Vec<String>) {
 mod tests {
     use super::*;
 
-    fn tempdir() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("hopscope-dead-letters-{}", uuid::Uuid::now_v7()));
-        fs::create_dir_all(&dir).unwrap();
-        dir
+    fn tempdir() -> crate::scratch::ScratchDir {
+        crate::scratch::ScratchDir::new("dead-letters")
     }
 
     #[test]
@@ -300,6 +298,5 @@ mod tests {
         store.purge(&damaged.id).unwrap();
         assert!(store.list().unwrap().is_empty());
         assert!(matches!(store.purge(&damaged.id), Err(IngestError::DeadLetterNotFound(_))));
-        fs::remove_dir_all(root).unwrap();
     }
 }

@@ -32,6 +32,8 @@ pub mod metrics;
 pub mod otlp_json;
 mod record;
 pub mod retention;
+#[cfg(test)]
+mod scratch;
 pub mod trace_metrics;
 pub mod wal;
 pub mod writer;

@@ -345,7 +345,6 @@ mod tests {
         assert!(committed.exists());
         assert!(edges.join("a.parquet").exists());
         assert!(!edges.join("c.parquet").exists());
-        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
@@ -382,7 +381,6 @@ mod tests {
         assert_eq!(newer[0].path, "traces/2026-11-28/01/a.v2.parquet");
         let reopened = ManifestStore::open(&dir, "default").unwrap();
         assert_eq!(reopened.snapshot().files, after.files);
-        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
@@ -424,7 +422,6 @@ mod tests {
             Err(IngestError::ManifestConflict(_))
         ));
         assert_eq!(reopened.snapshot().generation, generation);
-        fs::remove_dir_all(dir).unwrap();
     }
 
     thread_local! {
@@ -449,7 +446,6 @@ mod tests {
         assert!(!store.is_durable(), "not yet known to survive a crash");
         store.commit_added(vec![], 2).unwrap();
         assert!(store.is_durable());
-        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
@@ -470,12 +466,9 @@ mod tests {
             .unwrap();
         let reopened = ManifestStore::open(&dir, "default").unwrap();
         assert_eq!(reopened.retired_before(std::time::Duration::from_secs(3600)).len(), 1);
-        fs::remove_dir_all(dir).unwrap();
     }
 
-    fn tempdir() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("hopscope-manifest-{}", uuid::Uuid::now_v7()));
-        fs::create_dir_all(&dir).unwrap();
-        dir
+    fn tempdir() -> crate::scratch::ScratchDir {
+        crate::scratch::ScratchDir::new("manifest")
     }
 }

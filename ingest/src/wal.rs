@@ -379,7 +379,7 @@ mod tests {
 
     #[test]
     fn intact_records_survive_around_damage_and_the_damage_is_returned() {
-        let root = std::env::temp_dir().join(format!("hopscope-wal-{}", uuid::Uuid::now_v7()));
+        let root = crate::scratch::ScratchDir::new("wal");
         let wal_dir = root.join("wal");
         fs::create_dir_all(&wal_dir).unwrap();
         let payload =
@@ -413,6 +413,5 @@ mod tests {
         let again = replay(&wal_dir, 2).unwrap();
         assert_eq!(again.batches.len(), 2);
         assert_eq!(again.damaged, replayed.damaged);
-        fs::remove_dir_all(root).unwrap();
     }
 }
