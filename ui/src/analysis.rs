@@ -188,7 +188,7 @@ fn findings_table(params: &PageParams, findings: &[FindingView]) -> Markup {
                     tr data-kind=(f.kind) {
                         td { strong { (kind_label(&f.kind)) } }
                         td { a href=(params.link(paths::SERVICE, &[("name", &f.service), ("operation", &f.operation)])) { (f.service) " · " (f.operation) } }
-                        td { (f.callee.as_deref().unwrap_or("–")) " " span.calls { "(" (f.calls) ")" } }
+                        td { (callees_shown(f)) " " span.calls { "(" (f.calls) ")" } }
                         td.num { (f.occurrences) }
                         td.num { @match f.traces { Some(t) => (t), None => span title="not counted in the per-minute rollups this finding comes from" { "–" } } }
                         td.num { (duration(f.cost_ns_total as f64)) } td.num { (duration(f.cost_ns_mean)) }
@@ -201,9 +201,64 @@ fn findings_table(params: &PageParams, findings: &[FindingView]) -> Markup {
     }
 }
 
+/// What a finding calls, as its row shows it. A run of sequential calls lists each call (`, `
+/// between them): where callees repeat, each is shown once, in the order of its first call, with
+/// how many of the run's calls it takes (`a ×35, b ×35`), so a run of 140 calls to four callees
+/// reads as four names (the API keeps the whole list). Only when the list splits into exactly one
+/// name per call (`calls` is the occurrences times the parts): a name that itself holds `, ` makes
+/// more parts than calls, and the list is shown as stored.
+fn callees_shown(f: &FindingView) -> String {
+    let Some(callee) = f.callee.as_deref() else { return "–".to_owned() };
+    if f.kind != hopscope_schemas::columns::finding_kind::SEQUENTIAL_CALLS {
+        return callee.to_owned();
+    }
+    let names: Vec<&str> = callee.split(", ").collect();
+    if f.occurrences == 0 || f.calls != names.len() as u64 * f.occurrences {
+        return callee.to_owned();
+    }
+    let mut counted: Vec<(&str, usize)> = Vec::new();
+    for name in names {
+        match counted.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, count)) => *count += 1,
+            None => counted.push((name, 1)),
+        }
+    }
+    if counted.iter().all(|&(_, count)| count == 1) {
+        return callee.to_owned();
+    }
+    counted.iter().map(|(name, count)| format!("{name} ×{count}")).collect::<Vec<_>>().join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sequential(callee: &str, calls: u64, occurrences: u64) -> FindingView {
+        FindingView {
+            kind: hopscope_schemas::columns::finding_kind::SEQUENTIAL_CALLS.to_owned(),
+            callee: Some(callee.to_owned()),
+            calls,
+            occurrences,
+            ..finding(0)
+        }
+    }
+
+    /// A run that calls the same callees again shows each once with its count, in the order of
+    /// first calls; a run without repeats, another kind of finding, or a list that does not split
+    /// into one name per call shows the callees as stored.
+    #[test]
+    fn a_run_of_repeated_sequential_calls_names_each_callee_once_with_its_count() {
+        let run = ["a GET /x", "b POST /y", "a GET /x", "b POST /y", "c Q"].join(", ");
+        assert_eq!(callees_shown(&sequential(&run, 10, 2)), "a GET /x ×2, b POST /y ×2, c Q ×1");
+        let plain = "a GET /x, b POST /y, c Q";
+        assert_eq!(callees_shown(&sequential(plain, 3, 1)), plain);
+        // Two calls whose names hold ", ": four parts for two calls, shown as stored.
+        let commas = "db SELECT a, b, db SELECT a, b";
+        assert_eq!(callees_shown(&sequential(commas, 2, 1)), commas);
+        let other = FindingView { callee: Some(run.clone()), calls: 5, ..finding(1) };
+        assert_eq!(callees_shown(&other), run);
+        assert_eq!(callees_shown(&FindingView { callee: None, ..finding(2) }), "–");
+    }
 
     fn finding(i: usize) -> FindingView {
         FindingView {
