@@ -77,6 +77,10 @@ def main():
               f"/api/v1/edges?service={q(hop['caller'])}&{window}"]),
             (f"trace of {big['span_count']} spans", f"/ui/trace/{big['id']}",
              [f"/api/v1/traces/{big['id']}", f"/api/v1/traces/{big['id']}/critical-path"]),
+            # The same trace with its runs of like calls unfolded: the page a person gets with
+            # "Show every span" (and the whole page before folding existed).
+            (f"trace of {big['span_count']} spans, every span (`?fold=off`)", f"/ui/trace/{big['id']}?fold=off",
+             [f"/api/v1/traces/{big['id']}", f"/api/v1/traces/{big['id']}/critical-path"]),
             ("aggregate critical path", f"/ui/critical-path?service={q(root['root_service'])}&operation="
              f"{q(root['root_operation'])}&{window}",
              [f"/api/v1/critical-path?service={q(root['root_service'])}&operation={q(root['root_operation'])}"

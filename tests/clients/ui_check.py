@@ -140,14 +140,32 @@ def main():
         out["range_pick"] = {"url": page.url, "h1": page.locator("h1").inner_text()}
 
         # Trace pages: the critical path highlighted, details on click.
+        def waterfall():
+            return {
+                "rows": page.locator(".span-row[data-span-id]").count(),
+                "ids": page.eval_on_selector_all(".span-row[data-span-id]", "els => els.map(e => e.dataset.spanId)"),
+                "critical": page.eval_on_selector_all(".span-row.critical", "els => els.map(e => e.dataset.spanId)"),
+                "self_time_cells": page.eval_on_selector_all(".span-row.critical .span-self", "els => els.filter(e => e.textContent.trim() !== '').length"),
+                # Folded runs: [operation, spans folded (with what they call), button text, on the critical path].
+                "folds": page.eval_on_selector_all(
+                    ".span-row.fold",
+                    "els => els.map(e => [e.querySelector('.op').textContent, Number(e.dataset.spans), e.querySelector('button.unfold').textContent, e.classList.contains('fold-critical')])",
+                ),
+            }
+
         for key in ["big_trace", "small_trace"]:
             visit(key, f"{base}/ui/trace/{plan[key]}")
             out["timings_ms"][key + "_api"] = api_ms(f"/api/v1/traces/{plan[key]}")
-            out[key] = {
-                "rows": page.locator(".span-row[data-span-id]").count(),
-                "critical": page.eval_on_selector_all(".span-row.critical", "els => els.map(e => e.dataset.spanId)"),
-                "self_time_cells": page.eval_on_selector_all(".span-row.critical .span-self", "els => els.filter(e => e.textContent.trim() !== '').length"),
-            }
+            out[key] = waterfall()
+        # The big trace: unfold the run of calls to the workers, then show every span.
+        visit("big_trace", f"{base}/ui/trace/{plan['big_trace']}")
+        page.locator(".span-row.fold", has_text="POST /work").locator("button.unfold").click()
+        page.locator(".span-row.fold", has_text="POST /work").first.wait_for(state="detached")
+        out["big_trace_unfolded"] = waterfall()
+        page.get_by_role("link", name="Show every span").click()
+        page.wait_for_url("**fold=off**")
+        page.wait_for_load_state("load")
+        out["big_trace_every_span"] = waterfall()
         # Span details for the small trace's first critical span.
         visit("small_trace", f"{base}/ui/trace/{plan['small_trace']}")
         row = page.locator(".span-row.critical").first

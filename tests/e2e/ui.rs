@@ -77,17 +77,21 @@ impl TraceBuilder {
     }
 }
 
+/// How many calls the big trace's root makes to its workers, and how many steps each worker takes.
+const BIG_CALLS: usize = 49;
+const BIG_STEPS: usize = 100;
+
 /// 5,000 spans: a root calling 49 workers in turn, each doing 100 steps, and one database call.
 fn big_trace(origin: i64) -> TraceBuilder {
     let mut t = TraceBuilder::new(origin);
     let root = t.span("batch-api", "POST /batch", SERVER, None, 0.0, 5_000.0, &[]);
     t.span("batch-api", "SELECT jobs", CLIENT, Some(&root), 1.0, 4.0, &[("db.system.name", "postgresql")]);
-    for call in 0..49 {
+    for call in 0..BIG_CALLS {
         let start = 5.0 + 100.0 * call as f64;
         let worker = format!("batch-worker-{}", call % 5);
         let client = t.span("batch-api", "POST /work", CLIENT, Some(&root), start, start + 98.0, &[]);
         let server = t.span(&worker, "POST /work", SERVER, Some(&client), start + 1.0, start + 97.0, &[]);
-        for step in 0..100 {
+        for step in 0..BIG_STEPS {
             let s = start + 1.0 + 0.95 * step as f64;
             t.span(&worker, "step", INTERNAL, Some(&server), s, s + 0.9, &[]);
         }
@@ -275,6 +279,19 @@ async fn every_page_in_a_real_browser() {
     let small_critical = critical_ids(&client, &server, &n1.trace_id).await;
     let small_trace = get_json(&client, &server.api_url(&format!("/api/v1/traces/{}", n1.trace_id))).await;
 
+    // A fold's rows asked for a span the trace lacks, or a fold setting that means nothing: the
+    // page says what was wrong.
+    for (path, status, says) in [
+        (format!("/ui/trace/{}/rows?from=fedcba9876543210", big.trace_id), 404, "has no span \"fedcba9876543210\""),
+        (format!("/ui/trace/{}/rows", big.trace_id), 400, "from: missing"),
+        (format!("/ui/trace/{}?fold=maybe", big.trace_id), 400, "fold: expected on or off"),
+    ] {
+        let response = client.get(server.api_url(&path)).send().await.unwrap();
+        assert_eq!(response.status(), status, "{path}");
+        let body = response.text().await.unwrap();
+        assert!(body.contains(&says.replace('"', "&quot;")), "{path}: {body}");
+    }
+
     let screenshots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("ui-screenshots");
     let plan_path =
         std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("ui-plan-{}.json", std::process::id()));
@@ -365,11 +382,38 @@ async fn every_page_in_a_real_browser() {
     assert!(range["url"].as_str().unwrap().contains("range=15m"), "{range}");
     assert_eq!(range["h1"], edge["h1"]);
 
-    // Trace pages highlight exactly the API's critical path, with self times.
+    // The big trace opens with its runs of like calls folded: the root, its database call, the
+    // first call to a worker with its server span and first step; then the other steps of that
+    // worker and the other calls, each run one row that counts what it folds.
+    let (calls, steps) = (BIG_CALLS, BIG_STEPS);
+    let per_call = 2 + steps; // the client span, the worker's server span and its steps
     let big_page = &seen["big_trace"];
-    assert_eq!(big_page["rows"], 5_000, "every span of the big trace is a row");
-    assert_eq!(ids(&big_page["critical"]), big_critical, "big trace critical path");
-    assert_eq!(big_page["self_time_cells"].as_u64().unwrap() as usize, big_critical.len());
+    assert_eq!(big_page["rows"], 5, "{big_page}");
+    assert_eq!(
+        big_page["folds"],
+        json!([
+            ["step", steps - 1, format!("× {} more", steps - 1), true],
+            ["POST /work", (calls - 1) * per_call, format!("× {} more", calls - 1), true],
+        ]),
+        "{big_page}"
+    );
+    let shown = ids(&big_page["ids"]);
+    assert_eq!(ids(&big_page["critical"]), shown.intersection(&big_critical).cloned().collect(), "{big_page}");
+    // Unfolding the calls shows each with its server span and first step, and folds its steps.
+    let unfolded = &seen["big_trace_unfolded"];
+    assert_eq!(unfolded["rows"], 2 + 3 * calls, "{unfolded}");
+    let folds = unfolded["folds"].as_array().unwrap();
+    assert_eq!(folds.len(), calls, "{unfolded}");
+    assert!(
+        folds.iter().all(|f| f == &json!(["step", steps - 1, format!("× {} more", steps - 1), true])),
+        "{unfolded}"
+    );
+    // Trace pages highlight exactly the API's critical path, with self times.
+    let every = &seen["big_trace_every_span"];
+    assert_eq!(every["rows"], 5_000, "every span of the big trace is a row: {}", every["folds"]);
+    assert_eq!(every["folds"], json!([]));
+    assert_eq!(ids(&every["critical"]), big_critical, "big trace critical path");
+    assert_eq!(every["self_time_cells"].as_u64().unwrap() as usize, big_critical.len());
     let small_page = &seen["small_trace"];
     assert_eq!(small_page["rows"], n1.count);
     assert_eq!(ids(&small_page["critical"]), small_critical, "small trace critical path");

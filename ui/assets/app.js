@@ -1,5 +1,6 @@
 // hopscope's one script. It never writes span data as HTML: everything from the API goes through
-// textContent, so a span name like <script> stays text.
+// textContent, so a span name like <script> stays text. The one HTML it inserts is the server's own
+// rendering of a trace's folded rows, escaped as the page around it is.
 "use strict";
 
 (function () {
@@ -120,8 +121,34 @@
     });
   }
 
+  // A folded run of like calls: its button puts the run's rows (rendered and escaped by the
+  // server, folded within the same way) in the fold row's place.
+  function unfold(button) {
+    const row = button.closest(".span-row.fold");
+    if (!row || button.disabled) return;
+    button.disabled = true;
+    button.textContent = "loading…";
+    fetch(row.dataset.fold).then(function (r) {
+      if (!r.ok) throw new Error("the server answered " + r.status);
+      return r.text();
+    }).then(function (html) {
+      const rows = document.createElement("template");
+      rows.innerHTML = html;
+      row.replaceWith(rows.content);
+    }).catch(function (err) {
+      button.disabled = false;
+      button.textContent = "retry";
+      button.title = "Could not load these spans: " + err.message;
+    });
+  }
+
   // One listener for every row: a trace can have thousands.
   function rowOf(event) { return event.target.closest ? event.target.closest(".span-row[data-span-id]") : null; }
-  document.addEventListener("click", function (e) { const row = rowOf(e); if (row) select(row); });
+  document.addEventListener("click", function (e) {
+    const button = e.target.closest ? e.target.closest("button.unfold") : null;
+    if (button) { unfold(button); return; }
+    const row = rowOf(e);
+    if (row) select(row);
+  });
   document.addEventListener("keydown", function (e) { const row = rowOf(e); if (row && e.key === "Enter") select(row); });
 })();

@@ -10,14 +10,16 @@
 //! - `/ui/graph`: the service graph ([`graph`]);
 //! - `/ui/service?name=` (and `&operation=`), `/ui/hop?caller=&callee=`: the tail-latency views
 //!   ([`latency`]);
-//! - `/ui/trace/{id}`: the waterfall with the critical path ([`trace`]);
+//! - `/ui/trace/{id}`: the waterfall with the critical path, big traces' runs of like calls folded
+//!   (their rows from `/ui/trace/{id}/rows?from=`) ([`trace`]);
 //! - `/ui/critical-path`, `/ui/findings`: the analyses ([`analysis`]);
 //! - `/ui/search`: trace search ([`search`]).
 //!
 //! Every page takes the time range as `range=15m|1h|6h|24h` or `range=custom&start=&end=`
 //! ([`window`]), so a page can be shared by its URL. The one script, `assets/app.js`, only shows a
-//! loading banner, toggles the custom range inputs and fills the span details panel of the trace
-//! page from `/api/v1/traces/{id}` (with `textContent`, never as HTML).
+//! loading banner, toggles the custom range inputs, fills the span details panel of the trace
+//! page from `/api/v1/traces/{id}` (with `textContent`, never as HTML) and puts a folded run's
+//! rows, as the server renders them, in the fold's place.
 
 use std::sync::Arc;
 
@@ -67,6 +69,7 @@ pub fn router(engine: Arc<QueryEngine>, config: UiConfig) -> Router {
         .route(paths::SERVICE, get(latency::service_page))
         .route(paths::HOP, get(latency::hop_page))
         .route(&format!("{}/{{trace_id}}", paths::TRACE), get(trace::page))
+        .route(&paths::trace_rows("{trace_id}"), get(trace::folded_rows))
         .route(paths::CRITICAL_PATH, get(analysis::critical_path_page))
         .route(paths::FINDINGS, get(analysis::findings_page))
         .route(paths::SEARCH, get(search::page))

@@ -20,3 +20,8 @@ pub(crate) const SEARCH: &str = "/ui/search";
 pub(crate) fn trace(trace_id: &str) -> String {
     format!("{TRACE}/{trace_id}")
 }
+
+/// The rows a fold of a trace page folds: `?from=<span id>`.
+pub(crate) fn trace_rows(trace_id: &str) -> String {
+    format!("{TRACE}/{trace_id}/rows")
+}

@@ -2,17 +2,28 @@
 //! errors), the critical path highlighted (`.critical` rows, with its sections drawn on the bars)
 //! and each span's self time on it. Clicking a span shows its attributes, events and links, which
 //! `assets/app.js` reads from `/api/v1/traces/{id}`.
+//!
+//! A trace of more than [`FOLD_ABOVE_SPANS`] spans folds each run of at least [`FOLD_RUN`]
+//! consecutive siblings of one service and operation (an N+1, a batch's steps): the run's first span
+//! shows with its subtree, the rest is one row (`× 48 more`, with their time span, slowest span, and
+//! what the critical path spends in them) whose button asks `/ui/trace/{id}/rows?from=<span>` for
+//! those spans' rows, folded the same way. `?fold=off` shows every span.
 
 use std::collections::{HashMap, HashSet};
 
 use axum::extract::{Path, Query, State};
 use axum::response::Html;
 use hopscope_schemas::TraceId;
-use hopscope_schemas::api::{SpanView, TraceCriticalPathView};
+use hopscope_schemas::api::{SpanView, TraceCriticalPathView, TraceView};
 use maud::{Markup, html};
 
 use crate::page::{Frame, PageParams, duration};
 use crate::{UiError, UiState, paths};
+
+/// A trace with more spans than this folds runs of like siblings; a smaller one shows every span.
+pub(crate) const FOLD_ABOVE_SPANS: usize = 250;
+/// How many consecutive siblings of one service and operation make a run worth folding.
+pub(crate) const FOLD_RUN: usize = 5;
 
 /// A stable colour per service name.
 pub(crate) fn service_colour(service: &str) -> String {
@@ -21,94 +32,285 @@ pub(crate) fn service_colour(service: &str) -> String {
     format!("hsl({},62%,52%)", hash % 360)
 }
 
-/// The spans in waterfall order: depth-first from each root, children by start time; each with its
-/// depth. A span whose parent is not in the trace is a root.
-pub(crate) fn tree_order(spans: &[SpanView]) -> Vec<(usize, usize)> {
-    let index: HashMap<&str, usize> = spans.iter().enumerate().map(|(i, s)| (s.span_id.as_str(), i)).collect();
-    let start = |i: usize| spans[i].start_time_unix_nano.parse::<i64>().unwrap_or(0);
-    let mut children: Vec<Vec<usize>> = vec![Vec::new(); spans.len()];
-    let mut roots = Vec::new();
-    for (i, span) in spans.iter().enumerate() {
-        match span.parent_span_id.as_deref().and_then(|p| index.get(p)) {
-            Some(&parent) if parent != i => children[parent].push(i),
-            _ => roots.push(i),
+/// One row of the waterfall: a span at its depth, or a folded run of its like siblings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Row {
+    Span { index: usize, depth: usize },
+    Fold { spans: Vec<usize>, depth: usize },
+}
+
+/// The trace's spans as a tree: each span's children by start time, and the spans shown at the top
+/// (roots by start time, a span whose parent is not in the trace being a root, then spans only
+/// reachable through a parent cycle, which malformed data can make).
+pub(crate) struct SpanTree<'a> {
+    spans: &'a [SpanView],
+    children: Vec<Vec<usize>>,
+    top: Vec<usize>,
+    depth: Vec<usize>,
+    /// Whether parent ids form a cycle: only then can a walk come back to a span it showed.
+    cyclic: bool,
+}
+
+impl<'a> SpanTree<'a> {
+    pub(crate) fn new(spans: &'a [SpanView]) -> Self {
+        let index: HashMap<&str, usize> = spans.iter().enumerate().map(|(i, s)| (s.span_id.as_str(), i)).collect();
+        let start = |i: usize| spans[i].start_time_unix_nano.parse::<i64>().unwrap_or(0);
+        let mut children: Vec<Vec<usize>> = vec![Vec::new(); spans.len()];
+        let mut top = Vec::new();
+        for (i, span) in spans.iter().enumerate() {
+            match span.parent_span_id.as_deref().and_then(|p| index.get(p)) {
+                Some(&parent) if parent != i => children[parent].push(i),
+                _ => top.push(i),
+            }
         }
-    }
-    for list in &mut children {
-        list.sort_by_key(|&i| start(i));
-    }
-    roots.sort_by_key(|&i| start(i));
-    let mut order = Vec::with_capacity(spans.len());
-    let mut seen = vec![false; spans.len()];
-    let mut stack: Vec<(usize, usize)> = roots.into_iter().rev().map(|r| (r, 0)).collect();
-    while let Some((i, depth)) = stack.pop() {
-        if std::mem::replace(&mut seen[i], true) {
-            continue;
+        for list in &mut children {
+            list.sort_by_key(|&i| start(i));
         }
-        order.push((i, depth));
-        stack.extend(children[i].iter().rev().map(|&c| (c, depth + 1)));
+        top.sort_by_key(|&i| start(i));
+        let mut tree = SpanTree { spans, children, top, depth: vec![usize::MAX; spans.len()], cyclic: false };
+        // Every span's depth, from a walk without folding; what it never reaches sits in a cycle
+        // (the walk from the roots cannot enter one: a cycle has no root above it).
+        for row in tree.rows(&tree.top.clone(), 0, false) {
+            if let Row::Span { index, depth } = row {
+                tree.depth[index] = depth;
+            }
+        }
+        let cycles: Vec<usize> = (0..spans.len()).filter(|&i| tree.depth[i] == usize::MAX).collect();
+        for &i in &cycles {
+            tree.depth[i] = 0;
+        }
+        tree.cyclic = !cycles.is_empty();
+        tree.top.extend(cycles);
+        tree
     }
-    // Spans only reachable through a parent cycle (malformed data) are still shown.
-    order.extend((0..spans.len()).filter(|&i| !seen[i]).map(|i| (i, 0)));
-    order
+
+    /// The rows of `siblings` (at `depth`) and their subtrees, depth first; with `fold`, each run of
+    /// [`FOLD_RUN`] or more like siblings shows its first span and folds the rest into one row.
+    pub(crate) fn rows(&self, siblings: &[usize], depth: usize, fold: bool) -> Vec<Row> {
+        enum Work<'s> {
+            Siblings(&'s [usize], usize),
+            Fold(&'s [usize], usize),
+        }
+        let like = |a: usize, b: usize| {
+            let (a, b) = (&self.spans[a], &self.spans[b]);
+            a.service_name == b.service_name && a.name == b.name
+        };
+        let mut out = Vec::new();
+        let mut seen = if self.cyclic { vec![false; self.spans.len()] } else { Vec::new() };
+        let mut stack = vec![Work::Siblings(siblings, depth)];
+        while let Some(work) = stack.pop() {
+            let (list, depth) = match work {
+                Work::Fold(spans, depth) => {
+                    out.push(Row::Fold { spans: spans.to_vec(), depth });
+                    continue;
+                }
+                Work::Siblings(list, depth) => (list, depth),
+            };
+            let Some(&first) = list.first() else { continue };
+            let run = if fold { list.iter().take_while(|&&i| like(i, first)).count() } else { 1 };
+            if run >= FOLD_RUN {
+                stack.push(Work::Siblings(&list[run..], depth));
+                stack.push(Work::Fold(&list[1..run], depth));
+            } else {
+                stack.push(Work::Siblings(&list[1..], depth));
+            }
+            // A parent cycle can lead back to a span already shown: it is shown once.
+            if !self.cyclic || !std::mem::replace(&mut seen[first], true) {
+                out.push(Row::Span { index: first, depth });
+                stack.push(Work::Siblings(&self.children[first], depth + 1));
+            }
+        }
+        out
+    }
+
+    /// The page's rows: every span, folded when the trace is big and `fold` is asked.
+    pub(crate) fn page_rows(&self, fold: bool) -> Vec<Row> {
+        self.rows(&self.top, 0, fold && self.spans.len() > FOLD_ABOVE_SPANS)
+    }
+
+    /// The rows of the run folded from `span_id` on: that span and its following siblings of the
+    /// same service and operation, each with its subtree folded as the page folds. `None` when no
+    /// span has the id.
+    pub(crate) fn folded_rows(&self, span_id: &str) -> Option<Vec<Row>> {
+        let first = self.spans.iter().position(|s| s.span_id == span_id)?;
+        let siblings = match self.spans[first].parent_span_id.as_deref() {
+            Some(parent) if self.depth[first] > 0 => {
+                let parent = self.spans.iter().position(|s| s.span_id == parent)?;
+                &self.children[parent]
+            }
+            _ => &self.top,
+        };
+        let at = siblings.iter().position(|&i| i == first)?;
+        let (service, name) = (&self.spans[first].service_name, &self.spans[first].name);
+        let run = siblings[at..]
+            .iter()
+            .take_while(|&&i| &self.spans[i].service_name == service && &self.spans[i].name == name)
+            .count();
+        // Each span of the run with its subtree: the run itself is what was asked to be unfolded.
+        let fold = self.spans.len() > FOLD_ABOVE_SPANS;
+        Some(
+            siblings[at..at + run]
+                .iter()
+                .flat_map(|i| self.rows(std::slice::from_ref(i), self.depth[first], fold))
+                .collect(),
+        )
+    }
+
+    /// Every span under `roots`, the roots included.
+    fn subtree(&self, roots: &[usize]) -> Vec<usize> {
+        self.rows(roots, 0, false)
+            .into_iter()
+            .filter_map(|row| match row {
+                Row::Span { index, .. } => Some(index),
+                Row::Fold { .. } => None,
+            })
+            .collect()
+    }
 }
 
 fn percent_of(value: i64, origin: i64, total: i64) -> f64 {
     100.0 * (value - origin) as f64 / total.max(1) as f64
 }
 
-fn waterfall(spans: &[SpanView], paths: &TraceCriticalPathView) -> Markup {
-    let times: Vec<(i64, i64)> = spans
-        .iter()
-        .map(|s| {
-            let start = s.start_time_unix_nano.parse::<i64>().unwrap_or(0);
-            (start, s.end_time_unix_nano.parse::<i64>().unwrap_or(start))
-        })
-        .collect();
-    let origin = times.iter().map(|t| t.0).min().unwrap_or(0);
-    let total = times.iter().map(|t| t.1).max().unwrap_or(origin) - origin;
-    let mut sections: HashMap<&str, Vec<(i64, i64)>> = HashMap::new();
-    for path in &paths.paths {
-        for s in &path.sections {
-            let start = s.start_time_unix_nano.parse::<i64>().unwrap_or(0);
-            sections.entry(s.span_id.as_str()).or_default().push((start, start + s.duration_ns));
-        }
-    }
-    let self_time: HashMap<&str, i64> =
-        paths.paths.iter().flat_map(|p| &p.self_times).map(|t| (t.span_id.as_str(), t.self_ns)).collect();
-    html! {
-        div.waterfall role="table" aria-label="spans of the trace" {
-            div.span-row.head role="row" {
-                div.span-name { "service · operation" }
-                div.span-bar-area { span.axis-start { "0" } span.axis-end { (duration(total as f64)) } }
-                div.span-dur { "duration" }
-                div.span-self title="self time on the critical path" { "on path" }
+/// What drawing a row needs: every span's times against the trace's, and the critical path.
+struct Waterfall<'a> {
+    tree: SpanTree<'a>,
+    times: Vec<(i64, i64)>,
+    origin: i64,
+    total: i64,
+    sections: HashMap<&'a str, Vec<(i64, i64)>>,
+    self_time: HashMap<&'a str, i64>,
+    trace_id: &'a str,
+}
+
+impl<'a> Waterfall<'a> {
+    fn new(trace: &'a TraceView, paths: &'a TraceCriticalPathView) -> Self {
+        let spans = &trace.spans;
+        let times: Vec<(i64, i64)> = spans
+            .iter()
+            .map(|s| {
+                let start = s.start_time_unix_nano.parse::<i64>().unwrap_or(0);
+                (start, s.end_time_unix_nano.parse::<i64>().unwrap_or(start))
+            })
+            .collect();
+        let origin = times.iter().map(|t| t.0).min().unwrap_or(0);
+        let total = times.iter().map(|t| t.1).max().unwrap_or(origin) - origin;
+        let mut sections: HashMap<&str, Vec<(i64, i64)>> = HashMap::new();
+        for path in &paths.paths {
+            for s in &path.sections {
+                let start = s.start_time_unix_nano.parse::<i64>().unwrap_or(0);
+                sections.entry(s.span_id.as_str()).or_default().push((start, start + s.duration_ns));
             }
-            @for (i, depth) in tree_order(spans) {
-                @let span = &spans[i];
-                @let (start, end) = times[i];
-                @let on_path = sections.get(span.span_id.as_str());
-                @let error = span.status.code == "ERROR";
-                @let colour = service_colour(&span.service_name);
-                div class=(format!("span-row{}{}", if on_path.is_some() { " critical" } else { "" }, if error { " error" } else { "" })) style=(format!("--service:{colour}")) role="row" tabindex="0" data-span-id=(span.span_id) {
-                    div.span-name style=(format!("padding-left:{}px", 6 + 14 * depth.min(40))) title=(format!("{} · {}", span.service_name, span.name)) {
-                        span.svc { (span.service_name) } " " span.op { (span.name) }
-                        @if error { " " span.err-badge { "error" } }
-                    }
-                    div.span-bar-area {
-                        div.span-bar style=(format!("left:{:.2}%;width:{:.2}%", percent_of(start, origin, total), (percent_of(end, origin, total) - percent_of(start, origin, total)).max(0.15))) {}
-                        @if let Some(list) = on_path {
-                            @for (s, e) in list {
-                                div.cp-section style=(format!("left:{:.2}%;width:{:.2}%", percent_of(*s, origin, total), (percent_of(*e, origin, total) - percent_of(*s, origin, total)).max(0.15))) {}
-                            }
-                        }
-                    }
-                    div.span-dur { (duration(span.duration_ns as f64)) }
-                    div.span-self { @if let Some(ns) = self_time.get(span.span_id.as_str()) { (duration(*ns as f64)) } }
+        }
+        let self_time =
+            paths.paths.iter().flat_map(|p| &p.self_times).map(|t| (t.span_id.as_str(), t.self_ns)).collect();
+        Waterfall { tree: SpanTree::new(spans), times, origin, total, sections, self_time, trace_id: &trace.trace_id }
+    }
+
+    fn bar(&self, start: i64, end: i64, class: &str) -> Markup {
+        let left = percent_of(start, self.origin, self.total);
+        let width = (percent_of(end, self.origin, self.total) - left).max(0.15);
+        html! { div class=(class) style=(format!("left:{left:.2}%;width:{width:.2}%")) {} }
+    }
+
+    fn rows(&self, rows: &[Row]) -> Markup {
+        html! {
+            @for row in rows {
+                @match row {
+                    Row::Span { index, depth } => (self.span_row(*index, *depth)),
+                    Row::Fold { spans, depth } => (self.fold_row(spans, *depth)),
                 }
             }
         }
     }
+
+    fn span_row(&self, i: usize, depth: usize) -> Markup {
+        let span = &self.tree.spans[i];
+        let (start, end) = self.times[i];
+        let on_path = self.sections.get(span.span_id.as_str());
+        let error = span.status.code == "ERROR";
+        let colour = service_colour(&span.service_name);
+        html! {
+            div class=(format!("span-row{}{}", if on_path.is_some() { " critical" } else { "" }, if error { " error" } else { "" })) style=(format!("--service:{colour}")) role="row" tabindex="0" data-span-id=(span.span_id) {
+                div.span-name style=(format!("padding-left:{}px", 6 + 14 * depth.min(40))) title=(format!("{} · {}", span.service_name, span.name)) {
+                    span.svc { (span.service_name) } " " span.op { (span.name) }
+                    @if error { " " span.err-badge { "error" } }
+                }
+                div.span-bar-area {
+                    (self.bar(start, end, "span-bar"))
+                    @if let Some(list) = on_path {
+                        @for (s, e) in list { (self.bar(*s, *e, "cp-section")) }
+                    }
+                }
+                div.span-dur { (duration(span.duration_ns as f64)) }
+                div.span-self { @if let Some(ns) = self.self_time.get(span.span_id.as_str()) { (duration(*ns as f64)) } }
+            }
+        }
+    }
+
+    /// A folded run: how many spans, the time from the first's start to the last's end, the slowest,
+    /// and what the critical path spends in them and their subtrees.
+    fn fold_row(&self, folded: &[usize], depth: usize) -> Markup {
+        let first = &self.tree.spans[folded[0]];
+        let start = folded.iter().map(|&i| self.times[i].0).min().unwrap_or(self.origin);
+        let end = folded.iter().map(|&i| self.times[i].1).max().unwrap_or(start);
+        let slowest = folded.iter().map(|&i| self.tree.spans[i].duration_ns).max().unwrap_or(0);
+        let errors = folded.iter().filter(|&&i| self.tree.spans[i].status.code == "ERROR").count();
+        let within = self.tree.subtree(folded);
+        let on_path: Vec<&str> = within
+            .iter()
+            .map(|&i| self.tree.spans[i].span_id.as_str())
+            .filter(|id| self.sections.contains_key(id))
+            .collect();
+        let self_ns: i64 = on_path.iter().filter_map(|id| self.self_time.get(id)).sum();
+        let colour = service_colour(&first.service_name);
+        let rows = href_rows(self.trace_id, &first.span_id);
+        let summary = format!(
+            "{} more {} · {} ({} spans with what they call), {} from the first's start to the last's end, the slowest {}{}",
+            folded.len(),
+            first.service_name,
+            first.name,
+            within.len(),
+            duration((end - start) as f64),
+            duration(slowest as f64),
+            if on_path.is_empty() {
+                String::new()
+            } else {
+                format!("; {} of these spans on the critical path", on_path.len())
+            },
+        );
+        html! {
+            div class=(format!("span-row fold{}{}", if on_path.is_empty() { "" } else { " fold-critical" }, if errors > 0 { " error" } else { "" })) style=(format!("--service:{colour}")) role="row" data-fold=(rows) data-spans=(within.len()) title=(summary) {
+                div.span-name style=(format!("padding-left:{}px", 6 + 14 * depth.min(40))) {
+                    button.unfold type="button" aria-label=(format!("show {summary}")) { "× " (folded.len()) " more" }
+                    " " span.svc { (first.service_name) } " " span.op { (first.name) }
+                    @if errors > 0 { " " span.err-badge { (errors) " error" @if errors > 1 { "s" } } }
+                }
+                div.span-bar-area { (self.bar(start, end, "span-bar fold-bar")) }
+                div.span-dur { (duration((end - start) as f64)) }
+                div.span-self { @if self_ns > 0 { (duration(self_ns as f64)) } }
+            }
+        }
+    }
+
+    fn table(&self, rows: &[Row]) -> Markup {
+        html! {
+            div.waterfall role="table" aria-label="spans of the trace" {
+                div.span-row.head role="row" {
+                    div.span-name { "service · operation" }
+                    div.span-bar-area { span.axis-start { "0" } span.axis-end { (duration(self.total as f64)) } }
+                    div.span-dur { "duration" }
+                    div.span-self title="self time on the critical path" { "on path" }
+                }
+                (self.rows(rows))
+            }
+        }
+    }
+}
+
+/// Where a folded run's rows are fetched from.
+fn href_rows(trace_id: &str, from: &str) -> String {
+    crate::window::href(&paths::trace_rows(trace_id), [("from", from)])
 }
 
 /// `GET /ui/trace/{trace_id}`
@@ -117,16 +319,13 @@ pub(crate) async fn page(
     Path(trace_id): Path<String>,
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Html<String>, UiError> {
-    let params = PageParams::new(raw, &[])?;
-    let id: TraceId = trace_id.parse().map_err(|e| UiError::BadParameter(format!("trace id: {e}")))?;
-    let engine = &ui.engine;
-    let (trace, paths) = tokio::try_join!(engine.trace(id), engine.trace_critical_path(id))?;
-    let Some(trace) = trace else {
-        return Err(UiError::Query(hopscope_query::QueryError::NotFound(format!(
-            "trace {id} not found: it may not be written yet (spans become queryable about a second after their trace goes quiet) or it is outside what is stored"
-        ))));
+    let params = PageParams::new(raw, &["fold"])?;
+    let fold = match params.text("fold") {
+        None | Some("on") => true,
+        Some("off") => false,
+        Some(other) => return Err(UiError::BadParameter(format!("fold: expected on or off, not {other:?}"))),
     };
-    let paths = paths.unwrap_or(TraceCriticalPathView { trace_id: trace.trace_id.clone(), paths: Vec::new() });
+    let (trace, paths) = trace_and_path(&ui, &trace_id).await?;
     let spans = &trace.spans;
     let services: HashSet<&str> = spans.iter().map(|s| s.service_name.as_str()).collect();
     let mut services: Vec<&str> = services.into_iter().collect();
@@ -147,6 +346,11 @@ pub(crate) async fn page(
         Some(r) => format!("{} · {}", r.root_service, r.root_operation),
         None => format!("trace {}", trace.trace_id),
     };
+    let waterfall = Waterfall::new(&trace, &paths);
+    let rows = waterfall.tree.page_rows(fold);
+    let folded = rows.iter().filter(|r| matches!(r, Row::Fold { .. })).count();
+    // The range picker submits to this trace's own page.
+    let own = paths::trace(&trace.trace_id);
     let body = html! {
         p.crumbs { a href=(params.link(paths::GRAPH, &[])) { "Service graph" } " › trace " code { (trace.trace_id) } }
         h1 { (title) }
@@ -178,16 +382,55 @@ pub(crate) async fn page(
                 @if on_path.len() > 6 { p.note { (on_path.len() - 6) " more operations own the rest; the waterfall's last column has every span's self time." } }
             }
         }
+        @if folded > 0 {
+            p.note.fold-note {
+                (folded) " run" @if folded != 1 { "s" } " of " (FOLD_RUN) " or more consecutive calls of one operation "
+                @if folded == 1 { "is" } @else { "are" } " folded (× count): each shows its first span, and its button the rest. "
+                a href=(params.link(&own, &[("fold", "off")])) { "Show every span" }
+            }
+        } @else if !fold && spans.len() > FOLD_ABOVE_SPANS {
+            p.note.fold-note { "Every span is shown. " a href=(params.link(&own, &[])) { "Fold runs of like calls" } }
+        }
         div.trace-layout {
-            (waterfall(spans, &paths))
+            (waterfall.table(&rows))
             aside #span-details data-trace-id=(trace.trace_id) hidden {
                 p.hint { "Click a span to see its attributes, events and links." }
             }
         }
     };
-    // The range picker submits to this trace's own page.
-    let own = paths::trace(&trace.trace_id);
-    Ok(Frame { title: &title, path: &own, window: &params.window, keep: Vec::new() }.render(body))
+    let keep = if fold { Vec::new() } else { vec![("fold", "off")] };
+    Ok(Frame { title: &title, path: &own, window: &params.window, keep }.render(body))
+}
+
+/// `GET /ui/trace/{trace_id}/rows?from=<span id>`: the rows of the run a fold row folds, as an HTML
+/// fragment the page puts in the fold row's place.
+pub(crate) async fn folded_rows(
+    State(ui): UiState,
+    Path(trace_id): Path<String>,
+    Query(raw): Query<HashMap<String, String>>,
+) -> Result<Html<String>, UiError> {
+    let params = PageParams::new(raw, &["from"])?;
+    let from = params.required("from")?;
+    let (trace, paths) = trace_and_path(&ui, &trace_id).await?;
+    let waterfall = Waterfall::new(&trace, &paths);
+    let rows = waterfall.tree.folded_rows(from).ok_or_else(|| {
+        UiError::Query(hopscope_query::QueryError::NotFound(format!("trace {} has no span {from:?}", trace.trace_id)))
+    })?;
+    Ok(Html(waterfall.rows(&rows).into_string()))
+}
+
+/// The trace and its critical paths, or a 404 that says why a trace may be missing.
+async fn trace_and_path(ui: &crate::Ui, trace_id: &str) -> Result<(TraceView, TraceCriticalPathView), UiError> {
+    let id: TraceId = trace_id.parse().map_err(|e| UiError::BadParameter(format!("trace id: {e}")))?;
+    let engine = &ui.engine;
+    let (trace, paths) = tokio::try_join!(engine.trace(id), engine.trace_critical_path(id))?;
+    let Some(trace) = trace else {
+        return Err(UiError::Query(hopscope_query::QueryError::NotFound(format!(
+            "trace {id} not found: it may not be written yet (spans become queryable about a second after their trace goes quiet) or it is outside what is stored"
+        ))));
+    };
+    let paths = paths.unwrap_or(TraceCriticalPathView { trace_id: trace.trace_id.clone(), paths: Vec::new() });
+    Ok((trace, paths))
 }
 
 #[cfg(test)]
@@ -232,6 +475,21 @@ mod tests {
         }
     }
 
+    fn shown(tree: &SpanTree, rows: &[Row]) -> Vec<(String, usize)> {
+        rows.iter()
+            .map(|row| match row {
+                Row::Span { index, depth } => (tree.spans[*index].span_id.clone(), *depth),
+                Row::Fold { spans, depth } => {
+                    (format!("fold of {} from {}", spans.len(), tree.spans[spans[0]].span_id), *depth)
+                }
+            })
+            .collect()
+    }
+
+    fn expect(pairs: &[(&str, usize)]) -> Vec<(String, usize)> {
+        pairs.iter().map(|(s, d)| ((*s).to_owned(), *d)).collect()
+    }
+
     #[test]
     fn waterfall_order_is_depth_first_by_start_time() {
         let spans = vec![
@@ -241,10 +499,96 @@ mod tests {
             span("g1", Some("c1"), 20),
             span("orphan", Some("missing"), 5),
             span("loop", Some("loop"), 7),
+            span("cycle-a", Some("cycle-b"), 1),
+            span("cycle-b", Some("cycle-a"), 2),
         ];
-        let order: Vec<(&str, usize)> =
-            tree_order(&spans).into_iter().map(|(i, d)| (spans[i].span_id.as_str(), d)).collect();
-        assert_eq!(order, vec![("root", 0), ("c1", 1), ("g1", 2), ("c2", 1), ("orphan", 0), ("loop", 0)]);
+        let tree = SpanTree::new(&spans);
+        // Spans only reachable through a parent cycle are still shown, each once.
+        assert_eq!(
+            shown(&tree, &tree.page_rows(true)),
+            expect(&[
+                ("root", 0),
+                ("c1", 1),
+                ("g1", 2),
+                ("c2", 1),
+                ("orphan", 0),
+                ("loop", 0),
+                ("cycle-a", 0),
+                ("cycle-b", 1),
+            ])
+        );
+    }
+
+    /// A big trace: a root calling `step` `n` times in turn, each step calling `db` twice, then one
+    /// `done`; padded with `pad` more roots so the trace is past the folding size.
+    fn batch(n: usize, pad: usize) -> Vec<SpanView> {
+        let mut spans = vec![span("root", None, 0)];
+        for k in 0..n {
+            let id = format!("step-{k}");
+            spans.push(named(&id, Some("root"), 10 + 100 * k as i64, "step"));
+            spans.push(named(&format!("db-{k}-a"), Some(&id), 11 + 100 * k as i64, "db"));
+            spans.push(named(&format!("db-{k}-b"), Some(&id), 12 + 100 * k as i64, "db"));
+        }
+        spans.push(named("done", Some("root"), 1_000_000, "done"));
+        for p in 0..pad {
+            spans.push(named(&format!("pad-{p}"), None, 2_000_000 + 2 * p as i64, &format!("pad-{p}")));
+        }
+        spans
+    }
+
+    fn named(id: &str, parent: Option<&str>, start: i64, name: &str) -> SpanView {
+        SpanView { name: name.into(), ..span(id, parent, start) }
+    }
+
+    #[test]
+    fn a_big_trace_folds_runs_of_like_siblings_and_a_fold_unfolds_to_exactly_its_spans() {
+        let spans = batch(40, FOLD_ABOVE_SPANS);
+        let tree = SpanTree::new(&spans);
+        let rows = tree.page_rows(true);
+        assert_eq!(
+            shown(&tree, &rows)[..6],
+            expect(&[
+                ("root", 0),
+                ("step-0", 1),
+                ("db-0-a", 2),
+                ("db-0-b", 2),
+                ("fold of 39 from step-1", 1),
+                ("done", 1)
+            ])[..]
+        );
+        // A run shorter than FOLD_RUN is not folded: the pad roots all differ, the db pairs are two.
+        assert_eq!(rows.len(), 6 + FOLD_ABOVE_SPANS);
+        // The fold's rows are its 39 steps, each with its two calls, as the unfolded page has them.
+        let unfolded = tree.folded_rows("step-1").unwrap();
+        let all = tree.page_rows(false);
+        assert_eq!(all.len(), spans.len());
+        assert_eq!(unfolded[..], all[4..4 + 39 * 3]);
+        // Unknown span ids have no rows; a span of a run's middle gives the run from there on.
+        assert_eq!(tree.folded_rows("nope"), None);
+        assert_eq!(tree.folded_rows("step-30").unwrap().len(), 10 * 3);
+    }
+
+    #[test]
+    fn a_small_trace_or_fold_off_shows_every_span() {
+        let small = batch(40, 0);
+        assert!(small.len() <= FOLD_ABOVE_SPANS);
+        let tree = SpanTree::new(&small);
+        assert_eq!(tree.page_rows(true), tree.page_rows(false));
+        let big = batch(40, FOLD_ABOVE_SPANS);
+        let tree = SpanTree::new(&big);
+        assert!(tree.page_rows(false).iter().all(|r| matches!(r, Row::Span { .. })));
+    }
+
+    #[test]
+    fn a_long_chain_does_not_recurse() {
+        let mut spans = vec![span("s0", None, 0)];
+        for k in 1..100_000 {
+            spans.push(span(&format!("s{k}"), Some(&format!("s{}", k - 1)), k as i64));
+        }
+        let tree = SpanTree::new(&spans);
+        let rows = tree.page_rows(true);
+        assert_eq!(rows.len(), spans.len());
+        assert_eq!(rows.last(), Some(&Row::Span { index: 99_999, depth: 99_999 }));
     }
 
     #[test]
