@@ -39,49 +39,67 @@ pub(crate) enum Row {
     Fold { spans: Vec<usize>, depth: usize },
 }
 
-/// The trace's spans as a tree: each span's children by start time, and the spans shown at the top
-/// (roots by start time, a span whose parent is not in the trace being a root, then spans only
-/// reachable through a parent cycle, which malformed data can make).
+/// The trace's spans as a forest: each span's children by start time, and the spans shown at the
+/// top (roots by start time, a span whose parent is not in the trace being a root, then one span of
+/// each parent cycle, which malformed data can make, cut from its parent so the cycle is shown once).
+/// Every span is in exactly one list, so a walk shows each span once. Spans sharing an id (a
+/// resent span stored twice) are separate spans; a child hangs from the last span with its
+/// parent's id.
 pub(crate) struct SpanTree<'a> {
     spans: &'a [SpanView],
     children: Vec<Vec<usize>>,
     top: Vec<usize>,
+    parent: Vec<Option<usize>>,
     depth: Vec<usize>,
-    /// Whether parent ids form a cycle: only then can a walk come back to a span it showed.
-    cyclic: bool,
 }
 
 impl<'a> SpanTree<'a> {
     pub(crate) fn new(spans: &'a [SpanView]) -> Self {
         let index: HashMap<&str, usize> = spans.iter().enumerate().map(|(i, s)| (s.span_id.as_str(), i)).collect();
         let start = |i: usize| spans[i].start_time_unix_nano.parse::<i64>().unwrap_or(0);
+        let parent: Vec<Option<usize>> = spans
+            .iter()
+            .enumerate()
+            .map(|(i, s)| s.parent_span_id.as_deref().and_then(|p| index.get(p)).copied().filter(|&p| p != i))
+            .collect();
         let mut children: Vec<Vec<usize>> = vec![Vec::new(); spans.len()];
         let mut top = Vec::new();
-        for (i, span) in spans.iter().enumerate() {
-            match span.parent_span_id.as_deref().and_then(|p| index.get(p)) {
-                Some(&parent) if parent != i => children[parent].push(i),
-                _ => top.push(i),
+        for (i, p) in parent.iter().enumerate() {
+            match p {
+                Some(p) => children[*p].push(i),
+                None => top.push(i),
             }
         }
         for list in &mut children {
             list.sort_by_key(|&i| start(i));
         }
         top.sort_by_key(|&i| start(i));
-        let mut tree = SpanTree { spans, children, top, depth: vec![usize::MAX; spans.len()], cyclic: false };
-        // Every span's depth, from a walk without folding; what it never reaches sits in a cycle
-        // (the walk from the roots cannot enter one: a cycle has no root above it).
-        for row in tree.rows(&tree.top.clone(), 0, false) {
-            if let Row::Span { index, depth } = row {
-                tree.depth[index] = depth;
+        let roots = top.len();
+        let mut tree = SpanTree { spans, children, top, parent, depth: vec![usize::MAX; spans.len()] };
+        tree.set_depths(0..roots);
+        // What the walk from the roots never reaches hangs from a parent cycle (a cycle has no
+        // root above it). Cutting one span from its parent makes its part of the cycle a tree
+        // under it; the walk from there reaches the rest of that cycle and what hangs from it.
+        for i in 0..spans.len() {
+            if tree.depth[i] == usize::MAX {
+                if let Some(p) = tree.parent[i].take() {
+                    tree.children[p].retain(|&c| c != i);
+                }
+                tree.top.push(i);
+                tree.set_depths(tree.top.len() - 1..tree.top.len());
             }
         }
-        let cycles: Vec<usize> = (0..spans.len()).filter(|&i| tree.depth[i] == usize::MAX).collect();
-        for &i in &cycles {
-            tree.depth[i] = 0;
-        }
-        tree.cyclic = !cycles.is_empty();
-        tree.top.extend(cycles);
         tree
+    }
+
+    /// Records the depth of every span under `self.top[tops]`.
+    fn set_depths(&mut self, tops: std::ops::Range<usize>) {
+        let top = self.top[tops].to_vec();
+        for row in self.rows(&top, 0, false) {
+            if let Row::Span { index, depth } = row {
+                self.depth[index] = depth;
+            }
+        }
     }
 
     /// The rows of `siblings` (at `depth`) and their subtrees, depth first; with `fold`, each run of
@@ -91,12 +109,7 @@ impl<'a> SpanTree<'a> {
             Siblings(&'s [usize], usize),
             Fold(&'s [usize], usize),
         }
-        let like = |a: usize, b: usize| {
-            let (a, b) = (&self.spans[a], &self.spans[b]);
-            a.service_name == b.service_name && a.name == b.name
-        };
         let mut out = Vec::new();
-        let mut seen = if self.cyclic { vec![false; self.spans.len()] } else { Vec::new() };
         let mut stack = vec![Work::Siblings(siblings, depth)];
         while let Some(work) = stack.pop() {
             let (list, depth) = match work {
@@ -107,20 +120,31 @@ impl<'a> SpanTree<'a> {
                 Work::Siblings(list, depth) => (list, depth),
             };
             let Some(&first) = list.first() else { continue };
-            let run = if fold { list.iter().take_while(|&&i| like(i, first)).count() } else { 1 };
+            let run = if fold { list.iter().take_while(|&&i| self.like(i, first)).count() } else { 1 };
             if run >= FOLD_RUN {
                 stack.push(Work::Siblings(&list[run..], depth));
                 stack.push(Work::Fold(&list[1..run], depth));
             } else {
                 stack.push(Work::Siblings(&list[1..], depth));
             }
-            // A parent cycle can lead back to a span already shown: it is shown once.
-            if !self.cyclic || !std::mem::replace(&mut seen[first], true) {
-                out.push(Row::Span { index: first, depth });
-                stack.push(Work::Siblings(&self.children[first], depth + 1));
-            }
+            out.push(Row::Span { index: first, depth });
+            stack.push(Work::Siblings(&self.children[first], depth + 1));
         }
         out
+    }
+
+    /// Whether two spans are of one service and operation.
+    fn like(&self, a: usize, b: usize) -> bool {
+        let (a, b) = (&self.spans[a], &self.spans[b]);
+        a.service_name == b.service_name && a.name == b.name
+    }
+
+    /// The list a span is in: its parent's children, or the top.
+    fn siblings_of(&self, i: usize) -> &[usize] {
+        match self.parent[i] {
+            Some(p) => &self.children[p],
+            None => &self.top,
+        }
     }
 
     /// The page's rows: every span, folded when the trace is big and `fold` is asked.
@@ -129,23 +153,26 @@ impl<'a> SpanTree<'a> {
     }
 
     /// The rows of the run folded from `span_id` on: that span and its following siblings of the
-    /// same service and operation, each with its subtree folded as the page folds. `None` when no
+    /// same service and operation, each with its subtree folded as the page folds. Of several
+    /// spans with the id, the one a fold starts at (one following a like sibling). `None` when no
     /// span has the id.
     pub(crate) fn folded_rows(&self, span_id: &str) -> Option<Vec<Row>> {
-        let first = self.spans.iter().position(|s| s.span_id == span_id)?;
-        let siblings = match self.spans[first].parent_span_id.as_deref() {
-            Some(parent) if self.depth[first] > 0 => {
-                let parent = self.spans.iter().position(|s| s.span_id == parent)?;
-                &self.children[parent]
-            }
-            _ => &self.top,
+        let place = |i: usize| {
+            let siblings = self.siblings_of(i);
+            let at = siblings.iter().position(|&s| s == i).expect("every span is in its list");
+            (siblings, at)
         };
-        let at = siblings.iter().position(|&i| i == first)?;
-        let (service, name) = (&self.spans[first].service_name, &self.spans[first].name);
-        let run = siblings[at..]
-            .iter()
-            .take_while(|&&i| &self.spans[i].service_name == service && &self.spans[i].name == name)
-            .count();
+        let mut copies = (0..self.spans.len()).filter(|&i| self.spans[i].span_id == span_id);
+        let first = copies.next()?;
+        let first = std::iter::once(first)
+            .chain(copies)
+            .find(|&i| {
+                let (siblings, at) = place(i);
+                at > 0 && self.like(siblings[at - 1], i)
+            })
+            .unwrap_or(first);
+        let (siblings, at) = place(first);
+        let run = siblings[at..].iter().take_while(|&&i| self.like(i, first)).count();
         // Each span of the run with its subtree: the run itself is what was asked to be unfolded.
         let fold = self.spans.len() > FOLD_ABOVE_SPANS;
         Some(
@@ -255,8 +282,8 @@ impl<'a> Waterfall<'a> {
         let start = folded.iter().map(|&i| self.times[i].0).min().unwrap_or(self.origin);
         let end = folded.iter().map(|&i| self.times[i].1).max().unwrap_or(start);
         let slowest = folded.iter().map(|&i| self.tree.spans[i].duration_ns).max().unwrap_or(0);
-        let errors = folded.iter().filter(|&&i| self.tree.spans[i].status.code == "ERROR").count();
         let within = self.tree.subtree(folded);
+        let errors = within.iter().filter(|&&i| self.tree.spans[i].status.code == "ERROR").count();
         let on_path: Vec<&str> = within
             .iter()
             .map(|&i| self.tree.spans[i].span_id.as_str())
@@ -278,7 +305,7 @@ impl<'a> Waterfall<'a> {
             } else {
                 format!("; {} of these spans on the critical path", on_path.len())
             },
-        );
+        ) + &if errors == 0 { String::new() } else { format!("; {errors} of them with errors") };
         html! {
             div class=(format!("span-row fold{}{}", if on_path.is_empty() { "" } else { " fold-critical" }, if errors > 0 { " error" } else { "" })) style=(format!("--service:{colour}")) role="row" data-fold=(rows) data-spans=(within.len()) title=(summary) {
                 div.span-name style=(format!("padding-left:{}px", 6 + 14 * depth.min(40))) {
@@ -384,7 +411,7 @@ pub(crate) async fn page(
         }
         @if folded > 0 {
             p.note.fold-note {
-                (folded) " run" @if folded != 1 { "s" } " of " (FOLD_RUN) " or more consecutive calls of one operation "
+                (folded) " run" @if folded != 1 { "s" } " of " (FOLD_RUN) " or more consecutive spans of one service and operation "
                 @if folded == 1 { "is" } @else { "are" } " folded (× count): each shows its first span, and its button the rest. "
                 a href=(params.link(&own, &[("fold", "off")])) { "Show every span" }
             }
@@ -566,6 +593,56 @@ mod tests {
         // Unknown span ids have no rows; a span of a run's middle gives the run from there on.
         assert_eq!(tree.folded_rows("nope"), None);
         assert_eq!(tree.folded_rows("step-30").unwrap().len(), 10 * 3);
+    }
+
+    /// Every span exactly once: shown on the page, or under exactly one fold.
+    fn each_span_once(tree: &SpanTree, spans: &[SpanView]) {
+        let mut times = vec![0; spans.len()];
+        for row in tree.page_rows(true) {
+            match row {
+                Row::Span { index, .. } => times[index] += 1,
+                Row::Fold { spans, .. } => tree.subtree(&spans).into_iter().for_each(|i| times[i] += 1),
+            }
+        }
+        assert!(times.iter().all(|&n| n == 1), "{times:?}");
+    }
+
+    #[test]
+    fn a_parent_cycle_under_a_big_fold_shows_each_span_once() {
+        // Two spans parenting each other, one of them calling `step` forty times, in a big trace.
+        let mut spans = batch(0, FOLD_ABOVE_SPANS);
+        spans.push(span("cycle-a", Some("cycle-b"), 1));
+        spans.push(span("cycle-b", Some("cycle-a"), 2));
+        for k in 0..40 {
+            spans.push(named(&format!("step-{k}"), Some("cycle-b"), 10 + k as i64, "step"));
+        }
+        let tree = SpanTree::new(&spans);
+        each_span_once(&tree, &spans);
+        let rows = shown(&tree, &tree.page_rows(true));
+        let at = rows.iter().position(|r| r.0 == "cycle-a").unwrap();
+        assert_eq!(
+            rows[at..at + 4],
+            expect(&[("cycle-a", 0), ("cycle-b", 1), ("step-0", 2), ("fold of 39 from step-1", 2)])[..]
+        );
+        assert_eq!(tree.folded_rows("step-1").unwrap(), tree.page_rows(false)[at + 3..at + 42]);
+    }
+
+    #[test]
+    fn spans_stored_twice_fold_and_unfold_as_separate_spans() {
+        // The whole trace resent and stored twice: every id twice.
+        let once = batch(40, FOLD_ABOVE_SPANS);
+        let twice: Vec<SpanView> = once.iter().chain(&once).cloned().collect();
+        let tree = SpanTree::new(&twice);
+        each_span_once(&tree, &twice);
+        let rows = tree.page_rows(true);
+        let Some(Row::Fold { spans: folded, .. }) = rows.iter().find(|r| matches!(r, Row::Fold { .. })) else {
+            panic!("no fold in {rows:?}")
+        };
+        // The steps hang from the second root; the fold holds the 79 step copies after the first.
+        assert_eq!(folded.len(), 79);
+        let unfolded = tree.folded_rows(&twice[folded[0]].span_id).unwrap();
+        assert_eq!(unfolded[0], Row::Span { index: folded[0], depth: 1 }, "the fold starts at the copy it folds");
+        assert_eq!(unfolded.iter().filter(|r| matches!(r, Row::Span { depth: 1, .. })).count(), 79);
     }
 
     #[test]
