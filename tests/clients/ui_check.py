@@ -5,7 +5,7 @@ browser) and reports what a person would see, as JSON on stdout. The Rust test
 
 Usage: ui_check.py --base http://127.0.0.1:PORT --empty-base http://127.0.0.1:PORT2
                    --plan plan.json --screenshots DIR
-plan.json names the pages to open: {"big_trace": id, "small_trace": id, "xss_trace": id,
+plan.json names the pages to open: {"big_trace": id, "deep_span": a span id of it, "small_trace": id, "xss_trace": id,
 "service": name, "endpoint": [service, operation]}.
 """
 import argparse
@@ -162,6 +162,15 @@ def main():
         page.locator(".span-row.fold", has_text="POST /work").locator("button.unfold").click()
         page.locator(".span-row.fold", has_text="POST /work").first.wait_for(state="detached")
         out["big_trace_unfolded"] = waterfall()
+        # A link to one span, hidden in two folds: the page asks the server to show it.
+        page.goto(f"{base}/ui/trace/{plan['big_trace']}#span={plan['deep_span']}", wait_until="load")
+        page.wait_for_url("**span=*#span=*")
+        page.wait_for_selector("#span-details h3")
+        out["big_trace_linked"] = {
+            "url": page.url,
+            "selected": page.eval_on_selector_all(".span-row.selected", "els => els.map(e => e.dataset.spanId)"),
+            "heading": page.locator("#span-details h3").inner_text(),
+        }
         page.get_by_role("link", name="Show every span").click()
         page.wait_for_url("**fold=off**")
         page.wait_for_load_state("load")

@@ -81,10 +81,12 @@ impl TraceBuilder {
 const BIG_CALLS: usize = 49;
 const BIG_STEPS: usize = 100;
 
-/// 5,000 spans: a root calling 49 workers in turn, each doing 100 steps, and one database call.
-fn big_trace(origin: i64) -> TraceBuilder {
+/// 5,000 spans: a root calling 49 workers in turn, each doing 100 steps, and one database call;
+/// with the id of a step deep inside the folds (the 31st call's 51st step).
+fn big_trace(origin: i64) -> (TraceBuilder, String) {
     let mut t = TraceBuilder::new(origin);
     let root = t.span("batch-api", "POST /batch", SERVER, None, 0.0, 5_000.0, &[]);
+    let mut deep = String::new();
     t.span("batch-api", "SELECT jobs", CLIENT, Some(&root), 1.0, 4.0, &[("db.system.name", "postgresql")]);
     for call in 0..BIG_CALLS {
         let start = 5.0 + 100.0 * call as f64;
@@ -93,11 +95,14 @@ fn big_trace(origin: i64) -> TraceBuilder {
         let server = t.span(&worker, "POST /work", SERVER, Some(&client), start + 1.0, start + 97.0, &[]);
         for step in 0..BIG_STEPS {
             let s = start + 1.0 + 0.95 * step as f64;
-            t.span(&worker, "step", INTERNAL, Some(&server), s, s + 0.9, &[]);
+            let id = t.span(&worker, "step", INTERNAL, Some(&server), s, s + 0.9, &[]);
+            if (call, step) == (30, 50) {
+                deep = id;
+            }
         }
     }
     assert_eq!(t.count, 5_000);
-    t
+    (t, deep)
 }
 
 /// 200 services calling each other as a binary tree: `svc-000` → `svc-001`, `svc-002`, ...
@@ -253,7 +258,8 @@ async fn every_page_in_a_real_browser() {
         .unwrap_or_else(|| panic!("span count in {stdout:?}"));
 
     let origin = now_ns() - 5 * 60 * 1_000_000_000;
-    let (big, wide, n1, xss) = (big_trace(origin), wide_graph(origin), n_plus_one(origin), hostile(origin));
+    let ((big, deep_span), wide, n1, xss) =
+        (big_trace(origin), wide_graph(origin), n_plus_one(origin), hostile(origin));
     for t in [&big, &wide, &n1, &xss] {
         let response = client.post(server.traces_url()).json(&t.request()).send().await.unwrap();
         assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
@@ -297,6 +303,7 @@ async fn every_page_in_a_real_browser() {
         std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("ui-plan-{}.json", std::process::id()));
     let plan = json!({
         "big_trace": big.trace_id,
+        "deep_span": deep_span,
         "small_trace": n1.trace_id,
         "xss_trace": xss.trace_id,
         "service": "gateway",
@@ -408,6 +415,12 @@ async fn every_page_in_a_real_browser() {
         folds.iter().all(|f| f == &json!(["step", steps - 1, format!("× {} more", steps - 1), true])),
         "{unfolded}"
     );
+    // A link to a span hidden in two folds opens the page with it shown and selected.
+    let linked = &seen["big_trace_linked"];
+    assert_eq!(linked["selected"], json!([deep_span]), "{linked}");
+    assert_eq!(linked["heading"], format!("batch-worker-{} · step", 30 % 5), "{linked}");
+    let url = linked["url"].as_str().unwrap();
+    assert!(url.contains(&format!("span={deep_span}")) && url.ends_with(&format!("#span={deep_span}")), "{url}");
     // Trace pages highlight exactly the API's critical path, with self times.
     let every = &seen["big_trace_every_span"];
     assert_eq!(every["rows"], 5_000, "every span of the big trace is a row: {}", every["folds"]);

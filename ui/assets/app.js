@@ -110,6 +110,8 @@
   function select(row) {
     document.querySelectorAll(".span-row.selected").forEach(function (r) { r.classList.remove("selected"); });
     row.classList.add("selected");
+    // The selected span is in the URL: `#span=<id>` opens the page with it selected.
+    history.replaceState(null, "", "#span=" + row.dataset.spanId);
     panel.hidden = false;
     panel.replaceChildren(el("p", "Loading span details…"));
     load().then(function (t) {
@@ -141,6 +143,26 @@
       button.title = "Could not load these spans: " + err.message;
     });
   }
+
+  // A `#span=<id>` link selects that span; a span hidden in a fold is asked of the server with
+  // `?span=<id>`, which renders the page with it and its ancestors shown.
+  function followLink() {
+    const linked = /^#span=([0-9a-fA-F]{1,64})$/.exec(window.location.hash);
+    if (!linked) return;
+    const row = document.querySelector('.span-row[data-span-id="' + linked[1] + '"]');
+    const url = new URL(window.location.href);
+    if (row) {
+      if (!row.classList.contains("selected")) {
+        row.scrollIntoView({ block: "center" });
+        select(row);
+      }
+    } else if (url.searchParams.get("span") !== linked[1]) {
+      url.searchParams.set("span", linked[1]);
+      window.location.replace(url.toString());
+    }
+  }
+  followLink();
+  window.addEventListener("hashchange", followLink);
 
   // One listener for every row: a trace can have thousands.
   function rowOf(event) { return event.target.closest ? event.target.closest(".span-row[data-span-id]") : null; }

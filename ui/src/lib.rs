@@ -18,8 +18,9 @@
 //! Every page takes the time range as `range=15m|1h|6h|24h` or `range=custom&start=&end=`
 //! ([`window`]), so a page can be shared by its URL. The one script, `assets/app.js`, only shows a
 //! loading banner, toggles the custom range inputs, fills the span details panel of the trace
-//! page from `/api/v1/traces/{id}` (with `textContent`, never as HTML) and puts a folded run's
-//! rows, as the server renders them, in the fold's place.
+//! page from `/api/v1/traces/{id}` (with `textContent`, never as HTML), puts a folded run's
+//! rows, as the server renders them, in the fold's place, and keeps the selected span in the URL
+//! (`#span=<id>`; a span hidden in a fold is asked of the server as `?span=<id>`).
 
 use std::sync::Arc;
 

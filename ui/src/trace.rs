@@ -7,7 +7,8 @@
 //! consecutive siblings of one service and operation (an N+1, a batch's steps): the run's first span
 //! shows with its subtree, the rest is one row (`× 48 more`, with their time span, slowest span, and
 //! what the critical path spends in them) whose button asks `/ui/trace/{id}/rows?from=<span>` for
-//! those spans' rows, folded the same way. `?fold=off` shows every span.
+//! those spans' rows, folded the same way. `?fold=off` shows every span; `?span=<id>` shows that
+//! span and its ancestors wherever they fold (what a `#span=<id>` link asks when the span is hidden).
 
 use std::collections::{HashMap, HashSet};
 
@@ -105,10 +106,17 @@ impl<'a> SpanTree<'a> {
     /// The rows of `siblings` (at `depth`) and their subtrees, depth first; with `fold`, each run of
     /// [`FOLD_RUN`] or more like siblings shows its first span and folds the rest into one row.
     pub(crate) fn rows(&self, siblings: &[usize], depth: usize, fold: bool) -> Vec<Row> {
+        self.rows_revealing(siblings, depth, fold, &[])
+    }
+
+    /// [`Self::rows`], except that the spans `shown[i]` is true for stay shown: a run that holds one
+    /// folds the spans before and after it apart (a piece of one span is shown, not folded).
+    fn rows_revealing(&self, siblings: &[usize], depth: usize, fold: bool, shown: &[bool]) -> Vec<Row> {
         enum Work<'s> {
             Siblings(&'s [usize], usize),
             Fold(&'s [usize], usize),
         }
+        let kept = |i: usize| shown.get(i).copied().unwrap_or(false);
         let mut out = Vec::new();
         let mut stack = vec![Work::Siblings(siblings, depth)];
         while let Some(work) = stack.pop() {
@@ -121,11 +129,28 @@ impl<'a> SpanTree<'a> {
             };
             let Some(&first) = list.first() else { continue };
             let run = if fold { list.iter().take_while(|&&i| self.like(i, first)).count() } else { 1 };
-            if run >= FOLD_RUN {
-                stack.push(Work::Siblings(&list[run..], depth));
-                stack.push(Work::Fold(&list[1..run], depth));
-            } else {
+            if run < FOLD_RUN {
                 stack.push(Work::Siblings(&list[1..], depth));
+            } else {
+                stack.push(Work::Siblings(&list[run..], depth));
+                // The run after its first span, in pieces between the spans kept shown, last first.
+                let mut end = run;
+                for k in (1..run).rev() {
+                    if kept(list[k]) {
+                        match end - (k + 1) {
+                            0 => {}
+                            1 => stack.push(Work::Siblings(&list[k + 1..end], depth)),
+                            _ => stack.push(Work::Fold(&list[k + 1..end], depth)),
+                        }
+                        stack.push(Work::Siblings(&list[k..k + 1], depth));
+                        end = k;
+                    }
+                }
+                match end - 1 {
+                    0 => {}
+                    1 => stack.push(Work::Siblings(&list[1..end], depth)),
+                    _ => stack.push(Work::Fold(&list[1..end], depth)),
+                }
             }
             out.push(Row::Span { index: first, depth });
             stack.push(Work::Siblings(&self.children[first], depth + 1));
@@ -150,6 +175,19 @@ impl<'a> SpanTree<'a> {
     /// The page's rows: every span, folded when the trace is big and `fold` is asked.
     pub(crate) fn page_rows(&self, fold: bool) -> Vec<Row> {
         self.rows(&self.top, 0, fold && self.spans.len() > FOLD_ABOVE_SPANS)
+    }
+
+    /// The page's rows with the span `span_id` and its ancestors shown, however they fold (a link
+    /// to one span); `None` when no span has the id.
+    pub(crate) fn page_rows_revealing(&self, fold: bool, span_id: &str) -> Option<Vec<Row>> {
+        let mut at = self.spans.iter().position(|s| s.span_id == span_id);
+        at?;
+        let mut shown = vec![false; self.spans.len()];
+        while let Some(i) = at.filter(|&i| !shown[i]) {
+            shown[i] = true;
+            at = self.parent[i];
+        }
+        Some(self.rows_revealing(&self.top, 0, fold && self.spans.len() > FOLD_ABOVE_SPANS, &shown))
     }
 
     /// The rows of the run folded from `span_id` on: that span and its following siblings of the
@@ -346,7 +384,7 @@ pub(crate) async fn page(
     Path(trace_id): Path<String>,
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Html<String>, UiError> {
-    let params = PageParams::new(raw, &["fold"])?;
+    let params = PageParams::new(raw, &["fold", "span"])?;
     let fold = match params.text("fold") {
         None | Some("on") => true,
         Some("off") => false,
@@ -374,7 +412,14 @@ pub(crate) async fn page(
         None => format!("trace {}", trace.trace_id),
     };
     let waterfall = Waterfall::new(&trace, &paths);
-    let rows = waterfall.tree.page_rows(fold);
+    // A link to one span (`?span=`, which `#span=` links come to when the span is folded) shows
+    // it; one the trace does not have is said above the waterfall.
+    let revealing = params.text("span");
+    let (rows, missing) = match revealing.map(|id| waterfall.tree.page_rows_revealing(fold, id)) {
+        Some(Some(rows)) => (rows, None),
+        Some(None) => (waterfall.tree.page_rows(fold), revealing),
+        None => (waterfall.tree.page_rows(fold), None),
+    };
     let folded = rows.iter().filter(|r| matches!(r, Row::Fold { .. })).count();
     // The range picker submits to this trace's own page.
     let own = paths::trace(&trace.trace_id);
@@ -409,6 +454,9 @@ pub(crate) async fn page(
                 @if on_path.len() > 6 { p.note { (on_path.len() - 6) " more operations own the rest; the waterfall's last column has every span's self time." } }
             }
         }
+        @if let Some(id) = missing {
+            p.note.error-message { "This trace has no span " code { (id) } "; its spans are below." }
+        }
         @if folded > 0 {
             p.note.fold-note {
                 (folded) " run" @if folded != 1 { "s" } " of " (FOLD_RUN) " or more consecutive spans of one service and operation "
@@ -425,7 +473,8 @@ pub(crate) async fn page(
             }
         }
     };
-    let keep = if fold { Vec::new() } else { vec![("fold", "off")] };
+    let mut keep = if fold { Vec::new() } else { vec![("fold", "off")] };
+    keep.extend(revealing.filter(|_| missing.is_none()).map(|id| ("span", id)));
     Ok(Frame { title: &title, path: &own, window: &params.window, keep }.render(body))
 }
 
@@ -597,8 +646,12 @@ mod tests {
 
     /// Every span exactly once: shown on the page, or under exactly one fold.
     fn each_span_once(tree: &SpanTree, spans: &[SpanView]) {
+        each_span_once_in(tree, spans, tree.page_rows(true));
+    }
+
+    fn each_span_once_in(tree: &SpanTree, spans: &[SpanView], rows: Vec<Row>) {
         let mut times = vec![0; spans.len()];
-        for row in tree.page_rows(true) {
+        for row in rows {
             match row {
                 Row::Span { index, .. } => times[index] += 1,
                 Row::Fold { spans, .. } => tree.subtree(&spans).into_iter().for_each(|i| times[i] += 1),
@@ -643,6 +696,35 @@ mod tests {
         let unfolded = tree.folded_rows(&twice[folded[0]].span_id).unwrap();
         assert_eq!(unfolded[0], Row::Span { index: folded[0], depth: 1 }, "the fold starts at the copy it folds");
         assert_eq!(unfolded.iter().filter(|r| matches!(r, Row::Span { depth: 1, .. })).count(), 79);
+    }
+
+    #[test]
+    fn a_link_to_a_folded_span_shows_it_and_its_ancestors_with_the_rest_folded_around_them() {
+        let spans = batch(40, FOLD_ABOVE_SPANS);
+        let tree = SpanTree::new(&spans);
+        let rows = tree.page_rows_revealing(true, "db-30-b").unwrap();
+        assert_eq!(
+            shown(&tree, &rows)[..10],
+            expect(&[
+                ("root", 0),
+                ("step-0", 1),
+                ("db-0-a", 2),
+                ("db-0-b", 2),
+                ("fold of 29 from step-1", 1),
+                ("step-30", 1),
+                ("db-30-a", 2),
+                ("db-30-b", 2),
+                ("fold of 9 from step-31", 1),
+                ("done", 1),
+            ])[..]
+        );
+        each_span_once_in(&tree, &spans, rows);
+        // Next to the run's first span or its last, a piece of one span is shown, not folded.
+        let rows = shown(&tree, &tree.page_rows_revealing(true, "step-2").unwrap());
+        assert_eq!(rows[4..7], expect(&[("step-1", 1), ("db-1-a", 2), ("db-1-b", 2)])[..]);
+        let rows = shown(&tree, &tree.page_rows_revealing(true, "step-38").unwrap());
+        assert!(rows.contains(&("step-39".to_owned(), 1)) && rows.contains(&("fold of 37 from step-1".to_owned(), 1)));
+        assert_eq!(tree.page_rows_revealing(true, "nope"), None);
     }
 
     #[test]
