@@ -171,6 +171,14 @@ def main():
             "selected": page.eval_on_selector_all(".span-row.selected", "els => els.map(e => e.dataset.spanId)"),
             "heading": page.locator("#span-details h3").inner_text(),
         }
+        # Find in trace: the deep step by its attribute's value, typed in another case.
+        page.fill("form.find input[name=find]", "job-needle-42")
+        with page.expect_navigation(wait_until="load"):
+            page.click("form.find button[type=submit]")
+        out["big_trace_find"] = {
+            "found": page.eval_on_selector_all(".span-row.found", "els => els.map(e => e.dataset.spanId)"),
+            "result": page.locator(".find-result").inner_text(),
+        }
         page.get_by_role("link", name="Show every span").click()
         page.wait_for_url("**fold=off**")
         page.wait_for_load_state("load")

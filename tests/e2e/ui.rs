@@ -80,9 +80,11 @@ impl TraceBuilder {
 /// How many calls the big trace's root makes to its workers, and how many steps each worker takes.
 const BIG_CALLS: usize = 49;
 const BIG_STEPS: usize = 100;
+/// An attribute value only the big trace's deep step has, to find it by.
+const BIG_NEEDLE: &str = "Job-Needle-42";
 
 /// 5,000 spans: a root calling 49 workers in turn, each doing 100 steps, and one database call;
-/// with the id of a step deep inside the folds (the 31st call's 51st step).
+/// with the id of a step deep inside the folds (the 31st call's 51st step, the one with a `job.id`).
 fn big_trace(origin: i64) -> (TraceBuilder, String) {
     let mut t = TraceBuilder::new(origin);
     let root = t.span("batch-api", "POST /batch", SERVER, None, 0.0, 5_000.0, &[]);
@@ -95,8 +97,10 @@ fn big_trace(origin: i64) -> (TraceBuilder, String) {
         let server = t.span(&worker, "POST /work", SERVER, Some(&client), start + 1.0, start + 97.0, &[]);
         for step in 0..BIG_STEPS {
             let s = start + 1.0 + 0.95 * step as f64;
-            let id = t.span(&worker, "step", INTERNAL, Some(&server), s, s + 0.9, &[]);
-            if (call, step) == (30, 50) {
+            let deep_one = (call, step) == (30, 50);
+            let attributes: &[(&str, &str)] = if deep_one { &[("job.id", BIG_NEEDLE)] } else { &[] };
+            let id = t.span(&worker, "step", INTERNAL, Some(&server), s, s + 0.9, attributes);
+            if deep_one {
                 deep = id;
             }
         }
@@ -421,6 +425,10 @@ async fn every_page_in_a_real_browser() {
     assert_eq!(linked["heading"], format!("batch-worker-{} · step", 30 % 5), "{linked}");
     let url = linked["url"].as_str().unwrap();
     assert!(url.contains(&format!("span={deep_span}")) && url.ends_with(&format!("#span={deep_span}")), "{url}");
+    // Finding it by its attribute's value (another case) shows and marks it alone.
+    let found = &seen["big_trace_find"];
+    assert_eq!(found["found"], json!([deep_span]), "{found}");
+    assert_eq!(found["result"], format!("1 span matches “{}”, marked below.", BIG_NEEDLE.to_lowercase()), "{found}");
     // Trace pages highlight exactly the API's critical path, with self times.
     let every = &seen["big_trace_every_span"];
     assert_eq!(every["rows"], 5_000, "every span of the big trace is a row: {}", every["folds"]);

@@ -8,7 +8,9 @@
 //! shows with its subtree, the rest is one row (`× 48 more`, with their time span, slowest span, and
 //! what the critical path spends in them) whose button asks `/ui/trace/{id}/rows?from=<span>` for
 //! those spans' rows, folded the same way. `?fold=off` shows every span; `?span=<id>` shows that
-//! span and its ancestors wherever they fold (what a `#span=<id>` link asks when the span is hidden).
+//! span and its ancestors wherever they fold (what a `#span=<id>` link asks when the span is hidden);
+//! `?find=<text>` marks the spans whose service, operation, id or attributes contain the text and
+//! shows the first [`FIND_SHOWN`] of them the same way.
 
 use std::collections::{HashMap, HashSet};
 
@@ -25,6 +27,8 @@ use crate::{UiError, UiState, paths};
 pub(crate) const FOLD_ABOVE_SPANS: usize = 250;
 /// How many consecutive siblings of one service and operation make a run worth folding.
 pub(crate) const FOLD_RUN: usize = 5;
+/// How many of the spans a find matches are shown where they fold (all of them are marked).
+pub(crate) const FIND_SHOWN: usize = 200;
 
 /// A stable colour per service name.
 pub(crate) fn service_colour(service: &str) -> String {
@@ -177,17 +181,51 @@ impl<'a> SpanTree<'a> {
         self.rows(&self.top, 0, fold && self.spans.len() > FOLD_ABOVE_SPANS)
     }
 
-    /// The page's rows with the span `span_id` and its ancestors shown, however they fold (a link
-    /// to one span); `None` when no span has the id.
-    pub(crate) fn page_rows_revealing(&self, fold: bool, span_id: &str) -> Option<Vec<Row>> {
-        let mut at = self.spans.iter().position(|s| s.span_id == span_id);
-        at?;
+    /// The first span with the id.
+    pub(crate) fn index_of(&self, span_id: &str) -> Option<usize> {
+        self.spans.iter().position(|s| s.span_id == span_id)
+    }
+
+    /// The spans whose service, operation, id, or an attribute's key or value contains `text`
+    /// (ignoring case), in waterfall order.
+    pub(crate) fn matching(&self, text: &str) -> Vec<usize> {
+        let needle = text.to_lowercase();
+        let has = |s: &str| s.to_lowercase().contains(&needle);
+        let attribute_has = |a: &serde_json::Value| {
+            a.get("key").and_then(|k| k.as_str()).is_some_and(has)
+                || a.get("value").is_some_and(|v| match v {
+                    serde_json::Value::String(s) => has(s),
+                    other => has(&other.to_string()),
+                })
+        };
+        self.rows(&self.top, 0, false)
+            .into_iter()
+            .filter_map(|row| match row {
+                Row::Span { index, .. } => Some(index),
+                Row::Fold { .. } => None,
+            })
+            .filter(|&i| {
+                let s = &self.spans[i];
+                has(&s.service_name)
+                    || has(&s.name)
+                    || has(&s.span_id)
+                    || s.attributes.as_array().is_some_and(|list| list.iter().any(attribute_has))
+            })
+            .collect()
+    }
+
+    /// The page's rows with `targets` and their ancestors shown, however they fold (a link to one
+    /// span, the spans a find matched).
+    pub(crate) fn page_rows_showing(&self, fold: bool, targets: &[usize]) -> Vec<Row> {
         let mut shown = vec![false; self.spans.len()];
-        while let Some(i) = at.filter(|&i| !shown[i]) {
-            shown[i] = true;
-            at = self.parent[i];
+        for &target in targets {
+            let mut at = Some(target);
+            while let Some(i) = at.filter(|&i| !shown[i]) {
+                shown[i] = true;
+                at = self.parent[i];
+            }
         }
-        Some(self.rows_revealing(&self.top, 0, fold && self.spans.len() > FOLD_ABOVE_SPANS, &shown))
+        self.rows_revealing(&self.top, 0, fold && self.spans.len() > FOLD_ABOVE_SPANS, &shown)
     }
 
     /// The rows of the run folded from `span_id` on: that span and its following siblings of the
@@ -246,6 +284,8 @@ struct Waterfall<'a> {
     sections: HashMap<&'a str, Vec<(i64, i64)>>,
     self_time: HashMap<&'a str, i64>,
     trace_id: &'a str,
+    /// The spans a find matched.
+    found: HashSet<usize>,
 }
 
 impl<'a> Waterfall<'a> {
@@ -269,7 +309,16 @@ impl<'a> Waterfall<'a> {
         }
         let self_time =
             paths.paths.iter().flat_map(|p| &p.self_times).map(|t| (t.span_id.as_str(), t.self_ns)).collect();
-        Waterfall { tree: SpanTree::new(spans), times, origin, total, sections, self_time, trace_id: &trace.trace_id }
+        Waterfall {
+            tree: SpanTree::new(spans),
+            times,
+            origin,
+            total,
+            sections,
+            self_time,
+            trace_id: &trace.trace_id,
+            found: HashSet::new(),
+        }
     }
 
     fn bar(&self, start: i64, end: i64, class: &str) -> Markup {
@@ -296,7 +345,7 @@ impl<'a> Waterfall<'a> {
         let error = span.status.code == "ERROR";
         let colour = service_colour(&span.service_name);
         html! {
-            div class=(format!("span-row{}{}", if on_path.is_some() { " critical" } else { "" }, if error { " error" } else { "" })) style=(format!("--service:{colour}")) role="row" tabindex="0" data-span-id=(span.span_id) {
+            div class=(format!("span-row{}{}{}", if on_path.is_some() { " critical" } else { "" }, if error { " error" } else { "" }, if self.found.contains(&i) { " found" } else { "" })) style=(format!("--service:{colour}")) role="row" tabindex="0" data-span-id=(span.span_id) {
                 div.span-name style=(format!("padding-left:{}px", 6 + 14 * depth.min(40))) title=(format!("{} · {}", span.service_name, span.name)) {
                     span.svc { (span.service_name) } " " span.op { (span.name) }
                     @if error { " " span.err-badge { "error" } }
@@ -384,7 +433,7 @@ pub(crate) async fn page(
     Path(trace_id): Path<String>,
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Html<String>, UiError> {
-    let params = PageParams::new(raw, &["fold", "span"])?;
+    let params = PageParams::new(raw, &["fold", "span", "find"])?;
     let fold = match params.text("fold") {
         None | Some("on") => true,
         Some("off") => false,
@@ -413,13 +462,20 @@ pub(crate) async fn page(
     };
     let waterfall = Waterfall::new(&trace, &paths);
     // A link to one span (`?span=`, which `#span=` links come to when the span is folded) shows
-    // it; one the trace does not have is said above the waterfall.
-    let revealing = params.text("span");
-    let (rows, missing) = match revealing.map(|id| waterfall.tree.page_rows_revealing(fold, id)) {
-        Some(Some(rows)) => (rows, None),
-        Some(None) => (waterfall.tree.page_rows(fold), revealing),
-        None => (waterfall.tree.page_rows(fold), None),
+    // it; one the trace does not have is said above the waterfall. A find (`?find=`) shows and
+    // marks the spans it matches, the first FIND_SHOWN of them where they fold.
+    let linked = params.text("span");
+    let linked_at = linked.and_then(|id| waterfall.tree.index_of(id));
+    let find = params.text("find");
+    let found = find.map(|text| waterfall.tree.matching(text)).unwrap_or_default();
+    let mut targets: Vec<usize> = found.iter().take(FIND_SHOWN).copied().collect();
+    targets.extend(linked_at);
+    let rows = if targets.is_empty() {
+        waterfall.tree.page_rows(fold)
+    } else {
+        waterfall.tree.page_rows_showing(fold, &targets)
     };
+    let waterfall = Waterfall { found: found.iter().copied().collect(), ..waterfall };
     let folded = rows.iter().filter(|r| matches!(r, Row::Fold { .. })).count();
     // The range picker submits to this trace's own page.
     let own = paths::trace(&trace.trace_id);
@@ -454,8 +510,23 @@ pub(crate) async fn page(
                 @if on_path.len() > 6 { p.note { (on_path.len() - 6) " more operations own the rest; the waterfall's last column has every span's self time." } }
             }
         }
-        @if let Some(id) = missing {
+        @if let (Some(id), None) = (linked, linked_at) {
             p.note.error-message { "This trace has no span " code { (id) } "; its spans are below." }
+        }
+        form.find method="get" action=(own) {
+            @for (key, value) in params.window.query_pairs() { input type="hidden" name=(key) value=(value); }
+            @if !fold { input type="hidden" name="fold" value="off"; }
+            label { "Find in trace " input type="search" name="find" value=(find.unwrap_or("")) placeholder="service, operation, span id or attribute"; }
+            button type="submit" { "Find" }
+            @if let Some(text) = find {
+                " " span.find-result {
+                    @match found.len() {
+                        0 => { "No span matches “" (text) "”." }
+                        1 => { "1 span matches “" (text) "”, marked below." }
+                        n => { (n) " spans match “" (text) "”, marked below" @if n > FIND_SHOWN { " (the first " (FIND_SHOWN) " shown where they fold)" } "." }
+                    }
+                }
+            }
         }
         @if folded > 0 {
             p.note.fold-note {
@@ -474,7 +545,8 @@ pub(crate) async fn page(
         }
     };
     let mut keep = if fold { Vec::new() } else { vec![("fold", "off")] };
-    keep.extend(revealing.filter(|_| missing.is_none()).map(|id| ("span", id)));
+    keep.extend(linked.filter(|_| linked_at.is_some()).map(|id| ("span", id)));
+    keep.extend(find.map(|text| ("find", text)));
     Ok(Frame { title: &title, path: &own, window: &params.window, keep }.render(body))
 }
 
@@ -702,7 +774,7 @@ mod tests {
     fn a_link_to_a_folded_span_shows_it_and_its_ancestors_with_the_rest_folded_around_them() {
         let spans = batch(40, FOLD_ABOVE_SPANS);
         let tree = SpanTree::new(&spans);
-        let rows = tree.page_rows_revealing(true, "db-30-b").unwrap();
+        let rows = tree.page_rows_showing(true, &[tree.index_of("db-30-b").unwrap()]);
         assert_eq!(
             shown(&tree, &rows)[..10],
             expect(&[
@@ -720,11 +792,43 @@ mod tests {
         );
         each_span_once_in(&tree, &spans, rows);
         // Next to the run's first span or its last, a piece of one span is shown, not folded.
-        let rows = shown(&tree, &tree.page_rows_revealing(true, "step-2").unwrap());
+        let rows = shown(&tree, &tree.page_rows_showing(true, &[tree.index_of("step-2").unwrap()]));
         assert_eq!(rows[4..7], expect(&[("step-1", 1), ("db-1-a", 2), ("db-1-b", 2)])[..]);
-        let rows = shown(&tree, &tree.page_rows_revealing(true, "step-38").unwrap());
+        let rows = shown(&tree, &tree.page_rows_showing(true, &[tree.index_of("step-38").unwrap()]));
         assert!(rows.contains(&("step-39".to_owned(), 1)) && rows.contains(&("fold of 37 from step-1".to_owned(), 1)));
-        assert_eq!(tree.page_rows_revealing(true, "nope"), None);
+        assert_eq!(tree.index_of("nope"), None);
+    }
+
+    #[test]
+    fn a_find_matches_names_ids_and_attributes_and_shows_every_match() {
+        let mut spans = batch(40, FOLD_ABOVE_SPANS);
+        let tagged = spans.iter().position(|s| s.span_id == "db-12-a").unwrap();
+        spans[tagged].attributes = serde_json::json!([
+            {"key": "db.statement", "type": "string", "value": "SELECT * FROM Orders"},
+            {"key": "retries", "type": "int", "value": 3},
+        ]);
+        let tree = SpanTree::new(&spans);
+        let ids = |text: &str| tree.matching(text).into_iter().map(|i| spans[i].span_id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids("from orders"), ["db-12-a"], "an attribute's value, ignoring case");
+        assert_eq!(ids("RETRIES"), ["db-12-a"], "an attribute's key");
+        assert_eq!(
+            ids("db-3"),
+            [
+                "db-3-a", "db-3-b", "db-30-a", "db-30-b", "db-31-a", "db-31-b", "db-32-a", "db-32-b", "db-33-a",
+                "db-33-b", "db-34-a", "db-34-b", "db-35-a", "db-35-b", "db-36-a", "db-36-b", "db-37-a", "db-37-b",
+                "db-38-a", "db-38-b", "db-39-a", "db-39-b"
+            ],
+            "span ids, in waterfall order"
+        );
+        assert_eq!(tree.matching("step").len(), 40, "operation names");
+        assert!(tree.matching("no such thing").is_empty());
+        // Every match is shown, with the rest folded around them.
+        let targets = tree.matching("db-1");
+        let rows = tree.page_rows_showing(true, &targets);
+        let shown_spans: HashSet<usize> =
+            rows.iter().filter_map(|r| if let Row::Span { index, .. } = r { Some(*index) } else { None }).collect();
+        assert!(targets.iter().all(|t| shown_spans.contains(t)));
+        each_span_once_in(&tree, &spans, rows);
     }
 
     #[test]
