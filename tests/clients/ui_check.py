@@ -5,7 +5,7 @@ browser) and reports what a person would see, as JSON on stdout. The Rust test
 
 Usage: ui_check.py --base http://127.0.0.1:PORT --empty-base http://127.0.0.1:PORT2
                    --plan plan.json --screenshots DIR
-plan.json names the pages to open: {"big_trace": id, "deep_span": a span id of it, "small_trace": id, "xss_trace": id,
+plan.json names the pages to open: {"big_trace": id, "deep_span": a span id of it, "small_trace": id, "wide_trace": id, "xss_trace": id,
 "service": name, "endpoint": [service, operation]}.
 """
 import argparse
@@ -183,6 +183,11 @@ def main():
         page.wait_for_url("**fold=off**")
         page.wait_for_load_state("load")
         out["big_trace_every_span"] = waterfall()
+        # The fan-out trace's critical path alone.
+        visit("wide_trace", f"{base}/ui/trace/{plan['wide_trace']}")
+        with page.expect_navigation(wait_until="load"):
+            page.get_by_role("link", name="Only the critical path").click()
+        out["wide_trace_path"] = {"url": page.url, **waterfall()}
         # Span details for the small trace's first critical span.
         visit("small_trace", f"{base}/ui/trace/{plan['small_trace']}")
         row = page.locator(".span-row.critical").first

@@ -287,6 +287,7 @@ async fn every_page_in_a_real_browser() {
     let endpoint = (entry["service"].as_str().unwrap(), entry["operation"].as_str().unwrap());
     let big_critical = critical_ids(&client, &server, &big.trace_id).await;
     let small_critical = critical_ids(&client, &server, &n1.trace_id).await;
+    let wide_critical = critical_ids(&client, &server, &wide.trace_id).await;
     let small_trace = get_json(&client, &server.api_url(&format!("/api/v1/traces/{}", n1.trace_id))).await;
 
     // A fold's rows asked for a span the trace lacks, or a fold setting that means nothing: the
@@ -295,6 +296,7 @@ async fn every_page_in_a_real_browser() {
         (format!("/ui/trace/{}/rows?from=fedcba9876543210", big.trace_id), 404, "has no span \"fedcba9876543210\""),
         (format!("/ui/trace/{}/rows", big.trace_id), 400, "from: missing"),
         (format!("/ui/trace/{}?fold=maybe", big.trace_id), 400, "fold: expected on or off"),
+        (format!("/ui/trace/{}?path=some", big.trace_id), 400, "path: expected only or all"),
     ] {
         let response = client.get(server.api_url(&path)).send().await.unwrap();
         assert_eq!(response.status(), status, "{path}");
@@ -309,6 +311,7 @@ async fn every_page_in_a_real_browser() {
         "big_trace": big.trace_id,
         "deep_span": deep_span,
         "small_trace": n1.trace_id,
+        "wide_trace": wide.trace_id,
         "xss_trace": xss.trace_id,
         "service": "gateway",
         "endpoint": [endpoint.0, endpoint.1],
@@ -438,6 +441,12 @@ async fn every_page_in_a_real_browser() {
     let small_page = &seen["small_trace"];
     assert_eq!(small_page["rows"], n1.count);
     assert_eq!(ids(&small_page["critical"]), small_critical, "small trace critical path");
+    // The fan-out's critical path alone: one branch of its calls made in parallel.
+    let path_only = &seen["wide_trace_path"];
+    assert!(wide_critical.len() < wide.count, "the fan-out has spans off its critical path");
+    assert!(path_only["url"].as_str().unwrap().contains("path=only"), "{path_only}");
+    assert_eq!(ids(&path_only["ids"]), wide_critical, "only the critical path's spans: {path_only}");
+    assert_eq!(ids(&path_only["critical"]), wide_critical, "{path_only}");
     let picked = &seen["trace_range_pick"];
     assert!(picked["url"].as_str().unwrap().contains(&format!("/ui/trace/{}?range=6h", n1.trace_id)), "{picked}");
     assert_eq!(picked["rows"], n1.count, "{picked}");

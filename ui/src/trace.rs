@@ -10,7 +10,8 @@
 //! those spans' rows, folded the same way. `?fold=off` shows every span; `?span=<id>` shows that
 //! span and its ancestors wherever they fold (what a `#span=<id>` link asks when the span is hidden);
 //! `?find=<text>` marks the spans whose service, operation, id or attributes contain the text and
-//! shows the first [`FIND_SHOWN`] of them the same way.
+//! shows the first [`FIND_SHOWN`] of them the same way; `?path=only` shows only the spans on the
+//! critical path.
 
 use std::collections::{HashMap, HashSet};
 
@@ -433,11 +434,16 @@ pub(crate) async fn page(
     Path(trace_id): Path<String>,
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Html<String>, UiError> {
-    let params = PageParams::new(raw, &["fold", "span", "find"])?;
+    let params = PageParams::new(raw, &["fold", "span", "find", "path"])?;
     let fold = match params.text("fold") {
         None | Some("on") => true,
         Some("off") => false,
         Some(other) => return Err(UiError::BadParameter(format!("fold: expected on or off, not {other:?}"))),
+    };
+    let path_only = match params.text("path") {
+        None | Some("all") => false,
+        Some("only") => true,
+        Some(other) => return Err(UiError::BadParameter(format!("path: expected only or all, not {other:?}"))),
     };
     let (trace, paths) = trace_and_path(&ui, &trace_id).await?;
     let spans = &trace.spans;
@@ -470,7 +476,12 @@ pub(crate) async fn page(
     let found = find.map(|text| waterfall.tree.matching(text)).unwrap_or_default();
     let mut targets: Vec<usize> = found.iter().take(FIND_SHOWN).copied().collect();
     targets.extend(linked_at);
-    let rows = if targets.is_empty() {
+    let rows = if path_only {
+        // Only the spans on the critical path (their ancestors are on it too), none folded.
+        let mut rows = waterfall.tree.page_rows(false);
+        rows.retain(|row| matches!(row, Row::Span { index, .. } if waterfall.sections.contains_key(spans[*index].span_id.as_str())));
+        rows
+    } else if targets.is_empty() {
         waterfall.tree.page_rows(fold)
     } else {
         waterfall.tree.page_rows_showing(fold, &targets)
@@ -528,6 +539,13 @@ pub(crate) async fn page(
                 }
             }
         }
+        p.note.path-filter {
+            @if path_only {
+                "Only the " (rows.len()) " spans on the critical path are shown. " a href=(params.link(&own, &[])) { "Show all spans" }
+            } @else if !paths.paths.is_empty() {
+                a href=(params.link(&own, &[("path", "only")])) { "Only the critical path" }
+            }
+        }
         @if folded > 0 {
             p.note.fold-note {
                 (folded) " run" @if folded != 1 { "s" } " of " (FOLD_RUN) " or more consecutive spans of one service and operation "
@@ -545,6 +563,7 @@ pub(crate) async fn page(
         }
     };
     let mut keep = if fold { Vec::new() } else { vec![("fold", "off")] };
+    keep.extend(path_only.then_some(("path", "only")));
     keep.extend(linked.filter(|_| linked_at.is_some()).map(|id| ("span", id)));
     keep.extend(find.map(|text| ("find", text)));
     Ok(Frame { title: &title, path: &own, window: &params.window, keep }.render(body))
