@@ -293,8 +293,13 @@ async fn every_page_in_a_real_browser() {
     // A fold's rows asked for a span the trace lacks, or a fold setting that means nothing: the
     // page says what was wrong.
     for (path, status, says) in [
-        (format!("/ui/trace/{}/rows?from=fedcba9876543210", big.trace_id), 404, "has no span \"fedcba9876543210\""),
-        (format!("/ui/trace/{}/rows", big.trace_id), 400, "from: missing"),
+        (
+            format!("/ui/trace/{}/rows?from=fedcba9876543210&count=3", big.trace_id),
+            404,
+            "has no span \"fedcba9876543210\"",
+        ),
+        (format!("/ui/trace/{}/rows?count=3", big.trace_id), 400, "from: missing"),
+        (format!("/ui/trace/{}/rows?from={deep_span}&count=0", big.trace_id), 400, "count: expected a whole number"),
         (format!("/ui/trace/{}?fold=maybe", big.trace_id), 400, "fold: expected on or off"),
         (format!("/ui/trace/{}?path=some", big.trace_id), 400, "path: expected only or all"),
     ] {

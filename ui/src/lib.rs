@@ -11,7 +11,7 @@
 //! - `/ui/service?name=` (and `&operation=`), `/ui/hop?caller=&callee=`: the tail-latency views
 //!   ([`latency`]);
 //! - `/ui/trace/{id}`: the waterfall with the critical path, big traces' runs of like calls folded
-//!   (their rows from `/ui/trace/{id}/rows?from=`) ([`trace`]);
+//!   (their rows from `/ui/trace/{id}/rows?from=&count=`) ([`trace`]);
 //! - `/ui/critical-path`, `/ui/findings`: the analyses ([`analysis`]);
 //! - `/ui/search`: trace search ([`search`]).
 //!

@@ -6,8 +6,11 @@
 //! A trace of more than [`FOLD_ABOVE_SPANS`] spans folds each run of at least [`FOLD_RUN`]
 //! consecutive siblings of one service and operation (an N+1, a batch's steps): the run's first span
 //! shows with its subtree, the rest is one row (`× 48 more`, with their time span, slowest span, and
-//! what the critical path spends in them) whose button asks `/ui/trace/{id}/rows?from=<span>` for
-//! those spans' rows, folded the same way. `?fold=off` shows every span; `?span=<id>` shows that
+//! what the critical path spends in them). A list of siblings that still makes more than
+//! [`LONG_LIST`] rows (a batch calling several services in turn) shows its first
+//! [`LONG_LIST_SHOWN`] and folds the rest the same way, saying what kinds of spans it holds. A fold
+//! row's button asks `/ui/trace/{id}/rows?from=<span>&count=<n>` for those spans' rows, folded the
+//! same way. `?fold=off` shows every span; `?span=<id>` shows that
 //! span and its ancestors wherever they fold (what a `#span=<id>` link asks when the span is hidden);
 //! `?find=<text>` marks the spans whose service, operation, id or attributes contain the text and
 //! shows the first [`FIND_SHOWN`] of them the same way; `?path=only` shows only the spans on the
@@ -38,7 +41,20 @@ pub(crate) fn service_colour(service: &str) -> String {
     format!("hsl({},62%,52%)", hash % 360)
 }
 
-/// One row of the waterfall: a span at its depth, or a folded run of its like siblings.
+/// A list of siblings with more rows than this (runs of like spans folded) shows its first
+/// [`LONG_LIST_SHOWN`] and folds the rest: a batch calling several services in turn.
+pub(crate) const LONG_LIST: usize = 20;
+/// How many rows of a long list of siblings stay shown.
+pub(crate) const LONG_LIST_SHOWN: usize = 10;
+
+/// How one sibling shows in its list: as a row (its index in the list), or a fold of a range of
+/// the list.
+enum Entry {
+    Show(usize),
+    Fold(std::ops::Range<usize>),
+}
+
+/// One row of the waterfall: a span at its depth, or a folded run of its siblings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Row {
     Span { index: usize, depth: usize },
@@ -114,53 +130,96 @@ impl<'a> SpanTree<'a> {
         self.rows_revealing(siblings, depth, fold, &[])
     }
 
-    /// [`Self::rows`], except that the spans `shown[i]` is true for stay shown: a run that holds one
-    /// folds the spans before and after it apart (a piece of one span is shown, not folded).
+    /// [`Self::rows`], except that the spans `shown[i]` is true for stay shown, however their
+    /// siblings fold.
     fn rows_revealing(&self, siblings: &[usize], depth: usize, fold: bool, shown: &[bool]) -> Vec<Row> {
         enum Work<'s> {
-            Siblings(&'s [usize], usize),
+            Span(usize, usize),
             Fold(&'s [usize], usize),
         }
-        let kept = |i: usize| shown.get(i).copied().unwrap_or(false);
+        fn push_level<'s>(
+            tree: &SpanTree,
+            stack: &mut Vec<Work<'s>>,
+            list: &'s [usize],
+            depth: usize,
+            fold: bool,
+            shown: &[bool],
+        ) {
+            for entry in tree.level(list, fold, shown).into_iter().rev() {
+                stack.push(match entry {
+                    Entry::Show(k) => Work::Span(list[k], depth),
+                    Entry::Fold(range) => Work::Fold(&list[range], depth),
+                });
+            }
+        }
         let mut out = Vec::new();
-        let mut stack = vec![Work::Siblings(siblings, depth)];
+        let mut stack = Vec::new();
+        push_level(self, &mut stack, siblings, depth, fold, shown);
         while let Some(work) = stack.pop() {
-            let (list, depth) = match work {
-                Work::Fold(spans, depth) => {
-                    out.push(Row::Fold { spans: spans.to_vec(), depth });
-                    continue;
-                }
-                Work::Siblings(list, depth) => (list, depth),
-            };
-            let Some(&first) = list.first() else { continue };
-            let run = if fold { list.iter().take_while(|&&i| self.like(i, first)).count() } else { 1 };
-            if run < FOLD_RUN {
-                stack.push(Work::Siblings(&list[1..], depth));
-            } else {
-                stack.push(Work::Siblings(&list[run..], depth));
-                // The run after its first span, in pieces between the spans kept shown, last first.
-                let mut end = run;
-                for k in (1..run).rev() {
-                    if kept(list[k]) {
-                        match end - (k + 1) {
-                            0 => {}
-                            1 => stack.push(Work::Siblings(&list[k + 1..end], depth)),
-                            _ => stack.push(Work::Fold(&list[k + 1..end], depth)),
-                        }
-                        stack.push(Work::Siblings(&list[k..k + 1], depth));
-                        end = k;
-                    }
-                }
-                match end - 1 {
-                    0 => {}
-                    1 => stack.push(Work::Siblings(&list[1..end], depth)),
-                    _ => stack.push(Work::Fold(&list[1..end], depth)),
+            match work {
+                Work::Fold(spans, depth) => out.push(Row::Fold { spans: spans.to_vec(), depth }),
+                Work::Span(index, depth) => {
+                    out.push(Row::Span { index, depth });
+                    push_level(self, &mut stack, &self.children[index], depth + 1, fold, shown);
                 }
             }
-            out.push(Row::Span { index: first, depth });
-            stack.push(Work::Siblings(&self.children[first], depth + 1));
         }
         out
+    }
+
+    /// How one list of siblings shows: without `fold`, every span; with it, a run of [`FOLD_RUN`]
+    /// or more like siblings shows its first span and folds the rest, and a list that still makes
+    /// more than [`LONG_LIST`] rows shows its first [`LONG_LIST_SHOWN`] and folds the rest. The
+    /// spans `shown` marks stay shown, splitting a fold around them (a piece of one span is shown).
+    fn level(&self, list: &[usize], fold: bool, shown: &[bool]) -> Vec<Entry> {
+        if !fold {
+            return (0..list.len()).map(Entry::Show).collect();
+        }
+        let mut entries = Vec::new();
+        let mut k = 0;
+        while k < list.len() {
+            let run = list[k..].iter().take_while(|&&i| self.like(i, list[k])).count();
+            entries.push(Entry::Show(k));
+            if run >= FOLD_RUN {
+                entries.push(Entry::Fold(k + 1..k + run));
+            } else {
+                entries.extend((k + 1..k + run).map(Entry::Show));
+            }
+            k += run;
+        }
+        if entries.len() > LONG_LIST {
+            let from = match entries[LONG_LIST_SHOWN] {
+                Entry::Show(k) => k,
+                Entry::Fold(ref range) => range.start,
+            };
+            entries.truncate(LONG_LIST_SHOWN);
+            entries.push(Entry::Fold(from..list.len()));
+        }
+        // A fold holding a span to show splits around it.
+        let kept = |k: usize| shown.get(list[k]).copied().unwrap_or(false);
+        if !entries.iter().any(|e| matches!(e, Entry::Fold(range) if range.clone().any(kept))) {
+            return entries;
+        }
+        let mut split = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let Entry::Fold(range) = entry else {
+                split.push(entry);
+                continue;
+            };
+            let mut piece = range.start;
+            for k in range.clone().filter(|&k| kept(k)).chain([range.end]) {
+                match k - piece {
+                    0 => {}
+                    1 => split.push(Entry::Show(piece)),
+                    _ => split.push(Entry::Fold(piece..k)),
+                }
+                if k < range.end {
+                    split.push(Entry::Show(k));
+                }
+                piece = k + 1;
+            }
+        }
+        split
     }
 
     /// Whether two spans are of one service and operation.
@@ -229,31 +288,30 @@ impl<'a> SpanTree<'a> {
         self.rows_revealing(&self.top, 0, fold && self.spans.len() > FOLD_ABOVE_SPANS, &shown)
     }
 
-    /// The rows of the run folded from `span_id` on: that span and its following siblings of the
-    /// same service and operation, each with its subtree folded as the page folds. Of several
-    /// spans with the id, the one a fold starts at (one following a like sibling). `None` when no
-    /// span has the id.
-    pub(crate) fn folded_rows(&self, span_id: &str) -> Option<Vec<Row>> {
+    /// The rows of the `count` siblings a fold holds from `span_id` on, each with its subtree
+    /// folded as the page folds. Of several spans with the id, the first that has `count`
+    /// siblings from it and follows a like sibling, else the first that has them. `None` when no
+    /// span has the id with that many siblings after it.
+    pub(crate) fn folded_rows(&self, span_id: &str, count: usize) -> Option<Vec<Row>> {
         let place = |i: usize| {
             let siblings = self.siblings_of(i);
             let at = siblings.iter().position(|&s| s == i).expect("every span is in its list");
             (siblings, at)
         };
-        let mut copies = (0..self.spans.len()).filter(|&i| self.spans[i].span_id == span_id);
-        let first = copies.next()?;
-        let first = std::iter::once(first)
-            .chain(copies)
-            .find(|&i| {
-                let (siblings, at) = place(i);
-                at > 0 && self.like(siblings[at - 1], i)
-            })
-            .unwrap_or(first);
+        let fits = (0..self.spans.len()).filter(|&i| self.spans[i].span_id == span_id).filter(|&i| {
+            let (siblings, at) = place(i);
+            count >= 1 && at + count <= siblings.len()
+        });
+        let first = fits.clone().find(|&i| {
+            let (siblings, at) = place(i);
+            at > 0 && self.like(siblings[at - 1], i)
+        });
+        let first = first.or_else(|| fits.clone().next())?;
         let (siblings, at) = place(first);
-        let run = siblings[at..].iter().take_while(|&&i| self.like(i, first)).count();
-        // Each span of the run with its subtree: the run itself is what was asked to be unfolded.
+        // Each span with its subtree: the fold itself is what was asked to be unfolded.
         let fold = self.spans.len() > FOLD_ABOVE_SPANS;
         Some(
-            siblings[at..at + run]
+            siblings[at..at + count]
                 .iter()
                 .flat_map(|i| self.rows(std::slice::from_ref(i), self.depth[first], fold))
                 .collect(),
@@ -379,12 +437,28 @@ impl<'a> Waterfall<'a> {
             .collect();
         let self_ns: i64 = on_path.iter().filter_map(|id| self.self_time.get(id)).sum();
         let colour = service_colour(&first.service_name);
-        let rows = href_rows(self.trace_id, &first.span_id);
+        let rows = href_rows(self.trace_id, &first.span_id, folded.len());
+        // What the fold holds: one service and operation, or the kinds of a mixed list, most first.
+        let mut kinds: Vec<((&str, &str), usize)> = Vec::new();
+        for &i in folded {
+            let key = (self.tree.spans[i].service_name.as_str(), self.tree.spans[i].name.as_str());
+            match kinds.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, n)) => *n += 1,
+                None => kinds.push((key, 1)),
+            }
+        }
+        kinds.sort_by_key(|k| std::cmp::Reverse(k.1));
+        let what = match kinds.as_slice() {
+            [((service, operation), _)] => format!("{service} · {operation}"),
+            _ => {
+                let listed: Vec<String> = kinds.iter().take(3).map(|((s, o), n)| format!("{s} · {o} ×{n}")).collect();
+                let more = if kinds.len() > 3 { format!(" and {} more kinds", kinds.len() - 3) } else { String::new() };
+                format!("{}{more}", listed.join(", "))
+            }
+        };
         let summary = format!(
-            "{} more {} · {} ({} spans with what they call), {} from the first's start to the last's end, the slowest {}{}",
+            "{} more: {what} ({} spans with what they call), {} from the first's start to the last's end, the slowest {}{}",
             folded.len(),
-            first.service_name,
-            first.name,
             within.len(),
             duration((end - start) as f64),
             duration(slowest as f64),
@@ -398,7 +472,11 @@ impl<'a> Waterfall<'a> {
             div class=(format!("span-row fold{}{}", if on_path.is_empty() { "" } else { " fold-critical" }, if errors > 0 { " error" } else { "" })) style=(format!("--service:{colour}")) role="row" data-fold=(rows) data-spans=(within.len()) title=(summary) {
                 div.span-name style=(format!("padding-left:{}px", 6 + 14 * depth.min(40))) {
                     button.unfold type="button" aria-label=(format!("show {summary}")) { "× " (folded.len()) " more" }
-                    " " span.svc { (first.service_name) } " " span.op { (first.name) }
+                    @if let [((service, operation), _)] = kinds.as_slice() {
+                        " " span.svc { (service) } " " span.op { (operation) }
+                    } @else {
+                        " " span.op { (what) }
+                    }
                     @if errors > 0 { " " span.err-badge { (errors) " error" @if errors > 1 { "s" } } }
                 }
                 div.span-bar-area { (self.bar(start, end, "span-bar fold-bar")) }
@@ -424,8 +502,8 @@ impl<'a> Waterfall<'a> {
 }
 
 /// Where a folded run's rows are fetched from.
-fn href_rows(trace_id: &str, from: &str) -> String {
-    crate::window::href(&paths::trace_rows(trace_id), [("from", from)])
+fn href_rows(trace_id: &str, from: &str, count: usize) -> String {
+    crate::window::href(&paths::trace_rows(trace_id), [("from", from), ("count", &count.to_string())])
 }
 
 /// `GET /ui/trace/{trace_id}`
@@ -569,19 +647,28 @@ pub(crate) async fn page(
     Ok(Frame { title: &title, path: &own, window: &params.window, keep }.render(body))
 }
 
-/// `GET /ui/trace/{trace_id}/rows?from=<span id>`: the rows of the run a fold row folds, as an HTML
+/// `GET /ui/trace/{trace_id}/rows?from=<span id>&count=<n>`: the rows a fold row folds, as an HTML
 /// fragment the page puts in the fold row's place.
 pub(crate) async fn folded_rows(
     State(ui): UiState,
     Path(trace_id): Path<String>,
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Html<String>, UiError> {
-    let params = PageParams::new(raw, &["from"])?;
+    let params = PageParams::new(raw, &["from", "count"])?;
     let from = params.required("from")?;
+    let count: usize = params
+        .required("count")?
+        .parse()
+        .ok()
+        .filter(|&n| n >= 1)
+        .ok_or_else(|| UiError::BadParameter("count: expected a whole number of spans, at least 1".into()))?;
     let (trace, paths) = trace_and_path(&ui, &trace_id).await?;
     let waterfall = Waterfall::new(&trace, &paths);
-    let rows = waterfall.tree.folded_rows(from).ok_or_else(|| {
-        UiError::Query(hopscope_query::QueryError::NotFound(format!("trace {} has no span {from:?}", trace.trace_id)))
+    let rows = waterfall.tree.folded_rows(from, count).ok_or_else(|| {
+        UiError::Query(hopscope_query::QueryError::NotFound(format!(
+            "trace {} has no span {from:?} with {count} spans from it among its siblings",
+            trace.trace_id
+        )))
     })?;
     Ok(Html(waterfall.rows(&rows).into_string()))
 }
@@ -687,7 +774,8 @@ mod tests {
     }
 
     /// A big trace: a root calling `step` `n` times in turn, each step calling `db` twice, then one
-    /// `done`; padded with `pad` more roots so the trace is past the folding size.
+    /// `done`; padded with a second root of `pad` unlike children so the trace is past the folding
+    /// size.
     fn batch(n: usize, pad: usize) -> Vec<SpanView> {
         let mut spans = vec![span("root", None, 0)];
         for k in 0..n {
@@ -697,8 +785,11 @@ mod tests {
             spans.push(named(&format!("db-{k}-b"), Some(&id), 12 + 100 * k as i64, "db"));
         }
         spans.push(named("done", Some("root"), 1_000_000, "done"));
+        if pad > 0 {
+            spans.push(named("pads", None, 1_500_000, "pads"));
+        }
         for p in 0..pad {
-            spans.push(named(&format!("pad-{p}"), None, 2_000_000 + 2 * p as i64, &format!("pad-{p}")));
+            spans.push(named(&format!("pad-{p}"), Some("pads"), 2_000_000 + 2 * p as i64, &format!("pad-{p}")));
         }
         spans
     }
@@ -723,16 +814,21 @@ mod tests {
                 ("done", 1)
             ])[..]
         );
-        // A run shorter than FOLD_RUN is not folded: the pad roots all differ, the db pairs are two.
-        assert_eq!(rows.len(), 6 + FOLD_ABOVE_SPANS);
+        // A run shorter than FOLD_RUN is not folded (the db pairs are two); the pads, all unlike,
+        // are a long list: its first rows, then one fold.
+        assert_eq!(rows.len(), 6 + 1 + LONG_LIST_SHOWN + 1);
+        assert!(
+            matches!(&rows[6 + 1 + LONG_LIST_SHOWN], Row::Fold { spans, depth: 1 } if spans.len() == FOLD_ABOVE_SPANS - LONG_LIST_SHOWN)
+        );
         // The fold's rows are its 39 steps, each with its two calls, as the unfolded page has them.
-        let unfolded = tree.folded_rows("step-1").unwrap();
+        let unfolded = tree.folded_rows("step-1", 39).unwrap();
         let all = tree.page_rows(false);
         assert_eq!(all.len(), spans.len());
         assert_eq!(unfolded[..], all[4..4 + 39 * 3]);
         // Unknown span ids have no rows; a span of a run's middle gives the run from there on.
-        assert_eq!(tree.folded_rows("nope"), None);
-        assert_eq!(tree.folded_rows("step-30").unwrap().len(), 10 * 3);
+        assert_eq!(tree.folded_rows("nope", 1), None);
+        assert_eq!(tree.folded_rows("step-30", 12), None, "past the end of its siblings");
+        assert_eq!(tree.folded_rows("step-30", 10).unwrap().len(), 10 * 3);
     }
 
     /// Every span exactly once: shown on the page, or under exactly one fold.
@@ -768,7 +864,10 @@ mod tests {
             rows[at..at + 4],
             expect(&[("cycle-a", 0), ("cycle-b", 1), ("step-0", 2), ("fold of 39 from step-1", 2)])[..]
         );
-        assert_eq!(tree.folded_rows("step-1").unwrap(), tree.page_rows(false)[at + 3..at + 42]);
+        let all = tree.page_rows(false);
+        let step_1 = tree.index_of("step-1").unwrap();
+        let k = all.iter().position(|r| r == &Row::Span { index: step_1, depth: 2 }).unwrap();
+        assert_eq!(tree.folded_rows("step-1", 39).unwrap(), all[k..k + 39]);
     }
 
     #[test]
@@ -784,7 +883,7 @@ mod tests {
         };
         // The steps hang from the second root; the fold holds the 79 step copies after the first.
         assert_eq!(folded.len(), 79);
-        let unfolded = tree.folded_rows(&twice[folded[0]].span_id).unwrap();
+        let unfolded = tree.folded_rows(&twice[folded[0]].span_id, folded.len()).unwrap();
         assert_eq!(unfolded[0], Row::Span { index: folded[0], depth: 1 }, "the fold starts at the copy it folds");
         assert_eq!(unfolded.iter().filter(|r| matches!(r, Row::Span { depth: 1, .. })).count(), 79);
     }
@@ -848,6 +947,51 @@ mod tests {
             rows.iter().filter_map(|r| if let Row::Span { index, .. } = r { Some(*index) } else { None }).collect();
         assert!(targets.iter().all(|t| shown_spans.contains(t)));
         each_span_once_in(&tree, &spans, rows);
+    }
+
+    #[test]
+    fn a_long_list_of_unlike_siblings_shows_its_first_rows_and_folds_the_rest() {
+        // A batch calling two services in an irregular order, 135 times, each call with a child.
+        let mut spans = vec![span("root", None, 0)];
+        for k in 0..135 {
+            let kind = if (k * 7 / 3) % 2 == 0 { "GET" } else { "POST" };
+            spans.push(named(&format!("call-{k}"), Some("root"), 10 + 100 * k as i64, kind));
+            spans.push(named(&format!("server-{k}"), Some(&format!("call-{k}")), 11 + 100 * k as i64, "serve"));
+        }
+        let gets = (0..135).filter(|k| (k * 7 / 3) % 2 == 0).count();
+        let tree = SpanTree::new(&spans);
+        let rows = tree.page_rows(true);
+        each_span_once_in(&tree, &spans, rows.clone());
+        // No run of five like calls: the list's first ten rows, then one fold of the rest.
+        let Some(Row::Fold { spans: folded, depth: 1 }) = rows.last() else { panic!("{rows:?}") };
+        let shown_calls = rows.iter().filter(|r| matches!(r, Row::Span { depth: 1, .. })).count();
+        assert_eq!(shown_calls, LONG_LIST_SHOWN);
+        assert_eq!(folded.len(), 135 - LONG_LIST_SHOWN);
+        assert_eq!(spans[folded[0]].span_id, format!("call-{LONG_LIST_SHOWN}"));
+        // Unfolding gives each of those calls with its child, unfolded at its own level.
+        let unfolded = tree.folded_rows(&spans[folded[0]].span_id, folded.len()).unwrap();
+        assert_eq!(unfolded.len(), 2 * folded.len());
+        assert_eq!(unfolded[..], tree.page_rows(false)[1 + 2 * LONG_LIST_SHOWN..]);
+        // The fold says what it holds.
+        let trace = TraceView { trace_id: "t".into(), spans: spans.clone() };
+        let paths = TraceCriticalPathView { trace_id: "t".into(), paths: Vec::new() };
+        let waterfall = Waterfall::new(&trace, &paths);
+        let html = waterfall.fold_row(folded, 1).into_string();
+        let tail_gets = folded.iter().filter(|&&i| spans[i].name == "GET").count();
+        assert!(gets > tail_gets && tail_gets > 0);
+        let (most, fewer) = if tail_gets * 2 >= folded.len() { ("GET", "POST") } else { ("POST", "GET") };
+        let (n_most, n_fewer) =
+            if most == "GET" { (tail_gets, folded.len() - tail_gets) } else { (folded.len() - tail_gets, tail_gets) };
+        assert!(html.contains(&format!("s · {most} ×{n_most}, s · {fewer} ×{n_fewer}")), "{html}");
+        // A link into the fold splits it around the span.
+        let deep = tree.index_of("server-100").unwrap();
+        let rows = shown(&tree, &tree.page_rows_showing(true, &[deep]));
+        assert!(rows.contains(&("call-100".to_owned(), 1)) && rows.contains(&("server-100".to_owned(), 2)), "{rows:?}");
+        assert!(
+            rows.contains(&(format!("fold of {} from call-{LONG_LIST_SHOWN}", 100 - LONG_LIST_SHOWN), 1)),
+            "{rows:?}"
+        );
+        assert!(rows.contains(&("fold of 34 from call-101".to_owned(), 1)), "{rows:?}");
     }
 
     #[test]
