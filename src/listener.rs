@@ -151,6 +151,9 @@ async fn serve_connection(
     app: Router,
     limits: ListenerLimits,
 ) {
+    // Out of the table however the task ends: a handler that panics unwinds through here, and a
+    // connection left listed would hold its slot (and shutdown's wait) for good.
+    let _listed = Listed { table: Arc::clone(&table), id: connection.id };
     let io = TokioIo::new(Tracked { inner: stream, connection: Arc::clone(&connection) });
     let service = {
         let connection = Arc::clone(&connection);
@@ -199,7 +202,18 @@ async fn serve_connection(
             }
         }
     }
-    table.remove(connection.id);
+}
+
+/// A connection's place in its table, given up when dropped.
+struct Listed {
+    table: Arc<ConnectionTable>,
+    id: u64,
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        self.table.remove(self.id);
+    }
 }
 
 /// The open connections of one listener.

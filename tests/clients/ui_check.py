@@ -171,6 +171,11 @@ def main():
             "selected": page.eval_on_selector_all(".span-row.selected", "els => els.map(e => e.dataset.spanId)"),
             "heading": page.locator("#span-details h3").inner_text(),
         }
+        # A link to a span the trace does not have: one reload, then a note that says so.
+        page.goto(f"{base}/ui/trace/{plan['big_trace']}#span=FFFFFFFFFFFFFFFF", wait_until="load")
+        page.wait_for_url("**span=ffffffffffffffff#span=*")
+        page.wait_for_load_state("load")
+        out["big_trace_missing_span"] = {"url": page.url, "note": page.locator("p.error-message").inner_text()}
         # Find in trace: the deep step by its attribute's value, typed in another case.
         page.fill("form.find input[name=find]", "job-needle-42")
         with page.expect_navigation(wait_until="load"):

@@ -433,6 +433,8 @@ async fn every_page_in_a_real_browser() {
     assert_eq!(linked["heading"], format!("batch-worker-{} · step", 30 % 5), "{linked}");
     let url = linked["url"].as_str().unwrap();
     assert!(url.contains(&format!("span={deep_span}")) && url.ends_with(&format!("#span={deep_span}")), "{url}");
+    let missing = &seen["big_trace_missing_span"];
+    assert_eq!(missing["note"], "This trace has no span ffffffffffffffff; its spans are below.", "{missing}");
     // Finding it by its attribute's value (another case) shows and marks it alone.
     let found = &seen["big_trace_find"];
     assert_eq!(found["found"], json!([deep_span]), "{found}");

@@ -149,15 +149,16 @@
   function followLink() {
     const linked = /^#span=([0-9a-fA-F]{1,64})$/.exec(window.location.hash);
     if (!linked) return;
-    const row = document.querySelector('.span-row[data-span-id="' + linked[1] + '"]');
+    const id = linked[1].toLowerCase();
+    const row = document.querySelector('.span-row[data-span-id="' + id + '"]');
     const url = new URL(window.location.href);
     if (row) {
       if (!row.classList.contains("selected")) {
         row.scrollIntoView({ block: "center" });
         select(row);
       }
-    } else if (url.searchParams.get("span") !== linked[1]) {
-      url.searchParams.set("span", linked[1]);
+    } else if (url.searchParams.get("span") !== id) {
+      url.searchParams.set("span", id);
       window.location.replace(url.toString());
     }
   }

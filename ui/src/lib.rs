@@ -10,7 +10,8 @@
 //! - `/ui/graph`: the service graph ([`graph`]);
 //! - `/ui/service?name=` (and `&operation=`), `/ui/hop?caller=&callee=`: the tail-latency views
 //!   ([`latency`]);
-//! - `/ui/trace/{id}`: the waterfall with the critical path, big traces' runs of like calls folded
+//! - `/ui/trace/{id}`: the waterfall with the critical path, big traces' runs of like spans and long
+//!   lists of siblings folded
 //!   (their rows from `/ui/trace/{id}/rows?from=&count=`) ([`trace`]);
 //! - `/ui/critical-path`, `/ui/findings`: the analyses ([`analysis`]);
 //! - `/ui/search`: trace search ([`search`]).
@@ -18,7 +19,7 @@
 //! Every page takes the time range as `range=15m|1h|6h|24h` or `range=custom&start=&end=`
 //! ([`window`]), so a page can be shared by its URL. The one script, `assets/app.js`, only shows a
 //! loading banner, toggles the custom range inputs, fills the span details panel of the trace
-//! page from `/api/v1/traces/{id}` (with `textContent`, never as HTML), puts a folded run's
+//! page from `/api/v1/traces/{id}` (with `textContent`, never as HTML), puts a fold's
 //! rows, as the server renders them, in the fold's place, and keeps the selected span in the URL
 //! (`#span=<id>`; a span hidden in a fold is asked of the server as `?span=<id>`).
 

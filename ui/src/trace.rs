@@ -124,8 +124,8 @@ impl<'a> SpanTree<'a> {
         }
     }
 
-    /// The rows of `siblings` (at `depth`) and their subtrees, depth first; with `fold`, each run of
-    /// [`FOLD_RUN`] or more like siblings shows its first span and folds the rest into one row.
+    /// The rows of `siblings` (at `depth`) and their subtrees, depth first; with `fold`, folded as
+    /// [`Self::level`] says.
     pub(crate) fn rows(&self, siblings: &[usize], depth: usize, fold: bool) -> Vec<Row> {
         self.rows_revealing(siblings, depth, fold, &[])
     }
@@ -175,18 +175,7 @@ impl<'a> SpanTree<'a> {
         if !fold {
             return (0..list.len()).map(Entry::Show).collect();
         }
-        let mut entries = Vec::new();
-        let mut k = 0;
-        while k < list.len() {
-            let run = list[k..].iter().take_while(|&&i| self.like(i, list[k])).count();
-            entries.push(Entry::Show(k));
-            if run >= FOLD_RUN {
-                entries.push(Entry::Fold(k + 1..k + run));
-            } else {
-                entries.extend((k + 1..k + run).map(Entry::Show));
-            }
-            k += run;
-        }
+        let mut entries = self.runs(list);
         if entries.len() > LONG_LIST {
             let from = match entries[LONG_LIST_SHOWN] {
                 Entry::Show(k) => k,
@@ -220,6 +209,23 @@ impl<'a> SpanTree<'a> {
             }
         }
         split
+    }
+
+    /// A list with each run of [`FOLD_RUN`] or more like siblings as its first span and a fold.
+    fn runs(&self, list: &[usize]) -> Vec<Entry> {
+        let mut entries = Vec::new();
+        let mut k = 0;
+        while k < list.len() {
+            let run = list[k..].iter().take_while(|&&i| self.like(i, list[k])).count();
+            entries.push(Entry::Show(k));
+            if run >= FOLD_RUN {
+                entries.push(Entry::Fold(k + 1..k + run));
+            } else {
+                entries.extend((k + 1..k + run).map(Entry::Show));
+            }
+            k += run;
+        }
+        entries
     }
 
     /// Whether two spans are of one service and operation.
@@ -300,7 +306,7 @@ impl<'a> SpanTree<'a> {
         };
         let fits = (0..self.spans.len()).filter(|&i| self.spans[i].span_id == span_id).filter(|&i| {
             let (siblings, at) = place(i);
-            count >= 1 && at + count <= siblings.len()
+            count >= 1 && count <= siblings.len() - at
         });
         let first = fits.clone().find(|&i| {
             let (siblings, at) = place(i);
@@ -308,12 +314,20 @@ impl<'a> SpanTree<'a> {
         });
         let first = first.or_else(|| fits.clone().next())?;
         let (siblings, at) = place(first);
-        // Each span with its subtree: the fold itself is what was asked to be unfolded.
+        let list = &siblings[at..at + count];
         let fold = self.spans.len() > FOLD_ABOVE_SPANS;
+        // A run of like spans shows each (it is what was asked to be unfolded); a long list's rest
+        // shows with its own runs folded, as a list of that length would on the page.
+        let like = list.iter().all(|&i| self.like(i, list[0]));
+        let entries = if like || !fold { (0..list.len()).map(Entry::Show).collect() } else { self.runs(list) };
+        let depth = self.depth[first];
         Some(
-            siblings[at..at + count]
-                .iter()
-                .flat_map(|i| self.rows(std::slice::from_ref(i), self.depth[first], fold))
+            entries
+                .into_iter()
+                .flat_map(|entry| match entry {
+                    Entry::Show(k) => self.rows(std::slice::from_ref(&list[k]), depth, fold),
+                    Entry::Fold(range) => vec![Row::Fold { spans: list[range].to_vec(), depth }],
+                })
                 .collect(),
         )
     }
@@ -568,6 +582,10 @@ pub(crate) async fn page(
     let folded = rows.iter().filter(|r| matches!(r, Row::Fold { .. })).count();
     // The range picker submits to this trace's own page.
     let own = paths::trace(&trace.trace_id);
+    // Links between the page's views keep the find.
+    let with_find = |pairs: &[(&'static str, &'static str)]| -> Vec<(&str, &str)> {
+        pairs.iter().copied().chain(find.map(|text| ("find", text))).collect()
+    };
     let body = html! {
         p.crumbs { a href=(params.link(paths::GRAPH, &[])) { "Service graph" } " › trace " code { (trace.trace_id) } }
         h1 { (title) }
@@ -601,10 +619,15 @@ pub(crate) async fn page(
         }
         @if let (Some(id), None) = (linked, linked_at) {
             p.note.error-message { "This trace has no span " code { (id) } "; its spans are below." }
+        } @else if let (true, Some(i)) = (path_only, linked_at) {
+            @if !waterfall.sections.contains_key(spans[i].span_id.as_str()) {
+                p.note.error-message { "Span " code { (spans[i].span_id) } " is not on the critical path. " a href=(params.link(&own, &[("span", spans[i].span_id.as_str())])) { "Show it among all spans" } }
+            }
         }
         form.find method="get" action=(own) {
             @for (key, value) in params.window.query_pairs() { input type="hidden" name=(key) value=(value); }
             @if !fold { input type="hidden" name="fold" value="off"; }
+            @if path_only { input type="hidden" name="path" value="only"; }
             label { "Find in trace " input type="search" name="find" value=(find.unwrap_or("")) placeholder="service, operation, span id or attribute"; }
             button type="submit" { "Find" }
             @if let Some(text) = find {
@@ -619,18 +642,19 @@ pub(crate) async fn page(
         }
         p.note.path-filter {
             @if path_only {
-                "Only the " (rows.len()) " spans on the critical path are shown. " a href=(params.link(&own, &[])) { "Show all spans" }
+                "Only the " (rows.len()) " spans on the critical path are shown. " a href=(params.link(&own, &with_find(&[]))) { "Show all spans" }
             } @else if !paths.paths.is_empty() {
-                a href=(params.link(&own, &[("path", "only")])) { "Only the critical path" }
+                a href=(params.link(&own, &with_find(&[("path", "only")]))) { "Only the critical path" }
             }
         }
         @if folded > 0 {
             p.note.fold-note {
-                (folded) " run" @if folded != 1 { "s" } " of " (FOLD_RUN) " or more consecutive spans of one service and operation "
-                @if folded == 1 { "is" } @else { "are" } " folded (× count): each shows its first span, and its button the rest. "
-                a href=(params.link(&own, &[("fold", "off")])) { "Show every span" }
+                (folded) " fold" @if folded != 1 { "s" } " (× count) hide" @if folded == 1 { "s" } " spans: runs of " (FOLD_RUN)
+                " or more like spans after their first, and lists of siblings over " (LONG_LIST) " rows after their first " (LONG_LIST_SHOWN)
+                "; a fold's button shows its spans. "
+                a href=(params.link(&own, &with_find(&[("fold", "off")]))) { "Show every span" }
             }
-        } @else if !fold && spans.len() > FOLD_ABOVE_SPANS {
+        } @else if !fold && !path_only && spans.len() > FOLD_ABOVE_SPANS {
             p.note.fold-note { "Every span is shown. " a href=(params.link(&own, &[])) { "Fold runs of like calls" } }
         }
         div.trace-layout {
@@ -828,6 +852,7 @@ mod tests {
         // Unknown span ids have no rows; a span of a run's middle gives the run from there on.
         assert_eq!(tree.folded_rows("nope", 1), None);
         assert_eq!(tree.folded_rows("step-30", 12), None, "past the end of its siblings");
+        assert_eq!(tree.folded_rows("step-30", usize::MAX), None, "a count that would overflow");
         assert_eq!(tree.folded_rows("step-30", 10).unwrap().len(), 10 * 3);
     }
 
@@ -992,6 +1017,34 @@ mod tests {
             "{rows:?}"
         );
         assert!(rows.contains(&("fold of 34 from call-101".to_owned(), 1)), "{rows:?}");
+    }
+
+    #[test]
+    fn a_long_lists_fold_unfolds_with_its_runs_folded() {
+        // Twelve alternating calls, thirty like ones, twelve alternating: 26 rows folded as runs,
+        // so the list shows its first ten and folds the rest, which holds the run.
+        let mut spans = batch(0, FOLD_ABOVE_SPANS);
+        let kinds =
+            (0..12).map(|k| ["a", "b"][k % 2]).chain((0..30).map(|_| "c")).chain((0..12).map(|k| ["a", "b"][k % 2]));
+        for (k, kind) in kinds.enumerate() {
+            spans.push(named(&format!("call-{k}"), Some("root"), 10 + k as i64, kind));
+        }
+        let tree = SpanTree::new(&spans);
+        let rows = tree.page_rows(true);
+        each_span_once_in(&tree, &spans, rows.clone());
+        let folds: Vec<&Vec<usize>> = rows
+            .iter()
+            .filter_map(|r| if let Row::Fold { spans, depth: 1 } = r { Some(spans) } else { None })
+            .collect();
+        assert_eq!(folds.len(), 2, "the pads' long list, and this one's: {rows:?}");
+        let ours = folds.iter().find(|f| spans[f[0]].span_id == "call-10").expect("the fold from call-10");
+        assert_eq!(ours.len(), 54 + 1 - 10, "the calls after the first ten, and the root's `done`");
+        let unfolded = shown(&tree, &tree.folded_rows("call-10", ours.len()).unwrap());
+        assert_eq!(
+            unfolded[..4],
+            expect(&[("call-10", 1), ("call-11", 1), ("call-12", 1), ("fold of 29 from call-13", 1)])[..]
+        );
+        assert_eq!(unfolded.len(), 2 + 2 + 12 + 1);
     }
 
     #[test]
