@@ -453,13 +453,16 @@ impl<'a> Waterfall<'a> {
         let colour = service_colour(&first.service_name);
         let rows = href_rows(self.trace_id, &first.span_id, folded.len());
         // What the fold holds: one service and operation, or the kinds of a mixed list, most first.
+        // (A map, not a scan of the list: a fold can hold 100,000 spans of as many names.)
         let mut kinds: Vec<((&str, &str), usize)> = Vec::new();
+        let mut seen_at: HashMap<(&str, &str), usize> = HashMap::new();
         for &i in folded {
             let key = (self.tree.spans[i].service_name.as_str(), self.tree.spans[i].name.as_str());
-            match kinds.iter_mut().find(|(k, _)| *k == key) {
-                Some((_, n)) => *n += 1,
-                None => kinds.push((key, 1)),
-            }
+            let at = *seen_at.entry(key).or_insert_with(|| {
+                kinds.push((key, 0));
+                kinds.len() - 1
+            });
+            kinds[at].1 += 1;
         }
         kinds.sort_by_key(|k| std::cmp::Reverse(k.1));
         let what = match kinds.as_slice() {
