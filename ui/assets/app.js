@@ -123,8 +123,8 @@
     });
   }
 
-  // A folded run of like calls: its button puts the run's rows (rendered and escaped by the
-  // server, folded within the same way) in the fold row's place.
+  // A fold (a run of like spans, or a long list's rest): its button puts the fold's rows
+  // (rendered and escaped by the server, folded within as the page folds) in the fold row's place.
   function unfold(button) {
     const row = button.closest(".span-row.fold");
     if (!row || button.disabled) return;
