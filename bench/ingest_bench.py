@@ -8,7 +8,8 @@
    trace buffer, sorted zstd Parquet, manifest commits). Reported: sustained spans/s and MB/s
    (until the last span is committed, not only acknowledged), the ratio to the ceiling, the rate
    of acknowledgements, the server's CPU-seconds per million spans, its peak resident memory, and
-   how long after the last acknowledgement every span was committed. Over gRPC, a third run stores
+   how long after the last acknowledgement every span was committed, and the bytes the write-ahead
+   log wrote against the corpus's OTLP bytes. Over gRPC, a third run stores
    without the derived tables (`serve --no-derive`): what deriving at flush costs; then further
    pairs of gRPC runs, with and without deriving, alternate (`--derive-pairs`): one pair's share
    moves by tens of points from run to run, so the median and range of all pairs are reported.
@@ -65,6 +66,8 @@ def ingest_run(binary, corpus, spans, protocol, discard, work, concurrency, deri
         if not discard:
             wait(lambda: server.metric("hopscope_ingest_spans_committed_total") >= spans, "committing every span")
             drain = time.perf_counter() - acked
+            # Every byte the write-ahead log wrote (refused and retried requests are not logged).
+            result["wal_bytes"] = server.metric("hopscope_wal_written_bytes_total")
         # Sustained: until the last span is committed, not only acknowledged.
         result["sustained"] = spans / (result["seconds"] + drain)
         result["cpu_per_million"] = (server.cpu_seconds() - cpu_before) / spans * 1e6
@@ -190,8 +193,8 @@ def main():
           f"`hopscope load` with {args.concurrency} requests in flight; machine: {machine()}\n")
     print("| protocol | storing, sustained: spans/s (MB/s) | ceiling (`--discard`): spans/s (MB/s) "
           "| storing / ceiling | acknowledged at (spans/s) | CPU-s per 1M spans (storing, ceiling) "
-          "| peak RSS (storing, ceiling) | last ack → all committed |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+          "| peak RSS (storing, ceiling) | last ack → all committed | WAL bytes / OTLP bytes |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for protocol, ceiling, storing in rows:
         mb = storing["sustained"] * otlp / spans / 1e6
         print(f"| OTLP/{'gRPC' if protocol == 'grpc' else 'HTTP protobuf'} "
@@ -201,7 +204,7 @@ def main():
               f"| {storing['spans_per_second']:,.0f} "
               f"| {storing['cpu_per_million']:.1f}, {ceiling['cpu_per_million']:.1f} "
               f"| {storing['peak_rss'] / 2**20:.0f} MiB, {ceiling['peak_rss'] / 2**20:.0f} MiB "
-              f"| {storing['drain']:.1f} s |")
+              f"| {storing['drain']:.1f} s | {storing['wal_bytes'] / otlp:.2f}× |")
     grpc_storing = rows[0][2]
     print(f"\nderiving at flush (OTLP/gRPC): {grpc_storing['cpu_per_million']:.1f} CPU-s per 1M spans storing "
           f"with the derived tables, {underived['cpu_per_million']:.1f} without (`serve --no-derive`): "

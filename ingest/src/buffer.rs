@@ -174,7 +174,8 @@ impl TraceBuffer {
 
 /// The memory a batch's rows take. Batches decoded from the WAL share one buffer per record (and
 /// filtered ones share their parent's), so this counts the rows' slices, not whole buffers.
-fn batch_bytes(batch: &RecordBatch) -> usize {
+/// Memory a batch holds, as the buffer counts it.
+pub(crate) fn batch_bytes(batch: &RecordBatch) -> usize {
     batch
         .columns()
         .iter()

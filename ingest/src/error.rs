@@ -13,11 +13,13 @@ pub enum IngestError {
     /// The body is larger than the configured limit (after decompression).
     #[error("request body exceeds the limit of {limit} bytes{}", if *.decompressed { " after decompression" } else { "" })]
     TooLarge { limit: usize, decompressed: bool },
-    /// Buffered spans hold more memory than allowed: the client should retry after a while.
+    /// Buffered spans and the exports being decoded hold so much memory that this export would
+    /// pass `--max-buffered-bytes`: the client should retry after a while.
     #[error(
-        "hopscope is catching up: {buffered} bytes of spans are waiting to be written (limit {limit}); retry later"
+        "hopscope is catching up: spans waiting to be written and exports being decoded hold {held} bytes, \
+         and this export needs about {wanted} more (--max-buffered-bytes {limit}); retry later"
     )]
-    Overloaded { buffered: usize, limit: usize },
+    Overloaded { held: usize, wanted: usize, limit: usize },
     /// The server is stopping and takes no new data.
     #[error("hopscope is shutting down")]
     ShuttingDown,

@@ -16,7 +16,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTracePartialSuccess;
 use tokio::sync::Notify;
 
 use crate::IngestError;
-use crate::buffer::{CutOff, TraceBuffer};
+use crate::admission::{self, Admission, DECODING_PER_BYTE};
+use crate::buffer::{CutOff, TraceBuffer, batch_bytes};
 use crate::compaction::CompactionPolicy;
 use crate::convert::{SpanLimits, convert_request};
 use crate::dead_letter::DeadLetterStore;
@@ -24,9 +25,8 @@ use crate::decode::{BodyFormat, decode_request, gunzip_limited};
 use crate::dedup::RecentSpans;
 use crate::manifest::ManifestStore;
 use crate::metrics::{IngestMetrics, level};
-use crate::record::encode_batch;
 use crate::retention::RetentionPolicy;
-use crate::wal::{self, Rotation, Wal, WalSink};
+use crate::wal::{self, Rotation, Wal, WalRecord, WalSink};
 
 mod dead_letters;
 mod flush;
@@ -49,8 +49,8 @@ pub struct IngesterConfig {
     pub flush_rows: usize,
     /// When the write-ahead log starts a new segment.
     pub wal_rotation: Rotation,
-    /// Memory buffered spans may hold; beyond it, exports are refused as retryable until the
-    /// flusher catches up.
+    /// Memory buffered spans and exports in progress may hold ([`crate::admission`]); beyond it,
+    /// exports are refused as retryable until the flusher catches up.
     pub max_buffered_bytes: usize,
     /// How many recently written spans are remembered to drop client resends of them.
     pub resend_window_spans: usize,
@@ -178,6 +178,8 @@ pub struct Ingester {
     dead_letters: DeadLetterStore,
     /// Serialises dead-letter replays, so that one entry is never replayed twice at once.
     replaying: tokio::sync::Mutex<()>,
+    /// Memory reserved by exports in progress, bounded with the buffer's by `max_buffered_bytes`.
+    admission: Arc<Admission>,
     /// Span files whose derivation failed in this process: maintenance does not try them again.
     underivable: Mutex<std::collections::HashSet<String>>,
 }
@@ -192,7 +194,7 @@ impl Ingester {
         let committed = manifest.snapshot();
         let wal_dir = config.data_dir.join("wal");
         let dead_letters = DeadLetterStore::new(&config.data_dir);
-        let replayed = wal::replay(&wal_dir, committed.wal_floor)?;
+        let replayed = wal::replay(&wal_dir, committed.wal_floor, &config.limits)?;
         for damage in &replayed.damaged {
             let entry = dead_letters.put_wal_damage(damage.segment, damage.offset, &damage.bytes, &damage.reason)?;
             tracing::warn!(segment = damage.segment, offset = damage.offset, bytes = damage.bytes.len(), reason = %damage.reason, dead_letter = %entry.id, "damaged WAL bytes moved to dead letters");
@@ -229,6 +231,7 @@ impl Ingester {
         };
         let wal = Arc::new(Wal::start(&wal_dir, config.wal_rotation, sink, Arc::clone(&metrics))?);
         let recent = Arc::new(Mutex::new(RecentSpans::new(config.resend_window_spans)));
+        let admission = Admission::new(config.max_buffered_bytes, metrics.reserved_bytes.clone());
         Ok(Arc::new(Self {
             config,
             _lock: lock,
@@ -241,6 +244,7 @@ impl Ingester {
             recent,
             dead_letters,
             replaying: tokio::sync::Mutex::new(()),
+            admission,
             underivable: Mutex::new(std::collections::HashSet::new()),
         }))
     }
@@ -283,36 +287,35 @@ impl Ingester {
         }
         self.metrics.requests.inc_by(1);
         self.metrics.request_bytes.inc_by(body.len() as u64);
-        let buffered = self.buffer.lock().expect("buffer lock").bytes();
-        if buffered >= self.config.max_buffered_bytes {
-            return Err(IngestError::Overloaded { buffered, limit: self.config.max_buffered_bytes });
-        }
-        let limits = self.config.limits;
-        let discard = self.config.discard;
+        let (body, format, gzip, limit) = match body {
+            ExportBody::Http { body, format, gzip, limit } => (body, format, gzip, limit),
+            ExportBody::Grpc { body, gzip, limit } => (body, BodyFormat::Protobuf, gzip, limit),
+        };
+        // Reserved before any work, released once the spans are in the buffer (which counts them).
+        let buffered = |buffer: &Mutex<TraceBuffer>| buffer.lock().expect("buffer lock").bytes();
+        let mut reservation =
+            self.admission.reserve(admission::estimate(body.len(), gzip, limit), buffered(&self.buffer))?;
+        let (limits, discard, buffer) = (self.config.limits, self.config.discard, Arc::clone(&self.buffer));
         let converted = tokio::task::spawn_blocking(move || {
-            let request = match body {
-                ExportBody::Http { body, format, gzip, limit } => {
-                    if gzip {
-                        decode_request(&gunzip_limited(&body, limit)?, format)?
-                    } else {
-                        decode_request(&body, format)?
-                    }
-                }
-                ExportBody::Grpc { body, gzip: true, limit } => {
-                    decode_request(&gunzip_limited(&body, limit)?, BodyFormat::Protobuf)?
-                }
-                ExportBody::Grpc { body, gzip: false, .. } => decode_request(&body, BodyFormat::Protobuf)?,
+            // The log keeps the body as received: no encoding, and no more bytes than were sent.
+            let (request, inflated) = if gzip {
+                let inflated = gunzip_limited(&body, limit)?;
+                reservation.resize(inflated.len().saturating_mul(DECODING_PER_BYTE), buffered(&buffer))?;
+                (decode_request(&inflated, format)?, inflated.len())
+            } else {
+                (decode_request(&body, format)?, body.len())
             };
             let converted = convert_request(&request, &limits)?;
-            if discard {
-                return Ok::<_, IngestError>((converted, None));
-            }
-            let record = converted.batch.as_ref().map(encode_batch).transpose()?;
-            Ok::<_, IngestError>((converted, record))
+            drop(request);
+            // From here on the export holds its body (in the log's queue) and its batch.
+            let holds = body.len() + converted.batch.as_ref().map_or(0, batch_bytes);
+            reservation.resize(holds, buffered(&buffer))?;
+            let record = WalRecord::Request { format, gzip, inflated: inflated as u64, body };
+            Ok::<_, IngestError>((converted, (!discard).then_some(record), reservation))
         })
         .await
         .map_err(|e| IngestError::Task(e.to_string()))??;
-        let (converted, record) = converted;
+        let (converted, record, _reservation) = converted;
 
         self.metrics.spans_rejected.inc_by(converted.rejected);
         self.metrics.values_truncated.inc_by(converted.truncated_values);

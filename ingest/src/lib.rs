@@ -14,6 +14,7 @@
 //! committed manifest lists it; CPU-heavy work never runs on an async worker thread.
 
 pub mod admin;
+mod admission;
 pub mod buffer;
 pub mod compaction;
 pub mod convert;

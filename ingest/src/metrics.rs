@@ -54,10 +54,14 @@ pub struct IngestMetrics {
     pub(crate) spans_deduplicated_by_compaction: Counter,
     pub(crate) files_expired: Counter,
     pub(crate) spans_expired: Counter,
+    /// Bytes appended to the write-ahead log (record headers included).
+    pub(crate) wal_written_bytes: Counter,
     pub(crate) wal_sync_seconds: Histogram,
     pub(crate) flush_seconds: Histogram,
     pub(crate) buffered_spans: Gauge,
     pub(crate) buffered_bytes: Gauge,
+    /// Memory reserved by exports being decoded and logged ([`crate::admission`]).
+    pub(crate) reserved_bytes: Gauge,
     pub(crate) dead_letters: Gauge,
     pub(crate) wal_segment_bytes: Gauge,
     pub(crate) wal_bytes: Gauge,
@@ -104,10 +108,12 @@ impl IngestMetrics {
             spans_deduplicated_by_compaction: Counter::default(),
             files_expired: Counter::default(),
             spans_expired: Counter::default(),
+            wal_written_bytes: Counter::default(),
             wal_sync_seconds: Histogram::new(BUCKETS_S),
             flush_seconds: Histogram::new(BUCKETS_S),
             buffered_spans: Gauge::default(),
             buffered_bytes: Gauge::default(),
+            reserved_bytes: Gauge::default(),
             dead_letters: Gauge::default(),
             wal_segment_bytes: Gauge::default(),
             wal_bytes: Gauge::default(),
@@ -135,7 +141,7 @@ impl IngestMetrics {
 
     /// Registers every ingest metric in `registry` (the counters' names gain `_total` there).
     pub fn register(&self, registry: &mut Registry) {
-        let counters: [(&str, &str, &Counter); 19] = [
+        let counters: [(&str, &str, &Counter); 20] = [
             ("hopscope_ingest_requests", "Export requests received.", &self.requests),
             ("hopscope_ingest_request_bytes", "Bytes of export request bodies, as sent.", &self.request_bytes),
             ("hopscope_ingest_spans_accepted", "Spans acknowledged (in the WAL).", &self.spans_accepted),
@@ -162,6 +168,11 @@ impl IngestMetrics {
                 &self.spans_deduplicated,
             ),
             ("hopscope_ingest_spans_replayed", "Spans replayed from the WAL at start.", &self.spans_replayed),
+            (
+                "hopscope_wal_written_bytes",
+                "Bytes appended to the WAL: export bodies as received, plus 22 bytes of framing per record.",
+                &self.wal_written_bytes,
+            ),
             (
                 "hopscope_ingest_flush_failures",
                 "Failed attempts to write buffered spans (they stay buffered and are retried).",
@@ -196,9 +207,14 @@ impl IngestMetrics {
             "Export requests refused as a whole, by reason.",
             self.refused.clone(),
         );
-        let gauges: [(&str, &str, &Gauge); 9] = [
+        let gauges: [(&str, &str, &Gauge); 10] = [
             ("hopscope_ingest_buffered_spans", "Spans acknowledged but not yet in a file.", &self.buffered_spans),
             ("hopscope_ingest_buffered_bytes", "Memory held by spans not yet in a file.", &self.buffered_bytes),
+            (
+                "hopscope_ingest_reserved_bytes",
+                "Memory reserved by exports being decoded and logged; with the buffered bytes, bounded by --max-buffered-bytes.",
+                &self.reserved_bytes,
+            ),
             (
                 "hopscope_dead_letters",
                 "Entries in the dead-letter store (hopscope dead-letters list).",

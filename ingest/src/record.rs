@@ -1,5 +1,6 @@
 //! The span record codec: a batch of spans in the stored schema as an Arrow IPC stream. The
-//! write-ahead log's records and the dead-letter store's span entries hold these bytes.
+//! dead-letter store's span entries hold these bytes, and so do the write-ahead log's records of
+//! spans replayed from it (and every record of the log's format 1).
 
 use arrow::array::RecordBatch;
 use arrow::ipc::reader::StreamReader;

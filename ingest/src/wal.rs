@@ -7,8 +7,17 @@
 //! corrupted record is detected on replay, every intact record (before and after it) is replayed,
 //! and the damaged byte ranges are returned for the caller to keep (the dead-letter store).
 //!
+//! A record holds an export request's body as it was received (protobuf or JSON, gzip-compressed
+//! or not), so the log costs the bytes the client sent and no encoding; replay decodes and converts
+//! it again, with the span limits in force at that start (they only ever cut values, never reject
+//! a span, so every acknowledged span comes back). Spans replayed from the dead-letter store are
+//! already converted and are logged as an Arrow IPC stream.
+//!
 //! ```text
-//! <data-dir>/wal/<segment:020>.wal          record*: "HSW1" | len u32 LE | crc32 u32 LE | Arrow IPC stream
+//! <data-dir>/wal/<segment:020>.wal   record*: "HSW2" | len u32 LE | crc32 u32 LE | payload
+//!   payload:  kind u8 | gzip u8 (0 or 1) | inflated length u64 LE | body      (crc32 covers it all)
+//!   kind:     1 spans (Arrow IPC stream, stored schema) · 2 OTLP protobuf request · 3 OTLP JSON request
+//!   format 1 ("HSW1" | len | crc32 | Arrow IPC stream), written before 2026-12-05, is still replayed.
 //! <data-dir>/dead-letters/wal-<segment>-<offset>.{bin,json}   damaged bytes (see crate::dead_letter)
 //! ```
 //!
@@ -25,15 +34,104 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
+use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use crate::IngestError;
+use crate::convert::{SpanLimits, convert_request};
+use crate::decode::{BodyFormat, decode_request, gunzip_limited};
 use crate::manifest::sync_parent;
 use crate::metrics::{IngestMetrics, level};
 use crate::record::decode_batch;
 
-const MAGIC: &[u8; 4] = b"HSW1";
+/// The marker of every record written now.
+const MAGIC: &[u8; 4] = b"HSW2";
+/// The marker of format 1's records (an Arrow IPC stream each), still replayed.
+const MAGIC_V1: &[u8; 4] = b"HSW1";
 const HEADER_LEN: usize = 12;
+/// kind, gzip flag and inflated length, before a format-2 record's body.
+const BODY_HEADER_LEN: usize = 10;
+
+const KIND_SPANS: u8 = 1;
+const KIND_PROTOBUF: u8 = 2;
+const KIND_JSON: u8 = 3;
+
+/// What one record holds.
+#[derive(Debug, Clone)]
+pub enum WalRecord {
+    /// An export request's body as received; replay decodes and converts it again.
+    Request {
+        format: BodyFormat,
+        /// Whether `body` is gzip-compressed.
+        gzip: bool,
+        /// The body's length once inflated (its length when not compressed): replay inflates
+        /// to exactly this, whatever the size limits are then.
+        inflated: u64,
+        body: Bytes,
+    },
+    /// Spans already converted, as an Arrow IPC stream in the stored schema.
+    Spans(Bytes),
+}
+
+impl WalRecord {
+    fn body_header(&self) -> [u8; BODY_HEADER_LEN] {
+        let (kind, gzip, inflated) = match self {
+            WalRecord::Request { format: BodyFormat::Protobuf, gzip, inflated, .. } => {
+                (KIND_PROTOBUF, *gzip, *inflated)
+            }
+            WalRecord::Request { format: BodyFormat::Json, gzip, inflated, .. } => (KIND_JSON, *gzip, *inflated),
+            WalRecord::Spans(body) => (KIND_SPANS, false, body.len() as u64),
+        };
+        let mut header = [0; BODY_HEADER_LEN];
+        header[0] = kind;
+        header[1] = u8::from(gzip);
+        header[2..].copy_from_slice(&inflated.to_le_bytes());
+        header
+    }
+
+    fn body(&self) -> &Bytes {
+        match self {
+            WalRecord::Request { body, .. } | WalRecord::Spans(body) => body,
+        }
+    }
+
+    /// Bytes the record takes in a segment, framing included.
+    fn framed_len(&self) -> usize {
+        HEADER_LEN + BODY_HEADER_LEN + self.body().len()
+    }
+}
+
+/// The spans of an intact record's payload (`v1`: a format-1 record).
+fn decode_payload(v1: bool, payload: &[u8], limits: &SpanLimits) -> Result<Vec<RecordBatch>, IngestError> {
+    if v1 {
+        return decode_batch(payload);
+    }
+    let malformed = |message: String| IngestError::Malformed { format: "write-ahead-log record", message };
+    let (header, body) = payload
+        .split_at_checked(BODY_HEADER_LEN)
+        .ok_or_else(|| malformed(format!("{} bytes, shorter than its header", payload.len())))?;
+    let inflated = u64::from_le_bytes(header[2..].try_into().expect("8 bytes"));
+    let gzip = match header[1] {
+        0 => false,
+        1 => true,
+        other => return Err(malformed(format!("gzip flag {other}"))),
+    };
+    let format = match header[0] {
+        KIND_SPANS => return decode_batch(body),
+        KIND_PROTOBUF => BodyFormat::Protobuf,
+        KIND_JSON => BodyFormat::Json,
+        other => return Err(malformed(format!("unknown kind {other}"))),
+    };
+    let inflated_body;
+    let body = if gzip {
+        inflated_body = gunzip_limited(body, usize::try_from(inflated).unwrap_or(usize::MAX))?;
+        &inflated_body[..]
+    } else {
+        body
+    };
+    let converted = convert_request(&decode_request(body, format)?, limits)?;
+    Ok(converted.batch.into_iter().collect())
+}
 
 /// When the writer starts a new segment, so that old ones can be deleted.
 #[derive(Debug, Clone, Copy)]
@@ -80,12 +178,14 @@ pub struct DamagedRange {
     pub reason: String,
 }
 
-/// Checks the record at the start of `rest`: its total length, or why it is damaged.
-fn check_record(rest: &[u8]) -> Result<usize, String> {
+/// Checks the record at the start of `rest`: its total length and whether it is of format 1, or
+/// why it is damaged.
+fn check_record(rest: &[u8]) -> Result<(usize, bool), String> {
     if rest.len() < HEADER_LEN {
         return Err(format!("torn record header ({} bytes at the end)", rest.len()));
     }
-    if &rest[..4] != MAGIC {
+    let v1 = &rest[..4] == MAGIC_V1;
+    if !v1 && &rest[..4] != MAGIC {
         return Err("bad record marker".to_owned());
     }
     let len = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes")) as usize;
@@ -96,13 +196,13 @@ fn check_record(rest: &[u8]) -> Result<usize, String> {
     if crc32fast::hash(&rest[HEADER_LEN..HEADER_LEN + len]) != crc {
         return Err("checksum mismatch".to_owned());
     }
-    Ok(HEADER_LEN + len)
+    Ok((HEADER_LEN + len, v1))
 }
 
 /// The offset of the next intact record after a damaged one at `from`, if any.
 fn resync(bytes: &[u8], from: usize) -> Option<usize> {
     (from + 1..bytes.len().saturating_sub(HEADER_LEN - 1))
-        .filter(|&at| &bytes[at..at + 4] == MAGIC)
+        .filter(|&at| &bytes[at..at + 4] == MAGIC || &bytes[at..at + 4] == MAGIC_V1)
         .find(|&at| check_record(&bytes[at..]).is_ok())
 }
 
@@ -110,7 +210,8 @@ fn resync(bytes: &[u8], from: usize) -> Option<usize> {
 /// that fails its checks up to the next intact record, or to the end) is returned with the reason,
 /// and the intact records after it are still replayed. Segments are never appended to again, so a
 /// damaged one stays as it is until the floor passes it (a second replay finds the same damage).
-pub fn replay(dir: &Path, floor: u64) -> Result<Replayed, IngestError> {
+/// Export requests are converted with `limits`. CPU and blocking I/O: call it off the async threads.
+pub fn replay(dir: &Path, floor: u64, limits: &SpanLimits) -> Result<Replayed, IngestError> {
     fs::create_dir_all(dir).map_err(IngestError::io(format!("creating {}", dir.display())))?;
     let mut replayed = Replayed::default();
     for segment in list_segments(dir)? {
@@ -127,7 +228,7 @@ pub fn replay(dir: &Path, floor: u64) -> Result<Replayed, IngestError> {
         let mut offset = 0;
         while offset < bytes.len() {
             let damage = match check_record(&bytes[offset..]) {
-                Ok(len) => match decode_batch(&bytes[offset + HEADER_LEN..offset + len]) {
+                Ok((len, v1)) => match decode_payload(v1, &bytes[offset + HEADER_LEN..offset + len], limits) {
                     Ok(batches) => {
                         replayed.batches.extend(batches.into_iter().map(|b| (segment, b)));
                         offset += len;
@@ -150,7 +251,7 @@ pub fn replay(dir: &Path, floor: u64) -> Result<Replayed, IngestError> {
 }
 
 enum Command {
-    Append { payload: Vec<u8>, batch: RecordBatch, done: oneshot::Sender<Result<(), IngestError>> },
+    Append { record: WalRecord, batch: RecordBatch, done: oneshot::Sender<Result<(), IngestError>> },
 }
 
 /// The WAL writer: a thread that owns the open segment.
@@ -219,6 +320,7 @@ impl Wal {
                             let result = writer.append_group(&group);
                             metrics.wal_sync_seconds.observe(started.elapsed().as_secs_f64());
                             let grown = writer.written.saturating_sub(before);
+                            metrics.wal_written_bytes.inc_by(grown);
                             let total = total.fetch_add(grown, Ordering::Relaxed) + grown;
                             metrics.wal_bytes.set(level(total));
                             result
@@ -251,13 +353,13 @@ impl Wal {
         })
     }
 
-    /// Appends a record and waits until it is synced and its spans are buffered.
-    pub async fn append(&self, payload: Vec<u8>, batch: RecordBatch) -> Result<(), IngestError> {
+    /// Appends a record and waits until it is synced and `batch`, its spans, are buffered.
+    pub async fn append(&self, record: WalRecord, batch: RecordBatch) -> Result<(), IngestError> {
         let (done, wait) = oneshot::channel();
         {
             let tx = self.tx.lock().expect("wal sender lock");
             let tx = tx.as_ref().ok_or(IngestError::ShuttingDown)?;
-            tx.send(Command::Append { payload, batch, done }).map_err(|_| IngestError::ShuttingDown)?;
+            tx.send(Command::Append { record, batch, done }).map_err(|_| IngestError::ShuttingDown)?;
         }
         wait.await.map_err(|_| IngestError::Task("the WAL writer stopped".into()))?
     }
@@ -323,12 +425,19 @@ impl SegmentWriter {
     fn append_group(&mut self, group: &[Command]) -> std::io::Result<()> {
         let intact = self.written;
         let written = (|| {
-            for Command::Append { payload, .. } in group {
+            for Command::Append { record, .. } in group {
+                let (header, body) = (record.body_header(), record.body());
+                let len = u32::try_from(header.len() + body.len())
+                    .map_err(|_| std::io::Error::other("a write-ahead-log record above 4 GiB"))?;
+                let mut crc = crc32fast::Hasher::new();
+                crc.update(&header);
+                crc.update(body);
                 self.file.write_all(MAGIC)?;
-                self.file.write_all(&(payload.len() as u32).to_le_bytes())?;
-                self.file.write_all(&crc32fast::hash(payload).to_le_bytes())?;
-                self.file.write_all(payload)?;
-                self.written += (HEADER_LEN + payload.len()) as u64;
+                self.file.write_all(&len.to_le_bytes())?;
+                self.file.write_all(&crc.finalize().to_le_bytes())?;
+                self.file.write_all(&header)?;
+                self.file.write_all(body)?;
+                self.written += record.framed_len() as u64;
             }
             self.file.flush()
         })();
@@ -368,13 +477,211 @@ impl SegmentWriter {
 mod tests {
     use super::*;
 
-    fn record(payload: &[u8]) -> Vec<u8> {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, span};
+    use prost::Message as _;
+
+    /// A format-1 record, as the log wrote them before 2026-12-05.
+    fn record_v1(payload: &[u8]) -> Vec<u8> {
         let mut bytes = Vec::new();
-        bytes.extend_from_slice(MAGIC);
+        bytes.extend_from_slice(MAGIC_V1);
         bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         bytes.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
         bytes.extend_from_slice(payload);
         bytes
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(data).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    fn kv(key: &str, value: &str) -> KeyValue {
+        KeyValue {
+            key: key.to_owned(),
+            value: Some(AnyValue { value: Some(any_value::Value::StringValue(value.to_owned())) }),
+            key_strindex: 0,
+        }
+    }
+
+    /// The spans of `tests/fixtures/wal-format-1/`, whose segment holds this request's spans as
+    /// format 1 logged them: keep this function as it is, or the fixture no longer matches it.
+    fn fixture_request(seed: u8) -> ExportTraceServiceRequest {
+        let spans = (0..3u8)
+            .map(|i| Span {
+                trace_id: vec![seed; 16],
+                span_id: vec![seed, i + 1, 0, 0, 0, 0, 0, 1],
+                parent_span_id: if i == 0 { Vec::new() } else { vec![seed, 1, 0, 0, 0, 0, 0, 1] },
+                name: format!("GET /items/{i}"),
+                kind: if i == 0 { span::SpanKind::Server } else { span::SpanKind::Client } as i32,
+                start_time_unix_nano: 1_764_900_000_000_000_000 + u64::from(i) * 1_000,
+                end_time_unix_nano: 1_764_900_000_000_900_000,
+                attributes: vec![kv("http.request.method", "GET"), kv("team", "checkout")],
+                events: vec![span::Event {
+                    time_unix_nano: 1_764_900_000_000_500_000,
+                    name: "retry".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .collect();
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource { attributes: vec![kv("service.name", "shop")], ..Default::default() }),
+                scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn converted(request: &ExportTraceServiceRequest) -> RecordBatch {
+        convert_request(request, &SpanLimits::default()).unwrap().batch.unwrap()
+    }
+
+    /// Collects what the writer hands over.
+    struct Collect(Arc<Mutex<Vec<RecordBatch>>>);
+
+    impl WalSink for Collect {
+        fn synced(&self, _segment: u64, batches: &mut dyn Iterator<Item = &RecordBatch>) {
+            self.0.lock().unwrap().extend(batches.cloned());
+        }
+    }
+
+    #[test]
+    fn requests_are_logged_as_received_and_replay_converts_them_again() {
+        let root = crate::scratch::ScratchDir::new("wal-requests");
+        let wal_dir = root.join("wal");
+        let request = fixture_request(7);
+        let protobuf = Bytes::from(request.encode_to_vec());
+        let json = Bytes::from_static(
+            br#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"cart"}}]},
+                "scopeSpans":[{"spans":[{"traceId":"0102030405060708090a0b0c0d0e0f10","spanId":"1112131415161718",
+                "name":"POST /cart","kind":2,"startTimeUnixNano":"1764900000000000000","endTimeUnixNano":"1764900000001000000"}]}]}]}"#,
+        );
+        let json_request = crate::decode::decode_request(&json, BodyFormat::Json).unwrap();
+        let spans_ipc = crate::record::encode_batch(&converted(&fixture_request(9))).unwrap();
+        let records = [
+            (
+                WalRecord::Request {
+                    format: BodyFormat::Protobuf,
+                    gzip: false,
+                    inflated: protobuf.len() as u64,
+                    body: protobuf.clone(),
+                },
+                converted(&request),
+            ),
+            (
+                WalRecord::Request {
+                    format: BodyFormat::Protobuf,
+                    gzip: true,
+                    inflated: protobuf.len() as u64,
+                    body: gzip(&protobuf).into(),
+                },
+                converted(&request),
+            ),
+            (
+                WalRecord::Request {
+                    format: BodyFormat::Json,
+                    gzip: false,
+                    inflated: json.len() as u64,
+                    body: json.clone(),
+                },
+                converted(&json_request),
+            ),
+            (
+                WalRecord::Request {
+                    format: BodyFormat::Json,
+                    gzip: true,
+                    inflated: json.len() as u64,
+                    body: gzip(&json).into(),
+                },
+                converted(&json_request),
+            ),
+            (WalRecord::Spans(spans_ipc.into()), converted(&fixture_request(9))),
+        ];
+        let expected: Vec<RecordBatch> = records.iter().map(|(_, batch)| batch.clone()).collect();
+        let received: usize = records.iter().map(|(record, _)| record.body().len()).sum();
+
+        let handed = Arc::new(Mutex::new(Vec::new()));
+        let metrics = Arc::new(IngestMetrics::default());
+        let rotation = Rotation { max_bytes: u64::MAX, max_age: Duration::from_secs(3600) };
+        let wal = Wal::start(&wal_dir, rotation, Collect(Arc::clone(&handed)), Arc::clone(&metrics)).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        for (record, batch) in records {
+            runtime.block_on(wal.append(record, batch)).unwrap();
+        }
+        wal.stop();
+        assert_eq!(*handed.lock().unwrap(), expected, "the writer hands over the spans it was given");
+
+        // The log holds the bodies as they came, plus the framing of each record.
+        let on_disk = fs::metadata(segment_path(&wal_dir, 1)).unwrap().len();
+        assert_eq!(on_disk, (received + expected.len() * (HEADER_LEN + BODY_HEADER_LEN)) as u64);
+        assert_eq!(metrics.wal_written_bytes.get(), on_disk);
+
+        // Replay gives back the spans: converted again, or decoded from the IPC stream.
+        let replayed = replay(&wal_dir, 0, &SpanLimits::default()).unwrap();
+        assert!(replayed.damaged.is_empty(), "{:?}", replayed.damaged);
+        let batches: Vec<RecordBatch> = replayed
+            .batches
+            .into_iter()
+            .map(|(segment, batch)| {
+                assert_eq!(segment, 1);
+                batch
+            })
+            .collect();
+        assert_eq!(batches, expected);
+    }
+
+    #[test]
+    fn a_record_that_no_longer_decodes_is_kept_as_damage_and_the_others_replay() {
+        let root = crate::scratch::ScratchDir::new("wal-undecodable");
+        let wal_dir = root.join("wal");
+        fs::create_dir_all(&wal_dir).unwrap();
+        let good = fixture_request(3).encode_to_vec();
+        let framed = |kind: u8, gzip: u8, body: &[u8]| {
+            let mut payload = vec![kind, gzip];
+            payload.extend_from_slice(&(body.len() as u64).to_le_bytes());
+            payload.extend_from_slice(body);
+            let mut bytes = MAGIC.to_vec();
+            bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+            bytes.extend(payload);
+            bytes
+        };
+        let mut bytes = framed(KIND_PROTOBUF, 0, b"\xff\xff not protobuf");
+        let bad_end = bytes.len();
+        bytes.extend(framed(KIND_PROTOBUF, 0, &good));
+        bytes.extend(framed(9, 0, &good));
+        fs::write(segment_path(&wal_dir, 1), &bytes).unwrap();
+
+        let replayed = replay(&wal_dir, 0, &SpanLimits::default()).unwrap();
+        assert_eq!(replayed.batches.len(), 1);
+        assert_eq!(replayed.batches[0].1, converted(&fixture_request(3)));
+        assert_eq!(replayed.damaged.len(), 2);
+        assert_eq!(replayed.damaged[0].bytes, bytes[..bad_end]);
+        assert!(replayed.damaged[0].reason.contains("malformed protobuf"), "{}", replayed.damaged[0].reason);
+        assert!(replayed.damaged[1].reason.contains("unknown kind 9"), "{}", replayed.damaged[1].reason);
+    }
+
+    #[test]
+    fn format_1_segments_still_replay() {
+        // Written by the log of 2026-12-04 (format 1: one Arrow IPC stream per record) from
+        // `fixture_request(1)` and `fixture_request(2)`.
+        let root = crate::scratch::ScratchDir::new("wal-format-1");
+        let wal_dir = root.join("wal");
+        fs::create_dir_all(&wal_dir).unwrap();
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/wal-format-1");
+        for entry in fs::read_dir(&fixture).unwrap() {
+            let entry = entry.unwrap();
+            fs::copy(entry.path(), wal_dir.join(entry.file_name())).unwrap();
+        }
+        let replayed = replay(&wal_dir, 0, &SpanLimits::default()).unwrap();
+        assert!(replayed.damaged.is_empty(), "{:?}", replayed.damaged);
+        let batches: Vec<(u64, RecordBatch)> = replayed.batches;
+        assert_eq!(batches, [(5, converted(&fixture_request(1))), (5, converted(&fixture_request(2)))]);
     }
 
     #[test]
@@ -386,11 +693,11 @@ mod tests {
             crate::record::encode_batch(&RecordBatch::new_empty(hopscope_schemas::spans::span_schema())).unwrap();
         // A record with a flipped bit, two intact ones, then half of a fourth, as a crash
         // mid-write leaves it.
-        let mut bytes = record(&payload);
+        let mut bytes = record_v1(&payload);
         let first = bytes.len();
         bytes[first - 1] ^= 1;
-        bytes.extend(record(&payload));
-        bytes.extend(record(&payload));
+        bytes.extend(record_v1(&payload));
+        bytes.extend(record_v1(&payload));
         let intact_end = bytes.len();
         bytes.extend_from_slice(MAGIC);
         bytes.extend_from_slice(&1000u32.to_le_bytes());
@@ -398,7 +705,8 @@ mod tests {
         fs::write(segment_path(&wal_dir, 3), &bytes).unwrap();
         fs::write(segment_path(&wal_dir, 1), b"below the floor").unwrap();
 
-        let replayed = replay(&wal_dir, 2).unwrap();
+        let limits = SpanLimits::default();
+        let replayed = replay(&wal_dir, 2, &limits).unwrap();
         assert_eq!(replayed.batches.len(), 2, "the records after the flipped bit are kept");
         assert!(replayed.batches.iter().all(|(segment, _)| *segment == 3));
         let ranges: Vec<(u64, usize)> = replayed.damaged.iter().map(|d| (d.segment, d.offset)).collect();
@@ -410,7 +718,7 @@ mod tests {
         assert!(!segment_path(&wal_dir, 1).exists());
 
         // A second replay (a crash before the segment was cut) finds the same, nothing more.
-        let again = replay(&wal_dir, 2).unwrap();
+        let again = replay(&wal_dir, 2, &limits).unwrap();
         assert_eq!(again.batches.len(), 2);
         assert_eq!(again.damaged, replayed.damaged);
     }

@@ -255,7 +255,7 @@ async fn damaged_log_bytes_and_orphan_files_are_dealt_with_at_start() {
         std::fs::read_dir(data_dir.join("wal")).unwrap().map(|e| e.unwrap().path()).collect();
     segments.sort();
     let newest = segments.last().unwrap();
-    let mut torn = b"HSW1".to_vec();
+    let mut torn = b"HSW2".to_vec();
     torn.extend_from_slice(&1000u32.to_le_bytes());
     torn.extend_from_slice(&[7; 30]);
     let mut bytes = std::fs::read(newest).unwrap();

@@ -312,6 +312,78 @@ async fn a_full_buffer_refuses_exports_as_retryable_and_loses_nothing() {
     server.terminate();
 }
 
+/// Memory counts from the moment an export is taken, not once its spans reach the buffer: large
+/// exports sent all at once under a small bound are refused as retryable instead of being decoded
+/// side by side, and every one its client retries is stored, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_large_exports_are_taken_within_the_memory_bound() {
+    // 48 MiB: more than all twelve exports' spans hold once buffered (about 3 MiB each), so only
+    // the memory they take while being decoded (about 10 MiB each) can refuse any of them.
+    let server = Server::start("admission", &["--max-buffered-bytes", "50331648"]);
+    let http = reqwest::Client::new();
+    let exports: Vec<(String, Vec<u8>)> = (0..12u8)
+        .map(|i| {
+            let id = random_trace_id();
+            let trace = hex::decode(&id).unwrap();
+            let spans = (0..1_500u16)
+                .map(|n| {
+                    let mut span = span(trace.clone(), [[i, 1], n.to_be_bytes(), [0, 0], [0, 1]].concat(), "work");
+                    span.attributes.push(KeyValue {
+                        key: "payload".into(),
+                        value: Some(AnyValue { value: Some(any_value::Value::StringValue(format!("{n:01000}"))) }),
+                        key_strindex: 0,
+                    });
+                    span
+                })
+                .collect();
+            (id, request(spans).encode_to_vec())
+        })
+        .collect();
+    assert!(exports[0].1.len() > 1 << 20, "{} bytes", exports[0].1.len());
+
+    let started = std::time::Instant::now();
+    let sends: Vec<_> = exports
+        .iter()
+        .map(|(_, body)| {
+            let (http, url, body) = (http.clone(), server.traces_url(), body.clone());
+            tokio::spawn(async move {
+                let mut refusals = 0;
+                loop {
+                    let response = http
+                        .post(&url)
+                        .header("content-type", "application/x-protobuf")
+                        .body(body.clone())
+                        .send()
+                        .await
+                        .unwrap();
+                    match response.status().as_u16() {
+                        200 => return refusals,
+                        503 => {
+                            assert_eq!(response.headers().get("retry-after").unwrap(), "1");
+                            refusals += 1;
+                        }
+                        other => panic!("unexpected {other}: {}", response.text().await.unwrap()),
+                    }
+                    assert!(started.elapsed() < DEADLINE * 2, "an export was never taken");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            })
+        })
+        .collect();
+    let mut refusals = 0u32;
+    for send in sends {
+        refusals += send.await.unwrap();
+    }
+    assert!(refusals > 0, "twelve simultaneous exports were all decoded at once, past the bound");
+    for (id, _) in &exports {
+        server.wait_for_trace(id, 1_500).await;
+    }
+    assert_eq!(server.metric("hopscope_ingest_reserved_bytes").await, 0.0, "every reservation is released");
+    let refused = server.metric("hopscope_ingest_requests_refused_total{reason=\"overloaded\"}").await;
+    assert_eq!(refused, f64::from(refusals));
+    server.terminate();
+}
+
 /// A client that resends after a lost acknowledgement must not create visible duplicates: the same
 /// trace id, span id, start and end are one span, whether the copies arrive together or after the
 /// first is already written. A span with the same ids but other times is a different span.

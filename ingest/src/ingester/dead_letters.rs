@@ -7,6 +7,7 @@ use crate::IngestError;
 use crate::dead_letter::{DeadLetter, DeadLetterStore};
 use crate::metrics::level;
 use crate::record::encode_batch;
+use crate::wal::WalRecord;
 
 impl Ingester {
     /// The dead-letter store of this data directory.
@@ -29,7 +30,7 @@ impl Ingester {
             let records = store
                 .spans(&owned_id)?
                 .into_iter()
-                .map(|batch| Ok((encode_batch(&batch)?, batch)))
+                .map(|batch| Ok((WalRecord::Spans(encode_batch(&batch)?.into()), batch)))
                 .collect::<Result<Vec<_>, IngestError>>()?;
             Ok::<_, IngestError>((entry, records))
         })

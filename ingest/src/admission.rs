@@ -1,0 +1,151 @@
+//! Admission: an export is taken only if the memory it will hold fits under `--max-buffered-bytes`
+//! beside what buffered spans and the other exports in progress hold.
+//!
+//! A request's spans take memory long before they reach the trace buffer: its body, the decoded
+//! protobuf or JSON, the converted Arrow batch, and the body again in the write-ahead log's queue.
+//! Counting only the buffer let 24 simultaneous 14 MiB exports in at once under an 8 MiB bound. So
+//! each export reserves, before any work, what it is expected to hold while decoded; the estimate
+//! is corrected once the body is inflated (a gzip body's size is known only then) and once it is
+//! converted (then the reservation is the body and the batch, what the log and buffer receive);
+//! it is released when the spans are in the buffer, which counts them from then on, or when the
+//! export fails or its client goes away. A lone export is always taken when nothing else is held,
+//! so a request larger than the bound (which `--max-request-bytes` caps) is never refused forever.
+
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::metrics::gauge::Gauge;
+
+use crate::IngestError;
+use crate::metrics::level;
+
+/// Memory a body's spans hold while decoded, per byte of inflated body: the body itself, the
+/// decoded request (owned strings and vectors per value, about 2.5× the protobuf bytes) and the
+/// Arrow batch being built (about 2.5×).
+pub(crate) const DECODING_PER_BYTE: usize = 6;
+
+/// A gzip body inflates to an unknown size; until it is inflated, it is reserved as this many
+/// times its own bytes (OTLP compresses about 6:1).
+pub(crate) const GZIP_INFLATION_GUESS: usize = 6;
+
+/// What a body of `len` bytes (`gzip`: compressed) is expected to hold while decoded, at most
+/// what a body inflated up to `limit` bytes could hold.
+pub(crate) fn estimate(len: usize, gzip: bool, limit: usize) -> usize {
+    let inflated = if gzip { len.saturating_mul(GZIP_INFLATION_GUESS).min(limit) } else { len };
+    inflated.saturating_mul(DECODING_PER_BYTE)
+}
+
+/// Memory reserved by exports in progress, against one bound shared with the trace buffer.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    limit: usize,
+    reserved: Mutex<usize>,
+    /// `hopscope_ingest_reserved_bytes`.
+    gauge: Gauge,
+}
+
+impl Admission {
+    pub(crate) fn new(limit: usize, gauge: Gauge) -> Arc<Self> {
+        Arc::new(Self { limit, reserved: Mutex::new(0), gauge })
+    }
+
+    /// Reserves `bytes` if they fit beside `buffered` (what the trace buffer holds) and what is
+    /// already reserved, or if nothing at all is held.
+    pub(crate) fn reserve(self: &Arc<Self>, bytes: usize, buffered: usize) -> Result<Reservation, IngestError> {
+        let mut reservation = Reservation { admission: Arc::clone(self), bytes: 0 };
+        reservation.resize(bytes, buffered)?;
+        Ok(reservation)
+    }
+
+    /// Bytes reserved now.
+    #[cfg(test)]
+    fn reserved(&self) -> usize {
+        *self.reserved.lock().expect("admission lock")
+    }
+}
+
+/// Memory held for one export; released when dropped.
+#[derive(Debug)]
+pub(crate) struct Reservation {
+    admission: Arc<Admission>,
+    bytes: usize,
+}
+
+impl Reservation {
+    /// Makes the reservation `bytes`. Shrinking always succeeds; growing must fit as a new
+    /// reservation would (the reservation is unchanged when it does not).
+    pub(crate) fn resize(&mut self, bytes: usize, buffered: usize) -> Result<(), IngestError> {
+        let admission = &self.admission;
+        let mut reserved = admission.reserved.lock().expect("admission lock");
+        let others = *reserved - self.bytes;
+        let held = others.saturating_add(buffered);
+        if bytes > self.bytes && held > 0 && held.saturating_add(bytes) > admission.limit {
+            return Err(IngestError::Overloaded { held, wanted: bytes, limit: admission.limit });
+        }
+        *reserved = others + bytes;
+        self.bytes = bytes;
+        admission.gauge.set(level(*reserved));
+        Ok(())
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut reserved = self.admission.reserved.lock().expect("admission lock");
+        *reserved -= self.bytes;
+        self.admission.gauge.set(level(*reserved));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exports_are_admitted_while_what_they_hold_fits() {
+        let admission = Admission::new(100, Gauge::default());
+        let first = admission.reserve(60, 0).unwrap();
+        // 60 reserved + 30 buffered + 20 wanted > 100.
+        let refused = admission.reserve(20, 30).unwrap_err();
+        assert!(matches!(refused, IngestError::Overloaded { held: 90, wanted: 20, limit: 100 }), "{refused:?}");
+        assert!(refused.to_string().contains("retry later"), "{refused}");
+        let second = admission.reserve(10, 30).unwrap();
+        assert_eq!(admission.reserved(), 70);
+        assert_eq!(admission.gauge.get(), 70);
+        drop(first);
+        assert_eq!(admission.reserved(), 10);
+        drop(second);
+        assert_eq!(admission.reserved(), 0);
+        assert_eq!(admission.gauge.get(), 0);
+    }
+
+    #[test]
+    fn a_lone_export_is_admitted_whatever_its_size() {
+        let admission = Admission::new(100, Gauge::default());
+        let mut lone = admission.reserve(1_000, 0).unwrap();
+        assert!(admission.reserve(1, 0).is_err(), "nothing else while it is held");
+        // It may still grow: nothing else is held.
+        lone.resize(5_000, 0).unwrap();
+        drop(lone);
+        assert!(admission.reserve(1_000, 1).is_err(), "the buffer holds something");
+    }
+
+    #[test]
+    fn a_reservation_grows_only_if_it_fits_and_shrinks_always() {
+        let admission = Admission::new(100, Gauge::default());
+        let _other = admission.reserve(50, 0).unwrap();
+        let mut growing = admission.reserve(20, 0).unwrap();
+        assert!(growing.resize(60, 0).is_err());
+        assert_eq!(admission.reserved(), 70, "a refused growth leaves the reservation as it was");
+        growing.resize(50, 0).unwrap();
+        growing.resize(5, 1_000).unwrap();
+        assert_eq!(admission.reserved(), 55);
+    }
+
+    #[test]
+    fn a_gzip_body_is_estimated_within_the_inflated_limit() {
+        assert_eq!(estimate(1_000, false, 10_000), 1_000 * DECODING_PER_BYTE);
+        assert_eq!(estimate(1_000, true, 100_000), 1_000 * GZIP_INFLATION_GUESS * DECODING_PER_BYTE);
+        assert_eq!(estimate(1_000, true, 2_000), 2_000 * DECODING_PER_BYTE);
+        assert_eq!(estimate(usize::MAX, false, usize::MAX), usize::MAX);
+    }
+}
