@@ -89,9 +89,10 @@ struct ServeArgs {
     #[arg(long, env = "HOPSCOPE_QUERY_MEMORY_LIMIT_BYTES", default_value_t = 2 << 30, value_parser = positive_usize)]
     query_memory_limit_bytes: usize,
     /// Memory spans waiting to be written and exports being decoded may hold, in bytes (an export
-    /// reserves about 6× its inflated body until its spans are buffered); beyond it exports are
-    /// refused as retryable (HTTP 503 + Retry-After, gRPC UNAVAILABLE + RetryInfo) until the writer
-    /// catches up. One export is always taken when nothing else is held.
+    /// reserves about 6× its inflated body while decoded, then its body and spans until they are
+    /// buffered); beyond it exports are refused as retryable (HTTP 503 + Retry-After, gRPC
+    /// UNAVAILABLE + RetryInfo) until the writer catches up. An export with no other in progress
+    /// is taken while the buffer is under the bound.
     #[arg(long, env = "HOPSCOPE_MAX_BUFFERED_BYTES", default_value_t = 512 << 20, value_parser = positive_usize)]
     max_buffered_bytes: usize,
     /// How long one query may run before it is cancelled (e.g. 30s, 2m).

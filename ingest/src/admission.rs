@@ -8,8 +8,10 @@
 //! is corrected once the body is inflated (a gzip body's size is known only then) and once it is
 //! converted (then the reservation is the body and the batch, what the log and buffer receive);
 //! it is released when the spans are in the buffer, which counts them from then on, or when the
-//! export fails or its client goes away. A lone export is always taken when nothing else is held,
-//! so a request larger than the bound (which `--max-request-bytes` caps) is never refused forever.
+//! export fails or its client goes away. An export no other export is in progress beside is taken
+//! while the buffer is under the bound (the rule before reservations), so a request larger than the
+//! bound (which `--otlp-http-max-body-bytes` and `--otlp-grpc-max-message-bytes` cap) is not refused
+//! for ever.
 
 use std::sync::{Arc, Mutex};
 
@@ -49,7 +51,7 @@ impl Admission {
     }
 
     /// Reserves `bytes` if they fit beside `buffered` (what the trace buffer holds) and what is
-    /// already reserved, or if nothing at all is held.
+    /// already reserved, or if nothing else is reserved and the buffer is under the bound.
     pub(crate) fn reserve(self: &Arc<Self>, bytes: usize, buffered: usize) -> Result<Reservation, IngestError> {
         let mut reservation = Reservation { admission: Arc::clone(self), bytes: 0 };
         reservation.resize(bytes, buffered)?;
@@ -78,13 +80,24 @@ impl Reservation {
         let mut reserved = admission.reserved.lock().expect("admission lock");
         let others = *reserved - self.bytes;
         let held = others.saturating_add(buffered);
-        if bytes > self.bytes && held > 0 && held.saturating_add(bytes) > admission.limit {
+        let alone = others == 0 && buffered < admission.limit;
+        if bytes > self.bytes && !alone && held.saturating_add(bytes) > admission.limit {
             return Err(IngestError::Overloaded { held, wanted: bytes, limit: admission.limit });
         }
         *reserved = others + bytes;
         self.bytes = bytes;
         admission.gauge.set(level(*reserved));
         Ok(())
+    }
+
+    /// Makes the reservation `bytes` unchecked: what an export holds once its work is done, which
+    /// may pass the estimate it was admitted with (refusing it then would only waste the work).
+    pub(crate) fn set(&mut self, bytes: usize) {
+        let admission = &self.admission;
+        let mut reserved = admission.reserved.lock().expect("admission lock");
+        *reserved = *reserved - self.bytes + bytes;
+        self.bytes = bytes;
+        admission.gauge.set(level(*reserved));
     }
 }
 
@@ -119,14 +132,19 @@ mod tests {
     }
 
     #[test]
-    fn a_lone_export_is_admitted_whatever_its_size() {
+    fn a_lone_export_is_admitted_whatever_its_size_while_the_buffer_is_under_the_bound() {
         let admission = Admission::new(100, Gauge::default());
-        let mut lone = admission.reserve(1_000, 0).unwrap();
+        let mut lone = admission.reserve(1_000, 99).unwrap();
         assert!(admission.reserve(1, 0).is_err(), "nothing else while it is held");
-        // It may still grow: nothing else is held.
+        // It may still grow: no other export is in progress.
         lone.resize(5_000, 0).unwrap();
         drop(lone);
-        assert!(admission.reserve(1_000, 1).is_err(), "the buffer holds something");
+        assert!(admission.reserve(1_000, 100).is_err(), "the buffer is at the bound");
+        // Once done, an export holds what it holds, past its estimate if need be.
+        let mut done = admission.reserve(10, 0).unwrap();
+        let _other = admission.reserve(80, 0).unwrap();
+        done.set(50);
+        assert_eq!(admission.reserved(), 130);
     }
 
     #[test]

@@ -172,9 +172,9 @@ impl TraceBuffer {
     }
 }
 
-/// The memory a batch's rows take. Batches decoded from the WAL share one buffer per record (and
-/// filtered ones share their parent's), so this counts the rows' slices, not whole buffers.
-/// Memory a batch holds, as the buffer counts it.
+/// The memory a batch's rows take, as the buffer counts it. Batches decoded from an Arrow IPC record
+/// share one buffer per record (and filtered ones share their parent's), so this counts the rows'
+/// slices, not whole buffers.
 pub(crate) fn batch_bytes(batch: &RecordBatch) -> usize {
     batch
         .columns()

@@ -45,7 +45,7 @@ use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchR
 use tokio_util::sync::CancellationToken;
 
 use crate::IngestError;
-use crate::writer::{NS_PER_HOUR, ROW_GROUP_ROWS, SpanFileWriter, SpanKey, rows_of};
+use crate::writer::{GATHER_ROWS, NS_PER_HOUR, SpanFileWriter, SpanKey, rows_of};
 
 /// How long after an hour ends its partition may still receive spans (late exports, retries,
 /// long traces), and is merged in tiers rather than all at once.
@@ -250,16 +250,17 @@ impl Input {
 /// Merges the job's files by (trace_id, start_time) into files of the hour's partition (a new
 /// file at the first trace boundary after [`CompactionJob::file_rows`] rows, so no trace is in two
 /// of them), dropping repeated spans (they meet as neighbours in the merged order). The files are
-/// not yet committed. Streams: memory is a batch per input and a row group. Stops with
+/// not yet committed. Streams: memory is a batch per input, the rows gathered for the writer
+/// ([`GATHER_ROWS`] at a time) and the row group being encoded. Stops with
 /// [`IngestError::ShuttingDown`], leaving none of its files, once `stop` is cancelled (checked per
-/// row group). Blocking I/O.
+/// gather). Blocking I/O.
 pub fn merge(
     tenant_dir: &Path,
     job: &CompactionJob,
     derive: bool,
     stop: &CancellationToken,
 ) -> Result<Merged, IngestError> {
-    merge_in_chunks(tenant_dir, job, ROW_GROUP_ROWS, derive, stop)
+    merge_in_chunks(tenant_dir, job, GATHER_ROWS, derive, stop)
 }
 
 /// [`merge`], writing `chunk_rows` rows at a time. When it fails, the files it finished (in place,

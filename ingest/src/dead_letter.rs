@@ -4,8 +4,8 @@
 //! Two kinds of entry:
 //! - **spans**: a payload (one WAL record's spans) whose Parquet write failed on every one of its
 //!   [`MAX_WRITE_ATTEMPTS`] attempts while other payloads could be written. Replayable.
-//! - **wal-damage**: bytes of a WAL segment that failed their checksum or could not be decoded (a
-//!   torn write, a flipped bit). Kept for inspection only: they are not intact spans.
+//! - **wal-damage**: bytes of a WAL segment that failed their checksum (a torn write, a flipped
+//!   bit), or an intact record that no longer decodes. Kept for inspection only.
 //!
 //! ```text
 //! <data-dir>/dead-letters/<id>.json    what, why, when (written last: its presence completes an entry)

@@ -308,8 +308,7 @@ impl Ingester {
             let converted = convert_request(&request, &limits)?;
             drop(request);
             // From here on the export holds its body (in the log's queue) and its batch.
-            let holds = body.len() + converted.batch.as_ref().map_or(0, batch_bytes);
-            reservation.resize(holds, buffered(&buffer))?;
+            reservation.set(body.len() + converted.batch.as_ref().map_or(0, batch_bytes));
             let record = WalRecord::Request { format, gzip, inflated: inflated as u64, body };
             Ok::<_, IngestError>((converted, (!discard).then_some(record), reservation))
         })

@@ -227,18 +227,19 @@ pub fn replay(dir: &Path, floor: u64, limits: &SpanLimits) -> Result<Replayed, I
             .map_err(IngestError::io(format!("reading {}", path.display())))?;
         let mut offset = 0;
         while offset < bytes.len() {
-            let damage = match check_record(&bytes[offset..]) {
+            let (damage, next) = match check_record(&bytes[offset..]) {
                 Ok((len, v1)) => match decode_payload(v1, &bytes[offset + HEADER_LEN..offset + len], limits) {
                     Ok(batches) => {
                         replayed.batches.extend(batches.into_iter().map(|b| (segment, b)));
                         offset += len;
                         continue;
                     }
-                    Err(e) => format!("undecodable record: {e}"),
+                    // Intact, so it ends where it says: never look for records inside a body a
+                    // client wrote.
+                    Err(e) => (format!("undecodable record: {e}"), offset + len),
                 },
-                Err(reason) => reason,
+                Err(reason) => (reason, resync(&bytes, offset).unwrap_or(bytes.len())),
             };
-            let next = resync(&bytes, offset).unwrap_or(bytes.len());
             let reason = format!(
                 "damaged write-ahead-log bytes {offset}..{next} of segment {segment} ({}): {damage}",
                 path.display()
@@ -651,7 +652,12 @@ mod tests {
             bytes.extend(payload);
             bytes
         };
-        let mut bytes = framed(KIND_PROTOBUF, 0, b"\xff\xff not protobuf");
+        // Not protobuf, and holding a well-framed record of spans a client could have forged: an
+        // intact record's body is never searched for records.
+        let forged = crate::record::encode_batch(&converted(&fixture_request(8))).unwrap();
+        let mut body = b"\xff\xff not protobuf".to_vec();
+        body.extend(framed(KIND_SPANS, 0, &forged));
+        let mut bytes = framed(KIND_PROTOBUF, 0, &body);
         let bad_end = bytes.len();
         bytes.extend(framed(KIND_PROTOBUF, 0, &good));
         bytes.extend(framed(9, 0, &good));

@@ -30,7 +30,7 @@ pub const ROW_GROUP_ROWS: usize = 128 * 1024;
 /// Rows gathered into sorted order at a time and handed to the file's writers (which fill row
 /// groups of [`ROW_GROUP_ROWS`] from several such pieces): the sorted copy is the flush's largest
 /// transient allocation, and a smaller one stays in the processor's caches while it is encoded.
-const GATHER_ROWS: usize = 16 * 1024;
+pub(crate) const GATHER_ROWS: usize = 32 * 1024;
 
 pub(crate) const NS_PER_HOUR: i64 = 3_600_000_000_000;
 
