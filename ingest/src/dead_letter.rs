@@ -5,7 +5,8 @@
 //! - **spans**: a payload (one WAL record's spans) whose Parquet write failed on every one of its
 //!   [`MAX_WRITE_ATTEMPTS`] attempts while other payloads could be written. Replayable.
 //! - **wal-damage**: bytes of a WAL segment that failed their checksum (a torn write, a flipped
-//!   bit), or an intact record that no longer decodes. Kept for inspection only.
+//!   bit), or an intact record that no longer decodes, or converts to fewer spans than it
+//!   acknowledged (those that convert are replayed). Kept for inspection only.
 //!
 //! ```text
 //! <data-dir>/dead-letters/<id>.json    what, why, when (written last: its presence completes an entry)

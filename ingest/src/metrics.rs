@@ -170,7 +170,7 @@ impl IngestMetrics {
             ("hopscope_ingest_spans_replayed", "Spans replayed from the WAL at start.", &self.spans_replayed),
             (
                 "hopscope_wal_written_bytes",
-                "Bytes appended to the WAL: export bodies as received, plus 22 bytes of framing per record.",
+                "Bytes appended to the WAL: export bodies as received, plus 26 bytes of framing per record.",
                 &self.wal_written_bytes,
             ),
             (

@@ -15,7 +15,8 @@
 //!
 //! ```text
 //! <data-dir>/wal/<segment:020>.wal   record*: "HSW2" | len u32 LE | crc32 u32 LE | payload
-//!   payload:  kind u8 | gzip u8 (0 or 1) | inflated length u64 LE | body      (crc32 covers it all)
+//!   payload:  kind u8 | gzip u8 (0 or 1) | spans acknowledged u32 LE | inflated length u64 LE | body
+//!             (crc32 covers it all; replay that gets fewer spans keeps the record as a dead letter)
 //!   kind:     1 spans (Arrow IPC stream, stored schema) · 2 OTLP protobuf request · 3 OTLP JSON request
 //!   format 1 ("HSW1" | len | crc32 | Arrow IPC stream), written before 2026-12-05, is still replayed.
 //! <data-dir>/dead-letters/wal-<segment>-<offset>.{bin,json}   damaged bytes (see crate::dead_letter)
@@ -49,8 +50,8 @@ const MAGIC: &[u8; 4] = b"HSW2";
 /// The marker of format 1's records (an Arrow IPC stream each), still replayed.
 const MAGIC_V1: &[u8; 4] = b"HSW1";
 const HEADER_LEN: usize = 12;
-/// kind, gzip flag and inflated length, before a format-2 record's body.
-const BODY_HEADER_LEN: usize = 10;
+/// kind, gzip flag, spans acknowledged and inflated length, before a format-2 record's body.
+const BODY_HEADER_LEN: usize = 14;
 
 const KIND_SPANS: u8 = 1;
 const KIND_PROTOBUF: u8 = 2;
@@ -74,7 +75,8 @@ pub enum WalRecord {
 }
 
 impl WalRecord {
-    fn body_header(&self) -> [u8; BODY_HEADER_LEN] {
+    /// The header of a record whose body holds `spans` acknowledged spans.
+    fn body_header(&self, spans: u32) -> [u8; BODY_HEADER_LEN] {
         let (kind, gzip, inflated) = match self {
             WalRecord::Request { format: BodyFormat::Protobuf, gzip, inflated, .. } => {
                 (KIND_PROTOBUF, *gzip, *inflated)
@@ -85,7 +87,8 @@ impl WalRecord {
         let mut header = [0; BODY_HEADER_LEN];
         header[0] = kind;
         header[1] = u8::from(gzip);
-        header[2..].copy_from_slice(&inflated.to_le_bytes());
+        header[2..6].copy_from_slice(&spans.to_le_bytes());
+        header[6..].copy_from_slice(&inflated.to_le_bytes());
         header
     }
 
@@ -101,23 +104,29 @@ impl WalRecord {
     }
 }
 
-/// The spans of an intact record's payload (`v1`: a format-1 record).
-fn decode_payload(v1: bool, payload: &[u8], limits: &SpanLimits) -> Result<Vec<RecordBatch>, IngestError> {
+/// The spans of an intact record's payload (`v1`: a format-1 record), and how many fewer they are
+/// than the record acknowledged (a request that converts differently now, under another version).
+fn decode_payload(v1: bool, payload: &[u8], limits: &SpanLimits) -> Result<(Vec<RecordBatch>, u64), IngestError> {
     if v1 {
-        return decode_batch(payload);
+        return Ok((decode_batch(payload)?, 0));
     }
     let malformed = |message: String| IngestError::Malformed { format: "write-ahead-log record", message };
     let (header, body) = payload
         .split_at_checked(BODY_HEADER_LEN)
         .ok_or_else(|| malformed(format!("{} bytes, shorter than its header", payload.len())))?;
-    let inflated = u64::from_le_bytes(header[2..].try_into().expect("8 bytes"));
+    let acknowledged = u64::from(u32::from_le_bytes(header[2..6].try_into().expect("4 bytes")));
+    let inflated = u64::from_le_bytes(header[6..].try_into().expect("8 bytes"));
     let gzip = match header[1] {
         0 => false,
         1 => true,
         other => return Err(malformed(format!("gzip flag {other}"))),
     };
+    let shortfall = |batches: Vec<RecordBatch>| {
+        let spans: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        (batches, acknowledged.saturating_sub(spans))
+    };
     let format = match header[0] {
-        KIND_SPANS => return decode_batch(body),
+        KIND_SPANS => return Ok(shortfall(decode_batch(body)?)),
         KIND_PROTOBUF => BodyFormat::Protobuf,
         KIND_JSON => BodyFormat::Json,
         other => return Err(malformed(format!("unknown kind {other}"))),
@@ -130,7 +139,7 @@ fn decode_payload(v1: bool, payload: &[u8], limits: &SpanLimits) -> Result<Vec<R
         body
     };
     let converted = convert_request(&decode_request(body, format)?, limits)?;
-    Ok(converted.batch.into_iter().collect())
+    Ok(shortfall(converted.batch.into_iter().collect()))
 }
 
 /// When the writer starts a new segment, so that old ones can be deleted.
@@ -229,10 +238,20 @@ pub fn replay(dir: &Path, floor: u64, limits: &SpanLimits) -> Result<Replayed, I
         while offset < bytes.len() {
             let (damage, next) = match check_record(&bytes[offset..]) {
                 Ok((len, v1)) => match decode_payload(v1, &bytes[offset + HEADER_LEN..offset + len], limits) {
-                    Ok(batches) => {
+                    Ok((batches, 0)) => {
                         replayed.batches.extend(batches.into_iter().map(|b| (segment, b)));
                         offset += len;
                         continue;
+                    }
+                    // What converts is replayed, and the record is kept as it was.
+                    Ok((batches, missing)) => {
+                        replayed.batches.extend(batches.into_iter().map(|b| (segment, b)));
+                        (
+                            format!(
+                                "{missing} of the spans it acknowledged no longer convert (a log written by another version?); the others were replayed"
+                            ),
+                            offset + len,
+                        )
                     }
                     // Intact, so it ends where it says: never look for records inside a body a
                     // client wrote.
@@ -426,8 +445,9 @@ impl SegmentWriter {
     fn append_group(&mut self, group: &[Command]) -> std::io::Result<()> {
         let intact = self.written;
         let written = (|| {
-            for Command::Append { record, .. } in group {
-                let (header, body) = (record.body_header(), record.body());
+            for Command::Append { record, batch, .. } in group {
+                let spans = u32::try_from(batch.num_rows()).unwrap_or(u32::MAX);
+                let (header, body) = (record.body_header(spans), record.body());
                 let len = u32::try_from(header.len() + body.len())
                     .map_err(|_| std::io::Error::other("a write-ahead-log record above 4 GiB"))?;
                 let mut crc = crc32fast::Hasher::new();
@@ -642,8 +662,9 @@ mod tests {
         let wal_dir = root.join("wal");
         fs::create_dir_all(&wal_dir).unwrap();
         let good = fixture_request(3).encode_to_vec();
-        let framed = |kind: u8, gzip: u8, body: &[u8]| {
+        let framed = |kind: u8, gzip: u8, spans: u32, body: &[u8]| {
             let mut payload = vec![kind, gzip];
+            payload.extend_from_slice(&spans.to_le_bytes());
             payload.extend_from_slice(&(body.len() as u64).to_le_bytes());
             payload.extend_from_slice(body);
             let mut bytes = MAGIC.to_vec();
@@ -656,20 +677,28 @@ mod tests {
         // intact record's body is never searched for records.
         let forged = crate::record::encode_batch(&converted(&fixture_request(8))).unwrap();
         let mut body = b"\xff\xff not protobuf".to_vec();
-        body.extend(framed(KIND_SPANS, 0, &forged));
-        let mut bytes = framed(KIND_PROTOBUF, 0, &body);
+        body.extend(framed(KIND_SPANS, 0, 3, &forged));
+        let mut bytes = framed(KIND_PROTOBUF, 0, 3, &body);
         let bad_end = bytes.len();
-        bytes.extend(framed(KIND_PROTOBUF, 0, &good));
-        bytes.extend(framed(9, 0, &good));
+        bytes.extend(framed(KIND_PROTOBUF, 0, 3, &good));
+        // Acknowledged 5 spans, of which 3 convert now: those are replayed, the record kept.
+        let short = framed(KIND_PROTOBUF, 0, 5, &good);
+        let short_start = bytes.len();
+        bytes.extend(&short);
+        bytes.extend(framed(9, 0, 3, &good));
         fs::write(segment_path(&wal_dir, 1), &bytes).unwrap();
 
         let replayed = replay(&wal_dir, 0, &SpanLimits::default()).unwrap();
-        assert_eq!(replayed.batches.len(), 1);
-        assert_eq!(replayed.batches[0].1, converted(&fixture_request(3)));
-        assert_eq!(replayed.damaged.len(), 2);
+        let batches: Vec<&RecordBatch> = replayed.batches.iter().map(|(_, batch)| batch).collect();
+        assert_eq!(batches, [&converted(&fixture_request(3)), &converted(&fixture_request(3))]);
+        let damaged: Vec<(usize, &str)> = replayed.damaged.iter().map(|d| (d.offset, d.reason.as_str())).collect();
+        assert_eq!(damaged.len(), 3, "{damaged:?}");
         assert_eq!(replayed.damaged[0].bytes, bytes[..bad_end]);
-        assert!(replayed.damaged[0].reason.contains("malformed protobuf"), "{}", replayed.damaged[0].reason);
-        assert!(replayed.damaged[1].reason.contains("unknown kind 9"), "{}", replayed.damaged[1].reason);
+        assert!(damaged[0].1.contains("malformed protobuf"), "{}", damaged[0].1);
+        assert_eq!(replayed.damaged[1].bytes, short);
+        assert_eq!(damaged[1].0, short_start);
+        assert!(damaged[1].1.contains("2 of the spans it acknowledged no longer convert"), "{}", damaged[1].1);
+        assert!(damaged[2].1.contains("unknown kind 9"), "{}", damaged[2].1);
     }
 
     #[test]
