@@ -229,7 +229,7 @@ impl Ingester {
             flush_rows: config.flush_rows,
             metrics: Arc::clone(&metrics),
         };
-        let wal = Arc::new(Wal::start(&wal_dir, config.wal_rotation, sink, Arc::clone(&metrics))?);
+        let wal = Arc::new(Wal::start(&wal_dir, committed.wal_floor, config.wal_rotation, sink, Arc::clone(&metrics))?);
         let recent = Arc::new(Mutex::new(RecentSpans::new(config.resend_window_spans)));
         let admission = Admission::new(config.max_buffered_bytes, metrics.reserved_bytes.clone());
         Ok(Arc::new(Self {

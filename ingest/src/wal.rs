@@ -294,16 +294,18 @@ pub trait WalSink: Send + 'static {
 }
 
 impl Wal {
-    /// Starts a writer on a new segment after every existing one.
+    /// Starts a writer on a new segment after every existing one and at or above `floor` (the
+    /// committed WAL floor: a segment below it would be taken for committed and deleted).
     pub fn start(
         dir: &Path,
+        floor: u64,
         rotation: Rotation,
         sink: impl WalSink,
         metrics: Arc<IngestMetrics>,
     ) -> Result<Self, IngestError> {
         fs::create_dir_all(dir).map_err(IngestError::io(format!("creating {}", dir.display())))?;
         let existing = list_segments(dir)?;
-        let first = existing.last().map_or(1, |s| s + 1);
+        let first = existing.last().map_or(1, |s| s + 1).max(floor);
         let on_disk: u64 =
             existing.iter().filter_map(|&s| fs::metadata(segment_path(dir, s)).ok()).map(|m| m.len()).sum();
         let current = Arc::new(AtomicU64::new(first));
@@ -629,7 +631,7 @@ mod tests {
         let handed = Arc::new(Mutex::new(Vec::new()));
         let metrics = Arc::new(IngestMetrics::default());
         let rotation = Rotation { max_bytes: u64::MAX, max_age: Duration::from_secs(3600) };
-        let wal = Wal::start(&wal_dir, rotation, Collect(Arc::clone(&handed)), Arc::clone(&metrics)).unwrap();
+        let wal = Wal::start(&wal_dir, 1, rotation, Collect(Arc::clone(&handed)), Arc::clone(&metrics)).unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         for (record, batch) in records {
             runtime.block_on(wal.append(record, batch)).unwrap();

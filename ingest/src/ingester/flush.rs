@@ -49,10 +49,10 @@ impl Ingester {
         loop {
             match self.flush(true).await {
                 Ok(()) if self.buffered_rows() == 0 => {
-                    let wal = Arc::clone(&self.wal);
-                    return tokio::task::spawn_blocking(move || wal.stop())
+                    let this = Arc::clone(self);
+                    return tokio::task::spawn_blocking(move || this.cut_log())
                         .await
-                        .map_err(|e| IngestError::Task(e.to_string()));
+                        .map_err(|e| IngestError::Task(e.to_string()))?;
                 }
                 // Some payloads failed and are not yet dead letters: try again.
                 Ok(()) if attempt < MAX_WRITE_ATTEMPTS + 1 => attempt += 1,
@@ -71,6 +71,24 @@ impl Ingester {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Stops the log's writer and, when every span it took is committed, commits a floor past its
+    /// last segment and deletes it: a clean stop leaves no log to replay, so the next start
+    /// converts nothing again (and an older version never meets a log it cannot read). Blocking.
+    fn cut_log(&self) -> Result<(), IngestError> {
+        self.wal.stop();
+        // An export let in just before `close` may have reached the buffer since the last flush:
+        // then its segment stays, and is replayed at the next start.
+        if self.buffered_rows() > 0 {
+            return Ok(());
+        }
+        let floor = self.wal.current_segment() + 1;
+        self.manifest.commit_added(Vec::new(), floor)?;
+        if self.manifest.is_durable() {
+            self.wal.remove_below(floor)?;
+        }
+        Ok(())
     }
 
     /// Writes the traces that are ready (all of them when `everything`) and commits the files.
