@@ -76,9 +76,16 @@ class Server:
 
     def peak_rss(self):
         """Peak resident memory (VmHWM), in bytes."""
+        return self._status_bytes("VmHWM:")
+
+    def rss(self):
+        """Resident memory now (VmRSS), in bytes."""
+        return self._status_bytes("VmRSS:")
+
+    def _status_bytes(self, field):
         with open(f"/proc/{self.proc.pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field):
                     return int(line.split()[1]) * 1024
         return 0
 

@@ -13,10 +13,10 @@ pub enum IngestError {
     /// The body is larger than the configured limit (after decompression).
     #[error("request body exceeds the limit of {limit} bytes{}", if *.decompressed { " after decompression" } else { "" })]
     TooLarge { limit: usize, decompressed: bool },
-    /// Buffered spans and the exports being decoded hold so much memory that this export would
+    /// Buffered spans and the exports being received or decoded hold so much memory that this export would
     /// pass `--max-buffered-bytes`: the client should retry after a while.
     #[error(
-        "hopscope is catching up: spans waiting to be written and exports being decoded hold {held} bytes, \
+        "hopscope is catching up: spans waiting to be written and exports being received or decoded hold {held} bytes, \
          and this export needs about {wanted} more (--max-buffered-bytes {limit}); retry later"
     )]
     Overloaded { held: usize, wanted: usize, limit: usize },

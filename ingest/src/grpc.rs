@@ -9,9 +9,9 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
 use tonic::body::Body;
@@ -22,7 +22,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::IngestError;
 use crate::error::RETRY_AFTER;
-use crate::ingester::{ExportBody, Ingester};
+use crate::ingester::{Admitted, ExportBody, Ingester};
 
 /// The gRPC service name of OTLP trace export.
 pub const SERVICE_NAME: &str = "opentelemetry.proto.collector.trace.v1.TraceService";
@@ -71,6 +71,36 @@ impl Service<http::Request<Body>> for TraceService {
     }
 }
 
+/// Reads a request's body: the message's 5-byte prefix, then (its memory reserved from the length
+/// the prefix declares, see [`Ingester::admit`]) the rest, at most `limit` bytes of message. A
+/// message that cannot fit is refused before it is read.
+async fn read_message(ingester: &Ingester, mut body: Body, limit: usize) -> Result<(Bytes, Option<Admitted>), Status> {
+    let too_large = || {
+        let e = IngestError::TooLarge { limit, decompressed: false };
+        ingester.note_refused(&e);
+        status_of(&e)
+    };
+    let mut received = BytesMut::new();
+    let mut admitted = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Status::cancelled(format!("reading the request failed: {e}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        received.extend_from_slice(&data);
+        if received.len() > limit.saturating_add(5) {
+            return Err(too_large());
+        }
+        if admitted.is_none() && received.len() >= 5 {
+            let declared = u32::from_be_bytes([received[1], received[2], received[3], received[4]]) as usize;
+            // A malformed prefix is answered once the body is read; what it declares is still
+            // reserved, and bounded by the limit.
+            let admit = ingester.admit(declared.min(limit.saturating_add(1)), received[0] == 1, limit);
+            admitted = Some(admit.map_err(|e| status_of(&e))?);
+            received.reserve((declared + 5).min(limit + 5).saturating_sub(received.len()));
+        }
+    }
+    Ok((received.freeze(), admitted))
+}
+
 /// How the message of a request is compressed, from its `grpc-encoding` header.
 fn message_encoding(headers: &HeaderMap) -> Result<bool, Status> {
     match headers.get("grpc-encoding").map(|v| v.to_str().unwrap_or("?")) {
@@ -98,14 +128,7 @@ async fn export(
         ingester.note_refused(&e);
         status_of(&e)
     };
-    let body = match Limited::new(req.into_body(), limit.saturating_add(5)).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(refuse(IngestError::TooLarge { limit, decompressed: false }));
-        }
-        Err(e) => return Err(Status::cancelled(format!("reading the request failed: {e}"))),
-    };
-    let mut frame = body;
+    let (mut frame, admitted) = read_message(ingester, req.into_body(), limit).await?;
     if frame.len() < 5 {
         return Err(refuse(malformed(format!("a gRPC message needs a 5-byte prefix, got {} bytes", frame.len()))));
     }
@@ -123,7 +146,7 @@ async fn export(
         1 => return Err(refuse(malformed("the message is marked compressed but no grpc-encoding is set".into()))),
         other => return Err(refuse(malformed(format!("unknown compressed flag {other}")))),
     };
-    match ingester.export(ExportBody::Grpc { body: frame, gzip, limit }).await {
+    match ingester.export(ExportBody::Grpc { body: frame, gzip, limit, admitted }).await {
         Ok(outcome) => Ok(ExportTraceServiceResponse { partial_success: outcome.partial_success() }),
         Err(e) => {
             if e.grpc_code() == Code::Unavailable {

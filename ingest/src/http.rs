@@ -12,6 +12,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use http::{HeaderMap, StatusCode, header};
+use http_body_util::BodyExt;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
 use serde_json::json;
@@ -91,6 +92,21 @@ async fn receive(
         }
     };
     let limit = state.max_body_bytes;
+    // A body whose length is declared reserves its memory before it is read (a chunked one once
+    // read): a client whose export cannot fit is answered without sending it.
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<usize>().ok());
+    let admitted = match declared.map(|len| state.ingester.admit(len, gzip, limit)).transpose() {
+        Ok(admitted) => admitted,
+        Err(e) => {
+            // A client waiting for `100 Continue` sends nothing more. Any other is sending its body:
+            // it is read and dropped (never held), so that the client reads this answer instead of
+            // a connection reset under its unsent bytes.
+            if !expects_continue(headers) {
+                discard(body, limit).await;
+            }
+            return Err(e);
+        }
+    };
     let body = axum::body::to_bytes(body, limit).await.map_err(|e| {
         let e = if is_length_limit(&e) {
             IngestError::TooLarge { limit, decompressed: false }
@@ -100,7 +116,24 @@ async fn receive(
         state.ingester.note_refused(&e);
         e
     })?;
-    state.ingester.export(ExportBody::Http { body, format, gzip, limit }).await
+    state.ingester.export(ExportBody::Http { body, format, gzip, limit, admitted }).await
+}
+
+/// Whether the client waits for `100 Continue` before sending its body.
+fn expects_continue(headers: &HeaderMap) -> bool {
+    headers.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// Reads and drops up to `limit` bytes of `body`, holding one frame at a time.
+async fn discard(body: Body, limit: usize) {
+    let mut body = body;
+    let mut read = 0usize;
+    while read <= limit {
+        match body.frame().await {
+            Some(Ok(frame)) => read += frame.data_ref().map_or(0, |data| data.len()),
+            _ => return,
+        }
+    }
 }
 
 fn is_length_limit(e: &axum::Error) -> bool {

@@ -141,11 +141,17 @@ impl ExportOutcome {
 /// A request body as it arrived, before decoding.
 #[derive(Debug)]
 pub enum ExportBody {
-    /// OTLP/HTTP: possibly gzip-compressed, protobuf or JSON.
-    Http { body: Bytes, format: BodyFormat, gzip: bool, limit: usize },
+    /// OTLP/HTTP: possibly gzip-compressed, protobuf or JSON; `admitted` when its memory was
+    /// reserved before the body was read ([`Ingester::admit`]).
+    Http { body: Bytes, format: BodyFormat, gzip: bool, limit: usize, admitted: Option<Admitted> },
     /// OTLP/gRPC: one protobuf message, gzip-compressed or not, at most `limit` bytes inflated.
-    Grpc { body: Bytes, gzip: bool, limit: usize },
+    Grpc { body: Bytes, gzip: bool, limit: usize, admitted: Option<Admitted> },
 }
+
+/// Memory reserved for an export before its body was read, from the length it declared
+/// ([`Ingester::admit`]); handed to [`Ingester::export`] with the body, released when dropped.
+#[derive(Debug)]
+pub struct Admitted(admission::Reservation);
 
 impl ExportBody {
     /// Bytes as received.
@@ -271,6 +277,27 @@ impl Ingester {
         self.buffer.lock().expect("buffer lock").rows()
     }
 
+    /// Reserves what an export whose body declares `len` bytes (`gzip`: compressed; at most
+    /// `limit` bytes inflated) will hold while decoded, before its body is read: a client whose
+    /// export cannot fit now, or could never fit, is told so at once instead of after sending it,
+    /// and bodies being read count against `--max-buffered-bytes`. A refusal is counted as a
+    /// refused request.
+    pub fn admit(&self, len: usize, gzip: bool, limit: usize) -> Result<Admitted, IngestError> {
+        let admitted = if self.closed.load(Ordering::Acquire) {
+            Err(IngestError::ShuttingDown)
+        } else if len > limit {
+            Err(IngestError::TooLarge { limit, decompressed: false })
+        } else {
+            let buffered = self.buffer.lock().expect("buffer lock").bytes();
+            self.admission.reserve(admission::estimate(len, gzip, limit), buffered).map(Admitted)
+        };
+        if let Err(e) = &admitted {
+            self.metrics.requests.inc_by(1);
+            self.note_refused(e);
+        }
+        admitted
+    }
+
     /// Decodes, validates and buffers one export request. Returns once its accepted spans are held
     /// by the ingester; they are committed to a file within the buffer's cut-off.
     pub async fn export(&self, body: ExportBody) -> Result<ExportOutcome, IngestError> {
@@ -287,14 +314,21 @@ impl Ingester {
         }
         self.metrics.requests.inc_by(1);
         self.metrics.request_bytes.inc_by(body.len() as u64);
-        let (body, format, gzip, limit) = match body {
-            ExportBody::Http { body, format, gzip, limit } => (body, format, gzip, limit),
-            ExportBody::Grpc { body, gzip, limit } => (body, BodyFormat::Protobuf, gzip, limit),
+        let (body, format, gzip, limit, admitted) = match body {
+            ExportBody::Http { body, format, gzip, limit, admitted } => (body, format, gzip, limit, admitted),
+            ExportBody::Grpc { body, gzip, limit, admitted } => (body, BodyFormat::Protobuf, gzip, limit, admitted),
         };
-        // Reserved before any work, released once the spans are in the buffer (which counts them).
+        // Reserved before any work (before the body was read, when its length was declared),
+        // released once the spans are in the buffer (which counts them).
         let buffered = |buffer: &Mutex<TraceBuffer>| buffer.lock().expect("buffer lock").bytes();
-        let mut reservation =
-            self.admission.reserve(admission::estimate(body.len(), gzip, limit), buffered(&self.buffer))?;
+        let estimate = admission::estimate(body.len(), gzip, limit);
+        let mut reservation = match admitted {
+            Some(Admitted(mut reservation)) => {
+                reservation.resize(estimate, buffered(&self.buffer))?;
+                reservation
+            }
+            None => self.admission.reserve(estimate, buffered(&self.buffer))?,
+        };
         let (limits, discard, buffer) = (self.config.limits, self.config.discard, Arc::clone(&self.buffer));
         let converted = tokio::task::spawn_blocking(move || {
             // The log keeps the body as received: no encoding, and no more bytes than were sent.

@@ -29,6 +29,7 @@ pub mod grpc;
 pub mod http;
 pub mod ingester;
 pub mod manifest;
+pub mod memory;
 pub mod metrics;
 pub mod otlp_json;
 mod record;
@@ -41,5 +42,5 @@ pub mod writer;
 
 pub use error::IngestError;
 pub use ingester::{
-    ExportBody, ExportOutcome, Ingester, IngesterConfig, MaintenancePass, MaintenanceReport, lock_data_dir,
+    Admitted, ExportBody, ExportOutcome, Ingester, IngesterConfig, MaintenancePass, MaintenanceReport, lock_data_dir,
 };

@@ -397,6 +397,98 @@ async fn simultaneous_large_exports_are_taken_within_the_memory_bound() {
     server.terminate();
 }
 
+/// Reads an HTTP/1.1 response's status line and headers from `stream` (the body is left unread).
+fn response_head(stream: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    stream.set_read_timeout(Some(std::time::Duration::from_millis(200))).unwrap();
+    let started = std::time::Instant::now();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) => head.push(byte[0]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e) => panic!("reading the response: {e}"),
+        }
+        assert!(started.elapsed() < DEADLINE, "no response; got so far: {:?}", String::from_utf8_lossy(&head));
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// An export whose body declares its length reserves its memory before the body is read: while
+/// one export's body is still arriving, a second that would not fit beside it is refused as
+/// retryable (at once, without sending its body, when its client asks for `100 Continue`); the
+/// first completes, and the second is taken when sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_that_cannot_fit_is_refused_before_its_body_is_sent() {
+    // A 4 MiB bound; an uncompressed body of about 600 kB is expected to hold six times that while
+    // decoded, so two cannot be decoded at once but either fits alone.
+    let server = Server::start("admission-declared", &["--max-buffered-bytes", "4194304"]);
+    let exports: Vec<(String, Vec<u8>)> = (0..2u8)
+        .map(|i| {
+            let id = random_trace_id();
+            let trace = hex::decode(&id).unwrap();
+            let spans = (0..600u16)
+                .map(|n| {
+                    let mut span = span(trace.clone(), [[i, 2], n.to_be_bytes(), [0, 0], [0, 1]].concat(), "work");
+                    span.attributes.push(KeyValue {
+                        key: "payload".into(),
+                        value: Some(AnyValue { value: Some(any_value::Value::StringValue(format!("{n:01000}"))) }),
+                        key_strindex: 0,
+                    });
+                    span
+                })
+                .collect();
+            (id, request(spans).encode_to_vec())
+        })
+        .collect();
+    let head = |len: usize, expect: &str| {
+        format!(
+            "POST /v1/traces HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {len}\r\n{expect}\r\n",
+            server.http
+        )
+    };
+    let (first_body, second_body) = (&exports[0].1, &exports[1].1);
+    assert!(first_body.len() > 4194304 / 6 / 2, "{} bytes", first_body.len());
+
+    // The first export sends its head and half its body, then waits.
+    let mut first = std::net::TcpStream::connect(server.http).unwrap();
+    first.write_all(head(first_body.len(), "").as_bytes()).unwrap();
+    first.write_all(&first_body[..first_body.len() / 2]).unwrap();
+    let started = std::time::Instant::now();
+    while server.metric("hopscope_ingest_reserved_bytes").await == 0.0 {
+        assert!(started.elapsed() < DEADLINE, "the first export's body was never admitted");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    // The second, sent whole, is refused as retryable.
+    let (status, _, body) = post(&server, "application/x-protobuf", None, second_body.clone()).await;
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+    let status = RpcStatus::decode(body.as_slice()).unwrap();
+    assert!(status.message.contains("--max-buffered-bytes"), "{}", status.message);
+    // Asking for `100 Continue`, it is answered on its head alone.
+    let mut second = std::net::TcpStream::connect(server.http).unwrap();
+    second.write_all(head(second_body.len(), "Expect: 100-continue\r\n").as_bytes()).unwrap();
+    let answer = response_head(&mut second);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("retry-after: 1\r\n"), "{answer}");
+    drop(second);
+
+    // The first finishes and is stored; the second, sent again whole, is taken.
+    first.write_all(&first_body[first_body.len() / 2..]).unwrap();
+    let answer = response_head(&mut first);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let (status, _, body) = post(&server, "application/x-protobuf", None, second_body.clone()).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    for (id, _) in &exports {
+        server.wait_for_trace(id, 600).await;
+    }
+    assert_eq!(server.metric("hopscope_ingest_reserved_bytes").await, 0.0, "every reservation is released");
+    assert_eq!(server.metric("hopscope_ingest_requests_refused_total{reason=\"overloaded\"}").await, 2.0);
+    server.terminate();
+}
+
 /// A client that resends after a lost acknowledgement must not create visible duplicates: the same
 /// trace id, span id, start and end are one span, whether the copies arrive together or after the
 /// first is already written. A span with the same ids but other times is a different span.

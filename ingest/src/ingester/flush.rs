@@ -113,7 +113,13 @@ impl Ingester {
         }
         let started = Instant::now();
         let this = Arc::clone(self);
-        let stored = tokio::task::spawn_blocking(move || this.store(pending, wal_floor)).await;
+        let stored = tokio::task::spawn_blocking(move || {
+            let stored = this.store(pending, wal_floor);
+            // The spans written are freed by now: give their pages back (see `crate::memory`).
+            crate::memory::release_free_memory();
+            stored
+        })
+        .await;
         // The spans taken are written or back in the buffer: their memory is counted once again.
         self.buffer.lock().expect("buffer lock").flushed(taken_bytes);
         let stored = stored.map_err(|e| IngestError::Task(e.to_string()))?;

@@ -32,7 +32,12 @@ impl Ingester {
                 }
                 let pass = MaintenancePass { close_all_hours: false, retired_grace: this.config.retired_grace };
                 let (this2, stop) = (Arc::clone(&this), shutdown.clone());
-                match tokio::task::spawn_blocking(move || this2.maintain(pass, &stop)).await {
+                let maintained = tokio::task::spawn_blocking(move || {
+                    let maintained = this2.maintain(pass, &stop);
+                    crate::memory::release_free_memory();
+                    maintained
+                });
+                match maintained.await {
                     Ok(Ok(done)) if done != MaintenanceReport::default() => tracing::info!(?done, "maintenance pass"),
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => tracing::error!(error = %e, "maintenance failed; retried at the next pass"),
