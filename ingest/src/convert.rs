@@ -381,32 +381,97 @@ fn trim_span(span: &mut Span, max: usize) {
 #[derive(Debug, Default)]
 struct Sizes {
     spans: usize,
-    attributes: usize,
+    attributes: AttrSizes,
     events: usize,
-    event_attributes: usize,
+    event_attributes: AttrSizes,
     links: usize,
-    link_attributes: usize,
-    resource_attributes: usize,
-    scope_attributes: usize,
+    link_attributes: AttrSizes,
+    resource_attributes: AttrSizes,
+    scope_attributes: AttrSizes,
+    /// Bytes of the string values of each dedicated column, in [`SEMCONV`]'s order.
+    semconv_bytes: Vec<usize>,
+    /// Bytes of the scope names, the scope versions and the status messages of every row.
+    scope_name_bytes: usize,
+    scope_version_bytes: usize,
+    status_message_bytes: usize,
+}
+
+/// The entries of one attribute map column, and the bytes of their keys and string values.
+#[derive(Debug, Default, Clone, Copy)]
+struct AttrSizes {
+    entries: usize,
+    key_bytes: usize,
+    str_bytes: usize,
+}
+
+impl AttrSizes {
+    /// The sizes of `attrs`, repeated `times` times.
+    fn of<'a>(attrs: impl IntoIterator<Item = &'a KeyValue>, times: usize) -> Self {
+        let mut sizes = AttrSizes::default();
+        for kv in attrs {
+            sizes.add(kv);
+        }
+        AttrSizes {
+            entries: sizes.entries * times,
+            key_bytes: sizes.key_bytes * times,
+            str_bytes: sizes.str_bytes * times,
+        }
+    }
+
+    fn add(&mut self, kv: &KeyValue) {
+        self.entries += 1;
+        self.key_bytes += kv.key.len();
+        if let Some(any_value::Value::StringValue(v)) = kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+            self.str_bytes += v.len();
+        }
+    }
+
+    fn extend(&mut self, other: AttrSizes) {
+        self.entries += other.entries;
+        self.key_bytes += other.key_bytes;
+        self.str_bytes += other.str_bytes;
+    }
 }
 
 impl Sizes {
-    /// Upper bounds for `request` (rejected spans and dedicated attributes are counted too).
+    /// Upper bounds for `request`: rejected spans, and dedicated attributes of another type than
+    /// their column's, are counted too; values are counted before truncation.
     fn of(request: &ExportTraceServiceRequest) -> Self {
-        let mut sizes = Sizes::default();
+        let index = semconv_index();
+        let mut sizes = Sizes { semconv_bytes: vec![0; SEMCONV.len()], ..Sizes::default() };
         for rs in &request.resource_spans {
-            let resource = rs.resource.as_ref().map_or(0, |r| r.attributes.len());
+            let resource = rs.resource.as_ref().map_or(&[][..], |r| r.attributes.as_slice());
             for ss in &rs.scope_spans {
-                let scope = ss.scope.as_ref().map_or(0, |s| s.attributes.len());
+                let scope = ss.scope.as_ref().map_or(&[][..], |s| s.attributes.as_slice());
                 sizes.spans += ss.spans.len();
-                sizes.resource_attributes += resource * ss.spans.len();
-                sizes.scope_attributes += scope * ss.spans.len();
+                sizes.resource_attributes.extend(AttrSizes::of(resource, ss.spans.len()));
+                sizes.scope_attributes.extend(AttrSizes::of(scope, ss.spans.len()));
+                sizes.scope_name_bytes += ss.scope.as_ref().map_or(0, |s| s.name.len()) * ss.spans.len();
+                sizes.scope_version_bytes += ss.scope.as_ref().map_or(0, |s| s.version.len()) * ss.spans.len();
                 for span in &ss.spans {
-                    sizes.attributes += span.attributes.len();
+                    sizes.status_message_bytes += span.status.as_ref().map_or(0, |s| s.message.len());
+                    // Most span attributes of common instrumentations go to dedicated columns:
+                    // sizing the map for them would reserve what no row uses.
+                    for kv in &span.attributes {
+                        match index.get(kv.key.as_str()) {
+                            Some(&i) => {
+                                if let Some(any_value::Value::StringValue(v)) =
+                                    kv.value.as_ref().and_then(|v| v.value.as_ref())
+                                {
+                                    sizes.semconv_bytes[i] += v.len();
+                                }
+                            }
+                            None => sizes.attributes.add(kv),
+                        }
+                    }
                     sizes.events += span.events.len();
-                    sizes.event_attributes += span.events.iter().map(|e| e.attributes.len()).sum::<usize>();
                     sizes.links += span.links.len();
-                    sizes.link_attributes += span.links.iter().map(|l| l.attributes.len()).sum::<usize>();
+                    for event in &span.events {
+                        sizes.event_attributes.extend(AttrSizes::of(&event.attributes, 1));
+                    }
+                    for link in &span.links {
+                        sizes.link_attributes.extend(AttrSizes::of(&link.attributes, 1));
+                    }
                 }
             }
         }
@@ -509,11 +574,12 @@ impl SpanColumns {
             end_time: TimestampNanosecondBuilder::with_capacity(n).with_timezone("UTC"),
             duration_ns: Int64Builder::with_capacity(n),
             status_code: Int8Builder::with_capacity(n),
-            status_message: StringBuilder::with_capacity(n, 0),
+            status_message: StringBuilder::with_capacity(n, sizes.status_message_bytes),
             semconv: SEMCONV
                 .iter()
-                .map(|col| match col.ty {
-                    SemconvType::Str => SemconvBuilder::Str(StringBuilder::with_capacity(n, 0)),
+                .zip(&sizes.semconv_bytes)
+                .map(|(col, &bytes)| match col.ty {
+                    SemconvType::Str => SemconvBuilder::Str(StringBuilder::with_capacity(n, bytes)),
                     SemconvType::Int => SemconvBuilder::Int(Int64Builder::with_capacity(n)),
                 })
                 .collect(),
@@ -526,8 +592,8 @@ impl SpanColumns {
             resource_attributes: AttributeColumn::with_capacity(n, sizes.resource_attributes),
             resource_dropped: UInt32Builder::with_capacity(n),
             resource_schema_url: StringBuilder::with_capacity(n, 0),
-            scope_name: StringBuilder::with_capacity(n, 0),
-            scope_version: StringBuilder::with_capacity(n, 0),
+            scope_name: StringBuilder::with_capacity(n, sizes.scope_name_bytes),
+            scope_version: StringBuilder::with_capacity(n, sizes.scope_version_bytes),
             scope_attributes: AttributeColumn::with_capacity(n, sizes.scope_attributes),
             scope_dropped: UInt32Builder::with_capacity(n),
             scope_schema_url: StringBuilder::with_capacity(n, 0),
@@ -667,14 +733,15 @@ struct AttributeColumn {
 }
 
 impl AttributeColumn {
-    /// Room for `rows` maps holding `entries` entries in all.
-    fn with_capacity(rows: usize, entries: usize) -> Self {
+    /// Room for `rows` maps holding the entries `sizes` counts. A map with more grows its builders.
+    fn with_capacity(rows: usize, sizes: AttrSizes) -> Self {
         let mut offsets = Vec::with_capacity(rows + 1);
         offsets.push(0);
+        let entries = sizes.entries;
         Self {
             offsets,
-            keys: StringBuilder::with_capacity(entries, entries * 16),
-            str: StringBuilder::with_capacity(entries, entries * 16),
+            keys: StringBuilder::with_capacity(entries, sizes.key_bytes),
+            str: StringBuilder::with_capacity(entries, sizes.str_bytes),
             int: Int64Builder::with_capacity(entries),
             double: Float64Builder::with_capacity(entries),
             bool: BooleanBuilder::with_capacity(entries),
@@ -755,8 +822,8 @@ struct EventColumn {
 }
 
 impl EventColumn {
-    /// Room for `rows` spans holding `events` events with `attributes` attributes in all.
-    fn with_capacity(rows: usize, events: usize, attributes: usize) -> Self {
+    /// Room for `rows` spans holding `events` events with the attributes `attributes` counts.
+    fn with_capacity(rows: usize, events: usize, attributes: AttrSizes) -> Self {
         Self {
             offsets: Vec::with_capacity(rows),
             time: TimestampNanosecondBuilder::with_capacity(events),
@@ -792,8 +859,8 @@ struct LinkColumn {
 }
 
 impl LinkColumn {
-    /// Room for `rows` spans holding `links` links with `attributes` attributes in all.
-    fn with_capacity(rows: usize, links: usize, attributes: usize) -> Self {
+    /// Room for `rows` spans holding `links` links with the attributes `attributes` counts.
+    fn with_capacity(rows: usize, links: usize, attributes: AttrSizes) -> Self {
         Self {
             offsets: Vec::with_capacity(rows),
             trace_id: FixedSizeBinaryBuilder::with_capacity(links, 16),
@@ -887,6 +954,35 @@ mod tests {
                 ..Default::default()
             }],
         }
+    }
+
+    /// The trace buffer counts a batch by the bytes its rows use (`buffer::batch_bytes`), and holds
+    /// its buffers whole: they must not be much larger, whatever goes to dedicated columns.
+    #[test]
+    fn a_batch_holds_little_more_than_its_rows_use() {
+        let spans: Vec<Span> = (0..500u32)
+            .map(|i| {
+                let mut attributes: Vec<KeyValue> = c::SEMCONV
+                    .iter()
+                    .filter(|col| col.ty == SemconvType::Str)
+                    .map(|col| kv(col.key, string(&format!("{}-{i}", col.key))))
+                    .collect();
+                attributes.push(kv("custom", string("x")));
+                span(attributes, Vec::new())
+            })
+            .collect();
+        let mut request = request(spans);
+        let resource = request.resource_spans[0].resource.as_mut().unwrap();
+        for i in 0..8 {
+            resource.attributes.push(kv(&format!("host.label.{i}"), string(&format!("value-{i}"))));
+        }
+        let batch = convert_request(&request, &SpanLimits::default()).unwrap().batch.unwrap();
+        let (used, held): (usize, usize) = batch
+            .columns()
+            .iter()
+            .map(|column| (column.to_data().get_slice_memory_size().unwrap(), column.get_array_memory_size()))
+            .fold((0, 0), |(u, h), (cu, ch)| (u + cu, h + ch));
+        assert!(held * 10 <= used * 12, "the batch holds {held} bytes for {used} used");
     }
 
     /// The string values of the span attribute map of row 0, in order.
