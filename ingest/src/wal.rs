@@ -506,6 +506,8 @@ mod tests {
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, span};
     use prost::Message as _;
 
+    use crate::decode::tests::gzip;
+
     /// A format-1 record, as the log wrote them before 2026-12-05.
     fn record_v1(payload: &[u8]) -> Vec<u8> {
         let mut bytes = Vec::new();
@@ -514,12 +516,6 @@ mod tests {
         bytes.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
         bytes.extend_from_slice(payload);
         bytes
-    }
-
-    fn gzip(data: &[u8]) -> Vec<u8> {
-        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        encoder.write_all(data).unwrap();
-        encoder.finish().unwrap()
     }
 
     fn kv(key: &str, value: &str) -> KeyValue {
@@ -586,43 +582,18 @@ mod tests {
         );
         let json_request = crate::decode::decode_request(&json, BodyFormat::Json).unwrap();
         let spans_ipc = crate::record::encode_batch(&converted(&fixture_request(9))).unwrap();
+        // Each body as sent, plain and gzip-compressed: the record keeps it and its inflated size.
+        let logged = |format, plain: &Bytes, gzip_it: bool| WalRecord::Request {
+            format,
+            gzip: gzip_it,
+            inflated: plain.len() as u64,
+            body: if gzip_it { gzip(plain).into() } else { plain.clone() },
+        };
         let records = [
-            (
-                WalRecord::Request {
-                    format: BodyFormat::Protobuf,
-                    gzip: false,
-                    inflated: protobuf.len() as u64,
-                    body: protobuf.clone(),
-                },
-                converted(&request),
-            ),
-            (
-                WalRecord::Request {
-                    format: BodyFormat::Protobuf,
-                    gzip: true,
-                    inflated: protobuf.len() as u64,
-                    body: gzip(&protobuf).into(),
-                },
-                converted(&request),
-            ),
-            (
-                WalRecord::Request {
-                    format: BodyFormat::Json,
-                    gzip: false,
-                    inflated: json.len() as u64,
-                    body: json.clone(),
-                },
-                converted(&json_request),
-            ),
-            (
-                WalRecord::Request {
-                    format: BodyFormat::Json,
-                    gzip: true,
-                    inflated: json.len() as u64,
-                    body: gzip(&json).into(),
-                },
-                converted(&json_request),
-            ),
+            (logged(BodyFormat::Protobuf, &protobuf, false), converted(&request)),
+            (logged(BodyFormat::Protobuf, &protobuf, true), converted(&request)),
+            (logged(BodyFormat::Json, &json, false), converted(&json_request)),
+            (logged(BodyFormat::Json, &json, true), converted(&json_request)),
             (WalRecord::Spans(spans_ipc.into()), converted(&fixture_request(9))),
         ];
         let expected: Vec<RecordBatch> = records.iter().map(|(_, batch)| batch.clone()).collect();
