@@ -12,6 +12,11 @@
 //! while the buffer is under the bound (the rule before reservations), so a request larger than the
 //! bound (which `--otlp-http-max-body-bytes` and `--otlp-grpc-max-message-bytes` cap) is not refused
 //! for ever.
+//!
+//! The flush needs memory of its own while it writes what the buffer held: each span file being
+//! written (one per core) has a Parquet writer per column, its derived tables' writers, and the
+//! rows it is gathering into order. That is kept out of what exports and the buffer may take: a
+//! share of the bound ([`flush_headroom`]), so that the bound covers the flush too.
 
 use std::sync::{Arc, Mutex};
 
@@ -36,18 +41,35 @@ pub(crate) fn estimate(len: usize, gzip: bool, limit: usize) -> usize {
     inflated.saturating_mul(DECODING_PER_BYTE)
 }
 
+/// Memory one span file holds while it is written, beside the spans it is written from: a
+/// Parquet column writer per column (each with its own zstd compression and decompression
+/// contexts and page buffers), the same for each derived table, and the rows being gathered into
+/// order. Measured with heaptrack under `hopscope load` (1M spans, two files written at once):
+/// about 75 MB per file at the flush's peak.
+pub(crate) const FILE_WRITING_BYTES: usize = 72 << 20;
+
+/// What the buffer and exports leave of `limit` for a flush: a span file's writers per core, at
+/// most a quarter of the bound (so that small bounds still take exports).
+pub(crate) fn flush_headroom(limit: usize, cores: usize) -> usize {
+    FILE_WRITING_BYTES.saturating_mul(cores).min(limit / 4)
+}
+
 /// Memory reserved by exports in progress, against one bound shared with the trace buffer.
 #[derive(Debug)]
 pub(crate) struct Admission {
+    /// `--max-buffered-bytes`, as errors name it.
     limit: usize,
+    /// What exports and the buffer may hold together: the bound less the flush's headroom.
+    usable: usize,
     reserved: Mutex<usize>,
     /// `hopscope_ingest_reserved_bytes`.
     gauge: Gauge,
 }
 
 impl Admission {
-    pub(crate) fn new(limit: usize, gauge: Gauge) -> Arc<Self> {
-        Arc::new(Self { limit, reserved: Mutex::new(0), gauge })
+    /// Admission under the bound `limit`, of which `headroom` is kept for the flush.
+    pub(crate) fn new(limit: usize, headroom: usize, gauge: Gauge) -> Arc<Self> {
+        Arc::new(Self { limit, usable: limit.saturating_sub(headroom), reserved: Mutex::new(0), gauge })
     }
 
     /// Reserves `bytes` if they fit beside `buffered` (what the trace buffer holds) and what is
@@ -76,36 +98,39 @@ impl Reservation {
     /// Makes the reservation `bytes`. Shrinking always succeeds; growing must fit as a new
     /// reservation would (the reservation is unchanged when it does not).
     pub(crate) fn resize(&mut self, bytes: usize, buffered: usize) -> Result<(), IngestError> {
+        self.change(bytes, Some(buffered))
+    }
+
+    /// Makes the reservation `bytes` unchecked: what an export holds once its work is done, which
+    /// may pass the estimate it was admitted with (refusing it then would only waste the work).
+    pub(crate) fn set(&mut self, bytes: usize) {
+        // Unchecked: never refused.
+        let _ = self.change(bytes, None);
+    }
+
+    /// Makes the reservation `bytes`, and updates the total and its gauge; with `buffered` (what the
+    /// trace buffer holds), growing must fit.
+    fn change(&mut self, bytes: usize, buffered: Option<usize>) -> Result<(), IngestError> {
         let admission = &self.admission;
         let mut reserved = admission.reserved.lock().expect("admission lock");
         let others = *reserved - self.bytes;
-        let held = others.saturating_add(buffered);
-        let alone = others == 0 && buffered < admission.limit;
-        if bytes > self.bytes && !alone && held.saturating_add(bytes) > admission.limit {
-            return Err(IngestError::Overloaded { held, wanted: bytes, limit: admission.limit });
+        if let Some(buffered) = buffered {
+            let held = others.saturating_add(buffered);
+            let alone = others == 0 && buffered < admission.usable;
+            if bytes > self.bytes && !alone && held.saturating_add(bytes) > admission.usable {
+                return Err(IngestError::Overloaded { held, wanted: bytes, limit: admission.limit });
+            }
         }
         *reserved = others + bytes;
         self.bytes = bytes;
         admission.gauge.set(level(*reserved));
         Ok(())
     }
-
-    /// Makes the reservation `bytes` unchecked: what an export holds once its work is done, which
-    /// may pass the estimate it was admitted with (refusing it then would only waste the work).
-    pub(crate) fn set(&mut self, bytes: usize) {
-        let admission = &self.admission;
-        let mut reserved = admission.reserved.lock().expect("admission lock");
-        *reserved = *reserved - self.bytes + bytes;
-        self.bytes = bytes;
-        admission.gauge.set(level(*reserved));
-    }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        let mut reserved = self.admission.reserved.lock().expect("admission lock");
-        *reserved -= self.bytes;
-        self.admission.gauge.set(level(*reserved));
+        self.set(0);
     }
 }
 
@@ -115,7 +140,7 @@ mod tests {
 
     #[test]
     fn exports_are_admitted_while_what_they_hold_fits() {
-        let admission = Admission::new(100, Gauge::default());
+        let admission = Admission::new(100, 0, Gauge::default());
         let first = admission.reserve(60, 0).unwrap();
         // 60 reserved + 30 buffered + 20 wanted > 100.
         let refused = admission.reserve(20, 30).unwrap_err();
@@ -133,7 +158,7 @@ mod tests {
 
     #[test]
     fn a_lone_export_is_admitted_whatever_its_size_while_the_buffer_is_under_the_bound() {
-        let admission = Admission::new(100, Gauge::default());
+        let admission = Admission::new(100, 0, Gauge::default());
         let mut lone = admission.reserve(1_000, 99).unwrap();
         assert!(admission.reserve(1, 0).is_err(), "nothing else while it is held");
         // It may still grow: no other export is in progress.
@@ -149,7 +174,7 @@ mod tests {
 
     #[test]
     fn a_reservation_grows_only_if_it_fits_and_shrinks_always() {
-        let admission = Admission::new(100, Gauge::default());
+        let admission = Admission::new(100, 0, Gauge::default());
         let _other = admission.reserve(50, 0).unwrap();
         let mut growing = admission.reserve(20, 0).unwrap();
         assert!(growing.resize(60, 0).is_err());
@@ -157,6 +182,22 @@ mod tests {
         growing.resize(50, 0).unwrap();
         growing.resize(5, 1_000).unwrap();
         assert_eq!(admission.reserved(), 55);
+    }
+
+    #[test]
+    fn the_flush_headroom_is_kept_from_exports() {
+        // A bound of 100 with 20 kept for the flush: exports and the buffer share 80.
+        let admission = Admission::new(100, 20, Gauge::default());
+        let first = admission.reserve(60, 0).unwrap();
+        let refused = admission.reserve(30, 0).unwrap_err();
+        assert!(matches!(refused, IngestError::Overloaded { held: 60, wanted: 30, limit: 100 }), "{refused:?}");
+        drop(first);
+        // Alone, an export is taken while the buffer is under the usable share only.
+        assert!(admission.reserve(500, 79).is_ok());
+        assert!(admission.reserve(500, 80).is_err());
+        assert_eq!(flush_headroom(1 << 40, 2), 2 * FILE_WRITING_BYTES);
+        assert_eq!(flush_headroom(400, 2), 100);
+        assert_eq!(flush_headroom(1, 2), 0);
     }
 
     #[test]

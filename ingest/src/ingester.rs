@@ -237,7 +237,9 @@ impl Ingester {
         };
         let wal = Arc::new(Wal::start(&wal_dir, committed.wal_floor, config.wal_rotation, sink, Arc::clone(&metrics))?);
         let recent = Arc::new(Mutex::new(RecentSpans::new(config.resend_window_spans)));
-        let admission = Admission::new(config.max_buffered_bytes, metrics.reserved_bytes.clone());
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let headroom = admission::flush_headroom(config.max_buffered_bytes, cores);
+        let admission = Admission::new(config.max_buffered_bytes, headroom, metrics.reserved_bytes.clone());
         Ok(Arc::new(Self {
             config,
             _lock: lock,

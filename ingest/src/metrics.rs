@@ -212,7 +212,7 @@ impl IngestMetrics {
             ("hopscope_ingest_buffered_bytes", "Memory held by spans not yet in a file.", &self.buffered_bytes),
             (
                 "hopscope_ingest_reserved_bytes",
-                "Memory reserved by exports being decoded and logged; with the buffered bytes, bounded by --max-buffered-bytes.",
+                "Memory reserved by exports being received, decoded and logged; with the buffered bytes and the flush's share, bounded by --max-buffered-bytes.",
                 &self.reserved_bytes,
             ),
             (
