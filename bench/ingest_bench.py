@@ -17,7 +17,8 @@
    `GET /api/v1/traces/{id}` returns them.
 4. Storage: bytes per span in the Parquet files (as written, and after `hopscope compact`), against
    the raw OTLP protobuf of the same spans and that protobuf compressed with zstd (level 3, the
-   whole corpus as one stream); the derived files beside them, against the span files.
+   whole corpus as one stream); the span files' bytes per column after compaction (what a layout
+   change could save); the derived files beside them, against the span files.
 
 Run through `bench/run ingest --spans N` (which builds the release binary and the virtualenv).
 """
@@ -33,6 +34,7 @@ import time
 import urllib.error
 import urllib.request
 
+import duckdb
 import zstandard
 
 from harness import Server, committed_derived_files, committed_files, die, machine, run, ROOT
@@ -114,6 +116,14 @@ def ack_to_queryable(binary, work, probes):
     return times
 
 
+def column_bytes(files):
+    """Compressed bytes of each top-level column over `files`, largest first (from the footers)."""
+    rows = duckdb.connect().execute(
+        "SELECT split_part(path_in_schema, ',', 1) AS col, sum(total_compressed_size) AS bytes "
+        "FROM parquet_metadata(?) GROUP BY col ORDER BY bytes DESC", [list(files)]).fetchall()
+    return [(col, int(size)) for col, size in rows]
+
+
 def parquet_bytes(data_dir):
     return sum(os.path.getsize(f) for f in committed_files(data_dir))
 
@@ -177,6 +187,7 @@ def main():
     compacted = parquet_bytes(stored)
     files_compacted = len(committed_files(stored))
     derived_compacted = sum(os.path.getsize(path) for _, path in committed_derived_files(stored))
+    by_column = column_bytes(committed_files(stored))
     # The corpus is the raw protobuf plus 8 bytes of framing per request and a 12-byte header.
     requests = rows[0][2]["requests"]
     otlp = raw - 12 - 8 * requests
@@ -231,7 +242,10 @@ def main():
                        (f"hopscope Parquet as written ({files_written} files)", written),
                        (f"hopscope Parquet after `hopscope compact` ({files_compacted} files)", compacted)]:
         print(f"| {name} | {size:,} | {size / spans:.1f} | {size / zstd_otlp:.2f}× |")
-    print(f"\nderived files as written: {derived_written:,} bytes, {derived_written / spans:.1f} B/span, "
+    print("\nspan files after `hopscope compact`, B/span per column (the largest; nested columns summed): "
+          + ", ".join(f"{column} {size / spans:.2f}" for column, size in by_column[:8])
+          + f"; the other {len(by_column) - 8} columns {sum(size for _, size in by_column[8:]) / spans:.2f}")
+    print(f"derived files as written: {derived_written:,} bytes, {derived_written / spans:.1f} B/span, "
           f"{derived_written / written:.2f}× the span files; per table (B/span): "
           + ", ".join(f"{table} {size / spans:.1f}" for table, size in sorted(derived_by_table.items())))
     print(f"derived files after `hopscope compact`: {derived_compacted:,} bytes, {derived_compacted / spans:.1f} "
