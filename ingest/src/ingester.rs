@@ -144,7 +144,8 @@ pub enum ExportBody {
     /// OTLP/HTTP: possibly gzip-compressed, protobuf or JSON; `admitted` when its memory was
     /// reserved before the body was read ([`Ingester::admit`]).
     Http { body: Bytes, format: BodyFormat, gzip: bool, limit: usize, admitted: Option<Admitted> },
-    /// OTLP/gRPC: one protobuf message, gzip-compressed or not, at most `limit` bytes inflated.
+    /// OTLP/gRPC: one protobuf message, gzip-compressed or not, at most `limit` bytes inflated;
+    /// `admitted` as for HTTP (from the message prefix).
     Grpc { body: Bytes, gzip: bool, limit: usize, admitted: Option<Admitted> },
 }
 
