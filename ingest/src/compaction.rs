@@ -223,8 +223,18 @@ pub struct Merged {
     pub duplicates: u64,
 }
 
-/// Rows read from an input at a time.
+/// Rows read from an input at a time, at most.
 const READ_BATCH_ROWS: usize = 8 * 1024;
+
+/// Rows read at a time over all the inputs of a merge: a seal merges every file of an hour (tens
+/// at 10M spans an hour), and each input holds its current batch.
+const READ_ROWS_IN_ALL: usize = 128 * 1024;
+
+/// Rows read from each of `inputs` files at a time: [`READ_BATCH_ROWS`], less when many files are
+/// merged at once, at least 1024.
+fn read_batch_rows(inputs: usize) -> usize {
+    (READ_ROWS_IN_ALL / inputs.max(1)).clamp(1024, READ_BATCH_ROWS)
+}
 
 /// One input file, read a batch at a time.
 struct Input {
@@ -297,10 +307,11 @@ fn merge_into(
     let mut live: Vec<RecordBatch> = Vec::new();
     let mut inputs = Vec::with_capacity(job.inputs.len());
     let mut heap = BinaryHeap::new();
+    let batch_rows = read_batch_rows(job.inputs.len());
     for entry in &job.inputs {
         let path = tenant_dir.join(&entry.path);
         let file = fs::File::open(&path).map_err(IngestError::io(format!("opening {}", path.display())))?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file)?.with_batch_size(READ_BATCH_ROWS).build()?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)?.with_batch_size(batch_rows).build()?;
         let mut input = Input { reader, keys: Vec::new(), next: 0, slot: 0 };
         if input.load(&mut live)? {
             heap.push(Reverse((input.keys[0], inputs.len())));
