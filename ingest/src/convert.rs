@@ -434,8 +434,9 @@ impl AttrSizes {
 }
 
 impl Sizes {
-    /// Upper bounds for `request`: rejected spans, and dedicated attributes of another type than
-    /// their column's, are counted too; values are counted before truncation.
+    /// The sizes of `request`'s columns: rejected spans are counted too, and values before
+    /// truncation. An attribute with a dedicated column's key is counted for that column; one that
+    /// goes to the map instead (of another type, or repeated) makes the map's builders grow.
     fn of(request: &ExportTraceServiceRequest) -> Self {
         let index = semconv_index();
         let mut sizes = Sizes { semconv_bytes: vec![0; SEMCONV.len()], ..Sizes::default() };

@@ -3,11 +3,12 @@
 //!
 //! With glibc's allocator, the spans a flush has written and freed stayed resident: after
 //! `hopscope load` of 1M spans, with every span committed and nothing buffered, the resident set
-//! stayed at 1.3–1.5 GiB, and `malloc_trim` brought it to 0.2–0.4 GiB (BENCHMARKS.md, "Ingest:
-//! memory given back"). The freed buffers lie between small long-lived allocations, and glibc
-//! returns free pages by itself only from the top of a heap. So the flusher (and each maintenance
+//! stayed at 1.1–1.5 GiB, and `malloc_trim` brought it to 0.2–0.4 GiB (BENCHMARKS.md, "Ingest:
+//! memory given back, …"). glibc returns free pages by itself only from the top of each heap, and
+//! most of these were not at the top. So the flusher (and each maintenance
 //! pass) asks for them back when it is done. A fixed mmap threshold (large blocks mapped and unmapped
-//! whole) lowered the peak a little more but cost 5–15% more CPU per span, and is not set.
+//! whole) lowered the peak a little more but cost about a fifth more CPU per span in a bench pair,
+//! and is not set.
 //!
 //! This is the workspace's one module with `unsafe` code: one call into glibc that takes an
 //! integer. With other C libraries it does nothing.
