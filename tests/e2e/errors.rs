@@ -325,22 +325,16 @@ async fn a_full_buffer_refuses_exports_as_retryable_and_loses_nothing() {
     server.terminate();
 }
 
-/// Memory counts from the moment an export is taken, not once its spans reach the buffer: large
-/// exports sent all at once under a small bound are refused as retryable instead of being decoded
-/// side by side, and every one its client retries is stored, once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn simultaneous_large_exports_are_taken_within_the_memory_bound() {
-    // 48 MiB: more than all twelve exports' spans hold once buffered (about 3 MiB each), so only
-    // the memory they take while being decoded (about 10 MiB each) can refuse any of them.
-    let server = Server::start("admission", &["--max-buffered-bytes", "50331648"]);
-    let http = reqwest::Client::new();
-    let exports: Vec<(String, Vec<u8>)> = (0..12u8)
+/// `count` exports, each one trace of `spans` spans with a 1000-byte attribute (about 1 kB of
+/// protobuf a span): (trace id, protobuf body). `tag` keeps span ids apart between tests.
+fn large_exports(count: u8, spans: u16, tag: u8) -> Vec<(String, Vec<u8>)> {
+    (0..count)
         .map(|i| {
             let id = random_trace_id();
             let trace = hex::decode(&id).unwrap();
-            let spans = (0..1_500u16)
+            let spans = (0..spans)
                 .map(|n| {
-                    let mut span = span(trace.clone(), [[i, 1], n.to_be_bytes(), [0, 0], [0, 1]].concat(), "work");
+                    let mut span = span(trace.clone(), [[i, tag], n.to_be_bytes(), [0, 0], [0, 1]].concat(), "work");
                     span.attributes.push(KeyValue {
                         key: "payload".into(),
                         value: Some(AnyValue { value: Some(any_value::Value::StringValue(format!("{n:01000}"))) }),
@@ -351,7 +345,19 @@ async fn simultaneous_large_exports_are_taken_within_the_memory_bound() {
                 .collect();
             (id, request(spans).encode_to_vec())
         })
-        .collect();
+        .collect()
+}
+
+/// Memory counts from the moment an export is taken, not once its spans reach the buffer: large
+/// exports sent all at once under a small bound are refused as retryable instead of being decoded
+/// side by side, and every one its client retries is stored, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_large_exports_are_taken_within_the_memory_bound() {
+    // 48 MiB: more than all twelve exports' spans hold once buffered (about 3 MiB each), so only
+    // the memory they take while being decoded (about 10 MiB each) can refuse any of them.
+    let server = Server::start("admission", &["--max-buffered-bytes", "50331648"]);
+    let http = reqwest::Client::new();
+    let exports = large_exports(12, 1_500, 1);
     assert!(exports[0].1.len() > 1 << 20, "{} bytes", exports[0].1.len());
 
     let started = std::time::Instant::now();
@@ -425,24 +431,7 @@ async fn an_export_that_cannot_fit_is_refused_before_its_body_is_sent() {
     // A 4 MiB bound; an uncompressed body of about 600 kB is expected to hold six times that while
     // decoded, so two cannot be decoded at once but either fits alone.
     let server = Server::start("admission-declared", &["--max-buffered-bytes", "4194304"]);
-    let exports: Vec<(String, Vec<u8>)> = (0..2u8)
-        .map(|i| {
-            let id = random_trace_id();
-            let trace = hex::decode(&id).unwrap();
-            let spans = (0..600u16)
-                .map(|n| {
-                    let mut span = span(trace.clone(), [[i, 2], n.to_be_bytes(), [0, 0], [0, 1]].concat(), "work");
-                    span.attributes.push(KeyValue {
-                        key: "payload".into(),
-                        value: Some(AnyValue { value: Some(any_value::Value::StringValue(format!("{n:01000}"))) }),
-                        key_strindex: 0,
-                    });
-                    span
-                })
-                .collect();
-            (id, request(spans).encode_to_vec())
-        })
-        .collect();
+    let exports = large_exports(2, 600, 2);
     let head = |len: usize, expect: &str| {
         format!(
             "POST /v1/traces HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {len}\r\n{expect}\r\n",
