@@ -84,7 +84,11 @@ def ingest_run(binary, corpus, spans, protocol, discard, work, concurrency, deri
 
 def ack_to_queryable(binary, work, probes):
     """Seconds from an export's acknowledgement until the API returns its trace, per probe."""
-    server = Server(binary, os.path.join(work, "data-latency"))
+    # A fresh directory: a work directory kept from an earlier run (--work-dir) may hold files
+    # another build wrote.
+    data_dir = os.path.join(work, "data-latency")
+    shutil.rmtree(data_dir, ignore_errors=True)
+    server = Server(binary, data_dir)
     times = []
     try:
         for _ in range(probes):

@@ -64,7 +64,13 @@ def main():
     files = committed_files(data_dir)
     db = duckdb.connect()
     db.execute(f"SET threads = {args.threads}")
-    db.execute(f"CREATE VIEW spans AS SELECT * FROM read_parquet({files!r})")
+    # Span files do not store `end_time` (the `spans` table computes it from the start and the
+    # duration, docs/sql.md; files of the first layout do): DuckDB computes it the same way.
+    stored = f"read_parquet({files!r}, union_by_name = true)"
+    columns = [row[0] for row in db.execute(f"DESCRIBE SELECT * FROM {stored}").fetchall()]
+    end = "make_timestamp_ns(epoch_ns(start_time) + duration_ns) AS end_time"
+    view = f"* REPLACE ({end})" if "end_time" in columns else f"*, {end}"
+    db.execute(f"CREATE VIEW spans AS SELECT {view} FROM {stored}")
     # Compaction (which may rewrite whole hours) kept every span, as DuckDB reads the files.
     compacted = db.execute("SELECT count(*) FROM spans").fetchone()[0]
     if compacted != sent:

@@ -47,11 +47,12 @@ use std::path::Path;
 use arrow::array::RecordBatch;
 use arrow::compute::interleave_record_batch;
 use hopscope_schemas::manifest::{FileEntry, Manifest};
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+#[cfg(test)]
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tokio_util::sync::CancellationToken;
 
 use crate::IngestError;
-use crate::writer::{GATHER_ROWS, NS_PER_HOUR, SpanFileWriter, SpanKey, rows_of};
+use crate::writer::{GATHER_ROWS, NS_PER_HOUR, SpanFileReader, SpanFileWriter, SpanKey, rows_of};
 
 /// How long after an hour ends its partition may still receive spans (late exports, retries,
 /// long traces), and is merged in tiers rather than all at once.
@@ -250,7 +251,7 @@ fn read_batch_rows(inputs: usize) -> usize {
 
 /// One input file, read a batch at a time.
 struct Input {
-    reader: ParquetRecordBatchReader,
+    reader: SpanFileReader,
     /// The batch being merged, its keys, the next row, and where the batch is in the live batches.
     keys: Vec<SpanKey>,
     next: usize,
@@ -376,9 +377,7 @@ fn merge_into(
     let mut heap = BinaryHeap::new();
     let batch_rows = read_batch_rows(job.inputs.len());
     for entry in &job.inputs {
-        let path = tenant_dir.join(&entry.path);
-        let file = fs::File::open(&path).map_err(IngestError::io(format!("opening {}", path.display())))?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file)?.with_batch_size(batch_rows).build()?;
+        let reader = SpanFileReader::open(&tenant_dir.join(&entry.path), batch_rows)?;
         let mut input = Input { reader, keys: Vec::new(), next: 0, slot: 0 };
         if input.load(&mut live)? {
             heap.push(Reverse((input.keys[0], inputs.len())));
@@ -667,6 +666,12 @@ mod tests {
         crate::convert::convert_request(&request, &crate::convert::SpanLimits::default()).unwrap().batch.unwrap()
     }
 
+    fn starts_of(batch: &arrow::array::RecordBatch) -> Vec<i64> {
+        let starts: &arrow::array::TimestampNanosecondArray =
+            crate::writer::stored_column(batch, hopscope_schemas::columns::START_TIME);
+        starts.values().to_vec()
+    }
+
     #[test]
     fn a_merge_keeps_every_span_once_in_trace_order() {
         use arrow::array::{FixedSizeBinaryArray, RecordBatch, TimestampNanosecondArray};
@@ -693,10 +698,11 @@ mod tests {
         assert_eq!(entry.wal_max_segment, Some(7));
         assert!(entry.path.starts_with("spans/1970-01-01/10/"), "{}", entry.path);
 
-        let file = fs::File::open(dir.join(&entry.path)).unwrap();
         let batches: Vec<RecordBatch> =
-            ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap().map(Result::unwrap).collect();
+            SpanFileReader::open(&dir.join(&entry.path), 1024).unwrap().map(Result::unwrap).collect();
         let batch = concat_batches(&span_schema(), &batches).unwrap();
+        let ends: &TimestampNanosecondArray = crate::writer::stored_column(&batch, c::END_TIME);
+        assert!((0..batch.num_rows()).all(|i| ends.value(i) == starts_of(&batch)[i] + 10), "ends computed back");
         let traces: &FixedSizeBinaryArray = crate::writer::stored_column(&batch, c::TRACE_ID);
         let starts: &TimestampNanosecondArray = crate::writer::stored_column(&batch, c::START_TIME);
         let rows: Vec<(u8, i64)> = (0..batch.num_rows()).map(|i| (traces.value(i)[0], starts.value(i))).collect();

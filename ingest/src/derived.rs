@@ -18,7 +18,6 @@ use hopscope_schemas::columns as c;
 use hopscope_schemas::layout;
 use hopscope_schemas::manifest::{DerivedFile, FileEntry};
 use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
@@ -31,9 +30,7 @@ use crate::manifest::{sync_parent, tmp_path};
 /// files are named for the version ([`layout::rederived_file_relative_path`]) beside those they
 /// replace. Returns no files when the derivation failed. Blocking I/O.
 pub(crate) fn derive_file(tenant_dir: &Path, entry: &FileEntry) -> Result<Vec<DerivedFile>, IngestError> {
-    let path = tenant_dir.join(&entry.path);
-    let file = fs::File::open(&path).map_err(IngestError::io(format!("opening {}", path.display())))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)?.with_batch_size(READ_BATCH_ROWS).build()?;
+    let reader = crate::writer::SpanFileReader::open(&tenant_dir.join(&entry.path), READ_BATCH_ROWS)?;
     let mut writer = DerivedWriter::new(tenant_dir, &entry.path);
     if !entry.derived.is_empty() {
         writer.rederived = Some(hopscope_derive::stored::DERIVATION);

@@ -12,11 +12,11 @@ use arrow::compute::{filter_record_batch, interleave_record_batch};
 use hopscope_schemas::columns as c;
 use hopscope_schemas::layout;
 use hopscope_schemas::manifest::FileEntry;
-use hopscope_schemas::spans::span_schema;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use hopscope_schemas::spans::{LAYOUT_KEY, SPAN_FILE_LAYOUT, from_stored, stored_span_schema, to_stored};
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, Encoding, ZstdLevel};
-use parquet::file::metadata::SortingColumn;
+use parquet::file::metadata::{KeyValue, SortingColumn};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
@@ -217,12 +217,13 @@ fn start_times(batch: &RecordBatch) -> &TimestampNanosecondArray {
 
 /// The writer settings of span files; the bloom filter is sized for `distinct_traces` per row group.
 pub fn writer_properties(distinct_traces: u64) -> WriterProperties {
-    let schema = span_schema();
+    let schema = stored_span_schema();
     let index_of = |name: &str| schema.index_of(name).expect("stored schema") as i32;
     let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid zstd level")))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_statistics_enabled(EnabledStatistics::Page)
+        .set_key_value_metadata(Some(vec![KeyValue::new(LAYOUT_KEY.to_owned(), SPAN_FILE_LAYOUT.to_string())]))
         .set_sorting_columns(Some(vec![
             SortingColumn { column_idx: index_of(c::TRACE_ID), descending: false, nulls_first: false },
             SortingColumn { column_idx: index_of(c::START_TIME), descending: false, nulls_first: false },
@@ -237,11 +238,11 @@ pub fn writer_properties(distinct_traces: u64) -> WriterProperties {
     for id in [c::TRACE_ID, c::SPAN_ID, c::PARENT_SPAN_ID] {
         builder = builder.set_column_dictionary_enabled(ColumnPath::from(id), false);
     }
-    // Times delta-encoded: starts and ends are close together within a trace, and durations are
-    // bit-packed to their size (a third less than plain + zstd). BYTE_STREAM_SPLIT packs durations
-    // slightly better, but DuckDB (1.4) reads it only for floating point: the files are meant to be
-    // read by other tools too.
-    for time in [c::START_TIME, c::END_TIME, c::DURATION_NS] {
+    // Times delta-encoded: starts are close together within a trace, and durations are bit-packed
+    // to their size (a third less than plain + zstd). BYTE_STREAM_SPLIT packs durations slightly
+    // better, but DuckDB (1.4) reads it only for floating point: the files are meant to be read by
+    // other tools too. (Ends are not stored: `hopscope_schemas::spans::COMPUTED_COLUMNS`.)
+    for time in [c::START_TIME, c::DURATION_NS] {
         builder = builder
             .set_column_dictionary_enabled(ColumnPath::from(time), false)
             .set_column_encoding(ColumnPath::from(time), Encoding::DELTA_BINARY_PACKED);
@@ -272,7 +273,7 @@ fn columns_without_statistics() -> &'static [ColumnPath] {
             c::SCOPE_SCHEMA_URL,
         ];
         let descriptor = parquet::arrow::ArrowSchemaConverter::new()
-            .convert(&span_schema())
+            .convert(&stored_span_schema())
             .expect("the stored schema converts to Parquet");
         descriptor
             .columns()
@@ -342,7 +343,7 @@ impl SpanFileWriter {
         fs::create_dir_all(dir).map_err(IngestError::io(format!("creating {}", dir.display())))?;
         let tmp = tmp_path(&path);
         let file = fs::File::create(&tmp).map_err(IngestError::io(format!("creating {}", tmp.display())))?;
-        let writer = match ArrowWriter::try_new(file, span_schema(), Some(writer_properties(distinct_traces))) {
+        let writer = match ArrowWriter::try_new(file, stored_span_schema(), Some(writer_properties(distinct_traces))) {
             Ok(writer) => writer,
             Err(e) => {
                 let _ = fs::remove_file(&tmp);
@@ -365,7 +366,8 @@ impl SpanFileWriter {
         })
     }
 
-    /// Appends `batch`, whose rows have the keys `keys` (in order, following the rows before).
+    /// Appends `batch` (in the `spans` table's schema; stored without the computed columns), whose
+    /// rows have the keys `keys` (in order, following the rows before).
     pub(crate) fn write<'k>(
         &mut self,
         batch: &RecordBatch,
@@ -380,9 +382,9 @@ impl SpanFileWriter {
         }
         self.rows += batch.num_rows() as u64;
         let writer = self.writer.as_mut().expect("an open writer");
-        if let Err(e) = writer.write(batch) {
+        if let Err(e) = to_stored(batch).map_err(IngestError::from).and_then(|b| Ok(writer.write(&b)?)) {
             self.abandon();
-            return Err(e.into());
+            return Err(e);
         }
         if let Some(derived) = &mut self.derived
             && let Err(e) = derived.write(batch)
@@ -456,6 +458,35 @@ impl Drop for SpanFileWriter {
         if self.writer.is_some() {
             self.abandon();
         }
+    }
+}
+
+/// A span file read `batch_rows` rows at a time, in the `spans` table's schema: its stored columns
+/// (of either layout, `hopscope_schemas::spans::SPAN_FILE_LAYOUT`) and the computed ones. Blocking
+/// I/O.
+pub(crate) struct SpanFileReader {
+    reader: ParquetRecordBatchReader,
+}
+
+impl SpanFileReader {
+    pub(crate) fn open(path: &Path, batch_rows: usize) -> Result<Self, IngestError> {
+        let file = fs::File::open(path).map_err(IngestError::io(format!("opening {}", path.display())))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+        // The stored columns only: a layout 1 file also holds `end_time`, computed the same.
+        let stored = stored_span_schema();
+        let roots = builder.parquet_schema().root_schema().get_fields();
+        let keep = roots.iter().enumerate().filter(|(_, f)| stored.index_of(f.name()).is_ok()).map(|(i, _)| i);
+        let mask = ProjectionMask::roots(builder.parquet_schema(), keep);
+        Ok(Self { reader: builder.with_projection(mask).with_batch_size(batch_rows).build()? })
+    }
+}
+
+impl Iterator for SpanFileReader {
+    type Item = Result<RecordBatch, IngestError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let batch = self.reader.next()?;
+        Some(batch.map_err(IngestError::from).and_then(|b| Ok(from_stored(&b)?)))
     }
 }
 

@@ -14,7 +14,7 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DFSchema, ScalarValue, Statistics, project_schema};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::object_store::ObjectStoreUrl;
-use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, FileSource, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::DataFusionError;
 use datafusion::error::Result as DfResult;
@@ -34,7 +34,7 @@ use datafusion::physical_plan::{
 use hopscope_schemas::columns as c;
 use hopscope_schemas::layout;
 use hopscope_schemas::manifest::{FileEntry, Manifest};
-use hopscope_schemas::spans::span_schema;
+use hopscope_schemas::spans::{COMPUTED_COLUMNS, span_schema, stored_span_schema};
 
 use crate::QueryError;
 
@@ -281,8 +281,15 @@ impl SpansTable {
 
     fn parquet_source(state: &dyn Session, filters: &[Expr]) -> DfResult<ParquetSource> {
         // Span questions select few rows of many (a service, an attribute, a trace): decoding the
-        // other columns only for the rows kept pays.
-        parquet_source_of(span_schema(), state, filters, true)
+        // other columns only for the rows kept pays. Files hold the stored columns: a filter on a
+        // computed one is left to DataFusion (the filters are pushed down as inexact), which applies
+        // it above the scan or pushes it into it rewritten over the stored columns.
+        let stored: Vec<Expr> = filters
+            .iter()
+            .filter(|f| !f.column_refs().iter().any(|c| COMPUTED_COLUMNS.contains(&c.name.as_str())))
+            .cloned()
+            .collect();
+        parquet_source_of(stored_span_schema(), state, &stored, true)
     }
 
     /// A scan of the files derived as `table` from the span files `entries` (rows in `schema`; the
@@ -338,23 +345,22 @@ impl SpansTable {
                 projection.push(index);
             }
         }
-        let projected = project_schema(&schema, Some(&projection))?;
         let files = self.matching_files(manifest, filters);
         if files.is_empty() {
-            return Ok(Arc::new(EmptyExec::new(projected)));
+            return Ok(Arc::new(EmptyExec::new(project_schema(&schema, Some(&projection))?)));
         }
-        let source = Self::parquet_source(state, filters)?;
+        let source = reading_columns(Self::parquet_source(state, filters)?, &projection)?;
         let groups =
             files.into_iter().map(|(path, size, _)| FileGroup::new(vec![PartitionedFile::new(path, size)])).collect();
-        let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
+        let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), source)
             .with_file_groups(groups)
-            .with_output_ordering(vec![file_ordering(&schema)?])
-            .with_projection_indices(Some(projection))?
+            .with_output_ordering(vec![file_ordering(&stored_span_schema())?])
             .build();
         let scan: Arc<dyn ExecutionPlan> = DataSourceExec::from_data_source(config);
         if scan.output_partitioning().partition_count() == 1 {
             return Ok(scan);
         }
+        let projected = project_schema(&schema, Some(&projection))?;
         Ok(Arc::new(TraceMergeExec::new(scan, file_ordering(&projected)?)))
     }
 
@@ -442,20 +448,51 @@ impl SpansTable {
         if files.is_empty() {
             return Ok(Arc::new(EmptyExec::new(project_schema(&schema, projection)?)));
         }
-        let source = Self::parquet_source(state, filters)?;
+        let projection: Vec<usize> = match projection {
+            Some(projection) => projection.clone(),
+            None => (0..schema.fields().len()).collect(),
+        };
+        let source = reading_columns(Self::parquet_source(state, filters)?, &projection)?;
 
         // The manifest knows every file's rows: the planner's estimates (and the refusal of huge
         // cartesian products) start from them.
-        let mut statistics = Statistics::new_unknown(&schema);
+        let mut statistics = Statistics::new_unknown(&stored_span_schema());
         statistics.num_rows = Precision::Exact(files.iter().map(|f| f.2 as usize).sum());
-        let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
+        let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), source)
             .with_file_groups(balanced_groups(files, state.config().target_partitions()))
-            .with_projection_indices(projection.cloned())?
             .with_limit(limit)
             .with_statistics(statistics)
             .build();
         Ok(DataSourceExec::from_data_source(config))
     }
+}
+
+/// `source` reading the span files as the `spans` columns `projection` picks, in its order: the
+/// stored columns as they are, `end_time` computed in the scan as `start_time + duration_ns`
+/// (wrapping, as the duration was taken from the end less the start, so the end comes back
+/// exactly). Computed in the scan, not in a projection above it, which the optimizer would feed
+/// through a round-robin repartition and so break the files' trace order.
+fn reading_columns(source: ParquetSource, projection: &[usize]) -> DfResult<Arc<dyn FileSource>> {
+    use datafusion::physical_expr::expressions::{binary, cast, col};
+    use datafusion::physical_expr::projection::{ProjectionExpr, ProjectionExprs};
+    let (schema, stored) = (span_schema(), stored_span_schema());
+    let exprs = projection
+        .iter()
+        .map(|&index| {
+            let name = schema.field(index).name();
+            let expr = if name == c::END_TIME {
+                let start = cast(col(c::START_TIME, &stored)?, &stored, datafusion::arrow::datatypes::DataType::Int64)?;
+                let end = binary(start, Operator::Plus, col(c::DURATION_NS, &stored)?, &stored)?;
+                cast(end, &stored, hopscope_schemas::spans::timestamp_type())?
+            } else {
+                col(name, &stored)?
+            };
+            Ok(ProjectionExpr::new(expr, name.clone()))
+        })
+        .collect::<DfResult<Vec<_>>>()?;
+    source
+        .try_pushdown_projection(&ProjectionExprs::new(exprs))?
+        .ok_or_else(|| DataFusionError::Internal("the Parquet source took no projection".into()))
 }
 
 /// A sort-preserving merge of the partitions of a trace-ordered scan into one, which the optimizer

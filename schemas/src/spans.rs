@@ -2,7 +2,9 @@
 
 use std::sync::{Arc, OnceLock};
 
+use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, TimestampNanosecondArray};
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
+use arrow::error::ArrowError;
 
 use crate::columns::{self as c, SEMCONV, SemconvType};
 
@@ -78,7 +80,72 @@ pub fn link_item_field() -> Arc<Field> {
     Arc::new(Field::new("item", DataType::Struct(link_fields()), false))
 }
 
-/// The schema of the `spans` table, one row per span, in stored column order.
+/// The layout span files are written in, kept in each file's key-value metadata under
+/// [`LAYOUT_KEY`]. 1 (files without the key): every column of [`span_schema`]. 2: the columns of
+/// [`stored_span_schema`]; the [`COMPUTED_COLUMNS`] are computed when read ([`from_stored`]).
+/// Readers read both alike, only the columns of layout 2: a layout 1 file's `end_time` is left
+/// unread, and equals what is computed (its duration has always been its end less its start).
+pub const SPAN_FILE_LAYOUT: u32 = 2;
+
+/// The key of a span file's key-value metadata naming its layout ([`SPAN_FILE_LAYOUT`]).
+pub const LAYOUT_KEY: &str = "hopscope.span_layout";
+
+/// Columns of the `spans` table that span files do not hold: `end_time`, which is
+/// `start_time + duration_ns` (the duration is the end less the start, wrapping, so the sum gives
+/// the end back exactly). Stored, it took 5 bytes a span of 32.
+pub const COMPUTED_COLUMNS: [&str; 1] = [c::END_TIME];
+
+/// The columns a span file holds: [`span_schema`] without the [`COMPUTED_COLUMNS`], in order.
+pub fn stored_span_schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            let schema = span_schema();
+            let fields: Vec<_> =
+                schema.fields().iter().filter(|f| !COMPUTED_COLUMNS.contains(&f.name().as_str())).cloned().collect();
+            Arc::new(Schema::new(fields))
+        })
+        .clone()
+}
+
+/// `batch` (in [`span_schema`]) as span files hold it: without the computed columns.
+pub fn to_stored(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+    let schema = batch.schema();
+    let columns =
+        stored_span_schema().fields().iter().map(|f| schema.index_of(f.name())).collect::<Result<Vec<_>, _>>()?;
+    let projected = batch.project(&columns)?;
+    RecordBatch::try_new(stored_span_schema(), projected.columns().to_vec())
+}
+
+/// `batch` (read from a span file: the columns of [`stored_span_schema`]) in [`span_schema`], the
+/// computed columns computed.
+pub fn from_stored(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+    let column = |name: &str| {
+        batch.column_by_name(name).ok_or_else(|| ArrowError::SchemaError(format!("a span file without {name}")))
+    };
+    let (start, duration) = (column(c::START_TIME)?, column(c::DURATION_NS)?);
+    let start = start.as_any().downcast_ref::<TimestampNanosecondArray>();
+    let duration = duration.as_any().downcast_ref::<Int64Array>();
+    let (Some(start), Some(duration)) = (start, duration) else {
+        return Err(ArrowError::SchemaError("a span file whose start or duration is not of its type".into()));
+    };
+    let end: ArrayRef = Arc::new(end_times(start, duration));
+    let columns = span_schema()
+        .fields()
+        .iter()
+        .map(|f| if f.name() == c::END_TIME { Ok(Arc::clone(&end)) } else { column(f.name()).cloned() })
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(span_schema(), columns)
+}
+
+/// Each span's end: its start plus its duration (wrapping, as the duration was taken).
+pub fn end_times(start: &TimestampNanosecondArray, duration: &Int64Array) -> TimestampNanosecondArray {
+    let ends: Vec<i64> = start.values().iter().zip(duration.values().iter()).map(|(s, d)| s.wrapping_add(*d)).collect();
+    TimestampNanosecondArray::from(ends).with_timezone("UTC")
+}
+
+/// The schema of the `spans` table, one row per span, in column order (span files hold these but
+/// the [`COMPUTED_COLUMNS`], in the same order: [`stored_span_schema`]).
 pub fn span_schema() -> SchemaRef {
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
     SCHEMA
@@ -176,5 +243,29 @@ mod tests {
         assert_eq!(names.len(), schema.fields().len());
         let keys: HashSet<_> = SEMCONV.iter().map(|c| c.key).collect();
         assert_eq!(keys.len(), SEMCONV.len());
+    }
+
+    #[test]
+    fn a_batch_stored_without_its_end_times_gets_them_back_exactly() {
+        use crate::fixture::{SpanRow, batch_of};
+        let rows = [
+            SpanRow::new([1; 16], [1; 8], "shop", "GET /", kind::SERVER)
+                .during(1_700_000_000_000_000_000, 1_700_000_000_250_000_000),
+            SpanRow::new([1; 16], [2; 8], "shop", "db", kind::CLIENT).during(5, 5),
+            SpanRow::new([2; 16], [3; 8], "shop", "late", kind::INTERNAL).during(1_000, 10),
+        ];
+        let batch = batch_of(&rows).unwrap();
+        let stored = to_stored(&batch).unwrap();
+        assert_eq!(stored.schema(), stored_span_schema());
+        assert!(stored.column_by_name(c::END_TIME).is_none());
+        assert_eq!(from_stored(&stored).unwrap(), batch);
+        // A duration taken across the ends of the range (wrapping) gives the end back too.
+        let (start, end) = (i64::MAX - 1, i64::MIN + 3);
+        let duration = Int64Array::from(vec![end.wrapping_sub(start)]);
+        let ends = end_times(&TimestampNanosecondArray::from(vec![start]).with_timezone("UTC"), &duration);
+        assert_eq!(ends.value(0), end);
+        // A file without its start cannot give ends back: an error, not a panic.
+        let without = stored.project(&[0, 1]).unwrap();
+        assert!(from_stored(&without).unwrap_err().to_string().contains("start_time"));
     }
 }

@@ -449,3 +449,115 @@ async fn oversized_values_and_spans_are_cut_and_the_client_is_told() {
     assert_eq!(server.metric("hopscope_ingest_spans_trimmed_total").await, 1.0);
     assert!(server.terminate().success());
 }
+
+/// Copies the directory tree `from` to `to`.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        match entry.file_type().unwrap().is_dir() {
+            true => copy_tree(&entry.path(), &target),
+            false => {
+                std::fs::copy(entry.path(), &target).unwrap();
+            }
+        }
+    }
+}
+
+/// The layout a span file names in its metadata (`None`: the first, which named none), and
+/// whether it holds an `end_time` column.
+fn span_file_layout(path: &Path) -> (Option<String>, bool) {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let reader = SerializedFileReader::new(std::fs::File::open(path).unwrap()).unwrap();
+    let metadata = reader.metadata().file_metadata();
+    let layout = metadata
+        .key_value_metadata()
+        .and_then(|kv| kv.iter().find(|kv| kv.key == "hopscope.span_layout"))
+        .and_then(|kv| kv.value.clone());
+    let has_end = metadata.schema_descr().root_schema().get_fields().iter().any(|f| f.name() == "end_time");
+    (layout, has_end)
+}
+
+/// Span files written before `end_time` was left out of them (layout 1: a fixture written by an
+/// earlier build, from `tests/fixtures/layout-1/requests.json`) answer as they did, and a merge
+/// rewrites them in the current layout with the same answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn span_files_of_the_first_layout_stay_readable_and_merges_rewrite_them() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/layout-1");
+    let data_dir = fresh_data_dir("layout-1");
+    copy_tree(&fixture.join("default"), &data_dir.join("default"));
+    let tenant = data_dir.join("default");
+    for file in span_files(&data_dir) {
+        assert_eq!(span_file_layout(&file), (None, true), "{} is a layout 1 file", file.display());
+    }
+
+    // What the spans are, from the requests that wrote them.
+    let requests: Value = serde_json::from_slice(&std::fs::read(fixture.join("requests.json")).unwrap()).unwrap();
+    let mut expected = Vec::new();
+    for resource in requests.as_array().unwrap().iter().flat_map(|r| r["resourceSpans"].as_array().unwrap()) {
+        let attributes = resource["resource"]["attributes"].as_array().unwrap();
+        let service = &attributes.iter().find(|a| a["key"] == "service.name").unwrap()["value"]["stringValue"];
+        for span in resource["scopeSpans"].as_array().unwrap().iter().flat_map(|s| s["spans"].as_array().unwrap()) {
+            let time = |key: &str| span[key].as_str().unwrap().parse::<i64>().unwrap();
+            let (start, end) = (time("startTimeUnixNano"), time("endTimeUnixNano"));
+            expected.push(serde_json::json!({
+                "trace": span["traceId"], "span": span["spanId"], "parent": span.get("parentSpanId"),
+                "service": service, "name": span["name"], "start": start, "end": end, "duration": end - start,
+            }));
+        }
+    }
+    let key = |row: &Value| (row["trace"].as_str().unwrap().to_owned(), row["start"].as_i64(), row["span"].to_string());
+    expected.sort_by_key(key);
+    assert_eq!(expected.len(), 8);
+    let cutoff = expected[3]["end"].as_i64().unwrap();
+    let ending_after = expected.iter().filter(|r| r["end"].as_i64().unwrap() > cutoff).count();
+
+    let rows = "SELECT hex_id(trace_id) AS trace, encode(span_id, 'hex') AS span, encode(parent_span_id, 'hex') AS parent, \
+                service_name AS service, name, CAST(start_time AS BIGINT) AS start, CAST(end_time AS BIGINT) AS \"end\", \
+                duration_ns AS duration FROM spans ORDER BY trace, start, span";
+    let ending = format!("SELECT count(*) AS n FROM spans WHERE CAST(end_time AS BIGINT) > {cutoff}");
+    let answers = |server: &Server| {
+        let (rows, ending) = (rows.to_owned(), ending.clone());
+        let url = server.api_url("/api/v1/sql");
+        async move {
+            let client = reqwest::Client::new();
+            let mut out = Vec::new();
+            for query in [rows, ending] {
+                let response = client.post(&url).json(&serde_json::json!({"sql": query})).send().await.unwrap();
+                let status = response.status();
+                let body: Value = response.json().await.unwrap();
+                assert_eq!(status, 200, "{body}");
+                out.push(body["rows"].clone());
+            }
+            out
+        }
+    };
+    let expected_answers = vec![Value::from(expected), serde_json::json!([{"n": ending_after}])];
+
+    // The hour of trace a1 has one file, which stays in layout 1; the next hour's two files (its
+    // trace b2 split across them) are merged by the first maintenance pass.
+    let server = Server::start_in(data_dir.clone(), &["--maintenance-interval", "1h"]);
+    assert_eq!(answers(&server).await, expected_answers, "log:\n{}", server.log());
+    server.wait_for_metric("hopscope_storage_files", |files| files == 2.0).await;
+    assert_eq!(answers(&server).await, expected_answers, "once merged");
+    assert!(server.terminate().success());
+
+    let manifest: Value = serde_json::from_slice(&std::fs::read(tenant.join("manifest.json")).unwrap()).unwrap();
+    let mut layouts: Vec<(String, (Option<String>, bool))> = manifest["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let path = f["path"].as_str().unwrap();
+            (path.split('/').nth(2).unwrap().to_owned(), span_file_layout(&tenant.join(path)))
+        })
+        .collect();
+    layouts.sort();
+    assert_eq!(layouts, [("09".to_owned(), (None, true)), ("10".to_owned(), (Some("2".to_owned()), false))]);
+
+    // Both layouts together still answer the same after a restart.
+    let server = Server::start_in(data_dir, &["--maintenance-interval", "1h"]);
+    assert_eq!(answers(&server).await, expected_answers);
+    assert!(server.terminate().success());
+}
