@@ -28,6 +28,9 @@
 //!   `hopscope compact` reseals at once. A running server seals one hour per maintenance pass
 //!   (the first pass after an upgrade finds every retained hour unsealed, and a seal holds the
 //!   hour's old files on disk until the pass ends); `hopscope compact` seals them all.
+//! - a closed hour's span files of an older layout ([`FileEntry::layout`]) that no merge takes are
+//!   rewritten alone, in the current layout (online, one a pass, as a seal; `hopscope compact`
+//!   rewrites them all).
 //!
 //! The merge streams: it reads each input a batch at a time and merges them by (trace_id,
 //! start_time) into row groups, so its memory is a reader and a batch per input and a row group,
@@ -47,6 +50,7 @@ use std::path::Path;
 use arrow::array::RecordBatch;
 use arrow::compute::interleave_record_batch;
 use hopscope_schemas::manifest::{FileEntry, Manifest};
+use hopscope_schemas::spans::SPAN_FILE_LAYOUT;
 #[cfg(test)]
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tokio_util::sync::CancellationToken;
@@ -158,6 +162,14 @@ pub fn plan(manifest: &Manifest, policy: &CompactionPolicy, now_ns: i64, close_a
                 jobs.push(CompactionJob { seals: true, ..job(all.into_iter().cloned().collect()) });
                 continue;
             }
+        }
+        let mut groups = groups;
+        if !open {
+            // Files of an older layout that no merge takes are rewritten alone.
+            let grouped: HashSet<&str> = groups.iter().flatten().map(|f| f.path.as_str()).collect();
+            let older = all.iter().filter(|f| f.layout < SPAN_FILE_LAYOUT && !grouped.contains(f.path.as_str()));
+            let rewrites: Vec<Vec<FileEntry>> = older.map(|f| vec![(*f).clone()]).collect();
+            groups.extend(rewrites);
         }
         jobs.extend(groups.into_iter().map(job));
     }
@@ -491,6 +503,7 @@ mod tests {
             wal_max_segment: Some(committed as u64),
             derived: Vec::new(),
             derivation: 0,
+            layout: SPAN_FILE_LAYOUT,
         }
     }
 
@@ -640,6 +653,34 @@ mod tests {
         let mut short = four.clone();
         short.files[3].rows = 20;
         assert_eq!(names(&plan(&short, &policy, closed, false)), [vec!["s0", "s1", "s2"]]);
+    }
+
+    #[test]
+    fn a_closed_hours_files_of_an_older_layout_are_rewritten_alone() {
+        let policy = CompactionPolicy { target_rows: 100, fan_in: 4 };
+        let older = |f: FileEntry| FileEntry { layout: 0, ..f };
+        // Hour 10: a big file of the first layout, and a big one of this layout. Hour 11: two small
+        // files of the first layout, which a merge takes (and so rewrites).
+        let manifest = Manifest {
+            files: vec![
+                older(ranged(file("old", 10, 80, 1), ("00", "7f"))),
+                ranged(file("new", 10, 80, 2), ("80", "ff")),
+                older(file("a", 11, 10, 3)),
+                older(file("b", 11, 10, 4)),
+            ],
+            ..Manifest::default()
+        };
+        let closed = 13 * HOUR;
+        assert_eq!(names(&plan(&manifest, &policy, closed, false)), [vec!["old"], vec!["a", "b"]]);
+        // While the hour still receives spans, nothing is rewritten for its layout.
+        let open = 10 * HOUR + HOUR / 2;
+        assert!(plan(&manifest, &policy, open, false).is_empty());
+        // Once rewritten, nothing is left to do.
+        let current = Manifest {
+            files: manifest.files[..2].iter().cloned().map(|f| FileEntry { layout: SPAN_FILE_LAYOUT, ..f }).collect(),
+            ..Manifest::default()
+        };
+        assert!(plan(&current, &policy, closed, false).is_empty());
     }
 
     /// A batch in the stored schema: one span per (trace byte, span byte, start ns).

@@ -309,6 +309,7 @@ mod tests {
             wal_max_segment: None,
             derived: Vec::new(),
             derivation: 0,
+            layout: 0,
         }
     }
 

@@ -67,6 +67,7 @@ mod tests {
             wal_max_segment: None,
             derived: Vec::new(),
             derivation: 0,
+            layout: 0,
         }
     }
 

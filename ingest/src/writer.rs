@@ -438,6 +438,7 @@ impl SpanFileWriter {
             committed_unix_ms: crate::manifest::now_unix_ms(),
             wal_max_segment: None,
             derivation: if derived.is_empty() { 0 } else { hopscope_derive::stored::DERIVATION },
+            layout: SPAN_FILE_LAYOUT,
             derived,
         })
     }

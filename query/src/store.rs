@@ -605,6 +605,7 @@ mod tests {
             wal_max_segment: None,
             derived: Vec::new(),
             derivation: 0,
+            layout: 0,
         }
     }
 
@@ -688,6 +689,7 @@ mod tests {
             wal_max_segment: None,
             derived: Vec::new(),
             derivation: 0,
+            layout: 0,
         };
         assert!(pruning.may_match(&entry("00", "ff")));
         assert!(pruning.may_match(&entry("42", "42")));

@@ -59,6 +59,7 @@ impl Store {
                 wal_max_segment: None,
                 derived: Vec::new(),
                 derivation: 0,
+                layout: 0,
             });
         }
         std::fs::write(layout::manifest_path(&dir, layout::DEFAULT_TENANT), manifest.to_json()).unwrap();

@@ -21,6 +21,9 @@ pub enum StoredManifest {
     /// ([`FileEntry::derivation`]).
     #[serde(rename = "3")]
     V3(Manifest),
+    /// The same, with the layout each span file is written in ([`FileEntry::layout`]).
+    #[serde(rename = "4")]
+    V4(Manifest),
 }
 
 /// The current manifest format.
@@ -86,6 +89,11 @@ pub struct FileEntry {
     /// 2). Maintenance derives the files of older versions again.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub derivation: u32,
+    /// The layout the span file is written in ([`crate::spans::SPAN_FILE_LAYOUT`]): 0 when it was
+    /// written before layouts were recorded (manifest versions 1 to 3), which is layout 1.
+    /// Compaction rewrites files of older layouts.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub layout: u32,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -127,13 +135,13 @@ impl Manifest {
         let stored: StoredManifest =
             serde_json::from_slice(bytes).map_err(|e| SchemaError::InvalidManifest(e.to_string()))?;
         match stored {
-            StoredManifest::V1(m) | StoredManifest::V2(m) | StoredManifest::V3(m) => Ok(m),
+            StoredManifest::V1(m) | StoredManifest::V2(m) | StoredManifest::V3(m) | StoredManifest::V4(m) => Ok(m),
         }
     }
 
     /// The stored form of this manifest.
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec_pretty(&StoredManifest::V3(self.clone())).expect("manifest serialises")
+        serde_json::to_vec_pretty(&StoredManifest::V4(self.clone())).expect("manifest serialises")
     }
 
     /// Total spans in committed files.
@@ -169,11 +177,12 @@ mod tests {
                     bytes: 100,
                 }],
                 derivation: 1,
+                layout: 2,
             }],
             retired: vec![RetiredFile { path: "spans/2026-11-28/01/b.parquet".into(), bytes: 10, retired_unix_ms: 6 }],
         };
         let json = m.to_json();
-        assert!(String::from_utf8_lossy(&json).contains("\"version\": \"3\""));
+        assert!(String::from_utf8_lossy(&json).contains("\"version\": \"4\""));
         assert_eq!(Manifest::from_json(&json).unwrap(), m);
         assert!(Manifest::from_json(br#"{"version":"9"}"#).is_err());
         // Manifests written before files could be retired still read.
@@ -183,13 +192,21 @@ mod tests {
         let mut plain = m.clone();
         plain.files[0].derived.clear();
         plain.files[0].derivation = 0;
-        let v1 = String::from_utf8_lossy(&plain.to_json()).replace("\"version\": \"3\"", "\"version\": \"1\"");
+        plain.files[0].layout = 0;
+        let v1 = String::from_utf8_lossy(&plain.to_json()).replace("\"version\": \"4\"", "\"version\": \"1\"");
         assert_eq!(Manifest::from_json(v1.as_bytes()).unwrap(), plain);
         // A version 2 manifest (derived files, no derivation version) reads as derivation 0.
         let mut unversioned = m.clone();
         unversioned.files[0].derivation = 0;
-        let v2 = String::from_utf8_lossy(&unversioned.to_json()).replace("\"version\": \"3\"", "\"version\": \"2\"");
+        unversioned.files[0].layout = 0;
+        let v2 = String::from_utf8_lossy(&unversioned.to_json()).replace("\"version\": \"4\"", "\"version\": \"2\"");
         assert!(!v2.contains("derivation"), "{v2}");
         assert_eq!(Manifest::from_json(v2.as_bytes()).unwrap(), unversioned);
+        // A version 3 manifest (no layouts) reads as layout 0: span files of the first layout.
+        let mut first_layout = m.clone();
+        first_layout.files[0].layout = 0;
+        let v3 = String::from_utf8_lossy(&first_layout.to_json()).replace("\"version\": \"4\"", "\"version\": \"3\"");
+        assert!(!v3.contains("layout"), "{v3}");
+        assert_eq!(Manifest::from_json(v3.as_bytes()).unwrap(), first_layout);
     }
 }

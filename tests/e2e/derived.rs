@@ -1015,7 +1015,7 @@ async fn span_files_written_without_derived_tables_get_them_from_maintenance() {
     let expected_paths = path_totals(&stored_paths);
     assert!(expected_paths.0 > 0);
     write_paths_before_version_4(&data_dir, &mut older);
-    let text = String::from_utf8(older.to_json()).unwrap().replace("\"version\": \"3\"", "\"version\": \"2\"");
+    let text = String::from_utf8(older.to_json()).unwrap().replace("\"version\": \"4\"", "\"version\": \"2\"");
     std::fs::write(layout::manifest_path(&data_dir, layout::DEFAULT_TENANT), text).unwrap();
     // (Without deriving, so that no maintenance pass derives them before the question.)
     let server = Server::start_in(data_dir.clone(), &["--no-derive"]);

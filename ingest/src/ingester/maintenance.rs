@@ -64,14 +64,15 @@ impl Ingester {
         }
 
         let jobs = compaction::plan(&self.manifest.snapshot(), &self.config.compaction, now_ns, pass.close_all_hours);
-        // Online, one seal (an hour merged whole) a pass: the first pass after an upgrade finds
-        // every retained hour unsealed, and a seal's replaced files stay until the pass ends.
+        // Online, one seal (an hour merged whole) or rewrite (a file of an older layout) a pass:
+        // the first pass after an upgrade finds every retained hour unsealed or every file of the
+        // older layout, and what a pass replaced stays on disk until it ends.
         let mut seals_left = if pass.close_all_hours { usize::MAX } else { 1 };
         for job in jobs {
             if stop.is_cancelled() {
                 break;
             }
-            if job.seals {
+            if job.seals || job.inputs.len() == 1 {
                 if seals_left == 0 {
                     continue;
                 }
