@@ -56,7 +56,8 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tokio_util::sync::CancellationToken;
 
 use crate::IngestError;
-use crate::writer::{GATHER_ROWS, NS_PER_HOUR, SpanFileReader, SpanFileWriter, SpanKey, rows_of};
+use crate::reader::SpanFileReader;
+use crate::writer::{GATHER_ROWS, NS_PER_HOUR, SpanFileWriter, SpanKey, rows_of};
 
 /// How long after an hour ends its partition may still receive spans (late exports, retries,
 /// long traces), and is merged in tiers rather than all at once.

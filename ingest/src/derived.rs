@@ -30,7 +30,7 @@ use crate::manifest::{sync_parent, tmp_path};
 /// files are named for the version ([`layout::rederived_file_relative_path`]) beside those they
 /// replace. Returns no files when the derivation failed. Blocking I/O.
 pub(crate) fn derive_file(tenant_dir: &Path, entry: &FileEntry) -> Result<Vec<DerivedFile>, IngestError> {
-    let reader = crate::writer::SpanFileReader::open(&tenant_dir.join(&entry.path), READ_BATCH_ROWS)?;
+    let reader = crate::reader::SpanFileReader::open(&tenant_dir.join(&entry.path), READ_BATCH_ROWS)?;
     let mut writer = DerivedWriter::new(tenant_dir, &entry.path);
     if !entry.derived.is_empty() {
         writer.rederived = Some(hopscope_derive::stored::DERIVATION);

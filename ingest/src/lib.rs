@@ -32,6 +32,7 @@ pub mod manifest;
 pub mod memory;
 pub mod metrics;
 pub mod otlp_json;
+mod reader;
 mod record;
 pub mod retention;
 #[cfg(test)]

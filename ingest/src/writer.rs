@@ -12,8 +12,8 @@ use arrow::compute::{filter_record_batch, interleave_record_batch};
 use hopscope_schemas::columns as c;
 use hopscope_schemas::layout;
 use hopscope_schemas::manifest::FileEntry;
-use hopscope_schemas::spans::{LAYOUT_KEY, SPAN_FILE_LAYOUT, from_stored, stored_span_schema, to_stored};
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use hopscope_schemas::spans::{LAYOUT_KEY, SPAN_FILE_LAYOUT, stored_span_schema, to_stored};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::{KeyValue, SortingColumn};
@@ -459,35 +459,6 @@ impl Drop for SpanFileWriter {
         if self.writer.is_some() {
             self.abandon();
         }
-    }
-}
-
-/// A span file read `batch_rows` rows at a time, in the `spans` table's schema: its stored columns
-/// (of either layout, `hopscope_schemas::spans::SPAN_FILE_LAYOUT`) and the computed ones. Blocking
-/// I/O.
-pub(crate) struct SpanFileReader {
-    reader: ParquetRecordBatchReader,
-}
-
-impl SpanFileReader {
-    pub(crate) fn open(path: &Path, batch_rows: usize) -> Result<Self, IngestError> {
-        let file = fs::File::open(path).map_err(IngestError::io(format!("opening {}", path.display())))?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
-        // The stored columns only: a layout 1 file also holds `end_time`, computed the same.
-        let stored = stored_span_schema();
-        let roots = builder.parquet_schema().root_schema().get_fields();
-        let keep = roots.iter().enumerate().filter(|(_, f)| stored.index_of(f.name()).is_ok()).map(|(i, _)| i);
-        let mask = ProjectionMask::roots(builder.parquet_schema(), keep);
-        Ok(Self { reader: builder.with_projection(mask).with_batch_size(batch_rows).build()? })
-    }
-}
-
-impl Iterator for SpanFileReader {
-    type Item = Result<RecordBatch, IngestError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let batch = self.reader.next()?;
-        Some(batch.map_err(IngestError::from).and_then(|b| Ok(from_stored(&b)?)))
     }
 }
 

@@ -203,4 +203,29 @@ mod tests {
         assert!(port.is_null(0));
         assert_eq!(port.value(1), 5432);
     }
+
+    #[test]
+    fn a_batch_stored_without_its_end_times_gets_them_back_exactly() {
+        use crate::spans::{end_times, from_stored, stored_span_schema, to_stored};
+        use arrow::array::{Int64Array, TimestampNanosecondArray};
+        let rows = [
+            SpanRow::new([1; 16], [1; 8], "shop", "GET /", kind::SERVER)
+                .during(1_700_000_000_000_000_000, 1_700_000_000_250_000_000),
+            SpanRow::new([1; 16], [2; 8], "shop", "db", kind::CLIENT).during(5, 5),
+            SpanRow::new([2; 16], [3; 8], "shop", "late", kind::INTERNAL).during(1_000, 10),
+        ];
+        let batch = batch_of(&rows).unwrap();
+        let stored = to_stored(&batch).unwrap();
+        assert_eq!(stored.schema(), stored_span_schema());
+        assert!(stored.column_by_name(c::END_TIME).is_none());
+        assert_eq!(from_stored(&stored).unwrap(), batch);
+        // A duration taken across the ends of the range (wrapping) gives the end back too.
+        let (start, end) = (i64::MAX - 1, i64::MIN + 3);
+        let duration = Int64Array::from(vec![end.wrapping_sub(start)]);
+        let ends = end_times(&TimestampNanosecondArray::from(vec![start]).with_timezone("UTC"), &duration);
+        assert_eq!(ends.value(0), end);
+        // A file without its start cannot give ends back: an error, not a panic.
+        let without = stored.project(&[0, 1]).unwrap();
+        assert!(from_stored(&without).unwrap_err().to_string().contains("start_time"));
+    }
 }
