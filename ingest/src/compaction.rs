@@ -38,9 +38,10 @@
 //! more files merges them in runs into intermediate files first (never committed, removed once the
 //! merge ends, and removed at the next start after a crash, as every file no commit lists is), so
 //! a reader per file of the hour (each holds a decompression context and page buffers per column,
-//! about 11 MB) is not held at once. A merge holds, whatever the hour's size, 16 readers and the
-//! writers of one file (about 260 MB), outside `--max-buffered-bytes`: a fixed allowance beside
-//! the bound, which does not make exports wait while an hour is sealed.
+//! about 11 MB) is not held at once. A merge holds, whatever the hour's size, 16 readers, the
+//! writers of one file and its rollups (about 380 MB at 10M spans an hour), outside
+//! `--max-buffered-bytes`: an allowance beside the bound, which does not make exports wait while
+//! an hour is sealed.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashSet};
