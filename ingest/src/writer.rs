@@ -1,6 +1,7 @@
-//! Span rows to Parquet files: sorted by (trace_id, start_time), zstd, a bloom filter on `trace_id`,
-//! page statistics for the page index, no dictionary on ids. Each file is written under a temporary
-//! name, synced and renamed into place; it becomes visible only when the manifest lists it.
+//! Span rows to Parquet files: sorted by (trace_id, start_time), zstd where it pays (LZ4 or none
+//! elsewhere), a bloom filter on `trace_id`, page statistics for the page index, no dictionary on
+//! ids. Each file is written under a temporary name, synced and renamed into place; it becomes
+//! visible only when the manifest lists it.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
@@ -250,7 +251,69 @@ pub fn writer_properties(distinct_traces: u64) -> WriterProperties {
     for path in columns_without_statistics() {
         builder = builder.set_column_statistics_enabled(path.clone(), EnabledStatistics::None);
     }
+    for (path, compression) in column_compressions() {
+        builder = builder.set_column_compression(path.clone(), *compression);
+    }
     builder.build()
+}
+
+/// The leaf columns of span files that are not zstd-compressed, and how they are. zstd (level 3,
+/// the file default) pays on ids shared by a trace's rows, names, times within a trace and
+/// attribute strings; but each zstd column of a file costs a compression context while it is
+/// written and a decompression context while it is read (parquet-rs keeps one of each per column
+/// chunk: about 1 MB and 120 KB), which a merge of 16 files and the flush's writers hold all at
+/// once. So:
+/// - uncompressed: what zstd cannot shrink — random span ids, and durations, which delta encoding
+///   has already bit-packed to their size;
+/// - LZ4 (raw blocks, no context): what is usually empty or rare — events, links, scope
+///   attributes, trace state, flags, dropped counts, schema URLs, and the attribute values typed
+///   other than string or integer — which still compresses cheaply when a service does fill it.
+///
+/// BENCHMARKS.md ("Compression by column") has the sizes and the memory.
+fn column_compressions() -> &'static [(ColumnPath, Compression)] {
+    static COMPRESSIONS: OnceLock<Vec<(ColumnPath, Compression)>> = OnceLock::new();
+    COMPRESSIONS.get_or_init(|| {
+        use hopscope_schemas::columns::value as v;
+        let uncompressed = [c::SPAN_ID, c::DURATION_NS];
+        let rare = [
+            c::TRACE_STATE,
+            c::FLAGS,
+            c::SCOPE_VERSION,
+            c::SCOPE_ATTRIBUTES,
+            c::SCOPE_DROPPED_ATTRIBUTES_COUNT,
+            c::SCOPE_SCHEMA_URL,
+            c::DROPPED_ATTRIBUTES_COUNT,
+            c::RESOURCE_DROPPED_ATTRIBUTES_COUNT,
+            c::RESOURCE_SCHEMA_URL,
+            c::EVENTS,
+            c::DROPPED_EVENTS_COUNT,
+            c::LINKS,
+            c::DROPPED_LINKS_COUNT,
+        ];
+        let rare_values = [v::DOUBLE, v::BOOL, v::BYTES, v::ARRAY, v::KVLIST];
+        let descriptor = parquet::arrow::ArrowSchemaConverter::new()
+            .convert(&stored_span_schema())
+            .expect("the stored schema converts to Parquet");
+        descriptor
+            .columns()
+            .iter()
+            .filter_map(|column| {
+                let parts = column.path().parts();
+                let top = parts.first()?.as_str();
+                let leaf = parts.last()?.as_str();
+                let compression = if uncompressed.contains(&top) {
+                    Compression::UNCOMPRESSED
+                } else if rare.contains(&top)
+                    || ([c::ATTRIBUTES, c::RESOURCE_ATTRIBUTES].contains(&top) && rare_values.contains(&leaf))
+                {
+                    Compression::LZ4_RAW
+                } else {
+                    return None;
+                };
+                Some((column.path().clone(), compression))
+            })
+            .collect()
+    })
 }
 
 /// Columns no filter is pruned by, so min/max statistics would only cost time (a comparison per
@@ -532,6 +595,25 @@ mod tests {
         assert_eq!(parts, [vec![1, 1, 1, 2], vec![3, 3, 3, 3], vec![4, 5]]);
         assert_eq!(split_between_traces(&sorted, 1).count(), 1);
         assert_eq!(split_between_traces(&[], 2).count(), 0);
+    }
+
+    #[test]
+    fn zstd_is_kept_for_what_it_shrinks() {
+        let properties = writer_properties(1);
+        let codec =
+            |parts: &[&str]| properties.compression(&ColumnPath::new(parts.iter().map(|p| p.to_string()).collect()));
+        let zstd = Compression::ZSTD(ZstdLevel::try_new(3).unwrap());
+        assert_eq!(codec(&[c::TRACE_ID]), zstd);
+        assert_eq!(codec(&[c::PARENT_SPAN_ID]), zstd);
+        assert_eq!(codec(&[c::START_TIME]), zstd);
+        assert_eq!(codec(&[c::NAME]), zstd);
+        assert_eq!(codec(&[c::ATTRIBUTES, "entries", "keys"]), zstd);
+        assert_eq!(codec(&[c::RESOURCE_ATTRIBUTES, "entries", "values", "str"]), zstd);
+        assert_eq!(codec(&[c::SPAN_ID]), Compression::UNCOMPRESSED);
+        assert_eq!(codec(&[c::DURATION_NS]), Compression::UNCOMPRESSED);
+        assert_eq!(codec(&[c::ATTRIBUTES, "entries", "values", "double"]), Compression::LZ4_RAW);
+        assert_eq!(codec(&[c::EVENTS, "list", "item", "name"]), Compression::LZ4_RAW);
+        assert_eq!(codec(&[c::SCOPE_ATTRIBUTES, "entries", "values", "str"]), Compression::LZ4_RAW);
     }
 
     #[test]
