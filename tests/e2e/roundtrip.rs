@@ -250,7 +250,7 @@ fn to_protobuf(json_body: &[u8]) -> Vec<u8> {
     hopscope_ingest::otlp_json::decode_request(json_body).expect("fixture decodes").encode_to_vec()
 }
 
-/// Committed files are zstd-compressed, sorted by trace id, with a bloom filter on `trace_id`.
+/// Committed files are sorted by trace id, with `trace_id` zstd-compressed and a bloom filter on it.
 fn check_parquet_layout(server: &Server) {
     let tenant = server.data_dir.join("default");
     let manifest: Value = serde_json::from_slice(&std::fs::read(tenant.join("manifest.json")).unwrap()).unwrap();
