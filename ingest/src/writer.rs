@@ -291,14 +291,10 @@ fn column_compressions() -> &'static [(ColumnPath, Compression)] {
             c::DROPPED_LINKS_COUNT,
         ];
         let rare_values = [v::DOUBLE, v::BOOL, v::BYTES, v::ARRAY, v::KVLIST];
-        let descriptor = parquet::arrow::ArrowSchemaConverter::new()
-            .convert(&stored_span_schema())
-            .expect("the stored schema converts to Parquet");
-        descriptor
-            .columns()
+        stored_leaf_columns()
             .iter()
-            .filter_map(|column| {
-                let parts = column.path().parts();
+            .filter_map(|path| {
+                let parts = path.parts();
                 let top = parts.first()?.as_str();
                 let leaf = parts.last()?.as_str();
                 let compression = if uncompressed.contains(&top) {
@@ -310,9 +306,21 @@ fn column_compressions() -> &'static [(ColumnPath, Compression)] {
                 } else {
                     return None;
                 };
-                Some((column.path().clone(), compression))
+                Some((path.clone(), compression))
             })
             .collect()
+    })
+}
+
+/// Every leaf column of span files, as Parquet paths (a map's keys and each field of its values,
+/// each field of an event or link, ...): what per-column writer settings name.
+fn stored_leaf_columns() -> &'static [ColumnPath] {
+    static PATHS: OnceLock<Vec<ColumnPath>> = OnceLock::new();
+    PATHS.get_or_init(|| {
+        let descriptor = parquet::arrow::ArrowSchemaConverter::new()
+            .convert(&stored_span_schema())
+            .expect("the stored schema converts to Parquet");
+        descriptor.columns().iter().map(|column| column.path().clone()).collect()
     })
 }
 
@@ -335,14 +343,10 @@ fn columns_without_statistics() -> &'static [ColumnPath] {
             c::SCOPE_ATTRIBUTES,
             c::SCOPE_SCHEMA_URL,
         ];
-        let descriptor = parquet::arrow::ArrowSchemaConverter::new()
-            .convert(&stored_span_schema())
-            .expect("the stored schema converts to Parquet");
-        descriptor
-            .columns()
+        stored_leaf_columns()
             .iter()
-            .map(|column| column.path().clone())
             .filter(|path| path.parts().first().is_some_and(|top| without.contains(&top.as_str())))
+            .cloned()
             .collect()
     })
 }
