@@ -16,7 +16,9 @@
 //! The flush needs memory of its own while it writes what the buffer held: each span file being
 //! written (one per core) has a Parquet writer per column, its derived tables' writers, and the
 //! rows it is gathering into order. That is kept out of what exports and the buffer may take: a
-//! share of the bound ([`flush_headroom`]), so that the bound covers the flush too.
+//! share of the bound ([`flush_headroom`]), so that the bound covers the flush too; and what it
+//! holds beside its writers grows with the spans it writes, so it writes at most a quarter of the
+//! bound's worth of spans at a time ([`flush_piece_bytes`]).
 
 use std::sync::{Arc, Mutex};
 
@@ -52,6 +54,15 @@ pub(crate) const FILE_WRITING_BYTES: usize = 72 << 20;
 /// most a quarter of the bound (so that small bounds still take exports).
 pub(crate) fn flush_headroom(limit: usize, cores: usize) -> usize {
     FILE_WRITING_BYTES.saturating_mul(cores).min(limit / 4)
+}
+
+/// Buffered span memory one flush piece takes at most under the bound `limit`: a quarter of it.
+/// Beside the spans themselves, a flush holds their sorted index and its derivations' state, which
+/// grow with the spans it writes; a flush of everything the buffer held at 10M spans took 100–200
+/// MiB more at its peak than pieces of this size (BENCHMARKS.md, "A flush in pieces"). Smaller
+/// pieces hold still less, but write smaller files, each with its own derived tables.
+pub(crate) fn flush_piece_bytes(limit: usize) -> usize {
+    limit / 4
 }
 
 /// Memory reserved by exports in progress, against one bound shared with the trace buffer.

@@ -24,6 +24,8 @@ pub struct CutOff {
 struct TraceTimes {
     first_seen: Instant,
     last_seen: Instant,
+    /// Spans buffered: what the trace adds to a flush.
+    spans: usize,
 }
 
 /// Spans of one WAL record (one export payload), or the part of them not yet written.
@@ -88,8 +90,11 @@ impl TraceBuffer {
         for id in trace_id_column(batch).iter().flatten() {
             self.traces
                 .entry(trace_key(id))
-                .and_modify(|t| t.last_seen = now)
-                .or_insert(TraceTimes { first_seen: now, last_seen: now });
+                .and_modify(|t| {
+                    t.last_seen = now;
+                    t.spans += 1;
+                })
+                .or_insert(TraceTimes { first_seen: now, last_seen: now, spans: 1 });
         }
         self.rows += batch.num_rows();
         self.bytes += batch_bytes(batch);
@@ -104,20 +109,23 @@ impl TraceBuffer {
         }
     }
 
-    /// Removes and returns the spans of every trace that is ready at `now` (all of them when
-    /// `everything` is set), and the memory they hold, which [`Self::bytes`] counts until the flush
+    /// Removes and returns the spans of the traces that are ready at `now` (all of them when
+    /// `everything` is set), oldest first, whole traces, holding about `max_bytes` at most (at least
+    /// one trace): a flush's working memory grows with the spans it writes, so a large buffer is
+    /// written in several pieces. What they hold stays counted in [`Self::bytes`] until the flush
     /// says it is done with them ([`Self::flushed`]).
     pub fn take_ready(
         &mut self,
         now: Instant,
         cut_off: CutOff,
         everything: bool,
-    ) -> Result<(Vec<Pending>, usize), IngestError> {
+        max_bytes: usize,
+    ) -> Result<Taken, IngestError> {
         let before = self.bytes;
-        let taken = self.take_ready_batches(now, cut_off, everything)?;
-        let moved = before - self.bytes;
-        self.flushing += moved;
-        Ok((taken, moved))
+        let (pending, more) = self.take_ready_batches(now, cut_off, everything, max_bytes)?;
+        let bytes = before - self.bytes;
+        self.flushing += bytes;
+        Ok(Taken { pending, bytes, more })
     }
 
     fn take_ready_batches(
@@ -125,8 +133,9 @@ impl TraceBuffer {
         now: Instant,
         cut_off: CutOff,
         everything: bool,
-    ) -> Result<Vec<Pending>, IngestError> {
-        let ready: HashSet<u128, foldhash::fast::RandomState> = self
+        max_bytes: usize,
+    ) -> Result<(Vec<Pending>, bool), IngestError> {
+        let mut ready: Vec<(Instant, u128, usize)> = self
             .traces
             .iter()
             .filter(|(_, t)| {
@@ -134,17 +143,35 @@ impl TraceBuffer {
                     || now.duration_since(t.last_seen) >= cut_off.idle
                     || now.duration_since(t.first_seen) >= cut_off.max_age
             })
-            .map(|(id, _)| *id)
+            .map(|(id, t)| (t.first_seen, *id, t.spans))
             .collect();
         if ready.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), false));
+        }
+        // Traces are taken whole, the longest-buffered first, until their spans (at the buffer's
+        // average size) fill `max_bytes`.
+        let span_bytes = self.bytes / self.rows.max(1);
+        let ready_spans: usize = ready.iter().map(|(_, _, spans)| spans).sum();
+        let more = ready_spans.saturating_mul(span_bytes) > max_bytes;
+        if more {
+            ready.sort_unstable_by_key(|(first_seen, id, _)| (*first_seen, *id));
+            let mut bytes = 0usize;
+            let taken = ready
+                .iter()
+                .position(|(_, _, spans)| {
+                    bytes = bytes.saturating_add(spans.saturating_mul(span_bytes));
+                    bytes >= max_bytes
+                })
+                .map_or(ready.len(), |last| last + 1);
+            ready.truncate(taken);
         }
         if ready.len() == self.traces.len() {
             self.traces.clear();
             self.rows = 0;
             self.bytes = 0;
-            return Ok(std::mem::take(&mut self.batches));
+            return Ok((std::mem::take(&mut self.batches), false));
         }
+        let ready: HashSet<u128, foldhash::fast::RandomState> = ready.into_iter().map(|(_, id, _)| id).collect();
         let mut taken = Vec::new();
         let mut kept = Vec::new();
         for Pending { segment, batch, failures } in std::mem::take(&mut self.batches) {
@@ -168,8 +195,19 @@ impl TraceBuffer {
         self.rows = kept.iter().map(|p| p.batch.num_rows()).sum();
         self.bytes = kept.iter().map(|p| batch_bytes(&p.batch)).sum();
         self.batches = kept;
-        Ok(taken)
+        Ok((taken, more))
     }
+}
+
+/// What [`TraceBuffer::take_ready`] took.
+#[derive(Debug)]
+pub struct Taken {
+    /// The spans, by the WAL record they came in.
+    pub pending: Vec<Pending>,
+    /// The memory they hold, which the buffer counts until [`TraceBuffer::flushed`].
+    pub bytes: usize,
+    /// Whether ready traces were left for another piece, to keep within the size asked for.
+    pub more: bool,
 }
 
 /// The memory a batch's rows take, as the buffer counts it. Batches decoded from an Arrow IPC record
@@ -220,15 +258,15 @@ mod tests {
         buf.push(batch(&[1, 2, 1]), 1, t0);
         buf.push(batch(&[2, 3]), 2, t0 + Duration::from_millis(900));
         assert_eq!(buf.min_segment(), Some(1));
-        assert!(buf.take_ready(t0 + Duration::from_millis(500), cut, false).unwrap().0.is_empty());
+        assert!(buf.take_ready(t0 + Duration::from_millis(500), cut, false, usize::MAX).unwrap().pending.is_empty());
         // Trace 1 has been idle for 1s; traces 2 and 3 saw spans 100ms ago.
-        let (taken, _) = buf.take_ready(t0 + Duration::from_secs(1), cut, false).unwrap();
-        assert_eq!(ids(&taken), vec![1, 1]);
+        let taken = buf.take_ready(t0 + Duration::from_secs(1), cut, false, usize::MAX).unwrap();
+        assert_eq!((ids(&taken.pending), taken.more), (vec![1, 1], false));
         assert_eq!(buf.rows(), 3);
         // Trace 2's first span is still buffered: segment 1 is still needed.
         assert_eq!(buf.min_segment(), Some(1));
-        let (rest, _) = buf.take_ready(t0 + Duration::from_secs(1), cut, true).unwrap();
-        assert_eq!(ids(&rest), vec![2, 2, 3]);
+        let rest = buf.take_ready(t0 + Duration::from_secs(1), cut, true, usize::MAX).unwrap();
+        assert_eq!(ids(&rest.pending), vec![2, 2, 3]);
         assert_eq!(buf.rows(), 0);
         assert_eq!(buf.min_segment(), None);
     }
@@ -241,7 +279,10 @@ mod tests {
         for i in 0..5 {
             buf.push(batch(&[7]), 1, t0 + Duration::from_millis(500 * i));
         }
-        assert_eq!(ids(&buf.take_ready(t0 + Duration::from_secs(2), cut, false).unwrap().0), vec![7; 5]);
+        assert_eq!(
+            ids(&buf.take_ready(t0 + Duration::from_secs(2), cut, false, usize::MAX).unwrap().pending),
+            vec![7; 5]
+        );
     }
 
     #[test]
@@ -251,12 +292,39 @@ mod tests {
         buffer.push(whole.slice(0, 10), 1, Instant::now());
         // Ten 16-byte trace ids, although the slice shares the 100-row buffer.
         assert_eq!(buffer.bytes(), 10 * 16);
-        let (_, taken) =
-            buffer.take_ready(Instant::now(), CutOff { idle: Duration::ZERO, max_age: Duration::ZERO }, true).unwrap();
+        let taken = buffer
+            .take_ready(Instant::now(), CutOff { idle: Duration::ZERO, max_age: Duration::ZERO }, true, usize::MAX)
+            .unwrap()
+            .bytes;
         assert_eq!((taken, buffer.rows()), (10 * 16, 0));
         // Being written, they still hold memory.
         assert_eq!(buffer.bytes(), 10 * 16);
         buffer.flushed(taken);
         assert_eq!(buffer.bytes(), 0);
+    }
+
+    #[test]
+    fn a_full_buffer_is_taken_in_pieces_of_whole_traces_oldest_first() {
+        let cut = CutOff { idle: Duration::from_secs(1), max_age: Duration::from_secs(10) };
+        let t0 = Instant::now();
+        let mut buf = TraceBuffer::default();
+        // Trace 5 arrives first, then 1 (three spans), then 9; 5 sends one more span later. Every
+        // span holds 16 bytes here (its trace id).
+        buf.push(batch(&[5]), 1, t0);
+        buf.push(batch(&[1, 1]), 1, t0 + Duration::from_millis(5));
+        buf.push(batch(&[1, 9]), 2, t0 + Duration::from_millis(10));
+        buf.push(batch(&[5]), 3, t0 + Duration::from_millis(20));
+        let later = t0 + Duration::from_secs(5);
+        // Room for two spans: trace 5 (the oldest), both its spans, and nothing else.
+        let first = buf.take_ready(later, cut, false, 2 * 16).unwrap();
+        assert_eq!((ids(&first.pending), first.bytes, first.more), (vec![5, 5], 2 * 16, true));
+        // A trace larger than the room is still taken, whole.
+        let second = buf.take_ready(later, cut, false, 16).unwrap();
+        assert_eq!((ids(&second.pending), second.more), (vec![1, 1, 1], true));
+        let last = buf.take_ready(later, cut, false, 16).unwrap();
+        assert_eq!((ids(&last.pending), last.more), (vec![9], false));
+        assert_eq!((buf.rows(), buf.min_segment()), (0, None));
+        // Taken spans stay counted until their pieces are written.
+        assert_eq!(buf.bytes(), 6 * 16);
     }
 }

@@ -187,6 +187,8 @@ pub struct Ingester {
     replaying: tokio::sync::Mutex<()>,
     /// Memory reserved by exports in progress, bounded with the buffer's by `max_buffered_bytes`.
     admission: Arc<Admission>,
+    /// Buffered span memory one flush piece takes at most ([`admission::flush_piece_bytes`]).
+    flush_piece_bytes: usize,
     /// Span files whose derivation failed in this process: maintenance does not try them again.
     underivable: Mutex<std::collections::HashSet<String>>,
 }
@@ -241,6 +243,7 @@ impl Ingester {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         let headroom = admission::flush_headroom(config.max_buffered_bytes, cores);
         let admission = Admission::new(config.max_buffered_bytes, headroom, metrics.reserved_bytes.clone());
+        let flush_piece_bytes = admission::flush_piece_bytes(config.max_buffered_bytes);
         Ok(Arc::new(Self {
             config,
             _lock: lock,
@@ -254,6 +257,7 @@ impl Ingester {
             dead_letters,
             replaying: tokio::sync::Mutex::new(()),
             admission,
+            flush_piece_bytes,
             underivable: Mutex::new(std::collections::HashSet::new()),
         }))
     }

@@ -3,6 +3,7 @@
 //! ids. Each file is written under a temporary name, synced and renamed into place; it becomes
 //! visible only when the manifest lists it.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::path::Path;
@@ -122,21 +123,12 @@ pub(crate) fn write_rows(
             crate::fault::check_write(&batches[b as usize])?;
         }
     }
-    // Rows by the hour their trace's first (earliest) span starts in: rows are sorted by start
-    // time within a trace.
-    let mut hours: BTreeMap<i64, Vec<Row>> = BTreeMap::new();
-    let mut trace_hour = 0;
-    for (i, row) in rows.iter().enumerate() {
-        if i == 0 || rows[i - 1].key.trace != row.key.trace {
-            trace_hour = row.key.start.div_euclid(NS_PER_HOUR);
-        }
-        hours.entry(trace_hour).or_default().push(*row);
-    }
+    let by_hour = by_trace_hour(rows);
     let refs: Vec<&RecordBatch> = batches.iter().collect();
     // Large flushes are written as several files at once, one per core (split between traces, so
     // each file holds a disjoint range of trace ids): encoding is the flush's bottleneck.
     let parts: Vec<(i64, &[Row])> =
-        hours.iter().flat_map(|(hour, rows)| shards(rows).map(|part| (*hour, part))).collect();
+        by_hour.iter().flat_map(|(hour, rows)| shards(rows).map(|part| (*hour, part))).collect();
     let results: Vec<Result<FileEntry, IngestError>> = std::thread::scope(|scope| {
         let writing: Vec<_> = parts
             .iter()
@@ -168,6 +160,27 @@ pub(crate) fn write_rows(
         return Err(e);
     }
     Ok(entries)
+}
+
+/// `rows` (sorted) by the hour their trace's first (earliest) span starts in (rows are sorted by
+/// start time within a trace), hours in order. Usually every trace of a flush starts in one hour:
+/// then the rows are not copied.
+fn by_trace_hour(rows: &[Row]) -> Vec<(i64, Cow<'_, [Row]>)> {
+    let trace_starts = rows.iter().enumerate().filter(|(i, row)| *i == 0 || rows[i - 1].key.trace != row.key.trace);
+    let mut hours = trace_starts.map(|(_, row)| row.key.start.div_euclid(NS_PER_HOUR));
+    let Some(first) = hours.next() else { return Vec::new() };
+    if hours.all(|hour| hour == first) {
+        return vec![(first, Cow::Borrowed(rows))];
+    }
+    let mut by_hour: BTreeMap<i64, Vec<Row>> = BTreeMap::new();
+    let mut trace_hour = first;
+    for (i, row) in rows.iter().enumerate() {
+        if i == 0 || rows[i - 1].key.trace != row.key.trace {
+            trace_hour = row.key.start.div_euclid(NS_PER_HOUR);
+        }
+        by_hour.entry(trace_hour).or_default().push(*row);
+    }
+    by_hour.into_iter().map(|(hour, rows)| (hour, Cow::Owned(rows))).collect()
 }
 
 /// Rows below which a file is not split across cores.
@@ -633,5 +646,23 @@ mod tests {
         let kept: Vec<(u128, i64, u32)> = rows.iter().map(|r| (r.key.trace, r.key.start, r.row)).collect();
         // The first copy received (row 0) is the one kept.
         assert_eq!(kept, [(1, 9, 1), (2, 1, 3), (2, 5, 0)]);
+    }
+
+    #[test]
+    fn rows_go_to_the_hour_their_trace_starts_in() {
+        let key = |trace: u128, start: i64| SpanKey { trace, start, span: 0, end: start };
+        let row = |trace: u128, start: i64| Row { key: key(trace, start), batch: 0, row: 0 };
+        let traces = |rows: &[Row]| rows.iter().map(|r| r.key.trace).collect::<Vec<_>>();
+        let hour = NS_PER_HOUR;
+        // One hour: the rows as they are.
+        let same = [row(1, 10 * hour), row(1, 10 * hour + 5), row(2, 10 * hour + 1)];
+        let [(h, rows)] = &by_trace_hour(&same)[..] else { panic!("one hour") };
+        assert!(matches!(rows, Cow::Borrowed(_)));
+        assert_eq!((*h, traces(rows)), (10, vec![1, 1, 2]));
+        // Trace 1 starts before 11:00 and ends after: all of it in hour 10; trace 2 in hour 11.
+        let across = [row(1, 11 * hour - 1), row(1, 11 * hour + 7), row(2, 11 * hour), row(3, 10 * hour)];
+        let split: Vec<(i64, Vec<u128>)> = by_trace_hour(&across).iter().map(|(h, r)| (*h, traces(r))).collect();
+        assert_eq!(split, [(10, vec![1, 1, 3]), (11, vec![2])]);
+        assert!(by_trace_hour(&[]).is_empty());
     }
 }

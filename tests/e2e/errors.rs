@@ -2,10 +2,12 @@
 //! clean stop that keeps every acknowledged span.
 
 use std::io::Write;
+use std::path::PathBuf;
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use prost::Message;
 use serde_json::Value;
 
@@ -400,6 +402,50 @@ async fn simultaneous_large_exports_are_taken_within_the_memory_bound() {
     assert_eq!(server.metric("hopscope_ingest_reserved_bytes").await, 0.0, "every reservation is released");
     let refused = server.metric("hopscope_ingest_requests_refused_total{reason=\"overloaded\"}").await;
     assert_eq!(refused, f64::from(refusals));
+    server.terminate();
+}
+
+/// A buffer holding more than a flush may write at once (a quarter of `--max-buffered-bytes`) is
+/// written in several pieces, each committed before the next is taken, so that what the flush
+/// holds while it writes stays within the bound; every span is stored, each trace whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buffer_larger_than_a_flush_is_written_in_pieces() {
+    // 4 MiB: six traces of 400 spans (about 0.45 MiB each once buffered) take more than the 1 MiB
+    // a flush may write at once.
+    // No maintenance pass merges the files while the test reads them.
+    let server = Server::start("flush-pieces", &["--max-buffered-bytes", "4194304", "--maintenance-interval", "1h"]);
+    let exports = large_exports(6, 400, 3);
+    // One export carrying all six traces: they arrive together and are ready together, so a single
+    // flush would take them all.
+    let mut joint = ExportTraceServiceRequest::default();
+    for (_, body) in &exports {
+        joint.resource_spans.extend(ExportTraceServiceRequest::decode(body.as_slice()).unwrap().resource_spans);
+    }
+    let (status, _, body) = post(&server, "application/x-protobuf", None, joint.encode_to_vec()).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    for (id, _) in &exports {
+        server.wait_for_trace(id, 400).await;
+    }
+    // Each piece is a span file of its own (a flush this small is not split across cores): the
+    // six traces are in at least two, each trace whole in one.
+    let files = crate::support::span_files(&server.data_dir);
+    assert!(files.len() >= 2, "six traces of about 2.7 MiB were written at once: {files:?}");
+    let mut files_of: std::collections::HashMap<String, std::collections::HashSet<PathBuf>> = Default::default();
+    for file in files {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&file).unwrap()).unwrap();
+        let mask = parquet::arrow::ProjectionMask::columns(reader.parquet_schema(), ["trace_id"]);
+        for batch in reader.with_projection(mask).build().unwrap() {
+            let batch = batch.unwrap();
+            let ids = batch.column(0).as_any().downcast_ref::<arrow::array::FixedSizeBinaryArray>().unwrap();
+            for id in ids.iter().flatten() {
+                files_of.entry(hex::encode(id)).or_default().insert(file.clone());
+            }
+        }
+    }
+    assert_eq!(files_of.len(), exports.len(), "{:?}", files_of.keys());
+    for (trace, files) in &files_of {
+        assert_eq!(files.len(), 1, "trace {trace} is split across {files:?}");
+    }
     server.terminate();
 }
 

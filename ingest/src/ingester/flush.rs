@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Ingester, set_storage_gauges};
 use crate::IngestError;
-use crate::buffer::Pending;
+use crate::buffer::{Pending, Taken};
 use crate::dead_letter::MAX_WRITE_ATTEMPTS;
 use crate::writer::{Row, rows_of, sort_and_dedup, write_rows};
 
@@ -26,14 +26,20 @@ impl Ingester {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(this.config.flush_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // Set when a piece left ready traces: the next is written at once (unless stopping).
+            let mut going_on: Option<bool> = None;
             loop {
-                let everything = tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tick.tick() => false,
-                    _ = this.wake.notified() => true,
+                let everything = match going_on.take() {
+                    Some(everything) if !shutdown.is_cancelled() => everything,
+                    _ => tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tick.tick() => false,
+                        _ = this.wake.notified() => true,
+                    },
                 };
-                if let Err(e) = this.flush(everything).await {
-                    tracing::error!(error = %e, "flush failed; spans stay buffered and are retried");
+                match this.flush_piece(everything).await {
+                    Ok(more) => going_on = more.then_some(everything),
+                    Err(e) => tracing::error!(error = %e, "flush failed; spans stay buffered and are retried"),
                 }
             }
             this.close().await
@@ -97,7 +103,8 @@ impl Ingester {
         Ok(())
     }
 
-    /// Writes the traces that are ready (all of them when `everything`) and commits the files.
+    /// Writes the traces that are ready (all of them when `everything`) and commits the files,
+    /// piece by piece ([`Self::flush_piece`]).
     ///
     /// When the joint write fails, each payload is written on its own, so that one that cannot be
     /// written (a poison payload) never holds back the others: the ones that succeed are
@@ -106,16 +113,28 @@ impl Ingester {
     /// storage's, not the payload's (disk full, quota, file size limit, read-only file system),
     /// dead-letters nothing: everything stays buffered until space returns.
     pub async fn flush(self: &Arc<Self>, everything: bool) -> Result<(), IngestError> {
-        let (pending, taken_bytes, wal_floor) = {
+        while self.flush_piece(everything).await? {}
+        Ok(())
+    }
+
+    /// Writes and commits one piece of [`Self::flush`]: ready traces holding at most a quarter of
+    /// `--max-buffered-bytes` ([`crate::admission::flush_piece_bytes`]), whole, the longest-buffered
+    /// first. What a flush holds while it writes grows with the spans it writes (their sorted
+    /// index, the derivations' state), and the bound keeps only a share of itself for the flush;
+    /// once a piece is committed, the room its spans held takes new exports while the next is
+    /// written. Returns whether ready traces were left for another piece.
+    async fn flush_piece(self: &Arc<Self>, everything: bool) -> Result<bool, IngestError> {
+        let (taken, wal_floor) = {
             let mut buffer = self.buffer.lock().expect("buffer lock");
-            let (pending, taken_bytes) = buffer.take_ready(Instant::now(), self.config.cut_off, everything)?;
+            let taken = buffer.take_ready(Instant::now(), self.config.cut_off, everything, self.flush_piece_bytes)?;
             // Every WAL record below this segment is in the spans taken now or in earlier files:
             // the WAL writer buffers a record before it can start a later segment.
             let floor = buffer.min_segment().unwrap_or(u64::MAX).min(self.wal.current_segment());
-            (pending, taken_bytes, floor)
+            (taken, floor)
         };
+        let Taken { pending, bytes: taken_bytes, more } = taken;
         if pending.is_empty() && wal_floor <= self.manifest.wal_floor() {
-            return Ok(());
+            return Ok(false);
         }
         let started = Instant::now();
         let this = Arc::clone(self);
@@ -138,7 +157,7 @@ impl Ingester {
         if let Some(error) = stored.error {
             return Err(error);
         }
-        Ok(())
+        Ok(more)
     }
 
     /// Writes and commits `pending` (blocking I/O); see [`Self::flush`].
