@@ -166,19 +166,15 @@ pub(crate) fn write_rows(
 /// start time within a trace), hours in order. Usually every trace of a flush starts in one hour:
 /// then the rows are not copied.
 fn by_trace_hour(rows: &[Row]) -> Vec<(i64, Cow<'_, [Row]>)> {
-    let trace_starts = rows.iter().enumerate().filter(|(i, row)| *i == 0 || rows[i - 1].key.trace != row.key.trace);
-    let mut hours = trace_starts.map(|(_, row)| row.key.start.div_euclid(NS_PER_HOUR));
-    let Some(first) = hours.next() else { return Vec::new() };
-    if hours.all(|hour| hour == first) {
+    let traces = || rows.chunk_by(|a, b| a.key.trace == b.key.trace);
+    let hour_of = |trace: &[Row]| trace[0].key.start.div_euclid(NS_PER_HOUR);
+    let Some(first) = traces().next().map(hour_of) else { return Vec::new() };
+    if traces().all(|trace| hour_of(trace) == first) {
         return vec![(first, Cow::Borrowed(rows))];
     }
     let mut by_hour: BTreeMap<i64, Vec<Row>> = BTreeMap::new();
-    let mut trace_hour = first;
-    for (i, row) in rows.iter().enumerate() {
-        if i == 0 || rows[i - 1].key.trace != row.key.trace {
-            trace_hour = row.key.start.div_euclid(NS_PER_HOUR);
-        }
-        by_hour.entry(trace_hour).or_default().push(*row);
+    for trace in traces() {
+        by_hour.entry(hour_of(trace)).or_default().extend_from_slice(trace);
     }
     by_hour.into_iter().map(|(hour, rows)| (hour, Cow::Owned(rows))).collect()
 }
