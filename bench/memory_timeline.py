@@ -16,11 +16,21 @@ so that no merge runs beside the load).
 """
 
 import argparse
+import re
 import subprocess
 import tempfile
 import time
 
 from harness import Server
+
+
+def seconds(duration):
+    """A duration as `serve` takes it (`90s`, `1m 30s`, `1h30m`, `500ms`), in seconds."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "min": 60, "h": 3600}
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*(ms|min|s|m|h)", duration)
+    if not parts or re.sub(r"\s", "", duration) != "".join(n + u for n, u in parts):
+        raise SystemExit(f"cannot read the duration {duration!r}: use e.g. 90s, 1m30s or 1h")
+    return sum(float(n) * units[u] for n, u in parts)
 
 
 def main():
@@ -34,10 +44,7 @@ def main():
     args = parser.parse_args()
     maintenance_s = 60.0
     if "--maintenance-interval" in args.serve_args:
-        value = args.serve_args[args.serve_args.index("--maintenance-interval") + 1]
-        units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
-        unit = next(u for u in ("ms", "s", "m", "h") if value.endswith(u))
-        maintenance_s = float(value[: -len(unit)]) * units[unit]
+        maintenance_s = seconds(args.serve_args[args.serve_args.index("--maintenance-interval") + 1])
 
     with tempfile.TemporaryDirectory(prefix="hopscope-memory-") as data_dir:
         server = Server(args.binary, data_dir, *args.serve_args)

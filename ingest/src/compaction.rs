@@ -38,8 +38,9 @@
 //! more files merges them in runs into intermediate files first (never committed, removed once the
 //! merge ends, and removed at the next start after a crash, as every file no commit lists is), so
 //! a reader per file of the hour (each holds a decompression context and page buffers per column,
-//! about 11 MB) is not held at once. A merge holds, whatever the hour's size, 16 readers, the
-//! writers of one file and its rollups (about 380 MB at 10M spans an hour), outside
+//! about 11 MB) is not held at once. A merge holds, whatever the hour's size, 16 readers (each
+//! with its current batch, `READ_ROWS_IN_ALL` rows over all of them), the writers of one file
+//! and its rollups (about 260 MB at 10M spans an hour, from a heap profile), outside
 //! `--max-buffered-bytes`: an allowance beside the bound, which does not make exports wait while
 //! an hour is sealed.
 
@@ -253,8 +254,11 @@ pub const MERGE_FAN_IN: usize = 16;
 /// Rows read from an input at a time, at most.
 const READ_BATCH_ROWS: usize = 8 * 1024;
 
-/// Rows read at a time over all the inputs of a merge (each holds its current batch).
-const READ_ROWS_IN_ALL: usize = 128 * 1024;
+/// Rows read at a time over all the inputs of a merge (each holds its current batch): 2k rows from
+/// each of 16 inputs. A quarter of what it was (128k) took 70 MiB off the peak of `hopscope
+/// compact` over a 10M-span store, and 150–200 MiB off the peak under a 10M-span load while merges
+/// ran, for no CPU measured (BENCHMARKS.md, "Smaller reads in merges").
+const READ_ROWS_IN_ALL: usize = 32 * 1024;
 
 /// Rows read from each of `inputs` files at a time: [`READ_BATCH_ROWS`], less when many files are
 /// merged at once, at least 1024.
