@@ -77,7 +77,7 @@ impl Service<http::Request<Body>> for TraceService {
 async fn read_message(ingester: &Ingester, mut body: Body, limit: usize) -> Result<(Bytes, Option<Admitted>), Status> {
     let too_large = || {
         let e = IngestError::TooLarge { limit, decompressed: false };
-        ingester.note_refused(&e);
+        ingester.note_refused_before_export(&e);
         status_of(&e)
     };
     let mut received = BytesMut::new();
@@ -121,11 +121,11 @@ async fn export(
     limit: usize,
 ) -> Result<ExportTraceServiceResponse, Status> {
     let encoding_gzip = message_encoding(req.headers()).inspect_err(|_| {
-        ingester.note_refused(&IngestError::UnsupportedMediaType("grpc-encoding".into()));
+        ingester.note_refused_before_export(&IngestError::UnsupportedMediaType("grpc-encoding".into()));
     })?;
     // One length-prefixed message: 1 byte compressed flag, 4 bytes length, the message.
     let refuse = |e: IngestError| {
-        ingester.note_refused(&e);
+        ingester.note_refused_before_export(&e);
         status_of(&e)
     };
     let (mut frame, admitted) = read_message(ingester, req.into_body(), limit).await?;

@@ -56,7 +56,7 @@ async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
     let format = match BodyFormat::from_content_type(content_type) {
         Ok(format) => format,
         Err(e) => {
-            state.ingester.note_refused(&e);
+            state.ingester.note_refused_before_export(&e);
             return error_response(&e, BodyFormat::Json);
         }
     };
@@ -87,7 +87,7 @@ async fn receive(
         other => {
             let e =
                 IngestError::UnsupportedMediaType(format!("unsupported Content-Encoding {other:?}: use gzip or none"));
-            state.ingester.note_refused(&e);
+            state.ingester.note_refused_before_export(&e);
             return Err(e);
         }
     };
@@ -113,7 +113,7 @@ async fn receive(
         } else {
             IngestError::Malformed { format: "HTTP", message: format!("reading the body failed: {e}") }
         };
-        state.ingester.note_refused(&e);
+        state.ingester.note_refused_before_export(&e);
         e
     })?;
     state.ingester.export(ExportBody::Http { body, format, gzip, limit, admitted }).await

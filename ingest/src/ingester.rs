@@ -272,6 +272,14 @@ impl Ingester {
         self.metrics.refused(error.refusal_reason());
     }
 
+    /// Counts a request refused before [`Self::export`] received it (for its headers, its message
+    /// framing, or a body that could not be read): a request received, and refused by its reason.
+    /// Admission and `export` count the requests they see themselves.
+    pub fn note_refused_before_export(&self, error: &IngestError) {
+        self.metrics.requests.inc_by(1);
+        self.note_refused(error);
+    }
+
     /// Sets the buffer's gauges from what it holds now.
     fn note_buffer(&self) {
         let buffer = self.buffer.lock().expect("buffer lock");

@@ -113,6 +113,13 @@ async fn otlp_http_answers_per_the_specification() {
     let (status, _, body) = post(&server, "application/x-protobuf", Some("gzip"), gzip(&vec![0; 100_000])).await;
     assert_eq!(status, 413);
     assert!(RpcStatus::decode(body.as_slice()).unwrap().message.contains("after decompression"));
+
+    // Each of the eleven requests above is counted once, those refused for their headers too.
+    assert_eq!(server.metric("hopscope_ingest_requests_total").await, 11.0);
+    for (reason, count) in [("unsupported_media_type", 2.0), ("malformed", 2.0), ("too_large", 2.0)] {
+        let refused = server.metric(&format!("hopscope_ingest_requests_refused_total{{reason=\"{reason}\"}}")).await;
+        assert_eq!(refused, count, "{reason}");
+    }
 }
 
 /// Puts a varint where `ExportTraceServiceRequest` has its repeated `resource_spans` message.
@@ -192,6 +199,27 @@ async fn otlp_grpc_answers_per_the_specification() {
     assert_eq!(response.headers()["grpc-status"], (tonic::Code::InvalidArgument as i32).to_string());
     let message = response.headers()["grpc-message"].to_str().unwrap().to_owned();
     assert!(message.contains("gzip"), "{message}");
+
+    // A message prefix that declares more bytes than follow.
+    let response = h2
+        .post(format!("http://{}/opentelemetry.proto.collector.trace.v1.TraceService/Export", server.grpc))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(vec![0, 0, 0, 0, 100, 1, 2, 3])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["grpc-status"], (tonic::Code::InvalidArgument as i32).to_string());
+    // (grpc-message is percent-encoded: spaces come as %20.)
+    let message = response.headers()["grpc-message"].to_str().unwrap().replace("%20", " ");
+    assert!(message.contains("says 100 bytes but 3 follow"), "{message}");
+
+    // Each of the seven calls above is counted once, the one refused for its framing too.
+    assert_eq!(server.metric("hopscope_ingest_requests_total").await, 7.0);
+    for (reason, count) in [("malformed", 3.0), ("too_large", 2.0)] {
+        let refused = server.metric(&format!("hopscope_ingest_requests_refused_total{{reason=\"{reason}\"}}")).await;
+        assert_eq!(refused, count, "{reason}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
