@@ -33,17 +33,17 @@
 //!   rewrites them all).
 //!
 //! The merge streams: it reads each input a batch at a time and merges them by (trace_id,
-//! start_time) into row groups, so what it holds of the spans is a reader and a batch per input
-//! and a row group, whatever the files' sizes. It reads at most [`MERGE_FAN_IN`] files at once: a seal of an hour of
-//! more files merges them in runs into intermediate files first (never committed, removed once the
-//! merge ends, and removed at the next start after a crash, as every file no commit lists is), so
-//! a reader per file of the hour (each holds a decompression context and page buffers per column,
-//! about 11 MB) is not held at once. A merge holds at most 16 readers (each with its current
-//! batch, `READ_ROWS_IN_ALL` rows over all of them) and the writers of one file, whatever the
-//! hour's size, and what the derivation of that file holds (its rollups and sketches, and the
-//! derived tables' writers), which grows with the file: `hopscope compact` of a 10M-span store
-//! holds 220–240 MiB in the levels that do not derive, and up to about 600 MiB as a seal's last
-//! level writes files of 3.3M spans (BENCHMARKS.md, "Smaller reads in merges"). It is held
+//! start_time) into row groups, so what it holds of the spans is a reader and a batch per input and
+//! a row group, whatever the files' sizes. It reads at most [`MERGE_FAN_IN`] files at once: a seal
+//! of an hour of more files merges them in runs into intermediate files first (never committed,
+//! removed once the merge ends, and removed at the next start after a crash, as every file no
+//! commit lists is), so a reader per file of the hour (each holds a decompression context and page
+//! buffers per column, about 11 MB) is not held at once. A merge holds at most 16 readers (each
+//! with its current batch, `READ_ROWS_IN_ALL` rows over all of them) and the writers of one file,
+//! whatever the hour's size, and what the derivation of that file holds (its rollups and sketches,
+//! and the derived tables' writers), which grows with the file: `hopscope compact` of a 10M-span
+//! store holds 220–240 MiB in the levels that do not derive, and up to about 600 MiB as a seal's
+//! last level writes files of 3.3M spans (BENCHMARKS.md, "Smaller reads in merges"). It is held
 //! outside `--max-buffered-bytes`: an allowance beside the bound, which does not make exports wait
 //! while an hour is sealed.
 

@@ -273,8 +273,8 @@ impl Ingester {
     }
 
     /// Counts a request refused before [`Self::export`] received it (for its headers, its message
-    /// framing, or a body that could not be read): a request received, and refused by its reason.
-    /// Admission and `export` count the requests they see themselves.
+    /// framing, a body that could not be read, or by admission): a request received, and refused by
+    /// its reason. `export` counts the requests it receives itself.
     pub fn note_refused_before_export(&self, error: &IngestError) {
         self.metrics.requests.inc_by(1);
         self.note_refused(error);
@@ -307,8 +307,7 @@ impl Ingester {
             self.admission.reserve(admission::estimate(len, gzip, limit), buffered).map(Admitted)
         };
         if let Err(e) = &admitted {
-            self.metrics.requests.inc_by(1);
-            self.note_refused(e);
+            self.note_refused_before_export(e);
         }
         admitted
     }
