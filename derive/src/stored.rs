@@ -632,6 +632,8 @@ mod tests {
             SpanRow::new(trace(12), [13; 8], "web", "GET /a", SERVER).during(ms(2_000), ms(2_300)),
             // The next minute, another endpoint.
             SpanRow::new(trace(13), [14; 8], "web", "GET /b", SERVER).during(ms(61_000), ms(61_030)),
+            // The first trace in the file, with an endpoint whose name sorts after the others'.
+            SpanRow::new(trace(9), [9; 8], "web", "GET /c", SERVER).during(ms(3_000), ms(3_070)),
         ];
         let tables = derive_all(&rows);
         let rollup = table(&tables, layout::PATH_ROLLUP_TABLE);
@@ -662,8 +664,9 @@ mod tests {
             .collect();
         let ns = |ms: i64| ms * 1_000_000;
         let op = |service: &str, name: &str| Some((service.to_owned(), name.to_owned()));
-        let (a, b) = ("web GET /a".to_owned(), "web GET /b".to_owned());
-        let (b100, b300, b30) = (bucket_index(ns(100)), bucket_index(ns(300)), bucket_index(ns(30)));
+        let (a, b, c) = ("web GET /a".to_owned(), "web GET /b".to_owned(), "web GET /c".to_owned());
+        let (b100, b300, b30, b70) =
+            (bucket_index(ns(100)), bucket_index(ns(300)), bucket_index(ns(30)), bucket_index(ns(70)));
         let next = minute + 60_000_000_000;
         let mut expected: Vec<Row> = vec![
             (minute, a.clone(), b100, None, 2, ns(200), 0),
@@ -671,6 +674,8 @@ mod tests {
             (minute, a.clone(), b100, op("web", "query"), 0, 0, ns(50)),
             (minute, a.clone(), b300, None, 1, ns(300), 0),
             (minute, a.clone(), b300, op("web", "GET /a"), 0, 0, ns(300)),
+            (minute, c.clone(), b70, None, 1, ns(70), 0),
+            (minute, c.clone(), b70, op("web", "GET /c"), 0, 0, ns(70)),
             (next, b.clone(), b30, None, 1, ns(30), 0),
             (next, b.clone(), b30, op("web", "GET /b"), 0, 0, ns(30)),
         ];
@@ -691,8 +696,16 @@ mod tests {
         twice.add_paths(paths, 1).unwrap();
         twice.add_paths(paths, 1).unwrap();
         let twice = twice.take_batch().unwrap().unwrap();
-        assert_eq!(int_sum(&twice, pr::PATHS), 4);
+        assert_eq!(int_sum(&twice, pr::PATHS), 5);
         assert_eq!(int_sum(&twice, pr::SELF_NS), 2 * int_sum(paths, cp::SELF_NS));
+
+        // Rows are ordered by their names, not by the order the names were first seen in (`GET /c`
+        // first, above): the same paths handed over last row first give the same rows.
+        let last_first = arrow::array::UInt32Array::from_iter_values((0..paths.num_rows() as u32).rev());
+        let reversed = arrow::compute::take_record_batch(paths, &last_first).unwrap();
+        let mut backwards = PathRollup::default();
+        backwards.add_paths(&reversed, 1).unwrap();
+        assert_eq!(&backwards.take_batch().unwrap().unwrap(), rollup);
     }
 
     #[test]
