@@ -69,13 +69,18 @@ impl Store {
             self.counts.resize(len, 0);
             return;
         }
+        // Past the starting room, a store grows by what it needs, not by doubling: values that
+        // widen a store are rare (new extremes), and a rollup of a seal's file holds tens of
+        // thousands of stores at once.
         if from < self.offset {
             let before = (self.offset - from) as usize;
+            self.counts.reserve_exact(before);
             self.counts.splice(0..0, std::iter::repeat_n(0, before));
             self.offset = from;
         }
         let last = self.offset + self.counts.len() as i32 - 1;
         if to > last {
+            self.counts.reserve_exact((to - last) as usize);
             self.counts.resize(self.counts.len() + (to - last) as usize, 0);
         }
     }
