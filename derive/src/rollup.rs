@@ -1001,9 +1001,9 @@ pub fn path_rollup_schema() -> SchemaRef {
 
 /// What identifies a `path_rollup` row: the paths' minute, root and duration bucket, and the
 /// operation (service, name) whose self time it sums, or `None` for the row counting the paths.
-/// Names are numbers of the rollup's [`Names`]: a file's last level counts ~0.14 rows per span
-/// (one per minute, endpoint, 1% duration bucket and operation on the path), and a key of owned
-/// strings made those rows ~4× the memory.
+/// Names are numbers of the rollup's [`Names`]: a file holds ~0.14 rows per span (one per minute,
+/// endpoint, 1% duration bucket and operation on the path), and keys of owned strings cost a seal's
+/// last level 100 MiB more (BENCHMARKS.md, "What a seal's rollups hold").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct PathKey {
     minute_ns: i64,
