@@ -92,7 +92,8 @@ struct ServeArgs {
     /// reserves about 6× its inflated body while decoded, then its body and spans until they are
     /// buffered); beyond it exports are refused as retryable (HTTP 503 + Retry-After, gRPC
     /// UNAVAILABLE + RetryInfo) until the writer catches up. An export with no other in progress
-    /// is taken while the buffer is under the bound.
+    /// is taken while the buffer is under the bound. Compaction's merges reserve what they will hold
+    /// (at most half of it) and wait while ingest leaves them no room.
     #[arg(long, env = "HOPSCOPE_MAX_BUFFERED_BYTES", default_value_t = 512 << 20, value_parser = positive_usize)]
     max_buffered_bytes: usize,
     /// How long one query may run before it is cancelled (e.g. 30s, 2m).

@@ -19,6 +19,15 @@
 //! share of the bound ([`flush_headroom`]), so that the bound covers the flush too; and what it
 //! holds beside its writers grows with the spans it writes, so it writes at most a quarter of the
 //! bound's worth of spans at a time ([`flush_piece_bytes`]).
+//!
+//! Maintenance's merges hold memory too (readers, a span file's writers, the derivation of the
+//! file they write: [`crate::compaction::CompactionJob::memory_estimate`]). A merge reserves what
+//! it will hold, at most half of what exports and the buffer may hold, and only if that fits
+//! beside them ([`Admission::reserve_if_fits`]); otherwise it waits for a later maintenance pass,
+//! so ingest comes first and a burst of exports is not met by a merge's memory on top of it.
+//! While a merge runs, exports fit beside its reservation. A merge that has waited
+//! [`crate::ingester::IngesterConfig::merge_max_wait`] runs anyway ([`Admission::hold`]): under
+//! sustained overload, exports are then refused until what they hold fits beside it.
 
 use std::sync::{Arc, Mutex};
 
@@ -89,6 +98,33 @@ impl Admission {
         let mut reservation = Reservation { admission: Arc::clone(self), bytes: 0 };
         reservation.resize(bytes, buffered)?;
         Ok(reservation)
+    }
+
+    /// What exports, the buffer and maintenance may hold together: the bound less the flush's
+    /// headroom.
+    pub(crate) fn usable(&self) -> usize {
+        self.usable
+    }
+
+    /// Reserves `bytes` for maintenance (a merge) only if they fit beside `buffered` and what is
+    /// already reserved: unlike an export's, a merge's reservation is never taken alone past the
+    /// bound, since a merge can wait for a later pass and ingest cannot.
+    pub(crate) fn reserve_if_fits(self: &Arc<Self>, bytes: usize, buffered: usize) -> Option<Reservation> {
+        let mut reserved = self.reserved.lock().expect("admission lock");
+        if reserved.saturating_add(buffered).saturating_add(bytes) > self.usable {
+            return None;
+        }
+        *reserved += bytes;
+        self.gauge.set(level(*reserved));
+        Some(Reservation { admission: Arc::clone(self), bytes })
+    }
+
+    /// Reserves `bytes` whatever is held already: what a merge that has waited long enough holds
+    /// (exports are refused until what they hold fits beside it).
+    pub(crate) fn hold(self: &Arc<Self>, bytes: usize) -> Reservation {
+        let mut reservation = Reservation { admission: Arc::clone(self), bytes: 0 };
+        reservation.set(bytes);
+        reservation
     }
 
     /// Bytes reserved now.
@@ -209,6 +245,32 @@ mod tests {
         assert_eq!(flush_headroom(1 << 40, 2), 2 * FILE_WRITING_BYTES);
         assert_eq!(flush_headroom(400, 2), 100);
         assert_eq!(flush_headroom(1, 2), 0);
+    }
+
+    #[test]
+    fn maintenance_reserves_only_what_fits_and_exports_leave_room_for_it() {
+        // A bound of 100 with 20 kept for the flush: exports, the buffer and merges share 80.
+        let admission = Admission::new(100, 20, Gauge::default());
+        assert_eq!(admission.usable(), 80);
+        let export = admission.reserve(30, 0).unwrap();
+        // 30 reserved + 20 buffered + 40 wanted > 80: the merge waits (no lone rule for merges).
+        assert!(admission.reserve_if_fits(40, 20).is_none());
+        assert_eq!(admission.reserved(), 30, "a merge that does not fit reserves nothing");
+        let merge = admission.reserve_if_fits(30, 20).unwrap();
+        assert_eq!(admission.reserved(), 60);
+        assert_eq!(admission.gauge.get(), 60);
+        // Exports now fit only beside the merge's share.
+        assert!(admission.reserve(10, 20).is_err());
+        drop(export);
+        let small = admission.reserve(10, 20).unwrap();
+        drop((merge, small));
+        assert_eq!(admission.reserved(), 0);
+        // Held whatever is held: a merge that waited long enough. Beside it an export is never
+        // alone, so only what fits under the bound with it is taken.
+        let _held = admission.hold(70);
+        assert_eq!(admission.reserved(), 70);
+        assert!(admission.reserve(20, 1).is_err());
+        assert!(admission.reserve_if_fits(20, 0).is_none());
     }
 
     #[test]

@@ -42,10 +42,11 @@
 //! with its current batch, `READ_ROWS_IN_ALL` rows over all of them) and the writers of one file,
 //! whatever the hour's size, and what the derivation of that file holds (its rollups and sketches,
 //! and the derived tables' writers), which grows with the file: `hopscope compact` of a 10M-span
-//! store holds 220–240 MiB in the levels that do not derive, and up to about 600 MiB as a seal's
-//! last level writes files of 3.3M spans (BENCHMARKS.md, "Smaller reads in merges"). It is held
-//! outside `--max-buffered-bytes`: an allowance beside the bound, which does not make exports wait
-//! while an hour is sealed.
+//! store holds 220–240 MiB in the levels that do not derive, and 480–493 MiB as a seal's last
+//! level writes files of 3.3M spans (BENCHMARKS.md, "What a seal's rollups hold"). A running
+//! server counts it under `--max-buffered-bytes` ([`CompactionJob::memory_estimate`], at most half
+//! of what exports and the buffer may hold): a merge waits for a later pass while ingest holds too
+//! much to leave it room (see [`crate::admission`]).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashSet};
@@ -104,6 +105,29 @@ pub struct CompactionJob {
     pub file_rows: u64,
     /// Whether the job seals its hour (merges all of its files, big ones too).
     pub seals: bool,
+}
+
+/// Memory one input of a merge holds: its Parquet reader (a decompression context and the current
+/// page per column) and its batch; 794 MB for 70 inputs with heaptrack (see [`MERGE_FAN_IN`]).
+const INPUT_READING_BYTES: usize = 11 << 20;
+
+/// Memory the derivation of a merged file holds per span of the file: its rollups and sketches
+/// keep every minute of the hour open until the file ends, so they grow with the file (in trace
+/// order, a file's traces start anywhere in the hour). `hopscope compact` of a 10M-span store
+/// peaked at 480–493 MiB while writing files of 3.3M spans from 16 inputs, 220–240 MiB in levels
+/// that do not derive (BENCHMARKS.md, "What a seal's rollups hold").
+const DERIVING_BYTES_PER_SPAN: usize = 80;
+
+impl CompactionJob {
+    /// What the merge is expected to hold at its peak: a reader per input it reads at once, the
+    /// writers of one file, and (with `derive`) the derivation of the largest file it writes.
+    pub fn memory_estimate(&self, derive: bool) -> usize {
+        let readers = self.inputs.len().min(MERGE_FAN_IN).saturating_mul(INPUT_READING_BYTES);
+        let rows: u64 = self.inputs.iter().map(|f| f.rows).sum();
+        let file_rows = usize::try_from(rows.min(self.file_rows)).unwrap_or(usize::MAX);
+        let deriving = if derive { file_rows.saturating_mul(DERIVING_BYTES_PER_SPAN) } else { 0 };
+        readers.saturating_add(crate::admission::FILE_WRITING_BYTES).saturating_add(deriving)
+    }
 }
 
 /// The merges worth doing in `manifest` at `now_ns`. With `close_all`, every hour is treated as

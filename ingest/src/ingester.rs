@@ -60,6 +60,9 @@ pub struct IngesterConfig {
     pub maintenance_interval: Duration,
     /// Which small files compaction merges.
     pub compaction: CompactionPolicy,
+    /// How long merges may be put off while ingest holds too much of `max_buffered_bytes` to
+    /// leave them room ([`crate::admission`]); after it, the next merge runs anyway.
+    pub merge_max_wait: Duration,
     /// How long and how much data is kept.
     pub retention: RetentionPolicy,
     /// How long a file replaced by a compaction or deleted by retention stays on disk for queries
@@ -92,6 +95,7 @@ impl IngesterConfig {
             limits: SpanLimits::default(),
             maintenance_interval: Duration::from_secs(60),
             compaction: CompactionPolicy::default(),
+            merge_max_wait: Duration::from_secs(5 * 60),
             retention: RetentionPolicy::default(),
             retired_grace: Duration::from_secs(60),
             discard: false,
@@ -191,6 +195,8 @@ pub struct Ingester {
     flush_piece_bytes: usize,
     /// Span files whose derivation failed in this process: maintenance does not try them again.
     underivable: Mutex<std::collections::HashSet<String>>,
+    /// Since when merges have been put off for memory, with none run since.
+    merges_waiting_since: Mutex<Option<Instant>>,
 }
 
 impl Ingester {
@@ -259,6 +265,7 @@ impl Ingester {
             admission,
             flush_piece_bytes,
             underivable: Mutex::new(std::collections::HashSet::new()),
+            merges_waiting_since: Mutex::new(None),
         }))
     }
 

@@ -50,6 +50,7 @@ pub struct IngestMetrics {
     pub(crate) dead_lettered_spans: Counter,
     pub(crate) spans_replayed_from_dead_letters: Counter,
     pub(crate) compactions: Counter,
+    pub(crate) compactions_deferred: Counter,
     pub(crate) files_compacted: Counter,
     pub(crate) spans_deduplicated_by_compaction: Counter,
     pub(crate) files_expired: Counter,
@@ -104,6 +105,7 @@ impl IngestMetrics {
             dead_lettered_spans: Counter::default(),
             spans_replayed_from_dead_letters: Counter::default(),
             compactions: Counter::default(),
+            compactions_deferred: Counter::default(),
             files_compacted: Counter::default(),
             spans_deduplicated_by_compaction: Counter::default(),
             files_expired: Counter::default(),
@@ -141,7 +143,7 @@ impl IngestMetrics {
 
     /// Registers every ingest metric in `registry` (the counters' names gain `_total` there).
     pub fn register(&self, registry: &mut Registry) {
-        let counters: [(&str, &str, &Counter); 20] = [
+        let counters: [(&str, &str, &Counter); 21] = [
             ("hopscope_ingest_requests", "Export requests received.", &self.requests),
             ("hopscope_ingest_request_bytes", "Bytes of export request bodies, as sent.", &self.request_bytes),
             ("hopscope_ingest_spans_accepted", "Spans acknowledged (in the WAL).", &self.spans_accepted),
@@ -190,6 +192,11 @@ impl IngestMetrics {
                 &self.spans_replayed_from_dead_letters,
             ),
             ("hopscope_compactions", "Compactions committed.", &self.compactions),
+            (
+                "hopscope_compactions_deferred",
+                "Merges put off to a later maintenance pass because what ingest held under --max-buffered-bytes left them no room.",
+                &self.compactions_deferred,
+            ),
             ("hopscope_compaction_files_merged", "Span files replaced by compactions.", &self.files_compacted),
             (
                 "hopscope_compaction_spans_deduplicated",

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hopscope_schemas::layout;
 use tokio::task::JoinHandle;
@@ -12,6 +12,7 @@ use hopscope_schemas::manifest::FileEntry;
 
 use super::{Ingester, set_storage_gauges};
 use crate::IngestError;
+use crate::admission::Reservation;
 use crate::{compaction, retention};
 
 impl Ingester {
@@ -78,6 +79,11 @@ impl Ingester {
                 }
                 seals_left -= 1;
             }
+            let Some(_memory) = self.merge_memory(&job, pass.close_all_hours) else {
+                report.compactions_deferred += 1;
+                self.metrics.compactions_deferred.inc();
+                continue;
+            };
             let merged = match compaction::merge(&tenant_dir, &job, self.config.derive, stop) {
                 Ok(merged) => merged,
                 // Stopped midway (a shutdown): none of its files is left, its inputs stay.
@@ -106,6 +112,10 @@ impl Ingester {
             self.metrics.files_compacted.inc_by(job.inputs.len() as u64);
             self.metrics.spans_deduplicated_by_compaction.inc_by(merged.duplicates);
         }
+        if report.compactions_deferred == 0 {
+            // Nothing waits: a merge put off later waits its own full time.
+            *self.merges_waiting_since.lock().expect("merge wait lock") = None;
+        }
 
         if self.config.derive {
             // Offline, everything; online, a few files per pass.
@@ -130,6 +140,38 @@ impl Ingester {
             set_storage_gauges(&self.metrics, &self.manifest.snapshot());
         }
         Ok(report)
+    }
+}
+
+impl Ingester {
+    /// Reserves under `--max-buffered-bytes` what `job`'s merge will hold (at most half of what
+    /// exports and the buffer may hold), held until the reservation is dropped; `None` when it
+    /// does not fit beside what ingest holds now and merges have waited less than
+    /// [`super::IngesterConfig::merge_max_wait`] (see [`crate::admission`]). Offline
+    /// (`close_all_hours`), merges never wait.
+    fn merge_memory(&self, job: &compaction::CompactionJob, close_all_hours: bool) -> Option<Reservation> {
+        let bytes = job.memory_estimate(self.config.derive).min(self.admission.usable() / 2);
+        let buffered = self.buffer.lock().expect("buffer lock").bytes();
+        let mut waiting = self.merges_waiting_since.lock().expect("merge wait lock");
+        let reserved = match self.admission.reserve_if_fits(bytes, buffered) {
+            Some(reserved) => reserved,
+            None if close_all_hours => self.admission.hold(bytes),
+            None => {
+                let since = *waiting.get_or_insert_with(Instant::now);
+                if since.elapsed() < self.config.merge_max_wait {
+                    tracing::debug!(bytes, buffered, "merge put off: ingest holds too much to leave it room");
+                    return None;
+                }
+                tracing::warn!(
+                    waited = ?since.elapsed(),
+                    bytes,
+                    "merges were put off for memory too long; merging beside the exports in progress"
+                );
+                self.admission.hold(bytes)
+            }
+        };
+        *waiting = None;
+        Some(reserved)
     }
 }
 
@@ -222,6 +264,9 @@ pub struct MaintenanceReport {
     pub files_expired: u64,
     pub spans_expired: u64,
     pub compactions: u64,
+    /// Merges put off to a later pass: ingest held too much of `--max-buffered-bytes` to leave
+    /// them room.
+    pub compactions_deferred: u64,
     pub files_merged: u64,
     /// The files the compactions wrote (one per compaction, several for an hour merged whole).
     pub files_written: u64,
