@@ -216,6 +216,8 @@ fn positive_usize(s: &str) -> Result<usize, String> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Before any thread starts (see the function).
+    hopscope_ingest::memory::limit_arenas();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))

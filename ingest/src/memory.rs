@@ -10,8 +10,42 @@
 //! whole) lowered the peak a little more but cost about a fifth more CPU per span in a bench pair,
 //! and is not set.
 //!
-//! This is the workspace's one module with `unsafe` code: one call into glibc that takes an
-//! integer. With other C libraries it does nothing.
+//! glibc also gives each thread that allocates while the others hold their arenas an arena of its
+//! own, up to eight per core: the blocking threads that flush and merge come and go, and each new
+//! arena keeps its own free pages and fragments. [`limit_arenas`] caps them at
+//! [`ARENAS_PER_CORE`] per core unless `MALLOC_ARENA_MAX` is set (BENCHMARKS.md, "Fewer malloc
+//! arenas").
+//!
+//! This is the workspace's one module with `unsafe` code: calls into glibc that take integers.
+//! With other C libraries they do nothing.
+
+/// Malloc arenas a process may have per core, at most (glibc's default is 8). Under `hopscope
+/// load` of 10M spans on 2 cores, 4 arenas took about 130 MiB off the median peak resident memory
+/// of glibc's 16, for about 5% more CPU; 2 arenas took about 180 MiB, for about 12% more.
+pub const ARENAS_PER_CORE: usize = 2;
+
+/// Caps glibc's malloc arenas at [`ARENAS_PER_CORE`] per core, unless the environment sets
+/// `MALLOC_ARENA_MAX` (glibc reads it itself). Call it first thing in `main`, before any thread
+/// starts: a thread keeps the arena it first allocated from.
+pub fn limit_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        set_arena_max(i32::try_from(cores.saturating_mul(ARENAS_PER_CORE)).unwrap_or(i32::MAX));
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn set_arena_max(arenas: i32) {
+    // SAFETY: mallopt takes a parameter number and an integer value; M_ARENA_MAX only bounds the
+    // arenas glibc creates from now on.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, arenas);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn set_arena_max(_arenas: i32) {}
 
 /// Gives the allocator's free pages back to the operating system. Walks every arena (milliseconds
 /// over a large heap): call it from blocking code, after work that freed much memory (a flush, a
