@@ -54,7 +54,6 @@ use std::fs;
 use std::path::Path;
 
 use arrow::array::RecordBatch;
-use arrow::compute::interleave_record_batch;
 use hopscope_schemas::manifest::{FileEntry, Manifest};
 use hopscope_schemas::spans::SPAN_FILE_LAYOUT;
 #[cfg(test)]
@@ -62,6 +61,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tokio_util::sync::CancellationToken;
 
 use crate::IngestError;
+use crate::gather::gather_batch;
 use crate::reader::SpanFileReader;
 use crate::writer::{GATHER_ROWS, NS_PER_HOUR, SpanFileWriter, SpanKey, rows_of};
 
@@ -503,7 +503,7 @@ fn write_chunk(
     keys: &mut Vec<SpanKey>,
 ) -> Result<(), IngestError> {
     let refs: Vec<&RecordBatch> = live.iter().collect();
-    let batch = interleave_record_batch(&refs, indices)?;
+    let batch = gather_batch(&refs, indices)?;
     file.write(&batch, keys.iter())?;
     indices.clear();
     keys.clear();

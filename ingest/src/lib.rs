@@ -25,6 +25,7 @@ mod derived;
 mod error;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
+mod gather;
 pub mod grpc;
 pub mod http;
 pub mod ingester;

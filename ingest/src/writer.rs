@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use arrow::array::{BooleanArray, FixedSizeBinaryArray, RecordBatch, TimestampNanosecondArray};
-use arrow::compute::{filter_record_batch, interleave_record_batch};
+use arrow::compute::filter_record_batch;
 use hopscope_schemas::columns as c;
 use hopscope_schemas::layout;
 use hopscope_schemas::manifest::FileEntry;
@@ -24,6 +24,7 @@ use parquet::schema::types::ColumnPath;
 
 use crate::IngestError;
 use crate::derived::DerivedWriter;
+use crate::gather::gather_batch;
 use crate::manifest::{sync_parent, tmp_path};
 
 /// Rows per Parquet row group.
@@ -377,7 +378,7 @@ fn write_file(
         indices.clear();
         indices.extend(chunk.iter().map(|r| (r.batch as usize, r.row as usize)));
         // On an error the writer is dropped, which removes its temporary file.
-        let batch = interleave_record_batch(batches, &indices)?;
+        let batch = gather_batch(batches, &indices)?;
         file.write(&batch, chunk.iter().map(|r| &r.key))?;
     }
     file.finish()
