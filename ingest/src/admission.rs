@@ -110,13 +110,9 @@ impl Admission {
     /// already reserved: unlike an export's, a merge's reservation is never taken alone past the
     /// bound, since a merge can wait for a later pass and ingest cannot.
     pub(crate) fn reserve_if_fits(self: &Arc<Self>, bytes: usize, buffered: usize) -> Option<Reservation> {
-        let mut reserved = self.reserved.lock().expect("admission lock");
-        if reserved.saturating_add(buffered).saturating_add(bytes) > self.usable {
-            return None;
-        }
-        *reserved += bytes;
-        self.gauge.set(level(*reserved));
-        Some(Reservation { admission: Arc::clone(self), bytes })
+        let mut reservation = Reservation { admission: Arc::clone(self), bytes: 0 };
+        reservation.change(bytes, Fit::Strict { buffered }).ok()?;
+        Some(reservation)
     }
 
     /// Reserves `bytes` whatever is held already: what a merge that has waited long enough holds
@@ -134,7 +130,19 @@ impl Admission {
     }
 }
 
-/// Memory held for one export; released when dropped.
+/// What growing a reservation must fit under.
+#[derive(Debug, Clone, Copy)]
+enum Fit {
+    /// Nothing: what is held once the work is done.
+    Unchecked,
+    /// The bound beside `buffered` (what the trace buffer holds) and the other reservations, unless
+    /// no other is held and the buffer is under the bound (an export alone).
+    Export { buffered: usize },
+    /// The bound beside `buffered` and the other reservations, always (maintenance, which can wait).
+    Strict { buffered: usize },
+}
+
+/// Memory held for one export or merge; released when dropped.
 #[derive(Debug)]
 pub(crate) struct Reservation {
     admission: Arc<Admission>,
@@ -145,25 +153,30 @@ impl Reservation {
     /// Makes the reservation `bytes`. Shrinking always succeeds; growing must fit as a new
     /// reservation would (the reservation is unchanged when it does not).
     pub(crate) fn resize(&mut self, bytes: usize, buffered: usize) -> Result<(), IngestError> {
-        self.change(bytes, Some(buffered))
+        self.change(bytes, Fit::Export { buffered })
     }
 
     /// Makes the reservation `bytes` unchecked: what an export holds once its work is done, which
     /// may pass the estimate it was admitted with (refusing it then would only waste the work).
     pub(crate) fn set(&mut self, bytes: usize) {
         // Unchecked: never refused.
-        let _ = self.change(bytes, None);
+        let _ = self.change(bytes, Fit::Unchecked);
     }
 
-    /// Makes the reservation `bytes`, and updates the total and its gauge; with `buffered` (what the
-    /// trace buffer holds), growing must fit.
-    fn change(&mut self, bytes: usize, buffered: Option<usize>) -> Result<(), IngestError> {
+    /// Makes the reservation `bytes`, and updates the total and its gauge, if growing it passes
+    /// `fit` (the reservation is unchanged when it does not).
+    fn change(&mut self, bytes: usize, fit: Fit) -> Result<(), IngestError> {
         let admission = &self.admission;
         let mut reserved = admission.reserved.lock().expect("admission lock");
         let others = *reserved - self.bytes;
+        let (buffered, lone_rule) = match fit {
+            Fit::Unchecked => (None, false),
+            Fit::Export { buffered } => (Some(buffered), true),
+            Fit::Strict { buffered } => (Some(buffered), false),
+        };
         if let Some(buffered) = buffered {
             let held = others.saturating_add(buffered);
-            let alone = others == 0 && buffered < admission.usable;
+            let alone = lone_rule && others == 0 && buffered < admission.usable;
             if bytes > self.bytes && !alone && held.saturating_add(bytes) > admission.usable {
                 return Err(IngestError::Overloaded { held, wanted: bytes, limit: admission.limit });
             }

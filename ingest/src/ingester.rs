@@ -246,8 +246,7 @@ impl Ingester {
         };
         let wal = Arc::new(Wal::start(&wal_dir, committed.wal_floor, config.wal_rotation, sink, Arc::clone(&metrics))?);
         let recent = Arc::new(Mutex::new(RecentSpans::new(config.resend_window_spans)));
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        let headroom = admission::flush_headroom(config.max_buffered_bytes, cores);
+        let headroom = admission::flush_headroom(config.max_buffered_bytes, crate::cores());
         let admission = Admission::new(config.max_buffered_bytes, headroom, metrics.reserved_bytes.clone());
         let flush_piece_bytes = admission::flush_piece_bytes(config.max_buffered_bytes);
         Ok(Arc::new(Self {

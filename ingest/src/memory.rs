@@ -29,8 +29,7 @@ pub const ARENAS_PER_CORE: usize = 2;
 /// starts: a thread keeps the arena it first allocated from.
 pub fn limit_arenas() {
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        set_arena_max(i32::try_from(cores.saturating_mul(ARENAS_PER_CORE)).unwrap_or(i32::MAX));
+        set_arena_max(i32::try_from(crate::cores().saturating_mul(ARENAS_PER_CORE)).unwrap_or(i32::MAX));
     }
 }
 

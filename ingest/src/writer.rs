@@ -186,8 +186,7 @@ const MIN_SHARD_ROWS: usize = 64 * 1024;
 /// `rows` (sorted) cut into one part per available core, each of at least [`MIN_SHARD_ROWS`],
 /// at trace boundaries.
 fn shards(rows: &[Row]) -> impl Iterator<Item = &[Row]> {
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    split_between_traces(rows, (rows.len() / MIN_SHARD_ROWS).clamp(1, cores))
+    split_between_traces(rows, (rows.len() / MIN_SHARD_ROWS).clamp(1, crate::cores()))
 }
 
 /// `rows` (sorted) in about `count` parts of similar size, each cut where a trace ends.
