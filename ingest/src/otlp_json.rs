@@ -397,6 +397,44 @@ mod tests {
         decode_request(body.as_bytes()).map(|mut r| r.resource_spans.remove(0).scope_spans.remove(0).spans.remove(0))
     }
 
+    /// A double attribute is the double nearest its decimal text (ties to even), as Rust's own
+    /// parser (correctly rounded) reads it: edge values that a fast, inexact parser gets wrong.
+    #[test]
+    fn doubles_are_parsed_correctly_rounded() {
+        let texts = [
+            "1.5e-300",
+            "9007199254740993.0",
+            "9007199254740993",
+            "9007199254740995",
+            "4.9406564584124654e-324",
+            "5e-324",
+            "2.4703282292062328e-324",
+            "2.2250738585072011e-308",
+            "2.2250738585072014e-308",
+            "1.7976931348623157e308",
+            "1e23",
+            "8.98846567431158e307",
+            "0.1",
+            "-0.0",
+            "123456789012345678901234567890",
+            "0.30000000000000004",
+            "2.675",
+            "1.000000000000000111022302462515654042363166809082031250000001",
+        ];
+        for text in texts {
+            let span = format!(
+                r#"{{"traceId":"0102030405060708090a0b0c0d0e0f10","spanId":"0102030405060708","name":"n",
+                "attributes":[{{"key":"d","value":{{"doubleValue":{text}}}}}]}}"#
+            );
+            let span = one_span(&span).unwrap();
+            let Some(any_value::Value::DoubleValue(parsed)) = span.attributes[0].value.as_ref().unwrap().value else {
+                panic!("{text}: not a double")
+            };
+            let expected: f64 = text.parse().unwrap();
+            assert_eq!(parsed.to_bits(), expected.to_bits(), "{text}: {parsed:e} against {expected:e}");
+        }
+    }
+
     #[test]
     fn follows_the_otlp_json_rules() {
         let span = one_span(
