@@ -486,7 +486,7 @@ fn serve_listeners(
     let limits = listeners.limits;
     let grpc = {
         let service = hopscope_ingest::grpc::TraceService::new(Arc::clone(ingester), args.otlp_grpc_max_message_bytes);
-        let app = tonic::service::Routes::new(service).prepare().into_axum_router();
+        let app = hopscope_ingest::grpc::router(service);
         let stop = stop.clone();
         tokio::spawn(async move {
             let _stop_all = stop.clone().drop_guard();

@@ -38,6 +38,10 @@ pub enum IngestError {
     /// The manifest changed under a commit that relied on it (e.g. a compaction's input was removed).
     #[error("manifest changed during the commit: {0}")]
     ManifestConflict(String),
+    /// A path or method of an OTLP address that hopscope does not serve: another signal (metrics,
+    /// logs, profiles), a misspelt path, or a read of the export path.
+    #[error("{0}")]
+    NotServed(String),
     /// No dead letter has this id.
     #[error("no dead letter with id {0:?}; `hopscope dead-letters list` shows them")]
     DeadLetterNotFound(String),
@@ -66,7 +70,7 @@ impl IngestError {
             IngestError::Malformed { .. } => S::BAD_REQUEST,
             IngestError::UnsupportedMediaType(_) => S::UNSUPPORTED_MEDIA_TYPE,
             IngestError::TooLarge { .. } => S::PAYLOAD_TOO_LARGE,
-            IngestError::DeadLetterNotFound(_) => S::NOT_FOUND,
+            IngestError::DeadLetterNotFound(_) | IngestError::NotServed(_) => S::NOT_FOUND,
             IngestError::NotReplayable(_) => S::CONFLICT,
             IngestError::Overloaded { .. }
             | IngestError::ShuttingDown
@@ -100,6 +104,7 @@ impl IngestError {
             IngestError::Malformed { .. } | IngestError::UnsupportedMediaType(_) => C::InvalidArgument,
             IngestError::TooLarge { .. } => C::ResourceExhausted,
             IngestError::DeadLetterNotFound(_) => C::NotFound,
+            IngestError::NotServed(_) => C::Unimplemented,
             IngestError::NotReplayable(_) => C::FailedPrecondition,
             IngestError::Overloaded { .. }
             | IngestError::ShuttingDown

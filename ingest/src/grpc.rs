@@ -43,6 +43,29 @@ impl TraceService {
     }
 }
 
+/// The OTLP/gRPC address's routes: [`TraceService`], and for any other method (another signal's
+/// `Export`, a misspelt service) `UNIMPLEMENTED` with a message that says what is served, where
+/// tonic's default says nothing.
+pub fn router(service: TraceService) -> axum::Router {
+    tonic::service::Routes::new(service).prepare().into_axum_router().fallback(not_served)
+}
+
+async fn not_served(uri: http::Uri) -> http::Response<axum::body::Body> {
+    let path = uri.path();
+    let service = path.trim_start_matches('/').split('/').next().unwrap_or_default();
+    let signal = ["metrics", "logs", "profiles"]
+        .into_iter()
+        .find(|signal| service.starts_with(&format!("opentelemetry.proto.collector.{signal}.")));
+    let message = match signal {
+        Some(signal) => format!(
+            "hopscope stores traces only: OTLP {signal} ({service}) are not stored here; send traces to \
+             {SERVICE_NAME}/Export, and {signal} to a {signal} backend (or stop exporting them)"
+        ),
+        None => format!("no gRPC method {path} here: hopscope receives traces with {SERVICE_NAME}/Export"),
+    };
+    Status::unimplemented(message).into_http()
+}
+
 impl NamedService for TraceService {
     const NAME: &'static str = SERVICE_NAME;
 }

@@ -2,13 +2,16 @@
 //!
 //! Answers follow the OTLP/HTTP specification: the response uses the request's content type; a
 //! partial success names the rejected spans; errors carry a `google.rpc.Status` body; retryable
-//! failures are 503 with `Retry-After`.
+//! failures are 503 with `Retry-After`. Other paths (another signal's `/v1/metrics` or `/v1/logs`,
+//! a misspelt path) answer 404, and a read of the traces path 405, with such a body saying what is
+//! served: an SDK that also exports metrics logs that message rather than a bare 404.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, State};
+use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use http::{HeaderMap, StatusCode, header};
@@ -37,9 +40,56 @@ struct HttpState {
 pub fn router(ingester: Arc<Ingester>, max_body_bytes: usize) -> Router {
     Router::new()
         .route(TRACES_PATH, post(export))
+        .fallback(not_served)
+        .method_not_allowed_fallback(wrong_method)
         // The limit is enforced while reading the body, below; axum's 2 MB default must not apply.
         .layer(DefaultBodyLimit::disable())
         .with_state(HttpState { ingester, max_body_bytes })
+}
+
+/// The OTLP/HTTP paths of the signals hopscope does not store, with their names.
+const OTHER_SIGNALS: [(&str, &str); 3] =
+    [("/v1/metrics", "metrics"), ("/v1/logs", "logs"), ("/v1development/profiles", "profiles")];
+
+/// Any path but [`TRACES_PATH`]: 404, with an OTLP error body that says what is served.
+async fn not_served(uri: Uri, headers: HeaderMap) -> Response {
+    let path = uri.path();
+    let message = match OTHER_SIGNALS.iter().find(|(p, _)| *p == path) {
+        Some((_, signal)) => format!(
+            "hopscope stores traces only: OTLP {signal} sent to {path} are not stored; send traces to \
+             POST {TRACES_PATH}, and {signal} to a {signal} backend (or stop exporting them, e.g. \
+             OTEL_{}_EXPORTER=none)",
+            signal.to_uppercase()
+        ),
+        None => format!("no OTLP/HTTP path {path}: hopscope receives traces at POST {TRACES_PATH}"),
+    };
+    with_reason(error_response(&IngestError::NotServed(message.clone()), answer_format(&headers)), message)
+}
+
+/// `response` with `message` as its HTTP/1 reason phrase too: some SDKs log the status line of a
+/// failed export, not its body (the Python SDK's exporters log "code: 404, reason: ...").
+fn with_reason(mut response: Response, message: String) -> Response {
+    if let Ok(reason) = hyper::ext::ReasonPhrase::try_from(message) {
+        response.extensions_mut().insert(reason);
+    }
+    response
+}
+
+/// A method other than POST on [`TRACES_PATH`]: 405, with an OTLP error body.
+async fn wrong_method(headers: HeaderMap) -> Response {
+    let message = format!("OTLP/HTTP exports are sent with POST {TRACES_PATH}");
+    let format = answer_format(&headers);
+    let mut response = with_reason(error_response(&IngestError::NotServed(message.clone()), format), message);
+    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    response.headers_mut().insert(header::ALLOW, http::HeaderValue::from_static("POST"));
+    response
+}
+
+/// The format of an answer to a request that is not an export: the request's own, JSON when it
+/// has none OTLP uses.
+fn answer_format(headers: &HeaderMap) -> BodyFormat {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    BodyFormat::from_content_type(content_type).unwrap_or(BodyFormat::Json)
 }
 
 /// `google.rpc.Status`, the body of OTLP/HTTP error responses.

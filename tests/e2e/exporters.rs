@@ -156,3 +156,95 @@ async fn python_sdk_exporters_over_grpc_and_http() {
         assert!(sdk.iter().any(|a| a["key"] == "telemetry.sdk.language" && a["value"] == "python"));
     }
 }
+
+/// An SDK that also exports metrics and logs to hopscope's OTLP addresses is told why they are
+/// refused: the Python SDK's exporters log "stores traces only" (from the HTTP status line, and the
+/// gRPC status message), not a bare 404 or UNIMPLEMENTED; the OTLP error body says it too, in the
+/// request's format.
+#[tokio::test(flavor = "multi_thread")]
+async fn other_signals_are_refused_with_a_message_that_says_why() {
+    let server = Server::start("other-signals", &[]);
+    for signal in ["metrics", "logs"] {
+        let script = workspace_root().join("tests/clients/python_other_signals.py");
+        let python = python();
+        let (grpc, http) = (format!("http://{}", server.grpc), format!("http://{}", server.http));
+        let output = tokio::task::spawn_blocking(move || {
+            Command::new(&python).arg(script).args(["--grpc", &grpc, "--http", &http, "--signal", signal]).output()
+        })
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("cannot run the Python client ({e}); run scripts/test, which creates .venv"));
+        assert!(
+            output.status.success(),
+            "python client failed: {}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let report: Value = serde_json::from_slice(&output.stdout).expect("the client prints a JSON report");
+        for protocol in ["http", "grpc"] {
+            let log = report[protocol]["log"].as_str().unwrap();
+            assert!(
+                log.contains("stores traces only") && log.contains(&format!("OTLP {signal}")),
+                "{signal} over {protocol}: the SDK logged {log:?}"
+            );
+            assert_eq!(report[protocol]["ok"], false, "{signal} over {protocol}: {report}");
+        }
+    }
+
+    // The OTLP error body, in the request's format.
+    let client = reqwest::Client::new();
+    let post = |path: &str, content_type: &'static str| {
+        client.post(format!("http://{}{path}", server.http)).header("content-type", content_type).body(Vec::new())
+    };
+    let json = post("/v1/metrics", "application/json").send().await.unwrap();
+    assert_eq!(json.status(), 404);
+    let body: Value = json.json().await.unwrap();
+    assert_eq!(body["code"], 12, "UNIMPLEMENTED: {body}");
+    assert!(body["message"].as_str().unwrap().contains("POST /v1/traces"), "{body}");
+    let proto = post("/v1/logs", "application/x-protobuf").send().await.unwrap();
+    assert_eq!(proto.status(), 404);
+    assert_eq!(proto.headers()["content-type"], "application/x-protobuf");
+    let status = decode_rpc_status(&proto.bytes().await.unwrap());
+    assert!(status.contains("stores traces only"), "{status}");
+    let misspelt = post("/v1/trace", "application/x-protobuf").send().await.unwrap();
+    assert_eq!(misspelt.status(), 404);
+    assert!(decode_rpc_status(&misspelt.bytes().await.unwrap()).contains("no OTLP/HTTP path /v1/trace:"));
+    let read = client.get(server.traces_url()).send().await.unwrap();
+    assert_eq!(read.status(), 405);
+    assert_eq!(read.headers()["allow"], "POST");
+    let body: Value = read.json().await.unwrap();
+    assert!(body["message"].as_str().unwrap().contains("POST /v1/traces"), "{body}");
+}
+
+/// The message of a `google.rpc.Status` (field 2), read by hand: the test does not trust the
+/// server's own encoder.
+fn decode_rpc_status(bytes: &[u8]) -> String {
+    let mut at = 0;
+    while at < bytes.len() {
+        let key = bytes[at];
+        at += 1;
+        let varint = |at: &mut usize| {
+            let (mut value, mut shift) = (0u64, 0);
+            loop {
+                let byte = bytes[*at];
+                *at += 1;
+                value |= u64::from(byte & 0x7f) << shift;
+                shift += 7;
+                if byte & 0x80 == 0 {
+                    return value;
+                }
+            }
+        };
+        match key {
+            0x08 => {
+                varint(&mut at);
+            }
+            0x12 => {
+                let len = varint(&mut at) as usize;
+                return String::from_utf8(bytes[at..at + len].to_vec()).unwrap();
+            }
+            other => panic!("unexpected field key {other:#x} in {bytes:?}"),
+        }
+    }
+    panic!("no message in {bytes:?}")
+}
