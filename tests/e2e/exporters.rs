@@ -114,26 +114,27 @@ fn python() -> String {
         .unwrap_or_else(|_| workspace_root().join(".venv/bin/python").to_string_lossy().into_owned())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn python_sdk_exporters_over_grpc_and_http() {
-    let server = Server::start("python-exporter", &[]);
-    let script = workspace_root().join("tests/clients/python_export.py");
-    let python = python();
-    let grpc = format!("http://{}", server.grpc);
-    let http = server.traces_url();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(&python).arg(script).args(["--grpc", &grpc, "--http", &http]).output()
-    })
-    .await
-    .unwrap()
-    .unwrap_or_else(|e| panic!("cannot run the Python client ({e}); run scripts/test, which creates .venv"));
+/// Runs `tests/clients/{script}` with `args` under [`python`], and returns the JSON it prints.
+async fn run_python_client(script: &str, args: Vec<String>) -> Value {
+    let (script, python) = (workspace_root().join("tests/clients").join(script), python());
+    let output = tokio::task::spawn_blocking(move || Command::new(&python).arg(script).args(args).output())
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("cannot run the Python client ({e}); run scripts/test, which creates .venv"));
     assert!(
         output.status.success(),
         "python client failed: {}\n{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    let sent: Value = serde_json::from_slice(&output.stdout).expect("the client prints what it sent as JSON");
+    serde_json::from_slice(&output.stdout).expect("the client prints JSON")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_sdk_exporters_over_grpc_and_http() {
+    let server = Server::start("python-exporter", &[]);
+    let (grpc, http) = (format!("http://{}", server.grpc), server.traces_url());
+    let sent = run_python_client("python_export.py", vec!["--grpc".into(), grpc, "--http".into(), http]).await;
     for protocol in ["grpc", "http"] {
         let trace_id = sent[protocol].as_str().unwrap();
         let trace = server.wait_for_trace(trace_id, 2).await;
@@ -165,22 +166,9 @@ async fn python_sdk_exporters_over_grpc_and_http() {
 async fn other_signals_are_refused_with_a_message_that_says_why() {
     let server = Server::start("other-signals", &[]);
     for signal in ["metrics", "logs"] {
-        let script = workspace_root().join("tests/clients/python_other_signals.py");
-        let python = python();
         let (grpc, http) = (format!("http://{}", server.grpc), format!("http://{}", server.http));
-        let output = tokio::task::spawn_blocking(move || {
-            Command::new(&python).arg(script).args(["--grpc", &grpc, "--http", &http, "--signal", signal]).output()
-        })
-        .await
-        .unwrap()
-        .unwrap_or_else(|e| panic!("cannot run the Python client ({e}); run scripts/test, which creates .venv"));
-        assert!(
-            output.status.success(),
-            "python client failed: {}\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let report: Value = serde_json::from_slice(&output.stdout).expect("the client prints a JSON report");
+        let args = ["--grpc", &grpc, "--http", &http, "--signal", signal].map(str::to_owned).to_vec();
+        let report = run_python_client("python_other_signals.py", args).await;
         for protocol in ["http", "grpc"] {
             let log = report[protocol]["log"].as_str().unwrap();
             assert!(
