@@ -43,12 +43,12 @@ pub mod wal;
 pub mod writer;
 
 pub use error::IngestError;
+pub use ingester::{
+    Admitted, ExportBody, ExportOutcome, Ingester, IngesterConfig, MaintenancePass, MaintenanceReport, lock_data_dir,
+};
 
 /// The cores this process may run on (1 when unknown): how many span files a flush writes at once,
 /// and what the memory set aside for writing them and glibc's arena cap scale with.
 pub(crate) fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
-pub use ingester::{
-    Admitted, ExportBody, ExportOutcome, Ingester, IngesterConfig, MaintenancePass, MaintenanceReport, lock_data_dir,
-};
