@@ -57,6 +57,16 @@ pub enum IngestError {
 }
 
 impl IngestError {
+    /// Another OTLP signal (`signal`: `metrics`, `logs`, ...) sent to `sent_to`: refused with a
+    /// message that says hopscope stores traces only, and where they go (`traces_to`).
+    pub(crate) fn other_signal(signal: &str, sent_to: &str, traces_to: &str) -> Self {
+        IngestError::NotServed(format!(
+            "hopscope stores traces only: OTLP {signal} sent to {sent_to} are not stored; send traces to {traces_to}, \
+             and {signal} to a {signal} backend (or stop exporting them, e.g. OTEL_{}_EXPORTER=none)",
+            signal.to_uppercase()
+        ))
+    }
+
     /// Wraps an I/O error with what was being done.
     pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
         let context = context.into();

@@ -53,14 +53,12 @@ pub fn router(service: TraceService) -> axum::Router {
 async fn not_served(uri: http::Uri) -> http::Response<axum::body::Body> {
     let path = uri.path();
     let service = path.trim_start_matches('/').split('/').next().unwrap_or_default();
-    let signal = ["metrics", "logs", "profiles"]
-        .into_iter()
+    let signal = crate::http::OTHER_SIGNALS
+        .iter()
+        .map(|(_, signal)| signal)
         .find(|signal| service.starts_with(&format!("opentelemetry.proto.collector.{signal}.")));
     let message = match signal {
-        Some(signal) => format!(
-            "hopscope stores traces only: OTLP {signal} ({service}) are not stored here; send traces to \
-             {SERVICE_NAME}/Export, and {signal} to a {signal} backend (or stop exporting them)"
-        ),
+        Some(signal) => IngestError::other_signal(signal, service, &format!("{SERVICE_NAME}/Export")).to_string(),
         None => format!("no gRPC method {path} here: hopscope receives traces with {SERVICE_NAME}/Export"),
     };
     Status::unimplemented(message).into_http()

@@ -48,22 +48,20 @@ pub fn router(ingester: Arc<Ingester>, max_body_bytes: usize) -> Router {
 }
 
 /// The OTLP/HTTP paths of the signals hopscope does not store, with their names.
-const OTHER_SIGNALS: [(&str, &str); 3] =
+pub(crate) const OTHER_SIGNALS: [(&str, &str); 3] =
     [("/v1/metrics", "metrics"), ("/v1/logs", "logs"), ("/v1development/profiles", "profiles")];
 
 /// Any path but [`TRACES_PATH`]: 404, with an OTLP error body that says what is served.
 async fn not_served(uri: Uri, headers: HeaderMap) -> Response {
     let path = uri.path();
-    let message = match OTHER_SIGNALS.iter().find(|(p, _)| *p == path) {
-        Some((_, signal)) => format!(
-            "hopscope stores traces only: OTLP {signal} sent to {path} are not stored; send traces to \
-             POST {TRACES_PATH}, and {signal} to a {signal} backend (or stop exporting them, e.g. \
-             OTEL_{}_EXPORTER=none)",
-            signal.to_uppercase()
-        ),
-        None => format!("no OTLP/HTTP path {path}: hopscope receives traces at POST {TRACES_PATH}"),
+    let refusal = match OTHER_SIGNALS.iter().find(|(p, _)| *p == path) {
+        Some((_, signal)) => IngestError::other_signal(signal, path, &format!("POST {TRACES_PATH}")),
+        None => {
+            IngestError::NotServed(format!("no OTLP/HTTP path {path}: hopscope receives traces at POST {TRACES_PATH}"))
+        }
     };
-    with_reason(error_response(&IngestError::NotServed(message.clone()), answer_format(&headers)), message)
+    let message = refusal.to_string();
+    with_reason(error_response(&refusal, answer_format(&headers)), message)
 }
 
 /// `response` with `message` as its HTTP/1 reason phrase too: some SDKs log the status line of a

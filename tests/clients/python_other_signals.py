@@ -39,13 +39,6 @@ def metrics_data():
     return data
 
 
-def export_metrics(exporter, captured):
-    captured.lines.clear()
-    result = exporter.export(metrics_data())
-    exporter.shutdown()
-    return {"ok": result.name == "SUCCESS", "log": "\n".join(captured.lines)}
-
-
 def log_records():
     """One log record, as the SDK's logging handler makes it."""
     memory = InMemoryLogRecordExporter()
@@ -60,9 +53,10 @@ def log_records():
     return memory.get_finished_logs()
 
 
-def export_logs(exporter, captured):
+def export(exporter, data, captured):
+    """Exports `data` once through `exporter`: whether it succeeded, and what the exporter logged."""
     captured.lines.clear()
-    result = exporter.export(log_records())
+    result = exporter.export(data)
     exporter.shutdown()
     return {"ok": result.name == "SUCCESS", "log": "\n".join(captured.lines)}
 
@@ -80,13 +74,13 @@ def main():
     exporters.propagate = False
     if args.signal == "metrics":
         report = {
-            "http": export_metrics(HttpMetricExporter(endpoint=f"{args.http}/v1/metrics", timeout=10), captured),
-            "grpc": export_metrics(GrpcMetricExporter(endpoint=args.grpc, insecure=True, timeout=10), captured),
+            "http": export(HttpMetricExporter(endpoint=f"{args.http}/v1/metrics", timeout=10), metrics_data(), captured),
+            "grpc": export(GrpcMetricExporter(endpoint=args.grpc, insecure=True, timeout=10), metrics_data(), captured),
         }
     else:
         report = {
-            "http": export_logs(HttpLogExporter(endpoint=f"{args.http}/v1/logs", timeout=10), captured),
-            "grpc": export_logs(GrpcLogExporter(endpoint=args.grpc, insecure=True, timeout=10), captured),
+            "http": export(HttpLogExporter(endpoint=f"{args.http}/v1/logs", timeout=10), log_records(), captured),
+            "grpc": export(GrpcLogExporter(endpoint=args.grpc, insecure=True, timeout=10), log_records(), captured),
         }
     print(json.dumps(report))
 
