@@ -79,6 +79,10 @@ struct ServeArgs {
     /// HTTP API and UI listen address.
     #[arg(long, env = "HOPSCOPE_API_ADDR", default_value = "127.0.0.1:8080")]
     api_addr: SocketAddr,
+    /// Also serve the HTTP API and UI here, e.g. `0.0.0.0:16686`, Jaeger's query port, so that
+    /// Grafana's Jaeger data source and Jaeger clients find hopscope where they look for Jaeger.
+    #[arg(long, env = "HOPSCOPE_JAEGER_ADDR")]
+    jaeger_addr: Option<SocketAddr>,
     /// Largest OTLP/HTTP body accepted, in bytes, both as sent and after gzip decompression.
     #[arg(long, env = "HOPSCOPE_OTLP_HTTP_MAX_BODY_BYTES", default_value_t = 20 * 1024 * 1024, value_parser = positive_usize)]
     otlp_http_max_body_bytes: usize,
@@ -371,7 +375,7 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
         .merge(hopscope_ingest::admin::router(Arc::clone(&ingester)))
         .merge(health_router(Arc::clone(&ready)))
         .merge(metrics_router(registry));
-    let Servers { grpc, otlp_http, api } = serve_listeners(listeners, &ingester, &args, api_app, &stop);
+    let Servers { grpc, otlp_http, api, jaeger } = serve_listeners(listeners, &ingester, &args, api_app, &stop);
 
     let signal_stop = stop.clone();
     tokio::spawn(async move {
@@ -387,19 +391,26 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
     flush_stop.cancel();
     let flushed = flusher.await?;
     let api = api.await?;
+    let jaeger = match jaeger {
+        Some(jaeger) => jaeger.await?,
+        None => Ok(()),
+    };
     grpc??;
     otlp_http??;
     api?;
+    jaeger?;
     flushed.context("writing buffered spans at shutdown")?;
     tracing::info!("stopped; every acknowledged span is written");
     Ok(())
 }
 
-/// Raises the open-file limit, binds the three listeners and logs where they listen.
+/// Raises the open-file limit, binds the listeners and logs where they listen.
 async fn bind_listeners(args: &ServeArgs) -> anyhow::Result<(Listeners, hopscope_ui::UiConfig)> {
     let descriptors = listener::raise_descriptor_limit();
     let listener_limits = listener::ListenerLimits {
-        max_connections: args.max_connections.unwrap_or_else(|| listener::default_max_connections(descriptors, 3)),
+        max_connections: args.max_connections.unwrap_or_else(|| {
+            listener::default_max_connections(descriptors, 3 + u64::from(args.jaeger_addr.is_some()))
+        }),
         header_read_timeout: args.header_read_timeout,
         idle_timeout: args.idle_timeout,
     };
@@ -407,6 +418,10 @@ async fn bind_listeners(args: &ServeArgs) -> anyhow::Result<(Listeners, hopscope
     let grpc_listener = bind(args.otlp_grpc_addr, "OTLP/gRPC").await?;
     let http_listener = bind(args.otlp_http_addr, "OTLP/HTTP").await?;
     let api_listener = bind(args.api_addr, "API").await?;
+    let jaeger_listener = match args.jaeger_addr {
+        Some(addr) => Some(bind(addr, "Jaeger query").await?),
+        None => None,
+    };
     let ui_config = hopscope_ui::UiConfig {
         otlp_http_addr: http_listener.local_addr()?,
         otlp_grpc_addr: grpc_listener.local_addr()?,
@@ -415,13 +430,22 @@ async fn bind_listeners(args: &ServeArgs) -> anyhow::Result<(Listeners, hopscope
         otlp_grpc = %grpc_listener.local_addr()?,
         otlp_http = %http_listener.local_addr()?,
         api = %api_listener.local_addr()?,
+        jaeger = %match &jaeger_listener {
+            Some(listener) => listener.local_addr()?.to_string(),
+            None => "off".to_owned(),
+        },
         data_dir = %args.data_dir.display(),
         max_connections = listener_limits.max_connections,
         open_file_limit = descriptors,
         "hopscope listening"
     );
-    let listeners =
-        Listeners { grpc: grpc_listener, otlp_http: http_listener, api: api_listener, limits: listener_limits };
+    let listeners = Listeners {
+        grpc: grpc_listener,
+        otlp_http: http_listener,
+        api: api_listener,
+        jaeger: jaeger_listener,
+        limits: listener_limits,
+    };
     Ok((listeners, ui_config))
 }
 
@@ -459,23 +483,26 @@ fn query_config(args: &ServeArgs) -> QueryConfig {
     config
 }
 
-/// The bound sockets of the three listeners, and how they treat connections.
+/// The bound sockets of the listeners, and how they treat connections.
 struct Listeners {
     grpc: TcpListener,
     otlp_http: TcpListener,
     api: TcpListener,
+    /// The API again, on `--jaeger-addr`.
+    jaeger: Option<TcpListener>,
     limits: listener::ListenerLimits,
 }
 
-/// The running servers of the three listeners; each ends after `stop`, once its connections have.
+/// The running servers of the listeners; each ends after `stop`, once its connections have.
 struct Servers {
     grpc: tokio::task::JoinHandle<anyhow::Result<()>>,
     otlp_http: tokio::task::JoinHandle<anyhow::Result<()>>,
     api: tokio::task::JoinHandle<anyhow::Result<()>>,
+    jaeger: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
-/// Serves OTLP/gRPC and OTLP/HTTP into the ingester and `api` on the API address until `stop`; a
-/// receiver that fails stops everything.
+/// Serves OTLP/gRPC and OTLP/HTTP into the ingester and `api` on the API address (and on the
+/// Jaeger address, when asked) until `stop`; a receiver that fails stops everything.
 fn serve_listeners(
     listeners: Listeners,
     ingester: &Arc<Ingester>,
@@ -505,6 +532,14 @@ fn serve_listeners(
                 .context("OTLP/HTTP server")
         })
     };
+    let jaeger = listeners.jaeger.map(|jaeger| {
+        let (api, stop) = (api.clone(), stop.clone());
+        tokio::spawn(async move {
+            listener::serve(jaeger, "jaeger", listener::Protocol::Http, api, limits, stop)
+                .await
+                .context("API server on the Jaeger address")
+        })
+    });
     let api = {
         let stop = stop.clone();
         tokio::spawn(async move {
@@ -513,7 +548,7 @@ fn serve_listeners(
                 .context("API server")
         })
     };
-    Servers { grpc, otlp_http, api }
+    Servers { grpc, otlp_http, api, jaeger }
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {

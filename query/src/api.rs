@@ -1,4 +1,5 @@
-//! The HTTP API under `/api/v1`: every route in one router, every error as `{"error": "..."}`.
+//! The HTTP API under `/api/v1`: every route in one router, every error as `{"error": "..."}`; and
+//! Jaeger's query API beside it ([`jaeger`]), in Jaeger's shapes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use crate::sql::SqlResult;
 use crate::{QueryEngine, QueryError};
 
 mod encode;
+mod jaeger;
 pub(crate) mod params;
 mod status;
 
@@ -47,6 +49,7 @@ pub fn router(engine: Arc<QueryEngine>) -> Router {
         .route("/api/v1/edges", get(edges))
         .route("/api/v1/latency", get(latency))
         .route("/api/v1/sql", post(sql))
+        .merge(jaeger::routes())
         .route("/api/{*rest}", axum::routing::any(unknown_route))
         .method_not_allowed_fallback(wrong_method)
         .with_state(engine)

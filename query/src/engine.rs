@@ -270,6 +270,12 @@ impl QueryEngine {
         self.run("trace", move |ctx| async move { spans::trace(&ctx, trace_id).await }).await
     }
 
+    /// Every stored span of several traces, read in one scan: the traces in the order of `ids`,
+    /// those with no stored span left out.
+    pub async fn traces(self: &Arc<Self>, ids: Vec<TraceId>) -> Result<Vec<TraceView>, QueryError> {
+        self.run("traces", move |ctx| async move { spans::traces(&ctx, &ids).await }).await
+    }
+
     /// The critical path of each root of one trace; `None` when the trace is not stored.
     pub async fn trace_critical_path(
         self: &Arc<Self>,

@@ -109,13 +109,13 @@ async fn rust_opentelemetry_otlp_exporter_over_grpc_and_http() {
 }
 
 /// The Python interpreter holding `tests/requirements.txt`.
-fn python() -> String {
+pub(crate) fn python() -> String {
     std::env::var("HOPSCOPE_TEST_PYTHON")
         .unwrap_or_else(|_| workspace_root().join(".venv/bin/python").to_string_lossy().into_owned())
 }
 
 /// Runs `tests/clients/{script}` with `args` under [`python`], and returns the JSON it prints.
-async fn run_python_client(script: &str, args: Vec<String>) -> Value {
+pub(crate) async fn run_python_client(script: &str, args: Vec<String>) -> Value {
     let (script, python) = (workspace_root().join("tests/clients").join(script), python());
     let output = tokio::task::spawn_blocking(move || Command::new(&python).arg(script).args(args).output())
         .await

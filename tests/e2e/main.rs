@@ -15,6 +15,7 @@ mod errors;
 mod exporters;
 mod grafana;
 mod hostile;
+mod jaeger;
 mod query;
 mod roundtrip;
 mod simulator;

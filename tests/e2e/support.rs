@@ -132,6 +132,14 @@ impl Server {
         format!("http://{}/v1/traces", self.http)
     }
 
+    /// An address the server logged in its "hopscope listening" line, as `key=ADDR`.
+    pub(crate) fn logged_addr(&self, key: &str) -> SocketAddr {
+        let log = self.log();
+        let line = log.lines().find(|l| l.contains("hopscope listening")).expect("the listening line");
+        let start = line.find(&format!(" {key}=")).unwrap_or_else(|| panic!("{key} in {line}")) + key.len() + 2;
+        line[start..].split_whitespace().next().unwrap().parse().unwrap_or_else(|e| panic!("{key} in {line}: {e}"))
+    }
+
     pub(crate) fn api_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.api)
     }

@@ -1,0 +1,517 @@
+//! Jaeger's query API (`/api/services`, `/api/operations`, `/api/traces`, `/api/dependencies`): what
+//! Grafana's Jaeger data source and the Jaeger UI call, answered from the same engine as `/api/v1`,
+//! in Jaeger's envelope `{"data", "total", "limit", "offset", "errors"}` with its parameters (times
+//! in microseconds, durations as Go writes them, tags as JSON or logfmt).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use chrono::Utc;
+use hopscope_schemas::TraceId;
+use hopscope_schemas::columns::USER_NODE;
+use hopscope_schemas::time::{TimeRange, format_time, parse_duration};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::status::status;
+use crate::analysis::dependencies::DependenciesQuery;
+use crate::analysis::search::{MAX_ATTRIBUTE_FILTERS, TraceSearch};
+use crate::{QueryEngine, QueryError};
+
+mod model;
+
+/// The routes of Jaeger's query API.
+pub(crate) fn routes() -> Router<Arc<QueryEngine>> {
+    Router::new()
+        .route("/api/services", get(services))
+        .route("/api/services/{service}/operations", get(service_operations))
+        .route("/api/operations", get(operations))
+        .route("/api/traces", get(search))
+        .route("/api/traces/{trace_id}", get(trace))
+        .route("/api/dependencies", get(dependencies))
+}
+
+type Engine = State<Arc<QueryEngine>>;
+type RawParams = Result<Query<Vec<(String, String)>>, QueryRejection>;
+
+/// Traces one search returns when `limit` is not given (Jaeger's default) and at most.
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 1_000;
+/// The range a search covers when neither `start` nor `lookback` is given.
+const DEFAULT_LOOKBACK_NS: i64 = 3_600_000_000_000;
+/// The range `/api/dependencies` covers when `lookback` is not given (Jaeger's default, a day).
+const DEFAULT_DEPENDENCY_LOOKBACK_MS: i64 = 86_400_000;
+
+/// An error in Jaeger's envelope: `{"data": null, ..., "errors": [{"code", "msg"}]}`, with the
+/// status code the native API would answer.
+#[derive(Debug)]
+pub(crate) struct Failure(QueryError);
+
+impl From<QueryError> for Failure {
+    fn from(error: QueryError) -> Self {
+        Failure(error)
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let status = status(&self.0);
+        if status.is_server_error() && !matches!(self.0, QueryError::Busy(_)) {
+            tracing::error!(error = %self.0, "jaeger api request failed");
+        }
+        let body = json!({
+            "data": null, "total": 0, "limit": 0, "offset": 0,
+            "errors": [{"code": status.as_u16(), "msg": self.0.to_string()}],
+        });
+        let mut response = (status, axum::Json(body)).into_response();
+        if matches!(self.0, QueryError::Busy(_)) {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+fn bad(name: &str, message: impl std::fmt::Display) -> Failure {
+    Failure(QueryError::BadParameter(format!("{name}: {message}")))
+}
+
+/// A successful answer in Jaeger's envelope.
+#[derive(Serialize)]
+struct Envelope<T> {
+    data: T,
+    total: usize,
+    limit: usize,
+    offset: usize,
+    errors: Option<()>,
+}
+
+fn answer<T: Serialize>(data: T, total: usize, pretty: bool) -> Response {
+    let envelope = Envelope { data, total, limit: 0, offset: 0, errors: None };
+    let body = if pretty { serde_json::to_vec_pretty(&envelope) } else { serde_json::to_vec(&envelope) };
+    match body {
+        Ok(body) => ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response(),
+        Err(e) => Failure(QueryError::Internal(format!("encoding the answer: {e}"))).into_response(),
+    }
+}
+
+/// The query parameters of a Jaeger request, in order; some (`traceID`, `tags`) may repeat.
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    /// Refuses any parameter the endpoint does not take, naming it and what it takes.
+    fn new(raw: RawParams, allowed: &[&str]) -> Result<Self, Failure> {
+        let Query(values) = raw.map_err(|e| bad("query string", e.body_text()))?;
+        if let Some((unknown, _)) = values.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
+            let takes = if allowed.is_empty() { "no parameters".to_owned() } else { allowed.join(", ") };
+            return Err(Failure(QueryError::BadParameter(format!(
+                "unknown parameter {unknown}; this endpoint takes {takes}"
+            ))));
+        }
+        Ok(Params(values))
+    }
+
+    fn all(&self, name: &str) -> Vec<&str> {
+        self.0.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect()
+    }
+
+    /// A parameter given at most once; empty counts as not given, as Jaeger reads it.
+    fn one(&self, name: &str) -> Result<Option<&str>, Failure> {
+        let mut values = self.all(name).into_iter().filter(|v| !v.is_empty());
+        let first = values.next();
+        if values.next().is_some() {
+            return Err(bad(name, "given more than once"));
+        }
+        Ok(first)
+    }
+
+    fn integer(&self, name: &str) -> Result<Option<i64>, Failure> {
+        self.one(name)?
+            .map(|v| v.parse::<i64>().map_err(|_| bad(name, format!("expected a whole number, got {v:?}"))))
+            .transpose()
+    }
+
+    /// Microseconds since the epoch, as nanoseconds.
+    fn micros(&self, name: &str) -> Result<Option<i64>, Failure> {
+        self.integer(name)?
+            .map(|us| us.checked_mul(1_000).ok_or_else(|| bad(name, format!("{us} µs is out of range"))))
+            .transpose()
+    }
+
+    fn go_duration(&self, name: &str) -> Result<Option<i64>, Failure> {
+        self.one(name)?.map(|v| go_duration(v).map_err(|e| bad(name, e))).transpose()
+    }
+
+    fn pretty(&self) -> bool {
+        matches!(self.one("prettyPrint"), Ok(Some("true" | "1")))
+    }
+}
+
+/// A duration as Go's `time.ParseDuration` reads it: one or more decimal numbers, each with a unit
+/// (`ns`, `us`, `µs`, `ms`, `s`, `m`, `h`), as in `1.5s` or `1m30s`. Days (`d`) are also taken.
+fn go_duration(value: &str) -> Result<i64, String> {
+    let mut total: i64 = 0;
+    let mut rest = value;
+    if rest.is_empty() {
+        return Err("expected a duration such as 250ms or 1m30s".into());
+    }
+    while !rest.is_empty() {
+        let number = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let unit = rest[number..].find(|c: char| c.is_ascii_digit() || c == '.').map_or(rest.len(), |u| number + u);
+        let part = parse_duration(&rest[..unit]).map_err(|e| format!("{e} (in {value:?})"))?;
+        total = total.checked_add(part).ok_or_else(|| format!("{value:?} is too long"))?;
+        rest = &rest[unit..];
+    }
+    Ok(total)
+}
+
+/// A trace id of 1 to 32 hex digits, as Jaeger takes it (shorter ids are padded with zeros).
+fn trace_id(text: &str) -> Result<TraceId, Failure> {
+    if text.is_empty() || text.len() > 32 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad("traceID", format!("expected 1 to 32 hex digits, got {text:?}")));
+    }
+    format!("{text:0>32}").parse().map_err(|e| bad("traceID", e))
+}
+
+async fn services(State(engine): Engine, raw: RawParams) -> Result<Response, Failure> {
+    let p = Params::new(raw, &["prettyPrint"])?;
+    let services = engine.services().await?;
+    Ok(answer(&services, services.len(), p.pretty()))
+}
+
+async fn service_operations(
+    State(engine): Engine,
+    Path(service): Path<String>,
+    raw: RawParams,
+) -> Result<Response, Failure> {
+    let p = Params::new(raw, &["prettyPrint"])?;
+    let mut names: Vec<String> = engine.operations(&service).await?.into_iter().map(|o| o.name).collect();
+    names.dedup();
+    Ok(answer(&names, names.len(), p.pretty()))
+}
+
+/// Span kinds as `/api/operations` names them; an unspecified kind is the empty string.
+const SPAN_KINDS: &[&str] = &["server", "client", "producer", "consumer", "internal"];
+
+async fn operations(State(engine): Engine, raw: RawParams) -> Result<Response, Failure> {
+    let p = Params::new(raw, &["service", "spanKind", "prettyPrint"])?;
+    let service = p.one("service")?.ok_or_else(|| bad("service", "is required"))?;
+    let kind = match p.one("spanKind")? {
+        Some(kind) if !SPAN_KINDS.contains(&kind) => {
+            return Err(bad("spanKind", format!("expected one of {}, got {kind:?}", SPAN_KINDS.join(", "))));
+        }
+        kind => kind,
+    };
+    let operations: Vec<Value> = engine
+        .operations(service)
+        .await?
+        .into_iter()
+        .map(|o| (o.name, if o.span_kind == "unspecified" { "" } else { o.span_kind }))
+        .filter(|(_, k)| kind.is_none_or(|kind| kind == *k))
+        .map(|(name, span_kind)| json!({"name": name, "spanKind": span_kind}))
+        .collect();
+    Ok(answer(&operations, operations.len(), p.pretty()))
+}
+
+async fn trace(State(engine): Engine, Path(id): Path<String>, raw: RawParams) -> Result<Response, Failure> {
+    // `start` and `end` (µs) only narrow where Jaeger looks; every stored span of the trace is read.
+    let p = Params::new(raw, &["start", "end", "raw", "prettyPrint"])?;
+    p.micros("start")?;
+    p.micros("end")?;
+    let id = trace_id(&id)?;
+    match engine.trace(id).await? {
+        Some(trace) => Ok(answer([model::trace(&trace)], 1, p.pretty())),
+        None => Err(Failure(QueryError::NotFound("trace not found".into()))),
+    }
+}
+
+async fn search(State(engine): Engine, raw: RawParams) -> Result<Response, Failure> {
+    let p = Params::new(
+        raw,
+        &[
+            "service",
+            "operation",
+            "tags",
+            "tag",
+            "start",
+            "end",
+            "lookback",
+            "minDuration",
+            "maxDuration",
+            "limit",
+            "traceID",
+            "prettyPrint",
+        ],
+    )?;
+    let ids: Vec<TraceId> = p.all("traceID").into_iter().map(trace_id).collect::<Result<_, _>>()?;
+    if !ids.is_empty() {
+        if ids.len() > MAX_LIMIT {
+            return Err(bad("traceID", format!("{} ids; one request takes at most {MAX_LIMIT}", ids.len())));
+        }
+        let traces: Vec<model::Trace> = engine.traces(ids).await?.iter().map(model::trace).collect();
+        return Ok(answer(&traces, traces.len(), p.pretty()));
+    }
+    let search = trace_search(&p)?;
+    let found = engine.search_traces(search).await?;
+    let ids = found
+        .iter()
+        .map(|t| t.trace_id.parse())
+        .collect::<Result<Vec<TraceId>, _>>()
+        .map_err(|e| Failure(QueryError::Corrupt(format!("a stored trace id does not parse: {e}"))))?;
+    let traces: Vec<model::Trace> = engine.traces(ids).await?.iter().map(model::trace).collect();
+    Ok(answer(&traces, traces.len(), p.pretty()))
+}
+
+/// The native search a Jaeger search asks for.
+fn trace_search(p: &Params) -> Result<TraceSearch, Failure> {
+    let service = p.one("service")?.ok_or_else(|| bad("service", "is required (or give traceID)"))?;
+    let end = match p.micros("end")? {
+        Some(end) => end,
+        None => Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX),
+    };
+    let start = match (p.micros("start")?, p.one("lookback")?) {
+        (Some(start), _) => start,
+        (None, Some(lookback)) if lookback != "custom" => {
+            end.saturating_sub(go_duration(lookback).map_err(|e| bad("lookback", e))?)
+        }
+        _ => end.saturating_sub(DEFAULT_LOOKBACK_NS),
+    };
+    if start >= end {
+        return Err(bad(
+            "start",
+            format!("must be before end (start {}, end {})", format_time(start), format_time(end)),
+        ));
+    }
+    let min_duration_ns = p.go_duration("minDuration")?;
+    let max_duration_ns = p.go_duration("maxDuration")?;
+    if let (Some(min), Some(max)) = (min_duration_ns, max_duration_ns)
+        && min > max
+    {
+        return Err(bad("minDuration", "must not exceed maxDuration"));
+    }
+    let limit = match p.integer("limit")? {
+        None | Some(0) => DEFAULT_LIMIT,
+        Some(n) if (1..=MAX_LIMIT as i64).contains(&n) => n as usize,
+        Some(n) => return Err(bad("limit", format!("expected a whole number from 0 to {MAX_LIMIT}, got {n}"))),
+    };
+
+    let mut tags = Vec::new();
+    for text in p.all("tags").into_iter().filter(|t| !t.is_empty()) {
+        tags.extend(tags_param(text)?);
+    }
+    for text in p.all("tag") {
+        let (key, value) =
+            text.split_once(':').ok_or_else(|| bad("tag", format!("expected key:value, got {text:?}")))?;
+        tags.push((key.to_owned(), value.to_owned()));
+    }
+    // `error=true` is the tag Jaeger derives from an error status; hopscope keeps the status itself.
+    let errors_only = tags.iter().any(|(k, v)| k == "error" && v == "true");
+    tags.retain(|(k, v)| !(k == "error" && v == "true"));
+    if tags.len() > MAX_ATTRIBUTE_FILTERS {
+        return Err(bad("tags", format!("{} tags; a search takes at most {MAX_ATTRIBUTE_FILTERS}", tags.len())));
+    }
+    Ok(TraceSearch {
+        range: Some(TimeRange { start_ns: start, end_ns: end }),
+        service: Some(service.to_owned()),
+        operation: p.one("operation")?.map(str::to_owned),
+        min_duration_ns,
+        max_duration_ns,
+        errors_only,
+        attributes: tags,
+        slowest_first: false,
+        limit,
+    })
+}
+
+/// The `tags` parameter: a JSON object of strings (`{"http.status_code":"500"}`, what the Jaeger UI
+/// and Grafana send) or logfmt (`http.status_code=500 error=true`).
+fn tags_param(text: &str) -> Result<Vec<(String, String)>, Failure> {
+    if text.trim_start().starts_with('{') {
+        let object: serde_json::Map<String, Value> =
+            serde_json::from_str(text).map_err(|e| bad("tags", format!("not a JSON object: {e}")))?;
+        return object
+            .into_iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => Ok((k, s)),
+                Value::Number(_) | Value::Bool(_) => Ok((k, v.to_string())),
+                other => Err(bad("tags", format!("the value of {k:?} must be a string, got {other}"))),
+            })
+            .collect();
+    }
+    logfmt(text).map_err(|e| bad("tags", e))
+}
+
+/// `key=value` pairs separated by spaces; values may be double-quoted (with `\"` and `\\`).
+fn logfmt(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.peek().is_none() {
+            return Ok(out);
+        }
+        let key: String = std::iter::from_fn(|| chars.next_if(|c| *c != '=' && !c.is_whitespace())).collect();
+        if chars.next() != Some('=') || key.is_empty() {
+            return Err(format!("expected key=value pairs (logfmt) or a JSON object, got {text:?}"));
+        }
+        let mut value = String::new();
+        if chars.next_if_eq(&'"').is_some() {
+            loop {
+                match chars.next() {
+                    Some('"') => break,
+                    Some('\\') => value.push(chars.next().ok_or_else(|| format!("unfinished escape in {text:?}"))?),
+                    Some(c) => value.push(c),
+                    None => return Err(format!("unclosed quote in {text:?}")),
+                }
+            }
+        } else {
+            value.extend(std::iter::from_fn(|| chars.next_if(|c| !c.is_whitespace())));
+        }
+        out.push((key, value));
+    }
+}
+
+async fn dependencies(State(engine): Engine, raw: RawParams) -> Result<Response, Failure> {
+    let p = Params::new(raw, &["endTs", "lookback", "prettyPrint"])?;
+    let end_ms = match p.integer("endTs")? {
+        Some(ms) => ms,
+        None => Utc::now().timestamp_millis(),
+    };
+    let lookback_ms = p.integer("lookback")?.unwrap_or(DEFAULT_DEPENDENCY_LOOKBACK_MS);
+    if lookback_ms <= 0 {
+        return Err(bad("lookback", format!("expected a positive number of milliseconds, got {lookback_ms}")));
+    }
+    let end_ns = end_ms.checked_mul(1_000_000).ok_or_else(|| bad("endTs", format!("{end_ms} ms is out of range")))?;
+    let start_ns = end_ns.saturating_sub(lookback_ms.saturating_mul(1_000_000));
+    let view = engine.dependencies(DependenciesQuery { range: TimeRange { start_ns, end_ns }, exact: false }).await?;
+    // One link per caller and callee (the native graph keeps one per connection); requests from
+    // outside the system (the `user` node) are not a dependency.
+    let mut links: Vec<(String, String, u64)> = Vec::new();
+    for edge in view.edges.iter().filter(|e| e.caller != USER_NODE) {
+        match links.iter_mut().find(|(parent, child, _)| *parent == edge.caller && *child == edge.callee) {
+            Some(link) => link.2 += edge.calls,
+            None => links.push((edge.caller.clone(), edge.callee.clone(), edge.calls)),
+        }
+    }
+    let data: Vec<Value> = links
+        .into_iter()
+        .map(|(parent, child, calls)| json!({"parent": parent, "child": child, "callCount": calls}))
+        .collect();
+    Ok(answer(&data, data.len(), p.pretty()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)], allowed: &[&str]) -> Result<Params, Failure> {
+        let values = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        Params::new(Ok(Query(values)), allowed)
+    }
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(go_duration("1.5s"), Ok(1_500_000_000));
+        assert_eq!(go_duration("1m30s"), Ok(90_000_000_000));
+        assert_eq!(go_duration("1h2m3.5s"), Ok(3_723_500_000_000));
+        assert_eq!(go_duration("500us"), Ok(500_000));
+        assert_eq!(go_duration("500µs"), Ok(500_000));
+        assert_eq!(go_duration("2d"), Ok(172_800_000_000_000));
+        assert!(go_duration("").is_err());
+        assert!(go_duration("100").unwrap_err().contains("unit"), "{:?}", go_duration("100"));
+        assert!(go_duration("1s2x").is_err());
+    }
+
+    #[test]
+    fn trace_ids_take_1_to_32_hex_digits() {
+        assert_eq!(trace_id("abc").unwrap().to_hex(), "00000000000000000000000000000abc");
+        let full = "0af7651916cd43dd8448eb211c80319c";
+        assert_eq!(trace_id(full).unwrap().to_hex(), full);
+        for bad in ["", "xyz", "0af7651916cd43dd8448eb211c80319c0"] {
+            let failure = trace_id(bad).unwrap_err();
+            assert_eq!(status(&failure.0), axum::http::StatusCode::BAD_REQUEST);
+            assert!(failure.0.to_string().contains("traceID"), "{}", failure.0);
+        }
+    }
+
+    #[test]
+    fn tags_as_json_or_logfmt() {
+        let json = tags_param(r#"{"http.status_code":"500","retry":true}"#).unwrap();
+        assert_eq!(json, [("http.status_code".into(), "500".into()), ("retry".into(), "true".into())]);
+        let logfmt = tags_param(r#"http.route=/cart  note="a \"quoted\" value" error=true"#).unwrap();
+        assert_eq!(
+            logfmt,
+            [
+                ("http.route".into(), "/cart".into()),
+                ("note".into(), "a \"quoted\" value".into()),
+                ("error".into(), "true".into())
+            ]
+        );
+        for bad in [r#"{"a": [1]}"#, "{not json", "novalue", r#"k="open"#] {
+            let failure = tags_param(bad).unwrap_err();
+            assert!(failure.0.to_string().starts_with("tags: "), "{bad}: {}", failure.0);
+        }
+    }
+
+    #[test]
+    fn a_search_reads_jaeger_parameters() {
+        let allowed =
+            ["service", "operation", "tags", "tag", "start", "end", "lookback", "minDuration", "maxDuration", "limit"];
+        let p = params(
+            &[
+                ("service", "checkout"),
+                ("operation", "GET /cart"),
+                ("start", "1700000000000000"),
+                ("end", "1700000060000000"),
+                ("minDuration", "1.2s"),
+                ("maxDuration", "1m"),
+                ("limit", "20"),
+                ("tags", r#"{"error":"true","http.route":"/cart"}"#),
+                ("tag", "peer.service:db"),
+            ],
+            &allowed,
+        )
+        .unwrap();
+        let search = trace_search(&p).unwrap();
+        assert_eq!(
+            search.range,
+            Some(TimeRange { start_ns: 1_700_000_000_000_000_000, end_ns: 1_700_000_060_000_000_000 })
+        );
+        assert_eq!(search.service.as_deref(), Some("checkout"));
+        assert_eq!(search.operation.as_deref(), Some("GET /cart"));
+        assert_eq!((search.min_duration_ns, search.max_duration_ns), (Some(1_200_000_000), Some(60_000_000_000)));
+        assert_eq!(search.limit, 20);
+        assert!(search.errors_only);
+        assert_eq!(search.attributes, [("http.route".into(), "/cart".into()), ("peer.service".into(), "db".into())]);
+
+        // lookback without start counts back from end; no limit is Jaeger's 100.
+        let p = params(&[("service", "a"), ("end", "1700000060000000"), ("lookback", "2m")], &allowed).unwrap();
+        let search = trace_search(&p).unwrap();
+        assert_eq!(search.range.unwrap().start_ns, 1_700_000_060_000_000_000 - 120_000_000_000);
+        assert_eq!(search.limit, DEFAULT_LIMIT);
+    }
+
+    #[test]
+    fn bad_searches_name_the_parameter() {
+        let allowed = ["service", "start", "end", "minDuration", "maxDuration", "limit", "lookback"];
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[], "service: is required"),
+            (&[("service", "a"), ("minDuration", "fast")], "minDuration:"),
+            (&[("service", "a"), ("minDuration", "2s"), ("maxDuration", "1s")], "minDuration: must not exceed"),
+            (&[("service", "a"), ("limit", "5000")], "limit:"),
+            (&[("service", "a"), ("start", "20"), ("end", "10")], "start: must be before end"),
+            (&[("service", "a"), ("end", "9223372036854775807")], "end:"),
+            (&[("service", "a"), ("lookback", "a while")], "lookback:"),
+        ];
+        for (pairs, expected) in cases {
+            let message = trace_search(&params(pairs, &allowed).unwrap()).unwrap_err().0.to_string();
+            assert!(message.starts_with(expected), "{pairs:?}: {message}");
+        }
+        let unknown = params(&[("servce", "a")], &allowed).err().unwrap().0.to_string();
+        assert!(unknown.contains("unknown parameter servce"), "{unknown}");
+    }
+}

@@ -1,0 +1,179 @@
+//! What Grafana's Jaeger data source and the Jaeger UI read: spans sent by the OpenTelemetry Python
+//! SDK's exporters, read back through Jaeger's query API (`/api/services`, `/api/operations`,
+//! `/api/traces`, `/api/dependencies`) and compared, field by field, with what the client sent
+//! (`tests/clients/python_export.py`) converted by the OpenTelemetry → Jaeger mapping rules. The
+//! server listens on a Jaeger address too (`--jaeger-addr`), where the requests go.
+
+use serde_json::{Value, json};
+
+use crate::exporters::run_python_client;
+use crate::support::Server;
+
+/// `GET` on the Jaeger address (`--jaeger-addr`).
+async fn get(server: &Server, path: &str) -> (u16, Value) {
+    let response = reqwest::get(format!("http://{}{path}", server.logged_addr("jaeger"))).await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.json().await.unwrap_or_else(|e| panic!("{path}: not JSON ({e})"));
+    (status, body)
+}
+
+/// A successful answer's `data`, after checking the envelope around it.
+async fn data(server: &Server, path: &str) -> Value {
+    let (status, body) = get(server, path).await;
+    assert_eq!(status, 200, "{path}: {body}");
+    assert_eq!(body["errors"], Value::Null, "{path}: {body}");
+    for field in ["total", "limit", "offset"] {
+        assert!(body[field].is_u64(), "{path}: {field} in {body}");
+    }
+    body["data"].clone()
+}
+
+/// The value of a tag (or log field, or process tag) as `(type, value)`.
+fn tag(tags: &Value, key: &str) -> (String, Value) {
+    let tag = tags.as_array().unwrap().iter().find(|t| t["key"] == key).unwrap_or_else(|| panic!("{key} in {tags}"));
+    (tag["type"].as_str().unwrap().to_owned(), tag["value"].clone())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jaeger_query_api_answers_in_jaegers_shapes() {
+    let server = Server::start("jaeger-api", &["--jaeger-addr", "127.0.0.1:0"]);
+    let (grpc, http) = (format!("http://{}", server.grpc), server.traces_url());
+    let sent = run_python_client("python_export.py", vec!["--grpc".into(), grpc, "--http".into(), http]).await;
+    let trace_id = sent["http"].as_str().unwrap().to_owned();
+    let other_trace = sent["grpc"].as_str().unwrap().to_owned();
+    let native = server.wait_for_trace(&trace_id, 2).await;
+    server.wait_for_trace(&other_trace, 2).await;
+
+    let services = data(&server, "/api/services").await;
+    assert_eq!(services, json!(["python-grpc", "python-http"]));
+    let (_, body) = get(&server, "/api/services").await;
+    assert_eq!(body["total"], 2);
+    // The API address answers the same.
+    let on_api: Value = reqwest::get(server.api_url("/api/services")).await.unwrap().json().await.unwrap();
+    assert_eq!(on_api, body);
+    assert_eq!(
+        data(&server, "/api/services/python-http/operations").await,
+        json!(["GET /python/http", "call inventory"])
+    );
+    assert_eq!(data(&server, "/api/services/nobody/operations").await, json!([]));
+    assert_eq!(
+        data(&server, "/api/operations?service=python-http").await,
+        json!([{"name": "GET /python/http", "spanKind": "server"}, {"name": "call inventory", "spanKind": "client"}])
+    );
+    assert_eq!(
+        data(&server, "/api/operations?service=python-http&spanKind=client").await,
+        json!([{"name": "call inventory", "spanKind": "client"}])
+    );
+
+    // The trace, as python_export.py made it: a server span and its client child, which failed.
+    let traces = data(&server, &format!("/api/traces/{trace_id}")).await;
+    assert_eq!(traces.as_array().unwrap().len(), 1);
+    let trace = &traces[0];
+    assert_eq!(trace["traceID"], trace_id);
+    let spans = trace["spans"].as_array().unwrap();
+    assert_eq!(spans.len(), 2);
+    let root = spans.iter().find(|s| s["operationName"] == "GET /python/http").unwrap();
+    let child = spans.iter().find(|s| s["operationName"] == "call inventory").unwrap();
+    assert_eq!(root["references"], json!([]));
+    assert_eq!(child["references"], json!([{"refType": "CHILD_OF", "traceID": trace_id, "spanID": root["spanID"]}]));
+    // Times in microseconds: the stored nanoseconds (as the native API shows them) / 1000.
+    for span in [root, child] {
+        let stored = native["spans"].as_array().unwrap().iter().find(|s| s["span_id"] == span["spanID"]).unwrap();
+        let start_ns: i64 = stored["start_time_unix_nano"].as_str().unwrap().parse().unwrap();
+        assert_eq!(span["startTime"], start_ns / 1_000);
+        assert_eq!(span["duration"], stored["duration_ns"].as_i64().unwrap() / 1_000);
+        assert_eq!(span["warnings"], Value::Null);
+        // The W3C trace flags, the low byte of OTLP's span flags; Jaeger leaves out zero.
+        let trace_flags = stored["flags"].as_u64().unwrap() & 0xff;
+        assert_eq!(span.get("flags").and_then(Value::as_u64).unwrap_or(0), trace_flags, "{span}");
+    }
+
+    let tags = &child["tags"];
+    assert_eq!(tag(tags, "otel.scope.name"), ("string".into(), json!("hopscope-e2e-python")));
+    assert_eq!(tag(tags, "peer.service"), ("string".into(), json!("inventory")));
+    assert_eq!(tag(tags, "retries"), ("int64".into(), json!(3)));
+    assert_eq!(tag(tags, "cache.hit"), ("bool".into(), json!(false)));
+    assert_eq!(tag(tags, "tags"), ("string".into(), json!(r#"["a","b"]"#)));
+    assert_eq!(tag(tags, "span.kind"), ("string".into(), json!("client")));
+    assert_eq!(tag(tags, "otel.status_code"), ("string".into(), json!("ERROR")));
+    assert_eq!(tag(tags, "error"), ("bool".into(), json!(true)));
+    assert_eq!(tag(tags, "otel.status_description"), ("string".into(), json!("upstream timed out")));
+    assert_eq!(tag(&root["tags"], "span.kind"), ("string".into(), json!("server")));
+    assert!(root["tags"].as_array().unwrap().iter().all(|t| t["key"] != "error"), "{}", root["tags"]);
+    let log = &child["logs"][0];
+    assert_eq!(tag(&log["fields"], "event"), ("string".into(), json!("retrying")));
+    assert_eq!(tag(&log["fields"], "attempt"), ("int64".into(), json!(2)));
+    assert!(log["timestamp"].as_i64().unwrap() >= child["startTime"].as_i64().unwrap());
+
+    // Both spans come from one process; its tags are the resource's, without service.name.
+    assert_eq!(root["processID"], child["processID"]);
+    let process = &trace["processes"][root["processID"].as_str().unwrap()];
+    assert_eq!(process["serviceName"], "python-http");
+    assert_eq!(tag(&process["tags"], "telemetry.sdk.language"), ("string".into(), json!("python")));
+    assert!(process["tags"].as_array().unwrap().iter().all(|t| t["key"] != "service.name"));
+
+    // Search: a span of the service that meets every condition; full traces come back.
+    let found = |traces: &Value| -> Vec<String> {
+        traces.as_array().unwrap().iter().map(|t| t["traceID"].as_str().unwrap().to_owned()).collect()
+    };
+    let search = "/api/traces?service=python-http&lookback=1h&limit=20";
+    let all = data(&server, search).await;
+    assert_eq!(found(&all), [trace_id.as_str()]);
+    assert_eq!(all[0]["spans"].as_array().unwrap().len(), 2);
+    for (tags, matches) in [
+        (r#"{"peer.service":"inventory"}"#, true),
+        (r#"{"peer.service":"billing"}"#, false),
+        (r#"{"error":"true"}"#, true),
+        ("retries=3%20cache.hit=false", true),
+    ] {
+        let traces = data(&server, &format!("{search}&tags={}", urlencode(tags))).await;
+        assert_eq!(found(&traces).len(), usize::from(matches), "tags {tags}: {traces}");
+    }
+    let slow = data(&server, &format!("{search}&minDuration=1m")).await;
+    assert_eq!(slow, json!([]));
+    let by_operation = data(&server, &format!("{search}&operation=call%20inventory&maxDuration=1m")).await;
+    assert_eq!(found(&by_operation), [trace_id.as_str()]);
+    let by_ids = data(&server, &format!("/api/traces?traceID={trace_id}&traceID={other_trace}")).await;
+    assert_eq!(found(&by_ids), [trace_id.clone(), other_trace.clone()]);
+
+    // Dependencies: the client span names its peer, which is not instrumented.
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    let links = data(&server, &format!("/api/dependencies?endTs={now_ms}&lookback=3600000")).await;
+    let mut links = links.as_array().unwrap().clone();
+    links.sort_by_key(|l| l["parent"].as_str().unwrap().to_owned());
+    assert_eq!(
+        Value::Array(links),
+        json!([
+            {"parent": "python-grpc", "child": "inventory", "callCount": 1},
+            {"parent": "python-http", "child": "inventory", "callCount": 1},
+        ])
+    );
+
+    // Errors in Jaeger's envelope, with the status code and a message naming what was wrong.
+    for (path, status, says) in [
+        ("/api/traces?lookback=1h", 400, "service: is required"),
+        ("/api/traces?service=python-http&minDuration=soon", 400, "minDuration:"),
+        ("/api/traces?service=python-http&lookbak=1h", 400, "unknown parameter lookbak"),
+        ("/api/traces/not-hex", 400, "traceID:"),
+        ("/api/traces/0123456789abcdef0123456789abcdef", 404, "trace not found"),
+        ("/api/operations", 400, "service: is required"),
+        ("/api/operations?service=a&spanKind=sideways", 400, "spanKind:"),
+        ("/api/dependencies?lookback=-5", 400, "lookback:"),
+    ] {
+        let (code, body) = get(&server, path).await;
+        assert_eq!(code, status, "{path}: {body}");
+        assert_eq!(body["data"], Value::Null, "{path}: {body}");
+        assert_eq!(body["errors"][0]["code"], status, "{path}: {body}");
+        let message = body["errors"][0]["msg"].as_str().unwrap();
+        assert!(message.starts_with(says), "{path}: {message}");
+    }
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'%' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
