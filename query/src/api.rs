@@ -28,6 +28,7 @@ use crate::{QueryEngine, QueryError};
 
 mod encode;
 mod jaeger;
+mod otlp;
 pub(crate) mod params;
 mod status;
 

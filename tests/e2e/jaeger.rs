@@ -177,3 +177,136 @@ fn urlencode(text: &str) -> String {
         })
         .collect()
 }
+
+/// The API's typed attribute list (`[{"key", "type", "value"}]`) as `{key: plain JSON value}`.
+fn plain_attributes(typed: &Value) -> Value {
+    fn plain(typed: &Value) -> Value {
+        match typed["type"].as_str().unwrap() {
+            "array" => Value::Array(typed["value"].as_array().unwrap().iter().map(plain).collect()),
+            "kvlist" => plain_attributes(&typed["value"]),
+            _ => typed["value"].clone(),
+        }
+    }
+    Value::Object(typed.as_array().unwrap().iter().map(|a| (a["key"].as_str().unwrap().to_owned(), plain(a))).collect())
+}
+
+/// Jaeger's api_v3 answers in OTLP/JSON, which the OpenTelemetry protobuf package parses strictly; the
+/// spans it reads are the stored ones.
+#[tokio::test(flavor = "multi_thread")]
+async fn jaeger_api_v3_answers_in_otlp_json() {
+    let server = Server::start("jaeger-api-v3", &[]);
+    let (grpc, http) = (format!("http://{}", server.grpc), server.traces_url());
+    let sent = run_python_client("python_export.py", vec!["--grpc".into(), grpc, "--http".into(), http]).await;
+    let trace_id = sent["http"].as_str().unwrap().to_owned();
+    let native = server.wait_for_trace(&trace_id, 2).await;
+    server.wait_for_trace(sent["grpc"].as_str().unwrap(), 2).await;
+
+    let v3 = |path: String| {
+        let url = server.api_url(&path);
+        async move {
+            let response = reqwest::get(url).await.unwrap();
+            (response.status().as_u16(), response.json::<Value>().await.unwrap())
+        }
+    };
+    let checked = |body: Value| {
+        let file = std::path::PathBuf::from(format!("{}-answer-{}.json", server.data_dir.display(), rand_suffix()));
+        std::fs::write(&file, body.to_string()).unwrap();
+        async move { run_python_client("otlp_json_check.py", vec![file.to_string_lossy().into_owned()]).await }
+    };
+
+    assert_eq!(v3("/api/v3/services".into()).await, (200, json!({"services": ["python-grpc", "python-http"]})));
+    for kind in ["span_kind", "spanKind"] {
+        assert_eq!(
+            v3(format!("/api/v3/operations?service=python-http&{kind}=client")).await,
+            (200, json!({"operations": [{"name": "call inventory", "spanKind": "client"}]}))
+        );
+    }
+
+    // The trace, parsed by the protobuf package, field by field against the native API.
+    let (status, body) = v3(format!("/api/v3/traces/{trace_id}")).await;
+    assert_eq!(status, 200, "{body}");
+    let parsed = checked(body).await;
+    assert_eq!(parsed["resource_spans"], 1);
+    let spans = parsed["spans"].as_array().unwrap();
+    assert_eq!(spans.len(), 2);
+    for stored in native["spans"].as_array().unwrap() {
+        let span = spans.iter().find(|s| s["span_id"] == stored["span_id"]).expect("every stored span");
+        let kind = ["unspecified", "internal", "server", "client", "producer", "consumer"]
+            .iter()
+            .position(|k| *k == stored["kind"])
+            .unwrap();
+        let code = ["unset", "ok", "error"].iter().position(|c| *c == stored["status"]["code"]).unwrap();
+        let events: Vec<Value> = stored["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| json!({"name": e["name"], "time": e["time_unix_nano"], "attributes": plain_attributes(&e["attributes"])}))
+            .collect();
+        assert_eq!(
+            span,
+            &json!({
+                "resource": plain_attributes(&stored["resource"]["attributes"]),
+                "scope": stored["scope"]["name"],
+                "trace_id": stored["trace_id"],
+                "span_id": stored["span_id"],
+                "parent_span_id": stored["parent_span_id"],
+                "name": stored["name"],
+                "kind": kind,
+                "start": stored["start_time_unix_nano"],
+                "end": stored["end_time_unix_nano"],
+                "status": [code, stored["status"]["message"]],
+                "attributes": plain_attributes(&stored["attributes"]),
+                "events": events,
+            })
+        );
+    }
+
+    // Search, in either spelling of the parameters.
+    let now = chrono::Utc::now();
+    let hour_ago = (now - chrono::Duration::hours(1)).to_rfc3339();
+    let window =
+        format!("query.start_time_min={}&query.start_time_max={}", urlencode(&hour_ago), urlencode(&now.to_rfc3339()));
+    let (status, body) = v3(format!("/api/v3/traces?query.service_name=python-http&{window}")).await;
+    assert_eq!(status, 200, "{body}");
+    let found = checked(body).await;
+    let ids: Vec<&str> = found["spans"].as_array().unwrap().iter().map(|s| s["trace_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [trace_id.as_str(), trace_id.as_str()]);
+    let cases: [(&[(&str, &str)], usize); 4] = [
+        (&[("query.serviceName", "python-http"), ("query.attributes", r#"{"peer.service":"inventory"}"#)], 2),
+        (&[("query.serviceName", "python-http"), ("query.attributes", r#"{"peer.service":"billing"}"#)], 0),
+        (&[("query.service_name", "python-http"), ("query.duration_min", "1m")], 0),
+        (
+            &[
+                ("query.service_name", "python-http"),
+                ("query.operationName", "call inventory"),
+                ("query.search_depth", "1"),
+            ],
+            2,
+        ),
+    ];
+    for (query, spans) in cases {
+        let query: Vec<String> = query.iter().map(|(k, v)| format!("{k}={}", urlencode(v))).collect();
+        let query = query.join("&");
+        let (status, body) = v3(format!("/api/v3/traces?{query}")).await;
+        assert_eq!(status, 200, "{query}: {body}");
+        assert_eq!(checked(body).await["spans"].as_array().unwrap().len(), spans, "{query}");
+    }
+
+    for (path, status, says) in [
+        ("/api/v3/traces?query.start_time_min=2026-01-01T00:00:00Z".to_owned(), 400, "query.service_name: is required"),
+        ("/api/v3/traces?query.service_name=a&query.serviceName=b".to_owned(), 400, "query.service_name: given also"),
+        ("/api/v3/traces?query.service_name=a&query.start_time_min=yesterday".to_owned(), 400, "query.start_time_min:"),
+        ("/api/v3/traces/zz".to_owned(), 400, "traceID:"),
+        (format!("/api/v3/traces/{}", "1".repeat(32)), 404, "trace not found"),
+        ("/api/v3/operations".to_owned(), 400, "service: is required"),
+    ] {
+        let (code, body) = v3(path.clone()).await;
+        assert_eq!(code, status, "{path}: {body}");
+        assert_eq!(body["error"]["httpCode"], status, "{path}: {body}");
+        assert!(body["error"]["message"].as_str().unwrap().starts_with(says), "{path}: {body}");
+    }
+}
+
+fn rand_suffix() -> String {
+    crate::support::random_trace_id()[..8].to_owned()
+}

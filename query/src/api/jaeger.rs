@@ -1,7 +1,8 @@
-//! Jaeger's query API (`/api/services`, `/api/operations`, `/api/traces`, `/api/dependencies`): what
-//! Grafana's Jaeger data source and the Jaeger UI call, answered from the same engine as `/api/v1`,
-//! in Jaeger's envelope `{"data", "total", "limit", "offset", "errors"}` with its parameters (times
-//! in microseconds, durations as Go writes them, tags as JSON or logfmt).
+//! Jaeger's query API (`/api/services`, `/api/operations`, `/api/traces`, `/api/dependencies`, and
+//! api_v3 under `/api/v3` in [`v3`]): what Grafana's Jaeger data source and the Jaeger UI call,
+//! answered from the same engine as `/api/v1`, in Jaeger's envelope `{"data", "total", "limit",
+//! "offset", "errors"}` with its parameters (times in microseconds, durations as Go writes them,
+//! tags as JSON or logfmt).
 
 use std::sync::Arc;
 
@@ -18,12 +19,13 @@ use hopscope_schemas::time::{TimeRange, format_time, parse_duration};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::status::status;
+use super::status::{respond, status};
 use crate::analysis::dependencies::DependenciesQuery;
 use crate::analysis::search::{MAX_ATTRIBUTE_FILTERS, TraceSearch};
 use crate::{QueryEngine, QueryError};
 
 mod model;
+mod v3;
 
 /// The routes of Jaeger's query API.
 pub(crate) fn routes() -> Router<Arc<QueryEngine>> {
@@ -34,6 +36,7 @@ pub(crate) fn routes() -> Router<Arc<QueryEngine>> {
         .route("/api/traces", get(search))
         .route("/api/traces/{trace_id}", get(trace))
         .route("/api/dependencies", get(dependencies))
+        .merge(v3::routes())
 }
 
 type Engine = State<Arc<QueryEngine>>;
@@ -50,7 +53,7 @@ const DEFAULT_DEPENDENCY_LOOKBACK_MS: i64 = 86_400_000;
 /// An error in Jaeger's envelope: `{"data": null, ..., "errors": [{"code", "msg"}]}`, with the
 /// status code the native API would answer.
 #[derive(Debug)]
-pub(crate) struct Failure(QueryError);
+pub(crate) struct Failure(pub(crate) QueryError);
 
 impl From<QueryError> for Failure {
     fn from(error: QueryError) -> Self {
@@ -60,19 +63,12 @@ impl From<QueryError> for Failure {
 
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
-        let status = status(&self.0);
-        if status.is_server_error() && !matches!(self.0, QueryError::Busy(_)) {
-            tracing::error!(error = %self.0, "jaeger api request failed");
-        }
+        let code = status(&self.0).as_u16();
         let body = json!({
             "data": null, "total": 0, "limit": 0, "offset": 0,
-            "errors": [{"code": status.as_u16(), "msg": self.0.to_string()}],
+            "errors": [{"code": code, "msg": self.0.to_string()}],
         });
-        let mut response = (status, axum::Json(body)).into_response();
-        if matches!(self.0, QueryError::Busy(_)) {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        response
+        respond(&self.0, body)
     }
 }
 
@@ -206,15 +202,24 @@ async fn operations(State(engine): Engine, raw: RawParams) -> Result<Response, F
         }
         kind => kind,
     };
-    let operations: Vec<Value> = engine
+    let operations = operations_of_kind(&engine, service, kind).await?;
+    Ok(answer(&operations, operations.len(), p.pretty()))
+}
+
+/// `[{"name", "spanKind"}]` of a service's operations, of one kind when `kind` is given.
+async fn operations_of_kind(
+    engine: &Arc<QueryEngine>,
+    service: &str,
+    kind: Option<&str>,
+) -> Result<Vec<Value>, QueryError> {
+    Ok(engine
         .operations(service)
         .await?
         .into_iter()
         .map(|o| (o.name, if o.span_kind == "unspecified" { "" } else { o.span_kind }))
         .filter(|(_, k)| kind.is_none_or(|kind| kind == *k))
         .map(|(name, span_kind)| json!({"name": name, "spanKind": span_kind}))
-        .collect();
-    Ok(answer(&operations, operations.len(), p.pretty()))
+        .collect())
 }
 
 async fn trace(State(engine): Engine, Path(id): Path<String>, raw: RawParams) -> Result<Response, Failure> {

@@ -30,14 +30,21 @@ pub fn status(error: &QueryError) -> StatusCode {
 
 impl IntoResponse for QueryError {
     fn into_response(self) -> Response {
-        let status = status(&self);
-        if status.is_server_error() && !matches!(self, QueryError::Busy(_)) {
-            tracing::error!(error = %self, "api request failed");
-        }
-        let mut response = (status, Json(ErrorBody { error: self.to_string() })).into_response();
-        if matches!(self, QueryError::Busy(_)) {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        response
+        let body = ErrorBody { error: self.to_string() };
+        respond(&self, body)
     }
+}
+
+/// The answer to a failed request, with `body` in the shape of the API asked: the status of
+/// `error`, logged when the fault is ours, and `Retry-After` when the server is busy.
+pub(crate) fn respond(error: &QueryError, body: impl serde::Serialize) -> Response {
+    let status = status(error);
+    if status.is_server_error() && !matches!(error, QueryError::Busy(_)) {
+        tracing::error!(error = %error, "api request failed");
+    }
+    let mut response = (status, Json(body)).into_response();
+    if matches!(error, QueryError::Busy(_)) {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
 }
