@@ -556,18 +556,21 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 }
 
 fn health_router(ready: Arc<AtomicBool>) -> Router {
+    /// 200 with `ok` while the server takes work, 503 with `stopping` once it is shutting down.
+    fn readiness(ok: &'static str, stopping: &'static str) -> axum::routing::MethodRouter<Arc<AtomicBool>> {
+        get(move |State(ready): State<Arc<AtomicBool>>| async move {
+            if ready.load(Ordering::Acquire) {
+                (StatusCode::OK, ok)
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, stopping)
+            }
+        })
+    }
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route(
-            "/readyz",
-            get(|State(ready): State<Arc<AtomicBool>>| async move {
-                if ready.load(Ordering::Acquire) {
-                    (StatusCode::OK, "ready\n")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
-                }
-            }),
-        )
+        .route("/readyz", readiness("ready\n", "shutting down\n"))
+        // Tempo's readiness probe, for tools that check it (Grafana's Tempo data source).
+        .route("/ready", readiness("ready", "shutting down"))
         .with_state(ready)
 }
 

@@ -31,6 +31,7 @@ mod jaeger;
 mod otlp;
 pub(crate) mod params;
 mod status;
+mod tempo;
 
 pub use status::status as status_of;
 
@@ -51,6 +52,7 @@ pub fn router(engine: Arc<QueryEngine>) -> Router {
         .route("/api/v1/latency", get(latency))
         .route("/api/v1/sql", post(sql))
         .merge(jaeger::routes())
+        .merge(tempo::routes())
         .route("/api/{*rest}", axum::routing::any(unknown_route))
         .method_not_allowed_fallback(wrong_method)
         .with_state(engine)

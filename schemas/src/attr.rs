@@ -180,7 +180,9 @@ fn double_to_json(d: f64) -> Value {
     }
 }
 
-fn double_from_json(v: &Value) -> Option<f64> {
+/// Reads a double as OTLP/JSON writes it: a number, or `"NaN"`, `"Infinity"`, `"-Infinity"` (or a number
+/// as a string).
+pub fn double_from_json(v: &Value) -> Option<f64> {
     match v {
         Value::Number(n) => n.as_f64(),
         Value::String(s) => match s.as_str() {

@@ -8,6 +8,7 @@
 //! installs them. The UI test also needs Debian's `chromium` (`/usr/bin/chromium`, or the path in
 //! `HOPSCOPE_TEST_CHROMIUM`), which `scripts/test` installs when it runs as root.
 
+mod compat;
 mod crash;
 mod derived;
 mod durability;
@@ -15,7 +16,6 @@ mod errors;
 mod exporters;
 mod grafana;
 mod hostile;
-mod jaeger;
 mod query;
 mod roundtrip;
 mod simulator;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::Utc;
@@ -40,7 +40,7 @@ pub(crate) fn routes() -> Router<Arc<QueryEngine>> {
 }
 
 type Engine = State<Arc<QueryEngine>>;
-type RawParams = Result<Query<Vec<(String, String)>>, QueryRejection>;
+pub(crate) type RawParams = Result<Query<Vec<(String, String)>>, QueryRejection>;
 
 /// Traces one search returns when `limit` is not given (Jaeger's default) and at most.
 const DEFAULT_LIMIT: usize = 100;
@@ -68,7 +68,7 @@ impl IntoResponse for Failure {
             "data": null, "total": 0, "limit": 0, "offset": 0,
             "errors": [{"code": code, "msg": self.0.to_string()}],
         });
-        respond(&self.0, body)
+        respond(&self.0, axum::Json(body))
     }
 }
 
@@ -96,11 +96,11 @@ fn answer<T: Serialize>(data: T, total: usize, pretty: bool) -> Response {
 }
 
 /// The query parameters of a Jaeger request, in order; some (`traceID`, `tags`) may repeat.
-struct Params(Vec<(String, String)>);
+pub(crate) struct Params(Vec<(String, String)>);
 
 impl Params {
     /// Refuses any parameter the endpoint does not take, naming it and what it takes.
-    fn new(raw: RawParams, allowed: &[&str]) -> Result<Self, Failure> {
+    pub(crate) fn new(raw: RawParams, allowed: &[&str]) -> Result<Self, Failure> {
         let Query(values) = raw.map_err(|e| bad("query string", e.body_text()))?;
         if let Some((unknown, _)) = values.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
             let takes = if allowed.is_empty() { "no parameters".to_owned() } else { allowed.join(", ") };
@@ -125,7 +125,7 @@ impl Params {
         Ok(first)
     }
 
-    fn integer(&self, name: &str) -> Result<Option<i64>, Failure> {
+    pub(crate) fn integer(&self, name: &str) -> Result<Option<i64>, Failure> {
         self.one(name)?
             .map(|v| v.parse::<i64>().map_err(|_| bad(name, format!("expected a whole number, got {v:?}"))))
             .transpose()
@@ -166,7 +166,7 @@ fn go_duration(value: &str) -> Result<i64, String> {
 }
 
 /// A trace id of 1 to 32 hex digits, as Jaeger takes it (shorter ids are padded with zeros).
-fn trace_id(text: &str) -> Result<TraceId, Failure> {
+pub(crate) fn trace_id(text: &str) -> Result<TraceId, Failure> {
     if text.is_empty() || text.len() > 32 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(bad("traceID", format!("expected 1 to 32 hex digits, got {text:?}")));
     }
@@ -222,7 +222,16 @@ async fn operations_of_kind(
         .collect())
 }
 
-async fn trace(State(engine): Engine, Path(id): Path<String>, raw: RawParams) -> Result<Response, Failure> {
+async fn trace(
+    State(engine): Engine,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    raw: RawParams,
+) -> Result<Response, Failure> {
+    // Tempo's trace by id has the same path: Grafana's Tempo data source asks it for protobuf.
+    if super::tempo::wants_protobuf(&headers) {
+        return Ok(super::tempo::trace_v1_protobuf(&engine, &id, raw).await);
+    }
     // `start` and `end` (µs) only narrow where Jaeger looks; every stored span of the trace is read.
     let p = Params::new(raw, &["start", "end", "raw", "prettyPrint"])?;
     p.micros("start")?;

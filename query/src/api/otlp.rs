@@ -1,59 +1,68 @@
-//! Stored traces as OTLP/JSON `resourceSpans`, for the APIs that answer in OTLP (Jaeger's api_v3):
-//! spans grouped by resource, then by scope, in the order spans first name them. As Jaeger's
-//! gateway writes it (protobuf's JSON mapping, with OTLP's hex ids): enums by name, 64-bit integers
-//! as strings, and fields at their default value left out.
+//! Stored traces in OTLP, for the APIs that answer in it: OTLP/JSON `resourceSpans` (Jaeger's
+//! api_v3) and protobuf `TracesData` (Tempo's trace by id). Spans are grouped by resource, then by
+//! scope, in the order spans first name them. The JSON is as Jaeger's gateway writes it (protobuf's
+//! JSON mapping, with OTLP's hex ids): enums by name, 64-bit integers as strings, and fields at
+//! their default value left out.
 
 use std::collections::HashMap;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use hopscope_schemas::api::{SpanView, TraceView};
+use hopscope_schemas::attr::double_from_json;
+use opentelemetry_proto::tonic::common::v1::{
+    AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList, any_value,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{self as proto, ResourceSpans, ScopeSpans, TracesData};
 use serde_json::{Map, Value, json};
 
 /// The `resourceSpans` of `traces`, one list for all of them (a resource in two traces appears in
 /// each).
 pub(crate) fn resource_spans(traces: &[TraceView]) -> Value {
-    Value::Array(traces.iter().flat_map(trace_resource_spans).collect())
+    let json = traces.iter().flat_map(grouped).map(|group| {
+        let scope_spans: Vec<Value> = group
+            .scopes
+            .iter()
+            .map(|(scope_of, spans)| {
+                let spans = Value::Array(spans.iter().map(|s| span(s)).collect());
+                let mut out = object([("scope", scope(scope_of)), ("spans", spans)]);
+                text(&mut out, "schemaUrl", &scope_of.scope.schema_url);
+                Value::Object(out)
+            })
+            .collect();
+        let mut out = object([("resource", resource(group.resource)), ("scopeSpans", Value::Array(scope_spans))]);
+        text(&mut out, "schemaUrl", &group.resource.resource.schema_url);
+        Value::Object(out)
+    });
+    Value::Array(json.collect())
 }
 
-fn trace_resource_spans(trace: &TraceView) -> Vec<Value> {
-    // ((resource, schema URL), [((scope, schema URL), [span])]) in the order of first appearance.
-    type WithSchema = (Value, Value);
-    type Scopes = Vec<(WithSchema, Vec<Value>)>;
-    let mut resources: Vec<(WithSchema, Scopes)> = Vec::new();
-    let mut resource_index: HashMap<String, usize> = HashMap::new();
+/// The spans of one resource in a trace, by scope. A resource (or scope) is represented by the
+/// first span that names it.
+pub(crate) struct Group<'a> {
+    pub resource: &'a SpanView,
+    pub scopes: Vec<(&'a SpanView, Vec<&'a SpanView>)>,
+}
+
+/// A trace's spans grouped by resource, then by scope, in the order spans first name them.
+pub(crate) fn grouped(trace: &TraceView) -> Vec<Group<'_>> {
+    let mut groups: Vec<Group<'_>> = Vec::new();
+    let mut by_resource: HashMap<String, usize> = HashMap::new();
     for span in &trace.spans {
-        let resource = resource(span);
-        let key = format!("{}{}", resource.0, resource.1);
-        let r = *resource_index.entry(key).or_insert_with(|| {
-            resources.push((resource.clone(), Vec::new()));
-            resources.len() - 1
+        let r = &span.resource;
+        let key = format!("{}\u{0}{}\u{0}{}", r.attributes, r.dropped_attributes_count, r.schema_url);
+        let g = *by_resource.entry(key).or_insert_with(|| {
+            groups.push(Group { resource: span, scopes: Vec::new() });
+            groups.len() - 1
         });
-        let scope = scope(span);
-        let scopes = &mut resources[r].1;
-        let s = match scopes.iter().position(|(known, _)| *known == scope) {
-            Some(s) => s,
-            None => {
-                scopes.push((scope, Vec::new()));
-                scopes.len() - 1
-            }
-        };
-        scopes[s].1.push(self::span(span));
+        let scopes = &mut groups[g].scopes;
+        match scopes.iter_mut().find(|(first, _)| first.scope == span.scope) {
+            Some((_, spans)) => spans.push(span),
+            None => scopes.push((span, vec![span])),
+        }
     }
-    resources
-        .into_iter()
-        .map(|((resource, schema_url), scopes)| {
-            let scope_spans: Vec<Value> = scopes
-                .into_iter()
-                .map(|((scope, schema_url), spans)| {
-                    let mut out = object([("scope", scope), ("spans", Value::Array(spans))]);
-                    text(&mut out, "schemaUrl", schema_url.as_str().unwrap_or_default());
-                    Value::Object(out)
-                })
-                .collect();
-            let mut out = object([("resource", resource), ("scopeSpans", Value::Array(scope_spans))]);
-            text(&mut out, "schemaUrl", schema_url.as_str().unwrap_or_default());
-            Value::Object(out)
-        })
-        .collect()
+    groups
 }
 
 fn object<const N: usize>(fields: [(&str, Value); N]) -> Map<String, Value> {
@@ -85,22 +94,20 @@ fn attributes(out: &mut Map<String, Value>, typed: &Value) {
     }
 }
 
-/// A resource and its schema URL (which belongs to the `ResourceSpans`).
-fn resource(span: &SpanView) -> (Value, Value) {
+fn resource(span: &SpanView) -> Value {
     let mut out = Map::new();
     attributes(&mut out, &span.resource.attributes);
     count(&mut out, "droppedAttributesCount", span.resource.dropped_attributes_count);
-    (Value::Object(out), json!(span.resource.schema_url))
+    Value::Object(out)
 }
 
-/// A scope and its schema URL (which belongs to the `ScopeSpans`).
-fn scope(span: &SpanView) -> (Value, Value) {
+fn scope(span: &SpanView) -> Value {
     let mut out = Map::new();
     text(&mut out, "name", &span.scope.name);
     text(&mut out, "version", &span.scope.version);
     attributes(&mut out, &span.scope.attributes);
     count(&mut out, "droppedAttributesCount", span.scope.dropped_attributes_count);
-    (Value::Object(out), json!(span.scope.schema_url))
+    Value::Object(out)
 }
 
 fn span(span: &SpanView) -> Value {
@@ -203,6 +210,121 @@ fn any_value(typed: &Value) -> Value {
     }
 }
 
+/// The same traces as protobuf `TracesData` (which Tempo's `Trace` message is on the wire).
+pub(crate) fn traces_data(traces: &[TraceView]) -> TracesData {
+    let resource_spans = traces.iter().flat_map(grouped).map(|group| {
+        let r = &group.resource.resource;
+        ResourceSpans {
+            resource: Some(Resource {
+                attributes: proto_attributes(&r.attributes),
+                dropped_attributes_count: r.dropped_attributes_count,
+                ..Default::default()
+            }),
+            scope_spans: group
+                .scopes
+                .iter()
+                .map(|(first, spans)| ScopeSpans {
+                    scope: Some(InstrumentationScope {
+                        name: first.scope.name.clone(),
+                        version: first.scope.version.clone(),
+                        attributes: proto_attributes(&first.scope.attributes),
+                        dropped_attributes_count: first.scope.dropped_attributes_count,
+                    }),
+                    spans: spans.iter().map(|s| proto_span(s)).collect(),
+                    schema_url: first.scope.schema_url.clone(),
+                })
+                .collect(),
+            schema_url: r.schema_url.clone(),
+        }
+    });
+    TracesData { resource_spans: resource_spans.collect() }
+}
+
+fn proto_span(span: &SpanView) -> proto::Span {
+    let id = |hex_text: &str| hex::decode(hex_text).unwrap_or_default();
+    let nanos = |text: &str| text.parse::<u64>().unwrap_or_default();
+    proto::Span {
+        trace_id: id(&span.trace_id),
+        span_id: id(&span.span_id),
+        trace_state: span.trace_state.clone(),
+        parent_span_id: span.parent_span_id.as_deref().map(id).unwrap_or_default(),
+        flags: span.flags,
+        name: span.name.clone(),
+        kind: match kind(span.kind) {
+            "" => 0,
+            name => proto::span::SpanKind::from_str_name(name).map_or(0, |k| k as i32),
+        },
+        start_time_unix_nano: nanos(&span.start_time_unix_nano),
+        end_time_unix_nano: nanos(&span.end_time_unix_nano),
+        attributes: proto_attributes(&span.attributes),
+        dropped_attributes_count: span.dropped_attributes_count,
+        events: span
+            .events
+            .iter()
+            .map(|e| proto::span::Event {
+                time_unix_nano: nanos(&e.time_unix_nano),
+                name: e.name.clone(),
+                attributes: proto_attributes(&e.attributes),
+                dropped_attributes_count: e.dropped_attributes_count,
+            })
+            .collect(),
+        dropped_events_count: span.dropped_events_count,
+        links: span
+            .links
+            .iter()
+            .map(|l| proto::span::Link {
+                trace_id: id(&l.trace_id),
+                span_id: id(&l.span_id),
+                trace_state: l.trace_state.clone(),
+                attributes: proto_attributes(&l.attributes),
+                dropped_attributes_count: l.dropped_attributes_count,
+                flags: l.flags,
+            })
+            .collect(),
+        dropped_links_count: span.dropped_links_count,
+        status: Some(proto::Status {
+            message: span.status.message.clone(),
+            code: match status_code(span.status.code) {
+                "" => 0,
+                name => proto::status::StatusCode::from_str_name(name).map_or(0, |c| c as i32),
+            },
+        }),
+    }
+}
+
+fn proto_attributes(typed: &Value) -> Vec<KeyValue> {
+    typed
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|entry| KeyValue {
+            key: entry["key"].as_str().unwrap_or_default().to_owned(),
+            value: Some(proto_value(entry)),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// The API's typed form of a value as a protobuf `AnyValue`.
+fn proto_value(typed: &Value) -> AnyValue {
+    let value = &typed["value"];
+    let value = match typed["type"].as_str().unwrap_or_default() {
+        "string" => Some(any_value::Value::StringValue(value.as_str().unwrap_or_default().to_owned())),
+        "int" => Some(any_value::Value::IntValue(value.as_i64().unwrap_or_default())),
+        "double" => double_from_json(value).map(any_value::Value::DoubleValue),
+        "bool" => Some(any_value::Value::BoolValue(value.as_bool().unwrap_or_default())),
+        "bytes" => {
+            Some(any_value::Value::BytesValue(BASE64.decode(value.as_str().unwrap_or_default()).unwrap_or_default()))
+        }
+        "array" => Some(any_value::Value::ArrayValue(ArrayValue {
+            values: value.as_array().into_iter().flatten().map(proto_value).collect(),
+        })),
+        "kvlist" => Some(any_value::Value::KvlistValue(KeyValueList { values: proto_attributes(value) })),
+        _ => None,
+    };
+    AnyValue { value }
+}
+
 #[cfg(test)]
 mod tests {
     use hopscope_schemas::attr::{AttrValue, api_attributes_json};
@@ -225,6 +347,45 @@ mod tests {
         let typed = api_attributes_json(values.iter().map(|(k, v)| (k.as_str(), v)));
         for (entry, (_, value)) in typed.as_array().unwrap().iter().zip(&values) {
             assert_eq!(any_value(entry), value.to_otlp_json(), "{entry}");
+        }
+    }
+
+    #[test]
+    fn values_come_back_in_protobuf_as_they_were() {
+        use any_value::Value as V;
+        let values = [
+            ("s".to_owned(), AttrValue::Str("x".into())),
+            ("i".to_owned(), AttrValue::Int(i64::MIN)),
+            ("d".to_owned(), AttrValue::Double(f64::NEG_INFINITY)),
+            ("b".to_owned(), AttrValue::Bool(false)),
+            ("bytes".to_owned(), AttrValue::Bytes(vec![0, 255])),
+            ("list".to_owned(), AttrValue::Array(vec![AttrValue::Int(1)])),
+            ("map".to_owned(), AttrValue::KvList(vec![("k".into(), AttrValue::Str("v".into()))])),
+            ("empty".to_owned(), AttrValue::Empty),
+        ];
+        let one = |value| AnyValue { value: Some(value) };
+        let expected = [
+            Some(V::StringValue("x".into())),
+            Some(V::IntValue(i64::MIN)),
+            Some(V::DoubleValue(f64::NEG_INFINITY)),
+            Some(V::BoolValue(false)),
+            Some(V::BytesValue(vec![0, 255])),
+            Some(V::ArrayValue(ArrayValue { values: vec![one(V::IntValue(1))] })),
+            Some(V::KvlistValue(KeyValueList {
+                values: vec![KeyValue {
+                    key: "k".into(),
+                    value: Some(one(V::StringValue("v".into()))),
+                    ..Default::default()
+                }],
+            })),
+            None,
+        ];
+        let typed = api_attributes_json(values.iter().map(|(k, v)| (k.as_str(), v)));
+        let converted = proto_attributes(&typed);
+        let keys: Vec<&str> = converted.iter().map(|kv| kv.key.as_str()).collect();
+        assert_eq!(keys, ["s", "i", "d", "b", "bytes", "list", "map", "empty"]);
+        for (kv, expected) in converted.iter().zip(expected) {
+            assert_eq!(kv.value.as_ref().unwrap().value, expected, "{}", kv.key);
         }
     }
 }

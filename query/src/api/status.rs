@@ -30,19 +30,19 @@ pub fn status(error: &QueryError) -> StatusCode {
 
 impl IntoResponse for QueryError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: self.to_string() };
+        let body = Json(ErrorBody { error: self.to_string() });
         respond(&self, body)
     }
 }
 
 /// The answer to a failed request, with `body` in the shape of the API asked: the status of
 /// `error`, logged when the fault is ours, and `Retry-After` when the server is busy.
-pub(crate) fn respond(error: &QueryError, body: impl serde::Serialize) -> Response {
+pub(crate) fn respond(error: &QueryError, body: impl IntoResponse) -> Response {
     let status = status(error);
     if status.is_server_error() && !matches!(error, QueryError::Busy(_)) {
         tracing::error!(error = %error, "api request failed");
     }
-    let mut response = (status, Json(body)).into_response();
+    let mut response = (status, body).into_response();
     if matches!(error, QueryError::Busy(_)) {
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }

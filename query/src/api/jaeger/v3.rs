@@ -49,7 +49,7 @@ impl From<QueryError> for V3Failure {
 impl IntoResponse for V3Failure {
     fn into_response(self) -> Response {
         let body = json!({"error": {"httpCode": status(&self.0).as_u16(), "message": self.0.to_string()}});
-        respond(&self.0, body)
+        respond(&self.0, axum::Json(body))
     }
 }
 

@@ -1,8 +1,10 @@
-//! What Grafana's Jaeger data source and the Jaeger UI read: spans sent by the OpenTelemetry Python
-//! SDK's exporters, read back through Jaeger's query API (`/api/services`, `/api/operations`,
-//! `/api/traces`, `/api/dependencies`) and compared, field by field, with what the client sent
-//! (`tests/clients/python_export.py`) converted by the OpenTelemetry → Jaeger mapping rules. The
-//! server listens on a Jaeger address too (`--jaeger-addr`), where the requests go.
+//! What Grafana's Jaeger and Tempo data sources and the Jaeger UI read: spans sent by the
+//! OpenTelemetry Python SDK's exporters (`tests/clients/python_export.py`), read back through
+//! Jaeger's query API (`/api/services`, `/api/operations`, `/api/traces`, `/api/dependencies`; on a
+//! Jaeger address too, `--jaeger-addr`) and compared, field by field, with what the client sent
+//! converted by the OpenTelemetry → Jaeger mapping rules; through Jaeger's api_v3 and Tempo's trace
+//! by id, parsed strictly by the OpenTelemetry protobuf package (`tests/clients/otlp_trace_check.py`)
+//! and compared with the stored spans.
 
 use serde_json::{Value, json};
 
@@ -208,11 +210,7 @@ async fn jaeger_api_v3_answers_in_otlp_json() {
             (response.status().as_u16(), response.json::<Value>().await.unwrap())
         }
     };
-    let checked = |body: Value| {
-        let file = std::path::PathBuf::from(format!("{}-answer-{}.json", server.data_dir.display(), rand_suffix()));
-        std::fs::write(&file, body.to_string()).unwrap();
-        async move { run_python_client("otlp_json_check.py", vec![file.to_string_lossy().into_owned()]).await }
-    };
+    let checked = |body: Value| checked(&server, body.to_string().into_bytes(), "jaeger-v3");
 
     assert_eq!(v3("/api/v3/services".into()).await, (200, json!({"services": ["python-grpc", "python-http"]})));
     for kind in ["span_kind", "spanKind"] {
@@ -227,39 +225,7 @@ async fn jaeger_api_v3_answers_in_otlp_json() {
     assert_eq!(status, 200, "{body}");
     let parsed = checked(body).await;
     assert_eq!(parsed["resource_spans"], 1);
-    let spans = parsed["spans"].as_array().unwrap();
-    assert_eq!(spans.len(), 2);
-    for stored in native["spans"].as_array().unwrap() {
-        let span = spans.iter().find(|s| s["span_id"] == stored["span_id"]).expect("every stored span");
-        let kind = ["unspecified", "internal", "server", "client", "producer", "consumer"]
-            .iter()
-            .position(|k| *k == stored["kind"])
-            .unwrap();
-        let code = ["unset", "ok", "error"].iter().position(|c| *c == stored["status"]["code"]).unwrap();
-        let events: Vec<Value> = stored["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| json!({"name": e["name"], "time": e["time_unix_nano"], "attributes": plain_attributes(&e["attributes"])}))
-            .collect();
-        assert_eq!(
-            span,
-            &json!({
-                "resource": plain_attributes(&stored["resource"]["attributes"]),
-                "scope": stored["scope"]["name"],
-                "trace_id": stored["trace_id"],
-                "span_id": stored["span_id"],
-                "parent_span_id": stored["parent_span_id"],
-                "name": stored["name"],
-                "kind": kind,
-                "start": stored["start_time_unix_nano"],
-                "end": stored["end_time_unix_nano"],
-                "status": [code, stored["status"]["message"]],
-                "attributes": plain_attributes(&stored["attributes"]),
-                "events": events,
-            })
-        );
-    }
+    assert_spans_as_stored(&parsed, &native);
 
     // Search, in either spelling of the parameters.
     let now = chrono::Utc::now();
@@ -307,6 +273,115 @@ async fn jaeger_api_v3_answers_in_otlp_json() {
     }
 }
 
-fn rand_suffix() -> String {
-    crate::support::random_trace_id()[..8].to_owned()
+/// Spans read back by `tests/clients/otlp_trace_check.py` are the stored ones (as the native API
+/// shows them), field by field.
+fn assert_spans_as_stored(parsed: &Value, native: &Value) {
+    let spans = parsed["spans"].as_array().unwrap();
+    assert_eq!(spans.len(), native["spans"].as_array().unwrap().len(), "{parsed}");
+    for stored in native["spans"].as_array().unwrap() {
+        let span = spans.iter().find(|s| s["span_id"] == stored["span_id"]).expect("every stored span");
+        let kind = ["unspecified", "internal", "server", "client", "producer", "consumer"]
+            .iter()
+            .position(|k| *k == stored["kind"])
+            .unwrap();
+        let code = ["unset", "ok", "error"].iter().position(|c| *c == stored["status"]["code"]).unwrap();
+        let events: Vec<Value> = stored["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| json!({"name": e["name"], "time": e["time_unix_nano"], "attributes": plain_attributes(&e["attributes"])}))
+            .collect();
+        assert_eq!(
+            span,
+            &json!({
+                "resource": plain_attributes(&stored["resource"]["attributes"]),
+                "scope": stored["scope"]["name"],
+                "trace_id": stored["trace_id"],
+                "span_id": stored["span_id"],
+                "parent_span_id": stored["parent_span_id"],
+                "name": stored["name"],
+                "kind": kind,
+                "start": stored["start_time_unix_nano"],
+                "end": stored["end_time_unix_nano"],
+                "status": [code, stored["status"]["message"]],
+                "attributes": plain_attributes(&stored["attributes"]),
+                "events": events,
+            })
+        );
+    }
+}
+
+/// An answer's spans as `tests/clients/otlp_trace_check.py` reads them (`kind`: `jaeger-v3`,
+/// `tempo-v1` or `tempo-v2`).
+async fn checked(server: &Server, body: Vec<u8>, kind: &str) -> Value {
+    let suffix = &crate::support::random_trace_id()[..8];
+    let file = std::path::PathBuf::from(format!("{}-answer-{suffix}", server.data_dir.display()));
+    std::fs::write(&file, body).unwrap();
+    run_python_client("otlp_trace_check.py", vec![file.to_string_lossy().into_owned(), kind.into()]).await
+}
+
+/// What Grafana's Tempo data source calls to connect and to open a trace by id: the trace comes back
+/// in Tempo's protobuf (v1 `Trace`, v2 `TraceByIDResponse`) and v2 JSON, the stored spans each time.
+#[tokio::test(flavor = "multi_thread")]
+async fn tempo_trace_by_id_as_grafana_reads_it() {
+    let server = Server::start("tempo-api", &[]);
+    let (grpc, http) = (format!("http://{}", server.grpc), server.traces_url());
+    let sent = run_python_client("python_export.py", vec!["--grpc".into(), grpc, "--http".into(), http]).await;
+    let trace_id = sent["http"].as_str().unwrap().to_owned();
+    let native = server.wait_for_trace(&trace_id, 2).await;
+    let client = reqwest::Client::new();
+    let get = |path: &str, protobuf: bool| {
+        let request = client.get(server.api_url(path));
+        let request = if protobuf { request.header("accept", "application/protobuf") } else { request };
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let content_type = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
+            (status, content_type.unwrap_or_default(), response.bytes().await.unwrap().to_vec())
+        }
+    };
+
+    let (status, _, body) = get("/api/echo", false).await;
+    assert_eq!((status, body.as_slice()), (200, b"echo".as_slice()));
+    let (status, _, body) = get("/ready", false).await;
+    assert_eq!((status, body.as_slice()), (200, b"ready".as_slice()));
+    let (status, _, body) = get("/api/status/buildinfo", false).await;
+    let info: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((status, &info["version"]), (200, &json!(env!("CARGO_PKG_VERSION"))));
+
+    for (path, kind) in
+        [(format!("/api/traces/{trace_id}"), "tempo-v1"), (format!("/api/v2/traces/{trace_id}"), "tempo-v2")]
+    {
+        let (status, content_type, body) = get(&path, true).await;
+        assert_eq!((status, content_type.as_str()), (200, "application/protobuf"), "{path}");
+        let parsed = checked(&server, body, kind).await;
+        assert_eq!(parsed["resource_spans"], 1, "{path}");
+        assert_spans_as_stored(&parsed, &native);
+    }
+    // v2 in JSON: the trace's OTLP/JSON under "trace".
+    let (status, _, body) = get(&format!("/api/v2/traces/{trace_id}"), false).await;
+    assert_eq!(status, 200);
+    let answer: Value = serde_json::from_slice(&body).unwrap();
+    let parsed = checked(&server, json!({"result": answer["trace"]}).to_string().into_bytes(), "jaeger-v3").await;
+    assert_spans_as_stored(&parsed, &native);
+    // Without asking for protobuf, /api/traces/{id} is Jaeger's.
+    let (_, _, body) = get(&format!("/api/traces/{trace_id}"), false).await;
+    let jaeger: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(jaeger["data"][0]["traceID"], trace_id);
+
+    let unknown = "1".repeat(32);
+    for (path, status, says, accepts) in [
+        (format!("/api/v2/traces/{unknown}"), 404, "trace not found", &[true, false][..]),
+        (format!("/api/traces/{unknown}"), 404, "trace not found", &[true][..]),
+        ("/api/v2/traces/nothex".to_owned(), 400, "traceID:", &[true, false][..]),
+        (format!("/api/v2/traces/{trace_id}?start=yesterday"), 400, "start:", &[true, false][..]),
+    ] {
+        for &protobuf in accepts {
+            let (code, content_type, body) = get(&path, protobuf).await;
+            let text = String::from_utf8(body).unwrap();
+            assert_eq!(code, status, "{path}: {text}");
+            assert!(content_type.starts_with("text/plain"), "{path}: {content_type}");
+            assert!(text.starts_with(says), "{path}: {text}");
+        }
+    }
 }
