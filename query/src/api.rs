@@ -30,6 +30,7 @@ mod encode;
 mod jaeger;
 mod otlp;
 pub(crate) mod params;
+mod peer_params;
 mod status;
 mod tempo;
 

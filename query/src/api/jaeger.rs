@@ -7,18 +7,18 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::Utc;
 use hopscope_schemas::TraceId;
 use hopscope_schemas::columns::USER_NODE;
-use hopscope_schemas::time::{TimeRange, format_time, parse_duration};
+use hopscope_schemas::time::{TimeRange, format_time};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use super::peer_params::{Params, RawParams, go_duration, tags_param, trace_id};
 use super::status::{respond, status};
 use crate::analysis::dependencies::DependenciesQuery;
 use crate::analysis::search::{MAX_ATTRIBUTE_FILTERS, TraceSearch};
@@ -40,7 +40,6 @@ pub(crate) fn routes() -> Router<Arc<QueryEngine>> {
 }
 
 type Engine = State<Arc<QueryEngine>>;
-pub(crate) type RawParams = Result<Query<Vec<(String, String)>>, QueryRejection>;
 
 /// Traces one search returns when `limit` is not given (Jaeger's default) and at most.
 const DEFAULT_LIMIT: usize = 100;
@@ -53,7 +52,7 @@ const DEFAULT_DEPENDENCY_LOOKBACK_MS: i64 = 86_400_000;
 /// An error in Jaeger's envelope: `{"data": null, ..., "errors": [{"code", "msg"}]}`, with the
 /// status code the native API would answer.
 #[derive(Debug)]
-pub(crate) struct Failure(pub(crate) QueryError);
+pub(crate) struct Failure(QueryError);
 
 impl From<QueryError> for Failure {
     fn from(error: QueryError) -> Self {
@@ -93,84 +92,6 @@ fn answer<T: Serialize>(data: T, total: usize, pretty: bool) -> Response {
         Ok(body) => ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response(),
         Err(e) => Failure(QueryError::Internal(format!("encoding the answer: {e}"))).into_response(),
     }
-}
-
-/// The query parameters of a Jaeger request, in order; some (`traceID`, `tags`) may repeat.
-pub(crate) struct Params(Vec<(String, String)>);
-
-impl Params {
-    /// Refuses any parameter the endpoint does not take, naming it and what it takes.
-    pub(crate) fn new(raw: RawParams, allowed: &[&str]) -> Result<Self, Failure> {
-        let Query(values) = raw.map_err(|e| bad("query string", e.body_text()))?;
-        if let Some((unknown, _)) = values.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
-            let takes = if allowed.is_empty() { "no parameters".to_owned() } else { allowed.join(", ") };
-            return Err(Failure(QueryError::BadParameter(format!(
-                "unknown parameter {unknown}; this endpoint takes {takes}"
-            ))));
-        }
-        Ok(Params(values))
-    }
-
-    fn all(&self, name: &str) -> Vec<&str> {
-        self.0.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect()
-    }
-
-    /// A parameter given at most once; empty counts as not given, as Jaeger reads it.
-    fn one(&self, name: &str) -> Result<Option<&str>, Failure> {
-        let mut values = self.all(name).into_iter().filter(|v| !v.is_empty());
-        let first = values.next();
-        if values.next().is_some() {
-            return Err(bad(name, "given more than once"));
-        }
-        Ok(first)
-    }
-
-    pub(crate) fn integer(&self, name: &str) -> Result<Option<i64>, Failure> {
-        self.one(name)?
-            .map(|v| v.parse::<i64>().map_err(|_| bad(name, format!("expected a whole number, got {v:?}"))))
-            .transpose()
-    }
-
-    /// Microseconds since the epoch, as nanoseconds.
-    fn micros(&self, name: &str) -> Result<Option<i64>, Failure> {
-        self.integer(name)?
-            .map(|us| us.checked_mul(1_000).ok_or_else(|| bad(name, format!("{us} µs is out of range"))))
-            .transpose()
-    }
-
-    fn go_duration(&self, name: &str) -> Result<Option<i64>, Failure> {
-        self.one(name)?.map(|v| go_duration(v).map_err(|e| bad(name, e))).transpose()
-    }
-
-    fn pretty(&self) -> bool {
-        matches!(self.one("prettyPrint"), Ok(Some("true" | "1")))
-    }
-}
-
-/// A duration as Go's `time.ParseDuration` reads it: one or more decimal numbers, each with a unit
-/// (`ns`, `us`, `µs`, `ms`, `s`, `m`, `h`), as in `1.5s` or `1m30s`. Days (`d`) are also taken.
-fn go_duration(value: &str) -> Result<i64, String> {
-    let mut total: i64 = 0;
-    let mut rest = value;
-    if rest.is_empty() {
-        return Err("expected a duration such as 250ms or 1m30s".into());
-    }
-    while !rest.is_empty() {
-        let number = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
-        let unit = rest[number..].find(|c: char| c.is_ascii_digit() || c == '.').map_or(rest.len(), |u| number + u);
-        let part = parse_duration(&rest[..unit]).map_err(|e| format!("{e} (in {value:?})"))?;
-        total = total.checked_add(part).ok_or_else(|| format!("{value:?} is too long"))?;
-        rest = &rest[unit..];
-    }
-    Ok(total)
-}
-
-/// A trace id of 1 to 32 hex digits, as Jaeger takes it (shorter ids are padded with zeros).
-pub(crate) fn trace_id(text: &str) -> Result<TraceId, Failure> {
-    if text.is_empty() || text.len() > 32 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(bad("traceID", format!("expected 1 to 32 hex digits, got {text:?}")));
-    }
-    format!("{text:0>32}").parse().map_err(|e| bad("traceID", e))
 }
 
 async fn services(State(engine): Engine, raw: RawParams) -> Result<Response, Failure> {
@@ -315,7 +236,7 @@ fn trace_search(p: &Params) -> Result<TraceSearch, Failure> {
 
     let mut tags = Vec::new();
     for text in p.all("tags").into_iter().filter(|t| !t.is_empty()) {
-        tags.extend(tags_param(text)?);
+        tags.extend(tags_param("tags", text)?);
     }
     for text in p.all("tag") {
         let (key, value) =
@@ -339,54 +260,6 @@ fn trace_search(p: &Params) -> Result<TraceSearch, Failure> {
         slowest_first: false,
         limit,
     })
-}
-
-/// The `tags` parameter: a JSON object of strings (`{"http.status_code":"500"}`, what the Jaeger UI
-/// and Grafana send) or logfmt (`http.status_code=500 error=true`).
-fn tags_param(text: &str) -> Result<Vec<(String, String)>, Failure> {
-    if text.trim_start().starts_with('{') {
-        let object: serde_json::Map<String, Value> =
-            serde_json::from_str(text).map_err(|e| bad("tags", format!("not a JSON object: {e}")))?;
-        return object
-            .into_iter()
-            .map(|(k, v)| match v {
-                Value::String(s) => Ok((k, s)),
-                Value::Number(_) | Value::Bool(_) => Ok((k, v.to_string())),
-                other => Err(bad("tags", format!("the value of {k:?} must be a string, got {other}"))),
-            })
-            .collect();
-    }
-    logfmt(text).map_err(|e| bad("tags", e))
-}
-
-/// `key=value` pairs separated by spaces; values may be double-quoted (with `\"` and `\\`).
-fn logfmt(text: &str) -> Result<Vec<(String, String)>, String> {
-    let mut out = Vec::new();
-    let mut chars = text.chars().peekable();
-    loop {
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        if chars.peek().is_none() {
-            return Ok(out);
-        }
-        let key: String = std::iter::from_fn(|| chars.next_if(|c| *c != '=' && !c.is_whitespace())).collect();
-        if chars.next() != Some('=') || key.is_empty() {
-            return Err(format!("expected key=value pairs (logfmt) or a JSON object, got {text:?}"));
-        }
-        let mut value = String::new();
-        if chars.next_if_eq(&'"').is_some() {
-            loop {
-                match chars.next() {
-                    Some('"') => break,
-                    Some('\\') => value.push(chars.next().ok_or_else(|| format!("unfinished escape in {text:?}"))?),
-                    Some(c) => value.push(c),
-                    None => return Err(format!("unclosed quote in {text:?}")),
-                }
-            }
-        } else {
-            value.extend(std::iter::from_fn(|| chars.next_if(|c| !c.is_whitespace())));
-        }
-        out.push((key, value));
-    }
 }
 
 async fn dependencies(State(engine): Engine, raw: RawParams) -> Result<Response, Failure> {
@@ -422,53 +295,9 @@ async fn dependencies(State(engine): Engine, raw: RawParams) -> Result<Response,
 mod tests {
     use super::*;
 
-    fn params(pairs: &[(&str, &str)], allowed: &[&str]) -> Result<Params, Failure> {
+    fn params(pairs: &[(&str, &str)], allowed: &[&str]) -> Result<Params, QueryError> {
         let values = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-        Params::new(Ok(Query(values)), allowed)
-    }
-
-    #[test]
-    fn go_durations() {
-        assert_eq!(go_duration("1.5s"), Ok(1_500_000_000));
-        assert_eq!(go_duration("1m30s"), Ok(90_000_000_000));
-        assert_eq!(go_duration("1h2m3.5s"), Ok(3_723_500_000_000));
-        assert_eq!(go_duration("500us"), Ok(500_000));
-        assert_eq!(go_duration("500µs"), Ok(500_000));
-        assert_eq!(go_duration("2d"), Ok(172_800_000_000_000));
-        assert!(go_duration("").is_err());
-        assert!(go_duration("100").unwrap_err().contains("unit"), "{:?}", go_duration("100"));
-        assert!(go_duration("1s2x").is_err());
-    }
-
-    #[test]
-    fn trace_ids_take_1_to_32_hex_digits() {
-        assert_eq!(trace_id("abc").unwrap().to_hex(), "00000000000000000000000000000abc");
-        let full = "0af7651916cd43dd8448eb211c80319c";
-        assert_eq!(trace_id(full).unwrap().to_hex(), full);
-        for bad in ["", "xyz", "0af7651916cd43dd8448eb211c80319c0"] {
-            let failure = trace_id(bad).unwrap_err();
-            assert_eq!(status(&failure.0), axum::http::StatusCode::BAD_REQUEST);
-            assert!(failure.0.to_string().contains("traceID"), "{}", failure.0);
-        }
-    }
-
-    #[test]
-    fn tags_as_json_or_logfmt() {
-        let json = tags_param(r#"{"http.status_code":"500","retry":true}"#).unwrap();
-        assert_eq!(json, [("http.status_code".into(), "500".into()), ("retry".into(), "true".into())]);
-        let logfmt = tags_param(r#"http.route=/cart  note="a \"quoted\" value" error=true"#).unwrap();
-        assert_eq!(
-            logfmt,
-            [
-                ("http.route".into(), "/cart".into()),
-                ("note".into(), "a \"quoted\" value".into()),
-                ("error".into(), "true".into())
-            ]
-        );
-        for bad in [r#"{"a": [1]}"#, "{not json", "novalue", r#"k="open"#] {
-            let failure = tags_param(bad).unwrap_err();
-            assert!(failure.0.to_string().starts_with("tags: "), "{bad}: {}", failure.0);
-        }
+        Params::new(Ok(axum::extract::Query(values)), allowed)
     }
 
     #[test]
@@ -525,7 +354,7 @@ mod tests {
             let message = trace_search(&params(pairs, &allowed).unwrap()).unwrap_err().0.to_string();
             assert!(message.starts_with(expected), "{pairs:?}: {message}");
         }
-        let unknown = params(&[("servce", "a")], &allowed).err().unwrap().0.to_string();
+        let unknown = params(&[("servce", "a")], &allowed).err().unwrap().to_string();
         assert!(unknown.contains("unknown parameter servce"), "{unknown}");
     }
 }

@@ -17,8 +17,8 @@ use opentelemetry_proto::tonic::trace::v1::TracesData;
 use prost::Message;
 use serde_json::json;
 
-use super::jaeger::{Params, RawParams};
 use super::otlp::{resource_spans, traces_data};
+use super::peer_params::{Params, RawParams, trace_id};
 use super::status::respond;
 use crate::{QueryEngine, QueryError};
 
@@ -79,15 +79,15 @@ struct TraceByIdResponse {
 }
 
 async fn stored_trace(engine: &Arc<QueryEngine>, id: &str) -> Result<hopscope_schemas::api::TraceView, TempoFailure> {
-    let id: TraceId = super::jaeger::trace_id(id).map_err(|f| TempoFailure(f.0))?;
+    let id: TraceId = trace_id(id)?;
     engine.trace(id).await?.ok_or_else(|| TempoFailure(QueryError::NotFound("trace not found".into())))
 }
 
 /// `start` and `end` (unix seconds) only narrow where Tempo looks; every stored span is read.
 fn check_range(raw: RawParams) -> Result<(), TempoFailure> {
-    let p = Params::new(raw, &["start", "end"]).map_err(|f| TempoFailure(f.0))?;
+    let p = Params::new(raw, &["start", "end"])?;
     for name in ["start", "end"] {
-        p.integer(name).map_err(|f| TempoFailure(f.0))?;
+        p.integer(name)?;
     }
     Ok(())
 }

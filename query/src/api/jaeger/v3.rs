@@ -15,9 +15,10 @@ use hopscope_schemas::TraceId;
 use hopscope_schemas::time::{TimeRange, format_time, parse_time};
 use serde_json::{Value, json};
 
-use super::{DEFAULT_LIMIT, DEFAULT_LOOKBACK_NS, Failure, MAX_LIMIT, Params, RawParams, SPAN_KINDS};
+use super::{DEFAULT_LIMIT, DEFAULT_LOOKBACK_NS, MAX_LIMIT, SPAN_KINDS};
 use crate::analysis::search::{MAX_ATTRIBUTE_FILTERS, TraceSearch};
 use crate::api::otlp::resource_spans;
+use crate::api::peer_params::{Params, RawParams, go_duration, tags_param, trace_id};
 use crate::api::status::{respond, status};
 use crate::{QueryEngine, QueryError};
 
@@ -33,12 +34,6 @@ type Engine = State<Arc<QueryEngine>>;
 
 /// An error as Jaeger's api_v3 gateway writes it.
 pub(crate) struct V3Failure(QueryError);
-
-impl From<Failure> for V3Failure {
-    fn from(Failure(error): Failure) -> Self {
-        V3Failure(error)
-    }
-}
 
 impl From<QueryError> for V3Failure {
     fn from(error: QueryError) -> Self {
@@ -105,7 +100,7 @@ async fn trace(State(engine): Engine, Path(id): Path<String>, raw: RawParams) ->
             parse_time(time).map_err(|e| bad(snake, e))?;
         }
     }
-    let id: TraceId = super::trace_id(&id)?;
+    let id: TraceId = trace_id(&id)?;
     match engine.trace(id).await? {
         Some(trace) => Ok(json_answer(json!({"result": {"resourceSpans": resource_spans(&[trace])}}))),
         None => Err(V3Failure(QueryError::NotFound("trace not found".into()))),
@@ -155,7 +150,7 @@ fn find_query(p: &Params) -> Result<TraceSearch, V3Failure> {
         ));
     }
     let duration = |names: (&str, &str)| -> Result<Option<i64>, V3Failure> {
-        get(names)?.map(|d| super::go_duration(d).map_err(|e| bad(names.0, e))).transpose()
+        get(names)?.map(|d| go_duration(d).map_err(|e| bad(names.0, e))).transpose()
     };
     let (min_duration_ns, max_duration_ns) = (duration(FIND_PARAMETERS[5])?, duration(FIND_PARAMETERS[6])?);
     if let (Some(min), Some(max)) = (min_duration_ns, max_duration_ns)
@@ -176,9 +171,7 @@ fn find_query(p: &Params) -> Result<TraceSearch, V3Failure> {
         },
     };
     let mut attributes = match get(FIND_PARAMETERS[2])? {
-        Some(text) => super::tags_param(text).map_err(|Failure(e)| {
-            V3Failure(QueryError::BadParameter(e.to_string().replacen("tags:", "query.attributes:", 1)))
-        })?,
+        Some(text) => tags_param("query.attributes", text)?,
         None => Vec::new(),
     };
     let errors_only = attributes.iter().any(|(k, v)| k == "error" && v == "true");
