@@ -292,11 +292,22 @@ async fn sql(
     Ok(([(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], body).into_response())
 }
 
+/// Where the routes are described, for error messages.
+const ROUTES_ARE: &str = "the routes are in schemas/openapi.json (/api/v1) and in the README's \
+     \"Use it from Grafana's Jaeger and Tempo data sources\" (Jaeger's and Tempo's)";
+
 async fn unknown_route(uri: axum::http::Uri) -> QueryError {
-    QueryError::NotFound(format!("no API route {}; see schemas/openapi.json", uri.path()))
+    let path = uri.path();
+    if path.starts_with("/api/search") || path.starts_with("/api/v2/search") {
+        return QueryError::NotFound(format!(
+            "no API route {path}: Tempo's search is not answered yet; find traces with Jaeger's /api/traces \
+             (Grafana's Jaeger data source) or /api/v1/traces"
+        ));
+    }
+    QueryError::NotFound(format!("no API route {path}; {ROUTES_ARE}"))
 }
 
 async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> Response {
-    let body = ErrorBody { error: format!("{} does not take {method}; see schemas/openapi.json", uri.path()) };
+    let body = ErrorBody { error: format!("{} does not take {method}; {ROUTES_ARE}", uri.path()) };
     (axum::http::StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
 }
