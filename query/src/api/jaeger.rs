@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::Utc;
 use hopscope_schemas::TraceId;
+use hopscope_schemas::api::TraceView;
 use hopscope_schemas::columns::USER_NODE;
 use hopscope_schemas::time::{TimeRange, format_time};
 use serde::Serialize;
@@ -190,15 +191,30 @@ async fn search(State(engine): Engine, raw: RawParams) -> Result<Response, Failu
         let traces: Vec<model::Trace> = engine.traces(ids).await?.iter().map(model::trace).collect();
         return Ok(answer(&traces, traces.len(), p.pretty()));
     }
-    let search = trace_search(&p)?;
-    let found = engine.search_traces(search).await?;
-    let ids = found
+    let traces: Vec<model::Trace> = found_traces(&engine, trace_search(&p)?).await?.iter().map(model::trace).collect();
+    Ok(answer(&traces, traces.len(), p.pretty()))
+}
+
+/// The traces a search finds, each whole (every stored span, read in one scan), in the search's
+/// order: what Jaeger's searches (v1 and api_v3) answer.
+async fn found_traces(engine: &Arc<QueryEngine>, search: TraceSearch) -> Result<Vec<TraceView>, QueryError> {
+    let ids = engine
+        .search_traces(search)
+        .await?
         .iter()
         .map(|t| t.trace_id.parse())
         .collect::<Result<Vec<TraceId>, _>>()
-        .map_err(|e| Failure(QueryError::Corrupt(format!("a stored trace id does not parse: {e}"))))?;
-    let traces: Vec<model::Trace> = engine.traces(ids).await?.iter().map(model::trace).collect();
-    Ok(answer(&traces, traces.len(), p.pretty()))
+        .map_err(|e| QueryError::Corrupt(format!("a stored trace id does not parse: {e}")))?;
+    engine.traces(ids).await
+}
+
+/// Takes Jaeger's `error=true` out of tag conditions, saying whether it was there: it is the tag
+/// Jaeger derives from an error status, and hopscope searches the status itself.
+fn take_error_tag(tags: &mut Vec<(String, String)>) -> bool {
+    let is_error = |(k, v): &(String, String)| k == "error" && v == "true";
+    let errors_only = tags.iter().any(is_error);
+    tags.retain(|tag| !is_error(tag));
+    errors_only
 }
 
 /// The native search a Jaeger search asks for.
@@ -243,9 +259,7 @@ fn trace_search(p: &Params) -> Result<TraceSearch, Failure> {
             text.split_once(':').ok_or_else(|| bad("tag", format!("expected key:value, got {text:?}")))?;
         tags.push((key.to_owned(), value.to_owned()));
     }
-    // `error=true` is the tag Jaeger derives from an error status; hopscope keeps the status itself.
-    let errors_only = tags.iter().any(|(k, v)| k == "error" && v == "true");
-    tags.retain(|(k, v)| !(k == "error" && v == "true"));
+    let errors_only = take_error_tag(&mut tags);
     if tags.len() > MAX_ATTRIBUTE_FILTERS {
         return Err(bad("tags", format!("{} tags; a search takes at most {MAX_ATTRIBUTE_FILTERS}", tags.len())));
     }

@@ -123,14 +123,7 @@ async fn find_traces(State(engine): Engine, raw: RawParams) -> Result<Response, 
     let mut allowed = spellings(FIND_PARAMETERS);
     allowed.dedup();
     let p = Params::new(raw, &allowed)?;
-    let search = find_query(&p)?;
-    let found = engine.search_traces(search).await?;
-    let ids = found
-        .iter()
-        .map(|t| t.trace_id.parse())
-        .collect::<Result<Vec<TraceId>, _>>()
-        .map_err(|e| QueryError::Corrupt(format!("a stored trace id does not parse: {e}")))?;
-    let traces = engine.traces(ids).await?;
+    let traces = super::found_traces(&engine, find_query(&p)?).await?;
     Ok(json_answer(json!({"result": {"resourceSpans": resource_spans(&traces)}})))
 }
 
@@ -174,8 +167,7 @@ fn find_query(p: &Params) -> Result<TraceSearch, V3Failure> {
         Some(text) => tags_param("query.attributes", text)?,
         None => Vec::new(),
     };
-    let errors_only = attributes.iter().any(|(k, v)| k == "error" && v == "true");
-    attributes.retain(|(k, v)| !(k == "error" && v == "true"));
+    let errors_only = super::take_error_tag(&mut attributes);
     if attributes.len() > MAX_ATTRIBUTE_FILTERS {
         return Err(bad("query.attributes", format!("a search takes at most {MAX_ATTRIBUTE_FILTERS}")));
     }
