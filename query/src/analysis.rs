@@ -20,4 +20,5 @@ pub(crate) mod pairing;
 pub(crate) mod paths;
 pub(crate) mod search;
 pub(crate) mod span_rows;
+pub(crate) mod span_sets;
 pub(crate) mod spans;

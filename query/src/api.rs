@@ -33,6 +33,7 @@ pub(crate) mod params;
 mod peer_params;
 mod status;
 mod tempo;
+mod traceql;
 
 pub use status::status as status_of;
 
@@ -298,12 +299,6 @@ const ROUTES_ARE: &str = "the routes are in schemas/openapi.json (/api/v1) and i
 
 async fn unknown_route(uri: axum::http::Uri) -> QueryError {
     let path = uri.path();
-    if path.starts_with("/api/search") || path.starts_with("/api/v2/search") {
-        return QueryError::NotFound(format!(
-            "no API route {path}: Tempo's search is not answered yet; find traces with Jaeger's /api/traces \
-             (Grafana's Jaeger data source) or /api/v1/traces"
-        ));
-    }
     QueryError::NotFound(format!("no API route {path}; {ROUTES_ARE}"))
 }
 

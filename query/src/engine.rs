@@ -19,6 +19,7 @@ use hopscope_schemas::api::{
     AggregateCriticalPathView, DependenciesView, EdgesView, FindingsView, LatencyView, OperationView, SlowestCalls,
     TraceCriticalPathView, TraceSummaryView, TraceView,
 };
+use hopscope_schemas::time::TimeRange;
 use prometheus_client::registry::Registry;
 
 use crate::QueryError;
@@ -27,6 +28,7 @@ use crate::analysis::dependencies::DependenciesQuery;
 use crate::analysis::findings::FindingsQuery;
 use crate::analysis::latency::{EdgesQuery, LatencyQuery};
 use crate::analysis::search::TraceSearch;
+use crate::analysis::span_sets::{self, Condition, Field, SpanSetSearch, SpanSetTrace, TagNames, TagScope, TagValue};
 use crate::analysis::{critical_path, dependencies, findings, latency, pairing, paths, search, spans};
 use crate::guards::{BoundedOperators, MeteredScans};
 use crate::metrics::{Endpoint, Outcome, QueryMetrics};
@@ -319,6 +321,39 @@ impl QueryEngine {
     /// Traces with a span that meets every condition, newest (or slowest) first.
     pub async fn search_traces(self: &Arc<Self>, search: TraceSearch) -> Result<Vec<TraceSummaryView>, QueryError> {
         self.run("search_traces", move |ctx| async move { search::search_traces(&ctx, &search).await }).await
+    }
+
+    /// Traces whose TraceQL span sets match (Tempo's search), newest first, with their matched spans.
+    pub async fn search_span_sets(self: &Arc<Self>, search: SpanSetSearch) -> Result<Vec<SpanSetTrace>, QueryError> {
+        self.run("search_span_sets", move |ctx| async move { span_sets::search_span_sets(&ctx, &search).await }).await
+    }
+
+    /// The attribute names stored in a range, of the spans meeting `filter` when given.
+    pub async fn tag_names(
+        self: &Arc<Self>,
+        range: TimeRange,
+        scope: TagScope,
+        filter: Option<Condition>,
+        limit: usize,
+    ) -> Result<TagNames, QueryError> {
+        self.run("tag_names", move |ctx| async move {
+            span_sets::tag_names(&ctx, range, scope, filter.as_ref(), limit).await
+        })
+        .await
+    }
+
+    /// The distinct values of a field in a range, of the spans meeting `filter` when given.
+    pub async fn tag_values(
+        self: &Arc<Self>,
+        range: TimeRange,
+        field: Field,
+        filter: Option<Condition>,
+        limit: usize,
+    ) -> Result<Vec<TagValue>, QueryError> {
+        self.run("tag_values", move |ctx| async move {
+            span_sets::tag_values(&ctx, range, &field, filter.as_ref(), limit).await
+        })
+        .await
     }
 
     /// The slowest calls of a latency target (see [`SlowestCalls::per_minute`]).

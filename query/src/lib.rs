@@ -41,6 +41,10 @@ pub use analysis::findings::{FindingsQuery, Thresholds};
 pub use analysis::frame::whole_minutes;
 pub use analysis::latency::{EdgesQuery, LatencyQuery, LatencyTarget};
 pub use analysis::search::{MAX_ATTRIBUTE_FILTERS, TraceSearch};
+pub use analysis::span_sets::{
+    Aggregate, AttributeValue, Comparison, Condition, Field, Having, Intrinsic, Literal, MatchedSpan, Op, Scope,
+    SpanSetQuery, SpanSetSearch, SpanSetTrace, SpanSets, TagNames, TagScope, TagValue,
+};
 pub use engine::{QueryConfig, QueryEngine};
 pub use error::QueryError;
 pub use guards::{MAX_EXPRESSION_DEPTH, MAX_SET_OPERATIONS, MAX_SQL_BYTES};

@@ -20,4 +20,5 @@ mod query;
 mod roundtrip;
 mod simulator;
 mod support;
+mod tempo_search;
 mod ui;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::JoinType;
+use datafusion::dataframe::DataFrame;
 use datafusion::execution::FunctionRegistry;
 use datafusion::logical_expr::{Expr, col, lit};
 use datafusion::prelude::SessionContext;
@@ -53,7 +54,7 @@ pub struct TraceSearch {
 
 /// A condition on a span attribute given as text: a dedicated column, the span's attributes or
 /// its resource's.
-fn attribute_condition(ctx: &SessionContext, key: &str, value: &str) -> Result<Expr, QueryError> {
+pub(crate) fn attribute_condition(ctx: &SessionContext, key: &str, value: &str) -> Result<Expr, QueryError> {
     let attr = ctx.udf("attr")?;
     if key == c::SERVICE_NAME_KEY {
         return Ok(col(c::SERVICE_NAME).eq(lit(value)));
@@ -87,23 +88,61 @@ pub(crate) async fn search_traces(
         .filter(condition)?
         .select(vec![col(c::TRACE_ID).alias("match_id")])?
         .distinct()?;
+    matching_summaries(
+        ctx,
+        MatchingTraces {
+            matching,
+            range,
+            min_duration_ns: None,
+            max_duration_ns: None,
+            slowest_first: search.slowest_first,
+            limit: search.limit,
+        },
+    )
+    .await
+}
+
+/// Traces a search found (one `match_id` per trace), to be summarised.
+pub(crate) struct MatchingTraces {
+    pub(crate) matching: DataFrame,
+    /// The range the search covered.
+    pub(crate) range: TimeRange,
+    /// Bounds on the trace's duration, first start to last end.
+    pub(crate) min_duration_ns: Option<i64>,
+    pub(crate) max_duration_ns: Option<i64>,
+    pub(crate) slowest_first: bool,
+    pub(crate) limit: usize,
+}
+
+/// The summaries (from the `traces` table) of the traces a search found, newest (or slowest) first.
+pub(crate) async fn matching_summaries(
+    ctx: &SessionContext,
+    found: MatchingTraces,
+) -> Result<Vec<TraceSummaryView>, QueryError> {
+    let range = found.range;
     // A matching trace starts before the range ends, and (as the derived tables see traces whole
     // within their slack) at most the slack before it starts.
     let starts = TimeRange { start_ns: range.start_ns.saturating_sub(PAIRING_SLACK_NS), end_ns: range.end_ns };
-    let summaries = ctx
+    let mut summaries = ctx
         .table(crate::tables::TRACES)
         .await?
         .filter(in_range(ts::START_TIME, starts))?
-        .join(matching, JoinType::LeftSemi, &[ts::TRACE_ID], &["match_id"], None)?
+        .join(found.matching, JoinType::LeftSemi, &[ts::TRACE_ID], &["match_id"], None)?
         .with_column(
             "duration_ns",
             datafusion::logical_expr::cast(col(ts::END_TIME), DataType::Int64)
                 - datafusion::logical_expr::cast(col(ts::START_TIME), DataType::Int64),
         )?;
-    let order = if search.slowest_first { "duration_ns" } else { ts::START_TIME };
+    if let Some(min) = found.min_duration_ns {
+        summaries = summaries.filter(col("duration_ns").gt_eq(lit(min)))?;
+    }
+    if let Some(max) = found.max_duration_ns {
+        summaries = summaries.filter(col("duration_ns").lt_eq(lit(max)))?;
+    }
+    let order = if found.slowest_first { "duration_ns" } else { ts::START_TIME };
     let batches = summaries
         .sort(vec![col(order).sort(false, false), col(ts::TRACE_ID).sort(true, false)])?
-        .limit(0, Some(search.limit))?
+        .limit(0, Some(found.limit))?
         .collect()
         .await?;
     summary_views(&batches)
