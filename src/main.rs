@@ -83,6 +83,10 @@ struct ServeArgs {
     /// Grafana's Jaeger data source and Jaeger clients find hopscope where they look for Jaeger.
     #[arg(long, env = "HOPSCOPE_JAEGER_ADDR")]
     jaeger_addr: Option<SocketAddr>,
+    /// Also receive Zipkin spans (`POST /api/v2/spans`, as on the OTLP/HTTP address) and serve the
+    /// HTTP API here, e.g. `0.0.0.0:9411`, Zipkin's port, where Zipkin reporters send by default.
+    #[arg(long, env = "HOPSCOPE_ZIPKIN_ADDR")]
+    zipkin_addr: Option<SocketAddr>,
     /// Largest OTLP/HTTP body accepted, in bytes, both as sent and after gzip decompression.
     #[arg(long, env = "HOPSCOPE_OTLP_HTTP_MAX_BODY_BYTES", default_value_t = 20 * 1024 * 1024, value_parser = positive_usize)]
     otlp_http_max_body_bytes: usize,
@@ -375,7 +379,7 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
         .merge(hopscope_ingest::admin::router(Arc::clone(&ingester)))
         .merge(health_router(Arc::clone(&ready)))
         .merge(metrics_router(registry));
-    let Servers { grpc, otlp_http, api, jaeger } = serve_listeners(listeners, &ingester, &args, api_app, &stop);
+    let Servers { grpc, otlp_http, zipkin, api, jaeger } = serve_listeners(listeners, &ingester, &args, api_app, &stop);
 
     let signal_stop = stop.clone();
     tokio::spawn(async move {
@@ -384,7 +388,14 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
         signal_stop.cancel();
     });
 
-    let (grpc, otlp_http) = tokio::join!(grpc, otlp_http);
+    // Every receiver drains before the flusher stops: Zipkin's address receives spans too.
+    let zipkin = async {
+        match zipkin {
+            Some(zipkin) => zipkin.await,
+            None => Ok(Ok(())),
+        }
+    };
+    let (grpc, otlp_http, zipkin) = tokio::join!(grpc, otlp_http, zipkin);
     ready.store(false, Ordering::Release);
     // The merge in progress finishes (or is left uncommitted, removed at the next start).
     maintenance.await?;
@@ -397,6 +408,7 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
     };
     grpc??;
     otlp_http??;
+    zipkin??;
     api?;
     jaeger?;
     flushed.context("writing buffered spans at shutdown")?;
@@ -409,7 +421,8 @@ async fn bind_listeners(args: &ServeArgs) -> anyhow::Result<(Listeners, hopscope
     let descriptors = listener::raise_descriptor_limit();
     let listener_limits = listener::ListenerLimits {
         max_connections: args.max_connections.unwrap_or_else(|| {
-            listener::default_max_connections(descriptors, 3 + u64::from(args.jaeger_addr.is_some()))
+            let optional = u64::from(args.jaeger_addr.is_some()) + u64::from(args.zipkin_addr.is_some());
+            listener::default_max_connections(descriptors, 3 + optional)
         }),
         header_read_timeout: args.header_read_timeout,
         idle_timeout: args.idle_timeout,
@@ -420,6 +433,10 @@ async fn bind_listeners(args: &ServeArgs) -> anyhow::Result<(Listeners, hopscope
     let api_listener = bind(args.api_addr, "API").await?;
     let jaeger_listener = match args.jaeger_addr {
         Some(addr) => Some(bind(addr, "Jaeger query").await?),
+        None => None,
+    };
+    let zipkin_listener = match args.zipkin_addr {
+        Some(addr) => Some(bind(addr, "Zipkin").await?),
         None => None,
     };
     let ui_config = hopscope_ui::UiConfig {
@@ -434,6 +451,10 @@ async fn bind_listeners(args: &ServeArgs) -> anyhow::Result<(Listeners, hopscope
             Some(listener) => listener.local_addr()?.to_string(),
             None => "off".to_owned(),
         },
+        zipkin = %match &zipkin_listener {
+            Some(listener) => listener.local_addr()?.to_string(),
+            None => "off".to_owned(),
+        },
         data_dir = %args.data_dir.display(),
         max_connections = listener_limits.max_connections,
         open_file_limit = descriptors,
@@ -444,6 +465,7 @@ async fn bind_listeners(args: &ServeArgs) -> anyhow::Result<(Listeners, hopscope
         otlp_http: http_listener,
         api: api_listener,
         jaeger: jaeger_listener,
+        zipkin: zipkin_listener,
         limits: listener_limits,
     };
     Ok((listeners, ui_config))
@@ -490,6 +512,8 @@ struct Listeners {
     api: TcpListener,
     /// The API again, on `--jaeger-addr`.
     jaeger: Option<TcpListener>,
+    /// Zipkin's receiver and the API, on `--zipkin-addr`.
+    zipkin: Option<TcpListener>,
     limits: listener::ListenerLimits,
 }
 
@@ -497,12 +521,14 @@ struct Listeners {
 struct Servers {
     grpc: tokio::task::JoinHandle<anyhow::Result<()>>,
     otlp_http: tokio::task::JoinHandle<anyhow::Result<()>>,
+    zipkin: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     api: tokio::task::JoinHandle<anyhow::Result<()>>,
     jaeger: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
-/// Serves OTLP/gRPC and OTLP/HTTP into the ingester and `api` on the API address (and on the
-/// Jaeger address, when asked) until `stop`; a receiver that fails stops everything.
+/// Serves OTLP/gRPC and OTLP/HTTP (and Zipkin, when asked) into the ingester and `api` on the API
+/// address (and on the Jaeger and Zipkin addresses, when asked) until `stop`; a receiver that fails
+/// stops everything.
 fn serve_listeners(
     listeners: Listeners,
     ingester: &Arc<Ingester>,
@@ -532,6 +558,17 @@ fn serve_listeners(
                 .context("OTLP/HTTP server")
         })
     };
+    let zipkin = listeners.zipkin.map(|zipkin| {
+        let app = hopscope_ingest::http::zipkin_router(Arc::clone(ingester), args.otlp_http_max_body_bytes)
+            .merge(api.clone());
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let _stop_all = stop.clone().drop_guard();
+            listener::serve(zipkin, "zipkin", listener::Protocol::Http, app, limits, stop)
+                .await
+                .context("Zipkin server")
+        })
+    });
     let jaeger = listeners.jaeger.map(|jaeger| {
         let (api, stop) = (api.clone(), stop.clone());
         tokio::spawn(async move {
@@ -548,7 +585,7 @@ fn serve_listeners(
                 .context("API server")
         })
     };
-    Servers { grpc, otlp_http, api, jaeger }
+    Servers { grpc, otlp_http, zipkin, api, jaeger }
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {

@@ -1,4 +1,5 @@
-//! Request bodies to export requests: gzip with a bound on the inflated size, protobuf and JSON.
+//! Request bodies to export requests: gzip with a bound on the inflated size, OTLP protobuf and
+//! JSON, Zipkin v2 JSON and proto3 ([`zipkin`]).
 //! These are CPU work; callers run them off the async threads.
 
 use std::io::Read;
@@ -6,13 +7,15 @@ use std::io::Read;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
-use crate::{IngestError, otlp_json};
+use crate::{IngestError, otlp_json, zipkin};
 
-/// The encoding of an OTLP/HTTP body.
+/// The encoding of a body: OTLP's two, or Zipkin v2's two (`POST /api/v2/spans`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyFormat {
     Protobuf,
     Json,
+    ZipkinJson,
+    ZipkinProtobuf,
 }
 
 impl BodyFormat {
@@ -32,11 +35,25 @@ impl BodyFormat {
         }
     }
 
+    /// The Zipkin format named by a `Content-Type` header: protobuf for `application/x-protobuf`,
+    /// JSON for `application/json` or none (what Zipkin's own server assumes).
+    pub fn zipkin_from_content_type(content_type: Option<&str>) -> Result<Self, IngestError> {
+        let full = content_type.unwrap_or("");
+        let essence = full.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        match essence.as_str() {
+            "application/x-protobuf" | "application/protobuf" => Ok(BodyFormat::ZipkinProtobuf),
+            "application/json" | "" => Ok(BodyFormat::ZipkinJson),
+            _ => Err(IngestError::UnsupportedMediaType(format!(
+                "unsupported Content-Type {full:?} for Zipkin spans: use application/json or application/x-protobuf"
+            ))),
+        }
+    }
+
     /// The `Content-Type` of responses in this format.
     pub fn content_type(self) -> &'static str {
         match self {
-            BodyFormat::Protobuf => "application/x-protobuf",
-            BodyFormat::Json => "application/json",
+            BodyFormat::Protobuf | BodyFormat::ZipkinProtobuf => "application/x-protobuf",
+            BodyFormat::Json | BodyFormat::ZipkinJson => "application/json",
         }
     }
 
@@ -44,6 +61,8 @@ impl BodyFormat {
         match self {
             BodyFormat::Protobuf => "protobuf",
             BodyFormat::Json => "JSON",
+            BodyFormat::ZipkinJson => "Zipkin JSON",
+            BodyFormat::ZipkinProtobuf => "Zipkin protobuf",
         }
     }
 }
@@ -67,6 +86,12 @@ pub fn decode_request(body: &[u8], format: BodyFormat) -> Result<ExportTraceServ
             .map_err(|e| IngestError::Malformed { format: format.name(), message: e.to_string() }),
         BodyFormat::Json => {
             otlp_json::decode_request(body).map_err(|e| IngestError::Malformed { format: format.name(), message: e.0 })
+        }
+        BodyFormat::ZipkinJson => {
+            zipkin::decode_json(body).map_err(|e| IngestError::Malformed { format: format.name(), message: e.0 })
+        }
+        BodyFormat::ZipkinProtobuf => {
+            zipkin::decode_proto(body).map_err(|e| IngestError::Malformed { format: format.name(), message: e.0 })
         }
     }
 }

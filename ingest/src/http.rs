@@ -1,4 +1,6 @@
-//! The OTLP/HTTP receiver: `POST /v1/traces` with protobuf or JSON bodies, gzip or not.
+//! The OTLP/HTTP receiver: `POST /v1/traces` with protobuf or JSON bodies, gzip or not; and
+//! Zipkin's `POST /api/v2/spans` (JSON or proto3, see [`crate::zipkin`]) on the same address and,
+//! with [`zipkin_router`], on Zipkin's own (`--zipkin-addr`).
 //!
 //! Answers follow the OTLP/HTTP specification: the response uses the request's content type; a
 //! partial success names the rejected spans; errors carry a `google.rpc.Status` body; retryable
@@ -28,7 +30,8 @@ use crate::ingester::{ExportBody, ExportOutcome, Ingester};
 /// The path OTLP/HTTP exporters post traces to.
 pub const TRACES_PATH: &str = "/v1/traces";
 
-/// Seconds a client is asked to wait before retrying a retryable failure.
+/// The path Zipkin reporters post spans to.
+pub const ZIPKIN_PATH: &str = "/api/v2/spans";
 
 #[derive(Clone)]
 struct HttpState {
@@ -40,9 +43,19 @@ struct HttpState {
 pub fn router(ingester: Arc<Ingester>, max_body_bytes: usize) -> Router {
     Router::new()
         .route(TRACES_PATH, post(export))
+        .route(ZIPKIN_PATH, post(zipkin_export))
         .fallback(not_served)
         .method_not_allowed_fallback(wrong_method)
         // The limit is enforced while reading the body, below; axum's 2 MB default must not apply.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(HttpState { ingester, max_body_bytes })
+}
+
+/// Zipkin's receiving route alone (`POST /api/v2/spans`), to be served beside the query API on
+/// Zipkin's address; limits as for [`router`].
+pub fn zipkin_router(ingester: Arc<Ingester>, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route(ZIPKIN_PATH, post(zipkin_export))
         .layer(DefaultBodyLimit::disable())
         .with_state(HttpState { ingester, max_body_bytes })
 }
@@ -56,9 +69,10 @@ async fn not_served(uri: Uri, headers: HeaderMap) -> Response {
     let path = uri.path();
     let refusal = match OTHER_SIGNALS.iter().find(|(p, _)| *p == path) {
         Some((_, signal)) => IngestError::other_signal(signal, path, &format!("POST {TRACES_PATH}")),
-        None => {
-            IngestError::NotServed(format!("no OTLP/HTTP path {path}: hopscope receives traces at POST {TRACES_PATH}"))
-        }
+        None => IngestError::NotServed(format!(
+            "no OTLP/HTTP path {path}: hopscope receives traces at POST {TRACES_PATH} (OTLP) and POST \
+                 {ZIPKIN_PATH} (Zipkin)"
+        )),
     };
     let message = refusal.to_string();
     with_reason(error_response(&refusal, answer_format(&headers)), message)
@@ -73,9 +87,13 @@ fn with_reason(mut response: Response, message: String) -> Response {
     response
 }
 
-/// A method other than POST on [`TRACES_PATH`]: 405, with an OTLP error body.
-async fn wrong_method(headers: HeaderMap) -> Response {
-    let message = format!("OTLP/HTTP exports are sent with POST {TRACES_PATH}");
+/// A method other than POST on [`TRACES_PATH`] or [`ZIPKIN_PATH`]: 405, with an OTLP error body.
+async fn wrong_method(uri: Uri, headers: HeaderMap) -> Response {
+    let message = if uri.path() == ZIPKIN_PATH {
+        format!("Zipkin spans are sent with POST {ZIPKIN_PATH}; Zipkin's query API is on the API address")
+    } else {
+        format!("OTLP/HTTP exports are sent with POST {TRACES_PATH}")
+    };
     let format = answer_format(&headers);
     let mut response = with_reason(error_response(&IngestError::NotServed(message.clone()), format), message);
     *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
@@ -117,6 +135,47 @@ async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
             error_response(&e, format)
         }
     }
+}
+
+/// Zipkin's `POST /api/v2/spans`: 202 with no body once the spans are logged, as Zipkin answers;
+/// errors as plain text with the status OTLP/HTTP would give (400 naming the bad field, 413, 503
+/// with `Retry-After`).
+async fn zipkin_export(State(state): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let format = match BodyFormat::zipkin_from_content_type(content_type) {
+        Ok(format) => format,
+        Err(e) => {
+            state.ingester.note_refused_before_export(&e);
+            return zipkin_error(&e);
+        }
+    };
+    match receive(&state, &headers, body, format).await {
+        Ok(outcome) => match outcome.partial_success() {
+            None => StatusCode::ACCEPTED.into_response(),
+            // Zipkin has no partial success: say it in the body, which a person with curl reads.
+            Some(partial) => (
+                StatusCode::ACCEPTED,
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                format!("{} spans rejected: {}", partial.rejected_spans, partial.error_message),
+            )
+                .into_response(),
+        },
+        Err(e) => {
+            if e.http_status().is_server_error() {
+                tracing::warn!(error = %e, "zipkin export failed");
+            }
+            zipkin_error(&e)
+        }
+    }
+}
+
+fn zipkin_error(e: &IngestError) -> Response {
+    let status = e.http_status();
+    let mut response = (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], e.to_string()).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
+        response.headers_mut().insert(header::RETRY_AFTER, http::HeaderValue::from(RETRY_AFTER.as_secs()));
+    }
+    response
 }
 
 async fn receive(
@@ -198,8 +257,10 @@ fn is_length_limit(e: &axum::Error) -> bool {
 fn success_response(outcome: &ExportOutcome, format: BodyFormat) -> Response {
     let partial = outcome.partial_success();
     let body = match format {
-        BodyFormat::Protobuf => ExportTraceServiceResponse { partial_success: partial }.encode_to_vec(),
-        BodyFormat::Json => {
+        BodyFormat::Protobuf | BodyFormat::ZipkinProtobuf => {
+            ExportTraceServiceResponse { partial_success: partial }.encode_to_vec()
+        }
+        BodyFormat::Json | BodyFormat::ZipkinJson => {
             let value = match partial {
                 None => json!({}),
                 // int64 is a string in the protobuf JSON mapping.
@@ -219,8 +280,10 @@ fn error_response(e: &IngestError, format: BodyFormat) -> Response {
     let message = e.to_string();
     let code = e.grpc_code() as i32;
     let body = match format {
-        BodyFormat::Protobuf => RpcStatus { code, message }.encode_to_vec(),
-        BodyFormat::Json => json!({ "code": code, "message": message }).to_string().into_bytes(),
+        BodyFormat::Protobuf | BodyFormat::ZipkinProtobuf => RpcStatus { code, message }.encode_to_vec(),
+        BodyFormat::Json | BodyFormat::ZipkinJson => {
+            json!({ "code": code, "message": message }).to_string().into_bytes()
+        }
     };
     let mut response = (status, [(header::CONTENT_TYPE, format.content_type())], body).into_response();
     if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {

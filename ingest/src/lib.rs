@@ -41,6 +41,7 @@ mod scratch;
 pub mod trace_metrics;
 pub mod wal;
 pub mod writer;
+pub mod zipkin;
 
 pub use error::IngestError;
 pub use ingester::{

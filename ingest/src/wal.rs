@@ -56,6 +56,8 @@ const BODY_HEADER_LEN: usize = 14;
 const KIND_SPANS: u8 = 1;
 const KIND_PROTOBUF: u8 = 2;
 const KIND_JSON: u8 = 3;
+const KIND_ZIPKIN_JSON: u8 = 4;
+const KIND_ZIPKIN_PROTOBUF: u8 = 5;
 
 /// What one record holds.
 #[derive(Debug, Clone)]
@@ -82,6 +84,12 @@ impl WalRecord {
                 (KIND_PROTOBUF, *gzip, *inflated)
             }
             WalRecord::Request { format: BodyFormat::Json, gzip, inflated, .. } => (KIND_JSON, *gzip, *inflated),
+            WalRecord::Request { format: BodyFormat::ZipkinJson, gzip, inflated, .. } => {
+                (KIND_ZIPKIN_JSON, *gzip, *inflated)
+            }
+            WalRecord::Request { format: BodyFormat::ZipkinProtobuf, gzip, inflated, .. } => {
+                (KIND_ZIPKIN_PROTOBUF, *gzip, *inflated)
+            }
             WalRecord::Spans(body) => (KIND_SPANS, false, body.len() as u64),
         };
         let mut header = [0; BODY_HEADER_LEN];
@@ -129,6 +137,8 @@ fn decode_payload(v1: bool, payload: &[u8], limits: &SpanLimits) -> Result<(Vec<
         KIND_SPANS => return Ok(shortfall(decode_batch(body)?)),
         KIND_PROTOBUF => BodyFormat::Protobuf,
         KIND_JSON => BodyFormat::Json,
+        KIND_ZIPKIN_JSON => BodyFormat::ZipkinJson,
+        KIND_ZIPKIN_PROTOBUF => BodyFormat::ZipkinProtobuf,
         other => return Err(malformed(format!("unknown kind {other}"))),
     };
     let inflated_body;
@@ -581,6 +591,26 @@ mod tests {
                 "name":"POST /cart","kind":2,"startTimeUnixNano":"1764900000000000000","endTimeUnixNano":"1764900000001000000"}]}]}]}"#,
         );
         let json_request = crate::decode::decode_request(&json, BodyFormat::Json).unwrap();
+        let zipkin_json = Bytes::from_static(
+            br#"[{"traceId":"0102030405060708","id":"1112131415161718","name":"GET /","kind":"SERVER",
+                "timestamp":1764900000000000,"duration":1000,"localEndpoint":{"serviceName":"cart"}}]"#,
+        );
+        let zipkin_request = crate::decode::decode_request(&zipkin_json, BodyFormat::ZipkinJson).unwrap();
+        let zipkin_proto = Bytes::from(
+            crate::zipkin::proto::ListOfSpans {
+                spans: vec![crate::zipkin::proto::Span {
+                    trace_id: vec![7; 16],
+                    id: vec![8; 8],
+                    name: "consume".into(),
+                    kind: 4,
+                    timestamp: 1_764_900_000_000_000,
+                    duration: 10,
+                    ..Default::default()
+                }],
+            }
+            .encode_to_vec(),
+        );
+        let zipkin_proto_request = crate::decode::decode_request(&zipkin_proto, BodyFormat::ZipkinProtobuf).unwrap();
         let spans_ipc = crate::record::encode_batch(&converted(&fixture_request(9))).unwrap();
         // Each body as sent, plain and gzip-compressed: the record keeps it and its inflated size.
         let logged = |format, plain: &Bytes, gzip_it: bool| WalRecord::Request {
@@ -594,6 +624,8 @@ mod tests {
             (logged(BodyFormat::Protobuf, &protobuf, true), converted(&request)),
             (logged(BodyFormat::Json, &json, false), converted(&json_request)),
             (logged(BodyFormat::Json, &json, true), converted(&json_request)),
+            (logged(BodyFormat::ZipkinJson, &zipkin_json, true), converted(&zipkin_request)),
+            (logged(BodyFormat::ZipkinProtobuf, &zipkin_proto, false), converted(&zipkin_proto_request)),
             (WalRecord::Spans(spans_ipc.into()), converted(&fixture_request(9))),
         ];
         let expected: Vec<RecordBatch> = records.iter().map(|(_, batch)| batch.clone()).collect();

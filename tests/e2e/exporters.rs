@@ -114,9 +114,22 @@ pub(crate) fn python() -> String {
         .unwrap_or_else(|_| workspace_root().join(".venv/bin/python").to_string_lossy().into_owned())
 }
 
+/// The Python of the virtualenv with the Zipkin protobuf exporter, which pins protobuf 3 (`.venv-zipkin`
+/// unless `HOPSCOPE_TEST_ZIPKIN_PYTHON` names another).
+pub(crate) fn zipkin_proto_python() -> String {
+    std::env::var("HOPSCOPE_TEST_ZIPKIN_PYTHON")
+        .unwrap_or_else(|_| workspace_root().join(".venv-zipkin/bin/python").to_string_lossy().into_owned())
+}
+
 /// Runs `tests/clients/{script}` with `args` under [`python`], and returns the JSON it prints.
 pub(crate) async fn run_python_client(script: &str, args: Vec<String>) -> Value {
-    let (script, python) = (workspace_root().join("tests/clients").join(script), python());
+    run_python_client_with(python(), script, args).await
+}
+
+/// Runs `tests/clients/{script}` with `args` under the interpreter `python`, and returns the JSON it
+/// prints.
+pub(crate) async fn run_python_client_with(python: String, script: &str, args: Vec<String>) -> Value {
+    let script = workspace_root().join("tests/clients").join(script);
     let output = tokio::task::spawn_blocking(move || Command::new(&python).arg(script).args(args).output())
         .await
         .unwrap()

@@ -22,3 +22,4 @@ mod simulator;
 mod support;
 mod tempo_search;
 mod ui;
+mod zipkin;
