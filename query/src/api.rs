@@ -1,5 +1,6 @@
 //! The HTTP API under `/api/v1`: every route in one router, every error as `{"error": "..."}`; and
-//! Jaeger's query API beside it ([`jaeger`]), in Jaeger's shapes.
+//! the peers' query APIs beside it, in their shapes: Jaeger's ([`jaeger`]), Tempo's ([`tempo`]),
+//! Zipkin's ([`zipkin`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,10 +31,12 @@ mod encode;
 mod jaeger;
 mod otlp;
 pub(crate) mod params;
+mod peer_answers;
 mod peer_params;
 mod status;
 mod tempo;
 mod traceql;
+mod zipkin;
 
 pub use status::status as status_of;
 
@@ -55,6 +58,7 @@ pub fn router(engine: Arc<QueryEngine>) -> Router {
         .route("/api/v1/sql", post(sql))
         .merge(jaeger::routes())
         .merge(tempo::routes())
+        .merge(zipkin::routes())
         .route("/api/{*rest}", axum::routing::any(unknown_route))
         .method_not_allowed_fallback(wrong_method)
         .with_state(engine)
@@ -295,7 +299,7 @@ async fn sql(
 
 /// Where the routes are described, for error messages.
 const ROUTES_ARE: &str = "the routes are in schemas/openapi.json (/api/v1) and in the README's \
-     \"Use it from Grafana's Jaeger and Tempo data sources\" (Jaeger's and Tempo's)";
+     \"Use it from Grafana, the Jaeger UI and Zipkin\" (Jaeger's, Tempo's and Zipkin's)";
 
 async fn unknown_route(uri: axum::http::Uri) -> QueryError {
     let path = uri.path();

@@ -267,6 +267,11 @@ impl QueryEngine {
         self.run("operations", |ctx| async move { spans::operations(&ctx, &service).await }).await
     }
 
+    /// The services a service's spans name as the other side of their calls (`peer.service`).
+    pub async fn peer_services(self: &Arc<Self>, service: String) -> Result<Vec<String>, QueryError> {
+        self.run("peer_services", |ctx| async move { spans::peer_services(&ctx, &service).await }).await
+    }
+
     /// Every stored span of a trace, ordered by start time; `None` when there is none.
     pub async fn trace(self: &Arc<Self>, trace_id: TraceId) -> Result<Option<TraceView>, QueryError> {
         self.run("trace", move |ctx| async move { spans::trace(&ctx, trace_id).await }).await

@@ -385,10 +385,10 @@ async fn tempo_search_with_traceql_and_tags() {
             "q: at character 14: duration > the number 5 compares what cannot be compared",
         ),
         ("q=%7B%20%7D%20%7C%20select(span.a)", "q: at character 7: select() in a pipeline is not answered"),
-        ("limit=5000", "limit: 5000; it takes 1 to 1000"),
+        ("limit=5000", "limit: expected a whole number from 1 to 1000, got 5000"),
         ("start=soon", "start: expected a whole number"),
         ("start=200&end=100", "end: is before start"),
-        ("minDuration=2s&maxDuration=1s", "minDuration: is greater than maxDuration"),
+        ("minDuration=2s&maxDuration=1s", "minDuration: must not exceed maxDuration"),
         ("q=%7B%7D&tags=a%3Db", "tags: give q (TraceQL) or tags, not both"),
         ("color=red", "unknown parameter color"),
     ] {

@@ -1,7 +1,7 @@
-//! Zipkin in: spans sent by the OpenTelemetry Python SDK's Zipkin exporters (JSON to Zipkin's own
-//! address, `--zipkin-addr`; protobuf to the OTLP/HTTP address) read back through the native API
-//! and compared, field by field, with what the client held, converted by the documented rules; and
-//! bad bodies answered with the field that is wrong.
+//! Zipkin in and out: spans sent by the OpenTelemetry Python SDK's Zipkin exporters (JSON to
+//! Zipkin's own address, `--zipkin-addr`; protobuf to the OTLP/HTTP address) read back through the
+//! native API and through Zipkin's query API, and compared, field by field, with what the client
+//! held, converted by the documented rules; bad bodies and parameters answered with what is wrong.
 
 use serde_json::{Value, json};
 
@@ -77,6 +77,7 @@ async fn zipkin_exporters_json_and_protobuf() {
     let server = Server::start("zipkin-in", &["--zipkin-addr", "127.0.0.1:0"]);
     let zipkin_url = format!("http://{}/api/v2/spans", server.logged_addr("zipkin"));
     let otlp_http_url = server.traces_url().replace("/v1/traces", "/api/v2/spans");
+    let mut sent_traces = Vec::new();
     for (interpreter, encoding, url) in
         [(python(), "json", zipkin_url.clone()), (zipkin_proto_python(), "proto", otlp_http_url.clone())]
     {
@@ -84,6 +85,7 @@ async fn zipkin_exporters_json_and_protobuf() {
         let sent = run_python_client_with(interpreter, "zipkin_export.py", args).await;
         let stored = server.wait_for_trace(sent["trace_id"].as_str().unwrap(), 3).await;
         assert_stored_as_sent(&sent, &stored);
+        sent_traces.push(sent);
     }
 
     // Zipkin's answers: 202 with nothing in it; bad bodies 400 with the field, as plain text.
@@ -119,4 +121,132 @@ async fn zipkin_exporters_json_and_protobuf() {
     let response = client.get(&otlp_http_url).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 405);
     assert!(response.text().await.unwrap().contains("Zipkin spans are sent with POST /api/v2/spans"));
+
+    zipkin_query_api(&server, &sent_traces).await;
+}
+
+/// `GET` on the Zipkin address: the status and the body.
+async fn get(server: &Server, path: &str) -> (u16, String) {
+    let response = reqwest::get(format!("http://{}{path}", server.logged_addr("zipkin"))).await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+async fn get_json(server: &Server, path: &str) -> Value {
+    let (status, body) = get(server, path).await;
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {body}"))
+}
+
+/// A span as the OpenTelemetry → Zipkin rules write it, from what the client held.
+fn assert_zipkin_span(span: &Value, want: &Value, sent: &Value) {
+    assert_eq!(span["traceId"], sent["trace_id"]);
+    assert_eq!(span["id"], want["span_id"]);
+    assert_eq!(span.get("parentId"), want["parent_span_id"].as_str().map(|p| json!(p)).as_ref());
+    assert_eq!(span["name"], want["name"]);
+    let kind = match want["kind"].as_str().unwrap() {
+        "internal" => None,
+        other => Some(json!(other.to_uppercase())),
+    };
+    assert_eq!(span.get("kind"), kind.as_ref(), "{span}");
+    let (start, end) = (want["start"].as_i64().unwrap(), want["end"].as_i64().unwrap());
+    assert_eq!(span["timestamp"], micros(start));
+    assert_eq!(span["duration"], micros(end - start).max(1));
+    assert_eq!(span["localEndpoint"]["serviceName"], sent["service"]);
+    let tags = span["tags"].as_object().unwrap();
+    for (key, value) in want["attributes"].as_object().unwrap() {
+        assert_eq!(tags[key], as_tag(value), "{key} in {span}");
+    }
+    assert_eq!(tags["deployment.environment"], "e2e");
+    assert_eq!(tags["otel.scope.name"], "hopscope-e2e-zipkin");
+    match want["status"][0].as_str().unwrap() {
+        "error" => {
+            assert_eq!(tags["otel.status_code"], "ERROR");
+            assert_eq!(tags["error"], want["status"][1]);
+        }
+        _ => assert!(!tags.contains_key("error") && !tags.contains_key("otel.status_code"), "{span}"),
+    }
+    if want["attributes"].get("peer.service").is_some() {
+        assert_eq!(span["remoteEndpoint"]["serviceName"], want["attributes"]["peer.service"]);
+    }
+    let annotations: Vec<Value> = want["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let value = json!({e["name"].as_str().unwrap(): e["attributes"]}).to_string();
+            json!({"timestamp": micros(e["time"].as_i64().unwrap()), "value": value})
+        })
+        .collect();
+    assert_eq!(span.get("annotations").cloned().unwrap_or(json!([])), json!(annotations), "{span}");
+}
+
+async fn zipkin_query_api(server: &Server, sent_traces: &[Value]) {
+    let services = get_json(server, "/api/v2/services").await;
+    for sent in sent_traces {
+        assert!(services.as_array().unwrap().contains(&sent["service"]), "{services}");
+        let service = sent["service"].as_str().unwrap();
+        let mut names: Vec<Value> = sent["spans"].as_array().unwrap().iter().map(|s| s["name"].clone()).collect();
+        names.sort_by_key(|n| n.as_str().unwrap().to_owned());
+        assert_eq!(get_json(server, &format!("/api/v2/spans?serviceName={service}")).await, json!(names));
+        assert_eq!(
+            get_json(server, &format!("/api/v2/remoteServices?serviceName={service}")).await,
+            json!(["inventory"])
+        );
+
+        let trace_id = sent["trace_id"].as_str().unwrap();
+        let spans = get_json(server, &format!("/api/v2/trace/{trace_id}")).await;
+        assert_eq!(spans.as_array().unwrap().len(), 3);
+        for want in sent["spans"].as_array().unwrap() {
+            let span = spans.as_array().unwrap().iter().find(|s| s["id"] == want["span_id"]).expect("every span");
+            assert_zipkin_span(span, want, sent);
+        }
+
+        // Searches over the last day (the default lookback) find the trace by service, span name,
+        // remote service and tags.
+        let end_ms = micros(sent["spans"][0]["end"].as_i64().unwrap()) / 1000 + 1000;
+        for (query, found) in [
+            (format!("serviceName={service}"), true),
+            (format!("serviceName={service}&spanName=call%20inventory&remoteServiceName=inventory"), true),
+            (format!("serviceName={service}&annotationQuery=error%20and%20retries%3D3"), true),
+            (format!("serviceName={service}&annotationQuery=retries%3D4"), false),
+            (format!("serviceName={service}&minDuration=60000000"), false),
+        ] {
+            let traces = get_json(server, &format!("/api/v2/traces?{query}&endTs={end_ms}")).await;
+            let ids: Vec<&Value> = traces.as_array().unwrap().iter().map(|t| &t[0]["traceId"]).collect();
+            assert_eq!(ids.contains(&&json!(trace_id)), found, "{query}: {traces}");
+            if found {
+                assert_eq!(traces[0].as_array().unwrap().len(), 3, "whole traces");
+            }
+        }
+        let many = get_json(server, &format!("/api/v2/traceMany?traceIds={trace_id},0000000000000abc")).await;
+        assert_eq!(many.as_array().unwrap().len(), 2, "{many}");
+
+        // The dependency links, with the failed call counted.
+        let links = get_json(server, &format!("/api/v2/dependencies?endTs={end_ms}&lookback=3600000")).await;
+        let link = links
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["parent"] == service && l["child"] == "inventory")
+            .unwrap_or_else(|| panic!("{service} -> inventory in {links}"));
+        assert_eq!((&link["callCount"], &link["errorCount"]), (&json!(1), &json!(1)), "{link}");
+    }
+    // A 64-bit trace id is written as Zipkin writes it, 16 digits.
+    let by_hand = get_json(server, "/api/v2/trace/abc").await;
+    assert_eq!(by_hand[0]["traceId"], "0000000000000abc");
+    assert_eq!(get_json(server, "/api/v2/autocompleteKeys").await, json!([]));
+
+    for (path, status, says) in [
+        ("/api/v2/trace/xyz", 400, "traceID: expected 1 to 32 hex digits"),
+        ("/api/v2/trace/0000000000000000000000000000beef", 404, "trace 0000000000000000000000000000beef not found"),
+        ("/api/v2/spans", 400, "serviceName: is required"),
+        ("/api/v2/traces?serviceName=a&annotationQuery=slow", 400, "annotationQuery: \"slow\" is not answered"),
+        ("/api/v2/traces?limit=5000", 400, "limit: expected a whole number from 1 to 1000"),
+        ("/api/v2/traces?minDuration=fast", 400, "minDuration: expected a whole number"),
+        ("/api/v2/dependencies", 400, "endTs: is required"),
+        ("/api/v2/services?x=1", 400, "unknown parameter x"),
+    ] {
+        let (code, body) = get(server, path).await;
+        assert_eq!((code, body.starts_with(says)), (status, true), "{path}: {body}");
+    }
 }

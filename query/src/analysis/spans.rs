@@ -4,6 +4,7 @@ use datafusion::arrow::array::AsArray;
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Int8Type, UInt64Type};
 use datafusion::common::ScalarValue;
+use datafusion::dataframe::DataFrame;
 use datafusion::functions_aggregate::expr_fn::count;
 use datafusion::prelude::{SessionContext, col, lit};
 use hopscope_schemas::TraceId;
@@ -16,12 +17,16 @@ use crate::QueryError;
 
 /// The names of every service with stored spans, sorted.
 pub(crate) async fn services(ctx: &SessionContext) -> Result<Vec<String>, QueryError> {
-    let batches = ctx
-        .table(crate::tables::SPANS)
-        .await?
-        .select(vec![col(c::SERVICE_NAME)])?
+    distinct_names(ctx.table(crate::tables::SPANS).await?, c::SERVICE_NAME).await
+}
+
+/// The distinct non-null values of the text column `column` of `spans`, sorted.
+async fn distinct_names(spans: DataFrame, column: &str) -> Result<Vec<String>, QueryError> {
+    let batches = spans
+        .filter(col(column).is_not_null())?
+        .select(vec![col(column)])?
         .distinct()?
-        .sort(vec![col(c::SERVICE_NAME).sort(true, false)])?
+        .sort(vec![col(column).sort(true, false)])?
         .collect()
         .await?;
     let mut out = Vec::new();
@@ -30,6 +35,12 @@ pub(crate) async fn services(ctx: &SessionContext) -> Result<Vec<String>, QueryE
         out.extend(names.as_string::<i32>().iter().flatten().map(str::to_owned));
     }
     Ok(out)
+}
+
+/// The services a service's spans name as the other side of their calls (`peer.service`), sorted.
+pub(crate) async fn peer_services(ctx: &SessionContext, service: &str) -> Result<Vec<String>, QueryError> {
+    let spans = ctx.table(crate::tables::SPANS).await?.filter(col(c::SERVICE_NAME).eq(lit(service)))?;
+    distinct_names(spans, c::semconv::PEER_SERVICE).await
 }
 
 /// The operations (span names) of a service, with their span kind and how many spans each has.

@@ -13,13 +13,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::Utc;
 use hopscope_schemas::TraceId;
-use hopscope_schemas::api::TraceView;
-use hopscope_schemas::columns::USER_NODE;
 use hopscope_schemas::time::{TimeRange, format_time};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::peer_params::{Params, RawParams, go_duration, tags_param, trace_id};
+use super::peer_answers::{found_traces, service_links};
+use super::peer_params::{Params, RawParams, duration_bounds, go_duration, tags_param, trace_id};
 use super::status::{respond, status};
 use crate::analysis::dependencies::DependenciesQuery;
 use crate::analysis::search::{MAX_ATTRIBUTE_FILTERS, TraceSearch};
@@ -195,19 +194,6 @@ async fn search(State(engine): Engine, raw: RawParams) -> Result<Response, Failu
     Ok(answer(&traces, traces.len(), p.pretty()))
 }
 
-/// The traces a search finds, each whole (every stored span, read in one scan), in the search's
-/// order: what Jaeger's searches (v1 and api_v3) answer.
-async fn found_traces(engine: &Arc<QueryEngine>, search: TraceSearch) -> Result<Vec<TraceView>, QueryError> {
-    let ids = engine
-        .search_traces(search)
-        .await?
-        .iter()
-        .map(|t| t.trace_id.parse())
-        .collect::<Result<Vec<TraceId>, _>>()
-        .map_err(|e| QueryError::Corrupt(format!("a stored trace id does not parse: {e}")))?;
-    engine.traces(ids).await
-}
-
 /// Takes Jaeger's `error=true` out of tag conditions, saying whether it was there: it is the tag
 /// Jaeger derives from an error status, and hopscope searches the status itself.
 fn take_error_tag(tags: &mut Vec<(String, String)>) -> bool {
@@ -239,16 +225,8 @@ fn trace_search(p: &Params) -> Result<TraceSearch, Failure> {
     }
     let min_duration_ns = p.go_duration("minDuration")?;
     let max_duration_ns = p.go_duration("maxDuration")?;
-    if let (Some(min), Some(max)) = (min_duration_ns, max_duration_ns)
-        && min > max
-    {
-        return Err(bad("minDuration", "must not exceed maxDuration"));
-    }
-    let limit = match p.integer("limit")? {
-        None | Some(0) => DEFAULT_LIMIT,
-        Some(n) if (1..=MAX_LIMIT as i64).contains(&n) => n as usize,
-        Some(n) => return Err(bad("limit", format!("expected a whole number from 0 to {MAX_LIMIT}, got {n}"))),
-    };
+    duration_bounds(min_duration_ns, max_duration_ns)?;
+    let limit = p.bounded("limit", DEFAULT_LIMIT, MAX_LIMIT)?;
 
     let mut tags = Vec::new();
     for text in p.all("tags").into_iter().filter(|t| !t.is_empty()) {
@@ -289,18 +267,9 @@ async fn dependencies(State(engine): Engine, raw: RawParams) -> Result<Response,
     let end_ns = end_ms.checked_mul(1_000_000).ok_or_else(|| bad("endTs", format!("{end_ms} ms is out of range")))?;
     let start_ns = end_ns.saturating_sub(lookback_ms.saturating_mul(1_000_000));
     let view = engine.dependencies(DependenciesQuery { range: TimeRange { start_ns, end_ns }, exact: false }).await?;
-    // One link per caller and callee (the native graph keeps one per connection); requests from
-    // outside the system (the `user` node) are not a dependency.
-    let mut links: Vec<(String, String, u64)> = Vec::new();
-    for edge in view.edges.iter().filter(|e| e.caller != USER_NODE) {
-        match links.iter_mut().find(|(parent, child, _)| *parent == edge.caller && *child == edge.callee) {
-            Some(link) => link.2 += edge.calls,
-            None => links.push((edge.caller.clone(), edge.callee.clone(), edge.calls)),
-        }
-    }
-    let data: Vec<Value> = links
+    let data: Vec<Value> = service_links(&view)
         .into_iter()
-        .map(|(parent, child, calls)| json!({"parent": parent, "child": child, "callCount": calls}))
+        .map(|l| json!({"parent": l.parent, "child": l.child, "callCount": l.calls}))
         .collect();
     Ok(answer(&data, data.len(), p.pretty()))
 }

@@ -61,8 +61,25 @@ impl Params {
         self.one(name)?.map(|v| go_duration(v).map_err(|e| bad(name, e))).transpose()
     }
 
+    /// A count such as `limit`: `default` when absent or 0, else 1 to `most`.
+    pub(crate) fn bounded(&self, name: &str, default: usize, most: usize) -> Result<usize, QueryError> {
+        match self.integer(name)? {
+            None | Some(0) => Ok(default),
+            Some(n) if n > 0 && n as u64 <= most as u64 => Ok(n as usize),
+            Some(n) => Err(bad(name, format!("expected a whole number from 1 to {most}, got {n}"))),
+        }
+    }
+
     pub(crate) fn pretty(&self) -> bool {
         matches!(self.one("prettyPrint"), Ok(Some("true" | "1")))
+    }
+}
+
+/// Checks that a duration range (`minDuration` to `maxDuration`) is not empty.
+pub(crate) fn duration_bounds(min: Option<i64>, max: Option<i64>) -> Result<(), QueryError> {
+    match (min, max) {
+        (Some(min), Some(max)) if min > max => Err(bad("minDuration", "must not exceed maxDuration")),
+        _ => Ok(()),
     }
 }
 

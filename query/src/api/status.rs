@@ -48,3 +48,20 @@ pub(crate) fn respond(error: &QueryError, body: impl IntoResponse) -> Response {
     }
     response
 }
+
+/// An error answered as plain text, as Tempo and Zipkin write theirs.
+pub(crate) struct PlainFailure(pub(crate) QueryError);
+
+impl From<QueryError> for PlainFailure {
+    fn from(error: QueryError) -> Self {
+        PlainFailure(error)
+    }
+}
+
+impl IntoResponse for PlainFailure {
+    fn into_response(self) -> Response {
+        let text =
+            ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"))], self.0.to_string());
+        respond(&self.0, text)
+    }
+}

@@ -24,8 +24,8 @@ use prost::Message;
 use serde_json::{Value, json};
 
 use super::otlp::{resource_spans, traces_data};
-use super::peer_params::{Params, RawParams, tags_param, trace_id};
-use super::status::respond;
+use super::peer_params::{Params, RawParams, duration_bounds, tags_param, trace_id};
+use super::status::PlainFailure as TempoFailure;
 use super::traceql;
 use crate::analysis::span_sets::{
     AttributeValue, Condition, Field, Scope, SpanSetQuery, SpanSetSearch, SpanSets, TagScope, TagValue,
@@ -45,23 +45,6 @@ pub(crate) fn routes() -> Router<Arc<QueryEngine>> {
         .route("/api/v2/search/tags", get(tags_v2))
         .route("/api/search/tag/{name}/values", get(tag_values_v1))
         .route("/api/v2/search/tag/{name}/values", get(tag_values_v2))
-}
-
-/// A Tempo error: the status, and the message as plain text.
-pub(crate) struct TempoFailure(pub(crate) QueryError);
-
-impl From<QueryError> for TempoFailure {
-    fn from(error: QueryError) -> Self {
-        TempoFailure(error)
-    }
-}
-
-impl IntoResponse for TempoFailure {
-    fn into_response(self) -> Response {
-        let text =
-            ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"))], self.0.to_string());
-        respond(&self.0, text)
-    }
 }
 
 /// Whether the request asks for protobuf.
@@ -166,14 +149,6 @@ fn seconds_range(p: &Params) -> Result<TimeRange, TempoFailure> {
     Ok(TimeRange { start_ns, end_ns: end_ns.saturating_add(1_000_000_000) })
 }
 
-fn bounded(p: &Params, name: &str, default: usize, most: usize) -> Result<usize, TempoFailure> {
-    match p.integer(name)? {
-        None | Some(0) => Ok(default),
-        Some(n) if n < 0 || n as u64 > most as u64 => Err(bad(name, format!("{n}; it takes 1 to {most}"))),
-        Some(n) => Ok(n as usize),
-    }
-}
-
 /// The query of a search: TraceQL in `q`, or legacy `tags` (logfmt) as one span set.
 fn span_set_query(p: &Params) -> Result<SpanSetQuery, TempoFailure> {
     let q = p.one("q")?.filter(|q| !q.trim().is_empty());
@@ -211,14 +186,10 @@ async fn search(State(engine): State<Arc<QueryEngine>>, raw: RawParams) -> Resul
         query: span_set_query(&p)?,
         min_trace_duration_ns: p.go_duration("minDuration")?,
         max_trace_duration_ns: p.go_duration("maxDuration")?,
-        limit: bounded(&p, "limit", DEFAULT_LIMIT, MAX_LIMIT)?,
-        spans_per_set: bounded(&p, "spss", DEFAULT_SPANS_PER_SET, MAX_SPANS_PER_SET)?,
+        limit: p.bounded("limit", DEFAULT_LIMIT, MAX_LIMIT)?,
+        spans_per_set: p.bounded("spss", DEFAULT_SPANS_PER_SET, MAX_SPANS_PER_SET)?,
     };
-    if let (Some(min), Some(max)) = (search.min_trace_duration_ns, search.max_trace_duration_ns)
-        && min > max
-    {
-        return Err(bad("minDuration", "is greater than maxDuration"));
-    }
+    duration_bounds(search.min_trace_duration_ns, search.max_trace_duration_ns)?;
     let found = engine.search_span_sets(search).await?;
     let traces: Vec<Value> = found
         .iter()
@@ -288,7 +259,7 @@ fn tag_request(p: &Params) -> Result<TagRequest, TempoFailure> {
     // Tempo's `maxStaleValues` tunes its own caches; here every value is exact, so it is read and
     // checked but changes nothing.
     p.integer("maxStaleValues")?;
-    Ok(TagRequest { range: seconds_range(p)?, filter, limit: bounded(p, "limit", DEFAULT_TAG_LIMIT, MAX_TAG_LIMIT)? })
+    Ok(TagRequest { range: seconds_range(p)?, filter, limit: p.bounded("limit", DEFAULT_TAG_LIMIT, MAX_TAG_LIMIT)? })
 }
 
 const TAG_PARAMS: &[&str] = &["scope", "start", "end", "q", "limit", "maxStaleValues"];

@@ -123,7 +123,7 @@ async fn find_traces(State(engine): Engine, raw: RawParams) -> Result<Response, 
     let mut allowed = spellings(FIND_PARAMETERS);
     allowed.dedup();
     let p = Params::new(raw, &allowed)?;
-    let traces = super::found_traces(&engine, find_query(&p)?).await?;
+    let traces = crate::api::peer_answers::found_traces(&engine, find_query(&p)?).await?;
     Ok(json_answer(json!({"result": {"resourceSpans": resource_spans(&traces)}})))
 }
 
