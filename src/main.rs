@@ -2,6 +2,7 @@
 //! orderly shutdown.
 
 mod admin;
+mod browser;
 mod listener;
 
 use std::net::SocketAddr;
@@ -83,6 +84,11 @@ struct ServeArgs {
     /// Grafana's Jaeger data source and Jaeger clients find hopscope where they look for Jaeger.
     #[arg(long, env = "HOPSCOPE_JAEGER_ADDR")]
     jaeger_addr: Option<SocketAddr>,
+    /// Origins allowed to call the API from a browser (CORS), separated by commas, each as the
+    /// browser sends it: `https://grafana.example.com,http://localhost:3000`. None by default:
+    /// cross-origin requests are refused.
+    #[arg(long, env = "HOPSCOPE_CORS_ALLOWED_ORIGINS", value_parser = browser::parse_origins, default_value = "")]
+    cors_allowed_origins: browser::CorsOrigins,
     /// Also receive Zipkin spans (`POST /api/v2/spans`, as on the OTLP/HTTP address) and serve the
     /// HTTP API here, e.g. `0.0.0.0:9411`, Zipkin's port, where Zipkin reporters send by default.
     #[arg(long, env = "HOPSCOPE_ZIPKIN_ADDR")]
@@ -379,6 +385,7 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
         .merge(hopscope_ingest::admin::router(Arc::clone(&ingester)))
         .merge(health_router(Arc::clone(&ready)))
         .merge(metrics_router(registry));
+    let api_app = browser::protect(api_app, args.cors_allowed_origins.clone());
     let Servers { grpc, otlp_http, zipkin, api, jaeger } = serve_listeners(listeners, &ingester, &args, api_app, &stop);
 
     let signal_stop = stop.clone();

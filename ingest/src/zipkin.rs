@@ -25,7 +25,7 @@
 //!
 //! Errors name the field: `spans[3].traceId: expected 16 or 32 hex digits, got "xyz"`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, InstrumentationScope, KeyValue, any_value};
@@ -411,6 +411,7 @@ fn to_otlp(spans: Vec<ZipkinSpan>) -> ExportTraceServiceRequest {
     // (resource attributes, scope name, scope version) → spans, in the order first seen.
     type Group = (Vec<(String, String)>, String, String);
     let mut groups: Vec<(Group, Vec<Span>)> = Vec::new();
+    let mut group_index: HashMap<Group, usize> = HashMap::new();
     for z in spans {
         let mut tags = z.tags;
         let service = z.local.as_ref().map(|e| e.service_name.clone()).filter(|s| !s.is_empty());
@@ -506,26 +507,34 @@ fn to_otlp(spans: Vec<ZipkinSpan>) -> ExportTraceServiceRequest {
             status,
         };
         let key = (resource, scope_name, scope_version);
-        match groups.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, spans)) => spans.push(span),
-            None => groups.push((key, vec![span])),
+        // Indexed, so that a body of many distinct resources costs linear time, not quadratic.
+        match group_index.get(&key) {
+            Some(&i) => groups[i].1.push(span),
+            None => {
+                group_index.insert(key.clone(), groups.len());
+                groups.push((key, vec![span]));
+            }
         }
     }
     let mut by_resource: Vec<ResourceSpans> = Vec::new();
+    let mut resource_index: HashMap<Vec<(String, String)>, usize> = HashMap::new();
     for ((resource, scope_name, scope_version), spans) in groups {
-        let attributes: Vec<KeyValue> = resource.iter().map(|(k, v)| kv(k.clone(), text(v.clone()))).collect();
         let scope_spans = ScopeSpans {
             scope: Some(InstrumentationScope { name: scope_name, version: scope_version, ..Default::default() }),
             spans,
             schema_url: String::new(),
         };
-        match by_resource.iter_mut().find(|r| r.resource.as_ref().is_some_and(|r| r.attributes == attributes)) {
-            Some(r) => r.scope_spans.push(scope_spans),
-            None => by_resource.push(ResourceSpans {
-                resource: Some(Resource { attributes, ..Default::default() }),
-                scope_spans: vec![scope_spans],
-                schema_url: String::new(),
-            }),
+        match resource_index.get(&resource) {
+            Some(&i) => by_resource[i].scope_spans.push(scope_spans),
+            None => {
+                let attributes = resource.iter().map(|(k, v)| kv(k.clone(), text(v.clone()))).collect();
+                resource_index.insert(resource, by_resource.len());
+                by_resource.push(ResourceSpans {
+                    resource: Some(Resource { attributes, ..Default::default() }),
+                    scope_spans: vec![scope_spans],
+                    schema_url: String::new(),
+                });
+            }
         }
     }
     ExportTraceServiceRequest { resource_spans: by_resource }

@@ -359,3 +359,66 @@ async fn a_closed_stderr_stops_neither_maintenance_nor_shutdown() {
     let status = server.terminate();
     assert!(status.success(), "{status}");
 }
+
+/// What a browser is told: every page and answer carries a Content-Security-Policy without inline
+/// scripts, `nosniff` and no framing; cross-origin calls are refused unless their origin is listed
+/// in `--cors-allowed-origins`, and a listed one gets what CORS needs. (The UI's browser test runs
+/// under this policy and fails on any console error, a refused script or style included.)
+#[tokio::test(flavor = "multi_thread")]
+async fn browsers_get_a_content_security_policy_and_cors_only_for_listed_origins() {
+    let grafana = "http://grafana.test:3000";
+    let server = Server::start("browser-headers", &["--cors-allowed-origins", grafana]);
+    let client = reqwest::Client::new();
+    for path in ["/ui/graph", "/api/v1/services", "/api/services", "/api/nothing-here"] {
+        let response = client.get(server.api_url(path)).send().await.unwrap();
+        let headers = response.headers();
+        let csp = headers["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("script-src 'self'") && !csp.contains("script-src 'self' 'unsafe-inline'"), "{csp}");
+        assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+        assert_eq!(headers["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(headers["x-frame-options"], "DENY", "{path}");
+        assert!(!headers.contains_key("access-control-allow-origin"), "{path}: no Origin, no CORS");
+    }
+
+    let with_origin = |origin: &str| client.get(server.api_url("/api/v1/services")).header("origin", origin).send();
+    let listed = with_origin(grafana).await.unwrap();
+    assert_eq!(listed.status(), 200);
+    assert_eq!(listed.headers()["access-control-allow-origin"], grafana);
+    assert_eq!(listed.headers()["vary"], "origin");
+    let other = with_origin("http://evil.test").await.unwrap();
+    assert!(!other.headers().contains_key("access-control-allow-origin"));
+
+    let preflight = |origin: &'static str| {
+        client
+            .request(reqwest::Method::OPTIONS, server.api_url("/api/v1/sql"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type, authorization")
+            .send()
+    };
+    let allowed = preflight("http://grafana.test:3000").await.unwrap();
+    assert_eq!(allowed.status(), 204);
+    assert_eq!(allowed.headers()["access-control-allow-methods"], "GET, POST");
+    assert!(allowed.headers()["access-control-allow-headers"].to_str().unwrap().contains("authorization"));
+    let refused = preflight("http://evil.test").await.unwrap();
+    assert_eq!(refused.status(), 403);
+    let text = refused.text().await.unwrap();
+    assert!(text.contains("origin http://evil.test is not in --cors-allowed-origins"), "{text}");
+    drop(server);
+
+    // Without the flag, every cross-origin preflight is refused, saying how to allow one.
+    let closed = Server::start("browser-no-cors", &[]);
+    let response = reqwest::Client::new()
+        .request(reqwest::Method::OPTIONS, closed.api_url("/api/v1/services"))
+        .header("origin", grafana)
+        .header("access-control-request-method", "GET")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    assert!(response.text().await.unwrap().contains("list it in --cors-allowed-origins"));
+
+    // A malformed origin stops the server at start, naming it.
+    let (ok, _, stderr) = crate::support::hopscope(&["serve", "--cors-allowed-origins", "grafana.test"]);
+    assert!(!ok && stderr.contains("\"grafana.test\" is not an origin"), "{stderr}");
+}

@@ -125,7 +125,8 @@ impl Op {
             Op::Ge => Operator::GtEq,
             Op::Lt => Operator::Lt,
             Op::Le => Operator::LtEq,
-            Op::Match | Op::NotMatch => unreachable!("regular expressions are not binary operators here"),
+            Op::Match => Operator::RegexMatch,
+            Op::NotMatch => Operator::RegexNotMatch,
         }
     }
 
