@@ -43,6 +43,9 @@ pub mod wal;
 pub mod writer;
 pub mod zipkin;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 pub use error::IngestError;
 pub use ingester::{
     Admitted, ExportBody, ExportOutcome, Ingester, IngesterConfig, MaintenancePass, MaintenanceReport, lock_data_dir,

@@ -204,4 +204,23 @@ mod tests {
             assert!(failure.to_string().starts_with("tags: "), "{bad}: {failure}");
         }
     }
+
+    /// Any text given as a duration, tags or a trace id is read or refused, never a panic.
+    #[test]
+    fn fuzz_peer_parameters() {
+        let seeds = [
+            "1h2m3.5s",
+            r#"{"http.status_code":"500","retry":true}"#,
+            r#"a=/b note="q \"x\"" c=1"#,
+            "0af7651916cd43dd",
+        ];
+        let tokens: &[&[u8]] =
+            &[b"=", b"\"", b"\\", b"{", b"}", b"ms", b"\xc2\xb5s", b"h", b".", b"9999999999999999999"];
+        let seeds = seeds.iter().map(|s| s.as_bytes().to_vec()).collect();
+        hopscope_fuzz::run("peer-parameters", seeds, tokens, &|input: &[u8]| {
+            let text = String::from_utf8_lossy(input);
+            let read = [go_duration(&text).is_ok(), tags_param("tags", &text).is_ok(), trace_id(&text).is_ok()];
+            read.contains(&true)
+        });
+    }
 }

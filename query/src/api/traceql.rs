@@ -666,4 +666,58 @@ mod tests {
         let chained = vec!["{}"; 2_000].join(" && ");
         assert!(parse(&chained).unwrap_err().contains("at most 16"));
     }
+
+    /// Any text is parsed or refused with a message, never a panic (`hopscope-fuzz`).
+    #[test]
+    fn fuzz_traceql() {
+        let seeds = [
+            r#"{ span.http.route = "/cart" && duration > 500ms } | count() >= 2"#,
+            r#"{ resource.region =~ "eu-.*" } && ({ status = error } || { kind = server })"#,
+            r#"{ .retries >= -1.5 || span:name != `x` || resource.a = nil } | avg(duration) > 1s"#,
+            "{}",
+        ];
+        let tokens: &[&[u8]] = &[
+            b"{",
+            b"}",
+            b"(",
+            b")",
+            b"&&",
+            b"||",
+            b"|",
+            b"=",
+            b"!=",
+            b"=~",
+            b"!~",
+            b">>",
+            b"~",
+            b"span.",
+            b"resource.",
+            b".",
+            b"duration",
+            b"100ms",
+            b"\"",
+            b"`",
+            b"count()",
+            b"nil",
+            b"error",
+            b"server",
+            b"-1.5",
+            b"span:name",
+            b"trace:duration",
+            b"\\",
+            b"select(",
+            b"\xc2\xb5s",
+        ];
+        let seeds = seeds.iter().map(|q| q.as_bytes().to_vec()).collect();
+        hopscope_fuzz::run("traceql", seeds, tokens, &|input: &[u8]| match parse(&String::from_utf8_lossy(input)) {
+            Ok(query) => {
+                let _ = single_condition(query);
+                true
+            }
+            Err(message) => {
+                assert!(!message.is_empty());
+                false
+            }
+        });
+    }
 }
