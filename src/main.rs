@@ -2,8 +2,10 @@
 //! orderly shutdown.
 
 mod admin;
+mod auth;
 mod browser;
 mod listener;
+mod tenants;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,13 +16,15 @@ use anyhow::Context as _;
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::IntoResponse as _;
 use axum::routing::get;
 use clap::{Args, Parser, Subcommand};
-use hopscope_ingest::{Ingester, IngesterConfig};
+use hopscope_ingest::IngesterConfig;
 use hopscope_query::{QueryConfig, QueryEngine};
 use hopscope_sim::load::LoadArgs;
 use hopscope_sim::simulate::SimulateArgs;
 use prometheus_client::registry::Registry;
+use tenants::{Surface, TenantMode, TenantSettings, Tenants};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -169,6 +173,22 @@ struct ServeArgs {
     /// goes to hopscope_trace_metrics_dropped_total.
     #[arg(long, env = "HOPSCOPE_METRICS_MAX_SERIES", default_value_t = hopscope_ingest::trace_metrics::DEFAULT_MAX_SERIES)]
     metrics_max_series: usize,
+    /// Keep tenants apart: every request names its tenant in the X-Scope-OrgID header (gRPC
+    /// metadata x-scope-orgid) and sees only that tenant's data; a request that names none is
+    /// refused with 401. Each tenant has its own files, write-ahead log, dead letters and
+    /// --max-buffered-bytes. Without it, everything belongs to the tenant `default`.
+    #[arg(long, env = "HOPSCOPE_MULTI_TENANT")]
+    multi_tenant: bool,
+    /// Require tokens: a TOML file listing them by SHA-256, each bound to a tenant and scopes
+    /// (write, read, admin); see README "Tokens". Every request then presents one (`Authorization:
+    /// Bearer`, or as the basic-auth password) and belongs to its tenant. Read again on SIGHUP.
+    #[arg(long, env = "HOPSCOPE_AUTH_CONFIG")]
+    auth_config: Option<PathBuf>,
+    /// With --multi-tenant or --auth-config, the most tenants the server opens; a request naming a new tenant beyond
+    /// it is refused with 403 (tenants already in the data directory are opened at start whatever
+    /// their number).
+    #[arg(long, env = "HOPSCOPE_MAX_TENANTS", default_value_t = 100, value_parser = positive_usize)]
+    max_tenants: usize,
     /// Benchmarks only: write span files without the tables derived from them (traces, edges,
     /// critical paths, findings), to measure what deriving costs.
     #[arg(long, hide = true)]
@@ -357,37 +377,56 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
     if args.discard {
         tracing::warn!("--discard: exports are decoded and validated, then dropped; nothing is stored");
     }
-    let ingester = tokio::task::spawn_blocking(move || Ingester::open(ingest_config))
+    let auth = match &args.auth_config {
+        Some(path) => Some(auth::AuthConfig::load(path).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let data_dir = args.data_dir.clone();
+    let lock = tokio::task::spawn_blocking(move || hopscope_ingest::lock_data_dir(&data_dir))
         .await?
         .with_context(|| format!("opening the data directory {}", args.data_dir.display()))?;
     let engine = Arc::new(QueryEngine::new(&query_config(&args))?);
     let mut registry = Registry::default();
-    ingester.metrics().register(&mut registry);
     engine.register_metrics(&mut registry);
+    let registry = Arc::new(std::sync::Mutex::new(registry));
 
     let (listeners, ui_config) = bind_listeners(&args).await?;
+    let otlp_http_addr = ui_config.otlp_http_addr;
+
+    // Receivers, the API and maintenance stop on `stop` (a receiver that fails cancels it too);
+    // the flushers stop only after the receivers have drained, so that every acknowledged span is
+    // written before exit ([`Tenants::shut_down`]).
+    let stop = CancellationToken::new();
+    // Tokens name their tenants: with them, every request's tenant is its token's.
+    let mode = match args.multi_tenant || auth.is_some() {
+        true => TenantMode::Multi { max_tenants: args.max_tenants },
+        false => TenantMode::Single,
+    };
+    let settings = TenantSettings {
+        ingest: ingest_config,
+        engine,
+        otlp_http_max_body_bytes: args.otlp_http_max_body_bytes,
+        otlp_grpc_max_message_bytes: args.otlp_grpc_max_message_bytes,
+        ui: ui_config,
+    };
+    let tenants = Tenants::open(mode, auth, settings, lock, Arc::clone(&registry), stop.clone())
+        .await
+        .with_context(|| format!("opening the data directory {}", args.data_dir.display()))?;
+    log_listening(&listeners, &args, mode)?;
+    warn_if_exposed(&listeners, &tenants)?;
     if let Some(listening) = listening {
-        let _ = listening.send(ui_config.otlp_http_addr);
+        let _ = listening.send(otlp_http_addr);
     }
 
-    // Receivers and the API stop on `stop` (a receiver that fails cancels it too); the flusher stops
-    // on `flush_stop`, only after both receivers have drained, so that every acknowledged span is
-    // written before exit.
-    let stop = CancellationToken::new();
-    let flush_stop = CancellationToken::new();
     let ready = Arc::new(AtomicBool::new(true));
-    let flusher = supervise_flusher(&ingester, flush_stop.clone());
-    let maintenance = supervise_maintenance(&ingester, stop.clone());
-
     let api_app = Router::new()
-        .merge(hopscope_query::api::router(Arc::clone(&engine)))
-        .merge(hopscope_ui::router(Arc::clone(&engine), ui_config))
-        .merge(hopscope_ingest::admin::router(Arc::clone(&ingester)))
         .merge(health_router(Arc::clone(&ready)))
-        .merge(metrics_router(registry));
+        .merge(metrics_router(registry, Arc::clone(&tenants)))
+        .merge(tenants.routes(Surface::Api).await?);
     let api_app = browser::protect(api_app, args.cors_allowed_origins.clone());
-    let Servers { grpc, otlp_http, zipkin, api, jaeger } = serve_listeners(listeners, &ingester, &args, api_app, &stop);
+    let Servers { grpc, otlp_http, zipkin, api, jaeger } = serve_listeners(listeners, &tenants, api_app, &stop).await?;
 
+    let reloads = reload_on_hangup(Arc::clone(&tenants), stop.clone());
     let signal_stop = stop.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -404,10 +443,8 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
     };
     let (grpc, otlp_http, zipkin) = tokio::join!(grpc, otlp_http, zipkin);
     ready.store(false, Ordering::Release);
-    // The merge in progress finishes (or is left uncommitted, removed at the next start).
-    maintenance.await?;
-    flush_stop.cancel();
-    let flushed = flusher.await?;
+    let flushed = tenants.shut_down().await;
+    reloads.await?;
     let api = api.await?;
     let jaeger = match jaeger {
         Some(jaeger) => jaeger.await?,
@@ -450,23 +487,6 @@ async fn bind_listeners(args: &ServeArgs) -> anyhow::Result<(Listeners, hopscope
         otlp_http_addr: http_listener.local_addr()?,
         otlp_grpc_addr: grpc_listener.local_addr()?,
     };
-    tracing::info!(
-        otlp_grpc = %grpc_listener.local_addr()?,
-        otlp_http = %http_listener.local_addr()?,
-        api = %api_listener.local_addr()?,
-        jaeger = %match &jaeger_listener {
-            Some(listener) => listener.local_addr()?.to_string(),
-            None => "off".to_owned(),
-        },
-        zipkin = %match &zipkin_listener {
-            Some(listener) => listener.local_addr()?.to_string(),
-            None => "off".to_owned(),
-        },
-        data_dir = %args.data_dir.display(),
-        max_connections = listener_limits.max_connections,
-        open_file_limit = descriptors,
-        "hopscope listening"
-    );
     let listeners = Listeners {
         grpc: grpc_listener,
         otlp_http: http_listener,
@@ -474,8 +494,89 @@ async fn bind_listeners(args: &ServeArgs) -> anyhow::Result<(Listeners, hopscope
         jaeger: jaeger_listener,
         zipkin: zipkin_listener,
         limits: listener_limits,
+        open_file_limit: descriptors,
     };
     Ok((listeners, ui_config))
+}
+
+/// Says where the server listens, once it is ready to answer there (tests and scripts wait for
+/// this line).
+fn log_listening(listeners: &Listeners, args: &ServeArgs, tenants: TenantMode) -> anyhow::Result<()> {
+    tracing::info!(
+        otlp_grpc = %listeners.grpc.local_addr()?,
+        otlp_http = %listeners.otlp_http.local_addr()?,
+        api = %listeners.api.local_addr()?,
+        jaeger = %match &listeners.jaeger {
+            Some(listener) => listener.local_addr()?.to_string(),
+            None => "off".to_owned(),
+        },
+        zipkin = %match &listeners.zipkin {
+            Some(listener) => listener.local_addr()?.to_string(),
+            None => "off".to_owned(),
+        },
+        data_dir = %args.data_dir.display(),
+        tenants = match tenants {
+            TenantMode::Single => "single",
+            TenantMode::Multi { .. } => "multi (X-Scope-OrgID)",
+        },
+        max_connections = listeners.limits.max_connections,
+        open_file_limit = listeners.open_file_limit,
+        "hopscope listening"
+    );
+    Ok(())
+}
+
+/// Says loudly, at start, which listeners anyone on the network can reach with no token.
+fn warn_if_exposed(listeners: &Listeners, tenants: &Tenants) -> anyhow::Result<()> {
+    if tenants.requires_tokens() {
+        return Ok(());
+    }
+    let mut exposed =
+        vec![("OTLP/gRPC", &listeners.grpc), ("OTLP/HTTP", &listeners.otlp_http), ("API", &listeners.api)];
+    exposed.extend(listeners.jaeger.iter().map(|l| ("Jaeger query", l)));
+    exposed.extend(listeners.zipkin.iter().map(|l| ("Zipkin", l)));
+    for (what, listener) in exposed {
+        let addr = listener.local_addr()?;
+        if !addr.ip().is_loopback() {
+            tracing::warn!(
+                listener = what,
+                %addr,
+                "listening beyond this machine with no --auth-config: anyone who reaches {addr} can {}",
+                match what {
+                    "OTLP/gRPC" | "OTLP/HTTP" => "send spans",
+                    _ => "read every span and replay dead letters",
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Reads the auth file again on each SIGHUP, until `stop`.
+fn reload_on_hangup(tenants: Arc<Tenants>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(signal) => signal,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGHUP; the auth file is read at start only");
+                    return;
+                }
+            };
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    received = hangups.recv() => match received {
+                        Some(()) => tenants.reload_auth().await,
+                        None => return,
+                    },
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        stop.cancelled().await;
+    })
 }
 
 /// How the ingester stores spans, from the flags.
@@ -522,6 +623,8 @@ struct Listeners {
     /// Zipkin's receiver and the API, on `--zipkin-addr`.
     zipkin: Option<TcpListener>,
     limits: listener::ListenerLimits,
+    /// The process's open-file limit, as raised.
+    open_file_limit: u64,
 }
 
 /// The running servers of the listeners; each ends after `stop`, once its connections have.
@@ -536,17 +639,15 @@ struct Servers {
 /// Serves OTLP/gRPC and OTLP/HTTP (and Zipkin, when asked) into the ingester and `api` on the API
 /// address (and on the Jaeger and Zipkin addresses, when asked) until `stop`; a receiver that fails
 /// stops everything.
-fn serve_listeners(
+async fn serve_listeners(
     listeners: Listeners,
-    ingester: &Arc<Ingester>,
-    args: &ServeArgs,
+    tenants: &Arc<Tenants>,
     api: Router,
     stop: &CancellationToken,
-) -> Servers {
+) -> anyhow::Result<Servers> {
     let limits = listeners.limits;
     let grpc = {
-        let service = hopscope_ingest::grpc::TraceService::new(Arc::clone(ingester), args.otlp_grpc_max_message_bytes);
-        let app = hopscope_ingest::grpc::router(service);
+        let app = tenants.routes(Surface::OtlpGrpc).await?;
         let stop = stop.clone();
         tokio::spawn(async move {
             let _stop_all = stop.clone().drop_guard();
@@ -556,7 +657,7 @@ fn serve_listeners(
         })
     };
     let otlp_http = {
-        let app = hopscope_ingest::http::router(Arc::clone(ingester), args.otlp_http_max_body_bytes);
+        let app = tenants.routes(Surface::OtlpHttp).await?;
         let stop = stop.clone();
         tokio::spawn(async move {
             let _stop_all = stop.clone().drop_guard();
@@ -565,17 +666,21 @@ fn serve_listeners(
                 .context("OTLP/HTTP server")
         })
     };
-    let zipkin = listeners.zipkin.map(|zipkin| {
-        let app = hopscope_ingest::http::zipkin_router(Arc::clone(ingester), args.otlp_http_max_body_bytes)
-            .merge(api.clone());
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let _stop_all = stop.clone().drop_guard();
-            listener::serve(zipkin, "zipkin", listener::Protocol::Http, app, limits, stop)
-                .await
-                .context("Zipkin server")
-        })
-    });
+    let zipkin = match listeners.zipkin {
+        Some(zipkin) => {
+            // Zipkin's receiver (as on the OTLP/HTTP address) and everything the API address serves.
+            let receiver = axum::routing::post_service(tenants.routes(Surface::OtlpHttp).await?);
+            let app = Router::new().route(hopscope_ingest::http::ZIPKIN_PATH, receiver).merge(api.clone());
+            let stop = stop.clone();
+            Some(tokio::spawn(async move {
+                let _stop_all = stop.clone().drop_guard();
+                listener::serve(zipkin, "zipkin", listener::Protocol::Http, app, limits, stop)
+                    .await
+                    .context("Zipkin server")
+            }))
+        }
+        None => None,
+    };
     let jaeger = listeners.jaeger.map(|jaeger| {
         let (api, stop) = (api.clone(), stop.clone());
         tokio::spawn(async move {
@@ -592,7 +697,7 @@ fn serve_listeners(
                 .context("API server")
         })
     };
-    Servers { grpc, otlp_http, zipkin, api, jaeger }
+    Ok(Servers { grpc, otlp_http, zipkin, api, jaeger })
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
@@ -619,13 +724,19 @@ fn health_router(ready: Arc<AtomicBool>) -> Router {
 }
 
 /// The metrics of the whole server, in the OpenMetrics text format.
-fn metrics_router(registry: Registry) -> Router {
+fn metrics_router(registry: Arc<std::sync::Mutex<Registry>>, tenants: Arc<Tenants>) -> Router {
+    type MetricsState = (Arc<std::sync::Mutex<Registry>>, Arc<Tenants>);
     Router::new()
         .route(
             "/metrics",
-            get(|State(registry): State<Arc<Registry>>| async move {
+            get(|State((registry, tenants)): State<MetricsState>, headers: axum::http::HeaderMap| async move {
+                if let Err(e) = tenants.may_read_metrics(&headers) {
+                    return tenants::api_refusal(&e, true);
+                }
                 let mut text = String::new();
-                match prometheus_client::encoding::text::encode(&mut text, &registry) {
+                let encoded =
+                    prometheus_client::encoding::text::encode(&mut text, &registry.lock().expect("registry lock"));
+                match encoded {
                     Ok(()) => (
                         StatusCode::OK,
                         [(
@@ -633,63 +744,22 @@ fn metrics_router(registry: Registry) -> Router {
                             "application/openmetrics-text; version=1.0.0; charset=utf-8",
                         )],
                         text,
-                    ),
+                    )
+                        .into_response(),
                     Err(e) => (
                         StatusCode::INTERNAL_SERVER_ERROR,
                         [(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
                         format!("encoding the metrics failed: {e}\n"),
-                    ),
+                    )
+                        .into_response(),
                 }
             }),
         )
-        .with_state(Arc::new(registry))
-}
-
-/// How long a failed maintenance task waits before it is started again.
-const MAINTENANCE_RESTART_DELAY: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Runs the maintenance task (compaction, retention), starting it again if it fails unexpectedly,
-/// until `stop` is cancelled.
-fn supervise_maintenance(ingester: &Arc<Ingester>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
-    let ingester = Arc::clone(ingester);
-    tokio::spawn(async move {
-        loop {
-            match ingester.spawn_maintenance(stop.clone()).await {
-                Ok(()) => return,
-                Err(e) => {
-                    tracing::error!(error = %e, "the maintenance task failed; starting it again");
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(MAINTENANCE_RESTART_DELAY) => {}
-                    }
-                }
-            }
-        }
-    })
-}
-
-/// Runs the flusher. If it fails unexpectedly, what it was writing may be half done, so the
-/// process stops at once, loudly: every acknowledged span is in the write-ahead log, and the next
-/// start writes it.
-fn supervise_flusher(
-    ingester: &Arc<Ingester>,
-    stop: CancellationToken,
-) -> tokio::task::JoinHandle<Result<(), hopscope_ingest::IngestError>> {
-    let flusher = ingester.spawn_flusher(stop);
-    tokio::spawn(async move {
-        match flusher.await {
-            Ok(result) => result,
-            Err(e) => {
-                tracing::error!(error = %e, "the flusher failed; stopping so that the next start replays the write-ahead log");
-                eprintln_lossy(&format!("hopscope: the flusher failed ({e}); exiting"));
-                std::process::exit(70);
-            }
-        }
-    })
+        .with_state((registry, tenants))
 }
 
 /// Writes a line to standard error, if it can.
-fn eprintln_lossy(line: &str) {
+pub(crate) fn eprintln_lossy(line: &str) {
     use std::io::Write as _;
     let _ = writeln!(std::io::stderr(), "{line}");
 }

@@ -24,13 +24,16 @@ use crate::IngestError;
 use crate::dead_letter::DeadLetter;
 use crate::ingester::Ingester;
 
+/// The path under which the dead-letter routes live.
+pub const DEAD_LETTERS_PATH: &str = "/api/v1/dead-letters";
+
 /// The dead-letter routes.
 pub fn router(ingester: Arc<Ingester>) -> Router {
     Router::new()
-        .route("/api/v1/dead-letters", get(list))
-        .route("/api/v1/dead-letters/replay", post(replay_all))
-        .route("/api/v1/dead-letters/{id}", get(show).delete(purge))
-        .route("/api/v1/dead-letters/{id}/replay", post(replay))
+        .route(DEAD_LETTERS_PATH, get(list))
+        .route(&format!("{DEAD_LETTERS_PATH}/replay"), post(replay_all))
+        .route(&format!("{DEAD_LETTERS_PATH}/{{id}}"), get(show).delete(purge))
+        .route(&format!("{DEAD_LETTERS_PATH}/{{id}}/replay"), post(replay))
         .method_not_allowed_fallback(wrong_method)
         .with_state(ingester)
 }

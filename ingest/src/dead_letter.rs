@@ -32,7 +32,7 @@ use crate::record::{decode_batch, encode_batch};
 pub const MAX_WRITE_ATTEMPTS: u32 = 3;
 
 /// The directory name under the data directory.
-pub const DIR_NAME: &str = "dead-letters";
+pub const DIR_NAME: &str = hopscope_schemas::layout::DEAD_LETTERS_DIR;
 
 /// What an entry holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

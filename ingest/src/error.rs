@@ -54,6 +54,17 @@ pub enum IngestError {
     /// A background task panicked or was cancelled.
     #[error("internal task failed: {0}")]
     Task(String),
+    /// A request that does not say who sends it: no tenant where every request names one
+    /// (`--multi-tenant`), or no valid token where tokens are required (`--auth-config`).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A tenant id that cannot be one (see `hopscope_schemas::layout::validate_tenant`).
+    #[error("{0}")]
+    BadTenant(String),
+    /// A request its sender may not make: a token without the scope, a tenant header that
+    /// contradicts the token's tenant, a new tenant beyond `--max-tenants`.
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 impl IngestError {
@@ -82,6 +93,9 @@ impl IngestError {
             IngestError::TooLarge { .. } => S::PAYLOAD_TOO_LARGE,
             IngestError::DeadLetterNotFound(_) | IngestError::NotServed(_) => S::NOT_FOUND,
             IngestError::NotReplayable(_) => S::CONFLICT,
+            IngestError::Unauthenticated(_) => S::UNAUTHORIZED,
+            IngestError::BadTenant(_) => S::BAD_REQUEST,
+            IngestError::Forbidden(_) => S::FORBIDDEN,
             IngestError::Overloaded { .. }
             | IngestError::ShuttingDown
             | IngestError::DataDirInUse(_)
@@ -116,6 +130,9 @@ impl IngestError {
             IngestError::DeadLetterNotFound(_) => C::NotFound,
             IngestError::NotServed(_) => C::Unimplemented,
             IngestError::NotReplayable(_) => C::FailedPrecondition,
+            IngestError::Unauthenticated(_) => C::Unauthenticated,
+            IngestError::BadTenant(_) => C::InvalidArgument,
+            IngestError::Forbidden(_) => C::PermissionDenied,
             IngestError::Overloaded { .. }
             | IngestError::ShuttingDown
             | IngestError::DataDirInUse(_)

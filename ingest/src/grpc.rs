@@ -64,6 +64,12 @@ async fn not_served(uri: http::Uri) -> http::Response<axum::body::Body> {
     Status::unimplemented(message).into_http()
 }
 
+/// The answer to a call refused before it reached an ingester (e.g. for its tenant): the gRPC
+/// status of `e`.
+pub fn refusal(e: &IngestError) -> http::Response<axum::body::Body> {
+    Status::new(e.grpc_code(), e.to_string()).into_http()
+}
+
 impl NamedService for TraceService {
     const NAME: &'static str = SERVICE_NAME;
 }

@@ -1,6 +1,6 @@
 //! The OTLP/HTTP receiver: `POST /v1/traces` with protobuf or JSON bodies, gzip or not; and
-//! Zipkin's `POST /api/v2/spans` (JSON or proto3, see [`crate::zipkin`]) on the same address and,
-//! with [`zipkin_router`], on Zipkin's own (`--zipkin-addr`).
+//! Zipkin's `POST /api/v2/spans` (JSON or proto3, see [`crate::zipkin`]) on the same address (and,
+//! routed there by the server, on Zipkin's own, `--zipkin-addr`).
 //!
 //! Answers follow the OTLP/HTTP specification: the response uses the request's content type; a
 //! partial success names the rejected spans; errors carry a `google.rpc.Status` body; retryable
@@ -51,15 +51,6 @@ pub fn router(ingester: Arc<Ingester>, max_body_bytes: usize) -> Router {
         .with_state(HttpState { ingester, max_body_bytes })
 }
 
-/// Zipkin's receiving route alone (`POST /api/v2/spans`), to be served beside the query API on
-/// Zipkin's address; limits as for [`router`].
-pub fn zipkin_router(ingester: Arc<Ingester>, max_body_bytes: usize) -> Router {
-    Router::new()
-        .route(ZIPKIN_PATH, post(zipkin_export))
-        .layer(DefaultBodyLimit::disable())
-        .with_state(HttpState { ingester, max_body_bytes })
-}
-
 /// The OTLP/HTTP paths of the signals hopscope does not store, with their names.
 pub(crate) const OTHER_SIGNALS: [(&str, &str); 3] =
     [("/v1/metrics", "metrics"), ("/v1/logs", "logs"), ("/v1development/profiles", "profiles")];
@@ -106,6 +97,13 @@ async fn wrong_method(uri: Uri, headers: HeaderMap) -> Response {
 fn answer_format(headers: &HeaderMap) -> BodyFormat {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     BodyFormat::from_content_type(content_type).unwrap_or(BodyFormat::Json)
+}
+
+/// The answer to a request refused before it reached an ingester (e.g. for its tenant), in the
+/// request's format, as OTLP/HTTP and Zipkin clients read errors.
+pub fn refusal(e: &IngestError, headers: &HeaderMap) -> Response {
+    let message = e.to_string();
+    with_reason(error_response(e, answer_format(headers)), message)
 }
 
 /// `google.rpc.Status`, the body of OTLP/HTTP error responses.

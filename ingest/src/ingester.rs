@@ -118,7 +118,7 @@ pub struct ExportOutcome {
 /// another process has it. Held until the returned file is dropped.
 pub fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, IngestError> {
     std::fs::create_dir_all(data_dir).map_err(IngestError::io(format!("creating {}", data_dir.display())))?;
-    let path = data_dir.join("LOCK");
+    let path = data_dir.join(layout::LOCK_FILE);
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -176,8 +176,9 @@ impl ExportBody {
 #[derive(Debug)]
 pub struct Ingester {
     config: IngesterConfig,
-    /// Held for the life of the ingester: one process per data directory.
-    _lock: std::fs::File,
+    /// Held for the life of the ingester (shared by the tenants of one server): one process per
+    /// data directory.
+    _lock: Arc<std::fs::File>,
     manifest: Arc<ManifestStore>,
     wal: Arc<Wal>,
     buffer: Arc<Mutex<TraceBuffer>>,
@@ -204,11 +205,18 @@ impl Ingester {
     /// spans that are already in committed files. Blocking I/O: call it before serving or from
     /// `spawn_blocking`.
     pub fn open(config: IngesterConfig) -> Result<Arc<Self>, IngestError> {
-        let lock = lock_data_dir(&config.data_dir)?;
+        let lock = Arc::new(lock_data_dir(&config.data_dir)?);
+        Self::open_locked(config, lock)
+    }
+
+    /// [`Self::open`] for one tenant of a data directory whose lock the caller took
+    /// ([`lock_data_dir`]) and shares between the tenants it opens.
+    pub fn open_locked(config: IngesterConfig, lock: Arc<std::fs::File>) -> Result<Arc<Self>, IngestError> {
         let manifest = Arc::new(ManifestStore::open(&config.data_dir, &config.tenant)?);
         let committed = manifest.snapshot();
-        let wal_dir = config.data_dir.join("wal");
-        let dead_letters = DeadLetterStore::new(&config.data_dir);
+        let state_dir = layout::tenant_state_dir(&config.data_dir, &config.tenant);
+        let wal_dir = state_dir.join(layout::WAL_DIR);
+        let dead_letters = DeadLetterStore::new(&state_dir);
         let replayed = wal::replay(&wal_dir, committed.wal_floor, &config.limits)?;
         for damage in &replayed.damaged {
             let entry = dead_letters.put_wal_damage(damage.segment, damage.offset, &damage.bytes, &damage.reason)?;

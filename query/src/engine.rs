@@ -106,7 +106,8 @@ pub struct QueryEngine {
     ctx: SessionContext,
     limits: QueryLimits,
     pool: Arc<dyn MemoryPool>,
-    runtime: QueryRuntime,
+    config: QueryConfig,
+    runtime: Arc<QueryRuntime>,
     admission: Admission,
     metrics: Arc<QueryMetrics>,
 }
@@ -208,6 +209,34 @@ fn register_derived_tables(
     Ok(())
 }
 
+/// The session of one tenant's queries: its tables, functions and guards, over `pool`.
+fn session(
+    config: &QueryConfig,
+    pool: &Arc<dyn MemoryPool>,
+    metrics: &Arc<QueryMetrics>,
+) -> Result<SessionContext, QueryError> {
+    let runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::clone(pool)).build_arc()?;
+    let session = SessionConfig::new()
+        .with_target_partitions(config.target_partitions.max(1))
+        .with_batch_size(config.batch_size.max(1))
+        .with_information_schema(true);
+    let state = SessionStateBuilder::new()
+        .with_config(session)
+        .with_runtime_env(runtime)
+        .with_default_features()
+        .with_physical_optimizer_rule(Arc::new(BoundedOperators))
+        .with_physical_optimizer_rule(Arc::new(MeteredScans(Arc::clone(metrics))))
+        .build();
+    let ctx = SessionContext::new_with_state(state);
+    let manifest = Arc::new(ManifestReader::new(&config.data_dir, &config.tenant));
+    let spans = Arc::new(SpansTable::new(manifest));
+    ctx.register_table(tables::SPANS, Arc::clone(&spans) as _)?;
+    register_derived_tables(&ctx, &spans, config.read_derived)?;
+    crate::functions::register(&ctx);
+    crate::guards::charge_string_builders(&ctx, pool);
+    Ok(ctx)
+}
+
 impl std::fmt::Debug for QueryEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QueryEngine").field("session_id", &self.ctx.session_id()).finish()
@@ -221,25 +250,6 @@ impl QueryEngine {
             FairSpillPool::new(config.memory_limit_bytes),
             NonZeroUsize::new(5).expect("non-zero"),
         ));
-        let runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::clone(&pool)).build_arc()?;
-        let session = SessionConfig::new()
-            .with_target_partitions(config.target_partitions.max(1))
-            .with_batch_size(config.batch_size.max(1))
-            .with_information_schema(true);
-        let state = SessionStateBuilder::new()
-            .with_config(session)
-            .with_runtime_env(runtime)
-            .with_default_features()
-            .with_physical_optimizer_rule(Arc::new(BoundedOperators))
-            .with_physical_optimizer_rule(Arc::new(MeteredScans(Arc::clone(&metrics))))
-            .build();
-        let ctx = SessionContext::new_with_state(state);
-        let manifest = Arc::new(ManifestReader::new(&config.data_dir, &config.tenant));
-        let spans = Arc::new(SpansTable::new(manifest));
-        ctx.register_table(tables::SPANS, Arc::clone(&spans) as _)?;
-        register_derived_tables(&ctx, &spans, config.read_derived)?;
-        crate::functions::register(&ctx);
-        crate::guards::charge_string_builders(&ctx, &pool);
         let limits = QueryLimits {
             timeout: config.timeout,
             max_rows: config.max_rows,
@@ -247,12 +257,30 @@ impl QueryEngine {
             memory_limit_bytes: config.memory_limit_bytes,
         };
         Ok(Self {
-            ctx,
+            ctx: session(config, &pool, &metrics)?,
+            config: config.clone(),
             limits,
             pool,
-            runtime: QueryRuntime::new(config.target_partitions)?,
+            runtime: Arc::new(QueryRuntime::new(config.target_partitions)?),
             admission: Admission::new(config.max_concurrent, config.admission_wait),
             metrics,
+        })
+    }
+
+    /// An engine over `tenant`'s data that shares this one's threads, memory pool, limits and
+    /// metrics: every tenant's queries together stay within `memory_limit_bytes`, while each
+    /// tenant has `max_concurrent` turns of its own, so that one tenant's queries never keep
+    /// another's waiting.
+    pub fn for_tenant(&self, tenant: &str) -> Result<Self, QueryError> {
+        let config = QueryConfig { tenant: tenant.to_owned(), ..self.config.clone() };
+        Ok(Self {
+            ctx: session(&config, &self.pool, &self.metrics)?,
+            admission: Admission::new(config.max_concurrent, config.admission_wait),
+            config,
+            limits: self.limits,
+            pool: Arc::clone(&self.pool),
+            runtime: Arc::clone(&self.runtime),
+            metrics: Arc::clone(&self.metrics),
         })
     }
 

@@ -5,7 +5,15 @@
 //! <data-dir>/<tenant>/spans/<yyyy-mm-dd>/<hh>/<file-id>.parquet  span files
 //! <data-dir>/<tenant>/<table>/<yyyy-mm-dd>/<hh>/<file-id>.parquet  what was derived from that
 //!                                                                span file, one per derived table
+//! <data-dir>/LOCK                                                held by the running server
+//! <data-dir>/wal/, <data-dir>/dead-letters/                      the default tenant's write-ahead
+//!                                                                log and dead letters
+//! <data-dir>/<tenant>/wal/, <data-dir>/<tenant>/dead-letters/    every other tenant's
 //! ```
+//!
+//! The default tenant's log and dead letters stay where they were before tenants existed, so a data
+//! directory written then opens unchanged; their names are therefore not tenant ids
+//! ([`validate_tenant`]).
 
 use std::path::{Path, PathBuf};
 
@@ -78,6 +86,46 @@ pub fn rederived_file_relative_path(table: &str, span_relative: &str, derivation
     format!("{stem}.v{derivation}.parquet")
 }
 
+/// The directory of the write-ahead log, under [`tenant_state_dir`].
+pub const WAL_DIR: &str = "wal";
+
+/// The directory of the dead letters, under [`tenant_state_dir`].
+pub const DEAD_LETTERS_DIR: &str = "dead-letters";
+
+/// The data directory's lock file, held by the process that writes it.
+pub const LOCK_FILE: &str = "LOCK";
+
+/// The longest tenant id, in bytes (Tempo's and Mimir's bound on `X-Scope-OrgID`).
+pub const MAX_TENANT_BYTES: usize = 150;
+
+/// Whether `tenant` can name a tenant: letters, digits, `-`, `_` and `.`, at most
+/// [`MAX_TENANT_BYTES`] bytes, not `.` or `..`, and none of the names the data directory itself
+/// uses beside tenant directories. The error says what is wrong.
+pub fn validate_tenant(tenant: &str) -> Result<(), String> {
+    if tenant.is_empty() {
+        return Err("a tenant id must not be empty".to_owned());
+    }
+    if tenant.len() > MAX_TENANT_BYTES {
+        return Err(format!("a tenant id has at most {MAX_TENANT_BYTES} bytes; this one has {}", tenant.len()));
+    }
+    if let Some(c) = tenant.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
+        return Err(format!("a tenant id holds letters, digits, '-', '_' and '.' only; {tenant:?} holds {c:?}"));
+    }
+    if tenant == "." || tenant == ".." {
+        return Err(format!("{tenant:?} cannot be a tenant id"));
+    }
+    if [WAL_DIR, DEAD_LETTERS_DIR, LOCK_FILE].contains(&tenant) {
+        return Err(format!("{tenant:?} is a name the data directory uses itself; choose another tenant id"));
+    }
+    Ok(())
+}
+
+/// Where a tenant's write-ahead log and dead letters live: the data directory for the default
+/// tenant (where they always were), the tenant's directory for every other.
+pub fn tenant_state_dir(data_dir: &Path, tenant: &str) -> PathBuf {
+    if tenant == DEFAULT_TENANT { data_dir.to_owned() } else { tenant_dir(data_dir, tenant) }
+}
+
 /// The directory holding one tenant's data.
 pub fn tenant_dir(data_dir: &Path, tenant: &str) -> PathBuf {
     data_dir.join(tenant)
@@ -104,6 +152,18 @@ mod tests {
         let spans = span_file_relative_path(0, "f");
         assert_eq!(spans, "spans/1970-01-01/00/f.parquet");
         assert_eq!(derived_file_relative_path(EDGES_TABLE, &spans), "edges/1970-01-01/00/f.parquet");
+    }
+
+    #[test]
+    fn tenant_ids_are_checked_before_they_become_paths() {
+        for good in ["default", "team-a", "a.b_c", "T1", &"x".repeat(MAX_TENANT_BYTES)] {
+            assert_eq!(validate_tenant(good), Ok(()), "{good}");
+        }
+        for bad in ["", ".", "..", "a/b", "../x", "a b", "é", "wal", "dead-letters", "LOCK", &"x".repeat(151)] {
+            assert!(validate_tenant(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(tenant_state_dir(Path::new("/d"), DEFAULT_TENANT), PathBuf::from("/d"));
+        assert_eq!(tenant_state_dir(Path::new("/d"), "a"), PathBuf::from("/d/a"));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 """Sends one small trace through each official OpenTelemetry Python OTLP exporter (gRPC and
-HTTP/protobuf) and prints {"grpc": trace_id, "http": trace_id} as JSON."""
+HTTP/protobuf), as a tenant and with a token when --tenant and --token say so, and prints {"grpc": trace_id, "http": trace_id} as JSON."""
 
 import argparse
 import json
@@ -35,10 +35,18 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--grpc", required=True, help="OTLP/gRPC endpoint, e.g. http://127.0.0.1:4317")
     parser.add_argument("--http", required=True, help="OTLP/HTTP traces URL, e.g. http://127.0.0.1:4318/v1/traces")
+    parser.add_argument("--tenant", help="the tenant to send as, in the X-Scope-OrgID header")
+    parser.add_argument("--token", help="a token to present, as Authorization: Bearer")
     args = parser.parse_args()
+    headers = {}
+    if args.tenant:
+        headers["x-scope-orgid"] = args.tenant
+    if args.token:
+        headers["authorization"] = f"Bearer {args.token}"
+    headers = headers or None
     sent = {
-        "grpc": send("grpc", GrpcExporter(endpoint=args.grpc, insecure=True, timeout=30)),
-        "http": send("http", HttpExporter(endpoint=args.http, timeout=30)),
+        "grpc": send("grpc", GrpcExporter(endpoint=args.grpc, insecure=True, timeout=30, headers=headers)),
+        "http": send("http", HttpExporter(endpoint=args.http, timeout=30, headers=headers)),
     }
     print(json.dumps(sent))
 

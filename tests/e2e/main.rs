@@ -21,5 +21,6 @@ mod roundtrip;
 mod simulator;
 mod support;
 mod tempo_search;
+mod tenants;
 mod ui;
 mod zipkin;

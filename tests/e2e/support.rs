@@ -306,7 +306,12 @@ pub(crate) fn request_for(service: &str, spans: Vec<Span>) -> ExportTraceService
 
 /// The span files on disk under a data directory's default tenant.
 pub(crate) fn span_files(data_dir: &Path) -> Vec<PathBuf> {
-    parquet_files(&data_dir.join("default/spans"))
+    tenant_span_files(data_dir, "default")
+}
+
+/// The span files on disk under one tenant of a data directory.
+pub(crate) fn tenant_span_files(data_dir: &Path, tenant: &str) -> Vec<PathBuf> {
+    parquet_files(&data_dir.join(tenant).join("spans"))
 }
 
 /// The derived files (every derived table's) on disk under a data directory's default tenant.

@@ -1,0 +1,439 @@
+//! Tenants: which tenant a request belongs to, and each tenant's ingester, query engine, routes and
+//! background tasks.
+//!
+//! Without `--multi-tenant` or `--auth-config` there is one tenant, `default`, opened at start, and
+//! its routes are served as they are. With `--multi-tenant`, every request names its tenant in the
+//! `X-Scope-OrgID` header (gRPC metadata `x-scope-orgid`), as Tempo, Mimir and Loki expect; with
+//! `--auth-config`, every request presents a token, whose tenant it is ([`crate::auth`]). A tenant
+//! is opened the first time a request names it (and at start, when the data directory holds its data), and the request is
+//! handed to that tenant's routes. A tenant's span files, derived tables, manifest, write-ahead log
+//! and dead letters are its own (see `hopscope_schemas::layout`), its queries see only its tables,
+//! and its buffer has a `--max-buffered-bytes` of its own, so that one tenant's flood is refused
+//! without slowing another. Queries of all tenants share the query threads and memory pool, each
+//! tenant with its own `--query-max-concurrent` turns.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use hopscope_ingest::{IngestError, Ingester, IngesterConfig};
+use hopscope_query::QueryEngine;
+use hopscope_schemas::layout;
+use prometheus_client::registry::Registry;
+use tokio::sync::{OnceCell, RwLock};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
+
+use crate::auth::{AuthConfig, Scope};
+
+/// The header (and gRPC metadata key) that names a request's tenant.
+pub(crate) const TENANT_HEADER: &str = "x-scope-orgid";
+
+/// Whether requests name their tenant.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum TenantMode {
+    /// Everything belongs to the default tenant; `X-Scope-OrgID` is ignored.
+    Single,
+    /// Every request names its tenant (by its token when tokens are required); at most
+    /// `max_tenants` are opened (those already in the data directory at start are opened whatever
+    /// their number).
+    Multi { max_tenants: usize },
+}
+
+/// What every tenant is opened with.
+pub(crate) struct TenantSettings {
+    /// The ingester's configuration, its tenant replaced by each tenant's.
+    pub(crate) ingest: IngesterConfig,
+    /// The query engine whose threads, memory pool and metrics every tenant's engine shares; it is
+    /// the default tenant's own.
+    pub(crate) engine: Arc<QueryEngine>,
+    pub(crate) otlp_http_max_body_bytes: usize,
+    pub(crate) otlp_grpc_max_message_bytes: usize,
+    pub(crate) ui: hopscope_ui::UiConfig,
+}
+
+/// The listeners' kinds of routes, each of which every tenant has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Surface {
+    /// The HTTP API, the UI and the dead-letter routes (the API address and `--jaeger-addr`).
+    Api,
+    /// OTLP/HTTP and Zipkin's receiver (also on `--zipkin-addr`).
+    OtlpHttp,
+    /// OTLP/gRPC.
+    OtlpGrpc,
+}
+
+/// One open tenant.
+struct Tenant {
+    api: Router,
+    otlp_http: Router,
+    otlp_grpc: Router,
+}
+
+impl Tenant {
+    fn routes(&self, surface: Surface) -> Router {
+        match surface {
+            Surface::Api => self.api.clone(),
+            Surface::OtlpHttp => self.otlp_http.clone(),
+            Surface::OtlpGrpc => self.otlp_grpc.clone(),
+        }
+    }
+}
+
+/// A tenant's background tasks, awaited at shutdown.
+struct TenantTasks {
+    tenant: String,
+    flusher: JoinHandle<Result<(), IngestError>>,
+    maintenance: JoinHandle<()>,
+}
+
+/// The open tenants of a server, and the tenants it may still open.
+pub(crate) struct Tenants {
+    mode: TenantMode,
+    /// The tokens, when `--auth-config` requires them (read again on SIGHUP).
+    auth: Mutex<Option<Arc<AuthConfig>>>,
+    settings: TenantSettings,
+    lock: Arc<std::fs::File>,
+    registry: Arc<Mutex<Registry>>,
+    opened: Mutex<HashMap<String, Arc<OnceCell<Arc<Tenant>>>>>,
+    tasks: Mutex<Vec<TenantTasks>>,
+    /// `true` once shut down; opening a tenant holds it for reading, so that shutting down waits for
+    /// opens in progress and then sees every tenant's tasks.
+    closed: RwLock<bool>,
+    /// Stops the maintenance tasks (with the receivers).
+    stop: CancellationToken,
+    /// Stops the flushers, once the receivers have drained.
+    flush_stop: CancellationToken,
+}
+
+impl Tenants {
+    /// Opens the tenants whose data the data directory (whose `lock` the caller took) holds: the
+    /// default tenant always in single-tenant mode, every tenant with a manifest or a write-ahead
+    /// log in multi-tenant mode (so that what they were sent before a restart is written).
+    pub(crate) async fn open(
+        mode: TenantMode,
+        auth: Option<AuthConfig>,
+        settings: TenantSettings,
+        lock: std::fs::File,
+        registry: Arc<Mutex<Registry>>,
+        stop: CancellationToken,
+    ) -> anyhow::Result<Arc<Self>> {
+        let data_dir = settings.ingest.data_dir.clone();
+        let existing = tokio::task::spawn_blocking(move || stored_tenants(&data_dir)).await??;
+        let tenants = Arc::new(Self {
+            mode,
+            auth: Mutex::new(auth.map(Arc::new)),
+            settings,
+            lock: Arc::new(lock),
+            registry,
+            opened: Mutex::new(HashMap::new()),
+            tasks: Mutex::new(Vec::new()),
+            closed: RwLock::new(false),
+            stop,
+            flush_stop: CancellationToken::new(),
+        });
+        let at_start = match mode {
+            TenantMode::Single => vec![layout::DEFAULT_TENANT.to_owned()],
+            TenantMode::Multi { .. } => existing,
+        };
+        for tenant in at_start {
+            tenants.tenant(&tenant, true).await?;
+        }
+        Ok(tenants)
+    }
+
+    /// The routes a listener serves for `surface`: the default tenant's own in single-tenant mode;
+    /// in multi-tenant mode, routes that hand each request to its tenant's.
+    pub(crate) async fn routes(self: &Arc<Self>, surface: Surface) -> anyhow::Result<Router> {
+        Ok(match self.mode {
+            TenantMode::Single => self.tenant(layout::DEFAULT_TENANT, true).await?.routes(surface),
+            TenantMode::Multi { .. } => Router::new().fallback(dispatch).with_state((Arc::clone(self), surface)),
+        })
+    }
+
+    /// Reads the auth file again (SIGHUP): the new tokens apply to the next request; a file that
+    /// does not load leaves the tokens as they were, and says why.
+    pub(crate) async fn reload_auth(&self) {
+        let Some(path) = self.auth.lock().expect("auth lock").as_ref().map(|a| a.path().to_owned()) else { return };
+        match tokio::task::spawn_blocking(move || AuthConfig::load(&path)).await {
+            Ok(Ok(auth)) => {
+                tracing::info!(path = %auth.path().display(), tokens = auth.tokens(), "auth file reloaded");
+                *self.auth.lock().expect("auth lock") = Some(Arc::new(auth));
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "the auth file was not reloaded; the tokens read before still apply")
+            }
+            Err(e) => tracing::error!(error = %e, "reloading the auth file failed"),
+        }
+    }
+
+    /// Whether requests must present tokens.
+    pub(crate) fn requires_tokens(&self) -> bool {
+        self.auth.lock().expect("auth lock").is_some()
+    }
+
+    /// Checks that a request to `/metrics` presents a token with the `admin` scope, when tokens are
+    /// required.
+    pub(crate) fn may_read_metrics(&self, headers: &http::HeaderMap) -> Result<(), IngestError> {
+        match self.auth.lock().expect("auth lock").clone() {
+            Some(auth) => auth.authorize(headers, Scope::Admin).map(drop),
+            None => Ok(()),
+        }
+    }
+
+    /// The tenant a request belongs to, checked: its token's when tokens are required (with the
+    /// scope `surface` and `path` need), else the one `X-Scope-OrgID` names.
+    fn tenant_of(&self, headers: &http::HeaderMap, surface: Surface, path: &str) -> Result<String, IngestError> {
+        if let TenantMode::Single = self.mode {
+            return Ok(layout::DEFAULT_TENANT.to_owned());
+        }
+        let named = headers.get(TENANT_HEADER).map(named_tenant).transpose()?;
+        let auth = self.auth.lock().expect("auth lock").clone();
+        if let Some(auth) = auth {
+            let tenant = auth.authorize(headers, scope_of(surface, path))?;
+            return match named {
+                Some(named) if named != tenant => Err(IngestError::Forbidden(format!(
+                    "X-Scope-OrgID names tenant {named:?}, but the token is tenant {tenant:?}'s"
+                ))),
+                _ => Ok(tenant.to_owned()),
+            };
+        }
+        named.ok_or_else(|| {
+            IngestError::Unauthenticated(
+                "no tenant named: this server keeps tenants apart (--multi-tenant), so every request names its tenant \
+                 in the X-Scope-OrgID header (gRPC metadata x-scope-orgid)"
+                    .to_owned(),
+            )
+        })
+    }
+
+    /// The open tenant `id`, opened now if it is not (`existing`: its data is in the data
+    /// directory, and the tenant bound does not apply).
+    async fn tenant(&self, id: &str, existing: bool) -> Result<Arc<Tenant>, IngestError> {
+        let closed = self.closed.read().await;
+        if *closed {
+            return Err(IngestError::ShuttingDown);
+        }
+        let cell = {
+            let mut opened = self.opened.lock().expect("tenants lock");
+            match opened.get(id) {
+                Some(cell) => Arc::clone(cell),
+                None => {
+                    if let TenantMode::Multi { max_tenants } = self.mode
+                        && !existing
+                        && opened.len() >= max_tenants
+                    {
+                        return Err(IngestError::Forbidden(format!(
+                            "tenant {id:?} is new, and this server already holds its limit of {max_tenants} tenants \
+                             (--max-tenants)"
+                        )));
+                    }
+                    Arc::clone(opened.entry(id.to_owned()).or_default())
+                }
+            }
+        };
+        let opening = cell.get_or_try_init(|| self.open_tenant(id)).await.cloned();
+        if opening.is_err() {
+            // Tried again by the next request; it holds no place under the bound meanwhile.
+            let mut opened = self.opened.lock().expect("tenants lock");
+            if opened.get(id).is_some_and(|c| c.get().is_none()) {
+                opened.remove(id);
+            }
+        }
+        drop(closed);
+        opening
+    }
+
+    async fn open_tenant(&self, id: &str) -> Result<Arc<Tenant>, IngestError> {
+        let config = IngesterConfig { tenant: id.to_owned(), ..self.settings.ingest.clone() };
+        let lock = Arc::clone(&self.lock);
+        let ingester = tokio::task::spawn_blocking(move || Ingester::open_locked(config, lock))
+            .await
+            .map_err(|e| IngestError::Task(e.to_string()))??;
+        let engine = if id == layout::DEFAULT_TENANT {
+            Arc::clone(&self.settings.engine)
+        } else {
+            Arc::new(
+                self.settings
+                    .engine
+                    .for_tenant(id)
+                    .map_err(|e| IngestError::Task(format!("the query engine of tenant {id:?}: {e}")))?,
+            )
+        };
+        {
+            let mut registry = self.registry.lock().expect("metrics registry lock");
+            match self.mode {
+                TenantMode::Single => ingester.metrics().register(&mut registry),
+                TenantMode::Multi { .. } => ingester
+                    .metrics()
+                    .register(registry.sub_registry_with_label((Cow::Borrowed("tenant"), Cow::Owned(id.to_owned())))),
+            }
+        }
+        self.tasks.lock().expect("tenant tasks lock").push(TenantTasks {
+            tenant: id.to_owned(),
+            flusher: supervise_flusher(&ingester, self.flush_stop.clone()),
+            maintenance: supervise_maintenance(&ingester, self.stop.clone()),
+        });
+        let settings = &self.settings;
+        let api = Router::new()
+            .merge(hopscope_query::api::router(Arc::clone(&engine)))
+            .merge(hopscope_ui::router(engine, settings.ui.clone()))
+            .merge(hopscope_ingest::admin::router(Arc::clone(&ingester)));
+        let grpc =
+            hopscope_ingest::grpc::TraceService::new(Arc::clone(&ingester), settings.otlp_grpc_max_message_bytes);
+        if let TenantMode::Multi { .. } = self.mode {
+            tracing::info!(tenant = id, "tenant opened");
+        }
+        Ok(Arc::new(Tenant {
+            api,
+            otlp_http: hopscope_ingest::http::router(Arc::clone(&ingester), settings.otlp_http_max_body_bytes),
+            otlp_grpc: hopscope_ingest::grpc::router(grpc),
+        }))
+    }
+
+    /// Once the receivers have drained: opens no more tenants, lets every tenant's maintenance
+    /// finish, then writes every tenant's buffered spans. The first failure to write is returned,
+    /// after every flusher has ended.
+    pub(crate) async fn shut_down(&self) -> anyhow::Result<()> {
+        *self.closed.write().await = true;
+        self.stop.cancel();
+        let tasks = std::mem::take(&mut *self.tasks.lock().expect("tenant tasks lock"));
+        let mut flushers = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            // The merge in progress finishes (or is left uncommitted, removed at the next start).
+            task.maintenance.await?;
+            flushers.push((task.tenant, task.flusher));
+        }
+        self.flush_stop.cancel();
+        let mut failed = None;
+        for (tenant, flusher) in flushers {
+            if let Err(e) = flusher.await? {
+                tracing::error!(tenant, error = %e, "writing buffered spans at shutdown failed");
+                failed.get_or_insert(
+                    anyhow::Error::new(e).context(format!("writing tenant {tenant:?}'s buffered spans")),
+                );
+            }
+        }
+        failed.map_or(Ok(()), Err)
+    }
+}
+
+/// The tenant an `X-Scope-OrgID` value names, checked.
+fn named_tenant(value: &http::HeaderValue) -> Result<String, IngestError> {
+    let tenant = value
+        .to_str()
+        .map_err(|_| {
+            IngestError::BadTenant("X-Scope-OrgID: a tenant id is ASCII letters, digits, '-', '_' and '.'".to_owned())
+        })?
+        .trim();
+    layout::validate_tenant(tenant).map_err(|e| IngestError::BadTenant(format!("X-Scope-OrgID: {e}")))?;
+    Ok(tenant.to_owned())
+}
+
+/// The scope a request needs: `write` to send spans (Zipkin's receiver on `--zipkin-addr` is
+/// routed as OTLP/HTTP), `admin` for the dead letters, `read` for the rest of the API and the UI.
+fn scope_of(surface: Surface, path: &str) -> Scope {
+    match surface {
+        Surface::OtlpHttp | Surface::OtlpGrpc => Scope::Write,
+        Surface::Api if path.starts_with(hopscope_ingest::admin::DEAD_LETTERS_PATH) => Scope::Admin,
+        Surface::Api => Scope::Read,
+    }
+}
+
+/// Hands a request to its tenant's routes, or refuses it in the shape its surface answers errors.
+async fn dispatch(State((tenants, surface)): State<(Arc<Tenants>, Surface)>, request: Request) -> Response {
+    let tenant = match tenants.tenant_of(request.headers(), surface, request.uri().path()) {
+        Ok(id) => tenants.tenant(&id, false).await,
+        Err(e) => Err(e),
+    };
+    match tenant {
+        Ok(tenant) => match tenant.routes(surface).oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        },
+        Err(e) => match surface {
+            Surface::OtlpGrpc => hopscope_ingest::grpc::refusal(&e),
+            Surface::OtlpHttp => hopscope_ingest::http::refusal(&e, request.headers()),
+            Surface::Api => api_refusal(&e, tenants.requires_tokens()),
+        },
+    }
+}
+
+/// A request to the API address refused for who sent it: `{"error": ...}`, and when tokens are
+/// required, a 401 asks for basic auth, so that a browser opening the UI prompts for the token
+/// (as the password).
+pub(crate) fn api_refusal(e: &IngestError, tokens: bool) -> Response {
+    let mut response =
+        (e.http_status(), axum::Json(hopscope_schemas::api::ErrorBody { error: e.to_string() })).into_response();
+    if tokens && response.status() == http::StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Basic realm=\"hopscope\", charset=\"UTF-8\""),
+        );
+    }
+    response
+}
+
+/// The tenants whose data the data directory holds: directories named as tenants with a manifest or
+/// a write-ahead log, and the default tenant when its log (at the top) exists.
+fn stored_tenants(data_dir: &std::path::Path) -> Result<Vec<String>, IngestError> {
+    let mut tenants = Vec::new();
+    if data_dir.join(layout::WAL_DIR).is_dir() {
+        tenants.push(layout::DEFAULT_TENANT.to_owned());
+    }
+    let entries = std::fs::read_dir(data_dir).map_err(IngestError::io(format!("listing {}", data_dir.display())))?;
+    for entry in entries {
+        let entry = entry.map_err(IngestError::io(format!("listing {}", data_dir.display())))?;
+        let (Ok(name), path) = (entry.file_name().into_string(), entry.path()) else { continue };
+        let holds_data = path.join("manifest.json").is_file() || path.join(layout::WAL_DIR).is_dir();
+        if layout::validate_tenant(&name).is_ok() && holds_data && !tenants.contains(&name) {
+            tenants.push(name);
+        }
+    }
+    tenants.sort();
+    Ok(tenants)
+}
+
+/// How long a failed maintenance task waits before it is started again.
+const MAINTENANCE_RESTART_DELAY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs the maintenance task (compaction, retention), starting it again if it fails unexpectedly,
+/// until `stop` is cancelled.
+fn supervise_maintenance(ingester: &Arc<Ingester>, stop: CancellationToken) -> JoinHandle<()> {
+    let ingester = Arc::clone(ingester);
+    tokio::spawn(async move {
+        loop {
+            match ingester.spawn_maintenance(stop.clone()).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::error!(error = %e, "the maintenance task failed; starting it again");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(MAINTENANCE_RESTART_DELAY) => {}
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Runs the flusher. If it fails unexpectedly, what it was writing may be half done, so the
+/// process stops at once, loudly: every acknowledged span is in the write-ahead log, and the next
+/// start writes it.
+fn supervise_flusher(ingester: &Arc<Ingester>, stop: CancellationToken) -> JoinHandle<Result<(), IngestError>> {
+    let flusher = ingester.spawn_flusher(stop);
+    tokio::spawn(async move {
+        match flusher.await {
+            Ok(result) => result,
+            Err(e) => {
+                tracing::error!(error = %e, "the flusher failed; stopping so that the next start replays the write-ahead log");
+                crate::eprintln_lossy(&format!("hopscope: the flusher failed ({e}); exiting"));
+                std::process::exit(70);
+            }
+        }
+    })
+}
