@@ -11,6 +11,9 @@
 //!   answer the waiting connection (`503` with `Retry-After` on HTTP) and the idlest connection is
 //!   closed, instead of leaving clients hanging in the accept queue.
 //!
+//! With TLS (`--tls-cert`), the handshake runs in the connection's own task, within the
+//! header-read timeout, and a connection the listener cannot take is closed without an answer.
+//!
 //! On shutdown a listener stops accepting, asks every connection to finish (requests in flight
 //! complete, idle connections close) and returns once all are gone.
 
@@ -47,6 +50,8 @@ pub(crate) struct ListenerLimits {
 pub(crate) enum Protocol {
     Http,
     Grpc,
+    /// Over TLS: turned away by closing.
+    Closed,
 }
 
 /// How long a refused connection gets to receive its `503` before it is closed.
@@ -55,15 +60,19 @@ const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a connection asked to close (evicted, idle) may take to finish before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
-/// Serves `app` on `listener` until `shutdown` is cancelled and every connection has ended.
+/// Serves `app` on `listener` (over TLS when `tls` is set) until `shutdown` is cancelled and every
+/// connection has ended.
 pub(crate) async fn serve(
     listener: TcpListener,
     name: &'static str,
     protocol: Protocol,
     app: Router,
     limits: ListenerLimits,
+    tls: Option<Arc<crate::tls::Tls>>,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
+    // A refusal in plain HTTP means nothing to a TLS client: it is closed instead.
+    let protocol = if tls.is_some() { Protocol::Closed } else { protocol };
     let table = Arc::new(ConnectionTable::default());
     let mut spare = reserve_descriptor();
     let mut warned_exhaustion: Option<Instant> = None;
@@ -77,7 +86,8 @@ pub(crate) async fn serve(
                 let _ = stream.set_nodelay(true);
                 match table.admit(limits.max_connections) {
                     Some(connection) => {
-                        let task = serve_connection(stream, connection, Arc::clone(&table), app.clone(), limits);
+                        let tls = tls.as_ref().map(|tls| tls.acceptor());
+                        let task = serve_connection(stream, tls, connection, Arc::clone(&table), app.clone(), limits);
                         tokio::spawn(task);
                     }
                     None => {
@@ -146,6 +156,7 @@ async fn refuse(mut stream: TcpStream, protocol: Protocol, why: &str) {
 
 async fn serve_connection(
     stream: TcpStream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     connection: Arc<Connection>,
     table: Arc<ConnectionTable>,
     app: Router,
@@ -154,7 +165,35 @@ async fn serve_connection(
     // Out of the table however the task ends: a handler that panics unwinds through here, and a
     // connection left listed would hold its slot (and shutdown's wait) for good.
     let _listed = Listed { table: Arc::clone(&table), id: connection.id };
-    let io = TokioIo::new(Tracked { inner: stream, connection: Arc::clone(&connection) });
+    let tracked = Tracked { inner: stream, connection: Arc::clone(&connection) };
+    match tls {
+        None => serve_io(tracked, connection, table, app, limits).await,
+        Some(acceptor) => {
+            let handshake = tokio::select! {
+                handshake = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tracked)) => handshake,
+                _ = connection.close.cancelled() => return,
+            };
+            match handshake {
+                Ok(Ok(stream)) => serve_io(stream, connection, table, app, limits).await,
+                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!("TLS handshake not finished within the header-read timeout"),
+            }
+        }
+    }
+}
+
+/// Serves HTTP/1 and HTTP/2 on one connection's byte stream (plain or TLS) until it ends, is asked
+/// to close, or stays idle too long.
+async fn serve_io<S>(
+    stream: S,
+    connection: Arc<Connection>,
+    table: Arc<ConnectionTable>,
+    app: Router,
+    limits: ListenerLimits,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(stream);
     let service = {
         let connection = Arc::clone(&connection);
         hyper::service::service_fn(move |request: hyper::Request<Incoming>| {

@@ -6,6 +6,7 @@ mod auth;
 mod browser;
 mod listener;
 mod tenants;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -184,6 +185,16 @@ struct ServeArgs {
     /// Bearer`, or as the basic-auth password) and belongs to its tenant. Read again on SIGHUP.
     #[arg(long, env = "HOPSCOPE_AUTH_CONFIG")]
     auth_config: Option<PathBuf>,
+    /// Serve every listener (OTLP/gRPC, OTLP/HTTP, the API and UI, and the Jaeger and Zipkin
+    /// addresses) over TLS with this certificate chain (PEM); with --tls-key. Read again on SIGHUP.
+    #[arg(long, env = "HOPSCOPE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "HOPSCOPE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Mutual TLS: accept only clients presenting a certificate signed by one of these CAs (PEM).
+    #[arg(long, env = "HOPSCOPE_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
     /// With --multi-tenant or --auth-config, the most tenants the server opens; a request naming a new tenant beyond
     /// it is refused with 403 (tenants already in the data directory are opened at start whatever
     /// their number).
@@ -381,6 +392,13 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
         Some(path) => Some(auth::AuthConfig::load(path).map_err(anyhow::Error::msg)?),
         None => None,
     };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let files = tls::TlsFiles { cert: cert.clone(), key: key.clone(), client_ca: args.tls_client_ca.clone() };
+            Some(Arc::new(tls::Tls::load(files).map_err(anyhow::Error::msg)?))
+        }
+        _ => None,
+    };
     let data_dir = args.data_dir.clone();
     let lock = tokio::task::spawn_blocking(move || hopscope_ingest::lock_data_dir(&data_dir))
         .await?
@@ -390,7 +408,7 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
     engine.register_metrics(&mut registry);
     let registry = Arc::new(std::sync::Mutex::new(registry));
 
-    let (listeners, ui_config) = bind_listeners(&args).await?;
+    let (listeners, ui_config) = bind_listeners(&args, tls.clone()).await?;
     let otlp_http_addr = ui_config.otlp_http_addr;
 
     // Receivers, the API and maintenance stop on `stop` (a receiver that fails cancels it too);
@@ -426,7 +444,7 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
     let api_app = browser::protect(api_app, args.cors_allowed_origins.clone());
     let Servers { grpc, otlp_http, zipkin, api, jaeger } = serve_listeners(listeners, &tenants, api_app, &stop).await?;
 
-    let reloads = reload_on_hangup(Arc::clone(&tenants), stop.clone());
+    let reloads = reload_on_hangup(Arc::clone(&tenants), tls, stop.clone());
     let signal_stop = stop.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -461,7 +479,10 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
 }
 
 /// Raises the open-file limit, binds the listeners and logs where they listen.
-async fn bind_listeners(args: &ServeArgs) -> anyhow::Result<(Listeners, hopscope_ui::UiConfig)> {
+async fn bind_listeners(
+    args: &ServeArgs,
+    tls: Option<Arc<tls::Tls>>,
+) -> anyhow::Result<(Listeners, hopscope_ui::UiConfig)> {
     let descriptors = listener::raise_descriptor_limit();
     let listener_limits = listener::ListenerLimits {
         max_connections: args.max_connections.unwrap_or_else(|| {
@@ -495,6 +516,7 @@ async fn bind_listeners(args: &ServeArgs) -> anyhow::Result<(Listeners, hopscope
         zipkin: zipkin_listener,
         limits: listener_limits,
         open_file_limit: descriptors,
+        tls,
     };
     Ok((listeners, ui_config))
 }
@@ -515,6 +537,11 @@ fn log_listening(listeners: &Listeners, args: &ServeArgs, tenants: TenantMode) -
             None => "off".to_owned(),
         },
         data_dir = %args.data_dir.display(),
+        tls = match &listeners.tls {
+            None => "off",
+            Some(tls) if tls.mutual() => "mutual",
+            Some(_) => "on",
+        },
         tenants = match tenants {
             TenantMode::Single => "single",
             TenantMode::Multi { .. } => "multi (X-Scope-OrgID)",
@@ -552,15 +579,19 @@ fn warn_if_exposed(listeners: &Listeners, tenants: &Tenants) -> anyhow::Result<(
     Ok(())
 }
 
-/// Reads the auth file again on each SIGHUP, until `stop`.
-fn reload_on_hangup(tenants: Arc<Tenants>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+/// Reads the auth file and the TLS files again on each SIGHUP, until `stop`.
+fn reload_on_hangup(
+    tenants: Arc<Tenants>,
+    tls: Option<Arc<tls::Tls>>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         #[cfg(unix)]
         {
             let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
                 Ok(signal) => signal,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for SIGHUP; the auth file is read at start only");
+                    tracing::warn!(error = %e, "cannot listen for SIGHUP; the auth and TLS files are read at start only");
                     return;
                 }
             };
@@ -568,7 +599,12 @@ fn reload_on_hangup(tenants: Arc<Tenants>, stop: CancellationToken) -> tokio::ta
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     received = hangups.recv() => match received {
-                        Some(()) => tenants.reload_auth().await,
+                        Some(()) => {
+                            tenants.reload_auth().await;
+                            if let Some(tls) = &tls {
+                                tls.reload().await;
+                            }
+                        }
                         None => return,
                     },
                 }
@@ -625,6 +661,8 @@ struct Listeners {
     limits: listener::ListenerLimits,
     /// The process's open-file limit, as raised.
     open_file_limit: u64,
+    /// TLS for every listener, when configured.
+    tls: Option<Arc<tls::Tls>>,
 }
 
 /// The running servers of the listeners; each ends after `stop`, once its connections have.
@@ -647,21 +685,23 @@ async fn serve_listeners(
 ) -> anyhow::Result<Servers> {
     let limits = listeners.limits;
     let grpc = {
+        let tls = listeners.tls.clone();
         let app = tenants.routes(Surface::OtlpGrpc).await?;
         let stop = stop.clone();
         tokio::spawn(async move {
             let _stop_all = stop.clone().drop_guard();
-            listener::serve(listeners.grpc, "otlp-grpc", listener::Protocol::Grpc, app, limits, stop)
+            listener::serve(listeners.grpc, "otlp-grpc", listener::Protocol::Grpc, app, limits, tls, stop)
                 .await
                 .context("OTLP/gRPC server")
         })
     };
     let otlp_http = {
         let app = tenants.routes(Surface::OtlpHttp).await?;
+        let tls = listeners.tls.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
             let _stop_all = stop.clone().drop_guard();
-            listener::serve(listeners.otlp_http, "otlp-http", listener::Protocol::Http, app, limits, stop)
+            listener::serve(listeners.otlp_http, "otlp-http", listener::Protocol::Http, app, limits, tls, stop)
                 .await
                 .context("OTLP/HTTP server")
         })
@@ -671,10 +711,11 @@ async fn serve_listeners(
             // Zipkin's receiver (as on the OTLP/HTTP address) and everything the API address serves.
             let receiver = axum::routing::post_service(tenants.routes(Surface::OtlpHttp).await?);
             let app = Router::new().route(hopscope_ingest::http::ZIPKIN_PATH, receiver).merge(api.clone());
+            let tls = listeners.tls.clone();
             let stop = stop.clone();
             Some(tokio::spawn(async move {
                 let _stop_all = stop.clone().drop_guard();
-                listener::serve(zipkin, "zipkin", listener::Protocol::Http, app, limits, stop)
+                listener::serve(zipkin, "zipkin", listener::Protocol::Http, app, limits, tls, stop)
                     .await
                     .context("Zipkin server")
             }))
@@ -682,17 +723,17 @@ async fn serve_listeners(
         None => None,
     };
     let jaeger = listeners.jaeger.map(|jaeger| {
-        let (api, stop) = (api.clone(), stop.clone());
+        let (api, stop, tls) = (api.clone(), stop.clone(), listeners.tls.clone());
         tokio::spawn(async move {
-            listener::serve(jaeger, "jaeger", listener::Protocol::Http, api, limits, stop)
+            listener::serve(jaeger, "jaeger", listener::Protocol::Http, api, limits, tls, stop)
                 .await
                 .context("API server on the Jaeger address")
         })
     });
     let api = {
-        let stop = stop.clone();
+        let (stop, tls) = (stop.clone(), listeners.tls.clone());
         tokio::spawn(async move {
-            listener::serve(listeners.api, "api", listener::Protocol::Http, api, limits, stop)
+            listener::serve(listeners.api, "api", listener::Protocol::Http, api, limits, tls, stop)
                 .await
                 .context("API server")
         })

@@ -37,6 +37,11 @@ def main() -> None:
     parser.add_argument("--http", required=True, help="OTLP/HTTP traces URL, e.g. http://127.0.0.1:4318/v1/traces")
     parser.add_argument("--tenant", help="the tenant to send as, in the X-Scope-OrgID header")
     parser.add_argument("--token", help="a token to present, as Authorization: Bearer")
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="gRPC over TLS (the CA from OTEL_EXPORTER_OTLP_CERTIFICATE, as for HTTP with an https URL)",
+    )
     args = parser.parse_args()
     headers = {}
     if args.tenant:
@@ -45,7 +50,7 @@ def main() -> None:
         headers["authorization"] = f"Bearer {args.token}"
     headers = headers or None
     sent = {
-        "grpc": send("grpc", GrpcExporter(endpoint=args.grpc, insecure=True, timeout=30, headers=headers)),
+        "grpc": send("grpc", GrpcExporter(endpoint=args.grpc, insecure=not args.tls, timeout=30, headers=headers)),
         "http": send("http", HttpExporter(endpoint=args.http, timeout=30, headers=headers)),
     }
     print(json.dumps(sent))

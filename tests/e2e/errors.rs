@@ -228,22 +228,8 @@ async fn a_clean_stop_keeps_every_acknowledged_span() {
     let data_dir = server.data_dir.clone();
 
     // A second process on the same data directory is refused with a message saying why.
-    let second = std::process::Command::new(env!("CARGO_BIN_EXE_hopscope"))
-        .args([
-            "serve",
-            "--otlp-grpc-addr",
-            "127.0.0.1:0",
-            "--otlp-http-addr",
-            "127.0.0.1:0",
-            "--api-addr",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .output()
-        .unwrap();
-    assert!(!second.status.success());
-    let stderr = String::from_utf8_lossy(&second.stderr);
+    let (started, _, stderr) = crate::support::serve_to_completion(&data_dir, &[]);
+    assert!(!started);
     assert!(stderr.contains("in use by another hopscope process"), "{stderr}");
 
     let mut ids = Vec::new();

@@ -129,11 +129,32 @@ pub(crate) async fn run_python_client(script: &str, args: Vec<String>) -> Value 
 /// Runs `tests/clients/{script}` with `args` under the interpreter `python`, and returns the JSON it
 /// prints.
 pub(crate) async fn run_python_client_with(python: String, script: &str, args: Vec<String>) -> Value {
+    run_python_client_env(python, script, args, Vec::new()).await
+}
+
+/// Runs `tests/clients/{script}` with `args` and the environment variables `env` (an empty value
+/// removes the variable) under the interpreter `python`, and returns the JSON it prints.
+pub(crate) async fn run_python_client_env(
+    python: String,
+    script: &str,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+) -> Value {
     let script = workspace_root().join("tests/clients").join(script);
-    let output = tokio::task::spawn_blocking(move || Command::new(&python).arg(script).args(args).output())
-        .await
-        .unwrap()
-        .unwrap_or_else(|e| panic!("cannot run the Python client ({e}); run scripts/test, which creates .venv"));
+    let output = tokio::task::spawn_blocking(move || {
+        let mut command = Command::new(&python);
+        command.arg(script).args(args);
+        for (key, value) in env {
+            match value.is_empty() {
+                true => command.env_remove(key),
+                false => command.env(key, value),
+            };
+        }
+        command.output()
+    })
+    .await
+    .unwrap()
+    .unwrap_or_else(|e| panic!("cannot run the Python client ({e}); run scripts/test, which creates .venv"));
     assert!(
         output.status.success(),
         "python client failed: {}\n{}",

@@ -22,5 +22,6 @@ mod simulator;
 mod support;
 mod tempo_search;
 mod tenants;
+mod tls;
 mod ui;
 mod zipkin;

@@ -253,6 +253,16 @@ pub(crate) fn hopscope(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Runs `hopscope serve` on `data_dir` and loopback ports with `extra_args` to completion, for a
+/// server expected to refuse to start: (success, stdout, stderr).
+pub(crate) fn serve_to_completion(data_dir: &Path, extra_args: &[&str]) -> (bool, String, String) {
+    let data_dir = data_dir.to_str().expect("a UTF-8 path");
+    let mut args = vec!["serve", "--data-dir", data_dir];
+    args.extend(["--otlp-grpc-addr", "127.0.0.1:0", "--otlp-http-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0"]);
+    args.extend(extra_args);
+    hopscope(&args)
+}
+
 /// The workspace root.
 pub(crate) fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

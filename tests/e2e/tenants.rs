@@ -337,20 +337,8 @@ fn an_invalid_auth_file_stops_the_server_at_start_with_the_line_at_fault() {
     let dir = crate::support::fresh_data_dir("bad-auth");
     let auth = dir.join("auth.toml");
     std::fs::write(&auth, "[[token]]\nsha256 = \"abc\"\ntenant = \"team-a\"\nscopes = [\"read\"]\n").unwrap();
-    let data_dir = dir.join("data");
-    let (ok, _, stderr) = crate::support::hopscope(&[
-        "serve",
-        "--auth-config",
-        auth.to_str().unwrap(),
-        "--data-dir",
-        data_dir.to_str().unwrap(),
-        "--otlp-grpc-addr",
-        "127.0.0.1:0",
-        "--otlp-http-addr",
-        "127.0.0.1:0",
-        "--api-addr",
-        "127.0.0.1:0",
-    ]);
+    let (ok, _, stderr) =
+        crate::support::serve_to_completion(&dir.join("data"), &["--auth-config", auth.to_str().unwrap()]);
     assert!(!ok);
     assert!(stderr.contains("auth.toml: line 2: sha256 must be 64 hexadecimal digits"), "{stderr}");
 }
