@@ -26,6 +26,40 @@ pub(crate) struct DeadLettersArgs {
     /// The API address of the server running on the data directory (used by `replay` while it runs).
     #[arg(long, env = "HOPSCOPE_API_ADDR", default_value = "127.0.0.1:8080", global = true)]
     api_addr: SocketAddr,
+    /// The tenant whose dead letters these are (a server with --multi-tenant keeps each tenant's).
+    #[arg(long, env = "HOPSCOPE_TENANT", default_value = hopscope_schemas::layout::DEFAULT_TENANT, global = true, value_parser = tenant_id)]
+    tenant: String,
+    /// A token with the `admin` scope, for a running server with --auth-config (its tenant is then
+    /// the token's).
+    #[arg(long, env = "HOPSCOPE_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+}
+
+/// How the commands reach a running server: its address, the tenant and the token.
+struct ServerAccess<'a> {
+    api_addr: SocketAddr,
+    tenant: &'a str,
+    token: Option<&'a str>,
+}
+
+impl ServerAccess<'_> {
+    /// A request to the server's API, naming the tenant and presenting the token (whose tenant a
+    /// server with tokens takes: the header is then sent only when a tenant was named).
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let url = format!("http://{}{path}", crate::reachable(self.api_addr));
+        let mut request = reqwest::Client::new().request(method, url);
+        if self.token.is_none() || self.tenant != hopscope_schemas::layout::DEFAULT_TENANT {
+            request = request.header("x-scope-orgid", self.tenant);
+        }
+        if let Some(token) = self.token {
+            request = request.bearer_auth(token);
+        }
+        request
+    }
+}
+
+fn tenant_id(s: &str) -> Result<String, String> {
+    hopscope_schemas::layout::validate_tenant(s).map(|()| s.to_owned())
 }
 
 #[derive(Debug, Subcommand)]
@@ -55,6 +89,9 @@ pub(crate) struct CompactArgs {
     /// The data directory to compact; no server may be running on it.
     #[arg(long, env = "HOPSCOPE_DATA_DIR", default_value = crate::DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
+    /// The tenant to compact.
+    #[arg(long, env = "HOPSCOPE_TENANT", default_value = hopscope_schemas::layout::DEFAULT_TENANT, value_parser = tenant_id)]
+    tenant: String,
 }
 
 /// Refuses a data directory that does not exist (a typo would otherwise look empty, or be created).
@@ -67,7 +104,8 @@ fn existing(data_dir: &std::path::Path) -> anyhow::Result<()> {
 
 pub(crate) async fn dead_letters(args: DeadLettersArgs) -> anyhow::Result<()> {
     existing(&args.data_dir)?;
-    let store = DeadLetterStore::new(&args.data_dir);
+    let store = DeadLetterStore::new(&hopscope_schemas::layout::tenant_state_dir(&args.data_dir, &args.tenant));
+    let server = ServerAccess { api_addr: args.api_addr, tenant: &args.tenant, token: args.token.as_deref() };
     match args.command {
         DeadLettersCommand::List { json } => {
             let entries = blocking(move || store.list()).await?;
@@ -92,11 +130,11 @@ pub(crate) async fn dead_letters(args: DeadLettersArgs) -> anyhow::Result<()> {
             }
         }
         DeadLettersCommand::Purge { id } => {
-            let entry = purge(&args.data_dir, args.api_addr, store, id).await?;
+            let entry = purge(&args.data_dir, &server, store, id).await?;
             println!("purged {} ({})", entry.id, kind(&entry));
         }
         DeadLettersCommand::Replay { id } => {
-            let replayed = replay(&args.data_dir, args.api_addr, id).await?;
+            let replayed = replay(&args.data_dir, &server, id).await?;
             if replayed.is_empty() {
                 println!("nothing to replay");
             }
@@ -112,10 +150,11 @@ pub(crate) async fn dead_letters(args: DeadLettersArgs) -> anyhow::Result<()> {
 /// directory when none runs.
 async fn purge(
     data_dir: &std::path::Path,
-    api_addr: SocketAddr,
+    server: &ServerAccess<'_>,
     store: DeadLetterStore,
     id: String,
 ) -> anyhow::Result<DeadLetter> {
+    let api_addr = server.api_addr;
     let dir = data_dir.to_owned();
     let on_disk = blocking(move || match hopscope_ingest::lock_data_dir(&dir) {
         Ok(_lock) => store.purge(&id).map(Ok),
@@ -127,8 +166,8 @@ async fn purge(
         Ok(entry) => return Ok(entry),
         Err(id) => id,
     };
-    let url = format!("http://{}/api/v1/dead-letters/{id}", crate::reachable(api_addr));
-    let response = reqwest::Client::new().delete(&url).send().await.with_context(|| {
+    let url = format!("/api/v1/dead-letters/{id}");
+    let response = server.request(reqwest::Method::DELETE, &url).send().await.with_context(|| {
         format!(
             "a hopscope server holds {}, but its API at {api_addr} did not answer; pass that server's --api-addr \
              (or HOPSCOPE_API_ADDR)",
@@ -154,10 +193,11 @@ fn error_message(body: &str) -> String {
 /// Replays through the running server, or on the data directory when none runs.
 async fn replay(
     data_dir: &std::path::Path,
-    api_addr: SocketAddr,
+    server: &ServerAccess<'_>,
     id: Option<String>,
 ) -> anyhow::Result<Vec<DeadLetter>> {
-    let config = IngesterConfig::new(std::path::absolute(data_dir)?);
+    let mut config = IngesterConfig::new(std::path::absolute(data_dir)?);
+    config.tenant = server.tenant.to_owned();
     match tokio::task::spawn_blocking(move || Ingester::open(config)).await? {
         Ok(ingester) => {
             let stop = CancellationToken::new();
@@ -170,26 +210,26 @@ async fn replay(
             flusher.await?.context("writing the replayed spans")?;
             Ok(replayed?)
         }
-        Err(IngestError::DataDirInUse(_)) => replay_on_server(data_dir, api_addr, id).await,
+        Err(IngestError::DataDirInUse(_)) => replay_on_server(data_dir, server, id).await,
         Err(e) => Err(e).with_context(|| format!("opening the data directory {}", data_dir.display())),
     }
 }
 
 async fn replay_on_server(
     data_dir: &std::path::Path,
-    api_addr: SocketAddr,
+    server: &ServerAccess<'_>,
     id: Option<String>,
 ) -> anyhow::Result<Vec<DeadLetter>> {
+    let api_addr = server.api_addr;
     #[derive(serde::Deserialize)]
     struct Replayed {
         replayed: Vec<DeadLetter>,
     }
-    let base = format!("http://{}", crate::reachable(api_addr));
     let url = match &id {
-        Some(id) => format!("{base}/api/v1/dead-letters/{id}/replay"),
-        None => format!("{base}/api/v1/dead-letters/replay"),
+        Some(id) => format!("/api/v1/dead-letters/{id}/replay"),
+        None => "/api/v1/dead-letters/replay".to_owned(),
     };
-    let response = reqwest::Client::new().post(&url).send().await.with_context(|| {
+    let response = server.request(reqwest::Method::POST, &url).send().await.with_context(|| {
         format!(
             "a hopscope server holds {}, but its API at {api_addr} did not answer; pass that server's --api-addr \
              (or HOPSCOPE_API_ADDR)",
@@ -206,7 +246,8 @@ async fn replay_on_server(
 
 pub(crate) async fn compact(args: CompactArgs) -> anyhow::Result<()> {
     existing(&args.data_dir)?;
-    let config = IngesterConfig::new(std::path::absolute(&args.data_dir)?);
+    let mut config = IngesterConfig::new(std::path::absolute(&args.data_dir)?);
+    config.tenant = args.tenant.clone();
     let ingester = match tokio::task::spawn_blocking(move || Ingester::open(config)).await? {
         Ok(ingester) => ingester,
         Err(IngestError::DataDirInUse(dir)) => bail!(

@@ -83,7 +83,7 @@ impl AuthConfig {
 
     fn parse(text: &str, path: &Path) -> Result<Self, String> {
         let shape: FileShape = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
-        let line = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+        let line = |offset: usize| line_at(text, offset);
         let mut grants: Vec<Grant> = Vec::with_capacity(shape.token.len());
         for token in shape.token {
             let at = |span: std::ops::Range<usize>| format!("line {}", line(span.start));
@@ -164,6 +164,11 @@ impl AuthConfig {
     }
 }
 
+/// The line (from 1) of a TOML file's text that byte `offset` is on, for messages about the file.
+pub(crate) fn line_at(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1
+}
+
 /// The token of `Authorization: Bearer <token>`, or the password of `Authorization: Basic ...`.
 fn presented_token(headers: &http::HeaderMap) -> Result<String, IngestError> {
     let missing = || {
@@ -236,6 +241,30 @@ mod tests {
         assert!(matches!(auth.authorize(&headers("Bearer tesT"), Scope::Write), Err(IngestError::Unauthenticated(_))));
         assert!(matches!(auth.authorize(&http::HeaderMap::new(), Scope::Write), Err(IngestError::Unauthenticated(_))));
         assert!(matches!(auth.authorize(&headers("Digest x"), Scope::Write), Err(IngestError::Unauthenticated(_))));
+    }
+
+    /// Any auth file, and any Authorization header, is read or refused, never a panic.
+    #[test]
+    fn fuzz_auth_file() {
+        let seeds = vec![
+            format!("[[token]]\nsha256 = \"{TEST_SHA256}\"\ntenant = \"team-a\"\nscopes = [\"write\", \"read\"]\n")
+                .into_bytes(),
+            b"Basic Z3JhZmFuYTp0ZXN0".to_vec(),
+        ];
+        let tokens: &[&[u8]] = &[b"[[token]]", b"\n", b"\"", b"=", b"scopes", b"Bearer ", b"Basic ", b":", b"\xc3\xa9"];
+        hopscope_fuzz::run("auth-file", seeds, tokens, &|input: &[u8]| {
+            let text = String::from_utf8_lossy(input);
+            let parsed = config(&text);
+            let mut headers = http::HeaderMap::new();
+            if let Ok(value) = http::HeaderValue::from_bytes(input) {
+                headers.insert(http::header::AUTHORIZATION, value);
+            }
+            let presented = presented_token(&headers).is_ok();
+            if let Ok(auth) = &parsed {
+                let _ = auth.authorize(&headers, Scope::Read);
+            }
+            parsed.is_ok() || presented
+        });
     }
 
     #[test]

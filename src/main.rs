@@ -4,6 +4,7 @@
 mod admin;
 mod auth;
 mod browser;
+mod limits;
 mod listener;
 mod tenants;
 mod tls;
@@ -185,6 +186,11 @@ struct ServeArgs {
     /// Bearer`, or as the basic-auth password) and belongs to its tenant. Read again on SIGHUP.
     #[arg(long, env = "HOPSCOPE_AUTH_CONFIG")]
     auth_config: Option<PathBuf>,
+    /// Limits that differ by tenant: a TOML file setting spans_per_second, burst_spans,
+    /// max_buffered_bytes, retention_age and retention_max_bytes for every tenant ([defaults]) or
+    /// one ([tenant.NAME]); see README "Tenants". Read again on SIGHUP.
+    #[arg(long, env = "HOPSCOPE_TENANT_LIMITS")]
+    tenant_limits: Option<PathBuf>,
     /// Serve every listener (OTLP/gRPC, OTLP/HTTP, the API and UI, and the Jaeger and Zipkin
     /// addresses) over TLS with this certificate chain (PEM); with --tls-key. Read again on SIGHUP.
     #[arg(long, env = "HOPSCOPE_TLS_CERT", requires = "tls_key")]
@@ -206,12 +212,12 @@ struct ServeArgs {
     no_derive: bool,
 }
 
-fn optional_duration(s: &str) -> Result<Option<std::time::Duration>, String> {
+pub(crate) fn optional_duration(s: &str) -> Result<Option<std::time::Duration>, String> {
     if s == "off" { Ok(None) } else { positive_duration(s).map(Some) }
 }
 
 /// A size in bytes: a number, optionally with a unit (KB, MB, GB, TB; KiB, MiB, GiB, TiB), or `off`.
-fn optional_bytes(s: &str) -> Result<Option<u64>, String> {
+pub(crate) fn optional_bytes(s: &str) -> Result<Option<u64>, String> {
     if s == "off" {
         return Ok(None);
     }
@@ -392,6 +398,10 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
         Some(path) => Some(auth::AuthConfig::load(path).map_err(anyhow::Error::msg)?),
         None => None,
     };
+    let limits = match &args.tenant_limits {
+        Some(path) => Some(limits::LimitsConfig::load(path).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
             let files = tls::TlsFiles { cert: cert.clone(), key: key.clone(), client_ca: args.tls_client_ca.clone() };
@@ -427,7 +437,7 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
         otlp_grpc_max_message_bytes: args.otlp_grpc_max_message_bytes,
         ui: ui_config,
     };
-    let tenants = Tenants::open(mode, auth, settings, lock, Arc::clone(&registry), stop.clone())
+    let tenants = Tenants::open(mode, auth, limits, settings, lock, Arc::clone(&registry), stop.clone())
         .await
         .with_context(|| format!("opening the data directory {}", args.data_dir.display()))?;
     log_listening(&listeners, &args, mode)?;
@@ -579,7 +589,7 @@ fn warn_if_exposed(listeners: &Listeners, tenants: &Tenants) -> anyhow::Result<(
     Ok(())
 }
 
-/// Reads the auth file and the TLS files again on each SIGHUP, until `stop`.
+/// Reads the auth file, the tenant limits and the TLS files again on each SIGHUP, until `stop`.
 fn reload_on_hangup(
     tenants: Arc<Tenants>,
     tls: Option<Arc<tls::Tls>>,
@@ -591,7 +601,7 @@ fn reload_on_hangup(
             let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
                 Ok(signal) => signal,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for SIGHUP; the auth and TLS files are read at start only");
+                    tracing::warn!(error = %e, "cannot listen for SIGHUP; the auth, tenant limits and TLS files are read at start only");
                     return;
                 }
             };
@@ -601,6 +611,7 @@ fn reload_on_hangup(
                     received = hangups.recv() => match received {
                         Some(()) => {
                             tenants.reload_auth().await;
+                            tenants.reload_limits().await;
                             if let Some(tls) = &tls {
                                 tls.reload().await;
                             }

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
+use hopscope_ingest::limits::TenantLimits;
 use hopscope_ingest::{IngestError, Ingester, IngesterConfig};
 use hopscope_query::QueryEngine;
 use hopscope_schemas::layout;
@@ -29,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
 use crate::auth::{AuthConfig, Scope};
+use crate::limits::LimitsConfig;
 
 /// The header (and gRPC metadata key) that names a request's tenant.
 pub(crate) const TENANT_HEADER: &str = "x-scope-orgid";
@@ -69,6 +71,7 @@ pub(crate) enum Surface {
 
 /// One open tenant.
 struct Tenant {
+    ingester: Arc<Ingester>,
     api: Router,
     otlp_http: Router,
     otlp_grpc: Router,
@@ -96,6 +99,8 @@ pub(crate) struct Tenants {
     mode: TenantMode,
     /// The tokens, when `--auth-config` requires them (read again on SIGHUP).
     auth: Mutex<Option<Arc<AuthConfig>>>,
+    /// Limits that differ by tenant (`--tenant-limits`, read again on SIGHUP).
+    limits: Mutex<Option<Arc<LimitsConfig>>>,
     settings: TenantSettings,
     lock: Arc<std::fs::File>,
     registry: Arc<Mutex<Registry>>,
@@ -117,6 +122,7 @@ impl Tenants {
     pub(crate) async fn open(
         mode: TenantMode,
         auth: Option<AuthConfig>,
+        limits: Option<LimitsConfig>,
         settings: TenantSettings,
         lock: std::fs::File,
         registry: Arc<Mutex<Registry>>,
@@ -127,6 +133,7 @@ impl Tenants {
         let tenants = Arc::new(Self {
             mode,
             auth: Mutex::new(auth.map(Arc::new)),
+            limits: Mutex::new(limits.map(Arc::new)),
             settings,
             lock: Arc::new(lock),
             registry,
@@ -248,8 +255,51 @@ impl Tenants {
         opening
     }
 
+    /// `tenant`'s limits now: the flags', with `--tenant-limits` over them.
+    fn limits_of(&self, tenant: &str) -> TenantLimits {
+        let base = TenantLimits {
+            max_buffered_bytes: self.settings.ingest.max_buffered_bytes,
+            retention: self.settings.ingest.retention,
+            rate: self.settings.ingest.rate,
+        };
+        match self.limits.lock().expect("limits lock").as_ref() {
+            Some(limits) => limits.limits_for(tenant, &base),
+            None => base,
+        }
+    }
+
+    /// Reads `--tenant-limits` again (SIGHUP) and applies it to every open tenant; a file that does
+    /// not load leaves the limits as they were, and says why.
+    pub(crate) async fn reload_limits(&self) {
+        let Some(path) = self.limits.lock().expect("limits lock").as_ref().map(|l| l.path().to_owned()) else { return };
+        match tokio::task::spawn_blocking(move || LimitsConfig::load(&path)).await {
+            Ok(Ok(limits)) => {
+                tracing::info!(path = %limits.path().display(), "tenant limits reloaded");
+                *self.limits.lock().expect("limits lock") = Some(Arc::new(limits));
+                let open: Vec<(String, Arc<Tenant>)> = {
+                    let opened = self.opened.lock().expect("tenants lock");
+                    opened.iter().filter_map(|(id, cell)| cell.get().map(|t| (id.clone(), Arc::clone(t)))).collect()
+                };
+                for (id, tenant) in open {
+                    tenant.ingester.set_limits(&self.limits_of(&id));
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "the tenant limits were not reloaded; the limits read before still apply")
+            }
+            Err(e) => tracing::error!(error = %e, "reloading the tenant limits failed"),
+        }
+    }
+
     async fn open_tenant(&self, id: &str) -> Result<Arc<Tenant>, IngestError> {
-        let config = IngesterConfig { tenant: id.to_owned(), ..self.settings.ingest.clone() };
+        let limits = self.limits_of(id);
+        let config = IngesterConfig {
+            tenant: id.to_owned(),
+            max_buffered_bytes: limits.max_buffered_bytes,
+            retention: limits.retention,
+            rate: limits.rate,
+            ..self.settings.ingest.clone()
+        };
         let lock = Arc::clone(&self.lock);
         let ingester = tokio::task::spawn_blocking(move || Ingester::open_locked(config, lock))
             .await
@@ -289,6 +339,7 @@ impl Tenants {
             tracing::info!(tenant = id, "tenant opened");
         }
         Ok(Arc::new(Tenant {
+            ingester: Arc::clone(&ingester),
             api,
             otlp_http: hopscope_ingest::http::router(Arc::clone(&ingester), settings.otlp_http_max_body_bytes),
             otlp_grpc: hopscope_ingest::grpc::router(grpc),

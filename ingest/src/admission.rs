@@ -29,6 +29,7 @@
 //! [`crate::ingester::IngesterConfig::merge_max_wait`] runs anyway ([`Admission::hold`]): under
 //! sustained overload, exports are then refused until what they hold fits beside it.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::metrics::gauge::Gauge;
@@ -77,10 +78,10 @@ pub(crate) fn flush_piece_bytes(limit: usize) -> usize {
 /// Memory reserved by exports in progress, against one bound shared with the trace buffer.
 #[derive(Debug)]
 pub(crate) struct Admission {
-    /// `--max-buffered-bytes`, as errors name it.
-    limit: usize,
+    /// `--max-buffered-bytes` (or the tenant's own), as errors name it.
+    limit: AtomicUsize,
     /// What exports and the buffer may hold together: the bound less the flush's headroom.
-    usable: usize,
+    usable: AtomicUsize,
     reserved: Mutex<usize>,
     /// `hopscope_ingest_reserved_bytes`.
     gauge: Gauge,
@@ -89,7 +90,16 @@ pub(crate) struct Admission {
 impl Admission {
     /// Admission under the bound `limit`, of which `headroom` is kept for the flush.
     pub(crate) fn new(limit: usize, headroom: usize, gauge: Gauge) -> Arc<Self> {
-        Arc::new(Self { limit, usable: limit.saturating_sub(headroom), reserved: Mutex::new(0), gauge })
+        let usable = AtomicUsize::new(limit.saturating_sub(headroom));
+        Arc::new(Self { limit: AtomicUsize::new(limit), usable, reserved: Mutex::new(0), gauge })
+    }
+
+    /// Changes the bound to `limit`, of which `headroom` is kept for the flush: reservations held
+    /// stay, and the next ones are checked against the new bound.
+    pub(crate) fn set_bound(&self, limit: usize, headroom: usize) {
+        let _reserved = self.reserved.lock().expect("admission lock");
+        self.limit.store(limit, Ordering::Relaxed);
+        self.usable.store(limit.saturating_sub(headroom), Ordering::Relaxed);
     }
 
     /// Reserves `bytes` if they fit beside `buffered` (what the trace buffer holds) and what is
@@ -103,7 +113,7 @@ impl Admission {
     /// What exports, the buffer and maintenance may hold together: the bound less the flush's
     /// headroom.
     pub(crate) fn usable(&self) -> usize {
-        self.usable
+        self.usable.load(Ordering::Relaxed)
     }
 
     /// Reserves `bytes` for maintenance (a merge) only if they fit beside `buffered` and what is
@@ -176,9 +186,11 @@ impl Reservation {
         };
         if let Some(buffered) = buffered {
             let held = others.saturating_add(buffered);
-            let alone = lone_rule && others == 0 && buffered < admission.usable;
-            if bytes > self.bytes && !alone && held.saturating_add(bytes) > admission.usable {
-                return Err(IngestError::Overloaded { held, wanted: bytes, limit: admission.limit });
+            let usable = admission.usable();
+            let alone = lone_rule && others == 0 && buffered < usable;
+            if bytes > self.bytes && !alone && held.saturating_add(bytes) > usable {
+                let limit = admission.limit.load(Ordering::Relaxed);
+                return Err(IngestError::Overloaded { held, wanted: bytes, limit });
             }
         }
         *reserved = others + bytes;

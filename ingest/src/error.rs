@@ -20,6 +20,13 @@ pub enum IngestError {
          and this export needs about {wanted} more (--max-buffered-bytes {limit}); retry later"
     )]
     Overloaded { held: usize, wanted: usize, limit: usize },
+    /// The tenant sends spans faster than its limit (`--tenant-limits`): the client should retry
+    /// after `retry_after`.
+    #[error(
+        "this tenant sends spans faster than its limit of {spans_per_second} spans/s (--tenant-limits); retry in \
+         {:.1}s", retry_after.as_secs_f64()
+    )]
+    RateLimited { spans_per_second: f64, retry_after: std::time::Duration },
     /// The server is stopping and takes no new data.
     #[error("hopscope is shutting down")]
     ShuttingDown,
@@ -91,6 +98,7 @@ impl IngestError {
             IngestError::Malformed { .. } => S::BAD_REQUEST,
             IngestError::UnsupportedMediaType(_) => S::UNSUPPORTED_MEDIA_TYPE,
             IngestError::TooLarge { .. } => S::PAYLOAD_TOO_LARGE,
+            IngestError::RateLimited { .. } => S::TOO_MANY_REQUESTS,
             IngestError::DeadLetterNotFound(_) | IngestError::NotServed(_) => S::NOT_FOUND,
             IngestError::NotReplayable(_) => S::CONFLICT,
             IngestError::Unauthenticated(_) => S::UNAUTHORIZED,
@@ -116,6 +124,7 @@ impl IngestError {
             IngestError::UnsupportedMediaType(_) => "unsupported_media_type",
             IngestError::TooLarge { .. } => "too_large",
             IngestError::Overloaded { .. } => "overloaded",
+            IngestError::RateLimited { .. } => "rate_limited",
             IngestError::ShuttingDown => "shutting_down",
             _ => "storage_error",
         }
@@ -126,7 +135,7 @@ impl IngestError {
         use tonic::Code as C;
         match self {
             IngestError::Malformed { .. } | IngestError::UnsupportedMediaType(_) => C::InvalidArgument,
-            IngestError::TooLarge { .. } => C::ResourceExhausted,
+            IngestError::TooLarge { .. } | IngestError::RateLimited { .. } => C::ResourceExhausted,
             IngestError::DeadLetterNotFound(_) => C::NotFound,
             IngestError::NotServed(_) => C::Unimplemented,
             IngestError::NotReplayable(_) => C::FailedPrecondition,
@@ -149,3 +158,15 @@ impl IngestError {
 
 /// How long a client should wait before retrying a retryable refusal.
 pub(crate) const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl IngestError {
+    /// How long the client should wait before it retries, when it should: a rate limit says
+    /// when the tenant may send again, an overloaded or failing server [`RETRY_AFTER`].
+    pub(crate) fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            IngestError::RateLimited { retry_after, .. } => Some(*retry_after),
+            _ if self.grpc_code() == tonic::Code::Unavailable => Some(RETRY_AFTER),
+            _ => None,
+        }
+    }
+}

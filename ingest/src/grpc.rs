@@ -21,7 +21,6 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::IngestError;
-use crate::error::RETRY_AFTER;
 use crate::ingester::{Admitted, ExportBody, Ingester};
 
 /// The gRPC service name of OTLP trace export.
@@ -191,8 +190,8 @@ fn malformed(message: String) -> IngestError {
 /// The status a failed export answers with; retryable ones say when to retry, as OTLP asks
 /// (`google.rpc.RetryInfo`).
 fn status_of(e: &IngestError) -> Status {
-    if e.grpc_code() == Code::Unavailable {
-        let details = ErrorDetails::with_retry_info(Some(RETRY_AFTER));
+    if let Some(retry_after) = e.retry_after() {
+        let details = ErrorDetails::with_retry_info(Some(retry_after));
         return Status::with_error_details(e.grpc_code(), e.to_string(), details);
     }
     Status::new(e.grpc_code(), e.to_string())

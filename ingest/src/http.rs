@@ -24,7 +24,6 @@ use serde_json::json;
 
 use crate::IngestError;
 use crate::decode::BodyFormat;
-use crate::error::RETRY_AFTER;
 use crate::ingester::{ExportBody, ExportOutcome, Ingester};
 
 /// The path OTLP/HTTP exporters post traces to.
@@ -167,12 +166,19 @@ async fn zipkin_export(State(state): State<HttpState>, headers: HeaderMap, body:
     }
 }
 
+/// `Retry-After` on the answer to a retryable refusal: whole seconds, rounded up (the header takes
+/// no fractions).
+fn set_retry_after(response: &mut Response, e: &IngestError) {
+    if let Some(retry_after) = e.retry_after() {
+        let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        response.headers_mut().insert(header::RETRY_AFTER, http::HeaderValue::from(seconds.max(1)));
+    }
+}
+
 fn zipkin_error(e: &IngestError) -> Response {
     let status = e.http_status();
     let mut response = (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], e.to_string()).into_response();
-    if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
-        response.headers_mut().insert(header::RETRY_AFTER, http::HeaderValue::from(RETRY_AFTER.as_secs()));
-    }
+    set_retry_after(&mut response, e);
     response
 }
 
@@ -284,8 +290,6 @@ fn error_response(e: &IngestError, format: BodyFormat) -> Response {
         }
     };
     let mut response = (status, [(header::CONTENT_TYPE, format.content_type())], body).into_response();
-    if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
-        response.headers_mut().insert(header::RETRY_AFTER, http::HeaderValue::from(RETRY_AFTER.as_secs()));
-    }
+    set_retry_after(&mut response, e);
     response
 }

@@ -23,6 +23,7 @@ use crate::convert::{SpanLimits, convert_request};
 use crate::dead_letter::DeadLetterStore;
 use crate::decode::{BodyFormat, decode_request, gunzip_limited};
 use crate::dedup::RecentSpans;
+use crate::limits::{RateLimit, TenantLimits, TokenBucket};
 use crate::manifest::ManifestStore;
 use crate::metrics::{IngestMetrics, level};
 use crate::retention::RetentionPolicy;
@@ -65,6 +66,8 @@ pub struct IngesterConfig {
     pub merge_max_wait: Duration,
     /// How long and how much data is kept.
     pub retention: RetentionPolicy,
+    /// How fast spans may be sent; `None`: as fast as they are taken.
+    pub rate: Option<RateLimit>,
     /// How long a file replaced by a compaction or deleted by retention stays on disk for queries
     /// that started before (longer than any query may run).
     pub retired_grace: Duration,
@@ -97,6 +100,7 @@ impl IngesterConfig {
             compaction: CompactionPolicy::default(),
             merge_max_wait: Duration::from_secs(5 * 60),
             retention: RetentionPolicy::default(),
+            rate: None,
             retired_grace: Duration::from_secs(60),
             discard: false,
             derive: true,
@@ -193,7 +197,11 @@ pub struct Ingester {
     /// Memory reserved by exports in progress, bounded with the buffer's by `max_buffered_bytes`.
     admission: Arc<Admission>,
     /// Buffered span memory one flush piece takes at most ([`admission::flush_piece_bytes`]).
-    flush_piece_bytes: usize,
+    flush_piece_bytes: std::sync::atomic::AtomicUsize,
+    /// How long and how much is kept now (the configuration's, until [`Self::set_limits`]).
+    retention: Mutex<RetentionPolicy>,
+    /// What the tenant may still send, when its rate is limited.
+    rate: Mutex<Option<TokenBucket>>,
     /// Span files whose derivation failed in this process: maintenance does not try them again.
     underivable: Mutex<std::collections::HashSet<String>>,
     /// Since when merges have been put off for memory, with none run since.
@@ -257,6 +265,8 @@ impl Ingester {
         let headroom = admission::flush_headroom(config.max_buffered_bytes, crate::cores());
         let admission = Admission::new(config.max_buffered_bytes, headroom, metrics.reserved_bytes.clone());
         let flush_piece_bytes = admission::flush_piece_bytes(config.max_buffered_bytes);
+        let retention = config.retention;
+        let rate = config.rate.map(|limit| TokenBucket::new(limit, Instant::now()));
         Ok(Arc::new(Self {
             config,
             _lock: lock,
@@ -270,10 +280,38 @@ impl Ingester {
             dead_letters,
             replaying: tokio::sync::Mutex::new(()),
             admission,
-            flush_piece_bytes,
+            flush_piece_bytes: std::sync::atomic::AtomicUsize::new(flush_piece_bytes),
+            retention: Mutex::new(retention),
+            rate: Mutex::new(rate),
             underivable: Mutex::new(std::collections::HashSet::new()),
             merges_waiting_since: Mutex::new(None),
         }))
+    }
+
+    /// Applies new limits (`--tenant-limits` read again): the memory bound and retention from the
+    /// next export and maintenance pass on, the rate keeping what is left of the current burst.
+    pub fn set_limits(&self, limits: &TenantLimits) {
+        let bound = limits.max_buffered_bytes;
+        self.admission.set_bound(bound, admission::flush_headroom(bound, crate::cores()));
+        self.flush_piece_bytes.store(admission::flush_piece_bytes(bound), Ordering::Relaxed);
+        *self.retention.lock().expect("retention lock") = limits.retention;
+        let mut rate = self.rate.lock().expect("rate lock");
+        let now = Instant::now();
+        *rate = match (rate.take(), limits.rate) {
+            (Some(bucket), Some(limit)) => Some(bucket.with_limit(limit, now)),
+            (None, Some(limit)) => Some(TokenBucket::new(limit, now)),
+            (_, None) => None,
+        };
+    }
+
+    /// How long and how much is kept now.
+    pub(crate) fn retention(&self) -> RetentionPolicy {
+        *self.retention.lock().expect("retention lock")
+    }
+
+    /// Buffered span memory one flush piece takes at most now.
+    pub(crate) fn flush_piece_bytes(&self) -> usize {
+        self.flush_piece_bytes.load(Ordering::Relaxed)
     }
 
     /// What has been received and stored so far.
@@ -342,6 +380,9 @@ impl Ingester {
         }
         self.metrics.requests.inc_by(1);
         self.metrics.request_bytes.inc_by(body.len() as u64);
+        if let Some(bucket) = self.rate.lock().expect("rate lock").as_mut() {
+            bucket.admit(Instant::now())?;
+        }
         let (body, format, gzip, limit, admitted) = match body {
             ExportBody::Http { body, format, gzip, limit, admitted } => (body, format, gzip, limit, admitted),
             ExportBody::Grpc { body, gzip, limit, admitted } => (body, BodyFormat::Protobuf, gzip, limit, admitted),
@@ -386,6 +427,9 @@ impl Ingester {
             self.wal.append(record, batch).await?;
         }
         self.metrics.spans_accepted.inc_by(converted.accepted);
+        if let Some(bucket) = self.rate.lock().expect("rate lock").as_mut() {
+            bucket.take(converted.accepted, Instant::now());
+        }
         Ok(ExportOutcome {
             accepted: converted.accepted,
             rejected: converted.rejected,

@@ -29,6 +29,7 @@ mod gather;
 pub mod grpc;
 pub mod http;
 pub mod ingester;
+pub mod limits;
 pub mod manifest;
 pub mod memory;
 pub mod metrics;

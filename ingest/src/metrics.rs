@@ -20,8 +20,15 @@ const BUCKETS_S: [f64; 16] =
     [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// Why an export request was refused, as the `reason` label says it.
-pub const REFUSAL_REASONS: [&str; 6] =
-    ["malformed", "unsupported_media_type", "too_large", "overloaded", "shutting_down", "storage_error"];
+pub const REFUSAL_REASONS: [&str; 7] = [
+    "malformed",
+    "unsupported_media_type",
+    "too_large",
+    "overloaded",
+    "rate_limited",
+    "shutting_down",
+    "storage_error",
+];
 
 /// The `reason` label of refused requests.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -158,6 +158,21 @@ async fn tenants_see_only_their_own_spans_and_keep_them_through_a_crash() {
     }
     let (status, _) = get_as(&server, Some("team-a"), &format!("/api/v1/traces/{crashed}")).await;
     assert_eq!(status, 404);
+
+    // The dead-letter commands act on one tenant: its store on disk, and through the running server
+    // with its name in the header.
+    let data_dir = server.data_dir.to_str().unwrap().to_owned();
+    let api = server.api.to_string();
+    let (ok, stdout, stderr) =
+        crate::support::hopscope(&["dead-letters", "list", "--json", "--data-dir", &data_dir, "--tenant", "team-c"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(serde_json::from_str::<Value>(&stdout).unwrap(), json!([]));
+    let replay = ["dead-letters", "replay", "--data-dir", &data_dir, "--api-addr", &api, "--tenant", "team-c"];
+    let (ok, stdout, stderr) = crate::support::hopscope(&replay);
+    assert!(ok && stdout.contains("nothing to replay"), "{stdout}{stderr}");
+    let (ok, _, stderr) =
+        crate::support::hopscope(&["dead-letters", "list", "--data-dir", &data_dir, "--tenant", "../x"]);
+    assert!(!ok && stderr.contains("'/'"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -341,4 +356,74 @@ fn an_invalid_auth_file_stops_the_server_at_start_with_the_line_at_fault() {
         crate::support::serve_to_completion(&dir.join("data"), &["--auth-config", auth.to_str().unwrap()]);
     assert!(!ok);
     assert!(stderr.contains("auth.toml: line 2: sha256 must be 64 hexadecimal digits"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_over_its_limits_is_told_when_to_retry_and_no_other_tenant_is_held_back() {
+    use tonic_types::StatusExt as _;
+
+    let config_dir = crate::support::fresh_data_dir("tenant-limits-config");
+    let limits = config_dir.join("limits.toml");
+    std::fs::write(&limits, "[tenant.slow]\nspans_per_second = 0.5\nburst_spans = 3\nretention_age = \"1d\"\n")
+        .unwrap();
+    let server = Server::start(
+        "tenant-limits",
+        &["--multi-tenant", "--tenant-limits", limits.to_str().unwrap(), "--maintenance-interval", "1s"],
+    );
+
+    // A burst of 3 takes one export of 4 spans (leaving the tenant in debt); the next is refused
+    // with 429 and a Retry-After for when the rate has repaid the debt.
+    let (status, _, slow_trace) = post_as(&server, Some("slow"), 4).await;
+    assert_eq!(status, 200);
+    let id = hex::decode(random_trace_id()).unwrap();
+    let response = reqwest::Client::new()
+        .post(server.traces_url())
+        .header("content-type", "application/x-protobuf")
+        .header(TENANT, "slow")
+        .body(request(vec![span(id.clone(), vec![1; 8], "limited")]).encode_to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=5).contains(&retry_after), "Retry-After: {retry_after}");
+    let text = response.text().await.unwrap();
+    assert!(text.contains("0.5 spans/s"), "{text}");
+    // Over gRPC: RESOURCE_EXHAUSTED with a RetryInfo, which OTLP clients retry after.
+    let mut client = TraceServiceClient::connect(format!("http://{}", server.grpc)).await.unwrap();
+    let mut export = tonic::Request::new(request(vec![span(id, vec![1; 8], "limited")]));
+    export.metadata_mut().insert(TENANT, "slow".parse().unwrap());
+    let refused = client.export(export).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{}", refused.message());
+    assert!(refused.get_details_retry_info().and_then(|r| r.retry_delay).is_some(), "no RetryInfo");
+
+    // Another tenant is not limited, however often it sends.
+    for _ in 0..10 {
+        let (status, text, _) = post_as(&server, Some("fast"), 4).await;
+        assert_eq!(status, 200, "{text}");
+    }
+    let refused =
+        server.metric("hopscope_ingest_requests_refused_total{tenant=\"slow\",reason=\"rate_limited\"}").await;
+    assert_eq!(refused, 2.0);
+
+    // Retention by tenant: "slow" keeps a day, and its spans (from 2023) go; "fast" keeps everything.
+    server.wait_for_metric("hopscope_retention_spans_deleted_total{tenant=\"slow\"}", |n| n >= 4.0).await;
+    let (status, _) = get_as(&server, Some("slow"), &format!("/api/v1/traces/{slow_trace}")).await;
+    assert_eq!(status, 404);
+    assert_eq!(server.metric("hopscope_retention_spans_deleted_total{tenant=\"fast\"}").await, 0.0);
+
+    // SIGHUP applies a new rate to the open tenant.
+    std::fs::write(&limits, "[tenant.slow]\nspans_per_second = 100000\n").unwrap();
+    let status = std::process::Command::new("kill").args(["-HUP", &server.pid().to_string()]).status().unwrap();
+    assert!(status.success());
+    let started = Instant::now();
+    loop {
+        let (status, text, _) = post_as(&server, Some("slow"), 1).await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 429, "{text}");
+        assert!(started.elapsed() < DEADLINE, "the new rate was not applied; log:\n{}", server.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

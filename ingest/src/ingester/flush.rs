@@ -126,7 +126,7 @@ impl Ingester {
     async fn flush_piece(self: &Arc<Self>, everything: bool) -> Result<bool, IngestError> {
         let (taken, wal_floor) = {
             let mut buffer = self.buffer.lock().expect("buffer lock");
-            let taken = buffer.take_ready(Instant::now(), self.config.cut_off, everything, self.flush_piece_bytes)?;
+            let taken = buffer.take_ready(Instant::now(), self.config.cut_off, everything, self.flush_piece_bytes())?;
             // Every WAL record below this segment is in the spans taken now or in earlier files:
             // the WAL writer buffers a record before it can start a later segment.
             let floor = buffer.min_segment().unwrap_or(u64::MAX).min(self.wal.current_segment());

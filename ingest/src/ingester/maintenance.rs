@@ -55,7 +55,7 @@ impl Ingester {
         let mut report = MaintenanceReport::default();
         let now_ns = crate::manifest::now_unix_ms().saturating_mul(1_000_000);
 
-        let expired = retention::expired(&self.manifest.snapshot(), &self.config.retention, now_ns);
+        let expired = retention::expired(&self.manifest.snapshot(), &self.retention(), now_ns);
         if !expired.is_empty() {
             self.manifest.commit_replaced(&expired, Vec::new())?;
             report.files_expired = expired.len() as u64;
