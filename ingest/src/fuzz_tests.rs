@@ -160,3 +160,38 @@ fn fuzz_span_records() {
     let seeds = vec![crate::record::encode_batch(&batch).unwrap()];
     run("span-records", seeds, &[b"\xff\xff\xff\xff", b"ARROW1"], &|b: &[u8]| crate::record::decode_batch(b).is_ok());
 }
+
+#[test]
+fn fuzz_manifest() {
+    use hopscope_schemas::manifest::Manifest;
+    let manifest = br#"{"version":"4","generation":5,"wal_floor":2,"files":[{"path":"spans/2023-11-14/22/01a2.parquet",
+        "rows":4500,"bytes":71275,"min_start_ns":1700000000000000000,"max_start_ns":1700000000000000000,
+        "max_end_ns":1700000000250000000,"min_trace_id":"9e376ea97f4a49656c1b2d002679c835",
+        "max_trace_id":"9e376fc97f4a49656c1b2626600fc835","committed_unix_ms":1796548708744,"wal_max_segment":1,
+        "derived":[{"table":"traces","path":"traces/2023-11-14/22/01a2.parquet","rows":3,"bytes":2273}],
+        "derivation":6,"layout":2}]}"#;
+    let tokens: Vec<&[u8]> = JSON_TOKENS.iter().copied().chain([&b"\"version\":\"1\""[..], b"\"files\""]).collect();
+    run("manifest", vec![manifest.to_vec()], &tokens, &|input: &[u8]| {
+        let Ok(manifest) = Manifest::from_json(input) else { return false };
+        // What maintenance does with a manifest it read: retention and compaction plans.
+        let now = 1_800_000_000_000_000_000;
+        let policy = crate::retention::RetentionPolicy {
+            max_age: Some(std::time::Duration::from_secs(3600)),
+            max_bytes: Some(1),
+        };
+        let _ = crate::retention::expired(&manifest, &policy, now);
+        let _ = crate::compaction::plan(&manifest, &crate::compaction::CompactionPolicy::default(), now, true);
+        let _ = manifest.total_rows();
+        true
+    });
+}
+
+#[test]
+fn fuzz_dead_letter_entries() {
+    let entry = br#"{"id":"0192f0a1-spans","kind":"spans","reason":"disk full","created_unix_ms":1764900000000,
+        "bytes":1200,"spans":3,"traces":1,"services":["shop"],"attempts":3}"#;
+    let tokens: Vec<&[u8]> = JSON_TOKENS.iter().copied().chain([&b"\"wal-damage\""[..], b"\"kind\""]).collect();
+    run("dead-letter-entries", vec![entry.to_vec()], &tokens, &|input: &[u8]| {
+        serde_json::from_slice::<crate::dead_letter::DeadLetter>(input).map(|e| e.replayable()).is_ok()
+    });
+}

@@ -244,40 +244,46 @@ pub fn replay(dir: &Path, floor: u64, limits: &SpanLimits) -> Result<Replayed, I
         File::open(&path)
             .and_then(|mut f| f.read_to_end(&mut bytes))
             .map_err(IngestError::io(format!("reading {}", path.display())))?;
-        let mut offset = 0;
-        while offset < bytes.len() {
-            let (damage, next) = match check_record(&bytes[offset..]) {
-                Ok((len, v1)) => match decode_payload(v1, &bytes[offset + HEADER_LEN..offset + len], limits) {
-                    Ok((batches, 0)) => {
-                        replayed.batches.extend(batches.into_iter().map(|b| (segment, b)));
-                        offset += len;
-                        continue;
-                    }
-                    // What converts is replayed, and the record is kept as it was.
-                    Ok((batches, missing)) => {
-                        replayed.batches.extend(batches.into_iter().map(|b| (segment, b)));
-                        (
-                            format!(
-                                "{missing} of the spans it acknowledged no longer convert (a log written by another version?); the others were replayed"
-                            ),
-                            offset + len,
-                        )
-                    }
-                    // Intact, so it ends where it says: never look for records inside a body a
-                    // client wrote.
-                    Err(e) => (format!("undecodable record: {e}"), offset + len),
-                },
-                Err(reason) => (reason, resync(&bytes, offset).unwrap_or(bytes.len())),
-            };
-            let reason = format!(
-                "damaged write-ahead-log bytes {offset}..{next} of segment {segment} ({}): {damage}",
-                path.display()
-            );
-            replayed.damaged.push(DamagedRange { segment, offset, bytes: bytes[offset..next].to_vec(), reason });
-            offset = next;
-        }
+        replay_segment(&bytes, segment, &path, limits, &mut replayed);
     }
     Ok(replayed)
+}
+
+/// The records of one segment's `bytes` (read from `path`): their spans into `replayed`, and each
+/// damaged range with why. Never fails: whatever the bytes, they are replayed or kept as damage.
+fn replay_segment(bytes: &[u8], segment: u64, path: &Path, limits: &SpanLimits, replayed: &mut Replayed) {
+    let mut offset = 0;
+    while offset < bytes.len() {
+        let (damage, next) = match check_record(&bytes[offset..]) {
+            Ok((len, v1)) => match decode_payload(v1, &bytes[offset + HEADER_LEN..offset + len], limits) {
+                Ok((batches, 0)) => {
+                    replayed.batches.extend(batches.into_iter().map(|b| (segment, b)));
+                    offset += len;
+                    continue;
+                }
+                // What converts is replayed, and the record is kept as it was.
+                Ok((batches, missing)) => {
+                    replayed.batches.extend(batches.into_iter().map(|b| (segment, b)));
+                    (
+                        format!(
+                            "{missing} of the spans it acknowledged no longer convert (a log written by another version?); the others were replayed"
+                        ),
+                        offset + len,
+                    )
+                }
+                // Intact, so it ends where it says: never look for records inside a body a
+                // client wrote.
+                Err(e) => (format!("undecodable record: {e}"), offset + len),
+            },
+            Err(reason) => (reason, resync(bytes, offset).unwrap_or(bytes.len())),
+        };
+        let reason = format!(
+            "damaged write-ahead-log bytes {offset}..{next} of segment {segment} ({}): {damage}",
+            path.display()
+        );
+        replayed.damaged.push(DamagedRange { segment, offset, bytes: bytes[offset..next].to_vec(), reason });
+        offset = next;
+    }
 }
 
 enum Command {
@@ -661,23 +667,60 @@ mod tests {
         assert_eq!(batches, expected);
     }
 
+    /// A record as the writer frames it: `kind`, `gzip`, the spans it acknowledged, the body.
+    fn framed(kind: u8, gzip: u8, spans: u32, body: &[u8]) -> Vec<u8> {
+        let mut payload = vec![kind, gzip];
+        payload.extend_from_slice(&spans.to_le_bytes());
+        payload.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        payload.extend_from_slice(body);
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        bytes.extend(payload);
+        bytes
+    }
+
+    /// Any segment is replayed or kept as damage, never a panic, and the damaged ranges and
+    /// intact records cover it exactly.
+    #[test]
+    fn fuzz_wal_segments() {
+        let request = fixture_request(2).encode_to_vec();
+        let spans = crate::record::encode_batch(&converted(&fixture_request(1))).unwrap();
+        let mut segment = framed(KIND_PROTOBUF, 0, 2, &request);
+        segment.extend(framed(KIND_SPANS, 0, 1, &spans));
+        segment.extend(framed(KIND_JSON, 0, 0, b"{}"));
+        let tokens: &[&[u8]] = &[MAGIC, MAGIC_V1, b"\x00\x00\x00\x00", b"\xff\xff\xff\x7f"];
+        let path = Path::new("fuzz.wal");
+        hopscope_fuzz::run("wal-segments", vec![segment], tokens, &|input: &[u8]| {
+            let mut replayed = Replayed::default();
+            replay_segment(input, 1, path, &SpanLimits::default(), &mut replayed);
+            let damaged: usize = replayed.damaged.iter().map(|d| d.bytes.len()).sum();
+            assert!(damaged <= input.len());
+            replayed.damaged.is_empty()
+        });
+    }
+
+    /// Any payload behind an intact frame (a record whose checksum holds) decodes or is refused.
+    #[test]
+    fn fuzz_wal_records() {
+        let request = fixture_request(2).encode_to_vec();
+        let mut payload = vec![KIND_PROTOBUF, 0];
+        payload.extend_from_slice(&2u32.to_le_bytes());
+        payload.extend_from_slice(&(request.len() as u64).to_le_bytes());
+        payload.extend_from_slice(&request);
+        let tokens: &[&[u8]] = &[&[KIND_SPANS], &[KIND_ZIPKIN_JSON], b"\x1f\x8b\x08\x00", b"\xff\xff\xff\xff"];
+        hopscope_fuzz::run("wal-records", vec![payload], tokens, &|input: &[u8]| {
+            let current = decode_payload(false, input, &SpanLimits::default()).is_ok();
+            decode_payload(true, input, &SpanLimits::default()).is_ok() || current
+        });
+    }
+
     #[test]
     fn a_record_that_no_longer_decodes_is_kept_as_damage_and_the_others_replay() {
         let root = crate::scratch::ScratchDir::new("wal-undecodable");
         let wal_dir = root.join("wal");
         fs::create_dir_all(&wal_dir).unwrap();
         let good = fixture_request(3).encode_to_vec();
-        let framed = |kind: u8, gzip: u8, spans: u32, body: &[u8]| {
-            let mut payload = vec![kind, gzip];
-            payload.extend_from_slice(&spans.to_le_bytes());
-            payload.extend_from_slice(&(body.len() as u64).to_le_bytes());
-            payload.extend_from_slice(body);
-            let mut bytes = MAGIC.to_vec();
-            bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-            bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-            bytes.extend(payload);
-            bytes
-        };
         // Not protobuf, and holding a well-framed record of spans a client could have forged: an
         // intact record's body is never searched for records.
         let forged = crate::record::encode_batch(&converted(&fixture_request(8))).unwrap();

@@ -146,4 +146,61 @@ mod tests {
         let params = Params::new(values, &["service", "attr."]).unwrap();
         assert_eq!(params.prefixed("attr."), vec![("http.route", "/x")]);
     }
+
+    /// Any query string is read or refused parameter by parameter, never a panic.
+    #[test]
+    fn fuzz_api_parameters() {
+        let seeds = [
+            "start=2026-12-01T10:00:00Z&end=1764900000000000000&min_duration=1.5ms&limit=20&sort=slowest&status=error&attr.http.route=%2Fx&exact=true&unbounded_tail_ratio=0.5",
+        ];
+        let tokens: &[&[u8]] = &[
+            b"&",
+            b"=",
+            b"%",
+            b"%ff",
+            b"+",
+            b"attr.",
+            b"start=",
+            b"-",
+            b"9223372036854775808",
+            b"e309",
+            b"ns",
+            b"\xc2\xb5s",
+            b"T",
+            b"Z",
+        ];
+        let seeds = seeds.iter().map(|s| s.as_bytes().to_vec()).collect();
+        let all = [
+            "start",
+            "end",
+            "min_duration",
+            "max_duration",
+            "limit",
+            "sort",
+            "status",
+            "attr.",
+            "exact",
+            "unbounded_tail_ratio",
+            "step",
+        ];
+        hopscope_fuzz::run("api-parameters", seeds, tokens, &|input: &[u8]| {
+            // Split as a query string is (percent-decoding is the web framework's, not ours).
+            let values: HashMap<String, String> = String::from_utf8_lossy(input)
+                .split('&')
+                .filter_map(|pair| pair.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+                .collect();
+            let Ok(p) = Params::new(values, &all) else { return false };
+            let read = [
+                p.range().is_ok(),
+                p.duration("min_duration").is_ok(),
+                p.count("limit", 1_000).is_ok(),
+                p.number("unbounded_tail_ratio", 1.0).is_ok(),
+                p.boolean("exact").is_ok(),
+                p.choice("sort", &["newest", "slowest"]).is_ok(),
+                p.text("status").is_ok(),
+            ];
+            let _ = p.prefixed("attr.");
+            read.iter().all(|ok| *ok)
+        });
+    }
 }
