@@ -108,7 +108,7 @@ pub(crate) struct Tenants {
     tasks: Mutex<Vec<TenantTasks>>,
     /// `true` once shut down; opening a tenant holds it for reading, so that shutting down waits for
     /// opens in progress and then sees every tenant's tasks.
-    closed: RwLock<bool>,
+    closed: Arc<RwLock<bool>>,
     /// Stops the maintenance tasks (with the receivers).
     stop: CancellationToken,
     /// Stops the flushers, once the receivers have drained.
@@ -139,7 +139,7 @@ impl Tenants {
             registry,
             opened: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
-            closed: RwLock::new(false),
+            closed: Arc::new(RwLock::new(false)),
             stop,
             flush_stop: CancellationToken::new(),
         });
@@ -219,15 +219,18 @@ impl Tenants {
     }
 
     /// The open tenant `id`, opened now if it is not (`existing`: its data is in the data
-    /// directory, and the tenant bound does not apply).
-    async fn tenant(&self, id: &str, existing: bool) -> Result<Arc<Tenant>, IngestError> {
-        let closed = self.closed.read().await;
+    /// directory, and the tenant bound does not apply). The opening runs in a task of its own, so
+    /// that a client that goes away cannot cancel it halfway (and leave an ingester being opened
+    /// beside the next attempt's).
+    async fn tenant(self: &Arc<Self>, id: &str, existing: bool) -> Result<Arc<Tenant>, IngestError> {
+        let closed = Arc::clone(&self.closed).read_owned().await;
         if *closed {
             return Err(IngestError::ShuttingDown);
         }
         let cell = {
             let mut opened = self.opened.lock().expect("tenants lock");
             match opened.get(id) {
+                Some(cell) if cell.initialized() => return Ok(Arc::clone(cell.get().expect("initialized"))),
                 Some(cell) => Arc::clone(cell),
                 None => {
                     if let TenantMode::Multi { max_tenants } = self.mode
@@ -243,16 +246,22 @@ impl Tenants {
                 }
             }
         };
-        let opening = cell.get_or_try_init(|| self.open_tenant(id)).await.cloned();
-        if opening.is_err() {
-            // Tried again by the next request; it holds no place under the bound meanwhile.
-            let mut opened = self.opened.lock().expect("tenants lock");
-            if opened.get(id).is_some_and(|c| c.get().is_none()) {
-                opened.remove(id);
+        let (tenants, id) = (Arc::clone(self), id.to_owned());
+        tokio::spawn(async move {
+            // Shutting down waits for this guard: every opened tenant's tasks are then listed.
+            let _closed = closed;
+            let opening = cell.get_or_try_init(|| tenants.open_tenant(&id)).await.cloned();
+            if opening.is_err() {
+                // Tried again by the next request; it holds no place under the bound meanwhile.
+                let mut opened = tenants.opened.lock().expect("tenants lock");
+                if opened.get(&id).is_some_and(|c| !c.initialized()) {
+                    opened.remove(&id);
+                }
             }
-        }
-        drop(closed);
-        opening
+            opening
+        })
+        .await
+        .map_err(|e| IngestError::Task(format!("opening a tenant: {e}")))?
     }
 
     /// `tenant`'s limits now: the flags', with `--tenant-limits` over them.
@@ -291,7 +300,20 @@ impl Tenants {
         }
     }
 
+    /// Opens tenant `id`: everything that can fail comes before its ingester is opened, so that a
+    /// tenant whose opening failed has no ingester (and no tasks) left behind to clash with the
+    /// next attempt's.
     async fn open_tenant(&self, id: &str) -> Result<Arc<Tenant>, IngestError> {
+        let engine = if id == layout::DEFAULT_TENANT {
+            Arc::clone(&self.settings.engine)
+        } else {
+            Arc::new(
+                self.settings
+                    .engine
+                    .for_tenant(id)
+                    .map_err(|e| IngestError::Task(format!("the query engine of tenant {id:?}: {e}")))?,
+            )
+        };
         let limits = self.limits_of(id);
         let config = IngesterConfig {
             tenant: id.to_owned(),
@@ -304,16 +326,6 @@ impl Tenants {
         let ingester = tokio::task::spawn_blocking(move || Ingester::open_locked(config, lock))
             .await
             .map_err(|e| IngestError::Task(e.to_string()))??;
-        let engine = if id == layout::DEFAULT_TENANT {
-            Arc::clone(&self.settings.engine)
-        } else {
-            Arc::new(
-                self.settings
-                    .engine
-                    .for_tenant(id)
-                    .map_err(|e| IngestError::Task(format!("the query engine of tenant {id:?}: {e}")))?,
-            )
-        };
         {
             let mut registry = self.registry.lock().expect("metrics registry lock");
             match self.mode {
