@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 
-use datafusion::arrow::array::{Array, RecordBatch};
+use datafusion::arrow::array::{Array, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{JoinType, ScalarValue};
 use datafusion::dataframe::DataFrame;
@@ -676,6 +676,30 @@ pub(crate) async fn search_span_sets(
 }
 
 /// The rows of the second read, grouped by trace (hex id), with each row's set flags.
+/// One attribute's value columns, one per type (a type the query did not read is `None`).
+struct TypedValues {
+    strings: StringArray,
+    ints: Option<Int64Array>,
+    doubles: Option<Float64Array>,
+    bools: Option<BooleanArray>,
+}
+
+impl TypedValues {
+    /// The attribute's value at `row`: the first type that holds one, or `None` when it is absent.
+    fn value(&self, row: usize) -> Option<AttributeValue> {
+        if self.strings.is_valid(row) {
+            return Some(AttributeValue::Str(self.strings.value(row).to_owned()));
+        }
+        if let Some(i) = self.ints.as_ref().filter(|i| i.is_valid(row)) {
+            return Some(AttributeValue::Int(i.value(row)));
+        }
+        if let Some(d) = self.doubles.as_ref().filter(|d| d.is_valid(row)) {
+            return Some(AttributeValue::Double(d.value(row)));
+        }
+        self.bools.as_ref().filter(|b| b.is_valid(row)).map(|b| AttributeValue::Bool(b.value(row)))
+    }
+}
+
 fn read_matched(
     batch: &RecordBatch,
     sets: usize,
@@ -690,29 +714,20 @@ fn read_matched(
     let flags = (0..sets).map(|i| r.booleans(&format!("m{i}"))).collect::<Result<Vec<_>, _>>()?;
     let values = (0..attributes.len())
         .map(|a| {
-            Ok((
-                r.strings(&format!("a{a}_{}", value::STR))?,
-                r.ints(&format!("a{a}_{}", value::INT))?,
-                r.floats(&format!("a{a}_{}", value::DOUBLE))?,
-                r.booleans(&format!("a{a}_{}", value::BOOL))?,
-            ))
+            Ok(TypedValues {
+                strings: r.strings(&format!("a{a}_{}", value::STR))?,
+                ints: Some(r.ints(&format!("a{a}_{}", value::INT))?),
+                doubles: Some(r.floats(&format!("a{a}_{}", value::DOUBLE))?),
+                bools: Some(r.booleans(&format!("a{a}_{}", value::BOOL))?),
+            })
         })
         .collect::<Result<Vec<_>, QueryError>>()?;
     for row in 0..batch.num_rows() {
         let mut span_attributes = Vec::new();
-        for ((_, key), (s, i, d, b)) in attributes.iter().zip(&values) {
-            let value = if s.is_valid(row) {
-                AttributeValue::Str(s.value(row).to_owned())
-            } else if i.is_valid(row) {
-                AttributeValue::Int(i.value(row))
-            } else if d.is_valid(row) {
-                AttributeValue::Double(d.value(row))
-            } else if b.is_valid(row) {
-                AttributeValue::Bool(b.value(row))
-            } else {
-                continue;
-            };
-            span_attributes.push(((*key).to_owned(), value));
+        for ((_, key), typed) in attributes.iter().zip(&values) {
+            if let Some(value) = typed.value(row) {
+                span_attributes.push(((*key).to_owned(), value));
+            }
         }
         let span = MatchedSpan {
             span_id: hex::encode(span_ids.value(row)),
@@ -857,25 +872,14 @@ pub(crate) async fn tag_values(
             }
             continue;
         }
-        let strings = r.strings(value::STR)?;
         let get = |name: &str| batch.column_by_name(name).is_some();
-        let ints = if get(value::INT) { Some(r.ints(value::INT)?) } else { None };
-        let doubles = if get(value::DOUBLE) { Some(r.floats(value::DOUBLE)?) } else { None };
-        let bools = if get(value::BOOL) { Some(r.booleans(value::BOOL)?) } else { None };
-        for row in 0..batch.num_rows() {
-            let value = if strings.is_valid(row) {
-                AttributeValue::Str(strings.value(row).to_owned())
-            } else if let Some(i) = ints.as_ref().filter(|i| i.is_valid(row)) {
-                AttributeValue::Int(i.value(row))
-            } else if let Some(d) = doubles.as_ref().filter(|d| d.is_valid(row)) {
-                AttributeValue::Double(d.value(row))
-            } else if let Some(b) = bools.as_ref().filter(|b| b.is_valid(row)) {
-                AttributeValue::Bool(b.value(row))
-            } else {
-                continue;
-            };
-            out.push(TagValue::Attribute(value));
-        }
+        let typed = TypedValues {
+            strings: r.strings(value::STR)?,
+            ints: if get(value::INT) { Some(r.ints(value::INT)?) } else { None },
+            doubles: if get(value::DOUBLE) { Some(r.floats(value::DOUBLE)?) } else { None },
+            bools: if get(value::BOOL) { Some(r.booleans(value::BOOL)?) } else { None },
+        };
+        out.extend((0..batch.num_rows()).filter_map(|row| typed.value(row)).map(TagValue::Attribute));
     }
     out.sort_by(tag_value_order);
     out.dedup();
