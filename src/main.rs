@@ -517,6 +517,7 @@ async fn bind_listeners(
     let ui_config = hopscope_ui::UiConfig {
         otlp_http_addr: http_listener.local_addr()?,
         otlp_grpc_addr: grpc_listener.local_addr()?,
+        tenant: None,
     };
     let listeners = Listeners {
         grpc: grpc_listener,

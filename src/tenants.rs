@@ -11,6 +11,11 @@
 //! and its buffer has a `--max-buffered-bytes` of its own, so that one tenant's flood is refused
 //! without slowing another. Queries of all tenants share the query threads and memory pool, each
 //! tenant with its own `--query-max-concurrent` turns.
+//!
+//! A browser cannot send `X-Scope-OrgID` when it follows a link, so the UI's pages also take the
+//! tenant from the URL (`tenant=`, taken out before the page sees its parameters); a page whose URL
+//! names none gets the tenant picker (without tokens: a token names its tenant), and a page never
+//! opens a tenant the server does not hold (a typo is no new tenant).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -194,11 +199,25 @@ impl Tenants {
 
     /// The tenant a request belongs to, checked: its token's when tokens are required (with the
     /// scope `surface` and `path` need), else the one `X-Scope-OrgID` names.
-    fn tenant_of(&self, headers: &http::HeaderMap, surface: Surface, path: &str) -> Result<String, IngestError> {
+    /// `in_url`: the tenant a page's URL names, which must agree with the header when both do.
+    fn tenant_of(
+        &self,
+        headers: &http::HeaderMap,
+        in_url: Option<String>,
+        surface: Surface,
+        path: &str,
+    ) -> Result<String, IngestError> {
         if let TenantMode::Single = self.mode {
             return Ok(layout::DEFAULT_TENANT.to_owned());
         }
-        let named = headers.get(TENANT_HEADER).map(named_tenant).transpose()?;
+        let named = match (headers.get(TENANT_HEADER).map(named_tenant).transpose()?, in_url) {
+            (Some(header), Some(url)) if header != url => {
+                return Err(IngestError::BadTenant(format!(
+                    "X-Scope-OrgID names tenant {header:?}, but the URL names {url:?} (tenant=)"
+                )));
+            }
+            (header, url) => header.or(url),
+        };
         let auth = self.auth.lock().expect("auth lock").clone();
         if let Some(auth) = auth {
             let tenant = auth.authorize(headers, scope_of(surface, path))?;
@@ -341,9 +360,13 @@ impl Tenants {
             maintenance: supervise_maintenance(&ingester, self.stop.clone()),
         });
         let settings = &self.settings;
+        let ui = hopscope_ui::UiConfig {
+            tenant: matches!(self.mode, TenantMode::Multi { .. }).then(|| id.to_owned()),
+            ..settings.ui.clone()
+        };
         let api = Router::new()
             .merge(hopscope_query::api::router(Arc::clone(&engine)))
-            .merge(hopscope_ui::router(engine, settings.ui.clone()))
+            .merge(hopscope_ui::router(engine, ui))
             .merge(hopscope_ingest::admin::router(Arc::clone(&ingester)));
         let grpc =
             hopscope_ingest::grpc::TraceService::new(Arc::clone(&ingester), settings.otlp_grpc_max_message_bytes);
@@ -408,21 +431,117 @@ fn scope_of(surface: Surface, path: &str) -> Scope {
 }
 
 /// Hands a request to its tenant's routes, or refuses it in the shape its surface answers errors.
-async fn dispatch(State((tenants, surface)): State<(Arc<Tenants>, Surface)>, request: Request) -> Response {
-    let tenant = match tenants.tenant_of(request.headers(), surface, request.uri().path()) {
-        Ok(id) => tenants.tenant(&id, false).await,
-        Err(e) => Err(e),
+/// The UI's pages are the browser's: see [`page_tenant`].
+async fn dispatch(State((tenants, surface)): State<(Arc<Tenants>, Surface)>, mut request: Request) -> Response {
+    let path = request.uri().path();
+    let tenant = if surface == Surface::Api && path.starts_with(hopscope_ui::ASSETS) {
+        return serve(hopscope_ui::assets(), request).await;
+    } else if surface == Surface::Api && is_page(path) {
+        match page_tenant(&tenants, &mut request).await {
+            Ok(tenant) => Ok(tenant),
+            Err(picker) => return picker,
+        }
+    } else {
+        match tenants.tenant_of(request.headers(), None, surface, path) {
+            Ok(id) => tenants.tenant(&id, false).await,
+            Err(e) => Err(e),
+        }
     };
     match tenant {
-        Ok(tenant) => match tenant.routes(surface).oneshot(request).await {
-            Ok(response) => response,
-            Err(never) => match never {},
-        },
+        Ok(tenant) => serve(tenant.routes(surface), request).await,
         Err(e) => match surface {
             Surface::OtlpGrpc => hopscope_ingest::grpc::refusal(&e),
             Surface::OtlpHttp => hopscope_ingest::http::refusal(&e, request.headers()),
             Surface::Api => api_refusal(&e, tenants.requires_tokens()),
         },
+    }
+}
+
+async fn serve(routes: Router, request: Request) -> Response {
+    match routes.oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}
+
+/// Whether `path` is one of the UI's pages (`/` redirects to one).
+fn is_page(path: &str) -> bool {
+    path == "/" || path == "/ui" || path.starts_with("/ui/")
+}
+
+/// The tenant whose page a browser asks for: the one its token names, else the one `tenant=` in
+/// the URL (taken out of it) or `X-Scope-OrgID` names, if the server holds it. Else the answer is
+/// the tenant picker (or, with tokens, the refusal that makes a browser ask for one). The picker
+/// itself (`/ui/tenants`) is answered here too.
+async fn page_tenant(tenants: &Arc<Tenants>, request: &mut Request) -> Result<Arc<Tenant>, Response> {
+    let tokens = tenants.requires_tokens();
+    let named = take_tenant_param(request);
+    let path = request.uri().path();
+    let tenant = named.and_then(|in_url| tenants.tenant_of(request.headers(), in_url, Surface::Api, path));
+    let open = || {
+        let mut open: Vec<String> = tenants.opened.lock().expect("tenants lock").keys().cloned().collect();
+        open.sort_unstable();
+        open
+    };
+    let picker = hopscope_ui::tenant_picker;
+    match tenant {
+        Ok(id) if path == hopscope_ui::TENANTS => {
+            let choices = if tokens { vec![id.clone()] } else { open() };
+            Err(picker(http::StatusCode::OK, &choices, Some(&id), None, !tokens))
+        }
+        Ok(id) if tokens || tenants.opened.lock().expect("tenants lock").contains_key(&id) => {
+            tenants.tenant(&id, false).await.map_err(|e| api_refusal(&e, tokens))
+        }
+        Ok(id) => {
+            let problem = format!("This server holds no tenant {id:?}: no span has been sent to it.");
+            Err(picker(http::StatusCode::NOT_FOUND, &open(), None, Some(&problem), true))
+        }
+        Err(IngestError::Unauthenticated(_)) if !tokens => Err(picker(http::StatusCode::OK, &open(), None, None, true)),
+        Err(e @ IngestError::BadTenant(_)) if !tokens => {
+            Err(picker(http::StatusCode::BAD_REQUEST, &open(), None, Some(&e.to_string()), true))
+        }
+        Err(e) => Err(api_refusal(&e, tokens)),
+    }
+}
+
+/// Takes `tenant=` out of a page's URL (a page does not take it as a parameter of its own) and
+/// returns the tenant it names (`None`: none, or empty), checked.
+fn take_tenant_param(request: &mut Request) -> Result<Option<String>, IngestError> {
+    let Some(query) = request.uri().query() else { return Ok(None) };
+    let param = hopscope_ui::TENANT_PARAM;
+    let mut named: Option<String> = None;
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match form_urlencoded::parse(pair.as_bytes()).next() {
+            Some((key, value)) if key == param => {
+                let value = value.trim();
+                if named.as_deref().is_some_and(|n| n != value) {
+                    return Err(IngestError::BadTenant(format!("{param}: named twice, as {named:?} and {value:?}")));
+                }
+                named = Some(value.to_owned());
+            }
+            _ => kept.push(pair),
+        }
+    }
+    if named.is_none() {
+        return Ok(None);
+    }
+    let path = request.uri().path();
+    let rewritten = if kept.is_empty() { path.to_owned() } else { format!("{path}?{}", kept.join("&")) };
+    let mut parts = request.uri().clone().into_parts();
+    parts.path_and_query = Some(
+        rewritten
+            .parse()
+            .map_err(|e| IngestError::BadTenant(format!("{param}: the URL cannot be kept without it: {e}")))?,
+    );
+    *request.uri_mut() = http::Uri::from_parts(parts)
+        .map_err(|e| IngestError::BadTenant(format!("{param}: the URL cannot be kept without it: {e}")))?;
+    match named.filter(|n| !n.is_empty()) {
+        Some(tenant) => {
+            layout::validate_tenant(&tenant).map_err(|e| IngestError::BadTenant(format!("{param}: {e}")))?;
+            Ok(Some(tenant))
+        }
+        None => Ok(None),
     }
 }
 
@@ -499,4 +618,31 @@ fn supervise_flusher(ingester: &Arc<Ingester>, stop: CancellationToken) -> JoinH
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn take(uri: &str) -> (Result<Option<String>, String>, String) {
+        let mut request = Request::builder().uri(uri).body(axum::body::Body::empty()).unwrap();
+        let named = take_tenant_param(&mut request).map_err(|e| e.to_string());
+        (named, request.uri().to_string())
+    }
+
+    #[test]
+    fn a_pages_tenant_is_taken_out_of_its_url_and_the_rest_kept_in_order() {
+        assert_eq!(
+            take("/ui/graph?range=1h&tenant=team-a&color=p99"),
+            (Ok(Some("team-a".into())), "/ui/graph?range=1h&color=p99".into())
+        );
+        assert_eq!(take("/ui/graph?tenant=team-a"), (Ok(Some("team-a".into())), "/ui/graph".into()));
+        assert_eq!(take("/ui/graph?tenant=&range=1h"), (Ok(None), "/ui/graph?range=1h".into()));
+        assert_eq!(take("/ui/graph?range=1h"), (Ok(None), "/ui/graph?range=1h".into()));
+        assert_eq!(take("/ui/graph?tenant=a&tenant=a"), (Ok(Some("a".into())), "/ui/graph".into()));
+        let (named, _) = take("/ui/graph?tenant=a&tenant=b");
+        assert!(named.unwrap_err().contains("named twice"));
+        let (named, _) = take("/ui/graph?tenant=%2E%2E");
+        assert!(named.unwrap_err().starts_with("tenant:"));
+    }
 }

@@ -16,18 +16,7 @@ import time
 
 from playwright.sync_api import sync_playwright
 
-CHROMIUM = os.environ.get("HOPSCOPE_TEST_CHROMIUM", "/usr/bin/chromium")
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    # Every host name but loopback fails inside Chromium: nothing leaves the machine.
-    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-]
+import chromium
 
 
 def main():
@@ -44,7 +33,7 @@ def main():
     out = {"console_errors": [], "page_errors": [], "dialogs": [], "offhost_requests": [], "timings_ms": {}}
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS, timeout=60000)
+        browser = chromium.launch(p)
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         page.set_default_timeout(60000)
         page.on("console", lambda m: m.type == "error" and out["console_errors"].append(f"{page.url}: {m.text}"))

@@ -197,6 +197,86 @@ async fn a_server_opens_at_most_max_tenants_and_single_tenant_mode_ignores_the_h
     assert!(server.data_dir.join("default").join("manifest.json").is_file());
 }
 
+/// A page as a browser without a tenant header asks for it: status and body.
+async fn page(server: &Server, tenant: Option<&str>, path: &str) -> (u16, String) {
+    let mut request = reqwest::Client::new().get(server.api_url(path));
+    if let Some(tenant) = tenant {
+        request = request.header(TENANT, tenant);
+    }
+    let response = request.send().await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ui_offers_the_tenants_and_keeps_the_chosen_one_in_every_link() {
+    let server = Server::start("tenant-ui", &["--multi-tenant"]);
+    let (grpc, http) = (format!("http://{}", server.grpc), server.traces_url());
+    let mut sent = std::collections::BTreeMap::new();
+    for tenant in ["team-a", "team-b"] {
+        let args = vec!["--grpc".into(), grpc.clone(), "--http".into(), http.clone(), "--tenant".into(), tenant.into()];
+        let ids = run_python_client("python_export.py", args).await;
+        let ids: Vec<String> = ["grpc", "http"].iter().map(|p| ids[*p].as_str().unwrap().to_owned()).collect();
+        for id in &ids {
+            wait_for_trace_as(&server, tenant, id, 2).await;
+        }
+        sent.insert(tenant, ids);
+    }
+
+    // In a real browser: the picker, then team-a's pages by their links.
+    let trace = &sent["team-a"][1];
+    let args = vec!["--base".into(), format!("http://{}", server.api), "--tenant".into(), "team-a".into()];
+    let seen = run_python_client("ui_tenants_check.py", [args, vec!["--trace".into(), trace.clone()]].concat()).await;
+    assert_eq!(seen["console_errors"], json!([]), "console errors");
+    assert_eq!(seen["page_errors"], json!([]), "uncaught page errors");
+    assert_eq!(seen["offhost_requests"], json!([]), "requests to other hosts");
+    assert_eq!(seen["picker"]["status"], 200, "{seen}");
+    assert_eq!(seen["picker"]["tenants"], json!(["team-a", "team-b"]), "{seen}");
+    assert_eq!(seen["picker"]["styled"], true, "the picker's stylesheet loads without a tenant: {seen}");
+    let graph_url = seen["graph"]["url"].as_str().unwrap();
+    assert!(graph_url.contains("/ui/graph?") && graph_url.ends_with("tenant=team-a"), "{seen}");
+    assert_eq!(seen["graph"]["header_tenant"], "tenant team-a", "{seen}");
+    let range_url = seen["range_url"].as_str().unwrap();
+    assert!(range_url.contains("range=24h") && range_url.contains("tenant=team-a"), "{seen}");
+    assert_eq!(seen["links_without_tenant"], json!([]), "links that lose the tenant");
+    assert!(seen["search"]["url"].as_str().unwrap().contains("tenant=team-a"), "{seen}");
+    assert_eq!(seen["search"]["traces"], json!(sent["team-a"].iter().collect::<std::collections::BTreeSet<_>>()));
+    let (_, api) = get_as(&server, Some("team-a"), &format!("/api/v1/traces/{trace}")).await;
+    let span_ids: Vec<&str> = api["spans"].as_array().unwrap().iter().map(|s| s["span_id"].as_str().unwrap()).collect();
+    let clicked = seen["details"]["span_id"].as_str().unwrap();
+    assert!(span_ids.contains(&clicked), "{clicked} is not one of {span_ids:?}");
+    assert!(seen["details"]["text"].as_str().unwrap().contains(clicked), "details of another span: {seen}");
+    assert!(seen["picker_again"]["url"].as_str().unwrap().contains("/ui/tenants?tenant=team-a"), "{seen}");
+    assert_eq!(seen["picker_again"]["current"], json!(["team-a"]), "{seen}");
+
+    // The URL names the tenant only for pages; it must agree with the header; a page never opens a
+    // tenant the server does not hold.
+    let other = &sent["team-b"][0];
+    let (status, body) = page(&server, None, &format!("/ui/trace/{other}?tenant=team-a")).await;
+    assert_eq!(status, 404, "team-a's page shows team-b's trace: {body}");
+    let (status, body) = page(&server, None, &format!("/ui/trace/{other}?tenant=team-b")).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = page(&server, Some("team-a"), "/ui/graph").await;
+    assert!(status == 200 && body.contains("tenant <strong>team-a</strong>"), "{status}: {body}");
+    let (status, body) = page(&server, Some("team-a"), "/ui/graph?tenant=team-b").await;
+    assert!(status == 400 && body.contains("but the URL names"), "{status}: {body}");
+    let (status, body) = page(&server, None, "/ui/graph?tenant=team-a&tenant=team-b").await;
+    assert!(status == 400 && body.contains("named twice"), "{status}: {body}");
+    let (status, body) = page(&server, None, "/ui/graph?tenant=..").await;
+    assert!(status == 400 && body.contains("tenant:"), "{status}: {body}");
+    let (status, body) = page(&server, None, "/ui/graph?tenant=typo&range=1h").await;
+    assert!(
+        status == 404 && body.contains("holds no tenant &quot;typo&quot;") && body.contains("team-b"),
+        "{status}: {body}"
+    );
+    assert!(!server.data_dir.join("typo").exists(), "a page opened a tenant");
+    let (status, body) = page(&server, None, "/ui/graph?range=1h").await;
+    assert!(status == 200 && body.contains("Choose a tenant"), "{status}: {body}");
+    let (status, _) = page(&server, None, "/ui/assets/app.js").await;
+    assert_eq!(status, 200);
+    let (status, body) = get_as(&server, None, "/api/v1/services?tenant=team-a").await;
+    assert_eq!(status, 401, "the API takes its tenant from the header only: {body}");
+}
+
 /// The SHA-256 of `token` in hex, as `sha256sum` prints it (what README tells operators to run).
 fn sha256_hex(token: &str) -> String {
     let mut child = std::process::Command::new("sha256sum")
@@ -322,6 +402,19 @@ async fn tokens_decide_the_tenant_and_what_a_request_may_do() {
     assert_eq!(get_with(&server, None, None, "/metrics").await.status(), 401);
     assert_eq!(get_with(&server, Some("admin-a"), None, "/metrics").await.status(), 200);
     assert_eq!(get_with(&server, None, None, "/healthz").await.status(), 200);
+
+    // The UI: a browser without the token is asked for it; the token's tenant is the page's, and
+    // the picker offers only it; the stylesheet and script need no token.
+    let response = get_with(&server, None, None, "/ui/graph").await;
+    assert_eq!((response.status().as_u16(), response.headers().contains_key("www-authenticate")), (401, true));
+    let response =
+        reqwest::Client::new().get(server.api_url("/ui/graph")).basic_auth("", Some("writer-a")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.text().await.unwrap().contains("tenant <strong>team-a</strong>"));
+    assert_eq!(get_with(&server, Some("writer-a"), None, "/ui/graph?tenant=team-b").await.status(), 403);
+    let picker = get_with(&server, Some("reader-b"), None, "/ui/tenants").await.text().await.unwrap();
+    assert!(picker.contains("/ui/graph?tenant=team-b") && !picker.contains("team-a"), "{picker}");
+    assert_eq!(get_with(&server, None, None, "/ui/assets/style.css").await.status(), 200);
 
     // SIGHUP reads the file again: a new token works; a broken file keeps the tokens that were.
     std::fs::write(&auth, auth_file(&[("writer-a", "team-a", &["write", "read"]), ("reader-c", "team-c", &["read"])]))

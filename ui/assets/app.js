@@ -30,6 +30,11 @@
     });
   }
 
+  // On a server that keeps tenants apart, the page's tenant (links carry it in their URL; what
+  // the script fetches carries it in the header the API reads).
+  const tenant = document.body.dataset.tenant;
+  const fetchOptions = tenant ? { headers: { "X-Scope-OrgID": tenant } } : {};
+
   // The trace page: span details on click.
   const panel = document.getElementById("span-details");
   if (!panel) return;
@@ -37,7 +42,7 @@
   let trace = null;
   function load() {
     if (!trace) {
-      trace = fetch("/api/v1/traces/" + encodeURIComponent(traceId)).then(function (r) {
+      trace = fetch("/api/v1/traces/" + encodeURIComponent(traceId), fetchOptions).then(function (r) {
         if (!r.ok) throw new Error("the API answered " + r.status);
         return r.json();
       });
@@ -100,7 +105,7 @@
     span.links.forEach(function (l) {
       const p = el("p");
       const a = el("a", l.trace_id + " / " + l.span_id);
-      a.href = "/ui/trace/" + encodeURIComponent(l.trace_id);
+      a.href = "/ui/trace/" + encodeURIComponent(l.trace_id) + (tenant ? "?tenant=" + encodeURIComponent(tenant) : "");
       p.appendChild(a);
       panel.appendChild(p);
     });
@@ -130,7 +135,7 @@
     if (!row || button.disabled) return;
     button.disabled = true;
     button.textContent = "loading…";
-    fetch(row.dataset.fold).then(function (r) {
+    fetch(row.dataset.fold, fetchOptions).then(function (r) {
       if (!r.ok) throw new Error("the server answered " + r.status);
       return r.text();
     }).then(function (html) {

@@ -11,7 +11,7 @@ use hopscope_query::{FindingsQuery, Thresholds};
 use hopscope_schemas::api::{AggregateCriticalPathView, EndpointDependenciesView, FindingView, PathGroupView};
 use maud::{Markup, html};
 
-use crate::page::{Frame, PageParams, duration, percent};
+use crate::page::{Frame, PageParams, duration, percent, trace_link};
 use crate::{UiError, UiState, paths};
 
 fn group(label: &str, g: &PathGroupView) -> Markup {
@@ -70,7 +70,7 @@ pub(crate) async fn critical_path_page(
     headers: HeaderMap,
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Html<String>, UiError> {
-    let params = PageParams::new(raw, &["service", "operation"])?;
+    let params = PageParams::new(raw, &["service", "operation"], ui.tenant())?;
     let service = params.text("service").map(str::to_owned);
     let operation = params.text("operation").map(str::to_owned);
     if operation.is_some() && service.is_none() {
@@ -142,7 +142,7 @@ pub(crate) async fn findings_page(
     headers: HeaderMap,
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Html<String>, UiError> {
-    let params = PageParams::new(raw, &["service"])?;
+    let params = PageParams::new(raw, &["service"], ui.tenant())?;
     let service = params.text("service").map(str::to_owned);
     let query = FindingsQuery {
         range: params.window.range,
@@ -193,7 +193,7 @@ fn findings_table(params: &PageParams, findings: &[FindingView]) -> Markup {
                         td.num { @match f.traces { Some(t) => (t), None => span title="not counted in the per-minute rollups this finding comes from" { "–" } } }
                         td.num { (duration(f.cost_ns_total as f64)) } td.num { (duration(f.cost_ns_mean)) }
                         td { code { (f.threshold) } }
-                        td.evidence { @for id in &f.evidence_trace_ids { a.trace-link href=(paths::trace(id)) title=(id) { code { (id.get(..8).unwrap_or(id)) } } " " } }
+                        td.evidence { @for id in &f.evidence_trace_ids { a.trace-link href=(trace_link(&params.window, id)) title=(id) { code { (id.get(..8).unwrap_or(id)) } } " " } }
                     }
                 }
             }
@@ -280,7 +280,7 @@ mod tests {
     /// note says how many there are.
     #[test]
     fn the_findings_table_lists_at_most_its_cap_and_says_how_many_more() {
-        let params = PageParams::new(HashMap::new(), &[]).unwrap();
+        let params = PageParams::new(HashMap::new(), &[], None).unwrap();
         for total in [5, FINDINGS_SHOWN, FINDINGS_SHOWN + 50] {
             let findings: Vec<FindingView> = (0..total).map(finding).collect();
             let html = findings_table(&params, &findings).into_string();

@@ -230,7 +230,7 @@ pub(crate) async fn page(
     headers: HeaderMap,
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Html<String>, UiError> {
-    let params = PageParams::new(raw, &["color"])?;
+    let params = PageParams::new(raw, &["color"], ui.tenant())?;
     let colouring = match params.text("color") {
         None | Some("latency") => Colouring::Latency,
         Some("errors") => Colouring::Errors,

@@ -12,7 +12,7 @@ use hopscope_schemas::api::{EdgeView, LatencyView, OperationView, SlowestCalls};
 use hopscope_schemas::time::TimeRange;
 use maud::{Markup, html};
 
-use crate::page::{Frame, PageParams, duration, rate};
+use crate::page::{Frame, PageParams, duration, rate, trace_link};
 use crate::{UiError, UiState, charts, paths};
 
 /// How many of the slowest traces a page lists.
@@ -70,7 +70,7 @@ fn slowest_table(params: &PageParams, slowest: &SlowestCalls) -> Markup {
                 tbody {
                     @for c in calls {
                         tr {
-                            td { a.trace-link href=(paths::trace(&c.trace_id)) { code { (c.trace_id) } } }
+                            td { a.trace-link href=(trace_link(&params.window, &c.trace_id)) { code { (c.trace_id) } } }
                             td { (c.start_time.get(..19).unwrap_or(&c.start_time)) }
                             td.num { (duration(c.duration_ns as f64)) }
                         }
@@ -112,7 +112,7 @@ pub(crate) async fn service_page(
     headers: HeaderMap,
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Html<String>, UiError> {
-    let params = PageParams::new(raw, &["name", "operation"])?;
+    let params = PageParams::new(raw, &["name", "operation"], ui.tenant())?;
     let name = params.required("name")?.to_owned();
     let operation = params.text("operation").map(str::to_owned);
     let range = params.window.range;
@@ -205,7 +205,7 @@ pub(crate) async fn hop_page(
     headers: HeaderMap,
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Html<String>, UiError> {
-    let params = PageParams::new(raw, &["caller", "callee"])?;
+    let params = PageParams::new(raw, &["caller", "callee"], ui.tenant())?;
     let (caller, callee) = (params.required("caller")?.to_owned(), params.required("callee")?.to_owned());
     let range = params.window.range;
     let engine = &ui.engine;

@@ -14,14 +14,18 @@
 //!   lists of siblings folded
 //!   (their rows from `/ui/trace/{id}/rows?from=&count=`) ([`trace`]);
 //! - `/ui/critical-path`, `/ui/findings`: the analyses ([`analysis`]);
-//! - `/ui/search`: trace search ([`search`]).
+//! - `/ui/search`: trace search ([`search`]);
+//! - `/ui/tenants`: the tenant picker of a server that keeps tenants apart ([`tenant_picker`],
+//!   served by the server, which knows the tenants).
 //!
 //! Every page takes the time range as `range=15m|1h|6h|24h` or `range=custom&start=&end=`
-//! ([`window`]), so a page can be shared by its URL. The one script, `assets/app.js`, only shows a
-//! loading banner, toggles the custom range inputs, fills the span details panel of the trace
-//! page from `/api/v1/traces/{id}` (with `textContent`, never as HTML), puts a fold's
-//! rows, as the server renders them, in the fold's place, and keeps the selected span in the URL
-//! (`#span=<id>`; a span hidden in a fold is asked of the server as `?span=<id>`).
+//! ([`window`]), so a page can be shared by its URL; on a server that keeps tenants apart, also
+//! `tenant=` (a browser following a link cannot send `X-Scope-OrgID`; the script sends it on what it
+//! fetches). The one script, `assets/app.js`, only shows a loading banner, toggles the custom range
+//! inputs, fills the span details panel of the trace page from `/api/v1/traces/{id}` (with
+//! `textContent`, never as HTML), puts a fold's rows, as the server renders them, in the fold's
+//! place, and keeps the selected span in the URL (`#span=<id>`; a span hidden in a fold is asked of
+//! the server as `?span=<id>`).
 
 use std::sync::Arc;
 
@@ -38,12 +42,16 @@ mod graph;
 mod latency;
 mod page;
 mod paths;
+mod picker;
 mod search;
 mod trace;
 mod window;
 
 pub use analysis::FINDINGS_SHOWN;
 pub use error::UiError;
+pub use paths::{ASSETS, TENANTS};
+pub use picker::tenant_picker;
+pub use window::TENANT_PARAM;
 
 /// Where the pages tell people to send spans (shown on empty pages).
 #[derive(Debug, Clone)]
@@ -52,6 +60,9 @@ pub struct UiConfig {
     pub otlp_http_addr: std::net::SocketAddr,
     /// The OTLP/gRPC listen address, as bound.
     pub otlp_grpc_addr: std::net::SocketAddr,
+    /// The tenant whose data the pages show, when the server keeps tenants apart (`None`: it keeps
+    /// one). Every link and form keeps it as `tenant=`, and the script sends it as `X-Scope-OrgID`.
+    pub tenant: Option<String>,
 }
 
 /// What every page handler gets.
@@ -60,13 +71,24 @@ pub(crate) struct Ui {
     pub(crate) config: UiConfig,
 }
 
+impl Ui {
+    /// The tenant whose data the pages show, when the server keeps tenants apart.
+    pub(crate) fn tenant(&self) -> Option<&str> {
+        self.config.tenant.as_deref()
+    }
+}
+
 pub(crate) type UiState = axum::extract::State<Arc<Ui>>;
 
 /// The UI's routes: `/` redirects to the service graph.
 pub fn router(engine: Arc<QueryEngine>, config: UiConfig) -> Router {
+    let home = match &config.tenant {
+        Some(tenant) => window::href(paths::GRAPH, [(TENANT_PARAM, tenant.as_str())]),
+        None => paths::GRAPH.to_owned(),
+    };
     let ui = Arc::new(Ui { engine, config });
     Router::new()
-        .route("/", get(|| async { Redirect::to(paths::GRAPH) }))
+        .route("/", get(move || async move { Redirect::to(&home) }))
         .route(paths::GRAPH, get(graph::page))
         .route(paths::SERVICE, get(latency::service_page))
         .route(paths::HOP, get(latency::hop_page))
@@ -75,10 +97,22 @@ pub fn router(engine: Arc<QueryEngine>, config: UiConfig) -> Router {
         .route(paths::CRITICAL_PATH, get(analysis::critical_path_page))
         .route(paths::FINDINGS, get(analysis::findings_page))
         .route(paths::SEARCH, get(search::page))
-        .route("/ui/assets/style.css", get(|| asset("text/css; charset=utf-8", include_str!("../assets/style.css"))))
-        .route("/ui/assets/app.js", get(|| asset("text/javascript; charset=utf-8", include_str!("../assets/app.js"))))
         .route("/ui/{*rest}", get(page::not_found))
         .with_state(ui)
+        .merge(assets())
+}
+
+/// The stylesheet and the script, under [`ASSETS`]: what every page needs, whatever its tenant.
+pub fn assets() -> Router {
+    Router::new()
+        .route(
+            &format!("{ASSETS}style.css"),
+            get(|| asset("text/css; charset=utf-8", include_str!("../assets/style.css"))),
+        )
+        .route(
+            &format!("{ASSETS}app.js"),
+            get(|| asset("text/javascript; charset=utf-8", include_str!("../assets/app.js"))),
+        )
 }
 
 async fn asset(content_type: &'static str, body: &'static str) -> Response {

@@ -26,8 +26,13 @@ pub(crate) struct PageParams {
 }
 
 impl PageParams {
-    /// Refuses parameters the page does not take (naming them), then reads the time range.
-    pub(crate) fn new(values: HashMap<String, String>, allowed: &[&str]) -> Result<Self, UiError> {
+    /// Refuses parameters the page does not take (naming them), then reads the time range; links
+    /// keep `tenant` (the tenant whose data the page shows, when the server keeps tenants apart).
+    pub(crate) fn new(
+        values: HashMap<String, String>,
+        allowed: &[&str],
+        tenant: Option<&str>,
+    ) -> Result<Self, UiError> {
         let mut unknown: Vec<&str> =
             values.keys().map(String::as_str).filter(|k| !allowed.contains(k) && !window::PARAMS.contains(k)).collect();
         if !unknown.is_empty() {
@@ -40,7 +45,8 @@ impl PageParams {
                 takes.join(", ")
             )));
         }
-        let window = Window::from_params(&values, now_ns())?;
+        let mut window = Window::from_params(&values, now_ns())?;
+        window.tenant = tenant.map(str::to_owned);
         Ok(Self { values, window })
     }
 
@@ -75,6 +81,11 @@ pub(crate) fn link(window: &Window, path: &str, pairs: &[(&str, &str)]) -> Strin
     href(path, pairs.iter().copied().chain(range.iter().map(|(k, v)| (*k, v.as_str()))))
 }
 
+/// A trace's page: it shows the whole trace whatever the range, so its link keeps only the tenant.
+pub(crate) fn trace_link(window: &Window, trace_id: &str) -> String {
+    href(&paths::trace(trace_id), window.tenant.as_deref().map(|t| (window::TENANT_PARAM, t)))
+}
+
 pub(crate) fn now_ns() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
@@ -95,15 +106,8 @@ impl Frame<'_> {
         let markup = html! {
             (DOCTYPE)
             html lang="en" {
-                head {
-                    meta charset="utf-8";
-                    meta name="viewport" content="width=device-width, initial-scale=1";
-                    title { (self.title) " · hopscope" }
-                    link rel="icon" href="data:,";
-                    link rel="stylesheet" href="/ui/assets/style.css";
-                    script src="/ui/assets/app.js" defer {}
-                }
-                body {
+                (head(self.title, true))
+                body data-tenant=[self.window.tenant.as_deref()] {
                     header.top {
                         a.brand href=(link(self.window, paths::GRAPH, &[])) { "hopscope" }
                         nav {
@@ -111,9 +115,17 @@ impl Frame<'_> {
                                 a.current[path == self.path] href=(link(self.window, path, &[])) { (label) }
                             }
                         }
+                        @if let Some(tenant) = &self.window.tenant {
+                            a.tenant href=(href(paths::TENANTS, [(window::TENANT_PARAM, tenant.as_str())])) title="Choose another tenant" {
+                                "tenant " strong { (tenant) }
+                            }
+                        }
                         form.range method="get" action=(self.path) {
                             @for (key, value) in &self.keep {
                                 input type="hidden" name=(key) value=(value);
+                            }
+                            @if let Some(tenant) = &self.window.tenant {
+                                input type="hidden" name=(window::TENANT_PARAM) value=(tenant);
                             }
                             label { "Time range "
                                 select name="range" {
@@ -140,17 +152,26 @@ impl Frame<'_> {
     }
 }
 
+/// Every page's `<head>`: its title, the stylesheet and (`script`) the one script.
+pub(crate) fn head(title: &str, script: bool) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            title { (title) " · hopscope" }
+            link rel="icon" href="data:,";
+            link rel="stylesheet" href=(format!("{}style.css", paths::ASSETS));
+            @if script { script src=(format!("{}app.js", paths::ASSETS)) defer {} }
+        }
+    }
+}
+
 /// The page shown for an error: what went wrong, and the way back.
 pub(crate) fn error_page(status: StatusCode, message: &str) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                title { (status.as_u16()) " · hopscope" }
-                link rel="icon" href="data:,";
-                link rel="stylesheet" href="/ui/assets/style.css";
-            }
+            (head(&status.as_u16().to_string(), false))
             body {
                 header.top { a.brand href=(paths::GRAPH) { "hopscope" } }
                 main {
@@ -256,7 +277,7 @@ mod tests {
     #[test]
     fn unknown_parameters_are_named() {
         let values = HashMap::from([("nmae".to_owned(), "x".to_owned())]);
-        let err = PageParams::new(values, &["name"]).err().unwrap().to_string();
+        let err = PageParams::new(values, &["name"], None).err().unwrap().to_string();
         assert!(err.starts_with("unknown parameter nmae; this page takes name, range, start, end"), "{err}");
     }
 }

@@ -15,6 +15,12 @@ pub(crate) const CRITICAL_PATH: &str = "/ui/critical-path";
 pub(crate) const FINDINGS: &str = "/ui/findings";
 /// Trace search.
 pub(crate) const SEARCH: &str = "/ui/search";
+/// The tenant picker, when the server keeps tenants apart (served by the server's tenant dispatch,
+/// which knows the tenants; see [`crate::tenant_picker`]).
+pub const TENANTS: &str = "/ui/tenants";
+/// Where the stylesheet and the script are served from: the same for every tenant, and served
+/// to a browser that has not chosen one yet.
+pub const ASSETS: &str = "/ui/assets/";
 
 /// The path of one trace's page.
 pub(crate) fn trace(trace_id: &str) -> String {

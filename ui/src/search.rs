@@ -10,7 +10,8 @@ use hopscope_query::TraceSearch;
 use hopscope_schemas::api::TraceSummaryView;
 use maud::{Markup, html};
 
-use crate::page::{Frame, PageParams, duration};
+use crate::page::{Frame, PageParams, duration, trace_link};
+use crate::window::Window;
 use crate::{UiError, UiState, paths};
 
 /// The most traces one search shows.
@@ -41,7 +42,7 @@ pub(crate) async fn page(
     headers: HeaderMap,
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Html<String>, UiError> {
-    let params = PageParams::new(raw, &FIELDS)?;
+    let params = PageParams::new(raw, &FIELDS, ui.tenant())?;
     let search = trace_search(&params)?;
     let engine = &ui.engine;
     let asked = search.clone();
@@ -56,7 +57,7 @@ pub(crate) async fn page(
         (search_form(&params, &services, &search))
         p.explain { "Traces with a span that meets every condition, started in " (params.window.describe()) "." }
         @if let Some(empty) = empty { (empty) } @else {
-            (trace_table(&traces))
+            (trace_table(&params.window, &traces))
         }
     };
     let keep: Vec<(&str, &str)> = FIELDS.iter().filter_map(|f| params.text(f).map(|v| (*f, v))).collect();
@@ -135,14 +136,14 @@ fn search_form(params: &PageParams, services: &[String], search: &TraceSearch) -
 }
 
 /// One row per trace found, linking to its page.
-fn trace_table(traces: &[TraceSummaryView]) -> Markup {
+fn trace_table(window: &Window, traces: &[TraceSummaryView]) -> Markup {
     html! {
         table.traces {
             thead { tr { th { "trace" } th { "root" } th { "started (UTC)" } th.num { "duration" } th.num { "spans" } th.num { "errors" } } }
             tbody {
                 @for t in traces {
                     tr class=(if t.error_count > 0 { "has-errors" } else { "" }) {
-                        td { a.trace-link href=(paths::trace(&t.trace_id)) { code { (t.trace_id) } } }
+                        td { a.trace-link href=(trace_link(window, &t.trace_id)) { code { (t.trace_id) } } }
                         td { (t.root_service) " · " (t.root_operation) }
                         td { (t.start_time.get(..19).unwrap_or(&t.start_time)) }
                         td.num { (duration(t.duration_ns as f64)) }

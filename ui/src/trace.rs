@@ -529,7 +529,7 @@ pub(crate) async fn page(
     Path(trace_id): Path<String>,
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Html<String>, UiError> {
-    let params = PageParams::new(raw, &["fold", "span", "find", "path"])?;
+    let params = PageParams::new(raw, &["fold", "span", "find", "path"], ui.tenant())?;
     let fold = match params.text("fold") {
         None | Some("on") => true,
         Some("off") => false,
@@ -681,7 +681,7 @@ pub(crate) async fn folded_rows(
     Path(trace_id): Path<String>,
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Html<String>, UiError> {
-    let params = PageParams::new(raw, &["from", "count"])?;
+    let params = PageParams::new(raw, &["from", "count"], ui.tenant())?;
     let from = params.required("from")?;
     let count: usize = params
         .required("count")?

@@ -17,12 +17,19 @@ pub(crate) const DEFAULT_PRESET: &str = "1h";
 /// The parameters a time range takes; every page accepts them.
 pub(crate) const PARAMS: [&str; 3] = ["range", "start", "end"];
 
+/// The parameter that names a page's tenant in multi-tenant mode. The server's tenant dispatch reads
+/// it (and takes it out of the URL) before a page sees its parameters.
+pub const TENANT_PARAM: &str = "tenant";
+
 /// A page's time range and how its URL names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Window {
     pub range: TimeRange,
     /// The preset (`1h`, ...), or `None` for a custom range.
     pub preset: Option<&'static str>,
+    /// The tenant the page shows, when the server keeps tenants apart: links keep it (`tenant=`),
+    /// since a browser following a link cannot send `X-Scope-OrgID`.
+    pub tenant: Option<String>,
 }
 
 impl Window {
@@ -53,6 +60,7 @@ impl Window {
         Window {
             range: TimeRange { start_ns: now_ns.saturating_sub(seconds * 1_000_000_000), end_ns: now_ns },
             preset: Some(name),
+            tenant: None,
         }
     }
 
@@ -68,19 +76,23 @@ impl Window {
                 format_time(end_ns)
             )));
         }
-        Ok(Window { range: TimeRange { start_ns, end_ns }, preset: None })
+        Ok(Window { range: TimeRange { start_ns, end_ns }, preset: None, tenant: None })
     }
 
-    /// The URL parameters that name this range, for links that keep it.
+    /// The URL parameters that name this range (and the tenant), for links that keep them.
     pub(crate) fn query_pairs(&self) -> Vec<(&'static str, String)> {
-        match self.preset {
+        let mut pairs = match self.preset {
             Some(preset) => vec![("range", preset.to_owned())],
             None => vec![
                 ("range", "custom".to_owned()),
                 ("start", format_time(self.range.start_ns)),
                 ("end", format_time(self.range.end_ns)),
             ],
+        };
+        if let Some(tenant) = &self.tenant {
+            pairs.push((TENANT_PARAM, tenant.clone()));
         }
+        pairs
     }
 
     /// A short description: `the last 1h` or `2026-12-01 10:00 – 11:00 UTC`.
