@@ -24,6 +24,8 @@ use hopscope_schemas::layout;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::config_file;
+
 /// What a token allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Scope {
@@ -76,14 +78,12 @@ struct TokenShape {
 impl AuthConfig {
     /// Reads and checks the auth file; the error names the file and the line at fault.
     pub(crate) fn load(path: &Path) -> Result<Self, String> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| format!("reading the auth file {}: {e}", path.display()))?;
-        Self::parse(&text, path).map_err(|e| format!("the auth file {}: {e}", path.display()))
+        config_file::read(path, "the auth file", |text| Self::parse(text, path))
     }
 
     fn parse(text: &str, path: &Path) -> Result<Self, String> {
-        let shape: FileShape = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
-        let line = |offset: usize| line_at(text, offset);
+        let shape: FileShape = config_file::toml(text)?;
+        let line = |offset: usize| config_file::line_at(text, offset);
         let mut grants: Vec<Grant> = Vec::with_capacity(shape.token.len());
         for token in shape.token {
             let at = |span: std::ops::Range<usize>| format!("line {}", line(span.start));
@@ -162,11 +162,6 @@ impl AuthConfig {
         }
         Ok(&grant.tenant)
     }
-}
-
-/// The line (from 1) of a TOML file's text that byte `offset` is on, for messages about the file.
-pub(crate) fn line_at(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1
 }
 
 /// The token of `Authorization: Bearer <token>`, or the password of `Authorization: Basic ...`.

@@ -25,6 +25,8 @@ use hopscope_schemas::layout;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::config_file;
+
 /// A setting as written: a number, or text (a size, a duration, `off`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
@@ -73,14 +75,12 @@ pub(crate) struct LimitsConfig {
 impl LimitsConfig {
     /// Reads and checks the file; the error names the file and the line at fault.
     pub(crate) fn load(path: &Path) -> Result<Self, String> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| format!("reading the tenant limits {}: {e}", path.display()))?;
-        Self::parse(&text, path).map_err(|e| format!("the tenant limits {}: {e}", path.display()))
+        config_file::read(path, "the tenant limits", |text| Self::parse(text, path))
     }
 
     fn parse(text: &str, path: &Path) -> Result<Self, String> {
-        let shape: FileShape = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
-        let line = |offset: usize| crate::auth::line_at(text, offset);
+        let shape: FileShape = config_file::toml(text)?;
+        let line = |offset: usize| config_file::line_at(text, offset);
         let defaults = overrides(&shape.defaults, &line)?;
         let mut tenants = BTreeMap::new();
         for (name, table) in &shape.tenant {

@@ -4,6 +4,7 @@
 mod admin;
 mod auth;
 mod browser;
+mod config_file;
 mod limits;
 mod listener;
 mod tenants;
@@ -630,14 +631,14 @@ fn reload_on_hangup(
 /// How the ingester stores spans, from the flags.
 fn ingest_config(args: &ServeArgs) -> IngesterConfig {
     let mut config = IngesterConfig::new(args.data_dir.clone());
-    config.max_buffered_bytes = args.max_buffered_bytes;
+    config.tenant_limits.max_buffered_bytes = args.max_buffered_bytes;
     config.limits = hopscope_ingest::convert::SpanLimits {
         max_value_bytes: args.max_value_bytes,
         max_span_bytes: args.max_span_bytes,
     };
     config.cut_off = hopscope_ingest::buffer::CutOff { idle: args.trace_idle_period, max_age: args.trace_max_delay };
     config.maintenance_interval = args.maintenance_interval;
-    config.retention = hopscope_ingest::retention::RetentionPolicy {
+    config.tenant_limits.retention = hopscope_ingest::retention::RetentionPolicy {
         max_age: args.retention_age,
         max_bytes: args.retention_max_bytes,
     };

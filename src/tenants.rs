@@ -285,11 +285,7 @@ impl Tenants {
 
     /// `tenant`'s limits now: the flags', with `--tenant-limits` over them.
     fn limits_of(&self, tenant: &str) -> TenantLimits {
-        let base = TenantLimits {
-            max_buffered_bytes: self.settings.ingest.max_buffered_bytes,
-            retention: self.settings.ingest.retention,
-            rate: self.settings.ingest.rate,
-        };
+        let base = self.settings.ingest.tenant_limits;
         match self.limits.lock().expect("limits lock").as_ref() {
             Some(limits) => limits.limits_for(tenant, &base),
             None => base,
@@ -333,14 +329,8 @@ impl Tenants {
                     .map_err(|e| IngestError::Task(format!("the query engine of tenant {id:?}: {e}")))?,
             )
         };
-        let limits = self.limits_of(id);
-        let config = IngesterConfig {
-            tenant: id.to_owned(),
-            max_buffered_bytes: limits.max_buffered_bytes,
-            retention: limits.retention,
-            rate: limits.rate,
-            ..self.settings.ingest.clone()
-        };
+        let config =
+            IngesterConfig { tenant: id.to_owned(), tenant_limits: self.limits_of(id), ..self.settings.ingest.clone() };
         let lock = Arc::clone(&self.lock);
         let ingester = tokio::task::spawn_blocking(move || Ingester::open_locked(config, lock))
             .await

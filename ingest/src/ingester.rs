@@ -23,7 +23,7 @@ use crate::convert::{SpanLimits, convert_request};
 use crate::dead_letter::DeadLetterStore;
 use crate::decode::{BodyFormat, decode_request, gunzip_limited};
 use crate::dedup::RecentSpans;
-use crate::limits::{RateLimit, TenantLimits, TokenBucket};
+use crate::limits::{TenantLimits, TokenBucket};
 use crate::manifest::ManifestStore;
 use crate::metrics::{IngestMetrics, level};
 use crate::retention::RetentionPolicy;
@@ -50,9 +50,11 @@ pub struct IngesterConfig {
     pub flush_rows: usize,
     /// When the write-ahead log starts a new segment.
     pub wal_rotation: Rotation,
-    /// Memory buffered spans and exports in progress may hold ([`crate::admission`]); beyond it,
-    /// exports are refused as retryable until the flusher catches up.
-    pub max_buffered_bytes: usize,
+    /// The limits a tenant's own (`--tenant-limits` may change them while running, through
+    /// [`Ingester::set_limits`]): the memory buffered spans and exports in progress may hold
+    /// ([`crate::admission`]; beyond it, exports are refused as retryable until the flusher
+    /// catches up), retention, and the span rate.
+    pub tenant_limits: TenantLimits,
     /// How many recently written spans are remembered to drop client resends of them.
     pub resend_window_spans: usize,
     /// Size caps on attribute values and on a span's attributes.
@@ -64,10 +66,6 @@ pub struct IngesterConfig {
     /// How long merges may be put off while ingest holds too much of `max_buffered_bytes` to
     /// leave them room ([`crate::admission`]); after it, the next merge runs anyway.
     pub merge_max_wait: Duration,
-    /// How long and how much data is kept.
-    pub retention: RetentionPolicy,
-    /// How fast spans may be sent; `None`: as fast as they are taken.
-    pub rate: Option<RateLimit>,
     /// How long a file replaced by a compaction or deleted by retention stays on disk for queries
     /// that started before (longer than any query may run).
     pub retired_grace: Duration,
@@ -93,14 +91,16 @@ impl IngesterConfig {
             cut_off: CutOff { idle: Duration::from_secs(1), max_age: Duration::from_secs(10) },
             flush_rows: 256 * 1024,
             wal_rotation: Rotation { max_bytes: 64 << 20, max_age: Duration::from_secs(5) },
-            max_buffered_bytes: 512 << 20,
+            tenant_limits: TenantLimits {
+                max_buffered_bytes: 512 << 20,
+                retention: RetentionPolicy::default(),
+                rate: None,
+            },
             resend_window_spans: 1_000_000,
             limits: SpanLimits::default(),
             maintenance_interval: Duration::from_secs(60),
             compaction: CompactionPolicy::default(),
             merge_max_wait: Duration::from_secs(5 * 60),
-            retention: RetentionPolicy::default(),
-            rate: None,
             retired_grace: Duration::from_secs(60),
             discard: false,
             derive: true,
@@ -262,11 +262,11 @@ impl Ingester {
         };
         let wal = Arc::new(Wal::start(&wal_dir, committed.wal_floor, config.wal_rotation, sink, Arc::clone(&metrics))?);
         let recent = Arc::new(Mutex::new(RecentSpans::new(config.resend_window_spans)));
-        let headroom = admission::flush_headroom(config.max_buffered_bytes, crate::cores());
-        let admission = Admission::new(config.max_buffered_bytes, headroom, metrics.reserved_bytes.clone());
-        let flush_piece_bytes = admission::flush_piece_bytes(config.max_buffered_bytes);
-        let retention = config.retention;
-        let rate = config.rate.map(|limit| TokenBucket::new(limit, Instant::now()));
+        let TenantLimits { max_buffered_bytes, retention, rate } = config.tenant_limits;
+        let headroom = admission::flush_headroom(max_buffered_bytes, crate::cores());
+        let admission = Admission::new(max_buffered_bytes, headroom, metrics.reserved_bytes.clone());
+        let flush_piece_bytes = admission::flush_piece_bytes(max_buffered_bytes);
+        let rate = rate.map(|limit| TokenBucket::new(limit, Instant::now()));
         Ok(Arc::new(Self {
             config,
             _lock: lock,

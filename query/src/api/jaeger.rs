@@ -256,17 +256,8 @@ fn trace_search(p: &Params) -> Result<TraceSearch, Failure> {
 
 async fn dependencies(State(engine): Engine, raw: RawParams) -> Result<Response, Failure> {
     let p = Params::new(raw, &["endTs", "lookback", "prettyPrint"])?;
-    let end_ms = match p.integer("endTs")? {
-        Some(ms) => ms,
-        None => Utc::now().timestamp_millis(),
-    };
-    let lookback_ms = p.integer("lookback")?.unwrap_or(DEFAULT_DEPENDENCY_LOOKBACK_MS);
-    if lookback_ms <= 0 {
-        return Err(bad("lookback", format!("expected a positive number of milliseconds, got {lookback_ms}")));
-    }
-    let end_ns = end_ms.checked_mul(1_000_000).ok_or_else(|| bad("endTs", format!("{end_ms} ms is out of range")))?;
-    let start_ns = end_ns.saturating_sub(lookback_ms.saturating_mul(1_000_000));
-    let view = engine.dependencies(DependenciesQuery { range: TimeRange { start_ns, end_ns }, exact: false }).await?;
+    let range = p.end_ts_range(DEFAULT_DEPENDENCY_LOOKBACK_MS)?;
+    let view = engine.dependencies(DependenciesQuery { range, exact: false }).await?;
     let data: Vec<Value> = service_links(&view)
         .into_iter()
         .map(|l| json!({"parent": l.parent, "child": l.child, "callCount": l.calls}))

@@ -5,7 +5,7 @@
 use axum::extract::Query;
 use axum::extract::rejection::QueryRejection;
 use hopscope_schemas::TraceId;
-use hopscope_schemas::time::parse_duration;
+use hopscope_schemas::time::{TimeRange, parse_duration};
 use serde_json::Value;
 
 use crate::QueryError;
@@ -55,6 +55,20 @@ impl Params {
         self.integer(name)?
             .map(|us| us.checked_mul(1_000).ok_or_else(|| bad(name, format!("{us} µs is out of range"))))
             .transpose()
+    }
+
+    /// `endTs` and `lookback` in milliseconds, as Zipkin's and Jaeger's dependency and Zipkin's
+    /// search APIs take them: the `lookback` (`default_lookback_ms` unless given) before `endTs`
+    /// (now unless given), ending at `endTs`.
+    pub(crate) fn end_ts_range(&self, default_lookback_ms: i64) -> Result<TimeRange, QueryError> {
+        let end_ms = self.integer("endTs")?.unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
+        let lookback_ms = self.integer("lookback")?.unwrap_or(default_lookback_ms);
+        if lookback_ms <= 0 {
+            return Err(bad("lookback", format!("expected a positive number of milliseconds, got {lookback_ms}")));
+        }
+        let end_ns =
+            end_ms.checked_mul(1_000_000).ok_or_else(|| bad("endTs", format!("{end_ms} ms is out of range")))?;
+        Ok(TimeRange { start_ns: end_ns.saturating_sub(lookback_ms.saturating_mul(1_000_000)), end_ns })
     }
 
     pub(crate) fn go_duration(&self, name: &str) -> Result<Option<i64>, QueryError> {

@@ -11,7 +11,6 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use chrono::Utc;
 use hopscope_schemas::api::{SpanView, TraceView};
 use hopscope_schemas::columns::SERVICE_NAME_KEY;
 use hopscope_schemas::time::TimeRange;
@@ -79,15 +78,10 @@ async fn remote_services(State(engine): Engine, raw: RawParams) -> Result<Respon
 
 /// `endTs` and `lookback` (ms) as a range: the `lookback` before `endTs` (now unless given).
 fn range(p: &Params) -> Result<TimeRange, PlainFailure> {
-    let end_ms = p.integer("endTs")?.unwrap_or_else(|| Utc::now().timestamp_millis());
-    let lookback_ms = p.integer("lookback")?.unwrap_or(DEFAULT_LOOKBACK_MS);
-    if lookback_ms <= 0 {
-        return Err(bad("lookback", format!("expected a positive number of milliseconds, got {lookback_ms}")));
-    }
-    let end_ns = end_ms.checked_mul(1_000_000).ok_or_else(|| bad("endTs", format!("{end_ms} ms is out of range")))?;
+    let range = p.end_ts_range(DEFAULT_LOOKBACK_MS)?;
     // `endTs` is inclusive at millisecond resolution.
-    let end_ns = end_ns.saturating_add(1_000_000);
-    Ok(TimeRange { start_ns: end_ns.saturating_sub(lookback_ms.saturating_mul(1_000_000)), end_ns })
+    let shift = |ns: i64| ns.saturating_add(1_000_000);
+    Ok(TimeRange { start_ns: shift(range.start_ns), end_ns: shift(range.end_ns) })
 }
 
 /// `annotationQuery`: `key=value` conditions on tags and the word `error`, joined by ` and `.
