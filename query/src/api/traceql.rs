@@ -25,6 +25,9 @@ pub(crate) const MAX_COMPARISONS: usize = 64;
 const MAX_DEPTH: usize = 16;
 /// The most span sets `{ ... }` one query combines.
 pub(crate) const MAX_SPAN_SETS: usize = 16;
+/// The longest query, in bytes: room for every comparison allowed with long values, and a bound
+/// on what one request costs to parse.
+pub(crate) const MAX_QUERY_BYTES: usize = 16 * 1024;
 
 /// What the parser understands and what it answers; quoted in errors.
 const ANSWERED: &str = "hopscope answers span sets { ... } with && and ||, comparisons on span., resource. and \
@@ -204,6 +207,9 @@ struct Parser {
 
 /// Parses a TraceQL query; the error says where and what is wrong or not answered.
 pub(crate) fn parse(text: &str) -> Result<SpanSetQuery, String> {
+    if text.len() > MAX_QUERY_BYTES {
+        return Err(format!("the query is {} bytes long; a query takes at most {MAX_QUERY_BYTES}", text.len()));
+    }
     let mut parser = Parser { tokens: lex(text)?, next: 0, comparisons: 0, span_sets: 0, depth: 0 };
     if parser.tokens.is_empty() {
         return Err("the query is empty; {} selects every span".into());
@@ -665,6 +671,11 @@ mod tests {
         assert!(parse(&format!("{{ {many} }}")).unwrap_err().contains("at most"));
         let chained = vec!["{}"; 2_000].join(" && ");
         assert!(parse(&chained).unwrap_err().contains("at most 16"));
+        let long = format!("{{ span.a = \"{}\" }}", "x".repeat(MAX_QUERY_BYTES));
+        assert!(parse(&long).unwrap_err().contains("at most 16384"));
+        let longest = format!("{{ span.a = \"{}\" }}", "x".repeat(MAX_QUERY_BYTES - 15));
+        assert_eq!(longest.len(), MAX_QUERY_BYTES);
+        assert!(parse(&longest).is_ok());
     }
 
     /// Any text is parsed or refused with a message, never a panic (`hopscope-fuzz`).
