@@ -62,20 +62,68 @@ def main():
         def xss_fired():
             return page.evaluate("() => typeof window.__xss !== 'undefined'")
 
-        # The service graph, reached through the redirect from /.
+        def drawn():
+            return {
+                "focus": page.get_attribute("#service-graph", "data-focus"),
+                "nodes": page.eval_on_selector_all(
+                    "#service-graph g.node", "els => els.map(e => ({name: e.dataset.name, kind: e.dataset.kind, shared: e.classList.contains('shared')}))"
+                ),
+                "edges": page.eval_on_selector_all(
+                    "#service-graph g.edge", "els => els.map(e => ({caller: e.dataset.caller, callee: e.dataset.callee, label: e.querySelector('text').textContent}))"
+                ),
+                # Where the drawing is on the screen: all of it is in the window.
+                "box": page.eval_on_selector("#service-graph", "e => { const r = e.getBoundingClientRect(); return {right: r.right, bottom: r.bottom, width: r.width, height: r.height, window_width: window.innerWidth, window_height: window.innerHeight}; }"),
+            }
+
+        def view_box():
+            return [float(v) for v in page.get_attribute("#service-graph", "viewBox").split()]
+
+        # The service graph, reached through the redirect from /: a big graph opens on the
+        # neighbourhood of its busiest entry point.
         visit("graph", base + "/")
         out["graph_url"] = page.url
         out["timings_ms"]["graph_api"] = api_ms("/api/v1/dependencies")
-        out["graph_nodes"] = page.eval_on_selector_all(
-            "#service-graph g.node", "els => els.map(e => ({name: e.dataset.name, kind: e.dataset.kind, shared: e.classList.contains('shared')}))"
-        )
-        out["graph_edges"] = page.eval_on_selector_all(
-            "#service-graph g.edge", "els => els.map(e => ({caller: e.dataset.caller, callee: e.dataset.callee, label: e.querySelector('text').textContent}))"
-        )
+        out["default_graph"] = drawn()
+
+        # Every node, fitted to the screen; the buttons, the wheel and a drag zoom and move it.
+        visit("graph_all", base + "/ui/graph?focus=all")
+        whole = drawn()
+        out["graph_nodes"], out["graph_edges"], out["graph_box"] = whole["nodes"], whole["edges"], whole["box"]
         out["shared_table"] = page.eval_on_selector_all("table.shared-resources tbody tr td:first-child", "els => els.map(e => e.textContent)")
         out["graph_xss_fired"] = xss_fired()
+        fitted = view_box()
+        page.click(".graph-controls .zoom button[data-zoom=in]")
+        zoomed_in = view_box()
+        page.click(".graph-controls .zoom button[data-zoom=fit]")
+        refitted = view_box()
+        box = page.locator("#graph-view").bounding_box()
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.mouse.wheel(0, -300)
+        page.wait_for_function("(w) => document.getElementById('service-graph').viewBox.baseVal.width < w", arg=fitted[2])
+        wheeled = view_box()
+        url_before_drag = page.url
+        page.mouse.move(box["x"] + 40, box["y"] + 40)
+        page.mouse.down()
+        page.mouse.move(box["x"] + 140, box["y"] + 90, steps=5)
+        page.mouse.up()
+        dragged = view_box()
+        page.focus("#graph-view")
+        page.keyboard.press("0")
+        keyed = view_box()
+        out["graph_zoom"] = {
+            "fitted": fitted, "zoomed_in": zoomed_in, "refitted": refitted, "wheeled": wheeled,
+            "dragged": dragged, "keyed": keyed, "url_kept": page.url == url_before_drag,
+        }
 
-        # Click a node, then come back and click an edge.
+        # The service search: one node and what is one call away.
+        page.fill("form.focus input[name=focus]", plan["search"])
+        page.select_option("form.focus select[name=depth]", "1")
+        page.click("form.focus button[type=submit]")
+        page.wait_for_load_state("load")
+        out["searched_graph"] = {"url": page.url, **drawn()}
+
+        # Click a node of the service's neighbourhood, then come back and click an edge.
+        visit("graph_service", base + "/ui/graph?focus=" + plan["service"])
         node = page.locator(f"#service-graph g.node[data-name='{plan['service']}']")
         node.click()
         page.wait_for_url("**/ui/service**")

@@ -204,6 +204,47 @@ fn python() -> String {
         .unwrap_or_else(|_| workspace_root().join(".venv/bin/python").to_string_lossy().into_owned())
 }
 
+/// The entry point a big graph opens on, by the rule the page states: of the nodes no edge
+/// leads to (self-calls aside), the one whose edges carry the most calls; the first by name on a tie.
+fn busiest_entry(deps: &Value) -> String {
+    let edges = deps["edges"].as_array().unwrap();
+    let called: BTreeSet<&str> =
+        edges.iter().filter(|e| e["caller"] != e["callee"]).map(|e| e["callee"].as_str().unwrap()).collect();
+    let mut best: Option<(u64, &str)> = None;
+    for node in deps["nodes"].as_array().unwrap() {
+        let name = node["name"].as_str().unwrap();
+        if called.contains(name) {
+            continue;
+        }
+        let out: u64 = edges.iter().filter(|e| e["caller"] == name).map(|e| e["calls"].as_u64().unwrap()).sum();
+        if best.is_none_or(|(calls, first)| out > calls || (out == calls && name < first)) {
+            best = Some((out, name));
+        }
+    }
+    best.expect("an entry point").1.to_owned()
+}
+
+/// `focus`, its callers up to `depth` calls up and its callees up to `depth` calls down.
+fn neighbourhood(edges: &BTreeSet<(String, String)>, focus: &str, depth: usize) -> BTreeSet<String> {
+    let mut found = BTreeSet::from([focus.to_owned()]);
+    for down in [true, false] {
+        let mut level = BTreeSet::from([focus.to_owned()]);
+        for _ in 0..depth {
+            let next: BTreeSet<String> = edges
+                .iter()
+                .filter_map(|(a, b)| match down {
+                    true if level.contains(a) => Some(b.clone()),
+                    false if level.contains(b) => Some(a.clone()),
+                    _ => None,
+                })
+                .collect();
+            found.extend(next.iter().cloned());
+            level = next;
+        }
+    }
+    found
+}
+
 /// The `name` of each object in a list.
 fn names(list: &Value) -> BTreeSet<String> {
     list.as_array().unwrap().iter().map(|n| n["name"].as_str().unwrap().to_owned()).collect()
@@ -290,8 +331,8 @@ async fn every_page_in_a_real_browser() {
     let wide_critical = critical_ids(&client, &server, &wide.trace_id).await;
     let small_trace = get_json(&client, &server.api_url(&format!("/api/v1/traces/{}", n1.trace_id))).await;
 
-    // A fold's rows asked for a span the trace lacks, or a fold setting that means nothing: the
-    // page says what was wrong.
+    // A fold's rows asked for a span the trace lacks, a fold setting that means nothing, a graph
+    // focused on a name it lacks (the nearest named): the page says what was wrong.
     for (path, status, says) in [
         (
             format!("/ui/trace/{}/rows?from=fedcba9876543210&count=3", big.trace_id),
@@ -302,6 +343,9 @@ async fn every_page_in_a_real_browser() {
         (format!("/ui/trace/{}/rows?from={deep_span}&count=0", big.trace_id), 400, "count: expected a whole number"),
         (format!("/ui/trace/{}?fold=maybe", big.trace_id), 400, "fold: expected on or off"),
         (format!("/ui/trace/{}?path=some", big.trace_id), 400, "path: expected only or all"),
+        ("/ui/graph?focus=svc-01O".to_owned(), 404, "No service or resource named “svc-01O”"),
+        ("/ui/graph?focus=svc-01O".to_owned(), 404, "Did you mean svc-010, "),
+        ("/ui/graph?focus=svc-010&depth=3".to_owned(), 400, "depth: expected 1 or 2"),
     ] {
         let response = client.get(server.api_url(&path)).send().await.unwrap();
         assert_eq!(response.status(), status, "{path}");
@@ -319,6 +363,7 @@ async fn every_page_in_a_real_browser() {
         "wide_trace": wide.trace_id,
         "xss_trace": xss.trace_id,
         "service": "gateway",
+        "search": "svc-010",
         "endpoint": [endpoint.0, endpoint.1],
     });
     std::fs::write(&plan_path, plan.to_string()).unwrap();
@@ -355,8 +400,37 @@ async fn every_page_in_a_real_browser() {
     assert_eq!(seen["dialogs"], json!([]), "a dialog opened: injected script ran");
     assert_eq!(seen["offhost_requests"], json!([]), "requests to other hosts (a CDN?)");
 
-    // The graph: `/` leads to it; exactly the API's nodes and edges; shared resources marked.
+    // The graph: `/` leads to it. The API's graph has over 200 nodes: the page opens on the
+    // neighbourhood of the entry point that makes the most calls.
     assert!(seen["graph_url"].as_str().unwrap().ends_with("/ui/graph"), "{}", seen["graph_url"]);
+    let focus = busiest_entry(&deps);
+    let default = &seen["default_graph"];
+    assert_eq!(default["focus"], focus.as_str(), "default focus");
+    let around = neighbourhood(&api_edges, &focus, 2);
+    assert_eq!(names(&default["nodes"]), around, "the default neighbourhood's nodes");
+    let within = |nodes: &BTreeSet<String>| -> BTreeSet<(String, String)> {
+        api_edges.iter().filter(|(a, b)| nodes.contains(a) && nodes.contains(b)).cloned().collect()
+    };
+    assert_eq!(calls(&default["edges"]), within(&around), "the default neighbourhood's edges");
+    // The search: svc-010 with its caller and its two callees.
+    let searched = &seen["searched_graph"];
+    assert!(searched["url"].as_str().unwrap().contains("focus=svc-010"), "{searched}");
+    let expected: BTreeSet<String> = ["svc-004", "svc-010", "svc-021", "svc-022"].map(String::from).into();
+    assert_eq!(neighbourhood(&api_edges, "svc-010", 1), expected, "the test's own walk");
+    assert_eq!(names(&searched["nodes"]), expected, "{searched}");
+    // Every node (`focus=all`), fitted to the window; zoomed by the buttons, the wheel and the
+    // keys, moved by a drag that follows no link.
+    let graph_box = &seen["graph_box"];
+    let fits = |edge: &str, limit: &str| graph_box[edge].as_f64().unwrap() <= graph_box[limit].as_f64().unwrap();
+    assert!(fits("right", "window_width") && fits("bottom", "window_height"), "the graph overflows: {graph_box}");
+    let zoom = &seen["graph_zoom"];
+    let width = |name: &str| zoom[name][2].as_f64().unwrap();
+    assert!(width("zoomed_in") < width("fitted") * 0.7, "{zoom}");
+    assert_eq!(zoom["refitted"], zoom["fitted"], "{zoom}");
+    assert!(width("wheeled") < width("fitted"), "{zoom}");
+    assert_ne!(zoom["dragged"][0], zoom["wheeled"][0], "a drag moves the drawing: {zoom}");
+    assert_eq!(zoom["url_kept"], true, "a drag followed a link: {zoom}");
+    assert_eq!(zoom["keyed"], zoom["fitted"], "0 fits the drawing again: {zoom}");
     assert_eq!(names(&seen["graph_nodes"]), api_nodes, "graph nodes");
     assert_eq!(seen["graph_nodes"].as_array().unwrap().len(), api_nodes.len(), "each node drawn once");
     assert_eq!(calls(&seen["graph_edges"]), api_edges, "graph edges");

@@ -30,6 +30,96 @@
     });
   }
 
+  // The service graph opens fitted to its box; the wheel, a drag, the buttons and the keys (+, −,
+  // 0, arrows) zoom and move it by changing the drawing's viewBox. A drag does not follow the link
+  // it started on.
+  const graph = document.getElementById("service-graph");
+  const view = document.getElementById("graph-view");
+  if (graph && view) {
+    const whole = graph.viewBox.baseVal;
+    const home = [whole.x, whole.y, whole.width, whole.height];
+    let box = home.slice();
+    const show = function () { graph.setAttribute("viewBox", box.map(function (v) { return v.toFixed(1); }).join(" ")); };
+    // Drawing units per screen pixel, as the drawing is shown now.
+    const unitsPerPixel = function () {
+      const rect = graph.getBoundingClientRect();
+      return Math.max(box[2] / Math.max(rect.width, 1), box[3] / Math.max(rect.height, 1));
+    };
+    const centre = function () { return [box[0] + box[2] / 2, box[1] + box[3] / 2]; };
+    // Zooms by `factor` (< 1: in) keeping the drawing's point (x, y) where it is.
+    const zoom = function (factor, x, y) {
+      const width = Math.min(home[2] * 4, Math.max(home[2] / 40, box[2] * factor));
+      const f = width / box[2];
+      box = [x - (x - box[0]) * f, y - (y - box[1]) * f, box[2] * f, box[3] * f];
+      show();
+    };
+    const pan = function (dx, dy) { box[0] += dx; box[1] += dy; show(); };
+    const fit = function () { box = home.slice(); show(); };
+    const at = function (event) {
+      const rect = graph.getBoundingClientRect();
+      const u = unitsPerPixel();
+      // The drawing is centred in its box (preserveAspectRatio's default).
+      const x = box[0] + box[2] / 2 + (event.clientX - rect.left - rect.width / 2) * u;
+      const y = box[1] + box[3] / 2 + (event.clientY - rect.top - rect.height / 2) * u;
+      return [x, y];
+    };
+    const buttons = document.querySelector(".graph-controls .zoom");
+    if (buttons) {
+      buttons.hidden = false;
+      buttons.addEventListener("click", function (event) {
+        const which = event.target.dataset ? event.target.dataset.zoom : null;
+        const c = centre();
+        if (which === "in") zoom(1 / 1.5, c[0], c[1]);
+        else if (which === "out") zoom(1.5, c[0], c[1]);
+        else if (which === "fit") fit();
+      });
+    }
+    view.addEventListener("wheel", function (event) {
+      event.preventDefault();
+      const p = at(event);
+      zoom(event.deltaY > 0 ? 1.2 : 1 / 1.2, p[0], p[1]);
+    }, { passive: false });
+    let drag = null;
+    view.addEventListener("pointerdown", function (event) {
+      if (event.button !== 0) return;
+      drag = { x: event.clientX, y: event.clientY, moved: false, id: event.pointerId };
+    });
+    view.addEventListener("pointermove", function (event) {
+      if (!drag || drag.id !== event.pointerId) return;
+      const dx = event.clientX - drag.x, dy = event.clientY - drag.y;
+      if (!drag.moved && Math.abs(dx) + Math.abs(dy) < 5) return;
+      if (!drag.moved) { drag.moved = true; view.classList.add("dragging"); view.setPointerCapture(event.pointerId); }
+      const u = unitsPerPixel();
+      pan(-dx * u, -dy * u);
+      drag.x = event.clientX; drag.y = event.clientY;
+    });
+    const release = function () {
+      if (drag && drag.moved) {
+        view.classList.remove("dragging");
+        // The click that ends a drag is not a click on what it ended over.
+        view.addEventListener("click", function (e) { e.preventDefault(); e.stopPropagation(); }, { capture: true, once: true });
+      }
+      drag = null;
+    };
+    view.addEventListener("pointerup", release);
+    view.addEventListener("pointercancel", release);
+    view.addEventListener("keydown", function (event) {
+      if (event.target !== view) return;
+      const c = centre(), step = box[2] / 10;
+      const keys = {
+        "+": function () { zoom(1 / 1.5, c[0], c[1]); },
+        "=": function () { zoom(1 / 1.5, c[0], c[1]); },
+        "-": function () { zoom(1.5, c[0], c[1]); },
+        "0": fit,
+        ArrowLeft: function () { pan(-step, 0); },
+        ArrowRight: function () { pan(step, 0); },
+        ArrowUp: function () { pan(0, -step); },
+        ArrowDown: function () { pan(0, step); },
+      };
+      if (keys[event.key]) { event.preventDefault(); keys[event.key](); }
+    });
+  }
+
   // On a server that keeps tenants apart, the page's tenant (links carry it in their URL; what
   // the script fetches carries it in the header the API reads).
   const tenant = document.body.dataset.tenant;

@@ -1,13 +1,14 @@
 //! The service graph page: services and the databases, caches, queues and external APIs they call,
 //! laid out left to right from the entry points by `rust-sugiyama`'s layered (Sugiyama) layout.
 //! Edges carry calls/s and the hop's p99 and are coloured by latency or error rate; resources used
-//! by several services stand out. A node links to its page, an edge to its hop page.
+//! by several services stand out. A node links to its page, an edge to its hop page. A big graph
+//! opens on one node's neighbourhood ([`Scope`]); `assets/app.js` zooms and moves the drawing.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
-use axum::response::Html;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use hopscope_query::DependenciesQuery;
 use hopscope_schemas::api::{DependenciesView, GraphEdgeView, GraphNodeView};
 use maud::{Markup, html};
@@ -25,6 +26,13 @@ const PAD: f64 = 24.0;
 const ROW_GAP: f64 = 26.0;
 /// Space between two disconnected parts of the graph, stacked top to bottom.
 const PART_GAP: f64 = 40.0;
+
+/// Above this many nodes the page opens on one entry point's neighbourhood, not the whole graph.
+pub(crate) const NEIGHBOURHOOD_ABOVE: usize = 50;
+/// How many calls away from the focus a neighbourhood reaches when the URL does not say.
+const DEFAULT_DEPTH: usize = 2;
+/// The value of `focus` that shows the whole graph.
+const ALL: &str = "all";
 
 /// How edges are coloured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,12 +171,13 @@ pub(crate) fn render_graph(
     view: &DependenciesView,
     layout: &Layout,
     colouring: Colouring,
+    focus: Option<&str>,
 ) -> Markup {
     let shared: HashMap<&str, usize> =
         view.shared_resources.iter().map(|s| (s.name.as_str(), s.services.len())).collect();
     html! {
-        div.graph-scroll {
-            svg #service-graph role="img" aria-label="service graph" viewBox=(format!("0 0 {:.0} {:.0}", layout.width, layout.height)) width=(format!("{:.0}", layout.width)) height=(format!("{:.0}", layout.height)) {
+        div.graph-view #graph-view tabindex="0" aria-label="service graph: drag or use the arrow keys to move, + and − to zoom, 0 to fit" style=(format!("height: min(72vh, {:.0}px)", layout.height)) {
+            svg #service-graph role="img" aria-label="service graph" viewBox=(format!("0 0 {:.0} {:.0}", layout.width, layout.height)) data-focus=[focus] {
                 defs {
                     marker #arrow viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse" {
                         path d="M0,0 L10,5 L0,10 z" fill="#868e96" {}
@@ -224,13 +233,108 @@ fn legend(colouring: Colouring) -> Markup {
     }
 }
 
-/// `GET /ui/graph?color=latency|errors`
+/// Which part of the graph a page shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// Every node.
+    All,
+    /// `focus` with its callers and their callers, and its callees and theirs, up to `depth` calls
+    /// away (a callee's other callers are not pulled in).
+    Around { focus: String, depth: usize },
+}
+
+/// The entry point a big graph opens on: of the nodes nothing calls, the one that makes the most
+/// calls (by name when tied); the node that makes the most calls when every node is called.
+pub(crate) fn default_focus(view: &DependenciesView) -> Option<String> {
+    let called: BTreeSet<&str> =
+        view.edges.iter().filter(|e| e.caller != e.callee).map(|e| e.callee.as_str()).collect();
+    let mut calls_out: BTreeMap<&str, u64> = view.nodes.iter().map(|n| (n.name.as_str(), 0)).collect();
+    for e in &view.edges {
+        *calls_out.entry(e.caller.as_str()).or_default() += e.calls;
+    }
+    let best = |entries_only: bool| {
+        calls_out
+            .iter()
+            .filter(|(name, _)| !entries_only || !called.contains(*name))
+            .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+            .map(|(name, _)| (*name).to_owned())
+    };
+    best(true).or_else(|| best(false))
+}
+
+/// The nodes of `scope`: within `depth` calls of the focus upstream (callers) and downstream
+/// (callees), walked separately.
+pub(crate) fn neighbourhood<'a>(view: &'a DependenciesView, focus: &'a str, depth: usize) -> BTreeSet<&'a str> {
+    let mut kept = BTreeSet::from([focus]);
+    for downstream in [true, false] {
+        let mut seen = BTreeSet::from([focus]);
+        let mut frontier = vec![focus];
+        for _ in 0..depth {
+            let mut next = Vec::new();
+            for e in &view.edges {
+                let (from, to) = if downstream { (&e.caller, &e.callee) } else { (&e.callee, &e.caller) };
+                if frontier.contains(&from.as_str()) && seen.insert(to.as_str()) {
+                    next.push(to.as_str());
+                }
+            }
+            kept.extend(&next);
+            frontier = next;
+        }
+    }
+    kept
+}
+
+/// `view` with only the nodes of `kept` and the edges between them (the tables stay whole).
+fn restrict(view: &DependenciesView, kept: &BTreeSet<&str>) -> DependenciesView {
+    let mut shown = view.clone();
+    shown.nodes.retain(|n| kept.contains(n.name.as_str()));
+    shown.edges.retain(|e| kept.contains(e.caller.as_str()) && kept.contains(e.callee.as_str()));
+    shown
+}
+
+/// The scope the URL asks for (`focus`, `depth`), or the default for a graph of `nodes` nodes.
+/// `Err`: the focus the URL names is not in the graph, said with the nearest names.
+fn scope(params: &PageParams, view: &DependenciesView) -> Result<Result<Scope, String>, UiError> {
+    let depth = match params.text("depth") {
+        None => DEFAULT_DEPTH,
+        Some("1") => 1,
+        Some("2") => 2,
+        Some(other) => return Err(UiError::BadParameter(format!("depth: expected 1 or 2, got {other:?}"))),
+    };
+    Ok(match params.text("focus") {
+        Some(ALL) => Ok(Scope::All),
+        Some(focus) if view.nodes.iter().any(|n| n.name == focus) => {
+            Ok(Scope::Around { focus: focus.to_owned(), depth })
+        }
+        Some(focus) => {
+            let names: Vec<&str> = view.nodes.iter().map(|n| n.name.as_str()).collect();
+            let nearest = crate::page::nearest(focus, &names, 3);
+            Err(match nearest.is_empty() {
+                true => format!(
+                    "No service or resource named “{focus}” made or took calls in {}.",
+                    params.window.describe()
+                ),
+                false => format!(
+                    "No service or resource named “{focus}” made or took calls in {}. Did you mean {}?",
+                    params.window.describe(),
+                    nearest.join(", ")
+                ),
+            })
+        }
+        None if view.nodes.len() > NEIGHBOURHOOD_ABOVE => {
+            Ok(default_focus(view).map_or(Scope::All, |focus| Scope::Around { focus, depth }))
+        }
+        None => Ok(Scope::All),
+    })
+}
+
+/// `GET /ui/graph?color=latency|errors&focus=<node>|all&depth=1|2`
 pub(crate) async fn page(
     State(ui): UiState,
     headers: HeaderMap,
     Query(raw): Query<HashMap<String, String>>,
-) -> Result<Html<String>, UiError> {
-    let params = PageParams::new(raw, &["color"], ui.tenant())?;
+) -> Result<Response, UiError> {
+    let params = PageParams::new(raw, &["color", "focus", "depth"], ui.tenant())?;
     let colouring = match params.text("color") {
         None | Some("latency") => Colouring::Latency,
         Some("errors") => Colouring::Errors,
@@ -238,25 +342,92 @@ pub(crate) async fn page(
     };
     let range = params.window.range;
     let view = ui.engine.dependencies(DependenciesQuery { range, exact: false }).await?;
+    let mut status = StatusCode::OK;
     let body = if view.nodes.is_empty() {
         crate::page::empty_state(&ui, &params.window, &headers, "calls").await?
     } else {
-        let names: Vec<String> = view.nodes.iter().map(|n| n.name.clone()).collect();
-        let pairs: Vec<(String, String)> = view.edges.iter().map(|e| (e.caller.clone(), e.callee.clone())).collect();
+        let (scope, problem) = match scope(&params, &view)? {
+            Ok(scope) => (scope, None),
+            Err(problem) => {
+                status = StatusCode::NOT_FOUND;
+                (
+                    default_focus(&view).map_or(Scope::All, |focus| Scope::Around { focus, depth: DEFAULT_DEPTH }),
+                    Some(problem),
+                )
+            }
+        };
+        let shown = match &scope {
+            Scope::All => view.clone(),
+            Scope::Around { focus, depth } => restrict(&view, &neighbourhood(&view, focus, *depth)),
+        };
+        let names: Vec<String> = shown.nodes.iter().map(|n| n.name.clone()).collect();
+        let pairs: Vec<(String, String)> = shown.edges.iter().map(|e| (e.caller.clone(), e.callee.clone())).collect();
         let layout = tokio::task::spawn_blocking(move || layout(&names, &pairs))
             .await
             .map_err(|e| UiError::Layout(e.to_string()))??;
-        render_page(&params, &view, &layout, colouring)
+        render_page(
+            &params,
+            &Shown { all: &view, shown: &shown, scope: &scope, problem: problem.as_deref() },
+            &layout,
+            colouring,
+        )
     };
-    let keep = params.text("color").map(|c| vec![("color", c)]).unwrap_or_default();
-    Ok(Frame { title: "Service graph", path: paths::GRAPH, window: &params.window, keep }.render(body))
+    let keep: Vec<(&str, &str)> =
+        ["color", "focus", "depth"].into_iter().filter_map(|k| params.text(k).map(|v| (k, v))).collect();
+    let page = Frame { title: "Service graph", path: paths::GRAPH, window: &params.window, keep }.render(body);
+    Ok((status, page).into_response())
 }
 
-fn render_page(params: &PageParams, view: &DependenciesView, layout: &Layout, colouring: Colouring) -> Markup {
+/// What a graph page shows: the whole graph's figures, and the part of it drawn.
+struct Shown<'a> {
+    all: &'a DependenciesView,
+    shown: &'a DependenciesView,
+    scope: &'a Scope,
+    /// The URL's focus, when it is not in the graph.
+    problem: Option<&'a str>,
+}
+
+/// The service search, the neighbourhood's depth, and the zoom buttons (shown by the script).
+fn controls(params: &PageParams, all: &DependenciesView, scope: &Scope) -> Markup {
+    let (focus, depth) = match scope {
+        Scope::All => ("", DEFAULT_DEPTH),
+        Scope::Around { focus, depth } => (focus.as_str(), *depth),
+    };
+    let colour = params.text("color");
+    html! {
+        div.graph-controls {
+            form.focus method="get" action=(paths::GRAPH) {
+                @for (k, v) in params.window.query_pairs() { input type="hidden" name=(k) value=(v); }
+                @if let Some(c) = colour { input type="hidden" name="color" value=(c); }
+                label { "Service " input type="search" name="focus" list="graph-services" value=(focus) placeholder="find a service" autocomplete="off"; }
+                datalist #graph-services { @for n in &all.nodes { option value=(n.name) {} } }
+                label { " with what it calls and what calls it, "
+                    select name="depth" {
+                        @for d in [1, 2] { option value=(d) selected[d == depth] { (d) @if d == 1 { " call" } @else { " calls" } " away" } }
+                    }
+                }
+                button type="submit" { "Show" }
+            }
+            @if matches!(scope, Scope::Around { .. }) {
+                a.show-all href=(params.link(paths::GRAPH, &[("focus", ALL), ("color", colour.unwrap_or("latency"))])) { "Show all " (all.nodes.len()) " nodes" }
+            }
+            div.zoom hidden {
+                button type="button" data-zoom="in" title="Zoom in (+)" { "+" }
+                button type="button" data-zoom="out" title="Zoom out (−)" { "−" }
+                button type="button" data-zoom="fit" title="Fit to the view (0)" { "Fit" }
+            }
+        }
+    }
+}
+
+fn render_page(params: &PageParams, graph: &Shown<'_>, layout: &Layout, colouring: Colouring) -> Markup {
+    let Shown { all: view, shown, scope, problem } = *graph;
     let other = match colouring {
         Colouring::Latency => ("errors", "colour by error rate"),
         Colouring::Errors => ("latency", "colour by p99 latency"),
     };
+    let mut recolour = vec![("color", other.0)];
+    recolour.extend(["focus", "depth"].into_iter().filter_map(|k| params.text(k).map(|v| (k, v))));
     let mut callers: BTreeMap<&str, usize> = BTreeMap::new();
     for e in &view.edges {
         *callers.entry(e.caller.as_str()).or_default() += 1;
@@ -265,6 +436,11 @@ fn render_page(params: &PageParams, view: &DependenciesView, layout: &Layout, co
         h1 { "Service graph" }
         p.summary {
             (view.nodes.len()) " nodes, " (view.edges.len()) " hops in " (params.window.describe()) ". "
+            @if let Scope::Around { focus, depth } = scope {
+                "Shown: " strong { (focus) } " and what is within " (depth) @if *depth == 1 { " call" } @else { " calls" } " of it, " (shown.nodes.len()) " nodes"
+                @if view.nodes.len() > NEIGHBOURHOOD_ABOVE && params.text("focus").is_none() { " (the busiest entry point: the whole graph has more than " (NEIGHBOURHOOD_ABOVE) ")" }
+                ". "
+            }
             "Click a node for its latency, an edge for the hop. "
             @if view.percentiles.method == "sketch" {
                 span title=(format!("over {} to {}, the range widened to whole minutes", view.start, view.end)) {
@@ -272,10 +448,12 @@ fn render_page(params: &PageParams, view: &DependenciesView, layout: &Layout, co
                     (crate::page::percent(view.percentiles.relative_error)) "). "
                 }
             }
-            a href=(params.link(paths::GRAPH, &[("color", other.0)])) { (other.1) }
+            a href=(params.link(paths::GRAPH, &recolour)) { (other.1) }
         }
+        @if let Some(problem) = problem { p.error-message { (problem) } }
+        (controls(params, view, scope))
         (legend(colouring))
-        (render_graph(params, view, layout, colouring))
+        (render_graph(params, shown, layout, colouring, match scope { Scope::All => None, Scope::Around { focus, .. } => Some(focus.as_str()) }))
         @if !view.shared_resources.is_empty() {
             h2 { "Shared resources" }
             p { "Databases, caches and queues used by several services: they couple services that look independent." }
@@ -330,6 +508,55 @@ fn render_page(params: &PageParams, view: &DependenciesView, layout: &Layout, co
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn view(edges: &[(&str, &str, u64)]) -> DependenciesView {
+        let mut nodes: BTreeSet<&str> = BTreeSet::new();
+        for (a, b, _) in edges {
+            nodes.extend([a, b]);
+        }
+        let node = |name: &str| GraphNodeView { name: name.into(), kind: "service".into(), calls_in: 0 };
+        let edge = |&(caller, callee, calls): &(&str, &str, u64)| GraphEdgeView {
+            caller: caller.into(),
+            callee: callee.into(),
+            connection: "rpc".into(),
+            calls,
+            errors: 0,
+            rate_per_s: 0.0,
+            p99_ns: 0.0,
+        };
+        DependenciesView {
+            start: String::new(),
+            end: String::new(),
+            percentiles: hopscope_schemas::api::PercentileAccuracy { method: "exact", relative_error: 0.0 },
+            nodes: nodes.into_iter().map(node).collect(),
+            edges: edges.iter().map(edge).collect(),
+            shared_resources: vec![],
+            endpoints: vec![],
+            async_links: vec![],
+        }
+    }
+
+    #[test]
+    fn a_neighbourhood_walks_callers_and_callees_apart() {
+        // A shared database does not pull in its other callers; a cycle is walked both ways.
+        let v = view(&[("a", "db", 1), ("x", "db", 1), ("a", "b", 1), ("b", "c", 1), ("c", "a", 1), ("c", "d", 1)]);
+        assert_eq!(neighbourhood(&v, "a", 1), BTreeSet::from(["a", "b", "c", "db"]));
+        // d is three calls down (a → b → c → d), and only a callee of a's caller c.
+        assert_eq!(neighbourhood(&v, "a", 2), BTreeSet::from(["a", "b", "c", "db"]));
+        assert_eq!(neighbourhood(&v, "b", 2), BTreeSet::from(["a", "b", "c", "d"]));
+        assert_eq!(neighbourhood(&v, "db", 1), BTreeSet::from(["a", "db", "x"]));
+    }
+
+    #[test]
+    fn a_big_graph_opens_on_its_busiest_entry_point() {
+        let v = view(&[("user", "gateway", 50), ("cron", "batch", 70), ("gateway", "db", 900), ("batch", "db", 5)]);
+        assert_eq!(default_focus(&v).as_deref(), Some("cron"));
+        let tied = view(&[("b", "x", 5), ("a", "x", 5)]);
+        assert_eq!(default_focus(&tied).as_deref(), Some("a"));
+        // Every node called: the one that calls most.
+        let ring = view(&[("a", "b", 1), ("b", "a", 3)]);
+        assert_eq!(default_focus(&ring).as_deref(), Some("b"));
+    }
 
     fn names(n: &[&str]) -> Vec<String> {
         n.iter().map(|s| (*s).to_owned()).collect()

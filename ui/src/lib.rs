@@ -7,7 +7,8 @@
 //! SVG shapes (lines, rectangles) drawn in [`charts`].
 //!
 //! Pages (routes in [`router`], the one place they are listed):
-//! - `/ui/graph`: the service graph ([`graph`]);
+//! - `/ui/graph`: the service graph, zoomed and moved by the script, a neighbourhood of one node
+//!   (`focus=`, `depth=`) by default above 50 nodes ([`graph`]);
 //! - `/ui/service?name=` (and `&operation=`), `/ui/hop?caller=&callee=`: the tail-latency views
 //!   ([`latency`]);
 //! - `/ui/trace/{id}`: the waterfall with the critical path, big traces' runs of like spans and long
@@ -22,7 +23,7 @@
 //! ([`window`]), so a page can be shared by its URL; on a server that keeps tenants apart, also
 //! `tenant=` (a browser following a link cannot send `X-Scope-OrgID`; the script sends it on what it
 //! fetches). The one script, `assets/app.js`, only shows a loading banner, toggles the custom range
-//! inputs, fills the span details panel of the trace page from `/api/v1/traces/{id}` (with
+//! inputs, zooms and moves the service graph, fills the span details panel of the trace page from `/api/v1/traces/{id}` (with
 //! `textContent`, never as HTML), puts a fold's rows, as the server renders them, in the fold's
 //! place, and keeps the selected span in the URL (`#span=<id>`; a span hidden in a fold is asked of
 //! the server as `?span=<id>`).

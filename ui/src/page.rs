@@ -86,6 +86,39 @@ pub(crate) fn trace_link(window: &Window, trace_id: &str) -> String {
     href(&paths::trace(trace_id), window.tenant.as_deref().map(|t| (window::TENANT_PARAM, t)))
 }
 
+/// Up to `most` of `names` nearest to `asked`, nearest first: names that contain it (or that it
+/// contains), then names a few edits away; ignoring case. Empty when nothing is near.
+pub(crate) fn nearest<'a>(asked: &str, names: &[&'a str], most: usize) -> Vec<&'a str> {
+    let asked = asked.to_lowercase();
+    let mut near: Vec<(bool, usize, &str)> = names
+        .iter()
+        .filter_map(|&name| {
+            let lower = name.to_lowercase();
+            let contains = lower.contains(&asked) || asked.contains(&lower);
+            let distance = edit_distance(&asked, &lower);
+            (contains || distance <= (asked.chars().count() / 3).max(2)).then_some((!contains, distance, name))
+        })
+        .collect();
+    near.sort_unstable();
+    near.into_iter().take(most).map(|(_, _, name)| name).collect()
+}
+
+/// Levenshtein distance in characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1).min(row[j] + 1).min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
 pub(crate) fn now_ns() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
@@ -272,6 +305,16 @@ mod tests {
         assert_eq!(rate(0.0617), "0.06/s");
         assert_eq!(rate(0.001), "<0.01/s");
         assert_eq!(rate(0.0), "0/s");
+    }
+
+    #[test]
+    fn nearest_names_come_first() {
+        let names = ["checkout", "cart", "catalog", "payments", "checkout-db"];
+        assert_eq!(nearest("chekout", &names, 3), ["checkout"]);
+        assert_eq!(nearest("Checkout", &names, 3), ["checkout", "checkout-db"]);
+        assert_eq!(nearest("pay", &names, 3), ["payments"]);
+        assert!(nearest("inventory", &names, 3).is_empty());
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 
     #[test]
