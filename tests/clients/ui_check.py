@@ -71,6 +71,15 @@ def main():
                 "edges": page.eval_on_selector_all(
                     "#service-graph g.edge", "els => els.map(e => ({caller: e.dataset.caller, callee: e.dataset.callee, label: e.querySelector('text').textContent}))"
                 ),
+                # Edge labels drawn (not hidden until hover or focus) and the nodes' boxes, on screen.
+                "labels": page.eval_on_selector_all(
+                    "#service-graph g.edge text",
+                    "els => els.map(t => { const r = t.getBoundingClientRect(); return {shown: getComputedStyle(t).display !== 'none', box: [r.left, r.top, r.right, r.bottom]}; })",
+                ),
+                "node_boxes": page.eval_on_selector_all(
+                    "#service-graph g.node .shape",
+                    "els => els.map(s => { const r = s.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; })",
+                ),
                 # Where the drawing is on the screen: all of it is in the window.
                 "box": page.eval_on_selector("#service-graph", "e => { const r = e.getBoundingClientRect(); return {right: r.right, bottom: r.bottom, width: r.width, height: r.height, window_width: window.innerWidth, window_height: window.innerHeight}; }"),
             }
@@ -84,6 +93,15 @@ def main():
         out["graph_url"] = page.url
         out["timings_ms"]["graph_api"] = api_ms("/api/v1/dependencies")
         out["default_graph"] = drawn()
+        # A label hidden to avoid a collision shows while its edge has the focus.
+        out["hidden_label_on_focus"] = page.evaluate(
+            """() => {
+                const hidden = [...document.querySelectorAll('#service-graph text.on-hover')];
+                if (!hidden.length) return null;
+                hidden[0].closest('a').focus();
+                return getComputedStyle(hidden[0]).display !== 'none';
+            }"""
+        )
 
         # Every node, fitted to the screen; the buttons, the wheel and a drag zoom and move it.
         visit("graph_all", base + "/ui/graph?focus=all")

@@ -412,6 +412,21 @@ async fn every_page_in_a_real_browser() {
         api_edges.iter().filter(|(a, b)| nodes.contains(a) && nodes.contains(b)).cloned().collect()
     };
     assert_eq!(calls(&default["edges"]), within(&around), "the default neighbourhood's edges");
+    // Edge labels: those drawn overlap no other label and no node; the rest show on focus.
+    let boxes = |list: &Value| -> Vec<[f64; 4]> {
+        list.as_array().unwrap().iter().map(|b| std::array::from_fn(|i| b[i].as_f64().unwrap())).collect()
+    };
+    let overlap =
+        |a: &[f64; 4], b: &[f64; 4]| a[0] + 0.5 < b[2] && b[0] + 0.5 < a[2] && a[1] + 0.5 < b[3] && b[1] + 0.5 < a[3];
+    let labels = default["labels"].as_array().unwrap();
+    let shown: Vec<Value> = labels.iter().filter(|l| l["shown"] == true).map(|l| l["box"].clone()).collect();
+    let shown = boxes(&Value::Array(shown));
+    assert!(!shown.is_empty() && shown.len() < labels.len(), "some labels drawn, some not: {default}");
+    for (i, a) in shown.iter().enumerate() {
+        assert!(shown[i + 1..].iter().all(|b| !overlap(a, b)), "labels overlap: {a:?} in {shown:?}");
+        assert!(boxes(&default["node_boxes"]).iter().all(|n| !overlap(a, n)), "a label covers a node: {a:?}");
+    }
+    assert_eq!(seen["hidden_label_on_focus"], true, "a hidden label shows on focus");
     // The search: svc-010 with its caller and its two callees.
     let searched = &seen["searched_graph"];
     assert!(searched["url"].as_str().unwrap().contains("focus=svc-010"), "{searched}");

@@ -19,7 +19,7 @@ use crate::{UiError, UiState, paths};
 const NODE_W: f64 = 170.0;
 const NODE_H: f64 = 34.0;
 /// Distance between the left edges of two columns (layers).
-const COLUMN_STEP: f64 = 290.0;
+const COLUMN_STEP: f64 = 300.0;
 /// Space kept free around the drawing.
 const PAD: f64 = 24.0;
 /// Vertical room between two nodes of a column.
@@ -165,6 +165,54 @@ fn edge_path(from: (f64, f64), to: (f64, f64)) -> (String, (f64, f64)) {
     (format!("M{sx:.1},{sy:.1} C{:.1},{:.1} {:.1},{:.1} {tx:.1},{ty:.1}", c1.0, c1.1, c2.0, c2.1), mid)
 }
 
+/// A box on the drawing: left, top, right, bottom.
+type Area = (f64, f64, f64, f64);
+
+fn overlaps(a: &Area, b: &Area) -> bool {
+    a.0 < b.2 && b.0 < a.2 && a.1 < b.3 && b.1 < a.3
+}
+
+/// Where an edge label sits, its baseline centred on `at`: an estimate on the generous side of
+/// what the browser draws (10.5 px sans-serif: DejaVu Sans draws these labels at 5.4 to 5.7 px a
+/// character; its halo adds 1.5 px a side). A column gap (130 px) holds a label of 20 characters.
+fn label_area(text: &str, at: (f64, f64)) -> Area {
+    let half = text.chars().count() as f64 * 3.0 + 2.5;
+    (at.0 - half, at.1 - 11.0, at.0 + half, at.1 + 4.0)
+}
+
+/// Which edges' labels are drawn (the rest show on hover and focus): the edges that matter first —
+/// erroring, then by the better of their ranks by p99 and by calls — each where it overlaps no
+/// node and no label drawn before it.
+fn shown_labels(view: &DependenciesView, layout: &Layout, labels: &[(String, (f64, f64))]) -> Vec<bool> {
+    let rank = |key: &dyn Fn(&GraphEdgeView) -> f64| -> Vec<usize> {
+        let mut order: Vec<usize> = (0..view.edges.len()).collect();
+        order.sort_by(|&a, &b| key(&view.edges[b]).total_cmp(&key(&view.edges[a])));
+        let mut rank = vec![0; order.len()];
+        for (r, i) in order.into_iter().enumerate() {
+            rank[i] = r;
+        }
+        rank
+    };
+    let (by_p99, by_calls) = (rank(&|e| e.p99_ns), rank(&|e| e.calls as f64));
+    let mut order: Vec<usize> = (0..view.edges.len()).collect();
+    order.sort_by_key(|&i| (view.edges[i].errors == 0, by_p99[i].min(by_calls[i]), i));
+    let mut taken: Vec<Area> =
+        layout.positions.values().map(|&(x, y)| (x - 1.0, y - 14.0, x + NODE_W + 1.0, y + NODE_H + 2.0)).collect();
+    let mut shown = vec![false; view.edges.len()];
+    for i in order {
+        let (text, at) = &labels[i];
+        if text.is_empty() {
+            continue;
+        }
+        let area = label_area(text, *at);
+        if !taken.iter().any(|t| overlaps(t, &area)) {
+            taken.push(area);
+            shown[i] = true;
+        }
+    }
+    shown
+}
+
 /// The graph as SVG: one `g.node` per node and one `g.edge` per edge, each a link.
 pub(crate) fn render_graph(
     params: &PageParams,
@@ -175,6 +223,19 @@ pub(crate) fn render_graph(
 ) -> Markup {
     let shared: HashMap<&str, usize> =
         view.shared_resources.iter().map(|s| (s.name.as_str(), s.services.len())).collect();
+    // Each edge's label and where it would sit (empty for an edge not drawn).
+    let labels: Vec<(String, (f64, f64))> = view
+        .edges
+        .iter()
+        .map(|edge| match (layout.positions.get(&edge.caller), layout.positions.get(&edge.callee)) {
+            (Some(&from), Some(&to)) => {
+                let (_, mid) = edge_path(from, to);
+                (format!("{} · p99 {}", rate(edge.rate_per_s), duration(edge.p99_ns)), (mid.0, mid.1 - 4.0))
+            }
+            _ => (String::new(), (0.0, 0.0)),
+        })
+        .collect();
+    let shown = shown_labels(view, layout, &labels);
     html! {
         div.graph-view #graph-view tabindex="0" aria-label="service graph: drag or use the arrow keys to move, + and − to zoom, 0 to fit" style=(format!("height: min(72vh, {:.0}px)", layout.height)) {
             svg #service-graph role="img" aria-label="service graph" viewBox=(format!("0 0 {:.0} {:.0}", layout.width, layout.height)) data-focus=[focus] {
@@ -183,16 +244,16 @@ pub(crate) fn render_graph(
                         path d="M0,0 L10,5 L0,10 z" fill="#868e96" {}
                     }
                 }
-                @for edge in &view.edges {
+                @for (i, edge) in view.edges.iter().enumerate() {
                     @if let (Some(&from), Some(&to)) = (layout.positions.get(&edge.caller), layout.positions.get(&edge.callee)) {
-                        @let (d, mid) = edge_path(from, to);
+                        @let (d, _) = edge_path(from, to);
                         @let width = (1.0 + (edge.calls as f64).log10().max(0.0)).min(6.0);
-                        @let label = format!("{} · p99 {}", rate(edge.rate_per_s), duration(edge.p99_ns));
+                        @let (label, at) = &labels[i];
                         a href=(params.link(paths::HOP, &[("caller", &edge.caller), ("callee", &edge.callee)])) {
                             g class=(format!("edge {}", edge_class(edge, colouring))) data-caller=(edge.caller) data-callee=(edge.callee) data-connection=(edge.connection) {
                                 title { (edge.caller) " → " (edge.callee) " (" (edge.connection) "): " (edge.calls) " calls, " (edge.errors) " errors, " (label) }
                                 path.edge-line d=(d) stroke-width=(format!("{width:.1}")) marker-end="url(#arrow)" stroke-dasharray=[(edge.connection == "messaging").then_some("6 4")] {}
-                                text.edge-label x=(format!("{:.1}", mid.0)) y=(format!("{:.1}", mid.1 - 4.0)) text-anchor="middle" { (label) }
+                                text class=(if shown[i] { "edge-label" } else { "edge-label on-hover" }) x=(format!("{:.1}", at.0)) y=(format!("{:.1}", at.1)) text-anchor="middle" { (label) }
                             }
                         }
                     }
