@@ -193,6 +193,16 @@ def main():
         page.wait_for_url("**range=15m**")
         page.wait_for_load_state("load")
         out["range_pick"] = {"url": page.url, "h1": page.locator("h1").inner_text()}
+        # Back: the picker shows the range of the page it is on again.
+        page.go_back()
+        page.wait_for_load_state("load")
+        out["range_after_back"] = {
+            "url": page.url,
+            "picker": page.eval_on_selector("form.range select[name=range]", "s => s.value"),
+        }
+        page.go_forward()
+        page.wait_for_load_state("load")
+
 
         # Trace pages: the critical path highlighted, details on click.
         def waterfall():
@@ -310,10 +320,25 @@ def main():
             page.locator("table.traces a.trace-link").first.click()
             page.wait_for_load_state("load")
             out["search"]["followed"] = page.url
-        # A bad parameter: the 400 the browser logs for it is expected, and only that one.
+        # Bad parameters: the 400s the browser logs for them are expected, and only those.
         errors_before = len(out["console_errors"])
-        page.goto(base + "/ui/search?min_duration=fast")
-        out["search"]["bad_input"] = page.locator(".error-message").inner_text()
+        # A bad search keeps what was typed, the message beside the field at fault.
+        page.goto(base + "/ui/search?range=6h&operation=checkout&min_duration=fast")
+        out["bad_search"] = {
+            "operation": page.input_value("form.search input[name=operation]"),
+            "min_duration": page.input_value("form.search input[name=min_duration]"),
+            "invalid": page.eval_on_selector_all("form.search [aria-invalid=true]", "els => els.map(e => e.name)"),
+            "beside": page.eval_on_selector("form.search [aria-invalid=true]", "e => e.closest('label').querySelector('.field-error').textContent"),
+            "picker": page.eval_on_selector("form.range select[name=range]", "s => s.value"),
+        }
+        # Any other failing page keeps the navigation and the range picker.
+        page.goto(base + "/ui/hop?range=24h&caller=nobody")
+        out["failed_page"] = {
+            "h1": page.locator("h1").inner_text(),
+            "message": page.locator("p.error-message").inner_text(),
+            "nav": page.eval_on_selector_all("header.top nav a", "els => els.map(e => e.getAttribute('href'))"),
+            "picker": page.eval_on_selector("form.range select[name=range]", "s => s.value"),
+        }
         out["search"]["bad_input_console"] = out["console_errors"][errors_before:]
         del out["console_errors"][errors_before:]
 

@@ -489,6 +489,23 @@ async fn every_page_in_a_real_browser() {
     let range = &seen["range_pick"];
     assert!(range["url"].as_str().unwrap().contains("range=15m"), "{range}");
     assert_eq!(range["h1"], edge["h1"]);
+    let back = &seen["range_after_back"];
+    assert!(!back["url"].as_str().unwrap().contains("range=15m"), "{back}");
+    assert_eq!(back["picker"], "1h", "after Back the picker shows the page's range: {back}");
+
+    // A bad search keeps the form as typed, the message beside the field; another failing page
+    // keeps the navigation (with the range) and the picker.
+    let bad = &seen["bad_search"];
+    assert_eq!((&bad["operation"], &bad["min_duration"]), (&json!("checkout"), &json!("fast")), "{bad}");
+    assert_eq!(bad["invalid"], json!(["min_duration"]), "{bad}");
+    assert!(bad["beside"].as_str().unwrap().starts_with("min_duration: "), "{bad}");
+    assert_eq!(bad["picker"], "6h", "{bad}");
+    let failed = &seen["failed_page"];
+    assert_eq!(failed["h1"], "Bad Request", "{failed}");
+    assert!(failed["message"].as_str().unwrap().contains("callee"), "{failed}");
+    assert_eq!(failed["picker"], "24h", "{failed}");
+    let nav = failed["nav"].as_array().unwrap();
+    assert!(nav.len() == 4 && nav.iter().all(|h| h.as_str().unwrap().ends_with("range=24h")), "{failed}");
 
     // The big trace opens with its runs of like calls folded: the root, its database call, the
     // first call to a worker with its server span and first step; then the other steps of that
@@ -598,9 +615,8 @@ async fn every_page_in_a_real_browser() {
     assert!(search["url"].as_str().unwrap().contains("service=gateway"), "{search}");
     assert!(!search["results"].as_array().unwrap().is_empty(), "{search}");
     assert!(search["followed"].as_str().unwrap().contains("/ui/trace/"), "{search}");
-    assert!(search["bad_input"].as_str().unwrap().starts_with("min_duration:"), "{search}");
     let bad_console = search["bad_input_console"].as_array().unwrap();
-    assert!(bad_console.len() == 1 && bad_console[0].as_str().unwrap().contains("400"), "{search}");
+    assert!(bad_console.len() == 2 && bad_console.iter().all(|c| c.as_str().unwrap().contains("400")), "{search}");
 
     // An empty server says how to send spans, with its own OTLP port.
     let empty_text = seen["empty"].as_str().unwrap();

@@ -18,16 +18,22 @@
 
   // The time-range picker: a preset applies at once; "custom" shows the start and end inputs.
   const range = document.querySelector("form.range select[name=range]");
+  const showCustom = function () {
+    const custom = range.value === "custom";
+    const inputs = document.querySelector("form.range .custom-range");
+    if (inputs) {
+      inputs.hidden = !custom;
+      inputs.querySelectorAll("input").forEach(function (i) { i.disabled = !custom; });
+    }
+    return custom;
+  };
   if (range) {
     range.addEventListener("change", function () {
-      const custom = range.value === "custom";
-      const inputs = document.querySelector("form.range .custom-range");
-      if (inputs) {
-        inputs.hidden = !custom;
-        inputs.querySelectorAll("input").forEach(function (i) { i.disabled = !custom; });
-      }
-      if (!custom) { showLoading(); range.form.submit(); }
+      if (!showCustom()) { showLoading(); range.form.submit(); }
     });
+    // Back to a page (from the browser's cache, or with its fields restored): the picker shows
+    // the range of the page, not the one chosen before leaving it.
+    window.addEventListener("pageshow", function () { range.form.reset(); showCustom(); });
   }
 
   // The service graph opens fitted to its box; the wheel, a drag, the buttons and the keys (+, −,

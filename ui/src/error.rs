@@ -2,7 +2,7 @@
 //! with the status the API would give for the same failure.
 
 use axum::http::StatusCode;
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use hopscope_query::QueryError;
 
 /// What went wrong while drawing a page.
@@ -36,6 +36,6 @@ impl IntoResponse for UiError {
         if status.is_server_error() {
             tracing::error!(error = %self, "ui page failed");
         }
-        (status, Html(crate::page::error_page(status, &self.to_string()).into_string())).into_response()
+        crate::page::failed(status, &self.to_string())
     }
 }

@@ -99,6 +99,7 @@ pub fn router(engine: Arc<QueryEngine>, config: UiConfig) -> Router {
         .route(paths::FINDINGS, get(analysis::findings_page))
         .route(paths::SEARCH, get(search::page))
         .route("/ui/{*rest}", get(page::not_found))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&ui), page::frame_failures))
         .with_state(ui)
         .merge(assets())
 }

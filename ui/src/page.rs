@@ -217,10 +217,54 @@ pub(crate) fn error_page(status: StatusCode, message: &str) -> Markup {
     }
 }
 
+/// What a page that failed says, kept on its response for [`frame_failures`], which
+/// puts it in the page's frame (navigation, range, tenant).
+#[derive(Debug, Clone)]
+pub(crate) struct Failed(pub(crate) String);
+
+/// The answer of a page that failed: the bare error page, and the message for the frame.
+pub(crate) fn failed(status: StatusCode, message: &str) -> Response {
+    let mut response = (status, Html(error_page(status, message).into_string())).into_response();
+    response.extensions_mut().insert(Failed(message.to_owned()));
+    response
+}
+
 /// `/ui/...` paths that are no page.
 pub(crate) async fn not_found(uri: Uri) -> Response {
-    let message = format!("there is no page {}", uri.path());
-    (StatusCode::NOT_FOUND, Html(error_page(StatusCode::NOT_FOUND, &message).into_string())).into_response()
+    failed(StatusCode::NOT_FOUND, &format!("there is no page {}", uri.path()))
+}
+
+/// Middleware: a page that failed is shown in the frame of the page that was asked for — the
+/// navigation, the range picker with the URL's range (or the default, when the range is what was
+/// wrong) and the page's own parameters, the tenant — so that nothing asked is lost.
+pub(crate) async fn frame_failures(
+    axum::extract::State(ui): crate::UiState,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = request.uri().path().to_owned();
+    let values: Vec<(String, String)> =
+        form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
+    let response = next.run(request).await;
+    let Some(Failed(message)) = response.extensions().get().cloned() else { return response };
+    let status = response.status();
+    let map: HashMap<String, String> = values.iter().cloned().collect();
+    let now = now_ns();
+    let mut window = Window::from_params(&map, now)
+        .unwrap_or_else(|_| Window::from_params(&HashMap::new(), now).expect("the default range"));
+    window.tenant = ui.tenant().map(str::to_owned);
+    let keep: Vec<(&str, &str)> = values
+        .iter()
+        .filter(|(k, _)| !window::PARAMS.contains(&k.as_str()))
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let title = status.canonical_reason().unwrap_or("Error");
+    let body = html! {
+        h1 { (title) }
+        p.error-message { (message) }
+        p { a href=(link(&window, paths::GRAPH, &[])) { "Back to the service graph" } }
+    };
+    (status, Frame { title, path: &path, window: &window, keep }.render(body)).into_response()
 }
 
 /// What a page shows when it has nothing to show: no spans stored at all (how to send some), or

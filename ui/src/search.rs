@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
-use axum::response::Html;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use hopscope_query::TraceSearch;
 use hopscope_schemas::api::TraceSummaryView;
 use maud::{Markup, html};
@@ -41,10 +41,25 @@ pub(crate) async fn page(
     State(ui): UiState,
     headers: HeaderMap,
     Query(raw): Query<HashMap<String, String>>,
-) -> Result<Html<String>, UiError> {
+) -> Result<Response, UiError> {
     let params = PageParams::new(raw, &FIELDS, ui.tenant())?;
-    let search = trace_search(&params)?;
     let engine = &ui.engine;
+    let keep: Vec<(&str, &str)> = FIELDS.iter().filter_map(|f| params.text(f).map(|v| (*f, v))).collect();
+    let frame = Frame { title: "Search", path: paths::SEARCH, window: &params.window, keep };
+    let search = match trace_search(&params) {
+        Ok(search) => search,
+        Err(UiError::BadParameter(problem)) => {
+            // The form stays as it was filled in, the message beside the field at fault.
+            let services = engine.services().await?;
+            let field = problem.split_once(':').map_or("", |(field, _)| field);
+            let body = html! {
+                h1 { "Search traces" }
+                (search_form(&params, &services, Some((field, &problem))))
+            };
+            return Ok((StatusCode::BAD_REQUEST, frame.render(body)).into_response());
+        }
+        Err(e) => return Err(e),
+    };
     let asked = search.clone();
     let (services, traces) = tokio::try_join!(engine.services(), engine.search_traces(asked),)?;
     let empty = if traces.is_empty() {
@@ -54,14 +69,13 @@ pub(crate) async fn page(
     };
     let body = html! {
         h1 { "Search traces" }
-        (search_form(&params, &services, &search))
+        (search_form(&params, &services, None))
         p.explain { "Traces with a span that meets every condition, started in " (params.window.describe()) "." }
         @if let Some(empty) = empty { (empty) } @else {
             (trace_table(&params.window, &traces))
         }
     };
-    let keep: Vec<(&str, &str)> = FIELDS.iter().filter_map(|f| params.text(f).map(|v| (*f, v))).collect();
-    Ok(Frame { title: "Search", path: paths::SEARCH, window: &params.window, keep }.render(body))
+    Ok(frame.render(body).into_response())
 }
 
 /// The search the page's parameters ask for.
@@ -101,35 +115,44 @@ fn trace_search(params: &PageParams) -> Result<TraceSearch, UiError> {
     Ok(search)
 }
 
-/// The search form, filled in with what was asked.
-fn search_form(params: &PageParams, services: &[String], search: &TraceSearch) -> Markup {
+/// The search form, filled in with what was asked (as typed, valid or not); `problem`: the field
+/// at fault and the message, shown beside it.
+fn search_form(params: &PageParams, services: &[String], problem: Option<(&str, &str)>) -> Markup {
     let value = |name: &str| params.text(name).unwrap_or("").to_owned();
+    let invalid = |name: &str| problem.is_some_and(|(field, _)| field == name).then_some("true");
+    let says = |name: &str| {
+        html! {
+            @if let Some((field, message)) = problem { @if field == name { span.field-error role="alert" { (message) } } }
+        }
+    };
     html! {
         form.search method="get" action=(paths::SEARCH) {
             @for (k, v) in params.window.query_pairs() { input type="hidden" name=(k) value=(v); }
             label { "Service "
                 select name="service" {
                     option value="" { "any" }
-                    @for s in services { option value=(s) selected[search.service.as_deref() == Some(s.as_str())] { (s) } }
+                    @for s in services { option value=(s) selected[params.text("service") == Some(s.as_str())] { (s) } }
                 }
             }
             label { "Operation " input type="text" name="operation" value=(value("operation")) placeholder="any"; }
-            label { "Duration ≥ " input type="text" name="min_duration" value=(value("min_duration")) placeholder="e.g. 250ms" size="8"; }
-            label { "≤ " input type="text" name="max_duration" value=(value("max_duration")) placeholder="e.g. 2s" size="8"; }
+            label { "Duration ≥ " input type="text" name="min_duration" value=(value("min_duration")) placeholder="e.g. 250ms" size="8" aria-invalid=[invalid("min_duration")]; (says("min_duration")) }
+            label { "≤ " input type="text" name="max_duration" value=(value("max_duration")) placeholder="e.g. 2s" size="8" aria-invalid=[invalid("max_duration")]; (says("max_duration")) }
             label { "Status "
-                select name="status" {
+                select name="status" aria-invalid=[invalid("status")] {
                     option value="any" { "any" }
-                    option value="error" selected[search.errors_only] { "error" }
+                    option value="error" selected[params.text("status") == Some("error")] { "error" }
                 }
+                (says("status"))
             }
-            label.attr { "Attributes (key=value, one per line) " textarea name="attr" rows="2" placeholder="http.route=/api/orders" { (value("attr")) } }
+            label.attr { "Attributes (key=value, one per line) " textarea name="attr" rows="2" placeholder="http.route=/api/orders" aria-invalid=[invalid("attr")] { (value("attr")) } (says("attr")) }
             label { "Order "
-                select name="sort" {
+                select name="sort" aria-invalid=[invalid("sort")] {
                     option value="newest" { "newest first" }
-                    option value="slowest" selected[search.slowest_first] { "slowest first" }
+                    option value="slowest" selected[params.text("sort") == Some("slowest")] { "slowest first" }
                 }
+                (says("sort"))
             }
-            label { "Limit " input type="number" name="limit" min="1" max=(MAX_LIMIT) value=(search.limit); }
+            label { "Limit " input type="number" name="limit" min="1" max=(MAX_LIMIT) value=(params.text("limit").unwrap_or("20")) aria-invalid=[invalid("limit")]; (says("limit")) }
             button type="submit" { "Search" }
         }
     }
