@@ -332,7 +332,8 @@ async fn every_page_in_a_real_browser() {
     let small_trace = get_json(&client, &server.api_url(&format!("/api/v1/traces/{}", n1.trace_id))).await;
 
     // A fold's rows asked for a span the trace lacks, a fold setting that means nothing, a graph
-    // focused on a name it lacks (the nearest named): the page says what was wrong.
+    // focused on a name it lacks, a service nothing knows (the nearest names said): the page says
+    // what was wrong.
     for (path, status, says) in [
         (
             format!("/ui/trace/{}/rows?from=fedcba9876543210&count=3", big.trace_id),
@@ -346,6 +347,8 @@ async fn every_page_in_a_real_browser() {
         ("/ui/graph?focus=svc-01O".to_owned(), 404, "No service or resource named “svc-01O”"),
         ("/ui/graph?focus=svc-01O".to_owned(), 404, "Did you mean svc-010, "),
         ("/ui/graph?focus=svc-010&depth=3".to_owned(), 400, "depth: expected 1 or 2"),
+        ("/ui/service?name=gatway".to_owned(), 404, "No service named “gatway” has sent spans"),
+        ("/ui/service?name=gatway".to_owned(), 404, "Did you mean gateway"),
     ] {
         let response = client.get(server.api_url(&path)).send().await.unwrap();
         assert_eq!(response.status(), status, "{path}");

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Html;
-use hopscope_query::{EdgesQuery, LatencyQuery, LatencyTarget};
+use hopscope_query::{DependenciesQuery, EdgesQuery, LatencyQuery, LatencyTarget};
 use hopscope_schemas::api::{EdgeView, LatencyView, OperationView, SlowestCalls};
 use hopscope_schemas::time::TimeRange;
 use maud::{Markup, html};
@@ -137,6 +137,27 @@ pub(crate) async fn service_page(
     };
     let (incoming, outgoing): (Vec<EdgeView>, Vec<EdgeView>) = edges.edges.into_iter().partition(|e| e.callee == name);
     let instrumented = !operations.is_empty();
+    if !instrumented && incoming.is_empty() && outgoing.is_empty() {
+        // No span of it stored, ever, and no call to or from it in the range: a name nothing knows
+        // (a typo, an old link), answered with the names nearest to it.
+        let (services, graph) =
+            tokio::try_join!(engine.services(), engine.dependencies(DependenciesQuery { range, exact: false }))?;
+        if !services.is_empty() {
+            let mut known: Vec<&str> = services.iter().map(String::as_str).collect();
+            known.extend(graph.nodes.iter().map(|n| n.name.as_str()));
+            known.sort_unstable();
+            known.dedup();
+            let nearest = crate::page::nearest(&name, &known, 3);
+            let mut message = format!(
+                "No service named “{name}” has sent spans, and nothing called a node of that name in {}.",
+                params.window.describe()
+            );
+            if !nearest.is_empty() {
+                message.push_str(&format!(" Did you mean {}?", nearest.join(", ")));
+            }
+            return Err(UiError::Query(hopscope_query::QueryError::NotFound(message)));
+        }
+    }
     let empty = if !instrumented && incoming.is_empty() && outgoing.is_empty() {
         Some(crate::page::empty_state(&ui, &params.window, &headers, &format!("spans or calls of {name:?}")).await?)
     } else {
