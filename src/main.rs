@@ -59,8 +59,10 @@ enum Command {
     Compact(admin::CompactArgs),
 }
 
-/// `hopscope demo`: the server's options, plus how much traffic to simulate.
+/// `hopscope demo`: the server's options (its data in a directory of its own unless told
+/// otherwise), plus how much traffic to simulate.
 #[derive(Debug, Args)]
+#[command(mut_arg("data_dir", |a| a.default_value(DEMO_DATA_DIR)))]
 struct DemoArgs {
     #[command(flatten)]
     serve: ServeArgs,
@@ -271,12 +273,18 @@ fn main() -> anyhow::Result<()> {
     // Before any thread starts (see the function).
     hopscope_ingest::memory::limit_arenas();
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(|| LossyStderr)
-        .log_internal_errors(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        tracing_subscriber::fmt()
+            .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+            .with_writer(|| LossyStderr)
+            .log_internal_errors(false)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .finish()
+            .with(tracing_subscriber::filter::filter_fn(layout_steps_unlogged))
+            .init();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args, None)),
@@ -327,14 +335,9 @@ fn println_lossy(line: &str) {
 
 /// Runs the server and, once it listens, the simulator: first the history, then live traffic. The
 /// simulator stops with the server.
-async fn demo(mut args: DemoArgs) -> anyhow::Result<()> {
+async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     if !(args.rate > 0.0 && args.rate.is_finite()) {
         anyhow::bail!("--rate must be a positive number of spans per second");
-    }
-    if args.serve.data_dir.as_path() == std::path::Path::new(DEFAULT_DATA_DIR)
-        && std::env::var_os("HOPSCOPE_DATA_DIR").is_none()
-    {
-        args.serve.data_dir = PathBuf::from("./hopscope-demo-data");
     }
     let (listening, addr) = tokio::sync::oneshot::channel();
     let server = tokio::spawn(serve(args.serve, Some(listening)));
@@ -364,8 +367,16 @@ async fn demo(mut args: DemoArgs) -> anyhow::Result<()> {
     server.await?
 }
 
+/// The graph layout library logs each step of every layout at `info` (about 50 lines per drawing),
+/// under targets of its own (`layouting`, `ranking`, ...): only its warnings and errors are logged.
+fn layout_steps_unlogged(event: &tracing::Metadata<'_>) -> bool {
+    *event.level() <= tracing::Level::WARN || !event.module_path().is_some_and(|m| m.starts_with("rust_sugiyama"))
+}
+
 /// `--data-dir`'s default.
 const DEFAULT_DATA_DIR: &str = "./hopscope-data";
+/// Where `hopscope demo` keeps its data unless told otherwise: apart from a real server's.
+const DEMO_DATA_DIR: &str = "./hopscope-demo-data";
 
 /// Where a client on this machine reaches a listen address: a wildcard address is reached on
 /// loopback of the same family.

@@ -397,6 +397,9 @@ async fn every_page_in_a_real_browser() {
     let seen: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
     eprintln!("page load times (ms): {}", seen["timings_ms"]);
 
+    // Drawing graphs logs nothing of the layout library's workings at the default level.
+    let log = server.log();
+    assert!(!log.contains("rust_sugiyama") && !log.contains(" layouting: "), "the layout library logs:\n{log}");
     // Nothing went wrong in the browser, and it asked nothing of any other host.
     assert_eq!(seen["console_errors"], json!([]), "console errors");
     assert_eq!(seen["page_errors"], json!([]), "uncaught page errors");
