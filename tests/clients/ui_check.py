@@ -299,6 +299,9 @@ def main():
             "kinds": page.eval_on_selector_all("table.findings tbody tr", "els => els.map(e => e.dataset.kind)"),
             "evidence": page.eval_on_selector_all("table.findings td.evidence a", "els => els.map(e => e.getAttribute('href'))"),
             "more": page.eval_on_selector_all("p.more-findings", "els => els.map(e => e.textContent)"),
+            # The threshold and calls cells, as shown.
+            "thresholds": page.eval_on_selector_all("table.findings tbody tr td:nth-child(8)", "els => els.map(e => e.textContent)"),
+            "calls": page.eval_on_selector_all("table.findings tbody tr", "els => els.map(e => [e.dataset.kind, e.children[2].textContent])"),
         }
         if out["findings"]["evidence"]:
             page.locator("table.findings td.evidence a").first.click()

@@ -611,6 +611,21 @@ async fn every_page_in_a_real_browser() {
         assert!(note.as_str().unwrap().contains(&format!("of {api_findings} findings")), "{note}");
     }
     assert!(findings["kinds"].as_array().unwrap().contains(&json!("n_plus_one")), "{findings}");
+    // Thresholds in durations people read, never a count of nanoseconds; every count says what it counts.
+    for threshold in findings["thresholds"].as_array().unwrap() {
+        let text = threshold.as_str().unwrap();
+        let raw_ns = |s: &str| s.strip_suffix("ns").and_then(|v| v.rsplit('=').next()).is_some_and(|n| n.len() >= 4);
+        assert!(!text.split(", ").any(raw_ns), "a threshold in raw nanoseconds: {text}");
+    }
+    for row in findings["calls"].as_array().unwrap() {
+        let (kind, text) = (row[0].as_str().unwrap(), row[1].as_str().unwrap());
+        let unit = match kind {
+            "deep_chain" => " hops)",
+            "poison_message" => " deliveries)",
+            _ => " calls)",
+        };
+        assert!(text.ends_with(unit) && !text.starts_with('–'), "{kind}: {text}");
+    }
     let evidence = findings["evidence"].as_array().unwrap();
     assert!(evidence.iter().all(|h| h.as_str().unwrap().starts_with("/ui/trace/")), "{findings}");
     assert!(findings["followed"]["url"].as_str().unwrap().contains("/ui/trace/"), "{findings}");

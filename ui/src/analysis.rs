@@ -188,11 +188,11 @@ fn findings_table(params: &PageParams, findings: &[FindingView]) -> Markup {
                     tr data-kind=(f.kind) {
                         td { strong { (kind_label(&f.kind)) } }
                         td { a href=(params.link(paths::SERVICE, &[("name", &f.service), ("operation", &f.operation)])) { (f.service) " · " (f.operation) } }
-                        td { (callees_shown(f)) " " span.calls { "(" (f.calls) ")" } }
+                        td { @if f.callee.is_some() { (callees_shown(f)) " " } span.calls { "(" (f.calls) " " (calls_unit(&f.kind)) ")" } }
                         td.num { (f.occurrences) }
                         td.num { @match f.traces { Some(t) => (t), None => span title="not counted in the per-minute rollups this finding comes from" { "–" } } }
                         td.num { (duration(f.cost_ns_total as f64)) } td.num { (duration(f.cost_ns_mean)) }
-                        td { code { (f.threshold) } }
+                        td { code { (readable_threshold(&f.threshold)) } }
                         td.evidence { @for id in &f.evidence_trace_ids { a.trace-link href=(trace_link(&params.window, id)) title=(id) { code { (id.get(..8).unwrap_or(id)) } } " " } }
                     }
                 }
@@ -207,6 +207,30 @@ fn findings_table(params: &PageParams, findings: &[FindingView]) -> Markup {
 /// reads as four names (the API keeps the whole list). Only when the list splits into exactly one
 /// name per call (`calls` is the occurrences times the parts): a name that itself holds `, ` makes
 /// more parts than calls, and the list is shown as stored.
+/// What a finding's `calls` count: hops for a deep chain, deliveries for a poison message.
+fn calls_unit(kind: &str) -> &'static str {
+    use hopscope_schemas::columns::finding_kind;
+    match kind {
+        finding_kind::DEEP_CHAIN => "hops",
+        finding_kind::POISON_MESSAGE => "deliveries",
+        _ => "calls",
+    }
+}
+
+/// A finding's thresholds as people read them: `sequential_max_gap=1000000ns` → `sequential_max_gap=1.00ms`.
+fn readable_threshold(threshold: &str) -> String {
+    let part = |setting: &str| -> String {
+        match setting.split_once('=') {
+            Some((key, value)) => match value.strip_suffix("ns").and_then(|ns| ns.parse::<f64>().ok()) {
+                Some(ns) => format!("{key}={}", duration(ns)),
+                None => setting.to_owned(),
+            },
+            None => setting.to_owned(),
+        }
+    };
+    threshold.split(", ").map(part).collect::<Vec<_>>().join(", ")
+}
+
 fn callees_shown(f: &FindingView) -> String {
     let Some(callee) = f.callee.as_deref() else { return "–".to_owned() };
     if f.kind != hopscope_schemas::columns::finding_kind::SEQUENTIAL_CALLS {
@@ -232,6 +256,16 @@ fn callees_shown(f: &FindingView) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thresholds_read_as_durations() {
+        assert_eq!(
+            readable_threshold("sequential_min_run=3, sequential_max_gap=1000000ns"),
+            "sequential_min_run=3, sequential_max_gap=1.00ms"
+        );
+        assert_eq!(readable_threshold("clock_skew_min=250000000ns"), "clock_skew_min=250ms");
+        assert_eq!(readable_threshold("deep_chain_min_hops=6"), "deep_chain_min_hops=6");
+    }
 
     fn sequential(callee: &str, calls: u64, occurrences: u64) -> FindingView {
         FindingView {
