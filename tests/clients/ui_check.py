@@ -185,6 +185,8 @@ def main():
             "h1": page.locator("h1").inner_text(),
             "distributions": page.eval_on_selector_all("table.side-by-side tr[data-distribution]", "els => els.map(e => e.dataset.distribution)"),
             "heatmap_cells": page.locator("svg.heatmap rect.cell").count(),
+            "slowest_links": page.eval_on_selector_all("table.slowest a.trace-link", "els => els.map(e => e.getAttribute('href'))"),
+            "slowest_header": page.eval_on_selector_all("table.slowest th.num", "els => els.map(e => e.textContent)"),
         }
         page.screenshot(path=os.path.join(args.screenshots, "hop.png"), full_page=True)
 

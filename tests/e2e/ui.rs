@@ -490,6 +490,16 @@ async fn every_page_in_a_real_browser() {
     assert_eq!(edge["h1"], format!("{caller} → {callee}"));
     assert_eq!(edge["distributions"], json!(["client", "server", "network / queueing gap"]));
     assert!(edge["heatmap_cells"].as_u64().unwrap() > 0, "{edge}");
+    // Slowest traces: each once, the duration saying what it measures.
+    for links in [&service["slowest_links"], &edge["slowest_links"]] {
+        let links = links.as_array().unwrap();
+        assert_eq!(
+            links.iter().map(|l| l.as_str().unwrap()).collect::<BTreeSet<_>>().len(),
+            links.len(),
+            "a trace listed twice: {links:?}"
+        );
+    }
+    assert_eq!(edge["slowest_header"], json!(["duration of the call"]), "{edge}");
 
     // The time range is kept in the URL and the page stays the same.
     let range = &seen["range_pick"];

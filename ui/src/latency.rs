@@ -58,15 +58,19 @@ fn tail_view(view: &LatencyView, range: TimeRange) -> Markup {
     }
 }
 
-fn slowest_table(params: &PageParams, slowest: &SlowestCalls) -> Markup {
-    let calls = &slowest.calls;
+/// The traces of the slowest calls, each once (at its slowest call); `measured`: what the duration
+/// column is (the service's span, the hop's call), which a trace's own duration may exceed.
+fn slowest_table(params: &PageParams, slowest: &SlowestCalls, measured: &str) -> Markup {
+    let mut seen = std::collections::HashSet::new();
+    let calls: Vec<_> = slowest.calls.iter().filter(|c| seen.insert(c.trace_id.as_str())).collect();
     html! {
         h2 { "Slowest traces" }
         @if calls.is_empty() { p { "None in " (params.window.describe()) "." } }
         @else {
             @if slowest.per_minute { p.note { "The slowest span of each minute and operation, slowest first (over whole minutes)." } }
+            p.note { "Each trace once, at its slowest; the duration is " (measured) ", not the whole trace's." }
             table.slowest {
-                thead { tr { th { "trace" } th { "started" } th.num { "duration" } } }
+                thead { tr { th { "trace" } th { "started" } th.num { "duration of " (measured) } } }
                 tbody {
                     @for c in calls {
                         tr {
@@ -180,7 +184,7 @@ pub(crate) async fn service_page(
                 }
                 @if view.summary.count == 0 { p.empty { "No spans in " (params.window.describe()) ": pick a longer time range." } }
                 @else { (tail_view(&view, range)) }
-                (slowest_table(&params, &slowest))
+                (slowest_table(&params, &slowest, "the service's span"))
             } @else {
                 p.summary {
                     @if let Some(e) = incoming.first() { "Not instrumented (a " (e.callee_kind) "): hopscope knows it from the calls made to it. " }
@@ -263,7 +267,7 @@ pub(crate) async fn hop_page(
             }
             h2 { "Latency of the calls (client side where known)" }
             (tail_view(&view, range))
-            (slowest_table(&params, &slowest))
+            (slowest_table(&params, &slowest, "the call"))
         }
     };
     let keep = vec![("caller", caller.as_str()), ("callee", callee.as_str())];
