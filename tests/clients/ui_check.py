@@ -132,6 +132,12 @@ def main():
             "fitted": fitted, "zoomed_in": zoomed_in, "refitted": refitted, "wheeled": wheeled,
             "dragged": dragged, "keyed": keyed, "url_kept": page.url == url_before_drag,
         }
+        # The first click after a drag follows its link.
+        page.locator(f"#service-graph g.node[data-name='{plan['service']}']").click()
+        page.wait_for_url("**/ui/service**")
+        out["graph_zoom"]["click_after_drag"] = page.url
+        page.go_back()
+        page.wait_for_load_state("load")
 
         # The service search: one node and what is one call away.
         page.fill("form.focus input[name=focus]", plan["search"])

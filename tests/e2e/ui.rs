@@ -452,6 +452,7 @@ async fn every_page_in_a_real_browser() {
     assert_ne!(zoom["dragged"][0], zoom["wheeled"][0], "a drag moves the drawing: {zoom}");
     assert_eq!(zoom["url_kept"], true, "a drag followed a link: {zoom}");
     assert_eq!(zoom["keyed"], zoom["fitted"], "0 fits the drawing again: {zoom}");
+    assert!(zoom["click_after_drag"].as_str().unwrap().contains("/ui/service?name=gateway"), "{zoom}");
     assert_eq!(names(&seen["graph_nodes"]), api_nodes, "graph nodes");
     assert_eq!(seen["graph_nodes"].as_array().unwrap().len(), api_nodes.len(), "each node drawn once");
     assert_eq!(calls(&seen["graph_edges"]), api_edges, "graph edges");

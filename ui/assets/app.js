@@ -86,7 +86,14 @@
       zoom(event.deltaY > 0 ? 1.2 : 1 / 1.2, p[0], p[1]);
     }, { passive: false });
     let drag = null;
+    // Set when a drag ends: the click that ends it is not a click on what it ended over. Cleared
+    // by the next press, so it can never swallow a click of its own.
+    let dragged = false;
+    view.addEventListener("click", function (event) {
+      if (dragged) { dragged = false; event.preventDefault(); event.stopPropagation(); }
+    }, true);
     view.addEventListener("pointerdown", function (event) {
+      dragged = false;
       if (event.button !== 0) return;
       drag = { x: event.clientX, y: event.clientY, moved: false, id: event.pointerId };
     });
@@ -102,8 +109,7 @@
     const release = function () {
       if (drag && drag.moved) {
         view.classList.remove("dragging");
-        // The click that ends a drag is not a click on what it ended over.
-        view.addEventListener("click", function (e) { e.preventDefault(); e.stopPropagation(); }, { capture: true, once: true });
+        dragged = true;
       }
       drag = null;
     };
