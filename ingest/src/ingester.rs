@@ -50,7 +50,7 @@ pub struct IngesterConfig {
     pub flush_rows: usize,
     /// When the write-ahead log starts a new segment.
     pub wal_rotation: Rotation,
-    /// The limits a tenant's own (`--tenant-limits` may change them while running, through
+    /// The tenant's own limits (`--tenant-limits` may change them while running, through
     /// [`Ingester::set_limits`]): the memory buffered spans and exports in progress may hold
     /// ([`crate::admission`]; beyond it, exports are refused as retryable until the flusher
     /// catches up), retention, and the span rate.
