@@ -284,6 +284,18 @@ impl QueryEngine {
         })
     }
 
+    /// When the stored spans begin and end: the earliest start and the latest end over the
+    /// committed span files (`None` before the first commit). Read from the manifest, no scan.
+    pub async fn stored_extent(self: &Arc<Self>) -> Result<Option<TimeRange>, QueryError> {
+        let reader = ManifestReader::new(&self.config.data_dir, &self.config.tenant);
+        let manifest = tokio::task::spawn_blocking(move || reader.current())
+            .await
+            .map_err(|e| QueryError::Internal(format!("reading the manifest: {e}")))??;
+        let start_ns = manifest.files.iter().map(|f| f.min_start_ns).min();
+        let end_ns = manifest.files.iter().map(|f| f.max_end_ns).max();
+        Ok(start_ns.zip(end_ns).map(|(start_ns, end_ns)| TimeRange { start_ns, end_ns }))
+    }
+
     /// The names of every service with stored spans, sorted.
     pub async fn services(self: &Arc<Self>) -> Result<Vec<String>, QueryError> {
         self.run("services", |ctx| async move { spans::services(&ctx).await }).await

@@ -356,6 +356,19 @@ async fn every_page_in_a_real_browser() {
         assert!(body.contains(&says.replace('"', "&quot;")), "{path}: {body}");
     }
 
+    // A range that holds no span says when the stored spans are, with a link to that range that
+    // keeps the page's other parameters and shows them.
+    let empty_range = "/ui/search?service=gateway&range=custom&start=2001-01-01T00:00&end=2001-01-02T00:00";
+    let body = client.get(server.api_url(empty_range)).send().await.unwrap().text().await.unwrap();
+    let anchor = body.find("\">show that range</a>").unwrap_or_else(|| panic!("no stored range offered: {body}"));
+    assert!(body.contains("Stored spans cover "), "{body}");
+    let link = body[..anchor].rsplit("href=\"").next().unwrap().replace("&amp;", "&");
+    assert!(link.starts_with("/ui/search?service=gateway&range=custom&start="), "{link}");
+    let shown = client.get(server.api_url(&link)).send().await.unwrap();
+    assert_eq!(shown.status(), 200);
+    let shown = shown.text().await.unwrap();
+    assert!(shown.contains("class=\"trace-link\"") && !shown.contains("Stored spans cover"), "{link}: {shown}");
+
     let screenshots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("ui-screenshots");
     let plan_path =
         std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("ui-plan-{}.json", std::process::id()));

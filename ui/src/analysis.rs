@@ -82,7 +82,7 @@ pub(crate) async fn critical_path_page(
     let dependencies = engine.dependencies(DependenciesQuery { range, exact: false });
     let (view, dependencies) = tokio::try_join!(engine.aggregate_critical_path(query), dependencies)?;
     let empty = if view.traces == 0 {
-        Some(crate::page::empty_state(&ui, &params.window, &headers, "traces for this endpoint").await?)
+        Some(crate::page::empty_state(&ui, &params, paths::CRITICAL_PATH, &headers, "traces for this endpoint").await?)
     } else {
         None
     };
@@ -152,7 +152,7 @@ pub(crate) async fn findings_page(
     };
     let view = ui.engine.findings(query).await?;
     let empty = if view.findings.is_empty() {
-        Some(crate::page::empty_state(&ui, &params.window, &headers, "findings").await?)
+        Some(crate::page::empty_state(&ui, &params, paths::FINDINGS, &headers, "findings").await?)
     } else {
         None
     };

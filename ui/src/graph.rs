@@ -405,7 +405,7 @@ pub(crate) async fn page(
     let view = ui.engine.dependencies(DependenciesQuery { range, exact: false }).await?;
     let mut status = StatusCode::OK;
     let body = if view.nodes.is_empty() {
-        crate::page::empty_state(&ui, &params.window, &headers, "calls").await?
+        crate::page::empty_state(&ui, &params, paths::GRAPH, &headers, "calls").await?
     } else {
         let (scope, problem) = match scope(&params, &view)? {
             Ok(scope) => (scope, None),

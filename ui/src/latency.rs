@@ -163,7 +163,10 @@ pub(crate) async fn service_page(
         }
     }
     let empty = if !instrumented && incoming.is_empty() && outgoing.is_empty() {
-        Some(crate::page::empty_state(&ui, &params.window, &headers, &format!("spans or calls of {name:?}")).await?)
+        Some(
+            crate::page::empty_state(&ui, &params, paths::SERVICE, &headers, &format!("spans or calls of {name:?}"))
+                .await?,
+        )
     } else {
         None
     };
@@ -248,8 +251,14 @@ pub(crate) async fn hop_page(
     let title = format!("{caller} → {callee}");
     let empty = if hop.is_empty() {
         Some(
-            crate::page::empty_state(&ui, &params.window, &headers, &format!("calls from {caller:?} to {callee:?}"))
-                .await?,
+            crate::page::empty_state(
+                &ui,
+                &params,
+                paths::HOP,
+                &headers,
+                &format!("calls from {caller:?} to {callee:?}"),
+            )
+            .await?,
         )
     } else {
         None

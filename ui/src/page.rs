@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{Html, IntoResponse, Response};
+use hopscope_schemas::time::TimeRange;
 use maud::{DOCTYPE, Markup, html};
 
 use crate::window::{self, PRESETS, Window, href, minute};
@@ -269,13 +270,37 @@ pub(crate) async fn frame_failures(
 
 /// What a page shows when it has nothing to show: no spans stored at all (how to send some), or
 /// none in the range (widen it).
-pub(crate) async fn empty_state(ui: &Ui, window: &Window, headers: &HeaderMap, what: &str) -> Result<Markup, UiError> {
-    let any_spans = !ui.engine.services().await?.is_empty();
-    if any_spans {
+/// `path` is the page's: the stored range is offered as a link to it, its other parameters kept.
+pub(crate) async fn empty_state(
+    ui: &Ui,
+    params: &PageParams,
+    path: &str,
+    headers: &HeaderMap,
+    what: &str,
+) -> Result<Markup, UiError> {
+    let window = &params.window;
+    if let Some(stored) = ui.engine.stored_extent().await? {
+        // The range that holds every stored span, as a link that keeps the page's other parameters.
+        let mut pairs: Vec<(&str, String)> = Vec::new();
+        // The end one nanosecond on: the range's end is exclusive, and the latest span ends there.
+        let range = TimeRange { start_ns: stored.start_ns, end_ns: stored.end_ns.saturating_add(1) };
+        let whole = Window { range, preset: None, tenant: window.tenant.clone() };
+        pairs.extend(whole.query_pairs());
+        let mut keep: Vec<(&str, &str)> = params
+            .values
+            .iter()
+            .filter(|(key, _)| !window::PARAMS.contains(&key.as_str()))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        keep.sort_unstable();
+        let stored_link = href(path, keep.into_iter().chain(pairs.iter().map(|(k, v)| (*k, v.as_str()))));
         return Ok(html! {
             div.empty {
                 p { "No " (what) " in " (window.describe()) "." }
-                p { "Pick a longer time range above, or check that your services are still sending spans." }
+                p.stored-extent {
+                    "Stored spans cover " (whole.describe()) ": " a href=(stored_link) { "show that range" }
+                    ", or check that your services are still sending spans."
+                }
             }
         });
     }

@@ -63,7 +63,7 @@ pub(crate) async fn page(
     let asked = search.clone();
     let (services, traces) = tokio::try_join!(engine.services(), engine.search_traces(asked),)?;
     let empty = if traces.is_empty() {
-        Some(crate::page::empty_state(&ui, &params.window, &headers, "traces that match").await?)
+        Some(crate::page::empty_state(&ui, &params, paths::SEARCH, &headers, "traces that match").await?)
     } else {
         None
     };
