@@ -33,18 +33,7 @@ def main():
     out = {"console_errors": [], "page_errors": [], "dialogs": [], "offhost_requests": [], "timings_ms": {}}
 
     with sync_playwright() as p:
-        browser = chromium.launch(p)
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page.set_default_timeout(60000)
-        page.on("console", lambda m: m.type == "error" and out["console_errors"].append(f"{page.url}: {m.text}"))
-        page.on("pageerror", lambda e: out["page_errors"].append(f"{page.url}: {e}"))
-        page.on("dialog", lambda d: (out["dialogs"].append(d.message), d.dismiss()))
-        page.on(
-            "request",
-            lambda r: None
-            if r.url.startswith(base) or r.url.startswith(args.empty_base) or r.url.startswith("data:")
-            else out["offhost_requests"].append(r.url),
-        )
+        browser, page = chromium.open_page(p, out, [base, args.empty_base])
 
         def visit(name, url):
             started = time.monotonic()

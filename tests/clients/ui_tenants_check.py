@@ -27,18 +27,10 @@ def main():
     parser.add_argument("--trace", required=True, help="a trace of --tenant's")
     args = parser.parse_args()
     base, tenant = args.base, args.tenant
-    out = {"console_errors": [], "page_errors": [], "offhost_requests": [], "links_without_tenant": []}
+    out = {"links_without_tenant": []}
 
     with sync_playwright() as p:
-        browser = chromium.launch(p)
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page.set_default_timeout(60000)
-        page.on("console", lambda m: m.type == "error" and out["console_errors"].append(f"{page.url}: {m.text}"))
-        page.on("pageerror", lambda e: out["page_errors"].append(f"{page.url}: {e}"))
-        page.on(
-            "request",
-            lambda r: None if r.url.startswith(base) or r.url.startswith("data:") else out["offhost_requests"].append(r.url),
-        )
+        browser, page = chromium.open_page(p, out, [base])
 
         def check_links():
             """Every link to another page keeps the tenant."""

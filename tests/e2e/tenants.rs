@@ -229,6 +229,7 @@ async fn the_ui_offers_the_tenants_and_keeps_the_chosen_one_in_every_link() {
     assert_eq!(seen["console_errors"], json!([]), "console errors");
     assert_eq!(seen["page_errors"], json!([]), "uncaught page errors");
     assert_eq!(seen["offhost_requests"], json!([]), "requests to other hosts");
+    assert_eq!(seen["dialogs"], json!([]), "a dialog opened");
     assert_eq!(seen["picker"]["status"], 200, "{seen}");
     assert_eq!(seen["picker"]["tenants"], json!(["team-a", "team-b"]), "{seen}");
     assert_eq!(seen["picker"]["styled"], true, "the picker's stylesheet loads without a tenant: {seen}");
