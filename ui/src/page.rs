@@ -200,32 +200,15 @@ pub(crate) fn head(title: &str, script: bool) -> Markup {
     }
 }
 
-/// The page shown for an error: what went wrong, and the way back.
-pub(crate) fn error_page(status: StatusCode, message: &str) -> Markup {
-    html! {
-        (DOCTYPE)
-        html lang="en" {
-            (head(&status.as_u16().to_string(), false))
-            body {
-                header.top { a.brand href=(paths::GRAPH) { "hopscope" } }
-                main {
-                    h1 { (status.canonical_reason().unwrap_or("Error")) }
-                    p.error-message { (message) }
-                    p { a href=(paths::GRAPH) { "Back to the service graph" } }
-                }
-            }
-        }
-    }
-}
-
 /// What a page that failed says, kept on its response for [`frame_failures`], which
 /// puts it in the page's frame (navigation, range, tenant).
 #[derive(Debug, Clone)]
 pub(crate) struct Failed(pub(crate) String);
 
-/// The answer of a page that failed: the bare error page, and the message for the frame.
+/// The answer of a page that failed: its status and message, which [`frame_failures`] (a layer of
+/// every UI route) renders as a page.
 pub(crate) fn failed(status: StatusCode, message: &str) -> Response {
-    let mut response = (status, Html(error_page(status, message).into_string())).into_response();
+    let mut response = (status, message.to_owned()).into_response();
     response.extensions_mut().insert(Failed(message.to_owned()));
     response
 }
