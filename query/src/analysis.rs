@@ -5,12 +5,14 @@
 //!
 //! - the per-trace walks that make the derived tables: hop pairing ([`pairing`], the `edges`
 //!   table), critical paths ([`paths`], `critical_path`) and per-trace findings ([`findings`]);
-//! - questions over those tables and the spans: per-hop and tail latency ([`latency`]), trace search
+//! - questions over those tables and the spans: per-hop and tail latency ([`latency`]), what sets
+//!   a selection of a target's calls apart from the rest ([`compare`]), trace search
 //!   ([`search`]), critical paths of one trace and over many ([`critical_path`]), hidden
 //!   dependencies ([`dependencies`]), findings ([`findings`]), and what is stored ([`spans`]);
 //! - shared pieces: DataFrame helpers ([`frame`]) and stored rows read back as spans
 //!   ([`span_rows`]).
 
+pub(crate) mod compare;
 pub(crate) mod critical_path;
 pub(crate) mod dependencies;
 pub(crate) mod findings;

@@ -14,11 +14,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use hopscope_schemas::TraceId;
 use hopscope_schemas::api::{
-    AggregateCriticalPathView, DependenciesView, EdgesView, ErrorBody, FindingsView, LatencyView, OperationsView,
-    ServicesView, TraceCriticalPathView, TraceView, TracesView,
+    AggregateCriticalPathView, ComparisonView, DependenciesView, EdgesView, ErrorBody, FindingsView, LatencyView,
+    OperationsView, ServicesView, TraceCriticalPathView, TraceView, TracesView,
 };
+use hopscope_schemas::time::TimeRange;
 use serde::Deserialize;
 
+use crate::analysis::compare::{CompareQuery, Selection};
 use crate::analysis::critical_path::AggregatePathQuery;
 use crate::analysis::dependencies::DependenciesQuery;
 use crate::analysis::findings::{FindingsQuery, Thresholds};
@@ -55,6 +57,7 @@ pub fn router(engine: Arc<QueryEngine>) -> Router {
         .route("/api/v1/findings", get(findings))
         .route("/api/v1/edges", get(edges))
         .route("/api/v1/latency", get(latency))
+        .route("/api/v1/compare", get(compare))
         .route("/api/v1/sql", post(sql))
         .merge(jaeger::routes())
         .merge(tempo::routes())
@@ -232,21 +235,7 @@ const NICE_STEPS_S: &[i64] = &[1, 5, 10, 15, 30, 60, 300, 600, 900, 1_800, 3_600
 async fn latency(State(engine): Engine, raw: RawParams) -> Result<Json<LatencyView>, QueryError> {
     let p = params(raw, &["service", "operation", "caller", "callee", "start", "end", "step", "exact"])?;
     let range = p.range()?;
-    let operation = p.text("operation")?.map(str::to_owned);
-    let target = match (p.text("service")?, p.text("caller")?, p.text("callee")?) {
-        (Some(service), None, None) => LatencyTarget::Service { service: service.to_owned(), operation },
-        (None, Some(caller), Some(callee)) => {
-            LatencyTarget::Hop { caller: caller.to_owned(), callee: callee.to_owned(), operation }
-        }
-        (Some(_), _, _) => {
-            return Err(QueryError::BadParameter("service: give either service or caller and callee, not both".into()));
-        }
-        (None, None, _) | (None, _, None) => {
-            return Err(QueryError::BadParameter(
-                "service: give service (and optionally operation), or caller and callee".into(),
-            ));
-        }
-    };
+    let target = latency_target(&p)?;
     let span = range.end_ns - range.start_ns;
     let step_ns = match p.duration("step")? {
         Some(step) if step <= 0 => return Err(QueryError::BadParameter("step: must be positive".into())),
@@ -263,6 +252,57 @@ async fn latency(State(engine): Engine, raw: RawParams) -> Result<Json<LatencyVi
     };
     let exact = p.boolean("exact")?.unwrap_or(false);
     Ok(Json(engine.latency(LatencyQuery { target, range, step_ns, exact }).await?))
+}
+
+/// Whose latency `/latency` and `/compare` look at: `service` (and `operation`), or `caller` and
+/// `callee` (and `operation`, the callee's).
+fn latency_target(p: &Params) -> Result<LatencyTarget, QueryError> {
+    let operation = p.text("operation")?.map(str::to_owned);
+    match (p.text("service")?, p.text("caller")?, p.text("callee")?) {
+        (Some(service), None, None) => Ok(LatencyTarget::Service { service: service.to_owned(), operation }),
+        (None, Some(caller), Some(callee)) => {
+            Ok(LatencyTarget::Hop { caller: caller.to_owned(), callee: callee.to_owned(), operation })
+        }
+        (Some(_), _, _) => {
+            Err(QueryError::BadParameter("service: give either service or caller and callee, not both".into()))
+        }
+        (None, None, _) | (None, _, None) => Err(QueryError::BadParameter(
+            "service: give service (and optionally operation), or caller and callee".into(),
+        )),
+    }
+}
+
+/// `GET /api/v1/compare`: what sets the traces of a selection of a target's calls apart.
+async fn compare(State(engine): Engine, raw: RawParams) -> Result<Json<ComparisonView>, QueryError> {
+    let p = params(
+        raw,
+        &[
+            "service",
+            "operation",
+            "caller",
+            "callee",
+            "start",
+            "end",
+            "min_duration",
+            "max_duration",
+            "selection_start",
+            "selection_end",
+        ],
+    )?;
+    let range = p.range()?;
+    let target = latency_target(&p)?;
+    let within = match (p.time("selection_start")?, p.time("selection_end")?) {
+        (Some(start_ns), Some(end_ns)) => Some(TimeRange { start_ns, end_ns }),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(QueryError::BadParameter("selection_end: missing (selection_start is given)".into()));
+        }
+        (None, Some(_)) => {
+            return Err(QueryError::BadParameter("selection_start: missing (selection_end is given)".into()));
+        }
+    };
+    let selection = Selection { min_ns: p.duration("min_duration")?, max_ns: p.duration("max_duration")?, within };
+    Ok(Json(engine.compare(CompareQuery { target, range, selection }).await?))
 }
 
 /// The body of `POST /api/v1/sql`.

@@ -16,20 +16,21 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use hopscope_schemas::TraceId;
 use hopscope_schemas::api::{
-    AggregateCriticalPathView, DependenciesView, EdgesView, FindingsView, LatencyView, OperationView, SlowestCalls,
-    TraceCriticalPathView, TraceSummaryView, TraceView,
+    AggregateCriticalPathView, ComparisonView, DependenciesView, EdgesView, FindingsView, LatencyView, OperationView,
+    SlowestCalls, TraceCriticalPathView, TraceSummaryView, TraceView,
 };
 use hopscope_schemas::time::TimeRange;
 use prometheus_client::registry::Registry;
 
 use crate::QueryError;
+use crate::analysis::compare::CompareQuery;
 use crate::analysis::critical_path::AggregatePathQuery;
 use crate::analysis::dependencies::DependenciesQuery;
 use crate::analysis::findings::FindingsQuery;
 use crate::analysis::latency::{EdgesQuery, LatencyQuery};
 use crate::analysis::search::TraceSearch;
 use crate::analysis::span_sets::{self, Condition, Field, SpanSetSearch, SpanSetTrace, TagNames, TagScope, TagValue};
-use crate::analysis::{critical_path, dependencies, findings, latency, pairing, paths, search, spans};
+use crate::analysis::{compare, critical_path, dependencies, findings, latency, pairing, paths, search, spans};
 use crate::guards::{BoundedOperators, MeteredScans};
 use crate::metrics::{Endpoint, Outcome, QueryMetrics};
 use crate::runtime::{Admission, QueryRuntime};
@@ -404,6 +405,11 @@ impl QueryEngine {
     /// The slowest calls of a latency target (see [`SlowestCalls::per_minute`]).
     pub async fn slowest(self: &Arc<Self>, query: LatencyQuery, limit: usize) -> Result<SlowestCalls, QueryError> {
         self.run("slowest", move |ctx| async move { latency::slowest(&ctx, &query, limit).await }).await
+    }
+
+    /// What sets the traces of a selection of a latency target's calls apart from the others.
+    pub async fn compare(self: &Arc<Self>, query: CompareQuery) -> Result<ComparisonView, QueryError> {
+        self.run("compare", move |ctx| async move { compare::compare(&ctx, &query).await }).await
     }
 
     /// Percentiles over time, a histogram, a heatmap and predictability figures.

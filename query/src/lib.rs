@@ -35,6 +35,7 @@ mod testing;
 mod views;
 mod walk;
 
+pub use analysis::compare::{COMPARED_TRACES, CompareQuery, Selection};
 pub use analysis::critical_path::AggregatePathQuery;
 pub use analysis::dependencies::DependenciesQuery;
 pub use analysis::findings::{FindingsQuery, Thresholds};

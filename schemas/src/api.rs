@@ -248,6 +248,66 @@ pub struct SlowestCalls {
     pub per_minute: bool,
 }
 
+/// How many traces a group of a comparison holds, and on how many it was compared.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct ComparedGroup {
+    /// Traces in the group over the whole range.
+    pub traces: u64,
+    /// Traces it was compared on (a sample, chosen by trace id, when there are more).
+    pub compared: u64,
+}
+
+/// Something a trace may have (an attribute value of the selected calls, an operation or a hop in
+/// the trace, an operation on its critical path), and how often the two groups' compared traces
+/// have it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ContrastView {
+    /// What it is: `key=value` (`resource.key=value` for a resource attribute, `status=error`),
+    /// `service · operation` or `caller → callee`.
+    pub feature: String,
+    /// Compared traces of the selection that have it.
+    pub selection: u64,
+    /// Compared traces of the baseline that have it.
+    pub baseline: u64,
+    /// `selection` over the selection's compared traces (0..1).
+    pub selection_share: f64,
+    /// `baseline` over the baseline's compared traces (0..1).
+    pub baseline_share: f64,
+    /// On the critical path: the operation's mean self time on the path per compared trace of the
+    /// selection (0 for a trace where it is not on the path); absent for the other features.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selection_self_ns: Option<f64>,
+    /// The same over the baseline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_self_ns: Option<f64>,
+    /// Up to three traces of the selection that have it, slowest first.
+    pub examples: Vec<String>,
+}
+
+/// Answer of `GET /api/v1/compare`: what sets a selection of a latency target's calls (a band of
+/// durations, within a stretch of the range) apart from the other calls of the range, trace by
+/// trace. Each list holds what is over-represented in the selection, most over-represented first.
+#[derive(Debug, Clone, Serialize)]
+pub struct ComparisonView {
+    pub start: String,
+    pub end: String,
+    /// Traces with a selected call.
+    pub selection: ComparedGroup,
+    /// Traces with calls of the target in the range, none of them selected.
+    pub baseline: ComparedGroup,
+    /// The selection's slowest calls, slowest first, each trace once (at its slowest selected call).
+    pub slowest: Vec<SlowCallView>,
+    /// Attributes of the selected calls' spans (and, in the baseline, of every call's), their
+    /// resources', and their status.
+    pub attributes: Vec<ContrastView>,
+    /// Operations with a span anywhere in the trace.
+    pub operations: Vec<ContrastView>,
+    /// Hops anywhere in the trace.
+    pub hops: Vec<ContrastView>,
+    /// Operations on the trace's critical paths, ranked by the self time they add in the selection.
+    pub critical_path: Vec<ContrastView>,
+}
+
 /// Answer of `GET /api/v1/latency`. Counts, means and spreads are exact (spreads up to float
 /// rounding); percentiles (of the series
 /// and the summary) as `percentiles` says, and so are the histogram's and heatmap's buckets (a

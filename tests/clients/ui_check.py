@@ -149,6 +149,27 @@ def main():
             "histogram_bars": page.locator("svg.histogram rect.bar").count(),
             "slowest_links": page.eval_on_selector_all("table.slowest a.trace-link", "els => els.map(e => e.getAttribute('href'))"),
         }
+        # Drag across the heatmap's slower half: the comparison of the calls in the region.
+        heat = page.locator("svg.heatmap").bounding_box()
+        x0, y0 = heat["x"] + heat["width"] * 0.3, heat["y"] + 8
+        x1, y1 = heat["x"] + heat["width"] * 0.98, heat["y"] + heat["height"] * 0.5
+        page.mouse.move(x0, y0)
+        page.mouse.down()
+        page.mouse.move(x1, y1, steps=8)
+        with page.expect_navigation():
+            page.mouse.up()
+        page.wait_for_load_state("load")
+        out["compare"] = {
+            "url": page.url,
+            "h1": page.locator("h1").inner_text(),
+            "selected": page.locator("p.selection strong").first.inner_text(),
+            "sections": page.eval_on_selector_all("table.contrast", "els => els.map(e => e.dataset.section)"),
+            "rows": page.locator("table.contrast tbody tr").count(),
+            "slowest_links": page.eval_on_selector_all("table.slowest a.trace-link", "els => els.map(e => e.getAttribute('href'))"),
+        }
+        page.screenshot(path=os.path.join(args.screenshots, "compare.png"), full_page=True)
+        page.go_back()
+        page.wait_for_load_state("load")
         page.go_back()
         page.wait_for_load_state("load")
         # An edge: click the middle of its label, choosing one whose label nothing covers.

@@ -1768,3 +1768,191 @@ async fn findings_flag_each_pattern_and_nothing_on_clean_traces() {
     assert_eq!(status, 400, "{body}");
     server.terminate();
 }
+
+/// Twelve `shop` requests a second apart: four slow ones (500–530 ms) from gold customers, which
+/// also read the stock database, and eight fast ones (50 ms) from free ones. Returns the spans and
+/// the slow traces' ids, slowest first.
+fn tail_traces() -> (Vec<Span>, Vec<&'static str>) {
+    let mut spans = Vec::new();
+    let mut slow = Vec::new();
+    for i in 0..12u32 {
+        let mut trace = TraceBuilder::new(0xc0_0000 + u128::from(i), f64::from(i) * 1_000.0);
+        let is_slow = i < 4;
+        let end = if is_slow { 500.0 + 10.0 * f64::from(i) } else { 50.0 };
+        let tier = if is_slow { "gold" } else { "free" };
+        let root = trace.add_with(None, "shop", "GET /buy", SERVER, 0.0, end, |s| {
+            s.attr("customer.tier", json!(tier)).attr("order.id", json!(format!("order-{i}")))
+        });
+        let price = trace.add(Some(root), "shop", "POST /price", CLIENT, 5.0, 25.0);
+        trace.add(Some(price), "pricing", "POST /price", SERVER, 6.0, 24.0);
+        if is_slow {
+            trace.add_with(Some(root), "shop", "SELECT stock", CLIENT, 30.0, end - 10.0, |s| {
+                s.attr("db.system", json!("postgresql")).attr("server.address", json!("stock-db"))
+            });
+            slow.push(trace.trace);
+        }
+        spans.extend(trace.spans);
+    }
+    slow.reverse();
+    (spans, slow)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_names_what_the_slow_traces_have_that_the_others_lack() {
+    let server = Server::start("query-compare", &[]);
+    let (spans, slow) = tail_traces();
+    post_spans(&server, &spans).await;
+    let started = std::time::Instant::now();
+    loop {
+        let (_, body) = sql(&server, "SELECT count(*) AS n FROM spans").await;
+        if body["rows"][0]["n"] == json!(spans.len()) {
+            break;
+        }
+        assert!(started.elapsed() < DEADLINE, "spans not stored in time: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let range = format!("start={}&end={}", T0 - 1_000_000_000, T0 + 20_000_000_000);
+    let view = get_ok(&server, &format!("/api/v1/compare?service=shop&min_duration=200ms&{range}")).await;
+    assert_eq!(view["selection"], json!({"traces": 4, "compared": 4}), "{view}");
+    assert_eq!(view["baseline"], json!({"traces": 8, "compared": 8}), "{view}");
+    let listed: Vec<&str> =
+        view["slowest"].as_array().unwrap().iter().map(|c| c["trace_id"].as_str().unwrap()).collect();
+    assert_eq!(listed, slow, "the selection's traces, slowest first");
+    let durations: Vec<f64> =
+        view["slowest"].as_array().unwrap().iter().map(|c| c["duration_ns"].as_f64().unwrap()).collect();
+    assert_eq!(durations, [530.0, 520.0, 510.0, 500.0].map(ns), "the root spans' durations");
+
+    let row = |section: &str, feature: &str| -> Value {
+        view[section]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["feature"] == feature)
+            .cloned()
+            .unwrap_or_else(|| panic!("{feature} not in {section}: {}", view[section]))
+    };
+    let lacks = |section: &str, feature: &str| {
+        assert!(
+            view[section].as_array().unwrap().iter().all(|r| r["feature"] != feature),
+            "{feature} in {section}: {view}"
+        )
+    };
+    // Every slow trace is a gold customer's, no fast one is; the three slowest are its examples.
+    let gold = row("attributes", "customer.tier=gold");
+    assert_eq!((gold["selection"].as_u64(), gold["baseline"].as_u64()), (Some(4), Some(0)), "{gold}");
+    assert_eq!((gold["selection_share"].as_f64(), gold["baseline_share"].as_f64()), (Some(1.0), Some(0.0)));
+    assert_eq!(gold["examples"], json!(slow[..3]), "{gold}");
+    // Less common in the tail, the same in both, or one trace's own value: not listed.
+    lacks("attributes", "customer.tier=free");
+    lacks("attributes", "status=unset");
+    lacks("attributes", "order.id=order-0");
+    // The stock read: an operation and a hop only slow traces have.
+    let read = row("operations", "shop · SELECT stock");
+    assert_eq!((read["selection"].as_u64(), read["baseline"].as_u64()), (Some(4), Some(0)), "{read}");
+    lacks("operations", "pricing · POST /price");
+    let edges = get_ok(&server, &format!("/api/v1/edges?service=shop&{range}")).await;
+    let database = edges["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["callee_kind"] == "database")
+        .unwrap_or_else(|| panic!("no database hop in {edges}"))["callee"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let hop = row("hops", &format!("shop → {database}"));
+    assert_eq!((hop["selection"].as_u64(), hop["baseline"].as_u64()), (Some(4), Some(0)), "{hop}");
+    lacks("hops", "shop → pricing");
+    // On the critical path the read owns [30 ms, end − 10 ms] of each slow request (the root waits
+    // for nothing else then): end − 40 ms, 515 − 40 on average; nothing in the fast ones.
+    let path = row("critical_path", "shop · SELECT stock");
+    assert_eq!(path["selection_self_ns"].as_f64(), Some(ns(475.0)), "{path}");
+    assert_eq!(path["baseline_self_ns"].as_f64(), Some(0.0), "{path}");
+    assert_eq!((path["selection_share"].as_f64(), path["baseline_share"].as_f64()), (Some(1.0), Some(0.0)));
+    assert_eq!(path["examples"], json!(slow[..3]), "{path}");
+    // The root's own time is less in a slow request (10 ms at the end and 5 + 5 around the price
+    // call, against a fast one's 25 + 5), the price call's the same: neither is listed.
+    lacks("critical_path", "shop · GET /buy");
+    lacks("critical_path", "pricing · POST /price");
+    assert_eq!(view["critical_path"][0]["feature"], "shop · SELECT stock", "{view}");
+
+    // A heatmap cell: the slow calls of the first two seconds only.
+    let first_two = format!(
+        "/api/v1/compare?service=shop&min_duration=200ms&max_duration=1s&selection_start={}&selection_end={}&{range}",
+        T0,
+        T0 + 1_500_000_000
+    );
+    let cell = get_ok(&server, &first_two).await;
+    assert_eq!(cell["selection"], json!({"traces": 2, "compared": 2}), "{cell}");
+    assert_eq!(cell["baseline"], json!({"traces": 10, "compared": 10}), "{cell}");
+    let ids: Vec<&str> = cell["slowest"].as_array().unwrap().iter().map(|c| c["trace_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [slow[2], slow[3]], "{cell}");
+
+    // A hop's calls in a stretch of time: the price calls of the first two requests (both slow)
+    // against the other ten (two of them slow): the stock read is in 2 of 2 against 2 of 10.
+    let hop_cell = get_ok(
+        &server,
+        &format!(
+            "/api/v1/compare?caller=shop&callee=pricing&selection_start={}&selection_end={}&{range}",
+            T0,
+            T0 + 1_500_000_000
+        ),
+    )
+    .await;
+    assert_eq!(hop_cell["selection"], json!({"traces": 2, "compared": 2}), "{hop_cell}");
+    assert_eq!(hop_cell["baseline"], json!({"traces": 10, "compared": 10}), "{hop_cell}");
+    let read = hop_cell["operations"].as_array().unwrap().iter().find(|r| r["feature"] == "shop · SELECT stock");
+    let read = read.unwrap_or_else(|| panic!("no stock read in {hop_cell}"));
+    assert_eq!((read["selection"].as_u64(), read["baseline"].as_u64()), (Some(2), Some(2)), "{read}");
+    assert_eq!(read["baseline_share"].as_f64(), Some(0.2), "{read}");
+    let slowest: Vec<f64> =
+        hop_cell["slowest"].as_array().unwrap().iter().map(|c| c["duration_ns"].as_f64().unwrap()).collect();
+    assert_eq!(slowest, [ns(20.0), ns(20.0)], "the price calls' client-side durations: {hop_cell}");
+
+    // The UI's page shows the same answer, and the service page leads to it.
+    let page =
+        reqwest::get(server.api_url(&format!("/ui/compare?service=shop&min_duration=200ms&range=custom&{range}")))
+            .await
+            .unwrap();
+    assert_eq!(page.status(), 200);
+    let page = page.text().await.unwrap();
+    for shown in ["customer.tier=gold", "shop · SELECT stock", &format!("/ui/trace/{}", slow[0])] {
+        assert!(page.contains(shown), "{shown} not on the page: {page}");
+    }
+    let service = reqwest::get(server.api_url(&format!("/ui/service?name=shop&range=custom&{range}"))).await.unwrap();
+    let service = service.text().await.unwrap();
+    assert!(service.contains("/ui/compare?service=shop&amp;min_duration="), "no band link: {service}");
+    assert!(service.contains("&amp;selection_start="), "no heatmap cell link: {service}");
+
+    // The critical-path page leads to the comparison of its tail: the slowest request (p99 and
+    // slower of twelve) against the other eleven.
+    let path_page =
+        reqwest::get(server.api_url(&format!("/ui/critical-path?service=shop&operation=GET%20/buy&{range}")))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+    let anchor = path_page.find("\">Compare the tail's traces").unwrap_or_else(|| panic!("no comparison: {path_page}"));
+    let link = path_page[..anchor].rsplit("href=\"").next().unwrap().replace("&amp;", "&");
+    assert!(link.starts_with("/ui/compare?service=shop&operation=GET+%2Fbuy&min_duration="), "{link}");
+    let tail = reqwest::get(server.api_url(&link)).await.unwrap();
+    assert_eq!(tail.status(), 200, "{link}");
+    let tail = tail.text().await.unwrap();
+    assert!(tail.contains("<strong>1</strong> traces") && tail.contains("<strong>11</strong> other traces"), "{tail}");
+
+    // A selection that selects everything, an empty band, half a stretch: named.
+    for (query, names) in [
+        (format!("service=shop&{range}"), "min_duration"),
+        (format!("service=shop&min_duration=1s&max_duration=1s&{range}"), "max_duration"),
+        (format!("service=shop&min_duration=1s&selection_start={T0}&{range}"), "selection_end"),
+        (format!("min_duration=1s&{range}"), "service"),
+        (format!("service=shop&min_duration=fast&{range}"), "min_duration"),
+    ] {
+        let (status, body) = get(&server, &format!("/api/v1/compare?{query}")).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(body["error"].as_str().unwrap().starts_with(names), "{query}: {body}");
+        let page = reqwest::get(server.api_url(&format!("/ui/compare?{query}"))).await.unwrap();
+        assert_eq!(page.status(), 400, "/ui/compare?{query}");
+    }
+}

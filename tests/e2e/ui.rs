@@ -496,6 +496,39 @@ async fn every_page_in_a_real_browser() {
     let slowest = service["slowest_links"].as_array().unwrap();
     assert!(!slowest.is_empty() && slowest.iter().all(|h| h.as_str().unwrap().starts_with("/ui/trace/")), "{service}");
 
+    // A region dragged across the heatmap opens the comparison of its calls: as many traces
+    // selected as have an entry span of gateway in the region (counted here with SQL), their
+    // slowest listed, and what they have more often than the others.
+    let compare = &seen["compare"];
+    let url = reqwest::Url::parse(compare["url"].as_str().unwrap()).unwrap();
+    assert_eq!(url.path(), "/ui/compare", "{compare}");
+    let asked: std::collections::HashMap<String, String> = url.query_pairs().into_owned().collect();
+    assert_eq!(asked.get("service").map(String::as_str), Some("gateway"), "{compare}");
+    let bound = |name: &str| -> i64 {
+        let text = asked.get(name).unwrap_or_else(|| panic!("no {name} in {compare}"));
+        text.strip_suffix("ns").and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{name}={text}"))
+    };
+    let (min, max) = (bound("min_duration"), bound("max_duration"));
+    assert!(min < max, "{compare}");
+    let (status, counted) = crate::query::sql(
+        &server,
+        &format!(
+            "SELECT count(DISTINCT hex_id(trace_id)) AS n FROM spans WHERE service_name = 'gateway' \
+             AND (kind IN (2, 5) OR parent_span_id IS NULL) AND duration_ns >= {min} AND duration_ns < {max} \
+             AND start_time >= '{}' AND start_time < '{}'",
+            asked["selection_start"], asked["selection_end"]
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{counted}");
+    let counted = counted["rows"][0]["n"].as_u64().unwrap();
+    assert!(counted > 0, "the drag selected no call: {compare}");
+    assert_eq!(compare["selected"], counted.to_string(), "{compare}");
+    let listed = compare["slowest_links"].as_array().unwrap();
+    assert_eq!(listed.len() as u64, counted.min(20), "{compare}");
+    assert!(listed.iter().all(|h| h.as_str().unwrap().starts_with("/ui/trace/")), "{compare}");
+    assert!(compare["rows"].as_u64().unwrap() > 0, "nothing sets the slow calls apart: {compare}");
+
     // An edge leads to its hop: client, server and gap side by side.
     let edge = &seen["edge_click"];
     let (caller, callee) = (edge["caller"].as_str().unwrap(), edge["callee"].as_str().unwrap());

@@ -132,6 +132,90 @@
     });
   }
 
+  // A heatmap of a latency page: a region dragged across its cells selects their calls (the
+  // durations from the lowest cell's lower bound to the highest's upper bound, started in the
+  // steps they cover) and opens the comparison of those calls with the rest. A click on one cell
+  // follows the cell's own link. Times are nanoseconds beyond 2^53, so they stay BigInt.
+  document.querySelectorAll("svg.heatmap[data-compare]").forEach(function (map) {
+    const ns = "http://www.w3.org/2000/svg";
+    let region = null, marquee = null, chose = false;
+    const point = function (event) {
+      const matrix = map.getScreenCTM();
+      if (!matrix) return null;
+      const p = new DOMPoint(event.clientX, event.clientY).matrixTransform(matrix.inverse());
+      return { x: p.x, y: p.y };
+    };
+    const box = function () {
+      return {
+        x: Math.min(region.from.x, region.to.x), y: Math.min(region.from.y, region.to.y),
+        w: Math.abs(region.to.x - region.from.x), h: Math.abs(region.to.y - region.from.y),
+      };
+    };
+    map.addEventListener("click", function (event) {
+      if (chose) { chose = false; event.preventDefault(); event.stopPropagation(); }
+    }, true);
+    map.addEventListener("pointerdown", function (event) {
+      chose = false;
+      if (event.button !== 0) return;
+      const at = point(event);
+      if (at) region = { from: at, to: at, id: event.pointerId, moved: false };
+    });
+    map.addEventListener("pointermove", function (event) {
+      if (!region || region.id !== event.pointerId) return;
+      const at = point(event);
+      if (!at) return;
+      region.to = at;
+      if (!region.moved && Math.abs(at.x - region.from.x) + Math.abs(at.y - region.from.y) < 6) return;
+      if (!region.moved) {
+        region.moved = true;
+        map.setPointerCapture(event.pointerId);
+        marquee = document.createElementNS(ns, "rect");
+        marquee.setAttribute("class", "marquee");
+        map.appendChild(marquee);
+      }
+      const b = box();
+      marquee.setAttribute("x", b.x); marquee.setAttribute("y", b.y);
+      marquee.setAttribute("width", b.w); marquee.setAttribute("height", b.h);
+    });
+    const release = function (event) {
+      if (!region || region.id !== event.pointerId) return;
+      const moved = region.moved, b = moved ? box() : null;
+      region = null;
+      if (marquee) { marquee.remove(); marquee = null; }
+      if (!moved) return;
+      chose = true;
+      let start = null, end = null, lower = null, upper = null;
+      map.querySelectorAll("rect.cell").forEach(function (cell) {
+        const x = +cell.getAttribute("x"), y = +cell.getAttribute("y");
+        const w = +cell.getAttribute("width"), h = +cell.getAttribute("height");
+        if (x > b.x + b.w || x + w < b.x || y > b.y + b.h || y + h < b.y) return;
+        const d = cell.dataset;
+        const s = BigInt(d.start), e = BigInt(d.end), lo = BigInt(d.lower), hi = BigInt(d.upper);
+        if (start === null || s < start) start = s;
+        if (end === null || e > end) end = e;
+        if (lower === null || lo < lower) lower = lo;
+        if (upper === null || hi > upper) upper = hi;
+      });
+      if (start === null) return;
+      const iso = function (t) {
+        const ms = t / 1000000n, rest = (t % 1000000n).toString().padStart(6, "0");
+        return new Date(Number(ms)).toISOString().replace("Z", rest + "Z");
+      };
+      const url = new URL(map.dataset.compare, window.location.href);
+      url.searchParams.set("min_duration", lower + "ns");
+      url.searchParams.set("max_duration", upper + "ns");
+      url.searchParams.set("selection_start", iso(start));
+      url.searchParams.set("selection_end", iso(end));
+      showLoading();
+      window.location.assign(url.toString());
+    };
+    map.addEventListener("pointerup", release);
+    map.addEventListener("pointercancel", function () {
+      region = null;
+      if (marquee) { marquee.remove(); marquee = null; }
+    });
+  });
+
   // On a server that keeps tenants apart, the page's tenant (links carry it in their URL; what
   // the script fetches carries it in the header the API reads).
   const tenant = document.body.dataset.tenant;

@@ -91,6 +91,13 @@ pub(crate) async fn critical_path_page(
         (Some(s), None) => format!("Critical path of {s}'s traces"),
         _ => "Critical path of every trace".to_owned(),
     };
+    // The tail's traces against the others, for an entry service or endpoint.
+    let compare = service.as_deref().filter(|_| view.tail.traces > 0).map(|service| {
+        let mut target = vec![("service", service)];
+        target.extend(operation.as_deref().map(|op| ("operation", op)));
+        let tail = crate::compare::exact_duration(view.tail.min_duration_ns);
+        crate::compare::link(&params.window, &target, &[("min_duration", &tail)])
+    });
     let body = html! {
         h1 { (title) }
         p.summary {
@@ -102,7 +109,15 @@ pub(crate) async fn critical_path_page(
                 }
             }
         }
-        @if let Some(empty) = empty { (empty) } @else { (aggregate(&params, &view)) }
+        @if let Some(empty) = empty { (empty) } @else {
+            @if let Some(compare) = &compare {
+                p.compare {
+                    a href=(compare) { "Compare the tail's traces with the others" }
+                    ": the attributes, operations, hops and critical-path sections they have more often, in what share of each group, with example traces."
+                }
+            }
+            (aggregate(&params, &view))
+        }
         h2 { "Entry endpoints" }
         @if dependencies.endpoints.is_empty() { p { "None in " (params.window.describe()) "." } }
         @else { (endpoint_picker(&params, &dependencies.endpoints)) }

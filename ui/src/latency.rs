@@ -27,8 +27,14 @@ pub(crate) fn step_for(range: TimeRange) -> i64 {
 
 /// The tail-latency view: summary figures, then the three charts (over whole minutes when the view
 /// comes from the per-minute sketches).
-fn tail_view(view: &LatencyView, range: TimeRange) -> Markup {
+/// `target`: the page's own parameters, which name its calls (for the links to comparisons).
+fn tail_view(params: &PageParams, view: &LatencyView, range: TimeRange, target: &[(&str, &str)]) -> Markup {
     let s = &view.summary;
+    let compare = |min_ns: f64| {
+        let min = duration(min_ns);
+        crate::compare::link(&params.window, target, &[("min_duration", &min)])
+    };
+    let heatmap_link = crate::compare::link(&params.window, target, &[]);
     let sketched = view.percentiles.method == "sketch";
     // The range the engine widened the view to (as `view.start` and `view.end` say).
     let range = if sketched { hopscope_query::whole_minutes(range) } else { range };
@@ -51,8 +57,15 @@ fn tail_view(view: &LatencyView, range: TimeRange) -> Markup {
             @if sketched {
                 p.note { "Percentiles and buckets " (SKETCHED) "; calls, mean and spread exact; whole minutes from " (view.start.get(..19).unwrap_or(&view.start)) " to " (view.end.get(..19).unwrap_or(&view.end)) "." }
             }
+            p.bands {
+                "What sets the slow calls apart: compare the calls "
+                a.band href=(compare(s.percentiles.p99_ns)) { "of p99 or slower" } ", "
+                a.band href=(compare(s.percentiles.p90_ns)) { "of p90 or slower" } " or "
+                a.band href=(compare(s.percentiles.p50_ns)) { "slower than the median" }
+                " with the rest; or click a heatmap cell, or drag across a region of it."
+            }
             (charts::percentiles_over_time(view, range))
-            (charts::heatmap(view, range))
+            (charts::heatmap(view, range, Some(&heatmap_link)))
             (charts::histogram(view))
         }
     }
@@ -170,6 +183,10 @@ pub(crate) async fn service_page(
     } else {
         None
     };
+    let mut keep = vec![("name", name.as_str())];
+    if let Some(op) = &operation {
+        keep.push(("operation", op.as_str()));
+    }
     let body = html! {
         p.crumbs { a href=(params.link(paths::GRAPH, &[])) { "Service graph" } " › " a href=(params.link(paths::SERVICE, &[("name", &name)])) { (name) } @if let Some(op) = &operation { " › " (op) } }
         h1 { (title) }
@@ -186,7 +203,7 @@ pub(crate) async fn service_page(
                     @if let Some(op) = &operation { " · " a href=(params.link(paths::CRITICAL_PATH, &[("service", &name), ("operation", op)])) { "critical path of this endpoint" } }
                 }
                 @if view.summary.count == 0 { p.empty { "No spans in " (params.window.describe()) ": pick a longer time range." } }
-                @else { (tail_view(&view, range)) }
+                @else { (tail_view(&params, &view, range, &keep)) }
                 (slowest_table(&params, &slowest, "the service's span"))
             } @else {
                 p.summary {
@@ -203,10 +220,6 @@ pub(crate) async fn service_page(
             }
         }
     };
-    let mut keep = vec![("name", name.as_str())];
-    if let Some(op) = &operation {
-        keep.push(("operation", op.as_str()));
-    }
     Ok(Frame { title: &title, path: paths::SERVICE, window: &params.window, keep }.render(body))
 }
 
@@ -263,6 +276,7 @@ pub(crate) async fn hop_page(
     } else {
         None
     };
+    let keep = vec![("caller", caller.as_str()), ("callee", callee.as_str())];
     let body = html! {
         p.crumbs { a href=(params.link(paths::GRAPH, &[])) { "Service graph" } " › " a href=(params.link(paths::SERVICE, &[("name", &caller)])) { (caller) } " → " a href=(params.link(paths::SERVICE, &[("name", &callee)])) { (callee) } }
         h1 { (title) }
@@ -275,11 +289,10 @@ pub(crate) async fn hop_page(
                 (charts::side_by_side(&[("client", e.client.as_ref()), ("server", e.server.as_ref()), ("network / queueing gap", e.gap.as_ref())]))
             }
             h2 { "Latency of the calls (client side where known)" }
-            (tail_view(&view, range))
+            (tail_view(&params, &view, range, &keep))
             (slowest_table(&params, &slowest, "the call"))
         }
     };
-    let keep = vec![("caller", caller.as_str()), ("callee", callee.as_str())];
     Ok(Frame { title: &title, path: paths::HOP, window: &params.window, keep }.render(body))
 }
 

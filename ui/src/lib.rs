@@ -10,7 +10,9 @@
 //! - `/ui/graph`: the service graph, zoomed and moved by the script, a neighbourhood of one node
 //!   (`focus=`, `depth=`) by default above 50 nodes ([`graph`]);
 //! - `/ui/service?name=` (and `&operation=`), `/ui/hop?caller=&callee=`: the tail-latency views
-//!   ([`latency`]);
+//!   ([`latency`]), whose heatmap regions and percentile bands lead to `/ui/compare`: the selected
+//!   calls' traces, and the attributes, operations, hops and critical-path sections that set them
+//!   apart from the others ([`compare`]);
 //! - `/ui/trace/{id}`: the waterfall with the critical path, big traces' runs of like spans and long
 //!   lists of siblings folded
 //!   (their rows from `/ui/trace/{id}/rows?from=&count=`) ([`trace`]);
@@ -23,10 +25,11 @@
 //! ([`window`]), so a page can be shared by its URL; on a server that keeps tenants apart, also
 //! `tenant=` (a browser following a link cannot send `X-Scope-OrgID`; the script sends it on what it
 //! fetches). The one script, `assets/app.js`, only shows a loading banner, toggles the custom range
-//! inputs, zooms and moves the service graph, fills the span details panel of the trace page from `/api/v1/traces/{id}` (with
-//! `textContent`, never as HTML), puts a fold's rows, as the server renders them, in the fold's
-//! place, and keeps the selected span in the URL (`#span=<id>`; a span hidden in a fold is asked of
-//! the server as `?span=<id>`).
+//! inputs, zooms and moves the service graph, turns a region dragged across a heatmap into the
+//! link to its comparison, fills the span details panel of the trace page from
+//! `/api/v1/traces/{id}` (with `textContent`, never as HTML), puts a fold's rows, as the server
+//! renders them, in the fold's place, and keeps the selected span in the URL (`#span=<id>`; a span
+//! hidden in a fold is asked of the server as `?span=<id>`).
 
 use std::sync::Arc;
 
@@ -38,6 +41,7 @@ use hopscope_query::QueryEngine;
 
 mod analysis;
 mod charts;
+mod compare;
 mod error;
 mod graph;
 mod latency;
@@ -93,6 +97,7 @@ pub fn router(engine: Arc<QueryEngine>, config: UiConfig) -> Router {
         .route(paths::GRAPH, get(graph::page))
         .route(paths::SERVICE, get(latency::service_page))
         .route(paths::HOP, get(latency::hop_page))
+        .route(paths::COMPARE, get(compare::page))
         .route(&format!("{}/{{trace_id}}", paths::TRACE), get(trace::page))
         .route(&paths::trace_rows("{trace_id}"), get(trace::folded_rows))
         .route(paths::CRITICAL_PATH, get(analysis::critical_path_page))

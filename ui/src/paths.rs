@@ -9,6 +9,9 @@ pub(crate) const SERVICE: &str = "/ui/service";
 pub(crate) const HOP: &str = "/ui/hop";
 /// A trace: `/ui/trace/{trace_id}`.
 pub(crate) const TRACE: &str = "/ui/trace";
+/// What sets a selection of a service's or hop's calls apart: `?service=&operation=` or
+/// `?caller=&callee=`, with `min_duration=&max_duration=&selection_start=&selection_end=`.
+pub(crate) const COMPARE: &str = "/ui/compare";
 /// The aggregate critical path: `?service=&operation=`.
 pub(crate) const CRITICAL_PATH: &str = "/ui/critical-path";
 /// Findings.

@@ -199,11 +199,14 @@ fn edge_views(
 
 /// The durations `/latency` looks at: a frame with `trace_id`, `start_time` and `value`
 /// (nanoseconds).
-async fn latency_values(ctx: &SessionContext, query: &LatencyQuery) -> Result<DataFrame, QueryError> {
-    let df = match &query.target {
+pub(crate) async fn latency_values(
+    ctx: &SessionContext,
+    target: &LatencyTarget,
+    range: TimeRange,
+) -> Result<DataFrame, QueryError> {
+    let df = match target {
         LatencyTarget::Service { service, operation } => {
-            let mut condition =
-                in_range(c::START_TIME, query.range).and(col(c::SERVICE_NAME).eq(lit(service.as_str())));
+            let mut condition = in_range(c::START_TIME, range).and(col(c::SERVICE_NAME).eq(lit(service.as_str())));
             condition = match operation {
                 Some(operation) => condition.and(col(c::NAME).eq(lit(operation.as_str()))),
                 None => condition.and(
@@ -220,7 +223,7 @@ async fn latency_values(ctx: &SessionContext, query: &LatencyQuery) -> Result<Da
             ])?
         }
         LatencyTarget::Hop { caller, callee, operation } => {
-            let mut condition = in_range(edge::START_TIME, query.range)
+            let mut condition = in_range(edge::START_TIME, range)
                 .and(col(edge::CALLER).eq(lit(caller.as_str())))
                 .and(col(edge::CALLEE).eq(lit(callee.as_str())));
             if let Some(operation) = operation {
@@ -284,12 +287,17 @@ pub(crate) async fn slowest(
             .await?;
         return Ok(SlowestCalls { calls: slow_calls(&batches)?, per_minute: true });
     }
-    let batches = latency_values(ctx, query).await?.sort(sorted.to_vec())?.limit(0, Some(limit))?.collect().await?;
+    let batches = latency_values(ctx, &query.target, query.range)
+        .await?
+        .sort(sorted.to_vec())?
+        .limit(0, Some(limit))?
+        .collect()
+        .await?;
     Ok(SlowestCalls { calls: slow_calls(&batches)?, per_minute: false })
 }
 
 /// The [`SlowCallView`]s of `trace_id`, `start_time` and `value` rows.
-fn slow_calls(batches: &[RecordBatch]) -> Result<Vec<SlowCallView>, QueryError> {
+pub(crate) fn slow_calls(batches: &[RecordBatch]) -> Result<Vec<SlowCallView>, QueryError> {
     let mut out = Vec::new();
     for batch in batches {
         let r = Results(batch);
@@ -370,7 +378,8 @@ async fn exact_latency(ctx: &SessionContext, query: &LatencyQuery) -> Result<Lat
     let step = lit(ScalarValue::IntervalMonthDayNano(Some(IntervalMonthDayNano::new(0, 0, query.step_ns))));
     let bin = date_bin(step, col(c::START_TIME), timestamp(query.range.start_ns));
     let bucket = ctx.udf("latency_bucket")?.call(vec![col("value")]);
-    let values = latency_values(ctx, query).await?.with_column("t", bin)?.with_column("bucket", bucket)?;
+    let values =
+        latency_values(ctx, &query.target, query.range).await?.with_column("t", bin)?.with_column("bucket", bucket)?;
 
     let mut aggregates = vec![count(lit(1)).alias("count")];
     aggregates.extend(percentile_aggregates("value", "v"));
