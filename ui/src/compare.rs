@@ -181,12 +181,8 @@ fn seconds(ns: i64) -> String {
 /// The selection, as a form that changes it (its target and time range kept).
 fn selection_form(params: &PageParams, problem: Option<(&str, &str)>) -> Markup {
     let value = |name: &str| params.text(name).unwrap_or("").to_owned();
-    let invalid = |name: &str| problem.is_some_and(|(field, _)| field == name).then_some("true");
-    let says = |name: &str| {
-        html! {
-            @if let Some((field, message)) = problem { @if field == name { span.field-error role="alert" { (message) } } }
-        }
-    };
+    let problem = crate::page::FieldProblem(problem);
+    let (invalid, says) = (|name: &str| problem.invalid(name), |name: &str| problem.says(name));
     html! {
         form.selection method="get" action=(paths::COMPARE) {
             @for (k, v) in params.window.query_pairs() { input type="hidden" name=(k) value=(v); }

@@ -76,6 +76,25 @@ impl PageParams {
     }
 }
 
+/// What is wrong with a form's field, if anything: the field's name and the message, shown beside
+/// it (the form stays as it was filled in).
+#[derive(Clone, Copy)]
+pub(crate) struct FieldProblem<'a>(pub(crate) Option<(&'a str, &'a str)>);
+
+impl FieldProblem<'_> {
+    /// `aria-invalid` of the field `name`.
+    pub(crate) fn invalid(&self, name: &str) -> Option<&'static str> {
+        self.0.is_some_and(|(field, _)| field == name).then_some("true")
+    }
+
+    /// The message beside the field `name`, when it is the one at fault.
+    pub(crate) fn says(&self, name: &str) -> Markup {
+        html! {
+            @if let Some((field, message)) = self.0 { @if field == name { span.field-error role="alert" { (message) } } }
+        }
+    }
+}
+
 /// `path?pairs&range...`: a link that keeps the time range.
 pub(crate) fn link(window: &Window, path: &str, pairs: &[(&str, &str)]) -> String {
     let range = window.query_pairs();

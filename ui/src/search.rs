@@ -119,12 +119,8 @@ fn trace_search(params: &PageParams) -> Result<TraceSearch, UiError> {
 /// at fault and the message, shown beside it.
 fn search_form(params: &PageParams, services: &[String], problem: Option<(&str, &str)>) -> Markup {
     let value = |name: &str| params.text(name).unwrap_or("").to_owned();
-    let invalid = |name: &str| problem.is_some_and(|(field, _)| field == name).then_some("true");
-    let says = |name: &str| {
-        html! {
-            @if let Some((field, message)) = problem { @if field == name { span.field-error role="alert" { (message) } } }
-        }
-    };
+    let problem = crate::page::FieldProblem(problem);
+    let (invalid, says) = (|name: &str| problem.invalid(name), |name: &str| problem.says(name));
     html! {
         form.search method="get" action=(paths::SEARCH) {
             @for (k, v) in params.window.query_pairs() { input type="hidden" name=(k) value=(v); }

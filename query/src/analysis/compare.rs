@@ -28,7 +28,7 @@ use hopscope_schemas::time::{TimeRange, format_time};
 use serde_json::Value;
 
 use super::frame::{Results, in_range};
-use super::latency::{LatencyTarget, latency_values, slow_calls};
+use super::latency::{LatencyTarget, latency_values, service_spans, slow_calls};
 use crate::QueryError;
 use crate::tables::SPANS;
 
@@ -453,18 +453,7 @@ async fn target_candidates(
         return Ok(out);
     }
     let which = match &query.target {
-        LatencyTarget::Service { service, operation } => {
-            let of_service = col(c::SERVICE_NAME).eq(lit(service.as_str()));
-            match operation {
-                Some(operation) => of_service.and(col(c::NAME).eq(lit(operation.as_str()))),
-                None => of_service.and(
-                    col(c::KIND)
-                        .eq(lit(kind::SERVER))
-                        .or(col(c::KIND).eq(lit(kind::CONSUMER)))
-                        .or(col(c::PARENT_SPAN_ID).is_null()),
-                ),
-            }
-        }
+        LatencyTarget::Service { service, operation } => service_spans(service, operation.as_deref()),
         LatencyTarget::Hop { caller, callee, .. } => {
             let spans: Vec<Expr> = hops
                 .values()

@@ -197,6 +197,21 @@ fn edge_views(
     Ok(out)
 }
 
+/// The spans of a service `/latency` looks at: its entry spans (SERVER, CONSUMER or root), or one
+/// operation's spans.
+pub(crate) fn service_spans(service: &str, operation: Option<&str>) -> Expr {
+    let of_service = col(c::SERVICE_NAME).eq(lit(service));
+    match operation {
+        Some(operation) => of_service.and(col(c::NAME).eq(lit(operation))),
+        None => of_service.and(
+            col(c::KIND)
+                .eq(lit(kind::SERVER))
+                .or(col(c::KIND).eq(lit(kind::CONSUMER)))
+                .or(col(c::PARENT_SPAN_ID).is_null()),
+        ),
+    }
+}
+
 /// The durations `/latency` looks at: a frame with `trace_id`, `start_time` and `value`
 /// (nanoseconds).
 pub(crate) async fn latency_values(
@@ -206,16 +221,7 @@ pub(crate) async fn latency_values(
 ) -> Result<DataFrame, QueryError> {
     let df = match target {
         LatencyTarget::Service { service, operation } => {
-            let mut condition = in_range(c::START_TIME, range).and(col(c::SERVICE_NAME).eq(lit(service.as_str())));
-            condition = match operation {
-                Some(operation) => condition.and(col(c::NAME).eq(lit(operation.as_str()))),
-                None => condition.and(
-                    col(c::KIND)
-                        .eq(lit(kind::SERVER))
-                        .or(col(c::KIND).eq(lit(kind::CONSUMER)))
-                        .or(col(c::PARENT_SPAN_ID).is_null()),
-                ),
-            };
+            let condition = in_range(c::START_TIME, range).and(service_spans(service, operation.as_deref()));
             ctx.table(SPANS_TABLE).await?.filter(condition)?.select(vec![
                 col(c::TRACE_ID),
                 col(c::START_TIME),
