@@ -96,10 +96,12 @@ impl Server {
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                     let listening = line.contains("hopscope listening");
+                    // Into the log first: a test may read the listening line there as soon as it
+                    // hears the server listens.
+                    log.lock().unwrap().push_str(&format!("{line}\n"));
                     if listening {
-                        let _ = tx.send(line.clone());
+                        let _ = tx.send(line);
                     }
-                    log.lock().unwrap().push_str(&(line + "\n"));
                     if listening && close_stderr {
                         // Dropping the reader closes the pipe: the server's next log line fails.
                         return;
