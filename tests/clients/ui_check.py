@@ -151,7 +151,8 @@ def main():
         }
         # Drag across the heatmap's slower half: the comparison of the calls in the region.
         heat = page.locator("svg.heatmap").bounding_box()
-        x0, y0 = heat["x"] + heat["width"] * 0.3, heat["y"] + 8
+        # From inside the top row of cells (the plot starts 12 px down), so the drag starts on a link.
+        x0, y0 = heat["x"] + heat["width"] * 0.3, heat["y"] + 16
         x1, y1 = heat["x"] + heat["width"] * 0.98, heat["y"] + heat["height"] * 0.5
         page.mouse.move(x0, y0)
         page.mouse.down()
@@ -316,10 +317,15 @@ def main():
         out["findings"] = {
             "kinds": page.eval_on_selector_all("table.findings tbody tr", "els => els.map(e => e.dataset.kind)"),
             "evidence": page.eval_on_selector_all("table.findings td.evidence a", "els => els.map(e => e.getAttribute('href'))"),
-            "more": page.eval_on_selector_all("p.more-findings", "els => els.map(e => e.textContent)"),
+            "pagers": page.locator("nav.pager").count(),
+            "groups_note": page.locator("p.finding-groups").inner_text(),
             # The threshold and calls cells, as shown.
             "thresholds": page.eval_on_selector_all("table.findings tbody tr td:nth-child(8)", "els => els.map(e => e.textContent)"),
-            "calls": page.eval_on_selector_all("table.findings tbody tr", "els => els.map(e => [e.dataset.kind, e.children[2].textContent])"),
+            # Each row's calls: its own, or for a group of variants the summary over them.
+            "calls": page.eval_on_selector_all(
+                "table.findings tbody tr",
+                "els => els.map(e => [e.dataset.kind, +e.dataset.variants, (e.children[2].querySelector('summary') || e.children[2]).textContent])",
+            ),
         }
         if out["findings"]["evidence"]:
             page.locator("table.findings td.evidence a").first.click()

@@ -1954,5 +1954,7 @@ async fn compare_names_what_the_slow_traces_have_that_the_others_lack() {
         assert!(body["error"].as_str().unwrap().starts_with(names), "{query}: {body}");
         let page = reqwest::get(server.api_url(&format!("/ui/compare?{query}"))).await.unwrap();
         assert_eq!(page.status(), 400, "/ui/compare?{query}");
+        let page = page.text().await.unwrap();
+        assert!(page.contains(&format!("{names}: ")), "/ui/compare?{query} does not name {names}: {page}");
     }
 }

@@ -349,6 +349,8 @@ async fn every_page_in_a_real_browser() {
         ("/ui/graph?focus=svc-010&depth=3".to_owned(), 400, "depth: expected 1 or 2"),
         ("/ui/service?name=gatway".to_owned(), 404, "No service named “gatway” has sent spans"),
         ("/ui/service?name=gatway".to_owned(), 404, "Did you mean gateway"),
+        ("/ui/findings?page=0".to_owned(), 400, "page: expected a whole number from 1, got \"0\""),
+        ("/ui/findings?page=999".to_owned(), 400, "page: there "),
     ] {
         let response = client.get(server.api_url(&path)).send().await.unwrap();
         assert_eq!(response.status(), status, "{path}");
@@ -655,17 +657,30 @@ async fn every_page_in_a_real_browser() {
     assert!(path["h1"].as_str().unwrap().contains(endpoint.1), "{path}");
     assert!(path["rows"].as_array().unwrap().iter().any(|r| r[0] == "gateway"), "{path}");
 
-    // Findings link to their evidence; the N+1 made here is among them. The page lists the most
-    // costly ones, up to its cap, and says how many more the API has.
+    // Findings link to their evidence; the N+1 made here is among them. The page lists a row per
+    // kind and place (the API's findings grouped here), a page of the most costly, and pages on.
     let findings = &seen["findings"];
-    let api_findings =
-        get_json(&client, &server.api_url("/api/v1/findings")).await["findings"].as_array().unwrap().len();
+    let api_findings = get_json(&client, &server.api_url("/api/v1/findings")).await;
+    let api_findings = api_findings["findings"].as_array().unwrap();
+    let groups: BTreeSet<(&str, &str, &str)> = api_findings
+        .iter()
+        .map(|f| (f["kind"].as_str().unwrap(), f["service"].as_str().unwrap(), f["operation"].as_str().unwrap()))
+        .collect();
     let shown = findings["kinds"].as_array().unwrap().len();
-    assert_eq!(shown, api_findings.min(hopscope_ui::FINDINGS_SHOWN), "{findings}");
-    let more = findings["more"].as_array().unwrap();
-    assert_eq!(more.len(), usize::from(api_findings > hopscope_ui::FINDINGS_SHOWN), "{findings}");
-    if let Some(note) = more.first() {
-        assert!(note.as_str().unwrap().contains(&format!("of {api_findings} findings")), "{note}");
+    assert_eq!(shown, groups.len().min(hopscope_ui::FINDING_GROUPS_PER_PAGE), "{findings}");
+    let pagers = findings["pagers"].as_u64().unwrap();
+    assert_eq!(pagers, if groups.len() > hopscope_ui::FINDING_GROUPS_PER_PAGE { 2 } else { 0 }, "{findings}");
+    let note = findings["groups_note"].as_str().unwrap();
+    assert!(
+        note.starts_with(&format!("{} findings of {} kinds and places", api_findings.len(), groups.len())),
+        "{note}"
+    );
+    // Every finding is a variant of one row (those of the rows on this page).
+    let variants: u64 = findings["calls"].as_array().unwrap().iter().map(|r| r[1].as_u64().unwrap()).sum();
+    if groups.len() <= hopscope_ui::FINDING_GROUPS_PER_PAGE {
+        assert_eq!(variants as usize, api_findings.len(), "{findings}");
+    } else {
+        assert!((variants as usize) < api_findings.len(), "{findings}");
     }
     assert!(findings["kinds"].as_array().unwrap().contains(&json!("n_plus_one")), "{findings}");
     // Thresholds in durations people read, never a count of nanoseconds; every count says what it counts.
@@ -675,13 +690,17 @@ async fn every_page_in_a_real_browser() {
         assert!(!text.split(", ").any(raw_ns), "a threshold in raw nanoseconds: {text}");
     }
     for row in findings["calls"].as_array().unwrap() {
-        let (kind, text) = (row[0].as_str().unwrap(), row[1].as_str().unwrap());
+        let (kind, variants, text) = (row[0].as_str().unwrap(), row[1].as_u64().unwrap(), row[2].as_str().unwrap());
         let unit = match kind {
-            "deep_chain" => " hops)",
-            "poison_message" => " deliveries)",
-            _ => " calls)",
+            "deep_chain" => " hops",
+            "poison_message" => " deliveries",
+            _ => " calls",
         };
-        assert!(text.ends_with(unit) && !text.starts_with('–'), "{kind}: {text}");
+        if variants == 1 {
+            assert!(text.ends_with(&format!("{unit})")) && !text.starts_with('–'), "{kind}: {text}");
+        } else {
+            assert!(text.starts_with(&format!("{variants} variants, ")) && text.ends_with(unit), "{kind}: {text}");
+        }
     }
     let evidence = findings["evidence"].as_array().unwrap();
     assert!(evidence.iter().all(|h| h.as_str().unwrap().starts_with("/ui/trace/")), "{findings}");

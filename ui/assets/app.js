@@ -154,6 +154,8 @@
     map.addEventListener("click", function (event) {
       if (chose) { chose = false; event.preventDefault(); event.stopPropagation(); }
     }, true);
+    // A cell is a link: a drag across it selects, never drags the link away.
+    map.addEventListener("dragstart", function (event) { event.preventDefault(); });
     map.addEventListener("pointerdown", function (event) {
       chose = false;
       if (event.button !== 0) return;

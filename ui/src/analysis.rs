@@ -1,5 +1,6 @@
-//! The analysis pages: the aggregate critical path of an endpoint (typical against tail traces),
-//! and the findings ranked by what they cost, each linked to its evidence traces.
+//! The analysis pages: the aggregate critical path of an endpoint (typical against tail traces,
+//! leading to the comparison of the tail's traces), and the findings, a row per kind and place
+//! ranked by what they cost, with their variants, evidence traces and pages.
 
 use std::collections::HashMap;
 
@@ -147,18 +148,83 @@ pub(crate) fn kind_label(kind: &str) -> &str {
     }
 }
 
-/// The most findings the findings page lists (the most costly): a busy hour over many services has
-/// thousands, mostly one-off variants whose rows a browser takes seconds to lay out.
-pub const FINDINGS_SHOWN: usize = 200;
+/// How many groups of findings (one kind at one place) a page of the findings page lists: a busy
+/// hour over many services has thousands of findings, whose rows a browser takes seconds to lay out.
+pub const FINDING_GROUPS_PER_PAGE: usize = 50;
+/// How many of a group's variants its row lists.
+const VARIANTS_SHOWN: usize = 20;
+/// How many evidence traces a group's row links to.
+const GROUP_EVIDENCE: usize = 5;
 
-/// `GET /ui/findings?service=`
+/// The findings of one kind at one place (service · operation): its variants, each calling
+/// something else (another callee, another run of calls, a longer chain), most costly first.
+struct FindingGroup<'a> {
+    variants: Vec<&'a FindingView>,
+    occurrences: u64,
+    cost_ns_total: i64,
+}
+
+impl<'a> FindingGroup<'a> {
+    fn first(&self) -> &'a FindingView {
+        self.variants[0]
+    }
+
+    /// Traces the group was found in: exact for one variant; for several, at least the most of
+    /// any one (a trace may hold several variants). `None` where a variant does not count them.
+    fn traces(&self) -> Option<(u64, bool)> {
+        let counts: Option<Vec<u64>> = self.variants.iter().map(|v| v.traces).collect();
+        let counts = counts?;
+        Some((counts.iter().copied().max().unwrap_or(0), counts.len() > 1))
+    }
+
+    /// The evidence of the most costly variants, each trace once.
+    fn evidence(&self) -> Vec<&'a str> {
+        let mut seen = std::collections::HashSet::new();
+        self.variants
+            .iter()
+            .flat_map(|v| v.evidence_trace_ids.iter().map(String::as_str))
+            .filter(|id| seen.insert(*id))
+            .take(GROUP_EVIDENCE)
+            .collect()
+    }
+}
+
+/// Findings grouped by kind and place, most costly group first (the findings come most costly
+/// first, and so do the variants of a group).
+fn grouped(findings: &[FindingView]) -> Vec<FindingGroup<'_>> {
+    let mut index: HashMap<(&str, &str, &str), usize> = HashMap::new();
+    let mut groups: Vec<FindingGroup<'_>> = Vec::new();
+    for f in findings {
+        let key = (f.kind.as_str(), f.service.as_str(), f.operation.as_str());
+        let at = *index.entry(key).or_insert_with(|| {
+            groups.push(FindingGroup { variants: Vec::new(), occurrences: 0, cost_ns_total: 0 });
+            groups.len() - 1
+        });
+        let group = &mut groups[at];
+        group.variants.push(f);
+        group.occurrences += f.occurrences;
+        group.cost_ns_total = group.cost_ns_total.saturating_add(f.cost_ns_total);
+    }
+    groups.sort_by_key(|g| std::cmp::Reverse(g.cost_ns_total));
+    groups
+}
+
+/// `GET /ui/findings?service=&page=`
 pub(crate) async fn findings_page(
     State(ui): UiState,
     headers: HeaderMap,
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Html<String>, UiError> {
-    let params = PageParams::new(raw, &["service"], ui.tenant())?;
+    let params = PageParams::new(raw, &["service", "page"], ui.tenant())?;
     let service = params.text("service").map(str::to_owned);
+    let page = match params.text("page") {
+        None => 1,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| UiError::BadParameter(format!("page: expected a whole number from 1, got {v:?}")))?,
+    };
     let query = FindingsQuery {
         range: params.window.range,
         service: service.clone(),
@@ -175,6 +241,7 @@ pub(crate) async fn findings_page(
         Some(s) => format!("Findings in {s}"),
         None => "Findings".to_owned(),
     };
+    let table = if empty.is_none() { Some(findings_table(&params, &view.findings, page)?) } else { None };
     let body = html! {
         h1 { (title) }
         p.summary { "Call patterns that make latency slow or unpredictable, most costly first, in " (params.window.describe()) ". Thresholds are the defaults of " code { "GET /api/v1/findings" } " (README)."
@@ -184,44 +251,95 @@ pub(crate) async fn findings_page(
             label { "Service " input type="text" name="service" value=[service.as_deref()] placeholder="all"; }
             button type="submit" { "Filter" }
         }
-        @if let Some(empty) = empty { (empty) } @else { (findings_table(&params, &view.findings)) }
+        @if let Some(empty) = empty { (empty) }
+        @if let Some(table) = table { (table) }
     };
     let keep = service.as_deref().map(|s| vec![("service", s)]).unwrap_or_default();
     Ok(Frame { title: &title, path: paths::FINDINGS, window: &params.window, keep }.render(body))
 }
 
-/// The findings table: the most costly [`FINDINGS_SHOWN`], and how many more there are.
-fn findings_table(params: &PageParams, findings: &[FindingView]) -> Markup {
-    html! {
-        @if findings.len() > FINDINGS_SHOWN {
-            p.note.more-findings { "The " (FINDINGS_SHOWN) " most costly of " (findings.len()) " findings; filter by service, or ask " code { "GET /api/v1/findings" } " for every one." }
+/// One page of the findings table: a row per kind and place, most costly first, its variants
+/// listed in the row; pages of [`FINDING_GROUPS_PER_PAGE`] rows (`page` from 1). A page past the
+/// last is a bad parameter naming how many there are.
+fn findings_table(params: &PageParams, findings: &[FindingView], page: usize) -> Result<Markup, UiError> {
+    let groups = grouped(findings);
+    let pages = groups.len().div_ceil(FINDING_GROUPS_PER_PAGE).max(1);
+    if page > pages {
+        return Err(UiError::BadParameter(format!(
+            "page: there {} {pages} page{} of findings in {}",
+            if pages == 1 { "is" } else { "are" },
+            if pages == 1 { "" } else { "s" },
+            params.window.describe()
+        )));
+    }
+    let shown = &groups[(page - 1) * FINDING_GROUPS_PER_PAGE..(page * FINDING_GROUPS_PER_PAGE).min(groups.len())];
+    let service = params.text("service");
+    let page_link = |page: usize| {
+        let page = page.to_string();
+        let mut pairs = vec![("page", page.as_str())];
+        pairs.extend(service.map(|s| ("service", s)));
+        params.link(paths::FINDINGS, &pairs)
+    };
+    let pager = html! {
+        @if pages > 1 {
+            nav.pager aria-label="pages of findings" {
+                "Page " (page) " of " (pages) " "
+                @if page > 1 { a rel="prev" href=(page_link(page - 1)) { "← more costly" } " " }
+                @if page < pages { a rel="next" href=(page_link(page + 1)) { "less costly →" } }
+            }
         }
+    };
+    Ok(html! {
+        p.note.finding-groups { (findings.len()) " findings of " (groups.len()) " kinds and places (a row each, its variants in it), most costly first." }
+        (pager)
         table.findings {
             thead { tr { th { "finding" } th { "where" } th { "calls" } th.num { "occurrences" } th.num { "traces" } th.num { "cost (total)" } th.num { "cost (each)" } th { "threshold" } th { "evidence" } } }
             tbody {
-                @for f in findings.iter().take(FINDINGS_SHOWN) {
-                    tr data-kind=(f.kind) {
+                @for g in shown {
+                    @let f = g.first();
+                    tr data-kind=(f.kind) data-variants=(g.variants.len()) {
                         td { strong { (kind_label(&f.kind)) } }
                         td { a href=(params.link(paths::SERVICE, &[("name", &f.service), ("operation", &f.operation)])) { (f.service) " · " (f.operation) } }
-                        td { @if f.callee.is_some() { (callees_shown(f)) " " } span.calls { "(" (f.calls) " " (calls_unit(&f.kind)) ")" } }
-                        td.num { (f.occurrences) }
-                        td.num { @match f.traces { Some(t) => (t), None => span title="not counted in the per-minute rollups this finding comes from" { "–" } } }
-                        td.num { (duration(f.cost_ns_total as f64)) } td.num { (duration(f.cost_ns_mean)) }
+                        td {
+                            @if g.variants.len() == 1 {
+                                (variant_calls(f))
+                            } @else {
+                                details.variants {
+                                    summary { (g.variants.len()) " variants, " (g.variants.iter().map(|v| v.calls).sum::<u64>()) " " (calls_unit(&f.kind)) }
+                                    ul {
+                                        @for v in g.variants.iter().take(VARIANTS_SHOWN) {
+                                            li { (variant_calls(v)) " ×" (v.occurrences) ", " (duration(v.cost_ns_total as f64)) }
+                                        }
+                                        @if g.variants.len() > VARIANTS_SHOWN { li.more { "and " (g.variants.len() - VARIANTS_SHOWN) " more (the API lists each)" } }
+                                    }
+                                }
+                            }
+                        }
+                        td.num { (g.occurrences) }
+                        td.num {
+                            @match g.traces() {
+                                Some((t, false)) => (t),
+                                Some((t, true)) => span title="a trace may hold several variants: at least the most of any one" { "≥ " (t) },
+                                None => span title="not counted in the per-minute rollups this finding comes from" { "–" },
+                            }
+                        }
+                        td.num { (duration(g.cost_ns_total as f64)) }
+                        td.num { (duration(g.cost_ns_total as f64 / g.occurrences.max(1) as f64)) }
                         td { code { (readable_threshold(&f.threshold)) } }
-                        td.evidence { @for id in &f.evidence_trace_ids { a.trace-link href=(trace_link(&params.window, id)) title=(id) { code { (id.get(..8).unwrap_or(id)) } } " " } }
+                        td.evidence { @for id in g.evidence() { a.trace-link href=(trace_link(&params.window, id)) title=(id) { code { (id.get(..8).unwrap_or(id)) } } " " } }
                     }
                 }
             }
         }
-    }
+        (pager)
+    })
 }
 
-/// What a finding calls, as its row shows it. A run of sequential calls lists each call (`, `
-/// between them): where callees repeat, each is shown once, in the order of its first call, with
-/// how many of the run's calls it takes (`a ×35, b ×35`), so a run of 140 calls to four callees
-/// reads as four names (the API keeps the whole list). Only when the list splits into exactly one
-/// name per call (`calls` is the occurrences times the parts): a name that itself holds `, ` makes
-/// more parts than calls, and the list is shown as stored.
+/// What one variant calls, and how many calls (hops, deliveries) over its occurrences.
+fn variant_calls(f: &FindingView) -> Markup {
+    html! { @if f.callee.is_some() { (callees_shown(f)) " " } span.calls { "(" (f.calls) " " (calls_unit(&f.kind)) ")" } }
+}
+
 /// What a finding's `calls` count: hops for a deep chain, deliveries for a poison message.
 fn calls_unit(kind: &str) -> &'static str {
     use hopscope_schemas::columns::finding_kind;
@@ -246,6 +364,12 @@ fn readable_threshold(threshold: &str) -> String {
     threshold.split(", ").map(part).collect::<Vec<_>>().join(", ")
 }
 
+/// What a finding calls, as its row shows it. A run of sequential calls lists each call (`, `
+/// between them): where callees repeat, each is shown once, in the order of its first call, with
+/// how many of the run's calls it takes (`a ×35, b ×35`), so a run of 140 calls to four callees
+/// reads as four names (the API keeps the whole list). Only when the list splits into exactly one
+/// name per call (`calls` is the occurrences times the parts): a name that itself holds `, ` makes
+/// more parts than calls, and the list is shown as stored.
 fn callees_shown(f: &FindingView) -> String {
     let Some(callee) = f.callee.as_deref() else { return "–".to_owned() };
     if f.kind != hopscope_schemas::columns::finding_kind::SEQUENTIAL_CALLS {
@@ -325,20 +449,38 @@ mod tests {
         }
     }
 
-    /// Up to the cap, every finding is a row; beyond it, the most costly (the first) are, and a
-    /// note says how many there are.
+    /// One row per kind and place, the most costly first, in pages; a page past the last is named.
     #[test]
-    fn the_findings_table_lists_at_most_its_cap_and_says_how_many_more() {
+    fn findings_are_grouped_by_kind_and_place_and_paged() {
         let params = PageParams::new(HashMap::new(), &[], None).unwrap();
-        for total in [5, FINDINGS_SHOWN, FINDINGS_SHOWN + 50] {
-            let findings: Vec<FindingView> = (0..total).map(finding).collect();
-            let html = findings_table(&params, &findings).into_string();
-            let rows = html.matches("<tr data-kind=").count();
-            assert_eq!(rows, total.min(FINDINGS_SHOWN), "{total}");
-            assert!(html.contains(&format!("service-{}", total.min(FINDINGS_SHOWN) - 1)), "{total}");
-            assert!(!html.contains(&format!("service-{} ", total.min(FINDINGS_SHOWN))), "{total}");
-            let note = format!("most costly of {total} findings");
-            assert_eq!(html.contains(&note), total > FINDINGS_SHOWN, "{total}");
-        }
+        // Three variants of one N+1 (other callees) and one of another place: two rows.
+        let mut findings: Vec<FindingView> = (0..3)
+            .map(|i| FindingView {
+                callee: Some(format!("db SELECT {i}")),
+                cost_ns_total: 3_000_000 - i as i64,
+                evidence_trace_ids: vec![format!("{i:032x}"), format!("{:032x}", 99)],
+                ..finding(0)
+            })
+            .collect();
+        findings.push(finding(1));
+        let html = findings_table(&params, &findings, 1).unwrap().into_string();
+        assert_eq!(html.matches("<tr data-kind=").count(), 2, "{html}");
+        assert!(html.contains("data-variants=\"3\""), "{html}");
+        assert!(html.contains("3 variants, 30 calls"), "{html}");
+        assert!(html.contains("db SELECT 2 <span class=\"calls\">(10 calls)</span> ×1, 3.00ms"), "{html}");
+        // Each evidence trace once: three variants' own and the one they share.
+        assert_eq!(html.matches(&format!("title=\"{:032x}\"", 99)).count(), 1, "{html}");
+        assert!(!html.contains("Page 1 of"), "one page needs no pager");
+
+        let many: Vec<FindingView> = (0..FINDING_GROUPS_PER_PAGE * 2 + 7).map(finding).collect();
+        let rows = |page| findings_table(&params, &many, page).unwrap().into_string().matches("<tr data-kind=").count();
+        assert_eq!((rows(1), rows(2), rows(3)), (FINDING_GROUPS_PER_PAGE, FINDING_GROUPS_PER_PAGE, 7));
+        let first = findings_table(&params, &many, 1).unwrap().into_string();
+        assert!(
+            first.contains("Page 1 of 3") && first.contains("page=2") && !first.contains("rel=\"prev\""),
+            "{first}"
+        );
+        let past = findings_table(&params, &many, 4).unwrap_err().to_string();
+        assert!(past.starts_with("page: there are 3 pages"), "{past}");
     }
 }

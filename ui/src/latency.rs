@@ -30,11 +30,14 @@ pub(crate) fn step_for(range: TimeRange) -> i64 {
 /// `target`: the page's own parameters, which name its calls (for the links to comparisons).
 fn tail_view(params: &PageParams, view: &LatencyView, range: TimeRange, target: &[(&str, &str)]) -> Markup {
     let s = &view.summary;
+    // Links to comparisons name the charts' own range: a selection of absolute times must stay
+    // inside it when the link is opened later (a preset range moves with the clock).
+    let charted = crate::window::Window { range, preset: None, tenant: params.window.tenant.clone() };
     let compare = |min_ns: f64| {
-        let min = duration(min_ns);
-        crate::compare::link(&params.window, target, &[("min_duration", &min)])
+        let min = crate::compare::exact_duration(min_ns.floor() as i64);
+        crate::compare::link(&charted, target, &[("min_duration", &min)])
     };
-    let heatmap_link = crate::compare::link(&params.window, target, &[]);
+    let heatmap_link = crate::compare::link(&charted, target, &[]);
     let sketched = view.percentiles.method == "sketch";
     // The range the engine widened the view to (as `view.start` and `view.end` say).
     let range = if sketched { hopscope_query::whole_minutes(range) } else { range };

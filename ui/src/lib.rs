@@ -52,7 +52,7 @@ mod search;
 mod trace;
 mod window;
 
-pub use analysis::FINDINGS_SHOWN;
+pub use analysis::FINDING_GROUPS_PER_PAGE;
 pub use error::UiError;
 pub use paths::{ASSETS, TENANTS};
 pub use picker::tenant_picker;

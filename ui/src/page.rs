@@ -282,7 +282,8 @@ pub(crate) async fn empty_state(
 ) -> Result<Markup, UiError> {
     let window = &params.window;
     if let Some(stored) = ui.engine.stored_extent().await? {
-        // The range that holds every stored span, as a link that keeps the page's other parameters.
+        // The range that holds every stored span, as a link that keeps the page's other parameters
+        // (but a page number of a list: the range's list is another).
         let mut pairs: Vec<(&str, String)> = Vec::new();
         // The end one nanosecond on: the range's end is exclusive, and the latest span ends there.
         let range = TimeRange { start_ns: stored.start_ns, end_ns: stored.end_ns.saturating_add(1) };
@@ -291,7 +292,7 @@ pub(crate) async fn empty_state(
         let mut keep: Vec<(&str, &str)> = params
             .values
             .iter()
-            .filter(|(key, _)| !window::PARAMS.contains(&key.as_str()))
+            .filter(|(key, _)| !window::PARAMS.contains(&key.as_str()) && key.as_str() != "page")
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         keep.sort_unstable();

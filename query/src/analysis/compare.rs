@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use datafusion::arrow::array::Array;
 use datafusion::arrow::array::RecordBatch;
-use datafusion::functions_aggregate::expr_fn::{bool_or, count, max, min};
+use datafusion::functions_aggregate::expr_fn::{bool_or, count, first_value, max};
 use datafusion::logical_expr::{Expr, case, col, lit};
 use datafusion::prelude::SessionContext;
 use hopscope_derive::edges::EdgePairing;
@@ -69,7 +69,8 @@ pub struct Selection {
 impl Selection {
     /// Refuses a selection that selects everything or nothing by construction, naming the parameter.
     pub fn check(&self, range: TimeRange) -> Result<(), QueryError> {
-        if self.min_ns.is_none() && self.max_ns.is_none() && self.within.is_none() {
+        // A lower bound of 0 or less bounds nothing.
+        if self.min_ns.is_none_or(|min| min <= 0) && self.max_ns.is_none() && self.within.is_none() {
             return Err(QueryError::BadParameter(
                 "min_duration: give min_duration, max_duration or selection_start and selection_end: \
                  without them every call is selected and nothing is left to compare with"
@@ -127,6 +128,8 @@ struct Compared {
     value_ns: i64,
 }
 
+/// What sets the traces of `query`'s selection apart from the other traces that call its target in
+/// its range (see the module's documentation).
 pub(crate) async fn compare(ctx: &SessionContext, query: &CompareQuery) -> Result<ComparisonView, QueryError> {
     query.selection.check(query.range)?;
     let selected = query.selection.condition();
@@ -140,7 +143,12 @@ pub(crate) async fn compare(ctx: &SessionContext, query: &CompareQuery) -> Resul
             vec![
                 bool_or(selected.clone()).alias("selected"),
                 max(case(selected.clone()).when(lit(true), col("value")).end()?).alias("value"),
-                min(case(selected).when(lit(true), col(c::START_TIME)).end()?).alias(c::START_TIME),
+                // The start of the slowest selected call.
+                first_value(
+                    col(c::START_TIME),
+                    vec![selected.clone().sort(false, false), col("value").sort(false, false)],
+                )
+                .alias(c::START_TIME),
             ],
         )?
         .cache()
@@ -530,6 +538,8 @@ mod tests {
     fn a_selection_must_leave_something_to_compare_with() {
         let everything = Selection::default();
         assert!(everything.check(RANGE).unwrap_err().to_string().contains("min_duration"));
+        let from_zero = Selection { min_ns: Some(0), ..everything };
+        assert!(from_zero.check(RANGE).unwrap_err().to_string().starts_with("min_duration"));
         let inverted = Selection { min_ns: Some(10), max_ns: Some(10), within: None };
         assert!(inverted.check(RANGE).unwrap_err().to_string().starts_with("max_duration"));
         let outside =
