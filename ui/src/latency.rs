@@ -30,17 +30,18 @@ pub(crate) fn step_for(range: TimeRange) -> i64 {
 /// `target`: the page's own parameters, which name its calls (for the links to comparisons).
 fn tail_view(params: &PageParams, view: &LatencyView, range: TimeRange, target: &[(&str, &str)]) -> Markup {
     let s = &view.summary;
-    // Links to comparisons name the charts' own range: a selection of absolute times must stay
-    // inside it when the link is opened later (a preset range moves with the clock).
+    let sketched = view.percentiles.method == "sketch";
+    // The range the engine widened the view to (as `view.start` and `view.end` say).
+    let range = if sketched { hopscope_query::whole_minutes(range) } else { range };
+    // Links to comparisons name the charts' own range (whole minutes when widened, so that a cell
+    // compares the calls it counts): a selection of absolute times must stay inside it when the
+    // link is opened later (a preset range moves with the clock).
     let charted = crate::window::Window { range, preset: None, tenant: params.window.tenant.clone() };
     let compare = |min_ns: f64| {
         let min = crate::compare::exact_duration(min_ns.floor() as i64);
         crate::compare::link(&charted, target, &[("min_duration", &min)])
     };
     let heatmap_link = crate::compare::link(&charted, target, &[]);
-    let sketched = view.percentiles.method == "sketch";
-    // The range the engine widened the view to (as `view.start` and `view.end` say).
-    let range = if sketched { hopscope_query::whole_minutes(range) } else { range };
     html! {
         section.tail-latency {
             dl.figures {
