@@ -17,7 +17,6 @@ use hopscope_schemas::api::{
     AggregateCriticalPathView, ComparisonView, DependenciesView, EdgesView, ErrorBody, FindingsView, LatencyView,
     OperationsView, ServicesView, TraceCriticalPathView, TraceView, TracesView,
 };
-use hopscope_schemas::time::TimeRange;
 use serde::Deserialize;
 
 use crate::analysis::compare::{CompareQuery, Selection};
@@ -291,16 +290,7 @@ async fn compare(State(engine): Engine, raw: RawParams) -> Result<Json<Compariso
     )?;
     let range = p.range()?;
     let target = latency_target(&p)?;
-    let within = match (p.time("selection_start")?, p.time("selection_end")?) {
-        (Some(start_ns), Some(end_ns)) => Some(TimeRange { start_ns, end_ns }),
-        (None, None) => None,
-        (Some(_), None) => {
-            return Err(QueryError::BadParameter("selection_end: missing (selection_start is given)".into()));
-        }
-        (None, Some(_)) => {
-            return Err(QueryError::BadParameter("selection_start: missing (selection_end is given)".into()));
-        }
-    };
+    let within = Selection::stretch(p.time("selection_start")?, p.time("selection_end")?)?;
     let selection = Selection { min_ns: p.duration("min_duration")?, max_ns: p.duration("max_duration")?, within };
     Ok(Json(engine.compare(CompareQuery { target, range, selection }).await?))
 }

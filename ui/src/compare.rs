@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use hopscope_query::{CompareQuery, LatencyTarget, Selection};
 use hopscope_schemas::api::{ComparedGroup, ComparisonView, ContrastView};
-use hopscope_schemas::time::{TimeRange, format_time};
+use hopscope_schemas::time::format_time;
 use maud::{Markup, html};
 
 use crate::page::{Frame, PageParams, duration, percent, trace_link};
@@ -66,16 +66,8 @@ fn asked(params: &PageParams) -> Result<(LatencyTarget, Selection), UiError> {
             .map(|v| hopscope_schemas::time::parse_time(v).map_err(|e| UiError::BadParameter(format!("{name}: {e}"))))
             .transpose()
     };
-    let within = match (time("selection_start")?, time("selection_end")?) {
-        (Some(start_ns), Some(end_ns)) => Some(TimeRange { start_ns, end_ns }),
-        (None, None) => None,
-        (Some(_), None) => {
-            return Err(UiError::BadParameter("selection_end: missing (selection_start is given)".into()));
-        }
-        (None, Some(_)) => {
-            return Err(UiError::BadParameter("selection_start: missing (selection_end is given)".into()));
-        }
-    };
+    let within = Selection::stretch(time("selection_start")?, time("selection_end")?)
+        .map_err(|e| UiError::BadParameter(e.to_string()))?;
     let selection =
         Selection { min_ns: params.duration("min_duration")?, max_ns: params.duration("max_duration")?, within };
     selection.check(params.window.range).map_err(|e| UiError::BadParameter(e.to_string()))?;

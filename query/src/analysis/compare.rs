@@ -27,7 +27,7 @@ use hopscope_schemas::spans::kind;
 use hopscope_schemas::time::{TimeRange, format_time};
 use serde_json::Value;
 
-use super::frame::{Results, in_range};
+use super::frame::{Results, in_range, trace_id_in, trace_order};
 use super::latency::{LatencyTarget, latency_values, service_spans, slow_calls};
 use crate::QueryError;
 use crate::tables::SPANS;
@@ -96,6 +96,20 @@ impl Selection {
             )));
         }
         Ok(())
+    }
+
+    /// The stretch of time `selection_start` and `selection_end` name: both or neither.
+    pub fn stretch(start_ns: Option<i64>, end_ns: Option<i64>) -> Result<Option<TimeRange>, QueryError> {
+        match (start_ns, end_ns) {
+            (Some(start_ns), Some(end_ns)) => Ok(Some(TimeRange { start_ns, end_ns })),
+            (None, None) => Ok(None),
+            (Some(_), None) => {
+                Err(QueryError::BadParameter("selection_end: missing (selection_start is given)".into()))
+            }
+            (None, Some(_)) => {
+                Err(QueryError::BadParameter("selection_start: missing (selection_end is given)".into()))
+            }
+        }
     }
 
     /// Whether a call that started at `start_ns` and took `value_ns` is selected.
@@ -396,11 +410,7 @@ async fn walked(ctx: &SessionContext, ids: &[TraceId]) -> Result<Walked, QueryEr
         .await?
         .filter(trace_id_in(ids))?
         .select_columns(&hopscope_derive::edges::input_columns())?
-        .sort(vec![
-            col(c::TRACE_ID).sort(true, false),
-            col(c::START_TIME).sort(true, false),
-            col(c::SPAN_ID).sort(true, false),
-        ])?
+        .sort(trace_order())?
         .collect()
         .await?;
     let Some(first) = batches.first() else { return Ok(walked) };
@@ -430,12 +440,6 @@ async fn walked(ctx: &SessionContext, ids: &[TraceId]) -> Result<Walked, QueryEr
         walked.add_paths(&batch)?;
     }
     Ok(walked)
-}
-
-/// `trace_id` is one of `ids`.
-fn trace_id_in(ids: &[TraceId]) -> Expr {
-    let list = ids.iter().map(|id| lit(datafusion::common::ScalarValue::FixedSizeBinary(16, Some(id.0.to_vec()))));
-    col(c::TRACE_ID).in_list(list.collect(), false)
 }
 
 /// What [`walked`] found, by trace id.

@@ -84,6 +84,18 @@ pub(crate) fn distinct_traces(trace_id: &str) -> Expr {
     count_distinct(datafusion::logical_expr::cast(col(trace_id), DataType::Binary))
 }
 
+/// `trace_id` is one of `ids`.
+pub(crate) fn trace_id_in(ids: &[hopscope_schemas::TraceId]) -> Expr {
+    let list = ids.iter().map(|id| lit(ScalarValue::FixedSizeBinary(16, Some(id.0.to_vec())))).collect();
+    col(c::TRACE_ID).in_list(list, false)
+}
+
+/// Spans in the order the per-trace walks read them: trace by trace, each by start time (then span
+/// id, so that spans starting together keep one order).
+pub(crate) fn trace_order() -> Vec<datafusion::logical_expr::SortExpr> {
+    vec![col(c::TRACE_ID).sort(true, false), col(c::START_TIME).sort(true, false), col(c::SPAN_ID).sort(true, false)]
+}
+
 /// Typed access to result columns by name.
 pub(crate) struct Results<'a>(pub(crate) &'a RecordBatch);
 

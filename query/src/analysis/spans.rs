@@ -92,16 +92,11 @@ pub(crate) async fn traces(ctx: &SessionContext, ids: &[TraceId]) -> Result<Vec<
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let list = ids.iter().map(|id| lit(ScalarValue::FixedSizeBinary(16, Some(id.0.to_vec())))).collect();
     let batches = ctx
         .table(crate::tables::SPANS)
         .await?
-        .filter(col(c::TRACE_ID).in_list(list, false))?
-        .sort(vec![
-            col(c::TRACE_ID).sort(true, false),
-            col(c::START_TIME).sort(true, false),
-            col(c::SPAN_ID).sort(true, false),
-        ])?
+        .filter(super::frame::trace_id_in(ids))?
+        .sort(super::frame::trace_order())?
         .collect()
         .await?;
     let mut by_id: std::collections::HashMap<String, Vec<_>> = std::collections::HashMap::new();
