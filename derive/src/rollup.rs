@@ -29,8 +29,8 @@ use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, OnceLock};
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BinaryBuilder, BooleanArray, BooleanBuilder, FixedSizeBinaryBuilder, Float64Builder,
-    Int8Builder, Int64Array, Int64Builder, ListBuilder, RecordBatch, StringArray, StringBuilder,
+    Array, ArrayRef, AsArray, BinaryBuilder, BooleanArray, BooleanBuilder, Decimal128Builder, FixedSizeBinaryBuilder,
+    Float64Builder, Int8Builder, Int64Array, Int64Builder, ListBuilder, RecordBatch, StringArray, StringBuilder,
     TimestampNanosecondArray, TimestampNanosecondBuilder,
 };
 use arrow::compute::cast;
@@ -312,12 +312,22 @@ pub fn call_rollup_schema() -> SchemaRef {
                 Field::new(cr::CALLS, DataType::Int64, false),
                 Field::new(cr::ERRORS, DataType::Int64, false),
                 Field::new(cr::CALL_SKETCH, DataType::Binary, true),
+                Field::new(cr::CALL_SUM_NS, DataType::Int64, true),
+                Field::new(cr::CALL_SUM_SQUARES, SUM_SQUARES_TYPE, true),
                 Field::new(cr::SLOWEST_NS, DataType::Int64, true),
                 Field::new(cr::SLOWEST_TRACE_ID, DataType::FixedSizeBinary(16), true),
+                Field::new(cr::SLOWEST_START_TIME, timestamp_type(), true),
             ]))
         })
         .clone()
 }
+
+/// The type of `call_rollup`'s sum of squares: an `i128` in 38 digits (10^12 calls of an hour,
+/// 3.6 × 10^12 ns, fit), saturating beyond [`SUM_SQUARES_MAX`].
+pub const SUM_SQUARES_TYPE: DataType = DataType::Decimal128(38, 0);
+
+/// The largest sum of squares `call_rollup` holds: 38 nines.
+pub const SUM_SQUARES_MAX: i128 = 10_i128.pow(38) - 1;
 
 /// What identifies a `call_rollup` row.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -336,8 +346,22 @@ struct CallCounts {
     calls: i64,
     errors: i64,
     call: LatencySketch,
-    /// The slowest call counted with a positive weight, and its trace.
-    slowest: Option<(i64, [u8; 16])>,
+    /// The sum of the values `call` counts, and of their squares, each with its weight.
+    sum_ns: i64,
+    sum_squares: i128,
+    /// The slowest call counted with a positive weight: (value, trace id, start), the greatest
+    /// value, then the lowest trace id and the earliest start, so that any cut of the calls into
+    /// rows agrees.
+    slowest: Option<(i64, [u8; 16], i64)>,
+}
+
+impl CallCounts {
+    /// Whether a call of `ns` in `trace` starting at `start` is the new slowest.
+    fn slower(&self, ns: i64, trace: &[u8; 16], start: i64) -> bool {
+        self.slowest.as_ref().is_none_or(|(slowest, id, at)| {
+            ns.cmp(slowest).then_with(|| id.cmp(trace)).then_with(|| at.cmp(&start)).is_gt()
+        })
+    }
 }
 
 /// The rollup of the calls it is handed, per minute and call: who calls (service and operation)
@@ -398,11 +422,17 @@ impl CallRollup {
             if call.is_valid(row) {
                 let ns = call.value(row);
                 counts.call.add(ns, weight);
-                if weight > 0 && counts.slowest.is_none_or(|(slowest, _)| ns > slowest) {
+                counts.sum_ns = counts.sum_ns.saturating_add(ns.saturating_mul(weight));
+                let square = i128::from(ns) * i128::from(ns);
+                counts.sum_squares = counts.sum_squares.saturating_add(square.saturating_mul(i128::from(weight)));
+                if weight > 0 {
                     let trace: [u8; 16] = trace_ids.value(row).try_into().map_err(|_| {
                         DeriveError::Invalid(format!("a trace id of {} bytes", trace_ids.value_length()))
                     })?;
-                    counts.slowest = Some((ns, trace));
+                    let start = hop.start.value(row);
+                    if counts.slower(ns, &trace, start) {
+                        counts.slowest = Some((ns, trace, start));
+                    }
                 }
             }
         }
@@ -413,7 +443,14 @@ impl CallRollup {
     /// (and hold no evidence) are left out.
     pub fn take_batch(&mut self) -> Result<Option<RecordBatch>> {
         let mut rows = self.rows.take_sorted();
-        rows.retain(|(_, n)| n.calls != 0 || n.errors != 0 || !n.call.is_empty() || n.slowest.is_some());
+        rows.retain(|(_, n)| {
+            n.calls != 0
+                || n.errors != 0
+                || !n.call.is_empty()
+                || n.sum_ns != 0
+                || n.sum_squares != 0
+                || n.slowest.is_some()
+        });
         if rows.is_empty() {
             return Ok(None);
         }
@@ -421,7 +458,10 @@ impl CallRollup {
         let mut text: [StringBuilder; 5] = Default::default();
         let (mut calls, mut errors, mut slowest_ns) = (Int64Builder::new(), Int64Builder::new(), Int64Builder::new());
         let mut sketch = BinaryBuilder::new();
+        let mut sum_ns = Int64Builder::with_capacity(rows.len());
+        let mut sum_squares = Decimal128Builder::with_capacity(rows.len()).with_data_type(SUM_SQUARES_TYPE);
         let mut slowest_trace = FixedSizeBinaryBuilder::with_capacity(rows.len(), 16);
+        let mut slowest_start = TimestampNanosecondBuilder::with_capacity(rows.len());
         for (key, counts) in &rows {
             minute.append_value(key.minute_ns);
             text[0].append_value(&key.caller);
@@ -432,14 +472,18 @@ impl CallRollup {
             calls.append_value(counts.calls);
             errors.append_value(counts.errors);
             sketch.append_option((!counts.call.is_empty()).then(|| counts.call.encode()));
+            sum_ns.append_value(counts.sum_ns);
+            sum_squares.append_value(counts.sum_squares.clamp(-SUM_SQUARES_MAX, SUM_SQUARES_MAX));
             match counts.slowest {
-                Some((ns, trace)) => {
+                Some((ns, trace, start)) => {
                     slowest_ns.append_value(ns);
                     slowest_trace.append_value(trace)?;
+                    slowest_start.append_value(start);
                 }
                 None => {
                     slowest_ns.append_null();
                     slowest_trace.append_null();
+                    slowest_start.append_null();
                 }
             }
         }
@@ -448,8 +492,11 @@ impl CallRollup {
         columns.push(Arc::new(calls.finish()));
         columns.push(Arc::new(errors.finish()));
         columns.push(Arc::new(sketch.finish()));
+        columns.push(Arc::new(sum_ns.finish()));
+        columns.push(Arc::new(sum_squares.finish()));
         columns.push(Arc::new(slowest_ns.finish()));
         columns.push(Arc::new(slowest_trace.finish()));
+        columns.push(Arc::new(slowest_start.finish().with_timezone("UTC")));
         Ok(Some(RecordBatch::try_new(call_rollup_schema(), columns)?))
     }
 }

@@ -33,8 +33,14 @@ use crate::{OneTrace, PerTrace, Result, SpanColumns, TraceTree, WholeTraces};
 /// `FileEntry::derivation`). 1: `call_rollup` added; 2: `finding_rollup` added; 3: `deliveries`
 /// added ([`DELIVERIES_SINCE`]); 4: `critical_path` has a row per operation on a path, not per
 /// span ([`PATH_OPERATIONS_SINCE`]); 5: `operation_rollup` tells roots apart ([`OPERATION_ROOTS_SINCE`]);
-/// 6: `operation_rollup` keeps each row's slowest span ([`OPERATION_SLOWEST_SINCE`]).
-pub const DERIVATION: u32 = 6;
+/// 6: `operation_rollup` keeps each row's slowest span ([`OPERATION_SLOWEST_SINCE`]); 7:
+/// `call_rollup` keeps its calls' sums and its slowest call's start ([`CALL_MOMENTS_SINCE`]).
+pub const DERIVATION: u32 = 7;
+
+/// The first derivation version whose `call_rollup` rows have `call_sum_ns`, `call_sum_squares`
+/// and `slowest_start_time`; the rows of older files are read with them null (what needs them
+/// reads `edges` over such files instead, until maintenance derives them again).
+pub const CALL_MOMENTS_SINCE: u32 = 7;
 
 /// The first derivation version whose `operation_rollup` rows have the `root` column (spans without
 /// a parent id counted apart); older files' rows are computed from their spans.
@@ -746,7 +752,18 @@ mod tests {
         let minutes =
             rollup.column_by_name(cr::MINUTE).unwrap().as_primitive::<arrow::datatypes::TimestampNanosecondType>();
         let slowest_trace = rollup.column_by_name(cr::SLOWEST_TRACE_ID).unwrap().as_fixed_size_binary();
+        let slowest_start = rollup
+            .column_by_name(cr::SLOWEST_START_TIME)
+            .unwrap()
+            .as_primitive::<arrow::datatypes::TimestampNanosecondType>();
         let sketches = rollup.column_by_name(cr::CALL_SKETCH).unwrap().as_binary::<i32>();
+        let squares = |r: usize| {
+            rollup
+                .column_by_name(cr::CALL_SUM_SQUARES)
+                .unwrap()
+                .as_primitive::<arrow::datatypes::Decimal128Type>()
+                .value(r)
+        };
         let mut got = Vec::new();
         for r in (0..rollup.num_rows()).filter(|&r| text(edge::CALLER, r) == "api") {
             let sketch = LatencySketch::decode(sketches.value(r)).unwrap();
@@ -758,16 +775,47 @@ mod tests {
                 int(cr::CALLS, r),
                 int(cr::ERRORS, r),
                 sketch.count(),
+                int(cr::CALL_SUM_NS, r),
+                squares(r),
                 int(cr::SLOWEST_NS, r),
                 slowest_trace.value(r).to_vec(),
+                slowest_start.value(r),
             ));
         }
         // The caller's operation is the client span's name.
         let (db, item) = ("db".to_owned(), "SELECT item".to_owned());
         let ms = |n: i64| Some(n * 1_000_000);
+        // The sums of the calls' durations and of their squares, in ns and ns².
+        let ms_squared = |n: i128| n * 1_000_000_000_000;
         let expected = vec![
-            (minute(0), item.clone(), db.clone(), item.clone(), Some(3), Some(1), 3, ms(30), trace(1).to_vec()),
-            (minute(50_000), item.clone(), db, item, Some(1), Some(0), 1, ms(5), trace(3).to_vec()),
+            (
+                minute(0),
+                item.clone(),
+                db.clone(),
+                item.clone(),
+                Some(3),
+                Some(1),
+                3,
+                ms(10 + 30 + 20),
+                ms_squared(10 * 10 + 30 * 30 + 20 * 20),
+                ms(30),
+                trace(1).to_vec(),
+                at(30),
+            ),
+            (
+                minute(50_000),
+                item.clone(),
+                db,
+                item,
+                Some(1),
+                Some(0),
+                1,
+                ms(5),
+                ms_squared(25),
+                ms(5),
+                trace(3).to_vec(),
+                at(50_010),
+            ),
         ];
         assert_ne!(minute(0), minute(50_000));
         assert_eq!(got, expected);
@@ -779,12 +827,14 @@ mod tests {
         taken.add_edges(edges, -1).unwrap();
         let taken = taken.take_batch().unwrap().unwrap();
         assert_eq!(int_sum(&taken, cr::CALLS), 0);
+        assert_eq!(int_sum(&taken, cr::CALL_SUM_NS), 0);
         assert_eq!(taken.column_by_name(cr::CALL_SKETCH).unwrap().null_count(), taken.num_rows());
         assert_eq!(taken.column_by_name(cr::SLOWEST_NS).unwrap().null_count(), 0);
         let mut only_taken = CallRollup::default();
         only_taken.add_edges(edges, -1).unwrap();
         let only_taken = only_taken.take_batch().unwrap().unwrap();
         assert_eq!(int_sum(&only_taken, cr::CALLS), -int_sum(rollup, cr::CALLS));
+        assert_eq!(int_sum(&only_taken, cr::CALL_SUM_NS), -int_sum(rollup, cr::CALL_SUM_NS));
         assert_eq!(only_taken.column_by_name(cr::SLOWEST_NS).unwrap().null_count(), only_taken.num_rows());
     }
 

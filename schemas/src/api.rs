@@ -244,7 +244,8 @@ pub struct SlowCallView {
 pub struct SlowestCalls {
     pub calls: Vec<SlowCallView>,
     /// Whether the list holds at most one call per minute and operation (the slowest of each, from
-    /// `operation_rollup`), rather than the slowest of all.
+    /// `operation_rollup`; for a hop, per minute and pair of operations, from `call_rollup`),
+    /// rather than the slowest of all.
     pub per_minute: bool,
 }
 

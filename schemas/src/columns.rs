@@ -218,10 +218,19 @@ pub mod call_rollup {
     /// A latency sketch of the calls as their callers saw them: the client span's duration, else
     /// the server span's.
     pub const CALL_SKETCH: &str = "call_sketch";
-    /// Evidence: the slowest call the row counted (as `call_sketch` does) and its trace; null on
-    /// rows that only take calls away.
+    /// The sum of the values `call_sketch` counts (ns), and the sum of their squares (ns², a
+    /// 128-bit integer as `Decimal128(38, 0)`): exact, so rows add and take away in any order,
+    /// and with the values counted (the sketch's count) they give the calls' exact mean and
+    /// spread. Null in the rows of span files derived before derivation 7
+    /// (`hopscope_derive::stored::CALL_MOMENTS_SINCE`).
+    pub const CALL_SUM_NS: &str = "call_sum_ns";
+    pub const CALL_SUM_SQUARES: &str = "call_sum_squares";
+    /// Evidence: the slowest call the row counted (as `call_sketch` does; the lowest trace id,
+    /// then the earliest start, among equally slow ones), its trace and its start; null on rows
+    /// that only take calls away (and the start in rows derived before derivation 7).
     pub const SLOWEST_NS: &str = "slowest_ns";
     pub const SLOWEST_TRACE_ID: &str = "slowest_trace_id";
+    pub const SLOWEST_START_TIME: &str = "slowest_start_time";
 }
 
 /// The `finding_rollup` table's own columns; the finding's are [`finding`]'s (`kind`, `service`,

@@ -540,7 +540,8 @@ async fn tables_derived_at_flush_equal_the_query_time_walk() {
     // `edges` holds, and name its slowest call.
     let call_rollup = "SELECT minute, caller, caller_operation, callee, callee_operation, connection, \
                        sum(calls) AS n, sum(errors) AS e, sketch_count(merge_sketches(call_sketch)) AS counted, \
-                       sketch_quantile(merge_sketches(call_sketch), 0.99) AS p99, max(slowest_ns) AS slowest \
+                       sketch_quantile(merge_sketches(call_sketch), 0.99) AS p99, max(slowest_ns) AS slowest, \
+                       sum(call_sum_ns) AS total, sum(call_sum_squares) AS squares \
                        FROM call_rollup GROUP BY 1, 2, 3, 4, 5, 6 HAVING sum(calls) <> 0";
     let columns = [
         "minute",
@@ -562,13 +563,92 @@ async fn tables_derived_at_flush_equal_the_query_time_walk() {
     let counted = "SELECT date_trunc('minute', start_time) AS minute, caller, caller_operation, callee, \
                    callee_operation, connection, count(*) AS n, sum(CASE WHEN error THEN 1 ELSE 0 END) AS e, \
                    count(coalesce(client_duration_ns, server_duration_ns)) AS counted, \
-                   max(coalesce(client_duration_ns, server_duration_ns)) AS slowest \
+                   max(coalesce(client_duration_ns, server_duration_ns)) AS slowest, \
+                   sum(coalesce(client_duration_ns, server_duration_ns)) AS total, \
+                   sum(CAST(coalesce(client_duration_ns, server_duration_ns) AS DECIMAL(38, 0)) \
+                       * CAST(coalesce(client_duration_ns, server_duration_ns) AS DECIMAL(38, 0))) AS squares \
                    FROM edges GROUP BY 1, 2, 3, 4, 5, 6";
     let columns = ["minute", "caller", "caller_operation", "callee", "callee_operation", "connection", "n", "e"];
-    let with_slowest = [&columns[..], &["counted", "slowest"]].concat();
+    // (The sums of the calls and of their squares, which give a hop's latency view its exact mean
+    // and deviation.)
+    let with_slowest = [&columns[..], &["counted", "slowest", "total", "squares"]].concat();
     let expected = text(&walk(&walks, counted).await, &with_slowest);
     assert_eq!(text(&read, &with_slowest), expected);
     assert_eq!(text(&walked, &with_slowest), expected);
+
+    // A hop's latency view in steps of minutes, from those rows: the counts, mean and deviation of
+    // every call (the exact view's, up to float rounding) and percentiles within the sketches'
+    // bound; its slowest calls, each row's slowest, as the edges rank them.
+    let busiest = "SELECT caller, callee FROM edges GROUP BY 1, 2 ORDER BY count(*) DESC, 1, 2 LIMIT 1";
+    let hop = text(&walk(&walks, busiest).await, &["caller", "callee"]).remove(0);
+    let (caller, callee) = hop.split_once(" | ").unwrap();
+    let target = hopscope_query::LatencyTarget::Hop { caller: caller.into(), callee: callee.into(), operation: None };
+    let latency = |engine: &Arc<QueryEngine>, exact: bool| {
+        let (engine, target) = (Arc::clone(engine), target.clone());
+        async move {
+            let query = hopscope_query::LatencyQuery { target, range: aligned, step_ns: minute, exact };
+            serde_json::to_value(engine.latency(query).await.unwrap()).unwrap()
+        }
+    };
+    let (sketched, exact) = (latency(&reads_derived, false).await, latency(&walks, true).await);
+    assert_eq!(sketched["percentiles"]["method"], "sketch", "{hop}");
+    assert_eq!(exact["percentiles"]["method"], "exact");
+    let close = |got: &serde_json::Value, want: &serde_json::Value, bound: f64, what: &str| {
+        let (got, want) = (got.as_f64().unwrap(), want.as_f64().unwrap());
+        assert!((got - want).abs() <= bound * want.abs() + 1e-6, "{hop} {what}: {got} against {want}");
+    };
+    let (read, every) = (&sketched["summary"], &exact["summary"]);
+    assert!(every["count"].as_u64().unwrap() > 20, "{every}");
+    assert_eq!(read["count"], every["count"]);
+    close(&read["mean_ns"], &every["mean_ns"], 1e-12, "mean");
+    close(&read["stddev_ns"], &every["stddev_ns"], 1e-9, "deviation");
+    for p in ["p50_ns", "p90_ns", "p99_ns", "p999_ns"] {
+        close(&read["percentiles"][p], &every["percentiles"][p], 0.01, p);
+    }
+    let counts = |view: &serde_json::Value| -> Vec<(String, u64)> {
+        view["series"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["time"].to_string(), p["count"].as_u64().unwrap()))
+            .collect()
+    };
+    assert_eq!(counts(&sketched), counts(&exact));
+    let value = "coalesce(client_duration_ns, server_duration_ns)";
+    let ranked = format!(
+        "SELECT hex_id(trace_id) AS trace, start_time, v AS duration_ns FROM (SELECT trace_id, start_time, \
+         {value} AS v, row_number() OVER (PARTITION BY date_trunc('minute', start_time), caller_operation, \
+         callee_operation, connection ORDER BY {value} DESC, trace_id, start_time) AS rank \
+         FROM edges WHERE caller = '{caller}' AND callee = '{callee}' AND {value} IS NOT NULL) \
+         WHERE rank = 1 ORDER BY v DESC, trace_id, start_time LIMIT 8"
+    );
+    let want: Vec<(String, String, i64)> = walk(&walks, &ranked)
+        .await
+        .iter()
+        .flat_map(|batch| {
+            let int = |name: &str| cast(batch.column_by_name(name).unwrap(), &DataType::Int64).unwrap();
+            let (start, duration) = (int("start_time"), int("duration_ns"));
+            let trace = batch.column_by_name("trace").unwrap().as_string::<i32>().clone();
+            (0..batch.num_rows())
+                .map(|r| {
+                    (
+                        trace.value(r).to_owned(),
+                        hopscope_schemas::time::format_time(
+                            start.as_primitive::<arrow::datatypes::Int64Type>().value(r),
+                        ),
+                        duration.as_primitive::<arrow::datatypes::Int64Type>().value(r),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(want.len() > 1, "{want:?}");
+    let query = hopscope_query::LatencyQuery { target: target.clone(), range: aligned, step_ns: minute, exact: false };
+    let listed = reads_derived.slowest(query, 8).await.unwrap();
+    assert!(listed.per_minute, "read from call_rollup");
+    let got: Vec<(String, String, i64)> =
+        listed.calls.iter().map(|c| (c.trace_id.clone(), c.start_time.clone(), c.duration_ns)).collect();
+    assert_eq!(got, want, "{hop}");
 
     // Per-trace findings: the stored `finding_rollup` rows, corrected for the split traces (each
     // part of the one sent in two flushes found its own N+1), are the rollup of the walked

@@ -75,6 +75,9 @@ fn tail_view(params: &PageParams, view: &LatencyView, range: TimeRange, target: 
     }
 }
 
+/// What a hop page's slowest list measures.
+const CALL: &str = "the call";
+
 /// The traces of the slowest calls, each once (at its slowest call); `measured`: what the duration
 /// column is (the service's span, the hop's call), which a trace's own duration may exceed.
 fn slowest_table(params: &PageParams, slowest: &SlowestCalls, measured: &str) -> Markup {
@@ -84,7 +87,13 @@ fn slowest_table(params: &PageParams, slowest: &SlowestCalls, measured: &str) ->
         h2 { "Slowest traces" }
         @if calls.is_empty() { p { "None in " (params.window.describe()) "." } }
         @else {
-            @if slowest.per_minute { p.note { "The slowest span of each minute and operation, slowest first (over whole minutes)." } }
+            @if slowest.per_minute {
+                p.note {
+                    @if measured == CALL { "The slowest call of each minute and pair of operations" }
+                    @else { "The slowest span of each minute and operation" }
+                    ", slowest first (over whole minutes)."
+                }
+            }
             p.note { "Each trace once, at its slowest; the duration is " (measured) ", not the whole trace's." }
             table.slowest {
                 thead { tr { th { "trace" } th { "started" } th.num { "duration of " (measured) } } }
@@ -294,7 +303,7 @@ pub(crate) async fn hop_page(
             }
             h2 { "Latency of the calls (client side where known)" }
             (tail_view(&params, &view, range, &keep))
-            (slowest_table(&params, &slowest, "the call"))
+            (slowest_table(&params, &slowest, CALL))
         }
     };
     Ok(Frame { title: &title, path: paths::HOP, window: &params.window, keep }.render(body))

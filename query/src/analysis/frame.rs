@@ -133,6 +133,11 @@ impl Results<'_> {
         Ok(self.cast(name, &DataType::Int64)?.as_primitive().clone())
     }
 
+    /// A `Decimal128(38, 0)` column: 128-bit integers.
+    pub(crate) fn wide_ints(&self, name: &str) -> Result<datafusion::arrow::array::Decimal128Array, QueryError> {
+        Ok(self.cast(name, &DataType::Decimal128(38, 0))?.as_primitive().clone())
+    }
+
     /// The latency sketch (see `hopscope_schemas::sketch`) in the binary column `name`; `None` when
     /// null.
     pub(crate) fn sketch(&self, name: &str, row: usize) -> Result<Option<LatencySketch>, QueryError> {

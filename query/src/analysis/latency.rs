@@ -4,10 +4,12 @@
 //!
 //! Per-hop percentiles come from the per-minute latency sketches of `hop_rollup` (within
 //! [`sketch::RELATIVE_ERROR`] of the values they interpolate between), or, when asked, from every
-//! call. A service's latency view in steps of whole minutes comes from `operation_rollup` (counts
-//! and means exact, deviations merged from per-row moments, percentiles from sketches); a hop's, a
-//! finer one or one asked `exact=true` is exact: `percentile_cont` over every value of the group,
-//! interpolating linearly between the two nearest values.
+//! call. A latency view in steps of whole minutes comes from the per-minute rollups: a service's
+//! from `operation_rollup` (counts and means exact, deviations merged from per-row moments), a
+//! hop's from `call_rollup` (counts, means and deviations exact, from per-row sums of the values
+//! and of their squares), percentiles from sketches; a finer one or one asked `exact=true` is
+//! exact: `percentile_cont` over every value of the group, interpolating linearly between the two
+//! nearest values.
 
 use std::collections::BTreeMap;
 
@@ -23,7 +25,7 @@ use hopscope_schemas::api::{
     EdgeView, EdgesView, HeatmapCell, HistogramBucket, LatencyPoint, LatencyView, PercentileAccuracy, Percentiles,
     Predictability, SlowCallView, SlowestCalls,
 };
-use hopscope_schemas::columns::{self as c, edge, hop_rollup as hr, operation_rollup as or};
+use hopscope_schemas::columns::{self as c, call_rollup as cr, edge, hop_rollup as hr, operation_rollup as or};
 use hopscope_schemas::sketch;
 use hopscope_schemas::spans::kind;
 
@@ -40,8 +42,8 @@ use super::frame::{
 };
 use crate::QueryError;
 use crate::tables::{
-    EDGES as EDGES_TABLE, HOP_ROLLUP as HOP_ROLLUP_TABLE, OPERATION_ROLLUP as OPERATION_ROLLUP_TABLE,
-    SPANS as SPANS_TABLE,
+    CALL_ROLLUP as CALL_ROLLUP_TABLE, EDGES as EDGES_TABLE, HOP_ROLLUP as HOP_ROLLUP_TABLE,
+    OPERATION_ROLLUP as OPERATION_ROLLUP_TABLE, SPANS as SPANS_TABLE,
 };
 
 /// What `GET /api/v1/edges` asks.
@@ -293,6 +295,13 @@ pub(crate) async fn slowest(
             .await?;
         return Ok(SlowestCalls { calls: slow_calls(&batches)?, per_minute: true });
     }
+    // (A few more candidates than asked, for those `confirmed_calls` drops.)
+    if let Some(rows) = rolled_up_hop(ctx, query).await?
+        && let Some(candidates) = rows.slowest(limit.saturating_add(8))?
+    {
+        let calls = confirmed_calls(ctx, &query.target, rows.range, candidates).await?;
+        return Ok(SlowestCalls { calls: calls.into_iter().take(limit).collect(), per_minute: true });
+    }
     let batches = latency_values(ctx, &query.target, query.range)
         .await?
         .sort(sorted.to_vec())?
@@ -330,9 +339,168 @@ pub(crate) fn slow_calls(batches: &[RecordBatch]) -> Result<Vec<SlowCallView>, Q
 /// rolled up from their spans: reading the spans is then cheaper, and exact), from every value of
 /// the asked range.
 pub(crate) async fn latency(ctx: &SessionContext, query: &LatencyQuery) -> Result<LatencyView, QueryError> {
-    match rolled_up_service(ctx, query).await? {
-        Some((service, operation, minutes)) => rolled_up_latency(ctx, service, operation, minutes, query.step_ns).await,
-        None => exact_latency(ctx, query).await,
+    if let Some((service, operation, minutes)) = rolled_up_service(ctx, query).await? {
+        return rolled_up_latency(ctx, service, operation, minutes, query.step_ns).await;
+    }
+    if let Some(rows) = rolled_up_hop(ctx, query).await?
+        && let Some(view) = rows.latency(query.step_ns)?
+    {
+        return Ok(view);
+    }
+    exact_latency(ctx, query).await
+}
+
+/// A hop's `call_rollup` rows over the asked range widened to whole minutes, when `query` is a
+/// hop's, not asked `exact`, in steps of whole minutes, over a range whose span files all have
+/// stored `call_rollup` rows.
+async fn rolled_up_hop(ctx: &SessionContext, query: &LatencyQuery) -> Result<Option<HopRows>, QueryError> {
+    use hopscope_derive::rollup::MINUTE_NS;
+    let LatencyTarget::Hop { caller, callee, operation } = &query.target else { return Ok(None) };
+    let minutes = whole_minutes(query.range);
+    if query.exact || query.step_ns % MINUTE_NS != 0 || rollup_computed(ctx, CALL_ROLLUP_TABLE, minutes).await? {
+        return Ok(None);
+    }
+    let mut condition = in_range(cr::MINUTE, minutes)
+        .and(col(edge::CALLER).eq(lit(caller.as_str())))
+        .and(col(edge::CALLEE).eq(lit(callee.as_str())));
+    if let Some(operation) = operation {
+        condition = condition.and(col(edge::CALLEE_OPERATION).eq(lit(operation.as_str())));
+    }
+    // One row per minute and call variant (callers' and callees' operations): few, merged here.
+    let batches = ctx
+        .table(CALL_ROLLUP_TABLE)
+        .await?
+        .filter(condition)?
+        .select(vec![
+            col(cr::MINUTE),
+            col(edge::CALLER_OPERATION),
+            col(edge::CALLEE_OPERATION),
+            col(edge::CONNECTION),
+            col(cr::CALLS),
+            col(cr::CALL_SKETCH),
+            col(cr::CALL_SUM_NS),
+            col(cr::CALL_SUM_SQUARES),
+            col(cr::SLOWEST_NS),
+            col(cr::SLOWEST_TRACE_ID).alias(c::TRACE_ID),
+            col(cr::SLOWEST_START_TIME),
+        ])?
+        .collect()
+        .await?;
+    Ok(Some(HopRows { batches, range: minutes }))
+}
+
+/// The `candidates` (slowest first) that are calls of the hop `target` in `edges` as they stand:
+/// a row's evidence is not taken away with its calls, so the slowest call of a trace split across
+/// span files, as one file saw it (perhaps a call to an uninstrumented peer whose server span was
+/// in the other file), is dropped here. One read of `edges` for the candidates' traces.
+async fn confirmed_calls(
+    ctx: &SessionContext,
+    target: &LatencyTarget,
+    range: TimeRange,
+    candidates: Vec<Evidence>,
+) -> Result<Vec<SlowCallView>, QueryError> {
+    if candidates.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: std::collections::BTreeSet<[u8; 16]> = candidates.iter().map(|(_, id, _)| *id).collect();
+    let ids: Vec<hopscope_schemas::TraceId> = ids.into_iter().map(hopscope_schemas::TraceId).collect();
+    let batches = latency_values(ctx, target, range).await?.filter(super::frame::trace_id_in(&ids))?.collect().await?;
+    let mut calls = std::collections::HashSet::new();
+    for batch in &batches {
+        let r = Results(batch);
+        let (ids, start, value) = (r.trace_ids()?, r.ints(c::START_TIME)?, r.ints("value")?);
+        for row in (0..batch.num_rows()).filter(|&row| value.is_valid(row)) {
+            calls.insert((value.value(row), ids.value(row).to_vec(), start.value(row)));
+        }
+    }
+    Ok(candidates
+        .into_iter()
+        .filter(|(ns, id, start)| calls.contains(&(*ns, id.to_vec(), *start)))
+        .map(|(ns, id, start)| SlowCallView {
+            trace_id: hex::encode(id),
+            start_time: format_time(start),
+            duration_ns: ns,
+        })
+        .collect())
+}
+
+/// A call a rollup row names as its slowest: its value, trace id and start.
+type Evidence = (i64, [u8; 16], i64);
+
+/// A hop's `call_rollup` rows (see [`rolled_up_hop`]).
+struct HopRows {
+    batches: Vec<RecordBatch>,
+    /// The asked range widened to whole minutes.
+    range: TimeRange,
+}
+
+impl HopRows {
+    /// The latency view from the rows; `None` when a row lacks its sums (its span file was derived
+    /// before `hopscope_derive::stored::CALL_MOMENTS_SINCE`, until maintenance derives it again).
+    fn latency(&self, step_ns: i64) -> Result<Option<LatencyView>, QueryError> {
+        let mut rows = Vec::new();
+        for batch in &self.batches {
+            let r = Results(batch);
+            let (minute, calls, sums) = (r.ints(cr::MINUTE)?, r.ints(cr::CALLS)?, r.ints(cr::CALL_SUM_NS)?);
+            let squares = r.wide_ints(cr::CALL_SUM_SQUARES)?;
+            for row in 0..batch.num_rows() {
+                if sums.is_null(row) || squares.is_null(row) {
+                    return Ok(None);
+                }
+                rows.push(Counted {
+                    minute: minute.value(row),
+                    count: calls.value(row),
+                    sum_ns: sums.value(row),
+                    spread: Spread::Squares(squares.value(row)),
+                    sketch: r.sketch(cr::CALL_SKETCH, row)?,
+                });
+            }
+        }
+        Ok(Some(rolled_up_view(rows, self.range, step_ns)))
+    }
+
+    /// The slowest call of each minute and call variant (the callers' and callees' operations and
+    /// the connection), from the rows' evidence: slowest first, then by trace and start, as the
+    /// exact list ranks them; at most `limit`. `None` when a row lacks its slowest call's start
+    /// (derived before `CALL_MOMENTS_SINCE`).
+    fn slowest(&self, limit: usize) -> Result<Option<Vec<Evidence>>, QueryError> {
+        type Variant = (i64, Option<String>, Option<String>, String);
+        let mut slowest: std::collections::HashMap<Variant, Evidence> = std::collections::HashMap::new();
+        let rank = |e: &Evidence| (std::cmp::Reverse(e.0), e.1, e.2);
+        for batch in &self.batches {
+            let r = Results(batch);
+            let (value, start, ids) = (r.ints(cr::SLOWEST_NS)?, r.ints(cr::SLOWEST_START_TIME)?, r.trace_ids()?);
+            let minute = r.ints(cr::MINUTE)?;
+            let (callers, callees) = (r.strings(edge::CALLER_OPERATION)?, r.strings(edge::CALLEE_OPERATION)?);
+            let connections = r.strings(edge::CONNECTION)?;
+            let text = |a: &datafusion::arrow::array::StringArray, row: usize| {
+                a.is_valid(row).then(|| a.value(row).to_owned())
+            };
+            for row in 0..batch.num_rows() {
+                if value.is_null(row) {
+                    // A row that only takes calls away.
+                    continue;
+                }
+                if start.is_null(row) || ids.is_null(row) {
+                    return Ok(None);
+                }
+                let id: [u8; 16] =
+                    ids.value(row).try_into().map_err(|_| QueryError::Corrupt("a trace id not of 16 bytes".into()))?;
+                let call = (value.value(row), id, start.value(row));
+                let variant =
+                    (minute.value(row), text(&callers, row), text(&callees, row), connections.value(row).to_owned());
+                let best = slowest.entry(variant).or_insert(call);
+                if rank(&call) < rank(best) {
+                    *best = call;
+                }
+            }
+        }
+        let mut calls: Vec<Evidence> = slowest.into_values().collect();
+        calls.sort_by_key(rank);
+        // (A call is the slowest of one variant only.)
+        calls.dedup();
+        calls.truncate(limit);
+        Ok(Some(calls))
     }
 }
 
@@ -433,7 +601,7 @@ async fn rolled_up_latency(
 ) -> Result<LatencyView, QueryError> {
     let condition = operation_rows(service, operation, range);
     // One row per minute and operation variant: few enough to merge here, where moments merge
-    // pairwise (a sum of squares would lose the deviation of nearly constant durations).
+    // pairwise (a sum of squares in floats would lose the deviation of nearly constant durations).
     let batches = ctx
         .table(OPERATION_ROLLUP_TABLE)
         .await?
@@ -441,33 +609,128 @@ async fn rolled_up_latency(
         .select_columns(&[or::MINUTE, or::SPANS, or::DURATION_SUM_NS, or::DURATION_M2, or::DURATION_SKETCH])?
         .collect()
         .await?;
-    /// One step's spans: their count, the sum of their durations, moments and sketch.
-    #[derive(Default)]
-    struct Step {
-        spans: i64,
-        sum_ns: i128,
-        moments: Moments,
-        sketch: LatencySketch,
-    }
-    let mut steps: BTreeMap<i64, Step> = BTreeMap::new();
+    let mut rows = Vec::new();
     for batch in &batches {
         let r = Results(batch);
         let (minute, spans, sums, m2) =
             (r.ints(or::MINUTE)?, r.ints(or::SPANS)?, r.ints(or::DURATION_SUM_NS)?, r.floats(or::DURATION_M2)?);
         for row in 0..batch.num_rows() {
-            let (n, sum) = (spans.value(row), sums.value(row));
-            if n <= 0 {
-                continue;
+            rows.push(Counted {
+                minute: minute.value(row),
+                count: spans.value(row),
+                sum_ns: sums.value(row),
+                spread: Spread::M2(m2.value(row)),
+                sketch: r.sketch(or::DURATION_SKETCH, row)?,
+            });
+        }
+    }
+    Ok(rolled_up_view(rows, range, step_ns))
+}
+
+/// A rollup row as the latency view merges it.
+struct Counted {
+    minute: i64,
+    /// The spans or calls counted (with a weight: -1 takes them away).
+    count: i64,
+    /// The sum of the values.
+    sum_ns: i64,
+    spread: Spread,
+    sketch: Option<LatencySketch>,
+}
+
+/// How a rollup row keeps its values' spread.
+enum Spread {
+    /// `operation_rollup`: the sum of squared differences from the row's mean, over `count`
+    /// values (never taken away).
+    M2(f64),
+    /// `call_rollup`: the exact sum of the values' squares, over the values its sketch counts
+    /// (added and taken away, so rows merge in any order).
+    Squares(i128),
+}
+
+/// One step's values: their count, sum and spread, and sketch.
+#[derive(Default)]
+struct Step {
+    count: i64,
+    /// The values the sum and spread are over (the sketch's count for `Spread::Squares`).
+    values: i64,
+    sum_ns: i128,
+    moments: Moments,
+    squares: i128,
+    sketch: LatencySketch,
+}
+
+impl Step {
+    fn add(&mut self, row: &Counted) {
+        self.count += row.count;
+        self.sum_ns += i128::from(row.sum_ns);
+        match row.spread {
+            Spread::M2(m2) => {
+                if row.count > 0 {
+                    self.values += row.count;
+                    self.moments.merge(&Moments::of(row.count, row.sum_ns as f64 / row.count as f64, m2));
+                }
             }
-            let at = range.start_ns + (minute.value(row) - range.start_ns).div_euclid(step_ns) * step_ns;
-            let step = steps.entry(at).or_default();
-            step.spans += n;
-            step.sum_ns += i128::from(sum);
-            step.moments.merge(&Moments::of(n, sum as f64 / n as f64, m2.value(row)));
-            if let Some(sketch) = r.sketch(or::DURATION_SKETCH, row)? {
-                step.sketch.merge(&sketch);
+            Spread::Squares(squares) => {
+                self.values += row.sketch.as_ref().map_or(0, LatencySketch::count);
+                self.squares = self.squares.saturating_add(squares);
             }
         }
+        if let Some(sketch) = &row.sketch {
+            self.sketch.merge(sketch);
+        }
+    }
+
+    fn merge(&mut self, other: &Step) {
+        self.count += other.count;
+        self.values += other.values;
+        self.sum_ns += other.sum_ns;
+        self.moments.merge(&other.moments);
+        self.squares = self.squares.saturating_add(other.squares);
+        self.sketch.merge(&other.sketch);
+    }
+
+    /// The mean and the population standard deviation of the values (`None` without values).
+    fn mean_and_deviation(&self, squares: bool) -> Option<(f64, f64)> {
+        if self.values <= 0 {
+            return None;
+        }
+        // The mean from the exact sum (the moments' running mean rounds).
+        let mean = self.sum_ns as f64 / self.values as f64;
+        let deviation =
+            if squares { deviation_of_sums(self.values, self.sum_ns, self.squares) } else { self.moments.stddev()? };
+        Some((mean, deviation))
+    }
+}
+
+/// The population standard deviation of `n` values from their exact sum and sum of squares:
+/// `Σ(x - c)²` about the integer `c` nearest below the mean is exact in integers, and the mean's
+/// fraction (under 1 ns) is taken away in floats, so nearly constant values keep their spread.
+fn deviation_of_sums(n: i64, sum: i128, squares: i128) -> f64 {
+    let count = i128::from(n);
+    let c = sum.div_euclid(count);
+    let about_c =
+        c.checked_mul(sum).and_then(|cs| cs.checked_mul(2)).and_then(|twice| squares.checked_sub(twice)).and_then(
+            |rest| c.checked_mul(c).and_then(|cc| cc.checked_mul(count)).and_then(|ncc| rest.checked_add(ncc)),
+        );
+    let m2 = match about_c {
+        Some(about_c) => {
+            let fraction = (sum - c * count) as f64;
+            about_c as f64 - fraction * fraction / n as f64
+        }
+        // Beyond 128 bits (sums of over ~10^19 ns²·calls): in floats.
+        None => squares as f64 - (sum as f64) * (sum as f64) / n as f64,
+    };
+    (m2.max(0.0) / n as f64).sqrt()
+}
+
+/// The latency view of rollup `rows` over `range` (whole minutes) in steps of `step_ns`.
+fn rolled_up_view(rows: Vec<Counted>, range: TimeRange, step_ns: i64) -> LatencyView {
+    let squares = rows.iter().any(|r| matches!(r.spread, Spread::Squares(_)));
+    let mut steps: BTreeMap<i64, Step> = BTreeMap::new();
+    for row in &rows {
+        let at = range.start_ns + (row.minute - range.start_ns).div_euclid(step_ns) * step_ns;
+        steps.entry(at).or_default().add(row);
     }
     let (mut series, mut heatmap) = (Vec::new(), Vec::new());
     let mut histogram: BTreeMap<i32, u64> = BTreeMap::new();
@@ -475,28 +738,24 @@ async fn rolled_up_latency(
     for (at, step) in &steps {
         let time = format_time(*at);
         if let Some(percentiles) = sketch_percentiles(&step.sketch) {
-            series.push(LatencyPoint { time: time.clone(), count: step.spans as u64, percentiles });
+            series.push(LatencyPoint { time: time.clone(), count: step.count.max(0) as u64, percentiles });
         }
         let mut cells: BTreeMap<i32, u64> = BTreeMap::new();
-        for (value, spans) in step.sketch.buckets() {
-            *cells.entry(latency_bucket(value.round() as i64)).or_default() += spans as u64;
+        for (value, count) in step.sketch.buckets() {
+            *cells.entry(latency_bucket(value.round() as i64)).or_default() += count.max(0) as u64;
         }
-        for (bucket, spans) in cells {
-            *histogram.entry(bucket).or_default() += spans;
-            heatmap.push(HeatmapCell { time: time.clone(), bucket, count: spans });
+        for (bucket, count) in cells {
+            *histogram.entry(bucket).or_default() += count;
+            heatmap.push(HeatmapCell { time: time.clone(), bucket, count });
         }
-        all.spans += step.spans;
-        all.sum_ns += step.sum_ns;
-        all.moments.merge(&step.moments);
-        all.sketch.merge(&step.sketch);
+        all.merge(step);
     }
-    // The mean from the exact sum (the moments' running mean rounds).
     let figures = sketch_percentiles(&all.sketch)
-        .zip(all.moments.stddev())
-        .map(|(percentiles, stddev)| (percentiles, all.sum_ns as f64 / all.spans as f64, stddev));
-    let summary = summary(all.spans as u64, figures);
+        .zip(all.mean_and_deviation(squares))
+        .map(|(percentiles, (mean, stddev))| (percentiles, mean, stddev));
+    let summary = summary(all.count.max(0) as u64, figures);
     let histogram = histogram_buckets(histogram);
-    Ok(LatencyView {
+    LatencyView {
         start: format_time(range.start_ns),
         end: format_time(range.end_ns),
         step_ns,
@@ -505,7 +764,7 @@ async fn rolled_up_latency(
         histogram,
         heatmap,
         summary,
-    })
+    }
 }
 
 /// One point per time bucket that holds values.
