@@ -283,6 +283,37 @@ def main():
         row.click()
         page.wait_for_selector("#span-details h3")
         out["span_details"] = {"span_id": row.get_attribute("data-span-id"), "heading": page.locator("#span-details h3").inner_text(), "text": page.locator("#span-details").inner_text()}
+        # The overview above the waterfall: a drag across its right half zooms the bars to the
+        # trace's second half; key 0 shows the whole trace again. Each bar as [span id, left,
+        # right] in fractions of its row's bar area, and the area's width in pixels.
+        def bars():
+            return page.eval_on_selector_all(".span-row[data-span-id]", """els => els.map(e => {
+                const area = e.querySelector('.span-bar-area').getBoundingClientRect();
+                const bar = e.querySelector('.span-bar').getBoundingClientRect();
+                return [e.dataset.spanId, (bar.left - area.left) / area.width, (bar.right - area.left) / area.width, area.width];
+            })""")
+
+        def zoom_state():
+            return {
+                "bars": bars(),
+                "label": page.locator(".minimap-note .zoom-range").inner_text(),
+                "whole_button": page.locator(".minimap-note .zoom-whole").is_visible(),
+                "axis": [page.locator(".span-row.head .axis-start").inner_text(), page.locator(".span-row.head .axis-end").inner_text()],
+            }
+
+        overview = page.locator("svg.minimap").bounding_box()
+        whole = zoom_state()
+        middle_y = overview["y"] + overview["height"] / 2
+        page.mouse.move(overview["x"] + overview["width"] * 0.5, middle_y)
+        page.mouse.down()
+        page.mouse.move(overview["x"] + overview["width"] * 0.75, middle_y, steps=4)
+        page.mouse.move(overview["x"] + overview["width"] + 20, middle_y, steps=4)
+        page.mouse.up()
+        zoomed = zoom_state()
+        page.screenshot(path=os.path.join(args.screenshots, "trace_zoomed.png"), full_page=False)
+        page.locator("svg.minimap").focus()
+        page.keyboard.press("0")
+        out["trace_zoom"] = {"whole": whole, "zoomed": zoomed, "reset": zoom_state(), "drawn": page.locator("svg.minimap rect.mm-span").count()}
         # The range picker of a trace page stays on the trace.
         page.select_option("form.range select[name=range]", "6h")
         page.wait_for_url("**range=6h**")

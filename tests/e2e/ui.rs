@@ -640,6 +640,49 @@ async fn every_page_in_a_real_browser() {
         format!("{} · {}", shown["service_name"].as_str().unwrap(), shown["name"].as_str().unwrap())
     );
 
+    // The overview zooms the waterfall: dragged across its right half, each bar lies where its
+    // span's times (from the API) put it in the trace's second half, bars of the first half leave
+    // their area, and key 0 shows the whole trace again.
+    let zoom = &seen["trace_zoom"];
+    let spans = small_trace["spans"].as_array().unwrap();
+    let time = |s: &Value, key: &str| s[key].as_str().unwrap().parse::<i64>().unwrap();
+    let origin = spans.iter().map(|s| time(s, "start_time_unix_nano")).min().unwrap();
+    let total = (spans.iter().map(|s| time(s, "end_time_unix_nano")).max().unwrap() - origin) as f64;
+    let placed = |state: &Value, from: f64, to: f64| -> (usize, usize) {
+        let (mut before, mut within) = (0, 0);
+        let bars = state["bars"].as_array().unwrap();
+        assert_eq!(bars.len(), n1.count, "{state}");
+        for bar in bars {
+            let id = bar[0].as_str().unwrap();
+            let span = spans.iter().find(|s| s["span_id"] == id).unwrap();
+            let at = |key: &str| ((time(span, key) - origin) as f64 / total - from) / (to - from);
+            let (left, right, width) = (bar[1].as_f64().unwrap(), bar[2].as_f64().unwrap(), bar[3].as_f64().unwrap());
+            // A few pixels for the drag's rounding; bars are at least 2 px wide.
+            let (slack, least) = (3.0 / width, 2.0 / width);
+            let (want_left, want_right) = (at("start_time_unix_nano"), at("end_time_unix_nano"));
+            assert!((left - want_left).abs() <= slack, "{id}: left {left} against {want_left} in {from}..{to}");
+            let want_right = want_right.max(want_left + least);
+            assert!((right - want_right).abs() <= slack, "{id}: right {right} against {want_right} in {from}..{to}");
+            if right <= 0.0 {
+                before += 1;
+            } else if left >= -slack {
+                within += 1;
+            }
+        }
+        (before, within)
+    };
+    assert_eq!(placed(&zoom["whole"], 0.0, 1.0), (0, n1.count), "{zoom}");
+    let (before, within) = placed(&zoom["zoomed"], 0.5, 1.0);
+    assert!(before > 0 && within > 0, "spans on both sides of the trace's middle: {before} before, {within} after");
+    assert_eq!(placed(&zoom["reset"], 0.0, 1.0), (0, n1.count), "{zoom}");
+    assert!(zoom["zoomed"]["label"].as_str().unwrap().starts_with("Showing "), "{zoom}");
+    assert_eq!(zoom["zoomed"]["whole_button"], true);
+    assert_ne!(zoom["zoomed"]["axis"][0], "0", "the axis names the stretch shown: {zoom}");
+    for key in ["label", "whole_button", "axis"] {
+        assert_eq!(zoom["reset"][key], zoom["whole"][key], "{key}: {zoom}");
+    }
+    assert!(zoom["drawn"].as_u64().unwrap() > 0, "{zoom}");
+
     // Hostile span data shows as text and never runs.
     let xss_seen = &seen["xss"];
     assert_eq!(xss_seen["fired"], false, "{xss_seen}");

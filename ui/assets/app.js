@@ -218,6 +218,94 @@
     });
   });
 
+  // The trace page's overview: a drag across it (or its keys) zooms the waterfall to a stretch of
+  // time. Only two custom properties of the waterfall change (every bar's position is computed
+  // from them by the stylesheet), so a trace of thousands of rows zooms in one style pass.
+  const overview = document.querySelector("svg.minimap");
+  const fall = document.querySelector(".waterfall[data-total-ns]");
+  if (overview && fall) {
+    const total = Number(fall.dataset.totalNs);
+    const frame = overview.querySelector(".mm-window");
+    const label = document.querySelector(".minimap-note .zoom-range");
+    const wholeButton = document.querySelector(".minimap-note .zoom-whole");
+    const axisStart = fall.querySelector(".span-row.head .axis-start");
+    const axisEnd = fall.querySelector(".span-row.head .axis-end");
+    const initial = [label.textContent, axisStart ? axisStart.textContent : "", axisEnd ? axisEnd.textContent : ""];
+    // As the server writes durations: 850ns, 12.3µs, 4.56ms, 1.20s.
+    const human = function (ns) {
+      if (Math.abs(ns) < 1e3) return ns.toFixed(0) + "ns";
+      const [value, unit] = Math.abs(ns) < 1e6 ? [ns / 1e3, "µs"] : Math.abs(ns) < 1e9 ? [ns / 1e6, "ms"] : [ns / 1e9, "s"];
+      return value.toFixed(Math.abs(value) < 10 ? 2 : Math.abs(value) < 100 ? 1 : 0) + unit;
+    };
+    let shown = [0, 1];
+    // Shows the stretch [from, to] of the trace (fractions of its duration).
+    const zoomTo = function (from, to) {
+      const width = Math.min(1, Math.max(to - from, 0.001));
+      from = Math.min(Math.max(from, 0), 1 - width);
+      shown = [from, from + width];
+      const whole = width >= 1;
+      fall.style.setProperty("--zoom-from", String(from * 100));
+      fall.style.setProperty("--zoom-scale", String(1 / width));
+      frame.setAttribute("x", (from * 1000).toFixed(2));
+      frame.setAttribute("width", (width * 1000).toFixed(2));
+      frame.classList.toggle("whole", whole);
+      wholeButton.hidden = whole;
+      const stretch = human(from * total) + " to " + human((from + width) * total);
+      label.textContent = whole ? initial[0] : "Showing " + stretch + " of " + human(total) + ".";
+      if (axisStart) axisStart.textContent = whole ? initial[1] : human(from * total);
+      if (axisEnd) axisEnd.textContent = whole ? initial[2] : human((from + width) * total);
+      overview.setAttribute("aria-valuenow", String(Math.round(from * 100)));
+      overview.setAttribute("aria-valuetext", whole ? "the whole trace" : stretch);
+    };
+    const fraction = function (event) {
+      const rect = overview.getBoundingClientRect();
+      return Math.min(1, Math.max(0, (event.clientX - rect.left) / Math.max(rect.width, 1)));
+    };
+    let drag = null;
+    overview.addEventListener("pointerdown", function (event) {
+      if (event.button !== 0) return;
+      drag = { from: fraction(event), x: event.clientX, moved: false, id: event.pointerId };
+    });
+    overview.addEventListener("pointermove", function (event) {
+      if (!drag || drag.id !== event.pointerId) return;
+      if (!drag.moved && Math.abs(event.clientX - drag.x) < 4) return;
+      if (!drag.moved) { drag.moved = true; overview.setPointerCapture(event.pointerId); }
+      // The frame follows the pointer; the waterfall zooms once the drag ends.
+      const at = fraction(event);
+      frame.classList.remove("whole");
+      frame.setAttribute("x", (Math.min(at, drag.from) * 1000).toFixed(2));
+      frame.setAttribute("width", (Math.abs(at - drag.from) * 1000).toFixed(2));
+    });
+    overview.addEventListener("pointerup", function (event) {
+      if (!drag || drag.id !== event.pointerId) return;
+      const at = fraction(event), started = drag;
+      drag = null;
+      if (started.moved) {
+        zoomTo(Math.min(at, started.from), Math.max(at, started.from));
+      } else {
+        // A click moves the shown stretch to centre there.
+        const width = shown[1] - shown[0];
+        if (width < 1) zoomTo(at - width / 2, at + width / 2);
+      }
+    });
+    overview.addEventListener("pointercancel", function () { drag = null; zoomTo(shown[0], shown[1]); });
+    overview.addEventListener("dblclick", function () { zoomTo(0, 1); });
+    wholeButton.addEventListener("click", function () { zoomTo(0, 1); });
+    overview.addEventListener("keydown", function (event) {
+      const width = shown[1] - shown[0], centre = (shown[0] + shown[1]) / 2;
+      const keys = {
+        ArrowLeft: function () { zoomTo(shown[0] - width / 5, shown[1] - width / 5); },
+        ArrowRight: function () { zoomTo(shown[0] + width / 5, shown[1] + width / 5); },
+        "+": function () { zoomTo(centre - width / 3, centre + width / 3); },
+        "=": function () { zoomTo(centre - width / 3, centre + width / 3); },
+        "-": function () { zoomTo(centre - width * 0.75, centre + width * 0.75); },
+        "0": function () { zoomTo(0, 1); },
+        Escape: function () { zoomTo(0, 1); },
+      };
+      if (keys[event.key]) { event.preventDefault(); keys[event.key](); }
+    });
+  }
+
   // On a server that keeps tenants apart, the page's tenant (links carry it in their URL; what
   // the script fetches carries it in the header the API reads).
   const tenant = document.body.dataset.tenant;

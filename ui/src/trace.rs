@@ -31,6 +31,9 @@ use crate::{UiError, UiState, paths};
 pub(crate) const FOLD_ABOVE_SPANS: usize = 250;
 /// How many consecutive siblings of one service and operation make a run worth folding.
 pub(crate) const FOLD_RUN: usize = 5;
+
+/// Lines of the trace's overview above its waterfall, at most (spans share lines beyond it).
+const MINIMAP_LINES: usize = 120;
 /// How many of the spans a find matches are shown where they fold (all of them are marked).
 pub(crate) const FIND_SHOWN: usize = 200;
 
@@ -394,10 +397,74 @@ impl<'a> Waterfall<'a> {
         }
     }
 
+    /// A bar from `start` to `end`, placed by the stylesheet from its offset and length in percent of
+    /// the trace (`--l`, `--w`) and the waterfall's zoom.
     fn bar(&self, start: i64, end: i64, class: &str) -> Markup {
         let left = percent_of(start, self.origin, self.total);
-        let width = (percent_of(end, self.origin, self.total) - left).max(0.15);
-        html! { div class=(class) style=(format!("left:{left:.2}%;width:{width:.2}%")) {} }
+        let width = (percent_of(end, self.origin, self.total) - left).max(0.0);
+        html! { div class=(class) style=(format!("--l:{left:.3};--w:{width:.3}")) {} }
+    }
+
+    /// The whole trace at a glance, every span (folded or not) in waterfall order on one of at
+    /// most [`MINIMAP_LINES`] lines, the critical path over it; a drag across it zooms the
+    /// waterfall to that stretch of time (the page's script). Spans sharing a line are drawn as the
+    /// union of their bars, in thousandths of the trace, so the drawing stays small for any trace.
+    fn minimap(&self) -> Markup {
+        let order: Vec<usize> = self
+            .tree
+            .page_rows(false)
+            .into_iter()
+            .filter_map(|row| match row {
+                Row::Span { index, .. } => Some(index),
+                Row::Fold { .. } => None,
+            })
+            .collect();
+        let lines = order.len().clamp(1, MINIMAP_LINES);
+        let unit = |t: i64| ((percent_of(t, self.origin, self.total) * 10.0).round() as i64).clamp(0, 1000);
+        let mut spans: Vec<Vec<(i64, i64)>> = vec![Vec::new(); lines];
+        let mut path: Vec<Vec<(i64, i64)>> = vec![Vec::new(); lines];
+        for (k, &i) in order.iter().enumerate() {
+            let line = k * lines / order.len();
+            let (start, end) = self.times[i];
+            spans[line].push((unit(start), unit(end)));
+            for &(s, e) in self.sections.get(self.tree.spans[i].span_id.as_str()).into_iter().flatten() {
+                path[line].push((unit(s), unit(e)));
+            }
+        }
+        let merged = |mut bars: Vec<(i64, i64)>| {
+            bars.sort_unstable();
+            let mut out: Vec<(i64, i64)> = Vec::new();
+            for (s, e) in bars {
+                match out.last_mut() {
+                    Some(last) if s <= last.1 + 1 => last.1 = last.1.max(e),
+                    _ => out.push((s, e)),
+                }
+            }
+            out
+        };
+        let drawn = |lists: Vec<Vec<(i64, i64)>>| -> Vec<(usize, i64, i64)> {
+            lists
+                .into_iter()
+                .enumerate()
+                .flat_map(|(line, bars)| merged(bars).into_iter().map(move |(s, e)| (line, s, (e - s).max(1))))
+                .collect()
+        };
+        let (spans, path) = (drawn(spans), drawn(path));
+        html! {
+            div.minimap-box {
+                svg.minimap viewBox=(format!("0 0 1000 {lines}")) preserveAspectRatio="none" tabindex="0" role="slider"
+                    aria-label="the whole trace: drag across it to zoom the waterfall to that time; arrows move, + and − zoom, 0 shows the whole trace"
+                    aria-valuemin="0" aria-valuemax="100" aria-valuenow="0" aria-valuetext="the whole trace" {
+                    @for (line, x, width) in &spans { rect.mm-span x=(x) y=(line) width=(width) height="1" {} }
+                    @for (line, x, width) in &path { rect.mm-path x=(x) y=(line) width=(width) height="1" {} }
+                    rect.mm-window.whole x="0" y="0" width="1000" height=(lines) {}
+                }
+                p.minimap-note {
+                    span.zoom-range { "Whole trace shown. Drag across the overview to zoom the waterfall to a stretch of time." }
+                    " " button.zoom-whole type="button" hidden { "Show the whole trace" }
+                }
+            }
+        }
     }
 
     fn rows(&self, rows: &[Row]) -> Markup {
@@ -505,7 +572,7 @@ impl<'a> Waterfall<'a> {
 
     fn table(&self, rows: &[Row]) -> Markup {
         html! {
-            div.waterfall role="table" aria-label="spans of the trace" {
+            div.waterfall role="table" aria-label="spans of the trace" data-total-ns=(self.total) {
                 div.span-row.head role="row" {
                     div.span-name { "service · operation" }
                     div.span-bar-area { span.axis-start { "0" } span.axis-end { (duration(self.total as f64)) } }
@@ -660,6 +727,7 @@ pub(crate) async fn page(
         } @else if !fold && !path_only && spans.len() > FOLD_ABOVE_SPANS {
             p.note.fold-note { "Every span is shown. " a href=(params.link(&own, &[])) { "Fold runs of like calls" } }
         }
+        (waterfall.minimap())
         div.trace-layout {
             (waterfall.table(&rows))
             aside #span-details data-trace-id=(trace.trace_id) hidden {
