@@ -323,7 +323,7 @@ pub fn call_rollup_schema() -> SchemaRef {
 }
 
 /// The type of `call_rollup`'s sum of squares: an `i128` in 38 digits (10^12 calls of an hour,
-/// 3.6 × 10^12 ns, fit), saturating beyond [`SUM_SQUARES_MAX`].
+/// 3.6 × 10^12 ns, fit); a row whose sums pass [`SUM_SQUARES_MAX`] or `i64::MAX` has them null.
 pub const SUM_SQUARES_TYPE: DataType = DataType::Decimal128(38, 0);
 
 /// The largest sum of squares `call_rollup` holds: 38 nines.
@@ -346,9 +346,11 @@ struct CallCounts {
     calls: i64,
     errors: i64,
     call: LatencySketch,
-    /// The sum of the values `call` counts, and of their squares, each with its weight.
+    /// The sum of the values `call` counts, and of their squares, each with its weight; written as
+    /// null once either `overflowed` (readers then read the calls themselves).
     sum_ns: i64,
     sum_squares: i128,
+    overflowed: bool,
     /// The slowest call counted with a positive weight: (value, trace id, start), the greatest
     /// value, then the lowest trace id and the earliest start, so that any cut of the calls into
     /// rows agrees.
@@ -422,9 +424,17 @@ impl CallRollup {
             if call.is_valid(row) {
                 let ns = call.value(row);
                 counts.call.add(ns, weight);
-                counts.sum_ns = counts.sum_ns.saturating_add(ns.saturating_mul(weight));
                 let square = i128::from(ns) * i128::from(ns);
-                counts.sum_squares = counts.sum_squares.saturating_add(square.saturating_mul(i128::from(weight)));
+                let sums = ns
+                    .checked_mul(weight)
+                    .and_then(|v| counts.sum_ns.checked_add(v))
+                    .zip(square.checked_mul(i128::from(weight)).and_then(|v| counts.sum_squares.checked_add(v)));
+                match sums {
+                    Some((sum, squares)) if squares.abs() <= SUM_SQUARES_MAX => {
+                        (counts.sum_ns, counts.sum_squares) = (sum, squares);
+                    }
+                    _ => counts.overflowed = true,
+                }
                 if weight > 0 {
                     let trace: [u8; 16] = trace_ids.value(row).try_into().map_err(|_| {
                         DeriveError::Invalid(format!("a trace id of {} bytes", trace_ids.value_length()))
@@ -449,6 +459,7 @@ impl CallRollup {
                 || !n.call.is_empty()
                 || n.sum_ns != 0
                 || n.sum_squares != 0
+                || n.overflowed
                 || n.slowest.is_some()
         });
         if rows.is_empty() {
@@ -472,8 +483,13 @@ impl CallRollup {
             calls.append_value(counts.calls);
             errors.append_value(counts.errors);
             sketch.append_option((!counts.call.is_empty()).then(|| counts.call.encode()));
-            sum_ns.append_value(counts.sum_ns);
-            sum_squares.append_value(counts.sum_squares.clamp(-SUM_SQUARES_MAX, SUM_SQUARES_MAX));
+            if counts.overflowed {
+                sum_ns.append_null();
+                sum_squares.append_null();
+            } else {
+                sum_ns.append_value(counts.sum_ns);
+                sum_squares.append_value(counts.sum_squares);
+            }
             match counts.slowest {
                 Some((ns, trace, start)) => {
                     slowest_ns.append_value(ns);

@@ -222,7 +222,7 @@ pub mod call_rollup {
     /// 128-bit integer as `Decimal128(38, 0)`): exact, so rows add and take away in any order,
     /// and with the values counted (the sketch's count) they give the calls' exact mean and
     /// spread. Null in the rows of span files derived before derivation 7
-    /// (`hopscope_derive::stored::CALL_MOMENTS_SINCE`).
+    /// (`hopscope_derive::stored::CALL_MOMENTS_SINCE`), and in a row whose sums would overflow.
     pub const CALL_SUM_NS: &str = "call_sum_ns";
     pub const CALL_SUM_SQUARES: &str = "call_sum_squares";
     /// Evidence: the slowest call the row counted (as `call_sketch` does; the lowest trace id,

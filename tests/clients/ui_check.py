@@ -69,6 +69,20 @@ def main():
                     "#service-graph g.node .shape",
                     "els => els.map(s => { const r = s.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; })",
                 ),
+                # Where calls end (in the drawing's units), whether with an arrowhead, the trunks
+                # that bundle calls into one node, and where the nodes are.
+                "edge_ends": page.eval_on_selector_all(
+                    "#service-graph g.edge path.edge-line",
+                    "els => els.map(p => { const g = p.closest('g.edge'), b = p.getPointAtLength(p.getTotalLength()); return {caller: g.dataset.caller, callee: g.dataset.callee, to: [b.x, b.y], arrow: p.hasAttribute('marker-end')}; })",
+                ),
+                "trunks": page.eval_on_selector_all(
+                    "#service-graph path.trunk",
+                    "els => els.map(p => { const a = p.getPointAtLength(0), b = p.getPointAtLength(p.getTotalLength()); return {callee: p.dataset.callee, from: [a.x, a.y], to: [b.x, b.y], arrow: p.hasAttribute('marker-end')}; })",
+                ),
+                "node_at": page.eval_on_selector_all(
+                    "#service-graph g.node",
+                    "els => els.map(e => { const m = e.transform.baseVal.consolidate().matrix; return [e.dataset.name, m.e, m.f]; })",
+                ),
                 # Where the drawing is on the screen: all of it is in the window.
                 "box": page.eval_on_selector("#service-graph", "e => { const r = e.getBoundingClientRect(); return {right: r.right, bottom: r.bottom, width: r.width, height: r.height, window_width: window.innerWidth, window_height: window.innerHeight}; }"),
             }
@@ -96,6 +110,19 @@ def main():
         visit("graph_all", base + "/ui/graph?focus=all")
         whole = drawn()
         out["graph_nodes"], out["graph_edges"], out["graph_box"] = whole["nodes"], whole["edges"], whole["box"]
+        out["graph_ends"] = {key: whole[key] for key in ["edge_ends", "trunks", "node_at"]}
+        # The keyboard passes the graph's links: the skip link comes before them, shows when
+        # focused, and after it the next Tab lands in the tables below the graph.
+        skip = page.locator("a.skip-link")
+        skip.focus()
+        out["graph_skip"] = {
+            "before_graph": page.evaluate("() => !!(document.querySelector('a.skip-link').compareDocumentPosition(document.querySelector('#service-graph a')) & Node.DOCUMENT_POSITION_FOLLOWING)"),
+            "visible": skip.is_visible(),
+            "text": skip.inner_text(),
+        }
+        page.keyboard.press("Enter")
+        page.keyboard.press("Tab")
+        out["graph_skip"]["next_focus"] = page.evaluate("() => { const t = document.activeElement.closest('table'); return t ? t.className : document.activeElement.outerHTML.slice(0, 80); }")
         out["shared_table"] = page.eval_on_selector_all("table.shared-resources tbody tr td:first-child", "els => els.map(e => e.textContent)")
         out["graph_xss_fired"] = xss_fired()
         fitted = view_box()

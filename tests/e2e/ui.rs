@@ -204,6 +204,45 @@ fn python() -> String {
         .unwrap_or_else(|_| workspace_root().join(".venv/bin/python").to_string_lossy().into_owned())
 }
 
+/// Checks the calls drawn in `view` (`edge_ends`, `trunks`, `node_at` of ui_check.py's `drawn`)
+/// against the bundling rule, and counts the bundled callees.
+fn bundles(view: &Value) -> usize {
+    const NODE_HALF_HEIGHT: f64 = 17.0;
+    let at: BTreeMap<&str, (f64, f64)> = view["node_at"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n[0].as_str().unwrap(), (n[1].as_f64().unwrap(), n[2].as_f64().unwrap())))
+        .collect();
+    let point = |v: &Value| (v[0].as_f64().unwrap(), v[1].as_f64().unwrap());
+    let near = |a: (f64, f64), b: (f64, f64)| (a.0 - b.0).abs() < 1.0 && (a.1 - b.1).abs() < 1.0;
+    let (ends, trunks) = (view["edge_ends"].as_array().unwrap(), view["trunks"].as_array().unwrap());
+    let mut bundled = 0;
+    for (&callee, &(x, y)) in &at {
+        let entry = (x, y + NODE_HALF_HEIGHT);
+        let from_left: Vec<&Value> =
+            ends.iter().filter(|e| e["callee"] == callee && at[e["caller"].as_str().unwrap()].0 < x).collect();
+        let trunk: Vec<&Value> = trunks.iter().filter(|t| t["callee"] == callee).collect();
+        if from_left.len() >= 2 {
+            assert_eq!(trunk.len(), 1, "{callee}: one trunk for {} calls", from_left.len());
+            assert!(trunk[0]["arrow"] == true && near(point(&trunk[0]["to"]), entry), "{callee}: {trunk:?}");
+            for call in &from_left {
+                assert!(
+                    call["arrow"] == false && near(point(&call["to"]), point(&trunk[0]["from"])),
+                    "{callee}: {call}"
+                );
+            }
+            bundled += 1;
+        } else {
+            assert!(trunk.is_empty(), "{callee}: {trunk:?}");
+            for call in &from_left {
+                assert!(call["arrow"] == true && near(point(&call["to"]), entry), "{callee}: {call}");
+            }
+        }
+    }
+    bundled
+}
+
 /// The entry point a big graph opens on, by the rule the page states: of the nodes no edge
 /// leads to (self-calls aside), the one whose edges carry the most calls; the first by name on a tie.
 fn busiest_entry(deps: &Value) -> String {
@@ -448,6 +487,16 @@ async fn every_page_in_a_real_browser() {
         assert!(boxes(&default["node_boxes"]).iter().all(|n| !overlap(a, n)), "a label covers a node: {a:?}");
     }
     assert_eq!(seen["hidden_label_on_focus"], true, "a hidden label shows on focus");
+    // Calls into a node from callers in earlier columns: two or more join one trunk, whose one
+    // arrowhead enters the node (a shared database shows one, not a pile); a lone one keeps its own.
+    let (default_bundles, all_bundles) = (bundles(default), bundles(&seen["graph_ends"]));
+    assert!(default_bundles > 0 && all_bundles > default_bundles, "{default_bundles} and {all_bundles} bundles");
+    let skip = &seen["graph_skip"];
+    assert_eq!((&skip["before_graph"], &skip["visible"]), (&json!(true), &json!(true)), "{skip}");
+    assert_eq!(
+        skip["next_focus"], "shared-resources",
+        "Enter on the skip link, then Tab: the first table's link; {skip}"
+    );
     // The search: svc-010 with its caller and its two callees.
     let searched = &seen["searched_graph"];
     assert!(searched["url"].as_str().unwrap().contains("focus=svc-010"), "{searched}");

@@ -265,11 +265,13 @@
     overview.addEventListener("pointerdown", function (event) {
       if (event.button !== 0) return;
       drag = { from: fraction(event), x: event.clientX, moved: false, id: event.pointerId };
+      // (At once: a drag that leaves the overview's few pixels of height still ends on it.)
+      overview.setPointerCapture(event.pointerId);
     });
     overview.addEventListener("pointermove", function (event) {
       if (!drag || drag.id !== event.pointerId) return;
       if (!drag.moved && Math.abs(event.clientX - drag.x) < 4) return;
-      if (!drag.moved) { drag.moved = true; overview.setPointerCapture(event.pointerId); }
+      drag.moved = true;
       // The frame follows the pointer; the waterfall zooms once the drag ends.
       const at = fraction(event);
       frame.classList.remove("whole");

@@ -150,10 +150,38 @@ fn node_shape(node: &GraphNodeView) -> Markup {
     }
 }
 
-fn edge_path(from: (f64, f64), to: (f64, f64)) -> (String, (f64, f64)) {
+/// How far before a node the calls into it join when several come from columns to its left: they
+/// end there, and one short trunk with one arrowhead enters the node (see [`bundled_callees`]).
+const BUNDLE_LENGTH: f64 = 26.0;
+
+/// The callees that two or more drawn calls from earlier columns reach: their calls are bundled
+/// into a trunk, so a shared database shows one arrowhead, not a pile of them.
+fn bundled_callees<'a>(view: &'a DependenciesView, layout: &Layout) -> HashMap<&'a str, usize> {
+    let mut into: HashMap<&str, usize> = HashMap::new();
+    for edge in &view.edges {
+        if let (Some(from), Some(to)) = (layout.positions.get(&edge.caller), layout.positions.get(&edge.callee))
+            && forward(*from, *to)
+        {
+            *into.entry(edge.callee.as_str()).or_default() += 1;
+        }
+    }
+    into.retain(|_, calls| *calls >= 2);
+    into
+}
+
+/// Whether a call from a node at `from` to one at `to` goes right (else it loops around below).
+fn forward(from: (f64, f64), to: (f64, f64)) -> bool {
+    to.0 > from.0 + NODE_W + BUNDLE_LENGTH
+}
+
+/// The path of a call from the node at `from` to the node at `to`, and its middle; a `bundled` call
+/// ends where its callee's trunk starts, arriving level with it.
+fn edge_path(from: (f64, f64), to: (f64, f64), bundled: bool) -> (String, (f64, f64)) {
     let (sx, sy) = (from.0 + NODE_W, from.1 + NODE_H / 2.0);
-    let (tx, ty) = (to.0, to.1 + NODE_H / 2.0);
-    let (c1, c2) = if tx > sx {
+    let forward = forward(from, to);
+    let tx = if bundled && forward { to.0 - BUNDLE_LENGTH } else { to.0 };
+    let ty = to.1 + NODE_H / 2.0;
+    let (c1, c2) = if forward {
         let bend = (tx - sx) / 2.0;
         ((sx + bend, sy), (tx - bend, ty))
     } else {
@@ -223,13 +251,14 @@ pub(crate) fn render_graph(
 ) -> Markup {
     let shared: HashMap<&str, usize> =
         view.shared_resources.iter().map(|s| (s.name.as_str(), s.services.len())).collect();
+    let bundled = bundled_callees(view, layout);
     // Each edge's label and where it would sit (empty for an edge not drawn).
     let labels: Vec<(String, (f64, f64))> = view
         .edges
         .iter()
         .map(|edge| match (layout.positions.get(&edge.caller), layout.positions.get(&edge.callee)) {
             (Some(&from), Some(&to)) => {
-                let (_, mid) = edge_path(from, to);
+                let (_, mid) = edge_path(from, to, bundled.contains_key(edge.callee.as_str()));
                 (format!("{} · p99 {}", rate(edge.rate_per_s), duration(edge.p99_ns)), (mid.0, mid.1 - 4.0))
             }
             _ => (String::new(), (0.0, 0.0)),
@@ -246,16 +275,24 @@ pub(crate) fn render_graph(
                 }
                 @for (i, edge) in view.edges.iter().enumerate() {
                     @if let (Some(&from), Some(&to)) = (layout.positions.get(&edge.caller), layout.positions.get(&edge.callee)) {
-                        @let (d, _) = edge_path(from, to);
-                        @let width = (1.0 + (edge.calls as f64).log10().max(0.0)).min(6.0);
+                        @let into_trunk = bundled.contains_key(edge.callee.as_str()) && forward(from, to);
+                        @let (d, _) = edge_path(from, to, into_trunk);
+                        @let width = edge_width(edge.calls);
                         @let (label, at) = &labels[i];
                         a href=(params.link(paths::HOP, &[("caller", &edge.caller), ("callee", &edge.callee)])) {
                             g class=(format!("edge {}", edge_class(edge, colouring))) data-caller=(edge.caller) data-callee=(edge.callee) data-connection=(edge.connection) {
                                 title { (edge.caller) " → " (edge.callee) " (" (edge.connection) "): " (edge.calls) " calls, " (edge.errors) " errors, " (label) }
-                                path.edge-line d=(d) stroke-width=(format!("{width:.1}")) marker-end="url(#arrow)" stroke-dasharray=[(edge.connection == "messaging").then_some("6 4")] {}
+                                path.edge-line d=(d) stroke-width=(format!("{width:.1}")) marker-end=[(!into_trunk).then_some("url(#arrow)")] stroke-dasharray=[(edge.connection == "messaging").then_some("6 4")] {}
                                 text class=(if shown[i] { "edge-label" } else { "edge-label on-hover" }) x=(format!("{:.1}", at.0)) y=(format!("{:.1}", at.1)) text-anchor="middle" { (label) }
                             }
                         }
+                    }
+                }
+                // One trunk into each bundled callee, as wide as the busiest call it carries.
+                @for node in &view.nodes {
+                    @if let (Some(&(x, y)), Some(calls)) = (layout.positions.get(&node.name), bundled.get(node.name.as_str())) {
+                        @let busiest = view.edges.iter().filter(|e| e.callee == node.name).map(|e| e.calls).max().unwrap_or(0);
+                        path.trunk data-callee=(node.name) data-calls=(calls) d=(format!("M{:.1},{:.1} L{x:.1},{:.1}", x - BUNDLE_LENGTH, y + NODE_H / 2.0, y + NODE_H / 2.0)) stroke-width=(format!("{:.1}", edge_width(busiest))) marker-end="url(#arrow)" {}
                     }
                 }
                 @for node in &view.nodes {
@@ -275,6 +312,11 @@ pub(crate) fn render_graph(
             }
         }
     }
+}
+
+/// An edge's stroke width: 1 px, and 1 more per tenfold calls, at most 6.
+fn edge_width(calls: u64) -> f64 {
+    (1.0 + (calls as f64).log10().max(0.0)).min(6.0)
 }
 
 fn legend(colouring: Colouring) -> Markup {
@@ -514,7 +556,10 @@ fn render_page(params: &PageParams, graph: &Shown<'_>, layout: &Layout, colourin
         @if let Some(problem) = problem { p.error-message { (problem) } }
         (controls(params, view, scope))
         (legend(colouring))
+        // Every node and edge is a link: a keyboard user can pass them all at once.
+        a.skip-link href="#graph-tables" { "Skip the graph's " (shown.nodes.len() + shown.edges.len()) " links to its tables" }
         (render_graph(params, shown, layout, colouring, match scope { Scope::All => None, Scope::Around { focus, .. } => Some(focus.as_str()) }))
+        div #graph-tables tabindex="-1" {}
         @if !view.shared_resources.is_empty() {
             h2 { "Shared resources" }
             p { "Databases, caches and queues used by several services: they couple services that look independent." }

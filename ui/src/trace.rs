@@ -402,7 +402,7 @@ impl<'a> Waterfall<'a> {
     fn bar(&self, start: i64, end: i64, class: &str) -> Markup {
         let left = percent_of(start, self.origin, self.total);
         let width = (percent_of(end, self.origin, self.total) - left).max(0.0);
-        html! { div class=(class) style=(format!("--l:{left:.3};--w:{width:.3}")) {} }
+        html! { div class=(class) style=(format!("--l:{left:.4};--w:{width:.4}")) {} }
     }
 
     /// The whole trace at a glance, every span (folded or not) in waterfall order on one of at

@@ -230,25 +230,31 @@ pub(crate) async fn latency_values(
                 col(c::DURATION_NS).alias("value"),
             ])?
         }
-        LatencyTarget::Hop { caller, callee, operation } => {
-            let mut condition = in_range(edge::START_TIME, range)
-                .and(col(edge::CALLER).eq(lit(caller.as_str())))
-                .and(col(edge::CALLEE).eq(lit(callee.as_str())));
-            if let Some(operation) = operation {
-                condition = condition.and(col(edge::CALLEE_OPERATION).eq(lit(operation.as_str())));
-            }
-            ctx.table(EDGES_TABLE).await?.filter(condition)?.select(vec![
-                col(edge::TRACE_ID),
-                col(edge::START_TIME),
-                datafusion::functions::expr_fn::coalesce(vec![
-                    col(edge::CLIENT_DURATION_NS),
-                    col(edge::SERVER_DURATION_NS),
-                ])
-                .alias("value"),
-            ])?
-        }
+        LatencyTarget::Hop { caller, callee, operation } => hop_calls(ctx, caller, callee, operation.as_deref(), range)
+            .await?
+            .select(vec![col(edge::TRACE_ID), col(edge::START_TIME), col("value")])?,
     };
     Ok(df)
+}
+
+/// The `edges` rows of the hop from `caller` to `callee` (its `operation`, when given) that start
+/// in `range`, with `value`: the call as its caller saw it (the client span's duration, else the
+/// server span's).
+async fn hop_calls(
+    ctx: &SessionContext,
+    caller: &str,
+    callee: &str,
+    operation: Option<&str>,
+    range: TimeRange,
+) -> Result<DataFrame, QueryError> {
+    let mut condition =
+        in_range(edge::START_TIME, range).and(col(edge::CALLER).eq(lit(caller))).and(col(edge::CALLEE).eq(lit(callee)));
+    if let Some(operation) = operation {
+        condition = condition.and(col(edge::CALLEE_OPERATION).eq(lit(operation)));
+    }
+    let value =
+        datafusion::functions::expr_fn::coalesce(vec![col(edge::CLIENT_DURATION_NS), col(edge::SERVER_DURATION_NS)]);
+    Ok(ctx.table(EDGES_TABLE).await?.filter(condition)?.with_column("value", value)?)
 }
 
 /// The slowest calls (or spans) of what `/latency` looks at, slowest first: the traces that make
@@ -295,12 +301,13 @@ pub(crate) async fn slowest(
             .await?;
         return Ok(SlowestCalls { calls: slow_calls(&batches)?, per_minute: true });
     }
-    // (A few more candidates than asked, for those `confirmed_calls` drops.)
+    // Candidates: a few a variant (a row's may be stale, see `confirmed_calls`), enough for
+    // `limit` variants.
     if let Some(rows) = rolled_up_hop(ctx, query).await?
-        && let Some(candidates) = rows.slowest(limit.saturating_add(8))?
+        && let Some(candidates) = rows.slowest(CANDIDATES_PER_VARIANT, limit.saturating_mul(CANDIDATES_PER_VARIANT))?
     {
-        let calls = confirmed_calls(ctx, &query.target, rows.range, candidates).await?;
-        return Ok(SlowestCalls { calls: calls.into_iter().take(limit).collect(), per_minute: true });
+        let calls = confirmed_calls(ctx, &query.target, rows.range, candidates, limit).await?;
+        return Ok(SlowestCalls { calls, per_minute: true });
     }
     let batches = latency_values(ctx, &query.target, query.range)
         .await?
@@ -389,33 +396,57 @@ async fn rolled_up_hop(ctx: &SessionContext, query: &LatencyQuery) -> Result<Opt
     Ok(Some(HopRows { batches, range: minutes }))
 }
 
-/// The `candidates` (slowest first) that are calls of the hop `target` in `edges` as they stand:
-/// a row's evidence is not taken away with its calls, so the slowest call of a trace split across
-/// span files, as one file saw it (perhaps a call to an uninstrumented peer whose server span was
-/// in the other file), is dropped here. One read of `edges` for the candidates' traces.
+/// The slowest call of each minute and call variant among the `candidates`, as `edges` has them
+/// now, slowest first, at most `limit`. A row's evidence is not taken away with its calls: a trace
+/// split across span files names its slowest call as one file saw it, perhaps under another
+/// variant or hop (a call to an uninstrumented peer whose server span was in the other file), or
+/// with another duration. So the candidates' traces are read from `edges` (a small read: their
+/// ids select the rows), each candidate found there takes the variant it has now, and one not
+/// found is dropped.
 async fn confirmed_calls(
     ctx: &SessionContext,
     target: &LatencyTarget,
     range: TimeRange,
     candidates: Vec<Evidence>,
+    limit: usize,
 ) -> Result<Vec<SlowCallView>, QueryError> {
+    let LatencyTarget::Hop { caller, callee, operation } = target else { return Ok(Vec::new()) };
     if candidates.is_empty() {
         return Ok(Vec::new());
     }
     let ids: std::collections::BTreeSet<[u8; 16]> = candidates.iter().map(|(_, id, _)| *id).collect();
     let ids: Vec<hopscope_schemas::TraceId> = ids.into_iter().map(hopscope_schemas::TraceId).collect();
-    let batches = latency_values(ctx, target, range).await?.filter(super::frame::trace_id_in(&ids))?.collect().await?;
-    let mut calls = std::collections::HashSet::new();
+    let batches = hop_calls(ctx, caller, callee, operation.as_deref(), range)
+        .await?
+        .filter(super::frame::trace_id_in(&ids))?
+        .select(vec![
+            col(c::TRACE_ID),
+            col(c::START_TIME),
+            col("value"),
+            col(edge::CALLER_OPERATION),
+            col(edge::CALLEE_OPERATION),
+            col(edge::CONNECTION),
+        ])?
+        .collect()
+        .await?;
+    let candidates: std::collections::HashSet<Evidence> = candidates.into_iter().collect();
+    let mut slowest: std::collections::HashMap<Variant, Evidence> = std::collections::HashMap::new();
     for batch in &batches {
         let r = Results(batch);
         let (ids, start, value) = (r.trace_ids()?, r.ints(c::START_TIME)?, r.ints("value")?);
+        let (callers, callees) = (r.strings(edge::CALLER_OPERATION)?, r.strings(edge::CALLEE_OPERATION)?);
+        let connections = r.strings(edge::CONNECTION)?;
         for row in (0..batch.num_rows()).filter(|&row| value.is_valid(row)) {
-            calls.insert((value.value(row), ids.value(row).to_vec(), start.value(row)));
+            let id: [u8; 16] =
+                ids.value(row).try_into().map_err(|_| QueryError::Corrupt("a trace id not of 16 bytes".into()))?;
+            let call = (value.value(row), id, start.value(row));
+            if candidates.contains(&call) {
+                keep_slowest(&mut slowest, variant(start.value(row), &callers, &callees, &connections, row), call);
+            }
         }
     }
-    Ok(candidates
+    Ok(ranked(slowest, limit)
         .into_iter()
-        .filter(|(ns, id, start)| calls.contains(&(*ns, id.to_vec(), *start)))
         .map(|(ns, id, start)| SlowCallView {
             trace_id: hex::encode(id),
             start_time: format_time(start),
@@ -424,8 +455,50 @@ async fn confirmed_calls(
         .collect())
 }
 
+/// How many of each variant's rows' slowest calls are candidates for a hop's slowest list.
+const CANDIDATES_PER_VARIANT: usize = 3;
+
 /// A call a rollup row names as its slowest: its value, trace id and start.
 type Evidence = (i64, [u8; 16], i64);
+
+/// What a `call_rollup` row counts beyond its hop: the minute, the caller's and callee's
+/// operations and the connection.
+type Variant = (i64, Option<String>, Option<String>, String);
+
+/// The variant of row `row` of a hop's calls or `call_rollup` rows starting at `start_ns`.
+fn variant(
+    start_ns: i64,
+    callers: &datafusion::arrow::array::StringArray,
+    callees: &datafusion::arrow::array::StringArray,
+    connections: &datafusion::arrow::array::StringArray,
+    row: usize,
+) -> Variant {
+    use hopscope_derive::rollup::MINUTE_NS;
+    let text = |a: &datafusion::arrow::array::StringArray| a.is_valid(row).then(|| a.value(row).to_owned());
+    (start_ns.div_euclid(MINUTE_NS) * MINUTE_NS, text(callers), text(callees), connections.value(row).to_owned())
+}
+
+/// How the slowest lists rank calls: slowest first, then by trace and start (as the exact list).
+fn rank(call: &Evidence) -> (std::cmp::Reverse<i64>, [u8; 16], i64) {
+    (std::cmp::Reverse(call.0), call.1, call.2)
+}
+
+/// Keeps `call` as its variant's slowest if it is.
+fn keep_slowest(slowest: &mut std::collections::HashMap<Variant, Evidence>, variant: Variant, call: Evidence) {
+    let best = slowest.entry(variant).or_insert(call);
+    if rank(&call) < rank(best) {
+        *best = call;
+    }
+}
+
+/// The variants' slowest calls, ranked, each once, at most `limit`.
+fn ranked(slowest: std::collections::HashMap<Variant, Evidence>, limit: usize) -> Vec<Evidence> {
+    let mut calls: Vec<Evidence> = slowest.into_values().collect();
+    calls.sort_by_key(rank);
+    calls.dedup();
+    calls.truncate(limit);
+    calls
+}
 
 /// A hop's `call_rollup` rows (see [`rolled_up_hop`]).
 struct HopRows {
@@ -459,23 +532,17 @@ impl HopRows {
         Ok(Some(rolled_up_view(rows, self.range, step_ns)))
     }
 
-    /// The slowest call of each minute and call variant (the callers' and callees' operations and
-    /// the connection), from the rows' evidence: slowest first, then by trace and start, as the
-    /// exact list ranks them; at most `limit`. `None` when a row lacks its slowest call's start
-    /// (derived before `CALL_MOMENTS_SINCE`).
-    fn slowest(&self, limit: usize) -> Result<Option<Vec<Evidence>>, QueryError> {
-        type Variant = (i64, Option<String>, Option<String>, String);
-        let mut slowest: std::collections::HashMap<Variant, Evidence> = std::collections::HashMap::new();
-        let rank = |e: &Evidence| (std::cmp::Reverse(e.0), e.1, e.2);
+    /// Candidates for the slowest calls (see [`confirmed_calls`]): the `per_variant` slowest each
+    /// minute and call variant's rows name, ranked, at most `limit`. `None` when a row lacks its
+    /// slowest call's start (derived before `CALL_MOMENTS_SINCE`).
+    fn slowest(&self, per_variant: usize, limit: usize) -> Result<Option<Vec<Evidence>>, QueryError> {
+        let mut named: std::collections::HashMap<Variant, Vec<Evidence>> = std::collections::HashMap::new();
         for batch in &self.batches {
             let r = Results(batch);
             let (value, start, ids) = (r.ints(cr::SLOWEST_NS)?, r.ints(cr::SLOWEST_START_TIME)?, r.trace_ids()?);
             let minute = r.ints(cr::MINUTE)?;
             let (callers, callees) = (r.strings(edge::CALLER_OPERATION)?, r.strings(edge::CALLEE_OPERATION)?);
             let connections = r.strings(edge::CONNECTION)?;
-            let text = |a: &datafusion::arrow::array::StringArray, row: usize| {
-                a.is_valid(row).then(|| a.value(row).to_owned())
-            };
             for row in 0..batch.num_rows() {
                 if value.is_null(row) {
                     // A row that only takes calls away.
@@ -486,21 +553,23 @@ impl HopRows {
                 }
                 let id: [u8; 16] =
                     ids.value(row).try_into().map_err(|_| QueryError::Corrupt("a trace id not of 16 bytes".into()))?;
-                let call = (value.value(row), id, start.value(row));
-                let variant =
-                    (minute.value(row), text(&callers, row), text(&callees, row), connections.value(row).to_owned());
-                let best = slowest.entry(variant).or_insert(call);
-                if rank(&call) < rank(best) {
-                    *best = call;
-                }
+                let calls = named.entry(variant(minute.value(row), &callers, &callees, &connections, row)).or_default();
+                calls.push((value.value(row), id, start.value(row)));
             }
         }
-        let mut calls: Vec<Evidence> = slowest.into_values().collect();
-        calls.sort_by_key(rank);
-        // (A call is the slowest of one variant only.)
-        calls.dedup();
-        calls.truncate(limit);
-        Ok(Some(calls))
+        let mut candidates: Vec<Evidence> = named
+            .into_values()
+            .flat_map(|mut calls| {
+                calls.sort_by_key(rank);
+                calls.dedup();
+                calls.truncate(per_variant);
+                calls
+            })
+            .collect();
+        candidates.sort_by_key(rank);
+        candidates.dedup();
+        candidates.truncate(limit);
+        Ok(Some(candidates))
     }
 }
 
@@ -860,5 +929,40 @@ mod tests {
         assert_eq!((empty.start_ns, empty.end_ns), (120_000_000_000, 180_000_000_000));
         let all = whole_minutes(TimeRange { start_ns: i64::MIN, end_ns: i64::MAX });
         assert!(all.start_ns <= i64::MIN + MINUTE_NS && all.end_ns >= i64::MAX - MINUTE_NS, "{all:?}");
+    }
+
+    /// The population standard deviation the two-pass way, in floats: the reference.
+    fn two_pass(values: &[i64]) -> f64 {
+        let mean = values.iter().map(|&v| v as f64).sum::<f64>() / values.len() as f64;
+        (values.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / values.len() as f64).sqrt()
+    }
+
+    fn from_sums(values: &[i64]) -> f64 {
+        let sum: i128 = values.iter().map(|&v| i128::from(v)).sum();
+        let squares: i128 = values.iter().map(|&v| i128::from(v) * i128::from(v)).sum();
+        deviation_of_sums(values.len() as i64, sum, squares)
+    }
+
+    #[test]
+    fn the_deviation_from_exact_sums_keeps_the_spread_of_nearly_constant_values() {
+        // Calls of about 3 s that differ by a few nanoseconds: a float sum of squares (~10^19)
+        // would have lost them; the integers keep them.
+        let close = [3_000_000_001, 3_000_000_002, 3_000_000_007, 3_000_000_002];
+        let (got, want) = (from_sums(&close), two_pass(&close));
+        assert!(want > 2.0 && (got - want).abs() < 1e-9 * want, "{got} against {want}");
+        let float_sums = {
+            let (sum, squares) = close.iter().fold((0.0, 0.0), |(s, q), &v| (s + v as f64, q + (v as f64).powi(2)));
+            let n = close.len() as f64;
+            ((squares / n - (sum / n).powi(2)).max(0.0)).sqrt()
+        };
+        assert!((float_sums - want).abs() > 0.5, "the case shows what floats lose: {float_sums} against {want}");
+        // Spread values, one value, and equal values.
+        for values in [vec![1_000, 5_000_000, 42, 9_999_999_999, 7], vec![12_345], vec![8; 10]] {
+            let (got, want) = (from_sums(&values), two_pass(&values));
+            assert!((got - want).abs() <= 1e-9 * want.max(1.0), "{values:?}: {got} against {want}");
+        }
+        // Sums beyond 128 bits' room for the exact path still give a deviation (in floats).
+        let huge = deviation_of_sums(4, 4 * (1 << 62), i128::MAX);
+        assert!(huge.is_finite() && huge >= 0.0, "{huge}");
     }
 }
