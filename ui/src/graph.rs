@@ -258,7 +258,8 @@ pub(crate) fn render_graph(
         .iter()
         .map(|edge| match (layout.positions.get(&edge.caller), layout.positions.get(&edge.callee)) {
             (Some(&from), Some(&to)) => {
-                let (_, mid) = edge_path(from, to, bundled.contains_key(edge.callee.as_str()));
+                // (At the middle of the whole way, bundled or not: the middle of the column gap.)
+                let (_, mid) = edge_path(from, to, false);
                 (format!("{} · p99 {}", rate(edge.rate_per_s), duration(edge.p99_ns)), (mid.0, mid.1 - 4.0))
             }
             _ => (String::new(), (0.0, 0.0)),
@@ -269,7 +270,8 @@ pub(crate) fn render_graph(
         div.graph-view #graph-view tabindex="0" aria-label="service graph: drag or use the arrow keys to move, + and − to zoom, 0 to fit" style=(format!("height: min(72vh, {:.0}px)", layout.height)) {
             svg #service-graph role="img" aria-label="service graph" viewBox=(format!("0 0 {:.0} {:.0}", layout.width, layout.height)) data-focus=[focus] {
                 defs {
-                    marker #arrow viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse" {
+                    // One size whatever the edge's width, so a wide trunk's arrowhead does not cover it.
+                    marker #arrow viewBox="0 0 10 10" refX="9" refY="5" markerUnits="userSpaceOnUse" markerWidth="11" markerHeight="11" orient="auto-start-reverse" {
                         path d="M0,0 L10,5 L0,10 z" fill="#868e96" {}
                     }
                 }
@@ -291,7 +293,7 @@ pub(crate) fn render_graph(
                 // One trunk into each bundled callee, as wide as the busiest call it carries.
                 @for node in &view.nodes {
                     @if let (Some(&(x, y)), Some(calls)) = (layout.positions.get(&node.name), bundled.get(node.name.as_str())) {
-                        @let busiest = view.edges.iter().filter(|e| e.callee == node.name).map(|e| e.calls).max().unwrap_or(0);
+                        @let busiest = view.edges.iter().filter(|e| e.callee == node.name && layout.positions.get(&e.caller).is_some_and(|&from| forward(from, (x, y)))).map(|e| e.calls).max().unwrap_or(0);
                         path.trunk data-callee=(node.name) data-calls=(calls) d=(format!("M{:.1},{:.1} L{x:.1},{:.1}", x - BUNDLE_LENGTH, y + NODE_H / 2.0, y + NODE_H / 2.0)) stroke-width=(format!("{:.1}", edge_width(busiest))) marker-end="url(#arrow)" {}
                     }
                 }
