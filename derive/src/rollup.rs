@@ -357,13 +357,13 @@ struct CallCounts {
     slowest: Option<(i64, [u8; 16], i64)>,
 }
 
-impl CallCounts {
-    /// Whether a call of `ns` in `trace` starting at `start` is the new slowest.
-    fn slower(&self, ns: i64, trace: &[u8; 16], start: i64) -> bool {
-        self.slowest.as_ref().is_none_or(|(slowest, id, at)| {
-            ns.cmp(slowest).then_with(|| id.cmp(trace)).then_with(|| at.cmp(&start)).is_gt()
-        })
-    }
+/// Whether a call or span of `ns` in `trace` starting at `start` is slower than `slowest` (the
+/// greatest duration, then the lowest trace id, then the earliest start), or `slowest` is none:
+/// the order the rollups' evidence keeps, so that any cut of the rows into files agrees.
+fn slower(slowest: Option<&(i64, [u8; 16], i64)>, ns: i64, trace: &[u8; 16], start: i64) -> bool {
+    slowest.is_none_or(|(slowest, id, at)| {
+        ns.cmp(slowest).then_with(|| id.cmp(trace)).then_with(|| at.cmp(&start)).is_gt()
+    })
 }
 
 /// The rollup of the calls it is handed, per minute and call: who calls (service and operation)
@@ -440,7 +440,7 @@ impl CallRollup {
                         DeriveError::Invalid(format!("a trace id of {} bytes", trace_ids.value_length()))
                     })?;
                     let start = hop.start.value(row);
-                    if counts.slower(ns, &trace, start) {
+                    if slower(counts.slowest.as_ref(), ns, &trace, start) {
                         counts.slowest = Some((ns, trace, start));
                     }
                 }
@@ -946,15 +946,6 @@ struct OperationCounts {
     slowest: Option<(i64, [u8; 16], i64)>,
 }
 
-impl OperationCounts {
-    /// Whether a span of `duration` in `trace` starting at `start` is the new slowest.
-    fn slower(&self, duration: i64, trace: &[u8; 16], start: i64) -> bool {
-        self.slowest.as_ref().is_none_or(|(ns, id, at)| {
-            duration.cmp(ns).then_with(|| id.cmp(trace)).then_with(|| at.cmp(&start)).is_gt()
-        })
-    }
-}
-
 impl OperationRollup {
     /// Counts the spans `rows` of `spans`.
     pub fn add_spans(&mut self, spans: &SpanColumns, rows: std::ops::Range<usize>) {
@@ -984,7 +975,7 @@ impl OperationRollup {
             counts.moments.add(duration);
             counts.sketch.add(duration, 1);
             let trace: [u8; 16] = spans.trace_id.value(row).try_into().expect("16 bytes, by its type");
-            if counts.slower(duration, &trace, start) {
+            if slower(counts.slowest.as_ref(), duration, &trace, start) {
                 counts.slowest = Some((duration, trace, start));
             }
         }
