@@ -340,6 +340,16 @@ pub mod node_kind {
     pub const MESSAGING: &str = "messaging";
     pub const RPC: &str = "rpc";
     pub const EXTERNAL: &str = "external";
+
+    /// The kind a node shows when its calls name it by several (a `peer.service` that names an
+    /// instrumented service, whose other calls reach no server span): a service first, as it has
+    /// spans of its own; then the user, the resources, and the peers known least. Whichever row
+    /// of its calls comes first, the node gets the same kind.
+    pub fn prevails(kind: &str, over: &str) -> bool {
+        const ORDER: [&str; 7] = [SERVICE, USER, DATABASE, CACHE, MESSAGING, RPC, EXTERNAL];
+        let at = |k: &str| ORDER.iter().position(|o| *o == k).unwrap_or(ORDER.len());
+        (at(kind), kind) < (at(over), over)
+    }
 }
 
 /// The caller name of requests that enter the system from outside.
@@ -461,4 +471,20 @@ pub mod finding_kind {
     pub const REPEATED_CALL: &str = "repeated_call";
     pub const POISON_MESSAGE: &str = "poison_message";
     pub const CLOCK_SKEW: &str = "clock_skew";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::node_kind::*;
+
+    #[test]
+    fn a_node_named_by_several_kinds_gets_one_whatever_the_order() {
+        // An instrumented service over the peer its callers' `peer.service` names.
+        assert!(prevails(SERVICE, RPC) && !prevails(RPC, SERVICE));
+        assert!(prevails(DATABASE, EXTERNAL) && !prevails(EXTERNAL, DATABASE));
+        // A kind never prevails over itself, and an unknown one comes after every known one.
+        assert!(!prevails(CACHE, CACHE));
+        assert!(prevails(EXTERNAL, "other") && !prevails("other", EXTERNAL));
+        assert!(prevails("a", "b") && !prevails("b", "a"));
+    }
 }

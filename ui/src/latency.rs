@@ -89,7 +89,7 @@ fn slowest_table(params: &PageParams, slowest: &SlowestCalls, measured: &str) ->
         @else {
             @if slowest.per_minute {
                 p.note {
-                    @if measured == CALL { "The slowest call of each minute and pair of operations, as the per-minute rollups name them (a trace whose spans are still stored in several parts can hide one)" }
+                    @if measured == CALL { "The slowest call of each minute and pair of operations, from the per-minute rollups" }
                     @else { "The slowest span of each minute and operation" }
                     ", slowest first (over whole minutes)."
                 }

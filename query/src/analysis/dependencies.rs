@@ -231,12 +231,8 @@ async fn graph(calls: &Calls, range: TimeRange) -> Result<Graph, QueryError> {
         let (count, errors) = (r.ints(CALLS)?, r.ints(ERRORS)?);
         for row in 0..batch.num_rows() {
             let calls_made = count.value(row) as u64;
-            graph.nodes.entry(caller.value(row).to_owned()).or_insert_with(|| (caller_kind.value(row).to_owned(), 0));
-            graph
-                .nodes
-                .entry(callee.value(row).to_owned())
-                .or_insert_with(|| (callee_kind.value(row).to_owned(), 0))
-                .1 += calls_made;
+            node(&mut graph.nodes, caller.value(row), caller_kind.value(row));
+            node(&mut graph.nodes, callee.value(row), callee_kind.value(row)).1 += calls_made;
             if RESOURCE_KINDS.contains(&callee_kind.value(row)) && caller_kind.value(row) == node_kind::SERVICE {
                 let entry = graph
                     .users
@@ -257,6 +253,15 @@ async fn graph(calls: &Calls, range: TimeRange) -> Result<Graph, QueryError> {
         }
     }
     Ok(graph)
+}
+
+/// The graph's node `name`, seen as `kind` (the kind that prevails when its calls name several).
+fn node<'g>(nodes: &'g mut BTreeMap<String, (String, u64)>, name: &str, kind: &str) -> &'g mut (String, u64) {
+    let node = nodes.entry(name.to_owned()).or_insert_with(|| (kind.to_owned(), 0));
+    if node_kind::prevails(kind, &node.0) {
+        node.0 = kind.to_owned();
+    }
+    node
 }
 
 /// Node kinds that are shared resources when several services use them.
@@ -348,6 +353,9 @@ async fn endpoints(calls: &Calls) -> Result<Vec<EndpointDependenciesView>, Query
                 calls: 0,
                 max_depth: 0,
             });
+            if node_kind::prevails(kind.value(row), &node.kind) {
+                node.kind = kind.value(row).to_owned();
+            }
             node.calls += count.value(row) as u64;
             node.max_depth = node.max_depth.max(depth.value(row) as i32);
             let p99 = calls.p99(&r, row)?;

@@ -396,52 +396,79 @@ async fn rolled_up_hop(ctx: &SessionContext, query: &LatencyQuery) -> Result<Opt
     Ok(Some(HopRows { batches, range: minutes }))
 }
 
-/// The slowest call of each minute and call variant among the `candidates`, as `edges` has them
-/// now, slowest first, at most `limit`. A row's evidence is not taken away with its calls: a trace
-/// split across span files names its slowest call as one file saw it, perhaps under another
-/// variant or hop (a call to an uninstrumented peer whose server span was in the other file), or
-/// with another duration. So the candidates' traces are read from `edges` (a small read: their
-/// ids select the rows), each candidate found there takes the variant it has now, and one not
-/// found is dropped.
+/// The slowest call of each minute and call variant, as `edges` has them now, slowest first, at
+/// most `limit`, from the `candidates` the rollup rows name (each with the variant of the rows
+/// that name it, ranked). A row's evidence is not taken away with its calls: a trace split across
+/// span files names its slowest call as one file saw it, perhaps under another variant or hop (a
+/// call to an uninstrumented peer whose server span was in the other file), or with another
+/// duration. So the candidates' traces are read from `edges` (a small read: their ids select the
+/// rows), each candidate found there takes the variant it has now, and one not found is dropped.
+/// A variant whose best-named call is not its own any more may hold a slower call than its other
+/// candidates that no row names (the stale call's row named only that one): its minute's calls
+/// are read from `edges` and the best of the variant taken. When the best-named call is still the
+/// variant's, no call of the variant is slower (each call is in a row, whose named call is at
+/// least as slow, and no row names a slower one).
 async fn confirmed_calls(
     ctx: &SessionContext,
     target: &LatencyTarget,
     range: TimeRange,
-    candidates: Vec<Evidence>,
+    candidates: Vec<(Variant, Evidence)>,
     limit: usize,
 ) -> Result<Vec<SlowCallView>, QueryError> {
+    use hopscope_derive::rollup::MINUTE_NS;
     let LatencyTarget::Hop { caller, callee, operation } = target else { return Ok(Vec::new()) };
     if candidates.is_empty() {
         return Ok(Vec::new());
     }
-    let ids: std::collections::BTreeSet<[u8; 16]> = candidates.iter().map(|(_, id, _)| *id).collect();
+    let ids: std::collections::BTreeSet<[u8; 16]> = candidates.iter().map(|(_, (_, id, _))| *id).collect();
     let ids: Vec<hopscope_schemas::TraceId> = ids.into_iter().map(hopscope_schemas::TraceId).collect();
-    let batches = hop_calls(ctx, caller, callee, operation.as_deref(), range)
+    let calls = |condition: Expr| async move {
+        let batches = hop_calls(ctx, caller, callee, operation.as_deref(), range)
+            .await?
+            .filter(condition)?
+            .select(vec![
+                col(c::TRACE_ID),
+                col(c::START_TIME),
+                col("value"),
+                col(edge::CALLER_OPERATION),
+                col(edge::CALLEE_OPERATION),
+                col(edge::CONNECTION),
+            ])?
+            .collect()
+            .await?;
+        variant_calls(&batches)
+    };
+    let named: std::collections::HashSet<Evidence> = candidates.iter().map(|(_, call)| *call).collect();
+    // Each candidate with the variant it has now.
+    let now: std::collections::HashMap<Evidence, Variant> = calls(super::frame::trace_id_in(&ids))
         .await?
-        .filter(super::frame::trace_id_in(&ids))?
-        .select(vec![
-            col(c::TRACE_ID),
-            col(c::START_TIME),
-            col("value"),
-            col(edge::CALLER_OPERATION),
-            col(edge::CALLEE_OPERATION),
-            col(edge::CONNECTION),
-        ])?
-        .collect()
-        .await?;
-    let candidates: std::collections::HashSet<Evidence> = candidates.into_iter().collect();
+        .into_iter()
+        .filter(|(_, call)| named.contains(call))
+        .map(|(v, call)| (call, v))
+        .collect();
     let mut slowest: std::collections::HashMap<Variant, Evidence> = std::collections::HashMap::new();
-    for batch in &batches {
-        let r = Results(batch);
-        let (ids, start, value) = (r.trace_ids()?, r.ints(c::START_TIME)?, r.ints("value")?);
-        let (callers, callees) = (r.strings(edge::CALLER_OPERATION)?, r.strings(edge::CALLEE_OPERATION)?);
-        let connections = r.strings(edge::CONNECTION)?;
-        for row in (0..batch.num_rows()).filter(|&row| value.is_valid(row)) {
-            let id: [u8; 16] =
-                ids.value(row).try_into().map_err(|_| QueryError::Corrupt("a trace id not of 16 bytes".into()))?;
-            let call = (value.value(row), id, start.value(row));
-            if candidates.contains(&call) {
-                keep_slowest(&mut slowest, variant(start.value(row), &callers, &callees, &connections, row), call);
+    for (call, variant) in &now {
+        keep_slowest(&mut slowest, variant.clone(), *call);
+    }
+    // The candidates are ranked, so a variant's first is its best-named call.
+    let mut stale = std::collections::HashSet::new();
+    let mut seen = std::collections::HashSet::new();
+    for (variant, call) in candidates {
+        if seen.insert(variant.clone()) && now.get(&call) != Some(&variant) {
+            stale.insert(variant);
+        }
+    }
+    if !stale.is_empty() {
+        let minutes: std::collections::BTreeSet<i64> = stale.iter().map(|variant| variant.0).collect();
+        let condition = minutes
+            .into_iter()
+            .map(|minute| in_range(edge::START_TIME, TimeRange { start_ns: minute, end_ns: minute + MINUTE_NS }))
+            .reduce(Expr::or)
+            .expect("a stale variant has a minute");
+        slowest.retain(|variant, _| !stale.contains(variant));
+        for (variant, call) in calls(condition).await? {
+            if stale.contains(&variant) {
+                keep_slowest(&mut slowest, variant, call);
             }
         }
     }
@@ -453,6 +480,25 @@ async fn confirmed_calls(
             duration_ns: ns,
         })
         .collect())
+}
+
+/// The calls of [`hop_calls`] rows (`trace_id`, `start_time`, `value` and the variant's columns),
+/// each with its variant; calls without a value left out.
+fn variant_calls(batches: &[RecordBatch]) -> Result<Vec<(Variant, Evidence)>, QueryError> {
+    let mut out = Vec::new();
+    for batch in batches {
+        let r = Results(batch);
+        let (ids, start, value) = (r.trace_ids()?, r.ints(c::START_TIME)?, r.ints("value")?);
+        let (callers, callees) = (r.strings(edge::CALLER_OPERATION)?, r.strings(edge::CALLEE_OPERATION)?);
+        let connections = r.strings(edge::CONNECTION)?;
+        for row in (0..batch.num_rows()).filter(|&row| value.is_valid(row)) {
+            let id: [u8; 16] =
+                ids.value(row).try_into().map_err(|_| QueryError::Corrupt("a trace id not of 16 bytes".into()))?;
+            let variant = variant(start.value(row), &callers, &callees, &connections, row);
+            out.push((variant, (value.value(row), id, start.value(row))));
+        }
+    }
+    Ok(out)
 }
 
 /// How many of each variant's rows' slowest calls are candidates for a hop's slowest list.
@@ -533,9 +579,9 @@ impl HopRows {
     }
 
     /// Candidates for the slowest calls (see [`confirmed_calls`]): the `per_variant` slowest each
-    /// minute and call variant's rows name, ranked, at most `limit`. `None` when a row lacks its
-    /// slowest call's start (derived before `CALL_MOMENTS_SINCE`).
-    fn slowest(&self, per_variant: usize, limit: usize) -> Result<Option<Vec<Evidence>>, QueryError> {
+    /// minute and call variant's rows name, each with that variant, ranked, at most `limit`. `None`
+    /// when a row lacks its slowest call's start (derived before `CALL_MOMENTS_SINCE`).
+    fn slowest(&self, per_variant: usize, limit: usize) -> Result<Option<Vec<(Variant, Evidence)>>, QueryError> {
         let mut named: std::collections::HashMap<Variant, Vec<Evidence>> = std::collections::HashMap::new();
         for batch in &self.batches {
             let r = Results(batch);
@@ -557,17 +603,17 @@ impl HopRows {
                 calls.push((value.value(row), id, start.value(row)));
             }
         }
-        let mut candidates: Vec<Evidence> = named
-            .into_values()
-            .flat_map(|mut calls| {
+        let mut candidates: Vec<(Variant, Evidence)> = named
+            .into_iter()
+            .flat_map(|(variant, mut calls)| {
                 calls.sort_by_key(rank);
                 calls.dedup();
                 calls.truncate(per_variant);
-                calls
+                calls.into_iter().map(move |call| (variant.clone(), call))
             })
             .collect();
-        candidates.sort_by_key(rank);
-        candidates.dedup();
+        candidates
+            .sort_by(|(a_variant, a), (b_variant, b)| rank(a).cmp(&rank(b)).then_with(|| a_variant.cmp(b_variant)));
         candidates.truncate(limit);
         Ok(Some(candidates))
     }
