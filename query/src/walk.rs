@@ -20,7 +20,7 @@ mod table;
 
 pub(crate) use deliveries::DeliveriesTable;
 pub(crate) use rollup::{DerivedRollupTable, OperationRollupTable, Rollup};
-pub(crate) use stored::{SplitIndex, StoredTable};
+pub(crate) use stored::{Split, SplitIndex, StoredTable};
 pub(crate) use table::{Derivation, DerivedTable};
 
 /// Makes a fresh analysis for each execution.

@@ -306,7 +306,12 @@ pub(crate) async fn slowest(
     if let Some(rows) = rolled_up_hop(ctx, query).await?
         && let Some(candidates) = rows.slowest(CANDIDATES_PER_VARIANT, limit.saturating_mul(CANDIDATES_PER_VARIANT))?
     {
-        let calls = confirmed_calls(ctx, &query.target, rows.range, candidates, limit).await?;
+        // A trace split when the rows were read, or now (a merge may have joined its parts).
+        let split_now = split_calls(ctx, rows.range).await?;
+        let whole_trace = |id: &[u8; 16]| {
+            [&rows.split, &split_now].iter().all(|split| split.as_ref().is_some_and(|split| !split.holds(id)))
+        };
+        let calls = confirmed_calls(ctx, &query.target, rows.range, candidates, whole_trace, limit).await?;
         return Ok(SlowestCalls { calls, per_minute: true });
     }
     let batches = latency_values(ctx, &query.target, query.range)
@@ -373,6 +378,7 @@ async fn rolled_up_hop(ctx: &SessionContext, query: &LatencyQuery) -> Result<Opt
     if let Some(operation) = operation {
         condition = condition.and(col(edge::CALLEE_OPERATION).eq(lit(operation.as_str())));
     }
+    let split = split_calls(ctx, minutes).await?;
     // One row per minute and call variant (callers' and callees' operations): few, merged here.
     let batches = ctx
         .table(CALL_ROLLUP_TABLE)
@@ -393,7 +399,20 @@ async fn rolled_up_hop(ctx: &SessionContext, query: &LatencyQuery) -> Result<Opt
         ])?
         .collect()
         .await?;
-    Ok(Some(HopRows { batches, range: minutes }))
+    Ok(Some(HopRows { batches, range: minutes, split }))
+}
+
+/// The traces split across the span files `call_rollup` reads over `range` (whole minutes), whose
+/// stored rows its scan corrects; `None` when not known.
+async fn split_calls(
+    ctx: &SessionContext,
+    range: TimeRange,
+) -> Result<Option<std::sync::Arc<crate::walk::Split>>, QueryError> {
+    let provider = ctx.table_provider(CALL_ROLLUP_TABLE).await?;
+    Ok(match provider.as_ref().downcast_ref::<crate::walk::DerivedRollupTable<hopscope_derive::edges::Pending>>() {
+        Some(rollup) => rollup.split_traces(&[in_range(cr::MINUTE, range)]).await?,
+        None => None,
+    })
 }
 
 /// The slowest call of each minute and call variant, as `edges` has them now, slowest first, at
@@ -401,8 +420,10 @@ async fn rolled_up_hop(ctx: &SessionContext, query: &LatencyQuery) -> Result<Opt
 /// that name it, ranked). A row's evidence is not taken away with its calls: a trace split across
 /// span files names its slowest call as one file saw it, perhaps under another variant or hop (a
 /// call to an uninstrumented peer whose server span was in the other file), or with another
-/// duration. So the candidates' traces are read from `edges` (a small read: their ids select the
-/// rows), each candidate found there takes the variant it has now, and one not found is dropped.
+/// duration. So the candidates of traces that are not `whole_trace`s (split across the span files
+/// the rows come from) are read from `edges` (a small read: their ids select the rows), each found
+/// there takes the variant it has now, and one not found is dropped; a whole trace's row names
+/// the call as `edges` has it.
 /// A variant whose best-named call is not its own any more may hold a slower call than its other
 /// candidates that no row names (the stale call's row named only that one): its minute's calls
 /// are read from `edges` and the best of the variant taken. When the best-named call is still the
@@ -413,6 +434,7 @@ async fn confirmed_calls(
     target: &LatencyTarget,
     range: TimeRange,
     candidates: Vec<(Variant, Evidence)>,
+    whole_trace: impl Fn(&[u8; 16]) -> bool,
     limit: usize,
 ) -> Result<Vec<SlowCallView>, QueryError> {
     use hopscope_derive::rollup::MINUTE_NS;
@@ -420,8 +442,6 @@ async fn confirmed_calls(
     if candidates.is_empty() {
         return Ok(Vec::new());
     }
-    let ids: std::collections::BTreeSet<[u8; 16]> = candidates.iter().map(|(_, (_, id, _))| *id).collect();
-    let ids: Vec<hopscope_schemas::TraceId> = ids.into_iter().map(hopscope_schemas::TraceId).collect();
     let calls = |condition: Expr| async move {
         let batches = hop_calls(ctx, caller, callee, operation.as_deref(), range)
             .await?
@@ -438,14 +458,21 @@ async fn confirmed_calls(
             .await?;
         variant_calls(&batches)
     };
-    let named: std::collections::HashSet<Evidence> = candidates.iter().map(|(_, call)| *call).collect();
-    // Each candidate with the variant it has now.
-    let now: std::collections::HashMap<Evidence, Variant> = calls(super::frame::trace_id_in(&ids))
-        .await?
-        .into_iter()
-        .filter(|(_, call)| named.contains(call))
-        .map(|(v, call)| (call, v))
-        .collect();
+    // Each candidate with the variant it has now: a whole trace's as its row names it, a split
+    // one's as `edges` has it.
+    let (whole, doubtful): (Vec<_>, Vec<_>) = candidates.iter().partition(|(_, (_, id, _))| whole_trace(id));
+    let mut now: std::collections::HashMap<Evidence, Variant> =
+        whole.into_iter().map(|(variant, call)| (*call, variant.clone())).collect();
+    if !doubtful.is_empty() {
+        let named: std::collections::HashSet<Evidence> = doubtful.iter().map(|(_, call)| *call).collect();
+        let ids: std::collections::BTreeSet<[u8; 16]> = named.iter().map(|(_, id, _)| *id).collect();
+        let ids: Vec<hopscope_schemas::TraceId> = ids.into_iter().map(hopscope_schemas::TraceId).collect();
+        for (variant, call) in calls(super::frame::trace_id_in(&ids)).await? {
+            if named.contains(&call) {
+                now.insert(call, variant);
+            }
+        }
+    }
     let mut slowest: std::collections::HashMap<Variant, Evidence> = std::collections::HashMap::new();
     for (call, variant) in &now {
         keep_slowest(&mut slowest, variant.clone(), *call);
@@ -551,6 +578,9 @@ struct HopRows {
     batches: Vec<RecordBatch>,
     /// The asked range widened to whole minutes.
     range: TimeRange,
+    /// The traces split across the span files the rows come from, before they were read (`None`
+    /// when not known).
+    split: Option<std::sync::Arc<crate::walk::Split>>,
 }
 
 impl HopRows {

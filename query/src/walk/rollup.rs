@@ -101,6 +101,17 @@ impl<D: Send + Sync + 'static> DerivedRollupTable<D> {
     }
 }
 
+impl DerivedRollupTable<hopscope_derive::edges::Pending> {
+    /// The traces split across the span files a scan with `filters` (on `minute`) reads, whose
+    /// stored rows it corrects; `None` when not known (rows not stored, or too many to list).
+    pub(crate) async fn split_traces(&self, filters: &[Expr]) -> DfResult<Option<Arc<super::Split>>> {
+        match &self.stored {
+            Some(stored) => stored.rollup_split(&start_filters(filters)?, self.rollup.table()).await,
+            None => Ok(None),
+        }
+    }
+}
+
 /// Filters on the base table's `start_time` (the calls' of `edges`, the roots' of `critical_path`,
 /// the traces' of `findings`) that select at least the rows of the minutes `filters` (on `minute`) select.
 fn start_filters(filters: &[Expr]) -> DfResult<Vec<Expr>> {

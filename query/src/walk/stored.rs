@@ -409,6 +409,16 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
         let span_filters = widened_span_filters(filters, self.storing.slack_ns);
         Ok(self.rollup_window(&manifest, &span_filters, table).is_some())
     }
+
+    /// The traces split across the span files that the rollup `table` over `filters` (on this
+    /// table's `start_time`) reads: those whose stored rows [`StoredTable::rollup_parts`] corrects.
+    /// `None` when that rollup is not read from stored rows, or they are too many to list.
+    pub(crate) async fn rollup_split(&self, filters: &[Expr], table: &str) -> DfResult<Option<Arc<Split>>> {
+        let manifest = self.spans.manifest()?;
+        let span_filters = widened_span_filters(filters, self.storing.slack_ns);
+        let Some(window) = self.rollup_window(&manifest, &span_filters, table) else { return Ok(None) };
+        self.splits.of(self.spans.files(), &window).await
+    }
 }
 
 /// A rollup of a derived table over a range, from what the ingester stored (see
@@ -488,6 +498,11 @@ struct SplitFile {
 }
 
 impl Split {
+    /// Whether the trace `id` is split.
+    pub(crate) fn holds(&self, id: &[u8; 16]) -> bool {
+        self.ids.binary_search(id).is_ok()
+    }
+
     /// The split traces of a window of span files, given the sorted, distinct trace ids of each
     /// one's `traces` file.
     fn from_ids(per_file: &[TraceIds]) -> Self {
