@@ -234,6 +234,24 @@ def main():
             "slowest_header": page.eval_on_selector_all("table.slowest th.num", "els => els.map(e => e.textContent)"),
         }
         page.screenshot(path=os.path.join(args.screenshots, "hop.png"), full_page=True)
+        # A click on one heatmap cell (the one with most calls) opens the comparison of its calls.
+        cell = page.evaluate(
+            """() => {
+                const cells = [...document.querySelectorAll('svg.heatmap rect.cell')];
+                cells.sort((a, b) => b.dataset.count - a.dataset.count);
+                const c = cells[0];
+                c.scrollIntoView({block: 'center'});
+                const r = c.getBoundingClientRect();
+                const d = c.dataset;
+                return {x: r.left + r.width / 2, y: r.top + r.height / 2, start: d.start, end: d.end, lower: d.lower, upper: d.upper, count: +d.count};
+            }"""
+        )
+        with page.expect_navigation():
+            page.mouse.click(cell["x"], cell["y"])
+        page.wait_for_load_state("load")
+        out["cell_click"] = {"cell": cell, "url": page.url, "selected": page.locator("p.selection strong").first.inner_text()}
+        page.go_back()
+        page.wait_for_load_state("load")
 
         # The time-range picker keeps the range in the URL.
         page.select_option("form.range select[name=range]", "15m")

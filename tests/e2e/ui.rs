@@ -598,6 +598,28 @@ async fn every_page_in_a_real_browser() {
         );
     }
     assert_eq!(edge["slowest_header"], json!(["duration of the call"]), "{edge}");
+    // A click on a heatmap cell of the hop selects that cell's calls: its latency bucket and
+    // its time step.
+    let click = &seen["cell_click"];
+    let url = reqwest::Url::parse(click["url"].as_str().unwrap()).unwrap();
+    assert_eq!(url.path(), "/ui/compare", "{click}");
+    let asked: std::collections::HashMap<String, String> = url.query_pairs().into_owned().collect();
+    let cell = &click["cell"];
+    let ns = |name: &str| cell[name].as_str().unwrap().parse::<i64>().unwrap();
+    let time = |name: &str| hopscope_schemas::time::format_time(ns(name));
+    let expected = [
+        ("caller", caller.to_owned()),
+        ("callee", callee.to_owned()),
+        ("min_duration", format!("{}ns", ns("lower"))),
+        ("max_duration", format!("{}ns", ns("upper"))),
+        ("selection_start", time("start")),
+        ("selection_end", time("end")),
+    ];
+    for (name, value) in expected {
+        assert_eq!(asked.get(name), Some(&value), "{name}: {click}");
+    }
+    let selected: u64 = click["selected"].as_str().unwrap().parse().unwrap();
+    assert!(selected >= 1 && selected <= cell["count"].as_u64().unwrap(), "{click}");
 
     // The time range is kept in the URL and the page stays the same.
     let range = &seen["range_pick"];

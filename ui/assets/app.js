@@ -134,8 +134,8 @@
 
   // A heatmap of a latency page: a region dragged across its cells selects their calls (the
   // durations from the lowest cell's lower bound to the highest's upper bound, started in the
-  // steps they cover) and opens the comparison of those calls with the rest. A click on one cell
-  // follows the cell's own link. Times are nanoseconds beyond 2^53, so they stay BigInt.
+  // steps they cover) and opens the comparison of those calls with the rest; a click on one cell
+  // opens its calls'. Times are nanoseconds beyond 2^53, so they stay BigInt.
   document.querySelectorAll("svg.heatmap[data-compare]").forEach(function (map) {
     const ns = "http://www.w3.org/2000/svg";
     let region = null, marquee = null, chose = false;
@@ -154,7 +154,6 @@
     map.addEventListener("click", function (event) {
       if (chose) { chose = false; event.preventDefault(); event.stopPropagation(); }
     }, true);
-    // A cell is a link: a drag across it selects, never drags the link away.
     map.addEventListener("dragstart", function (event) { event.preventDefault(); });
     map.addEventListener("pointerdown", function (event) {
       chose = false;
@@ -184,13 +183,21 @@
       const moved = region.moved, b = moved ? box() : null;
       region = null;
       if (marquee) { marquee.remove(); marquee = null; }
-      if (!moved) return;
+      let cells;
+      if (moved) {
+        cells = Array.from(map.querySelectorAll("rect.cell")).filter(function (cell) {
+          const x = +cell.getAttribute("x"), y = +cell.getAttribute("y");
+          const w = +cell.getAttribute("width"), h = +cell.getAttribute("height");
+          return !(x > b.x + b.w || x + w < b.x || y > b.y + b.h || y + h < b.y);
+        });
+      } else {
+        const cell = event.target.closest ? event.target.closest("rect.cell") : null;
+        if (!cell) return;
+        cells = [cell];
+      }
       chose = true;
       let start = null, end = null, lower = null, upper = null;
-      map.querySelectorAll("rect.cell").forEach(function (cell) {
-        const x = +cell.getAttribute("x"), y = +cell.getAttribute("y");
-        const w = +cell.getAttribute("width"), h = +cell.getAttribute("height");
-        if (x > b.x + b.w || x + w < b.x || y > b.y + b.h || y + h < b.y) return;
+      cells.forEach(function (cell) {
         const d = cell.dataset;
         const s = BigInt(d.start), e = BigInt(d.end), lo = BigInt(d.lower), hi = BigInt(d.upper);
         if (start === null || s < start) start = s;

@@ -137,8 +137,9 @@ fn heat_colour(count: u64, max: u64) -> String {
 
 /// Calls per (time step × latency bucket): where the mass sits, and how often the tail fires.
 /// The heatmap; with `compare` (the link to the comparison of the target's calls, without a
-/// selection), each cell links to the comparison of its calls, and the script turns a region
-/// dragged across cells into one.
+/// selection), the script opens the comparison of a clicked cell's calls, or of a region dragged
+/// across cells. (The cells carry their bounds, not a link each: several hundred links of a few
+/// hundred bytes made a hop page's HTML four times its API answers.)
 pub(crate) fn heatmap(view: &LatencyView, range: TimeRange, compare: Option<&str>) -> Markup {
     let cells: Vec<(i64, i32, u64)> =
         view.heatmap.iter().filter_map(|c| Some((parse_time(&c.time).ok()?, c.bucket, c.count))).collect();
@@ -163,32 +164,14 @@ pub(crate) fn heatmap(view: &LatencyView, range: TimeRange, compare: Option<&str
                 }
                 @for (t, bucket, count) in &cells {
                     @let (lower, upper) = (bucket_lower_ns(*bucket), bucket_upper_ns(*bucket));
-                    @let cell = html! {
-                        rect.cell data-count=(count) data-bucket=(bucket) data-start=(t) data-end=(t + view.step_ns) data-lower=(lower) data-upper=(upper) x=(format!("{:.1}", x_of(range, *t))) y=(format!("{:.1}", y_of(*bucket))) width=(format!("{:.1}", cell_w)) height=(format!("{:.1}", row_h.max(1.0))) fill=(heat_colour(*count, max)) {
-                            title { (count) " calls of " (duration(lower as f64)) "–" (duration(upper as f64)) @if compare.is_some() { ": compare them with the rest" } }
-                        }
-                    };
-                    @if let Some(base) = compare {
-                        a href=(cell_link(base, *t, view.step_ns, lower, upper)) tabindex="-1" { (cell) }
-                    } @else {
-                        (cell)
+                    rect.cell data-count=(count) data-bucket=(bucket) data-start=(t) data-end=(t + view.step_ns) data-lower=(lower) data-upper=(upper) x=(format!("{:.1}", x_of(range, *t))) y=(format!("{:.1}", y_of(*bucket))) width=(format!("{:.1}", cell_w)) height=(format!("{:.1}", row_h.max(1.0))) fill=(heat_colour(*count, max)) {
+                        title { (count) " calls of " (duration(lower as f64)) "–" (duration(upper as f64)) @if compare.is_some() { ": compare them with the rest" } }
                     }
                 }
                 (time_axis(range))
             }
         }
     }
-}
-
-/// `base` (a link with a query) and the selection of one heatmap cell: its latency bucket, its step.
-fn cell_link(base: &str, start_ns: i64, step_ns: i64, lower_ns: i64, upper_ns: i64) -> String {
-    let mut query = form_urlencoded::Serializer::new(String::new());
-    query
-        .append_pair("min_duration", &crate::compare::exact_duration(lower_ns))
-        .append_pair("max_duration", &crate::compare::exact_duration(upper_ns))
-        .append_pair("selection_start", &hopscope_schemas::time::format_time(start_ns))
-        .append_pair("selection_end", &hopscope_schemas::time::format_time(start_ns.saturating_add(step_ns)));
-    format!("{base}&{}", query.finish())
 }
 
 /// How many calls fell in each log-scale latency bucket (4 buckets per doubling).
