@@ -619,7 +619,9 @@ async fn every_page_in_a_real_browser() {
         assert_eq!(asked.get(name), Some(&value), "{name}: {click}");
     }
     let selected: u64 = click["selected"].as_str().unwrap().parse().unwrap();
-    assert!(selected >= 1 && selected <= cell["count"].as_u64().unwrap(), "{click}");
+    // (At least one trace: the cell is the busiest. Its count is not an upper bound: a sketched
+    // view's cell counts its sketch's bucket, whose bounds may differ from the cell's by 1%.)
+    assert!(selected >= 1, "{click}");
 
     // The time range is kept in the URL and the page stays the same.
     let range = &seen["range_pick"];

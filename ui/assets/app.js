@@ -157,9 +157,11 @@
     map.addEventListener("dragstart", function (event) { event.preventDefault(); });
     map.addEventListener("pointerdown", function (event) {
       chose = false;
-      if (event.button !== 0) return;
+      // The main button, or the middle one (a new tab, as for a link).
+      if (event.button !== 0 && event.button !== 1) return;
       const at = point(event);
-      if (at) region = { from: at, to: at, id: event.pointerId, moved: false };
+      const cell = event.target.closest ? event.target.closest("rect.cell") : null;
+      if (at) region = { from: at, to: at, id: event.pointerId, moved: false, cell: cell, button: event.button };
     });
     map.addEventListener("pointermove", function (event) {
       if (!region || region.id !== event.pointerId) return;
@@ -180,7 +182,7 @@
     });
     const release = function (event) {
       if (!region || region.id !== event.pointerId) return;
-      const moved = region.moved, b = moved ? box() : null;
+      const moved = region.moved, b = moved ? box() : null, pressed = region.cell, button = region.button;
       region = null;
       if (marquee) { marquee.remove(); marquee = null; }
       let cells;
@@ -191,8 +193,9 @@
           return !(x > b.x + b.w || x + w < b.x || y > b.y + b.h || y + h < b.y);
         });
       } else {
+        // A click: the cell pressed, if released on it.
         const cell = event.target.closest ? event.target.closest("rect.cell") : null;
-        if (!cell) return;
+        if (!pressed || cell !== pressed) return;
         cells = [cell];
       }
       chose = true;
@@ -215,6 +218,11 @@
       url.searchParams.set("max_duration", upper + "ns");
       url.searchParams.set("selection_start", iso(start));
       url.searchParams.set("selection_end", iso(end));
+      // As for a link: the middle button, Ctrl or ⌘ open a new tab.
+      if (button === 1 || event.ctrlKey || event.metaKey) {
+        window.open(url.toString(), "_blank", "noopener");
+        return;
+      }
       showLoading();
       window.location.assign(url.toString());
     };

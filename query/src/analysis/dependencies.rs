@@ -238,6 +238,9 @@ async fn graph(calls: &Calls, range: TimeRange) -> Result<Graph, QueryError> {
                     .users
                     .entry(callee.value(row).to_owned())
                     .or_insert_with(|| (callee_kind.value(row).to_owned(), BTreeSet::new(), 0));
+                if node_kind::prevails(callee_kind.value(row), &entry.0) {
+                    entry.0 = callee_kind.value(row).to_owned();
+                }
                 entry.1.insert(caller.value(row).to_owned());
                 entry.2 += calls_made;
             }

@@ -11,7 +11,8 @@
 //! exact: `percentile_cont` over every value of the group, interpolating linearly between the two
 //! nearest values.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Int32Type, IntervalMonthDayNano};
@@ -45,6 +46,7 @@ use crate::tables::{
     CALL_ROLLUP as CALL_ROLLUP_TABLE, EDGES as EDGES_TABLE, HOP_ROLLUP as HOP_ROLLUP_TABLE,
     OPERATION_ROLLUP as OPERATION_ROLLUP_TABLE, SPANS as SPANS_TABLE,
 };
+use crate::walk::{DerivedRollupTable, Split};
 
 /// What `GET /api/v1/edges` asks.
 #[derive(Debug, Clone)]
@@ -265,6 +267,7 @@ pub(crate) async fn slowest(
     query: &LatencyQuery,
     limit: usize,
 ) -> Result<SlowestCalls, QueryError> {
+    use hopscope_derive::rollup::MINUTE_NS;
     let sorted =
         [col("value").sort(false, false), col(c::TRACE_ID).sort(true, false), col(c::START_TIME).sort(true, false)];
     let rolled_up = match rolled_up_service(ctx, query).await? {
@@ -301,18 +304,21 @@ pub(crate) async fn slowest(
             .await?;
         return Ok(SlowestCalls { calls: slow_calls(&batches)?, per_minute: true });
     }
-    // Candidates: a few a variant (a row's may be stale, see `confirmed_calls`), enough for
-    // `limit` variants.
-    if let Some(rows) = rolled_up_hop(ctx, query).await?
-        && let Some(candidates) = rows.slowest(CANDIDATES_PER_VARIANT, limit.saturating_mul(CANDIDATES_PER_VARIANT))?
-    {
-        // A trace split when the rows were read, or now (a merge may have joined its parts).
-        let split_now = split_calls(ctx, rows.range).await?;
-        let whole_trace = |id: &[u8; 16]| {
-            [&rows.split, &split_now].iter().all(|split| split.as_ref().is_some_and(|split| !split.holds(id)))
-        };
-        let calls = confirmed_calls(ctx, &query.target, rows.range, candidates, whole_trace, limit).await?;
-        return Ok(SlowestCalls { calls, per_minute: true });
+    if matches!(query.target, LatencyTarget::Hop { .. }) && !query.exact && query.step_ns % MINUTE_NS == 0 {
+        // The traces split across the span files the rows come from, asked before and after they
+        // are read: the same manifest generation both times is the one the rows were read from.
+        let before = split_traces(ctx, whole_minutes(query.range)).await?;
+        if let Some(rows) = rolled_up_hop(ctx, query).await?
+            && let Some(candidates) = rows.slowest(CANDIDATES_PER_VARIANT)?
+        {
+            let after = split_traces(ctx, rows.range).await?;
+            let unchanged = before.0 == after.0;
+            let whole_trace = |id: &[u8; 16]| unchanged && before.1.as_ref().is_none_or(|split| !split.holds(id));
+            if let Some(calls) = confirmed_calls(ctx, &query.target, rows.range, candidates, whole_trace, limit).await?
+            {
+                return Ok(SlowestCalls { calls, per_minute: true });
+            }
+        }
     }
     let batches = latency_values(ctx, &query.target, query.range)
         .await?
@@ -378,7 +384,6 @@ async fn rolled_up_hop(ctx: &SessionContext, query: &LatencyQuery) -> Result<Opt
     if let Some(operation) = operation {
         condition = condition.and(col(edge::CALLEE_OPERATION).eq(lit(operation.as_str())));
     }
-    let split = split_calls(ctx, minutes).await?;
     // One row per minute and call variant (callers' and callees' operations): few, merged here.
     let batches = ctx
         .table(CALL_ROLLUP_TABLE)
@@ -399,19 +404,17 @@ async fn rolled_up_hop(ctx: &SessionContext, query: &LatencyQuery) -> Result<Opt
         ])?
         .collect()
         .await?;
-    Ok(Some(HopRows { batches, range: minutes, split }))
+    Ok(Some(HopRows { batches, range: minutes }))
 }
 
 /// The traces split across the span files `call_rollup` reads over `range` (whole minutes), whose
-/// stored rows its scan corrects; `None` when not known.
-async fn split_calls(
-    ctx: &SessionContext,
-    range: TimeRange,
-) -> Result<Option<std::sync::Arc<crate::walk::Split>>, QueryError> {
+/// stored rows its scan corrects, and the manifest generation they were found in. `None` for the
+/// traces when the scan reads no stored rows (it rolls up `edges` as the query runs, exact).
+async fn split_traces(ctx: &SessionContext, range: TimeRange) -> Result<(u64, Option<Arc<Split>>), QueryError> {
     let provider = ctx.table_provider(CALL_ROLLUP_TABLE).await?;
-    Ok(match provider.as_ref().downcast_ref::<crate::walk::DerivedRollupTable<hopscope_derive::edges::Pending>>() {
+    Ok(match provider.as_ref().downcast_ref::<DerivedRollupTable<hopscope_derive::edges::Pending>>() {
         Some(rollup) => rollup.split_traces(&[in_range(cr::MINUTE, range)]).await?,
-        None => None,
+        None => (0, None),
     })
 }
 
@@ -423,12 +426,14 @@ async fn split_calls(
 /// duration. So the candidates of traces that are not `whole_trace`s (split across the span files
 /// the rows come from) are read from `edges` (a small read: their ids select the rows), each found
 /// there takes the variant it has now, and one not found is dropped; a whole trace's row names
-/// the call as `edges` has it.
+/// the call as `edges` has it. `None` when more than [`MAX_DOUBTFUL_TRACES`] traces would be read.
+///
 /// A variant whose best-named call is not its own any more may hold a slower call than its other
 /// candidates that no row names (the stale call's row named only that one): its minute's calls
 /// are read from `edges` and the best of the variant taken. When the best-named call is still the
 /// variant's, no call of the variant is slower (each call is in a row, whose named call is at
-/// least as slow, and no row names a slower one).
+/// least as slow, and no row names a slower one). Two variants whose best is the same call (the
+/// same trace, start and duration) list it once.
 async fn confirmed_calls(
     ctx: &SessionContext,
     target: &LatencyTarget,
@@ -436,12 +441,9 @@ async fn confirmed_calls(
     candidates: Vec<(Variant, Evidence)>,
     whole_trace: impl Fn(&[u8; 16]) -> bool,
     limit: usize,
-) -> Result<Vec<SlowCallView>, QueryError> {
+) -> Result<Option<Vec<SlowCallView>>, QueryError> {
     use hopscope_derive::rollup::MINUTE_NS;
-    let LatencyTarget::Hop { caller, callee, operation } = target else { return Ok(Vec::new()) };
-    if candidates.is_empty() {
-        return Ok(Vec::new());
-    }
+    let LatencyTarget::Hop { caller, callee, operation } = target else { return Ok(Some(Vec::new())) };
     let calls = |condition: Expr| async move {
         let batches = hop_calls(ctx, caller, callee, operation.as_deref(), range)
             .await?
@@ -458,31 +460,33 @@ async fn confirmed_calls(
             .await?;
         variant_calls(&batches)
     };
-    // Each candidate with the variant it has now: a whole trace's as its row names it, a split
-    // one's as `edges` has it.
+    // The candidates as `edges` has them now: a whole trace's as its row names it, a split one's
+    // as read back.
     let (whole, doubtful): (Vec<_>, Vec<_>) = candidates.iter().partition(|(_, (_, id, _))| whole_trace(id));
-    let mut now: std::collections::HashMap<Evidence, Variant> =
-        whole.into_iter().map(|(variant, call)| (*call, variant.clone())).collect();
+    let mut confirmed: HashSet<(Variant, Evidence)> = whole.into_iter().cloned().collect();
     if !doubtful.is_empty() {
-        let named: std::collections::HashSet<Evidence> = doubtful.iter().map(|(_, call)| *call).collect();
+        let named: HashSet<Evidence> = doubtful.iter().map(|(_, call)| *call).collect();
         let ids: std::collections::BTreeSet<[u8; 16]> = named.iter().map(|(_, id, _)| *id).collect();
+        if ids.len() > MAX_DOUBTFUL_TRACES {
+            return Ok(None);
+        }
         let ids: Vec<hopscope_schemas::TraceId> = ids.into_iter().map(hopscope_schemas::TraceId).collect();
         for (variant, call) in calls(super::frame::trace_id_in(&ids)).await? {
             if named.contains(&call) {
-                now.insert(call, variant);
+                confirmed.insert((variant, call));
             }
         }
     }
-    let mut slowest: std::collections::HashMap<Variant, Evidence> = std::collections::HashMap::new();
-    for (call, variant) in &now {
+    let mut slowest: HashMap<Variant, Evidence> = HashMap::new();
+    for (variant, call) in &confirmed {
         keep_slowest(&mut slowest, variant.clone(), *call);
     }
     // The candidates are ranked, so a variant's first is its best-named call.
-    let mut stale = std::collections::HashSet::new();
-    let mut seen = std::collections::HashSet::new();
-    for (variant, call) in candidates {
-        if seen.insert(variant.clone()) && now.get(&call) != Some(&variant) {
-            stale.insert(variant);
+    let mut stale = HashSet::new();
+    let mut seen = HashSet::new();
+    for candidate in candidates {
+        if seen.insert(candidate.0.clone()) && !confirmed.contains(&candidate) {
+            stale.insert(candidate.0);
         }
     }
     if !stale.is_empty() {
@@ -499,15 +503,21 @@ async fn confirmed_calls(
             }
         }
     }
-    Ok(ranked(slowest, limit)
-        .into_iter()
-        .map(|(ns, id, start)| SlowCallView {
-            trace_id: hex::encode(id),
-            start_time: format_time(start),
-            duration_ns: ns,
-        })
-        .collect())
+    Ok(Some(
+        ranked(slowest, limit)
+            .into_iter()
+            .map(|(ns, id, start)| SlowCallView {
+                trace_id: hex::encode(id),
+                start_time: format_time(start),
+                duration_ns: ns,
+            })
+            .collect(),
+    ))
 }
+
+/// More traces of split-trace candidates than a hop's slowest list reads back from `edges` by
+/// their ids (beyond it, the list is read from every call of the range).
+const MAX_DOUBTFUL_TRACES: usize = 1_000;
 
 /// The calls of [`hop_calls`] rows (`trace_id`, `start_time`, `value` and the variant's columns),
 /// each with its variant; calls without a value left out.
@@ -557,7 +567,7 @@ fn rank(call: &Evidence) -> (std::cmp::Reverse<i64>, [u8; 16], i64) {
 }
 
 /// Keeps `call` as its variant's slowest if it is.
-fn keep_slowest(slowest: &mut std::collections::HashMap<Variant, Evidence>, variant: Variant, call: Evidence) {
+fn keep_slowest(slowest: &mut HashMap<Variant, Evidence>, variant: Variant, call: Evidence) {
     let best = slowest.entry(variant).or_insert(call);
     if rank(&call) < rank(best) {
         *best = call;
@@ -565,7 +575,7 @@ fn keep_slowest(slowest: &mut std::collections::HashMap<Variant, Evidence>, vari
 }
 
 /// The variants' slowest calls, ranked, each once, at most `limit`.
-fn ranked(slowest: std::collections::HashMap<Variant, Evidence>, limit: usize) -> Vec<Evidence> {
+fn ranked(slowest: HashMap<Variant, Evidence>, limit: usize) -> Vec<Evidence> {
     let mut calls: Vec<Evidence> = slowest.into_values().collect();
     calls.sort_by_key(rank);
     calls.dedup();
@@ -578,9 +588,6 @@ struct HopRows {
     batches: Vec<RecordBatch>,
     /// The asked range widened to whole minutes.
     range: TimeRange,
-    /// The traces split across the span files the rows come from, before they were read (`None`
-    /// when not known).
-    split: Option<std::sync::Arc<crate::walk::Split>>,
 }
 
 impl HopRows {
@@ -609,9 +616,10 @@ impl HopRows {
     }
 
     /// Candidates for the slowest calls (see [`confirmed_calls`]): the `per_variant` slowest each
-    /// minute and call variant's rows name, each with that variant, ranked, at most `limit`. `None`
-    /// when a row lacks its slowest call's start (derived before `CALL_MOMENTS_SINCE`).
-    fn slowest(&self, per_variant: usize, limit: usize) -> Result<Option<Vec<(Variant, Evidence)>>, QueryError> {
+    /// minute and call variant's rows name, each with that variant, ranked (every variant: rows
+    /// are few, and a stale candidate can hide a variant's best). `None` when a row lacks its
+    /// slowest call's start (derived before `CALL_MOMENTS_SINCE`).
+    fn slowest(&self, per_variant: usize) -> Result<Option<Vec<(Variant, Evidence)>>, QueryError> {
         let mut named: std::collections::HashMap<Variant, Vec<Evidence>> = std::collections::HashMap::new();
         for batch in &self.batches {
             let r = Results(batch);
@@ -644,7 +652,6 @@ impl HopRows {
             .collect();
         candidates
             .sort_by(|(a_variant, a), (b_variant, b)| rank(a).cmp(&rank(b)).then_with(|| a_variant.cmp(b_variant)));
-        candidates.truncate(limit);
         Ok(Some(candidates))
     }
 }

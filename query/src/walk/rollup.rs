@@ -103,11 +103,13 @@ impl<D: Send + Sync + 'static> DerivedRollupTable<D> {
 
 impl DerivedRollupTable<hopscope_derive::edges::Pending> {
     /// The traces split across the span files a scan with `filters` (on `minute`) reads, whose
-    /// stored rows it corrects; `None` when not known (rows not stored, or too many to list).
-    pub(crate) async fn split_traces(&self, filters: &[Expr]) -> DfResult<Option<Arc<super::Split>>> {
+    /// stored rows it corrects, and the generation of the manifest that lists those files (0
+    /// without stored rows). `None` for the traces when the scan reads no stored rows: it then
+    /// rolls up the base table's rows, the walk's.
+    pub(crate) async fn split_traces(&self, filters: &[Expr]) -> DfResult<(u64, Option<Arc<super::Split>>)> {
         match &self.stored {
             Some(stored) => stored.rollup_split(&start_filters(filters)?, self.rollup.table()).await,
-            None => Ok(None),
+            None => Ok((0, None)),
         }
     }
 }

@@ -411,13 +411,17 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
     }
 
     /// The traces split across the span files that the rollup `table` over `filters` (on this
-    /// table's `start_time`) reads: those whose stored rows [`StoredTable::rollup_parts`] corrects.
-    /// `None` when that rollup is not read from stored rows, or they are too many to list.
-    pub(crate) async fn rollup_split(&self, filters: &[Expr], table: &str) -> DfResult<Option<Arc<Split>>> {
+    /// table's `start_time`) reads: those whose stored rows [`StoredTable::rollup_parts`] corrects,
+    /// with the generation of the manifest that lists them. `None` for the traces when that rollup
+    /// reads no stored rows (a file derived without it, or too many split traces: it is then
+    /// computed from this table, whose rows are then the walk's).
+    pub(crate) async fn rollup_split(&self, filters: &[Expr], table: &str) -> DfResult<(u64, Option<Arc<Split>>)> {
         let manifest = self.spans.manifest()?;
         let span_filters = widened_span_filters(filters, self.storing.slack_ns);
-        let Some(window) = self.rollup_window(&manifest, &span_filters, table) else { return Ok(None) };
-        self.splits.of(self.spans.files(), &window).await
+        let Some(window) = self.rollup_window(&manifest, &span_filters, table) else {
+            return Ok((manifest.generation, None));
+        };
+        Ok((manifest.generation, self.splits.of(self.spans.files(), &window).await?))
     }
 }
 
