@@ -87,6 +87,12 @@ def main():
               f"&{window}", f"/api/v1/dependencies?{window}"]),
             ("findings", f"/ui/findings?{window}", [f"/api/v1/findings?{window}"]),
         ]
+        # The comparison the service page links as "p99 or slower": the tail's traces against the
+        # others of the range.
+        p99 = server.get(f"/api/v1/latency?service={q(service)}&{window}&{step}")["summary"]["percentiles"]["p99_ns"]
+        tail = f"service={q(service)}&min_duration={int(p99)}ns&{window}"
+        pages.append((f"comparison: `{service}` p99 or slower against the rest", f"/ui/compare?{tail}",
+                      [f"/api/v1/compare?{tail}"]))
         base = f"http://{server.api}"
         results = []
         with sync_playwright() as p:
