@@ -172,7 +172,7 @@ def main():
         out["node_click"] = {"url": page.url, "h1": page.locator("h1").inner_text()}
         page.screenshot(path=os.path.join(args.screenshots, "service.png"), full_page=True)
         out["service_page"] = {
-            "heatmap_cells": page.locator("svg.heatmap rect.cell").count(),
+            "heatmap_cells": page.eval_on_selector("svg.heatmap", "e => e.dataset.cells.split(' ').filter(Boolean).length"),
             "percentile_lines": page.locator("svg.percentiles polyline.series").count(),
             "histogram_bars": page.locator("svg.histogram rect.bar").count(),
             "slowest_links": page.eval_on_selector_all("table.slowest a.trace-link", "els => els.map(e => e.getAttribute('href'))"),
@@ -229,7 +229,7 @@ def main():
             "url": page.url,
             "h1": page.locator("h1").inner_text(),
             "distributions": page.eval_on_selector_all("table.side-by-side tr[data-distribution]", "els => els.map(e => e.dataset.distribution)"),
-            "heatmap_cells": page.locator("svg.heatmap rect.cell").count(),
+            "heatmap_cells": page.eval_on_selector("svg.heatmap", "e => e.dataset.cells.split(' ').filter(Boolean).length"),
             "slowest_links": page.eval_on_selector_all("table.slowest a.trace-link", "els => els.map(e => e.getAttribute('href'))"),
             "slowest_header": page.eval_on_selector_all("table.slowest th.num", "els => els.map(e => e.textContent)"),
         }
@@ -237,15 +237,26 @@ def main():
         # A click on one heatmap cell (the one with most calls) opens the comparison of its calls.
         cell = page.evaluate(
             """() => {
-                const cells = [...document.querySelectorAll('svg.heatmap rect.cell')];
-                cells.sort((a, b) => b.dataset.count - a.dataset.count);
-                const c = cells[0];
-                c.scrollIntoView({block: 'center'});
-                const r = c.getBoundingClientRect();
-                const d = c.dataset;
-                return {x: r.left + r.width / 2, y: r.top + r.height / 2, start: d.start, end: d.end, lower: d.lower, upper: d.upper, count: +d.count};
+                // The grid the drawing describes (ui/src/charts.rs), read here on its own.
+                const map = document.querySelector('svg.heatmap'), d = map.dataset;
+                const columns = d.columns.split(' ').map(c => c.split(':'));
+                const rows = d.rows.split('|').map(r => r.split(','));
+                let best = null;
+                for (const c of d.cells.split(' ')) {
+                    const [j, r, n] = c.split(':').map(Number);
+                    if (!best || n > best.n) best = {j, r, n};
+                }
+                map.scrollIntoView({block: 'center'});
+                const x = +columns[best.j][1] + d.cellW / 2, y = d.bottom - (best.r + 0.5) * d.rowH;
+                const p = new DOMPoint(x, y).matrixTransform(map.getScreenCTM());
+                return {x: p.x, y: p.y, start: columns[best.j][0], end: (BigInt(columns[best.j][0]) + BigInt(d.step)).toString(),
+                        lower: rows[best.r][0], upper: rows[best.r][1], count: best.n};
             }"""
         )
+        # Its count shows on hover (two moves inside the cell: the pointer may already be there).
+        page.mouse.move(cell["x"] - 2, cell["y"])
+        page.mouse.move(cell["x"], cell["y"])
+        cell["tip"] = page.inner_text(".heat-tip")
         with page.expect_navigation():
             page.mouse.click(cell["x"], cell["y"])
         page.wait_for_load_state("load")

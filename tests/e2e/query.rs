@@ -1922,15 +1922,15 @@ async fn compare_names_what_the_slow_traces_have_that_the_others_lack() {
     let service = reqwest::get(server.api_url(&format!("/ui/service?name=shop&range=custom&{range}"))).await.unwrap();
     let service = service.text().await.unwrap();
     assert!(service.contains("/ui/compare?service=shop&amp;min_duration="), "no band link: {service}");
-    // The heatmap's cells carry their bounds, from which the script opens a cell's comparison
+    // The heatmap describes its grid, from which the script opens a cell's comparison
     // (tests/clients/ui_check.py clicks one).
     assert!(
         service.contains("svg class=\"heatmap\"") && service.contains("data-compare=\"/ui/compare?service=shop&amp;"),
         "no heatmap comparison: {service}"
     );
     assert!(
-        service.contains("rect class=\"cell\"") && service.contains("data-lower="),
-        "no heatmap cell bounds: {service}"
+        service.contains("path class=\"cells\"") && service.contains("data-cells=\""),
+        "no heatmap cells: {service}"
     );
 
     // The critical-path page leads to the comparison of its tail: the slowest request (p99 and

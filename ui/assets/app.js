@@ -132,36 +132,83 @@
     });
   }
 
-  // A heatmap of a latency page: a region dragged across its cells selects their calls (the
-  // durations from the lowest cell's lower bound to the highest's upper bound, started in the
-  // steps they cover) and opens the comparison of those calls with the rest; a click on one cell
-  // opens its calls'. Times are nanoseconds beyond 2^53, so they stay BigInt.
-  document.querySelectorAll("svg.heatmap[data-compare]").forEach(function (map) {
+  // A heatmap of a latency page. Its cells are drawn as a path per colour; the grid is described
+  // on the drawing (charts.rs `heatmap`): each column's start (ns) and x, each row's bounds (ns)
+  // and label, and each cell's column, row and count. A cell's count shows on hover. With a
+  // comparison link, a click on a cell opens the comparison of its calls with the rest, and a
+  // region dragged across cells that of theirs (the durations from the lowest row's lower bound
+  // to the highest's upper bound, started in the columns they cover). Times are nanoseconds
+  // beyond 2^53, so they stay BigInt.
+  document.querySelectorAll("svg.heatmap[data-cells]").forEach(function (map) {
     const ns = "http://www.w3.org/2000/svg";
-    let region = null, marquee = null, chose = false;
+    const d = map.dataset;
+    const columns = d.columns.split(" ").filter(Boolean).map(function (c) {
+      const [t, x] = c.split(":");
+      return { t: BigInt(t), x: +x };
+    });
+    const rows = d.rows.split("|").filter(Boolean).map(function (r) {
+      const [lower, upper, label] = r.split(",");
+      return { lower: BigInt(lower), upper: BigInt(upper), label: label };
+    });
+    const counts = new Map();
+    d.cells.split(" ").filter(Boolean).forEach(function (c) {
+      const [j, r, n] = c.split(":").map(Number);
+      counts.set(j + ":" + r, n);
+    });
+    const cellW = +d.cellW, rowH = +d.rowH, bottom = +d.bottom, step = BigInt(d.step);
+    const tip = map.parentNode.querySelector(".heat-tip");
     const point = function (event) {
       const matrix = map.getScreenCTM();
       if (!matrix) return null;
       const p = new DOMPoint(event.clientX, event.clientY).matrixTransform(matrix.inverse());
       return { x: p.x, y: p.y };
     };
+    // The cells with calls whose area meets [x0, x1] × [y0, y1] (drawing units).
+    const cellsIn = function (x0, x1, y0, y1) {
+      const found = [];
+      columns.forEach(function (c, j) {
+        if (c.x > x1 || c.x + cellW < x0) return;
+        rows.forEach(function (_, r) {
+          const top = bottom - (r + 1) * rowH;
+          if (top > y1 || top + rowH < y0) return;
+          if (counts.has(j + ":" + r)) found.push({ j: j, r: r, n: counts.get(j + ":" + r) });
+        });
+      });
+      return found;
+    };
+    const cellAt = function (at) {
+      if (!at) return null;
+      const j = columns.findIndex(function (c) { return at.x >= c.x && at.x < c.x + cellW; });
+      const r = Math.floor((bottom - at.y) / rowH);
+      if (j < 0 || r < 0 || r >= rows.length || !counts.has(j + ":" + r)) return null;
+      return { j: j, r: r, n: counts.get(j + ":" + r) };
+    };
+    const compare = d.compare;
+    if (tip) {
+      map.addEventListener("pointermove", function (event) {
+        const cell = cellAt(point(event));
+        if (!cell) { tip.hidden = true; return; }
+        tip.textContent = cell.n + " calls of " + rows[cell.r].label + (compare ? ": click to compare them with the rest" : "");
+        const box = map.parentNode.getBoundingClientRect();
+        tip.style.left = (event.clientX - box.left + 12) + "px";
+        tip.style.top = (event.clientY - box.top + 12) + "px";
+        tip.hidden = false;
+      });
+      map.addEventListener("pointerleave", function () { tip.hidden = true; });
+    }
+    if (!compare) return;
+    let region = null, marquee = null;
     const box = function () {
       return {
         x: Math.min(region.from.x, region.to.x), y: Math.min(region.from.y, region.to.y),
         w: Math.abs(region.to.x - region.from.x), h: Math.abs(region.to.y - region.from.y),
       };
     };
-    map.addEventListener("click", function (event) {
-      if (chose) { chose = false; event.preventDefault(); event.stopPropagation(); }
-    }, true);
-    map.addEventListener("dragstart", function (event) { event.preventDefault(); });
     map.addEventListener("pointerdown", function (event) {
-      chose = false;
       // The main button, or the middle one (a new tab, as for a link).
       if (event.button !== 0 && event.button !== 1) return;
       const at = point(event);
-      const cell = event.target.closest ? event.target.closest("rect.cell") : null;
-      if (at) region = { from: at, to: at, id: event.pointerId, moved: false, cell: cell, button: event.button };
+      if (at) region = { from: at, to: at, id: event.pointerId, moved: false, cell: cellAt(at), button: event.button };
     });
     map.addEventListener("pointermove", function (event) {
       if (!region || region.id !== event.pointerId) return;
@@ -187,33 +234,22 @@
       if (marquee) { marquee.remove(); marquee = null; }
       let cells;
       if (moved) {
-        cells = Array.from(map.querySelectorAll("rect.cell")).filter(function (cell) {
-          const x = +cell.getAttribute("x"), y = +cell.getAttribute("y");
-          const w = +cell.getAttribute("width"), h = +cell.getAttribute("height");
-          return !(x > b.x + b.w || x + w < b.x || y > b.y + b.h || y + h < b.y);
-        });
+        cells = cellsIn(b.x, b.x + b.w, b.y, b.y + b.h);
       } else {
         // A click: the cell pressed, if released on it.
-        const cell = event.target.closest ? event.target.closest("rect.cell") : null;
-        if (!pressed || cell !== pressed) return;
+        const cell = cellAt(point(event));
+        if (!pressed || !cell || cell.j !== pressed.j || cell.r !== pressed.r) return;
         cells = [cell];
       }
-      chose = true;
-      let start = null, end = null, lower = null, upper = null;
-      cells.forEach(function (cell) {
-        const d = cell.dataset;
-        const s = BigInt(d.start), e = BigInt(d.end), lo = BigInt(d.lower), hi = BigInt(d.upper);
-        if (start === null || s < start) start = s;
-        if (end === null || e > end) end = e;
-        if (lower === null || lo < lower) lower = lo;
-        if (upper === null || hi > upper) upper = hi;
-      });
-      if (start === null) return;
+      if (!cells.length) return;
+      const js = cells.map(function (c) { return c.j; }), rs = cells.map(function (c) { return c.r; });
+      const start = columns[Math.min.apply(null, js)].t, end = columns[Math.max.apply(null, js)].t + step;
+      const lower = rows[Math.min.apply(null, rs)].lower, upper = rows[Math.max.apply(null, rs)].upper;
       const iso = function (t) {
         const ms = t / 1000000n, rest = (t % 1000000n).toString().padStart(6, "0");
         return new Date(Number(ms)).toISOString().replace("Z", rest + "Z");
       };
-      const url = new URL(map.dataset.compare, window.location.href);
+      const url = new URL(compare, window.location.href);
       url.searchParams.set("min_duration", lower + "ns");
       url.searchParams.set("max_duration", upper + "ns");
       url.searchParams.set("selection_start", iso(start));

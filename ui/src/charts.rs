@@ -136,10 +136,13 @@ fn heat_colour(count: u64, max: u64) -> String {
 }
 
 /// Calls per (time step × latency bucket): where the mass sits, and how often the tail fires.
-/// The heatmap; with `compare` (the link to the comparison of the target's calls, without a
-/// selection), the script opens the comparison of a clicked cell's calls, or of a region dragged
-/// across cells. (The cells carry their bounds, not a link each: several hundred links of a few
-/// hundred bytes made a hop page's HTML four times its API answers.)
+/// The cells are drawn as one path per colour (a few dozen shapes where a cell each made the
+/// browser spend most of a latency page's drawing time on them), and the grid is described on the
+/// drawing for the script: `data-columns` (each step's start in ns and its x), `data-rows` (each
+/// bucket's bounds in ns and its label, from the lowest bucket up), `data-cells` (column, row and
+/// count of each cell with calls), and the cell size. The script shows a cell's count on hover,
+/// and with `compare` (the link to the comparison of the target's calls, without a selection)
+/// opens the comparison of a clicked cell's calls, or of a region dragged across cells.
 pub(crate) fn heatmap(view: &LatencyView, range: TimeRange, compare: Option<&str>) -> Markup {
     let cells: Vec<(i64, i32, u64)> =
         view.heatmap.iter().filter_map(|c| Some((parse_time(&c.time).ok()?, c.bucket, c.count))).collect();
@@ -149,27 +152,54 @@ pub(crate) fn heatmap(view: &LatencyView, range: TimeRange, compare: Option<&str
     let plot_h = HEIGHT - MARGIN.2 - MARGIN.3;
     let row_h = plot_h / rows as f64;
     let cell_w = (x_of(range, range.start_ns + view.step_ns) - x_of(range, range.start_ns)).max(1.0);
-    let y_of = |bucket: i32| HEIGHT - MARGIN.3 - row_h * f64::from(bucket - lo + 1);
+    let bottom = HEIGHT - MARGIN.3;
+    let y_of = |bucket: i32| bottom - row_h * f64::from(bucket - lo + 1);
+    // The grid: columns are the steps that have cells, in time order.
+    let columns: Vec<i64> = cells.iter().map(|c| c.0).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    let column_of: std::collections::HashMap<i64, usize> = columns.iter().enumerate().map(|(j, t)| (*t, j)).collect();
+    let mut shapes: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+    let mut listed = Vec::with_capacity(cells.len());
+    for (t, bucket, count) in &cells {
+        let d = shapes.entry(heat_colour(*count, max)).or_default();
+        d.push_str(&format!(
+            "M{:.1},{:.1}h{cell_w:.1}v{:.1}h-{cell_w:.1}z",
+            x_of(range, *t),
+            y_of(*bucket),
+            row_h.max(1.0)
+        ));
+        listed.push(format!("{}:{}:{count}", column_of[t], bucket - lo));
+    }
+    let column_list: Vec<String> = columns.iter().map(|t| format!("{t}:{:.1}", x_of(range, *t))).collect();
+    let row_list: Vec<String> = if cells.is_empty() {
+        Vec::new()
+    } else {
+        (lo..=hi)
+            .map(|b| {
+                let (lower, upper) = (bucket_lower_ns(b), bucket_upper_ns(b));
+                format!("{lower},{upper},{}–{}", duration(lower as f64), duration(upper as f64))
+            })
+            .collect()
+    };
     // Label about six rows.
     let label_every = rows.div_ceil(6).max(1);
     html! {
-        figure.chart {
+        figure.chart.heat {
             figcaption { "Heatmap: calls per time step and latency bucket" }
-            svg.heatmap role="img" aria-label="latency heatmap" viewBox=(format!("0 0 {WIDTH} {HEIGHT}")) width=(WIDTH) height=(HEIGHT) data-compare=[compare] {
-                line.axis x1=(MARGIN.0) y1=(MARGIN.2) x2=(MARGIN.0) y2=(HEIGHT - MARGIN.3) {}
+            svg.heatmap role="img" aria-label="latency heatmap" viewBox=(format!("0 0 {WIDTH} {HEIGHT}")) width=(WIDTH) height=(HEIGHT) data-compare=[compare]
+                data-step=(view.step_ns) data-cell-w=(format!("{cell_w:.1}")) data-row-h=(format!("{row_h:.3}")) data-bottom=(bottom)
+                data-columns=(column_list.join(" ")) data-rows=(row_list.join("|")) data-cells=(listed.join(" ")) {
+                line.axis x1=(MARGIN.0) y1=(MARGIN.2) x2=(MARGIN.0) y2=(bottom) {}
                 @if !cells.is_empty() {
                     @for bucket in (lo..=hi).step_by(label_every) {
                         text.tick-label x=(MARGIN.0 - 6.0) y=(y_of(bucket) + row_h / 2.0 + 4.0) text-anchor="end" { (duration(bucket_lower_ns(bucket) as f64)) }
                     }
                 }
-                @for (t, bucket, count) in &cells {
-                    @let (lower, upper) = (bucket_lower_ns(*bucket), bucket_upper_ns(*bucket));
-                    rect.cell data-count=(count) data-bucket=(bucket) data-start=(t) data-end=(t + view.step_ns) data-lower=(lower) data-upper=(upper) x=(format!("{:.1}", x_of(range, *t))) y=(format!("{:.1}", y_of(*bucket))) width=(format!("{:.1}", cell_w)) height=(format!("{:.1}", row_h.max(1.0))) fill=(heat_colour(*count, max)) {
-                        title { (count) " calls of " (duration(lower as f64)) "–" (duration(upper as f64)) @if compare.is_some() { ": compare them with the rest" } }
-                    }
+                @for (fill, d) in &shapes {
+                    path.cells fill=(fill) d=(d) {}
                 }
                 (time_axis(range))
             }
+            div.heat-tip hidden {}
         }
     }
 }
@@ -245,6 +275,54 @@ mod tests {
             assert!((range.start_ns..=range.end_ns).contains(t));
             assert_eq!(t % (600 * 1_000_000_000), 0, "{label}");
         }
+    }
+
+    #[test]
+    fn the_heatmap_describes_every_cell_it_draws() {
+        use hopscope_schemas::api::{HeatmapCell, PercentileAccuracy, Predictability};
+        let minute = 60_000_000_000i64;
+        let t0 = 1_764_000_000_000_000_000i64;
+        let range = TimeRange { start_ns: t0, end_ns: t0 + 4 * minute };
+        let cell = |t: i64, bucket: i32, count: u64| HeatmapCell {
+            time: hopscope_schemas::time::format_time(t),
+            bucket,
+            count,
+        };
+        let zero = Percentiles { p50_ns: 0.0, p90_ns: 0.0, p99_ns: 0.0, p999_ns: 0.0 };
+        let view = LatencyView {
+            start: String::new(),
+            end: String::new(),
+            step_ns: minute,
+            percentiles: PercentileAccuracy { method: "exact", relative_error: 0.0 },
+            series: vec![],
+            histogram: vec![],
+            heatmap: vec![cell(t0, 40, 1), cell(t0, 42, 7), cell(t0 + 2 * minute, 40, 7)],
+            summary: Predictability {
+                count: 15,
+                mean_ns: 0.0,
+                stddev_ns: 0.0,
+                percentiles: zero,
+                p99_over_p50: None,
+                coefficient_of_variation: None,
+            },
+        };
+        let page = heatmap(&view, range, Some("/ui/compare?service=a")).into_string();
+        let attribute = |name: &str| {
+            let at = page.find(&format!(" {name}=\"")).unwrap_or_else(|| panic!("no {name}: {page}")) + name.len() + 3;
+            page[at..at + page[at..].find('"').unwrap()].to_owned()
+        };
+        // Two columns (the steps with cells), three rows (buckets 40 to 42), three cells.
+        let columns = attribute("data-columns");
+        assert_eq!(columns, format!("{t0}:64.0 {}:{:.1}", t0 + 2 * minute, x_of(range, t0 + 2 * minute)));
+        let rows: Vec<String> = attribute("data-rows").split('|').map(str::to_owned).collect();
+        assert_eq!(rows.len(), 3);
+        assert!(rows[0].starts_with(&format!("{},{},", bucket_lower_ns(40), bucket_upper_ns(40))), "{rows:?}");
+        assert_eq!(attribute("data-cells"), "0:0:1 0:2:7 1:0:7");
+        // Drawn as one path per colour: the two cells of 7 calls share one.
+        let shapes: Vec<&str> = page.split("<path class=\"cells\"").skip(1).collect();
+        assert_eq!(shapes.len(), 2, "{page}");
+        let drawn: usize = shapes.iter().map(|shape| shape[..shape.find('>').unwrap()].matches('M').count()).sum();
+        assert_eq!(drawn, 3, "{page}");
     }
 
     #[test]

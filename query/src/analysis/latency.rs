@@ -309,7 +309,7 @@ pub(crate) async fn slowest(
         // are read: the same manifest generation both times is the one the rows were read from.
         let before = split_traces(ctx, whole_minutes(query.range)).await?;
         if let Some(rows) = rolled_up_hop(ctx, query).await?
-            && let Some(candidates) = rows.slowest(CANDIDATES_PER_VARIANT)?
+            && let Some(candidates) = rows.slowest()?
         {
             let after = split_traces(ctx, rows.range).await?;
             let unchanged = before.0 == after.0;
@@ -419,21 +419,21 @@ async fn split_traces(ctx: &SessionContext, range: TimeRange) -> Result<(u64, Op
 }
 
 /// The slowest call of each minute and call variant, as `edges` has them now, slowest first, at
-/// most `limit`, from the `candidates` the rollup rows name (each with the variant of the rows
-/// that name it, ranked). A row's evidence is not taken away with its calls: a trace split across
-/// span files names its slowest call as one file saw it, perhaps under another variant or hop (a
-/// call to an uninstrumented peer whose server span was in the other file), or with another
-/// duration. So the candidates of traces that are not `whole_trace`s (split across the span files
-/// the rows come from) are read from `edges` (a small read: their ids select the rows), each found
-/// there takes the variant it has now, and one not found is dropped; a whole trace's row names
-/// the call as `edges` has it. `None` when more than [`MAX_DOUBTFUL_TRACES`] traces would be read.
+/// most `limit`, from the `candidates`: the call each variant's rollup rows name as its slowest,
+/// ranked. A row's evidence is not taken away with its calls: a trace split across span files
+/// names its slowest call as one file saw it, perhaps under another variant or hop (a call to an
+/// uninstrumented peer whose server span was in the other file), or with another duration. So the
+/// candidates of traces that are not `whole_trace`s (split across the span files the rows come
+/// from) are read from `edges` (a small read: their ids select the rows), each found there takes
+/// the variant it has now, and one not found is dropped; a whole trace's row names the call as
+/// `edges` has it. `None` when more than [`MAX_DOUBTFUL_TRACES`] traces would be read.
 ///
-/// A variant whose best-named call is not its own any more may hold a slower call than its other
-/// candidates that no row names (the stale call's row named only that one): its minute's calls
-/// are read from `edges` and the best of the variant taken. When the best-named call is still the
-/// variant's, no call of the variant is slower (each call is in a row, whose named call is at
-/// least as slow, and no row names a slower one). Two variants whose best is the same call (the
-/// same trace, start and duration) list it once.
+/// When a variant's best-named call is still its own, no call of the variant is slower (each call
+/// is in a row, whose named call is at least as slow, and no row names a slower one). When it is
+/// not, the variant may hold a slower call than any other its rows name (the stale call's row
+/// named only that one): its minute's calls are read from `edges` and the best of the variant
+/// taken. Two variants whose best is the same call (the same trace, start and duration) list it
+/// once.
 async fn confirmed_calls(
     ctx: &SessionContext,
     target: &LatencyTarget,
@@ -481,14 +481,8 @@ async fn confirmed_calls(
     for (variant, call) in &confirmed {
         keep_slowest(&mut slowest, variant.clone(), *call);
     }
-    // The candidates are ranked, so a variant's first is its best-named call.
-    let mut stale = HashSet::new();
-    let mut seen = HashSet::new();
-    for candidate in candidates {
-        if seen.insert(candidate.0.clone()) && !confirmed.contains(&candidate) {
-            stale.insert(candidate.0);
-        }
-    }
+    let stale: HashSet<Variant> =
+        candidates.into_iter().filter(|candidate| !confirmed.contains(candidate)).map(|(variant, _)| variant).collect();
     if !stale.is_empty() {
         let minutes: std::collections::BTreeSet<i64> = stale.iter().map(|variant| variant.0).collect();
         let condition = minutes
@@ -537,9 +531,6 @@ fn variant_calls(batches: &[RecordBatch]) -> Result<Vec<(Variant, Evidence)>, Qu
     }
     Ok(out)
 }
-
-/// How many of each variant's rows' slowest calls are candidates for a hop's slowest list.
-const CANDIDATES_PER_VARIANT: usize = 3;
 
 /// A call a rollup row names as its slowest: its value, trace id and start.
 type Evidence = (i64, [u8; 16], i64);
@@ -615,12 +606,11 @@ impl HopRows {
         Ok(Some(rolled_up_view(rows, self.range, step_ns)))
     }
 
-    /// Candidates for the slowest calls (see [`confirmed_calls`]): the `per_variant` slowest each
-    /// minute and call variant's rows name, each with that variant, ranked (every variant: rows
-    /// are few, and a stale candidate can hide a variant's best). `None` when a row lacks its
-    /// slowest call's start (derived before `CALL_MOMENTS_SINCE`).
-    fn slowest(&self, per_variant: usize) -> Result<Option<Vec<(Variant, Evidence)>>, QueryError> {
-        let mut named: std::collections::HashMap<Variant, Vec<Evidence>> = std::collections::HashMap::new();
+    /// Candidates for the slowest calls (see [`confirmed_calls`]): the slowest call each minute and
+    /// call variant's rows name, with that variant, ranked (every variant: rows are few). `None`
+    /// when a row lacks its slowest call's start (derived before `CALL_MOMENTS_SINCE`).
+    fn slowest(&self) -> Result<Option<Vec<(Variant, Evidence)>>, QueryError> {
+        let mut named: HashMap<Variant, Evidence> = HashMap::new();
         for batch in &self.batches {
             let r = Results(batch);
             let (value, start, ids) = (r.ints(cr::SLOWEST_NS)?, r.ints(cr::SLOWEST_START_TIME)?, r.trace_ids()?);
@@ -637,19 +627,11 @@ impl HopRows {
                 }
                 let id: [u8; 16] =
                     ids.value(row).try_into().map_err(|_| QueryError::Corrupt("a trace id not of 16 bytes".into()))?;
-                let calls = named.entry(variant(minute.value(row), &callers, &callees, &connections, row)).or_default();
-                calls.push((value.value(row), id, start.value(row)));
+                let variant = variant(minute.value(row), &callers, &callees, &connections, row);
+                keep_slowest(&mut named, variant, (value.value(row), id, start.value(row)));
             }
         }
-        let mut candidates: Vec<(Variant, Evidence)> = named
-            .into_iter()
-            .flat_map(|(variant, mut calls)| {
-                calls.sort_by_key(rank);
-                calls.dedup();
-                calls.truncate(per_variant);
-                calls.into_iter().map(move |call| (variant.clone(), call))
-            })
-            .collect();
+        let mut candidates: Vec<(Variant, Evidence)> = named.into_iter().collect();
         candidates
             .sort_by(|(a_variant, a), (b_variant, b)| rank(a).cmp(&rank(b)).then_with(|| a_variant.cmp(b_variant)));
         Ok(Some(candidates))
