@@ -179,7 +179,7 @@ def main():
         }
         # Drag across the heatmap's slower half: the comparison of the calls in the region.
         heat = page.locator("svg.heatmap").bounding_box()
-        # From inside the top row of cells (the plot starts 12 px down), so the drag starts on a link.
+        # From inside the top row of cells (the plot starts 12 px down).
         x0, y0 = heat["x"] + heat["width"] * 0.3, heat["y"] + 16
         x1, y1 = heat["x"] + heat["width"] * 0.98, heat["y"] + heat["height"] * 0.5
         page.mouse.move(x0, y0)
@@ -242,21 +242,26 @@ def main():
                 const columns = d.columns.split(' ').map(c => c.split(':'));
                 const rows = d.rows.split('|').map(r => r.split(','));
                 let best = null;
-                for (const c of d.cells.split(' ')) {
+                for (const c of d.cells.split(' ').filter(Boolean)) {
                     const [j, r, n] = c.split(':').map(Number);
                     if (!best || n > best.n) best = {j, r, n};
                 }
                 map.scrollIntoView({block: 'center'});
                 const x = +columns[best.j][1] + d.cellW / 2, y = d.bottom - (best.r + 0.5) * d.rowH;
                 const p = new DOMPoint(x, y).matrixTransform(map.getScreenCTM());
+                // What is drawn there: the busiest cell is drawn in the darkest colour.
+                const hit = document.elementFromPoint(p.x, p.y);
+                const light = f => +/,\s*([\d.]+)%\)$/.exec(f)[1];
+                const darkest = Math.min(...[...map.querySelectorAll('path.cells')].map(e => light(e.getAttribute('fill'))));
+                const drawn = !!hit && hit.matches('path.cells') && light(hit.getAttribute('fill')) === darkest;
                 return {x: p.x, y: p.y, start: columns[best.j][0], end: (BigInt(columns[best.j][0]) + BigInt(d.step)).toString(),
-                        lower: rows[best.r][0], upper: rows[best.r][1], count: best.n};
+                        lower: rows[best.r][0], upper: rows[best.r][1], label: rows[best.r][2], count: best.n, drawn};
             }"""
         )
         # Its count shows on hover (two moves inside the cell: the pointer may already be there).
         page.mouse.move(cell["x"] - 2, cell["y"])
         page.mouse.move(cell["x"], cell["y"])
-        cell["tip"] = page.inner_text(".heat-tip")
+        cell["tip"] = page.inner_text(".heat-tip") if page.is_visible(".heat-tip") else None
         with page.expect_navigation():
             page.mouse.click(cell["x"], cell["y"])
         page.wait_for_load_state("load")

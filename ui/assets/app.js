@@ -178,24 +178,36 @@
     };
     const cellAt = function (at) {
       if (!at) return null;
-      const j = columns.findIndex(function (c) { return at.x >= c.x && at.x < c.x + cellW; });
       const r = Math.floor((bottom - at.y) / rowH);
-      if (j < 0 || r < 0 || r >= rows.length || !counts.has(j + ":" + r)) return null;
-      return { j: j, r: r, n: counts.get(j + ":" + r) };
+      if (r < 0 || r >= rows.length) return null;
+      const j = columns.findIndex(function (c, j) { return at.x >= c.x && at.x < c.x + cellW && counts.has(j + ":" + r); });
+      return j < 0 ? null : { j: j, r: r, n: counts.get(j + ":" + r) };
     };
     const compare = d.compare;
-    if (tip) {
-      map.addEventListener("pointermove", function (event) {
-        const cell = cellAt(point(event));
-        if (!cell) { tip.hidden = true; return; }
-        tip.textContent = cell.n + " calls of " + rows[cell.r].label + (compare ? ": click to compare them with the rest" : "");
-        const box = map.parentNode.getBoundingClientRect();
-        tip.style.left = (event.clientX - box.left + 12) + "px";
-        tip.style.top = (event.clientY - box.top + 12) + "px";
-        tip.hidden = false;
-      });
-      map.addEventListener("pointerleave", function () { tip.hidden = true; });
-    }
+    // The cell under the pointer: outlined, its count in the tip.
+    const outline = document.createElementNS(ns, "rect");
+    outline.setAttribute("class", "hover");
+    outline.setAttribute("width", cellW);
+    outline.setAttribute("height", Math.max(rowH, 1));
+    const hide = function () { if (tip) tip.hidden = true; outline.remove(); };
+    map.addEventListener("pointermove", function (event) {
+      const cell = cellAt(point(event));
+      if (!cell) { hide(); return; }
+      outline.setAttribute("x", columns[cell.j].x);
+      outline.setAttribute("y", bottom - (cell.r + 1) * rowH);
+      if (!outline.isConnected) map.appendChild(outline);
+      if (!tip) return;
+      tip.textContent = cell.n + " calls of " + rows[cell.r].label + (compare ? ": click to compare them with the rest" : "");
+      tip.hidden = false;
+      const box = map.parentNode.getBoundingClientRect();
+      const left = Math.min(event.clientX - box.left + 12, box.width - tip.offsetWidth);
+      tip.style.left = Math.max(0, left) + "px";
+      tip.style.top = (event.clientY - box.top + 12) + "px";
+    });
+    map.addEventListener("pointerleave", hide);
+    map.addEventListener("pointerdown", hide);
+    // Back to a cached page: no tip left from before leaving it.
+    window.addEventListener("pageshow", hide);
     if (!compare) return;
     let region = null, marquee = null;
     const box = function () {

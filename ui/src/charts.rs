@@ -199,7 +199,7 @@ pub(crate) fn heatmap(view: &LatencyView, range: TimeRange, compare: Option<&str
                 }
                 (time_axis(range))
             }
-            div.heat-tip hidden {}
+            div.heat-tip role="tooltip" hidden {}
         }
     }
 }
@@ -321,8 +321,26 @@ mod tests {
         // Drawn as one path per colour: the two cells of 7 calls share one.
         let shapes: Vec<&str> = page.split("<path class=\"cells\"").skip(1).collect();
         assert_eq!(shapes.len(), 2, "{page}");
-        let drawn: usize = shapes.iter().map(|shape| shape[..shape.find('>').unwrap()].matches('M').count()).sum();
-        assert_eq!(drawn, 3, "{page}");
+        // Each cell is drawn where the grid puts it: its column's x, its row's top.
+        let mut drawn: Vec<String> = shapes
+            .iter()
+            .flat_map(|shape| shape[..shape.find('>').unwrap()].split('M').skip(1))
+            .map(|cell| cell[..cell.find('h').unwrap()].to_owned())
+            .collect();
+        drawn.sort();
+        let (bottom, row_h): (f64, f64) =
+            (attribute("data-bottom").parse().unwrap(), attribute("data-row-h").parse().unwrap());
+        let xs: Vec<&str> = columns.split(' ').map(|c| c.split(':').nth(1).unwrap()).collect();
+        let mut described: Vec<String> = attribute("data-cells")
+            .split(' ')
+            .map(|c| {
+                let [j, r, _]: [usize; 3] =
+                    c.split(':').map(|v| v.parse().unwrap()).collect::<Vec<_>>().try_into().unwrap();
+                format!("{},{:.1}", xs[j], bottom - (r as f64 + 1.0) * row_h)
+            })
+            .collect();
+        described.sort();
+        assert_eq!(drawn, described);
     }
 
     #[test]

@@ -25,8 +25,8 @@
 //! ([`window`]), so a page can be shared by its URL; on a server that keeps tenants apart, also
 //! `tenant=` (a browser following a link cannot send `X-Scope-OrgID`; the script sends it on what it
 //! fetches). The one script, `assets/app.js`, only shows a loading banner, toggles the custom range
-//! inputs, zooms and moves the service graph, turns a region dragged across a heatmap into the
-//! link to its comparison, fills the span details panel of the trace page from
+//! inputs, zooms and moves the service graph, shows a heatmap cell's count on hover and opens the
+//! comparison of a clicked cell or a region dragged across the heatmap, fills the span details panel of the trace page from
 //! `/api/v1/traces/{id}` (with `textContent`, never as HTML), puts a fold's rows, as the server
 //! renders them, in the fold's place, and keeps the selected span in the URL (`#span=<id>`; a span
 //! hidden in a fold is asked of the server as `?span=<id>`).
