@@ -266,8 +266,11 @@
       url.searchParams.set("max_duration", upper + "ns");
       url.searchParams.set("selection_start", iso(start));
       url.searchParams.set("selection_end", iso(end));
-      // As for a link: the middle button, Ctrl or ⌘ open a new tab.
-      if (button === 1 || event.ctrlKey || event.metaKey) {
+      // As for a link: the middle button, Ctrl or ⌘ open a new tab; on a Mac, Ctrl-click is the
+      // context menu's.
+      const mac = /Mac|iPhone|iPad/.test(navigator.platform);
+      if (mac && event.ctrlKey && button === 0) return;
+      if (button === 1 || event.metaKey || event.ctrlKey) {
         window.open(url.toString(), "_blank", "noopener");
         return;
       }
