@@ -135,17 +135,8 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
         pushed.extend(condition.clone());
         // The filters select row groups and pages; rows are kept here (derived files are read
         // without row-level filtering): the pending hops paired above must be those of the
-        // window only, as the walk's. Their columns are read too (the callers pick theirs by name).
+        // window only, as the walk's.
         let mut kept = datafusion::logical_expr::utils::conjunction(filters.iter().cloned().chain(condition));
-        let mut projection = projection;
-        if let (Some(read), false) = (&mut projection, filters.is_empty()) {
-            for name in [c::TRACE_ID, c::START_TIME] {
-                let index = schema.index_of(name)?;
-                if !read.contains(&index) {
-                    read.push(index);
-                }
-            }
-        }
         let (ids, only) = match traces {
             Traces::AllBut(ids) => (ids, false),
             Traces::Only(ids) => (ids, true),
@@ -154,7 +145,6 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
             // The ids' own filter is pushed too: it prunes row groups by the trace id's statistics.
             pushed.push(col(c::TRACE_ID).in_list(id_literals(ids), false));
         }
-        let rows = self.spans.derived_scan(window, self.table, Arc::clone(&schema), projection, state, &pushed)?;
         if !ids.is_empty() || only {
             let other = col(c::TRACE_ID).in_list(id_literals(ids), !only);
             kept = Some(match kept {
@@ -162,6 +152,18 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
                 None => other,
             });
         }
+        // The columns the kept rows are chosen by are read too, and only those (the callers pick
+        // theirs by name): a trace id nobody filters on is 16 random bytes a row not decoded.
+        let mut projection = projection;
+        if let (Some(read), Some(kept)) = (&mut projection, &kept) {
+            for column in kept.column_refs() {
+                let index = schema.index_of(&column.name)?;
+                if !read.contains(&index) {
+                    read.push(index);
+                }
+            }
+        }
+        let rows = self.spans.derived_scan(window, self.table, Arc::clone(&schema), projection, state, &pushed)?;
         let Some(kept) = kept else { return Ok(rows) };
         let predicate = state.create_physical_expr(kept, &DFSchema::try_from(rows.schema())?)?;
         Ok(Arc::new(FilterExec::try_new(predicate, rows)?))
@@ -180,14 +182,9 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
         let output = self.schema();
         let asked: Vec<usize> = projection.cloned().unwrap_or_else(|| (0..output.fields().len()).collect());
         let stored = &self.storing.schema;
-        // The trace id (for the split traces) and the pending mark are read too, then dropped.
-        let mut read = asked.clone();
-        for needed in [c::TRACE_ID, c::edge::PENDING] {
-            let index = stored.index_of(needed)?;
-            if !read.contains(&index) {
-                read.push(index);
-            }
-        }
+        // (The columns the rows are chosen by, the pending mark and the trace id of split traces,
+        // are read too, then dropped.)
+        let read = asked.iter().map(|&i| stored.index_of(output.field(i).name())).collect::<Result<_, _>>()?;
         let finals = Some(col(c::edge::PENDING).is_null());
         let rows = self.derived_rows(window, Traces::AllBut(&split.ids), state, filters, finals, Some(read))?;
         project(rows, &output, &asked)
@@ -261,16 +258,17 @@ impl<D: Send + Sync + 'static> TableProvider for StoredTable<D> {
             return self.walk.scan_in(&manifest, state, projection, filters);
         };
         if !self.pairs_pending {
-            // The stored schema is the table's: read the asked columns (and the trace id, for
-            // the split traces).
+            // The stored schema is the table's: read the asked columns (and those the rows are
+            // chosen by).
             let asked: Vec<usize> = projection.cloned().unwrap_or_else(|| (0..output.fields().len()).collect());
-            let mut read = asked.clone();
-            let trace_id = output.index_of(c::TRACE_ID)?;
-            if !read.contains(&trace_id) {
-                read.push(trace_id);
-            }
-            let stored =
-                self.derived_rows(&window, Traces::AllBut(&split.ids), state, &span_filters, None, Some(read))?;
+            let stored = self.derived_rows(
+                &window,
+                Traces::AllBut(&split.ids),
+                state,
+                &span_filters,
+                None,
+                Some(asked.clone()),
+            )?;
             let stored = project(stored, &output, &asked)?;
             if split.ids.is_empty() {
                 return Ok(stored);
