@@ -83,6 +83,7 @@ def main():
                     "#service-graph g.node",
                     "els => els.map(e => { const m = e.transform.baseVal.consolidate().matrix; return [e.dataset.name, m.e, m.f]; })",
                 ),
+                "node_height": float(page.get_attribute("#service-graph", "data-node-height")),
                 # Where the drawing is on the screen: all of it is in the window.
                 "box": page.eval_on_selector("#service-graph", "e => { const r = e.getBoundingClientRect(); return {right: r.right, bottom: r.bottom, width: r.width, height: r.height, window_width: window.innerWidth, window_height: window.innerHeight}; }"),
             }
@@ -110,7 +111,18 @@ def main():
         visit("graph_all", base + "/ui/graph?focus=all")
         whole = drawn()
         out["graph_nodes"], out["graph_edges"], out["graph_box"] = whole["nodes"], whole["edges"], whole["box"]
-        out["graph_ends"] = {key: whole[key] for key in ["edge_ends", "trunks", "node_at"]}
+        out["graph_ends"] = {key: whole[key] for key in ["edge_ends", "trunks", "node_at", "node_height"]}
+        # In a window 1440 × 900 px, each node's box on the screen and the size its label is drawn
+        # at (its font size times the drawing's scale).
+        page.set_viewport_size({"width": 1440, "height": 900})
+        out["graph_all_screen"] = page.evaluate("""() => {
+            const g = document.getElementById('service-graph'), h = parseFloat(g.dataset.nodeHeight);
+            return {compact: g.classList.contains('compact'), nodes: [...g.querySelectorAll('g.node')].map(n => {
+                const r = n.querySelector('.shape').getBoundingClientRect(), t = n.querySelector('.node-label');
+                return {box: [r.left, r.top, r.right, r.bottom], label_px: parseFloat(getComputedStyle(t).fontSize) * r.height / h};
+            }), window: [window.innerWidth, window.innerHeight]};
+        }""")
+        page.set_viewport_size({"width": 1280, "height": 720})
         # The keyboard passes the graph's links: the skip link comes before them, shows when
         # focused, and after it the next Tab lands in the tables below the graph.
         skip = page.locator("a.skip-link")

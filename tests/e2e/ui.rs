@@ -207,7 +207,7 @@ fn python() -> String {
 /// Checks the calls drawn in `view` (`edge_ends`, `trunks`, `node_at` of ui_check.py's `drawn`)
 /// against the bundling rule, and counts the bundled callees.
 fn bundles(view: &Value) -> usize {
-    const NODE_HALF_HEIGHT: f64 = 17.0;
+    let half_height = view["node_height"].as_f64().unwrap() / 2.0;
     let at: BTreeMap<&str, (f64, f64)> = view["node_at"]
         .as_array()
         .unwrap()
@@ -219,7 +219,7 @@ fn bundles(view: &Value) -> usize {
     let (ends, trunks) = (view["edge_ends"].as_array().unwrap(), view["trunks"].as_array().unwrap());
     let mut bundled = 0;
     for (&callee, &(x, y)) in &at {
-        let entry = (x, y + NODE_HALF_HEIGHT);
+        let entry = (x, y + half_height);
         let from_left: Vec<&Value> =
             ends.iter().filter(|e| e["callee"] == callee && at[e["caller"].as_str().unwrap()].0 < x).collect();
         let trunk: Vec<&Value> = trunks.iter().filter(|t| t["callee"] == callee).collect();
@@ -517,6 +517,23 @@ async fn every_page_in_a_real_browser() {
     assert_eq!(zoom["url_kept"], true, "a drag followed a link: {zoom}");
     assert_eq!(zoom["keyed"], zoom["fitted"], "0 fits the drawing again: {zoom}");
     assert!(zoom["click_after_drag"].as_str().unwrap().contains("/ui/service?name=gateway"), "{zoom}");
+    // Readable on one screen: in a window 1440 × 900 px the whole graph (over 200 nodes) is drawn
+    // compact, every node within the window, no two overlapping, every label at 9 px or more.
+    let screen = &seen["graph_all_screen"];
+    assert_eq!(screen["compact"], true, "{screen}");
+    let window: Vec<f64> = screen["window"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let on_screen: Vec<([f64; 4], f64)> = screen["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (std::array::from_fn(|i| n["box"][i].as_f64().unwrap()), n["label_px"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(on_screen.len(), api_nodes.len(), "{screen}");
+    for (i, (a, label_px)) in on_screen.iter().enumerate() {
+        assert!(a[0] >= 0.0 && a[2] <= window[0] && a[1] >= 0.0 && a[3] <= window[1], "{a:?} outside {window:?}");
+        assert!(*label_px >= 9.0, "a node's label drawn at {label_px:.1} px");
+        assert!(on_screen[i + 1..].iter().all(|(b, _)| !overlap(a, b)), "nodes overlap: {a:?}");
+    }
     assert_eq!(names(&seen["graph_nodes"]), api_nodes, "graph nodes");
     assert_eq!(seen["graph_nodes"].as_array().unwrap().len(), api_nodes.len(), "each node drawn once");
     assert_eq!(calls(&seen["graph_edges"]), api_edges, "graph edges");

@@ -16,8 +16,6 @@ use maud::{Markup, html};
 use crate::page::{Frame, PageParams, duration, rate};
 use crate::{UiError, UiState, paths};
 
-const NODE_W: f64 = 170.0;
-const NODE_H: f64 = 34.0;
 /// Distance between the left edges of two columns (layers).
 const COLUMN_STEP: f64 = 300.0;
 /// Space kept free around the drawing.
@@ -43,18 +41,54 @@ pub(crate) enum Colouring {
     Errors,
 }
 
-/// Where each node sits (its top-left corner), and the drawing's size.
+/// The size nodes are drawn at.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Geometry {
+    pub node_w: f64,
+    pub node_h: f64,
+    /// Whether this is the compact drawing of a whole big graph: small boxes and labels, no
+    /// badges, so that a few hundred nodes fit one screen at a readable size.
+    pub compact: bool,
+}
+
+impl Geometry {
+    /// Boxes for a graph of up to a screenful of nodes.
+    pub(crate) const REGULAR: Self = Self { node_w: 170.0, node_h: 34.0, compact: false };
+    /// Boxes for a whole graph of more than [`NEIGHBOURHOOD_ABOVE`] nodes ([`compact_layout`]).
+    pub(crate) const COMPACT: Self = Self { node_w: 78.0, node_h: 14.0, compact: true };
+
+    /// The longest label a node shows in full (the full name is in its tooltip).
+    fn label_chars(self) -> usize {
+        if self.compact { 12 } else { 22 }
+    }
+}
+
+/// How tall the rows of a compact drawing spread: with its padding, the graph view's height in a
+/// window 900 px tall (72% of it), so that a window 1440 px wide shows it at about its own size.
+const COMPACT_HEIGHT: f64 = 600.0;
+/// The least vertical distance between the tops of two nodes drawn one above the other.
+const COMPACT_PITCH: f64 = 18.0;
+/// Distance between the left edges of two sub-columns of one layer.
+const COMPACT_SUB_STEP: f64 = 82.0;
+/// Room between one layer's last sub-column and the next layer, where calls run.
+const COMPACT_GAP: f64 = 40.0;
+
+/// Where each node sits (its top-left corner), the drawing's size, and the size of its nodes.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Layout {
     pub positions: HashMap<String, (f64, f64)>,
     pub width: f64,
     pub height: f64,
+    pub geometry: Geometry,
 }
 
-/// Lays the graph out left to right: layers from `rust-sugiyama` become columns (entry points on
-/// the left), its order within a layer becomes the order top to bottom. Disconnected parts are
-/// stacked; self-calls and repeated edges do not change the layout.
-pub(crate) fn layout(nodes: &[String], edges: &[(String, String)]) -> Result<Layout, UiError> {
+/// One disconnected part of a graph as `rust-sugiyama` lays it out: its nodes' indices by layer
+/// (entry points first), each layer top to bottom, with the vertical offset it gives each node.
+type Layers = Vec<Vec<(usize, f64)>>;
+
+/// The layers of every disconnected part of the graph, from `rust-sugiyama`, with each node as
+/// tall as `extent.0` and as wide as `extent.1`.
+fn layered(nodes: &[String], edges: &[(String, String)], extent: (f64, f64)) -> Result<Vec<Layers>, UiError> {
     let index: HashMap<&str, u32> = nodes.iter().enumerate().map(|(i, n)| (n.as_str(), i as u32)).collect();
     let mut pairs = BTreeSet::new();
     for (caller, callee) in edges {
@@ -68,7 +102,7 @@ pub(crate) fn layout(nodes: &[String], edges: &[(String, String)]) -> Result<Lay
     let pairs: Vec<(u32, u32)> = pairs.into_iter().collect();
     // Sugiyama's layer axis is vertical; ours is horizontal, so a node's extent within a layer is
     // its height.
-    let vertices: Vec<(u32, (f64, f64))> = (0..nodes.len() as u32).map(|i| (i, (NODE_H, NODE_W))).collect();
+    let vertices: Vec<(u32, (f64, f64))> = (0..nodes.len() as u32).map(|i| (i, extent)).collect();
     let config = rust_sugiyama::configure::Config {
         vertex_spacing: ROW_GAP,
         dummy_vertices: true,
@@ -78,32 +112,92 @@ pub(crate) fn layout(nodes: &[String], edges: &[(String, String)]) -> Result<Lay
     };
     let parts = std::panic::catch_unwind(|| rust_sugiyama::from_vertices_and_edges(&vertices, &pairs, &config))
         .map_err(|_| UiError::Layout("the layout library failed on this graph".into()))?;
+    Ok(parts
+        .into_iter()
+        .map(|(coordinates, _, _)| {
+            let real: Vec<(usize, f64, f64)> =
+                coordinates.into_iter().filter(|(id, _)| *id < nodes.len()).map(|(id, (x, y))| (id, x, y)).collect();
+            // Layers: the distinct vertical coordinates, in order.
+            let mut levels: Vec<f64> = real.iter().map(|r| r.2).collect();
+            levels.sort_by(f64::total_cmp);
+            levels.dedup_by(|a, b| (*a - *b).abs() < 0.5);
+            let low = real.iter().map(|r| r.1).fold(f64::INFINITY, f64::min);
+            let mut layers = vec![Vec::new(); levels.len()];
+            for (id, x, y) in real {
+                let layer = levels.iter().position(|l| (l - y).abs() < 0.5).unwrap_or(0);
+                layers[layer].push((id, x - low));
+            }
+            for layer in &mut layers {
+                layer.sort_by(|a, b| a.1.total_cmp(&b.1));
+            }
+            layers
+        })
+        .collect())
+}
 
+/// Lays the graph out left to right: layers from `rust-sugiyama` become columns (entry points on
+/// the left), its order within a layer becomes the order top to bottom. Disconnected parts are
+/// stacked; self-calls and repeated edges do not change the layout. Above [`NEIGHBOURHOOD_ABOVE`]
+/// nodes the drawing is [`compact_layout`].
+pub(crate) fn layout(nodes: &[String], edges: &[(String, String)]) -> Result<Layout, UiError> {
+    if nodes.len() > NEIGHBOURHOOD_ABOVE {
+        return compact_layout(nodes, edges);
+    }
+    let geometry = Geometry::REGULAR;
+    let (node_w, node_h) = (geometry.node_w, geometry.node_h);
     let mut positions = HashMap::new();
     let (mut top, mut width) = (PAD, 0.0f64);
-    for (coordinates, _, _) in parts {
-        let real: Vec<(usize, f64, f64)> =
-            coordinates.into_iter().filter(|(id, _)| *id < nodes.len()).map(|(id, (x, y))| (id, x, y)).collect();
-        // Layers: the distinct vertical coordinates, in order.
-        let mut layers: Vec<f64> = real.iter().map(|r| r.2).collect();
-        layers.sort_by(f64::total_cmp);
-        layers.dedup_by(|a, b| (*a - *b).abs() < 0.5);
-        let low = real.iter().map(|r| r.1).fold(f64::INFINITY, f64::min);
+    for layers in layered(nodes, edges, (node_h, node_w))? {
         let mut bottom = top;
-        for (id, x, y) in &real {
-            let column = layers.iter().position(|l| (l - y).abs() < 0.5).unwrap_or(0);
-            let (left, upper) = (PAD + COLUMN_STEP * column as f64, top + (x - low));
-            positions.insert(nodes[*id].clone(), (left, upper));
-            width = width.max(left + NODE_W + PAD);
-            bottom = bottom.max(upper + NODE_H);
+        for (column, layer) in layers.iter().enumerate() {
+            for &(id, offset) in layer {
+                let (left, upper) = (PAD + COLUMN_STEP * column as f64, top + offset);
+                positions.insert(nodes[id].clone(), (left, upper));
+                width = width.max(left + node_w + PAD);
+                bottom = bottom.max(upper + node_h);
+            }
         }
         top = bottom + PART_GAP;
     }
     Ok(Layout {
         positions,
-        width: width.max(NODE_W + 2.0 * PAD),
-        height: (top - PART_GAP + PAD).max(NODE_H + 2.0 * PAD),
+        width: width.max(node_w + 2.0 * PAD),
+        height: (top - PART_GAP + PAD).max(node_h + 2.0 * PAD),
+        geometry,
     })
+}
+
+/// The whole of a big graph on one screen: small boxes ([`Geometry::COMPACT`]), each layer's
+/// nodes in `rust-sugiyama`'s order spread evenly over one height, and a layer too tall for it
+/// wrapped into side-by-side sub-columns that its nodes alternate between (a zigzag: neighbours in
+/// the order sit in different sub-columns, so each sub-column keeps [`COMPACT_PITCH`] between its
+/// nodes). Disconnected parts share the columns, one after another.
+fn compact_layout(nodes: &[String], edges: &[(String, String)]) -> Result<Layout, UiError> {
+    let geometry = Geometry::COMPACT;
+    let mut columns: Vec<Vec<usize>> = Vec::new();
+    for layers in layered(nodes, edges, (COMPACT_PITCH, geometry.node_w))? {
+        for (column, layer) in layers.into_iter().enumerate() {
+            if columns.len() <= column {
+                columns.resize(column + 1, Vec::new());
+            }
+            columns[column].extend(layer.into_iter().map(|(id, _)| id));
+        }
+    }
+    let mut positions = HashMap::new();
+    let mut left = PAD;
+    for column in &columns {
+        let n = column.len().max(1) as f64;
+        let step = COMPACT_HEIGHT / n;
+        let wraps = (COMPACT_PITCH / step).ceil().max(1.0) as usize;
+        for (i, &id) in column.iter().enumerate() {
+            let x = left + (i % wraps) as f64 * COMPACT_SUB_STEP;
+            let y = PAD + (i as f64 + 0.5) * step - geometry.node_h / 2.0;
+            positions.insert(nodes[id].clone(), (x, y));
+        }
+        let used = wraps.min(column.len().max(1));
+        left += (used - 1) as f64 * COMPACT_SUB_STEP + geometry.node_w + COMPACT_GAP;
+    }
+    Ok(Layout { positions, width: left - COMPACT_GAP + PAD, height: COMPACT_HEIGHT + 2.0 * PAD, geometry })
 }
 
 /// The class an edge's colour comes from, and what it means.
@@ -124,22 +218,24 @@ fn edge_class(edge: &GraphEdgeView, colouring: Colouring) -> &'static str {
     }
 }
 
-/// A short label that fits a node; the full name is in its tooltip.
-fn fit(name: &str) -> String {
-    const MAX: usize = 22;
-    if name.chars().count() <= MAX {
+/// A short label that fits a node of `geometry`; the full name is in its tooltip.
+fn fit(name: &str, geometry: Geometry) -> String {
+    let max = geometry.label_chars();
+    if name.chars().count() <= max {
         name.to_owned()
     } else {
-        format!("{}…", name.chars().take(MAX - 1).collect::<String>())
+        format!("{}…", name.chars().take(max - 1).collect::<String>())
     }
 }
 
-fn node_shape(node: &GraphNodeView) -> Markup {
-    let (w, h) = (NODE_W, NODE_H);
+fn node_shape(node: &GraphNodeView, geometry: Geometry) -> Markup {
+    let (w, h) = (geometry.node_w, geometry.node_h);
+    // (A database's rim: at most a third of the box's height.)
+    let rim = (h / 3.0).min(6.0);
     html! {
         @match node.kind.as_str() {
             "database" => {
-                path.shape d=(format!("M0,6 a{r},6 0 0,0 {w},0 a{r},6 0 0,0 -{w},0 v{b} a{r},6 0 0,0 {w},0 v-{b}", r = w / 2.0, b = h - 12.0)) {}
+                path.shape d=(format!("M0,{rim} a{r},{rim} 0 0,0 {w},0 a{r},{rim} 0 0,0 -{w},0 v{b} a{r},{rim} 0 0,0 {w},0 v-{b}", r = w / 2.0, b = h - 2.0 * rim)) {}
             }
             "messaging" => {
                 path.shape d=(format!("M10,0 H{} L{},{} H0 Z", w, w - 10.0, h)) {}
@@ -160,7 +256,7 @@ fn bundled_callees<'a>(view: &'a DependenciesView, layout: &Layout) -> HashMap<&
     let mut into: HashMap<&str, usize> = HashMap::new();
     for edge in &view.edges {
         if let (Some(from), Some(to)) = (layout.positions.get(&edge.caller), layout.positions.get(&edge.callee))
-            && forward(*from, *to)
+            && forward(*from, *to, layout.geometry)
         {
             *into.entry(edge.callee.as_str()).or_default() += 1;
         }
@@ -170,17 +266,17 @@ fn bundled_callees<'a>(view: &'a DependenciesView, layout: &Layout) -> HashMap<&
 }
 
 /// Whether a call from a node at `from` to one at `to` goes right (else it loops around below).
-fn forward(from: (f64, f64), to: (f64, f64)) -> bool {
-    to.0 > from.0 + NODE_W + BUNDLE_LENGTH
+fn forward(from: (f64, f64), to: (f64, f64), geometry: Geometry) -> bool {
+    to.0 > from.0 + geometry.node_w + BUNDLE_LENGTH
 }
 
 /// The path of a call from the node at `from` to the node at `to`, and its middle; a `bundled` call
 /// ends where its callee's trunk starts, arriving level with it.
-fn edge_path(from: (f64, f64), to: (f64, f64), bundled: bool) -> (String, (f64, f64)) {
-    let (sx, sy) = (from.0 + NODE_W, from.1 + NODE_H / 2.0);
-    let forward = forward(from, to);
+fn edge_path(from: (f64, f64), to: (f64, f64), bundled: bool, geometry: Geometry) -> (String, (f64, f64)) {
+    let (sx, sy) = (from.0 + geometry.node_w, from.1 + geometry.node_h / 2.0);
+    let forward = forward(from, to, geometry);
     let tx = if bundled && forward { to.0 - BUNDLE_LENGTH } else { to.0 };
-    let ty = to.1 + NODE_H / 2.0;
+    let ty = to.1 + geometry.node_h / 2.0;
     let (c1, c2) = if forward {
         let bend = (tx - sx) / 2.0;
         ((sx + bend, sy), (tx - bend, ty))
@@ -224,8 +320,11 @@ fn shown_labels(view: &DependenciesView, layout: &Layout, labels: &[(String, (f6
     let (by_p99, by_calls) = (rank(&|e| e.p99_ns), rank(&|e| e.calls as f64));
     let mut order: Vec<usize> = (0..view.edges.len()).collect();
     order.sort_by_key(|&i| (view.edges[i].errors == 0, by_p99[i].min(by_calls[i]), i));
+    let (w, h) = (layout.geometry.node_w, layout.geometry.node_h);
+    // (With room for a node's badge above it.)
+    let above = if layout.geometry.compact { 2.0 } else { 14.0 };
     let mut taken: Vec<Area> =
-        layout.positions.values().map(|&(x, y)| (x - 1.0, y - 14.0, x + NODE_W + 1.0, y + NODE_H + 2.0)).collect();
+        layout.positions.values().map(|&(x, y)| (x - 1.0, y - above, x + w + 1.0, y + h + 2.0)).collect();
     let mut shown = vec![false; view.edges.len()];
     for i in order {
         let (text, at) = &labels[i];
@@ -259,16 +358,18 @@ pub(crate) fn render_graph(
         .map(|edge| match (layout.positions.get(&edge.caller), layout.positions.get(&edge.callee)) {
             (Some(&from), Some(&to)) => {
                 // (At the middle of the whole way, bundled or not: the middle of the column gap.)
-                let (_, mid) = edge_path(from, to, false);
+                let (_, mid) = edge_path(from, to, false, layout.geometry);
                 (format!("{} · p99 {}", rate(edge.rate_per_s), duration(edge.p99_ns)), (mid.0, mid.1 - 4.0))
             }
             _ => (String::new(), (0.0, 0.0)),
         })
         .collect();
     let shown = shown_labels(view, layout, &labels);
+    let geometry = layout.geometry;
+    let (node_w, node_h) = (geometry.node_w, geometry.node_h);
     html! {
         div.graph-view #graph-view tabindex="0" aria-label="service graph: drag or use the arrow keys to move, + and − to zoom, 0 to fit" style=(format!("height: min(72vh, {:.0}px)", layout.height)) {
-            svg #service-graph role="img" aria-label="service graph" viewBox=(format!("0 0 {:.0} {:.0}", layout.width, layout.height)) data-focus=[focus] {
+            svg #service-graph .compact[geometry.compact] role="img" aria-label="service graph" viewBox=(format!("0 0 {:.0} {:.0}", layout.width, layout.height)) data-focus=[focus] data-node-width=(node_w) data-node-height=(node_h) {
                 defs {
                     // One size whatever the edge's width, so a wide trunk's arrowhead does not cover it.
                     marker #arrow viewBox="0 0 10 10" refX="9" refY="5" markerUnits="userSpaceOnUse" markerWidth="11" markerHeight="11" orient="auto-start-reverse" {
@@ -277,8 +378,8 @@ pub(crate) fn render_graph(
                 }
                 @for (i, edge) in view.edges.iter().enumerate() {
                     @if let (Some(&from), Some(&to)) = (layout.positions.get(&edge.caller), layout.positions.get(&edge.callee)) {
-                        @let into_trunk = bundled.contains_key(edge.callee.as_str()) && forward(from, to);
-                        @let (d, _) = edge_path(from, to, into_trunk);
+                        @let into_trunk = bundled.contains_key(edge.callee.as_str()) && forward(from, to, geometry);
+                        @let (d, _) = edge_path(from, to, into_trunk, geometry);
                         @let width = edge_width(edge.calls);
                         @let (label, at) = &labels[i];
                         a href=(params.link(paths::HOP, &[("caller", &edge.caller), ("callee", &edge.callee)])) {
@@ -293,8 +394,8 @@ pub(crate) fn render_graph(
                 // One trunk into each bundled callee, as wide as the busiest call it carries.
                 @for node in &view.nodes {
                     @if let (Some(&(x, y)), Some(calls)) = (layout.positions.get(&node.name), bundled.get(node.name.as_str())) {
-                        @let busiest = view.edges.iter().filter(|e| e.callee == node.name && layout.positions.get(&e.caller).is_some_and(|&from| forward(from, (x, y)))).map(|e| e.calls).max().unwrap_or(0);
-                        path.trunk data-callee=(node.name) data-calls=(calls) d=(format!("M{:.1},{:.1} L{x:.1},{:.1}", x - BUNDLE_LENGTH, y + NODE_H / 2.0, y + NODE_H / 2.0)) stroke-width=(format!("{:.1}", edge_width(busiest))) marker-end="url(#arrow)" {}
+                        @let busiest = view.edges.iter().filter(|e| e.callee == node.name && layout.positions.get(&e.caller).is_some_and(|&from| forward(from, (x, y), geometry))).map(|e| e.calls).max().unwrap_or(0);
+                        path.trunk data-callee=(node.name) data-calls=(calls) d=(format!("M{:.1},{:.1} L{x:.1},{:.1}", x - BUNDLE_LENGTH, y + node_h / 2.0, y + node_h / 2.0)) stroke-width=(format!("{:.1}", edge_width(busiest))) marker-end="url(#arrow)" {}
                     }
                 }
                 @for node in &view.nodes {
@@ -302,10 +403,10 @@ pub(crate) fn render_graph(
                         a href=(params.link(paths::SERVICE, &[("name", &node.name)])) {
                             g class=(format!("node kind-{}{}", node.kind, if shared.contains_key(node.name.as_str()) { " shared" } else { "" })) data-name=(node.name) data-kind=(node.kind) transform=(format!("translate({x:.1},{y:.1})")) {
                                 title { (node.name) " (" (node.kind) "), " (node.calls_in) " calls in" @if let Some(n) = shared.get(node.name.as_str()) { ", shared by " (n) " services" } }
-                                (node_shape(node))
-                                text.node-label x=(NODE_W / 2.0) y=(NODE_H / 2.0 + 4.0) text-anchor="middle" { (fit(&node.name)) }
-                                @if let Some(n) = shared.get(node.name.as_str()) {
-                                    text.badge x=(NODE_W - 4.0) y="-4" text-anchor="end" { "shared by " (n) }
+                                (node_shape(node, geometry))
+                                text.node-label x=(node_w / 2.0) y=(node_h / 2.0 + if geometry.compact { 3.5 } else { 4.0 }) text-anchor="middle" { (fit(&node.name, geometry)) }
+                                @if let (Some(n), false) = (shared.get(node.name.as_str()), geometry.compact) {
+                                    text.badge x=(node_w - 4.0) y="-4" text-anchor="end" { "shared by " (n) }
                                 }
                             }
                         }
@@ -674,8 +775,8 @@ mod tests {
         e.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect()
     }
 
-    fn overlap(a: (f64, f64), b: (f64, f64)) -> bool {
-        (a.0 - b.0).abs() < NODE_W && (a.1 - b.1).abs() < NODE_H
+    fn overlap(a: (f64, f64), b: (f64, f64), geometry: Geometry) -> bool {
+        (a.0 - b.0).abs() < geometry.node_w && (a.1 - b.1).abs() < geometry.node_h
     }
 
     #[test]
@@ -699,13 +800,50 @@ mod tests {
                 assert!(laid.positions[caller].0 < laid.positions[callee].0, "{caller} → {callee}: {laid:?}");
             }
         }
+        assert_eq!(laid.geometry, Geometry::REGULAR);
+        apart_and_inside(&laid);
+    }
+
+    /// Every node of `laid` inside the drawing, none overlapping another.
+    fn apart_and_inside(laid: &Layout) {
+        let g = laid.geometry;
         let all: Vec<(f64, f64)> = laid.positions.values().copied().collect();
         for (i, a) in all.iter().enumerate() {
-            assert!(a.0 + NODE_W <= laid.width && a.1 + NODE_H <= laid.height, "{a:?} outside {laid:?}");
+            assert!(a.0 >= 0.0 && a.1 >= 0.0, "{a:?} outside {laid:?}");
+            assert!(a.0 + g.node_w <= laid.width && a.1 + g.node_h <= laid.height, "{a:?} outside {laid:?}");
             for b in &all[i + 1..] {
-                assert!(!overlap(*a, *b), "{a:?} and {b:?} overlap");
+                assert!(!overlap(*a, *b, g), "{a:?} and {b:?} overlap");
             }
         }
+    }
+
+    #[test]
+    fn a_big_graph_is_drawn_compact_within_a_screen() {
+        // A binary tree seven calls deep (255 services) whose leaves all use one database, and a
+        // lone pair: the widest layer holds 128 nodes.
+        let mut nodes: Vec<String> = (1..=255).map(|i| format!("svc-{i:03}")).collect();
+        let mut calls = Vec::new();
+        for i in 1..=127 {
+            calls.push((format!("svc-{i:03}"), format!("svc-{:03}", 2 * i)));
+            calls.push((format!("svc-{i:03}"), format!("svc-{:03}", 2 * i + 1)));
+        }
+        for i in 128..=255 {
+            calls.push((format!("svc-{i:03}"), "postgresql/shop".to_owned()));
+        }
+        nodes.extend(["postgresql/shop", "lonely", "other"].map(String::from));
+        calls.push(("lonely".into(), "other".into()));
+        let laid = layout(&nodes, &calls).unwrap();
+        assert_eq!(laid.geometry, Geometry::COMPACT);
+        assert_eq!(laid.positions.len(), nodes.len());
+        apart_and_inside(&laid);
+        for (caller, callee) in &calls {
+            let (from, to) = (laid.positions[caller], laid.positions[callee]);
+            assert!(forward(from, to, laid.geometry), "{caller} → {callee} does not go right: {from:?} {to:?}");
+        }
+        // The graph view of a window 1440 × 900 px (1404 × 648) shows it at 0.95 of its size or
+        // more: its 10-px labels at 9.5 px.
+        let scale = (1404.0 / laid.width).min(648.0 / laid.height);
+        assert!(scale >= 0.95, "{} × {} shown at {scale:.2}", laid.width, laid.height);
     }
 
     #[test]
