@@ -50,3 +50,9 @@ pub use engine::{QueryConfig, QueryEngine};
 pub use error::QueryError;
 pub use guards::{MAX_EXPRESSION_DEPTH, MAX_SET_OPERATIONS, MAX_SQL_BYTES};
 pub use sql::SqlResult;
+
+/// Registers hopscope's SQL functions (scalar, aggregate and table functions) in `ctx`: what a
+/// process executing hopscope's plans elsewhere (a distributed engine's worker) must know by name.
+pub fn register_functions(ctx: &datafusion::prelude::SessionContext) {
+    functions::register(ctx);
+}
