@@ -114,6 +114,7 @@ def main():
         out["graph_ends"] = {key: whole[key] for key in ["edge_ends", "trunks", "node_at", "node_height"]}
         # In a window 1440 × 900 px, each node's box on the screen and the size its label is drawn
         # at (its font size times the drawing's scale).
+        window_before = page.viewport_size
         page.set_viewport_size({"width": 1440, "height": 900})
         out["graph_all_screen"] = page.evaluate("""() => {
             const g = document.getElementById('service-graph'), h = parseFloat(g.dataset.nodeHeight);
@@ -122,7 +123,7 @@ def main():
                 return {box: [r.left, r.top, r.right, r.bottom], label_px: parseFloat(getComputedStyle(t).fontSize) * r.height / h};
             }), window: [window.innerWidth, window.innerHeight]};
         }""")
-        page.set_viewport_size({"width": 1280, "height": 720})
+        page.set_viewport_size(window_before)
         # The keyboard passes the graph's links: the skip link comes before them, shows when
         # focused, and after it the next Tab lands in the tables below the graph.
         skip = page.locator("a.skip-link")

@@ -54,8 +54,9 @@ pub(crate) struct Geometry {
 impl Geometry {
     /// Boxes for a graph of up to a screenful of nodes.
     pub(crate) const REGULAR: Self = Self { node_w: 170.0, node_h: 34.0, compact: false };
-    /// Boxes for a whole graph of more than [`NEIGHBOURHOOD_ABOVE`] nodes ([`compact_layout`]).
-    pub(crate) const COMPACT: Self = Self { node_w: 78.0, node_h: 14.0, compact: true };
+    /// Boxes for a drawing of more than [`NEIGHBOURHOOD_ABOVE`] nodes (the whole of a big graph,
+    /// or a hub's large neighbourhood: [`compact_layout`]).
+    pub(crate) const COMPACT: Self = Self { node_w: 76.0, node_h: 14.0, compact: true };
 
     /// The longest label a node shows in full (the full name is in its tooltip).
     fn label_chars(self) -> usize {
@@ -68,8 +69,10 @@ impl Geometry {
 const COMPACT_HEIGHT: f64 = 600.0;
 /// The least vertical distance between the tops of two nodes drawn one above the other.
 const COMPACT_PITCH: f64 = 18.0;
-/// Distance between the left edges of two sub-columns of one layer.
-const COMPACT_SUB_STEP: f64 = 82.0;
+/// Distance between the left edges of two sub-columns of one layer: room between them for the
+/// trunk that bundles the calls into a node ([`BUNDLE_LENGTH`]), so that a node's calls end beside
+/// it, not under its neighbour.
+const COMPACT_SUB_STEP: f64 = 76.0 + BUNDLE_LENGTH + 4.0;
 /// Room between one layer's last sub-column and the next layer, where calls run.
 const COMPACT_GAP: f64 = 40.0;
 
@@ -840,10 +843,21 @@ mod tests {
             let (from, to) = (laid.positions[caller], laid.positions[callee]);
             assert!(forward(from, to, laid.geometry), "{caller} → {callee} does not go right: {from:?} {to:?}");
         }
-        // The graph view of a window 1440 × 900 px (1404 × 648) shows it at 0.95 of its size or
-        // more: its 10-px labels at 9.5 px.
+        // The graph view of a window 1440 × 900 px (1404 × 648) shows it at 0.9 of its size or
+        // more: its 10-px labels at 9 px.
         let scale = (1404.0 / laid.width).min(648.0 / laid.height);
-        assert!(scale >= 0.95, "{} × {} shown at {scale:.2}", laid.width, laid.height);
+        assert!(scale >= 0.9, "{} × {} shown at {scale:.2}", laid.width, laid.height);
+        // A call ends beside its callee, in the room between sub-columns.
+        let g = laid.geometry;
+        for (caller, callee) in &calls {
+            let to = laid.positions[callee];
+            let trunk = (to.0 - BUNDLE_LENGTH, to.0);
+            let entry = to.1 + g.node_h / 2.0;
+            for &(x, y) in laid.positions.values() {
+                let beside = x < trunk.1 && trunk.0 < x + g.node_w && y < entry && entry < y + g.node_h;
+                assert!(!beside, "{caller} → {callee} ends under the node at {x}, {y}");
+            }
+        }
     }
 
     #[test]

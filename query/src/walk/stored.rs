@@ -156,9 +156,11 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
         // theirs by name): a trace id nobody filters on is 16 random bytes a row not decoded.
         let mut projection = projection;
         if let (Some(read), Some(kept)) = (&mut projection, &kept) {
-            for column in kept.column_refs() {
-                let index = schema.index_of(&column.name)?;
-                if !read.contains(&index) {
+            let named: std::collections::HashSet<&str> =
+                kept.column_refs().into_iter().map(|c| c.name.as_str()).collect();
+            // (In the schema's order, so that a plan reads the same whatever the set's order.)
+            for (index, field) in schema.fields().iter().enumerate() {
+                if named.contains(field.name().as_str()) && !read.contains(&index) {
                     read.push(index);
                 }
             }
