@@ -46,8 +46,8 @@ pub(crate) enum Colouring {
 pub(crate) struct Geometry {
     pub node_w: f64,
     pub node_h: f64,
-    /// Whether this is the compact drawing of a whole big graph: small boxes and labels, no
-    /// badges, so that a few hundred nodes fit one screen at a readable size.
+    /// Whether this is a compact drawing (of more than [`NEIGHBOURHOOD_ABOVE`] nodes): small
+    /// boxes and labels, no badges, so that a few hundred nodes fit one screen at a readable size.
     pub compact: bool,
 }
 
@@ -72,7 +72,7 @@ const COMPACT_PITCH: f64 = 18.0;
 /// Distance between the left edges of two sub-columns of one layer: room between them for the
 /// trunk that bundles the calls into a node ([`BUNDLE_LENGTH`]), so that a node's calls end beside
 /// it, not under its neighbour.
-const COMPACT_SUB_STEP: f64 = 76.0 + BUNDLE_LENGTH + 4.0;
+const COMPACT_SUB_STEP: f64 = Geometry::COMPACT.node_w + BUNDLE_LENGTH + 4.0;
 /// Room between one layer's last sub-column and the next layer, where calls run.
 const COMPACT_GAP: f64 = 40.0;
 
@@ -170,7 +170,7 @@ pub(crate) fn layout(nodes: &[String], edges: &[(String, String)]) -> Result<Lay
     })
 }
 
-/// The whole of a big graph on one screen: small boxes ([`Geometry::COMPACT`]), each layer's
+/// A drawing of many nodes on one screen: small boxes ([`Geometry::COMPACT`]), each layer's
 /// nodes in `rust-sugiyama`'s order spread evenly over one height, and a layer too tall for it
 /// wrapped into side-by-side sub-columns that its nodes alternate between (a zigzag: neighbours in
 /// the order sit in different sub-columns, so each sub-column keeps [`COMPACT_PITCH`] between its
