@@ -162,12 +162,27 @@ pub(crate) fn layout(nodes: &[String], edges: &[(String, String)]) -> Result<Lay
         }
         top = bottom + PART_GAP;
     }
-    Ok(Layout {
+    let laid = Layout {
         positions,
         width: width.max(node_w + 2.0 * PAD),
         height: (top - PART_GAP + PAD).max(node_h + 2.0 * PAD),
         geometry,
-    })
+    };
+    Ok(with_loops(laid, edges))
+}
+
+/// `laid` made tall enough for the calls that go back to an earlier column or to their own node,
+/// which loop below their nodes ([`edge_path`]): the lowest point of such a loop is its middle.
+fn with_loops(mut laid: Layout, edges: &[(String, String)]) -> Layout {
+    for (caller, callee) in edges {
+        if let (Some(&from), Some(&to)) = (laid.positions.get(caller), laid.positions.get(callee))
+            && !forward(from, to, laid.geometry)
+        {
+            let (_, middle) = edge_path(from, to, false, laid.geometry);
+            laid.height = laid.height.max(middle.1 + PAD);
+        }
+    }
+    laid
 }
 
 /// A drawing of many nodes on one screen: small boxes ([`Geometry::COMPACT`]), each layer's
@@ -200,7 +215,8 @@ fn compact_layout(nodes: &[String], edges: &[(String, String)]) -> Result<Layout
         let used = wraps.min(column.len().max(1));
         left += (used - 1) as f64 * COMPACT_SUB_STEP + geometry.node_w + COMPACT_GAP;
     }
-    Ok(Layout { positions, width: left - COMPACT_GAP + PAD, height: COMPACT_HEIGHT + 2.0 * PAD, geometry })
+    let laid = Layout { positions, width: left - COMPACT_GAP + PAD, height: COMPACT_HEIGHT + 2.0 * PAD, geometry };
+    Ok(with_loops(laid, edges))
 }
 
 /// The class an edge's colour comes from, and what it means.
@@ -866,5 +882,51 @@ mod tests {
         let laid = layout(&nodes, &edges(&[("a", "b"), ("b", "c"), ("c", "a")])).unwrap();
         assert_eq!(laid.positions.len(), 4);
         assert!(layout(&nodes, &edges(&[("a", "nowhere")])).is_err());
+    }
+
+    /// The lowest and the leftmost point of the path `d` ("M x,y C x,y x,y x,y"), sampled.
+    fn lowest_and_leftmost(d: &str) -> (f64, f64) {
+        let numbers: Vec<f64> =
+            d.split(['M', 'C', ',', ' ']).filter(|t| !t.is_empty()).map(|t| t.parse().unwrap()).collect();
+        let p: Vec<(f64, f64)> = numbers.chunks(2).map(|xy| (xy[0], xy[1])).collect();
+        let (mut lowest, mut leftmost) = (f64::MIN, f64::MAX);
+        for step in 0..=1000 {
+            let t = step as f64 / 1000.0;
+            let u = 1.0 - t;
+            let x = u * u * u * p[0].0 + 3.0 * u * u * t * p[1].0 + 3.0 * u * t * t * p[2].0 + t * t * t * p[3].0;
+            let y = u * u * u * p[0].1 + 3.0 * u * u * t * p[1].1 + 3.0 * u * t * t * p[2].1 + t * t * t * p[3].1;
+            lowest = lowest.max(y);
+            leftmost = leftmost.min(x);
+        }
+        (lowest, leftmost)
+    }
+
+    #[test]
+    fn calls_back_and_to_themselves_stay_inside_the_drawing() {
+        // A cycle whose last call goes back to the first column, and a self-call on every node
+        // (the lowest node's loops below it): small and compact drawings alike.
+        let small = (names(&["a", "b", "c", "d"]), edges(&[("a", "b"), ("a", "c"), ("c", "d"), ("d", "a")]));
+        let mut many: Vec<String> = (0..60).map(|i| format!("s{i:02}")).collect();
+        let mut calls: Vec<(String, String)> = (1..60).map(|i| ("s00".to_owned(), format!("s{i:02}"))).collect();
+        many.push("last".into());
+        calls.push(("s59".into(), "last".into()));
+        calls.push(("last".into(), "s00".into()));
+        for (nodes, mut calls) in [small, (many, calls)] {
+            calls.extend(nodes.iter().map(|n| (n.clone(), n.clone())));
+            let laid = layout(&nodes, &calls).unwrap();
+            let mut looped = 0;
+            for (caller, callee) in &calls {
+                let (from, to) = (laid.positions[caller], laid.positions[callee]);
+                if forward(from, to, laid.geometry) {
+                    continue;
+                }
+                looped += 1;
+                let (d, _) = edge_path(from, to, false, laid.geometry);
+                let (lowest, leftmost) = lowest_and_leftmost(&d);
+                assert!(lowest + 3.0 <= laid.height, "{caller} → {callee} reaches {lowest:.1} of {}", laid.height);
+                assert!(leftmost >= 0.0, "{caller} → {callee} reaches x {leftmost:.1}");
+            }
+            assert_eq!(looped, nodes.len() + 1, "{laid:?}");
+        }
     }
 }
