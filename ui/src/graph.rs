@@ -172,7 +172,8 @@ pub(crate) fn layout(nodes: &[String], edges: &[(String, String)]) -> Result<Lay
 }
 
 /// `laid` made tall enough for the calls that go back to an earlier column or to their own node,
-/// which loop below their nodes ([`edge_path`]): the lowest point of such a loop is its middle.
+/// which loop below their nodes ([`edge_path`]): such a loop's middle is its lowest point when its
+/// ends are level, and near it otherwise (within the padding kept below it).
 fn with_loops(mut laid: Layout, edges: &[(String, String)]) -> Layout {
     for (caller, callee) in edges {
         if let (Some(&from), Some(&to)) = (laid.positions.get(caller), laid.positions.get(callee))
