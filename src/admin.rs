@@ -33,6 +33,9 @@ pub(crate) struct DeadLettersArgs {
     /// the token's).
     #[arg(long, env = "HOPSCOPE_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
+    /// The shared storage the server stores in, when it was started with one (see `serve --help`).
+    #[arg(long, env = "HOPSCOPE_STORAGE_URL", global = true)]
+    storage_url: Option<String>,
 }
 
 /// How the commands reach a running server: its address, the tenant and the token.
@@ -92,6 +95,10 @@ pub(crate) struct CompactArgs {
     /// The tenant to compact.
     #[arg(long, env = "HOPSCOPE_TENANT", default_value = hopscope_schemas::layout::DEFAULT_TENANT, value_parser = tenant_id)]
     tenant: String,
+    /// The shared storage the data directory's files are in, when the server was started with one
+    /// (see `serve --help`).
+    #[arg(long, env = "HOPSCOPE_STORAGE_URL")]
+    storage_url: Option<String>,
 }
 
 /// Refuses a data directory that does not exist (a typo would otherwise look empty, or be created).
@@ -134,7 +141,7 @@ pub(crate) async fn dead_letters(args: DeadLettersArgs) -> anyhow::Result<()> {
             println!("purged {} ({})", entry.id, kind(&entry));
         }
         DeadLettersCommand::Replay { id } => {
-            let replayed = replay(&args.data_dir, &server, id).await?;
+            let replayed = replay(&args.data_dir, args.storage_url.as_deref(), &server, id).await?;
             if replayed.is_empty() {
                 println!("nothing to replay");
             }
@@ -193,11 +200,13 @@ fn error_message(body: &str) -> String {
 /// Replays through the running server, or on the data directory when none runs.
 async fn replay(
     data_dir: &std::path::Path,
+    storage_url: Option<&str>,
     server: &ServerAccess<'_>,
     id: Option<String>,
 ) -> anyhow::Result<Vec<DeadLetter>> {
     let mut config = IngesterConfig::new(std::path::absolute(data_dir)?);
     config.tenant = server.tenant.to_owned();
+    config.storage = crate::open_storage(storage_url).await?;
     match tokio::task::spawn_blocking(move || Ingester::open(config)).await? {
         Ok(ingester) => {
             let stop = CancellationToken::new();
@@ -248,6 +257,7 @@ pub(crate) async fn compact(args: CompactArgs) -> anyhow::Result<()> {
     existing(&args.data_dir)?;
     let mut config = IngesterConfig::new(std::path::absolute(&args.data_dir)?);
     config.tenant = args.tenant.clone();
+    config.storage = crate::open_storage(args.storage_url.as_deref()).await?;
     let ingester = match tokio::task::spawn_blocking(move || Ingester::open(config)).await? {
         Ok(ingester) => ingester,
         Err(IngestError::DataDirInUse(dir)) => bail!(

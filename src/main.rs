@@ -77,9 +77,18 @@ struct DemoArgs {
 /// Every option can also be set by its environment variable.
 #[derive(Debug, Args)]
 struct ServeArgs {
-    /// Where spans, the manifest and state are stored.
+    /// Where spans, the manifest and state are stored (with --storage-url: the write-ahead log,
+    /// dead letters, and copies of the files this server stored or compacts).
     #[arg(long, env = "HOPSCOPE_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
+    /// Keep span files, derived files and manifests in an S3-compatible object store,
+    /// `s3://BUCKET/PREFIX`, instead of the data directory. Credentials, region and endpoint come
+    /// from the AWS_* variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION;
+    /// AWS_ENDPOINT_URL and AWS_ALLOW_HTTP=true for a local store such as MinIO). The store must
+    /// honour conditional writes (checked at startup). A data directory once used with a storage
+    /// URL is used with that one only.
+    #[arg(long, env = "HOPSCOPE_STORAGE_URL")]
+    storage_url: Option<String>,
     /// OTLP/gRPC listen address.
     #[arg(long, env = "HOPSCOPE_OTLP_GRPC_ADDR", default_value = "0.0.0.0:4317")]
     otlp_grpc_addr: SocketAddr,
@@ -402,7 +411,9 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
         );
     }
     ignore_file_size_signal();
-    let ingest_config = ingest_config(&args);
+    let storage = open_storage(args.storage_url.as_deref()).await?;
+    let mut ingest_config = ingest_config(&args);
+    ingest_config.storage = storage.clone();
     if args.discard {
         tracing::warn!("--discard: exports are decoded and validated, then dropped; nothing is stored");
     }
@@ -425,7 +436,7 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
     let lock = tokio::task::spawn_blocking(move || hopscope_ingest::lock_data_dir(&data_dir))
         .await?
         .with_context(|| format!("opening the data directory {}", args.data_dir.display()))?;
-    let engine = Arc::new(QueryEngine::new(&query_config(&args))?);
+    let engine = Arc::new(QueryEngine::new(&QueryConfig { storage, ..query_config(&args) })?);
     let mut registry = Registry::default();
     engine.register_metrics(&mut registry);
     let registry = Arc::new(std::sync::Mutex::new(registry));
@@ -560,6 +571,7 @@ fn log_listening(listeners: &Listeners, args: &ServeArgs, tenants: TenantMode) -
             None => "off".to_owned(),
         },
         data_dir = %args.data_dir.display(),
+        storage = args.storage_url.as_deref().unwrap_or("data-dir"),
         tls = match &listeners.tls {
             None => "off",
             Some(tls) if tls.mutual() => "mutual",
@@ -637,6 +649,20 @@ fn reload_on_hangup(
         #[cfg(not(unix))]
         stop.cancelled().await;
     })
+}
+
+/// The shared storage `--storage-url` names, or `None` (the data directory) without one, checked
+/// to be usable (reachable, the bucket there, conditional writes honoured).
+pub(crate) async fn open_storage(url: Option<&str>) -> anyhow::Result<Option<Arc<hopscope_storage::ObjectStorage>>> {
+    let Some(url) = url.map(str::to_owned) else { return Ok(None) };
+    let storage = tokio::task::spawn_blocking(move || {
+        let storage = hopscope_storage::ObjectStorage::open_s3(&url, &[])?;
+        storage.check()?;
+        Ok::<_, hopscope_storage::StorageError>(storage)
+    })
+    .await?
+    .context("--storage-url")?;
+    Ok(Some(Arc::new(storage)))
 }
 
 /// How the ingester stores spans, from the flags.

@@ -45,6 +45,12 @@ pub enum IngestError {
     /// The manifest changed under a commit that relied on it (e.g. a compaction's input was removed).
     #[error("manifest changed during the commit: {0}")]
     ManifestConflict(String),
+    /// The data directory was first used with other storage (see `bind_storage`).
+    #[error("{0}")]
+    StorageBinding(String),
+    /// Shared (object) storage refused or failed a request.
+    #[error("shared storage: {0}")]
+    Storage(#[from] hopscope_storage::StorageError),
     /// A path or method of an OTLP address that hopscope does not serve: another signal (metrics,
     /// logs, profiles), a misspelt path, or a read of the export path.
     #[error("{0}")]
@@ -112,6 +118,8 @@ impl IngestError {
             | IngestError::Parquet(_)
             | IngestError::Manifest(_)
             | IngestError::ManifestConflict(_)
+            | IngestError::Storage(_)
+            | IngestError::StorageBinding(_)
             | IngestError::Derived(_)
             | IngestError::Task(_) => S::SERVICE_UNAVAILABLE,
         }
@@ -150,6 +158,8 @@ impl IngestError {
             | IngestError::Parquet(_)
             | IngestError::Manifest(_)
             | IngestError::ManifestConflict(_)
+            | IngestError::Storage(_)
+            | IngestError::StorageBinding(_)
             | IngestError::Derived(_)
             | IngestError::Task(_) => C::Unavailable,
         }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use arrow::array::RecordBatch;
 use bytes::Bytes;
 use hopscope_schemas::layout;
+use hopscope_schemas::manifest::FileEntry;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTracePartialSuccess;
 use tokio::sync::Notify;
 
@@ -78,6 +79,10 @@ pub struct IngesterConfig {
     /// Label sets per family of the service-graph and span-metrics series
     /// ([`crate::trace_metrics`]).
     pub metrics_max_series: usize,
+    /// Shared (object) storage the span files, derived files and manifest go to (`--storage-url`);
+    /// `None`: the data directory, as by default. The write-ahead log is in the data directory
+    /// either way.
+    pub storage: Option<Arc<hopscope_storage::ObjectStorage>>,
 }
 
 impl IngesterConfig {
@@ -105,6 +110,7 @@ impl IngesterConfig {
             discard: false,
             derive: true,
             metrics_max_series: crate::trace_metrics::DEFAULT_MAX_SERIES,
+            storage: None,
         }
     }
 }
@@ -133,6 +139,66 @@ pub fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, Ingest
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(IngestError::DataDirInUse(data_dir.to_owned())),
         Err(std::fs::TryLockError::Error(e)) => Err(IngestError::io(format!("locking {}", path.display()))(e)),
+    }
+}
+
+/// What the data directory records about the shared storage its write-ahead log belongs to.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct StorageBinding {
+    storage_url: String,
+    /// This data directory's writer id in the shared manifests ([`Manifest::wal_floors`]).
+    writer: String,
+}
+
+/// Checks that `data_dir` is used with the storage it was first used with (`storage_url`; `None`:
+/// the data directory itself), and records the storage on first use. A write-ahead log belongs
+/// with the manifest whose floor it follows: replayed against another storage's manifest it would
+/// skip spans or store them twice, and the data directory's files would be taken for uncommitted
+/// and removed. Returns the data directory's writer id with shared storage (a new one on first
+/// use), under which the shared manifests keep its WAL floor. Blocking I/O.
+pub fn bind_storage(data_dir: &std::path::Path, storage_url: Option<&str>) -> Result<Option<String>, IngestError> {
+    // Tenants open at once: one of them records the binding, the others read it.
+    static BINDING: Mutex<()> = Mutex::new(());
+    let _binding = BINDING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let path = data_dir.join(layout::STORAGE_BINDING_FILE);
+    let bound: Option<StorageBinding> = match std::fs::read(&path) {
+        Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| {
+            IngestError::StorageBinding(format!(
+                "{} is damaged ({e}); it names the storage of this data directory",
+                path.display()
+            ))
+        })?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(IngestError::io(format!("reading {}", path.display()))(e)),
+    };
+    match (bound, storage_url) {
+        (Some(bound), Some(url)) if bound.storage_url == url => Ok(Some(bound.writer)),
+        (Some(bound), _) => Err(IngestError::StorageBinding(format!(
+            "the data directory {} keeps the write-ahead log of the files stored in {}: start with \
+             --storage-url {}, or give another --data-dir",
+            data_dir.display(),
+            bound.storage_url,
+            bound.storage_url
+        ))),
+        (None, None) => Ok(None),
+        (None, Some(url)) => {
+            let stored_here = std::fs::read_dir(data_dir)
+                .map_err(IngestError::io(format!("listing {}", data_dir.display())))?
+                .filter_map(Result::ok)
+                .find(|tenant| tenant.path().join(layout::MANIFEST_FILE).is_file());
+            if let Some(tenant) = stored_here {
+                return Err(IngestError::StorageBinding(format!(
+                    "the data directory {} holds files stored in it (tenant {:?}); moving them to {url} is not \
+                     supported: give --storage-url a new --data-dir, or leave --storage-url out",
+                    data_dir.display(),
+                    tenant.file_name()
+                )));
+            }
+            let binding = StorageBinding { storage_url: url.to_owned(), writer: uuid::Uuid::now_v7().to_string() };
+            let json = serde_json::to_vec_pretty(&binding).expect("a binding serialises");
+            crate::manifest::write_atomically(&path, &json)?.sync_directory()?;
+            Ok(Some(binding.writer))
+        }
     }
 }
 
@@ -220,12 +286,19 @@ impl Ingester {
     /// [`Self::open`] for one tenant of a data directory whose lock the caller took
     /// ([`lock_data_dir`]) and shares between the tenants it opens.
     pub fn open_locked(config: IngesterConfig, lock: Arc<std::fs::File>) -> Result<Arc<Self>, IngestError> {
-        let manifest = Arc::new(ManifestStore::open(&config.data_dir, &config.tenant)?);
+        let writer = bind_storage(&config.data_dir, config.storage.as_ref().map(|s| s.url()))?;
+        let manifest = Arc::new(match (&config.storage, writer) {
+            (Some(storage), Some(writer)) => {
+                ManifestStore::open_shared(&config.data_dir, &config.tenant, Arc::clone(storage), writer)?
+            }
+            _ => ManifestStore::open(&config.data_dir, &config.tenant)?,
+        });
+        let wal_floor = manifest.wal_floor();
         let committed = manifest.snapshot();
         let state_dir = layout::tenant_state_dir(&config.data_dir, &config.tenant);
         let wal_dir = state_dir.join(layout::WAL_DIR);
         let dead_letters = DeadLetterStore::new(&state_dir);
-        let replayed = wal::replay(&wal_dir, committed.wal_floor, &config.limits)?;
+        let replayed = wal::replay(&wal_dir, wal_floor, &config.limits)?;
         for damage in &replayed.damaged {
             let entry = dead_letters.put_wal_damage(damage.segment, damage.offset, &damage.bytes, &damage.reason)?;
             tracing::warn!(segment = damage.segment, offset = damage.offset, bytes = damage.bytes.len(), reason = %damage.reason, dead_letter = %entry.id, "damaged WAL bytes moved to dead letters");
@@ -236,10 +309,10 @@ impl Ingester {
         set_storage_gauges(&metrics, &committed);
         if !replayed.batches.is_empty() {
             let tenant_dir = layout::tenant_dir(&config.data_dir, &config.tenant);
-            let already = crate::writer::committed_span_keys(
-                &tenant_dir,
-                committed.files.iter().filter(|f| f.wal_max_segment.is_some_and(|s| s >= committed.wal_floor)),
-            )?;
+            let read: Vec<FileEntry> =
+                committed.files.iter().filter(|f| f.wal_max_segment.is_some_and(|s| s >= wal_floor)).cloned().collect();
+            manifest.fetch_missing(&read)?;
+            let already = crate::writer::committed_span_keys(&tenant_dir, read.iter())?;
             let mut buffer = buffer.lock().expect("buffer lock");
             let now = Instant::now();
             for (segment, batch) in replayed.batches {
@@ -260,7 +333,7 @@ impl Ingester {
             flush_rows: config.flush_rows,
             metrics: Arc::clone(&metrics),
         };
-        let wal = Arc::new(Wal::start(&wal_dir, committed.wal_floor, config.wal_rotation, sink, Arc::clone(&metrics))?);
+        let wal = Arc::new(Wal::start(&wal_dir, wal_floor, config.wal_rotation, sink, Arc::clone(&metrics))?);
         let recent = Arc::new(Mutex::new(RecentSpans::new(config.resend_window_spans)));
         let TenantLimits { max_buffered_bytes, retention, rate } = config.tenant_limits;
         let headroom = admission::flush_headroom(max_buffered_bytes, crate::cores());

@@ -1,25 +1,30 @@
 //! Committing files to the manifest: the only way a span file becomes visible to queries.
 //!
-//! A commit writes the new manifest to a temporary file, syncs it, renames it over the old one and
-//! syncs the directory, so readers see either the old list or the new one, never a mix.
+//! In the local data directory a commit writes the new manifest to a temporary file, syncs it,
+//! renames it over the old one and syncs the directory, so readers see either the old list or the
+//! new one, never a mix; the data directory's lock file makes this process its only writer. In
+//! shared (object) storage any number of writers commit to one tenant: a commit replaces the
+//! manifest only if it is still the version this writer last read, and a writer that lost re-reads
+//! the newer manifest and applies its change to that, so no writer's commit is lost or overwritten.
 
 use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use hopscope_schemas::layout::{self, TMP_SUFFIX};
 use hopscope_schemas::manifest::{DerivedFile, FileEntry, Manifest, RetiredFile};
+use hopscope_storage::{ObjectStorage, StorageError, Version};
 
 use crate::IngestError;
 
 /// The committed file list of one tenant, and the lock that serialises commits.
 #[derive(Debug)]
 pub struct ManifestStore {
-    path: PathBuf,
+    place: Place,
     current: Mutex<Manifest>,
     /// When files retired by this process left the manifest, on the monotonic clock: a query
     /// of this process is bounded by a monotonic timer, so its grace is measured the same way, and
@@ -31,31 +36,109 @@ pub struct ManifestStore {
     durable: AtomicBool,
 }
 
+/// Where the manifest lives, and how a commit replaces it.
+#[derive(Debug)]
+enum Place {
+    /// A file in the local data directory, replaced by a rename; this process is its one writer.
+    Local(PathBuf),
+    /// An object in shared storage, replaced by a conditional write; `version` is the version this
+    /// writer last read or wrote (`None`: the manifest did not exist yet), locked after `current`.
+    /// The files a commit lists are uploaded from `tenant_dir` before it.
+    Shared {
+        storage: Arc<ObjectStorage>,
+        key: String,
+        version: Mutex<Option<Version>>,
+        tenant: String,
+        tenant_dir: PathBuf,
+        /// This process's writer id: the key of its WAL floor.
+        writer: String,
+    },
+}
+
+/// How many times a commit to shared storage re-reads the manifest after losing to another writer
+/// before it gives up (each loss means another writer's commit went through).
+const SHARED_COMMIT_ATTEMPTS: u32 = 16;
+
 impl ManifestStore {
     /// Opens (or creates) the manifest of `tenant` under `data_dir`, removing temporary files an
     /// interrupted commit left behind. Blocking I/O.
     pub fn open(data_dir: &Path, tenant: &str) -> Result<Self, IngestError> {
+        Self::open_in(data_dir, tenant, None)
+    }
+
+    /// Opens the manifest of `tenant` in shared `storage`, where other processes may commit to it
+    /// too, as the writer `writer` (whose WAL floor it keeps, [`Manifest::wal_floors`]). The
+    /// tenant's directory under `data_dir` keeps a copy of each file this process stored, and of
+    /// those compaction, deriving or replay read ([`Self::fetch_missing`]); queries read the store.
+    /// Blocking I/O.
+    pub fn open_shared(
+        data_dir: &Path,
+        tenant: &str,
+        storage: Arc<ObjectStorage>,
+        writer: String,
+    ) -> Result<Self, IngestError> {
+        Self::open_in(data_dir, tenant, Some((storage, writer)))
+    }
+
+    /// Opens the manifest of `tenant`: in shared storage when given, else under `data_dir`. Removes
+    /// what an interrupted write left in the tenant's directory under `data_dir`: temporary files,
+    /// and files no commit lists (their spans are still in the write-ahead log).
+    fn open_in(
+        data_dir: &Path,
+        tenant: &str,
+        shared: Option<(Arc<ObjectStorage>, String)>,
+    ) -> Result<Self, IngestError> {
         let tenant_dir = layout::tenant_dir(data_dir, tenant);
         fs::create_dir_all(&tenant_dir).map_err(IngestError::io(format!("creating {}", tenant_dir.display())))?;
         remove_orphan_temp_files(&tenant_dir)?;
-        let path = layout::manifest_path(data_dir, tenant);
-        let current = match fs::read(&path) {
-            Ok(bytes) => Manifest::from_json(&bytes)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Manifest::default(),
-            Err(e) => return Err(IngestError::io(format!("reading {}", path.display()))(e)),
+        let Some((storage, writer)) = shared else {
+            let path = layout::manifest_path(data_dir, tenant);
+            let current = match fs::read(&path) {
+                Ok(bytes) => Manifest::from_json(&bytes)?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Manifest::default(),
+                Err(e) => return Err(IngestError::io(format!("reading {}", path.display()))(e)),
+            };
+            remove_uncommitted_span_files(&tenant_dir, &current)?;
+            return Ok(Self::new(Place::Local(path), current));
         };
+        let key = layout::manifest_key(tenant);
+        let (current, version) = read_shared(&storage, &key)?;
         remove_uncommitted_span_files(&tenant_dir, &current)?;
-        Ok(Self {
-            path,
+        let place =
+            Place::Shared { storage, key, version: Mutex::new(version), tenant: tenant.to_owned(), tenant_dir, writer };
+        Ok(Self::new(place, current))
+    }
+
+    /// With shared storage, fetches the local copy of each file of `entries` (span files and their
+    /// derived files) that the data directory lacks: committed by another writer, or before this
+    /// disk. Compaction and deriving read local copies. Blocking I/O.
+    pub fn fetch_missing(&self, entries: &[FileEntry]) -> Result<(), IngestError> {
+        let Place::Shared { storage, tenant, tenant_dir, .. } = &self.place else { return Ok(()) };
+        for relative in entries.iter().flat_map(FileEntry::paths) {
+            let local = tenant_dir.join(relative);
+            if !local.exists() {
+                storage.download(&layout::file_key(tenant, relative), &local)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn new(place: Place, current: Manifest) -> Self {
+        Self {
+            place,
             current: Mutex::new(current),
             retired_here: Mutex::new(HashMap::new()),
             durable: AtomicBool::new(true),
-        })
+        }
     }
 
-    /// The committed WAL floor.
+    /// The committed WAL floor of this process's write-ahead log.
     pub fn wal_floor(&self) -> u64 {
-        self.current.lock().expect("manifest lock").wal_floor
+        let current = self.current.lock().expect("manifest lock");
+        match &self.place {
+            Place::Local(_) => current.wal_floor,
+            Place::Shared { writer, .. } => current.wal_floors.get(writer).copied().unwrap_or(0),
+        }
     }
 
     /// A copy of the committed manifest.
@@ -66,9 +149,17 @@ impl ManifestStore {
     /// Adds `files` (already written and synced) to the manifest, sets the WAL floor, and commits
     /// it. Blocking I/O.
     pub fn commit_added(&self, files: Vec<FileEntry>, wal_floor: u64) -> Result<u64, IngestError> {
-        self.commit(|next| {
-            next.files.extend(files);
-            next.wal_floor = next.wal_floor.max(wal_floor);
+        self.commit(files.iter().flat_map(FileEntry::paths), |next| {
+            // Listed already only when an earlier attempt of this very commit went through (its
+            // answer lost, the retry refused): the files are not listed twice.
+            let new = files.iter().filter(|f| !next.files.iter().any(|listed| listed.path == f.path)).cloned();
+            let new: Vec<FileEntry> = new.collect();
+            next.files.extend(new);
+            let floor = match &self.place {
+                Place::Local(_) => &mut next.wal_floor,
+                Place::Shared { writer, .. } => next.wal_floors.entry(writer.clone()).or_default(),
+            };
+            *floor = (*floor).max(wal_floor);
             Ok(())
         })
     }
@@ -78,7 +169,12 @@ impl ManifestStore {
     /// the previous manifest, until [`Self::forget_retired`]. Fails, committing nothing, when a
     /// removed file is no longer listed. Blocking I/O.
     pub fn commit_replaced(&self, removed: &[FileEntry], added: Vec<FileEntry>) -> Result<u64, IngestError> {
-        let generation = self.commit(|next| {
+        let generation = self.commit(added.iter().flat_map(FileEntry::paths), |next| {
+            let listed = |path: &str| next.files.iter().any(|f| f.path == path);
+            if !added.is_empty() && added.iter().all(|f| listed(&f.path)) && !removed.iter().any(|f| listed(&f.path)) {
+                // An earlier attempt of this very commit went through (its answer lost).
+                return Ok(());
+            }
             for gone in removed {
                 let Some(at) = next.files.iter().position(|f| f.path == gone.path) else {
                     return Err(IngestError::ManifestConflict(format!("{} is no longer listed", gone.path)));
@@ -92,7 +188,7 @@ impl ManifestStore {
                     retired_unix_ms: at,
                 }));
             }
-            next.files.extend(added);
+            next.files.extend(added.iter().cloned());
             Ok(())
         })?;
         let now = Instant::now();
@@ -113,14 +209,18 @@ impl ManifestStore {
         derived: Vec<DerivedFile>,
         derivation: u32,
     ) -> Result<u64, IngestError> {
-        let generation = self.commit(|next| {
+        let generation = self.commit(derived.iter().map(|d| d.path.as_str()), |next| {
             let Some(entry) = next.files.iter_mut().find(|f| f.path == path) else {
                 return Err(IngestError::ManifestConflict(format!("{path} is no longer listed")));
             };
+            if entry.derived == derived && entry.derivation == derivation {
+                // An earlier attempt of this very commit went through (its answer lost).
+                return Ok(());
+            }
             if entry.derived != replaced {
                 return Err(IngestError::ManifestConflict(format!("{path} has other derived files now")));
             }
-            entry.derived = derived;
+            entry.derived.clone_from(&derived);
             entry.derivation = derivation;
             let at = now_unix_ms();
             next.retired.extend(replaced.iter().map(|d| RetiredFile {
@@ -158,9 +258,15 @@ impl ManifestStore {
         self.durable.load(Ordering::Acquire)
     }
 
-    /// Drops deleted retired files from the manifest. Blocking I/O.
+    /// Drops deleted retired files from the manifest (in shared storage, deleting them there
+    /// first). Blocking I/O.
     pub fn forget_retired(&self, deleted: &[RetiredFile]) -> Result<u64, IngestError> {
-        let generation = self.commit(|next| {
+        if let Place::Shared { storage, tenant, .. } = &self.place {
+            for gone in deleted {
+                storage.delete(&layout::file_key(tenant, &gone.path))?;
+            }
+        }
+        let generation = self.commit(std::iter::empty(), |next| {
             next.retired.retain(|r| !deleted.iter().any(|d| d.path == r.path));
             Ok(())
         })?;
@@ -171,26 +277,104 @@ impl ManifestStore {
         Ok(generation)
     }
 
-    /// Applies `change` to a copy of the committed manifest and commits the result as the next
-    /// generation; nothing is committed when `change` fails. Commits are serialised by the lock.
-    fn commit(&self, change: impl FnOnce(&mut Manifest) -> Result<(), IngestError>) -> Result<u64, IngestError> {
+    /// Re-reads the manifest from shared storage, for work planned on what other writers committed
+    /// (maintenance); nothing to do in the local data directory, which has no other writer.
+    /// Blocking I/O.
+    pub fn refresh(&self) -> Result<(), IngestError> {
+        let Place::Shared { storage, key, version, .. } = &self.place else { return Ok(()) };
         let mut current = self.current.lock().expect("manifest lock");
-        let mut next = current.clone();
-        change(&mut next)?;
-        next.generation += 1;
-        let renamed = write_atomically(&self.path, &next.to_json())?;
-        // Renamed into place, the new manifest is what readers see: it is committed, and the
-        // files it lists must stay, whether or not the directory sync below went through.
-        *current = next;
-        match renamed.sync_directory() {
-            Ok(()) => self.durable.store(true, Ordering::Release),
-            Err(e) => {
-                self.durable.store(false, Ordering::Release);
-                tracing::error!(error = %e, "committed the manifest but could not sync its directory; the write-ahead log is kept until a later commit is synced");
+        let mut version = version.lock().expect("manifest version lock");
+        (*current, *version) = read_shared(storage, key)?;
+        Ok(())
+    }
+
+    /// Applies `change` to a copy of the committed manifest and commits the result as the next
+    /// generation; nothing is committed when `change` fails. `new_files` (relative to the tenant
+    /// directory) are the files the change lists for the first time: in shared storage they are
+    /// uploaded first, before the lock is taken, so that no reader finds a listed file missing and
+    /// no other commit of this process waits for an upload. Commits of this process are serialised
+    /// by the lock; in shared storage, a commit that another writer's got ahead of is applied again
+    /// to the newer manifest, so `change` may run more than once, and must find its own earlier
+    /// attempt already applied (a write whose answer was lost, retried and refused) harmless.
+    fn commit<'a>(
+        &self,
+        new_files: impl Iterator<Item = &'a str>,
+        change: impl Fn(&mut Manifest) -> Result<(), IngestError>,
+    ) -> Result<u64, IngestError> {
+        let (storage, key, version) = match &self.place {
+            Place::Local(path) => {
+                let mut current = self.current.lock().expect("manifest lock");
+                let mut next = current.clone();
+                change(&mut next)?;
+                next.generation += 1;
+                let renamed = write_atomically(path, &next.to_json())?;
+                // Renamed into place, the new manifest is what readers see: it is committed, and the
+                // files it lists must stay, whether or not the directory sync below went through.
+                *current = next;
+                match renamed.sync_directory() {
+                    Ok(()) => self.durable.store(true, Ordering::Release),
+                    Err(e) => {
+                        self.durable.store(false, Ordering::Release);
+                        tracing::error!(error = %e, "committed the manifest but could not sync its directory; the write-ahead log is kept until a later commit is synced");
+                    }
+                }
+                return Ok(current.generation);
+            }
+            Place::Shared { storage, key, version, tenant, tenant_dir, .. } => {
+                for relative in new_files {
+                    storage.upload_new(&tenant_dir.join(relative), &layout::file_key(tenant, relative)).map_err(
+                        |e| match e {
+                            StorageError::Conflict { .. } => IngestError::ManifestConflict(format!(
+                                "{relative} was stored by another writer meanwhile"
+                            )),
+                            e => e.into(),
+                        },
+                    )?;
+                }
+                (storage, key, version)
+            }
+        };
+        let mut current = self.current.lock().expect("manifest lock");
+        let mut version = version.lock().expect("manifest version lock");
+        for attempt in 1..=SHARED_COMMIT_ATTEMPTS {
+            let mut next = current.clone();
+            change(&mut next)?;
+            next.generation += 1;
+            match storage.write_if(key, next.to_json(), version.as_ref()) {
+                Ok(written) => {
+                    *version = Some(written);
+                    *current = next;
+                    return Ok(current.generation);
+                }
+                Err(StorageError::Conflict { .. }) => {
+                    // Another writer committed since this one last read. Wait a little (more after
+                    // each loss, and not in step with the others), then start again from theirs,
+                    // writing as soon as it is read.
+                    let jitter = u64::from(
+                        std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.subsec_nanos())
+                            % 10,
+                    );
+                    std::thread::sleep(Duration::from_millis(u64::from(attempt.min(8)) * 5 + jitter));
+                    (*current, *version) = read_shared(storage, key)?;
+                }
+                Err(e) => return Err(e.into()),
             }
         }
-        Ok(current.generation)
+        Err(IngestError::ManifestConflict(format!(
+            "gave up committing to {key} in {} after {SHARED_COMMIT_ATTEMPTS} attempts: other writers kept committing first",
+            storage.url()
+        )))
     }
+}
+
+/// The manifest stored at `key` and its version, or an empty manifest when there is none yet.
+fn read_shared(storage: &ObjectStorage, key: &str) -> Result<(Manifest, Option<Version>), IngestError> {
+    Ok(match storage.read(key)? {
+        Some(read) => (Manifest::from_json(&read.bytes)?, Some(read.version)),
+        None => (Manifest::default(), None),
+    })
 }
 
 pub(crate) fn now_unix_ms() -> i64 {
@@ -423,6 +607,106 @@ mod tests {
             Err(IngestError::ManifestConflict(_))
         ));
         assert_eq!(reopened.snapshot().generation, generation);
+    }
+
+    /// A process sharing one tenant's manifest: its store, and its own data directory.
+    struct Writer {
+        store: ManifestStore,
+        dir: crate::scratch::ScratchDir,
+    }
+
+    impl Writer {
+        /// A span file named `name`, written in this writer's directory and ready to commit.
+        fn written(&self, name: &str) -> FileEntry {
+            let entry = entry(name);
+            let path = self.dir.join("default").join(&entry.path);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, format!("the spans of {name}")).unwrap();
+            entry
+        }
+    }
+
+    /// `n` processes sharing one tenant's manifest in one (in-memory) object store, each with a
+    /// client and a data directory of its own; and a function opening one more.
+    fn shared_writers(n: usize) -> (Vec<Writer>, impl Fn() -> Writer) {
+        let memory: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let open = move || {
+            let storage = ObjectStorage::new(Arc::clone(&memory), "memory://", "cluster", "memory://shared").unwrap();
+            let dir = tempdir();
+            let writer = format!("writer-{}", dir.display());
+            Writer { store: ManifestStore::open_shared(&dir, "default", Arc::new(storage), writer).unwrap(), dir }
+        };
+        ((0..n).map(|_| open()).collect(), open)
+    }
+
+    fn paths(manifest: &Manifest) -> Vec<String> {
+        let mut paths: Vec<String> = manifest.files.iter().map(|f| f.path.clone()).collect();
+        paths.sort();
+        paths
+    }
+
+    #[test]
+    fn a_writer_behind_another_commits_on_top_of_it() {
+        let (writers, open) = shared_writers(2);
+        let [a, b] = <[Writer; 2]>::try_from(writers).ok().unwrap();
+        a.store.commit_added(vec![a.written("a")], 5).unwrap();
+        // `b` still holds the empty manifest: its commit must not overwrite `a`'s.
+        assert_eq!(b.store.commit_added(vec![b.written("b")], 2).unwrap(), 2);
+        assert_eq!(paths(&b.store.snapshot()), [entry("a").path, entry("b").path]);
+        // `b` replaces `a`'s file; `a`, behind, then tries to replace the same file: its change,
+        // re-applied to the newer manifest, finds the file gone and commits nothing.
+        b.store.commit_replaced(&[entry("a")], vec![b.written("c")]).unwrap();
+        assert!(matches!(
+            a.store.commit_replaced(&[entry("a")], vec![a.written("d")]),
+            Err(IngestError::ManifestConflict(_))
+        ));
+        assert_eq!(paths(&a.store.snapshot()), [entry("b").path, entry("c").path], "caught up with what it lost to");
+        // Each writer's log has a floor of its own: one's commits never move the other's.
+        assert_eq!((a.store.wal_floor(), b.store.wal_floor()), (5, 2));
+        // What `b` committed reaches `a`'s disk when `a` asks for it (before merging it, say).
+        let copy_in_a = a.dir.join("default").join(entry("c").path);
+        assert!(!copy_in_a.exists());
+        a.store.fetch_missing(&a.store.snapshot().files).unwrap();
+        assert_eq!(fs::read_to_string(copy_in_a).unwrap(), "the spans of c");
+        // A process opening the tenant now (on an empty disk) finds that manifest, and can fetch a
+        // copy of every file it lists: the files went up before the commits that listed them.
+        let late = open();
+        assert_eq!(late.store.wal_floor(), 0, "a new writer's log starts from nothing");
+        let stored = late.store.snapshot();
+        assert_eq!((stored.generation, paths(&stored)), (3, vec![entry("b").path, entry("c").path]));
+        assert_eq!(stored.retired.iter().map(|r| r.path.as_str()).collect::<Vec<_>>(), [entry("a").path.as_str()]);
+        late.store.fetch_missing(&stored.files).unwrap();
+        for name in ["b", "c"] {
+            let copy = late.dir.join("default").join(entry(name).path);
+            assert_eq!(fs::read_to_string(copy).unwrap(), format!("the spans of {name}"));
+        }
+        // Forgetting a retired file deletes it from the store.
+        let due = late.store.retired_before(Duration::ZERO);
+        late.store.forget_retired(&due).unwrap();
+        let Place::Shared { storage, .. } = &late.store.place else { panic!("a shared store") };
+        assert!(storage.read(&layout::file_key("default", &entry("a").path)).unwrap().is_none());
+        assert!(storage.read(&layout::file_key("default", &entry("b").path)).unwrap().is_some());
+    }
+
+    #[test]
+    fn writers_committing_at_once_lose_no_commit() {
+        let (writers, open) = shared_writers(3);
+        const EACH: usize = 20;
+        std::thread::scope(|scope| {
+            for (w, writer) in writers.iter().enumerate() {
+                scope.spawn(move || {
+                    for i in 0..EACH {
+                        writer.store.commit_added(vec![writer.written(&format!("w{w}-{i}"))], 0).unwrap();
+                    }
+                });
+            }
+        });
+        let stored = open().store.snapshot();
+        let mut expected: Vec<String> =
+            (0..writers.len()).flat_map(|w| (0..EACH).map(move |i| entry(&format!("w{w}-{i}")).path)).collect();
+        expected.sort();
+        assert_eq!(paths(&stored), expected);
+        assert_eq!(stored.generation, (writers.len() * EACH) as u64, "one generation per commit");
     }
 
     thread_local! {

@@ -12,6 +12,7 @@ use std::time::Instant;
 use datafusion::catalog::TableProvider;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::memory_pool::{FairSpillPool, MemoryPool, TrackConsumersPool};
+use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use hopscope_schemas::TraceId;
@@ -70,6 +71,9 @@ pub struct QueryConfig {
     /// (the default), or always derived from the spans at query time (the reference, for tests
     /// and comparisons).
     pub read_derived: bool,
+    /// Shared (object) storage the files and manifests are in (`--storage-url`); `None`: the data
+    /// directory.
+    pub storage: Option<Arc<hopscope_storage::ObjectStorage>>,
 }
 
 /// The bounds every query runs under.
@@ -95,6 +99,7 @@ impl QueryConfig {
             admission_wait: std::time::Duration::from_secs(2),
             max_cartesian_rows: 1_000_000_000,
             read_derived: true,
+            storage: None,
         }
     }
 }
@@ -217,6 +222,11 @@ fn session(
     metrics: &Arc<QueryMetrics>,
 ) -> Result<SessionContext, QueryError> {
     let runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::clone(pool)).build_arc()?;
+    if let Some(storage) = &config.storage {
+        let url = ObjectStoreUrl::parse(storage.store_url())?;
+        let client = storage.query_client().map_err(|e| QueryError::Manifest(e.to_string()))?;
+        runtime.register_object_store(url.as_ref(), client);
+    }
     let session = SessionConfig::new()
         .with_target_partitions(config.target_partitions.max(1))
         .with_batch_size(config.batch_size.max(1))
@@ -229,7 +239,7 @@ fn session(
         .with_physical_optimizer_rule(Arc::new(MeteredScans(Arc::clone(metrics))))
         .build();
     let ctx = SessionContext::new_with_state(state);
-    let manifest = Arc::new(ManifestReader::new(&config.data_dir, &config.tenant));
+    let manifest = Arc::new(ManifestReader::new(&config.data_dir, &config.tenant, config.storage.clone()));
     let spans = Arc::new(SpansTable::new(manifest));
     ctx.register_table(tables::SPANS, Arc::clone(&spans) as _)?;
     register_derived_tables(&ctx, &spans, config.read_derived)?;
@@ -288,7 +298,7 @@ impl QueryEngine {
     /// When the stored spans begin and end: the earliest start and the latest end over the
     /// committed span files (`None` before the first commit). Read from the manifest, no scan.
     pub async fn stored_extent(self: &Arc<Self>) -> Result<Option<TimeRange>, QueryError> {
-        let reader = ManifestReader::new(&self.config.data_dir, &self.config.tenant);
+        let reader = ManifestReader::new(&self.config.data_dir, &self.config.tenant, self.config.storage.clone());
         let manifest = tokio::task::spawn_blocking(move || reader.current())
             .await
             .map_err(|e| QueryError::Internal(format!("reading the manifest: {e}")))??;

@@ -35,36 +35,54 @@ use hopscope_schemas::columns as c;
 use hopscope_schemas::layout;
 use hopscope_schemas::manifest::{FileEntry, Manifest};
 use hopscope_schemas::spans::{COMPUTED_COLUMNS, span_schema, stored_span_schema};
+use hopscope_storage::ObjectStorage;
 
 use crate::QueryError;
 
-/// Reads a tenant's manifest, parsing it again only when its bytes changed.
+/// Reads a tenant's manifest, parsing it again only when its bytes changed, and says where the
+/// files it lists are: in the data directory, or in shared (object) storage (`--storage-url`).
 ///
-/// The file is read on every call (it is small, and in the page cache): no cheaper stamp is safe,
-/// since a commit renames a new file into place that can reuse a freed inode and land within the
-/// same coarse mtime tick at the same length as one two commits earlier.
+/// The manifest is read on every call (it is small, and in the page cache): no cheaper stamp is
+/// safe, since a commit renames a new file into place that can reuse a freed inode and land within
+/// the same coarse mtime tick at the same length as one two commits earlier.
 #[derive(Debug)]
 pub(crate) struct ManifestReader {
-    path: PathBuf,
-    tenant_dir: PathBuf,
+    files: FilesAt,
     cached: Mutex<Option<(Vec<u8>, Arc<Manifest>)>>,
 }
 
+#[derive(Debug)]
+enum FilesAt {
+    Local { manifest: PathBuf, tenant_dir: PathBuf },
+    Shared { storage: Arc<ObjectStorage>, tenant: String },
+}
+
 impl ManifestReader {
-    pub(crate) fn new(data_dir: &Path, tenant: &str) -> Self {
-        Self {
-            path: layout::manifest_path(data_dir, tenant),
-            tenant_dir: layout::tenant_dir(data_dir, tenant),
-            cached: Mutex::new(None),
-        }
+    pub(crate) fn new(data_dir: &Path, tenant: &str, storage: Option<Arc<ObjectStorage>>) -> Self {
+        let files = match storage {
+            None => FilesAt::Local {
+                manifest: layout::manifest_path(data_dir, tenant),
+                tenant_dir: layout::tenant_dir(data_dir, tenant),
+            },
+            Some(storage) => FilesAt::Shared { storage, tenant: tenant.to_owned() },
+        };
+        Self { files, cached: Mutex::new(None) }
     }
 
-    /// The committed manifest (empty before the first commit). Blocking I/O, small.
+    /// The committed manifest (empty before the first commit). Blocking I/O, small (a request to
+    /// the store with shared storage).
     pub(crate) fn current(&self) -> Result<Arc<Manifest>, QueryError> {
-        let bytes = match fs::read(&self.path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Arc::new(Manifest::default())),
-            Err(e) => return Err(QueryError::Manifest(format!("{}: {e}", self.path.display()))),
+        let bytes = match &self.files {
+            FilesAt::Local { manifest, .. } => match fs::read(manifest) {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Arc::new(Manifest::default())),
+                Err(e) => return Err(QueryError::Manifest(format!("{}: {e}", manifest.display()))),
+            },
+            FilesAt::Shared { storage, tenant } => match storage.read(&layout::manifest_key(tenant)) {
+                Ok(Some(read)) => read.bytes.to_vec(),
+                Ok(None) => return Ok(Arc::new(Manifest::default())),
+                Err(e) => return Err(QueryError::Manifest(e.to_string())),
+            },
         };
         let mut cached = self.cached.lock().expect("manifest cache lock");
         if let Some((seen, manifest)) = cached.as_ref()
@@ -77,14 +95,50 @@ impl ManifestReader {
         Ok(manifest)
     }
 
-    /// The absolute path of a committed file.
-    pub(crate) fn file_path(&self, entry: &FileEntry) -> PathBuf {
-        self.tenant_dir.join(&entry.path)
+    /// Whether reading the manifest is a local file read (cheap enough for an async thread).
+    fn is_local(&self) -> bool {
+        matches!(self.files, FilesAt::Local { .. })
     }
 
-    /// The absolute path of a file given relative to the tenant directory.
-    pub(crate) fn tenant_path(&self, relative: &str) -> PathBuf {
-        self.tenant_dir.join(relative)
+    /// The object store the files are in, as scans name it.
+    pub(crate) fn object_store_url(&self) -> DfResult<ObjectStoreUrl> {
+        match &self.files {
+            FilesAt::Local { .. } => Ok(ObjectStoreUrl::local_filesystem()),
+            FilesAt::Shared { storage, .. } => ObjectStoreUrl::parse(storage.store_url()),
+        }
+    }
+
+    /// Where a file given relative to the tenant directory is, as scans name it.
+    pub(crate) fn location(&self, relative: &str) -> String {
+        match &self.files {
+            FilesAt::Local { tenant_dir, .. } => tenant_dir.join(relative).to_string_lossy().into_owned(),
+            FilesAt::Shared { storage, tenant } => storage.location(&layout::file_key(tenant, relative)),
+        }
+    }
+
+    /// The path of a committed file given relative to the tenant directory, when files are local.
+    pub(crate) fn local_path(&self, relative: &str) -> Option<PathBuf> {
+        match &self.files {
+            FilesAt::Local { tenant_dir, .. } => Some(tenant_dir.join(relative)),
+            FilesAt::Shared { .. } => None,
+        }
+    }
+
+    /// The bytes of a committed file given relative to the tenant directory. Blocking I/O.
+    pub(crate) fn read(&self, relative: &str) -> DfResult<bytes::Bytes> {
+        match &self.files {
+            FilesAt::Local { tenant_dir, .. } => {
+                let path = tenant_dir.join(relative);
+                fs::read(&path)
+                    .map(bytes::Bytes::from)
+                    .map_err(|e| DataFusionError::Execution(format!("reading {}: {e}", path.display())))
+            }
+            FilesAt::Shared { storage, tenant } => match storage.read(&layout::file_key(tenant, relative)) {
+                Ok(Some(read)) => Ok(read.bytes),
+                Ok(None) => Err(DataFusionError::Execution(format!("{relative} is missing from {}", storage.url()))),
+                Err(e) => Err(DataFusionError::External(Box::new(e))),
+            },
+        }
     }
 }
 
@@ -259,8 +313,16 @@ pub(crate) fn file_ordering(schema: &SchemaRef) -> DfResult<LexOrdering> {
 
 impl SpansTable {
     /// The committed manifest. A scan reads it once, so all its partitions see the same files.
-    pub(crate) fn manifest(&self) -> DfResult<Arc<Manifest>> {
-        self.manifest.current().map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))
+    pub(crate) async fn manifest(&self) -> DfResult<Arc<Manifest>> {
+        let reader = Arc::clone(&self.manifest);
+        let read = if reader.is_local() {
+            reader.current()
+        } else {
+            tokio::task::spawn_blocking(move || reader.current())
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))?
+        };
+        read.map_err(|e| DataFusionError::External(Box::new(e)))
     }
 
     /// The files of `manifest` that can hold rows matching `filters`: path, bytes and rows.
@@ -271,11 +333,11 @@ impl SpansTable {
 
     /// The span files `entries` as a scan reads them: path, bytes and rows.
     fn listed<'a>(&self, entries: impl Iterator<Item = &'a FileEntry>) -> Vec<(String, u64, u64)> {
-        entries.map(|f| (self.manifest.file_path(f).to_string_lossy().into_owned(), f.bytes, f.rows)).collect()
+        entries.map(|f| (self.manifest.location(&f.path), f.bytes, f.rows)).collect()
     }
 
     /// Where committed files are.
-    pub(crate) fn files(&self) -> &ManifestReader {
+    pub(crate) fn files(&self) -> &Arc<ManifestReader> {
         &self.manifest
     }
 
@@ -307,7 +369,7 @@ impl SpansTable {
         let files: Vec<(String, u64, u64)> = entries
             .iter()
             .filter_map(|entry| entry.derived(table))
-            .map(|d| (self.manifest.tenant_path(&d.path).to_string_lossy().into_owned(), d.bytes, d.rows))
+            .map(|d| (self.manifest.location(&d.path), d.bytes, d.rows))
             .collect();
         if files.is_empty() {
             return Ok(Arc::new(EmptyExec::new(project_schema(&schema, projection.as_ref())?)));
@@ -319,7 +381,7 @@ impl SpansTable {
         let source = parquet_source_of(Arc::clone(&schema), state, filters, false)?;
         let mut statistics = Statistics::new_unknown(&schema);
         statistics.num_rows = Precision::Exact(files.iter().map(|f| f.2 as usize).sum());
-        let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
+        let config = FileScanConfigBuilder::new(self.manifest.object_store_url()?, Arc::new(source))
             .with_file_groups(balanced_groups(files, state.config().target_partitions()))
             .with_projection_indices(projection)?
             .with_statistics(statistics)
@@ -352,7 +414,7 @@ impl SpansTable {
         let source = reading_columns(Self::parquet_source(state, filters)?, &projection)?;
         let groups =
             files.into_iter().map(|(path, size, _)| FileGroup::new(vec![PartitionedFile::new(path, size)])).collect();
-        let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), source)
+        let config = FileScanConfigBuilder::new(self.manifest.object_store_url()?, source)
             .with_file_groups(groups)
             .with_output_ordering(vec![file_ordering(&stored_span_schema())?])
             .build();
@@ -425,7 +487,7 @@ impl TableProvider for SpansTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let manifest = self.manifest()?;
+        let manifest = self.manifest().await?;
         let pruning = FilePruning::from_filters(filters);
         let entries: Vec<&FileEntry> = manifest.files.iter().filter(|f| pruning.may_match(f)).collect();
         self.scan_entries(&entries, state, projection, filters, limit)
@@ -458,7 +520,7 @@ impl SpansTable {
         // cartesian products) start from them.
         let mut statistics = Statistics::new_unknown(&stored_span_schema());
         statistics.num_rows = Precision::Exact(files.iter().map(|f| f.2 as usize).sum());
-        let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), source)
+        let config = FileScanConfigBuilder::new(self.manifest.object_store_url()?, source)
             .with_file_groups(balanced_groups(files, state.config().target_partitions()))
             .with_limit(limit)
             .with_statistics(statistics)
@@ -640,7 +702,7 @@ mod tests {
     fn a_new_manifest_is_seen_even_with_the_same_length_and_mtime() {
         let dir = std::env::temp_dir().join(format!("hopscope-manifest-reader-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        let reader = ManifestReader::new(&dir, "default");
+        let reader = ManifestReader::new(&dir, "default", None);
         assert_eq!(reader.current().unwrap().generation, 0, "no manifest yet reads as empty");
         fs::create_dir_all(layout::tenant_dir(&dir, "default")).unwrap();
         let path = layout::manifest_path(&dir, "default");

@@ -9,7 +9,12 @@
 //! <data-dir>/wal/, <data-dir>/dead-letters/                      the default tenant's write-ahead
 //!                                                                log and dead letters
 //! <data-dir>/<tenant>/wal/, <data-dir>/<tenant>/dead-letters/    every other tenant's
+//! <data-dir>/STORAGE                                             the shared storage the log is for
 //! ```
+//!
+//! With shared storage (`--storage-url s3://BUCKET/PREFIX`), each `<tenant>/...` file above is the
+//! object `PREFIX/<tenant>/...` ([`file_key`]); the data directory keeps the log, and copies of the
+//! span and derived files it stored, compacts or derives.
 //!
 //! The default tenant's log and dead letters stay where they were before tenants existed, so a data
 //! directory written then opens unchanged; their names are therefore not tenant ids
@@ -95,6 +100,10 @@ pub const DEAD_LETTERS_DIR: &str = "dead-letters";
 /// The data directory's lock file, held by the process that writes it.
 pub const LOCK_FILE: &str = "LOCK";
 
+/// The file recording which storage the data directory's write-ahead log belongs to
+/// (`--storage-url`), written when the directory is first used with shared storage.
+pub const STORAGE_BINDING_FILE: &str = "STORAGE";
+
 /// The longest tenant id, in bytes (Tempo's and Mimir's bound on `X-Scope-OrgID`).
 pub const MAX_TENANT_BYTES: usize = 150;
 
@@ -114,7 +123,7 @@ pub fn validate_tenant(tenant: &str) -> Result<(), String> {
     if tenant == "." || tenant == ".." {
         return Err(format!("{tenant:?} cannot be a tenant id"));
     }
-    if [WAL_DIR, DEAD_LETTERS_DIR, LOCK_FILE].contains(&tenant) {
+    if [WAL_DIR, DEAD_LETTERS_DIR, LOCK_FILE, STORAGE_BINDING_FILE].contains(&tenant) {
         return Err(format!("{tenant:?} is a name the data directory uses itself; choose another tenant id"));
     }
     Ok(())
@@ -131,9 +140,23 @@ pub fn tenant_dir(data_dir: &Path, tenant: &str) -> PathBuf {
     data_dir.join(tenant)
 }
 
+/// The name of a tenant's manifest file, in its tenant directory.
+pub const MANIFEST_FILE: &str = "manifest.json";
+
 /// The manifest of one tenant.
 pub fn manifest_path(data_dir: &Path, tenant: &str) -> PathBuf {
-    tenant_dir(data_dir, tenant).join("manifest.json")
+    tenant_dir(data_dir, tenant).join(MANIFEST_FILE)
+}
+
+/// The key of a tenant's manifest in shared (object) storage, relative to the storage's prefix:
+/// the same place relative to the storage's root as [`manifest_path`] to the data directory.
+pub fn manifest_key(tenant: &str) -> String {
+    file_key(tenant, MANIFEST_FILE)
+}
+
+/// The key in shared (object) storage of a tenant's file given relative to its tenant directory.
+pub fn file_key(tenant: &str, relative: &str) -> String {
+    format!("{tenant}/{relative}")
 }
 
 /// The path of a span file relative to its tenant directory, for the hour its spans start in.

@@ -24,6 +24,9 @@ pub enum StoredManifest {
     /// The same, with the layout each span file is written in ([`FileEntry::layout`]).
     #[serde(rename = "4")]
     V4(Manifest),
+    /// The same, with a WAL floor per writer in shared storage ([`Manifest::wal_floors`]).
+    #[serde(rename = "5")]
+    V5(Manifest),
 }
 
 /// The current manifest format.
@@ -36,6 +39,10 @@ pub struct Manifest {
     /// starts there and lower segments can be deleted.
     #[serde(default)]
     pub wal_floor: u64,
+    /// In shared storage, where several processes commit to one manifest, each with a write-ahead
+    /// log of its own: each writer's WAL floor, by writer id (`wal_floor` is then unused).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub wal_floors: std::collections::BTreeMap<String, u64>,
     /// The committed span files.
     pub files: Vec<FileEntry>,
     /// Files no longer listed (replaced by a compaction or deleted by retention) that stay on disk
@@ -135,13 +142,23 @@ impl Manifest {
         let stored: StoredManifest =
             serde_json::from_slice(bytes).map_err(|e| SchemaError::InvalidManifest(e.to_string()))?;
         match stored {
-            StoredManifest::V1(m) | StoredManifest::V2(m) | StoredManifest::V3(m) | StoredManifest::V4(m) => Ok(m),
+            StoredManifest::V1(m)
+            | StoredManifest::V2(m)
+            | StoredManifest::V3(m)
+            | StoredManifest::V4(m)
+            | StoredManifest::V5(m) => Ok(m),
         }
     }
 
     /// The stored form of this manifest.
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec_pretty(&StoredManifest::V4(self.clone())).expect("manifest serialises")
+        // Version 4 while no writer keeps a floor of its own (a local data directory), so that the
+        // version before shared storage still reads it.
+        let stored = match self.wal_floors.is_empty() {
+            true => StoredManifest::V4(self.clone()),
+            false => StoredManifest::V5(self.clone()),
+        };
+        serde_json::to_vec_pretty(&stored).expect("manifest serialises")
     }
 
     /// Total spans in committed files.
@@ -180,14 +197,22 @@ mod tests {
                 layout: 2,
             }],
             retired: vec![RetiredFile { path: "spans/2026-11-28/01/b.parquet".into(), bytes: 10, retired_unix_ms: 6 }],
+            wal_floors: [("0190a1b2-writer".to_owned(), 7)].into(),
         };
         let json = m.to_json();
-        assert!(String::from_utf8_lossy(&json).contains("\"version\": \"4\""));
+        assert!(String::from_utf8_lossy(&json).contains("\"version\": \"5\""));
         assert_eq!(Manifest::from_json(&json).unwrap(), m);
         assert!(Manifest::from_json(br#"{"version":"9"}"#).is_err());
         // Manifests written before files could be retired still read.
         let older = br#"{"version":"1","generation":1,"wal_floor":0,"files":[]}"#;
         assert_eq!(Manifest::from_json(older).unwrap().retired, vec![]);
+        // Without writers' floors it is written as version 4, which the version before them reads.
+        let mut one_writer = m.clone();
+        one_writer.wal_floors.clear();
+        let v4 = String::from_utf8_lossy(&one_writer.to_json()).into_owned();
+        assert!(v4.contains("\"version\": \"4\"") && !v4.contains("wal_floors"), "{v4}");
+        assert_eq!(Manifest::from_json(v4.as_bytes()).unwrap(), one_writer);
+        let m = one_writer;
         // A version 1 manifest (no derived files) reads with none.
         let mut plain = m.clone();
         plain.files[0].derived.clear();

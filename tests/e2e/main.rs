@@ -19,6 +19,7 @@ mod hostile;
 mod query;
 mod roundtrip;
 mod simulator;
+mod storage;
 mod support;
 mod tempo_search;
 mod tenants;

@@ -294,9 +294,13 @@ struct Stored {
 }
 
 /// Whether an error is the storage's rather than one payload's: out of space, over a quota or a
-/// file size limit, read-only, or failing I/O. Retrying later is the cure, not dead-lettering.
+/// file size limit, read-only, or failing I/O; with shared storage, any failure of the store, or
+/// commits that kept losing to other writers'. Retrying later is the cure, not dead-lettering.
 pub(crate) fn storage_is_failing(error: &IngestError) -> bool {
     use std::io::ErrorKind as K;
+    if matches!(error, IngestError::Storage(_) | IngestError::ManifestConflict(_)) {
+        return true;
+    }
     let io: Option<&std::io::Error> = match error {
         IngestError::Io { source, .. } => Some(source),
         IngestError::Parquet(parquet::errors::ParquetError::External(e)) => e.downcast_ref(),

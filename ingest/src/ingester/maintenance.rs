@@ -55,13 +55,23 @@ impl Ingester {
         let mut report = MaintenanceReport::default();
         let now_ns = crate::manifest::now_unix_ms().saturating_mul(1_000_000);
 
+        // With shared storage, plan on what every writer committed, not on this one's last view.
+        self.manifest.refresh()?;
         let expired = retention::expired(&self.manifest.snapshot(), &self.retention(), now_ns);
         if !expired.is_empty() {
-            self.manifest.commit_replaced(&expired, Vec::new())?;
-            report.files_expired = expired.len() as u64;
-            report.spans_expired = expired.iter().map(|f| f.rows).sum();
-            self.metrics.files_expired.inc_by(report.files_expired);
-            self.metrics.spans_expired.inc_by(report.spans_expired);
+            match self.manifest.commit_replaced(&expired, Vec::new()) {
+                Ok(_) => {
+                    report.files_expired = expired.len() as u64;
+                    report.spans_expired = expired.iter().map(|f| f.rows).sum();
+                    self.metrics.files_expired.inc_by(report.files_expired);
+                    self.metrics.spans_expired.inc_by(report.spans_expired);
+                }
+                // Another writer replaced or expired one of them first: planned again next pass.
+                Err(e @ IngestError::ManifestConflict(_)) => {
+                    tracing::warn!(error = %e, "retention's files changed; planned again at the next pass")
+                }
+                Err(e) => return Err(e),
+            }
         }
 
         let jobs = compaction::plan(&self.manifest.snapshot(), &self.config.compaction, now_ns, pass.close_all_hours);
@@ -84,6 +94,12 @@ impl Ingester {
                 self.metrics.compactions_deferred.inc();
                 continue;
             };
+            // Inputs another writer stored are fetched; one it has replaced meanwhile is gone, and
+            // the merge is planned again on the newer manifest at the next pass.
+            if let Err(e) = self.manifest.fetch_missing(&job.inputs) {
+                tracing::warn!(error = %e, "fetching a merge's inputs failed; planned again at the next pass");
+                continue;
+            }
             let merged = match compaction::merge(&tenant_dir, &job, self.config.derive, stop) {
                 Ok(merged) => merged,
                 // Stopped midway (a shutdown): none of its files is left, its inputs stay.
@@ -211,6 +227,12 @@ impl Ingester {
             }
             // One file that cannot be read must not stop the pass (nor the deletion of retired
             // files after it): it keeps what it has, and is tried again after a restart.
+            // A file that could not be fetched (the store failing, or replaced meanwhile) is tried
+            // again at a later pass; only one that cannot be derived is left alone.
+            if let Err(e) = self.manifest.fetch_missing(std::slice::from_ref(&entry)) {
+                tracing::warn!(error = %e, file = %entry.path, "fetching a span file to derive failed");
+                continue;
+            }
             let derived = match crate::derived::derive_file(tenant_dir, &entry) {
                 Ok(derived) => derived,
                 Err(e) => {

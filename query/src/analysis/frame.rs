@@ -47,13 +47,13 @@ pub(crate) async fn rollup_computed(ctx: &SessionContext, table: &str, range: Ti
     let filters = [in_range(c::hop_rollup::MINUTE, range)];
     let provider = provider.as_ref();
     if let Some(rollup) = provider.downcast_ref::<DerivedRollupTable<hopscope_derive::edges::Pending>>() {
-        return Ok(rollup.computed_from_base(&filters)?);
+        return Ok(rollup.computed_from_base(&filters).await?);
     }
     if let Some(rollup) = provider.downcast_ref::<DerivedRollupTable<()>>() {
-        return Ok(rollup.computed_from_base(&filters)?);
+        return Ok(rollup.computed_from_base(&filters).await?);
     }
     if let Some(rollup) = provider.downcast_ref::<crate::walk::OperationRollupTable>() {
-        return Ok(rollup.computed_from_spans(&filters)?);
+        return Ok(rollup.computed_from_spans(&filters).await?);
     }
     Ok(false)
 }

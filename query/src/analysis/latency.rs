@@ -664,7 +664,7 @@ async fn rolled_up_service<'q>(
 async fn slowest_not_stored(ctx: &SessionContext, range: TimeRange) -> Result<bool, QueryError> {
     let provider = ctx.table_provider(OPERATION_ROLLUP_TABLE).await?;
     Ok(match provider.as_ref().downcast_ref::<crate::walk::OperationRollupTable>() {
-        Some(rollup) => rollup.lacks_slowest(&[in_range(or::MINUTE, range)])?,
+        Some(rollup) => rollup.lacks_slowest(&[in_range(or::MINUTE, range)]).await?,
         None => false,
     })
 }

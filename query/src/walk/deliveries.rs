@@ -140,7 +140,7 @@ impl TableProvider for DeliveriesTable {
             .cloned()
             .collect();
         let pruning = FilePruning::from_filters(&shared);
-        let manifest = self.spans.manifest()?;
+        let manifest = self.spans.manifest().await?;
         let (stored, walked): (Vec<&FileEntry>, Vec<&FileEntry>) =
             manifest.files.iter().filter(|f| pruning.may_match(f)).partition(|f| self.stored(f));
         let schema = self.schema();

@@ -93,9 +93,9 @@ impl<D: Send + Sync + 'static> DerivedRollupTable<D> {
     /// because a selected span file was stored without this rollup (derived by an older version):
     /// then the question is cheaper asked of the base table itself. Never for a table without
     /// stored rows (the reference, always computed).
-    pub(crate) fn computed_from_base(&self, filters: &[Expr]) -> DfResult<bool> {
+    pub(crate) async fn computed_from_base(&self, filters: &[Expr]) -> DfResult<bool> {
         match &self.stored {
-            Some(stored) => Ok(!stored.rollup_stored(&start_filters(filters)?, self.rollup.table())?),
+            Some(stored) => Ok(!stored.rollup_stored(&start_filters(filters)?, self.rollup.table()).await?),
             None => Ok(false),
         }
     }
@@ -217,23 +217,24 @@ impl OperationRollupTable {
 
     /// Whether a scan with `filters` (on `minute`) would read stored rows without the slowest
     /// span (derived before [`hopscope_derive::stored::OPERATION_SLOWEST_SINCE`]: null there).
-    pub(crate) fn lacks_slowest(&self, filters: &[Expr]) -> DfResult<bool> {
+    pub(crate) async fn lacks_slowest(&self, filters: &[Expr]) -> DfResult<bool> {
         self.any_file(filters, |f| {
             self.reads_stored(f) && f.derivation < hopscope_derive::stored::OPERATION_SLOWEST_SINCE
         })
+        .await
     }
 
     /// Whether a scan with `filters` (on `minute`) would roll a span file up from its spans as the
     /// query runs (stored before these rows were, or the reference): then the question is cheaper,
     /// and exact, asked of the spans themselves.
-    pub(crate) fn computed_from_spans(&self, filters: &[Expr]) -> DfResult<bool> {
-        self.any_file(filters, |f| !self.reads_stored(f))
+    pub(crate) async fn computed_from_spans(&self, filters: &[Expr]) -> DfResult<bool> {
+        self.any_file(filters, |f| !self.reads_stored(f)).await
     }
 
     /// Whether any span file a scan with `filters` (on `minute`) would select is `such`.
-    fn any_file(&self, filters: &[Expr], such: impl Fn(&FileEntry) -> bool) -> DfResult<bool> {
+    async fn any_file(&self, filters: &[Expr], such: impl Fn(&FileEntry) -> bool) -> DfResult<bool> {
         let pruning = FilePruning::from_filters(&start_filters(filters)?);
-        let manifest = self.spans.manifest()?;
+        let manifest = self.spans.manifest().await?;
         Ok(manifest.files.iter().filter(|f| pruning.may_match(f)).any(such))
     }
 }
@@ -262,7 +263,7 @@ impl TableProvider for OperationRollupTable {
         // The spans' `start_time` is the rows' minute and the seconds after it.
         let span_filters = start_filters(filters)?;
         let pruning = FilePruning::from_filters(&span_filters);
-        let manifest = self.spans.manifest()?;
+        let manifest = self.spans.manifest().await?;
         let (stored, rolled): (Vec<&FileEntry>, Vec<&FileEntry>) =
             manifest.files.iter().filter(|f| pruning.may_match(f)).partition(|f| self.reads_stored(f));
         let mut plans = vec![self.spans.derived_scan(

@@ -244,7 +244,7 @@ impl<D: Send + Sync + 'static> TableProvider for StoredTable<D> {
         filters: &[Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let manifest = self.spans.manifest()?;
+        let manifest = self.spans.manifest().await?;
         let output = self.schema();
         let reads_unstored = match projection {
             Some(asked) => asked.iter().any(|&i| self.not_stored.contains(&output.field(i).name().as_str())),
@@ -319,7 +319,7 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
     ) -> DfResult<Option<RollupParts>> {
         let schema = hopscope_derive::stored::stored_schema(table)
             .ok_or_else(|| DataFusionError::Internal(format!("{table} is not a derived table")))?;
-        let manifest = self.spans.manifest()?;
+        let manifest = self.spans.manifest().await?;
         let span_filters = widened_span_filters(filters, self.storing.slack_ns);
         let window = self.rollup_window(&manifest, &span_filters, table);
         let Some(window) = window else { return Ok(None) };
@@ -404,8 +404,8 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
 
     /// Whether the span files that `filters` (on this table's `start_time`) select were all stored
     /// with the rollup `table`, so that reading it costs what its rows cost.
-    pub(crate) fn rollup_stored(&self, filters: &[Expr], table: &str) -> DfResult<bool> {
-        let manifest = self.spans.manifest()?;
+    pub(crate) async fn rollup_stored(&self, filters: &[Expr], table: &str) -> DfResult<bool> {
+        let manifest = self.spans.manifest().await?;
         let span_filters = widened_span_filters(filters, self.storing.slack_ns);
         Ok(self.rollup_window(&manifest, &span_filters, table).is_some())
     }
@@ -416,7 +416,7 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
     /// reads no stored rows (a file derived without it, or too many split traces: it is then
     /// computed from this table, whose rows are then the walk's).
     pub(crate) async fn rollup_split(&self, filters: &[Expr], table: &str) -> DfResult<(u64, Option<Arc<Split>>)> {
-        let manifest = self.spans.manifest()?;
+        let manifest = self.spans.manifest().await?;
         let span_filters = widened_span_filters(filters, self.storing.slack_ns);
         let Some(window) = self.rollup_window(&manifest, &span_filters, table) else {
             return Ok((manifest.generation, None));
@@ -556,12 +556,27 @@ fn sorted_intersection(a: &[[u8; 16]], b: &[[u8; 16]]) -> Vec<[u8; 16]> {
 /// Sorted, distinct trace ids.
 type TraceIds = Arc<[[u8; 16]]>;
 
-/// The sorted, distinct trace ids of a `traces` file (small: one row per trace).
-fn read_trace_ids(path: &std::path::Path) -> DfResult<TraceIds> {
+/// The sorted, distinct trace ids of a `traces` file (small: one row per trace), given relative to
+/// the tenant directory. Blocking I/O.
+fn read_trace_ids(files: &ManifestReader, relative: &str) -> DfResult<TraceIds> {
+    // A local file is read in place (only its trace id column's pages); one in shared storage is
+    // fetched whole (small: one row per trace).
+    match files.local_path(relative) {
+        Some(path) => {
+            let file = std::fs::File::open(&path)
+                .map_err(|e| DataFusionError::Execution(format!("opening {}: {e}", path.display())))?;
+            trace_ids_in(file, relative)
+        }
+        None => trace_ids_in(files.read(relative)?, relative),
+    }
+}
+
+fn trace_ids_in<R: datafusion::parquet::file::reader::ChunkReader + 'static>(
+    file: R,
+    path: &str,
+) -> DfResult<TraceIds> {
     use datafusion::parquet::arrow::ProjectionMask;
     use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-    let file = std::fs::File::open(path)
-        .map_err(|e| DataFusionError::Execution(format!("opening {}: {e}", path.display())))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
     let mask = ProjectionMask::columns(builder.parquet_schema(), [c::trace_summary::TRACE_ID]);
     let mut ids = Vec::new();
@@ -570,7 +585,7 @@ fn read_trace_ids(path: &std::path::Path) -> DfResult<TraceIds> {
         let column = batch.column(0).as_fixed_size_binary();
         for r in 0..column.len() {
             ids.push(column.value(r).try_into().map_err(|_| {
-                DataFusionError::Execution(format!("{}: a trace id of {} bytes", path.display(), column.value_length()))
+                DataFusionError::Execution(format!("{path}: a trace id of {} bytes", column.value_length()))
             })?);
         }
     }
@@ -627,7 +642,7 @@ impl SplitIndex {
 
     /// The split traces of the span files `window`, each stored with a `traces` file; `None`
     /// when there are more than [`MAX_SPLIT_TRACES`].
-    async fn of(self: &Arc<Self>, files: &ManifestReader, window: &[&FileEntry]) -> DfResult<Option<Arc<Split>>> {
+    async fn of(self: &Arc<Self>, files: &Arc<ManifestReader>, window: &[&FileEntry]) -> DfResult<Option<Arc<Split>>> {
         let key: Vec<String> = window
             .iter()
             .map(|f| f.derived(layout::TRACES_TABLE).expect("checked by the caller").path.clone())
@@ -635,20 +650,19 @@ impl SplitIndex {
         if let Some(split) = self.recent(&key) {
             return Ok(split);
         }
-        let paths: Vec<std::path::PathBuf> = key.iter().map(|p| files.tenant_path(p)).collect();
-        let index = Arc::clone(self);
-        tokio::task::spawn_blocking(move || index.compute(key, &paths))
+        let (index, files) = (Arc::clone(self), Arc::clone(files));
+        tokio::task::spawn_blocking(move || index.compute(key, &files))
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?
     }
 
-    fn compute(&self, key: Vec<String>, paths: &[std::path::PathBuf]) -> DfResult<Option<Arc<Split>>> {
+    fn compute(&self, key: Vec<String>, files: &ManifestReader) -> DfResult<Option<Arc<Split>>> {
         let mut per_file = Vec::with_capacity(key.len());
-        for (relative, path) in key.iter().zip(paths) {
+        for relative in &key {
             let ids = match self.kept_ids(relative) {
                 Some(ids) => ids,
                 None => {
-                    let ids = read_trace_ids(path)?;
+                    let ids = read_trace_ids(files, relative)?;
                     self.keep_ids(relative, Arc::clone(&ids));
                     ids
                 }

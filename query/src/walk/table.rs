@@ -98,7 +98,7 @@ impl<D: Send + Sync + 'static> TableProvider for DerivedTable<D> {
         filters: &[Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        self.scan_in(&self.spans.manifest()?, state, projection, filters)
+        self.scan_in(&self.spans.manifest().await?, state, projection, filters)
     }
 }
 

@@ -1,0 +1,190 @@
+//! Shared storage (`--storage-url s3://BUCKET/PREFIX`): span files, derived files and manifests in
+//! an S3-compatible object store (moto's server, from PyPI, on loopback), the write-ahead log in
+//! the data directory; traces sent by the OpenTelemetry Python SDK's exporters.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+
+use hopscope_schemas::manifest::Manifest;
+use hopscope_storage::ObjectStorage;
+use serde_json::Value;
+
+use crate::exporters::{python, run_python_client};
+use crate::query::sql;
+use crate::support::{DEADLINE, Server, fresh_data_dir, workspace_root};
+
+/// moto's S3 server, stopped when dropped.
+struct S3Server {
+    child: Child,
+    port: u16,
+}
+
+impl S3Server {
+    /// Starts the server with `bucket` created, and waits until it serves.
+    fn start(bucket: &str) -> S3Server {
+        let mut child = Command::new(python())
+            .arg(workspace_root().join("tests/clients/s3_server.py"))
+            .arg(bucket)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run the S3 server ({e}); run scripts/test, which creates .venv"));
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(DEADLINE).unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("the S3 server did not start")
+        });
+        let started: Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("the S3 server said {line:?}"));
+        S3Server { child, port: started["port"].as_u64().unwrap() as u16 }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A client of `url` (`s3://BUCKET/PREFIX`) on this server, for the test's own reads.
+    fn client(&self, url: &str) -> ObjectStorage {
+        let endpoint = self.endpoint();
+        let options = [
+            ("aws_endpoint", endpoint.as_str()),
+            ("aws_allow_http", "true"),
+            ("aws_access_key_id", "test"),
+            ("aws_secret_access_key", "test"),
+            ("aws_region", "us-east-1"),
+        ];
+        ObjectStorage::open_s3(url, &options).unwrap()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The manifest of the default tenant in `store`, read by the test's own client.
+async fn stored_manifest(store: &std::sync::Arc<ObjectStorage>) -> Manifest {
+    let store = std::sync::Arc::clone(store);
+    let read = tokio::task::spawn_blocking(move || store.read("default/manifest.json")).await.unwrap().unwrap();
+    Manifest::from_json(&read.expect("a manifest in the store").bytes).unwrap()
+}
+
+/// Sends one trace through each of the Python SDK's OTLP exporters (gRPC and HTTP), two spans
+/// each; returns their trace ids.
+async fn send_traces(server: &Server) -> [String; 2] {
+    let sent = run_python_client(
+        "python_export.py",
+        vec!["--grpc".into(), format!("http://{}", server.grpc), "--http".into(), server.traces_url()],
+    )
+    .await;
+    ["grpc", "http"].map(|protocol| sent[protocol].as_str().unwrap().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spans_are_stored_in_and_read_from_an_s3_store() {
+    let s3 = S3Server::start("traces");
+    let endpoint = s3.endpoint();
+    let env: [(&str, &Path); 5] = [
+        ("AWS_ENDPOINT_URL", Path::new(&endpoint)),
+        ("AWS_ALLOW_HTTP", Path::new("true")),
+        ("AWS_ACCESS_KEY_ID", Path::new("test")),
+        ("AWS_SECRET_ACCESS_KEY", Path::new("test")),
+        ("AWS_REGION", Path::new("us-east-1")),
+    ];
+    let storage = ["--storage-url", "s3://traces/team-a"];
+    let first_disk = fresh_data_dir("s3-first");
+    let server = Server::start_with_env(first_disk.clone(), &storage, &env);
+    let sent = send_traces(&server).await;
+    for trace_id in &sent {
+        server.wait_for_trace(trace_id, 2).await;
+    }
+
+    // The manifest is in the store, and so is every file it lists, at the size it lists: the
+    // files went up before the manifest that lists them.
+    let store = std::sync::Arc::new(s3.client("s3://traces/team-a"));
+    let manifest = stored_manifest(&store).await;
+    let listing = std::sync::Arc::clone(&store);
+    let stored = tokio::task::spawn_blocking(move || listing.list("default")).await.unwrap().unwrap();
+    assert!(!manifest.files.is_empty());
+    for entry in &manifest.files {
+        assert!(!entry.derived.is_empty(), "derived at ingest: {entry:?}");
+        let sizes = std::iter::once((&entry.path, entry.bytes)).chain(entry.derived.iter().map(|d| (&d.path, d.bytes)));
+        for (path, bytes) in sizes {
+            let key = format!("default/{path}");
+            assert!(stored.contains(&(key.clone(), bytes)), "{key} ({bytes} bytes) not in {stored:?}");
+        }
+    }
+    // Queries read the store's objects, not the data directory's copies.
+    let (status, plan) = sql(&server, "EXPLAIN SELECT count(*) AS n FROM spans WHERE name LIKE '%python%'").await;
+    assert_eq!(status, 200, "{plan}");
+    let plan = plan.to_string();
+    assert!(plan.contains("team-a/default/spans/"), "{plan}");
+    assert!(!plan.contains(first_disk.to_str().unwrap()), "{plan}");
+    let (status, count) = sql(&server, "SELECT count(*) AS n FROM spans").await;
+    assert_eq!((status.as_u16(), &count["rows"]), (200, &serde_json::json!([{"n": 4}])));
+    assert!(server.terminate().success());
+
+    // The data directory's log belongs to that store: without it, or with another, the server
+    // refuses to start and says which to give.
+    let refused = |data_dir: &Path, args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_hopscope"))
+            .args(["serve", "--data-dir"])
+            .arg(data_dir)
+            .args(["--otlp-grpc-addr", "127.0.0.1:0", "--otlp-http-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0"])
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "started with {args:?}");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    for args in [&[][..], &["--storage-url", "s3://traces/team-b"]] {
+        let stderr = refused(&first_disk, args);
+        assert!(stderr.contains("--storage-url s3://traces/team-a"), "{stderr}");
+    }
+    // A bucket that is not there is named at startup, before anything is stored.
+    let stderr = refused(&fresh_data_dir("s3-no-bucket"), &["--storage-url", "s3://no-such-bucket/x"]);
+    assert!(stderr.contains("cannot store in s3://no-such-bucket/x"), "{stderr}");
+    // A URL that is not one says what one looks like.
+    let stderr = refused(&fresh_data_dir("s3-bad-url"), &["--storage-url", "gs://traces"]);
+    assert!(stderr.contains("expected s3://BUCKET/PREFIX"), "{stderr}");
+
+    // A server on a new, empty disk with the same store finds every trace, and stores more.
+    let server = Server::start_with_env(fresh_data_dir("s3-second"), &storage, &env);
+    for trace_id in &sent {
+        server.wait_for_trace(trace_id, 2).await;
+    }
+    let more = send_traces(&server).await;
+    for trace_id in &more {
+        server.wait_for_trace(trace_id, 2).await;
+    }
+    let (status, count) = sql(&server, "SELECT count(*) AS n FROM spans").await;
+    assert_eq!((status.as_u16(), &count["rows"]), (200, &serde_json::json!([{"n": 8}])));
+
+    // Two servers storing one tenant in one store at once, each with its own disk and log: no
+    // commit of either is lost, and each answers with what both stored.
+    let other = Server::start_with_env(fresh_data_dir("s3-third"), &storage, &env);
+    let (here, there) = tokio::join!(send_traces(&server), send_traces(&other));
+    let everything: Vec<&String> = sent.iter().chain(&more).chain(&here).chain(&there).collect();
+    for answering in [&server, &other] {
+        for trace_id in &everything {
+            answering.wait_for_trace(trace_id, 2).await;
+        }
+        let (status, count) = sql(answering, "SELECT count(*) AS n FROM spans").await;
+        assert_eq!((status.as_u16(), &count["rows"]), (200, &serde_json::json!([{"n": 16}])));
+    }
+    let manifest = stored_manifest(&store).await;
+    assert_eq!(manifest.files.iter().map(|f| f.rows).sum::<u64>(), 16);
+    // Each data directory's log has its floor apart (the first's, the second's, the third's).
+    assert_eq!(manifest.wal_floors.len(), 3, "{:?}", manifest.wal_floors);
+}
