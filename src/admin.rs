@@ -258,6 +258,7 @@ pub(crate) async fn compact(args: CompactArgs) -> anyhow::Result<()> {
     let mut config = IngesterConfig::new(std::path::absolute(&args.data_dir)?);
     config.tenant = args.tenant.clone();
     config.storage = crate::open_storage(args.storage_url.as_deref()).await?;
+    let shared = config.storage.is_some();
     let ingester = match tokio::task::spawn_blocking(move || Ingester::open(config)).await? {
         Ok(ingester) => ingester,
         Err(IngestError::DataDirInUse(dir)) => bail!(
@@ -269,7 +270,13 @@ pub(crate) async fn compact(args: CompactArgs) -> anyhow::Result<()> {
     };
     let stop = CancellationToken::new();
     let flusher = ingester.spawn_flusher(stop.clone());
-    let pass = MaintenancePass { close_all_hours: true, retired_grace: std::time::Duration::ZERO };
+    // No query can be reading this data directory's files, but with shared storage other servers'
+    // queries may be reading what this pass retires: they get the servers' grace.
+    let retired_grace = match shared {
+        true => hopscope_ingest::IngesterConfig::new(PathBuf::new()).retired_grace,
+        false => std::time::Duration::ZERO,
+    };
+    let pass = MaintenancePass { close_all_hours: true, retired_grace };
     let worker = std::sync::Arc::clone(&ingester);
     let never = CancellationToken::new();
     let report = tokio::task::spawn_blocking(move || worker.maintain(pass, &never)).await?;

@@ -309,10 +309,16 @@ impl Ingester {
         set_storage_gauges(&metrics, &committed);
         if !replayed.batches.is_empty() {
             let tenant_dir = layout::tenant_dir(&config.data_dir, &config.tenant);
-            let read: Vec<FileEntry> =
-                committed.files.iter().filter(|f| f.wal_max_segment.is_some_and(|s| s >= wal_floor)).cloned().collect();
-            manifest.fetch_missing(&read)?;
-            let already = crate::writer::committed_span_keys(&tenant_dir, read.iter())?;
+            // The spans of this log that reached a file are in a file this data directory wrote,
+            // still here (with shared storage, other writers' files, whose segments are numbered
+            // apart, may be missing here: they hold none of this log's spans).
+            let read: Vec<&FileEntry> = committed
+                .files
+                .iter()
+                .filter(|f| f.wal_max_segment.is_some_and(|s| s >= wal_floor))
+                .filter(|f| config.storage.is_none() || tenant_dir.join(&f.path).exists())
+                .collect();
+            let already = crate::writer::committed_span_keys(&tenant_dir, read.into_iter())?;
             let mut buffer = buffer.lock().expect("buffer lock");
             let now = Instant::now();
             for (segment, batch) in replayed.batches {

@@ -11,13 +11,13 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hopscope_schemas::layout::{self, TMP_SUFFIX};
 use hopscope_schemas::manifest::{DerivedFile, FileEntry, Manifest, RetiredFile};
-use hopscope_storage::{ObjectStorage, StorageError, Version};
+use hopscope_storage::{ObjectStorage, StorageError, Uploaded, Version};
 
 use crate::IngestError;
 
@@ -34,6 +34,9 @@ pub struct ManifestStore {
     /// rename succeeded is visible (and stays committed) even when the sync fails, but until a
     /// later sync succeeds a crash could bring back the manifest before it.
     durable: AtomicBool,
+    /// This process's committed WAL floor, readable without the lock (which a commit to shared
+    /// storage holds across a request to the store).
+    floor: AtomicU64,
 }
 
 /// Where the manifest lives, and how a commit replaces it.
@@ -124,20 +127,51 @@ impl ManifestStore {
     }
 
     fn new(place: Place, current: Manifest) -> Self {
-        Self {
+        let store = Self {
             place,
-            current: Mutex::new(current),
+            current: Mutex::new(Manifest::default()),
             retired_here: Mutex::new(HashMap::new()),
             durable: AtomicBool::new(true),
+            floor: AtomicU64::new(0),
+        };
+        store.floor.store(store.floor_in(&current), Ordering::Release);
+        *store.current.lock().expect("manifest lock") = current;
+        store
+    }
+
+    /// The committed WAL floor of this process's write-ahead log. Never waits for a commit.
+    pub fn wal_floor(&self) -> u64 {
+        self.floor.load(Ordering::Acquire)
+    }
+
+    /// This process's WAL floor in `manifest`.
+    fn floor_in(&self, manifest: &Manifest) -> u64 {
+        match &self.place {
+            Place::Local(_) => manifest.wal_floor,
+            Place::Shared { writer, .. } => manifest.wal_floors.get(writer).copied().unwrap_or(0),
         }
     }
 
-    /// The committed WAL floor of this process's write-ahead log.
-    pub fn wal_floor(&self) -> u64 {
-        let current = self.current.lock().expect("manifest lock");
-        match &self.place {
-            Place::Local(_) => current.wal_floor,
-            Place::Shared { writer, .. } => current.wal_floors.get(writer).copied().unwrap_or(0),
+    /// Uploads a file of the tenant directory, given relative to it, to shared storage, unless it
+    /// is there already (an earlier attempt). Another file by that name is a conflict.
+    fn upload_new(&self, relative: &str) -> Result<Uploaded, IngestError> {
+        let Place::Shared { storage, tenant, tenant_dir, .. } = &self.place else { return Ok(Uploaded::AlreadyThere) };
+        storage.upload_new(&tenant_dir.join(relative), &layout::file_key(tenant, relative)).map_err(|e| match e {
+            StorageError::Conflict { .. } => {
+                IngestError::ManifestConflict(format!("another file named {relative} was stored meanwhile"))
+            }
+            e => e.into(),
+        })
+    }
+
+    /// Deletes from shared storage files this process uploaded for a commit that listed none of
+    /// them (no one else can have listed them: their names are this commit's). Best effort.
+    fn remove_uploads(&self, relative: &[String]) {
+        let Place::Shared { storage, tenant, .. } = &self.place else { return };
+        for path in relative {
+            if let Err(e) = storage.delete(&layout::file_key(tenant, path)) {
+                tracing::warn!(error = %e, path, "cannot delete a file uploaded for a commit that failed; it is never read");
+            }
         }
     }
 
@@ -150,9 +184,12 @@ impl ManifestStore {
     /// it. Blocking I/O.
     pub fn commit_added(&self, files: Vec<FileEntry>, wal_floor: u64) -> Result<u64, IngestError> {
         self.commit(files.iter().flat_map(FileEntry::paths), |next| {
-            // Listed already only when an earlier attempt of this very commit went through (its
-            // answer lost, the retry refused): the files are not listed twice.
-            let new = files.iter().filter(|f| !next.files.iter().any(|listed| listed.path == f.path)).cloned();
+            // Listed already (or since retired by another writer) only when an earlier attempt of
+            // this very commit went through, its answer lost: the files are not listed twice.
+            let known = |path: &str| {
+                next.files.iter().any(|listed| listed.path == path) || next.retired.iter().any(|r| r.path == path)
+            };
+            let new = files.iter().filter(|f| !known(&f.path)).cloned();
             let new: Vec<FileEntry> = new.collect();
             next.files.extend(new);
             let floor = match &self.place {
@@ -262,7 +299,12 @@ impl ManifestStore {
     /// first). Blocking I/O.
     pub fn forget_retired(&self, deleted: &[RetiredFile]) -> Result<u64, IngestError> {
         if let Place::Shared { storage, tenant, .. } = &self.place {
-            for gone in deleted {
+            // Never an object the newest manifest lists (a retired path listed again is a bug
+            // elsewhere, but must not cost the data).
+            self.refresh()?;
+            let snapshot = self.snapshot();
+            let listed: std::collections::HashSet<&str> = snapshot.files.iter().flat_map(FileEntry::paths).collect();
+            for gone in deleted.iter().filter(|d| !listed.contains(d.path.as_str())) {
                 storage.delete(&layout::file_key(tenant, &gone.path))?;
             }
         }
@@ -285,6 +327,7 @@ impl ManifestStore {
         let mut current = self.current.lock().expect("manifest lock");
         let mut version = version.lock().expect("manifest version lock");
         (*current, *version) = read_shared(storage, key)?;
+        self.floor.store(self.floor_in(&current), Ordering::Release);
         Ok(())
     }
 
@@ -311,6 +354,7 @@ impl ManifestStore {
                 // Renamed into place, the new manifest is what readers see: it is committed, and the
                 // files it lists must stay, whether or not the directory sync below went through.
                 *current = next;
+                self.floor.store(current.wal_floor, Ordering::Release);
                 match renamed.sync_directory() {
                     Ok(()) => self.durable.store(true, Ordering::Release),
                     Err(e) => {
@@ -320,36 +364,48 @@ impl ManifestStore {
                 }
                 return Ok(current.generation);
             }
-            Place::Shared { storage, key, version, tenant, tenant_dir, .. } => {
-                for relative in new_files {
-                    storage.upload_new(&tenant_dir.join(relative), &layout::file_key(tenant, relative)).map_err(
-                        |e| match e {
-                            StorageError::Conflict { .. } => IngestError::ManifestConflict(format!(
-                                "{relative} was stored by another writer meanwhile"
-                            )),
-                            e => e.into(),
-                        },
-                    )?;
-                }
-                (storage, key, version)
-            }
+            Place::Shared { storage, key, version, .. } => (storage, key, version),
         };
+        // Uploaded before the lock is taken: no other commit of this process waits for them.
+        let mut stored = Vec::new();
+        for relative in new_files {
+            match self.upload_new(relative) {
+                Ok(Uploaded::Stored) => stored.push(relative.to_owned()),
+                Ok(Uploaded::AlreadyThere) => {}
+                Err(e) => {
+                    self.remove_uploads(&stored);
+                    return Err(e);
+                }
+            }
+        }
         let mut current = self.current.lock().expect("manifest lock");
         let mut version = version.lock().expect("manifest version lock");
         for attempt in 1..=SHARED_COMMIT_ATTEMPTS {
             let mut next = current.clone();
-            change(&mut next)?;
+            if let Err(e) = change(&mut next) {
+                // Refused on the newer manifest: what this commit uploaded is listed nowhere.
+                let listed: std::collections::HashSet<&str> = current.files.iter().flat_map(FileEntry::paths).collect();
+                let unlisted: Vec<String> = stored.iter().filter(|p| !listed.contains(p.as_str())).cloned().collect();
+                drop((current, version));
+                self.remove_uploads(&unlisted);
+                return Err(e);
+            }
             next.generation += 1;
             match storage.write_if(key, next.to_json(), version.as_ref()) {
                 Ok(written) => {
                     *version = Some(written);
                     *current = next;
+                    self.floor.store(self.floor_in(&current), Ordering::Release);
                     return Ok(current.generation);
                 }
-                Err(StorageError::Conflict { .. }) => {
-                    // Another writer committed since this one last read. Wait a little (more after
-                    // each loss, and not in step with the others), then start again from theirs,
-                    // writing as soon as it is read.
+                // Another writer committed since this one last read (a conflict), or the answer
+                // was lost and the write may have gone through: either way, wait a little (more
+                // after each time, and not in step with other writers), read what is stored now,
+                // and apply the change to that (it finds itself applied if it went through).
+                Err(e @ (StorageError::Conflict { .. } | StorageError::Request { .. })) => {
+                    if matches!(e, StorageError::Request { .. }) {
+                        tracing::warn!(error = %e, attempt, "committing the manifest failed; reading it again");
+                    }
                     let jitter = u64::from(
                         std::time::SystemTime::now()
                             .duration_since(std::time::UNIX_EPOCH)
@@ -358,6 +414,7 @@ impl ManifestStore {
                     );
                     std::thread::sleep(Duration::from_millis(u64::from(attempt.min(8)) * 5 + jitter));
                     (*current, *version) = read_shared(storage, key)?;
+                    self.floor.store(self.floor_in(&current), Ordering::Release);
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -707,6 +764,117 @@ mod tests {
         expected.sort();
         assert_eq!(paths(&stored), expected);
         assert_eq!(stored.generation, (writers.len() * EACH) as u64, "one generation per commit");
+    }
+
+    /// An object store that loses the answer of the next `lose` writes of a manifest: each goes
+    /// through, and its writer hears a reset connection.
+    #[derive(Debug)]
+    struct LosingAnswers {
+        inner: object_store::memory::InMemory,
+        lose: std::sync::atomic::AtomicUsize,
+    }
+
+    impl std::fmt::Display for LosingAnswers {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("LosingAnswers")
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl object_store::ObjectStore for LosingAnswers {
+        async fn put_opts(
+            &self,
+            location: &object_store::path::Path,
+            payload: object_store::PutPayload,
+            opts: object_store::PutOptions,
+        ) -> object_store::Result<object_store::PutResult> {
+            let written = self.inner.put_opts(location, payload, opts).await?;
+            let lost = location.as_ref().ends_with(layout::MANIFEST_FILE)
+                && self.lose.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok();
+            match lost {
+                true => Err(object_store::Error::Generic { store: "test", source: "connection reset".into() }),
+                false => Ok(written),
+            }
+        }
+        async fn put_multipart_opts(
+            &self,
+            location: &object_store::path::Path,
+            opts: object_store::PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+            self.inner.put_multipart_opts(location, opts).await
+        }
+        async fn get_opts(
+            &self,
+            location: &object_store::path::Path,
+            options: object_store::GetOptions,
+        ) -> object_store::Result<object_store::GetResult> {
+            self.inner.get_opts(location, options).await
+        }
+        fn delete_stream(
+            &self,
+            locations: futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>> {
+            self.inner.delete_stream(locations)
+        }
+        fn list(
+            &self,
+            prefix: Option<&object_store::path::Path>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+            self.inner.list(prefix)
+        }
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&object_store::path::Path>,
+        ) -> object_store::Result<object_store::ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+        async fn copy_opts(
+            &self,
+            from: &object_store::path::Path,
+            to: &object_store::path::Path,
+            options: object_store::CopyOptions,
+        ) -> object_store::Result<()> {
+            self.inner.copy_opts(from, to, options).await
+        }
+    }
+
+    #[test]
+    fn a_commit_whose_answer_was_lost_is_applied_once() {
+        let store = Arc::new(LosingAnswers {
+            inner: object_store::memory::InMemory::new(),
+            lose: std::sync::atomic::AtomicUsize::new(0),
+        });
+        let dir = tempdir();
+        let storage = ObjectStorage::new(Arc::clone(&store) as _, "memory://", "", "memory://lossy").unwrap();
+        let manifest = ManifestStore::open_shared(&dir, "default", Arc::new(storage), "w".into()).unwrap();
+        let writer = Writer { store: manifest, dir };
+        let [a, b] = [writer.written("a"), writer.written("b")];
+        writer.store.commit_added(vec![a.clone()], 1).unwrap();
+        // Each of these goes through, and its writer hears an error: reading the manifest again,
+        // it finds its change applied, and applies nothing twice.
+        store.lose.store(1, Ordering::Release);
+        writer.store.commit_added(vec![b.clone()], 3).unwrap();
+        assert_eq!(paths(&writer.store.snapshot()), [a.path.clone(), b.path.clone()]);
+        let merged = writer.written("ab");
+        store.lose.store(1, Ordering::Release);
+        writer.store.commit_replaced(&[a.clone(), b.clone()], vec![merged.clone()]).unwrap();
+        let derived = vec![DerivedFile {
+            table: layout::TRACES_TABLE.into(),
+            path: layout::derived_file_relative_path(layout::TRACES_TABLE, &merged.path),
+            rows: 1,
+            bytes: 1,
+        }];
+        let local = writer.dir.join("default").join(&derived[0].path);
+        fs::create_dir_all(local.parent().unwrap()).unwrap();
+        fs::write(local, "derived").unwrap();
+        store.lose.store(1, Ordering::Release);
+        writer.store.commit_derived(&merged.path, &[], derived.clone(), 1).unwrap();
+        let stored = writer.store.snapshot();
+        assert_eq!(paths(&stored), vec![merged.path.clone()]);
+        assert_eq!(stored.files[0].derived, derived);
+        assert_eq!(stored.retired.len(), 2, "a and b, retired once each: {:?}", stored.retired);
+        assert_eq!(writer.store.wal_floor(), 3);
+        assert_eq!(store.lose.load(Ordering::Acquire), 0, "every answer meant to be lost was");
     }
 
     thread_local! {

@@ -59,6 +59,15 @@ pub enum StorageError {
     Runtime(String),
 }
 
+/// What [`ObjectStorage::upload_new`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Uploaded {
+    /// The file is stored now.
+    Stored,
+    /// An object of the same size was there already (see [`ObjectStorage::upload_new`]).
+    AlreadyThere,
+}
+
 /// Which version of an object a writer read: its ETag.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Version(String);
@@ -108,10 +117,10 @@ impl ObjectStorage {
             .clone()
             .build()
             .map_err(|source| StorageError::Client { url: url.to_owned(), source: Box::new(source) })?;
-        // One spelling per store: a trailing slash, or none, names the same prefix.
-        let prefix = prefix.trim_matches('/');
+        // One spelling per store: slashes at the ends or doubled name the same prefix.
+        let prefix = prefix.split('/').filter(|s| !s.is_empty()).collect::<Vec<_>>().join("/");
         let normalized = if prefix.is_empty() { format!("s3://{bucket}") } else { format!("s3://{bucket}/{prefix}") };
-        let mut storage = Self::new(Arc::new(store), &format!("s3://{bucket}"), prefix, &normalized)?;
+        let mut storage = Self::new(Arc::new(store), &format!("s3://{bucket}"), &prefix, &normalized)?;
         storage.s3 = Some(builder);
         Ok(storage)
     }
@@ -235,56 +244,81 @@ impl ObjectStorage {
         }
     }
 
-    /// Uploads the local file `local` as `key`, which must not exist yet: [`StorageError::Conflict`]
-    /// when it does (another writer stored it). A file of one part is written with put-if-absent;
-    /// a larger one is checked first (a writer that stores the same key between the check and the
-    /// upload is not caught). Blocking.
-    pub fn upload_new(&self, local: &std::path::Path, key: &str) -> Result<(), StorageError> {
-        let size = std::fs::metadata(local)
-            .map_err(|e| StorageError::Local { what: "reading", path: local.to_owned(), source: e })?
-            .len();
-        let conflict = || StorageError::Conflict { key: key.to_owned(), url: self.url.clone() };
+    /// Uploads the local file `local` as `key` unless an object is there already: one of the same
+    /// size is taken for the same file ([`Uploaded::AlreadyThere`]), another is a
+    /// [`StorageError::Conflict`]. A file of one part is written with put-if-absent; a larger one
+    /// is checked first (a writer that stores the same key between the check and the upload is
+    /// not caught). Blocking.
+    pub fn upload_new(&self, local: &std::path::Path, key: &str) -> Result<Uploaded, StorageError> {
+        let local_error = |e| StorageError::Local { what: "reading", path: local.to_owned(), source: e };
+        let size = std::fs::metadata(local).map_err(local_error)?.len();
         if size < UPLOAD_PART_BYTES as u64 {
-            let bytes = std::fs::read(local).map_err(|e| StorageError::Local {
-                what: "reading",
-                path: local.to_owned(),
-                source: e,
-            })?;
+            let bytes = std::fs::read(local).map_err(local_error)?;
             return match self.write_if(key, bytes, None) {
-                Ok(_) => Ok(()),
-                Err(StorageError::Conflict { .. }) => Err(conflict()),
+                Ok(_) => Ok(Uploaded::Stored),
+                Err(StorageError::Conflict { .. }) => self.existing(key, size),
                 Err(e) => Err(e),
             };
         }
         let (store, path) = (Arc::clone(&self.store), self.path(key));
         match self.io.run(async move { store.head(&path).await })? {
-            Ok(_) => return Err(conflict()),
+            Ok(_) => return self.existing(key, size),
             Err(object_store::Error::NotFound { .. }) => {}
             Err(source) => return Err(self.request_error("checking", key, source)),
         }
-        self.upload(local, key)
+        self.upload(local, key).map(|()| Uploaded::Stored)
     }
 
-    /// Checks that the store can be used: the bucket is there, and it honours conditional writes
-    /// (a second put-if-absent of one key is refused), without which two writers could overwrite
-    /// each other's manifest. Writes and deletes one small object under the prefix. Blocking.
-    pub fn check(&self) -> Result<(), StorageError> {
-        let key = format!(".hopscope-check-{}", std::process::id());
-        let unusable = |reason: String| StorageError::Unusable { url: self.url.clone(), reason };
-        let _ = self.delete(&key);
-        self.write_if(&key, b"1".to_vec(), None)
-            .map_err(|e| unusable(format!("writing a first object failed: {e}")))?;
-        let second = self.write_if(&key, b"2".to_vec(), None);
-        let _ = self.delete(&key);
-        match second {
-            Err(StorageError::Conflict { .. }) => Ok(()),
-            Ok(_) => Err(unusable(
-                "it ignores conditional writes (If-None-Match), which hopscope needs so that writers never \
-                 overwrite each other's commits"
-                    .into(),
-            )),
-            Err(e) => Err(unusable(format!("a conditional write failed: {e}"))),
+    /// What an upload of `size` bytes to `key` found there: the same file (of an earlier attempt
+    /// whose answer was lost, or written alike by another writer: files are named for what they
+    /// hold), or another one, a [`StorageError::Conflict`].
+    fn existing(&self, key: &str, size: u64) -> Result<Uploaded, StorageError> {
+        let (store, path) = (Arc::clone(&self.store), self.path(key));
+        match self.io.run(async move { store.head(&path).await })? {
+            Ok(meta) if meta.size == size => Ok(Uploaded::AlreadyThere),
+            Ok(_) => Err(StorageError::Conflict { key: key.to_owned(), url: self.url.clone() }),
+            Err(source) => Err(self.request_error("checking", key, source)),
         }
+    }
+
+    /// Checks that the store can be used: the bucket is there, objects can be written, replaced
+    /// and deleted, and it honours conditional writes (a second put-if-absent of one key, and a
+    /// replacement of a version that is no longer the object's, are both refused), without which
+    /// two writers could overwrite each other's manifest. Writes and deletes one small object
+    /// under the prefix, named uniquely. Blocking.
+    pub fn check(&self) -> Result<(), StorageError> {
+        let key = format!(".hopscope-check-{}", uuid::Uuid::now_v7());
+        let unusable = |reason: String| StorageError::Unusable { url: self.url.clone(), reason };
+        let ignores = |header: &str| {
+            unusable(format!(
+                "it ignores conditional writes ({header}), which hopscope needs so that writers never overwrite \
+                 each other's commits"
+            ))
+        };
+        let first =
+            self.write_if(&key, b"1".to_vec(), None).map_err(|e| unusable(format!("writing an object failed: {e}")))?;
+        let checked = (|| {
+            match self.write_if(&key, b"2".to_vec(), None) {
+                Err(StorageError::Conflict { .. }) => {}
+                Ok(_) => return Err(ignores("If-None-Match")),
+                Err(e) => return Err(unusable(format!("a conditional write failed: {e}"))),
+            }
+            let second = self
+                .write_if(&key, b"3".to_vec(), Some(&first))
+                .map_err(|e| unusable(format!("replacing an object with If-Match failed: {e}")))?;
+            match self.write_if(&key, b"4".to_vec(), Some(&first)) {
+                Err(StorageError::Conflict { .. }) => {}
+                Ok(_) => return Err(ignores("If-Match")),
+                Err(e) => return Err(unusable(format!("a conditional write failed: {e}"))),
+            }
+            match self.read(&key) {
+                Ok(Some(read)) if read.version == second && &read.bytes[..] == b"3" => Ok(()),
+                Ok(_) => Err(ignores("If-Match")),
+                Err(e) => Err(unusable(format!("reading an object back failed: {e}"))),
+            }
+        })();
+        let deleted = self.delete(&key).map_err(|e| unusable(format!("deleting an object failed: {e}")));
+        checked.and(deleted)
     }
 
     /// Downloads `key` to the local file `local` (through a synced temporary file renamed into
@@ -504,9 +538,13 @@ mod tests {
         // A new file goes up once: a second writer storing the same key is told.
         for (name, size) in [("one part", 10), ("three parts", bytes.len())] {
             std::fs::write(dir.join("new"), &bytes[..size]).unwrap();
-            storage.upload_new(&dir.join("new"), name).unwrap();
-            let again = storage.upload_new(&dir.join("new"), name).unwrap_err();
-            assert!(matches!(again, StorageError::Conflict { .. }), "{name}: {again}");
+            assert_eq!(storage.upload_new(&dir.join("new"), name).unwrap(), Uploaded::Stored);
+            // Uploaded again (an answer lost): the same file is there.
+            assert_eq!(storage.upload_new(&dir.join("new"), name).unwrap(), Uploaded::AlreadyThere);
+            // Another file by that name is not overwritten.
+            std::fs::write(dir.join("other"), &bytes[..size - 1]).unwrap();
+            let other = storage.upload_new(&dir.join("other"), name).unwrap_err();
+            assert!(matches!(other, StorageError::Conflict { .. }), "{name}: {other}");
             assert_eq!(storage.read(name).unwrap().unwrap().bytes.len(), size);
             storage.delete(name).unwrap();
         }

@@ -137,16 +137,31 @@ async fn spans_are_stored_in_and_read_from_an_s3_store() {
     // The data directory's log belongs to that store: without it, or with another, the server
     // refuses to start and says which to give.
     let refused = |data_dir: &Path, args: &[&str]| {
-        let output = Command::new(env!("CARGO_BIN_EXE_hopscope"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hopscope"))
             .args(["serve", "--data-dir"])
             .arg(data_dir)
             .args(["--otlp-grpc-addr", "127.0.0.1:0", "--otlp-http-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0"])
             .args(args)
             .envs(env.iter().copied())
-            .output()
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
             .unwrap();
-        assert!(!output.status.success(), "started with {args:?}");
-        String::from_utf8_lossy(&output.stderr).into_owned()
+        let started = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > DEADLINE {
+                let _ = child.kill();
+                panic!("hopscope serve {args:?} did not refuse to start");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        assert!(!status.success(), "started with {args:?}");
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        stderr
     };
     for args in [&[][..], &["--storage-url", "s3://traces/team-b"]] {
         let stderr = refused(&first_disk, args);
@@ -159,12 +174,17 @@ async fn spans_are_stored_in_and_read_from_an_s3_store() {
     let stderr = refused(&fresh_data_dir("s3-bad-url"), &["--storage-url", "gs://traces"]);
     assert!(stderr.contains("expected s3://BUCKET/PREFIX"), "{stderr}");
 
-    // A server on a new, empty disk with the same store finds every trace, and stores more.
+    // A server on a new, empty disk with the same store finds every trace, and stores more, which
+    // survive a crash.
     let server = Server::start_with_env(fresh_data_dir("s3-second"), &storage, &env);
     for trace_id in &sent {
         server.wait_for_trace(trace_id, 2).await;
     }
+    // Killed as soon as the exporters heard their spans acknowledged (stored or still in the log):
+    // back on the same disk, its log replays against its own floor in the shared manifest.
     let more = send_traces(&server).await;
+    let second_disk = server.crash();
+    let server = Server::start_with_env(second_disk, &storage, &env);
     for trace_id in &more {
         server.wait_for_trace(trace_id, 2).await;
     }
