@@ -380,6 +380,8 @@ impl ManifestStore {
         }
         let mut current = self.current.lock().expect("manifest lock");
         let mut version = version.lock().expect("manifest version lock");
+        // The last failure of the store itself, said instead of "gave up" when it is the reason.
+        let mut failing = None;
         for attempt in 1..=SHARED_COMMIT_ATTEMPTS {
             let mut next = current.clone();
             if let Err(e) = change(&mut next) {
@@ -403,9 +405,13 @@ impl ManifestStore {
                 // after each time, and not in step with other writers), read what is stored now,
                 // and apply the change to that (it finds itself applied if it went through).
                 Err(e @ (StorageError::Conflict { .. } | StorageError::Request { .. })) => {
-                    if matches!(e, StorageError::Request { .. }) {
-                        tracing::warn!(error = %e, attempt, "committing the manifest failed; reading it again");
-                    }
+                    failing = match e {
+                        StorageError::Request { .. } => {
+                            tracing::warn!(error = %e, attempt, "committing the manifest failed; reading it again");
+                            Some(e)
+                        }
+                        _ => None,
+                    };
                     let jitter = u64::from(
                         std::time::SystemTime::now()
                             .duration_since(std::time::UNIX_EPOCH)
@@ -419,10 +425,14 @@ impl ManifestStore {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(IngestError::ManifestConflict(format!(
-            "gave up committing to {key} in {} after {SHARED_COMMIT_ATTEMPTS} attempts: other writers kept committing first",
-            storage.url()
-        )))
+        Err(match failing {
+            Some(e) => e.into(),
+            None => IngestError::ManifestConflict(format!(
+                "gave up committing to {key} in {} after {SHARED_COMMIT_ATTEMPTS} attempts: other writers kept \
+                 committing first",
+                storage.url()
+            )),
+        })
     }
 }
 

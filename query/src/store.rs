@@ -42,9 +42,10 @@ use crate::QueryError;
 /// Reads a tenant's manifest, parsing it again only when its bytes changed, and says where the
 /// files it lists are: in the data directory, or in shared (object) storage (`--storage-url`).
 ///
-/// The manifest is read on every call (it is small, and in the page cache): no cheaper stamp is
-/// safe, since a commit renames a new file into place that can reuse a freed inode and land within
-/// the same coarse mtime tick at the same length as one two commits earlier.
+/// The manifest is read on every call (it is small: in the page cache, or one request to the
+/// store): no cheaper stamp is safe locally, since a commit renames a new file into place that can
+/// reuse a freed inode and land within the same coarse mtime tick at the same length as one two
+/// commits earlier. (In a store its version would do: not yet used.)
 #[derive(Debug)]
 pub(crate) struct ManifestReader {
     files: FilesAt,
