@@ -24,13 +24,13 @@ def die(message):
 class Server:
     """A `hopscope serve` on ephemeral loopback ports."""
 
-    def __init__(self, binary, data_dir, *extra):
+    def __init__(self, binary, data_dir, *extra, env=None):
         self.log = []
         self.proc = subprocess.Popen(
             [binary, "serve", "--data-dir", data_dir, "--otlp-grpc-addr", "127.0.0.1:0",
              "--otlp-http-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0", "--query-timeout", "10m",
              "--query-max-rows", "1000000", *extra],
-            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
         listening = threading.Event()
 
         def pump():

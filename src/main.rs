@@ -120,6 +120,11 @@ struct ServeArgs {
     /// Memory all running queries share, in bytes; a query that needs more fails with an error.
     #[arg(long, env = "HOPSCOPE_QUERY_MEMORY_LIMIT_BYTES", default_value_t = 2 << 30, value_parser = positive_usize)]
     query_memory_limit_bytes: usize,
+    /// Memory for what queries read again, in bytes: the Parquet metadata of the files (footers
+    /// and page indexes), parsed once instead of by every query, and with --storage-url the byte
+    /// ranges read from the store (a quarter for metadata, the rest for ranges). 0 caches nothing.
+    #[arg(long, env = "HOPSCOPE_QUERY_CACHE_BYTES", default_value_t = 256 << 20)]
+    query_cache_bytes: usize,
     /// Memory spans waiting to be written and exports being decoded may hold, in bytes (an export
     /// reserves about 6× its inflated body while decoded, then its body and spans until they are
     /// buffered); beyond it exports are refused as retryable (HTTP 503 + Retry-After, gRPC
@@ -692,6 +697,7 @@ fn ingest_config(args: &ServeArgs) -> IngesterConfig {
 fn query_config(args: &ServeArgs) -> QueryConfig {
     let mut config = QueryConfig::new(args.data_dir.clone());
     config.memory_limit_bytes = args.query_memory_limit_bytes;
+    config.cache_bytes = args.query_cache_bytes;
     config.timeout = args.query_timeout;
     config.max_rows = args.query_max_rows;
     config.max_concurrent = args.query_max_concurrent;

@@ -12,8 +12,6 @@ use std::time::Instant;
 use datafusion::catalog::TableProvider;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::memory_pool::{FairSpillPool, MemoryPool, TrackConsumersPool};
-use datafusion::execution::object_store::ObjectStoreUrl;
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use hopscope_schemas::TraceId;
 use hopscope_schemas::api::{
@@ -36,7 +34,7 @@ use crate::guards::{BoundedOperators, MeteredScans};
 use crate::metrics::{Endpoint, Outcome, QueryMetrics};
 use crate::runtime::{Admission, QueryRuntime};
 use crate::sql::{SqlLimits, SqlResult};
-use crate::store::{ManifestReader, SpansTable};
+use crate::store::{ManifestReader, ReadCaches, SpansTable};
 use crate::walk::{
     DeliveriesTable, DerivedRollupTable, DerivedTable, OperationRollupTable, Rollup, SplitIndex, StoredTable,
 };
@@ -74,6 +72,10 @@ pub struct QueryConfig {
     /// Shared (object) storage the files and manifests are in (`--storage-url`); `None`: the data
     /// directory.
     pub storage: Option<Arc<hopscope_storage::ObjectStorage>>,
+    /// Memory for what queries read again, shared by every tenant: the Parquet metadata of the
+    /// files (footers and page indexes), and with `storage` the byte ranges read from the store
+    /// (a quarter for the metadata, the rest for ranges). 0 caches nothing.
+    pub cache_bytes: usize,
 }
 
 /// The bounds every query runs under.
@@ -100,6 +102,7 @@ impl QueryConfig {
             max_cartesian_rows: 1_000_000_000,
             read_derived: true,
             storage: None,
+            cache_bytes: 256 << 20,
         }
     }
 }
@@ -116,6 +119,7 @@ pub struct QueryEngine {
     runtime: Arc<QueryRuntime>,
     admission: Admission,
     metrics: Arc<QueryMetrics>,
+    caches: ReadCaches,
 }
 
 /// Registers `traces`, `edges` (and its `hop_rollup`, `dependency_rollup` and `call_rollup`),
@@ -220,13 +224,9 @@ fn session(
     config: &QueryConfig,
     pool: &Arc<dyn MemoryPool>,
     metrics: &Arc<QueryMetrics>,
+    caches: &ReadCaches,
 ) -> Result<SessionContext, QueryError> {
-    let runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::clone(pool)).build_arc()?;
-    if let Some(storage) = &config.storage {
-        let url = ObjectStoreUrl::parse(storage.store_url())?;
-        let client = storage.query_client().map_err(|e| QueryError::Manifest(e.to_string()))?;
-        runtime.register_object_store(url.as_ref(), client);
-    }
+    let runtime = caches.runtime(pool)?;
     let session = SessionConfig::new()
         .with_target_partitions(config.target_partitions.max(1))
         .with_batch_size(config.batch_size.max(1))
@@ -267,8 +267,10 @@ impl QueryEngine {
             max_cartesian_rows: config.max_cartesian_rows,
             memory_limit_bytes: config.memory_limit_bytes,
         };
+        let caches = ReadCaches::new(config)?;
         Ok(Self {
-            ctx: session(config, &pool, &metrics)?,
+            ctx: session(config, &pool, &metrics, &caches)?,
+            caches,
             config: config.clone(),
             limits,
             pool,
@@ -285,7 +287,8 @@ impl QueryEngine {
     pub fn for_tenant(&self, tenant: &str) -> Result<Self, QueryError> {
         let config = QueryConfig { tenant: tenant.to_owned(), ..self.config.clone() };
         Ok(Self {
-            ctx: session(&config, &self.pool, &self.metrics)?,
+            ctx: session(&config, &self.pool, &self.metrics, &self.caches)?,
+            caches: self.caches.clone(),
             admission: Admission::new(config.max_concurrent, config.admission_wait),
             config,
             limits: self.limits,
@@ -487,5 +490,11 @@ impl QueryEngine {
     /// Registers the query metrics in `registry`.
     pub fn register_metrics(&self, registry: &mut Registry) {
         self.metrics.register(registry, Arc::clone(&self.pool), self.limits.memory_limit_bytes);
+        let caches = crate::metrics::CacheGauges {
+            metadata: Arc::clone(&self.caches.metadata),
+            metadata_limit: self.caches.metadata_limit,
+            ranges: self.caches.ranges.clone(),
+        };
+        registry.register_collector(Box::new(caches));
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use datafusion::execution::memory_pool::MemoryPool;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
@@ -150,6 +150,74 @@ impl Collector for PoolGauges {
             let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
             let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
             gauge.encode(metric)?;
+        }
+        Ok(())
+    }
+}
+
+/// The caches of what queries read, read when scraped.
+pub(crate) struct CacheGauges {
+    pub(crate) metadata: Arc<crate::store::MetadataCache>,
+    pub(crate) metadata_limit: usize,
+    pub(crate) ranges: Option<Arc<hopscope_storage::RangeCache>>,
+}
+
+impl std::fmt::Debug for CacheGauges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheGauges").field("ranges", &self.ranges).finish_non_exhaustive()
+    }
+}
+
+impl Collector for CacheGauges {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let gauge = |value: usize| ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+        let mut gauges = vec![
+            (
+                "hopscope_query_metadata_cache_bytes",
+                "Parquet metadata (footers, page indexes) kept for queries.",
+                gauge(self.metadata.memory_used()),
+            ),
+            (
+                "hopscope_query_metadata_cache_limit_bytes",
+                "The bound on hopscope_query_metadata_cache_bytes (part of --query-cache-bytes).",
+                gauge(self.metadata_limit),
+            ),
+        ];
+        if let Some(ranges) = &self.ranges {
+            let stats = ranges.stats();
+            gauges.push((
+                "hopscope_query_range_cache_bytes",
+                "Byte ranges of files in the store kept for queries (with --storage-url).",
+                gauge(stats.bytes),
+            ));
+            gauges.push((
+                "hopscope_query_range_cache_limit_bytes",
+                "The bound on hopscope_query_range_cache_bytes (part of --query-cache-bytes).",
+                gauge(stats.limit),
+            ));
+        }
+        for (name, help, gauge) in gauges {
+            let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            gauge.encode(metric)?;
+        }
+        if let Some(ranges) = &self.ranges {
+            let stats = ranges.stats();
+            for (name, help, value) in [
+                (
+                    "hopscope_query_range_cache_hits",
+                    "Byte ranges of files in the store that queries read from the cache.",
+                    stats.hits,
+                ),
+                (
+                    "hopscope_query_range_cache_misses",
+                    "Byte ranges of files in the store that queries read from the store.",
+                    stats.misses,
+                ),
+            ] {
+                let counter = ConstCounter::new(value);
+                let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+                counter.encode(metric)?;
+            }
         }
         Ok(())
     }

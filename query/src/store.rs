@@ -14,13 +14,19 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DFSchema, ScalarValue, Statistics, project_schema};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::object_store::ObjectStoreUrl;
+use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, FileSource, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::DataFusionError;
 use datafusion::error::Result as DfResult;
+use datafusion::execution::cache::cache_manager::{CacheManagerConfig, CachedFileMetadataEntry};
+use datafusion::execution::cache::default_cache::DefaultCache;
+use datafusion::execution::memory_pool::MemoryPool;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown, TableType};
+use datafusion::object_store::ObjectStore;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
 use datafusion::physical_expr::{OrderingRequirements, PhysicalExpr};
@@ -35,21 +41,29 @@ use hopscope_schemas::columns as c;
 use hopscope_schemas::layout;
 use hopscope_schemas::manifest::{FileEntry, Manifest};
 use hopscope_schemas::spans::{COMPUTED_COLUMNS, span_schema, stored_span_schema};
-use hopscope_storage::ObjectStorage;
+use hopscope_storage::{Changed, ObjectStorage, RangeCache, Version};
 
 use crate::QueryError;
 
 /// Reads a tenant's manifest, parsing it again only when its bytes changed, and says where the
 /// files it lists are: in the data directory, or in shared (object) storage (`--storage-url`).
 ///
-/// The manifest is read on every call (it is small: in the page cache, or one request to the
-/// store): no cheaper stamp is safe locally, since a commit renames a new file into place that can
-/// reuse a freed inode and land within the same coarse mtime tick at the same length as one two
-/// commits earlier. (In a store its version would do: not yet used.)
+/// Locally the manifest is read on every call (it is small, in the page cache): no cheaper stamp is
+/// safe, since a commit renames a new file into place that can reuse a freed inode and land within
+/// the same coarse mtime tick at the same length as one two commits earlier. In a store it is read
+/// only when its version (ETag) changed: a conditional request, answered "not modified" when no
+/// commit came since.
 #[derive(Debug)]
 pub(crate) struct ManifestReader {
     files: FilesAt,
-    cached: Mutex<Option<(Vec<u8>, Arc<Manifest>)>>,
+    cached: Mutex<Option<(Stamp, Arc<Manifest>)>>,
+}
+
+/// What identifies the manifest last parsed: its bytes (local), or its version in the store.
+#[derive(Debug)]
+enum Stamp {
+    Bytes(Vec<u8>),
+    Version(Version),
 }
 
 #[derive(Debug)]
@@ -73,27 +87,57 @@ impl ManifestReader {
     /// The committed manifest (empty before the first commit). Blocking I/O, small (a request to
     /// the store with shared storage).
     pub(crate) fn current(&self) -> Result<Arc<Manifest>, QueryError> {
-        let bytes = match &self.files {
-            FilesAt::Local { manifest, .. } => match fs::read(manifest) {
-                Ok(bytes) => bytes,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Arc::new(Manifest::default())),
-                Err(e) => return Err(QueryError::Manifest(format!("{}: {e}", manifest.display()))),
-            },
-            FilesAt::Shared { storage, tenant } => match storage.read(&layout::manifest_key(tenant)) {
-                Ok(Some(read)) => read.bytes.to_vec(),
-                Ok(None) => return Ok(Arc::new(Manifest::default())),
-                Err(e) => return Err(QueryError::Manifest(e.to_string())),
-            },
-        };
-        let mut cached = self.cached.lock().expect("manifest cache lock");
-        if let Some((seen, manifest)) = cached.as_ref()
-            && *seen == bytes
-        {
-            return Ok(Arc::clone(manifest));
+        match &self.files {
+            FilesAt::Local { manifest, .. } => {
+                let bytes = match fs::read(manifest) {
+                    Ok(bytes) => bytes,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Arc::new(Manifest::default())),
+                    Err(e) => return Err(QueryError::Manifest(format!("{}: {e}", manifest.display()))),
+                };
+                let mut cached = self.lock();
+                if let Some((Stamp::Bytes(seen), manifest)) = cached.as_ref()
+                    && *seen == bytes
+                {
+                    return Ok(Arc::clone(manifest));
+                }
+                let manifest = Self::parse(&bytes)?;
+                *cached = Some((Stamp::Bytes(bytes), Arc::clone(&manifest)));
+                Ok(manifest)
+            }
+            FilesAt::Shared { storage, tenant } => {
+                let since = match &*self.lock() {
+                    Some((Stamp::Version(version), _)) => Some(version.clone()),
+                    _ => None,
+                };
+                match storage.read_if_changed(&layout::manifest_key(tenant), since.as_ref()) {
+                    Ok(Changed::Not) => self.parsed_since(since.as_ref()),
+                    Ok(Changed::To(read)) => {
+                        let manifest = Self::parse(&read.bytes)?;
+                        *self.lock() = Some((Stamp::Version(read.version), Arc::clone(&manifest)));
+                        Ok(manifest)
+                    }
+                    Ok(Changed::Gone) => Ok(Arc::new(Manifest::default())),
+                    Err(e) => Err(QueryError::Manifest(e.to_string())),
+                }
+            }
         }
-        let manifest = Arc::new(Manifest::from_json(&bytes).map_err(|e| QueryError::Manifest(e.to_string()))?);
-        *cached = Some((bytes, Arc::clone(&manifest)));
-        Ok(manifest)
+    }
+
+    /// The manifest parsed at `version`, which the store just said is still current.
+    fn parsed_since(&self, version: Option<&Version>) -> Result<Arc<Manifest>, QueryError> {
+        match &*self.lock() {
+            Some((Stamp::Version(seen), manifest)) if Some(seen) == version => Ok(Arc::clone(manifest)),
+            // Another reader replaced the cached manifest with a newer one meanwhile: read again.
+            _ => self.current(),
+        }
+    }
+
+    fn parse(bytes: &[u8]) -> Result<Arc<Manifest>, QueryError> {
+        Ok(Arc::new(Manifest::from_json(bytes).map_err(|e| QueryError::Manifest(e.to_string()))?))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(Stamp, Arc<Manifest>)>> {
+        self.cached.lock().expect("manifest cache lock")
     }
 
     /// Whether reading the manifest is a local file read (cheap enough for an async thread).
@@ -140,6 +184,47 @@ impl ManifestReader {
                 Err(e) => Err(DataFusionError::External(Box::new(e))),
             },
         }
+    }
+}
+
+/// What queries read again, kept for every tenant's sessions: parsed Parquet metadata, and with
+/// shared storage the store's client with its cache of byte ranges.
+#[derive(Clone)]
+pub(crate) struct ReadCaches {
+    pub(crate) metadata: Arc<MetadataCache>,
+    pub(crate) metadata_limit: usize,
+    /// The client scans read the store through (`None`: files are local).
+    store: Option<(ObjectStoreUrl, Arc<dyn ObjectStore>)>,
+    pub(crate) ranges: Option<Arc<RangeCache>>,
+}
+
+pub(crate) type MetadataCache = DefaultCache<datafusion::object_store::path::Path, CachedFileMetadataEntry>;
+
+impl ReadCaches {
+    pub(crate) fn new(config: &crate::QueryConfig) -> Result<Self, QueryError> {
+        let Some(storage) = &config.storage else {
+            let metadata = Arc::new(MetadataCache::new(config.cache_bytes).with_name("hopscope_metadata"));
+            return Ok(Self { metadata, metadata_limit: config.cache_bytes, store: None, ranges: None });
+        };
+        let metadata_limit = config.cache_bytes / 4;
+        let metadata = Arc::new(MetadataCache::new(metadata_limit).with_name("hopscope_metadata"));
+        let url = ObjectStoreUrl::parse(storage.store_url())?;
+        let client = storage.query_client().map_err(|e| QueryError::Manifest(e.to_string()))?;
+        let ranges = Arc::new(RangeCache::new(client, config.cache_bytes - metadata_limit));
+        Ok(Self { metadata, metadata_limit, store: Some((url, Arc::clone(&ranges) as _)), ranges: Some(ranges) })
+    }
+
+    /// A runtime whose scans use these caches, with `pool` for memory.
+    pub(crate) fn runtime(&self, pool: &Arc<dyn MemoryPool>) -> Result<Arc<RuntimeEnv>, QueryError> {
+        let caches = CacheManagerConfig::default()
+            .with_file_metadata_cache(Some(Arc::clone(&self.metadata) as _))
+            .with_metadata_cache_limit(self.metadata_limit);
+        let runtime =
+            RuntimeEnvBuilder::new().with_memory_pool(Arc::clone(pool)).with_cache_manager(caches).build_arc()?;
+        if let Some((url, client)) = &self.store {
+            runtime.register_object_store(url.as_ref(), Arc::clone(client));
+        }
+        Ok(runtime)
     }
 }
 
@@ -267,9 +352,13 @@ impl FilePruning {
 /// decoded (the filter's columns first, the others only for the rows it keeps); strings read as
 /// stored. Without `row_filter`, the rows are the selected pages' whole: the caller keeps those it
 /// needs (a table provider reporting its filters inexact has DataFusion apply them above).
+///
+/// Files are opened through the runtime's metadata cache: a file's footer and page index are read
+/// and parsed once, not by every query (a committed file never changes under its name).
 fn parquet_source_of(
     schema: SchemaRef,
     state: &dyn Session,
+    store_url: &ObjectStoreUrl,
     filters: &[Expr],
     row_filter: bool,
 ) -> DfResult<ParquetSource> {
@@ -281,7 +370,14 @@ fn parquet_source_of(
     options.global.reorder_filters = row_filter;
     // Read strings as stored (Utf8), matching the table schema.
     options.global.schema_force_view_types = false;
-    let mut source = ParquetSource::new(Arc::clone(&schema)).with_table_parquet_options(options);
+    let runtime = state.runtime_env();
+    let readers = CachedParquetFileReaderFactory::new(
+        runtime.object_store(store_url)?,
+        runtime.cache_manager.get_file_metadata_cache(),
+    );
+    let mut source = ParquetSource::new(Arc::clone(&schema))
+        .with_table_parquet_options(options)
+        .with_parquet_file_reader_factory(Arc::new(readers));
     if let Some(expr) = conjunction(filters.iter().cloned()) {
         let df_schema = DFSchema::try_from(Arc::clone(&schema))?;
         source = source.with_predicate(state.create_physical_expr(expr, &df_schema)?);
@@ -342,7 +438,7 @@ impl SpansTable {
         &self.manifest
     }
 
-    fn parquet_source(state: &dyn Session, filters: &[Expr]) -> DfResult<ParquetSource> {
+    fn parquet_source(&self, state: &dyn Session, filters: &[Expr]) -> DfResult<ParquetSource> {
         // Span questions select few rows of many (a service, an attribute, a trace): decoding the
         // other columns only for the rows kept pays. Files hold the stored columns: a filter on a
         // computed one is left to DataFusion (the filters are pushed down as inexact), which applies
@@ -352,7 +448,7 @@ impl SpansTable {
             .filter(|f| !f.column_refs().iter().any(|c| COMPUTED_COLUMNS.contains(&c.name.as_str())))
             .cloned()
             .collect();
-        parquet_source_of(stored_span_schema(), state, &stored, true)
+        parquet_source_of(stored_span_schema(), state, &self.manifest.object_store_url()?, &stored, true)
     }
 
     /// A scan of the files derived as `table` from the span files `entries` (rows in `schema`; the
@@ -379,7 +475,7 @@ impl SpansTable {
         // split traces): skipping rows inside their delta-encoded pages costs more than decoding
         // them (per-hop percentiles over `edges` at 10M spans: the scan took 0.35-0.44 s with
         // row filtering, 0.29-0.31 s without). Row groups and pages are still pruned.
-        let source = parquet_source_of(Arc::clone(&schema), state, filters, false)?;
+        let source = parquet_source_of(Arc::clone(&schema), state, &self.manifest.object_store_url()?, filters, false)?;
         let mut statistics = Statistics::new_unknown(&schema);
         statistics.num_rows = Precision::Exact(files.iter().map(|f| f.2 as usize).sum());
         let config = FileScanConfigBuilder::new(self.manifest.object_store_url()?, Arc::new(source))
@@ -412,7 +508,7 @@ impl SpansTable {
         if files.is_empty() {
             return Ok(Arc::new(EmptyExec::new(project_schema(&schema, Some(&projection))?)));
         }
-        let source = reading_columns(Self::parquet_source(state, filters)?, &projection)?;
+        let source = reading_columns(self.parquet_source(state, filters)?, &projection)?;
         let groups =
             files.into_iter().map(|(path, size, _)| FileGroup::new(vec![PartitionedFile::new(path, size)])).collect();
         let config = FileScanConfigBuilder::new(self.manifest.object_store_url()?, source)
@@ -515,7 +611,7 @@ impl SpansTable {
             Some(projection) => projection.clone(),
             None => (0..schema.fields().len()).collect(),
         };
-        let source = reading_columns(Self::parquet_source(state, filters)?, &projection)?;
+        let source = reading_columns(self.parquet_source(state, filters)?, &projection)?;
 
         // The manifest knows every file's rows: the planner's estimates (and the refusal of huge
         // cartesian products) start from them.

@@ -21,8 +21,11 @@ use bytes::Bytes;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+use object_store::{GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 use tokio::io::AsyncWriteExt;
+
+mod cache;
+pub use cache::{CacheStats, RangeCache};
 
 /// The size of one part of an upload, and of the single request of a smaller file.
 const UPLOAD_PART_BYTES: usize = 8 << 20;
@@ -77,6 +80,17 @@ pub struct Version(String);
 pub struct Versioned {
     pub bytes: Bytes,
     pub version: Version,
+}
+
+/// What [`ObjectStorage::read_if_changed`] found.
+#[derive(Debug, Clone)]
+pub enum Changed {
+    /// The object is still the version given.
+    Not,
+    /// The object is another version now.
+    To(Versioned),
+    /// The object does not exist.
+    Gone,
 }
 
 /// A bucket (and prefix) of an object store, with blocking calls for the threads that commit.
@@ -184,6 +198,28 @@ impl ObjectStorage {
             None => Ok(None),
             Some((bytes, Some(e_tag))) => Ok(Some(Versioned { bytes, version: Version(e_tag) })),
             Some((_, None)) => Err(StorageError::NoVersion { key: key.to_owned(), url: self.url.clone() }),
+        }
+    }
+
+    /// Reads `key` unless it is still `since` (a version read before): the store answers "not
+    /// modified" without sending the object again. Blocking.
+    pub fn read_if_changed(&self, key: &str, since: Option<&Version>) -> Result<Changed, StorageError> {
+        let Some(Version(e_tag)) = since else {
+            return Ok(self.read(key)?.map_or(Changed::Gone, Changed::To));
+        };
+        let (store, path) = (Arc::clone(&self.store), self.path(key));
+        let options = GetOptions { if_none_match: Some(e_tag.clone()), ..GetOptions::default() };
+        let got = self.io.run(async move {
+            let got = store.get_opts(&path, options).await?;
+            let e_tag = got.meta.e_tag.clone();
+            Ok((got.bytes().await?, e_tag))
+        })?;
+        match got {
+            Ok((bytes, Some(e_tag))) => Ok(Changed::To(Versioned { bytes, version: Version(e_tag) })),
+            Ok((_, None)) => Err(StorageError::NoVersion { key: key.to_owned(), url: self.url.clone() }),
+            Err(object_store::Error::NotModified { .. }) => Ok(Changed::Not),
+            Err(object_store::Error::NotFound { .. }) => Ok(Changed::Gone),
+            Err(source) => Err(self.request_error("reading", key, source)),
         }
     }
 
@@ -511,6 +547,17 @@ mod tests {
         assert!(stale.to_string().contains("another writer committed first"), "{stale}");
         let read = storage.read("t/manifest.json").unwrap().unwrap();
         assert_eq!((&read.bytes[..], &read.version), (&b"2"[..], &second));
+        // A reader holding the current version is told nothing changed; holding an older one,
+        // it gets the current bytes; once the object is gone, that.
+        assert!(matches!(storage.read_if_changed("t/manifest.json", Some(&second)).unwrap(), Changed::Not));
+        match storage.read_if_changed("t/manifest.json", Some(&first)).unwrap() {
+            Changed::To(read) => assert_eq!((&read.bytes[..], &read.version), (&b"2"[..], &second)),
+            other => panic!("expected the second version, got {other:?}"),
+        }
+        assert!(matches!(storage.read_if_changed("t/manifest.json", None).unwrap(), Changed::To(_)));
+        storage.delete("t/manifest.json").unwrap();
+        assert!(matches!(storage.read_if_changed("t/manifest.json", Some(&second)).unwrap(), Changed::Gone));
+        assert!(matches!(storage.read_if_changed("t/manifest.json", None).unwrap(), Changed::Gone));
     }
 
     #[test]

@@ -184,6 +184,8 @@ async fn spans_are_stored_in_and_read_from_an_s3_store() {
     // back on the same disk, its log replays against its own floor in the shared manifest.
     let more = send_traces(&server).await;
     let second_disk = server.crash();
+    // From here no compaction (it would replace files between the two reads of the cache check).
+    let storage = [storage[0], storage[1], "--maintenance-interval", "1h"];
     let server = Server::start_with_env(second_disk, &storage, &env);
     for trace_id in &more {
         server.wait_for_trace(trace_id, 2).await;
@@ -205,6 +207,26 @@ async fn spans_are_stored_in_and_read_from_an_s3_store() {
     }
     let manifest = stored_manifest(&store).await;
     assert_eq!(manifest.files.iter().map(|f| f.rows).sum::<u64>(), 16);
+    // A question asked again reads the ranges it read before from the query cache, not the store,
+    // and gets the same answer; the cache stays within its bound.
+    let ask =
+        "SELECT trace_id, count(*) AS n, max(duration_ns) AS longest FROM spans GROUP BY trace_id ORDER BY trace_id";
+    let (status, first) = sql(&other, ask).await;
+    assert_eq!(status, 200, "{first}");
+    let (hits, misses) = (
+        other.metric("hopscope_query_range_cache_hits_total").await,
+        other.metric("hopscope_query_range_cache_misses_total").await,
+    );
+    let (status, again) = sql(&other, ask).await;
+    assert_eq!((status.as_u16(), &again), (200, &first));
+    assert!(other.metric("hopscope_query_range_cache_hits_total").await > hits, "no range read again from the cache");
+    assert_eq!(
+        other.metric("hopscope_query_range_cache_misses_total").await,
+        misses,
+        "a range read again from the store"
+    );
+    let cached = other.metric("hopscope_query_range_cache_bytes").await;
+    assert!(cached > 0.0 && cached <= other.metric("hopscope_query_range_cache_limit_bytes").await, "{cached}");
     // Each data directory's log has its floor apart (the first's, the second's, the third's).
     assert_eq!(manifest.wal_floors.len(), 3, "{:?}", manifest.wal_floors);
 }
