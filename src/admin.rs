@@ -273,7 +273,7 @@ pub(crate) async fn compact(args: CompactArgs) -> anyhow::Result<()> {
     // No query can be reading this data directory's files, but with shared storage other servers'
     // queries may be reading what this pass retires: they get the servers' grace.
     let retired_grace = match shared {
-        true => hopscope_ingest::IngesterConfig::new(PathBuf::new()).retired_grace,
+        true => hopscope_ingest::DEFAULT_RETIRED_GRACE,
         false => std::time::Duration::ZERO,
     };
     let pass = MaintenancePass { close_all_hours: true, retired_grace };

@@ -36,6 +36,10 @@ mod maintenance;
 
 pub use maintenance::{MaintenancePass, MaintenanceReport};
 
+/// How long a file replaced by a compaction or deleted by retention stays, unless told otherwise
+/// (`serve` sets twice its query timeout): longer than a query of any server sharing the files runs.
+pub const DEFAULT_RETIRED_GRACE: Duration = Duration::from_secs(60);
+
 /// How the ingester stores spans.
 #[derive(Debug, Clone)]
 pub struct IngesterConfig {
@@ -106,7 +110,7 @@ impl IngesterConfig {
             maintenance_interval: Duration::from_secs(60),
             compaction: CompactionPolicy::default(),
             merge_max_wait: Duration::from_secs(5 * 60),
-            retired_grace: Duration::from_secs(60),
+            retired_grace: DEFAULT_RETIRED_GRACE,
             discard: false,
             derive: true,
             metrics_max_series: crate::trace_metrics::DEFAULT_MAX_SERIES,

@@ -49,8 +49,8 @@ mod fuzz_tests;
 
 pub use error::IngestError;
 pub use ingester::{
-    Admitted, ExportBody, ExportOutcome, Ingester, IngesterConfig, MaintenancePass, MaintenanceReport, bind_storage,
-    lock_data_dir,
+    Admitted, DEFAULT_RETIRED_GRACE, ExportBody, ExportOutcome, Ingester, IngesterConfig, MaintenancePass,
+    MaintenanceReport, bind_storage, lock_data_dir,
 };
 
 /// The cores this process may run on (1 when unknown): how many span files a flush writes at once,

@@ -44,18 +44,65 @@ pub struct ManifestStore {
 enum Place {
     /// A file in the local data directory, replaced by a rename; this process is its one writer.
     Local(PathBuf),
-    /// An object in shared storage, replaced by a conditional write; `version` is the version this
-    /// writer last read or wrote (`None`: the manifest did not exist yet), locked after `current`.
-    /// The files a commit lists are uploaded from `tenant_dir` before it.
-    Shared {
-        storage: Arc<ObjectStorage>,
-        key: String,
-        version: Mutex<Option<Version>>,
-        tenant: String,
-        tenant_dir: PathBuf,
-        /// This process's writer id: the key of its WAL floor.
-        writer: String,
-    },
+    /// An object in shared storage, replaced by a conditional write.
+    Shared(Shared),
+}
+
+/// A manifest in shared storage, and the files its commits list.
+#[derive(Debug)]
+struct Shared {
+    storage: Arc<ObjectStorage>,
+    key: String,
+    /// The version this writer last read or wrote (`None`: the manifest did not exist yet), locked
+    /// after `current`.
+    version: Mutex<Option<Version>>,
+    tenant: String,
+    /// The files a commit lists are uploaded from here before it.
+    tenant_dir: PathBuf,
+    /// This process's writer id: the key of its WAL floor.
+    writer: String,
+}
+
+impl Place {
+    /// This process's WAL floor in `manifest`.
+    fn floor_in(&self, manifest: &Manifest) -> u64 {
+        match self {
+            Place::Local(_) => manifest.wal_floor,
+            Place::Shared(shared) => manifest.wal_floors.get(&shared.writer).copied().unwrap_or(0),
+        }
+    }
+
+    /// This process's WAL floor in `manifest`, to raise.
+    fn floor_mut<'m>(&self, manifest: &'m mut Manifest) -> &'m mut u64 {
+        match self {
+            Place::Local(_) => &mut manifest.wal_floor,
+            Place::Shared(shared) => manifest.wal_floors.entry(shared.writer.clone()).or_default(),
+        }
+    }
+}
+
+impl Shared {
+    /// Uploads a file of the tenant directory, given relative to it, unless it is there already
+    /// (an earlier attempt). Another file by that name is a conflict.
+    fn upload_new(&self, relative: &str) -> Result<Uploaded, IngestError> {
+        let key = layout::file_key(&self.tenant, relative);
+        self.storage.upload_new(&self.tenant_dir.join(relative), &key).map_err(|e| match e {
+            StorageError::Conflict { .. } => {
+                IngestError::ManifestConflict(format!("another file named {relative} was stored meanwhile"))
+            }
+            e => e.into(),
+        })
+    }
+
+    /// Deletes files this process uploaded for a commit that listed none of them (no one else can
+    /// have listed them: their names are this commit's). Best effort.
+    fn remove_uploads(&self, relative: &[String]) {
+        for path in relative {
+            if let Err(e) = self.storage.delete(&layout::file_key(&self.tenant, path)) {
+                tracing::warn!(error = %e, path, "cannot delete a file uploaded for a commit that failed; it is never read");
+            }
+        }
+    }
 }
 
 /// How many times a commit to shared storage re-reads the manifest after losing to another writer
@@ -107,72 +154,38 @@ impl ManifestStore {
         let key = layout::manifest_key(tenant);
         let (current, version) = read_shared(&storage, &key)?;
         remove_uncommitted_span_files(&tenant_dir, &current)?;
-        let place =
-            Place::Shared { storage, key, version: Mutex::new(version), tenant: tenant.to_owned(), tenant_dir, writer };
-        Ok(Self::new(place, current))
+        let version = Mutex::new(version);
+        let shared = Shared { storage, key, version, tenant: tenant.to_owned(), tenant_dir, writer };
+        Ok(Self::new(Place::Shared(shared), current))
     }
 
     /// With shared storage, fetches the local copy of each file of `entries` (span files and their
     /// derived files) that the data directory lacks: committed by another writer, or before this
     /// disk. Compaction and deriving read local copies. Blocking I/O.
     pub fn fetch_missing(&self, entries: &[FileEntry]) -> Result<(), IngestError> {
-        let Place::Shared { storage, tenant, tenant_dir, .. } = &self.place else { return Ok(()) };
+        let Place::Shared(shared) = &self.place else { return Ok(()) };
         for relative in entries.iter().flat_map(FileEntry::paths) {
-            let local = tenant_dir.join(relative);
+            let local = shared.tenant_dir.join(relative);
             if !local.exists() {
-                storage.download(&layout::file_key(tenant, relative), &local)?;
+                shared.storage.download(&layout::file_key(&shared.tenant, relative), &local)?;
             }
         }
         Ok(())
     }
 
     fn new(place: Place, current: Manifest) -> Self {
-        let store = Self {
+        Self {
+            floor: AtomicU64::new(place.floor_in(&current)),
             place,
-            current: Mutex::new(Manifest::default()),
+            current: Mutex::new(current),
             retired_here: Mutex::new(HashMap::new()),
             durable: AtomicBool::new(true),
-            floor: AtomicU64::new(0),
-        };
-        store.floor.store(store.floor_in(&current), Ordering::Release);
-        *store.current.lock().expect("manifest lock") = current;
-        store
+        }
     }
 
     /// The committed WAL floor of this process's write-ahead log. Never waits for a commit.
     pub fn wal_floor(&self) -> u64 {
         self.floor.load(Ordering::Acquire)
-    }
-
-    /// This process's WAL floor in `manifest`.
-    fn floor_in(&self, manifest: &Manifest) -> u64 {
-        match &self.place {
-            Place::Local(_) => manifest.wal_floor,
-            Place::Shared { writer, .. } => manifest.wal_floors.get(writer).copied().unwrap_or(0),
-        }
-    }
-
-    /// Uploads a file of the tenant directory, given relative to it, to shared storage, unless it
-    /// is there already (an earlier attempt). Another file by that name is a conflict.
-    fn upload_new(&self, relative: &str) -> Result<Uploaded, IngestError> {
-        let Place::Shared { storage, tenant, tenant_dir, .. } = &self.place else { return Ok(Uploaded::AlreadyThere) };
-        storage.upload_new(&tenant_dir.join(relative), &layout::file_key(tenant, relative)).map_err(|e| match e {
-            StorageError::Conflict { .. } => {
-                IngestError::ManifestConflict(format!("another file named {relative} was stored meanwhile"))
-            }
-            e => e.into(),
-        })
-    }
-
-    /// Deletes from shared storage files this process uploaded for a commit that listed none of
-    /// them (no one else can have listed them: their names are this commit's). Best effort.
-    fn remove_uploads(&self, relative: &[String]) {
-        let Place::Shared { storage, tenant, .. } = &self.place else { return };
-        for path in relative {
-            if let Err(e) = storage.delete(&layout::file_key(tenant, path)) {
-                tracing::warn!(error = %e, path, "cannot delete a file uploaded for a commit that failed; it is never read");
-            }
-        }
     }
 
     /// A copy of the committed manifest.
@@ -189,13 +202,9 @@ impl ManifestStore {
             let known = |path: &str| {
                 next.files.iter().any(|listed| listed.path == path) || next.retired.iter().any(|r| r.path == path)
             };
-            let new = files.iter().filter(|f| !known(&f.path)).cloned();
-            let new: Vec<FileEntry> = new.collect();
+            let new: Vec<FileEntry> = files.iter().filter(|f| !known(&f.path)).cloned().collect();
             next.files.extend(new);
-            let floor = match &self.place {
-                Place::Local(_) => &mut next.wal_floor,
-                Place::Shared { writer, .. } => next.wal_floors.entry(writer.clone()).or_default(),
-            };
+            let floor = self.place.floor_mut(next);
             *floor = (*floor).max(wal_floor);
             Ok(())
         })
@@ -298,7 +307,7 @@ impl ManifestStore {
     /// Drops deleted retired files from the manifest (in shared storage, deleting them there
     /// first). Blocking I/O.
     pub fn forget_retired(&self, deleted: &[RetiredFile]) -> Result<u64, IngestError> {
-        if let Place::Shared { storage, tenant, .. } = &self.place {
+        if let Place::Shared(Shared { storage, tenant, .. }) = &self.place {
             // Never an object the newest manifest lists (a retired path listed again is a bug
             // elsewhere, but must not cost the data).
             self.refresh()?;
@@ -323,11 +332,11 @@ impl ManifestStore {
     /// (maintenance); nothing to do in the local data directory, which has no other writer.
     /// Blocking I/O.
     pub fn refresh(&self) -> Result<(), IngestError> {
-        let Place::Shared { storage, key, version, .. } = &self.place else { return Ok(()) };
+        let Place::Shared(Shared { storage, key, version, .. }) = &self.place else { return Ok(()) };
         let mut current = self.current.lock().expect("manifest lock");
         let mut version = version.lock().expect("manifest version lock");
         (*current, *version) = read_shared(storage, key)?;
-        self.floor.store(self.floor_in(&current), Ordering::Release);
+        self.floor.store(self.place.floor_in(&current), Ordering::Release);
         Ok(())
     }
 
@@ -344,7 +353,7 @@ impl ManifestStore {
         new_files: impl Iterator<Item = &'a str>,
         change: impl Fn(&mut Manifest) -> Result<(), IngestError>,
     ) -> Result<u64, IngestError> {
-        let (storage, key, version) = match &self.place {
+        let shared = match &self.place {
             Place::Local(path) => {
                 let mut current = self.current.lock().expect("manifest lock");
                 let mut next = current.clone();
@@ -364,16 +373,17 @@ impl ManifestStore {
                 }
                 return Ok(current.generation);
             }
-            Place::Shared { storage, key, version, .. } => (storage, key, version),
+            Place::Shared(shared) => shared,
         };
+        let Shared { storage, key, version, .. } = shared;
         // Uploaded before the lock is taken: no other commit of this process waits for them.
         let mut stored = Vec::new();
         for relative in new_files {
-            match self.upload_new(relative) {
+            match shared.upload_new(relative) {
                 Ok(Uploaded::Stored) => stored.push(relative.to_owned()),
                 Ok(Uploaded::AlreadyThere) => {}
                 Err(e) => {
-                    self.remove_uploads(&stored);
+                    shared.remove_uploads(&stored);
                     return Err(e);
                 }
             }
@@ -389,7 +399,7 @@ impl ManifestStore {
                 let listed: std::collections::HashSet<&str> = current.files.iter().flat_map(FileEntry::paths).collect();
                 let unlisted: Vec<String> = stored.iter().filter(|p| !listed.contains(p.as_str())).cloned().collect();
                 drop((current, version));
-                self.remove_uploads(&unlisted);
+                shared.remove_uploads(&unlisted);
                 return Err(e);
             }
             next.generation += 1;
@@ -397,7 +407,7 @@ impl ManifestStore {
                 Ok(written) => {
                     *version = Some(written);
                     *current = next;
-                    self.floor.store(self.floor_in(&current), Ordering::Release);
+                    self.floor.store(self.place.floor_in(&current), Ordering::Release);
                     return Ok(current.generation);
                 }
                 // Another writer committed since this one last read (a conflict), or the answer
@@ -420,7 +430,7 @@ impl ManifestStore {
                     );
                     std::thread::sleep(Duration::from_millis(u64::from(attempt.min(8)) * 5 + jitter));
                     (*current, *version) = read_shared(storage, key)?;
-                    self.floor.store(self.floor_in(&current), Ordering::Release);
+                    self.floor.store(self.place.floor_in(&current), Ordering::Release);
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -750,7 +760,7 @@ mod tests {
         // Forgetting a retired file deletes it from the store.
         let due = late.store.retired_before(Duration::ZERO);
         late.store.forget_retired(&due).unwrap();
-        let Place::Shared { storage, .. } = &late.store.place else { panic!("a shared store") };
+        let Place::Shared(Shared { storage, .. }) = &late.store.place else { panic!("a shared store") };
         assert!(storage.read(&layout::file_key("default", &entry("a").path)).unwrap().is_none());
         assert!(storage.read(&layout::file_key("default", &entry("b").path)).unwrap().is_some());
     }

@@ -161,30 +161,26 @@ impl ManifestReader {
         }
     }
 
-    /// The path of a committed file given relative to the tenant directory, when files are local.
-    pub(crate) fn local_path(&self, relative: &str) -> Option<PathBuf> {
+    /// A committed file given relative to the tenant directory: its path when files are local, its
+    /// bytes fetched from the store when they are shared. Blocking I/O.
+    pub(crate) fn open(&self, relative: &str) -> DfResult<Committed> {
         match &self.files {
-            FilesAt::Local { tenant_dir, .. } => Some(tenant_dir.join(relative)),
-            FilesAt::Shared { .. } => None,
-        }
-    }
-
-    /// The bytes of a committed file given relative to the tenant directory. Blocking I/O.
-    pub(crate) fn read(&self, relative: &str) -> DfResult<bytes::Bytes> {
-        match &self.files {
-            FilesAt::Local { tenant_dir, .. } => {
-                let path = tenant_dir.join(relative);
-                fs::read(&path)
-                    .map(bytes::Bytes::from)
-                    .map_err(|e| DataFusionError::Execution(format!("reading {}: {e}", path.display())))
-            }
+            FilesAt::Local { tenant_dir, .. } => Ok(Committed::At(tenant_dir.join(relative))),
             FilesAt::Shared { storage, tenant } => match storage.read(&layout::file_key(tenant, relative)) {
-                Ok(Some(read)) => Ok(read.bytes),
+                Ok(Some(read)) => Ok(Committed::Fetched(read.bytes)),
                 Ok(None) => Err(DataFusionError::Execution(format!("{relative} is missing from {}", storage.url()))),
                 Err(e) => Err(DataFusionError::External(Box::new(e))),
             },
         }
     }
+}
+
+/// A committed file, as [`ManifestReader::open`] finds it.
+pub(crate) enum Committed {
+    /// In the data directory, here.
+    At(PathBuf),
+    /// Fetched whole from shared storage.
+    Fetched(bytes::Bytes),
 }
 
 /// What queries read again, kept for every tenant's sessions: parsed Parquet metadata, and with

@@ -298,7 +298,7 @@ impl ObjectStorage {
         }
         let (store, path) = (Arc::clone(&self.store), self.path(key));
         match self.io.run(async move { store.head(&path).await })? {
-            Ok(_) => return self.existing(key, size),
+            Ok(meta) => return self.found(key, meta.size, size),
             Err(object_store::Error::NotFound { .. }) => {}
             Err(source) => return Err(self.request_error("checking", key, source)),
         }
@@ -311,9 +311,16 @@ impl ObjectStorage {
     fn existing(&self, key: &str, size: u64) -> Result<Uploaded, StorageError> {
         let (store, path) = (Arc::clone(&self.store), self.path(key));
         match self.io.run(async move { store.head(&path).await })? {
-            Ok(meta) if meta.size == size => Ok(Uploaded::AlreadyThere),
-            Ok(_) => Err(StorageError::Conflict { key: key.to_owned(), url: self.url.clone() }),
+            Ok(meta) => self.found(key, meta.size, size),
             Err(source) => Err(self.request_error("checking", key, source)),
+        }
+    }
+
+    /// An object of `stored` bytes found at `key` where a file of `size` bytes was to go.
+    fn found(&self, key: &str, stored: u64, size: u64) -> Result<Uploaded, StorageError> {
+        match stored == size {
+            true => Ok(Uploaded::AlreadyThere),
+            false => Err(StorageError::Conflict { key: key.to_owned(), url: self.url.clone() }),
         }
     }
 

@@ -225,14 +225,14 @@ impl Ingester {
             if stop.is_cancelled() {
                 break;
             }
-            // One file that cannot be read must not stop the pass (nor the deletion of retired
-            // files after it): it keeps what it has, and is tried again after a restart.
             // A file that could not be fetched (the store failing, or replaced meanwhile) is tried
             // again at a later pass; only one that cannot be derived is left alone.
             if let Err(e) = self.manifest.fetch_missing(std::slice::from_ref(&entry)) {
                 tracing::warn!(error = %e, file = %entry.path, "fetching a span file to derive failed");
                 continue;
             }
+            // One file that cannot be read must not stop the pass (nor the deletion of retired
+            // files after it): it keeps what it has, and is tried again after a restart.
             let derived = match crate::derived::derive_file(tenant_dir, &entry) {
                 Ok(derived) => derived,
                 Err(e) => {

@@ -51,7 +51,7 @@ use hopscope_schemas::spans::span_schema;
 use super::exec::TraceExec;
 use super::table::widened_span_filters;
 use super::{Derivation, DerivedTable, derive_error};
-use crate::store::{FilePruning, ManifestReader, SpansTable};
+use crate::store::{Committed, FilePruning, ManifestReader, SpansTable};
 
 /// Traces split across more span files than this in one scan make the whole scan the walk: a
 /// longer list of trace ids costs more to plan than the walk saves.
@@ -561,13 +561,13 @@ type TraceIds = Arc<[[u8; 16]]>;
 fn read_trace_ids(files: &ManifestReader, relative: &str) -> DfResult<TraceIds> {
     // A local file is read in place (only its trace id column's pages); one in shared storage is
     // fetched whole (small: one row per trace).
-    match files.local_path(relative) {
-        Some(path) => {
+    match files.open(relative)? {
+        Committed::At(path) => {
             let file = std::fs::File::open(&path)
                 .map_err(|e| DataFusionError::Execution(format!("opening {}: {e}", path.display())))?;
             trace_ids_in(file, relative)
         }
-        None => trace_ids_in(files.read(relative)?, relative),
+        Committed::Fetched(bytes) => trace_ids_in(bytes, relative),
     }
 }
 
