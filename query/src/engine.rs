@@ -267,7 +267,7 @@ impl QueryEngine {
             max_cartesian_rows: config.max_cartesian_rows,
             memory_limit_bytes: config.memory_limit_bytes,
         };
-        let caches = ReadCaches::new(config)?;
+        let caches = ReadCaches::new(config.storage.as_ref(), config.cache_bytes)?;
         Ok(Self {
             ctx: session(config, &pool, &metrics, &caches)?,
             caches,
@@ -301,7 +301,8 @@ impl QueryEngine {
     /// When the stored spans begin and end: the earliest start and the latest end over the
     /// committed span files (`None` before the first commit). Read from the manifest, no scan.
     pub async fn stored_extent(self: &Arc<Self>) -> Result<Option<TimeRange>, QueryError> {
-        let reader = ManifestReader::new(&self.config.data_dir, &self.config.tenant, self.config.storage.clone());
+        // The session's own reader: it parses (or, in a store, fetches) the manifest only when it changed.
+        let reader = Arc::clone(crate::store::spans_table(&self.ctx).await?.files());
         let manifest = tokio::task::spawn_blocking(move || reader.current())
             .await
             .map_err(|e| QueryError::Internal(format!("reading the manifest: {e}")))??;

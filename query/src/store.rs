@@ -125,11 +125,13 @@ impl ManifestReader {
 
     /// The manifest parsed at `version`, which the store just said is still current.
     fn parsed_since(&self, version: Option<&Version>) -> Result<Arc<Manifest>, QueryError> {
-        match &*self.lock() {
-            Some((Stamp::Version(seen), manifest)) if Some(seen) == version => Ok(Arc::clone(manifest)),
-            // Another reader replaced the cached manifest with a newer one meanwhile: read again.
-            _ => self.current(),
-        }
+        let cached = match &*self.lock() {
+            Some((Stamp::Version(seen), manifest)) if Some(seen) == version => Some(Arc::clone(manifest)),
+            _ => None,
+        };
+        // Another reader replaced the cached manifest meanwhile (the lock is released by now):
+        // read again.
+        cached.map_or_else(|| self.current(), Ok)
     }
 
     fn parse(bytes: &[u8]) -> Result<Arc<Manifest>, QueryError> {
@@ -197,16 +199,17 @@ pub(crate) struct ReadCaches {
 pub(crate) type MetadataCache = DefaultCache<datafusion::object_store::path::Path, CachedFileMetadataEntry>;
 
 impl ReadCaches {
-    pub(crate) fn new(config: &crate::QueryConfig) -> Result<Self, QueryError> {
-        let Some(storage) = &config.storage else {
-            let metadata = Arc::new(MetadataCache::new(config.cache_bytes).with_name("hopscope_metadata"));
-            return Ok(Self { metadata, metadata_limit: config.cache_bytes, store: None, ranges: None });
+    /// Caches within `cache_bytes`, for files in `storage` (`None`: the data directory).
+    pub(crate) fn new(storage: Option<&Arc<ObjectStorage>>, cache_bytes: usize) -> Result<Self, QueryError> {
+        let Some(storage) = storage else {
+            let metadata = Arc::new(MetadataCache::new(cache_bytes).with_name("hopscope_metadata"));
+            return Ok(Self { metadata, metadata_limit: cache_bytes, store: None, ranges: None });
         };
-        let metadata_limit = config.cache_bytes / 4;
+        let metadata_limit = cache_bytes / 4;
         let metadata = Arc::new(MetadataCache::new(metadata_limit).with_name("hopscope_metadata"));
         let url = ObjectStoreUrl::parse(storage.store_url())?;
         let client = storage.query_client().map_err(|e| QueryError::Manifest(e.to_string()))?;
-        let ranges = Arc::new(RangeCache::new(client, config.cache_bytes - metadata_limit));
+        let ranges = Arc::new(RangeCache::new(client, cache_bytes - metadata_limit));
         Ok(Self { metadata, metadata_limit, store: Some((url, Arc::clone(&ranges) as _)), ranges: Some(ranges) })
     }
 
@@ -745,6 +748,32 @@ mod tests {
 
     use super::*;
     use datafusion::prelude::{col, lit};
+
+    #[test]
+    fn a_manifest_in_a_store_is_fetched_again_only_when_it_changed() {
+        use datafusion::object_store::memory::InMemory;
+        let store = Arc::new(ObjectStorage::new(Arc::new(InMemory::new()), "memory://", "", "memory://test").unwrap());
+        let reader = ManifestReader::new(Path::new("/no/data/dir"), "t", Some(Arc::clone(&store)));
+        assert_eq!(reader.current().unwrap().generation, 0, "none yet");
+        let key = layout::manifest_key("t");
+        let commit = |generation: u64, over: Option<&Version>| {
+            let manifest = Manifest { generation, ..Manifest::default() };
+            store.write_if(&key, manifest.to_json(), over).unwrap()
+        };
+        let first = commit(1, None);
+        let seen = reader.current().unwrap();
+        assert_eq!(seen.generation, 1);
+        assert!(Arc::ptr_eq(&seen, &reader.current().unwrap()), "not modified: the same parsed manifest");
+        let second = commit(2, Some(&first));
+        assert_eq!(reader.current().unwrap().generation, 2);
+        // The store said "not modified" for the first version, but another query had meanwhile
+        // cached the second: the reader asks again (and must not wait on itself for its cache).
+        assert_eq!(reader.parsed_since(Some(&first)).unwrap().generation, 2);
+        commit(3, Some(&second));
+        assert_eq!(reader.parsed_since(Some(&first)).unwrap().generation, 3);
+        store.delete(&key).unwrap();
+        assert_eq!(reader.current().unwrap().generation, 0, "gone: empty");
+    }
 
     fn file(min_start_ns: i64, max_start_ns: i64) -> FileEntry {
         FileEntry {

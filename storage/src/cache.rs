@@ -112,6 +112,9 @@ impl RangeCache {
 
     /// The bytes of `range` of `location`, when a cached range holds them all.
     fn cached(&self, location: &Path, range: &Range<u64>) -> Option<Bytes> {
+        if range.start > range.end {
+            return None;
+        }
         let mut ranges = self.lock();
         let ranges = &mut *ranges;
         let object = ranges.by_path.get_mut(location)?;
@@ -140,6 +143,18 @@ impl RangeCache {
         let bytes = Bytes::copy_from_slice(bytes);
         let mut ranges = self.lock();
         let ranges = &mut *ranges;
+        // A range from the same byte kept already: a longer (or equal) one stays, as when two
+        // queries read the same range at once; a shorter one makes way.
+        if let Some(object) = ranges.by_path.get_mut(location)
+            && let Some(kept) = object.ranges.get(&start)
+        {
+            if kept.bytes.len() >= bytes.len() {
+                return;
+            }
+            let kept = object.ranges.remove(&start).expect("just found");
+            ranges.by_use.remove(&kept.used);
+            ranges.bytes -= kept.bytes.len() + ENTRY_OVERHEAD_BYTES;
+        }
         while ranges.bytes + cost > self.limit {
             let Some((_, (path, start))) = ranges.by_use.pop_first() else { break };
             let object = ranges.by_path.get_mut(&path).expect("every range in the use order is cached");
@@ -155,18 +170,6 @@ impl RangeCache {
         if let Some(meta) = meta {
             object.meta = Some(meta.clone());
         }
-        match object.ranges.get(&start) {
-            // A longer range from the same byte is kept already (or an equal one, read at the same
-            // time by another query).
-            Some(kept) if kept.bytes.len() >= bytes.len() => return,
-            Some(kept) => {
-                let (kept_used, kept_len) = (kept.used, kept.bytes.len());
-                ranges.by_use.remove(&kept_used);
-                ranges.bytes -= kept_len + ENTRY_OVERHEAD_BYTES;
-            }
-            None => {}
-        }
-        let object = ranges.by_path.get_mut(location).expect("inserted above");
         object.ranges.insert(start, Cached { bytes, used });
         ranges.by_use.insert(used, (location.clone(), start));
         ranges.bytes += cost;
@@ -211,7 +214,11 @@ impl ObjectStore for RangeCache {
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
         let range = match &options.range {
-            Some(GetRange::Bounded(range)) if Self::cacheable(location) && unconditional(&options) => range.clone(),
+            Some(GetRange::Bounded(range))
+                if range.start <= range.end && Self::cacheable(location) && unconditional(&options) =>
+            {
+                range.clone()
+            }
             _ => return self.inner.get_opts(location, options).await,
         };
         if let Some(meta) = self.meta(location)
@@ -229,7 +236,7 @@ impl ObjectStore for RangeCache {
     }
 
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
-        if !Self::cacheable(location) {
+        if !Self::cacheable(location) || ranges.iter().any(|range| range.start > range.end) {
             return self.inner.get_ranges(location, ranges).await;
         }
         let mut answers: Vec<Option<Bytes>> = ranges.iter().map(|range| self.cached(location, range)).collect();
@@ -349,6 +356,27 @@ mod tests {
         let last = *starts.last().unwrap();
         let kept = block_on(cache.get_range(&file, last..last + 1000)).unwrap();
         assert_eq!(kept, bytes.slice(last as usize..last as usize + 1000));
+    }
+
+    #[test]
+    fn a_longer_range_from_the_same_byte_replaces_a_shorter_one() {
+        let store = Arc::new(InMemory::new());
+        let file = Path::from("a.parquet");
+        let bytes = object(10_000);
+        block_on(store.put(&file, bytes.clone().into())).unwrap();
+        let cache = RangeCache::new(Arc::clone(&store) as _, 1 << 20);
+        block_on(cache.get_range(&file, 100..200)).unwrap();
+        block_on(cache.get_range(&file, 100..900)).unwrap();
+        block_on(cache.get_range(&file, 100..150)).unwrap();
+        assert_eq!(cache.stats().bytes, 800 + ENTRY_OVERHEAD_BYTES, "one range, the longer");
+        // One range missed twice at once (as by two queries): kept once.
+        let twice = block_on(cache.get_ranges(&file, &[2000..2500, 2000..2500])).unwrap();
+        assert_eq!(twice, [bytes.slice(2000..2500), bytes.slice(2000..2500)]);
+        assert_eq!(cache.stats().bytes, 800 + 500 + 2 * ENTRY_OVERHEAD_BYTES);
+        block_on(store.delete(&file)).unwrap();
+        assert_eq!(block_on(cache.get_range(&file, 300..900)).unwrap(), bytes.slice(300..900));
+        // A range that ends before it starts is the store's to refuse, not the cache's to answer.
+        assert!(block_on(cache.get_ranges(&file, &[Range { start: 500, end: 400 }])).is_err());
     }
 
     #[test]
