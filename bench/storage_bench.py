@@ -95,6 +95,7 @@ def main():
     args = parser.parse_args()
 
     work = args.work_dir or tempfile.mkdtemp(prefix="hopscope-bench-storage-")
+    os.makedirs(work, exist_ok=True)
     local_dir, store_dir = os.path.join(work, "local"), os.path.join(work, "store")
     for path in (local_dir, store_dir):
         shutil.rmtree(path, ignore_errors=True)
