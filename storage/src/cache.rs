@@ -34,6 +34,9 @@ const ENTRY_OVERHEAD_BYTES: usize = 128;
 /// single big read does not push out everything else.
 const LARGEST_SHARE: usize = 8;
 
+/// How many kept ranges, starting at or before a range asked for, are looked at for one that holds it.
+const LOOKED_AT: usize = 4;
+
 /// An [`ObjectStore`] that keeps the byte ranges read from the Parquet files of `inner` in memory,
 /// up to a bound. See the module documentation.
 pub struct RangeCache {
@@ -118,11 +121,15 @@ impl RangeCache {
         let mut ranges = self.lock();
         let ranges = &mut *ranges;
         let object = ranges.by_path.get_mut(location)?;
-        let (&start, cached) = object.ranges.range_mut(..=range.start).next_back()?;
-        let end = start + cached.bytes.len() as u64;
-        if end < range.end {
-            return None;
-        }
+        // The kept ranges starting at or before it, nearest first: a short one may sit between a
+        // longer one and the range asked for (a few are looked at, not all).
+        let (start, cached) = object
+            .ranges
+            .range_mut(..=range.start)
+            .rev()
+            .take(LOOKED_AT)
+            .find(|(start, cached)| **start + cached.bytes.len() as u64 >= range.end)
+            .map(|(&start, cached)| (start, cached))?;
         ranges.clock += 1;
         ranges.by_use.remove(&cached.used);
         cached.used = ranges.clock;
@@ -369,12 +376,20 @@ mod tests {
         block_on(cache.get_range(&file, 100..900)).unwrap();
         block_on(cache.get_range(&file, 100..150)).unwrap();
         assert_eq!(cache.stats().bytes, 800 + ENTRY_OVERHEAD_BYTES, "one range, the longer");
+
         // One range missed twice at once (as by two queries): kept once.
         let twice = block_on(cache.get_ranges(&file, &[2000..2500, 2000..2500])).unwrap();
         assert_eq!(twice, [bytes.slice(2000..2500), bytes.slice(2000..2500)]);
         assert_eq!(cache.stats().bytes, 800 + 500 + 2 * ENTRY_OVERHEAD_BYTES);
         block_on(store.delete(&file)).unwrap();
         assert_eq!(block_on(cache.get_range(&file, 300..900)).unwrap(), bytes.slice(300..900));
+        // A short range kept before a longer one that covers it does not hide the longer one.
+        let cache = RangeCache::new(Arc::clone(&store) as _, 1 << 20);
+        block_on(store.put(&file, bytes.clone().into())).unwrap();
+        block_on(cache.get_range(&file, 500..510)).unwrap();
+        block_on(cache.get_range(&file, 100..900)).unwrap();
+        block_on(store.delete(&file)).unwrap();
+        assert_eq!(block_on(cache.get_range(&file, 505..600)).unwrap(), bytes.slice(505..600));
         // A range that ends before it starts is the store's to refuse, not the cache's to answer.
         assert!(block_on(cache.get_ranges(&file, &[Range { start: 500, end: 400 }])).is_err());
     }
