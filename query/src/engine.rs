@@ -72,8 +72,8 @@ pub struct QueryConfig {
     /// Shared (object) storage the files and manifests are in (`--storage-url`); `None`: the data
     /// directory.
     pub storage: Option<Arc<hopscope_storage::ObjectStorage>>,
-    /// Memory for what queries read again, shared by every tenant: the Parquet metadata of the
-    /// files (footers and page indexes), and with `storage` the byte ranges read from the store
+    /// Memory for what queries read again, shared by every tenant: the Parquet footers of the
+    /// files, parsed, and with `storage` the byte ranges read from the store
     /// (a quarter for the metadata, the rest for ranges). 0 caches nothing.
     pub cache_bytes: usize,
 }

@@ -45,6 +45,9 @@ pub enum QueryError {
     /// Arrow failed while converting results.
     #[error("reading query results: {0}")]
     Arrow(#[from] datafusion::arrow::error::ArrowError),
+    /// The shared storage (`--storage-url`) could not be used.
+    #[error("shared storage: {0}")]
+    Storage(Box<hopscope_storage::StorageError>),
     /// Stored data is not in the expected shape.
     #[error("stored data is not in the expected shape: {0}")]
     Corrupt(String),

@@ -174,7 +174,7 @@ impl Collector for CacheGauges {
         let mut gauges = vec![
             (
                 "hopscope_query_metadata_cache_bytes",
-                "Parquet metadata (footers, page indexes) kept for queries.",
+                "Parsed Parquet footers kept for queries.",
                 gauge(self.metadata.memory_used()),
             ),
             (

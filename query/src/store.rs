@@ -208,7 +208,7 @@ impl ReadCaches {
         let metadata_limit = cache_bytes / 4;
         let metadata = Arc::new(MetadataCache::new(metadata_limit).with_name("hopscope_metadata"));
         let url = ObjectStoreUrl::parse(storage.store_url())?;
-        let client = storage.query_client().map_err(|e| QueryError::Manifest(e.to_string()))?;
+        let client = storage.query_client().map_err(|e| QueryError::Storage(Box::new(e)))?;
         let ranges = Arc::new(RangeCache::new(client, cache_bytes - metadata_limit));
         Ok(Self { metadata, metadata_limit, store: Some((url, Arc::clone(&ranges) as _)), ranges: Some(ranges) })
     }
@@ -352,8 +352,10 @@ impl FilePruning {
 /// stored. Without `row_filter`, the rows are the selected pages' whole: the caller keeps those it
 /// needs (a table provider reporting its filters inexact has DataFusion apply them above).
 ///
-/// Files are opened through the runtime's metadata cache: a file's footer and page index are read
-/// and parsed once, not by every query (a committed file never changes under its name).
+/// Files are opened through the runtime's metadata cache: a file's footer (its schema, row groups
+/// and their statistics) is read and parsed once, not by every query (a committed file never
+/// changes under its name). DataFusion's opener reads the page index apart from it, by each query
+/// that uses it (in a store, through the range cache).
 fn parquet_source_of(
     schema: SchemaRef,
     state: &dyn Session,

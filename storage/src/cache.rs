@@ -27,8 +27,9 @@ use object_store::{
     ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions, Result,
 };
 
-/// What a cached range costs beyond its bytes (its key, its place in the eviction order).
-const ENTRY_OVERHEAD_BYTES: usize = 128;
+/// What a cached range costs beyond its bytes (its key twice, its entries in two maps, its
+/// allocation, a share of its object's metadata), as an estimate.
+const ENTRY_OVERHEAD_BYTES: usize = 256;
 
 /// The largest share of the bound one range may take: a larger one is passed through, so that a
 /// single big read does not push out everything else.
@@ -150,6 +151,9 @@ impl RangeCache {
         let bytes = Bytes::copy_from_slice(bytes);
         let mut ranges = self.lock();
         let ranges = &mut *ranges;
+        if let (Some(meta), Some(object)) = (meta, ranges.by_path.get_mut(location)) {
+            object.meta = Some(meta.clone());
+        }
         // A range from the same byte kept already: a longer (or equal) one stays, as when two
         // queries read the same range at once; a shorter one makes way.
         if let Some(object) = ranges.by_path.get_mut(location)
@@ -376,13 +380,42 @@ mod tests {
         block_on(cache.get_range(&file, 100..900)).unwrap();
         block_on(cache.get_range(&file, 100..150)).unwrap();
         assert_eq!(cache.stats().bytes, 800 + ENTRY_OVERHEAD_BYTES, "one range, the longer");
-
         // One range missed twice at once (as by two queries): kept once.
         let twice = block_on(cache.get_ranges(&file, &[2000..2500, 2000..2500])).unwrap();
         assert_eq!(twice, [bytes.slice(2000..2500), bytes.slice(2000..2500)]);
         assert_eq!(cache.stats().bytes, 800 + 500 + 2 * ENTRY_OVERHEAD_BYTES);
+        // A range of another object kept through get_ranges, then read through get_range: once
+        // more from the store (for the object's metadata, which get_ranges does not give), then
+        // from the cache.
+        let other = Path::from("b.parquet");
+        block_on(store.put(&other, bytes.clone().into())).unwrap();
+        block_on(cache.get_ranges(&other, &[0..100, 200..300])).unwrap();
+        let (hits, misses) = (cache.stats().hits, cache.stats().misses);
+        block_on(cache.get_range(&other, 0..100)).unwrap();
+        assert_eq!((cache.stats().hits, cache.stats().misses), (hits, misses + 1));
+        block_on(cache.get_range(&other, 0..100)).unwrap();
+        assert_eq!((cache.stats().hits, cache.stats().misses), (hits + 1, misses + 1));
         block_on(store.delete(&file)).unwrap();
         assert_eq!(block_on(cache.get_range(&file, 300..900)).unwrap(), bytes.slice(300..900));
+        block_on(store.delete(&other)).unwrap();
+
+        // In a full cache, a longer range from a kept range's first byte takes that one's room
+        // before anything else is evicted.
+        let cost = 1000 + ENTRY_OVERHEAD_BYTES;
+        let cache = RangeCache::new(Arc::clone(&store) as _, LARGEST_SHARE * (1100 + ENTRY_OVERHEAD_BYTES));
+        block_on(store.put(&file, bytes.clone().into())).unwrap();
+        let room = cache.limit / cost;
+        for i in 0..room as u64 {
+            block_on(cache.get_range(&file, i * 1000..i * 1000 + 1000)).unwrap();
+        }
+        assert_eq!(cache.stats().bytes, room * cost, "full");
+        block_on(cache.get_range(&file, 0..1000)).unwrap();
+        block_on(cache.get_range(&file, 0..1100)).unwrap();
+        block_on(store.delete(&file)).unwrap();
+        for i in 1..room as u64 {
+            assert!(block_on(cache.get_range(&file, i * 1000..i * 1000 + 1000)).is_ok(), "range {i} was evicted");
+        }
+
         // A short range kept before a longer one that covers it does not hide the longer one.
         let cache = RangeCache::new(Arc::clone(&store) as _, 1 << 20);
         block_on(store.put(&file, bytes.clone().into())).unwrap();

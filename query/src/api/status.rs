@@ -21,6 +21,7 @@ pub fn status(error: &QueryError) -> StatusCode {
         }
         QueryError::NotFound(_) => StatusCode::NOT_FOUND,
         QueryError::Manifest(_)
+        | QueryError::Storage(_)
         | QueryError::DataFusion(_)
         | QueryError::Arrow(_)
         | QueryError::Corrupt(_)
