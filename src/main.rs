@@ -74,6 +74,24 @@ struct DemoArgs {
     history: std::time::Duration,
 }
 
+/// What a `serve` process does (see `--role`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Role {
+    /// Receive, store and answer.
+    All,
+    /// Answer queries from shared storage only.
+    Querier,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::All => "all",
+            Role::Querier => "querier",
+        }
+    }
+}
+
 /// Every option can also be set by its environment variable.
 #[derive(Debug, Args)]
 struct ServeArgs {
@@ -89,6 +107,12 @@ struct ServeArgs {
     /// URL is used with that one only.
     #[arg(long, env = "HOPSCOPE_STORAGE_URL")]
     storage_url: Option<String>,
+    /// What this process does: `all` receives, stores and answers (one process, the default);
+    /// `querier` answers the API and the UI from the shared storage of --storage-url, and receives
+    /// and stores nothing: it binds no OTLP address, writes nothing to --data-dir, and several may
+    /// run behind one address. (The distributor, ingester and worker roles are not built yet.)
+    #[arg(long, env = "HOPSCOPE_ROLE", value_enum, default_value_t = Role::All)]
+    role: Role,
     /// OTLP/gRPC listen address.
     #[arg(long, env = "HOPSCOPE_OTLP_GRPC_ADDR", default_value = "0.0.0.0:4317")]
     otlp_grpc_addr: SocketAddr,
@@ -120,9 +144,10 @@ struct ServeArgs {
     /// Memory all running queries share, in bytes; a query that needs more fails with an error.
     #[arg(long, env = "HOPSCOPE_QUERY_MEMORY_LIMIT_BYTES", default_value_t = 2 << 30, value_parser = positive_usize)]
     query_memory_limit_bytes: usize,
-    /// Memory for what queries read again, in bytes: the Parquet metadata of the files (footers
-    /// and page indexes), parsed once instead of by every query, and with --storage-url the byte
-    /// ranges read from the store (a quarter for metadata, the rest for ranges). 0 caches nothing.
+    /// Memory for what queries read again, in bytes: the Parquet footers of the files, parsed once
+    /// instead of by every query, and with --storage-url the byte ranges read from the store (a
+    /// quarter for footers, the rest for ranges). Apart from --query-memory-limit-bytes. 0 caches
+    /// nothing.
     #[arg(long, env = "HOPSCOPE_QUERY_CACHE_BYTES", default_value_t = 256 << 20)]
     query_cache_bytes: usize,
     /// Memory spans waiting to be written and exports being decoded may hold, in bytes (an export
@@ -415,6 +440,7 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
             args.trace_max_delay
         );
     }
+    check_role(&args)?;
     ignore_file_size_signal();
     let storage = open_storage(args.storage_url.as_deref()).await?;
     let mut ingest_config = ingest_config(&args);
@@ -437,17 +463,24 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
         }
         _ => None,
     };
-    let data_dir = args.data_dir.clone();
-    let lock = tokio::task::spawn_blocking(move || hopscope_ingest::lock_data_dir(&data_dir))
-        .await?
-        .with_context(|| format!("opening the data directory {}", args.data_dir.display()))?;
+    // A querier keeps nothing of its own: no data directory to lock.
+    let lock = match args.role {
+        Role::All => {
+            let data_dir = args.data_dir.clone();
+            let lock = tokio::task::spawn_blocking(move || hopscope_ingest::lock_data_dir(&data_dir))
+                .await?
+                .with_context(|| format!("opening the data directory {}", args.data_dir.display()))?;
+            Some(lock)
+        }
+        Role::Querier => None,
+    };
     let engine = Arc::new(QueryEngine::new(&QueryConfig { storage, ..query_config(&args) })?);
     let mut registry = Registry::default();
     engine.register_metrics(&mut registry);
     let registry = Arc::new(std::sync::Mutex::new(registry));
 
     let (listeners, ui_config) = bind_listeners(&args, tls.clone()).await?;
-    let otlp_http_addr = ui_config.otlp_http_addr;
+    let otlp_http_addr = ui_config.receivers.map(|r| r.otlp_http_addr);
 
     // Receivers, the API and maintenance stop on `stop` (a receiver that fails cancels it too);
     // the flushers stop only after the receivers have drained, so that every acknowledged span is
@@ -470,8 +503,8 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
         .with_context(|| format!("opening the data directory {}", args.data_dir.display()))?;
     log_listening(&listeners, &args, mode)?;
     warn_if_exposed(&listeners, &tenants)?;
-    if let Some(listening) = listening {
-        let _ = listening.send(otlp_http_addr);
+    if let (Some(listening), Some(addr)) = (listening, otlp_http_addr) {
+        let _ = listening.send(addr);
     }
 
     let ready = Arc::new(AtomicBool::new(true));
@@ -480,7 +513,7 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
         .merge(metrics_router(registry, Arc::clone(&tenants)))
         .merge(tenants.routes(Surface::Api).await?);
     let api_app = browser::protect(api_app, args.cors_allowed_origins.clone());
-    let Servers { grpc, otlp_http, zipkin, api, jaeger } = serve_listeners(listeners, &tenants, api_app, &stop).await?;
+    let Servers { otlp, zipkin, api, jaeger } = serve_listeners(listeners, &tenants, api_app, &stop).await?;
 
     let reloads = reload_on_hangup(Arc::clone(&tenants), tls, stop.clone());
     let signal_stop = stop.clone();
@@ -491,13 +524,17 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
     });
 
     // Every receiver drains before the flusher stops: Zipkin's address receives spans too.
-    let zipkin = async {
-        match zipkin {
-            Some(zipkin) => zipkin.await,
+    let ended = |server: Option<Running>| async move {
+        match server {
+            Some(server) => server.await,
             None => Ok(Ok(())),
         }
     };
-    let (grpc, otlp_http, zipkin) = tokio::join!(grpc, otlp_http, zipkin);
+    let (grpc, otlp_http) = otlp.map_or((None, None), |(grpc, http)| (Some(grpc), Some(http)));
+    // Every server ends only after `stop` (and one that fails cancels it): a querier, which has no
+    // receiver, waits for it here.
+    stop.cancelled().await;
+    let (grpc, otlp_http, zipkin) = tokio::join!(ended(grpc), ended(otlp_http), ended(zipkin));
     ready.store(false, Ordering::Release);
     let flushed = tenants.shut_down().await;
     reloads.await?;
@@ -512,7 +549,10 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
     api?;
     jaeger?;
     flushed.context("writing buffered spans at shutdown")?;
-    tracing::info!("stopped; every acknowledged span is written");
+    match args.role {
+        Role::All => tracing::info!("stopped; every acknowledged span is written"),
+        Role::Querier => tracing::info!("stopped"),
+    }
     Ok(())
 }
 
@@ -531,8 +571,13 @@ async fn bind_listeners(
         idle_timeout: args.idle_timeout,
     };
 
-    let grpc_listener = bind(args.otlp_grpc_addr, "OTLP/gRPC").await?;
-    let http_listener = bind(args.otlp_http_addr, "OTLP/HTTP").await?;
+    let otlp = match args.role {
+        Role::All => Some(OtlpListeners {
+            grpc: bind(args.otlp_grpc_addr, "OTLP/gRPC").await?,
+            http: bind(args.otlp_http_addr, "OTLP/HTTP").await?,
+        }),
+        Role::Querier => None,
+    };
     let api_listener = bind(args.api_addr, "API").await?;
     let jaeger_listener = match args.jaeger_addr {
         Some(addr) => Some(bind(addr, "Jaeger query").await?),
@@ -543,13 +588,17 @@ async fn bind_listeners(
         None => None,
     };
     let ui_config = hopscope_ui::UiConfig {
-        otlp_http_addr: http_listener.local_addr()?,
-        otlp_grpc_addr: grpc_listener.local_addr()?,
+        receivers: match &otlp {
+            Some(otlp) => Some(hopscope_ui::Receivers {
+                otlp_http_addr: otlp.http.local_addr()?,
+                otlp_grpc_addr: otlp.grpc.local_addr()?,
+            }),
+            None => None,
+        },
         tenant: None,
     };
     let listeners = Listeners {
-        grpc: grpc_listener,
-        otlp_http: http_listener,
+        otlp,
         api: api_listener,
         jaeger: jaeger_listener,
         zipkin: zipkin_listener,
@@ -564,8 +613,15 @@ async fn bind_listeners(
 /// this line).
 fn log_listening(listeners: &Listeners, args: &ServeArgs, tenants: TenantMode) -> anyhow::Result<()> {
     tracing::info!(
-        otlp_grpc = %listeners.grpc.local_addr()?,
-        otlp_http = %listeners.otlp_http.local_addr()?,
+        otlp_grpc = %match &listeners.otlp {
+            Some(otlp) => otlp.grpc.local_addr()?.to_string(),
+            None => "off".to_owned(),
+        },
+        otlp_http = %match &listeners.otlp {
+            Some(otlp) => otlp.http.local_addr()?.to_string(),
+            None => "off".to_owned(),
+        },
+        role = args.role.name(),
         api = %listeners.api.local_addr()?,
         jaeger = %match &listeners.jaeger {
             Some(listener) => listener.local_addr()?.to_string(),
@@ -598,8 +654,8 @@ fn warn_if_exposed(listeners: &Listeners, tenants: &Tenants) -> anyhow::Result<(
     if tenants.requires_tokens() {
         return Ok(());
     }
-    let mut exposed =
-        vec![("OTLP/gRPC", &listeners.grpc), ("OTLP/HTTP", &listeners.otlp_http), ("API", &listeners.api)];
+    let mut exposed = vec![("API", &listeners.api)];
+    exposed.extend(listeners.otlp.iter().flat_map(|otlp| [("OTLP/gRPC", &otlp.grpc), ("OTLP/HTTP", &otlp.http)]));
     exposed.extend(listeners.jaeger.iter().map(|l| ("Jaeger query", l)));
     exposed.extend(listeners.zipkin.iter().map(|l| ("Zipkin", l)));
     for (what, listener) in exposed {
@@ -656,6 +712,24 @@ fn reload_on_hangup(
     })
 }
 
+/// Refuses a role without what it needs, or with flags it cannot honour.
+fn check_role(args: &ServeArgs) -> anyhow::Result<()> {
+    if args.role == Role::Querier {
+        if args.storage_url.is_none() {
+            anyhow::bail!(
+                "--role querier answers from shared storage, and stores nothing of its own: give the \
+                 --storage-url the servers that receive spans store in"
+            );
+        }
+        for (given, flag) in [(args.zipkin_addr.is_some(), "--zipkin-addr"), (args.discard, "--discard")] {
+            if given {
+                anyhow::bail!("{flag} is about receiving spans, which a --role querier does not do");
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The shared storage `--storage-url` names, or `None` (the data directory) without one, checked
 /// to be usable (reachable, the bucket there, conditional writes honoured).
 pub(crate) async fn open_storage(url: Option<&str>) -> anyhow::Result<Option<Arc<hopscope_storage::ObjectStorage>>> {
@@ -707,8 +781,8 @@ fn query_config(args: &ServeArgs) -> QueryConfig {
 
 /// The bound sockets of the listeners, and how they treat connections.
 struct Listeners {
-    grpc: TcpListener,
-    otlp_http: TcpListener,
+    /// OTLP/gRPC and OTLP/HTTP; none for a querier.
+    otlp: Option<OtlpListeners>,
     api: TcpListener,
     /// The API again, on `--jaeger-addr`.
     jaeger: Option<TcpListener>,
@@ -721,13 +795,22 @@ struct Listeners {
     tls: Option<Arc<tls::Tls>>,
 }
 
+/// Where OTLP is received.
+struct OtlpListeners {
+    grpc: TcpListener,
+    http: TcpListener,
+}
+
+/// A running server of one listener.
+type Running = tokio::task::JoinHandle<anyhow::Result<()>>;
+
 /// The running servers of the listeners; each ends after `stop`, once its connections have.
 struct Servers {
-    grpc: tokio::task::JoinHandle<anyhow::Result<()>>,
-    otlp_http: tokio::task::JoinHandle<anyhow::Result<()>>,
-    zipkin: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    api: tokio::task::JoinHandle<anyhow::Result<()>>,
-    jaeger: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// OTLP/gRPC's and OTLP/HTTP's.
+    otlp: Option<(Running, Running)>,
+    zipkin: Option<Running>,
+    api: Running,
+    jaeger: Option<Running>,
 }
 
 /// Serves OTLP/gRPC and OTLP/HTTP (and Zipkin, when asked) into the ingester and `api` on the API
@@ -740,27 +823,33 @@ async fn serve_listeners(
     stop: &CancellationToken,
 ) -> anyhow::Result<Servers> {
     let limits = listeners.limits;
-    let grpc = {
-        let tls = listeners.tls.clone();
-        let app = tenants.routes(Surface::OtlpGrpc).await?;
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let _stop_all = stop.clone().drop_guard();
-            listener::serve(listeners.grpc, "otlp-grpc", listener::Protocol::Grpc, app, limits, tls, stop)
-                .await
-                .context("OTLP/gRPC server")
-        })
-    };
-    let otlp_http = {
-        let app = tenants.routes(Surface::OtlpHttp).await?;
-        let tls = listeners.tls.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let _stop_all = stop.clone().drop_guard();
-            listener::serve(listeners.otlp_http, "otlp-http", listener::Protocol::Http, app, limits, tls, stop)
-                .await
-                .context("OTLP/HTTP server")
-        })
+    let otlp = match listeners.otlp {
+        Some(otlp) => {
+            let grpc = {
+                let tls = listeners.tls.clone();
+                let app = tenants.routes(Surface::OtlpGrpc).await?;
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let _stop_all = stop.clone().drop_guard();
+                    listener::serve(otlp.grpc, "otlp-grpc", listener::Protocol::Grpc, app, limits, tls, stop)
+                        .await
+                        .context("OTLP/gRPC server")
+                })
+            };
+            let http = {
+                let app = tenants.routes(Surface::OtlpHttp).await?;
+                let tls = listeners.tls.clone();
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let _stop_all = stop.clone().drop_guard();
+                    listener::serve(otlp.http, "otlp-http", listener::Protocol::Http, app, limits, tls, stop)
+                        .await
+                        .context("OTLP/HTTP server")
+                })
+            };
+            Some((grpc, http))
+        }
+        None => None,
     };
     let zipkin = match listeners.zipkin {
         Some(zipkin) => {
@@ -789,12 +878,13 @@ async fn serve_listeners(
     let api = {
         let (stop, tls) = (stop.clone(), listeners.tls.clone());
         tokio::spawn(async move {
+            let _stop_all = stop.clone().drop_guard();
             listener::serve(listeners.api, "api", listener::Protocol::Http, api, limits, tls, stop)
                 .await
                 .context("API server")
         })
     };
-    Ok(Servers { grpc, otlp_http, zipkin, api, jaeger })
+    Ok(Servers { otlp, zipkin, api, jaeger })
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {

@@ -76,7 +76,8 @@ pub(crate) enum Surface {
 
 /// One open tenant.
 struct Tenant {
-    ingester: Arc<Ingester>,
+    /// `None` on a querier, which stores nothing.
+    ingester: Option<Arc<Ingester>>,
     api: Router,
     otlp_http: Router,
     otlp_grpc: Router,
@@ -107,7 +108,9 @@ pub(crate) struct Tenants {
     /// Limits that differ by tenant (`--tenant-limits`, read again on SIGHUP).
     limits: Mutex<Option<Arc<LimitsConfig>>>,
     settings: TenantSettings,
-    lock: Arc<std::fs::File>,
+    /// The data directory's lock; `None` on a querier (`--role querier`), whose tenants have no
+    /// ingester and which keeps nothing in a data directory.
+    lock: Option<Arc<std::fs::File>>,
     registry: Arc<Mutex<Registry>>,
     opened: Mutex<HashMap<String, Arc<OnceCell<Arc<Tenant>>>>>,
     tasks: Mutex<Vec<TenantTasks>>,
@@ -129,18 +132,22 @@ impl Tenants {
         auth: Option<AuthConfig>,
         limits: Option<LimitsConfig>,
         settings: TenantSettings,
-        lock: std::fs::File,
+        lock: Option<std::fs::File>,
         registry: Arc<Mutex<Registry>>,
         stop: CancellationToken,
     ) -> anyhow::Result<Arc<Self>> {
         let data_dir = settings.ingest.data_dir.clone();
-        let existing = tokio::task::spawn_blocking(move || stored_tenants(&data_dir)).await??;
+        let existing = match lock {
+            Some(_) => tokio::task::spawn_blocking(move || stored_tenants(&data_dir)).await??,
+            // A querier opens each tenant on its first request.
+            None => Vec::new(),
+        };
         let tenants = Arc::new(Self {
             mode,
             auth: Mutex::new(auth.map(Arc::new)),
             limits: Mutex::new(limits.map(Arc::new)),
             settings,
-            lock: Arc::new(lock),
+            lock: lock.map(Arc::new),
             registry,
             opened: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
@@ -305,7 +312,9 @@ impl Tenants {
                     opened.iter().filter_map(|(id, cell)| cell.get().map(|t| (id.clone(), Arc::clone(t)))).collect()
                 };
                 for (id, tenant) in open {
-                    tenant.ingester.set_limits(&self.limits_of(&id));
+                    if let Some(ingester) = &tenant.ingester {
+                        ingester.set_limits(&self.limits_of(&id));
+                    }
                 }
             }
             Ok(Err(e)) => {
@@ -329,9 +338,24 @@ impl Tenants {
                     .map_err(|e| IngestError::Task(format!("the query engine of tenant {id:?}: {e}")))?,
             )
         };
+        let settings = &self.settings;
+        let ui = hopscope_ui::UiConfig {
+            tenant: matches!(self.mode, TenantMode::Multi { .. }).then(|| id.to_owned()),
+            ..settings.ui.clone()
+        };
+        let api = Router::new()
+            .merge(hopscope_query::api::router(Arc::clone(&engine)))
+            .merge(hopscope_ui::router(engine, ui));
+        let Some(lock) = &self.lock else {
+            // A querier: the query API and the UI, nothing to receive or store.
+            if let TenantMode::Multi { .. } = self.mode {
+                tracing::info!(tenant = id, "tenant opened (queries only)");
+            }
+            return Ok(Arc::new(Tenant { ingester: None, api, otlp_http: Router::new(), otlp_grpc: Router::new() }));
+        };
         let config =
             IngesterConfig { tenant: id.to_owned(), tenant_limits: self.limits_of(id), ..self.settings.ingest.clone() };
-        let lock = Arc::clone(&self.lock);
+        let lock = Arc::clone(lock);
         let ingester = tokio::task::spawn_blocking(move || Ingester::open_locked(config, lock))
             .await
             .map_err(|e| IngestError::Task(e.to_string()))??;
@@ -349,25 +373,17 @@ impl Tenants {
             flusher: supervise_flusher(&ingester, self.flush_stop.clone()),
             maintenance: supervise_maintenance(&ingester, self.stop.clone()),
         });
-        let settings = &self.settings;
-        let ui = hopscope_ui::UiConfig {
-            tenant: matches!(self.mode, TenantMode::Multi { .. }).then(|| id.to_owned()),
-            ..settings.ui.clone()
-        };
-        let api = Router::new()
-            .merge(hopscope_query::api::router(Arc::clone(&engine)))
-            .merge(hopscope_ui::router(engine, ui))
-            .merge(hopscope_ingest::admin::router(Arc::clone(&ingester)));
+        let api = api.merge(hopscope_ingest::admin::router(Arc::clone(&ingester)));
         let grpc =
             hopscope_ingest::grpc::TraceService::new(Arc::clone(&ingester), settings.otlp_grpc_max_message_bytes);
         if let TenantMode::Multi { .. } = self.mode {
             tracing::info!(tenant = id, "tenant opened");
         }
         Ok(Arc::new(Tenant {
-            ingester: Arc::clone(&ingester),
-            api,
             otlp_http: hopscope_ingest::http::router(Arc::clone(&ingester), settings.otlp_http_max_body_bytes),
             otlp_grpc: hopscope_ingest::grpc::router(grpc),
+            ingester: Some(ingester),
+            api,
         }))
     }
 

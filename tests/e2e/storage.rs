@@ -227,6 +227,30 @@ async fn spans_are_stored_in_and_read_from_an_s3_store() {
     );
     let cached = other.metric("hopscope_query_range_cache_bytes").await;
     assert!(cached > 0.0 && cached <= other.metric("hopscope_query_range_cache_limit_bytes").await, "{cached}");
+    // Parsed footers are kept too.
+    assert!(other.metric("hopscope_query_metadata_cache_bytes").await > 0.0);
+
+    // A querier (`--role querier`): stateless, it answers from the store what the two servers
+    // stored, receives nothing, and leaves its data directory empty.
+    let querier_dir = fresh_data_dir("s3-querier");
+    let querier = Server::start_with_env(querier_dir.clone(), &[storage[0], storage[1], "--role", "querier"], &env);
+    let log = querier.log();
+    assert!(log.contains("otlp_grpc=off") && log.contains("otlp_http=off"), "{log}");
+    for trace_id in &everything {
+        querier.wait_for_trace(trace_id, 2).await;
+    }
+    let (status, answer) = sql(&querier, ask).await;
+    assert_eq!((status.as_u16(), &answer), (200, &first));
+    assert!(std::fs::read_dir(&querier_dir).unwrap().next().is_none(), "the querier wrote to its data directory");
+    assert!(querier.terminate().success());
+    // A querier with no store to read, or asked to receive spans, refuses to start and says why.
+    let stderr = refused(&fresh_data_dir("querier-no-store"), &["--role", "querier"]);
+    assert!(stderr.contains("--role querier answers from shared storage"), "{stderr}");
+    let stderr = refused(
+        &fresh_data_dir("querier-zipkin"),
+        &[storage[0], storage[1], "--role", "querier", "--zipkin-addr", "127.0.0.1:0"],
+    );
+    assert!(stderr.contains("--zipkin-addr is about receiving spans"), "{stderr}");
     // Each data directory's log has its floor apart (the first's, the second's, the third's).
     assert_eq!(manifest.wal_floors.len(), 3, "{:?}", manifest.wal_floors);
 }

@@ -116,9 +116,13 @@ impl Server {
                 panic!("hopscope did not start listening; log:\n{}", log.lock().unwrap());
             }
         };
+        // `off` (a querier's OTLP addresses): the unspecified address, which nothing listens on.
         let addr = |key: &str| -> SocketAddr {
             let start = line.find(&format!("{key}=")).unwrap_or_else(|| panic!("{key} in {line}")) + key.len() + 1;
-            line[start..].split_whitespace().next().unwrap().parse().unwrap()
+            match line[start..].split_whitespace().next().unwrap() {
+                "off" => SocketAddr::from(([0, 0, 0, 0], 0)),
+                addr => addr.parse().unwrap(),
+            }
         };
         Server {
             grpc: addr("otlp_grpc"),

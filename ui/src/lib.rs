@@ -61,13 +61,18 @@ pub use window::TENANT_PARAM;
 /// Where the pages tell people to send spans (shown on empty pages).
 #[derive(Debug, Clone)]
 pub struct UiConfig {
-    /// The OTLP/HTTP listen address, as bound.
-    pub otlp_http_addr: std::net::SocketAddr,
-    /// The OTLP/gRPC listen address, as bound.
-    pub otlp_grpc_addr: std::net::SocketAddr,
+    /// Where this server receives spans; `None` when it receives none (`--role querier`).
+    pub receivers: Option<Receivers>,
     /// The tenant whose data the pages show, when the server keeps tenants apart (`None`: it keeps
     /// one). Every link and form keeps it as `tenant=`, and the script sends it as `X-Scope-OrgID`.
     pub tenant: Option<String>,
+}
+
+/// The OTLP listen addresses, as bound.
+#[derive(Debug, Clone, Copy)]
+pub struct Receivers {
+    pub otlp_http_addr: std::net::SocketAddr,
+    pub otlp_grpc_addr: std::net::SocketAddr,
 }
 
 /// What every page handler gets.

@@ -313,8 +313,16 @@ pub(crate) async fn empty_state(
         .and_then(|h| h.rsplit_once(':').map_or(Some(h), |(host, _)| Some(host)))
         .filter(|h| !h.is_empty())
         .unwrap_or("localhost");
-    let http = format!("http://{host}:{}", ui.config.otlp_http_addr.port());
-    let grpc = format!("http://{host}:{}", ui.config.otlp_grpc_addr.port());
+    let Some(receivers) = ui.config.receivers else {
+        return Ok(html! {
+            div.empty {
+                p { strong { "No spans yet." } " This server answers queries only (" code { "--role querier" } "): "
+                    "point your OpenTelemetry exporters at the servers that receive spans into its storage." }
+            }
+        });
+    };
+    let http = format!("http://{host}:{}", receivers.otlp_http_addr.port());
+    let grpc = format!("http://{host}:{}", receivers.otlp_grpc_addr.port());
     Ok(html! {
         div.empty {
             p { strong { "No spans yet." } " Point your OpenTelemetry exporters at hopscope:" }
