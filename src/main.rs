@@ -378,6 +378,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     if !(args.rate > 0.0 && args.rate.is_finite()) {
         anyhow::bail!("--rate must be a positive number of spans per second");
     }
+    if args.serve.role != Role::All {
+        anyhow::bail!("hopscope demo sends spans to the server it runs: it runs with --role all only");
+    }
     let (listening, addr) = tokio::sync::oneshot::channel();
     let server = tokio::spawn(serve(args.serve, Some(listening)));
     let traffic = async move {
@@ -428,7 +431,8 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, addr.port())
 }
 
-/// Runs the server until SIGINT/SIGTERM; `listening` gets the OTLP/HTTP address once it is bound.
+/// Runs the server until SIGINT/SIGTERM; `listening` gets the OTLP/HTTP address once it is bound
+/// (never on a querier, which binds none).
 async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Sender<SocketAddr>>) -> anyhow::Result<()> {
     // Absolute, so that logs and file paths handed to the query engine do not depend on the cwd.
     args.data_dir = std::path::absolute(&args.data_dir)
@@ -442,7 +446,7 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
     }
     check_role(&args)?;
     ignore_file_size_signal();
-    let storage = open_storage(args.storage_url.as_deref()).await?;
+    let storage = open_storage_to(args.storage_url.as_deref(), args.role == Role::All).await?;
     let mut ingest_config = ingest_config(&args);
     ingest_config.storage = storage.clone();
     if args.discard {
@@ -482,7 +486,7 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
     let (listeners, ui_config) = bind_listeners(&args, tls.clone()).await?;
     let otlp_http_addr = ui_config.receivers.map(|r| r.otlp_http_addr);
 
-    // Receivers, the API and maintenance stop on `stop` (a receiver that fails cancels it too);
+    // Receivers, the API and maintenance stop on `stop` (a server that fails cancels it too);
     // the flushers stop only after the receivers have drained, so that every acknowledged span is
     // written before exit ([`Tenants::shut_down`]).
     let stop = CancellationToken::new();
@@ -500,7 +504,10 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
     };
     let tenants = Tenants::open(mode, auth, limits, settings, lock, Arc::clone(&registry), stop.clone())
         .await
-        .with_context(|| format!("opening the data directory {}", args.data_dir.display()))?;
+        .with_context(|| match args.role {
+            Role::All => format!("opening the data directory {}", args.data_dir.display()),
+            Role::Querier => "opening the tenants".to_owned(),
+        })?;
     log_listening(&listeners, &args, mode)?;
     warn_if_exposed(&listeners, &tenants)?;
     if let (Some(listening), Some(addr)) = (listening, otlp_http_addr) {
@@ -519,7 +526,7 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
     let signal_stop = stop.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
-        tracing::info!("shutting down: draining receivers, then writing buffered spans");
+        tracing::info!("shutting down: draining receivers, then writing buffered spans (a querier: answering no more)");
         signal_stop.cancel();
     });
 
@@ -667,6 +674,7 @@ fn warn_if_exposed(listeners: &Listeners, tenants: &Tenants) -> anyhow::Result<(
                 "listening beyond this machine with no --auth-config: anyone who reaches {addr} can {}",
                 match what {
                     "OTLP/gRPC" | "OTLP/HTTP" => "send spans",
+                    _ if listeners.otlp.is_none() => "read every span",
                     _ => "read every span and replay dead letters",
                 }
             );
@@ -733,10 +741,22 @@ fn check_role(args: &ServeArgs) -> anyhow::Result<()> {
 /// The shared storage `--storage-url` names, or `None` (the data directory) without one, checked
 /// to be usable (reachable, the bucket there, conditional writes honoured).
 pub(crate) async fn open_storage(url: Option<&str>) -> anyhow::Result<Option<Arc<hopscope_storage::ObjectStorage>>> {
+    open_storage_to(url, true).await
+}
+
+/// [`open_storage`], checked for reading only when the process never `writes` (a querier, whose
+/// credentials may be read-only).
+async fn open_storage_to(
+    url: Option<&str>,
+    writes: bool,
+) -> anyhow::Result<Option<Arc<hopscope_storage::ObjectStorage>>> {
     let Some(url) = url.map(str::to_owned) else { return Ok(None) };
     let storage = tokio::task::spawn_blocking(move || {
         let storage = hopscope_storage::ObjectStorage::open_s3(&url, &[])?;
-        storage.check()?;
+        match writes {
+            true => storage.check()?,
+            false => storage.check_readable()?,
+        }
         Ok::<_, hopscope_storage::StorageError>(storage)
     })
     .await?
@@ -870,6 +890,7 @@ async fn serve_listeners(
     let jaeger = listeners.jaeger.map(|jaeger| {
         let (api, stop, tls) = (api.clone(), stop.clone(), listeners.tls.clone());
         tokio::spawn(async move {
+            let _stop_all = stop.clone().drop_guard();
             listener::serve(jaeger, "jaeger", listener::Protocol::Http, api, limits, tls, stop)
                 .await
                 .context("API server on the Jaeger address")

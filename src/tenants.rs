@@ -290,6 +290,23 @@ impl Tenants {
         .map_err(|e| IngestError::Task(format!("opening a tenant: {e}")))?
     }
 
+    /// The tenants a page may show, sorted: those open, and on a querier those in the store too
+    /// (a store that cannot be listed now leaves them out, and says why in the log).
+    async fn known(&self) -> Vec<String> {
+        let mut known: Vec<String> = self.opened.lock().expect("tenants lock").keys().cloned().collect();
+        if let (None, Some(storage)) = (&self.lock, &self.settings.ingest.storage) {
+            let storage = Arc::clone(storage);
+            match tokio::task::spawn_blocking(move || storage.list_dirs("")).await {
+                Ok(Ok(stored)) => known.extend(stored.into_iter().filter(|t| layout::validate_tenant(t).is_ok())),
+                Ok(Err(e)) => tracing::warn!(error = %e, "listing the tenants in the store failed"),
+                Err(e) => tracing::warn!(error = %e, "listing the tenants in the store failed"),
+            }
+        }
+        known.sort_unstable();
+        known.dedup();
+        known
+    }
+
     /// `tenant`'s limits now: the flags', with `--tenant-limits` over them.
     fn limits_of(&self, tenant: &str) -> TenantLimits {
         let base = self.settings.ingest.tenant_limits;
@@ -484,19 +501,17 @@ async fn page_tenant(tenants: &Arc<Tenants>, request: &mut Request) -> Result<Ar
     let named = take_tenant_param(request);
     let path = request.uri().path();
     let tenant = named.and_then(|in_url| tenants.tenant_of(request.headers(), in_url, Surface::Api, path));
-    let open = || {
-        let mut open: Vec<String> = tenants.opened.lock().expect("tenants lock").keys().cloned().collect();
-        open.sort_unstable();
-        open
-    };
+    let known = tenants.known().await;
+    let open = || known.clone();
     let picker = hopscope_ui::tenant_picker;
     match tenant {
         Ok(id) if path == hopscope_ui::TENANTS => {
             let choices = if tokens { vec![id.clone()] } else { open() };
             Err(picker(http::StatusCode::OK, &choices, Some(&id), None, !tokens))
         }
-        Ok(id) if tokens || tenants.opened.lock().expect("tenants lock").contains_key(&id) => {
-            tenants.tenant(&id, false).await.map_err(|e| api_refusal(&e, tokens))
+        Ok(id) if tokens || known.contains(&id) => {
+            // Known: open already, or stored (a querier's), which the tenant bound does not count.
+            tenants.tenant(&id, known.contains(&id)).await.map_err(|e| api_refusal(&e, tokens))
         }
         Ok(id) => {
             let problem = format!("This server holds no tenant {id:?}: no span has been sent to it.");

@@ -364,6 +364,28 @@ impl ObjectStorage {
         checked.and(deleted)
     }
 
+    /// Checks that the store can be read, for a process that only reads it (a querier): the bucket
+    /// is there and the credentials may read it. Reads one key no one writes. Blocking.
+    pub fn check_readable(&self) -> Result<(), StorageError> {
+        let key = format!(".hopscope-check-{}", uuid::Uuid::now_v7());
+        match self.read(&key) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(StorageError::Unusable { url: self.url.clone(), reason: format!("reading failed: {e}") }),
+        }
+    }
+
+    /// The names of the "directories" right under `prefix` (a `/`-separated path under the
+    /// storage's prefix; empty: its top), sorted: the tenants, at the top. Blocking.
+    pub fn list_dirs(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let (store, path) = (Arc::clone(&self.store), self.path(prefix));
+        let listed = self.io.run(async move { store.list_with_delimiter(Some(&path)).await })?;
+        let listed = listed.map_err(|source| self.request_error("listing", prefix, source))?;
+        let mut dirs: Vec<String> =
+            listed.common_prefixes.iter().filter_map(|p| p.filename().map(str::to_owned)).collect();
+        dirs.sort();
+        Ok(dirs)
+    }
+
     /// Downloads `key` to the local file `local` (through a synced temporary file renamed into
     /// place), streaming it. Blocking.
     pub fn download(&self, key: &str, local: &std::path::Path) -> Result<(), StorageError> {
@@ -604,6 +626,9 @@ mod tests {
         }
         // A store that honours conditional writes passes the check, and keeps nothing of it.
         storage.check().unwrap();
+        storage.check_readable().unwrap();
+        assert_eq!(storage.list_dirs("").unwrap(), ["t"]);
+        assert_eq!(storage.list_dirs("t").unwrap(), ["spans"]);
         assert_eq!(storage.list("").unwrap().len(), 2, "t/small and t/spans/a.parquet");
         storage.delete("t/spans/a.parquet").unwrap();
         storage.delete("t/spans/a.parquet").unwrap();

@@ -243,6 +243,19 @@ async fn spans_are_stored_in_and_read_from_an_s3_store() {
     assert_eq!((status.as_u16(), &answer), (200, &first));
     assert!(std::fs::read_dir(&querier_dir).unwrap().next().is_none(), "the querier wrote to its data directory");
     assert!(querier.terminate().success());
+    // Keeping tenants apart, a querier offers the tenants in the store, and shows their pages.
+    let querier = Server::start_with_env(
+        fresh_data_dir("s3-querier-tenants"),
+        &[storage[0], storage[1], "--role", "querier", "--multi-tenant"],
+        &env,
+    );
+    let picker = reqwest::get(querier.api_url("/ui/tenants")).await.unwrap().text().await.unwrap();
+    assert!(picker.contains("tenant=default"), "{picker}");
+    let page = reqwest::get(querier.api_url("/ui/graph?tenant=default")).await.unwrap();
+    assert_eq!(page.status(), 200);
+    let page = page.text().await.unwrap();
+    assert!(!page.contains("holds no tenant") && !page.contains("No spans yet"), "{page}");
+    assert!(querier.terminate().success());
     // A querier with no store to read, or asked to receive spans, refuses to start and says why.
     let stderr = refused(&fresh_data_dir("querier-no-store"), &["--role", "querier"]);
     assert!(stderr.contains("--role querier answers from shared storage"), "{stderr}");
@@ -251,6 +264,9 @@ async fn spans_are_stored_in_and_read_from_an_s3_store() {
         &[storage[0], storage[1], "--role", "querier", "--zipkin-addr", "127.0.0.1:0"],
     );
     assert!(stderr.contains("--zipkin-addr is about receiving spans"), "{stderr}");
+    let stderr =
+        refused(&fresh_data_dir("querier-discard"), &[storage[0], storage[1], "--role", "querier", "--discard"]);
+    assert!(stderr.contains("--discard is about receiving spans"), "{stderr}");
     // Each data directory's log has its floor apart (the first's, the second's, the third's).
     assert_eq!(manifest.wal_floors.len(), 3, "{:?}", manifest.wal_floors);
 }
