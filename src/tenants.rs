@@ -501,6 +501,13 @@ async fn page_tenant(tenants: &Arc<Tenants>, request: &mut Request) -> Result<Ar
     let named = take_tenant_param(request);
     let path = request.uri().path();
     let tenant = named.and_then(|in_url| tenants.tenant_of(request.headers(), in_url, Surface::Api, path));
+    // A tenant open already is served without asking the store (a querier lists it otherwise).
+    if let Ok(id) = &tenant
+        && path != hopscope_ui::TENANTS
+        && tenants.opened.lock().expect("tenants lock").contains_key(id)
+    {
+        return tenants.tenant(id, false).await.map_err(|e| api_refusal(&e, tokens));
+    }
     let known = tenants.known().await;
     let open = || known.clone();
     let picker = hopscope_ui::tenant_picker;
