@@ -508,25 +508,27 @@ async fn page_tenant(tenants: &Arc<Tenants>, request: &mut Request) -> Result<Ar
     {
         return tenants.tenant(id, false).await.map_err(|e| api_refusal(&e, tokens));
     }
-    let known = tenants.known().await;
-    let open = || known.clone();
     let picker = hopscope_ui::tenant_picker;
     match tenant {
         Ok(id) if path == hopscope_ui::TENANTS => {
-            let choices = if tokens { vec![id.clone()] } else { open() };
+            let choices = if tokens { vec![id.clone()] } else { tenants.known().await };
             Err(picker(http::StatusCode::OK, &choices, Some(&id), None, !tokens))
         }
-        Ok(id) if tokens || known.contains(&id) => {
-            // Known: open already, or stored (a querier's), which the tenant bound does not count.
-            tenants.tenant(&id, known.contains(&id)).await.map_err(|e| api_refusal(&e, tokens))
-        }
+        Ok(id) if tokens => tenants.tenant(&id, false).await.map_err(|e| api_refusal(&e, tokens)),
         Ok(id) => {
+            // Not open yet: a page opens only a tenant with data (a querier's, in the store).
+            let known = tenants.known().await;
+            if known.contains(&id) {
+                return tenants.tenant(&id, false).await.map_err(|e| api_refusal(&e, tokens));
+            }
             let problem = format!("This server holds no tenant {id:?}: no span has been sent to it.");
-            Err(picker(http::StatusCode::NOT_FOUND, &open(), None, Some(&problem), true))
+            Err(picker(http::StatusCode::NOT_FOUND, &known, None, Some(&problem), true))
         }
-        Err(IngestError::Unauthenticated(_)) if !tokens => Err(picker(http::StatusCode::OK, &open(), None, None, true)),
+        Err(IngestError::Unauthenticated(_)) if !tokens => {
+            Err(picker(http::StatusCode::OK, &tenants.known().await, None, None, true))
+        }
         Err(e @ IngestError::BadTenant(_)) if !tokens => {
-            Err(picker(http::StatusCode::BAD_REQUEST, &open(), None, Some(&e.to_string()), true))
+            Err(picker(http::StatusCode::BAD_REQUEST, &tenants.known().await, None, Some(&e.to_string()), true))
         }
         Err(e) => Err(api_refusal(&e, tokens)),
     }

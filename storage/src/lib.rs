@@ -55,7 +55,7 @@ pub enum StorageError {
     #[error("{what} {}: {source}", path.display())]
     Local { what: &'static str, path: std::path::PathBuf, source: std::io::Error },
     /// The store cannot be used by hopscope (see [`ObjectStorage::check`]).
-    #[error("cannot store in {url}: {reason}")]
+    #[error("cannot use {url}: {reason}")]
     Unusable { url: String, reason: String },
     /// The storage's own runtime could not be started or lost a task.
     #[error("storage runtime: {0}")]
@@ -365,12 +365,12 @@ impl ObjectStorage {
     }
 
     /// Checks that the store can be read, for a process that only reads it (a querier): the bucket
-    /// is there and the credentials may read it. Reads one key no one writes. Blocking.
+    /// is there and the credentials may list and read it. Lists a prefix no one writes (a read of a
+    /// missing key would not tell a missing bucket from a missing key: both are 404s). Blocking.
     pub fn check_readable(&self) -> Result<(), StorageError> {
-        let key = format!(".hopscope-check-{}", uuid::Uuid::now_v7());
-        match self.read(&key) {
+        match self.list_dirs(&format!(".hopscope-check-{}", uuid::Uuid::now_v7())) {
             Ok(_) => Ok(()),
-            Err(e) => Err(StorageError::Unusable { url: self.url.clone(), reason: format!("reading failed: {e}") }),
+            Err(e) => Err(StorageError::Unusable { url: self.url.clone(), reason: format!("listing failed: {e}") }),
         }
     }
 

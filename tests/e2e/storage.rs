@@ -169,7 +169,13 @@ async fn spans_are_stored_in_and_read_from_an_s3_store() {
     }
     // A bucket that is not there is named at startup, before anything is stored.
     let stderr = refused(&fresh_data_dir("s3-no-bucket"), &["--storage-url", "s3://no-such-bucket/x"]);
-    assert!(stderr.contains("cannot store in s3://no-such-bucket/x"), "{stderr}");
+    assert!(stderr.contains("cannot use s3://no-such-bucket/x"), "{stderr}");
+    // So is it to a querier, which only reads.
+    let stderr = refused(
+        &fresh_data_dir("s3-querier-no-bucket"),
+        &["--storage-url", "s3://no-such-bucket/x", "--role", "querier"],
+    );
+    assert!(stderr.contains("cannot use s3://no-such-bucket/x: listing failed"), "{stderr}");
     // A URL that is not one says what one looks like.
     let stderr = refused(&fresh_data_dir("s3-bad-url"), &["--storage-url", "gs://traces"]);
     assert!(stderr.contains("expected s3://BUCKET/PREFIX"), "{stderr}");
