@@ -524,9 +524,13 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
 
     let reloads = reload_on_hangup(Arc::clone(&tenants), tls, stop.clone());
     let signal_stop = stop.clone();
+    let role = args.role;
     tokio::spawn(async move {
         shutdown_signal().await;
-        tracing::info!("shutting down: draining receivers, then writing buffered spans (a querier: answering no more)");
+        match role {
+            Role::All => tracing::info!("shutting down: draining receivers, then writing buffered spans"),
+            Role::Querier => tracing::info!("shutting down: finishing the requests in progress"),
+        }
         signal_stop.cancel();
     });
 
