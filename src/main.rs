@@ -846,32 +846,15 @@ async fn serve_listeners(
     api: Router,
     stop: &CancellationToken,
 ) -> anyhow::Result<Servers> {
-    let limits = listeners.limits;
+    let serving = Serving { limits: listeners.limits, tls: listeners.tls.clone(), stop: stop.clone() };
     let otlp = match listeners.otlp {
         Some(otlp) => {
-            let grpc = {
-                let tls = listeners.tls.clone();
-                let app = tenants.routes(Surface::OtlpGrpc).await?;
-                let stop = stop.clone();
-                tokio::spawn(async move {
-                    let _stop_all = stop.clone().drop_guard();
-                    listener::serve(otlp.grpc, "otlp-grpc", listener::Protocol::Grpc, app, limits, tls, stop)
-                        .await
-                        .context("OTLP/gRPC server")
-                })
-            };
-            let http = {
-                let app = tenants.routes(Surface::OtlpHttp).await?;
-                let tls = listeners.tls.clone();
-                let stop = stop.clone();
-                tokio::spawn(async move {
-                    let _stop_all = stop.clone().drop_guard();
-                    listener::serve(otlp.http, "otlp-http", listener::Protocol::Http, app, limits, tls, stop)
-                        .await
-                        .context("OTLP/HTTP server")
-                })
-            };
-            Some((grpc, http))
+            let grpc = tenants.routes(Surface::OtlpGrpc).await?;
+            let http = tenants.routes(Surface::OtlpHttp).await?;
+            Some((
+                serving.spawn(otlp.grpc, "otlp-grpc", listener::Protocol::Grpc, grpc, "OTLP/gRPC server"),
+                serving.spawn(otlp.http, "otlp-http", listener::Protocol::Http, http, "OTLP/HTTP server"),
+            ))
         }
         None => None,
     };
@@ -880,36 +863,41 @@ async fn serve_listeners(
             // Zipkin's receiver (as on the OTLP/HTTP address) and everything the API address serves.
             let receiver = axum::routing::post_service(tenants.routes(Surface::OtlpHttp).await?);
             let app = Router::new().route(hopscope_ingest::http::ZIPKIN_PATH, receiver).merge(api.clone());
-            let tls = listeners.tls.clone();
-            let stop = stop.clone();
-            Some(tokio::spawn(async move {
-                let _stop_all = stop.clone().drop_guard();
-                listener::serve(zipkin, "zipkin", listener::Protocol::Http, app, limits, tls, stop)
-                    .await
-                    .context("Zipkin server")
-            }))
+            Some(serving.spawn(zipkin, "zipkin", listener::Protocol::Http, app, "Zipkin server"))
         }
         None => None,
     };
     let jaeger = listeners.jaeger.map(|jaeger| {
-        let (api, stop, tls) = (api.clone(), stop.clone(), listeners.tls.clone());
-        tokio::spawn(async move {
-            let _stop_all = stop.clone().drop_guard();
-            listener::serve(jaeger, "jaeger", listener::Protocol::Http, api, limits, tls, stop)
-                .await
-                .context("API server on the Jaeger address")
-        })
+        serving.spawn(jaeger, "jaeger", listener::Protocol::Http, api.clone(), "API server on the Jaeger address")
     });
-    let api = {
-        let (stop, tls) = (stop.clone(), listeners.tls.clone());
+    let api = serving.spawn(listeners.api, "api", listener::Protocol::Http, api, "API server");
+    Ok(Servers { otlp, zipkin, api, jaeger })
+}
+
+/// What every listener's server shares: its limits, TLS, and the stop that ends them all.
+struct Serving {
+    limits: listener::ListenerLimits,
+    tls: Option<Arc<tls::Tls>>,
+    stop: CancellationToken,
+}
+
+impl Serving {
+    /// Serves `app` on `listener` in a task of its own until `stop`; a server that ends (a failure)
+    /// cancels `stop`, so that the whole process stops with it. `what` names it in errors.
+    fn spawn(
+        &self,
+        listener: TcpListener,
+        name: &'static str,
+        protocol: listener::Protocol,
+        app: Router,
+        what: &'static str,
+    ) -> Running {
+        let (limits, tls, stop) = (self.limits, self.tls.clone(), self.stop.clone());
         tokio::spawn(async move {
             let _stop_all = stop.clone().drop_guard();
-            listener::serve(listeners.api, "api", listener::Protocol::Http, api, limits, tls, stop)
-                .await
-                .context("API server")
+            listener::serve(listener, name, protocol, app, limits, tls, stop).await.context(what)
         })
-    };
-    Ok(Servers { otlp, zipkin, api, jaeger })
+    }
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {

@@ -320,12 +320,18 @@ mod tests {
         futures::executor::block_on(future)
     }
 
+    /// An in-memory store holding `len` bytes at `file`, and those bytes.
+    fn store_with(file: &Path, len: usize) -> (Arc<InMemory>, Bytes) {
+        let store = Arc::new(InMemory::new());
+        let bytes = object(len);
+        block_on(store.put(file, bytes.clone().into())).unwrap();
+        (store, bytes)
+    }
+
     #[test]
     fn a_range_read_again_is_answered_without_the_store() {
-        let store = Arc::new(InMemory::new());
         let file = Path::from("t/spans/a.parquet");
-        let bytes = object(10_000);
-        block_on(store.put(&file, bytes.clone().into())).unwrap();
+        let (store, bytes) = store_with(&file, 10_000);
         let cache = RangeCache::new(Arc::clone(&store) as _, 1 << 20);
         // Read once through the cache (a single range, and several at once)...
         assert_eq!(block_on(cache.get_range(&file, 100..300)).unwrap(), bytes.slice(100..300));
@@ -346,10 +352,8 @@ mod tests {
 
     #[test]
     fn the_least_recently_used_ranges_make_room_and_the_bound_holds() {
-        let store = Arc::new(InMemory::new());
         let file = Path::from("a.parquet");
-        let bytes = object(100_000);
-        block_on(store.put(&file, bytes.clone().into())).unwrap();
+        let (store, bytes) = store_with(&file, 100_000);
         // Room for eight ranges of 1000 bytes with their overhead (the largest share a range may take).
         let cache = RangeCache::new(Arc::clone(&store) as _, LARGEST_SHARE * (1000 + ENTRY_OVERHEAD_BYTES));
         let room_for = LARGEST_SHARE;
@@ -371,10 +375,8 @@ mod tests {
 
     #[test]
     fn a_longer_range_from_the_same_byte_replaces_a_shorter_one() {
-        let store = Arc::new(InMemory::new());
         let file = Path::from("a.parquet");
-        let bytes = object(10_000);
-        block_on(store.put(&file, bytes.clone().into())).unwrap();
+        let (store, bytes) = store_with(&file, 10_000);
         let cache = RangeCache::new(Arc::clone(&store) as _, 1 << 20);
         block_on(cache.get_range(&file, 100..200)).unwrap();
         block_on(cache.get_range(&file, 100..900)).unwrap();
