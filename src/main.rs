@@ -79,6 +79,10 @@ struct DemoArgs {
 enum Role {
     /// Receive, store and answer.
     All,
+    /// Receive spans and forward each to the ingester that owns its trace (--ingesters).
+    Distributor,
+    /// Receive and store spans into shared storage; answer no queries.
+    Ingester,
     /// Answer queries from shared storage only.
     Querier,
 }
@@ -87,8 +91,15 @@ impl Role {
     fn name(self) -> &'static str {
         match self {
             Role::All => "all",
+            Role::Distributor => "distributor",
+            Role::Ingester => "ingester",
             Role::Querier => "querier",
         }
+    }
+
+    /// Whether this role receives and stores spans itself.
+    fn stores(self) -> bool {
+        matches!(self, Role::All | Role::Ingester)
     }
 }
 
@@ -107,12 +118,21 @@ struct ServeArgs {
     /// URL is used with that one only.
     #[arg(long, env = "HOPSCOPE_STORAGE_URL")]
     storage_url: Option<String>,
-    /// What this process does: `all` receives, stores and answers (one process, the default);
-    /// `querier` answers the API and the UI from the shared storage of --storage-url, and receives
-    /// and stores nothing: it binds no OTLP address, writes nothing to --data-dir, and several may
-    /// run behind one address. (The distributor, ingester and worker roles are not built yet.)
+    /// What this process does: `all` receives, stores and answers (one process, the default).
+    /// Split over several processes sharing --storage-url: `distributor` receives spans (OTLP,
+    /// Zipkin) and forwards each to the ingester that owns its trace (--ingesters), acknowledging
+    /// once that ingester has; `ingester` receives and stores spans (from distributors or clients)
+    /// and answers no queries; `querier` answers the API and the UI from the shared storage, and
+    /// receives and stores nothing (it binds no OTLP address, writes nothing to --data-dir, and
+    /// several may run behind one address). (The worker role is not built yet.)
     #[arg(long, env = "HOPSCOPE_ROLE", value_enum, default_value_t = Role::All)]
     role: Role,
+    /// With --role distributor: the ingesters to forward spans to, by their OTLP/HTTP addresses,
+    /// separated by commas (`http://10.0.0.1:4318,http://10.0.0.2:4318`). Each trace goes to one
+    /// of them, chosen by a hash ring over these names (give every distributor the same list); when
+    /// one cannot be reached, its traces go to the next on the ring.
+    #[arg(long, env = "HOPSCOPE_INGESTERS", value_delimiter = ',')]
+    ingesters: Vec<String>,
     /// OTLP/gRPC listen address.
     #[arg(long, env = "HOPSCOPE_OTLP_GRPC_ADDR", default_value = "0.0.0.0:4317")]
     otlp_grpc_addr: SocketAddr,
@@ -155,7 +175,8 @@ struct ServeArgs {
     /// buffered); beyond it exports are refused as retryable (HTTP 503 + Retry-After, gRPC
     /// UNAVAILABLE + RetryInfo) until the writer catches up. An export with no other in progress
     /// is taken while the buffer is under the bound. Compaction's merges reserve what they will hold
-    /// (at most half of it) and wait while ingest leaves them no room.
+    /// (at most half of it) and wait while ingest leaves them no room. On a distributor: what
+    /// exports being received, decoded and forwarded may hold.
     #[arg(long, env = "HOPSCOPE_MAX_BUFFERED_BYTES", default_value_t = 512 << 20, value_parser = positive_usize)]
     max_buffered_bytes: usize,
     /// How long one query may run before it is cancelled (e.g. 30s, 2m).
@@ -445,8 +466,11 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
         );
     }
     check_role(&args)?;
+    if args.role == Role::Distributor {
+        return serve_distributor(args, listening).await;
+    }
     ignore_file_size_signal();
-    let storage = open_storage_to(args.storage_url.as_deref(), args.role == Role::All).await?;
+    let storage = open_storage_to(args.storage_url.as_deref(), args.role.stores()).await?;
     let mut ingest_config = ingest_config(&args);
     ingest_config.storage = storage.clone();
     if args.discard {
@@ -460,23 +484,17 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
         Some(path) => Some(limits::LimitsConfig::load(path).map_err(anyhow::Error::msg)?),
         None => None,
     };
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => {
-            let files = tls::TlsFiles { cert: cert.clone(), key: key.clone(), client_ca: args.tls_client_ca.clone() };
-            Some(Arc::new(tls::Tls::load(files).map_err(anyhow::Error::msg)?))
-        }
-        _ => None,
-    };
+    let tls = load_tls(&args)?;
     // A querier keeps nothing of its own: no data directory to lock.
-    let lock = match args.role {
-        Role::All => {
+    let lock = match args.role.stores() {
+        true => {
             let data_dir = args.data_dir.clone();
             let lock = tokio::task::spawn_blocking(move || hopscope_ingest::lock_data_dir(&data_dir))
                 .await?
                 .with_context(|| format!("opening the data directory {}", args.data_dir.display()))?;
             Some(lock)
         }
-        Role::Querier => None,
+        false => None,
     };
     let engine = Arc::new(QueryEngine::new(&QueryConfig { storage, ..query_config(&args) })?);
     let mut registry = Registry::default();
@@ -501,15 +519,23 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
         otlp_http_max_body_bytes: args.otlp_http_max_body_bytes,
         otlp_grpc_max_message_bytes: args.otlp_grpc_max_message_bytes,
         ui: ui_config,
+        answers_queries: args.role != Role::Ingester,
     };
     let tenants = Tenants::open(mode, auth, limits, settings, lock, Arc::clone(&registry), stop.clone())
         .await
-        .with_context(|| match args.role {
-            Role::All => format!("opening the data directory {}", args.data_dir.display()),
-            Role::Querier => "opening the tenants".to_owned(),
+        .with_context(|| match args.role.stores() {
+            true => format!("opening the data directory {}", args.data_dir.display()),
+            false => "opening the tenants".to_owned(),
         })?;
-    log_listening(&listeners, &args, mode)?;
-    warn_if_exposed(&listeners, &tenants)?;
+    log_listening(&listeners, &args, mode.name())?;
+    if !tenants.requires_tokens() {
+        let api_lets = match args.role {
+            Role::Ingester => "replay dead letters",
+            Role::Querier => "read every span",
+            _ => "read every span and replay dead letters",
+        };
+        warn_if_exposed(&listeners, api_lets)?;
+    }
     if let (Some(listening), Some(addr)) = (listening, otlp_http_addr) {
         let _ = listening.send(addr);
     }
@@ -517,19 +543,21 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
     let ready = Arc::new(AtomicBool::new(true));
     let api_app = Router::new()
         .merge(health_router(Arc::clone(&ready)))
-        .merge(metrics_router(registry, Arc::clone(&tenants)))
+        .merge(metrics_router(registry, Some(Arc::clone(&tenants))))
         .merge(tenants.routes(Surface::Api).await?);
     let api_app = browser::protect(api_app, args.cors_allowed_origins.clone());
-    let Servers { otlp, zipkin, api, jaeger } = serve_listeners(listeners, &tenants, api_app, &stop).await?;
+    let receivers =
+        Receivers { grpc: tenants.routes(Surface::OtlpGrpc).await?, http: tenants.routes(Surface::OtlpHttp).await? };
+    let Servers { otlp, zipkin, api, jaeger } = serve_listeners(listeners, receivers, api_app, &stop).await?;
 
-    let reloads = reload_on_hangup(Arc::clone(&tenants), tls, stop.clone());
+    let reloads = reload_on_hangup(Some(Arc::clone(&tenants)), tls, stop.clone());
     let signal_stop = stop.clone();
     let role = args.role;
     tokio::spawn(async move {
         shutdown_signal().await;
-        match role {
-            Role::All => tracing::info!("shutting down: draining receivers, then writing buffered spans"),
-            Role::Querier => tracing::info!("shutting down: finishing the requests in progress"),
+        match role.stores() {
+            true => tracing::info!("shutting down: draining receivers, then writing buffered spans"),
+            false => tracing::info!("shutting down: finishing the requests in progress"),
         }
         signal_stop.cancel();
     });
@@ -560,10 +588,89 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
     api?;
     jaeger?;
     flushed.context("writing buffered spans at shutdown")?;
-    match args.role {
-        Role::All => tracing::info!("stopped; every acknowledged span is written"),
-        Role::Querier => tracing::info!("stopped"),
+    match args.role.stores() {
+        true => tracing::info!("stopped; every acknowledged span is written"),
+        false => tracing::info!("stopped"),
     }
+    Ok(())
+}
+
+/// TLS for every listener, from --tls-cert and --tls-key (and --tls-client-ca), when given.
+fn load_tls(args: &ServeArgs) -> anyhow::Result<Option<Arc<tls::Tls>>> {
+    Ok(match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let files = tls::TlsFiles { cert: cert.clone(), key: key.clone(), client_ca: args.tls_client_ca.clone() };
+            Some(Arc::new(tls::Tls::load(files).map_err(anyhow::Error::msg)?))
+        }
+        _ => None,
+    })
+}
+
+/// `serve --role distributor`: the OTLP (and Zipkin) receivers, forwarding to the ingesters of
+/// `--ingesters`; on the API address only health and metrics. It opens no data directory, store or
+/// tenant.
+async fn serve_distributor(
+    args: ServeArgs,
+    listening: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+) -> anyhow::Result<()> {
+    use hopscope_ingest::distributor::{Distributor, DistributorConfig, parse_ingesters};
+    let ingesters = parse_ingesters(&args.ingesters).map_err(anyhow::Error::msg)?;
+    let tls = load_tls(&args)?;
+    let config = DistributorConfig { ingesters: ingesters.clone(), max_in_flight_bytes: args.max_buffered_bytes };
+    let distributor = Distributor::new(config).context("starting the distributor")?;
+    let mut registry = Registry::default();
+    distributor.register_metrics(&mut registry);
+    let registry = Arc::new(std::sync::Mutex::new(registry));
+    let (listeners, ui_config) = bind_listeners(&args, tls.clone()).await?;
+    tracing::info!(ingesters = %ingesters.join(","), "forwarding each trace's spans to the ingester that owns it");
+    log_listening(&listeners, &args, "passed on (X-Scope-OrgID)")?;
+    if let (Some(listening), Some(receivers)) = (listening, ui_config.receivers) {
+        let _ = listening.send(receivers.otlp_http_addr);
+    }
+    let stop = CancellationToken::new();
+    let ready = Arc::new(AtomicBool::new(true));
+    let api_app = Router::new()
+        .merge(health_router(Arc::clone(&ready)))
+        .merge(metrics_router(registry, None))
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                "this is a distributor (--role distributor): it forwards spans to ingesters and answers no \
+                 queries; ask a --role querier\n",
+            )
+        });
+    let receivers = Receivers {
+        grpc: hopscope_ingest::grpc::router(hopscope_ingest::grpc::TraceService::new(
+            distributor.clone(),
+            args.otlp_grpc_max_message_bytes,
+        )),
+        http: hopscope_ingest::http::router(distributor.clone(), args.otlp_http_max_body_bytes),
+    };
+    let Servers { otlp, zipkin, api, jaeger } = serve_listeners(listeners, receivers, api_app, &stop).await?;
+    debug_assert!(jaeger.is_none(), "check_role refuses --jaeger-addr");
+    let reloads = reload_on_hangup(None, tls, stop.clone());
+    let signal_stop = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing the exports in progress");
+        signal_stop.cancel();
+    });
+    stop.cancelled().await;
+    distributor.close();
+    ready.store(false, Ordering::Release);
+    let (grpc, http) = otlp.expect("a distributor binds the OTLP addresses");
+    let (grpc, http) = tokio::join!(grpc, http);
+    let zipkin = match zipkin {
+        Some(zipkin) => zipkin.await?,
+        None => Ok(()),
+    };
+    reloads.await?;
+    let api = api.await?;
+    grpc??;
+    http??;
+    zipkin?;
+    api?;
+    tracing::info!("stopped; every acknowledged span was acknowledged by its ingester");
     Ok(())
 }
 
@@ -583,7 +690,7 @@ async fn bind_listeners(
     };
 
     let otlp = match args.role {
-        Role::All => Some(OtlpListeners {
+        Role::All | Role::Distributor | Role::Ingester => Some(OtlpListeners {
             grpc: bind(args.otlp_grpc_addr, "OTLP/gRPC").await?,
             http: bind(args.otlp_http_addr, "OTLP/HTTP").await?,
         }),
@@ -622,7 +729,7 @@ async fn bind_listeners(
 
 /// Says where the server listens, once it is ready to answer there (tests and scripts wait for
 /// this line).
-fn log_listening(listeners: &Listeners, args: &ServeArgs, tenants: TenantMode) -> anyhow::Result<()> {
+fn log_listening(listeners: &Listeners, args: &ServeArgs, tenants: &str) -> anyhow::Result<()> {
     tracing::info!(
         otlp_grpc = %match &listeners.otlp {
             Some(otlp) => otlp.grpc.local_addr()?.to_string(),
@@ -649,10 +756,7 @@ fn log_listening(listeners: &Listeners, args: &ServeArgs, tenants: TenantMode) -
             Some(tls) if tls.mutual() => "mutual",
             Some(_) => "on",
         },
-        tenants = match tenants {
-            TenantMode::Single => "single",
-            TenantMode::Multi { .. } => "multi (X-Scope-OrgID)",
-        },
+        tenants,
         max_connections = listeners.limits.max_connections,
         open_file_limit = listeners.open_file_limit,
         "hopscope listening"
@@ -660,11 +764,9 @@ fn log_listening(listeners: &Listeners, args: &ServeArgs, tenants: TenantMode) -
     Ok(())
 }
 
-/// Says loudly, at start, which listeners anyone on the network can reach with no token.
-fn warn_if_exposed(listeners: &Listeners, tenants: &Tenants) -> anyhow::Result<()> {
-    if tenants.requires_tokens() {
-        return Ok(());
-    }
+/// Says loudly, at start, which listeners anyone on the network can reach with no token
+/// (`api_lets`: what the API address lets them do).
+fn warn_if_exposed(listeners: &Listeners, api_lets: &str) -> anyhow::Result<()> {
     let mut exposed = vec![("API", &listeners.api)];
     exposed.extend(listeners.otlp.iter().flat_map(|otlp| [("OTLP/gRPC", &otlp.grpc), ("OTLP/HTTP", &otlp.http)]));
     exposed.extend(listeners.jaeger.iter().map(|l| ("Jaeger query", l)));
@@ -678,8 +780,7 @@ fn warn_if_exposed(listeners: &Listeners, tenants: &Tenants) -> anyhow::Result<(
                 "listening beyond this machine with no --auth-config: anyone who reaches {addr} can {}",
                 match what {
                     "OTLP/gRPC" | "OTLP/HTTP" => "send spans",
-                    _ if listeners.otlp.is_none() => "read every span",
-                    _ => "read every span and replay dead letters",
+                    _ => api_lets,
                 }
             );
         }
@@ -689,7 +790,7 @@ fn warn_if_exposed(listeners: &Listeners, tenants: &Tenants) -> anyhow::Result<(
 
 /// Reads the auth file, the tenant limits and the TLS files again on each SIGHUP, until `stop`.
 fn reload_on_hangup(
-    tenants: Arc<Tenants>,
+    tenants: Option<Arc<Tenants>>,
     tls: Option<Arc<tls::Tls>>,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
@@ -708,8 +809,10 @@ fn reload_on_hangup(
                     _ = stop.cancelled() => return,
                     received = hangups.recv() => match received {
                         Some(()) => {
-                            tenants.reload_auth().await;
-                            tenants.reload_limits().await;
+                            if let Some(tenants) = &tenants {
+                                tenants.reload_auth().await;
+                                tenants.reload_limits().await;
+                            }
                             if let Some(tls) = &tls {
                                 tls.reload().await;
                             }
@@ -726,20 +829,78 @@ fn reload_on_hangup(
 
 /// Refuses a role without what it needs, or with flags it cannot honour.
 fn check_role(args: &ServeArgs) -> anyhow::Result<()> {
-    if args.role == Role::Querier {
-        if args.storage_url.is_none() {
-            anyhow::bail!(
-                "--role querier answers from shared storage, and stores nothing of its own: give the \
-                 --storage-url the servers that receive spans store in"
-            );
-        }
-        for (given, flag) in [(args.zipkin_addr.is_some(), "--zipkin-addr"), (args.discard, "--discard")] {
-            if given {
-                anyhow::bail!("{flag} is about receiving spans, which a --role querier does not do");
+    let refuse = |given: bool, flag: &str, why: &str| match given {
+        true => Err(anyhow::anyhow!("{flag} {why}")),
+        false => Ok(()),
+    };
+    let ingesters = !args.ingesters.is_empty();
+    match args.role {
+        Role::All => refuse(
+            ingesters,
+            "--ingesters",
+            "names where a --role distributor forwards spans; this process stores them itself (--role all)",
+        ),
+        Role::Querier => {
+            if args.storage_url.is_none() {
+                anyhow::bail!(
+                    "--role querier answers from shared storage, and stores nothing of its own: give the \
+                     --storage-url the servers that receive spans store in"
+                );
             }
+            for (given, flag) in
+                [(args.zipkin_addr.is_some(), "--zipkin-addr"), (args.discard, "--discard"), (ingesters, "--ingesters")]
+            {
+                refuse(given, flag, "is about receiving spans, which a --role querier does not do")?;
+            }
+            Ok(())
+        }
+        Role::Ingester => {
+            if args.storage_url.is_none() {
+                anyhow::bail!(
+                    "--role ingester stores into the shared storage that queriers read: give --storage-url \
+                     (s3://BUCKET/PREFIX), the same for every ingester and querier"
+                );
+            }
+            refuse(
+                args.jaeger_addr.is_some(),
+                "--jaeger-addr",
+                "serves queries, which a --role ingester does not answer: give it to a --role querier",
+            )?;
+            refuse(ingesters, "--ingesters", "names where a --role distributor forwards spans, not an ingester's")
+        }
+        Role::Distributor => {
+            if !ingesters {
+                anyhow::bail!(
+                    "--role distributor forwards spans to ingesters: give their OTLP/HTTP addresses in --ingesters \
+                     (e.g. http://10.0.0.1:4318,http://10.0.0.2:4318)"
+                );
+            }
+            for (given, flag) in [
+                (args.storage_url.is_some(), "--storage-url"),
+                (args.discard, "--discard"),
+                (args.no_derive, "--no-derive"),
+            ] {
+                refuse(given, flag, "is about storing spans, which a --role distributor leaves to its ingesters")?;
+            }
+            for (given, flag) in [
+                (args.multi_tenant, "--multi-tenant"),
+                (args.auth_config.is_some(), "--auth-config"),
+                (args.tenant_limits.is_some(), "--tenant-limits"),
+            ] {
+                refuse(
+                    given,
+                    flag,
+                    "is applied by the ingesters: a --role distributor passes each request's X-Scope-OrgID and \
+                     Authorization on to them; give it to the ingesters",
+                )?;
+            }
+            refuse(
+                args.jaeger_addr.is_some(),
+                "--jaeger-addr",
+                "serves queries, which a --role distributor does not answer: give it to a --role querier",
+            )
         }
     }
-    Ok(())
 }
 
 /// The shared storage `--storage-url` names, or `None` (the data directory) without one, checked
@@ -837,31 +998,35 @@ struct Servers {
     jaeger: Option<Running>,
 }
 
-/// Serves OTLP/gRPC and OTLP/HTTP (and Zipkin, when asked) into the ingester and `api` on the API
+/// The routes of the receivers: the tenants' ingesters, or a distributor.
+struct Receivers {
+    grpc: Router,
+    /// OTLP/HTTP and Zipkin's `POST /api/v2/spans`.
+    http: Router,
+}
+
+/// Serves OTLP/gRPC and OTLP/HTTP (and Zipkin, when asked) into `receivers` and `api` on the API
 /// address (and on the Jaeger and Zipkin addresses, when asked) until `stop`; a receiver that fails
 /// stops everything.
 async fn serve_listeners(
     listeners: Listeners,
-    tenants: &Arc<Tenants>,
+    receivers: Receivers,
     api: Router,
     stop: &CancellationToken,
 ) -> anyhow::Result<Servers> {
     let serving = Serving { limits: listeners.limits, tls: listeners.tls.clone(), stop: stop.clone() };
+    let Receivers { grpc, http } = receivers;
     let otlp = match listeners.otlp {
-        Some(otlp) => {
-            let grpc = tenants.routes(Surface::OtlpGrpc).await?;
-            let http = tenants.routes(Surface::OtlpHttp).await?;
-            Some((
-                serving.spawn(otlp.grpc, "otlp-grpc", listener::Protocol::Grpc, grpc, "OTLP/gRPC server"),
-                serving.spawn(otlp.http, "otlp-http", listener::Protocol::Http, http, "OTLP/HTTP server"),
-            ))
-        }
+        Some(otlp) => Some((
+            serving.spawn(otlp.grpc, "otlp-grpc", listener::Protocol::Grpc, grpc, "OTLP/gRPC server"),
+            serving.spawn(otlp.http, "otlp-http", listener::Protocol::Http, http.clone(), "OTLP/HTTP server"),
+        )),
         None => None,
     };
     let zipkin = match listeners.zipkin {
         Some(zipkin) => {
             // Zipkin's receiver (as on the OTLP/HTTP address) and everything the API address serves.
-            let receiver = axum::routing::post_service(tenants.routes(Surface::OtlpHttp).await?);
+            let receiver = axum::routing::post_service(http);
             let app = Router::new().route(hopscope_ingest::http::ZIPKIN_PATH, receiver).merge(api.clone());
             Some(serving.spawn(zipkin, "zipkin", listener::Protocol::Http, app, "Zipkin server"))
         }
@@ -923,14 +1088,15 @@ fn health_router(ready: Arc<AtomicBool>) -> Router {
         .with_state(ready)
 }
 
-/// The metrics of the whole server, in the OpenMetrics text format.
-fn metrics_router(registry: Arc<std::sync::Mutex<Registry>>, tenants: Arc<Tenants>) -> Router {
-    type MetricsState = (Arc<std::sync::Mutex<Registry>>, Arc<Tenants>);
+/// The metrics of the whole server, in the OpenMetrics text format; readable by whoever `tenants`
+/// lets read them (anyone without tenants: a distributor).
+fn metrics_router(registry: Arc<std::sync::Mutex<Registry>>, tenants: Option<Arc<Tenants>>) -> Router {
+    type MetricsState = (Arc<std::sync::Mutex<Registry>>, Option<Arc<Tenants>>);
     Router::new()
         .route(
             "/metrics",
             get(|State((registry, tenants)): State<MetricsState>, headers: axum::http::HeaderMap| async move {
-                if let Err(e) = tenants.may_read_metrics(&headers) {
+                if let Some(Err(e)) = tenants.as_ref().map(|t| t.may_read_metrics(&headers)) {
                     return tenants::api_refusal(&e, true);
                 }
                 let mut text = String::new();

@@ -51,6 +51,16 @@ pub(crate) enum TenantMode {
     Multi { max_tenants: usize },
 }
 
+impl TenantMode {
+    /// How the listening line says it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            TenantMode::Single => "single",
+            TenantMode::Multi { .. } => "multi (X-Scope-OrgID)",
+        }
+    }
+}
+
 /// What every tenant is opened with.
 pub(crate) struct TenantSettings {
     /// The ingester's configuration, its tenant replaced by each tenant's.
@@ -61,6 +71,9 @@ pub(crate) struct TenantSettings {
     pub(crate) otlp_http_max_body_bytes: usize,
     pub(crate) otlp_grpc_max_message_bytes: usize,
     pub(crate) ui: hopscope_ui::UiConfig,
+    /// Whether the API address answers queries (the API, the UI); not on an ingester
+    /// (`--role ingester`), which serves only its dead-letter routes there.
+    pub(crate) answers_queries: bool,
 }
 
 /// The listeners' kinds of routes, each of which every tenant has.
@@ -360,9 +373,12 @@ impl Tenants {
             tenant: matches!(self.mode, TenantMode::Multi { .. }).then(|| id.to_owned()),
             ..settings.ui.clone()
         };
-        let api = Router::new()
-            .merge(hopscope_query::api::router(Arc::clone(&engine)))
-            .merge(hopscope_ui::router(engine, ui));
+        let api = match settings.answers_queries {
+            true => Router::new()
+                .merge(hopscope_query::api::router(Arc::clone(&engine)))
+                .merge(hopscope_ui::router(engine, ui)),
+            false => Router::new().fallback(no_queries_here),
+        };
         let Some(lock) = &self.lock else {
             // A querier: the query API and the UI, nothing to receive or store.
             if let TenantMode::Multi { .. } = self.mode {
@@ -391,13 +407,12 @@ impl Tenants {
             maintenance: supervise_maintenance(&ingester, self.stop.clone()),
         });
         let api = api.merge(hopscope_ingest::admin::router(Arc::clone(&ingester)));
-        let grpc =
-            hopscope_ingest::grpc::TraceService::new(Arc::clone(&ingester), settings.otlp_grpc_max_message_bytes);
+        let grpc = hopscope_ingest::grpc::TraceService::new(ingester.clone(), settings.otlp_grpc_max_message_bytes);
         if let TenantMode::Multi { .. } = self.mode {
             tracing::info!(tenant = id, "tenant opened");
         }
         Ok(Arc::new(Tenant {
-            otlp_http: hopscope_ingest::http::router(Arc::clone(&ingester), settings.otlp_http_max_body_bytes),
+            otlp_http: hopscope_ingest::http::router(ingester.clone(), settings.otlp_http_max_body_bytes),
             otlp_grpc: hopscope_ingest::grpc::router(grpc),
             ingester: Some(ingester),
             api,
@@ -578,6 +593,13 @@ fn take_tenant_param(request: &mut Request) -> Result<Option<String>, IngestErro
 /// A request to the API address refused for who sent it: `{"error": ...}`, and when tokens are
 /// required, a 401 asks for basic auth, so that a browser opening the UI prompts for the token
 /// (as the password).
+/// Any query on an ingester (`--role ingester`): 404, saying where queries are answered.
+async fn no_queries_here() -> Response {
+    let error = "this is an ingester (--role ingester): it stores spans and answers no queries; ask a --role querier";
+    (http::StatusCode::NOT_FOUND, axum::Json(hopscope_schemas::api::ErrorBody { error: error.to_owned() }))
+        .into_response()
+}
+
 pub(crate) fn api_refusal(e: &IngestError, tokens: bool) -> Response {
     let mut response =
         (e.http_status(), axum::Json(hopscope_schemas::api::ErrorBody { error: e.to_string() })).into_response();

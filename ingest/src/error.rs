@@ -74,6 +74,13 @@ pub enum IngestError {
     /// A tenant id that cannot be one (see `hopscope_schemas::layout::validate_tenant`).
     #[error("{0}")]
     BadTenant(String),
+    /// An ingester a distributor forwarded spans to refused them: its HTTP status, message and
+    /// `Retry-After`.
+    #[error("ingester {ingester} refused the spans: {message}")]
+    Forwarded { ingester: String, status: u16, message: String, retry_after: Option<std::time::Duration> },
+    /// A distributor could reach no ingester (each one's failure, `;`-separated).
+    #[error("no ingester could be reached; retry later ({0})")]
+    NoIngester(String),
     /// A request its sender may not make: a token without the scope, a tenant header that
     /// contradicts the token's tenant, a new tenant beyond `--max-tenants`.
     #[error("{0}")]
@@ -110,7 +117,13 @@ impl IngestError {
             IngestError::Unauthenticated(_) => S::UNAUTHORIZED,
             IngestError::BadTenant(_) => S::BAD_REQUEST,
             IngestError::Forbidden(_) => S::FORBIDDEN,
-            IngestError::Overloaded { .. }
+            // An ingester's refusal, as it said it; its failures as this server's own.
+            IngestError::Forwarded { status, .. } => match S::from_u16(*status) {
+                Ok(status) if status.is_client_error() => status,
+                _ => S::SERVICE_UNAVAILABLE,
+            },
+            IngestError::NoIngester(_)
+            | IngestError::Overloaded { .. }
             | IngestError::ShuttingDown
             | IngestError::DataDirInUse(_)
             | IngestError::Io { .. }
@@ -134,6 +147,8 @@ impl IngestError {
             IngestError::Overloaded { .. } => "overloaded",
             IngestError::RateLimited { .. } => "rate_limited",
             IngestError::ShuttingDown => "shutting_down",
+            IngestError::Forwarded { .. } => "ingester_refused",
+            IngestError::NoIngester(_) => "no_ingester",
             _ => "storage_error",
         }
     }
@@ -150,7 +165,16 @@ impl IngestError {
             IngestError::Unauthenticated(_) => C::Unauthenticated,
             IngestError::BadTenant(_) => C::InvalidArgument,
             IngestError::Forbidden(_) => C::PermissionDenied,
-            IngestError::Overloaded { .. }
+            IngestError::Forwarded { status, .. } => match status {
+                400 | 415 => C::InvalidArgument,
+                401 => C::Unauthenticated,
+                403 => C::PermissionDenied,
+                404 | 405 => C::Unimplemented,
+                413 | 429 => C::ResourceExhausted,
+                _ => C::Unavailable,
+            },
+            IngestError::NoIngester(_)
+            | IngestError::Overloaded { .. }
             | IngestError::ShuttingDown
             | IngestError::DataDirInUse(_)
             | IngestError::Io { .. }
@@ -175,6 +199,10 @@ impl IngestError {
     pub(crate) fn retry_after(&self) -> Option<std::time::Duration> {
         match self {
             IngestError::RateLimited { retry_after, .. } => Some(*retry_after),
+            // An ingester's: when it was overloaded or failing, whenever it said (a `Retry-After`
+            // on a refusal of the spans themselves does not make them worth sending again).
+            IngestError::Forwarded { status, retry_after, .. } => (*status == 429 || *status >= 500)
+                .then(|| retry_after.filter(|after| !after.is_zero()).unwrap_or(RETRY_AFTER)),
             _ if self.grpc_code() == tonic::Code::Unavailable => Some(RETRY_AFTER),
             _ => None,
         }

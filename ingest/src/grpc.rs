@@ -21,7 +21,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::IngestError;
-use crate::ingester::{Admitted, ExportBody, Ingester};
+use crate::ingester::{Admitted, ExportBody, ExportTarget};
 
 /// The gRPC service name of OTLP trace export.
 pub const SERVICE_NAME: &str = "opentelemetry.proto.collector.trace.v1.TraceService";
@@ -30,15 +30,16 @@ const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/
 /// The OTLP/gRPC trace service.
 #[derive(Clone)]
 pub struct TraceService {
-    ingester: Arc<Ingester>,
+    target: Arc<dyn ExportTarget>,
     max_message_bytes: usize,
 }
 
 impl TraceService {
-    /// A service storing into `ingester`, refusing messages larger than `max_message_bytes` as sent
-    /// and after decompression.
-    pub fn new(ingester: Arc<Ingester>, max_message_bytes: usize) -> Self {
-        Self { ingester, max_message_bytes }
+    /// A service handing exports to `target` (an ingester storing them, or a distributor
+    /// forwarding them), refusing messages larger than `max_message_bytes` as sent and after
+    /// decompression.
+    pub fn new(target: Arc<dyn ExportTarget>, max_message_bytes: usize) -> Self {
+        Self { target, max_message_bytes }
     }
 }
 
@@ -83,13 +84,13 @@ impl Service<http::Request<Body>> for TraceService {
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let ingester = Arc::clone(&self.ingester);
+        let target = Arc::clone(&self.target);
         let limit = self.max_message_bytes;
         Box::pin(async move {
             if req.uri().path() != EXPORT_PATH {
                 return Ok(Status::unimplemented("unknown method of TraceService").into_http());
             }
-            Ok(match export(&ingester, req, limit).await {
+            Ok(match export(target.as_ref(), req, limit).await {
                 Ok(response) => reply(&response),
                 Err(status) => status.into_http(),
             })
@@ -100,10 +101,14 @@ impl Service<http::Request<Body>> for TraceService {
 /// Reads a request's body: the message's 5-byte prefix, then (its memory reserved from the length
 /// the prefix declares, see [`Ingester::admit`]) the rest, at most `limit` bytes of message. A
 /// message that cannot fit is refused before it is read.
-async fn read_message(ingester: &Ingester, mut body: Body, limit: usize) -> Result<(Bytes, Option<Admitted>), Status> {
+async fn read_message(
+    target: &dyn ExportTarget,
+    mut body: Body,
+    limit: usize,
+) -> Result<(Bytes, Option<Admitted>), Status> {
     let too_large = || {
         let e = IngestError::TooLarge { limit, decompressed: false };
-        ingester.note_refused_before_export(&e);
+        target.note_refused_before_export(&e);
         status_of(&e)
     };
     let mut received = BytesMut::new();
@@ -119,7 +124,7 @@ async fn read_message(ingester: &Ingester, mut body: Body, limit: usize) -> Resu
             let declared = u32::from_be_bytes([received[1], received[2], received[3], received[4]]) as usize;
             // A malformed prefix is answered once the body is read; what it declares is still
             // reserved, and bounded by the limit.
-            let admit = ingester.admit(declared.min(limit.saturating_add(1)), received[0] == 1, limit);
+            let admit = target.admit(declared.min(limit.saturating_add(1)), received[0] == 1, limit);
             admitted = Some(admit.map_err(|e| status_of(&e))?);
             received.reserve((declared + 5).min(limit + 5).saturating_sub(received.len()));
         }
@@ -142,19 +147,20 @@ fn message_encoding(headers: &HeaderMap) -> Result<bool, Status> {
 }
 
 async fn export(
-    ingester: &Ingester,
+    target: &dyn ExportTarget,
     req: http::Request<Body>,
     limit: usize,
 ) -> Result<ExportTraceServiceResponse, Status> {
     let encoding_gzip = message_encoding(req.headers()).inspect_err(|_| {
-        ingester.note_refused_before_export(&IngestError::UnsupportedMediaType("grpc-encoding".into()));
+        target.note_refused_before_export(&IngestError::UnsupportedMediaType("grpc-encoding".into()));
     })?;
     // One length-prefixed message: 1 byte compressed flag, 4 bytes length, the message.
     let refuse = |e: IngestError| {
-        ingester.note_refused_before_export(&e);
+        target.note_refused_before_export(&e);
         status_of(&e)
     };
-    let (mut frame, admitted) = read_message(ingester, req.into_body(), limit).await?;
+    let (parts, body) = req.into_parts();
+    let (mut frame, admitted) = read_message(target, body, limit).await?;
     if frame.len() < 5 {
         return Err(refuse(malformed(format!("a gRPC message needs a 5-byte prefix, got {} bytes", frame.len()))));
     }
@@ -172,7 +178,7 @@ async fn export(
         1 => return Err(refuse(malformed("the message is marked compressed but no grpc-encoding is set".into()))),
         other => return Err(refuse(malformed(format!("unknown compressed flag {other}")))),
     };
-    match ingester.export(ExportBody::Grpc { body: frame, gzip, limit, admitted }).await {
+    match target.export(ExportBody::Grpc { body: frame, gzip, limit, admitted }, &parts.headers).await {
         Ok(outcome) => Ok(ExportTraceServiceResponse { partial_success: outcome.partial_success() }),
         Err(e) => {
             if e.grpc_code() == Code::Unavailable {

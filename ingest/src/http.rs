@@ -24,7 +24,7 @@ use serde_json::json;
 
 use crate::IngestError;
 use crate::decode::BodyFormat;
-use crate::ingester::{ExportBody, ExportOutcome, Ingester};
+use crate::ingester::{ExportBody, ExportOutcome, ExportTarget};
 
 /// The path OTLP/HTTP exporters post traces to.
 pub const TRACES_PATH: &str = "/v1/traces";
@@ -34,12 +34,14 @@ pub const ZIPKIN_PATH: &str = "/api/v2/spans";
 
 #[derive(Clone)]
 struct HttpState {
-    ingester: Arc<Ingester>,
+    /// An ingester storing the exports, or a distributor forwarding them.
+    target: Arc<dyn ExportTarget>,
     max_body_bytes: usize,
 }
 
-/// The OTLP/HTTP routes. `max_body_bytes` bounds a body both as received and after decompression.
-pub fn router(ingester: Arc<Ingester>, max_body_bytes: usize) -> Router {
+/// The OTLP/HTTP routes, handing exports to `target` (an ingester or a distributor). `max_body_bytes`
+/// bounds a body both as received and after decompression.
+pub fn router(target: Arc<dyn ExportTarget>, max_body_bytes: usize) -> Router {
     Router::new()
         .route(TRACES_PATH, post(export))
         .route(ZIPKIN_PATH, post(zipkin_export))
@@ -47,7 +49,7 @@ pub fn router(ingester: Arc<Ingester>, max_body_bytes: usize) -> Router {
         .method_not_allowed_fallback(wrong_method)
         // The limit is enforced while reading the body, below; axum's 2 MB default must not apply.
         .layer(DefaultBodyLimit::disable())
-        .with_state(HttpState { ingester, max_body_bytes })
+        .with_state(HttpState { target, max_body_bytes })
 }
 
 /// The OTLP/HTTP paths of the signals hopscope does not store, with their names.
@@ -107,11 +109,11 @@ pub fn refusal(e: &IngestError, headers: &HeaderMap) -> Response {
 
 /// `google.rpc.Status`, the body of OTLP/HTTP error responses.
 #[derive(Clone, PartialEq, Message)]
-struct RpcStatus {
+pub(crate) struct RpcStatus {
     #[prost(int32, tag = "1")]
-    code: i32,
+    pub(crate) code: i32,
     #[prost(string, tag = "2")]
-    message: String,
+    pub(crate) message: String,
 }
 
 async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
@@ -119,7 +121,7 @@ async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
     let format = match BodyFormat::from_content_type(content_type) {
         Ok(format) => format,
         Err(e) => {
-            state.ingester.note_refused_before_export(&e);
+            state.target.note_refused_before_export(&e);
             return error_response(&e, BodyFormat::Json);
         }
     };
@@ -142,7 +144,7 @@ async fn zipkin_export(State(state): State<HttpState>, headers: HeaderMap, body:
     let format = match BodyFormat::zipkin_from_content_type(content_type) {
         Ok(format) => format,
         Err(e) => {
-            state.ingester.note_refused_before_export(&e);
+            state.target.note_refused_before_export(&e);
             return zipkin_error(&e);
         }
     };
@@ -198,7 +200,7 @@ async fn receive(
         other => {
             let e =
                 IngestError::UnsupportedMediaType(format!("unsupported Content-Encoding {other:?}: use gzip or none"));
-            state.ingester.note_refused_before_export(&e);
+            state.target.note_refused_before_export(&e);
             return Err(e);
         }
     };
@@ -206,7 +208,7 @@ async fn receive(
     // A body whose length is declared reserves its memory before it is read (a chunked one once
     // read): a client whose export cannot fit is answered without sending it.
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<usize>().ok());
-    let admitted = match declared.map(|len| state.ingester.admit(len, gzip, limit)).transpose() {
+    let admitted = match declared.map(|len| state.target.admit(len, gzip, limit)).transpose() {
         Ok(admitted) => admitted,
         Err(e) => {
             // A client waiting for `100 Continue` sends nothing more. Any other is sending its body:
@@ -224,10 +226,10 @@ async fn receive(
         } else {
             IngestError::Malformed { format: "HTTP", message: format!("reading the body failed: {e}") }
         };
-        state.ingester.note_refused_before_export(&e);
+        state.target.note_refused_before_export(&e);
         e
     })?;
-    state.ingester.export(ExportBody::Http { body, format, gzip, limit, admitted }).await
+    state.target.export(ExportBody::Http { body, format, gzip, limit, admitted }, headers).await
 }
 
 /// Whether the client waits for `100 Continue` before sending its body.

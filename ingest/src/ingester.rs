@@ -230,7 +230,7 @@ pub enum ExportBody {
 /// Memory reserved for an export before its body was read, from the length it declared
 /// ([`Ingester::admit`]); handed to [`Ingester::export`] with the body, released when dropped.
 #[derive(Debug)]
-pub struct Admitted(admission::Reservation);
+pub struct Admitted(pub(crate) admission::Reservation);
 
 impl ExportBody {
     /// Bytes as received.
@@ -243,6 +243,55 @@ impl ExportBody {
     /// Whether the body is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The body as received, its format, whether it is gzip-compressed, the bound on its inflated
+    /// size, and what was reserved for it before it was read.
+    pub(crate) fn into_parts(self) -> (Bytes, BodyFormat, bool, usize, Option<Admitted>) {
+        match self {
+            ExportBody::Http { body, format, gzip, limit, admitted } => (body, format, gzip, limit, admitted),
+            ExportBody::Grpc { body, gzip, limit, admitted } => (body, BodyFormat::Protobuf, gzip, limit, admitted),
+        }
+    }
+}
+
+/// Where the receivers ([`crate::grpc`], [`crate::http`]) hand the exports they read: an
+/// [`Ingester`] stores them, a [`crate::distributor::Distributor`] forwards them to the ingesters
+/// that own their traces. The receivers do the framing, the content types and the answers; a
+/// target admits, decodes and takes the spans.
+pub trait ExportTarget: Send + Sync + 'static {
+    /// Reserves what an export whose body declares `len` bytes will hold, before it is read (see
+    /// [`Ingester::admit`]); a refusal is counted.
+    fn admit(&self, len: usize, gzip: bool, limit: usize) -> Result<Admitted, IngestError>;
+
+    /// Counts a request refused before [`Self::export`] received it.
+    fn note_refused_before_export(&self, error: &IngestError);
+
+    /// Takes one export; `headers` are the request's (a distributor passes on its tenant and
+    /// credentials). Returns once the accepted spans are safe: logged by an ingester, or
+    /// acknowledged by the ingesters they were forwarded to.
+    fn export<'a>(
+        &'a self,
+        body: ExportBody,
+        headers: &'a http::HeaderMap,
+    ) -> futures::future::BoxFuture<'a, Result<ExportOutcome, IngestError>>;
+}
+
+impl ExportTarget for Ingester {
+    fn admit(&self, len: usize, gzip: bool, limit: usize) -> Result<Admitted, IngestError> {
+        Ingester::admit(self, len, gzip, limit)
+    }
+
+    fn note_refused_before_export(&self, error: &IngestError) {
+        Ingester::note_refused_before_export(self, error);
+    }
+
+    fn export<'a>(
+        &'a self,
+        body: ExportBody,
+        _headers: &'a http::HeaderMap,
+    ) -> futures::future::BoxFuture<'a, Result<ExportOutcome, IngestError>> {
+        Box::pin(Ingester::export(self, body))
     }
 }
 
@@ -466,10 +515,7 @@ impl Ingester {
         if let Some(bucket) = self.rate.lock().expect("rate lock").as_mut() {
             bucket.admit(Instant::now())?;
         }
-        let (body, format, gzip, limit, admitted) = match body {
-            ExportBody::Http { body, format, gzip, limit, admitted } => (body, format, gzip, limit, admitted),
-            ExportBody::Grpc { body, gzip, limit, admitted } => (body, BodyFormat::Protobuf, gzip, limit, admitted),
-        };
+        let (body, format, gzip, limit, admitted) = body.into_parts();
         // Reserved before any work (before the body was read, when its length was declared),
         // released once the spans are in the buffer (which counts them).
         let buffered = |buffer: &Mutex<TraceBuffer>| buffer.lock().expect("buffer lock").bytes();

@@ -22,6 +22,7 @@ pub mod dead_letter;
 pub mod decode;
 mod dedup;
 mod derived;
+pub mod distributor;
 mod error;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
@@ -49,8 +50,8 @@ mod fuzz_tests;
 
 pub use error::IngestError;
 pub use ingester::{
-    Admitted, DEFAULT_RETIRED_GRACE, ExportBody, ExportOutcome, Ingester, IngesterConfig, MaintenancePass,
-    MaintenanceReport, bind_storage, lock_data_dir,
+    Admitted, DEFAULT_RETIRED_GRACE, ExportBody, ExportOutcome, ExportTarget, Ingester, IngesterConfig,
+    MaintenancePass, MaintenanceReport, bind_storage, lock_data_dir,
 };
 
 /// The cores this process may run on (1 when unknown): how many span files a flush writes at once,

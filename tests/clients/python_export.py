@@ -1,5 +1,7 @@
-"""Sends one small trace through each official OpenTelemetry Python OTLP exporter (gRPC and
-HTTP/protobuf), as a tenant and with a token when --tenant and --token say so, and prints {"grpc": trace_id, "http": trace_id} as JSON."""
+"""Sends one small trace (or --traces N) through each official OpenTelemetry Python OTLP exporter
+(gRPC and HTTP/protobuf), as a tenant and with a token when --tenant and --token say so, and prints
+{"grpc": trace_id, "http": trace_id, "traces": {"grpc": [trace_id, ...], "http": [...]}} as JSON
+(the first trace of each exporter, then all of them)."""
 
 import argparse
 import json
@@ -12,23 +14,25 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 
-def send(protocol: str, exporter) -> str:
+def send(protocol: str, exporter, traces: int) -> list[str]:
     provider = TracerProvider(resource=Resource.create({"service.name": f"python-{protocol}"}))
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("hopscope-e2e-python")
-    with tracer.start_as_current_span(f"GET /python/{protocol}", kind=SpanKind.SERVER) as root:
-        trace_id = format(root.get_span_context().trace_id, "032x")
-        with tracer.start_as_current_span("call inventory", kind=SpanKind.CLIENT) as child:
-            child.set_attribute("peer.service", "inventory")
-            child.set_attribute("retries", 3)
-            child.set_attribute("cache.hit", False)
-            child.set_attribute("tags", ["a", "b"])
-            child.add_event("retrying", {"attempt": 2})
-            child.set_status(Status(StatusCode.ERROR, "upstream timed out"))
+    trace_ids = []
+    for _ in range(traces):
+        with tracer.start_as_current_span(f"GET /python/{protocol}", kind=SpanKind.SERVER) as root:
+            trace_ids.append(format(root.get_span_context().trace_id, "032x"))
+            with tracer.start_as_current_span("call inventory", kind=SpanKind.CLIENT) as child:
+                child.set_attribute("peer.service", "inventory")
+                child.set_attribute("retries", 3)
+                child.set_attribute("cache.hit", False)
+                child.set_attribute("tags", ["a", "b"])
+                child.add_event("retrying", {"attempt": 2})
+                child.set_status(Status(StatusCode.ERROR, "upstream timed out"))
     if not provider.force_flush(30_000):
         raise SystemExit(f"{protocol} exporter did not flush")
     provider.shutdown()
-    return trace_id
+    return trace_ids
 
 
 def main() -> None:
@@ -42,6 +46,7 @@ def main() -> None:
         action="store_true",
         help="gRPC over TLS (the CA from OTEL_EXPORTER_OTLP_CERTIFICATE, as for HTTP with an https URL)",
     )
+    parser.add_argument("--traces", type=int, default=1, help="traces to send through each exporter")
     args = parser.parse_args()
     headers = {}
     if args.tenant:
@@ -49,11 +54,13 @@ def main() -> None:
     if args.token:
         headers["authorization"] = f"Bearer {args.token}"
     headers = headers or None
-    sent = {
-        "grpc": send("grpc", GrpcExporter(endpoint=args.grpc, insecure=not args.tls, timeout=30, headers=headers)),
-        "http": send("http", HttpExporter(endpoint=args.http, timeout=30, headers=headers)),
+    traces = {
+        "grpc": send(
+            "grpc", GrpcExporter(endpoint=args.grpc, insecure=not args.tls, timeout=30, headers=headers), args.traces
+        ),
+        "http": send("http", HttpExporter(endpoint=args.http, timeout=30, headers=headers), args.traces),
     }
-    print(json.dumps(sent))
+    print(json.dumps({"grpc": traces["grpc"][0], "http": traces["http"][0], "traces": traces}))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::exporters::{python, run_python_client};
 use crate::query::sql;
-use crate::support::{DEADLINE, Server, fresh_data_dir, workspace_root};
+use crate::support::{DEADLINE, Server, fresh_data_dir, serve_to_completion, workspace_root};
 
 /// moto's S3 server, stopped when dropped.
 struct S3Server {
@@ -275,4 +275,162 @@ async fn spans_are_stored_in_and_read_from_an_s3_store() {
     assert!(stderr.contains("--discard is about receiving spans"), "{stderr}");
     // Each data directory's log has its floor apart (the first's, the second's, the third's).
     assert_eq!(manifest.wal_floors.len(), 3, "{:?}", manifest.wal_floors);
+}
+
+/// Polls the querier for trace `trace_id` of `tenant` until it has `spans` spans.
+async fn wait_for_tenant_trace(querier: &Server, tenant: &str, trace_id: &str, spans: usize) {
+    let client = reqwest::Client::new();
+    let url = querier.api_url(&format!("/api/v1/traces/{trace_id}"));
+    let started = std::time::Instant::now();
+    loop {
+        let response = client.get(&url).header("x-scope-orgid", tenant).send().await.unwrap();
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        let found = body["spans"].as_array().map_or(0, Vec::len);
+        if status == 200 && found >= spans {
+            assert_eq!(found, spans, "more spans than sent: {body}");
+            return;
+        }
+        assert!(status == 200 || status == 404, "unexpected {status}: {body}");
+        assert!(started.elapsed() < DEADLINE, "trace {trace_id} of {tenant} did not show {spans} spans: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Sends `traces` traces of two spans through each of the Python SDK's OTLP exporters to
+/// `server` as `tenant`; returns every trace id.
+async fn send_many(server: &Server, tenant: &str, traces: usize) -> Vec<String> {
+    let sent = run_python_client(
+        "python_export.py",
+        vec![
+            "--grpc".into(),
+            format!("http://{}", server.grpc),
+            "--http".into(),
+            server.traces_url(),
+            "--tenant".into(),
+            tenant.into(),
+            "--traces".into(),
+            traces.to_string(),
+        ],
+    )
+    .await;
+    let ids: Vec<String> = ["grpc", "http"]
+        .iter()
+        .flat_map(|protocol| sent["traces"][protocol].as_array().unwrap().clone())
+        .map(|id| id.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 2 * traces);
+    ids
+}
+
+/// A distributor (`--role distributor`) in front of two ingesters (`--role ingester`) storing one
+/// tenant into one store, and a querier reading it: the OpenTelemetry Python SDK's exporters send
+/// to the distributor as a tenant, each trace is stored by one ingester (both get a share), and
+/// the querier finds every trace whole. An ingester killed with acknowledged spans only in its
+/// log: what is sent meanwhile goes to the other ingester and is found at once; once the killed
+/// one is back, its log's traces are found whole too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_distributor_spreads_traces_over_ingesters_and_routes_around_one_killed() {
+    let s3 = S3Server::start("cluster");
+    let endpoint = s3.endpoint();
+    let env: [(&str, &Path); 5] = [
+        ("AWS_ENDPOINT_URL", Path::new(&endpoint)),
+        ("AWS_ALLOW_HTTP", Path::new("true")),
+        ("AWS_ACCESS_KEY_ID", Path::new("test")),
+        ("AWS_SECRET_ACCESS_KEY", Path::new("test")),
+        ("AWS_REGION", Path::new("us-east-1")),
+    ];
+    let tenant = "team-x";
+    let shared = ["--storage-url", "s3://cluster/spans", "--multi-tenant"];
+    let ingester = |dir: std::path::PathBuf, extra: &[&str]| {
+        let args: Vec<&str> =
+            shared.iter().copied().chain(["--role", "ingester"]).chain(extra.iter().copied()).collect();
+        Server::start_with_env(dir, &args, &env)
+    };
+    let a = ingester(fresh_data_dir("cluster-ingester-a"), &[]);
+    // The second writes what it received only after a minute: until it is killed, its
+    // acknowledged spans are in its log and nowhere else.
+    let b =
+        ingester(fresh_data_dir("cluster-ingester-b"), &["--trace-idle-period", "60s", "--trace-max-delay", "120s"]);
+    let (a_url, b_url) = (format!("http://{}", a.http), format!("http://{}", b.http));
+    let ingesters = format!("{a_url},{b_url}");
+    let distributor = Server::start("cluster-distributor", &["--role", "distributor", "--ingesters", &ingesters]);
+    assert!(distributor.log().contains("role=\"distributor\""), "{}", distributor.log());
+    let querier_args: Vec<&str> = shared.iter().copied().chain(["--role", "querier"]).collect();
+    let querier = Server::start_with_env(fresh_data_dir("cluster-querier"), &querier_args, &env);
+
+    // Neither an ingester nor a distributor answers queries; each says who does.
+    let client = reqwest::Client::new();
+    for (server, role) in [(&a, "ingester"), (&distributor, "distributor")] {
+        let answer =
+            client.get(server.api_url("/api/v1/services")).header("x-scope-orgid", tenant).send().await.unwrap();
+        assert_eq!(answer.status(), 404);
+        let text = answer.text().await.unwrap();
+        assert!(text.contains(&format!("--role {role}")) && text.contains("ask a --role querier"), "{text}");
+    }
+
+    let first = send_many(&distributor, tenant, 12).await;
+    let accepted = format!("hopscope_ingest_spans_accepted_total{{tenant=\"{tenant}\"}}");
+    let (on_a, on_b) = (a.metric(&accepted).await, b.metric(&accepted).await);
+    assert_eq!(on_a + on_b, (2 * first.len()) as f64, "every span stored once");
+    assert!(on_a > 0.0 && on_b > 0.0, "one ingester got every trace: {on_a} and {on_b} spans");
+    let forwarded = |url: &str| format!("hopscope_distributor_spans_forwarded_total{{ingester=\"{url}\"}}");
+    assert_eq!(distributor.metric(&forwarded(&a_url)).await, on_a);
+    assert_eq!(distributor.metric(&forwarded(&b_url)).await, on_b);
+
+    // The second ingester is killed holding its share in its log only; while it is down, its
+    // traces go to the first, and are found at once.
+    let b_dir = b.crash();
+    let second = send_many(&distributor, tenant, 12).await;
+    for trace_id in &second {
+        wait_for_tenant_trace(&querier, tenant, trace_id, 2).await;
+    }
+    assert!(
+        distributor.metric(&format!("hopscope_distributor_forward_failures_total{{ingester=\"{b_url}\"}}")).await > 0.0
+    );
+    assert_eq!(a.metric(&accepted).await, on_a + (2 * second.len()) as f64);
+
+    // Back on its data directory, it replays its log and stores what it acknowledged: every trace
+    // of the first batch is found whole.
+    let b = ingester(b_dir, &[]);
+    for trace_id in &first {
+        wait_for_tenant_trace(&querier, tenant, trace_id, 2).await;
+    }
+    let (status, count) =
+        query_sql(&querier, tenant, "SELECT count(*) AS n, count(DISTINCT span_id) AS ids FROM spans").await;
+    let spans = 2 * (first.len() + second.len());
+    assert_eq!((status, &count["rows"]), (200, &serde_json::json!([{"n": spans, "ids": spans}])), "{count}");
+
+    assert!(distributor.terminate().success());
+    for server in [a, b, querier] {
+        assert!(server.terminate().success());
+    }
+
+    // Each role refuses to start without what it needs, and says what to give.
+    let (ok, _, stderr) = serve_to_completion(&fresh_data_dir("distributor-alone"), &["--role", "distributor"]);
+    assert!(!ok && stderr.contains("give their OTLP/HTTP addresses in --ingesters"), "{stderr}");
+    let (ok, _, stderr) = serve_to_completion(
+        &fresh_data_dir("distributor-tls"),
+        &["--role", "distributor", "--ingesters", "https://127.0.0.1:4318"],
+    );
+    assert!(!ok && stderr.contains("plain HTTP"), "{stderr}");
+    let (ok, _, stderr) = serve_to_completion(
+        &fresh_data_dir("distributor-storing"),
+        &["--role", "distributor", "--ingesters", "http://127.0.0.1:4318", "--storage-url", "s3://cluster/spans"],
+    );
+    assert!(!ok && stderr.contains("leaves to its ingesters"), "{stderr}");
+    let (ok, _, stderr) = serve_to_completion(&fresh_data_dir("ingester-alone"), &["--role", "ingester"]);
+    assert!(!ok && stderr.contains("--role ingester stores into the shared storage"), "{stderr}");
+}
+
+/// `POST /api/v1/sql` as `tenant`: the status and the answer.
+async fn query_sql(server: &Server, tenant: &str, query: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(server.api_url("/api/v1/sql"))
+        .header("x-scope-orgid", tenant)
+        .json(&serde_json::json!({ "sql": query }))
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
 }

@@ -1,0 +1,838 @@
+//! The distributor (`serve --role distributor`): it receives exports as an ingester does (the same
+//! receivers, framing, size limits and admission), and forwards each span to the ingester that
+//! owns its trace, acknowledging the export only once every ingester it forwarded to has
+//! acknowledged (that is, logged and synced) its share.
+//!
+//! Ownership is a hash ring over the ingesters' names (their URLs as given in `--ingesters`):
+//! each ingester holds [`TOKENS_PER_INGESTER`] points of a 64-bit ring, placed by a fixed hash of
+//! its name, and a trace belongs to the first point at or after the hash of its trace id. Every
+//! distributor given the same ingesters (in any order) sends a trace to the same one, and adding
+//! or removing an ingester moves only the traces of the ring's arcs it takes or gives up. The
+//! hash is FNV-1a, spelt out here, so that it does not change with the Rust release or process.
+//!
+//! An ingester that cannot be reached (refused connection, timeout, a reset before its answer)
+//! is skipped for [`DOWN_FOR`], and its share of an export goes to the next ingester on the ring
+//! for each trace: the trace is then split across ingesters, which the derived tables already
+//! handle (a trace split across files of several writers is re-derived whole). An ingester that
+//! answers with a refusal is not skipped: a retryable one (503 overloaded, 429 rate limited)
+//! makes the whole export retryable, so that the client resends; the ingesters that already
+//! acknowledged their shares drop the resent spans as resends (`--resend-window`); a
+//! non-retryable one (a malformed span, a refused token) makes the export fail as the ingester
+//! said when nothing of it was stored, and counts its spans as rejected in the partial success
+//! otherwise.
+//!
+//! What this does not do: the distributor checks no token and opens no tenant; it passes the
+//! tenant header (`X-Scope-OrgID`) and the credentials (`Authorization`) on, and the ingesters
+//! check them. An ingester whose answer was lost (a timeout after it logged the spans) may have
+//! stored the spans that then go to the next ingester as well: duplicates, never a loss.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use prost::Message;
+
+use crate::IngestError;
+use crate::admission::{self, Admission};
+use crate::decode::{BodyFormat, decode_request, gunzip_limited};
+use crate::http::{RpcStatus, TRACES_PATH};
+use crate::ingester::{Admitted, ExportBody, ExportOutcome, ExportTarget};
+
+/// Points each ingester holds on the ring: enough that three ingesters' shares of random trace
+/// ids differ by a few percent, few enough that finding an owner is a short binary search.
+pub const TOKENS_PER_INGESTER: usize = 128;
+
+/// How long an ingester that could not be reached is skipped before it is tried again.
+pub const DOWN_FOR: Duration = Duration::from_secs(2);
+
+/// How long a distributor waits to connect to an ingester.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a distributor waits for an ingester's answer to one forwarded export (an ingester
+/// answers once its write-ahead log is synced, in milliseconds when it is well).
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The headers passed on to the ingesters: who sends (the tenant) and their credentials.
+const PASSED_ON: [&str; 2] = ["x-scope-orgid", "authorization"];
+
+/// The distributor's configuration.
+#[derive(Debug, Clone)]
+pub struct DistributorConfig {
+    /// The ingesters' OTLP/HTTP base URLs (`http://HOST:PORT`), each at most once
+    /// ([`parse_ingesters`]).
+    pub ingesters: Vec<String>,
+    /// Memory exports being received, decoded and forwarded may hold (`--max-buffered-bytes`).
+    pub max_in_flight_bytes: usize,
+}
+
+/// Checks `--ingesters`: each an `http://HOST:PORT` URL with no path (the ingester's OTLP/HTTP
+/// address), none twice. Returns them without a trailing slash, in the order given.
+pub fn parse_ingesters(given: &[String]) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::with_capacity(given.len());
+    for raw in given.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        let url = raw.trim_end_matches('/');
+        let Some(authority) = url.strip_prefix("http://") else {
+            return Err(if url.starts_with("https://") {
+                format!(
+                    "--ingesters {raw:?}: a distributor speaks plain HTTP to its ingesters (TLS between them is not \
+                     supported yet); give http://HOST:PORT, the ingester's OTLP/HTTP address"
+                )
+            } else {
+                format!("--ingesters {raw:?}: give http://HOST:PORT, the ingester's OTLP/HTTP address")
+            });
+        };
+        let valid = !authority.is_empty()
+            && !authority.contains(['/', '?', '#', '@'])
+            && authority.parse::<http::uri::Authority>().is_ok_and(|a| a.port_u16().is_some());
+        if !valid {
+            return Err(format!(
+                "--ingesters {raw:?}: give http://HOST:PORT with a port and no path, the ingester's OTLP/HTTP address"
+            ));
+        }
+        if out.iter().any(|seen| seen == url) {
+            return Err(format!("--ingesters names {url} twice"));
+        }
+        out.push(url.to_owned());
+    }
+    if out.is_empty() {
+        return Err("--ingesters names no ingester: give their OTLP/HTTP addresses, e.g. \
+                    http://10.0.0.1:4318,http://10.0.0.2:4318"
+            .to_owned());
+    }
+    Ok(out)
+}
+
+/// FNV-1a, 64 bits: a hash that is the same in every process and release.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// Mixes FNV's output (whose high bits vary little for short inputs that differ at the end) so
+/// that ring points and keys spread over the whole ring (the finaliser of MurmurHash3).
+fn mix(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// Where a trace id falls on the ring.
+pub fn trace_key(trace_id: &[u8]) -> u64 {
+    mix(fnv1a(trace_id))
+}
+
+/// The hash ring: which ingester owns a trace, and which takes it when that one is down.
+#[derive(Debug, Clone)]
+pub struct Ring {
+    /// Points, sorted by position: (position, the ingester's index).
+    points: Vec<(u64, usize)>,
+    ingesters: usize,
+}
+
+impl Ring {
+    /// The ring of ingesters named `names` (their indices are their positions in `names`).
+    pub fn new(names: &[String]) -> Ring {
+        let mut points: Vec<(u64, usize)> = names
+            .iter()
+            .enumerate()
+            .flat_map(|(index, name)| {
+                (0..TOKENS_PER_INGESTER).map(move |point| (mix(fnv1a(format!("{name}#{point}").as_bytes())), index))
+            })
+            .collect();
+        // Ties (vanishingly rare) broken by name, not by the order given.
+        points.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| names[a.1].cmp(&names[b.1])));
+        Ring { points, ingesters: names.len() }
+    }
+
+    /// The first ingester at or after `key` on the ring that `skip` does not exclude; `None` when it
+    /// excludes them all.
+    pub fn owner(&self, key: u64, skip: impl Fn(usize) -> bool) -> Option<usize> {
+        let start = self.points.partition_point(|(position, _)| *position < key);
+        let mut tried = 0usize;
+        let mut seen = vec![false; self.ingesters];
+        for (_, ingester) in self.points[start..].iter().chain(&self.points[..start]) {
+            if seen[*ingester] {
+                continue;
+            }
+            if !skip(*ingester) {
+                return Some(*ingester);
+            }
+            seen[*ingester] = true;
+            tried += 1;
+            if tried == self.ingesters {
+                break;
+            }
+        }
+        None
+    }
+}
+
+/// One ingester's share of an export, encoded for forwarding.
+#[derive(Debug)]
+struct Share {
+    ingester: usize,
+    body: Bytes,
+    spans: u64,
+}
+
+/// Splits `request` into one request per ingester, each span going to the owner of its trace
+/// among the ingesters `down` does not exclude; resources and scopes are repeated in each share
+/// that has spans of theirs. `None` when `down` excludes every ingester.
+fn split(request: ExportTraceServiceRequest, ring: &Ring, down: &HashSet<usize>) -> Option<Vec<Share>> {
+    let mut shares: BTreeMap<usize, (ExportTraceServiceRequest, u64)> = BTreeMap::new();
+    for resource_spans in request.resource_spans {
+        let mut scopes: BTreeMap<usize, Vec<ScopeSpans>> = BTreeMap::new();
+        for scope_spans in resource_spans.scope_spans {
+            let mut spans: BTreeMap<usize, Vec<_>> = BTreeMap::new();
+            for span in scope_spans.spans {
+                let owner = ring.owner(trace_key(&span.trace_id), |i| down.contains(&i))?;
+                spans.entry(owner).or_default().push(span);
+            }
+            for (owner, spans) in spans {
+                shares.entry(owner).or_default().1 += spans.len() as u64;
+                scopes.entry(owner).or_default().push(ScopeSpans {
+                    scope: scope_spans.scope.clone(),
+                    spans,
+                    schema_url: scope_spans.schema_url.clone(),
+                });
+            }
+        }
+        for (owner, scope_spans) in scopes {
+            shares.entry(owner).or_default().0.resource_spans.push(ResourceSpans {
+                resource: resource_spans.resource.clone(),
+                scope_spans,
+                schema_url: resource_spans.schema_url.clone(),
+            });
+        }
+    }
+    Some(
+        shares
+            .into_iter()
+            .map(|(ingester, (request, spans))| Share { ingester, body: request.encode_to_vec().into(), spans })
+            .collect(),
+    )
+}
+
+/// How one share's forwarding ended.
+enum Forwarded {
+    /// The ingester acknowledged it.
+    Stored(ExportOutcome),
+    /// The ingester answered with a refusal.
+    Refused(IngestError),
+    /// The ingester could not be reached, or its answer was lost: the share goes elsewhere.
+    Unreachable(String),
+}
+
+/// The `ingester` label of the distributor's metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IngesterLabel {
+    ingester: String,
+}
+
+/// The `reason` label of refused exports.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+/// What the distributor received and forwarded.
+#[derive(Debug, Default)]
+struct DistributorMetrics {
+    requests: Counter,
+    refused: Family<ReasonLabel, Counter>,
+    spans_forwarded: Family<IngesterLabel, Counter>,
+    forward_failures: Family<IngesterLabel, Counter>,
+    reserved_bytes: Gauge,
+}
+
+/// Receives exports and forwards their spans to the ingesters that own their traces.
+#[derive(Debug)]
+pub struct Distributor {
+    ingesters: Vec<String>,
+    ring: Ring,
+    client: reqwest::Client,
+    /// Until when each ingester is skipped, after it could not be reached.
+    down_until: Mutex<Vec<Option<Instant>>>,
+    admission: Arc<Admission>,
+    metrics: DistributorMetrics,
+    closed: AtomicBool,
+}
+
+impl Distributor {
+    /// A distributor over the ingesters of `config`.
+    pub fn new(config: DistributorConfig) -> Result<Arc<Self>, IngestError> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(FORWARD_TIMEOUT)
+            .build()
+            .map_err(|e| IngestError::Task(format!("building the HTTP client: {e}")))?;
+        let metrics = DistributorMetrics::default();
+        let admission = Admission::new(config.max_in_flight_bytes, 0, metrics.reserved_bytes.clone());
+        Ok(Arc::new(Self {
+            ring: Ring::new(&config.ingesters),
+            down_until: Mutex::new(vec![None; config.ingesters.len()]),
+            ingesters: config.ingesters,
+            client,
+            admission,
+            metrics,
+            closed: AtomicBool::new(false),
+        }))
+    }
+
+    /// Registers the distributor's metrics.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        let m = &self.metrics;
+        registry.register("hopscope_distributor_requests", "Export requests received", m.requests.clone());
+        registry.register(
+            "hopscope_distributor_refused",
+            "Export requests refused as a whole, by reason",
+            m.refused.clone(),
+        );
+        registry.register(
+            "hopscope_distributor_spans_forwarded",
+            "Spans an ingester acknowledged, by ingester",
+            m.spans_forwarded.clone(),
+        );
+        registry.register(
+            "hopscope_distributor_forward_failures",
+            "Forwarded shares an ingester could not be reached for (sent to the next ingester on the ring), by ingester",
+            m.forward_failures.clone(),
+        );
+        registry.register(
+            "hopscope_distributor_reserved_bytes",
+            "Memory reserved by exports being received, decoded and forwarded",
+            m.reserved_bytes.clone(),
+        );
+    }
+
+    /// Takes no new export from now on (shutdown); exports in progress finish.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+
+    /// The ingesters skipped now: those found unreachable less than [`DOWN_FOR`] ago; none when
+    /// that is all of them (better to try again than to refuse outright).
+    fn skipped(&self) -> HashSet<usize> {
+        let now = Instant::now();
+        let down: HashSet<usize> = self
+            .down_until
+            .lock()
+            .expect("down lock")
+            .iter()
+            .enumerate()
+            .filter(|(_, until)| until.is_some_and(|until| until > now))
+            .map(|(i, _)| i)
+            .collect();
+        if down.len() == self.ingesters.len() { HashSet::new() } else { down }
+    }
+
+    fn mark(&self, ingester: usize, down: bool) {
+        self.down_until.lock().expect("down lock")[ingester] = down.then(|| Instant::now() + DOWN_FOR);
+    }
+
+    async fn receive(&self, body: ExportBody, headers: &HeaderMap) -> Result<ExportOutcome, IngestError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(IngestError::ShuttingDown);
+        }
+        self.metrics.requests.inc();
+        let (body, format, gzip, limit, admitted) = body.into_parts();
+        let estimate = admission::estimate(body.len(), gzip, limit);
+        // Held until every share is acknowledged: the request, then its shares, are in memory.
+        let _reservation = match admitted {
+            Some(Admitted(mut reservation)) => {
+                reservation.resize(estimate, 0)?;
+                reservation
+            }
+            None => self.admission.reserve(estimate, 0)?,
+        };
+        let request = tokio::task::spawn_blocking(move || {
+            let inflated;
+            let bytes = if gzip {
+                inflated = gunzip_limited(&body, limit)?;
+                &inflated[..]
+            } else {
+                &body[..]
+            };
+            decode_request(bytes, format)
+        })
+        .await
+        .map_err(|e| IngestError::Task(e.to_string()))??;
+        let mut pass_on = HeaderMap::new();
+        for name in PASSED_ON {
+            for value in headers.get_all(name) {
+                pass_on.append(name, value.clone());
+            }
+        }
+        self.forward(request, &pass_on).await
+    }
+
+    /// Forwards `request`'s spans to their owners, the next owners of the shares whose ingester
+    /// could not be reached, and so on until every share is answered or no ingester is left.
+    async fn forward(
+        &self,
+        request: ExportTraceServiceRequest,
+        headers: &HeaderMap,
+    ) -> Result<ExportOutcome, IngestError> {
+        let mut down = self.skipped();
+        let mut pending = request;
+        let mut outcome = ExportOutcome { accepted: 0, rejected: 0, error_message: None };
+        let mut refusals: Vec<(u64, IngestError)> = Vec::new();
+        let mut unreachable: Vec<String> = Vec::new();
+        loop {
+            let ring = self.ring.clone();
+            let skip = down.clone();
+            let shares = tokio::task::spawn_blocking(move || split(pending, &ring, &skip))
+                .await
+                .map_err(|e| IngestError::Task(e.to_string()))?;
+            let Some(shares) = shares else {
+                return Err(IngestError::NoIngester(unreachable.join("; ")));
+            };
+            let answers = futures::future::join_all(shares.iter().map(|share| self.send(share, headers))).await;
+            let mut again: Vec<Bytes> = Vec::new();
+            for (share, answer) in shares.into_iter().zip(answers) {
+                match answer {
+                    Forwarded::Stored(stored) => {
+                        self.mark(share.ingester, false);
+                        self.metrics
+                            .spans_forwarded
+                            .get_or_create(&IngesterLabel { ingester: self.ingesters[share.ingester].clone() })
+                            .inc_by(stored.accepted);
+                        outcome.accepted += stored.accepted;
+                        outcome.rejected += stored.rejected;
+                        if let Some(message) = stored.error_message {
+                            outcome.error_message = Some(message);
+                        }
+                    }
+                    Forwarded::Refused(e) => refusals.push((share.spans, e)),
+                    Forwarded::Unreachable(why) => {
+                        tracing::warn!(ingester = %self.ingesters[share.ingester], error = %why, "ingester unreachable; its share goes to the next ingester on the ring");
+                        self.mark(share.ingester, true);
+                        self.metrics
+                            .forward_failures
+                            .get_or_create(&IngesterLabel { ingester: self.ingesters[share.ingester].clone() })
+                            .inc();
+                        down.insert(share.ingester);
+                        unreachable.push(format!("{}: {why}", self.ingesters[share.ingester]));
+                        again.push(share.body);
+                    }
+                }
+            }
+            if again.is_empty() {
+                break;
+            }
+            pending = tokio::task::spawn_blocking(move || {
+                let mut merged = ExportTraceServiceRequest::default();
+                for body in again {
+                    // Encoded here a moment ago: it decodes.
+                    let share = ExportTraceServiceRequest::decode(body).expect("a share decodes");
+                    merged.resource_spans.extend(share.resource_spans);
+                }
+                merged
+            })
+            .await
+            .map_err(|e| IngestError::Task(e.to_string()))?;
+        }
+        // A retryable refusal fails the export, so that the client resends it (what was stored
+        // is then dropped as a resend by the ingesters that have it).
+        if let Some(index) = refusals.iter().position(|(_, e)| e.retry_after().is_some()) {
+            return Err(refusals.swap_remove(index).1);
+        }
+        match refusals.into_iter().next() {
+            None => Ok(outcome),
+            Some((_, e)) if outcome.accepted == 0 => Err(e),
+            Some((spans, e)) => {
+                outcome.rejected += spans;
+                outcome.error_message = Some(e.to_string());
+                Ok(outcome)
+            }
+        }
+    }
+
+    /// Posts one share to its ingester's OTLP/HTTP address.
+    async fn send(&self, share: &Share, headers: &HeaderMap) -> Forwarded {
+        let name = &self.ingesters[share.ingester];
+        let sent = self
+            .client
+            .post(format!("{name}{TRACES_PATH}"))
+            .headers(headers.clone())
+            .header(http::header::CONTENT_TYPE, BodyFormat::Protobuf.content_type())
+            .body(share.body.clone())
+            .send()
+            .await;
+        let response = match sent {
+            Ok(response) => response,
+            Err(e) => return Forwarded::Unreachable(error_chain(&e)),
+        };
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = match response.bytes().await {
+            Ok(body) => body,
+            // The answer was lost: the share may or may not be logged; sent elsewhere, it may be
+            // stored twice, but never lost.
+            Err(e) => return Forwarded::Unreachable(format!("reading the answer: {}", error_chain(&e))),
+        };
+        if status.is_success() {
+            return match ExportTraceServiceResponse::decode(body) {
+                Ok(answer) => {
+                    let (rejected, message) = answer
+                        .partial_success
+                        .map_or((0, None), |p| (p.rejected_spans.max(0) as u64, Some(p.error_message)));
+                    let message = message.filter(|m| !m.is_empty());
+                    Forwarded::Stored(ExportOutcome {
+                        accepted: share.spans.saturating_sub(rejected),
+                        rejected,
+                        error_message: message,
+                    })
+                }
+                Err(e) => Forwarded::Unreachable(format!("{name} answered {status} with an unreadable body: {e}")),
+            };
+        }
+        let message = RpcStatus::decode(body.clone()).map(|s| s.message).unwrap_or_else(|_| {
+            let text = String::from_utf8_lossy(&body);
+            if text.trim().is_empty() { status.to_string() } else { text.trim().chars().take(500).collect() }
+        });
+        Forwarded::Refused(IngestError::Forwarded {
+            ingester: name.clone(),
+            status: status.as_u16(),
+            message,
+            retry_after,
+        })
+    }
+}
+
+/// An error and its sources, as one line (reqwest's own message omits the cause).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    line
+}
+
+impl ExportTarget for Distributor {
+    fn admit(&self, len: usize, gzip: bool, limit: usize) -> Result<Admitted, IngestError> {
+        let admitted = if self.closed.load(Ordering::Acquire) {
+            Err(IngestError::ShuttingDown)
+        } else if len > limit {
+            Err(IngestError::TooLarge { limit, decompressed: false })
+        } else {
+            self.admission.reserve(admission::estimate(len, gzip, limit), 0).map(Admitted)
+        };
+        if let Err(e) = &admitted {
+            self.note_refused_before_export(e);
+        }
+        admitted
+    }
+
+    fn note_refused_before_export(&self, error: &IngestError) {
+        self.metrics.requests.inc();
+        self.metrics.refused.get_or_create(&ReasonLabel { reason: error.refusal_reason() }).inc();
+    }
+
+    fn export<'a>(
+        &'a self,
+        body: ExportBody,
+        headers: &'a HeaderMap,
+    ) -> futures::future::BoxFuture<'a, Result<ExportOutcome, IngestError>> {
+        Box::pin(async move {
+            let outcome = self.receive(body, headers).await;
+            if let Err(e) = &outcome {
+                self.metrics.refused.get_or_create(&ReasonLabel { reason: e.refusal_reason() }).inc();
+            }
+            outcome
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::Span;
+
+    fn names(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("http://10.0.0.{i}:4318")).collect()
+    }
+
+    /// Trace ids from a fixed generator (splitmix64), independent of the ring's hash.
+    fn trace_ids(n: usize) -> Vec<[u8; 16]> {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        (0..n)
+            .map(|_| {
+                let mut id = [0u8; 16];
+                id[..8].copy_from_slice(&next().to_le_bytes());
+                id[8..].copy_from_slice(&next().to_le_bytes());
+                id
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_ring_shares_traces_evenly_and_the_same_in_any_order() {
+        let ring = Ring::new(&names(3));
+        let mut reversed = names(3);
+        reversed.reverse();
+        let other = Ring::new(&reversed);
+        let mut counts = [0usize; 3];
+        for id in trace_ids(30_000) {
+            let owner = ring.owner(trace_key(&id), |_| false).unwrap();
+            counts[owner] += 1;
+            // The same ingester by name, whatever the order it was given in.
+            let by_other = other.owner(trace_key(&id), |_| false).unwrap();
+            assert_eq!(names(3)[owner], reversed[by_other]);
+        }
+        for count in counts {
+            assert!((8_000..12_000).contains(&count), "uneven shares: {counts:?}");
+        }
+    }
+
+    #[test]
+    fn an_ingester_down_moves_only_its_own_traces() {
+        let ring = Ring::new(&names(3));
+        let (mut moved, mut spread) = (0usize, [0usize; 3]);
+        for id in trace_ids(10_000) {
+            let key = trace_key(&id);
+            let owner = ring.owner(key, |_| false).unwrap();
+            let without_1 = ring.owner(key, |i| i == 1).unwrap();
+            if owner == 1 {
+                assert_ne!(without_1, 1);
+                spread[without_1] += 1;
+                moved += 1;
+            } else {
+                assert_eq!(without_1, owner, "a trace of a running ingester moved");
+            }
+            // With the ingester removed from the ring altogether, the same: the ring is consistent.
+            let two = Ring::new(&[names(3)[0].clone(), names(3)[2].clone()]);
+            let by_two = two.owner(key, |_| false).unwrap();
+            assert_eq!([0, 2][by_two], without_1);
+        }
+        assert!(moved > 2_000, "{moved}");
+        // The share of the one down goes to both others, not all to one.
+        assert!(spread[0] > moved / 4 && spread[2] > moved / 4, "{spread:?}");
+        assert_eq!(ring.owner(1, |_| true), None);
+    }
+
+    fn span(trace_id: &[u8; 16], n: u8) -> Span {
+        Span { trace_id: trace_id.to_vec(), span_id: vec![n; 8], name: format!("op{n}"), ..Span::default() }
+    }
+
+    #[test]
+    fn an_export_splits_by_owner_keeping_resources_and_scopes() {
+        let ring = Ring::new(&names(3));
+        let ids = trace_ids(40);
+        let resource = |service: &str| Resource {
+            attributes: vec![opentelemetry_proto::tonic::common::v1::KeyValue {
+                key: "service.name".into(),
+                value: Some(opentelemetry_proto::tonic::common::v1::AnyValue {
+                    value: Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(service.into())),
+                }),
+                ..Default::default()
+            }],
+            ..Resource::default()
+        };
+        let scope = |name: &str| Some(InstrumentationScope { name: name.into(), ..InstrumentationScope::default() });
+        let request = ExportTraceServiceRequest {
+            resource_spans: ["checkout", "cart"]
+                .iter()
+                .map(|service| ResourceSpans {
+                    resource: Some(resource(service)),
+                    scope_spans: ["http", "db"]
+                        .iter()
+                        .map(|s| ScopeSpans {
+                            scope: scope(s),
+                            spans: ids.iter().enumerate().map(|(i, id)| span(id, i as u8)).collect(),
+                            schema_url: format!("schema/{s}"),
+                        })
+                        .collect(),
+                    schema_url: String::new(),
+                })
+                .collect(),
+        };
+        let original = request.clone();
+        let shares = split(request, &ring, &HashSet::new()).unwrap();
+        assert_eq!(shares.len(), 3, "40 traces reach every one of 3 ingesters");
+        let mut seen = Vec::new();
+        for share in &shares {
+            let decoded = ExportTraceServiceRequest::decode(share.body.clone()).unwrap();
+            let mut spans = 0;
+            for rs in &decoded.resource_spans {
+                let original_rs =
+                    original.resource_spans.iter().find(|o| o.resource == rs.resource).expect("a resource sent");
+                for ss in &rs.scope_spans {
+                    let original_ss = original_rs.scope_spans.iter().find(|o| o.scope == ss.scope).unwrap();
+                    assert_eq!(ss.schema_url, original_ss.schema_url);
+                    for span in &ss.spans {
+                        let id: [u8; 16] = span.trace_id.clone().try_into().unwrap();
+                        assert_eq!(ring.owner(trace_key(&id), |_| false), Some(share.ingester));
+                        assert!(original_ss.spans.contains(span));
+                        seen.push((rs.resource.clone(), ss.scope.clone(), span.clone()));
+                        spans += 1;
+                    }
+                }
+            }
+            assert_eq!(spans, share.spans);
+        }
+        assert_eq!(seen.len(), 2 * 2 * 40, "every span in exactly one share");
+        // With one ingester down, its spans go to the others and none to it.
+        let down = HashSet::from([shares[0].ingester]);
+        let again = split(original.clone(), &ring, &down).unwrap();
+        assert!(again.iter().all(|s| s.ingester != shares[0].ingester));
+        assert_eq!(again.iter().map(|s| s.spans).sum::<u64>(), 160);
+        assert!(split(original, &ring, &HashSet::from([0, 1, 2])).is_none());
+    }
+
+    /// How a fake ingester answers every export.
+    #[derive(Clone, Copy)]
+    enum Answer {
+        Store,
+        Overloaded,
+        Malformed,
+    }
+
+    /// A fake ingester on loopback answering as `answer` says; its URL and the spans it received.
+    async fn fake_ingester(answer: Answer) -> (String, Arc<std::sync::atomic::AtomicU64>) {
+        use axum::response::IntoResponse;
+        let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = Arc::clone(&received);
+        let app = axum::Router::new().route(
+            TRACES_PATH,
+            axum::routing::post(move |body: Bytes| async move {
+                let request = ExportTraceServiceRequest::decode(body).unwrap();
+                let spans: usize =
+                    request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
+                counted.fetch_add(spans as u64, Ordering::Relaxed);
+                let refusal = |status: http::StatusCode, message: &str| {
+                    let body = RpcStatus { code: 0, message: message.into() }.encode_to_vec();
+                    (status, [(http::header::RETRY_AFTER, "3")], body).into_response()
+                };
+                match answer {
+                    Answer::Store => ExportTraceServiceResponse::default().encode_to_vec().into_response(),
+                    Answer::Overloaded => refusal(http::StatusCode::SERVICE_UNAVAILABLE, "catching up"),
+                    Answer::Malformed => refusal(http::StatusCode::BAD_REQUEST, "a bad span"),
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, received)
+    }
+
+    /// The URL of an address nothing listens on (bound, then closed: connections are refused).
+    async fn down_ingester() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    }
+
+    fn export_of(traces: usize) -> ExportTraceServiceRequest {
+        let spans = trace_ids(traces).iter().enumerate().map(|(i, id)| span(id, i as u8)).collect();
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans { spans, ..ScopeSpans::default() }],
+                ..ResourceSpans::default()
+            }],
+        }
+    }
+
+    fn distributor(ingesters: &[String]) -> Arc<Distributor> {
+        Distributor::new(DistributorConfig { ingesters: ingesters.to_vec(), max_in_flight_bytes: 64 << 20 }).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_share_for_an_unreachable_ingester_goes_to_the_next() {
+        let (up, received) = fake_ingester(Answer::Store).await;
+        let down = down_ingester().await;
+        let distributor = distributor(&[up, down.clone()]);
+        let outcome = distributor.forward(export_of(40), &HeaderMap::new()).await.unwrap();
+        assert_eq!((outcome.accepted, outcome.rejected), (40, 0));
+        assert_eq!(received.load(Ordering::Relaxed), 40, "every span reached the one running");
+        let failures =
+            || distributor.metrics.forward_failures.get_or_create(&IngesterLabel { ingester: down.clone() }).get();
+        assert_eq!(failures(), 1);
+        // It is skipped for a while: the next export goes straight to the running one.
+        let outcome = distributor.forward(export_of(40), &HeaderMap::new()).await.unwrap();
+        assert_eq!(outcome.accepted, 40);
+        assert_eq!(failures(), 1, "tried again within DOWN_FOR");
+        // With none running, the export is refused as retryable.
+        let nobody = self::distributor(&[down_ingester().await]);
+        let e = nobody.forward(export_of(4), &HeaderMap::new()).await.unwrap_err();
+        assert!(matches!(e, IngestError::NoIngester(_)) && e.retry_after().is_some(), "{e}");
+        assert_eq!(e.http_status(), http::StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[tokio::test]
+    async fn a_retryable_refusal_fails_the_whole_export_with_the_ingesters_retry_hint() {
+        let (stores, _) = fake_ingester(Answer::Store).await;
+        let (overloaded, _) = fake_ingester(Answer::Overloaded).await;
+        let distributor = distributor(&[stores, overloaded]);
+        let e = distributor.forward(export_of(40), &HeaderMap::new()).await.unwrap_err();
+        assert_eq!(e.http_status(), http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.grpc_code(), tonic::Code::Unavailable);
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(3)));
+        assert!(e.to_string().contains("catching up"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_share_is_rejected_spans_beside_stored_ones_and_the_error_alone() {
+        let (stores, stored) = fake_ingester(Answer::Store).await;
+        let (refuses, refused) = fake_ingester(Answer::Malformed).await;
+        let distributor = distributor(&[stores, refuses]);
+        let outcome = distributor.forward(export_of(40), &HeaderMap::new()).await.unwrap();
+        let (stored, refused) = (stored.load(Ordering::Relaxed), refused.load(Ordering::Relaxed));
+        assert!(stored > 0 && refused > 0 && stored + refused == 40, "{stored} + {refused}");
+        assert_eq!((outcome.accepted, outcome.rejected), (stored, refused));
+        assert!(outcome.error_message.as_deref().is_some_and(|m| m.contains("a bad span")), "{outcome:?}");
+        // Refused whole, it fails as the ingester said.
+        let (refuses, _) = fake_ingester(Answer::Malformed).await;
+        let e = self::distributor(&[refuses]).forward(export_of(4), &HeaderMap::new()).await.unwrap_err();
+        assert_eq!(
+            (e.http_status(), e.grpc_code(), e.retry_after()),
+            (http::StatusCode::BAD_REQUEST, tonic::Code::InvalidArgument, None)
+        );
+    }
+
+    #[test]
+    fn ingesters_are_checked() {
+        let given = |list: &[&str]| parse_ingesters(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(
+            given(&["http://127.0.0.1:4318/", " http://ingester-2:4318"]).unwrap(),
+            ["http://127.0.0.1:4318", "http://ingester-2:4318"]
+        );
+        let refused = |list: &[&str], says: &str| {
+            let e = given(list).unwrap_err();
+            assert!(e.contains(says), "{e}");
+        };
+        refused(&[], "names no ingester");
+        refused(&["https://a:4318"], "plain HTTP");
+        refused(&["a:4318"], "give http://HOST:PORT");
+        refused(&["http://a"], "with a port");
+        refused(&["http://a:4318/v1/traces"], "no path");
+        refused(&["http://a:4318", "http://a:4318/"], "twice");
+    }
+}
