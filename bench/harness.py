@@ -24,12 +24,14 @@ def die(message):
 class Server:
     """A `hopscope serve` on ephemeral loopback ports."""
 
-    def __init__(self, binary, data_dir, *extra, env=None):
+    def __init__(self, binary, data_dir, *extra, env=None, answers_queries=True):
+        """`answers_queries`: False for the roles that answer none (`--role ingester`,
+        `--role distributor`), which refuse the query flags the benchmarks give servers."""
         self.log = []
+        queries = ["--query-timeout", "10m", "--query-max-rows", "1000000"] if answers_queries else []
         self.proc = subprocess.Popen(
             [binary, "serve", "--data-dir", data_dir, "--otlp-grpc-addr", "127.0.0.1:0",
-             "--otlp-http-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0", "--query-timeout", "10m",
-             "--query-max-rows", "1000000", *extra],
+             "--otlp-http-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0", *queries, *extra],
             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
         listening = threading.Event()
 

@@ -273,6 +273,72 @@ struct ServeArgs {
     /// critical paths, findings), to measure what deriving costs.
     #[arg(long, hide = true)]
     no_derive: bool,
+    /// Which flags were given, and how (for `check_role`).
+    #[arg(skip)]
+    given: GivenFlags,
+}
+
+/// The `serve` flags given explicitly, by their ids (field names), on the command line or by
+/// their environment variables.
+#[derive(Debug, Default)]
+struct GivenFlags {
+    command_line: Vec<String>,
+    environment: Vec<String>,
+}
+
+impl GivenFlags {
+    fn of(matches: &clap::ArgMatches) -> GivenFlags {
+        let mut given = GivenFlags::default();
+        for id in matches.ids() {
+            match matches.value_source(id.as_str()) {
+                Some(clap::parser::ValueSource::CommandLine) => given.command_line.push(id.to_string()),
+                Some(clap::parser::ValueSource::EnvVariable) => given.environment.push(id.to_string()),
+                _ => {}
+            }
+        }
+        given
+    }
+}
+
+/// Flags that do nothing in a role, and why. Given on the command line they are refused; from
+/// the environment (which processes of several roles may share) they are named in a warning.
+fn idle_flags(role: Role) -> (Vec<&'static str>, &'static str) {
+    const QUERYING: [&str; 6] = [
+        "query_memory_limit_bytes",
+        "query_cache_bytes",
+        "query_max_rows",
+        "query_max_concurrent",
+        "query_max_cartesian_rows",
+        "cors_allowed_origins",
+    ];
+    const STORING: [&str; 10] = [
+        "max_value_bytes",
+        "max_span_bytes",
+        "trace_idle_period",
+        "trace_max_delay",
+        "maintenance_interval",
+        "retention_age",
+        "retention_max_bytes",
+        "metrics_max_series",
+        "no_derive",
+        "tenant_limits",
+    ];
+    // An ingester keeps --query-timeout: replaced files stay twice as long, for the queriers.
+    match role {
+        Role::All => (Vec::new(), ""),
+        Role::Ingester => {
+            (QUERYING.to_vec(), "is about answering queries, which a --role ingester leaves to the queriers")
+        }
+        Role::Querier => (
+            [&STORING[..], &["max_buffered_bytes", "otlp_http_max_body_bytes", "otlp_grpc_max_message_bytes"]].concat(),
+            "is about receiving or storing spans, which a --role querier does not do",
+        ),
+        Role::Distributor => (
+            [&QUERYING[..], &STORING[..], &["query_timeout", "max_tenants"]].concat(),
+            "does nothing on a --role distributor, which forwards spans and neither stores them nor answers \
+             queries: give it to the ingesters or the queriers",
+        ),
+    }
 }
 
 pub(crate) fn optional_duration(s: &str) -> Result<Option<std::time::Duration>, String> {
@@ -332,7 +398,11 @@ fn positive_usize(s: &str) -> Result<usize, String> {
 fn main() -> anyhow::Result<()> {
     // Before any thread starts (see the function).
     hopscope_ingest::memory::limit_arenas();
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let mut cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let (Command::Serve(args), Some(("serve", given))) = (&mut cli.command, matches.subcommand()) {
+        args.given = GivenFlags::of(given);
+    }
     {
         use tracing_subscriber::layer::SubscriberExt as _;
         use tracing_subscriber::util::SubscriberInitExt as _;
@@ -834,7 +904,7 @@ fn check_role(args: &ServeArgs) -> anyhow::Result<()> {
         false => Ok(()),
     };
     let ingesters = !args.ingesters.is_empty();
-    match args.role {
+    let needs = match args.role {
         Role::All => refuse(
             ingesters,
             "--ingesters",
@@ -900,7 +970,17 @@ fn check_role(args: &ServeArgs) -> anyhow::Result<()> {
                 "serves queries, which a --role distributor does not answer: give it to a --role querier",
             )
         }
+    };
+    needs?;
+    let (idle, why) = idle_flags(args.role);
+    for id in idle {
+        let flag = format!("--{}", id.replace('_', "-"));
+        refuse(args.given.command_line.iter().any(|given| given == id), &flag, why)?;
+        if args.given.environment.iter().any(|given| given == id) {
+            tracing::warn!("HOPSCOPE_{} is set, but {flag} {why}", id.to_uppercase());
+        }
     }
+    Ok(())
 }
 
 /// The shared storage `--storage-url` names, or `None` (the data directory) without one, checked

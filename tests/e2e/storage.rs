@@ -354,8 +354,19 @@ async fn a_distributor_spreads_traces_over_ingesters_and_routes_around_one_kille
         ingester(fresh_data_dir("cluster-ingester-b"), &["--trace-idle-period", "60s", "--trace-max-delay", "120s"]);
     let (a_url, b_url) = (format!("http://{}", a.http), format!("http://{}", b.http));
     let ingesters = format!("{a_url},{b_url}");
-    let distributor = Server::start("cluster-distributor", &["--role", "distributor", "--ingesters", &ingesters]);
-    assert!(distributor.log().contains("role=\"distributor\""), "{}", distributor.log());
+    // A flag that does nothing on a distributor, set in an environment shared with other roles, is
+    // named in a warning.
+    let distributor = Server::start_with_env(
+        fresh_data_dir("cluster-distributor"),
+        &["--role", "distributor", "--ingesters", &ingesters],
+        &[("HOPSCOPE_QUERY_TIMEOUT", Path::new("5s"))],
+    );
+    let log = distributor.log();
+    assert!(log.contains("role=\"distributor\""), "{log}");
+    assert!(
+        log.contains("HOPSCOPE_QUERY_TIMEOUT is set, but --query-timeout does nothing on a --role distributor"),
+        "{log}"
+    );
     let querier_args: Vec<&str> = shared.iter().copied().chain(["--role", "querier"]).collect();
     let querier = Server::start_with_env(fresh_data_dir("cluster-querier"), &querier_args, &env);
 
@@ -421,6 +432,22 @@ async fn a_distributor_spreads_traces_over_ingesters_and_routes_around_one_kille
     assert!(!ok && stderr.contains("leaves to its ingesters"), "{stderr}");
     let (ok, _, stderr) = serve_to_completion(&fresh_data_dir("ingester-alone"), &["--role", "ingester"]);
     assert!(!ok && stderr.contains("--role ingester stores into the shared storage"), "{stderr}");
+    // Flags that would do nothing in a role are refused, saying so.
+    let (ok, _, stderr) = serve_to_completion(
+        &fresh_data_dir("distributor-query-flag"),
+        &["--role", "distributor", "--ingesters", "http://127.0.0.1:4318", "--query-timeout", "5s"],
+    );
+    assert!(!ok && stderr.contains("--query-timeout does nothing on a --role distributor"), "{stderr}");
+    let (ok, _, stderr) = serve_to_completion(
+        &fresh_data_dir("querier-buffer-flag"),
+        &["--role", "querier", "--storage-url", "s3://cluster/spans", "--max-buffered-bytes", "1000000"],
+    );
+    assert!(!ok && stderr.contains("--max-buffered-bytes is about receiving or storing spans"), "{stderr}");
+    let (ok, _, stderr) = serve_to_completion(
+        &fresh_data_dir("ingester-query-flag"),
+        &["--role", "ingester", "--storage-url", "s3://cluster/spans", "--query-max-rows", "5"],
+    );
+    assert!(!ok && stderr.contains("--query-max-rows is about answering queries"), "{stderr}");
 }
 
 /// `POST /api/v1/sql` as `tenant`: the status and the answer.
