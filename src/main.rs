@@ -300,9 +300,9 @@ impl GivenFlags {
     }
 }
 
-/// Flags that do nothing in a role, and why. Given on the command line they are refused; from
-/// the environment (which processes of several roles may share) they are named in a warning.
-fn idle_flags(role: Role) -> (Vec<&'static str>, &'static str) {
+/// Flags that do nothing in a role, each with why. Given on the command line they are refused;
+/// from the environment (which processes of several roles may share) they are named in a warning.
+fn idle_flags(role: Role) -> Vec<(&'static str, &'static str)> {
     const QUERYING: [&str; 6] = [
         "query_memory_limit_bytes",
         "query_cache_bytes",
@@ -321,23 +321,45 @@ fn idle_flags(role: Role) -> (Vec<&'static str>, &'static str) {
         "retention_max_bytes",
         "metrics_max_series",
         "no_derive",
-        "tenant_limits",
+        "discard",
     ];
-    // An ingester keeps --query-timeout: replaced files stay twice as long, for the queriers.
+    const FORWARDING: &str = "names where a --role distributor forwards spans";
+    let with = |ids: &[&'static str], why: &'static str| ids.iter().map(move |id| (*id, why)).collect::<Vec<_>>();
     match role {
-        Role::All => (Vec::new(), ""),
-        Role::Ingester => {
-            (QUERYING.to_vec(), "is about answering queries, which a --role ingester leaves to the queriers")
+        Role::All => with(&["ingesters"], FORWARDING),
+        // An ingester keeps --query-timeout: replaced files stay twice as long, for the queriers.
+        Role::Ingester => [
+            with(&QUERYING, "is about answering queries, which a --role ingester leaves to the queriers"),
+            with(&["jaeger_addr"], "serves queries, which a --role ingester leaves to the queriers"),
+            with(&["ingesters"], FORWARDING),
+        ]
+        .concat(),
+        Role::Querier => {
+            let receiving = ["max_buffered_bytes", "otlp_http_max_body_bytes", "otlp_grpc_max_message_bytes"];
+            let why = "is about receiving or storing spans, which a --role querier does not do";
+            [
+                with(&STORING, why),
+                with(&receiving, why),
+                with(&["zipkin_addr", "tenant_limits"], why),
+                with(&["ingesters"], FORWARDING),
+            ]
+            .concat()
         }
-        Role::Querier => (
-            [&STORING[..], &["max_buffered_bytes", "otlp_http_max_body_bytes", "otlp_grpc_max_message_bytes"]].concat(),
-            "is about receiving or storing spans, which a --role querier does not do",
-        ),
-        Role::Distributor => (
-            [&QUERYING[..], &STORING[..], &["query_timeout", "max_tenants"]].concat(),
-            "does nothing on a --role distributor, which forwards spans and neither stores them nor answers \
-             queries: give it to the ingesters or the queriers",
-        ),
+        Role::Distributor => [
+            with(&QUERYING, "is about answering queries, which a --role distributor leaves to the queriers"),
+            with(
+                &["query_timeout", "jaeger_addr"],
+                "is about answering queries, which a --role distributor leaves to the queriers",
+            ),
+            with(&STORING, "is about storing spans, which a --role distributor leaves to its ingesters"),
+            with(&["storage_url"], "is about storing spans, which a --role distributor leaves to its ingesters"),
+            with(
+                &["multi_tenant", "auth_config", "tenant_limits", "max_tenants"],
+                "is applied by the ingesters: a --role distributor passes each request's X-Scope-OrgID and \
+                 Authorization on to them; give it to the ingesters",
+            ),
+        ]
+        .concat(),
     }
 }
 
@@ -716,8 +738,8 @@ async fn serve_distributor(
         )),
         http: hopscope_ingest::http::router(distributor.clone(), args.otlp_http_max_body_bytes),
     };
-    let Servers { otlp, zipkin, api, jaeger } = serve_listeners(listeners, receivers, api_app, &stop).await?;
-    debug_assert!(jaeger.is_none(), "check_role refuses --jaeger-addr");
+    // A distributor binds no Jaeger address.
+    let Servers { otlp, zipkin, api, jaeger: _ } = serve_listeners(listeners, receivers, api_app, &stop).await?;
     let reloads = reload_on_hangup(None, tls, stop.clone());
     let signal_stop = stop.clone();
     tokio::spawn(async move {
@@ -767,11 +789,14 @@ async fn bind_listeners(
         Role::Querier => None,
     };
     let api_listener = bind(args.api_addr, "API").await?;
-    let jaeger_listener = match args.jaeger_addr {
+    // A role that does not answer queries (or receive spans) binds no Jaeger (or Zipkin) address,
+    // even when one is set in the environment (`check_role` warns then).
+    let answers_queries = matches!(args.role, Role::All | Role::Querier);
+    let jaeger_listener = match args.jaeger_addr.filter(|_| answers_queries) {
         Some(addr) => Some(bind(addr, "Jaeger query").await?),
         None => None,
     };
-    let zipkin_listener = match args.zipkin_addr {
+    let zipkin_listener = match args.zipkin_addr.filter(|_| args.role != Role::Querier) {
         Some(addr) => Some(bind(addr, "Zipkin").await?),
         None => None,
     };
@@ -897,85 +922,29 @@ fn reload_on_hangup(
     })
 }
 
-/// Refuses a role without what it needs, or with flags it cannot honour.
+/// Refuses a role without what it needs, or with flags it cannot honour ([`idle_flags`]).
 fn check_role(args: &ServeArgs) -> anyhow::Result<()> {
-    let refuse = |given: bool, flag: &str, why: &str| match given {
-        true => Err(anyhow::anyhow!("{flag} {why}")),
-        false => Ok(()),
-    };
-    let ingesters = !args.ingesters.is_empty();
-    let needs = match args.role {
-        Role::All => refuse(
-            ingesters,
-            "--ingesters",
-            "names where a --role distributor forwards spans; this process stores them itself (--role all)",
+    match args.role {
+        Role::All => {}
+        Role::Querier if args.storage_url.is_none() => anyhow::bail!(
+            "--role querier answers from shared storage, and stores nothing of its own: give the --storage-url \
+             the servers that receive spans store in"
         ),
-        Role::Querier => {
-            if args.storage_url.is_none() {
-                anyhow::bail!(
-                    "--role querier answers from shared storage, and stores nothing of its own: give the \
-                     --storage-url the servers that receive spans store in"
-                );
-            }
-            for (given, flag) in
-                [(args.zipkin_addr.is_some(), "--zipkin-addr"), (args.discard, "--discard"), (ingesters, "--ingesters")]
-            {
-                refuse(given, flag, "is about receiving spans, which a --role querier does not do")?;
-            }
-            Ok(())
-        }
-        Role::Ingester => {
-            if args.storage_url.is_none() {
-                anyhow::bail!(
-                    "--role ingester stores into the shared storage that queriers read: give --storage-url \
-                     (s3://BUCKET/PREFIX), the same for every ingester and querier"
-                );
-            }
-            refuse(
-                args.jaeger_addr.is_some(),
-                "--jaeger-addr",
-                "serves queries, which a --role ingester does not answer: give it to a --role querier",
-            )?;
-            refuse(ingesters, "--ingesters", "names where a --role distributor forwards spans, not an ingester's")
-        }
-        Role::Distributor => {
-            if !ingesters {
-                anyhow::bail!(
-                    "--role distributor forwards spans to ingesters: give their OTLP/HTTP addresses in --ingesters \
-                     (e.g. http://10.0.0.1:4318,http://10.0.0.2:4318)"
-                );
-            }
-            for (given, flag) in [
-                (args.storage_url.is_some(), "--storage-url"),
-                (args.discard, "--discard"),
-                (args.no_derive, "--no-derive"),
-            ] {
-                refuse(given, flag, "is about storing spans, which a --role distributor leaves to its ingesters")?;
-            }
-            for (given, flag) in [
-                (args.multi_tenant, "--multi-tenant"),
-                (args.auth_config.is_some(), "--auth-config"),
-                (args.tenant_limits.is_some(), "--tenant-limits"),
-            ] {
-                refuse(
-                    given,
-                    flag,
-                    "is applied by the ingesters: a --role distributor passes each request's X-Scope-OrgID and \
-                     Authorization on to them; give it to the ingesters",
-                )?;
-            }
-            refuse(
-                args.jaeger_addr.is_some(),
-                "--jaeger-addr",
-                "serves queries, which a --role distributor does not answer: give it to a --role querier",
-            )
-        }
-    };
-    needs?;
-    let (idle, why) = idle_flags(args.role);
-    for id in idle {
+        Role::Ingester if args.storage_url.is_none() => anyhow::bail!(
+            "--role ingester stores into the shared storage that queriers read: give --storage-url \
+             (s3://BUCKET/PREFIX), the same for every ingester and querier"
+        ),
+        Role::Distributor if args.ingesters.is_empty() => anyhow::bail!(
+            "--role distributor forwards spans to ingesters: give their OTLP/HTTP addresses in --ingesters (e.g. \
+             http://10.0.0.1:4318,http://10.0.0.2:4318)"
+        ),
+        Role::Querier | Role::Ingester | Role::Distributor => {}
+    }
+    for (id, why) in idle_flags(args.role) {
         let flag = format!("--{}", id.replace('_', "-"));
-        refuse(args.given.command_line.iter().any(|given| given == id), &flag, why)?;
+        if args.given.command_line.iter().any(|given| given == id) {
+            anyhow::bail!("{flag} {why}");
+        }
         if args.given.environment.iter().any(|given| given == id) {
             tracing::warn!("HOPSCOPE_{} is set, but {flag} {why}", id.to_uppercase());
         }

@@ -110,6 +110,26 @@ impl Admission {
         Ok(reservation)
     }
 
+    /// Reserves what an export whose body declares `len` bytes (`gzip`: compressed; at most `limit`
+    /// bytes inflated) will hold while decoded, beside `buffered` (see [`Self::reserve`]); refused
+    /// while the server is `closed` (stopping) or when the body could never fit under `limit`.
+    pub(crate) fn admit_export(
+        self: &Arc<Self>,
+        closed: bool,
+        len: usize,
+        gzip: bool,
+        limit: usize,
+        buffered: impl FnOnce() -> usize,
+    ) -> Result<Reservation, IngestError> {
+        if closed {
+            Err(IngestError::ShuttingDown)
+        } else if len > limit {
+            Err(IngestError::TooLarge { limit, decompressed: false })
+        } else {
+            self.reserve(estimate(len, gzip, limit), buffered())
+        }
+    }
+
     /// What exports, the buffer and maintenance may hold together: the bound less the flush's
     /// headroom.
     pub(crate) fn usable(&self) -> usize {

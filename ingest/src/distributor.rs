@@ -10,13 +10,14 @@
 //! or removing an ingester moves only the traces of the ring's arcs it takes or gives up. The
 //! hash is FNV-1a, spelt out here, so that it does not change with the Rust release or process.
 //!
-//! An ingester that cannot be reached (refused connection, timeout, a reset before its answer)
-//! is skipped for [`DOWN_FOR`], and its share of an export goes to the next ingester on the ring
+//! An ingester that cannot be reached (refused connection, timeout, a reset before its answer, or
+//! an answer no ingester gives, such as a 404 from a wrong address) is skipped for [`DOWN_FOR`]
+//! (then one export tries it again), and its share of an export goes to the next ingester on the ring
 //! for each trace: the trace is then split across ingesters, which the derived tables already
 //! handle (a trace split across files of several writers is re-derived whole). An ingester that
 //! answers with a refusal is not skipped: a retryable one (503 overloaded, 429 rate limited)
 //! makes the whole export retryable, so that the client resends; the ingesters that already
-//! acknowledged their shares drop the resent spans as resends (`--resend-window`); a
+//! acknowledged their shares drop the resent spans as resends (they remember the last million); a
 //! non-retryable one (a malformed span, a refused token) makes the export fail as the ingester
 //! said when nothing of it was stored, and counts its spans as rejected in the partial success
 //! otherwise.
@@ -44,16 +45,20 @@ use prost::Message;
 
 use crate::IngestError;
 use crate::admission::{self, Admission};
-use crate::decode::{BodyFormat, decode_request, gunzip_limited};
+use crate::decode::BodyFormat;
 use crate::http::{RpcStatus, TRACES_PATH};
-use crate::ingester::{Admitted, ExportBody, ExportOutcome, ExportTarget};
+use crate::ingester::{Admitted, ExportBody, ExportOutcome, ExportTarget, decode_reserved};
 
 /// Points each ingester holds on the ring: enough that three ingesters' shares of random trace
 /// ids differ by a few percent, few enough that finding an owner is a short binary search.
 pub const TOKENS_PER_INGESTER: usize = 128;
 
-/// How long an ingester that could not be reached is skipped before it is tried again.
-pub const DOWN_FOR: Duration = Duration::from_secs(2);
+/// How long an ingester that could not be reached is skipped before one export tries it again.
+pub const DOWN_FOR: Duration = Duration::from_secs(5);
+
+/// How long a connection to an ingester is kept unused: less than an ingester keeps one
+/// (`--idle-timeout`, and `--header-read-timeout` between requests: 10 s by default).
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a distributor waits to connect to an ingester.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -228,10 +233,19 @@ fn split(request: ExportTraceServiceRequest, ring: &Ring, down: &HashSet<usize>)
 enum Forwarded {
     /// The ingester acknowledged it.
     Stored(ExportOutcome),
-    /// The ingester answered with a refusal.
+    /// The ingester refused it, as an ingester refuses an export.
     Refused(IngestError),
-    /// The ingester could not be reached, or its answer was lost: the share goes elsewhere.
+    /// The ingester could not be reached, its answer was lost, or what answered is not an
+    /// ingester's OTLP/HTTP receiver: the share goes elsewhere.
     Unreachable(String),
+}
+
+/// The statuses an ingester's OTLP/HTTP receiver refuses an export with ([`IngestError::http_status`]
+/// of what an ingester can answer a protobuf export at the traces path). Any other answer (a
+/// redirect, 404, 405, 407, 415) is not an ingester's: the address is wrong, or something else
+/// answers there.
+fn is_ingester_refusal(status: http::StatusCode) -> bool {
+    matches!(status.as_u16(), 400 | 401 | 403 | 413 | 429) || status.is_server_error()
 }
 
 /// The `ingester` label of the distributor's metrics.
@@ -252,6 +266,7 @@ struct DistributorMetrics {
     requests: Counter,
     refused: Family<ReasonLabel, Counter>,
     spans_forwarded: Family<IngesterLabel, Counter>,
+    spans_refused: Family<IngesterLabel, Counter>,
     forward_failures: Family<IngesterLabel, Counter>,
     reserved_bytes: Gauge,
 }
@@ -260,7 +275,7 @@ struct DistributorMetrics {
 #[derive(Debug)]
 pub struct Distributor {
     ingesters: Vec<String>,
-    ring: Ring,
+    ring: Arc<Ring>,
     client: reqwest::Client,
     /// Until when each ingester is skipped, after it could not be reached.
     down_until: Mutex<Vec<Option<Instant>>>,
@@ -275,12 +290,20 @@ impl Distributor {
         let client = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(FORWARD_TIMEOUT)
+            // Straight to the ingesters: no proxy from HTTP_PROXY (the credentials passed on
+            // would go through it), no redirect (a POST redirected becomes a GET).
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            // Closed before an ingester closes it (after --idle-timeout, or --header-read-timeout
+            // between requests, 10 s by default), so that a share is not sent on a connection the
+            // ingester is closing.
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build()
             .map_err(|e| IngestError::Task(format!("building the HTTP client: {e}")))?;
         let metrics = DistributorMetrics::default();
         let admission = Admission::new(config.max_in_flight_bytes, 0, metrics.reserved_bytes.clone());
         Ok(Arc::new(Self {
-            ring: Ring::new(&config.ingesters),
+            ring: Arc::new(Ring::new(&config.ingesters)),
             down_until: Mutex::new(vec![None; config.ingesters.len()]),
             ingesters: config.ingesters,
             client,
@@ -305,6 +328,11 @@ impl Distributor {
             m.spans_forwarded.clone(),
         );
         registry.register(
+            "hopscope_distributor_spans_refused",
+            "Spans an ingester refused (retryable or not), by ingester",
+            m.spans_refused.clone(),
+        );
+        registry.register(
             "hopscope_distributor_forward_failures",
             "Forwarded shares an ingester could not be reached for (sent to the next ingester on the ring), by ingester",
             m.forward_failures.clone(),
@@ -321,24 +349,32 @@ impl Distributor {
         self.closed.store(true, Ordering::Release);
     }
 
-    /// The ingesters skipped now: those found unreachable less than [`DOWN_FOR`] ago; none when
-    /// that is all of them (better to try again than to refuse outright).
+    /// The ingesters skipped now: those found unreachable less than [`DOWN_FOR`] ago. One whose
+    /// time is up is tried by this export alone (it is skipped [`DOWN_FOR`] more by the others
+    /// meanwhile), so that one export, not every one in flight, pays for finding it still down.
+    /// None are skipped when that would be all of them (better to try again than to refuse).
     fn skipped(&self) -> HashSet<usize> {
         let now = Instant::now();
-        let down: HashSet<usize> = self
-            .down_until
-            .lock()
-            .expect("down lock")
-            .iter()
-            .enumerate()
-            .filter(|(_, until)| until.is_some_and(|until| until > now))
-            .map(|(i, _)| i)
-            .collect();
+        let mut down_until = self.down_until.lock().expect("down lock");
+        let mut down = HashSet::new();
+        for (ingester, until) in down_until.iter_mut().enumerate() {
+            match until {
+                Some(until) if *until > now => {
+                    down.insert(ingester);
+                }
+                Some(until) => *until = now + DOWN_FOR,
+                None => {}
+            }
+        }
         if down.len() == self.ingesters.len() { HashSet::new() } else { down }
     }
 
     fn mark(&self, ingester: usize, down: bool) {
         self.down_until.lock().expect("down lock")[ingester] = down.then(|| Instant::now() + DOWN_FOR);
+    }
+
+    fn count(&self, family: &Family<IngesterLabel, Counter>, ingester: usize, by: u64) {
+        family.get_or_create(&IngesterLabel { ingester: self.ingesters[ingester].clone() }).inc_by(by);
     }
 
     async fn receive(&self, body: ExportBody, headers: &HeaderMap) -> Result<ExportOutcome, IngestError> {
@@ -348,23 +384,17 @@ impl Distributor {
         self.metrics.requests.inc();
         let (body, format, gzip, limit, admitted) = body.into_parts();
         let estimate = admission::estimate(body.len(), gzip, limit);
-        // Held until every share is acknowledged: the request, then its shares, are in memory.
-        let _reservation = match admitted {
+        // Held until every share is answered: the request, then its shares, are in memory.
+        let mut reservation = match admitted {
             Some(Admitted(mut reservation)) => {
                 reservation.resize(estimate, 0)?;
                 reservation
             }
             None => self.admission.reserve(estimate, 0)?,
         };
-        let request = tokio::task::spawn_blocking(move || {
-            let inflated;
-            let bytes = if gzip {
-                inflated = gunzip_limited(&body, limit)?;
-                &inflated[..]
-            } else {
-                &body[..]
-            };
-            decode_request(bytes, format)
+        let (request, _reservation) = tokio::task::spawn_blocking(move || {
+            let (request, _) = decode_reserved(&body, format, gzip, limit, &mut reservation, || 0)?;
+            Ok::<_, IngestError>((request, reservation))
         })
         .await
         .map_err(|e| IngestError::Task(e.to_string()))??;
@@ -388,15 +418,13 @@ impl Distributor {
         let mut pending = request;
         let mut outcome = ExportOutcome { accepted: 0, rejected: 0, error_message: None };
         let mut refusals: Vec<(u64, IngestError)> = Vec::new();
-        let mut unreachable: Vec<String> = Vec::new();
         loop {
-            let ring = self.ring.clone();
-            let skip = down.clone();
+            let (ring, skip) = (Arc::clone(&self.ring), down.clone());
             let shares = tokio::task::spawn_blocking(move || split(pending, &ring, &skip))
                 .await
                 .map_err(|e| IngestError::Task(e.to_string()))?;
             let Some(shares) = shares else {
-                return Err(IngestError::NoIngester(unreachable.join("; ")));
+                return Err(IngestError::NoIngester);
             };
             let answers = futures::future::join_all(shares.iter().map(|share| self.send(share, headers))).await;
             let mut again: Vec<Bytes> = Vec::new();
@@ -404,31 +432,30 @@ impl Distributor {
                 match answer {
                     Forwarded::Stored(stored) => {
                         self.mark(share.ingester, false);
-                        self.metrics
-                            .spans_forwarded
-                            .get_or_create(&IngesterLabel { ingester: self.ingesters[share.ingester].clone() })
-                            .inc_by(stored.accepted);
+                        self.count(&self.metrics.spans_forwarded, share.ingester, stored.accepted);
+                        self.count(&self.metrics.spans_refused, share.ingester, stored.rejected);
                         outcome.accepted += stored.accepted;
                         outcome.rejected += stored.rejected;
-                        if let Some(message) = stored.error_message {
-                            outcome.error_message = Some(message);
-                        }
+                        outcome.error_message = join(outcome.error_message.take(), stored.error_message);
                     }
-                    Forwarded::Refused(e) => refusals.push((share.spans, e)),
+                    Forwarded::Refused(e) => {
+                        self.mark(share.ingester, false);
+                        self.count(&self.metrics.spans_refused, share.ingester, share.spans);
+                        refusals.push((share.spans, e));
+                    }
                     Forwarded::Unreachable(why) => {
-                        tracing::warn!(ingester = %self.ingesters[share.ingester], error = %why, "ingester unreachable; its share goes to the next ingester on the ring");
+                        let ingester = &self.ingesters[share.ingester];
+                        tracing::warn!(%ingester, error = %why, "ingester unreachable; its share goes to the next ingester on the ring");
                         self.mark(share.ingester, true);
-                        self.metrics
-                            .forward_failures
-                            .get_or_create(&IngesterLabel { ingester: self.ingesters[share.ingester].clone() })
-                            .inc();
+                        self.count(&self.metrics.forward_failures, share.ingester, 1);
                         down.insert(share.ingester);
-                        unreachable.push(format!("{}: {why}", self.ingesters[share.ingester]));
                         again.push(share.body);
                     }
                 }
             }
-            if again.is_empty() {
+            // Once a share is refused as retryable the export will be sent again: the shares left
+            // go then.
+            if again.is_empty() || refusals.iter().any(|(_, e)| e.retry_after().is_some()) {
                 break;
             }
             pending = tokio::task::spawn_blocking(move || {
@@ -444,19 +471,29 @@ impl Distributor {
             .map_err(|e| IngestError::Task(e.to_string()))?;
         }
         // A retryable refusal fails the export, so that the client resends it (what was stored
-        // is then dropped as a resend by the ingesters that have it).
-        if let Some(index) = refusals.iter().position(|(_, e)| e.retry_after().is_some()) {
-            return Err(refusals.swap_remove(index).1);
+        // is then dropped as a resend by the ingesters that have it), after the longest wait any
+        // ingester asked for.
+        if let Some(longest) = refusals
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, e))| e.retry_after().is_some())
+            .max_by_key(|(_, (_, e))| e.retry_after())
+            .map(|(i, _)| i)
+        {
+            return Err(refusals.swap_remove(longest).1);
         }
-        match refusals.into_iter().next() {
-            None => Ok(outcome),
-            Some((_, e)) if outcome.accepted == 0 => Err(e),
-            Some((spans, e)) => {
-                outcome.rejected += spans;
-                outcome.error_message = Some(e.to_string());
-                Ok(outcome)
-            }
+        if refusals.is_empty() {
+            return Ok(outcome);
         }
+        if outcome.accepted == 0 {
+            return Err(refusals.swap_remove(0).1);
+        }
+        // Refused beside stored shares: every refused span is counted as rejected.
+        for (spans, e) in refusals {
+            outcome.rejected += spans;
+            outcome.error_message = join(outcome.error_message.take(), Some(e.to_string()));
+        }
+        Ok(outcome)
     }
 
     /// Posts one share to its ingester's OTLP/HTTP address.
@@ -475,11 +512,23 @@ impl Distributor {
             Err(e) => return Forwarded::Unreachable(error_chain(&e)),
         };
         let status = response.status();
+        let protobuf = response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| matches!(BodyFormat::from_content_type(Some(v)), Ok(BodyFormat::Protobuf)));
         let retry_after = response
             .headers()
             .get(http::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
+        let ingesters_answer = (status.is_success() && protobuf) || is_ingester_refusal(status);
+        if !ingesters_answer {
+            return Forwarded::Unreachable(format!(
+                "{name}{TRACES_PATH} answered {status}{}: is it an ingester's OTLP/HTTP address?",
+                if status.is_success() { " with no protobuf" } else { "" }
+            ));
+        }
         let body = match response.bytes().await {
             Ok(body) => body,
             // The answer was lost: the share may or may not be logged; sent elsewhere, it may be
@@ -489,29 +538,34 @@ impl Distributor {
         if status.is_success() {
             return match ExportTraceServiceResponse::decode(body) {
                 Ok(answer) => {
-                    let (rejected, message) = answer
-                        .partial_success
-                        .map_or((0, None), |p| (p.rejected_spans.max(0) as u64, Some(p.error_message)));
-                    let message = message.filter(|m| !m.is_empty());
+                    let (rejected, message) = answer.partial_success.map_or((0, None), |p| {
+                        (p.rejected_spans.clamp(0, share.spans as i64) as u64, Some(p.error_message))
+                    });
                     Forwarded::Stored(ExportOutcome {
-                        accepted: share.spans.saturating_sub(rejected),
+                        accepted: share.spans - rejected,
                         rejected,
-                        error_message: message,
+                        error_message: message.filter(|m| !m.is_empty()),
                     })
                 }
                 Err(e) => Forwarded::Unreachable(format!("{name} answered {status} with an unreadable body: {e}")),
             };
         }
-        let message = RpcStatus::decode(body.clone()).map(|s| s.message).unwrap_or_else(|_| {
-            let text = String::from_utf8_lossy(&body);
-            if text.trim().is_empty() { status.to_string() } else { text.trim().chars().take(500).collect() }
-        });
-        Forwarded::Refused(IngestError::Forwarded {
-            ingester: name.clone(),
-            status: status.as_u16(),
-            message,
-            retry_after,
-        })
+        let message = match RpcStatus::decode(body.clone()) {
+            Ok(status) if !status.message.is_empty() => status.message,
+            _ => match String::from_utf8_lossy(&body).trim() {
+                "" => status.to_string(),
+                text => text.chars().take(500).collect(),
+            },
+        };
+        Forwarded::Refused(IngestError::Forwarded { status: status.as_u16(), message, retry_after })
+    }
+}
+
+/// Two partial-success messages as one.
+fn join(first: Option<String>, second: Option<String>) -> Option<String> {
+    match (first, second) {
+        (Some(first), Some(second)) => Some(format!("{first}; {second}")),
+        (first, second) => first.or(second),
     }
 }
 
@@ -529,13 +583,8 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 impl ExportTarget for Distributor {
     fn admit(&self, len: usize, gzip: bool, limit: usize) -> Result<Admitted, IngestError> {
-        let admitted = if self.closed.load(Ordering::Acquire) {
-            Err(IngestError::ShuttingDown)
-        } else if len > limit {
-            Err(IngestError::TooLarge { limit, decompressed: false })
-        } else {
-            self.admission.reserve(admission::estimate(len, gzip, limit), 0).map(Admitted)
-        };
+        let closed = self.closed.load(Ordering::Acquire);
+        let admitted = self.admission.admit_export(closed, len, gzip, limit, || 0).map(Admitted);
         if let Err(e) = &admitted {
             self.note_refused_before_export(e);
         }
@@ -615,6 +664,7 @@ mod tests {
     #[test]
     fn an_ingester_down_moves_only_its_own_traces() {
         let ring = Ring::new(&names(3));
+        let two = Ring::new(&[names(3)[0].clone(), names(3)[2].clone()]);
         let (mut moved, mut spread) = (0usize, [0usize; 3]);
         for id in trace_ids(10_000) {
             let key = trace_key(&id);
@@ -628,7 +678,6 @@ mod tests {
                 assert_eq!(without_1, owner, "a trace of a running ingester moved");
             }
             // With the ingester removed from the ring altogether, the same: the ring is consistent.
-            let two = Ring::new(&[names(3)[0].clone(), names(3)[2].clone()]);
             let by_two = two.owner(key, |_| false).unwrap();
             assert_eq!([0, 2][by_two], without_1);
         }
@@ -670,7 +719,7 @@ mod tests {
                             schema_url: format!("schema/{s}"),
                         })
                         .collect(),
-                    schema_url: String::new(),
+                    schema_url: format!("schema/{service}"),
                 })
                 .collect(),
         };
@@ -684,6 +733,7 @@ mod tests {
             for rs in &decoded.resource_spans {
                 let original_rs =
                     original.resource_spans.iter().find(|o| o.resource == rs.resource).expect("a resource sent");
+                assert_eq!(rs.schema_url, original_rs.schema_url);
                 for ss in &rs.scope_spans {
                     let original_ss = original_rs.scope_spans.iter().find(|o| o.scope == ss.scope).unwrap();
                     assert_eq!(ss.schema_url, original_ss.schema_url);
@@ -699,6 +749,8 @@ mod tests {
             assert_eq!(spans, share.spans);
         }
         assert_eq!(seen.len(), 2 * 2 * 40, "every span in exactly one share");
+        let distinct: HashSet<String> = seen.iter().map(|s| format!("{s:?}")).collect();
+        assert_eq!(distinct.len(), seen.len(), "a span in two shares");
         // With one ingester down, its spans go to the others and none to it.
         let down = HashSet::from([shares[0].ingester]);
         let again = split(original.clone(), &ring, &down).unwrap();
@@ -713,28 +765,49 @@ mod tests {
         Store,
         Overloaded,
         Malformed,
+        /// What an ingester's API address answers a `POST /v1/traces`: not an ingester's receiver.
+        NotFound,
     }
 
-    /// A fake ingester on loopback answering as `answer` says; its URL and the spans it received.
-    async fn fake_ingester(answer: Answer) -> (String, Arc<std::sync::atomic::AtomicU64>) {
+    /// What a fake ingester received: spans, and the headers of its last request.
+    #[derive(Default)]
+    struct Received {
+        spans: std::sync::atomic::AtomicU64,
+        headers: Mutex<HeaderMap>,
+    }
+
+    impl Received {
+        fn spans(&self) -> u64 {
+            self.spans.load(Ordering::Relaxed)
+        }
+    }
+
+    /// A fake ingester on loopback answering as `answer` says; its URL and what it received.
+    async fn fake_ingester(answer: Answer) -> (String, Arc<Received>) {
         use axum::response::IntoResponse;
-        let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let counted = Arc::clone(&received);
+        let received = Arc::new(Received::default());
+        let noted = Arc::clone(&received);
         let app = axum::Router::new().route(
             TRACES_PATH,
-            axum::routing::post(move |body: Bytes| async move {
+            axum::routing::post(move |headers: HeaderMap, body: Bytes| async move {
                 let request = ExportTraceServiceRequest::decode(body).unwrap();
                 let spans: usize =
                     request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
-                counted.fetch_add(spans as u64, Ordering::Relaxed);
+                noted.spans.fetch_add(spans as u64, Ordering::Relaxed);
+                *noted.headers.lock().unwrap() = headers;
+                let protobuf = || [(http::header::CONTENT_TYPE, "application/x-protobuf")];
                 let refusal = |status: http::StatusCode, message: &str| {
                     let body = RpcStatus { code: 0, message: message.into() }.encode_to_vec();
-                    (status, [(http::header::RETRY_AFTER, "3")], body).into_response()
+                    (status, protobuf(), [(http::header::RETRY_AFTER, "3")], body).into_response()
                 };
                 match answer {
-                    Answer::Store => ExportTraceServiceResponse::default().encode_to_vec().into_response(),
+                    // An empty message: no partial success.
+                    Answer::Store => {
+                        (protobuf(), ExportTraceServiceResponse::default().encode_to_vec()).into_response()
+                    }
                     Answer::Overloaded => refusal(http::StatusCode::SERVICE_UNAVAILABLE, "catching up"),
                     Answer::Malformed => refusal(http::StatusCode::BAD_REQUEST, "a bad span"),
+                    Answer::NotFound => (http::StatusCode::NOT_FOUND, "no such page").into_response(),
                 }
             }),
         );
@@ -744,11 +817,8 @@ mod tests {
         (url, received)
     }
 
-    /// The URL of an address nothing listens on (bound, then closed: connections are refused).
-    async fn down_ingester() -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        format!("http://{}", listener.local_addr().unwrap())
-    }
+    /// An address whose connections are refused: port 1, which no unprivileged process can take.
+    const DOWN: &str = "http://127.0.0.1:1";
 
     fn export_of(traces: usize) -> ExportTraceServiceRequest {
         let spans = trace_ids(traces).iter().enumerate().map(|(i, id)| span(id, i as u8)).collect();
@@ -767,23 +837,59 @@ mod tests {
     #[tokio::test]
     async fn a_share_for_an_unreachable_ingester_goes_to_the_next() {
         let (up, received) = fake_ingester(Answer::Store).await;
-        let down = down_ingester().await;
-        let distributor = distributor(&[up, down.clone()]);
+        let distributor = distributor(&[up, DOWN.to_owned()]);
         let outcome = distributor.forward(export_of(40), &HeaderMap::new()).await.unwrap();
         assert_eq!((outcome.accepted, outcome.rejected), (40, 0));
-        assert_eq!(received.load(Ordering::Relaxed), 40, "every span reached the one running");
+        assert_eq!(received.spans(), 40, "every span reached the one running");
         let failures =
-            || distributor.metrics.forward_failures.get_or_create(&IngesterLabel { ingester: down.clone() }).get();
+            || distributor.metrics.forward_failures.get_or_create(&IngesterLabel { ingester: DOWN.to_owned() }).get();
         assert_eq!(failures(), 1);
         // It is skipped for a while: the next export goes straight to the running one.
         let outcome = distributor.forward(export_of(40), &HeaderMap::new()).await.unwrap();
         assert_eq!(outcome.accepted, 40);
         assert_eq!(failures(), 1, "tried again within DOWN_FOR");
         // With none running, the export is refused as retryable.
-        let nobody = self::distributor(&[down_ingester().await]);
+        let nobody = self::distributor(&[DOWN.to_owned()]);
         let e = nobody.forward(export_of(4), &HeaderMap::new()).await.unwrap_err();
-        assert!(matches!(e, IngestError::NoIngester(_)) && e.retry_after().is_some(), "{e}");
+        assert!(matches!(e, IngestError::NoIngester) && e.retry_after().is_some(), "{e}");
         assert_eq!(e.http_status(), http::StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[tokio::test]
+    async fn what_answers_as_no_ingester_does_is_taken_for_unreachable() {
+        // A wrong address in --ingesters (an ingester's API port answers 404): its share goes to
+        // the next ingester instead of being lost as "refused".
+        let (up, received) = fake_ingester(Answer::Store).await;
+        let (wrong, asked) = fake_ingester(Answer::NotFound).await;
+        let distributor = distributor(&[up, wrong.clone()]);
+        let outcome = distributor.forward(export_of(40), &HeaderMap::new()).await.unwrap();
+        assert_eq!((outcome.accepted, outcome.rejected), (40, 0));
+        assert!(asked.spans() > 0, "the wrong address was never asked");
+        assert_eq!(received.spans(), 40);
+        let failures = distributor.metrics.forward_failures.get_or_create(&IngesterLabel { ingester: wrong }).get();
+        assert_eq!(failures, 1);
+    }
+
+    #[tokio::test]
+    async fn the_tenant_and_credentials_are_passed_on_and_nothing_else() {
+        let (up, received) = fake_ingester(Answer::Store).await;
+        let mut headers = HeaderMap::new();
+        headers.insert("x-scope-orgid", "team-a".parse().unwrap());
+        headers.insert(http::header::AUTHORIZATION, "Bearer s3cret".parse().unwrap());
+        headers.insert(http::header::COOKIE, "session=1".parse().unwrap());
+        let distributor = distributor(&[up]);
+        let body = ExportBody::Http {
+            body: export_of(4).encode_to_vec().into(),
+            format: BodyFormat::Protobuf,
+            gzip: false,
+            limit: 1 << 20,
+            admitted: None,
+        };
+        assert_eq!(distributor.export(body, &headers).await.unwrap().accepted, 4);
+        let got = received.headers.lock().unwrap().clone();
+        assert_eq!(got.get("x-scope-orgid").unwrap(), "team-a");
+        assert_eq!(got.get(http::header::AUTHORIZATION).unwrap(), "Bearer s3cret");
+        assert!(got.get(http::header::COOKIE).is_none(), "{got:?}");
     }
 
     #[tokio::test]
@@ -799,16 +905,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_refused_share_is_rejected_spans_beside_stored_ones_and_the_error_alone() {
+    async fn refused_shares_are_rejected_spans_beside_stored_ones_and_the_error_alone() {
         let (stores, stored) = fake_ingester(Answer::Store).await;
         let (refuses, refused) = fake_ingester(Answer::Malformed).await;
-        let distributor = distributor(&[stores, refuses]);
-        let outcome = distributor.forward(export_of(40), &HeaderMap::new()).await.unwrap();
-        let (stored, refused) = (stored.load(Ordering::Relaxed), refused.load(Ordering::Relaxed));
-        assert!(stored > 0 && refused > 0 && stored + refused == 40, "{stored} + {refused}");
+        let (refuses_too, refused_too) = fake_ingester(Answer::Malformed).await;
+        let distributor = distributor(&[stores, refuses, refuses_too]);
+        let outcome = distributor.forward(export_of(60), &HeaderMap::new()).await.unwrap();
+        let (stored, refused) = (stored.spans(), refused.spans() + refused_too.spans());
+        assert!(stored > 0 && refused_too.spans() > 0 && stored + refused == 60, "{stored} + {refused}");
+        // Every refused span is counted rejected, both shares': none is taken for stored.
         assert_eq!((outcome.accepted, outcome.rejected), (stored, refused));
         assert!(outcome.error_message.as_deref().is_some_and(|m| m.contains("a bad span")), "{outcome:?}");
-        // Refused whole, it fails as the ingester said.
+        // Refused whole, it fails as the ingester said (its Retry-After on a 400 ignored).
         let (refuses, _) = fake_ingester(Answer::Malformed).await;
         let e = self::distributor(&[refuses]).forward(export_of(4), &HeaderMap::new()).await.unwrap_err();
         assert_eq!(

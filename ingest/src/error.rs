@@ -76,11 +76,12 @@ pub enum IngestError {
     BadTenant(String),
     /// An ingester a distributor forwarded spans to refused them: its HTTP status, message and
     /// `Retry-After`.
-    #[error("ingester {ingester} refused the spans: {message}")]
-    Forwarded { ingester: String, status: u16, message: String, retry_after: Option<std::time::Duration> },
-    /// A distributor could reach no ingester (each one's failure, `;`-separated).
-    #[error("no ingester could be reached; retry later ({0})")]
-    NoIngester(String),
+    /// `Retry-After`. (Which ingester is the distributor's log's business, not the client's.)
+    #[error("an ingester refused the spans: {message}")]
+    Forwarded { status: u16, message: String, retry_after: Option<std::time::Duration> },
+    /// A distributor could reach no ingester (its log says why, for each).
+    #[error("no ingester could be reached; retry later")]
+    NoIngester,
     /// A request its sender may not make: a token without the scope, a tenant header that
     /// contradicts the token's tenant, a new tenant beyond `--max-tenants`.
     #[error("{0}")]
@@ -122,7 +123,7 @@ impl IngestError {
                 Ok(status) if status.is_client_error() => status,
                 _ => S::SERVICE_UNAVAILABLE,
             },
-            IngestError::NoIngester(_)
+            IngestError::NoIngester
             | IngestError::Overloaded { .. }
             | IngestError::ShuttingDown
             | IngestError::DataDirInUse(_)
@@ -148,7 +149,7 @@ impl IngestError {
             IngestError::RateLimited { .. } => "rate_limited",
             IngestError::ShuttingDown => "shutting_down",
             IngestError::Forwarded { .. } => "ingester_refused",
-            IngestError::NoIngester(_) => "no_ingester",
+            IngestError::NoIngester => "no_ingester",
             _ => "storage_error",
         }
     }
@@ -165,15 +166,16 @@ impl IngestError {
             IngestError::Unauthenticated(_) => C::Unauthenticated,
             IngestError::BadTenant(_) => C::InvalidArgument,
             IngestError::Forbidden(_) => C::PermissionDenied,
+            // The statuses an ingester refuses with (`distributor::is_ingester_refusal`): the code it
+            // would have answered over gRPC; its failures as this server's own.
             IngestError::Forwarded { status, .. } => match status {
-                400 | 415 => C::InvalidArgument,
+                400 => C::InvalidArgument,
                 401 => C::Unauthenticated,
                 403 => C::PermissionDenied,
-                404 | 405 => C::Unimplemented,
                 413 | 429 => C::ResourceExhausted,
                 _ => C::Unavailable,
             },
-            IngestError::NoIngester(_)
+            IngestError::NoIngester
             | IngestError::Overloaded { .. }
             | IngestError::ShuttingDown
             | IngestError::DataDirInUse(_)

@@ -13,7 +13,7 @@ use arrow::array::RecordBatch;
 use bytes::Bytes;
 use hopscope_schemas::layout;
 use hopscope_schemas::manifest::FileEntry;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTracePartialSuccess;
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceRequest};
 use tokio::sync::Notify;
 
 use crate::IngestError;
@@ -482,14 +482,9 @@ impl Ingester {
     /// and bodies being read count against `--max-buffered-bytes`. A refusal is counted as a
     /// refused request.
     pub fn admit(&self, len: usize, gzip: bool, limit: usize) -> Result<Admitted, IngestError> {
-        let admitted = if self.closed.load(Ordering::Acquire) {
-            Err(IngestError::ShuttingDown)
-        } else if len > limit {
-            Err(IngestError::TooLarge { limit, decompressed: false })
-        } else {
-            let buffered = self.buffer.lock().expect("buffer lock").bytes();
-            self.admission.reserve(admission::estimate(len, gzip, limit), buffered).map(Admitted)
-        };
+        let closed = self.closed.load(Ordering::Acquire);
+        let buffered = || self.buffer.lock().expect("buffer lock").bytes();
+        let admitted = self.admission.admit_export(closed, len, gzip, limit, buffered).map(Admitted);
         if let Err(e) = &admitted {
             self.note_refused_before_export(e);
         }
@@ -530,13 +525,8 @@ impl Ingester {
         let (limits, discard, buffer) = (self.config.limits, self.config.discard, Arc::clone(&self.buffer));
         let converted = tokio::task::spawn_blocking(move || {
             // The log keeps the body as received: no encoding, and no more bytes than were sent.
-            let (request, inflated) = if gzip {
-                let inflated = gunzip_limited(&body, limit)?;
-                reservation.resize(inflated.len().saturating_mul(DECODING_PER_BYTE), buffered(&buffer))?;
-                (decode_request(&inflated, format)?, inflated.len())
-            } else {
-                (decode_request(&body, format)?, body.len())
-            };
+            let (request, inflated) =
+                decode_reserved(&body, format, gzip, limit, &mut reservation, || buffered(&buffer))?;
             let converted = convert_request(&request, &limits)?;
             drop(request);
             // From here on the export holds its body (in the log's queue) and its batch.
@@ -564,6 +554,26 @@ impl Ingester {
             rejected: converted.rejected,
             error_message: converted.error_message,
         })
+    }
+}
+
+/// Decodes an export's body (`gzip`: inflated first, to at most `limit` bytes), growing its
+/// `reservation` to what the inflated body holds while decoded once its size is known (`buffered`:
+/// what the trace buffer holds beside it). Returns the request and the inflated size.
+pub(crate) fn decode_reserved(
+    body: &[u8],
+    format: BodyFormat,
+    gzip: bool,
+    limit: usize,
+    reservation: &mut admission::Reservation,
+    buffered: impl FnOnce() -> usize,
+) -> Result<(ExportTraceServiceRequest, usize), IngestError> {
+    if gzip {
+        let inflated = gunzip_limited(body, limit)?;
+        reservation.resize(inflated.len().saturating_mul(DECODING_PER_BYTE), buffered())?;
+        Ok((decode_request(&inflated, format)?, inflated.len()))
+    } else {
+        Ok((decode_request(body, format)?, body.len()))
     }
 }
 

@@ -269,10 +269,10 @@ async fn spans_are_stored_in_and_read_from_an_s3_store() {
         &fresh_data_dir("querier-zipkin"),
         &[storage[0], storage[1], "--role", "querier", "--zipkin-addr", "127.0.0.1:0"],
     );
-    assert!(stderr.contains("--zipkin-addr is about receiving spans"), "{stderr}");
+    assert!(stderr.contains("--zipkin-addr is about receiving or storing spans"), "{stderr}");
     let stderr =
         refused(&fresh_data_dir("querier-discard"), &[storage[0], storage[1], "--role", "querier", "--discard"]);
-    assert!(stderr.contains("--discard is about receiving spans"), "{stderr}");
+    assert!(stderr.contains("--discard is about receiving or storing spans"), "{stderr}");
     // Each data directory's log has its floor apart (the first's, the second's, the third's).
     assert_eq!(manifest.wal_floors.len(), 3, "{:?}", manifest.wal_floors);
 }
@@ -364,7 +364,7 @@ async fn a_distributor_spreads_traces_over_ingesters_and_routes_around_one_kille
     let log = distributor.log();
     assert!(log.contains("role=\"distributor\""), "{log}");
     assert!(
-        log.contains("HOPSCOPE_QUERY_TIMEOUT is set, but --query-timeout does nothing on a --role distributor"),
+        log.contains("HOPSCOPE_QUERY_TIMEOUT is set, but --query-timeout is about answering queries, which a --role distributor"),
         "{log}"
     );
     let querier_args: Vec<&str> = shared.iter().copied().chain(["--role", "querier"]).collect();
@@ -437,7 +437,7 @@ async fn a_distributor_spreads_traces_over_ingesters_and_routes_around_one_kille
         &fresh_data_dir("distributor-query-flag"),
         &["--role", "distributor", "--ingesters", "http://127.0.0.1:4318", "--query-timeout", "5s"],
     );
-    assert!(!ok && stderr.contains("--query-timeout does nothing on a --role distributor"), "{stderr}");
+    assert!(!ok && stderr.contains("--query-timeout is about answering queries, which a --role distributor"), "{stderr}");
     let (ok, _, stderr) = serve_to_completion(
         &fresh_data_dir("querier-buffer-flag"),
         &["--role", "querier", "--storage-url", "s3://cluster/spans", "--max-buffered-bytes", "1000000"],
