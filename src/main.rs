@@ -131,8 +131,13 @@ struct ServeArgs {
     /// separated by commas (`http://10.0.0.1:4318,http://10.0.0.2:4318`). Each trace goes to one
     /// of them, chosen by a hash ring over these names (give every distributor the same list); when
     /// one cannot be reached, its traces go to the next on the ring.
-    #[arg(long, env = "HOPSCOPE_INGESTERS", value_delimiter = ',')]
+    #[arg(long, env = "HOPSCOPE_INGESTERS", value_delimiter = ',', conflicts_with = "ingesters_file")]
     ingesters: Vec<String>,
+    /// With --role distributor, instead of --ingesters: a file listing the ingesters' OTLP/HTTP
+    /// addresses, one per line (blank lines and `#` comments ignored), read again on SIGHUP, so
+    /// that ingesters join or leave without restarting the distributor.
+    #[arg(long, env = "HOPSCOPE_INGESTERS_FILE")]
+    ingesters_file: Option<PathBuf>,
     /// OTLP/gRPC listen address.
     #[arg(long, env = "HOPSCOPE_OTLP_GRPC_ADDR", default_value = "0.0.0.0:4317")]
     otlp_grpc_addr: SocketAddr,
@@ -324,14 +329,15 @@ fn idle_flags(role: Role) -> Vec<(&'static str, &'static str)> {
         "discard",
     ];
     const FORWARDING: &str = "names where a --role distributor forwards spans";
+    let forwarding = ["ingesters", "ingesters_file"];
     let with = |ids: &[&'static str], why: &'static str| ids.iter().map(move |id| (*id, why)).collect::<Vec<_>>();
     match role {
-        Role::All => with(&["ingesters"], FORWARDING),
+        Role::All => with(&forwarding, FORWARDING),
         // An ingester keeps --query-timeout: replaced files stay twice as long, for the queriers.
         Role::Ingester => [
             with(&QUERYING, "is about answering queries, which a --role ingester leaves to the queriers"),
             with(&["jaeger_addr"], "serves queries, which a --role ingester leaves to the queriers"),
-            with(&["ingesters"], FORWARDING),
+            with(&forwarding, FORWARDING),
         ]
         .concat(),
         Role::Querier => {
@@ -341,7 +347,7 @@ fn idle_flags(role: Role) -> Vec<(&'static str, &'static str)> {
                 with(&STORING, why),
                 with(&receiving, why),
                 with(&["zipkin_addr", "tenant_limits"], why),
-                with(&["ingesters"], FORWARDING),
+                with(&forwarding, FORWARDING),
             ]
             .concat()
         }
@@ -642,7 +648,7 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
         Receivers { grpc: tenants.routes(Surface::OtlpGrpc).await?, http: tenants.routes(Surface::OtlpHttp).await? };
     let Servers { otlp, zipkin, api, jaeger } = serve_listeners(listeners, receivers, api_app, &stop).await?;
 
-    let reloads = reload_on_hangup(Some(Arc::clone(&tenants)), tls, stop.clone());
+    let reloads = reload_on_hangup(Reloads { tenants: Some(Arc::clone(&tenants)), ingesters: None }, tls, stop.clone());
     let signal_stop = stop.clone();
     let role = args.role;
     tokio::spawn(async move {
@@ -705,8 +711,12 @@ async fn serve_distributor(
     args: ServeArgs,
     listening: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 ) -> anyhow::Result<()> {
-    use hopscope_ingest::distributor::{Distributor, DistributorConfig, parse_ingesters};
-    let ingesters = parse_ingesters(&args.ingesters).map_err(anyhow::Error::msg)?;
+    use hopscope_ingest::distributor::{Distributor, DistributorConfig, parse_ingesters, read_ingesters_file};
+    let ingesters = match &args.ingesters_file {
+        Some(path) => read_ingesters_file(path),
+        None => parse_ingesters(&args.ingesters, "--ingesters"),
+    }
+    .map_err(anyhow::Error::msg)?;
     let tls = load_tls(&args)?;
     let config = DistributorConfig { ingesters: ingesters.clone(), max_in_flight_bytes: args.max_buffered_bytes };
     let distributor = Distributor::new(config).context("starting the distributor")?;
@@ -740,7 +750,11 @@ async fn serve_distributor(
     };
     // A distributor binds no Jaeger address.
     let Servers { otlp, zipkin, api, jaeger: _ } = serve_listeners(listeners, receivers, api_app, &stop).await?;
-    let reloads = reload_on_hangup(None, tls, stop.clone());
+    let reloads = reload_on_hangup(
+        Reloads { tenants: None, ingesters: args.ingesters_file.clone().map(|path| (path, Arc::clone(&distributor))) },
+        tls,
+        stop.clone(),
+    );
     let signal_stop = stop.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -883,9 +897,40 @@ fn warn_if_exposed(listeners: &Listeners, api_lets: &str) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Reads the auth file, the tenant limits and the TLS files again on each SIGHUP, until `stop`.
-fn reload_on_hangup(
+/// What is read again on SIGHUP beside the TLS files.
+struct Reloads {
+    /// The auth file and the tenant limits.
     tenants: Option<Arc<Tenants>>,
+    /// `--ingesters-file`, for the distributor.
+    ingesters: Option<(PathBuf, Arc<hopscope_ingest::distributor::Distributor>)>,
+}
+
+/// Reads `--ingesters-file` again: the distributor forwards to the ingesters it lists from the
+/// next export on; a file that cannot be read or names no valid ingester changes nothing.
+async fn reload_ingesters(path: &std::path::Path, distributor: &hopscope_ingest::distributor::Distributor) {
+    let read = {
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || hopscope_ingest::distributor::read_ingesters_file(&path)).await
+    };
+    match read {
+        Ok(Ok(ingesters)) => match distributor.set_ingesters(ingesters.clone()) {
+            Some((added, removed)) => tracing::info!(
+                ingesters = %ingesters.join(","),
+                added = %added.join(","),
+                removed = %removed.join(","),
+                "ingesters changed"
+            ),
+            None => tracing::info!("--ingesters-file read again: the same ingesters"),
+        },
+        Ok(Err(e)) => tracing::error!(error = %e, "keeping the ingesters as they were"),
+        Err(e) => tracing::error!(error = %e, "reading --ingesters-file failed; keeping the ingesters as they were"),
+    }
+}
+
+/// Reads the auth file, the tenant limits, `--ingesters-file` and the TLS files again on each
+/// SIGHUP, until `stop`.
+fn reload_on_hangup(
+    reloads: Reloads,
     tls: Option<Arc<tls::Tls>>,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
@@ -904,9 +949,12 @@ fn reload_on_hangup(
                     _ = stop.cancelled() => return,
                     received = hangups.recv() => match received {
                         Some(()) => {
-                            if let Some(tenants) = &tenants {
+                            if let Some(tenants) = &reloads.tenants {
                                 tenants.reload_auth().await;
                                 tenants.reload_limits().await;
+                            }
+                            if let Some((path, distributor)) = &reloads.ingesters {
+                                reload_ingesters(path, distributor).await;
                             }
                             if let Some(tls) = &tls {
                                 tls.reload().await;
@@ -934,9 +982,9 @@ fn check_role(args: &ServeArgs) -> anyhow::Result<()> {
             "--role ingester stores into the shared storage that queriers read: give --storage-url \
              (s3://BUCKET/PREFIX), the same for every ingester and querier"
         ),
-        Role::Distributor if args.ingesters.is_empty() => anyhow::bail!(
+        Role::Distributor if args.ingesters.is_empty() && args.ingesters_file.is_none() => anyhow::bail!(
             "--role distributor forwards spans to ingesters: give their OTLP/HTTP addresses in --ingesters (e.g. \
-             http://10.0.0.1:4318,http://10.0.0.2:4318)"
+             http://10.0.0.1:4318,http://10.0.0.2:4318) or --ingesters-file"
         ),
         Role::Querier | Role::Ingester | Role::Distributor => {}
     }

@@ -80,20 +80,21 @@ pub struct DistributorConfig {
     pub max_in_flight_bytes: usize,
 }
 
-/// Checks `--ingesters`: each an `http://HOST:PORT` URL with no path (the ingester's OTLP/HTTP
-/// address), none twice. Returns them without a trailing slash, in the order given.
-pub fn parse_ingesters(given: &[String]) -> Result<Vec<String>, String> {
+/// Checks a list of ingesters (from `source`: `--ingesters`, or the file of `--ingesters-file`):
+/// each an `http://HOST:PORT` URL with no path (the ingester's OTLP/HTTP address), none twice.
+/// Returns them without a trailing slash, in the order given.
+pub fn parse_ingesters(given: &[String], source: &str) -> Result<Vec<String>, String> {
     let mut out: Vec<String> = Vec::with_capacity(given.len());
     for raw in given.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
         let url = raw.trim_end_matches('/');
         let Some(authority) = url.strip_prefix("http://") else {
             return Err(if url.starts_with("https://") {
                 format!(
-                    "--ingesters {raw:?}: a distributor speaks plain HTTP to its ingesters (TLS between them is not \
+                    "{source}: {raw:?}: a distributor speaks plain HTTP to its ingesters (TLS between them is not \
                      supported yet); give http://HOST:PORT, the ingester's OTLP/HTTP address"
                 )
             } else {
-                format!("--ingesters {raw:?}: give http://HOST:PORT, the ingester's OTLP/HTTP address")
+                format!("{source}: {raw:?}: give http://HOST:PORT, the ingester's OTLP/HTTP address")
             });
         };
         let valid = !authority.is_empty()
@@ -101,20 +102,31 @@ pub fn parse_ingesters(given: &[String]) -> Result<Vec<String>, String> {
             && authority.parse::<http::uri::Authority>().is_ok_and(|a| a.port_u16().is_some());
         if !valid {
             return Err(format!(
-                "--ingesters {raw:?}: give http://HOST:PORT with a port and no path, the ingester's OTLP/HTTP address"
+                "{source}: {raw:?}: give http://HOST:PORT with a port and no path, the ingester's OTLP/HTTP address"
             ));
         }
         if out.iter().any(|seen| seen == url) {
-            return Err(format!("--ingesters names {url} twice"));
+            return Err(format!("{source} names {url} twice"));
         }
         out.push(url.to_owned());
     }
     if out.is_empty() {
-        return Err("--ingesters names no ingester: give their OTLP/HTTP addresses, e.g. \
-                    http://10.0.0.1:4318,http://10.0.0.2:4318"
-            .to_owned());
+        return Err(format!(
+            "{source} names no ingester: give their OTLP/HTTP addresses, e.g. http://10.0.0.1:4318 and \
+             http://10.0.0.2:4318"
+        ));
     }
     Ok(out)
+}
+
+/// Reads the ingesters of `--ingesters-file`: one OTLP/HTTP address per line; blank lines and
+/// what follows a `#` are ignored. Checked as [`parse_ingesters`] checks them.
+pub fn read_ingesters_file(path: &std::path::Path) -> Result<Vec<String>, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("reading --ingesters-file {}: {e}", path.display()))?;
+    let lines: Vec<String> =
+        text.lines().map(|line| line.split('#').next().unwrap_or_default().trim().to_owned()).collect();
+    parse_ingesters(&lines, &format!("--ingesters-file {}", path.display()))
 }
 
 /// FNV-1a, 64 bits: a hash that is the same in every process and release.
@@ -271,14 +283,28 @@ struct DistributorMetrics {
     reserved_bytes: Gauge,
 }
 
+/// The ingesters a distributor forwards to now, and their ring (indices are positions in `names`).
+#[derive(Debug)]
+struct Members {
+    names: Vec<String>,
+    ring: Ring,
+}
+
+impl Members {
+    fn new(names: Vec<String>) -> Arc<Members> {
+        Arc::new(Members { ring: Ring::new(&names), names })
+    }
+}
+
 /// Receives exports and forwards their spans to the ingesters that own their traces.
 #[derive(Debug)]
 pub struct Distributor {
-    ingesters: Vec<String>,
-    ring: Arc<Ring>,
+    /// Replaced whole when the ingesters change ([`Self::set_ingesters`]); an export forwards by
+    /// the members it started with.
+    members: std::sync::RwLock<Arc<Members>>,
     client: reqwest::Client,
-    /// Until when each ingester is skipped, after it could not be reached.
-    down_until: Mutex<Vec<Option<Instant>>>,
+    /// Until when an ingester (by name) is skipped, after it could not be reached.
+    down_until: Mutex<std::collections::HashMap<String, Instant>>,
     admission: Arc<Admission>,
     metrics: DistributorMetrics,
     closed: AtomicBool,
@@ -303,9 +329,8 @@ impl Distributor {
         let metrics = DistributorMetrics::default();
         let admission = Admission::new(config.max_in_flight_bytes, 0, metrics.reserved_bytes.clone());
         Ok(Arc::new(Self {
-            ring: Arc::new(Ring::new(&config.ingesters)),
-            down_until: Mutex::new(vec![None; config.ingesters.len()]),
-            ingesters: config.ingesters,
+            members: std::sync::RwLock::new(Members::new(config.ingesters)),
+            down_until: Mutex::new(std::collections::HashMap::new()),
             client,
             admission,
             metrics,
@@ -349,16 +374,45 @@ impl Distributor {
         self.closed.store(true, Ordering::Release);
     }
 
-    /// The ingesters skipped now: those found unreachable less than [`DOWN_FOR`] ago. One whose
-    /// time is up is tried by this export alone (it is skipped [`DOWN_FOR`] more by the others
-    /// meanwhile), so that one export, not every one in flight, pays for finding it still down.
-    /// None are skipped when that would be all of them (better to try again than to refuse).
-    fn skipped(&self) -> HashSet<usize> {
+    /// The ingesters forwarded to now.
+    pub fn ingesters(&self) -> Vec<String> {
+        self.members().names.clone()
+    }
+
+    /// Forwards to `ingesters` from the next export on (`--ingesters-file` read again): the traces
+    /// of the ring's arcs that changed hands go to their new owners. Returns the ingesters added
+    /// and removed, or `None` when the list is the same (in any order).
+    pub fn set_ingesters(&self, ingesters: Vec<String>) -> Option<(Vec<String>, Vec<String>)> {
+        let mut members = self.members.write().expect("members lock");
+        let added: Vec<String> = ingesters.iter().filter(|i| !members.names.contains(i)).cloned().collect();
+        let removed: Vec<String> = members.names.iter().filter(|i| !ingesters.contains(i)).cloned().collect();
+        if added.is_empty() && removed.is_empty() {
+            return None;
+        }
+        *members = Members::new(ingesters);
+        drop(members);
+        let mut down_until = self.down_until.lock().expect("down lock");
+        for name in &removed {
+            down_until.remove(name);
+        }
+        Some((added, removed))
+    }
+
+    fn members(&self) -> Arc<Members> {
+        Arc::clone(&self.members.read().expect("members lock"))
+    }
+
+    /// The ingesters of `members` skipped now: those found unreachable less than [`DOWN_FOR`]
+    /// ago. One whose time is up is tried by this export alone (it is skipped [`DOWN_FOR`] more by
+    /// the others meanwhile), so that one export, not every one in flight, pays for finding it
+    /// still down. None are skipped when that would be all of them (better to try again than to
+    /// refuse).
+    fn skipped(&self, members: &Members) -> HashSet<usize> {
         let now = Instant::now();
         let mut down_until = self.down_until.lock().expect("down lock");
         let mut down = HashSet::new();
-        for (ingester, until) in down_until.iter_mut().enumerate() {
-            match until {
+        for (ingester, name) in members.names.iter().enumerate() {
+            match down_until.get_mut(name) {
                 Some(until) if *until > now => {
                     down.insert(ingester);
                 }
@@ -366,15 +420,19 @@ impl Distributor {
                 None => {}
             }
         }
-        if down.len() == self.ingesters.len() { HashSet::new() } else { down }
+        if down.len() == members.names.len() { HashSet::new() } else { down }
     }
 
-    fn mark(&self, ingester: usize, down: bool) {
-        self.down_until.lock().expect("down lock")[ingester] = down.then(|| Instant::now() + DOWN_FOR);
+    fn mark(&self, ingester: &str, down: bool) {
+        let mut down_until = self.down_until.lock().expect("down lock");
+        match down {
+            true => down_until.insert(ingester.to_owned(), Instant::now() + DOWN_FOR),
+            false => down_until.remove(ingester),
+        };
     }
 
-    fn count(&self, family: &Family<IngesterLabel, Counter>, ingester: usize, by: u64) {
-        family.get_or_create(&IngesterLabel { ingester: self.ingesters[ingester].clone() }).inc_by(by);
+    fn count(family: &Family<IngesterLabel, Counter>, ingester: &str, by: u64) {
+        family.get_or_create(&IngesterLabel { ingester: ingester.to_owned() }).inc_by(by);
     }
 
     async fn receive(&self, body: ExportBody, headers: &HeaderMap) -> Result<ExportOutcome, IngestError> {
@@ -414,40 +472,44 @@ impl Distributor {
         request: ExportTraceServiceRequest,
         headers: &HeaderMap,
     ) -> Result<ExportOutcome, IngestError> {
-        let mut down = self.skipped();
+        let members = self.members();
+        let mut down = self.skipped(&members);
         let mut pending = request;
         let mut outcome = ExportOutcome { accepted: 0, rejected: 0, error_message: None };
         let mut refusals: Vec<(u64, IngestError)> = Vec::new();
         loop {
-            let (ring, skip) = (Arc::clone(&self.ring), down.clone());
-            let shares = tokio::task::spawn_blocking(move || split(pending, &ring, &skip))
+            let (split_by, skip) = (Arc::clone(&members), down.clone());
+            let shares = tokio::task::spawn_blocking(move || split(pending, &split_by.ring, &skip))
                 .await
                 .map_err(|e| IngestError::Task(e.to_string()))?;
             let Some(shares) = shares else {
                 return Err(IngestError::NoIngester);
             };
-            let answers = futures::future::join_all(shares.iter().map(|share| self.send(share, headers))).await;
+            let answers = futures::future::join_all(
+                shares.iter().map(|share| self.send(share, &members.names[share.ingester], headers)),
+            )
+            .await;
             let mut again: Vec<Bytes> = Vec::new();
             for (share, answer) in shares.into_iter().zip(answers) {
+                let ingester = members.names[share.ingester].as_str();
                 match answer {
                     Forwarded::Stored(stored) => {
-                        self.mark(share.ingester, false);
-                        self.count(&self.metrics.spans_forwarded, share.ingester, stored.accepted);
-                        self.count(&self.metrics.spans_refused, share.ingester, stored.rejected);
+                        self.mark(ingester, false);
+                        Self::count(&self.metrics.spans_forwarded, ingester, stored.accepted);
+                        Self::count(&self.metrics.spans_refused, ingester, stored.rejected);
                         outcome.accepted += stored.accepted;
                         outcome.rejected += stored.rejected;
                         outcome.error_message = join(outcome.error_message.take(), stored.error_message);
                     }
                     Forwarded::Refused(e) => {
-                        self.mark(share.ingester, false);
-                        self.count(&self.metrics.spans_refused, share.ingester, share.spans);
+                        self.mark(ingester, false);
+                        Self::count(&self.metrics.spans_refused, ingester, share.spans);
                         refusals.push((share.spans, e));
                     }
                     Forwarded::Unreachable(why) => {
-                        let ingester = &self.ingesters[share.ingester];
                         tracing::warn!(%ingester, error = %why, "ingester unreachable; its share goes to the next ingester on the ring");
-                        self.mark(share.ingester, true);
-                        self.count(&self.metrics.forward_failures, share.ingester, 1);
+                        self.mark(ingester, true);
+                        Self::count(&self.metrics.forward_failures, ingester, 1);
                         down.insert(share.ingester);
                         again.push(share.body);
                     }
@@ -496,9 +558,8 @@ impl Distributor {
         Ok(outcome)
     }
 
-    /// Posts one share to its ingester's OTLP/HTTP address.
-    async fn send(&self, share: &Share, headers: &HeaderMap) -> Forwarded {
-        let name = &self.ingesters[share.ingester];
+    /// Posts one share to its ingester's OTLP/HTTP address, `name`.
+    async fn send(&self, share: &Share, name: &str, headers: &HeaderMap) -> Forwarded {
         let sent = self
             .client
             .post(format!("{name}{TRACES_PATH}"))
@@ -925,9 +986,43 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn ingesters_set_anew_take_their_share_from_the_next_export() {
+        let (first, got_first) = fake_ingester(Answer::Store).await;
+        let (second, got_second) = fake_ingester(Answer::Store).await;
+        let distributor = distributor(std::slice::from_ref(&first));
+        distributor.forward(export_of(40), &HeaderMap::new()).await.unwrap();
+        assert_eq!((got_first.spans(), got_second.spans()), (40, 0));
+        let changed = distributor.set_ingesters(vec![second.clone(), first.clone()]);
+        assert_eq!(changed, Some((vec![second.clone()], vec![])));
+        // The same list in another order changes nothing.
+        assert_eq!(distributor.set_ingesters(vec![first.clone(), second.clone()]), None);
+        distributor.forward(export_of(40), &HeaderMap::new()).await.unwrap();
+        assert!(got_second.spans() > 0 && got_first.spans() > 40, "{} {}", got_first.spans(), got_second.spans());
+        assert_eq!(got_first.spans() + got_second.spans(), 80);
+        assert_eq!(distributor.set_ingesters(vec![second.clone()]), Some((vec![], vec![first])));
+        assert_eq!(distributor.ingesters(), [second]);
+    }
+
+    #[test]
+    fn an_ingesters_file_lists_one_per_line_with_comments() {
+        let dir = crate::scratch::ScratchDir::new("ingesters-file");
+        let path = dir.join("ingesters");
+        std::fs::write(&path, "# the ingesters\nhttp://10.0.0.1:4318\n\n  http://10.0.0.2:4318  # rack 2\n").unwrap();
+        assert_eq!(read_ingesters_file(&path).unwrap(), ["http://10.0.0.1:4318", "http://10.0.0.2:4318"]);
+        std::fs::write(&path, "10.0.0.1:4318\n").unwrap();
+        let e = read_ingesters_file(&path).unwrap_err();
+        assert!(e.contains("--ingesters-file") && e.contains("give http://HOST:PORT"), "{e}");
+        std::fs::write(&path, "# nobody\n").unwrap();
+        assert!(read_ingesters_file(&path).unwrap_err().contains("names no ingester"));
+        let e = read_ingesters_file(&dir.join("missing")).unwrap_err();
+        assert!(e.contains("reading --ingesters-file"), "{e}");
+    }
+
     #[test]
     fn ingesters_are_checked() {
-        let given = |list: &[&str]| parse_ingesters(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let given =
+            |list: &[&str]| parse_ingesters(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>(), "--ingesters");
         assert_eq!(
             given(&["http://127.0.0.1:4318/", " http://ingester-2:4318"]).unwrap(),
             ["http://127.0.0.1:4318", "http://ingester-2:4318"]

@@ -325,7 +325,8 @@ async fn send_many(server: &Server, tenant: &str, traces: usize) -> Vec<String> 
 
 /// A distributor (`--role distributor`) in front of two ingesters (`--role ingester`) storing one
 /// tenant into one store, and a querier reading it: the OpenTelemetry Python SDK's exporters send
-/// to the distributor as a tenant, each trace is stored by one ingester (both get a share), and
+/// to the distributor as a tenant; the second ingester joins through `--ingesters-file` and SIGHUP;
+/// each trace is then stored by one ingester (both get a share), and
 /// the querier finds every trace whole. An ingester killed with acknowledged spans only in its
 /// log: what is sent meanwhile goes to the other ingester and is found at once; once the killed
 /// one is back, its log's traces are found whole too.
@@ -353,18 +354,22 @@ async fn a_distributor_spreads_traces_over_ingesters_and_routes_around_one_kille
     let b =
         ingester(fresh_data_dir("cluster-ingester-b"), &["--trace-idle-period", "60s", "--trace-max-delay", "120s"]);
     let (a_url, b_url) = (format!("http://{}", a.http), format!("http://{}", b.http));
-    let ingesters = format!("{a_url},{b_url}");
+    // The distributor reads its ingesters from a file: at first only the first one.
+    let ingesters_file = fresh_data_dir("cluster-ring").join("ingesters");
+    std::fs::write(&ingesters_file, format!("# one ingester at first\n{a_url}\n")).unwrap();
     // A flag that does nothing on a distributor, set in an environment shared with other roles, is
     // named in a warning.
     let distributor = Server::start_with_env(
         fresh_data_dir("cluster-distributor"),
-        &["--role", "distributor", "--ingesters", &ingesters],
+        &["--role", "distributor", "--ingesters-file", ingesters_file.to_str().unwrap()],
         &[("HOPSCOPE_QUERY_TIMEOUT", Path::new("5s"))],
     );
     let log = distributor.log();
     assert!(log.contains("role=\"distributor\""), "{log}");
     assert!(
-        log.contains("HOPSCOPE_QUERY_TIMEOUT is set, but --query-timeout is about answering queries, which a --role distributor"),
+        log.contains(
+            "HOPSCOPE_QUERY_TIMEOUT is set, but --query-timeout is about answering queries, which a --role distributor"
+        ),
         "{log}"
     );
     let querier_args: Vec<&str> = shared.iter().copied().chain(["--role", "querier"]).collect();
@@ -380,10 +385,22 @@ async fn a_distributor_spreads_traces_over_ingesters_and_routes_around_one_kille
         assert!(text.contains(&format!("--role {role}")) && text.contains("ask a --role querier"), "{text}");
     }
 
-    let first = send_many(&distributor, tenant, 12).await;
+    let early = send_many(&distributor, tenant, 2).await;
     let accepted = format!("hopscope_ingest_spans_accepted_total{{tenant=\"{tenant}\"}}");
+    let early_on_a = a.metric(&accepted).await;
+    assert_eq!(early_on_a, (2 * early.len()) as f64, "all to the one ingester named");
+    // The second joins: named in the file, read again on SIGHUP.
+    std::fs::write(&ingesters_file, format!("{a_url}\n{b_url}  # joined\n")).unwrap();
+    let hangup = Command::new("kill").args(["-HUP", &distributor.pid().to_string()]).status().unwrap();
+    assert!(hangup.success());
+    let started = std::time::Instant::now();
+    while !distributor.log().contains("ingesters changed") {
+        assert!(started.elapsed() < DEADLINE, "the ingesters file was not read again:\n{}", distributor.log());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let first = send_many(&distributor, tenant, 12).await;
     let (on_a, on_b) = (a.metric(&accepted).await, b.metric(&accepted).await);
-    assert_eq!(on_a + on_b, (2 * first.len()) as f64, "every span stored once");
+    assert_eq!(on_a - early_on_a + on_b, (2 * first.len()) as f64, "every span stored once");
     assert!(on_a > 0.0 && on_b > 0.0, "one ingester got every trace: {on_a} and {on_b} spans");
     let forwarded = |url: &str| format!("hopscope_distributor_spans_forwarded_total{{ingester=\"{url}\"}}");
     assert_eq!(distributor.metric(&forwarded(&a_url)).await, on_a);
@@ -404,12 +421,12 @@ async fn a_distributor_spreads_traces_over_ingesters_and_routes_around_one_kille
     // Back on its data directory, it replays its log and stores what it acknowledged: every trace
     // of the first batch is found whole.
     let b = ingester(b_dir, &[]);
-    for trace_id in &first {
+    for trace_id in early.iter().chain(&first) {
         wait_for_tenant_trace(&querier, tenant, trace_id, 2).await;
     }
     let (status, count) =
         query_sql(&querier, tenant, "SELECT count(*) AS n, count(DISTINCT span_id) AS ids FROM spans").await;
-    let spans = 2 * (first.len() + second.len());
+    let spans = 2 * (early.len() + first.len() + second.len());
     assert_eq!((status, &count["rows"]), (200, &serde_json::json!([{"n": spans, "ids": spans}])), "{count}");
 
     assert!(distributor.terminate().success());
@@ -437,7 +454,10 @@ async fn a_distributor_spreads_traces_over_ingesters_and_routes_around_one_kille
         &fresh_data_dir("distributor-query-flag"),
         &["--role", "distributor", "--ingesters", "http://127.0.0.1:4318", "--query-timeout", "5s"],
     );
-    assert!(!ok && stderr.contains("--query-timeout is about answering queries, which a --role distributor"), "{stderr}");
+    assert!(
+        !ok && stderr.contains("--query-timeout is about answering queries, which a --role distributor"),
+        "{stderr}"
+    );
     let (ok, _, stderr) = serve_to_completion(
         &fresh_data_dir("querier-buffer-flag"),
         &["--role", "querier", "--storage-url", "s3://cluster/spans", "--max-buffered-bytes", "1000000"],
