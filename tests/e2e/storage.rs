@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::exporters::{python, run_python_client};
 use crate::query::sql;
-use crate::support::{DEADLINE, Server, fresh_data_dir, serve_to_completion, workspace_root};
+use crate::support::{DEADLINE, Launch, Server, fresh_data_dir, serve_to_completion, workspace_root};
 
 /// moto's S3 server, stopped when dropped.
 struct S3Server {
@@ -277,8 +277,15 @@ async fn spans_are_stored_in_and_read_from_an_s3_store() {
     assert_eq!(manifest.wal_floors.len(), 3, "{:?}", manifest.wal_floors);
 }
 
-/// Polls the querier for trace `trace_id` of `tenant` until it has `spans` spans.
+/// Polls the querier for trace `trace_id` of `tenant` until it has `spans` spans, each once.
 async fn wait_for_tenant_trace(querier: &Server, tenant: &str, trace_id: &str, spans: usize) {
+    let stored = wait_for_span_ids(querier, tenant, trace_id, spans).await;
+    assert_eq!(stored, spans, "more spans than sent in {trace_id}");
+}
+
+/// Polls the querier for trace `trace_id` of `tenant` until it has `spans` distinct span ids;
+/// returns how many spans it holds (a span stored twice counts twice).
+async fn wait_for_span_ids(querier: &Server, tenant: &str, trace_id: &str, spans: usize) -> usize {
     let client = reqwest::Client::new();
     let url = querier.api_url(&format!("/api/v1/traces/{trace_id}"));
     let started = std::time::Instant::now();
@@ -286,10 +293,11 @@ async fn wait_for_tenant_trace(querier: &Server, tenant: &str, trace_id: &str, s
         let response = client.get(&url).header("x-scope-orgid", tenant).send().await.unwrap();
         let status = response.status();
         let body: Value = response.json().await.unwrap();
-        let found = body["spans"].as_array().map_or(0, Vec::len);
-        if status == 200 && found >= spans {
-            assert_eq!(found, spans, "more spans than sent: {body}");
-            return;
+        let stored = body["spans"].as_array().map_or(&[][..], Vec::as_slice);
+        let ids: std::collections::HashSet<&str> = stored.iter().filter_map(|s| s["span_id"].as_str()).collect();
+        if status == 200 && ids.len() >= spans {
+            assert_eq!(ids.len(), spans, "span ids not sent: {body}");
+            return stored.len();
         }
         assert!(status == 200 || status == 404, "unexpected {status}: {body}");
         assert!(started.elapsed() < DEADLINE, "trace {trace_id} of {tenant} did not show {spans} spans: {body}");
@@ -480,4 +488,134 @@ async fn query_sql(server: &Server, tenant: &str, query: &str) -> (u16, Value) {
         .await
         .unwrap();
     (response.status().as_u16(), response.json().await.unwrap())
+}
+
+/// `tests/clients/python_stream.py`: the OpenTelemetry Python SDK's two exporters sending traces
+/// to a server, one after another, until [`Stream::finish`].
+struct Stream {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Stream {
+    fn start(server: &Server, tenant: &str, log: std::path::PathBuf) -> Stream {
+        let child = Command::new(python())
+            .arg(workspace_root().join("tests/clients/python_stream.py"))
+            .args(["--grpc", &format!("http://{}", server.grpc), "--http", &server.traces_url(), "--tenant", tenant])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run the Python client ({e}); run scripts/test, which creates .venv"));
+        Stream { child, log }
+    }
+
+    /// Stops sending; the trace ids whose every export was acknowledged, and those with one that
+    /// failed.
+    async fn finish(mut self) -> (Vec<String>, Vec<String>) {
+        drop(self.child.stdin.take());
+        let log = self.log.clone();
+        let output = tokio::task::spawn_blocking(move || self.child.wait_with_output()).await.unwrap().unwrap();
+        let text = String::from_utf8_lossy(&output.stdout);
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(output.status.success(), "the stream client failed: {text}\n{log}");
+        let sent: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}\n{log}"));
+        let ids = |key: &str| -> Vec<String> {
+            sent[key].as_array().unwrap().iter().map(|id| id.as_str().unwrap().to_owned()).collect()
+        };
+        (ids("acknowledged"), ids("failed"))
+    }
+}
+
+/// Spans of `tenant` the running ingesters acknowledged (0 for one that has not seen the tenant).
+async fn acknowledged(ingesters: &[&Server], tenant: &str) -> f64 {
+    let name = format!("hopscope_ingest_spans_accepted_total{{tenant=\"{tenant}\"}} ");
+    let mut total = 0.0;
+    for ingester in ingesters {
+        let text = reqwest::get(ingester.api_url("/metrics")).await.unwrap().text().await.unwrap();
+        total += text.lines().find_map(|l| l.strip_prefix(&name)).map_or(0.0, |v| v.parse::<f64>().unwrap());
+    }
+    total
+}
+
+/// Waits until the running `ingesters` have acknowledged `more` spans of `tenant` beyond `from`,
+/// asking `querier` a question at every turn: it must answer all along. Returns the new total.
+async fn wait_for_progress(ingesters: &[&Server], querier: &Server, tenant: &str, from: f64, more: f64) -> f64 {
+    let started = std::time::Instant::now();
+    loop {
+        let now = acknowledged(ingesters, tenant).await;
+        if now >= from + more {
+            return now;
+        }
+        let (status, answer) = query_sql(querier, tenant, "SELECT count(*) AS n FROM spans").await;
+        assert_eq!(status, 200, "the querier stopped answering: {answer}");
+        assert!(started.elapsed() < DEADLINE, "no progress past {now} acknowledged spans (from {from})");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Issue 21's cluster on one machine: moto's S3, three ingesters, a distributor and two queriers,
+/// with the OpenTelemetry Python SDK's exporters sending to the distributor all along. One
+/// ingester is killed with SIGKILL while they send, then the distributor (restarted where the
+/// exporters send); the queriers answer throughout. Every trace whose exports were acknowledged is
+/// then found whole by both queriers once the killed ingester is back (a span may be stored twice
+/// when its ingester was killed after logging it and before answering: never lost).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_under_load_loses_no_acknowledged_span_when_an_ingester_or_the_distributor_is_killed() {
+    let s3 = S3Server::start("load");
+    let endpoint = s3.endpoint();
+    let env: [(&str, &Path); 5] = [
+        ("AWS_ENDPOINT_URL", Path::new(&endpoint)),
+        ("AWS_ALLOW_HTTP", Path::new("true")),
+        ("AWS_ACCESS_KEY_ID", Path::new("test")),
+        ("AWS_SECRET_ACCESS_KEY", Path::new("test")),
+        ("AWS_REGION", Path::new("us-east-1")),
+    ];
+    let tenant = "team-load";
+    let shared = ["--storage-url", "s3://load/spans", "--multi-tenant"];
+    let role = |role: &'static str| -> Vec<&str> { shared.iter().copied().chain(["--role", role]).collect() };
+    let ingester_args = role("ingester");
+    let mut ingesters: Vec<Server> = (0..3)
+        .map(|i| Server::start_with_env(fresh_data_dir(&format!("load-ingester-{i}")), &ingester_args, &env))
+        .collect();
+    let urls: Vec<String> = ingesters.iter().map(|i| format!("http://{}", i.http)).collect();
+    let distributor_args = ["--role", "distributor", "--ingesters", &urls.join(",")];
+    let distributor = Server::start("load-distributor", &distributor_args);
+    let listen = [distributor.grpc, distributor.http, distributor.api];
+    let querier_args = role("querier");
+    let queriers = [
+        Server::start_with_env(fresh_data_dir("load-querier-1"), &querier_args, &env),
+        Server::start_with_env(fresh_data_dir("load-querier-2"), &querier_args, &env),
+    ];
+
+    let stream = Stream::start(&distributor, tenant, fresh_data_dir("load-stream").join("stderr"));
+    let all: Vec<&Server> = ingesters.iter().collect();
+    wait_for_progress(&all, &queriers[0], tenant, 0.0, 100.0).await;
+    // An ingester killed while spans flow: its share goes to the others.
+    let killed = ingesters.remove(1).crash();
+    let running: Vec<&Server> = ingesters.iter().collect();
+    let seen = wait_for_progress(&running, &queriers[1], tenant, acknowledged(&running, tenant).await, 100.0).await;
+    // The distributor killed while spans flow, and started again where the exporters send: they
+    // retry what failed meanwhile.
+    let distributor_dir = distributor.crash();
+    let distributor = Server::launch(Launch {
+        data_dir: distributor_dir,
+        extra_args: &distributor_args,
+        listen: Some(listen),
+        ..Launch::default()
+    });
+    wait_for_progress(&running, &queriers[0], tenant, seen, 100.0).await;
+    let (acknowledged_ids, failed) = stream.finish().await;
+    assert!(acknowledged_ids.len() > 100, "{} traces acknowledged, {} failed", acknowledged_ids.len(), failed.len());
+    assert!(distributor.terminate().success());
+
+    // Back on its data directory, the killed ingester replays its log: every acknowledged trace is
+    // found whole, by both queriers.
+    let _back = Server::start_with_env(killed, &ingester_args, &env);
+    for trace_id in &acknowledged_ids {
+        wait_for_span_ids(&queriers[0], tenant, trace_id, 2).await;
+    }
+    for trace_id in &acknowledged_ids {
+        wait_for_span_ids(&queriers[1], tenant, trace_id, 2).await;
+    }
 }

@@ -37,6 +37,9 @@ pub(crate) struct Launch<'a> {
     /// Stop reading the server's standard error once it listens, closing the pipe, as a log
     /// shipper that died would.
     pub(crate) close_stderr_once_listening: bool,
+    /// The OTLP/gRPC, OTLP/HTTP and API addresses to listen on (a server restarted where its
+    /// clients send); ephemeral loopback ports when `None`.
+    pub(crate) listen: Option<[SocketAddr; 3]>,
 }
 
 /// A fresh, empty data directory for one test.
@@ -75,11 +78,15 @@ impl Server {
             }
             None => Command::new(binary),
         };
+        let [grpc, http, api] = launch.listen.map_or_else(
+            || ["127.0.0.1:0".to_owned(), "127.0.0.1:0".to_owned(), "127.0.0.1:0".to_owned()],
+            |addrs| addrs.map(|a| a.to_string()),
+        );
         let mut child = command
             .arg("serve")
             .arg("--data-dir")
             .arg(&launch.data_dir)
-            .args(["--otlp-grpc-addr", "127.0.0.1:0", "--otlp-http-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0"])
+            .args(["--otlp-grpc-addr", &grpc, "--otlp-http-addr", &http, "--api-addr", &api])
             .args(launch.extra_args)
             .envs(launch.env.iter().copied())
             .env("RUST_LOG", "info")
