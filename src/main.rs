@@ -138,6 +138,17 @@ struct ServeArgs {
     /// that ingesters join or leave without restarting the distributor.
     #[arg(long, env = "HOPSCOPE_INGESTERS_FILE")]
     ingesters_file: Option<PathBuf>,
+    /// With --role distributor and `https://` ingesters: CA certificates (PEM) to trust beside the
+    /// system's, such as the private CA that signed the ingesters' --tls-cert.
+    #[arg(long, env = "HOPSCOPE_INGESTERS_CA")]
+    ingesters_ca: Option<PathBuf>,
+    /// With --role distributor: a certificate chain (PEM) to present to `https://` ingesters that
+    /// require client certificates (--tls-client-ca on them); with --ingesters-client-key.
+    #[arg(long, env = "HOPSCOPE_INGESTERS_CLIENT_CERT", requires = "ingesters_client_key")]
+    ingesters_client_cert: Option<PathBuf>,
+    /// The private key of --ingesters-client-cert (PEM).
+    #[arg(long, env = "HOPSCOPE_INGESTERS_CLIENT_KEY", requires = "ingesters_client_cert")]
+    ingesters_client_key: Option<PathBuf>,
     /// OTLP/gRPC listen address.
     #[arg(long, env = "HOPSCOPE_OTLP_GRPC_ADDR", default_value = "0.0.0.0:4317")]
     otlp_grpc_addr: SocketAddr,
@@ -329,7 +340,7 @@ fn idle_flags(role: Role) -> Vec<(&'static str, &'static str)> {
         "discard",
     ];
     const FORWARDING: &str = "names where a --role distributor forwards spans";
-    let forwarding = ["ingesters", "ingesters_file"];
+    let forwarding = ["ingesters", "ingesters_file", "ingesters_ca", "ingesters_client_cert", "ingesters_client_key"];
     let with = |ids: &[&'static str], why: &'static str| ids.iter().map(move |id| (*id, why)).collect::<Vec<_>>();
     match role {
         Role::All => with(&forwarding, FORWARDING),
@@ -711,14 +722,37 @@ async fn serve_distributor(
     args: ServeArgs,
     listening: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 ) -> anyhow::Result<()> {
-    use hopscope_ingest::distributor::{Distributor, DistributorConfig, parse_ingesters, read_ingesters_file};
+    use hopscope_ingest::distributor::{
+        Distributor, DistributorConfig, ForwardTls, parse_ingesters, read_ingesters_file,
+    };
     let ingesters = match &args.ingesters_file {
         Some(path) => read_ingesters_file(path),
         None => parse_ingesters(&args.ingesters, "--ingesters"),
     }
     .map_err(anyhow::Error::msg)?;
     let tls = load_tls(&args)?;
-    let config = DistributorConfig { ingesters: ingesters.clone(), max_in_flight_bytes: args.max_buffered_bytes };
+    let read = |path: &std::path::Path, flag: &'static str| {
+        let path = path.to_owned();
+        async move { tokio::fs::read(&path).await.with_context(|| format!("reading {flag} {}", path.display())) }
+    };
+    let ca_pem = match &args.ingesters_ca {
+        Some(path) => Some(read(path, "--ingesters-ca").await?),
+        None => None,
+    };
+    let identity_pem = match (&args.ingesters_client_cert, &args.ingesters_client_key) {
+        (Some(cert), Some(key)) => {
+            let mut pem = read(cert, "--ingesters-client-cert").await?;
+            pem.push(b'\n');
+            pem.extend(read(key, "--ingesters-client-key").await?);
+            Some(pem)
+        }
+        _ => None,
+    };
+    let config = DistributorConfig {
+        ingesters: ingesters.clone(),
+        max_in_flight_bytes: args.max_buffered_bytes,
+        tls: ForwardTls { ca_pem, identity_pem },
+    };
     let distributor = Distributor::new(config).context("starting the distributor")?;
     let mut registry = Registry::default();
     distributor.register_metrics(&mut registry);

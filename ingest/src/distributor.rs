@@ -78,31 +78,42 @@ pub struct DistributorConfig {
     pub ingesters: Vec<String>,
     /// Memory exports being received, decoded and forwarded may hold (`--max-buffered-bytes`).
     pub max_in_flight_bytes: usize,
+    /// Trust and identity for `https://` ingesters.
+    pub tls: ForwardTls,
+}
+
+/// How a distributor speaks TLS to `https://` ingesters: it trusts the system's CAs, and these.
+#[derive(Debug, Clone, Default)]
+pub struct ForwardTls {
+    /// PEM certificates of CAs to trust beside the system's (`--ingesters-ca`): the private CA that
+    /// signed the ingesters' `--tls-cert`.
+    pub ca_pem: Option<Vec<u8>>,
+    /// A PEM certificate chain and its private key, presented to ingesters that require a client
+    /// certificate (`--ingesters-client-cert`, `--ingesters-client-key`).
+    pub identity_pem: Option<Vec<u8>>,
 }
 
 /// Checks a list of ingesters (from `source`: `--ingesters`, or the file of `--ingesters-file`):
-/// each an `http://HOST:PORT` URL with no path (the ingester's OTLP/HTTP address), none twice.
+/// each an `http://HOST:PORT` or `https://HOST:PORT` URL with no path (the ingester's OTLP/HTTP
+/// address), none twice.
 /// Returns them without a trailing slash, in the order given.
 pub fn parse_ingesters(given: &[String], source: &str) -> Result<Vec<String>, String> {
     let mut out: Vec<String> = Vec::with_capacity(given.len());
     for raw in given.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
         let url = raw.trim_end_matches('/');
-        let Some(authority) = url.strip_prefix("http://") else {
-            return Err(if url.starts_with("https://") {
-                format!(
-                    "{source}: {raw:?}: a distributor speaks plain HTTP to its ingesters (TLS between them is not \
-                     supported yet); give http://HOST:PORT, the ingester's OTLP/HTTP address"
-                )
-            } else {
-                format!("{source}: {raw:?}: give http://HOST:PORT, the ingester's OTLP/HTTP address")
-            });
+        let Some(authority) = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")) else {
+            return Err(format!(
+                "{source}: {raw:?}: give http://HOST:PORT (or https:// when the ingester has --tls-cert), the \
+                 ingester's OTLP/HTTP address"
+            ));
         };
         let valid = !authority.is_empty()
             && !authority.contains(['/', '?', '#', '@'])
             && authority.parse::<http::uri::Authority>().is_ok_and(|a| a.port_u16().is_some());
         if !valid {
             return Err(format!(
-                "{source}: {raw:?}: give http://HOST:PORT with a port and no path, the ingester's OTLP/HTTP address"
+                "{source}: {raw:?}: give http://HOST:PORT (or https://) with a port and no path, the ingester's \
+                 OTLP/HTTP address"
             ));
         }
         if out.iter().any(|seen| seen == url) {
@@ -313,7 +324,26 @@ pub struct Distributor {
 impl Distributor {
     /// A distributor over the ingesters of `config`.
     pub fn new(config: DistributorConfig) -> Result<Arc<Self>, IngestError> {
-        let client = reqwest::Client::builder()
+        let mut client = reqwest::Client::builder();
+        if let Some(pem) = &config.tls.ca_pem {
+            let cas = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| IngestError::Config(format!("--ingesters-ca holds no PEM certificate: {e}")))?;
+            if cas.is_empty() {
+                return Err(IngestError::Config("--ingesters-ca holds no PEM certificate".into()));
+            }
+            for ca in cas {
+                client = client.add_root_certificate(ca);
+            }
+        }
+        if let Some(pem) = &config.tls.identity_pem {
+            let identity = reqwest::Identity::from_pem(pem).map_err(|e| {
+                IngestError::Config(format!(
+                    "--ingesters-client-cert and --ingesters-client-key are not a PEM certificate chain and its key: {e}"
+                ))
+            })?;
+            client = client.identity(identity);
+        }
+        let client = client
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(FORWARD_TIMEOUT)
             // Straight to the ingesters: no proxy from HTTP_PROXY (the credentials passed on
@@ -892,7 +922,12 @@ mod tests {
     }
 
     fn distributor(ingesters: &[String]) -> Arc<Distributor> {
-        Distributor::new(DistributorConfig { ingesters: ingesters.to_vec(), max_in_flight_bytes: 64 << 20 }).unwrap()
+        let config = DistributorConfig {
+            ingesters: ingesters.to_vec(),
+            max_in_flight_bytes: 64 << 20,
+            tls: ForwardTls::default(),
+        };
+        Distributor::new(config).unwrap()
     }
 
     #[tokio::test]
@@ -1032,8 +1067,9 @@ mod tests {
             assert!(e.contains(says), "{e}");
         };
         refused(&[], "names no ingester");
-        refused(&["https://a:4318"], "plain HTTP");
+        assert_eq!(given(&["https://a:4318"]).unwrap(), ["https://a:4318"]);
         refused(&["a:4318"], "give http://HOST:PORT");
+        refused(&["ftp://a:4318"], "give http://HOST:PORT");
         refused(&["http://a"], "with a port");
         refused(&["http://a:4318/v1/traces"], "no path");
         refused(&["http://a:4318", "http://a:4318/"], "twice");

@@ -79,6 +79,9 @@ pub enum IngestError {
     /// `Retry-After`. (Which ingester is the distributor's log's business, not the client's.)
     #[error("an ingester refused the spans: {message}")]
     Forwarded { status: u16, message: String, retry_after: Option<std::time::Duration> },
+    /// A setting that cannot be used (a file of the wrong kind), saying which and why.
+    #[error("{0}")]
+    Config(String),
     /// A distributor could reach no ingester (its log says why, for each).
     #[error("no ingester could be reached; retry later")]
     NoIngester,
@@ -124,6 +127,7 @@ impl IngestError {
                 _ => S::SERVICE_UNAVAILABLE,
             },
             IngestError::NoIngester
+            | IngestError::Config(_)
             | IngestError::Overloaded { .. }
             | IngestError::ShuttingDown
             | IngestError::DataDirInUse(_)
@@ -176,6 +180,7 @@ impl IngestError {
                 _ => C::Unavailable,
             },
             IngestError::NoIngester
+            | IngestError::Config(_)
             | IngestError::Overloaded { .. }
             | IngestError::ShuttingDown
             | IngestError::DataDirInUse(_)

@@ -166,3 +166,62 @@ fn unreadable_tls_files_stop_the_server_at_start_saying_which() {
     assert!(!ok);
     assert!(stderr.contains("--tls-key"), "{stderr}");
 }
+
+/// A distributor (`--role distributor`) forwarding over TLS to a server that takes only clients
+/// with a certificate of its client CA: it trusts the private CA that signed the server's
+/// certificate (`--ingesters-ca`) and presents its own (`--ingesters-client-cert`). The Python SDK's
+/// exporters send to the distributor; the server stores their traces. Without the CA, the
+/// distributor cannot forward: the export is refused as retryable and its log says why.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_distributor_forwards_over_mutual_tls() {
+    let dir = fresh_data_dir("tls-forward-pki");
+    let pki = make_pki(&dir, "forward");
+    let path = |p: &PathBuf| p.to_str().unwrap().to_owned();
+    let (cert, key, ca) = (path(&pki.server_cert), path(&pki.server_key), path(&pki.ca));
+    let server = Server::start("tls-forward-server", &["--tls-cert", &cert, "--tls-key", &key, "--tls-client-ca", &ca]);
+    let ingester = format!("https://{}", server.http);
+    let (client_cert, client_key) = (path(&pki.client_cert), path(&pki.client_key));
+    let distributor = Server::start(
+        "tls-forward-distributor",
+        &[
+            "--role",
+            "distributor",
+            "--ingesters",
+            &ingester,
+            "--ingesters-ca",
+            &ca,
+            "--ingesters-client-cert",
+            &client_cert,
+            "--ingesters-client-key",
+            &client_key,
+        ],
+    );
+    let sent = crate::exporters::run_python_client(
+        "python_export.py",
+        vec!["--grpc".into(), format!("http://{}", distributor.grpc), "--http".into(), distributor.traces_url()],
+    )
+    .await;
+    for protocol in ["grpc", "http"] {
+        let url = format!("https://{}/api/v1/traces/{}", server.api, sent[protocol].as_str().unwrap());
+        let answer = wait_for_https(&url, &pki.ca, Some((&pki.client_cert, &pki.client_key))).await;
+        let trace: Value = serde_json::from_str(answer["body"].as_str().unwrap()).unwrap();
+        assert_eq!(trace["spans"].as_array().unwrap().len(), 2, "{trace}");
+    }
+
+    // Not trusting the server's CA, a distributor forwards nothing, and says so.
+    let untrusting = Server::start("tls-forward-untrusting", &["--role", "distributor", "--ingesters", &ingester]);
+    let trace = crate::support::random_trace_id();
+    let span = crate::support::span(hex::decode(&trace).unwrap(), vec![7; 8], "GET /untrusted");
+    let body = prost::Message::encode_to_vec(&crate::support::request(vec![span]));
+    let answer = reqwest::Client::new()
+        .post(untrusting.traces_url())
+        .header("content-type", "application/x-protobuf")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 503, "{:?}", answer.text().await);
+    assert!(answer.headers().contains_key("retry-after"));
+    let log = untrusting.log();
+    assert!(log.contains("ingester unreachable") && log.contains("certificate"), "{log}");
+}
