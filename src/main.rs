@@ -131,7 +131,7 @@ struct ServeArgs {
     /// separated by commas (`http://10.0.0.1:4318,http://10.0.0.2:4318`). Each trace goes to one
     /// of them, chosen by a hash ring over these names (give every distributor the same list); when
     /// one cannot be reached, its traces go to the next on the ring.
-    #[arg(long, env = "HOPSCOPE_INGESTERS", value_delimiter = ',', conflicts_with = "ingesters_file")]
+    #[arg(long, env = "HOPSCOPE_INGESTERS", value_delimiter = ',')]
     ingesters: Vec<String>,
     /// With --role distributor, instead of --ingesters: a file listing the ingesters' OTLP/HTTP
     /// addresses, one per line (blank lines and `#` comments ignored), read again on SIGHUP, so
@@ -303,12 +303,18 @@ struct GivenFlags {
 }
 
 impl GivenFlags {
+    fn command_line_has(&self, id: &str) -> bool {
+        self.command_line.iter().any(|given| given == id)
+    }
+
     fn of(matches: &clap::ArgMatches) -> GivenFlags {
         let mut given = GivenFlags::default();
         for id in matches.ids() {
+            // A switch set to false in the environment is as good as not set.
+            let off = matches!(matches.try_get_one::<bool>(id.as_str()), Ok(Some(false)));
             match matches.value_source(id.as_str()) {
                 Some(clap::parser::ValueSource::CommandLine) => given.command_line.push(id.to_string()),
-                Some(clap::parser::ValueSource::EnvVariable) => given.environment.push(id.to_string()),
+                Some(clap::parser::ValueSource::EnvVariable) if !off => given.environment.push(id.to_string()),
                 _ => {}
             }
         }
@@ -319,13 +325,12 @@ impl GivenFlags {
 /// Flags that do nothing in a role, each with why. Given on the command line they are refused;
 /// from the environment (which processes of several roles may share) they are named in a warning.
 fn idle_flags(role: Role) -> Vec<(&'static str, &'static str)> {
-    const QUERYING: [&str; 6] = [
+    const QUERYING: [&str; 5] = [
         "query_memory_limit_bytes",
         "query_cache_bytes",
         "query_max_rows",
         "query_max_concurrent",
         "query_max_cartesian_rows",
-        "cors_allowed_origins",
     ];
     const STORING: [&str; 10] = [
         "max_value_bytes",
@@ -344,7 +349,8 @@ fn idle_flags(role: Role) -> Vec<(&'static str, &'static str)> {
     let with = |ids: &[&'static str], why: &'static str| ids.iter().map(move |id| (*id, why)).collect::<Vec<_>>();
     match role {
         Role::All => with(&forwarding, FORWARDING),
-        // An ingester keeps --query-timeout: replaced files stay twice as long, for the queriers.
+        // An ingester keeps --query-timeout (replaced files stay twice as long, for the queriers)
+        // and --cors-allowed-origins (its API address serves /metrics and the dead letters).
         Role::Ingester => [
             with(&QUERYING, "is about answering queries, which a --role ingester leaves to the queriers"),
             with(&["jaeger_addr"], "serves queries, which a --role ingester leaves to the queriers"),
@@ -365,7 +371,7 @@ fn idle_flags(role: Role) -> Vec<(&'static str, &'static str)> {
         Role::Distributor => [
             with(&QUERYING, "is about answering queries, which a --role distributor leaves to the queriers"),
             with(
-                &["query_timeout", "jaeger_addr"],
+                &["query_timeout", "jaeger_addr", "cors_allowed_origins"],
                 "is about answering queries, which a --role distributor leaves to the queriers",
             ),
             with(&STORING, "is about storing spans, which a --role distributor leaves to its ingesters"),
@@ -726,7 +732,12 @@ async fn serve_distributor(
         Distributor, DistributorConfig, ForwardTls, parse_ingesters, read_ingesters_file,
     };
     let ingesters = match &args.ingesters_file {
-        Some(path) => read_ingesters_file(path),
+        Some(path) => {
+            if !args.ingesters.is_empty() {
+                tracing::warn!("HOPSCOPE_INGESTERS is set, but --ingesters-file names the ingesters");
+            }
+            read_ingesters_file(path)
+        }
         None => parse_ingesters(&args.ingesters, "--ingesters"),
     }
     .map_err(anyhow::Error::msg)?;
@@ -1016,6 +1027,9 @@ fn check_role(args: &ServeArgs) -> anyhow::Result<()> {
             "--role ingester stores into the shared storage that queriers read: give --storage-url \
              (s3://BUCKET/PREFIX), the same for every ingester and querier"
         ),
+        Role::Distributor if args.given.command_line_has("ingesters") && args.ingesters_file.is_some() => {
+            anyhow::bail!("give --ingesters or --ingesters-file, not both")
+        }
         Role::Distributor if args.ingesters.is_empty() && args.ingesters_file.is_none() => anyhow::bail!(
             "--role distributor forwards spans to ingesters: give their OTLP/HTTP addresses in --ingesters (e.g. \
              http://10.0.0.1:4318,http://10.0.0.2:4318) or --ingesters-file"
@@ -1024,7 +1038,7 @@ fn check_role(args: &ServeArgs) -> anyhow::Result<()> {
     }
     for (id, why) in idle_flags(args.role) {
         let flag = format!("--{}", id.replace('_', "-"));
-        if args.given.command_line.iter().any(|given| given == id) {
+        if args.given.command_line_has(id) {
             anyhow::bail!("{flag} {why}");
         }
         if args.given.environment.iter().any(|given| given == id) {
@@ -1295,5 +1309,62 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = terminate => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    /// Every flag `idle_flags` names is a `serve` flag, and the variable its warning names is that
+    /// flag's own.
+    #[test]
+    fn idle_flags_name_real_flags_and_their_variables() {
+        let command = Cli::command();
+        let serve = command.find_subcommand("serve").expect("a serve command");
+        for role in [Role::All, Role::Distributor, Role::Ingester, Role::Querier] {
+            for (id, why) in idle_flags(role) {
+                let arg = serve.get_arguments().find(|a| a.get_id() == id);
+                let arg = arg.unwrap_or_else(|| panic!("{id} ({role:?}) is not a serve flag"));
+                assert_eq!(arg.get_long(), Some(id.replace('_', "-").as_str()));
+                if let Some(env) = arg.get_env() {
+                    assert_eq!(env.to_str(), Some(format!("HOPSCOPE_{}", id.to_uppercase()).as_str()));
+                }
+                assert!(!why.is_empty());
+            }
+        }
+    }
+
+    /// What each role refuses from the command line, and what it keeps: the ingester keeps
+    /// --query-timeout (how long replaced files stay) and --cors-allowed-origins (its API address).
+    #[test]
+    fn roles_refuse_the_flags_they_ignore() {
+        let check = |args: &[&str]| {
+            let matches = Cli::command().try_get_matches_from(args).unwrap();
+            let mut cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap();
+            let (Command::Serve(serve), Some(("serve", given))) = (&mut cli.command, matches.subcommand()) else {
+                panic!("not serve")
+            };
+            serve.given = GivenFlags::of(given);
+            check_role(serve).map_err(|e| e.to_string())
+        };
+        let store = ["--storage-url", "s3://b/p"];
+        let ingester =
+            |extra: &[&'static str]| [&["hopscope", "serve", "--role", "ingester"], &store[..], extra].concat();
+        assert!(check(&ingester(&["--query-timeout", "5s", "--cors-allowed-origins", "https://a.example"])).is_ok());
+        let refused = check(&ingester(&["--query-max-rows", "5"])).unwrap_err();
+        assert!(refused.contains("--query-max-rows is about answering queries"), "{refused}");
+        let distributor = ["hopscope", "serve", "--role", "distributor", "--ingesters", "http://a:4318"];
+        assert!(check(&distributor).is_ok());
+        let refused = check(&[&distributor[..], &["--multi-tenant"]].concat()).unwrap_err();
+        assert!(refused.contains("--multi-tenant is applied by the ingesters"), "{refused}");
+        let refused = check(&[&distributor[..], &["--ingesters-file", "/x"]].concat()).unwrap_err();
+        assert!(refused.contains("not both"), "{refused}");
+        let refused = check(&["hopscope", "serve", "--ingesters-ca", "/ca.pem"]).unwrap_err();
+        assert!(refused.contains("--ingesters-ca names where a --role distributor forwards"), "{refused}");
+        let querier = [&["hopscope", "serve", "--role", "querier"], &store[..]].concat();
+        let refused = check(&[&querier[..], &["--trace-idle-period", "2s"]].concat()).unwrap_err();
+        assert!(refused.contains("--trace-idle-period is about receiving or storing"), "{refused}");
     }
 }

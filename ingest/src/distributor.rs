@@ -12,7 +12,7 @@
 //!
 //! An ingester that cannot be reached (refused connection, timeout, a reset before its answer, or
 //! an answer no ingester gives, such as a 404 from a wrong address) is skipped for [`DOWN_FOR`]
-//! (then one export tries it again), and its share of an export goes to the next ingester on the ring
+//! (then tried again), and its share of an export goes to the next ingester on the ring
 //! for each trace: the trace is then split across ingesters, which the derived tables already
 //! handle (a trace split across files of several writers is re-derived whole). An ingester that
 //! answers with a refusal is not skipped: a retryable one (503 overloaded, 429 rate limited)
@@ -53,7 +53,7 @@ use crate::ingester::{Admitted, ExportBody, ExportOutcome, ExportTarget, decode_
 /// ids differ by a few percent, few enough that finding an owner is a short binary search.
 pub const TOKENS_PER_INGESTER: usize = 128;
 
-/// How long an ingester that could not be reached is skipped before one export tries it again.
+/// How long an ingester that could not be reached is skipped before it is tried again.
 pub const DOWN_FOR: Duration = Duration::from_secs(5);
 
 /// How long a connection to an ingester is kept unused: less than an ingester keeps one
@@ -433,23 +433,15 @@ impl Distributor {
     }
 
     /// The ingesters of `members` skipped now: those found unreachable less than [`DOWN_FOR`]
-    /// ago. One whose time is up is tried by this export alone (it is skipped [`DOWN_FOR`] more by
-    /// the others meanwhile), so that one export, not every one in flight, pays for finding it
-    /// still down. None are skipped when that would be all of them (better to try again than to
-    /// refuse).
+    /// ago (then tried again, and skipped anew if still unreachable). None are skipped when that
+    /// would be all of them (better to try again than to refuse).
     fn skipped(&self, members: &Members) -> HashSet<usize> {
         let now = Instant::now();
-        let mut down_until = self.down_until.lock().expect("down lock");
-        let mut down = HashSet::new();
-        for (ingester, name) in members.names.iter().enumerate() {
-            match down_until.get_mut(name) {
-                Some(until) if *until > now => {
-                    down.insert(ingester);
-                }
-                Some(until) => *until = now + DOWN_FOR,
-                None => {}
-            }
-        }
+        let down_until = self.down_until.lock().expect("down lock");
+        let down: HashSet<usize> = (members.names.iter().enumerate())
+            .filter(|(_, name)| down_until.get(*name).is_some_and(|until| *until > now))
+            .map(|(ingester, _)| ingester)
+            .collect();
         if down.len() == members.names.len() { HashSet::new() } else { down }
     }
 
@@ -613,11 +605,13 @@ impl Distributor {
             .get(http::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let ingesters_answer = (status.is_success() && protobuf) || is_ingester_refusal(status);
+        // An ingester answers a protobuf export in protobuf, refusals included: anything else (a
+        // proxy's 502 page, another service's JSON 403) is not an ingester answering.
+        let ingesters_answer = protobuf && (status.is_success() || is_ingester_refusal(status));
         if !ingesters_answer {
             return Forwarded::Unreachable(format!(
                 "{name}{TRACES_PATH} answered {status}{}: is it an ingester's OTLP/HTTP address?",
-                if status.is_success() { " with no protobuf" } else { "" }
+                if protobuf { "" } else { ", not in protobuf" }
             ));
         }
         let body = match response.bytes().await {
@@ -641,12 +635,10 @@ impl Distributor {
                 Err(e) => Forwarded::Unreachable(format!("{name} answered {status} with an unreadable body: {e}")),
             };
         }
-        let message = match RpcStatus::decode(body.clone()) {
-            Ok(status) if !status.message.is_empty() => status.message,
-            _ => match String::from_utf8_lossy(&body).trim() {
-                "" => status.to_string(),
-                text => text.chars().take(500).collect(),
-            },
+        let message = match RpcStatus::decode(body) {
+            Ok(answer) if !answer.message.is_empty() => answer.message,
+            Ok(_) => status.to_string(),
+            Err(e) => return Forwarded::Unreachable(format!("{name} answered {status} with an unreadable body: {e}")),
         };
         Forwarded::Refused(IngestError::Forwarded { status: status.as_u16(), message, retry_after })
     }
@@ -856,8 +848,9 @@ mod tests {
         Store,
         Overloaded,
         Malformed,
-        /// What an ingester's API address answers a `POST /v1/traces`: not an ingester's receiver.
-        NotFound,
+        /// What an ingester's API address answers a `POST /v1/traces` with tokens required: a
+        /// refusal in JSON, not an ingester's receiver answering.
+        OtherService,
     }
 
     /// What a fake ingester received: spans, and the headers of its last request.
@@ -898,7 +891,10 @@ mod tests {
                     }
                     Answer::Overloaded => refusal(http::StatusCode::SERVICE_UNAVAILABLE, "catching up"),
                     Answer::Malformed => refusal(http::StatusCode::BAD_REQUEST, "a bad span"),
-                    Answer::NotFound => (http::StatusCode::NOT_FOUND, "no such page").into_response(),
+                    Answer::OtherService => {
+                        let json = [(http::header::CONTENT_TYPE, "application/json")];
+                        (http::StatusCode::FORBIDDEN, json, r#"{"error":"this token may not read"}"#).into_response()
+                    }
                 }
             }),
         );
@@ -953,10 +949,10 @@ mod tests {
 
     #[tokio::test]
     async fn what_answers_as_no_ingester_does_is_taken_for_unreachable() {
-        // A wrong address in --ingesters (an ingester's API port answers 404): its share goes to
-        // the next ingester instead of being lost as "refused".
+        // A wrong address in --ingesters (an ingester's API port answers in JSON): its share goes
+        // to the next ingester instead of being lost as "refused".
         let (up, received) = fake_ingester(Answer::Store).await;
-        let (wrong, asked) = fake_ingester(Answer::NotFound).await;
+        let (wrong, asked) = fake_ingester(Answer::OtherService).await;
         let distributor = distributor(&[up, wrong.clone()]);
         let outcome = distributor.forward(export_of(40), &HeaderMap::new()).await.unwrap();
         assert_eq!((outcome.accepted, outcome.rejected), (40, 0));

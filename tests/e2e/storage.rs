@@ -446,10 +446,10 @@ async fn a_distributor_spreads_traces_over_ingesters_and_routes_around_one_kille
     let (ok, _, stderr) = serve_to_completion(&fresh_data_dir("distributor-alone"), &["--role", "distributor"]);
     assert!(!ok && stderr.contains("give their OTLP/HTTP addresses in --ingesters"), "{stderr}");
     let (ok, _, stderr) = serve_to_completion(
-        &fresh_data_dir("distributor-tls"),
-        &["--role", "distributor", "--ingesters", "https://127.0.0.1:4318"],
+        &fresh_data_dir("distributor-scheme"),
+        &["--role", "distributor", "--ingesters", "ftp://127.0.0.1:4318"],
     );
-    assert!(!ok && stderr.contains("plain HTTP"), "{stderr}");
+    assert!(!ok && stderr.contains("give http://HOST:PORT (or https://"), "{stderr}");
     let (ok, _, stderr) = serve_to_completion(
         &fresh_data_dir("distributor-storing"),
         &["--role", "distributor", "--ingesters", "http://127.0.0.1:4318", "--storage-url", "s3://cluster/spans"],
@@ -502,6 +502,8 @@ impl Stream {
         let child = Command::new(python())
             .arg(workspace_root().join("tests/clients/python_stream.py"))
             .args(["--grpc", &format!("http://{}", server.grpc), "--http", &server.traces_url(), "--tenant", tenant])
+            // Past any wait of the test's: the test, not the client, says when to stop.
+            .args(["--max-seconds", "600"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -515,7 +517,13 @@ impl Stream {
     async fn finish(mut self) -> (Vec<String>, Vec<String>) {
         drop(self.child.stdin.take());
         let log = self.log.clone();
-        let output = tokio::task::spawn_blocking(move || self.child.wait_with_output()).await.unwrap().unwrap();
+        let pid = self.child.id().to_string();
+        let waited = tokio::time::timeout(DEADLINE, tokio::task::spawn_blocking(move || self.child.wait_with_output()));
+        let Ok(output) = waited.await else {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            panic!("the stream client did not stop within {DEADLINE:?} of its input closing");
+        };
+        let output = output.unwrap().unwrap();
         let text = String::from_utf8_lossy(&output.stdout);
         let log = std::fs::read_to_string(&log).unwrap_or_default();
         assert!(output.status.success(), "the stream client failed: {text}\n{log}");
@@ -592,9 +600,12 @@ async fn a_cluster_under_load_loses_no_acknowledged_span_when_an_ingester_or_the
     let all: Vec<&Server> = ingesters.iter().collect();
     wait_for_progress(&all, &queriers[0], tenant, 0.0, 100.0).await;
     // An ingester killed while spans flow: its share goes to the others.
+    let killed_url = urls[1].clone();
     let killed = ingesters.remove(1).crash();
     let running: Vec<&Server> = ingesters.iter().collect();
     let seen = wait_for_progress(&running, &queriers[1], tenant, acknowledged(&running, tenant).await, 100.0).await;
+    let failures = format!("hopscope_distributor_forward_failures_total{{ingester=\"{killed_url}\"}}");
+    assert!(distributor.metric(&failures).await > 0.0, "nothing was sent to the killed ingester meanwhile");
     // The distributor killed while spans flow, and started again where the exporters send: they
     // retry what failed meanwhile.
     let distributor_dir = distributor.crash();

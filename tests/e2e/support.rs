@@ -256,14 +256,39 @@ impl Drop for Server {
     }
 }
 
-/// Runs `hopscope ARGS` to completion: (success, stdout, stderr).
+/// Runs `hopscope ARGS` to completion: (success, stdout, stderr). A run that has not ended within
+/// [`DEADLINE`] (a server that started where the test expected a refusal) is killed, and the test
+/// fails saying so.
 pub(crate) fn hopscope(args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_hopscope")).args(args).output().expect("run hopscope");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    use std::io::Read as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hopscope"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run hopscope");
+    let read = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = pipe.read_to_end(&mut text);
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().unwrap()));
+    let stderr = read(Box::new(child.stderr.take().unwrap()));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("hopscope {args:?} did not end within {DEADLINE:?}; stderr:\n{}", stderr.join().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status.success(), stdout.join().unwrap(), stderr.join().unwrap())
 }
 
 /// Runs `hopscope serve` on `data_dir` and loopback ports with `extra_args` to completion, for a
