@@ -289,6 +289,11 @@ struct ServeArgs {
     /// critical paths, findings), to measure what deriving costs.
     #[arg(long, hide = true)]
     no_derive: bool,
+    /// Tests only: with --storage-url, how often this server rewrites, per tenant, how many spans
+    /// it acknowledged that no committed file holds yet, while it holds some (queriers take a
+    /// server silent for three intervals for stopped; see `GET /api/v1/writers`).
+    #[arg(long, hide = true, default_value = "10s", value_parser = positive_duration)]
+    writer_status_interval: std::time::Duration,
     /// Which flags were given, and how (for `check_role`).
     #[arg(skip)]
     given: GivenFlags,
@@ -332,7 +337,7 @@ fn idle_flags(role: Role) -> Vec<(&'static str, &'static str)> {
         "query_max_concurrent",
         "query_max_cartesian_rows",
     ];
-    const STORING: [&str; 10] = [
+    const STORING: [&str; 11] = [
         "max_value_bytes",
         "max_span_bytes",
         "trace_idle_period",
@@ -343,6 +348,7 @@ fn idle_flags(role: Role) -> Vec<(&'static str, &'static str)> {
         "metrics_max_series",
         "no_derive",
         "discard",
+        "writer_status_interval",
     ];
     const FORWARDING: &str = "names where a --role distributor forwards spans";
     let forwarding = ["ingesters", "ingesters_file", "ingesters_ca", "ingesters_client_cert", "ingesters_client_key"];
@@ -1094,6 +1100,7 @@ fn ingest_config(args: &ServeArgs) -> IngesterConfig {
     config.discard = args.discard;
     config.derive = !args.no_derive;
     config.metrics_max_series = args.metrics_max_series;
+    config.writer_status_every = args.writer_status_interval;
     config
 }
 

@@ -40,6 +40,10 @@ pub use maintenance::{MaintenancePass, MaintenanceReport};
 /// (`serve` sets twice its query timeout): longer than a query of any server sharing the files runs.
 pub const DEFAULT_RETIRED_GRACE: Duration = Duration::from_secs(60);
 
+/// How often a writer of shared storage rewrites its status while spans wait for a file, unless
+/// told otherwise: queriers take it for stopped three intervals after its last word.
+pub const DEFAULT_WRITER_STATUS_EVERY: Duration = Duration::from_secs(10);
+
 /// How the ingester stores spans.
 #[derive(Debug, Clone)]
 pub struct IngesterConfig {
@@ -87,6 +91,9 @@ pub struct IngesterConfig {
     /// `None`: the data directory, as by default. The write-ahead log is in the data directory
     /// either way.
     pub storage: Option<Arc<hopscope_storage::ObjectStorage>>,
+    /// With shared storage, how often this writer rewrites its status while spans wait for a file
+    /// ([`hopscope_schemas::manifest::WriterStatus`]).
+    pub writer_status_every: Duration,
 }
 
 impl IngesterConfig {
@@ -115,6 +122,7 @@ impl IngesterConfig {
             derive: true,
             metrics_max_series: crate::trace_metrics::DEFAULT_MAX_SERIES,
             storage: None,
+            writer_status_every: DEFAULT_WRITER_STATUS_EVERY,
         }
     }
 }
@@ -325,6 +333,9 @@ pub struct Ingester {
     underivable: Mutex<std::collections::HashSet<String>>,
     /// Since when merges have been put off for memory, with none run since.
     merges_waiting_since: Mutex<Option<Instant>>,
+    /// When this writer's status was last written to shared storage, and the spans it said were
+    /// waiting ([`Self::report_status`]).
+    status_reported: Mutex<Option<(Instant, u64)>>,
 }
 
 impl Ingester {
@@ -417,6 +428,7 @@ impl Ingester {
             rate: Mutex::new(rate),
             underivable: Mutex::new(std::collections::HashSet::new()),
             merges_waiting_since: Mutex::new(None),
+            status_reported: Mutex::new(None),
         }))
     }
 

@@ -183,6 +183,19 @@ impl ManifestStore {
         }
     }
 
+    /// In shared storage, this writer's status for its tenant: where it is written, and the
+    /// store (`None` in a data directory, which has one writer whose state it holds itself).
+    pub(crate) fn writer_status_place(&self) -> Option<(Arc<ObjectStorage>, String, String)> {
+        match &self.place {
+            Place::Local(_) => None,
+            Place::Shared(shared) => Some((
+                Arc::clone(&shared.storage),
+                layout::writer_status_key(&shared.tenant, &shared.writer),
+                shared.writer.clone(),
+            )),
+        }
+    }
+
     /// The committed WAL floor of this process's write-ahead log. Never waits for a commit.
     pub fn wal_floor(&self) -> u64 {
         self.floor.load(Ordering::Acquire)

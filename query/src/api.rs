@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use hopscope_schemas::TraceId;
 use hopscope_schemas::api::{
     AggregateCriticalPathView, ComparisonView, DependenciesView, EdgesView, ErrorBody, FindingsView, LatencyView,
-    OperationsView, ServicesView, TraceCriticalPathView, TraceView, TracesView,
+    OperationsView, ServicesView, TraceCriticalPathView, TraceView, TracesView, WritersView,
 };
 use serde::Deserialize;
 
@@ -58,6 +58,7 @@ pub fn router(engine: Arc<QueryEngine>) -> Router {
         .route("/api/v1/latency", get(latency))
         .route("/api/v1/compare", get(compare))
         .route("/api/v1/sql", post(sql))
+        .route("/api/v1/writers", get(writers))
         .merge(jaeger::routes())
         .merge(tempo::routes())
         .merge(zipkin::routes())
@@ -168,6 +169,14 @@ async fn findings(State(engine): Engine, raw: RawParams) -> Result<Json<Findings
         exact: p.boolean("exact")?.unwrap_or(false),
     };
     Ok(Json(engine.findings(query).await?))
+}
+
+/// Whether answers may miss acknowledged spans: writers of the shared storage that stopped holding
+/// some ([`QueryEngine::stopped_writers`]).
+async fn writers(State(engine): Engine, raw: RawParams) -> Result<Json<WritersView>, QueryError> {
+    params(raw, &[])?;
+    let stopped = engine.stopped_writers().await?;
+    Ok(Json(WritersView::of(&stopped, hopscope_schemas::time::now_ms())))
 }
 
 async fn services(State(engine): Engine, raw: RawParams) -> Result<Json<ServicesView>, QueryError> {

@@ -18,6 +18,7 @@ use hopscope_schemas::api::{
     AggregateCriticalPathView, ComparisonView, DependenciesView, EdgesView, FindingsView, LatencyView, OperationView,
     SlowestCalls, TraceCriticalPathView, TraceSummaryView, TraceView,
 };
+use hopscope_schemas::manifest::WriterStatus;
 use hopscope_schemas::time::TimeRange;
 use prometheus_client::registry::Registry;
 
@@ -120,7 +121,13 @@ pub struct QueryEngine {
     admission: Admission,
     metrics: Arc<QueryMetrics>,
     caches: ReadCaches,
+    /// The writers' statuses last read from shared storage, and when ([`Self::stopped_writers`]).
+    writers_read: tokio::sync::Mutex<Option<(std::time::Instant, Vec<WriterStatus>)>>,
 }
+
+/// How long the writers' statuses read from shared storage are taken as current: pages and API
+/// answers in between do not ask the store again.
+const WRITERS_READ_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Registers `traces`, `edges` (and its `hop_rollup`, `dependency_rollup` and `call_rollup`),
 /// `critical_path` (and its `path_rollup`), `findings` (default thresholds, and its
@@ -248,6 +255,20 @@ fn session(
     Ok(ctx)
 }
 
+/// Every writer status under `dir` in `storage`; one that cannot be parsed is skipped (with a
+/// warning): a status is advice, and a newer writer may write fields this one does not know.
+fn read_writer_statuses(storage: &hopscope_storage::ObjectStorage, dir: &str) -> Result<Vec<WriterStatus>, QueryError> {
+    let mut statuses = Vec::new();
+    for (key, _) in storage.list(dir).map_err(|e| QueryError::Storage(Box::new(e)))? {
+        let Some(read) = storage.read(&key).map_err(|e| QueryError::Storage(Box::new(e)))? else { continue };
+        match serde_json::from_slice::<WriterStatus>(&read.bytes) {
+            Ok(status) => statuses.push(status),
+            Err(e) => tracing::warn!(%key, error = %e, "a writer's status that cannot be read; skipped"),
+        }
+    }
+    Ok(statuses)
+}
+
 impl std::fmt::Debug for QueryEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QueryEngine").field("session_id", &self.ctx.session_id()).finish()
@@ -277,6 +298,7 @@ impl QueryEngine {
             runtime: Arc::new(QueryRuntime::new(config.target_partitions)?),
             admission: Admission::new(config.max_concurrent, config.admission_wait),
             metrics,
+            writers_read: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -295,7 +317,31 @@ impl QueryEngine {
             pool: Arc::clone(&self.pool),
             runtime: Arc::clone(&self.runtime),
             metrics: Arc::clone(&self.metrics),
+            writers_read: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// The writers of this tenant's shared storage that stopped while holding spans they had
+    /// acknowledged and no committed file has ([`WriterStatus::overdue`]): answers miss those spans
+    /// until the writer is back and stores them. None in a data directory (its one writer is this
+    /// process). Read from the store at most every [`WRITERS_READ_EVERY`].
+    pub async fn stopped_writers(&self) -> Result<Vec<WriterStatus>, QueryError> {
+        let Some(storage) = self.config.storage.clone() else { return Ok(Vec::new()) };
+        let mut read = self.writers_read.lock().await;
+        let statuses = match &*read {
+            Some((at, statuses)) if at.elapsed() < WRITERS_READ_EVERY => statuses.clone(),
+            _ => {
+                let dir =
+                    hopscope_schemas::layout::file_key(&self.config.tenant, hopscope_schemas::layout::WRITERS_DIR);
+                let statuses = tokio::task::spawn_blocking(move || read_writer_statuses(&storage, &dir))
+                    .await
+                    .map_err(|e| QueryError::Internal(format!("reading the writers' statuses: {e}")))??;
+                *read = Some((std::time::Instant::now(), statuses.clone()));
+                statuses
+            }
+        };
+        let now_ms = hopscope_schemas::time::now_ms();
+        Ok(statuses.into_iter().filter(|status| status.overdue(now_ms)).collect())
     }
 
     /// When the stored spans begin and end: the earliest start and the latest end over the

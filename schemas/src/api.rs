@@ -84,6 +84,58 @@ pub struct TraceView {
     pub spans: Vec<SpanView>,
 }
 
+/// `GET /api/v1/writers`: whether answers may miss acknowledged spans, because a writer of the
+/// shared storage stopped while holding some that no committed file has.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct WritersView {
+    pub data_may_be_missing: bool,
+    /// The writers that stopped holding such spans (none in a data directory).
+    pub stopped_writers: Vec<StoppedWriterView>,
+    /// What to tell a user when data may be missing.
+    pub message: Option<String>,
+}
+
+/// A writer that stopped holding spans it acknowledged and no committed file has.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StoppedWriterView {
+    /// Its id (its data directory's).
+    pub writer: String,
+    /// The spans it held, by its last word (at least half of what it held when it stopped).
+    pub acknowledged_not_stored: u64,
+    /// How long ago it last wrote its status, by this server's clock.
+    pub last_heard_ms_ago: i64,
+}
+
+impl WritersView {
+    /// The view of `stopped` (statuses of writers found overdue at `now_ms`).
+    pub fn of(stopped: &[crate::manifest::WriterStatus], now_ms: i64) -> Self {
+        let spans: u64 = stopped.iter().map(|s| s.acknowledged_not_stored).sum();
+        let silent_s = stopped.iter().map(|s| now_ms.saturating_sub(s.written_at_ms)).min().unwrap_or(0) / 1000;
+        let message = (!stopped.is_empty()).then(|| {
+            let who = match stopped.len() {
+                1 => "An ingester".to_owned(),
+                n => format!("{n} ingesters"),
+            };
+            format!(
+                "{who} stopped {silent_s} s ago or more, holding acknowledged spans not yet stored ({spans} or more, by \
+                 its last word): answers miss them until it is back (its write-ahead log keeps them)"
+            )
+        });
+        WritersView {
+            data_may_be_missing: !stopped.is_empty(),
+            stopped_writers: stopped
+                .iter()
+                .map(|s| StoppedWriterView {
+                    writer: s.writer.clone(),
+                    acknowledged_not_stored: s.acknowledged_not_stored,
+                    last_heard_ms_ago: now_ms.saturating_sub(s.written_at_ms),
+                })
+                .collect(),
+            message,
+        }
+    }
+}
+
 /// `GET /api/v1/services`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ServicesView {

@@ -154,6 +154,15 @@ pub fn manifest_key(tenant: &str) -> String {
     file_key(tenant, MANIFEST_FILE)
 }
 
+/// Where, in shared storage, each writer says what it acknowledged that no committed file holds
+/// yet: `<tenant>/writers/<writer>.json` ([`crate::manifest::WriterStatus`]).
+pub const WRITERS_DIR: &str = "writers";
+
+/// The key of writer `writer`'s status for `tenant` in shared storage.
+pub fn writer_status_key(tenant: &str, writer: &str) -> String {
+    file_key(tenant, &format!("{WRITERS_DIR}/{writer}.json"))
+}
+
 /// The key in shared (object) storage of a tenant's file given relative to its tenant directory.
 pub fn file_key(tenant: &str, relative: &str) -> String {
     format!("{tenant}/{relative}")

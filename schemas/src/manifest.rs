@@ -167,6 +167,38 @@ impl Manifest {
     }
 }
 
+/// What a writer of shared storage last said about one tenant (`layout::writer_status_key`): how
+/// many spans it had acknowledged that no committed file held yet. A writer rewrites it every
+/// [`WriterStatus::every_ms`] while it holds such spans, and once when it holds none any more; so a
+/// status that says it holds some and is long [`overdue`](WriterStatus::overdue) belongs to a writer
+/// that stopped (a crash, a machine gone): its spans are in its write-ahead log only, and queries
+/// miss them until it is back.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WriterStatus {
+    /// The writer's id (its data directory's, see `wal_floors`).
+    pub writer: String,
+    /// When it was written, by the writer's clock, in milliseconds since the Unix epoch.
+    pub written_at_ms: i64,
+    /// Spans acknowledged and not yet in a committed file.
+    pub acknowledged_not_stored: u64,
+    /// How often the writer rewrites it while it holds such spans, in milliseconds.
+    pub every_ms: u64,
+}
+
+impl WriterStatus {
+    /// How many of its intervals a status may be late before its writer is taken for stopped: room
+    /// for a slow write and for clocks a little apart.
+    pub const MISSED_INTERVALS: i64 = 3;
+
+    /// Whether, at `now_ms` (the reader's clock), the writer holds spans no file has and should
+    /// have written again long ago: it has stopped, and those spans are missing from queries.
+    pub fn overdue(&self, now_ms: i64) -> bool {
+        let every = i64::try_from(self.every_ms).unwrap_or(i64::MAX);
+        self.acknowledged_not_stored > 0
+            && now_ms.saturating_sub(self.written_at_ms) > every.saturating_mul(Self::MISSED_INTERVALS)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,5 +265,20 @@ mod tests {
         let v3 = String::from_utf8_lossy(&first_layout.to_json()).replace("\"version\": \"4\"", "\"version\": \"3\"");
         assert!(!v3.contains("layout"), "{v3}");
         assert_eq!(Manifest::from_json(v3.as_bytes()).unwrap(), first_layout);
+    }
+
+    #[test]
+    fn a_writer_holding_spans_is_overdue_three_intervals_after_its_last_word() {
+        let status =
+            WriterStatus { writer: "w".into(), written_at_ms: 1_000_000, acknowledged_not_stored: 5, every_ms: 10_000 };
+        assert!(!status.overdue(1_000_000 + 30_000), "three intervals late is still on time");
+        assert!(status.overdue(1_000_000 + 30_001));
+        // A reader whose clock is behind the writer's: not overdue.
+        assert!(!status.overdue(999_000));
+        // One holding nothing is never missing anything.
+        let idle = WriterStatus { acknowledged_not_stored: 0, ..status.clone() };
+        assert!(!idle.overdue(i64::MAX));
+        let json = serde_json::to_string(&status).unwrap();
+        assert_eq!(serde_json::from_str::<WriterStatus>(&json).unwrap(), status);
     }
 }

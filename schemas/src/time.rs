@@ -19,6 +19,13 @@ impl TimeRange {
     }
 }
 
+/// Now, by this machine's clock, in milliseconds since the Unix epoch (0 before it).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// RFC 3339 (`2026-11-28T10:00:00Z`) or integer unix nanoseconds.
 pub fn parse_time(value: &str) -> Result<i64, String> {
     if let Ok(ns) = value.parse::<i64>() {

@@ -247,6 +247,14 @@ impl ObjectStorage {
         }
     }
 
+    /// Writes `bytes` to `key`, over whatever is there (for objects one writer alone writes, such as
+    /// its own status). Blocking.
+    pub fn write(&self, key: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
+        let (store, path) = (Arc::clone(&self.store), self.path(key));
+        let written = self.io.run(async move { store.put(&path, PutPayload::from(bytes)).await })?;
+        written.map(drop).map_err(|source| self.request_error("writing", key, source))
+    }
+
     /// Uploads the local file `local` as `key`, in parts for a large one, so that memory stays
     /// bounded whatever the file's size. Blocking.
     pub fn upload(&self, local: &std::path::Path, key: &str) -> Result<(), StorageError> {

@@ -351,9 +351,14 @@ async fn a_distributor_spreads_traces_over_ingesters_and_routes_around_one_kille
     ];
     let tenant = "team-x";
     let shared = ["--storage-url", "s3://cluster/spans", "--multi-tenant"];
+    // Each says every second what it holds that no file has (10 s by default).
     let ingester = |dir: std::path::PathBuf, extra: &[&str]| {
-        let args: Vec<&str> =
-            shared.iter().copied().chain(["--role", "ingester"]).chain(extra.iter().copied()).collect();
+        let args: Vec<&str> = shared
+            .iter()
+            .copied()
+            .chain(["--role", "ingester", "--writer-status-interval", "1s"])
+            .chain(extra.iter().copied())
+            .collect();
         Server::start_with_env(dir, &args, &env)
     };
     let a = ingester(fresh_data_dir("cluster-ingester-a"), &[]);
@@ -416,7 +421,18 @@ async fn a_distributor_spreads_traces_over_ingesters_and_routes_around_one_kille
 
     // The second ingester is killed holding its share in its log only; while it is down, its
     // traces go to the first, and are found at once.
+    let writers = wait_for_writers(&querier, tenant, false).await;
+    assert_eq!(writers["message"], Value::Null, "{writers}");
     let b_dir = b.crash();
+    // The querier says answers miss what the killed ingester held, on the API and on its pages.
+    let writers = wait_for_writers(&querier, tenant, true).await;
+    assert_eq!(writers["stopped_writers"].as_array().unwrap().len(), 1, "{writers}");
+    // What it held by its last word: at least one span, and no more than it took.
+    let held = writers["stopped_writers"][0]["acknowledged_not_stored"].as_f64().unwrap();
+    assert!((1.0..=on_b).contains(&held), "{writers}");
+    let page = client.get(querier.api_url(&format!("/ui/graph?tenant={tenant}"))).send().await.unwrap();
+    let page = page.text().await.unwrap();
+    assert!(page.contains(&format!("acknowledged spans not yet stored ({held} or more")), "{page}");
     let second = send_many(&distributor, tenant, 12).await;
     for trace_id in &second {
         wait_for_tenant_trace(&querier, tenant, trace_id, 2).await;
@@ -432,6 +448,8 @@ async fn a_distributor_spreads_traces_over_ingesters_and_routes_around_one_kille
     for trace_id in early.iter().chain(&first) {
         wait_for_tenant_trace(&querier, tenant, trace_id, 2).await;
     }
+    let writers = wait_for_writers(&querier, tenant, false).await;
+    assert_eq!(writers["stopped_writers"], serde_json::json!([]), "{writers}");
     let (status, count) =
         query_sql(&querier, tenant, "SELECT count(*) AS n, count(DISTINCT span_id) AS ids FROM spans").await;
     let spans = 2 * (early.len() + first.len() + second.len());
@@ -628,5 +646,22 @@ async fn a_cluster_under_load_loses_no_acknowledged_span_when_an_ingester_or_the
     }
     for trace_id in &acknowledged_ids {
         wait_for_span_ids(&queriers[1], tenant, trace_id, 2).await;
+    }
+}
+
+/// Polls `GET /api/v1/writers` on `querier` as `tenant` until it says whether data may be missing
+/// as `missing` does; returns the answer.
+async fn wait_for_writers(querier: &Server, tenant: &str, missing: bool) -> Value {
+    let client = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    loop {
+        let response = client.get(querier.api_url("/api/v1/writers")).header("x-scope-orgid", tenant).send().await;
+        let answer: Value = response.unwrap().json().await.unwrap();
+        if answer["data_may_be_missing"] == missing {
+            assert_eq!(answer["message"].is_string(), missing, "{answer}");
+            return answer;
+        }
+        assert!(started.elapsed() < DEADLINE, "data_may_be_missing never became {missing}: {answer}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }

@@ -71,7 +71,7 @@ pub(crate) async fn critical_path_page(
     headers: HeaderMap,
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Html<String>, UiError> {
-    let params = PageParams::new(raw, &["service", "operation"], ui.tenant())?;
+    let params = ui.params(raw, &["service", "operation"]).await?;
     let service = params.text("service").map(str::to_owned);
     let operation = params.text("operation").map(str::to_owned);
     if operation.is_some() && service.is_none() {
@@ -215,7 +215,7 @@ pub(crate) async fn findings_page(
     headers: HeaderMap,
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Html<String>, UiError> {
-    let params = PageParams::new(raw, &["service", "page"], ui.tenant())?;
+    let params = ui.params(raw, &["service", "page"]).await?;
     let service = params.text("service").map(str::to_owned);
     let page = match params.text("page") {
         None => 1,

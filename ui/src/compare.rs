@@ -76,7 +76,7 @@ fn asked(params: &PageParams) -> Result<(LatencyTarget, Selection), UiError> {
 
 /// `GET /ui/compare?service=&operation=|caller=&callee=&min_duration=&max_duration=&selection_start=&selection_end=`
 pub(crate) async fn page(State(ui): UiState, Query(raw): Query<HashMap<String, String>>) -> Result<Response, UiError> {
-    let params = PageParams::new(raw, &FIELDS, ui.tenant())?;
+    let params = ui.params(raw, &FIELDS).await?;
     let keep: Vec<(&str, &str)> = FIELDS.iter().filter_map(|f| params.text(f).map(|v| (*f, v))).collect();
     let (target, selection) = match asked(&params) {
         Ok(asked) => asked,

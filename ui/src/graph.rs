@@ -560,7 +560,7 @@ pub(crate) async fn page(
     headers: HeaderMap,
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Response, UiError> {
-    let params = PageParams::new(raw, &["color", "focus", "depth"], ui.tenant())?;
+    let params = ui.params(raw, &["color", "focus", "depth"]).await?;
     let colouring = match params.text("color") {
         None | Some("latency") => Colouring::Latency,
         Some("errors") => Colouring::Errors,

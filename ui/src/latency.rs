@@ -36,7 +36,7 @@ fn tail_view(params: &PageParams, view: &LatencyView, range: TimeRange, target: 
     // Links to comparisons name the charts' own range (whole minutes when widened, so that a cell
     // compares the calls it counts): a selection of absolute times must stay inside it when the
     // link is opened later (a preset range moves with the clock).
-    let charted = crate::window::Window { range, preset: None, tenant: params.window.tenant.clone() };
+    let charted = crate::window::Window { range, preset: None, tenant: params.window.tenant.clone(), notice: None };
     let compare = |min_ns: f64| {
         let min = crate::compare::exact_duration(min_ns.floor() as i64);
         crate::compare::link(&charted, target, &[("min_duration", &min)])
@@ -142,7 +142,7 @@ pub(crate) async fn service_page(
     headers: HeaderMap,
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Html<String>, UiError> {
-    let params = PageParams::new(raw, &["name", "operation"], ui.tenant())?;
+    let params = ui.params(raw, &["name", "operation"]).await?;
     let name = params.required("name")?.to_owned();
     let operation = params.text("operation").map(str::to_owned);
     let range = params.window.range;
@@ -259,7 +259,7 @@ pub(crate) async fn hop_page(
     headers: HeaderMap,
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Html<String>, UiError> {
-    let params = PageParams::new(raw, &["caller", "callee"], ui.tenant())?;
+    let params = ui.params(raw, &["caller", "callee"]).await?;
     let (caller, callee) = (params.required("caller")?.to_owned(), params.required("callee")?.to_owned());
     let range = params.window.range;
     let engine = &ui.engine;

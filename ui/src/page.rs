@@ -196,6 +196,9 @@ impl Frame<'_> {
                             button type="submit" { "Show" }
                         }
                     }
+                    @if let Some(notice) = &self.window.notice {
+                        p.notice role="status" { (notice) }
+                    }
                     div #loading role="status" hidden { "Loading…" }
                     main { (body) }
                 }
@@ -287,7 +290,7 @@ pub(crate) async fn empty_state(
         let mut pairs: Vec<(&str, String)> = Vec::new();
         // The end one nanosecond on: the range's end is exclusive, and the latest span ends there.
         let range = TimeRange { start_ns: stored.start_ns, end_ns: stored.end_ns.saturating_add(1) };
-        let whole = Window { range, preset: None, tenant: window.tenant.clone() };
+        let whole = Window { range, preset: None, tenant: window.tenant.clone(), notice: None };
         pairs.extend(whole.query_pairs());
         let mut keep: Vec<(&str, &str)> = params
             .values

@@ -42,7 +42,7 @@ pub(crate) async fn page(
     headers: HeaderMap,
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Response, UiError> {
-    let params = PageParams::new(raw, &FIELDS, ui.tenant())?;
+    let params = ui.params(raw, &FIELDS).await?;
     let engine = &ui.engine;
     let keep: Vec<(&str, &str)> = FIELDS.iter().filter_map(|f| params.text(f).map(|v| (*f, v))).collect();
     let frame = Frame { title: "Search", path: paths::SEARCH, window: &params.window, keep };

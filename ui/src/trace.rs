@@ -596,7 +596,7 @@ pub(crate) async fn page(
     Path(trace_id): Path<String>,
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Html<String>, UiError> {
-    let params = PageParams::new(raw, &["fold", "span", "find", "path"], ui.tenant())?;
+    let params = ui.params(raw, &["fold", "span", "find", "path"]).await?;
     let fold = match params.text("fold") {
         None | Some("on") => true,
         Some("off") => false,

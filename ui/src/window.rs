@@ -30,6 +30,9 @@ pub(crate) struct Window {
     /// The tenant the page shows, when the server keeps tenants apart: links keep it (`tenant=`),
     /// since a browser following a link cannot send `X-Scope-OrgID`.
     pub tenant: Option<String>,
+    /// Said at the top of the page when answers may miss acknowledged spans (a writer of the
+    /// shared storage stopped holding some): not part of the range, never in links.
+    pub notice: Option<String>,
 }
 
 impl Window {
@@ -61,6 +64,7 @@ impl Window {
             range: TimeRange { start_ns: now_ns.saturating_sub(seconds * 1_000_000_000), end_ns: now_ns },
             preset: Some(name),
             tenant: None,
+            notice: None,
         }
     }
 
@@ -76,7 +80,7 @@ impl Window {
                 format_time(end_ns)
             )));
         }
-        Ok(Window { range: TimeRange { start_ns, end_ns }, preset: None, tenant: None })
+        Ok(Window { range: TimeRange { start_ns, end_ns }, preset: None, tenant: None, notice: None })
     }
 
     /// The URL parameters that name this range (and the tenant), for links that keep them.

@@ -41,9 +41,52 @@ impl Ingester {
                     Ok(more) => going_on = more.then_some(everything),
                     Err(e) => tracing::error!(error = %e, "flush failed; spans stay buffered and are retried"),
                 }
+                this.report_status(false).await;
             }
-            this.close().await
+            let closed = this.close().await;
+            this.report_status(true).await;
+            closed
         })
+    }
+
+    /// In shared storage, writes this writer's status for its tenant when it is due: at the first
+    /// chance (a status a crash left behind may say spans are waiting that replay has since
+    /// stored); at once when spans start waiting for a file after none did (a crash from then on
+    /// is seen), and when twice as many wait as it last said (so what it says is at least half of
+    /// what it holds, at the cost of a write per doubling); every `writer_status_every` while they
+    /// wait; when none wait any more, at the
+    /// next interval (so that traffic coming and going costs at most two writes an
+    /// interval); and at the end (`last`). Queriers read it to say when answers may miss spans
+    /// ([`hopscope_schemas::manifest::WriterStatus`]). A failure is logged and tried again.
+    async fn report_status(self: &Arc<Self>, last: bool) {
+        let Some((storage, key, writer)) = self.manifest.writer_status_place() else { return };
+        let waiting = self.buffered_rows() as u64;
+        let now = Instant::now();
+        {
+            let reported = self.status_reported.lock().expect("status lock");
+            let due = match *reported {
+                None => true,
+                Some((at, said)) => {
+                    last || (waiting > 0 && waiting / 2 >= said)
+                        || ((waiting > 0 || said > 0) && now - at >= self.config.writer_status_every)
+                }
+            };
+            if !due {
+                return;
+            }
+        }
+        let status = hopscope_schemas::manifest::WriterStatus {
+            writer,
+            written_at_ms: hopscope_schemas::time::now_ms(),
+            acknowledged_not_stored: waiting,
+            every_ms: self.config.writer_status_every.as_millis() as u64,
+        };
+        let bytes = serde_json::to_vec(&status).expect("a status serialises");
+        match tokio::task::spawn_blocking(move || storage.write(&key, bytes)).await {
+            Ok(Ok(())) => *self.status_reported.lock().expect("status lock") = Some((now, waiting)),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot write this writer's status; trying again"),
+            Err(e) => tracing::warn!(error = %e, "writing this writer's status failed; trying again"),
+        }
     }
 
     /// Refuses new exports and writes everything buffered, retrying a few times on failure.
