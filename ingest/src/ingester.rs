@@ -333,9 +333,8 @@ pub struct Ingester {
     underivable: Mutex<std::collections::HashSet<String>>,
     /// Since when merges have been put off for memory, with none run since.
     merges_waiting_since: Mutex<Option<Instant>>,
-    /// When this writer's status was last written to shared storage, and the spans it said were
-    /// waiting ([`Self::report_status`]).
-    status_reported: Mutex<Option<(Instant, u64)>>,
+    /// Spans of the piece being written: out of the buffer, not yet in a committed file.
+    flushing_rows: std::sync::atomic::AtomicU64,
 }
 
 impl Ingester {
@@ -428,7 +427,7 @@ impl Ingester {
             rate: Mutex::new(rate),
             underivable: Mutex::new(std::collections::HashSet::new()),
             merges_waiting_since: Mutex::new(None),
-            status_reported: Mutex::new(None),
+            flushing_rows: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 

@@ -175,8 +175,7 @@ async fn findings(State(engine): Engine, raw: RawParams) -> Result<Json<Findings
 /// some ([`QueryEngine::stopped_writers`]).
 async fn writers(State(engine): Engine, raw: RawParams) -> Result<Json<WritersView>, QueryError> {
     params(raw, &[])?;
-    let stopped = engine.stopped_writers().await?;
-    Ok(Json(WritersView::of(&stopped, hopscope_schemas::time::now_ms())))
+    Ok(Json(engine.writers_view().await?))
 }
 
 async fn services(State(engine): Engine, raw: RawParams) -> Result<Json<ServicesView>, QueryError> {

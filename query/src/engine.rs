@@ -121,13 +121,37 @@ pub struct QueryEngine {
     admission: Admission,
     metrics: Arc<QueryMetrics>,
     caches: ReadCaches,
-    /// The writers' statuses last read from shared storage, and when ([`Self::stopped_writers`]).
-    writers_read: tokio::sync::Mutex<Option<(std::time::Instant, Vec<WriterStatus>)>>,
+    /// What this server has seen of the writers' statuses ([`Self::stopped_writers`]).
+    writers_seen: tokio::sync::Mutex<WritersSeen>,
 }
 
 /// How long the writers' statuses read from shared storage are taken as current: pages and API
 /// answers in between do not ask the store again.
 const WRITERS_READ_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How long reading the writers' statuses may take before a page goes on without them.
+const WRITERS_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The writers' statuses as this server has seen them: each status object's version and when this
+/// server first saw that version, by its own clock (so no two machines' clocks are compared), and
+/// when they were last read (with the failure, when the read failed).
+#[derive(Default)]
+struct WritersSeen {
+    read: Option<(std::time::Instant, Result<(), String>)>,
+    statuses: std::collections::HashMap<String, (hopscope_storage::Version, std::time::Instant, WriterStatus)>,
+}
+
+/// A writer that holds acknowledged spans no committed file has and whose status has not changed
+/// for more than [`WriterStatus::MISSED_INTERVALS`] of its intervals: it stopped.
+#[derive(Debug, Clone)]
+pub struct StoppedWriter {
+    pub status: WriterStatus,
+    /// How long this server has seen its status unchanged (it stopped at least this long ago, or
+    /// its last write was lost).
+    pub unchanged_for: std::time::Duration,
+    /// Where its status is (`s3://...`): deleting it ends the notice for a writer gone for good.
+    pub location: String,
+}
 
 /// Registers `traces`, `edges` (and its `hop_rollup`, `dependency_rollup` and `call_rollup`),
 /// `critical_path` (and its `path_rollup`), `findings` (default thresholds, and its
@@ -255,14 +279,21 @@ fn session(
     Ok(ctx)
 }
 
-/// Every writer status under `dir` in `storage`; one that cannot be parsed is skipped (with a
-/// warning): a status is advice, and a newer writer may write fields this one does not know.
-fn read_writer_statuses(storage: &hopscope_storage::ObjectStorage, dir: &str) -> Result<Vec<WriterStatus>, QueryError> {
+/// A writer's status and the version of the object it was read from.
+type VersionedStatus = (hopscope_storage::Version, WriterStatus);
+
+/// Every writer status under `dir` in `storage`, by key, with its version; one that cannot be
+/// parsed is skipped (with a warning): a status is advice, and a newer writer may write fields
+/// this one does not know.
+fn read_writer_statuses(
+    storage: &hopscope_storage::ObjectStorage,
+    dir: &str,
+) -> Result<Vec<(String, VersionedStatus)>, QueryError> {
     let mut statuses = Vec::new();
     for (key, _) in storage.list(dir).map_err(|e| QueryError::Storage(Box::new(e)))? {
         let Some(read) = storage.read(&key).map_err(|e| QueryError::Storage(Box::new(e)))? else { continue };
         match serde_json::from_slice::<WriterStatus>(&read.bytes) {
-            Ok(status) => statuses.push(status),
+            Ok(status) => statuses.push((key, (read.version, status))),
             Err(e) => tracing::warn!(%key, error = %e, "a writer's status that cannot be read; skipped"),
         }
     }
@@ -298,7 +329,7 @@ impl QueryEngine {
             runtime: Arc::new(QueryRuntime::new(config.target_partitions)?),
             admission: Admission::new(config.max_concurrent, config.admission_wait),
             metrics,
-            writers_read: tokio::sync::Mutex::new(None),
+            writers_seen: tokio::sync::Mutex::default(),
         })
     }
 
@@ -317,31 +348,72 @@ impl QueryEngine {
             pool: Arc::clone(&self.pool),
             runtime: Arc::clone(&self.runtime),
             metrics: Arc::clone(&self.metrics),
-            writers_read: tokio::sync::Mutex::new(None),
+            writers_seen: tokio::sync::Mutex::default(),
         })
     }
 
     /// The writers of this tenant's shared storage that stopped while holding spans they had
-    /// acknowledged and no committed file has ([`WriterStatus::overdue`]): answers miss those spans
-    /// until the writer is back and stores them. None in a data directory (its one writer is this
-    /// process). Read from the store at most every [`WRITERS_READ_EVERY`].
-    pub async fn stopped_writers(&self) -> Result<Vec<WriterStatus>, QueryError> {
+    /// acknowledged and no committed file has ([`StoppedWriter`]): answers miss those spans until
+    /// the writer is back and stores them. None in a data directory (its one writer is this
+    /// process). Read from the store at most every [`WRITERS_READ_EVERY`], within
+    /// [`WRITERS_READ_TIMEOUT`] (a failure is kept as long, so pages do not queue behind a
+    /// failing store). A writer counts as stopped only once this server has seen its status
+    /// unchanged for long enough: a server started after it stopped says so after that long.
+    pub async fn stopped_writers(&self) -> Result<Vec<StoppedWriter>, QueryError> {
         let Some(storage) = self.config.storage.clone() else { return Ok(Vec::new()) };
-        let mut read = self.writers_read.lock().await;
-        let statuses = match &*read {
-            Some((at, statuses)) if at.elapsed() < WRITERS_READ_EVERY => statuses.clone(),
-            _ => {
-                let dir =
-                    hopscope_schemas::layout::file_key(&self.config.tenant, hopscope_schemas::layout::WRITERS_DIR);
-                let statuses = tokio::task::spawn_blocking(move || read_writer_statuses(&storage, &dir))
-                    .await
-                    .map_err(|e| QueryError::Internal(format!("reading the writers' statuses: {e}")))??;
-                *read = Some((std::time::Instant::now(), statuses.clone()));
-                statuses
-            }
-        };
-        let now_ms = hopscope_schemas::time::now_ms();
-        Ok(statuses.into_iter().filter(|status| status.overdue(now_ms)).collect())
+        let mut seen = self.writers_seen.lock().await;
+        let fresh = seen.read.as_ref().is_some_and(|(at, _)| at.elapsed() < WRITERS_READ_EVERY);
+        if !fresh {
+            let dir = hopscope_schemas::layout::file_key(&self.config.tenant, hopscope_schemas::layout::WRITERS_DIR);
+            let read = tokio::time::timeout(
+                WRITERS_READ_TIMEOUT,
+                tokio::task::spawn_blocking(move || read_writer_statuses(&storage, &dir)),
+            )
+            .await;
+            let outcome = match read {
+                Ok(Ok(Ok(statuses))) => {
+                    let now = std::time::Instant::now();
+                    let before = std::mem::take(&mut seen.statuses);
+                    for (key, (version, status)) in statuses {
+                        let since = match before.get(&key) {
+                            Some((seen_version, since, _)) if *seen_version == version => *since,
+                            _ => now,
+                        };
+                        seen.statuses.insert(key, (version, since, status));
+                    }
+                    Ok(())
+                }
+                Ok(Ok(Err(e))) => Err(e.to_string()),
+                Ok(Err(e)) => Err(format!("reading the writers' statuses failed: {e}")),
+                Err(_) => Err(format!("reading the writers' statuses took more than {WRITERS_READ_TIMEOUT:?}")),
+            };
+            seen.read = Some((std::time::Instant::now(), outcome));
+        }
+        if let Some((_, Err(e))) = &seen.read {
+            return Err(QueryError::Internal(e.clone()));
+        }
+        let storage = self.config.storage.as_ref().expect("checked above");
+        let mut stopped: Vec<StoppedWriter> = seen
+            .statuses
+            .iter()
+            .filter(|(_, (_, since, status))| {
+                status.acknowledged_not_stored > 0 && since.elapsed() > status.late_after()
+            })
+            .map(|(key, (_, since, status))| StoppedWriter {
+                status: status.clone(),
+                unchanged_for: since.elapsed(),
+                location: storage.location(key),
+            })
+            .collect();
+        stopped.sort_by(|a, b| a.status.writer.cmp(&b.status.writer));
+        Ok(stopped)
+    }
+
+    /// [`Self::stopped_writers`] as the API and the UI show it.
+    pub async fn writers_view(&self) -> Result<hopscope_schemas::api::WritersView, QueryError> {
+        let stopped = self.stopped_writers().await?;
+        let shown: Vec<_> = stopped.into_iter().map(|w| (w.status, w.unchanged_for, w.location)).collect();
+        Ok(hopscope_schemas::api::WritersView::of(&shown))
     }
 
     /// When the stored spans begin and end: the earliest start and the latest end over the

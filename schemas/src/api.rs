@@ -102,33 +102,40 @@ pub struct StoppedWriterView {
     pub writer: String,
     /// The spans it held, by its last word (at least half of what it held when it stopped).
     pub acknowledged_not_stored: u64,
-    /// How long ago it last wrote its status, by this server's clock.
-    pub last_heard_ms_ago: i64,
+    /// How long this server has seen its status unchanged, by its own clock.
+    pub unchanged_for_ms: u64,
 }
 
 impl WritersView {
-    /// The view of `stopped` (statuses of writers found overdue at `now_ms`).
-    pub fn of(stopped: &[crate::manifest::WriterStatus], now_ms: i64) -> Self {
-        let spans: u64 = stopped.iter().map(|s| s.acknowledged_not_stored).sum();
-        let silent_s = stopped.iter().map(|s| now_ms.saturating_sub(s.written_at_ms)).min().unwrap_or(0) / 1000;
+    /// The view of the writers that stopped holding spans: each with what it held by its last word
+    /// and how long its status has been seen unchanged, and their `prefix`-relative status keys.
+    pub fn of(stopped: &[(crate::manifest::WriterStatus, std::time::Duration, String)]) -> Self {
+        let spans: u64 = stopped.iter().map(|(s, _, _)| s.acknowledged_not_stored).sum();
+        let silent_s = stopped.iter().map(|(_, unchanged, _)| unchanged.as_secs()).min().unwrap_or(0);
         let message = (!stopped.is_empty()).then(|| {
-            let who = match stopped.len() {
-                1 => "An ingester".to_owned(),
-                n => format!("{n} ingesters"),
+            let (who, it, keys) = match stopped {
+                [(_, _, key)] => ("An ingester".to_owned(), "it is", key.clone()),
+                _ => (
+                    format!("{} ingesters", stopped.len()),
+                    "they are",
+                    stopped.iter().map(|(_, _, k)| k.as_str()).collect::<Vec<_>>().join(", "),
+                ),
             };
             format!(
-                "{who} stopped {silent_s} s ago or more, holding acknowledged spans not yet stored ({spans} or more, by \
-                 its last word): answers miss them until it is back (its write-ahead log keeps them)"
+                "{who} has not been heard from for {silent_s} s while holding acknowledged spans not yet stored \
+                 ({spans} or more, by its last word): answers miss them until {it} back, since they are in its \
+                 write-ahead log only. If its data directory is lost, so are they: then delete {keys} from the \
+                 store to end this notice."
             )
         });
         WritersView {
             data_may_be_missing: !stopped.is_empty(),
             stopped_writers: stopped
                 .iter()
-                .map(|s| StoppedWriterView {
+                .map(|(s, unchanged, _)| StoppedWriterView {
                     writer: s.writer.clone(),
                     acknowledged_not_stored: s.acknowledged_not_stored,
-                    last_heard_ms_ago: now_ms.saturating_sub(s.written_at_ms),
+                    unchanged_for_ms: u64::try_from(unchanged.as_millis()).unwrap_or(u64::MAX),
                 })
                 .collect(),
             message,

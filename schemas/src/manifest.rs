@@ -169,15 +169,16 @@ impl Manifest {
 
 /// What a writer of shared storage last said about one tenant (`layout::writer_status_key`): how
 /// many spans it had acknowledged that no committed file held yet. A writer rewrites it every
-/// [`WriterStatus::every_ms`] while it holds such spans, and once when it holds none any more; so a
-/// status that says it holds some and is long [`overdue`](WriterStatus::overdue) belongs to a writer
-/// that stopped (a crash, a machine gone): its spans are in its write-ahead log only, and queries
-/// miss them until it is back.
+/// [`WriterStatus::every_ms`] while it holds such spans (and deletes it at a clean stop), so a
+/// status that says it holds some and has not changed for [`WriterStatus::late_after`] belongs to
+/// a writer that stopped (a crash, a machine gone): its spans are in its write-ahead log only, and
+/// queries miss them until it is back. Readers measure "not changed" by their own clock.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct WriterStatus {
     /// The writer's id (its data directory's, see `wal_floors`).
     pub writer: String,
-    /// When it was written, by the writer's clock, in milliseconds since the Unix epoch.
+    /// When it was written, by the writer's clock, in milliseconds since the Unix epoch (for
+    /// people reading it; readers do not compare it with their clock).
     pub written_at_ms: i64,
     /// Spans acknowledged and not yet in a committed file.
     pub acknowledged_not_stored: u64,
@@ -186,16 +187,14 @@ pub struct WriterStatus {
 }
 
 impl WriterStatus {
-    /// How many of its intervals a status may be late before its writer is taken for stopped: room
-    /// for a slow write and for clocks a little apart.
-    pub const MISSED_INTERVALS: i64 = 3;
+    /// How many of its intervals a status may stay unchanged before its writer is taken for
+    /// stopped: room for a slow write and a reader's own interval between reads.
+    pub const MISSED_INTERVALS: u32 = 3;
 
-    /// Whether, at `now_ms` (the reader's clock), the writer holds spans no file has and should
-    /// have written again long ago: it has stopped, and those spans are missing from queries.
-    pub fn overdue(&self, now_ms: i64) -> bool {
-        let every = i64::try_from(self.every_ms).unwrap_or(i64::MAX);
-        self.acknowledged_not_stored > 0
-            && now_ms.saturating_sub(self.written_at_ms) > every.saturating_mul(Self::MISSED_INTERVALS)
+    /// How long the status of a writer holding spans may stay unchanged before the writer is taken
+    /// for stopped.
+    pub fn late_after(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.every_ms.max(1)) * Self::MISSED_INTERVALS
     }
 }
 
@@ -268,16 +267,12 @@ mod tests {
     }
 
     #[test]
-    fn a_writer_holding_spans_is_overdue_three_intervals_after_its_last_word() {
+    fn a_writer_is_late_three_of_its_intervals_after_its_last_word() {
         let status =
             WriterStatus { writer: "w".into(), written_at_ms: 1_000_000, acknowledged_not_stored: 5, every_ms: 10_000 };
-        assert!(!status.overdue(1_000_000 + 30_000), "three intervals late is still on time");
-        assert!(status.overdue(1_000_000 + 30_001));
-        // A reader whose clock is behind the writer's: not overdue.
-        assert!(!status.overdue(999_000));
-        // One holding nothing is never missing anything.
-        let idle = WriterStatus { acknowledged_not_stored: 0, ..status.clone() };
-        assert!(!idle.overdue(i64::MAX));
+        assert_eq!(status.late_after(), std::time::Duration::from_secs(30));
+        // An interval of 0 (never written by a writer) still leaves a few milliseconds.
+        assert_eq!(WriterStatus { every_ms: 0, ..status.clone() }.late_after(), std::time::Duration::from_millis(3));
         let json = serde_json::to_string(&status).unwrap();
         assert_eq!(serde_json::from_str::<WriterStatus>(&json).unwrap(), status);
     }

@@ -423,6 +423,14 @@ async fn a_distributor_spreads_traces_over_ingesters_and_routes_around_one_kille
     // traces go to the first, and are found at once.
     let writers = wait_for_writers(&querier, tenant, false).await;
     assert_eq!(writers["message"], Value::Null, "{writers}");
+    // Before it is killed, it has said in the store that spans wait.
+    let store = std::sync::Arc::new(s3.client("s3://cluster/spans"));
+    let b_status = writer_status_key(&b.data_dir, tenant);
+    let started = std::time::Instant::now();
+    while writer_status(&store, &b_status).await.is_none_or(|s| s["acknowledged_not_stored"].as_u64() == Some(0)) {
+        assert!(started.elapsed() < DEADLINE, "the second ingester never said spans wait");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let b_dir = b.crash();
     // The querier says answers miss what the killed ingester held, on the API and on its pages.
     let writers = wait_for_writers(&querier, tenant, true).await;
@@ -433,6 +441,9 @@ async fn a_distributor_spreads_traces_over_ingesters_and_routes_around_one_kille
     let page = client.get(querier.api_url(&format!("/ui/graph?tenant={tenant}"))).send().await.unwrap();
     let page = page.text().await.unwrap();
     assert!(page.contains(&format!("acknowledged spans not yet stored ({held} or more")), "{page}");
+    // So does the page of a trace it is missing.
+    let missing = client.get(querier.api_url(&format!("/ui/trace/{}?tenant={tenant}", first[0]))).send().await.unwrap();
+    assert!(missing.text().await.unwrap().contains("acknowledged spans not yet stored"));
     let second = send_many(&distributor, tenant, 12).await;
     for trace_id in &second {
         wait_for_tenant_trace(&querier, tenant, trace_id, 2).await;
@@ -450,14 +461,21 @@ async fn a_distributor_spreads_traces_over_ingesters_and_routes_around_one_kille
     }
     let writers = wait_for_writers(&querier, tenant, false).await;
     assert_eq!(writers["stopped_writers"], serde_json::json!([]), "{writers}");
+    let page = client.get(querier.api_url(&format!("/ui/graph?tenant={tenant}"))).send().await.unwrap();
+    assert!(!page.text().await.unwrap().contains("acknowledged spans not yet stored"));
     let (status, count) =
         query_sql(&querier, tenant, "SELECT count(*) AS n, count(DISTINCT span_id) AS ids FROM spans").await;
     let spans = 2 * (early.len() + first.len() + second.len());
     assert_eq!((status, &count["rows"]), (200, &serde_json::json!([{"n": spans, "ids": spans}])), "{count}");
 
     assert!(distributor.terminate().success());
+    // A clean stop stores everything and leaves no status behind.
+    let a_status = writer_status_key(&a.data_dir, tenant);
     for server in [a, b, querier] {
         assert!(server.terminate().success());
+    }
+    for key in [&a_status, &b_status] {
+        assert_eq!(writer_status(&store, key).await, None, "{key} left behind");
     }
 
     // Each role refuses to start without what it needs, and says what to give.
@@ -664,4 +682,20 @@ async fn wait_for_writers(querier: &Server, tenant: &str, missing: bool) -> Valu
         assert!(started.elapsed() < DEADLINE, "data_may_be_missing never became {missing}: {answer}");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+}
+
+/// The key of the status the writer of `data_dir` writes for `tenant` in the store (its writer id
+/// is in the data directory's storage binding).
+fn writer_status_key(data_dir: &Path, tenant: &str) -> String {
+    let binding: Value =
+        serde_json::from_slice(&std::fs::read(data_dir.join(hopscope_schemas::layout::STORAGE_BINDING_FILE)).unwrap())
+            .unwrap();
+    hopscope_schemas::layout::writer_status_key(tenant, binding["writer"].as_str().unwrap())
+}
+
+/// A writer's status as the store holds it, or `None`.
+async fn writer_status(store: &std::sync::Arc<ObjectStorage>, key: &str) -> Option<Value> {
+    let (store, key) = (std::sync::Arc::clone(store), key.to_owned());
+    let read = tokio::task::spawn_blocking(move || store.read(&key)).await.unwrap().unwrap();
+    read.map(|read| serde_json::from_slice(&read.bytes).unwrap())
 }

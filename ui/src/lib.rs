@@ -88,22 +88,27 @@ impl Ui {
     }
 
     /// A page's checked parameters ([`PageParams::new`]), with the notice every page shows when
-    /// answers may miss acknowledged spans (a writer of the shared storage stopped holding some,
-    /// [`QueryEngine::stopped_writers`]; a failure to tell is logged, and the page shown without).
+    /// answers may miss acknowledged spans ([`Self::notice`]).
     pub(crate) async fn params(
         &self,
         raw: std::collections::HashMap<String, String>,
         allowed: &[&str],
     ) -> Result<page::PageParams, UiError> {
         let mut params = page::PageParams::new(raw, allowed, self.tenant())?;
-        params.window.notice = match self.engine.stopped_writers().await {
-            Ok(stopped) => hopscope_schemas::api::WritersView::of(&stopped, hopscope_schemas::time::now_ms()).message,
+        params.window.notice = self.notice().await;
+        Ok(params)
+    }
+
+    /// What every page says at its top when answers may miss acknowledged spans
+    /// ([`QueryEngine::stopped_writers`]); a failure to tell is logged, and the page shown without.
+    pub(crate) async fn notice(&self) -> Option<String> {
+        match self.engine.writers_view().await {
+            Ok(view) => view.message,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot tell whether a writer stopped holding spans");
                 None
             }
-        };
-        Ok(params)
+        }
     }
 }
 

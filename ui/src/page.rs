@@ -259,6 +259,8 @@ pub(crate) async fn frame_failures(
     let mut window = Window::from_params(&map, now)
         .unwrap_or_else(|_| Window::from_params(&HashMap::new(), now).expect("the default range"));
     window.tenant = ui.tenant().map(str::to_owned);
+    // A page that failed (a trace not found) is where missing spans show: say why they may be.
+    window.notice = ui.notice().await;
     let keep: Vec<(&str, &str)> = values
         .iter()
         .filter(|(k, _)| !window::PARAMS.contains(&k.as_str()))

@@ -24,6 +24,10 @@ impl Ingester {
     pub fn spawn_flusher(self: &Arc<Self>, shutdown: CancellationToken) -> JoinHandle<Result<(), IngestError>> {
         let this = Arc::clone(self);
         tokio::spawn(async move {
+            // With shared storage, the writer's status is written beside (never in the way of)
+            // the flushes, until the last one is done.
+            let status_stop = CancellationToken::new();
+            let status = this.manifest.writer_status_place().map(|place| this.spawn_status(place, status_stop.clone()));
             let mut tick = tokio::time::interval(this.config.flush_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             // Set when a piece left ready traces: the next is written at once (unless stopping).
@@ -41,52 +45,83 @@ impl Ingester {
                     Ok(more) => going_on = more.then_some(everything),
                     Err(e) => tracing::error!(error = %e, "flush failed; spans stay buffered and are retried"),
                 }
-                this.report_status(false).await;
             }
             let closed = this.close().await;
-            this.report_status(true).await;
+            status_stop.cancel();
+            if let Some(status) = status
+                && let Err(e) = status.await
+            {
+                tracing::warn!(error = %e, "the writer's status task failed");
+            }
             closed
         })
     }
 
-    /// In shared storage, writes this writer's status for its tenant when it is due: at the first
-    /// chance (a status a crash left behind may say spans are waiting that replay has since
-    /// stored); at once when spans start waiting for a file after none did (a crash from then on
-    /// is seen), and when twice as many wait as it last said (so what it says is at least half of
-    /// what it holds, at the cost of a write per doubling); every `writer_status_every` while they
-    /// wait; when none wait any more, at the
-    /// next interval (so that traffic coming and going costs at most two writes an
-    /// interval); and at the end (`last`). Queriers read it to say when answers may miss spans
-    /// ([`hopscope_schemas::manifest::WriterStatus`]). A failure is logged and tried again.
-    async fn report_status(self: &Arc<Self>, last: bool) {
-        let Some((storage, key, writer)) = self.manifest.writer_status_place() else { return };
-        let waiting = self.buffered_rows() as u64;
-        let now = Instant::now();
-        {
-            let reported = self.status_reported.lock().expect("status lock");
-            let due = match *reported {
-                None => true,
-                Some((at, said)) => {
-                    last || (waiting > 0 && waiting / 2 >= said)
-                        || ((waiting > 0 || said > 0) && now - at >= self.config.writer_status_every)
+    /// Spans this writer acknowledged that no committed file holds yet: buffered, or being written.
+    fn waiting_for_a_file(&self) -> u64 {
+        self.buffered_rows() as u64 + self.flushing_rows.load(Ordering::Relaxed)
+    }
+
+    /// The task that writes this writer's status for its tenant to shared storage
+    /// ([`hopscope_schemas::manifest::WriterStatus`], at `place`: the store, the key, the writer),
+    /// until `stop`. It looks every tenth of `writer_status_every` (at most every 250 ms) and
+    /// writes: at first (a status a crash left behind may say spans wait that replay has since
+    /// stored); when spans wait after its last word said none, or twice as many as it said (so
+    /// its word is at least half of what it holds, at the cost of a write per doubling); every
+    /// interval while any wait; at the next interval once none do. A write that fails is tried
+    /// again an interval later. At `stop` (after the last flush) it deletes its status when nothing
+    /// waits, or writes what still waits (spans left in the write-ahead log for the next start).
+    /// Queriers read statuses to say when answers may miss spans; a status is advice, and never
+    /// holds up a flush.
+    fn spawn_status(
+        self: &Arc<Self>,
+        place: (Arc<hopscope_storage::ObjectStorage>, String, String),
+        stop: CancellationToken,
+    ) -> JoinHandle<()> {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let (storage, key, writer) = place;
+            let every = this.config.writer_status_every;
+            let look = (every / 10).clamp(Duration::from_millis(10), Duration::from_millis(250));
+            let mut tick = tokio::time::interval(look);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // When the last write was tried, and what the last one written said.
+            let mut tried: Option<Instant> = None;
+            let mut said: Option<u64> = None;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => {}
                 }
-            };
-            if !due {
+                let waiting = this.waiting_for_a_file();
+                let since_tried = |at: Option<Instant>, gap: Duration| at.is_none_or(|at| at.elapsed() >= gap);
+                let due = match said {
+                    None => since_tried(tried, every),
+                    Some(said) => {
+                        (waiting > 0 && waiting / 2 >= said && since_tried(tried, look))
+                            || ((waiting > 0 || said > 0) && since_tried(tried, every))
+                    }
+                };
+                if !due {
+                    continue;
+                }
+                tried = Some(Instant::now());
+                if write_status(&storage, &key, &writer, waiting, every).await {
+                    said = Some(waiting);
+                }
+            }
+            let waiting = this.waiting_for_a_file();
+            if waiting > 0 {
+                write_status(&storage, &key, &writer, waiting, every).await;
                 return;
             }
-        }
-        let status = hopscope_schemas::manifest::WriterStatus {
-            writer,
-            written_at_ms: hopscope_schemas::time::now_ms(),
-            acknowledged_not_stored: waiting,
-            every_ms: self.config.writer_status_every.as_millis() as u64,
-        };
-        let bytes = serde_json::to_vec(&status).expect("a status serialises");
-        match tokio::task::spawn_blocking(move || storage.write(&key, bytes)).await {
-            Ok(Ok(())) => *self.status_reported.lock().expect("status lock") = Some((now, waiting)),
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot write this writer's status; trying again"),
-            Err(e) => tracing::warn!(error = %e, "writing this writer's status failed; trying again"),
-        }
+            // Everything acknowledged is stored: nothing to say, and no object left behind.
+            match tokio::task::spawn_blocking(move || storage.delete(&key)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot delete this writer's status at shutdown"),
+                Err(e) => tracing::warn!(error = %e, "deleting this writer's status failed"),
+            }
+        })
     }
 
     /// Refuses new exports and writes everything buffered, retrying a few times on failure.
@@ -179,6 +214,9 @@ impl Ingester {
         if pending.is_empty() && wal_floor <= self.manifest.wal_floor() {
             return Ok(false);
         }
+        // Out of the buffer and not yet in a committed file: still waiting, for the status.
+        let flushing: u64 = pending.iter().map(|p| p.batch.num_rows() as u64).sum();
+        self.flushing_rows.store(flushing, Ordering::Relaxed);
         let started = Instant::now();
         let this = Arc::clone(self);
         let stored = tokio::task::spawn_blocking(move || {
@@ -190,6 +228,7 @@ impl Ingester {
         .await;
         // The spans taken are written or back in the buffer: their memory is counted once again.
         self.buffer.lock().expect("buffer lock").flushed(taken_bytes);
+        self.flushing_rows.store(0, Ordering::Relaxed);
         let stored = stored.map_err(|e| IngestError::Task(e.to_string()))?;
         self.metrics.flush_seconds.observe(started.elapsed().as_secs_f64());
         if !stored.failed.is_empty() {
@@ -354,4 +393,34 @@ pub(crate) fn storage_is_failing(error: &IngestError) -> bool {
         matches!(e.kind(), K::StorageFull | K::QuotaExceeded | K::FileTooLarge | K::ReadOnlyFilesystem)
             || e.raw_os_error() == Some(5) // EIO
     })
+}
+
+/// Writes `writer`'s status (`waiting` spans wait for a file; rewritten every `every`) to `key`;
+/// whether it was written. A failure is logged: a status is advice.
+async fn write_status(
+    storage: &Arc<hopscope_storage::ObjectStorage>,
+    key: &str,
+    writer: &str,
+    waiting: u64,
+    every: Duration,
+) -> bool {
+    let status = hopscope_schemas::manifest::WriterStatus {
+        writer: writer.to_owned(),
+        written_at_ms: hopscope_schemas::time::now_ms(),
+        acknowledged_not_stored: waiting,
+        every_ms: (every.as_millis() as u64).max(1),
+    };
+    let bytes = serde_json::to_vec(&status).expect("a status serialises");
+    let (storage, key) = (Arc::clone(storage), key.to_owned());
+    match tokio::task::spawn_blocking(move || storage.write(&key, bytes)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot write this writer's status; trying again in an interval");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "writing this writer's status failed; trying again in an interval");
+            false
+        }
+    }
 }
