@@ -122,22 +122,24 @@ pub struct QueryEngine {
     metrics: Arc<QueryMetrics>,
     caches: ReadCaches,
     /// What this server has seen of the writers' statuses ([`Self::stopped_writers`]).
-    writers_seen: tokio::sync::Mutex<WritersSeen>,
+    writers_seen: Arc<std::sync::Mutex<WritersSeen>>,
 }
 
 /// How long the writers' statuses read from shared storage are taken as current: pages and API
 /// answers in between do not ask the store again.
 const WRITERS_READ_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// How long reading the writers' statuses may take before a page goes on without them.
+/// How long a request waits for a read of the writers' statuses before it answers from the last
+/// ones read.
 const WRITERS_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The writers' statuses as this server has seen them: each status object's version and when this
-/// server first saw that version, by its own clock (so no two machines' clocks are compared), and
-/// when they were last read (with the failure, when the read failed).
+/// server first saw that version, by its own clock (so no two machines' clocks are compared); when
+/// a read last started, and whether one is running.
 #[derive(Default)]
 struct WritersSeen {
-    read: Option<(std::time::Instant, Result<(), String>)>,
+    started: Option<std::time::Instant>,
+    reading: bool,
     statuses: std::collections::HashMap<String, (hopscope_storage::Version, std::time::Instant, WriterStatus)>,
 }
 
@@ -149,7 +151,8 @@ pub struct StoppedWriter {
     /// How long this server has seen its status unchanged (it stopped at least this long ago, or
     /// its last write was lost).
     pub unchanged_for: std::time::Duration,
-    /// Where its status is (`s3://...`): deleting it ends the notice for a writer gone for good.
+    /// Where its status is (`s3://BUCKET/PREFIX/<tenant>/writers/<id>.json`): deleting it ends the
+    /// notice for a writer gone for good.
     pub location: String,
 }
 
@@ -329,7 +332,7 @@ impl QueryEngine {
             runtime: Arc::new(QueryRuntime::new(config.target_partitions)?),
             admission: Admission::new(config.max_concurrent, config.admission_wait),
             metrics,
-            writers_seen: tokio::sync::Mutex::default(),
+            writers_seen: Arc::default(),
         })
     }
 
@@ -348,72 +351,85 @@ impl QueryEngine {
             pool: Arc::clone(&self.pool),
             runtime: Arc::clone(&self.runtime),
             metrics: Arc::clone(&self.metrics),
-            writers_seen: tokio::sync::Mutex::default(),
+            writers_seen: Arc::default(),
         })
     }
 
     /// The writers of this tenant's shared storage that stopped while holding spans they had
     /// acknowledged and no committed file has ([`StoppedWriter`]): answers miss those spans until
     /// the writer is back and stores them. None in a data directory (its one writer is this
-    /// process). Read from the store at most every [`WRITERS_READ_EVERY`], within
-    /// [`WRITERS_READ_TIMEOUT`] (a failure is kept as long, so pages do not queue behind a
-    /// failing store). A writer counts as stopped only once this server has seen its status
-    /// unchanged for long enough: a server started after it stopped says so after that long.
-    pub async fn stopped_writers(&self) -> Result<Vec<StoppedWriter>, QueryError> {
-        let Some(storage) = self.config.storage.clone() else { return Ok(Vec::new()) };
-        let mut seen = self.writers_seen.lock().await;
-        let fresh = seen.read.as_ref().is_some_and(|(at, _)| at.elapsed() < WRITERS_READ_EVERY);
-        if !fresh {
+    /// process).
+    ///
+    /// The statuses are read again when the last read started [`WRITERS_READ_EVERY`] ago or more,
+    /// by one read at a time, in a task of its own; a request waits for it at most
+    /// [`WRITERS_READ_TIMEOUT`], and requests meanwhile answer from what was read before (a store
+    /// that is slow or failing never queues pages, and a failure is logged, not shown). A writer
+    /// counts as stopped once this server has seen its status say spans wait, unchanged, for
+    /// [`WriterStatus::late_after`] and a read's interval more: a server started after a writer
+    /// stopped says so after that long.
+    pub async fn stopped_writers(&self) -> Vec<StoppedWriter> {
+        let Some(storage) = self.config.storage.clone() else { return Vec::new() };
+        let read = {
+            let mut seen = self.writers_seen.lock().expect("writers lock");
+            let due = !seen.reading && seen.started.is_none_or(|at| at.elapsed() >= WRITERS_READ_EVERY);
+            due.then(|| {
+                seen.reading = true;
+                seen.started = Some(std::time::Instant::now());
+            })
+        };
+        if read.is_some() {
+            let seen = Arc::clone(&self.writers_seen);
             let dir = hopscope_schemas::layout::file_key(&self.config.tenant, hopscope_schemas::layout::WRITERS_DIR);
-            let read = tokio::time::timeout(
-                WRITERS_READ_TIMEOUT,
-                tokio::task::spawn_blocking(move || read_writer_statuses(&storage, &dir)),
-            )
-            .await;
-            let outcome = match read {
-                Ok(Ok(Ok(statuses))) => {
-                    let now = std::time::Instant::now();
-                    let before = std::mem::take(&mut seen.statuses);
-                    for (key, (version, status)) in statuses {
-                        let since = match before.get(&key) {
-                            Some((seen_version, since, _)) if *seen_version == version => *since,
-                            _ => now,
-                        };
-                        seen.statuses.insert(key, (version, since, status));
+            let reader = Arc::clone(&storage);
+            let task = tokio::spawn(async move {
+                let read = tokio::task::spawn_blocking(move || read_writer_statuses(&reader, &dir)).await;
+                let mut seen = seen.lock().expect("writers lock");
+                seen.reading = false;
+                match read {
+                    Ok(Ok(statuses)) => {
+                        let now = std::time::Instant::now();
+                        let before = std::mem::take(&mut seen.statuses);
+                        for (key, (version, status)) in statuses {
+                            let since = match before.get(&key) {
+                                Some((seen_version, since, _)) if *seen_version == version => *since,
+                                _ => now,
+                            };
+                            seen.statuses.insert(key, (version, since, status));
+                        }
                     }
-                    Ok(())
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "cannot read the writers' statuses; the last ones read stand")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading the writers' statuses failed; the last ones read stand")
+                    }
                 }
-                Ok(Ok(Err(e))) => Err(e.to_string()),
-                Ok(Err(e)) => Err(format!("reading the writers' statuses failed: {e}")),
-                Err(_) => Err(format!("reading the writers' statuses took more than {WRITERS_READ_TIMEOUT:?}")),
-            };
-            seen.read = Some((std::time::Instant::now(), outcome));
+            });
+            // Dropping the handle at the timeout leaves the read to finish for the next request.
+            let _ = tokio::time::timeout(WRITERS_READ_TIMEOUT, task).await;
         }
-        if let Some((_, Err(e))) = &seen.read {
-            return Err(QueryError::Internal(e.clone()));
-        }
-        let storage = self.config.storage.as_ref().expect("checked above");
+        let seen = self.writers_seen.lock().expect("writers lock");
         let mut stopped: Vec<StoppedWriter> = seen
             .statuses
             .iter()
             .filter(|(_, (_, since, status))| {
-                status.acknowledged_not_stored > 0 && since.elapsed() > status.late_after()
+                status.acknowledged_not_stored > 0 && since.elapsed() > status.late_after() + WRITERS_READ_EVERY
             })
             .map(|(key, (_, since, status))| StoppedWriter {
                 status: status.clone(),
                 unchanged_for: since.elapsed(),
-                location: storage.location(key),
+                location: format!("{}/{key}", storage.url().trim_end_matches('/')),
             })
             .collect();
         stopped.sort_by(|a, b| a.status.writer.cmp(&b.status.writer));
-        Ok(stopped)
+        stopped
     }
 
     /// [`Self::stopped_writers`] as the API and the UI show it.
-    pub async fn writers_view(&self) -> Result<hopscope_schemas::api::WritersView, QueryError> {
-        let stopped = self.stopped_writers().await?;
+    pub async fn writers_view(&self) -> hopscope_schemas::api::WritersView {
+        let stopped = self.stopped_writers().await;
         let shown: Vec<_> = stopped.into_iter().map(|w| (w.status, w.unchanged_for, w.location)).collect();
-        Ok(hopscope_schemas::api::WritersView::of(&shown))
+        hopscope_schemas::api::WritersView::of(&shown)
     }
 
     /// When the stored spans begin and end: the earliest start and the latest end over the

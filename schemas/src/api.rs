@@ -107,25 +107,22 @@ pub struct StoppedWriterView {
 }
 
 impl WritersView {
-    /// The view of the writers that stopped holding spans: each with what it held by its last word
-    /// and how long its status has been seen unchanged, and their `prefix`-relative status keys.
+    /// The view of the writers that stopped holding spans: each with what it held by its last word,
+    /// how long its status has been seen unchanged, and where its status is (`s3://...`).
     pub fn of(stopped: &[(crate::manifest::WriterStatus, std::time::Duration, String)]) -> Self {
         let spans: u64 = stopped.iter().map(|(s, _, _)| s.acknowledged_not_stored).sum();
         let silent_s = stopped.iter().map(|(_, unchanged, _)| unchanged.as_secs()).min().unwrap_or(0);
         let message = (!stopped.is_empty()).then(|| {
-            let (who, it, keys) = match stopped {
-                [(_, _, key)] => ("An ingester".to_owned(), "it is", key.clone()),
-                _ => (
-                    format!("{} ingesters", stopped.len()),
-                    "they are",
-                    stopped.iter().map(|(_, _, k)| k.as_str()).collect::<Vec<_>>().join(", "),
-                ),
+            let keys = stopped.iter().map(|(_, _, key)| key.as_str()).collect::<Vec<_>>().join(", ");
+            let (who, has, its, it_is) = match stopped.len() {
+                1 => ("An ingester".to_owned(), "has", "its", "it is"),
+                n => (format!("{n} ingesters"), "have", "their", "they are"),
             };
             format!(
-                "{who} has not been heard from for {silent_s} s while holding acknowledged spans not yet stored \
-                 ({spans} or more, by its last word): answers miss them until {it} back, since they are in its \
-                 write-ahead log only. If its data directory is lost, so are they: then delete {keys} from the \
-                 store to end this notice."
+                "{who} {has} not been heard from for {silent_s} s while holding acknowledged spans not yet stored \
+                 ({spans} or more, by {its} last word): answers miss them until {it_is} back, since they are in \
+                 {its} write-ahead log only. If {its} data directory is lost, so are they: then delete {keys} to \
+                 end this notice."
             )
         });
         WritersView {
@@ -606,4 +603,40 @@ pub struct FindingsView {
     pub percentiles: PercentileAccuracy,
     /// Most costly first.
     pub findings: Vec<FindingView>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::WriterStatus;
+
+    #[test]
+    fn the_notice_names_what_stopped_writers_held_and_where_their_statuses_are() {
+        let status = |writer: &str, spans| WriterStatus {
+            writer: writer.into(),
+            written_at_ms: 0,
+            acknowledged_not_stored: spans,
+            every_ms: 10_000,
+        };
+        let quiet = WritersView::of(&[]);
+        assert!(!quiet.data_may_be_missing && quiet.message.is_none() && quiet.stopped_writers.is_empty());
+        let one = WritersView::of(&[(
+            status("w1", 7),
+            std::time::Duration::from_secs(42),
+            "s3://b/p/t/writers/w1.json".into(),
+        )]);
+        let message = one.message.unwrap();
+        assert!(message.starts_with("An ingester has not been heard from for 42 s"), "{message}");
+        assert!(
+            message.contains("(7 or more, by its last word)") && message.contains("delete s3://b/p/t/writers/w1.json")
+        );
+        assert_eq!(one.stopped_writers[0].unchanged_for_ms, 42_000);
+        let two = WritersView::of(&[
+            (status("w1", 7), std::time::Duration::from_secs(42), "k1".into()),
+            (status("w2", 5), std::time::Duration::from_secs(40), "k2".into()),
+        ]);
+        let message = two.message.unwrap();
+        assert!(message.starts_with("2 ingesters have not been heard from for 40 s"), "{message}");
+        assert!(message.contains("(12 or more, by their last word)") && message.contains("delete k1, k2"), "{message}");
+    }
 }

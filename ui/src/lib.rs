@@ -100,15 +100,9 @@ impl Ui {
     }
 
     /// What every page says at its top when answers may miss acknowledged spans
-    /// ([`QueryEngine::stopped_writers`]); a failure to tell is logged, and the page shown without.
+    /// ([`QueryEngine::stopped_writers`]).
     pub(crate) async fn notice(&self) -> Option<String> {
-        match self.engine.writers_view().await {
-            Ok(view) => view.message,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot tell whether a writer stopped holding spans");
-                None
-            }
-        }
+        self.engine.writers_view().await.message
     }
 }
 

@@ -68,8 +68,8 @@ impl Ingester {
     /// writes: at first (a status a crash left behind may say spans wait that replay has since
     /// stored); when spans wait after its last word said none, or twice as many as it said (so
     /// its word is at least half of what it holds, at the cost of a write per doubling); every
-    /// interval while any wait; at the next interval once none do. A write that fails is tried
-    /// again an interval later. At `stop` (after the last flush) it deletes its status when nothing
+    /// interval while any wait; at the next interval once none do. After a write that fails,
+    /// nothing is tried for an interval. At `stop` (after the last flush) it deletes its status when nothing
     /// waits, or writes what still waits (spans left in the write-ahead log for the next start).
     /// Queriers read statuses to say when answers may miss spans; a status is advice, and never
     /// holds up a flush.
@@ -85,8 +85,9 @@ impl Ingester {
             let look = (every / 10).clamp(Duration::from_millis(10), Duration::from_millis(250));
             let mut tick = tokio::time::interval(look);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            // When the last write was tried, and what the last one written said.
+            // When the last write was tried, whether it failed, and what the last one written said.
             let mut tried: Option<Instant> = None;
+            let mut failed = false;
             let mut said: Option<u64> = None;
             loop {
                 tokio::select! {
@@ -94,19 +95,13 @@ impl Ingester {
                     _ = tick.tick() => {}
                 }
                 let waiting = this.waiting_for_a_file();
-                let since_tried = |at: Option<Instant>, gap: Duration| at.is_none_or(|at| at.elapsed() >= gap);
-                let due = match said {
-                    None => since_tried(tried, every),
-                    Some(said) => {
-                        (waiting > 0 && waiting / 2 >= said && since_tried(tried, look))
-                            || ((waiting > 0 || said > 0) && since_tried(tried, every))
-                    }
-                };
-                if !due {
+                let last = tried.map(|at| (at.elapsed(), failed));
+                if !status_due(said, waiting, last, every, look) {
                     continue;
                 }
                 tried = Some(Instant::now());
-                if write_status(&storage, &key, &writer, waiting, every).await {
+                failed = !write_status(&storage, &key, &writer, waiting, every).await;
+                if !failed {
                     said = Some(waiting);
                 }
             }
@@ -208,15 +203,15 @@ impl Ingester {
             // Every WAL record below this segment is in the spans taken now or in earlier files:
             // the WAL writer buffers a record before it can start a later segment.
             let floor = buffer.min_segment().unwrap_or(u64::MAX).min(self.wal.current_segment());
+            // Out of the buffer and not yet in a committed file: still waiting, for the status.
+            let flushing: u64 = taken.pending.iter().map(|p| p.batch.num_rows() as u64).sum();
+            self.flushing_rows.store(flushing, Ordering::Relaxed);
             (taken, floor)
         };
         let Taken { pending, bytes: taken_bytes, more } = taken;
         if pending.is_empty() && wal_floor <= self.manifest.wal_floor() {
             return Ok(false);
         }
-        // Out of the buffer and not yet in a committed file: still waiting, for the status.
-        let flushing: u64 = pending.iter().map(|p| p.batch.num_rows() as u64).sum();
-        self.flushing_rows.store(flushing, Ordering::Relaxed);
         let started = Instant::now();
         let this = Arc::clone(self);
         let stored = tokio::task::spawn_blocking(move || {
@@ -228,13 +223,20 @@ impl Ingester {
         .await;
         // The spans taken are written or back in the buffer: their memory is counted once again.
         self.buffer.lock().expect("buffer lock").flushed(taken_bytes);
-        self.flushing_rows.store(0, Ordering::Relaxed);
-        let stored = stored.map_err(|e| IngestError::Task(e.to_string()))?;
+        let stored = match stored {
+            Ok(stored) => stored,
+            Err(e) => {
+                self.flushing_rows.store(0, Ordering::Relaxed);
+                return Err(IngestError::Task(e.to_string()));
+            }
+        };
         self.metrics.flush_seconds.observe(started.elapsed().as_secs_f64());
         if !stored.failed.is_empty() {
             self.metrics.flush_failures.inc();
             self.buffer.lock().expect("buffer lock").restore(stored.failed, Instant::now());
         }
+        // Committed or buffered again (counted a moment twice rather than not at all).
+        self.flushing_rows.store(0, Ordering::Relaxed);
         self.note_buffer();
         if let Some(error) = stored.error {
             return Err(error);
@@ -395,6 +397,26 @@ pub(crate) fn storage_is_failing(error: &IngestError) -> bool {
     })
 }
 
+/// Whether a writer's status is due (see `Ingester::spawn_status`): `said` is what the last status
+/// written said, `waiting` what waits now, `last` how long ago the last write was tried and whether
+/// it failed; `every` the interval, `look` how often this is asked.
+fn status_due(
+    said: Option<u64>,
+    waiting: u64,
+    last: Option<(Duration, bool)>,
+    every: Duration,
+    look: Duration,
+) -> bool {
+    // After a failure, nothing is tried again before an interval has passed.
+    let since = |gap: Duration| last.is_none_or(|(ago, failed)| ago >= if failed { every } else { gap });
+    match said {
+        None => since(Duration::ZERO),
+        Some(said) => {
+            (waiting > 0 && waiting / 2 >= said && since(look)) || ((waiting > 0 || said > 0) && since(every))
+        }
+    }
+}
+
 /// Writes `writer`'s status (`waiting` spans wait for a file; rewritten every `every`) to `key`;
 /// whether it was written. A failure is logged: a status is advice.
 async fn write_status(
@@ -422,5 +444,36 @@ async fn write_status(
             tracing::warn!(error = %e, "writing this writer's status failed; trying again in an interval");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_is_written_when_it_says_something_new_and_never_at_every_look() {
+        let (every, look) = (Duration::from_secs(10), Duration::from_millis(250));
+        let ago = |ms: u64, failed: bool| Some((Duration::from_millis(ms), failed));
+        // First: at once, whatever waits (a crash's status may be stale); after a failure, an
+        // interval later.
+        assert!(status_due(None, 0, None, every, look));
+        assert!(!status_due(None, 0, ago(300, true), every, look));
+        assert!(status_due(None, 0, ago(10_000, true), every, look));
+        // Idle, and said so: nothing to write, ever.
+        assert!(!status_due(Some(0), 0, ago(3_600_000, false), every, look));
+        // Spans start waiting: at the next look; twice as many: at the next look; fewer: at the
+        // interval.
+        assert!(status_due(Some(0), 3, ago(250, false), every, look));
+        assert!(!status_due(Some(0), 3, ago(100, false), every, look));
+        assert!(status_due(Some(100), 200, ago(250, false), every, look));
+        assert!(!status_due(Some(100), 199, ago(9_999, false), every, look));
+        assert!(status_due(Some(100), 199, ago(10_000, false), every, look));
+        // None wait any more: said at the interval.
+        assert!(!status_due(Some(100), 0, ago(5_000, false), every, look));
+        assert!(status_due(Some(100), 0, ago(10_000, false), every, look));
+        // A write that failed: nothing again before an interval, doubling or not.
+        assert!(!status_due(Some(0), 1_000, ago(5_000, true), every, look));
+        assert!(status_due(Some(0), 1_000, ago(10_000, true), every, look));
     }
 }
