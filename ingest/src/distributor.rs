@@ -36,10 +36,8 @@ use bytes::Bytes;
 use http::HeaderMap;
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use prost::Message;
 
@@ -48,6 +46,7 @@ use crate::admission::{self, Admission};
 use crate::decode::BodyFormat;
 use crate::http::{RpcStatus, TRACES_PATH};
 use crate::ingester::{Admitted, ExportBody, ExportOutcome, ExportTarget, decode_reserved};
+use crate::metrics::{DistributorMetrics, IngesterLabel, ReasonLabel};
 
 /// Points each ingester holds on the ring: enough that three ingesters' shares of random trace
 /// ids differ by a few percent, few enough that finding an owner is a short binary search.
@@ -271,29 +270,6 @@ fn is_ingester_refusal(status: http::StatusCode) -> bool {
     matches!(status.as_u16(), 400 | 401 | 403 | 413 | 429) || status.is_server_error()
 }
 
-/// The `ingester` label of the distributor's metrics.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct IngesterLabel {
-    ingester: String,
-}
-
-/// The `reason` label of refused exports.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabel {
-    reason: &'static str,
-}
-
-/// What the distributor received and forwarded.
-#[derive(Debug, Default)]
-struct DistributorMetrics {
-    requests: Counter,
-    refused: Family<ReasonLabel, Counter>,
-    spans_forwarded: Family<IngesterLabel, Counter>,
-    spans_refused: Family<IngesterLabel, Counter>,
-    forward_failures: Family<IngesterLabel, Counter>,
-    reserved_bytes: Gauge,
-}
-
 /// The ingesters a distributor forwards to now, and their ring (indices are positions in `names`).
 #[derive(Debug)]
 struct Members {
@@ -370,33 +346,7 @@ impl Distributor {
 
     /// Registers the distributor's metrics.
     pub fn register_metrics(&self, registry: &mut Registry) {
-        let m = &self.metrics;
-        registry.register("hopscope_distributor_requests", "Export requests received", m.requests.clone());
-        registry.register(
-            "hopscope_distributor_refused",
-            "Export requests refused as a whole, by reason",
-            m.refused.clone(),
-        );
-        registry.register(
-            "hopscope_distributor_spans_forwarded",
-            "Spans an ingester acknowledged, by ingester",
-            m.spans_forwarded.clone(),
-        );
-        registry.register(
-            "hopscope_distributor_spans_refused",
-            "Spans an ingester refused (retryable or not), by ingester",
-            m.spans_refused.clone(),
-        );
-        registry.register(
-            "hopscope_distributor_forward_failures",
-            "Forwarded shares an ingester could not be reached for (sent to the next ingester on the ring), by ingester",
-            m.forward_failures.clone(),
-        );
-        registry.register(
-            "hopscope_distributor_reserved_bytes",
-            "Memory reserved by exports being received, decoded and forwarded",
-            m.reserved_bytes.clone(),
-        );
+        self.metrics.register(registry);
     }
 
     /// Takes no new export from now on (shutdown); exports in progress finish.

@@ -1,5 +1,6 @@
 //! The ingest side's metrics, through the `prometheus-client` registry: each is declared once here,
-//! registered once in [`IngestMetrics::register`], and updated where the event happens. Gauges of
+//! registered once in [`IngestMetrics::register`] (a distributor's in
+//! [`DistributorMetrics::register`]), and updated where the event happens. Gauges of
 //! what is on disk (WAL, span files, dead letters) are set by whoever changes it, never measured
 //! when scraped.
 
@@ -259,6 +260,61 @@ impl IngestMetrics {
             self.flush_seconds.clone(),
         );
         registry.register_collector(Box::new(Arc::clone(&self.trace_metrics)));
+    }
+}
+
+/// The `ingester` label of the distributor's metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct IngesterLabel {
+    pub(crate) ingester: String,
+}
+
+/// The `reason` label of refused exports.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ReasonLabel {
+    pub(crate) reason: &'static str,
+}
+
+/// What the distributor received and forwarded.
+#[derive(Debug, Default)]
+pub(crate) struct DistributorMetrics {
+    pub(crate) requests: Counter,
+    pub(crate) refused: Family<ReasonLabel, Counter>,
+    pub(crate) spans_forwarded: Family<IngesterLabel, Counter>,
+    pub(crate) spans_refused: Family<IngesterLabel, Counter>,
+    pub(crate) forward_failures: Family<IngesterLabel, Counter>,
+    pub(crate) reserved_bytes: Gauge,
+}
+
+impl DistributorMetrics {
+    /// Registers every one of them, once.
+    pub(crate) fn register(&self, registry: &mut Registry) {
+        registry.register("hopscope_distributor_requests", "Export requests received", self.requests.clone());
+        registry.register(
+            "hopscope_distributor_refused",
+            "Export requests refused as a whole, by reason",
+            self.refused.clone(),
+        );
+        registry.register(
+            "hopscope_distributor_spans_forwarded",
+            "Spans an ingester acknowledged, by ingester",
+            self.spans_forwarded.clone(),
+        );
+        registry.register(
+            "hopscope_distributor_spans_refused",
+            "Spans an ingester refused (retryable or not), by ingester",
+            self.spans_refused.clone(),
+        );
+        registry.register(
+            "hopscope_distributor_forward_failures",
+            "Forwarded shares an ingester could not be reached for (sent to the next ingester on the ring), by ingester",
+            self.forward_failures.clone(),
+        );
+        registry.register(
+            "hopscope_distributor_reserved_bytes",
+            "Memory reserved by exports being received, decoded and forwarded",
+            self.reserved_bytes.clone(),
+        );
     }
 }
 

@@ -65,6 +65,17 @@ impl S3Server {
     }
 }
 
+/// The environment that points a server at the S3 server at `endpoint` (`S3Server::endpoint`).
+fn s3_env(endpoint: &str) -> [(&'static str, &Path); 5] {
+    [
+        ("AWS_ENDPOINT_URL", Path::new(endpoint)),
+        ("AWS_ALLOW_HTTP", Path::new("true")),
+        ("AWS_ACCESS_KEY_ID", Path::new("test")),
+        ("AWS_SECRET_ACCESS_KEY", Path::new("test")),
+        ("AWS_REGION", Path::new("us-east-1")),
+    ]
+}
+
 impl Drop for S3Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -94,13 +105,7 @@ async fn send_traces(server: &Server) -> [String; 2] {
 async fn spans_are_stored_in_and_read_from_an_s3_store() {
     let s3 = S3Server::start("traces");
     let endpoint = s3.endpoint();
-    let env: [(&str, &Path); 5] = [
-        ("AWS_ENDPOINT_URL", Path::new(&endpoint)),
-        ("AWS_ALLOW_HTTP", Path::new("true")),
-        ("AWS_ACCESS_KEY_ID", Path::new("test")),
-        ("AWS_SECRET_ACCESS_KEY", Path::new("test")),
-        ("AWS_REGION", Path::new("us-east-1")),
-    ];
+    let env = s3_env(&endpoint);
     let storage = ["--storage-url", "s3://traces/team-a"];
     let first_disk = fresh_data_dir("s3-first");
     let server = Server::start_with_env(first_disk.clone(), &storage, &env);
@@ -342,13 +347,7 @@ async fn send_many(server: &Server, tenant: &str, traces: usize) -> Vec<String> 
 async fn a_distributor_spreads_traces_over_ingesters_and_routes_around_one_killed() {
     let s3 = S3Server::start("cluster");
     let endpoint = s3.endpoint();
-    let env: [(&str, &Path); 5] = [
-        ("AWS_ENDPOINT_URL", Path::new(&endpoint)),
-        ("AWS_ALLOW_HTTP", Path::new("true")),
-        ("AWS_ACCESS_KEY_ID", Path::new("test")),
-        ("AWS_SECRET_ACCESS_KEY", Path::new("test")),
-        ("AWS_REGION", Path::new("us-east-1")),
-    ];
+    let env = s3_env(&endpoint);
     let tenant = "team-x";
     let shared = ["--storage-url", "s3://cluster/spans", "--multi-tenant"];
     // Each says every two seconds what it holds that no file has (10 s by default).
@@ -610,13 +609,7 @@ async fn wait_for_progress(ingesters: &[&Server], querier: &Server, tenant: &str
 async fn a_cluster_under_load_loses_no_acknowledged_span_when_an_ingester_or_the_distributor_is_killed() {
     let s3 = S3Server::start("load");
     let endpoint = s3.endpoint();
-    let env: [(&str, &Path); 5] = [
-        ("AWS_ENDPOINT_URL", Path::new(&endpoint)),
-        ("AWS_ALLOW_HTTP", Path::new("true")),
-        ("AWS_ACCESS_KEY_ID", Path::new("test")),
-        ("AWS_SECRET_ACCESS_KEY", Path::new("test")),
-        ("AWS_REGION", Path::new("us-east-1")),
-    ];
+    let env = s3_env(&endpoint);
     let tenant = "team-load";
     let shared = ["--storage-url", "s3://load/spans", "--multi-tenant"];
     let role = |role: &'static str| -> Vec<&str> { shared.iter().copied().chain(["--role", role]).collect() };
