@@ -590,9 +590,6 @@ fn take_tenant_param(request: &mut Request) -> Result<Option<String>, IngestErro
     }
 }
 
-/// A request to the API address refused for who sent it: `{"error": ...}`, and when tokens are
-/// required, a 401 asks for basic auth, so that a browser opening the UI prompts for the token
-/// (as the password).
 /// Any query on an ingester (`--role ingester`): 404, saying where queries are answered.
 async fn no_queries_here() -> Response {
     let error = "this is an ingester (--role ingester): it stores spans and answers no queries; ask a --role querier";
@@ -600,6 +597,9 @@ async fn no_queries_here() -> Response {
         .into_response()
 }
 
+/// A request to the API address refused for who sent it: `{"error": ...}`, and when tokens are
+/// required, a 401 asks for basic auth, so that a browser opening the UI prompts for the token
+/// (as the password).
 pub(crate) fn api_refusal(e: &IngestError, tokens: bool) -> Response {
     let mut response =
         (e.http_status(), axum::Json(hopscope_schemas::api::ErrorBody { error: e.to_string() })).into_response();

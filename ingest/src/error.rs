@@ -75,7 +75,6 @@ pub enum IngestError {
     #[error("{0}")]
     BadTenant(String),
     /// An ingester a distributor forwarded spans to refused them: its HTTP status, message and
-    /// `Retry-After`.
     /// `Retry-After`. (Which ingester is the distributor's log's business, not the client's.)
     #[error("an ingester refused the spans: {message}")]
     Forwarded { status: u16, message: String, retry_after: Option<std::time::Duration> },

@@ -69,8 +69,9 @@ impl Ingester {
     /// stored); when spans wait after its last word said none, or twice as many as it said (so
     /// its word is at least half of what it holds, at the cost of a write per doubling); every
     /// interval while any wait; at the next interval once none do. After a write that fails,
-    /// nothing is tried for an interval. At `stop` (after the last flush) it deletes its status when nothing
-    /// waits, or writes what still waits (spans left in the write-ahead log for the next start).
+    /// nothing is tried for an interval. At `stop` (after the last flush) it deletes its status
+    /// when nothing waits, or writes what still waits (spans left in the write-ahead log for the
+    /// next start).
     /// Queriers read statuses to say when answers may miss spans; a status is advice, and never
     /// holds up a flush.
     fn spawn_status(
