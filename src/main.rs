@@ -85,6 +85,8 @@ enum Role {
     Ingester,
     /// Answer queries from shared storage only.
     Querier,
+    /// Run the parts of queries that queriers spread over workers (--workers on the queriers).
+    Worker,
 }
 
 impl Role {
@@ -94,6 +96,7 @@ impl Role {
             Role::Distributor => "distributor",
             Role::Ingester => "ingester",
             Role::Querier => "querier",
+            Role::Worker => "worker",
         }
     }
 
@@ -124,7 +127,8 @@ struct ServeArgs {
     /// once that ingester has; `ingester` receives and stores spans (from distributors or clients)
     /// and answers no queries; `querier` answers the API and the UI from the shared storage, and
     /// receives and stores nothing (it binds no OTLP address, writes nothing to --data-dir, and
-    /// several may run behind one address). (The worker role is not built yet.)
+    /// several may run behind one address); `worker` runs the parts of large queries that queriers
+    /// given --workers spread over it, reading the same --storage-url, on --worker-addr.
     #[arg(long, env = "HOPSCOPE_ROLE", value_enum, default_value_t = Role::All)]
     role: Role,
     /// With --role distributor: the ingesters to forward spans to, by their OTLP/HTTP addresses,
@@ -149,6 +153,20 @@ struct ServeArgs {
     /// The private key of --ingesters-client-cert (PEM).
     #[arg(long, env = "HOPSCOPE_INGESTERS_CLIENT_KEY", requires = "ingesters_client_cert")]
     ingesters_client_key: Option<PathBuf>,
+    /// With --role querier: `--role worker` processes to spread large scans over, by their
+    /// --worker-addr, separated by commas (`http://10.0.0.5:4320,http://10.0.0.6:4320`). A scan
+    /// reading more than --worker-scan-bytes is split over those that accept connections; a
+    /// query that fails on them before answering runs in the querier instead.
+    #[arg(long, env = "HOPSCOPE_WORKERS", value_delimiter = ',', value_parser = parse_worker)]
+    workers: Vec<url::Url>,
+    /// With --workers: a scan reading more than this many bytes is spread over the workers, in
+    /// tasks of about this many bytes each (at most one per worker).
+    #[arg(long, env = "HOPSCOPE_WORKER_SCAN_BYTES", default_value_t = 16 << 20, value_parser = positive_usize)]
+    worker_scan_bytes: usize,
+    /// With --role worker: where queriers reach this worker (gRPC, Arrow Flight). Plan fragments
+    /// sent here read the whole store, unauthenticated: keep it on a private network.
+    #[arg(long, env = "HOPSCOPE_WORKER_ADDR", default_value = "127.0.0.1:4320")]
+    worker_addr: SocketAddr,
     /// OTLP/gRPC listen address.
     #[arg(long, env = "HOPSCOPE_OTLP_GRPC_ADDR", default_value = "0.0.0.0:4317")]
     otlp_grpc_addr: SocketAddr,
@@ -352,15 +370,20 @@ fn idle_flags(role: Role) -> Vec<(&'static str, &'static str)> {
     ];
     const FORWARDING: &str = "names where a --role distributor forwards spans";
     let forwarding = ["ingesters", "ingesters_file", "ingesters_ca", "ingesters_client_cert", "ingesters_client_key"];
+    const SPREADING: &str = "is about spreading queries over workers, which only a --role querier does";
+    let spreading = ["workers", "worker_scan_bytes"];
+    const WORKING: &str = "is where a --role worker listens";
     let with = |ids: &[&'static str], why: &'static str| ids.iter().map(move |id| (*id, why)).collect::<Vec<_>>();
+    let not_querier = [with(&spreading, SPREADING), with(&["worker_addr"], WORKING)].concat();
     match role {
-        Role::All => with(&forwarding, FORWARDING),
+        Role::All => [with(&forwarding, FORWARDING), not_querier].concat(),
         // An ingester keeps --query-timeout (replaced files stay twice as long, for the queriers)
         // and --cors-allowed-origins (its API address serves /metrics and the dead letters).
         Role::Ingester => [
             with(&QUERYING, "is about answering queries, which a --role ingester leaves to the queriers"),
             with(&["jaeger_addr"], "serves queries, which a --role ingester leaves to the queriers"),
             with(&forwarding, FORWARDING),
+            not_querier,
         ]
         .concat(),
         Role::Querier => {
@@ -371,6 +394,33 @@ fn idle_flags(role: Role) -> Vec<(&'static str, &'static str)> {
                 with(&receiving, why),
                 with(&["zipkin_addr", "tenant_limits"], why),
                 with(&forwarding, FORWARDING),
+                with(&["worker_addr"], WORKING),
+            ]
+            .concat()
+        }
+        Role::Worker => {
+            let why = "is about receiving or storing spans, which a --role worker does not do";
+            let answering = "is about answering requests, which a --role worker leaves to the queriers";
+            [
+                with(&STORING, why),
+                with(&["max_buffered_bytes", "otlp_http_max_body_bytes", "otlp_grpc_max_message_bytes"], why),
+                with(&["zipkin_addr", "tenant_limits"], why),
+                with(&forwarding, FORWARDING),
+                with(&spreading, SPREADING),
+                with(
+                    &[
+                        "query_timeout",
+                        "query_max_rows",
+                        "query_max_concurrent",
+                        "query_max_cartesian_rows",
+                        "jaeger_addr",
+                        "cors_allowed_origins",
+                        "multi_tenant",
+                        "auth_config",
+                        "max_tenants",
+                    ],
+                    answering,
+                ),
             ]
             .concat()
         }
@@ -380,6 +430,7 @@ fn idle_flags(role: Role) -> Vec<(&'static str, &'static str)> {
                 &["query_timeout", "jaeger_addr", "cors_allowed_origins"],
                 "is about answering queries, which a --role distributor leaves to the queriers",
             ),
+            not_querier,
             with(&STORING, "is about storing spans, which a --role distributor leaves to its ingesters"),
             with(&["storage_url"], "is about storing spans, which a --role distributor leaves to its ingesters"),
             with(
@@ -589,6 +640,9 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
     check_role(&args)?;
     if args.role == Role::Distributor {
         return serve_distributor(args, listening).await;
+    }
+    if args.role == Role::Worker {
+        return serve_worker(args).await;
     }
     ignore_file_size_signal();
     let storage = open_storage_to(args.storage_url.as_deref(), args.role.stores()).await?;
@@ -831,6 +885,70 @@ async fn serve_distributor(
     Ok(())
 }
 
+/// `serve --role worker`: datafusion-distributed's worker service on `--worker-addr`, running the
+/// plan fragments of the queriers given `--workers`, reading `--storage-url`; on the API address
+/// only health and metrics. It opens no data directory and no tenant.
+async fn serve_worker(args: ServeArgs) -> anyhow::Result<()> {
+    let storage = open_storage_to(args.storage_url.as_deref(), false).await?;
+    let worker =
+        Arc::new(hopscope_query::QueryWorker::new(storage, args.query_memory_limit_bytes, args.query_cache_bytes)?);
+    let mut registry = Registry::default();
+    worker.register_metrics(&mut registry);
+    let registry = Arc::new(std::sync::Mutex::new(registry));
+    let tls = load_tls(&args)?;
+    let (listeners, _) = bind_listeners(&args, tls.clone()).await?;
+    let worker_listener = bind(args.worker_addr, "worker").await?;
+    let worker_addr = worker_listener.local_addr()?;
+    tracing::info!(
+        worker = %worker_addr,
+        otlp_grpc = %"off",
+        otlp_http = %"off",
+        role = args.role.name(),
+        api = %listeners.api.local_addr()?,
+        storage = args.storage_url.as_deref().unwrap_or("data-dir"),
+        "hopscope listening"
+    );
+    if !worker_addr.ip().is_loopback() {
+        tracing::warn!(
+            %worker_addr,
+            "the worker address is reachable beyond this machine: anyone who reaches it can run plan fragments \
+             that read the whole store; keep it on a network only the queriers reach"
+        );
+    }
+    let stop = CancellationToken::new();
+    let ready = Arc::new(AtomicBool::new(true));
+    let api_app = Router::new()
+        .merge(health_router(Arc::clone(&ready)))
+        .merge(metrics_router(registry, None))
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                "this is a worker (--role worker): it runs parts of the queries of the queriers given --workers \
+                 and answers no requests itself; ask a --role querier\n",
+            )
+        });
+    let receivers = Receivers { grpc: Router::new(), http: Router::new() };
+    let Servers { api, .. } = serve_listeners(listeners, receivers, api_app, &stop).await?;
+    let reloads = reload_on_hangup(Reloads { tenants: None, ingesters: None }, tls, stop.clone());
+    let signal_stop = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: the queriers run the parts of their queries in progress here themselves");
+        signal_stop.cancel();
+    });
+    let service_stop = stop.clone();
+    let served = worker.serve(worker_listener, async move { service_stop.cancelled().await }).await;
+    // A service that failed stops the rest.
+    stop.cancel();
+    ready.store(false, Ordering::Release);
+    reloads.await?;
+    let api = api.await?;
+    served?;
+    api?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
 /// Raises the open-file limit, binds the listeners and logs where they listen.
 async fn bind_listeners(
     args: &ServeArgs,
@@ -851,7 +969,7 @@ async fn bind_listeners(
             grpc: bind(args.otlp_grpc_addr, "OTLP/gRPC").await?,
             http: bind(args.otlp_http_addr, "OTLP/HTTP").await?,
         }),
-        Role::Querier => None,
+        Role::Querier | Role::Worker => None,
     };
     let api_listener = bind(args.api_addr, "API").await?;
     // A role that does not answer queries (or receive spans) binds no Jaeger (or Zipkin) address,
@@ -861,7 +979,8 @@ async fn bind_listeners(
         Some(addr) => Some(bind(addr, "Jaeger query").await?),
         None => None,
     };
-    let zipkin_listener = match args.zipkin_addr.filter(|_| args.role != Role::Querier) {
+    let receives = matches!(args.role, Role::All | Role::Distributor | Role::Ingester);
+    let zipkin_listener = match args.zipkin_addr.filter(|_| receives) {
         Some(addr) => Some(bind(addr, "Zipkin").await?),
         None => None,
     };
@@ -1040,7 +1159,11 @@ fn check_role(args: &ServeArgs) -> anyhow::Result<()> {
             "--role distributor forwards spans to ingesters: give their OTLP/HTTP addresses in --ingesters (e.g. \
              http://10.0.0.1:4318,http://10.0.0.2:4318) or --ingesters-file"
         ),
-        Role::Querier | Role::Ingester | Role::Distributor => {}
+        Role::Worker if args.storage_url.is_none() => anyhow::bail!(
+            "--role worker reads the files queriers send it to read from shared storage: give the queriers' \
+             --storage-url"
+        ),
+        Role::Querier | Role::Ingester | Role::Distributor | Role::Worker => {}
     }
     for (id, why) in idle_flags(args.role) {
         let flag = format!("--{}", id.replace('_', "-"));
@@ -1113,7 +1236,18 @@ fn query_config(args: &ServeArgs) -> QueryConfig {
     config.max_rows = args.query_max_rows;
     config.max_concurrent = args.query_max_concurrent;
     config.max_cartesian_rows = args.query_max_cartesian_rows;
+    config.workers = args.workers.clone();
+    config.worker_scan_bytes = args.worker_scan_bytes;
     config
+}
+
+/// A `--workers` entry: an `http://HOST:PORT` address.
+fn parse_worker(s: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(s.trim()).map_err(|e| format!("{s}: {e} (expected http://HOST:PORT)"))?;
+    if url.scheme() != "http" || url.host_str().is_none() || url.port().is_none() || url.path() != "/" {
+        return Err(format!("{s}: a worker is named http://HOST:PORT, its --worker-addr"));
+    }
+    Ok(url)
 }
 
 /// The bound sockets of the listeners, and how they treat connections.
@@ -1330,7 +1464,7 @@ mod tests {
     fn idle_flags_name_real_flags_and_their_variables() {
         let command = Cli::command();
         let serve = command.find_subcommand("serve").expect("a serve command");
-        for role in [Role::All, Role::Distributor, Role::Ingester, Role::Querier] {
+        for role in [Role::All, Role::Distributor, Role::Ingester, Role::Querier, Role::Worker] {
             for (id, why) in idle_flags(role) {
                 let arg = serve.get_arguments().find(|a| a.get_id() == id);
                 let arg = arg.unwrap_or_else(|| panic!("{id} ({role:?}) is not a serve flag"));
@@ -1373,5 +1507,16 @@ mod tests {
         let querier = [&["hopscope", "serve", "--role", "querier"], &store[..]].concat();
         let refused = check(&[&querier[..], &["--trace-idle-period", "2s"]].concat()).unwrap_err();
         assert!(refused.contains("--trace-idle-period is about receiving or storing"), "{refused}");
+        assert!(check(&[&querier[..], &["--workers", "http://10.0.0.5:4320,http://[::1]:4320"]].concat()).is_ok());
+        let refused = check(&["hopscope", "serve", "--workers", "http://10.0.0.5:4320"]).unwrap_err();
+        assert!(refused.contains("--workers is about spreading queries over workers"), "{refused}");
+        let worker = [&["hopscope", "serve", "--role", "worker"], &store[..]].concat();
+        assert!(check(&[&worker[..], &["--worker-addr", "127.0.0.1:5000"]].concat()).is_ok());
+        let refused = check(&[&worker[..], &["--query-max-rows", "5"]].concat()).unwrap_err();
+        assert!(refused.contains("--query-max-rows is about answering requests"), "{refused}");
+        let refused = check(&["hopscope", "serve", "--role", "worker"]).unwrap_err();
+        assert!(refused.contains("give the queriers' --storage-url"), "{refused}");
+        let bad = Cli::command().try_get_matches_from([&querier[..], &["--workers", "10.0.0.5:4320"]].concat());
+        assert!(bad.unwrap_err().to_string().contains("http://HOST:PORT"));
     }
 }

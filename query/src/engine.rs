@@ -31,6 +31,7 @@ use crate::analysis::latency::{EdgesQuery, LatencyQuery};
 use crate::analysis::search::TraceSearch;
 use crate::analysis::span_sets::{self, Condition, Field, SpanSetSearch, SpanSetTrace, TagNames, TagScope, TagValue};
 use crate::analysis::{compare, critical_path, dependencies, findings, latency, pairing, paths, search, spans};
+use crate::distributed::Workers;
 use crate::guards::{BoundedOperators, MeteredScans};
 use crate::metrics::{Endpoint, Outcome, QueryMetrics};
 use crate::runtime::{Admission, QueryRuntime};
@@ -77,6 +78,12 @@ pub struct QueryConfig {
     /// files, parsed, and with `storage` the byte ranges read from the store
     /// (a quarter for the metadata, the rest for ranges). 0 caches nothing.
     pub cache_bytes: usize,
+    /// `--role worker` processes to spread large scans over (`--workers`), by their gRPC
+    /// addresses (`http://HOST:PORT`); none: every query runs in this process.
+    pub workers: Vec<url::Url>,
+    /// With `workers`: a scan is spread over them once it reads more than this many bytes, in
+    /// tasks of about this many bytes (at most one per reachable worker).
+    pub worker_scan_bytes: usize,
 }
 
 /// The bounds every query runs under.
@@ -104,6 +111,8 @@ impl QueryConfig {
             read_derived: true,
             storage: None,
             cache_bytes: 256 << 20,
+            workers: Vec::new(),
+            worker_scan_bytes: 16 << 20,
         }
     }
 }
@@ -121,6 +130,8 @@ pub struct QueryEngine {
     admission: Admission,
     metrics: Arc<QueryMetrics>,
     caches: ReadCaches,
+    /// With `--workers`: which of them queries are spread over.
+    workers: Option<Arc<Workers>>,
     /// What this server has seen of the writers' statuses ([`Self::stopped_writers`]).
     writers_seen: Arc<std::sync::Mutex<WritersSeen>>,
 }
@@ -253,25 +264,30 @@ fn register_derived_tables(
     Ok(())
 }
 
-/// The session of one tenant's queries: its tables, functions and guards, over `pool`.
+/// The session of one tenant's queries: its tables, functions and guards, over `pool`; with
+/// `workers`, spreading large scans over them.
 fn session(
     config: &QueryConfig,
     pool: &Arc<dyn MemoryPool>,
     metrics: &Arc<QueryMetrics>,
     caches: &ReadCaches,
+    workers: Option<&Arc<Workers>>,
 ) -> Result<SessionContext, QueryError> {
     let runtime = caches.runtime(pool)?;
     let session = SessionConfig::new()
         .with_target_partitions(config.target_partitions.max(1))
         .with_batch_size(config.batch_size.max(1))
         .with_information_schema(true);
-    let state = SessionStateBuilder::new()
+    let mut builder = SessionStateBuilder::new()
         .with_config(session)
         .with_runtime_env(runtime)
         .with_default_features()
         .with_physical_optimizer_rule(Arc::new(BoundedOperators))
-        .with_physical_optimizer_rule(Arc::new(MeteredScans(Arc::clone(metrics))))
-        .build();
+        .with_physical_optimizer_rule(Arc::new(MeteredScans(Arc::clone(metrics))));
+    if let Some(workers) = workers {
+        builder = crate::distributed::spread_over(builder, workers, config.worker_scan_bytes, metrics)?;
+    }
+    let state = builder.build();
     let ctx = SessionContext::new_with_state(state);
     let manifest = Arc::new(ManifestReader::new(&config.data_dir, &config.tenant, config.storage.clone()));
     let spans = Arc::new(SpansTable::new(manifest));
@@ -323,9 +339,14 @@ impl QueryEngine {
             memory_limit_bytes: config.memory_limit_bytes,
         };
         let caches = ReadCaches::new(config.storage.as_ref(), config.cache_bytes)?;
+        let workers = match config.workers.is_empty() {
+            true => None,
+            false => Some(Workers::start(config.workers.clone(), Arc::clone(&metrics))?),
+        };
         Ok(Self {
-            ctx: session(config, &pool, &metrics, &caches)?,
+            ctx: session(config, &pool, &metrics, &caches, workers.as_ref())?,
             caches,
+            workers,
             config: config.clone(),
             limits,
             pool,
@@ -343,8 +364,9 @@ impl QueryEngine {
     pub fn for_tenant(&self, tenant: &str) -> Result<Self, QueryError> {
         let config = QueryConfig { tenant: tenant.to_owned(), ..self.config.clone() };
         Ok(Self {
-            ctx: session(&config, &self.pool, &self.metrics, &self.caches)?,
+            ctx: session(&config, &self.pool, &self.metrics, &self.caches, self.workers.as_ref())?,
             caches: self.caches.clone(),
+            workers: self.workers.clone(),
             admission: Admission::new(config.max_concurrent, config.admission_wait),
             config,
             limits: self.limits,
@@ -622,14 +644,16 @@ impl QueryEngine {
         }
     }
 
+    /// The engine's metrics, for tests.
+    #[cfg(test)]
+    pub(crate) fn metrics(&self) -> &Arc<QueryMetrics> {
+        &self.metrics
+    }
+
     /// Registers the query metrics in `registry`.
     pub fn register_metrics(&self, registry: &mut Registry) {
         self.metrics.register(registry, Arc::clone(&self.pool), self.limits.memory_limit_bytes);
-        let caches = crate::metrics::CacheGauges {
-            metadata: Arc::clone(&self.caches.metadata),
-            metadata_limit: self.caches.metadata_limit,
-            ranges: self.caches.ranges.clone(),
-        };
+        let caches = crate::metrics::CacheGauges::of(&self.caches);
         registry.register_collector(Box::new(caches));
     }
 }

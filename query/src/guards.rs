@@ -365,7 +365,7 @@ pub(crate) struct MeteredExec {
 }
 
 impl MeteredExec {
-    fn new(input: Arc<dyn ExecutionPlan>, metrics: Arc<QueryMetrics>) -> Self {
+    pub(crate) fn new(input: Arc<dyn ExecutionPlan>, metrics: Arc<QueryMetrics>) -> Self {
         let partitions = input.output_partitioning().partition_count();
         Self { input, metrics, running: Arc::new(std::sync::atomic::AtomicUsize::new(partitions)) }
     }

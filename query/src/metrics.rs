@@ -80,6 +80,14 @@ pub(crate) struct QueryMetrics {
     /// Rows and bytes the scans of stored spans produced and read.
     pub(crate) rows_scanned: Counter,
     pub(crate) bytes_scanned: Counter,
+    /// With `--workers`: the workers that accepted a connection at the last probe.
+    pub(crate) workers_reachable: Gauge,
+    /// With `--workers`: queries planned to spread over the workers.
+    pub(crate) spread_queries: Counter,
+    /// With `--workers`: spread queries that failed on the workers and ran in the querier.
+    pub(crate) worker_fallbacks: Counter,
+    /// On a worker: the plan fragments (tasks) queriers sent it.
+    pub(crate) worker_tasks: Counter,
 }
 
 impl Default for QueryMetrics {
@@ -90,6 +98,10 @@ impl Default for QueryMetrics {
             running: Gauge::default(),
             rows_scanned: Counter::default(),
             bytes_scanned: Counter::default(),
+            workers_reachable: Gauge::default(),
+            spread_queries: Counter::default(),
+            worker_fallbacks: Counter::default(),
+            worker_tasks: Counter::default(),
         }
     }
 }
@@ -111,6 +123,36 @@ impl QueryMetrics {
         registry.register("hopscope_queries", "Queries that ended, by endpoint and outcome.", self.ended.clone());
         registry.register("hopscope_query_seconds", "Time queries took, by endpoint.", self.seconds.clone());
         registry.register("hopscope_queries_running", "Queries on the query threads now.", self.running.clone());
+        registry.register(
+            "hopscope_query_workers_reachable",
+            "Of the --workers, those that accepted a connection at the last probe (checked every second).",
+            self.workers_reachable.clone(),
+        );
+        registry.register(
+            "hopscope_query_spread",
+            "Queries planned to spread over the --workers.",
+            self.spread_queries.clone(),
+        );
+        registry.register(
+            "hopscope_query_worker_fallbacks",
+            "Queries spread over the --workers that failed there before answering and ran in this process.",
+            self.worker_fallbacks.clone(),
+        );
+        self.register_scans(registry, pool, memory_limit);
+    }
+
+    /// Registers a worker's metrics in `registry`: the tasks it ran, what their scans read, and
+    /// the memory they hold.
+    pub(crate) fn register_worker(&self, registry: &mut Registry, pool: Arc<dyn MemoryPool>, memory_limit: usize) {
+        registry.register(
+            "hopscope_worker_tasks",
+            "Plan fragments (tasks) queriers sent this worker.",
+            self.worker_tasks.clone(),
+        );
+        self.register_scans(registry, pool, memory_limit);
+    }
+
+    fn register_scans(&self, registry: &mut Registry, pool: Arc<dyn MemoryPool>, memory_limit: usize) {
         registry.register(
             "hopscope_query_rows_scanned",
             "Rows the scans of stored spans produced (after pruning and filters they could apply).",
@@ -160,6 +202,16 @@ pub(crate) struct CacheGauges {
     pub(crate) metadata: Arc<crate::store::MetadataCache>,
     pub(crate) metadata_limit: usize,
     pub(crate) ranges: Option<Arc<hopscope_storage::RangeCache>>,
+}
+
+impl CacheGauges {
+    pub(crate) fn of(caches: &crate::store::ReadCaches) -> Self {
+        Self {
+            metadata: Arc::clone(&caches.metadata),
+            metadata_limit: caches.metadata_limit,
+            ranges: caches.ranges.clone(),
+        }
+    }
 }
 
 impl std::fmt::Debug for CacheGauges {

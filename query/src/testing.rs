@@ -69,10 +69,15 @@ impl Store {
     /// An engine over the store, splitting per-trace walks into `partitions` and reading batches of
     /// `batch_size` rows.
     pub(crate) fn engine(&self, partitions: usize, batch_size: usize) -> Arc<QueryEngine> {
+        Arc::new(QueryEngine::new(&self.config(partitions, batch_size)).unwrap())
+    }
+
+    /// The configuration of [`Self::engine`].
+    pub(crate) fn config(&self, partitions: usize, batch_size: usize) -> QueryConfig {
         let mut config = QueryConfig::new(self.dir.clone());
         config.target_partitions = partitions;
         config.batch_size = batch_size;
-        Arc::new(QueryEngine::new(&config).unwrap())
+        config
     }
 
     /// An engine over the store that derives every table from the spans as queries run (the

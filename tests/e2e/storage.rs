@@ -694,3 +694,124 @@ async fn writer_status(store: &std::sync::Arc<ObjectStorage>, key: &str) -> Opti
     let read = tokio::task::spawn_blocking(move || store.read(&key)).await.unwrap().unwrap();
     read.map(|read| serde_json::from_slice(&read.bytes).unwrap())
 }
+
+/// Issue 21's workers: three `--role worker` processes reading moto's S3 store, a querier given
+/// `--workers` spreading its scans over them, and the writer (`--role all` on the same store)
+/// answering every question in its own process, the reference. The querier's answers equal the
+/// writer's while every worker runs its share, after one is killed with SIGKILL (a query running
+/// then runs again in the querier; the dead worker is left out once a probe finds it gone), and
+/// from a querier one of whose "workers" accepts connections and closes them (every spread query
+/// fails there, and runs in the querier).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_querier_spreads_scans_over_workers_and_answers_alone_when_they_fail() {
+    let s3 = S3Server::start("workers");
+    let endpoint = s3.endpoint();
+    let env = s3_env(&endpoint);
+    let tenant = "team-w";
+    let shared = ["--storage-url", "s3://workers/spans", "--multi-tenant"];
+    let writer = Server::start_with_env(fresh_data_dir("workers-writer"), &shared, &env);
+    // Three rounds, each committed before the next: several span files to spread.
+    for round in 0..3 {
+        let ids = send_many(&writer, tenant, 10 + round).await;
+        for trace_id in &ids {
+            wait_for_tenant_trace(&writer, tenant, trace_id, 2).await;
+        }
+    }
+    let worker_args = ["--role", "worker", "--storage-url", "s3://workers/spans", "--worker-addr", "127.0.0.1:0"];
+    let mut workers: Vec<Server> = (1..=3)
+        .map(|i| Server::start_with_env(fresh_data_dir(&format!("workers-worker-{i}")), &worker_args, &env))
+        .collect();
+    let urls: Vec<String> = workers.iter().map(|w| format!("http://{}", w.logged_addr("worker"))).collect();
+    // A worker answers no request of its own, and says who does.
+    let answer = reqwest::get(workers[0].api_url("/api/v1/services")).await.unwrap();
+    assert_eq!(answer.status(), 404);
+    assert!(answer.text().await.unwrap().contains("ask a --role querier"));
+    // Any scan is spread (one byte per task): at most one task per worker.
+    let querier_with = |name: &str, workers: &str| {
+        let args: Vec<&str> = shared
+            .iter()
+            .copied()
+            .chain(["--role", "querier", "--workers", workers, "--worker-scan-bytes", "1"])
+            .collect();
+        Server::start_with_env(fresh_data_dir(name), &args, &env)
+    };
+    let querier = querier_with("workers-querier", &urls.join(","));
+
+    let questions = [
+        "SELECT service_name, count(*) AS spans, max(duration_ns) AS longest, min(start_time) AS first \
+         FROM spans GROUP BY service_name ORDER BY service_name",
+        "SELECT count(*) AS spans, count(DISTINCT trace_id) AS traces, sum(duration_ns) AS busy FROM spans",
+        "SELECT name, kind, count(*) AS n FROM spans WHERE duration_ns >= 0 GROUP BY name, kind ORDER BY name, kind",
+        "SELECT caller, callee, count(*) AS calls FROM edges GROUP BY caller, callee ORDER BY caller, callee",
+    ];
+    let mut expected = Vec::new();
+    for question in questions {
+        let (status, answer) = query_sql(&writer, tenant, question).await;
+        assert_eq!(status, 200, "{question}: {answer}");
+        expected.push(answer["rows"].clone());
+    }
+    assert!(expected[0].as_array().is_some_and(|rows| !rows.is_empty()), "{}", expected[0]);
+    let same_answers = |querier: &Server| {
+        let querier_api = querier.api_url("/api/v1/sql");
+        let expected = expected.clone();
+        async move {
+            let client = reqwest::Client::new();
+            for (question, expected) in questions.iter().zip(&expected) {
+                let response = client
+                    .post(&querier_api)
+                    .header("x-scope-orgid", tenant)
+                    .json(&serde_json::json!({ "sql": question }))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status();
+                let answer: Value = response.json().await.unwrap();
+                assert_eq!(status, 200, "{question}: {answer}");
+                assert_eq!(&answer["rows"], expected, "{question}");
+            }
+        }
+    };
+    same_answers(&querier).await;
+    let spread = querier.metric("hopscope_query_spread_total").await;
+    assert!(spread >= 1.0, "no query was spread over the workers");
+    for worker in &workers {
+        assert!(worker.metric("hopscope_worker_tasks_total").await >= 1.0, "a worker ran no task");
+        assert!(worker.metric("hopscope_query_rows_scanned_total").await >= 1.0, "a worker scanned nothing");
+    }
+    let fallbacks = querier.metric("hopscope_query_worker_fallbacks_total").await;
+    assert_eq!(fallbacks, 0.0, "with every worker running:\n{}", querier.log());
+
+    // One worker killed: answers stay the same all along, and once the querier's probe finds it
+    // gone, queries are spread over the two others.
+    workers.remove(1).crash();
+    let started = std::time::Instant::now();
+    while querier.metric("hopscope_query_workers_reachable").await != 2.0 {
+        same_answers(&querier).await;
+        assert!(started.elapsed() < DEADLINE, "the killed worker was not left out:\n{}", querier.log());
+    }
+    let mut before = Vec::new();
+    for worker in &workers {
+        before.push(worker.metric("hopscope_worker_tasks_total").await);
+    }
+    let spread = querier.metric("hopscope_query_spread_total").await;
+    same_answers(&querier).await;
+    assert!(querier.metric("hopscope_query_spread_total").await > spread, "nothing spread over the workers left");
+    for (worker, before) in workers.iter().zip(before) {
+        assert!(worker.metric("hopscope_worker_tasks_total").await > before, "a worker left ran nothing");
+    }
+
+    // A "worker" that accepts connections and closes them: the probe takes it for running, every
+    // query spread over it fails there, and runs in the querier instead.
+    let closing = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let closing_url = format!("http://{}", closing.local_addr().unwrap());
+    let closer = tokio::spawn(async move {
+        while let Ok((connection, _)) = closing.accept().await {
+            drop(connection);
+        }
+    });
+    let fooled = querier_with("workers-querier-fooled", &format!("{},{closing_url}", urls[0]));
+    same_answers(&fooled).await;
+    assert!(fooled.metric("hopscope_query_worker_fallbacks_total").await >= 1.0, "{}", fooled.log());
+    assert!(fooled.log().contains("running it in this process instead"), "{}", fooled.log());
+    closer.abort();
+}

@@ -1,0 +1,546 @@
+//! Queries spread over `--role worker` processes, on datafusion-distributed (the choice and why:
+//! ARCHITECTURE.md, "Beyond one machine").
+//!
+//! A querier given workers plans each query as it always does, then lets datafusion-distributed
+//! cut the plan into stages at its repartitions and spread the stages whose scans read more than
+//! the bytes-per-task bound over the workers (Arrow Flight over gRPC). Small queries, and every
+//! stage holding one of hopscope's own plan nodes (the per-trace walk, the trace-ordered merge,
+//! the pairing of split traces, the rollups), stay in the querier: those nodes need the querier's
+//! manifest and whole traces, and are never sent ([`QUERIER_ONLY`]). What is sent is DataFusion's
+//! own nodes and hopscope's guards ([`GuardCodec`]); functions are found by name on the worker.
+//!
+//! datafusion-distributed does not retry a task whose worker died, so a spread query that fails
+//! before it has answered a row runs again here, in this process ([`WorkersOrHereExec`]), and the
+//! fallback is counted and logged; a worker that does not accept connections is left out of new
+//! plans until it does ([`Workers`], probed every [`PROBE_EVERY`]).
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock, Weak};
+use std::task::{Context, Poll};
+
+use async_trait::async_trait;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::Session;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::context::QueryPlanner;
+use datafusion::execution::{SendableRecordBatchStream, SessionState, SessionStateBuilder, TaskContext};
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties, ReplaceChildrenOptions,
+};
+use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
+use datafusion::prelude::SessionContext;
+use datafusion_distributed::{
+    DesiredTaskCountEvent, DesiredTaskCountEventResponse, DistributedExec, DistributedExt, SessionStateBuilderExt,
+    Worker, WorkerQueryContext, WorkerResolver, WorkerSessionBuilder,
+};
+use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
+use futures::{Stream, StreamExt};
+use url::Url;
+
+use crate::QueryError;
+use crate::guards::{BoundedExec, MeteredExec};
+use crate::metrics::QueryMetrics;
+
+/// How often the querier checks which workers accept connections.
+pub(crate) const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long a probe waits for a worker to accept a connection.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// hopscope's plan nodes that read the querier's manifest or need whole traces: a stage holding
+/// one runs in a single task, and so in the querier.
+pub(crate) const QUERIER_ONLY: [&str; 4] = ["TraceExec", "TraceMergeExec", "PendingPairExec", "RollupExec"];
+
+/// The workers a querier spreads queries over, as `--workers` names them, and those of them that
+/// accepted a connection at the last probe. Plans are spread over the latter only.
+#[derive(Debug)]
+pub(crate) struct Workers {
+    all: Vec<Url>,
+    reachable: RwLock<Vec<Url>>,
+    metrics: Arc<QueryMetrics>,
+}
+
+impl Workers {
+    /// `all`, each taken as reachable until a probe says otherwise; the probes run in a task that
+    /// ends when the returned value is dropped (the engine with it).
+    pub(crate) fn start(all: Vec<Url>, metrics: Arc<QueryMetrics>) -> Result<Arc<Self>, QueryError> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| QueryError::Internal("workers are probed from a Tokio runtime".into()))?;
+        metrics.workers_reachable.set(i64::try_from(all.len()).unwrap_or(i64::MAX));
+        let workers = Arc::new(Self { reachable: RwLock::new(all.clone()), all, metrics });
+        runtime.spawn(probe(Arc::downgrade(&workers)));
+        Ok(workers)
+    }
+
+    fn set_reachable(&self, reachable: Vec<Url>) {
+        let mut current = self.reachable.write().expect("workers lock");
+        if *current != reachable {
+            let gone: Vec<&str> = self.all.iter().filter(|w| !reachable.contains(w)).map(Url::as_str).collect();
+            match gone.is_empty() {
+                true => tracing::info!("every worker accepts connections"),
+                false => tracing::warn!(
+                    unreachable = %gone.join(","),
+                    "workers that do not accept connections are left out of queries until they do"
+                ),
+            }
+        }
+        self.metrics.workers_reachable.set(i64::try_from(reachable.len()).unwrap_or(i64::MAX));
+        *current = reachable;
+    }
+}
+
+/// Every [`PROBE_EVERY`], which workers accept a TCP connection; stops once the workers are dropped.
+async fn probe(workers: Weak<Workers>) {
+    let mut ticks = tokio::time::interval(PROBE_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(all) = workers.upgrade().map(|w| w.all.clone()) else { return };
+        let mut reachable = Vec::with_capacity(all.len());
+        for url in all {
+            let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else { continue };
+            let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+            let connect = tokio::net::TcpStream::connect((host, port));
+            if matches!(tokio::time::timeout(PROBE_TIMEOUT, connect).await, Ok(Ok(_))) {
+                reachable.push(url);
+            }
+        }
+        let Some(workers) = workers.upgrade() else { return };
+        workers.set_reachable(reachable);
+    }
+}
+
+/// The resolver datafusion-distributed asks for workers when it plans.
+#[derive(Debug, Clone)]
+struct Resolver(Arc<Workers>);
+
+impl WorkerResolver for Resolver {
+    fn get_urls(&self) -> DfResult<Vec<Url>> {
+        Ok(self.0.reachable.read().expect("workers lock").clone())
+    }
+}
+
+/// `builder` (a querier's session) made to spread large scans over `workers`: a scan reading more
+/// than `bytes_per_task` is split into tasks of about that many bytes, at most one per reachable
+/// worker; a stage holding a [`QUERIER_ONLY`] node stays here.
+pub(crate) fn spread_over(
+    builder: SessionStateBuilder,
+    workers: &Arc<Workers>,
+    bytes_per_task: usize,
+    metrics: &Arc<QueryMetrics>,
+) -> Result<SessionStateBuilder, QueryError> {
+    let mut builder = builder
+        .with_distributed_worker_resolver(Resolver(Arc::clone(workers)))
+        .with_distributed_planner()
+        .with_distributed_user_codec(GuardCodec(Arc::clone(metrics)))
+        .with_distributed_desired_task_count_handler(in_one_task)
+        .with_distributed_file_scan_config_bytes_per_partition(bytes_per_task.max(1))
+        // An isolating union runs each input in tasks of its own, whatever a node below says:
+        // a union of stored rows and a querier-only node (the rows of split traces) would send
+        // the latter to a worker. A plain union takes the fewest tasks of its inputs.
+        .and_then(|builder| builder.with_distributed_children_isolator_unions(false))
+        .map_err(QueryError::DataFusion)?;
+    let spread = std::mem::take(builder.query_planner())
+        .ok_or_else(|| QueryError::Internal("datafusion-distributed set no query planner".into()))?;
+    Ok(builder.with_query_planner(Arc::new(SpreadOrHere { spread, metrics: Arc::clone(metrics) })))
+}
+
+/// Keeps a stage holding one of hopscope's own nodes in one task (and so in the querier).
+fn in_one_task(event: DesiredTaskCountEvent<'_>) -> Option<DfResult<DesiredTaskCountEventResponse>> {
+    QUERIER_ONLY.contains(&event.plan.name()).then(|| Ok(DesiredTaskCountEventResponse::maximum(1)))
+}
+
+/// Plans with datafusion-distributed; a plan it spread over workers is wrapped in a
+/// [`WorkersOrHereExec`] with the same query planned to run here.
+struct SpreadOrHere {
+    spread: Arc<dyn QueryPlanner + Send + Sync>,
+    metrics: Arc<QueryMetrics>,
+}
+
+impl fmt::Debug for SpreadOrHere {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SpreadOrHere").finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl QueryPlanner for SpreadOrHere {
+    async fn create_physical_plan(
+        &self,
+        logical_plan: &LogicalPlan,
+        session: &dyn Session,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let planned = self.spread.create_physical_plan(logical_plan, session).await?;
+        if !planned.is::<DistributedExec>() {
+            return Ok(planned);
+        }
+        let mut here = DefaultPhysicalPlanner::default().create_physical_plan(logical_plan, session).await?;
+        if here.output_partitioning().partition_count() > 1 {
+            here = Arc::new(CoalescePartitionsExec::new(here));
+        }
+        self.metrics.spread_queries.inc();
+        Ok(Arc::new(WorkersOrHereExec::new(planned, here, Arc::clone(&self.metrics))?))
+    }
+}
+
+/// Runs a plan spread over workers; if it fails before its first row (a worker died, or could
+/// not be reached), runs the same query in this process instead. Its one child, as plan walks
+/// and EXPLAIN see it, is the plan that runs here.
+#[derive(Debug)]
+pub(crate) struct WorkersOrHereExec {
+    spread: Arc<dyn ExecutionPlan>,
+    here: Arc<dyn ExecutionPlan>,
+    metrics: Arc<QueryMetrics>,
+}
+
+impl WorkersOrHereExec {
+    fn new(spread: Arc<dyn ExecutionPlan>, here: Arc<dyn ExecutionPlan>, metrics: Arc<QueryMetrics>) -> DfResult<Self> {
+        if spread.schema() != here.schema() || here.output_partitioning().partition_count() != 1 {
+            return Err(DataFusionError::Internal(
+                "a spread plan and its plan here differ in schema or partitions".into(),
+            ));
+        }
+        Ok(Self { spread, here, metrics })
+    }
+}
+
+impl DisplayAs for WorkersOrHereExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "WorkersOrHereExec: spread over the workers; below, the plan run here if they fail")
+    }
+}
+
+impl ExecutionPlan for WorkersOrHereExec {
+    fn name(&self) -> &str {
+        "WorkersOrHereExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.spread.properties()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.here]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if children.len() != 1 {
+            return Err(DataFusionError::Internal(format!(
+                "WorkersOrHereExec takes one child, got {}",
+                children.len()
+            )));
+        }
+        Ok(Arc::new(Self::new(Arc::clone(&self.spread), children.swap_remove(0), Arc::clone(&self.metrics))?))
+    }
+
+    #[allow(deprecated)]
+    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> DfResult<Arc<dyn ExecutionPlan>> {
+        self.replace_children(
+            children,
+            ReplaceChildrenOptions::new(datafusion::physical_plan::ChildrenPropertiesMode::Recompute),
+        )
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
+        let here = Arc::clone(&self.here);
+        let metrics = Arc::clone(&self.metrics);
+        let schema = self.schema();
+        let spread = match self.spread.execute(partition, Arc::clone(&context)) {
+            Ok(stream) => stream,
+            Err(e) => {
+                fell_back(&metrics, &e);
+                return here.execute(partition, context);
+            }
+        };
+        let stream =
+            FallBack { spread: Some(spread), here: None, answered: false, redo: Some((here, context)), metrics };
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+}
+
+/// Whether a failure of a spread query is one to try again here: anything but the memory limit
+/// (which running here would meet as well).
+fn retried_here(error: &DataFusionError) -> bool {
+    !matches!(error.find_root(), DataFusionError::ResourcesExhausted(_))
+}
+
+fn fell_back(metrics: &QueryMetrics, error: &DataFusionError) {
+    metrics.worker_fallbacks.inc();
+    tracing::warn!(%error, "a query spread over the workers failed; running it in this process instead");
+}
+
+/// The stream of a [`WorkersOrHereExec`]: the spread plan's batches until it fails before its
+/// first, then the plan here's.
+struct FallBack {
+    spread: Option<SendableRecordBatchStream>,
+    here: Option<SendableRecordBatchStream>,
+    answered: bool,
+    redo: Option<(Arc<dyn ExecutionPlan>, Arc<TaskContext>)>,
+    metrics: Arc<QueryMetrics>,
+}
+
+impl Stream for FallBack {
+    type Item = DfResult<RecordBatch>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(here) = self.here.as_mut() {
+            return here.poll_next_unpin(cx);
+        }
+        let Some(spread) = self.spread.as_mut() else { return Poll::Ready(None) };
+        match std::task::ready!(spread.poll_next_unpin(cx)) {
+            Some(Err(e)) if !self.answered && retried_here(&e) => {
+                self.spread = None;
+                fell_back(&self.metrics, &e);
+                let (plan, context) = self.redo.take().expect("the plan here is run once");
+                match plan.execute(0, context) {
+                    Ok(stream) => {
+                        self.here = Some(stream);
+                        self.poll_next(cx)
+                    }
+                    Err(e) => Poll::Ready(Some(Err(e))),
+                }
+            }
+            Some(Ok(batch)) => {
+                self.answered = true;
+                Poll::Ready(Some(Ok(batch)))
+            }
+            other => Poll::Ready(other),
+        }
+    }
+}
+
+/// Sends hopscope's guards to workers: [`BoundedExec`] and [`MeteredExec`] carry nothing but their
+/// input (a worker's [`MeteredExec`] counts in the worker's metrics). Any other node of
+/// hopscope's is refused, which fails the spread plan and so runs the query here.
+#[derive(Debug)]
+pub(crate) struct GuardCodec(Arc<QueryMetrics>);
+
+const BOUNDED: u8 = 0;
+const METERED: u8 = 1;
+
+impl PhysicalExtensionCodec for GuardCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        _ctx: &TaskContext,
+        _proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let [input] = inputs else {
+            return Err(DataFusionError::Internal(format!("a guard takes one input, got {}", inputs.len())));
+        };
+        match buf {
+            [BOUNDED] => Ok(Arc::new(BoundedExec::new(Arc::clone(input)))),
+            [METERED] => Ok(Arc::new(MeteredExec::new(Arc::clone(input), Arc::clone(&self.0)))),
+            _ => Err(DataFusionError::Internal(format!(
+                "a plan node this worker does not know ({buf:?}): are the querier and the worker the same release?"
+            ))),
+        }
+    }
+
+    fn try_encode(
+        &self,
+        node: Arc<dyn ExecutionPlan>,
+        buf: &mut Vec<u8>,
+        _proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> DfResult<()> {
+        if node.is::<BoundedExec>() {
+            buf.push(BOUNDED);
+        } else if node.is::<MeteredExec>() {
+            buf.push(METERED);
+        } else {
+            return Err(DataFusionError::NotImplemented(format!("{} runs in the querier only", node.name())));
+        }
+        Ok(())
+    }
+}
+
+/// What a `--role worker` process runs: datafusion-distributed's worker service, executing the
+/// plan fragments queriers send, with hopscope's functions and guards, reading the files from the
+/// storage the queriers read.
+pub struct QueryWorker {
+    worker: Worker,
+    metrics: Arc<QueryMetrics>,
+    pool: Arc<dyn datafusion::execution::memory_pool::MemoryPool>,
+    memory_limit_bytes: usize,
+    caches: crate::store::ReadCaches,
+}
+
+impl fmt::Debug for QueryWorker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueryWorker").finish_non_exhaustive()
+    }
+}
+
+/// A worker's session for each task: hopscope's functions, and the codec of its guards.
+#[derive(Clone)]
+struct WorkerSessions {
+    metrics: Arc<QueryMetrics>,
+}
+
+#[async_trait]
+impl WorkerSessionBuilder for WorkerSessions {
+    async fn build_session_state(&self, ctx: WorkerQueryContext) -> DfResult<SessionState> {
+        self.metrics.worker_tasks.inc();
+        let state = ctx.builder.with_distributed_user_codec(GuardCodec(Arc::clone(&self.metrics))).build();
+        let ctx = SessionContext::new_with_state(state);
+        crate::functions::register(&ctx);
+        Ok(ctx.state())
+    }
+}
+
+impl QueryWorker {
+    /// A worker reading `storage` (`None`: files named by their local paths), its tasks holding at
+    /// most `memory_limit_bytes` together, with `cache_bytes` of footers and byte ranges kept.
+    pub fn new(
+        storage: Option<Arc<hopscope_storage::ObjectStorage>>,
+        memory_limit_bytes: usize,
+        cache_bytes: usize,
+    ) -> Result<Self, QueryError> {
+        let metrics = Arc::<QueryMetrics>::default();
+        let pool: Arc<dyn datafusion::execution::memory_pool::MemoryPool> =
+            Arc::new(datafusion::execution::memory_pool::FairSpillPool::new(memory_limit_bytes));
+        let caches = crate::store::ReadCaches::new(storage.as_ref(), cache_bytes)?;
+        let runtime = caches.runtime(&pool)?;
+        let worker = Worker::from_session_builder(WorkerSessions { metrics: Arc::clone(&metrics) })
+            .with_runtime_env(runtime)
+            .with_version(env!("CARGO_PKG_VERSION"));
+        Ok(Self { worker, metrics, pool, memory_limit_bytes, caches })
+    }
+
+    /// Serves the gRPC service queriers send plan fragments to on `listener` until `shutdown`
+    /// completes; the tasks running then are cut off (their queriers run those queries again
+    /// without this worker).
+    pub async fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), QueryError> {
+        tonic::transport::Server::builder()
+            .add_service(self.worker.clone().into_worker_server())
+            .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), shutdown)
+            .await
+            .map_err(|e| QueryError::Internal(format!("the worker service stopped: {e}")))
+    }
+
+    /// Registers the worker's metrics: tasks run, what their scans read, memory and caches.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.metrics.register_worker(registry, Arc::clone(&self.pool), self.memory_limit_bytes);
+        registry.register_collector(Box::new(crate::metrics::CacheGauges::of(&self.caches)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hopscope_schemas::fixture::SpanRow;
+    use hopscope_schemas::spans::kind::{CLIENT, SERVER};
+
+    use super::*;
+    use crate::QueryEngine;
+    use crate::testing::{Store, ms, query, span, trace};
+
+    /// Spans in four files, some traces split between two of them (late spans), one service's
+    /// calls failing: each file a few hundred bytes, so with one byte per task every scan of the
+    /// files is spread.
+    fn files() -> Vec<Vec<SpanRow>> {
+        let mut files = vec![Vec::new(); 4];
+        for t in 0..24u8 {
+            let start = ms(f64::from(t) * 50.0);
+            let root = SpanRow::new(trace(t + 1), span(1), "gateway", "GET /", SERVER).during(start, start + 9_000_000);
+            let call = SpanRow::new(trace(t + 1), span(2), "gateway", "GET /stock", CLIENT)
+                .child_of(span(1))
+                .during(start + 1_000_000, start + 7_000_000);
+            let served = SpanRow::new(trace(t + 1), span(3), "stock", "GET /stock", SERVER)
+                .child_of(span(2))
+                .during(start + 2_000_000, start + 6_000_000)
+                .status(if t % 5 == 0 { 2 } else { 0 });
+            let file = usize::from(t % 4);
+            files[file].extend([root, call]);
+            // Every third trace's server span arrives later, in the next file.
+            files[if t % 3 == 0 { (file + 1) % 4 } else { file }].push(served);
+        }
+        files
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answers_spread_over_workers_equal_answers_in_one_process() {
+        let store = Store::with_files(&files());
+        let reference = store.engine(2, 8192);
+        let mut urls = Vec::new();
+        let mut workers = Vec::new();
+        let stop = Arc::new(tokio::sync::Notify::new());
+        for _ in 0..2 {
+            let worker = Arc::new(QueryWorker::new(None, 256 << 20, 16 << 20).unwrap());
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            urls.push(Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap());
+            let (serving, stop) = (Arc::clone(&worker), stop.clone());
+            tokio::spawn(async move { serving.serve(listener, async move { stop.notified().await }).await });
+            workers.push(worker);
+        }
+        let mut config = store.config(2, 8192);
+        config.workers = urls;
+        config.worker_scan_bytes = 1;
+        let spread = Arc::new(QueryEngine::new(&config).unwrap());
+        for sql in [
+            "SELECT service_name, count(*) AS spans, sum(duration_ns) AS busy, max(end_time) AS last \
+             FROM spans GROUP BY service_name ORDER BY service_name",
+            "SELECT count(DISTINCT trace_id) AS traces, count(*) FILTER (WHERE status_code = 2) AS errors FROM spans",
+            "SELECT s.name, count(*) AS n FROM spans s JOIN spans p ON s.trace_id = p.trace_id \
+             AND s.parent_span_id = p.span_id GROUP BY s.name ORDER BY s.name",
+            "SELECT caller, callee, count(*) AS calls, sum(server_duration_ns) AS served FROM edges \
+             GROUP BY caller, callee ORDER BY caller, callee",
+            "SELECT * FROM critical_path ORDER BY trace_id, operation",
+        ] {
+            assert_eq!(query(&spread, sql).await, query(&reference, sql).await, "{sql}");
+        }
+        let metrics = spread.metrics();
+        assert!(metrics.spread_queries.get() >= 3, "the span scans were not spread: {}", metrics.spread_queries.get());
+        assert_eq!(metrics.worker_fallbacks.get(), 0);
+        for worker in &workers {
+            assert!(worker.metrics.worker_tasks.get() >= 1, "a worker ran nothing");
+            assert!(worker.metrics.rows_scanned.get() >= 1, "a worker scanned nothing");
+        }
+        stop.notify_waiters();
+    }
+
+    #[test]
+    fn guards_travel_and_hopscope_own_nodes_stay() {
+        use datafusion::physical_plan::empty::EmptyExec;
+        let metrics = Arc::<QueryMetrics>::default();
+        let codec = GuardCodec(Arc::clone(&metrics));
+        let input: Arc<dyn ExecutionPlan> =
+            Arc::new(EmptyExec::new(Arc::new(datafusion::arrow::datatypes::Schema::empty())));
+        let converter = datafusion_proto::physical_plan::DefaultPhysicalProtoConverter {};
+        let ctx = TaskContext::default();
+        for (node, is_bounded) in [
+            (Arc::new(BoundedExec::new(Arc::clone(&input))) as Arc<dyn ExecutionPlan>, true),
+            (Arc::new(MeteredExec::new(Arc::clone(&input), Arc::clone(&metrics))) as _, false),
+        ] {
+            let mut buf = Vec::new();
+            codec.try_encode(node, &mut buf, &converter).unwrap();
+            let decoded = codec.try_decode(&buf, std::slice::from_ref(&input), &ctx, &converter).unwrap();
+            assert_eq!(decoded.is::<BoundedExec>(), is_bounded);
+            assert_eq!(decoded.is::<MeteredExec>(), !is_bounded);
+        }
+        let refused = codec.try_encode(Arc::clone(&input), &mut Vec::new(), &converter).unwrap_err();
+        assert!(refused.to_string().contains("runs in the querier only"), "{refused}");
+        assert!(codec.try_decode(&[9], std::slice::from_ref(&input), &ctx, &converter).is_err());
+    }
+}
