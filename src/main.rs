@@ -933,7 +933,9 @@ async fn serve_worker(args: ServeArgs) -> anyhow::Result<()> {
     let signal_stop = stop.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
-        tracing::info!("shutting down: the queriers run the parts of their queries in progress here themselves");
+        tracing::info!(
+            "shutting down: taking no new query; stopping once the queriers' connections close (5 s at most)"
+        );
         signal_stop.cancel();
     });
     let service_stop = stop.clone();
@@ -1236,7 +1238,10 @@ fn query_config(args: &ServeArgs) -> QueryConfig {
     config.max_rows = args.query_max_rows;
     config.max_concurrent = args.query_max_concurrent;
     config.max_cartesian_rows = args.query_max_cartesian_rows;
-    config.workers = args.workers.clone();
+    // Only a querier spreads its queries (`check_role` says so of HOPSCOPE_WORKERS elsewhere).
+    if args.role == Role::Querier {
+        config.workers = args.workers.clone();
+    }
     config.worker_scan_bytes = args.worker_scan_bytes;
     config
 }

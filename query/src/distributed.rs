@@ -7,7 +7,9 @@
 //! stage holding one of hopscope's own plan nodes (the per-trace walk, the trace-ordered merge,
 //! the pairing of split traces, the rollups), stay in the querier: those nodes need the querier's
 //! manifest and whole traces, and are never sent ([`QUERIER_ONLY`]). What is sent is DataFusion's
-//! own nodes and hopscope's guards ([`GuardCodec`]); functions are found by name on the worker.
+//! own nodes and hopscope's guards ([`GuardCodec`]); functions are found by name on the worker. A
+//! plan with any stage for the workers that cannot be sent (a querier-only stage feeding a stage
+//! of several tasks, a table function) runs in the querier whole ([`SpreadOrHere`]).
 //!
 //! datafusion-distributed does not retry a task whose worker died, so a spread query that fails
 //! before it has answered a row runs again here, in this process ([`WorkersOrHereExec`]), and the
@@ -23,6 +25,7 @@ use async_trait::async_trait;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::Session;
 use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::context::QueryPlanner;
 use datafusion::execution::{SendableRecordBatchStream, SessionState, SessionStateBuilder, TaskContext};
@@ -36,8 +39,9 @@ use datafusion::physical_plan::{
 use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
 use datafusion::prelude::SessionContext;
 use datafusion_distributed::{
-    DesiredTaskCountEvent, DesiredTaskCountEventResponse, DistributedExec, DistributedExt, SessionStateBuilderExt,
-    Worker, WorkerQueryContext, WorkerResolver, WorkerSessionBuilder,
+    ChannelResolver, DesiredTaskCountEvent, DesiredTaskCountEventResponse, DistributedExec, DistributedExt,
+    DistributedLeafExec, MaybeEncoded, NetworkBoundaryExt, SessionStateBuilderExt, Stage, Worker, WorkerChannel,
+    WorkerQueryContext, WorkerResolver, WorkerSessionBuilder,
 };
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 use futures::{Stream, StreamExt};
@@ -49,6 +53,10 @@ use crate::metrics::QueryMetrics;
 
 /// How often the querier checks which workers accept connections.
 pub(crate) const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long a stopping worker waits for the queriers' connections to close before it stops
+/// anyway (queriers keep theirs open between queries).
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long a probe waits for a worker to accept a connection.
 const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
@@ -64,6 +72,8 @@ pub(crate) struct Workers {
     all: Vec<Url>,
     reachable: RwLock<Vec<Url>>,
     metrics: Arc<QueryMetrics>,
+    /// The connections every tenant's queries share.
+    channels: Channels,
 }
 
 impl Workers {
@@ -73,7 +83,8 @@ impl Workers {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| QueryError::Internal("workers are probed from a Tokio runtime".into()))?;
         metrics.workers_reachable.set(i64::try_from(all.len()).unwrap_or(i64::MAX));
-        let workers = Arc::new(Self { reachable: RwLock::new(all.clone()), all, metrics });
+        let workers =
+            Arc::new(Self { reachable: RwLock::new(all.clone()), all, metrics, channels: Channels::default() });
         runtime.spawn(probe(Arc::downgrade(&workers)));
         Ok(workers)
     }
@@ -116,6 +127,51 @@ async fn probe(workers: Weak<Workers>) {
     }
 }
 
+/// How long a querier waits for a worker to accept a connection.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A querier pings a worker's connection this often while a query uses it, and takes the worker
+/// for gone when a ping is not answered within [`PING_TIMEOUT`]: a worker that hangs (a machine
+/// lost, a process stopped) fails its queries instead of holding them until the timeout.
+const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The querier's connections to its workers, one per worker, reconnecting when one breaks.
+#[derive(Clone, Default)]
+pub(crate) struct Channels(Arc<std::sync::Mutex<std::collections::HashMap<Url, tonic::transport::Channel>>>);
+
+impl fmt::Debug for Channels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Channels").finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl ChannelResolver for Channels {
+    async fn get_worker_client_for_url(&self, url: &Url) -> DfResult<Box<dyn WorkerChannel>> {
+        let channel = {
+            let mut channels = self.0.lock().expect("channels lock");
+            match channels.get(url) {
+                Some(channel) => channel.clone(),
+                None => {
+                    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+                        .map_err(|e| DataFusionError::Configuration(format!("the worker {url}: {e}")))?
+                        .connect_timeout(CONNECT_TIMEOUT)
+                        .tcp_nodelay(true)
+                        .http2_keep_alive_interval(PING_EVERY)
+                        .keep_alive_timeout(PING_TIMEOUT);
+                    let channel = endpoint.connect_lazy();
+                    channels.insert(url.clone(), channel.clone());
+                    channel
+                }
+            }
+        };
+        Ok(datafusion_distributed::grpc::create_worker_client(datafusion_distributed::grpc::BoxCloneSyncChannel::new(
+            channel,
+        )))
+    }
+}
+
 /// The resolver datafusion-distributed asks for workers when it plans.
 #[derive(Debug, Clone)]
 struct Resolver(Arc<Workers>);
@@ -126,21 +182,30 @@ impl WorkerResolver for Resolver {
     }
 }
 
-/// `builder` (a querier's session) made to spread large scans over `workers`: a scan reading more
-/// than `bytes_per_task` is split into tasks of about that many bytes, at most one per reachable
-/// worker; a stage holding a [`QUERIER_ONLY`] node stays here.
+/// `builder` (a querier's session, of `target_partitions`) made to spread large scans over
+/// `workers`: a scan reading more than `bytes_per_task` is split into tasks of about that many
+/// bytes, at most one per reachable worker (so two workers at least); a stage holding a
+/// [`QUERIER_ONLY`] node stays here.
 pub(crate) fn spread_over(
     builder: SessionStateBuilder,
     workers: &Arc<Workers>,
     bytes_per_task: usize,
+    target_partitions: usize,
     metrics: &Arc<QueryMetrics>,
 ) -> Result<SessionStateBuilder, QueryError> {
+    // datafusion-distributed sizes a scan's tasks in partitions of this many bytes, as many per
+    // task as a session has target partitions.
+    let bytes_per_partition = (bytes_per_task / target_partitions.max(1)).max(1);
     let mut builder = builder
         .with_distributed_worker_resolver(Resolver(Arc::clone(workers)))
+        .with_distributed_channel_resolver(workers.channels.clone())
         .with_distributed_planner()
         .with_distributed_user_codec(GuardCodec(Arc::clone(metrics)))
         .with_distributed_desired_task_count_handler(in_one_task)
-        .with_distributed_file_scan_config_bytes_per_partition(bytes_per_task.max(1))
+        .with_distributed_file_scan_config_bytes_per_partition(bytes_per_partition)
+        // The workers' metrics are sent once a task ends, after its rows: nothing here reads them,
+        // and a worker that died once it had sent its rows would fail a complete answer.
+        .and_then(|builder| builder.with_distributed_metrics_collection(false))
         // An isolating union runs each input in tasks of its own, whatever a node below says:
         // a union of stored rows and a querier-only node (the rows of split traces) would send
         // the latter to a worker. A plain union takes the fewest tasks of its inputs.
@@ -157,7 +222,8 @@ fn in_one_task(event: DesiredTaskCountEvent<'_>) -> Option<DfResult<DesiredTaskC
 }
 
 /// Plans with datafusion-distributed; a plan it spread over workers is wrapped in a
-/// [`WorkersOrHereExec`] with the same query planned to run here.
+/// [`WorkersOrHereExec`] with the same query planned to run here, unless a stage it would send
+/// cannot be sent (then the plan here runs alone).
 struct SpreadOrHere {
     spread: Arc<dyn QueryPlanner + Send + Sync>,
     metrics: Arc<QueryMetrics>,
@@ -180,13 +246,46 @@ impl QueryPlanner for SpreadOrHere {
         if !planned.is::<DistributedExec>() {
             return Ok(planned);
         }
-        let mut here = DefaultPhysicalPlanner::default().create_physical_plan(logical_plan, session).await?;
+        let here = DefaultPhysicalPlanner::default().create_physical_plan(logical_plan, session).await?;
+        if let Err(unsendable) = every_stage_sendable(&planned, &session.task_ctx()) {
+            tracing::debug!(reason = %unsendable, "a query kept in the querier: a stage for the workers cannot be sent");
+            return Ok(here);
+        }
+        let mut here = here;
         if here.output_partitioning().partition_count() > 1 {
             here = Arc::new(CoalescePartitionsExec::new(here));
         }
         self.metrics.spread_queries.inc();
         Ok(Arc::new(WorkersOrHereExec::new(planned, here, Arc::clone(&self.metrics))?))
     }
+}
+
+/// Whether every stage of `plan` that goes to workers can be sent: encoded as it will be, with the
+/// codecs of the session. A querier-only node ([`QUERIER_ONLY`]) keeps its own stage in one task,
+/// but that stage still goes to a worker when the stage it feeds runs in several (a join of a
+/// per-trace walk and a spread scan); DataFusion cannot send some of its own nodes either (a table
+/// function's stream).
+fn every_stage_sendable(plan: &Arc<dyn ExecutionPlan>, task: &Arc<TaskContext>) -> DfResult<()> {
+    let mut stages = Vec::new();
+    plan.apply(|node| {
+        if let Some(boundary) = node.as_network_boundary()
+            && let Stage::Local(stage) = boundary.input_stage()
+        {
+            stages.push(Arc::clone(&stage.plan));
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    for stage in stages {
+        // A scan's leaf holds one variant per task, and each task is sent its own.
+        let one_task = stage
+            .transform_up(|node| match node.downcast_ref::<DistributedLeafExec>() {
+                Some(leaf) => Ok(Transformed::yes(Arc::clone(leaf.variants().first().unwrap_or(leaf.original())))),
+                None => Ok(Transformed::no(node)),
+            })?
+            .data;
+        MaybeEncoded::Decoded(one_task).encode(task)?;
+    }
+    Ok(())
 }
 
 /// Runs a plan spread over workers; if it fails before its first row (a worker died, or could
@@ -259,6 +358,9 @@ impl ExecutionPlan for WorkersOrHereExec {
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
+        if partition != 0 {
+            return Err(DataFusionError::Internal(format!("WorkersOrHereExec has one partition, not {partition}")));
+        }
         let here = Arc::clone(&self.here);
         let metrics = Arc::clone(&self.metrics);
         let schema = self.schema();
@@ -318,7 +420,7 @@ impl Stream for FallBack {
                 }
             }
             Some(Ok(batch)) => {
-                self.answered = true;
+                self.answered |= batch.num_rows() > 0;
                 Poll::Ready(Some(Ok(batch)))
             }
             other => Poll::Ready(other),
@@ -402,6 +504,9 @@ impl WorkerSessionBuilder for WorkerSessions {
         let state = ctx.builder.with_distributed_user_codec(GuardCodec(Arc::clone(&self.metrics))).build();
         let ctx = SessionContext::new_with_state(state);
         crate::functions::register(&ctx);
+        // As in the querier: functions that build strings reserve what they build first.
+        let pool = Arc::clone(&ctx.runtime_env().memory_pool);
+        crate::guards::charge_string_builders(&ctx, &pool);
         Ok(ctx.state())
     }
 }
@@ -426,18 +531,29 @@ impl QueryWorker {
     }
 
     /// Serves the gRPC service queriers send plan fragments to on `listener` until `shutdown`
-    /// completes; the tasks running then are cut off (their queriers run those queries again
-    /// without this worker).
+    /// completes; then it takes no new connection, and stops once the queriers' connections have
+    /// closed or [`SHUTDOWN_GRACE`] has passed (the tasks still running then are cut off, and
+    /// their queriers run those queries themselves).
     pub async fn serve(
         &self,
         listener: tokio::net::TcpListener,
-        shutdown: impl std::future::Future<Output = ()> + Send,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), QueryError> {
-        tonic::transport::Server::builder()
+        let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+        let serving = tonic::transport::Server::builder()
             .add_service(self.worker.clone().into_worker_server())
-            .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), shutdown)
-            .await
-            .map_err(|e| QueryError::Internal(format!("the worker service stopped: {e}")))
+            .serve_with_incoming_shutdown(
+                // Small messages (a plan, a task's request) are not held back for more.
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                shutdown.clone(),
+            );
+        tokio::select! {
+            served = serving => served.map_err(|e| QueryError::Internal(format!("the worker service stopped: {e}"))),
+            () = async move {
+                shutdown.await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } => Ok(()),
+        }
     }
 
     /// Registers the worker's metrics: tasks run, what their scans read, memory and caches.
@@ -507,16 +623,33 @@ mod tests {
             "SELECT caller, callee, count(*) AS calls, sum(server_duration_ns) AS served FROM edges \
              GROUP BY caller, callee ORDER BY caller, callee",
             "SELECT * FROM critical_path ORDER BY trace_id, operation",
+            // A per-trace walk (no file here has derived rows) joined with a spread scan: the
+            // walk's stage cannot go to a worker, so the whole query stays here.
+            "SELECT t.trace_id, t.span_count, count(*) AS served FROM traces t JOIN spans s ON s.trace_id = t.trace_id \
+             WHERE s.kind = 2 GROUP BY t.trace_id, t.span_count ORDER BY t.trace_id",
         ] {
             assert_eq!(query(&spread, sql).await, query(&reference, sql).await, "{sql}");
         }
+        // Joins of two inputs each hashed over the tasks, however small: a per-trace walk's stage
+        // (one task) then feeds a stage of several, which would send it to a worker.
+        for engine in [&spread, &reference] {
+            let state = engine.session().state_ref();
+            let mut state = state.write();
+            let optimizer = &mut state.config_mut().options_mut().optimizer;
+            optimizer.hash_join_single_partition_threshold = 0;
+            optimizer.hash_join_single_partition_threshold_rows = 0;
+        }
+        let sql = "SELECT t.trace_id, t.span_count, s.span_id FROM traces t JOIN spans s ON s.trace_id = t.trace_id \
+                   WHERE s.kind = 2 ORDER BY t.trace_id, s.span_id";
+        assert_eq!(query(&spread, sql).await, query(&reference, sql).await, "{sql}");
         let metrics = spread.metrics();
         assert!(metrics.spread_queries.get() >= 3, "the span scans were not spread: {}", metrics.spread_queries.get());
         assert_eq!(metrics.worker_fallbacks.get(), 0);
         for worker in &workers {
             assert!(worker.metrics.worker_tasks.get() >= 1, "a worker ran nothing");
-            assert!(worker.metrics.rows_scanned.get() >= 1, "a worker scanned nothing");
         }
+        // (Which task reads which row groups depends on byte ranges: one worker may read none.)
+        assert!(workers.iter().map(|w| w.metrics.rows_scanned.get()).sum::<u64>() >= 1, "the workers scanned nothing");
         stop.notify_waiters();
     }
 

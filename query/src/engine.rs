@@ -285,7 +285,13 @@ fn session(
         .with_physical_optimizer_rule(Arc::new(BoundedOperators))
         .with_physical_optimizer_rule(Arc::new(MeteredScans(Arc::clone(metrics))));
     if let Some(workers) = workers {
-        builder = crate::distributed::spread_over(builder, workers, config.worker_scan_bytes, metrics)?;
+        builder = crate::distributed::spread_over(
+            builder,
+            workers,
+            config.worker_scan_bytes,
+            config.target_partitions,
+            metrics,
+        )?;
     }
     let state = builder.build();
     let ctx = SessionContext::new_with_state(state);
@@ -648,6 +654,12 @@ impl QueryEngine {
     #[cfg(test)]
     pub(crate) fn metrics(&self) -> &Arc<QueryMetrics> {
         &self.metrics
+    }
+
+    /// The engine's session, for tests that change its settings.
+    #[cfg(test)]
+    pub(crate) fn session(&self) -> &SessionContext {
+        &self.ctx
     }
 
     /// Registers the query metrics in `registry`.

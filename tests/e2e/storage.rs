@@ -774,10 +774,12 @@ async fn a_querier_spreads_scans_over_workers_and_answers_alone_when_they_fail()
     same_answers(&querier).await;
     let spread = querier.metric("hopscope_query_spread_total").await;
     assert!(spread >= 1.0, "no query was spread over the workers");
+    let mut scanned = 0.0;
     for worker in &workers {
         assert!(worker.metric("hopscope_worker_tasks_total").await >= 1.0, "a worker ran no task");
-        assert!(worker.metric("hopscope_query_rows_scanned_total").await >= 1.0, "a worker scanned nothing");
+        scanned += worker.metric("hopscope_query_rows_scanned_total").await;
     }
+    assert!(scanned >= 1.0, "the workers scanned nothing");
     let fallbacks = querier.metric("hopscope_query_worker_fallbacks_total").await;
     assert_eq!(fallbacks, 0.0, "with every worker running:\n{}", querier.log());
 
