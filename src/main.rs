@@ -163,8 +163,14 @@ struct ServeArgs {
     /// tasks of about this many bytes each (at most one per worker).
     #[arg(long, env = "HOPSCOPE_WORKER_SCAN_BYTES", default_value_t = 16 << 20, value_parser = positive_usize)]
     worker_scan_bytes: usize,
-    /// With --role worker: where queriers reach this worker (gRPC, Arrow Flight). Plan fragments
-    /// sent here read the whole store, unauthenticated: keep it on a private network.
+    /// With --role worker or --workers: a file holding the token (16 printable characters or more)
+    /// workers take requests with. A worker given one refuses any request not presenting it; a
+    /// querier presents it to its workers. Without one, anyone who reaches a worker can have it
+    /// read the whole store.
+    #[arg(long, env = "HOPSCOPE_WORKER_TOKEN_FILE")]
+    worker_token_file: Option<PathBuf>,
+    /// With --role worker: where queriers reach this worker (gRPC, Arrow Flight). Keep it on a
+    /// network only the queriers reach, and give it --worker-token-file.
     #[arg(long, env = "HOPSCOPE_WORKER_ADDR", default_value = "127.0.0.1:4320")]
     worker_addr: SocketAddr,
     /// OTLP/gRPC listen address.
@@ -372,9 +378,11 @@ fn idle_flags(role: Role) -> Vec<(&'static str, &'static str)> {
     let forwarding = ["ingesters", "ingesters_file", "ingesters_ca", "ingesters_client_cert", "ingesters_client_key"];
     const SPREADING: &str = "is about spreading queries over workers, which only a --role querier does";
     let spreading = ["workers", "worker_scan_bytes"];
+    const TOKEN: &str = "is the token of --role worker processes and of the queriers given --workers";
     const WORKING: &str = "is where a --role worker listens";
     let with = |ids: &[&'static str], why: &'static str| ids.iter().map(move |id| (*id, why)).collect::<Vec<_>>();
-    let not_querier = [with(&spreading, SPREADING), with(&["worker_addr"], WORKING)].concat();
+    let not_querier =
+        [with(&spreading, SPREADING), with(&["worker_addr"], WORKING), with(&["worker_token_file"], TOKEN)].concat();
     match role {
         Role::All => [with(&forwarding, FORWARDING), not_querier].concat(),
         // An ingester keeps --query-timeout (replaced files stay twice as long, for the queriers)
@@ -671,7 +679,11 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
         }
         false => None,
     };
-    let engine = Arc::new(QueryEngine::new(&QueryConfig { storage, ..query_config(&args) })?);
+    let worker_token = match args.role {
+        Role::Querier => worker_token(&args).await?,
+        _ => None,
+    };
+    let engine = Arc::new(QueryEngine::new(&QueryConfig { storage, worker_token, ..query_config(&args) })?);
     let mut registry = Registry::default();
     engine.register_metrics(&mut registry);
     let registry = Arc::new(std::sync::Mutex::new(registry));
@@ -890,8 +902,14 @@ async fn serve_distributor(
 /// only health and metrics. It opens no data directory and no tenant.
 async fn serve_worker(args: ServeArgs) -> anyhow::Result<()> {
     let storage = open_storage_to(args.storage_url.as_deref(), false).await?;
-    let worker =
-        Arc::new(hopscope_query::QueryWorker::new(storage, args.query_memory_limit_bytes, args.query_cache_bytes)?);
+    let token = worker_token(&args).await?;
+    let authenticated = token.is_some();
+    let worker = Arc::new(hopscope_query::QueryWorker::new(
+        storage,
+        args.query_memory_limit_bytes,
+        args.query_cache_bytes,
+        token,
+    )?);
     let mut registry = Registry::default();
     worker.register_metrics(&mut registry);
     let registry = Arc::new(std::sync::Mutex::new(registry));
@@ -908,11 +926,11 @@ async fn serve_worker(args: ServeArgs) -> anyhow::Result<()> {
         storage = args.storage_url.as_deref().unwrap_or("data-dir"),
         "hopscope listening"
     );
-    if !worker_addr.ip().is_loopback() {
+    if !worker_addr.ip().is_loopback() && !authenticated {
         tracing::warn!(
             %worker_addr,
-            "the worker address is reachable beyond this machine: anyone who reaches it can run plan fragments \
-             that read the whole store; keep it on a network only the queriers reach"
+            "the worker address is reachable beyond this machine with no --worker-token-file: anyone who reaches \
+             it can run plan fragments that read the whole store"
         );
     }
     let stop = CancellationToken::new();
@@ -1161,6 +1179,9 @@ fn check_role(args: &ServeArgs) -> anyhow::Result<()> {
             "--role distributor forwards spans to ingesters: give their OTLP/HTTP addresses in --ingesters (e.g. \
              http://10.0.0.1:4318,http://10.0.0.2:4318) or --ingesters-file"
         ),
+        Role::Querier if args.worker_token_file.is_some() && args.workers.is_empty() => anyhow::bail!(
+            "--worker-token-file is presented to the --workers: give --workers too, or leave the token out"
+        ),
         Role::Worker if args.storage_url.is_none() => anyhow::bail!(
             "--role worker reads the files queriers send it to read from shared storage: give the queriers' \
              --storage-url"
@@ -1244,6 +1265,17 @@ fn query_config(args: &ServeArgs) -> QueryConfig {
     }
     config.worker_scan_bytes = args.worker_scan_bytes;
     config
+}
+
+/// The token of `--worker-token-file`, read, when given.
+async fn worker_token(args: &ServeArgs) -> anyhow::Result<Option<hopscope_query::WorkerToken>> {
+    let Some(path) = &args.worker_token_file else { return Ok(None) };
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .with_context(|| format!("reading --worker-token-file {}", path.display()))?;
+    let token = hopscope_query::WorkerToken::parse(&text)
+        .map_err(|e| anyhow::anyhow!("--worker-token-file {}: {e}", path.display()))?;
+    Ok(Some(token))
 }
 
 /// A `--workers` entry: an `http://HOST:PORT` address.
@@ -1521,6 +1553,11 @@ mod tests {
         assert!(refused.contains("--query-max-rows is about answering requests"), "{refused}");
         let refused = check(&["hopscope", "serve", "--role", "worker"]).unwrap_err();
         assert!(refused.contains("give the queriers' --storage-url"), "{refused}");
+        let refused = check(&[&querier[..], &["--worker-token-file", "/t"]].concat()).unwrap_err();
+        assert!(refused.contains("give --workers too"), "{refused}");
+        assert!(check(&[&worker[..], &["--worker-token-file", "/t"]].concat()).is_ok());
+        let refused = check(&["hopscope", "serve", "--worker-token-file", "/t"]).unwrap_err();
+        assert!(refused.contains("--worker-token-file is the token of --role worker"), "{refused}");
         let bad = Cli::command().try_get_matches_from([&querier[..], &["--workers", "10.0.0.5:4320"]].concat());
         assert!(bad.unwrap_err().to_string().contains("http://HOST:PORT"));
     }

@@ -11,6 +11,9 @@
 //! plan with any stage for the workers that cannot be sent (a querier-only stage feeding a stage
 //! of several tasks, a table function) runs in the querier whole ([`SpreadOrHere`]).
 //!
+//! With a token (`--worker-token-file`), every request a querier or a worker sends a worker carries
+//! it (`authorization: Bearer`), and workers refuse any request without it ([`WorkerToken`]).
+//!
 //! datafusion-distributed does not retry a task whose worker died, so a spread query that fails
 //! before it has answered a row runs again here, in this process ([`WorkersOrHereExec`]), and the
 //! fallback is counted and logged; a worker that does not accept connections is left out of new
@@ -182,6 +185,53 @@ impl WorkerResolver for Resolver {
     }
 }
 
+/// The secret queriers and workers share: a worker runs plan fragments only for requests that
+/// present it. Compared in constant time.
+#[derive(Clone)]
+pub struct WorkerToken(Arc<str>);
+
+impl fmt::Debug for WorkerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WorkerToken(..)")
+    }
+}
+
+impl WorkerToken {
+    /// The shortest token taken: guessing one must cost more than any search.
+    pub const MIN_BYTES: usize = 16;
+
+    /// The token in a file's text (surrounding whitespace ignored), or why it is not one.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let token = text.trim();
+        if token.len() < Self::MIN_BYTES {
+            return Err(format!("a worker token has {} characters at least", Self::MIN_BYTES));
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("a worker token is printable ASCII without spaces".into());
+        }
+        Ok(Self(token.into()))
+    }
+
+    /// The `authorization` header that presents it.
+    fn header(&self) -> http::HeaderValue {
+        http::HeaderValue::from_str(&format!("Bearer {}", self.0)).expect("printable ASCII")
+    }
+
+    /// Whether `presented` (an `authorization` header's value) presents this token.
+    fn accepts(&self, presented: &[u8]) -> bool {
+        let expected = self.header();
+        let expected = expected.as_bytes();
+        presented.len() == expected.len() && presented.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+
+    /// The passthrough headers that present it to workers.
+    fn headers(&self) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::AUTHORIZATION, self.header());
+        headers
+    }
+}
+
 /// `builder` (a querier's session, of `target_partitions`) made to spread large scans over
 /// `workers`: a scan reading more than `bytes_per_task` is split into tasks of about that many
 /// bytes, at most one per reachable worker (so two workers at least); a stage holding a
@@ -191,6 +241,7 @@ pub(crate) fn spread_over(
     workers: &Arc<Workers>,
     bytes_per_task: usize,
     target_partitions: usize,
+    token: Option<&WorkerToken>,
     metrics: &Arc<QueryMetrics>,
 ) -> Result<SessionStateBuilder, QueryError> {
     // datafusion-distributed sizes a scan's tasks in partitions of this many bytes, as many per
@@ -206,6 +257,10 @@ pub(crate) fn spread_over(
         // The workers' metrics are sent once a task ends, after its rows: nothing here reads them,
         // and a worker that died once it had sent its rows would fail a complete answer.
         .and_then(|builder| builder.with_distributed_metrics_collection(false))
+        .and_then(|builder| match token {
+            Some(token) => builder.with_distributed_passthrough_headers(token.headers()),
+            None => Ok(builder),
+        })
         // An isolating union runs each input in tasks of its own, whatever a node below says:
         // a union of stored rows and a querier-only node (the rows of split traces) would send
         // the latter to a worker. A plain union takes the fewest tasks of its inputs.
@@ -479,6 +534,7 @@ impl PhysicalExtensionCodec for GuardCodec {
 /// storage the queriers read.
 pub struct QueryWorker {
     worker: Worker,
+    token: Option<WorkerToken>,
     metrics: Arc<QueryMetrics>,
     pool: Arc<dyn datafusion::execution::memory_pool::MemoryPool>,
     memory_limit_bytes: usize,
@@ -491,17 +547,23 @@ impl fmt::Debug for QueryWorker {
     }
 }
 
-/// A worker's session for each task: hopscope's functions, and the codec of its guards.
+/// A worker's session for each task: hopscope's functions, the codec of its guards, and the token
+/// its own requests to other workers present.
 #[derive(Clone)]
 struct WorkerSessions {
     metrics: Arc<QueryMetrics>,
+    token: Option<WorkerToken>,
 }
 
 #[async_trait]
 impl WorkerSessionBuilder for WorkerSessions {
     async fn build_session_state(&self, ctx: WorkerQueryContext) -> DfResult<SessionState> {
         self.metrics.worker_tasks.inc();
-        let state = ctx.builder.with_distributed_user_codec(GuardCodec(Arc::clone(&self.metrics))).build();
+        let mut builder = ctx.builder.with_distributed_user_codec(GuardCodec(Arc::clone(&self.metrics)));
+        if let Some(token) = &self.token {
+            builder = builder.with_distributed_passthrough_headers(token.headers())?;
+        }
+        let state = builder.build();
         let ctx = SessionContext::new_with_state(state);
         crate::functions::register(&ctx);
         // As in the querier: functions that build strings reserve what they build first.
@@ -513,21 +575,23 @@ impl WorkerSessionBuilder for WorkerSessions {
 
 impl QueryWorker {
     /// A worker reading `storage` (`None`: files named by their local paths), its tasks holding at
-    /// most `memory_limit_bytes` together, with `cache_bytes` of footers and byte ranges kept.
+    /// most `memory_limit_bytes` together, with `cache_bytes` of footers and byte ranges kept,
+    /// taking requests that present `token` only (any, without one).
     pub fn new(
         storage: Option<Arc<hopscope_storage::ObjectStorage>>,
         memory_limit_bytes: usize,
         cache_bytes: usize,
+        token: Option<WorkerToken>,
     ) -> Result<Self, QueryError> {
         let metrics = Arc::<QueryMetrics>::default();
         let pool: Arc<dyn datafusion::execution::memory_pool::MemoryPool> =
             Arc::new(datafusion::execution::memory_pool::FairSpillPool::new(memory_limit_bytes));
         let caches = crate::store::ReadCaches::new(storage.as_ref(), cache_bytes)?;
         let runtime = caches.runtime(&pool)?;
-        let worker = Worker::from_session_builder(WorkerSessions { metrics: Arc::clone(&metrics) })
-            .with_runtime_env(runtime)
-            .with_version(env!("CARGO_PKG_VERSION"));
-        Ok(Self { worker, metrics, pool, memory_limit_bytes, caches })
+        let sessions = WorkerSessions { metrics: Arc::clone(&metrics), token: token.clone() };
+        let worker =
+            Worker::from_session_builder(sessions).with_runtime_env(runtime).with_version(env!("CARGO_PKG_VERSION"));
+        Ok(Self { worker, token, metrics, pool, memory_limit_bytes, caches })
     }
 
     /// Serves the gRPC service queriers send plan fragments to on `listener` until `shutdown`
@@ -540,7 +604,22 @@ impl QueryWorker {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), QueryError> {
         let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+        let token = self.token.clone();
+        let refused = self.metrics.worker_refusals.clone();
+        let authenticated = move |request: tonic::Request<()>| {
+            let Some(token) = &token else { return Ok(request) };
+            match request.metadata().get("authorization") {
+                Some(presented) if token.accepts(presented.as_bytes()) => Ok(request),
+                _ => {
+                    refused.inc();
+                    Err(tonic::Status::unauthenticated(
+                        "this worker runs plan fragments only for requests presenting its --worker-token-file",
+                    ))
+                }
+            }
+        };
         let serving = tonic::transport::Server::builder()
+            .layer(tonic::service::InterceptorLayer::new(authenticated))
             .add_service(self.worker.clone().into_worker_server())
             .serve_with_incoming_shutdown(
                 // Small messages (a plan, a task's request) are not held back for more.
@@ -569,8 +648,8 @@ mod tests {
     use hopscope_schemas::spans::kind::{CLIENT, SERVER};
 
     use super::*;
-    use crate::QueryEngine;
     use crate::testing::{Store, ms, query, span, trace};
+    use crate::{QueryConfig, QueryEngine};
 
     /// Spans in four files, some traces split between two of them (late spans), one service's
     /// calls failing: each file a few hundred bytes, so with one byte per task every scan of the
@@ -602,8 +681,9 @@ mod tests {
         let mut urls = Vec::new();
         let mut workers = Vec::new();
         let stop = Arc::new(tokio::sync::Notify::new());
+        let token = WorkerToken::parse("  a-shared-secret-of-some-length\n").unwrap();
         for _ in 0..2 {
-            let worker = Arc::new(QueryWorker::new(None, 256 << 20, 16 << 20).unwrap());
+            let worker = Arc::new(QueryWorker::new(None, 256 << 20, 16 << 20, Some(token.clone())).unwrap());
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             urls.push(Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap());
             let (serving, stop) = (Arc::clone(&worker), stop.clone());
@@ -613,6 +693,15 @@ mod tests {
         let mut config = store.config(2, 8192);
         config.workers = urls;
         config.worker_scan_bytes = 1;
+        // A querier presenting another token: the workers refuse it, and it answers alone.
+        let outsider = Arc::new(
+            QueryEngine::new(&QueryConfig {
+                worker_token: Some(WorkerToken::parse("not-the-shared-secret").unwrap()),
+                ..config.clone()
+            })
+            .unwrap(),
+        );
+        config.worker_token = Some(token);
         let spread = Arc::new(QueryEngine::new(&config).unwrap());
         for sql in [
             "SELECT service_name, count(*) AS spans, sum(duration_ns) AS busy, max(end_time) AS last \
@@ -650,7 +739,25 @@ mod tests {
         }
         // (Which task reads which row groups depends on byte ranges: one worker may read none.)
         assert!(workers.iter().map(|w| w.metrics.rows_scanned.get()).sum::<u64>() >= 1, "the workers scanned nothing");
+        let tasks: u64 = workers.iter().map(|w| w.metrics.worker_tasks.get()).sum();
+        let sql = "SELECT service_name, count(*) AS spans FROM spans GROUP BY service_name ORDER BY service_name";
+        assert_eq!(query(&outsider, sql).await, query(&reference, sql).await, "{sql}");
+        assert!(outsider.metrics().worker_fallbacks.get() >= 1, "the outsider's query was not run alone");
+        assert!(workers.iter().map(|w| w.metrics.worker_refusals.get()).sum::<u64>() >= 1, "nothing refused");
+        assert_eq!(workers.iter().map(|w| w.metrics.worker_tasks.get()).sum::<u64>(), tasks, "a refused task ran");
         stop.notify_waiters();
+    }
+
+    #[test]
+    fn tokens_are_long_printable_and_compared_whole() {
+        assert!(WorkerToken::parse("short").unwrap_err().contains("16 characters"));
+        assert!(WorkerToken::parse("sixteen chars or more").unwrap_err().contains("without spaces"));
+        let token = WorkerToken::parse("\t0123456789abcdef\n").unwrap();
+        assert!(token.accepts(b"Bearer 0123456789abcdef"));
+        assert!(!token.accepts(b"Bearer 0123456789abcdeF"));
+        assert!(!token.accepts(b"Bearer 0123456789abcde"));
+        assert!(!token.accepts(b"0123456789abcdef"));
+        assert!(!format!("{token:?}").contains("0123"), "a token is not logged");
     }
 
     #[test]

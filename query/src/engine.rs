@@ -84,6 +84,8 @@ pub struct QueryConfig {
     /// With `workers`: a scan is spread over them once it reads more than this many bytes, in
     /// tasks of about this many bytes (at most one per reachable worker).
     pub worker_scan_bytes: usize,
+    /// With `workers`: the token they take requests with (`--worker-token-file`).
+    pub worker_token: Option<crate::WorkerToken>,
 }
 
 /// The bounds every query runs under.
@@ -113,6 +115,7 @@ impl QueryConfig {
             cache_bytes: 256 << 20,
             workers: Vec::new(),
             worker_scan_bytes: 16 << 20,
+            worker_token: None,
         }
     }
 }
@@ -290,6 +293,7 @@ fn session(
             workers,
             config.worker_scan_bytes,
             config.target_partitions,
+            config.worker_token.as_ref(),
             metrics,
         )?;
     }

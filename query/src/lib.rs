@@ -47,7 +47,7 @@ pub use analysis::span_sets::{
     Aggregate, AttributeValue, Comparison, Condition, Field, Having, Intrinsic, Literal, MatchedSpan, Op, Scope,
     SpanSetQuery, SpanSetSearch, SpanSetTrace, SpanSets, TagNames, TagScope, TagValue,
 };
-pub use distributed::QueryWorker;
+pub use distributed::{QueryWorker, WorkerToken};
 pub use engine::{QueryConfig, QueryEngine, StoppedWriter};
 pub use error::QueryError;
 pub use guards::{MAX_EXPRESSION_DEPTH, MAX_SET_OPERATIONS, MAX_SQL_BYTES};

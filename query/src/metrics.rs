@@ -88,6 +88,8 @@ pub(crate) struct QueryMetrics {
     pub(crate) worker_fallbacks: Counter,
     /// On a worker: the plan fragments (tasks) queriers sent it.
     pub(crate) worker_tasks: Counter,
+    /// On a worker: requests refused for not presenting its token.
+    pub(crate) worker_refusals: Counter,
 }
 
 impl Default for QueryMetrics {
@@ -102,6 +104,7 @@ impl Default for QueryMetrics {
             spread_queries: Counter::default(),
             worker_fallbacks: Counter::default(),
             worker_tasks: Counter::default(),
+            worker_refusals: Counter::default(),
         }
     }
 }
@@ -148,6 +151,11 @@ impl QueryMetrics {
             "hopscope_worker_tasks",
             "Plan fragments (tasks) queriers sent this worker.",
             self.worker_tasks.clone(),
+        );
+        registry.register(
+            "hopscope_worker_requests_refused",
+            "Requests refused for not presenting the worker's --worker-token-file.",
+            self.worker_refusals.clone(),
         );
         self.register_scans(registry, pool, memory_limit);
     }

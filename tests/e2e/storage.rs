@@ -583,6 +583,9 @@ async fn acknowledged(ingesters: &[&Server], tenant: &str) -> f64 {
     total
 }
 
+/// What [`wait_for_progress`] asks: a scan of every stored span, which queriers given workers spread.
+const PROGRESS_QUESTION: &str = "SELECT count(*) AS n, max(duration_ns) AS longest FROM spans";
+
 /// Waits until the running `ingesters` have acknowledged `more` spans of `tenant` beyond `from`,
 /// asking `querier` a question at every turn: it must answer all along. Returns the new total.
 async fn wait_for_progress(ingesters: &[&Server], querier: &Server, tenant: &str, from: f64, more: f64) -> f64 {
@@ -592,21 +595,22 @@ async fn wait_for_progress(ingesters: &[&Server], querier: &Server, tenant: &str
         if now >= from + more {
             return now;
         }
-        let (status, answer) = query_sql(querier, tenant, "SELECT count(*) AS n FROM spans").await;
+        let (status, answer) = query_sql(querier, tenant, PROGRESS_QUESTION).await;
         assert_eq!(status, 200, "the querier stopped answering: {answer}");
         assert!(started.elapsed() < DEADLINE, "no progress past {now} acknowledged spans (from {from})");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
 
-/// Issue 21's cluster on one machine: moto's S3, three ingesters, a distributor and two queriers,
-/// with the OpenTelemetry Python SDK's exporters sending to the distributor all along. One
-/// ingester is killed with SIGKILL while they send, then the distributor (restarted where the
-/// exporters send); the queriers answer throughout. Every trace whose exports were acknowledged is
-/// then found whole by both queriers once the killed ingester is back (a span may be stored twice
-/// when its ingester was killed after logging it and before answering: never lost).
+/// Issue 21's cluster on one machine: moto's S3, three ingesters, a distributor, two queriers and
+/// the two workers they spread every scan over, with the OpenTelemetry Python SDK's exporters
+/// sending to the distributor all along. One ingester is killed with SIGKILL while they send, then
+/// the distributor (restarted where the exporters send), then a worker; the queriers answer
+/// throughout. Every trace whose exports were acknowledged is then found whole by both queriers
+/// once the killed ingester is back (a span may be stored twice when its ingester was killed after
+/// logging it and before answering: never lost).
 #[tokio::test(flavor = "multi_thread")]
-async fn a_cluster_under_load_loses_no_acknowledged_span_when_an_ingester_or_the_distributor_is_killed() {
+async fn a_cluster_under_load_loses_no_acknowledged_span_when_an_ingester_distributor_or_worker_is_killed() {
     let s3 = S3Server::start("load");
     let endpoint = s3.endpoint();
     let env = s3_env(&endpoint);
@@ -621,7 +625,30 @@ async fn a_cluster_under_load_loses_no_acknowledged_span_when_an_ingester_or_the
     let distributor_args = ["--role", "distributor", "--ingesters", &urls.join(",")];
     let distributor = Server::start("load-distributor", &distributor_args);
     let listen = [distributor.grpc, distributor.http, distributor.api];
-    let querier_args = role("querier");
+    // Two workers sharing a token with the queriers, which spread every scan over them (one byte
+    // per task).
+    let token_file = fresh_data_dir("load-secrets").join("worker-token");
+    std::fs::write(&token_file, "a-token-the-load-cluster-shares\n").unwrap();
+    let token = token_file.to_str().unwrap();
+    let worker_args = [
+        "--role",
+        "worker",
+        "--storage-url",
+        "s3://load/spans",
+        "--worker-addr",
+        "127.0.0.1:0",
+        "--worker-token-file",
+        token,
+    ];
+    let mut workers: Vec<Server> = (0..2)
+        .map(|i| Server::start_with_env(fresh_data_dir(&format!("load-worker-{i}")), &worker_args, &env))
+        .collect();
+    let worker_urls: Vec<String> = workers.iter().map(|w| format!("http://{}", w.logged_addr("worker"))).collect();
+    let worker_urls = worker_urls.join(",");
+    let querier_args: Vec<&str> = role("querier")
+        .into_iter()
+        .chain(["--workers", &worker_urls, "--worker-scan-bytes", "1", "--worker-token-file", token])
+        .collect();
     let queriers = [
         Server::start_with_env(fresh_data_dir("load-querier-1"), &querier_args, &env),
         Server::start_with_env(fresh_data_dir("load-querier-2"), &querier_args, &env),
@@ -646,6 +673,19 @@ async fn a_cluster_under_load_loses_no_acknowledged_span_when_an_ingester_or_the
         listen: Some(listen),
         ..Launch::default()
     });
+    let seen = wait_for_progress(&running, &queriers[0], tenant, seen, 100.0).await;
+    // A worker killed while spans flow and both queriers spread their scans over the two: a query
+    // spread then runs again in its querier, and with one worker left they answer alone.
+    for querier in &queriers {
+        let started = std::time::Instant::now();
+        while querier.metric("hopscope_query_spread_total").await < 1.0 {
+            let (status, answer) = query_sql(querier, tenant, PROGRESS_QUESTION).await;
+            assert_eq!(status, 200, "{answer}");
+            assert!(started.elapsed() < DEADLINE, "no query was spread over the workers:\n{}", querier.log());
+        }
+    }
+    workers.remove(0).crash();
+    let seen = wait_for_progress(&running, &queriers[1], tenant, seen, 100.0).await;
     wait_for_progress(&running, &queriers[0], tenant, seen, 100.0).await;
     let (acknowledged_ids, failed) = stream.finish().await;
     assert!(acknowledged_ids.len() > 100, "{} traces acknowledged, {} failed", acknowledged_ids.len(), failed.len());
@@ -701,7 +741,8 @@ async fn writer_status(store: &std::sync::Arc<ObjectStorage>, key: &str) -> Opti
 /// writer's while every worker runs its share, after one is killed with SIGKILL (a query running
 /// then runs again in the querier; the dead worker is left out once a probe finds it gone), and
 /// from a querier one of whose "workers" accepts connections and closes them (every spread query
-/// fails there, and runs in the querier).
+/// fails there, and runs in the querier), and from a querier presenting a token the workers do
+/// not take (they refuse it, and it answers alone).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_querier_spreads_scans_over_workers_and_answers_alone_when_they_fail() {
     let s3 = S3Server::start("workers");
@@ -717,7 +758,23 @@ async fn a_querier_spreads_scans_over_workers_and_answers_alone_when_they_fail()
             wait_for_tenant_trace(&writer, tenant, trace_id, 2).await;
         }
     }
-    let worker_args = ["--role", "worker", "--storage-url", "s3://workers/spans", "--worker-addr", "127.0.0.1:0"];
+    // Workers and queriers share a token; workers refuse any request without it.
+    let secrets = fresh_data_dir("workers-secrets");
+    let token_file = secrets.join("worker-token");
+    std::fs::write(&token_file, "a-token-the-queriers-and-workers-share\n").unwrap();
+    let other_token_file = secrets.join("other-token");
+    std::fs::write(&other_token_file, "a-token-no-worker-takes\n").unwrap();
+    let token = token_file.to_str().unwrap();
+    let worker_args = [
+        "--role",
+        "worker",
+        "--storage-url",
+        "s3://workers/spans",
+        "--worker-addr",
+        "127.0.0.1:0",
+        "--worker-token-file",
+        token,
+    ];
     let mut workers: Vec<Server> = (1..=3)
         .map(|i| Server::start_with_env(fresh_data_dir(&format!("workers-worker-{i}")), &worker_args, &env))
         .collect();
@@ -727,15 +784,16 @@ async fn a_querier_spreads_scans_over_workers_and_answers_alone_when_they_fail()
     assert_eq!(answer.status(), 404);
     assert!(answer.text().await.unwrap().contains("ask a --role querier"));
     // Any scan is spread (one byte per task): at most one task per worker.
-    let querier_with = |name: &str, workers: &str| {
+    let querier_with = |name: &str, workers: &str, token: &str| {
         let args: Vec<&str> = shared
             .iter()
             .copied()
             .chain(["--role", "querier", "--workers", workers, "--worker-scan-bytes", "1"])
+            .chain(["--worker-token-file", token])
             .collect();
         Server::start_with_env(fresh_data_dir(name), &args, &env)
     };
-    let querier = querier_with("workers-querier", &urls.join(","));
+    let querier = querier_with("workers-querier", &urls.join(","), token);
 
     let questions = [
         "SELECT service_name, count(*) AS spans, max(duration_ns) AS longest, min(start_time) AS first \
@@ -811,9 +869,21 @@ async fn a_querier_spreads_scans_over_workers_and_answers_alone_when_they_fail()
             drop(connection);
         }
     });
-    let fooled = querier_with("workers-querier-fooled", &format!("{},{closing_url}", urls[0]));
+    let fooled = querier_with("workers-querier-fooled", &format!("{},{closing_url}", urls[0]), token);
     same_answers(&fooled).await;
     assert!(fooled.metric("hopscope_query_worker_fallbacks_total").await >= 1.0, "{}", fooled.log());
     assert!(fooled.log().contains("running it in this process instead"), "{}", fooled.log());
     closer.abort();
+
+    // A querier presenting another token: the workers refuse its requests and run nothing for it;
+    // it answers alone, and its log says why.
+    let refused_before = workers[0].metric("hopscope_worker_requests_refused_total").await
+        + workers[1].metric("hopscope_worker_requests_refused_total").await;
+    let outsider = querier_with("workers-querier-outsider", &urls.join(","), other_token_file.to_str().unwrap());
+    same_answers(&outsider).await;
+    assert!(outsider.metric("hopscope_query_worker_fallbacks_total").await >= 1.0, "{}", outsider.log());
+    assert!(outsider.log().contains("--worker-token-file"), "{}", outsider.log());
+    let refused = workers[0].metric("hopscope_worker_requests_refused_total").await
+        + workers[1].metric("hopscope_worker_requests_refused_total").await;
+    assert!(refused > refused_before, "no request was refused");
 }
