@@ -680,7 +680,7 @@ async fn serve(mut args: ServeArgs, listening: Option<tokio::sync::oneshot::Send
         false => None,
     };
     let worker_token = match args.role {
-        Role::Querier => worker_token(&args).await?,
+        Role::Querier if !args.workers.is_empty() => worker_token(&args).await?,
         _ => None,
     };
     let engine = Arc::new(QueryEngine::new(&QueryConfig { storage, worker_token, ..query_config(&args) })?);
@@ -1179,9 +1179,17 @@ fn check_role(args: &ServeArgs) -> anyhow::Result<()> {
             "--role distributor forwards spans to ingesters: give their OTLP/HTTP addresses in --ingesters (e.g. \
              http://10.0.0.1:4318,http://10.0.0.2:4318) or --ingesters-file"
         ),
-        Role::Querier if args.worker_token_file.is_some() && args.workers.is_empty() => anyhow::bail!(
-            "--worker-token-file is presented to the --workers: give --workers too, or leave the token out"
-        ),
+        Role::Querier if args.given.command_line_has("worker_token_file") && args.workers.is_empty() => {
+            anyhow::bail!(
+                "--worker-token-file is presented to the --workers: give --workers too, or leave the token out"
+            )
+        }
+        // An environment shared by every role: this querier spreads nothing.
+        Role::Querier if args.worker_token_file.is_some() && args.workers.is_empty() => {
+            tracing::warn!(
+                "HOPSCOPE_WORKER_TOKEN_FILE is set, but a querier without --workers sends nothing to workers"
+            )
+        }
         Role::Worker if args.storage_url.is_none() => anyhow::bail!(
             "--role worker reads the files queriers send it to read from shared storage: give the queriers' \
              --storage-url"
@@ -1281,7 +1289,10 @@ async fn worker_token(args: &ServeArgs) -> anyhow::Result<Option<hopscope_query:
 /// A `--workers` entry: an `http://HOST:PORT` address.
 fn parse_worker(s: &str) -> Result<url::Url, String> {
     let url = url::Url::parse(s.trim()).map_err(|e| format!("{s}: {e} (expected http://HOST:PORT)"))?;
-    if url.scheme() != "http" || url.host_str().is_none() || url.port().is_none() || url.path() != "/" {
+    if url.scheme() == "https" {
+        return Err(format!("{s}: workers serve plain gRPC (no TLS): name it http://HOST:PORT"));
+    }
+    if url.scheme() != "http" || url.host_str().is_none() || url.path() != "/" {
         return Err(format!("{s}: a worker is named http://HOST:PORT, its --worker-addr"));
     }
     Ok(url)
@@ -1560,5 +1571,7 @@ mod tests {
         assert!(refused.contains("--worker-token-file is the token of --role worker"), "{refused}");
         let bad = Cli::command().try_get_matches_from([&querier[..], &["--workers", "10.0.0.5:4320"]].concat());
         assert!(bad.unwrap_err().to_string().contains("http://HOST:PORT"));
+        let bad = Cli::command().try_get_matches_from([&querier[..], &["--workers", "https://10.0.0.5:4320"]].concat());
+        assert!(bad.unwrap_err().to_string().contains("no TLS"));
     }
 }

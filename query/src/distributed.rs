@@ -29,8 +29,13 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::Session;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::physical_plan::{FileScanConfig, ParquetSource};
+use datafusion::datasource::sink::DataSinkExec;
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::context::QueryPlanner;
+use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::{SendableRecordBatchStream, SessionState, SessionStateBuilder, TaskContext};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_expr::PhysicalExpr;
@@ -44,7 +49,7 @@ use datafusion::prelude::SessionContext;
 use datafusion_distributed::{
     ChannelResolver, DesiredTaskCountEvent, DesiredTaskCountEventResponse, DistributedExec, DistributedExt,
     DistributedLeafExec, MaybeEncoded, NetworkBoundaryExt, SessionStateBuilderExt, Stage, Worker, WorkerChannel,
-    WorkerQueryContext, WorkerResolver, WorkerSessionBuilder,
+    WorkerPlanRewriteEvent, WorkerPlanRewriteEventResponse, WorkerQueryContext, WorkerResolver, WorkerSessionBuilder,
 };
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 use futures::{Stream, StreamExt};
@@ -65,7 +70,9 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// hopscope's plan nodes that read the querier's manifest or need whole traces: a stage holding
-/// one runs in a single task, and so in the querier.
+/// one runs in a single task, which is the querier's when it is the plan's last stage; otherwise
+/// the stage would go to a worker, and the whole query runs in the querier instead
+/// ([`every_stage_sendable`]).
 pub(crate) const QUERIER_ONLY: [&str; 4] = ["TraceExec", "TraceMergeExec", "PendingPairExec", "RollupExec"];
 
 /// The workers a querier spreads queries over, as `--workers` names them, and those of them that
@@ -204,7 +211,10 @@ impl WorkerToken {
     pub fn parse(text: &str) -> Result<Self, String> {
         let token = text.trim();
         if token.len() < Self::MIN_BYTES {
-            return Err(format!("a worker token has {} characters at least", Self::MIN_BYTES));
+            return Err(format!(
+                "a worker token has {} characters at least (make one with: openssl rand -hex 32 > FILE)",
+                Self::MIN_BYTES
+            ));
         }
         if !token.bytes().all(|b| b.is_ascii_graphic()) {
             return Err("a worker token is printable ASCII without spaces".into());
@@ -298,10 +308,16 @@ impl QueryPlanner for SpreadOrHere {
         session: &dyn Session,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let planned = self.spread.create_physical_plan(logical_plan, session).await?;
+        let planner = DefaultPhysicalPlanner::default();
         if !planned.is::<DistributedExec>() {
-            return Ok(planned);
+            // `EXPLAIN ANALYZE` of a spread plan would run it with no check and no fallback: it
+            // runs here, and shows the plan that runs here.
+            return match planned.exists(|node| Ok(node.is::<DistributedExec>()))? {
+                true => planner.create_physical_plan(logical_plan, session).await,
+                false => Ok(planned),
+            };
         }
-        let here = DefaultPhysicalPlanner::default().create_physical_plan(logical_plan, session).await?;
+        let here = planner.create_physical_plan(logical_plan, session).await?;
         if let Err(unsendable) = every_stage_sendable(&planned, &session.task_ctx()) {
             tracing::debug!(reason = %unsendable, "a query kept in the querier: a stage for the workers cannot be sent");
             return Ok(here);
@@ -547,19 +563,30 @@ impl fmt::Debug for QueryWorker {
     }
 }
 
-/// A worker's session for each task: hopscope's functions, the codec of its guards, and the token
-/// its own requests to other workers present.
+/// A worker's session for each task: hopscope's functions, the codec of its guards, what plans it
+/// agrees to run, and its own connections to other workers (a stage reading another's rows), with
+/// the querier's timeouts and pings and the token they present.
 #[derive(Clone)]
 struct WorkerSessions {
     metrics: Arc<QueryMetrics>,
     token: Option<WorkerToken>,
+    store: ObjectStoreUrl,
+    channels: Channels,
 }
 
 #[async_trait]
 impl WorkerSessionBuilder for WorkerSessions {
     async fn build_session_state(&self, ctx: WorkerQueryContext) -> DfResult<SessionState> {
         self.metrics.worker_tasks.inc();
-        let mut builder = ctx.builder.with_distributed_user_codec(GuardCodec(Arc::clone(&self.metrics)));
+        let store = self.store.clone();
+        let mut builder = ctx
+            .builder
+            .with_distributed_user_codec(GuardCodec(Arc::clone(&self.metrics)))
+            .with_distributed_channel_resolver(self.channels.clone())
+            .with_distributed_worker_plan_rewrite_handler(move |event: WorkerPlanRewriteEvent<'_>| {
+                only_reads(&event.plan, &store)?;
+                Ok(WorkerPlanRewriteEventResponse::new(event.plan))
+            });
         if let Some(token) = &self.token {
             builder = builder.with_distributed_passthrough_headers(token.headers())?;
         }
@@ -571,6 +598,35 @@ impl WorkerSessionBuilder for WorkerSessions {
         crate::guards::charge_string_builders(&ctx, &pool);
         Ok(ctx.state())
     }
+}
+
+/// Refuses a plan fragment that does anything but read Parquet files in `store` (and compute over
+/// them, or over rows the plan carries): a sink, a CSV or JSON scan, files of another store. A
+/// worker holds the store's credentials and runs on a machine with files of its own; what queriers
+/// send it is hopscope's scans of span and derived files, and nothing else.
+fn only_reads(plan: &Arc<dyn ExecutionPlan>, store: &ObjectStoreUrl) -> DfResult<()> {
+    plan.apply(|node| {
+        let refused = |what: String| {
+            Err(DataFusionError::Plan(format!("this worker reads Parquet files in {store} only, and refuses {what}")))
+        };
+        if node.is::<DataSinkExec>() {
+            return refused("a plan that writes".into());
+        }
+        let Some(source) = node.downcast_ref::<DataSourceExec>() else { return Ok(TreeNodeRecursion::Continue) };
+        let source = source.data_source();
+        if source.is::<MemorySourceConfig>() {
+            return Ok(TreeNodeRecursion::Continue);
+        }
+        match source.downcast_ref::<FileScanConfig>() {
+            Some(scan) if scan.object_store_url != *store => refused(format!("a scan of {}", scan.object_store_url)),
+            Some(scan) if !scan.file_source().is::<ParquetSource>() => {
+                refused(format!("a scan of {} files", scan.file_source().file_type()))
+            }
+            Some(_) => Ok(TreeNodeRecursion::Continue),
+            None => refused(format!("a {} source", node.name())),
+        }
+    })
+    .map(|_| ())
 }
 
 impl QueryWorker {
@@ -588,7 +644,21 @@ impl QueryWorker {
             Arc::new(datafusion::execution::memory_pool::FairSpillPool::new(memory_limit_bytes));
         let caches = crate::store::ReadCaches::new(storage.as_ref(), cache_bytes)?;
         let runtime = caches.runtime(&pool)?;
-        let sessions = WorkerSessions { metrics: Arc::clone(&metrics), token: token.clone() };
+        let store = match &storage {
+            Some(storage) => {
+                // Nothing a worker runs reads this machine's files.
+                let local = Url::parse("file://").expect("a URL");
+                runtime.deregister_object_store(&local)?;
+                ObjectStoreUrl::parse(storage.store_url())?
+            }
+            None => ObjectStoreUrl::local_filesystem(),
+        };
+        let sessions = WorkerSessions {
+            metrics: Arc::clone(&metrics),
+            token: token.clone(),
+            store,
+            channels: Channels::default(),
+        };
         let worker =
             Worker::from_session_builder(sessions).with_runtime_env(runtime).with_version(env!("CARGO_PKG_VERSION"));
         Ok(Self { worker, token, metrics, pool, memory_limit_bytes, caches })
@@ -745,7 +815,42 @@ mod tests {
         assert!(outsider.metrics().worker_fallbacks.get() >= 1, "the outsider's query was not run alone");
         assert!(workers.iter().map(|w| w.metrics.worker_refusals.get()).sum::<u64>() >= 1, "nothing refused");
         assert_eq!(workers.iter().map(|w| w.metrics.worker_tasks.get()).sum::<u64>(), tasks, "a refused task ran");
+        // EXPLAIN ANALYZE runs here: spread, it would skip the checks and the fallback.
+        let spread_before = spread.metrics().spread_queries.get();
+        let sql = "EXPLAIN ANALYZE SELECT service_name, count(*) AS spans FROM spans GROUP BY service_name";
+        let explained = format!("{:?}", query(&spread, sql).await);
+        assert!(explained.contains("DataSourceExec") && !explained.contains("Distributed"), "{explained}");
+        assert_eq!(spread.metrics().spread_queries.get(), spread_before);
+        assert_eq!(workers.iter().map(|w| w.metrics.worker_tasks.get()).sum::<u64>(), tasks, "a worker ran it");
         stop.notify_waiters();
+    }
+
+    /// A worker runs reads of Parquet files in its store, and what computes over them or over rows
+    /// the plan carries: not a plan that writes, nor a scan of another store.
+    #[tokio::test]
+    async fn workers_refuse_plans_that_write_or_read_elsewhere() {
+        let dir = std::env::temp_dir().join(format!("hopscope-only-reads-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("rows.parquet");
+        let ctx = SessionContext::new();
+        let copy = format!("COPY (VALUES (1), (2)) TO '{}' STORED AS PARQUET", file.display());
+        let local = ObjectStoreUrl::local_filesystem();
+        let elsewhere = ObjectStoreUrl::parse("s3://spans").unwrap();
+        let sink = ctx.sql(&copy).await.unwrap().create_physical_plan().await.unwrap();
+        let refused = only_reads(&sink, &local).unwrap_err().to_string();
+        assert!(refused.contains("refuses a plan that writes"), "{refused}");
+
+        ctx.sql(&copy).await.unwrap().collect().await.unwrap();
+        ctx.register_parquet("rows", file.to_str().unwrap(), Default::default()).await.unwrap();
+        let scan = ctx.sql("SELECT sum(column1) FROM rows").await.unwrap().create_physical_plan().await.unwrap();
+        only_reads(&scan, &local).unwrap();
+        let refused = only_reads(&scan, &elsewhere).unwrap_err().to_string();
+        assert!(refused.contains("reads Parquet files in s3://spans"), "{refused}");
+        assert!(refused.contains("refuses a scan of file://"), "{refused}");
+        let inline = ctx.sql("SELECT column1 * 2 FROM (VALUES (1), (2))").await.unwrap();
+        only_reads(&inline.create_physical_plan().await.unwrap(), &elsewhere).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

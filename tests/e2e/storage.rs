@@ -405,11 +405,7 @@ async fn a_distributor_spreads_traces_over_ingesters_and_routes_around_one_kille
     std::fs::write(&ingesters_file, format!("{a_url}\n{b_url}  # joined\n")).unwrap();
     let hangup = Command::new("kill").args(["-HUP", &distributor.pid().to_string()]).status().unwrap();
     assert!(hangup.success());
-    let started = std::time::Instant::now();
-    while !distributor.log().contains("ingesters changed") {
-        assert!(started.elapsed() < DEADLINE, "the ingesters file was not read again:\n{}", distributor.log());
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    distributor.wait_for_log("ingesters changed").await;
     let first = send_many(&distributor, tenant, 12).await;
     let (on_a, on_b) = (a.metric(&accepted).await, b.metric(&accepted).await);
     assert_eq!(on_a - early_on_a + on_b, (2 * first.len()) as f64, "every span stored once");
@@ -872,7 +868,7 @@ async fn a_querier_spreads_scans_over_workers_and_answers_alone_when_they_fail()
     let fooled = querier_with("workers-querier-fooled", &format!("{},{closing_url}", urls[0]), token);
     same_answers(&fooled).await;
     assert!(fooled.metric("hopscope_query_worker_fallbacks_total").await >= 1.0, "{}", fooled.log());
-    assert!(fooled.log().contains("running it in this process instead"), "{}", fooled.log());
+    fooled.wait_for_log("running it in this process instead").await;
     closer.abort();
 
     // A querier presenting another token: the workers refuse its requests and run nothing for it;
@@ -882,7 +878,7 @@ async fn a_querier_spreads_scans_over_workers_and_answers_alone_when_they_fail()
     let outsider = querier_with("workers-querier-outsider", &urls.join(","), other_token_file.to_str().unwrap());
     same_answers(&outsider).await;
     assert!(outsider.metric("hopscope_query_worker_fallbacks_total").await >= 1.0, "{}", outsider.log());
-    assert!(outsider.log().contains("--worker-token-file"), "{}", outsider.log());
+    outsider.wait_for_log("--worker-token-file").await;
     let refused = workers[0].metric("hopscope_worker_requests_refused_total").await
         + workers[1].metric("hopscope_worker_requests_refused_total").await;
     assert!(refused > refused_before, "no request was refused");

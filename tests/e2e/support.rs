@@ -174,6 +174,16 @@ impl Server {
         line[prefix.len()..].parse().unwrap()
     }
 
+    /// Polls the server's log until it holds `text` (the log is read from the process by a thread
+    /// of its own: a line can arrive after what it reports is visible elsewhere).
+    pub(crate) async fn wait_for_log(&self, text: &str) {
+        let started = Instant::now();
+        while !self.log().contains(text) {
+            assert!(started.elapsed() < DEADLINE, "no {text:?} in the log:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Polls `/metrics` until the sample `name` satisfies `done`; returns its value.
     pub(crate) async fn wait_for_metric(&self, name: &str, done: impl Fn(f64) -> bool) -> f64 {
         let started = Instant::now();
