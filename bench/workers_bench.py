@@ -10,9 +10,9 @@ One ingester stores the corpus (`hopscope load`, OTLP/HTTP) into the store; then
 fresh workers and a fresh querier on the store answer every question once (a warm-up: footers and
 byte ranges reach the caches) and `--repeat` more times; the median is printed. Every answer must
 equal the reference's before any figure is printed, and no query may have fallen back from the
-workers to the querier. The table also says how many of a setup's queries were spread over the
-workers (`hopscope_query_spread_total`) and the CPU time all its processes used per run (from
-/proc): on a machine of two cores the querier, the workers and moto share the same cores, so the
+workers to the querier. The table also says how many of each question's timed runs and of a
+setup's queries were spread over the workers (`hopscope_query_spread_total`), and the CPU time its
+hopscope processes (the querier and the workers, not moto) used per run (from /proc): on a machine of two cores the querier, the workers and moto share the same cores, so the
 figures say what spreading costs here, not what a cluster of machines would gain.
 """
 
@@ -53,8 +53,8 @@ def worker_addr(server):
 
 
 def setup_run(binary, work, s3, url, name, worker_count, repeat, scan_bytes):
-    """Fresh workers and a querier given them; per question, (answer, median seconds); the queries
-    spread; the CPU seconds of every process per run."""
+    """Fresh workers and a querier given them; per question, (answer, median seconds, timed runs
+    spread); the queries spread; the CPU seconds of hopscope's processes per run."""
     env = s3.env()
     processes = []
     try:
@@ -75,12 +75,14 @@ def setup_run(binary, work, s3, url, name, worker_count, repeat, scan_bytes):
             querier.sql(sql)
         cpu_before = sum(p.cpu_seconds() for p in processes)
         for what, sql in QUESTIONS:
+            spread_before = querier.metric("hopscope_query_spread_total") if workers else 0.0
             times = []
             for _ in range(repeat):
                 started = time.perf_counter()
                 answer = querier.sql(sql)
                 times.append(time.perf_counter() - started)
-            answers[what] = (answer, statistics.median(times))
+            spread_runs = querier.metric("hopscope_query_spread_total") - spread_before if workers else 0.0
+            answers[what] = (answer, statistics.median(times), spread_runs)
         cpu = (sum(p.cpu_seconds() for p in processes) - cpu_before) / repeat
         spread_count = querier.metric("hopscope_query_spread_total") if workers else 0.0
         fallbacks = querier.metric("hopscope_query_worker_fallbacks_total")
@@ -144,13 +146,14 @@ def main():
     print("|---|" + "---:|" * len(labels))
     for what, _ in QUESTIONS:
         base = reference[what][1]
-        cells = [f"{answers[what][1] * 1e3:.0f} ms ({answers[what][1] / base:.2f}×)"
+        cells = [f"{answers[what][1] * 1e3:.0f} ms ({answers[what][1] / base:.2f}×"
+                 + (f", {answers[what][2]:.0f}/{args.repeat} spread)" if answers[what][2] else ")")
                  for answers, _, _ in results.values()]
         print(f"| {what} | " + " | ".join(cells) + " |")
     print("| queries spread over the workers | " + " | ".join(
         "–" if not count else f"{spread:.0f} of {len(QUESTIONS) * (args.repeat + 1)}"
         for (_, spread, _), (_, _, count) in zip(results.values(), setups)) + " |")
-    print("| CPU seconds of all processes per run of the questions | " + " | ".join(
+    print("| CPU seconds of hopscope's processes per run of the questions | " + " | ".join(
         f"{cpu:.2f}" for _, _, cpu in results.values()) + " |")
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)

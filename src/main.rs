@@ -1295,6 +1295,12 @@ fn parse_worker(s: &str) -> Result<url::Url, String> {
     if url.scheme() != "http" || url.host_str().is_none() || url.path() != "/" {
         return Err(format!("{s}: a worker is named http://HOST:PORT, its --worker-addr"));
     }
+    // (The URL forgets a port that is the scheme's own: look at the text.)
+    let authority = s.trim().split_once("://").map_or("", |(_, rest)| rest).split('/').next().unwrap_or("");
+    let port = authority.rsplit_once(':').map_or("", |(_, port)| port);
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{s}: give the worker's port, http://HOST:PORT (its --worker-addr, 4320 by default)"));
+    }
     Ok(url)
 }
 
@@ -1573,5 +1579,8 @@ mod tests {
         assert!(bad.unwrap_err().to_string().contains("http://HOST:PORT"));
         let bad = Cli::command().try_get_matches_from([&querier[..], &["--workers", "https://10.0.0.5:4320"]].concat());
         assert!(bad.unwrap_err().to_string().contains("no TLS"));
+        let bad = Cli::command().try_get_matches_from([&querier[..], &["--workers", "http://[::1]"]].concat());
+        assert!(bad.unwrap_err().to_string().contains("give the worker's port"));
+        assert_eq!(parse_worker("http://[::1]:80").unwrap().port_or_known_default(), Some(80));
     }
 }

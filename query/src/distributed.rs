@@ -570,21 +570,49 @@ impl fmt::Debug for QueryWorker {
 struct WorkerSessions {
     metrics: Arc<QueryMetrics>,
     token: Option<WorkerToken>,
-    store: ObjectStoreUrl,
+    readable: Readable,
     channels: Channels,
+}
+
+/// What a worker reads: Parquet files under `prefix` in the store at `url` (the queriers'
+/// `--storage-url`), or, with no store, local files (the in-process tests).
+#[derive(Clone, Debug)]
+struct Readable {
+    url: ObjectStoreUrl,
+    prefix: datafusion::object_store::path::Path,
+}
+
+impl Readable {
+    fn of(storage: Option<&hopscope_storage::ObjectStorage>) -> Result<Self, QueryError> {
+        Ok(match storage {
+            Some(storage) => Self { url: ObjectStoreUrl::parse(storage.store_url())?, prefix: storage.prefix().into() },
+            None => Self { url: ObjectStoreUrl::local_filesystem(), prefix: Default::default() },
+        })
+    }
+}
+
+impl fmt::Display for Readable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", self.url, self.prefix)
+    }
 }
 
 #[async_trait]
 impl WorkerSessionBuilder for WorkerSessions {
     async fn build_session_state(&self, ctx: WorkerQueryContext) -> DfResult<SessionState> {
         self.metrics.worker_tasks.inc();
-        let store = self.store.clone();
+        let readable = self.readable.clone();
+        let refused = self.metrics.worker_refusals.clone();
         let mut builder = ctx
             .builder
             .with_distributed_user_codec(GuardCodec(Arc::clone(&self.metrics)))
             .with_distributed_channel_resolver(self.channels.clone())
             .with_distributed_worker_plan_rewrite_handler(move |event: WorkerPlanRewriteEvent<'_>| {
-                only_reads(&event.plan, &store)?;
+                if let Err(refusal) = only_reads(&event.plan, &readable) {
+                    refused.inc();
+                    tracing::warn!(%refusal, "a plan fragment refused");
+                    return Err(refusal);
+                }
                 Ok(WorkerPlanRewriteEventResponse::new(event.plan))
             });
         if let Some(token) = &self.token {
@@ -600,14 +628,17 @@ impl WorkerSessionBuilder for WorkerSessions {
     }
 }
 
-/// Refuses a plan fragment that does anything but read Parquet files in `store` (and compute over
-/// them, or over rows the plan carries): a sink, a CSV or JSON scan, files of another store. A
-/// worker holds the store's credentials and runs on a machine with files of its own; what queriers
-/// send it is hopscope's scans of span and derived files, and nothing else.
-fn only_reads(plan: &Arc<dyn ExecutionPlan>, store: &ObjectStoreUrl) -> DfResult<()> {
+/// Refuses a plan fragment that does anything but read Parquet files in `readable` (and compute
+/// over them, or over rows the plan carries): a sink, a CSV or JSON scan, files of another store
+/// or outside the prefix. A worker holds the store's credentials and runs on a machine with files
+/// of its own; what queriers send it is hopscope's scans of span and derived files, and nothing
+/// else.
+fn only_reads(plan: &Arc<dyn ExecutionPlan>, readable: &Readable) -> DfResult<()> {
     plan.apply(|node| {
         let refused = |what: String| {
-            Err(DataFusionError::Plan(format!("this worker reads Parquet files in {store} only, and refuses {what}")))
+            Err(DataFusionError::Plan(format!(
+                "this worker reads Parquet files in {readable} only, and refuses {what}"
+            )))
         };
         if node.is::<DataSinkExec>() {
             return refused("a plan that writes".into());
@@ -618,12 +649,25 @@ fn only_reads(plan: &Arc<dyn ExecutionPlan>, store: &ObjectStoreUrl) -> DfResult
             return Ok(TreeNodeRecursion::Continue);
         }
         match source.downcast_ref::<FileScanConfig>() {
-            Some(scan) if scan.object_store_url != *store => refused(format!("a scan of {}", scan.object_store_url)),
+            Some(scan) if scan.object_store_url != readable.url => {
+                refused(format!("a scan of {}", scan.object_store_url))
+            }
             Some(scan) if !scan.file_source().is::<ParquetSource>() => {
                 refused(format!("a scan of {} files", scan.file_source().file_type()))
             }
-            Some(_) => Ok(TreeNodeRecursion::Continue),
-            None => refused(format!("a {} source", node.name())),
+            Some(scan) => match scan
+                .file_groups
+                .iter()
+                .flat_map(|group| group.iter())
+                .find(|file| !file.object_meta.location.prefix_matches(&readable.prefix))
+            {
+                Some(outside) => refused(format!("a scan of {}", outside.object_meta.location)),
+                None => Ok(TreeNodeRecursion::Continue),
+            },
+            None => refused(format!(
+                "a scan of another kind: {}",
+                datafusion::physical_plan::displayable(node.as_ref()).one_line()
+            )),
         }
     })
     .map(|_| ())
@@ -639,24 +683,31 @@ impl QueryWorker {
         cache_bytes: usize,
         token: Option<WorkerToken>,
     ) -> Result<Self, QueryError> {
+        let readable = Readable::of(storage.as_deref())?;
+        Self::reading(storage, readable, memory_limit_bytes, cache_bytes, token)
+    }
+
+    /// [`QueryWorker::new`], running only plans that read `readable`.
+    fn reading(
+        storage: Option<Arc<hopscope_storage::ObjectStorage>>,
+        readable: Readable,
+        memory_limit_bytes: usize,
+        cache_bytes: usize,
+        token: Option<WorkerToken>,
+    ) -> Result<Self, QueryError> {
         let metrics = Arc::<QueryMetrics>::default();
         let pool: Arc<dyn datafusion::execution::memory_pool::MemoryPool> =
             Arc::new(datafusion::execution::memory_pool::FairSpillPool::new(memory_limit_bytes));
         let caches = crate::store::ReadCaches::new(storage.as_ref(), cache_bytes)?;
         let runtime = caches.runtime(&pool)?;
-        let store = match &storage {
-            Some(storage) => {
-                // Nothing a worker runs reads this machine's files.
-                let local = Url::parse("file://").expect("a URL");
-                runtime.deregister_object_store(&local)?;
-                ObjectStoreUrl::parse(storage.store_url())?
-            }
-            None => ObjectStoreUrl::local_filesystem(),
-        };
+        if storage.is_some() {
+            // Nothing a worker runs reads this machine's files.
+            runtime.deregister_object_store(&Url::parse("file://").expect("a URL"))?;
+        }
         let sessions = WorkerSessions {
             metrics: Arc::clone(&metrics),
             token: token.clone(),
-            store,
+            readable,
             channels: Channels::default(),
         };
         let worker =
@@ -816,12 +867,28 @@ mod tests {
         assert!(workers.iter().map(|w| w.metrics.worker_refusals.get()).sum::<u64>() >= 1, "nothing refused");
         assert_eq!(workers.iter().map(|w| w.metrics.worker_tasks.get()).sum::<u64>(), tasks, "a refused task ran");
         // EXPLAIN ANALYZE runs here: spread, it would skip the checks and the fallback.
-        let spread_before = spread.metrics().spread_queries.get();
         let sql = "EXPLAIN ANALYZE SELECT service_name, count(*) AS spans FROM spans GROUP BY service_name";
         let explained = format!("{:?}", query(&spread, sql).await);
         assert!(explained.contains("DataSourceExec") && !explained.contains("Distributed"), "{explained}");
-        assert_eq!(spread.metrics().spread_queries.get(), spread_before);
         assert_eq!(workers.iter().map(|w| w.metrics.worker_tasks.get()).sum::<u64>(), tasks, "a worker ran it");
+
+        // A worker that reads another prefix only refuses the plans it is sent (the querier then
+        // answers alone).
+        let elsewhere = Readable { url: ObjectStoreUrl::local_filesystem(), prefix: "somewhere/else".into() };
+        let confined =
+            Arc::new(QueryWorker::reading(None, elsewhere, 256 << 20, 16 << 20, config.worker_token.clone()).unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let confined_url = Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+        let (serving, stopping) = (Arc::clone(&confined), stop.clone());
+        tokio::spawn(async move { serving.serve(listener, async move { stopping.notified().await }).await });
+        let beside = Arc::new(
+            QueryEngine::new(&QueryConfig { workers: vec![config.workers[0].clone(), confined_url], ..config.clone() })
+                .unwrap(),
+        );
+        let sql = "SELECT service_name, count(*) AS spans FROM spans GROUP BY service_name ORDER BY service_name";
+        assert_eq!(query(&beside, sql).await, query(&reference, sql).await, "{sql}");
+        assert!(beside.metrics().worker_fallbacks.get() >= 1, "the confined worker's refusal was not run here");
+        assert!(confined.metrics.worker_refusals.get() >= 1, "the confined worker refused nothing");
         stop.notify_waiters();
     }
 
@@ -835,8 +902,9 @@ mod tests {
         let file = dir.join("rows.parquet");
         let ctx = SessionContext::new();
         let copy = format!("COPY (VALUES (1), (2)) TO '{}' STORED AS PARQUET", file.display());
-        let local = ObjectStoreUrl::local_filesystem();
-        let elsewhere = ObjectStoreUrl::parse("s3://spans").unwrap();
+        let local = Readable::of(None).unwrap();
+        let elsewhere = Readable { url: ObjectStoreUrl::parse("s3://spans").unwrap(), prefix: "team".into() };
+        let beside = Readable { url: ObjectStoreUrl::local_filesystem(), prefix: "not/where/they/are".into() };
         let sink = ctx.sql(&copy).await.unwrap().create_physical_plan().await.unwrap();
         let refused = only_reads(&sink, &local).unwrap_err().to_string();
         assert!(refused.contains("refuses a plan that writes"), "{refused}");
@@ -846,8 +914,10 @@ mod tests {
         let scan = ctx.sql("SELECT sum(column1) FROM rows").await.unwrap().create_physical_plan().await.unwrap();
         only_reads(&scan, &local).unwrap();
         let refused = only_reads(&scan, &elsewhere).unwrap_err().to_string();
-        assert!(refused.contains("reads Parquet files in s3://spans"), "{refused}");
+        assert!(refused.contains("reads Parquet files in s3://spans/team only"), "{refused}");
         assert!(refused.contains("refuses a scan of file://"), "{refused}");
+        let refused = only_reads(&scan, &beside).unwrap_err().to_string();
+        assert!(refused.contains("rows.parquet"), "{refused}");
         let inline = ctx.sql("SELECT column1 * 2 FROM (VALUES (1), (2))").await.unwrap();
         only_reads(&inline.create_physical_plan().await.unwrap(), &elsewhere).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();

@@ -157,6 +157,11 @@ impl ObjectStorage {
         &self.store_url
     }
 
+    /// The prefix every key is under (empty: the bucket's root).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// A client of the store for the query engine, whose scans run on its own runtime: a new S3
     /// client (its connections belong to the runtime that uses them), or the store given.
     pub fn query_client(&self) -> Result<Arc<dyn ObjectStore>, StorageError> {
