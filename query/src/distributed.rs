@@ -12,7 +12,8 @@
 //! of several tasks, a table function) runs in the querier whole ([`SpreadOrHere`]).
 //!
 //! With a token (`--worker-token-file`), every request a querier or a worker sends a worker carries
-//! it (`authorization: Bearer`), and workers refuse any request without it ([`WorkerToken`]).
+//! it (`authorization: Bearer`), and workers refuse any request without it ([`WorkerToken`]). A
+//! worker runs only plans that read Parquet files under its store's prefix ([`only_reads`]).
 //!
 //! datafusion-distributed does not retry a task whose worker died, so a spread query that fails
 //! before it has answered a row runs again here, in this process ([`WorkersOrHereExec`]), and the

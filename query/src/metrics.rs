@@ -88,7 +88,8 @@ pub(crate) struct QueryMetrics {
     pub(crate) worker_fallbacks: Counter,
     /// On a worker: the plan fragments (tasks) queriers sent it.
     pub(crate) worker_tasks: Counter,
-    /// On a worker: requests refused for not presenting its token.
+    /// On a worker: requests refused, for not presenting its token or for a plan that does more
+    /// than read its store.
     pub(crate) worker_refusals: Counter,
 }
 
@@ -154,7 +155,8 @@ impl QueryMetrics {
         );
         registry.register(
             "hopscope_worker_requests_refused",
-            "Requests refused for not presenting the worker's --worker-token-file.",
+            "Requests refused: without the worker's --worker-token-file, or with a plan that does more than read \
+             Parquet files under its --storage-url.",
             self.worker_refusals.clone(),
         );
         self.register_scans(registry, pool, memory_limit);
