@@ -25,6 +25,21 @@ import duckdb
 from harness import ROOT, Server, committed_files, die, machine, run, timed
 
 
+# Per-hop p50/p99 of client and server durations over every client/server pair: hopscope's `edges`,
+# and DuckDB's self-join of the span files.
+HOP_SQL = (
+    "SELECT caller, callee, count(*) AS calls, "
+    "percentile_cont(client_duration_ns, 0.5) AS c50, percentile_cont(client_duration_ns, 0.99) AS c99, "
+    "percentile_cont(server_duration_ns, 0.5) AS s50, percentile_cont(server_duration_ns, 0.99) AS s99 "
+    "FROM edges WHERE connection = 'rpc' GROUP BY caller, callee")
+DUCK_HOP_SQL = (
+    "SELECT c.service_name AS caller, s.service_name AS callee, count(*) AS calls, "
+    "quantile_cont(c.duration_ns, 0.5), quantile_cont(c.duration_ns, 0.99), "
+    "quantile_cont(s.duration_ns, 0.5), quantile_cont(s.duration_ns, 0.99) "
+    "FROM spans c JOIN spans s ON s.trace_id = c.trace_id AND s.parent_span_id = c.span_id "
+    "WHERE c.kind = 3 AND s.kind = 2 GROUP BY 1, 2")
+
+
 def close(a, b, rel):
     return abs(a - b) <= rel * max(abs(a), abs(b), 1.0)
 
@@ -81,19 +96,8 @@ def main():
         start, end = span_range[0], span_range[1] + 1_000
 
         # 1. Per-hop p50/p99 of client and server durations over every client/server pair.
-        hop_sql = (
-            "SELECT caller, callee, count(*) AS calls, "
-            "percentile_cont(client_duration_ns, 0.5) AS c50, percentile_cont(client_duration_ns, 0.99) AS c99, "
-            "percentile_cont(server_duration_ns, 0.5) AS s50, percentile_cont(server_duration_ns, 0.99) AS s99 "
-            "FROM edges WHERE connection = 'rpc' GROUP BY caller, callee")
-        duck_hop_sql = (
-            "SELECT c.service_name AS caller, s.service_name AS callee, count(*) AS calls, "
-            "quantile_cont(c.duration_ns, 0.5), quantile_cont(c.duration_ns, 0.99), "
-            "quantile_cont(s.duration_ns, 0.5), quantile_cont(s.duration_ns, 0.99) "
-            "FROM spans c JOIN spans s ON s.trace_id = c.trace_id AND s.parent_span_id = c.span_id "
-            "WHERE c.kind = 3 AND s.kind = 2 GROUP BY 1, 2")
-        ours, our_time = timed(lambda: server.sql(hop_sql), args.repeat)
-        theirs, their_time = timed(lambda: db.execute(duck_hop_sql).fetchall(), args.repeat)
+        ours, our_time = timed(lambda: server.sql(HOP_SQL), args.repeat)
+        theirs, their_time = timed(lambda: db.execute(DUCK_HOP_SQL).fetchall(), args.repeat)
         ours = {(r["caller"], r["callee"]): (r["calls"], r["c50"], r["c99"], r["s50"], r["s99"]) for r in ours}
         theirs = {(r[0], r[1]): tuple(r[2:]) for r in theirs}
         if ours.keys() != theirs.keys():

@@ -186,7 +186,8 @@ fn register_derived_tables(
     ctx.register_table(tables::DELIVERIES, Arc::new(DeliveriesTable::new(Arc::clone(spans), read_derived)))?;
     if !read_derived {
         ctx.register_table(tables::TRACES, Arc::new(DerivedTable::new(Arc::clone(spans), search::derivation())?))?;
-        let edges: Arc<dyn TableProvider> = Arc::new(DerivedTable::new(Arc::clone(spans), pairing::derivation())?);
+        let edges: Arc<dyn TableProvider> =
+            Arc::new(DerivedTable::new(Arc::clone(spans), pairing::derivation())?.with_string_views());
         for (name, rollup) in [
             (tables::HOP_ROLLUP, Rollup::Hops),
             (tables::DEPENDENCY_ROLLUP, Rollup::Dependencies),
@@ -218,15 +219,18 @@ fn register_derived_tables(
         Arc::clone(&splits),
     )?;
     ctx.register_table(tables::TRACES, Arc::new(traces))?;
-    let edges = Arc::new(StoredTable::new(
-        Arc::clone(spans),
-        pairing::derivation(),
-        layout::EDGES_TABLE,
-        pairing::storing_derivation(),
-        true,
-        hopscope_derive::edges::NOT_STORED,
-        Arc::clone(&splits),
-    )?);
+    let edges = Arc::new(
+        StoredTable::new(
+            Arc::clone(spans),
+            pairing::derivation(),
+            layout::EDGES_TABLE,
+            pairing::storing_derivation(),
+            true,
+            hopscope_derive::edges::NOT_STORED,
+            Arc::clone(&splits),
+        )?
+        .with_string_views(),
+    );
     for (name, rollup) in [
         (tables::HOP_ROLLUP, Rollup::Hops),
         (tables::DEPENDENCY_ROLLUP, Rollup::Dependencies),

@@ -350,6 +350,18 @@ async fn tables_derived_at_flush_equal_the_query_time_walk() {
         let sql = format!("SELECT {} FROM {table}", columns.join(", "));
         let read = walk(&reads_derived, &sql).await;
         assert_eq!(rows(&read, &columns, &none), rows(&walked, &columns, &none), "{table}");
+        // And in the same types: stored rows, split traces walked again and pending hops paired
+        // alike (the text of `edges` as string views, docs/sql.md).
+        let types = |batches: &[RecordBatch]| -> Vec<(String, DataType)> {
+            let schema = batches[0].schema();
+            columns.iter().map(|c| (c.to_string(), schema.field_with_name(c).unwrap().data_type().clone())).collect()
+        };
+        assert_eq!(types(&read), types(&walked), "{table}");
+        if table == layout::EDGES_TABLE {
+            for text in [edge::CALLER, edge::CALLEE, edge::CONNECTION, edge::ROOT_OPERATION] {
+                assert_eq!(schema.field_with_name(text).unwrap().data_type(), &DataType::Utf8View, "{text}");
+            }
+        }
         // Asked for the span ids the stored rows leave out, the table derives itself from the spans.
         if !not_stored(table).is_empty() {
             let all: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();

@@ -34,7 +34,6 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType, col
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::filter::FilterExec;
-use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::{
@@ -49,7 +48,7 @@ use hopscope_schemas::manifest::{FileEntry, Manifest};
 use hopscope_schemas::spans::span_schema;
 
 use super::exec::TraceExec;
-use super::table::widened_span_filters;
+use super::table::{project, widened_span_filters};
 use super::{Derivation, DerivedTable, derive_error};
 use crate::store::{Committed, FilePruning, ManifestReader, SpansTable};
 
@@ -113,13 +112,30 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
         Self { since, added, ..self }
     }
 
+    /// The table's text columns as `Utf8View` ([`DerivedTable::with_string_views`]): stored rows
+    /// are decoded straight into views, walked rows cast to them.
+    pub(crate) fn with_string_views(self) -> Self {
+        Self { walk: self.walk.with_string_views(), ..self }
+    }
+
+    /// The schema stored rows are read in as the table's rows: the stored schema, with its text
+    /// as views when the table's is.
+    fn read_schema(&self, views: bool) -> SchemaRef {
+        match views && self.walk.string_views_on() {
+            true => super::table::string_views(&self.storing.schema),
+            false => Arc::clone(&self.storing.schema),
+        }
+    }
+
     /// Whether the stored rows of `file` can be read as this table's rows.
     fn reads_stored(&self, file: &FileEntry) -> bool {
         file.derived(layout::TRACES_TABLE).is_some() && file.derivation >= self.since
     }
 
     /// The stored rows of the window's files of the `traces` that `condition` selects: the stored
-    /// schema's columns `projection` picks (every column when `None`).
+    /// schema's columns `projection` picks (every column when `None`), their text as views when
+    /// `views` and the table's text is (rows read as the table's rows; rows derivations read again
+    /// stay `Utf8`).
     #[allow(clippy::too_many_arguments)]
     fn derived_rows(
         &self,
@@ -129,8 +145,9 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
         filters: &[Expr],
         condition: Option<Expr>,
         projection: Option<Vec<usize>>,
+        views: bool,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let schema = Arc::clone(&self.storing.schema);
+        let schema = self.read_schema(views);
         let mut pushed = filters.to_vec();
         pushed.extend(condition.clone());
         // The filters select row groups and pages; rows are kept here (derived files are read
@@ -188,7 +205,7 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
         // are read too, then dropped.)
         let read = asked.iter().map(|&i| stored.index_of(output.field(i).name())).collect::<Result<_, _>>()?;
         let finals = Some(col(c::edge::PENDING).is_null());
-        let rows = self.derived_rows(window, Traces::AllBut(&split.ids), state, filters, finals, Some(read))?;
+        let rows = self.derived_rows(window, Traces::AllBut(&split.ids), state, filters, finals, Some(read), true)?;
         project(rows, &output, &asked)
     }
 
@@ -226,7 +243,7 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
 #[async_trait]
 impl<D: Send + Sync + 'static> TableProvider for StoredTable<D> {
     fn schema(&self) -> SchemaRef {
-        Arc::clone(&self.walk.derivation().schema)
+        TableProvider::schema(&self.walk)
     }
 
     fn table_type(&self) -> TableType {
@@ -270,6 +287,7 @@ impl<D: Send + Sync + 'static> TableProvider for StoredTable<D> {
                 &span_filters,
                 None,
                 Some(asked.clone()),
+                true,
             )?;
             let stored = project(stored, &output, &asked)?;
             if split.ids.is_empty() {
@@ -281,14 +299,18 @@ impl<D: Send + Sync + 'static> TableProvider for StoredTable<D> {
         // Edges: the final rows with only the asked columns; the pending rows whole (they are
         // rebuilt to be paired), with the split traces walked again, through PendingPairExec.
         let finals = self.final_edges(&window, &split, state, &span_filters, projection)?;
-        let paired = self.paired_edges(&window, &split, state, &span_filters, projection)?;
+        let mut paired = self.paired_edges(&window, &split, state, &span_filters, projection)?;
+        if self.walk.string_views_on() {
+            let asked: Vec<usize> = projection.cloned().unwrap_or_else(|| (0..output.fields().len()).collect());
+            paired = project(paired, &output, &asked)?;
+        }
         UnionExec::try_new(vec![finals, paired])
     }
 }
 
 impl<D: Send + Sync + 'static> StoredTable<D> {
     /// The `edges` rows stored files do not hold final: the pending rows of the window's files
-    /// and the split traces walked again, paired ([`PendingPairExec`]).
+    /// and the split traces walked again, paired ([`PendingPairExec`]); their text as `Utf8`.
     fn paired_edges(
         &self,
         window: &[&FileEntry],
@@ -298,11 +320,13 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
         projection: Option<&Vec<usize>>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let waiting = Some(col(c::edge::PENDING).is_not_null());
-        let mut pending = self.derived_rows(window, Traces::AllBut(&split.ids), state, span_filters, waiting, None)?;
+        let mut pending =
+            self.derived_rows(window, Traces::AllBut(&split.ids), state, span_filters, waiting, None, false)?;
         if !split.ids.is_empty() {
             pending = UnionExec::try_new(vec![pending, self.split_rows(window, split, state, span_filters)?])?;
         }
-        Ok(Arc::new(PendingPairExec::new(pending, self.schema(), projection.cloned())?))
+        let schema = Arc::clone(&self.walk.derivation().schema);
+        Ok(Arc::new(PendingPairExec::new(pending, schema, projection.cloned())?))
     }
 
     /// How the stored rows of the rollup `table` of this table (`hop_rollup`, `dependency_rollup`
@@ -340,6 +364,7 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
                     &span_filters,
                     finals,
                     None,
+                    false,
                 )?);
             }
             let added = Some(self.paired_edges(&window, &split, state, &span_filters, None)?);
@@ -362,7 +387,7 @@ impl<D: Send + Sync + 'static> StoredTable<D> {
             .filter(|f| window[f.index].derived(self.table).is_some())
             .map(|f| {
                 let file = [window[f.index]];
-                self.derived_rows(&file, Traces::Only(&f.ids), state, &span_filters, None, Some(read.clone()))
+                self.derived_rows(&file, Traces::Only(&f.ids), state, &span_filters, None, Some(read.clone()), false)
             })
             .collect::<DfResult<Vec<_>>>()?;
         Ok(Some(RollupParts {
@@ -449,23 +474,6 @@ pub(super) fn union_projected(
     let plan = if plans.len() == 1 { plans.remove(0) } else { UnionExec::try_new(plans)? };
     let asked: Vec<usize> = projection.cloned().unwrap_or_else(|| (0..output.fields().len()).collect());
     project(plan, output, &asked)
-}
-
-/// The columns `asked` (indices into `output`) of `plan`, found by name.
-pub(super) fn project(
-    plan: Arc<dyn ExecutionPlan>,
-    output: &SchemaRef,
-    asked: &[usize],
-) -> DfResult<Arc<dyn ExecutionPlan>> {
-    let input = plan.schema();
-    let exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = asked
-        .iter()
-        .map(|&i| {
-            let name = output.field(i).name();
-            Ok((datafusion::physical_expr::expressions::col(name, &input)?, name.clone()))
-        })
-        .collect::<DfResult<_>>()?;
-    Ok(Arc::new(ProjectionExec::try_new(exprs, plan)?))
 }
 
 /// Which traces' stored rows a scan reads.

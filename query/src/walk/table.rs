@@ -4,12 +4,14 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::ScalarValue;
 use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType, col, lit};
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::projection::ProjectionExec;
 use hopscope_schemas::columns as c;
 use hopscope_schemas::spans::span_schema;
 
@@ -60,6 +62,9 @@ pub(crate) struct DerivedTable<D> {
     spans: Arc<SpansTable>,
     derivation: Derivation<D>,
     input_columns: Vec<usize>,
+    /// The table's schema: the derivation's, or with its text columns as `Utf8View`
+    /// ([`DerivedTable::with_string_views`]).
+    output: SchemaRef,
 }
 
 impl<D> fmt::Debug for DerivedTable<D> {
@@ -73,14 +78,41 @@ impl<D> DerivedTable<D> {
         let spans_schema = span_schema();
         let input_columns =
             derivation.input_columns.iter().map(|name| Ok(spans_schema.index_of(name)?)).collect::<DfResult<_>>()?;
-        Ok(Self { spans, derivation, input_columns })
+        let output = Arc::clone(&derivation.schema);
+        Ok(Self { spans, derivation, input_columns, output })
     }
+
+    /// The table's text columns read as `Utf8View` rather than `Utf8` (see [`string_views`]).
+    pub(crate) fn with_string_views(self) -> Self {
+        Self { output: string_views(&self.derivation.schema), ..self }
+    }
+
+    /// Whether the table's text columns are `Utf8View`.
+    pub(crate) fn string_views_on(&self) -> bool {
+        self.output != self.derivation.schema
+    }
+}
+
+/// `schema` with its top-level `Utf8` columns as `Utf8View`. A scan of stored Parquet decodes text
+/// straight into views (a dictionary page's strings are not copied per row), and DataFusion
+/// filters and groups views of short strings faster: per-hop percentiles over `edges` took about
+/// two thirds of the time (BENCHMARKS.md, "Text of `edges` as string views").
+pub(crate) fn string_views(schema: &SchemaRef) -> SchemaRef {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Utf8 => f.as_ref().clone().with_data_type(DataType::Utf8View),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
 }
 
 #[async_trait]
 impl<D: Send + Sync + 'static> TableProvider for DerivedTable<D> {
     fn schema(&self) -> SchemaRef {
-        Arc::clone(&self.derivation.schema)
+        Arc::clone(&self.output)
     }
 
     fn table_type(&self) -> TableType {
@@ -115,16 +147,45 @@ impl<D: Send + Sync + 'static> DerivedTable<D> {
         let partitions = state.config().target_partitions();
         let input =
             self.spans.trace_partitioned_scan(manifest, state, &self.input_columns, &span_filters, partitions)?;
-        Ok(Arc::new(TraceExec::new(
+        let walked = Arc::new(TraceExec::new(
             self.derivation.name,
             input,
             Arc::clone(&self.derivation.factory),
             Arc::clone(&self.derivation.schema),
             projection.cloned(),
-        )?))
+        )?);
+        if !self.string_views_on() {
+            return Ok(walked);
+        }
+        let asked: Vec<usize> = projection.cloned().unwrap_or_else(|| (0..self.output.fields().len()).collect());
+        project(walked, &self.output, &asked)
     }
 
     pub(crate) fn derivation(&self) -> &Derivation<D> {
         &self.derivation
     }
+}
+
+/// The columns `asked` (indices into `output`) of `plan`, found by name, cast to `output`'s types
+/// where they differ (text walked as `Utf8` for a table read as `Utf8View`).
+pub(super) fn project(
+    plan: Arc<dyn ExecutionPlan>,
+    output: &SchemaRef,
+    asked: &[usize],
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    use datafusion::physical_expr::expressions as physical;
+    let input = plan.schema();
+    let exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = asked
+        .iter()
+        .map(|&i| {
+            let field = output.field(i);
+            let column = physical::col(field.name(), &input)?;
+            let column = match input.field_with_name(field.name())?.data_type() == field.data_type() {
+                true => column,
+                false => physical::cast(column, &input, field.data_type().clone())?,
+            };
+            Ok((column, field.name().clone()))
+        })
+        .collect::<DfResult<_>>()?;
+    Ok(Arc::new(ProjectionExec::try_new(exprs, plan)?))
 }
