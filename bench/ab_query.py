@@ -55,9 +55,11 @@ def main():
     args = parser.parse_args()
     db = duckdb.connect()
     db.execute(f"SET threads = {os.cpu_count()}")
-    files = committed_files(args.store)
-    db.execute("CREATE VIEW spans AS SELECT *, make_timestamp_ns(epoch_ns(start_time) + duration_ns) AS end_time "
-               f"FROM read_parquet({files!r}, union_by_name = true)")
+    # As `bench/query_bench.py` reads the span files: `end_time` computed where it is not stored.
+    stored = f"read_parquet({committed_files(args.store)!r}, union_by_name = true)"
+    columns = [row[0] for row in db.execute(f"DESCRIBE SELECT * FROM {stored}").fetchall()]
+    end = "make_timestamp_ns(epoch_ns(start_time) + duration_ns) AS end_time"
+    db.execute(f"CREATE VIEW spans AS SELECT {f'* REPLACE ({end})' if 'end_time' in columns else f'*, {end}'} FROM {stored}")
     answers = {}
     print("| per-hop p50/p99 on `edges` | hopscope (range) | DuckDB, same runs (range) | ratio |")
     print("|---|---:|---:|---:|")

@@ -338,11 +338,14 @@ impl Pending {
         let column = |name: &str| {
             batch.column_by_name(name).ok_or_else(|| DeriveError::MissingColumn(format!("stored edges: {name}")))
         };
-        let marks = column(edge::PENDING)?.as_string::<i32>();
+        // (Text as any string type a reader gives it: a query reads `edges` as views.)
+        let text = |name: &str| -> Result<_> {
+            Ok(arrow::compute::cast(column(name)?, &DataType::Utf8)?.as_string::<i32>().clone())
+        };
+        let marks = text(edge::PENDING)?;
         if marks.null_count() == marks.len() {
             return Ok(());
         }
-        let text = |name: &str| -> Result<_> { Ok(column(name)?.as_string::<i32>().clone()) };
         let (caller, caller_kind, caller_operation) =
             (text(edge::CALLER)?, text(edge::CALLER_KIND)?, text(edge::CALLER_OPERATION)?);
         let (callee, callee_kind, callee_operation) =

@@ -369,7 +369,8 @@ fn parquet_source_of(
     options.global.enable_page_index = true;
     options.global.pushdown_filters = row_filter;
     options.global.reorder_filters = row_filter;
-    // Read strings as stored (Utf8), matching the table schema.
+    // Read text in the type the table schema names: as stored (Utf8), or as views where it says
+    // Utf8View (the `edges` table, `StoredTable::with_string_views`).
     options.global.schema_force_view_types = false;
     let runtime = state.runtime_env();
     let readers = CachedParquetFileReaderFactory::new(

@@ -354,6 +354,9 @@ async fn tables_derived_at_flush_equal_the_query_time_walk() {
         // alike (the text of `edges` as string views, docs/sql.md).
         let types = |batches: &[RecordBatch]| -> Vec<(String, DataType)> {
             let schema = batches[0].schema();
+            for batch in batches {
+                assert_eq!(batch.schema(), schema, "{table}: every batch in one schema");
+            }
             columns.iter().map(|c| (c.to_string(), schema.field_with_name(c).unwrap().data_type().clone())).collect()
         };
         assert_eq!(types(&read), types(&walked), "{table}");
